@@ -1,0 +1,246 @@
+//! The command line. Exit codes follow sysexits(3): 0 ok, 64 usage, 65 bad input data,
+//! 66 missing input, 69 refused (a recipient or the message cannot be delivered as asked),
+//! 74 I/O error, 75 temporary failure, 78 configuration error.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{Config, ConfigError};
+use crate::keys::KeyService;
+use crate::rewrite::{Decision, Envelope, Outcome, RewriteError, Rewriter};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "sealpost",
+    version,
+    about = "OpenPGP mail: one signed/encrypted copy per recipient"
+)]
+pub struct Cli {
+    /// Configuration file (default /etc/sealpost/sealpost.toml; built-in defaults when absent).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the outgoing core over one message on stdin; write one file per copy into DIR.
+    Rewrite(RewriteArgs),
+    /// Show the whole outgoing round trip with a throwaway GnuPG home and generated keys.
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RewriteArgs {
+    /// Envelope sender.
+    #[arg(long, value_name = "ADDR")]
+    pub sender: String,
+    /// Envelope recipient (repeat for each).
+    #[arg(long = "rcpt", value_name = "ADDR", required = true)]
+    pub rcpt: Vec<String>,
+    /// GnuPG home (overrides gnupg.home of the configuration).
+    #[arg(long, value_name = "DIR")]
+    pub gnupg_home: Option<PathBuf>,
+    /// Output directory for the copies (created if missing).
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Read the message from FILE instead of stdin.
+    #[arg(long, value_name = "FILE")]
+    pub input: Option<PathBuf>,
+    /// Print the decisions as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DemoArgs {
+    /// Keep the throwaway GnuPG home and the copies in this directory instead of deleting them.
+    #[arg(long, value_name = "DIR")]
+    pub keep: Option<PathBuf>,
+}
+
+/// Errors of the command line, each with its sysexits code.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    #[error("{0}")]
+    Logging(String),
+    #[error("cannot read {what}: {source}")]
+    Input {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid message: {0}")]
+    Data(#[from] RewriteError),
+    #[error("cannot write {path}: {source}")]
+    Output {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Demo(String),
+}
+
+impl CliError {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CliError::Config(_) | CliError::Logging(_) => 78,
+            CliError::Input { source, .. } if source.kind() == std::io::ErrorKind::NotFound => 66,
+            CliError::Input { .. } => 74,
+            CliError::Data(_) => 65,
+            CliError::Output { .. } => 74,
+            CliError::Demo(_) => 70,
+        }
+    }
+}
+
+/// Runs the parsed command line and maps the result onto an exit code.
+pub fn main(cli: Cli) -> ExitCode {
+    let result = Config::load(cli.config.as_deref())
+        .map_err(CliError::from)
+        .and_then(|config| {
+            crate::logging::init(&config.log).map_err(CliError::Logging)?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .map_err(|e| CliError::Demo(format!("cannot start the runtime: {e}")))?;
+            runtime.block_on(async {
+                match cli.command {
+                    Command::Rewrite(args) => rewrite(config, args).await,
+                    Command::Demo(args) => crate::demo::run(config, args.keep.as_deref()).await,
+                }
+            })
+        });
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("sealpost: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+/// Builds the key service described by the configuration.
+pub fn key_service(config: &Config, home_override: Option<&Path>) -> KeyService {
+    let home = home_override
+        .map(Path::to_path_buf)
+        .or_else(|| config.gnupg.home.clone());
+    KeyService::start(
+        home,
+        config.gnupg.worker_count(),
+        config.gnupg.timeout(),
+        config.gnupg.sources(),
+    )
+}
+
+/// A file name for a recipient's copy that shows the address.
+pub fn copy_file_name(index: usize, recipient: &str) -> String {
+    let safe: String = recipient
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "@._+-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("{:02}-{safe}.eml", index + 1)
+}
+
+async fn rewrite(config: Config, args: RewriteArgs) -> Result<u8, CliError> {
+    let raw = match &args.input {
+        Some(path) => std::fs::read(path).map_err(|source| CliError::Input {
+            what: path.display().to_string(),
+            source,
+        })?,
+        None => {
+            let mut buf = Vec::new();
+            std::io::stdin()
+                .read_to_end(&mut buf)
+                .map_err(|source| CliError::Input {
+                    what: "standard input".into(),
+                    source,
+                })?;
+            buf
+        }
+    };
+    let keys = Arc::new(key_service(&config, args.gnupg_home.as_deref()));
+    let rewriter = Rewriter::new(keys, config.policy.clone());
+    let envelope = Envelope {
+        id: "-".into(),
+        sender: args.sender.clone(),
+        recipients: args.rcpt.clone(),
+    };
+    let outcome = rewriter.rewrite(&envelope, raw).await?;
+    std::fs::create_dir_all(&args.out).map_err(|source| CliError::Output {
+        path: args.out.display().to_string(),
+        source,
+    })?;
+    match outcome {
+        Outcome::Refused(reply) => {
+            if args.json {
+                println!("{}", serde_json::json!({ "refused": reply }));
+            }
+            eprintln!("sealpost: message refused: {reply}");
+            Ok(69)
+        }
+        Outcome::Copies(copies) => {
+            let mut lines = Vec::new();
+            for (i, copy) in copies.iter().enumerate() {
+                let file = match &copy.message {
+                    Some(bytes) => {
+                        let path = args.out.join(copy_file_name(i, &copy.recipient));
+                        std::fs::write(&path, bytes).map_err(|source| CliError::Output {
+                            path: path.display().to_string(),
+                            source,
+                        })?;
+                        Some(path.display().to_string())
+                    }
+                    None => None,
+                };
+                if args.json {
+                    lines.push(serde_json::json!({
+                        "recipient": copy.recipient,
+                        "decision": copy.decision,
+                        "file": file,
+                    }));
+                } else {
+                    println!(
+                        "{}\t{}\t{}",
+                        copy.recipient,
+                        copy.decision.name(),
+                        copy.decision.detail()
+                    );
+                }
+            }
+            if args.json {
+                println!("{}", serde_json::Value::Array(lines));
+            }
+            let deferred = copies
+                .iter()
+                .find(|c| matches!(c.decision, Decision::Deferred { .. }));
+            let rejected = copies
+                .iter()
+                .find(|c| matches!(c.decision, Decision::Rejected { .. }));
+            if let Some(c) = deferred {
+                eprintln!("sealpost: {}: {}", c.recipient, c.decision.detail());
+                Ok(75)
+            } else if let Some(c) = rejected {
+                eprintln!("sealpost: {}: {}", c.recipient, c.decision.detail());
+                Ok(69)
+            } else {
+                Ok(0)
+            }
+        }
+    }
+}

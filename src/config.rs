@@ -1,0 +1,266 @@
+//! The configuration: one TOML file. `--config FILE`, else /etc/sealpost/sealpost.toml, else
+//! the built-in defaults (every key has one). Errors name the file, the line and the key, and
+//! say what would be valid. contrib/sealpost.toml documents every key.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::keys::KeySources;
+use crate::logging::LogConfig;
+use crate::rewrite::Policy;
+
+pub const DEFAULT_PATH: &str = "/etc/sealpost/sealpost.toml";
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub gnupg: GnupgConfig,
+    pub policy: Policy,
+    pub log: LogConfig,
+    /// Where the configuration came from (None: built-in defaults).
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
+}
+
+/// A key source beyond the local keyring.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum KeySource {
+    Local,
+    Wkd,
+    Keyserver,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GnupgConfig {
+    /// GnuPG home; unset means GnuPG's own default for the user running sealpost.
+    pub home: Option<PathBuf>,
+    /// Concurrent gpg operations; 0 means the number of cores.
+    pub workers: usize,
+    /// Deadline for one gpg operation, in seconds (queueing included).
+    pub timeout_secs: u64,
+    /// Where keys may come from. Network sources are used only when named here.
+    pub key_sources: Vec<KeySource>,
+}
+
+impl Default for GnupgConfig {
+    fn default() -> Self {
+        GnupgConfig {
+            home: None,
+            workers: 0,
+            timeout_secs: 20,
+            key_sources: vec![KeySource::Local],
+        }
+    }
+}
+
+impl GnupgConfig {
+    pub fn worker_count(&self) -> usize {
+        if self.workers > 0 {
+            self.workers
+        } else {
+            std::thread::available_parallelism().map_or(2, |n| n.get())
+        }
+    }
+
+    pub fn timeout(&self) -> Duration {
+        Duration::from_secs(self.timeout_secs)
+    }
+
+    pub fn sources(&self) -> KeySources {
+        KeySources {
+            wkd: self.key_sources.contains(&KeySource::Wkd),
+            keyserver: self.key_sources.contains(&KeySource::Keyserver),
+        }
+    }
+}
+
+/// A configuration that cannot be used; the message names file, line and key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}: {key}{message}")]
+    Invalid {
+        path: String,
+        line: usize,
+        key: String,
+        message: String,
+    },
+}
+
+impl Config {
+    /// Loads `explicit`, else the default path if it exists, else the built-in defaults.
+    pub fn load(explicit: Option<&Path>) -> Result<Config, ConfigError> {
+        let path = match explicit {
+            Some(p) => p.to_path_buf(),
+            None if Path::new(DEFAULT_PATH).exists() => PathBuf::from(DEFAULT_PATH),
+            None => return Ok(Config::default()),
+        };
+        let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let mut config = Config::parse(&text, &path.display().to_string())?;
+        config.source = Some(path);
+        Ok(config)
+    }
+
+    /// Parses configuration text; `name` is used in error messages.
+    pub fn parse(text: &str, name: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| {
+            let offset = e.span().map_or(0, |s| s.start);
+            let (line, key) = locate(text, offset);
+            ConfigError::Invalid {
+                path: name.to_string(),
+                line,
+                key,
+                message: e.message().to_string(),
+            }
+        })?;
+        config.validate(text, name)?;
+        Ok(config)
+    }
+
+    fn validate(&self, text: &str, name: &str) -> Result<(), ConfigError> {
+        let invalid = |key: &str, message: String| {
+            let line = text
+                .lines()
+                .position(|l| {
+                    l.trim_start()
+                        .starts_with(key.rsplit('.').next().unwrap_or(key))
+                })
+                .map_or(0, |i| i + 1);
+            ConfigError::Invalid {
+                path: name.to_string(),
+                line,
+                key: format!("{key}: "),
+                message,
+            }
+        };
+        if self.gnupg.timeout_secs == 0 {
+            return Err(invalid(
+                "gnupg.timeout_secs",
+                "must be at least 1 (seconds)".into(),
+            ));
+        }
+        if let Some(home) = &self.gnupg.home {
+            // gpg-agent's socket lives in the home; sun_path holds about 108 bytes.
+            if home.as_os_str().len() > 80 {
+                return Err(invalid(
+                    "gnupg.home",
+                    "path too long for gpg-agent's socket: keep it under 80 bytes".into(),
+                ));
+            }
+        }
+        for domain in self.policy.domains.keys() {
+            if domain.contains('@') || domain != &domain.to_ascii_lowercase() || domain.is_empty() {
+                return Err(invalid(
+                    "policy.domains",
+                    format!("\"{domain}\" is not a lower-case domain name"),
+                ));
+            }
+        }
+        for addr in self.policy.addresses.keys() {
+            if addr.parse::<lettre::Address>().is_err() || addr != &addr.to_ascii_lowercase() {
+                return Err(invalid(
+                    "policy.addresses",
+                    format!("\"{addr}\" is not a lower-case email address"),
+                ));
+            }
+        }
+        if let Some(fpr) = &self.policy.default_signer {
+            if fpr.len() < 40 || !fpr.chars().all(|c| c.is_ascii_hexdigit()) {
+                return Err(invalid(
+                    "policy.default_signer",
+                    "must be a full key fingerprint (40 or 64 hex digits)".into(),
+                ));
+            }
+        }
+        if self.policy.obscured_subject.contains(['\r', '\n']) {
+            return Err(invalid(
+                "policy.obscured_subject",
+                "must be a single line".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Line number (1-based) of a byte offset, and the key written on that line ("key: ").
+fn locate(text: &str, offset: usize) -> (usize, String) {
+    let offset = offset.min(text.len());
+    let line = text[..offset].matches('\n').count() + 1;
+    let line_text = text.lines().nth(line - 1).unwrap_or("");
+    let key = line_text
+        .split_once('=')
+        .map(|(k, _)| k.trim().trim_matches('"'))
+        .filter(|k| !k.is_empty() && !k.starts_with('['))
+        .map(|k| format!("{k}: "))
+        .unwrap_or_default();
+    (line, key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rewrite::Mode;
+
+    #[test]
+    fn defaults_when_empty() {
+        let c = Config::parse("", "t.toml").unwrap();
+        assert_eq!(c.policy.mode, Mode::Opportunistic);
+        assert!(c.policy.sign && c.policy.autocrypt && c.policy.header_protection);
+        assert_eq!(c.policy.obscured_subject, "[...]");
+        assert_eq!(c.gnupg.key_sources, vec![KeySource::Local]);
+    }
+
+    #[test]
+    fn overrides_parse() {
+        let c = Config::parse(
+            "[policy]\nmode = \"encrypt-only\"\n[policy.domains]\n\"example.net\" = \"all-or-nothing\"\n[policy.addresses]\n\"bob@example.org\" = \"opportunistic\"\n",
+            "t.toml",
+        )
+        .unwrap();
+        assert_eq!(c.policy.mode_for("bob@example.org"), Mode::Opportunistic);
+        assert_eq!(c.policy.mode_for("x@example.net"), Mode::AllOrNothing);
+        assert_eq!(c.policy.mode_for("x@example.com"), Mode::EncryptOnly);
+    }
+
+    #[test]
+    fn errors_name_file_line_and_key() {
+        let e = Config::parse(
+            "[policy]\nsign = true\nmode = \"sometimes\"\n",
+            "/etc/s.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("/etc/s.toml:3: mode: "), "{e}");
+        assert!(
+            e.contains("opportunistic") && e.contains("encrypt-only"),
+            "{e}"
+        );
+        let e = Config::parse("[policy]\nmdoe = \"x\"\n", "s.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("s.toml:2: mdoe: unknown field"), "{e}");
+        let e = Config::parse("[gnupg]\ntimeout_secs = 0\n", "s.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("s.toml:2: gnupg.timeout_secs: "), "{e}");
+        let e = Config::parse(
+            "[policy.addresses]\n\"not-an-address\" = \"opportunistic\"\n",
+            "s.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("policy.addresses"), "{e}");
+    }
+}

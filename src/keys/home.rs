@@ -1,0 +1,54 @@
+//! Throwaway GnuPG homes for the demo and the tests: a short path (gpg-agent's socket path is
+//! limited to about 108 bytes), mode 0700, and a gpg.conf that lets two gpg processes run at
+//! once (`no-random-seed-file`: otherwise they serialise on the seed file's lock, see
+//! DESIGN.md §4) and never looks keys up on the network.
+
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// The gpg.conf sealpost writes into GnuPG homes it creates.
+pub const GPG_CONF: &str = "# written by sealpost\n\
+# Two gpg processes may run at once: no lock on a shared random seed file.\n\
+no-random-seed-file\n\
+# Keys come from this keyring only; no WKD or keyserver lookups behind our back.\n\
+auto-key-locate local\n\
+no-auto-key-retrieve\n";
+
+/// Creates `dir` (mode 0700) with sealpost's gpg.conf.
+pub fn prepare(dir: &Path) -> io::Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    std::fs::write(dir.join("gpg.conf"), GPG_CONF)
+}
+
+/// A fresh short directory under /tmp, e.g. /tmp/sp-3f9a1c.
+pub fn short_temp_dir(prefix: &str) -> io::Result<PathBuf> {
+    for _ in 0..16 {
+        let mut b = [0u8; 4];
+        getrandom::fill(&mut b).map_err(|e| io::Error::other(e.to_string()))?;
+        let dir = PathBuf::from(format!("/tmp/{prefix}-{}", hex::encode(b)));
+        match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+            Ok(()) => return Ok(dir),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(io::Error::other("no free temporary directory name"))
+}
+
+/// Stops the gpg-agent (and other daemons) GnuPG started for `home`.
+pub fn stop_daemons(home: &Path) {
+    let _ = Command::new("gpgconf")
+        .arg("--homedir")
+        .arg(home)
+        .args(["--kill", "all"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}

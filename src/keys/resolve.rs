@@ -1,0 +1,210 @@
+//! Which of the keys found for an address is used, and why the others are not. Pure: works on
+//! snapshots of key listings, so it is tested with tables.
+
+use std::fmt;
+
+/// What the keyring says about one key carrying a user ID with the exact address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyFacts {
+    pub fingerprint: String,
+    /// Creation time of the primary key, seconds since the epoch.
+    pub created: i64,
+    pub revoked: bool,
+    pub expired: bool,
+    pub disabled: bool,
+    pub invalid: bool,
+    /// The matching user ID is revoked (the address was withdrawn from this key).
+    pub uid_revoked: bool,
+    /// At least one subkey can encrypt and is itself not revoked, expired or invalid.
+    pub usable_encryption_subkey: bool,
+}
+
+/// Why a key cannot be used for an address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Unusable {
+    Revoked,
+    Expired,
+    Disabled,
+    Invalid,
+    UserIdRevoked,
+    NoEncryptionSubkey,
+}
+
+impl fmt::Display for Unusable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Unusable::Revoked => "revoked",
+            Unusable::Expired => "expired",
+            Unusable::Disabled => "disabled",
+            Unusable::Invalid => "invalid",
+            Unusable::UserIdRevoked => "user ID revoked",
+            Unusable::NoEncryptionSubkey => "no encryption-capable subkey",
+        })
+    }
+}
+
+/// The outcome of resolving one address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resolution {
+    /// A usable key. `others` counts further usable keys that lost to it (newest wins).
+    Usable { fingerprint: String, others: usize },
+    /// No usable key: each key that was found, with why it was refused.
+    NoKey { refused: Vec<(String, Unusable)> },
+}
+
+impl Resolution {
+    /// A one-line human reason for a `NoKey` outcome.
+    pub fn reason(&self) -> String {
+        match self {
+            Resolution::Usable { fingerprint, .. } => format!("key {fingerprint}"),
+            Resolution::NoKey { refused } if refused.is_empty() => "no public key".into(),
+            Resolution::NoKey { refused } => {
+                let parts: Vec<String> = refused
+                    .iter()
+                    .map(|(fpr, why)| format!("key {fpr} {why}"))
+                    .collect();
+                format!("no usable public key ({})", parts.join("; "))
+            }
+        }
+    }
+}
+
+fn why_unusable(k: &KeyFacts) -> Option<Unusable> {
+    if k.revoked {
+        Some(Unusable::Revoked)
+    } else if k.expired {
+        Some(Unusable::Expired)
+    } else if k.disabled {
+        Some(Unusable::Disabled)
+    } else if k.invalid {
+        Some(Unusable::Invalid)
+    } else if k.uid_revoked {
+        Some(Unusable::UserIdRevoked)
+    } else if !k.usable_encryption_subkey {
+        Some(Unusable::NoEncryptionSubkey)
+    } else {
+        None
+    }
+}
+
+/// Chooses the key for an address: among usable keys, the newest (latest primary-key creation;
+/// ties broken by fingerprint so the choice is stable). A newer key is what a correspondent
+/// most likely still holds the secret of.
+pub fn choose(candidates: &[KeyFacts]) -> Resolution {
+    let mut usable: Vec<&KeyFacts> = Vec::new();
+    let mut refused = Vec::new();
+    for k in candidates {
+        match why_unusable(k) {
+            None => usable.push(k),
+            Some(why) => refused.push((k.fingerprint.clone(), why)),
+        }
+    }
+    usable.sort_by(|a, b| {
+        b.created
+            .cmp(&a.created)
+            .then_with(|| a.fingerprint.cmp(&b.fingerprint))
+    });
+    match usable.first() {
+        Some(best) => Resolution::Usable {
+            fingerprint: best.fingerprint.clone(),
+            others: usable.len() - 1,
+        },
+        None => Resolution::NoKey { refused },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(fpr: &str, created: i64) -> KeyFacts {
+        KeyFacts {
+            fingerprint: fpr.into(),
+            created,
+            revoked: false,
+            expired: false,
+            disabled: false,
+            invalid: false,
+            uid_revoked: false,
+            usable_encryption_subkey: true,
+        }
+    }
+
+    #[test]
+    fn table() {
+        let revoked = KeyFacts {
+            revoked: true,
+            ..key("R", 5)
+        };
+        let expired = KeyFacts {
+            expired: true,
+            ..key("E", 6)
+        };
+        let sign_only = KeyFacts {
+            usable_encryption_subkey: false,
+            ..key("S", 7)
+        };
+        let uid_gone = KeyFacts {
+            uid_revoked: true,
+            ..key("U", 8)
+        };
+        let cases: Vec<(Vec<KeyFacts>, Resolution)> = vec![
+            (vec![], Resolution::NoKey { refused: vec![] }),
+            (
+                vec![key("A", 1)],
+                Resolution::Usable {
+                    fingerprint: "A".into(),
+                    others: 0,
+                },
+            ),
+            (
+                vec![key("A", 1), key("B", 2)],
+                Resolution::Usable {
+                    fingerprint: "B".into(),
+                    others: 1,
+                },
+            ),
+            (
+                vec![key("B", 2), key("A", 2)],
+                Resolution::Usable {
+                    fingerprint: "A".into(),
+                    others: 1,
+                },
+            ),
+            (
+                vec![revoked.clone(), key("A", 1)],
+                Resolution::Usable {
+                    fingerprint: "A".into(),
+                    others: 0,
+                },
+            ),
+            (
+                vec![revoked, expired, sign_only, uid_gone],
+                Resolution::NoKey {
+                    refused: vec![
+                        ("R".into(), Unusable::Revoked),
+                        ("E".into(), Unusable::Expired),
+                        ("S".into(), Unusable::NoEncryptionSubkey),
+                        ("U".into(), Unusable::UserIdRevoked),
+                    ],
+                },
+            ),
+        ];
+        for (input, want) in cases {
+            assert_eq!(choose(&input), want, "{input:?}");
+        }
+    }
+
+    #[test]
+    fn reasons_name_each_key() {
+        let r = Resolution::NoKey {
+            refused: vec![("ABC".into(), Unusable::Expired)],
+        };
+        assert_eq!(r.reason(), "no usable public key (key ABC expired)");
+        assert_eq!(
+            Resolution::NoKey { refused: vec![] }.reason(),
+            "no public key"
+        );
+    }
+}

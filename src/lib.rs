@@ -1,0 +1,41 @@
+//! sealpost: an OpenPGP mail system. Outgoing mail gets one signed and, when the recipient has
+//! a key, encrypted copy per recipient; incoming mail is decrypted into a local store and
+//! served over IMAP (later issues).
+//!
+//! # Architecture
+//!
+//! ```text
+//!  raw message + envelope ──> message::parse ──> rewrite::plan (pure: policy × key lookups)
+//!                                    │                         │ per recipient: encrypt | sign |
+//!                                    ▼                         │ clear | pass | reject | defer
+//!                         message::canonical (7-bit, CRLF      ▼
+//!                         content entity, built once) ──> rewrite::Rewriter ──> keys::KeyService
+//!                                    │                    (one signature,       (GPGME on a bounded
+//!                                    ▼                     one encryption        worker pool, deadline
+//!                         message::mime (RFC 3156 +        per copy)             per op, cached lookups)
+//!                         RFC 9788 containers)                 │
+//!                                                              ▼
+//!                                                  copies → front-ends (cli `rewrite`, milter,
+//!                                                  sendmail drop-in) relay them
+//! ```
+//!
+//! - [`config`]: the TOML configuration and its errors (file, line, key).
+//! - [`logging`]: stderr / syslog (mail facility) / journald, and the logging policy.
+//! - [`keys`]: GnuPG through GPGME: key resolution, signing, encryption, decryption.
+//! - [`message`]: pure MIME: parsing, canonical form, PGP/MIME rendering.
+//! - [`rewrite`]: the per-recipient core every outgoing front-end calls.
+//! - [`cli`]: the `sealpost` subcommands (`rewrite`, `demo`).
+//!
+//! # Logging policy
+//!
+//! One info line per recipient decision with the message id, the recipient, the decision and
+//! the key fingerprint or reason. Failures that defer mail are warnings. Protocol transcripts
+//! only at trace level. Passwords, key material and message bodies are never logged.
+
+pub mod cli;
+pub mod config;
+pub mod demo;
+pub mod keys;
+pub mod logging;
+pub mod message;
+pub mod rewrite;

@@ -1,0 +1,243 @@
+//! The content entity that gets signed: the message's MIME content (its Content-* fields and
+//! body) in canonical form — CRLF line ends and 7-bit safe (RFC 3156 §3 and §5). Parts that are
+//! already safe are copied byte for byte (only line ends normalised); a part that is not
+//! (8-bit text, lines over 998 octets, trailing whitespace, "From " lines, bare CR, binary) is
+//! re-encoded, quoted-printable for text and base64 otherwise. The result is built once and
+//! never re-serialised after signing.
+
+use mail_parser::{Encoding, Message, MessageParser, MessagePart, MimeHeaders, PartType};
+
+use super::encoding::{
+    base64_decode_lenient, base64_lines, crlf, is_signing_safe, quoted_printable,
+};
+use super::parse::{is_cte, HeaderField, ParsedMessage};
+
+/// The MIME content of a message: its Content-* fields and a 7-bit-safe CRLF body.
+#[derive(Debug, Clone)]
+pub struct ContentEntity {
+    pub fields: Vec<HeaderField>,
+    pub body: Vec<u8>,
+}
+
+/// One replacement of a raw byte range; everything between replacements is copied with its
+/// line ends normalised.
+struct Edit {
+    start: usize,
+    end: usize,
+    bytes: Vec<u8>,
+}
+
+/// Builds the canonical content entity of `message`.
+pub fn content_entity(message: &ParsedMessage) -> ContentEntity {
+    let raw = message.raw();
+    let mut fields: Vec<HeaderField> = message
+        .fields()
+        .iter()
+        .filter(|f| f.is_structural() && !f.is("MIME-Version"))
+        .cloned()
+        .collect();
+    let body_start = raw.len() - message.body().len();
+    let Some(parsed) = MessageParser::default().parse(raw) else {
+        // ParsedMessage::parse succeeded on the same bytes, so this does not happen; fall back
+        // to treating the whole body as one opaque text leaf.
+        let (cte, body) = encode_leaf(message.body(), true);
+        set_cte(&mut fields, cte);
+        return ContentEntity { fields, body };
+    };
+    let root = parsed.root_part();
+    let mut edits = Vec::new();
+    match &root.body {
+        PartType::Multipart(children) if !children.is_empty() => {
+            for &child in children {
+                visit(&parsed, &parsed.parts[child as usize], raw, &mut edits);
+            }
+        }
+        PartType::Message(inner) => visit(inner, inner.root_part(), raw, &mut edits),
+        _ => {
+            if let Some((cte, body)) = leaf_edit(root, raw) {
+                if !fields.iter().any(|f| f.is("Content-Type")) || is_broken_container(root) {
+                    fields.retain(|f| !f.is("Content-Type"));
+                    fields.insert(0, HeaderField::new("Content-Type", &text_type(raw, root)));
+                }
+                set_cte(&mut fields, cte);
+                edits.push(Edit {
+                    start: root.offset_body as usize,
+                    end: raw.len(),
+                    bytes: body,
+                });
+            }
+        }
+    }
+    ContentEntity {
+        fields,
+        body: apply(raw, body_start, edits),
+    }
+}
+
+fn visit(message: &Message<'_>, part: &MessagePart<'_>, raw: &[u8], edits: &mut Vec<Edit>) {
+    match &part.body {
+        PartType::Multipart(children) if !children.is_empty() => {
+            for &child in children {
+                visit(message, &message.parts[child as usize], raw, edits);
+            }
+        }
+        // A forwarded message is walked into: message/rfc822 may not be base64-encoded
+        // (RFC 2046 §5.2.1), so its own leaves are made safe instead.
+        PartType::Message(inner) => visit(inner, inner.root_part(), raw, edits),
+        _ => {
+            let Some((cte, body)) = leaf_edit(part, raw) else {
+                return;
+            };
+            let mut header = Vec::new();
+            let mut replaced = false;
+            for h in &part.headers {
+                let bytes = &raw[h.offset_field as usize..h.offset_end as usize];
+                let is_type = matches!(h.name, mail_parser::HeaderName::ContentType);
+                if is_cte(&h.name) {
+                    if !replaced {
+                        header.extend_from_slice(
+                            format!("Content-Transfer-Encoding: {cte}\r\n").as_bytes(),
+                        );
+                        replaced = true;
+                    }
+                } else if is_type && is_broken_container(part) {
+                    header.extend_from_slice(
+                        format!("Content-Type: {}\r\n", text_type(raw, part)).as_bytes(),
+                    );
+                } else {
+                    header.extend_from_slice(&crlf(bytes));
+                    if !header.ends_with(b"\r\n") {
+                        header.extend_from_slice(b"\r\n");
+                    }
+                }
+            }
+            if !replaced {
+                header
+                    .extend_from_slice(format!("Content-Transfer-Encoding: {cte}\r\n").as_bytes());
+            }
+            let header_end = part
+                .headers
+                .last()
+                .map_or(part.offset_header as usize, |h| h.offset_end as usize);
+            edits.push(Edit {
+                start: part.offset_header as usize,
+                end: header_end,
+                bytes: header,
+            });
+            edits.push(Edit {
+                start: part.offset_body as usize,
+                end: part.offset_end as usize,
+                bytes: body,
+            });
+        }
+    }
+}
+
+/// A multipart whose boundary never appears (or is missing) reaches us as a leaf. It cannot be
+/// re-encoded under a multipart type (RFC 2045 §6.4), so when it needs encoding it is
+/// relabelled as text, which is how MUAs show such a part anyway.
+fn is_broken_container(part: &MessagePart<'_>) -> bool {
+    part.content_type().is_some_and(|ct| {
+        ct.ctype().eq_ignore_ascii_case("multipart") || ct.ctype().eq_ignore_ascii_case("message")
+    })
+}
+
+fn text_type(raw: &[u8], part: &MessagePart<'_>) -> String {
+    let body = &raw[part.offset_body as usize..part.offset_end as usize];
+    let charset = part
+        .content_type()
+        .filter(|ct| ct.ctype().eq_ignore_ascii_case("text"))
+        .and_then(|ct| ct.attribute("charset"))
+        .map(str::to_string)
+        .unwrap_or_else(|| {
+            if std::str::from_utf8(body).is_ok() {
+                "utf-8".into()
+            } else {
+                "unknown-8bit".into()
+            }
+        });
+    let subtype = part
+        .content_type()
+        .filter(|ct| ct.ctype().eq_ignore_ascii_case("text"))
+        .and_then(|ct| ct.subtype())
+        .unwrap_or("plain");
+    format!("text/{subtype}; charset=\"{charset}\"")
+}
+
+/// Decides whether a leaf must be re-encoded; returns the new encoding and body if so.
+fn leaf_edit(part: &MessagePart<'_>, raw: &[u8]) -> Option<(&'static str, Vec<u8>)> {
+    let body = &raw[part.offset_body as usize..part.offset_end as usize];
+    if is_signing_safe(body) {
+        return None;
+    }
+    let declared = declared_cte(part, raw);
+    let textual = is_textual(part);
+    match part.encoding {
+        Encoding::Base64 => {
+            let decoded = base64_decode_lenient(body)?;
+            Some(("base64", base64_lines(&decoded)))
+        }
+        Encoding::QuotedPrintable => {
+            let decoded = quoted_printable::decode(body, quoted_printable::ParseMode::Robust)
+                .unwrap_or_else(|_| body.to_vec());
+            Some(("quoted-printable", quoted_printable(&decoded)))
+        }
+        Encoding::None => match declared.as_deref() {
+            None | Some("7bit") | Some("8bit") | Some("binary") => Some(encode_leaf(body, textual)),
+            // An encoding we do not know (x-uuencode, ...): changing it would change the
+            // content, so it is left as it is.
+            Some(_) => None,
+        },
+    }
+}
+
+fn encode_leaf(body: &[u8], textual: bool) -> (&'static str, Vec<u8>) {
+    if textual {
+        ("quoted-printable", quoted_printable(body))
+    } else {
+        ("base64", base64_lines(body))
+    }
+}
+
+fn declared_cte(part: &MessagePart<'_>, raw: &[u8]) -> Option<String> {
+    part.headers.iter().find(|h| is_cte(&h.name)).map(|h| {
+        String::from_utf8_lossy(&raw[h.offset_start as usize..h.offset_end as usize])
+            .trim()
+            .to_ascii_lowercase()
+    })
+}
+
+fn is_textual(part: &MessagePart<'_>) -> bool {
+    match part.content_type() {
+        None => true,
+        Some(ct) => {
+            let t = ct.ctype();
+            t.eq_ignore_ascii_case("text")
+                || t.eq_ignore_ascii_case("multipart")
+                || t.eq_ignore_ascii_case("message")
+        }
+    }
+}
+
+fn set_cte(fields: &mut Vec<HeaderField>, cte: &str) {
+    fields.retain(|f| !f.is("Content-Transfer-Encoding"));
+    fields.push(HeaderField::new("Content-Transfer-Encoding", cte));
+}
+
+fn apply(raw: &[u8], start: usize, mut edits: Vec<Edit>) -> Vec<u8> {
+    edits.sort_by_key(|e| e.start);
+    let mut out = Vec::with_capacity(raw.len() + raw.len() / 3);
+    let mut pos = start;
+    for edit in edits {
+        if edit.start < pos {
+            // Overlapping edits cannot come from a well-formed part tree; skip rather than
+            // duplicate bytes.
+            continue;
+        }
+        out.extend_from_slice(&crlf(&raw[pos..edit.start]));
+        out.extend_from_slice(&edit.bytes);
+        pos = edit.end.max(edit.start);
+    }
+    out.extend_from_slice(&crlf(&raw[pos.min(raw.len())..]));
+    out
+}

@@ -1,0 +1,231 @@
+//! Content-transfer-encoding writers (RFC 2045 §6.7, §6.8) with the extra care RFC 3156 §3
+//! asks of signed data: no trailing whitespace survives, and a line starting with "From " is
+//! encoded so that no mbox-style MTA can mangle it and break the signature.
+
+use base64::Engine;
+
+/// RFC 2045 §6.7 rule 5: encoded lines are at most 76 characters.
+const QP_LINE: usize = 76;
+
+/// Encodes `text` as quoted-printable. Line breaks (CRLF, lone LF) become hard CRLF breaks; a
+/// lone CR is data and is encoded as `=0D`.
+pub fn quoted_printable(text: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(text.len() + text.len() / 8);
+    let mut lines = split_lines(text).peekable();
+    while let Some(line) = lines.next() {
+        encode_qp_line(line, &mut out);
+        if lines.peek().is_some() {
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+    // A body that ended with a line break keeps it.
+    if text.ends_with(b"\n") {
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
+/// Lines of `text` without their terminators (CRLF or LF). A final line break does not start
+/// an empty last line.
+fn split_lines(text: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let body = text.strip_suffix(b"\n").unwrap_or(text);
+    let empty = text.is_empty();
+    body.split(|&b| b == b'\n')
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
+        .filter(move |_| !empty)
+}
+
+fn encode_qp_line(line: &[u8], out: &mut Vec<u8>) {
+    let mut col = 0;
+    for (i, &b) in line.iter().enumerate() {
+        let last = i + 1 == line.len();
+        let literal = match b {
+            // RFC 3156 §3: "From " at the start of a line is encoded.
+            b'F' if col == 0 && line[i..].starts_with(b"From ") => false,
+            // A lone "." line is left to SMTP dot-stuffing, but encoding it costs nothing and
+            // protects against broken relays.
+            b'.' if col == 0 && last => false,
+            b' ' | b'\t' => !last,
+            b'=' => false,
+            33..=126 => true,
+            _ => false,
+        };
+        let width = if literal { 1 } else { 3 };
+        // Soft break, keeping room for the "=" (RFC 2045 §6.7 rule 5).
+        if col + width > QP_LINE - 1 {
+            out.extend_from_slice(b"=\r\n");
+            col = 0;
+        }
+        if literal {
+            out.push(b);
+        } else {
+            out.extend_from_slice(format!("={b:02X}").as_bytes());
+        }
+        col += width;
+    }
+}
+
+/// Encodes `data` as base64 in lines of 76 characters, each ending in CRLF.
+pub fn base64_lines(data: &[u8]) -> Vec<u8> {
+    let encoded = base64::engine::general_purpose::STANDARD.encode(data);
+    let mut out = Vec::with_capacity(encoded.len() + encoded.len() / 38 + 2);
+    for chunk in encoded.as_bytes().chunks(76) {
+        out.extend_from_slice(chunk);
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
+/// Decodes base64 leniently: whitespace and line breaks anywhere, missing padding.
+pub fn base64_decode_lenient(data: &[u8]) -> Option<Vec<u8>> {
+    let compact: Vec<u8> = data
+        .iter()
+        .copied()
+        .filter(|b| !b.is_ascii_whitespace())
+        .collect();
+    let trimmed = compact.split(|&b| b == b'=').next().unwrap_or(&[]);
+    base64::engine::general_purpose::STANDARD_NO_PAD
+        .decode(trimmed)
+        .ok()
+}
+
+/// Converts every line break (CRLF, lone LF, lone CR) to CRLF.
+pub fn crlf(data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(data.len() + data.len() / 32);
+    let mut i = 0;
+    while i < data.len() {
+        match data[i] {
+            b'\r' => {
+                out.extend_from_slice(b"\r\n");
+                if data.get(i + 1) == Some(&b'\n') {
+                    i += 1;
+                }
+            }
+            b'\n' => out.extend_from_slice(b"\r\n"),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    out
+}
+
+/// True when `data`, after [`crlf`], could be signed as it is: 7-bit, no NUL, no line over 998
+/// octets (RFC 5322 §2.1.1), no trailing whitespace and no "From " line (RFC 3156 §3, §5).
+/// A lone CR is not accepted: it is content that only an encoding can carry unchanged.
+pub fn is_signing_safe(data: &[u8]) -> bool {
+    let mut line_len = 0usize;
+    let mut prev = b'\n';
+    for (i, &b) in data.iter().enumerate() {
+        match b {
+            b'\n' => {
+                if matches!(prev, b' ' | b'\t') {
+                    return false;
+                }
+                line_len = 0;
+            }
+            b'\r' => {
+                if data.get(i + 1) != Some(&b'\n') {
+                    return false;
+                }
+                if matches!(prev, b' ' | b'\t') {
+                    return false;
+                }
+            }
+            0 | 128..=255 => return false,
+            _ => {
+                if line_len == 0 && data[i..].starts_with(b"From ") {
+                    return false;
+                }
+                line_len += 1;
+                if line_len > 998 {
+                    return false;
+                }
+            }
+        }
+        if b != b'\r' {
+            prev = b;
+        }
+    }
+    // Trailing whitespace on a last line without a line break.
+    !matches!(prev, b' ' | b'\t')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn qp_table() {
+        let cases: &[(&[u8], &[u8])] = &[
+            (b"plain\r\n", b"plain\r\n"),
+            (b"plain", b"plain"),
+            (b"trailing \r\n", b"trailing=20\r\n"),
+            (b"tab\t\n", b"tab=09\r\n"),
+            (b"From me\r\n", b"=46rom me\r\n"),
+            (b"x From me\r\n", b"x From me\r\n"),
+            (b".\r\n", b"=2E\r\n"),
+            (b"a=b\n", b"a=3Db\r\n"),
+            ("caf\u{e9}\n".as_bytes(), b"caf=C3=A9\r\n"),
+            (b"a\rb\n", b"a=0Db\r\n"),
+            (b"\n\n", b"\r\n\r\n"),
+            (b"", b""),
+        ];
+        for (input, want) in cases {
+            assert_eq!(
+                String::from_utf8_lossy(&quoted_printable(input)),
+                String::from_utf8_lossy(want),
+                "input {:?}",
+                String::from_utf8_lossy(input)
+            );
+        }
+    }
+
+    #[test]
+    fn qp_soft_breaks_keep_lines_short_and_round_trip() {
+        let long = "é".repeat(400) + &"x".repeat(3000);
+        let enc = quoted_printable(long.as_bytes());
+        assert!(enc.split(|&b| b == b'\n').all(|l| l.len() <= 77));
+        let dec = quoted_printable::decode(&enc, quoted_printable::ParseMode::Strict).unwrap();
+        assert_eq!(dec, long.as_bytes());
+        assert!(is_signing_safe(&enc));
+    }
+
+    #[test]
+    fn base64_round_trip() {
+        let data: Vec<u8> = (0..=255u8).cycle().take(1000).collect();
+        let enc = base64_lines(&data);
+        assert!(enc.split(|&b| b == b'\n').all(|l| l.len() <= 78));
+        assert_eq!(base64_decode_lenient(&enc).unwrap(), data);
+    }
+
+    #[test]
+    fn crlf_table() {
+        assert_eq!(crlf(b"a\nb\r\nc\rd"), b"a\r\nb\r\nc\r\nd");
+        assert_eq!(crlf(b"\r\n\r\n"), b"\r\n\r\n");
+    }
+
+    #[test]
+    fn signing_safety_table() {
+        let cases: &[(&[u8], bool)] = &[
+            (b"hello\r\nworld\r\n", true),
+            (b"hello\nworld\n", true),
+            (b"hello \r\n", false),
+            (b"hello\t", false),
+            (b"From here\r\n", false),
+            (b">From here\r\n", true),
+            ("\u{e9}".as_bytes(), false),
+            (b"a\rb", false),
+            (b"nul\0", false),
+        ];
+        for (input, want) in cases {
+            assert_eq!(
+                is_signing_safe(input),
+                *want,
+                "{:?}",
+                String::from_utf8_lossy(input)
+            );
+        }
+        assert!(!is_signing_safe(&vec![b'x'; 999]));
+        assert!(is_signing_safe(&vec![b'x'; 998]));
+    }
+}

@@ -1,0 +1,362 @@
+//! Rendering of the PGP/MIME containers (RFC 3156) and of the header-protected payload
+//! (RFC 9788). Pure functions over bytes.
+
+use base64::Engine;
+use mail_parser::MimeHeaders;
+
+use super::canonical::ContentEntity;
+use super::parse::HeaderField;
+
+/// Which kind of protection the payload gets (RFC 9788 §2.1.1, the `hp` parameter).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protection {
+    /// Signed and encrypted: `hp="cipher"`.
+    Cipher,
+    /// Signed only: `hp="clear"`.
+    Clear,
+}
+
+/// Trace and transport fields stay outside the cryptographic payload: they describe the route,
+/// not the message, and are added again by every hop.
+fn is_trace(field: &HeaderField) -> bool {
+    [
+        "Received",
+        "Return-Path",
+        "DKIM-Signature",
+        "Authentication-Results",
+        "X-Original-To",
+        "Delivered-To",
+    ]
+    .iter()
+    .any(|n| field.is(n))
+        || field.name.len() > 4 && field.name[..4].eq_ignore_ascii_case("ARC-")
+}
+
+/// Header fields of the outer message for an encrypted copy under RFC 9788's hcp_baseline
+/// policy (§3.2.3): Subject replaced by `obscured_subject`, Comments and Keywords removed,
+/// everything else kept. Structural (MIME) fields are not included: the caller adds its own.
+pub fn outer_fields_encrypted(fields: &[HeaderField], obscured_subject: &str) -> Vec<HeaderField> {
+    fields
+        .iter()
+        .filter(|f| !f.is_structural() && !f.is("Comments") && !f.is("Keywords"))
+        .map(|f| {
+            if f.is("Subject") {
+                HeaderField::new(&f.name, obscured_subject)
+            } else {
+                f.clone()
+            }
+        })
+        .collect()
+}
+
+/// Header fields of the outer message for a signed-only copy: all non-structural fields.
+pub fn outer_fields_clear(fields: &[HeaderField]) -> Vec<HeaderField> {
+    fields
+        .iter()
+        .filter(|f| !f.is_structural())
+        .cloned()
+        .collect()
+}
+
+/// The cryptographic payload of RFC 9788: the original (non-structural, non-trace) header
+/// fields, one HP-Outer field per outer non-structural field (§2.2), then the content entity
+/// whose Content-Type carries the `hp` parameter.
+pub fn protected_payload(
+    original: &[HeaderField],
+    outer: &[HeaderField],
+    content: &ContentEntity,
+    protection: Protection,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(content.body.len() + 2048);
+    for f in original
+        .iter()
+        .filter(|f| !f.is_structural() && !is_trace(f))
+    {
+        out.extend_from_slice(&f.raw);
+    }
+    for f in outer.iter().filter(|f| !f.is_structural() && !is_trace(f)) {
+        out.extend_from_slice(b"HP-Outer: ");
+        out.extend_from_slice(f.name.as_bytes());
+        out.extend_from_slice(b":");
+        out.extend_from_slice(f.raw_value());
+        out.extend_from_slice(b"\r\n");
+    }
+    let hp = match protection {
+        Protection::Cipher => "cipher",
+        Protection::Clear => "clear",
+    };
+    let mut has_type = false;
+    for f in &content.fields {
+        if f.is("Content-Type") && !has_type {
+            has_type = true;
+            let value = f.raw_value();
+            let value = value.strip_suffix(b";").unwrap_or(value);
+            out.extend_from_slice(f.name.as_bytes());
+            out.extend_from_slice(b":");
+            out.extend_from_slice(value);
+            out.extend_from_slice(format!(";\r\n hp=\"{hp}\"\r\n").as_bytes());
+        } else {
+            out.extend_from_slice(&f.raw);
+        }
+    }
+    if !has_type {
+        // RFC 2045 §5.2 default, made explicit so the hp parameter has a home.
+        out.extend_from_slice(
+            format!("Content-Type: text/plain; charset=\"us-ascii\";\r\n hp=\"{hp}\"\r\n")
+                .as_bytes(),
+        );
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(&content.body);
+    out
+}
+
+/// A fresh boundary that occurs in none of `contents` (RFC 2046 §5.1.1).
+pub fn boundary(contents: &[&[u8]]) -> String {
+    loop {
+        let mut bytes = [0u8; 15];
+        getrandom::fill(&mut bytes).expect("the OS random source is available");
+        let b = format!("sealpost-{}", hex::encode(bytes));
+        if !contents.iter().any(|c| contains(c, b.as_bytes())) {
+            return b;
+        }
+    }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// A MIME entity made of a Content-Type value and a body.
+#[derive(Debug, Clone)]
+pub struct Container {
+    pub content_type: String,
+    pub body: Vec<u8>,
+}
+
+impl Container {
+    /// The entity as bytes: its Content-Type field, a blank line, the body.
+    pub fn to_entity(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.body.len() + 200);
+        out.extend_from_slice(b"Content-Type: ");
+        out.extend_from_slice(self.content_type.as_bytes());
+        out.extend_from_slice(b"\r\n\r\n");
+        out.extend_from_slice(&self.body);
+        out
+    }
+}
+
+/// RFC 3156 §5: multipart/signed around `signed` (the exact bytes that were signed) and an
+/// armored detached signature. `micalg` comes from the signing result.
+pub fn multipart_signed(signed: &[u8], signature: &[u8], micalg: &str) -> Container {
+    let b = boundary(&[signed, signature]);
+    let mut body = Vec::with_capacity(signed.len() + signature.len() + 400);
+    body.extend_from_slice(b"This is an OpenPGP/MIME signed message (RFC 4880 and 3156)\r\n");
+    body.extend_from_slice(format!("--{b}\r\n").as_bytes());
+    body.extend_from_slice(signed);
+    // The CRLF before the delimiter belongs to the delimiter (RFC 2046 §5.1.1), not to the
+    // signed data.
+    body.extend_from_slice(format!("\r\n--{b}\r\n").as_bytes());
+    body.extend_from_slice(
+        b"Content-Type: application/pgp-signature; name=\"signature.asc\"\r\n\
+Content-Description: OpenPGP digital signature\r\n\
+Content-Disposition: attachment; filename=\"signature.asc\"\r\n\r\n",
+    );
+    body.extend_from_slice(&crlf_end(signature));
+    body.extend_from_slice(format!("--{b}--\r\n").as_bytes());
+    Container {
+        content_type: format!(
+            "multipart/signed; micalg=\"{micalg}\";\r\n protocol=\"application/pgp-signature\";\r\n boundary=\"{b}\""
+        ),
+        body,
+    }
+}
+
+/// RFC 3156 §4: multipart/encrypted with the version part and the armored ciphertext.
+pub fn multipart_encrypted(armored: &[u8]) -> Container {
+    let b = boundary(&[armored]);
+    let mut body = Vec::with_capacity(armored.len() + 500);
+    body.extend_from_slice(b"This is an OpenPGP/MIME encrypted message (RFC 4880 and 3156)\r\n");
+    body.extend_from_slice(format!("--{b}\r\n").as_bytes());
+    body.extend_from_slice(
+        b"Content-Type: application/pgp-encrypted\r\n\
+Content-Description: PGP/MIME version identification\r\n\r\nVersion: 1\r\n\r\n",
+    );
+    body.extend_from_slice(format!("--{b}\r\n").as_bytes());
+    body.extend_from_slice(
+        b"Content-Type: application/octet-stream; name=\"encrypted.asc\"\r\n\
+Content-Description: OpenPGP encrypted message\r\n\
+Content-Disposition: inline; filename=\"encrypted.asc\"\r\n\r\n",
+    );
+    body.extend_from_slice(&crlf_end(armored));
+    body.extend_from_slice(format!("--{b}--\r\n").as_bytes());
+    Container {
+        content_type: format!(
+            "multipart/encrypted;\r\n protocol=\"application/pgp-encrypted\";\r\n boundary=\"{b}\""
+        ),
+        body,
+    }
+}
+
+/// Armor from gpg uses LF; the message needs CRLF and a final line break.
+fn crlf_end(armor: &[u8]) -> Vec<u8> {
+    let mut out = super::encoding::crlf(armor);
+    if !out.ends_with(b"\r\n") {
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
+/// A whole message: outer fields, MIME-Version, the container's Content-Type, its body.
+pub fn message(outer: &[HeaderField], container: &Container) -> Vec<u8> {
+    let mut fields = outer.to_vec();
+    fields.push(HeaderField::new("MIME-Version", "1.0"));
+    fields.push(HeaderField::new("Content-Type", &container.content_type));
+    super::parse::assemble(&fields, &container.body)
+}
+
+/// The Autocrypt header (Autocrypt Level 1 §2.1): `addr` and the key, base64, folded.
+pub fn autocrypt_field(addr: &str, keydata: &[u8]) -> HeaderField {
+    let b64 = base64::engine::general_purpose::STANDARD.encode(keydata);
+    let mut value = format!("addr={addr}; keydata=");
+    for (i, chunk) in b64.as_bytes().chunks(72).enumerate() {
+        if i > 0 {
+            value.push_str("\r\n ");
+        }
+        value.push_str(std::str::from_utf8(chunk).expect("base64 is ASCII"));
+    }
+    HeaderField::new("Autocrypt", &value)
+}
+
+/// The micalg parameter value for a hash algorithm name reported by GnuPG (RFC 3156 §5:
+/// "pgp-" and the lower-case name from RFC 4880 §9.4).
+pub fn micalg(hash_name: &str) -> String {
+    format!("pgp-{}", hash_name.to_ascii_lowercase())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signed_container_keeps_signed_bytes_exact() {
+        let signed = b"Content-Type: text/plain\r\n\r\nhello\r\n";
+        let c = multipart_signed(
+            signed,
+            b"-----BEGIN PGP SIGNATURE-----\n\nabc\n-----END PGP SIGNATURE-----\n",
+            "pgp-sha256",
+        );
+        let body = String::from_utf8(c.body.clone()).unwrap();
+        let b = c
+            .content_type
+            .split("boundary=\"")
+            .nth(1)
+            .unwrap()
+            .trim_end_matches('"');
+        let first = body.split(&format!("--{b}\r\n")).nth(1).unwrap();
+        assert_eq!(first.strip_suffix("\r\n").unwrap().as_bytes(), signed);
+        assert!(c.content_type.contains("micalg=\"pgp-sha256\""));
+        assert!(body.ends_with(&format!("--{b}--\r\n")));
+    }
+
+    #[test]
+    fn encrypted_container_has_version_part() {
+        let c =
+            multipart_encrypted(b"-----BEGIN PGP MESSAGE-----\n\nxyz\n-----END PGP MESSAGE-----\n");
+        let body = String::from_utf8(c.body).unwrap();
+        assert!(body.contains("Content-Type: application/pgp-encrypted\r\n"));
+        assert!(body.contains("\r\n\r\nVersion: 1\r\n"));
+        assert!(body.contains("-----END PGP MESSAGE-----\r\n--"));
+    }
+
+    #[test]
+    fn payload_carries_protected_headers_and_hp_outer() {
+        let original = vec![
+            HeaderField::new("From", "a@example.org"),
+            HeaderField::new("Subject", "secret plans"),
+            HeaderField::new("Received", "from x"),
+            HeaderField::new("Content-Type", "text/plain"),
+        ];
+        let outer = outer_fields_encrypted(&original, "[...]");
+        assert!(outer.iter().any(|f| f.raw == b"Subject: [...]\r\n"));
+        let content = ContentEntity {
+            fields: vec![HeaderField::new(
+                "Content-Type",
+                "text/plain; charset=us-ascii",
+            )],
+            body: b"hi\r\n".to_vec(),
+        };
+        let p = String::from_utf8(protected_payload(
+            &original,
+            &outer,
+            &content,
+            Protection::Cipher,
+        ))
+        .unwrap();
+        assert!(p.starts_with("From: a@example.org\r\nSubject: secret plans\r\n"));
+        assert!(p.contains("HP-Outer: Subject: [...]\r\n"));
+        assert!(!p.contains("Received"));
+        assert!(p.contains(
+            "Content-Type: text/plain; charset=us-ascii;\r\n hp=\"cipher\"\r\n\r\nhi\r\n"
+        ));
+    }
+
+    #[test]
+    fn autocrypt_folds() {
+        let f = autocrypt_field("a@example.org", &[7u8; 300]);
+        assert!(f.raw.split(|&b| b == b'\n').all(|l| l.len() <= 78));
+        assert!(f
+            .raw
+            .starts_with(b"Autocrypt: addr=a@example.org; keydata="));
+    }
+
+    #[test]
+    fn micalg_is_lowercase() {
+        assert_eq!(micalg("SHA512"), "pgp-sha512");
+    }
+}
+
+/// The two halves of a multipart/signed message or entity (RFC 3156 §5): the exact signed
+/// bytes (up to, not including, the CRLF before the delimiter) and the signature part's body.
+pub fn signed_parts(raw: &[u8]) -> Option<(Vec<u8>, Vec<u8>)> {
+    let message = mail_parser::MessageParser::default().parse(raw)?;
+    let root = message.root_part();
+    let ct = root.content_type()?;
+    if !ct.ctype().eq_ignore_ascii_case("multipart")
+        || !ct.subtype()?.eq_ignore_ascii_case("signed")
+    {
+        return None;
+    }
+    let mail_parser::PartType::Multipart(children) = &root.body else {
+        return None;
+    };
+    let [signed, signature] = children.as_slice() else {
+        return None;
+    };
+    let signed = &message.parts[*signed as usize];
+    let signature = &message.parts[*signature as usize];
+    Some((
+        raw[signed.offset_header as usize..signed.offset_end as usize].to_vec(),
+        raw[signature.offset_body as usize..signature.offset_end as usize].to_vec(),
+    ))
+}
+
+/// The armored ciphertext of a multipart/encrypted message (RFC 3156 §4), if it is one.
+pub fn encrypted_payload(raw: &[u8]) -> Option<Vec<u8>> {
+    let message = mail_parser::MessageParser::default().parse(raw)?;
+    let root = message.root_part();
+    let ct = root.content_type()?;
+    if !ct.ctype().eq_ignore_ascii_case("multipart")
+        || !ct.subtype()?.eq_ignore_ascii_case("encrypted")
+    {
+        return None;
+    }
+    let mail_parser::PartType::Multipart(children) = &root.body else {
+        return None;
+    };
+    let [_, payload] = children.as_slice() else {
+        return None;
+    };
+    let part = &message.parts[*payload as usize];
+    Some(raw[part.offset_body as usize..part.offset_end as usize].to_vec())
+}

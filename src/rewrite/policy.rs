@@ -1,0 +1,104 @@
+//! The outgoing policy: what happens to a recipient without a usable key, and how copies are
+//! built. Read from the `[policy]` section of the configuration.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+/// What to do for a recipient that has no usable key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// Send a signed cleartext copy (the seed's behaviour).
+    #[default]
+    Opportunistic,
+    /// Reject that recipient (550 5.7.1); the others still get their copies.
+    EncryptOnly,
+    /// Refuse the whole message when any recipient lacks a key: no cleartext copy at all.
+    AllOrNothing,
+}
+
+/// How an encrypted copy is signed (RFC 3156 §6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum EncryptedForm {
+    /// RFC 3156 §6.1: one detached signature per message (multipart/signed) encrypted to each
+    /// recipient. One signing operation per message, one encryption per copy.
+    #[default]
+    SignedThenEncrypted,
+    /// RFC 3156 §6.2: a combined OpenPGP sign+encrypt per copy.
+    Combined,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Policy {
+    /// Default mode for every recipient.
+    pub mode: Mode,
+    /// Mode per recipient domain (exact domain, lower case).
+    pub domains: BTreeMap<String, Mode>,
+    /// Mode per recipient address (wins over the domain).
+    pub addresses: BTreeMap<String, Mode>,
+    /// Sign copies with the sender's key.
+    pub sign: bool,
+    pub encrypted_form: EncryptedForm,
+    /// Also encrypt each copy to the sender's own key.
+    pub encrypt_to_self: bool,
+    /// Add an Autocrypt header carrying the sender's key.
+    pub autocrypt: bool,
+    /// RFC 9788 header protection for encrypted copies.
+    pub header_protection: bool,
+    /// The outer Subject of an encrypted copy.
+    pub obscured_subject: String,
+    /// Fingerprint of the key that signs when the From address has no secret key.
+    pub default_signer: Option<String>,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            mode: Mode::Opportunistic,
+            domains: BTreeMap::new(),
+            addresses: BTreeMap::new(),
+            sign: true,
+            encrypted_form: EncryptedForm::SignedThenEncrypted,
+            encrypt_to_self: false,
+            autocrypt: true,
+            header_protection: true,
+            obscured_subject: "[...]".into(),
+            default_signer: None,
+        }
+    }
+}
+
+impl Policy {
+    /// The mode for one recipient: its address override, else its domain's, else the default.
+    pub fn mode_for(&self, address: &str) -> Mode {
+        let addr = address.to_ascii_lowercase();
+        if let Some(m) = self.addresses.get(&addr) {
+            return *m;
+        }
+        let domain = addr.rsplit_once('@').map_or("", |(_, d)| d);
+        self.domains.get(domain).copied().unwrap_or(self.mode)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overrides() {
+        let mut p = Policy::default();
+        p.domains.insert("example.net".into(), Mode::EncryptOnly);
+        p.addresses
+            .insert("boss@example.net".into(), Mode::Opportunistic);
+        p.addresses
+            .insert("ceo@example.org".into(), Mode::AllOrNothing);
+        assert_eq!(p.mode_for("x@example.org"), Mode::Opportunistic);
+        assert_eq!(p.mode_for("x@Example.NET"), Mode::EncryptOnly);
+        assert_eq!(p.mode_for("x@sub.example.net"), Mode::Opportunistic);
+        assert_eq!(p.mode_for("Boss@example.net"), Mode::Opportunistic);
+        assert_eq!(p.mode_for("ceo@example.org"), Mode::AllOrNothing);
+    }
+}
