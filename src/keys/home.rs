@@ -52,3 +52,42 @@ pub fn stop_daemons(home: &Path) {
         .stderr(Stdio::null())
         .status();
 }
+
+/// Asks gpg whether the secret keyring can be read at all (it needs gpg-agent). Returns the
+/// problem gpg reports, or None when the keyring answered. Used only after a lookup found no
+/// secret key, to tell "there is none" from "cannot tell now".
+pub fn secret_keyring_problem(home: Option<&Path>) -> Option<String> {
+    let mut cmd = Command::new("gpg");
+    if let Some(h) = home {
+        cmd.arg("--homedir").arg(h);
+    }
+    let out = cmd
+        .args([
+            "--batch",
+            "--no-tty",
+            "--with-colons",
+            "--status-fd",
+            "1",
+            "--list-secret-keys",
+        ])
+        .stdin(Stdio::null())
+        .output();
+    match out {
+        Err(e) => Some(format!("cannot run gpg: {e}")),
+        Ok(out) => {
+            let status = String::from_utf8_lossy(&out.stdout);
+            if status.lines().any(|l| l.starts_with("[GNUPG:] ERROR")) || !out.status.success() {
+                let why = String::from_utf8_lossy(&out.stderr)
+                    .lines()
+                    .rev()
+                    .find(|l| l.contains("agent"))
+                    .unwrap_or("gpg could not read the secret keyring")
+                    .trim_start_matches("gpg: ")
+                    .to_string();
+                Some(why)
+            } else {
+                None
+            }
+        }
+    }
+}

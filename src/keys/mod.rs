@@ -105,6 +105,7 @@ struct Cache {
 pub struct KeyService {
     worker: GpgWorker,
     home: PathBuf,
+    configured_home: Option<PathBuf>,
     sources: KeySources,
     cache: Mutex<Cache>,
 }
@@ -124,10 +125,10 @@ impl KeyService {
             deadline,
             auto_key_locate: sources.auto_key_locate(),
         });
-        let home = home.unwrap_or_else(default_home);
         KeyService {
             worker,
-            home,
+            home: home.clone().unwrap_or_else(default_home),
+            configured_home: home,
             sources,
             cache: Mutex::new(Cache::default()),
         }
@@ -200,40 +201,23 @@ impl KeyService {
             return Ok(hit.clone());
         }
         let who = addr.clone();
+        let home = self.configured_home.clone();
         let found = self
             .worker
             .run("looking up a signing key", move |ctx| {
-                let mut best: Option<(i64, String)> = None;
-                let mut keys = ctx
-                    .find_secret_keys([format!("<{who}>")])
-                    .map_err(gpg("looking up a signing key"))?;
-                for key in keys.by_ref().flatten() {
-                    if key.is_revoked() || key.is_expired() || key.is_disabled() || key.is_invalid()
-                    {
-                        continue;
-                    }
-                    let uid_ok = key.user_ids().any(|u| {
-                        u.email().is_ok_and(|e| e.eq_ignore_ascii_case(&who)) && !u.is_revoked()
-                    });
-                    let can_sign = key.subkeys().any(|s| {
-                        s.can_sign()
-                            && s.is_secret()
-                            && !s.is_revoked()
-                            && !s.is_expired()
-                            && !s.is_invalid()
-                    });
-                    if uid_ok && can_sign {
-                        let created = key
-                            .primary_key()
-                            .and_then(|p| p.creation_time())
-                            .map_or(0, epoch);
-                        let fpr = key.fingerprint().unwrap_or_default().to_string();
-                        if best.as_ref().is_none_or(|(c, _)| created > *c) {
-                            best = Some((created, fpr));
-                        }
+                let found = find_signer(ctx, &who)?;
+                if found.is_none() {
+                    // Without its agent gpg lists no secret keys and GPGME reports no error.
+                    // gpg itself says so on its status channel: ask it before answering "no
+                    // secret key" (permanent) instead of "cannot tell now" (temporary).
+                    if let Some(problem) = home::secret_keyring_problem(home.as_deref()) {
+                        return Err(KeyError::Refused {
+                            op: "looking up a signing key",
+                            detail: problem,
+                        });
                     }
                 }
-                Ok(best.map(|(_, f)| f))
+                Ok(found)
             })
             .await?;
         self.fresh_cache().secret.insert(addr, found.clone());
@@ -394,6 +378,38 @@ impl KeyService {
             })
             .await
     }
+}
+
+/// The newest secret key with a usable signing subkey and a user ID of exactly `who`.
+fn find_signer(ctx: &mut Context, who: &str) -> Result<Option<String>, KeyError> {
+    let mut best: Option<(i64, String)> = None;
+    let mut keys = ctx
+        .find_secret_keys([format!("<{who}>")])
+        .map_err(gpg("looking up a signing key"))?;
+    for key in keys.by_ref() {
+        let key = key.map_err(gpg("looking up a signing key"))?;
+        if key.is_revoked() || key.is_expired() || key.is_disabled() || key.is_invalid() {
+            continue;
+        }
+        let uid_ok = key
+            .user_ids()
+            .any(|u| u.email().is_ok_and(|e| e.eq_ignore_ascii_case(who)) && !u.is_revoked());
+        let can_sign = key.subkeys().any(|s| {
+            s.can_sign() && s.is_secret() && !s.is_revoked() && !s.is_expired() && !s.is_invalid()
+        });
+        if uid_ok && can_sign {
+            let created = key
+                .primary_key()
+                .and_then(|p| p.creation_time())
+                .map_or(0, epoch);
+            let fpr = key.fingerprint().unwrap_or_default().to_string();
+            if best.as_ref().is_none_or(|(c, _)| created > *c) {
+                best = Some((created, fpr));
+            }
+        }
+    }
+    keys.finish().map_err(gpg("looking up a signing key"))?;
+    Ok(best.map(|(_, f)| f))
 }
 
 fn epoch(t: SystemTime) -> i64 {

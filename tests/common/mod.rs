@@ -1,0 +1,296 @@
+//! Test support: throwaway GnuPG homes driven by the real gpg command line, and helpers to
+//! check copies with stock gpg the way a recipient's MUA would.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sealpost::keys::{home, KeyService};
+
+/// A GnuPG home under /tmp (short path for the agent socket), removed with its agent on drop.
+pub struct GpgHome {
+    pub dir: PathBuf,
+}
+
+impl GpgHome {
+    pub fn new() -> Self {
+        let dir = home::short_temp_dir("spt").expect("temp dir");
+        home::prepare(&dir).expect("prepare GnuPG home");
+        GpgHome { dir }
+    }
+
+    pub fn gpg(&self, args: &[&str], stdin: Option<&[u8]>) -> Output {
+        let mut cmd = Command::new("gpg");
+        cmd.arg("--homedir").arg(&self.dir).args([
+            "--batch",
+            "--yes",
+            "--pinentry-mode",
+            "loopback",
+            "--passphrase",
+            "",
+        ]);
+        cmd.args(args);
+        cmd.stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        });
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("gpg runs");
+        if let Some(data) = stdin {
+            use std::io::Write;
+            child.stdin.take().unwrap().write_all(data).unwrap();
+        }
+        child.wait_with_output().unwrap()
+    }
+
+    fn must(&self, args: &[&str], stdin: Option<&[u8]>) -> Output {
+        let out = self.gpg(args, stdin);
+        assert!(
+            out.status.success(),
+            "gpg {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    /// Generates an ed25519/cv25519 key (`future-default`); returns its fingerprint.
+    pub fn generate(&self, uid: &str) -> String {
+        self.must(
+            &["--quick-gen-key", uid, "future-default", "default", "never"],
+            None,
+        );
+        self.fingerprint(uid)
+    }
+
+    /// A key whose only (primary) key can sign but not encrypt.
+    pub fn generate_sign_only(&self, uid: &str) -> String {
+        self.must(&["--quick-gen-key", uid, "ed25519", "sign", "never"], None);
+        self.fingerprint(uid)
+    }
+
+    /// A key made in 2020 that expired a day later.
+    pub fn generate_expired(&self, uid: &str) -> String {
+        self.must(
+            &[
+                "--faked-system-time",
+                "20200101T000000",
+                "--quick-gen-key",
+                uid,
+                "future-default",
+                "default",
+                "1d",
+            ],
+            None,
+        );
+        self.fingerprint(uid)
+    }
+
+    /// A key revoked with the revocation certificate gpg stored when it was made.
+    pub fn generate_revoked(&self, uid: &str) -> String {
+        let fpr = self.generate(uid);
+        let cert =
+            std::fs::read_to_string(self.dir.join("openpgp-revocs.d").join(format!("{fpr}.rev")))
+                .unwrap();
+        // The stored certificate is disarmed with a leading colon (gpg's own safety).
+        let armored = cert.replace(
+            ":-----BEGIN PGP PUBLIC KEY BLOCK-----",
+            "-----BEGIN PGP PUBLIC KEY BLOCK-----",
+        );
+        self.must(&["--import"], Some(armored.as_bytes()));
+        fpr
+    }
+
+    pub fn fingerprint(&self, uid: &str) -> String {
+        let email = uid
+            .rsplit_once('<')
+            .map_or(uid, |(_, e)| e.trim_end_matches('>'));
+        let out = self.must(
+            &["--with-colons", "--list-keys", &format!("<{email}>")],
+            None,
+        );
+        let text = String::from_utf8(out.stdout).unwrap();
+        let fprs: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("fpr:"))
+            .map(|l| l.split(':').nth(9).unwrap())
+            .collect();
+        // The primary key's fingerprint comes first after the newest "pub" line.
+        let last_pub = text.lines().filter(|l| l.starts_with("pub:")).count();
+        assert!(last_pub > 0, "no key for {uid}");
+        let mut seen_pub = 0;
+        let mut after_pub = false;
+        for l in text.lines() {
+            if l.starts_with("pub:") {
+                seen_pub += 1;
+                after_pub = seen_pub == last_pub;
+            } else if after_pub && l.starts_with("fpr:") {
+                return l.split(':').nth(9).unwrap().to_string();
+            }
+        }
+        fprs[0].to_string()
+    }
+
+    /// The key IDs of the encryption subkeys of `fpr`.
+    pub fn encryption_subkeys(&self, fpr: &str) -> Vec<String> {
+        let out = self.must(&["--with-colons", "--list-keys", fpr], None);
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .filter(|l| {
+                l.starts_with("sub:") && l.split(':').nth(11).is_some_and(|c| c.contains('e'))
+            })
+            .map(|l| l.split(':').nth(4).unwrap().to_string())
+            .collect()
+    }
+
+    pub fn export_public(&self, fpr: &str) -> Vec<u8> {
+        self.must(&["--armor", "--export", fpr], None).stdout
+    }
+
+    pub fn import(&self, armored: &[u8]) {
+        self.must(&["--import"], Some(armored));
+    }
+
+    /// A key service over this home, as the daemons use it.
+    pub fn service(&self, deadline: Duration) -> Arc<KeyService> {
+        Arc::new(KeyService::start(
+            Some(self.dir.clone()),
+            2,
+            deadline,
+            Default::default(),
+        ))
+    }
+
+    /// Decrypts with stock gpg. Returns (plaintext, key IDs the message was encrypted to,
+    /// whether gpg reported a good signature, and the full status output).
+    pub fn decrypt(&self, armored: &[u8]) -> Option<(Vec<u8>, Vec<String>, bool, String)> {
+        let dir = home::short_temp_dir("spd").unwrap();
+        let out_path = dir.join("plain");
+        let out = self.gpg(
+            &[
+                "--status-fd",
+                "2",
+                "--output",
+                out_path.to_str().unwrap(),
+                "--decrypt",
+            ],
+            Some(armored),
+        );
+        let status = String::from_utf8_lossy(&out.stderr).into_owned();
+        let plain = std::fs::read(&out_path).ok();
+        let _ = std::fs::remove_dir_all(&dir);
+        if !out.status.success() {
+            return None;
+        }
+        let enc_to = status
+            .lines()
+            .filter_map(|l| l.strip_prefix("[GNUPG:] ENC_TO "))
+            .map(|l| l.split(' ').next().unwrap().to_string())
+            .collect();
+        let good = status.contains("[GNUPG:] GOODSIG ");
+        Some((plain?, enc_to, good, status))
+    }
+
+    /// Verifies a detached signature with stock gpg; returns the VALIDSIG fingerprint.
+    pub fn verify_detached(&self, signed: &[u8], signature: &[u8]) -> Option<String> {
+        let dir = home::short_temp_dir("spv").unwrap();
+        let (s, d) = (dir.join("sig.asc"), dir.join("data"));
+        std::fs::write(&s, signature).unwrap();
+        std::fs::write(&d, signed).unwrap();
+        let out = self.gpg(
+            &[
+                "--status-fd",
+                "1",
+                "--verify",
+                s.to_str().unwrap(),
+                d.to_str().unwrap(),
+            ],
+            None,
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+        let status = String::from_utf8_lossy(&out.stdout).into_owned();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("[GNUPG:] VALIDSIG "))
+            .map(|l| l.split(' ').last().unwrap().to_string())
+            .filter(|_| out.status.success())
+    }
+}
+
+impl Drop for GpgHome {
+    fn drop(&mut self) {
+        home::stop_daemons(&self.dir);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The world of most tests: a sender home (Alice's secret key plus the recipients' public
+/// keys) and one home per recipient holding only that recipient's secret key and Alice's
+/// public key.
+pub struct World {
+    pub sender: GpgHome,
+    pub alice: String,
+    pub bob: GpgHome,
+    pub bob_fpr: String,
+    pub carol: GpgHome,
+    pub carol_fpr: String,
+}
+
+impl World {
+    pub fn new() -> Self {
+        let sender = GpgHome::new();
+        let alice = sender.generate("Alice <alice@example.org>");
+        let bob = GpgHome::new();
+        let bob_fpr = bob.generate("Bob <bob@example.org>");
+        let carol = GpgHome::new();
+        let carol_fpr = carol.generate("Carol <carol@example.org>");
+        let alice_pub = sender.export_public(&alice);
+        for r in [&bob, &carol] {
+            r.import(&alice_pub);
+        }
+        sender.import(&bob.export_public(&bob_fpr));
+        sender.import(&carol.export_public(&carol_fpr));
+        World {
+            sender,
+            alice,
+            bob,
+            bob_fpr,
+            carol,
+            carol_fpr,
+        }
+    }
+}
+
+/// The copy's bytes must be a multipart/encrypted message; returns its armored payload.
+pub fn ciphertext(copy: &[u8]) -> Vec<u8> {
+    sealpost::message::mime::encrypted_payload(copy).expect("copy is multipart/encrypted")
+}
+
+pub fn header_names(message: &[u8]) -> Vec<String> {
+    let end = find(message, b"\r\n\r\n").map_or(message.len(), |i| i + 2);
+    String::from_utf8_lossy(&message[..end])
+        .split("\r\n")
+        .filter(|l| !l.is_empty() && !l.starts_with([' ', '\t']))
+        .filter_map(|l| l.split_once(':').map(|(n, _)| n.to_ascii_lowercase()))
+        .collect()
+}
+
+pub fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+pub fn contains(hay: &[u8], needle: &str) -> bool {
+    find(hay, needle.as_bytes()).is_some()
+}
+
+pub fn fixture(path: &str) -> Vec<u8> {
+    std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/data")
+            .join(path),
+    )
+    .unwrap()
+}

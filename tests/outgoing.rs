@@ -1,0 +1,412 @@
+//! The outgoing core against real GnuPG: per-recipient copies, policies, unusable keys,
+//! failures, header protection and address validation. Copies are checked with stock gpg in
+//! each recipient's own GnuPG home, the way a recipient's MUA would.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use sealpost::keys::{Resolution, Unusable};
+use sealpost::message::mime::signed_parts;
+use sealpost::rewrite::{Copy, Decision, EncryptedForm, Envelope, Mode, Outcome, Policy, Rewriter};
+
+const MESSAGE: &str = "From: Alice <alice@example.org>\r\n\
+To: Bob <bob@example.org>\r\n\
+Cc: Dave <dave@example.net>\r\n\
+Bcc: Carol <carol@example.org>\r\n\
+Subject: The secret subject line\r\n\
+Date: Sun, 22 Nov 2026 10:00:00 +0000\r\n\
+Message-ID: <abc-123@example.org>\r\n\
+Keywords: internal\r\n\
+MIME-Version: 1.0\r\n\
+Content-Type: text/plain; charset=utf-8\r\n\
+Content-Transfer-Encoding: 8bit\r\n\
+\r\n\
+Hello Bob, the plan is on. Grüße\r\n";
+
+fn envelope() -> Envelope {
+    Envelope {
+        id: "T1".into(),
+        sender: "alice@example.org".into(),
+        recipients: vec![
+            "bob@example.org".into(),
+            "dave@example.net".into(),
+            "carol@example.org".into(),
+        ],
+    }
+}
+
+async fn run(world: &World, policy: Policy, env: &Envelope, raw: &[u8]) -> Outcome {
+    let rewriter = Rewriter::new(world.sender.service(Duration::from_secs(20)), policy);
+    rewriter
+        .rewrite(env, raw.to_vec())
+        .await
+        .expect("message accepted")
+}
+
+fn copies(outcome: Outcome) -> Vec<Copy> {
+    match outcome {
+        Outcome::Copies(c) => c,
+        Outcome::Refused(r) => panic!("refused: {r}"),
+    }
+}
+
+/// Decrypts `copy` in `home` with stock gpg, checks it names exactly one recipient key (the
+/// one given) and that the inner multipart/signed verifies with Alice's key. Returns the
+/// signed payload.
+fn open_encrypted(world: &World, home: &GpgHome, fpr: &str, copy: &[u8]) -> Vec<u8> {
+    let (plain, enc_to, _, status) = home
+        .decrypt(&ciphertext(copy))
+        .expect("decrypts with the recipient's key");
+    assert_eq!(enc_to.len(), 1, "exactly one recipient key: {status}");
+    assert!(
+        home.encryption_subkeys(fpr).contains(&enc_to[0]),
+        "encrypted to the recipient's own subkey"
+    );
+    let (signed, sig) = signed_parts(&plain).expect("plaintext is multipart/signed");
+    assert_eq!(
+        home.verify_detached(&signed, &sig).as_deref(),
+        Some(world.alice.as_str()),
+        "signature by Alice verifies"
+    );
+    signed
+}
+
+#[tokio::test]
+async fn opportunistic_to_cc_bcc_gives_three_distinct_copies() {
+    let world = World::new();
+    let copies = copies(run(&world, Policy::default(), &envelope(), MESSAGE.as_bytes()).await);
+    assert_eq!(copies.len(), 3);
+    let by = |a: &str| copies.iter().find(|c| c.recipient == a).unwrap();
+    let (bob, dave, carol) = (
+        by("bob@example.org"),
+        by("dave@example.net"),
+        by("carol@example.org"),
+    );
+    assert_eq!(
+        bob.decision,
+        Decision::Encrypted {
+            fingerprint: world.bob_fpr.clone()
+        }
+    );
+    assert_eq!(
+        carol.decision,
+        Decision::Encrypted {
+            fingerprint: world.carol_fpr.clone()
+        }
+    );
+    assert_eq!(dave.decision, Decision::Signed);
+
+    let bob_copy = bob.message.as_ref().unwrap();
+    let carol_copy = carol.message.as_ref().unwrap();
+    let dave_copy = dave.message.as_ref().unwrap();
+
+    // Each encrypted copy opens only with its own recipient's key.
+    let bob_inner = open_encrypted(&world, &world.bob, &world.bob_fpr, bob_copy);
+    let carol_inner = open_encrypted(&world, &world.carol, &world.carol_fpr, carol_copy);
+    assert!(
+        world.carol.decrypt(&ciphertext(bob_copy)).is_none(),
+        "Carol cannot read Bob's copy"
+    );
+    assert!(
+        world.bob.decrypt(&ciphertext(carol_copy)).is_none(),
+        "Bob cannot read Carol's copy"
+    );
+
+    // Dave's copy: multipart/signed that verifies with stock gpg.
+    let (signed, sig) = signed_parts(dave_copy).expect("Dave's copy is multipart/signed");
+    let dave_home = GpgHome::new();
+    dave_home.import(&world.sender.export_public(&world.alice));
+    assert_eq!(
+        dave_home.verify_detached(&signed, &sig).as_deref(),
+        Some(world.alice.as_str())
+    );
+    assert!(contains(dave_copy, "Subject: The secret subject line"));
+
+    // No Bcc anywhere, and Carol's address appears in no copy (she was only a Bcc recipient).
+    for (copy, inner) in [
+        (bob_copy, Some(&bob_inner)),
+        (carol_copy, Some(&carol_inner)),
+        (dave_copy, None),
+    ] {
+        assert!(!header_names(copy).contains(&"bcc".to_string()));
+        assert!(!contains(copy, "carol@example.org"));
+        if let Some(inner) = inner {
+            assert!(!header_names(inner).contains(&"bcc".to_string()));
+            assert!(!contains(inner, "carol@example.org"));
+        }
+    }
+    // Every copy keeps the original Message-ID; the three copies are distinct messages.
+    for c in [bob_copy, carol_copy, dave_copy] {
+        assert!(contains(c, "Message-ID: <abc-123@example.org>\r\n"));
+        assert!(contains(c, "Autocrypt: addr=alice@example.org; keydata="));
+    }
+    assert_ne!(bob_copy, carol_copy);
+}
+
+#[tokio::test]
+async fn encrypted_copies_hide_the_subject_outside_the_ciphertext() {
+    let world = World::new();
+    let copies = copies(run(&world, Policy::default(), &envelope(), MESSAGE.as_bytes()).await);
+    let bob = copies
+        .iter()
+        .find(|c| c.recipient == "bob@example.org")
+        .unwrap();
+    let copy = bob.message.as_ref().unwrap();
+    assert!(
+        !contains(copy, "secret subject"),
+        "no original Subject outside the ciphertext"
+    );
+    assert!(
+        !contains(copy, "Keywords"),
+        "Keywords removed from the outer header (hcp_baseline)"
+    );
+    assert!(contains(copy, "\r\nSubject: [...]\r\n"));
+    let inner = open_encrypted(&world, &world.bob, &world.bob_fpr, copy);
+    assert!(
+        contains(&inner, "Subject: The secret subject line\r\n"),
+        "inner part carries the real Subject"
+    );
+    assert!(contains(&inner, "HP-Outer: Subject: [...]\r\n"));
+    assert!(contains(&inner, "hp=\"cipher\""));
+    assert!(contains(&inner, "Keywords: internal"));
+}
+
+#[tokio::test]
+async fn encrypt_only_rejects_the_keyless_recipient_with_5_7_1() {
+    let world = World::new();
+    let policy = Policy {
+        mode: Mode::EncryptOnly,
+        ..Policy::default()
+    };
+    let copies = copies(run(&world, policy, &envelope(), MESSAGE.as_bytes()).await);
+    let dave = copies
+        .iter()
+        .find(|c| c.recipient == "dave@example.net")
+        .unwrap();
+    match &dave.decision {
+        Decision::Rejected { reply } => {
+            assert_eq!((reply.code, reply.status), (550, "5.7.1"));
+            assert!(reply.text.contains("no public key"), "{reply}");
+        }
+        other => panic!("Dave should be rejected, got {other:?}"),
+    }
+    assert!(dave.message.is_none());
+    for (c, home, fpr) in [
+        ("bob@example.org", &world.bob, &world.bob_fpr),
+        ("carol@example.org", &world.carol, &world.carol_fpr),
+    ] {
+        let copy = copies.iter().find(|x| x.recipient == c).unwrap();
+        open_encrypted(&world, home, fpr, copy.message.as_ref().unwrap());
+    }
+}
+
+#[tokio::test]
+async fn all_or_nothing_refuses_the_whole_message() {
+    let world = World::new();
+    let policy = Policy {
+        mode: Mode::AllOrNothing,
+        ..Policy::default()
+    };
+    match run(&world, policy, &envelope(), MESSAGE.as_bytes()).await {
+        Outcome::Refused(reply) => {
+            assert_eq!((reply.code, reply.status), (550, "5.7.1"));
+            assert!(reply.text.contains("dave@example.net"), "{reply}");
+        }
+        Outcome::Copies(c) => panic!("expected a refusal, got {} copies", c.len()),
+    }
+}
+
+#[tokio::test]
+async fn expired_revoked_and_sign_only_keys_count_as_no_key() {
+    let world = World::new();
+    let other = GpgHome::new();
+    let expired = other.generate_expired("Eve <expired@example.org>");
+    let revoked = other.generate_revoked("Rob <revoked@example.org>");
+    let sign_only = other.generate_sign_only("Sid <signonly@example.org>");
+    for fpr in [&expired, &revoked, &sign_only] {
+        world.sender.import(&other.export_public(fpr));
+    }
+    let service = world.sender.service(Duration::from_secs(20));
+    let cases = [
+        (
+            "expired@example.org",
+            &expired,
+            Unusable::Expired,
+            "expired",
+        ),
+        (
+            "revoked@example.org",
+            &revoked,
+            Unusable::Revoked,
+            "revoked",
+        ),
+        (
+            "signonly@example.org",
+            &sign_only,
+            Unusable::NoEncryptionSubkey,
+            "no encryption-capable subkey",
+        ),
+    ];
+    for (addr, fpr, why, text) in cases {
+        let r = service.resolve(addr).await.unwrap();
+        assert_eq!(
+            r,
+            Resolution::NoKey {
+                refused: vec![(fpr.to_string(), why)]
+            },
+            "{addr}"
+        );
+        assert!(r.reason().contains(text), "{}", r.reason());
+    }
+
+    // Under encrypt-only each is rejected with that reason; opportunistic signs instead.
+    let env = Envelope {
+        id: "T2".into(),
+        sender: "alice@example.org".into(),
+        recipients: cases.iter().map(|c| c.0.to_string()).collect(),
+    };
+    let policy = Policy {
+        mode: Mode::EncryptOnly,
+        ..Policy::default()
+    };
+    for (copy, (_, _, _, text)) in copies(run(&world, policy, &env, MESSAGE.as_bytes()).await)
+        .iter()
+        .zip(cases)
+    {
+        match &copy.decision {
+            Decision::Rejected { reply } => assert!(reply.text.contains(text), "{reply}"),
+            other => panic!("{}: expected rejection, got {other:?}", copy.recipient),
+        }
+    }
+    for copy in copies(run(&world, Policy::default(), &env, MESSAGE.as_bytes()).await) {
+        assert_eq!(copy.decision, Decision::Signed, "{}", copy.recipient);
+    }
+}
+
+#[tokio::test]
+async fn a_lookup_past_its_deadline_defers_and_produces_no_copy() {
+    let world = World::new();
+    // A deadline no gpg operation can meet: every lookup fails by timeout.
+    let rewriter = Rewriter::new(
+        world.sender.service(Duration::from_nanos(1)),
+        Policy::default(),
+    );
+    let copies = copies(
+        rewriter
+            .rewrite(&envelope(), MESSAGE.as_bytes().to_vec())
+            .await
+            .unwrap(),
+    );
+    assert_eq!(copies.len(), 3);
+    for c in copies {
+        match c.decision {
+            Decision::Deferred { reply } => {
+                assert_eq!((reply.code, reply.status), (451, "4.7.0"));
+                assert!(reply.text.contains("did not finish"), "{reply}");
+            }
+            other => panic!(
+                "{}: expected a temporary failure, got {other:?}",
+                c.recipient
+            ),
+        }
+        assert!(
+            c.message.is_none(),
+            "no copy, certainly not a cleartext one"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_dead_agent_defers_every_copy_and_sends_nothing_in_clear() {
+    let world = World::new();
+    // Stop the agent and make sure GnuPG cannot start a new one: signing needs it.
+    sealpost::keys::home::stop_daemons(&world.sender.dir);
+    let conf = world.sender.dir.join("gpg.conf");
+    let mut text = std::fs::read_to_string(&conf).unwrap();
+    text.push_str("agent-program /bin/false\n");
+    std::fs::write(&conf, text).unwrap();
+    for policy in [
+        Policy::default(),
+        Policy {
+            mode: Mode::EncryptOnly,
+            ..Policy::default()
+        },
+    ] {
+        let copies = copies(run(&world, policy, &envelope(), MESSAGE.as_bytes()).await);
+        for c in copies {
+            match &c.decision {
+                Decision::Deferred { reply } => assert!(reply.is_temporary(), "{reply}"),
+                Decision::Rejected { reply } => {
+                    panic!("{}: rejected instead of deferred: {reply}", c.recipient)
+                }
+                other => panic!(
+                    "{}: expected a temporary failure, got {other:?}",
+                    c.recipient
+                ),
+            }
+            assert!(c.message.is_none());
+        }
+    }
+}
+
+#[tokio::test]
+async fn invalid_recipient_addresses_get_5_1_3() {
+    let world = World::new();
+    let env = Envelope {
+        id: "T3".into(),
+        sender: "alice@example.org".into(),
+        recipients: vec![
+            "bob@example.org".into(),
+            "not an address".into(),
+            "x@@example.org".into(),
+        ],
+    };
+    let copies = copies(run(&world, Policy::default(), &env, MESSAGE.as_bytes()).await);
+    assert!(matches!(copies[0].decision, Decision::Encrypted { .. }));
+    for c in &copies[1..] {
+        match &c.decision {
+            Decision::Rejected { reply } => assert_eq!((reply.code, reply.status), (553, "5.1.3")),
+            other => panic!("{}: {other:?}", c.recipient),
+        }
+    }
+}
+
+#[tokio::test]
+async fn combined_form_and_encrypt_to_self() {
+    let world = World::new();
+    let policy = Policy {
+        encrypted_form: EncryptedForm::Combined,
+        encrypt_to_self: true,
+        ..Policy::default()
+    };
+    let env = Envelope {
+        id: "T4".into(),
+        sender: "alice@example.org".into(),
+        recipients: vec!["bob@example.org".into()],
+    };
+    let copies = copies(run(&world, policy, &env, MESSAGE.as_bytes()).await);
+    let copy = copies[0].message.as_ref().unwrap();
+    let (plain, enc_to, good, status) = world.bob.decrypt(&ciphertext(copy)).unwrap();
+    assert!(good, "combined signature verifies: {status}");
+    assert_eq!(enc_to.len(), 2, "recipient and sender: {status}");
+    assert!(contains(&plain, "Subject: The secret subject line"));
+    // The sender can read her own copy too.
+    assert!(world.sender.decrypt(&ciphertext(copy)).is_some());
+}
+
+#[tokio::test]
+async fn already_encrypted_mail_passes_through_untouched_but_without_bcc() {
+    let world = World::new();
+    let body = "\r\n-----BEGIN PGP MESSAGE-----\r\n\r\nhF4DAAAAAAAAAAASAQdAexample\r\n-----END PGP MESSAGE-----\r\n";
+    let raw = format!("From: alice@example.org\r\nTo: bob@example.org\r\nBcc: carol@example.org\r\nSubject: inline\r\n{body}");
+    let copies = copies(run(&world, Policy::default(), &envelope(), raw.as_bytes()).await);
+    assert_eq!(copies.len(), 3);
+    let want =
+        format!("From: alice@example.org\r\nTo: bob@example.org\r\nSubject: inline\r\n{body}");
+    for c in copies {
+        assert_eq!(c.decision, Decision::PassThrough);
+        assert_eq!(String::from_utf8(c.message.unwrap()).unwrap(), want);
+    }
+}
