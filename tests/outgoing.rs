@@ -334,10 +334,16 @@ async fn a_dead_agent_defers_every_copy_and_sends_nothing_in_clear() {
             ..Policy::default()
         },
     ] {
+        let strict = policy.mode == Mode::EncryptOnly;
         let copies = copies(run(&world, policy, &envelope(), MESSAGE.as_bytes()).await);
         for c in copies {
             match &c.decision {
                 Decision::Deferred { reply } => assert!(reply.is_temporary(), "{reply}"),
+                // Dave has no public key at all: under encrypt-only that is a final answer
+                // that needs no agent.
+                Decision::Rejected { reply } if strict && c.recipient == "dave@example.net" => {
+                    assert_eq!(reply.status, "5.7.1")
+                }
                 Decision::Rejected { reply } => {
                     panic!("{}: rejected instead of deferred: {reply}", c.recipient)
                 }
