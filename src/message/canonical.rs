@@ -9,6 +9,7 @@ use mail_parser::{Encoding, Message, MessageParser, MessagePart, MimeHeaders, Pa
 
 use super::encoding::{
     base64_decode_lenient, base64_lines, crlf, is_signing_safe, quoted_printable,
+    repair_quoted_printable,
 };
 use super::parse::{is_cte, HeaderField, ParsedMessage};
 
@@ -51,6 +52,7 @@ pub fn content_entity(message: &ParsedMessage) -> ContentEntity {
             for &child in children {
                 visit(&parsed, &parsed.parts[child as usize], raw, &mut edits);
             }
+            tidy_multipart(root, raw, &mut edits);
         }
         PartType::Message(inner) => visit(inner, inner.root_part(), raw, &mut edits),
         _ => {
@@ -80,6 +82,7 @@ fn visit(message: &Message<'_>, part: &MessagePart<'_>, raw: &[u8], edits: &mut 
             for &child in children {
                 visit(message, &message.parts[child as usize], raw, edits);
             }
+            tidy_multipart(part, raw, edits);
         }
         // A forwarded message is walked into: message/rfc822 may not be base64-encoded
         // (RFC 2046 §5.2.1), so its own leaves are made safe instead.
@@ -133,6 +136,79 @@ fn visit(message: &Message<'_>, part: &MessagePart<'_>, raw: &[u8], edits: &mut 
     }
 }
 
+/// Makes a multipart's own framing safe to sign: adds the close-delimiter when it is missing
+/// (RFC 2046 §5.1.1 requires it; without it a parser of the signed entity may run into the
+/// enclosing multipart/signed), and drops a preamble or epilogue that is not 7-bit safe —
+/// RFC 2046 §5.1.1 says both are to be ignored by readers, so nothing a reader sees changes.
+fn tidy_multipart(part: &MessagePart<'_>, raw: &[u8], edits: &mut Vec<Edit>) {
+    let Some(boundary) = part.content_type().and_then(|ct| ct.attribute("boundary")) else {
+        return;
+    };
+    let start = part.offset_body as usize;
+    let end = (part.offset_end as usize).min(raw.len());
+    let dash = format!("--{boundary}");
+    // Delimiter lines (RFC 2046 §5.1.1): "--boundary" or "--boundary--", then only
+    // transport padding (blanks), which is trimmed because it would be trailing whitespace.
+    let mut first = None;
+    let mut close_line_end = None;
+    let mut pos = start;
+    while pos < end {
+        let line_end = raw[pos..end]
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(end, |n| pos + n + 1);
+        let line = &raw[pos..line_end];
+        let content = line.strip_suffix(b"\n").unwrap_or(line);
+        let content = content.strip_suffix(b"\r").unwrap_or(content);
+        if let Some(rest) = content.strip_prefix(dash.as_bytes()) {
+            let (closing, padding) = match rest.strip_prefix(b"--") {
+                Some(p) => (true, p),
+                None => (false, rest),
+            };
+            if padding.iter().all(|&b| b == b' ' || b == b'\t') {
+                if !padding.is_empty() {
+                    let trimmed = pos + content.len() - padding.len();
+                    edits.push(Edit {
+                        start: trimmed,
+                        end: pos + content.len(),
+                        bytes: Vec::new(),
+                    });
+                }
+                first.get_or_insert(pos);
+                if closing {
+                    close_line_end = Some(line_end);
+                }
+            }
+        }
+        pos = line_end;
+    }
+    if let Some(first) = first {
+        if !is_signing_safe(&raw[start..first]) {
+            edits.push(Edit {
+                start,
+                end: first,
+                bytes: Vec::new(),
+            });
+        }
+    }
+    match close_line_end {
+        Some(after) => {
+            if !is_signing_safe(&raw[after..end]) {
+                edits.push(Edit {
+                    start: after,
+                    end,
+                    bytes: Vec::new(),
+                });
+            }
+        }
+        None => edits.push(Edit {
+            start: end,
+            end,
+            bytes: format!("\r\n{dash}--\r\n").into_bytes(),
+        }),
+    }
+}
+
 /// A multipart whose boundary never appears (or is missing) reaches us as a leaf. It cannot be
 /// re-encoded under a multipart type (RFC 2045 §6.4), so when it needs encoding it is
 /// relabelled as text, which is how MUAs show such a part anyway.
@@ -177,11 +253,9 @@ fn leaf_edit(part: &MessagePart<'_>, raw: &[u8]) -> Option<(&'static str, Vec<u8
             let decoded = base64_decode_lenient(body)?;
             Some(("base64", base64_lines(&decoded)))
         }
-        Encoding::QuotedPrintable => {
-            let decoded = quoted_printable::decode(body, quoted_printable::ParseMode::Robust)
-                .unwrap_or_else(|_| body.to_vec());
-            Some(("quoted-printable", quoted_printable(&decoded)))
-        }
+        // Repaired in place rather than decoded and re-encoded: decoders disagree on broken
+        // escapes, and the repair keeps whatever reading the recipient's decoder would make.
+        Encoding::QuotedPrintable => Some(("quoted-printable", repair_quoted_printable(body))),
         Encoding::None => match declared.as_deref() {
             None | Some("7bit") | Some("8bit") | Some("binary") => Some(encode_leaf(body, textual)),
             // An encoding we do not know (x-uuencode, ...): changing it would change the

@@ -65,6 +65,62 @@ fn encode_qp_line(line: &[u8], out: &mut Vec<u8>) {
     }
 }
 
+/// Makes an already quoted-printable body safe to sign without changing what it decodes to:
+/// trailing whitespace is dropped (RFC 2045 §6.7 rule 3: decoders delete it anyway), 8-bit
+/// bytes, NUL and lone CR become `=XX`, a leading "From " becomes "=46rom ", and lines over
+/// 998 octets get soft line breaks between (never inside) escapes.
+pub fn repair_quoted_printable(body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len() + body.len() / 16);
+    let mut lines = split_lines(body).peekable();
+    while let Some(line) = lines.next() {
+        let end = line
+            .iter()
+            .rposition(|&b| b != b' ' && b != b'\t')
+            .map_or(0, |i| i + 1);
+        let line = &line[..end];
+        // Tokens: an escape "=XX" stays whole; everything else is one byte.
+        let mut tokens: Vec<Vec<u8>> = Vec::with_capacity(line.len());
+        let mut i = 0;
+        while i < line.len() {
+            let b = line[i];
+            if b == b'='
+                && line.len() >= i + 3
+                && line[i + 1].is_ascii_hexdigit()
+                && line[i + 2].is_ascii_hexdigit()
+            {
+                tokens.push(line[i..i + 3].to_vec());
+                i += 3;
+                continue;
+            }
+            let literal = match b {
+                b'F' if i == 0 && line.starts_with(b"From ") => false,
+                0 | b'\r' | 128..=255 => false,
+                _ => true,
+            };
+            tokens.push(if literal {
+                vec![b]
+            } else {
+                format!("={b:02X}").into_bytes()
+            });
+            i += 1;
+        }
+        let total: usize = tokens.iter().map(Vec::len).sum();
+        let mut col = 0;
+        for t in tokens {
+            if total > 998 && col + t.len() > QP_LINE - 1 {
+                out.extend_from_slice(b"=\r\n");
+                col = 0;
+            }
+            col += t.len();
+            out.extend_from_slice(&t);
+        }
+        if lines.peek().is_some() || body.ends_with(b"\n") {
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+    out
+}
+
 /// Encodes `data` as base64 in lines of 76 characters, each ending in CRLF.
 pub fn base64_lines(data: &[u8]) -> Vec<u8> {
     let encoded = base64::engine::general_purpose::STANDARD.encode(data);
@@ -188,6 +244,30 @@ mod tests {
         let dec = quoted_printable::decode(&enc, quoted_printable::ParseMode::Strict).unwrap();
         assert_eq!(dec, long.as_bytes());
         assert!(is_signing_safe(&enc));
+    }
+
+    #[test]
+    fn qp_repair_table() {
+        let cases: &[(&[u8], &[u8])] = &[
+            (b"ok=20line\r\n", b"ok=20line\r\n"),
+            (b"trailing   \r\n", b"trailing\r\n"),
+            (b"soft= \r\nnext\n", b"soft=\r\nnext\r\n"),
+            (b"From x\n", b"=46rom x\r\n"),
+            ("caf\u{e9}\n".as_bytes(), b"caf=C3=A9\r\n"),
+            (b"bad =ZZ and =4\n", b"bad =ZZ and =4\r\n"),
+        ];
+        for (input, want) in cases {
+            assert_eq!(
+                String::from_utf8_lossy(&repair_quoted_printable(input)),
+                String::from_utf8_lossy(want)
+            );
+        }
+        let long = [b"=41".repeat(500), b"x".repeat(10)].concat();
+        let fixed = repair_quoted_printable(&long);
+        assert!(is_signing_safe(&fixed));
+        let decoded =
+            quoted_printable::decode(&fixed, quoted_printable::ParseMode::Strict).unwrap();
+        assert_eq!(decoded, [b"A".repeat(500), b"x".repeat(10)].concat());
     }
 
     #[test]

@@ -219,10 +219,8 @@ pub fn message(outer: &[HeaderField], container: &Container) -> Vec<u8> {
 pub fn autocrypt_field(addr: &str, keydata: &[u8]) -> HeaderField {
     let b64 = base64::engine::general_purpose::STANDARD.encode(keydata);
     let mut value = format!("addr={addr}; keydata=");
-    for (i, chunk) in b64.as_bytes().chunks(72).enumerate() {
-        if i > 0 {
-            value.push_str("\r\n ");
-        }
+    for chunk in b64.as_bytes().chunks(72) {
+        value.push_str("\r\n ");
         value.push_str(std::str::from_utf8(chunk).expect("base64 is ASCII"));
     }
     HeaderField::new("Autocrypt", &value)

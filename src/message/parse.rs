@@ -62,9 +62,18 @@ pub struct ParsedMessage {
 impl ParsedMessage {
     /// Parses `raw`. Fails on input that has no header section at all: an empty file, binary
     /// data, prose without headers.
-    pub fn parse(raw: Vec<u8>) -> Result<Self, MessageError> {
+    pub fn parse(mut raw: Vec<u8>) -> Result<Self, MessageError> {
         if raw.iter().all(|b| b.is_ascii_whitespace()) {
             return Err(MessageError::Empty);
+        }
+        // An mbox postmark ("From sender date") before the header is not part of the message;
+        // sendmail and Postfix drop it too.
+        if raw.starts_with(b"From ") {
+            let end = raw
+                .iter()
+                .position(|&b| b == b'\n')
+                .map_or(raw.len(), |i| i + 1);
+            raw.drain(..end);
         }
         let (fields, body_start, from, encrypted) = {
             let message = MessageParser::default()
