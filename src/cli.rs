@@ -209,11 +209,15 @@ async fn rewrite(config: Config, args: RewriteArgs) -> Result<u8, CliError> {
                     None => None,
                 };
                 if args.json {
-                    lines.push(serde_json::json!({
-                        "recipient": copy.recipient,
-                        "decision": copy.decision,
-                        "file": file,
-                    }));
+                    // {"recipient", "decision", then "fingerprint" or "reply", "file"}.
+                    let mut entry = serde_json::json!({ "recipient": copy.recipient });
+                    if let (Some(obj), Ok(serde_json::Value::Object(decision))) =
+                        (entry.as_object_mut(), serde_json::to_value(&copy.decision))
+                    {
+                        obj.extend(decision);
+                        obj.insert("file".into(), serde_json::json!(file));
+                    }
+                    lines.push(entry);
                 } else {
                     println!(
                         "{}\t{}\t{}",

@@ -130,24 +130,17 @@ impl Config {
     }
 
     fn validate(&self, text: &str, name: &str) -> Result<(), ConfigError> {
-        let invalid = |key: &str, message: String| {
-            let line = text
-                .lines()
-                .position(|l| {
-                    l.trim_start()
-                        .starts_with(key.rsplit('.').next().unwrap_or(key))
-                })
-                .map_or(0, |i| i + 1);
-            ConfigError::Invalid {
-                path: name.to_string(),
-                line,
-                key: format!("{key}: "),
-                message,
-            }
+        // `needle` is what the offending line starts with: the key, or the quoted table key.
+        let invalid = |key: &str, needle: &str, message: String| ConfigError::Invalid {
+            path: name.to_string(),
+            line: line_of(text, needle),
+            key: format!("{key}: "),
+            message,
         };
         if self.gnupg.timeout_secs == 0 {
             return Err(invalid(
                 "gnupg.timeout_secs",
+                "timeout_secs",
                 "must be at least 1 (seconds)".into(),
             ));
         }
@@ -156,6 +149,7 @@ impl Config {
             if home.as_os_str().len() > 80 {
                 return Err(invalid(
                     "gnupg.home",
+                    "home",
                     "path too long for gpg-agent's socket: keep it under 80 bytes".into(),
                 ));
             }
@@ -164,6 +158,7 @@ impl Config {
             if domain.contains('@') || domain != &domain.to_ascii_lowercase() || domain.is_empty() {
                 return Err(invalid(
                     "policy.domains",
+                    &format!("\"{domain}\""),
                     format!("\"{domain}\" is not a lower-case domain name"),
                 ));
             }
@@ -172,14 +167,16 @@ impl Config {
             if addr.parse::<lettre::Address>().is_err() || addr != &addr.to_ascii_lowercase() {
                 return Err(invalid(
                     "policy.addresses",
+                    &format!("\"{addr}\""),
                     format!("\"{addr}\" is not a lower-case email address"),
                 ));
             }
         }
         if let Some(fpr) = &self.policy.default_signer {
-            if fpr.len() < 40 || !fpr.chars().all(|c| c.is_ascii_hexdigit()) {
+            if !matches!(fpr.len(), 40 | 64) || !fpr.chars().all(|c| c.is_ascii_hexdigit()) {
                 return Err(invalid(
                     "policy.default_signer",
+                    "default_signer",
                     "must be a full key fingerprint (40 or 64 hex digits)".into(),
                 ));
             }
@@ -187,11 +184,29 @@ impl Config {
         if self.policy.obscured_subject.contains(['\r', '\n']) {
             return Err(invalid(
                 "policy.obscured_subject",
+                "obscured_subject",
                 "must be a single line".into(),
+            ));
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            return Err(invalid(
+                "log.level",
+                "level",
+                format!("\"{}\" is not a valid filter (e.g. \"info\", \"warn\", \"sealpost=debug\"): {e}", self.log.level),
             ));
         }
         Ok(())
     }
+}
+
+/// The 1-based number of the first non-comment line that starts with `needle` (0: not found).
+fn line_of(text: &str, needle: &str) -> usize {
+    text.lines()
+        .position(|l| {
+            let l = l.trim_start();
+            !l.starts_with('#') && l.starts_with(needle)
+        })
+        .map_or(0, |i| i + 1)
 }
 
 /// Line number (1-based) of a byte offset, and the key written on that line ("key: ").

@@ -10,7 +10,7 @@ use crate::cli::{copy_file_name, CliError};
 use crate::config::Config;
 use crate::keys::{home, KeyService};
 use crate::message::mime::{encrypted_payload, signed_parts};
-use crate::rewrite::{Decision, Envelope, Outcome, Rewriter};
+use crate::rewrite::{Decision, Envelope, Outcome, Policy, Rewriter};
 
 const SAMPLE: &str = "From: Alice <alice@example.org>\r\n\
 To: Bob <bob@example.org>\r\n\
@@ -81,16 +81,14 @@ async fn round_trip(config: &Config, dir: &Path, gnupg: &Path) -> Result<u8, Cli
         println!("  generated ed25519/cv25519 key {fpr}  {uid}");
     }
     println!("  dave@example.net has no key\n");
+    // The demo shows the embedded defaults, whatever the configuration file says.
+    let policy = Policy::default();
     println!(
-        "policy: mode={:?} sign={} form={:?} header-protection={} autocrypt={}\n",
-        config.policy.mode,
-        config.policy.sign,
-        config.policy.encrypted_form,
-        config.policy.header_protection,
-        config.policy.autocrypt
+        "policy (built-in defaults): mode={:?} sign={} form={:?} header-protection={} autocrypt={}\n",
+        policy.mode, policy.sign, policy.encrypted_form, policy.header_protection, policy.autocrypt
     );
 
-    let rewriter = Rewriter::new(Arc::clone(&keys), config.policy.clone());
+    let rewriter = Rewriter::new(Arc::clone(&keys), policy);
     let envelope = Envelope {
         id: "demo".into(),
         sender: "alice@example.org".into(),

@@ -20,6 +20,13 @@ pub struct ContentEntity {
     pub body: Vec<u8>,
 }
 
+impl ContentEntity {
+    /// The entity as bytes: its fields, a blank line, the body.
+    pub fn to_entity(&self) -> Vec<u8> {
+        super::parse::assemble(&self.fields, &self.body)
+    }
+}
+
 /// One replacement of a raw byte range; everything between replacements is copied with its
 /// line ends normalised.
 struct Edit {

@@ -101,6 +101,8 @@ pub struct Rewriter {
 /// The signer, once known, and how signing is to be done.
 struct Signing {
     fingerprint: Option<String>,
+    /// The key is the From address's own (not the configured default signer).
+    own: bool,
     /// Why nothing can be signed, when signing is required but impossible.
     problem: Option<Reply>,
 }
@@ -184,13 +186,16 @@ impl Rewriter {
         } else {
             Signing {
                 fingerprint: None,
+                own: false,
                 problem: None,
             }
         };
 
         // The header fields every copy starts from: no Bcc, plus Autocrypt when enabled.
         let mut fields = without_bcc(message.fields());
-        if self.policy.autocrypt {
+        // Autocrypt (Level 1 §2.1) advertises the From address's own key: not a gateway's
+        // default signer, whose key belongs to another address.
+        if self.policy.autocrypt && signing.own {
             if let Some(fpr) = &signing.fingerprint {
                 if let Ok(keydata) = self.keys.autocrypt_keydata(fpr).await {
                     fields.retain(|f| !f.is("Autocrypt"));
@@ -213,22 +218,20 @@ impl Rewriter {
                     Step::Encrypt { fingerprint } => {
                         match encrypted.next().expect("one result per encrypt step") {
                             Ok(bytes) => (Decision::Encrypted { fingerprint }, Some(bytes)),
-                            Err(reply) => (Decision::Deferred { reply }, None),
+                            Err(reply) => (failed(reply), None),
                         }
                     }
                     Step::Sign => match &signed {
                         Some(Ok(bytes)) => (Decision::Signed, Some(bytes.clone())),
-                        Some(Err(reply)) => (
-                            Decision::Deferred {
-                                reply: reply.clone(),
-                            },
-                            None,
-                        ),
+                        Some(Err(reply)) => (failed(reply.clone()), None),
                         None => unreachable!("a signed copy is built whenever a Sign step exists"),
                     },
                     Step::Clear => (
                         Decision::Clear,
-                        Some(assemble(&without_bcc(message.fields()), message.body())),
+                        Some(assemble(
+                            &without_bcc(message.fields()),
+                            &crate::message::encoding::crlf(message.body()),
+                        )),
                     ),
                     Step::PassThrough => (
                         Decision::PassThrough,
@@ -250,15 +253,18 @@ impl Rewriter {
         match self.keys.signer(from).await {
             Ok(Some(fpr)) => Signing {
                 fingerprint: Some(fpr),
+                own: true,
                 problem: None,
             },
             Ok(None) => match &self.policy.default_signer {
                 Some(fpr) => Signing {
                     fingerprint: Some(fpr.clone()),
+                    own: false,
                     problem: None,
                 },
                 None => Signing {
                     fingerprint: None,
+                    own: false,
                     problem: Some(Reply::new(
                         550,
                         "5.7.1",
@@ -268,6 +274,7 @@ impl Rewriter {
             },
             Err(e) => Signing {
                 fingerprint: None,
+                own: false,
                 problem: Some(temporary(&e)),
             },
         }
@@ -304,7 +311,11 @@ impl Rewriter {
         } else {
             mime::outer_fields_clear(fields)
         };
-        let payload = mime::protected_payload(fields, &outer, content, Protection::Cipher);
+        let payload = if self.policy.header_protection {
+            mime::protected_payload(fields, &outer, content, Protection::Cipher)
+        } else {
+            content.to_entity()
+        };
 
         // What gets encrypted, and whether gpg signs while encrypting.
         let (plaintext, inline_signer) = match (self.policy.sign, self.policy.encrypted_form) {
@@ -378,13 +389,7 @@ impl Rewriter {
         let payload = if self.policy.header_protection {
             mime::protected_payload(fields, &outer, content, Protection::Clear)
         } else {
-            let mut p = Vec::with_capacity(content.body.len() + 512);
-            for f in &content.fields {
-                p.extend_from_slice(&f.raw);
-            }
-            p.extend_from_slice(b"\r\n");
-            p.extend_from_slice(&content.body);
-            p
+            content.to_entity()
         };
         Some(
             match self.keys.sign_detached(signer, payload.clone()).await {
@@ -396,6 +401,15 @@ impl Rewriter {
                 Err(e) => Err(temporary(&e)),
             },
         )
+    }
+}
+
+/// A copy that could not be built: deferred when the reason is temporary, rejected otherwise.
+fn failed(reply: Reply) -> Decision {
+    if reply.is_temporary() {
+        Decision::Deferred { reply }
+    } else {
+        Decision::Rejected { reply }
     }
 }
 

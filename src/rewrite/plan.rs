@@ -133,6 +133,21 @@ pub fn plan(
         };
         steps.push((r.address.clone(), step));
     }
+    // all-or-nothing cannot be decided while a lookup failed: defer every recipient rather
+    // than send some copies now and refuse the message later.
+    if all_or_nothing && lookups.values().any(|l| matches!(l, Lookup::Failed(_))) {
+        for (_, step) in steps.iter_mut() {
+            let bad_address = matches!(step, Step::Reject(r) if r.status == "5.1.3");
+            if !bad_address {
+                *step = Step::Defer(Reply::new(
+                    451,
+                    "4.7.0",
+                    "all-or-nothing: a key lookup failed, cannot decide yet",
+                ));
+            }
+        }
+        return Plan::PerRecipient(steps);
+    }
     if all_or_nothing && !keyless.is_empty() {
         return Plan::Refuse(Reply::new(
             550,
@@ -279,6 +294,19 @@ mod tests {
         for (policy, enc, lk, want) in cases {
             assert_eq!(codes(&plan(&abc, enc, policy, &lk)), want, "{policy:?}");
         }
+        let aon_failed = lookups(&[
+            ("a@x.org", found("A")),
+            ("b@y.net", Lookup::Failed("gone".into())),
+            ("c@x.org", found("C")),
+        ]);
+        assert_eq!(
+            codes(&plan(&abc, false, &aon, &aon_failed)),
+            vec![
+                "a@x.org defer 451 4.7.0",
+                "b@y.net defer 451 4.7.0",
+                "c@x.org defer 451 4.7.0"
+            ]
+        );
         let aon_all_keys = lookups(&[
             ("a@x.org", found("A")),
             ("b@y.net", found("B")),
