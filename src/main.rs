@@ -8,15 +8,15 @@ fn main() -> ExitCode {
     match sealpost::cli::Cli::try_parse() {
         Ok(args) => sealpost::cli::main(args),
         Err(e) if e.use_stderr() => {
-            // Usage errors exit 64 (EX_USAGE, sysexits(3)) with clap's one-line reason.
+            // Usage errors exit 64 (EX_USAGE, sysexits(3)) with clap's reason on one line.
             let text = e.to_string();
-            eprintln!(
-                "sealpost: {}",
-                text.lines()
-                    .next()
-                    .unwrap_or("usage error")
-                    .trim_start_matches("error: ")
-            );
+            let reason: Vec<&str> = text
+                .lines()
+                .map(str::trim)
+                .take_while(|l| !l.starts_with("Usage:"))
+                .filter(|l| !l.is_empty())
+                .collect();
+            eprintln!("sealpost: {}", reason.join(" ").trim_start_matches("error: "));
             ExitCode::from(64)
         }
         Err(e) => {

@@ -19,7 +19,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use gpgme::{Context, EncryptFlags, ExportMode, KeyListMode};
 
 pub use resolve::{KeyFacts, Resolution, Unusable};
-pub use worker::{GpgWorker, WorkerSettings};
+pub use worker::{Gpg, GpgWorker, WorkerSettings};
 
 /// A failed key or crypto operation. All of them are temporary by nature: the same
 /// operation may succeed later (agent restarted, load gone), so callers that must encrypt
@@ -40,7 +40,7 @@ pub enum KeyError {
     WorkerGone,
 }
 
-fn gpg(op: &'static str) -> impl Fn(gpgme::Error) -> KeyError {
+fn to_err(op: &'static str) -> impl Fn(gpgme::Error) -> KeyError {
     move |source| KeyError::Gpg { op, source }
 }
 
@@ -144,6 +144,7 @@ impl KeyService {
         let stamp = keyring_stamp(&self.home);
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         if cache.stamp != stamp {
+            self.worker.invalidate();
             *cache = Cache {
                 stamp,
                 ..Cache::default()
@@ -164,12 +165,14 @@ impl KeyService {
             // Located keys are imported into the keyring (GPGME "auto-key-locate").
             let located = self
                 .worker
-                .run("locating a key", move |ctx| {
-                    ctx.set_key_list_mode(KeyListMode::LOCATE)
-                        .map_err(gpg("locating a key"))?;
-                    let found = ctx.locate_key(who.as_str()).is_ok();
-                    ctx.set_key_list_mode(KeyListMode::LOCAL)
-                        .map_err(gpg("locating a key"))?;
+                .run("locating a key", move |gpg| {
+                    gpg.ctx
+                        .set_key_list_mode(KeyListMode::LOCATE)
+                        .map_err(to_err("locating a key"))?;
+                    let found = gpg.ctx.locate_key(who.as_str()).is_ok();
+                    gpg.ctx
+                        .set_key_list_mode(KeyListMode::LOCAL)
+                        .map_err(to_err("locating a key"))?;
                     Ok(found)
                 })
                 .await?;
@@ -185,10 +188,11 @@ impl KeyService {
         let who = addr.to_string();
         let facts = self
             .worker
-            .run("looking up a public key", move |ctx| {
-                ctx.set_key_list_mode(KeyListMode::LOCAL)
-                    .map_err(gpg("looking up a public key"))?;
-                list_facts(ctx, &who, false)
+            .run("looking up a public key", move |gpg| {
+                gpg.ctx
+                    .set_key_list_mode(KeyListMode::LOCAL)
+                    .map_err(to_err("looking up a public key"))?;
+                list_facts(&mut gpg.ctx, &who)
             })
             .await?;
         Ok(resolve::choose(&facts))
@@ -204,8 +208,8 @@ impl KeyService {
         let home = self.configured_home.clone();
         let found = self
             .worker
-            .run("looking up a signing key", move |ctx| {
-                let found = find_signer(ctx, &who)?;
+            .run("looking up a signing key", move |gpg| {
+                let found = find_signer(&mut gpg.ctx, &who)?;
                 if found.is_none() {
                     // Without its agent gpg lists no secret keys and GPGME reports no error.
                     // gpg itself says so on its status channel: ask it before answering "no
@@ -228,12 +232,15 @@ impl KeyService {
     pub async fn sign_detached(&self, signer: &str, data: Vec<u8>) -> Result<Signature, KeyError> {
         let fpr = signer.to_string();
         self.worker
-            .run("signing", move |ctx| {
-                let key = ctx.get_secret_key(fpr.as_str()).map_err(gpg("signing"))?;
-                ctx.clear_signers();
-                ctx.add_signer(&key).map_err(gpg("signing"))?;
+            .run("signing", move |gpg| {
+                let key = gpg.key(&fpr, true).map_err(to_err("signing"))?;
+                gpg.ctx.clear_signers();
+                gpg.ctx.add_signer(&key).map_err(to_err("signing"))?;
                 let mut out = Vec::new();
-                let result = ctx.sign_detached(&data, &mut out).map_err(gpg("signing"))?;
+                let result = gpg
+                    .ctx
+                    .sign_detached(&data, &mut out)
+                    .map_err(to_err("signing"))?;
                 let sig = result.new_signatures().next().ok_or(KeyError::Refused {
                     op: "signing",
                     detail: "GnuPG made no signature".into(),
@@ -253,10 +260,10 @@ impl KeyService {
         data: Vec<u8>,
     ) -> Result<Vec<u8>, KeyError> {
         self.worker
-            .run("encrypting", move |ctx| {
+            .run("encrypting", move |gpg| {
                 let mut keys = Vec::with_capacity(recipients.len());
                 for fpr in &recipients {
-                    keys.push(ctx.get_key(fpr.as_str()).map_err(gpg("encrypting"))?);
+                    keys.push(gpg.key(fpr, false).map_err(to_err("encrypting"))?);
                 }
                 let mut out = Vec::new();
                 // Always-trust: the keyring is the trust anchor (see the module docs). No
@@ -265,12 +272,13 @@ impl KeyService {
                 let flags = EncryptFlags::ALWAYS_TRUST;
                 match signer {
                     Some(fpr) => {
-                        let key = ctx.get_secret_key(fpr.as_str()).map_err(gpg("signing"))?;
-                        ctx.clear_signers();
-                        ctx.add_signer(&key).map_err(gpg("signing"))?;
-                        let (enc, sign) = ctx
+                        let key = gpg.key(&fpr, true).map_err(to_err("signing"))?;
+                        gpg.ctx.clear_signers();
+                        gpg.ctx.add_signer(&key).map_err(to_err("signing"))?;
+                        let (enc, sign) = gpg
+                            .ctx
                             .sign_and_encrypt_with_flags(&keys, &data, &mut out, flags)
-                            .map_err(gpg("signing and encrypting"))?;
+                            .map_err(to_err("signing and encrypting"))?;
                         if enc.invalid_recipients().next().is_some()
                             || sign.invalid_signers().next().is_some()
                             || sign.new_signatures().next().is_none()
@@ -282,9 +290,10 @@ impl KeyService {
                         }
                     }
                     None => {
-                        let enc = ctx
+                        let enc = gpg
+                            .ctx
                             .encrypt_with_flags(&keys, &data, &mut out, flags)
-                            .map_err(gpg("encrypting"))?;
+                            .map_err(to_err("encrypting"))?;
                         if enc.invalid_recipients().next().is_some() {
                             return Err(KeyError::Refused {
                                 op: "encrypting",
@@ -306,13 +315,13 @@ impl KeyService {
         let fpr = fingerprint.to_string();
         let data = self
             .worker
-            .run("exporting a key", move |ctx| {
-                let key = ctx.get_key(fpr.as_str()).map_err(gpg("exporting a key"))?;
+            .run("exporting a key", move |gpg| {
+                let key = gpg.key(&fpr, false).map_err(to_err("exporting a key"))?;
                 let mut out = Vec::new();
-                ctx.set_armor(false);
-                let result = ctx.export_keys([&key], ExportMode::MINIMAL, &mut out);
-                ctx.set_armor(true);
-                result.map_err(gpg("exporting a key"))?;
+                gpg.ctx.set_armor(false);
+                let result = gpg.ctx.export_keys([&key], ExportMode::MINIMAL, &mut out);
+                gpg.ctx.set_armor(true);
+                result.map_err(to_err("exporting a key"))?;
                 Ok(out)
             })
             .await?;
@@ -326,11 +335,12 @@ impl KeyService {
     /// (a message without MDC is an error, never partial plaintext).
     pub async fn decrypt_verify(&self, ciphertext: Vec<u8>) -> Result<Decrypted, KeyError> {
         self.worker
-            .run("decrypting", move |ctx| {
+            .run("decrypting", move |gpg| {
                 let mut plaintext = Vec::new();
-                let (dec, ver) = ctx
+                let (dec, ver) = gpg
+                    .ctx
                     .decrypt_and_verify(&ciphertext, &mut plaintext)
-                    .map_err(gpg("decrypting"))?;
+                    .map_err(to_err("decrypting"))?;
                 if dec.is_legacy_cipher_no_mdc() {
                     return Err(KeyError::Refused {
                         op: "decrypting",
@@ -364,10 +374,11 @@ impl KeyService {
         signed: Vec<u8>,
     ) -> Result<Vec<SignatureCheck>, KeyError> {
         self.worker
-            .run("verifying", move |ctx| {
-                let ver = ctx
+            .run("verifying", move |gpg| {
+                let ver = gpg
+                    .ctx
                     .verify_detached(&signature, &signed)
-                    .map_err(gpg("verifying"))?;
+                    .map_err(to_err("verifying"))?;
                 Ok(ver
                     .signatures()
                     .map(|s| SignatureCheck {
@@ -385,9 +396,9 @@ fn find_signer(ctx: &mut Context, who: &str) -> Result<Option<String>, KeyError>
     let mut best: Option<(i64, String)> = None;
     let mut keys = ctx
         .find_secret_keys([format!("<{who}>")])
-        .map_err(gpg("looking up a signing key"))?;
+        .map_err(to_err("looking up a signing key"))?;
     for key in keys.by_ref() {
-        let key = key.map_err(gpg("looking up a signing key"))?;
+        let key = key.map_err(to_err("looking up a signing key"))?;
         if key.is_revoked() || key.is_expired() || key.is_disabled() || key.is_invalid() {
             continue;
         }
@@ -408,7 +419,7 @@ fn find_signer(ctx: &mut Context, who: &str) -> Result<Option<String>, KeyError>
             }
         }
     }
-    keys.finish().map_err(gpg("looking up a signing key"))?;
+    keys.finish().map_err(to_err("looking up a signing key"))?;
     Ok(best.map(|(_, f)| f))
 }
 
@@ -419,17 +430,14 @@ fn epoch(t: SystemTime) -> i64 {
 
 /// Snapshots every key that has a user ID with exactly `addr` (a bare address search is a
 /// substring match in GnuPG, hence `<addr>` and the exact comparison below).
-fn list_facts(ctx: &mut Context, addr: &str, secret: bool) -> Result<Vec<KeyFacts>, KeyError> {
+fn list_facts(ctx: &mut Context, addr: &str) -> Result<Vec<KeyFacts>, KeyError> {
     let pattern = [format!("<{addr}>")];
-    let mut keys = if secret {
-        ctx.find_secret_keys(pattern)
-    } else {
-        ctx.find_keys(pattern)
-    }
-    .map_err(gpg("looking up a public key"))?;
+    let mut keys = ctx
+        .find_keys(pattern)
+        .map_err(to_err("looking up a public key"))?;
     let mut facts = Vec::new();
     for key in keys.by_ref() {
-        let key = key.map_err(gpg("looking up a public key"))?;
+        let key = key.map_err(to_err("looking up a public key"))?;
         let matching: Vec<_> = key
             .user_ids()
             .filter(|u| u.email().is_ok_and(|e| e.eq_ignore_ascii_case(addr)))
@@ -494,11 +502,12 @@ impl KeyService {
     pub async fn generate_key(&self, userid: &str) -> Result<String, KeyError> {
         let uid = userid.to_string();
         self.worker
-            .run("generating a key", move |ctx| {
+            .run("generating a key", move |gpg| {
                 let flags = gpgme::CreateKeyFlags::NOPASSWD | gpgme::CreateKeyFlags::NOEXPIRE;
-                let result = ctx
+                let result = gpg
+                    .ctx
                     .create_key_with_flags(uid.as_str(), "future-default", Duration::ZERO, flags)
-                    .map_err(gpg("generating a key"))?;
+                    .map_err(to_err("generating a key"))?;
                 Ok(result.fingerprint().unwrap_or_default().to_string())
             })
             .await

@@ -2,16 +2,44 @@
 //! owns one for its whole life; async callers send closures over a bounded queue and wait with
 //! a deadline. A job whose deadline passed before a worker picked it up is dropped unrun.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use gpgme::{Context, PinentryMode, Protocol};
+use gpgme::{Context, Key, PinentryMode, Protocol};
 use tokio::sync::{mpsc, oneshot};
 
 use super::KeyError;
 
-type Job = Box<dyn FnOnce(Result<&mut Context, &gpgme::Error>) + Send>;
+type Job = Box<dyn FnOnce(Result<&mut Gpg, &gpgme::Error>) + Send>;
+
+/// What one worker thread owns: its GPGME context and the key objects it has loaded.
+/// Loading a key is a gpg process of its own, as long as the operation that needs it, so
+/// keys are kept until the keyring changes (the generation moves on).
+pub struct Gpg {
+    pub ctx: Context,
+    keys: HashMap<(String, bool), Key>,
+    generation: u64,
+}
+
+impl Gpg {
+    /// The key with this fingerprint (`secret`: its secret part must be present).
+    pub fn key(&mut self, fingerprint: &str, secret: bool) -> Result<Key, gpgme::Error> {
+        let id = (fingerprint.to_string(), secret);
+        if let Some(k) = self.keys.get(&id) {
+            return Ok(k.clone());
+        }
+        let key = if secret {
+            self.ctx.get_secret_key(fingerprint)?
+        } else {
+            self.ctx.get_key(fingerprint)?
+        };
+        self.keys.insert(id, key.clone());
+        Ok(key)
+    }
+}
 
 /// How each worker's context is set up.
 #[derive(Debug, Clone)]
@@ -34,6 +62,7 @@ pub struct WorkerSettings {
 pub struct GpgWorker {
     tx: mpsc::Sender<(Instant, Job)>,
     deadline: Duration,
+    generation: Arc<AtomicU64>,
 }
 
 impl GpgWorker {
@@ -46,7 +75,11 @@ impl GpgWorker {
             std::thread::Builder::new()
                 .name(format!("gpg-{n}"))
                 .spawn(move || {
-                    let mut ctx = new_context(&settings);
+                    let mut gpg = new_context(&settings).map(|ctx| Gpg {
+                        ctx,
+                        keys: HashMap::new(),
+                        generation: 0,
+                    });
                     loop {
                         // The lock is held only while waiting for the next job.
                         let next = match rx.lock() {
@@ -57,7 +90,7 @@ impl GpgWorker {
                         if Instant::now() >= due {
                             continue;
                         }
-                        job(ctx.as_mut().map_err(|e| &*e));
+                        job(gpg.as_mut().map_err(|e| &*e));
                     }
                 })
                 .expect("spawning a worker thread");
@@ -65,7 +98,13 @@ impl GpgWorker {
         GpgWorker {
             tx,
             deadline: settings.deadline,
+            generation: Arc::new(AtomicU64::new(0)),
         }
+    }
+
+    /// Forgets every key object the workers hold (the keyring changed).
+    pub fn invalidate(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
     }
 
     /// The per-operation deadline.
@@ -78,13 +117,20 @@ impl GpgWorker {
     pub async fn run<T, F>(&self, what: &'static str, f: F) -> Result<T, KeyError>
     where
         T: Send + 'static,
-        F: FnOnce(&mut Context) -> Result<T, KeyError> + Send + 'static,
+        F: FnOnce(&mut Gpg) -> Result<T, KeyError> + Send + 'static,
     {
         let (reply_tx, reply_rx) = oneshot::channel();
+        let generation = self.generation.load(Ordering::SeqCst);
         let due = Instant::now() + self.deadline;
-        let job: Job = Box::new(move |ctx| {
-            let result = match ctx {
-                Ok(ctx) => f(ctx),
+        let job: Job = Box::new(move |gpg| {
+            let result = match gpg {
+                Ok(gpg) => {
+                    if gpg.generation != generation {
+                        gpg.keys.clear();
+                        gpg.generation = generation;
+                    }
+                    f(gpg)
+                }
                 Err(e) => Err(KeyError::Gpg {
                     op: "setting up GnuPG",
                     source: *e,

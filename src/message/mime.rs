@@ -232,6 +232,51 @@ pub fn micalg(hash_name: &str) -> String {
     format!("pgp-{}", hash_name.to_ascii_lowercase())
 }
 
+/// The two halves of a multipart/signed message or entity (RFC 3156 §5): the exact signed
+/// bytes (up to, not including, the CRLF before the delimiter) and the signature part's body.
+pub fn signed_parts(raw: &[u8]) -> Option<(Vec<u8>, Vec<u8>)> {
+    let message = mail_parser::MessageParser::default().parse(raw)?;
+    let root = message.root_part();
+    let ct = root.content_type()?;
+    if !ct.ctype().eq_ignore_ascii_case("multipart")
+        || !ct.subtype()?.eq_ignore_ascii_case("signed")
+    {
+        return None;
+    }
+    let mail_parser::PartType::Multipart(children) = &root.body else {
+        return None;
+    };
+    let [signed, signature] = children.as_slice() else {
+        return None;
+    };
+    let signed = &message.parts[*signed as usize];
+    let signature = &message.parts[*signature as usize];
+    Some((
+        raw[signed.offset_header as usize..signed.offset_end as usize].to_vec(),
+        raw[signature.offset_body as usize..signature.offset_end as usize].to_vec(),
+    ))
+}
+
+/// The armored ciphertext of a multipart/encrypted message (RFC 3156 §4), if it is one.
+pub fn encrypted_payload(raw: &[u8]) -> Option<Vec<u8>> {
+    let message = mail_parser::MessageParser::default().parse(raw)?;
+    let root = message.root_part();
+    let ct = root.content_type()?;
+    if !ct.ctype().eq_ignore_ascii_case("multipart")
+        || !ct.subtype()?.eq_ignore_ascii_case("encrypted")
+    {
+        return None;
+    }
+    let mail_parser::PartType::Multipart(children) = &root.body else {
+        return None;
+    };
+    let [_, payload] = children.as_slice() else {
+        return None;
+    };
+    let part = &message.parts[*payload as usize];
+    Some(raw[part.offset_body as usize..part.offset_end as usize].to_vec())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -312,49 +357,4 @@ mod tests {
     fn micalg_is_lowercase() {
         assert_eq!(micalg("SHA512"), "pgp-sha512");
     }
-}
-
-/// The two halves of a multipart/signed message or entity (RFC 3156 §5): the exact signed
-/// bytes (up to, not including, the CRLF before the delimiter) and the signature part's body.
-pub fn signed_parts(raw: &[u8]) -> Option<(Vec<u8>, Vec<u8>)> {
-    let message = mail_parser::MessageParser::default().parse(raw)?;
-    let root = message.root_part();
-    let ct = root.content_type()?;
-    if !ct.ctype().eq_ignore_ascii_case("multipart")
-        || !ct.subtype()?.eq_ignore_ascii_case("signed")
-    {
-        return None;
-    }
-    let mail_parser::PartType::Multipart(children) = &root.body else {
-        return None;
-    };
-    let [signed, signature] = children.as_slice() else {
-        return None;
-    };
-    let signed = &message.parts[*signed as usize];
-    let signature = &message.parts[*signature as usize];
-    Some((
-        raw[signed.offset_header as usize..signed.offset_end as usize].to_vec(),
-        raw[signature.offset_body as usize..signature.offset_end as usize].to_vec(),
-    ))
-}
-
-/// The armored ciphertext of a multipart/encrypted message (RFC 3156 §4), if it is one.
-pub fn encrypted_payload(raw: &[u8]) -> Option<Vec<u8>> {
-    let message = mail_parser::MessageParser::default().parse(raw)?;
-    let root = message.root_part();
-    let ct = root.content_type()?;
-    if !ct.ctype().eq_ignore_ascii_case("multipart")
-        || !ct.subtype()?.eq_ignore_ascii_case("encrypted")
-    {
-        return None;
-    }
-    let mail_parser::PartType::Multipart(children) = &root.body else {
-        return None;
-    };
-    let [_, payload] = children.as_slice() else {
-        return None;
-    };
-    let part = &message.parts[*payload as usize];
-    Some(raw[part.offset_body as usize..part.offset_end as usize].to_vec())
 }

@@ -235,7 +235,8 @@ mod tests {
             .addresses
             .insert("c@x.org".into(), Mode::AllOrNothing);
 
-        let cases: Vec<(&Policy, bool, HashMap<String, Lookup>, Vec<&str>)> = vec![
+        type Case<'a> = (&'a Policy, bool, HashMap<String, Lookup>, Vec<&'a str>);
+        let cases: Vec<Case> = vec![
             (
                 &opportunistic,
                 false,

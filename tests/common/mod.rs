@@ -215,7 +215,7 @@ impl GpgHome {
         status
             .lines()
             .find_map(|l| l.strip_prefix("[GNUPG:] VALIDSIG "))
-            .map(|l| l.split(' ').last().unwrap().to_string())
+            .map(|l| l.split(' ').next_back().unwrap().to_string())
             .filter(|_| out.status.success())
     }
 }

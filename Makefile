@@ -1,0 +1,60 @@
+# sealpost — build, demo, tests and benchmarks.
+#
+#   make demo    the outgoing round trip on built-in defaults (throwaway GnuPG home)
+#   make test    every test (unit, integration with real gpg), fmt and clippy
+#   make bench   writes BENCHMARKS.md
+#
+# Each target installs the Debian packages it needs when they are missing (root, apt-get).
+
+CARGO ?= cargo
+export DEBIAN_FRONTEND := noninteractive
+
+BUILD_DEBS := build-essential pkg-config libgpgme-dev libsqlite3-dev
+RUN_DEBS   := gnupg gpg-agent
+TEST_DEBS  := $(RUN_DEBS) python3
+BENCH_DEBS := $(RUN_DEBS)
+
+.PHONY: all build demo test bench deps-build deps-test deps-bench lint clean
+
+all: build
+
+# Installs the named packages that are not installed yet (apt-get update first, once).
+define ensure_debs
+	@missing=""; for p in $(1); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  if [ "$$(id -u)" != 0 ]; then echo "need root to install:$$missing" >&2; exit 1; fi; \
+	  apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+endef
+
+deps-build:
+	$(call ensure_debs,$(BUILD_DEBS))
+
+deps-test: deps-build
+	$(call ensure_debs,$(TEST_DEBS))
+
+deps-bench: deps-build
+	$(call ensure_debs,$(BENCH_DEBS))
+
+build: deps-build
+	$(CARGO) build --locked
+
+demo: deps-build
+	$(call ensure_debs,$(RUN_DEBS))
+	$(CARGO) run --locked --quiet -- demo
+
+lint: deps-build
+	$(CARGO) fmt --check
+	$(CARGO) clippy --locked --all-targets -- -D warnings
+
+test: deps-test lint
+	$(CARGO) test --locked
+
+bench: deps-bench
+	$(CARGO) bench --locked --bench outgoing -- --out BENCHMARKS.md
+
+clean:
+	$(CARGO) clean

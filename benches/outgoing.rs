@@ -1,0 +1,264 @@
+//! `make bench`: the outgoing core against GnuPG's own command line, written to BENCHMARKS.md.
+//!
+//! 1. gpg CLI floor: `gpg --sign --encrypt` of a 10 KB message, one recipient, in a row.
+//! 2. The core per copy (one recipient), both encrypted forms, in a row.
+//! 3. The core's own work (parse, canonical form, MIME rendering; no gpg), per message.
+//! 4. Throughput: a 5-recipient message at concurrency 2 (two GnuPG workers), both forms.
+//!
+//! Goals (issue 2): core's own work ≤ 5 % of the gpg time per copy; throughput ≥ 0.9 × (2 ÷
+//! the CLI's per-copy time).
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sealpost::keys::{home, KeyService};
+use sealpost::message::canonical::content_entity;
+use sealpost::message::mime::{self, Protection};
+use sealpost::message::parse::without_bcc;
+use sealpost::message::ParsedMessage;
+use sealpost::rewrite::{EncryptedForm, Envelope, Outcome, Policy, Rewriter};
+
+const ROUNDS: usize = 40;
+const MESSAGES_5: usize = 16;
+
+fn gpg(home: &Path, args: &[&str], stdin: Option<&[u8]>) -> Vec<u8> {
+    use std::io::Write;
+    let mut child = Command::new("gpg")
+        .arg("--homedir")
+        .arg(home)
+        .args(["--batch", "--yes", "--quiet"])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("gpg runs");
+    let mut input = child.stdin.take().unwrap();
+    if let Some(data) = stdin {
+        input.write_all(data).unwrap();
+    }
+    drop(input);
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "gpg {args:?} failed");
+    out.stdout
+}
+
+fn message_10k() -> Vec<u8> {
+    let mut m = String::from(
+        "From: Alice <alice@example.org>\r\nTo: r1@example.org, r2@example.org, r3@example.org\r\n\
+Cc: r4@example.org, r5@example.org\r\nSubject: Benchmark message\r\nDate: Sun, 22 Nov 2026 10:00:00 +0000\r\n\
+Message-ID: <bench@example.org>\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\
+Content-Transfer-Encoding: 8bit\r\n\r\n",
+    );
+    let mut i = 0;
+    while m.len() < 10_240 {
+        let _ = write!(
+            m,
+            "Line {i}: the quick brown fox jumps over the lazy dog, grüße.\r\n"
+        );
+        i += 1;
+    }
+    m.into_bytes()
+}
+
+fn per_op(total: Duration, n: usize) -> f64 {
+    total.as_secs_f64() * 1000.0 / n as f64
+}
+
+fn main() {
+    let out_path = std::env::args()
+        .skip_while(|a| a != "--out")
+        .nth(1)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("BENCHMARKS.md"));
+    let dir = home::short_temp_dir("spb").unwrap();
+    home::prepare(&dir).unwrap();
+    gpg(
+        &dir,
+        &[
+            "--passphrase",
+            "",
+            "--quick-gen-key",
+            "Alice <alice@example.org>",
+            "future-default",
+            "default",
+            "never",
+        ],
+        None,
+    );
+    for n in 1..=5 {
+        let uid = format!("R{n} <r{n}@example.org>");
+        gpg(
+            &dir,
+            &[
+                "--passphrase",
+                "",
+                "--quick-gen-key",
+                &uid,
+                "future-default",
+                "default",
+                "never",
+            ],
+            None,
+        );
+    }
+    let message = message_10k();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut report = String::new();
+
+    // 1. gpg CLI floor.
+    let cli_args = [
+        "--armor",
+        "--trust-model",
+        "always",
+        "-u",
+        "alice@example.org",
+        "-r",
+        "r1@example.org",
+        "--sign",
+        "--encrypt",
+    ];
+    gpg(&dir, &cli_args, Some(&message));
+    let t = Instant::now();
+    for _ in 0..ROUNDS {
+        gpg(&dir, &cli_args, Some(&message));
+    }
+    let cli_ms = per_op(t.elapsed(), ROUNDS);
+
+    // 3. The core's own work, no gpg: parse, canonical form, payload, containers, assembly.
+    let fake_sig = vec![b'S'; 300];
+    let fake_ct = vec![b'C'; 14_500];
+    let n_pure = 2000;
+    let t = Instant::now();
+    for _ in 0..n_pure {
+        let parsed = ParsedMessage::parse(message.clone()).unwrap();
+        let fields = without_bcc(parsed.fields());
+        let content = content_entity(&parsed);
+        let outer = mime::outer_fields_encrypted(&fields, "[...]");
+        let payload = mime::protected_payload(&fields, &outer, &content, Protection::Cipher);
+        let signed = mime::multipart_signed(&payload, &fake_sig, "pgp-sha512").to_entity();
+        let copy = mime::message(&outer, &mime::multipart_encrypted(&fake_ct));
+        std::hint::black_box((signed, copy));
+    }
+    let pure_ms = per_op(t.elapsed(), n_pure);
+
+    let mut rows = Vec::new();
+    for form in [EncryptedForm::SignedThenEncrypted, EncryptedForm::Combined] {
+        let keys = Arc::new(KeyService::start(
+            Some(dir.clone()),
+            2,
+            Duration::from_secs(30),
+            Default::default(),
+        ));
+        let policy = Policy {
+            encrypted_form: form,
+            ..Policy::default()
+        };
+        let rewriter = Rewriter::new(keys, policy);
+        let one = Envelope {
+            id: "b1".into(),
+            sender: "alice@example.org".into(),
+            recipients: vec!["r1@example.org".into()],
+        };
+        let five = Envelope {
+            id: "b5".into(),
+            sender: "alice@example.org".into(),
+            recipients: (1..=5).map(|n| format!("r{n}@example.org")).collect(),
+        };
+        let (copy_ms, copies_per_s) = runtime.block_on(async {
+            // Warm the lookup cache, as a running daemon has it.
+            expect_copies(rewriter.rewrite(&five, message.clone()).await.unwrap(), 5);
+            let t = Instant::now();
+            for _ in 0..ROUNDS {
+                expect_copies(rewriter.rewrite(&one, message.clone()).await.unwrap(), 1);
+            }
+            let copy_ms = per_op(t.elapsed(), ROUNDS);
+            // Two messages in flight keep both workers busy.
+            let t = Instant::now();
+            let rw = &rewriter;
+            let jobs = (0..MESSAGES_5).map(|_| {
+                let five = five.clone();
+                let m = message.clone();
+                async move { expect_copies(rw.rewrite(&five, m).await.unwrap(), 5) }
+            });
+            let mut stream = futures::StreamExt::buffer_unordered(futures::stream::iter(jobs), 2);
+            while futures::StreamExt::next(&mut stream).await.is_some() {}
+            let copies_per_s = (MESSAGES_5 * 5) as f64 / t.elapsed().as_secs_f64();
+            (copy_ms, copies_per_s)
+        });
+        rows.push((form, copy_ms, copies_per_s));
+    }
+    home::stop_daemons(&dir);
+    let _ = std::fs::remove_dir_all(&dir);
+
+    let goal_tput = 0.9 * 2.0 * 1000.0 / cli_ms;
+    let gpg_version = Command::new("gpg")
+        .arg("--version")
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_string()
+        })
+        .unwrap_or_default();
+    let _ = writeln!(report, "# Benchmarks\n");
+    let _ = writeln!(report, "Produced by `make bench` (`cargo bench --bench outgoing -- --out BENCHMARKS.md`, release build).");
+    let _ = writeln!(report, "Machine: {} cores; {gpg_version}; keys ed25519/cv25519 (`future-default`) in a throwaway home with `no-random-seed-file`.", std::thread::available_parallelism().map_or(0, |n| n.get()));
+    let _ = writeln!(report, "Message: {} bytes of 8-bit text. Rounds: {ROUNDS} single-recipient copies in a row; {MESSAGES_5} five-recipient messages, two in flight.\n", message.len());
+    let _ = writeln!(report, "## Outgoing core (issue 2)\n");
+    let _ = writeln!(report, "| measure | value |\n|---|---|");
+    let _ = writeln!(
+        report,
+        "| `gpg --sign --encrypt --armor` per copy (CLI floor) | {cli_ms:.2} ms |"
+    );
+    let _ = writeln!(report, "| core's own work per message (parse, canonical form, MIME; no gpg) | {pure_ms:.3} ms ({:.1} % of the CLI per-copy time; goal ≤ 5 %) |", pure_ms / cli_ms * 100.0);
+    for (form, copy_ms, cps) in &rows {
+        let name = match form {
+            EncryptedForm::SignedThenEncrypted => "signed-then-encrypted (RFC 3156 §6.1)",
+            EncryptedForm::Combined => "combined (RFC 3156 §6.2)",
+        };
+        let _ = writeln!(
+            report,
+            "| {name}: per copy, one recipient, in a row | {copy_ms:.2} ms ({:.2} × CLI) |",
+            copy_ms / cli_ms
+        );
+        let _ = writeln!(report, "| {name}: 5-recipient message, concurrency 2 | {cps:.1} copies/s (goal ≥ {goal_tput:.1} = 0.9 × 2 ÷ CLI per-copy time: {}) |", if *cps >= goal_tput { "met" } else { "NOT met" });
+    }
+    let (single_best, multi_best) = {
+        let by = |f: fn(&(EncryptedForm, f64, f64)) -> f64, low: bool| {
+            let mut r = rows.clone();
+            r.sort_by(|a, b| f(a).partial_cmp(&f(b)).unwrap());
+            if low {
+                r[0].0
+            } else {
+                r[r.len() - 1].0
+            }
+        };
+        (by(|r| r.1, true), by(|r| r.2, false))
+    };
+    let _ = writeln!(
+        report,
+        "\nIn this run the faster form for a single-recipient message is {single_best:?}; for a 5-recipient message, {multi_best:?}."
+    );
+    let _ = writeln!(report, "\nThe core's own work is measured directly (the same functions the core runs, with placeholder signature and ciphertext of realistic size), not as a difference of two noisy timings.");
+    std::fs::write(&out_path, &report).unwrap();
+    print!("{report}");
+}
+
+fn expect_copies(outcome: Outcome, n: usize) {
+    match outcome {
+        Outcome::Copies(c) => {
+            assert_eq!(c.iter().filter(|c| c.message.is_some()).count(), n, "{c:?}")
+        }
+        Outcome::Refused(r) => panic!("refused: {r}"),
+    }
+}

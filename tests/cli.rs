@@ -1,0 +1,284 @@
+//! `sealpost rewrite` as a user runs it: files named by recipient, one line per recipient,
+//! JSON, and sysexits exit codes with a one-line reason for every kind of bad input.
+
+mod common;
+
+use std::process::{Command, Output, Stdio};
+
+use common::*;
+
+fn sealpost(args: &[&str], stdin: &[u8]) -> Output {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sealpost"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The process may exit before reading (usage errors): a broken pipe is fine.
+    let _ = child.stdin.take().unwrap().write_all(stdin);
+    child.wait_with_output().unwrap()
+}
+
+const MESSAGE: &[u8] = b"From: Alice <alice@example.org>\nTo: bob@example.org\nCc: dave@example.net\nBcc: carol@example.org\nSubject: cli\n\nhello\n";
+
+fn stderr_line(out: &Output) -> String {
+    let text = String::from_utf8_lossy(&out.stderr).into_owned();
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("sealpost: "))
+        .collect();
+    assert_eq!(lines.len(), 1, "exactly one reason line on stderr: {text}");
+    lines[0].to_string()
+}
+
+#[test]
+fn rewrite_writes_one_file_per_recipient_and_prints_decisions() {
+    let world = World::new();
+    let out_dir = home_dir_for_output();
+    let home = world.sender.dir.to_str().unwrap();
+    let out = sealpost(
+        &[
+            "rewrite",
+            "--sender",
+            "alice@example.org",
+            "--rcpt",
+            "bob@example.org",
+            "--rcpt",
+            "dave@example.net",
+            "--rcpt",
+            "carol@example.org",
+            "--gnupg-home",
+            home,
+            "--out",
+            out_dir.to_str().unwrap(),
+        ],
+        MESSAGE,
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<Vec<&str>> = stdout.lines().map(|l| l.split('\t').collect()).collect();
+    assert_eq!(lines.len(), 3);
+    assert_eq!(
+        lines[0],
+        ["bob@example.org", "encrypted", world.bob_fpr.as_str()]
+    );
+    assert_eq!(lines[1][..2], ["dave@example.net", "signed"]);
+    assert_eq!(
+        lines[2],
+        ["carol@example.org", "encrypted", world.carol_fpr.as_str()]
+    );
+    let mut files: Vec<String> = std::fs::read_dir(&out_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    files.sort();
+    assert_eq!(
+        files,
+        [
+            "01-bob@example.org.eml",
+            "02-dave@example.net.eml",
+            "03-carol@example.org.eml"
+        ]
+    );
+    let bob = std::fs::read(out_dir.join("01-bob@example.org.eml")).unwrap();
+    assert!(world.bob.decrypt(&ciphertext(&bob)).is_some());
+
+    // The same as JSON.
+    let out = sealpost(
+        &[
+            "rewrite",
+            "--json",
+            "--sender",
+            "alice@example.org",
+            "--rcpt",
+            "bob@example.org",
+            "--rcpt",
+            "dave@example.net",
+            "--gnupg-home",
+            home,
+            "--out",
+            out_dir.to_str().unwrap(),
+        ],
+        MESSAGE,
+    );
+    assert_eq!(out.status.code(), Some(0));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json[0]["recipient"], "bob@example.org");
+    assert_eq!(json[0]["decision"], "encrypted");
+    assert_eq!(json[0]["fingerprint"], world.bob_fpr.as_str());
+    assert_eq!(json[1]["decision"], "signed");
+    assert!(json[1]["file"]
+        .as_str()
+        .unwrap()
+        .ends_with("02-dave@example.net.eml"));
+    let _ = std::fs::remove_dir_all(&out_dir);
+}
+
+fn home_dir_for_output() -> std::path::PathBuf {
+    sealpost::keys::home::short_temp_dir("spo").unwrap()
+}
+
+#[test]
+fn exit_codes_and_reasons() {
+    let world = World::new();
+    let home = world.sender.dir.to_str().unwrap().to_string();
+    let out_dir = home_dir_for_output();
+    let out_s = out_dir.to_str().unwrap().to_string();
+    let base = |extra: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = [
+            "rewrite",
+            "--sender",
+            "alice@example.org",
+            "--rcpt",
+            "bob@example.org",
+            "--gnupg-home",
+            &home,
+            "--out",
+            &out_s,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+    let run = |args: Vec<String>, stdin: &[u8]| {
+        sealpost(&args.iter().map(String::as_str).collect::<Vec<_>>(), stdin)
+    };
+
+    // Bad arguments: 64.
+    let out = sealpost(&["rewrite", "--sender", "alice@example.org"], MESSAGE);
+    assert_eq!(out.status.code(), Some(64));
+    assert!(
+        stderr_line(&out).contains("--rcpt"),
+        "{}",
+        stderr_line(&out)
+    );
+    let out = sealpost(&["rewrite", "--bogus"], MESSAGE);
+    assert_eq!(out.status.code(), Some(64));
+
+    // Missing input file: 66.
+    let out = run(base(&["--input", "/nonexistent/message.eml"]), b"");
+    assert_eq!(out.status.code(), Some(66));
+    assert!(stderr_line(&out).contains("/nonexistent/message.eml"));
+
+    // Empty and unparsable input: 65.
+    for (input, what) in [
+        (&b""[..], "empty input"),
+        (
+            &b"just prose without any header\n"[..],
+            "not an RFC 5322 message",
+        ),
+    ] {
+        let out = run(base(&[]), input);
+        assert_eq!(out.status.code(), Some(65), "{what}");
+        assert!(stderr_line(&out).contains(what), "{}", stderr_line(&out));
+    }
+
+    // Refusal (all-or-nothing with a keyless recipient): 69, nothing written.
+    let cfg = out_dir.join("aon.toml");
+    std::fs::write(&cfg, "[policy]\nmode = \"all-or-nothing\"\n").unwrap();
+    let empty_out = out_dir.join("copies");
+    let out = sealpost(
+        &[
+            "rewrite",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--sender",
+            "alice@example.org",
+            "--rcpt",
+            "bob@example.org",
+            "--rcpt",
+            "dave@example.net",
+            "--gnupg-home",
+            &home,
+            "--out",
+            empty_out.to_str().unwrap(),
+        ],
+        MESSAGE,
+    );
+    assert_eq!(out.status.code(), Some(69));
+    assert!(stderr_line(&out).contains("dave@example.net"));
+    assert_eq!(
+        std::fs::read_dir(&empty_out)
+            .map(|d| d.count())
+            .unwrap_or(0),
+        0,
+        "no copy at all"
+    );
+
+    // A recipient rejected under encrypt-only: 69, the others still written.
+    std::fs::write(&cfg, "[policy]\nmode = \"encrypt-only\"\n").unwrap();
+    let out = sealpost(
+        &[
+            "rewrite",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--sender",
+            "alice@example.org",
+            "--rcpt",
+            "bob@example.org",
+            "--rcpt",
+            "dave@example.net",
+            "--gnupg-home",
+            &home,
+            "--out",
+            empty_out.to_str().unwrap(),
+        ],
+        MESSAGE,
+    );
+    assert_eq!(out.status.code(), Some(69));
+    assert!(stderr_line(&out).contains("5.7.1"));
+    assert!(empty_out.join("01-bob@example.org.eml").exists());
+
+    // Broken configuration: 78, naming file, line and key.
+    std::fs::write(&cfg, "[policy]\nsign = true\nmode = \"maybe\"\n").unwrap();
+    let out = sealpost(
+        &[
+            "rewrite",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--sender",
+            "a@example.org",
+            "--rcpt",
+            "b@example.org",
+            "--out",
+            &out_s,
+        ],
+        MESSAGE,
+    );
+    assert_eq!(out.status.code(), Some(78));
+    let line = stderr_line(&out);
+    assert!(
+        line.contains(&format!("{}:3: mode:", cfg.display())),
+        "{line}"
+    );
+    let out = sealpost(
+        &[
+            "rewrite",
+            "--config",
+            "/nonexistent.toml",
+            "--sender",
+            "a@example.org",
+            "--rcpt",
+            "b@example.org",
+            "--out",
+            &out_s,
+        ],
+        MESSAGE,
+    );
+    assert_eq!(out.status.code(), Some(78));
+
+    // A bad recipient address: rejected with 5.1.3, exit 69.
+    let out = run(base(&["--rcpt", "not an address"]), MESSAGE);
+    assert_eq!(out.status.code(), Some(69));
+    assert!(stderr_line(&out).contains("5.1.3"));
+    let _ = std::fs::remove_dir_all(&out_dir);
+}
