@@ -16,7 +16,10 @@ fn main() -> ExitCode {
                 .take_while(|l| !l.starts_with("Usage:"))
                 .filter(|l| !l.is_empty())
                 .collect();
-            eprintln!("sealpost: {}", reason.join(" ").trim_start_matches("error: "));
+            eprintln!(
+                "sealpost: {}",
+                reason.join(" ").trim_start_matches("error: ")
+            );
             ExitCode::from(64)
         }
         Err(e) => {
