@@ -51,7 +51,7 @@ lint: deps-build
 	$(CARGO) clippy --locked --all-targets -- -D warnings
 
 test: deps-test lint
-	$(CARGO) test --locked
+	$(CARGO) test --locked --lib --bins --tests
 
 bench: deps-bench
 	$(CARGO) bench --locked --bench outgoing -- --out BENCHMARKS.md

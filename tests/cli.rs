@@ -183,27 +183,31 @@ fn exit_codes_and_reasons() {
     }
 
     // Refusal (all-or-nothing with a keyless recipient): 69, nothing written.
-    let cfg = out_dir.join("aon.toml");
-    std::fs::write(&cfg, "[policy]\nmode = \"all-or-nothing\"\n").unwrap();
+    let cfg = out_dir.join("policy.toml");
     let empty_out = out_dir.join("copies");
-    let out = sealpost(
-        &[
-            "rewrite",
-            "--config",
-            cfg.to_str().unwrap(),
-            "--sender",
-            "alice@example.org",
-            "--rcpt",
-            "bob@example.org",
-            "--rcpt",
-            "dave@example.net",
-            "--gnupg-home",
-            &home,
-            "--out",
-            empty_out.to_str().unwrap(),
-        ],
-        MESSAGE,
-    );
+    // Bob (key) and Dave (no key) under the policy `mode`.
+    let mode_config = |mode: &str| -> Output {
+        std::fs::write(&cfg, format!("[policy]\nmode = \"{mode}\"\n")).unwrap();
+        sealpost(
+            &[
+                "rewrite",
+                "--config",
+                cfg.to_str().unwrap(),
+                "--sender",
+                "alice@example.org",
+                "--rcpt",
+                "bob@example.org",
+                "--rcpt",
+                "dave@example.net",
+                "--gnupg-home",
+                &home,
+                "--out",
+                empty_out.to_str().unwrap(),
+            ],
+            MESSAGE,
+        )
+    };
+    let out = mode_config("all-or-nothing");
     assert_eq!(out.status.code(), Some(69));
     assert!(stderr_line(&out).contains("dave@example.net"));
     assert_eq!(
@@ -215,25 +219,7 @@ fn exit_codes_and_reasons() {
     );
 
     // A recipient rejected under encrypt-only: 69, the others still written.
-    std::fs::write(&cfg, "[policy]\nmode = \"encrypt-only\"\n").unwrap();
-    let out = sealpost(
-        &[
-            "rewrite",
-            "--config",
-            cfg.to_str().unwrap(),
-            "--sender",
-            "alice@example.org",
-            "--rcpt",
-            "bob@example.org",
-            "--rcpt",
-            "dave@example.net",
-            "--gnupg-home",
-            &home,
-            "--out",
-            empty_out.to_str().unwrap(),
-        ],
-        MESSAGE,
-    );
+    let out = mode_config("encrypt-only");
     assert_eq!(out.status.code(), Some(69));
     assert!(stderr_line(&out).contains("5.7.1"));
     assert!(empty_out.join("01-bob@example.org.eml").exists());

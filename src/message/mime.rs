@@ -232,20 +232,26 @@ pub fn micalg(hash_name: &str) -> String {
     format!("pgp-{}", hash_name.to_ascii_lowercase())
 }
 
-/// The two halves of a multipart/signed message or entity (RFC 3156 §5): the exact signed
-/// bytes (up to, not including, the CRLF before the delimiter) and the signature part's body.
-pub fn signed_parts(raw: &[u8]) -> Option<(Vec<u8>, Vec<u8>)> {
+/// A parsed multipart/`subtype` message and the ids of its top-level parts.
+fn multipart_of<'a>(raw: &'a [u8], subtype: &str) -> Option<(mail_parser::Message<'a>, Vec<u32>)> {
     let message = mail_parser::MessageParser::default().parse(raw)?;
     let root = message.root_part();
     let ct = root.content_type()?;
-    if !ct.ctype().eq_ignore_ascii_case("multipart")
-        || !ct.subtype()?.eq_ignore_ascii_case("signed")
+    if !ct.ctype().eq_ignore_ascii_case("multipart") || !ct.subtype()?.eq_ignore_ascii_case(subtype)
     {
         return None;
     }
     let mail_parser::PartType::Multipart(children) = &root.body else {
         return None;
     };
+    let children = children.clone();
+    Some((message, children))
+}
+
+/// The two halves of a multipart/signed message or entity (RFC 3156 §5): the exact signed
+/// bytes (up to, not including, the CRLF before the delimiter) and the signature part's body.
+pub fn signed_parts(raw: &[u8]) -> Option<(Vec<u8>, Vec<u8>)> {
+    let (message, children) = multipart_of(raw, "signed")?;
     let [signed, signature] = children.as_slice() else {
         return None;
     };
@@ -259,17 +265,7 @@ pub fn signed_parts(raw: &[u8]) -> Option<(Vec<u8>, Vec<u8>)> {
 
 /// The armored ciphertext of a multipart/encrypted message (RFC 3156 §4), if it is one.
 pub fn encrypted_payload(raw: &[u8]) -> Option<Vec<u8>> {
-    let message = mail_parser::MessageParser::default().parse(raw)?;
-    let root = message.root_part();
-    let ct = root.content_type()?;
-    if !ct.ctype().eq_ignore_ascii_case("multipart")
-        || !ct.subtype()?.eq_ignore_ascii_case("encrypted")
-    {
-        return None;
-    }
-    let mail_parser::PartType::Multipart(children) = &root.body else {
-        return None;
-    };
+    let (message, children) = multipart_of(raw, "encrypted")?;
     let [_, payload] = children.as_slice() else {
         return None;
     };
