@@ -416,3 +416,29 @@ async fn already_encrypted_mail_passes_through_untouched_but_without_bcc() {
         assert_eq!(String::from_utf8(c.message.unwrap()).unwrap(), want);
     }
 }
+
+#[tokio::test]
+async fn lookups_are_cached_until_the_keyring_changes() {
+    let world = World::new();
+    let service = world.sender.service(Duration::from_secs(20));
+    let erin = GpgHome::new();
+    let erin_fpr = erin.generate_at("Erin <erin@example.org>", "20230101T000000");
+    assert_eq!(
+        service.resolve("erin@example.org").await.unwrap(),
+        Resolution::NoKey { refused: vec![] }
+    );
+    // Importing Erin's key changes the keyring: the cached "no key" must go.
+    world.sender.import(&erin.export_public(&erin_fpr));
+    assert_eq!(
+        service.resolve("erin@example.org").await.unwrap(),
+        Resolution::Usable { fingerprint: erin_fpr.clone(), others: 0 }
+    );
+    // A second, newer key for the same address wins, and the choice says another lost.
+    let newer = GpgHome::new();
+    let newer_fpr = newer.generate("Erin <erin@example.org>");
+    world.sender.import(&newer.export_public(&newer_fpr));
+    assert_eq!(
+        service.resolve("erin@example.org").await.unwrap(),
+        Resolution::Usable { fingerprint: newer_fpr, others: 1 }
+    );
+}

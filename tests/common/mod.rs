@@ -65,6 +65,12 @@ impl GpgHome {
         self.fingerprint(uid)
     }
 
+    /// A key made at `when` (gpg's faked system time, e.g. "20230101T000000"), never expiring.
+    pub fn generate_at(&self, uid: &str, when: &str) -> String {
+        self.must(&["--faked-system-time", when, "--quick-gen-key", uid, "future-default", "default", "never"], None);
+        self.fingerprint(uid)
+    }
+
     /// A key whose only (primary) key can sign but not encrypt.
     pub fn generate_sign_only(&self, uid: &str) -> String {
         self.must(&["--quick-gen-key", uid, "ed25519", "sign", "never"], None);
