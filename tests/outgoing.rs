@@ -431,7 +431,10 @@ async fn lookups_are_cached_until_the_keyring_changes() {
     world.sender.import(&erin.export_public(&erin_fpr));
     assert_eq!(
         service.resolve("erin@example.org").await.unwrap(),
-        Resolution::Usable { fingerprint: erin_fpr.clone(), others: 0 }
+        Resolution::Usable {
+            fingerprint: erin_fpr.clone(),
+            others: 0
+        }
     );
     // A second, newer key for the same address wins, and the choice says another lost.
     let newer = GpgHome::new();
@@ -439,6 +442,9 @@ async fn lookups_are_cached_until_the_keyring_changes() {
     world.sender.import(&newer.export_public(&newer_fpr));
     assert_eq!(
         service.resolve("erin@example.org").await.unwrap(),
-        Resolution::Usable { fingerprint: newer_fpr, others: 1 }
+        Resolution::Usable {
+            fingerprint: newer_fpr,
+            others: 1
+        }
     );
 }

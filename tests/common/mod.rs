@@ -67,7 +67,18 @@ impl GpgHome {
 
     /// A key made at `when` (gpg's faked system time, e.g. "20230101T000000"), never expiring.
     pub fn generate_at(&self, uid: &str, when: &str) -> String {
-        self.must(&["--faked-system-time", when, "--quick-gen-key", uid, "future-default", "default", "never"], None);
+        self.must(
+            &[
+                "--faked-system-time",
+                when,
+                "--quick-gen-key",
+                uid,
+                "future-default",
+                "default",
+                "never",
+            ],
+            None,
+        );
         self.fingerprint(uid)
     }
 
