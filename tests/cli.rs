@@ -225,41 +225,31 @@ fn exit_codes_and_reasons() {
     assert!(empty_out.join("01-bob@example.org.eml").exists());
 
     // Broken configuration: 78, naming file, line and key.
+    let with_config_file = |path: &str| {
+        sealpost(
+            &[
+                "rewrite",
+                "--config",
+                path,
+                "--sender",
+                "a@example.org",
+                "--rcpt",
+                "b@example.org",
+                "--out",
+                &out_s,
+            ],
+            MESSAGE,
+        )
+    };
     std::fs::write(&cfg, "[policy]\nsign = true\nmode = \"maybe\"\n").unwrap();
-    let out = sealpost(
-        &[
-            "rewrite",
-            "--config",
-            cfg.to_str().unwrap(),
-            "--sender",
-            "a@example.org",
-            "--rcpt",
-            "b@example.org",
-            "--out",
-            &out_s,
-        ],
-        MESSAGE,
-    );
+    let out = with_config_file(cfg.to_str().unwrap());
     assert_eq!(out.status.code(), Some(78));
     let line = stderr_line(&out);
     assert!(
         line.contains(&format!("{}:3: mode:", cfg.display())),
         "{line}"
     );
-    let out = sealpost(
-        &[
-            "rewrite",
-            "--config",
-            "/nonexistent.toml",
-            "--sender",
-            "a@example.org",
-            "--rcpt",
-            "b@example.org",
-            "--out",
-            &out_s,
-        ],
-        MESSAGE,
-    );
+    let out = with_config_file("/nonexistent.toml");
     assert_eq!(out.status.code(), Some(78));
 
     // A bad recipient address: rejected with 5.1.3, exit 69.

@@ -180,6 +180,16 @@ impl KeyService {
                 resolution = self.list_public(&addr).await?;
             }
         }
+        // Logged once per fresh lookup, not on every cache hit.
+        if let Resolution::Usable {
+            fingerprint,
+            others,
+        } = &resolution
+        {
+            if *others > 0 {
+                tracing::info!(rcpt = %addr, key = %fingerprint, others, "several usable keys: chose the newest");
+            }
+        }
         self.fresh_cache().public.insert(addr, resolution.clone());
         Ok(resolution)
     }

@@ -123,18 +123,7 @@ impl Rewriter {
     /// Looks up a key for one address, as the plan wants it.
     pub async fn lookup(&self, address: &str) -> Lookup {
         match self.keys.resolve(address).await {
-            Ok(r) => {
-                if let Resolution::Usable {
-                    fingerprint,
-                    others,
-                } = &r
-                {
-                    if *others > 0 {
-                        tracing::info!(rcpt = address, key = %fingerprint, others, "several usable keys: chose the newest");
-                    }
-                }
-                Lookup::Found(r)
-            }
+            Ok(r) => Lookup::Found(r),
             Err(e) => Lookup::Failed(e.to_string()),
         }
     }
@@ -347,7 +336,6 @@ impl Rewriter {
         } else {
             None
         };
-        let plaintext = Arc::new(plaintext);
         let jobs = targets.iter().map(|fpr| {
             let mut keys = vec![fpr.to_string()];
             if let Some(own) = &self_key {
@@ -355,7 +343,7 @@ impl Rewriter {
                     keys.push(own.clone());
                 }
             }
-            let data = plaintext.as_ref().clone();
+            let data = plaintext.clone();
             let signer = inline_signer.clone();
             let outer = &outer;
             async move {
