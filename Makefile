@@ -11,7 +11,10 @@ export DEBIAN_FRONTEND := noninteractive
 
 BUILD_DEBS := build-essential pkg-config libgpgme-dev libsqlite3-dev
 RUN_DEBS   := gnupg gpg-agent
-TEST_DEBS  := $(RUN_DEBS) python3
+# dovecot-imapd and isync (mbsync) are the reference server and client of the IMAP tests
+# (tests/harness.rs). The harness runs private Dovecot instances on its own ports, base_dir
+# and config; whether the package's postinst started the system dovecot does not matter.
+TEST_DEBS  := $(RUN_DEBS) python3 dovecot-imapd isync
 BENCH_DEBS := $(RUN_DEBS)
 
 .PHONY: all build demo test bench deps-build deps-test deps-bench lint clean

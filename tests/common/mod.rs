@@ -2,6 +2,10 @@
 //! check copies with stock gpg the way a recipient's MUA would.
 #![allow(dead_code)]
 
+pub mod dovecot;
+pub mod imap;
+pub mod mbsync;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
