@@ -14,7 +14,8 @@ RUN_DEBS   := gnupg gpg-agent
 # dovecot-imapd and isync (mbsync) are the reference server and client of the IMAP tests
 # (tests/harness.rs). The harness runs private Dovecot instances on its own ports, base_dir
 # and config; whether the package's postinst started the system dovecot does not matter.
-TEST_DEBS  := $(RUN_DEBS) python3 dovecot-imapd isync
+# libsasl2-modules is only a Recommends of libsasl2-2: mbsync's AUTHENTICATE PLAIN needs it.
+TEST_DEBS  := $(RUN_DEBS) python3 dovecot-imapd isync libsasl2-modules
 BENCH_DEBS := $(RUN_DEBS)
 
 .PHONY: all build demo test bench deps-build deps-test deps-bench lint clean
