@@ -36,6 +36,10 @@ pub struct Dovecot {
     /// bytes are what BODY[] returns.
     pub maildir: PathBuf,
     pub log: PathBuf,
+    /// With `start_tls`: the implicit-TLS (IMAPS) port; the plain port then offers STARTTLS.
+    pub tls_port: Option<u16>,
+    /// With `start_tls`: the self-signed certificate (PEM), the clients' trust anchor.
+    pub cert: Option<PathBuf>,
     master: Child,
     base_dir: PathBuf,
     dir: tempfile::TempDir,
@@ -87,14 +91,18 @@ fn free_port() -> u16 {
     listener.local_addr().unwrap().port()
 }
 
-fn config(dir: &Path, port: u16, who: &Identity) -> String {
+fn config(dir: &Path, port: u16, tls_port: Option<u16>, who: &Identity) -> String {
     let d = dir.display();
-    let chroot_off = if who.root {
-        String::new()
-    } else {
-        // chroot() needs root; these are the services that chroot by default.
-        "service anvil {\n  chroot =\n}\n".to_string()
+    let (ssl, imaps) = match tls_port {
+        None => ("ssl = no".to_string(), "port = 0".to_string()),
+        Some(p) => (
+            format!("ssl = yes\nssl_cert = <{d}/cert.pem\nssl_key = <{d}/key.pem"),
+            format!("address = 127.0.0.1\n    port = {p}\n    ssl = yes"),
+        ),
     };
+    // chroot() needs root; anvil is the one service left that chroots by default
+    // (imap-login's chroot is switched off for both cases below).
+    let anvil_chroot = if who.root { "" } else { "chroot =" };
     format!(
         r#"# Throwaway Dovecot for sealpost's tests; written by tests/common/dovecot.rs.
 protocols = imap
@@ -109,8 +117,8 @@ import_environment = TZ=UTC
 default_internal_user = {iu}
 default_internal_group = {ig}
 default_login_user = {lu}
-# Plaintext on loopback only: TLS is sealpost's side of the tests.
-ssl = no
+# Loopback only, so plaintext logins are allowed even where TLS is offered.
+{ssl}
 disable_plaintext_auth = no
 auth_mechanisms = plain login
 # Failed logins answer at once (the default waits 2 s).
@@ -131,6 +139,15 @@ userdb {{
   driver = static
   args = uid={uid} gid={gid} home={d}/home
 }}
+# Dovecot delays every login attempt from an IP with recent failures (2 s, 4 s, ... 15 s,
+# via anvil); comparison tests fail logins on purpose. With this socket unusable the auth
+# process turns the penalty off. A failed login still answers after ~0.5 s.
+service anvil {{
+  {anvil_chroot}
+  unix_listener anvil-auth-penalty {{
+    mode = 0
+  }}
+}}
 service imap-login {{
   chroot =
   inet_listener imap {{
@@ -138,10 +155,10 @@ service imap-login {{
     port = {port}
   }}
   inet_listener imaps {{
-    port = 0
+    {imaps}
   }}
 }}
-{chroot_off}"#,
+"#,
         iu = who.internal_user,
         ig = who.internal_group,
         lu = who.login_user,
@@ -171,8 +188,19 @@ fn read_or_empty(path: &Path) -> String {
 
 impl Dovecot {
     /// Starts an instance with one account (`alice` / a fresh password) and an empty
-    /// INBOX; returns once the port answers with the `* OK` greeting.
+    /// INBOX, plaintext only (`ssl = no`); returns once the port answers with the `* OK`
+    /// greeting.
     pub fn start() -> Dovecot {
+        Self::start_with(false)
+    }
+
+    /// Like `start`, plus STARTTLS on `port` and implicit TLS on `tls_port`, with a
+    /// self-signed certificate for `localhost` and `127.0.0.1` made by rcgen (`cert`).
+    pub fn start_tls() -> Dovecot {
+        Self::start_with(true)
+    }
+
+    fn start_with(tls: bool) -> Dovecot {
         let who = Identity::current();
         let dir = tempfile::Builder::new()
             .prefix("spdc")
@@ -195,13 +223,28 @@ impl Dovecot {
         let conf = root.join("dovecot.conf");
         let log = root.join("dovecot.log");
         let stderr_path = root.join("dovecot.stderr");
+        let cert = tls.then(|| {
+            let made = rcgen::generate_simple_self_signed(vec![
+                "localhost".to_string(),
+                "127.0.0.1".to_string(),
+            ])
+            .expect("rcgen certificate");
+            std::fs::write(root.join("key.pem"), made.signing_key.serialize_pem()).unwrap();
+            let cert = root.join("cert.pem");
+            std::fs::write(&cert, made.cert.pem()).unwrap();
+            cert
+        });
 
         // The port is free when we look; another process may take it before dovecot binds
         // it, so a bind failure means: pick another port and start again.
         let mut failures = String::new();
         for _attempt in 0..5 {
             let port = free_port();
-            std::fs::write(&conf, config(&root, port, &who)).unwrap();
+            let tls_port = tls.then(free_port).filter(|p| *p != port);
+            if tls && tls_port.is_none() {
+                continue;
+            }
+            std::fs::write(&conf, config(&root, port, tls_port, &who)).unwrap();
             let mut master = Command::new(DOVECOT)
                 .arg("-F")
                 .arg("-c")
@@ -241,6 +284,8 @@ impl Dovecot {
                     password,
                     maildir,
                     log,
+                    tls_port,
+                    cert,
                     master,
                     base_dir: root.join("run"),
                     dir,

@@ -30,13 +30,25 @@ pub fn client_py() -> PathBuf {
 /// This blocks: from async tests whose server runs in the same runtime, call it through
 /// `tokio::task::spawn_blocking` (or `run_client_async`).
 pub fn run_client(port: u16, user: &str, password: &str, tls: Tls, steps: &Value) -> Value {
+    try_run_client(port, user, password, tls, steps).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Like `run_client`, but a failed client (TLS verification, dropped connection) is an Err
+/// carrying its stderr.
+pub fn try_run_client(
+    port: u16,
+    user: &str,
+    password: &str,
+    tls: Tls,
+    steps: &Value,
+) -> Result<Value, String> {
     run_client_args(port, &["--user", user, "--password", password], tls, steps)
 }
 
 /// Like `run_client` but without the initial login: the script logs in itself (a `login`
 /// step or a raw LOGIN/AUTHENTICATE line).
 pub fn run_client_no_login(port: u16, tls: Tls, steps: &Value) -> Value {
-    run_client_args(port, &["--no-login"], tls, steps)
+    run_client_args(port, &["--no-login"], tls, steps).unwrap_or_else(|e| panic!("{e}"))
 }
 
 pub async fn run_client_async(
@@ -51,7 +63,7 @@ pub async fn run_client_async(
         .expect("client thread")
 }
 
-fn run_client_args(port: u16, login: &[&str], tls: Tls, steps: &Value) -> Value {
+fn run_client_args(port: u16, login: &[&str], tls: Tls, steps: &Value) -> Result<Value, String> {
     let mut cmd = Command::new("python3");
     cmd.arg(client_py())
         .args(["--host", "127.0.0.1", "--port", &port.to_string()])
@@ -75,20 +87,20 @@ fn run_client_args(port: u16, login: &[&str], tls: Tls, steps: &Value) -> Value 
     let script = serde_json::to_vec(steps).unwrap();
     child.stdin.take().unwrap().write_all(&script).unwrap();
     let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "client.py on port {port} failed ({}): {}\nscript: {steps}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
+    if !out.status.success() {
+        return Err(format!(
+            "client.py on port {port} failed ({}): {}\nscript: {steps}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    serde_json::from_slice(&out.stdout).map_err(|e| {
+        format!(
             "client.py printed no JSON ({e}): {}",
             String::from_utf8_lossy(&out.stdout)
         )
     })
 }
-
 /// The result of step `i`, checking that its tagged status is OK.
 pub fn ok_step(output: &Value, i: usize) -> &Value {
     let step = &output["steps"][i];

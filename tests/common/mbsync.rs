@@ -113,8 +113,10 @@ impl Mbsync {
         self.dir.path()
     }
 
-    /// Runs mbsync on the channel with extra flags; Err carries its exit status and output.
-    pub fn run(&self, flags: &[&str]) -> Result<(), String> {
+    /// Runs mbsync on the channel with extra flags. Ok carries what mbsync printed (its
+    /// warnings, e.g. about skipped messages, and with `-D` flags its protocol trace); Err
+    /// its exit status and output.
+    pub fn run(&self, flags: &[&str]) -> Result<String, String> {
         let out = Command::new(MBSYNC)
             .arg("-c")
             .arg(&self.rc)
@@ -124,7 +126,11 @@ impl Mbsync {
             .output()
             .expect("mbsync runs");
         if out.status.success() {
-            Ok(())
+            Ok(format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stderr),
+                String::from_utf8_lossy(&out.stdout)
+            ))
         } else {
             Err(format!(
                 "mbsync {flags:?} failed ({}):\n{}{}",
@@ -136,17 +142,17 @@ impl Mbsync {
     }
 
     /// Server to Maildir only.
-    pub fn pull(&self) -> Result<(), String> {
+    pub fn pull(&self) -> Result<String, String> {
         self.run(&["--pull"])
     }
 
     /// Maildir to server only.
-    pub fn push(&self) -> Result<(), String> {
+    pub fn push(&self) -> Result<String, String> {
         self.run(&["--push"])
     }
 
     /// Both ways.
-    pub fn sync(&self) -> Result<(), String> {
+    pub fn sync(&self) -> Result<String, String> {
         self.run(&[])
     }
 
