@@ -121,7 +121,7 @@ default_login_user = {lu}
 {ssl}
 disable_plaintext_auth = no
 auth_mechanisms = plain login
-# Failed logins answer at once (the default waits 2 s).
+# Failed logins answer on the next tick of the auth failure timer (~0.5 s), not after 2 s.
 auth_failure_delay = 0
 # The static userdb's uid may be a system uid (nobody is 65534, a non-root tester maybe 100).
 first_valid_uid = 1
