@@ -33,6 +33,12 @@ pub enum Command {
     Rewrite(RewriteArgs),
     /// Show the whole outgoing round trip with a throwaway GnuPG home and generated keys.
     Demo(DemoArgs),
+    /// Serve the local store over IMAP (TLS and STARTTLS) until SIGTERM.
+    Imap(crate::incoming::ImapArgs),
+    /// Import an mbox, a Maildir or message files into a mailbox of the store.
+    Import(crate::incoming::ImportArgs),
+    /// Read a password on stdin and print the hash for `password_hash` in [[accounts]].
+    Passwd,
 }
 
 #[derive(Debug, clap::Args)]
@@ -87,6 +93,20 @@ pub enum CliError {
     },
     #[error("{0}")]
     Demo(String),
+    #[error("{0}")]
+    Usage(String),
+    #[error("{0}")]
+    Store(#[from] crate::store::StoreError),
+    #[error("{0}")]
+    Import(#[from] crate::store::ImportError),
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::imap::tls::TlsError),
+    #[error("cannot listen on {address}: {source}")]
+    Listen {
+        address: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl CliError {
@@ -98,6 +118,16 @@ impl CliError {
             CliError::Data(_) => 65,
             CliError::Output { .. } => 74,
             CliError::Demo(_) => 70,
+            CliError::Usage(_) => 64,
+            CliError::Store(_) => 74,
+            CliError::Import(crate::store::ImportError::Read { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                66
+            }
+            CliError::Import(_) => 74,
+            CliError::Tls(_) => 78,
+            CliError::Listen { .. } => 69,
         }
     }
 }
@@ -117,6 +147,9 @@ pub fn main(cli: Cli) -> ExitCode {
                 match cli.command {
                     Command::Rewrite(args) => rewrite(config, args).await,
                     Command::Demo(args) => crate::demo::run(config, args.keep.as_deref()).await,
+                    Command::Imap(args) => crate::incoming::serve(config, args).await,
+                    Command::Import(args) => crate::incoming::import(config, args).await,
+                    Command::Passwd => crate::incoming::passwd(),
                 }
             })
         });

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::imap::{Account, ImapConfig};
 use crate::keys::KeySources;
 use crate::logging::LogConfig;
 use crate::rewrite::Policy;
@@ -19,6 +20,10 @@ pub struct Config {
     pub gnupg: GnupgConfig,
     pub policy: Policy,
     pub log: LogConfig,
+    pub store: StoreConfig,
+    pub imap: ImapConfig,
+    /// IMAP accounts (`[[accounts]]`): a name and an argon2 password hash.
+    pub accounts: Vec<Account>,
     /// Where the configuration came from (None: built-in defaults).
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -31,6 +36,32 @@ pub enum KeySource {
     Local,
     Wkd,
     Keyserver,
+}
+
+/// `[store]`: where the local message store lives.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// The SQLite database; the generated IMAP certificate is kept next to it.
+    pub path: PathBuf,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            path: PathBuf::from("/var/lib/sealpost/store.sqlite"),
+        }
+    }
+}
+
+impl StoreConfig {
+    /// The directory for state files next to the store (certificate, key).
+    pub fn state_dir(&self) -> PathBuf {
+        match self.path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir.to_owned(),
+            _ => PathBuf::from("."),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -24,7 +24,13 @@
 //! - [`keys`]: GnuPG through GPGME: key resolution, signing, encryption, decryption.
 //! - [`message`]: pure MIME: parsing, canonical form, PGP/MIME rendering.
 //! - [`rewrite`]: the per-recipient core every outgoing front-end calls.
-//! - [`cli`]: the `sealpost` subcommands (`rewrite`, `demo`).
+//! - [`store`]: the local message store (SQLite): content once by hash, state per mailbox,
+//!   expunge tombstones, the change journal; `sealpost import`.
+//! - [`imap`]: the local IMAP server over the store (TLS/STARTTLS, IMAP4rev1 + extensions);
+//!   pure layers for summaries, sections, names, rendering, search.
+//! - [`incoming`]: the `imap`, `import` and `passwd` subcommands.
+//! - [`shutdown`]: SIGTERM/SIGINT for the daemons.
+//! - [`cli`]: the `sealpost` subcommands (`rewrite`, `demo`, `imap`, `import`, `passwd`).
 //!
 //! # Logging policy
 //!
@@ -35,7 +41,11 @@
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod imap;
+pub mod incoming;
 pub mod keys;
 pub mod logging;
 pub mod message;
 pub mod rewrite;
+pub mod shutdown;
+pub mod store;

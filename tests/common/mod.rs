@@ -5,6 +5,7 @@
 pub mod dovecot;
 pub mod imap;
 pub mod mbsync;
+pub mod server;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};

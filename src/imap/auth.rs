@@ -1,0 +1,100 @@
+//! Passwords: argon2id hashes in the configuration (never the password itself), and the SASL
+//! PLAIN message (RFC 4616). An unknown user costs the same work and gets the same answer as
+//! a wrong password.
+
+use argon2::password_hash::rand_core::OsRng;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::Argon2;
+use thiserror::Error;
+
+use super::Account;
+
+#[derive(Debug, Error)]
+pub enum PasswordError {
+    #[error("cannot hash the password: {0}")]
+    Hash(String),
+}
+
+/// A PHC-format argon2id hash of `password`, for `password_hash` in the configuration.
+pub fn hash_password(password: &[u8]) -> Result<String, PasswordError> {
+    let salt = SaltString::generate(&mut OsRng);
+    Argon2::default()
+        .hash_password(password, &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| PasswordError::Hash(e.to_string()))
+}
+
+/// Checks a login. The account's hash is verified; for an unknown user a fixed hash is
+/// verified instead, so both cases take the same time.
+pub fn check<'a>(accounts: &'a [Account], user: &str, password: &[u8]) -> Option<&'a Account> {
+    let account = accounts.iter().find(|a| a.name == user);
+    let hash = account.map_or(DUMMY_HASH, |a| a.password_hash.as_str());
+    let ok = PasswordHash::new(hash)
+        .map(|parsed| Argon2::default().verify_password(password, &parsed).is_ok())
+        .unwrap_or(false);
+    account.filter(|_| ok)
+}
+
+/// argon2id of a random string nobody knows; only used to spend time on unknown users.
+const DUMMY_HASH: &str =
+    "$argon2id$v=19$m=19456,t=2,p=1$c2VhbHBvc3RkdW1teQ$3rKNu2ms0Wsq4SvDkiQUGJ1Hb3Xpwe1TqKbt3mC9l5Q";
+
+/// RFC 4616: `[authzid] NUL authcid NUL passwd`. An authzid other than the user is refused
+/// (sealpost has no proxy authorization).
+pub fn parse_plain(message: &[u8]) -> Option<(String, Vec<u8>)> {
+    let mut fields = message.split(|&b| b == 0);
+    let authzid = fields.next()?;
+    let authcid = std::str::from_utf8(fields.next()?).ok()?.to_owned();
+    let password = fields.next()?.to_vec();
+    if fields.next().is_some() || authcid.is_empty() {
+        return None;
+    }
+    if !authzid.is_empty() && authzid != authcid.as_bytes() {
+        return None;
+    }
+    Some((authcid, password))
+}
+
+/// Reads a password for `sealpost passwd` from stdin (one line, newline stripped).
+pub fn read_password_line(input: &mut impl std::io::BufRead) -> std::io::Result<Vec<u8>> {
+    let mut line = Vec::new();
+    input.read_until(b'\n', &mut line)?;
+    while line.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+        line.pop();
+    }
+    Ok(line)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hashes_verify_and_unknown_users_fail_alike() {
+        let hash = hash_password(b"s3cret").unwrap();
+        assert!(hash.starts_with("$argon2id$"));
+        let accounts = vec![Account {
+            name: "alice".into(),
+            password_hash: hash,
+        }];
+        assert!(check(&accounts, "alice", b"s3cret").is_some());
+        assert!(check(&accounts, "alice", b"wrong").is_none());
+        assert!(check(&accounts, "mallory", b"s3cret").is_none());
+        assert!(PasswordHash::new(DUMMY_HASH).is_ok());
+    }
+
+    #[test]
+    fn sasl_plain() {
+        assert_eq!(
+            parse_plain(b"\0alice\0pw"),
+            Some(("alice".into(), b"pw".to_vec()))
+        );
+        assert_eq!(
+            parse_plain(b"alice\0alice\0pw"),
+            Some(("alice".into(), b"pw".to_vec()))
+        );
+        assert_eq!(parse_plain(b"bob\0alice\0pw"), None);
+        assert_eq!(parse_plain(b"\0alice"), None);
+        assert_eq!(parse_plain(b"\0\0pw"), None);
+    }
+}

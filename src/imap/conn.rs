@@ -1,0 +1,532 @@
+//! One client connection's I/O: the socket (plain or TLS), a framing scanner that enforces the
+//! limits before anything is buffered, and imap-next's server state machine that parses
+//! commands (DESIGN.md §4: sealpost drives imap-next with its own I/O loop).
+//!
+//! The scanner sees every byte first. It splits the input into lines and literals, so that
+//! - a line longer than the limit (smaller before login) ends the connection,
+//! - a literal larger than the limit is refused before the client is told to send it
+//!   (`NO [TOOBIG]`, and no `+` continuation; RFC 7888 §4), and a non-synchronising one
+//!   ends the connection, so memory stays bounded,
+//! - a command with too many literals ends the connection,
+//! - LIST commands go to sealpost's own LIST-EXTENDED parser (RFC 5258), which imap-codec
+//!   does not parse; every other line is fed to imap-next in order.
+
+use std::collections::VecDeque;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use imap_next::imap_types::auth::AuthenticateData;
+use imap_next::imap_types::command::Command;
+use imap_next::imap_types::core::{Tag, Text};
+use imap_next::imap_types::response::{CommandContinuationRequest, Greeting, Status};
+use imap_next::server::{Event, Options, Server};
+use imap_next::types::CommandAuthenticate;
+use imap_next::{Interrupt, Io, State};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
+
+use super::Limits;
+
+pub enum Stream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+/// What the session gets from the client, in the order the client sent it.
+#[derive(Debug)]
+pub enum Input {
+    Command(Command<'static>),
+    Authenticate(CommandAuthenticate),
+    AuthenticateData(AuthenticateData<'static>),
+    Idle(Tag<'static>),
+    IdleDone,
+    /// A complete LIST command line, for the LIST-EXTENDED parser.
+    List(Vec<u8>),
+    /// A command imap-codec could not parse; the tag when one could be read.
+    Malformed(Option<String>),
+    /// A synchronising literal over the limit, already refused by the scanner.
+    Refused,
+    /// A command over imap-next's size limit.
+    TooLong,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnError {
+    #[error("connection closed")]
+    Closed,
+    #[error("i/o: {0}")]
+    Io(#[from] io::Error),
+    #[error("line too long")]
+    LineTooLong,
+    #[error("literal too big")]
+    LiteralTooBig,
+    #[error("too many literals in one command")]
+    TooManyLiterals,
+}
+
+pub struct Conn {
+    /// None only after STARTTLS took the plain socket, just before this state is replaced.
+    stream: Option<Stream>,
+    server: Server,
+    scanner: Scanner,
+    events: VecDeque<Input>,
+    pending: VecDeque<Piece>,
+    out: Vec<u8>,
+    read_buf: Box<[u8]>,
+}
+
+/// Output is flushed to the socket once this much has accumulated.
+const FLUSH_AT: usize = 64 * 1024;
+
+impl Conn {
+    pub fn new(stream: Stream, greeting: Greeting<'static>, limits: &Limits) -> Conn {
+        let mut conn = Conn {
+            stream: Some(stream),
+            server: new_server(greeting, limits),
+            scanner: Scanner::new(),
+            events: VecDeque::new(),
+            pending: VecDeque::new(),
+            out: Vec::new(),
+            read_buf: vec![0; 16 * 1024].into_boxed_slice(),
+        };
+        // The greeting goes out with the first flush.
+        conn.drive();
+        conn
+    }
+
+    /// The next input already received, if any (no I/O).
+    pub fn next_queued(&mut self) -> Option<Input> {
+        loop {
+            if let Some(event) = self.events.pop_front() {
+                return Some(event);
+            }
+            let piece = self.pending.pop_front()?;
+            self.handle_piece(piece);
+        }
+    }
+
+    /// Reads once from the socket and scans what came. Cancel-safe: nothing is lost when the
+    /// future is dropped before the read completes.
+    pub async fn fill(&mut self, limits: &Limits, authenticated: bool) -> Result<(), ConnError> {
+        let stream = self.stream.as_mut().ok_or(ConnError::Closed)?;
+        let n = stream.read(&mut self.read_buf).await?;
+        if n == 0 {
+            return Err(ConnError::Closed);
+        }
+        let pieces = self
+            .scanner
+            .feed(&self.read_buf[..n], limits, authenticated)?;
+        self.pending.extend(pieces);
+        Ok(())
+    }
+
+    fn handle_piece(&mut self, piece: Piece) {
+        match piece {
+            Piece::Feed(bytes) => {
+                self.server.enqueue_input(&bytes);
+                self.drive();
+            }
+            Piece::List(line) => self.events.push_back(Input::List(line)),
+            Piece::TooBig { tag } => {
+                // RFC 7888 §4: refused before the client sends the literal.
+                let text =
+                    format!("{tag} NO [TOOBIG] Literal is larger than this server accepts\r\n");
+                self.out.extend_from_slice(text.as_bytes());
+                self.events.push_back(Input::Refused);
+            }
+        }
+    }
+
+    /// Runs imap-next until it needs more input, queueing its events and its output (literal
+    /// continuations, AUTHENTICATE and IDLE responses).
+    fn drive(&mut self) {
+        loop {
+            match self.server.next() {
+                Ok(event) => {
+                    if let Some(input) = map_event(event) {
+                        self.events.push_back(input);
+                    }
+                }
+                Err(Interrupt::Io(Io::Output(bytes))) => self.out.extend_from_slice(&bytes),
+                Err(Interrupt::Io(Io::NeedMoreInput)) => return,
+                Err(Interrupt::Error(error)) => {
+                    use imap_next::server::Error as E;
+                    let input = match error {
+                        E::ExpectedCrlfGotLf { discarded_bytes }
+                        | E::MalformedMessage { discarded_bytes }
+                        | E::LiteralTooLong { discarded_bytes } => {
+                            Input::Malformed(tag_of(discarded_bytes.declassify()))
+                        }
+                        E::CommandTooLong { .. } => Input::TooLong,
+                    };
+                    self.events.push_back(input);
+                }
+            }
+        }
+    }
+
+    /// Queues response bytes; they go out at the next flush (or when the buffer fills).
+    pub async fn write(&mut self, bytes: &[u8]) -> Result<(), ConnError> {
+        self.out.extend_from_slice(bytes);
+        if self.out.len() >= FLUSH_AT {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    pub async fn flush(&mut self) -> Result<(), ConnError> {
+        let stream = self.stream.as_mut().ok_or(ConnError::Closed)?;
+        if !self.out.is_empty() {
+            stream.write_all(&self.out).await?;
+            self.out.clear();
+        }
+        stream.flush().await?;
+        Ok(())
+    }
+
+    /// AUTHENTICATE: asks for the (next) client response with an empty challenge.
+    pub fn authenticate_continue(&mut self) {
+        let request = CommandContinuationRequest::base64(Vec::new());
+        let _ = self.server.authenticate_continue(request);
+        self.drive();
+    }
+
+    /// AUTHENTICATE: the final status; imap-next expects commands again afterwards.
+    pub fn authenticate_finish(&mut self, status: Status<'static>) {
+        let _ = self.server.authenticate_finish(status);
+        self.drive();
+    }
+
+    pub fn idle_accept(&mut self) {
+        if let Ok(request) = CommandContinuationRequest::basic(None, Text::unvalidated("idling")) {
+            let _ = self.server.idle_accept(request);
+        }
+        self.drive();
+    }
+
+    /// STARTTLS (RFC 3501 §6.2.1): the plain socket, for the TLS handshake. Everything
+    /// received so far is dropped with the rest of this connection state, so nothing a client
+    /// pipelined in plaintext is executed after the handshake.
+    pub fn take_plain(&mut self) -> Option<TcpStream> {
+        match self.stream.take() {
+            Some(Stream::Plain(tcp)) => Some(tcp),
+            other => {
+                self.stream = other;
+                None
+            }
+        }
+    }
+
+    /// The connection state after a STARTTLS handshake: a fresh protocol state whose greeting
+    /// is not sent again (DESIGN.md §4).
+    pub fn after_starttls(stream: Stream, greeting: Greeting<'static>, limits: &Limits) -> Conn {
+        let mut conn = Conn::new(stream, greeting, limits);
+        conn.out.clear();
+        conn
+    }
+}
+
+fn new_server(greeting: Greeting<'static>, limits: &Limits) -> Server {
+    let mut options = Options::default();
+    options.max_literal_size = limits.max_append;
+    options.max_command_size = limits.max_append.saturating_add(limits.max_line as u32 * 2);
+    Server::new(options, greeting)
+}
+
+fn map_event(event: Event) -> Option<Input> {
+    match event {
+        Event::GreetingSent { .. } | Event::ResponseSent { .. } => None,
+        Event::CommandReceived { command } => Some(Input::Command(command)),
+        Event::CommandAuthenticateReceived {
+            command_authenticate,
+        } => Some(Input::Authenticate(command_authenticate)),
+        Event::AuthenticateDataReceived { authenticate_data } => {
+            Some(Input::AuthenticateData(authenticate_data))
+        }
+        Event::IdleCommandReceived { tag } => Some(Input::Idle(tag)),
+        Event::IdleDoneReceived => Some(Input::IdleDone),
+    }
+}
+
+/// The tag of a discarded command line, when it has a valid one (RFC 3501 §9 tag).
+fn tag_of(bytes: &[u8]) -> Option<String> {
+    let end = bytes.iter().position(|&b| b == b' ')?;
+    let tag = std::str::from_utf8(&bytes[..end]).ok()?;
+    Tag::try_from(tag).ok().map(|_| tag.to_owned())
+}
+
+/// A piece of scanned input, in client order.
+#[derive(Debug)]
+enum Piece {
+    Feed(Vec<u8>),
+    List(Vec<u8>),
+    TooBig { tag: String },
+}
+
+/// Splits input into lines and literals and applies the limits (see the module comment).
+struct Scanner {
+    line: Vec<u8>,
+    literal_left: u64,
+    /// Literals in the command being received.
+    literals: u32,
+    /// The command's first line has been fed; later lines are its continuations.
+    continuing: bool,
+    /// The command's verb (upper case), from its first line.
+    verb: String,
+}
+
+impl Scanner {
+    fn new() -> Scanner {
+        Scanner {
+            line: Vec::new(),
+            literal_left: 0,
+            literals: 0,
+            continuing: false,
+            verb: String::new(),
+        }
+    }
+
+    fn feed(
+        &mut self,
+        mut bytes: &[u8],
+        limits: &Limits,
+        authenticated: bool,
+    ) -> Result<Vec<Piece>, ConnError> {
+        let mut pieces = Vec::new();
+        let max_line = if authenticated {
+            limits.max_line
+        } else {
+            limits.max_line_before_login
+        };
+        while !bytes.is_empty() {
+            if self.literal_left > 0 {
+                let take = (self.literal_left.min(bytes.len() as u64)) as usize;
+                push_feed(&mut pieces, &bytes[..take]);
+                self.literal_left -= take as u64;
+                bytes = &bytes[take..];
+                continue;
+            }
+            let (chunk, complete) = match bytes.iter().position(|&b| b == b'\n') {
+                Some(i) => (&bytes[..=i], true),
+                None => (bytes, false),
+            };
+            bytes = &bytes[chunk.len()..];
+            if self.line.len() + chunk.len() > max_line {
+                return Err(ConnError::LineTooLong);
+            }
+            self.line.extend_from_slice(chunk);
+            if !complete {
+                break;
+            }
+            let line = std::mem::take(&mut self.line);
+            if !self.continuing {
+                self.verb = verb_of(&line);
+            }
+            match literal_of(&line) {
+                Some((size, sync)) => {
+                    self.literals += 1;
+                    if self.literals > limits.max_literals {
+                        return Err(ConnError::TooManyLiterals);
+                    }
+                    let limit = if !authenticated {
+                        limits.max_line_before_login as u64
+                    } else if self.verb == "APPEND" {
+                        u64::from(limits.max_append)
+                    } else {
+                        u64::from(limits.max_literal)
+                    };
+                    if size > limit {
+                        if sync && !self.continuing {
+                            // Nothing of this command reached imap-next: refuse it whole.
+                            let tag = tag_of(&line).unwrap_or_else(|| "*".to_owned());
+                            pieces.push(Piece::TooBig { tag });
+                            self.reset();
+                            continue;
+                        }
+                        return Err(ConnError::LiteralTooBig);
+                    }
+                    self.literal_left = size;
+                    self.continuing = true;
+                    push_feed(&mut pieces, &line);
+                }
+                None => {
+                    if !self.continuing && self.verb == "LIST" {
+                        pieces.push(Piece::List(line));
+                    } else {
+                        push_feed(&mut pieces, &line);
+                    }
+                    self.reset();
+                }
+            }
+        }
+        Ok(pieces)
+    }
+
+    fn reset(&mut self) {
+        self.literals = 0;
+        self.continuing = false;
+        self.verb.clear();
+    }
+}
+
+fn push_feed(pieces: &mut Vec<Piece>, bytes: &[u8]) {
+    if let Some(Piece::Feed(last)) = pieces.last_mut() {
+        last.extend_from_slice(bytes);
+    } else {
+        pieces.push(Piece::Feed(bytes.to_vec()));
+    }
+}
+
+/// "tag VERB ..." → "VERB" upper-cased; "tag UID FETCH" → "FETCH".
+fn verb_of(line: &[u8]) -> String {
+    let mut words = line
+        .split(|&b| b == b' ' || b == b'\r' || b == b'\n')
+        .filter(|w| !w.is_empty());
+    let _tag = words.next();
+    let mut verb = words.next().unwrap_or_default().to_ascii_uppercase();
+    if verb == b"UID" {
+        verb = words.next().unwrap_or_default().to_ascii_uppercase();
+    }
+    String::from_utf8_lossy(&verb).into_owned()
+}
+
+/// A line ending in a literal announcement, "{123}" or "{123+}" (RFC 7888), gives its size and
+/// whether it is synchronising.
+fn literal_of(line: &[u8]) -> Option<(u64, bool)> {
+    let line = line.strip_suffix(b"\n")?;
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let inner = line.strip_suffix(b"}")?;
+    let open = inner.iter().rposition(|&b| b == b'{')?;
+    let mut digits = &inner[open + 1..];
+    let sync = match digits.strip_suffix(b"+") {
+        Some(d) => {
+            digits = d;
+            false
+        }
+        None => true,
+    };
+    if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(digits)
+        .ok()?
+        .parse()
+        .ok()
+        .map(|n| (n, sync))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> Limits {
+        Limits {
+            max_line: 100,
+            max_line_before_login: 40,
+            max_literal: 50,
+            max_append: 1000,
+            max_literals: 2,
+            ..Limits::default()
+        }
+    }
+
+    #[test]
+    fn literal_announcements() {
+        assert_eq!(literal_of(b"a APPEND x {12}\r\n"), Some((12, true)));
+        assert_eq!(literal_of(b"a APPEND x {12+}\r\n"), Some((12, false)));
+        assert_eq!(literal_of(b"a LOGIN {}\r\n"), None);
+        assert_eq!(literal_of(b"a NOOP\r\n"), None);
+    }
+
+    #[test]
+    fn oversized_synchronising_literal_is_refused_without_feeding() {
+        let mut s = Scanner::new();
+        let pieces = s
+            .feed(b"a1 APPEND INBOX {5000}\r\nb1 NOOP\r\n", &limits(), true)
+            .unwrap();
+        assert!(matches!(&pieces[0], Piece::TooBig { tag } if tag == "a1"));
+        assert!(matches!(&pieces[1], Piece::Feed(b) if b == b"b1 NOOP\r\n"));
+    }
+
+    #[test]
+    fn oversized_non_synchronising_literal_ends_the_connection() {
+        let mut s = Scanner::new();
+        assert!(matches!(
+            s.feed(b"a1 APPEND INBOX {5000+}\r\n", &limits(), true),
+            Err(ConnError::LiteralTooBig)
+        ));
+    }
+
+    #[test]
+    fn line_limits_depend_on_login() {
+        let long = format!("a1 NOOP {}\r\n", "x".repeat(50));
+        assert!(Scanner::new()
+            .feed(long.as_bytes(), &limits(), true)
+            .is_ok());
+        assert!(matches!(
+            Scanner::new().feed(long.as_bytes(), &limits(), false),
+            Err(ConnError::LineTooLong)
+        ));
+    }
+
+    #[test]
+    fn literal_bytes_are_passed_through_and_counted() {
+        let mut s = Scanner::new();
+        let pieces = s
+            .feed(
+                b"a1 LOGIN {3}\r\nbob {2}\r\npw\r\nb LIST \"\" *\r\n",
+                &limits(),
+                false,
+            )
+            .unwrap();
+        assert!(matches!(&pieces[0], Piece::Feed(b) if b == b"a1 LOGIN {3}\r\nbob {2}\r\npw\r\n"));
+        assert!(matches!(&pieces[1], Piece::List(b) if b == b"b LIST \"\" *\r\n"));
+        let mut s = Scanner::new();
+        assert!(matches!(
+            s.feed(b"a1 X {1}\r\na {1}\r\nb {1}\r\nc\r\n", &limits(), true),
+            Err(ConnError::TooManyLiterals)
+        ));
+    }
+}

@@ -1,0 +1,451 @@
+//! FETCH and UID FETCH (RFC 3501 §6.4.5, RFC 7162 CHANGEDSINCE/VANISHED). Messages are read
+//! from the store in batches and written out as they are rendered, so memory stays bounded
+//! whatever the mailbox size; stored bytes and the precomputed ENVELOPE/BODYSTRUCTURE are
+//! served as they are.
+
+use std::borrow::Cow;
+
+use imap_next::imap_types::command::FetchModifier;
+use imap_next::imap_types::fetch::{
+    MacroOrMessageDataItemNames, MessageDataItemName, Part, Section,
+};
+use imap_next::imap_types::sequence::SequenceSet;
+use imap_next::imap_types::ToStatic;
+
+use super::render::{self, Out};
+use super::section::{self, SectionText};
+use super::sequence;
+use super::session::{CmdError, CmdResult, Done, Session};
+use crate::store::{ContentData, FlagOp, Flags, MessageRow, Need, Origin};
+
+/// Messages read from the store per round trip.
+const BATCH: usize = 256;
+
+impl Session {
+    pub(super) async fn fetch(
+        &mut self,
+        set: SequenceSet,
+        names: MacroOrMessageDataItemNames<'static>,
+        uid: bool,
+        modifiers: Vec<FetchModifier>,
+    ) -> CmdResult {
+        let items: Vec<MessageDataItemName<'static>> = match names {
+            MacroOrMessageDataItemNames::Macro(m) => {
+                m.expand().into_iter().map(|i| i.to_static()).collect()
+            }
+            MacroOrMessageDataItemNames::MessageDataItemNames(items) => items,
+        };
+        if items.iter().any(|i| {
+            matches!(
+                i,
+                MessageDataItemName::Binary { .. } | MessageDataItemName::BinarySize { .. }
+            )
+        }) {
+            return Err(CmdError::bad("BINARY is not supported"));
+        }
+        let mut changed_since = None;
+        let mut vanished = false;
+        for modifier in &modifiers {
+            match modifier {
+                FetchModifier::ChangedSince(v) => changed_since = Some(v.get()),
+                FetchModifier::Vanished => vanished = true,
+            }
+        }
+        if vanished && (!uid || !self.qresync || changed_since.is_none()) {
+            return Err(CmdError::bad(
+                "VANISHED needs UID FETCH, QRESYNC and CHANGEDSINCE",
+            ));
+        }
+        if changed_since.is_some()
+            || items
+                .iter()
+                .any(|i| matches!(i, MessageDataItemName::ModSeq))
+        {
+            self.condstore = true;
+        }
+        let condstore = self.condstore;
+        let selected = self.selected()?;
+        if !uid && sequence::out_of_range(&set, selected.uids.len() as u32) {
+            return Err(CmdError::bad("Message sequence number out of range"));
+        }
+        let targets = sequence::resolve(&set, &selected.uids, uid);
+        let need = need_of(&items);
+        let sets_seen = !selected.read_only && items.iter().any(sets_seen);
+        let (mailbox, largest) = (
+            selected.mailbox.id,
+            selected.uids.last().copied().unwrap_or(0),
+        );
+
+        if let (true, Some(since)) = (vanished, changed_since) {
+            let store = self.shared.store.clone();
+            let gone =
+                tokio::task::spawn_blocking(move || store.vanished_since(mailbox, since)).await??;
+            let gone: Vec<u32> = gone
+                .into_iter()
+                .filter(|&u| sequence::contains_uid(&set, u, largest.max(u)))
+                .collect();
+            if !gone.is_empty() {
+                let line = format!("* VANISHED (EARLIER) {}\r\n", render::sequence_set(&gone));
+                self.conn.write(line.as_bytes()).await?;
+            }
+        }
+
+        // Whole messages are read a few at a time so memory stays bounded by the batch.
+        let batch = if need.raw { 16 } else { BATCH };
+        for chunk in targets.chunks(batch) {
+            let (lo, hi) = (chunk[0].1, chunk[chunk.len() - 1].1);
+            let store = self.shared.store.clone();
+            let mut rows =
+                tokio::task::spawn_blocking(move || store.rows(mailbox, lo, hi)).await??;
+            rows.retain(|r| chunk.binary_search_by_key(&r.uid, |t| t.1).is_ok());
+            if let Some(since) = changed_since {
+                rows.retain(|r| r.modseq > since);
+            }
+            let mut seen_now = Vec::new();
+            if sets_seen {
+                let unseen: Vec<u32> = rows
+                    .iter()
+                    .filter(|r| !r.flags.contains("\\Seen"))
+                    .map(|r| r.uid)
+                    .collect();
+                if !unseen.is_empty() {
+                    let store = self.shared.store.clone();
+                    let stored = tokio::task::spawn_blocking(move || {
+                        store.store_flags(
+                            mailbox,
+                            &unseen,
+                            FlagOp::Add,
+                            &Flags::new(["\\Seen"]),
+                            None,
+                            Origin::Client,
+                        )
+                    })
+                    .await??;
+                    let selected = self.selected()?;
+                    for (uid, flags, modseq, _) in stored.rows {
+                        selected.own.insert(uid, modseq);
+                        if let Some(row) = rows.iter_mut().find(|r| r.uid == uid) {
+                            row.flags = flags;
+                            row.modseq = modseq;
+                        }
+                        seen_now.push(uid);
+                    }
+                }
+            }
+            let ids: Vec<i64> = rows.iter().map(|r| r.content).collect();
+            let contents = if need_any(need) {
+                let store = self.shared.store.clone();
+                tokio::task::spawn_blocking(move || store.contents(&ids, need)).await??
+            } else {
+                vec![ContentData::default(); rows.len()]
+            };
+            let selected = self.selected()?;
+            let mut out = Out::default();
+            for (row, content) in rows.iter().zip(&contents) {
+                let Some(seq) = selected.seq_of(row.uid) else {
+                    continue;
+                };
+                let recent = selected.is_recent(row.uid);
+                let extra_flags = seen_now.contains(&row.uid);
+                render_message(
+                    &mut out,
+                    seq,
+                    row,
+                    content,
+                    &items,
+                    Extras {
+                        uid,
+                        recent,
+                        extra_flags,
+                        condstore,
+                    },
+                )?;
+            }
+            self.conn.write(&out.bytes).await?;
+        }
+        Ok(Done::ok(if uid {
+            "UID FETCH completed"
+        } else {
+            "FETCH completed"
+        }))
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Extras {
+    uid: bool,
+    recent: bool,
+    /// \Seen was just set by this FETCH: FLAGS goes out even if not asked for.
+    extra_flags: bool,
+    condstore: bool,
+}
+
+fn sets_seen(item: &MessageDataItemName<'_>) -> bool {
+    matches!(
+        item,
+        MessageDataItemName::BodyExt { peek: false, .. }
+            | MessageDataItemName::Rfc822
+            | MessageDataItemName::Rfc822Text
+    )
+}
+
+fn need_of(items: &[MessageDataItemName<'_>]) -> Need {
+    let mut need = Need::default();
+    for item in items {
+        match item {
+            MessageDataItemName::Body => need.body = true,
+            MessageDataItemName::BodyStructure => need.bodystructure = true,
+            MessageDataItemName::Envelope => need.envelope = true,
+            MessageDataItemName::Rfc822Header => need.header = true,
+            MessageDataItemName::Rfc822 | MessageDataItemName::Rfc822Text => need.raw = true,
+            MessageDataItemName::BodyExt { section, .. } => match section {
+                Some(
+                    Section::Header(None)
+                    | Section::HeaderFields(None, _)
+                    | Section::HeaderFieldsNot(None, _),
+                ) => {
+                    need.header = true;
+                    need.parts = true;
+                }
+                _ => {
+                    need.raw = true;
+                    need.parts = true;
+                }
+            },
+            _ => {}
+        }
+    }
+    if need.raw {
+        need.header = false;
+    }
+    need
+}
+
+fn need_any(need: Need) -> bool {
+    need.raw || need.header || need.envelope || need.body || need.bodystructure || need.parts
+}
+
+fn render_message(
+    out: &mut Out,
+    seq: u32,
+    row: &MessageRow,
+    content: &ContentData,
+    items: &[MessageDataItemName<'_>],
+    extras: Extras,
+) -> Result<(), CmdError> {
+    out.text("* ").num(seq).text(" FETCH (");
+    let mut first = true;
+    let mut sep = |out: &mut Out| {
+        if !first {
+            out.text(" ");
+        }
+        first = false;
+    };
+    let asked_uid = items.iter().any(|i| matches!(i, MessageDataItemName::Uid));
+    if extras.uid && !asked_uid {
+        sep(out);
+        out.text("UID ").num(row.uid);
+    }
+    let asked_flags = items
+        .iter()
+        .any(|i| matches!(i, MessageDataItemName::Flags));
+    let mut modseq_done = false;
+    for item in items {
+        sep(out);
+        match item {
+            MessageDataItemName::Uid => {
+                out.text("UID ").num(row.uid);
+            }
+            MessageDataItemName::Flags => {
+                out.text("FLAGS ");
+                out.flags(row.flags.iter().chain(extras.recent.then_some("\\Recent")));
+            }
+            MessageDataItemName::InternalDate => {
+                let date =
+                    render::internal_date(row.internaldate.unix, row.internaldate.tz_minutes);
+                out.text("INTERNALDATE \"").text(&date).text("\"");
+            }
+            MessageDataItemName::Rfc822Size => {
+                out.text("RFC822.SIZE ").num(row.size);
+            }
+            MessageDataItemName::Envelope => {
+                out.text("ENVELOPE ").raw(&content.envelope);
+            }
+            MessageDataItemName::Body => {
+                out.text("BODY ").raw(&content.body);
+            }
+            MessageDataItemName::BodyStructure => {
+                out.text("BODYSTRUCTURE ").raw(&content.bodystructure);
+            }
+            MessageDataItemName::Rfc822 => {
+                out.text("RFC822 ").literal(&content.raw);
+            }
+            MessageDataItemName::Rfc822Header => {
+                let header = if content.raw.is_empty() {
+                    &content.header[..]
+                } else {
+                    header_of(content)
+                };
+                out.text("RFC822.HEADER ").literal(header);
+            }
+            MessageDataItemName::Rfc822Text => {
+                let header_len = header_of(content).len();
+                out.text("RFC822.TEXT ")
+                    .literal(&content.raw[header_len.min(content.raw.len())..]);
+            }
+            MessageDataItemName::ModSeq => {
+                out.text("MODSEQ (").num(row.modseq).text(")");
+                modseq_done = true;
+            }
+            MessageDataItemName::BodyExt {
+                section, partial, ..
+            } => {
+                body_section(out, content, section.as_ref(), *partial);
+            }
+            MessageDataItemName::Binary { .. } | MessageDataItemName::BinarySize { .. } => {
+                return Err(CmdError::bad("BINARY is not supported"));
+            }
+        }
+    }
+    if extras.extra_flags && !asked_flags {
+        sep(out);
+        out.text("FLAGS ");
+        out.flags(row.flags.iter().chain(extras.recent.then_some("\\Recent")));
+    }
+    // RFC 7162 §3.1.4.1: with CONDSTORE enabled, FETCH responses carrying FLAGS carry MODSEQ.
+    if extras.condstore && !modseq_done && (asked_flags || extras.extra_flags) {
+        sep(out);
+        out.text("MODSEQ (").num(row.modseq).text(")");
+    }
+    out.text(")").crlf();
+    Ok(())
+}
+
+fn header_of(content: &ContentData) -> &[u8] {
+    if !content.header.is_empty() {
+        return &content.header;
+    }
+    let len = content
+        .parts
+        .as_ref()
+        .map_or(content.raw.len(), |p| p.header_len());
+    &content.raw[..len.min(content.raw.len())]
+}
+
+fn part_path(part: Option<&Part>) -> Vec<u32> {
+    part.map(|p| p.0.as_ref().iter().map(|n| n.get()).collect())
+        .unwrap_or_default()
+}
+
+/// BODY[section]<origin.count> (RFC 3501 §6.4.5) and its response label.
+fn body_section(
+    out: &mut Out,
+    content: &ContentData,
+    section: Option<&Section<'_>>,
+    partial: Option<(u32, std::num::NonZeroU32)>,
+) {
+    let (path, what, label) = match section {
+        None => (Vec::new(), SectionText::Full, String::new()),
+        Some(Section::Part(part)) => {
+            let path = part_path(Some(part));
+            let label = join(&path);
+            (path, SectionText::Full, label)
+        }
+        Some(Section::Header(part)) => {
+            let path = part_path(part.as_ref());
+            (path.clone(), SectionText::Header, prefixed(&path, "HEADER"))
+        }
+        Some(Section::Text(part)) => {
+            let path = part_path(part.as_ref());
+            (path.clone(), SectionText::Text, prefixed(&path, "TEXT"))
+        }
+        Some(Section::Mime(part)) => {
+            let path = part_path(Some(part));
+            (path.clone(), SectionText::Mime, prefixed(&path, "MIME"))
+        }
+        Some(Section::HeaderFields(part, names) | Section::HeaderFieldsNot(part, names)) => {
+            let not = matches!(section, Some(Section::HeaderFieldsNot(..)));
+            let path = part_path(part.as_ref());
+            let names: Vec<Vec<u8>> = names.as_ref().iter().map(|n| n.as_ref().to_vec()).collect();
+            let mut label = prefixed(
+                &path,
+                if not {
+                    "HEADER.FIELDS.NOT"
+                } else {
+                    "HEADER.FIELDS"
+                },
+            );
+            label.push_str(" (");
+            let mut rendered = Out::default();
+            for (i, name) in names.iter().enumerate() {
+                if i > 0 {
+                    rendered.text(" ");
+                }
+                // Field names are echoed as atoms, the way clients sent them (RFC 3501 §7.4.2).
+                if !name.is_empty()
+                    && name
+                        .iter()
+                        .all(|&b| b.is_ascii_graphic() && !b"(){%*\"\\]".contains(&b))
+                {
+                    rendered.raw(name);
+                } else {
+                    rendered.string(name);
+                }
+            }
+            label.push_str(&String::from_utf8_lossy(&rendered.bytes));
+            label.push(')');
+            (path, SectionText::HeaderFields { names, not }, label)
+        }
+    };
+    let source: &[u8] = if content.raw.is_empty() {
+        &content.header
+    } else {
+        &content.raw
+    };
+    let bytes: Option<Cow<'_, [u8]>> = match &content.parts {
+        Some(parts) => section::section(source, parts, &path, &what),
+        None => None,
+    };
+    out.text("BODY[").text(&label).text("]");
+    match (bytes, partial) {
+        // A part that does not exist reads as empty, as Dovecot answers it.
+        (None, Some((origin, _))) => {
+            out.text("<").num(origin).text("> \"\"");
+        }
+        (None, None) => {
+            out.text(" \"\"");
+        }
+        (Some(bytes), Some((origin, count))) => {
+            out.text("<").num(origin).text("> ");
+            let slice = section::partial(&bytes, origin, Some(count.get()));
+            body_value(out, slice);
+        }
+        (Some(bytes), None) => {
+            out.text(" ");
+            body_value(out, &bytes);
+        }
+    }
+}
+
+fn body_value(out: &mut Out, bytes: &[u8]) {
+    if bytes.is_empty() {
+        out.text("\"\"");
+    } else {
+        out.literal(bytes);
+    }
+}
+
+fn join(path: &[u32]) -> String {
+    path.iter()
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+fn prefixed(path: &[u32], what: &str) -> String {
+    if path.is_empty() {
+        what.to_owned()
+    } else {
+        format!("{}.{what}", join(path))
+    }
+}

@@ -1,0 +1,249 @@
+//! LIST with RFC 5258 LIST-EXTENDED, RFC 6154 SPECIAL-USE and RFC 5819 LIST-STATUS (pure):
+//! the command line parser (imap-codec parses only the RFC 3501 form) and pattern matching.
+
+use super::names;
+
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ListCommand {
+    pub reference: Vec<u8>,
+    pub patterns: Vec<Vec<u8>>,
+    /// Selection: only subscribed mailboxes (RFC 5258 §3.1).
+    pub subscribed: bool,
+    /// Selection: only mailboxes with a special use (RFC 6154 §3).
+    pub special_use: bool,
+    /// RECURSIVEMATCH (accepted; sealpost has no non-existent subscribed parents to report).
+    pub recursive: bool,
+    pub return_subscribed: bool,
+    pub return_children: bool,
+    pub return_special_use: bool,
+    /// RETURN (STATUS (...)) items, upper case.
+    pub return_status: Option<Vec<String>>,
+    /// LSUB rather than LIST.
+    pub lsub: bool,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Token {
+    Open,
+    Close,
+    Word(Vec<u8>),
+}
+
+/// The tag of a command line.
+pub fn tag(line: &[u8]) -> String {
+    let end = line
+        .iter()
+        .position(|&b| b == b' ' || b == b'\r')
+        .unwrap_or(line.len());
+    String::from_utf8_lossy(&line[..end]).into_owned()
+}
+
+/// Parses "tag LIST [(opts)] ref pattern(s) [RETURN (opts)]\r\n".
+pub fn parse(line: &[u8]) -> Result<ListCommand, String> {
+    let body = line
+        .strip_suffix(b"\r\n")
+        .ok_or("line must end with CRLF")?;
+    let mut tokens = tokenize(body)?.into_iter().peekable();
+    let _tag = tokens.next();
+    match tokens.next() {
+        Some(Token::Word(w)) if w.eq_ignore_ascii_case(b"LIST") => {}
+        _ => return Err("not a LIST command".into()),
+    }
+    let mut command = ListCommand::default();
+    if tokens.peek() == Some(&Token::Open) {
+        tokens.next();
+        loop {
+            match tokens.next() {
+                Some(Token::Close) => break,
+                Some(Token::Word(w)) => match w.to_ascii_uppercase().as_slice() {
+                    b"SUBSCRIBED" => command.subscribed = true,
+                    b"SPECIAL-USE" => command.special_use = true,
+                    b"RECURSIVEMATCH" => command.recursive = true,
+                    b"REMOTE" => {}
+                    other => {
+                        return Err(format!(
+                            "unknown selection option {}",
+                            String::from_utf8_lossy(other)
+                        ))
+                    }
+                },
+                _ => return Err("unterminated selection options".into()),
+            }
+        }
+        // RFC 5258 §3: RECURSIVEMATCH alone is a syntax error.
+        if command.recursive && !command.subscribed {
+            return Err("RECURSIVEMATCH needs another selection option".into());
+        }
+    }
+    command.reference = match tokens.next() {
+        Some(Token::Word(w)) => w,
+        _ => return Err("missing reference".into()),
+    };
+    match tokens.next() {
+        Some(Token::Word(w)) => command.patterns.push(w),
+        Some(Token::Open) => loop {
+            match tokens.next() {
+                Some(Token::Word(w)) => command.patterns.push(w),
+                Some(Token::Close) if !command.patterns.is_empty() => break,
+                _ => return Err("bad pattern list".into()),
+            }
+        },
+        _ => return Err("missing mailbox pattern".into()),
+    }
+    match tokens.next() {
+        None => {}
+        Some(Token::Word(w)) if w.eq_ignore_ascii_case(b"RETURN") => {
+            if tokens.next() != Some(Token::Open) {
+                return Err("RETURN needs a list".into());
+            }
+            loop {
+                match tokens.next() {
+                    Some(Token::Close) => break,
+                    Some(Token::Word(w)) => match w.to_ascii_uppercase().as_slice() {
+                        b"SUBSCRIBED" => command.return_subscribed = true,
+                        b"CHILDREN" => command.return_children = true,
+                        b"SPECIAL-USE" => command.return_special_use = true,
+                        b"STATUS" => {
+                            if tokens.next() != Some(Token::Open) {
+                                return Err("STATUS needs a list".into());
+                            }
+                            let mut items = Vec::new();
+                            loop {
+                                match tokens.next() {
+                                    Some(Token::Close) => break,
+                                    Some(Token::Word(w)) => {
+                                        items.push(String::from_utf8_lossy(&w).to_ascii_uppercase())
+                                    }
+                                    _ => return Err("unterminated STATUS list".into()),
+                                }
+                            }
+                            command.return_status = Some(items);
+                        }
+                        other => {
+                            return Err(format!(
+                                "unknown return option {}",
+                                String::from_utf8_lossy(other)
+                            ))
+                        }
+                    },
+                    _ => return Err("unterminated return options".into()),
+                }
+            }
+        }
+        _ => return Err("unexpected text after the pattern".into()),
+    }
+    if tokens.next().is_some() {
+        return Err("unexpected text at the end".into());
+    }
+    Ok(command)
+}
+
+fn tokenize(body: &[u8]) -> Result<Vec<Token>, String> {
+    let mut tokens = Vec::new();
+    let mut i = 0;
+    while i < body.len() {
+        match body[i] {
+            b' ' => i += 1,
+            b'(' => {
+                tokens.push(Token::Open);
+                i += 1;
+            }
+            b')' => {
+                tokens.push(Token::Close);
+                i += 1;
+            }
+            b'"' => {
+                let mut value = Vec::new();
+                i += 1;
+                loop {
+                    match body.get(i) {
+                        None => return Err("unterminated quoted string".into()),
+                        Some(b'"') => break,
+                        Some(b'\\') => {
+                            value.push(*body.get(i + 1).ok_or("bad escape")?);
+                            i += 2;
+                        }
+                        Some(&b) => {
+                            value.push(b);
+                            i += 1;
+                        }
+                    }
+                }
+                i += 1;
+                tokens.push(Token::Word(value));
+            }
+            _ => {
+                let start = i;
+                while i < body.len() && !matches!(body[i], b' ' | b'(' | b')' | b'"') {
+                    i += 1;
+                }
+                tokens.push(Token::Word(body[start..i].to_vec()));
+            }
+        }
+    }
+    Ok(tokens)
+}
+
+/// RFC 3501 §6.3.8: the reference and the pattern, joined, with wildcards; "*" matches
+/// anything, "%" anything but the hierarchy delimiter. Patterns are in modified UTF-7 and
+/// are matched against the names as the client sees them.
+pub fn matches(reference: &[u8], pattern: &[u8], name: &str) -> bool {
+    let mut full = reference.to_vec();
+    full.extend_from_slice(pattern);
+    let wire = names::encode(name);
+    let mut wire = wire.as_bytes().to_vec();
+    // INBOX matches case-insensitively.
+    if full.len() >= 5 && full[..5].eq_ignore_ascii_case(b"INBOX") && name.starts_with("INBOX") {
+        full[..5].copy_from_slice(b"INBOX");
+        wire[..5].copy_from_slice(b"INBOX");
+    }
+    glob(&full, &wire)
+}
+
+fn glob(pattern: &[u8], name: &[u8]) -> bool {
+    match pattern.split_first() {
+        None => name.is_empty(),
+        Some((b'*', rest)) => (0..=name.len()).any(|i| glob(rest, &name[i..])),
+        Some((b'%', rest)) => {
+            let stop = name.iter().position(|&b| b == b'/').unwrap_or(name.len());
+            (0..=stop).any(|i| glob(rest, &name[i..]))
+        }
+        Some((&c, rest)) => name.first() == Some(&c) && glob(rest, &name[1..]),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_extended_forms() {
+        let c = parse(b"a1 LIST (SPECIAL-USE) \"\" \"*\"\r\n").unwrap();
+        assert!(c.special_use);
+        assert_eq!(c.patterns, [b"*".to_vec()]);
+        let c = parse(b"a2 LIST \"\" (INBOX Sent/%) RETURN (SUBSCRIBED CHILDREN STATUS (MESSAGES UNSEEN))\r\n")
+            .unwrap();
+        assert_eq!(c.patterns, [b"INBOX".to_vec(), b"Sent/%".to_vec()]);
+        assert!(c.return_subscribed && c.return_children);
+        assert_eq!(
+            c.return_status,
+            Some(vec!["MESSAGES".into(), "UNSEEN".into()])
+        );
+        let c = parse(b"a3 list \"\" %\r\n").unwrap();
+        assert_eq!(c.patterns, [b"%".to_vec()]);
+        assert!(parse(b"a4 LIST (RECURSIVEMATCH) \"\" *\r\n").is_err());
+        assert!(parse(b"a5 LIST \"\" * RETURN (BOGUS)\r\n").is_err());
+        assert!(parse(b"a6 LIST \"\"\r\n").is_err());
+    }
+
+    #[test]
+    fn wildcards() {
+        assert!(matches(b"", b"*", "Work/Reports"));
+        assert!(!matches(b"", b"%", "Work/Reports"));
+        assert!(matches(b"", b"%", "Work"));
+        assert!(matches(b"Work/", b"%", "Work/Reports"));
+        assert!(matches(b"", b"inbox", "INBOX"));
+        assert!(matches(b"", b"Entw&APw-rfe", "Entw\u{fc}rfe"));
+        assert!(!matches(b"", b"Sent", "Sent/2024"));
+    }
+}

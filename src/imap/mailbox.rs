@@ -1,0 +1,464 @@
+//! Mailbox commands: SELECT/EXAMINE (with CONDSTORE and QRESYNC), CREATE, DELETE, RENAME,
+//! SUBSCRIBE, LIST/LSUB (with LIST-EXTENDED), STATUS, and IDLE.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use imap_next::imap_types::command::SelectParameter;
+use imap_next::imap_types::mailbox::{ListMailbox, Mailbox as WireMailbox};
+use imap_next::imap_types::status::StatusDataItemName;
+
+use super::conn::{ConnError, Input};
+use super::list::{self, ListCommand};
+use super::render::{self, Out};
+use super::session::{CmdError, CmdResult, Done, Selected, Session, State};
+use crate::store::{Mailbox, MailboxStatus, DELIMITER};
+
+/// The name bytes of a mailbox argument as the client sent them (INBOX normalised).
+pub(super) fn wire(mailbox: &WireMailbox<'_>) -> Vec<u8> {
+    match mailbox {
+        WireMailbox::Inbox => b"INBOX".to_vec(),
+        WireMailbox::Other(other) => other.as_ref().to_vec(),
+    }
+}
+
+impl Session {
+    pub(super) async fn select(
+        &mut self,
+        mailbox: WireMailbox<'static>,
+        parameters: Vec<SelectParameter>,
+        read_only: bool,
+    ) -> CmdResult {
+        // RFC 3501 §6.3.1: a failed SELECT leaves no mailbox selected.
+        let user = match std::mem::replace(&mut self.state, State::Logout) {
+            State::Selected(user, _) | State::Authenticated(user) => user,
+            other => {
+                self.state = other;
+                return Err(CmdError::bad("not logged in"));
+            }
+        };
+        self.state = State::Authenticated(user.clone());
+        let found = self.find_mailbox(&wire(&mailbox)).await?;
+        let mut qresync = None;
+        for parameter in parameters {
+            match parameter {
+                SelectParameter::CondStore => self.condstore = true,
+                SelectParameter::QResync {
+                    uid_validity,
+                    mod_sequence_value,
+                    known_uids,
+                    ..
+                } => {
+                    if !self.qresync {
+                        return Err(CmdError::bad(
+                            "QRESYNC must be enabled first (RFC 7162 §3.2.5)",
+                        ));
+                    }
+                    qresync = Some((uid_validity.get(), mod_sequence_value.get(), known_uids));
+                }
+            }
+        }
+        let store = self.shared.store.clone();
+        let id = found.id;
+        let (uids, status, recent) = tokio::task::spawn_blocking(move || {
+            let status = store.status(id)?;
+            let recent = if read_only {
+                None
+            } else {
+                Some(store.claim_recent(id)?)
+            };
+            let uids = store.uids(id)?;
+            Ok::<_, crate::store::StoreError>((uids, status, recent))
+        })
+        .await??;
+        let mut selected = Selected {
+            mailbox: Mailbox {
+                uidnext: status.uidnext,
+                highestmodseq: status.highestmodseq,
+                ..found
+            },
+            read_only,
+            uids,
+            recent: recent.into_iter().collect(),
+            modseq: status.highestmodseq,
+            own: HashMap::new(),
+        };
+        let mut out = Out::default();
+        let system = ["\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft"];
+        let keywords: Vec<&str> = status.keywords.iter().map(String::as_str).collect();
+        out.text("* FLAGS ")
+            .flags(system.iter().copied().chain(keywords.iter().copied()))
+            .crlf();
+        out.text("* OK [PERMANENTFLAGS ");
+        if read_only {
+            out.text("()");
+        } else {
+            out.flags(
+                system
+                    .iter()
+                    .copied()
+                    .chain(keywords.iter().copied())
+                    .chain(["\\*"]),
+            );
+        }
+        out.text("] Flags permitted").crlf();
+        out.text("* ")
+            .num(selected.uids.len())
+            .text(" EXISTS")
+            .crlf();
+        let recent_count = selected
+            .uids
+            .iter()
+            .filter(|&&u| selected.is_recent(u))
+            .count();
+        out.text("* ").num(recent_count).text(" RECENT").crlf();
+        out.text("* OK [UIDVALIDITY ")
+            .num(selected.mailbox.uidvalidity)
+            .text("] UIDs valid")
+            .crlf();
+        out.text("* OK [UIDNEXT ")
+            .num(status.uidnext)
+            .text("] Predicted next UID")
+            .crlf();
+        out.text("* OK [HIGHESTMODSEQ ")
+            .num(status.highestmodseq)
+            .text("] Highest")
+            .crlf();
+        if let Some(first_unseen) = self.first_unseen(&selected).await? {
+            out.text("* OK [UNSEEN ")
+                .num(first_unseen)
+                .text("] First unseen")
+                .crlf();
+        }
+        self.conn.write(&out.bytes).await?;
+        if let Some((uidvalidity, modseq, known)) = qresync {
+            if uidvalidity == selected.mailbox.uidvalidity {
+                self.qresync_report(&mut selected, modseq, known.as_ref())
+                    .await?;
+            }
+        }
+        self.state = State::Selected(user, selected);
+        let access = if read_only { "READ-ONLY" } else { "READ-WRITE" };
+        Ok(Done::ok_code(
+            access,
+            if read_only {
+                "EXAMINE completed"
+            } else {
+                "SELECT completed"
+            },
+        ))
+    }
+
+    async fn first_unseen(&self, selected: &Selected) -> Result<Option<usize>, CmdError> {
+        let store = self.shared.store.clone();
+        let id = selected.mailbox.id;
+        let last = selected.uids.last().copied().unwrap_or(0);
+        let rows = tokio::task::spawn_blocking(move || store.rows(id, 1, last)).await??;
+        Ok(rows
+            .iter()
+            .find(|r| !r.flags.contains("\\Seen"))
+            .and_then(|r| selected.uids.binary_search(&r.uid).ok())
+            .map(|i| i + 1))
+    }
+
+    /// RFC 7162 §3.2.5.1: what changed since the client's MODSEQ, as VANISHED (EARLIER) and
+    /// FETCH responses, right after SELECT.
+    async fn qresync_report(
+        &mut self,
+        selected: &mut Selected,
+        since: u64,
+        known: Option<&imap_next::imap_types::sequence::SequenceSet>,
+    ) -> Result<(), CmdError> {
+        let store = self.shared.store.clone();
+        let id = selected.mailbox.id;
+        let changes = tokio::task::spawn_blocking(move || store.changes_since(id, since)).await??;
+        let largest = selected.mailbox.uidnext.saturating_sub(1).max(1);
+        let vanished: Vec<u32> = changes
+            .expunged
+            .iter()
+            .copied()
+            .filter(|&u| known.is_none_or(|set| super::sequence::contains_uid(set, u, largest)))
+            .collect();
+        let mut out = Out::default();
+        if !vanished.is_empty() {
+            out.text("* VANISHED (EARLIER) ")
+                .text(&render::sequence_set(&vanished))
+                .crlf();
+        }
+        for (uid, flags, modseq) in &changes.rows {
+            let Some(seq) = selected.seq_of(*uid) else {
+                continue;
+            };
+            out.text("* ")
+                .num(seq)
+                .text(" FETCH (UID ")
+                .num(uid)
+                .text(" FLAGS ");
+            out.flags(flags.iter())
+                .text(" MODSEQ (")
+                .num(modseq)
+                .text("))")
+                .crlf();
+        }
+        self.conn.write(&out.bytes).await?;
+        Ok(())
+    }
+
+    pub(super) async fn create(&mut self, mailbox: WireMailbox<'static>) -> CmdResult {
+        let mut wire = wire(&mailbox);
+        // RFC 3501 §6.3.3: a trailing delimiter only says the client intends inferiors.
+        if wire.len() > 1 && wire.ends_with(b"/") {
+            wire.pop();
+        }
+        let name = super::names::validate(&wire)?;
+        if name == "INBOX" {
+            return Err(CmdError::no(Some("ALREADYEXISTS"), "INBOX always exists"));
+        }
+        let account = self.account()?;
+        let store = self.shared.store.clone();
+        tokio::task::spawn_blocking(move || store.create_mailbox(account, &name, None)).await??;
+        Ok(Done::ok("CREATE completed"))
+    }
+
+    pub(super) async fn delete(&mut self, mailbox: WireMailbox<'static>) -> CmdResult {
+        let name = super::names::validate(&wire(&mailbox))?;
+        let account = self.account()?;
+        if self.selected_name().as_deref() == Some(name.as_str()) {
+            return Err(CmdError::no(
+                Some("INUSE"),
+                "Close the mailbox before deleting it",
+            ));
+        }
+        let store = self.shared.store.clone();
+        tokio::task::spawn_blocking(move || store.delete_mailbox(account, &name)).await??;
+        Ok(Done::ok("DELETE completed"))
+    }
+
+    pub(super) async fn rename(
+        &mut self,
+        from: WireMailbox<'static>,
+        to: WireMailbox<'static>,
+    ) -> CmdResult {
+        let from = super::names::validate(&wire(&from))?;
+        let to = super::names::validate(&wire(&to))?;
+        if to == "INBOX" {
+            return Err(CmdError::no(Some("ALREADYEXISTS"), "INBOX always exists"));
+        }
+        let account = self.account()?;
+        let store = self.shared.store.clone();
+        tokio::task::spawn_blocking(move || store.rename_mailbox(account, &from, &to)).await??;
+        Ok(Done::ok("RENAME completed"))
+    }
+
+    pub(super) async fn subscribe(&mut self, mailbox: WireMailbox<'static>, on: bool) -> CmdResult {
+        let found = self.find_mailbox(&wire(&mailbox)).await?;
+        let store = self.shared.store.clone();
+        tokio::task::spawn_blocking(move || store.set_subscribed(found.id, on)).await??;
+        Ok(Done::ok(if on {
+            "SUBSCRIBE completed"
+        } else {
+            "UNSUBSCRIBE completed"
+        }))
+    }
+
+    pub(super) async fn status(
+        &mut self,
+        mailbox: WireMailbox<'static>,
+        items: &[StatusDataItemName],
+    ) -> CmdResult {
+        let found = self.find_mailbox(&wire(&mailbox)).await?;
+        let names: Vec<String> = items
+            .iter()
+            .map(|i| status_item_name(i).to_owned())
+            .collect();
+        let status = self.mailbox_status(found.id).await?;
+        let mut out = Out::default();
+        render_status(&mut out, &found.name, &status, &names);
+        self.conn.write(&out.bytes).await?;
+        Ok(Done::ok("STATUS completed"))
+    }
+
+    async fn mailbox_status(&self, id: i64) -> Result<MailboxStatus, CmdError> {
+        let store = self.shared.store.clone();
+        Ok(tokio::task::spawn_blocking(move || store.status(id)).await??)
+    }
+
+    pub(super) async fn list_basic(
+        &mut self,
+        reference: WireMailbox<'static>,
+        pattern: ListMailbox<'static>,
+        lsub: bool,
+    ) -> CmdResult {
+        let command = ListCommand {
+            reference: wire(&reference),
+            patterns: vec![match &pattern {
+                ListMailbox::Token(token) => token.as_ref().to_vec(),
+                ListMailbox::String(string) => string.as_ref().to_vec(),
+            }],
+            subscribed: lsub,
+            lsub,
+            ..ListCommand::default()
+        };
+        self.list(command).await
+    }
+
+    pub(super) async fn list_line(&mut self, line: &[u8]) -> CmdResult {
+        if !self.allowed_list() {
+            return Err(CmdError::bad("LIST is not allowed before login"));
+        }
+        let command = list::parse(line).map_err(CmdError::bad)?;
+        self.list(command).await
+    }
+
+    fn allowed_list(&self) -> bool {
+        self.user().is_some()
+    }
+
+    async fn list(&mut self, command: ListCommand) -> CmdResult {
+        let verb = if command.lsub { "LSUB" } else { "LIST" };
+        let mut out = Out::default();
+        // RFC 3501 §6.3.8: an empty pattern asks for the delimiter and the root.
+        if command.patterns.iter().all(|p| p.is_empty()) {
+            out.text("* ")
+                .text(verb)
+                .text(" (\\Noselect) \"/\" \"\"")
+                .crlf();
+            self.conn.write(&out.bytes).await?;
+            return Ok(Done::ok(format!("{verb} completed")));
+        }
+        let account = self.account()?;
+        let store = self.shared.store.clone();
+        let mailboxes = tokio::task::spawn_blocking(move || store.mailboxes(account)).await??;
+        for mailbox in &mailboxes {
+            let wanted = command
+                .patterns
+                .iter()
+                .any(|p| list::matches(&command.reference, p, &mailbox.name));
+            if !wanted
+                || (command.subscribed && !mailbox.subscribed)
+                || (command.special_use && mailbox.special_use.is_none())
+            {
+                continue;
+            }
+            let prefix = format!("{}{DELIMITER}", mailbox.name);
+            let children = mailboxes.iter().any(|m| m.name.starts_with(&prefix));
+            let mut attributes: Vec<&str> = Vec::new();
+            if !command.lsub {
+                attributes.push(if children {
+                    "\\HasChildren"
+                } else {
+                    "\\HasNoChildren"
+                });
+                if let Some(use_) = mailbox.special_use {
+                    attributes.push(use_.attribute());
+                }
+                if mailbox.subscribed && (command.return_subscribed || command.subscribed) {
+                    attributes.push("\\Subscribed");
+                }
+            }
+            out.text("* ")
+                .text(verb)
+                .text(" ")
+                .flags(attributes)
+                .text(" \"/\" ")
+                .mailbox(&mailbox.name)
+                .crlf();
+            if let Some(items) = &command.return_status {
+                let status = self.mailbox_status(mailbox.id).await?;
+                render_status(&mut out, &mailbox.name, &status, items);
+            }
+        }
+        self.conn.write(&out.bytes).await?;
+        Ok(Done::ok(format!("{verb} completed")))
+    }
+
+    fn account(&self) -> Result<i64, CmdError> {
+        Ok(self
+            .user()
+            .ok_or_else(|| CmdError::bad("not logged in"))?
+            .account)
+    }
+
+    fn selected_name(&self) -> Option<String> {
+        match &self.state {
+            State::Selected(_, s) => Some(s.mailbox.name.clone()),
+            _ => None,
+        }
+    }
+
+    /// RFC 2177 IDLE: changes are pushed as they are committed until the client says DONE.
+    pub(super) async fn idle(&mut self, tag: String) -> Result<(), ConnError> {
+        self.conn.idle_accept();
+        let mut changed = self.shared.store.watch();
+        changed.borrow_and_update();
+        let limits = self.shared.config.limits.clone();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(limits.autologout_secs);
+        loop {
+            if let Err(error) = self.catch_up(true).await {
+                tracing::warn!(%error, "imap: IDLE update failed");
+            }
+            if let Some(input) = self.conn.next_queued() {
+                return match input {
+                    Input::IdleDone => {
+                        self.finish(&tag, Ok(Done::ok("IDLE terminated")), true)
+                            .await
+                    }
+                    _ => {
+                        let result = Err(CmdError::bad("expected DONE"));
+                        self.finish(&tag, result, true).await
+                    }
+                };
+            }
+            self.conn.flush().await?;
+            tokio::select! {
+                filled = self.conn.fill(&limits, true) => filled?,
+                _ = changed.changed() => {}
+                // Writers in other processes (`sealpost import`) do not wake the watch.
+                _ = tokio::time::sleep(Duration::from_secs(30)) => {}
+                _ = tokio::time::sleep_until(deadline) => {
+                    self.conn.write(b"* BYE Autologout; idle for too long\r\n").await?;
+                    self.state = State::Logout;
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+fn status_item_name(item: &StatusDataItemName) -> &'static str {
+    match item {
+        StatusDataItemName::Messages => "MESSAGES",
+        StatusDataItemName::Recent => "RECENT",
+        StatusDataItemName::UidNext => "UIDNEXT",
+        StatusDataItemName::UidValidity => "UIDVALIDITY",
+        StatusDataItemName::Unseen => "UNSEEN",
+        StatusDataItemName::Deleted => "DELETED",
+        StatusDataItemName::DeletedStorage => "DELETED-STORAGE",
+        StatusDataItemName::HighestModSeq => "HIGHESTMODSEQ",
+        StatusDataItemName::Size => "SIZE",
+    }
+}
+
+/// "* STATUS name (MESSAGES 3 UNSEEN 1)", items in the order asked.
+fn render_status(out: &mut Out, name: &str, status: &MailboxStatus, items: &[String]) {
+    out.text("* STATUS ").mailbox(name).text(" (");
+    let mut first = true;
+    for item in items {
+        let value = match item.as_str() {
+            "MESSAGES" => u64::from(status.messages),
+            "RECENT" => u64::from(status.recent),
+            "UIDNEXT" => u64::from(status.uidnext),
+            "UIDVALIDITY" => u64::from(status.uidvalidity),
+            "UNSEEN" => u64::from(status.unseen),
+            "HIGHESTMODSEQ" => status.highestmodseq,
+            "SIZE" => status.size,
+            _ => continue,
+        };
+        if !first {
+            out.text(" ");
+        }
+        first = false;
+        out.text(item).text(" ").num(value);
+    }
+    out.text(")").crlf();
+}

@@ -1,0 +1,265 @@
+//! Commands that change messages: APPEND, STORE, COPY, MOVE, EXPUNGE (and UID EXPUNGE).
+
+use imap_next::imap_types::command::StoreModifier;
+use imap_next::imap_types::datetime::DateTime;
+use imap_next::imap_types::extensions::binary::LiteralOrLiteral8;
+use imap_next::imap_types::flag::{Flag, StoreResponse, StoreType};
+use imap_next::imap_types::mailbox::Mailbox as WireMailbox;
+use imap_next::imap_types::sequence::SequenceSet;
+
+use super::mailbox::wire;
+use super::render::{self, Out};
+use super::sequence;
+use super::session::{CmdError, CmdResult, Done, Session};
+use crate::store::{crlf, FlagOp, Flags, InternalDate, Origin, Prepared};
+
+/// A client flag as stored text; \Recent cannot be set (RFC 3501 §2.3.2).
+pub(super) fn flag_text(flag: &Flag<'_>) -> String {
+    flag.to_string()
+}
+
+impl Session {
+    pub(super) async fn append(
+        &mut self,
+        mailbox: WireMailbox<'static>,
+        flags: Vec<Flag<'static>>,
+        date: Option<DateTime>,
+        message: LiteralOrLiteral8<'static>,
+    ) -> CmdResult {
+        let target = match self.find_mailbox(&wire(&mailbox)).await {
+            Ok(target) => target,
+            // RFC 3501 §6.3.11: TRYCREATE when the mailbox is missing.
+            Err(CmdError::NoMailbox) => {
+                return Err(CmdError::no(Some("TRYCREATE"), "No such mailbox"));
+            }
+            Err(other) => return Err(other),
+        };
+        let bytes = match message {
+            LiteralOrLiteral8::Literal(literal) => literal.into_inner().into_owned(),
+            LiteralOrLiteral8::Literal8(literal) => literal.data.into_owned(),
+        };
+        if bytes.is_empty() {
+            return Err(CmdError::no(None, "Empty message"));
+        }
+        if bytes.len() > self.shared.config.limits.max_append as usize {
+            return Err(CmdError::no(
+                Some("TOOBIG"),
+                "Message is larger than APPENDLIMIT",
+            ));
+        }
+        let date = date.map_or_else(InternalDate::now, |d| {
+            let d = d.as_ref();
+            InternalDate {
+                unix: d.timestamp(),
+                tz_minutes: d.offset().local_minus_utc() / 60,
+            }
+        });
+        let flags = Flags::new(flags.iter().map(flag_text));
+        // A bare LF is stored as CRLF: what is served is what was stored (RFC 3501 §2.3.4
+        // requires CRLF on the wire).
+        let message = Prepared::new(crlf(&bytes), flags, date);
+        let store = self.shared.store.clone();
+        let appended =
+            tokio::task::spawn_blocking(move || store.append(target.id, message, Origin::Client))
+                .await??;
+        Ok(Done::ok_code(
+            format!("APPENDUID {} {}", appended.uidvalidity, appended.uid),
+            "APPEND completed",
+        ))
+    }
+
+    pub(super) async fn store(
+        &mut self,
+        set: SequenceSet,
+        kind: StoreType,
+        response: StoreResponse,
+        flags: Vec<Flag<'static>>,
+        uid: bool,
+        modifiers: Vec<StoreModifier>,
+    ) -> CmdResult {
+        let condstore_modifier = modifiers.iter().find_map(|m| match m {
+            StoreModifier::UnchangedSince(v) => Some(*v),
+        });
+        if condstore_modifier.is_some() {
+            self.condstore = true;
+        }
+        let selected = self.selected()?;
+        if selected.read_only {
+            return Err(CmdError::no(Some("READ-ONLY"), "Mailbox is read-only"));
+        }
+        if !uid && sequence::out_of_range(&set, selected.uids.len() as u32) {
+            return Err(CmdError::bad("Message sequence number out of range"));
+        }
+        let targets = sequence::resolve(&set, &selected.uids, uid);
+        let uids: Vec<u32> = targets.iter().map(|t| t.1).collect();
+        let op = match kind {
+            StoreType::Add => FlagOp::Add,
+            StoreType::Remove => FlagOp::Remove,
+            StoreType::Replace => FlagOp::Replace,
+        };
+        let flags = Flags::new(flags.iter().map(flag_text));
+        let id = selected.mailbox.id;
+        let store = self.shared.store.clone();
+        let stored = tokio::task::spawn_blocking(move || {
+            store.store_flags(id, &uids, op, &flags, condstore_modifier, Origin::Client)
+        })
+        .await??;
+        let condstore = self.condstore;
+        let selected = self.selected()?;
+        let mut out = Out::default();
+        for (uid_value, flags, modseq, changed) in &stored.rows {
+            if *changed {
+                selected.own.insert(*uid_value, *modseq);
+            }
+            // RFC 7162 §3.1.3: with UNCHANGEDSINCE, .SILENT still reports changes, never
+            // unchanged messages.
+            let report = match response {
+                StoreResponse::Answer => true,
+                StoreResponse::Silent => false,
+            };
+            if !report {
+                continue;
+            }
+            let Some(seq) = selected.seq_of(*uid_value) else {
+                continue;
+            };
+            out.text("* ").num(seq).text(" FETCH (FLAGS ");
+            let recent = selected.is_recent(*uid_value).then_some("\\Recent");
+            out.flags(flags.iter().chain(recent));
+            if uid {
+                out.text(" UID ").num(uid_value);
+            }
+            if condstore {
+                out.text(" MODSEQ (").num(modseq).text(")");
+            }
+            out.text(")").crlf();
+        }
+        self.conn.write(&out.bytes).await?;
+        if !stored.modified.is_empty() {
+            let modified: Vec<u32> = if uid {
+                stored.modified.clone()
+            } else {
+                let selected = self.selected()?;
+                stored
+                    .modified
+                    .iter()
+                    .filter_map(|u| selected.seq_of(*u))
+                    .collect()
+            };
+            return Ok(Done::ok_code(
+                format!("MODIFIED {}", render::sequence_set(&modified)),
+                "Conditional STORE failed for some messages",
+            ));
+        }
+        Ok(Done::ok("STORE completed"))
+    }
+
+    /// COPY and MOVE (RFC 6851); both answer with COPYUID (RFC 4315).
+    pub(super) async fn copy(
+        &mut self,
+        set: SequenceSet,
+        mailbox: WireMailbox<'static>,
+        uid: bool,
+        moving: bool,
+    ) -> CmdResult {
+        let target = match self.find_mailbox(&wire(&mailbox)).await {
+            Ok(target) => target,
+            Err(CmdError::NoMailbox) => {
+                return Err(CmdError::no(Some("TRYCREATE"), "No such mailbox"));
+            }
+            Err(other) => return Err(other),
+        };
+        let selected = self.selected()?;
+        if moving && selected.read_only {
+            return Err(CmdError::no(Some("READ-ONLY"), "Mailbox is read-only"));
+        }
+        if !uid && sequence::out_of_range(&set, selected.uids.len() as u32) {
+            return Err(CmdError::bad("Message sequence number out of range"));
+        }
+        let uids: Vec<u32> = sequence::resolve(&set, &selected.uids, uid)
+            .iter()
+            .map(|t| t.1)
+            .collect();
+        if uids.is_empty() {
+            return Ok(Done::ok("No messages"));
+        }
+        let from = selected.mailbox.id;
+        let (store, to) = (self.shared.store.clone(), target.id);
+        let (uidvalidity, pairs) = tokio::task::spawn_blocking(move || {
+            if moving {
+                store.move_messages(from, &uids, to, Origin::Client)
+            } else {
+                store.copy(from, &uids, to, Origin::Client)
+            }
+        })
+        .await??;
+        let sources: Vec<u32> = pairs.iter().map(|p| p.0).collect();
+        let targets: Vec<u32> = pairs.iter().map(|p| p.1).collect();
+        let code = format!(
+            "COPYUID {uidvalidity} {} {}",
+            render::ordered_set(&sources),
+            render::ordered_set(&targets)
+        );
+        if !moving {
+            return Ok(Done::ok_code(code, "COPY completed"));
+        }
+        // RFC 6851 §4.3: COPYUID goes in an untagged OK before the expunges.
+        let mut out = Out::default();
+        out.text("* OK [").text(&code).text("] Moved").crlf();
+        self.report_expunged(&mut out, &sources)?;
+        self.conn.write(&out.bytes).await?;
+        Ok(Done::ok("MOVE completed"))
+    }
+
+    pub(super) async fn expunge(&mut self, only: Option<SequenceSet>) -> CmdResult {
+        let selected = self.selected()?;
+        if selected.read_only {
+            return Err(CmdError::no(Some("READ-ONLY"), "Mailbox is read-only"));
+        }
+        let restrict: Option<Vec<u32>> = only.as_ref().map(|set| {
+            sequence::resolve(set, &selected.uids, true)
+                .iter()
+                .map(|t| t.1)
+                .collect()
+        });
+        let id = selected.mailbox.id;
+        let store = self.shared.store.clone();
+        let gone = tokio::task::spawn_blocking(move || {
+            store.expunge(id, restrict.as_deref(), Origin::Client)
+        })
+        .await??;
+        let mut out = Out::default();
+        self.report_expunged(&mut out, &gone)?;
+        self.conn.write(&out.bytes).await?;
+        Ok(Done::ok("EXPUNGE completed"))
+    }
+
+    /// EXPUNGE responses for UIDs this session removed itself, each numbered against the view
+    /// at that moment (RFC 3501 §7.4.1), or one VANISHED with QRESYNC (RFC 7162 §3.2.10).
+    fn report_expunged(&mut self, out: &mut Out, uids: &[u32]) -> Result<(), CmdError> {
+        let qresync = self.qresync;
+        let selected = self.selected()?;
+        let mut present: Vec<u32> = uids
+            .iter()
+            .copied()
+            .filter(|u| selected.uids.binary_search(u).is_ok())
+            .collect();
+        present.sort_unstable();
+        if qresync {
+            if !present.is_empty() {
+                out.text("* VANISHED ")
+                    .text(&render::sequence_set(&present))
+                    .crlf();
+            }
+            selected.uids.retain(|u| present.binary_search(u).is_err());
+            return Ok(());
+        }
+        for uid in present {
+            if let Ok(i) = selected.uids.binary_search(&uid) {
+                out.text("* ").num(i + 1).text(" EXPUNGE").crlf();
+                selected.uids.remove(i);
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,216 @@
+//! The local IMAP server: IMAP4rev1 (RFC 3501) plus the extensions MUAs use, over the store.
+//!
+//! ```text
+//!  TcpListener ─accept─> conn (TLS/STARTTLS, framing limits, imap-next parses commands)
+//!                           │ Input
+//!                           ▼
+//!                        session (state enum, one gate per state) ─> commands by kind:
+//!                           auth · mailbox (SELECT, LIST, STATUS, …) · fetch · search ·
+//!                           messages (STORE, COPY, MOVE, EXPUNGE, APPEND) · idle
+//!                           │ blocking calls on spawn_blocking      │ bytes
+//!                           ▼                                       ▼
+//!                        store (SQLite)                          render (pure)
+//! ```
+//! Pure layers: `summary` and `section` (ENVELOPE, BODYSTRUCTURE, BODY[section]), `names`
+//! (modified UTF-7), `render`, `sequence`, `search` matching, `list` parsing.
+
+pub mod auth;
+mod conn;
+mod fetch;
+mod list;
+mod mailbox;
+mod messages;
+pub mod names;
+mod render;
+pub mod search;
+pub mod section;
+mod sequence;
+mod session;
+pub mod summary;
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+use tokio_rustls::TlsAcceptor;
+
+use crate::store::Store;
+
+/// `[imap]` in the configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ImapConfig {
+    pub listen: Vec<Listener>,
+    /// PEM certificate chain and key; when unset, a self-signed pair is generated at the first
+    /// start and kept next to the store.
+    pub certificate: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    /// Allow LOGIN/AUTHENTICATE without TLS on loopback listeners (LOGINDISABLED otherwise).
+    pub allow_plaintext_loopback: bool,
+    pub max_connections: usize,
+    /// `[imap.limits]`.
+    pub limits: Limits,
+}
+
+impl Default for ImapConfig {
+    fn default() -> Self {
+        ImapConfig {
+            listen: vec![
+                Listener {
+                    address: "127.0.0.1:1993".parse().expect("valid literal address"),
+                    tls: TlsMode::Implicit,
+                },
+                Listener {
+                    address: "127.0.0.1:1143".parse().expect("valid literal address"),
+                    tls: TlsMode::Starttls,
+                },
+            ],
+            certificate: None,
+            key: None,
+            allow_plaintext_loopback: false,
+            max_connections: 64,
+            limits: Limits::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listener {
+    pub address: SocketAddr,
+    pub tls: TlsMode,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsMode {
+    /// TLS from the first byte (port 993 style, RFC 8314).
+    Implicit,
+    /// Plain until STARTTLS.
+    Starttls,
+}
+
+/// Protocol limits; all sizes in bytes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Longest command line after login (literals not counted).
+    pub max_line: usize,
+    /// Longest command, literals included, before login.
+    pub max_line_before_login: usize,
+    /// Largest literal outside APPEND.
+    pub max_literal: u32,
+    /// Largest message APPEND accepts (also announced as APPENDLIMIT).
+    pub max_append: u32,
+    /// Most literals in one command.
+    pub max_literals: u32,
+    /// Bad commands tolerated before login; the next one ends the connection.
+    pub max_bad_commands: u32,
+    /// Failed authentications per connection before it is closed.
+    pub max_auth_failures: u32,
+    /// Delay before answering a failed authentication, in milliseconds.
+    pub auth_failure_delay_ms: u64,
+    /// Seconds of silence before an idle connection is closed (RFC 3501 §5.4: at least 30
+    /// minutes once authenticated).
+    pub autologout_secs: u64,
+    /// Seconds allowed to log in.
+    pub login_timeout_secs: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_line: 64 * 1024,
+            max_line_before_login: 8 * 1024,
+            max_literal: 64 * 1024,
+            max_append: 64 * 1024 * 1024,
+            max_literals: 64,
+            max_bad_commands: 5,
+            max_auth_failures: 3,
+            auth_failure_delay_ms: 2000,
+            autologout_secs: 30 * 60,
+            login_timeout_secs: 60,
+        }
+    }
+}
+
+/// One IMAP account: a name and an argon2 password hash (`sealpost passwd` makes one).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Account {
+    pub name: String,
+    pub password_hash: String,
+}
+
+/// What every session shares.
+pub struct Shared {
+    pub config: ImapConfig,
+    pub accounts: Vec<Account>,
+    pub store: Store,
+    pub tls: TlsAcceptor,
+    pub connections: Arc<Semaphore>,
+}
+
+/// Serves IMAP on already-bound listeners until `shutdown` turns true; sessions finish the
+/// command in hand and say BYE. The same entry point serves `sealpost imap` and the tests.
+pub async fn run(
+    listeners: Vec<(TcpListener, TlsMode)>,
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    let mut tasks = tokio::task::JoinSet::new();
+    for (listener, mode) in listeners {
+        let shared = Arc::clone(&shared);
+        let shutdown = shutdown.clone();
+        tasks.spawn(accept_loop(listener, mode, shared, shutdown));
+    }
+    while !*shutdown.borrow() {
+        if shutdown.changed().await.is_err() {
+            break;
+        }
+    }
+    // Let sessions finish the command in hand.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while let Ok(Some(_)) = tokio::time::timeout_at(deadline, tasks.join_next()).await {}
+    Ok(())
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    mode: TlsMode,
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut sessions = tokio::task::JoinSet::new();
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = shutdown.changed() => break,
+        };
+        let (tcp, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(error) => {
+                tracing::warn!(%error, "imap: accept failed");
+                continue;
+            }
+        };
+        let Ok(permit) = Arc::clone(&shared.connections).try_acquire_owned() else {
+            tracing::warn!(%peer, "imap: connection limit reached; refusing");
+            tokio::spawn(session::refuse(tcp, mode, Arc::clone(&shared)));
+            continue;
+        };
+        let shared = Arc::clone(&shared);
+        let shutdown = shutdown.clone();
+        sessions.spawn(async move {
+            session::serve(tcp, peer, mode, shared, shutdown).await;
+            drop(permit);
+        });
+        while sessions.try_join_next().is_some() {}
+    }
+    while sessions.join_next().await.is_some() {}
+}

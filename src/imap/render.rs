@@ -1,0 +1,234 @@
+//! Rendering of server responses (pure). Responses are written as bytes here rather than built
+//! as imap-types values and encoded: FETCH serves stored message bytes and the precomputed
+//! ENVELOPE/BODYSTRUCTURE without copying them into typed values, and one renderer for every
+//! response keeps quoting rules in one place. Commands are parsed by imap-codec.
+
+use std::fmt::Write as _;
+
+use super::names;
+
+/// A buffer of response bytes.
+#[derive(Debug, Default)]
+pub struct Out {
+    pub bytes: Vec<u8>,
+}
+
+impl Out {
+    pub fn raw(&mut self, bytes: &[u8]) -> &mut Self {
+        self.bytes.extend_from_slice(bytes);
+        self
+    }
+
+    pub fn text(&mut self, text: &str) -> &mut Self {
+        self.bytes.extend_from_slice(text.as_bytes());
+        self
+    }
+
+    pub fn num(&mut self, n: impl std::fmt::Display) -> &mut Self {
+        let _ = write!(Text(&mut self.bytes), "{n}");
+        self
+    }
+
+    pub fn crlf(&mut self) -> &mut Self {
+        self.bytes.extend_from_slice(b"\r\n");
+        self
+    }
+
+    /// An IMAP string (RFC 3501 §4.3): quoted when it can be, a literal otherwise.
+    pub fn string(&mut self, value: &[u8]) -> &mut Self {
+        if can_quote(value) {
+            self.bytes.push(b'"');
+            for &b in value {
+                if b == b'"' || b == b'\\' {
+                    self.bytes.push(b'\\');
+                }
+                self.bytes.push(b);
+            }
+            self.bytes.push(b'"');
+        } else {
+            self.literal(value);
+        }
+        self
+    }
+
+    pub fn literal(&mut self, value: &[u8]) -> &mut Self {
+        self.num_literal_header(value.len());
+        self.bytes.extend_from_slice(value);
+        self
+    }
+
+    fn num_literal_header(&mut self, len: usize) {
+        self.bytes.push(b'{');
+        self.num(len);
+        self.bytes.extend_from_slice(b"}\r\n");
+    }
+
+    /// A mailbox name: modified UTF-7 (RFC 3501 §5.1.3), quoted or literal.
+    pub fn mailbox(&mut self, name: &str) -> &mut Self {
+        self.string(names::encode(name).as_bytes())
+    }
+
+    /// A flag list, "(\Seen $Label1)".
+    pub fn flags<'a>(&mut self, flags: impl IntoIterator<Item = &'a str>) -> &mut Self {
+        self.bytes.push(b'(');
+        for (i, flag) in flags.into_iter().enumerate() {
+            if i > 0 {
+                self.bytes.push(b' ');
+            }
+            self.bytes.extend_from_slice(flag.as_bytes());
+        }
+        self.bytes.push(b')');
+        self
+    }
+
+    /// A tagged or untagged status line: "<tag> OK [code] text".
+    pub fn status(&mut self, tag: &str, kind: &str, code: Option<&str>, text: &str) -> &mut Self {
+        self.text(tag).text(" ").text(kind).text(" ");
+        if let Some(code) = code {
+            self.text("[").text(code).text("] ");
+        }
+        self.text(text).crlf()
+    }
+}
+
+struct Text<'a>(&'a mut Vec<u8>);
+
+impl std::fmt::Write for Text<'_> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.0.extend_from_slice(s.as_bytes());
+        Ok(())
+    }
+}
+
+/// RFC 3501 §9 quoted: TEXT-CHAR without CR, LF or 8-bit; long values go as literals.
+fn can_quote(value: &[u8]) -> bool {
+    value.len() < 1024
+        && value
+            .iter()
+            .all(|&b| (0x01..0x80).contains(&b) && b != b'\r' && b != b'\n')
+}
+
+/// A set of numbers in RFC 3501 sequence-set syntax, ranges compressed ("1:3,7,9:10").
+pub fn sequence_set(numbers: &[u32]) -> String {
+    let mut sorted = numbers.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let mut out = String::new();
+    let mut i = 0;
+    while i < sorted.len() {
+        let start = sorted[i];
+        let mut end = start;
+        while i + 1 < sorted.len() && sorted[i + 1] == end + 1 {
+            i += 1;
+            end = sorted[i];
+        }
+        if !out.is_empty() {
+            out.push(',');
+        }
+        if start == end {
+            let _ = write!(out, "{start}");
+        } else {
+            let _ = write!(out, "{start}:{end}");
+        }
+        i += 1;
+    }
+    out
+}
+
+/// The same numbers in the given order (RFC 4315 COPYUID pairs source and destination sets
+/// by position, so they must not be sorted independently).
+pub fn ordered_set(numbers: &[u32]) -> String {
+    let mut out = String::new();
+    let mut i = 0;
+    while i < numbers.len() {
+        let start = numbers[i];
+        let mut end = start;
+        while i + 1 < numbers.len() && numbers[i + 1] == end.wrapping_add(1) {
+            i += 1;
+            end = numbers[i];
+        }
+        if !out.is_empty() {
+            out.push(',');
+        }
+        if start == end {
+            let _ = write!(out, "{start}");
+        } else {
+            let _ = write!(out, "{start}:{end}");
+        }
+        i += 1;
+    }
+    out
+}
+
+/// INTERNALDATE, RFC 3501 §9 date-time: "17-Jul-1996 02:44:25 -0700".
+pub fn internal_date(unix: i64, tz_minutes: i32) -> String {
+    let local = unix + i64::from(tz_minutes) * 60;
+    let days = local.div_euclid(86_400);
+    let secs = local.rem_euclid(86_400);
+    let (y, m, d) = civil_from_days(days);
+    let sign = if tz_minutes < 0 { '-' } else { '+' };
+    let tz = tz_minutes.unsigned_abs();
+    format!(
+        "{d:02}-{}-{y:04} {:02}:{:02}:{:02} {sign}{:02}{:02}",
+        crate::store::MONTHS[(m - 1) as usize],
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60,
+        tz / 60,
+        tz % 60
+    )
+}
+
+/// Inverse of `days_from_civil` (Howard Hinnant's algorithm).
+pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strings_quote_or_literal() {
+        let cases: [(&[u8], &[u8]); 4] = [
+            (b"plain", b"\"plain\""),
+            (b"a \"q\" \\", b"\"a \\\"q\\\" \\\\\""),
+            (b"line\r\nbreak", b"{11}\r\nline\r\nbreak"),
+            ("caf\u{e9}".as_bytes(), b"{5}\r\ncaf\xc3\xa9"),
+        ];
+        for (value, expected) in cases {
+            let mut out = Out::default();
+            out.string(value);
+            assert_eq!(out.bytes, expected, "{value:?}");
+        }
+    }
+
+    #[test]
+    fn sets_compress_ranges() {
+        assert_eq!(sequence_set(&[5, 1, 2, 3, 9, 10]), "1:3,5,9:10");
+        assert_eq!(ordered_set(&[7, 8, 3, 4, 10]), "7:8,3:4,10");
+        assert_eq!(sequence_set(&[]), "");
+    }
+
+    #[test]
+    fn internal_dates() {
+        assert_eq!(internal_date(0, 0), "01-Jan-1970 00:00:00 +0000");
+        assert_eq!(
+            internal_date(837_596_665, -420),
+            "17-Jul-1996 02:44:25 -0700"
+        );
+        assert_eq!(
+            internal_date(1_795_174_215, 60),
+            "20-Nov-2026 12:30:15 +0100"
+        );
+    }
+}

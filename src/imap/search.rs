@@ -1,0 +1,338 @@
+//! SEARCH and UID SEARCH (RFC 3501 §6.4.4, RFC 7162 MODSEQ). The key tree is evaluated per
+//! message; header and body text are parsed only for messages and keys that need them.
+//! Strings match as case-insensitive substrings of the decoded text (RFC 2047 words in headers,
+//! transfer encodings and charsets in bodies), as RFC 3501 §6.4.4 asks.
+
+use chrono::Datelike;
+use imap_next::imap_types::core::Charset;
+use imap_next::imap_types::core::Vec1;
+use imap_next::imap_types::datetime::NaiveDate;
+use imap_next::imap_types::search::SearchKey;
+use mail_parser::{HeaderValue, MessageParser, PartType};
+
+use super::render::Out;
+use super::sequence;
+use super::session::{CmdError, CmdResult, Done, Session};
+use crate::store::{days_from_civil, ContentData, MessageRow, Need};
+
+const BATCH: usize = 512;
+
+/// One message under evaluation, with its text parsed on first use.
+pub struct Candidate<'a> {
+    pub seq: u32,
+    pub row: &'a MessageRow,
+    pub recent: bool,
+    pub content: &'a ContentData,
+    /// (session's message count, mailbox's largest UID) for "*".
+    pub count: u32,
+    pub largest_uid: u32,
+    headers: Option<Vec<(String, String)>>,
+    body: Option<String>,
+}
+
+impl<'a> Candidate<'a> {
+    pub fn new(
+        seq: u32,
+        row: &'a MessageRow,
+        recent: bool,
+        content: &'a ContentData,
+        count: u32,
+        largest_uid: u32,
+    ) -> Self {
+        Candidate {
+            seq,
+            row,
+            recent,
+            content,
+            count,
+            largest_uid,
+            headers: None,
+            body: None,
+        }
+    }
+
+    fn source(&self) -> &[u8] {
+        if self.content.raw.is_empty() {
+            &self.content.header
+        } else {
+            &self.content.raw
+        }
+    }
+
+    /// Every header field as (lower-case name, decoded value, lower-cased).
+    fn headers(&mut self) -> &[(String, String)] {
+        if self.headers.is_none() {
+            let mut out = Vec::new();
+            if let Some(message) = MessageParser::default().parse_headers(self.source()) {
+                for header in message.headers() {
+                    let name = header.name().to_ascii_lowercase();
+                    out.push((name, fold(&value_text(header.value()))));
+                }
+            }
+            self.headers = Some(out);
+        }
+        self.headers.as_deref().unwrap_or_default()
+    }
+
+    fn header_contains(&mut self, name: &str, needle: &str) -> bool {
+        let name = name.to_ascii_lowercase();
+        let needle = fold(needle);
+        self.headers()
+            .iter()
+            .any(|(n, v)| *n == name && v.contains(&needle))
+    }
+
+    fn body(&mut self) -> &str {
+        if self.body.is_none() {
+            let mut text = String::new();
+            if let Some(message) = MessageParser::default().parse(self.source()) {
+                for part in &message.parts {
+                    if let PartType::Text(t) | PartType::Html(t) = &part.body {
+                        text.push_str(&fold(t));
+                        text.push('\n');
+                    }
+                }
+            }
+            self.body = Some(text);
+        }
+        self.body.as_deref().unwrap_or_default()
+    }
+
+    fn sent_date(&mut self) -> Option<i64> {
+        let message = MessageParser::default().parse_headers(self.source())?;
+        let date = message.date()?;
+        days_from_civil(
+            i64::from(date.year),
+            u32::from(date.month),
+            u32::from(date.day),
+        )
+    }
+}
+
+/// Decoded text of a header value, addresses as "Name <addr>".
+fn value_text(value: &HeaderValue<'_>) -> String {
+    match value {
+        HeaderValue::Text(t) => t.to_string(),
+        HeaderValue::TextList(list) => list.join(" "),
+        HeaderValue::Address(address) => address
+            .iter()
+            .map(|a| match (&a.name, &a.address) {
+                (Some(n), Some(addr)) => format!("{n} <{addr}>"),
+                (None, Some(addr)) => addr.to_string(),
+                (Some(n), None) => n.to_string(),
+                (None, None) => String::new(),
+            })
+            .collect::<Vec<_>>()
+            .join(", "),
+        HeaderValue::DateTime(d) => d.to_rfc822(),
+        HeaderValue::ContentType(ct) => {
+            let mut s = ct.c_type.to_string();
+            if let Some(sub) = &ct.c_subtype {
+                s.push('/');
+                s.push_str(sub);
+            }
+            s
+        }
+        HeaderValue::Received(_) | HeaderValue::Empty => String::new(),
+    }
+}
+
+/// The comparison form of text: lower case, compatibility-decomposed, without combining marks,
+/// so "Réunion" contains "re" as it does for Dovecot's i;unicode-casemap (RFC 5051).
+pub fn fold(text: &str) -> String {
+    use unicode_normalization::char::is_combining_mark;
+    use unicode_normalization::UnicodeNormalization;
+    text.nfkd()
+        .filter(|c| !is_combining_mark(*c))
+        .flat_map(char::to_lowercase)
+        .collect()
+}
+
+fn day(date: &NaiveDate) -> i64 {
+    let date = date.as_ref();
+    days_from_civil(i64::from(date.year()), date.month(), date.day()).unwrap_or(0)
+}
+
+fn internal_day(row: &MessageRow) -> i64 {
+    (row.internaldate.unix + i64::from(row.internaldate.tz_minutes) * 60).div_euclid(86_400)
+}
+
+fn text(bytes: &impl AsRef<[u8]>) -> String {
+    String::from_utf8_lossy(bytes.as_ref()).into_owned()
+}
+
+/// Whether a message matches a key (RFC 3501 §6.4.4).
+pub fn matches(key: &SearchKey<'_>, m: &mut Candidate<'_>) -> bool {
+    use SearchKey as K;
+    let flags = &m.row.flags;
+    match key {
+        K::And(keys) => keys.as_ref().iter().all(|k| matches(k, m)),
+        K::Or(a, b) => matches(a, m) || matches(b, m),
+        K::Not(k) => !matches(k, m),
+        K::All => true,
+        K::SequenceSet(set) => seq_in(set, m.seq, m.count),
+        K::Uid(set) => sequence::contains_uid(set, m.row.uid, m.largest_uid),
+        K::Answered => flags.contains("\\Answered"),
+        K::Unanswered => !flags.contains("\\Answered"),
+        K::Deleted => flags.contains("\\Deleted"),
+        K::Undeleted => !flags.contains("\\Deleted"),
+        K::Draft => flags.contains("\\Draft"),
+        K::Undraft => !flags.contains("\\Draft"),
+        K::Flagged => flags.contains("\\Flagged"),
+        K::Unflagged => !flags.contains("\\Flagged"),
+        K::Seen => flags.contains("\\Seen"),
+        K::Unseen => !flags.contains("\\Seen"),
+        K::Recent => m.recent,
+        K::New => m.recent && !flags.contains("\\Seen"),
+        K::Old => !m.recent,
+        K::Keyword(k) => flags.contains(k.inner()),
+        K::Unkeyword(k) => !flags.contains(k.inner()),
+        K::Larger(n) => m.row.size > *n,
+        K::Smaller(n) => m.row.size < *n,
+        K::Before(d) => internal_day(m.row) < day(d),
+        K::On(d) => internal_day(m.row) == day(d),
+        K::Since(d) => internal_day(m.row) >= day(d),
+        K::SentBefore(d) => m.sent_date().is_some_and(|s| s < day(d)),
+        K::SentOn(d) => m.sent_date().is_some_and(|s| s == day(d)),
+        K::SentSince(d) => m.sent_date().is_some_and(|s| s >= day(d)),
+        K::From(s) => m.header_contains("from", &text(s)),
+        K::To(s) => m.header_contains("to", &text(s)),
+        K::Cc(s) => m.header_contains("cc", &text(s)),
+        K::Bcc(s) => m.header_contains("bcc", &text(s)),
+        K::Subject(s) => m.header_contains("subject", &text(s)),
+        K::Header(name, value) => m.header_contains(&text(name), &text(value)),
+        K::Body(s) => {
+            let needle = fold(&text(s));
+            m.body().contains(&needle)
+        }
+        K::Text(s) => {
+            let needle = fold(&text(s));
+            m.headers()
+                .iter()
+                .any(|(n, v)| n.contains(&needle) || v.contains(&needle))
+                || m.body().contains(&needle)
+        }
+        K::ModSequence { modseq, .. } => m.row.modseq >= *modseq,
+    }
+}
+
+fn seq_in(set: &imap_next::imap_types::sequence::SequenceSet, seq: u32, count: u32) -> bool {
+    sequence::contains_uid(set, seq, count)
+}
+
+fn need_of(key: &SearchKey<'_>, need: &mut Need) {
+    use SearchKey as K;
+    match key {
+        K::And(keys) => keys.as_ref().iter().for_each(|k| need_of(k, need)),
+        K::Or(a, b) => {
+            need_of(a, need);
+            need_of(b, need);
+        }
+        K::Not(k) => need_of(k, need),
+        K::From(_) | K::To(_) | K::Cc(_) | K::Bcc(_) | K::Subject(_) | K::Header(..) => {
+            need.header = true;
+            need.parts = true;
+        }
+        K::SentBefore(_) | K::SentOn(_) | K::SentSince(_) => {
+            need.header = true;
+            need.parts = true;
+        }
+        K::Body(_) | K::Text(_) => need.raw = true,
+        _ => {}
+    }
+}
+
+fn uses_modseq(key: &SearchKey<'_>) -> bool {
+    match key {
+        SearchKey::ModSequence { .. } => true,
+        SearchKey::And(keys) => keys.as_ref().iter().any(uses_modseq),
+        SearchKey::Or(a, b) => uses_modseq(a) || uses_modseq(b),
+        SearchKey::Not(k) => uses_modseq(k),
+        _ => false,
+    }
+}
+
+impl Session {
+    pub(super) async fn search(
+        &mut self,
+        charset: Option<Charset<'static>>,
+        criteria: Vec1<SearchKey<'static>>,
+        uid: bool,
+    ) -> CmdResult {
+        if let Some(charset) = &charset {
+            let name = charset.as_ref().to_ascii_uppercase();
+            if name != "UTF-8" && name != "US-ASCII" {
+                return Err(CmdError::no(
+                    Some("BADCHARSET (UTF-8 US-ASCII)"),
+                    "Unsupported charset",
+                ));
+            }
+        }
+        let key = SearchKey::And(criteria);
+        let modseq_used = uses_modseq(&key);
+        if modseq_used {
+            self.condstore = true;
+        }
+        let mut need = Need::default();
+        need_of(&key, &mut need);
+        if need.raw {
+            need.header = false;
+        }
+        let selected = self.selected()?;
+        let mailbox = selected.mailbox.id;
+        let view: Vec<u32> = selected.uids.clone();
+        let count = view.len() as u32;
+        let largest_uid = view.last().copied().unwrap_or(0);
+        let recent: Vec<bool> = view.iter().map(|&u| selected.is_recent(u)).collect();
+        let store = self.shared.store.clone();
+        let key = std::sync::Arc::new(key);
+        let (found, highest) = tokio::task::spawn_blocking(move || {
+            let mut found = Vec::new();
+            let mut highest = 0u64;
+            for (chunk_index, chunk) in view.chunks(BATCH).enumerate() {
+                let rows = store.rows(mailbox, chunk[0], chunk[chunk.len() - 1])?;
+                let contents = if need.raw || need.header {
+                    store.contents(&rows.iter().map(|r| r.content).collect::<Vec<_>>(), need)?
+                } else {
+                    vec![ContentData::default(); rows.len()]
+                };
+                for (row, content) in rows.iter().zip(&contents) {
+                    let Ok(i) = chunk.binary_search(&row.uid) else {
+                        continue;
+                    };
+                    let index = chunk_index * BATCH + i;
+                    let mut candidate = Candidate::new(
+                        index as u32 + 1,
+                        row,
+                        recent[index],
+                        content,
+                        count,
+                        largest_uid,
+                    );
+                    if matches(&key, &mut candidate) {
+                        found.push((index as u32 + 1, row.uid));
+                        highest = highest.max(row.modseq);
+                    }
+                }
+            }
+            Ok::<_, crate::store::StoreError>((found, highest))
+        })
+        .await??;
+        let mut out = Out::default();
+        out.text("* SEARCH");
+        for (seq, uid_value) in &found {
+            out.text(" ").num(if uid { *uid_value } else { *seq });
+        }
+        // RFC 7162 §3.1.5: the highest MODSEQ of the matches when MODSEQ was searched.
+        if modseq_used && !found.is_empty() {
+            out.text(" (MODSEQ ").num(highest).text(")");
+        }
+        out.crlf();
+        self.conn.write(&out.bytes).await?;
+        Ok(Done::ok(if uid {
+            "UID SEARCH completed"
+        } else {
+            "SEARCH completed"
+        }))
+    }
+}

@@ -1,0 +1,911 @@
+//! One IMAP session: the state (RFC 3501 §3) as an enum that carries its data, one gate that
+//! says which commands each state allows, the command loop, and the mapping of every error onto
+//! OK/NO/BAD/BYE in one place.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use imap_next::imap_types::auth::{AuthMechanism, AuthenticateData};
+use imap_next::imap_types::command::{Command, CommandBody};
+use imap_next::imap_types::core::Text;
+use imap_next::imap_types::response::{Greeting, Status};
+use imap_next::imap_types::secret::Secret;
+use thiserror::Error;
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+use super::conn::{Conn, ConnError, Input, Stream};
+use super::names::NameError;
+use super::render::Out;
+use super::{auth, Shared, TlsMode};
+use crate::store::{AccountId, Mailbox, StoreError};
+
+pub(super) enum State {
+    NotAuthenticated,
+    Authenticated(User),
+    Selected(User, Selected),
+    Logout,
+}
+
+#[derive(Clone)]
+pub(super) struct User {
+    pub name: String,
+    pub account: AccountId,
+}
+
+/// The selected mailbox as this session sees it.
+pub(super) struct Selected {
+    pub mailbox: Mailbox,
+    pub read_only: bool,
+    /// The session's UIDs in sequence-number order (RFC 3501 §2.3.1.2).
+    pub uids: Vec<u32>,
+    /// UID ranges this session claimed as \Recent.
+    pub recent: Vec<(u32, u32)>,
+    /// The highest MODSEQ the session has been told about.
+    pub modseq: u64,
+    /// Changes this session made itself and already reported: uid → modseq.
+    pub own: HashMap<u32, u64>,
+}
+
+impl Selected {
+    pub fn is_recent(&self, uid: u32) -> bool {
+        self.recent.iter().any(|(lo, hi)| (*lo..*hi).contains(&uid))
+    }
+
+    pub fn seq_of(&self, uid: u32) -> Option<u32> {
+        self.uids.binary_search(&uid).ok().map(|i| i as u32 + 1)
+    }
+}
+
+/// How a command ended, before it is rendered as a tagged response.
+pub(super) enum Done {
+    Ok { code: Option<String>, text: String },
+}
+
+impl Done {
+    pub fn ok(text: impl Into<String>) -> Done {
+        Done::Ok {
+            code: None,
+            text: text.into(),
+        }
+    }
+
+    pub fn ok_code(code: impl Into<String>, text: impl Into<String>) -> Done {
+        Done::Ok {
+            code: Some(code.into()),
+            text: text.into(),
+        }
+    }
+}
+
+/// Every way a command can fail; mapped onto NO/BAD/BYE in [`Session::finish`].
+#[derive(Debug, Error)]
+pub(super) enum CmdError {
+    #[error("{text}")]
+    No {
+        code: Option<&'static str>,
+        text: String,
+    },
+    #[error("{0}")]
+    Bad(String),
+    #[error("mailbox does not exist")]
+    NoMailbox,
+    #[error(transparent)]
+    Name(#[from] NameError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Conn(#[from] ConnError),
+    #[error("internal error: {0}")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+impl CmdError {
+    pub fn no(code: Option<&'static str>, text: impl Into<String>) -> CmdError {
+        CmdError::No {
+            code,
+            text: text.into(),
+        }
+    }
+
+    pub fn bad(text: impl Into<String>) -> CmdError {
+        CmdError::Bad(text.into())
+    }
+}
+
+pub(super) type CmdResult = Result<Done, CmdError>;
+
+pub(super) struct Session {
+    pub shared: Arc<Shared>,
+    pub conn: Conn,
+    pub state: State,
+    pub mode: TlsMode,
+    pub tls: bool,
+    pub loopback: bool,
+    pub peer: SocketAddr,
+    pub bad_commands: u32,
+    pub auth_failures: u32,
+    pub condstore: bool,
+    pub qresync: bool,
+}
+
+fn greeting(text: &'static str) -> Greeting<'static> {
+    Greeting::ok(None, text).unwrap_or_else(|_| {
+        Greeting::ok(None, "sealpost ready").expect("a plain ASCII greeting is valid")
+    })
+}
+
+/// Answers a connection over the limit with BYE (RFC 3501 §7.1.5) and closes it.
+pub(super) async fn refuse(tcp: TcpStream, mode: TlsMode, shared: Arc<Shared>) {
+    use tokio::io::AsyncWriteExt;
+    let line = b"* BYE [UNAVAILABLE] Too many connections, try again later\r\n";
+    match mode {
+        TlsMode::Starttls => {
+            let mut tcp = tcp;
+            let _ = tcp.write_all(line).await;
+        }
+        TlsMode::Implicit => {
+            let handshake = tokio::time::timeout(Duration::from_secs(10), shared.tls.accept(tcp));
+            if let Ok(Ok(mut tls)) = handshake.await {
+                let _ = tls.write_all(line).await;
+                let _ = tls.shutdown().await;
+            }
+        }
+    }
+}
+
+pub(super) async fn serve(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    mode: TlsMode,
+    shared: Arc<Shared>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let stream = match mode {
+        TlsMode::Starttls => Stream::Plain(tcp),
+        TlsMode::Implicit => {
+            let handshake = tokio::time::timeout(Duration::from_secs(30), shared.tls.accept(tcp));
+            match handshake.await {
+                Ok(Ok(tls)) => Stream::Tls(Box::new(tls)),
+                Ok(Err(error)) => {
+                    tracing::info!(%peer, %error, "imap: TLS handshake failed");
+                    return;
+                }
+                Err(_) => return,
+            }
+        }
+    };
+    let tls = matches!(stream, Stream::Tls(_));
+    let conn = Conn::new(
+        stream,
+        greeting("sealpost IMAP ready"),
+        &shared.config.limits,
+    );
+    let mut session = Session {
+        loopback: peer.ip().is_loopback(),
+        shared,
+        conn,
+        state: State::NotAuthenticated,
+        mode,
+        tls,
+        peer,
+        bad_commands: 0,
+        auth_failures: 0,
+        condstore: false,
+        qresync: false,
+    };
+    tracing::debug!(%peer, "imap: connected");
+    match session.run(shutdown).await {
+        Ok(()) | Err(ConnError::Closed) => {}
+        Err(error) => tracing::info!(%peer, %error, "imap: connection ended"),
+    }
+}
+
+impl Session {
+    fn authenticated(&self) -> bool {
+        matches!(self.state, State::Authenticated(_) | State::Selected(..))
+    }
+
+    /// LOGINDISABLED (RFC 3501 §6.2.3): no password over plaintext, except on loopback when
+    /// the configuration allows it.
+    pub fn login_allowed(&self) -> bool {
+        self.tls || (self.loopback && self.shared.config.allow_plaintext_loopback)
+    }
+
+    async fn run(&mut self, mut shutdown: watch::Receiver<bool>) -> Result<(), ConnError> {
+        loop {
+            if matches!(self.state, State::Logout) {
+                self.conn.flush().await?;
+                return Ok(());
+            }
+            let input = match self.conn.next_queued() {
+                Some(input) => input,
+                None => {
+                    self.conn.flush().await?;
+                    let limits = &self.shared.config.limits;
+                    let timeout = Duration::from_secs(if self.authenticated() {
+                        limits.autologout_secs
+                    } else {
+                        limits.login_timeout_secs
+                    });
+                    let authenticated = self.authenticated();
+                    tokio::select! {
+                        filled = self.conn.fill(limits, authenticated) => {
+                            if let Err(error) = filled {
+                                return self.fatal(error).await;
+                            }
+                        }
+                        _ = shutdown.changed() => {
+                            self.bye("Server shutting down").await;
+                            return Ok(());
+                        }
+                        _ = tokio::time::sleep(timeout) => {
+                            self.bye("Autologout; idle for too long").await;
+                            return Ok(());
+                        }
+                    }
+                    continue;
+                }
+            };
+            self.input(input).await?;
+        }
+    }
+
+    /// Limits broken while reading end the connection with a BYE that says which.
+    async fn fatal(&mut self, error: ConnError) -> Result<(), ConnError> {
+        let text = match &error {
+            ConnError::LineTooLong => "[TOOBIG] Command line too long",
+            ConnError::LiteralTooBig => "[TOOBIG] Literal too big",
+            ConnError::TooManyLiterals => "Too many literals in one command",
+            ConnError::Closed | ConnError::Io(_) => return Err(error),
+        };
+        tracing::info!(peer = %self.peer, %error, "imap: closing connection");
+        self.bye(text).await;
+        Ok(())
+    }
+
+    async fn bye(&mut self, text: &str) {
+        let mut out = Out::default();
+        out.text("* BYE ").text(text).crlf();
+        let _ = self.conn.write(&out.bytes).await;
+        let _ = self.conn.flush().await;
+        self.state = State::Logout;
+    }
+
+    async fn input(&mut self, input: Input) -> Result<(), ConnError> {
+        match input {
+            Input::Command(command) => self.command(command).await,
+            Input::List(line) => {
+                let tag = super::list::tag(&line);
+                let result = self.list_line(&line).await;
+                self.finish(&tag, result, true).await
+            }
+            Input::Authenticate(request) => {
+                let tag = request.tag.inner().to_owned();
+                self.authenticate(tag, request.mechanism, request.initial_response)
+                    .await
+            }
+            Input::AuthenticateData(_) | Input::IdleDone => {
+                // Only expected inside AUTHENTICATE or IDLE, which read them themselves.
+                self.count_bad().await
+            }
+            Input::Idle(tag) => self.idle(tag.inner().to_owned()).await,
+            Input::Malformed(tag) => {
+                let mut out = Out::default();
+                out.status(tag.as_deref().unwrap_or("*"), "BAD", None, "Syntax error");
+                self.conn.write(&out.bytes).await?;
+                self.count_bad().await
+            }
+            Input::Refused => Ok(()),
+            Input::TooLong => self.fatal(ConnError::LineTooLong).await,
+        }
+    }
+
+    /// Before login, repeated bad commands end the connection (a scanner or a confused peer).
+    async fn count_bad(&mut self) -> Result<(), ConnError> {
+        if !self.authenticated() {
+            self.bad_commands += 1;
+            if self.bad_commands > self.shared.config.limits.max_bad_commands {
+                self.bye("Too many bad commands").await;
+            }
+        }
+        Ok(())
+    }
+
+    async fn command(&mut self, command: Command<'static>) -> Result<(), ConnError> {
+        let tag = command.tag.inner().to_owned();
+        let name = command.body.name();
+        tracing::trace!(peer = %self.peer, %tag, command = name, "imap: command");
+        if !self.allowed(&command.body) {
+            let state = match self.state {
+                State::NotAuthenticated => "before login",
+                State::Authenticated(_) => "without a selected mailbox",
+                _ => "in this state",
+            };
+            let result = Err(CmdError::bad(format!("{name} is not allowed {state}")));
+            return self.finish(&tag, result, false).await;
+        }
+        // Non-UID FETCH, STORE and SEARCH must not be answered with EXPUNGE (RFC 3501 §7.4.1).
+        let expunges_allowed = !matches!(
+            command.body,
+            CommandBody::Fetch { uid: false, .. }
+                | CommandBody::Store { uid: false, .. }
+                | CommandBody::Search { uid: false, .. }
+        );
+        if let CommandBody::StartTLS = command.body {
+            return self.starttls(tag).await;
+        }
+        let result = self.dispatch(&tag, command.body).await;
+        self.finish(&tag, result, expunges_allowed).await
+    }
+
+    /// The gate: which commands each state allows (RFC 3501 §6).
+    fn allowed(&self, body: &CommandBody<'_>) -> bool {
+        use CommandBody as C;
+        let any = matches!(
+            body,
+            C::Capability | C::Noop | C::Logout | C::Id { .. } | C::Enable { .. }
+        );
+        if any {
+            return true;
+        }
+        let not_authenticated =
+            matches!(body, C::StartTLS | C::Login { .. } | C::Authenticate { .. });
+        let authenticated = matches!(
+            body,
+            C::Select { .. }
+                | C::Examine { .. }
+                | C::Create { .. }
+                | C::Delete { .. }
+                | C::Rename { .. }
+                | C::Subscribe { .. }
+                | C::Unsubscribe { .. }
+                | C::List { .. }
+                | C::Lsub { .. }
+                | C::Status { .. }
+                | C::Append { .. }
+                | C::Namespace
+                | C::Idle
+        );
+        match self.state {
+            State::NotAuthenticated => not_authenticated,
+            State::Authenticated(_) => authenticated,
+            State::Selected(..) => !not_authenticated,
+            State::Logout => false,
+        }
+    }
+
+    async fn dispatch(&mut self, tag: &str, body: CommandBody<'static>) -> CmdResult {
+        use CommandBody as C;
+        match body {
+            C::Capability => {
+                let line = format!("* CAPABILITY {}\r\n", self.capabilities());
+                self.conn.write(line.as_bytes()).await?;
+                Ok(Done::ok("CAPABILITY completed"))
+            }
+            C::Noop | C::Check => Ok(Done::ok(format!("{} completed", body.name()))),
+            C::Logout => {
+                self.conn.write(b"* BYE Logging out\r\n").await?;
+                let mut out = Out::default();
+                out.status(tag, "OK", None, "LOGOUT completed");
+                self.conn.write(&out.bytes).await?;
+                self.state = State::Logout;
+                Err(CmdError::Conn(ConnError::Closed))
+            }
+            C::Login { username, password } => {
+                let user = String::from_utf8_lossy(username.as_ref()).into_owned();
+                let password = password.declassify().as_ref().to_vec();
+                self.login(&user, &password).await
+            }
+            C::Id { .. } => {
+                let version = env!("CARGO_PKG_VERSION");
+                let line = format!("* ID (\"name\" \"sealpost\" \"version\" \"{version}\")\r\n");
+                self.conn.write(line.as_bytes()).await?;
+                Ok(Done::ok("ID completed"))
+            }
+            C::Enable { capabilities } => self.enable(capabilities.as_ref()).await,
+            C::Namespace => {
+                self.conn
+                    .write(b"* NAMESPACE ((\"\" \"/\")) NIL NIL\r\n")
+                    .await?;
+                Ok(Done::ok("NAMESPACE completed"))
+            }
+            C::Select {
+                mailbox,
+                parameters,
+            } => self.select(mailbox, parameters, false).await,
+            C::Examine {
+                mailbox,
+                parameters,
+            } => self.select(mailbox, parameters, true).await,
+            C::Create { mailbox } => self.create(mailbox).await,
+            C::Delete { mailbox } => self.delete(mailbox).await,
+            C::Rename { from, to } => self.rename(from, to).await,
+            C::Subscribe { mailbox } => self.subscribe(mailbox, true).await,
+            C::Unsubscribe { mailbox } => self.subscribe(mailbox, false).await,
+            C::List {
+                reference,
+                mailbox_wildcard,
+            } => self.list_basic(reference, mailbox_wildcard, false).await,
+            C::Lsub {
+                reference,
+                mailbox_wildcard,
+            } => self.list_basic(reference, mailbox_wildcard, true).await,
+            C::Status {
+                mailbox,
+                item_names,
+            } => self.status(mailbox, item_names.as_ref()).await,
+            C::Append {
+                mailbox,
+                flags,
+                date,
+                message,
+            } => self.append(mailbox, flags, date, message).await,
+            C::Unselect => {
+                self.close(false).await;
+                Ok(Done::ok("UNSELECT completed"))
+            }
+            C::Close => {
+                self.close(true).await;
+                Ok(Done::ok("CLOSE completed"))
+            }
+            C::Expunge => self.expunge(None).await,
+            C::ExpungeUid { sequence_set } => self.expunge(Some(sequence_set)).await,
+            C::Search {
+                charset,
+                criteria,
+                uid,
+            } => self.search(charset, criteria, uid).await,
+            C::Fetch {
+                sequence_set,
+                macro_or_item_names,
+                uid,
+                modifiers,
+            } => {
+                self.fetch(sequence_set, macro_or_item_names, uid, modifiers)
+                    .await
+            }
+            C::Store {
+                sequence_set,
+                kind,
+                response,
+                flags,
+                uid,
+                modifiers,
+            } => {
+                self.store(sequence_set, kind, response, flags, uid, modifiers)
+                    .await
+            }
+            C::Copy {
+                sequence_set,
+                mailbox,
+                uid,
+            } => self.copy(sequence_set, mailbox, uid, false).await,
+            C::Move {
+                sequence_set,
+                mailbox,
+                uid,
+            } => self.copy(sequence_set, mailbox, uid, true).await,
+            C::StartTLS | C::Authenticate { .. } | C::Idle => {
+                Err(CmdError::bad("unexpected command"))
+            }
+            other => Err(CmdError::bad(format!("{} is not supported", other.name()))),
+        }
+    }
+
+    /// The tagged response, after the untagged updates the session owes the client.
+    pub(super) async fn finish(
+        &mut self,
+        tag: &str,
+        result: CmdResult,
+        expunges_allowed: bool,
+    ) -> Result<(), ConnError> {
+        if let Err(CmdError::Conn(error)) = result {
+            if matches!(self.state, State::Logout) {
+                self.conn.flush().await?;
+                return Ok(());
+            }
+            return Err(error);
+        }
+        if let Err(error) = self.catch_up(expunges_allowed).await {
+            tracing::warn!(peer = %self.peer, %error, "imap: cannot read mailbox changes");
+        }
+        let mut out = Out::default();
+        match result {
+            Ok(Done::Ok { code, text }) => {
+                out.status(tag, "OK", code.as_deref(), &text);
+            }
+            Err(error) => {
+                let (kind, code, text) = describe(&error);
+                if kind == "BAD" {
+                    self.count_bad().await?;
+                }
+                if matches!(error, CmdError::Store(_) | CmdError::Join(_)) {
+                    let user = self.user().map(|u| u.name.clone()).unwrap_or_default();
+                    tracing::error!(peer = %self.peer, %user, %error, "imap: command failed");
+                }
+                out.status(tag, kind, code, &text);
+            }
+        }
+        self.conn.write(&out.bytes).await
+    }
+
+    /// Tells the client what other sessions (and the sync) changed in the selected mailbox:
+    /// EXPUNGE (or VANISHED with QRESYNC), EXISTS and RECENT, FETCH FLAGS — in that order,
+    /// so sequence numbers stay right in both sessions.
+    pub(super) async fn catch_up(&mut self, expunges_allowed: bool) -> Result<(), CmdError> {
+        let State::Selected(_, selected) = &self.state else {
+            return Ok(());
+        };
+        if !expunges_allowed {
+            return Ok(());
+        }
+        let store = self.shared.store.clone();
+        let (mailbox, known, read_only) =
+            (selected.mailbox.id, selected.modseq, selected.read_only);
+        let changes =
+            tokio::task::spawn_blocking(move || store.changes_since(mailbox, known)).await??;
+        if changes.highestmodseq <= known {
+            return Ok(());
+        }
+        let claimed = if !read_only
+            && changes
+                .rows
+                .iter()
+                .any(|(uid, ..)| Some(uid) > self.view_last().as_ref())
+        {
+            let store = self.shared.store.clone();
+            Some(tokio::task::spawn_blocking(move || store.claim_recent(mailbox)).await??)
+        } else {
+            None
+        };
+        let State::Selected(_, selected) = &mut self.state else {
+            return Ok(());
+        };
+        let mut out = Out::default();
+        // Expunges first, each numbered against the view as it is at that moment.
+        let gone: Vec<u32> = changes
+            .expunged
+            .iter()
+            .copied()
+            .filter(|u| selected.uids.binary_search(u).is_ok())
+            .collect();
+        if self.qresync && !gone.is_empty() {
+            out.text("* VANISHED ")
+                .text(&super::render::sequence_set(&gone))
+                .crlf();
+            selected.uids.retain(|u| gone.binary_search(u).is_err());
+        } else {
+            for uid in &gone {
+                if let Ok(i) = selected.uids.binary_search(uid) {
+                    out.text("* ").num(i + 1).text(" EXPUNGE").crlf();
+                    selected.uids.remove(i);
+                }
+            }
+        }
+        let last = selected.uids.last().copied().unwrap_or(0);
+        let new: Vec<u32> = changes
+            .rows
+            .iter()
+            .map(|r| r.0)
+            .filter(|&u| u > last)
+            .collect();
+        if let Some(range) = claimed {
+            selected.recent.push(range);
+        }
+        if !new.is_empty() {
+            selected.uids.extend(&new);
+            let recent = selected
+                .uids
+                .iter()
+                .filter(|&&u| selected.is_recent(u))
+                .count();
+            out.text("* ")
+                .num(selected.uids.len())
+                .text(" EXISTS")
+                .crlf();
+            out.text("* ").num(recent).text(" RECENT").crlf();
+        }
+        for (uid, flags, modseq) in &changes.rows {
+            if *uid > last || selected.own.get(uid) == Some(modseq) {
+                continue;
+            }
+            let Some(seq) = selected.seq_of(*uid) else {
+                continue;
+            };
+            out.text("* ")
+                .num(seq)
+                .text(" FETCH (UID ")
+                .num(uid)
+                .text(" FLAGS ");
+            let recent = selected.is_recent(*uid).then_some("\\Recent");
+            out.flags(flags.iter().chain(recent));
+            if self.condstore {
+                out.text(" MODSEQ (").num(modseq).text(")");
+            }
+            out.text(")").crlf();
+        }
+        selected.own.clear();
+        selected.modseq = changes.highestmodseq;
+        self.conn.write(&out.bytes).await?;
+        Ok(())
+    }
+
+    fn view_last(&self) -> Option<u32> {
+        match &self.state {
+            State::Selected(_, s) => Some(s.uids.last().copied().unwrap_or(0)),
+            _ => None,
+        }
+    }
+
+    pub(super) fn user(&self) -> Option<&User> {
+        match &self.state {
+            State::Authenticated(user) | State::Selected(user, _) => Some(user),
+            _ => None,
+        }
+    }
+
+    pub(super) fn selected(&mut self) -> Result<&mut Selected, CmdError> {
+        match &mut self.state {
+            State::Selected(_, selected) => Ok(selected),
+            _ => Err(CmdError::bad("no mailbox selected")),
+        }
+    }
+
+    /// Leaves the selected mailbox; CLOSE also expunges (RFC 3501 §6.4.2) silently.
+    async fn close(&mut self, expunge: bool) {
+        let State::Selected(user, selected) = std::mem::replace(&mut self.state, State::Logout)
+        else {
+            return;
+        };
+        if expunge && !selected.read_only {
+            let store = self.shared.store.clone();
+            let id = selected.mailbox.id;
+            let expunged = tokio::task::spawn_blocking(move || {
+                store.expunge(id, None, crate::store::Origin::Client)
+            })
+            .await;
+            if let Ok(Err(error)) = expunged {
+                tracing::warn!(%error, "imap: CLOSE could not expunge");
+            }
+        }
+        self.state = State::Authenticated(user);
+    }
+
+    pub fn capabilities(&self) -> String {
+        let mut caps = vec!["IMAP4rev1", "LITERAL+", "SASL-IR", "ID", "ENABLE", "IDLE"];
+        if !self.authenticated() {
+            if !self.tls && self.mode == TlsMode::Starttls {
+                caps.push("STARTTLS");
+            }
+            caps.push(if self.login_allowed() {
+                "AUTH=PLAIN"
+            } else {
+                "LOGINDISABLED"
+            });
+            return caps.join(" ");
+        }
+        caps.extend([
+            "NAMESPACE",
+            "UNSELECT",
+            "UIDPLUS",
+            "MOVE",
+            "CHILDREN",
+            "SPECIAL-USE",
+            "LIST-EXTENDED",
+            "LIST-STATUS",
+            "CONDSTORE",
+            "QRESYNC",
+            "STATUS=SIZE",
+        ]);
+        format!(
+            "{} APPENDLIMIT={}",
+            caps.join(" "),
+            self.shared.config.limits.max_append
+        )
+    }
+
+    async fn starttls(&mut self, tag: String) -> Result<(), ConnError> {
+        if self.tls || self.mode != TlsMode::Starttls || self.authenticated() {
+            let result = Err(CmdError::bad("STARTTLS is not available here"));
+            return self.finish(&tag, result, false).await;
+        }
+        let mut out = Out::default();
+        out.status(&tag, "OK", None, "Begin TLS negotiation now");
+        self.conn.write(&out.bytes).await?;
+        self.conn.flush().await?;
+        let limits = self.shared.config.limits.clone();
+        let Some(tcp) = self.conn.take_plain() else {
+            return Err(ConnError::Closed);
+        };
+        let tls = tokio::time::timeout(Duration::from_secs(30), self.shared.tls.accept(tcp))
+            .await
+            .map_err(|_| ConnError::Closed)??;
+        self.conn = Conn::after_starttls(Stream::Tls(Box::new(tls)), greeting("unused"), &limits);
+        self.tls = true;
+        Ok(())
+    }
+
+    async fn login(&mut self, user: &str, password: &[u8]) -> CmdResult {
+        if !self.login_allowed() {
+            return Err(CmdError::no(
+                Some("PRIVACYREQUIRED"),
+                "LOGIN is disabled before TLS; use STARTTLS or the TLS port",
+            ));
+        }
+        let accounts = self.shared.accounts.clone();
+        let (user_owned, password) = (user.to_owned(), password.to_vec());
+        let found = tokio::task::spawn_blocking(move || {
+            auth::check(&accounts, &user_owned, &password).map(|a| a.name.clone())
+        })
+        .await?;
+        match found {
+            Some(name) => {
+                let store = self.shared.store.clone();
+                let account_name = name.clone();
+                let account =
+                    tokio::task::spawn_blocking(move || store.ensure_account(&account_name))
+                        .await??;
+                tracing::info!(peer = %self.peer, user = %name, "imap: logged in");
+                self.state = State::Authenticated(User { name, account });
+                Ok(Done::ok_code(
+                    format!("CAPABILITY {}", self.capabilities()),
+                    "Logged in",
+                ))
+            }
+            None => {
+                self.auth_failures += 1;
+                tracing::info!(peer = %self.peer, user, "imap: authentication failed");
+                // The same delay and answer for an unknown user and a wrong password.
+                let delay = self.shared.config.limits.auth_failure_delay_ms;
+                tokio::time::sleep(Duration::from_millis(delay)).await;
+                if self.auth_failures >= self.shared.config.limits.max_auth_failures {
+                    self.conn.write(b"* BYE Too many failed logins\r\n").await?;
+                    self.state = State::Logout;
+                }
+                Err(CmdError::no(
+                    Some("AUTHENTICATIONFAILED"),
+                    "Authentication failed",
+                ))
+            }
+        }
+    }
+
+    async fn authenticate(
+        &mut self,
+        tag: String,
+        mechanism: AuthMechanism<'static>,
+        initial: Option<Secret<std::borrow::Cow<'static, [u8]>>>,
+    ) -> Result<(), ConnError> {
+        let response = if !matches!(mechanism, AuthMechanism::Plain) {
+            Err(CmdError::no(None, "Unsupported mechanism; use PLAIN"))
+        } else if !self.login_allowed() {
+            Err(CmdError::no(
+                Some("PRIVACYREQUIRED"),
+                "AUTHENTICATE is disabled before TLS",
+            ))
+        } else {
+            let message = match initial {
+                Some(initial) => Some(initial.declassify().to_vec()),
+                None => {
+                    self.conn.authenticate_continue();
+                    self.read_auth_data().await?
+                }
+            };
+            match message.as_deref().map(auth::parse_plain) {
+                None => Err(CmdError::bad("AUTHENTICATE cancelled")),
+                Some(None) => Err(CmdError::bad("Malformed PLAIN message")),
+                Some(Some((user, password))) => self.login(&user, &password).await,
+            }
+        };
+        // imap-next must see the final status to expect commands again.
+        let text = match &response {
+            Ok(Done::Ok { text, .. }) => text.clone(),
+            Err(error) => describe(error).2,
+        };
+        let text = Text::try_from(text).unwrap_or_else(|_| Text::unvalidated("done"));
+        let status = match &response {
+            Ok(_) => Status::ok(Some(tag_of(&tag)), None, text),
+            Err(error) if describe(error).0 == "BAD" => Status::bad(Some(tag_of(&tag)), None, text),
+            Err(_) => Status::no(Some(tag_of(&tag)), None, text),
+        };
+        let Ok(status) = status;
+        self.conn.authenticate_finish(status);
+        if matches!(response, Err(CmdError::Bad(_))) {
+            self.count_bad().await?;
+        }
+        Ok(())
+    }
+
+    async fn read_auth_data(&mut self) -> Result<Option<Vec<u8>>, ConnError> {
+        loop {
+            if let Some(input) = self.conn.next_queued() {
+                return Ok(match input {
+                    Input::AuthenticateData(AuthenticateData::Continue(data)) => {
+                        Some(data.declassify().to_vec())
+                    }
+                    _ => None,
+                });
+            }
+            self.conn.flush().await?;
+            let limits = &self.shared.config.limits;
+            let wait = Duration::from_secs(limits.login_timeout_secs);
+            tokio::time::timeout(wait, self.conn.fill(limits, false))
+                .await
+                .map_err(|_| ConnError::Closed)??;
+        }
+    }
+
+    async fn enable(
+        &mut self,
+        capabilities: &[imap_next::imap_types::extensions::enable::CapabilityEnable<'_>],
+    ) -> CmdResult {
+        let mut enabled = Vec::new();
+        for capability in capabilities {
+            let name = capability.to_string().to_ascii_uppercase();
+            match name.as_str() {
+                "CONDSTORE" => {
+                    self.condstore = true;
+                    enabled.push("CONDSTORE");
+                }
+                "QRESYNC" => {
+                    self.condstore = true;
+                    self.qresync = true;
+                    enabled.push("QRESYNC");
+                }
+                _ => {}
+            }
+        }
+        let line = format!("* ENABLED {}\r\n", enabled.join(" "));
+        self.conn
+            .write(line.trim_end_matches(' ').as_bytes())
+            .await?;
+        Ok(Done::ok("ENABLE completed"))
+    }
+
+    /// The mailbox a command names, in the session's account.
+    pub(super) async fn find_mailbox(&self, wire: &[u8]) -> Result<Mailbox, CmdError> {
+        let name = super::names::validate(wire)?;
+        let account = self
+            .user()
+            .ok_or_else(|| CmdError::bad("not logged in"))?
+            .account;
+        let store = self.shared.store.clone();
+        tokio::task::spawn_blocking(move || store.mailbox(account, &name))
+            .await??
+            .ok_or(CmdError::NoMailbox)
+    }
+}
+
+fn tag_of(tag: &str) -> imap_next::imap_types::core::Tag<'static> {
+    imap_next::imap_types::core::Tag::try_from(tag.to_owned())
+        .unwrap_or_else(|_| imap_next::imap_types::core::Tag::unvalidated("x"))
+}
+
+/// The one place errors become protocol answers: (kind, response code, text).
+fn describe(error: &CmdError) -> (&'static str, Option<&'static str>, String) {
+    match error {
+        CmdError::No { code, text } => ("NO", *code, text.clone()),
+        CmdError::Bad(text) => ("BAD", None, text.clone()),
+        CmdError::NoMailbox => ("NO", Some("NONEXISTENT"), "No such mailbox".into()),
+        CmdError::Name(e) => ("NO", Some("CANNOT"), e.to_string()),
+        CmdError::Store(StoreError::NoMailbox(_)) => {
+            ("NO", Some("NONEXISTENT"), "No such mailbox".into())
+        }
+        CmdError::Store(StoreError::MailboxExists(_)) => {
+            ("NO", Some("ALREADYEXISTS"), "Mailbox already exists".into())
+        }
+        CmdError::Store(e @ (StoreError::HasChildren(_) | StoreError::InboxDelete)) => {
+            ("NO", Some("CANNOT"), e.to_string())
+        }
+        CmdError::Store(e @ StoreError::UidsExhausted(_)) => ("NO", Some("LIMIT"), e.to_string()),
+        CmdError::Store(_) | CmdError::Join(_) => (
+            "NO",
+            Some("SERVERBUG"),
+            "Internal error in the store; the error is logged".into(),
+        ),
+        CmdError::Conn(e) => ("NO", None, e.to_string()),
+    }
+}

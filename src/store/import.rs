@@ -1,0 +1,309 @@
+//! `sealpost import`: messages from an mbox file, a Maildir, a directory of message files or
+//! one message file, into one mailbox of the store.
+//!
+//! Line endings are made CRLF on the way in (IMAP serves CRLF, RFC 3501 §2.3.4; storing the
+//! served form means the bytes served are the bytes stored). mbox files are split at "From "
+//! lines and ">From " quoting is undone one level (mboxrd). Maildir flags from the ":2," info
+//! and file times become IMAP flags and INTERNALDATE.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::UNIX_EPOCH;
+
+use thiserror::Error;
+
+use super::{Flags, InternalDate, MailboxId, Origin, Prepared, Store, StoreError};
+
+/// Messages are committed in batches: one fsync per batch, and an interrupted import keeps
+/// every batch it committed.
+const BATCH: usize = 500;
+
+#[derive(Debug, Error)]
+pub enum ImportError {
+    #[error("{path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ImportReport {
+    pub imported: usize,
+    /// Empty files and empty mbox entries, which are not messages.
+    pub skipped: Vec<PathBuf>,
+}
+
+/// Imports `path` (mbox, Maildir, directory of messages or one message) into `mailbox`.
+pub fn import_path(
+    store: &Store,
+    mailbox: MailboxId,
+    path: &Path,
+) -> Result<ImportReport, ImportError> {
+    let read_error = |source| ImportError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    let mut batch = Batch {
+        store,
+        mailbox,
+        pending: Vec::new(),
+        report: ImportReport::default(),
+    };
+    let meta = fs::metadata(path).map_err(read_error)?;
+    if meta.is_dir() {
+        if path.join("cur").is_dir() || path.join("new").is_dir() {
+            for sub in ["new", "cur"] {
+                for file in sorted_files(&path.join(sub))? {
+                    let flags = maildir_flags(&file);
+                    batch.file(&file, flags)?;
+                }
+            }
+        } else {
+            for file in sorted_files(path)? {
+                batch.file(&file, Flags::default())?;
+            }
+        }
+    } else {
+        batch.file(path, Flags::default())?;
+    }
+    batch.flush()?;
+    Ok(batch.report)
+}
+
+struct Batch<'a> {
+    store: &'a Store,
+    mailbox: MailboxId,
+    pending: Vec<Prepared>,
+    report: ImportReport,
+}
+
+impl Batch<'_> {
+    fn file(&mut self, path: &Path, flags: Flags) -> Result<(), ImportError> {
+        let read_error = |source| ImportError::Read {
+            path: path.to_owned(),
+            source,
+        };
+        let bytes = fs::read(path).map_err(read_error)?;
+        let date = fs::metadata(path)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map_or_else(InternalDate::now, |d| InternalDate {
+                unix: d.as_secs() as i64,
+                tz_minutes: 0,
+            });
+        if bytes.starts_with(b"From ") {
+            let mut any = false;
+            for (postmark, message) in split_mbox(&bytes) {
+                if message.iter().all(|b| b.is_ascii_whitespace()) {
+                    continue;
+                }
+                any = true;
+                let date = postmark_date(postmark).unwrap_or(date);
+                self.push(Prepared::new(crlf(&message), Flags::default(), date))?;
+            }
+            if !any {
+                self.report.skipped.push(path.to_owned());
+            }
+        } else if bytes.iter().all(|b| b.is_ascii_whitespace()) {
+            self.report.skipped.push(path.to_owned());
+        } else {
+            self.push(Prepared::new(crlf(&bytes), flags, date))?;
+        }
+        Ok(())
+    }
+
+    fn push(&mut self, message: Prepared) -> Result<(), ImportError> {
+        self.pending.push(message);
+        if self.pending.len() >= BATCH {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), ImportError> {
+        let pending = std::mem::take(&mut self.pending);
+        let count = pending.len();
+        if count > 0 {
+            self.store
+                .append_batch(self.mailbox, pending, Origin::Sync)?;
+            self.report.imported += count;
+        }
+        Ok(())
+    }
+}
+
+fn sorted_files(dir: &Path) -> Result<Vec<PathBuf>, ImportError> {
+    let read_error = |source| ImportError::Read {
+        path: dir.to_owned(),
+        source,
+    };
+    let mut files = Vec::new();
+    if !dir.exists() {
+        return Ok(files);
+    }
+    for entry in fs::read_dir(dir).map_err(read_error)? {
+        let entry = entry.map_err(read_error)?;
+        let name = entry.file_name();
+        // Maildir's tmp/ files and dot files are not messages.
+        if name.to_string_lossy().starts_with('.') {
+            continue;
+        }
+        if entry.file_type().map_err(read_error)?.is_file() {
+            files.push(entry.path());
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// Maildir info flags (https://cr.yp.to/proto/maildir.html): ":2," then letters in ASCII order.
+fn maildir_flags(path: &Path) -> Flags {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let Some((_, info)) = name.rsplit_once(":2,") else {
+        return Flags::default();
+    };
+    Flags::new(info.chars().filter_map(|c| match c {
+        'S' => Some("\\Seen"),
+        'R' => Some("\\Answered"),
+        'F' => Some("\\Flagged"),
+        'T' => Some("\\Deleted"),
+        'D' => Some("\\Draft"),
+        _ => None,
+    }))
+}
+
+/// Splits an mbox at its "From " postmark lines; returns (postmark line, message) pairs with
+/// mboxrd quoting (">From ", ">>From " …) undone one level.
+fn split_mbox(bytes: &[u8]) -> Vec<(&[u8], Vec<u8>)> {
+    let mut out: Vec<(&[u8], Vec<u8>)> = Vec::new();
+    let mut previous_blank = true;
+    for line in bytes.split_inclusive(|&b| b == b'\n') {
+        if previous_blank && line.starts_with(b"From ") {
+            // The blank line before a postmark belongs to the mbox format, not the message.
+            if let Some((_, message)) = out.last_mut() {
+                trim_one_blank_line(message);
+            }
+            out.push((line, Vec::new()));
+            previous_blank = false;
+            continue;
+        }
+        previous_blank = line == b"\n" || line == b"\r\n";
+        if let Some((_, message)) = out.last_mut() {
+            let quoted = line.iter().take_while(|&&b| b == b'>').count();
+            if quoted > 0 && line[quoted..].starts_with(b"From ") {
+                message.extend_from_slice(&line[1..]);
+            } else {
+                message.extend_from_slice(line);
+            }
+        }
+    }
+    out
+}
+
+fn trim_one_blank_line(message: &mut Vec<u8>) {
+    if message.ends_with(b"\r\n\r\n") {
+        message.truncate(message.len() - 2);
+    } else if message.ends_with(b"\n\n") {
+        message.truncate(message.len() - 1);
+    }
+}
+
+/// The date of an mbox postmark, "From sender Thu Nov 19 10:00:00 2026" (asctime, UTC).
+fn postmark_date(line: &[u8]) -> Option<InternalDate> {
+    let text = std::str::from_utf8(line).ok()?;
+    let fields: Vec<&str> = text.split_whitespace().collect();
+    // From, sender, weekday, month, day, time, year
+    let [.., month, day, time, year] = fields.as_slice() else {
+        return None;
+    };
+    let month = MONTHS.iter().position(|m| m.eq_ignore_ascii_case(month))? as u32 + 1;
+    let day: u32 = day.parse().ok()?;
+    let year: i64 = year.parse().ok()?;
+    let mut hms = time.split(':').map(|p| p.parse::<i64>());
+    let (h, m, s) = (
+        hms.next()?.ok()?,
+        hms.next()?.ok()?,
+        hms.next().unwrap_or(Ok(0)).ok()?,
+    );
+    Some(InternalDate {
+        unix: days_from_civil(year, month, day)? * 86_400 + h * 3600 + m * 60 + s,
+        tz_minutes: 0,
+    })
+}
+
+pub(crate) const MONTHS: [&str; 12] = [
+    "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+];
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
+pub(crate) fn days_from_civil(year: i64, month: u32, day: u32) -> Option<i64> {
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) {
+        return None;
+    }
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let m = month as i64;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + day as i64 - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    Some(era * 146_097 + doe - 719_468)
+}
+
+/// Bare LF becomes CRLF; existing CRLF is kept.
+pub fn crlf(bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bytes.len() + bytes.len() / 32);
+    let mut previous = 0u8;
+    for &b in bytes {
+        if b == b'\n' && previous != b'\r' {
+            out.push(b'\r');
+        }
+        out.push(b);
+        previous = b;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mbox_split_undoes_one_level_of_quoting_and_drops_the_separator_line() {
+        let mbox = b"From a@b Thu Nov 19 10:00:00 2026\nSubject: one\n\n>From here\n>>From there\n\nFrom c@d Fri Nov 20 11:30:15 2026\nSubject: two\n\nbody\n";
+        let messages = split_mbox(mbox);
+        assert_eq!(messages.len(), 2);
+        assert_eq!(messages[0].1, b"Subject: one\n\nFrom here\n>From there\n");
+        assert_eq!(messages[1].1, b"Subject: two\n\nbody\n");
+        let date = postmark_date(messages[1].0).unwrap();
+        assert_eq!(date.unix, 1_795_174_215);
+    }
+
+    #[test]
+    fn maildir_info_flags() {
+        let flags = maildir_flags(Path::new("/x/cur/123.host:2,FRST"));
+        assert_eq!(
+            flags.iter().collect::<Vec<_>>(),
+            ["\\Flagged", "\\Answered", "\\Seen", "\\Deleted"]
+        );
+        assert!(maildir_flags(Path::new("/x/new/123.host")).is_empty());
+    }
+
+    #[test]
+    fn crlf_only_touches_bare_lf() {
+        assert_eq!(crlf(b"a\nb\r\nc\r"), b"a\r\nb\r\nc\r");
+    }
+
+    #[test]
+    fn civil_days() {
+        assert_eq!(days_from_civil(1970, 1, 1), Some(0));
+        assert_eq!(days_from_civil(2000, 3, 1), Some(11_017));
+        assert_eq!(days_from_civil(2026, 13, 1), None);
+    }
+}

@@ -1,0 +1,1337 @@
+//! The local message store (SQLite through rusqlite).
+//!
+//! Immutable content is kept once per SHA-256 with its exact bytes and with what IMAP needs of
+//! it (ENVELOPE, BODY, BODYSTRUCTURE, part offsets), computed once at insert. Mutable state
+//! lives per mailbox: UID, flags and keywords, MODSEQ, INTERNALDATE. Expunges leave tombstones
+//! for QRESYNC, and changes made by IMAP clients are journaled for the sync side to write back.
+//!
+//! One writer connection (behind a mutex, so writes are serialised) and a pool of readers; WAL
+//! lets readers go on while the writer commits. `synchronous=FULL`: a message acknowledged to
+//! a client survives a crash or power loss. Every method blocks: async callers use
+//! `spawn_blocking`. Every committed write bumps a change counter that sessions watch (IDLE).
+
+mod import;
+mod schema;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Transaction};
+use sha2::{Digest, Sha256};
+use thiserror::Error;
+use tokio::sync::watch;
+
+use crate::imap::summary::{summarize, PartMap, PartMapError};
+
+pub use import::{crlf, import_path, ImportError, ImportReport};
+pub(crate) use import::{days_from_civil, MONTHS};
+
+pub type AccountId = i64;
+pub type MailboxId = i64;
+
+/// Mailboxes every account gets, with their RFC 6154 special-use attribute.
+pub const DEFAULT_MAILBOXES: [(&str, Option<SpecialUse>); 6] = [
+    ("INBOX", None),
+    ("Drafts", Some(SpecialUse::Drafts)),
+    ("Sent", Some(SpecialUse::Sent)),
+    ("Trash", Some(SpecialUse::Trash)),
+    ("Junk", Some(SpecialUse::Junk)),
+    ("Archive", Some(SpecialUse::Archive)),
+];
+
+/// The hierarchy delimiter of every mailbox name (RFC 3501 §5.1.1).
+pub const DELIMITER: char = '/';
+
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("cannot open the store {path}: {source}")]
+    Open {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error("cannot migrate the store {path}: {source}")]
+    Migrate {
+        path: PathBuf,
+        source: rusqlite_migration::Error,
+    },
+    #[error("store: {0}")]
+    Sql(#[from] rusqlite::Error),
+    #[error("store: damaged part map: {0}")]
+    PartMap(#[from] PartMapError),
+    #[error("no such account {0:?}")]
+    NoAccount(String),
+    #[error("no such mailbox {0:?}")]
+    NoMailbox(String),
+    #[error("mailbox {0:?} already exists")]
+    MailboxExists(String),
+    #[error("mailbox {0:?} has child mailboxes; delete them first")]
+    HasChildren(String),
+    #[error("INBOX cannot be deleted")]
+    InboxDelete,
+    #[error("mailbox {0:?} has used up its 32-bit UID space")]
+    UidsExhausted(String),
+    #[error("store: the writer lock was poisoned by a crash in another thread")]
+    Poisoned,
+}
+
+/// RFC 6154 special-use attributes sealpost creates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpecialUse {
+    Drafts,
+    Sent,
+    Trash,
+    Junk,
+    Archive,
+}
+
+impl SpecialUse {
+    pub fn attribute(self) -> &'static str {
+        match self {
+            SpecialUse::Drafts => "\\Drafts",
+            SpecialUse::Sent => "\\Sent",
+            SpecialUse::Trash => "\\Trash",
+            SpecialUse::Junk => "\\Junk",
+            SpecialUse::Archive => "\\Archive",
+        }
+    }
+
+    fn parse(text: &str) -> Option<SpecialUse> {
+        DEFAULT_MAILBOXES
+            .iter()
+            .filter_map(|(_, use_)| *use_)
+            .find(|u| u.attribute().eq_ignore_ascii_case(text))
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Mailbox {
+    pub id: MailboxId,
+    pub account: AccountId,
+    /// The name in UTF-8; the IMAP layer converts to and from modified UTF-7.
+    pub name: String,
+    pub uidvalidity: u32,
+    pub uidnext: u32,
+    pub highestmodseq: u64,
+    pub special_use: Option<SpecialUse>,
+    pub subscribed: bool,
+}
+
+/// Where a change came from: client changes are journaled for write-back upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    Client,
+    Sync,
+}
+
+/// INTERNALDATE (RFC 3501 §2.3.3) with the zone it was given in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InternalDate {
+    pub unix: i64,
+    pub tz_minutes: i32,
+}
+
+impl InternalDate {
+    pub fn now() -> InternalDate {
+        InternalDate {
+            unix: unix_now(),
+            tz_minutes: 0,
+        }
+    }
+}
+
+/// A message's flags and keywords, kept in the order first set, unique case-insensitively
+/// (RFC 3501 §2.3.2: flags are case-insensitive).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Flags(Vec<String>);
+
+impl Flags {
+    pub fn new<I: IntoIterator<Item = S>, S: Into<String>>(flags: I) -> Flags {
+        let mut out = Flags::default();
+        for flag in flags {
+            out.insert(flag.into());
+        }
+        out
+    }
+
+    fn from_column(text: &str) -> Flags {
+        Flags(
+            text.split(' ')
+                .filter(|f| !f.is_empty())
+                .map(str::to_owned)
+                .collect(),
+        )
+    }
+
+    fn to_column(&self) -> String {
+        self.0.join(" ")
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(String::as_str)
+    }
+
+    pub fn contains(&self, flag: &str) -> bool {
+        self.0.iter().any(|f| f.eq_ignore_ascii_case(flag))
+    }
+
+    pub fn insert(&mut self, flag: String) {
+        // \Recent is session state, never stored (RFC 3501 §2.3.2).
+        if !self.contains(&flag) && !flag.eq_ignore_ascii_case("\\Recent") {
+            self.0.push(canonical_flag(flag));
+        }
+    }
+
+    pub fn remove(&mut self, flag: &str) {
+        self.0.retain(|f| !f.eq_ignore_ascii_case(flag));
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Applies a STORE operation; true when anything changed.
+    pub fn apply(&mut self, op: FlagOp, flags: &Flags) -> bool {
+        let before = self.clone();
+        match op {
+            FlagOp::Add => flags.iter().for_each(|f| self.insert(f.to_owned())),
+            FlagOp::Remove => flags.iter().for_each(|f| self.remove(f)),
+            FlagOp::Replace => *self = flags.clone(),
+        }
+        let mut a = before.0.clone();
+        let mut b = self.0.clone();
+        a.sort_by_key(|f| f.to_ascii_lowercase());
+        b.sort_by_key(|f| f.to_ascii_lowercase());
+        a != b
+    }
+}
+
+/// System flags are written in their RFC 3501 spelling whatever case the client used.
+fn canonical_flag(flag: String) -> String {
+    const SYSTEM: [&str; 5] = ["\\Seen", "\\Answered", "\\Flagged", "\\Deleted", "\\Draft"];
+    SYSTEM
+        .iter()
+        .find(|s| s.eq_ignore_ascii_case(&flag))
+        .map_or(flag, |s| (*s).to_owned())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlagOp {
+    Add,
+    Remove,
+    Replace,
+}
+
+/// One message's mutable state in one mailbox.
+#[derive(Debug, Clone)]
+pub struct MessageRow {
+    pub uid: u32,
+    pub content: i64,
+    pub flags: Flags,
+    pub modseq: u64,
+    pub internaldate: InternalDate,
+    pub size: u32,
+}
+
+/// Which parts of a message's content a FETCH or SEARCH needs.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Need {
+    pub raw: bool,
+    pub header: bool,
+    pub envelope: bool,
+    pub body: bool,
+    pub bodystructure: bool,
+    pub parts: bool,
+}
+
+/// The content columns asked for in a [`Need`]; the others are empty.
+#[derive(Debug, Clone, Default)]
+pub struct ContentData {
+    pub raw: Vec<u8>,
+    pub header: Vec<u8>,
+    pub envelope: Vec<u8>,
+    pub body: Vec<u8>,
+    pub bodystructure: Vec<u8>,
+    pub parts: Option<PartMap>,
+}
+
+/// What a session needs to catch up with other sessions' changes.
+#[derive(Debug, Default)]
+pub struct Changes {
+    /// Messages changed or added after the given MODSEQ, in UID order.
+    pub rows: Vec<(u32, Flags, u64)>,
+    /// UIDs expunged after the given MODSEQ, ascending.
+    pub expunged: Vec<u32>,
+    pub highestmodseq: u64,
+    pub uidnext: u32,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct MailboxStatus {
+    pub messages: u32,
+    pub recent: u32,
+    pub unseen: u32,
+    pub uidnext: u32,
+    pub uidvalidity: u32,
+    pub highestmodseq: u64,
+    pub size: u64,
+    pub keywords: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Appended {
+    pub uid: u32,
+    pub uidvalidity: u32,
+    pub modseq: u64,
+}
+
+/// The outcome of a STORE.
+#[derive(Debug, Default)]
+pub struct Stored {
+    /// Every message the STORE applied to, changed or not: (uid, flags, modseq, changed).
+    pub rows: Vec<(u32, Flags, u64, bool)>,
+    /// Messages left alone because their MODSEQ was above UNCHANGEDSINCE (RFC 7162 §3.1.3).
+    pub modified: Vec<u32>,
+}
+
+/// A message prepared for insertion: hashed and summarised outside the writer lock.
+pub struct Prepared {
+    sha256: [u8; 32],
+    raw: Vec<u8>,
+    flags: Flags,
+    internaldate: InternalDate,
+}
+
+impl Prepared {
+    pub fn new(raw: Vec<u8>, flags: Flags, internaldate: InternalDate) -> Prepared {
+        Prepared {
+            sha256: Sha256::digest(&raw).into(),
+            raw,
+            flags,
+            internaldate,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    writer: Mutex<Connection>,
+    readers: Mutex<Vec<Connection>>,
+    changed: watch::Sender<u64>,
+}
+
+impl Store {
+    /// Opens (creating if needed) the store at `path` and brings its schema up to date.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| StoreError::Open {
+                path: path.to_owned(),
+                source: rusqlite::Error::InvalidPath(PathBuf::from(format!(
+                    "{}: {e}",
+                    dir.display()
+                ))),
+            })?;
+        }
+        let mut writer = open_connection(path, false)?;
+        schema::migrations()
+            .to_latest(&mut writer)
+            .map_err(|source| StoreError::Migrate {
+                path: path.to_owned(),
+                source,
+            })?;
+        Ok(Store {
+            inner: Arc::new(Inner {
+                path: path.to_owned(),
+                writer: Mutex::new(writer),
+                readers: Mutex::new(Vec::new()),
+                changed: watch::channel(0).0,
+            }),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// A receiver that sees a new value after every committed write.
+    pub fn watch(&self) -> watch::Receiver<u64> {
+        self.inner.changed.subscribe()
+    }
+
+    fn writer(&self) -> Result<MutexGuard<'_, Connection>, StoreError> {
+        self.inner.writer.lock().map_err(|_| StoreError::Poisoned)
+    }
+
+    fn notify(&self) {
+        self.inner.changed.send_modify(|n| *n += 1);
+    }
+
+    fn read<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let pooled = self
+            .inner
+            .readers
+            .lock()
+            .map_err(|_| StoreError::Poisoned)?
+            .pop();
+        let conn = match pooled {
+            Some(conn) => conn,
+            None => open_connection(&self.inner.path, true)?,
+        };
+        let result = f(&conn);
+        if let Ok(mut pool) = self.inner.readers.lock() {
+            if pool.len() < 8 {
+                pool.push(conn);
+            }
+        }
+        result
+    }
+
+    fn write<T>(
+        &self,
+        f: impl FnOnce(&Transaction<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut conn = self.writer()?;
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let value = f(&tx)?;
+        tx.commit()?;
+        drop(conn);
+        self.notify();
+        Ok(value)
+    }
+
+    // ---- accounts and mailboxes ----
+
+    /// The account's id, creating it with the default mailboxes when it does not exist yet.
+    pub fn ensure_account(&self, name: &str) -> Result<AccountId, StoreError> {
+        if let Some(id) = self.account(name)? {
+            return Ok(id);
+        }
+        self.write(|tx| {
+            tx.execute("INSERT OR IGNORE INTO accounts (name) VALUES (?1)", [name])?;
+            let id: AccountId =
+                tx.query_row("SELECT id FROM accounts WHERE name = ?1", [name], |r| {
+                    r.get(0)
+                })?;
+            for (mailbox, special_use) in DEFAULT_MAILBOXES {
+                if find_mailbox(tx, id, mailbox)?.is_none() {
+                    insert_mailbox(tx, id, mailbox, special_use, true)?;
+                }
+            }
+            Ok(id)
+        })
+    }
+
+    pub fn account(&self, name: &str) -> Result<Option<AccountId>, StoreError> {
+        self.read(|c| {
+            Ok(
+                c.query_row("SELECT id FROM accounts WHERE name = ?1", [name], |r| {
+                    r.get(0)
+                })
+                .optional()?,
+            )
+        })
+    }
+
+    pub fn mailboxes(&self, account: AccountId) -> Result<Vec<Mailbox>, StoreError> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "{MAILBOX_COLUMNS} WHERE account = ?1 ORDER BY name"
+            ))?;
+            let rows = stmt.query_map([account], mailbox_from_row)?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    pub fn mailbox(&self, account: AccountId, name: &str) -> Result<Option<Mailbox>, StoreError> {
+        self.read(|c| find_mailbox(c, account, name))
+    }
+
+    pub fn mailbox_by_id(&self, id: MailboxId) -> Result<Mailbox, StoreError> {
+        self.read(|c| {
+            c.query_row(
+                &format!("{MAILBOX_COLUMNS} WHERE id = ?1"),
+                [id],
+                mailbox_from_row,
+            )
+            .optional()?
+            .ok_or_else(|| StoreError::NoMailbox(format!("#{id}")))
+        })
+    }
+
+    pub fn create_mailbox(
+        &self,
+        account: AccountId,
+        name: &str,
+        special_use: Option<SpecialUse>,
+    ) -> Result<Mailbox, StoreError> {
+        self.write(|tx| {
+            if find_mailbox(tx, account, name)?.is_some() {
+                return Err(StoreError::MailboxExists(name.to_owned()));
+            }
+            create_parents(tx, account, name)?;
+            let id = insert_mailbox(tx, account, name, special_use, false)?;
+            tx.query_row(
+                &format!("{MAILBOX_COLUMNS} WHERE id = ?1"),
+                [id],
+                mailbox_from_row,
+            )
+            .map_err(StoreError::from)
+        })
+    }
+
+    /// RFC 3501 §6.3.4: a mailbox with inferiors is not deleted (sealpost does not keep
+    /// \Noselect placeholders). Its messages go, and its UIDVALIDITY is never used again.
+    pub fn delete_mailbox(&self, account: AccountId, name: &str) -> Result<(), StoreError> {
+        if name.eq_ignore_ascii_case("INBOX") {
+            return Err(StoreError::InboxDelete);
+        }
+        self.write(|tx| {
+            let mailbox = find_mailbox(tx, account, name)?
+                .ok_or_else(|| StoreError::NoMailbox(name.to_owned()))?;
+            let prefix = format!("{}{DELIMITER}", mailbox.name);
+            let children: i64 = tx.query_row(
+                "SELECT count(*) FROM mailboxes WHERE account = ?1 AND substr(name, 1, ?2) = ?3",
+                params![account, prefix.len() as i64, prefix],
+                |r| r.get(0),
+            )?;
+            if children > 0 {
+                return Err(StoreError::HasChildren(name.to_owned()));
+            }
+            let contents = contents_of(tx, mailbox.id, None)?;
+            tx.execute("DELETE FROM messages WHERE mailbox = ?1", [mailbox.id])?;
+            tx.execute("DELETE FROM expunged WHERE mailbox = ?1", [mailbox.id])?;
+            tx.execute("DELETE FROM mailboxes WHERE id = ?1", [mailbox.id])?;
+            collect_garbage(tx, &contents)?;
+            journal(tx, account, name, 0, "delete-mailbox", "")?;
+            Ok(())
+        })
+    }
+
+    /// RFC 3501 §6.3.5: renames the mailbox and its inferiors; renaming INBOX moves its
+    /// messages into a new mailbox and leaves INBOX empty.
+    pub fn rename_mailbox(
+        &self,
+        account: AccountId,
+        from: &str,
+        to: &str,
+    ) -> Result<(), StoreError> {
+        self.write(|tx| {
+            let source = find_mailbox(tx, account, from)?
+                .ok_or_else(|| StoreError::NoMailbox(from.to_owned()))?;
+            if find_mailbox(tx, account, to)?.is_some() {
+                return Err(StoreError::MailboxExists(to.to_owned()));
+            }
+            create_parents(tx, account, to)?;
+            if source.name == "INBOX" {
+                let target = insert_mailbox(tx, account, to, None, false)?;
+                let uids: Vec<u32> = {
+                    let mut stmt = tx.prepare("SELECT uid FROM messages WHERE mailbox = ?1")?;
+                    let rows = stmt.query_map([source.id], |r| r.get(0))?;
+                    rows.collect::<Result<_, _>>()?
+                };
+                let target = find_mailbox_id(tx, target)?;
+                copy_rows(tx, &source, &uids, &target)?;
+                expunge_rows(tx, &source, &uids)?;
+            } else {
+                let prefix = format!("{}{DELIMITER}", source.name);
+                tx.execute(
+                    "UPDATE mailboxes SET name = ?2 || substr(name, ?3)
+                     WHERE account = ?1 AND substr(name, 1, ?4) = ?5",
+                    params![
+                        account,
+                        format!("{to}{DELIMITER}"),
+                        prefix.len() as i64 + 1,
+                        prefix.len() as i64,
+                        prefix
+                    ],
+                )?;
+                tx.execute(
+                    "UPDATE mailboxes SET name = ?2 WHERE id = ?1",
+                    params![source.id, to],
+                )?;
+            }
+            journal(tx, account, from, 0, "rename-mailbox", to)?;
+            Ok(())
+        })
+    }
+
+    pub fn set_subscribed(&self, mailbox: MailboxId, subscribed: bool) -> Result<(), StoreError> {
+        self.write(|tx| {
+            tx.execute(
+                "UPDATE mailboxes SET subscribed = ?2 WHERE id = ?1",
+                params![mailbox, subscribed],
+            )?;
+            Ok(())
+        })
+    }
+
+    // ---- messages ----
+
+    /// Stores one message in a mailbox; the content is kept once however many mailboxes
+    /// hold it. Returns the new UID once it is durable.
+    pub fn append(
+        &self,
+        mailbox: MailboxId,
+        message: Prepared,
+        origin: Origin,
+    ) -> Result<Appended, StoreError> {
+        Ok(self.append_batch(mailbox, vec![message], origin)?[0])
+    }
+
+    /// Stores many messages in one transaction (one fsync), in order.
+    pub fn append_batch(
+        &self,
+        mailbox: MailboxId,
+        messages: Vec<Prepared>,
+        origin: Origin,
+    ) -> Result<Vec<Appended>, StoreError> {
+        // Summaries are computed before taking the writer lock: parsing is the slow part.
+        let mut fresh = Vec::with_capacity(messages.len());
+        for message in &messages {
+            let known = self.read(|c| content_id(c, &message.sha256))?;
+            fresh.push(match known {
+                Some(_) => None,
+                None => Some(summarize(&message.raw)),
+            });
+        }
+        self.write(|tx| {
+            let mut mb = find_mailbox_id(tx, mailbox)?;
+            let modseq = mb.highestmodseq + 1;
+            let mut out = Vec::with_capacity(messages.len());
+            for (message, summary) in messages.iter().zip(fresh) {
+                let content = match content_id(tx, &message.sha256)? {
+                    Some(id) => id,
+                    None => {
+                        let summary = summary.unwrap_or_else(|| summarize(&message.raw));
+                        tx.prepare_cached(
+                            "INSERT INTO contents
+                             (sha256, size, raw, envelope, body, bodystructure, parts)
+                             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                        )?
+                        .execute(params![
+                            &message.sha256[..],
+                            message.raw.len() as i64,
+                            message.raw,
+                            summary.envelope,
+                            summary.body,
+                            summary.bodystructure,
+                            summary.parts.to_bytes(),
+                        ])?;
+                        tx.last_insert_rowid()
+                    }
+                };
+                let uid = next_uid(&mut mb)?;
+                tx.prepare_cached(
+                    "INSERT INTO messages (mailbox, uid, content, flags, modseq, internaldate,
+                     tz_minutes) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                )?
+                .execute(params![
+                    mailbox,
+                    uid,
+                    content,
+                    message.flags.to_column(),
+                    modseq as i64,
+                    message.internaldate.unix,
+                    message.internaldate.tz_minutes
+                ])?;
+                if origin == Origin::Client {
+                    journal(tx, mb.account, &mb.name, uid, "append", "")?;
+                }
+                out.push(Appended {
+                    uid,
+                    uidvalidity: mb.uidvalidity,
+                    modseq,
+                });
+            }
+            save_counters(tx, &mb, modseq)?;
+            Ok(out)
+        })
+    }
+
+    /// The UIDs of a mailbox, ascending: a session's sequence-number map.
+    pub fn uids(&self, mailbox: MailboxId) -> Result<Vec<u32>, StoreError> {
+        self.read(|c| {
+            let mut stmt =
+                c.prepare_cached("SELECT uid FROM messages WHERE mailbox = ?1 ORDER BY uid")?;
+            let rows = stmt.query_map([mailbox], |r| r.get(0))?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+    }
+
+    /// The state of the messages with UIDs in `lo..=hi`, ascending.
+    pub fn rows(
+        &self,
+        mailbox: MailboxId,
+        lo: u32,
+        hi: u32,
+    ) -> Result<Vec<MessageRow>, StoreError> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT m.uid, m.content, m.flags, m.modseq, m.internaldate, m.tz_minutes, c.size
+                 FROM messages m JOIN contents c ON c.id = m.content
+                 WHERE m.mailbox = ?1 AND m.uid BETWEEN ?2 AND ?3 ORDER BY m.uid",
+            )?;
+            let rows = stmt.query_map(params![mailbox, lo, hi], |r| {
+                Ok(MessageRow {
+                    uid: r.get(0)?,
+                    content: r.get(1)?,
+                    flags: Flags::from_column(&r.get::<_, String>(2)?),
+                    modseq: r.get::<_, i64>(3)? as u64,
+                    internaldate: InternalDate {
+                        unix: r.get(4)?,
+                        tz_minutes: r.get(5)?,
+                    },
+                    size: r.get(6)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+    }
+
+    /// The content columns `need` names, for each content id in order.
+    pub fn contents(&self, ids: &[i64], need: Need) -> Result<Vec<ContentData>, StoreError> {
+        let column = |wanted: bool, expr: &str| {
+            if wanted {
+                expr.to_owned()
+            } else {
+                "NULL".into()
+            }
+        };
+        let sql = format!(
+            "SELECT {}, {}, {}, {}, {}, {} FROM contents WHERE id = ?1",
+            column(need.raw, "raw"),
+            column(need.header && !need.raw, "raw"),
+            column(need.envelope, "envelope"),
+            column(need.body, "body"),
+            column(need.bodystructure, "bodystructure"),
+            column(need.parts || need.header, "parts"),
+        );
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(&sql)?;
+            let mut out = Vec::with_capacity(ids.len());
+            for id in ids {
+                let (raw, whole, envelope, body, bodystructure, parts) =
+                    stmt.query_row([id], |r| {
+                        Ok((
+                            r.get::<_, Option<Vec<u8>>>(0)?,
+                            r.get::<_, Option<Vec<u8>>>(1)?,
+                            r.get::<_, Option<Vec<u8>>>(2)?,
+                            r.get::<_, Option<Vec<u8>>>(3)?,
+                            r.get::<_, Option<Vec<u8>>>(4)?,
+                            r.get::<_, Option<Vec<u8>>>(5)?,
+                        ))
+                    })?;
+                let parts = parts.map(|p| PartMap::from_bytes(&p)).transpose()?;
+                let raw = raw.unwrap_or_default();
+                let header = match (&parts, need.header) {
+                    (Some(parts), true) => {
+                        let source = whole.as_deref().unwrap_or(&raw);
+                        source[..parts.header_len().min(source.len())].to_vec()
+                    }
+                    _ => Vec::new(),
+                };
+                out.push(ContentData {
+                    raw,
+                    header,
+                    envelope: envelope.unwrap_or_default(),
+                    body: body.unwrap_or_default(),
+                    bodystructure: bodystructure.unwrap_or_default(),
+                    parts: if need.parts { parts } else { None },
+                });
+            }
+            Ok(out)
+        })
+    }
+
+    /// Everything that changed in a mailbox after `modseq`.
+    pub fn changes_since(&self, mailbox: MailboxId, modseq: u64) -> Result<Changes, StoreError> {
+        self.read(|c| {
+            // One read transaction: the counters, rows and tombstones are one snapshot.
+            let c = c.unchecked_transaction()?;
+            let c = &*c;
+            let mb = find_mailbox_id(c, mailbox)?;
+            let mut changes = Changes {
+                highestmodseq: mb.highestmodseq,
+                uidnext: mb.uidnext,
+                ..Changes::default()
+            };
+            if mb.highestmodseq <= modseq {
+                return Ok(changes);
+            }
+            let mut stmt = c.prepare_cached(
+                "SELECT uid, flags, modseq FROM messages WHERE mailbox = ?1 AND modseq > ?2
+                 ORDER BY uid",
+            )?;
+            let rows = stmt.query_map(params![mailbox, modseq as i64], |r| {
+                Ok((
+                    r.get(0)?,
+                    Flags::from_column(&r.get::<_, String>(1)?),
+                    r.get::<_, i64>(2)? as u64,
+                ))
+            })?;
+            changes.rows = rows.collect::<Result<_, _>>()?;
+            let mut stmt = c.prepare_cached(
+                "SELECT uid FROM expunged WHERE mailbox = ?1 AND modseq > ?2 ORDER BY uid",
+            )?;
+            let rows = stmt.query_map(params![mailbox, modseq as i64], |r| r.get(0))?;
+            changes.expunged = rows.collect::<Result<_, _>>()?;
+            Ok(changes)
+        })
+    }
+
+    /// Claims the messages that arrived since the last claim as \Recent for the calling
+    /// session (RFC 3501 §2.3.2: \Recent in exactly one session). Returns the UID range
+    /// `floor..uidnext` that is recent for the caller.
+    pub fn claim_recent(&self, mailbox: MailboxId) -> Result<(u32, u32), StoreError> {
+        let mut conn = self.writer()?;
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let (floor, uidnext): (u32, i64) = tx.query_row(
+            "SELECT recent_floor, uidnext FROM mailboxes WHERE id = ?1",
+            [mailbox],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        tx.execute(
+            "UPDATE mailboxes SET recent_floor = ?2 WHERE id = ?1",
+            params![mailbox, uidnext],
+        )?;
+        tx.commit()?;
+        Ok((floor, uidnext.min(i64::from(u32::MAX)) as u32))
+    }
+
+    /// RFC 3501 §6.4.6 STORE and RFC 7162 §3.1.3 UNCHANGEDSINCE. All changes of one STORE
+    /// share one new MODSEQ.
+    pub fn store_flags(
+        &self,
+        mailbox: MailboxId,
+        uids: &[u32],
+        op: FlagOp,
+        flags: &Flags,
+        unchanged_since: Option<u64>,
+        origin: Origin,
+    ) -> Result<Stored, StoreError> {
+        self.write(|tx| {
+            let mb = find_mailbox_id(tx, mailbox)?;
+            let modseq = mb.highestmodseq + 1;
+            let mut stored = Stored::default();
+            let mut select = tx.prepare_cached(
+                "SELECT flags, modseq FROM messages WHERE mailbox = ?1 AND uid = ?2",
+            )?;
+            let mut update = tx.prepare_cached(
+                "UPDATE messages SET flags = ?3, modseq = ?4 WHERE mailbox = ?1 AND uid = ?2",
+            )?;
+            for &uid in uids {
+                let Some((current, current_modseq)) = select
+                    .query_row(params![mailbox, uid], |r| {
+                        Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+                    })
+                    .optional()?
+                else {
+                    continue;
+                };
+                if unchanged_since.is_some_and(|limit| current_modseq > limit) {
+                    stored.modified.push(uid);
+                    continue;
+                }
+                let mut new = Flags::from_column(&current);
+                if new.apply(op, flags) {
+                    update.execute(params![mailbox, uid, new.to_column(), modseq as i64])?;
+                    if origin == Origin::Client {
+                        journal(tx, mb.account, &mb.name, uid, "flags", &new.to_column())?;
+                    }
+                    stored.rows.push((uid, new, modseq, true));
+                } else {
+                    stored.rows.push((uid, new, current_modseq, false));
+                }
+            }
+            if stored.rows.iter().any(|row| row.3) {
+                save_counters(tx, &mb, modseq)?;
+            }
+            Ok(stored)
+        })
+    }
+
+    /// RFC 3501 §6.4.7 COPY (RFC 4315 COPYUID): returns (source UID, new UID) pairs.
+    pub fn copy(
+        &self,
+        from: MailboxId,
+        uids: &[u32],
+        to: MailboxId,
+        origin: Origin,
+    ) -> Result<(u32, Vec<(u32, u32)>), StoreError> {
+        self.write(|tx| {
+            let source = find_mailbox_id(tx, from)?;
+            let target = find_mailbox_id(tx, to)?;
+            let pairs = copy_rows(tx, &source, uids, &target)?;
+            if origin == Origin::Client {
+                for (_, uid) in &pairs {
+                    journal(tx, target.account, &target.name, *uid, "append", "")?;
+                }
+            }
+            Ok((target.uidvalidity, pairs))
+        })
+    }
+
+    /// RFC 6851 MOVE: copy and expunge in one transaction, so a crash leaves either the
+    /// original or the moved message, never both and never neither.
+    pub fn move_messages(
+        &self,
+        from: MailboxId,
+        uids: &[u32],
+        to: MailboxId,
+        origin: Origin,
+    ) -> Result<(u32, Vec<(u32, u32)>), StoreError> {
+        self.write(|tx| {
+            let source = find_mailbox_id(tx, from)?;
+            let target = find_mailbox_id(tx, to)?;
+            let pairs = copy_rows(tx, &source, uids, &target)?;
+            let moved: Vec<u32> = pairs.iter().map(|(old, _)| *old).collect();
+            expunge_rows(tx, &source, &moved)?;
+            if origin == Origin::Client {
+                for (old, new) in &pairs {
+                    let detail = format!("{}\t{new}", target.name);
+                    journal(tx, source.account, &source.name, *old, "move", &detail)?;
+                }
+            }
+            Ok((target.uidvalidity, pairs))
+        })
+    }
+
+    /// RFC 3501 §6.4.3 EXPUNGE (and RFC 4315 UID EXPUNGE with `only`): removes the messages
+    /// flagged \Deleted; returns their UIDs, ascending.
+    pub fn expunge(
+        &self,
+        mailbox: MailboxId,
+        only: Option<&[u32]>,
+        origin: Origin,
+    ) -> Result<Vec<u32>, StoreError> {
+        self.write(|tx| {
+            let mb = find_mailbox_id(tx, mailbox)?;
+            let deleted: Vec<u32> = {
+                let mut stmt = tx.prepare_cached(
+                    "SELECT uid, flags FROM messages WHERE mailbox = ?1 ORDER BY uid",
+                )?;
+                let rows = stmt.query_map([mailbox], |r| {
+                    Ok((r.get::<_, u32>(0)?, r.get::<_, String>(1)?))
+                })?;
+                let mut out = Vec::new();
+                for row in rows {
+                    let (uid, flags) = row?;
+                    let wanted = only.is_none_or(|set| set.binary_search(&uid).is_ok());
+                    if wanted && Flags::from_column(&flags).contains("\\Deleted") {
+                        out.push(uid);
+                    }
+                }
+                out
+            };
+            expunge_rows(tx, &mb, &deleted)?;
+            if origin == Origin::Client {
+                for uid in &deleted {
+                    journal(tx, mb.account, &mb.name, *uid, "expunge", "")?;
+                }
+            }
+            Ok(deleted)
+        })
+    }
+
+    /// What STATUS reports (RFC 3501 §6.3.10, RFC 8438 SIZE), and the keywords in use.
+    pub fn status(&self, mailbox: MailboxId) -> Result<MailboxStatus, StoreError> {
+        self.read(|c| {
+            let c = c.unchecked_transaction()?;
+            let mb = find_mailbox_id(&c, mailbox)?;
+            let floor: u32 = c.query_row(
+                "SELECT recent_floor FROM mailboxes WHERE id = ?1",
+                [mailbox],
+                |r| r.get(0),
+            )?;
+            let mut status = MailboxStatus {
+                uidnext: mb.uidnext,
+                uidvalidity: mb.uidvalidity,
+                highestmodseq: mb.highestmodseq,
+                ..MailboxStatus::default()
+            };
+            let mut stmt = c.prepare_cached(
+                "SELECT m.uid, m.flags, c.size FROM messages m JOIN contents c ON c.id = m.content
+                 WHERE m.mailbox = ?1",
+            )?;
+            let mut rows = stmt.query([mailbox])?;
+            while let Some(row) = rows.next()? {
+                let uid: u32 = row.get(0)?;
+                let flags = Flags::from_column(&row.get::<_, String>(1)?);
+                status.messages += 1;
+                status.size += row.get::<_, i64>(2)? as u64;
+                if uid >= floor {
+                    status.recent += 1;
+                }
+                if !flags.contains("\\Seen") {
+                    status.unseen += 1;
+                }
+                for flag in flags.iter().filter(|f| !f.starts_with('\\')) {
+                    if !status.keywords.iter().any(|k| k.eq_ignore_ascii_case(flag)) {
+                        status.keywords.push(flag.to_owned());
+                    }
+                }
+            }
+            Ok(status)
+        })
+    }
+
+    /// UIDs expunged after `modseq` (RFC 7162 §3.2.5.2 VANISHED (EARLIER)).
+    pub fn vanished_since(&self, mailbox: MailboxId, modseq: u64) -> Result<Vec<u32>, StoreError> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT uid FROM expunged WHERE mailbox = ?1 AND modseq > ?2 ORDER BY uid",
+            )?;
+            let rows = stmt.query_map(params![mailbox, modseq as i64], |r| r.get(0))?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+    }
+
+    /// Journal entries after `after` (by id), oldest first, for the sync side.
+    pub fn journal_after(&self, after: i64, limit: u32) -> Result<Vec<JournalEntry>, StoreError> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT j.id, a.name, j.mailbox, j.uid, j.kind, j.detail FROM journal j
+                 JOIN accounts a ON a.id = j.account WHERE j.id > ?1 ORDER BY j.id LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![after, limit], |r| {
+                Ok(JournalEntry {
+                    id: r.get(0)?,
+                    account: r.get(1)?,
+                    mailbox: r.get(2)?,
+                    uid: r.get(3)?,
+                    kind: r.get(4)?,
+                    detail: r.get(5)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+    }
+
+    /// Removes journal entries up to and including `upto` once they are written back.
+    pub fn journal_done(&self, upto: i64) -> Result<(), StoreError> {
+        self.write(|tx| {
+            tx.execute("DELETE FROM journal WHERE id <= ?1", [upto])?;
+            Ok(())
+        })
+    }
+
+    /// Checks the database file (`PRAGMA integrity_check`); used after a crash in tests and
+    /// by `sealpost import` before it writes.
+    pub fn integrity_check(&self) -> Result<Vec<String>, StoreError> {
+        self.read(|c| {
+            let mut stmt = c.prepare("PRAGMA integrity_check")?;
+            let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+            let found: Vec<String> = rows.collect::<Result<_, _>>()?;
+            Ok(found.into_iter().filter(|line| line != "ok").collect())
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct JournalEntry {
+    pub id: i64,
+    pub account: String,
+    pub mailbox: String,
+    pub uid: u32,
+    pub kind: String,
+    pub detail: String,
+}
+
+const MAILBOX_COLUMNS: &str = "SELECT id, account, name, uidvalidity, uidnext, highestmodseq,
+    special_use, subscribed FROM mailboxes";
+
+fn mailbox_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Mailbox> {
+    Ok(Mailbox {
+        id: r.get(0)?,
+        account: r.get(1)?,
+        name: r.get(2)?,
+        uidvalidity: r.get(3)?,
+        uidnext: r.get::<_, i64>(4)?.min(u32::MAX as i64) as u32,
+        highestmodseq: r.get::<_, i64>(5)? as u64,
+        special_use: r
+            .get::<_, Option<String>>(6)?
+            .as_deref()
+            .and_then(SpecialUse::parse),
+        subscribed: r.get(7)?,
+    })
+}
+
+fn open_connection(path: &Path, read_only: bool) -> Result<Connection, StoreError> {
+    let flags = if read_only {
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
+    } else {
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+    };
+    let open_error = |source| StoreError::Open {
+        path: path.to_owned(),
+        source,
+    };
+    let conn = Connection::open_with_flags(path, flags).map_err(open_error)?;
+    conn.busy_timeout(std::time::Duration::from_secs(30))
+        .map_err(open_error)?;
+    if !read_only {
+        // WAL: readers never block the writer; FULL: a commit is on disk before it returns.
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(open_error)?;
+    }
+    conn.pragma_update(None, "synchronous", "FULL")
+        .map_err(open_error)?;
+    conn.pragma_update(None, "foreign_keys", "ON")
+        .map_err(open_error)?;
+    Ok(conn)
+}
+
+fn find_mailbox(
+    c: &Connection,
+    account: AccountId,
+    name: &str,
+) -> Result<Option<Mailbox>, StoreError> {
+    // INBOX is case-insensitive (RFC 3501 §5.1); every other name is exact.
+    let name = if name.eq_ignore_ascii_case("INBOX") {
+        "INBOX"
+    } else {
+        name
+    };
+    Ok(c.query_row(
+        &format!("{MAILBOX_COLUMNS} WHERE account = ?1 AND name = ?2"),
+        params![account, name],
+        mailbox_from_row,
+    )
+    .optional()?)
+}
+
+/// RFC 3501 §6.3.3: superior names a new mailbox needs are created with it.
+fn create_parents(tx: &Connection, account: AccountId, name: &str) -> Result<(), StoreError> {
+    let mut end = 0;
+    while let Some(i) = name[end..].find(DELIMITER) {
+        let parent = &name[..end + i];
+        if find_mailbox(tx, account, parent)?.is_none() {
+            insert_mailbox(tx, account, parent, None, false)?;
+        }
+        end += i + 1;
+    }
+    Ok(())
+}
+
+fn find_mailbox_id(c: &Connection, id: MailboxId) -> Result<Mailbox, StoreError> {
+    c.query_row(
+        &format!("{MAILBOX_COLUMNS} WHERE id = ?1"),
+        [id],
+        mailbox_from_row,
+    )
+    .optional()?
+    .ok_or_else(|| StoreError::NoMailbox(format!("#{id}")))
+}
+
+/// A new mailbox gets a UIDVALIDITY unique in the store: the current time in seconds, or one
+/// more than the highest ever given out, whichever is larger.
+fn insert_mailbox(
+    tx: &Connection,
+    account: AccountId,
+    name: &str,
+    special_use: Option<SpecialUse>,
+    subscribed: bool,
+) -> Result<MailboxId, StoreError> {
+    let highest: i64 = tx.query_row(
+        "SELECT coalesce((SELECT value FROM store_meta WHERE key = 'uidvalidity'), 0)",
+        [],
+        |r| r.get(0),
+    )?;
+    let uidvalidity = (unix_now().clamp(1, u32::MAX as i64)).max(highest + 1);
+    if uidvalidity > u32::MAX as i64 {
+        return Err(StoreError::UidsExhausted(name.to_owned()));
+    }
+    tx.execute(
+        "INSERT INTO mailboxes (account, name, uidvalidity, special_use, subscribed)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![
+            account,
+            name,
+            uidvalidity,
+            special_use.map(SpecialUse::attribute),
+            subscribed
+        ],
+    )?;
+    let id = tx.last_insert_rowid();
+    remember_uidvalidity(tx, uidvalidity)?;
+    Ok(id)
+}
+
+/// Keeps the highest UIDVALIDITY ever handed out (see the store_meta table).
+fn remember_uidvalidity(tx: &Connection, value: i64) -> Result<(), StoreError> {
+    tx.execute(
+        "INSERT INTO store_meta (key, value) VALUES ('uidvalidity', ?1)
+         ON CONFLICT (key) DO UPDATE SET value = max(value, ?1)",
+        [value],
+    )?;
+    Ok(())
+}
+
+fn content_id(c: &Connection, sha256: &[u8; 32]) -> Result<Option<i64>, StoreError> {
+    Ok(
+        c.prepare_cached("SELECT id FROM contents WHERE sha256 = ?1")?
+            .query_row([&sha256[..]], |r| r.get(0))
+            .optional()?,
+    )
+}
+
+fn next_uid(mb: &mut Mailbox) -> Result<u32, StoreError> {
+    // RFC 3501 §2.3.1.1: UIDs are strictly ascending and never reused; at 2^32-1 the mailbox
+    // is full (a new UIDVALIDITY would make every client re-download it).
+    if mb.uidnext == u32::MAX {
+        return Err(StoreError::UidsExhausted(mb.name.clone()));
+    }
+    let uid = mb.uidnext;
+    mb.uidnext += 1;
+    Ok(uid)
+}
+
+fn save_counters(tx: &Connection, mb: &Mailbox, modseq: u64) -> Result<(), StoreError> {
+    tx.prepare_cached("UPDATE mailboxes SET uidnext = ?2, highestmodseq = ?3 WHERE id = ?1")?
+        .execute(params![mb.id, mb.uidnext, modseq as i64])?;
+    Ok(())
+}
+
+fn contents_of(
+    tx: &Connection,
+    mailbox: MailboxId,
+    uids: Option<&[u32]>,
+) -> Result<Vec<i64>, StoreError> {
+    match uids {
+        None => {
+            let mut stmt =
+                tx.prepare("SELECT DISTINCT content FROM messages WHERE mailbox = ?1")?;
+            let rows = stmt.query_map([mailbox], |r| r.get(0))?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        }
+        Some(uids) => {
+            let mut stmt =
+                tx.prepare_cached("SELECT content FROM messages WHERE mailbox = ?1 AND uid = ?2")?;
+            let mut out = Vec::with_capacity(uids.len());
+            for uid in uids {
+                if let Some(id) = stmt
+                    .query_row(params![mailbox, uid], |r| r.get(0))
+                    .optional()?
+                {
+                    out.push(id);
+                }
+            }
+            Ok(out)
+        }
+    }
+}
+
+/// Drops content no mailbox refers to any more.
+fn collect_garbage(tx: &Connection, candidates: &[i64]) -> Result<(), StoreError> {
+    let mut stmt = tx.prepare_cached(
+        "DELETE FROM contents WHERE id = ?1
+         AND NOT EXISTS (SELECT 1 FROM messages WHERE content = ?1)",
+    )?;
+    for id in candidates {
+        stmt.execute([id])?;
+    }
+    Ok(())
+}
+
+fn copy_rows(
+    tx: &Connection,
+    source: &Mailbox,
+    uids: &[u32],
+    target: &Mailbox,
+) -> Result<Vec<(u32, u32)>, StoreError> {
+    let mut target = target.clone();
+    let modseq = target.highestmodseq + 1;
+    let mut select = tx.prepare_cached(
+        "SELECT content, flags, internaldate, tz_minutes FROM messages
+         WHERE mailbox = ?1 AND uid = ?2",
+    )?;
+    let mut insert = tx.prepare_cached(
+        "INSERT INTO messages (mailbox, uid, content, flags, modseq, internaldate, tz_minutes)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?;
+    let mut pairs = Vec::with_capacity(uids.len());
+    for &uid in uids {
+        let Some((content, flags, date, tz)) = select
+            .query_row(params![source.id, uid], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, i32>(3)?,
+                ))
+            })
+            .optional()?
+        else {
+            continue;
+        };
+        let new_uid = next_uid(&mut target)?;
+        insert.execute(params![
+            target.id,
+            new_uid,
+            content,
+            flags,
+            modseq as i64,
+            date,
+            tz
+        ])?;
+        pairs.push((uid, new_uid));
+    }
+    if !pairs.is_empty() {
+        save_counters(tx, &target, modseq)?;
+    }
+    Ok(pairs)
+}
+
+fn expunge_rows(tx: &Connection, mb: &Mailbox, uids: &[u32]) -> Result<(), StoreError> {
+    if uids.is_empty() {
+        return Ok(());
+    }
+    // Re-read the counters: a copy into the same mailbox may have moved them.
+    let current = find_mailbox_id(tx, mb.id)?;
+    let modseq = current.highestmodseq + 1;
+    let contents = contents_of(tx, mb.id, Some(uids))?;
+    let mut delete = tx.prepare_cached("DELETE FROM messages WHERE mailbox = ?1 AND uid = ?2")?;
+    let mut tombstone = tx.prepare_cached(
+        "INSERT OR REPLACE INTO expunged (mailbox, uid, modseq) VALUES (?1, ?2, ?3)",
+    )?;
+    for uid in uids {
+        delete.execute(params![mb.id, uid])?;
+        tombstone.execute(params![mb.id, uid, modseq as i64])?;
+    }
+    save_counters(tx, &current, modseq)?;
+    collect_garbage(tx, &contents)
+}
+
+fn journal(
+    tx: &Connection,
+    account: AccountId,
+    mailbox: &str,
+    uid: u32,
+    kind: &str,
+    detail: &str,
+) -> Result<(), StoreError> {
+    tx.prepare_cached(
+        "INSERT INTO journal (account, mailbox, uid, kind, detail, at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?
+    .execute(params![account, mailbox, uid, kind, detail, unix_now()])?;
+    Ok(())
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+#[cfg(test)]
+mod tests;

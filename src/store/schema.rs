@@ -1,0 +1,96 @@
+//! The store's schema and its migrations. A migration is only ever appended: an upgrade never
+//! rewrites an existing mailbox's UIDVALIDITY or UIDs (RFC 3501 §2.3.1.1: a client may cache
+//! messages under (UIDVALIDITY, UID) forever).
+
+use rusqlite_migration::{Migrations, M};
+
+/// Migration 1: content stored once by hash, mutable state per mailbox, tombstones for QRESYNC
+/// (RFC 7162 §3.2.5.2 VANISHED needs the UIDs expunged since a MODSEQ) and the change journal
+/// that the sync side writes back upstream.
+const V1: &str = "
+-- Store-wide counters: the highest UIDVALIDITY ever handed out, so a mailbox created after the
+-- newest one was deleted never gets that value again.
+CREATE TABLE store_meta (
+    key     TEXT PRIMARY KEY,
+    value   INTEGER NOT NULL
+);
+
+CREATE TABLE accounts (
+    id      INTEGER PRIMARY KEY,
+    name    TEXT NOT NULL UNIQUE
+);
+
+-- One row per mailbox. uidvalidity is a 32-bit value unique across the whole store, so a
+-- mailbox deleted and re-created under the same name never reuses its old UIDVALIDITY.
+CREATE TABLE mailboxes (
+    id            INTEGER PRIMARY KEY,
+    account       INTEGER NOT NULL REFERENCES accounts(id),
+    name          TEXT NOT NULL,
+    uidvalidity   INTEGER NOT NULL UNIQUE CHECK (uidvalidity BETWEEN 1 AND 4294967295),
+    uidnext       INTEGER NOT NULL DEFAULT 1 CHECK (uidnext BETWEEN 1 AND 4294967296),
+    highestmodseq INTEGER NOT NULL DEFAULT 1,
+    recent_floor  INTEGER NOT NULL DEFAULT 1,
+    special_use   TEXT,
+    subscribed    INTEGER NOT NULL DEFAULT 0,
+    UNIQUE (account, name)
+);
+
+-- Immutable message content: the exact bytes, served back unchanged, and what IMAP needs of
+-- them, computed once at insert.
+CREATE TABLE contents (
+    id            INTEGER PRIMARY KEY,
+    sha256        BLOB NOT NULL UNIQUE,
+    size          INTEGER NOT NULL,
+    raw           BLOB NOT NULL,
+    envelope      BLOB NOT NULL,
+    body          BLOB NOT NULL,
+    bodystructure BLOB NOT NULL,
+    parts         BLOB NOT NULL
+);
+
+-- Mutable per-mailbox state. flags holds system flags and keywords, space-separated.
+CREATE TABLE messages (
+    mailbox       INTEGER NOT NULL REFERENCES mailboxes(id),
+    uid           INTEGER NOT NULL,
+    content       INTEGER NOT NULL REFERENCES contents(id),
+    flags         TEXT NOT NULL DEFAULT '',
+    modseq        INTEGER NOT NULL,
+    internaldate  INTEGER NOT NULL,
+    tz_minutes    INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (mailbox, uid)
+) WITHOUT ROWID;
+CREATE INDEX messages_modseq ON messages (mailbox, modseq);
+CREATE INDEX messages_content ON messages (content);
+
+CREATE TABLE expunged (
+    mailbox  INTEGER NOT NULL REFERENCES mailboxes(id),
+    uid      INTEGER NOT NULL,
+    modseq   INTEGER NOT NULL,
+    PRIMARY KEY (mailbox, uid)
+) WITHOUT ROWID;
+CREATE INDEX expunged_modseq ON expunged (mailbox, modseq);
+
+-- Changes made by IMAP clients, in order, for the sync side to write back upstream. Changes
+-- made by the sync itself are not journaled (they came from upstream).
+CREATE TABLE journal (
+    id       INTEGER PRIMARY KEY,
+    account  INTEGER NOT NULL REFERENCES accounts(id),
+    mailbox  TEXT NOT NULL,
+    uid      INTEGER NOT NULL,
+    kind     TEXT NOT NULL,
+    detail   TEXT NOT NULL DEFAULT '',
+    at       INTEGER NOT NULL
+);
+";
+
+pub fn migrations() -> Migrations<'static> {
+    Migrations::new(vec![M::up(V1)])
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn migrations_are_valid() {
+        assert!(super::migrations().validate().is_ok());
+    }
+}

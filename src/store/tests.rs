@@ -1,0 +1,167 @@
+//! The store against a real SQLite file.
+
+use super::*;
+
+fn store() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("s.sqlite")).unwrap();
+    (dir, store)
+}
+
+fn message(subject: &str) -> Prepared {
+    let raw = format!("Subject: {subject}\r\n\r\nbody\r\n").into_bytes();
+    Prepared::new(raw, Flags::default(), InternalDate::now())
+}
+
+#[test]
+fn accounts_get_the_special_use_mailboxes() {
+    let (_dir, store) = store();
+    let account = store.ensure_account("alice").unwrap();
+    assert_eq!(store.ensure_account("alice").unwrap(), account);
+    let names: Vec<(String, Option<SpecialUse>)> = store
+        .mailboxes(account)
+        .unwrap()
+        .into_iter()
+        .map(|m| (m.name, m.special_use))
+        .collect();
+    assert!(names.contains(&("Sent".into(), Some(SpecialUse::Sent))));
+    assert!(names.contains(&("INBOX".into(), None)));
+    assert_eq!(names.len(), 6);
+}
+
+#[test]
+fn uids_ascend_are_never_reused_and_uidvalidity_is_unique() {
+    let (_dir, store) = store();
+    let account = store.ensure_account("alice").unwrap();
+    let inbox = store.mailbox(account, "inbox").unwrap().unwrap();
+    let a = store
+        .append(inbox.id, message("a"), Origin::Client)
+        .unwrap();
+    let b = store
+        .append(inbox.id, message("b"), Origin::Client)
+        .unwrap();
+    assert_eq!((a.uid, b.uid), (1, 2));
+    store
+        .store_flags(
+            inbox.id,
+            &[2],
+            FlagOp::Add,
+            &Flags::new(["\\Deleted"]),
+            None,
+            Origin::Client,
+        )
+        .unwrap();
+    assert_eq!(store.expunge(inbox.id, None, Origin::Client).unwrap(), [2]);
+    let c = store
+        .append(inbox.id, message("c"), Origin::Client)
+        .unwrap();
+    assert_eq!(c.uid, 3, "UID 2 is not reused");
+    assert_eq!(store.vanished_since(inbox.id, b.modseq).unwrap(), [2]);
+
+    let work = store.create_mailbox(account, "Work", None).unwrap();
+    store.delete_mailbox(account, "Work").unwrap();
+    let again = store.create_mailbox(account, "Work", None).unwrap();
+    assert!(
+        again.uidvalidity > work.uidvalidity,
+        "a re-created mailbox gets a new UIDVALIDITY"
+    );
+    let all: Vec<u32> = store
+        .mailboxes(account)
+        .unwrap()
+        .iter()
+        .map(|m| m.uidvalidity)
+        .collect();
+    let mut unique = all.clone();
+    unique.dedup();
+    assert_eq!(all.len(), unique.len());
+}
+
+#[test]
+fn content_is_stored_once_and_collected_when_unused() {
+    let (_dir, store) = store();
+    let account = store.ensure_account("alice").unwrap();
+    let inbox = store.mailbox(account, "INBOX").unwrap().unwrap();
+    let archive = store.mailbox(account, "Archive").unwrap().unwrap();
+    store
+        .append(inbox.id, message("same"), Origin::Sync)
+        .unwrap();
+    let (_, pairs) = store
+        .copy(inbox.id, &[1], archive.id, Origin::Client)
+        .unwrap();
+    assert_eq!(pairs, [(1, 1)]);
+    let contents = |store: &Store| -> i64 {
+        store
+            .read(|c| Ok(c.query_row("SELECT count(*) FROM contents", [], |r| r.get(0))?))
+            .unwrap()
+    };
+    assert_eq!(contents(&store), 1);
+    store
+        .move_messages(archive.id, &[1], inbox.id, Origin::Client)
+        .unwrap();
+    assert_eq!(store.uids(archive.id).unwrap(), Vec::<u32>::new());
+    assert_eq!(store.uids(inbox.id).unwrap(), [1, 2]);
+    store
+        .store_flags(
+            inbox.id,
+            &[1, 2],
+            FlagOp::Add,
+            &Flags::new(["\\deleted"]),
+            None,
+            Origin::Client,
+        )
+        .unwrap();
+    store.expunge(inbox.id, None, Origin::Client).unwrap();
+    assert_eq!(contents(&store), 0);
+}
+
+#[test]
+fn unchanged_since_and_changes_and_the_journal() {
+    let (_dir, store) = store();
+    let account = store.ensure_account("alice").unwrap();
+    let inbox = store.mailbox(account, "INBOX").unwrap().unwrap();
+    let a = store.append(inbox.id, message("a"), Origin::Sync).unwrap();
+    let stored = store
+        .store_flags(
+            inbox.id,
+            &[1],
+            FlagOp::Add,
+            &Flags::new(["$Label1"]),
+            Some(a.modseq),
+            Origin::Client,
+        )
+        .unwrap();
+    assert!(stored.rows[0].3);
+    let stale = store
+        .store_flags(
+            inbox.id,
+            &[1],
+            FlagOp::Add,
+            &Flags::new(["\\Seen"]),
+            Some(a.modseq),
+            Origin::Client,
+        )
+        .unwrap();
+    assert_eq!(stale.modified, [1]);
+    let changes = store.changes_since(inbox.id, a.modseq).unwrap();
+    assert_eq!(changes.rows.len(), 1);
+    assert!(changes.rows[0].1.contains("$label1"));
+    let journal = store.journal_after(0, 10).unwrap();
+    assert_eq!(
+        journal.len(),
+        1,
+        "sync appends are not journaled; the client's flag change is"
+    );
+    assert_eq!(journal[0].kind, "flags");
+    store.journal_done(journal[0].id).unwrap();
+    assert!(store.journal_after(0, 10).unwrap().is_empty());
+}
+
+#[test]
+fn recent_is_claimed_once() {
+    let (_dir, store) = store();
+    let account = store.ensure_account("alice").unwrap();
+    let inbox = store.mailbox(account, "INBOX").unwrap().unwrap();
+    store.append(inbox.id, message("a"), Origin::Sync).unwrap();
+    assert_eq!(store.claim_recent(inbox.id).unwrap(), (1, 2));
+    assert_eq!(store.claim_recent(inbox.id).unwrap(), (2, 2));
+}
