@@ -77,9 +77,12 @@ impl Session {
         uid: bool,
         modifiers: Vec<StoreModifier>,
     ) -> CmdResult {
-        let condstore_modifier = modifiers.iter().find_map(|m| match m {
-            StoreModifier::UnchangedSince(v) => Some(*v),
-        });
+        let condstore_modifier = modifiers
+            .iter()
+            .map(|m| match m {
+                StoreModifier::UnchangedSince(v) => *v,
+            })
+            .next();
         if condstore_modifier.is_some() {
             self.condstore = true;
         }
