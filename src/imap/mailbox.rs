@@ -189,16 +189,7 @@ impl Session {
             let Some(seq) = selected.seq_of(*uid) else {
                 continue;
             };
-            out.text("* ")
-                .num(seq)
-                .text(" FETCH (UID ")
-                .num(uid)
-                .text(" FLAGS ");
-            out.flags(flags.iter())
-                .text(" MODSEQ (")
-                .num(modseq)
-                .text("))")
-                .crlf();
+            out.flags_fetch(seq, *uid, flags.iter(), Some(*modseq));
         }
         self.conn.write(&out.bytes).await?;
         Ok(())

@@ -19,6 +19,18 @@ pub(super) fn flag_text(flag: &Flag<'_>) -> String {
 }
 
 impl Session {
+    /// The mailbox APPEND, COPY or MOVE writes into; a missing one is answered with
+    /// TRYCREATE (RFC 3501 §6.3.11, §6.4.7).
+    async fn target_mailbox(
+        &self,
+        mailbox: &WireMailbox<'_>,
+    ) -> Result<crate::store::Mailbox, CmdError> {
+        match self.find_mailbox(&wire(mailbox)).await {
+            Err(CmdError::NoMailbox) => Err(CmdError::no(Some("TRYCREATE"), "No such mailbox")),
+            other => other,
+        }
+    }
+
     pub(super) async fn append(
         &mut self,
         mailbox: WireMailbox<'static>,
@@ -26,14 +38,7 @@ impl Session {
         date: Option<DateTime>,
         message: LiteralOrLiteral8<'static>,
     ) -> CmdResult {
-        let target = match self.find_mailbox(&wire(&mailbox)).await {
-            Ok(target) => target,
-            // RFC 3501 §6.3.11: TRYCREATE when the mailbox is missing.
-            Err(CmdError::NoMailbox) => {
-                return Err(CmdError::no(Some("TRYCREATE"), "No such mailbox"));
-            }
-            Err(other) => return Err(other),
-        };
+        let target = self.target_mailbox(&mailbox).await?;
         let bytes = match message {
             LiteralOrLiteral8::Literal(literal) => literal.into_inner().into_owned(),
             LiteralOrLiteral8::Literal8(literal) => literal.data.into_owned(),
@@ -165,13 +170,7 @@ impl Session {
         uid: bool,
         moving: bool,
     ) -> CmdResult {
-        let target = match self.find_mailbox(&wire(&mailbox)).await {
-            Ok(target) => target,
-            Err(CmdError::NoMailbox) => {
-                return Err(CmdError::no(Some("TRYCREATE"), "No such mailbox"));
-            }
-            Err(other) => return Err(other),
-        };
+        let target = self.target_mailbox(&mailbox).await?;
         let selected = self.selected()?;
         if moving && selected.read_only {
             return Err(CmdError::no(Some("READ-ONLY"), "Mailbox is read-only"));

@@ -81,6 +81,27 @@ impl Out {
         self
     }
 
+    /// An unsolicited flag update, "* 3 FETCH (UID 7 FLAGS (\Seen) MODSEQ (12))"; MODSEQ only
+    /// when given (RFC 7162 §3.1.4.1: once CONDSTORE is on).
+    pub fn flags_fetch<'a>(
+        &mut self,
+        seq: u32,
+        uid: u32,
+        flags: impl IntoIterator<Item = &'a str>,
+        modseq: Option<u64>,
+    ) -> &mut Self {
+        self.text("* ")
+            .num(seq)
+            .text(" FETCH (UID ")
+            .num(uid)
+            .text(" FLAGS ");
+        self.flags(flags);
+        if let Some(modseq) = modseq {
+            self.text(" MODSEQ (").num(modseq).text(")");
+        }
+        self.text(")").crlf()
+    }
+
     /// A tagged or untagged status line: "<tag> OK [code] text".
     pub fn status(&mut self, tag: &str, kind: &str, code: Option<&str>, text: &str) -> &mut Self {
         self.text(tag).text(" ").text(kind).text(" ");

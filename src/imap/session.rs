@@ -615,17 +615,9 @@ impl Session {
             let Some(seq) = selected.seq_of(*uid) else {
                 continue;
             };
-            out.text("* ")
-                .num(seq)
-                .text(" FETCH (UID ")
-                .num(uid)
-                .text(" FLAGS ");
             let recent = selected.is_recent(*uid).then_some("\\Recent");
-            out.flags(flags.iter().chain(recent));
-            if self.condstore {
-                out.text(" MODSEQ (").num(modseq).text(")");
-            }
-            out.text(")").crlf();
+            let modseq = self.condstore.then_some(*modseq);
+            out.flags_fetch(seq, *uid, flags.iter().chain(recent), modseq);
         }
         selected.own.clear();
         selected.modseq = changes.highestmodseq;
