@@ -210,6 +210,9 @@ fn fetch_and_search_answers_equal_dovecots() {
         "SEARCH FROM \"alice\"",
         "SEARCH TO \"bob@example.org\"",
         "SEARCH BODY \"lunch\"",
+        // Text inside an attached message (message/rfc822) is part of the body.
+        "SEARCH BODY \"attached\"",
+        "SEARCH BODY \"contract\"",
         "SEARCH TEXT \"example\"",
         "SEARCH HEADER \"Message-ID\" \"example.org\"",
         "SEARCH LARGER 2000",

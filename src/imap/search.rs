@@ -86,12 +86,7 @@ impl<'a> Candidate<'a> {
         if self.body.is_none() {
             let mut text = String::new();
             if let Some(message) = MessageParser::default().parse(self.source()) {
-                for part in &message.parts {
-                    if let PartType::Text(t) | PartType::Html(t) = &part.body {
-                        text.push_str(&fold(t));
-                        text.push('\n');
-                    }
-                }
+                body_text(&message, &mut text);
             }
             self.body = Some(text);
         }
@@ -106,6 +101,21 @@ impl<'a> Candidate<'a> {
             u32::from(date.month),
             u32::from(date.day),
         )
+    }
+}
+
+/// The folded text of every text part, including those of attached messages (their bodies
+/// are part of the body being searched, as for Dovecot; their header blocks are not).
+fn body_text(message: &mail_parser::Message<'_>, text: &mut String) {
+    for part in &message.parts {
+        match &part.body {
+            PartType::Text(t) | PartType::Html(t) => {
+                text.push_str(&fold(t));
+                text.push('\n');
+            }
+            PartType::Message(inner) => body_text(inner, text),
+            _ => {}
+        }
     }
 }
 

@@ -613,25 +613,27 @@ impl Store {
                         let summary = summary.unwrap_or_else(|| summarize(&message.raw));
                         tx.prepare_cached(
                             "INSERT INTO contents
-                             (sha256, size, raw, envelope, body, bodystructure, parts)
-                             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                             (sha256, size, envelope, body, bodystructure, parts)
+                             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                         )?
                         .execute(params![
                             &message.sha256[..],
                             message.raw.len() as i64,
-                            message.raw,
                             summary.envelope,
                             summary.body,
                             summary.bodystructure,
                             summary.parts.to_bytes(),
                         ])?;
-                        tx.last_insert_rowid()
+                        let id = tx.last_insert_rowid();
+                        tx.prepare_cached("INSERT INTO content_raw (id, raw) VALUES (?1, ?2)")?
+                            .execute(params![id, message.raw])?;
+                        id
                     }
                 };
                 let uid = next_uid(&mut mb)?;
                 tx.prepare_cached(
                     "INSERT INTO messages (mailbox, uid, content, flags, modseq, internaldate,
-                     tz_minutes) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                     tz_minutes, size) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
                 )?
                 .execute(params![
                     mailbox,
@@ -640,7 +642,8 @@ impl Store {
                     message.flags.to_column(),
                     modseq as i64,
                     message.internaldate.unix,
-                    message.internaldate.tz_minutes
+                    message.internaldate.tz_minutes,
+                    message.raw.len() as i64
                 ])?;
                 if origin == Origin::Client {
                     journal(tx, mb.account, &mb.name, uid, "append", "")?;
@@ -675,9 +678,8 @@ impl Store {
     ) -> Result<Vec<MessageRow>, StoreError> {
         self.read(|c| {
             let mut stmt = c.prepare_cached(
-                "SELECT m.uid, m.content, m.flags, m.modseq, m.internaldate, m.tz_minutes, c.size
-                 FROM messages m JOIN contents c ON c.id = m.content
-                 WHERE m.mailbox = ?1 AND m.uid BETWEEN ?2 AND ?3 ORDER BY m.uid",
+                "SELECT uid, content, flags, modseq, internaldate, tz_minutes, size
+                 FROM messages WHERE mailbox = ?1 AND uid BETWEEN ?2 AND ?3 ORDER BY uid",
             )?;
             let rows = stmt.query_map(params![mailbox, lo, hi], |r| {
                 Ok(MessageRow {
@@ -698,54 +700,55 @@ impl Store {
 
     /// The content columns `need` names, for each content id in order.
     pub fn contents(&self, ids: &[i64], need: Need) -> Result<Vec<ContentData>, StoreError> {
-        let column = |wanted: bool, expr: &str| {
+        let column = |wanted: bool, name: &str| {
             if wanted {
-                expr.to_owned()
+                name.to_owned()
             } else {
                 "NULL".into()
             }
         };
+        // The header alone is read as the first header_len bytes of the blob (the part map
+        // knows header_len): a header fetch reads the first pages of a message, not all of it.
+        let header_only = need.header && !need.raw;
+        let want_parts = need.parts || header_only;
+        let summary = need.envelope || need.body || need.bodystructure || want_parts;
         let sql = format!(
-            "SELECT {}, {}, {}, {}, {}, {} FROM contents WHERE id = ?1",
-            column(need.raw, "raw"),
-            column(need.header && !need.raw, "raw"),
+            "SELECT {}, {}, {}, {} FROM contents WHERE id = ?1",
             column(need.envelope, "envelope"),
             column(need.body, "body"),
             column(need.bodystructure, "bodystructure"),
-            column(need.parts || need.header, "parts"),
+            column(want_parts, "parts"),
         );
         self.read(|c| {
             let mut stmt = c.prepare_cached(&sql)?;
+            let mut raw_stmt = c.prepare_cached("SELECT raw FROM content_raw WHERE id = ?1")?;
             let mut out = Vec::with_capacity(ids.len());
-            for id in ids {
-                let (raw, whole, envelope, body, bodystructure, parts) =
-                    stmt.query_row([id], |r| {
+            for &id in ids {
+                let mut data = ContentData::default();
+                if summary {
+                    let (envelope, body, bodystructure, parts) = stmt.query_row([id], |r| {
                         Ok((
                             r.get::<_, Option<Vec<u8>>>(0)?,
                             r.get::<_, Option<Vec<u8>>>(1)?,
                             r.get::<_, Option<Vec<u8>>>(2)?,
                             r.get::<_, Option<Vec<u8>>>(3)?,
-                            r.get::<_, Option<Vec<u8>>>(4)?,
-                            r.get::<_, Option<Vec<u8>>>(5)?,
                         ))
                     })?;
-                let parts = parts.map(|p| PartMap::from_bytes(&p)).transpose()?;
-                let raw = raw.unwrap_or_default();
-                let header = match (&parts, need.header) {
-                    (Some(parts), true) => {
-                        let source = whole.as_deref().unwrap_or(&raw);
-                        source[..parts.header_len().min(source.len())].to_vec()
-                    }
-                    _ => Vec::new(),
-                };
-                out.push(ContentData {
-                    raw,
-                    header,
-                    envelope: envelope.unwrap_or_default(),
-                    body: body.unwrap_or_default(),
-                    bodystructure: bodystructure.unwrap_or_default(),
-                    parts: if need.parts { parts } else { None },
-                });
+                    data.envelope = envelope.unwrap_or_default();
+                    data.body = body.unwrap_or_default();
+                    data.bodystructure = bodystructure.unwrap_or_default();
+                    data.parts = parts.map(|p| PartMap::from_bytes(&p)).transpose()?;
+                }
+                if need.raw {
+                    data.raw = raw_stmt.query_row([id], |r| r.get(0))?;
+                } else if header_only {
+                    let len = data.parts.as_ref().map_or(0, PartMap::header_len);
+                    data.header = read_prefix(c, id, len)?;
+                }
+                if !need.parts {
+                    data.parts = None;
+                }
+                out.push(data);
             }
             Ok(out)
         })
@@ -957,10 +960,8 @@ impl Store {
                 highestmodseq: mb.highestmodseq,
                 ..MailboxStatus::default()
             };
-            let mut stmt = c.prepare_cached(
-                "SELECT m.uid, m.flags, c.size FROM messages m JOIN contents c ON c.id = m.content
-                 WHERE m.mailbox = ?1",
-            )?;
+            let mut stmt =
+                c.prepare_cached("SELECT uid, flags, size FROM messages WHERE mailbox = ?1")?;
             let mut rows = stmt.query([mailbox])?;
             while let Some(row) = rows.next()? {
                 let uid: u32 = row.get(0)?;
@@ -1177,6 +1178,15 @@ fn remember_uidvalidity(tx: &Connection, value: i64) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// The first `len` bytes (at most) of a message's stored bytes, read without loading the rest.
+fn read_prefix(c: &Connection, id: i64, len: usize) -> Result<Vec<u8>, StoreError> {
+    let blob = c.blob_open(rusqlite::MAIN_DB, "content_raw", "raw", id, true)?;
+    let mut out = vec![0; len.min(blob.len())];
+    let read = blob.read_at(&mut out, 0)?;
+    out.truncate(read);
+    Ok(out)
+}
+
 fn content_id(c: &Connection, sha256: &[u8; 32]) -> Result<Option<i64>, StoreError> {
     Ok(
         c.prepare_cached("SELECT id FROM contents WHERE sha256 = ?1")?
@@ -1252,22 +1262,23 @@ fn copy_rows(
     let mut target = target.clone();
     let modseq = target.highestmodseq + 1;
     let mut select = tx.prepare_cached(
-        "SELECT content, flags, internaldate, tz_minutes FROM messages
+        "SELECT content, flags, internaldate, tz_minutes, size FROM messages
          WHERE mailbox = ?1 AND uid = ?2",
     )?;
     let mut insert = tx.prepare_cached(
-        "INSERT INTO messages (mailbox, uid, content, flags, modseq, internaldate, tz_minutes)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        "INSERT INTO messages (mailbox, uid, content, flags, modseq, internaldate, tz_minutes,
+         size) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     )?;
     let mut pairs = Vec::with_capacity(uids.len());
     for &uid in uids {
-        let Some((content, flags, date, tz)) = select
+        let Some((content, flags, date, tz, size)) = select
             .query_row(params![source.id, uid], |r| {
                 Ok((
                     r.get::<_, i64>(0)?,
                     r.get::<_, String>(1)?,
                     r.get::<_, i64>(2)?,
                     r.get::<_, i32>(3)?,
+                    r.get::<_, i64>(4)?,
                 ))
             })
             .optional()?
@@ -1282,7 +1293,8 @@ fn copy_rows(
             flags,
             modseq as i64,
             date,
-            tz
+            tz,
+            size
         ])?;
         pairs.push((uid, new_uid));
     }

@@ -83,8 +83,27 @@ CREATE TABLE journal (
 );
 ";
 
+/// Migration 2: the exact bytes move out of `contents` into `content_raw`, and the size is
+/// copied onto each message row. In one row, a column stored after a large blob can only be
+/// reached by walking the blob's overflow pages, so in V1 every ENVELOPE or BODYSTRUCTURE read
+/// walked the whole message, and every FLAGS/RFC822.SIZE read touched the content table. Now
+/// message state, summaries and bytes are three separate b-trees: a FLAGS fetch reads only
+/// `messages`, a BODYSTRUCTURE fetch only small `contents` rows, and a header fetch only the
+/// first pages of a `content_raw` blob (incremental blob I/O).
+const V2: &str = "
+CREATE TABLE content_raw (
+    id   INTEGER PRIMARY KEY REFERENCES contents(id) ON DELETE CASCADE,
+    raw  BLOB NOT NULL
+);
+INSERT INTO content_raw (id, raw) SELECT id, raw FROM contents;
+ALTER TABLE contents DROP COLUMN raw;
+-- The size is immutable, so the copy on each message can never disagree with contents.size.
+ALTER TABLE messages ADD COLUMN size INTEGER NOT NULL DEFAULT 0;
+UPDATE messages SET size = (SELECT c.size FROM contents c WHERE c.id = messages.content);
+";
+
 pub fn migrations() -> Migrations<'static> {
-    Migrations::new(vec![M::up(V1)])
+    Migrations::new(vec![M::up(V1), M::up(V2)])
 }
 
 #[cfg(test)]

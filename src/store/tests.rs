@@ -89,12 +89,20 @@ fn content_is_stored_once_and_collected_when_unused() {
         .copy(inbox.id, &[1], archive.id, Origin::Client)
         .unwrap();
     assert_eq!(pairs, [(1, 1)]);
+    // Summaries and bytes are collected together (ON DELETE CASCADE).
     let contents = |store: &Store| -> i64 {
         store
-            .read(|c| Ok(c.query_row("SELECT count(*) FROM contents", [], |r| r.get(0))?))
+            .read(|c| {
+                Ok(c.query_row(
+                    "SELECT (SELECT count(*) FROM contents) * 1000
+                          + (SELECT count(*) FROM content_raw)",
+                    [],
+                    |r| r.get(0),
+                )?)
+            })
             .unwrap()
     };
-    assert_eq!(contents(&store), 1);
+    assert_eq!(contents(&store), 1001);
     store
         .move_messages(archive.id, &[1], inbox.id, Origin::Client)
         .unwrap();
@@ -164,4 +172,68 @@ fn recent_is_claimed_once() {
     store.append(inbox.id, message("a"), Origin::Sync).unwrap();
     assert_eq!(store.claim_recent(inbox.id).unwrap(), (1, 2));
     assert_eq!(store.claim_recent(inbox.id).unwrap(), (2, 2));
+}
+
+#[test]
+fn a_version_1_store_is_upgraded_in_place() {
+    // A store written by schema version 1 (bytes inside `contents`, no size on messages).
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.sqlite");
+    let raw = b"Subject: old\r\n\r\nkept byte for byte\r\n".to_vec();
+    let (uidvalidity, summary) = {
+        let mut c = Connection::open(&path).unwrap();
+        schema::migrations().to_version(&mut c, 1).unwrap();
+        let summary = summarize(&raw);
+        c.execute_batch(
+            "INSERT INTO accounts (id, name) VALUES (1, 'alice');
+             INSERT INTO mailboxes (id, account, name, uidvalidity, uidnext, highestmodseq)
+             VALUES (1, 1, 'INBOX', 77, 8, 3);",
+        )
+        .unwrap();
+        c.execute(
+            "INSERT INTO contents (id, sha256, size, raw, envelope, body, bodystructure, parts)
+             VALUES (5, ?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                &Sha256::digest(&raw)[..],
+                raw.len() as i64,
+                raw,
+                summary.envelope,
+                summary.body,
+                summary.bodystructure,
+                summary.parts.to_bytes()
+            ],
+        )
+        .unwrap();
+        c.execute_batch(
+            "INSERT INTO messages (mailbox, uid, content, flags, modseq, internaldate)
+             VALUES (1, 7, 5, '\\Seen', 3, 0);",
+        )
+        .unwrap();
+        (77, summary)
+    };
+    let store = Store::open(&path).unwrap();
+    let inbox = store.mailbox_by_id(1).unwrap();
+    assert_eq!((inbox.uidvalidity, inbox.uidnext), (uidvalidity, 8));
+    let rows = store.rows(1, 1, 100).unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!((rows[0].uid, rows[0].size), (7, raw.len() as u32));
+    assert!(rows[0].flags.contains("\\Seen"));
+    let all = Need {
+        raw: true,
+        envelope: true,
+        bodystructure: true,
+        parts: true,
+        ..Need::default()
+    };
+    let content = &store.contents(&[5], all).unwrap()[0];
+    assert_eq!(content.raw, raw);
+    assert_eq!(content.envelope, summary.envelope);
+    assert_eq!(content.bodystructure, summary.bodystructure);
+    let header = Need {
+        header: true,
+        ..Need::default()
+    };
+    let content = &store.contents(&[5], header).unwrap()[0];
+    assert_eq!(content.header, b"Subject: old\r\n\r\n");
+    assert!(store.integrity_check().unwrap().is_empty());
 }
