@@ -9,10 +9,13 @@
 //! the CLI's per-copy time).
 
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+#[path = "common/report.rs"]
+mod report;
 
 use sealpost::keys::{home, KeyService};
 use sealpost::message::canonical::content_entity;
@@ -69,11 +72,7 @@ fn per_op(total: Duration, n: usize) -> f64 {
 }
 
 fn main() {
-    let out_path = std::env::args()
-        .skip_while(|a| a != "--out")
-        .nth(1)
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("BENCHMARKS.md"));
+    let out_path = report::out_path();
     let dir = home::short_temp_dir("spb").unwrap();
     home::prepare(&dir).unwrap();
     gpg(
@@ -210,11 +209,9 @@ fn main() {
                 .to_string()
         })
         .unwrap_or_default();
-    let _ = writeln!(report, "# Benchmarks\n");
     let _ = writeln!(report, "Produced by `make bench` (`cargo bench --bench outgoing -- --out BENCHMARKS.md`, release build).");
     let _ = writeln!(report, "Machine: {} cores; {gpg_version}; keys ed25519/cv25519 (`future-default`) in a throwaway home with `no-random-seed-file`.", std::thread::available_parallelism().map_or(0, |n| n.get()));
     let _ = writeln!(report, "Message: {} bytes of 8-bit text. Rounds: {ROUNDS} single-recipient copies in a row; {MESSAGES_5} five-recipient messages, two in flight.\n", message.len());
-    let _ = writeln!(report, "## Outgoing core (issue 2)\n");
     let _ = writeln!(report, "| measure | value |\n|---|---|");
     let _ = writeln!(
         report,
@@ -250,7 +247,7 @@ fn main() {
         "\nIn this run the faster form for a single-recipient message is {single_best:?}; for a 5-recipient message, {multi_best:?}."
     );
     let _ = writeln!(report, "\nThe core's own work is measured directly (the same functions the core runs, with placeholder signature and ciphertext of realistic size), not as a difference of two noisy timings.");
-    std::fs::write(&out_path, &report).unwrap();
+    report::write_section(&out_path, "## Outgoing core (issue 2)", &report);
     print!("{report}");
 }
 

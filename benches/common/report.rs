@@ -1,0 +1,48 @@
+//! BENCHMARKS.md holds one `## ` section per benchmark; each benchmark rewrites only its own
+//! section, so `make bench` can run them one after the other (or one alone) into one file.
+
+use std::path::{Path, PathBuf};
+
+/// The `--out FILE` argument, BENCHMARKS.md by default.
+pub fn out_path() -> PathBuf {
+    std::env::args()
+        .skip_while(|a| a != "--out")
+        .nth(1)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("BENCHMARKS.md"))
+}
+
+/// Replaces the section that starts with the line `heading` (a `## ` line) up to the next
+/// `## ` line, or appends it; `body` is everything after the heading line.
+pub fn write_section(path: &Path, heading: &str, body: &str) {
+    let old = std::fs::read_to_string(path).unwrap_or_else(|_| "# Benchmarks\n".to_string());
+    let mut out = String::new();
+    let mut lines = old.lines().peekable();
+    let mut replaced = false;
+    while let Some(line) = lines.next() {
+        if line == heading {
+            while lines.peek().is_some_and(|l| !l.starts_with("## ")) {
+                lines.next();
+            }
+            push_section(&mut out, heading, body);
+            replaced = true;
+        } else {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    if !replaced {
+        push_section(&mut out, heading, body);
+    }
+    std::fs::write(path, out).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+}
+
+fn push_section(out: &mut String, heading: &str, body: &str) {
+    if !out.is_empty() && !out.ends_with("\n\n") {
+        out.push('\n');
+    }
+    out.push_str(heading);
+    out.push_str("\n\n");
+    out.push_str(body.trim_end());
+    out.push_str("\n\n");
+}
