@@ -19,7 +19,9 @@ use super::session::{CmdError, CmdResult, Done, Session};
 use crate::store::{ContentData, FlagOp, Flags, MessageRow, Need, Origin};
 
 /// Messages read from the store per round trip.
-const BATCH: usize = 256;
+const BATCH: usize = 1024;
+/// Bytes of whole messages read per round trip (at least one message is always read).
+const BUDGET: u64 = 4 << 20;
 
 impl Session {
     pub(super) async fn fetch(
@@ -90,23 +92,28 @@ impl Session {
             }
         }
 
-        // Whole messages are read a few at a time so memory stays bounded by the batch.
-        let batch = if need.raw { 16 } else { BATCH };
-        for chunk in targets.chunks(batch) {
-            let (lo, hi) = (chunk[0].1, chunk[chunk.len() - 1].1);
+        // Batches of BATCH messages; whole messages only up to BUDGET bytes per batch, so
+        // memory stays bounded whatever the mailbox and message sizes.
+        let mut rest = &targets[..];
+        while !rest.is_empty() {
+            let chunk = &rest[..rest.len().min(BATCH)];
+            let wanted: Vec<u32> = chunk.iter().map(|t| t.1).collect();
             let store = self.shared.store.clone();
-            let mut rows =
-                tokio::task::spawn_blocking(move || store.rows(mailbox, lo, hi)).await??;
-            rows.retain(|r| chunk.binary_search_by_key(&r.uid, |t| t.1).is_ok());
+            let batch = tokio::task::spawn_blocking(move || {
+                store.fetch_batch(mailbox, &wanted, need, BUDGET)
+            })
+            .await??;
+            rest = &rest[chunk.partition_point(|t| t.1 <= batch.through)..];
+            let mut fetched = batch.items;
             if let Some(since) = changed_since {
-                rows.retain(|r| r.modseq > since);
+                fetched.retain(|(r, _)| r.modseq > since);
             }
             let mut seen_now = Vec::new();
             if sets_seen {
-                let unseen: Vec<u32> = rows
+                let unseen: Vec<u32> = fetched
                     .iter()
-                    .filter(|r| !r.flags.contains("\\Seen"))
-                    .map(|r| r.uid)
+                    .filter(|(r, _)| !r.flags.contains("\\Seen"))
+                    .map(|(r, _)| r.uid)
                     .collect();
                 if !unseen.is_empty() {
                     let store = self.shared.store.clone();
@@ -124,24 +131,17 @@ impl Session {
                     let selected = self.selected()?;
                     for (uid, flags, modseq, _) in stored.rows {
                         selected.own.insert(uid, modseq);
-                        if let Some(row) = rows.iter_mut().find(|r| r.uid == uid) {
-                            row.flags = flags;
-                            row.modseq = modseq;
+                        if let Ok(i) = fetched.binary_search_by_key(&uid, |(r, _)| r.uid) {
+                            fetched[i].0.flags = flags;
+                            fetched[i].0.modseq = modseq;
                         }
                         seen_now.push(uid);
                     }
                 }
             }
-            let ids: Vec<i64> = rows.iter().map(|r| r.content).collect();
-            let contents = if need_any(need) {
-                let store = self.shared.store.clone();
-                tokio::task::spawn_blocking(move || store.contents(&ids, need)).await??
-            } else {
-                vec![ContentData::default(); rows.len()]
-            };
             let selected = self.selected()?;
             let mut out = Out::default();
-            for (row, content) in rows.iter().zip(&contents) {
+            for (row, content) in &fetched {
                 let Some(seq) = selected.seq_of(row.uid) else {
                     continue;
                 };
@@ -219,10 +219,6 @@ fn need_of(items: &[MessageDataItemName<'_>]) -> Need {
         need.header = false;
     }
     need
-}
-
-fn need_any(need: Need) -> bool {
-    need.raw || need.header || need.envelope || need.body || need.bodystructure || need.parts
 }
 
 fn render_message(

@@ -12,7 +12,7 @@ use super::conn::{ConnError, Input};
 use super::list::{self, ListCommand};
 use super::render::{self, Out};
 use super::session::{CmdError, CmdResult, Done, Selected, Session, State};
-use crate::store::{Mailbox, MailboxStatus, DELIMITER};
+use crate::store::{Mailbox, MailboxStatus, SelectView, DELIMITER};
 
 /// The name bytes of a mailbox argument as the client sent them (INBOX normalised).
 pub(super) fn wire(mailbox: &WireMailbox<'_>) -> Vec<u8> {
@@ -60,17 +60,21 @@ impl Session {
         }
         let store = self.shared.store.clone();
         let id = found.id;
-        let (uids, status, recent) = tokio::task::spawn_blocking(move || {
-            let status = store.status(id)?;
+        let (view, recent) = tokio::task::spawn_blocking(move || {
+            let view = store.select_view(id)?;
             let recent = if read_only {
                 None
             } else {
                 Some(store.claim_recent(id)?)
             };
-            let uids = store.uids(id)?;
-            Ok::<_, crate::store::StoreError>((uids, status, recent))
+            Ok::<_, crate::store::StoreError>((view, recent))
         })
         .await??;
+        let SelectView {
+            uids,
+            status,
+            first_unseen,
+        } = view;
         let mut selected = Selected {
             mailbox: Mailbox {
                 uidnext: status.uidnext,
@@ -124,7 +128,7 @@ impl Session {
             .num(status.highestmodseq)
             .text("] Highest")
             .crlf();
-        if let Some(first_unseen) = self.first_unseen(&selected).await? {
+        if let Some(first_unseen) = first_unseen.and_then(|uid| selected.seq_of(uid)) {
             out.text("* OK [UNSEEN ")
                 .num(first_unseen)
                 .text("] First unseen")
@@ -147,18 +151,6 @@ impl Session {
                 "SELECT completed"
             },
         ))
-    }
-
-    async fn first_unseen(&self, selected: &Selected) -> Result<Option<usize>, CmdError> {
-        let store = self.shared.store.clone();
-        let id = selected.mailbox.id;
-        let last = selected.uids.last().copied().unwrap_or(0);
-        let rows = tokio::task::spawn_blocking(move || store.rows(id, 1, last)).await??;
-        Ok(rows
-            .iter()
-            .find(|r| !r.flags.contains("\\Seen"))
-            .and_then(|r| selected.uids.binary_search(&r.uid).ok())
-            .map(|i| i + 1))
     }
 
     /// RFC 7162 §3.2.5.1: what changed since the client's MODSEQ, as VANISHED (EARLIER) and

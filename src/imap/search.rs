@@ -15,7 +15,9 @@ use super::sequence;
 use super::session::{CmdError, CmdResult, Done, Session};
 use crate::store::{days_from_civil, ContentData, MessageRow, Need};
 
-const BATCH: usize = 512;
+const BATCH: usize = 1024;
+/// Bytes of whole messages in memory at once (at least one message).
+const BUDGET: u64 = 4 << 20;
 
 /// One message under evaluation, with its text parsed on first use.
 pub struct Candidate<'a> {
@@ -299,18 +301,15 @@ impl Session {
         let (found, highest) = tokio::task::spawn_blocking(move || {
             let mut found = Vec::new();
             let mut highest = 0u64;
-            for (chunk_index, chunk) in view.chunks(BATCH).enumerate() {
-                let rows = store.rows(mailbox, chunk[0], chunk[chunk.len() - 1])?;
-                let contents = if need.raw || need.header {
-                    store.contents(&rows.iter().map(|r| r.content).collect::<Vec<_>>(), need)?
-                } else {
-                    vec![ContentData::default(); rows.len()]
-                };
-                for (row, content) in rows.iter().zip(&contents) {
+            let mut done = 0;
+            while done < view.len() {
+                let chunk = &view[done..view.len().min(done + BATCH)];
+                let batch = store.fetch_batch(mailbox, chunk, need, BUDGET)?;
+                for (row, content) in &batch.items {
                     let Ok(i) = chunk.binary_search(&row.uid) else {
                         continue;
                     };
-                    let index = chunk_index * BATCH + i;
+                    let index = done + i;
                     let mut candidate = Candidate::new(
                         index as u32 + 1,
                         row,
@@ -324,6 +323,7 @@ impl Session {
                         highest = highest.max(row.modseq);
                     }
                 }
+                done += chunk.partition_point(|&u| u <= batch.through);
             }
             Ok::<_, crate::store::StoreError>((found, highest))
         })

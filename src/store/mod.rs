@@ -255,6 +255,14 @@ pub struct ContentData {
     pub parts: Option<PartMap>,
 }
 
+/// What [`Store::fetch_batch`] read: messages in UID order, and the UID up to which the asked
+/// set was covered (the last one asked for, unless the byte budget stopped it early).
+#[derive(Debug, Default)]
+pub struct FetchBatch {
+    pub items: Vec<(MessageRow, ContentData)>,
+    pub through: u32,
+}
+
 /// What a session needs to catch up with other sessions' changes.
 #[derive(Debug, Default)]
 pub struct Changes {
@@ -276,6 +284,29 @@ pub struct MailboxStatus {
     pub highestmodseq: u64,
     pub size: u64,
     pub keywords: Vec<String>,
+}
+
+impl MailboxStatus {
+    /// Adds the keywords of one message's flag column; true when it has \\Seen.
+    fn count_flags(&mut self, column: &str) -> bool {
+        let mut seen = false;
+        for flag in column.split(' ').filter(|f| !f.is_empty()) {
+            if flag.starts_with('\\') {
+                seen |= flag.eq_ignore_ascii_case("\\Seen");
+            } else if !self.keywords.iter().any(|k| k.eq_ignore_ascii_case(flag)) {
+                self.keywords.push(flag.to_owned());
+            }
+        }
+        seen
+    }
+}
+
+/// A mailbox as SELECT opens it (see [`Store::select_view`]).
+#[derive(Debug, Clone, Default)]
+pub struct SelectView {
+    pub uids: Vec<u32>,
+    pub status: MailboxStatus,
+    pub first_unseen: Option<u32>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -698,11 +729,23 @@ impl Store {
         })
     }
 
-    /// The content columns `need` names, for each content id in order.
-    pub fn contents(&self, ids: &[i64], need: Need) -> Result<Vec<ContentData>, StoreError> {
+    /// One FETCH or SEARCH batch from one snapshot: the state of the messages of `uids`
+    /// (ascending; expunged ones are left out) with the content `need` names. With `need.raw`,
+    /// reading stops once `budget` bytes of messages are in hand (always at least one message),
+    /// so memory stays bounded whatever the message sizes; `through` says how far it got.
+    pub fn fetch_batch(
+        &self,
+        mailbox: MailboxId,
+        uids: &[u32],
+        need: Need,
+        budget: u64,
+    ) -> Result<FetchBatch, StoreError> {
+        let (Some(&lo), Some(&hi)) = (uids.first(), uids.last()) else {
+            return Ok(FetchBatch::default());
+        };
         let column = |wanted: bool, name: &str| {
             if wanted {
-                name.to_owned()
+                format!("c.{name}")
             } else {
                 "NULL".into()
             }
@@ -712,45 +755,111 @@ impl Store {
         let header_only = need.header && !need.raw;
         let want_parts = need.parts || header_only;
         let summary = need.envelope || need.body || need.bodystructure || want_parts;
-        let sql = format!(
-            "SELECT {}, {}, {}, {} FROM contents WHERE id = ?1",
+        let select = format!(
+            "SELECT m.uid, m.content, m.flags, m.modseq, m.internaldate, m.tz_minutes, m.size,
+             {}, {}, {}, {} FROM {}",
             column(need.envelope, "envelope"),
             column(need.body, "body"),
             column(need.bodystructure, "bodystructure"),
             column(want_parts, "parts"),
+            if summary {
+                "messages m JOIN contents c ON c.id = m.content"
+            } else {
+                "messages m"
+            },
         );
+        // A dense set is read as one UID range; a sparse one (1,50000) message by message.
+        let dense = (hi - lo) as usize / 2 < uids.len();
+        let sql = if dense {
+            format!("{select} WHERE m.mailbox = ?1 AND m.uid BETWEEN ?2 AND ?3 ORDER BY m.uid")
+        } else {
+            format!("{select} WHERE m.mailbox = ?1 AND m.uid = ?2")
+        };
+        let read_row = |r: &rusqlite::Row<'_>| -> rusqlite::Result<(MessageRow, ContentData)> {
+            let row = MessageRow {
+                uid: r.get(0)?,
+                content: r.get(1)?,
+                flags: Flags::from_column(r.get_ref(2)?.as_str()?),
+                modseq: r.get::<_, i64>(3)? as u64,
+                internaldate: InternalDate {
+                    unix: r.get(4)?,
+                    tz_minutes: r.get(5)?,
+                },
+                size: r.get(6)?,
+            };
+            let blob = |i: usize| -> rusqlite::Result<Vec<u8>> {
+                Ok(r.get::<_, Option<Vec<u8>>>(i)?.unwrap_or_default())
+            };
+            let parts = r.get_ref(10)?.as_blob_or_null()?;
+            let content = ContentData {
+                envelope: blob(7)?,
+                body: blob(8)?,
+                bodystructure: blob(9)?,
+                parts: parts
+                    .map(PartMap::from_bytes)
+                    .transpose()
+                    .map_err(|e| rusqlite::Error::UserFunctionError(Box::new(e)))?,
+                ..ContentData::default()
+            };
+            Ok((row, content))
+        };
         self.read(|c| {
-            let mut stmt = c.prepare_cached(&sql)?;
-            let mut raw_stmt = c.prepare_cached("SELECT raw FROM content_raw WHERE id = ?1")?;
-            let mut out = Vec::with_capacity(ids.len());
-            for &id in ids {
-                let mut data = ContentData::default();
-                if summary {
-                    let (envelope, body, bodystructure, parts) = stmt.query_row([id], |r| {
-                        Ok((
-                            r.get::<_, Option<Vec<u8>>>(0)?,
-                            r.get::<_, Option<Vec<u8>>>(1)?,
-                            r.get::<_, Option<Vec<u8>>>(2)?,
-                            r.get::<_, Option<Vec<u8>>>(3)?,
-                        ))
-                    })?;
-                    data.envelope = envelope.unwrap_or_default();
-                    data.body = body.unwrap_or_default();
-                    data.bodystructure = bodystructure.unwrap_or_default();
-                    data.parts = parts.map(|p| PartMap::from_bytes(&p)).transpose()?;
+            // One read transaction: one snapshot, and one WAL read lock instead of one per
+            // statement.
+            let tx = c.unchecked_transaction()?;
+            let mut stmt = tx.prepare_cached(&sql)?;
+            let mut raw_stmt = tx.prepare_cached("SELECT raw FROM content_raw WHERE id = ?1")?;
+            let mut batch = FetchBatch {
+                items: Vec::new(),
+                through: hi,
+            };
+            let mut bytes = 0u64;
+            let mut take = |(row, mut content): (MessageRow, ContentData)| {
+                if need.raw && bytes > 0 && bytes + u64::from(row.size) > budget {
+                    return Ok::<_, StoreError>(false);
                 }
                 if need.raw {
-                    data.raw = raw_stmt.query_row([id], |r| r.get(0))?;
+                    bytes += u64::from(row.size);
+                    content.raw = raw_stmt.query_row([row.content], |r| r.get(0))?;
                 } else if header_only {
-                    let len = data.parts.as_ref().map_or(0, PartMap::header_len);
-                    data.header = read_prefix(c, id, len)?;
+                    let len = content.parts.as_ref().map_or(0, PartMap::header_len);
+                    content.header = read_prefix(&tx, row.content, len)?;
                 }
                 if !need.parts {
-                    data.parts = None;
+                    content.parts = None;
                 }
-                out.push(data);
+                batch.items.push((row, content));
+                Ok(true)
+            };
+            let mut stopped = false;
+            if dense {
+                let mut rows = stmt.query(params![mailbox, lo, hi])?;
+                while let Some(r) = rows.next()? {
+                    let item = read_row(r)?;
+                    if uids.binary_search(&item.0.uid).is_err() {
+                        continue;
+                    }
+                    if !take(item)? {
+                        stopped = true;
+                        break;
+                    }
+                }
+            } else {
+                for &uid in uids {
+                    let Some(item) = stmt.query_row(params![mailbox, uid], read_row).optional()?
+                    else {
+                        continue;
+                    };
+                    if !take(item)? {
+                        stopped = true;
+                        break;
+                    }
+                }
             }
-            Ok(out)
+            if stopped {
+                batch.through = batch.items.last().map_or(lo, |(row, _)| row.uid);
+            }
+            Ok(batch)
         })
     }
 
@@ -960,27 +1069,45 @@ impl Store {
                 highestmodseq: mb.highestmodseq,
                 ..MailboxStatus::default()
             };
-            let mut stmt =
-                c.prepare_cached("SELECT uid, flags, size FROM messages WHERE mailbox = ?1")?;
-            let mut rows = stmt.query([mailbox])?;
-            while let Some(row) = rows.next()? {
-                let uid: u32 = row.get(0)?;
-                let flags = Flags::from_column(&row.get::<_, String>(1)?);
+            scan_mailbox(&c, mailbox, |uid, flags, size| {
                 status.messages += 1;
-                status.size += row.get::<_, i64>(2)? as u64;
+                status.size += size;
                 if uid >= floor {
                     status.recent += 1;
                 }
-                if !flags.contains("\\Seen") {
+                if !status.count_flags(flags) {
                     status.unseen += 1;
                 }
-                for flag in flags.iter().filter(|f| !f.starts_with('\\')) {
-                    if !status.keywords.iter().any(|k| k.eq_ignore_ascii_case(flag)) {
-                        status.keywords.push(flag.to_owned());
-                    }
-                }
-            }
+            })?;
             Ok(status)
+        })
+    }
+
+    /// What SELECT needs, from one snapshot in one pass over the mailbox: the UIDs, the
+    /// counters, the keywords in use and the first message without \\Seen.
+    pub fn select_view(&self, mailbox: MailboxId) -> Result<SelectView, StoreError> {
+        self.read(|c| {
+            let c = c.unchecked_transaction()?;
+            let mb = find_mailbox_id(&c, mailbox)?;
+            let mut view = SelectView {
+                status: MailboxStatus {
+                    uidnext: mb.uidnext,
+                    uidvalidity: mb.uidvalidity,
+                    highestmodseq: mb.highestmodseq,
+                    ..MailboxStatus::default()
+                },
+                ..SelectView::default()
+            };
+            scan_mailbox(&c, mailbox, |uid, flags, size| {
+                view.uids.push(uid);
+                view.status.messages += 1;
+                view.status.size += size;
+                if !view.status.count_flags(flags) {
+                    view.status.unseen += 1;
+                    view.first_unseen.get_or_insert(uid);
+                }
+            })?;
+            Ok(view)
         })
     }
 
@@ -1175,6 +1302,22 @@ fn remember_uidvalidity(tx: &Connection, value: i64) -> Result<(), StoreError> {
          ON CONFLICT (key) DO UPDATE SET value = max(value, ?1)",
         [value],
     )?;
+    Ok(())
+}
+
+/// Calls `f(uid, flags column, size)` for every message of a mailbox in UID order.
+fn scan_mailbox(
+    c: &Connection,
+    mailbox: MailboxId,
+    mut f: impl FnMut(u32, &str, u64),
+) -> Result<(), StoreError> {
+    let mut stmt =
+        c.prepare_cached("SELECT uid, flags, size FROM messages WHERE mailbox = ?1 ORDER BY uid")?;
+    let mut rows = stmt.query([mailbox])?;
+    while let Some(row) = rows.next()? {
+        let flags = row.get_ref(1)?.as_str().map_err(rusqlite::Error::from)?;
+        f(row.get(0)?, flags, row.get::<_, i64>(2)? as u64);
+    }
     Ok(())
 }
 

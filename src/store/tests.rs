@@ -225,7 +225,8 @@ fn a_version_1_store_is_upgraded_in_place() {
         parts: true,
         ..Need::default()
     };
-    let content = &store.contents(&[5], all).unwrap()[0];
+    let batch = store.fetch_batch(1, &[7], all, 1 << 20).unwrap();
+    let content = &batch.items[0].1;
     assert_eq!(content.raw, raw);
     assert_eq!(content.envelope, summary.envelope);
     assert_eq!(content.bodystructure, summary.bodystructure);
@@ -233,7 +234,44 @@ fn a_version_1_store_is_upgraded_in_place() {
         header: true,
         ..Need::default()
     };
-    let content = &store.contents(&[5], header).unwrap()[0];
+    let batch = store.fetch_batch(1, &[7], header, 1 << 20).unwrap();
+    let content = &batch.items[0].1;
     assert_eq!(content.header, b"Subject: old\r\n\r\n");
     assert!(store.integrity_check().unwrap().is_empty());
+}
+
+#[test]
+fn fetch_batches_stop_at_the_byte_budget_and_skip_what_was_not_asked() {
+    let (_dir, store) = store();
+    let account = store.ensure_account("alice").unwrap();
+    let inbox = store.mailbox(account, "INBOX").unwrap().unwrap();
+    for i in 0..6 {
+        store
+            .append(inbox.id, message(&format!("m{i}")), Origin::Sync)
+            .unwrap();
+    }
+    let size = u64::from(store.rows(inbox.id, 1, 1).unwrap()[0].size);
+    let raw = Need {
+        raw: true,
+        ..Need::default()
+    };
+    // Room for two whole messages: two are read, and the batch says where it stopped.
+    let batch = store
+        .fetch_batch(inbox.id, &[1, 2, 4, 5], raw, 2 * size)
+        .unwrap();
+    let uids: Vec<u32> = batch.items.iter().map(|(r, _)| r.uid).collect();
+    assert_eq!((uids, batch.through), (vec![1, 2], 2));
+    assert!(batch.items[1].1.raw.starts_with(b"Subject: m1\r\n"));
+    // A budget smaller than one message still makes progress.
+    let batch = store.fetch_batch(inbox.id, &[4, 5], raw, 1).unwrap();
+    assert_eq!((batch.items.len(), batch.through), (1, 4));
+    // Sparse sets are read message by message; expunged UIDs are simply absent.
+    let batch = store
+        .fetch_batch(inbox.id, &[1, 6, 99], Need::default(), 0)
+        .unwrap();
+    let uids: Vec<u32> = batch.items.iter().map(|(r, _)| r.uid).collect();
+    assert_eq!((uids, batch.through), (vec![1, 6], 99));
+    let view = store.select_view(inbox.id).unwrap();
+    assert_eq!(view.uids, [1, 2, 3, 4, 5, 6]);
+    assert_eq!((view.status.unseen, view.first_unseen), (6, Some(1)));
 }
