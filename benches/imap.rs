@@ -15,7 +15,9 @@
 //! operation. The goal (each ≤ 1.0 × Dovecot's time) is judged on the medians. Peak RSS is
 //! VmHWM of sealpost's daemon (its one process) and of Dovecot's `imap` process of the session.
 //!
-//! `SEALPOST_BENCH_MESSAGES` sets the mailbox size (default 50,000) for a quick run.
+//! `SEALPOST_BENCH_MESSAGES` sets the mailbox size (default 50,000) for a quick run;
+//! `SEALPOST_BENCH_ONLY=FETCH` runs only the operations whose name starts with that text (after
+//! a first SELECT), for profiling one of them.
 
 #[allow(dead_code)]
 #[path = "../tests/common/dovecot.rs"]
@@ -312,8 +314,17 @@ fn main() {
         ("STORE 1:* +FLAGS (\\Flagged)", store_flagged),
     ];
     debug_assert!(SEARCH_WORD == "attached");
+    let only = std::env::var("SEALPOST_BENCH_ONLY").ok();
+    if only.is_some() {
+        for client in clients.iter_mut() {
+            client.ok("SELECT INBOX");
+        }
+    }
     let mut rows = Vec::new();
     for (name, command) in operations {
+        if only.as_ref().is_some_and(|o| !name.starts_with(o.as_str())) {
+            continue;
+        }
         let mut times: [Vec<Duration>; 2] = [Vec::new(), Vec::new()];
         let mut note = String::new();
         for _round in 0..=WARM_ROUNDS {

@@ -93,17 +93,21 @@ impl Session {
         }
 
         // Batches of BATCH messages; whole messages only up to BUDGET bytes per batch, so
-        // memory stays bounded whatever the mailbox and message sizes.
+        // memory stays bounded whatever the mailbox and message sizes. The next batch is read
+        // while the current one is rendered and written (at most two in memory).
+        let shared_store = self.shared.store.clone();
+        let read = |rest: &[(u32, u32)]| {
+            let wanted: Vec<u32> = rest.iter().take(BATCH).map(|t| t.1).collect();
+            let store = shared_store.clone();
+            tokio::task::spawn_blocking(move || store.fetch_batch(mailbox, &wanted, need, BUDGET))
+        };
         let mut rest = &targets[..];
-        while !rest.is_empty() {
+        let mut next = (!rest.is_empty()).then(|| read(rest));
+        while let Some(reading) = next.take() {
+            let batch = reading.await??;
             let chunk = &rest[..rest.len().min(BATCH)];
-            let wanted: Vec<u32> = chunk.iter().map(|t| t.1).collect();
-            let store = self.shared.store.clone();
-            let batch = tokio::task::spawn_blocking(move || {
-                store.fetch_batch(mailbox, &wanted, need, BUDGET)
-            })
-            .await??;
             rest = &rest[chunk.partition_point(|t| t.1 <= batch.through)..];
+            next = (!rest.is_empty()).then(|| read(rest));
             let mut fetched = batch.items;
             if let Some(since) = changed_since {
                 fetched.retain(|(r, _)| r.modseq > since);

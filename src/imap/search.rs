@@ -19,6 +19,14 @@ const BATCH: usize = 1024;
 /// Bytes of whole messages in memory at once (at least one message).
 const BUDGET: u64 = 4 << 20;
 
+/// Body text needs only the MIME headers; the others (Received, address lists...) are skipped
+/// unparsed.
+static BODY_PARSER: std::sync::LazyLock<MessageParser> = std::sync::LazyLock::new(|| {
+    MessageParser::new()
+        .with_mime_headers()
+        .default_header_ignore()
+});
+
 /// One message under evaluation, with its text parsed on first use.
 pub struct Candidate<'a> {
     pub seq: u32,
@@ -87,7 +95,7 @@ impl<'a> Candidate<'a> {
     fn body(&mut self) -> &str {
         if self.body.is_none() {
             let mut text = String::new();
-            if let Some(message) = MessageParser::default().parse(self.source()) {
+            if let Some(message) = BODY_PARSER.parse(self.source()) {
                 body_text(&message, &mut text);
             }
             self.body = Some(text);
@@ -154,6 +162,10 @@ fn value_text(value: &HeaderValue<'_>) -> String {
 pub fn fold(text: &str) -> String {
     use unicode_normalization::char::is_combining_mark;
     use unicode_normalization::UnicodeNormalization;
+    // ASCII is its own decomposition and has no combining marks: most mail takes this path.
+    if text.is_ascii() {
+        return text.to_ascii_lowercase();
+    }
     text.nfkd()
         .filter(|c| !is_combining_mark(*c))
         .flat_map(char::to_lowercase)
@@ -344,5 +356,18 @@ impl Session {
         } else {
             "SEARCH completed"
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fold;
+
+    #[test]
+    fn folding_matches_with_and_without_the_ascii_shortcut() {
+        assert_eq!(fold("Lunch AT Noon"), "lunch at noon");
+        assert_eq!(fold("Réunion ÉTÉ"), "reunion ete");
+        // Compatibility decomposition: the ligature and the full-width letters fold to ASCII.
+        assert_eq!(fold("ﬁle ＡＢ"), "file ab");
     }
 }

@@ -810,7 +810,7 @@ impl Store {
             let mut stmt = tx.prepare_cached(&sql)?;
             let mut raw_stmt = tx.prepare_cached("SELECT raw FROM content_raw WHERE id = ?1")?;
             let mut batch = FetchBatch {
-                items: Vec::new(),
+                items: Vec::with_capacity(uids.len()),
                 through: hi,
             };
             let mut bytes = 0u64;
