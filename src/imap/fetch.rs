@@ -77,6 +77,7 @@ impl Session {
             selected.mailbox.id,
             selected.uids.last().copied().unwrap_or(0),
         );
+        let recent = selected.recent.clone();
 
         if let (true, Some(since)) = (vanished, changed_since) {
             let store = self.shared.store.clone();
@@ -93,85 +94,169 @@ impl Session {
         }
 
         // Batches of BATCH messages; whole messages only up to BUDGET bytes per batch, so
-        // memory stays bounded whatever the mailbox and message sizes. The next batch is read
-        // while the current one is rendered and written (at most two in memory).
+        // memory stays bounded whatever the mailbox and message sizes. Each batch is read and
+        // rendered on a blocking thread while the previous one is written (at most two in
+        // memory). A FETCH that sets \\Seen renders here instead, after the flag change.
+        let renderer = std::sync::Arc::new(Renderer {
+            sections: prepare_sections(&items),
+            items,
+            recent,
+            uid,
+            condstore,
+        });
         let shared_store = self.shared.store.clone();
         let read = |rest: &[(u32, u32)]| {
-            let wanted: Vec<u32> = rest.iter().take(BATCH).map(|t| t.1).collect();
+            let chunk: Vec<(u32, u32)> = rest.iter().take(BATCH).copied().collect();
             let store = shared_store.clone();
-            tokio::task::spawn_blocking(move || store.fetch_batch(mailbox, &wanted, need, BUDGET))
+            let renderer = renderer.clone();
+            tokio::task::spawn_blocking(move || {
+                let wanted: Vec<u32> = chunk.iter().map(|t| t.1).collect();
+                let batch = store.fetch_batch(mailbox, &wanted, need, BUDGET)?;
+                let covered = chunk.partition_point(|t| t.1 <= batch.through);
+                let mut fetched = batch.items;
+                if let Some(since) = changed_since {
+                    fetched.retain(|(r, _)| r.modseq > since);
+                }
+                let read = if sets_seen {
+                    Read::Rows(chunk[..covered].to_vec(), fetched)
+                } else {
+                    Read::Rendered(renderer.render(&chunk[..covered], &fetched, &[])?)
+                };
+                Ok::<_, CmdError>((covered, read))
+            })
         };
         let mut rest = &targets[..];
         let mut next = (!rest.is_empty()).then(|| read(rest));
         while let Some(reading) = next.take() {
-            let batch = reading.await??;
-            let chunk = &rest[..rest.len().min(BATCH)];
-            rest = &rest[chunk.partition_point(|t| t.1 <= batch.through)..];
+            let (covered, batch) = reading.await??;
+            rest = &rest[covered..];
             next = (!rest.is_empty()).then(|| read(rest));
-            let mut fetched = batch.items;
-            if let Some(since) = changed_since {
-                fetched.retain(|(r, _)| r.modseq > since);
-            }
-            let mut seen_now = Vec::new();
-            if sets_seen {
-                let unseen: Vec<u32> = fetched
-                    .iter()
-                    .filter(|(r, _)| !r.flags.contains("\\Seen"))
-                    .map(|(r, _)| r.uid)
-                    .collect();
-                if !unseen.is_empty() {
-                    let store = self.shared.store.clone();
-                    let stored = tokio::task::spawn_blocking(move || {
-                        store.store_flags(
-                            mailbox,
-                            &unseen,
-                            FlagOp::Add,
-                            &Flags::new(["\\Seen"]),
-                            None,
-                            Origin::Client,
-                        )
-                    })
-                    .await??;
-                    let selected = self.selected()?;
-                    for (uid, flags, modseq, _) in stored.rows {
-                        selected.own.insert(uid, modseq);
-                        if let Ok(i) = fetched.binary_search_by_key(&uid, |(r, _)| r.uid) {
-                            fetched[i].0.flags = flags;
-                            fetched[i].0.modseq = modseq;
-                        }
-                        seen_now.push(uid);
-                    }
+            let bytes = match batch {
+                Read::Rendered(bytes) => bytes,
+                Read::Rows(covered, mut fetched) => {
+                    let seen_now = self.set_seen(mailbox, &mut fetched).await?;
+                    renderer.render(&covered, &fetched, &seen_now)?
                 }
-            }
-            let selected = self.selected()?;
-            let mut out = Out::default();
-            for (row, content) in &fetched {
-                let Some(seq) = selected.seq_of(row.uid) else {
-                    continue;
-                };
-                let recent = selected.is_recent(row.uid);
-                let extra_flags = seen_now.contains(&row.uid);
-                render_message(
-                    &mut out,
-                    seq,
-                    row,
-                    content,
-                    &items,
-                    Extras {
-                        uid,
-                        recent,
-                        extra_flags,
-                        condstore,
-                    },
-                )?;
-            }
-            self.conn.write(&out.bytes).await?;
+            };
+            self.conn.write(&bytes).await?;
         }
         Ok(Done::ok(if uid {
             "UID FETCH completed"
         } else {
             "FETCH completed"
         }))
+    }
+}
+
+impl Session {
+    /// Sets \\Seen on the fetched messages that lack it (RFC 3501 §6.4.5: BODY[] without
+    /// .PEEK); returns their UIDs, whose FLAGS go out even when not asked for.
+    async fn set_seen(
+        &mut self,
+        mailbox: crate::store::MailboxId,
+        fetched: &mut [(MessageRow, ContentData)],
+    ) -> Result<Vec<u32>, CmdError> {
+        let unseen: Vec<u32> = fetched
+            .iter()
+            .filter(|(r, _)| !r.flags.contains("\\Seen"))
+            .map(|(r, _)| r.uid)
+            .collect();
+        if unseen.is_empty() {
+            return Ok(Vec::new());
+        }
+        let store = self.shared.store.clone();
+        let stored = tokio::task::spawn_blocking(move || {
+            store.store_flags(
+                mailbox,
+                &unseen,
+                FlagOp::Add,
+                &Flags::new(["\\Seen"]),
+                None,
+                Origin::Client,
+            )
+        })
+        .await??;
+        let selected = self.selected()?;
+        let mut seen_now = Vec::new();
+        for (uid, flags, modseq, _) in stored.rows {
+            selected.own.insert(uid, modseq);
+            if let Ok(i) = fetched.binary_search_by_key(&uid, |(r, _)| r.uid) {
+                fetched[i].0.flags = flags;
+                fetched[i].0.modseq = modseq;
+            }
+            seen_now.push(uid);
+        }
+        Ok(seen_now)
+    }
+}
+
+/// One batch as the reading thread hands it over.
+enum Read {
+    /// The FETCH responses, ready to write.
+    Rendered(Vec<u8>),
+    /// The (sequence number, UID) pairs covered and the messages read, to render after
+    /// \\Seen is set.
+    Rows(Vec<(u32, u32)>, Vec<(MessageRow, ContentData)>),
+}
+
+/// Renders FETCH responses: the items asked for and the session facts they depend on.
+struct Renderer {
+    items: Vec<MessageDataItemName<'static>>,
+    sections: Vec<Option<PreparedSection>>,
+    /// The session's \\Recent UID ranges.
+    recent: Vec<(u32, u32)>,
+    uid: bool,
+    condstore: bool,
+}
+
+impl Renderer {
+    /// `covered` and `fetched` are both in UID order; the pairs carry the sequence numbers of
+    /// the command's view (expunged messages are absent from `fetched`).
+    fn render(
+        &self,
+        covered: &[(u32, u32)],
+        fetched: &[(MessageRow, ContentData)],
+        seen_now: &[u32],
+    ) -> Result<Vec<u8>, CmdError> {
+        // Sized for the batch up front: no regrowth copies of a large response.
+        let estimate: usize = fetched
+            .iter()
+            .map(|(_, c)| {
+                64 + c.raw.len()
+                    + c.header.len()
+                    + c.envelope.len()
+                    + c.body.len()
+                    + c.bodystructure.len()
+            })
+            .sum();
+        let mut out = Out {
+            bytes: Vec::with_capacity(estimate),
+        };
+        let mut targets = covered.iter();
+        for (row, content) in fetched {
+            let Some(&(seq, _)) = targets.find(|t| t.1 == row.uid) else {
+                continue;
+            };
+            let recent = self
+                .recent
+                .iter()
+                .any(|(lo, hi)| (*lo..*hi).contains(&row.uid));
+            render_message(
+                &mut out,
+                seq,
+                row,
+                content,
+                &self.items,
+                &self.sections,
+                Extras {
+                    uid: self.uid,
+                    recent,
+                    extra_flags: seen_now.contains(&row.uid),
+                    condstore: self.condstore,
+                },
+            )?;
+        }
+        Ok(out.bytes)
     }
 }
 
@@ -231,6 +316,7 @@ fn render_message(
     row: &MessageRow,
     content: &ContentData,
     items: &[MessageDataItemName<'_>],
+    sections: &[Option<PreparedSection>],
     extras: Extras,
 ) -> Result<(), CmdError> {
     out.text("* ").num(seq).text(" FETCH (");
@@ -250,7 +336,7 @@ fn render_message(
         .iter()
         .any(|i| matches!(i, MessageDataItemName::Flags));
     let mut modseq_done = false;
-    for item in items {
+    for (item, prepared) in items.iter().zip(sections) {
         sep(out);
         match item {
             MessageDataItemName::Uid => {
@@ -297,10 +383,10 @@ fn render_message(
                 out.text("MODSEQ (").num(row.modseq).text(")");
                 modseq_done = true;
             }
-            MessageDataItemName::BodyExt {
-                section, partial, ..
-            } => {
-                body_section(out, content, section.as_ref(), *partial);
+            MessageDataItemName::BodyExt { partial, .. } => {
+                if let Some(prepared) = prepared {
+                    body_section(out, content, prepared, *partial);
+                }
             }
             MessageDataItemName::Binary { .. } | MessageDataItemName::BinarySize { .. } => {
                 return Err(CmdError::bad("BINARY is not supported"));
@@ -338,12 +424,26 @@ fn part_path(part: Option<&Part>) -> Vec<u32> {
 }
 
 /// BODY[section]<origin.count> (RFC 3501 §6.4.5) and its response label.
-fn body_section(
-    out: &mut Out,
-    content: &ContentData,
-    section: Option<&Section<'_>>,
-    partial: Option<(u32, std::num::NonZeroU32)>,
-) {
+/// A BODY[section] item as parsed once per command: the part path, what of it, and the
+/// label echoed in each response.
+struct PreparedSection {
+    path: Vec<u32>,
+    what: SectionText,
+    label: String,
+}
+
+/// The prepared sections of a FETCH's items, aligned with them (None for other items).
+fn prepare_sections(items: &[MessageDataItemName<'_>]) -> Vec<Option<PreparedSection>> {
+    items
+        .iter()
+        .map(|item| match item {
+            MessageDataItemName::BodyExt { section, .. } => Some(prepare_section(section.as_ref())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn prepare_section(section: Option<&Section<'_>>) -> PreparedSection {
     let (path, what, label) = match section {
         None => (Vec::new(), SectionText::Full, String::new()),
         Some(Section::Part(part)) => {
@@ -397,16 +497,26 @@ fn body_section(
             (path, SectionText::HeaderFields { names, not }, label)
         }
     };
+    PreparedSection { path, what, label }
+}
+
+fn body_section(
+    out: &mut Out,
+    content: &ContentData,
+    prepared: &PreparedSection,
+    partial: Option<(u32, std::num::NonZeroU32)>,
+) {
+    let PreparedSection { path, what, label } = prepared;
     let source: &[u8] = if content.raw.is_empty() {
         &content.header
     } else {
         &content.raw
     };
     let bytes: Option<Cow<'_, [u8]>> = match &content.parts {
-        Some(parts) => section::section(source, parts, &path, &what),
+        Some(parts) => section::section(source, parts, path, what),
         None => None,
     };
-    out.text("BODY[").text(&label).text("]");
+    out.text("BODY[").text(label).text("]");
     match (bytes, partial) {
         // A part that does not exist reads as empty, as Dovecot answers it.
         (None, Some((origin, _))) => {

@@ -13,6 +13,27 @@ pub struct Out {
     pub bytes: Vec<u8>,
 }
 
+/// The unsigned integers IMAP responses carry (RFC 3501 number, nz-number; RFC 7162 mod-sequence).
+pub trait Number {
+    fn into_u64(self) -> u64;
+}
+
+macro_rules! number {
+    ($($t:ty),*) => {
+        $(impl Number for $t {
+            fn into_u64(self) -> u64 {
+                self as u64
+            }
+        }
+        impl Number for &$t {
+            fn into_u64(self) -> u64 {
+                *self as u64
+            }
+        })*
+    };
+}
+number!(u8, u16, u32, u64, usize);
+
 impl Out {
     pub fn raw(&mut self, bytes: &[u8]) -> &mut Self {
         self.bytes.extend_from_slice(bytes);
@@ -24,8 +45,20 @@ impl Out {
         self
     }
 
-    pub fn num(&mut self, n: impl std::fmt::Display) -> &mut Self {
-        let _ = write!(Text(&mut self.bytes), "{n}");
+    /// A decimal number (written digit by digit: FETCH responses carry several per message).
+    pub fn num(&mut self, n: impl Number) -> &mut Self {
+        let mut n = n.into_u64();
+        let mut digits = [0u8; 20];
+        let mut at = digits.len();
+        loop {
+            at -= 1;
+            digits[at] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        self.bytes.extend_from_slice(&digits[at..]);
         self
     }
 
@@ -109,15 +142,6 @@ impl Out {
             self.text("[").text(code).text("] ");
         }
         self.text(text).crlf()
-    }
-}
-
-struct Text<'a>(&'a mut Vec<u8>);
-
-impl std::fmt::Write for Text<'_> {
-    fn write_str(&mut self, s: &str) -> std::fmt::Result {
-        self.0.extend_from_slice(s.as_bytes());
-        Ok(())
     }
 }
 
