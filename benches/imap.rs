@@ -10,8 +10,8 @@
 //! same minimal client that reads every byte of every response (literals skipped, not copied).
 //!
 //! Each operation runs once cold (Dovecot's first SELECT indexes the Maildir; its first header
-//! and BODYSTRUCTURE fetches fill its cache) and then five more times; the table shows the
-//! first time and the median of the other five, the two servers interleaved operation by
+//! and BODYSTRUCTURE fetches fill its cache) and then seven more times; the table shows the
+//! first time and the median of the other seven, the two servers interleaved operation by
 //! operation. The goal (each ≤ 1.0 × Dovecot's time) is judged on the medians. Peak RSS is
 //! VmHWM of sealpost's daemon (its one process) and of Dovecot's `imap` process of the session.
 //!
@@ -39,7 +39,7 @@ use std::time::{Duration, Instant};
 use sealpost::store::crlf;
 
 const DEFAULT_MESSAGES: usize = 50_000;
-const WARM_ROUNDS: usize = 5;
+const WARM_ROUNDS: usize = 7;
 /// A word in the bodies of 5 of the 40 corpus messages (once in base64 text).
 const SEARCH_WORD: &str = "attached";
 /// What Thunderbird fetches for a new folder (the header fields of its message list).

@@ -561,6 +561,15 @@ fn mailbox_names_are_checked() {
         let (_, tagged) = raw.cmd(&format!("CREATE {bad}"));
         assert!(tagged.contains(" NO "), "{bad}: {tagged}");
     }
+    // "Café" spelled with U+0301 (NFD) and with é (NFC) is one mailbox, listed in NFC.
+    raw.ok("CREATE \"Cafe&AwE-\"");
+    let (_, tagged) = raw.cmd("CREATE \"Caf&AOk-\"");
+    assert!(tagged.contains("NO [ALREADYEXISTS]"), "{tagged}");
+    assert_eq!(
+        raw.ok("LIST \"\" \"Caf*\""),
+        ["* LIST (\\HasNoChildren) \"/\" \"Caf&AOk-\""]
+    );
+    raw.ok("SELECT \"Cafe&AwE-\"");
     raw.ok("CREATE \"Entw&APw-rfe/2026\"");
     let list = raw.ok("LIST \"\" \"Entw*\"");
     assert_eq!(
@@ -648,4 +657,100 @@ fn appended_uid(tagged: &str) -> u32 {
         .nth(1)
         .unwrap_or_else(|| panic!("no APPENDUID: {tagged}"));
     code.split([' ', ']']).nth(1).unwrap().parse().unwrap()
+}
+
+/// The MODSEQ in a FETCH line: "... MODSEQ (n) ...".
+fn modseq_of(line: &str) -> u64 {
+    let at = line.find("MODSEQ (").expect("MODSEQ") + "MODSEQ (".len();
+    line[at..].split(')').next().unwrap().parse().unwrap()
+}
+
+#[test]
+fn condstore_and_qresync_over_imap() {
+    let server = Server::start();
+    let mut a = server.login();
+    for i in 1..=3 {
+        let message = format!("Subject: m{i}\r\n\r\nbody\r\n");
+        a.ok(&format!("APPEND INBOX {{{}+}}\r\n{message}", message.len()));
+    }
+    let select = a.ok("SELECT INBOX (CONDSTORE)");
+    let highest: u64 = select
+        .iter()
+        .find_map(|l| l.strip_prefix("* OK [HIGHESTMODSEQ "))
+        .and_then(|l| l.split(']').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("HIGHESTMODSEQ in {select:?}"));
+    let before = a.ok("FETCH 2 (MODSEQ)");
+    let m2 = modseq_of(&before[0]);
+
+    // RFC 7162 §3.1.3: a message changed since UNCHANGEDSINCE is left alone and reported.
+    let (untagged, tagged) = a.cmd(&format!(
+        "STORE 2 (UNCHANGEDSINCE {}) +FLAGS (\\Flagged)",
+        m2 - 1
+    ));
+    assert!(tagged.contains("OK [MODIFIED 2]"), "{tagged} {untagged:?}");
+    let stored = a.ok(&format!("STORE 2 (UNCHANGEDSINCE {m2}) +FLAGS (\\Flagged)"));
+    assert!(
+        stored[0].contains("\\Flagged") && modseq_of(&stored[0]) > m2,
+        "{stored:?}"
+    );
+    a.ok("STORE 3 +FLAGS.SILENT (\\Deleted)");
+    a.ok("EXPUNGE");
+
+    // CHANGEDSINCE: only what changed after the client's HIGHESTMODSEQ.
+    let changed = a.ok(&format!("UID FETCH 1:* (FLAGS) (CHANGEDSINCE {highest})"));
+    assert_eq!(changed.len(), 1, "{changed:?}");
+    assert!(changed[0].starts_with("* 2 FETCH (UID 2 ") && changed[0].contains("\\Flagged"));
+
+    // QRESYNC: a client that saw UIDs 1:3 at `highest` learns of the expunge and the flag
+    // change in the SELECT itself.
+    let uidvalidity: u32 = select
+        .iter()
+        .find_map(|l| l.strip_prefix("* OK [UIDVALIDITY "))
+        .and_then(|l| l.split(']').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    let mut b = server.login();
+    assert_eq!(b.ok("ENABLE QRESYNC"), ["* ENABLED QRESYNC"]);
+    let resync = b.ok(&format!(
+        "SELECT INBOX (QRESYNC ({uidvalidity} {highest} 1:3))"
+    ));
+    assert!(
+        resync.contains(&"* VANISHED (EARLIER) 3".to_owned()),
+        "{resync:?}"
+    );
+    let fetches: Vec<&String> = resync.iter().filter(|l| l.contains(" FETCH ")).collect();
+    assert_eq!(fetches.len(), 1, "{resync:?}");
+    assert!(
+        fetches[0].starts_with("* 2 FETCH (UID 2 FLAGS (\\Flagged) MODSEQ ("),
+        "{fetches:?}"
+    );
+    // Expunges seen later arrive as VANISHED, not EXPUNGE, once QRESYNC is on.
+    a.ok("STORE 1 +FLAGS.SILENT (\\Deleted)");
+    a.ok("EXPUNGE");
+    assert!(b.ok("NOOP").contains(&"* VANISHED 1".to_owned()));
+}
+
+#[test]
+fn connections_beyond_the_limit_are_told_to_come_back() {
+    let server = Server::start_with("max_connections = 2");
+    let _a = server.login();
+    let _b = server.login();
+    let refused = Raw::connect(server.starttls_port);
+    assert!(
+        refused.greeting.starts_with("* BYE [UNAVAILABLE]"),
+        "{}",
+        refused.greeting
+    );
+    drop(_a);
+    // The slot frees when a session ends; the server notices the close on its own.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let next = Raw::connect(server.starttls_port);
+        if next.greeting.starts_with("* OK") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "slot never freed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }

@@ -279,7 +279,15 @@ fn sets_seen(item: &MessageDataItemName<'_>) -> bool {
 }
 
 fn need_of(items: &[MessageDataItemName<'_>]) -> Need {
-    let mut need = Need::default();
+    let mut need = Need {
+        lean: items.iter().all(|i| {
+            matches!(
+                i,
+                MessageDataItemName::Uid | MessageDataItemName::Flags | MessageDataItemName::ModSeq
+            )
+        }),
+        ..Need::default()
+    };
     for item in items {
         match item {
             MessageDataItemName::Body => need.body = true,

@@ -122,6 +122,14 @@ pub fn decode(wire: &[u8]) -> Result<String, NameError> {
 /// A wire name (after INBOX handling) turned into the stored UTF-8 name, or why not.
 pub fn validate(wire: &[u8]) -> Result<String, NameError> {
     let name = decode(wire)?;
+    // "Café" typed as é (NFC) or as e + U+0301 (NFD) looks the same to a user: both spellings
+    // name one mailbox, stored and listed in NFC (RFC 5198 prefers NFC for interchange).
+    let name = if unicode_normalization::is_nfc(&name) {
+        name
+    } else {
+        use unicode_normalization::UnicodeNormalization;
+        name.nfc().collect()
+    };
     if name.eq_ignore_ascii_case("INBOX") {
         return Ok("INBOX".to_owned());
     }
@@ -207,5 +215,14 @@ mod tests {
                 "{wire:?}"
             );
         }
+    }
+
+    #[test]
+    fn canonically_equivalent_spellings_name_one_mailbox() {
+        let nfc = encode("Caf\u{e9}");
+        let nfd = encode("Cafe\u{301}");
+        assert_ne!(nfc, nfd);
+        assert_eq!(validate(nfd.as_bytes()).unwrap(), "Caf\u{e9}");
+        assert_eq!(validate(nfc.as_bytes()).unwrap(), "Caf\u{e9}");
     }
 }

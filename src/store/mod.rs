@@ -258,6 +258,9 @@ pub struct MessageRow {
 /// Which parts of a message's content a FETCH or SEARCH needs.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Need {
+    /// Only UID, flags and MODSEQ are wanted: the content id, INTERNALDATE and size read as
+    /// 0 (a FLAGS fetch of a whole mailbox, the commonest resync, reads nothing else).
+    pub lean: bool,
     pub raw: bool,
     pub header: bool,
     pub envelope: bool,
@@ -777,9 +780,14 @@ impl Store {
         let header_only = need.header && !need.raw;
         let want_parts = need.parts || header_only;
         let summary = need.envelope || need.body || need.bodystructure || want_parts;
+        let lean = need.lean && !summary && !need.raw;
         let select = format!(
-            "SELECT m.uid, m.content, m.flags, m.modseq, m.internaldate, m.tz_minutes, m.size,
-             {}, {}, {}, {} FROM {}",
+            "SELECT {}, {}, {}, {}, {} FROM {}",
+            if lean {
+                "m.uid, 0, m.flags, m.modseq, 0, 0, 0"
+            } else {
+                "m.uid, m.content, m.flags, m.modseq, m.internaldate, m.tz_minutes, m.size"
+            },
             column(need.envelope, "envelope"),
             column(need.body, "body"),
             column(need.bodystructure, "bodystructure"),

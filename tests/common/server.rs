@@ -29,12 +29,17 @@ fn password_hash() -> &'static str {
 impl Server {
     /// A new server with an empty store.
     pub fn start() -> Server {
+        Self::start_with("")
+    }
+
+    /// Like `start`, with `imap` (lines of `key = value`) added to the `[imap]` table.
+    pub fn start_with(imap: &str) -> Server {
         let dir = tempfile::Builder::new()
             .prefix("spimap")
             .tempdir_in("/tmp")
             .unwrap();
         let config = format!(
-            "[store]\npath = \"{store}\"\n\n[imap]\nallow_plaintext_loopback = true\n\n\
+            "[store]\npath = \"{store}\"\n\n[imap]\nallow_plaintext_loopback = true\n{imap}\n\n\
              [imap.limits]\nauth_failure_delay_ms = {AUTH_DELAY_MS}\nmax_literal = 4096\n\
              max_append = 1048576\nmax_line_before_login = 2048\n\n\
              [[accounts]]\nname = \"{USER}\"\npassword_hash = \"{hash}\"\n",
