@@ -445,7 +445,7 @@ fn main() {
     );
     let _ = writeln!(
         body,
-        "One plaintext session per server on loopback; the client reads every response byte. \"first\" is the first run (Dovecot indexes the Maildir at its first SELECT and fills its cache at the first header and BODYSTRUCTURE fetch); \"warm\" is the median of the next {WARM_ROUNDS}. The goal, ≤ 1.0 × Dovecot, is judged on warm times. CPU is the serving process's own CPU time (all its threads, from /proc schedstat): less noisy than wall time on a shared 2-core machine, where the client runs too.\n"
+        "One plaintext session per server on loopback; the client reads every response byte. \"first\" is the first run (Dovecot indexes the Maildir at its first SELECT and fills its cache at the first header and BODYSTRUCTURE fetch); \"warm\" is the median of the next {WARM_ROUNDS}. The goal, ≤ 1.0 × Dovecot, is judged on warm times. CPU is the serving process's own CPU time (all its threads, from /proc schedstat): less noisy than wall time on a shared 2-core machine, where the client runs too. On this virtual machine the same operation's wall time varies by up to ±40 % from run to run, for both servers; ratios near 1.0 can flip between runs.\n"
     );
     let _ = writeln!(body, "| operation | sealpost first | Dovecot first | sealpost warm | Dovecot warm | warm ratio | goal | CPU sealpost / Dovecot (warm) | response |\n|---|---|---|---|---|---|---|---|---|");
     for row in &rows {
