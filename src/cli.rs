@@ -39,6 +39,8 @@ pub enum Command {
     Import(crate::incoming::ImportArgs),
     /// Read a password on stdin and print the hash for `password_hash` in [[accounts]].
     Passwd,
+    /// Local delivery (LDA): one message on stdin, decrypted, verified and stored.
+    Deliver(crate::incoming::DeliverArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -107,6 +109,14 @@ pub enum CliError {
         #[source]
         source: std::io::Error,
     },
+    #[error("no such account: {0}")]
+    NoUser(String),
+    /// Input that is not a message (empty, too large).
+    #[error("{0}")]
+    NotAMessage(String),
+    /// Try again later (an MTA keeps the message queued).
+    #[error("temporary failure: {0}")]
+    Temporary(String),
 }
 
 impl CliError {
@@ -128,6 +138,9 @@ impl CliError {
             CliError::Import(_) => 74,
             CliError::Tls(_) => 78,
             CliError::Listen { .. } => 69,
+            CliError::NoUser(_) => 67,
+            CliError::NotAMessage(_) => 65,
+            CliError::Temporary(_) => 75,
         }
     }
 }
@@ -150,6 +163,7 @@ pub fn main(cli: Cli) -> ExitCode {
                     Command::Imap(args) => crate::incoming::serve(config, args).await,
                     Command::Import(args) => crate::incoming::import(config, args).await,
                     Command::Passwd => crate::incoming::passwd(),
+                    Command::Deliver(args) => crate::incoming::deliver(config, args).await,
                 }
             })
         });

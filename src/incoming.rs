@@ -1,5 +1,5 @@
-//! The incoming-side commands: `sealpost imap` (the daemon), `sealpost import` and
-//! `sealpost passwd`.
+//! The incoming-side commands: `sealpost imap` (the daemon), `sealpost import`,
+//! `sealpost deliver` and `sealpost passwd`.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -139,5 +139,80 @@ pub fn passwd() -> Result<u8, CliError> {
     }
     let hash = imap::auth::hash_password(&password).map_err(|e| CliError::Demo(e.to_string()))?;
     println!("{hash}");
+    Ok(0)
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DeliverArgs {
+    /// The account (one of the configuration's [[accounts]]).
+    #[arg(long, value_name = "NAME")]
+    pub account: String,
+    /// The mailbox to deliver into.
+    #[arg(long, value_name = "NAME", default_value = "INBOX")]
+    pub mailbox: String,
+}
+
+/// `sealpost deliver`: a local delivery agent (Postfix `mailbox_command`, procmail-style).
+/// Reads one message on stdin, decrypts and verifies it with the configured GnuPG home (the
+/// account owner's keys), stores it with its verdict and prints `delivered UID`. Exit codes
+/// as an LDA's: 0 stored; 65 not a message; 67 unknown account; 75 try again later (GnuPG or
+/// the store unavailable: nothing was stored, the MTA keeps the message).
+pub async fn deliver(config: Config, args: DeliverArgs) -> Result<u8, CliError> {
+    use std::io::Read;
+    if !config.accounts.iter().any(|a| a.name == args.account) {
+        return Err(CliError::NoUser(args.account));
+    }
+    let limit = config.imap.limits.max_append;
+    let mut raw = Vec::new();
+    std::io::stdin()
+        .lock()
+        .take(limit as u64 + 1)
+        .read_to_end(&mut raw)
+        .map_err(|source| CliError::Input {
+            what: "the message on stdin".into(),
+            source,
+        })?;
+    if raw.len() > limit as usize {
+        return Err(CliError::NotAMessage(format!(
+            "message larger than {limit} bytes (imap.limits.max_append)"
+        )));
+    }
+    if raw.iter().all(u8::is_ascii_whitespace) {
+        return Err(CliError::NotAMessage("empty message on stdin".into()));
+    }
+    let raw = crate::store::crlf(&raw);
+    let keys = crate::cli::key_service(&config, None);
+    let processed = crate::inbound::process(&keys, &raw)
+        .await
+        .map_err(|e| CliError::Temporary(e.to_string()))?;
+    let store = open_store(&config)
+        .await
+        .map_err(|e| CliError::Temporary(e.to_string()))?;
+    let keywords = processed.verdict.keywords();
+    let verdict = processed.verdict.field_value();
+    let account_name = args.account.clone();
+    let appended = tokio::task::spawn_blocking(move || {
+        let account = store.ensure_account(&args.account)?;
+        let name = imap::names::validate(imap::names::encode(&args.mailbox).as_bytes())
+            .map_err(|e| CliError::Usage(format!("--mailbox {:?}: {e}", args.mailbox)))?;
+        let mailbox = match store.mailbox(account, &name)? {
+            Some(mailbox) => mailbox,
+            None => store.create_mailbox(account, &name, None)?,
+        };
+        let message = crate::store::Prepared::new(
+            processed.message,
+            crate::store::Flags::new(keywords),
+            crate::store::InternalDate::now(),
+        );
+        Ok::<_, CliError>(store.append(mailbox.id, message, crate::store::Origin::Sync)?)
+    })
+    .await
+    .map_err(|e| CliError::Temporary(e.to_string()))?
+    .map_err(|e| match e {
+        CliError::Usage(_) => e,
+        other => CliError::Temporary(other.to_string()),
+    })?;
+    tracing::info!(account = %account_name, uid = appended.uid, %verdict, "deliver: stored");
+    println!("delivered {}", appended.uid);
     Ok(0)
 }

@@ -42,6 +42,7 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod imap;
+pub mod inbound;
 pub mod incoming;
 pub mod keys;
 pub mod logging;

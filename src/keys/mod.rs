@@ -82,6 +82,30 @@ pub struct Signature {
 pub struct SignatureCheck {
     pub fingerprint: String,
     pub valid: bool,
+    pub state: SignatureState,
+}
+
+/// What GnuPG said of one signature.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SignatureState {
+    Valid,
+    /// The signer's public key is not in the keyring: nothing can be said either way.
+    UnknownKey,
+    /// Bad, or not valid for another reason (expired or revoked key...): GnuPG's words.
+    Bad(String),
+}
+
+fn check(s: gpgme::results::Signature<'_>) -> SignatureCheck {
+    let state = match s.status() {
+        Ok(()) => SignatureState::Valid,
+        Err(e) if e.code() == gpgme::Error::NO_PUBKEY.code() => SignatureState::UnknownKey,
+        Err(e) => SignatureState::Bad(e.to_string()),
+    };
+    SignatureCheck {
+        fingerprint: s.fingerprint().unwrap_or_default().to_string(),
+        valid: state == SignatureState::Valid,
+        state,
+    }
 }
 
 /// The result of decrypting (and verifying) a message.
@@ -361,18 +385,31 @@ impl KeyService {
                     .recipients()
                     .map(|r| r.key_id().unwrap_or_default().to_string())
                     .collect();
-                let signatures = ver
-                    .signatures()
-                    .map(|s| SignatureCheck {
-                        fingerprint: s.fingerprint().unwrap_or_default().to_string(),
-                        valid: s.status().is_ok(),
-                    })
-                    .collect();
+                let signatures = ver.signatures().map(check).collect();
                 Ok(Decrypted {
                     plaintext,
                     recipients,
                     signatures,
                 })
+            })
+            .await
+    }
+
+    /// The e-mail addresses of the non-revoked user IDs of the key with this fingerprint
+    /// (empty when the key is not in the keyring).
+    pub async fn user_ids(&self, fingerprint: &str) -> Result<Vec<String>, KeyError> {
+        let fingerprint = fingerprint.to_string();
+        self.worker
+            .run("looking up a signer's user IDs", move |gpg| {
+                let Ok(key) = gpg.ctx.get_key(&fingerprint) else {
+                    return Ok(Vec::new());
+                };
+                Ok(key
+                    .user_ids()
+                    .filter(|u| !u.is_revoked() && !u.is_invalid())
+                    .filter_map(|u| u.email().ok().map(str::to_ascii_lowercase))
+                    .filter(|e| !e.is_empty())
+                    .collect())
             })
             .await
     }
@@ -389,13 +426,7 @@ impl KeyService {
                     .ctx
                     .verify_detached(&signature, &signed)
                     .map_err(to_err("verifying"))?;
-                Ok(ver
-                    .signatures()
-                    .map(|s| SignatureCheck {
-                        fingerprint: s.fingerprint().unwrap_or_default().to_string(),
-                        valid: s.status().is_ok(),
-                    })
-                    .collect())
+                Ok(ver.signatures().map(check).collect())
             })
             .await
     }

@@ -34,6 +34,11 @@ impl Server {
 
     /// Like `start`, with `imap` (lines of `key = value`) added to the `[imap]` table.
     pub fn start_with(imap: &str) -> Server {
+        Self::start_config(imap, "")
+    }
+
+    /// Like `start_with`, with `tables` (whole TOML tables) appended to the configuration.
+    pub fn start_config(imap: &str, tables: &str) -> Server {
         let dir = tempfile::Builder::new()
             .prefix("spimap")
             .tempdir_in("/tmp")
@@ -42,7 +47,7 @@ impl Server {
             "[store]\npath = \"{store}\"\n\n[imap]\nallow_plaintext_loopback = true\n{imap}\n\n\
              [imap.limits]\nauth_failure_delay_ms = {AUTH_DELAY_MS}\nmax_literal = 4096\n\
              max_append = 1048576\nmax_line_before_login = 2048\n\n\
-             [[accounts]]\nname = \"{USER}\"\npassword_hash = \"{hash}\"\n",
+             [[accounts]]\nname = \"{USER}\"\npassword_hash = \"{hash}\"\n\n{tables}\n",
             store = dir.path().join("store.sqlite").display(),
             hash = password_hash(),
         );

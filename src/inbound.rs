@@ -1,0 +1,556 @@
+//! Incoming mail, one message at a time: a whole-message OpenPGP ciphertext is decrypted,
+//! signatures are verified, and the message is marked with sealpost's verdict — a
+//! `Sealpost-Verdict` header field and IMAP keywords — after every sender-supplied copy of
+//! that field is removed.
+//!
+//! Rules (DESIGN.md §3, RFC 3156, RFC 9788):
+//! - Only a message that *is* a ciphertext is decrypted: `multipart/encrypted` with
+//!   `protocol="application/pgp-encrypted"` at the top, or a `text/plain` body that is one
+//!   armored PGP MESSAGE and nothing else. Ciphertext inside other parts is left alone, so
+//!   decrypted text never sits next to parts an attacker wrote (EFAIL direct exfiltration).
+//! - Plaintext is used only when GnuPG reports success with integrity protection; a message
+//!   without MDC, with a bad tag or truncated yields no plaintext at all (KeyService refuses
+//!   it) and the message is kept as it came, marked undecryptable.
+//! - The decrypted entity replaces the encrypted body; with `protected-headers="v1"` its header
+//!   fields (Subject, From, To...) replace the outer ones, and an inner From that differs from
+//!   the outer one is flagged.
+//! - Signatures: those GnuPG reports while decrypting (RFC 3156 §6.2), a `multipart/signed`
+//!   message (§5) or a `multipart/signed` entity inside the ciphertext (§6.1). A valid
+//!   signature also says whether one of the signer key's user IDs is the From address.
+
+use crate::keys::{KeyError, KeyService, SignatureCheck, SignatureState};
+use mail_parser::{MessageParser, MimeHeaders, PartType};
+
+/// sealpost's verdict header field. Any field of this name a sender put in (any case, with
+/// whitespace before the colon, folded, encoded) is removed before ours is added.
+pub const VERDICT_FIELD: &str = "Sealpost-Verdict";
+
+/// The IMAP keywords a verdict sets.
+pub mod keyword {
+    pub const ENCRYPTED: &str = "$Sealpost-Encrypted";
+    pub const UNDECRYPTABLE: &str = "$Sealpost-Undecryptable";
+    pub const SIGNED: &str = "$Sealpost-Signed";
+    pub const BAD_SIGNATURE: &str = "$Sealpost-BadSignature";
+    pub const UNKNOWN_SIGNER: &str = "$Sealpost-UnknownSigner";
+    pub const FROM_MISMATCH: &str = "$Sealpost-FromMismatch";
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Encryption {
+    Plaintext,
+    Decrypted,
+    /// Kept as it came; the reason in GnuPG's words.
+    Undecryptable(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Signature {
+    Unsigned,
+    Valid {
+        fingerprint: String,
+        /// One of the signer key's user IDs is the From address.
+        from_matches: bool,
+    },
+    UnknownKey {
+        fingerprint: String,
+    },
+    Bad {
+        fingerprint: String,
+        reason: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    pub encryption: Encryption,
+    pub signature: Signature,
+    /// The protected (inner) From differs from the outer From.
+    pub inner_from_mismatch: bool,
+}
+
+impl Verdict {
+    /// The field value: `encrypted; signature=valid; signer=FPR; from=match`.
+    pub fn field_value(&self) -> String {
+        let mut parts = vec![match &self.encryption {
+            Encryption::Plaintext => "plaintext".to_string(),
+            Encryption::Decrypted => "encrypted".to_string(),
+            Encryption::Undecryptable(why) => format!("undecryptable ({})", clean(why)),
+        }];
+        match &self.signature {
+            Signature::Unsigned => parts.push("signature=none".into()),
+            Signature::Valid {
+                fingerprint,
+                from_matches,
+            } => {
+                parts.push("signature=valid".into());
+                parts.push(format!("signer={fingerprint}"));
+                let from = if *from_matches { "match" } else { "mismatch" };
+                parts.push(format!("from={from}"));
+            }
+            Signature::UnknownKey { fingerprint } => {
+                parts.push("signature=unknown-key".into());
+                parts.push(format!("signer={fingerprint}"));
+            }
+            Signature::Bad {
+                fingerprint,
+                reason,
+            } => {
+                parts.push(format!("signature=bad ({})", clean(reason)));
+                parts.push(format!("signer={fingerprint}"));
+            }
+        }
+        if self.inner_from_mismatch {
+            parts.push("inner-from=mismatch".into());
+        }
+        parts.join("; ")
+    }
+
+    pub fn keywords(&self) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        match self.encryption {
+            Encryption::Decrypted => out.push(keyword::ENCRYPTED),
+            Encryption::Undecryptable(_) => out.push(keyword::UNDECRYPTABLE),
+            Encryption::Plaintext => {}
+        }
+        match &self.signature {
+            Signature::Valid { from_matches, .. } => {
+                out.push(keyword::SIGNED);
+                if !from_matches {
+                    out.push(keyword::FROM_MISMATCH);
+                }
+            }
+            Signature::UnknownKey { .. } => out.push(keyword::UNKNOWN_SIGNER),
+            Signature::Bad { .. } => out.push(keyword::BAD_SIGNATURE),
+            Signature::Unsigned => {}
+        }
+        if self.inner_from_mismatch && !out.contains(&keyword::FROM_MISMATCH) {
+            out.push(keyword::FROM_MISMATCH);
+        }
+        out
+    }
+}
+
+/// Text of a reason as it may appear in a header field: one line, no parentheses.
+fn clean(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_control() || c == '(' || c == ')' {
+                ' '
+            } else {
+                c
+            }
+        })
+        .collect::<String>()
+        .trim()
+        .to_string()
+}
+
+/// A message after processing: the bytes to store and what was found.
+#[derive(Debug, Clone)]
+pub struct Processed {
+    pub message: Vec<u8>,
+    pub verdict: Verdict,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum InboundError {
+    /// GnuPG could not be asked (agent down, deadline): try again later, nothing stored.
+    #[error("temporary failure: {0}")]
+    Temporary(KeyError),
+}
+
+/// Processes one message (CRLF line ends, as stored).
+pub async fn process(keys: &KeyService, raw: &[u8]) -> Result<Processed, InboundError> {
+    let (header, body) = split(raw);
+    let parsed = MessageParser::default().parse(raw);
+    let root = parsed.as_ref().and_then(|m| m.parts.first());
+    let content_type = root.and_then(|p| p.content_type());
+    let is = |t: &str, s: &str| {
+        content_type.is_some_and(|ct| {
+            ct.c_type.eq_ignore_ascii_case(t)
+                && ct
+                    .c_subtype
+                    .as_deref()
+                    .is_some_and(|x| x.eq_ignore_ascii_case(s))
+        })
+    };
+    let protocol = content_type
+        .and_then(|ct| ct.attribute("protocol"))
+        .map(str::to_ascii_lowercase);
+    let outer_from = from_address(header);
+
+    let mut verdict = Verdict {
+        encryption: Encryption::Plaintext,
+        signature: Signature::Unsigned,
+        inner_from_mismatch: false,
+    };
+    let mut out_header = header.to_vec();
+    let mut out_body = body.to_vec();
+
+    let ciphertext: Option<(Vec<u8>, bool)> = if is("multipart", "encrypted")
+        && protocol.as_deref() == Some("application/pgp-encrypted")
+    {
+        // RFC 3156 §4: the second part holds the ciphertext.
+        let message = parsed.as_ref().expect("parsed");
+        match &message.parts[0].body {
+            PartType::Multipart(children) if children.len() >= 2 => message
+                .parts
+                .get(children[1] as usize)
+                .map(|p| (p.contents().to_vec(), true)),
+            _ => None,
+        }
+    } else if is("text", "plain") || content_type.is_none() {
+        inline_armor(root.map(|p| p.contents()).unwrap_or_default()).map(|c| (c, false))
+    } else {
+        None
+    };
+
+    if let Some((ciphertext, pgp_mime)) = ciphertext {
+        match keys.decrypt_verify(ciphertext).await {
+            Ok(decrypted) => {
+                verdict.encryption = Encryption::Decrypted;
+                verdict.signature = signature_of(keys, &decrypted.signatures, &outer_from).await?;
+                let plaintext = crate::store::crlf(&decrypted.plaintext);
+                if pgp_mime {
+                    let (inner_header, inner_body) = split(&plaintext);
+                    let protected = is_protected(inner_header);
+                    let (merged, inner_from) = merge_headers(header, inner_header, protected);
+                    if let (Some(inner), Some(outer)) = (&inner_from, &outer_from) {
+                        verdict.inner_from_mismatch = !inner.eq_ignore_ascii_case(outer);
+                    }
+                    out_header = merged;
+                    out_body = inner_body.to_vec();
+                    // RFC 3156 §6.1: signed, then encrypted.
+                    if verdict.signature == Signature::Unsigned {
+                        let entity = [inner_header, inner_body].concat();
+                        let from = inner_from.or(outer_from.clone());
+                        verdict.signature = verify_multipart_signed(keys, &entity, &from).await?;
+                    }
+                } else {
+                    out_header = replace_content_fields(header, &plaintext);
+                    out_body = plaintext;
+                }
+            }
+            Err(error) => match error {
+                KeyError::Deadline { .. } | KeyError::WorkerGone => {
+                    return Err(InboundError::Temporary(error))
+                }
+                KeyError::Gpg { ref source, .. } if is_temporary(source) => {
+                    return Err(InboundError::Temporary(error))
+                }
+                other => verdict.encryption = Encryption::Undecryptable(other.to_string()),
+            },
+        }
+    } else if is("multipart", "signed") && protocol.as_deref() == Some("application/pgp-signature")
+    {
+        verdict.signature = verify_multipart_signed(keys, raw, &outer_from).await?;
+    }
+
+    let mut message = strip_field(&out_header, VERDICT_FIELD);
+    // The header block ends with its blank line; ours goes just before it.
+    let blank = if message.ends_with(b"\r\n\r\n") { 2 } else { 0 };
+    let at = message.len() - blank;
+    let field = format!("{VERDICT_FIELD}: {}\r\n", verdict.field_value());
+    message.splice(at..at, field.into_bytes());
+    if blank == 0 {
+        message.extend_from_slice(b"\r\n");
+    }
+    message.extend_from_slice(&out_body);
+    Ok(Processed { message, verdict })
+}
+
+/// Agent and IPC errors: GnuPG could not be asked, which says nothing about the message.
+fn is_temporary(error: &gpgme::Error) -> bool {
+    [
+        gpgme::Error::NO_AGENT,
+        gpgme::Error::AGENT,
+        gpgme::Error::TIMEOUT,
+        gpgme::Error::EOF,
+    ]
+    .iter()
+    .any(|e| e.code() == error.code())
+        || error.to_string().contains("IPC")
+}
+
+async fn signature_of(
+    keys: &KeyService,
+    checks: &[SignatureCheck],
+    from: &Option<String>,
+) -> Result<Signature, InboundError> {
+    // The best one counts: a valid signature, else an unknown key, else a bad one.
+    let pick = checks
+        .iter()
+        .find(|c| c.state == SignatureState::Valid)
+        .or_else(|| {
+            checks
+                .iter()
+                .find(|c| c.state == SignatureState::UnknownKey)
+        })
+        .or_else(|| checks.first());
+    let Some(check) = pick else {
+        return Ok(Signature::Unsigned);
+    };
+    let fingerprint = check.fingerprint.clone();
+    Ok(match &check.state {
+        SignatureState::Valid => {
+            let ids = keys
+                .user_ids(&fingerprint)
+                .await
+                .map_err(InboundError::Temporary)?;
+            let from_matches = from
+                .as_ref()
+                .is_some_and(|f| ids.iter().any(|id| id.eq_ignore_ascii_case(f)));
+            Signature::Valid {
+                fingerprint,
+                from_matches,
+            }
+        }
+        SignatureState::UnknownKey => Signature::UnknownKey { fingerprint },
+        SignatureState::Bad(reason) => Signature::Bad {
+            fingerprint,
+            reason: reason.clone(),
+        },
+    })
+}
+
+/// RFC 3156 §5: a `multipart/signed` entity (a whole message or a decrypted one) — the first
+/// part's exact bytes, MIME header included, against the second part's signature.
+async fn verify_multipart_signed(
+    keys: &KeyService,
+    entity: &[u8],
+    from: &Option<String>,
+) -> Result<Signature, InboundError> {
+    let Some(message) = MessageParser::default().parse(entity) else {
+        return Ok(Signature::Unsigned);
+    };
+    let ct = message.parts.first().and_then(|p| p.content_type());
+    let signed = ct.is_some_and(|ct| {
+        ct.c_type.eq_ignore_ascii_case("multipart")
+            && ct
+                .c_subtype
+                .as_deref()
+                .is_some_and(|s| s.eq_ignore_ascii_case("signed"))
+            && ct
+                .attribute("protocol")
+                .is_some_and(|p| p.eq_ignore_ascii_case("application/pgp-signature"))
+    });
+    if !signed {
+        return Ok(Signature::Unsigned);
+    }
+    let map = crate::imap::summary::summarize(entity).parts;
+    let root = &map.parts[0];
+    let (Some(&first), Some(_)) = (root.children.first(), root.children.get(1)) else {
+        return Ok(Signature::Unsigned);
+    };
+    let first = &map.parts[first];
+    let signed_bytes = entity[first.start..first.body().end].to_vec();
+    let signature = message
+        .parts
+        .get(match &message.parts[0].body {
+            PartType::Multipart(children) if children.len() >= 2 => children[1] as usize,
+            _ => return Ok(Signature::Unsigned),
+        })
+        .map(|p| p.contents().to_vec())
+        .unwrap_or_default();
+    match keys.verify_detached(signature, signed_bytes).await {
+        Ok(checks) => signature_of(keys, &checks, from).await,
+        Err(KeyError::Gpg { source, .. }) if !is_temporary(&source) => Ok(Signature::Bad {
+            fingerprint: String::new(),
+            reason: source.to_string(),
+        }),
+        Err(error) => Err(InboundError::Temporary(error)),
+    }
+}
+
+/// The armored message when the text is exactly one PGP MESSAGE block (whitespace around it
+/// allowed, nothing else).
+fn inline_armor(text: &[u8]) -> Option<Vec<u8>> {
+    const BEGIN: &[u8] = b"-----BEGIN PGP MESSAGE-----";
+    const END: &[u8] = b"-----END PGP MESSAGE-----";
+    let trimmed = text.trim_ascii();
+    (trimmed.starts_with(BEGIN)
+        && trimmed.ends_with(END)
+        && trimmed.windows(BEGIN.len()).filter(|w| *w == BEGIN).count() == 1)
+        .then(|| trimmed.to_vec())
+}
+
+/// The header block (with its blank line when there is one) and the body.
+fn split(raw: &[u8]) -> (&[u8], &[u8]) {
+    if raw.starts_with(b"\r\n") {
+        return (&raw[..2], &raw[2..]);
+    }
+    match raw.windows(4).position(|w| w == b"\r\n\r\n") {
+        Some(at) => (&raw[..at + 4], &raw[at + 4..]),
+        None => (raw, &[]),
+    }
+}
+
+/// The fields of a header block: (name, the whole field with its line end and folding).
+fn fields(header: &[u8]) -> Vec<(&[u8], &[u8])> {
+    let mut out = Vec::new();
+    let mut pos = 0;
+    while pos < header.len() {
+        if header[pos..].starts_with(b"\r\n") {
+            break;
+        }
+        let mut end = pos;
+        loop {
+            match header[end..].iter().position(|&c| c == b'\n') {
+                Some(off) => end += off + 1,
+                None => {
+                    end = header.len();
+                    break;
+                }
+            }
+            if !matches!(header.get(end), Some(b' ' | b'\t')) {
+                break;
+            }
+        }
+        let field = &header[pos..end];
+        let name_end = field.iter().position(|&c| c == b':').unwrap_or(0);
+        out.push((field[..name_end].trim_ascii(), field));
+        pos = end;
+    }
+    out
+}
+
+/// The header block without any field called `name` (ASCII case-insensitively; whitespace
+/// before the colon ignored).
+pub fn strip_field(header: &[u8], name: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(header.len());
+    let kept = fields(header);
+    for (field_name, field) in &kept {
+        if !field_name.eq_ignore_ascii_case(name.as_bytes()) {
+            out.extend_from_slice(field);
+        }
+    }
+    let consumed: usize = kept.iter().map(|(_, f)| f.len()).sum();
+    out.extend_from_slice(&header[consumed..]);
+    out
+}
+
+fn is_content_field(name: &[u8]) -> bool {
+    name.len() >= 8 && name[..8].eq_ignore_ascii_case(b"content-")
+}
+
+fn is_protected(inner_header: &[u8]) -> bool {
+    fields(inner_header).iter().any(|(name, field)| {
+        name.eq_ignore_ascii_case(b"content-type")
+            && String::from_utf8_lossy(field)
+                .to_ascii_lowercase()
+                .replace([' ', '\t', '\r', '\n'], "")
+                .contains("protected-headers=\"v1\"")
+    })
+}
+
+/// Outer fields minus the outer Content-* ones, with the inner entity's Content-* fields (and,
+/// when protected, its other fields, which replace outer fields of the same name). Returns the
+/// inner From address when the inner header has one.
+fn merge_headers(outer: &[u8], inner: &[u8], protected: bool) -> (Vec<u8>, Option<String>) {
+    let inner_fields = fields(inner);
+    let replaced = |name: &[u8]| {
+        is_content_field(name)
+            || (protected
+                && inner_fields
+                    .iter()
+                    .any(|(n, _)| n.eq_ignore_ascii_case(name)))
+    };
+    let mut out = Vec::new();
+    for (name, field) in fields(outer) {
+        if !replaced(name) {
+            out.extend_from_slice(field);
+        }
+    }
+    for (name, field) in &inner_fields {
+        if is_content_field(name) || protected {
+            out.extend_from_slice(field);
+        }
+    }
+    out.extend_from_slice(b"\r\n");
+    let inner_from = if protected { from_address(inner) } else { None };
+    (out, inner_from)
+}
+
+/// The header with its Content-* fields replaced by those of decrypted inline text.
+fn replace_content_fields(header: &[u8], plaintext: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (name, field) in fields(header) {
+        if !is_content_field(name) {
+            out.extend_from_slice(field);
+        }
+    }
+    let encoding = if plaintext.is_ascii() { "7bit" } else { "8bit" };
+    out.extend_from_slice(
+        format!("Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: {encoding}\r\n\r\n")
+            .as_bytes(),
+    );
+    out
+}
+
+/// The address of the first From mailbox, lower case.
+fn from_address(header: &[u8]) -> Option<String> {
+    let message = MessageParser::default().parse_headers(header)?;
+    let from = message.from()?.first()?.address()?.to_ascii_lowercase();
+    Some(from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_spelling_of_the_verdict_field_is_removed() {
+        let header = b"From: a@example.org\r\n\
+            Sealpost-Verdict: encrypted; signature=valid\r\n\
+            sealpost-verdict: forged\r\n\
+            SEALPOST-VERDICT : forged\r\n\
+            Sealpost-Verdict:\r\n encrypted;\r\n\tsignature=valid\r\n\
+            Sealpost-Verdict: =?utf-8?q?encrypted=3B_signature=3Dvalid?=\r\n\
+            X-Sealpost-Verdict: not ours, kept\r\n\
+            Subject: hi\r\n\r\n";
+        let stripped = strip_field(header, VERDICT_FIELD);
+        assert_eq!(
+            String::from_utf8(stripped).unwrap(),
+            "From: a@example.org\r\nX-Sealpost-Verdict: not ours, kept\r\nSubject: hi\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn only_a_lone_armored_block_is_inline_ciphertext() {
+        let block = b"-----BEGIN PGP MESSAGE-----\r\n\r\nhQ\r\n-----END PGP MESSAGE-----";
+        assert!(inline_armor(&[b"\r\n", &block[..], b"\r\n"].concat()).is_some());
+        assert!(inline_armor(&[b"Click here: ", &block[..]].concat()).is_none());
+        assert!(inline_armor(&[&block[..], b"\r\n", &block[..]].concat()).is_none());
+    }
+
+    #[test]
+    fn protected_headers_replace_the_outer_ones() {
+        let outer =
+            b"From: a@example.org\r\nSubject: [...]\r\nContent-Type: multipart/encrypted\r\n\r\n";
+        let inner = b"Content-Type: text/plain; charset=utf-8; protected-headers=\"v1\"\r\nSubject: Real subject\r\nFrom: b@example.org\r\n\r\n";
+        let (merged, inner_from) = merge_headers(outer, inner, is_protected(inner));
+        let merged = String::from_utf8(merged).unwrap();
+        assert_eq!(
+            merged,
+            "Content-Type: text/plain; charset=utf-8; protected-headers=\"v1\"\r\nSubject: Real subject\r\nFrom: b@example.org\r\n\r\n"
+        );
+        assert_eq!(inner_from.as_deref(), Some("b@example.org"));
+    }
+
+    #[test]
+    fn verdict_text_and_keywords() {
+        let verdict = Verdict {
+            encryption: Encryption::Decrypted,
+            signature: Signature::Valid {
+                fingerprint: "ABCD".into(),
+                from_matches: true,
+            },
+            inner_from_mismatch: false,
+        };
+        assert_eq!(
+            verdict.field_value(),
+            "encrypted; signature=valid; signer=ABCD; from=match"
+        );
+        assert_eq!(verdict.keywords(), [keyword::ENCRYPTED, keyword::SIGNED]);
+    }
+}
