@@ -18,6 +18,7 @@
 //!   message (§5) or a `multipart/signed` entity inside the ciphertext (§6.1). A valid
 //!   signature also says whether one of the signer key's user IDs is the From address.
 
+use crate::imap::section::fields;
 use crate::keys::{KeyError, KeyService, SignatureCheck, SignatureState};
 use mail_parser::{MessageParser, MimeHeaders, PartType};
 
@@ -383,35 +384,6 @@ fn split(raw: &[u8]) -> (&[u8], &[u8]) {
         Some(at) => (&raw[..at + 4], &raw[at + 4..]),
         None => (raw, &[]),
     }
-}
-
-/// The fields of a header block: (name, the whole field with its line end and folding).
-fn fields(header: &[u8]) -> Vec<(&[u8], &[u8])> {
-    let mut out = Vec::new();
-    let mut pos = 0;
-    while pos < header.len() {
-        if header[pos..].starts_with(b"\r\n") {
-            break;
-        }
-        let mut end = pos;
-        loop {
-            match header[end..].iter().position(|&c| c == b'\n') {
-                Some(off) => end += off + 1,
-                None => {
-                    end = header.len();
-                    break;
-                }
-            }
-            if !matches!(header.get(end), Some(b' ' | b'\t')) {
-                break;
-            }
-        }
-        let field = &header[pos..end];
-        let name_end = field.iter().position(|&c| c == b':').unwrap_or(0);
-        out.push((field[..name_end].trim_ascii(), field));
-        pos = end;
-    }
-    out
 }
 
 /// The header block without any field called `name` (ASCII case-insensitively; whitespace

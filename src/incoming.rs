@@ -101,19 +101,29 @@ async fn open_store(config: &Config) -> Result<Store, CliError> {
         .map_err(CliError::from)
 }
 
+/// The account (created with the default mailboxes when new) and its mailbox `name` (created
+/// when missing) that `import` and `deliver` write into.
+fn target_mailbox(
+    store: &Store,
+    account: &str,
+    name: &str,
+) -> Result<crate::store::Mailbox, CliError> {
+    let account = store.ensure_account(account)?;
+    let stored = imap::names::validate(imap::names::encode(name).as_bytes())
+        .map_err(|e| CliError::Usage(format!("--mailbox {name:?}: {e}")))?;
+    Ok(match store.mailbox(account, &stored)? {
+        Some(mailbox) => mailbox,
+        None => store.create_mailbox(account, &stored, None)?,
+    })
+}
+
 /// `sealpost import`: prints how many messages went in.
 pub async fn import(config: Config, args: ImportArgs) -> Result<u8, CliError> {
     let store = open_store(&config).await?;
     let report = tokio::task::spawn_blocking(move || {
-        let account = store.ensure_account(&args.account)?;
-        let name = imap::names::validate(imap::names::encode(&args.mailbox).as_bytes())
-            .map_err(|e| CliError::Usage(format!("--mailbox {:?}: {e}", args.mailbox)))?;
-        let mailbox = match store.mailbox(account, &name)? {
-            Some(mailbox) => mailbox,
-            None => store.create_mailbox(account, &name, None)?,
-        };
+        let mailbox = target_mailbox(&store, &args.account, &args.mailbox)?;
         let report = crate::store::import_path(&store, mailbox.id, &args.path)?;
-        Ok::<_, CliError>((report, name))
+        Ok::<_, CliError>((report, mailbox.name))
     })
     .await
     .map_err(|e| CliError::Demo(e.to_string()))??;
@@ -192,13 +202,7 @@ pub async fn deliver(config: Config, args: DeliverArgs) -> Result<u8, CliError> 
     let verdict = processed.verdict.field_value();
     let account_name = args.account.clone();
     let appended = tokio::task::spawn_blocking(move || {
-        let account = store.ensure_account(&args.account)?;
-        let name = imap::names::validate(imap::names::encode(&args.mailbox).as_bytes())
-            .map_err(|e| CliError::Usage(format!("--mailbox {:?}: {e}", args.mailbox)))?;
-        let mailbox = match store.mailbox(account, &name)? {
-            Some(mailbox) => mailbox,
-            None => store.create_mailbox(account, &name, None)?,
-        };
+        let mailbox = target_mailbox(&store, &args.account, &args.mailbox)?;
         let message = crate::store::Prepared::new(
             processed.message,
             crate::store::Flags::new(keywords),

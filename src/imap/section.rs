@@ -88,14 +88,35 @@ pub fn section<'a>(
 /// the missing blank line; otherwise nothing is added.
 fn header_fields(header: &[u8], names: &[Vec<u8>], not: bool) -> Vec<u8> {
     let mut out = Vec::new();
-    let mut pos = 0;
-    let mut blank_line = false;
     let mut last_selected = false;
+    let list = fields(header);
+    for (name, field) in &list {
+        let listed = names.iter().any(|n| n.eq_ignore_ascii_case(name));
+        last_selected = listed != not;
+        if last_selected {
+            out.extend_from_slice(field);
+        }
+    }
+    // fields() stops only at the blank line or at the end of the block.
+    let rest = &header[list.iter().map(|(_, f)| f.len()).sum::<usize>()..];
+    let blank_line = !rest.is_empty();
+    out.extend_from_slice(rest);
+    let cut_off = !header.ends_with(b"\n");
+    if !blank_line && !header.is_empty() && last_selected == cut_off {
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
+/// The fields of a header block up to its blank line: (name, the whole field with its folded
+/// continuation lines and line end). The name is what precedes the colon, without trailing
+/// whitespace (RFC 5322 §4.5.3 obs-optional allows whitespace before the colon).
+pub(crate) fn fields(header: &[u8]) -> Vec<(&[u8], &[u8])> {
+    let mut out = Vec::new();
+    let mut pos = 0;
     while pos < header.len() {
         let rest = &header[pos..];
         if rest[0] == b'\n' || rest.starts_with(b"\r\n") {
-            out.extend_from_slice(rest);
-            blank_line = true;
             break;
         }
         // one logical field: its first line and every line starting with SP/HT
@@ -121,16 +142,8 @@ fn header_fields(header: &[u8], names: &[Vec<u8>], not: bool) -> Vec<u8> {
         while let [rest @ .., b' ' | b'\t' | b'\r'] = name {
             name = rest;
         }
-        let listed = names.iter().any(|n| n.eq_ignore_ascii_case(name));
-        last_selected = listed != not;
-        if last_selected {
-            out.extend_from_slice(field);
-        }
+        out.push((name, field));
         pos = end;
-    }
-    let cut_off = !header.ends_with(b"\n");
-    if !blank_line && !header.is_empty() && last_selected == cut_off {
-        out.extend_from_slice(b"\r\n");
     }
     out
 }

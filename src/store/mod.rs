@@ -715,45 +715,6 @@ impl Store {
         })
     }
 
-    /// The UIDs of a mailbox, ascending: a session's sequence-number map.
-    pub fn uids(&self, mailbox: MailboxId) -> Result<Vec<u32>, StoreError> {
-        self.read(|c| {
-            let mut stmt =
-                c.prepare_cached("SELECT uid FROM messages WHERE mailbox = ?1 ORDER BY uid")?;
-            let rows = stmt.query_map([mailbox], |r| r.get(0))?;
-            Ok(rows.collect::<Result<_, _>>()?)
-        })
-    }
-
-    /// The state of the messages with UIDs in `lo..=hi`, ascending.
-    pub fn rows(
-        &self,
-        mailbox: MailboxId,
-        lo: u32,
-        hi: u32,
-    ) -> Result<Vec<MessageRow>, StoreError> {
-        self.read(|c| {
-            let mut stmt = c.prepare_cached(
-                "SELECT uid, content, flags, modseq, internaldate, tz_minutes, size
-                 FROM messages WHERE mailbox = ?1 AND uid BETWEEN ?2 AND ?3 ORDER BY uid",
-            )?;
-            let rows = stmt.query_map(params![mailbox, lo, hi], |r| {
-                Ok(MessageRow {
-                    uid: r.get(0)?,
-                    content: r.get(1)?,
-                    flags: Flags::from_column(&r.get::<_, String>(2)?),
-                    modseq: r.get::<_, i64>(3)? as u64,
-                    internaldate: InternalDate {
-                        unix: r.get(4)?,
-                        tz_minutes: r.get(5)?,
-                    },
-                    size: r.get(6)?,
-                })
-            })?;
-            Ok(rows.collect::<Result<_, _>>()?)
-        })
-    }
-
     /// One FETCH or SEARCH batch from one snapshot: the state of the messages of `uids`
     /// (ascending; expunged ones are left out) with the content `need` names. With `need.raw`,
     /// reading stops once `budget` bytes of messages are in hand (always at least one message),

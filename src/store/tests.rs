@@ -106,8 +106,11 @@ fn content_is_stored_once_and_collected_when_unused() {
     store
         .move_messages(archive.id, &[1], inbox.id, Origin::Client)
         .unwrap();
-    assert_eq!(store.uids(archive.id).unwrap(), Vec::<u32>::new());
-    assert_eq!(store.uids(inbox.id).unwrap(), [1, 2]);
+    assert_eq!(
+        store.select_view(archive.id).unwrap().uids,
+        Vec::<u32>::new()
+    );
+    assert_eq!(store.select_view(inbox.id).unwrap().uids, [1, 2]);
     store
         .store_flags(
             inbox.id,
@@ -214,7 +217,13 @@ fn a_version_1_store_is_upgraded_in_place() {
     let store = Store::open(&path).unwrap();
     let inbox = store.mailbox_by_id(1).unwrap();
     assert_eq!((inbox.uidvalidity, inbox.uidnext), (uidvalidity, 8));
-    let rows = store.rows(1, 1, 100).unwrap();
+    let rows: Vec<MessageRow> = store
+        .fetch_batch(1, &[7], Need::default(), 0)
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|(row, _)| row)
+        .collect();
     assert_eq!(rows.len(), 1);
     assert_eq!((rows[0].uid, rows[0].size), (7, raw.len() as u32));
     assert!(rows[0].flags.contains("\\Seen"));
@@ -250,7 +259,14 @@ fn fetch_batches_stop_at_the_byte_budget_and_skip_what_was_not_asked() {
             .append(inbox.id, message(&format!("m{i}")), Origin::Sync)
             .unwrap();
     }
-    let size = u64::from(store.rows(inbox.id, 1, 1).unwrap()[0].size);
+    let size = u64::from(
+        store
+            .fetch_batch(inbox.id, &[1], Need::default(), 0)
+            .unwrap()
+            .items[0]
+            .0
+            .size,
+    );
     let raw = Need {
         raw: true,
         ..Need::default()
