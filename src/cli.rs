@@ -41,6 +41,32 @@ pub enum Command {
     Passwd,
     /// Local delivery (LDA): one message on stdin, decrypted, verified and stored.
     Deliver(crate::incoming::DeliverArgs),
+    /// The /usr/sbin/sendmail drop-in (Postfix sendmail(1) flags; see sealpost-sendmail(8)).
+    #[command(disable_help_flag = true)]
+    Sendmail {
+        /// sendmail flags and recipients.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// The sendmail drop-in's queue: list, run, delete.
+    #[command(subcommand)]
+    Queue(QueueCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum QueueCommand {
+    /// List queued messages with the recipients still to deliver and the last errors.
+    List,
+    /// Deliver now: every queued recipient, or with --due those whose retry time has come.
+    Run {
+        /// Only recipients whose backoff has passed (what the timer runs).
+        #[arg(long)]
+        due: bool,
+        /// Only this queue entry.
+        id: Option<String>,
+    },
+    /// Remove a message from the queue without delivering it or reporting it.
+    Delete { id: String },
 }
 
 #[derive(Debug, clap::Args)]
@@ -117,6 +143,8 @@ pub enum CliError {
     /// Try again later (an MTA keeps the message queued).
     #[error("temporary failure: {0}")]
     Temporary(String),
+    #[error("{0}")]
+    Sendmail(#[from] crate::sendmail::SendmailError),
 }
 
 impl CliError {
@@ -141,12 +169,16 @@ impl CliError {
             CliError::NoUser(_) => 67,
             CliError::NotAMessage(_) => 65,
             CliError::Temporary(_) => 75,
+            CliError::Sendmail(e) => e.exit_code(),
         }
     }
 }
 
 /// Runs the parsed command line and maps the result onto an exit code.
 pub fn main(cli: Cli) -> ExitCode {
+    if let Command::Sendmail { args } = &cli.command {
+        return crate::sendmail::main("sendmail", args, cli.config.as_deref());
+    }
     let result = Config::load(cli.config.as_deref())
         .map_err(CliError::from)
         .and_then(|config| {
@@ -164,6 +196,8 @@ pub fn main(cli: Cli) -> ExitCode {
                     Command::Import(args) => crate::incoming::import(config, args).await,
                     Command::Passwd => crate::incoming::passwd(),
                     Command::Deliver(args) => crate::incoming::deliver(config, args).await,
+                    Command::Queue(command) => queue(config, command).await,
+                    Command::Sendmail { .. } => unreachable!("handled before the runtime starts"),
                 }
             })
         });
@@ -294,4 +328,32 @@ async fn rewrite(config: Config, args: RewriteArgs) -> Result<u8, CliError> {
             }
         }
     }
+}
+
+async fn queue(config: Config, command: QueueCommand) -> Result<u8, CliError> {
+    use crate::queue::{Queue, Scope};
+    match command {
+        QueueCommand::List => {
+            crate::sendmail::list(&config.queue, &mut std::io::stdout().lock())?;
+        }
+        QueueCommand::Run { due, id } => {
+            let scope = match (id, due) {
+                (Some(id), _) => Scope::One(id),
+                (None, true) => Scope::Due,
+                (None, false) => Scope::All,
+            };
+            let r = crate::sendmail::run_queue_async(&config, scope).await?;
+            println!(
+                "{} picked up, {} sent, {} deferred, {} failed, {} report(s)",
+                r.picked_up, r.sent, r.deferred, r.failed, r.bounces
+            );
+        }
+        QueueCommand::Delete { id } => {
+            let queue = Queue::open(&config.queue).map_err(crate::sendmail::SendmailError::from)?;
+            queue
+                .delete(&id)
+                .map_err(crate::sendmail::SendmailError::from)?;
+        }
+    }
+    Ok(0)
 }

@@ -10,6 +10,8 @@ use serde::Deserialize;
 use crate::imap::{Account, ImapConfig};
 use crate::keys::KeySources;
 use crate::logging::LogConfig;
+use crate::queue::relay::RelayConfig;
+use crate::queue::QueueConfig;
 use crate::rewrite::Policy;
 
 pub const DEFAULT_PATH: &str = "/etc/sealpost/sealpost.toml";
@@ -22,6 +24,8 @@ pub struct Config {
     pub log: LogConfig,
     pub store: StoreConfig,
     pub imap: ImapConfig,
+    pub queue: QueueConfig,
+    pub relay: RelayConfig,
     /// IMAP accounts (`[[accounts]]`): a name and an argon2 password hash.
     pub accounts: Vec<Account>,
     /// Where the configuration came from (None: built-in defaults).
@@ -217,6 +221,28 @@ impl Config {
                 "policy.obscured_subject",
                 "obscured_subject",
                 "must be a single line".into(),
+            ));
+        }
+        if let Some((key, message)) = self.relay.problem() {
+            return Err(invalid(&format!("relay.{key}"), key, message));
+        }
+        if self.queue.max_message_bytes < 1024 {
+            return Err(invalid(
+                "queue.max_message_bytes",
+                "max_message_bytes",
+                "must be at least 1024".into(),
+            ));
+        }
+        if self.queue.lifetime_hours == 0 || self.queue.min_backoff_secs == 0 {
+            let key = if self.queue.lifetime_hours == 0 {
+                "lifetime_hours"
+            } else {
+                "min_backoff_secs"
+            };
+            return Err(invalid(
+                &format!("queue.{key}"),
+                key,
+                "must be at least 1".into(),
             ));
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {

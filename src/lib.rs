@@ -29,6 +29,9 @@
 //! - [`imap`]: the local IMAP server over the store (TLS/STARTTLS, IMAP4rev1 + extensions);
 //!   pure layers for summaries, sections, names, rendering, search.
 //! - [`incoming`]: the `imap`, `import` and `passwd` subcommands.
+//! - [`sendmail`]: the /usr/sbin/sendmail drop-in (Postfix flags, -bs, exit codes).
+//! - [`queue`]: its durable queue: drop directory, SQLite state per recipient, the runner,
+//!   the relay (lettre, TLS required), non-delivery reports.
 //! - [`shutdown`]: SIGTERM/SIGINT for the daemons.
 //! - [`cli`]: the `sealpost` subcommands (`rewrite`, `demo`, `imap`, `import`, `passwd`).
 //!
@@ -47,6 +50,8 @@ pub mod incoming;
 pub mod keys;
 pub mod logging;
 pub mod message;
+pub mod queue;
 pub mod rewrite;
+pub mod sendmail;
 pub mod shutdown;
 pub mod store;

@@ -5,6 +5,15 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    // Linked as /usr/sbin/sendmail (or mailq, newaliases): the sendmail(1) command line.
+    let argv: Vec<String> = std::env::args().collect();
+    let program = argv
+        .first()
+        .map(|a| a.rsplit('/').next().unwrap_or(a).to_string())
+        .unwrap_or_default();
+    if matches!(program.as_str(), "sendmail" | "mailq" | "newaliases") {
+        return sealpost::sendmail::main(&program, &argv[1..], None);
+    }
     match sealpost::cli::Cli::try_parse() {
         Ok(args) => sealpost::cli::main(args),
         Err(e) if e.use_stderr() => {

@@ -1,0 +1,179 @@
+//! Non-delivery reports (RFC 3464 multipart/report): what the sender of a queued message gets
+//! back for each recipient that cannot be delivered. A report carries the original header
+//! only, never the body (RFC 3461 RET=HDRS): the body may be exactly the plaintext that policy
+//! refused to send in clear, and the report itself leaves through the relay.
+
+/// One recipient that failed for good.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub recipient: String,
+    /// RFC 3463 status, e.g. "5.7.1".
+    pub status: String,
+    /// Why, as one line (an SMTP reply, or sealpost's reason).
+    pub diagnostic: String,
+}
+
+/// The report's inputs.
+pub struct Report<'a> {
+    pub hostname: &'a str,
+    pub queue_id: &'a str,
+    pub sender: &'a str,
+    pub envid: Option<&'a str>,
+    pub arrived: i64,
+    pub now: i64,
+    pub unique: &'a str,
+    /// The original message (its header section is quoted).
+    pub original: &'a [u8],
+    pub failures: &'a [Failure],
+}
+
+/// The RFC 3463 status in a reply text ("550 5.1.1 ..." → "5.1.1"), else `default`.
+pub fn status_of(text: &str, default: &str) -> String {
+    text.split_whitespace()
+        .take(3)
+        .find(|w| {
+            let parts: Vec<&str> = w.split('.').collect();
+            parts.len() == 3
+                && matches!(parts[0], "2" | "4" | "5")
+                && parts[1..]
+                    .iter()
+                    .all(|p| !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .map_or_else(|| default.to_string(), str::to_string)
+}
+
+/// Renders the report (CRLF, 7-bit).
+pub fn render(r: &Report<'_>) -> Vec<u8> {
+    let boundary = format!("{}.{}/{}", r.queue_id, r.unique, r.hostname);
+    let date = |t: i64| mail_parser::DateTime::from_timestamp(t).to_rfc822();
+    let mut text = format!(
+        "This is the sealpost mail system at host {host}.\r\n\r\n\
+         Your message could not be delivered to the recipients below. The reasons are\r\n\
+         given with each. The header of your message is attached; its body is not.\r\n\r\n",
+        host = r.hostname
+    );
+    for f in r.failures {
+        text.push_str(&format!(
+            "<{}>: {}\r\n",
+            f.recipient,
+            ascii_line(&f.diagnostic)
+        ));
+    }
+    let mut status = format!("Reporting-MTA: dns; {}\r\n", r.hostname);
+    if let Some(envid) = r.envid {
+        status.push_str(&format!("Original-Envelope-Id: {envid}\r\n"));
+    }
+    status.push_str(&format!("X-Sealpost-Queue-ID: {}\r\n", r.queue_id));
+    status.push_str(&format!("Arrival-Date: {}\r\n", date(r.arrived)));
+    for f in r.failures {
+        status.push_str(&format!(
+            "\r\nFinal-Recipient: rfc822; {}\r\nAction: failed\r\nStatus: {}\r\nDiagnostic-Code: smtp; {}\r\n",
+            f.recipient,
+            f.status,
+            ascii_line(&f.diagnostic)
+        ));
+    }
+    let header_end = r
+        .original
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(r.original.len(), |i| i + 2);
+    let headers = &r.original[..header_end];
+
+    let mut out = format!(
+        "From: Mail Delivery System <MAILER-DAEMON@{host}>\r\n\
+         To: <{sender}>\r\n\
+         Subject: Undelivered Mail Returned to Sender\r\n\
+         Date: {date}\r\n\
+         Message-ID: <{unique}.{id}@{host}>\r\n\
+         Auto-Submitted: auto-replied\r\n\
+         MIME-Version: 1.0\r\n\
+         Content-Type: multipart/report; report-type=delivery-status;\r\n\
+         \tboundary=\"{boundary}\"\r\n\
+         \r\n\
+         This is a MIME-encapsulated message.\r\n\
+         \r\n\
+         --{boundary}\r\n\
+         Content-Description: Notification\r\n\
+         Content-Type: text/plain; charset=us-ascii\r\n\
+         \r\n\
+         {text}\r\n\
+         --{boundary}\r\n\
+         Content-Description: Delivery report\r\n\
+         Content-Type: message/delivery-status\r\n\
+         \r\n\
+         {status}\r\n\
+         --{boundary}\r\n\
+         Content-Description: Undelivered Message Headers\r\n\
+         Content-Type: text/rfc822-headers\r\n\
+         \r\n",
+        host = r.hostname,
+        sender = r.sender,
+        date = date(r.now),
+        unique = r.unique,
+        id = r.queue_id,
+    )
+    .into_bytes();
+    // The quoted header may hold 8-bit text (RFC 6532); keep it as it was: text/rfc822-headers
+    // is quoted verbatim, and the report is signed/encrypted as a whole by the rewrite core.
+    out.extend_from_slice(headers);
+    out.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    out
+}
+
+/// One printable ASCII line (diagnostics come from servers and may hold anything).
+fn ascii_line(s: &str) -> String {
+    s.chars()
+        .map(|c| if (' '..='~').contains(&c) { c } else { ' ' })
+        .collect::<String>()
+        .trim()
+        .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_codes() {
+        assert_eq!(status_of("550 5.1.1 <x>: User unknown", "5.0.0"), "5.1.1");
+        assert_eq!(
+            status_of("permanent error (550): 5.7.1 no", "5.0.0"),
+            "5.0.0"
+        );
+        assert_eq!(status_of("550 user unknown", "5.0.0"), "5.0.0");
+        assert_eq!(status_of("5.7.1 no key", "5.0.0"), "5.7.1");
+    }
+
+    #[test]
+    fn report_shape() {
+        let failures = [Failure {
+            recipient: "bob@example.org".into(),
+            status: "5.1.1".into(),
+            diagnostic: "550 5.1.1 <bob@example.org>: User unknown\r\n".into(),
+        }];
+        let original =
+            b"From: alice@example.org\r\nSubject: secret plans\r\n\r\nthe secret body\r\n";
+        let out = render(&Report {
+            hostname: "host.example",
+            queue_id: "ABC",
+            sender: "alice@example.org",
+            envid: Some("env1"),
+            arrived: 1_700_000_000,
+            now: 1_700_000_100,
+            unique: "u1",
+            original,
+            failures: &failures,
+        });
+        let text = String::from_utf8(out.clone()).unwrap();
+        assert!(text.contains("To: <alice@example.org>\r\n"));
+        assert!(text.contains("Final-Recipient: rfc822; bob@example.org\r\nAction: failed\r\nStatus: 5.1.1\r\nDiagnostic-Code: smtp; 550 5.1.1 <bob@example.org>: User unknown\r\n"));
+        assert!(text.contains("Original-Envelope-Id: env1\r\n"));
+        assert!(text.contains("Subject: secret plans\r\n"));
+        assert!(!text.contains("the secret body"), "never the body");
+        // It is a well-formed multipart/report the rest of sealpost can parse.
+        let parsed = mail_parser::MessageParser::default().parse(&out).unwrap();
+        assert_eq!(parsed.parts.len(), 4);
+        assert!(crate::message::ParsedMessage::parse(out).is_ok());
+    }
+}

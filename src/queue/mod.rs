@@ -1,0 +1,1006 @@
+//! The outgoing queue behind the sendmail drop-in: submissions arrive durably in the drop
+//! directory ([`spool`]), the runner moves them into a SQLite queue (synchronous=FULL) and
+//! delivers one copy per recipient through the rewrite core and the [`relay`], keeping the
+//! state of every recipient: queued (with the last temporary error and the next attempt,
+//! exponential backoff), sent, or failed (the sender gets a [`bounce`]).
+//!
+//! Layout of `[queue] dir`:
+//! - `incoming/` — drop directory (mode 1733 on a shared system; see [`spool`]).
+//! - `queue.sqlite` — messages and per-recipient state, owned by the runner, mode 0600.
+//! - `run.lock` — one runner at a time (flock); a second one waits, then runs.
+//! - `corrupt/` — drop files that could not be read, kept for the administrator.
+//!
+//! No loss, no duplicate: a submission enters the database under its drop-file name before the
+//! file is removed (a crash in between re-reads the same id and ignores it); a copy is marked
+//! sent in its own committed transaction right after the relay's 250, so a crash can at worst
+//! repeat the one copy that was in flight when the relay had already answered (RFC 1047).
+
+pub mod bounce;
+pub mod relay;
+pub mod spool;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures::StreamExt;
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::Deserialize;
+
+use crate::rewrite::{Decision, Envelope, Outcome, Rewriter};
+use crate::sendmail::flags::Notify;
+use bounce::Failure;
+use relay::{Relay, Sent};
+use spool::Submission;
+
+/// `[queue]`: the sendmail drop-in's queue.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QueueConfig {
+    pub dir: PathBuf,
+    /// Larger submissions are refused (exit 65). Postfix's message_size_limit default.
+    pub max_message_bytes: usize,
+    /// After this long in the queue a recipient is bounced (Postfix: maximal_queue_lifetime).
+    pub lifetime_hours: u64,
+    /// Backoff between attempts: doubles from min to max (Postfix: minimal/maximal_backoff_time).
+    pub min_backoff_secs: u64,
+    pub max_backoff_secs: u64,
+    /// sendmail starts a queue run in the background after queueing, when it may (it owns the
+    /// queue). On a shared system the runner is started by systemd instead (sealpost-queue.path).
+    pub run_after_submit: bool,
+    /// Domain for From and Message-ID fields sendmail adds; default: the host name.
+    pub domain: Option<String>,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        QueueConfig {
+            dir: PathBuf::from("/var/spool/sealpost"),
+            max_message_bytes: 10_240_000,
+            lifetime_hours: 120,
+            min_backoff_secs: 300,
+            max_backoff_secs: 4000,
+            run_after_submit: true,
+            domain: None,
+        }
+    }
+}
+
+impl QueueConfig {
+    pub fn incoming(&self) -> PathBuf {
+        self.dir.join("incoming")
+    }
+
+    /// The domain of locally made addresses and Message-IDs.
+    pub fn domain(&self) -> String {
+        self.domain.clone().unwrap_or_else(hostname)
+    }
+
+    /// The wait before attempt `attempts + 1`.
+    pub fn backoff(&self, attempts: u32) -> u64 {
+        let factor = 1u64 << attempts.saturating_sub(1).min(20);
+        self.min_backoff_secs
+            .saturating_mul(factor)
+            .min(self.max_backoff_secs.max(self.min_backoff_secs))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("queue database {path}: {source}")]
+    Db {
+        path: String,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("queue {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("no such queue entry: {0}")]
+    NotFound(String),
+}
+
+/// Seconds since the epoch.
+pub fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// This host's name (for HELO, Message-IDs and reports).
+pub fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname NUL-terminates within it.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len() - 1) };
+    let name = if rc == 0 {
+        let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+        String::from_utf8_lossy(&buf[..end]).into_owned()
+    } else {
+        String::new()
+    };
+    if name.is_empty() {
+        "localhost".into()
+    } else {
+        name
+    }
+}
+
+/// The login name of `uid` (the passwd entry), or the number.
+pub fn user_name(uid: u32) -> String {
+    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut buf = vec![0u8; 4096];
+    let mut result: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: all pointers are valid for the call; the name is copied out before buf drops.
+    let rc = unsafe {
+        libc::getpwuid_r(
+            uid,
+            &mut pwd,
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            &mut result,
+        )
+    };
+    if rc == 0 && !result.is_null() {
+        // SAFETY: pw_name points into buf, NUL-terminated, when getpwuid_r succeeded.
+        let name = unsafe { std::ffi::CStr::from_ptr(pwd.pw_name) };
+        return name.to_string_lossy().into_owned();
+    }
+    uid.to_string()
+}
+
+/// The uid of this process.
+pub fn current_uid() -> u32 {
+    // SAFETY: getuid cannot fail.
+    unsafe { libc::getuid() }
+}
+
+/// One queued message as `queue list` shows it.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub id: String,
+    pub size: u64,
+    pub arrived: i64,
+    pub sender: String,
+    /// Recipients still queued, each with the last temporary error.
+    pub recipients: Vec<(String, Option<String>)>,
+}
+
+/// Which queued recipients a run attempts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    /// Those whose backoff has passed (the timer's run, the run after a submission).
+    Due,
+    /// Every queued recipient now (`queue run`, `sendmail -q`: a flush).
+    All,
+    /// One message (`sendmail -qI ID`).
+    One(String),
+}
+
+/// What a run did, for the summary line.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RunReport {
+    pub picked_up: usize,
+    pub sent: usize,
+    pub deferred: usize,
+    pub failed: usize,
+    pub bounces: usize,
+}
+
+/// The queue database.
+pub struct Queue {
+    config: QueueConfig,
+    db: Mutex<Connection>,
+    db_path: PathBuf,
+}
+
+impl Queue {
+    /// Opens (creating when missing) the queue under `config.dir`.
+    pub fn open(config: &QueueConfig) -> Result<Queue, QueueError> {
+        for dir in [
+            config.dir.clone(),
+            config.incoming(),
+            config.dir.join("corrupt"),
+        ] {
+            create_private_dir(&dir)?;
+        }
+        let db_path = config.dir.join("queue.sqlite");
+        let db_err = |source| QueueError::Db {
+            path: db_path.display().to_string(),
+            source,
+        };
+        let conn = Connection::open(&db_path).map_err(db_err)?;
+        conn.busy_timeout(Duration::from_secs(30)).map_err(db_err)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(db_err)?;
+        // A message the caller was told is queued survives power loss.
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(db_err)?;
+        conn.execute_batch(SCHEMA).map_err(db_err)?;
+        Ok(Queue {
+            config: config.clone(),
+            db: Mutex::new(conn),
+            db_path,
+        })
+    }
+
+    fn db_err(&self, source: rusqlite::Error) -> QueueError {
+        QueueError::Db {
+            path: self.db_path.display().to_string(),
+            source,
+        }
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        // A panic while holding the lock leaves SQLite consistent (transactions roll back).
+        self.db.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Moves every readable submission from the drop directory into the database.
+    pub fn pick_up(&self) -> Result<usize, QueueError> {
+        let incoming = self.config.incoming();
+        let io = |source| QueueError::Io {
+            path: incoming.display().to_string(),
+            source,
+        };
+        let mut names: Vec<PathBuf> = std::fs::read_dir(&incoming)
+            .map_err(io)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .collect();
+        names.sort();
+        let limit = self.config.max_message_bytes as u64 + 64 * 1024;
+        let mut count = 0;
+        for path in names {
+            let picked = match spool::read(&path, limit) {
+                Ok(Some(p)) => p,
+                Ok(None) => {
+                    remove_stale_temp(&path);
+                    continue;
+                }
+                Err(e) => {
+                    self.set_aside(&path, &e.to_string());
+                    continue;
+                }
+            };
+            let submission = match picked.submission {
+                Ok(s) => s,
+                Err(reason) => {
+                    self.set_aside(&path, &reason);
+                    continue;
+                }
+            };
+            self.insert(&picked.id, picked.uid, &submission, now())?;
+            std::fs::remove_file(&path).map_err(io)?;
+            tracing::info!(
+                "{}: queued from uid {} ({}), sender <{}>, {} recipient(s), {} bytes",
+                picked.id,
+                picked.uid,
+                user_name(picked.uid),
+                submission.sender,
+                submission.recipients.len(),
+                submission.message.len()
+            );
+            count += 1;
+        }
+        if count > 0 {
+            std::fs::File::open(&incoming)
+                .and_then(|d| d.sync_all())
+                .map_err(io)?;
+        }
+        Ok(count)
+    }
+
+    /// Keeps an unreadable drop file for the administrator instead of deleting it.
+    fn set_aside(&self, path: &Path, reason: &str) {
+        let target = self
+            .config
+            .dir
+            .join("corrupt")
+            .join(path.file_name().unwrap_or_default());
+        match std::fs::rename(path, &target) {
+            Ok(()) => tracing::error!(
+                "{}: unreadable submission moved to {}: {reason}",
+                path.display(),
+                target.display()
+            ),
+            Err(e) => tracing::error!(
+                "{}: unreadable submission ({reason}) and cannot move it aside: {e}",
+                path.display()
+            ),
+        }
+    }
+
+    /// Adds a message (idempotent: an id already known is ignored, even once finished).
+    fn insert(&self, id: &str, uid: u32, s: &Submission, at: i64) -> Result<(), QueueError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(|e| self.db_err(e))?;
+        let added = tx
+            .execute(
+                "INSERT OR IGNORE INTO messages(id, uid, sender, notify, envid, arrived, size, raw)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![
+                    id,
+                    uid,
+                    s.sender,
+                    s.notify.as_str(),
+                    s.envid,
+                    at,
+                    s.message.len() as i64,
+                    s.message
+                ],
+            )
+            .map_err(|e| self.db_err(e))?;
+        if added == 1 {
+            for r in &s.recipients {
+                tx.execute(
+                    "INSERT OR IGNORE INTO recipients(message, address, state, next_attempt)
+                     VALUES (?1, ?2, 'queued', ?3)",
+                    params![id, r, at],
+                )
+                .map_err(|e| self.db_err(e))?;
+            }
+        }
+        tx.commit().map_err(|e| self.db_err(e))
+    }
+
+    /// The messages with recipients still queued, oldest first.
+    pub fn list(&self) -> Result<Vec<Entry>, QueueError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare(
+                "SELECT m.id, m.size, m.arrived, m.sender, r.address, r.reason
+                 FROM messages m JOIN recipients r ON r.message = m.id
+                 WHERE r.state = 'queued' ORDER BY m.arrived, m.id, r.rowid",
+            )
+            .map_err(|e| self.db_err(e))?;
+        let rows = stmt
+            .query_map([], |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, i64>(1)?,
+                    row.get::<_, i64>(2)?,
+                    row.get::<_, String>(3)?,
+                    row.get::<_, String>(4)?,
+                    row.get::<_, Option<String>>(5)?,
+                ))
+            })
+            .map_err(|e| self.db_err(e))?;
+        let mut entries: Vec<Entry> = Vec::new();
+        for row in rows {
+            let (id, size, arrived, sender, address, reason) = row.map_err(|e| self.db_err(e))?;
+            match entries.last_mut() {
+                Some(e) if e.id == id => e.recipients.push((address, reason)),
+                _ => entries.push(Entry {
+                    id,
+                    size: size as u64,
+                    arrived,
+                    sender,
+                    recipients: vec![(address, reason)],
+                }),
+            }
+        }
+        Ok(entries)
+    }
+
+    /// Drop files not yet picked up (visible to the queue's owner only).
+    pub fn waiting(&self) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(self.config.incoming())
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .filter_map(|e| e.file_name().into_string().ok())
+                    .filter(|n| !n.starts_with('.'))
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+    }
+
+    /// Removes a message from the queue: nothing more is sent, no report goes out.
+    pub fn delete(&self, id: &str) -> Result<(), QueueError> {
+        let dropped = self.config.incoming().join(id);
+        let in_drop = !id.starts_with('.') && std::fs::remove_file(&dropped).is_ok();
+        let conn = self.conn();
+        let changed = conn
+            .execute(
+                "UPDATE recipients SET state = 'failed', bounced = 1,
+                   reason = 'deleted from the queue by the administrator'
+                 WHERE message = ?1 AND state = 'queued'",
+                params![id],
+            )
+            .map_err(|e| self.db_err(e))?;
+        conn.execute(
+            "UPDATE messages SET raw = x'', finished = ?2 WHERE id = ?1 AND finished IS NULL",
+            params![id, now()],
+        )
+        .map_err(|e| self.db_err(e))?;
+        if changed == 0 && !in_drop {
+            return Err(QueueError::NotFound(id.to_string()));
+        }
+        tracing::info!("{id}: deleted from the queue ({changed} recipient(s) not delivered)");
+        Ok(())
+    }
+
+    /// Ids of messages with recipients to attempt in this scope.
+    fn due(&self, scope: &Scope, at: i64) -> Result<Vec<String>, QueueError> {
+        let conn = self.conn();
+        let (sql, arg): (&str, rusqlite::types::Value) = match scope {
+            Scope::Due => (
+                "SELECT DISTINCT message FROM recipients WHERE state = 'queued' AND next_attempt <= ?1 ORDER BY message",
+                at.into(),
+            ),
+            Scope::All => (
+                "SELECT DISTINCT message FROM recipients WHERE state = 'queued' AND ?1 IS NOT NULL ORDER BY message",
+                at.into(),
+            ),
+            Scope::One(id) => (
+                "SELECT DISTINCT message FROM recipients WHERE state = 'queued' AND message = ?1",
+                id.clone().into(),
+            ),
+        };
+        let mut stmt = conn.prepare(sql).map_err(|e| self.db_err(e))?;
+        let ids = stmt
+            .query_map([arg], |r| r.get::<_, String>(0))
+            .map_err(|e| self.db_err(e))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| self.db_err(e));
+        ids
+    }
+
+    fn load(&self, id: &str, scope: &Scope, at: i64) -> Result<Option<Loaded>, QueueError> {
+        let conn = self.conn();
+        let message = conn
+            .query_row(
+                "SELECT sender, notify, envid, arrived, raw FROM messages WHERE id = ?1 AND finished IS NULL",
+                params![id],
+                |r| {
+                    Ok(Loaded {
+                        id: id.to_string(),
+                        sender: r.get(0)?,
+                        notify: Notify::parse(&r.get::<_, String>(1)?).unwrap_or_default(),
+                        envid: r.get(2)?,
+                        arrived: r.get(3)?,
+                        raw: r.get(4)?,
+                        due: Vec::new(),
+                    })
+                },
+            )
+            .optional()
+            .map_err(|e| self.db_err(e))?;
+        let Some(mut message) = message else {
+            return Ok(None);
+        };
+        let mut stmt = conn
+            .prepare(
+                "SELECT address, attempts, next_attempt, reason FROM recipients
+                 WHERE message = ?1 AND state = 'queued' ORDER BY rowid",
+            )
+            .map_err(|e| self.db_err(e))?;
+        let rows = stmt
+            .query_map(params![id], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, u32>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, Option<String>>(3)?,
+                ))
+            })
+            .map_err(|e| self.db_err(e))?;
+        for row in rows {
+            let (address, attempts, next, reason) = row.map_err(|e| self.db_err(e))?;
+            if *scope != Scope::Due || next <= at {
+                message.due.push(Due {
+                    address,
+                    attempts,
+                    reason,
+                });
+            }
+        }
+        Ok(Some(message))
+    }
+
+    fn mark_sent(&self, id: &str, rcpt: &str, reply: &str) -> Result<(), QueueError> {
+        self.conn()
+            .execute(
+                "UPDATE recipients SET state = 'sent', reason = ?3, attempts = attempts + 1
+                 WHERE message = ?1 AND address = ?2",
+                params![id, rcpt, reply],
+            )
+            .map(drop)
+            .map_err(|e| self.db_err(e))
+    }
+
+    fn mark_deferred(&self, id: &str, due: &Due, reason: &str, at: i64) -> Result<i64, QueueError> {
+        let next = at + self.config.backoff(due.attempts + 1) as i64;
+        self.conn()
+            .execute(
+                "UPDATE recipients SET reason = ?3, attempts = attempts + 1, next_attempt = ?4
+                 WHERE message = ?1 AND address = ?2",
+                params![id, due.address, reason, next],
+            )
+            .map_err(|e| self.db_err(e))?;
+        Ok(next)
+    }
+
+    fn mark_failed(
+        &self,
+        id: &str,
+        rcpt: &str,
+        status: &str,
+        reason: &str,
+    ) -> Result<(), QueueError> {
+        self.conn()
+            .execute(
+                "UPDATE recipients SET state = 'failed', status = ?3, reason = ?4, attempts = attempts + 1
+                 WHERE message = ?1 AND address = ?2",
+                params![id, rcpt, status, reason],
+            )
+            .map(drop)
+            .map_err(|e| self.db_err(e))
+    }
+
+    /// Queues the report for the failed, unreported recipients of `m` and marks them
+    /// reported, in one transaction; then finishes `m` when nothing of it is queued.
+    /// Returns the report's queue id.
+    fn report_and_finish(
+        &self,
+        m: &Loaded,
+        hostname: &str,
+        at: i64,
+    ) -> Result<Option<String>, QueueError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(|e| self.db_err(e))?;
+        let failures: Vec<Failure> = {
+            let mut stmt = tx
+                .prepare(
+                    "SELECT address, status, reason FROM recipients
+                     WHERE message = ?1 AND state = 'failed' AND bounced = 0 ORDER BY rowid",
+                )
+                .map_err(|e| self.db_err(e))?;
+            let rows = stmt
+                .query_map(params![m.id], |r| {
+                    Ok(Failure {
+                        recipient: r.get(0)?,
+                        status: r
+                            .get::<_, Option<String>>(1)?
+                            .unwrap_or_else(|| "5.0.0".into()),
+                        diagnostic: r.get::<_, Option<String>>(2)?.unwrap_or_default(),
+                    })
+                })
+                .map_err(|e| self.db_err(e))?;
+            rows.collect::<Result<_, _>>().map_err(|e| self.db_err(e))?
+        };
+        let mut report_id = None;
+        if !failures.is_empty() {
+            // No report about a report (RFC 3464 §2, RFC 5321 §4.5.5), nor when -N said no.
+            if !m.sender.is_empty() && m.notify.failure {
+                let id = spool::new_id(at);
+                let unique = spool::new_id(at);
+                let report = bounce::render(&bounce::Report {
+                    hostname,
+                    queue_id: &m.id,
+                    sender: &m.sender,
+                    envid: m.envid.as_deref(),
+                    arrived: m.arrived,
+                    now: at,
+                    unique: &unique,
+                    original: &m.raw,
+                    failures: &failures,
+                });
+                tx.execute(
+                    "INSERT INTO messages(id, uid, sender, notify, envid, arrived, size, raw)
+                     VALUES (?1, ?2, '', 'never', NULL, ?3, ?4, ?5)",
+                    params![id, current_uid(), at, report.len() as i64, report],
+                )
+                .map_err(|e| self.db_err(e))?;
+                tx.execute(
+                    "INSERT INTO recipients(message, address, state, next_attempt) VALUES (?1, ?2, 'queued', ?3)",
+                    params![id, m.sender, at],
+                )
+                .map_err(|e| self.db_err(e))?;
+                tracing::info!(
+                    "{}: non-delivery report {id} to <{}> for {} recipient(s)",
+                    m.id,
+                    m.sender,
+                    failures.len()
+                );
+                report_id = Some(id);
+            } else {
+                tracing::info!(
+                    "{}: {} recipient(s) failed; no report (null sender or -N never)",
+                    m.id,
+                    failures.len()
+                );
+            }
+            tx.execute(
+                "UPDATE recipients SET bounced = 1 WHERE message = ?1 AND state = 'failed'",
+                params![m.id],
+            )
+            .map_err(|e| self.db_err(e))?;
+        }
+        let left: i64 = tx
+            .query_row(
+                "SELECT count(*) FROM recipients WHERE message = ?1 AND state = 'queued'",
+                params![m.id],
+                |r| r.get(0),
+            )
+            .map_err(|e| self.db_err(e))?;
+        if left == 0 {
+            // The row stays (emptied) so that a drop file seen again is recognised.
+            tx.execute(
+                "UPDATE messages SET raw = x'', finished = ?2 WHERE id = ?1",
+                params![m.id, at],
+            )
+            .map_err(|e| self.db_err(e))?;
+        }
+        tx.commit().map_err(|e| self.db_err(e))?;
+        Ok(report_id)
+    }
+
+    /// Forgets finished messages older than twice the queue lifetime.
+    fn purge(&self, at: i64) -> Result<(), QueueError> {
+        let horizon = at - 2 * 3600 * self.config.lifetime_hours as i64;
+        let conn = self.conn();
+        conn.execute(
+            "DELETE FROM recipients WHERE message IN (SELECT id FROM messages WHERE finished < ?1)",
+            params![horizon],
+        )
+        .map_err(|e| self.db_err(e))?;
+        conn.execute("DELETE FROM messages WHERE finished < ?1", params![horizon])
+            .map_err(|e| self.db_err(e))?;
+        Ok(())
+    }
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS messages(
+    id TEXT PRIMARY KEY,
+    uid INTEGER NOT NULL,
+    sender TEXT NOT NULL,
+    notify TEXT NOT NULL,
+    envid TEXT,
+    arrived INTEGER NOT NULL,
+    size INTEGER NOT NULL,
+    raw BLOB NOT NULL,
+    finished INTEGER
+);
+CREATE TABLE IF NOT EXISTS recipients(
+    message TEXT NOT NULL REFERENCES messages(id),
+    address TEXT NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('queued', 'sent', 'failed')),
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt INTEGER NOT NULL,
+    status TEXT,
+    reason TEXT,
+    bounced INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (message, address)
+);
+CREATE INDEX IF NOT EXISTS recipients_queued ON recipients(state, next_attempt);
+";
+
+/// A message loaded for delivery, with the recipients this run attempts.
+struct Loaded {
+    id: String,
+    sender: String,
+    notify: Notify,
+    envid: Option<String>,
+    arrived: i64,
+    raw: Vec<u8>,
+    due: Vec<Due>,
+}
+
+struct Due {
+    address: String,
+    attempts: u32,
+    reason: Option<String>,
+}
+
+/// Creates a directory (and parents) readable by its owner only; an existing one is kept
+/// as it is (a packaged drop directory has its own mode).
+fn create_private_dir(dir: &Path) -> Result<(), QueueError> {
+    use std::os::unix::fs::DirBuilderExt;
+    if dir.is_dir() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|source| QueueError::Io {
+            path: dir.display().to_string(),
+            source,
+        })
+}
+
+/// Temporary drop files left by a sendmail that died before its rename: removed after a day.
+fn remove_stale_temp(path: &Path) {
+    let is_temp = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with(".tmp."));
+    let old = std::fs::symlink_metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .is_some_and(|age| age > Duration::from_secs(86_400));
+    if is_temp && old {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+/// Holds the queue's run lock (flock) until dropped.
+pub struct RunLock(#[allow(dead_code)] std::fs::File);
+
+impl RunLock {
+    /// Waits until no other runner holds the lock.
+    pub fn acquire(dir: &Path) -> Result<RunLock, QueueError> {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = dir.join("run.lock");
+        let io = |source| QueueError::Io {
+            path: path.display().to_string(),
+            source,
+        };
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(io)?;
+        loop {
+            // SAFETY: flock on a file descriptor we own.
+            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } == 0 {
+                return Ok(RunLock(file));
+            }
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                return Err(io(e));
+            }
+        }
+    }
+}
+
+/// Delivers what the queue holds: pick up submissions, then per message one rewrite (the
+/// core decides per recipient) and one relay transaction per copy. Two messages at a time,
+/// so that both GnuPG workers are busy.
+pub struct Runner {
+    pub queue: Arc<Queue>,
+    pub rewriter: Arc<Rewriter>,
+    pub relay: Arc<Relay>,
+    pub hostname: String,
+}
+
+impl Runner {
+    pub async fn run(&self, scope: Scope) -> Result<RunReport, QueueError> {
+        let queue = self.queue.clone();
+        let picked_up = tokio::task::spawn_blocking(move || queue.pick_up())
+            .await
+            .map_err(|e| QueueError::Io {
+                path: "pickup".into(),
+                source: std::io::Error::other(e),
+            })??;
+        let started = now();
+        let ids = self.queue.due(&scope, started)?;
+        let mut report = RunReport {
+            picked_up,
+            ..RunReport::default()
+        };
+        let mut results = futures::stream::iter(ids)
+            .map(|id| self.deliver_message(id, scope.clone()))
+            .buffer_unordered(2);
+        while let Some(result) = results.next().await {
+            let r = result?;
+            report.sent += r.sent;
+            report.deferred += r.deferred;
+            report.failed += r.failed;
+            report.bounces += r.bounces;
+        }
+        self.queue.purge(now())?;
+        Ok(report)
+    }
+
+    /// One message, then the report it caused (delivered in the same run).
+    async fn deliver_message(&self, id: String, scope: Scope) -> Result<RunReport, QueueError> {
+        let mut total = RunReport::default();
+        let mut next = Some((id, scope));
+        while let Some((id, scope)) = next.take() {
+            let at = now();
+            let Some(message) = self.queue.load(&id, &scope, at)? else {
+                continue;
+            };
+            if message.due.is_empty() {
+                continue;
+            }
+            let r = self.attempt(&message, at).await?;
+            total.sent += r.sent;
+            total.deferred += r.deferred;
+            total.failed += r.failed;
+            if let Some(report_id) =
+                self.queue
+                    .report_and_finish(&message, &self.hostname, now())?
+            {
+                total.bounces += 1;
+                next = Some((report_id, Scope::All));
+            }
+        }
+        Ok(total)
+    }
+
+    async fn attempt(&self, m: &Loaded, at: i64) -> Result<RunReport, QueueError> {
+        let mut report = RunReport::default();
+        let lifetime = 3600 * self.queue.config.lifetime_hours as i64;
+        if at - m.arrived > lifetime {
+            for d in &m.due {
+                let last = d.reason.as_deref().unwrap_or("no attempt succeeded");
+                let reason = format!(
+                    "delivery time expired after {} hours in the queue; last error: {last}",
+                    self.queue.config.lifetime_hours
+                );
+                tracing::warn!("{}: to=<{}> expired: {last}", m.id, d.address);
+                self.queue
+                    .mark_failed(&m.id, &d.address, "4.4.7", &reason)?;
+                report.failed += 1;
+            }
+            return Ok(report);
+        }
+        let envelope = Envelope {
+            id: m.id.clone(),
+            sender: m.sender.clone(),
+            recipients: m.due.iter().map(|d| d.address.clone()).collect(),
+        };
+        let copies = match self.rewriter.rewrite(&envelope, m.raw.clone()).await {
+            Ok(Outcome::Copies(copies)) => copies,
+            Ok(Outcome::Refused(reply)) => {
+                for d in &m.due {
+                    self.queue
+                        .mark_failed(&m.id, &d.address, reply.status, &reply.to_string())?;
+                    report.failed += 1;
+                }
+                return Ok(report);
+            }
+            Err(e) => {
+                for d in &m.due {
+                    self.queue.mark_failed(
+                        &m.id,
+                        &d.address,
+                        "5.6.0",
+                        &format!("invalid message: {e}"),
+                    )?;
+                    report.failed += 1;
+                }
+                return Ok(report);
+            }
+        };
+        for copy in copies {
+            let Some(due) = m.due.iter().find(|d| d.address == copy.recipient) else {
+                continue;
+            };
+            match (&copy.decision, &copy.message) {
+                (Decision::Rejected { reply }, _) => {
+                    self.queue.mark_failed(
+                        &m.id,
+                        &due.address,
+                        reply.status,
+                        &reply.to_string(),
+                    )?;
+                    report.failed += 1;
+                }
+                (Decision::Deferred { reply }, _) => {
+                    let next = self
+                        .queue
+                        .mark_deferred(&m.id, due, &reply.to_string(), at)?;
+                    tracing::warn!(
+                        "{}: to=<{}> deferred until {next}: {reply}",
+                        m.id,
+                        due.address
+                    );
+                    report.deferred += 1;
+                }
+                (_, None) => {
+                    // The core produces bytes for every other decision; never send without.
+                    let reason = "internal error: no copy was built";
+                    self.queue.mark_deferred(&m.id, due, reason, at)?;
+                    report.deferred += 1;
+                }
+                (decision, Some(bytes)) => {
+                    match self.relay.send(&m.sender, &due.address, bytes).await {
+                        Sent::Accepted(reply) => {
+                            self.queue.mark_sent(&m.id, &due.address, &reply)?;
+                            tracing::info!(
+                                "{}: to=<{}> relay={} {} sent ({reply})",
+                                m.id,
+                                due.address,
+                                self.relay.description(),
+                                decision.name()
+                            );
+                            report.sent += 1;
+                        }
+                        Sent::Temporary(reason) => {
+                            let next = self.queue.mark_deferred(&m.id, due, &reason, now())?;
+                            tracing::warn!(
+                                "{}: to=<{}> deferred (attempt {}, next in {} s): {reason}",
+                                m.id,
+                                due.address,
+                                due.attempts + 1,
+                                next - now()
+                            );
+                            report.deferred += 1;
+                        }
+                        Sent::Permanent(reason) => {
+                            let status = bounce::status_of(&reason, "5.0.0");
+                            self.queue
+                                .mark_failed(&m.id, &due.address, &status, &reason)?;
+                            tracing::warn!(
+                                "{}: to=<{}> refused by the relay: {reason}",
+                                m.id,
+                                due.address
+                            );
+                            report.failed += 1;
+                        }
+                    }
+                }
+            }
+        }
+        Ok(report)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_the_cap() {
+        let c = QueueConfig::default();
+        assert_eq!(c.backoff(1), 300);
+        assert_eq!(c.backoff(2), 600);
+        assert_eq!(c.backoff(4), 2400);
+        assert_eq!(c.backoff(5), 4000);
+        assert_eq!(c.backoff(60), 4000);
+    }
+
+    fn submission(rcpts: &[&str]) -> Submission {
+        Submission {
+            sender: "alice@example.org".into(),
+            recipients: rcpts.iter().map(|r| r.to_string()).collect(),
+            notify: Notify::default(),
+            envid: None,
+            message: b"From: alice@example.org\r\nSubject: s\r\n\r\nbody\r\n".to_vec(),
+        }
+    }
+
+    #[test]
+    fn pickup_is_idempotent_and_finished_ids_are_remembered() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = QueueConfig {
+            dir: dir.path().join("q"),
+            ..QueueConfig::default()
+        };
+        let queue = Queue::open(&config).unwrap();
+        let s = submission(&["bob@example.org", "carol@example.org"]);
+        spool::write(&config.incoming(), "AAA1", &s).unwrap();
+        assert_eq!(queue.pick_up().unwrap(), 1);
+        assert!(queue.waiting().is_empty());
+        let list = queue.list().unwrap();
+        assert_eq!(list.len(), 1);
+        assert_eq!(list[0].recipients.len(), 2);
+        // The same drop file again (a crash between commit and unlink) adds nothing.
+        spool::write(&config.incoming(), "AAA1", &s).unwrap();
+        assert_eq!(queue.pick_up().unwrap(), 1);
+        assert_eq!(queue.list().unwrap()[0].recipients.len(), 2);
+        // Finished (deleted) messages stay known.
+        queue.delete("AAA1").unwrap();
+        assert!(queue.list().unwrap().is_empty());
+        spool::write(&config.incoming(), "AAA1", &s).unwrap();
+        queue.pick_up().unwrap();
+        assert!(queue.list().unwrap().is_empty());
+        assert!(matches!(queue.delete("NOPE"), Err(QueueError::NotFound(_))));
+        // A file that is not a submission is set aside, not lost.
+        std::fs::write(config.incoming().join("BAD1"), b"garbage").unwrap();
+        queue.pick_up().unwrap();
+        assert!(config.dir.join("corrupt/BAD1").exists());
+    }
+}

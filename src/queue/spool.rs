@@ -1,0 +1,229 @@
+//! The drop directory: how any local user hands a message to the queue without being able
+//! to read anyone else's. `incoming/` is writable by all but listable by its owner only
+//! (mode 1733, like Postfix's maildrop); each submission is one file created there with
+//! O_EXCL and mode 0600, written, fsynced and renamed into place, and the directory fsynced,
+//! before sendmail answers. The queue runner, the directory's owner, picks files up; the
+//! submitter's uid is the file's owner, not anything the file says.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use crate::sendmail::flags::Notify;
+
+/// The first line of every spool file; a later format gets a new number.
+const MAGIC: &str = "sealpost-spool 1";
+
+/// One message and its envelope.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Submission {
+    /// The envelope sender; "" is the null sender.
+    pub sender: String,
+    pub recipients: Vec<String>,
+    pub notify: Notify,
+    pub envid: Option<String>,
+    /// CRLF, complete (From, Date, Message-ID present).
+    pub message: Vec<u8>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    #[error("cannot write to the queue {path}: {source}")]
+    Write {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {reason}")]
+    Corrupt { path: String, reason: String },
+}
+
+/// A new queue id: seconds (hex) then 32 random bits, so ids sort by arrival.
+pub fn new_id(now: i64) -> String {
+    let mut random = [0u8; 4];
+    // getrandom only fails without any entropy source; the time still keeps ids apart.
+    let _ = getrandom::fill(&mut random);
+    format!("{:09X}{}", now.max(0), hex::encode_upper(random))
+}
+
+/// Writes `submission` durably into `incoming` under a fresh id, which it returns.
+pub fn write(incoming: &Path, id: &str, submission: &Submission) -> Result<PathBuf, SpoolError> {
+    let fail = |path: &Path| {
+        let path = path.display().to_string();
+        move |source| SpoolError::Write { path, source }
+    };
+    let temp = incoming.join(format!(".tmp.{id}"));
+    let target = incoming.join(id);
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&temp)
+        .map_err(fail(&temp))?;
+    let result = file
+        .write_all(&encode(submission))
+        .and_then(|()| file.sync_all())
+        .and_then(|()| std::fs::rename(&temp, &target))
+        .and_then(|()| File::open(incoming)?.sync_all());
+    if let Err(source) = result {
+        let _ = std::fs::remove_file(&temp);
+        return Err(fail(&target)(source));
+    }
+    Ok(target)
+}
+
+fn encode(s: &Submission) -> Vec<u8> {
+    let mut head = format!(
+        "{MAGIC}\nsender {}\nnotify {}\n",
+        s.sender,
+        s.notify.as_str()
+    );
+    if let Some(envid) = &s.envid {
+        head.push_str(&format!("envid {envid}\n"));
+    }
+    for r in &s.recipients {
+        head.push_str(&format!("rcpt {r}\n"));
+    }
+    head.push('\n');
+    let mut out = head.into_bytes();
+    out.extend_from_slice(&s.message);
+    out
+}
+
+/// Parses a spool file written by [`write`].
+pub fn decode(bytes: &[u8]) -> Result<Submission, String> {
+    let end = bytes
+        .windows(2)
+        .position(|w| w == b"\n\n")
+        .ok_or("no end of envelope")?;
+    let head = std::str::from_utf8(&bytes[..end]).map_err(|_| "envelope is not UTF-8")?;
+    let mut lines = head.lines();
+    if lines.next() != Some(MAGIC) {
+        return Err(format!("does not start with {MAGIC:?}"));
+    }
+    let mut s = Submission {
+        sender: String::new(),
+        recipients: Vec::new(),
+        notify: Notify::default(),
+        envid: None,
+        message: bytes[end + 2..].to_vec(),
+    };
+    let mut sender = None;
+    for line in lines {
+        let (key, value) = line.split_once(' ').unwrap_or((line, ""));
+        match key {
+            "sender" => sender = Some(value.to_string()),
+            "rcpt" => s.recipients.push(value.to_string()),
+            "notify" => s.notify = Notify::parse(value).ok_or("bad notify")?,
+            "envid" => s.envid = Some(value.to_string()),
+            _ => return Err(format!("unknown envelope line {key:?}")),
+        }
+    }
+    s.sender = sender.ok_or("no sender")?;
+    if s.recipients.is_empty() {
+        return Err("no recipients".into());
+    }
+    Ok(s)
+}
+
+/// A submission picked up from `incoming`, with the uid of the user who wrote it.
+pub struct PickedUp {
+    pub id: String,
+    pub uid: u32,
+    pub path: PathBuf,
+    pub submission: Result<Submission, String>,
+}
+
+/// Reads one file of `incoming` safely: no symlinks followed, regular files only, at most
+/// `limit` bytes. Returns None for names that are not submissions (temporary files).
+pub fn read(path: &Path, limit: u64) -> Result<Option<PickedUp>, SpoolError> {
+    let Some(id) = path.file_name().and_then(|n| n.to_str()) else {
+        return Ok(None);
+    };
+    if id.starts_with('.') || !id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        return Ok(None);
+    }
+    let corrupt = |reason: String| SpoolError::Corrupt {
+        path: path.display().to_string(),
+        reason,
+    };
+    // O_NONBLOCK: a FIFO planted by a user must not hang the runner.
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| corrupt(format!("cannot open: {e}")))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| corrupt(format!("cannot stat: {e}")))?;
+    if !meta.file_type().is_file() {
+        return Err(corrupt("not a regular file".into()));
+    }
+    if meta.len() > limit {
+        return Err(corrupt(format!("larger than {limit} bytes")));
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(limit)
+        .read_to_end(&mut bytes)
+        .map_err(|e| corrupt(format!("cannot read: {e}")))?;
+    Ok(Some(PickedUp {
+        id: id.to_string(),
+        uid: meta.uid(),
+        path: path.to_path_buf(),
+        submission: decode(&bytes),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip() {
+        let s = Submission {
+            sender: "alice@example.org".into(),
+            recipients: vec!["bob@example.org".into(), "carol@example.org".into()],
+            notify: Notify::parse("failure").unwrap(),
+            envid: Some("e1".into()),
+            message: b"From: a\r\n\r\n\n\nbody\r\n".to_vec(),
+        };
+        assert_eq!(decode(&encode(&s)).unwrap(), s);
+        let null = Submission {
+            sender: String::new(),
+            envid: None,
+            ..s
+        };
+        assert_eq!(decode(&encode(&null)).unwrap(), null);
+        assert!(decode(b"garbage").is_err());
+        assert!(
+            decode(b"sealpost-spool 1\nsender a\n\nx").is_err(),
+            "no recipients"
+        );
+    }
+
+    #[test]
+    fn write_and_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Submission {
+            sender: "alice@example.org".into(),
+            recipients: vec!["bob@example.org".into()],
+            notify: Notify::default(),
+            envid: None,
+            message: b"Subject: x\r\n\r\nhi\r\n".to_vec(),
+        };
+        let id = new_id(1_700_000_000);
+        let path = write(dir.path(), &id, &s).unwrap();
+        let meta = std::fs::metadata(&path).unwrap();
+        assert_eq!(meta.mode() & 0o777, 0o600);
+        let picked = read(&path, 1 << 20).unwrap().unwrap();
+        assert_eq!(picked.id, id);
+        assert_eq!(picked.submission.unwrap(), s);
+        // A symlink is never followed; temporary names are skipped.
+        let link = dir.path().join("LINK");
+        std::os::unix::fs::symlink(&path, &link).unwrap();
+        assert!(read(&link, 1 << 20).is_err());
+        assert!(read(&dir.path().join(".tmp.X"), 1 << 20).unwrap().is_none());
+        assert!(read(&path, 10).is_err(), "over the limit");
+    }
+}

@@ -1,0 +1,253 @@
+//! The message a caller hands to sendmail, made into one sealpost can queue: read with the
+//! historic end-of-input rule, line ends made CRLF, checked by the same parser the rewrite
+//! core uses, and completed with the fields RFC 5322 §3.6 requires (From, Date) and the
+//! Message-ID threading wants. Pure apart from the reader.
+
+use std::io::BufRead;
+
+use base64::Engine;
+use mail_parser::{HeaderName, MessageParser};
+
+use crate::message::{MessageError, ParsedMessage};
+
+/// Input that cannot be queued: exit 65 (EX_DATAERR) with this reason.
+#[derive(Debug, thiserror::Error)]
+pub enum InputError {
+    #[error("message larger than the limit of {limit} bytes ([queue] max_message_bytes)")]
+    TooLarge { limit: usize },
+    #[error("{0}")]
+    Message(#[from] MessageError),
+    #[error("no recipients: name them on the command line or use -t with To/Cc/Bcc fields")]
+    NoRecipients,
+    #[error("recipient {0:?} is not an email address")]
+    BadRecipient(String),
+    #[error("cannot read the message: {0}")]
+    Read(#[from] std::io::Error),
+}
+
+/// Reads one message. With `dot_ends_message` (no -i/-oi) a line holding only "." ends it, as
+/// sendmail has always done. Stops with [`InputError::TooLarge`] past `limit` bytes.
+pub fn read_message(
+    reader: &mut impl BufRead,
+    dot_ends_message: bool,
+    limit: usize,
+) -> Result<Vec<u8>, InputError> {
+    let mut raw = Vec::new();
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        if reader.read_until(b'\n', &mut line)? == 0 {
+            break;
+        }
+        if dot_ends_message && matches!(line.as_slice(), b".\n" | b".\r\n" | b".") {
+            break;
+        }
+        if raw.len() + line.len() > limit {
+            return Err(InputError::TooLarge { limit });
+        }
+        raw.extend_from_slice(&line);
+    }
+    Ok(raw)
+}
+
+/// Every line end made CRLF (a bare LF is how Unix programs write mail; SMTP wants CRLF,
+/// RFC 5321 §2.3.8), the message checked, and the missing origination fields added.
+pub struct Completion<'a> {
+    /// The envelope sender, used for a missing From ("" means the local user's address).
+    pub from_address: &'a str,
+    /// -F or $NAME: the display name of a missing From.
+    pub full_name: Option<&'a str>,
+    /// Seconds since the epoch for a missing Date.
+    pub now: i64,
+    /// The right-hand side of a missing Message-ID, and its unique left part.
+    pub domain: &'a str,
+    pub unique: &'a str,
+}
+
+pub fn complete(raw: &[u8], fill: &Completion<'_>) -> Result<Vec<u8>, InputError> {
+    let crlf = crate::message::encoding::crlf(raw);
+    let parsed = ParsedMessage::parse(crlf)?;
+    let has = |name: &str| parsed.fields().iter().any(|f| f.is(name));
+    let mut added = String::new();
+    if !has("From") {
+        added.push_str(&format!(
+            "From: {}\r\n",
+            mailbox(fill.full_name, fill.from_address)
+        ));
+    }
+    if !has("Date") {
+        added.push_str(&format!(
+            "Date: {}\r\n",
+            mail_parser::DateTime::from_timestamp(fill.now).to_rfc822()
+        ));
+    }
+    if !has("Message-ID") {
+        added.push_str(&format!(
+            "Message-ID: <{}@{}>\r\n",
+            fill.unique, fill.domain
+        ));
+    }
+    let raw = parsed.raw();
+    let mut out = Vec::with_capacity(added.len() + raw.len());
+    out.extend_from_slice(added.as_bytes());
+    out.extend_from_slice(raw);
+    Ok(out)
+}
+
+/// `Name <addr>` with the name quoted (RFC 5322 §3.2.4) or, when not ASCII, an RFC 2047
+/// encoded word.
+fn mailbox(name: Option<&str>, address: &str) -> String {
+    let name = name.map(str::trim).filter(|n| !n.is_empty());
+    match name {
+        None => address.to_string(),
+        Some(n) if n.bytes().all(|b| (0x20..0x7f).contains(&b)) => {
+            let quoted = n.replace('\\', "\\\\").replace('"', "\\\"");
+            format!("\"{quoted}\" <{address}>")
+        }
+        Some(n) => format!(
+            "=?UTF-8?B?{}?= <{address}>",
+            base64::engine::general_purpose::STANDARD.encode(n.replace(['\r', '\n'], " "))
+        ),
+    }
+}
+
+/// The recipients -t finds: Resent-To/Cc/Bcc when the message has any Resent- recipient
+/// field (a resent message, RFC 5322 §3.6.6), else To/Cc/Bcc. Lower-cased duplicates are
+/// dropped; order is kept.
+pub fn header_recipients(raw: &[u8]) -> Vec<String> {
+    let Some(message) = MessageParser::default().parse(raw) else {
+        return Vec::new();
+    };
+    let resent = [
+        HeaderName::ResentTo,
+        HeaderName::ResentCc,
+        HeaderName::ResentBcc,
+    ];
+    let plain = [HeaderName::To, HeaderName::Cc, HeaderName::Bcc];
+    let names = if resent
+        .iter()
+        .any(|n| message.header_values(n.clone()).next().is_some())
+    {
+        resent
+    } else {
+        plain
+    };
+    let mut out: Vec<String> = Vec::new();
+    for name in names {
+        for value in message.header_values(name) {
+            let Some(list) = value.as_address() else {
+                continue;
+            };
+            for addr in list.iter() {
+                if let Some(a) = addr.address().map(str::trim).filter(|a| !a.is_empty()) {
+                    push_unique(&mut out, a);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Adds `address` unless an equal one (ignoring case) is there already.
+pub fn push_unique(list: &mut Vec<String>, address: &str) {
+    if !list.iter().any(|r| r.eq_ignore_ascii_case(address)) {
+        list.push(address.to_string());
+    }
+}
+
+/// Checks every recipient is an address (RFC 5321 path syntax, via lettre's strict parser).
+pub fn check_recipients(recipients: &[String]) -> Result<(), InputError> {
+    if recipients.is_empty() {
+        return Err(InputError::NoRecipients);
+    }
+    for r in recipients {
+        if r.parse::<lettre::Address>().is_err() {
+            return Err(InputError::BadRecipient(r.clone()));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fill() -> Completion<'static> {
+        Completion {
+            from_address: "cron@host.example",
+            full_name: Some("Cron Daemon"),
+            now: 1_700_000_000,
+            domain: "host.example",
+            unique: "q1",
+        }
+    }
+
+    #[test]
+    fn dot_rule_and_limit() {
+        let input = b"Subject: x\n\nline\n.\nafter\n";
+        let all = read_message(&mut &input[..], false, 1000).unwrap();
+        assert_eq!(all, input);
+        let cut = read_message(&mut &input[..], true, 1000).unwrap();
+        assert_eq!(cut, b"Subject: x\n\nline\n");
+        // ".." is not the end (the caller did not dot-stuff: sendmail input is not SMTP).
+        let cut = read_message(&mut &b"S: x\n\n..\n"[..], true, 1000).unwrap();
+        assert_eq!(cut, b"S: x\n\n..\n");
+        assert!(matches!(
+            read_message(&mut &input[..], false, 10),
+            Err(InputError::TooLarge { limit: 10 })
+        ));
+    }
+
+    #[test]
+    fn completes_lf_message() {
+        let out = complete(b"To: bob@example.org\nSubject: hi\n\nbody\n", &fill()).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.starts_with("From: \"Cron Daemon\" <cron@host.example>\r\nDate: Tue, 14 Nov 2023 22:13:20 +0000\r\nMessage-ID: <q1@host.example>\r\nTo: bob@example.org\r\n"), "{text}");
+        assert!(text.ends_with("\r\n\r\nbody\r\n"), "{text}");
+        assert!(!text.replace("\r\n", "").contains('\n'));
+    }
+
+    #[test]
+    fn keeps_present_fields() {
+        let msg = b"From: a@example.org\r\nDate: Mon, 1 Jan 2024 00:00:00 +0000\r\nMessage-ID: <x@y>\r\n\r\nb\r\n";
+        assert_eq!(complete(msg, &fill()).unwrap(), msg);
+    }
+
+    #[test]
+    fn names_are_quoted_or_encoded() {
+        assert_eq!(mailbox(Some("A \"B\""), "a@x"), "\"A \\\"B\\\"\" <a@x>");
+        assert_eq!(mailbox(Some("Zoë"), "a@x"), "=?UTF-8?B?Wm/Dqw==?= <a@x>");
+        assert_eq!(mailbox(None, "a@x"), "a@x");
+    }
+
+    #[test]
+    fn garbage_is_refused() {
+        for bad in [
+            &b""[..],
+            b"\n\n",
+            b"\x00\x01\x02binary\xff\xfe",
+            b"just some prose\n",
+        ] {
+            assert!(complete(bad, &fill()).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn recipients_from_fields() {
+        let msg = b"To: Bob <bob@example.org>, carol@example.org\r\nCc: team: dave@example.org;\r\nBcc: eve@example.org, BOB@example.org\r\n\r\n";
+        assert_eq!(
+            header_recipients(msg),
+            [
+                "bob@example.org",
+                "carol@example.org",
+                "dave@example.org",
+                "eve@example.org"
+            ]
+        );
+        let resent = b"To: bob@example.org\r\nResent-To: frank@example.org\r\n\r\n";
+        assert_eq!(header_recipients(resent), ["frank@example.org"]);
+        assert!(check_recipients(&[]).is_err());
+        assert!(check_recipients(&["not an address".into()]).is_err());
+        assert!(check_recipients(&["bob@example.org".into()]).is_ok());
+    }
+}

@@ -1,0 +1,326 @@
+//! The /usr/sbin/sendmail drop-in: Postfix's sendmail(1) command line ([`flags`]), the message
+//! made complete ([`input`]), queued durably ([`crate::queue::spool`]) before the caller is
+//! told yes, then delivered by the queue runner. `-bs` speaks SMTP on stdin/stdout ([`smtp`]).
+//!
+//! Exit codes (sysexits(3)), the one place they are chosen: 0 queued, 64 usage, 65 data,
+//! 69 unavailable, 75 temporary (only when even the queue could not take the message),
+//! 78 configuration. contrib/man/sealpost-sendmail.8 is the reference.
+
+pub mod flags;
+pub mod input;
+pub mod smtp;
+
+use std::io::{BufRead, Write};
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use crate::config::{Config, ConfigError};
+use crate::queue::relay::{Relay, RelaySetupError};
+use crate::queue::spool::{self, SpoolError, Submission};
+use crate::queue::{self, Queue, QueueConfig, QueueError, Runner, Scope};
+use crate::rewrite::Rewriter;
+use flags::{Invocation, Mode, UsageError};
+use input::InputError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SendmailError {
+    #[error("{0}")]
+    Usage(#[from] UsageError),
+    #[error("{0}")]
+    Input(#[from] InputError),
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    #[error("{0}")]
+    Relay(#[from] RelaySetupError),
+    #[error("{0}")]
+    Spool(#[from] SpoolError),
+    #[error("{0}")]
+    Queue(#[from] QueueError),
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl SendmailError {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            SendmailError::Usage(_) => 64,
+            SendmailError::Input(InputError::Read(_)) => 74,
+            SendmailError::Input(_) => 65,
+            SendmailError::Config(_) | SendmailError::Relay(_) => 78,
+            SendmailError::Spool(_) => 75,
+            SendmailError::Queue(QueueError::NotFound(_)) => 69,
+            SendmailError::Queue(QueueError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::PermissionDenied =>
+            {
+                77
+            }
+            SendmailError::Queue(_) => 75,
+            SendmailError::Unavailable(_) => 69,
+        }
+    }
+}
+
+/// Entry point for `sendmail ...`, `mailq`, `newaliases` and `sealpost sendmail ...`.
+/// `config` is a `--config` given before the `sendmail` subcommand (-C wins).
+pub fn main(program: &str, args: &[String], config: Option<&Path>) -> ExitCode {
+    let result = flags::parse(program, args)
+        .map_err(SendmailError::from)
+        .and_then(|inv| {
+            let config = Config::load(inv.config.as_deref().or(config))?;
+            let _ = crate::logging::init(&config.log);
+            run(&inv, &config)
+        });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sendmail: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+fn run(inv: &Invocation, config: &Config) -> Result<(), SendmailError> {
+    match inv.mode {
+        Mode::Enqueue => {
+            check_relay(config)?;
+            let stdin = std::io::stdin();
+            let id = enqueue(inv, &config.queue, &mut stdin.lock())?;
+            if inv.verbose > 0 {
+                eprintln!("sendmail: queued as {id}");
+            }
+            start_runner(config);
+            Ok(())
+        }
+        Mode::Smtp => {
+            check_relay(config)?;
+            let stdin = std::io::stdin();
+            let stdout = std::io::stdout();
+            let queued = smtp::session(
+                &config.queue,
+                &mut stdin.lock(),
+                &mut stdout.lock(),
+                &queue::user_name(queue::current_uid()),
+            )
+            .map_err(InputError::Read)?;
+            if queued > 0 {
+                start_runner(config);
+            }
+            Ok(())
+        }
+        Mode::ListQueue => list(&config.queue, &mut std::io::stdout().lock()),
+        Mode::RunQueue => {
+            let scope = match &inv.queue_id {
+                Some(id) => Scope::One(id.clone()),
+                None => Scope::All,
+            };
+            let report = run_queue(config, scope)?;
+            if inv.verbose > 0 {
+                eprintln!("sendmail: {report:?}");
+            }
+            Ok(())
+        }
+        Mode::NewAliases => {
+            eprintln!("sendmail: sealpost has no alias database; nothing to rebuild");
+            Ok(())
+        }
+        Mode::Nothing => Ok(()),
+    }
+}
+
+/// A queue without a relay would only fill up: say so at once (EX_CONFIG).
+fn check_relay(config: &Config) -> Result<(), SendmailError> {
+    if config.relay.host.is_none() {
+        return Err(RelaySetupError::NoHost.into());
+    }
+    Ok(())
+}
+
+/// Reads, completes and queues one message; returns its queue id.
+pub fn enqueue(
+    inv: &Invocation,
+    queue: &QueueConfig,
+    stdin: &mut impl BufRead,
+) -> Result<String, SendmailError> {
+    let raw = input::read_message(stdin, inv.dot_ends_message, queue.max_message_bytes)?;
+    let now = queue::now();
+    let id = spool::new_id(now);
+    let domain = queue.domain();
+    let login = format!("{}@{domain}", queue::user_name(queue::current_uid()));
+    let sender = inv.sender.clone().unwrap_or_else(|| login.clone());
+    let from = if sender.is_empty() { &login } else { &sender };
+    let name_env = std::env::var("NAME").ok();
+    let unique = format!("{id}.{}", spool::new_id(now));
+    let message = input::complete(
+        &raw,
+        &input::Completion {
+            from_address: from,
+            full_name: inv.full_name.as_deref().or(name_env.as_deref()),
+            now,
+            domain: &domain,
+            unique: &unique,
+        },
+    )?;
+    if message.len() > queue.max_message_bytes {
+        return Err(InputError::TooLarge {
+            limit: queue.max_message_bytes,
+        }
+        .into());
+    }
+    let mut recipients = Vec::new();
+    for r in &inv.recipients {
+        // A command-line argument may hold several addresses, as with sendmail.
+        for a in r.split(',').map(str::trim).filter(|a| !a.is_empty()) {
+            input::push_unique(&mut recipients, a);
+        }
+    }
+    if inv.extract_recipients {
+        for a in input::header_recipients(&message) {
+            input::push_unique(&mut recipients, &a);
+        }
+    }
+    input::check_recipients(&recipients)?;
+    let submission = Submission {
+        sender,
+        recipients,
+        notify: inv.notify,
+        envid: inv.envid.clone(),
+        message,
+    };
+    spool::write(&queue.incoming(), &id, &submission)?;
+    Ok(id)
+}
+
+/// Starts `sealpost queue run --due` in the background when this user may run the queue
+/// (owns it); otherwise systemd's sealpost-queue.path notices the new file.
+fn start_runner(config: &Config) {
+    if !config.queue.run_after_submit || !may_run_queue(&config.queue.dir) {
+        return;
+    }
+    use std::os::unix::process::CommandExt;
+    let Ok(exe) = std::env::current_exe() else {
+        return;
+    };
+    let mut cmd = std::process::Command::new(exe);
+    if let Some(path) = &config.source {
+        cmd.arg("--config").arg(path);
+    }
+    cmd.args(["queue", "run", "--due"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        // Its own process group: the caller's Ctrl-C or job control does not stop delivery.
+        .process_group(0);
+    if let Err(e) = cmd.spawn() {
+        tracing::warn!("cannot start a queue run ({e}); the queue timer will deliver");
+    }
+}
+
+fn may_run_queue(dir: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: a valid NUL-terminated path.
+    unsafe { libc::access(c.as_ptr(), libc::W_OK) == 0 }
+}
+
+/// `sendmail -bp` / `queue list`: Postfix mailq's layout.
+pub fn list(config: &QueueConfig, out: &mut impl Write) -> Result<(), SendmailError> {
+    let queue = Queue::open(config)?;
+    queue.pick_up().ok();
+    let entries = queue.list()?;
+    let waiting = queue.waiting();
+    let w = |out: &mut dyn Write, s: String| {
+        out.write_all(s.as_bytes())
+            .map_err(|e| SendmailError::Input(InputError::Read(e)))
+    };
+    if entries.is_empty() && waiting.is_empty() {
+        return w(out, "Mail queue is empty\n".into());
+    }
+    w(
+        out,
+        format!(
+            "{:<20} {:>8} {:<31} {}\n",
+            "-Queue ID-", "--Size--", "----Arrival Time----", "-Sender/Recipient-------"
+        ),
+    )?;
+    let mut bytes = 0;
+    for e in &entries {
+        bytes += e.size;
+        let date = mail_parser::DateTime::from_timestamp(e.arrived).to_rfc822();
+        let sender = if e.sender.is_empty() { "<>" } else { &e.sender };
+        w(
+            out,
+            format!("{:<20} {:>8} {:<31} {}\n", e.id, e.size, date, sender),
+        )?;
+        for (rcpt, reason) in &e.recipients {
+            if let Some(reason) = reason {
+                w(out, format!("{:<62}({reason})\n", ""))?;
+            }
+            w(out, format!("{:<62}{rcpt}\n", ""))?;
+        }
+        w(out, "\n".into())?;
+    }
+    for name in &waiting {
+        w(out, format!("{name:<20} (not yet picked up)\n"))?;
+    }
+    w(
+        out,
+        format!(
+            "-- {} Kbytes in {} Request{}.\n",
+            bytes.div_ceil(1024),
+            entries.len() + waiting.len(),
+            if entries.len() + waiting.len() == 1 {
+                ""
+            } else {
+                "s"
+            }
+        ),
+    )
+}
+
+/// One queue run with the configured keys and relay (`queue run`, `sendmail -q`).
+pub fn run_queue(config: &Config, scope: Scope) -> Result<queue::RunReport, SendmailError> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| SendmailError::Unavailable(format!("cannot start the runtime: {e}")))?;
+    runtime.block_on(run_queue_async(config, scope))
+}
+
+/// [`run_queue`] inside a runtime. Waits for a queue run in progress to finish first. Files
+/// the runner creates (queue database, reports) are its owner's alone (umask 077).
+pub async fn run_queue_async(
+    config: &Config,
+    scope: Scope,
+) -> Result<queue::RunReport, SendmailError> {
+    // SAFETY: umask cannot fail.
+    unsafe { libc::umask(0o077) };
+    let relay = Relay::new(&config.relay, &queue::hostname())?;
+    let queue = Arc::new(Queue::open(&config.queue)?);
+    let dir = config.queue.dir.clone();
+    let _lock = tokio::task::spawn_blocking(move || queue::RunLock::acquire(&dir))
+        .await
+        .map_err(|e| SendmailError::Unavailable(e.to_string()))??;
+    {
+        let keys = Arc::new(crate::cli::key_service(config, None));
+        let runner = Runner {
+            queue,
+            rewriter: Arc::new(Rewriter::new(keys, config.policy.clone())),
+            relay: Arc::new(relay),
+            hostname: queue::hostname(),
+        };
+        let report = runner.run(scope).await?;
+        tracing::info!(
+            "queue run: {} picked up, {} sent, {} deferred, {} failed, {} report(s)",
+            report.picked_up,
+            report.sent,
+            report.deferred,
+            report.failed,
+            report.bounces
+        );
+        Ok(report)
+    }
+}

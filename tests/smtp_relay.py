@@ -1,0 +1,164 @@
+#!/usr/bin/python3
+"""Stand-in for a provider's SMTP submission server, used by integration tests.
+
+Run with Debian's interpreter (python3-aiosmtpd 1.4.3 lives in its dist-packages):
+
+    /usr/bin/python3 tests/smtp_relay.py --maildir DIR --cert CERT.pem --key KEY.pem \
+        --user USER --password PASS [--implicit-tls] [--reject ADDR]... \
+        [--hold-once ADDR]... [--port N]
+
+stdout carries only these lines (each flushed), so a test can drive it line by line:
+
+    READY <port>
+    HOLDING <addr>
+    DELIVERED <mail_from> <rcpt1>,<rcpt2>,... <path-of-file-in-DIR/new>
+
+Everything else (aiosmtpd's own logging) goes to stderr.
+"""
+
+import argparse
+import asyncio
+import itertools
+import logging
+import os
+import signal
+import socket
+import ssl
+import sys
+import time
+import warnings
+
+from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
+
+
+def emit(line):
+    # The test reads stdout as a protocol; unflushed lines would stall it.
+    print(line, flush=True)
+
+
+class Maildir:
+    def __init__(self, root):
+        self.root = os.path.abspath(root)
+        for sub in ("tmp", "new", "cur"):
+            os.makedirs(os.path.join(self.root, sub), exist_ok=True)
+        self._seq = itertools.count()
+        self._host = socket.gethostname().replace("/", "_").replace(":", "_")
+
+    def deliver(self, data):
+        # Standard Maildir discipline: a reader scanning new/ must never see a
+        # partially written message, so write in tmp/ and rename atomically.
+        name = f"{time.time_ns()}.P{os.getpid()}Q{next(self._seq)}.{self._host}"
+        tmp = os.path.join(self.root, "tmp", name)
+        new = os.path.join(self.root, "new", name)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.rename(tmp, new)
+        return new
+
+
+class RelayHandler:
+    def __init__(self, maildir, reject, hold_once):
+        self.maildir = maildir
+        self.reject = {a.lower() for a in reject}
+        # Addresses still waiting for their one held RCPT; shared by all
+        # connections because "first time" is over the server's whole life.
+        self.hold_pending = {a.lower() for a in hold_once}
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        key = address.lower()
+        if key in self.reject:
+            return f"550 5.1.1 <{address}>: Recipient address rejected: User unknown"
+        if key in self.hold_pending:
+            self.hold_pending.discard(key)
+            emit(f"HOLDING {address}")
+            # Simulates a server that hangs mid-transaction. The future is never
+            # resolved; when the client goes away aiosmtpd cancels this task,
+            # and the CancelledError just ends the session.
+            await asyncio.get_running_loop().create_future()
+        # With a handle_RCPT hook in place aiosmtpd leaves recording to us.
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(rcpt_options)
+        return "250 2.1.5 OK"
+
+    async def handle_DATA(self, server, session, envelope):
+        # original_content is the exact bytes after dot-unstuffing, CRLFs intact.
+        path = self.maildir.deliver(envelope.original_content)
+        sender = envelope.mail_from or "<>"
+        emit(f"DELIVERED {sender} {','.join(envelope.rcpt_tos)} {path}")
+        return "250 2.0.0 OK: queued"
+
+
+def make_authenticator(user, password):
+    expected = LoginPassword(user.encode(), password.encode())
+
+    def authenticate(server, session, envelope, mechanism, auth_data):
+        # success=False with handled=False makes aiosmtpd answer
+        # "535 5.7.8 Authentication credentials invalid".
+        ok = isinstance(auth_data, LoginPassword) and auth_data == expected
+        return AuthResult(success=ok, handled=False, auth_data=auth_data if ok else None)
+
+    return authenticate
+
+
+async def serve(args):
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(args.cert, args.key)
+    handler = RelayHandler(Maildir(args.maildir), args.reject, args.hold_once)
+    authenticator = make_authenticator(args.user, args.password)
+
+    def factory():
+        common = dict(
+            hostname="localhost",  # skips a per-connection getfqdn() DNS lookup
+            auth_required=True,
+            authenticator=authenticator,  # built-in PLAIN and LOGIN both use it
+        )
+        if args.implicit_tls:
+            # The socket is TLS from the first byte, but aiosmtpd only knows
+            # about TLS it negotiated itself via STARTTLS, so auth_require_tls
+            # would refuse AUTH forever. Every connection is encrypted here.
+            return SMTP(handler, auth_require_tls=False, **common)
+        return SMTP(handler, tls_context=tls, require_starttls=True,
+                    auth_require_tls=True, **common)
+
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(
+        factory, "127.0.0.1", args.port, ssl=tls if args.implicit_tls else None)
+    emit(f"READY {server.sockets[0].getsockname()[1]}")
+
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    server.close()
+    # Held sessions never finish on their own; asyncio.run() cancels them.
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--maildir", required=True)
+    p.add_argument("--cert", required=True)
+    p.add_argument("--key", required=True)
+    p.add_argument("--user", required=True)
+    p.add_argument("--password", required=True)
+    p.add_argument("--implicit-tls", action="store_true")
+    p.add_argument("--reject", action="append", default=[], metavar="ADDR")
+    p.add_argument("--hold-once", action="append", default=[], metavar="ADDR")
+    p.add_argument("--port", type=int, default=0)
+    args = p.parse_args()
+
+    logging.basicConfig(stream=sys.stderr, level=logging.WARNING,
+                        format="smtp_relay: %(levelname)s %(message)s")
+    # aiosmtpd 1.4 warns on every connection about things that are fine here:
+    # "AUTH without TLS" under implicit TLS (see factory) and its own use of
+    # the deprecated Session.login_data after each login. Keep stderr readable.
+    warnings.filterwarnings("ignore", message="Requiring AUTH while not requiring TLS")
+    noise = ("auth_require_tls == False", "Session.login_data is deprecated")
+    logging.getLogger("mail.log").addFilter(
+        lambda r: not any(n in r.getMessage() for n in noise))
+
+    asyncio.run(serve(args))
+
+
+if __name__ == "__main__":
+    main()
