@@ -15,7 +15,8 @@ RUN_DEBS   := gnupg gpg-agent
 # (tests/harness.rs). The harness runs private Dovecot instances on its own ports, base_dir
 # and config; whether the package's postinst started the system dovecot does not matter.
 # libsasl2-modules is only a Recommends of libsasl2-2: mbsync's AUTHENTICATE PLAIN needs it.
-TEST_DEBS  := $(RUN_DEBS) python3 dovecot-imapd isync libsasl2-modules
+# python3-aiosmtpd runs tests/smtp_relay.py, the TLS+AUTH relay of the sendmail tests.
+TEST_DEBS  := $(RUN_DEBS) python3 python3-aiosmtpd dovecot-imapd isync libsasl2-modules
 BENCH_DEBS := $(RUN_DEBS) dovecot-imapd
 
 .PHONY: all build demo test bench deps-build deps-test deps-bench lint clean

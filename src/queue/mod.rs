@@ -71,6 +71,14 @@ impl QueueConfig {
         self.dir.join("incoming")
     }
 
+    /// The drop directory, created (owner-only) on a personal queue's first use. A shared
+    /// queue's drop directory is made by the package (mode 1733) and only used here.
+    pub fn ensure_incoming(&self) -> Result<PathBuf, QueueError> {
+        let incoming = self.incoming();
+        create_private_dir(&incoming)?;
+        Ok(incoming)
+    }
+
     /// The domain of locally made addresses and Message-IDs.
     pub fn domain(&self) -> String {
         self.domain.clone().unwrap_or_else(hostname)

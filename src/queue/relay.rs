@@ -232,15 +232,22 @@ impl Relay {
 fn classify(e: &lettre::transport::smtp::Error, relay: &str) -> Sent {
     let text = chain(e);
     let code = e.status().map(u16::from);
+    // The server's reply as it was ("550 5.1.1 <x>: User unknown"), for logs and reports.
+    let reply = match (code, std::error::Error::source(e)) {
+        (Some(c), Some(detail)) => format!("{c} {detail}").replace(['\r', '\n'], " "),
+        _ => text.clone(),
+    };
+    // rustls reports a refused certificate as a connection error, not a TLS one.
+    let tls = e.is_tls() || text.contains("certificate");
     match code {
         Some(535) | Some(534) | Some(530) | Some(538) => Sent::Temporary(format!(
-            "relay {relay} refused the login ({text}): check [relay] username and password_file"
+            "relay {relay} refused the login ({reply}): check [relay] username and password_file"
         )),
-        _ if e.is_tls() => Sent::Temporary(format!(
+        _ if tls => Sent::Temporary(format!(
             "TLS with relay {relay} failed, nothing was sent: {text}"
         )),
-        _ if e.is_permanent() => Sent::Permanent(text),
-        _ if e.is_transient() => Sent::Temporary(text),
+        _ if e.is_permanent() => Sent::Permanent(reply),
+        _ if e.is_transient() => Sent::Temporary(reply),
         _ => Sent::Temporary(format!("relay {relay}: {text}")),
     }
 }

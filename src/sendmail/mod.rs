@@ -187,7 +187,7 @@ pub fn enqueue(
         envid: inv.envid.clone(),
         message,
     };
-    spool::write(&queue.incoming(), &id, &submission)?;
+    spool::write(&queue.ensure_incoming()?, &id, &submission)?;
     Ok(id)
 }
 

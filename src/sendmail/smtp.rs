@@ -183,8 +183,10 @@ fn queue_data(
         envid: tx.envid.clone(),
         message,
     };
-    spool::write(&config.incoming(), &id, &submission)
+    let incoming = config
+        .ensure_incoming()
         .map_err(|e| Failure::Spool(e.to_string()))?;
+    spool::write(&incoming, &id, &submission).map_err(|e| Failure::Spool(e.to_string()))?;
     Ok(id)
 }
 

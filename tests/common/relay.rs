@@ -1,0 +1,189 @@
+//! A provider-like submission server for the sendmail tests: tests/smtp_relay.py on Debian's
+//! aiosmtpd, with STARTTLS (or implicit TLS) required, AUTH, a Maildir, and switches to refuse
+//! or hold chosen recipients. Its stdout is read as events (READY, HOLDING, DELIVERED).
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{channel, Receiver};
+use std::time::Duration;
+
+pub const USER: &str = "alice@example.org";
+pub const PASSWORD: &str = "relay-secret";
+
+/// A CA and a server certificate for localhost/127.0.0.1 signed by it, as PEM files.
+pub struct Pki {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl Pki {
+    pub fn new(dir: &Path) -> Pki {
+        use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair, SanType};
+        std::fs::create_dir_all(dir).unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "sealpost test CA");
+        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+        let mut params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+        params
+            .subject_alt_names
+            .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &ca).unwrap();
+        let pki = Pki {
+            ca: dir.join("ca.pem"),
+            cert: dir.join("cert.pem"),
+            key: dir.join("key.pem"),
+        };
+        std::fs::write(&pki.ca, ca.pem()).unwrap();
+        std::fs::write(&pki.cert, cert.pem()).unwrap();
+        std::fs::write(&pki.key, key.serialize_pem()).unwrap();
+        pki
+    }
+}
+
+/// One message the relay accepted.
+#[derive(Debug, Clone)]
+pub struct Delivered {
+    pub from: String,
+    pub rcpts: Vec<String>,
+    pub bytes: Vec<u8>,
+}
+
+pub enum Event {
+    Holding(String),
+    Delivered(Delivered),
+}
+
+pub struct Relay {
+    child: Child,
+    pub port: u16,
+    events: Receiver<Event>,
+}
+
+/// Options of one relay.
+#[derive(Default)]
+pub struct RelayOptions<'a> {
+    pub implicit_tls: bool,
+    pub reject: &'a [&'a str],
+    pub hold_once: &'a [&'a str],
+    pub port: Option<u16>,
+}
+
+impl Relay {
+    pub fn start(pki: &Pki, maildir: &Path, options: &RelayOptions<'_>) -> Relay {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/smtp_relay.py");
+        let mut cmd = Command::new("/usr/bin/python3");
+        cmd.arg(script)
+            .arg("--maildir")
+            .arg(maildir)
+            .arg("--cert")
+            .arg(&pki.cert)
+            .arg("--key")
+            .arg(&pki.key)
+            .args(["--user", USER, "--password", PASSWORD])
+            .args(["--port", &options.port.unwrap_or(0).to_string()]);
+        if options.implicit_tls {
+            cmd.arg("--implicit-tls");
+        }
+        for r in options.reject {
+            cmd.args(["--reject", r]);
+        }
+        for r in options.hold_once {
+            cmd.args(["--hold-once", r]);
+        }
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start tests/smtp_relay.py (python3-aiosmtpd)");
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        let (ready_tx, ready_rx) = channel();
+        let (tx, events) = channel();
+        std::thread::spawn(move || {
+            for line in stdout.lines() {
+                let Ok(line) = line else { break };
+                let words: Vec<&str> = line.split(' ').collect();
+                match words.as_slice() {
+                    ["READY", port] => {
+                        let _ = ready_tx.send(port.parse::<u16>().unwrap());
+                    }
+                    ["HOLDING", addr] => {
+                        let _ = tx.send(Event::Holding(addr.to_string()));
+                    }
+                    ["DELIVERED", from, rcpts, path] => {
+                        let _ = tx.send(Event::Delivered(Delivered {
+                            from: from.to_string(),
+                            rcpts: rcpts.split(',').map(str::to_string).collect(),
+                            bytes: std::fs::read(path).unwrap(),
+                        }));
+                    }
+                    _ => panic!("unexpected relay output: {line}"),
+                }
+            }
+        });
+        let port = ready_rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("relay READY");
+        Relay {
+            child,
+            port,
+            events,
+        }
+    }
+
+    /// The next event, waiting at most `timeout`.
+    pub fn next(&self, timeout: Duration) -> Option<Event> {
+        self.events.recv_timeout(timeout).ok()
+    }
+
+    /// Waits for `n` deliveries (panics after a minute without one).
+    pub fn delivered(&self, n: usize) -> Vec<Delivered> {
+        let mut out = Vec::new();
+        while out.len() < n {
+            match self.next(Duration::from_secs(60)) {
+                Some(Event::Delivered(d)) => out.push(d),
+                Some(Event::Holding(a)) => panic!("unexpected hold of {a}"),
+                None => panic!("only {} of {n} deliveries arrived: {out:?}", out.len()),
+            }
+        }
+        out
+    }
+
+    /// Deliveries that arrived so far, without waiting.
+    pub fn drain(&self) -> Vec<Delivered> {
+        let mut out = Vec::new();
+        while let Ok(e) = self.events.try_recv() {
+            if let Event::Delivered(d) = e {
+                out.push(d);
+            }
+        }
+        out
+    }
+
+    pub fn stop(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A port nothing listens on (bound and released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}

@@ -1,0 +1,518 @@
+//! The sendmail drop-in end to end: real callers' command lines, a real GnuPG home, and a
+//! TLS+AUTH relay on loopback (tests/smtp_relay.py on aiosmtpd). Each test owns its queue,
+//! its relay and its ports.
+
+mod common;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use common::relay::{self, Delivered, Event, Pki, Relay, RelayOptions};
+use common::*;
+
+/// A queue, its configuration and the world of keys it signs and encrypts with.
+struct Setup {
+    world: World,
+    dir: tempfile::TempDir,
+    pki: Pki,
+    config: PathBuf,
+}
+
+impl Setup {
+    fn new() -> Setup {
+        let world = World::new();
+        let dir = tempfile::tempdir().unwrap();
+        let pki = Pki::new(&dir.path().join("pki"));
+        std::fs::write(
+            dir.path().join("password"),
+            format!("{}\n", relay::PASSWORD),
+        )
+        .unwrap();
+        let config = dir.path().join("sealpost.toml");
+        Setup {
+            world,
+            dir,
+            pki,
+            config,
+        }
+    }
+
+    /// Writes the configuration for a relay on `port`; `extra` is appended.
+    fn configure(&self, port: u16, run_after_submit: bool, extra: &str) {
+        let text = format!(
+            "[gnupg]\nhome = \"{home}\"\n\
+             [policy]\ndefault_signer = \"{alice}\"\n\
+             [queue]\ndir = \"{queue}\"\nrun_after_submit = {run_after_submit}\ndomain = \"host.example\"\nmax_message_bytes = 200000\n\
+             [relay]\nhost = \"localhost\"\nport = {port}\nusername = \"{user}\"\npassword_file = \"{pw}\"\nca_file = \"{ca}\"\ntimeout_secs = 10\n{extra}",
+            home = self.world.sender.dir.display(),
+            alice = self.world.alice,
+            queue = self.queue_dir().display(),
+            user = relay::USER,
+            pw = self.dir.path().join("password").display(),
+            ca = self.pki.ca.display(),
+        );
+        std::fs::write(&self.config, text).unwrap();
+    }
+
+    fn queue_dir(&self) -> PathBuf {
+        self.dir.path().join("queue")
+    }
+
+    fn maildir(&self) -> PathBuf {
+        self.dir.path().join("relay-maildir")
+    }
+
+    fn relay(&self, options: &RelayOptions<'_>) -> Relay {
+        Relay::start(&self.pki, &self.maildir(), options)
+    }
+
+    /// Runs `sendmail ARGS` (by the name sendmail, as /usr/sbin/sendmail) with `stdin`.
+    fn sendmail(&self, args: &[&str], stdin: &[u8]) -> Output {
+        let link = self.dir.path().join("bin/sendmail");
+        if !link.exists() {
+            std::fs::create_dir_all(link.parent().unwrap()).unwrap();
+            std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_sealpost"), &link).unwrap();
+        }
+        let mut all = vec!["-C", self.config.to_str().unwrap()];
+        all.extend_from_slice(args);
+        run(Command::new(&link).args(&all), stdin)
+    }
+
+    fn sealpost(&self, args: &[&str]) -> Output {
+        let mut all = vec!["--config", self.config.to_str().unwrap()];
+        all.extend_from_slice(args);
+        run(Command::new(env!("CARGO_BIN_EXE_sealpost")).args(&all), b"")
+    }
+
+    fn queue_run(&self) -> String {
+        let out = self.sealpost(&["queue", "run"]);
+        assert!(out.status.success(), "queue run: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn queue_list(&self) -> String {
+        let out = self.sealpost(&["queue", "list"]);
+        assert!(out.status.success(), "queue list: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+fn run(cmd: &mut Command, stdin: &[u8]) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _ = child.stdin.take().unwrap().write_all(stdin);
+    child.wait_with_output().unwrap()
+}
+
+/// Who got what: (recipient, copy) per delivery, one recipient per transaction.
+fn by_recipient(deliveries: &[Delivered]) -> Vec<(String, Vec<u8>)> {
+    let mut out: Vec<(String, Vec<u8>)> = deliveries
+        .iter()
+        .map(|d| {
+            assert_eq!(d.rcpts.len(), 1, "one recipient per copy: {:?}", d.rcpts);
+            (d.rcpts[0].to_ascii_lowercase(), d.bytes.clone())
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// The copy for bob decrypts with Bob's key only and carries `marker` and no Bcc.
+fn assert_encrypted_for(home: &GpgHome, copy: &[u8], marker: &str) {
+    assert!(!contains(copy, marker), "the subject marker is protected");
+    assert!(!header_names(copy).contains(&"bcc".to_string()));
+    let (plain, _, good, status) = home.decrypt(&ciphertext(copy)).expect("decrypts");
+    assert!(contains(&plain, marker), "plaintext holds {marker}");
+    // Signed-then-encrypted (RFC 3156 §6.1): the signature is inside.
+    assert!(good || contains(&plain, "multipart/signed"), "{status}");
+}
+
+const CALLER_MESSAGE: &str = "To: Bob <bob@example.org>\nCc: dave@example.net\nBcc: carol@example.org\nSubject: SUBJ\n\nhello from a script\n.\nline after a lone dot\n";
+
+#[test]
+fn callers_command_lines_deliver_one_copy_per_recipient() {
+    let s = Setup::new();
+    let relay = s.relay(&RelayOptions::default());
+    s.configure(relay.port, true, "");
+
+    // git send-email: -i and the recipients; its message has From.
+    let msg = "From: Alice <alice@example.org>\nTo: bob@example.org\nCc: dave@example.net\nSubject: git-1\n\npatch\n";
+    let out = s.sendmail(
+        &[
+            "-i",
+            "bob@example.org",
+            "dave@example.net",
+            "carol@example.org",
+        ],
+        msg.as_bytes(),
+    );
+    assert!(out.status.success(), "{out:?}");
+    let got = by_recipient(&relay.delivered(3));
+    assert_eq!(
+        got.iter().map(|(r, _)| r.as_str()).collect::<Vec<_>>(),
+        ["bob@example.org", "carol@example.org", "dave@example.net"]
+    );
+    assert_encrypted_for(&s.world.bob, &got[0].1, "git-1");
+    assert_encrypted_for(&s.world.carol, &got[1].1, "git-1");
+    // dave has no key: signed cleartext (opportunistic), no Bcc.
+    assert!(contains(&got[2].1, "multipart/signed") && contains(&got[2].1, "patch"));
+
+    // cron: recipients from the header (-t), full name from -F, From/Date/Message-ID added.
+    let cron = CALLER_MESSAGE.replace("SUBJ", "cron-2");
+    let out = s.sendmail(
+        &["-FCronDaemon", "-i", "-odi", "-oem", "-oi", "-t"],
+        cron.as_bytes(),
+    );
+    assert!(out.status.success(), "{out:?}");
+    let got = by_recipient(&relay.delivered(3));
+    assert_eq!(got.len(), 3);
+    let dave = &got[2].1;
+    assert!(
+        contains(dave, "From: \"CronDaemon\" <root@host.example>"),
+        "{}",
+        String::from_utf8_lossy(dave)
+    );
+    assert!(contains(dave, "Message-ID: <") && contains(dave, "Date: "));
+    // -i: the lone dot is data, not the end.
+    assert!(contains(dave, "line after a lone dot"));
+    assert!(
+        !contains(dave, "carol@example.org"),
+        "no Bcc leak in dave's copy"
+    );
+    assert_encrypted_for(&s.world.carol, &got[1].1, "cron-2");
+    for (_, copy) in &got {
+        assert!(!contains(copy, "\n\n") || find(copy, b"\r\n").is_some());
+        assert!(
+            copy.windows(2).all(|w| w[1] != b'\n' || w[0] == b'\r'),
+            "CRLF only"
+        );
+    }
+
+    // PHP mail(): -t -i with LF line ends.
+    let php = CALLER_MESSAGE.replace("SUBJ", "php-3");
+    let out = s.sendmail(&["-t", "-i"], php.as_bytes());
+    assert!(out.status.success(), "{out:?}");
+    let got = by_recipient(&relay.delivered(3));
+    assert_encrypted_for(&s.world.bob, &got[0].1, "php-3");
+
+    // mutt: -oem -oi -- recipients; without -i a lone dot would end the message.
+    let mutt = "From: alice@example.org\nTo: bob@example.org\nSubject: mutt-4\n\nbody\n";
+    let out = s.sendmail(&["-oem", "-oi", "--", "bob@example.org"], mutt.as_bytes());
+    assert!(out.status.success(), "{out:?}");
+    let got = by_recipient(&relay.delivered(1));
+    assert_encrypted_for(&s.world.bob, &got[0].1, "mutt-4");
+
+    // Plain `sendmail rcpt` (no -i): the lone dot ends the message.
+    let out = s.sendmail(
+        &["dave@example.net"],
+        CALLER_MESSAGE.replace("SUBJ", "dot-5").as_bytes(),
+    );
+    assert!(out.status.success(), "{out:?}");
+    let got = by_recipient(&relay.delivered(1));
+    assert!(contains(&got[0].1, "hello from a script"));
+    assert!(!contains(&got[0].1, "line after a lone dot"));
+
+    // A -bs session (Symfony Mailer): per-recipient replies, queued on DATA.
+    let session = "EHLO app\r\nMAIL FROM:<alice@example.org>\r\nRCPT TO:<bob@example.org>\r\nRCPT TO:<dave@example.net>\r\nDATA\r\nFrom: alice@example.org\r\nTo: bob@example.org, dave@example.net\r\nSubject: bs-6\r\n\r\nvia -bs\r\n.\r\nQUIT\r\n";
+    let out = s.sendmail(&["-bs"], session.as_bytes());
+    assert!(out.status.success(), "{out:?}");
+    let replies = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(replies.contains("250 2.0.0 Ok: queued as "), "{replies}");
+    assert!(replies.ends_with("221 2.0.0 Bye\r\n"), "{replies}");
+    let got = by_recipient(&relay.delivered(2));
+    assert_encrypted_for(&s.world.bob, &got[0].1, "bs-6");
+    assert!(contains(&got[1].1, "via -bs"));
+
+    // Nothing more arrives, and nothing is left in the queue.
+    s.queue_run();
+    assert!(relay.drain().is_empty());
+    assert_eq!(s.queue_list(), "Mail queue is empty\n");
+}
+
+#[test]
+fn relay_down_keeps_mail_queued_until_it_is_back() {
+    let s = Setup::new();
+    let port = relay::free_port();
+    s.configure(port, true, "");
+    let msg = "From: alice@example.org\nTo: bob@example.org\nSubject: down\n\nwait for me\n";
+    let out = s.sendmail(
+        &["-i", "bob@example.org", "dave@example.net"],
+        msg.as_bytes(),
+    );
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The background run and this one both find the relay down.
+    let summary = s.queue_run();
+    assert!(summary.contains("2 deferred"), "{summary}");
+    let list = s.queue_list();
+    assert!(
+        list.contains("bob@example.org") && list.contains("dave@example.net"),
+        "{list}"
+    );
+    assert!(
+        list.contains("Connection refused") || list.contains("connection"),
+        "{list}"
+    );
+    assert!(list.contains("1 Request."), "{list}");
+
+    let relay = s.relay(&RelayOptions {
+        port: Some(port),
+        ..RelayOptions::default()
+    });
+    let summary = s.queue_run();
+    assert!(summary.contains("2 sent"), "{summary}");
+    let got = by_recipient(&relay.delivered(2));
+    assert_encrypted_for(&s.world.bob, &got[0].1, "down");
+    s.queue_run();
+    assert!(relay.drain().is_empty(), "each recipient exactly once");
+    assert_eq!(s.queue_list(), "Mail queue is empty\n");
+}
+
+#[test]
+fn permanent_refusal_bounces_to_the_sender_and_the_others_are_delivered() {
+    let s = Setup::new();
+    let relay = s.relay(&RelayOptions {
+        implicit_tls: true,
+        reject: &["dave@example.net"],
+        ..RelayOptions::default()
+    });
+    s.configure(relay.port, false, "tls = \"implicit\"\n");
+    let msg = "From: alice@example.org\nTo: bob@example.org, dave@example.net\nSubject: refused\n\nthe body stays home\n";
+    let out = s.sendmail(
+        &["-t", "-i", "-f", "alice@example.org", "-V", "env-77"],
+        msg.as_bytes(),
+    );
+    assert!(out.status.success(), "{out:?}");
+    let summary = s.queue_run();
+    assert!(
+        summary.contains("1 failed") && summary.contains("1 report(s)"),
+        "{summary}"
+    );
+    let got = relay.delivered(2);
+    let bob: Vec<_> = got
+        .iter()
+        .filter(|d| d.rcpts == ["bob@example.org"])
+        .collect();
+    assert_eq!(bob.len(), 1);
+    assert_encrypted_for(&s.world.bob, &bob[0].bytes, "refused");
+    // The report goes to alice from the null sender, encrypted to her key.
+    let report: Vec<_> = got
+        .iter()
+        .filter(|d| d.rcpts == ["alice@example.org"])
+        .collect();
+    assert_eq!(report.len(), 1, "{got:?}");
+    assert_eq!(report[0].from, "<>");
+    let (plain, _, _, _) = s
+        .world
+        .sender
+        .decrypt(&ciphertext(&report[0].bytes))
+        .unwrap();
+    let text = String::from_utf8_lossy(&plain);
+    assert!(
+        text.contains("Final-Recipient: rfc822; dave@example.net"),
+        "{text}"
+    );
+    assert!(text.contains("Status: 5.1.1"), "{text}");
+    assert!(text.contains("User unknown"), "{text}");
+    assert!(text.contains("Original-Envelope-Id: env-77"), "{text}");
+    assert!(text.contains("Subject: refused"), "{text}");
+    assert!(
+        !text.contains("the body stays home"),
+        "reports carry the header only"
+    );
+    assert_eq!(s.queue_list(), "Mail queue is empty\n");
+}
+
+#[test]
+fn encrypt_only_recipient_without_key_is_reported_and_the_others_delivered() {
+    let s = Setup::new();
+    let relay = s.relay(&RelayOptions::default());
+    s.configure(relay.port, false, "");
+    let text = std::fs::read_to_string(&s.config)
+        .unwrap()
+        .replace("[policy]\n", "[policy]\nmode = \"encrypt-only\"\n");
+    std::fs::write(&s.config, text).unwrap();
+    let msg =
+        "From: alice@example.org\nTo: bob@example.org, dave@example.net\nSubject: eo\n\nsecret\n";
+    let out = s.sendmail(&["-t", "-i", "-f", "alice@example.org"], msg.as_bytes());
+    assert!(out.status.success(), "{out:?}");
+    s.queue_run();
+    let got = relay.delivered(2);
+    assert!(
+        got.iter().all(|d| !contains(&d.bytes, "secret")),
+        "nothing in clear"
+    );
+    assert!(got.iter().any(|d| d.rcpts == ["bob@example.org"]));
+    let report = got
+        .iter()
+        .find(|d| d.rcpts == ["alice@example.org"])
+        .expect("report");
+    let (plain, _, _, _) = s.world.sender.decrypt(&ciphertext(&report.bytes)).unwrap();
+    let text = String::from_utf8_lossy(&plain);
+    assert!(
+        text.contains("dave@example.net") && text.contains("5.7.1"),
+        "{text}"
+    );
+    assert!(!got.iter().any(|d| d.rcpts == ["dave@example.net"]));
+}
+
+#[test]
+fn killed_during_delivery_then_rerun_delivers_each_recipient_once() {
+    let s = Setup::new();
+    let relay = s.relay(&RelayOptions {
+        hold_once: &["carol@example.org"],
+        ..RelayOptions::default()
+    });
+    s.configure(relay.port, false, "");
+    let msg = "From: alice@example.org\nTo: bob@example.org, carol@example.org, dave@example.net\nSubject: kill\n\nk\n";
+    assert!(s.sendmail(&["-t", "-i"], msg.as_bytes()).status.success());
+    let mut runner: Child = Command::new(env!("CARGO_BIN_EXE_sealpost"))
+        .args(["--config", s.config.to_str().unwrap(), "queue", "run"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // bob's copy goes first; the relay holds carol's RCPT; the runner dies there.
+    let mut before = Vec::new();
+    loop {
+        match relay.next(Duration::from_secs(60)) {
+            Some(Event::Delivered(d)) => before.push(d),
+            Some(Event::Holding(a)) => {
+                assert_eq!(a, "carol@example.org");
+                break;
+            }
+            None => panic!("the relay never held carol"),
+        }
+    }
+    runner.kill().unwrap();
+    runner.wait().unwrap();
+    s.queue_run();
+    s.queue_run();
+    let mut all = before;
+    all.extend(relay.delivered(3 - all.len()));
+    // Let anything stray arrive: one more run must add nothing.
+    all.extend(relay.drain());
+    let got = by_recipient(&all);
+    assert_eq!(
+        got.iter().map(|(r, _)| r.as_str()).collect::<Vec<_>>(),
+        ["bob@example.org", "carol@example.org", "dave@example.net"],
+        "exactly one copy each"
+    );
+    assert_eq!(s.queue_list(), "Mail queue is empty\n");
+}
+
+#[test]
+fn bad_input_is_refused_with_a_reason_and_nothing_is_queued() {
+    let s = Setup::new();
+    s.configure(relay::free_port(), false, "");
+    let incoming = s.queue_dir().join("incoming");
+    let empty = |dir: &Path| std::fs::read_dir(dir).map_or(true, |mut d| d.next().is_none());
+    let one_line = |out: &Output| {
+        let text = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(text.lines().count(), 1, "one line: {text}");
+        assert!(text.starts_with("sendmail: "), "{text}");
+        text
+    };
+    let good = b"From: alice@example.org\nSubject: x\n\nhi\n";
+
+    let out = s.sendmail(&["-k", "bob@example.org"], good);
+    assert_eq!(out.status.code(), Some(64));
+    assert!(one_line(&out).contains("unknown option -k"));
+
+    let out = s.sendmail(&["-i", "bob@example.org"], b"\x00\x01garbage\xff\n");
+    assert_eq!(out.status.code(), Some(65));
+    one_line(&out);
+
+    let mut big = b"From: alice@example.org\nSubject: big\n\n".to_vec();
+    big.extend(std::iter::repeat_n(b'x', 250_000));
+    let out = s.sendmail(&["-i", "bob@example.org"], &big);
+    assert_eq!(out.status.code(), Some(65));
+    assert!(one_line(&out).contains("larger than the limit"));
+
+    let out = s.sendmail(&["-i", "not-an-address"], good);
+    assert_eq!(out.status.code(), Some(65));
+    one_line(&out);
+
+    let out = s.sendmail(
+        &["-t", "-i"],
+        b"From: alice@example.org\nSubject: nobody\n\nhi\n",
+    );
+    assert_eq!(out.status.code(), Some(65));
+    assert!(one_line(&out).contains("no recipients"));
+
+    let out = run(
+        Command::new(env!("CARGO_BIN_EXE_sealpost")).args([
+            "sendmail",
+            "-C",
+            "/nonexistent/sealpost.toml",
+            "-i",
+            "bob@example.org",
+        ]),
+        good,
+    );
+    assert_eq!(out.status.code(), Some(78));
+    assert!(one_line(&out).contains("/nonexistent/sealpost.toml"));
+
+    std::fs::write(
+        &s.config,
+        "[relay]\nhost = \"smtp.example.org\"\ntls = \"none\"\n",
+    )
+    .unwrap();
+    let out = s.sendmail(&["-i", "bob@example.org"], good);
+    assert_eq!(out.status.code(), Some(78));
+    assert!(one_line(&out).contains("relay.tls"));
+
+    assert!(empty(&incoming), "nothing was queued");
+}
+
+#[test]
+fn wrong_password_and_untrusted_certificate_send_nothing() {
+    let s = Setup::new();
+    let relay = s.relay(&RelayOptions::default());
+    let msg =
+        b"From: alice@example.org\nTo: dave@example.net\nSubject: auth\n\nnot for a stranger\n";
+
+    // Wrong password: deferred with a reason that names the login; nothing delivered.
+    std::fs::write(s.dir.path().join("password"), "wrong\n").unwrap();
+    s.configure(relay.port, false, "");
+    assert!(s.sendmail(&["-t", "-i"], msg).status.success());
+    let summary = s.queue_run();
+    assert!(summary.contains("1 deferred"), "{summary}");
+    let list = s.queue_list();
+    assert!(
+        list.contains("refused the login") && list.contains("535"),
+        "{list}"
+    );
+
+    // A relay certificate from a CA we do not trust: deferred, TLS named, nothing sent.
+    std::fs::write(s.dir.path().join("password"), relay::PASSWORD).unwrap();
+    let other = Pki::new(&s.dir.path().join("other-pki"));
+    let text = std::fs::read_to_string(&s.config).unwrap().replace(
+        &s.pki.ca.display().to_string(),
+        &other.ca.display().to_string(),
+    );
+    std::fs::write(&s.config, text).unwrap();
+    let summary = s.queue_run();
+    assert!(summary.contains("1 deferred"), "{summary}");
+    let list = s.queue_list();
+    assert!(list.contains("TLS"), "{list}");
+    assert!(
+        relay.drain().is_empty(),
+        "nothing reached the relay's mailbox"
+    );
+
+    // With the right CA and password the same message goes out once.
+    s.configure(relay.port, false, "");
+    s.queue_run();
+    assert_eq!(relay.delivered(1)[0].rcpts, ["dave@example.net"]);
+}
