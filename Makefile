@@ -17,7 +17,7 @@ RUN_DEBS   := gnupg gpg-agent
 # libsasl2-modules is only a Recommends of libsasl2-2: mbsync's AUTHENTICATE PLAIN needs it.
 # python3-aiosmtpd runs tests/smtp_relay.py, the TLS+AUTH relay of the sendmail tests.
 TEST_DEBS  := $(RUN_DEBS) python3 python3-aiosmtpd dovecot-imapd isync libsasl2-modules
-BENCH_DEBS := $(RUN_DEBS) dovecot-imapd
+BENCH_DEBS := $(RUN_DEBS) dovecot-imapd python3-aiosmtpd msmtp
 
 .PHONY: all build demo test bench deps-build deps-test deps-bench lint clean
 
@@ -63,6 +63,7 @@ test: deps-test lint
 bench: deps-bench
 	$(CARGO) bench --locked --bench outgoing -- --out BENCHMARKS.md
 	$(CARGO) bench --locked --bench imap -- --out BENCHMARKS.md
+	$(CARGO) bench --locked --bench sendmail -- --out BENCHMARKS.md
 
 clean:
 	$(CARGO) clean

@@ -286,6 +286,37 @@ mod tests {
     use crate::rewrite::Mode;
 
     #[test]
+    fn the_example_configuration_parses() {
+        Config::parse(
+            include_str!("../contrib/sealpost.toml"),
+            "contrib/sealpost.toml",
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn relay_in_clear_only_to_loopback() {
+        let e = Config::parse(
+            "[relay]\nhost = \"smtp.example.org\"\ntls = \"none\"\n",
+            "s.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("s.toml:3: relay.tls: "), "{e}");
+        for host in ["127.0.0.1", "::1", "localhost"] {
+            Config::parse(
+                &format!("[relay]\nhost = \"{host}\"\ntls = \"none\"\n"),
+                "s.toml",
+            )
+            .unwrap();
+        }
+        let e = Config::parse("[relay]\nusername = \"a\"\n", "s.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("password_file"), "{e}");
+    }
+
+    #[test]
     fn defaults_when_empty() {
         let c = Config::parse("", "t.toml").unwrap();
         assert_eq!(c.policy.mode, Mode::Opportunistic);

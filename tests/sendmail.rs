@@ -338,9 +338,12 @@ fn encrypt_only_recipient_without_key_is_reported_and_the_others_delivered() {
     let s = Setup::new();
     let relay = s.relay(&RelayOptions::default());
     s.configure(relay.port, false, "");
+    // No default signer: the report to alice goes out unsigned, encrypted to her key.
     let text = std::fs::read_to_string(&s.config)
         .unwrap()
+        .replace(&format!("default_signer = \"{}\"\n", s.world.alice), "")
         .replace("[policy]\n", "[policy]\nmode = \"encrypt-only\"\n");
+    assert!(!text.contains("default_signer"));
     std::fs::write(&s.config, text).unwrap();
     let msg =
         "From: alice@example.org\nTo: bob@example.org, dave@example.net\nSubject: eo\n\nsecret\n";
@@ -515,4 +518,76 @@ fn wrong_password_and_untrusted_certificate_send_nothing() {
     s.configure(relay.port, false, "");
     s.queue_run();
     assert_eq!(relay.delivered(1)[0].rcpts, ["dave@example.net"]);
+}
+
+/// A shared queue: any user may drop a message, none may list or read the drop directory, and
+/// the runner learns the submitter from the file's owner. Needs root (to act as `nobody`).
+#[test]
+fn any_user_can_submit_and_nobody_reads_anothers_mail() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    if sealpost::queue::current_uid() != 0 {
+        eprintln!("skipped: needs root to run sendmail as nobody");
+        return;
+    }
+    let s = Setup::new();
+    s.configure(relay::free_port(), false, "");
+    let perm = |p: &Path, mode: u32| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap()
+    };
+    perm(s.dir.path(), 0o755);
+    perm(&s.config, 0o644);
+    let queue = s.queue_dir();
+    let incoming = queue.join("incoming");
+    std::fs::create_dir_all(&incoming).unwrap();
+    perm(&queue, 0o711);
+    perm(&incoming, 0o1733);
+    // root's own submission first.
+    let msg = b"From: alice@example.org\nSubject: private\n\nroot's secret\n";
+    assert!(s.sendmail(&["-i", "bob@example.org"], msg).status.success());
+    let roots: Vec<PathBuf> = std::fs::read_dir(&incoming)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(roots.len(), 1);
+
+    let as_nobody = |args: &[&str], stdin: &[u8]| {
+        let mut cmd = Command::new("setpriv");
+        cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .args(args);
+        run(&mut cmd, stdin)
+    };
+    let link = s.dir.path().join("bin/sendmail");
+    let out = as_nobody(
+        &[
+            link.to_str().unwrap(),
+            "-C",
+            s.config.to_str().unwrap(),
+            "-i",
+            "bob@example.org",
+        ],
+        b"From: nobody@host.example\nSubject: from nobody\n\nhello\n",
+    );
+    assert!(out.status.success(), "{out:?}");
+    // nobody can neither list the drop directory nor read root's file.
+    let ls = as_nobody(&["ls", incoming.to_str().unwrap()], b"");
+    assert!(!ls.status.success(), "listing must fail");
+    let cat = as_nobody(&["cat", roots[0].to_str().unwrap()], b"");
+    assert!(
+        !cat.status.success() && !contains(&cat.stdout, "secret"),
+        "reading must fail"
+    );
+    // nobody's own file: owned by nobody, 0600; nothing was picked up.
+    let files: Vec<std::fs::Metadata> = std::fs::read_dir(&incoming)
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap())
+        .collect();
+    assert_eq!(files.len(), 2, "nobody's run did not pick anything up");
+    assert!(files.iter().all(|m| m.mode() & 0o777 == 0o600));
+    assert!(files.iter().any(|m| m.uid() == 65534));
+    // The queue's owner (root here) sees both, with nobody's envelope sender.
+    let list = s.queue_list();
+    assert!(
+        list.contains("nobody@host.example") && list.contains("2 Requests."),
+        "{list}"
+    );
 }

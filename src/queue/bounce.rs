@@ -15,7 +15,10 @@ pub struct Failure {
 
 /// The report's inputs.
 pub struct Report<'a> {
+    /// Reporting-MTA.
     pub hostname: &'a str,
+    /// The domain of the From (MAILER-DAEMON@domain) and of the Message-ID.
+    pub domain: &'a str,
     pub queue_id: &'a str,
     pub sender: &'a str,
     pub envid: Option<&'a str>,
@@ -81,11 +84,11 @@ pub fn render(r: &Report<'_>) -> Vec<u8> {
     let headers = &r.original[..header_end];
 
     let mut out = format!(
-        "From: Mail Delivery System <MAILER-DAEMON@{host}>\r\n\
+        "From: Mail Delivery System <MAILER-DAEMON@{domain}>\r\n\
          To: <{sender}>\r\n\
          Subject: Undelivered Mail Returned to Sender\r\n\
          Date: {date}\r\n\
-         Message-ID: <{unique}.{id}@{host}>\r\n\
+         Message-ID: <{unique}.{id}@{domain}>\r\n\
          Auto-Submitted: auto-replied\r\n\
          MIME-Version: 1.0\r\n\
          Content-Type: multipart/report; report-type=delivery-status;\r\n\
@@ -107,7 +110,7 @@ pub fn render(r: &Report<'_>) -> Vec<u8> {
          Content-Description: Undelivered Message Headers\r\n\
          Content-Type: text/rfc822-headers\r\n\
          \r\n",
-        host = r.hostname,
+        domain = r.domain,
         sender = r.sender,
         date = date(r.now),
         unique = r.unique,
@@ -156,6 +159,7 @@ mod tests {
             b"From: alice@example.org\r\nSubject: secret plans\r\n\r\nthe secret body\r\n";
         let out = render(&Report {
             hostname: "host.example",
+            domain: "example.org",
             queue_id: "ABC",
             sender: "alice@example.org",
             envid: Some("env1"),

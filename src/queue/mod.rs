@@ -267,6 +267,12 @@ impl Queue {
                     remove_stale_temp(&path);
                     continue;
                 }
+                Err(e @ spool::SpoolError::Unreadable { .. }) => {
+                    // A runner without the right to read users' files (run by hand as the
+                    // wrong user): their mail stays for the real runner.
+                    tracing::error!("{e}; left in place for a runner that may read it");
+                    continue;
+                }
                 Err(e) => {
                     self.set_aside(&path, &e.to_string());
                     continue;
@@ -280,7 +286,11 @@ impl Queue {
                 }
             };
             self.insert(&picked.id, picked.uid, &submission, now())?;
-            std::fs::remove_file(&path).map_err(io)?;
+            // `queue list` picks up too: another process may have removed it first.
+            match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(e)),
+                _ => {}
+            }
             tracing::info!(
                 "{}: queued from uid {} ({}), sender <{}>, {} recipient(s), {} bytes",
                 picked.id,
@@ -556,6 +566,7 @@ impl Queue {
         &self,
         m: &Loaded,
         hostname: &str,
+        domain: &str,
         at: i64,
     ) -> Result<Option<String>, QueueError> {
         let mut conn = self.conn();
@@ -588,6 +599,7 @@ impl Queue {
                 let unique = spool::new_id(at);
                 let report = bounce::render(&bounce::Report {
                     hostname,
+                    domain,
                     queue_id: &m.id,
                     sender: &m.sender,
                     envid: m.envid.as_deref(),
@@ -771,14 +783,24 @@ impl RunLock {
     }
 }
 
+/// Messages delivered at once: enough that the GnuPG workers stay busy while other messages
+/// wait on the relay's replies.
+const MESSAGES_IN_FLIGHT: usize = 8;
+
 /// Delivers what the queue holds: pick up submissions, then per message one rewrite (the
-/// core decides per recipient) and one relay transaction per copy. Two messages at a time,
-/// so that both GnuPG workers are busy.
+/// core decides per recipient) and one relay transaction per copy, several messages at once.
 pub struct Runner {
     pub queue: Arc<Queue>,
     pub rewriter: Arc<Rewriter>,
+    /// For non-delivery reports (null sender): signed by the default signer when one is
+    /// configured, else unsigned; encrypted when the sender has a key; the sender's policy
+    /// decides otherwise, so a report never leaves in clear where that policy forbids it.
+    pub reports: Arc<Rewriter>,
     pub relay: Arc<Relay>,
+    /// Reporting-MTA of reports.
     pub hostname: String,
+    /// MAILER-DAEMON@domain of reports.
+    pub domain: String,
 }
 
 impl Runner {
@@ -798,7 +820,7 @@ impl Runner {
         };
         let mut results = futures::stream::iter(ids)
             .map(|id| self.deliver_message(id, scope.clone()))
-            .buffer_unordered(2);
+            .buffer_unordered(MESSAGES_IN_FLIGHT);
         while let Some(result) = results.next().await {
             let r = result?;
             report.sent += r.sent;
@@ -828,7 +850,7 @@ impl Runner {
             total.failed += r.failed;
             if let Some(report_id) =
                 self.queue
-                    .report_and_finish(&message, &self.hostname, now())?
+                    .report_and_finish(&message, &self.hostname, &self.domain, now())?
             {
                 total.bounces += 1;
                 next = Some((report_id, Scope::All));
@@ -859,7 +881,12 @@ impl Runner {
             sender: m.sender.clone(),
             recipients: m.due.iter().map(|d| d.address.clone()).collect(),
         };
-        let copies = match self.rewriter.rewrite(&envelope, m.raw.clone()).await {
+        let rewriter = if m.sender.is_empty() {
+            &self.reports
+        } else {
+            &self.rewriter
+        };
+        let copies = match rewriter.rewrite(&envelope, m.raw.clone()).await {
             Ok(Outcome::Copies(copies)) => copies,
             Ok(Outcome::Refused(reply)) => {
                 for d in &m.due {

@@ -8,13 +8,19 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
 use lettre::address::Envelope;
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
-use lettre::transport::smtp::client::{Certificate, CertificateStore, Tls, TlsParameters};
+use lettre::transport::smtp::client::{
+    AsyncSmtpConnection, AsyncTokioStream, Certificate, CertificateStore, TlsParameters,
+};
 use lettre::transport::smtp::extension::ClientId;
-use lettre::transport::smtp::PoolConfig;
-use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
+use rustls::pki_types::pem::PemObject;
 use serde::Deserialize;
+use tokio::net::TcpStream;
 
 /// How the connection to the relay is protected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -45,7 +51,8 @@ pub struct RelayConfig {
     pub ca_file: Option<PathBuf>,
     /// The EHLO name; default: the host name.
     pub helo_name: Option<String>,
-    /// Deadline for each SMTP command, in seconds.
+    /// Deadline for connecting, for each of TLS, greeting and AUTH, in seconds; a whole
+    /// transaction (MAIL, RCPT, DATA, content) gets four times this.
     pub timeout_secs: u64,
 }
 
@@ -134,61 +141,166 @@ pub enum Sent {
 }
 
 pub struct Relay {
-    transport: AsyncSmtpTransport<Tokio1Executor>,
+    host: String,
+    port: u16,
+    tls: RelayTls,
+    /// lettre's TLS settings, for STARTTLS.
+    starttls: Option<TlsParameters>,
+    /// Our own TLS client, for implicit TLS (lettre cannot wrap a socket we opened).
+    implicit: Option<tokio_rustls::TlsConnector>,
+    credentials: Option<Credentials>,
+    hello: ClientId,
+    timeout: Duration,
+    /// Connections that just carried a copy, kept for the next one.
+    idle: Mutex<Vec<(AsyncSmtpConnection, Instant)>>,
     description: String,
+}
+
+/// An idle connection older than this is closed rather than reused.
+const IDLE_REUSE: Duration = Duration::from_secs(10);
+/// At most this many idle connections are kept.
+const IDLE_MAX: usize = 8;
+
+/// A TLS stream over our own socket, as lettre's connection wants it.
+#[derive(Debug)]
+struct ImplicitTls(tokio_rustls::client::TlsStream<TcpStream>);
+
+impl AsyncTokioStream for ImplicitTls {
+    fn peer_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        self.0.get_ref().0.peer_addr()
+    }
+}
+
+impl tokio::io::AsyncRead for ImplicitTls {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for ImplicitTls {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
 }
 
 impl Relay {
     pub fn new(config: &RelayConfig, default_helo: &str) -> Result<Relay, RelaySetupError> {
         let host = config.host.clone().ok_or(RelaySetupError::NoHost)?;
         let port = config.port();
-        let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host.clone())
-            .port(port)
-            .timeout(Some(Duration::from_secs(config.timeout_secs)))
-            .hello_name(ClientId::Domain(
+        let ca = match &config.ca_file {
+            Some(path) => Some(std::fs::read(path).map_err(|e| RelaySetupError::Ca {
+                path: path.display().to_string(),
+                reason: e.to_string(),
+            })?),
+            None => None,
+        };
+        let ca_error = |reason: String| RelaySetupError::Ca {
+            path: config
+                .ca_file
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
+            reason,
+        };
+        let (starttls, implicit) = match config.tls {
+            RelayTls::None => (None, None),
+            RelayTls::Starttls => {
+                let mut params = TlsParameters::builder(host.clone());
+                if let Some(pem) = &ca {
+                    let cert = Certificate::from_pem(pem)
+                        .map_err(|e| ca_error(format!("not PEM certificates: {e}")))?;
+                    params = params
+                        .certificate_store(CertificateStore::None)
+                        .add_root_certificate(cert);
+                }
+                let params = params
+                    .build_rustls()
+                    .map_err(|e| RelaySetupError::Tls(e.to_string()))?;
+                (Some(params), None)
+            }
+            RelayTls::Implicit => {
+                let mut roots = rustls::RootCertStore::empty();
+                match &ca {
+                    Some(pem) => {
+                        for cert in rustls::pki_types::CertificateDer::pem_slice_iter(pem) {
+                            let cert = cert.map_err(|e| ca_error(format!("not PEM: {e}")))?;
+                            roots
+                                .add(cert)
+                                .map_err(|e| ca_error(format!("unusable certificate: {e}")))?;
+                        }
+                    }
+                    None => {
+                        for cert in rustls_native_certs::load_native_certs().certs {
+                            // A system store may hold certificates rustls cannot use; skip them.
+                            let _ = roots.add(cert);
+                        }
+                    }
+                }
+                if roots.is_empty() {
+                    return Err(ca_error("no CA certificate to trust".into()));
+                }
+                let provider = Arc::new(rustls::crypto::ring::default_provider());
+                let client = rustls::ClientConfig::builder_with_provider(provider)
+                    .with_safe_default_protocol_versions()
+                    .map_err(|e| RelaySetupError::Tls(e.to_string()))?
+                    .with_root_certificates(roots)
+                    .with_no_client_auth();
+                (
+                    None,
+                    Some(tokio_rustls::TlsConnector::from(Arc::new(client))),
+                )
+            }
+        };
+        let credentials = match (&config.username, &config.password_file) {
+            (Some(user), Some(path)) => {
+                let password =
+                    std::fs::read_to_string(path).map_err(|source| RelaySetupError::Password {
+                        path: path.display().to_string(),
+                        source,
+                    })?;
+                let password = password.trim_end_matches(['\r', '\n']).to_string();
+                Some(Credentials::new(user.clone(), password))
+            }
+            _ => None,
+        };
+        Ok(Relay {
+            description: format!("{host}:{port}"),
+            host,
+            port,
+            tls: config.tls,
+            starttls,
+            implicit,
+            credentials,
+            hello: ClientId::Domain(
                 config
                     .helo_name
                     .clone()
                     .unwrap_or_else(|| default_helo.to_string()),
-            ))
-            .pool_config(PoolConfig::new().max_size(4));
-        if config.tls != RelayTls::None {
-            let mut params = TlsParameters::builder(host.clone());
-            if let Some(path) = &config.ca_file {
-                let pem = std::fs::read(path).map_err(|e| RelaySetupError::Ca {
-                    path: path.display().to_string(),
-                    reason: e.to_string(),
-                })?;
-                let cert = Certificate::from_pem(&pem).map_err(|e| RelaySetupError::Ca {
-                    path: path.display().to_string(),
-                    reason: format!("not PEM certificates: {e}"),
-                })?;
-                params = params
-                    .certificate_store(CertificateStore::None)
-                    .add_root_certificate(cert);
-            }
-            let params = params
-                .build_rustls()
-                .map_err(|e| RelaySetupError::Tls(e.to_string()))?;
-            builder = builder.tls(match config.tls {
-                RelayTls::Implicit => Tls::Wrapper(params),
-                _ => Tls::Required(params),
-            });
-        }
-        if let (Some(user), Some(path)) = (&config.username, &config.password_file) {
-            let password =
-                std::fs::read_to_string(path).map_err(|source| RelaySetupError::Password {
-                    path: path.display().to_string(),
-                    source,
-                })?;
-            let password = password.trim_end_matches(['\r', '\n']).to_string();
-            builder = builder
-                .credentials(Credentials::new(user.clone(), password))
-                .authentication(vec![Mechanism::Plain, Mechanism::Login]);
-        }
-        Ok(Relay {
-            transport: builder.build(),
-            description: format!("{host}:{port}"),
+            ),
+            timeout: Duration::from_secs(config.timeout_secs),
+            idle: Mutex::new(Vec::new()),
         })
     }
 
@@ -197,7 +309,101 @@ impl Relay {
         &self.description
     }
 
-    /// Sends one copy to one recipient. `sender` "" is the null reverse-path (bounces).
+    /// Opens a connection: TCP with TCP_NODELAY (lettre writes the message and its final
+    /// "." separately; with Nagle the "." waits for the server's delayed ACK, 40 ms a copy),
+    /// then TLS (implicit, or STARTTLS required), then AUTH.
+    async fn connect(&self) -> Result<AsyncSmtpConnection, Sent> {
+        let deadline = |what: &str| {
+            Sent::Temporary(format!(
+                "relay {}: {what} timed out after {} s",
+                self.description,
+                self.timeout.as_secs()
+            ))
+        };
+        let tcp = tokio::time::timeout(
+            self.timeout,
+            TcpStream::connect((self.host.as_str(), self.port)),
+        )
+        .await
+        .map_err(|_| deadline("connecting"))?
+        .map_err(|e| Sent::Temporary(format!("relay {}: cannot connect: {e}", self.description)))?;
+        let _ = tcp.set_nodelay(true);
+        let stream: Box<dyn AsyncTokioStream> = match &self.implicit {
+            Some(connector) => {
+                let name =
+                    rustls::pki_types::ServerName::try_from(self.host.clone()).map_err(|e| {
+                        Sent::Temporary(format!("relay {}: bad host name: {e}", self.description))
+                    })?;
+                let tls = tokio::time::timeout(self.timeout, connector.connect(name, tcp))
+                    .await
+                    .map_err(|_| deadline("TLS handshake"))?
+                    .map_err(|e| {
+                        Sent::Temporary(format!(
+                            "TLS with relay {} failed, nothing was sent: {e}",
+                            self.description
+                        ))
+                    })?;
+                Box::new(ImplicitTls(tls))
+            }
+            None => Box::new(tcp),
+        };
+        let step = |e: lettre::transport::smtp::Error| classify(&e, &self.description);
+        let mut conn = tokio::time::timeout(
+            self.timeout,
+            AsyncSmtpConnection::connect_with_transport(stream, &self.hello),
+        )
+        .await
+        .map_err(|_| deadline("greeting"))?
+        .map_err(step)?;
+        if self.tls == RelayTls::Starttls {
+            let params = self.starttls.clone().expect("STARTTLS parameters");
+            // Fails when the server does not offer STARTTLS: then nothing is sent.
+            tokio::time::timeout(self.timeout, conn.starttls(params, &self.hello))
+                .await
+                .map_err(|_| deadline("STARTTLS"))?
+                .map_err(|e| {
+                    Sent::Temporary(format!(
+                        "TLS with relay {} failed, nothing was sent: {}",
+                        self.description,
+                        chain(&e)
+                    ))
+                })?;
+        }
+        if let Some(credentials) = &self.credentials {
+            tokio::time::timeout(
+                self.timeout,
+                conn.auth(&[Mechanism::Plain, Mechanism::Login], credentials),
+            )
+            .await
+            .map_err(|_| deadline("AUTH"))?
+            .map_err(step)?;
+        }
+        Ok(conn)
+    }
+
+    /// A connection for the next copy: an idle one that still answers NOOP, or a new one.
+    async fn connection(&self) -> Result<AsyncSmtpConnection, Sent> {
+        loop {
+            let idle = {
+                let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+                idle.pop()
+            };
+            match idle {
+                Some((mut conn, since)) if since.elapsed() < IDLE_REUSE => {
+                    if tokio::time::timeout(self.timeout, conn.test_connected())
+                        .await
+                        .unwrap_or(false)
+                    {
+                        return Ok(conn);
+                    }
+                }
+                Some(_) => continue,
+                None => return self.connect().await,
+            }
+        }
+    }
+
+    /// Sends one copy to one recipient. `sender` "" is the null reverse-path (reports).
     pub async fn send(&self, sender: &str, recipient: &str, message: &[u8]) -> Sent {
         let from = if sender.is_empty() {
             None
@@ -215,13 +421,38 @@ impl Relay {
             Ok(e) => e,
             Err(e) => return Sent::Permanent(format!("bad envelope: {e}")),
         };
-        match self.transport.send_raw(&envelope, message).await {
-            Ok(response) => Sent::Accepted(format!(
-                "{} {}",
-                u16::from(response.code()),
-                response.message().collect::<Vec<_>>().join(" ")
+        let mut conn = match self.connection().await {
+            Ok(c) => c,
+            Err(sent) => return sent,
+        };
+        // MAIL, RCPT, DATA and the content: a few commands' worth of time.
+        match tokio::time::timeout(self.timeout * 4, conn.send(&envelope, message)).await {
+            Ok(Ok(response)) => {
+                let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+                if idle.len() < IDLE_MAX {
+                    idle.push((conn, Instant::now()));
+                }
+                Sent::Accepted(format!(
+                    "{} {}",
+                    u16::from(response.code()),
+                    response.message().collect::<Vec<_>>().join(" ")
+                ))
+            }
+            Ok(Err(e)) => classify(&e, &self.description),
+            Err(_) => Sent::Temporary(format!(
+                "relay {}: no reply within {} s",
+                self.description,
+                (self.timeout * 4).as_secs()
             )),
-            Err(e) => classify(&e, &self.description),
+        }
+    }
+
+    /// Says QUIT on the idle connections.
+    pub async fn close(&self) {
+        let idle: Vec<_> =
+            std::mem::take(&mut *self.idle.lock().unwrap_or_else(|p| p.into_inner()));
+        for (mut conn, _) in idle {
+            let _ = tokio::time::timeout(self.timeout, conn.quit()).await;
         }
     }
 }

@@ -35,8 +35,16 @@ pub enum SpoolError {
         #[source]
         source: std::io::Error,
     },
+    /// The file holds something that is not a submission: set it aside.
     #[error("{path}: {reason}")]
     Corrupt { path: String, reason: String },
+    /// The file could not be read (permissions, I/O): leave it where it is.
+    #[error("cannot read {path}: {source}")]
+    Unreadable {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// A new queue id: seconds (hex) then 32 random bits, so ids sort by arrival.
@@ -65,12 +73,31 @@ pub fn write(incoming: &Path, id: &str, submission: &Submission) -> Result<PathB
         .write_all(&encode(submission))
         .and_then(|()| file.sync_all())
         .and_then(|()| std::fs::rename(&temp, &target))
-        .and_then(|()| File::open(incoming)?.sync_all());
+        .and_then(|()| sync_directory(incoming, &file));
     if let Err(source) = result {
         let _ = std::fs::remove_file(&temp);
         return Err(fail(&target)(source));
     }
     Ok(target)
+}
+
+/// Makes the rename durable. The drop directory of a shared queue is not readable by the
+/// submitter (mode 1733), so it cannot be opened to fsync it; syncfs(2) on the file, which
+/// flushes the whole file system and with it the directory entry, does the same job there.
+fn sync_directory(dir: &Path, file: &File) -> std::io::Result<()> {
+    match File::open(dir) {
+        Ok(d) => d.sync_all(),
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            use std::os::fd::AsRawFd;
+            // SAFETY: syncfs on a descriptor we own.
+            if unsafe { libc::syncfs(file.as_raw_fd()) } == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        }
+        Err(e) => Err(e),
+    }
 }
 
 fn encode(s: &Submission) -> Vec<u8> {
@@ -149,11 +176,22 @@ pub fn read(path: &Path, limit: u64) -> Result<Option<PickedUp>, SpoolError> {
         reason,
     };
     // O_NONBLOCK: a FIFO planted by a user must not hang the runner.
-    let file = OpenOptions::new()
+    let unreadable = |source| SpoolError::Unreadable {
+        path: path.display().to_string(),
+        source,
+    };
+    let file = match OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
         .open(path)
-        .map_err(|e| corrupt(format!("cannot open: {e}")))?;
+    {
+        Ok(f) => f,
+        // O_NOFOLLOW on a symlink: ELOOP. Nobody's submission; set it aside.
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            return Err(corrupt("a symbolic link, not a submission".into()))
+        }
+        Err(e) => return Err(unreadable(e)),
+    };
     let meta = file
         .metadata()
         .map_err(|e| corrupt(format!("cannot stat: {e}")))?;
@@ -166,7 +204,7 @@ pub fn read(path: &Path, limit: u64) -> Result<Option<PickedUp>, SpoolError> {
     let mut bytes = Vec::with_capacity(meta.len() as usize);
     file.take(limit)
         .read_to_end(&mut bytes)
-        .map_err(|e| corrupt(format!("cannot read: {e}")))?;
+        .map_err(unreadable)?;
     Ok(Some(PickedUp {
         id: id.to_string(),
         uid: meta.uid(),

@@ -264,8 +264,8 @@ fn option(inv: &mut Invocation, letter: char, value: &str) -> Result<(), UsageEr
                 _ => return Err(usage(&format!("unsupported: -b{value}"))),
             }
         }
-        // -oi is -i; -o7, -o8, -om, -oem, -odi, -oA... and `-o x value` are ignored, as
-        // Postfix ignores them (they fall through to the last arm).
+        // -oi is -i; -o7, -o8, -om, -oem, -odi, -oA..., and `-o x` are ignored, as Postfix
+        // ignores them (they fall through to the last arm).
         'o' if value == "i" => inv.dot_ends_message = false,
         'q' => {
             if let Some(id) = value.strip_prefix('I') {

@@ -3,8 +3,8 @@
 //! told yes, then delivered by the queue runner. `-bs` speaks SMTP on stdin/stdout ([`smtp`]).
 //!
 //! Exit codes (sysexits(3)), the one place they are chosen: 0 queued, 64 usage, 65 data,
-//! 69 unavailable, 75 temporary (only when even the queue could not take the message),
-//! 78 configuration. contrib/man/sealpost-sendmail.8 is the reference.
+//! 69 unavailable (no such queue entry), 74 reading the input failed, 75 temporary (only when
+//! even the queue could not take the message), 77 no permission on the queue, 78 configuration. contrib/man/sealpost-sendmail.8 is the reference.
 
 pub mod flags;
 pub mod input;
@@ -114,9 +114,12 @@ fn run(inv: &Invocation, config: &Config) -> Result<(), SendmailError> {
                 Some(id) => Scope::One(id.clone()),
                 None => Scope::All,
             };
-            let report = run_queue(config, scope)?;
+            let r = run_queue(config, scope)?;
             if inv.verbose > 0 {
-                eprintln!("sendmail: {report:?}");
+                eprintln!(
+                    "sendmail: {} picked up, {} sent, {} deferred, {} failed, {} report(s)",
+                    r.picked_up, r.sent, r.deferred, r.failed, r.bounces
+                );
             }
             Ok(())
         }
@@ -217,12 +220,10 @@ fn start_runner(config: &Config) {
 }
 
 fn may_run_queue(dir: &Path) -> bool {
-    use std::os::unix::ffi::OsStrExt;
-    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
-        return false;
-    };
-    // SAFETY: a valid NUL-terminated path.
-    unsafe { libc::access(c.as_ptr(), libc::W_OK) == 0 }
+    // Only the queue's owner runs it: a root caller (cron) must not create root-owned files
+    // in a queue the `sealpost` user runs; systemd's path unit starts that runner instead.
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(dir).is_ok_and(|m| m.uid() == queue::current_uid())
 }
 
 /// `sendmail -bp` / `queue list`: Postfix mailq's layout.
@@ -306,13 +307,19 @@ pub async fn run_queue_async(
         .map_err(|e| SendmailError::Unavailable(e.to_string()))??;
     {
         let keys = Arc::new(crate::cli::key_service(config, None));
+        let mut report_policy = config.policy.clone();
+        report_policy.sign &= report_policy.default_signer.is_some();
         let runner = Runner {
             queue,
-            rewriter: Arc::new(Rewriter::new(keys, config.policy.clone())),
+            rewriter: Arc::new(Rewriter::new(keys.clone(), config.policy.clone())),
+            reports: Arc::new(Rewriter::new(keys, report_policy)),
             relay: Arc::new(relay),
             hostname: queue::hostname(),
+            domain: config.queue.domain(),
         };
-        let report = runner.run(scope).await?;
+        let report = runner.run(scope).await;
+        runner.relay.close().await;
+        let report = report?;
         tracing::info!(
             "queue run: {} picked up, {} sent, {} deferred, {} failed, {} report(s)",
             report.picked_up,
