@@ -9,13 +9,16 @@
 //! the CLI's per-copy time).
 
 use std::fmt::Write as _;
-use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+#[path = "common/gnupg.rs"]
+mod gnupg;
 #[path = "common/report.rs"]
 mod report;
+
+use gnupg::gpg;
 
 use sealpost::keys::{home, KeyService};
 use sealpost::message::canonical::content_entity;
@@ -26,28 +29,6 @@ use sealpost::rewrite::{EncryptedForm, Envelope, Outcome, Policy, Rewriter};
 
 const ROUNDS: usize = 40;
 const MESSAGES_5: usize = 16;
-
-fn gpg(home: &Path, args: &[&str], stdin: Option<&[u8]>) -> Vec<u8> {
-    use std::io::Write;
-    let mut child = Command::new("gpg")
-        .arg("--homedir")
-        .arg(home)
-        .args(["--batch", "--yes", "--quiet"])
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("gpg runs");
-    let mut input = child.stdin.take().unwrap();
-    if let Some(data) = stdin {
-        input.write_all(data).unwrap();
-    }
-    drop(input);
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "gpg {args:?} failed");
-    out.stdout
-}
 
 fn message_10k() -> Vec<u8> {
     let mut m = String::from(
@@ -75,34 +56,10 @@ fn main() {
     let out_path = report::out_path();
     let dir = home::short_temp_dir("spb").unwrap();
     home::prepare(&dir).unwrap();
-    gpg(
-        &dir,
-        &[
-            "--passphrase",
-            "",
-            "--quick-gen-key",
-            "Alice <alice@example.org>",
-            "future-default",
-            "default",
-            "never",
-        ],
-        None,
-    );
+    gnupg::generate(&dir, "Alice <alice@example.org>");
     for n in 1..=5 {
         let uid = format!("R{n} <r{n}@example.org>");
-        gpg(
-            &dir,
-            &[
-                "--passphrase",
-                "",
-                "--quick-gen-key",
-                &uid,
-                "future-default",
-                "default",
-                "never",
-            ],
-            None,
-        );
+        gnupg::generate(&dir, &uid);
     }
     let message = message_10k();
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -11,10 +11,11 @@
 //! Goals (issue 4): caller's wait ≤ msmtp's; queued copies/s ≥ 0.9 × the gpg floor.
 
 use std::io::Write as _;
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+#[path = "common/gnupg.rs"]
+mod gnupg;
 #[path = "../tests/common/relay.rs"]
 #[allow(dead_code)]
 mod relay;
@@ -27,27 +28,6 @@ const CALLS: usize = 30;
 const MESSAGES_1: usize = 100;
 const MESSAGES_5: usize = 20;
 const CLI_ROUNDS: usize = 30;
-
-fn gpg(home: &Path, args: &[&str], stdin: Option<&[u8]>) -> Vec<u8> {
-    let mut child = Command::new("gpg")
-        .arg("--homedir")
-        .arg(home)
-        .args(["--batch", "--yes", "--quiet"])
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("gpg runs");
-    let mut input = child.stdin.take().unwrap();
-    if let Some(data) = stdin {
-        input.write_all(data).unwrap();
-    }
-    drop(input);
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "gpg {args:?} failed");
-    out.stdout
-}
 
 fn message_10k(to: &str) -> Vec<u8> {
     let mut m = format!(
@@ -101,19 +81,7 @@ fn main() {
         .chain((1..=5).map(|n| format!("R{n} <r{n}@example.org>")))
         .collect();
     for uid in &uids {
-        gpg(
-            &gpg_dir,
-            &[
-                "--passphrase",
-                "",
-                "--quick-gen-key",
-                uid,
-                "future-default",
-                "default",
-                "never",
-            ],
-            None,
-        );
+        gnupg::generate(&gpg_dir, uid);
     }
     let work = tempfile::tempdir().unwrap();
     let pki = relay::Pki::new(&work.path().join("pki"));
@@ -202,10 +170,10 @@ fn main() {
         "--sign",
         "--encrypt",
     ];
-    gpg(&gpg_dir, &cli_args, Some(&message));
+    gnupg::gpg(&gpg_dir, &cli_args, Some(&message));
     let t = Instant::now();
     for _ in 0..CLI_ROUNDS {
-        gpg(&gpg_dir, &cli_args, Some(&message));
+        gnupg::gpg(&gpg_dir, &cli_args, Some(&message));
     }
     let cli_ms = ms(t.elapsed()) / CLI_ROUNDS as f64;
     let floor = 2.0 * 1000.0 / cli_ms;

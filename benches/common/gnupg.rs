@@ -1,0 +1,45 @@
+//! The gpg command line for the benchmarks: the CLI floor they compare against, and key
+//! generation for their throwaway homes.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+/// Runs `gpg --homedir HOME --batch --yes --quiet ARGS` with `stdin`; returns stdout.
+pub fn gpg(home: &Path, args: &[&str], stdin: Option<&[u8]>) -> Vec<u8> {
+    use std::io::Write;
+    let mut child = Command::new("gpg")
+        .arg("--homedir")
+        .arg(home)
+        .args(["--batch", "--yes", "--quiet"])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("gpg runs");
+    let mut input = child.stdin.take().unwrap();
+    if let Some(data) = stdin {
+        input.write_all(data).unwrap();
+    }
+    drop(input);
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "gpg {args:?} failed");
+    out.stdout
+}
+
+/// Generates an ed25519/cv25519 key without a passphrase for `uid`.
+pub fn generate(home: &Path, uid: &str) {
+    gpg(
+        home,
+        &[
+            "--passphrase",
+            "",
+            "--quick-gen-key",
+            uid,
+            "future-default",
+            "default",
+            "never",
+        ],
+        None,
+    );
+}
