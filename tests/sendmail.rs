@@ -442,7 +442,7 @@ fn bad_input_is_refused_with_a_reason_and_nothing_is_queued() {
     assert_eq!(out.status.code(), Some(65));
     assert!(one_line(&out).contains("larger than the limit"));
 
-    let out = s.sendmail(&["-i", "not-an-address"], good);
+    let out = s.sendmail(&["-i", "bob@exa mple.org"], good);
     assert_eq!(out.status.code(), Some(65));
     one_line(&out);
 

@@ -224,7 +224,11 @@ fn option(inv: &mut Invocation, letter: char, value: &str) -> Result<(), UsageEr
                 .strip_prefix('<')
                 .and_then(|s| s.strip_suffix('>'))
                 .unwrap_or(sender);
-            if !sender.is_empty() && sender.parse::<lettre::Address>().is_err() {
+            // A bare local name is qualified later with [queue] domain.
+            let bare = sender
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+            if !sender.is_empty() && !bare && sender.parse::<lettre::Address>().is_err() {
                 return Err(usage(&format!("-{letter} {value}: not an email address")));
             }
             inv.sender = Some(sender.to_string());

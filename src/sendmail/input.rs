@@ -148,6 +148,20 @@ pub fn header_recipients(raw: &[u8]) -> Vec<String> {
     out
 }
 
+/// A bare local name ("root", as cron's MAILTO often is) gets `@domain`, as Postfix's
+/// append_at_myorigin does; anything else is kept as it is.
+pub fn qualify(address: &str, domain: &str) -> String {
+    let local_name = !address.is_empty()
+        && address
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-/=?^_`{|}~.".contains(&b));
+    if local_name {
+        format!("{address}@{domain}")
+    } else {
+        address.to_string()
+    }
+}
+
 /// Adds `address` unless an equal one (ignoring case) is there already.
 pub fn push_unique(list: &mut Vec<String>, address: &str) {
     if !list.iter().any(|r| r.eq_ignore_ascii_case(address)) {
@@ -246,6 +260,13 @@ mod tests {
         );
         let resent = b"To: bob@example.org\r\nResent-To: frank@example.org\r\n\r\n";
         assert_eq!(header_recipients(resent), ["frank@example.org"]);
+        assert_eq!(qualify("root", "host.example"), "root@host.example");
+        assert_eq!(
+            qualify("bob@example.org", "host.example"),
+            "bob@example.org"
+        );
+        assert_eq!(qualify("not an address", "host.example"), "not an address");
+        assert_eq!(qualify("", "host.example"), "");
         assert!(check_recipients(&[]).is_err());
         assert!(check_recipients(&["not an address".into()]).is_err());
         assert!(check_recipients(&["bob@example.org".into()]).is_ok());

@@ -150,7 +150,11 @@ pub fn enqueue(
     let id = spool::new_id(now);
     let domain = queue.domain();
     let login = format!("{}@{domain}", queue::user_name(queue::current_uid()));
-    let sender = inv.sender.clone().unwrap_or_else(|| login.clone());
+    let sender = inv
+        .sender
+        .as_deref()
+        .map(|s| input::qualify(s, &domain))
+        .unwrap_or_else(|| login.clone());
     let from = if sender.is_empty() { &login } else { &sender };
     let name_env = std::env::var("NAME").ok();
     let unique = format!("{id}.{}", spool::new_id(now));
@@ -174,12 +178,12 @@ pub fn enqueue(
     for r in &inv.recipients {
         // A command-line argument may hold several addresses, as with sendmail.
         for a in r.split(',').map(str::trim).filter(|a| !a.is_empty()) {
-            input::push_unique(&mut recipients, a);
+            input::push_unique(&mut recipients, &input::qualify(a, &domain));
         }
     }
     if inv.extract_recipients {
         for a in input::header_recipients(&message) {
-            input::push_unique(&mut recipients, &a);
+            input::push_unique(&mut recipients, &input::qualify(&a, &domain));
         }
     }
     input::check_recipients(&recipients)?;
