@@ -132,6 +132,9 @@ pub struct KeyService {
     configured_home: Option<PathBuf>,
     sources: KeySources,
     cache: Mutex<Cache>,
+    /// Held while a cache miss is looked up: a burst of messages for the same addresses (a
+    /// queue run, a mailing) costs one gpg lookup per address, not one per message in flight.
+    misses: tokio::sync::Mutex<()>,
 }
 
 impl KeyService {
@@ -155,6 +158,7 @@ impl KeyService {
             configured_home: home,
             sources,
             cache: Mutex::new(Cache::default()),
+            misses: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -180,6 +184,10 @@ impl KeyService {
     /// Resolves an exact address to a public key usable for encryption.
     pub async fn resolve(&self, address: &str) -> Result<Resolution, KeyError> {
         let addr = address.to_ascii_lowercase();
+        if let Some(hit) = self.fresh_cache().public.get(&addr) {
+            return Ok(hit.clone());
+        }
+        let _miss = self.misses.lock().await;
         if let Some(hit) = self.fresh_cache().public.get(&addr) {
             return Ok(hit.clone());
         }
@@ -235,6 +243,10 @@ impl KeyService {
     /// The fingerprint of a secret key that can sign for `address`, if the keyring has one.
     pub async fn signer(&self, address: &str) -> Result<Option<String>, KeyError> {
         let addr = address.to_ascii_lowercase();
+        if let Some(hit) = self.fresh_cache().secret.get(&addr) {
+            return Ok(hit.clone());
+        }
+        let _miss = self.misses.lock().await;
         if let Some(hit) = self.fresh_cache().secret.get(&addr) {
             return Ok(hit.clone());
         }
@@ -343,6 +355,10 @@ impl KeyService {
 
     /// The key `fingerprint` exported minimal and unarmored, for the Autocrypt header.
     pub async fn autocrypt_keydata(&self, fingerprint: &str) -> Result<Vec<u8>, KeyError> {
+        if let Some(hit) = self.fresh_cache().keydata.get(fingerprint) {
+            return Ok(hit.clone());
+        }
+        let _miss = self.misses.lock().await;
         if let Some(hit) = self.fresh_cache().keydata.get(fingerprint) {
             return Ok(hit.clone());
         }
