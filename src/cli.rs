@@ -48,6 +48,8 @@ pub enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// The milter for Postfix/Sendmail (listens on [milter] listen) until SIGTERM.
+    Milter,
     /// The sendmail drop-in's queue: list, run, delete.
     #[command(subcommand)]
     Queue(QueueCommand),
@@ -197,6 +199,7 @@ pub fn main(cli: Cli) -> ExitCode {
                     Command::Passwd => crate::incoming::passwd(),
                     Command::Deliver(args) => crate::incoming::deliver(config, args).await,
                     Command::Queue(command) => queue(config, command).await,
+                    Command::Milter => milter(config).await,
                     Command::Sendmail { .. } => unreachable!("handled before the runtime starts"),
                 }
             })
@@ -355,5 +358,47 @@ async fn queue(config: Config, command: QueueCommand) -> Result<u8, CliError> {
                 .map_err(crate::sendmail::SendmailError::from)?;
         }
     }
+    Ok(0)
+}
+
+async fn milter(config: Config) -> Result<u8, CliError> {
+    use crate::milter::{Milter, MilterError};
+    let keys = Arc::new(key_service(&config, None));
+    let rewriter = Arc::new(Rewriter::new(keys, config.policy.clone()));
+    let m = Milter::new(rewriter, &config.milter, config.queue.domain())
+        .map_err(|e| CliError::Usage(e.to_string()))?;
+    let m = Arc::new(m);
+    let listen = config.milter.listen.clone();
+    let max = config.milter.max_connections;
+    let result = if let Some(path) = listen.strip_prefix("unix:") {
+        let _ = std::fs::remove_file(path);
+        let listener = tokio::net::UnixListener::bind(path)
+            .map_err(|e| MilterError::Listen(listen.clone(), e));
+        match listener {
+            Ok(l) => {
+                tracing::info!("milter listening on {listen}");
+                crate::milter::run(l, m, max, crate::shutdown::signalled()).await
+            }
+            Err(e) => Err(e),
+        }
+    } else {
+        let addr = listen.strip_prefix("inet:").unwrap_or(&listen);
+        // Postfix writes inet:host:port; a bare port means localhost.
+        let addr = match addr.rsplit_once(':') {
+            Some((host, port)) => format!(
+                "{}:{port}",
+                if host.is_empty() { "127.0.0.1" } else { host }
+            ),
+            None => format!("127.0.0.1:{addr}"),
+        };
+        match tokio::net::TcpListener::bind(&addr).await {
+            Ok(l) => {
+                tracing::info!("milter listening on {addr}");
+                crate::milter::run(l, m, max, crate::shutdown::signalled()).await
+            }
+            Err(e) => Err(MilterError::Listen(listen.clone(), e)),
+        }
+    };
+    result.map_err(|e| CliError::Temporary(e.to_string()))?;
     Ok(0)
 }

@@ -26,6 +26,7 @@ pub struct Config {
     pub imap: ImapConfig,
     pub queue: QueueConfig,
     pub relay: RelayConfig,
+    pub milter: crate::milter::MilterConfig,
     /// IMAP accounts (`[[accounts]]`): a name and an argon2 password hash.
     pub accounts: Vec<Account>,
     /// Where the configuration came from (None: built-in defaults).

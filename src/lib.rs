@@ -29,6 +29,8 @@
 //! - [`imap`]: the local IMAP server over the store (TLS/STARTTLS, IMAP4rev1 + extensions);
 //!   pure layers for summaries, sections, names, rendering, search.
 //! - [`incoming`]: the `imap`, `import` and `passwd` subcommands.
+//! - [`milter`]: the core inside Postfix: in-place rewrite for one recipient, journaled
+//!   re-injection of the other recipients' copies.
 //! - [`sendmail`]: the /usr/sbin/sendmail drop-in (Postfix flags, -bs, exit codes).
 //! - [`queue`]: its durable queue: drop directory, SQLite state per recipient, the runner,
 //!   the relay (lettre, TLS required), non-delivery reports.
@@ -50,6 +52,7 @@ pub mod incoming;
 pub mod keys;
 pub mod logging;
 pub mod message;
+pub mod milter;
 pub mod queue;
 pub mod rewrite;
 pub mod sendmail;

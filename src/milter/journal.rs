@@ -1,0 +1,122 @@
+//! The re-injection journal: which recipients of which message already got their copy through
+//! the re-injection path. A copy is recorded right after the re-injection listener accepted
+//! it and before that recipient is deleted from the original; a retry of the same message
+//! (after a TEMPFAIL or a crash, Postfix keeps the original queued) skips recorded recipients:
+//! no duplicate, and none dropped.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+#[derive(Debug, thiserror::Error)]
+#[error("milter journal {path}: {source}")]
+pub struct JournalError {
+    path: String,
+    #[source]
+    source: rusqlite::Error,
+}
+
+pub struct Journal {
+    conn: Mutex<Connection>,
+    path: PathBuf,
+}
+
+impl Journal {
+    pub fn open(path: &Path) -> Result<Journal, JournalError> {
+        let err = |source| JournalError {
+            path: path.display().to_string(),
+            source,
+        };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let conn = Connection::open(path).map_err(err)?;
+        conn.busy_timeout(Duration::from_secs(10)).map_err(err)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(err)?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(err)?;
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS reinjected(
+                 identity TEXT NOT NULL,
+                 recipient TEXT NOT NULL,
+                 at INTEGER NOT NULL,
+                 PRIMARY KEY (identity, recipient)
+             );",
+        )
+        .map_err(err)?;
+        Ok(Journal {
+            conn: Mutex::new(conn),
+            path: path.to_path_buf(),
+        })
+    }
+
+    fn err(&self, source: rusqlite::Error) -> JournalError {
+        JournalError {
+            path: self.path.display().to_string(),
+            source,
+        }
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// True when `recipient`'s copy of message `identity` was re-injected already.
+    pub fn contains(&self, identity: &str, recipient: &str) -> Result<bool, JournalError> {
+        self.conn()
+            .query_row(
+                "SELECT 1 FROM reinjected WHERE identity = ?1 AND recipient = ?2",
+                params![identity, recipient.to_ascii_lowercase()],
+                |_| Ok(()),
+            )
+            .optional()
+            .map(|r| r.is_some())
+            .map_err(|e| self.err(e))
+    }
+
+    /// Records a re-injected copy (durably: synchronous=FULL).
+    pub fn record(&self, identity: &str, recipient: &str, at: i64) -> Result<(), JournalError> {
+        self.conn()
+            .execute(
+                "INSERT OR IGNORE INTO reinjected(identity, recipient, at) VALUES (?1, ?2, ?3)",
+                params![identity, recipient.to_ascii_lowercase(), at],
+            )
+            .map(drop)
+            .map_err(|e| self.err(e))
+    }
+
+    /// Forgets entries older than `max_age` (Postfix gives up on a message after 5 days).
+    pub fn purge(&self, now: i64, max_age: Duration) -> Result<(), JournalError> {
+        self.conn()
+            .execute(
+                "DELETE FROM reinjected WHERE at < ?1",
+                params![now - max_age.as_secs() as i64],
+            )
+            .map(drop)
+            .map_err(|e| self.err(e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.sqlite");
+        let j = Journal::open(&path).unwrap();
+        assert!(!j.contains("m1", "bob@example.org").unwrap());
+        j.record("m1", "Bob@Example.org", 100).unwrap();
+        j.record("m1", "bob@example.org", 100).unwrap();
+        drop(j);
+        let j = Journal::open(&path).unwrap();
+        assert!(j.contains("m1", "bob@example.org").unwrap());
+        assert!(!j.contains("m2", "bob@example.org").unwrap());
+        j.purge(100 + 10, Duration::from_secs(5)).unwrap();
+        assert!(!j.contains("m1", "bob@example.org").unwrap());
+    }
+}

@@ -1,0 +1,512 @@
+//! `sealpost milter`: the outgoing core inside Postfix (or Sendmail) through the milter
+//! protocol (indymilter). A milter cannot create messages, so at end of message:
+//!
+//! - one recipient: the message is rewritten in place (header fields and body replaced);
+//! - several: the first recipient with a copy keeps the original, rewritten in place; every
+//!   other recipient's copy is re-injected over SMTP into a Postfix listener that runs no
+//!   milter (loop-proof), recorded in the [`journal`], and only then that recipient is deleted
+//!   from the original. A retry after a TEMPFAIL or a crash skips journaled recipients.
+//! - anything that fails before the end (GnuPG, the re-injection listener, the deadline) is a
+//!   TEMPFAIL: Postfix keeps the original queued and nothing is lost.
+//!
+//! Recipients refused by policy (encrypt-only without a key) are deleted from the original
+//! and the sender gets a report naming each (re-injected from the null sender); when no
+//! recipient is left, or under all-or-nothing, the message is rejected with the reason.
+
+pub mod journal;
+
+use std::ffi::CString;
+use std::sync::Arc;
+use std::time::Duration;
+
+use indymilter::{
+    Actions, Callbacks, Context, ContextActions, EomContext, MacroStage, NegotiateContext,
+    SetErrorReply, Status,
+};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use crate::queue::bounce;
+use crate::queue::relay::{Relay, RelayConfig, RelayTls, Sent};
+use crate::rewrite::{Decision, Envelope, Outcome, Rewriter};
+use journal::Journal;
+
+/// `[milter]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MilterConfig {
+    /// "inet:HOST:PORT" or "unix:PATH", as in Postfix's smtpd_milters.
+    pub listen: String,
+    pub max_connections: usize,
+    /// The re-injection listener (a Postfix smtpd with `-o smtpd_milters=`), on loopback.
+    pub reinject_host: String,
+    pub reinject_port: u16,
+    /// The journal of re-injected copies.
+    pub journal: std::path::PathBuf,
+    /// Deadline for the work at end of message, in seconds: under Postfix's
+    /// milter_content_timeout (300 s), so that a slow GnuPG is our TEMPFAIL, not Postfix's.
+    pub deadline_secs: u64,
+}
+
+impl Default for MilterConfig {
+    fn default() -> Self {
+        MilterConfig {
+            listen: "inet:127.0.0.1:8891".into(),
+            max_connections: 100,
+            reinject_host: "127.0.0.1".into(),
+            reinject_port: 10026,
+            journal: "/var/lib/sealpost/milter-journal.sqlite".into(),
+            deadline_secs: 240,
+        }
+    }
+}
+
+/// What the milter collects during one SMTP transaction.
+#[derive(Default)]
+struct Transaction {
+    sender: String,
+    recipients: Vec<String>,
+    header: Vec<u8>,
+    /// The header fields as Postfix passed them: (name, occurrence) for deletion.
+    names: Vec<String>,
+    body: Vec<u8>,
+}
+
+/// Shared by all sessions.
+pub struct Milter {
+    rewriter: Arc<Rewriter>,
+    reinject: Relay,
+    journal: Journal,
+    deadline: Duration,
+    hostname: String,
+    domain: String,
+}
+
+impl Milter {
+    pub fn new(
+        rewriter: Arc<Rewriter>,
+        config: &MilterConfig,
+        domain: String,
+    ) -> Result<Milter, MilterError> {
+        let hostname = crate::queue::hostname();
+        let reinject = Relay::new(
+            &RelayConfig {
+                host: Some(config.reinject_host.clone()),
+                port: Some(config.reinject_port),
+                tls: RelayTls::None,
+                ..RelayConfig::default()
+            },
+            &hostname,
+        )
+        .map_err(|e| MilterError::Setup(e.to_string()))?;
+        let journal =
+            Journal::open(&config.journal).map_err(|e| MilterError::Setup(e.to_string()))?;
+        Ok(Milter {
+            rewriter,
+            reinject,
+            journal,
+            deadline: Duration::from_secs(config.deadline_secs),
+            hostname,
+            domain,
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MilterError {
+    #[error("milter: {0}")]
+    Setup(String),
+    #[error("milter: cannot listen on {0}: {1}")]
+    Listen(String, std::io::Error),
+    #[error("milter: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Serves the milter protocol on `listener` until `shutdown` resolves; sessions finish the
+/// message in hand (indymilter's shutdown semantics).
+pub async fn run(
+    listener: impl indymilter::Listener,
+    milter: Arc<Milter>,
+    max_connections: usize,
+    shutdown: impl std::future::Future,
+) -> Result<(), MilterError> {
+    let callbacks = callbacks(milter);
+    let config = indymilter::Config {
+        max_connections,
+        actions: Actions::ADD_HEADER
+            | Actions::CHANGE_HEADER
+            | Actions::DELETE_RCPT
+            | Actions::REPLACE_BODY,
+        ..indymilter::Config::default()
+    };
+    indymilter::run(listener, callbacks, config, shutdown).await?;
+    Ok(())
+}
+
+fn bare(arg: &CString) -> String {
+    let s = arg.to_string_lossy();
+    let s = s.trim();
+    s.strip_prefix('<')
+        .and_then(|s| s.strip_suffix('>'))
+        .unwrap_or(s)
+        .to_string()
+}
+
+fn callbacks(milter: Arc<Milter>) -> Callbacks<Transaction> {
+    let eom_milter = milter.clone();
+    Callbacks::new()
+        .on_negotiate(|cx: &mut NegotiateContext<Transaction>, _, _| {
+            Box::pin(async move {
+                cx.requested_actions = Actions::ADD_HEADER
+                    | Actions::CHANGE_HEADER
+                    | Actions::DELETE_RCPT
+                    | Actions::REPLACE_BODY;
+                // The queue id for the logs.
+                if let Ok(m) = CString::new("i") {
+                    cx.requested_macros.insert(MacroStage::Eom, m);
+                }
+                Status::Continue
+            })
+        })
+        .on_mail(|cx: &mut Context<Transaction>, args| {
+            Box::pin(async move {
+                cx.data = Some(Transaction {
+                    sender: args.first().map(bare).unwrap_or_default(),
+                    ..Transaction::default()
+                });
+                Status::Continue
+            })
+        })
+        .on_rcpt(|cx: &mut Context<Transaction>, args| {
+            Box::pin(async move {
+                if let (Some(t), Some(r)) = (cx.data.as_mut(), args.first()) {
+                    t.recipients.push(bare(r));
+                }
+                Status::Continue
+            })
+        })
+        .on_header(|cx: &mut Context<Transaction>, name, value| {
+            Box::pin(async move {
+                if let Some(t) = cx.data.as_mut() {
+                    let name = name.to_string_lossy().into_owned();
+                    // Postfix passes the value without the blank after the colon and folds
+                    // with a bare LF; the message the core sees is CRLF.
+                    let value = value.as_bytes();
+                    t.header.extend_from_slice(name.as_bytes());
+                    t.header.extend_from_slice(b": ");
+                    t.header
+                        .extend_from_slice(&crate::message::encoding::crlf(value));
+                    t.header.extend_from_slice(b"\r\n");
+                    t.names.push(name);
+                }
+                Status::Continue
+            })
+        })
+        .on_body(|cx: &mut Context<Transaction>, chunk| {
+            Box::pin(async move {
+                if let Some(t) = cx.data.as_mut() {
+                    t.body.extend_from_slice(&chunk);
+                }
+                Status::Continue
+            })
+        })
+        .on_eom(move |cx: &mut EomContext<Transaction>| {
+            let milter = eom_milter.clone();
+            Box::pin(async move {
+                let Some(t) = cx.data.take() else {
+                    return Status::Tempfail;
+                };
+                let queue_id = cx
+                    .macros
+                    .get(c"i")
+                    .map(|v| v.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| "-".into());
+                let deadline = milter.deadline;
+                match tokio::time::timeout(deadline, end_of_message(&milter, cx, &queue_id, t))
+                    .await
+                {
+                    Ok(status) => status,
+                    Err(_) => {
+                        tracing::warn!(
+                            "{queue_id}: deadline of {} s passed: tempfail",
+                            deadline.as_secs()
+                        );
+                        let _ = cx.reply.set_error_reply(
+                            "451",
+                            Some("4.3.0"),
+                            ["sealpost: timed out, try again later"],
+                        );
+                        Status::Tempfail
+                    }
+                }
+            })
+        })
+        .on_abort(|cx: &mut Context<Transaction>| {
+            Box::pin(async move {
+                cx.data = None;
+                Status::Continue
+            })
+        })
+}
+
+/// The message's identity for the journal: stable across Postfix's retries of the same
+/// message (its Received line and queue id change; sender, Message-ID and body do not).
+fn identity(sender: &str, raw_header: &[u8], body: &[u8]) -> String {
+    let message_id = crate::message::ParsedMessage::parse(raw_header.to_vec())
+        .ok()
+        .and_then(|m| m.header_text("Message-ID"))
+        .unwrap_or_default();
+    let mut h = Sha256::new();
+    h.update(sender.as_bytes());
+    h.update([0]);
+    h.update(message_id.as_bytes());
+    h.update([0]);
+    h.update(body);
+    hex::encode(h.finalize())
+}
+
+async fn end_of_message(
+    milter: &Milter,
+    cx: &mut EomContext<Transaction>,
+    queue_id: &str,
+    t: Transaction,
+) -> Status {
+    let mut raw = t.header.clone();
+    raw.extend_from_slice(b"\r\n");
+    raw.extend_from_slice(&t.body);
+    let envelope = Envelope {
+        id: queue_id.to_string(),
+        sender: t.sender.clone(),
+        recipients: t.recipients.clone(),
+    };
+    let tempfail = |cx: &mut EomContext<Transaction>, text: &str| {
+        let _ = cx
+            .reply
+            .set_error_reply("451", Some("4.7.0"), [format!("sealpost: {text}")]);
+        Status::Tempfail
+    };
+    let copies = match milter.rewriter.rewrite(&envelope, raw.clone()).await {
+        Ok(Outcome::Copies(copies)) => copies,
+        Ok(Outcome::Refused(reply)) => {
+            let _ = cx.reply.set_error_reply(
+                &reply.code.to_string(),
+                Some(reply.status),
+                [reply.text.clone()],
+            );
+            return Status::Reject;
+        }
+        Err(e) => {
+            let _ = cx
+                .reply
+                .set_error_reply("554", Some("5.6.0"), [format!("sealpost: {e}")]);
+            return Status::Reject;
+        }
+    };
+    if let Some(c) = copies
+        .iter()
+        .find(|c| matches!(c.decision, Decision::Deferred { .. }))
+    {
+        return tempfail(cx, &format!("{}: {}", c.recipient, c.decision.detail()));
+    }
+    let sendable: Vec<_> = copies.iter().filter(|c| c.message.is_some()).collect();
+    let refused: Vec<_> = copies
+        .iter()
+        .filter(|c| matches!(c.decision, Decision::Rejected { .. }))
+        .collect();
+    let Some(keep) = sendable.first() else {
+        let reply = refused
+            .first()
+            .map(|c| c.decision.detail())
+            .unwrap_or_else(|| "no recipient can receive this message".into());
+        let _ = cx.reply.set_error_reply("550", Some("5.7.1"), [reply]);
+        return Status::Reject;
+    };
+    let id = identity(&t.sender, &t.header, &t.body);
+    let now = crate::queue::now();
+    for copy in &sendable[1..] {
+        match milter.journal.contains(&id, &copy.recipient) {
+            Ok(true) => {
+                tracing::info!(
+                    "{queue_id}: to=<{}> already re-injected (journal): skipped",
+                    copy.recipient
+                );
+                continue;
+            }
+            Ok(false) => {}
+            Err(e) => return tempfail(cx, &e.to_string()),
+        }
+        // Keep-alive: each re-injection may take a while; Postfix's timer restarts.
+        let _ = cx.actions.progress().await;
+        let bytes = copy.message.as_deref().unwrap_or_default();
+        match milter
+            .reinject
+            .send(&t.sender, &copy.recipient, bytes)
+            .await
+        {
+            Sent::Accepted(reply) => {
+                if let Err(e) = milter.journal.record(&id, &copy.recipient, now) {
+                    return tempfail(cx, &e.to_string());
+                }
+                tracing::info!(
+                    "{queue_id}: to=<{}> {} re-injected via {} ({reply})",
+                    copy.recipient,
+                    copy.decision.name(),
+                    milter.reinject.description()
+                );
+            }
+            Sent::Temporary(e) | Sent::Permanent(e) => {
+                tracing::warn!(
+                    "{queue_id}: to=<{}> re-injection failed: {e}",
+                    copy.recipient
+                );
+                return tempfail(cx, &format!("re-injection failed: {e}"));
+            }
+        }
+    }
+    if !refused.is_empty()
+        && !t.sender.is_empty()
+        && !milter.journal.contains(&id, "<report>").unwrap_or(false)
+    {
+        let failures: Vec<bounce::Failure> = refused
+            .iter()
+            .map(|c| {
+                let (status, text) = match &c.decision {
+                    Decision::Rejected { reply } => (reply.status.to_string(), reply.to_string()),
+                    d => ("5.0.0".into(), d.detail()),
+                };
+                bounce::Failure {
+                    recipient: c.recipient.clone(),
+                    status,
+                    diagnostic: text,
+                }
+            })
+            .collect();
+        let unique = crate::queue::spool::new_id(now);
+        let report = bounce::render(&bounce::Report {
+            hostname: &milter.hostname,
+            domain: &milter.domain,
+            queue_id,
+            sender: &t.sender,
+            envid: None,
+            arrived: now,
+            now,
+            unique: &unique,
+            original: &raw,
+            failures: &failures,
+        });
+        match milter.reinject.send("", &t.sender, &report).await {
+            Sent::Accepted(_) => {
+                if let Err(e) = milter.journal.record(&id, "<report>", now) {
+                    return tempfail(cx, &e.to_string());
+                }
+            }
+            Sent::Temporary(e) | Sent::Permanent(e) => {
+                return tempfail(cx, &format!("cannot send the report to the sender: {e}"))
+            }
+        }
+    }
+    // Every recipient but the one kept leaves the original.
+    for r in &t.recipients {
+        if r.eq_ignore_ascii_case(&keep.recipient) {
+            continue;
+        }
+        if cx.actions.delete_recipient(format!("<{r}>")).await.is_err() {
+            return tempfail(cx, "cannot delete a recipient");
+        }
+    }
+    match rewrite_in_place(cx, &t.names, keep.message.as_deref().unwrap_or_default()).await {
+        Ok(()) => {
+            tracing::info!(
+                "{queue_id}: to=<{}> {} in place",
+                keep.recipient,
+                keep.decision.name()
+            );
+            Status::Continue
+        }
+        Err(e) => tempfail(cx, &format!("cannot rewrite the message: {e}")),
+    }
+}
+
+/// Replaces the original's header fields and body by the copy's.
+async fn rewrite_in_place(
+    cx: &EomContext<Transaction>,
+    names: &[String],
+    copy: &[u8],
+) -> Result<(), indymilter::ActionError> {
+    // Every original field goes: deleting occurrence 1 of a name as many times as it occurs.
+    for name in names {
+        cx.actions
+            .change_header(name.as_str(), 1, None::<CString>)
+            .await?;
+    }
+    let split = copy
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(copy.len(), |i| i + 2);
+    let (header, body) = copy.split_at(split);
+    let body = body.strip_prefix(b"\r\n").unwrap_or(body);
+    for field in unfold_fields(header) {
+        let Some((name, value)) = field.split_once(':') else {
+            continue;
+        };
+        // Folded continuation lines are passed with a bare LF, as Postfix expects.
+        let value = value.trim_start().replace("\r\n", "\n");
+        cx.actions.add_header(name.trim_end(), value).await?;
+    }
+    for chunk in body.chunks(65_535) {
+        cx.actions.replace_body(chunk).await?;
+    }
+    Ok(())
+}
+
+/// The header section split into fields (folding kept, each without its final CRLF).
+fn unfold_fields(header: &[u8]) -> Vec<String> {
+    let text = String::from_utf8_lossy(header);
+    let mut fields: Vec<String> = Vec::new();
+    for line in text.split("\r\n").filter(|l| !l.is_empty()) {
+        if line.starts_with([' ', '\t']) {
+            if let Some(last) = fields.last_mut() {
+                last.push_str("\r\n");
+                last.push_str(line);
+                continue;
+            }
+        }
+        fields.push(line.to_string());
+    }
+    fields
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fields_keep_their_folding() {
+        let h = b"Subject: a\r\nContent-Type: multipart/encrypted;\r\n protocol=\"x\"\r\nTo: b\r\n";
+        assert_eq!(
+            unfold_fields(h),
+            [
+                "Subject: a",
+                "Content-Type: multipart/encrypted;\r\n protocol=\"x\"",
+                "To: b"
+            ]
+        );
+    }
+
+    #[test]
+    fn identity_ignores_what_postfix_changes_between_retries() {
+        let a = identity(
+            "s@x",
+            b"Received: from a by b id 1\r\nMessage-ID: <m@x>\r\n",
+            b"body",
+        );
+        let b = identity(
+            "s@x",
+            b"Received: from a by b id 2\r\nMessage-ID: <m@x>\r\n",
+            b"body",
+        );
+        assert_eq!(a, b);
+        assert_ne!(a, identity("s@x", b"Message-ID: <n@x>\r\n", b"body"));
+        assert_ne!(a, identity("s@x", b"Message-ID: <m@x>\r\n", b"other"));
+    }
+}
