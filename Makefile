@@ -16,7 +16,9 @@ RUN_DEBS   := gnupg gpg-agent
 # and config; whether the package's postinst started the system dovecot does not matter.
 # libsasl2-modules is only a Recommends of libsasl2-2: mbsync's AUTHENTICATE PLAIN needs it.
 # python3-aiosmtpd runs tests/smtp_relay.py, the TLS+AUTH relay of the sendmail tests.
-TEST_DEBS  := $(RUN_DEBS) python3 python3-aiosmtpd dovecot-imapd isync libsasl2-modules
+# postfix and miltertest run the milter tests (tests/milter.rs: private Postfix instances with
+# `postfix -c DIR`); Postfix is preseeded to "No configuration", so no system instance starts.
+TEST_DEBS  := $(RUN_DEBS) python3 python3-aiosmtpd dovecot-imapd isync libsasl2-modules postfix miltertest
 BENCH_DEBS := $(RUN_DEBS) dovecot-imapd python3-aiosmtpd msmtp
 
 .PHONY: all build demo test bench deps-build deps-test deps-bench lint clean
@@ -31,6 +33,7 @@ define ensure_debs
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  if [ "$$(id -u)" != 0 ]; then echo "need root to install:$$missing" >&2; exit 1; fi; \
+	  echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections; \
 	  apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 endef

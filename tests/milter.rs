@@ -1,0 +1,282 @@
+//! The milter inside a real Postfix: each test starts a private Postfix instance on loopback
+//! (tests/common/postfix.rs) and `sealpost milter`, sends mail through Postfix's smtpd or its
+//! own sendmail command, and reads what Postfix delivered into its Maildir. Needs root.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+
+use std::process::{Child, Command, Stdio};
+
+use common::postfix::{wait_for_port, Postfix};
+use common::relay::free_port;
+use common::*;
+
+fn is_root() -> bool {
+    sealpost::queue::current_uid() == 0
+}
+
+/// `sealpost milter` for `postfix`, signing with the world's sender home.
+struct MilterProcess {
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl MilterProcess {
+    fn start(world: &World, port: u16, postfix: &Postfix, journal: &Path) -> MilterProcess {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("sealpost.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[log]\nlevel = \"warn\"\n[gnupg]\nhome = \"{}\"\n[milter]\nlisten = \"inet:127.0.0.1:{port}\"\nreinject_port = {}\njournal = \"{}\"\n",
+                world.sender.dir.display(),
+                postfix.reinject_port,
+                journal.display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_sealpost"))
+            .arg("--config")
+            .arg(&config)
+            .arg("milter")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        wait_for_port(port);
+        MilterProcess { child, _dir: dir }
+    }
+}
+
+impl Drop for MilterProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One SMTP transaction; returns the reply to the end of DATA (or the first refusal).
+fn smtp_send(port: u16, from: &str, rcpts: &[&str], message: &str) -> String {
+    let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut writer = stream;
+    let reply = |reader: &mut BufReader<TcpStream>| {
+        let mut all = String::new();
+        loop {
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            all.push_str(&line);
+            if line.len() < 4 || line.as_bytes()[3] != b'-' {
+                return all;
+            }
+        }
+    };
+    reply(&mut reader);
+    let command = |w: &mut TcpStream, r: &mut BufReader<TcpStream>, c: &str| {
+        w.write_all(format!("{c}\r\n").as_bytes()).unwrap();
+        reply(r)
+    };
+    command(&mut writer, &mut reader, "EHLO client.example.org");
+    let r = command(&mut writer, &mut reader, &format!("MAIL FROM:<{from}>"));
+    if !r.starts_with('2') {
+        return r;
+    }
+    for rcpt in rcpts {
+        let r = command(&mut writer, &mut reader, &format!("RCPT TO:<{rcpt}>"));
+        if !r.starts_with('2') {
+            return r;
+        }
+    }
+    let r = command(&mut writer, &mut reader, "DATA");
+    if !r.starts_with('3') {
+        return r;
+    }
+    let mut data = String::new();
+    for line in message.replace("\r\n", "\n").lines() {
+        if line.starts_with('.') {
+            data.push('.');
+        }
+        data.push_str(line);
+        data.push_str("\r\n");
+    }
+    data.push_str(".\r\n");
+    writer.write_all(data.as_bytes()).unwrap();
+    let r = reply(&mut reader);
+    command(&mut writer, &mut reader, "QUIT");
+    r
+}
+
+const MESSAGE: &str = "From: Alice <alice@example.org>\nTo: Bob <bob@example.org>\nCc: dave@example.net\nBcc: carol@example.org\nSubject: milter-subject\nMessage-ID: <milter-1@example.org>\n\nthe body\n";
+
+/// (Delivered-To, message) per delivered file, sorted by recipient.
+fn by_recipient(messages: Vec<Vec<u8>>) -> Vec<(String, Vec<u8>)> {
+    let mut out: Vec<(String, Vec<u8>)> = messages
+        .into_iter()
+        .map(|m| {
+            let text = String::from_utf8_lossy(&m).into_owned();
+            let to = text
+                .lines()
+                .find_map(|l| l.strip_prefix("Delivered-To: "))
+                .unwrap_or_default()
+                .trim()
+                .to_string();
+            (to, m)
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Maildir files have LF line ends; the copies were CRLF on the wire.
+fn crlf(message: &[u8]) -> Vec<u8> {
+    sealpost::message::encoding::crlf(message)
+}
+
+/// Checks the three copies of MESSAGE: bob and carol encrypted to their own keys, dave signed,
+/// no Bcc and no trace of carol in the others' copies.
+fn check_three_copies(world: &World, delivered: Vec<Vec<u8>>) {
+    let got = by_recipient(delivered);
+    let names: Vec<&str> = got.iter().map(|(r, _)| r.as_str()).collect();
+    assert_eq!(
+        names,
+        ["bob@example.org", "carol@example.org", "dave@example.net"]
+    );
+    for (rcpt, copy) in &got {
+        let copy = crlf(copy);
+        assert!(
+            !header_names(&copy).contains(&"bcc".to_string()),
+            "{rcpt}: no Bcc field"
+        );
+        if rcpt != "carol@example.org" {
+            assert!(
+                !contains(&copy, "carol@example.org"),
+                "{rcpt}: no trace of the Bcc recipient"
+            );
+        }
+        match rcpt.as_str() {
+            "bob@example.org" | "carol@example.org" => {
+                let home = if rcpt == "bob@example.org" {
+                    &world.bob
+                } else {
+                    &world.carol
+                };
+                assert!(
+                    !contains(&copy, "milter-subject"),
+                    "{rcpt}: subject protected"
+                );
+                let (plain, _, good, status) = home.decrypt(&ciphertext(&copy)).expect("decrypts");
+                assert!(contains(&plain, "the body") && contains(&plain, "milter-subject"));
+                assert!(good || contains(&plain, "multipart/signed"), "{status}");
+                // The other recipient's key cannot open it.
+                let other = if rcpt == "bob@example.org" {
+                    &world.carol
+                } else {
+                    &world.bob
+                };
+                assert!(
+                    other.decrypt(&ciphertext(&copy)).is_none(),
+                    "{rcpt}: only its own key"
+                );
+            }
+            _ => {
+                assert!(contains(&copy, "multipart/signed") && contains(&copy, "the body"));
+            }
+        }
+    }
+}
+
+#[test]
+fn smtp_submission_gives_one_copy_per_recipient() {
+    if !is_root() {
+        eprintln!("skipped: Postfix needs root");
+        return;
+    }
+    let world = World::new();
+    let milter_port = free_port();
+    let postfix = Postfix::start(milter_port);
+    let journal = postfix.dir.join("journal.sqlite");
+    let _milter = MilterProcess::start(&world, milter_port, &postfix, &journal);
+    let reply = smtp_send(
+        postfix.smtp_port,
+        "alice@example.org",
+        &["bob@example.org", "dave@example.net", "carol@example.org"],
+        MESSAGE,
+    );
+    assert!(reply.starts_with("250"), "{reply}");
+    check_three_copies(&world, postfix.wait_messages(3));
+    assert_eq!(postfix.queued(), 0);
+}
+
+#[test]
+fn postfix_sendmail_path_gives_the_same_copies() {
+    if !is_root() {
+        eprintln!("skipped: Postfix needs root");
+        return;
+    }
+    let world = World::new();
+    let milter_port = free_port();
+    let postfix = Postfix::start(milter_port);
+    let journal = postfix.dir.join("journal.sqlite");
+    let _milter = MilterProcess::start(&world, milter_port, &postfix, &journal);
+    let out = postfix.sendmail(&["-t", "-i", "-f", "alice@example.org"], MESSAGE.as_bytes());
+    assert!(out.status.success(), "{out:?}");
+    check_three_copies(&world, postfix.wait_messages(3));
+}
+
+#[test]
+fn milter_down_keeps_mail_queued_until_it_is_back() {
+    if !is_root() {
+        eprintln!("skipped: Postfix needs root");
+        return;
+    }
+    let world = World::new();
+    let milter_port = free_port();
+    let postfix = Postfix::start(milter_port);
+    // Over SMTP the client is told to come back later; nothing is accepted in clear.
+    let reply = smtp_send(
+        postfix.smtp_port,
+        "alice@example.org",
+        &["bob@example.org"],
+        MESSAGE,
+    );
+    assert!(reply.starts_with('4'), "{reply}");
+    // Through sendmail the message waits in Postfix's queue.
+    let out = postfix.sendmail(&["-t", "-i", "-f", "alice@example.org"], MESSAGE.as_bytes());
+    assert!(out.status.success(), "{out:?}");
+    assert!(std::fs::read_dir(postfix.maildir()).map_or(true, |mut d| d.next().is_none()));
+    let journal = postfix.dir.join("journal.sqlite");
+    let _milter = MilterProcess::start(&world, milter_port, &postfix, &journal);
+    postfix.postfix(&["flush"]);
+    check_three_copies(&world, postfix.wait_messages(3));
+}
+
+#[test]
+fn one_recipient_is_rewritten_in_place() {
+    if !is_root() {
+        eprintln!("skipped: Postfix needs root");
+        return;
+    }
+    let world = World::new();
+    let milter_port = free_port();
+    let postfix = Postfix::start(milter_port);
+    let journal: PathBuf = postfix.dir.join("journal.sqlite");
+    let _milter = MilterProcess::start(&world, milter_port, &postfix, &journal);
+    let reply = smtp_send(
+        postfix.smtp_port,
+        "alice@example.org",
+        &["bob@example.org"],
+        MESSAGE,
+    );
+    assert!(reply.starts_with("250"), "{reply}");
+    let got = by_recipient(postfix.wait_messages(1));
+    assert_eq!(got[0].0, "bob@example.org");
+    // Nothing went through the re-injection listener: one queue id, one delivery.
+    assert_eq!(postfix.log().matches("status=sent").count(), 1);
+    let copy = crlf(&got[0].1);
+    assert!(!header_names(&copy).contains(&"bcc".to_string()));
+    let (plain, _, _, _) = world.bob.decrypt(&ciphertext(&copy)).expect("decrypts");
+    assert!(contains(&plain, "the body"));
+}
