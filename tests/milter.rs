@@ -280,3 +280,89 @@ fn one_recipient_is_rewritten_in_place() {
     let (plain, _, _, _) = world.bob.decrypt(&ciphertext(&copy)).expect("decrypts");
     assert!(contains(&plain, "the body"));
 }
+
+#[test]
+fn reinjection_failing_after_the_first_copy_then_recovering_gives_one_copy_each() {
+    if !is_root() {
+        eprintln!("skipped: Postfix needs root");
+        return;
+    }
+    let world = World::new();
+    let milter_port = free_port();
+    let postfix = Postfix::start(milter_port);
+    let journal = postfix.dir.join("journal.sqlite");
+    let _milter = MilterProcess::start(&world, milter_port, &postfix, &journal);
+    // bob keeps the original; dave's copy is re-injected; carol's re-injection fails.
+    postfix.fail_reinjection(Some("carol@example.org"));
+    let rcpts = ["bob@example.org", "dave@example.net", "carol@example.org"];
+    let reply = smtp_send(postfix.smtp_port, "alice@example.org", &rcpts, MESSAGE);
+    assert!(
+        reply.starts_with("451"),
+        "the client is told to retry: {reply}"
+    );
+    // dave's copy went out before the failure; nothing else did.
+    let first = by_recipient(postfix.wait_messages(1));
+    assert_eq!(first[0].0, "dave@example.net");
+    // The listener recovers; the client retries the same message.
+    postfix.fail_reinjection(None);
+    let reply = smtp_send(postfix.smtp_port, "alice@example.org", &rcpts, MESSAGE);
+    assert!(reply.starts_with("250"), "{reply}");
+    check_three_copies(&world, postfix.wait_messages(3));
+}
+
+#[test]
+fn milter_killed_mid_transaction_then_retry_gives_one_copy_each() {
+    if !is_root() {
+        eprintln!("skipped: Postfix needs root");
+        return;
+    }
+    let world = World::new();
+    let milter_port = free_port();
+    let postfix = Postfix::start(milter_port);
+    let journal = postfix.dir.join("journal.sqlite");
+    let mut milter = MilterProcess::start(&world, milter_port, &postfix, &journal);
+    let rcpts = ["bob@example.org", "dave@example.net", "carol@example.org"];
+    // A transaction up to the middle of DATA; then the milter dies (kill -9).
+    let stream = TcpStream::connect(("127.0.0.1", postfix.smtp_port)).unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut writer = stream;
+    let mut line = String::new();
+    let mut expect = |reader: &mut BufReader<TcpStream>, code: char| loop {
+        line.clear();
+        reader.read_line(&mut line).unwrap();
+        assert!(line.starts_with(code), "{line}");
+        if line.as_bytes().get(3) != Some(&b'-') {
+            return line.clone();
+        }
+    };
+    expect(&mut reader, '2');
+    let mut script = vec![
+        "EHLO client.example.org".to_string(),
+        "MAIL FROM:<alice@example.org>".into(),
+    ];
+    script.extend(rcpts.iter().map(|r| format!("RCPT TO:<{r}>")));
+    for c in &script {
+        writer.write_all(format!("{c}\r\n").as_bytes()).unwrap();
+        expect(&mut reader, '2');
+    }
+    writer.write_all(b"DATA\r\n").unwrap();
+    expect(&mut reader, '3');
+    let (head, tail) = MESSAGE.split_at(MESSAGE.find("\n\n").unwrap() + 2);
+    writer
+        .write_all(head.replace('\n', "\r\n").as_bytes())
+        .unwrap();
+    writer.flush().unwrap();
+    milter.child.kill().unwrap();
+    milter.child.wait().unwrap();
+    writer
+        .write_all(format!("{}.\r\n", tail.replace('\n', "\r\n")).as_bytes())
+        .unwrap();
+    let reply = expect(&mut reader, '4');
+    assert!(reply.starts_with('4'), "{reply}");
+    drop(writer);
+    // Restarted, the same message again: one copy each, nothing from the dead attempt.
+    let _milter = MilterProcess::start(&world, milter_port, &postfix, &journal);
+    let reply = smtp_send(postfix.smtp_port, "alice@example.org", &rcpts, MESSAGE);
+    assert!(reply.starts_with("250"), "{reply}");
+    check_three_copies(&world, postfix.wait_messages(3));
+}

@@ -35,6 +35,8 @@ impl Postfix {
         for sub in ["q", "d", "mail"] {
             std::fs::create_dir_all(p.dir.join(sub)).unwrap();
         }
+        // Recipients the re-injection listener refuses for now (`fail_reinjection`).
+        std::fs::write(p.dir.join("reinject-access"), "").unwrap();
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&p.dir, std::fs::Permissions::from_mode(0o755)).unwrap();
         chown(&p.dir.join("d"), "postfix:postfix");
@@ -68,7 +70,8 @@ impl Postfix {
             p.dir.join("master.cf"),
             format!(
                 "127.0.0.1:{s} inet n - n - - smtpd\n\
-                 127.0.0.1:{r} inet n - n - - smtpd -o smtpd_milters= -o non_smtpd_milters=\n\
+                 127.0.0.1:{r} inet n - n - - smtpd -o smtpd_milters= -o non_smtpd_milters= \
+                 -o smtpd_recipient_restrictions=check_recipient_access,texthash:{d}/reinject-access,permit_mynetworks,reject\n\
                  pickup unix n - n 60 1 pickup\ncleanup unix n - n - 0 cleanup\n\
                  qmgr unix n - n 300 1 qmgr\nrewrite unix - - n - - trivial-rewrite\n\
                  bounce unix - - n - 0 bounce\ndefer unix - - n - 0 bounce\n\
@@ -105,6 +108,16 @@ impl Postfix {
             "postfix {args:?}: {out:?}\n{}",
             self.log()
         );
+    }
+
+    /// Makes the re-injection listener answer 451 for `recipient` (None: accept all again).
+    pub fn fail_reinjection(&self, recipient: Option<&str>) {
+        let rule = recipient.map_or(String::new(), |r| {
+            format!("{r} 451 4.3.0 re-injection test failure\n")
+        });
+        std::fs::write(self.dir.join("reinject-access"), rule).unwrap();
+        // texthash maps are read when a process starts: new smtpd processes for new rules.
+        self.postfix(&["reload"]);
     }
 
     pub fn log(&self) -> String {
