@@ -366,3 +366,68 @@ fn milter_killed_mid_transaction_then_retry_gives_one_copy_each() {
     assert!(reply.starts_with("250"), "{reply}");
     check_three_copies(&world, postfix.wait_messages(3));
 }
+
+/// OpenDKIM's miltertest (a libmilter-compatible MTA stand-in) runs a scripted conversation:
+/// one recipient with a key; the reply and the requested modifications are checked.
+#[test]
+fn miltertest_scripted_conversation_sees_the_in_place_rewrite() {
+    let world = World::new();
+    let dir = tempfile::tempdir().unwrap();
+    let milter_port = free_port();
+    let config = dir.path().join("sealpost.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[log]\nlevel = \"warn\"\n[gnupg]\nhome = \"{}\"\n[milter]\nlisten = \"inet:127.0.0.1:{milter_port}\"\nreinject_port = {}\njournal = \"{}\"\n",
+            world.sender.dir.display(),
+            free_port(),
+            dir.path().join("journal.sqlite").display()
+        ),
+    )
+    .unwrap();
+    let mut milter = Command::new(env!("CARGO_BIN_EXE_sealpost"))
+        .arg("--config")
+        .arg(&config)
+        .arg("milter")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_port(milter_port);
+    let script = dir.path().join("conversation.lua");
+    std::fs::write(
+        &script,
+        format!(
+            r#"local conn = mt.connect("inet:{milter_port}@127.0.0.1", 40, 0.25)
+assert(conn, "cannot connect to the milter")
+assert(mt.negotiate(conn, nil, nil, nil) == nil, "negotiate")
+assert(mt.macro(conn, SMFIC_MAIL, "i", "MTQID1") == nil, "macro")
+assert(mt.mailfrom(conn, "<alice@example.org>") == nil, "mailfrom")
+assert(mt.rcptto(conn, "<bob@example.org>") == nil, "rcptto")
+assert(mt.header(conn, "From", "Alice <alice@example.org>") == nil, "header")
+assert(mt.header(conn, "To", "bob@example.org") == nil, "header")
+assert(mt.header(conn, "Subject", "scripted subject") == nil, "header")
+assert(mt.header(conn, "Message-ID", "<mt-1@example.org>") == nil, "header")
+assert(mt.eoh(conn) == nil, "eoh")
+assert(mt.bodystring(conn, "scripted body\r\n") == nil, "body")
+assert(mt.eom(conn) == nil, "eom")
+assert(mt.getreply(conn) == SMFIR_CONTINUE, "continue")
+assert(mt.eom_check(conn, MT_BODYCHANGE), "the body was replaced")
+assert(mt.eom_check(conn, MT_HDRCHANGE, "Subject") or mt.eom_check(conn, MT_HDRDELETE, "Subject"), "the original Subject went")
+assert(mt.eom_check(conn, MT_HDRADD, "Subject", "[...]"), "the obscured Subject came")
+local ct = mt.getheader(conn, "Content-Type", 0)
+assert(ct ~= nil and string.find(ct, "multipart/encrypted", 1, true), "Content-Type is multipart/encrypted")
+assert(not mt.eom_check(conn, MT_RCPTDELETE, "<bob@example.org>"), "the only recipient stays")
+mt.disconnect(conn)
+"#
+        ),
+    )
+    .unwrap();
+    let out = Command::new("miltertest")
+        .arg("-s")
+        .arg(&script)
+        .output()
+        .expect("miltertest (package miltertest)");
+    let _ = milter.kill();
+    let _ = milter.wait();
+    assert!(out.status.success(), "miltertest: {out:?}");
+}
