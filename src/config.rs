@@ -227,6 +227,26 @@ impl Config {
         if let Some((key, message)) = self.relay.problem() {
             return Err(invalid(&format!("relay.{key}"), key, message));
         }
+        if self.milter.deadline_secs == 0 {
+            return Err(invalid(
+                "milter.deadline_secs",
+                "deadline_secs",
+                "must be at least 1 (seconds; keep it under Postfix's milter_content_timeout)"
+                    .into(),
+            ));
+        }
+        let reinject = &self.milter.reinject_host;
+        if reinject != "localhost"
+            && !reinject
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
+        {
+            return Err(invalid(
+                "milter.reinject_host",
+                "reinject_host",
+                "copies are re-injected in clear: use a loopback address (127.0.0.1, ::1, localhost)".into(),
+            ));
+        }
         if self.queue.max_message_bytes < 1024 {
             return Err(invalid(
                 "queue.max_message_bytes",

@@ -35,7 +35,8 @@
 //! - [`queue`]: its durable queue: drop directory, SQLite state per recipient, the runner,
 //!   the relay (lettre, TLS required), non-delivery reports.
 //! - [`shutdown`]: SIGTERM/SIGINT for the daemons.
-//! - [`cli`]: the `sealpost` subcommands (`rewrite`, `demo`, `imap`, `import`, `passwd`).
+//! - [`cli`]: the `sealpost` subcommands (`rewrite`, `demo`, `imap`, `import`, `passwd`,
+//!   `deliver`, `sendmail`, `queue`, `milter`).
 //!
 //! # Logging policy
 //!
