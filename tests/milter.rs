@@ -431,3 +431,40 @@ mt.disconnect(conn)
     let _ = milter.wait();
     assert!(out.status.success(), "miltertest: {out:?}");
 }
+
+#[test]
+fn sigterm_stops_the_milter_cleanly() {
+    let world = World::new();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = dir.path().join("sealpost.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[log]\nlevel = \"warn\"\n[gnupg]\nhome = \"{}\"\n[milter]\nlisten = \"inet:127.0.0.1:{port}\"\njournal = \"{}\"\n",
+            world.sender.dir.display(),
+            dir.path().join("journal.sqlite").display()
+        ),
+    )
+    .unwrap();
+    let mut milter = Command::new(env!("CARGO_BIN_EXE_sealpost"))
+        .arg("--config")
+        .arg(&config)
+        .arg("milter")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_port(port);
+    // An MTA connection is open (idle between messages) when the signal comes.
+    let idle = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let pid = milter.id() as i32;
+    // SAFETY: kill(2) on our own child.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let status = milter.wait().unwrap();
+    assert!(status.success(), "exit after SIGTERM: {status:?}");
+    drop(idle);
+    assert!(
+        TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "no longer listening"
+    );
+}

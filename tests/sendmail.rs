@@ -591,3 +591,12 @@ fn any_user_can_submit_and_nobody_reads_anothers_mail() {
         "{list}"
     );
 }
+
+#[test]
+fn run_of_an_unknown_queue_id_is_refused() {
+    let s = Setup::new();
+    s.configure(relay::free_port(), false, "");
+    let out = s.sendmail(&["-qINOSUCHID"], b"");
+    assert_eq!(out.status.code(), Some(69), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no such queue entry: NOSUCHID"));
+}

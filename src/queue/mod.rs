@@ -441,6 +441,17 @@ impl Queue {
         Ok(())
     }
 
+    /// True when the queue has (or had) a message with this id.
+    fn knows(&self, id: &str) -> Result<bool, QueueError> {
+        self.conn()
+            .query_row("SELECT 1 FROM messages WHERE id = ?1", params![id], |_| {
+                Ok(())
+            })
+            .optional()
+            .map(|r| r.is_some())
+            .map_err(|e| self.db_err(e))
+    }
+
     /// Ids of messages with recipients to attempt in this scope.
     fn due(&self, scope: &Scope, at: i64) -> Result<Vec<String>, QueueError> {
         let conn = self.conn();
@@ -814,6 +825,11 @@ impl Runner {
             })??;
         let started = now();
         let ids = self.queue.due(&scope, started)?;
+        if let Scope::One(id) = &scope {
+            if ids.is_empty() && !self.queue.knows(id)? {
+                return Err(QueueError::NotFound(id.clone()));
+            }
+        }
         let mut report = RunReport {
             picked_up,
             ..RunReport::default()
