@@ -111,6 +111,44 @@ fn smtp_send(port: u16, from: &str, rcpts: &[&str], message: &str) -> String {
 
 const MESSAGE: &str = "From: Alice <alice@example.org>\nTo: Bob <bob@example.org>\nCc: dave@example.net\nBcc: carol@example.org\nSubject: milter-subject\nMessage-ID: <milter-1@example.org>\n\nthe body\n";
 
+/// A world of keys, a private Postfix and (once started) the milter it talks to. None when not
+/// root: Postfix's master needs root.
+struct Rig {
+    world: World,
+    postfix: Postfix,
+    milter_port: u16,
+    journal: PathBuf,
+}
+
+impl Rig {
+    fn new() -> Option<Rig> {
+        if !is_root() {
+            eprintln!("skipped: Postfix needs root");
+            return None;
+        }
+        let world = World::new();
+        let milter_port = free_port();
+        let postfix = Postfix::start(milter_port);
+        let journal = postfix.dir.join("journal.sqlite");
+        Some(Rig {
+            world,
+            postfix,
+            milter_port,
+            journal,
+        })
+    }
+
+    fn milter(&self) -> MilterProcess {
+        MilterProcess::start(&self.world, self.milter_port, &self.postfix, &self.journal)
+    }
+
+    fn smtp(&self, rcpts: &[&str]) -> String {
+        smtp_send(self.postfix.smtp_port, "alice@example.org", rcpts, MESSAGE)
+    }
+}
+
+const THREE: [&str; 3] = ["bob@example.org", "dave@example.net", "carol@example.org"];
+
 /// (Delivered-To, message) per delivered file, sorted by recipient.
 fn by_recipient(messages: Vec<Vec<u8>>) -> Vec<(String, Vec<u8>)> {
     let mut out: Vec<(String, Vec<u8>)> = messages
@@ -190,86 +228,47 @@ fn check_three_copies(world: &World, delivered: Vec<Vec<u8>>) {
 
 #[test]
 fn smtp_submission_gives_one_copy_per_recipient() {
-    if !is_root() {
-        eprintln!("skipped: Postfix needs root");
-        return;
-    }
-    let world = World::new();
-    let milter_port = free_port();
-    let postfix = Postfix::start(milter_port);
-    let journal = postfix.dir.join("journal.sqlite");
-    let _milter = MilterProcess::start(&world, milter_port, &postfix, &journal);
-    let reply = smtp_send(
-        postfix.smtp_port,
-        "alice@example.org",
-        &["bob@example.org", "dave@example.net", "carol@example.org"],
-        MESSAGE,
-    );
+    let Some(rig) = Rig::new() else { return };
+    let (world, postfix) = (&rig.world, &rig.postfix);
+    let _milter = rig.milter();
+    let reply = rig.smtp(&THREE);
     assert!(reply.starts_with("250"), "{reply}");
-    check_three_copies(&world, postfix.wait_messages(3));
+    check_three_copies(world, postfix.wait_messages(3));
     assert_eq!(postfix.queued(), 0);
 }
 
 #[test]
 fn postfix_sendmail_path_gives_the_same_copies() {
-    if !is_root() {
-        eprintln!("skipped: Postfix needs root");
-        return;
-    }
-    let world = World::new();
-    let milter_port = free_port();
-    let postfix = Postfix::start(milter_port);
-    let journal = postfix.dir.join("journal.sqlite");
-    let _milter = MilterProcess::start(&world, milter_port, &postfix, &journal);
+    let Some(rig) = Rig::new() else { return };
+    let (world, postfix) = (&rig.world, &rig.postfix);
+    let _milter = rig.milter();
     let out = postfix.sendmail(&["-t", "-i", "-f", "alice@example.org"], MESSAGE.as_bytes());
     assert!(out.status.success(), "{out:?}");
-    check_three_copies(&world, postfix.wait_messages(3));
+    check_three_copies(world, postfix.wait_messages(3));
 }
 
 #[test]
 fn milter_down_keeps_mail_queued_until_it_is_back() {
-    if !is_root() {
-        eprintln!("skipped: Postfix needs root");
-        return;
-    }
-    let world = World::new();
-    let milter_port = free_port();
-    let postfix = Postfix::start(milter_port);
+    let Some(rig) = Rig::new() else { return };
+    let (world, postfix) = (&rig.world, &rig.postfix);
     // Over SMTP the client is told to come back later; nothing is accepted in clear.
-    let reply = smtp_send(
-        postfix.smtp_port,
-        "alice@example.org",
-        &["bob@example.org"],
-        MESSAGE,
-    );
+    let reply = rig.smtp(&["bob@example.org"]);
     assert!(reply.starts_with('4'), "{reply}");
     // Through sendmail the message waits in Postfix's queue.
     let out = postfix.sendmail(&["-t", "-i", "-f", "alice@example.org"], MESSAGE.as_bytes());
     assert!(out.status.success(), "{out:?}");
     assert!(std::fs::read_dir(postfix.maildir()).map_or(true, |mut d| d.next().is_none()));
-    let journal = postfix.dir.join("journal.sqlite");
-    let _milter = MilterProcess::start(&world, milter_port, &postfix, &journal);
+    let _milter = rig.milter();
     postfix.postfix(&["flush"]);
-    check_three_copies(&world, postfix.wait_messages(3));
+    check_three_copies(world, postfix.wait_messages(3));
 }
 
 #[test]
 fn one_recipient_is_rewritten_in_place() {
-    if !is_root() {
-        eprintln!("skipped: Postfix needs root");
-        return;
-    }
-    let world = World::new();
-    let milter_port = free_port();
-    let postfix = Postfix::start(milter_port);
-    let journal: PathBuf = postfix.dir.join("journal.sqlite");
-    let _milter = MilterProcess::start(&world, milter_port, &postfix, &journal);
-    let reply = smtp_send(
-        postfix.smtp_port,
-        "alice@example.org",
-        &["bob@example.org"],
-        MESSAGE,
-    );
+    let Some(rig) = Rig::new() else { return };
+    let (world, postfix) = (&rig.world, &rig.postfix);
+    let _milter = rig.milter();
+    let reply = rig.smtp(&["bob@example.org"]);
     assert!(reply.starts_with("250"), "{reply}");
     let got = by_recipient(postfix.wait_messages(1));
     assert_eq!(got[0].0, "bob@example.org");
@@ -283,19 +282,13 @@ fn one_recipient_is_rewritten_in_place() {
 
 #[test]
 fn reinjection_failing_after_the_first_copy_then_recovering_gives_one_copy_each() {
-    if !is_root() {
-        eprintln!("skipped: Postfix needs root");
-        return;
-    }
-    let world = World::new();
-    let milter_port = free_port();
-    let postfix = Postfix::start(milter_port);
-    let journal = postfix.dir.join("journal.sqlite");
-    let _milter = MilterProcess::start(&world, milter_port, &postfix, &journal);
+    let Some(rig) = Rig::new() else { return };
+    let (world, postfix) = (&rig.world, &rig.postfix);
+    let _milter = rig.milter();
     // bob keeps the original; dave's copy is re-injected; carol's re-injection fails.
     postfix.fail_reinjection(Some("carol@example.org"));
-    let rcpts = ["bob@example.org", "dave@example.net", "carol@example.org"];
-    let reply = smtp_send(postfix.smtp_port, "alice@example.org", &rcpts, MESSAGE);
+    let rcpts = THREE;
+    let reply = rig.smtp(&rcpts);
     assert!(
         reply.starts_with("451"),
         "the client is told to retry: {reply}"
@@ -305,23 +298,17 @@ fn reinjection_failing_after_the_first_copy_then_recovering_gives_one_copy_each(
     assert_eq!(first[0].0, "dave@example.net");
     // The listener recovers; the client retries the same message.
     postfix.fail_reinjection(None);
-    let reply = smtp_send(postfix.smtp_port, "alice@example.org", &rcpts, MESSAGE);
+    let reply = rig.smtp(&rcpts);
     assert!(reply.starts_with("250"), "{reply}");
-    check_three_copies(&world, postfix.wait_messages(3));
+    check_three_copies(world, postfix.wait_messages(3));
 }
 
 #[test]
 fn milter_killed_mid_transaction_then_retry_gives_one_copy_each() {
-    if !is_root() {
-        eprintln!("skipped: Postfix needs root");
-        return;
-    }
-    let world = World::new();
-    let milter_port = free_port();
-    let postfix = Postfix::start(milter_port);
-    let journal = postfix.dir.join("journal.sqlite");
-    let mut milter = MilterProcess::start(&world, milter_port, &postfix, &journal);
-    let rcpts = ["bob@example.org", "dave@example.net", "carol@example.org"];
+    let Some(rig) = Rig::new() else { return };
+    let (world, postfix) = (&rig.world, &rig.postfix);
+    let mut milter = rig.milter();
+    let rcpts = THREE;
     // A transaction up to the middle of DATA; then the milter dies (kill -9).
     let stream = TcpStream::connect(("127.0.0.1", postfix.smtp_port)).unwrap();
     let mut reader = BufReader::new(stream.try_clone().unwrap());
@@ -361,10 +348,10 @@ fn milter_killed_mid_transaction_then_retry_gives_one_copy_each() {
     assert!(reply.starts_with('4'), "{reply}");
     drop(writer);
     // Restarted, the same message again: one copy each, nothing from the dead attempt.
-    let _milter = MilterProcess::start(&world, milter_port, &postfix, &journal);
-    let reply = smtp_send(postfix.smtp_port, "alice@example.org", &rcpts, MESSAGE);
+    let _milter = rig.milter();
+    let reply = rig.smtp(&rcpts);
     assert!(reply.starts_with("250"), "{reply}");
-    check_three_copies(&world, postfix.wait_messages(3));
+    check_three_copies(world, postfix.wait_messages(3));
 }
 
 /// OpenDKIM's miltertest (a libmilter-compatible MTA stand-in) runs a scripted conversation:
