@@ -25,7 +25,7 @@ struct MilterProcess {
 }
 
 impl MilterProcess {
-    fn start(world: &World, port: u16, postfix: &Postfix, journal: &Path) -> MilterProcess {
+    fn start(world: &World, port: u16, reinject_port: u16, journal: &Path) -> MilterProcess {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("sealpost.toml");
         std::fs::write(
@@ -33,7 +33,7 @@ impl MilterProcess {
             format!(
                 "[log]\nlevel = \"warn\"\n[gnupg]\nhome = \"{}\"\n[milter]\nlisten = \"inet:127.0.0.1:{port}\"\nreinject_port = {}\njournal = \"{}\"\n",
                 world.sender.dir.display(),
-                postfix.reinject_port,
+                reinject_port,
                 journal.display()
             ),
         )
@@ -139,7 +139,12 @@ impl Rig {
     }
 
     fn milter(&self) -> MilterProcess {
-        MilterProcess::start(&self.world, self.milter_port, &self.postfix, &self.journal)
+        MilterProcess::start(
+            &self.world,
+            self.milter_port,
+            self.postfix.reinject_port,
+            &self.journal,
+        )
     }
 
     fn smtp(&self, rcpts: &[&str]) -> String {
@@ -361,25 +366,12 @@ fn miltertest_scripted_conversation_sees_the_in_place_rewrite() {
     let world = World::new();
     let dir = tempfile::tempdir().unwrap();
     let milter_port = free_port();
-    let config = dir.path().join("sealpost.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[log]\nlevel = \"warn\"\n[gnupg]\nhome = \"{}\"\n[milter]\nlisten = \"inet:127.0.0.1:{milter_port}\"\nreinject_port = {}\njournal = \"{}\"\n",
-            world.sender.dir.display(),
-            free_port(),
-            dir.path().join("journal.sqlite").display()
-        ),
-    )
-    .unwrap();
-    let mut milter = Command::new(env!("CARGO_BIN_EXE_sealpost"))
-        .arg("--config")
-        .arg(&config)
-        .arg("milter")
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_for_port(milter_port);
+    let milter = MilterProcess::start(
+        &world,
+        milter_port,
+        free_port(),
+        &dir.path().join("journal.sqlite"),
+    );
     let script = dir.path().join("conversation.lua");
     std::fs::write(
         &script,
@@ -414,8 +406,7 @@ mt.disconnect(conn)
         .arg(&script)
         .output()
         .expect("miltertest (package miltertest)");
-    let _ = milter.kill();
-    let _ = milter.wait();
+    drop(milter);
     assert!(out.status.success(), "miltertest: {out:?}");
 }
 
@@ -424,30 +415,13 @@ fn sigterm_stops_the_milter_cleanly() {
     let world = World::new();
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let config = dir.path().join("sealpost.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[log]\nlevel = \"warn\"\n[gnupg]\nhome = \"{}\"\n[milter]\nlisten = \"inet:127.0.0.1:{port}\"\njournal = \"{}\"\n",
-            world.sender.dir.display(),
-            dir.path().join("journal.sqlite").display()
-        ),
-    )
-    .unwrap();
-    let mut milter = Command::new(env!("CARGO_BIN_EXE_sealpost"))
-        .arg("--config")
-        .arg(&config)
-        .arg("milter")
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_for_port(port);
+    let mut milter = MilterProcess::start(&world, port, free_port(), &dir.path().join("j.sqlite"));
     // An MTA connection is open (idle between messages) when the signal comes.
     let idle = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    let pid = milter.id() as i32;
+    let pid = milter.child.id() as i32;
     // SAFETY: kill(2) on our own child.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
-    let status = milter.wait().unwrap();
+    let status = milter.child.wait().unwrap();
     assert!(status.success(), "exit after SIGTERM: {status:?}");
     drop(idle);
     assert!(
