@@ -18,8 +18,6 @@ mod gnupg;
 #[path = "common/report.rs"]
 mod report;
 
-use gnupg::gpg;
-
 use sealpost::keys::{home, KeyService};
 use sealpost::message::canonical::content_entity;
 use sealpost::message::mime::{self, Protection};
@@ -70,23 +68,7 @@ fn main() {
     let mut report = String::new();
 
     // 1. gpg CLI floor.
-    let cli_args = [
-        "--armor",
-        "--trust-model",
-        "always",
-        "-u",
-        "alice@example.org",
-        "-r",
-        "r1@example.org",
-        "--sign",
-        "--encrypt",
-    ];
-    gpg(&dir, &cli_args, Some(&message));
-    let t = Instant::now();
-    for _ in 0..ROUNDS {
-        gpg(&dir, &cli_args, Some(&message));
-    }
-    let cli_ms = per_op(t.elapsed(), ROUNDS);
+    let cli_ms = gnupg::sign_encrypt_ms(&dir, &message, ROUNDS);
 
     // 3. The core's own work, no gpg: parse, canonical form, payload, containers, assembly.
     let fake_sig = vec![b'S'; 300];

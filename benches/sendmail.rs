@@ -159,23 +159,7 @@ fn main() {
     let (their_median, their_p90) = spread(theirs);
 
     // 2. Queued copies per second against the gpg floor.
-    let cli_args = [
-        "--armor",
-        "--trust-model",
-        "always",
-        "-u",
-        "alice@example.org",
-        "-r",
-        "r1@example.org",
-        "--sign",
-        "--encrypt",
-    ];
-    gnupg::gpg(&gpg_dir, &cli_args, Some(&message));
-    let t = Instant::now();
-    for _ in 0..CLI_ROUNDS {
-        gnupg::gpg(&gpg_dir, &cli_args, Some(&message));
-    }
-    let cli_ms = ms(t.elapsed()) / CLI_ROUNDS as f64;
+    let cli_ms = gnupg::sign_encrypt_ms(&gpg_dir, &message, CLI_ROUNDS);
     let floor = 2.0 * 1000.0 / cli_ms;
 
     let five = message_10k(

@@ -43,3 +43,25 @@ pub fn generate(home: &Path, uid: &str) {
         None,
     );
 }
+
+/// The CLI floor: milliseconds per `gpg --sign --encrypt --armor` of `message` from
+/// alice@example.org to r1@example.org, `rounds` in a row after one warm-up.
+pub fn sign_encrypt_ms(home: &Path, message: &[u8], rounds: usize) -> f64 {
+    let args = [
+        "--armor",
+        "--trust-model",
+        "always",
+        "-u",
+        "alice@example.org",
+        "-r",
+        "r1@example.org",
+        "--sign",
+        "--encrypt",
+    ];
+    gpg(home, &args, Some(message));
+    let t = std::time::Instant::now();
+    for _ in 0..rounds {
+        gpg(home, &args, Some(message));
+    }
+    t.elapsed().as_secs_f64() * 1000.0 / rounds as f64
+}
