@@ -26,12 +26,23 @@ struct MilterProcess {
 
 impl MilterProcess {
     fn start(world: &World, port: u16, reinject_port: u16, journal: &Path) -> MilterProcess {
+        Self::start_with(world, port, reinject_port, journal, "")
+    }
+
+    /// With `extra` lines appended to the [milter] section.
+    fn start_with(
+        world: &World,
+        port: u16,
+        reinject_port: u16,
+        journal: &Path,
+        extra: &str,
+    ) -> MilterProcess {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("sealpost.toml");
         std::fs::write(
             &config,
             format!(
-                "[log]\nlevel = \"warn\"\n[gnupg]\nhome = \"{}\"\n[milter]\nlisten = \"inet:127.0.0.1:{port}\"\nreinject_port = {}\njournal = \"{}\"\n",
+                "[log]\nlevel = \"warn\"\n[gnupg]\nhome = \"{}\"\n[milter]\nlisten = \"inet:127.0.0.1:{port}\"\nreinject_port = {}\njournal = \"{}\"\n{extra}",
                 world.sender.dir.display(),
                 reinject_port,
                 journal.display()
@@ -428,4 +439,53 @@ fn sigterm_stops_the_milter_cleanly() {
         TcpStream::connect(("127.0.0.1", port)).is_err(),
         "no longer listening"
     );
+}
+
+/// With require_auth_from, an authenticated user ({auth_authen}) may only send as themselves.
+#[test]
+fn authenticated_user_may_only_send_from_their_own_address() {
+    let world = World::new();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let milter = MilterProcess::start_with(
+        &world,
+        port,
+        free_port(),
+        &dir.path().join("journal.sqlite"),
+        "require_auth_from = true\n",
+    );
+    let script = dir.path().join("auth.lua");
+    std::fs::write(
+        &script,
+        format!(
+            r#"local function send(login, from)
+  local conn = mt.connect("inet:{port}@127.0.0.1", 40, 0.25)
+  assert(conn, "cannot connect to the milter")
+  assert(mt.negotiate(conn, nil, nil, nil) == nil, "negotiate")
+  assert(mt.macro(conn, SMFIC_MAIL, "{{auth_authen}}", login) == nil, "macro")
+  assert(mt.mailfrom(conn, "<" .. from .. ">") == nil, "mailfrom")
+  assert(mt.rcptto(conn, "<bob@example.org>") == nil, "rcptto")
+  assert(mt.header(conn, "From", from) == nil, "header")
+  assert(mt.header(conn, "Subject", "auth check") == nil, "header")
+  assert(mt.eoh(conn) == nil, "eoh")
+  assert(mt.bodystring(conn, "body\r\n") == nil, "body")
+  assert(mt.eom(conn) == nil, "eom")
+  local reply = mt.getreply(conn)
+  mt.disconnect(conn)
+  return reply
+end
+assert(send("bob", "alice@example.org") == SMFIR_REPLYCODE, "bob may not send as alice")
+assert(send("alice@example.org", "alice@example.org") == SMFIR_CONTINUE, "alice may")
+assert(send("alice", "alice@example.org") == SMFIR_CONTINUE, "a bare login matches the local part")
+"#
+        ),
+    )
+    .unwrap();
+    let out = Command::new("miltertest")
+        .arg("-s")
+        .arg(&script)
+        .output()
+        .unwrap();
+    drop(milter);
+    assert!(out.status.success(), "miltertest: {out:?}");
 }

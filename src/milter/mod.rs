@@ -46,6 +46,10 @@ pub struct MilterConfig {
     /// Deadline for the work at end of message, in seconds: under Postfix's
     /// milter_content_timeout (300 s), so that a slow GnuPG is our TEMPFAIL, not Postfix's.
     pub deadline_secs: u64,
+    /// When the MTA passes an authenticated user ({auth_authen}), the From address must be
+    /// that user's: equal to the login when it is an address, else its local part equal to
+    /// the login (the seed's validateFrom). Mail without authentication is not affected.
+    pub require_auth_from: bool,
 }
 
 impl Default for MilterConfig {
@@ -57,6 +61,7 @@ impl Default for MilterConfig {
             reinject_port: 10026,
             journal: "/var/lib/sealpost/milter-journal.sqlite".into(),
             deadline_secs: 240,
+            require_auth_from: false,
         }
     }
 }
@@ -65,6 +70,8 @@ impl Default for MilterConfig {
 #[derive(Default)]
 struct Transaction {
     sender: String,
+    /// {auth_authen}: the SASL login, when the client authenticated.
+    login: Option<String>,
     recipients: Vec<String>,
     header: Vec<u8>,
     /// The header fields as Postfix passed them: (name, occurrence) for deletion.
@@ -80,6 +87,7 @@ pub struct Milter {
     deadline: Duration,
     hostname: String,
     domain: String,
+    require_auth_from: bool,
 }
 
 impl Milter {
@@ -106,6 +114,7 @@ impl Milter {
             reinject,
             journal,
             deadline: Duration::from_secs(config.deadline_secs),
+            require_auth_from: config.require_auth_from,
             hostname,
             domain,
         })
@@ -161,17 +170,26 @@ fn callbacks(milter: Arc<Milter>) -> Callbacks<Transaction> {
                     | Actions::CHANGE_HEADER
                     | Actions::DELETE_RCPT
                     | Actions::REPLACE_BODY;
-                // The queue id for the logs.
+                // The queue id for the logs; the SASL login for the From check.
                 if let Ok(m) = CString::new("i") {
                     cx.requested_macros.insert(MacroStage::Eom, m);
+                }
+                if let Ok(m) = CString::new("{auth_authen}") {
+                    cx.requested_macros.insert(MacroStage::Mail, m);
                 }
                 Status::Continue
             })
         })
         .on_mail(|cx: &mut Context<Transaction>, args| {
             Box::pin(async move {
+                let login = cx
+                    .macros
+                    .get(c"{auth_authen}")
+                    .map(|v| v.to_string_lossy().trim().to_string())
+                    .filter(|v| !v.is_empty());
                 cx.data = Some(Transaction {
                     sender: args.first().map(bare).unwrap_or_default(),
+                    login,
                     ..Transaction::default()
                 });
                 Status::Continue
@@ -288,6 +306,25 @@ async fn end_of_message(
             .set_error_reply("451", Some("4.7.0"), [format!("sealpost: {text}")]);
         Status::Tempfail
     };
+    if milter.require_auth_from {
+        if let Some(login) = &t.login {
+            let from = crate::message::ParsedMessage::parse(raw.clone())
+                .ok()
+                .and_then(|m| m.from_address().map(str::to_string))
+                .unwrap_or_default();
+            if !from_belongs_to(&from, login) {
+                tracing::info!("{queue_id}: From <{from}> refused for authenticated user {login}");
+                let _ = cx.reply.set_error_reply(
+                    "550",
+                    Some("5.7.1"),
+                    [format!(
+                        "From <{from}> does not belong to the authenticated user {login}"
+                    )],
+                );
+                return Status::Reject;
+            }
+        }
+    }
     let copies = match milter.rewriter.rewrite(&envelope, raw.clone()).await {
         Ok(Outcome::Copies(copies)) => copies,
         Ok(Outcome::Refused(reply)) => {
@@ -435,6 +472,17 @@ async fn end_of_message(
 /// 1,000-byte chunks cost a local socket nothing and keep that reference client usable.
 const BODY_CHUNK: usize = 1000;
 
+/// The seed's validateFrom: a login that is an address must be the From address; a bare login
+/// must be the From address's local part.
+fn from_belongs_to(from: &str, login: &str) -> bool {
+    if login.contains('@') {
+        from.eq_ignore_ascii_case(login)
+    } else {
+        from.rsplit_once('@')
+            .is_some_and(|(local, _)| local.eq_ignore_ascii_case(login))
+    }
+}
+
 /// Replaces the original's header fields and body by the copy's.
 async fn rewrite_in_place(
     cx: &EomContext<Transaction>,
@@ -487,6 +535,16 @@ fn unfold_fields(header: &[u8]) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn from_must_belong_to_the_login() {
+        assert!(from_belongs_to("alice@example.org", "alice@example.org"));
+        assert!(from_belongs_to("Alice@Example.org", "alice@example.org"));
+        assert!(from_belongs_to("alice@example.org", "alice"));
+        assert!(!from_belongs_to("bob@example.org", "alice@example.org"));
+        assert!(!from_belongs_to("bob@example.org", "alice"));
+        assert!(!from_belongs_to("", "alice"));
+    }
 
     #[test]
     fn fields_keep_their_folding() {
