@@ -20,20 +20,15 @@ mod common;
 
 use std::path::PathBuf;
 
+use common::corpus_files;
 use common::dovecot::Dovecot;
 use common::imap::*;
 use common::mbsync::{Auth, Mbsync};
 use serde_json::{json, Value};
 
 fn corpus() -> Vec<(PathBuf, Vec<u8>)> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/messages");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "eml"))
-        .collect();
-    files.sort();
-    assert_eq!(files.len(), 40, "corpus in {}", dir.display());
+    let files = corpus_files();
+    assert_eq!(files.len(), 40, "the corpus has 40 messages");
     files
         .into_iter()
         .map(|p| {

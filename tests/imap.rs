@@ -8,19 +8,14 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+use common::corpus_files;
 use common::dovecot::Dovecot;
 use common::imap::{append_bytes, fetched_bodies, ok_step, run_client, Tls};
 use common::mbsync::Mbsync;
 use common::server::{tls_connect, Raw, Server, AUTH_DELAY_MS, PASSWORD, USER};
 
 fn corpus() -> Vec<(PathBuf, Vec<u8>)> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/messages");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "eml"))
-        .collect();
-    files.sort();
+    let files = corpus_files();
     files
         .into_iter()
         .map(|p| {

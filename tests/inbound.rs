@@ -4,12 +4,11 @@
 
 mod common;
 
-use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::server::Server;
-use common::{contains, World};
+use common::{contains, run_with_stdin, World};
 use sealpost::rewrite::{Envelope, Outcome, Policy, Rewriter};
 
 const SECRET: &str = "The vault code is 7731";
@@ -41,17 +40,13 @@ async fn copy_from(home: &common::GpgHome, from: &str, to: &str) -> Vec<u8> {
 }
 
 fn deliver(server: &Server, raw: &[u8]) -> (i32, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sealpost"))
-        .arg("--config")
-        .arg(server.config())
-        .args(["deliver", "--account", common::server::USER])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(raw).unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = run_with_stdin(
+        Command::new(env!("CARGO_BIN_EXE_sealpost"))
+            .arg("--config")
+            .arg(server.config())
+            .args(["deliver", "--account", common::server::USER]),
+        raw,
+    );
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),

@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
@@ -77,13 +76,13 @@ impl Setup {
         }
         let mut all = vec!["-C", self.config.to_str().unwrap()];
         all.extend_from_slice(args);
-        run(Command::new(&link).args(&all), stdin)
+        run_with_stdin(Command::new(&link).args(&all), stdin)
     }
 
     fn sealpost(&self, args: &[&str]) -> Output {
         let mut all = vec!["--config", self.config.to_str().unwrap()];
         all.extend_from_slice(args);
-        run(Command::new(env!("CARGO_BIN_EXE_sealpost")).args(&all), b"")
+        run_with_stdin(Command::new(env!("CARGO_BIN_EXE_sealpost")).args(&all), b"")
     }
 
     fn queue_run(&self) -> String {
@@ -97,17 +96,6 @@ impl Setup {
         assert!(out.status.success(), "queue list: {out:?}");
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
-}
-
-fn run(cmd: &mut Command, stdin: &[u8]) -> Output {
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let _ = child.stdin.take().unwrap().write_all(stdin);
-    child.wait_with_output().unwrap()
 }
 
 /// Who got what: (recipient, copy) per delivery, one recipient per transaction.
@@ -453,7 +441,7 @@ fn bad_input_is_refused_with_a_reason_and_nothing_is_queued() {
     assert_eq!(out.status.code(), Some(65));
     assert!(one_line(&out).contains("no recipients"));
 
-    let out = run(
+    let out = run_with_stdin(
         Command::new(env!("CARGO_BIN_EXE_sealpost")).args([
             "sendmail",
             "-C",
@@ -554,7 +542,7 @@ fn any_user_can_submit_and_nobody_reads_anothers_mail() {
         let mut cmd = Command::new("setpriv");
         cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
             .args(args);
-        run(&mut cmd, stdin)
+        run_with_stdin(&mut cmd, stdin)
     };
     let link = s.dir.path().join("bin/sendmail");
     let out = as_nobody(

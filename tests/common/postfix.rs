@@ -144,18 +144,13 @@ impl Postfix {
 
     /// Runs Postfix's own sendmail (the non_smtpd_milters path).
     pub fn sendmail(&self, args: &[&str], message: &[u8]) -> std::process::Output {
-        use std::io::Write;
-        let mut child = Command::new("/usr/sbin/sendmail")
-            .arg("-C")
-            .arg(&self.dir)
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child.stdin.take().unwrap().write_all(message).unwrap();
-        child.wait_with_output().unwrap()
+        super::run_with_stdin(
+            Command::new("/usr/sbin/sendmail")
+                .arg("-C")
+                .arg(&self.dir)
+                .args(args),
+            message,
+        )
     }
 
     /// Queue entries still waiting (deferred or incoming), from the queue directories.
