@@ -187,6 +187,16 @@ pub enum Scope {
     One(String),
 }
 
+impl Scope {
+    /// Recipients whose next attempt is at or before this time are attempted.
+    fn horizon(&self, at: i64) -> i64 {
+        match self {
+            Scope::Due => at,
+            Scope::All | Scope::One(_) => i64::MAX,
+        }
+    }
+}
+
 /// What a run did, for the summary line.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct RunReport {
@@ -454,24 +464,20 @@ impl Queue {
 
     /// Ids of messages with recipients to attempt in this scope.
     fn due(&self, scope: &Scope, at: i64) -> Result<Vec<String>, QueueError> {
-        let conn = self.conn();
-        let (sql, arg): (&str, rusqlite::types::Value) = match scope {
-            Scope::Due => (
-                "SELECT DISTINCT message FROM recipients WHERE state = 'queued' AND next_attempt <= ?1 ORDER BY message",
-                at.into(),
-            ),
-            Scope::All => (
-                "SELECT DISTINCT message FROM recipients WHERE state = 'queued' AND ?1 IS NOT NULL ORDER BY message",
-                at.into(),
-            ),
-            Scope::One(id) => (
-                "SELECT DISTINCT message FROM recipients WHERE state = 'queued' AND message = ?1",
-                id.clone().into(),
-            ),
+        let only = match scope {
+            Scope::One(id) => Some(id.as_str()),
+            Scope::Due | Scope::All => None,
         };
-        let mut stmt = conn.prepare(sql).map_err(|e| self.db_err(e))?;
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare(
+                "SELECT DISTINCT message FROM recipients
+                 WHERE state = 'queued' AND next_attempt <= ?1 AND (?2 IS NULL OR message = ?2)
+                 ORDER BY message",
+            )
+            .map_err(|e| self.db_err(e))?;
         let ids = stmt
-            .query_map([arg], |r| r.get::<_, String>(0))
+            .query_map(params![scope.horizon(at), only], |r| r.get::<_, String>(0))
             .map_err(|e| self.db_err(e))?
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| self.db_err(e));
@@ -519,7 +525,7 @@ impl Queue {
             .map_err(|e| self.db_err(e))?;
         for row in rows {
             let (address, attempts, next, reason) = row.map_err(|e| self.db_err(e))?;
-            if *scope != Scope::Due || next <= at {
+            if next <= scope.horizon(at) {
                 message.due.push(Due {
                     address,
                     attempts,

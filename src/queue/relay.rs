@@ -140,14 +140,20 @@ pub enum Sent {
     Permanent(String),
 }
 
+/// How a connection gets its TLS, with what each way needs.
+enum Protection {
+    /// Loopback only (checked when the configuration loads).
+    Plain,
+    /// lettre's TLS settings, used after STARTTLS.
+    Starttls(TlsParameters),
+    /// Our own TLS client, before the greeting (lettre cannot wrap a socket we opened).
+    Implicit(tokio_rustls::TlsConnector),
+}
+
 pub struct Relay {
     host: String,
     port: u16,
-    tls: RelayTls,
-    /// lettre's TLS settings, for STARTTLS.
-    starttls: Option<TlsParameters>,
-    /// Our own TLS client, for implicit TLS (lettre cannot wrap a socket we opened).
-    implicit: Option<tokio_rustls::TlsConnector>,
+    protection: Protection,
     credentials: Option<Credentials>,
     hello: ClientId,
     timeout: Duration,
@@ -224,8 +230,8 @@ impl Relay {
                 .unwrap_or_default(),
             reason,
         };
-        let (starttls, implicit) = match config.tls {
-            RelayTls::None => (None, None),
+        let protection = match config.tls {
+            RelayTls::None => Protection::Plain,
             RelayTls::Starttls => {
                 let mut params = TlsParameters::builder(host.clone());
                 if let Some(pem) = &ca {
@@ -238,7 +244,7 @@ impl Relay {
                 let params = params
                     .build_rustls()
                     .map_err(|e| RelaySetupError::Tls(e.to_string()))?;
-                (Some(params), None)
+                Protection::Starttls(params)
             }
             RelayTls::Implicit => {
                 let mut roots = rustls::RootCertStore::empty();
@@ -267,10 +273,7 @@ impl Relay {
                     .map_err(|e| RelaySetupError::Tls(e.to_string()))?
                     .with_root_certificates(roots)
                     .with_no_client_auth();
-                (
-                    None,
-                    Some(tokio_rustls::TlsConnector::from(Arc::new(client))),
-                )
+                Protection::Implicit(tokio_rustls::TlsConnector::from(Arc::new(client)))
             }
         };
         let credentials = match (&config.username, &config.password_file) {
@@ -289,9 +292,7 @@ impl Relay {
             description: format!("{host}:{port}"),
             host,
             port,
-            tls: config.tls,
-            starttls,
-            implicit,
+            protection,
             credentials,
             hello: ClientId::Domain(
                 config
@@ -328,8 +329,8 @@ impl Relay {
         .map_err(|_| deadline("connecting"))?
         .map_err(|e| Sent::Temporary(format!("relay {}: cannot connect: {e}", self.description)))?;
         let _ = tcp.set_nodelay(true);
-        let stream: Box<dyn AsyncTokioStream> = match &self.implicit {
-            Some(connector) => {
+        let stream: Box<dyn AsyncTokioStream> = match &self.protection {
+            Protection::Implicit(connector) => {
                 let name =
                     rustls::pki_types::ServerName::try_from(self.host.clone()).map_err(|e| {
                         Sent::Temporary(format!("relay {}: bad host name: {e}", self.description))
@@ -345,7 +346,7 @@ impl Relay {
                     })?;
                 Box::new(ImplicitTls(tls))
             }
-            None => Box::new(tcp),
+            Protection::Plain | Protection::Starttls(_) => Box::new(tcp),
         };
         let step = |e: lettre::transport::smtp::Error| classify(&e, &self.description);
         let mut conn = tokio::time::timeout(
@@ -355,8 +356,8 @@ impl Relay {
         .await
         .map_err(|_| deadline("greeting"))?
         .map_err(step)?;
-        if self.tls == RelayTls::Starttls {
-            let params = self.starttls.clone().expect("STARTTLS parameters");
+        if let Protection::Starttls(params) = &self.protection {
+            let params = params.clone();
             // Fails when the server does not offer STARTTLS: then nothing is sent.
             tokio::time::timeout(self.timeout, conn.starttls(params, &self.hello))
                 .await
