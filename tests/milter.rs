@@ -21,7 +21,7 @@ fn is_root() -> bool {
 /// `sealpost milter` for `postfix`, signing with the world's sender home.
 struct MilterProcess {
     child: Child,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl MilterProcess {
@@ -29,7 +29,7 @@ impl MilterProcess {
         Self::start_with(world, port, reinject_port, journal, "")
     }
 
-    /// With `extra` lines appended to the [milter] section.
+    /// With `extra` lines appended to the [milter] section (later sections may follow).
     fn start_with(
         world: &World,
         port: u16,
@@ -42,7 +42,7 @@ impl MilterProcess {
         std::fs::write(
             &config,
             format!(
-                "[log]\nlevel = \"warn\"\n[gnupg]\nhome = \"{}\"\n[milter]\nlisten = \"inet:127.0.0.1:{port}\"\nreinject_port = {}\njournal = \"{}\"\n{extra}",
+                "[log]\nlevel = \"info\"\n[gnupg]\nhome = \"{}\"\n[milter]\nlisten = \"inet:127.0.0.1:{port}\"\nreinject_port = {}\njournal = \"{}\"\n{extra}",
                 world.sender.dir.display(),
                 reinject_port,
                 journal.display()
@@ -54,11 +54,16 @@ impl MilterProcess {
             .arg(&config)
             .arg("milter")
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(std::fs::File::create(dir.path().join("milter.log")).unwrap())
             .spawn()
             .unwrap();
         wait_for_port(port);
-        MilterProcess { child, _dir: dir }
+        MilterProcess { child, dir }
+    }
+
+    /// What the milter logged (stderr, level info).
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("milter.log")).unwrap_or_default()
     }
 }
 
@@ -69,8 +74,15 @@ impl Drop for MilterProcess {
     }
 }
 
-/// One SMTP transaction; returns the reply to the end of DATA (or the first refusal).
+/// One SMTP transaction; returns the reply to the end of DATA (or the first refusal when no
+/// recipient was accepted).
 fn smtp_send(port: u16, from: &str, rcpts: &[&str], message: &str) -> String {
+    smtp_transaction(port, from, rcpts, message).1
+}
+
+/// One SMTP transaction: the reply to each RCPT, and the reply to the end of DATA (or the
+/// first refusal when no recipient was accepted).
+fn smtp_transaction(port: u16, from: &str, rcpts: &[&str], message: &str) -> (Vec<String>, String) {
     let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
     let mut reader = BufReader::new(stream.try_clone().unwrap());
     let mut writer = stream;
@@ -93,17 +105,20 @@ fn smtp_send(port: u16, from: &str, rcpts: &[&str], message: &str) -> String {
     command(&mut writer, &mut reader, "EHLO client.example.org");
     let r = command(&mut writer, &mut reader, &format!("MAIL FROM:<{from}>"));
     if !r.starts_with('2') {
-        return r;
+        return (Vec::new(), r);
     }
-    for rcpt in rcpts {
-        let r = command(&mut writer, &mut reader, &format!("RCPT TO:<{rcpt}>"));
-        if !r.starts_with('2') {
-            return r;
+    let rcpt_replies: Vec<String> = rcpts
+        .iter()
+        .map(|rcpt| command(&mut writer, &mut reader, &format!("RCPT TO:<{rcpt}>")))
+        .collect();
+    if let Some(refusal) = rcpt_replies.iter().find(|r| !r.starts_with('2')) {
+        if rcpt_replies.iter().all(|r| !r.starts_with('2')) {
+            return (rcpt_replies.clone(), refusal.clone());
         }
     }
     let r = command(&mut writer, &mut reader, "DATA");
     if !r.starts_with('3') {
-        return r;
+        return (rcpt_replies, r);
     }
     let mut data = String::new();
     for line in message.replace("\r\n", "\n").lines() {
@@ -117,7 +132,7 @@ fn smtp_send(port: u16, from: &str, rcpts: &[&str], message: &str) -> String {
     writer.write_all(data.as_bytes()).unwrap();
     let r = reply(&mut reader);
     command(&mut writer, &mut reader, "QUIT");
-    r
+    (rcpt_replies, r)
 }
 
 const MESSAGE: &str = "From: Alice <alice@example.org>\nTo: Bob <bob@example.org>\nCc: dave@example.net\nBcc: carol@example.org\nSubject: milter-subject\nMessage-ID: <milter-1@example.org>\n\nthe body\n";
@@ -150,11 +165,16 @@ impl Rig {
     }
 
     fn milter(&self) -> MilterProcess {
-        MilterProcess::start(
+        self.milter_with("")
+    }
+
+    fn milter_with(&self, extra: &str) -> MilterProcess {
+        MilterProcess::start_with(
             &self.world,
             self.milter_port,
             self.postfix.reinject_port,
             &self.journal,
+            extra,
         )
     }
 
@@ -488,4 +508,200 @@ assert(send("alice", "alice@example.org") == SMFIR_CONTINUE, "a bare login match
         .unwrap();
     drop(milter);
     assert!(out.status.success(), "miltertest: {out:?}");
+}
+
+const ENCRYPT_ONLY_NET: &str = "[policy]\ndomains = { \"example.net\" = \"encrypt-only\" }\n";
+
+/// encrypt-only over SMTP: the keyless recipient is refused at RCPT (the seed's validateTo),
+/// the others get their copies; the log has one line per recipient with Postfix's queue id.
+#[test]
+fn encrypt_only_recipient_is_refused_at_rcpt_over_smtp() {
+    let Some(rig) = Rig::new() else { return };
+    let (world, postfix) = (&rig.world, &rig.postfix);
+    let milter = rig.milter_with(ENCRYPT_ONLY_NET);
+    let (rcpt, end) = smtp_transaction(postfix.smtp_port, "alice@example.org", &THREE, MESSAGE);
+    assert!(
+        rcpt[0].starts_with("250") && rcpt[2].starts_with("250"),
+        "{rcpt:?}"
+    );
+    assert!(
+        rcpt[1].starts_with("550 5.7.1") && rcpt[1].contains("encryption required, no public key"),
+        "{rcpt:?}"
+    );
+    assert!(end.starts_with("250"), "{end}");
+    let got = by_recipient(postfix.wait_messages(2));
+    let names: Vec<&str> = got.iter().map(|(r, _)| r.as_str()).collect();
+    assert_eq!(names, ["bob@example.org", "carol@example.org"]);
+    let (bob_copy, carol_copy) = (crlf(&got[0].1), crlf(&got[1].1));
+    assert!(world.bob.decrypt(&ciphertext(&bob_copy)).is_some());
+    assert!(world.carol.decrypt(&ciphertext(&carol_copy)).is_some());
+    // One line per recipient: Postfix's queue id, the recipient, the decision, the key.
+    let queue_id = end.trim().rsplit(' ').next().unwrap().to_string();
+    let log = milter.log();
+    let line = |rcpt: &str| {
+        log.lines()
+            .find(|l| l.contains(&format!("rcpt={rcpt}")) && l.contains("recipient decision"))
+            .unwrap_or_else(|| panic!("no decision line for {rcpt}:\n{log}"))
+            .to_string()
+    };
+    for (rcpt, fpr) in [
+        ("bob@example.org", &world.bob_fpr),
+        ("carol@example.org", &world.carol_fpr),
+    ] {
+        let l = line(rcpt);
+        assert!(l.contains(&format!("id={queue_id}")), "{l}");
+        assert!(l.contains("decision=\"encrypted\""), "{l}");
+        assert!(l.contains(fpr.as_str()), "{l}");
+    }
+    assert!(
+        log.contains("refused at RCPT") && log.contains("dave@example.net"),
+        "{log}"
+    );
+}
+
+/// encrypt-only on Postfix's sendmail path, where a milter may not refuse a recipient: the
+/// keyless recipient is removed and the sender gets a report naming it; the others their copies.
+#[test]
+fn encrypt_only_over_the_sendmail_path_reports_to_the_sender() {
+    let Some(rig) = Rig::new() else { return };
+    let (world, postfix) = (&rig.world, &rig.postfix);
+    let _milter = rig.milter_with(ENCRYPT_ONLY_NET);
+    let out = postfix.sendmail(&["-t", "-i", "-f", "alice@example.org"], MESSAGE.as_bytes());
+    assert!(out.status.success(), "{out:?}");
+    let got = by_recipient(postfix.wait_messages(3));
+    let names: Vec<&str> = got.iter().map(|(r, _)| r.as_str()).collect();
+    assert_eq!(
+        names,
+        ["alice@example.org", "bob@example.org", "carol@example.org"]
+    );
+    // The report quotes the original header, so it is encrypted to the sender.
+    let report = crlf(&got[0].1);
+    assert!(
+        contains(&report, "MAILER-DAEMON@"),
+        "from the null sender's mailbox"
+    );
+    let (plain, _, _, _) = world
+        .sender
+        .decrypt(&ciphertext(&report))
+        .expect("the report is encrypted to alice");
+    assert!(contains(&plain, "multipart/report"));
+    assert!(contains(
+        &plain,
+        "Final-Recipient: rfc822; dave@example.net"
+    ));
+    assert!(contains(&plain, "Status: 5.7.1"));
+    assert!(
+        !contains(&plain, "the body"),
+        "the report carries the header only"
+    );
+    for (i, home) in [(1, &world.bob), (2, &world.carol)] {
+        assert!(home.decrypt(&ciphertext(&crlf(&got[i].1))).is_some());
+    }
+    assert!(
+        !postfix.log().contains("configuration error"),
+        "{}",
+        postfix.log()
+    );
+    assert_eq!(postfix.queued(), 0);
+}
+
+/// A message to bob (key) and erin (no key) at the MX, with two forged verdict fields.
+const INBOUND: &str = "From: Mallory <mallory@elsewhere.test>\nTo: bob@example.org, erin@example.org\nSubject: inbound-subject\nMessage-ID: <inbound-1@elsewhere.test>\nSealpost-Verdict: encrypted; signature=valid\nsealpost-verdict :\n forged\n\nthe inbound body\n";
+
+/// Checks bob's inbound copy: encrypted to bob only, not signed, no verdict field anywhere.
+fn check_inbound_encrypted(world: &World, copy: &[u8]) {
+    let copy = crlf(copy);
+    assert!(!contains(&copy.to_ascii_lowercase(), "sealpost-verdict"));
+    let (plain, _, good, status) = world.bob.decrypt(&ciphertext(&copy)).expect("decrypts");
+    assert!(contains(&plain, "the inbound body") && contains(&plain, "inbound-subject"));
+    assert!(!contains(&plain.to_ascii_lowercase(), "sealpost-verdict"));
+    assert!(
+        !good && !status.contains("NEWSIG") && !contains(&plain, "multipart/signed"),
+        "the MX signs nothing: {status}"
+    );
+    assert!(world.carol.decrypt(&ciphertext(&copy)).is_none());
+}
+
+/// Inbound (MX) mode by local domain: bob's copy is encrypted to his key, erin's (no key)
+/// arrives as it came, a forged verdict is gone from both, and mail the sender already
+/// encrypted is not wrapped again.
+#[test]
+fn inbound_mode_encrypts_to_the_local_recipient() {
+    let Some(rig) = Rig::new() else { return };
+    let (world, postfix) = (&rig.world, &rig.postfix);
+    let _milter = rig.milter_with("local_domains = [\"example.org\"]\n");
+    let rcpts = ["bob@example.org", "erin@example.org"];
+    let reply = smtp_send(postfix.smtp_port, "mallory@elsewhere.test", &rcpts, INBOUND);
+    assert!(reply.starts_with("250"), "{reply}");
+    let got = by_recipient(postfix.wait_messages(2));
+    assert_eq!(got[0].0, "bob@example.org");
+    check_inbound_encrypted(world, &got[0].1);
+    assert_eq!(got[1].0, "erin@example.org");
+    let erin = crlf(&got[1].1);
+    assert!(contains(&erin, "the inbound body") && contains(&erin, "inbound-subject"));
+    assert!(!contains(&erin.to_ascii_lowercase(), "sealpost-verdict"));
+    assert!(!contains(&erin, "BEGIN PGP"), "no key: as it came");
+
+    // Already encrypted by the sender (to bob): the ciphertext lands unchanged.
+    let armored = world.sender.gpg(
+        &[
+            "--armor",
+            "--trust-model",
+            "always",
+            "--encrypt",
+            "-r",
+            &world.bob_fpr,
+        ],
+        Some(b"Content-Type: text/plain\r\n\r\nsecret\r\n"),
+    );
+    assert!(armored.status.success());
+    let armored = String::from_utf8(armored.stdout).unwrap();
+    let encrypted = format!(
+        "From: mallory@elsewhere.test\nTo: bob@example.org\nSubject: pre-encrypted\nMessage-ID: <inbound-2@elsewhere.test>\nSealpost-Verdict: forged\nMIME-Version: 1.0\nContent-Type: multipart/encrypted; protocol=\"application/pgp-encrypted\"; boundary=\"b\"\n\n--b\nContent-Type: application/pgp-encrypted\n\nVersion: 1\n\n--b\nContent-Type: application/octet-stream\n\n{armored}\n--b--\n"
+    );
+    let reply = smtp_send(
+        postfix.smtp_port,
+        "mallory@elsewhere.test",
+        &["bob@example.org"],
+        &encrypted,
+    );
+    assert!(reply.starts_with("250"), "{reply}");
+    let all = postfix.wait_messages(3);
+    let landed = all
+        .iter()
+        .map(|m| crlf(m))
+        .find(|m| contains(m, "pre-encrypted"))
+        .unwrap();
+    assert_eq!(
+        ciphertext(&landed).trim_ascii_end(),
+        crlf(armored.trim_end().as_bytes()),
+        "the sender's ciphertext, not wrapped again"
+    );
+    assert!(contains(&landed, "Subject: pre-encrypted"));
+    assert!(!contains(&landed.to_ascii_lowercase(), "sealpost-verdict"));
+}
+
+/// Inbound mode by Postfix service ({daemon_name}), holding mail without a key: bob's copy is
+/// delivered encrypted, the original waits in Postfix's hold queue for dave.
+#[test]
+fn inbound_service_holds_mail_without_a_key() {
+    let Some(rig) = Rig::new() else { return };
+    let (world, postfix) = (&rig.world, &rig.postfix);
+    postfix.set("milter_macro_daemon_name = mx-in");
+    let milter =
+        rig.milter_with("inbound_daemon_names = [\"mx-in\"]\ninbound_without_key = \"hold\"\n");
+    let inbound = INBOUND.replace("erin@example.org", "dave@example.net");
+    let rcpts = ["bob@example.org", "dave@example.net"];
+    let reply = smtp_send(
+        postfix.smtp_port,
+        "mallory@elsewhere.test",
+        &rcpts,
+        &inbound,
+    );
+    assert!(reply.starts_with("250"), "{reply}");
+    let got = by_recipient(postfix.wait_messages(1));
+    assert_eq!(got[0].0, "bob@example.org");
+    check_inbound_encrypted(world, &got[0].1);
+    assert_eq!(postfix.held(), 1, "{}", postfix.log());
+    assert!(milter.log().contains("held: no key"), "{}", milter.log());
 }

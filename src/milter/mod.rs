@@ -9,9 +9,18 @@
 //! - anything that fails before the end (GnuPG, the re-injection listener, the deadline) is a
 //!   TEMPFAIL: Postfix keeps the original queued and nothing is lost.
 //!
-//! Recipients refused by policy (encrypt-only without a key) are deleted from the original
-//! and the sender gets a report naming each (re-injected from the null sender); when no
-//! recipient is left, or under all-or-nothing, the message is rejected with the reason.
+//! Recipients refused by policy (encrypt-only without a key) are refused at RCPT over SMTP
+//! (550 5.7.1). On Postfix's sendmail path a milter may not refuse single recipients, so they
+//! are deleted from the original and the sender gets a report naming each (re-injected from
+//! the null sender); when no recipient is left, or under all-or-nothing, the message is
+//! rejected with the reason.
+//!
+//! Inbound (MX) mode, for the services named in `inbound_daemon_names` or for unauthenticated
+//! mail to `local_domains`: each local recipient's copy is encrypted to that recipient's key
+//! and not signed ([`Policy::inbound`]); mail without a key is delivered as it came or held in
+//! Postfix's hold queue; mail already encrypted is passed on, never wrapped again; and every
+//! sender-supplied `Sealpost-Verdict` field is removed first, so that nothing downstream can
+//! mistake a forged verdict for sealpost's.
 
 pub mod journal;
 
@@ -26,9 +35,11 @@ use indymilter::{
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
+use crate::inbound::{strip_field, VERDICT_FIELD};
+use crate::keys::Resolution;
 use crate::queue::bounce;
 use crate::queue::relay::{Relay, RelayConfig, RelayTls, Sent};
-use crate::rewrite::{Decision, Envelope, Outcome, Rewriter};
+use crate::rewrite::{Copy, Decision, Envelope, Lookup, Mode, Outcome, Policy, Reply, Rewriter};
 use journal::Journal;
 
 /// `[milter]`.
@@ -50,6 +61,24 @@ pub struct MilterConfig {
     /// that user's: equal to the login when it is an address, else its local part equal to
     /// the login (the seed's validateFrom). Mail without authentication is not affected.
     pub require_auth_from: bool,
+    /// Postfix services whose mail is inbound (MX mode) for every recipient: the value of
+    /// `milter_macro_daemon_name` given to that service in master.cf.
+    pub inbound_daemon_names: Vec<String>,
+    /// Domains this host delivers to: unauthenticated mail for a recipient in one of them is
+    /// inbound for that recipient.
+    pub local_domains: Vec<String>,
+    /// Inbound mail for a local recipient without a usable key: delivered as it came, or held
+    /// in Postfix's hold queue (`postsuper -H` releases it).
+    pub inbound_without_key: WithoutKey,
+}
+
+/// `[milter] inbound_without_key`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum WithoutKey {
+    #[default]
+    Deliver,
+    Hold,
 }
 
 impl Default for MilterConfig {
@@ -62,6 +91,9 @@ impl Default for MilterConfig {
             journal: "/var/lib/sealpost/milter-journal.sqlite".into(),
             deadline_secs: 240,
             require_auth_from: false,
+            inbound_daemon_names: Vec::new(),
+            local_domains: Vec::new(),
+            inbound_without_key: WithoutKey::Deliver,
         }
     }
 }
@@ -72,6 +104,8 @@ struct Transaction {
     sender: String,
     /// {auth_authen}: the SASL login, when the client authenticated.
     login: Option<String>,
+    /// {daemon_name}: the Postfix service (milter_macro_daemon_name) the mail came through.
+    daemon: Option<String>,
     recipients: Vec<String>,
     header: Vec<u8>,
     /// The header fields as Postfix passed them: (name, occurrence) for deletion.
@@ -82,6 +116,13 @@ struct Transaction {
 /// Shared by all sessions.
 pub struct Milter {
     rewriter: Arc<Rewriter>,
+    /// The core with the inbound policy, over the same keys.
+    inbound: Rewriter,
+    /// The core for reports to the sender ([`Policy::reports`]).
+    reports: Rewriter,
+    inbound_daemon_names: Vec<String>,
+    local_domains: Vec<String>,
+    hold_without_key: bool,
     reinject: Relay,
     journal: Journal,
     deadline: Duration,
@@ -110,7 +151,16 @@ impl Milter {
         let journal =
             Journal::open(&config.journal).map_err(|e| MilterError::Setup(e.to_string()))?;
         Ok(Milter {
+            inbound: rewriter.with_policy(Policy::inbound(rewriter.policy())),
+            reports: rewriter.with_policy(rewriter.policy().reports()),
             rewriter,
+            inbound_daemon_names: config.inbound_daemon_names.clone(),
+            local_domains: config
+                .local_domains
+                .iter()
+                .map(|d| d.to_ascii_lowercase())
+                .collect(),
+            hold_without_key: config.inbound_without_key == WithoutKey::Hold,
             reinject,
             journal,
             deadline: Duration::from_secs(config.deadline_secs),
@@ -118,6 +168,38 @@ impl Milter {
             hostname,
             domain,
         })
+    }
+
+    /// Whether `recipient` gets the inbound (MX) treatment in this transaction.
+    fn is_inbound(&self, t: &Transaction, recipient: &str) -> bool {
+        if t.daemon
+            .as_deref()
+            .is_some_and(|d| self.inbound_daemon_names.iter().any(|n| n == d))
+        {
+            return true;
+        }
+        t.login.is_none()
+            && recipient.rsplit_once('@').is_some_and(|(_, domain)| {
+                self.local_domains
+                    .contains(&domain.trim_end_matches('>').to_ascii_lowercase())
+            })
+    }
+
+    /// The seed's validateTo: an encrypt-only recipient without a usable key is refused at
+    /// RCPT. Only a definite "no key" refuses; a failed lookup is left to the end of message,
+    /// which defers.
+    async fn refusal_at_rcpt(&self, recipient: &str) -> Option<Reply> {
+        if self.rewriter.policy().mode_for(recipient) != Mode::EncryptOnly {
+            return None;
+        }
+        match self.rewriter.lookup(recipient).await {
+            Lookup::Found(none @ Resolution::NoKey { .. }) => Some(Reply::new(
+                550,
+                "5.7.1",
+                format!("encryption required, {}", none.reason()),
+            )),
+            _ => None,
+        }
     }
 }
 
@@ -142,15 +224,19 @@ pub async fn run(
     let callbacks = callbacks(milter);
     let config = indymilter::Config {
         max_connections,
-        actions: Actions::ADD_HEADER
-            | Actions::CHANGE_HEADER
-            | Actions::DELETE_RCPT
-            | Actions::REPLACE_BODY,
+        actions: ACTIONS,
         ..indymilter::Config::default()
     };
     indymilter::run(listener, callbacks, config, shutdown).await?;
     Ok(())
 }
+
+/// What the milter may do to a message.
+const ACTIONS: Actions = Actions::ADD_HEADER
+    .union(Actions::CHANGE_HEADER)
+    .union(Actions::DELETE_RCPT)
+    .union(Actions::REPLACE_BODY)
+    .union(Actions::QUARANTINE);
 
 fn bare(arg: &CString) -> String {
     let s = arg.to_string_lossy();
@@ -163,42 +249,72 @@ fn bare(arg: &CString) -> String {
 
 fn callbacks(milter: Arc<Milter>) -> Callbacks<Transaction> {
     let eom_milter = milter.clone();
+    let rcpt_milter = milter.clone();
     Callbacks::new()
         .on_negotiate(|cx: &mut NegotiateContext<Transaction>, _, _| {
             Box::pin(async move {
-                cx.requested_actions = Actions::ADD_HEADER
-                    | Actions::CHANGE_HEADER
-                    | Actions::DELETE_RCPT
-                    | Actions::REPLACE_BODY;
-                // The queue id for the logs; the SASL login for the From check.
-                if let Ok(m) = CString::new("i") {
-                    cx.requested_macros.insert(MacroStage::Eom, m);
-                }
-                if let Ok(m) = CString::new("{auth_authen}") {
-                    cx.requested_macros.insert(MacroStage::Mail, m);
+                cx.requested_actions = ACTIONS;
+                // The queue id for the logs; the SASL login for the From check and the
+                // service name for the inbound mode; {rcpt_mailer} tells SMTP from Postfix's
+                // sendmail path (Postfix defines it for smtpd_milters only).
+                for (stage, macros) in [
+                    (MacroStage::Eom, "i"),
+                    (MacroStage::Mail, "{auth_authen} {daemon_name}"),
+                    (MacroStage::Rcpt, "{rcpt_mailer}"),
+                ] {
+                    if let Ok(m) = CString::new(macros) {
+                        cx.requested_macros.insert(stage, m);
+                    }
                 }
                 Status::Continue
             })
         })
         .on_mail(|cx: &mut Context<Transaction>, args| {
             Box::pin(async move {
-                let login = cx
-                    .macros
-                    .get(c"{auth_authen}")
-                    .map(|v| v.to_string_lossy().trim().to_string())
-                    .filter(|v| !v.is_empty());
+                let macro_value = |name: &std::ffi::CStr| {
+                    cx.macros
+                        .get(name)
+                        .map(|v| v.to_string_lossy().trim().to_string())
+                        .filter(|v| !v.is_empty())
+                };
+                let login = macro_value(c"{auth_authen}");
+                let daemon = macro_value(c"{daemon_name}");
                 cx.data = Some(Transaction {
                     sender: args.first().map(bare).unwrap_or_default(),
                     login,
+                    daemon,
                     ..Transaction::default()
                 });
                 Status::Continue
             })
         })
-        .on_rcpt(|cx: &mut Context<Transaction>, args| {
+        .on_rcpt(move |cx: &mut Context<Transaction>, args| {
+            let milter = rcpt_milter.clone();
             Box::pin(async move {
-                if let (Some(t), Some(r)) = (cx.data.as_mut(), args.first()) {
-                    t.recipients.push(bare(r));
+                let Some(recipient) = args.first().map(bare) else {
+                    return Status::Continue;
+                };
+                // Over SMTP only: a non-SMTP milter must not refuse a simulated RCPT (Postfix
+                // MILTER_README, "Limitations"); there the refusal becomes a report to the
+                // sender at the end of the message.
+                let smtp = cx.macros.get(c"{rcpt_mailer}").is_some();
+                let inbound = cx
+                    .data
+                    .as_ref()
+                    .is_some_and(|t| milter.is_inbound(t, &recipient));
+                if smtp && !inbound {
+                    if let Some(reply) = milter.refusal_at_rcpt(&recipient).await {
+                        tracing::info!(rcpt = %recipient, decision = "rejected", detail = %reply, "refused at RCPT");
+                        let _ = cx.reply.set_error_reply(
+                            &reply.code.to_string(),
+                            Some(reply.status),
+                            [reply.text],
+                        );
+                        return Status::Reject;
+                    }
+                }
+                if let Some(t) = cx.data.as_mut() {
+                    t.recipients.push(recipient);
                 }
                 Status::Continue
             })
@@ -325,45 +441,85 @@ async fn end_of_message(
             }
         }
     }
-    let copies = match milter.rewriter.rewrite(&envelope, raw.clone()).await {
-        Ok(Outcome::Copies(copies)) => copies,
-        Ok(Outcome::Refused(reply)) => {
-            let _ = cx.reply.set_error_reply(
-                &reply.code.to_string(),
-                Some(reply.status),
-                [reply.text.clone()],
-            );
-            return Status::Reject;
+    let (inbound, outbound): (Vec<String>, Vec<String>) = t
+        .recipients
+        .iter()
+        .cloned()
+        .partition(|r| milter.is_inbound(&t, r));
+    let mut copies: Vec<Copy> = Vec::with_capacity(t.recipients.len());
+    for (core, recipients, message) in [
+        (&*milter.rewriter, outbound, raw.clone()),
+        // Sender-supplied verdict fields go before the copy is made, inside and out.
+        (&milter.inbound, inbound.clone(), {
+            let mut stripped = strip_field(&raw[..t.header.len() + 2], VERDICT_FIELD);
+            stripped.extend_from_slice(&t.body);
+            stripped
+        }),
+    ] {
+        if recipients.is_empty() {
+            continue;
         }
-        Err(e) => {
-            let _ = cx
-                .reply
-                .set_error_reply("554", Some("5.6.0"), [format!("sealpost: {e}")]);
-            return Status::Reject;
+        let envelope = Envelope {
+            recipients,
+            ..envelope.clone()
+        };
+        match core.rewrite(&envelope, message).await {
+            Ok(Outcome::Copies(c)) => copies.extend(c),
+            Ok(Outcome::Refused(reply)) => {
+                let _ = cx.reply.set_error_reply(
+                    &reply.code.to_string(),
+                    Some(reply.status),
+                    [reply.text.clone()],
+                );
+                return Status::Reject;
+            }
+            Err(e) => {
+                let _ = cx
+                    .reply
+                    .set_error_reply("554", Some("5.6.0"), [format!("sealpost: {e}")]);
+                return Status::Reject;
+            }
         }
-    };
+    }
     if let Some(c) = copies
         .iter()
         .find(|c| matches!(c.decision, Decision::Deferred { .. }))
     {
         return tempfail(cx, &format!("{}: {}", c.recipient, c.decision.detail()));
     }
-    let sendable: Vec<_> = copies.iter().filter(|c| c.message.is_some()).collect();
-    let refused: Vec<_> = copies
+    let sendable: Vec<&Copy> = copies.iter().filter(|c| c.message.is_some()).collect();
+    let refused: Vec<&Copy> = copies
         .iter()
         .filter(|c| matches!(c.decision, Decision::Rejected { .. }))
         .collect();
-    let Some(keep) = sendable.first() else {
-        let reply = refused
-            .first()
-            .map(|c| c.decision.detail())
-            .unwrap_or_else(|| "no recipient can receive this message".into());
-        let _ = cx.reply.set_error_reply("550", Some("5.7.1"), [reply]);
-        return Status::Reject;
+    // The original keeps one recipient, rewritten in place; or, when inbound mail without a
+    // key is to be held, every such recipient (their copies are the same cleartext).
+    let held: Vec<&Copy> = sendable
+        .iter()
+        .copied()
+        .filter(|c| {
+            milter.hold_without_key
+                && c.decision == Decision::Clear
+                && inbound.iter().any(|r| r == &c.recipient)
+        })
+        .collect();
+    let holding = !held.is_empty();
+    let kept: Vec<&Copy> = match (held.is_empty(), sendable.first()) {
+        (false, _) => held,
+        (true, Some(first)) => vec![*first],
+        (true, None) => {
+            let reply = refused
+                .first()
+                .map(|c| c.decision.detail())
+                .unwrap_or_else(|| "no recipient can receive this message".into());
+            let _ = cx.reply.set_error_reply("550", Some("5.7.1"), [reply]);
+            return Status::Reject;
+        }
     };
+    let is_kept = |r: &str| kept.iter().any(|k| k.recipient.eq_ignore_ascii_case(r));
     let id = identity(&t.sender, &t.header, &t.body);
     let now = crate::queue::now();
-    for copy in &sendable[1..] {
+    for copy in sendable.iter().filter(|c| !is_kept(&c.recipient)) {
         match milter.journal.contains(&id, &copy.recipient) {
             Ok(true) => {
                 tracing::info!(
@@ -434,37 +590,73 @@ async fn end_of_message(
             original: &raw,
             failures: &failures,
         });
-        match milter.reinject.send("", &t.sender, &report).await {
-            Sent::Accepted(_) => {
-                if let Err(e) = milter.journal.record(&id, "<report>", now) {
-                    return tempfail(cx, &e.to_string());
+        // The report quotes the original header (its Subject too), so it goes through the
+        // core like any mail: encrypted to the sender when they have a key.
+        let envelope = Envelope {
+            id: queue_id.to_string(),
+            sender: String::new(),
+            recipients: vec![t.sender.clone()],
+        };
+        let copy = match milter.reports.rewrite(&envelope, report).await {
+            Ok(Outcome::Copies(mut c)) if !c.is_empty() => c.remove(0),
+            Ok(_) | Err(_) => Copy {
+                recipient: t.sender.clone(),
+                decision: Decision::Rejected {
+                    reply: Reply::new(554, "5.6.0", "the report could not be built"),
+                },
+                message: None,
+            },
+        };
+        match (&copy.decision, &copy.message) {
+            (Decision::Deferred { reply }, _) => {
+                return tempfail(cx, &format!("report to the sender: {reply}"))
+            }
+            (_, None) => tracing::warn!(
+                "{queue_id}: report to <{}> not sent: {}",
+                t.sender,
+                copy.decision.detail()
+            ),
+            (_, Some(bytes)) => match milter.reinject.send("", &t.sender, bytes).await {
+                Sent::Accepted(_) => {}
+                Sent::Temporary(e) | Sent::Permanent(e) => {
+                    return tempfail(cx, &format!("cannot send the report to the sender: {e}"))
                 }
-            }
-            Sent::Temporary(e) | Sent::Permanent(e) => {
-                return tempfail(cx, &format!("cannot send the report to the sender: {e}"))
-            }
+            },
+        }
+        if let Err(e) = milter.journal.record(&id, "<report>", now) {
+            return tempfail(cx, &e.to_string());
         }
     }
-    // Every recipient but the one kept leaves the original.
+    // Every recipient but the ones kept leaves the original.
     for r in &t.recipients {
-        if r.eq_ignore_ascii_case(&keep.recipient) {
+        if is_kept(r) {
             continue;
         }
         if cx.actions.delete_recipient(format!("<{r}>")).await.is_err() {
             return tempfail(cx, "cannot delete a recipient");
         }
     }
-    match rewrite_in_place(cx, &t.names, keep.message.as_deref().unwrap_or_default()).await {
-        Ok(()) => {
-            tracing::info!(
-                "{queue_id}: to=<{}> {} in place",
-                keep.recipient,
-                keep.decision.name()
-            );
-            Status::Continue
-        }
-        Err(e) => tempfail(cx, &format!("cannot rewrite the message: {e}")),
+    let keep = kept[0];
+    if let Err(e) =
+        rewrite_in_place(cx, &t.names, keep.message.as_deref().unwrap_or_default()).await
+    {
+        return tempfail(cx, &format!("cannot rewrite the message: {e}"));
     }
+    if holding {
+        let who: Vec<&str> = kept.iter().map(|c| c.recipient.as_str()).collect();
+        let reason = format!("sealpost: no key for {}", who.join(", "));
+        if cx.actions.quarantine(reason.as_str()).await.is_err() {
+            return tempfail(cx, "cannot hold the message");
+        }
+        tracing::info!("{queue_id}: to=<{}> held: no key", who.join(">, <"));
+        return Status::Continue;
+    }
+    tracing::info!(
+        "{queue_id}: to=<{}> {} in place",
+        keep.recipient,
+        keep.decision.name()
+    );
+    Status::Continue
 }
 
 /// Size of each replace-body message. The protocol allows 65,535 bytes, but OpenDKIM's

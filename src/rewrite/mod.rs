@@ -112,6 +112,14 @@ impl Rewriter {
         Rewriter { keys, policy }
     }
 
+    /// Another core over the same keys (and caches) with a different policy.
+    pub fn with_policy(&self, policy: Policy) -> Rewriter {
+        Rewriter {
+            keys: self.keys.clone(),
+            policy,
+        }
+    }
+
     pub fn policy(&self) -> &Policy {
         &self.policy
     }

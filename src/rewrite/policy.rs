@@ -72,6 +72,33 @@ impl Default for Policy {
 }
 
 impl Policy {
+    /// The policy for non-delivery reports (null sender): like the outgoing one, but signed
+    /// only by the configured default signer, since no one's own key may sign a report.
+    pub fn reports(&self) -> Policy {
+        let mut policy = self.clone();
+        policy.sign &= policy.default_signer.is_some();
+        policy
+    }
+
+    /// The policy for mail arriving at an MX for a local recipient (the milter's inbound
+    /// mode, as the seed's leap_mx): encrypted to the recipient's key when there is one, never
+    /// signed (the MX holds no sender's key), cleartext otherwise; the copy's form follows the
+    /// outgoing policy.
+    pub fn inbound(outgoing: &Policy) -> Policy {
+        Policy {
+            mode: Mode::Opportunistic,
+            domains: BTreeMap::new(),
+            addresses: BTreeMap::new(),
+            sign: false,
+            encrypted_form: outgoing.encrypted_form,
+            encrypt_to_self: false,
+            autocrypt: false,
+            header_protection: outgoing.header_protection,
+            obscured_subject: outgoing.obscured_subject.clone(),
+            default_signer: None,
+        }
+    }
+
     /// The mode for one recipient: its address override, else its domain's, else the default.
     pub fn mode_for(&self, address: &str) -> Mode {
         let addr = address.to_ascii_lowercase();

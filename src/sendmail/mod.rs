@@ -311,12 +311,10 @@ pub async fn run_queue_async(
         .map_err(|e| SendmailError::Unavailable(e.to_string()))??;
     {
         let keys = Arc::new(crate::cli::key_service(config, None));
-        let mut report_policy = config.policy.clone();
-        report_policy.sign &= report_policy.default_signer.is_some();
         let runner = Runner {
             queue,
             rewriter: Arc::new(Rewriter::new(keys.clone(), config.policy.clone())),
-            reports: Arc::new(Rewriter::new(keys, report_policy)),
+            reports: Arc::new(Rewriter::new(keys, config.policy.reports())),
             relay: Arc::new(relay),
             hostname: queue::hostname(),
             domain: config.queue.domain(),

@@ -110,6 +110,20 @@ impl Postfix {
         );
     }
 
+    /// Sets one main.cf parameter (`name = value`) and reloads.
+    pub fn set(&self, parameter: &str) {
+        let ok = Command::new("postconf")
+            .arg("-c")
+            .arg(&self.dir)
+            .arg("-e")
+            .arg(parameter)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "postconf -e {parameter}");
+        self.postfix(&["reload"]);
+    }
+
     /// Makes the re-injection listener answer 451 for `recipient` (None: accept all again).
     pub fn fail_reinjection(&self, recipient: Option<&str>) {
         let rule = recipient.map_or(String::new(), |r| {
@@ -151,6 +165,11 @@ impl Postfix {
                 .args(args),
             message,
         )
+    }
+
+    /// Messages in the hold queue (quarantined by a milter).
+    pub fn held(&self) -> usize {
+        count_files(&self.dir.join("q").join("hold"))
     }
 
     /// Queue entries still waiting (deferred or incoming), from the queue directories.
