@@ -48,6 +48,8 @@ pub enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Sync accounts from their upstream IMAP server: decrypt, verify, store.
+    Sync(crate::incoming::SyncArgs),
     /// The milter for Postfix/Sendmail (listens on [milter] listen) until SIGTERM.
     Milter,
     /// The sendmail drop-in's queue: list, run, delete.
@@ -200,6 +202,7 @@ pub fn main(cli: Cli) -> ExitCode {
                     Command::Deliver(args) => crate::incoming::deliver(config, args).await,
                     Command::Queue(command) => queue(config, command).await,
                     Command::Milter => milter(config).await,
+                    Command::Sync(args) => crate::incoming::sync(config, args).await,
                     Command::Sendmail { .. } => unreachable!("handled before the runtime starts"),
                 }
             })

@@ -224,6 +224,11 @@ impl Config {
                 "must be a single line".into(),
             ));
         }
+        for account in &self.accounts {
+            if let Some((key, message)) = account.upstream.as_ref().and_then(|u| u.problem()) {
+                return Err(invalid(&format!("accounts.upstream.{key}"), key, message));
+            }
+        }
         if let Some((key, message)) = self.relay.problem() {
             return Err(invalid(&format!("relay.{key}"), key, message));
         }

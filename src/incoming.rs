@@ -84,12 +84,105 @@ pub async fn serve(config: Config, args: ImapArgs) -> Result<u8, CliError> {
         crate::shutdown::signalled().await;
         let _ = stop.send(true);
     });
+    // Accounts with an upstream are synced in the background, in this process, so that IDLE
+    // sessions see new mail the moment it is stored.
+    for syncer in syncers(&config, &shared.store, None)? {
+        let stopped = stopped.clone();
+        tokio::spawn(async move { syncer.run(stopped).await });
+    }
     imap::run(listeners, shared, stopped)
         .await
         .map_err(|source| CliError::Input {
             what: "the listeners".into(),
             source,
         })?;
+    Ok(0)
+}
+
+#[derive(Debug, clap::Args)]
+pub struct SyncArgs {
+    /// One pass over every folder, then exit (0 done, 75 upstream or GnuPG unavailable).
+    #[arg(long)]
+    pub once: bool,
+    /// Only this account (one of the configuration's [[accounts]] with an upstream).
+    #[arg(long, value_name = "NAME")]
+    pub account: Option<String>,
+}
+
+/// One syncer per account with `[accounts.upstream]` (or just `only`), sharing one key service.
+fn syncers(
+    config: &Config,
+    store: &Store,
+    only: Option<&str>,
+) -> Result<Vec<crate::sync::Syncer>, CliError> {
+    if let Some(name) = only {
+        if !config
+            .accounts
+            .iter()
+            .any(|a| a.name == name && a.upstream.is_some())
+        {
+            return Err(CliError::Usage(format!(
+                "--account {name}: no such account with [accounts.upstream] in the configuration"
+            )));
+        }
+    }
+    let keys = Arc::new(crate::cli::key_service(config, None));
+    Ok(config
+        .accounts
+        .iter()
+        .filter(|a| only.is_none_or(|n| n == a.name))
+        .filter_map(|a| {
+            a.upstream.clone().map(|upstream| crate::sync::Syncer {
+                name: a.name.clone(),
+                config: upstream,
+                store: store.clone(),
+                keys: keys.clone(),
+            })
+        })
+        .collect())
+}
+
+/// `sealpost sync`: with --once, one pass per account (prints `ACCOUNT: N new`); without,
+/// the daemon (sync, IDLE or poll, again) until SIGTERM.
+pub async fn sync(config: Config, args: SyncArgs) -> Result<u8, CliError> {
+    let store = open_store(&config).await?;
+    let syncers = syncers(&config, &store, args.account.as_deref())?;
+    if syncers.is_empty() {
+        return Err(CliError::Usage(
+            "no account has an [accounts.upstream] table: nothing to sync".into(),
+        ));
+    }
+    if args.once {
+        let mut failed = None;
+        for syncer in &syncers {
+            match syncer.sync_once().await {
+                Ok(report) => println!("{}: {} new", syncer.name, report.total()),
+                Err(e) => {
+                    eprintln!("sealpost: sync {}: {e}", syncer.name);
+                    failed = Some(e);
+                }
+            }
+        }
+        return match failed {
+            None => Ok(0),
+            Some(e) => Err(CliError::Temporary(e.to_string())),
+        };
+    }
+    let (stop, stopped) = watch::channel(false);
+    tokio::spawn(async move {
+        crate::shutdown::signalled().await;
+        let _ = stop.send(true);
+    });
+    let tasks: Vec<_> = syncers
+        .into_iter()
+        .map(|s| {
+            let stopped = stopped.clone();
+            tokio::spawn(async move { s.run(stopped).await })
+        })
+        .collect();
+    for t in tasks {
+        let _ = t.await;
+    }
     Ok(0)
 }
 

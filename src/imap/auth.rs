@@ -76,6 +76,7 @@ mod tests {
         let accounts = vec![Account {
             name: "alice".into(),
             password_hash: hash,
+            upstream: None,
         }];
         assert!(check(&accounts, "alice", b"s3cret").is_some());
         assert!(check(&accounts, "alice", b"wrong").is_none());

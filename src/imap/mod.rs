@@ -145,6 +145,10 @@ impl Default for Limits {
 pub struct Account {
     pub name: String,
     pub password_hash: String,
+    /// Where the account's mail comes from (`sealpost sync`, and `sealpost imap` in the
+    /// background).
+    #[serde(default)]
+    pub upstream: Option<crate::sync::upstream::UpstreamConfig>,
 }
 
 /// What every session shares.

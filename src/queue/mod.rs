@@ -773,20 +773,24 @@ pub struct RunLock(#[allow(dead_code)] std::fs::File);
 impl RunLock {
     /// Waits until no other runner holds the lock.
     pub fn acquire(dir: &Path) -> Result<RunLock, QueueError> {
-        use std::os::fd::AsRawFd;
-        use std::os::unix::fs::OpenOptionsExt;
         let path = dir.join("run.lock");
-        let io = |source| QueueError::Io {
+        RunLock::acquire_path(&path).map_err(|source| QueueError::Io {
             path: path.display().to_string(),
             source,
-        };
+        })
+    }
+
+    /// Waits for the exclusive lock on `path` (created mode 0600 when missing); held until
+    /// the RunLock is dropped.
+    pub fn acquire_path(path: &Path) -> std::io::Result<RunLock> {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::fs::OpenOptionsExt;
         let file = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .mode(0o600)
-            .open(&path)
-            .map_err(io)?;
+            .open(path)?;
         loop {
             // SAFETY: flock on a file descriptor we own.
             if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } == 0 {
@@ -794,7 +798,7 @@ impl RunLock {
             }
             let e = std::io::Error::last_os_error();
             if e.kind() != std::io::ErrorKind::Interrupted {
-                return Err(io(e));
+                return Err(e);
             }
         }
     }

@@ -4,12 +4,11 @@
 //! the hand-off to a local MTA. One SMTP transaction per copy, one recipient each: a reply
 //! concerns exactly one copy.
 
-use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Instant;
 
 use lettre::address::Envelope;
@@ -18,7 +17,6 @@ use lettre::transport::smtp::client::{
     AsyncSmtpConnection, AsyncTokioStream, Certificate, CertificateStore, TlsParameters,
 };
 use lettre::transport::smtp::extension::ClientId;
-use rustls::pki_types::pem::PemObject;
 use serde::Deserialize;
 use tokio::net::TcpStream;
 
@@ -84,9 +82,7 @@ impl RelayConfig {
     pub fn problem(&self) -> Option<(&'static str, String)> {
         if self.tls == RelayTls::None {
             let host = self.host.as_deref().unwrap_or("");
-            let loopback =
-                host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
-            if !loopback {
+            if !crate::net::is_loopback(host) {
                 return Some((
                     "tls",
                     "\"none\" is allowed only with a loopback host (127.0.0.1, ::1, localhost): mail never crosses a network in clear".into(),
@@ -247,33 +243,8 @@ impl Relay {
                 Protection::Starttls(params)
             }
             RelayTls::Implicit => {
-                let mut roots = rustls::RootCertStore::empty();
-                match &ca {
-                    Some(pem) => {
-                        for cert in rustls::pki_types::CertificateDer::pem_slice_iter(pem) {
-                            let cert = cert.map_err(|e| ca_error(format!("not PEM: {e}")))?;
-                            roots
-                                .add(cert)
-                                .map_err(|e| ca_error(format!("unusable certificate: {e}")))?;
-                        }
-                    }
-                    None => {
-                        for cert in rustls_native_certs::load_native_certs().certs {
-                            // A system store may hold certificates rustls cannot use; skip them.
-                            let _ = roots.add(cert);
-                        }
-                    }
-                }
-                if roots.is_empty() {
-                    return Err(ca_error("no CA certificate to trust".into()));
-                }
-                let provider = Arc::new(rustls::crypto::ring::default_provider());
-                let client = rustls::ClientConfig::builder_with_provider(provider)
-                    .with_safe_default_protocol_versions()
-                    .map_err(|e| RelaySetupError::Tls(e.to_string()))?
-                    .with_root_certificates(roots)
-                    .with_no_client_auth();
-                Protection::Implicit(tokio_rustls::TlsConnector::from(Arc::new(client)))
+                let client = crate::net::tls_client_config(ca.as_deref()).map_err(ca_error)?;
+                Protection::Implicit(tokio_rustls::TlsConnector::from(client))
             }
         };
         let credentials = match (&config.username, &config.password_file) {

@@ -350,6 +350,16 @@ pub struct Stored {
     pub modified: Vec<u32>,
 }
 
+/// Where a batch of synced messages came from: an upstream folder under one UIDVALIDITY, one
+/// upstream UID per message, and the next UID to fetch once the batch is stored.
+#[derive(Debug, Clone)]
+pub struct SyncMark {
+    pub folder: String,
+    pub uidvalidity: u32,
+    pub uids: Vec<u32>,
+    pub next_uid: u32,
+}
+
 /// A message prepared for insertion: hashed and summarised outside the writer lock.
 pub struct Prepared {
     sha256: [u8; 32],
@@ -649,6 +659,64 @@ impl Store {
         messages: Vec<Prepared>,
         origin: Origin,
     ) -> Result<Vec<Appended>, StoreError> {
+        self.append_with(mailbox, messages, origin, None)
+    }
+
+    /// Stores messages fetched from an upstream folder, and in the same transaction records
+    /// where each came from and how far the folder has been read (`mark.next_uid`). `mark.uids`
+    /// holds one upstream UID per message.
+    pub fn append_synced(
+        &self,
+        mailbox: MailboxId,
+        messages: Vec<Prepared>,
+        mark: &SyncMark,
+    ) -> Result<Vec<Appended>, StoreError> {
+        self.append_with(mailbox, messages, Origin::Sync, Some(mark))
+    }
+
+    /// An upstream folder's (UIDVALIDITY, next UID to fetch), when it was synced before.
+    pub fn sync_folder(
+        &self,
+        account: AccountId,
+        folder: &str,
+    ) -> Result<Option<(u32, u32)>, StoreError> {
+        self.read(|c| {
+            Ok(c.query_row(
+                "SELECT uidvalidity, next_uid FROM sync_folders WHERE account = ?1 AND folder = ?2",
+                params![account, folder],
+                |r| Ok((r.get::<_, u32>(0)?, r.get::<_, u32>(1)?)),
+            )
+            .optional()?)
+        })
+    }
+
+    /// Starts an upstream folder over under a new UIDVALIDITY (RFC 3501 §2.3.1.1: the old
+    /// UIDs mean nothing any more). The local messages stay; the old mapping is kept until
+    /// the resync has matched them.
+    pub fn reset_sync_folder(
+        &self,
+        account: AccountId,
+        folder: &str,
+        uidvalidity: u32,
+    ) -> Result<(), StoreError> {
+        self.write(|tx| {
+            tx.execute(
+                "INSERT INTO sync_folders (account, folder, uidvalidity, next_uid)
+                 VALUES (?1, ?2, ?3, 1)
+                 ON CONFLICT (account, folder) DO UPDATE SET uidvalidity = ?3, next_uid = 1",
+                params![account, folder, uidvalidity],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn append_with(
+        &self,
+        mailbox: MailboxId,
+        messages: Vec<Prepared>,
+        origin: Origin,
+        mark: Option<&SyncMark>,
+    ) -> Result<Vec<Appended>, StoreError> {
         // Summaries are computed before taking the writer lock: parsing is the slow part.
         let mut fresh = Vec::with_capacity(messages.len());
         for message in &messages {
@@ -662,7 +730,52 @@ impl Store {
             let mut mb = find_mailbox_id(tx, mailbox)?;
             let modseq = mb.highestmodseq + 1;
             let mut out = Vec::with_capacity(messages.len());
-            for (message, summary) in messages.iter().zip(fresh) {
+            for (i, (message, summary)) in messages.iter().zip(fresh).enumerate() {
+                if let Some(mark) = mark {
+                    // After an upstream UIDVALIDITY change: the same content, linked to this
+                    // folder under the old UIDVALIDITY, is the same message. It is re-linked
+                    // and keeps its local UID and flags.
+                    let old: Option<(u32, i64)> = tx
+                        .prepare_cached(
+                            "SELECT s.uid, m.modseq FROM sync_map s
+                             JOIN messages m ON m.mailbox = s.mailbox AND m.uid = s.uid
+                             JOIN contents c ON c.id = m.content
+                             WHERE s.account = ?1 AND s.folder = ?2 AND s.uidvalidity != ?3
+                               AND s.mailbox = ?4 AND c.sha256 = ?5
+                             LIMIT 1",
+                        )?
+                        .query_row(
+                            params![
+                                mb.account,
+                                mark.folder,
+                                mark.uidvalidity,
+                                mailbox,
+                                &message.sha256[..]
+                            ],
+                            |r| Ok((r.get(0)?, r.get(1)?)),
+                        )
+                        .optional()?;
+                    if let Some((uid, old_modseq)) = old {
+                        tx.prepare_cached(
+                            "UPDATE sync_map SET uidvalidity = ?1, upstream_uid = ?2
+                             WHERE account = ?3 AND folder = ?4 AND mailbox = ?5 AND uid = ?6",
+                        )?
+                        .execute(params![
+                            mark.uidvalidity,
+                            mark.uids[i],
+                            mb.account,
+                            mark.folder,
+                            mailbox,
+                            uid
+                        ])?;
+                        out.push(Appended {
+                            uid,
+                            uidvalidity: mb.uidvalidity,
+                            modseq: old_modseq as u64,
+                        });
+                        continue;
+                    }
+                }
                 let content = match content_id(tx, &message.sha256)? {
                     Some(id) => id,
                     None => {
@@ -704,6 +817,21 @@ impl Store {
                 if origin == Origin::Client {
                     journal(tx, mb.account, &mb.name, uid, "append", "")?;
                 }
+                if let Some(mark) = mark {
+                    tx.prepare_cached(
+                        "INSERT INTO sync_map
+                         (account, folder, uidvalidity, upstream_uid, mailbox, uid)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    )?
+                    .execute(params![
+                        mb.account,
+                        mark.folder,
+                        mark.uidvalidity,
+                        mark.uids[i],
+                        mailbox,
+                        uid
+                    ])?;
+                }
                 out.push(Appended {
                     uid,
                     uidvalidity: mb.uidvalidity,
@@ -711,6 +839,19 @@ impl Store {
                 });
             }
             save_counters(tx, &mb, modseq)?;
+            if let Some(mark) = mark {
+                tx.prepare_cached(
+                    "INSERT INTO sync_folders (account, folder, uidvalidity, next_uid)
+                     VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (account, folder) DO UPDATE SET uidvalidity = ?3, next_uid = ?4",
+                )?
+                .execute(params![
+                    mb.account,
+                    mark.folder,
+                    mark.uidvalidity,
+                    mark.next_uid
+                ])?;
+            }
             Ok(out)
         })
     }

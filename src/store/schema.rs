@@ -102,8 +102,33 @@ ALTER TABLE messages ADD COLUMN size INTEGER NOT NULL DEFAULT 0;
 UPDATE messages SET size = (SELECT c.size FROM contents c WHERE c.id = messages.content);
 ";
 
+/// Migration 3: what the sync has taken from each upstream folder. `sync_folders` holds the
+/// folder's UIDVALIDITY and the next upstream UID to fetch; `sync_map` links each imported
+/// upstream (folder, UIDVALIDITY, UID) to the local message. Both are written in the same
+/// transaction as the messages, so after a crash the sync resumes exactly where the last
+/// commit left it: no message twice, none skipped.
+const V3: &str = "
+CREATE TABLE sync_folders (
+    account      INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+    folder       TEXT NOT NULL,
+    uidvalidity  INTEGER NOT NULL,
+    next_uid     INTEGER NOT NULL,
+    PRIMARY KEY (account, folder)
+);
+CREATE TABLE sync_map (
+    account       INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+    folder        TEXT NOT NULL,
+    uidvalidity   INTEGER NOT NULL,
+    upstream_uid  INTEGER NOT NULL,
+    mailbox       INTEGER NOT NULL,
+    uid           INTEGER NOT NULL,
+    PRIMARY KEY (account, folder, uidvalidity, upstream_uid)
+);
+CREATE INDEX sync_map_local ON sync_map (mailbox, uid);
+";
+
 pub fn migrations() -> Migrations<'static> {
-    Migrations::new(vec![M::up(V1), M::up(V2)])
+    Migrations::new(vec![M::up(V1), M::up(V2), M::up(V3)])
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ pub mod mbsync;
 pub mod postfix;
 pub mod relay;
 pub mod server;
+pub mod verdicts;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};

@@ -1,0 +1,470 @@
+//! The incoming sync: an account's upstream IMAP folders are read incrementally (by
+//! UIDVALIDITY and UID), each new message is decrypted and verified ([`crate::inbound`]) and
+//! stored in the local mailbox of the same name.
+//!
+//! Never twice, never lost: each batch of messages is stored in one transaction together with
+//! the upstream (folder, UIDVALIDITY, UID) of every message and the next UID to fetch
+//! ([`Store::append_synced`]). A crash before the commit leaves the batch to the next run; a
+//! crash after it leaves nothing to redo. A message whose decryption failed for a temporary
+//! reason (agent gone, deadline) ends the folder's run before it, so it is fetched again next
+//! time; a message that cannot be decrypted for good is stored as it came, with its verdict.
+//!
+//! An upstream UIDVALIDITY change (RFC 3501 §2.3.1.1) starts the folder over; a message whose
+//! stored content is already in the local mailbox under the old UIDVALIDITY is re-linked
+//! rather than stored again, so it keeps its local UID and flags.
+//!
+//! Upstream is only read: EXAMINE and BODY.PEEK, so nothing changes there (no \Seen set, no
+//! \Recent taken).
+
+pub mod upstream;
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::{StreamExt, TryStreamExt};
+
+use crate::keys::KeyService;
+use crate::store::{AccountId, Flags, InternalDate, Prepared, Store, StoreError, SyncMark};
+use upstream::{Session, UpstreamConfig};
+
+/// Messages fetched and stored per transaction.
+const BATCH: usize = 50;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error("upstream {0}: {1}")]
+    Connect(String, String),
+    #[error("upstream login {0}")]
+    Login(String),
+    #[error("upstream: {0}")]
+    Imap(#[from] async_imap::error::Error),
+    #[error("upstream folder {0}: {1}")]
+    Folder(String, String),
+    #[error("[accounts.upstream] {0}")]
+    Config(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("GnuPG unavailable, will retry: {0}")]
+    Keys(String),
+    #[error("{0}")]
+    Task(String),
+}
+
+/// What one sync brought: new messages per local mailbox.
+#[derive(Debug, Default, Clone)]
+pub struct SyncReport {
+    pub new: BTreeMap<String, usize>,
+}
+
+impl SyncReport {
+    pub fn total(&self) -> usize {
+        self.new.values().sum()
+    }
+}
+
+/// One account's sync: its upstream, its local store account and the keys that decrypt.
+pub struct Syncer {
+    pub name: String,
+    pub config: UpstreamConfig,
+    pub store: Store,
+    pub keys: Arc<KeyService>,
+}
+
+impl Syncer {
+    /// One full pass over every folder.
+    pub async fn sync_once(&self) -> Result<SyncReport, SyncError> {
+        // One sync at a time per store (the daemon inside `sealpost imap` and a manual
+        // `sealpost sync --once` take turns).
+        let path = std::path::PathBuf::from(format!("{}.sync-lock", self.store.path().display()));
+        let _lock = blocking(move || crate::queue::RunLock::acquire_path(&path))
+            .await?
+            .map_err(|e| SyncError::Task(format!("sync lock: {e}")))?;
+        let mut session = upstream::connect(&self.config).await?;
+        let result = self.sync_session(&mut session).await;
+        let _ = tokio::time::timeout(self.config.timeout(), session.logout()).await;
+        let report = result?;
+        for (mailbox, n) in report.new.iter().filter(|(_, n)| **n > 0) {
+            tracing::info!(account = %self.name, %mailbox, new = n, "{n} new messages");
+        }
+        if report.total() > 0 {
+            self.notify(&report).await;
+        }
+        Ok(report)
+    }
+
+    async fn sync_session(&self, session: &mut Session) -> Result<SyncReport, SyncError> {
+        let store = self.store.clone();
+        let name = self.name.clone();
+        let account = blocking(move || store.ensure_account(&name)).await??;
+        let mut report = SyncReport::default();
+        for (folder, delimiter) in self.folders(session).await? {
+            let local = local_name(&folder, delimiter.as_deref())
+                .map_err(|e| SyncError::Folder(folder.clone(), e))?;
+            let new = self.sync_folder(session, account, &folder, &local).await?;
+            report.new.insert(local, new);
+        }
+        Ok(report)
+    }
+
+    /// The upstream folders to sync: (wire name, hierarchy delimiter).
+    async fn folders(
+        &self,
+        session: &mut Session,
+    ) -> Result<Vec<(String, Option<String>)>, SyncError> {
+        let timeout = self.config.timeout();
+        let names: Vec<_> = within(timeout, async {
+            session.list(Some(""), Some("*")).await?.try_collect().await
+        })
+        .await?;
+        let mut folders: Vec<(String, Option<String>)> = names
+            .iter()
+            .filter(|n| {
+                // \NoSelect (RFC 3501 §7.2.2); \NonExistent (RFC 5258) implies it.
+                !n.attributes().iter().any(|a| match a {
+                    async_imap::types::NameAttribute::NoSelect => true,
+                    async_imap::types::NameAttribute::Extension(x) => {
+                        x.eq_ignore_ascii_case("\\NonExistent")
+                    }
+                    _ => false,
+                })
+            })
+            .map(|n| (n.name().to_string(), n.delimiter().map(str::to_string)))
+            .filter(|(name, _)| {
+                self.config.folders.is_empty() || self.config.folders.iter().any(|f| f == name)
+            })
+            .collect();
+        // INBOX first: that is where new mail is awaited.
+        folders.sort_by_key(|(name, _)| (!name.eq_ignore_ascii_case("INBOX"), name.clone()));
+        Ok(folders)
+    }
+
+    async fn sync_folder(
+        &self,
+        session: &mut Session,
+        account: AccountId,
+        folder: &str,
+        local: &str,
+    ) -> Result<usize, SyncError> {
+        let timeout = self.config.timeout();
+        let selected = within(timeout, session.examine(folder)).await?;
+        let uidvalidity = selected.uid_validity.ok_or_else(|| {
+            SyncError::Folder(folder.into(), "the server sent no UIDVALIDITY".into())
+        })?;
+        let (store, f, l) = (self.store.clone(), folder.to_string(), local.to_string());
+        let (mailbox, known) = blocking(move || {
+            let mailbox = match store.mailbox(account, &l)? {
+                Some(m) => m,
+                None => store.create_mailbox(account, &l, None)?,
+            };
+            Ok::<_, StoreError>((mailbox, store.sync_folder(account, &f)?))
+        })
+        .await??;
+        let mut next_uid = match known {
+            Some((v, next)) if v == uidvalidity => next,
+            Some((v, _)) => {
+                tracing::warn!(account = %self.name, %folder, old = v, new = uidvalidity,
+                    "upstream UIDVALIDITY changed: resyncing the folder");
+                let (store, f) = (self.store.clone(), folder.to_string());
+                blocking(move || store.reset_sync_folder(account, &f, uidvalidity)).await??;
+                1
+            }
+            None => 1,
+        };
+        // Nothing new: one EXAMINE is the whole cost of an unchanged folder.
+        if selected.exists == 0 || selected.uid_next.is_some_and(|n| n <= next_uid) {
+            return Ok(0);
+        }
+        let uids: Vec<u32> = {
+            let found = within(timeout, session.uid_search(format!("UID {next_uid}:*"))).await?;
+            let mut uids: Vec<u32> = found.into_iter().filter(|u| *u >= next_uid).collect();
+            uids.sort_unstable();
+            uids
+        };
+        let progress = Progress::new(local, uids.len());
+        let mut stored = 0;
+        for chunk in uids.chunks(BATCH) {
+            let set = chunk
+                .iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(",");
+            let mut fetched: Vec<(u32, Flags, InternalDate, Vec<u8>)> = within(timeout, async {
+                let fetches: Vec<_> = session
+                    .uid_fetch(&set, "(UID FLAGS INTERNALDATE BODY.PEEK[])")
+                    .await?
+                    .try_collect()
+                    .await?;
+                Ok::<_, async_imap::error::Error>(
+                    fetches
+                        .iter()
+                        .filter_map(|f| {
+                            let uid = f.uid?;
+                            let raw = f.body()?.to_vec();
+                            Some((uid, upstream_flags(f), internaldate(f), raw))
+                        })
+                        .collect(),
+                )
+            })
+            .await?;
+            fetched.sort_by_key(|m| m.0);
+            fetched.dedup_by_key(|m| m.0);
+            // Decrypt two at a time (the GnuPG workers), in order; a temporary failure ends
+            // the batch there and the rest waits for the next run.
+            let processed: Vec<_> = futures::stream::iter(fetched)
+                .map(|(uid, flags, date, raw)| async move {
+                    let raw = crate::store::crlf(&raw);
+                    (
+                        uid,
+                        flags,
+                        date,
+                        crate::inbound::process(&self.keys, &raw).await,
+                    )
+                })
+                .buffered(2)
+                .collect()
+                .await;
+            let mut messages = Vec::with_capacity(processed.len());
+            let mut done = Vec::with_capacity(processed.len());
+            let mut failure = None;
+            for (uid, mut flags, date, result) in processed {
+                match result {
+                    Ok(p) => {
+                        for k in p.verdict.keywords() {
+                            flags.insert(k.to_string());
+                        }
+                        messages.push(Prepared::new(p.message, flags, date));
+                        done.push(uid);
+                    }
+                    Err(e) => {
+                        failure = Some(SyncError::Keys(e.to_string()));
+                        break;
+                    }
+                }
+            }
+            if let Some(&last) = done.last() {
+                // Upstream UIDs in a gap of this chunk (expunged meanwhile) are passed too.
+                next_uid = if failure.is_none() {
+                    chunk[chunk.len() - 1].max(last) + 1
+                } else {
+                    last + 1
+                };
+                let mark = SyncMark {
+                    folder: folder.to_string(),
+                    uidvalidity,
+                    uids: done,
+                    next_uid,
+                };
+                let store = self.store.clone();
+                let n = messages.len();
+                let id = mailbox.id;
+                blocking(move || store.append_synced(id, messages, &mark)).await??;
+                stored += n;
+                progress.show(stored);
+            }
+            if let Some(e) = failure {
+                return Err(e);
+            }
+        }
+        progress.finish(stored);
+        Ok(stored)
+    }
+
+    /// Runs the configured notify_command with the counts.
+    async fn notify(&self, report: &SyncReport) {
+        let Some(command) = &self.config.notify_command else {
+            return;
+        };
+        let by_mailbox = report
+            .new
+            .iter()
+            .filter(|(_, n)| **n > 0)
+            .map(|(m, n)| format!("{m}={n}"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let status = tokio::process::Command::new("/bin/sh")
+            .arg("-c")
+            .arg(command)
+            .env("SEALPOST_ACCOUNT", &self.name)
+            .env("SEALPOST_NEW", report.total().to_string())
+            .env("SEALPOST_NEW_BY_MAILBOX", by_mailbox)
+            .stdin(std::process::Stdio::null())
+            .status()
+            .await;
+        match status {
+            Ok(s) if s.success() => {}
+            Ok(s) => tracing::warn!(account = %self.name, "notify_command exited with {s}"),
+            Err(e) => tracing::warn!(account = %self.name, "notify_command: {e}"),
+        }
+    }
+
+    /// Daemon mode: sync, then wait (IDLE on INBOX, or the poll interval), until `shutdown`.
+    /// Failures are logged and retried after the poll interval; the local store keeps
+    /// serving meanwhile.
+    pub async fn run(&self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        let poll = Duration::from_secs(self.config.poll_secs);
+        loop {
+            if *shutdown.borrow() {
+                return;
+            }
+            let waited = match self.sync_once().await {
+                Ok(_) if self.config.idle => self.idle(poll, &mut shutdown).await,
+                Ok(_) => Err(None),
+                Err(e) => {
+                    tracing::warn!(account = %self.name, "sync failed: {e}");
+                    Err(None)
+                }
+            };
+            if let Err(problem) = waited {
+                if let Some(e) = problem {
+                    tracing::info!(account = %self.name, "IDLE unavailable, polling: {e}");
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(poll) => {}
+                    _ = shutdown.changed() => {}
+                }
+            }
+        }
+    }
+
+    /// Waits in IDLE on INBOX until the server reports a change, `poll` passes or shutdown.
+    /// Err(None): the server has no IDLE (poll instead).
+    async fn idle(
+        &self,
+        poll: Duration,
+        shutdown: &mut tokio::sync::watch::Receiver<bool>,
+    ) -> Result<(), Option<SyncError>> {
+        let mut session = upstream::connect(&self.config).await.map_err(Some)?;
+        let capabilities = within(self.config.timeout(), session.capabilities())
+            .await
+            .map_err(Some)?;
+        if !capabilities.has_str("IDLE") {
+            let _ = session.logout().await;
+            return Err(None);
+        }
+        within(self.config.timeout(), session.examine("INBOX"))
+            .await
+            .map_err(Some)?;
+        let mut idle = session.idle();
+        idle.init().await.map_err(|e| Some(e.into()))?;
+        {
+            let (wait, _stop) = idle.wait_with_timeout(poll);
+            tokio::select! {
+                _ = wait => {}
+                _ = shutdown.changed() => {}
+            }
+        }
+        if let Ok(mut session) = idle.done().await {
+            let _ = tokio::time::timeout(self.config.timeout(), session.logout()).await;
+        }
+        Ok(())
+    }
+}
+
+/// The local mailbox name for an upstream folder: its hierarchy delimiter becomes "/", and
+/// the modified UTF-7 wire name becomes UTF-8 (RFC 3501 §5.1.3).
+fn local_name(wire: &str, delimiter: Option<&str>) -> Result<String, String> {
+    let with_slash = match delimiter {
+        Some(d) if d != "/" && !d.is_empty() => wire.replace(d, "/"),
+        _ => wire.to_string(),
+    };
+    if with_slash.eq_ignore_ascii_case("INBOX") {
+        return Ok("INBOX".into());
+    }
+    crate::imap::names::validate(with_slash.as_bytes()).map_err(|e| e.to_string())
+}
+
+/// The upstream flags that carry over: system flags but \Recent, and keywords.
+fn upstream_flags(fetch: &async_imap::types::Fetch) -> Flags {
+    use async_imap::types::Flag;
+    Flags::new(fetch.flags().filter_map(|f| match f {
+        Flag::Seen => Some("\\Seen".to_string()),
+        Flag::Answered => Some("\\Answered".into()),
+        Flag::Flagged => Some("\\Flagged".into()),
+        Flag::Deleted => Some("\\Deleted".into()),
+        Flag::Draft => Some("\\Draft".into()),
+        Flag::Recent | Flag::MayCreate => None,
+        Flag::Custom(k) => Some(k.to_string()),
+    }))
+}
+
+fn internaldate(fetch: &async_imap::types::Fetch) -> InternalDate {
+    match fetch.internal_date() {
+        Some(d) => InternalDate {
+            unix: d.timestamp(),
+            tz_minutes: d.offset().local_minus_utc() / 60,
+        },
+        None => InternalDate::now(),
+    }
+}
+
+async fn within<T, E: Into<SyncError>>(
+    limit: Duration,
+    work: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, SyncError> {
+    match tokio::time::timeout(limit, work).await {
+        Ok(result) => result.map_err(Into::into),
+        Err(_) => Err(SyncError::Connect(
+            "command".into(),
+            format!("no answer within {} s", limit.as_secs()),
+        )),
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, SyncError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| SyncError::Task(e.to_string()))
+}
+
+/// Progress of a big first sync on a terminal (counts and rate); silent otherwise (systemd).
+struct Progress {
+    mailbox: String,
+    total: usize,
+    started: Instant,
+    terminal: bool,
+}
+
+impl Progress {
+    fn new(mailbox: &str, total: usize) -> Progress {
+        Progress {
+            mailbox: mailbox.to_string(),
+            total,
+            started: Instant::now(),
+            terminal: total >= BATCH && std::io::stderr().is_terminal(),
+        }
+    }
+
+    fn show(&self, done: usize) {
+        if self.terminal {
+            let rate = done as f64 / self.started.elapsed().as_secs_f64().max(0.001);
+            eprint!(
+                "\r{}: {done}/{} messages ({rate:.0}/s)  ",
+                self.mailbox, self.total
+            );
+        }
+    }
+
+    fn finish(&self, done: usize) {
+        if self.terminal && done > 0 {
+            eprintln!();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstream_names_become_local_ones() {
+        assert_eq!(local_name("INBOX", Some(".")).unwrap(), "INBOX");
+        assert_eq!(local_name("inbox", Some("/")).unwrap(), "INBOX");
+        assert_eq!(local_name("Lists.rust", Some(".")).unwrap(), "Lists/rust");
+        assert_eq!(local_name("Lists/rust", Some("/")).unwrap(), "Lists/rust");
+        assert_eq!(local_name("Entw&APw-rfe", Some(".")).unwrap(), "Entwürfe");
+    }
+}

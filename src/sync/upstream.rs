@@ -1,0 +1,286 @@
+//! The upstream IMAP account: its configuration (`[accounts.upstream]`) and the connection —
+//! TCP, then implicit TLS or STARTTLS with certificate verification (cleartext only to a
+//! loopback host), then LOGIN or AUTHENTICATE PLAIN — as an async-imap session.
+
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use serde::Deserialize;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+use super::SyncError;
+
+/// `[accounts.upstream]`: where the account's mail comes from.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    pub host: String,
+    /// Default: 993 with implicit TLS, 143 otherwise.
+    pub port: Option<u16>,
+    #[serde(default)]
+    pub tls: UpstreamTls,
+    pub username: String,
+    /// A file holding the password (one line); keep it mode 0600.
+    pub password_file: PathBuf,
+    /// PEM certificates to trust instead of the system's CA store.
+    pub ca_file: Option<PathBuf>,
+    #[serde(default)]
+    pub auth: UpstreamAuth,
+    /// Folders to sync (upstream names); empty: every selectable folder.
+    #[serde(default)]
+    pub folders: Vec<String>,
+    /// Daemon mode: seconds between full syncs (IDLE on INBOX wakes it sooner).
+    #[serde(default = "default_poll")]
+    pub poll_secs: u64,
+    /// Daemon mode: wait in IDLE on INBOX between polls when the server offers it.
+    #[serde(default = "default_true")]
+    pub idle: bool,
+    /// Run after a sync that found new mail, with the counts in SEALPOST_NEW (total) and
+    /// SEALPOST_NEW_BY_MAILBOX ("INBOX=3 Lists/rust=1"). Run through /bin/sh -c.
+    pub notify_command: Option<String>,
+    /// Seconds for connecting and for each command.
+    #[serde(default = "default_timeout")]
+    pub timeout_secs: u64,
+}
+
+fn default_poll() -> u64 {
+    300
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_timeout() -> u64 {
+    60
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum UpstreamTls {
+    /// TLS from the first byte (IMAPS, RFC 8314).
+    #[default]
+    Implicit,
+    /// STARTTLS (RFC 3501 §6.2.1); the connection fails when the server does not offer it.
+    Starttls,
+    /// Cleartext: only to a loopback host.
+    None,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum UpstreamAuth {
+    /// LOGIN (RFC 3501 §6.2.3).
+    #[default]
+    Login,
+    /// AUTHENTICATE PLAIN (RFC 4616).
+    Plain,
+}
+
+impl UpstreamConfig {
+    pub fn port(&self) -> u16 {
+        self.port.unwrap_or(match self.tls {
+            UpstreamTls::Implicit => 993,
+            _ => 143,
+        })
+    }
+
+    pub fn timeout(&self) -> Duration {
+        Duration::from_secs(self.timeout_secs.max(1))
+    }
+
+    /// Why this configuration cannot be used, if it cannot (checked when the config loads).
+    pub fn problem(&self) -> Option<(&'static str, String)> {
+        if self.tls == UpstreamTls::None && !crate::net::is_loopback(&self.host) {
+            return Some((
+                "tls",
+                "\"none\" is allowed only with a loopback host: a password and mail never cross a network in clear".into(),
+            ));
+        }
+        if self.timeout_secs == 0 {
+            return Some(("timeout_secs", "must be at least 1 (seconds)".into()));
+        }
+        if self.poll_secs == 0 {
+            return Some(("poll_secs", "must be at least 1 (seconds)".into()));
+        }
+        None
+    }
+}
+
+/// The connection under the IMAP session: cleartext (loopback, or before STARTTLS) or TLS.
+#[derive(Debug)]
+pub enum Stream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+pub type Session = async_imap::Session<Stream>;
+
+/// RFC 4616 PLAIN: authorization identity empty, then the login and the password.
+struct Plain<'a> {
+    user: &'a str,
+    password: &'a str,
+}
+
+impl async_imap::Authenticator for Plain<'_> {
+    type Response = Vec<u8>;
+
+    fn process(&mut self, _challenge: &[u8]) -> Vec<u8> {
+        format!("\0{}\0{}", self.user, self.password).into_bytes()
+    }
+}
+
+/// Connects, secures and logs in; every step under the configured timeout.
+pub async fn connect(config: &UpstreamConfig) -> Result<Session, SyncError> {
+    let at = format!("{}:{}", config.host, config.port());
+    tokio::time::timeout(config.timeout(), connect_inner(config, &at))
+        .await
+        .map_err(|_| SyncError::Connect(at.clone(), "timed out".into()))?
+}
+
+async fn connect_inner(config: &UpstreamConfig, at: &str) -> Result<Session, SyncError> {
+    let failed = |what: &str, e: &dyn std::fmt::Display| {
+        SyncError::Connect(at.into(), format!("{what}: {e}"))
+    };
+    let password = std::fs::read_to_string(&config.password_file).map_err(|e| {
+        SyncError::Config(format!(
+            "password_file {}: {e}",
+            config.password_file.display()
+        ))
+    })?;
+    let password = password.trim_end_matches(['\r', '\n']);
+    let tcp = TcpStream::connect((config.host.as_str(), config.port()))
+        .await
+        .map_err(|e| failed("connect", &e))?;
+    let _ = tcp.set_nodelay(true);
+    let tls = || -> Result<(tokio_rustls::TlsConnector, rustls::pki_types::ServerName<'static>), SyncError> {
+        let ca = match &config.ca_file {
+            Some(path) => Some(std::fs::read(path).map_err(|e| {
+                SyncError::Config(format!("ca_file {}: {e}", path.display()))
+            })?),
+            None => None,
+        };
+        let client = crate::net::tls_client_config(ca.as_deref())
+            .map_err(|e| SyncError::Config(format!("ca_file: {e}")))?;
+        let name = rustls::pki_types::ServerName::try_from(config.host.clone())
+            .map_err(|e| SyncError::Config(format!("host {}: {e}", config.host)))?;
+        Ok((tokio_rustls::TlsConnector::from(client), name))
+    };
+    let mut client = match config.tls {
+        UpstreamTls::Implicit => {
+            let (connector, name) = tls()?;
+            let stream = connector
+                .connect(name, tcp)
+                .await
+                .map_err(|e| failed("TLS", &e))?;
+            async_imap::Client::new(Stream::Tls(Box::new(stream)))
+        }
+        UpstreamTls::Starttls => {
+            let mut plain = async_imap::Client::new(Stream::Plain(tcp));
+            greeting(&mut plain, at).await?;
+            plain
+                .run_command_and_check_ok("STARTTLS", None)
+                .await
+                .map_err(|e| failed("STARTTLS refused (nothing was sent in clear)", &e))?;
+            // Anything the server sent after its OK stays unread: only TLS data counts
+            // (RFC 3501 §6.2.1).
+            let Stream::Plain(tcp) = plain.into_inner() else {
+                unreachable!("the STARTTLS stream is cleartext")
+            };
+            let (connector, name) = tls()?;
+            let stream = connector
+                .connect(name, tcp)
+                .await
+                .map_err(|e| failed("TLS", &e))?;
+            // No greeting after STARTTLS.
+            let session = login(
+                async_imap::Client::new(Stream::Tls(Box::new(stream))),
+                config,
+                password,
+                at,
+            )
+            .await?;
+            return Ok(session);
+        }
+        UpstreamTls::None => async_imap::Client::new(Stream::Plain(tcp)),
+    };
+    greeting(&mut client, at).await?;
+    login(client, config, password, at).await
+}
+
+async fn greeting(client: &mut async_imap::Client<Stream>, at: &str) -> Result<(), SyncError> {
+    match client.read_response().await {
+        Ok(Some(_)) => Ok(()),
+        Ok(None) => Err(SyncError::Connect(
+            at.into(),
+            "closed before the greeting".into(),
+        )),
+        Err(e) => Err(SyncError::Connect(at.into(), format!("greeting: {e}"))),
+    }
+}
+
+async fn login(
+    client: async_imap::Client<Stream>,
+    config: &UpstreamConfig,
+    password: &str,
+    at: &str,
+) -> Result<Session, SyncError> {
+    let result = match config.auth {
+        UpstreamAuth::Login => client.login(&config.username, password).await,
+        UpstreamAuth::Plain => {
+            client
+                .authenticate(
+                    "PLAIN",
+                    Plain {
+                        user: &config.username,
+                        password,
+                    },
+                )
+                .await
+        }
+    };
+    result.map_err(|(e, _)| SyncError::Login(format!("{at} as {}: {e}", config.username)))
+}

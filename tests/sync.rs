@@ -1,0 +1,214 @@
+//! `sealpost sync` against a throwaway Dovecot as the upstream account (loopback, TLS with
+//! the Dovecot's own certificate as trust anchor): the messages made by sealpost's own
+//! outgoing core arrive decrypted and marked in the local store, every folder, once.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use std::process::{Command, Output};
+
+use common::dovecot::Dovecot;
+use common::imap::{append_bytes, run_client, Tls};
+use common::server::{Server, USER};
+use common::{verdicts, World};
+use serde_json::{json, Value};
+
+/// The `[accounts.upstream]` table for `dovecot` (written before `[gnupg]`, so that it belongs
+/// to the test server's account).
+fn upstream_table(dovecot: &Dovecot, dir: &Path, tls: &str, port: u16, extra: &str) -> String {
+    let password = dir.join("upstream-password");
+    std::fs::write(&password, format!("{}\n", dovecot.password)).unwrap();
+    format!(
+        "[accounts.upstream]\nhost = \"127.0.0.1\"\nport = {port}\ntls = \"{tls}\"\n\
+         username = \"{}\"\npassword_file = \"{}\"\nca_file = \"{}\"\ntimeout_secs = 20\n{extra}\n",
+        dovecot.user,
+        password.display(),
+        dovecot.cert.as_ref().unwrap().display(),
+    )
+}
+
+fn gnupg_table(world: &World) -> String {
+    format!("[gnupg]\nhome = \"{}\"\n", world.bob.dir.display())
+}
+
+/// A configuration for `sealpost sync` over the server's store: the server's own file with
+/// the upstream table after its [[accounts]] entry. The server itself runs without one, so
+/// only the test's `sync --once` imports.
+fn sync_config(server: &Server, upstream: &str) -> PathBuf {
+    let text = std::fs::read_to_string(server.config()).unwrap();
+    let at = text.find("[gnupg]").unwrap();
+    let path = server.dir.path().join("sync.toml");
+    std::fs::write(&path, format!("{}{upstream}\n{}", &text[..at], &text[at..])).unwrap();
+    path
+}
+
+fn sync_once(config: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_sealpost"))
+        .arg("--config")
+        .arg(config)
+        .args(["sync", "--once"])
+        .output()
+        .unwrap()
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs `steps` on the upstream as its user, over the plain loopback port.
+fn upstream(dovecot: &Dovecot, steps: Value) -> Value {
+    run_client(
+        dovecot.port,
+        &dovecot.user,
+        &dovecot.password,
+        Tls::None,
+        &steps,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_imports_every_folder_decrypted_and_marked_once() {
+    let world = World::new();
+    let dovecot = Dovecot::start_tls();
+    let cases = verdicts::cases(&world).await;
+    let mut steps: Vec<Value> = cases
+        .iter()
+        .map(|(_, raw)| append_bytes("INBOX", raw))
+        .collect();
+    steps.push(json!({"cmd": "raw", "line": "CREATE Lists.rust"}));
+    let mut flagged = append_bytes(
+        "Lists.rust",
+        b"From: list@example.org\r\nTo: bob@example.org\r\nSubject: list mail\r\n\r\nhello list\r\n",
+    );
+    flagged["flags"] = json!("(\\Flagged)");
+    steps.push(flagged);
+    upstream(&dovecot, Value::Array(steps));
+
+    let server = Server::start_config("", &gnupg_table(&world));
+    let dir = tempfile::tempdir().unwrap();
+    let tls_port = dovecot.tls_port.unwrap();
+    let config = sync_config(
+        &server,
+        &upstream_table(&dovecot, dir.path(), "implicit", tls_port, ""),
+    );
+    let out = sync_once(&config);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(stdout(&out).trim(), format!("{USER}: 9 new"));
+    verdicts::check(&world, &verdicts::fetch_all(&server));
+
+    // The folder, with its hierarchy mapped ("." upstream, "/" here) and its flag.
+    let mut raw = server.login();
+    raw.ok("SELECT \"Lists/rust\"");
+    let lines = raw.ok("UID FETCH 1:* (FLAGS BODY.PEEK[TEXT])");
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(lines[0].contains("\\Flagged") && lines[0].contains("hello list"));
+
+    // Nothing twice: a second run finds nothing new.
+    let out = sync_once(&config);
+    assert_eq!(stdout(&out).trim(), format!("{USER}: 0 new"), "{out:?}");
+    assert_eq!(verdicts::fetch_all(&server).len(), 8);
+
+    // Upstream was only read: no \Seen set there.
+    let fetched = upstream(
+        &dovecot,
+        json!([{"cmd": "raw", "line": "SELECT INBOX"},
+        {"cmd": "raw", "line": "FETCH 1:* (FLAGS)"}]),
+    );
+    let flags: Vec<&str> = fetched["steps"][1]["untagged"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|u| u["raw"].as_str())
+        .collect();
+    assert_eq!(flags.len(), 8);
+    assert!(flags.iter().all(|f| !f.contains("Seen")), "{flags:?}");
+
+    // New upstream mail arrives incrementally, with the next local UID.
+    upstream(
+        &dovecot,
+        json!([append_bytes(
+            "INBOX",
+            b"From: a@example.org\r\nSubject: later\r\n\r\nlater\r\n"
+        )]),
+    );
+    let out = sync_once(&config);
+    assert_eq!(stdout(&out).trim(), format!("{USER}: 1 new"), "{out:?}");
+    let lines = raw.ok("SELECT INBOX");
+    assert!(lines.iter().any(|l| l == "* 9 EXISTS"), "{lines:?}");
+    let lines = raw.ok("UID FETCH 9 (BODY.PEEK[HEADER.FIELDS (SUBJECT)])");
+    assert!(lines[0].contains("later"), "{lines:?}");
+}
+
+/// STARTTLS with AUTHENTICATE PLAIN works; an untrusted certificate, a wrong password and a
+/// stopped upstream each fail with exit 75 and say why, storing nothing; the local server
+/// keeps serving meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starttls_plain_auth_and_failures_that_store_nothing() {
+    let world = World::new();
+    let dovecot = Dovecot::start_tls();
+    upstream(
+        &dovecot,
+        json!([append_bytes(
+            "INBOX",
+            b"From: a@example.org\r\nSubject: one\r\n\r\none\r\n"
+        )]),
+    );
+    let server = Server::start_config("", &gnupg_table(&world));
+    let dir = tempfile::tempdir().unwrap();
+
+    // A certificate from elsewhere: TLS fails, nothing was sent.
+    let other = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+    let other_ca = dir.path().join("other.pem");
+    std::fs::write(&other_ca, other.cert.pem()).unwrap();
+    let table = upstream_table(
+        &dovecot,
+        dir.path(),
+        "starttls",
+        dovecot.port,
+        "auth = \"plain\"",
+    );
+    let untrusted = table.replace(
+        &format!("ca_file = \"{}\"", dovecot.cert.as_ref().unwrap().display()),
+        &format!("ca_file = \"{}\"", other_ca.display()),
+    );
+    let out = sync_once(&sync_config(&server, &untrusted));
+    assert_eq!(out.status.code(), Some(75), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("TLS"),
+        "{out:?}"
+    );
+
+    // A wrong password.
+    let wrong = dir.path().join("wrong");
+    std::fs::write(&wrong, "not-it\n").unwrap();
+    let bad_login = table.replace(
+        &format!(
+            "password_file = \"{}\"",
+            dir.path().join("upstream-password").display()
+        ),
+        &format!("password_file = \"{}\"", wrong.display()),
+    );
+    let out = sync_once(&sync_config(&server, &bad_login));
+    assert_eq!(out.status.code(), Some(75), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("login"),
+        "{out:?}"
+    );
+    assert!(verdicts::fetch_all(&server).is_empty());
+
+    // STARTTLS + PLAIN with the right settings.
+    let config = sync_config(&server, &table);
+    let out = sync_once(&config);
+    assert_eq!(stdout(&out).trim(), format!("{USER}: 1 new"), "{out:?}");
+
+    // Upstream stopped: the sync fails and says so, the local server still serves.
+    drop(dovecot);
+    let out = sync_once(&config);
+    assert_eq!(out.status.code(), Some(75), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("upstream"),
+        "{out:?}"
+    );
+    assert_eq!(verdicts::fetch_all(&server).len(), 1);
+}
