@@ -52,3 +52,28 @@ fn deliver_refuses_unknown_accounts_and_empty_input() {
     assert_eq!(code, 65, "{output}");
     assert!(output.contains("empty message"), "{output}");
 }
+
+/// A message `sealpost deliver` stores (another process) reaches an IDLE session at once:
+/// the server notices the other process's commit, without waiting for a poll of its own.
+#[test]
+fn an_idle_client_sees_delivered_mail() {
+    let server = Server::start();
+    let mut raw = server.login();
+    raw.ok("SELECT INBOX");
+    raw.send(b"i1 IDLE\r\n");
+    let ready = raw.line().unwrap();
+    assert!(ready.starts_with('+'), "{ready}");
+    let (code, output) = deliver(
+        &server,
+        b"From: a@example.org\r\nTo: alice@example.org\r\nSubject: idle\r\n\r\nbody\r\n",
+    );
+    assert_eq!(code, 0, "{output}");
+    // The next lines the session sends are the new message (the read times out after 30 s).
+    let mut seen = Vec::new();
+    while !seen.iter().any(|l: &String| l == "* 1 EXISTS") {
+        seen.push(raw.line().expect("an untagged EXISTS while idling"));
+    }
+    raw.send(b"DONE\r\n");
+    let (_, done) = raw.until("i1");
+    assert!(done.starts_with("i1 OK"), "{done}");
+}

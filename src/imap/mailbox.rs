@@ -396,8 +396,6 @@ impl Session {
             tokio::select! {
                 filled = self.conn.fill(&limits, true) => filled?,
                 _ = changed.changed() => {}
-                // Writers in other processes (`sealpost import`) do not wake the watch.
-                _ = tokio::time::sleep(Duration::from_secs(30)) => {}
                 _ = tokio::time::sleep_until(deadline) => {
                     self.conn.write(b"* BYE Autologout; idle for too long\r\n").await?;
                     self.state = State::Logout;

@@ -389,6 +389,8 @@ struct Inner {
     writer: Mutex<Connection>,
     readers: Mutex<Vec<Connection>>,
     changed: watch::Sender<u64>,
+    /// Started by the first `watch()`: notices commits made by other processes.
+    watcher: std::sync::Once,
 }
 
 impl Store {
@@ -416,6 +418,7 @@ impl Store {
                 writer: Mutex::new(writer),
                 readers: Mutex::new(Vec::new()),
                 changed: watch::channel(0).0,
+                watcher: std::sync::Once::new(),
             }),
         })
     }
@@ -425,8 +428,40 @@ impl Store {
     }
 
     /// A receiver that sees a new value after every committed write.
+    /// Commits by other processes (`sealpost deliver`, `sealpost sync`, `sealpost import`)
+    /// count too: they are noticed within half a second.
     pub fn watch(&self) -> watch::Receiver<u64> {
+        self.inner.watcher.call_once(|| self.watch_other_processes());
         self.inner.changed.subscribe()
+    }
+
+    /// A thread with its own connection polls `PRAGMA data_version`, which changes when
+    /// another connection commits (sqlite.org/pragma.html#pragma_data_version); it ends with
+    /// the store.
+    fn watch_other_processes(&self) {
+        let inner = Arc::downgrade(&self.inner);
+        let Ok(conn) = open_connection(&self.inner.path, true) else {
+            return;
+        };
+        let version = |c: &Connection| {
+            c.query_row("PRAGMA data_version", [], |r| r.get::<_, i64>(0))
+                .ok()
+        };
+        let mut last = version(&conn);
+        let spawned = std::thread::Builder::new()
+            .name("store-watch".into())
+            .spawn(move || loop {
+                std::thread::sleep(std::time::Duration::from_millis(500));
+                let Some(inner) = inner.upgrade() else { return };
+                let now = version(&conn);
+                if now != last {
+                    last = now;
+                    inner.changed.send_modify(|n| *n += 1);
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::warn!("store: cannot watch for other processes' commits: {e}");
+        }
     }
 
     fn writer(&self) -> Result<MutexGuard<'_, Connection>, StoreError> {
