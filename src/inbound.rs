@@ -214,7 +214,12 @@ pub async fn process(keys: &KeyService, raw: &[u8]) -> Result<Processed, Inbound
                 let plaintext = crate::store::crlf(&decrypted.plaintext);
                 if pgp_mime {
                     let (inner_header, inner_body) = split(&plaintext);
-                    let protected = is_protected(inner_header);
+                    let signed_header = signed_part_header(&plaintext);
+                    let protected = if is_protected(inner_header) {
+                        Some(inner_header)
+                    } else {
+                        signed_header.as_deref().filter(|h| is_protected(h))
+                    };
                     let (merged, inner_from) = merge_headers(header, inner_header, protected);
                     if let (Some(inner), Some(outer)) = (&inner_from, &outer_from) {
                         verdict.inner_from_mismatch = !inner.eq_ignore_ascii_case(outer);
@@ -411,21 +416,35 @@ fn is_protected(inner_header: &[u8]) -> bool {
             && String::from_utf8_lossy(field)
                 .to_ascii_lowercase()
                 .replace([' ', '\t', '\r', '\n'], "")
-                .contains("protected-headers=\"v1\"")
+                .split(';')
+                .any(|p| p.starts_with("protected-headers=") || p.starts_with("hp="))
     })
 }
 
 /// Outer fields minus the outer Content-* ones, with the inner entity's Content-* fields (and,
 /// when protected, its other fields, which replace outer fields of the same name). Returns the
 /// inner From address when the inner header has one.
-fn merge_headers(outer: &[u8], inner: &[u8], protected: bool) -> (Vec<u8>, Option<String>) {
+///
+/// `protected` is the header that carries the protected fields: the decrypted entity's own, or,
+/// when it is a `multipart/signed` (RFC 3156 §6.1, signed then encrypted), its signed part's.
+/// RFC 9788 §2.2 HP-Outer fields only record what the outside showed and are not copied.
+fn merge_headers(
+    outer: &[u8],
+    inner: &[u8],
+    protected: Option<&[u8]>,
+) -> (Vec<u8>, Option<String>) {
     let inner_fields = fields(inner);
+    let protected_fields: Vec<_> = protected
+        .map(fields)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|(n, _)| !is_content_field(n) && !n.eq_ignore_ascii_case(b"hp-outer"))
+        .collect();
     let replaced = |name: &[u8]| {
         is_content_field(name)
-            || (protected
-                && inner_fields
-                    .iter()
-                    .any(|(n, _)| n.eq_ignore_ascii_case(name)))
+            || protected_fields
+                .iter()
+                .any(|(n, _)| n.eq_ignore_ascii_case(name))
     };
     let mut out = Vec::new();
     for (name, field) in fields(outer) {
@@ -434,13 +453,37 @@ fn merge_headers(outer: &[u8], inner: &[u8], protected: bool) -> (Vec<u8>, Optio
         }
     }
     for (name, field) in &inner_fields {
-        if is_content_field(name) || protected {
+        if is_content_field(name) {
             out.extend_from_slice(field);
         }
     }
+    for (_, field) in &protected_fields {
+        out.extend_from_slice(field);
+    }
     out.extend_from_slice(b"\r\n");
-    let inner_from = if protected { from_address(inner) } else { None };
+    let inner_from = protected.and_then(from_address);
     (out, inner_from)
+}
+
+/// The header of a `multipart/signed` entity's first (signed) part.
+fn signed_part_header(entity: &[u8]) -> Option<Vec<u8>> {
+    let message = MessageParser::default().parse(entity)?;
+    let root = message.parts.first()?;
+    if !root.content_type().is_some_and(|ct| {
+        ct.ctype().eq_ignore_ascii_case("multipart")
+            && ct
+                .subtype()
+                .is_some_and(|s| s.eq_ignore_ascii_case("signed"))
+    }) {
+        return None;
+    }
+    let PartType::Multipart(children) = &root.body else {
+        return None;
+    };
+    let first = message.parts.get(*children.first()? as usize)?;
+    entity
+        .get(first.offset_header as usize..first.offset_body as usize)
+        .map(<[u8]>::to_vec)
 }
 
 /// The header with its Content-* fields replaced by those of decrypted inline text.
@@ -500,7 +543,8 @@ mod tests {
         let outer =
             b"From: a@example.org\r\nSubject: [...]\r\nContent-Type: multipart/encrypted\r\n\r\n";
         let inner = b"Content-Type: text/plain; charset=utf-8; protected-headers=\"v1\"\r\nSubject: Real subject\r\nFrom: b@example.org\r\n\r\n";
-        let (merged, inner_from) = merge_headers(outer, inner, is_protected(inner));
+        let (merged, inner_from) =
+            merge_headers(outer, inner, Some(inner).filter(|h| is_protected(h)));
         let merged = String::from_utf8(merged).unwrap();
         assert_eq!(
             merged,

@@ -212,3 +212,103 @@ async fn starttls_plain_auth_and_failures_that_store_nothing() {
     );
     assert_eq!(verdicts::fetch_all(&server).len(), 1);
 }
+
+/// kill -9 of the sync 20 times at random points while it imports 500 encrypted messages,
+/// then a pass to the end: every message exactly once, local UIDs in upstream order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_twenty_times_while_importing_no_duplicate_no_loss() {
+    const N: usize = 500;
+    let world = World::new();
+    let dovecot = Dovecot::start_tls();
+    let rewriter = sealpost::rewrite::Rewriter::new(
+        world.sender.service(std::time::Duration::from_secs(20)),
+        sealpost::rewrite::Policy::default(),
+    );
+    let mut steps = Vec::with_capacity(N);
+    for i in 0..N {
+        let raw = format!(
+            "From: alice@example.org\r\nTo: bob@example.org\r\nSubject: m{i:03}\r\n\
+             Message-ID: <m{i}@example.org>\r\n\r\nmessage number {i}\r\n"
+        );
+        let envelope = sealpost::rewrite::Envelope {
+            id: format!("k{i}"),
+            sender: "alice@example.org".into(),
+            recipients: vec!["bob@example.org".into()],
+        };
+        let copy = match rewriter.rewrite(&envelope, raw.into_bytes()).await.unwrap() {
+            sealpost::rewrite::Outcome::Copies(mut c) => c.remove(0).message.unwrap(),
+            sealpost::rewrite::Outcome::Refused(r) => panic!("{r}"),
+        };
+        steps.push(append_bytes("INBOX", &copy));
+    }
+    upstream(&dovecot, Value::Array(steps));
+
+    let server = Server::start_config("", &gnupg_table(&world));
+    let dir = tempfile::tempdir().unwrap();
+    let config = sync_config(
+        &server,
+        &upstream_table(&dovecot, dir.path(), "none", dovecot.port, ""),
+    );
+    let store = sealpost::store::Store::open(&server.store_path()).unwrap();
+    let count = || {
+        let Some(account) = store.account(USER).unwrap() else {
+            return 0;
+        };
+        let inbox = store.mailbox(account, "INBOX").unwrap().unwrap();
+        store.status(inbox.id).unwrap().messages as usize
+    };
+    // A small xorshift: random kill points without a dependency.
+    let mut seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        | 1;
+    let mut kills = 0;
+    while kills < 20 {
+        let before = count();
+        if before >= N {
+            break;
+        }
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        // Kill once the store has grown by a random amount (0 kills it while connecting or
+        // in the first batch); the store's own count is the event waited on.
+        let target = (before + (seed % 40) as usize).min(N - 1);
+        let mut child = Command::new(env!("CARGO_BIN_EXE_sealpost"))
+            .arg("--config")
+            .arg(&config)
+            .args(["sync", "--once"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        loop {
+            if count() >= target || child.try_wait().unwrap().is_some() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        kills += 1;
+    }
+    assert!(kills >= 10, "the import outran the kills: only {kills}");
+    let out = sync_once(&config);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(count(), N);
+    // In UID order, the subjects are m000..m499: none twice, none missing, UIDs follow the
+    // upstream order.
+    let mut raw = server.login();
+    raw.ok("EXAMINE INBOX");
+    let lines = raw.ok("UID FETCH 1:* (BODY.PEEK[HEADER.FIELDS (SUBJECT)])");
+    let subjects: Vec<String> = lines
+        .iter()
+        .map(|l| {
+            let after = l.split("Subject: ").nth(1).unwrap();
+            after.lines().next().unwrap().trim().to_string()
+        })
+        .collect();
+    let expected: Vec<String> = (0..N).map(|i| format!("m{i:03}")).collect();
+    assert_eq!(subjects, expected);
+}

@@ -110,6 +110,14 @@ pub fn check(world: &World, stored: &[(String, Vec<u8>)]) {
     let (flags, m) = &stored[0];
     assert!(contains(m, SECRET), "decrypted");
     assert!(!contains(m, "multipart/encrypted"));
+    // RFC 9788: the protected Subject (inside the signed part) replaces the obscured one.
+    let header_end = super::find(m, b"\r\n\r\n").unwrap();
+    let header = String::from_utf8_lossy(&m[..header_end]);
+    assert!(header.contains("Subject: Vault"), "{header}");
+    assert!(
+        !header.contains("[...]") && !header.contains("HP-Outer"),
+        "{header}"
+    );
     assert_eq!(
         verdict(m),
         format!("encrypted; signature=valid; signer={alice_fpr}; from=match")
