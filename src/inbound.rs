@@ -544,7 +544,7 @@ mod tests {
             b"From: a@example.org\r\nSubject: [...]\r\nContent-Type: multipart/encrypted\r\n\r\n";
         let inner = b"Content-Type: text/plain; charset=utf-8; protected-headers=\"v1\"\r\nSubject: Real subject\r\nFrom: b@example.org\r\n\r\n";
         let (merged, inner_from) =
-            merge_headers(outer, inner, Some(inner).filter(|h| is_protected(h)));
+            merge_headers(outer, inner, Some(&inner[..]).filter(|h| is_protected(h)));
         let merged = String::from_utf8(merged).unwrap();
         assert_eq!(
             merged,
