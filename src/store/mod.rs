@@ -431,7 +431,9 @@ impl Store {
     /// Commits by other processes (`sealpost deliver`, `sealpost sync`, `sealpost import`)
     /// count too: they are noticed within half a second.
     pub fn watch(&self) -> watch::Receiver<u64> {
-        self.inner.watcher.call_once(|| self.watch_other_processes());
+        self.inner
+            .watcher
+            .call_once(|| self.watch_other_processes());
         self.inner.changed.subscribe()
     }
 
