@@ -397,6 +397,7 @@ async fn milter(config: Config) -> Result<u8, CliError> {
         match tokio::net::TcpListener::bind(&addr).await {
             Ok(l) => {
                 tracing::info!("milter listening on {addr}");
+                let l = crate::milter::NoDelayListener(l);
                 crate::milter::run(l, m, max, crate::shutdown::signalled()).await
             }
             Err(e) => Err(MilterError::Listen(listen.clone(), e)),
