@@ -1,6 +1,6 @@
 //! `make bench`: the milter inside Postfix, written to BENCHMARKS.md (section "milter").
 //!
-//! A private Postfix instance (benches/common/postfix.rs) takes messages over SMTP from
+//! A private Postfix instance (tests/common/postfix.rs, shared with the milter tests) takes messages over SMTP from
 //! `CLIENTS` concurrent sessions, each sending back to back, and delivers every copy into one
 //! Maildir. A run is timed from the first MAIL to the moment the last expected copy is in the
 //! Maildir (messages × recipients files, polled every 20 ms). Runs:
@@ -35,8 +35,12 @@ use std::time::{Duration, Instant};
 
 #[path = "common/gnupg.rs"]
 mod gnupg;
-#[path = "common/postfix.rs"]
+#[path = "../tests/common/postfix.rs"]
+#[allow(dead_code)]
 mod postfix;
+#[path = "../tests/common/relay.rs"]
+#[allow(dead_code)]
+mod relay;
 #[path = "common/report.rs"]
 mod report;
 
@@ -767,14 +771,14 @@ fn main() {
     let one = &RECIPIENTS[..1];
     let mut runs = Vec::new();
     {
-        let plain = Postfix::start(None);
+        let plain = Postfix::start_with(None);
         let (p, c) = (&plain, clients);
         run(p, "warm-up", "pw", WARM_UP, &RECIPIENTS, c, None);
         runs.push(run(p, "Postfix alone", "p1", n1, one, c, None));
         runs.push(run(p, "Postfix alone", "p5", 2 * n5, &RECIPIENTS, c, None));
     }
-    let milter_port = postfix::free_port();
-    let pf = Postfix::start(Some(milter_port));
+    let milter_port = relay::free_port();
+    let pf = Postfix::start_with(Some(milter_port));
     // The milter's gpg processes are orphaned by GPGME's double fork; adopt them, so that
     // `reap_gpg` can count their CPU time. Set before the milter starts: a process inherits
     // the "has a subreaper above" mark when it is forked. From here on this process starts no

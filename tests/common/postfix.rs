@@ -2,7 +2,10 @@
 //! main.cf/master.cf, queue and data directories under DIR, smtpd on a free 127.0.0.1 port with
 //! sealpost's milter, a second smtpd without milters (the re-injection listener), and
 //! catch-all virtual delivery into one Maildir. Needs root (Postfix's master runs as root).
+//!
+//! The milter benchmark includes this file too (`#[path]`, with relay.rs for `free_port`).
 
+use std::io::Write;
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -14,12 +17,16 @@ pub struct Postfix {
     pub dir: PathBuf,
     pub smtp_port: u16,
     pub reinject_port: u16,
-    pub milter_port: u16,
 }
 
 impl Postfix {
     /// Starts an instance whose smtpd and sendmail path use the milter on `milter_port`.
     pub fn start(milter_port: u16) -> Postfix {
+        Self::start_with(Some(milter_port))
+    }
+
+    /// Like `start`; with None, no milter at all (the plain-Postfix baseline).
+    pub fn start_with(milter_port: Option<u16>) -> Postfix {
         let dir = tempfile::Builder::new()
             .prefix("spf")
             .tempdir_in("/tmp")
@@ -28,7 +35,6 @@ impl Postfix {
         let p = Postfix {
             smtp_port: free_port(),
             reinject_port: free_port(),
-            milter_port,
             dir,
         };
         let d = p.dir.display();
@@ -59,10 +65,10 @@ impl Postfix {
                  virtual_mailbox_base = {d}/mail\nvirtual_mailbox_maps = static:box/\n\
                  virtual_uid_maps = static:65534\nvirtual_gid_maps = static:65534\n\
                  smtpd_recipient_restrictions = permit_mynetworks, reject\n\
-                 smtpd_milters = inet:127.0.0.1:{m}\nnon_smtpd_milters = inet:127.0.0.1:{m}\n\
+                 smtpd_milters = {m}\nnon_smtpd_milters = {m}\n\
                  milter_default_action = tempfail\n\
                  queue_run_delay = 1s\nminimal_backoff_time = 1s\nmaximal_backoff_time = 2s\n",
-                m = p.milter_port
+                m = milter_port.map_or(String::new(), |m| format!("inet:127.0.0.1:{m}"))
             ),
         )
         .unwrap();
@@ -134,6 +140,13 @@ impl Postfix {
         self.postfix(&["reload"]);
     }
 
+    /// The master process, from its pid file.
+    pub fn master_pid(&self) -> Option<u32> {
+        std::fs::read_to_string(self.dir.join("q/pid/master.pid"))
+            .ok()
+            .and_then(|p| p.trim().parse().ok())
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("maillog")).unwrap_or_default()
     }
@@ -158,13 +171,17 @@ impl Postfix {
 
     /// Runs Postfix's own sendmail (the non_smtpd_milters path).
     pub fn sendmail(&self, args: &[&str], message: &[u8]) -> std::process::Output {
-        super::run_with_stdin(
-            Command::new("/usr/sbin/sendmail")
-                .arg("-C")
-                .arg(&self.dir)
-                .args(args),
-            message,
-        )
+        let mut child = Command::new("/usr/sbin/sendmail")
+            .arg("-C")
+            .arg(&self.dir)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(message).unwrap();
+        child.wait_with_output().unwrap()
     }
 
     /// Messages in the hold queue (quarantined by a milter).
@@ -212,7 +229,7 @@ fn read_dir_files(dir: &Path) -> Vec<Vec<u8>> {
     paths.iter().filter_map(|p| std::fs::read(p).ok()).collect()
 }
 
-fn count_files(dir: &Path) -> usize {
+pub fn count_files(dir: &Path) -> usize {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return 0;
     };
