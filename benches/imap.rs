@@ -424,11 +424,7 @@ fn main() {
         std::fs::metadata(wal).map(|m| m.len()).unwrap_or(0)
     };
     let maildir_size = du(&dovecot.maildir);
-    let dovecot_version = Command::new(dovecot::DOVECOT)
-        .arg("--version")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default();
+    let dovecot_version = report::first_line(dovecot::DOVECOT, &["--version"]);
 
     let mut body = String::new();
     let _ = writeln!(body, "Produced by `make bench` (`cargo bench --bench imap -- --out BENCHMARKS.md`, release build).");

@@ -723,21 +723,6 @@ fn messages_setting() -> usize {
         .unwrap_or(5000)
 }
 
-fn command_line(program: &str, args: &[&str]) -> String {
-    Command::new(program)
-        .args(args)
-        .output()
-        .map(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_string()
-        })
-        .unwrap_or_default()
-}
-
 fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
 }
@@ -879,11 +864,11 @@ fn render(r: &Rendered<'_>) -> String {
          faster than with the milter, so its runs last only a few seconds.\n\n\
          | run | SMTP sessions | messages × recipients | copies | last SMTP reply | last copy delivered | messages/s | copies/s | gpg floor, messages/s | ÷ floor | machine CPU busy |\n\
          |---|---|---|---|---|---|---|---|---|---|---|\n",
-        date = command_line("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
+        date = report::first_line("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
         cpu = cpu_model(),
         idle = r.idle_busy * 100.0,
-        postfix = command_line("postconf", &["-d", "-h", "mail_version"]),
-        gpg = command_line("gpg", &["--version"]),
+        postfix = report::first_line("postconf", &["-d", "-h", "mail_version"]),
+        gpg = report::first_line("gpg", &["--version"]),
         cli_ms = r.cli_ms,
         floor = r.floor,
     );

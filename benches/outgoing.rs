@@ -9,7 +9,6 @@
 //! the CLI's per-copy time).
 
 use std::fmt::Write as _;
-use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -137,17 +136,7 @@ fn main() {
     let _ = std::fs::remove_dir_all(&dir);
 
     let goal_tput = 0.9 * 2.0 * 1000.0 / cli_ms;
-    let gpg_version = Command::new("gpg")
-        .arg("--version")
-        .output()
-        .map(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .next()
-                .unwrap_or("")
-                .to_string()
-        })
-        .unwrap_or_default();
+    let gpg_version = report::first_line("gpg", &["--version"]);
     let _ = writeln!(report, "Produced by `make bench` (`cargo bench --bench outgoing -- --out BENCHMARKS.md`, release build).");
     let _ = writeln!(report, "Machine: {} cores; {gpg_version}; keys ed25519/cv25519 (`future-default`) in a throwaway home with `no-random-seed-file`.", std::thread::available_parallelism().map_or(0, |n| n.get()));
     let _ = writeln!(report, "Message: {} bytes of 8-bit text. Rounds: {ROUNDS} single-recipient copies in a row; {MESSAGES_5} five-recipient messages, two in flight.\n", message.len());

@@ -252,15 +252,9 @@ fn main() {
 }
 
 fn msmtp_version() -> String {
-    Command::new("msmtp")
-        .arg("--version")
-        .output()
-        .ok()
-        .and_then(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .next()
-                .and_then(|l| l.split_whitespace().nth(2).map(str::to_string))
-        })
+    report::first_line("msmtp", &["--version"])
+        .split_whitespace()
+        .nth(2)
         .unwrap_or_default()
+        .to_string()
 }

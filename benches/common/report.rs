@@ -12,6 +12,23 @@ pub fn out_path() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("BENCHMARKS.md"))
 }
 
+/// The first line of what `program args` prints (a version banner), trimmed; empty when it
+/// cannot run.
+pub fn first_line(program: &str, args: &[&str]) -> String {
+    std::process::Command::new(program)
+        .args(args)
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_string()
+        })
+        .unwrap_or_default()
+}
+
 /// Replaces the section that starts with the line `heading` (a `## ` line) up to the next
 /// `## ` line, or appends it; `body` is everything after the heading line.
 pub fn write_section(path: &Path, heading: &str, body: &str) {
