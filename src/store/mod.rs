@@ -767,8 +767,24 @@ impl Store {
             let mut mb = find_mailbox_id(tx, mailbox)?;
             let modseq = mb.highestmodseq + 1;
             let mut out = Vec::with_capacity(messages.len());
+            // Links under another UIDVALIDITY exist only after an upstream UIDVALIDITY change;
+            // two range seeks on the primary key say so once per batch, so the per-message
+            // lookup below costs nothing in an ordinary sync.
+            let relinking = match mark {
+                Some(mark) => tx
+                    .prepare_cached(
+                        "SELECT EXISTS (SELECT 1 FROM sync_map
+                                        WHERE account = ?1 AND folder = ?2 AND uidvalidity < ?3)
+                             OR EXISTS (SELECT 1 FROM sync_map
+                                        WHERE account = ?1 AND folder = ?2 AND uidvalidity > ?3)",
+                    )?
+                    .query_row(params![mb.account, mark.folder, mark.uidvalidity], |r| {
+                        r.get::<_, bool>(0)
+                    })?,
+                None => false,
+            };
             for (i, (message, summary)) in messages.iter().zip(fresh).enumerate() {
-                if let Some(mark) = mark {
+                if let Some(mark) = mark.filter(|_| relinking) {
                     // After an upstream UIDVALIDITY change: the same content, linked to this
                     // folder under the old UIDVALIDITY, is the same message. It is re-linked
                     // and keeps its local UID and flags.

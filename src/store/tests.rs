@@ -291,3 +291,56 @@ fn fetch_batches_stop_at_the_byte_budget_and_skip_what_was_not_asked() {
     assert_eq!(view.uids, [1, 2, 3, 4, 5, 6]);
     assert_eq!((view.status.unseen, view.first_unseen), (6, Some(1)));
 }
+
+#[test]
+fn a_new_upstream_uidvalidity_relinks_what_is_already_stored() {
+    let (_dir, store) = store();
+    let account = store.ensure_account("alice").unwrap();
+    let inbox = store.mailbox(account, "INBOX").unwrap().unwrap();
+    let mark = |uidvalidity, uid| SyncMark {
+        folder: "INBOX".into(),
+        uidvalidity,
+        uids: vec![uid],
+        next_uid: uid + 1,
+    };
+    let first = store
+        .append_synced(inbox.id, vec![message("a")], &mark(7, 1))
+        .unwrap()[0];
+    assert_eq!(store.sync_folder(account, "INBOX").unwrap(), Some((7, 2)));
+    let seen = Flags::new(["\\Seen"]);
+    store
+        .store_flags(
+            inbox.id,
+            &[first.uid],
+            FlagOp::Add,
+            &seen,
+            None,
+            Origin::Client,
+        )
+        .unwrap();
+
+    // Upstream renumbered: the same content under the new UIDVALIDITY is the same message.
+    store.reset_sync_folder(account, "INBOX", 8).unwrap();
+    assert_eq!(store.sync_folder(account, "INBOX").unwrap(), Some((8, 1)));
+    let again = store
+        .append_synced(
+            inbox.id,
+            vec![message("a"), message("b")],
+            &SyncMark {
+                folder: "INBOX".into(),
+                uidvalidity: 8,
+                uids: vec![3, 4],
+                next_uid: 5,
+            },
+        )
+        .unwrap();
+    assert_eq!(again[0].uid, first.uid, "re-linked, not stored again");
+    assert!(again[1].uid > first.uid, "new content is appended");
+    assert_eq!(store.status(inbox.id).unwrap().messages, 2);
+    assert_eq!(
+        store.status(inbox.id).unwrap().unseen,
+        1,
+        "the local \\Seen stays"
+    );
+    assert_eq!(store.sync_folder(account, "INBOX").unwrap(), Some((8, 5)));
+}
