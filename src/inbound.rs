@@ -380,6 +380,15 @@ fn inline_armor(text: &[u8]) -> Option<Vec<u8>> {
         .then(|| trimmed.to_vec())
 }
 
+/// The message without sealpost's verdict field: what goes back upstream is the message, not
+/// this side's judgement of it.
+pub fn without_verdict(raw: &[u8]) -> Vec<u8> {
+    let (header, body) = split(raw);
+    let mut out = strip_field(header, VERDICT_FIELD);
+    out.extend_from_slice(body);
+    out
+}
+
 /// The header block (with its blank line when there is one) and the body.
 fn split(raw: &[u8]) -> (&[u8], &[u8]) {
     if raw.starts_with(b"\r\n") {

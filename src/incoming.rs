@@ -137,6 +137,7 @@ fn syncers(
                 config: upstream,
                 store: store.clone(),
                 keys: keys.clone(),
+                policy: config.policy.clone(),
             })
         })
         .collect())

@@ -21,7 +21,7 @@ mod list;
 mod mailbox;
 mod messages;
 pub mod names;
-mod render;
+pub(crate) mod render;
 pub mod search;
 pub mod section;
 mod sequence;

@@ -99,6 +99,16 @@ impl Policy {
         }
     }
 
+    /// The policy for what the sync stores upstream for the user (Sent, Drafts, copies): to the
+    /// user's own key only, unsigned (the user wrote or already judged it), and never in clear:
+    /// without a key nothing is stored.
+    pub fn upload(outgoing: &Policy) -> Policy {
+        Policy {
+            mode: Mode::EncryptOnly,
+            ..Policy::inbound(outgoing)
+        }
+    }
+
     /// The mode for one recipient: its address override, else its domain's, else the default.
     pub fn mode_for(&self, address: &str) -> Mode {
         let addr = address.to_ascii_lowercase();

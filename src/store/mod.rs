@@ -12,6 +12,7 @@
 
 mod import;
 mod schema;
+mod sync;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -26,6 +27,8 @@ use crate::imap::summary::{summarize, PartMap, PartMapError};
 
 pub use import::{crlf, import_path, ImportError, ImportReport};
 pub(crate) use import::{days_from_civil, MONTHS};
+use sync::journal;
+pub use sync::{JournalEntry, SyncFolder, UpstreamRef, WrittenBack, LOCAL_KEYWORD_PREFIX};
 
 pub type AccountId = i64;
 pub type MailboxId = i64;
@@ -711,42 +714,6 @@ impl Store {
         self.append_with(mailbox, messages, Origin::Sync, Some(mark))
     }
 
-    /// An upstream folder's (UIDVALIDITY, next UID to fetch), when it was synced before.
-    pub fn sync_folder(
-        &self,
-        account: AccountId,
-        folder: &str,
-    ) -> Result<Option<(u32, u32)>, StoreError> {
-        self.read(|c| {
-            Ok(c.query_row(
-                "SELECT uidvalidity, next_uid FROM sync_folders WHERE account = ?1 AND folder = ?2",
-                params![account, folder],
-                |r| Ok((r.get::<_, u32>(0)?, r.get::<_, u32>(1)?)),
-            )
-            .optional()?)
-        })
-    }
-
-    /// Starts an upstream folder over under a new UIDVALIDITY (RFC 3501 §2.3.1.1: the old
-    /// UIDs mean nothing any more). The local messages stay; the old mapping is kept until
-    /// the resync has matched them.
-    pub fn reset_sync_folder(
-        &self,
-        account: AccountId,
-        folder: &str,
-        uidvalidity: u32,
-    ) -> Result<(), StoreError> {
-        self.write(|tx| {
-            tx.execute(
-                "INSERT INTO sync_folders (account, folder, uidvalidity, next_uid)
-                 VALUES (?1, ?2, ?3, 1)
-                 ON CONFLICT (account, folder) DO UPDATE SET uidvalidity = ?3, next_uid = 1",
-                params![account, folder, uidvalidity],
-            )?;
-            Ok(())
-        })
-    }
-
     fn append_with(
         &self,
         mailbox: MailboxId,
@@ -829,7 +796,50 @@ impl Store {
                         continue;
                     }
                 }
-                let content = match content_id(tx, &message.sha256)? {
+                let known = content_id(tx, &message.sha256)?;
+                if let (Some(mark), Some(content)) = (mark, known) {
+                    // The same content already in this mailbox, linked to no upstream message
+                    // and not waiting to be uploaded, is this message: a local MOVE written
+                    // back without COPYUID, or one whose link was lost in a crash between the
+                    // upstream command and its commit. It is linked rather than stored twice.
+                    let unlinked: Option<(u32, i64)> = tx
+                        .prepare_cached(
+                            "SELECT m.uid, m.modseq FROM messages m
+                             WHERE m.mailbox = ?1 AND m.content = ?2
+                               AND NOT EXISTS (SELECT 1 FROM sync_map s
+                                               WHERE s.mailbox = m.mailbox AND s.uid = m.uid)
+                               AND NOT EXISTS (SELECT 1 FROM journal j
+                                               WHERE j.account = ?3 AND j.mailbox = ?4
+                                                 AND j.uid = m.uid)
+                             ORDER BY m.uid LIMIT 1",
+                        )?
+                        .query_row(params![mailbox, content, mb.account, mb.name], |r| {
+                            Ok((r.get(0)?, r.get(1)?))
+                        })
+                        .optional()?;
+                    if let Some((uid, old_modseq)) = unlinked {
+                        tx.prepare_cached(
+                            "INSERT INTO sync_map
+                             (account, folder, uidvalidity, upstream_uid, mailbox, uid)
+                             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                        )?
+                        .execute(params![
+                            mb.account,
+                            mark.folder,
+                            mark.uidvalidity,
+                            mark.uids[i],
+                            mailbox,
+                            uid
+                        ])?;
+                        out.push(Appended {
+                            uid,
+                            uidvalidity: mb.uidvalidity,
+                            modseq: old_modseq as u64,
+                        });
+                        continue;
+                    }
+                }
+                let content = match known {
                     Some(id) => id,
                     None => {
                         let summary = summary.unwrap_or_else(|| summarize(&message.raw));
@@ -1325,35 +1335,6 @@ impl Store {
         })
     }
 
-    /// Journal entries after `after` (by id), oldest first, for the sync side.
-    pub fn journal_after(&self, after: i64, limit: u32) -> Result<Vec<JournalEntry>, StoreError> {
-        self.read(|c| {
-            let mut stmt = c.prepare_cached(
-                "SELECT j.id, a.name, j.mailbox, j.uid, j.kind, j.detail FROM journal j
-                 JOIN accounts a ON a.id = j.account WHERE j.id > ?1 ORDER BY j.id LIMIT ?2",
-            )?;
-            let rows = stmt.query_map(params![after, limit], |r| {
-                Ok(JournalEntry {
-                    id: r.get(0)?,
-                    account: r.get(1)?,
-                    mailbox: r.get(2)?,
-                    uid: r.get(3)?,
-                    kind: r.get(4)?,
-                    detail: r.get(5)?,
-                })
-            })?;
-            Ok(rows.collect::<Result<_, _>>()?)
-        })
-    }
-
-    /// Removes journal entries up to and including `upto` once they are written back.
-    pub fn journal_done(&self, upto: i64) -> Result<(), StoreError> {
-        self.write(|tx| {
-            tx.execute("DELETE FROM journal WHERE id <= ?1", [upto])?;
-            Ok(())
-        })
-    }
-
     /// Checks the database file (`PRAGMA integrity_check`); used after a crash in tests and
     /// by `sealpost import` before it writes.
     pub fn integrity_check(&self) -> Result<Vec<String>, StoreError> {
@@ -1364,16 +1345,6 @@ impl Store {
             Ok(found.into_iter().filter(|line| line != "ok").collect())
         })
     }
-}
-
-#[derive(Debug, Clone)]
-pub struct JournalEntry {
-    pub id: i64,
-    pub account: String,
-    pub mailbox: String,
-    pub uid: u32,
-    pub kind: String,
-    pub detail: String,
 }
 
 const MAILBOX_COLUMNS: &str = "SELECT id, account, name, uidvalidity, uidnext, highestmodseq,
@@ -1664,21 +1635,6 @@ fn expunge_rows(tx: &Connection, mb: &Mailbox, uids: &[u32]) -> Result<(), Store
     }
     save_counters(tx, &current, modseq)?;
     collect_garbage(tx, &contents)
-}
-
-fn journal(
-    tx: &Connection,
-    account: AccountId,
-    mailbox: &str,
-    uid: u32,
-    kind: &str,
-    detail: &str,
-) -> Result<(), StoreError> {
-    tx.prepare_cached(
-        "INSERT INTO journal (account, mailbox, uid, kind, detail, at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-    )?
-    .execute(params![account, mailbox, uid, kind, detail, unix_now()])?;
-    Ok(())
 }
 
 fn unix_now() -> i64 {

@@ -127,8 +127,28 @@ CREATE TABLE sync_map (
 CREATE INDEX sync_map_local ON sync_map (mailbox, uid);
 ";
 
+/// Migration 4: write-back and the other sources. Journal entries count their attempts (an
+/// upload retried after a crash first looks for its earlier copy upstream) and keep the last
+/// error for `sealpost sync` to show; `sync_folders` remembers the upstream HIGHESTMODSEQ
+/// (RFC 7162 CONDSTORE: flag changes are fetched with CHANGEDSINCE); `sync_files` links each
+/// imported Maildir file (by its unique base name) to the local message.
+const V4: &str = "
+ALTER TABLE journal ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE journal ADD COLUMN last_error TEXT NOT NULL DEFAULT '';
+CREATE INDEX journal_account ON journal (account, id);
+ALTER TABLE sync_folders ADD COLUMN highestmodseq INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE sync_files (
+    account  INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+    folder   TEXT NOT NULL,
+    name     TEXT NOT NULL,
+    mailbox  INTEGER NOT NULL,
+    uid      INTEGER NOT NULL,
+    PRIMARY KEY (account, folder, name)
+) WITHOUT ROWID;
+";
+
 pub fn migrations() -> Migrations<'static> {
-    Migrations::new(vec![M::up(V1), M::up(V2), M::up(V3)])
+    Migrations::new(vec![M::up(V1), M::up(V2), M::up(V3), M::up(V4)])
 }
 
 #[cfg(test)]

@@ -156,15 +156,17 @@ fn unchanged_since_and_changes_and_the_journal() {
     let changes = store.changes_since(inbox.id, a.modseq).unwrap();
     assert_eq!(changes.rows.len(), 1);
     assert!(changes.rows[0].1.contains("$label1"));
-    let journal = store.journal_after(0, 10).unwrap();
+    let journal = store.journal_for(account, 0, 10).unwrap();
     assert_eq!(
         journal.len(),
         1,
         "sync appends are not journaled; the client's flag change is"
     );
     assert_eq!(journal[0].kind, "flags");
-    store.journal_done(journal[0].id).unwrap();
-    assert!(store.journal_after(0, 10).unwrap().is_empty());
+    store
+        .writeback_done(account, journal[0].id, &WrittenBack::default())
+        .unwrap();
+    assert!(store.journal_for(account, 0, 10).unwrap().is_empty());
 }
 
 #[test]
@@ -306,7 +308,7 @@ fn a_new_upstream_uidvalidity_relinks_what_is_already_stored() {
     let first = store
         .append_synced(inbox.id, vec![message("a")], &mark(7, 1))
         .unwrap()[0];
-    assert_eq!(store.sync_folder(account, "INBOX").unwrap(), Some((7, 2)));
+    assert_eq!(folder_mark(&store, account), Some((7, 2)));
     let seen = Flags::new(["\\Seen"]);
     store
         .store_flags(
@@ -321,7 +323,7 @@ fn a_new_upstream_uidvalidity_relinks_what_is_already_stored() {
 
     // Upstream renumbered: the same content under the new UIDVALIDITY is the same message.
     store.reset_sync_folder(account, "INBOX", 8).unwrap();
-    assert_eq!(store.sync_folder(account, "INBOX").unwrap(), Some((8, 1)));
+    assert_eq!(folder_mark(&store, account), Some((8, 1)));
     let again = store
         .append_synced(
             inbox.id,
@@ -342,5 +344,131 @@ fn a_new_upstream_uidvalidity_relinks_what_is_already_stored() {
         1,
         "the local \\Seen stays"
     );
-    assert_eq!(store.sync_folder(account, "INBOX").unwrap(), Some((8, 5)));
+    assert_eq!(folder_mark(&store, account), Some((8, 5)));
+}
+
+fn folder_mark(store: &Store, account: AccountId) -> Option<(u32, u32)> {
+    store
+        .sync_folder(account, "INBOX")
+        .unwrap()
+        .map(|f| (f.uidvalidity, f.next_uid))
+}
+
+#[test]
+fn write_back_links_and_upstream_flags() {
+    let (_dir, store) = store();
+    let account = store.ensure_account("alice").unwrap();
+    let other = store.ensure_account("bob").unwrap();
+    let inbox = store.mailbox(account, "INBOX").unwrap().unwrap();
+    let archive = store.mailbox(account, "Archive").unwrap().unwrap();
+    let mark = SyncMark {
+        folder: "INBOX".into(),
+        uidvalidity: 7,
+        uids: vec![10],
+        next_uid: 11,
+    };
+    let mut verdict = message("a");
+    verdict.flags = Flags::new(["$Sealpost-Encrypted"]);
+    let a = store.append_synced(inbox.id, vec![verdict], &mark).unwrap()[0];
+    let upstream = |folder: &str, uid| UpstreamRef {
+        folder: folder.into(),
+        uidvalidity: 7,
+        uid,
+    };
+    assert_eq!(
+        store.upstream_of(inbox.id, a.uid).unwrap(),
+        Some(upstream("INBOX", 10))
+    );
+    assert_eq!(
+        store.linked_upstream(account, "INBOX", 7, 10).unwrap(),
+        [10]
+    );
+
+    // Upstream flags replace the local ones but for the verdict keyword.
+    let changed = store
+        .apply_upstream_flags(account, "INBOX", 7, &[(10, Flags::new(["\\Seen"]))])
+        .unwrap();
+    assert_eq!(changed, 1);
+    let flags = |mailbox, uid| {
+        store
+            .fetch_batch(mailbox, &[uid], Need::default(), 0)
+            .unwrap()
+            .items[0]
+            .0
+            .flags
+            .clone()
+    };
+    assert!(flags(inbox.id, a.uid).contains("\\Seen"));
+    assert!(flags(inbox.id, a.uid).contains("$Sealpost-Encrypted"));
+
+    // A local move is journaled for this account only; written back with the COPYUID, the
+    // link follows the message.
+    let (_, pairs) = store
+        .move_messages(inbox.id, &[a.uid], archive.id, Origin::Client)
+        .unwrap();
+    assert!(store.journal_for(other, 0, 10).unwrap().is_empty());
+    let entry = store.journal_for(account, 0, 10).unwrap().remove(0);
+    assert_eq!(
+        (entry.kind.as_str(), entry.detail.clone()),
+        ("move", format!("Archive\t{}", pairs[0].1))
+    );
+    // While the move waits, an upstream flag change does not undo local state.
+    store.journal_attempt(entry.id, "upstream down").unwrap();
+    assert_eq!(
+        store.journal_backlog(account).unwrap(),
+        (1, Some("upstream down".to_string()))
+    );
+    store
+        .writeback_done(
+            account,
+            entry.id,
+            &WrittenBack {
+                unlink: Some((inbox.id, a.uid)),
+                link: Some((archive.id, pairs[0].1, upstream("Archive", 3))),
+                ..WrittenBack::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(store.upstream_of(inbox.id, a.uid).unwrap(), None);
+    assert_eq!(
+        store.upstream_of(archive.id, pairs[0].1).unwrap(),
+        Some(upstream("Archive", 3))
+    );
+
+    // Without a COPYUID the link is lost; the moved message is found again by its content
+    // when the target folder is synced, and not stored twice.
+    let (_, back) = store
+        .move_messages(archive.id, &[pairs[0].1], inbox.id, Origin::Client)
+        .unwrap();
+    let entry = store.journal_for(account, 0, 10).unwrap().remove(0);
+    store
+        .writeback_done(
+            account,
+            entry.id,
+            &WrittenBack {
+                unlink: Some((archive.id, pairs[0].1)),
+                ..WrittenBack::default()
+            },
+        )
+        .unwrap();
+    let mut again = message("a");
+    again.flags = Flags::new(["$Sealpost-Encrypted"]);
+    let relinked = store
+        .append_synced(
+            inbox.id,
+            vec![again],
+            &SyncMark {
+                folder: "INBOX".into(),
+                uidvalidity: 7,
+                uids: vec![12],
+                next_uid: 13,
+            },
+        )
+        .unwrap();
+    assert_eq!(relinked[0].uid, back[0].1, "linked, not stored twice");
+    assert_eq!(store.status(inbox.id).unwrap().messages, 1);
+    assert_eq!(
+        store.upstream_of(inbox.id, back[0].1).unwrap(),
+        Some(upstream("INBOX", 12))
+    );
 }

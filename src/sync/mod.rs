@@ -13,10 +13,13 @@
 //! stored content is already in the local mailbox under the old UIDVALIDITY is re-linked
 //! rather than stored again, so it keeps its local UID and flags.
 //!
-//! Upstream is only read: EXAMINE and BODY.PEEK, so nothing changes there (no \Seen set, no
-//! \Recent taken).
+//! Fetching changes nothing upstream: EXAMINE and BODY.PEEK (no \Seen set, no \Recent
+//! taken). With CONDSTORE (RFC 7162) flag changes made upstream are fetched too (CHANGEDSINCE
+//! the folder's last HIGHESTMODSEQ). What the user changes locally is written back first, at
+//! the start of every sync ([`writeback`]).
 
 pub mod upstream;
+mod writeback;
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
@@ -26,8 +29,9 @@ use std::time::{Duration, Instant};
 use futures::{StreamExt, TryStreamExt};
 
 use crate::keys::KeyService;
+use crate::rewrite::Policy;
 use crate::store::{AccountId, Flags, InternalDate, Prepared, Store, StoreError, SyncMark};
-use upstream::{Session, UpstreamConfig};
+use upstream::{command, quote, Session, UpstreamConfig};
 
 /// Messages fetched and stored per transaction.
 const BATCH: usize = 50;
@@ -52,10 +56,14 @@ pub enum SyncError {
     Task(String),
 }
 
-/// What one sync brought: new messages per local mailbox.
+/// What one sync brought: new messages per local mailbox, flag changes taken from upstream,
+/// and local changes written back (and still waiting).
 #[derive(Debug, Default, Clone)]
 pub struct SyncReport {
     pub new: BTreeMap<String, usize>,
+    pub flags_changed: usize,
+    pub written_back: usize,
+    pub waiting: usize,
 }
 
 impl SyncReport {
@@ -70,6 +78,8 @@ pub struct Syncer {
     pub config: UpstreamConfig,
     pub store: Store,
     pub keys: Arc<KeyService>,
+    /// The outgoing policy: uploads are encrypted in its form ([`Policy::upload`]).
+    pub policy: Policy,
 }
 
 impl Syncer {
@@ -99,11 +109,19 @@ impl Syncer {
         let name = self.name.clone();
         let account = blocking(move || store.ensure_account(&name)).await??;
         let mut report = SyncReport::default();
+        // Local changes first: a message moved or expunged here must not come back.
+        (report.written_back, report.waiting) = self.write_back(session, account).await?;
+        let condstore = within(self.config.timeout(), session.capabilities())
+            .await?
+            .has_str("CONDSTORE");
         for (folder, delimiter) in self.folders(session).await? {
             let local = local_name(&folder, delimiter.as_deref())
                 .map_err(|e| SyncError::Folder(folder.clone(), e))?;
-            let new = self.sync_folder(session, account, &folder, &local).await?;
+            let (new, flags) = self
+                .sync_folder(session, account, &folder, &local, condstore)
+                .await?;
             report.new.insert(local, new);
+            report.flags_changed += flags;
         }
         Ok(report)
     }
@@ -140,16 +158,27 @@ impl Syncer {
         Ok(folders)
     }
 
+    /// Syncs one folder: upstream flag changes (CONDSTORE), then new messages. Returns
+    /// (messages stored, local messages whose flags changed).
     async fn sync_folder(
         &self,
         session: &mut Session,
         account: AccountId,
         folder: &str,
         local: &str,
-    ) -> Result<usize, SyncError> {
+        condstore: bool,
+    ) -> Result<(usize, usize), SyncError> {
         let timeout = self.config.timeout();
-        let selected = within(timeout, session.examine(folder)).await?;
-        let uidvalidity = selected.uid_validity.ok_or_else(|| {
+        let line = if condstore {
+            format!("EXAMINE {} (CONDSTORE)", quote(folder))
+        } else {
+            format!("EXAMINE {}", quote(folder))
+        };
+        let selected = within(timeout, command(session, &line, None)).await?;
+        if !selected.ok {
+            return Err(SyncError::Folder(folder.into(), selected.text));
+        }
+        let uidvalidity = selected.uidvalidity.ok_or_else(|| {
             SyncError::Folder(folder.into(), "the server sent no UIDVALIDITY".into())
         })?;
         let (store, f, l) = (self.store.clone(), folder.to_string(), local.to_string());
@@ -161,24 +190,125 @@ impl Syncer {
             Ok::<_, StoreError>((mailbox, store.sync_folder(account, &f)?))
         })
         .await??;
-        let mut next_uid = match known {
-            Some((v, next)) if v == uidvalidity => next,
-            Some((v, _)) => {
-                tracing::warn!(account = %self.name, %folder, old = v, new = uidvalidity,
-                    "upstream UIDVALIDITY changed: resyncing the folder");
+        let (mut next_uid, synced_modseq) = match known {
+            Some(k) if k.uidvalidity == uidvalidity => (k.next_uid, k.highestmodseq),
+            Some(k) => {
+                tracing::warn!(account = %self.name, %folder, old = k.uidvalidity,
+                    new = uidvalidity, "upstream UIDVALIDITY changed: resyncing the folder");
                 let (store, f) = (self.store.clone(), folder.to_string());
                 blocking(move || store.reset_sync_folder(account, &f, uidvalidity)).await??;
-                1
+                (1, 0)
             }
-            None => 1,
+            None => (1, 0),
         };
-        // Nothing new: one EXAMINE is the whole cost of an unchanged folder.
-        if selected.exists == 0 || selected.uid_next.is_some_and(|n| n <= next_uid) {
-            return Ok(0);
+        let highestmodseq = selected.highestmodseq.unwrap_or(0);
+        let mut flags_changed = 0;
+        if synced_modseq > 0 && highestmodseq > synced_modseq && next_uid > 1 {
+            flags_changed = self
+                .flag_changes(
+                    session,
+                    account,
+                    folder,
+                    uidvalidity,
+                    next_uid,
+                    synced_modseq,
+                )
+                .await?;
         }
+        // Nothing new: one EXAMINE is the whole cost of an unchanged folder.
+        let nothing_new =
+            selected.exists == Some(0) || selected.uidnext.is_some_and(|n| n <= next_uid);
+        let stored = if nothing_new {
+            0
+        } else {
+            self.fetch_new(
+                session,
+                account,
+                folder,
+                local,
+                mailbox.id,
+                uidvalidity,
+                &mut next_uid,
+            )
+            .await?
+        };
+        if highestmodseq != synced_modseq || !nothing_new {
+            let (store, f) = (self.store.clone(), folder.to_string());
+            blocking(move || {
+                store.advance_sync_folder(account, &f, uidvalidity, next_uid, highestmodseq)
+            })
+            .await??;
+        }
+        Ok((stored, flags_changed))
+    }
+
+    /// Flag changes made upstream since `since` (RFC 7162 CHANGEDSINCE) on messages already
+    /// fetched, taken into the linked local messages.
+    async fn flag_changes(
+        &self,
+        session: &mut Session,
+        account: AccountId,
+        folder: &str,
+        uidvalidity: u32,
+        next_uid: u32,
+        since: u64,
+    ) -> Result<usize, SyncError> {
+        let changes: Vec<(u32, Flags)> = within(self.config.timeout(), async {
+            let fetches: Vec<_> = session
+                .uid_fetch(
+                    format!("1:{}", next_uid - 1),
+                    format!("(UID FLAGS) (CHANGEDSINCE {since})"),
+                )
+                .await?
+                .try_collect()
+                .await?;
+            Ok::<_, async_imap::error::Error>(
+                fetches
+                    .iter()
+                    .filter_map(|f| Some((f.uid?, upstream_flags(f))))
+                    .collect(),
+            )
+        })
+        .await?;
+        let (store, f) = (self.store.clone(), folder.to_string());
+        let changed =
+            blocking(move || store.apply_upstream_flags(account, &f, uidvalidity, &changes))
+                .await??;
+        if changed > 0 {
+            tracing::info!(account = %self.name, %folder, "{changed} flag changes from upstream");
+        }
+        Ok(changed)
+    }
+
+    /// Fetches, decrypts and stores the messages from `next_uid` on; moves `next_uid` on as
+    /// batches are stored. Upstream messages already linked (this side's own uploads and
+    /// moves) are passed over.
+    #[allow(clippy::too_many_arguments)]
+    async fn fetch_new(
+        &self,
+        session: &mut Session,
+        account: AccountId,
+        folder: &str,
+        local: &str,
+        mailbox: crate::store::MailboxId,
+        uidvalidity: u32,
+        next_uid: &mut u32,
+    ) -> Result<usize, SyncError> {
+        let timeout = self.config.timeout();
+        let (found, linked) = {
+            let start = *next_uid;
+            let found = within(timeout, session.uid_search(format!("UID {start}:*"))).await?;
+            let (store, f) = (self.store.clone(), folder.to_string());
+            let linked =
+                blocking(move || store.linked_upstream(account, &f, uidvalidity, start)).await??;
+            (found, linked)
+        };
+        let top = found.iter().copied().filter(|u| *u >= *next_uid).max();
         let uids: Vec<u32> = {
-            let found = within(timeout, session.uid_search(format!("UID {next_uid}:*"))).await?;
-            let mut uids: Vec<u32> = found.into_iter().filter(|u| *u >= next_uid).collect();
+            let mut uids: Vec<u32> = found
+                .into_iter()
+                .filter(|u| *u >= *next_uid && linked.binary_search(u).is_err())
+                .collect();
             uids.sort_unstable();
             uids
         };
@@ -245,7 +375,7 @@ impl Syncer {
             }
             if let Some(&last) = done.last() {
                 // Upstream UIDs in a gap of this chunk (expunged meanwhile) are passed too.
-                next_uid = if failure.is_none() {
+                *next_uid = if failure.is_none() {
                     chunk[chunk.len() - 1].max(last) + 1
                 } else {
                     last + 1
@@ -254,11 +384,11 @@ impl Syncer {
                     folder: folder.to_string(),
                     uidvalidity,
                     uids: done,
-                    next_uid,
+                    next_uid: *next_uid,
                 };
                 let store = self.store.clone();
                 let n = messages.len();
-                let id = mailbox.id;
+                let id = mailbox;
                 blocking(move || store.append_synced(id, messages, &mark)).await??;
                 stored += n;
                 progress.show(stored);
@@ -268,6 +398,10 @@ impl Syncer {
             }
         }
         progress.finish(stored);
+        // Linked messages after the last one fetched need no fetch either.
+        if let Some(top) = top {
+            *next_uid = (*next_uid).max(top.saturating_add(1));
+        }
         Ok(stored)
     }
 

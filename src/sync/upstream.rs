@@ -44,6 +44,10 @@ pub struct UpstreamConfig {
     /// Seconds for connecting and for each command.
     #[serde(default = "default_timeout")]
     pub timeout_secs: u64,
+    /// The account's own address: what the MUA stores (Sent, Drafts, copies into other
+    /// folders) goes upstream encrypted to this address's key, never in clear. Default: the
+    /// username, when it is an address.
+    pub address: Option<String>,
 }
 
 fn default_poll() -> u64 {
@@ -85,6 +89,15 @@ impl UpstreamConfig {
         self.port.unwrap_or(match self.tls {
             UpstreamTls::Implicit => 993,
             _ => 143,
+        })
+    }
+
+    /// The address whose key encrypts uploads.
+    pub fn own_address(&self) -> Option<&str> {
+        self.address.as_deref().or_else(|| {
+            self.username
+                .contains('@')
+                .then_some(self.username.as_str())
         })
     }
 
@@ -283,4 +296,133 @@ async fn login(
         }
     };
     result.map_err(|(e, _)| SyncError::Login(format!("{at} as {}: {e}", config.username)))
+}
+
+/// What a command's responses said that async-imap does not hand back: the RFC 4315 UIDPLUS
+/// codes, TRYCREATE, and a selected folder's UIDVALIDITY.
+#[derive(Debug, Default)]
+pub struct Reply {
+    pub ok: bool,
+    /// The completion's text (for NO and BAD).
+    pub text: String,
+    /// RFC 3501 §6.3.11: the target folder does not exist and may be created.
+    pub trycreate: bool,
+    /// APPENDUID: (UIDVALIDITY, UID) of the appended message.
+    pub appenduid: Option<(u32, u32)>,
+    /// COPYUID: (UIDVALIDITY, source UIDs, target UIDs), for UID COPY and UID MOVE (RFC 6851
+    /// sends it in an untagged OK).
+    pub copyuid: Option<(u32, Vec<u32>, Vec<u32>)>,
+    pub uidvalidity: Option<u32>,
+    pub uidnext: Option<u32>,
+    pub exists: Option<u32>,
+    pub highestmodseq: Option<u64>,
+    /// UIDs of an untagged SEARCH response.
+    pub search: Vec<u32>,
+}
+
+/// Runs one command on the session and reads its responses up to the completion. With a
+/// `literal`, the command line must end in `{N}` with N its length: the literal is sent after
+/// the server's continuation (RFC 3501 §4.3, a synchronizing literal).
+pub async fn command(
+    session: &mut Session,
+    line: &str,
+    literal: Option<&[u8]>,
+) -> Result<Reply, SyncError> {
+    use async_imap::imap_proto::{MailboxDatum, Response, ResponseCode, Status};
+    use tokio::io::AsyncWriteExt;
+
+    let tag = session.run_command(line).await?;
+    let mut reply = Reply::default();
+    let mut literal = literal;
+    loop {
+        let Some(response) = session
+            .read_response()
+            .await
+            .map_err(async_imap::error::Error::from)?
+        else {
+            return Err(async_imap::error::Error::ConnectionLost.into());
+        };
+        let (outcome, done) = match response.parsed() {
+            Response::Continue(_) => {
+                let Some(bytes) = literal.take() else {
+                    return Err(SyncError::Folder(
+                        line.into(),
+                        "the server asked for data the command does not have".into(),
+                    ));
+                };
+                let stream = session.get_mut();
+                let sent = async {
+                    stream.write_all(bytes).await?;
+                    stream.write_all(b"\r\n").await?;
+                    stream.flush().await
+                };
+                sent.await.map_err(async_imap::error::Error::from)?;
+                continue;
+            }
+            Response::MailboxData(MailboxDatum::Exists(n)) => {
+                reply.exists = Some(*n);
+                continue;
+            }
+            Response::MailboxData(MailboxDatum::Search(uids)) => {
+                reply.search.extend(uids);
+                continue;
+            }
+            Response::Data { status, outcome } => {
+                if *status != Status::Ok {
+                    continue;
+                }
+                (outcome, None)
+            }
+            Response::Done {
+                tag: done,
+                status,
+                outcome,
+            } if *done == tag => (outcome, Some(*status == Status::Ok)),
+            _ => continue,
+        };
+        match &outcome.code {
+            Some(ResponseCode::TryCreate) => reply.trycreate = true,
+            Some(ResponseCode::UidValidity(v)) => reply.uidvalidity = Some(*v),
+            Some(ResponseCode::UidNext(n)) => reply.uidnext = Some(*n),
+            Some(ResponseCode::HighestModSeq(m)) => reply.highestmodseq = Some(*m),
+            Some(ResponseCode::AppendUid(v, uids)) => {
+                reply.appenduid = uid_set(uids).first().map(|uid| (*v, *uid));
+            }
+            Some(ResponseCode::CopyUid(v, from, to)) => {
+                reply.copyuid = Some((*v, uid_set(from), uid_set(to)));
+            }
+            _ => {}
+        }
+        if let Some(ok) = done {
+            reply.ok = ok;
+            reply.text = outcome.information.as_deref().unwrap_or("").to_string();
+            return Ok(reply);
+        }
+    }
+}
+
+fn uid_set(members: &[async_imap::imap_proto::rfc4315::UidSetMember]) -> Vec<u32> {
+    use async_imap::imap_proto::rfc4315::UidSetMember;
+    let mut out = Vec::new();
+    for member in members {
+        match member {
+            UidSetMember::Uid(uid) => out.push(*uid),
+            UidSetMember::UidRange(range) => out.extend(range.clone()),
+        }
+    }
+    out
+}
+
+/// An IMAP quoted string (RFC 3501 §4.3).
+pub fn quote(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('"');
+    for c in text.chars() {
+        if c == '"' || c == '\\' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('"');
+    out
 }

@@ -1,0 +1,410 @@
+//! What the sync needs of the store besides storing messages: the upstream folders' marks,
+//! the links between upstream messages and local ones, and the change journal that the
+//! write-back empties.
+//!
+//! Links are kept in the same transaction as the change they describe: an imported batch
+//! with its links ([`Store::append_synced`]), a written-back journal entry with the links it
+//! made or broke ([`Store::writeback_done`]). So after a crash the links say exactly what
+//! upstream holds of each local message, as of the last commit.
+
+use rusqlite::{params, OptionalExtension};
+
+use super::{
+    find_mailbox, find_mailbox_id, save_counters, unix_now, AccountId, Flags, MailboxId, Store,
+    StoreError,
+};
+
+/// Keywords that sealpost sets itself (the verdict): local only, never written upstream and
+/// never taken away by an upstream flag change.
+pub const LOCAL_KEYWORD_PREFIX: &str = "$Sealpost-";
+
+/// One change made by an IMAP client, to be written back upstream.
+#[derive(Debug, Clone)]
+pub struct JournalEntry {
+    pub id: i64,
+    pub account: String,
+    pub mailbox: String,
+    pub uid: u32,
+    /// flags, expunge, move, append, delete-mailbox, rename-mailbox.
+    pub kind: String,
+    /// flags: the new flags; move: "TARGET\tNEWUID"; rename-mailbox: the new name.
+    pub detail: String,
+    /// Earlier tries that did not finish.
+    pub attempts: u32,
+    pub last_error: String,
+}
+
+/// An upstream folder as the sync last left it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SyncFolder {
+    pub uidvalidity: u32,
+    /// The next upstream UID to fetch.
+    pub next_uid: u32,
+    /// The folder's HIGHESTMODSEQ at the last flag sync (0: none yet, or no CONDSTORE).
+    pub highestmodseq: u64,
+}
+
+/// One upstream message: folder (wire name), UIDVALIDITY and UID.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamRef {
+    pub folder: String,
+    pub uidvalidity: u32,
+    pub uid: u32,
+}
+
+/// What writing one journal entry back changed upstream, recorded with its removal.
+#[derive(Debug, Clone, Default)]
+pub struct WrittenBack {
+    /// The local message no longer stands for the upstream message it was linked to
+    /// (expunged, or moved away).
+    pub unlink: Option<(MailboxId, u32)>,
+    /// The local message now stands for this upstream message (uploaded, or moved).
+    pub link: Option<(MailboxId, u32, UpstreamRef)>,
+    /// The upstream folder was deleted: its marks and links go.
+    pub forget_folder: Option<String>,
+    /// The upstream folder (and its children, after the delimiter) was renamed.
+    pub rename_folder: Option<(String, String, String)>,
+}
+
+impl Store {
+    /// An upstream folder's mark, when it was synced before.
+    pub fn sync_folder(
+        &self,
+        account: AccountId,
+        folder: &str,
+    ) -> Result<Option<SyncFolder>, StoreError> {
+        self.read(|c| {
+            Ok(c.prepare_cached(
+                "SELECT uidvalidity, next_uid, highestmodseq FROM sync_folders
+                 WHERE account = ?1 AND folder = ?2",
+            )?
+            .query_row(params![account, folder], |r| {
+                Ok(SyncFolder {
+                    uidvalidity: r.get(0)?,
+                    next_uid: r.get(1)?,
+                    highestmodseq: r.get::<_, i64>(2)? as u64,
+                })
+            })
+            .optional()?)
+        })
+    }
+
+    /// Starts an upstream folder over under a new UIDVALIDITY (RFC 3501 §2.3.1.1: the old
+    /// UIDs mean nothing any more). The local messages stay; the old links are kept until
+    /// the resync has matched them.
+    pub fn reset_sync_folder(
+        &self,
+        account: AccountId,
+        folder: &str,
+        uidvalidity: u32,
+    ) -> Result<(), StoreError> {
+        self.write(|tx| {
+            tx.execute(
+                "INSERT INTO sync_folders (account, folder, uidvalidity, next_uid, highestmodseq)
+                 VALUES (?1, ?2, ?3, 1, 0)
+                 ON CONFLICT (account, folder)
+                 DO UPDATE SET uidvalidity = ?3, next_uid = 1, highestmodseq = 0",
+                params![account, folder, uidvalidity],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Moves a folder's mark on past upstream UIDs that need no fetch (already linked, such as
+    /// this side's own uploads), and records the HIGHESTMODSEQ the flags are synced up to.
+    pub fn advance_sync_folder(
+        &self,
+        account: AccountId,
+        folder: &str,
+        uidvalidity: u32,
+        next_uid: u32,
+        highestmodseq: u64,
+    ) -> Result<(), StoreError> {
+        self.write(|tx| {
+            tx.execute(
+                "INSERT INTO sync_folders (account, folder, uidvalidity, next_uid, highestmodseq)
+                 VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (account, folder) DO UPDATE
+                 SET next_uid = max(next_uid, ?4), highestmodseq = ?5
+                 WHERE uidvalidity = ?3",
+                params![account, folder, uidvalidity, next_uid, highestmodseq as i64],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// The upstream UIDs from `from` on that are already linked to a local message, ascending.
+    pub fn linked_upstream(
+        &self,
+        account: AccountId,
+        folder: &str,
+        uidvalidity: u32,
+        from: u32,
+    ) -> Result<Vec<u32>, StoreError> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT upstream_uid FROM sync_map
+                 WHERE account = ?1 AND folder = ?2 AND uidvalidity = ?3 AND upstream_uid >= ?4
+                 ORDER BY upstream_uid",
+            )?;
+            let rows = stmt.query_map(params![account, folder, uidvalidity, from], |r| r.get(0))?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+    }
+
+    /// The upstream message a local message stands for, if any.
+    pub fn upstream_of(
+        &self,
+        mailbox: MailboxId,
+        uid: u32,
+    ) -> Result<Option<UpstreamRef>, StoreError> {
+        self.read(|c| {
+            Ok(c.prepare_cached(
+                "SELECT folder, uidvalidity, upstream_uid FROM sync_map
+                 WHERE mailbox = ?1 AND uid = ?2",
+            )?
+            .query_row(params![mailbox, uid], |r| {
+                Ok(UpstreamRef {
+                    folder: r.get(0)?,
+                    uidvalidity: r.get(1)?,
+                    uid: r.get(2)?,
+                })
+            })
+            .optional()?)
+        })
+    }
+
+    /// Takes flag changes made upstream (RFC 7162 CHANGEDSINCE) into the linked local
+    /// messages: upstream's flags replace the local ones, except sealpost's own verdict
+    /// keywords, which stay. A message with a local change still waiting in the journal keeps
+    /// its local flags (the write-back will send them). Not journaled. Returns how many
+    /// messages changed.
+    pub fn apply_upstream_flags(
+        &self,
+        account: AccountId,
+        folder: &str,
+        uidvalidity: u32,
+        changes: &[(u32, Flags)],
+    ) -> Result<usize, StoreError> {
+        if changes.is_empty() {
+            return Ok(0);
+        }
+        self.write(|tx| {
+            let mut changed = 0;
+            let mut by_mailbox: std::collections::BTreeMap<MailboxId, Vec<(u32, Flags)>> =
+                Default::default();
+            {
+                let mut find = tx.prepare_cached(
+                    "SELECT mailbox, uid FROM sync_map
+                     WHERE account = ?1 AND folder = ?2 AND uidvalidity = ?3 AND upstream_uid = ?4",
+                )?;
+                for (upstream_uid, flags) in changes {
+                    let local: Option<(MailboxId, u32)> = find
+                        .query_row(params![account, folder, uidvalidity, upstream_uid], |r| {
+                            Ok((r.get(0)?, r.get(1)?))
+                        })
+                        .optional()?;
+                    if let Some((mailbox, uid)) = local {
+                        by_mailbox
+                            .entry(mailbox)
+                            .or_default()
+                            .push((uid, flags.clone()));
+                    }
+                }
+            }
+            for (mailbox, rows) in by_mailbox {
+                let mb = find_mailbox_id(tx, mailbox)?;
+                let modseq = mb.highestmodseq + 1;
+                let mut select = tx
+                    .prepare_cached("SELECT flags FROM messages WHERE mailbox = ?1 AND uid = ?2")?;
+                let mut pending = tx.prepare_cached(
+                    "SELECT EXISTS (SELECT 1 FROM journal
+                                    WHERE account = ?1 AND mailbox = ?2 AND uid = ?3)",
+                )?;
+                let mut update = tx.prepare_cached(
+                    "UPDATE messages SET flags = ?3, modseq = ?4 WHERE mailbox = ?1 AND uid = ?2",
+                )?;
+                let mut any = false;
+                for (uid, upstream) in rows {
+                    let Some(current) = select
+                        .query_row(params![mailbox, uid], |r| r.get::<_, String>(0))
+                        .optional()?
+                    else {
+                        continue;
+                    };
+                    if pending.query_row(params![account, mb.name, uid], |r| r.get::<_, bool>(0))? {
+                        continue;
+                    }
+                    let current = Flags::from_column(&current);
+                    let mut new = upstream.clone();
+                    for keyword in current
+                        .iter()
+                        .filter(|f| f.starts_with(LOCAL_KEYWORD_PREFIX))
+                    {
+                        new.insert(keyword.to_string());
+                    }
+                    let mut applied = current.clone();
+                    if applied.apply(super::FlagOp::Replace, &new) {
+                        update.execute(params![mailbox, uid, new.to_column(), modseq as i64])?;
+                        changed += 1;
+                        any = true;
+                    }
+                }
+                if any {
+                    save_counters(tx, &mb, modseq)?;
+                }
+            }
+            Ok(changed)
+        })
+    }
+
+    /// An account's journal entries after `after` (by id), oldest first.
+    pub fn journal_for(
+        &self,
+        account: AccountId,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<JournalEntry>, StoreError> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT j.id, a.name, j.mailbox, j.uid, j.kind, j.detail, j.attempts, j.last_error
+                 FROM journal j JOIN accounts a ON a.id = j.account
+                 WHERE j.account = ?1 AND j.id > ?2 ORDER BY j.id LIMIT ?3",
+            )?;
+            let rows = stmt.query_map(params![account, after, limit], |r| {
+                Ok(JournalEntry {
+                    id: r.get(0)?,
+                    account: r.get(1)?,
+                    mailbox: r.get(2)?,
+                    uid: r.get(3)?,
+                    kind: r.get(4)?,
+                    detail: r.get(5)?,
+                    attempts: r.get(6)?,
+                    last_error: r.get(7)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+    }
+
+    /// Counts a try of a journal entry before it is sent upstream (so that a retry after a
+    /// crash knows an upload may already have landed), or after it failed, with the error.
+    pub fn journal_attempt(&self, id: i64, error: &str) -> Result<(), StoreError> {
+        self.write(|tx| {
+            tx.execute(
+                "UPDATE journal SET attempts = attempts + 1, last_error = ?2 WHERE id = ?1",
+                params![id, error],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Entries still to write back for an account, and the last error among them.
+    pub fn journal_backlog(
+        &self,
+        account: AccountId,
+    ) -> Result<(usize, Option<String>), StoreError> {
+        self.read(|c| {
+            let count: i64 = c.query_row(
+                "SELECT count(*) FROM journal WHERE account = ?1",
+                [account],
+                |r| r.get(0),
+            )?;
+            let error: Option<String> = c
+                .query_row(
+                    "SELECT last_error FROM journal WHERE account = ?1 AND last_error != ''
+                     ORDER BY id DESC LIMIT 1",
+                    [account],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            Ok((count as usize, error))
+        })
+    }
+
+    /// Removes a journal entry once it is written back, and in the same transaction records
+    /// what that did to the links.
+    pub fn writeback_done(
+        &self,
+        account: AccountId,
+        id: i64,
+        done: &WrittenBack,
+    ) -> Result<(), StoreError> {
+        self.write(|tx| {
+            tx.execute("DELETE FROM journal WHERE id = ?1", [id])?;
+            if let Some((mailbox, uid)) = done.unlink {
+                tx.execute(
+                    "DELETE FROM sync_map WHERE mailbox = ?1 AND uid = ?2",
+                    params![mailbox, uid],
+                )?;
+            }
+            if let Some((mailbox, uid, to)) = &done.link {
+                tx.execute(
+                    "DELETE FROM sync_map WHERE mailbox = ?1 AND uid = ?2",
+                    params![mailbox, uid],
+                )?;
+                tx.execute(
+                    "INSERT OR REPLACE INTO sync_map
+                     (account, folder, uidvalidity, upstream_uid, mailbox, uid)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    params![account, to.folder, to.uidvalidity, to.uid, mailbox, uid],
+                )?;
+            }
+            if let Some(folder) = &done.forget_folder {
+                tx.execute(
+                    "DELETE FROM sync_map WHERE account = ?1 AND folder = ?2",
+                    params![account, folder],
+                )?;
+                tx.execute(
+                    "DELETE FROM sync_folders WHERE account = ?1 AND folder = ?2",
+                    params![account, folder],
+                )?;
+            }
+            if let Some((from, to, delimiter)) = &done.rename_folder {
+                let prefix = format!("{from}{delimiter}");
+                for table in ["sync_map", "sync_folders"] {
+                    tx.execute(
+                        &format!(
+                            "UPDATE {table} SET folder = ?2 || substr(folder, ?3)
+                             WHERE account = ?1 AND (folder = ?4 OR substr(folder, 1, ?5) = ?6)"
+                        ),
+                        params![
+                            account,
+                            to,
+                            from.len() as i64 + 1,
+                            from,
+                            prefix.len() as i64,
+                            prefix
+                        ],
+                    )?;
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// The id of a local mailbox by name, if it still exists.
+    pub fn mailbox_id(
+        &self,
+        account: AccountId,
+        name: &str,
+    ) -> Result<Option<MailboxId>, StoreError> {
+        self.read(|c| Ok(find_mailbox(c, account, name)?.map(|m| m.id)))
+    }
+}
+
+/// Records a client change for the write-back.
+pub(super) fn journal(
+    tx: &rusqlite::Connection,
+    account: AccountId,
+    mailbox: &str,
+    uid: u32,
+    kind: &str,
+    detail: &str,
+) -> Result<(), StoreError> {
+    tx.prepare_cached(
+        "INSERT INTO journal (account, mailbox, uid, kind, detail, at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?
+    .execute(params![account, mailbox, uid, kind, detail, unix_now()])?;
+    Ok(())
+}

@@ -1,0 +1,579 @@
+//! Write-back: what the user changed through the local IMAP server — flags and keywords,
+//! expunges, moves, messages stored (Sent, Drafts, copies), mailboxes deleted or renamed — is
+//! done upstream too, from the store's change journal, oldest first.
+//!
+//! An entry leaves the journal only in the transaction that records what it did to the links
+//! between local and upstream messages ([`Store::writeback_done`]); an entry that fails stays
+//! and is tried again at the next sync, after a restart too. Each upstream step can be
+//! repeated safely: a flag store, a \Deleted + UID EXPUNGE and a DELETE are idempotent; a MOVE
+//! whose COPYUID was lost is found again by content when the target folder is synced; an
+//! upload carries a `Sealpost-Upload` token, and a retried upload first looks for it upstream.
+//!
+//! What goes up is never plaintext: a stored message is encrypted to the account's own key
+//! ([`Policy::upload`]); without that key it stays local and the entry waits.
+
+use sha2::{Digest, Sha256};
+
+use super::upstream::{command, quote, Reply, Session};
+use super::{blocking, within, SyncError, Syncer};
+use crate::rewrite::{Decision, Envelope, Outcome, Policy, Rewriter};
+use crate::store::{
+    AccountId, JournalEntry, MailboxId, Need, UpstreamRef, WrittenBack, LOCAL_KEYWORD_PREFIX,
+};
+
+/// Journal entries read per round.
+const ROUND: u32 = 200;
+
+/// The header field that marks an upload, so that a retry finds an earlier copy.
+const UPLOAD_FIELD: &str = "Sealpost-Upload";
+
+/// The upstream session as the write-back uses it.
+struct Upstream<'a> {
+    session: &'a mut Session,
+    /// The hierarchy delimiter (from LIST "" "").
+    delimiter: String,
+    can_move: bool,
+    uidplus: bool,
+    /// The selected folder and its UIDVALIDITY.
+    selected: Option<(String, u32)>,
+}
+
+/// Why one entry did not finish.
+enum Failure {
+    /// The connection is gone or timed out: the pass ends, the entry stays.
+    Connection(SyncError),
+    /// This entry cannot be done now (the server said NO, no key to encrypt to): it stays,
+    /// with the reason, and the pass goes on with the next one.
+    Entry(String),
+}
+
+impl From<SyncError> for Failure {
+    fn from(e: SyncError) -> Failure {
+        match e {
+            SyncError::Store(_) | SyncError::Task(_) => Failure::Entry(e.to_string()),
+            other => Failure::Connection(other),
+        }
+    }
+}
+
+impl From<crate::store::StoreError> for Failure {
+    fn from(e: crate::store::StoreError) -> Failure {
+        Failure::Entry(e.to_string())
+    }
+}
+
+impl Syncer {
+    /// Writes the account's journal back upstream. Returns how many entries were done and
+    /// how many wait for a later try.
+    pub(super) async fn write_back(
+        &self,
+        session: &mut Session,
+        account: AccountId,
+    ) -> Result<(usize, usize), SyncError> {
+        let store = self.store.clone();
+        let first = blocking(move || store.journal_for(account, 0, ROUND)).await??;
+        if first.is_empty() {
+            return Ok((0, 0));
+        }
+        let timeout = self.config.timeout();
+        let capabilities = within(timeout, session.capabilities()).await?;
+        let delimiter = {
+            use futures::TryStreamExt;
+            let names: Vec<_> = within(timeout, async {
+                session.list(Some(""), Some("")).await?.try_collect().await
+            })
+            .await?;
+            names
+                .first()
+                .and_then(|n| n.delimiter().map(str::to_string))
+                .unwrap_or_else(|| "/".into())
+        };
+        let mut upstream = Upstream {
+            can_move: capabilities.has_str("MOVE"),
+            uidplus: capabilities.has_str("UIDPLUS"),
+            session,
+            delimiter,
+            selected: None,
+        };
+        let (mut done, mut waiting) = (0, 0);
+        let mut batch = first;
+        while let Some(last) = batch.last().map(|e| e.id) {
+            for entry in batch {
+                match self.write_entry(&mut upstream, account, &entry).await {
+                    Ok(result) => {
+                        let store = self.store.clone();
+                        blocking(move || store.writeback_done(account, entry.id, &result))
+                            .await??;
+                        done += 1;
+                    }
+                    Err(Failure::Entry(why)) => {
+                        tracing::warn!(account = %self.name, mailbox = %entry.mailbox,
+                            uid = entry.uid, kind = %entry.kind,
+                            "not written back upstream yet: {why}");
+                        let store = self.store.clone();
+                        blocking(move || store.journal_attempt(entry.id, &why)).await??;
+                        waiting += 1;
+                    }
+                    Err(Failure::Connection(e)) => {
+                        let (store, why) = (self.store.clone(), e.to_string());
+                        blocking(move || store.journal_attempt(entry.id, &why)).await??;
+                        return Err(e);
+                    }
+                }
+            }
+            let store = self.store.clone();
+            batch = blocking(move || store.journal_for(account, last, ROUND)).await??;
+        }
+        if done > 0 {
+            tracing::info!(account = %self.name, "{done} local changes written back upstream");
+        }
+        Ok((done, waiting))
+    }
+
+    async fn write_entry(
+        &self,
+        up: &mut Upstream<'_>,
+        account: AccountId,
+        entry: &JournalEntry,
+    ) -> Result<WrittenBack, Failure> {
+        let mailbox = self.local_mailbox(account, &entry.mailbox).await?;
+        match entry.kind.as_str() {
+            "flags" => {
+                let Some(target) = self.linked(mailbox, entry.uid).await? else {
+                    // Not upstream (yet): an upload takes the flags the message has then.
+                    return Ok(WrittenBack::default());
+                };
+                if !up.select(self, &target).await? {
+                    return Ok(WrittenBack::default());
+                }
+                let flags = upstream_flags(entry.detail.split(' '));
+                up.run(
+                    self,
+                    &format!("UID STORE {} FLAGS.SILENT ({flags})", target.uid),
+                    None,
+                )
+                .await?;
+                Ok(WrittenBack::default())
+            }
+            "expunge" => {
+                let Some(mailbox) = mailbox else {
+                    return Ok(WrittenBack::default());
+                };
+                let Some(target) = self.linked(Some(mailbox), entry.uid).await? else {
+                    return Ok(WrittenBack::default());
+                };
+                if up.select(self, &target).await? {
+                    up.expunge(self, target.uid).await?;
+                }
+                Ok(WrittenBack {
+                    unlink: Some((mailbox, entry.uid)),
+                    ..WrittenBack::default()
+                })
+            }
+            "move" => self.write_move(up, account, mailbox, entry).await,
+            "append" => match mailbox {
+                Some(mailbox) => self.upload(up, entry, mailbox, entry.uid).await,
+                None => Ok(WrittenBack::default()),
+            },
+            "delete-mailbox" => {
+                let folder = up.wire_name(&entry.mailbox);
+                if !self.synced(&folder) {
+                    return Ok(WrittenBack::default());
+                }
+                up.selected = None;
+                let reply = up
+                    .command(self, &format!("DELETE {}", quote(&folder)), None)
+                    .await?;
+                if !reply.ok {
+                    // Already gone upstream is as good as deleted.
+                    tracing::info!(account = %self.name, %folder,
+                        "upstream DELETE: {} (left as it is)", reply.text);
+                }
+                Ok(WrittenBack {
+                    forget_folder: Some(folder),
+                    ..WrittenBack::default()
+                })
+            }
+            "rename-mailbox" => {
+                let (from, to) = (up.wire_name(&entry.mailbox), up.wire_name(&entry.detail));
+                if !self.synced(&from) {
+                    return Ok(WrittenBack::default());
+                }
+                up.selected = None;
+                up.run(
+                    self,
+                    &format!("RENAME {} {}", quote(&from), quote(&to)),
+                    None,
+                )
+                .await?;
+                Ok(WrittenBack {
+                    rename_folder: Some((from, to, up.delimiter.clone())),
+                    ..WrittenBack::default()
+                })
+            }
+            other => Err(Failure::Entry(format!(
+                "unknown journal entry kind {other:?}"
+            ))),
+        }
+    }
+
+    /// A local MOVE: UID MOVE upstream (or COPY, \Deleted, UID EXPUNGE), and the link follows
+    /// the message by COPYUID. A message that was never upstream is uploaded instead.
+    async fn write_move(
+        &self,
+        up: &mut Upstream<'_>,
+        account: AccountId,
+        source: Option<MailboxId>,
+        entry: &JournalEntry,
+    ) -> Result<WrittenBack, Failure> {
+        let Some((target_name, new_uid)) = entry
+            .detail
+            .split_once('\t')
+            .and_then(|(name, uid)| Some((name.to_string(), uid.parse::<u32>().ok()?)))
+        else {
+            return Err(Failure::Entry(format!(
+                "damaged move entry {:?}",
+                entry.detail
+            )));
+        };
+        let Some(target) = self.local_mailbox(account, &target_name).await? else {
+            return Ok(WrittenBack::default());
+        };
+        let from = match source {
+            Some(source) => self.linked(Some(source), entry.uid).await?,
+            None => None,
+        };
+        let to_folder = up.wire_name(&target_name);
+        let Some(from) = from.filter(|_| self.synced(&to_folder)) else {
+            return self.upload(up, entry, target, new_uid).await;
+        };
+        if !up.select(self, &from).await? {
+            return self.upload(up, entry, target, new_uid).await;
+        }
+        let verb = if up.can_move { "MOVE" } else { "COPY" };
+        let line = format!("UID {verb} {} {}", from.uid, quote(&to_folder));
+        let reply = up.create_and_run(self, &line, None, &to_folder).await?;
+        if !up.can_move {
+            up.expunge(self, from.uid).await?;
+        }
+        let unlink = source.map(|s| (s, entry.uid));
+        let link = reply.copyuid.and_then(|(uidvalidity, _, to)| {
+            to.first().map(|uid| {
+                (
+                    target,
+                    new_uid,
+                    UpstreamRef {
+                        folder: to_folder.clone(),
+                        uidvalidity,
+                        uid: *uid,
+                    },
+                )
+            })
+        });
+        Ok(WrittenBack {
+            unlink,
+            link,
+            ..WrittenBack::default()
+        })
+    }
+
+    /// Stores a local message upstream, encrypted to the account's own key, and links it.
+    async fn upload(
+        &self,
+        up: &mut Upstream<'_>,
+        entry: &JournalEntry,
+        mailbox: MailboxId,
+        uid: u32,
+    ) -> Result<WrittenBack, Failure> {
+        if self.linked(Some(mailbox), uid).await?.is_some() {
+            return Ok(WrittenBack::default());
+        }
+        let store = self.store.clone();
+        let need = Need {
+            raw: true,
+            ..Need::default()
+        };
+        let (batch, local) = blocking(move || {
+            let batch = store.fetch_batch(mailbox, &[uid], need, u64::MAX)?;
+            Ok::<_, crate::store::StoreError>((batch, store.mailbox_by_id(mailbox)?))
+        })
+        .await??;
+        let Some((row, content)) = batch.items.into_iter().next() else {
+            // Expunged locally before it went up: nothing to store.
+            return Ok(WrittenBack::default());
+        };
+        let folder = up.wire_name(&local.name);
+        if !self.synced(&folder) {
+            return Ok(WrittenBack::default());
+        }
+        let token = upload_token(&self.name, &local.name, local.uidvalidity, uid);
+        let found = |uidvalidity: u32, upstream_uid: u32| WrittenBack {
+            link: Some((
+                mailbox,
+                uid,
+                UpstreamRef {
+                    folder: folder.clone(),
+                    uidvalidity,
+                    uid: upstream_uid,
+                },
+            )),
+            ..WrittenBack::default()
+        };
+        // A retry: an earlier try may have landed before the crash or the timeout.
+        if entry.attempts > 0 {
+            if let Some((v, u)) = up.find_upload(self, &folder, &token).await? {
+                return Ok(found(v, u));
+            }
+        }
+        let sealed = self.seal(&content.raw, &local.name, uid).await?;
+        let mut message = format!("{UPLOAD_FIELD}: {token}\r\n").into_bytes();
+        message.extend_from_slice(&sealed);
+        let flags = upstream_flags(row.flags.iter());
+        let date =
+            crate::imap::render::internal_date(row.internaldate.unix, row.internaldate.tz_minutes);
+        let line = format!(
+            "APPEND {} ({flags}) \"{date}\" {{{}}}",
+            quote(&folder),
+            message.len()
+        );
+        // Counted before it is sent: after a crash from here on, the retry looks first.
+        let (store, id) = (self.store.clone(), entry.id);
+        blocking(move || store.journal_attempt(id, "")).await??;
+        let reply = up
+            .create_and_run(self, &line, Some(&message), &folder)
+            .await?;
+        if let Some((v, u)) = reply.appenduid {
+            return Ok(found(v, u));
+        }
+        match up.find_upload(self, &folder, &token).await? {
+            Some((v, u)) => Ok(found(v, u)),
+            None => Err(Failure::Entry(
+                "stored upstream, but its UID is not known yet (no APPENDUID)".into(),
+            )),
+        }
+    }
+
+    /// The message as it goes upstream: without the verdict field, encrypted to the
+    /// account's own key. Mail that is already encrypted goes as it is.
+    async fn seal(&self, raw: &[u8], mailbox: &str, uid: u32) -> Result<Vec<u8>, Failure> {
+        let Some(own) = self.config.own_address() else {
+            return Err(Failure::Entry(
+                "[accounts.upstream] address is not set (the username is not an address): \
+                 nothing is stored upstream in clear"
+                    .into(),
+            ));
+        };
+        let rewriter = Rewriter::new(self.keys.clone(), Policy::upload(&self.policy));
+        let envelope = Envelope {
+            id: format!("upload {mailbox}/{uid}"),
+            sender: own.to_string(),
+            recipients: vec![own.to_string()],
+        };
+        let outcome = rewriter
+            .rewrite(&envelope, crate::inbound::without_verdict(raw))
+            .await
+            .map_err(|e| Failure::Entry(format!("cannot encrypt for upload: {e}")))?;
+        let copy = match outcome {
+            Outcome::Copies(mut copies) if copies.len() == 1 => copies.remove(0),
+            Outcome::Copies(_) => {
+                return Err(Failure::Entry("the core made no single copy".into()));
+            }
+            Outcome::Refused(reply) => {
+                return Err(Failure::Entry(format!("not encrypted: {reply:?}")));
+            }
+        };
+        match (copy.decision, copy.message) {
+            (Decision::Encrypted { .. } | Decision::PassThrough, Some(bytes)) => Ok(bytes),
+            (decision, _) => Err(Failure::Entry(format!(
+                "not stored upstream in clear: no usable key for {own} ({})",
+                decision.detail()
+            ))),
+        }
+    }
+
+    async fn local_mailbox(
+        &self,
+        account: AccountId,
+        name: &str,
+    ) -> Result<Option<MailboxId>, Failure> {
+        let (store, name) = (self.store.clone(), name.to_string());
+        Ok(blocking(move || store.mailbox_id(account, &name)).await??)
+    }
+
+    async fn linked(
+        &self,
+        mailbox: Option<MailboxId>,
+        uid: u32,
+    ) -> Result<Option<UpstreamRef>, Failure> {
+        let Some(mailbox) = mailbox else {
+            return Ok(None);
+        };
+        let store = self.store.clone();
+        Ok(blocking(move || store.upstream_of(mailbox, uid)).await??)
+    }
+
+    /// Whether an upstream folder is one the account syncs (`folders`, when set, limits it):
+    /// folders left out are never touched.
+    fn synced(&self, folder: &str) -> bool {
+        self.config.folders.is_empty() || self.config.folders.iter().any(|f| f == folder)
+    }
+}
+
+impl Upstream<'_> {
+    /// The upstream wire name of a local mailbox (modified UTF-7, the server's delimiter).
+    fn wire_name(&self, local: &str) -> String {
+        if local == "INBOX" {
+            return local.into();
+        }
+        crate::imap::names::encode(local).replace('/', &self.delimiter)
+    }
+
+    async fn command(
+        &mut self,
+        syncer: &Syncer,
+        line: &str,
+        literal: Option<&[u8]>,
+    ) -> Result<Reply, Failure> {
+        Ok(within(
+            syncer.config.timeout(),
+            command(self.session, line, literal),
+        )
+        .await?)
+    }
+
+    /// A command that must succeed.
+    async fn run(
+        &mut self,
+        syncer: &Syncer,
+        line: &str,
+        literal: Option<&[u8]>,
+    ) -> Result<Reply, Failure> {
+        let reply = self.command(syncer, line, literal).await?;
+        if !reply.ok {
+            return Err(Failure::Entry(format!("{line:.60}: {}", reply.text)));
+        }
+        Ok(reply)
+    }
+
+    /// A command into `folder`, creating the folder first when the server says TRYCREATE.
+    async fn create_and_run(
+        &mut self,
+        syncer: &Syncer,
+        line: &str,
+        literal: Option<&[u8]>,
+        folder: &str,
+    ) -> Result<Reply, Failure> {
+        let reply = self.command(syncer, line, literal).await?;
+        if reply.ok {
+            return Ok(reply);
+        }
+        if !reply.trycreate {
+            return Err(Failure::Entry(format!("{line:.60}: {}", reply.text)));
+        }
+        self.run(syncer, &format!("CREATE {}", quote(folder)), None)
+            .await?;
+        self.run(syncer, line, literal).await
+    }
+
+    /// Selects the upstream folder of `target`; false when its UIDVALIDITY is no longer the
+    /// one the link was made under (the link is stale; the resync re-links by content).
+    async fn select(&mut self, syncer: &Syncer, target: &UpstreamRef) -> Result<bool, Failure> {
+        let uidvalidity = match &self.selected {
+            Some((folder, v)) if *folder == target.folder => *v,
+            _ => {
+                self.selected = None;
+                let reply = self
+                    .run(syncer, &format!("SELECT {}", quote(&target.folder)), None)
+                    .await?;
+                let v = reply.uidvalidity.ok_or_else(|| {
+                    Failure::Entry(format!("{}: the server sent no UIDVALIDITY", target.folder))
+                })?;
+                self.selected = Some((target.folder.clone(), v));
+                v
+            }
+        };
+        Ok(uidvalidity == target.uidvalidity)
+    }
+
+    /// Removes one message from the selected folder: \Deleted, then UID EXPUNGE (RFC 4315).
+    /// Without UIDPLUS the flag stays: a plain EXPUNGE would remove every message marked
+    /// \Deleted, also those another client marked.
+    async fn expunge(&mut self, syncer: &Syncer, uid: u32) -> Result<(), Failure> {
+        self.run(
+            syncer,
+            &format!("UID STORE {uid} +FLAGS.SILENT (\\Deleted)"),
+            None,
+        )
+        .await?;
+        if self.uidplus {
+            self.run(syncer, &format!("UID EXPUNGE {uid}"), None)
+                .await?;
+        } else {
+            tracing::warn!(account = %syncer.name,
+                "upstream has no UIDPLUS: message {uid} is marked \\Deleted there, not expunged");
+        }
+        Ok(())
+    }
+
+    /// An earlier upload by its token: (UIDVALIDITY, UID).
+    async fn find_upload(
+        &mut self,
+        syncer: &Syncer,
+        folder: &str,
+        token: &str,
+    ) -> Result<Option<(u32, u32)>, Failure> {
+        self.selected = None;
+        let selected = self
+            .command(syncer, &format!("SELECT {}", quote(folder)), None)
+            .await?;
+        let Some(v) = selected.uidvalidity.filter(|_| selected.ok) else {
+            return Ok(None);
+        };
+        self.selected = Some((folder.to_string(), v));
+        let found = self
+            .run(
+                syncer,
+                &format!("UID SEARCH HEADER {UPLOAD_FIELD} {}", quote(token)),
+                None,
+            )
+            .await?;
+        Ok(found.search.iter().max().map(|uid| (v, *uid)))
+    }
+}
+
+/// The flag list as it goes upstream: sealpost's own verdict keywords stay local.
+fn upstream_flags<'a>(flags: impl Iterator<Item = &'a str>) -> String {
+    flags
+        .filter(|f| !f.is_empty() && !f.starts_with(LOCAL_KEYWORD_PREFIX))
+        .filter(|f| !f.eq_ignore_ascii_case("\\Recent"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// A token naming one local message (account, mailbox, UIDVALIDITY, UID) without telling
+/// any of them.
+fn upload_token(account: &str, mailbox: &str, uidvalidity: u32, uid: u32) -> String {
+    let digest = Sha256::digest(format!("{account}\0{mailbox}\0{uidvalidity}\0{uid}"));
+    digest[..16].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verdict_keywords_stay_local() {
+        assert_eq!(
+            upstream_flags("\\Seen $Sealpost-Encrypted $Label1 \\Recent".split(' ')),
+            "\\Seen $Label1"
+        );
+    }
+
+    #[test]
+    fn upload_tokens_differ_per_message() {
+        let a = upload_token("alice", "Sent", 7, 1);
+        assert_eq!(a.len(), 32);
+        assert_ne!(a, upload_token("alice", "Sent", 7, 2));
+        assert_ne!(a, upload_token("alice", "Drafts", 7, 1));
+    }
+}
