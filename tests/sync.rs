@@ -312,3 +312,282 @@ async fn killed_twenty_times_while_importing_no_duplicate_no_loss() {
     let expected: Vec<String> = (0..N).map(|i| format!("m{i:03}")).collect();
     assert_eq!(subjects, expected);
 }
+
+/// A message from alice to bob, signed and encrypted by sealpost's outgoing core.
+async fn encrypted_to_bob(world: &World, subject: &str, body: &str) -> Vec<u8> {
+    let rewriter = sealpost::rewrite::Rewriter::new(
+        world.sender.service(std::time::Duration::from_secs(20)),
+        sealpost::rewrite::Policy::default(),
+    );
+    let raw = format!(
+        "From: alice@example.org\r\nTo: bob@example.org\r\nSubject: {subject}\r\n\
+         Message-ID: <{subject}@example.org>\r\n\r\n{body}\r\n"
+    );
+    let envelope = sealpost::rewrite::Envelope {
+        id: subject.into(),
+        sender: "alice@example.org".into(),
+        recipients: vec!["bob@example.org".into()],
+    };
+    match rewriter.rewrite(&envelope, raw.into_bytes()).await.unwrap() {
+        sealpost::rewrite::Outcome::Copies(mut c) => c.remove(0).message.unwrap(),
+        sealpost::rewrite::Outcome::Refused(r) => panic!("{r}"),
+    }
+}
+
+/// The untagged lines of step `i` of an upstream client run.
+fn untagged(output: &Value, i: usize) -> Vec<String> {
+    output["steps"][i]["untagged"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|u| u["raw"].as_str().map(str::to_string))
+        .collect()
+}
+
+/// Local messages in a mailbox (EXISTS after SELECT).
+fn exists(raw: &mut common::server::Raw<std::net::TcpStream>, mailbox: &str) -> usize {
+    let lines = raw.ok(&format!("SELECT \"{mailbox}\""));
+    lines
+        .iter()
+        .find_map(|l| l.strip_suffix(" EXISTS")?.strip_prefix("* ")?.parse().ok())
+        .unwrap()
+}
+
+/// What the user does through the local server is done upstream at the next sync: a flag
+/// change, an expunge, a move (into a folder upstream does not have yet), a message stored in
+/// Sent (encrypted to the user's own key upstream, never in clear), a mailbox created, filled
+/// and deleted. Flag changes made upstream come down (CONDSTORE). Nothing comes back twice,
+/// also after upstream renumbers a folder (UIDVALIDITY change).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_changes_are_written_back_upstream() {
+    let world = World::new();
+    let dovecot = Dovecot::start_tls();
+    let secret = encrypted_to_bob(&world, "secret", "the secret body").await;
+    upstream(
+        &dovecot,
+        json!([
+            append_bytes("INBOX", &secret),
+            append_bytes(
+                "INBOX",
+                b"From: a@example.org\r\nSubject: two\r\n\r\ntwo\r\n"
+            ),
+            append_bytes(
+                "INBOX",
+                b"From: a@example.org\r\nSubject: three\r\n\r\nthree\r\n"
+            ),
+        ]),
+    );
+    let server = Server::start_config("", &gnupg_table(&world));
+    let dir = tempfile::tempdir().unwrap();
+    let config = sync_config(
+        &server,
+        &upstream_table(
+            &dovecot,
+            dir.path(),
+            "none",
+            dovecot.port,
+            "address = \"bob@example.org\"",
+        ),
+    );
+    let out = sync_once(&config);
+    assert_eq!(stdout(&out).trim(), format!("{USER}: 3 new"), "{out:?}");
+
+    let mut raw = server.login();
+    raw.ok("SELECT INBOX");
+    raw.ok("UID STORE 1 +FLAGS (\\Seen $Work)");
+    raw.ok("UID STORE 2 +FLAGS (\\Deleted)");
+    raw.ok("UID EXPUNGE 2");
+    raw.ok("UID MOVE 3 Archive");
+    let sent: &[u8] = b"From: bob@example.org\r\nTo: carol@example.org\r\nSubject: plans\r\n\
+        Message-ID: <sent-1@example.org>\r\n\r\nthe sent words\r\n";
+    let mut append = format!("APPEND Sent (\\Seen) {{{}+}}\r\n", sent.len()).into_bytes();
+    append.extend_from_slice(sent);
+    raw.ok(&String::from_utf8(append).unwrap());
+    raw.ok("CREATE Projects");
+    raw.ok("APPEND Projects {24+}\r\nSubject: project\r\n\r\nplan");
+
+    let out = sync_once(&config);
+    assert_eq!(stdout(&out).trim(), format!("{USER}: 0 new"), "{out:?}");
+
+    let seen = upstream(
+        &dovecot,
+        json!([{"cmd": "raw", "line": "SELECT INBOX"},
+        {"cmd": "raw", "line": "UID FETCH 1:* (UID FLAGS)"}]),
+    );
+    let inbox = untagged(&seen, 1);
+    assert_eq!(inbox.len(), 1, "expunged and moved are gone: {inbox:?}");
+    assert!(
+        inbox[0].contains("UID 1 ") && inbox[0].contains("\\Seen") && inbox[0].contains("$Work"),
+        "{inbox:?}"
+    );
+    assert!(
+        !inbox[0].contains("$Sealpost"),
+        "verdicts stay local: {inbox:?}"
+    );
+    let archive = dovecot.mailbox_files("Archive");
+    assert_eq!(archive.len(), 1);
+    assert!(common::contains(
+        &std::fs::read(&archive[0]).unwrap(),
+        "three"
+    ));
+
+    // Sent: encrypted to the user's own key, not a word of it in clear.
+    let files = dovecot.mailbox_files("Sent");
+    assert_eq!(files.len(), 1);
+    let stored = std::fs::read(&files[0]).unwrap();
+    assert!(common::contains(&stored, "-----BEGIN PGP MESSAGE-----"));
+    assert!(!common::contains(&stored, "the sent words"));
+    let (plain, _, _, _) = world
+        .bob
+        .decrypt(&common::ciphertext(&stored))
+        .expect("bob's key opens the Sent copy");
+    assert!(common::contains(&plain, "the sent words"));
+    assert!(
+        files[0].to_string_lossy().contains(":2,S"),
+        "\\Seen went up with it: {files:?}"
+    );
+    assert_eq!(dovecot.mailbox_files("Projects").len(), 1);
+
+    // Nothing comes back twice: the uploads and the move are linked, not fetched again.
+    let out = sync_once(&config);
+    assert_eq!(stdout(&out).trim(), format!("{USER}: 0 new"), "{out:?}");
+    assert_eq!(exists(&mut raw, "INBOX"), 1);
+    assert_eq!(exists(&mut raw, "Archive"), 1);
+    assert_eq!(exists(&mut raw, "Sent"), 1);
+    let store = sealpost::store::Store::open(&server.store_path()).unwrap();
+    let account = store.account(USER).unwrap().unwrap();
+    assert_eq!(store.journal_backlog(account).unwrap(), (0, None));
+
+    // A mailbox deleted here is deleted upstream.
+    raw.ok("UNSELECT");
+    raw.ok("DELETE Projects");
+    let out = sync_once(&config);
+    assert!(out.status.success(), "{out:?}");
+    assert!(!dovecot.maildir.join(".Projects").exists());
+
+    // Flag changes made upstream come down; the verdict keyword stays.
+    upstream(
+        &dovecot,
+        json!([{"cmd": "raw", "line": "SELECT INBOX"},
+        {"cmd": "raw", "line": "UID STORE 1 -FLAGS (\\Seen)"},
+        {"cmd": "raw", "line": "UID STORE 1 +FLAGS (\\Flagged)"}]),
+    );
+    let out = sync_once(&config);
+    assert!(out.status.success(), "{out:?}");
+    raw.ok("SELECT INBOX");
+    let flags = raw.ok("UID FETCH 1 (FLAGS)");
+    assert!(
+        flags[0].contains("\\Flagged")
+            && !flags[0].contains("\\Seen")
+            && flags[0].contains("$Sealpost-Encrypted"),
+        "{flags:?}"
+    );
+
+    // Upstream renumbers Archive (a new UIDVALIDITY): the message is matched, not doubled,
+    // and keeps its local UID.
+    let before = raw.ok("SELECT Archive");
+    let uid_before = raw.ok("UID FETCH 1:* (UID)");
+    let bytes = std::fs::read(&archive[0]).unwrap();
+    upstream(
+        &dovecot,
+        json!([{"cmd": "raw", "line": "RENAME Archive Old"},
+        {"cmd": "raw", "line": "CREATE Archive"},
+        append_bytes("Archive", &bytes)]),
+    );
+    let out = sync_once(&config);
+    assert_eq!(
+        stdout(&out).trim(),
+        format!("{USER}: 1 new"),
+        "Old is new: {out:?}"
+    );
+    let after = raw.ok("SELECT Archive");
+    let validity = |lines: &[String]| {
+        lines
+            .iter()
+            .find(|l| l.contains("UIDVALIDITY"))
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(
+        validity(&before),
+        validity(&after),
+        "the local UIDVALIDITY stays"
+    );
+    assert_eq!(raw.ok("UID FETCH 1:* (UID)"), uid_before);
+    assert_eq!(exists(&mut raw, "Old"), 1);
+}
+
+/// The daemon (`sealpost imap` with an upstream): while upstream is stopped the local server
+/// keeps serving and a local change waits in the journal; once upstream is back the change is
+/// written back and new upstream mail comes down, without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_down_then_back_the_daemon_resumes() {
+    let world = World::new();
+    let mut dovecot = Dovecot::start_tls();
+    upstream(
+        &dovecot,
+        json!([append_bytes(
+            "INBOX",
+            b"From: a@example.org\r\nSubject: one\r\n\r\none\r\n"
+        )]),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let table = upstream_table(
+        &dovecot,
+        dir.path(),
+        "none",
+        dovecot.port,
+        "poll_secs = 1\naddress = \"bob@example.org\"",
+    );
+    let server = Server::start_config("", &format!("{table}\n{}", gnupg_table(&world)));
+    let store = sealpost::store::Store::open(&server.store_path()).unwrap();
+    let state = || {
+        let Some(account) = store.account(USER).unwrap() else {
+            return (0, (0, None));
+        };
+        let inbox = store.mailbox(account, "INBOX").unwrap().unwrap();
+        (
+            store.status(inbox.id).unwrap().messages,
+            store.journal_backlog(account).unwrap(),
+        )
+    };
+    let wait_for = |what: &str, done: &dyn Fn() -> bool| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !done() {
+            assert!(std::time::Instant::now() < deadline, "timed out: {what}");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    };
+    wait_for("the first message", &|| state().0 == 1);
+
+    dovecot.stop();
+    let mut raw = server.login();
+    raw.ok("SELECT INBOX");
+    raw.ok("UID STORE 1 +FLAGS (\\Flagged)");
+    let body = raw.ok("UID FETCH 1 (BODY.PEEK[TEXT])");
+    assert!(body[0].contains("one"), "the local store serves: {body:?}");
+    assert_eq!(state().1 .0, 1, "the change waits in the journal");
+
+    dovecot.restart();
+    upstream(
+        &dovecot,
+        json!([append_bytes(
+            "INBOX",
+            b"From: a@example.org\r\nSubject: two\r\n\r\ntwo\r\n"
+        )]),
+    );
+    wait_for("written back and synced", &|| {
+        let (messages, (backlog, _)) = state();
+        messages == 2 && backlog == 0
+    });
+    let seen = upstream(
+        &dovecot,
+        json!([{"cmd": "raw", "line": "SELECT INBOX"},
+        {"cmd": "raw", "line": "UID FETCH 1 (FLAGS)"}]),
+    );
+    assert!(
+        untagged(&seen, 1)[0].contains("\\Flagged"),
+        "{:?}",
+        untagged(&seen, 1)
+    );
+}

@@ -342,6 +342,8 @@ pub struct Appended {
     pub uid: u32,
     pub uidvalidity: u32,
     pub modseq: u64,
+    /// A synced message that was already here (same content) and was linked, not stored.
+    pub linked: bool,
 }
 
 /// The outcome of a STORE.
@@ -792,6 +794,7 @@ impl Store {
                             uid,
                             uidvalidity: mb.uidvalidity,
                             modseq: old_modseq as u64,
+                            linked: true,
                         });
                         continue;
                     }
@@ -835,6 +838,7 @@ impl Store {
                             uid,
                             uidvalidity: mb.uidvalidity,
                             modseq: old_modseq as u64,
+                            linked: true,
                         });
                         continue;
                     }
@@ -899,6 +903,7 @@ impl Store {
                     uid,
                     uidvalidity: mb.uidvalidity,
                     modseq,
+                    linked: false,
                 });
             }
             save_counters(tx, &mb, modseq)?;

@@ -337,6 +337,7 @@ fn a_new_upstream_uidvalidity_relinks_what_is_already_stored() {
         )
         .unwrap();
     assert_eq!(again[0].uid, first.uid, "re-linked, not stored again");
+    assert!(again[0].linked && !again[1].linked);
     assert!(again[1].uid > first.uid, "new content is appended");
     assert_eq!(store.status(inbox.id).unwrap().messages, 2);
     assert_eq!(

@@ -387,9 +387,9 @@ impl Syncer {
                     next_uid: *next_uid,
                 };
                 let store = self.store.clone();
-                let n = messages.len();
                 let id = mailbox;
-                blocking(move || store.append_synced(id, messages, &mark)).await??;
+                let appended = blocking(move || store.append_synced(id, messages, &mark)).await??;
+                let n = appended.iter().filter(|a| !a.linked).count();
                 stored += n;
                 progress.show(stored);
             }
@@ -433,18 +433,31 @@ impl Syncer {
         }
     }
 
-    /// Daemon mode: sync, then wait (IDLE on INBOX, or the poll interval), until `shutdown`.
-    /// Failures are logged and retried after the poll interval; the local store keeps
-    /// serving meanwhile.
+    /// Daemon mode: sync, then wait (IDLE on INBOX, or the poll interval) until upstream has
+    /// news, the user changes something locally (the journal has entries to write back), or
+    /// `shutdown`. Failures are logged and retried after the poll interval; the local store
+    /// keeps serving meanwhile.
     pub async fn run(&self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
         let poll = Duration::from_secs(self.config.poll_secs);
+        let mut local = self.store.watch();
         loop {
             if *shutdown.borrow() {
                 return;
             }
-            let waited = match self.sync_once().await {
-                Ok(_) if self.config.idle => self.idle(poll, &mut shutdown).await,
-                Ok(_) => Err(None),
+            let synced = self.sync_once().await;
+            local.borrow_and_update();
+            let waited = match synced {
+                Ok(report) => {
+                    if report.waiting > 0 {
+                        tracing::info!(account = %self.name, waiting = report.waiting,
+                            "local changes not yet written back; retrying at the next poll");
+                    }
+                    if self.config.idle {
+                        self.idle(poll, &mut shutdown, &mut local).await
+                    } else {
+                        Err(None)
+                    }
+                }
                 Err(e) => {
                     tracing::warn!(account = %self.name, "sync failed: {e}");
                     Err(None)
@@ -457,17 +470,39 @@ impl Syncer {
                 tokio::select! {
                     _ = tokio::time::sleep(poll) => {}
                     _ = shutdown.changed() => {}
+                    _ = self.local_change(&mut local) => {}
                 }
             }
         }
     }
 
-    /// Waits in IDLE on INBOX until the server reports a change, `poll` passes or shutdown.
-    /// Err(None): the server has no IDLE (poll instead).
+    /// Resolves once the account has local changes to write back (the store's commits are
+    /// watched, also those of other processes).
+    async fn local_change(&self, local: &mut tokio::sync::watch::Receiver<u64>) {
+        loop {
+            if local.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+            let (store, name) = (self.store.clone(), self.name.clone());
+            let backlog = blocking(move || match store.account(&name)? {
+                Some(account) => Ok(store.journal_backlog(account)?.0),
+                None => Ok::<_, StoreError>(0),
+            })
+            .await;
+            if matches!(backlog, Ok(Ok(n)) if n > 0) {
+                return;
+            }
+        }
+    }
+
+    /// Waits in IDLE on INBOX until the server reports a change, `poll` passes, the user
+    /// changes something locally, or shutdown. Err(None): the server has no IDLE (poll
+    /// instead).
     async fn idle(
         &self,
         poll: Duration,
         shutdown: &mut tokio::sync::watch::Receiver<bool>,
+        local: &mut tokio::sync::watch::Receiver<u64>,
     ) -> Result<(), Option<SyncError>> {
         let mut session = upstream::connect(&self.config).await.map_err(Some)?;
         let capabilities = within(self.config.timeout(), session.capabilities())
@@ -487,6 +522,7 @@ impl Syncer {
             tokio::select! {
                 _ = wait => {}
                 _ = shutdown.changed() => {}
+                _ = self.local_change(local) => {}
             }
         }
         if let Ok(mut session) = idle.done().await {

@@ -333,8 +333,47 @@ impl Dovecot {
     }
 }
 
-impl Drop for Dovecot {
-    fn drop(&mut self) {
+impl Dovecot {
+    /// Stops the server as `drop` does but keeps its mail, configuration and ports, for
+    /// `restart`: the upstream "goes down".
+    pub fn stop(&mut self) {
+        self.halt();
+    }
+
+    /// Starts the stopped server again on the same ports with the same mail; returns once it
+    /// greets.
+    pub fn restart(&mut self) {
+        let conf = self.dir.path().join("dovecot.conf");
+        let stderr = std::fs::File::create(self.dir.path().join("dovecot.stderr")).unwrap();
+        self.master = Command::new(DOVECOT)
+            .arg("-F")
+            .arg("-c")
+            .arg(&conf)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("dovecot runs");
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if greeting(self.port).is_some_and(|l| l.starts_with("* OK")) {
+                return;
+            }
+            assert!(
+                self.master.try_wait().unwrap().is_none(),
+                "dovecot did not come back: {}",
+                read_or_empty(&self.dir.path().join("dovecot.stderr"))
+            );
+            assert!(Instant::now() < deadline, "dovecot did not greet again");
+            // Waits on the port answering, polled.
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn halt(&mut self) {
+        if matches!(self.master.try_wait(), Ok(Some(_))) {
+            return;
+        }
         // master.pid names our child (-F keeps it in the foreground); SIGTERM makes the
         // master stop its services before it exits.
         let pid = std::fs::read_to_string(self.base_dir.join("master.pid"))
@@ -357,6 +396,13 @@ impl Drop for Dovecot {
                 Ok(None) => std::thread::sleep(Duration::from_millis(10)),
             }
         }
+        let _ = std::fs::remove_file(self.base_dir.join("master.pid"));
+    }
+}
+
+impl Drop for Dovecot {
+    fn drop(&mut self) {
+        self.halt();
         // The TempDir field removes the directory after this.
     }
 }
