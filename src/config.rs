@@ -228,6 +228,9 @@ impl Config {
             if let Some((key, message)) = account.upstream.as_ref().and_then(|u| u.problem()) {
                 return Err(invalid(&format!("accounts.upstream.{key}"), key, message));
             }
+            if let Some((key, message)) = account.maildir.as_ref().and_then(|m| m.problem()) {
+                return Err(invalid(&format!("accounts.maildir.{key}"), key, message));
+            }
         }
         if let Some((key, message)) = self.relay.problem() {
             return Err(invalid(&format!("relay.{key}"), key, message));

@@ -109,38 +109,53 @@ pub struct SyncArgs {
     pub account: Option<String>,
 }
 
-/// One syncer per account with `[accounts.upstream]` (or just `only`), sharing one key service.
+/// One source per account with `[accounts.upstream]` or `[accounts.maildir]` (or just
+/// `only`'s), sharing one key service.
 fn syncers(
     config: &Config,
     store: &Store,
     only: Option<&str>,
-) -> Result<Vec<crate::sync::Syncer>, CliError> {
+) -> Result<Vec<crate::sync::Source>, CliError> {
+    use crate::sync::{maildir::MaildirSync, Source, Syncer};
+    let has_source = |a: &crate::imap::Account| a.upstream.is_some() || a.maildir.is_some();
     if let Some(name) = only {
         if !config
             .accounts
             .iter()
-            .any(|a| a.name == name && a.upstream.is_some())
+            .any(|a| a.name == name && has_source(a))
         {
             return Err(CliError::Usage(format!(
-                "--account {name}: no such account with [accounts.upstream] in the configuration"
+                "--account {name}: no such account with [accounts.upstream] or \
+                 [accounts.maildir] in the configuration"
             )));
         }
     }
     let keys = Arc::new(crate::cli::key_service(config, None));
-    Ok(config
+    let mut sources = Vec::new();
+    for account in config
         .accounts
         .iter()
         .filter(|a| only.is_none_or(|n| n == a.name))
-        .filter_map(|a| {
-            a.upstream.clone().map(|upstream| crate::sync::Syncer {
-                name: a.name.clone(),
-                config: upstream,
+    {
+        if let Some(upstream) = &account.upstream {
+            sources.push(Source::Imap(Box::new(Syncer {
+                name: account.name.clone(),
+                config: upstream.clone(),
                 store: store.clone(),
                 keys: keys.clone(),
                 policy: config.policy.clone(),
-            })
-        })
-        .collect())
+            })));
+        }
+        if let Some(maildir) = &account.maildir {
+            sources.push(Source::Maildir(MaildirSync {
+                name: account.name.clone(),
+                config: maildir.clone(),
+                store: store.clone(),
+                keys: keys.clone(),
+            }));
+        }
+    }
+    Ok(sources)
 }
 
 /// `sealpost sync`: with --once, one pass per account (prints `ACCOUNT: N new`); without,
@@ -150,16 +165,26 @@ pub async fn sync(config: Config, args: SyncArgs) -> Result<u8, CliError> {
     let syncers = syncers(&config, &store, args.account.as_deref())?;
     if syncers.is_empty() {
         return Err(CliError::Usage(
-            "no account has an [accounts.upstream] table: nothing to sync".into(),
+            "no account has an [accounts.upstream] or [accounts.maildir] table: nothing to sync"
+                .into(),
         ));
     }
     if args.once {
         let mut failed = None;
         for syncer in &syncers {
             match syncer.sync_once().await {
-                Ok(report) => println!("{}: {} new", syncer.name, report.total()),
+                Ok(report) => {
+                    println!("{}: {} new", syncer.name(), report.total());
+                    if report.waiting > 0 {
+                        eprintln!(
+                            "sealpost: sync {}: {} local changes not written back yet (see the log)",
+                            syncer.name(),
+                            report.waiting
+                        );
+                    }
+                }
                 Err(e) => {
-                    eprintln!("sealpost: sync {}: {e}", syncer.name);
+                    eprintln!("sealpost: sync {}: {e}", syncer.name());
                     failed = Some(e);
                 }
             }

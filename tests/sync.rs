@@ -591,3 +591,87 @@ async fn upstream_down_then_back_the_daemon_resumes() {
         untagged(&seen, 1)
     );
 }
+
+/// A Maildir as the source: new/ and cur/ of INBOX and of a Maildir++ folder are imported
+/// decrypted with their flags; the Maildir is left as it was; a file a reader moves from new/
+/// to cur/ (changing its name's info) is not imported again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_maildir_source_is_imported_once() {
+    let world = World::new();
+    let maildir = tempfile::tempdir().unwrap();
+    let root = maildir.path();
+    for sub in [
+        "new",
+        "cur",
+        "tmp",
+        ".Lists.rust/new",
+        ".Lists.rust/cur",
+        ".Lists.rust/tmp",
+    ] {
+        std::fs::create_dir_all(root.join(sub)).unwrap();
+    }
+    let secret = encrypted_to_bob(&world, "secret", "the secret body").await;
+    std::fs::write(root.join("new/1700000001.M1P1.host"), &secret).unwrap();
+    std::fs::write(
+        root.join("cur/1700000002.M2P1.host:2,FS"),
+        b"From: a@example.org\r\nSubject: read\r\n\r\nalready read\r\n",
+    )
+    .unwrap();
+    std::fs::write(
+        root.join(".Lists.rust/new/1700000003.M3P1.host"),
+        b"From: list@example.org\r\nSubject: list\r\n\r\nhello list\r\n",
+    )
+    .unwrap();
+    let server = Server::start_config("", &gnupg_table(&world));
+    let config = sync_config(
+        &server,
+        &format!("[accounts.maildir]\npath = \"{}\"\n", root.display()),
+    );
+    let out = sync_once(&config);
+    assert_eq!(stdout(&out).trim(), format!("{USER}: 3 new"), "{out:?}");
+
+    let mut raw = server.login();
+    raw.ok("SELECT INBOX");
+    let lines = raw.ok("UID FETCH 1:* (FLAGS BODY.PEEK[TEXT])");
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(
+        lines[0].contains("the secret body") && lines[0].contains("$Sealpost-Encrypted"),
+        "decrypted: {lines:?}"
+    );
+    assert!(
+        lines[1].contains("\\Flagged") && lines[1].contains("\\Seen"),
+        "{lines:?}"
+    );
+    assert_eq!(exists(&mut raw, "Lists/rust"), 1);
+
+    // A reader takes the new file into cur/ and marks it read; one more message arrives.
+    std::fs::rename(
+        root.join("new/1700000001.M1P1.host"),
+        root.join("cur/1700000001.M1P1.host:2,S"),
+    )
+    .unwrap();
+    std::fs::write(
+        root.join("new/1700000004.M4P1.host"),
+        b"From: a@example.org\r\nSubject: later\r\n\r\nlater\r\n",
+    )
+    .unwrap();
+    let out = sync_once(&config);
+    assert_eq!(stdout(&out).trim(), format!("{USER}: 1 new"), "{out:?}");
+    assert_eq!(exists(&mut raw, "INBOX"), 3);
+    assert!(
+        root.join("cur/1700000001.M1P1.host:2,S").exists(),
+        "the Maildir is only read"
+    );
+
+    // Not a Maildir: a clear error, exit 75, nothing stored.
+    let broken = sync_config(
+        &server,
+        "[accounts.maildir]\npath = \"/nonexistent/Maildir\"\n",
+    );
+    let out = sync_once(&broken);
+    assert_eq!(out.status.code(), Some(75), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not a Maildir"),
+        "{out:?}"
+    );
+}

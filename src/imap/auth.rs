@@ -77,6 +77,7 @@ mod tests {
             name: "alice".into(),
             password_hash: hash,
             upstream: None,
+            maildir: None,
         }];
         assert!(check(&accounts, "alice", b"s3cret").is_some());
         assert!(check(&accounts, "alice", b"wrong").is_none());

@@ -149,6 +149,9 @@ pub struct Account {
     /// background).
     #[serde(default)]
     pub upstream: Option<crate::sync::upstream::UpstreamConfig>,
+    /// A Maildir the account's mail is delivered into, read by the same sync.
+    #[serde(default)]
+    pub maildir: Option<crate::sync::maildir::MaildirConfig>,
 }
 
 /// What every session shares.

@@ -701,7 +701,7 @@ impl Store {
         messages: Vec<Prepared>,
         origin: Origin,
     ) -> Result<Vec<Appended>, StoreError> {
-        self.append_with(mailbox, messages, origin, None)
+        self.append_with(mailbox, messages, origin, None, None)
     }
 
     /// Stores messages fetched from an upstream folder, and in the same transaction records
@@ -713,7 +713,19 @@ impl Store {
         messages: Vec<Prepared>,
         mark: &SyncMark,
     ) -> Result<Vec<Appended>, StoreError> {
-        self.append_with(mailbox, messages, Origin::Sync, Some(mark))
+        self.append_with(mailbox, messages, Origin::Sync, Some(mark), None)
+    }
+
+    /// Stores messages read from a Maildir source, and in the same transaction links each to
+    /// its file's unique name (`names`, one per message) in `folder`.
+    pub fn append_files(
+        &self,
+        mailbox: MailboxId,
+        messages: Vec<Prepared>,
+        folder: &str,
+        names: &[String],
+    ) -> Result<Vec<Appended>, StoreError> {
+        self.append_with(mailbox, messages, Origin::Sync, None, Some((folder, names)))
     }
 
     fn append_with(
@@ -722,6 +734,7 @@ impl Store {
         messages: Vec<Prepared>,
         origin: Origin,
         mark: Option<&SyncMark>,
+        files: Option<(&str, &[String])>,
     ) -> Result<Vec<Appended>, StoreError> {
         // Summaries are computed before taking the writer lock: parsing is the slow part.
         let mut fresh = Vec::with_capacity(messages.len());
@@ -898,6 +911,13 @@ impl Store {
                         mailbox,
                         uid
                     ])?;
+                }
+                if let Some((folder, names)) = files {
+                    tx.prepare_cached(
+                        "INSERT OR IGNORE INTO sync_files (account, folder, name, mailbox, uid)
+                         VALUES (?1, ?2, ?3, ?4, ?5)",
+                    )?
+                    .execute(params![mb.account, folder, names[i], mailbox, uid])?;
                 }
                 out.push(Appended {
                     uid,

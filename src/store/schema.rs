@@ -131,8 +131,11 @@ CREATE INDEX sync_map_local ON sync_map (mailbox, uid);
 /// upload retried after a crash first looks for its earlier copy upstream) and keep the last
 /// error for `sealpost sync` to show; `sync_folders` remembers the upstream HIGHESTMODSEQ
 /// (RFC 7162 CONDSTORE: flag changes are fetched with CHANGEDSINCE); `sync_files` links each
-/// imported Maildir file (by its unique base name) to the local message.
+/// imported Maildir file (by its unique base name) to the local message. Only accounts synced
+/// from an upstream IMAP account journal their changes (`write_back`): elsewhere nobody would
+/// empty the journal.
 const V4: &str = "
+ALTER TABLE accounts ADD COLUMN write_back INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE journal ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE journal ADD COLUMN last_error TEXT NOT NULL DEFAULT '';
 CREATE INDEX journal_account ON journal (account, id);

@@ -383,6 +383,35 @@ impl Store {
         })
     }
 
+    /// Turns the change journal on for an account synced from an upstream IMAP account (its
+    /// write-back empties it), or off, forgetting what waits.
+    pub fn set_write_back(&self, account: AccountId, on: bool) -> Result<(), StoreError> {
+        self.write(|tx| {
+            tx.execute(
+                "UPDATE accounts SET write_back = ?2 WHERE id = ?1 AND write_back != ?2",
+                params![account, on],
+            )?;
+            if !on {
+                tx.execute("DELETE FROM journal WHERE account = ?1", [account])?;
+            }
+            Ok(())
+        })
+    }
+
+    /// The unique names of the Maildir files already imported from `folder`.
+    pub fn file_links(
+        &self,
+        account: AccountId,
+        folder: &str,
+    ) -> Result<std::collections::HashSet<String>, StoreError> {
+        self.read(|c| {
+            let mut stmt =
+                c.prepare_cached("SELECT name FROM sync_files WHERE account = ?1 AND folder = ?2")?;
+            let rows = stmt.query_map(params![account, folder], |r| r.get(0))?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+    }
+
     /// The id of a local mailbox by name, if it still exists.
     pub fn mailbox_id(
         &self,
@@ -393,7 +422,7 @@ impl Store {
     }
 }
 
-/// Records a client change for the write-back.
+/// Records a client change for the write-back, when the account has one.
 pub(super) fn journal(
     tx: &rusqlite::Connection,
     account: AccountId,
@@ -403,7 +432,8 @@ pub(super) fn journal(
     detail: &str,
 ) -> Result<(), StoreError> {
     tx.prepare_cached(
-        "INSERT INTO journal (account, mailbox, uid, kind, detail, at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        "INSERT INTO journal (account, mailbox, uid, kind, detail, at)
+         SELECT ?1, ?2, ?3, ?4, ?5, ?6 FROM accounts WHERE id = ?1 AND write_back",
     )?
     .execute(params![account, mailbox, uid, kind, detail, unix_now()])?;
     Ok(())

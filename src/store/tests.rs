@@ -129,6 +129,7 @@ fn content_is_stored_once_and_collected_when_unused() {
 fn unchanged_since_and_changes_and_the_journal() {
     let (_dir, store) = store();
     let account = store.ensure_account("alice").unwrap();
+    store.set_write_back(account, true).unwrap();
     let inbox = store.mailbox(account, "INBOX").unwrap().unwrap();
     let a = store.append(inbox.id, message("a"), Origin::Sync).unwrap();
     let stored = store
@@ -167,6 +168,14 @@ fn unchanged_since_and_changes_and_the_journal() {
         .writeback_done(account, journal[0].id, &WrittenBack::default())
         .unwrap();
     assert!(store.journal_for(account, 0, 10).unwrap().is_empty());
+
+    // An account nobody writes back for keeps no journal.
+    let local = store.ensure_account("carol").unwrap();
+    let mailbox = store.mailbox(local, "INBOX").unwrap().unwrap();
+    store
+        .append(mailbox.id, message("c"), Origin::Client)
+        .unwrap();
+    assert!(store.journal_for(local, 0, 10).unwrap().is_empty());
 }
 
 #[test]
@@ -360,6 +369,8 @@ fn write_back_links_and_upstream_flags() {
     let (_dir, store) = store();
     let account = store.ensure_account("alice").unwrap();
     let other = store.ensure_account("bob").unwrap();
+    store.set_write_back(account, true).unwrap();
+    store.set_write_back(other, true).unwrap();
     let inbox = store.mailbox(account, "INBOX").unwrap().unwrap();
     let archive = store.mailbox(account, "Archive").unwrap().unwrap();
     let mark = SyncMark {

@@ -18,6 +18,7 @@
 //! the folder's last HIGHESTMODSEQ). What the user changes locally is written back first, at
 //! the start of every sync ([`writeback`]).
 
+pub mod maildir;
 pub mod upstream;
 mod writeback;
 
@@ -85,29 +86,24 @@ pub struct Syncer {
 impl Syncer {
     /// One full pass over every folder.
     pub async fn sync_once(&self) -> Result<SyncReport, SyncError> {
-        // One sync at a time per store (the daemon inside `sealpost imap` and a manual
-        // `sealpost sync --once` take turns).
-        let path = std::path::PathBuf::from(format!("{}.sync-lock", self.store.path().display()));
-        let _lock = blocking(move || crate::queue::RunLock::acquire_path(&path))
-            .await?
-            .map_err(|e| SyncError::Task(format!("sync lock: {e}")))?;
+        let _lock = sync_lock(&self.store).await?;
         let mut session = upstream::connect(&self.config).await?;
         let result = self.sync_session(&mut session).await;
         let _ = tokio::time::timeout(self.config.timeout(), session.logout()).await;
         let report = result?;
-        for (mailbox, n) in report.new.iter().filter(|(_, n)| **n > 0) {
-            tracing::info!(account = %self.name, %mailbox, new = n, "{n} new messages");
-        }
-        if report.total() > 0 {
-            self.notify(&report).await;
-        }
+        log_and_notify(&self.name, self.config.notify_command.as_deref(), &report).await;
         Ok(report)
     }
 
     async fn sync_session(&self, session: &mut Session) -> Result<SyncReport, SyncError> {
         let store = self.store.clone();
         let name = self.name.clone();
-        let account = blocking(move || store.ensure_account(&name)).await??;
+        let account = blocking(move || {
+            let account = store.ensure_account(&name)?;
+            store.set_write_back(account, true)?;
+            Ok::<_, StoreError>(account)
+        })
+        .await??;
         let mut report = SyncReport::default();
         // Local changes first: a message moved or expunged here must not come back.
         (report.written_back, report.waiting) = self.write_back(session, account).await?;
@@ -340,39 +336,7 @@ impl Syncer {
             .await?;
             fetched.sort_by_key(|m| m.0);
             fetched.dedup_by_key(|m| m.0);
-            // Decrypt two at a time (the GnuPG workers), in order; a temporary failure ends
-            // the batch there and the rest waits for the next run.
-            let processed: Vec<_> = futures::stream::iter(fetched)
-                .map(|(uid, flags, date, raw)| async move {
-                    let raw = crate::store::crlf(&raw);
-                    (
-                        uid,
-                        flags,
-                        date,
-                        crate::inbound::process(&self.keys, &raw).await,
-                    )
-                })
-                .buffered(2)
-                .collect()
-                .await;
-            let mut messages = Vec::with_capacity(processed.len());
-            let mut done = Vec::with_capacity(processed.len());
-            let mut failure = None;
-            for (uid, mut flags, date, result) in processed {
-                match result {
-                    Ok(p) => {
-                        for k in p.verdict.keywords() {
-                            flags.insert(k.to_string());
-                        }
-                        messages.push(Prepared::new(p.message, flags, date));
-                        done.push(uid);
-                    }
-                    Err(e) => {
-                        failure = Some(SyncError::Keys(e.to_string()));
-                        break;
-                    }
-                }
-            }
+            let (messages, done, failure) = decrypt(&self.keys, fetched).await;
             if let Some(&last) = done.last() {
                 // Upstream UIDs in a gap of this chunk (expunged meanwhile) are passed too.
                 *next_uid = if failure.is_none() {
@@ -403,34 +367,6 @@ impl Syncer {
             *next_uid = (*next_uid).max(top.saturating_add(1));
         }
         Ok(stored)
-    }
-
-    /// Runs the configured notify_command with the counts.
-    async fn notify(&self, report: &SyncReport) {
-        let Some(command) = &self.config.notify_command else {
-            return;
-        };
-        let by_mailbox = report
-            .new
-            .iter()
-            .filter(|(_, n)| **n > 0)
-            .map(|(m, n)| format!("{m}={n}"))
-            .collect::<Vec<_>>()
-            .join(" ");
-        let status = tokio::process::Command::new("/bin/sh")
-            .arg("-c")
-            .arg(command)
-            .env("SEALPOST_ACCOUNT", &self.name)
-            .env("SEALPOST_NEW", report.total().to_string())
-            .env("SEALPOST_NEW_BY_MAILBOX", by_mailbox)
-            .stdin(std::process::Stdio::null())
-            .status()
-            .await;
-        match status {
-            Ok(s) if s.success() => {}
-            Ok(s) => tracing::warn!(account = %self.name, "notify_command exited with {s}"),
-            Err(e) => tracing::warn!(account = %self.name, "notify_command: {e}"),
-        }
     }
 
     /// Daemon mode: sync, then wait (IDLE on INBOX, or the poll interval) until upstream has
@@ -530,6 +466,109 @@ impl Syncer {
         }
         Ok(())
     }
+}
+
+/// One sync at a time per store (the daemons inside `sealpost imap` and a manual `sealpost
+/// sync --once` take turns): a lock file beside the store.
+async fn sync_lock(store: &Store) -> Result<crate::queue::RunLock, SyncError> {
+    let path = std::path::PathBuf::from(format!("{}.sync-lock", store.path().display()));
+    blocking(move || crate::queue::RunLock::acquire_path(&path))
+        .await?
+        .map_err(|e| SyncError::Task(format!("sync lock: {e}")))
+}
+
+/// Logs "N new messages" per mailbox and runs the account's notify_command, when set and
+/// there is new mail, with the counts in its environment.
+async fn log_and_notify(account: &str, command: Option<&str>, report: &SyncReport) {
+    for (mailbox, n) in report.new.iter().filter(|(_, n)| **n > 0) {
+        tracing::info!(%account, %mailbox, new = n, "{n} new messages");
+    }
+    let Some(command) = command.filter(|_| report.total() > 0) else {
+        return;
+    };
+    let by_mailbox = report
+        .new
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(m, n)| format!("{m}={n}"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let status = tokio::process::Command::new("/bin/sh")
+        .arg("-c")
+        .arg(command)
+        .env("SEALPOST_ACCOUNT", account)
+        .env("SEALPOST_NEW", report.total().to_string())
+        .env("SEALPOST_NEW_BY_MAILBOX", by_mailbox)
+        .stdin(std::process::Stdio::null())
+        .status()
+        .await;
+    match status {
+        Ok(s) if s.success() => {}
+        Ok(s) => tracing::warn!(%account, "notify_command exited with {s}"),
+        Err(e) => tracing::warn!(%account, "notify_command: {e}"),
+    }
+}
+
+/// An account's source: an upstream IMAP account or a Maildir.
+pub enum Source {
+    Imap(Box<Syncer>),
+    Maildir(maildir::MaildirSync),
+}
+
+impl Source {
+    pub fn name(&self) -> &str {
+        match self {
+            Source::Imap(s) => &s.name,
+            Source::Maildir(s) => &s.name,
+        }
+    }
+
+    pub async fn sync_once(&self) -> Result<SyncReport, SyncError> {
+        match self {
+            Source::Imap(s) => s.sync_once().await,
+            Source::Maildir(s) => s.sync_once().await,
+        }
+    }
+
+    pub async fn run(&self, shutdown: tokio::sync::watch::Receiver<bool>) {
+        match self {
+            Source::Imap(s) => s.run(shutdown).await,
+            Source::Maildir(s) => s.run(shutdown).await,
+        }
+    }
+}
+
+/// Decrypts and verifies fetched messages two at a time (the GnuPG workers), in order, into
+/// messages ready to store with their verdict keywords, and the keys they came with. A
+/// temporary failure (agent gone, deadline) ends the list there: the rest waits for the next
+/// run.
+pub(crate) async fn decrypt<K: Send>(
+    keys: &KeyService,
+    fetched: Vec<(K, Flags, InternalDate, Vec<u8>)>,
+) -> (Vec<Prepared>, Vec<K>, Option<SyncError>) {
+    let processed: Vec<_> = futures::stream::iter(fetched)
+        .map(|(key, flags, date, raw)| async move {
+            let raw = crate::store::crlf(&raw);
+            (key, flags, date, crate::inbound::process(keys, &raw).await)
+        })
+        .buffered(2)
+        .collect()
+        .await;
+    let mut messages = Vec::with_capacity(processed.len());
+    let mut done = Vec::with_capacity(processed.len());
+    for (key, mut flags, date, result) in processed {
+        match result {
+            Ok(p) => {
+                for k in p.verdict.keywords() {
+                    flags.insert(k.to_string());
+                }
+                messages.push(Prepared::new(p.message, flags, date));
+                done.push(key);
+            }
+            Err(e) => return (messages, done, Some(SyncError::Keys(e.to_string()))),
+        }
+    }
+    (messages, done, None)
 }
 
 /// The local mailbox name for an upstream folder: its hierarchy delimiter becomes "/", and

@@ -1,0 +1,277 @@
+//! A Maildir as an account's source (`[accounts.maildir]`): the mail an MTA or an LDA has
+//! delivered there (`new/` and `cur/` of the root, INBOX, and of each Maildir++ folder
+//! `.Name`) is decrypted, verified and stored in the local mailbox of the same name.
+//!
+//! The Maildir is only read: files stay where they are, so mutt or another reader can go on
+//! using it. Each file is imported once, by its unique name (the file name up to the `:2,`
+//! info, which a reader may change when it moves the file from `new/` to `cur/` or sets
+//! flags); the names are stored in the same transaction as the messages, so a crash imports
+//! nothing twice and loses nothing. Flags in the info (`S`, `R`, `F`, `T`, `D`) become the
+//! local message's flags; the file's modification time its INTERNALDATE.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::{blocking, decrypt, local_name, sync_lock, Progress, SyncError, SyncReport, BATCH};
+use crate::keys::KeyService;
+use crate::store::{AccountId, Flags, InternalDate, Store, StoreError};
+
+/// `[accounts.maildir]`: a Maildir that mail is delivered into.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MaildirConfig {
+    /// The Maildir's root (with `cur/`, `new/` and `tmp/`).
+    pub path: PathBuf,
+    /// Folders to read: "INBOX" and Maildir++ names without the leading dot ("Lists.rust");
+    /// empty: all of them.
+    #[serde(default)]
+    pub folders: Vec<String>,
+    /// Daemon mode: seconds between scans.
+    #[serde(default = "default_poll")]
+    pub poll_secs: u64,
+    /// As for an upstream account: run after a scan that found new mail.
+    pub notify_command: Option<String>,
+}
+
+fn default_poll() -> u64 {
+    30
+}
+
+impl MaildirConfig {
+    pub fn problem(&self) -> Option<(&'static str, String)> {
+        if self.poll_secs == 0 {
+            return Some(("poll_secs", "must be at least 1 (seconds)".into()));
+        }
+        None
+    }
+}
+
+/// One account's Maildir source.
+pub struct MaildirSync {
+    pub name: String,
+    pub config: MaildirConfig,
+    pub store: Store,
+    pub keys: Arc<KeyService>,
+}
+
+/// One file not imported yet.
+struct Pending {
+    unique: String,
+    path: PathBuf,
+    flags: Flags,
+}
+
+impl MaildirSync {
+    /// One scan of every folder.
+    pub async fn sync_once(&self) -> Result<SyncReport, SyncError> {
+        let _lock = sync_lock(&self.store).await?;
+        let (store, name) = (self.store.clone(), self.name.clone());
+        let account = blocking(move || store.ensure_account(&name)).await??;
+        let mut report = SyncReport::default();
+        for (folder, dir) in self.folders()? {
+            let local = if folder == "INBOX" {
+                folder.clone()
+            } else {
+                local_name(&folder, Some(".")).map_err(|e| SyncError::Folder(folder.clone(), e))?
+            };
+            let new = self.sync_folder(account, &folder, &dir, &local).await?;
+            report.new.insert(local, new);
+        }
+        super::log_and_notify(&self.name, self.config.notify_command.as_deref(), &report).await;
+        Ok(report)
+    }
+
+    /// Daemon mode: a scan every `poll_secs` until `shutdown`.
+    pub async fn run(&self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        let poll = Duration::from_secs(self.config.poll_secs);
+        loop {
+            if *shutdown.borrow() {
+                return;
+            }
+            if let Err(e) = self.sync_once().await {
+                tracing::warn!(account = %self.name, "maildir sync failed: {e}");
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(poll) => {}
+                _ = shutdown.changed() => {}
+            }
+        }
+    }
+
+    /// (folder name, directory): INBOX is the root, each `.Name` with a `cur/` a folder.
+    fn folders(&self) -> Result<Vec<(String, PathBuf)>, SyncError> {
+        let root = &self.config.path;
+        let unreadable = |e: std::io::Error| {
+            SyncError::Config(format!("[accounts.maildir] path {}: {e}", root.display()))
+        };
+        for sub in ["cur", "new"] {
+            std::fs::metadata(root.join(sub)).map_err(|e| {
+                SyncError::Config(format!(
+                    "[accounts.maildir] path {}: not a Maildir (no {sub}/): {e}",
+                    root.display()
+                ))
+            })?;
+        }
+        let mut folders = vec![("INBOX".to_string(), root.clone())];
+        for entry in std::fs::read_dir(root).map_err(unreadable)? {
+            let entry = entry.map_err(unreadable)?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(folder) = name.strip_prefix('.') else {
+                continue;
+            };
+            if folder.is_empty() || folder == "." || !entry.path().join("cur").is_dir() {
+                continue;
+            }
+            folders.push((folder.to_string(), entry.path()));
+        }
+        let wanted = &self.config.folders;
+        folders.retain(|(name, _)| wanted.is_empty() || wanted.iter().any(|w| w == name));
+        folders.sort();
+        Ok(folders)
+    }
+
+    async fn sync_folder(
+        &self,
+        account: AccountId,
+        folder: &str,
+        dir: &Path,
+        local: &str,
+    ) -> Result<usize, SyncError> {
+        let (store, f, l) = (self.store.clone(), folder.to_string(), local.to_string());
+        let (mailbox, known) = blocking(move || {
+            let mailbox = match store.mailbox(account, &l)? {
+                Some(m) => m,
+                None => store.create_mailbox(account, &l, None)?,
+            };
+            Ok::<_, StoreError>((mailbox.id, store.file_links(account, &f)?))
+        })
+        .await??;
+        let pending = pending_files(dir, &known)
+            .map_err(|e| SyncError::Folder(folder.into(), format!("{}: {e}", dir.display())))?;
+        drop(known);
+        let progress = Progress::new(local, pending.len());
+        let mut stored = 0;
+        for chunk in pending.chunks(BATCH) {
+            let mut read = Vec::with_capacity(chunk.len());
+            for file in chunk {
+                match std::fs::read(&file.path) {
+                    Ok(raw) => {
+                        let date = std::fs::metadata(&file.path)
+                            .and_then(|m| m.modified())
+                            .ok()
+                            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                            .map_or_else(InternalDate::now, |d| InternalDate {
+                                unix: d.as_secs() as i64,
+                                tz_minutes: 0,
+                            });
+                        read.push((file.unique.clone(), file.flags.clone(), date, raw));
+                    }
+                    // Moved by a reader (new/ → cur/) or removed since the listing: the next
+                    // scan finds it under its new name, or it is gone.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => {
+                        return Err(SyncError::Folder(
+                            folder.into(),
+                            format!("{}: {e}", file.path.display()),
+                        ))
+                    }
+                }
+            }
+            let (messages, names, failure) = decrypt(&self.keys, read).await;
+            if !messages.is_empty() {
+                let (store, f) = (self.store.clone(), folder.to_string());
+                let appended =
+                    blocking(move || store.append_files(mailbox, messages, &f, &names)).await??;
+                stored += appended.len();
+                progress.show(stored);
+            }
+            if let Some(e) = failure {
+                return Err(e);
+            }
+        }
+        progress.finish(stored);
+        Ok(stored)
+    }
+}
+
+/// The files of `new/` and `cur/` not imported yet, oldest first (Maildir unique names
+/// start with the delivery time).
+fn pending_files(
+    dir: &Path,
+    known: &std::collections::HashSet<String>,
+) -> std::io::Result<Vec<Pending>> {
+    let mut out = Vec::new();
+    for sub in ["new", "cur"] {
+        for entry in std::fs::read_dir(dir.join(sub))? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') {
+                continue;
+            }
+            let (unique, info) = match name.split_once(':') {
+                Some((unique, info)) => (unique.to_string(), info),
+                None => (name.clone(), ""),
+            };
+            if known.contains(&unique) {
+                continue;
+            }
+            out.push(Pending {
+                unique,
+                path: entry.path(),
+                flags: info_flags(info),
+            });
+        }
+    }
+    out.sort_by(|a, b| a.unique.cmp(&b.unique));
+    // A file a reader moved from new/ to cur/ between the two listings appears twice.
+    out.dedup_by(|a, b| a.unique == b.unique);
+    Ok(out)
+}
+
+/// The flags of a Maildir info "2,FRS" (cr.yp.to/proto/maildir.html).
+fn info_flags(info: &str) -> Flags {
+    let Some(letters) = info.strip_prefix("2,") else {
+        return Flags::default();
+    };
+    Flags::new(letters.chars().filter_map(|c| match c {
+        'S' => Some("\\Seen"),
+        'R' => Some("\\Answered"),
+        'F' => Some("\\Flagged"),
+        'T' => Some("\\Deleted"),
+        'D' => Some("\\Draft"),
+        _ => None,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maildir_info_flags() {
+        let flags = info_flags("2,FRS");
+        assert!(flags.contains("\\Seen") && flags.contains("\\Flagged"));
+        assert!(flags.contains("\\Answered") && !flags.contains("\\Draft"));
+        assert!(info_flags("").is_empty());
+        assert!(info_flags("1,experimental").is_empty());
+    }
+
+    #[test]
+    fn a_file_moved_to_cur_is_one_pending_file_and_known_ones_are_left() {
+        let dir = tempfile::tempdir().unwrap();
+        for sub in ["new", "cur", "tmp"] {
+            std::fs::create_dir(dir.path().join(sub)).unwrap();
+        }
+        std::fs::write(dir.path().join("new/200.M1.host"), "a").unwrap();
+        std::fs::write(dir.path().join("cur/200.M1.host:2,S"), "a").unwrap();
+        std::fs::write(dir.path().join("cur/100.M1.host:2,"), "b").unwrap();
+        std::fs::write(dir.path().join("cur/300.M1.host:2,F"), "c").unwrap();
+        let known = ["300.M1.host".to_string()].into_iter().collect();
+        let pending = pending_files(dir.path(), &known).unwrap();
+        let names: Vec<&str> = pending.iter().map(|p| p.unique.as_str()).collect();
+        assert_eq!(names, ["100.M1.host", "200.M1.host"]);
+    }
+}
