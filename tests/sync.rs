@@ -518,8 +518,8 @@ async fn local_changes_are_written_back_upstream() {
 }
 
 /// The daemon (`sealpost imap` with an upstream): while upstream is stopped the local server
-/// keeps serving and a local change waits in the journal; once upstream is back the change is
-/// written back and new upstream mail comes down, without a restart.
+/// keeps serving and a local change waits in the journal, also across a kill -9 of the
+/// daemon; once upstream is back the change is written back and new upstream mail comes down.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_down_then_back_the_daemon_resumes() {
     let world = World::new();
@@ -539,7 +539,7 @@ async fn upstream_down_then_back_the_daemon_resumes() {
         dovecot.port,
         "poll_secs = 1\naddress = \"bob@example.org\"",
     );
-    let server = Server::start_config("", &format!("{table}\n{}", gnupg_table(&world)));
+    let mut server = Server::start_config("", &format!("{table}\n{}", gnupg_table(&world)));
     let store = sealpost::store::Store::open(&server.store_path()).unwrap();
     let state = || {
         let Some(account) = store.account(USER).unwrap() else {
@@ -567,6 +567,10 @@ async fn upstream_down_then_back_the_daemon_resumes() {
     let body = raw.ok("UID FETCH 1 (BODY.PEEK[TEXT])");
     assert!(body[0].contains("one"), "the local store serves: {body:?}");
     assert_eq!(state().1 .0, 1, "the change waits in the journal");
+    // The change survives a crash of the daemon.
+    drop(raw);
+    server.kill9();
+    server.spawn();
 
     dovecot.restart();
     upstream(
