@@ -123,6 +123,9 @@ struct Cache {
     public: HashMap<String, Resolution>,
     secret: HashMap<String, Option<String>>,
     keydata: HashMap<String, Vec<u8>>,
+    /// Signers' user-ID addresses by fingerprint: an import checks one per signed message,
+    /// and a key listing is a gpg process of its own.
+    user_ids: HashMap<String, Vec<String>>,
 }
 
 /// The one way into GnuPG: lookups (cached), signing, encryption, decryption.
@@ -414,6 +417,16 @@ impl KeyService {
     /// The e-mail addresses of the non-revoked user IDs of the key with this fingerprint
     /// (empty when the key is not in the keyring).
     pub async fn user_ids(&self, fingerprint: &str) -> Result<Vec<String>, KeyError> {
+        if let Some(hit) = self.fresh_cache().user_ids.get(fingerprint) {
+            return Ok(hit.clone());
+        }
+        let key = fingerprint.to_string();
+        let ids = self.list_user_ids(fingerprint).await?;
+        self.fresh_cache().user_ids.insert(key, ids.clone());
+        Ok(ids)
+    }
+
+    async fn list_user_ids(&self, fingerprint: &str) -> Result<Vec<String>, KeyError> {
         let fingerprint = fingerprint.to_string();
         self.worker
             .run("looking up a signer's user IDs", move |gpg| {
