@@ -23,6 +23,9 @@
 #[allow(dead_code)]
 #[path = "../tests/common/dovecot.rs"]
 mod dovecot;
+#[allow(dead_code)]
+#[path = "common/machine.rs"]
+mod machine;
 #[path = "common/report.rs"]
 mod report;
 #[allow(dead_code)]
@@ -210,16 +213,6 @@ fn write_mailbox(maildir: &Path, count: usize, owner: Option<(u32, u32)>) -> u64
         std::os::unix::fs::chown(&cur, Some(uid), Some(gid)).unwrap();
     }
     total
-}
-
-/// VmHWM of a process, in KiB.
-fn peak_rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmHWM")
 }
 
 /// Dovecot's `imap` processes (children of the master whose pid is in master.pid).
@@ -417,8 +410,8 @@ fn main() {
         );
     }
 
-    let sealpost_rss = peak_rss_kib(sealpost.pid());
-    let dovecot_rss = peak_rss_kib(pids[1]);
+    let sealpost_rss = machine::status_kib(sealpost.pid(), "VmHWM").expect("VmHWM");
+    let dovecot_rss = machine::status_kib(pids[1], "VmHWM").expect("VmHWM");
     let store_size = du(&sealpost.store_path()) + {
         let wal = sealpost.store_path().with_extension("sqlite-wal");
         std::fs::metadata(wal).map(|m| m.len()).unwrap_or(0)

@@ -35,6 +35,9 @@ use std::time::{Duration, Instant};
 
 #[path = "common/gnupg.rs"]
 mod gnupg;
+#[allow(dead_code)]
+#[path = "common/machine.rs"]
+mod machine;
 #[path = "../tests/common/postfix.rs"]
 #[allow(dead_code)]
 mod postfix;
@@ -253,23 +256,6 @@ impl Drop for Milter {
     }
 }
 
-/// A `/proc/PID/status` field in KiB (VmRSS, VmHWM).
-fn status_kib(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| {
-            v.trim_start_matches(':')
-                .trim()
-                .trim_end_matches("kB")
-                .trim()
-                .parse()
-                .ok()
-        })
-        .unwrap_or_else(|| panic!("{field} in /proc/{pid}/status"))
-}
-
 /// One /proc/PID/stat line: parent, state, command name, and CPU time of its own and of its
 /// waited-for children.
 struct ProcStat {
@@ -279,11 +265,6 @@ struct ProcStat {
     comm: String,
     own: Duration,
     children: Duration,
-}
-
-fn clock_ticks() -> f64 {
-    // SAFETY: sysconf only reads a constant.
-    unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64
 }
 
 fn proc_stat(pid: u32) -> Option<ProcStat> {
@@ -298,7 +279,7 @@ fn proc_stat(pid: u32) -> Option<ProcStat> {
             .and_then(|f| f.parse::<u64>().ok())
             .unwrap_or(0)
     };
-    let ticks = |t: u64| Duration::from_secs_f64(t as f64 / clock_ticks());
+    let ticks = |t: u64| Duration::from_secs_f64(t as f64 / machine::clock_ticks());
     Some(ProcStat {
         pid,
         ppid: num(1) as u32,
@@ -384,7 +365,9 @@ impl Cpu {
             .map(|p| p.own)
             .sum();
         Cpu {
-            machine: Duration::from_secs_f64(machine_cpu().0 as f64 / clock_ticks()),
+            machine: Duration::from_secs_f64(
+                machine::machine_cpu().0 as f64 / machine::clock_ticks(),
+            ),
             postfix: postfix
                 .master_pid()
                 .map_or(Duration::ZERO, |m| tree_cpu(m, &procs)),
@@ -411,46 +394,6 @@ impl Cpu {
         self.machine
             .saturating_sub(self.postfix + self.milter + self.gpg + self.agent + self.bench)
     }
-}
-
-/// (busy, total) jiffies of all CPUs, from /proc/stat.
-fn machine_cpu() -> (u64, u64) {
-    let stat = std::fs::read_to_string("/proc/stat").unwrap();
-    let fields: Vec<u64> = stat
-        .lines()
-        .next()
-        .unwrap()
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|f| f.parse().ok())
-        .collect();
-    let total: u64 = fields.iter().sum();
-    // user nice system idle iowait ...
-    (
-        total - fields[3] - fields.get(4).copied().unwrap_or(0),
-        total,
-    )
-}
-
-/// Waits (at most `QUIET_WAIT`) for 3 s in which the machine is less than 20 % busy, so that
-/// a build or test running next to the benchmark does not skew it from the start; returns the
-/// busy share of the last 3 s, which the report states.
-fn wait_for_quiet() -> f64 {
-    let start = Instant::now();
-    loop {
-        let before = machine_cpu();
-        std::thread::sleep(Duration::from_secs(3));
-        let busy = busy_since(before);
-        if busy < 0.2 || start.elapsed() > QUIET_WAIT {
-            return busy;
-        }
-    }
-}
-
-/// The share of all CPUs busy since `start` (a `machine_cpu()` reading).
-fn busy_since(start: (u64, u64)) -> f64 {
-    let end = machine_cpu();
-    (end.0 - start.0) as f64 / (end.1 - start.1).max(1) as f64
 }
 
 /// One VmRSS sample of the milter: after `submitted` messages had their SMTP reply.
@@ -535,7 +478,7 @@ fn run(
     let gpg_ns = AtomicU64::new(0);
     let gpg_count = AtomicUsize::new(0);
     let cpu_start = Cpu::now(postfix, milter, &gpg_ns);
-    let machine_start = machine_cpu();
+    let machine_start = machine::machine_cpu();
     let t0 = Instant::now();
     let (results, submitted_in, samples, elapsed) = std::thread::scope(|s| {
         let reaper = milter.map(|_| {
@@ -555,7 +498,7 @@ fn run(
                 while !done.load(Ordering::Relaxed) {
                     samples.push(Sample {
                         submitted: submitted.load(Ordering::Relaxed),
-                        rss_kib: status_kib(pid, "VmRSS"),
+                        rss_kib: machine::status_kib(pid, "VmRSS").expect("VmRSS"),
                     });
                     std::thread::sleep(Duration::from_millis(250));
                 }
@@ -612,13 +555,13 @@ fn run(
         if let Some(pid) = pid {
             samples.push(Sample {
                 submitted: n,
-                rss_kib: status_kib(pid, "VmRSS"),
+                rss_kib: machine::status_kib(pid, "VmRSS").expect("VmRSS"),
             });
         }
         (results, submitted_in, samples, elapsed)
     });
     let cpu = Cpu::now(postfix, milter, &gpg_ns).since(cpu_start);
-    let cpu_busy = busy_since(machine_start);
+    let cpu_busy = machine::busy_since(machine_start);
     let mut accepted_ids = Vec::new();
     let mut refusals = Vec::new();
     for (a, r) in results {
@@ -748,7 +691,7 @@ fn main() {
         .tempdir_in("/tmp")
         .unwrap();
 
-    let idle_busy = wait_for_quiet();
+    let idle_busy = machine::wait_for_quiet(QUIET_WAIT);
     // The floor, before anything else of ours runs on the two cores.
     let cli_ms = gnupg::sign_encrypt_ms(&gpg.0, &message("cli", 0, &RECIPIENTS[..1]), CLI_ROUNDS);
     let floor = 2.0 * 1000.0 / cli_ms;
@@ -779,17 +722,17 @@ fn main() {
     let m = Some(&milter);
     let warm = run(p, "warm-up", "mw", WARM_UP, &RECIPIENTS, c, m);
     warm_up_problems += warm.refusals.len() + warm.check.missing;
-    let rss_before = status_kib(milter.pid(), "VmRSS");
+    let rss_before = machine::status_kib(milter.pid(), "VmRSS").expect("VmRSS");
     runs.push(run(p, "Postfix + milter", "m1", n1, one, c, m));
     runs.push(run(p, "Postfix + milter", "m5", n5, &RECIPIENTS, c, m));
-    let rss_after = status_kib(milter.pid(), "VmRSS");
+    let rss_after = machine::status_kib(milter.pid(), "VmRSS").expect("VmRSS");
     // Fewer sessions: how much of the throughput needs messages in flight.
     for (fewer, n, tag) in [(1, n1 / 25, "mc1"), (4, n1 / 6, "mc4")] {
         if fewer < clients {
             runs.push(run(p, "Postfix + milter", tag, n, one, fewer, m));
         }
     }
-    let hwm = status_kib(milter.pid(), "VmHWM");
+    let hwm = machine::status_kib(milter.pid(), "VmHWM").expect("VmHWM");
     milter_log.push_str(&milter.log());
     drop(milter);
 
@@ -865,7 +808,7 @@ fn render(r: &Rendered<'_>) -> String {
          | run | SMTP sessions | messages × recipients | copies | last SMTP reply | last copy delivered | messages/s | copies/s | gpg floor, messages/s | ÷ floor | machine CPU busy |\n\
          |---|---|---|---|---|---|---|---|---|---|---|\n",
         date = report::first_line("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
-        cpu = cpu_model(),
+        cpu = machine::cpu_model(),
         idle = r.idle_busy * 100.0,
         postfix = report::first_line("postconf", &["-d", "-h", "mail_version"]),
         gpg = report::first_line("gpg", &["--version"]),
@@ -1078,15 +1021,4 @@ fn render(r: &Rendered<'_>) -> String {
         );
     }
     b
-}
-
-fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find_map(|l| l.strip_prefix("model name"))
-                .map(|v| v.trim_start_matches([' ', '\t', ':']).trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into())
 }
