@@ -37,6 +37,9 @@ use upstream::{command, quote, Session, UpstreamConfig};
 /// Messages fetched and stored per transaction.
 const BATCH: usize = 50;
 
+/// Messages handed to the GnuPG workers at once (they queue there).
+const DECRYPTS_IN_FLIGHT: usize = 8;
+
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
     #[error("upstream {0}: {1}")]
@@ -310,33 +313,23 @@ impl Syncer {
         };
         let progress = Progress::new(local, uids.len());
         let mut stored = 0;
-        for chunk in uids.chunks(BATCH) {
-            let set = chunk
-                .iter()
-                .map(u32::to_string)
-                .collect::<Vec<_>>()
-                .join(",");
-            let mut fetched: Vec<(u32, Flags, InternalDate, Vec<u8>)> = within(timeout, async {
-                let fetches: Vec<_> = session
-                    .uid_fetch(&set, "(UID FLAGS INTERNALDATE BODY.PEEK[])")
-                    .await?
-                    .try_collect()
-                    .await?;
-                Ok::<_, async_imap::error::Error>(
-                    fetches
-                        .iter()
-                        .filter_map(|f| {
-                            let uid = f.uid?;
-                            let raw = f.body()?.to_vec();
-                            Some((uid, upstream_flags(f), internaldate(f), raw))
-                        })
-                        .collect(),
-                )
-            })
-            .await?;
-            fetched.sort_by_key(|m| m.0);
-            fetched.dedup_by_key(|m| m.0);
-            let (messages, done, failure) = decrypt(&self.keys, fetched).await;
+        let chunks: Vec<&[u32]> = uids.chunks(BATCH).collect();
+        let mut fetched = match chunks.first() {
+            Some(chunk) => fetch_chunk(session, chunk, timeout).await?,
+            None => Vec::new(),
+        };
+        for (i, chunk) in chunks.iter().enumerate() {
+            // The next batch comes over the network while this one is decrypted.
+            let next = chunks.get(i + 1);
+            let ((messages, done, failure), next_fetched) = tokio::join!(
+                decrypt(&self.keys, std::mem::take(&mut fetched)),
+                async {
+                    match next {
+                        Some(chunk) => Some(fetch_chunk(session, chunk, timeout).await),
+                        None => None,
+                    }
+                }
+            );
             if let Some(&last) = done.last() {
                 // Upstream UIDs in a gap of this chunk (expunged meanwhile) are passed too.
                 *next_uid = if failure.is_none() {
@@ -359,6 +352,9 @@ impl Syncer {
             }
             if let Some(e) = failure {
                 return Err(e);
+            }
+            if let Some(next) = next_fetched {
+                fetched = next?;
             }
         }
         progress.finish(stored);
@@ -468,6 +464,40 @@ impl Syncer {
     }
 }
 
+/// One batch of upstream messages by UID: (UID, flags, INTERNALDATE, bytes), in UID order.
+async fn fetch_chunk(
+    session: &mut Session,
+    chunk: &[u32],
+    timeout: Duration,
+) -> Result<Vec<(u32, Flags, InternalDate, Vec<u8>)>, SyncError> {
+    let set = chunk
+        .iter()
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut fetched: Vec<(u32, Flags, InternalDate, Vec<u8>)> = within(timeout, async {
+        let fetches: Vec<_> = session
+            .uid_fetch(&set, "(UID FLAGS INTERNALDATE BODY.PEEK[])")
+            .await?
+            .try_collect()
+            .await?;
+        Ok::<_, async_imap::error::Error>(
+            fetches
+                .iter()
+                .filter_map(|f| {
+                    let uid = f.uid?;
+                    let raw = f.body()?.to_vec();
+                    Some((uid, upstream_flags(f), internaldate(f), raw))
+                })
+                .collect(),
+        )
+    })
+    .await?;
+    fetched.sort_by_key(|m| m.0);
+    fetched.dedup_by_key(|m| m.0);
+    Ok(fetched)
+}
+
 /// One sync at a time per store (the daemons inside `sealpost imap` and a manual `sealpost
 /// sync --once` take turns): a lock file beside the store.
 async fn sync_lock(store: &Store) -> Result<crate::queue::RunLock, SyncError> {
@@ -538,8 +568,9 @@ impl Source {
     }
 }
 
-/// Decrypts and verifies fetched messages two at a time (the GnuPG workers), in order, into
-/// messages ready to store with their verdict keywords, and the keys they came with. A
+/// Decrypts and verifies fetched messages into messages ready to store, in order, with their
+/// verdict keywords, and the keys they came with. Several are handed to the GnuPG workers at
+/// once, so that a worker never waits for an earlier message to finish on the other one. A
 /// temporary failure (agent gone, deadline) ends the list there: the rest waits for the next
 /// run.
 pub(crate) async fn decrypt<K: Send>(
@@ -551,7 +582,7 @@ pub(crate) async fn decrypt<K: Send>(
             let raw = crate::store::crlf(&raw);
             (key, flags, date, crate::inbound::process(keys, &raw).await)
         })
-        .buffered(2)
+        .buffered(DECRYPTS_IN_FLIGHT)
         .collect()
         .await;
     let mut messages = Vec::with_capacity(processed.len());
