@@ -161,7 +161,7 @@ fn sorted_files(dir: &Path) -> Result<Vec<PathBuf>, ImportError> {
 }
 
 /// Maildir info flags (https://cr.yp.to/proto/maildir.html): ":2," then letters in ASCII order.
-fn maildir_flags(path: &Path) -> Flags {
+pub fn maildir_flags(path: &Path) -> Flags {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())

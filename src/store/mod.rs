@@ -25,7 +25,7 @@ use tokio::sync::watch;
 
 use crate::imap::summary::{summarize, PartMap, PartMapError};
 
-pub use import::{crlf, import_path, ImportError, ImportReport};
+pub use import::{crlf, import_path, maildir_flags, ImportError, ImportReport};
 pub(crate) use import::{days_from_civil, MONTHS};
 use sync::journal;
 pub use sync::{JournalEntry, SyncFolder, UpstreamRef, WrittenBack, LOCAL_KEYWORD_PREFIX};
@@ -834,19 +834,7 @@ impl Store {
                         })
                         .optional()?;
                     if let Some((uid, old_modseq)) = unlinked {
-                        tx.prepare_cached(
-                            "INSERT INTO sync_map
-                             (account, folder, uidvalidity, upstream_uid, mailbox, uid)
-                             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                        )?
-                        .execute(params![
-                            mb.account,
-                            mark.folder,
-                            mark.uidvalidity,
-                            mark.uids[i],
-                            mailbox,
-                            uid
-                        ])?;
+                        link_upstream(tx, mb.account, mark, i, mailbox, uid)?;
                         out.push(Appended {
                             uid,
                             uidvalidity: mb.uidvalidity,
@@ -898,19 +886,7 @@ impl Store {
                     journal(tx, mb.account, &mb.name, uid, "append", "")?;
                 }
                 if let Some(mark) = mark {
-                    tx.prepare_cached(
-                        "INSERT INTO sync_map
-                         (account, folder, uidvalidity, upstream_uid, mailbox, uid)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                    )?
-                    .execute(params![
-                        mb.account,
-                        mark.folder,
-                        mark.uidvalidity,
-                        mark.uids[i],
-                        mailbox,
-                        uid
-                    ])?;
+                    link_upstream(tx, mb.account, mark, i, mailbox, uid)?;
                 }
                 if let Some((folder, names)) = files {
                     tx.prepare_cached(
@@ -1660,6 +1636,30 @@ fn expunge_rows(tx: &Connection, mb: &Mailbox, uids: &[u32]) -> Result<(), Store
     }
     save_counters(tx, &current, modseq)?;
     collect_garbage(tx, &contents)
+}
+
+/// Links the `i`th message of a synced batch (upstream UID `mark.uids[i]`) to a local message.
+fn link_upstream(
+    tx: &Connection,
+    account: AccountId,
+    mark: &SyncMark,
+    i: usize,
+    mailbox: MailboxId,
+    uid: u32,
+) -> Result<(), StoreError> {
+    tx.prepare_cached(
+        "INSERT INTO sync_map (account, folder, uidvalidity, upstream_uid, mailbox, uid)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?
+    .execute(params![
+        account,
+        mark.folder,
+        mark.uidvalidity,
+        mark.uids[i],
+        mailbox,
+        uid
+    ])?;
+    Ok(())
 }
 
 fn unix_now() -> i64 {

@@ -17,7 +17,7 @@ use serde::Deserialize;
 
 use super::{blocking, decrypt, local_name, sync_lock, Progress, SyncError, SyncReport, BATCH};
 use crate::keys::KeyService;
-use crate::store::{AccountId, Flags, InternalDate, Store, StoreError};
+use crate::store::{maildir_flags, AccountId, Flags, InternalDate, Store, StoreError};
 
 /// `[accounts.maildir]`: a Maildir that mail is delivered into.
 #[derive(Debug, Clone, Deserialize)]
@@ -211,17 +211,15 @@ fn pending_files(
             if name.starts_with('.') {
                 continue;
             }
-            let (unique, info) = match name.split_once(':') {
-                Some((unique, info)) => (unique.to_string(), info),
-                None => (name.clone(), ""),
-            };
+            let unique = name.split_once(':').map_or(name.as_str(), |(u, _)| u);
+            let unique = unique.to_string();
             if known.contains(&unique) {
                 continue;
             }
             out.push(Pending {
                 unique,
                 path: entry.path(),
-                flags: info_flags(info),
+                flags: maildir_flags(&entry.path()),
             });
         }
     }
@@ -231,33 +229,9 @@ fn pending_files(
     Ok(out)
 }
 
-/// The flags of a Maildir info "2,FRS" (cr.yp.to/proto/maildir.html).
-fn info_flags(info: &str) -> Flags {
-    let Some(letters) = info.strip_prefix("2,") else {
-        return Flags::default();
-    };
-    Flags::new(letters.chars().filter_map(|c| match c {
-        'S' => Some("\\Seen"),
-        'R' => Some("\\Answered"),
-        'F' => Some("\\Flagged"),
-        'T' => Some("\\Deleted"),
-        'D' => Some("\\Draft"),
-        _ => None,
-    }))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn maildir_info_flags() {
-        let flags = info_flags("2,FRS");
-        assert!(flags.contains("\\Seen") && flags.contains("\\Flagged"));
-        assert!(flags.contains("\\Answered") && !flags.contains("\\Draft"));
-        assert!(info_flags("").is_empty());
-        assert!(info_flags("1,experimental").is_empty());
-    }
 
     #[test]
     fn a_file_moved_to_cur_is_one_pending_file_and_known_ones_are_left() {

@@ -321,15 +321,13 @@ impl Syncer {
         for (i, chunk) in chunks.iter().enumerate() {
             // The next batch comes over the network while this one is decrypted.
             let next = chunks.get(i + 1);
-            let ((messages, done, failure), next_fetched) = tokio::join!(
-                decrypt(&self.keys, std::mem::take(&mut fetched)),
-                async {
+            let ((messages, done, failure), next_fetched) =
+                tokio::join!(decrypt(&self.keys, std::mem::take(&mut fetched)), async {
                     match next {
                         Some(chunk) => Some(fetch_chunk(session, chunk, timeout).await),
                         None => None,
                     }
-                }
-            );
+                });
             if let Some(&last) = done.last() {
                 // Upstream UIDs in a gap of this chunk (expunged meanwhile) are passed too.
                 *next_uid = if failure.is_none() {
