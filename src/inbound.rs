@@ -380,6 +380,37 @@ fn inline_armor(text: &[u8]) -> Option<Vec<u8>> {
         .then(|| trimmed.to_vec())
 }
 
+/// Whether the whole message is ciphertext: PGP/MIME (RFC 3156 §4) at the top, or a one-part
+/// text body that is exactly one armored PGP MESSAGE. Stricter than the outgoing core's "already
+/// encrypted" test (an armored block first in a multipart): what the write-back sends upstream
+/// as it is must have no part in clear.
+pub fn is_whole_ciphertext(raw: &[u8]) -> bool {
+    let Some(message) = MessageParser::default().parse(raw) else {
+        return false;
+    };
+    let Some(root) = message.parts.first() else {
+        return false;
+    };
+    let content_type = root.content_type();
+    let is = |t: &str, s: &str| {
+        content_type.is_some_and(|ct| {
+            ct.c_type.eq_ignore_ascii_case(t)
+                && ct
+                    .c_subtype
+                    .as_deref()
+                    .is_some_and(|x| x.eq_ignore_ascii_case(s))
+        })
+    };
+    if is("multipart", "encrypted") {
+        return content_type
+            .and_then(|ct| ct.attribute("protocol"))
+            .is_some_and(|p| p.eq_ignore_ascii_case("application/pgp-encrypted"));
+    }
+    (content_type.is_none() || is("text", "plain"))
+        && matches!(root.body, PartType::Text(_))
+        && inline_armor(split(raw).1).is_some()
+}
+
 /// The message without sealpost's verdict field: what goes back upstream is the message, not
 /// this side's judgement of it.
 pub fn without_verdict(raw: &[u8]) -> Vec<u8> {
@@ -537,6 +568,26 @@ mod tests {
             String::from_utf8(stripped).unwrap(),
             "From: a@example.org\r\nX-Sealpost-Verdict: not ours, kept\r\nSubject: hi\r\n\r\n"
         );
+    }
+
+    #[test]
+    fn whole_ciphertext_has_no_part_in_clear() {
+        let block = "-----BEGIN PGP MESSAGE-----\r\n\r\nhQ\r\n-----END PGP MESSAGE-----\r\n";
+        let inline = format!("Subject: x\r\n\r\n{block}");
+        assert!(is_whole_ciphertext(inline.as_bytes()));
+        let pgp_mime = format!(
+            "Content-Type: multipart/encrypted; protocol=\"application/pgp-encrypted\"; \
+             boundary=b\r\n\r\n--b\r\nContent-Type: application/pgp-encrypted\r\n\r\n\
+             Version: 1\r\n--b\r\nContent-Type: application/octet-stream\r\n\r\n{block}--b--\r\n"
+        );
+        assert!(is_whole_ciphertext(pgp_mime.as_bytes()));
+        let mixed = format!(
+            "Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\n\
+             Content-Type: text/plain\r\n\r\n{block}--b\r\n\
+             Content-Type: text/plain\r\n\r\nthe attachment in clear\r\n--b--\r\n"
+        );
+        assert!(!is_whole_ciphertext(mixed.as_bytes()));
+        assert!(!is_whole_ciphertext(b"Subject: x\r\n\r\nplain\r\n"));
     }
 
     #[test]

@@ -515,6 +515,25 @@ async fn local_changes_are_written_back_upstream() {
     );
     assert_eq!(raw.ok("UID FETCH 1:* (UID)"), uid_before);
     assert_eq!(exists(&mut raw, "Old"), 1);
+
+    // A draft whose first part is an armored block but whose attachment is in clear is not
+    // "already encrypted": it stays local, and the sync says a change waits.
+    let mixed = "Content-Type: multipart/mixed; boundary=b\r\nSubject: mixed\r\n\r\n--b\r\n\
+        Content-Type: text/plain\r\n\r\n-----BEGIN PGP MESSAGE-----\r\n\r\nhQ\r\n\
+        -----END PGP MESSAGE-----\r\n--b\r\nContent-Type: text/plain\r\n\r\n\
+        the attachment in clear\r\n--b--\r\n";
+    raw.ok(&format!("APPEND Drafts {{{}+}}\r\n{mixed}", mixed.len()));
+    let out = sync_once(&config);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not written back yet"),
+        "{out:?}"
+    );
+    assert!(dovecot
+        .mailbox_files("Drafts")
+        .iter()
+        .all(|f| !common::contains(&std::fs::read(f).unwrap(), "the attachment in clear")));
+    assert_eq!(store.journal_backlog(account).unwrap().0, 1);
 }
 
 /// The daemon (`sealpost imap` with an upstream): while upstream is stopped the local server

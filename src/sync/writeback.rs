@@ -369,8 +369,10 @@ impl Syncer {
             sender: own.to_string(),
             recipients: vec![own.to_string()],
         };
+        let message = crate::inbound::without_verdict(raw);
+        let whole_ciphertext = crate::inbound::is_whole_ciphertext(&message);
         let outcome = rewriter
-            .rewrite(&envelope, crate::inbound::without_verdict(raw))
+            .rewrite(&envelope, message)
             .await
             .map_err(|e| Failure::Entry(format!("cannot encrypt for upload: {e}")))?;
         let copy = match outcome {
@@ -383,7 +385,13 @@ impl Syncer {
             }
         };
         match (copy.decision, copy.message) {
-            (Decision::Encrypted { .. } | Decision::PassThrough, Some(bytes)) => Ok(bytes),
+            (Decision::Encrypted { .. }, Some(bytes)) => Ok(bytes),
+            (Decision::PassThrough, Some(bytes)) if whole_ciphertext => Ok(bytes),
+            (Decision::PassThrough, _) => Err(Failure::Entry(
+                "not stored upstream: an armored block comes first but other parts are in \
+                 clear; the message stays local"
+                    .into(),
+            )),
             (decision, _) => Err(Failure::Entry(format!(
                 "not stored upstream in clear: no usable key for {own} ({})",
                 decision.detail()
