@@ -166,15 +166,7 @@ pub async fn process(keys: &KeyService, raw: &[u8]) -> Result<Processed, Inbound
     let parsed = MessageParser::default().parse(raw);
     let root = parsed.as_ref().and_then(|m| m.parts.first());
     let content_type = root.and_then(|p| p.content_type());
-    let is = |t: &str, s: &str| {
-        content_type.is_some_and(|ct| {
-            ct.c_type.eq_ignore_ascii_case(t)
-                && ct
-                    .c_subtype
-                    .as_deref()
-                    .is_some_and(|x| x.eq_ignore_ascii_case(s))
-        })
-    };
+    let is = |t: &str, s: &str| has_type(content_type, t, s);
     let protocol = content_type
         .and_then(|ct| ct.attribute("protocol"))
         .map(str::to_ascii_lowercase);
@@ -392,15 +384,7 @@ pub fn is_whole_ciphertext(raw: &[u8]) -> bool {
         return false;
     };
     let content_type = root.content_type();
-    let is = |t: &str, s: &str| {
-        content_type.is_some_and(|ct| {
-            ct.c_type.eq_ignore_ascii_case(t)
-                && ct
-                    .c_subtype
-                    .as_deref()
-                    .is_some_and(|x| x.eq_ignore_ascii_case(s))
-        })
-    };
+    let is = |t: &str, s: &str| has_type(content_type, t, s);
     if is("multipart", "encrypted") {
         return content_type
             .and_then(|ct| ct.attribute("protocol"))
@@ -409,6 +393,17 @@ pub fn is_whole_ciphertext(raw: &[u8]) -> bool {
     (content_type.is_none() || is("text", "plain"))
         && matches!(root.body, PartType::Text(_))
         && inline_armor(split(raw).1).is_some()
+}
+
+/// Whether a Content-Type is `t/s` (ASCII case-insensitively).
+fn has_type(content_type: Option<&mail_parser::ContentType<'_>>, t: &str, s: &str) -> bool {
+    content_type.is_some_and(|ct| {
+        ct.c_type.eq_ignore_ascii_case(t)
+            && ct
+                .c_subtype
+                .as_deref()
+                .is_some_and(|x| x.eq_ignore_ascii_case(s))
+    })
 }
 
 /// The message without sealpost's verdict field: what goes back upstream is the message, not

@@ -766,83 +766,19 @@ impl Store {
                 None => false,
             };
             for (i, (message, summary)) in messages.iter().zip(fresh).enumerate() {
-                if let Some(mark) = mark.filter(|_| relinking) {
-                    // After an upstream UIDVALIDITY change: the same content, linked to this
-                    // folder under the old UIDVALIDITY, is the same message. It is re-linked
-                    // and keeps its local UID and flags.
-                    let old: Option<(u32, i64)> = tx
-                        .prepare_cached(
-                            "SELECT s.uid, m.modseq FROM sync_map s
-                             JOIN messages m ON m.mailbox = s.mailbox AND m.uid = s.uid
-                             JOIN contents c ON c.id = m.content
-                             WHERE s.account = ?1 AND s.folder = ?2 AND s.uidvalidity != ?3
-                               AND s.mailbox = ?4 AND c.sha256 = ?5
-                             LIMIT 1",
-                        )?
-                        .query_row(
-                            params![
-                                mb.account,
-                                mark.folder,
-                                mark.uidvalidity,
-                                mailbox,
-                                &message.sha256[..]
-                            ],
-                            |r| Ok((r.get(0)?, r.get(1)?)),
-                        )
-                        .optional()?;
-                    if let Some((uid, old_modseq)) = old {
-                        tx.prepare_cached(
-                            "UPDATE sync_map SET uidvalidity = ?1, upstream_uid = ?2
-                             WHERE account = ?3 AND folder = ?4 AND mailbox = ?5 AND uid = ?6",
-                        )?
-                        .execute(params![
-                            mark.uidvalidity,
-                            mark.uids[i],
-                            mb.account,
-                            mark.folder,
-                            mailbox,
-                            uid
-                        ])?;
-                        out.push(Appended {
-                            uid,
-                            uidvalidity: mb.uidvalidity,
-                            modseq: old_modseq as u64,
-                            linked: true,
-                        });
-                        continue;
-                    }
-                }
                 let known = content_id(tx, &message.sha256)?;
-                if let (Some(mark), Some(content)) = (mark, known) {
-                    // The same content already in this mailbox, linked to no upstream message
-                    // and not waiting to be uploaded, is this message: a local MOVE written
-                    // back without COPYUID, or one whose link was lost in a crash between the
-                    // upstream command and its commit. It is linked rather than stored twice.
-                    let unlinked: Option<(u32, i64)> = tx
-                        .prepare_cached(
-                            "SELECT m.uid, m.modseq FROM messages m
-                             WHERE m.mailbox = ?1 AND m.content = ?2
-                               AND NOT EXISTS (SELECT 1 FROM sync_map s
-                                               WHERE s.mailbox = m.mailbox AND s.uid = m.uid)
-                               AND NOT EXISTS (SELECT 1 FROM journal j
-                                               WHERE j.account = ?3 AND j.mailbox = ?4
-                                                 AND j.uid = m.uid)
-                             ORDER BY m.uid LIMIT 1",
-                        )?
-                        .query_row(params![mailbox, content, mb.account, mb.name], |r| {
-                            Ok((r.get(0)?, r.get(1)?))
-                        })
-                        .optional()?;
-                    if let Some((uid, old_modseq)) = unlinked {
-                        link_upstream(tx, mb.account, mark, i, mailbox, uid)?;
-                        out.push(Appended {
-                            uid,
-                            uidvalidity: mb.uidvalidity,
-                            modseq: old_modseq as u64,
-                            linked: true,
-                        });
-                        continue;
-                    }
+                let existing = match mark {
+                    Some(mark) => already_here(tx, &mb, mark, i, relinking, known, message)?,
+                    None => None,
+                };
+                if let Some((uid, old_modseq)) = existing {
+                    out.push(Appended {
+                        uid,
+                        uidvalidity: mb.uidvalidity,
+                        modseq: old_modseq as u64,
+                        linked: true,
+                    });
+                    continue;
                 }
                 let content = match known {
                     Some(id) => id,
@@ -1636,6 +1572,82 @@ fn expunge_rows(tx: &Connection, mb: &Mailbox, uids: &[u32]) -> Result<(), Store
     }
     save_counters(tx, &current, modseq)?;
     collect_garbage(tx, &contents)
+}
+
+/// For the `i`th message of a synced batch, a local message in the same mailbox that already
+/// is it, now linked to it: (local UID, MODSEQ). Two cases:
+/// - after an upstream UIDVALIDITY change (`relinking`), the same content linked to this folder
+///   under the old UIDVALIDITY is the same message; it keeps its local UID and flags;
+/// - the same content linked to no upstream message and not waiting to be uploaded: a local
+///   MOVE written back without COPYUID, or one whose link was lost in a crash between the
+///   upstream command and its commit.
+fn already_here(
+    tx: &Connection,
+    mb: &Mailbox,
+    mark: &SyncMark,
+    i: usize,
+    relinking: bool,
+    known: Option<i64>,
+    message: &Prepared,
+) -> Result<Option<(u32, i64)>, StoreError> {
+    if relinking {
+        let old: Option<(u32, i64)> = tx
+            .prepare_cached(
+                "SELECT s.uid, m.modseq FROM sync_map s
+                 JOIN messages m ON m.mailbox = s.mailbox AND m.uid = s.uid
+                 JOIN contents c ON c.id = m.content
+                 WHERE s.account = ?1 AND s.folder = ?2 AND s.uidvalidity != ?3
+                   AND s.mailbox = ?4 AND c.sha256 = ?5
+                 LIMIT 1",
+            )?
+            .query_row(
+                params![
+                    mb.account,
+                    mark.folder,
+                    mark.uidvalidity,
+                    mb.id,
+                    &message.sha256[..]
+                ],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        if let Some((uid, modseq)) = old {
+            tx.prepare_cached(
+                "UPDATE sync_map SET uidvalidity = ?1, upstream_uid = ?2
+                 WHERE account = ?3 AND folder = ?4 AND mailbox = ?5 AND uid = ?6",
+            )?
+            .execute(params![
+                mark.uidvalidity,
+                mark.uids[i],
+                mb.account,
+                mark.folder,
+                mb.id,
+                uid
+            ])?;
+            return Ok(Some((uid, modseq)));
+        }
+    }
+    let Some(content) = known else {
+        return Ok(None);
+    };
+    let unlinked: Option<(u32, i64)> = tx
+        .prepare_cached(
+            "SELECT m.uid, m.modseq FROM messages m
+             WHERE m.mailbox = ?1 AND m.content = ?2
+               AND NOT EXISTS (SELECT 1 FROM sync_map s
+                               WHERE s.mailbox = m.mailbox AND s.uid = m.uid)
+               AND NOT EXISTS (SELECT 1 FROM journal j
+                               WHERE j.account = ?3 AND j.mailbox = ?4 AND j.uid = m.uid)
+             ORDER BY m.uid LIMIT 1",
+        )?
+        .query_row(params![mb.id, content, mb.account, mb.name], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .optional()?;
+    if let Some((uid, _)) = unlinked {
+        link_upstream(tx, mb.account, mark, i, mb.id, uid)?;
+    }
+    Ok(unlinked)
 }
 
 /// Links the `i`th message of a synced batch (upstream UID `mark.uids[i]`) to a local message.

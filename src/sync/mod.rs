@@ -108,11 +108,11 @@ impl Syncer {
         })
         .await??;
         let mut report = SyncReport::default();
+        let capabilities = within(self.config.timeout(), session.capabilities()).await?;
         // Local changes first: a message moved or expunged here must not come back.
-        (report.written_back, report.waiting) = self.write_back(session, account).await?;
-        let condstore = within(self.config.timeout(), session.capabilities())
-            .await?
-            .has_str("CONDSTORE");
+        (report.written_back, report.waiting) =
+            self.write_back(session, &capabilities, account).await?;
+        let condstore = capabilities.has_str("CONDSTORE");
         for (folder, delimiter) in self.folders(session).await? {
             let local = local_name(&folder, delimiter.as_deref())
                 .map_err(|e| SyncError::Folder(folder.clone(), e))?;

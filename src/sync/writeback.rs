@@ -68,6 +68,7 @@ impl Syncer {
     pub(super) async fn write_back(
         &self,
         session: &mut Session,
+        capabilities: &async_imap::types::Capabilities,
         account: AccountId,
     ) -> Result<(usize, usize), SyncError> {
         let store = self.store.clone();
@@ -76,7 +77,6 @@ impl Syncer {
             return Ok((0, 0));
         }
         let timeout = self.config.timeout();
-        let capabilities = within(timeout, session.capabilities()).await?;
         let delimiter = {
             use futures::TryStreamExt;
             let names: Vec<_> = within(timeout, async {
