@@ -174,7 +174,14 @@ pub async fn sync(config: Config, args: SyncArgs) -> Result<u8, CliError> {
         for syncer in &syncers {
             match syncer.sync_once().await {
                 Ok(report) => {
-                    println!("{}: {} new", syncer.name(), report.total());
+                    match report.expunged {
+                        0 => println!("{}: {} new", syncer.name(), report.total()),
+                        n => println!(
+                            "{}: {} new, {n} expunged upstream",
+                            syncer.name(),
+                            report.total()
+                        ),
+                    }
                     if report.waiting > 0 {
                         eprintln!(
                             "sealpost: sync {}: {} local changes not written back yet (see the log)",

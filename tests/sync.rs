@@ -536,6 +536,77 @@ async fn local_changes_are_written_back_upstream() {
     assert_eq!(store.journal_backlog(account).unwrap().0, 1);
 }
 
+/// What another client of the account does upstream comes down: a message it expunges is
+/// expunged here (a selected local session is told), one it moves turns up in the target
+/// folder and leaves the source. Nothing of it is written back, and nothing comes twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expunges_and_moves_made_upstream_are_mirrored() {
+    let world = World::new();
+    let dovecot = Dovecot::start_tls();
+    let steps: Vec<Value> = ["one", "two", "three"]
+        .iter()
+        .map(|s| {
+            append_bytes(
+                "INBOX",
+                format!("From: a@example.org\r\nSubject: {s}\r\n\r\n{s}\r\n").as_bytes(),
+            )
+        })
+        .collect();
+    upstream(&dovecot, Value::Array(steps));
+    let server = Server::start_config("", &gnupg_table(&world));
+    let dir = tempfile::tempdir().unwrap();
+    let config = sync_config(
+        &server,
+        &upstream_table(&dovecot, dir.path(), "none", dovecot.port, ""),
+    );
+    let out = sync_once(&config);
+    assert_eq!(stdout(&out).trim(), format!("{USER}: 3 new"), "{out:?}");
+
+    let mut raw = server.login();
+    assert_eq!(exists(&mut raw, "INBOX"), 3);
+    upstream(
+        &dovecot,
+        json!([{"cmd": "raw", "line": "SELECT INBOX"},
+        {"cmd": "raw", "line": "UID STORE 1 +FLAGS (\\Deleted)"},
+        {"cmd": "raw", "line": "UID EXPUNGE 1"},
+        {"cmd": "raw", "line": "CREATE Archive"},
+        {"cmd": "raw", "line": "UID MOVE 2 Archive"}]),
+    );
+    let out = sync_once(&config);
+    assert_eq!(
+        stdout(&out).trim(),
+        format!("{USER}: 1 new, 2 expunged upstream"),
+        "{out:?}"
+    );
+    let told = raw.ok("NOOP");
+    assert_eq!(
+        told.iter().filter(|l| l.ends_with(" EXPUNGE")).count(),
+        2,
+        "the selected session hears of both: {told:?}"
+    );
+    let left = raw.ok("UID FETCH 1:* (BODY.PEEK[HEADER.FIELDS (SUBJECT)])");
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert!(left[0].contains("UID 3 "), "{left:?}");
+    assert_eq!(exists(&mut raw, "Archive"), 1);
+    let moved = raw.ok("FETCH 1 (BODY.PEEK[HEADER.FIELDS (SUBJECT)])");
+    assert!(moved.concat().contains("Subject: two"), "{moved:?}");
+
+    // Nothing of it goes back up, and the next pass finds nothing to do.
+    let store = sealpost::store::Store::open(&server.store_path()).unwrap();
+    let account = store.account(USER).unwrap().unwrap();
+    assert_eq!(store.journal_backlog(account).unwrap(), (0, None));
+    let out = sync_once(&config);
+    assert_eq!(stdout(&out).trim(), format!("{USER}: 0 new"), "{out:?}");
+    assert_eq!(exists(&mut raw, "INBOX"), 1);
+    assert_eq!(exists(&mut raw, "Archive"), 1);
+    let upstream_inbox = upstream(
+        &dovecot,
+        json!([{"cmd": "raw", "line": "SELECT INBOX"},
+        {"cmd": "raw", "line": "UID FETCH 1:* (UID)"}]),
+    );
+    assert_eq!(untagged(&upstream_inbox, 1).len(), 1);
+}
+
 /// The daemon (`sealpost imap` with an upstream): while upstream is stopped the local server
 /// keeps serving and a local change waits in the journal, also across a kill -9 of the
 /// daemon; once upstream is back the change is written back and new upstream mail comes down.

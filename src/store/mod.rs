@@ -1554,7 +1554,7 @@ fn copy_rows(
     Ok(pairs)
 }
 
-fn expunge_rows(tx: &Connection, mb: &Mailbox, uids: &[u32]) -> Result<(), StoreError> {
+pub(super) fn expunge_rows(tx: &Connection, mb: &Mailbox, uids: &[u32]) -> Result<(), StoreError> {
     if uids.is_empty() {
         return Ok(());
     }

@@ -10,8 +10,8 @@
 use rusqlite::{params, OptionalExtension};
 
 use super::{
-    find_mailbox, find_mailbox_id, save_counters, unix_now, AccountId, Flags, MailboxId, Store,
-    StoreError,
+    expunge_rows, find_mailbox, find_mailbox_id, save_counters, unix_now, AccountId, Flags,
+    MailboxId, Store, StoreError,
 };
 
 /// Keywords that sealpost sets itself (the verdict): local only, never written upstream and
@@ -395,6 +395,92 @@ impl Store {
                 tx.execute("DELETE FROM journal WHERE account = ?1", [account])?;
             }
             Ok(())
+        })
+    }
+
+    /// How many local messages stand for messages of this upstream folder (under
+    /// `uidvalidity`).
+    pub fn linked_count(
+        &self,
+        account: AccountId,
+        folder: &str,
+        uidvalidity: u32,
+    ) -> Result<usize, StoreError> {
+        self.read(|c| {
+            Ok(c.prepare_cached(
+                "SELECT count(*) FROM sync_map
+                 WHERE account = ?1 AND folder = ?2 AND uidvalidity = ?3",
+            )?
+            .query_row(params![account, folder, uidvalidity], |r| {
+                r.get::<_, i64>(0)
+            })? as usize)
+        })
+    }
+
+    /// Mirrors expunges made upstream (by another client of the account, or the provider):
+    /// each local message linked to an upstream UID of this folder below `below` that is not
+    /// in `present` (ascending: every UID the folder still has) is expunged here too, with its
+    /// link, in one transaction. Not journaled: the change came from upstream. A message with
+    /// a local change still waiting in the journal is left to the write-back. Returns how many
+    /// local messages went.
+    pub fn apply_upstream_expunges(
+        &self,
+        account: AccountId,
+        folder: &str,
+        uidvalidity: u32,
+        below: u32,
+        present: &[u32],
+    ) -> Result<usize, StoreError> {
+        self.write(|tx| {
+            let gone: Vec<(u32, MailboxId, u32, String)> = {
+                let mut stmt = tx.prepare_cached(
+                    "SELECT s.upstream_uid, s.mailbox, s.uid, mb.name FROM sync_map s
+                     JOIN mailboxes mb ON mb.id = s.mailbox
+                     WHERE s.account = ?1 AND s.folder = ?2 AND s.uidvalidity = ?3
+                       AND s.upstream_uid < ?4
+                     ORDER BY s.mailbox, s.uid",
+                )?;
+                let rows = stmt.query_map(params![account, folder, uidvalidity, below], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                })?;
+                let mut gone = Vec::new();
+                for row in rows {
+                    let row: (u32, MailboxId, u32, String) = row?;
+                    if present.binary_search(&row.0).is_err() {
+                        gone.push(row);
+                    }
+                }
+                gone
+            };
+            let mut pending = tx.prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM journal
+                                WHERE account = ?1 AND mailbox = ?2 AND uid = ?3)",
+            )?;
+            let mut exists = tx.prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM messages WHERE mailbox = ?1 AND uid = ?2)",
+            )?;
+            let mut unlink = tx.prepare_cached(
+                "DELETE FROM sync_map
+                 WHERE account = ?1 AND folder = ?2 AND uidvalidity = ?3 AND upstream_uid = ?4",
+            )?;
+            let mut by_mailbox: std::collections::BTreeMap<MailboxId, Vec<u32>> =
+                Default::default();
+            for (upstream_uid, mailbox, uid, name) in gone {
+                if pending.query_row(params![account, name, uid], |r| r.get::<_, bool>(0))? {
+                    continue;
+                }
+                unlink.execute(params![account, folder, uidvalidity, upstream_uid])?;
+                if exists.query_row(params![mailbox, uid], |r| r.get::<_, bool>(0))? {
+                    by_mailbox.entry(mailbox).or_default().push(uid);
+                }
+            }
+            let mut expunged = 0;
+            for (mailbox, uids) in by_mailbox {
+                let mb = find_mailbox_id(tx, mailbox)?;
+                expunge_rows(tx, &mb, &uids)?;
+                expunged += uids.len();
+            }
+            Ok(expunged)
         })
     }
 

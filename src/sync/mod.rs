@@ -66,6 +66,8 @@ pub enum SyncError {
 pub struct SyncReport {
     pub new: BTreeMap<String, usize>,
     pub flags_changed: usize,
+    /// Local messages expunged because upstream no longer has them.
+    pub expunged: usize,
     pub written_back: usize,
     pub waiting: usize,
 }
@@ -74,6 +76,13 @@ impl SyncReport {
     pub fn total(&self) -> usize {
         self.new.values().sum()
     }
+}
+
+/// What one folder's pass did.
+struct FolderPass {
+    stored: usize,
+    flags_changed: usize,
+    expunged: usize,
 }
 
 /// One account's sync: its upstream, its local store account and the keys that decrypt.
@@ -116,11 +125,12 @@ impl Syncer {
         for (folder, delimiter) in self.folders(session).await? {
             let local = local_name(&folder, delimiter.as_deref())
                 .map_err(|e| SyncError::Folder(folder.clone(), e))?;
-            let (new, flags) = self
+            let done = self
                 .sync_folder(session, account, &folder, &local, condstore)
                 .await?;
-            report.new.insert(local, new);
-            report.flags_changed += flags;
+            report.new.insert(local, done.stored);
+            report.flags_changed += done.flags_changed;
+            report.expunged += done.expunged;
         }
         Ok(report)
     }
@@ -157,8 +167,8 @@ impl Syncer {
         Ok(folders)
     }
 
-    /// Syncs one folder: upstream flag changes (CONDSTORE), then new messages. Returns
-    /// (messages stored, local messages whose flags changed).
+    /// Syncs one folder: upstream flag changes (CONDSTORE), new messages, then expunges made
+    /// upstream.
     async fn sync_folder(
         &self,
         session: &mut Session,
@@ -166,7 +176,7 @@ impl Syncer {
         folder: &str,
         local: &str,
         condstore: bool,
-    ) -> Result<(usize, usize), SyncError> {
+    ) -> Result<FolderPass, SyncError> {
         let timeout = self.config.timeout();
         let line = if condstore {
             format!("EXAMINE {} (CONDSTORE)", quote(folder))
@@ -238,7 +248,58 @@ impl Syncer {
             })
             .await??;
         }
-        Ok((stored, flags_changed))
+        let expunged = self
+            .upstream_expunges(
+                session,
+                account,
+                folder,
+                uidvalidity,
+                next_uid,
+                selected.exists,
+            )
+            .await?;
+        Ok(FolderPass {
+            stored,
+            flags_changed,
+            expunged,
+        })
+    }
+
+    /// Expunges made upstream since the last pass, mirrored here. Looked for only when the
+    /// folder (EXISTS at EXAMINE) holds fewer messages than are linked to it: then one
+    /// `UID SEARCH ALL` says which are left. An unchanged folder costs nothing more.
+    async fn upstream_expunges(
+        &self,
+        session: &mut Session,
+        account: AccountId,
+        folder: &str,
+        uidvalidity: u32,
+        next_uid: u32,
+        exists: Option<u32>,
+    ) -> Result<usize, SyncError> {
+        let (store, f) = (self.store.clone(), folder.to_string());
+        let linked = blocking(move || store.linked_count(account, &f, uidvalidity)).await??;
+        if linked == 0 || exists.is_some_and(|n| n as usize >= linked) {
+            return Ok(0);
+        }
+        let found = within(self.config.timeout(), session.uid_search("ALL")).await?;
+        if found.is_empty() && exists.is_some_and(|n| n > 0) {
+            // The folder's answers contradict each other: leave the local messages alone.
+            tracing::warn!(account = %self.name, %folder,
+                "upstream EXISTS and UID SEARCH ALL disagree: expunges not mirrored this time");
+            return Ok(0);
+        }
+        let mut present: Vec<u32> = found.into_iter().collect();
+        present.sort_unstable();
+        let (store, f) = (self.store.clone(), folder.to_string());
+        let expunged = blocking(move || {
+            store.apply_upstream_expunges(account, &f, uidvalidity, next_uid, &present)
+        })
+        .await??;
+        if expunged > 0 {
+            tracing::info!(account = %self.name, %folder, "{expunged} messages expunged upstream");
+        }
+        Ok(expunged)
     }
 
     /// Flag changes made upstream since `since` (RFC 7162 CHANGEDSINCE) on messages already
