@@ -461,6 +461,76 @@ fn sigterm_stops_the_milter_cleanly() {
     );
 }
 
+/// Sends the milter protocol's option negotiation on `conn` as Postfix 3 does (SMFIC_OPTNEG:
+/// version 6, every action and every protocol option offered).
+fn send_optneg(conn: &mut TcpStream) {
+    let mut packet = 13u32.to_be_bytes().to_vec();
+    packet.push(b'O');
+    for word in [6u32, 0x1ff, 0x1f_ffff] {
+        packet.extend_from_slice(&word.to_be_bytes());
+    }
+    conn.write_all(&packet).unwrap();
+}
+
+/// The command byte of the milter's next packet on `conn`, or None when nothing came within
+/// `wait`.
+fn milter_reply(conn: &mut TcpStream, wait: std::time::Duration) -> Option<u8> {
+    use std::io::Read;
+    conn.set_read_timeout(Some(wait)).unwrap();
+    let mut len = [0u8; 4];
+    match conn.read_exact(&mut len) {
+        Ok(()) => {}
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            return None
+        }
+        Err(e) => panic!("reading the milter's reply: {e}"),
+    }
+    let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+    conn.read_exact(&mut body).unwrap();
+    body.first().copied()
+}
+
+/// `max_connections`: the MTA connections beyond it wait (accepted by the kernel, not yet
+/// served) and are served as soon as a served one closes; none is refused.
+#[test]
+fn connections_beyond_the_limit_wait_for_a_free_slot() {
+    let world = World::new();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let _milter = MilterProcess::start_with(
+        &world,
+        port,
+        free_port(),
+        &dir.path().join("j.sqlite"),
+        "max_connections = 2\n",
+    );
+    let mut conns: Vec<TcpStream> = (0..3)
+        .map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap())
+        .collect();
+    for conn in &mut conns {
+        send_optneg(conn);
+    }
+    let long = std::time::Duration::from_secs(20);
+    assert_eq!(milter_reply(&mut conns[0], long), Some(b'O'));
+    assert_eq!(milter_reply(&mut conns[1], long), Some(b'O'));
+    // The third is over the limit: no answer while both others stay open. (Only the absence
+    // of an answer is waited for here; everything else waits on the answer itself.)
+    assert_eq!(
+        milter_reply(&mut conns[2], std::time::Duration::from_millis(1500)),
+        None,
+        "a third connection was served beside two with max_connections = 2"
+    );
+    // SMFIC_QUIT on the first frees its slot: the third is served.
+    conns[0].write_all(&[0, 0, 0, 1, b'Q']).unwrap();
+    drop(conns.remove(0));
+    assert_eq!(milter_reply(&mut conns[1], long), Some(b'O'));
+}
+
 /// With require_auth_from, an authenticated user ({auth_authen}) may only send as themselves.
 #[test]
 fn authenticated_user_may_only_send_from_their_own_address() {
