@@ -25,8 +25,8 @@ mod report;
 use sealpost::keys::home;
 
 const CALLS: usize = 30;
-const MESSAGES_1: usize = 100;
-const MESSAGES_5: usize = 20;
+const MESSAGES_1: usize = 500;
+const MESSAGES_5: usize = 100;
 const CLI_ROUNDS: usize = 30;
 
 fn message_10k(to: &str) -> Vec<u8> {
