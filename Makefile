@@ -62,8 +62,9 @@ lint: deps-build
 test: deps-test lint
 	$(CARGO) test --locked --lib --bins --tests
 
-# Each benchmark rewrites its own section of BENCHMARKS.md. The IMAP one builds a
-# 50,000-message mailbox (about 220 MB) under /tmp; SEALPOST_BENCH_MESSAGES=N makes it smaller.
+# Each benchmark rewrites its own section of the file after --out (without it, the section is
+# only printed). The IMAP one builds a 50,000-message mailbox (about 220 MB) under /tmp;
+# SEALPOST_BENCH_MESSAGES=N makes it smaller.
 # The milter one sends 5,000 messages through Postfix and the milter (a few minutes); there
 # SEALPOST_BENCH_MESSAGES=N sets that count and SEALPOST_BENCH_CLIENTS the SMTP sessions (16).
 # The sync one encrypts 2 x 2,000 messages, syncs them from a throwaway Dovecot, resyncs 100

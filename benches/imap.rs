@@ -472,6 +472,6 @@ fn main() {
         store_size as f64 / 1e6,
         maildir_size as f64 / 1e6
     );
-    report::write_section(&out_path, "## IMAP server (issue 5)", &body);
+    report::write_section(out_path.as_deref(), "## IMAP server (issue 5)", &body);
     print!("{body}");
 }

@@ -762,7 +762,7 @@ fn main() {
         milter_log: &milter_log,
     });
     print!("{body}");
-    report::write_section(&out_path, "## milter (issue 3)", &body);
+    report::write_section(out_path.as_deref(), "## milter (issue 3)", &body);
 }
 
 struct Rendered<'a> {

@@ -175,7 +175,7 @@ fn main() {
         "\nIn this run the faster form for a single-recipient message is {single_best:?}; for a 5-recipient message, {multi_best:?}."
     );
     let _ = writeln!(report, "\nThe core's own work is measured directly (the same functions the core runs, with placeholder signature and ciphertext of realistic size), not as a difference of two noisy timings.");
-    report::write_section(&out_path, "## Outgoing core (issue 2)", &report);
+    report::write_section(out_path.as_deref(), "## Outgoing core (issue 2)", &report);
     print!("{report}");
 }
 

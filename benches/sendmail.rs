@@ -245,7 +245,7 @@ fn main() {
          (Python) and gpg-agent run on the same two cores during the run, the floor's gpg alone.\n",
     );
     print!("{body}");
-    report::write_section(&out_path, "## sendmail drop-in (issue 4)", &body);
+    report::write_section(out_path.as_deref(), "## sendmail drop-in (issue 4)", &body);
     relay.stop();
     home::stop_daemons(&gpg_dir);
     let _ = std::fs::remove_dir_all(&gpg_dir);

@@ -789,7 +789,7 @@ fn main() {
         dovecot_errors,
     });
     print!("{body}");
-    report::write_section(&out_path, "## Incoming sync (issue 6)", &body);
+    report::write_section(out_path.as_deref(), "## Incoming sync (issue 6)", &body);
 }
 
 struct Rendered<'a> {

@@ -3,13 +3,14 @@
 
 use std::path::{Path, PathBuf};
 
-/// The `--out FILE` argument, BENCHMARKS.md by default.
-pub fn out_path() -> PathBuf {
+/// The `--out FILE` argument (`make bench` gives BENCHMARKS.md). Without it the section is
+/// printed, not written: a trial run (fewer messages, under a profiler) never replaces the
+/// figures of a full one.
+pub fn out_path() -> Option<PathBuf> {
     std::env::args()
         .skip_while(|a| a != "--out")
         .nth(1)
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("BENCHMARKS.md"))
 }
 
 /// The first line of what `program args` prints (a version banner), trimmed; empty when it
@@ -30,8 +31,13 @@ pub fn first_line(program: &str, args: &[&str]) -> String {
 }
 
 /// Replaces the section that starts with the line `heading` (a `## ` line) up to the next
-/// `## ` line, or appends it; `body` is everything after the heading line.
-pub fn write_section(path: &Path, heading: &str, body: &str) {
+/// `## ` line, or appends it; `body` is everything after the heading line. Without a file the
+/// section goes to standard output.
+pub fn write_section(path: Option<&Path>, heading: &str, body: &str) {
+    let Some(path) = path else {
+        println!("{heading}\n\n{body}");
+        return;
+    };
     let old = std::fs::read_to_string(path).unwrap_or_else(|_| "# Benchmarks\n".to_string());
     let mut out = String::new();
     let mut lines = old.lines().peekable();
