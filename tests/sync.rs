@@ -354,7 +354,8 @@ fn exists(raw: &mut common::server::Raw<std::net::TcpStream>, mailbox: &str) -> 
 }
 
 /// What the user does through the local server is done upstream at the next sync: a flag
-/// change, an expunge, a move (into a folder upstream does not have yet), a message stored in
+/// change, an expunge, a move (into a folder upstream does not have yet), a copy (upstream's
+/// own message copied there), a message stored in
 /// Sent (encrypted to the user's own key upstream, never in clear), a mailbox created, filled
 /// and deleted. Flag changes made upstream come down (CONDSTORE). Nothing comes back twice,
 /// also after upstream renumbers a folder (UIDVALIDITY change).
@@ -398,6 +399,8 @@ async fn local_changes_are_written_back_upstream() {
     raw.ok("UID STORE 2 +FLAGS (\\Deleted)");
     raw.ok("UID EXPUNGE 2");
     raw.ok("UID MOVE 3 Archive");
+    raw.ok("CREATE Keep");
+    raw.ok("UID COPY 1 Keep");
     let sent: &[u8] = b"From: bob@example.org\r\nTo: carol@example.org\r\nSubject: plans\r\n\
         Message-ID: <sent-1@example.org>\r\n\r\nthe sent words\r\n";
     let mut append = format!("APPEND Sent (\\Seen) {{{}+}}\r\n", sent.len()).into_bytes();
@@ -431,6 +434,17 @@ async fn local_changes_are_written_back_upstream() {
         "three"
     ));
 
+    // The copy is upstream's own: the original ciphertext, copied there, not re-encrypted.
+    let kept = dovecot.mailbox_files("Keep");
+    assert_eq!(kept.len(), 1);
+    let original = dovecot.mailbox_files("INBOX");
+    assert_eq!(original.len(), 1);
+    assert_eq!(
+        std::fs::read(&kept[0]).unwrap(),
+        std::fs::read(&original[0]).unwrap(),
+        "UID COPY upstream, not an upload"
+    );
+
     // Sent: encrypted to the user's own key, not a word of it in clear.
     let files = dovecot.mailbox_files("Sent");
     assert_eq!(files.len(), 1);
@@ -454,6 +468,7 @@ async fn local_changes_are_written_back_upstream() {
     assert_eq!(exists(&mut raw, "INBOX"), 1);
     assert_eq!(exists(&mut raw, "Archive"), 1);
     assert_eq!(exists(&mut raw, "Sent"), 1);
+    assert_eq!(exists(&mut raw, "Keep"), 1);
     let store = sealpost::store::Store::open(&server.store_path()).unwrap();
     let account = store.account(USER).unwrap().unwrap();
     assert_eq!(store.journal_backlog(account).unwrap(), (0, None));

@@ -1133,8 +1133,9 @@ impl Store {
             let target = find_mailbox_id(tx, to)?;
             let pairs = copy_rows(tx, &source, uids, &target)?;
             if origin == Origin::Client {
-                for (_, uid) in &pairs {
-                    journal(tx, target.account, &target.name, *uid, "append", "")?;
+                for (old, new) in &pairs {
+                    let detail = format!("{}\t{old}", source.name);
+                    journal(tx, target.account, &target.name, *new, "copy", &detail)?;
                 }
             }
             Ok((target.uidvalidity, pairs))

@@ -25,9 +25,10 @@ pub struct JournalEntry {
     pub account: String,
     pub mailbox: String,
     pub uid: u32,
-    /// flags, expunge, move, append, delete-mailbox, rename-mailbox.
+    /// flags, expunge, move, append, copy, delete-mailbox, rename-mailbox.
     pub kind: String,
-    /// flags: the new flags; move: "TARGET\tNEWUID"; rename-mailbox: the new name.
+    /// flags: the new flags; move: "TARGET\tNEWUID"; copy: "SOURCE\tSOURCEUID" (the entry's
+    /// own mailbox and UID are the copy's); rename-mailbox: the new name.
     pub detail: String,
     /// Earlier tries that did not finish.
     pub attempts: u32,

@@ -171,6 +171,10 @@ impl Syncer {
                 })
             }
             "move" => self.write_move(up, account, mailbox, entry).await,
+            "copy" => match mailbox {
+                Some(mailbox) => self.write_copy(up, account, mailbox, entry).await,
+                None => Ok(WrittenBack::default()),
+            },
             "append" => match mailbox {
                 Some(mailbox) => self.upload(up, entry, mailbox, entry.uid).await,
                 None => Ok(WrittenBack::default()),
@@ -275,6 +279,92 @@ impl Syncer {
             link,
             ..WrittenBack::default()
         })
+    }
+
+    /// A local COPY of a message that is upstream: `UID COPY` there, so the copy is the
+    /// provider's own message (its original ciphertext and signature, no GnuPG work) rather
+    /// than a new upload; the link follows by COPYUID. A copy of a message that is not upstream
+    /// is uploaded like an APPEND. A retry first looks in the target folder for a copy an
+    /// earlier try may have made: a message with the same Message-ID that is linked to nothing.
+    async fn write_copy(
+        &self,
+        up: &mut Upstream<'_>,
+        account: AccountId,
+        target: MailboxId,
+        entry: &JournalEntry,
+    ) -> Result<WrittenBack, Failure> {
+        if self.linked(Some(target), entry.uid).await?.is_some() {
+            return Ok(WrittenBack::default());
+        }
+        let from = match entry.detail.split_once('\t') {
+            Some((name, uid)) => match (self.local_mailbox(account, name).await?, uid.parse()) {
+                (Some(source), Ok(uid)) => self.linked(Some(source), uid).await?,
+                _ => None,
+            },
+            None => None,
+        };
+        let to_folder = up.wire_name(&entry.mailbox);
+        let Some(from) = from.filter(|_| self.synced(&to_folder)) else {
+            return self.upload(up, entry, target, entry.uid).await;
+        };
+        let link = |uidvalidity: u32, uid: u32| WrittenBack {
+            link: Some((
+                target,
+                entry.uid,
+                UpstreamRef {
+                    folder: to_folder.clone(),
+                    uidvalidity,
+                    uid,
+                },
+            )),
+            ..WrittenBack::default()
+        };
+        let message_id = self.message_id(target, entry.uid).await?;
+        if entry.attempts > 0 {
+            if let Some(id) = &message_id {
+                if let Some((v, u)) = up.find_unlinked(self, account, &to_folder, id).await? {
+                    return Ok(link(v, u));
+                }
+            }
+        }
+        if !up.select(self, &from).await? {
+            // Gone upstream meanwhile: the local copy goes up as a message of its own.
+            return self.upload(up, entry, target, entry.uid).await;
+        }
+        // Counted before it is sent: after a crash from here on, the retry looks first.
+        let (store, id) = (self.store.clone(), entry.id);
+        blocking(move || store.journal_attempt(id, "")).await??;
+        let line = format!("UID COPY {} {}", from.uid, quote(&to_folder));
+        let reply = up.create_and_run(self, &line, None, &to_folder).await?;
+        if let Some((v, _, to)) = reply.copyuid {
+            if let Some(uid) = to.first() {
+                return Ok(link(v, *uid));
+            }
+        }
+        if up.uidplus {
+            // A UIDPLUS server copied nothing (RFC 4315 §3: no COPYUID when none of the UIDs
+            // exist): the original is gone upstream, so the local copy goes up on its own.
+            return self.upload(up, entry, target, entry.uid).await;
+        }
+        // Without UIDPLUS the target folder's next pass fetches the copy and links it to this
+        // local message by content (an unlinked message with the same content).
+        Ok(WrittenBack::default())
+    }
+
+    /// The Message-ID of a local message, when it has one.
+    async fn message_id(&self, mailbox: MailboxId, uid: u32) -> Result<Option<String>, Failure> {
+        let store = self.store.clone();
+        let need = Need {
+            raw: true,
+            ..Need::default()
+        };
+        let batch = blocking(move || store.fetch_batch(mailbox, &[uid], need, u64::MAX)).await??;
+        Ok(batch.items.into_iter().next().and_then(|(_, content)| {
+            crate::message::parse::ParsedMessage::parse(content.raw.to_vec())
+                .ok()?
+                .header_text("Message-ID")
+                .filter(|id| !id.is_empty())
+        }))
     }
 
     /// Stores a local message upstream, encrypted to the account's own key, and links it.
@@ -530,6 +620,44 @@ impl Upstream<'_> {
         folder: &str,
         token: &str,
     ) -> Result<Option<(u32, u32)>, Failure> {
+        Ok(self
+            .search_header(syncer, folder, UPLOAD_FIELD, token)
+            .await?
+            .and_then(|(v, found)| found.iter().max().map(|uid| (v, *uid))))
+    }
+
+    /// The newest message of `folder` with this Message-ID that no local message stands for.
+    async fn find_unlinked(
+        &mut self,
+        syncer: &Syncer,
+        account: AccountId,
+        folder: &str,
+        message_id: &str,
+    ) -> Result<Option<(u32, u32)>, Failure> {
+        let Some((v, found)) = self
+            .search_header(syncer, folder, "Message-ID", message_id)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let (store, f) = (syncer.store.clone(), folder.to_string());
+        let linked = blocking(move || store.linked_upstream(account, &f, v, 1)).await??;
+        Ok(found
+            .iter()
+            .filter(|uid| linked.binary_search(uid).is_err())
+            .max()
+            .map(|uid| (v, *uid)))
+    }
+
+    /// (UIDVALIDITY, UIDs) of the messages of `folder` whose `field` contains `value`; None when
+    /// the folder cannot be selected.
+    async fn search_header(
+        &mut self,
+        syncer: &Syncer,
+        folder: &str,
+        field: &str,
+        value: &str,
+    ) -> Result<Option<(u32, Vec<u32>)>, Failure> {
         self.selected = None;
         let selected = self
             .command(syncer, &format!("SELECT {}", quote(folder)), None)
@@ -541,11 +669,11 @@ impl Upstream<'_> {
         let found = self
             .run(
                 syncer,
-                &format!("UID SEARCH HEADER {UPLOAD_FIELD} {}", quote(token)),
+                &format!("UID SEARCH HEADER {field} {}", quote(value)),
                 None,
             )
             .await?;
-        Ok(found.search.iter().max().map(|uid| (v, *uid)))
+        Ok(Some((v, found.search)))
     }
 }
 
