@@ -218,10 +218,6 @@ impl Store {
                 let modseq = mb.highestmodseq + 1;
                 let mut select = tx
                     .prepare_cached("SELECT flags FROM messages WHERE mailbox = ?1 AND uid = ?2")?;
-                let mut pending = tx.prepare_cached(
-                    "SELECT EXISTS (SELECT 1 FROM journal
-                                    WHERE account = ?1 AND mailbox = ?2 AND uid = ?3)",
-                )?;
                 let mut update = tx.prepare_cached(
                     "UPDATE messages SET flags = ?3, modseq = ?4 WHERE mailbox = ?1 AND uid = ?2",
                 )?;
@@ -233,7 +229,7 @@ impl Store {
                     else {
                         continue;
                     };
-                    if pending.query_row(params![account, mb.name, uid], |r| r.get::<_, bool>(0))? {
+                    if change_waiting(tx, account, &mb.name, uid)? {
                         continue;
                     }
                     let current = Flags::from_column(&current);
@@ -453,10 +449,6 @@ impl Store {
                 }
                 gone
             };
-            let mut pending = tx.prepare_cached(
-                "SELECT EXISTS (SELECT 1 FROM journal
-                                WHERE account = ?1 AND mailbox = ?2 AND uid = ?3)",
-            )?;
             let mut exists = tx.prepare_cached(
                 "SELECT EXISTS (SELECT 1 FROM messages WHERE mailbox = ?1 AND uid = ?2)",
             )?;
@@ -467,7 +459,7 @@ impl Store {
             let mut by_mailbox: std::collections::BTreeMap<MailboxId, Vec<u32>> =
                 Default::default();
             for (upstream_uid, mailbox, uid, name) in gone {
-                if pending.query_row(params![account, name, uid], |r| r.get::<_, bool>(0))? {
+                if change_waiting(tx, account, &name, uid)? {
                     continue;
                 }
                 unlink.execute(params![account, folder, uidvalidity, upstream_uid])?;
@@ -510,6 +502,21 @@ impl Store {
 }
 
 /// Records a client change for the write-back, when the account has one.
+/// True when a local change of this message still waits in the journal to be written back.
+fn change_waiting(
+    tx: &rusqlite::Connection,
+    account: AccountId,
+    mailbox: &str,
+    uid: u32,
+) -> Result<bool, StoreError> {
+    Ok(tx
+        .prepare_cached(
+            "SELECT EXISTS (SELECT 1 FROM journal
+                            WHERE account = ?1 AND mailbox = ?2 AND uid = ?3)",
+        )?
+        .query_row(params![account, mailbox, uid], |r| r.get(0))?)
+}
+
 pub(super) fn journal(
     tx: &rusqlite::Connection,
     account: AccountId,
