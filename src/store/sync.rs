@@ -501,7 +501,6 @@ impl Store {
     }
 }
 
-/// Records a client change for the write-back, when the account has one.
 /// True when a local change of this message still waits in the journal to be written back.
 fn change_waiting(
     tx: &rusqlite::Connection,
@@ -517,6 +516,7 @@ fn change_waiting(
         .query_row(params![account, mailbox, uid], |r| r.get(0))?)
 }
 
+/// Records a client change for the write-back, when the account has one.
 pub(super) fn journal(
     tx: &rusqlite::Connection,
     account: AccountId,

@@ -319,10 +319,9 @@ impl Syncer {
             )),
             ..WrittenBack::default()
         };
-        let message_id = self.message_id(target, entry.uid).await?;
         if entry.attempts > 0 {
-            if let Some(id) = &message_id {
-                if let Some((v, u)) = up.find_unlinked(self, account, &to_folder, id).await? {
+            if let Some(id) = self.message_id(target, entry.uid).await? {
+                if let Some((v, u)) = up.find_unlinked(self, account, &to_folder, &id).await? {
                     return Ok(link(v, u));
                 }
             }
