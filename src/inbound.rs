@@ -372,27 +372,13 @@ fn inline_armor(text: &[u8]) -> Option<Vec<u8>> {
         .then(|| trimmed.to_vec())
 }
 
-/// Whether the whole message is ciphertext: PGP/MIME (RFC 3156 §4) at the top, or a one-part
-/// text body that is exactly one armored PGP MESSAGE. Stricter than the outgoing core's "already
-/// encrypted" test (an armored block first in a multipart): what the write-back sends upstream
+/// Whether the whole message is ciphertext, with no part in clear (the outgoing core's
+/// pass-through test, `message::parse::whole_ciphertext`): what the write-back sends upstream
 /// as it is must have no part in clear.
 pub fn is_whole_ciphertext(raw: &[u8]) -> bool {
-    let Some(message) = MessageParser::default().parse(raw) else {
-        return false;
-    };
-    let Some(root) = message.parts.first() else {
-        return false;
-    };
-    let content_type = root.content_type();
-    let is = |t: &str, s: &str| has_type(content_type, t, s);
-    if is("multipart", "encrypted") {
-        return content_type
-            .and_then(|ct| ct.attribute("protocol"))
-            .is_some_and(|p| p.eq_ignore_ascii_case("application/pgp-encrypted"));
-    }
-    (content_type.is_none() || is("text", "plain"))
-        && matches!(root.body, PartType::Text(_))
-        && inline_armor(split(raw).1).is_some()
+    MessageParser::default()
+        .parse(raw)
+        .is_some_and(|m| crate::message::parse::whole_ciphertext(&m))
 }
 
 /// Whether a Content-Type is `t/s` (ASCII case-insensitively).

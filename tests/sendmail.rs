@@ -582,9 +582,44 @@ fn any_user_can_submit_and_nobody_reads_anothers_mail() {
 
 #[test]
 fn run_of_an_unknown_queue_id_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
     let s = Setup::new();
     s.configure(relay::free_port(), false, "");
+    // The first command on a fresh queue is `queue list` (no umask of its own): the database
+    // it creates is still its owner's alone.
+    let out = s.sealpost(&["queue", "list"]);
+    assert!(out.status.success(), "{out:?}");
+    let mode = std::fs::metadata(s.queue_dir().join("queue.sqlite"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "queue.sqlite mode {mode:o}");
     let out = s.sendmail(&["-qINOSUCHID"], b"");
     assert_eq!(out.status.code(), Some(69), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("no such queue entry: NOSUCHID"));
+
+    // `queue delete` takes queue ids only: a path names no entry and removes nothing.
+    let victim = s.dir.path().join("victim");
+    std::fs::write(&victim, "keep me").unwrap();
+    let before: Vec<_> = std::fs::read_dir(s.queue_dir())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert!(!before.is_empty());
+    for id in [
+        victim.to_str().unwrap().to_string(),
+        "x/../../victim".into(),
+        "..".into(),
+    ] {
+        let out = s.sealpost(&["queue", "delete", &id]);
+        assert_eq!(out.status.code(), Some(69), "{id}: {out:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("no such queue entry"),
+            "{out:?}"
+        );
+    }
+    assert_eq!(std::fs::read(&victim).unwrap(), b"keep me");
+    for path in before {
+        assert!(path.exists(), "{} was removed", path.display());
+    }
 }

@@ -164,36 +164,116 @@ impl ParsedMessage {
 }
 
 fn is_encrypted(message: &mail_parser::Message<'_>) -> bool {
-    let root = message.root_part();
-    if let Some(ct) = root.content_type() {
-        if ct.ctype().eq_ignore_ascii_case("multipart")
-            && ct
-                .subtype()
-                .is_some_and(|s| s.eq_ignore_ascii_case("encrypted"))
-        {
-            return true;
-        }
-        if ct.ctype().eq_ignore_ascii_case("application")
-            && ct
-                .subtype()
-                .is_some_and(|s| s.eq_ignore_ascii_case("pgp-encrypted"))
-        {
-            return true;
-        }
+    whole_ciphertext(message)
+}
+
+/// Whether the whole message is OpenPGP ciphertext, with no part in clear: PGP/MIME (RFC 3156
+/// §4: `multipart/encrypted` with protocol `application/pgp-encrypted`, its control part and
+/// one armored ciphertext), or a one-part text body that is exactly one armored ciphertext
+/// (inline PGP). Anything else — an armored block followed by text, or next to an attachment
+/// or an HTML alternative — is not: passing it through would send those parts in clear.
+pub fn whole_ciphertext(message: &mail_parser::Message<'_>) -> bool {
+    let Some(root) = message.parts.first() else {
+        return false;
+    };
+    let content_type = root.content_type();
+    let is = |t: &str, s: &str| {
+        content_type.is_some_and(|ct| {
+            ct.ctype().eq_ignore_ascii_case(t)
+                && ct.subtype().is_some_and(|x| x.eq_ignore_ascii_case(s))
+        })
+    };
+    if is("multipart", "encrypted") {
+        let protocol = content_type
+            .and_then(|ct| ct.attribute("protocol"))
+            .is_some_and(|p| p.eq_ignore_ascii_case("application/pgp-encrypted"));
+        let PartType::Multipart(children) = &root.body else {
+            return false;
+        };
+        let part = |i: usize| {
+            children
+                .get(i)
+                .and_then(|&id| message.parts.get(id as usize))
+        };
+        let control = part(0).and_then(|p| p.content_type()).is_some_and(|ct| {
+            ct.ctype().eq_ignore_ascii_case("application")
+                && ct
+                    .subtype()
+                    .is_some_and(|s| s.eq_ignore_ascii_case("pgp-encrypted"))
+        });
+        return protocol
+            && children.len() == 2
+            && control
+            && part(1).is_some_and(|p| armored_ciphertext(p.contents()));
     }
-    // Inline PGP: the first text part begins with an armored message (RFC 4880 §6.2).
-    let first_text = match &root.body {
-        PartType::Text(_) => Some(root),
-        PartType::Multipart(_) => message.text_bodies().next(),
+    (content_type.is_none() || is("text", "plain"))
+        && matches!(root.body, PartType::Text(_))
+        && armored_ciphertext(root.contents())
+}
+
+/// Whether `text` is exactly one ASCII-armored PGP MESSAGE (RFC 4880 §6.2; whitespace around
+/// it allowed, nothing else) whose first packet is a session key packet (public-key or
+/// symmetric, tags 1 and 3): what every encrypted OpenPGP message begins with. Text that only
+/// looks armored ("-----BEGIN PGP MESSAGE-----", then words) is not ciphertext.
+pub fn armored_ciphertext(text: &[u8]) -> bool {
+    const BEGIN: &[u8] = b"-----BEGIN PGP MESSAGE-----";
+    const END: &[u8] = b"-----END PGP MESSAGE-----";
+    let trimmed = text.trim_ascii();
+    let count = |marker: &[u8]| {
+        trimmed
+            .windows(marker.len())
+            .filter(|w| *w == marker)
+            .count()
+    };
+    if !trimmed.starts_with(BEGIN)
+        || !trimmed.ends_with(END)
+        || count(BEGIN) != 1
+        || count(END) != 1
+    {
+        return false;
+    }
+    // Armor header lines ("Version: ...") end at the first blank line; the data follows.
+    let mut lines = trimmed[BEGIN.len()..]
+        .split(|&b| b == b'\n')
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l));
+    lines.next(); // the rest of the BEGIN line
+    let mut data = None;
+    let mut in_headers = true;
+    for line in lines.by_ref() {
+        if line.trim_ascii().is_empty() {
+            in_headers = false;
+            continue;
+        }
+        if in_headers && line.windows(2).any(|w| w == b": ") {
+            continue;
+        }
+        data = Some(line.trim_ascii());
+        break;
+    }
+    let value = |c: u8| match c {
+        b'A'..=b'Z' => Some(c - b'A'),
+        b'a'..=b'z' => Some(c - b'a' + 26),
+        b'0'..=b'9' => Some(c - b'0' + 52),
+        b'+' => Some(62),
+        b'/' => Some(63),
         _ => None,
     };
-    first_text.is_some_and(|part| {
-        let body = &message.raw_message()[part.offset_body as usize..part.offset_end as usize];
-        body.split(|&b| b == b'\n')
-            .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
-            .find(|l| !l.iter().all(u8::is_ascii_whitespace))
-            .is_some_and(|l| l == b"-----BEGIN PGP MESSAGE-----")
-    })
+    let first = match data {
+        Some([a, b, ..]) => match (value(*a), value(*b)) {
+            (Some(a), Some(b)) => (a << 2) | (b >> 4),
+            _ => return false,
+        },
+        _ => return false,
+    };
+    // RFC 4880 §4.2: the packet header's tag, in the old or the new format.
+    let tag = if first & 0xC0 == 0xC0 {
+        first & 0x3F
+    } else if first & 0xC0 == 0x80 {
+        (first >> 2) & 0x0F
+    } else {
+        return false;
+    };
+    tag == 1 || tag == 3
 }
 
 /// Removes Bcc fields (RFC 5322 §3.6.3): no copy may reveal a blind recipient.
@@ -255,7 +335,7 @@ mod tests {
 
     #[test]
     fn detects_encrypted() {
-        let pgpmime = b"From: a@example.org\r\nContent-Type: multipart/encrypted; protocol=\"application/pgp-encrypted\"; boundary=x\r\n\r\n--x\r\n\r\nVersion: 1\r\n--x--\r\n";
+        let pgpmime = b"From: a@example.org\r\nContent-Type: multipart/encrypted; protocol=\"application/pgp-encrypted\"; boundary=x\r\n\r\n--x\r\nContent-Type: application/pgp-encrypted\r\n\r\nVersion: 1\r\n--x\r\nContent-Type: application/octet-stream\r\n\r\n-----BEGIN PGP MESSAGE-----\r\n\r\nhQ\r\n-----END PGP MESSAGE-----\r\n--x--\r\n";
         assert!(ParsedMessage::parse(pgpmime.to_vec())
             .unwrap()
             .is_encrypted());
@@ -267,5 +347,52 @@ mod tests {
         assert!(!ParsedMessage::parse(quoted.to_vec())
             .unwrap()
             .is_encrypted());
+    }
+
+    /// A message that only begins with ciphertext has parts in clear: it must not pass through.
+    #[test]
+    fn ciphertext_next_to_clear_parts_is_not_encrypted() {
+        let block = "-----BEGIN PGP MESSAGE-----\r\nVersion: GnuPG v2\r\n\r\nhF4DAAAAAAAAAAASAQdA\r\n=abcd\r\n-----END PGP MESSAGE-----\r\n";
+        let encrypted = |raw: String| {
+            ParsedMessage::parse(raw.into_bytes())
+                .unwrap()
+                .is_encrypted()
+        };
+        assert!(encrypted(format!("From: a@example.org\r\n\r\n{block}")));
+        // Text after the block.
+        assert!(!encrypted(format!(
+            "From: a@example.org\r\n\r\n{block}\r\nThe password is hunter2.\r\n"
+        )));
+        // An attachment in clear next to the block.
+        assert!(!encrypted(format!(
+            "From: a@example.org\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n\
+             --b\r\nContent-Type: text/plain\r\n\r\n{block}--b\r\n\
+             Content-Type: application/pdf\r\n\r\nreport in clear\r\n--b--\r\n"
+        )));
+        // An HTML alternative in clear.
+        assert!(!encrypted(format!(
+            "From: a@example.org\r\nContent-Type: multipart/alternative; boundary=b\r\n\r\n\
+             --b\r\nContent-Type: text/plain\r\n\r\n{block}--b\r\n\
+             Content-Type: text/html\r\n\r\n<p>secret</p>\r\n--b--\r\n"
+        )));
+        // Armor around words is not ciphertext.
+        assert!(!encrypted(
+            "From: a@example.org\r\n\r\n-----BEGIN PGP MESSAGE-----\r\n\r\nHello Bob, the secret plan\r\n-----END PGP MESSAGE-----\r\n".into()
+        ));
+        // PGP/MIME whose second part is not ciphertext, or without the protocol parameter.
+        assert!(!encrypted(
+            "From: a@example.org\r\nContent-Type: multipart/encrypted; protocol=\"application/pgp-encrypted\"; boundary=b\r\n\r\n\
+             --b\r\nContent-Type: application/pgp-encrypted\r\n\r\nVersion: 1\r\n--b\r\n\
+             Content-Type: application/octet-stream\r\n\r\nthe text in clear\r\n--b--\r\n".into()
+        ));
+        assert!(!encrypted(format!(
+            "From: a@example.org\r\nContent-Type: multipart/encrypted; boundary=b\r\n\r\n\
+             --b\r\nContent-Type: application/pgp-encrypted\r\n\r\nVersion: 1\r\n--b\r\n\
+             Content-Type: application/octet-stream\r\n\r\n{block}--b--\r\n"
+        )));
+        // Two blocks with text between them.
+        assert!(!encrypted(format!(
+            "From: a@example.org\r\n\r\n{block}in clear\r\n{block}"
+        )));
     }
 }

@@ -81,7 +81,12 @@ pub fn render(r: &Report<'_>) -> Vec<u8> {
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
         .map_or(r.original.len(), |i| i + 2);
-    let headers = &r.original[..header_end];
+    // Blind recipients are not quoted: the report crosses the relay, often in clear, and
+    // Postfix, too, removes Bcc before a message is queued.
+    let headers = crate::inbound::strip_field(
+        &crate::inbound::strip_field(&r.original[..header_end], "Bcc"),
+        "Resent-Bcc",
+    );
 
     let mut out = format!(
         "From: Mail Delivery System <MAILER-DAEMON@{domain}>\r\n\
@@ -119,7 +124,7 @@ pub fn render(r: &Report<'_>) -> Vec<u8> {
     .into_bytes();
     // The quoted header may hold 8-bit text (RFC 6532); keep it as it was: text/rfc822-headers
     // is quoted verbatim, and the report is signed/encrypted as a whole by the rewrite core.
-    out.extend_from_slice(headers);
+    out.extend_from_slice(&headers);
     out.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
     out
 }
@@ -155,8 +160,9 @@ mod tests {
             status: "5.1.1".into(),
             diagnostic: "550 5.1.1 <bob@example.org>: User unknown\r\n".into(),
         }];
-        let original =
-            b"From: alice@example.org\r\nSubject: secret plans\r\n\r\nthe secret body\r\n";
+        let original = b"From: alice@example.org\r\nbcc: hidden@example.net,\r\n \
+            other@example.net\r\nSubject: secret plans\r\nResent-Bcc: r@example.net\r\n\r\n\
+            the secret body\r\n";
         let out = render(&Report {
             hostname: "host.example",
             domain: "example.org",
@@ -175,6 +181,10 @@ mod tests {
         assert!(text.contains("Original-Envelope-Id: env1\r\n"));
         assert!(text.contains("Subject: secret plans\r\n"));
         assert!(!text.contains("the secret body"), "never the body");
+        assert!(
+            !text.contains("example.net"),
+            "never a blind recipient: {text}"
+        );
         // It is a well-formed multipart/report the rest of sealpost can parse.
         let parsed = mail_parser::MessageParser::default().parse(&out).unwrap();
         assert_eq!(parsed.parts.len(), 4);

@@ -229,6 +229,13 @@ impl Queue {
             path: db_path.display().to_string(),
             source,
         };
+        // The database holds every queued message: its owner's alone, whoever opens it first
+        // (`mailq` or `queue delete` with umask 022 included). SQLite gives its -wal and -shm
+        // files the database file's mode.
+        private_file(&db_path).map_err(|source| QueueError::Io {
+            path: db_path.display().to_string(),
+            source,
+        })?;
         let conn = Connection::open(&db_path).map_err(db_err)?;
         conn.busy_timeout(Duration::from_secs(30)).map_err(db_err)?;
         conn.pragma_update(None, "journal_mode", "WAL")
@@ -428,8 +435,13 @@ impl Queue {
 
     /// Removes a message from the queue: nothing more is sent, no report goes out.
     pub fn delete(&self, id: &str) -> Result<(), QueueError> {
+        // Only a queue id may name a file here: `delete /path` or `x/../../queue.sqlite`
+        // must not unlink anything.
+        if !spool::is_id(id) {
+            return Err(QueueError::NotFound(id.to_string()));
+        }
         let dropped = self.config.incoming().join(id);
-        let in_drop = !id.starts_with('.') && std::fs::remove_file(&dropped).is_ok();
+        let in_drop = std::fs::remove_file(&dropped).is_ok();
         let conn = self.conn();
         let changed = conn
             .execute(
@@ -749,6 +761,24 @@ fn create_private_dir(dir: &Path) -> Result<(), QueueError> {
             path: dir.display().to_string(),
             source,
         })
+}
+
+/// Creates `path` with mode 0600 when it is missing; takes group and other access away from an
+/// existing one (made by an earlier version with a looser umask). No symlink is followed.
+fn private_file(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)?;
+    let mode = file.metadata()?.permissions().mode();
+    if mode & 0o077 != 0 {
+        file.set_permissions(std::fs::Permissions::from_mode(mode & 0o700))?;
+    }
+    Ok(())
 }
 
 /// Temporary drop files left by a sendmail that died before its rename: removed after a day.

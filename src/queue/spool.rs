@@ -55,6 +55,12 @@ pub fn new_id(now: i64) -> String {
     format!("{:09X}{}", now.max(0), hex::encode_upper(random))
 }
 
+/// Whether `id` has the form of a queue id (`new_id`: letters and digits only), so that it
+/// can name a file of `incoming` and nothing else: no path, no temporary file.
+pub fn is_id(id: &str) -> bool {
+    !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric())
+}
+
 /// Writes `submission` durably into `incoming` under a fresh id, which it returns.
 pub fn write(incoming: &Path, id: &str, submission: &Submission) -> Result<PathBuf, SpoolError> {
     let fail = |path: &Path| {
@@ -168,7 +174,7 @@ pub fn read(path: &Path, limit: u64) -> Result<Option<PickedUp>, SpoolError> {
     let Some(id) = path.file_name().and_then(|n| n.to_str()) else {
         return Ok(None);
     };
-    if id.starts_with('.') || !id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+    if !is_id(id) {
         return Ok(None);
     }
     let corrupt = |reason: String| SpoolError::Corrupt {
