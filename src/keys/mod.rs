@@ -204,11 +204,27 @@ impl KeyService {
                     gpg.ctx
                         .set_key_list_mode(KeyListMode::LOCATE)
                         .map_err(to_err("locating a key"))?;
-                    let found = gpg.ctx.locate_key(who.as_str()).is_ok();
+                    let found = gpg.ctx.locate_key(who.as_str());
                     gpg.ctx
                         .set_key_list_mode(KeyListMode::LOCAL)
                         .map_err(to_err("locating a key"))?;
-                    Ok(found)
+                    // Only "nothing found" means no key. Any other failure (a keyserver or
+                    // WKD error GnuPG reports) is a failed lookup: the plan defers, it never
+                    // sends a cleartext copy for it.
+                    match found {
+                        Ok(_) => Ok(true),
+                        Err(e)
+                            if [
+                                gpgme::Error::EOF.code(),
+                                gpgme::Error::NOT_FOUND.code(),
+                                gpgme::Error::NO_PUBKEY.code(),
+                            ]
+                            .contains(&e.code()) =>
+                        {
+                            Ok(false)
+                        }
+                        Err(e) => Err(to_err("locating a key")(e)),
+                    }
                 })
                 .await?;
             if located {
