@@ -125,6 +125,8 @@ pub struct Milter {
     hold_without_key: bool,
     reinject: Relay,
     journal: Journal,
+    /// When the journal last forgot old entries (Unix seconds).
+    purged_at: std::sync::atomic::AtomicI64,
     deadline: Duration,
     hostname: String,
     domain: String,
@@ -163,11 +165,31 @@ impl Milter {
             hold_without_key: config.inbound_without_key == WithoutKey::Hold,
             reinject,
             journal,
+            purged_at: std::sync::atomic::AtomicI64::new(0),
             deadline: Duration::from_secs(config.deadline_secs),
             require_auth_from: config.require_auth_from,
             hostname,
             domain,
         })
+    }
+
+    /// Forgets journal entries older than [`JOURNAL_KEEP`], at most once an hour: a retry
+    /// comes within Postfix's queue lifetime (5 days by default), and an old entry could only
+    /// make a later identical message skip a recipient.
+    fn purge_journal(&self, now: i64) {
+        use std::sync::atomic::Ordering;
+        let last = self.purged_at.load(Ordering::Relaxed);
+        if now - last < 3600
+            || self
+                .purged_at
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        if let Err(e) = self.journal.purge(now, JOURNAL_KEEP) {
+            tracing::warn!("journal: cannot forget old entries: {e}");
+        }
     }
 
     /// Whether `recipient` gets the inbound (MX) treatment in this transaction.
@@ -488,17 +510,45 @@ fn callbacks(milter: Arc<Milter>) -> Callbacks<Transaction> {
         })
 }
 
-/// The message's identity for the journal: stable across Postfix's retries of the same
-/// message (its Received line and queue id change; sender, Message-ID and body do not).
-fn identity(sender: &str, raw_header: &[u8], body: &[u8]) -> String {
-    let message_id = crate::message::ParsedMessage::parse(raw_header.to_vec())
-        .ok()
-        .and_then(|m| m.header_text("Message-ID"))
+/// The message's identity for the journal: the same for Postfix's retries of one message,
+/// different for different messages. It covers the sender, the header fields but the trace
+/// fields (Received and the like, which Postfix changes from one try to the next), and the
+/// body. Two messages that differ only in their Subject are two messages.
+///
+/// With a Message-ID of the sender's own, the Date field is left out too: Postfix adds a Date
+/// to a message without one, a new one at each try. Without one (Postfix then makes one up
+/// from the try's queue id, or adds none), every field counts: a retry of such a message may
+/// then be taken for a new one, so re-injected copies can go twice, but two messages are never
+/// taken for one (that would skip a recipient of the second).
+fn identity(sender: &str, queue_id: &str, raw_header: &[u8], body: &[u8]) -> String {
+    const TRACE: [&str; 5] = [
+        "Received",
+        "Return-Path",
+        "Delivered-To",
+        "X-Original-To",
+        "X-Sealpost-Queue-ID",
+    ];
+    let fields = crate::message::ParsedMessage::parse(raw_header.to_vec())
+        .map(|m| m.fields().to_vec())
         .unwrap_or_default();
+    let names_queue_id = |raw: &[u8]| {
+        queue_id.len() >= 5
+            && raw
+                .windows(queue_id.len())
+                .any(|w| w == queue_id.as_bytes())
+    };
+    let own_message_id = fields
+        .iter()
+        .any(|f| f.is("Message-ID") && !names_queue_id(&f.raw));
     let mut h = Sha256::new();
     h.update(sender.as_bytes());
     h.update([0]);
-    h.update(message_id.as_bytes());
+    for field in &fields {
+        if TRACE.iter().any(|t| field.is(t)) || (own_message_id && field.is("Date")) {
+            continue;
+        }
+        h.update(&field.raw);
+    }
     h.update([0]);
     h.update(body);
     hex::encode(h.finalize())
@@ -606,10 +656,27 @@ async fn end_of_message(
         })
         .collect();
     let holding = !held.is_empty();
-    let kept: Vec<&Copy> = match (held.is_empty(), sendable.first()) {
-        (false, _) => held,
-        (true, Some(first)) => vec![*first],
-        (true, None) => {
+    let id = identity(&t.sender, queue_id, &t.header, &t.body);
+    milter.purge_journal(crate::queue::now());
+    // The copy kept in the original: one whose recipient has no re-injected copy yet (a retry
+    // may come with other recipients first, or with a journaled one now refused).
+    let mut first_new = None;
+    for copy in &sendable {
+        match milter.journal.contains(&id, &copy.recipient) {
+            Ok(true) => {}
+            Ok(false) => {
+                first_new = Some(*copy);
+                break;
+            }
+            Err(e) => return tempfail(cx, &e.to_string()),
+        }
+    }
+    let kept: Vec<&Copy> = match (held.is_empty(), first_new, sendable.first()) {
+        (false, _, _) => held,
+        (true, Some(first), _) => vec![first],
+        // Every sendable recipient already has its copy: the original goes nowhere.
+        (true, None, Some(_)) => Vec::new(),
+        (true, None, None) => {
             let reply = refused
                 .first()
                 .map(|c| c.decision.detail())
@@ -619,7 +686,6 @@ async fn end_of_message(
         }
     };
     let is_kept = |r: &str| kept.iter().any(|k| k.recipient.eq_ignore_ascii_case(r));
-    let id = identity(&t.sender, &t.header, &t.body);
     let now = crate::queue::now();
     for copy in sendable.iter().filter(|c| !is_kept(&c.recipient)) {
         match milter.journal.contains(&id, &copy.recipient) {
@@ -729,6 +795,11 @@ async fn end_of_message(
             return tempfail(cx, &e.to_string());
         }
     }
+    if kept.is_empty() {
+        // A retry in which every recipient already has its re-injected copy.
+        tracing::info!("{queue_id}: every copy was re-injected before: original discarded");
+        return Status::Discard;
+    }
     // Every recipient but the ones kept leaves the original.
     for r in &t.recipients {
         if is_kept(r) {
@@ -760,6 +831,10 @@ async fn end_of_message(
     );
     Status::Continue
 }
+
+/// How long the journal remembers a re-injected copy: longer than Postfix's default
+/// maximal_queue_lifetime (5 days), within which a message is retried.
+const JOURNAL_KEEP: Duration = Duration::from_secs(7 * 86_400);
 
 /// Size of each replace-body message. The protocol allows 65,535 bytes, but OpenDKIM's
 /// miltertest (Debian 2.11.0~beta2) overruns a stack buffer on a body chunk over about 1 KB;
@@ -855,18 +930,52 @@ mod tests {
 
     #[test]
     fn identity_ignores_what_postfix_changes_between_retries() {
-        let a = identity(
-            "s@x",
-            b"Received: from a by b id 1\r\nMessage-ID: <m@x>\r\n",
-            b"body",
+        let id = |queue_id: &str, header: &str, body: &str| {
+            identity("s@x", queue_id, header.as_bytes(), body.as_bytes())
+        };
+        // Postfix's Received line and the Date it adds change; the sender's Message-ID stays.
+        let a = id(
+            "4XyZ1A",
+            "Received: from a by b id 4XyZ1A\r\nMessage-ID: <m@x>\r\nSubject: one\r\n\
+             Date: Sun, 22 Nov 2026 15:09:22 +0000 (UTC)\r\n",
+            "body",
         );
-        let b = identity(
-            "s@x",
-            b"Received: from a by b id 2\r\nMessage-ID: <m@x>\r\n",
-            b"body",
+        let b = id(
+            "4XyZ2B",
+            "Received: from a by b id 4XyZ2B\r\nMessage-ID: <m@x>\r\nSubject: one\r\n\
+             Date: Sun, 22 Nov 2026 15:09:24 +0000 (UTC)\r\n",
+            "body",
         );
         assert_eq!(a, b);
-        assert_ne!(a, identity("s@x", b"Message-ID: <n@x>\r\n", b"body"));
-        assert_ne!(a, identity("s@x", b"Message-ID: <m@x>\r\n", b"other"));
+        assert_ne!(
+            a,
+            id("4XyZ1A", "Message-ID: <n@x>\r\nSubject: one\r\n", "body")
+        );
+        assert_ne!(
+            a,
+            id("4XyZ1A", "Message-ID: <m@x>\r\nSubject: one\r\n", "other")
+        );
+        assert_ne!(
+            a,
+            id("4XyZ1A", "Message-ID: <m@x>\r\nSubject: two\r\n", "body")
+        );
+        // Without a Message-ID, two alerts with the same body are two messages.
+        assert_ne!(
+            id("4XyZ1A", "Subject: disk full on a\r\n", "Disk full"),
+            id("4XyZ1A", "Subject: disk full on b\r\n", "Disk full")
+        );
+        // The same daily report whose Message-ID and Date Postfix made up: two messages.
+        assert_ne!(
+            id(
+                "4XyZ1A",
+                "Message-ID: <20261122.4XyZ1A@host>\r\nDate: Sun, 22 Nov 2026\r\nSubject: s\r\n",
+                "b"
+            ),
+            id(
+                "4XyZ2B",
+                "Message-ID: <20261123.4XyZ2B@host>\r\nDate: Mon, 23 Nov 2026\r\nSubject: s\r\n",
+                "b"
+            )
+        );
     }
 }
