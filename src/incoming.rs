@@ -174,14 +174,17 @@ pub async fn sync(config: Config, args: SyncArgs) -> Result<u8, CliError> {
         for syncer in &syncers {
             match syncer.sync_once().await {
                 Ok(report) => {
-                    match report.expunged {
-                        0 => println!("{}: {} new", syncer.name(), report.total()),
-                        n => println!(
-                            "{}: {} new, {n} expunged upstream",
-                            syncer.name(),
-                            report.total()
-                        ),
+                    let mut line = format!("{}: {} new", syncer.name(), report.total());
+                    if report.expunged > 0 {
+                        line.push_str(&format!(", {} expunged upstream", report.expunged));
                     }
+                    if report.redecrypted > 0 {
+                        line.push_str(&format!(
+                            ", {} decrypted after a keyring change",
+                            report.redecrypted
+                        ));
+                    }
+                    println!("{line}");
                     if report.waiting > 0 {
                         eprintln!(
                             "sealpost: sync {}: {} local changes not written back yet (see the log)",
@@ -327,6 +330,7 @@ pub async fn deliver(config: Config, args: DeliverArgs) -> Result<u8, CliError> 
     let keywords = processed.verdict.keywords();
     let verdict = processed.verdict.field_value();
     let account_name = args.account.clone();
+    let retry_store = store.clone();
     let appended = tokio::task::spawn_blocking(move || {
         let mailbox = target_mailbox(&store, &args.account, &args.mailbox)?;
         let message = crate::store::Prepared::new(
@@ -344,5 +348,11 @@ pub async fn deliver(config: Config, args: DeliverArgs) -> Result<u8, CliError> 
     })?;
     tracing::info!(account = %account_name, uid = appended.uid, %verdict, "deliver: stored");
     println!("delivered {}", appended.uid);
+    // The message is stored whatever comes next: a failed retry is only logged.
+    if let Ok(Some(account)) = retry_store.account(&account_name) {
+        if let Err(e) = crate::sync::retry_undecryptable(&retry_store, &keys, account).await {
+            tracing::warn!(account = %account_name, "retry of undecryptable messages: {e}");
+        }
+    }
     Ok(0)
 }

@@ -77,3 +77,80 @@ fn an_idle_client_sees_delivered_mail() {
     let (_, done) = raw.until("i1");
     assert!(done.starts_with("i1 OK"), "{done}");
 }
+
+/// Mail that came before its key is kept undecryptable; once the key is in the keyring, the
+/// next run (here the next delivery) decrypts it: a new UID with the old flags, the
+/// ciphertext gone.
+#[test]
+fn undecryptable_mail_is_decrypted_once_its_key_arrives() {
+    let world = World::new();
+    let server = Server::start_config(
+        "",
+        &format!("[gnupg]\nhome = \"{}\"\n", world.bob.dir.display()),
+    );
+    // A second key of Bob's, made elsewhere (a new laptop), not yet in sealpost's keyring.
+    let laptop = common::GpgHome::new();
+    let fpr = laptop.generate("Bob <bob@example.org>");
+    let armored = laptop.gpg(
+        &[
+            "--armor",
+            "--trust-model",
+            "always",
+            "--encrypt",
+            "-r",
+            &fpr,
+        ],
+        Some(b"Content-Type: text/plain\r\n\r\nthe text that waited for its key\r\n"),
+    );
+    assert!(armored.status.success());
+    let mut raw =
+        b"From: alice@example.org\r\nTo: bob@example.org\r\nSubject: early\r\n\r\n".to_vec();
+    raw.extend_from_slice(&armored.stdout);
+    let (code, output) = deliver(&server, &raw);
+    assert_eq!(code, 0, "{output}");
+
+    let mut imap = server.login();
+    imap.ok("SELECT INBOX");
+    let flags = imap.ok("UID FETCH 1 (FLAGS)").join("\n");
+    assert!(flags.contains("$Sealpost-Undecryptable"), "{flags}");
+    imap.ok("UID STORE 1 +FLAGS (\\Flagged)");
+
+    // The key arrives; the next delivery (a plaintext message) tries again.
+    let secret = laptop.gpg(&["--armor", "--export-secret-keys", &fpr], None);
+    assert!(secret.status.success());
+    world.bob.import(&secret.stdout);
+    let (code, output) = deliver(
+        &server,
+        b"From: a@example.org\r\nTo: bob@example.org\r\nSubject: next\r\n\r\nbody\r\n",
+    );
+    assert_eq!(code, 0, "{output}");
+
+    let news = imap.ok("NOOP").join("\n");
+    assert!(news.contains("* 1 EXPUNGE"), "{news}");
+    let lines = imap.ok("UID FETCH 1:* (FLAGS BODY.PEEK[TEXT])").join("\n");
+    assert!(
+        !lines.contains("UID 1 "),
+        "the ciphertext's UID is expunged: {lines}"
+    );
+    assert!(!lines.contains("$Sealpost-Undecryptable"), "{lines}");
+    assert!(!lines.contains("BEGIN PGP MESSAGE"), "{lines}");
+    let decrypted = lines
+        .split("* ")
+        .find(|l| l.contains("the text that waited for its key"))
+        .unwrap_or_else(|| panic!("the decrypted text is served: {lines}"));
+    assert!(decrypted.contains("$Sealpost-Encrypted"), "{decrypted}");
+    assert!(
+        decrypted.contains("\\Flagged"),
+        "the flags stay: {decrypted}"
+    );
+    // Nothing is done again when the keyring has not changed since.
+    let (code, output) = deliver(
+        &server,
+        b"From: a@example.org\r\nTo: bob@example.org\r\nSubject: third\r\n\r\nbody\r\n",
+    );
+    assert_eq!(code, 0, "{output}");
+    imap.ok("NOOP");
+    // UID 2 is the second delivery, 3 the decrypted message, 4 the third delivery.
+    let uids = imap.ok("UID SEARCH ALL").join("\n");
+    assert!(uids.contains("* SEARCH 2 3 4"), "{uids}");
+}

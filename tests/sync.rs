@@ -532,7 +532,7 @@ async fn local_changes_are_written_back_upstream() {
     assert_eq!(exists(&mut raw, "Old"), 1);
 
     // A draft whose first part is an armored block but whose attachment is in clear is not
-    // "already encrypted": it stays local, and the sync says a change waits.
+    // "already encrypted": it is encrypted as a whole like any draft before it goes up.
     let mixed = "Content-Type: multipart/mixed; boundary=b\r\nSubject: mixed\r\n\r\n--b\r\n\
         Content-Type: text/plain\r\n\r\n-----BEGIN PGP MESSAGE-----\r\n\r\nhQ\r\n\
         -----END PGP MESSAGE-----\r\n--b\r\nContent-Type: text/plain\r\n\r\n\
@@ -541,14 +541,18 @@ async fn local_changes_are_written_back_upstream() {
     let out = sync_once(&config);
     assert!(out.status.success(), "{out:?}");
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("not written back yet"),
+        String::from_utf8_lossy(&out.stderr).contains("1 local changes written back upstream"),
         "{out:?}"
     );
     assert!(dovecot
         .mailbox_files("Drafts")
         .iter()
+        .any(|f| common::contains(&std::fs::read(f).unwrap(), "BEGIN PGP MESSAGE")));
+    assert!(dovecot
+        .mailbox_files("Drafts")
+        .iter()
         .all(|f| !common::contains(&std::fs::read(f).unwrap(), "the attachment in clear")));
-    assert_eq!(store.journal_backlog(account).unwrap().0, 1);
+    assert_eq!(store.journal_backlog(account).unwrap().0, 0);
 }
 
 /// What another client of the account does upstream comes down: a message it expunges is

@@ -184,6 +184,25 @@ impl KeyService {
         cache
     }
 
+    /// A number that changes whenever the keyring files do (a key imported, deleted or
+    /// changed): what the retry of undecryptable messages compares with its last try.
+    pub fn keyring_state(&self) -> i64 {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        for (path, meta) in keyring_stamp(&self.home) {
+            h.update(path.as_os_str().as_encoded_bytes());
+            if let Some((modified, len)) = meta {
+                let since = modified
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .unwrap_or_default();
+                h.update(since.as_nanos().to_le_bytes());
+                h.update(len.to_le_bytes());
+            }
+            h.update([0]);
+        }
+        i64::from_le_bytes(h.finalize()[..8].try_into().expect("8 bytes"))
+    }
+
     /// Resolves an exact address to a public key usable for encryption.
     pub async fn resolve(&self, address: &str) -> Result<Resolution, KeyError> {
         let addr = address.to_ascii_lowercase();

@@ -491,6 +491,161 @@ impl Store {
         })
     }
 
+    /// The account's messages that carry `keyword`: (mailbox, UID), in store order. For the
+    /// retry of messages that could not be decrypted.
+    pub fn with_keyword(
+        &self,
+        account: AccountId,
+        keyword: &str,
+    ) -> Result<Vec<(MailboxId, u32)>, StoreError> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT m.mailbox, m.uid, m.flags FROM messages m
+                 JOIN mailboxes mb ON mb.id = m.mailbox
+                 WHERE mb.account = ?1 AND instr(m.flags, ?2) > 0
+                 ORDER BY m.mailbox, m.uid",
+            )?;
+            let rows = stmt.query_map(params![account, keyword], |r| {
+                Ok((
+                    r.get::<_, MailboxId>(0)?,
+                    r.get::<_, u32>(1)?,
+                    r.get::<_, String>(2)?,
+                ))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (mailbox, uid, flags) = row?;
+                if Flags::from_column(&flags).contains(keyword) {
+                    out.push((mailbox, uid));
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    /// A message's exact bytes, if it is still there.
+    pub fn raw_message(&self, mailbox: MailboxId, uid: u32) -> Result<Option<Vec<u8>>, StoreError> {
+        self.read(|c| {
+            Ok(c.prepare_cached(
+                "SELECT r.raw FROM messages m JOIN content_raw r ON r.id = m.content
+                 WHERE m.mailbox = ?1 AND m.uid = ?2",
+            )?
+            .query_row(params![mailbox, uid], |r| r.get(0))
+            .optional()?)
+        })
+    }
+
+    /// A number kept under `key` (store_meta), if set.
+    pub fn meta(&self, key: &str) -> Result<Option<i64>, StoreError> {
+        self.read(|c| {
+            Ok(
+                c.prepare_cached("SELECT value FROM store_meta WHERE key = ?1")?
+                    .query_row([key], |r| r.get(0))
+                    .optional()?,
+            )
+        })
+    }
+
+    /// Keeps `value` under `key` (store_meta).
+    pub fn set_meta(&self, key: &str, value: i64) -> Result<(), StoreError> {
+        self.write(|tx| {
+            tx.prepare_cached(
+                "INSERT INTO store_meta (key, value) VALUES (?1, ?2)
+                 ON CONFLICT (key) DO UPDATE SET value = ?2",
+            )?
+            .execute(params![key, value])?;
+            Ok(())
+        })
+    }
+
+    /// Replaces a message's content, in one transaction: the new content gets a new UID (IMAP
+    /// content never changes under a UID) with the old flags but sealpost's own keywords, which
+    /// come from `message`, and the old INTERNALDATE; the old UID is expunged. Its upstream
+    /// link, Maildir file link and waiting journal entries follow it to the new UID, and
+    /// nothing is journaled: upstream still holds the same message. Returns the new UID, or
+    /// None when the message is gone (expunged meanwhile).
+    pub fn replace_content(
+        &self,
+        mailbox: MailboxId,
+        uid: u32,
+        message: super::Prepared,
+    ) -> Result<Option<u32>, StoreError> {
+        let summary = crate::imap::summary::summarize(&message.raw);
+        self.write(|tx| {
+            let mut mb = find_mailbox_id(tx, mailbox)?;
+            let old: Option<(String, i64, i64)> = tx
+                .prepare_cached(
+                    "SELECT flags, internaldate, tz_minutes FROM messages
+                     WHERE mailbox = ?1 AND uid = ?2",
+                )?
+                .query_row(params![mailbox, uid], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })
+                .optional()?;
+            let Some((old_flags, internaldate, tz_minutes)) = old else {
+                return Ok(None);
+            };
+            let mut flags = Flags::new(
+                Flags::from_column(&old_flags)
+                    .iter()
+                    .filter(|f| !f.starts_with(LOCAL_KEYWORD_PREFIX)),
+            );
+            for f in message.flags.iter() {
+                flags.insert(f.to_string());
+            }
+            let content = match super::content_id(tx, &message.sha256)? {
+                Some(id) => id,
+                None => {
+                    tx.prepare_cached(
+                        "INSERT INTO contents (sha256, size, envelope, body, bodystructure, parts)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    )?
+                    .execute(params![
+                        &message.sha256[..],
+                        message.raw.len() as i64,
+                        summary.envelope,
+                        summary.body,
+                        summary.bodystructure,
+                        summary.parts.to_bytes(),
+                    ])?;
+                    let id = tx.last_insert_rowid();
+                    tx.prepare_cached("INSERT INTO content_raw (id, raw) VALUES (?1, ?2)")?
+                        .execute(params![id, message.raw])?;
+                    id
+                }
+            };
+            let modseq = mb.highestmodseq + 1;
+            let new_uid = super::next_uid(&mut mb)?;
+            tx.prepare_cached(
+                "INSERT INTO messages (mailbox, uid, content, flags, modseq, internaldate,
+                 tz_minutes, size) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )?
+            .execute(params![
+                mailbox,
+                new_uid,
+                content,
+                flags.to_column(),
+                modseq as i64,
+                internaldate,
+                tz_minutes,
+                message.raw.len() as i64
+            ])?;
+            save_counters(tx, &mb, modseq)?;
+            for table in ["sync_map", "sync_files"] {
+                tx.execute(
+                    &format!("UPDATE {table} SET uid = ?3 WHERE mailbox = ?1 AND uid = ?2"),
+                    params![mailbox, uid, new_uid],
+                )?;
+            }
+            tx.prepare_cached(
+                "UPDATE journal SET uid = ?4 WHERE account = ?1 AND mailbox = ?2 AND uid = ?3",
+            )?
+            .execute(params![mb.account, mb.name, uid, new_uid])?;
+            expunge_rows(tx, &mb, &[uid])?;
+            Ok(Some(new_uid))
+        })
+    }
+
     /// The id of a local mailbox by name, if it still exists.
     pub fn mailbox_id(
         &self,

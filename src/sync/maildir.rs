@@ -80,6 +80,7 @@ impl MaildirSync {
             let new = self.sync_folder(account, &folder, &dir, &local).await?;
             report.new.insert(local, new);
         }
+        report.redecrypted = super::retry_undecryptable(&self.store, &self.keys, account).await?;
         super::log_and_notify(&self.name, self.config.notify_command.as_deref(), &report).await;
         Ok(report)
     }

@@ -68,6 +68,8 @@ pub struct SyncReport {
     pub flags_changed: usize,
     /// Local messages expunged because upstream no longer has them.
     pub expunged: usize,
+    /// Messages kept undecryptable that a changed keyring now decrypts.
+    pub redecrypted: usize,
     pub written_back: usize,
     pub waiting: usize,
 }
@@ -123,15 +125,31 @@ impl Syncer {
             self.write_back(session, &capabilities, account).await?;
         let condstore = capabilities.has_str("CONDSTORE");
         for (folder, delimiter) in self.folders(session).await? {
-            let local = local_name(&folder, delimiter.as_deref())
-                .map_err(|e| SyncError::Folder(folder.clone(), e))?;
-            let done = self
+            // A folder that cannot be synced (a name sealpost cannot store, EXAMINE refused)
+            // is left out with a warning; the folders after it still are.
+            let local = match local_name(&folder, delimiter.as_deref()) {
+                Ok(local) => local,
+                Err(e) => {
+                    tracing::warn!(account = %self.name, "upstream folder {folder:?} left out: {e}");
+                    continue;
+                }
+            };
+            let done = match self
                 .sync_folder(session, account, &folder, &local, condstore)
-                .await?;
+                .await
+            {
+                Ok(done) => done,
+                Err(e @ SyncError::Folder(..)) => {
+                    tracing::warn!(account = %self.name, "{e}: folder left out of this pass");
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             report.new.insert(local, done.stored);
             report.flags_changed += done.flags_changed;
             report.expunged += done.expunged;
         }
+        report.redecrypted = retry_undecryptable(&self.store, &self.keys, account).await?;
         Ok(report)
     }
 
@@ -625,6 +643,58 @@ impl Source {
             Source::Maildir(s) => s.run(shutdown).await,
         }
     }
+}
+
+/// Messages kept undecryptable are decrypted again once the keyring has changed since the
+/// last try (a key imported or restored): each one that now decrypts replaces its ciphertext
+/// under a new UID, with its flags and its upstream link ([`Store::replace_content`]). An
+/// unchanged keyring costs a few `stat` calls and one read. A temporary GnuPG failure ends
+/// the try; the next pass tries again. Returns how many were decrypted.
+pub(crate) async fn retry_undecryptable(
+    store: &Store,
+    keys: &KeyService,
+    account: AccountId,
+) -> Result<usize, SyncError> {
+    use crate::inbound::keyword::UNDECRYPTABLE;
+    let state = keys.keyring_state();
+    let key = format!("undecryptable-tried:{account}");
+    let (s, k) = (store.clone(), key.clone());
+    if blocking(move || s.meta(&k)).await?? == Some(state) {
+        return Ok(0);
+    }
+    let s = store.clone();
+    let waiting = blocking(move || s.with_keyword(account, UNDECRYPTABLE)).await??;
+    let mut decrypted = 0;
+    for (mailbox, uid) in waiting {
+        let s = store.clone();
+        let Some(raw) = blocking(move || s.raw_message(mailbox, uid)).await?? else {
+            continue;
+        };
+        let processed = crate::inbound::process(keys, &raw)
+            .await
+            .map_err(|e| SyncError::Keys(e.to_string()))?;
+        let keywords = processed.verdict.keywords();
+        if keywords.contains(&UNDECRYPTABLE) {
+            continue;
+        }
+        // The INTERNALDATE stays the old message's; this one is not used.
+        let prepared = Prepared::new(processed.message, Flags::new(keywords), InternalDate::now());
+        let s = store.clone();
+        if blocking(move || s.replace_content(mailbox, uid, prepared))
+            .await??
+            .is_some()
+        {
+            decrypted += 1;
+        }
+    }
+    if decrypted > 0 {
+        tracing::info!(
+            "{decrypted} message(s) kept undecryptable are decrypted now (the keyring changed)"
+        );
+    }
+    let s = store.clone();
+    blocking(move || s.set_meta(&key, state)).await??;
+    Ok(decrypted)
 }
 
 /// Decrypts and verifies fetched messages into messages ready to store, in order, with their
