@@ -665,6 +665,7 @@ impl Store {
                     "UPDATE mailboxes SET name = ?2 WHERE id = ?1",
                     params![source.id, to],
                 )?;
+                rename_in_journal(tx, account, &source.name, to)?;
             }
             journal(tx, account, from, 0, "rename-mailbox", to)?;
             Ok(())
@@ -1553,6 +1554,54 @@ fn copy_rows(
         save_counters(tx, &target, modseq)?;
     }
     Ok(pairs)
+}
+
+/// Message changes waiting in the journal follow their mailbox (and its children) to its new
+/// name: the write-back finds a message by its local mailbox's current name, and an entry
+/// left under the old one would be dropped as done. The mailbox entries (a rename or delete
+/// waiting to go up) keep the names upstream has until they are done.
+fn rename_in_journal(
+    tx: &Connection,
+    account: AccountId,
+    from: &str,
+    to: &str,
+) -> Result<(), StoreError> {
+    let renamed = |name: &str| -> Option<String> {
+        if name == from {
+            Some(to.to_string())
+        } else {
+            name.strip_prefix(from)
+                .and_then(|rest| rest.strip_prefix(DELIMITER))
+                .map(|rest| format!("{to}{DELIMITER}{rest}"))
+        }
+    };
+    let entries: Vec<(i64, String, String, String)> = {
+        let mut stmt = tx.prepare(
+            "SELECT id, mailbox, kind, detail FROM journal
+             WHERE account = ?1 AND kind IN ('flags', 'expunge', 'append', 'copy', 'move')",
+        )?;
+        let rows = stmt.query_map([account], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })?;
+        rows.collect::<Result<_, _>>()?
+    };
+    let mut update = tx.prepare("UPDATE journal SET mailbox = ?2, detail = ?3 WHERE id = ?1")?;
+    for (id, mailbox, kind, detail) in entries {
+        let new_mailbox = renamed(&mailbox);
+        // copy: "SOURCE\tUID"; move: "TARGET\tUID".
+        let new_detail = match (kind.as_str(), detail.split_once('\t')) {
+            ("copy" | "move", Some((name, uid))) => renamed(name).map(|n| format!("{n}\t{uid}")),
+            _ => None,
+        };
+        if new_mailbox.is_some() || new_detail.is_some() {
+            update.execute(params![
+                id,
+                new_mailbox.unwrap_or(mailbox),
+                new_detail.unwrap_or(detail)
+            ])?;
+        }
+    }
+    Ok(())
 }
 
 pub(super) fn expunge_rows(tx: &Connection, mb: &Mailbox, uids: &[u32]) -> Result<(), StoreError> {

@@ -484,3 +484,34 @@ fn write_back_links_and_upstream_flags() {
         Some(upstream("INBOX", 12))
     );
 }
+
+/// Message changes waiting in the journal follow a renamed mailbox (and its children); the
+/// rename itself keeps the old name, which upstream still has.
+#[test]
+fn journal_entries_follow_a_renamed_mailbox() {
+    let (_dir, store) = store();
+    let account = store.ensure_account("alice").unwrap();
+    store.set_write_back(account, true).unwrap();
+    let foo = store.create_mailbox(account, "Foo", None).unwrap().id;
+    let sub = store.create_mailbox(account, "Foo/Sub", None).unwrap().id;
+    let inbox = store.mailbox(account, "INBOX").unwrap().unwrap().id;
+    let a = store.append(foo, message("a"), Origin::Client).unwrap();
+    store.append(sub, message("b"), Origin::Client).unwrap();
+    store.copy(foo, &[a.uid], inbox, Origin::Client).unwrap();
+    store.rename_mailbox(account, "Foo", "Bar").unwrap();
+    let entries: Vec<(String, String, String)> = store
+        .journal_for(account, 0, 10)
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.mailbox, e.kind, e.detail))
+        .collect();
+    assert_eq!(
+        entries,
+        [
+            ("Bar".to_string(), "append".to_string(), String::new()),
+            ("Bar/Sub".into(), "append".into(), String::new()),
+            ("INBOX".into(), "copy".into(), format!("Bar\t{}", a.uid)),
+            ("Foo".into(), "rename-mailbox".into(), "Bar".into()),
+        ]
+    );
+}
