@@ -783,26 +783,11 @@ impl Store {
                 }
                 let content = match known {
                     Some(id) => id,
-                    None => {
-                        let summary = summary.unwrap_or_else(|| summarize(&message.raw));
-                        tx.prepare_cached(
-                            "INSERT INTO contents
-                             (sha256, size, envelope, body, bodystructure, parts)
-                             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                        )?
-                        .execute(params![
-                            &message.sha256[..],
-                            message.raw.len() as i64,
-                            summary.envelope,
-                            summary.body,
-                            summary.bodystructure,
-                            summary.parts.to_bytes(),
-                        ])?;
-                        let id = tx.last_insert_rowid();
-                        tx.prepare_cached("INSERT INTO content_raw (id, raw) VALUES (?1, ?2)")?
-                            .execute(params![id, message.raw])?;
-                        id
-                    }
+                    None => insert_content(
+                        tx,
+                        message,
+                        summary.unwrap_or_else(|| summarize(&message.raw)),
+                    )?,
                 };
                 let uid = next_uid(&mut mb)?;
                 tx.prepare_cached(
@@ -1437,6 +1422,30 @@ fn scan_mailbox(
         f(row.get(0)?, flags, row.get::<_, i64>(2)? as u64);
     }
     Ok(())
+}
+
+/// Stores a message's content (its exact bytes and their summary); returns its id.
+fn insert_content(
+    tx: &Connection,
+    message: &Prepared,
+    summary: crate::imap::summary::Summary,
+) -> Result<i64, StoreError> {
+    tx.prepare_cached(
+        "INSERT INTO contents (sha256, size, envelope, body, bodystructure, parts)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?
+    .execute(params![
+        &message.sha256[..],
+        message.raw.len() as i64,
+        summary.envelope,
+        summary.body,
+        summary.bodystructure,
+        summary.parts.to_bytes(),
+    ])?;
+    let id = tx.last_insert_rowid();
+    tx.prepare_cached("INSERT INTO content_raw (id, raw) VALUES (?1, ?2)")?
+        .execute(params![id, message.raw])?;
+    Ok(id)
 }
 
 fn content_id(c: &Connection, sha256: &[u8; 32]) -> Result<Option<i64>, StoreError> {

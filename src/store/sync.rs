@@ -595,24 +595,7 @@ impl Store {
             }
             let content = match super::content_id(tx, &message.sha256)? {
                 Some(id) => id,
-                None => {
-                    tx.prepare_cached(
-                        "INSERT INTO contents (sha256, size, envelope, body, bodystructure, parts)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                    )?
-                    .execute(params![
-                        &message.sha256[..],
-                        message.raw.len() as i64,
-                        summary.envelope,
-                        summary.body,
-                        summary.bodystructure,
-                        summary.parts.to_bytes(),
-                    ])?;
-                    let id = tx.last_insert_rowid();
-                    tx.prepare_cached("INSERT INTO content_raw (id, raw) VALUES (?1, ?2)")?
-                        .execute(params![id, message.raw])?;
-                    id
-                }
+                None => super::insert_content(tx, &message, summary)?,
             };
             let modseq = mb.highestmodseq + 1;
             let new_uid = super::next_uid(&mut mb)?;
