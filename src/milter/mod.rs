@@ -657,20 +657,23 @@ async fn end_of_message(
         .collect();
     let holding = !held.is_empty();
     let id = identity(&t.sender, queue_id, &t.header, &t.body);
-    milter.purge_journal(crate::queue::now());
-    // The copy kept in the original: one whose recipient has no re-injected copy yet (a retry
-    // may come with other recipients first, or with a journaled one now refused).
-    let mut first_new = None;
+    let now = crate::queue::now();
+    milter.purge_journal(now);
+    // Which recipients a try before this one already re-injected.
+    let mut journaled = Vec::with_capacity(sendable.len());
     for copy in &sendable {
         match milter.journal.contains(&id, &copy.recipient) {
-            Ok(true) => {}
-            Ok(false) => {
-                first_new = Some(*copy);
-                break;
-            }
+            Ok(done) => journaled.push(done),
             Err(e) => return tempfail(cx, &e.to_string()),
         }
     }
+    // The copy kept in the original: one whose recipient has no re-injected copy yet (a retry
+    // may come with other recipients first, or with a journaled one now refused).
+    let first_new = sendable
+        .iter()
+        .zip(&journaled)
+        .find(|(_, &done)| !done)
+        .map(|(copy, _)| *copy);
     let kept: Vec<&Copy> = match (held.is_empty(), first_new, sendable.first()) {
         (false, _, _) => held,
         (true, Some(first), _) => vec![first],
@@ -686,18 +689,16 @@ async fn end_of_message(
         }
     };
     let is_kept = |r: &str| kept.iter().any(|k| k.recipient.eq_ignore_ascii_case(r));
-    let now = crate::queue::now();
-    for copy in sendable.iter().filter(|c| !is_kept(&c.recipient)) {
-        match milter.journal.contains(&id, &copy.recipient) {
-            Ok(true) => {
-                tracing::info!(
-                    "{queue_id}: to=<{}> already re-injected (journal): skipped",
-                    copy.recipient
-                );
-                continue;
-            }
-            Ok(false) => {}
-            Err(e) => return tempfail(cx, &e.to_string()),
+    for (copy, &done) in sendable.iter().zip(&journaled) {
+        if is_kept(&copy.recipient) {
+            continue;
+        }
+        if done {
+            tracing::info!(
+                "{queue_id}: to=<{}> already re-injected (journal): skipped",
+                copy.recipient
+            );
+            continue;
         }
         // Keep-alive: each re-injection may take a while; Postfix's timer restarts.
         let _ = cx.actions.progress().await;
