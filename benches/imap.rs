@@ -26,6 +26,8 @@ mod dovecot;
 #[allow(dead_code)]
 #[path = "common/machine.rs"]
 mod machine;
+#[path = "../tests/common/ports.rs"]
+mod ports;
 #[path = "common/report.rs"]
 mod report;
 #[allow(dead_code)]

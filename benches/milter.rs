@@ -38,6 +38,8 @@ mod gnupg;
 #[allow(dead_code)]
 #[path = "common/machine.rs"]
 mod machine;
+#[path = "../tests/common/ports.rs"]
+mod ports;
 #[path = "../tests/common/postfix.rs"]
 #[allow(dead_code)]
 mod postfix;

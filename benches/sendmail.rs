@@ -16,6 +16,8 @@ use std::time::{Duration, Instant};
 
 #[path = "common/gnupg.rs"]
 mod gnupg;
+#[path = "../tests/common/ports.rs"]
+mod ports;
 #[path = "../tests/common/relay.rs"]
 #[allow(dead_code)]
 mod relay;

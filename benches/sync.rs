@@ -51,6 +51,8 @@ mod dovecot;
 mod gnupg;
 #[path = "common/machine.rs"]
 mod machine;
+#[path = "../tests/common/ports.rs"]
+mod ports;
 #[path = "common/report.rs"]
 mod report;
 #[allow(dead_code)]

@@ -58,7 +58,13 @@ impl MilterProcess {
             .spawn()
             .unwrap();
         wait_for_port(port);
-        MilterProcess { child, dir }
+        let mut milter = MilterProcess { child, dir };
+        // Something else may answer on the port (see tests/common/ports.rs): say so here
+        // rather than as a puzzling 451 from Postfix later.
+        if let Ok(Some(status)) = milter.child.try_wait() {
+            panic!("the milter exited ({status}):\n{}", milter.log());
+        }
+        milter
     }
 
     /// What the milter logged (stderr, level info).

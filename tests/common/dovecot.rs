@@ -16,7 +16,7 @@
 //! every service runs as that user and chroots are switched off (they need root).
 
 use std::io::Read;
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -86,10 +86,7 @@ impl Identity {
     }
 }
 
-fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    listener.local_addr().unwrap().port()
-}
+use super::ports::free_port;
 
 fn config(dir: &Path, port: u16, tls_port: Option<u16>, who: &Identity) -> String {
     let d = dir.display();

@@ -5,6 +5,7 @@
 pub mod dovecot;
 pub mod imap;
 pub mod mbsync;
+pub mod ports;
 pub mod postfix;
 pub mod relay;
 pub mod server;
