@@ -350,6 +350,8 @@ fn milter_killed_mid_transaction_then_retry_gives_one_copy_each() {
     let Some(rig) = Rig::new() else { return };
     let (world, postfix) = (&rig.world, &rig.postfix);
     let mut milter = rig.milter();
+    let milter_log = milter.dir.path().join("milter.log");
+    let milter_log = move || std::fs::read_to_string(&milter_log).unwrap_or_default();
     let rcpts = THREE;
     // A transaction up to the middle of DATA; then the milter dies (kill -9).
     let stream = TcpStream::connect(("127.0.0.1", postfix.smtp_port)).unwrap();
@@ -359,7 +361,12 @@ fn milter_killed_mid_transaction_then_retry_gives_one_copy_each() {
     let mut expect = |reader: &mut BufReader<TcpStream>, code: char| loop {
         line.clear();
         reader.read_line(&mut line).unwrap();
-        assert!(line.starts_with(code), "{line}");
+        assert!(
+            line.starts_with(code),
+            "{line}\nPostfix log:\n{}\nmilter log:\n{}",
+            postfix.log(),
+            milter_log(),
+        );
         if line.as_bytes().get(3) != Some(&b'-') {
             return line.clone();
         }
