@@ -835,7 +835,8 @@ fn render(r: &Rendered<'_>) -> String {
          each run every message must carry `$Sealpost-Encrypted` and `$Sealpost-Signed` in the \
          local store (decrypted, signature valid). CPU: the sync process's own (user + system, \
          from wait4), and the rest of the machine's busy time during the run (gpg and gpg-agent, \
-         Dovecot, the kernel).\n",
+         the `sealpost gpg-worker` processes that run GPGME for the sync, Dovecot, the kernel; \
+         wait4 counts a worker with the sync only when the sync reaped it before exiting).\n",
         n = r.messages,
         gen = r.generate_time.as_secs_f64(),
     );

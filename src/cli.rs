@@ -55,6 +55,15 @@ pub enum Command {
     /// The sendmail drop-in's queue: list, run, delete.
     #[command(subcommand)]
     Queue(QueueCommand),
+    /// Internal: one GnuPG worker, serving the pool of the process that started it on
+    /// stdin/stdout (src/keys/worker.rs).
+    #[command(hide = true)]
+    GpgWorker {
+        #[arg(long, value_name = "DIR")]
+        home: Option<PathBuf>,
+        #[arg(long, value_name = "LIST")]
+        auto_key_locate: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -180,8 +189,15 @@ impl CliError {
 
 /// Runs the parsed command line and maps the result onto an exit code.
 pub fn main(cli: Cli) -> ExitCode {
-    if let Command::Sendmail { args } = &cli.command {
-        return crate::sendmail::main("sendmail", args, cli.config.as_deref());
+    match &cli.command {
+        Command::Sendmail { args } => {
+            return crate::sendmail::main("sendmail", args, cli.config.as_deref())
+        }
+        Command::GpgWorker {
+            home,
+            auto_key_locate,
+        } => return crate::keys::worker::serve_stdio(home.clone(), auto_key_locate),
+        _ => {}
     }
     let result = Config::load(cli.config.as_deref())
         .map_err(CliError::from)
@@ -203,7 +219,9 @@ pub fn main(cli: Cli) -> ExitCode {
                     Command::Queue(command) => queue(config, command).await,
                     Command::Milter => milter(config).await,
                     Command::Sync(args) => crate::incoming::sync(config, args).await,
-                    Command::Sendmail { .. } => unreachable!("handled before the runtime starts"),
+                    Command::Sendmail { .. } | Command::GpgWorker { .. } => {
+                        unreachable!("handled before the runtime starts")
+                    }
                 }
             })
         });
@@ -221,12 +239,29 @@ pub fn key_service(config: &Config, home_override: Option<&Path>) -> KeyService 
     let home = home_override
         .map(Path::to_path_buf)
         .or_else(|| config.gnupg.home.clone());
-    KeyService::start(
+    start_keys(
         home,
         config.gnupg.worker_count(),
         config.gnupg.timeout(),
         config.gnupg.sources(),
     )
+}
+
+/// The binary's key service: GnuPG runs in `sealpost gpg-worker` processes (this executable),
+/// or, when the executable cannot be found, on threads of this process.
+pub fn start_keys(
+    home: Option<PathBuf>,
+    threads: usize,
+    deadline: std::time::Duration,
+    sources: crate::keys::KeySources,
+) -> KeyService {
+    match std::env::current_exe() {
+        Ok(exe) => KeyService::start_isolated(exe, home, threads, deadline, sources),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot find this executable: GnuPG runs in-process");
+            KeyService::start(home, threads, deadline, sources)
+        }
+    }
 }
 
 /// A file name for a recipient's copy that shows the address.

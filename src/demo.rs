@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use crate::cli::{copy_file_name, CliError};
 use crate::config::Config;
-use crate::keys::{home, KeyService};
+use crate::keys::home;
 use crate::message::mime::{encrypted_payload, signed_parts};
 use crate::rewrite::{Decision, Envelope, Outcome, Policy, Rewriter};
 
@@ -59,7 +59,7 @@ pub async fn run(config: Config, keep: Option<&Path>) -> Result<u8, CliError> {
 }
 
 async fn round_trip(config: &Config, dir: &Path, gnupg: &Path) -> Result<u8, CliError> {
-    let keys = Arc::new(KeyService::start(
+    let keys = Arc::new(crate::cli::start_keys(
         Some(gnupg.to_path_buf()),
         config.gnupg.worker_count(),
         config.gnupg.timeout(),

@@ -8,15 +8,18 @@
 //! encryption is done with always-trust because freshly imported keys have unknown validity.
 
 pub mod home;
+pub mod ops;
 pub mod resolve;
 pub mod worker;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
-use gpgme::{Context, EncryptFlags, ExportMode, KeyListMode};
+use serde::{Deserialize, Serialize};
+
+use ops::{Request, Response};
 
 pub use resolve::{KeyFacts, Resolution, Unusable};
 pub use worker::{Gpg, GpgWorker, WorkerSettings};
@@ -38,10 +41,6 @@ pub enum KeyError {
     Refused { op: &'static str, detail: String },
     #[error("the GnuPG worker pool has stopped")]
     WorkerGone,
-}
-
-fn to_err(op: &'static str) -> impl Fn(gpgme::Error) -> KeyError {
-    move |source| KeyError::Gpg { op, source }
 }
 
 /// Where keys may come from. Only the local keyring unless the configuration names more.
@@ -70,7 +69,7 @@ impl KeySources {
 }
 
 /// A detached signature and the micalg that belongs to it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Signature {
     pub armored: Vec<u8>,
     /// Hash algorithm name as GnuPG reports it (e.g. "SHA512").
@@ -78,7 +77,7 @@ pub struct Signature {
 }
 
 /// One signature found while verifying.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SignatureCheck {
     pub fingerprint: String,
     pub valid: bool,
@@ -86,7 +85,7 @@ pub struct SignatureCheck {
 }
 
 /// What GnuPG said of one signature.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SignatureState {
     Valid,
     /// The signer's public key is not in the keyring: nothing can be said either way.
@@ -95,21 +94,8 @@ pub enum SignatureState {
     Bad(String),
 }
 
-fn check(s: gpgme::results::Signature<'_>) -> SignatureCheck {
-    let state = match s.status() {
-        Ok(()) => SignatureState::Valid,
-        Err(e) if e.code() == gpgme::Error::NO_PUBKEY.code() => SignatureState::UnknownKey,
-        Err(e) => SignatureState::Bad(e.to_string()),
-    };
-    SignatureCheck {
-        fingerprint: s.fingerprint().unwrap_or_default().to_string(),
-        valid: state == SignatureState::Valid,
-        state,
-    }
-}
-
 /// The result of decrypting (and verifying) a message.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Decrypted {
     pub plaintext: Vec<u8>,
     /// Key IDs the ciphertext was encrypted to.
@@ -141,12 +127,35 @@ pub struct KeyService {
 }
 
 impl KeyService {
-    /// Starts the workers. `home` is the GnuPG home (None: GnuPG's default for this user).
+    /// Starts the workers as threads of this process, each with its own GPGME context.
+    /// `home` is the GnuPG home (None: GnuPG's default for this user).
     pub fn start(
         home: Option<PathBuf>,
         threads: usize,
         deadline: Duration,
         sources: KeySources,
+    ) -> Self {
+        Self::start_with(home, threads, deadline, sources, None)
+    }
+
+    /// Starts the workers as `executable gpg-worker` processes (see [`worker`]): what the
+    /// `sealpost` binary does, with its own path.
+    pub fn start_isolated(
+        executable: PathBuf,
+        home: Option<PathBuf>,
+        threads: usize,
+        deadline: Duration,
+        sources: KeySources,
+    ) -> Self {
+        Self::start_with(home, threads, deadline, sources, Some(executable))
+    }
+
+    fn start_with(
+        home: Option<PathBuf>,
+        threads: usize,
+        deadline: Duration,
+        sources: KeySources,
+        executable: Option<PathBuf>,
     ) -> Self {
         let worker = GpgWorker::start(WorkerSettings {
             home: home.clone(),
@@ -154,6 +163,7 @@ impl KeyService {
             queue: 64,
             deadline,
             auto_key_locate: sources.auto_key_locate(),
+            executable,
         });
         KeyService {
             worker,
@@ -163,6 +173,17 @@ impl KeyService {
             cache: Mutex::new(Cache::default()),
             misses: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// Runs one request on a worker; `pick` takes the answer of the expected kind.
+    async fn call<T>(
+        &self,
+        what: &'static str,
+        request: Request,
+        pick: impl FnOnce(Response) -> Result<T, Response>,
+    ) -> Result<T, KeyError> {
+        let response = self.worker.call(what, request).await?;
+        pick(response).map_err(|other| other.unexpected(what))
     }
 
     /// The GnuPG home in use.
@@ -218,33 +239,14 @@ impl KeyService {
             let who = addr.clone();
             // Located keys are imported into the keyring (GPGME "auto-key-locate").
             let located = self
-                .worker
-                .run("locating a key", move |gpg| {
-                    gpg.ctx
-                        .set_key_list_mode(KeyListMode::LOCATE)
-                        .map_err(to_err("locating a key"))?;
-                    let found = gpg.ctx.locate_key(who.as_str());
-                    gpg.ctx
-                        .set_key_list_mode(KeyListMode::LOCAL)
-                        .map_err(to_err("locating a key"))?;
-                    // Only "nothing found" means no key. Any other failure (a keyserver or
-                    // WKD error GnuPG reports) is a failed lookup: the plan defers, it never
-                    // sends a cleartext copy for it.
-                    match found {
-                        Ok(_) => Ok(true),
-                        Err(e)
-                            if [
-                                gpgme::Error::EOF.code(),
-                                gpgme::Error::NOT_FOUND.code(),
-                                gpgme::Error::NO_PUBKEY.code(),
-                            ]
-                            .contains(&e.code()) =>
-                        {
-                            Ok(false)
-                        }
-                        Err(e) => Err(to_err("locating a key")(e)),
-                    }
-                })
+                .call(
+                    "locating a key",
+                    Request::Locate { addr: who },
+                    |r| match r {
+                        Response::Located(found) => Ok(found),
+                        other => Err(other),
+                    },
+                )
                 .await?;
             if located {
                 resolution = self.list_public(&addr).await?;
@@ -267,13 +269,14 @@ impl KeyService {
     async fn list_public(&self, addr: &str) -> Result<Resolution, KeyError> {
         let who = addr.to_string();
         let facts = self
-            .worker
-            .run("looking up a public key", move |gpg| {
-                gpg.ctx
-                    .set_key_list_mode(KeyListMode::LOCAL)
-                    .map_err(to_err("looking up a public key"))?;
-                list_facts(&mut gpg.ctx, &who)
-            })
+            .call(
+                "looking up a public key",
+                Request::ListPublic { addr: who },
+                |r| match r {
+                    Response::Facts(facts) => Ok(facts),
+                    other => Err(other),
+                },
+            )
             .await?;
         Ok(resolve::choose(&facts))
     }
@@ -291,22 +294,14 @@ impl KeyService {
         let who = addr.clone();
         let home = self.configured_home.clone();
         let found = self
-            .worker
-            .run("looking up a signing key", move |gpg| {
-                let found = find_signer(&mut gpg.ctx, &who)?;
-                if found.is_none() {
-                    // Without its agent gpg lists no secret keys and GPGME reports no error.
-                    // gpg itself says so on its status channel: ask it before answering "no
-                    // secret key" (permanent) instead of "cannot tell now" (temporary).
-                    if let Some(problem) = home::secret_keyring_problem(home.as_deref()) {
-                        return Err(KeyError::Refused {
-                            op: "looking up a signing key",
-                            detail: problem,
-                        });
-                    }
-                }
-                Ok(found)
-            })
+            .call(
+                "looking up a signing key",
+                Request::FindSigner { addr: who, home },
+                |r| match r {
+                    Response::Signer(found) => Ok(found),
+                    other => Err(other),
+                },
+            )
             .await?;
         self.fresh_cache().secret.insert(addr, found.clone());
         Ok(found)
@@ -314,25 +309,15 @@ impl KeyService {
 
     /// A detached, armored signature over `data` with the key `signer`.
     pub async fn sign_detached(&self, signer: &str, data: Vec<u8>) -> Result<Signature, KeyError> {
-        let fpr = signer.to_string();
-        self.worker
-            .run("signing", move |gpg| {
-                let key = gpg.key(&fpr, true).map_err(to_err("signing"))?;
-                gpg.ctx.clear_signers();
-                gpg.ctx.add_signer(&key).map_err(to_err("signing"))?;
-                let mut out = Vec::new();
-                let result = gpg
-                    .ctx
-                    .sign_detached(&data, &mut out)
-                    .map_err(to_err("signing"))?;
-                let sig = result.new_signatures().next().ok_or(KeyError::Refused {
-                    op: "signing",
-                    detail: "GnuPG made no signature".into(),
-                })?;
-                let hash = sig.hash_algorithm().name().unwrap_or("SHA256").to_string();
-                Ok(Signature { armored: out, hash })
-            })
-            .await
+        let request = Request::SignDetached {
+            signer: signer.to_string(),
+            data,
+        };
+        self.call("signing", request, |r| match r {
+            Response::Signature(signature) => Ok(signature),
+            other => Err(other),
+        })
+        .await
     }
 
     /// Encrypts `data` to exactly the keys `recipients` (fingerprints), signing it in the same
@@ -343,52 +328,16 @@ impl KeyService {
         signer: Option<String>,
         data: Vec<u8>,
     ) -> Result<Vec<u8>, KeyError> {
-        self.worker
-            .run("encrypting", move |gpg| {
-                let mut keys = Vec::with_capacity(recipients.len());
-                for fpr in &recipients {
-                    keys.push(gpg.key(fpr, false).map_err(to_err("encrypting"))?);
-                }
-                let mut out = Vec::new();
-                // Always-trust: the keyring is the trust anchor (see the module docs). No
-                // hidden recipients and no default recipients: the ciphertext names exactly
-                // these keys.
-                let flags = EncryptFlags::ALWAYS_TRUST;
-                match signer {
-                    Some(fpr) => {
-                        let key = gpg.key(&fpr, true).map_err(to_err("signing"))?;
-                        gpg.ctx.clear_signers();
-                        gpg.ctx.add_signer(&key).map_err(to_err("signing"))?;
-                        let (enc, sign) = gpg
-                            .ctx
-                            .sign_and_encrypt_with_flags(&keys, &data, &mut out, flags)
-                            .map_err(to_err("signing and encrypting"))?;
-                        if enc.invalid_recipients().next().is_some()
-                            || sign.invalid_signers().next().is_some()
-                            || sign.new_signatures().next().is_none()
-                        {
-                            return Err(KeyError::Refused {
-                                op: "signing and encrypting",
-                                detail: "GnuPG refused a key".into(),
-                            });
-                        }
-                    }
-                    None => {
-                        let enc = gpg
-                            .ctx
-                            .encrypt_with_flags(&keys, &data, &mut out, flags)
-                            .map_err(to_err("encrypting"))?;
-                        if enc.invalid_recipients().next().is_some() {
-                            return Err(KeyError::Refused {
-                                op: "encrypting",
-                                detail: "GnuPG refused a recipient key".into(),
-                            });
-                        }
-                    }
-                }
-                Ok(out)
-            })
-            .await
+        let request = Request::Encrypt {
+            recipients,
+            signer,
+            data,
+        };
+        self.call("encrypting", request, |r| match r {
+            Response::Bytes(ciphertext) => Ok(ciphertext),
+            other => Err(other),
+        })
+        .await
     }
 
     /// The key `fingerprint` exported minimal and unarmored, for the Autocrypt header.
@@ -402,16 +351,14 @@ impl KeyService {
         }
         let fpr = fingerprint.to_string();
         let data = self
-            .worker
-            .run("exporting a key", move |gpg| {
-                let key = gpg.key(&fpr, false).map_err(to_err("exporting a key"))?;
-                let mut out = Vec::new();
-                gpg.ctx.set_armor(false);
-                let result = gpg.ctx.export_keys([&key], ExportMode::MINIMAL, &mut out);
-                gpg.ctx.set_armor(true);
-                result.map_err(to_err("exporting a key"))?;
-                Ok(out)
-            })
+            .call(
+                "exporting a key",
+                Request::ExportMinimal { fingerprint: fpr },
+                |r| match r {
+                    Response::Bytes(data) => Ok(data),
+                    other => Err(other),
+                },
+            )
             .await?;
         self.fresh_cache()
             .keydata
@@ -422,31 +369,15 @@ impl KeyService {
     /// Decrypts and verifies an OpenPGP message. Fails unless the data was integrity protected
     /// (a message without MDC is an error, never partial plaintext).
     pub async fn decrypt_verify(&self, ciphertext: Vec<u8>) -> Result<Decrypted, KeyError> {
-        self.worker
-            .run("decrypting", move |gpg| {
-                let mut plaintext = Vec::new();
-                let (dec, ver) = gpg
-                    .ctx
-                    .decrypt_and_verify(&ciphertext, &mut plaintext)
-                    .map_err(to_err("decrypting"))?;
-                if dec.is_legacy_cipher_no_mdc() {
-                    return Err(KeyError::Refused {
-                        op: "decrypting",
-                        detail: "message has no integrity protection (MDC)".into(),
-                    });
-                }
-                let recipients = dec
-                    .recipients()
-                    .map(|r| r.key_id().unwrap_or_default().to_string())
-                    .collect();
-                let signatures = ver.signatures().map(check).collect();
-                Ok(Decrypted {
-                    plaintext,
-                    recipients,
-                    signatures,
-                })
-            })
-            .await
+        self.call(
+            "decrypting",
+            Request::DecryptVerify { ciphertext },
+            |r| match r {
+                Response::Decrypted(decrypted) => Ok(decrypted),
+                other => Err(other),
+            },
+        )
+        .await
     }
 
     /// The e-mail addresses of the non-revoked user IDs of the key with this fingerprint
@@ -463,19 +394,15 @@ impl KeyService {
 
     async fn list_user_ids(&self, fingerprint: &str) -> Result<Vec<String>, KeyError> {
         let fingerprint = fingerprint.to_string();
-        self.worker
-            .run("looking up a signer's user IDs", move |gpg| {
-                let Ok(key) = gpg.ctx.get_key(&fingerprint) else {
-                    return Ok(Vec::new());
-                };
-                Ok(key
-                    .user_ids()
-                    .filter(|u| !u.is_revoked() && !u.is_invalid())
-                    .filter_map(|u| u.email().ok().map(str::to_ascii_lowercase))
-                    .filter(|e| !e.is_empty())
-                    .collect())
-            })
-            .await
+        self.call(
+            "looking up a signer's user IDs",
+            Request::UserIds { fingerprint },
+            |r| match r {
+                Response::UserIds(ids) => Ok(ids),
+                other => Err(other),
+            },
+        )
+        .await
     }
 
     /// Verifies a detached signature over `signed`.
@@ -484,93 +411,16 @@ impl KeyService {
         signature: Vec<u8>,
         signed: Vec<u8>,
     ) -> Result<Vec<SignatureCheck>, KeyError> {
-        self.worker
-            .run("verifying", move |gpg| {
-                let ver = gpg
-                    .ctx
-                    .verify_detached(&signature, &signed)
-                    .map_err(to_err("verifying"))?;
-                Ok(ver.signatures().map(check).collect())
-            })
-            .await
+        self.call(
+            "verifying",
+            Request::VerifyDetached { signature, signed },
+            |r| match r {
+                Response::Checks(checks) => Ok(checks),
+                other => Err(other),
+            },
+        )
+        .await
     }
-}
-
-/// The newest secret key with a usable signing subkey and a user ID of exactly `who`.
-fn find_signer(ctx: &mut Context, who: &str) -> Result<Option<String>, KeyError> {
-    let mut best: Option<(i64, String)> = None;
-    let mut keys = ctx
-        .find_secret_keys([format!("<{who}>")])
-        .map_err(to_err("looking up a signing key"))?;
-    for key in keys.by_ref() {
-        let key = key.map_err(to_err("looking up a signing key"))?;
-        if key.is_revoked() || key.is_expired() || key.is_disabled() || key.is_invalid() {
-            continue;
-        }
-        let uid_ok = key
-            .user_ids()
-            .any(|u| u.email().is_ok_and(|e| e.eq_ignore_ascii_case(who)) && !u.is_revoked());
-        let can_sign = key.subkeys().any(|s| {
-            s.can_sign() && s.is_secret() && !s.is_revoked() && !s.is_expired() && !s.is_invalid()
-        });
-        if uid_ok && can_sign {
-            let created = key
-                .primary_key()
-                .and_then(|p| p.creation_time())
-                .map_or(0, epoch);
-            let fpr = key.fingerprint().unwrap_or_default().to_string();
-            if best.as_ref().is_none_or(|(c, _)| created > *c) {
-                best = Some((created, fpr));
-            }
-        }
-    }
-    keys.finish().map_err(to_err("looking up a signing key"))?;
-    Ok(best.map(|(_, f)| f))
-}
-
-fn epoch(t: SystemTime) -> i64 {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
-}
-
-/// Snapshots every key that has a user ID with exactly `addr` (a bare address search is a
-/// substring match in GnuPG, hence `<addr>` and the exact comparison below).
-fn list_facts(ctx: &mut Context, addr: &str) -> Result<Vec<KeyFacts>, KeyError> {
-    let pattern = [format!("<{addr}>")];
-    let mut keys = ctx
-        .find_keys(pattern)
-        .map_err(to_err("looking up a public key"))?;
-    let mut facts = Vec::new();
-    for key in keys.by_ref() {
-        let key = key.map_err(to_err("looking up a public key"))?;
-        let matching: Vec<_> = key
-            .user_ids()
-            .filter(|u| u.email().is_ok_and(|e| e.eq_ignore_ascii_case(addr)))
-            .collect();
-        if matching.is_empty() {
-            continue;
-        }
-        facts.push(KeyFacts {
-            fingerprint: key.fingerprint().unwrap_or_default().to_string(),
-            created: key
-                .primary_key()
-                .and_then(|p| p.creation_time())
-                .map_or(0, epoch),
-            revoked: key.is_revoked(),
-            expired: key.is_expired(),
-            disabled: key.is_disabled(),
-            invalid: key.is_invalid(),
-            uid_revoked: matching.iter().all(|u| u.is_revoked() || u.is_invalid()),
-            usable_encryption_subkey: key.subkeys().any(|s| {
-                s.can_encrypt()
-                    && !s.is_revoked()
-                    && !s.is_expired()
-                    && !s.is_invalid()
-                    && !s.is_disabled()
-            }),
-        });
-    }
-    Ok(facts)
 }
 
 /// GnuPG's default home when none is configured: $GNUPGHOME (read, never set) or ~/.gnupg.
@@ -605,16 +455,13 @@ impl KeyService {
     /// algorithms (ed25519 signing, cv25519 encryption subkey); returns its fingerprint. For
     /// the demo and tests: production keys are made by their owners.
     pub async fn generate_key(&self, userid: &str) -> Result<String, KeyError> {
-        let uid = userid.to_string();
-        self.worker
-            .run("generating a key", move |gpg| {
-                let flags = gpgme::CreateKeyFlags::NOPASSWD | gpgme::CreateKeyFlags::NOEXPIRE;
-                let result = gpg
-                    .ctx
-                    .create_key_with_flags(uid.as_str(), "future-default", Duration::ZERO, flags)
-                    .map_err(to_err("generating a key"))?;
-                Ok(result.fingerprint().unwrap_or_default().to_string())
-            })
-            .await
+        let request = Request::GenerateKey {
+            userid: userid.to_string(),
+        };
+        self.call("generating a key", request, |r| match r {
+            Response::Fingerprint(fingerprint) => Ok(fingerprint),
+            other => Err(other),
+        })
+        .await
     }
 }

@@ -4,7 +4,7 @@
 use std::fmt;
 
 /// What the keyring says about one key carrying a user ID with the exact address.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct KeyFacts {
     pub fingerprint: String,
     /// Creation time of the primary key, seconds since the epoch.

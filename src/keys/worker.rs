@@ -1,23 +1,41 @@
-//! GPGME behind a bounded worker pool. A gpgme `Context` is not `Send`, so each worker thread
-//! owns one for its whole life; async callers send closures over a bounded queue and wait with
-//! a deadline. A job whose deadline passed before a worker picked it up is dropped unrun.
+//! GPGME behind a bounded worker pool. Async callers send a [`Request`] over a bounded queue
+//! and wait with a deadline; a job whose deadline passed before a worker picked it up is
+//! dropped unrun. Each worker is a thread that runs its jobs one of two ways:
+//!
+//! - **in a worker process** (what the `sealpost` binary uses): the thread owns a
+//!   `sealpost gpg-worker` child, a small single-threaded process with its own GPGME context,
+//!   and passes each job to it over a pipe. GPGME starts every gpg process with fork(); from
+//!   a multi-threaded process of some megabytes that fork write-protects every page, and each
+//!   page the other threads write afterwards costs a page fault and a TLB shootdown to the
+//!   other cores. In the sync benchmark those faults were 57 % of the sync process's CPU time
+//!   (`perf record`). The child forks cheaply (one thread, little memory). It is also a
+//!   boundary: a job past its deadline kills the child's process group (the child and the
+//!   gpg it waits for) and the next job starts a fresh one, where a thread stuck in GPGME
+//!   would stay stuck for good.
+//! - **on the thread itself** (library users such as the tests, which have no worker
+//!   executable): the thread owns a GPGME context. A `Context` is not `Send`, so it never
+//!   leaves its thread.
 
 use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
+use std::process::{Child, ChildStdin, ChildStdout, Command, ExitCode, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use gpgme::{Context, Key, PinentryMode, Protocol};
+use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
+use super::ops::{execute, Request, Response};
 use super::KeyError;
 
-type Job = Box<dyn FnOnce(Result<&mut Gpg, &gpgme::Error>) + Send>;
-
-/// What one worker thread owns: its GPGME context and the key objects it has loaded.
-/// Loading a key is a gpg process of its own, as long as the operation that needs it, so
-/// keys are kept until the keyring changes (the generation moves on).
+/// What one worker owns: its GPGME context and the key objects it has loaded. Loading a key
+/// is a gpg process of its own, as long as the operation that needs it, so keys are kept
+/// until the keyring changes (the generation moves on).
 pub struct Gpg {
     pub ctx: Context,
     keys: HashMap<(String, bool), Key>,
@@ -25,6 +43,23 @@ pub struct Gpg {
 }
 
 impl Gpg {
+    fn new(home: Option<&std::path::Path>, auto_key_locate: &str) -> Result<Gpg, gpgme::Error> {
+        let mut ctx = Context::from_protocol(Protocol::OpenPgp)?;
+        if let Some(home) = home {
+            ctx.set_engine_home_dir(home.to_string_lossy().as_bytes())?;
+        }
+        // A daemon never waits for a person: loopback mode without a passphrase callback
+        // makes a protected key fail at once instead of popping up a pinentry.
+        ctx.set_pinentry_mode(PinentryMode::Loopback)?;
+        ctx.set_armor(true);
+        ctx.set_flag("auto-key-locate", auto_key_locate)?;
+        Ok(Gpg {
+            ctx,
+            keys: HashMap::new(),
+            generation: 0,
+        })
+    }
+
     /// The key with this fingerprint (`secret`: its secret part must be present).
     pub fn key(&mut self, fingerprint: &str, secret: bool) -> Result<Key, gpgme::Error> {
         let id = (fingerprint.to_string(), secret);
@@ -39,9 +74,18 @@ impl Gpg {
         self.keys.insert(id, key.clone());
         Ok(key)
     }
+
+    /// Runs a request; key objects loaded under an older keyring generation are dropped first.
+    fn run(&mut self, generation: u64, request: Request) -> Result<Response, KeyError> {
+        if self.generation != generation {
+            self.keys.clear();
+            self.generation = generation;
+        }
+        execute(self, request)
+    }
 }
 
-/// How each worker's context is set up.
+/// How the workers are set up.
 #[derive(Debug, Clone)]
 pub struct WorkerSettings {
     /// GnuPG home for every context (`None`: GnuPG's own default). Set per context, never via
@@ -55,19 +99,29 @@ pub struct WorkerSettings {
     pub deadline: Duration,
     /// Value for gpg's --auto-key-locate: "local" unless network sources are configured.
     pub auto_key_locate: String,
+    /// The `sealpost` executable to run `gpg-worker` from; `None`: GPGME on the threads.
+    pub executable: Option<PathBuf>,
+}
+
+struct Job {
+    due: Instant,
+    what: &'static str,
+    generation: u64,
+    request: Request,
+    reply: oneshot::Sender<Result<Response, KeyError>>,
 }
 
 /// A handle on the pool; cheap to clone. Workers stop when the last handle is dropped.
 #[derive(Clone)]
 pub struct GpgWorker {
-    tx: mpsc::Sender<(Instant, Job)>,
+    tx: mpsc::Sender<Job>,
     deadline: Duration,
     generation: Arc<AtomicU64>,
 }
 
 impl GpgWorker {
     pub fn start(settings: WorkerSettings) -> Self {
-        let (tx, rx) = mpsc::channel::<(Instant, Job)>(settings.queue.max(1));
+        let (tx, rx) = mpsc::channel::<Job>(settings.queue.max(1));
         let rx = Arc::new(Mutex::new(rx));
         for n in 0..settings.threads.max(1) {
             let rx = Arc::clone(&rx);
@@ -75,22 +129,20 @@ impl GpgWorker {
             std::thread::Builder::new()
                 .name(format!("gpg-{n}"))
                 .spawn(move || {
-                    let mut gpg = new_context(&settings).map(|ctx| Gpg {
-                        ctx,
-                        keys: HashMap::new(),
-                        generation: 0,
-                    });
+                    let mut engine = Engine::new(&settings);
                     loop {
                         // The lock is held only while waiting for the next job.
                         let next = match rx.lock() {
                             Ok(mut guard) => guard.blocking_recv(),
                             Err(_) => None,
                         };
-                        let Some((due, job)) = next else { break };
-                        if Instant::now() >= due {
+                        let Some(job) = next else { break };
+                        if Instant::now() >= job.due {
                             continue;
                         }
-                        job(gpg.as_mut().map_err(|e| &*e));
+                        let Job { reply, .. } = job;
+                        let result = engine.run(job.what, job.generation, job.request, job.due);
+                        let _ = reply.send(result);
                     }
                 })
                 .expect("spawning a worker thread");
@@ -112,37 +164,18 @@ impl GpgWorker {
         self.deadline
     }
 
-    /// Runs `f` on a worker's context within the deadline. `what` names the operation in
-    /// errors.
-    pub async fn run<T, F>(&self, what: &'static str, f: F) -> Result<T, KeyError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&mut Gpg) -> Result<T, KeyError> + Send + 'static,
-    {
-        let (reply_tx, reply_rx) = oneshot::channel();
-        let generation = self.generation.load(Ordering::SeqCst);
-        let due = Instant::now() + self.deadline;
-        let job: Job = Box::new(move |gpg| {
-            let result = match gpg {
-                Ok(gpg) => {
-                    if gpg.generation != generation {
-                        gpg.keys.clear();
-                        gpg.generation = generation;
-                    }
-                    f(gpg)
-                }
-                Err(e) => Err(KeyError::Gpg {
-                    op: "setting up GnuPG",
-                    source: *e,
-                }),
-            };
-            let _ = reply_tx.send(result);
-        });
+    /// Runs `request` on a worker within the deadline. `what` names the operation in errors.
+    pub async fn call(&self, what: &'static str, request: Request) -> Result<Response, KeyError> {
+        let (reply, reply_rx) = oneshot::channel();
+        let job = Job {
+            due: Instant::now() + self.deadline,
+            what,
+            generation: self.generation.load(Ordering::SeqCst),
+            request,
+            reply,
+        };
         let work = async {
-            self.tx
-                .send((due, job))
-                .await
-                .map_err(|_| KeyError::WorkerGone)?;
+            self.tx.send(job).await.map_err(|_| KeyError::WorkerGone)?;
             reply_rx.await.map_err(|_| KeyError::WorkerGone)?
         };
         match tokio::time::timeout(self.deadline, work).await {
@@ -155,15 +188,335 @@ impl GpgWorker {
     }
 }
 
-fn new_context(settings: &WorkerSettings) -> Result<Context, gpgme::Error> {
-    let mut ctx = Context::from_protocol(Protocol::OpenPgp)?;
-    if let Some(home) = &settings.home {
-        ctx.set_engine_home_dir(home.to_string_lossy().as_bytes())?;
+/// How one worker thread runs its jobs.
+enum Engine {
+    Thread(Result<Gpg, gpgme::Error>),
+    Process {
+        settings: WorkerSettings,
+        executable: PathBuf,
+        /// Started at the first job, and again after one was killed or died.
+        child: Option<WorkerProcess>,
+    },
+}
+
+impl Engine {
+    fn new(settings: &WorkerSettings) -> Engine {
+        match &settings.executable {
+            Some(executable) => Engine::Process {
+                settings: settings.clone(),
+                executable: executable.clone(),
+                child: None,
+            },
+            None => Engine::Thread(Gpg::new(
+                settings.home.as_deref(),
+                &settings.auto_key_locate,
+            )),
+        }
     }
-    // A daemon never waits for a person: loopback mode without a passphrase callback makes a
-    // protected key fail at once instead of popping up a pinentry.
-    ctx.set_pinentry_mode(PinentryMode::Loopback)?;
-    ctx.set_armor(true);
-    ctx.set_flag("auto-key-locate", settings.auto_key_locate.as_str())?;
-    Ok(ctx)
+
+    fn run(
+        &mut self,
+        what: &'static str,
+        generation: u64,
+        request: Request,
+        due: Instant,
+    ) -> Result<Response, KeyError> {
+        match self {
+            Engine::Thread(Ok(gpg)) => gpg.run(generation, request),
+            Engine::Thread(Err(e)) => Err(KeyError::Gpg {
+                op: "setting up GnuPG",
+                source: *e,
+            }),
+            Engine::Process {
+                settings,
+                executable,
+                child,
+            } => {
+                let frame = serde_json::to_vec(&Envelope {
+                    generation,
+                    request: &request,
+                })
+                .map_err(|e| died(what, format!("cannot encode the request: {e}")))?;
+                let process = match child {
+                    Some(p) => p,
+                    None => {
+                        child.insert(WorkerProcess::spawn(executable, settings).map_err(|e| {
+                            died(
+                                what,
+                                format!("cannot start {} gpg-worker: {e}", executable.display()),
+                            )
+                        })?)
+                    }
+                };
+                match process.call(&frame, due) {
+                    Ok(answer) => {
+                        let answer: Result<Response, WireError> = serde_json::from_slice(&answer)
+                            .map_err(|e| {
+                            died(what, format!("cannot decode the answer: {e}"))
+                        })?;
+                        answer.map_err(|e| e.into_key_error(what))
+                    }
+                    Err(e) => {
+                        // Past its deadline, dead, or talking nonsense: the child and the gpg
+                        // it runs go; the next job starts a fresh one.
+                        if let Some(p) = child.take() {
+                            p.kill();
+                        }
+                        Err(if e.kind() == std::io::ErrorKind::TimedOut {
+                            KeyError::Deadline {
+                                op: what,
+                                after: settings.deadline,
+                            }
+                        } else {
+                            died(what, format!("the GnuPG worker process failed: {e}"))
+                        })
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn died(op: &'static str, detail: String) -> KeyError {
+    KeyError::Refused { op, detail }
+}
+
+/// A request on the wire, with the keyring generation it was made under.
+#[derive(Serialize)]
+struct Envelope<'a> {
+    generation: u64,
+    request: &'a Request,
+}
+
+#[derive(Deserialize)]
+struct OwnedEnvelope {
+    generation: u64,
+    request: Request,
+}
+
+/// A [`KeyError`] on the wire. Operation names cross as text and are matched back to the
+/// names the operations use; an unknown one becomes the job's own name.
+#[derive(Debug, Serialize, Deserialize)]
+enum WireError {
+    Gpg { op: String, code: u32 },
+    Refused { op: String, detail: String },
+}
+
+/// Every operation name [`super::ops`] puts into its errors.
+const OPS: &[&str] = &[
+    "setting up GnuPG",
+    "locating a key",
+    "looking up a public key",
+    "looking up a signing key",
+    "signing",
+    "encrypting",
+    "signing and encrypting",
+    "exporting a key",
+    "decrypting",
+    "verifying",
+    "generating a key",
+];
+
+impl WireError {
+    fn from_key_error(e: KeyError) -> WireError {
+        match e {
+            KeyError::Gpg { op, source } => WireError::Gpg {
+                op: op.to_string(),
+                code: source.raw(),
+            },
+            other => WireError::Refused {
+                op: match &other {
+                    KeyError::Refused { op, .. } | KeyError::Deadline { op, .. } => op.to_string(),
+                    _ => String::new(),
+                },
+                detail: match other {
+                    KeyError::Refused { detail, .. } => detail,
+                    other => other.to_string(),
+                },
+            },
+        }
+    }
+
+    fn into_key_error(self, what: &'static str) -> KeyError {
+        let name = |op: &str| OPS.iter().copied().find(|o| *o == op).unwrap_or(what);
+        match self {
+            WireError::Gpg { op, code } => KeyError::Gpg {
+                op: name(&op),
+                source: gpgme::Error::new(code),
+            },
+            WireError::Refused { op, detail } => KeyError::Refused {
+                op: name(&op),
+                detail,
+            },
+        }
+    }
+}
+
+/// A `sealpost gpg-worker` child: requests go to its stdin, answers come from its stdout,
+/// each a frame of a 4-byte little-endian length and JSON.
+struct WorkerProcess {
+    child: Child,
+    /// None once closed (dropping the process).
+    stdin: Option<ChildStdin>,
+    stdout: ChildStdout,
+}
+
+impl WorkerProcess {
+    fn spawn(executable: &std::path::Path, settings: &WorkerSettings) -> std::io::Result<Self> {
+        let mut command = Command::new(executable);
+        // argv[0] "sealpost": the executable may be installed as /usr/sbin/sendmail, and that
+        // name would select the sendmail command line.
+        command.arg0("sealpost").arg("gpg-worker");
+        if let Some(home) = &settings.home {
+            command.arg("--home").arg(home);
+        }
+        command
+            .arg("--auto-key-locate")
+            .arg(&settings.auto_key_locate)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            // Its own process group: a kill reaches the gpg it waits for too (GPGME's
+            // children stay in the group).
+            .process_group(0);
+        let mut child = command.spawn()?;
+        let stdin = child.stdin.take().expect("piped stdin");
+        let stdout = child.stdout.take().expect("piped stdout");
+        Ok(WorkerProcess {
+            child,
+            stdin: Some(stdin),
+            stdout,
+        })
+    }
+
+    /// Sends one request and waits for its answer until `due`.
+    fn call(&mut self, frame: &[u8], due: Instant) -> std::io::Result<Vec<u8>> {
+        let stdin = self.stdin.as_mut().ok_or(std::io::ErrorKind::BrokenPipe)?;
+        write_frame(stdin, frame)?;
+        let mut len = [0u8; 4];
+        read_until(&mut self.stdout, &mut len, due)?;
+        let mut answer = vec![0u8; frame_len(len)?];
+        read_until(&mut self.stdout, &mut answer, due)?;
+        Ok(answer)
+    }
+
+    fn kill(mut self) {
+        if let Ok(pid) = i32::try_from(self.child.id()) {
+            // SAFETY: killpg has no memory effects; the group is the child's own.
+            unsafe {
+                libc::killpg(pid, libc::SIGKILL);
+            }
+        }
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        // A worker thread drops its child between jobs, when the child is waiting for the
+        // next request: end of input ends it at once, and it is reaped (no zombie left in a
+        // long-running daemon). After kill() this wait returns the status already reaped.
+        self.stdin.take();
+        let _ = self.child.wait();
+    }
+}
+
+/// Largest frame accepted: a message to encrypt or decrypt, base64 in JSON, with room.
+const MAX_FRAME: usize = 1 << 30;
+
+fn frame_len(len: [u8; 4]) -> std::io::Result<usize> {
+    let n = u32::from_le_bytes(len) as usize;
+    if n > MAX_FRAME {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("frame of {n} bytes"),
+        ));
+    }
+    Ok(n)
+}
+
+fn write_frame(out: &mut impl Write, frame: &[u8]) -> std::io::Result<()> {
+    let len = u32::try_from(frame.len())
+        .ok()
+        .filter(|n| *n as usize <= MAX_FRAME)
+        .ok_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, "request too large")
+        })?;
+    out.write_all(&len.to_le_bytes())?;
+    out.write_all(frame)?;
+    out.flush()
+}
+
+/// Fills `buf` from the child's stdout, waiting at most until `due`.
+fn read_until(from: &mut ChildStdout, buf: &mut [u8], due: Instant) -> std::io::Result<()> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        let left = due.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(std::io::ErrorKind::TimedOut.into());
+        }
+        let mut fds = libc::pollfd {
+            fd: from.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = i32::try_from(left.as_millis().max(1)).unwrap_or(i32::MAX);
+        // SAFETY: one valid pollfd for the duration of the call.
+        let ready = unsafe { libc::poll(&mut fds, 1, ms) };
+        if ready < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if ready == 0 {
+            continue;
+        }
+        match from.read(&mut buf[filled..]) {
+            Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// `sealpost gpg-worker`: serves requests on stdin until it closes. Started by the pool,
+/// not by people; it logs nothing (its errors travel back with the answers).
+pub fn serve_stdio(home: Option<PathBuf>, auto_key_locate: &str) -> ExitCode {
+    let mut gpg = Gpg::new(home.as_deref(), auto_key_locate);
+    let mut input = std::io::stdin().lock();
+    let mut output = std::io::stdout().lock();
+    loop {
+        let mut len = [0u8; 4];
+        match input.read_exact(&mut len) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return ExitCode::SUCCESS,
+            Err(_) => return ExitCode::FAILURE,
+        }
+        let Ok(n) = frame_len(len) else {
+            return ExitCode::FAILURE;
+        };
+        let mut frame = vec![0u8; n];
+        if input.read_exact(&mut frame).is_err() {
+            return ExitCode::FAILURE;
+        }
+        let Ok(envelope) = serde_json::from_slice::<OwnedEnvelope>(&frame) else {
+            return ExitCode::FAILURE;
+        };
+        let result = match &mut gpg {
+            Ok(gpg) => gpg.run(envelope.generation, envelope.request),
+            Err(e) => Err(KeyError::Gpg {
+                op: "setting up GnuPG",
+                source: *e,
+            }),
+        };
+        let answer = serde_json::to_vec(&result.map_err(WireError::from_key_error))
+            .expect("an answer encodes");
+        if write_frame(&mut output, &answer).is_err() {
+            return ExitCode::FAILURE;
+        }
+    }
 }

@@ -1,0 +1,413 @@
+//! The GnuPG operations a worker runs, as data: a [`Request`] goes to a worker (a thread of
+//! this process, or a `sealpost gpg-worker` process; see [`super::worker`]), [`execute`] runs
+//! it on that worker's GPGME context, and a [`Response`] or a [`KeyError`] comes back. Being
+//! data, both can cross a pipe; nothing here knows which kind of worker runs it.
+
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use gpgme::{Context, EncryptFlags, ExportMode, KeyListMode};
+use serde::{Deserialize, Serialize};
+
+use super::worker::Gpg;
+use super::{home, Decrypted, KeyError, KeyFacts, Signature, SignatureCheck, SignatureState};
+
+/// One operation for a worker.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Request {
+    /// Look a key up on the network sources (WKD, keyserver) and import it.
+    Locate {
+        addr: String,
+    },
+    /// Every key with a user ID of exactly this address, as facts for [`super::resolve`].
+    ListPublic {
+        addr: String,
+    },
+    /// The newest usable signing key for this address. `home`: the configured GnuPG home,
+    /// to tell "no secret key" from "no agent".
+    FindSigner {
+        addr: String,
+        home: Option<PathBuf>,
+    },
+    SignDetached {
+        signer: String,
+        #[serde(with = "bytes")]
+        data: Vec<u8>,
+    },
+    /// Encrypt to exactly these fingerprints; sign in the same message when `signer` is set.
+    Encrypt {
+        recipients: Vec<String>,
+        signer: Option<String>,
+        #[serde(with = "bytes")]
+        data: Vec<u8>,
+    },
+    /// The key exported minimal and unarmored (Autocrypt).
+    ExportMinimal {
+        fingerprint: String,
+    },
+    DecryptVerify {
+        #[serde(with = "bytes")]
+        ciphertext: Vec<u8>,
+    },
+    UserIds {
+        fingerprint: String,
+    },
+    VerifyDetached {
+        #[serde(with = "bytes")]
+        signature: Vec<u8>,
+        #[serde(with = "bytes")]
+        signed: Vec<u8>,
+    },
+    GenerateKey {
+        userid: String,
+    },
+}
+
+/// What a request gave; each request has one kind of answer.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Response {
+    Located(bool),
+    Facts(Vec<KeyFacts>),
+    Signer(Option<String>),
+    Signature(Signature),
+    Bytes(#[serde(with = "bytes")] Vec<u8>),
+    Decrypted(Decrypted),
+    UserIds(Vec<String>),
+    Checks(Vec<SignatureCheck>),
+    Fingerprint(String),
+}
+
+impl Response {
+    /// The answer's kind did not match the request: a bug, reported as a failed operation
+    /// rather than a panic in a mail path.
+    pub fn unexpected(self, op: &'static str) -> KeyError {
+        KeyError::Refused {
+            op,
+            detail: format!("the GnuPG worker answered {:?}", self.kind()),
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            Response::Located(_) => "Located",
+            Response::Facts(_) => "Facts",
+            Response::Signer(_) => "Signer",
+            Response::Signature(_) => "Signature",
+            Response::Bytes(_) => "Bytes",
+            Response::Decrypted(_) => "Decrypted",
+            Response::UserIds(_) => "UserIds",
+            Response::Checks(_) => "Checks",
+            Response::Fingerprint(_) => "Fingerprint",
+        }
+    }
+}
+
+fn to_err(op: &'static str) -> impl Fn(gpgme::Error) -> KeyError {
+    move |source| KeyError::Gpg { op, source }
+}
+
+/// Runs one request on a worker's context.
+pub fn execute(gpg: &mut Gpg, request: Request) -> Result<Response, KeyError> {
+    match request {
+        Request::Locate { addr } => locate(gpg, &addr).map(Response::Located),
+        Request::ListPublic { addr } => {
+            gpg.ctx
+                .set_key_list_mode(KeyListMode::LOCAL)
+                .map_err(to_err("looking up a public key"))?;
+            list_facts(&mut gpg.ctx, &addr).map(Response::Facts)
+        }
+        Request::FindSigner { addr, home } => {
+            let found = find_signer(&mut gpg.ctx, &addr)?;
+            if found.is_none() {
+                // Without its agent gpg lists no secret keys and GPGME reports no error.
+                // gpg itself says so on its status channel: ask it before answering "no
+                // secret key" (permanent) instead of "cannot tell now" (temporary).
+                if let Some(problem) = home::secret_keyring_problem(home.as_deref()) {
+                    return Err(KeyError::Refused {
+                        op: "looking up a signing key",
+                        detail: problem,
+                    });
+                }
+            }
+            Ok(Response::Signer(found))
+        }
+        Request::SignDetached { signer, data } => {
+            sign_detached(gpg, &signer, &data).map(Response::Signature)
+        }
+        Request::Encrypt {
+            recipients,
+            signer,
+            data,
+        } => encrypt(gpg, &recipients, signer.as_deref(), &data).map(Response::Bytes),
+        Request::ExportMinimal { fingerprint } => {
+            let key = gpg
+                .key(&fingerprint, false)
+                .map_err(to_err("exporting a key"))?;
+            let mut out = Vec::new();
+            gpg.ctx.set_armor(false);
+            let result = gpg.ctx.export_keys([&key], ExportMode::MINIMAL, &mut out);
+            gpg.ctx.set_armor(true);
+            result.map_err(to_err("exporting a key"))?;
+            Ok(Response::Bytes(out))
+        }
+        Request::DecryptVerify { ciphertext } => {
+            decrypt_verify(gpg, &ciphertext).map(Response::Decrypted)
+        }
+        Request::UserIds { fingerprint } => {
+            let Ok(key) = gpg.ctx.get_key(&fingerprint) else {
+                return Ok(Response::UserIds(Vec::new()));
+            };
+            Ok(Response::UserIds(
+                key.user_ids()
+                    .filter(|u| !u.is_revoked() && !u.is_invalid())
+                    .filter_map(|u| u.email().ok().map(str::to_ascii_lowercase))
+                    .filter(|e| !e.is_empty())
+                    .collect(),
+            ))
+        }
+        Request::VerifyDetached { signature, signed } => {
+            let ver = gpg
+                .ctx
+                .verify_detached(&signature, &signed)
+                .map_err(to_err("verifying"))?;
+            Ok(Response::Checks(ver.signatures().map(check).collect()))
+        }
+        Request::GenerateKey { userid } => {
+            let flags = gpgme::CreateKeyFlags::NOPASSWD | gpgme::CreateKeyFlags::NOEXPIRE;
+            let result = gpg
+                .ctx
+                .create_key_with_flags(userid.as_str(), "future-default", Duration::ZERO, flags)
+                .map_err(to_err("generating a key"))?;
+            Ok(Response::Fingerprint(
+                result.fingerprint().unwrap_or_default().to_string(),
+            ))
+        }
+    }
+}
+
+/// Located keys are imported into the keyring (GPGME "auto-key-locate").
+fn locate(gpg: &mut Gpg, who: &str) -> Result<bool, KeyError> {
+    gpg.ctx
+        .set_key_list_mode(KeyListMode::LOCATE)
+        .map_err(to_err("locating a key"))?;
+    let found = gpg.ctx.locate_key(who);
+    gpg.ctx
+        .set_key_list_mode(KeyListMode::LOCAL)
+        .map_err(to_err("locating a key"))?;
+    // Only "nothing found" means no key. Any other failure (a keyserver or WKD error GnuPG
+    // reports) is a failed lookup: the plan defers, it never sends a cleartext copy for it.
+    match found {
+        Ok(_) => Ok(true),
+        Err(e)
+            if [
+                gpgme::Error::EOF.code(),
+                gpgme::Error::NOT_FOUND.code(),
+                gpgme::Error::NO_PUBKEY.code(),
+            ]
+            .contains(&e.code()) =>
+        {
+            Ok(false)
+        }
+        Err(e) => Err(to_err("locating a key")(e)),
+    }
+}
+
+fn sign_detached(gpg: &mut Gpg, signer: &str, data: &[u8]) -> Result<Signature, KeyError> {
+    let key = gpg.key(signer, true).map_err(to_err("signing"))?;
+    gpg.ctx.clear_signers();
+    gpg.ctx.add_signer(&key).map_err(to_err("signing"))?;
+    let mut out = Vec::new();
+    let result = gpg
+        .ctx
+        .sign_detached(data, &mut out)
+        .map_err(to_err("signing"))?;
+    let sig = result.new_signatures().next().ok_or(KeyError::Refused {
+        op: "signing",
+        detail: "GnuPG made no signature".into(),
+    })?;
+    let hash = sig.hash_algorithm().name().unwrap_or("SHA256").to_string();
+    Ok(Signature { armored: out, hash })
+}
+
+fn encrypt(
+    gpg: &mut Gpg,
+    recipients: &[String],
+    signer: Option<&str>,
+    data: &[u8],
+) -> Result<Vec<u8>, KeyError> {
+    let mut keys = Vec::with_capacity(recipients.len());
+    for fpr in recipients {
+        keys.push(gpg.key(fpr, false).map_err(to_err("encrypting"))?);
+    }
+    let mut out = Vec::new();
+    // Always-trust: the keyring is the trust anchor (see the module docs of keys). No hidden
+    // recipients and no default recipients: the ciphertext names exactly these keys.
+    let flags = EncryptFlags::ALWAYS_TRUST;
+    match signer {
+        Some(fpr) => {
+            let key = gpg.key(fpr, true).map_err(to_err("signing"))?;
+            gpg.ctx.clear_signers();
+            gpg.ctx.add_signer(&key).map_err(to_err("signing"))?;
+            let (enc, sign) = gpg
+                .ctx
+                .sign_and_encrypt_with_flags(&keys, data, &mut out, flags)
+                .map_err(to_err("signing and encrypting"))?;
+            if enc.invalid_recipients().next().is_some()
+                || sign.invalid_signers().next().is_some()
+                || sign.new_signatures().next().is_none()
+            {
+                return Err(KeyError::Refused {
+                    op: "signing and encrypting",
+                    detail: "GnuPG refused a key".into(),
+                });
+            }
+        }
+        None => {
+            let enc = gpg
+                .ctx
+                .encrypt_with_flags(&keys, data, &mut out, flags)
+                .map_err(to_err("encrypting"))?;
+            if enc.invalid_recipients().next().is_some() {
+                return Err(KeyError::Refused {
+                    op: "encrypting",
+                    detail: "GnuPG refused a recipient key".into(),
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Fails unless the data was integrity protected (a message without MDC is an error, never
+/// partial plaintext).
+fn decrypt_verify(gpg: &mut Gpg, ciphertext: &[u8]) -> Result<Decrypted, KeyError> {
+    let mut plaintext = Vec::new();
+    let (dec, ver) = gpg
+        .ctx
+        .decrypt_and_verify(ciphertext, &mut plaintext)
+        .map_err(to_err("decrypting"))?;
+    if dec.is_legacy_cipher_no_mdc() {
+        return Err(KeyError::Refused {
+            op: "decrypting",
+            detail: "message has no integrity protection (MDC)".into(),
+        });
+    }
+    let recipients = dec
+        .recipients()
+        .map(|r| r.key_id().unwrap_or_default().to_string())
+        .collect();
+    let signatures = ver.signatures().map(check).collect();
+    Ok(Decrypted {
+        plaintext,
+        recipients,
+        signatures,
+    })
+}
+
+fn check(s: gpgme::results::Signature<'_>) -> SignatureCheck {
+    let state = match s.status() {
+        Ok(()) => SignatureState::Valid,
+        Err(e) if e.code() == gpgme::Error::NO_PUBKEY.code() => SignatureState::UnknownKey,
+        Err(e) => SignatureState::Bad(e.to_string()),
+    };
+    SignatureCheck {
+        fingerprint: s.fingerprint().unwrap_or_default().to_string(),
+        valid: state == SignatureState::Valid,
+        state,
+    }
+}
+
+/// The newest secret key with a usable signing subkey and a user ID of exactly `who`.
+fn find_signer(ctx: &mut Context, who: &str) -> Result<Option<String>, KeyError> {
+    let mut best: Option<(i64, String)> = None;
+    let mut keys = ctx
+        .find_secret_keys([format!("<{who}>")])
+        .map_err(to_err("looking up a signing key"))?;
+    for key in keys.by_ref() {
+        let key = key.map_err(to_err("looking up a signing key"))?;
+        if key.is_revoked() || key.is_expired() || key.is_disabled() || key.is_invalid() {
+            continue;
+        }
+        let uid_ok = key
+            .user_ids()
+            .any(|u| u.email().is_ok_and(|e| e.eq_ignore_ascii_case(who)) && !u.is_revoked());
+        let can_sign = key.subkeys().any(|s| {
+            s.can_sign() && s.is_secret() && !s.is_revoked() && !s.is_expired() && !s.is_invalid()
+        });
+        if uid_ok && can_sign {
+            let created = key
+                .primary_key()
+                .and_then(|p| p.creation_time())
+                .map_or(0, epoch);
+            let fpr = key.fingerprint().unwrap_or_default().to_string();
+            if best.as_ref().is_none_or(|(c, _)| created > *c) {
+                best = Some((created, fpr));
+            }
+        }
+    }
+    keys.finish().map_err(to_err("looking up a signing key"))?;
+    Ok(best.map(|(_, f)| f))
+}
+
+fn epoch(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// Snapshots every key that has a user ID with exactly `addr` (a bare address search is a
+/// substring match in GnuPG, hence `<addr>` and the exact comparison below).
+fn list_facts(ctx: &mut Context, addr: &str) -> Result<Vec<KeyFacts>, KeyError> {
+    let pattern = [format!("<{addr}>")];
+    let mut keys = ctx
+        .find_keys(pattern)
+        .map_err(to_err("looking up a public key"))?;
+    let mut facts = Vec::new();
+    for key in keys.by_ref() {
+        let key = key.map_err(to_err("looking up a public key"))?;
+        let matching: Vec<_> = key
+            .user_ids()
+            .filter(|u| u.email().is_ok_and(|e| e.eq_ignore_ascii_case(addr)))
+            .collect();
+        if matching.is_empty() {
+            continue;
+        }
+        facts.push(KeyFacts {
+            fingerprint: key.fingerprint().unwrap_or_default().to_string(),
+            created: key
+                .primary_key()
+                .and_then(|p| p.creation_time())
+                .map_or(0, epoch),
+            revoked: key.is_revoked(),
+            expired: key.is_expired(),
+            disabled: key.is_disabled(),
+            invalid: key.is_invalid(),
+            uid_revoked: matching.iter().all(|u| u.is_revoked() || u.is_invalid()),
+            usable_encryption_subkey: key.subkeys().any(|s| {
+                s.can_encrypt()
+                    && !s.is_revoked()
+                    && !s.is_expired()
+                    && !s.is_invalid()
+                    && !s.is_disabled()
+            }),
+        });
+    }
+    Ok(facts)
+}
+
+/// Byte strings as base64 on the wire: a message body as a JSON array of numbers would be
+/// four times its size and slow to parse.
+mod bytes {
+    use base64::Engine as _;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(data: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(data))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        base64::engine::general_purpose::STANDARD
+            .decode(text.as_bytes())
+            .map_err(serde::de::Error::custom)
+    }
+}
