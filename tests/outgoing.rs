@@ -420,7 +420,9 @@ async fn already_encrypted_mail_passes_through_untouched_but_without_bcc() {
 #[tokio::test]
 async fn lookups_are_cached_until_the_keyring_changes() {
     let world = World::new();
-    let service = world.sender.service(Duration::from_secs(20));
+    // GPGME on this process's threads: the library's own way is covered here, the worker
+    // processes everywhere else.
+    let service = world.sender.service_in_process(Duration::from_secs(20));
     let erin = GpgHome::new();
     let erin_fpr = erin.generate_at("Erin <erin@example.org>", "20230101T000000");
     assert_eq!(
@@ -446,5 +448,94 @@ async fn lookups_are_cached_until_the_keyring_changes() {
             fingerprint: newer_fpr,
             others: 1
         }
+    );
+}
+
+/// The pid of the gpg-agent serving `home`.
+fn agent_pid(home: &GpgHome) -> i32 {
+    let out = std::process::Command::new("gpg-connect-agent")
+        .arg("--homedir")
+        .arg(&home.dir)
+        .args(["getinfo pid", "/bye"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.lines()
+        .find_map(|l| l.strip_prefix("D "))
+        .and_then(|p| p.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no agent pid in {text:?}"))
+}
+
+/// Live processes (not zombies) other than `except` whose command line names `needle`.
+fn processes_naming(needle: &str, except: i32) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if pid != except && !cmdline.is_empty() && cmdline.contains(needle) {
+            found.push(format!("{pid}: {cmdline}"));
+        }
+    }
+    found
+}
+
+/// A gpg operation that hangs (its agent stopped) ends at the deadline: the worker process
+/// and the gpg it waits for are killed, nothing is left behind, and the next operation gets
+/// a fresh worker and succeeds once the agent answers again.
+#[tokio::test]
+async fn an_operation_past_its_deadline_is_killed_and_the_worker_replaced() {
+    let world = World::new();
+    let deadline = Duration::from_secs(3);
+    let service = std::sync::Arc::new(sealpost::keys::KeyService::start_isolated(
+        std::path::PathBuf::from(env!("CARGO_BIN_EXE_sealpost")),
+        Some(world.sender.dir.clone()),
+        1,
+        deadline,
+        Default::default(),
+    ));
+    let signer = service
+        .signer("alice@example.org")
+        .await
+        .unwrap()
+        .expect("Alice can sign");
+    let agent = agent_pid(&world.sender);
+    let home = world.sender.dir.to_string_lossy().into_owned();
+    // SAFETY: signals to the test's own gpg-agent.
+    unsafe { libc::kill(agent, libc::SIGSTOP) };
+    let started = std::time::Instant::now();
+    let stuck = service.sign_detached(&signer, b"data\r\n".to_vec()).await;
+    let waited = started.elapsed();
+    let left = {
+        // The kill is sent as the deadline passes; the processes go a moment later.
+        let until = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let left = processes_naming(&home, agent);
+            if left.is_empty() || std::time::Instant::now() > until {
+                break left;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    unsafe { libc::kill(agent, libc::SIGCONT) };
+    match stuck {
+        Err(sealpost::keys::KeyError::Deadline { .. }) => {}
+        other => panic!("expected the deadline, got {other:?}"),
+    }
+    assert!(
+        waited >= deadline && waited < deadline + Duration::from_secs(2),
+        "{waited:?}"
+    );
+    assert!(left.is_empty(), "left running: {left:?}");
+    let data = b"signed after the agent came back\r\n".to_vec();
+    let signature = service
+        .sign_detached(&signer, data.clone())
+        .await
+        .expect("a fresh worker signs");
+    assert_eq!(
+        world.sender.verify_detached(&data, &signature.armored),
+        Some(signer)
     );
 }

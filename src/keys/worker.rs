@@ -138,6 +138,12 @@ impl GpgWorker {
                         };
                         let Some(job) = next else { break };
                         if Instant::now() >= job.due {
+                            // Dropped unrun; the caller hears of its deadline, not of a
+                            // pool that stopped.
+                            let _ = job.reply.send(Err(KeyError::Deadline {
+                                op: job.what,
+                                after: settings.deadline,
+                            }));
                             continue;
                         }
                         let Job { reply, .. } = job;

@@ -180,8 +180,21 @@ impl GpgHome {
         self.must(&["--import"], Some(armored));
     }
 
-    /// A key service over this home, as the daemons use it.
+    /// A key service over this home, as the daemons use it: GPGME in `sealpost gpg-worker`
+    /// processes.
     pub fn service(&self, deadline: Duration) -> Arc<KeyService> {
+        Arc::new(KeyService::start_isolated(
+            PathBuf::from(env!("CARGO_BIN_EXE_sealpost")),
+            Some(self.dir.clone()),
+            2,
+            deadline,
+            Default::default(),
+        ))
+    }
+
+    /// A key service over this home with GPGME on threads of this process (the library's
+    /// default, for users without a worker executable).
+    pub fn service_in_process(&self, deadline: Duration) -> Arc<KeyService> {
         Arc::new(KeyService::start(
             Some(self.dir.clone()),
             2,
