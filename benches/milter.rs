@@ -500,7 +500,7 @@ fn run(
                 while !done.load(Ordering::Relaxed) {
                     samples.push(Sample {
                         submitted: submitted.load(Ordering::Relaxed),
-                        rss_kib: machine::status_kib(pid, "VmRSS").expect("VmRSS"),
+                        rss_kib: machine::tree_status_kib(pid, "VmRSS").expect("VmRSS"),
                     });
                     std::thread::sleep(Duration::from_millis(250));
                 }
@@ -557,7 +557,7 @@ fn run(
         if let Some(pid) = pid {
             samples.push(Sample {
                 submitted: n,
-                rss_kib: machine::status_kib(pid, "VmRSS").expect("VmRSS"),
+                rss_kib: machine::tree_status_kib(pid, "VmRSS").expect("VmRSS"),
             });
         }
         (results, submitted_in, samples, elapsed)
@@ -724,17 +724,17 @@ fn main() {
     let m = Some(&milter);
     let warm = run(p, "warm-up", "mw", WARM_UP, &RECIPIENTS, c, m);
     warm_up_problems += warm.refusals.len() + warm.check.missing;
-    let rss_before = machine::status_kib(milter.pid(), "VmRSS").expect("VmRSS");
+    let rss_before = machine::tree_status_kib(milter.pid(), "VmRSS").expect("VmRSS");
     runs.push(run(p, "Postfix + milter", "m1", n1, one, c, m));
     runs.push(run(p, "Postfix + milter", "m5", n5, &RECIPIENTS, c, m));
-    let rss_after = machine::status_kib(milter.pid(), "VmRSS").expect("VmRSS");
+    let rss_after = machine::tree_status_kib(milter.pid(), "VmRSS").expect("VmRSS");
     // Fewer sessions: how much of the throughput needs messages in flight.
     for (fewer, n, tag) in [(1, n1 / 25, "mc1"), (4, n1 / 6, "mc4")] {
         if fewer < clients {
             runs.push(run(p, "Postfix + milter", tag, n, one, fewer, m));
         }
     }
-    let hwm = machine::status_kib(milter.pid(), "VmHWM").expect("VmHWM");
+    let hwm = machine::tree_status_kib(milter.pid(), "VmHWM").expect("VmHWM");
     milter_log.push_str(&milter.log());
     drop(milter);
 
@@ -990,13 +990,14 @@ fn render(r: &Rendered<'_>) -> String {
         let _ = write!(
             b,
             "\n### The milter's memory over {} one-recipient messages\n\n\
-             VmRSS of the `sealpost milter` process (gpg and gpg-agent are separate processes), \
+             VmRSS of the `sealpost milter` process and its `sealpost gpg-worker` children, summed (gpg \
+             and gpg-agent are separate processes), \
              sampled every 250 ms during the run above, shown after every {step} messages had \
              their SMTP reply:\n\n\
              | messages | {} |\n|---|{}\n| VmRSS (MiB) | {} |\n\n\
              Before the run (after the warm-up): {:.1} MiB; after {step} messages: {:.1} MiB; \
              after {}: {:.1} MiB; at the end: {:.1} MiB; largest sample: {:.1} MiB; after the \
-             5-recipient run: {:.1} MiB; this process's peak (VmHWM, after its last run): {:.1} \
+             5-recipient run: {:.1} MiB; these processes' peak (the sum of each one's VmHWM, after the last run): {:.1} \
              MiB. Goal: flat, i.e. the end within {:.0} % (at least {} MiB) of the value after {step} \
              messages: {}.\n",
             run.messages,

@@ -8,7 +8,8 @@
 //! (Dovecot-style names with S= and W=, CRLF) and indexed by one EXAMINE per folder before
 //! any timing, as a provider's mailbox would be. Each `sync --once` (the release binary that
 //! `cargo bench` builds) writes into a fresh store of its own and is timed from spawn to exit;
-//! its CPU time comes from wait4's rusage, its memory from /proc (VmRSS and VmHWM, sampled).
+//! its CPU time comes from wait4's rusage, its memory from /proc (VmRSS and VmHWM, sampled,
+//! summed with its `sealpost gpg-worker` children).
 //! Afterwards every synced message must carry `$Sealpost-Encrypted` and `$Sealpost-Signed` in
 //! the local store (read over sealpost's own IMAP server): decrypted, signature verified.
 //!
@@ -443,8 +444,8 @@ fn sync_once(local: &Local, config: &Path, watch: Option<&str>) -> SyncRun {
                 while !done.load(Ordering::Relaxed) {
                     // Memory first: the count read after it is at least what it had stored.
                     let (Some(rss_kib), Some(hwm_kib)) = (
-                        machine::status_kib(pid, "VmRSS"),
-                        machine::status_kib(pid, "VmHWM"),
+                        machine::tree_status_kib(pid, "VmRSS"),
+                        machine::tree_status_kib(pid, "VmHWM"),
                     ) else {
                         break;
                     };
@@ -920,7 +921,7 @@ fn render(r: &Rendered<'_>) -> String {
         "\n### Memory over a {}-message first sync\n\n\
          One folder of {} messages: the §6.1 ciphertexts above again, each upstream copy with a \
          `Received:` line of its own. The sync took {:.1} s ({:.1} messages/s). VmRSS of the sync \
-         process, sampled every {} ms, when the local store had reached each mark:\n",
+         process and its `sealpost gpg-worker` children, summed, sampled every {} ms, when the local store had reached each mark:\n",
         r.memory_messages,
         r.memory_messages,
         r.large.wall.as_secs_f64(),
@@ -960,7 +961,7 @@ fn render(r: &Rendered<'_>) -> String {
     let largest = r.large.samples.iter().map(|s| s.rss_kib).max().unwrap_or(0);
     let _ = writeln!(
         b,
-        "\nPeak RSS (VmHWM at the last sample, at most {} ms before the exit): {:.1} MiB for {} messages against {:.1} MiB for the {}-message \
+        "\nPeak RSS (the VmHWM of the sync and of its gpg-worker children, summed, at the last sample, at most {} ms before the exit): {:.1} MiB for {} messages against {:.1} MiB for the {}-message \
          §6.1 import above; largest sample {:.1} MiB. Goal: flat, i.e. within {:.0} % (at least {} MiB) \
          of the smaller sync's peak: {}.",
         SAMPLE_EVERY.as_millis(),

@@ -77,6 +77,27 @@ pub fn status_kib(pid: u32, field: &str) -> Option<u64> {
         })
 }
 
+/// `status_kib` summed over `pid` and its child processes: a sealpost daemon runs GPGME in
+/// `sealpost gpg-worker` children (the gpg processes they start are orphaned at once, so they
+/// are not counted). For VmHWM this is the sum of each process's own peak, an upper bound of
+/// their peak together. None once `pid` is gone.
+pub fn tree_status_kib(pid: u32, field: &str) -> Option<u64> {
+    let own = status_kib(pid, field)?;
+    let children: u64 = std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<u32>().ok())
+        .filter(|child| parent_of(*child) == Some(pid))
+        .filter_map(|child| status_kib(child, field))
+        .sum();
+    Some(own + children)
+}
+
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(") ")?.1.split_whitespace().nth(1)?.parse().ok()
+}
+
 /// Processes and threads created on the whole machine since boot (the `processes` line of
 /// /proc/stat counts every clone).
 pub fn forks() -> u64 {
