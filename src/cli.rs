@@ -255,7 +255,16 @@ pub fn start_keys(
     deadline: std::time::Duration,
     sources: crate::keys::KeySources,
 ) -> KeyService {
-    match std::env::current_exe() {
+    // /proc/self/exe rather than the executable's path: after a package upgrade replaced the
+    // file, a running daemon still starts workers of its own version, from the file it was
+    // started from (gone from the directory, not from the kernel).
+    let own = Path::new("/proc/self/exe");
+    let executable = if own.exists() {
+        Ok(own.to_path_buf())
+    } else {
+        std::env::current_exe()
+    };
+    match executable {
         Ok(exe) => KeyService::start_isolated(exe, home, threads, deadline, sources),
         Err(e) => {
             tracing::warn!(error = %e, "cannot find this executable: GnuPG runs in-process");

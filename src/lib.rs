@@ -21,7 +21,8 @@
 //!
 //! - [`config`]: the TOML configuration and its errors (file, line, key).
 //! - [`logging`]: stderr / syslog (mail facility) / journald, and the logging policy.
-//! - [`keys`]: GnuPG through GPGME: key resolution, signing, encryption, decryption.
+//! - [`keys`]: GnuPG through GPGME: key resolution, signing, encryption, decryption; in the
+//!   binary GPGME runs in `sealpost gpg-worker` child processes (see [`keys::worker`]).
 //! - [`message`]: pure MIME: parsing, canonical form, PGP/MIME rendering.
 //! - [`rewrite`]: the per-recipient core every outgoing front-end calls.
 //! - [`store`]: the local message store (SQLite): content once by hash, state per mailbox,
