@@ -230,7 +230,7 @@ pub async fn process(keys: &KeyService, raw: &[u8]) -> Result<Processed, Inbound
                 }
             }
             Err(error) => match error {
-                KeyError::Deadline { .. } | KeyError::WorkerGone => {
+                KeyError::Deadline { .. } | KeyError::WorkerGone | KeyError::Unavailable { .. } => {
                     return Err(InboundError::Temporary(error))
                 }
                 KeyError::Gpg { ref source, .. } if is_temporary(source) => {

@@ -539,3 +539,101 @@ async fn an_operation_past_its_deadline_is_killed_and_the_worker_replaced() {
         Some(signer)
     );
 }
+
+/// The live `sealpost gpg-worker` children of this test process serving `home`.
+fn workers_for(home: &GpgHome) -> Vec<i32> {
+    let needle = format!("--home={}", home.dir.display());
+    let me = std::process::id().to_string();
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        let parent = stat
+            .rsplit_once(") ")
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1).map(str::to_string));
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let args: Vec<String> = cmdline
+            .split(|&b| b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        if parent.as_deref() == Some(me.as_str())
+            && args.iter().any(|a| a == "gpg-worker")
+            && args.contains(&needle)
+        {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+/// A worker process ignores SIGTERM (systemd signals the whole service while the daemon
+/// finishes the mail in hand) and one that died between operations is replaced: the next
+/// operation runs on a fresh worker instead of failing.
+#[tokio::test]
+async fn a_worker_outlives_sigterm_and_a_dead_one_is_replaced() {
+    let world = World::new();
+    let service = std::sync::Arc::new(sealpost::keys::KeyService::start_isolated(
+        std::path::PathBuf::from(env!("CARGO_BIN_EXE_sealpost")),
+        Some(world.sender.dir.clone()),
+        1,
+        Duration::from_secs(20),
+        Default::default(),
+    ));
+    let signer = service
+        .signer("alice@example.org")
+        .await
+        .unwrap()
+        .expect("Alice can sign");
+    let first = workers_for(&world.sender);
+    assert_eq!(first.len(), 1, "one worker: {first:?}");
+    let sign = |text: &'static str| {
+        let service = service.clone();
+        let signer = signer.clone();
+        async move {
+            service
+                .sign_detached(&signer, text.as_bytes().to_vec())
+                .await
+                .map(|s| (text, s))
+        }
+    };
+    // SAFETY: signals to this test's own child.
+    unsafe { libc::kill(first[0], libc::SIGTERM) };
+    let (text, signature) = sign("after SIGTERM\r\n").await.expect("signs");
+    assert_eq!(
+        world
+            .sender
+            .verify_detached(text.as_bytes(), &signature.armored),
+        Some(signer.clone())
+    );
+    assert_eq!(
+        workers_for(&world.sender),
+        first,
+        "the same worker answered"
+    );
+    unsafe { libc::kill(first[0], libc::SIGKILL) };
+    // Dead (a zombie until the pool reaps it) before the next request, as a worker killed
+    // while idle is.
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(format!("/proc/{}/stat", first[0]))
+        .unwrap_or_default()
+        .rsplit_once(") ")
+        .is_some_and(|(_, rest)| rest.starts_with('Z'))
+    {
+        assert!(std::time::Instant::now() < until, "the worker did not die");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let (text, signature) = sign("after SIGKILL\r\n")
+        .await
+        .expect("a fresh worker signs");
+    assert_eq!(
+        world
+            .sender
+            .verify_detached(text.as_bytes(), &signature.armored),
+        Some(signer.clone())
+    );
+    let second = workers_for(&world.sender);
+    assert_eq!(second.len(), 1, "one worker again: {second:?}");
+    assert_ne!(second, first, "a new worker");
+}

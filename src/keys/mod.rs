@@ -41,6 +41,10 @@ pub enum KeyError {
     Refused { op: &'static str, detail: String },
     #[error("the GnuPG worker pool has stopped")]
     WorkerGone,
+    /// GnuPG could not be run at all: a worker process could not be started, died or talked
+    /// nonsense, or GPGME could not be set up. The next operation starts afresh.
+    #[error("{op} failed: {detail}")]
+    Unavailable { op: &'static str, detail: String },
 }
 
 /// Where keys may come from. Only the local keyring unless the configuration names more.
@@ -118,7 +122,6 @@ struct Cache {
 pub struct KeyService {
     worker: GpgWorker,
     home: PathBuf,
-    configured_home: Option<PathBuf>,
     sources: KeySources,
     cache: Mutex<Cache>,
     /// Held while a cache miss is looked up: a burst of messages for the same addresses (a
@@ -167,8 +170,7 @@ impl KeyService {
         });
         KeyService {
             worker,
-            home: home.clone().unwrap_or_else(default_home),
-            configured_home: home,
+            home: home.unwrap_or_else(default_home),
             sources,
             cache: Mutex::new(Cache::default()),
             misses: tokio::sync::Mutex::new(()),
@@ -292,11 +294,10 @@ impl KeyService {
             return Ok(hit.clone());
         }
         let who = addr.clone();
-        let home = self.configured_home.clone();
         let found = self
             .call(
                 "looking up a signing key",
-                Request::FindSigner { addr: who, home },
+                Request::FindSigner { addr: who },
                 |r| match r {
                     Response::Signer(found) => Ok(found),
                     other => Err(other),

@@ -3,7 +3,6 @@
 //! it on that worker's GPGME context, and a [`Response`] or a [`KeyError`] comes back. Being
 //! data, both can cross a pipe; nothing here knows which kind of worker runs it.
 
-use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use gpgme::{Context, EncryptFlags, ExportMode, KeyListMode};
@@ -23,11 +22,9 @@ pub enum Request {
     ListPublic {
         addr: String,
     },
-    /// The newest usable signing key for this address. `home`: the configured GnuPG home,
-    /// to tell "no secret key" from "no agent".
+    /// The newest usable signing key for this address.
     FindSigner {
         addr: String,
-        home: Option<PathBuf>,
     },
     SignDetached {
         signer: String,
@@ -116,13 +113,13 @@ pub fn execute(gpg: &mut Gpg, request: Request) -> Result<Response, KeyError> {
                 .map_err(to_err("looking up a public key"))?;
             list_facts(&mut gpg.ctx, &addr).map(Response::Facts)
         }
-        Request::FindSigner { addr, home } => {
+        Request::FindSigner { addr } => {
             let found = find_signer(&mut gpg.ctx, &addr)?;
             if found.is_none() {
                 // Without its agent gpg lists no secret keys and GPGME reports no error.
                 // gpg itself says so on its status channel: ask it before answering "no
                 // secret key" (permanent) instead of "cannot tell now" (temporary).
-                if let Some(problem) = home::secret_keyring_problem(home.as_deref()) {
+                if let Some(problem) = home::secret_keyring_problem(gpg.home.as_deref()) {
                     return Err(KeyError::Refused {
                         op: "looking up a signing key",
                         detail: problem,

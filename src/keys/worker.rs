@@ -17,7 +17,7 @@
 //!   leaves its thread.
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
@@ -38,6 +38,8 @@ use super::KeyError;
 /// until the keyring changes (the generation moves on).
 pub struct Gpg {
     pub ctx: Context,
+    /// The configured GnuPG home (None: GnuPG's default).
+    pub home: Option<PathBuf>,
     keys: HashMap<(String, bool), Key>,
     generation: u64,
 }
@@ -55,6 +57,7 @@ impl Gpg {
         ctx.set_flag("auto-key-locate", auto_key_locate)?;
         Ok(Gpg {
             ctx,
+            home: home.map(std::path::Path::to_path_buf),
             keys: HashMap::new(),
             generation: 0,
         })
@@ -196,7 +199,11 @@ impl GpgWorker {
 
 /// How one worker thread runs its jobs.
 enum Engine {
-    Thread(Result<Gpg, gpgme::Error>),
+    /// GPGME on this thread; None until a context could be set up.
+    Thread {
+        settings: WorkerSettings,
+        gpg: Option<Gpg>,
+    },
     Process {
         settings: WorkerSettings,
         executable: PathBuf,
@@ -213,10 +220,10 @@ impl Engine {
                 executable: executable.clone(),
                 child: None,
             },
-            None => Engine::Thread(Gpg::new(
-                settings.home.as_deref(),
-                &settings.auto_key_locate,
-            )),
+            None => Engine::Thread {
+                settings: settings.clone(),
+                gpg: None,
+            },
         }
     }
 
@@ -228,11 +235,16 @@ impl Engine {
         due: Instant,
     ) -> Result<Response, KeyError> {
         match self {
-            Engine::Thread(Ok(gpg)) => gpg.run(generation, request),
-            Engine::Thread(Err(e)) => Err(KeyError::Gpg {
-                op: "setting up GnuPG",
-                source: *e,
-            }),
+            Engine::Thread { settings, gpg } => {
+                let gpg = match gpg {
+                    Some(gpg) => gpg,
+                    None => gpg.insert(
+                        Gpg::new(settings.home.as_deref(), &settings.auto_key_locate)
+                            .map_err(setup_failed)?,
+                    ),
+                };
+                gpg.run(generation, request)
+            }
             Engine::Process {
                 settings,
                 executable,
@@ -242,49 +254,73 @@ impl Engine {
                     generation,
                     request: &request,
                 })
-                .map_err(|e| died(what, format!("cannot encode the request: {e}")))?;
-                let process = match child {
-                    Some(p) => p,
-                    None => {
-                        child.insert(WorkerProcess::spawn(executable, settings).map_err(|e| {
-                            died(
-                                what,
-                                format!("cannot start {} gpg-worker: {e}", executable.display()),
-                            )
-                        })?)
-                    }
-                };
-                match process.call(&frame, due) {
-                    Ok(answer) => {
-                        let answer: Result<Response, WireError> = serde_json::from_slice(&answer)
-                            .map_err(|e| {
-                            died(what, format!("cannot decode the answer: {e}"))
-                        })?;
-                        answer.map_err(|e| e.into_key_error(what))
-                    }
-                    Err(e) => {
-                        // Past its deadline, dead, or talking nonsense: the child and the gpg
-                        // it runs go; the next job starts a fresh one.
-                        if let Some(p) = child.take() {
-                            p.kill();
+                .map_err(|e| unavailable(what, format!("cannot encode the request: {e}")))?;
+                // A child that died since its last job (killed with the service, say) fails
+                // at the write, before it could read anything: a fresh one gets the request.
+                let mut retried = false;
+                loop {
+                    let process = match child {
+                        Some(p) => p,
+                        None => child.insert(WorkerProcess::spawn(executable, settings).map_err(
+                            |e| {
+                                unavailable(
+                                    what,
+                                    format!(
+                                        "cannot start the GnuPG worker process ({} gpg-worker): {e}",
+                                        executable.display()
+                                    ),
+                                )
+                            },
+                        )?),
+                    };
+                    let answer = process.call(&frame, due);
+                    let failure = match answer {
+                        Ok(answer) => {
+                            match serde_json::from_slice::<Result<Response, WireError>>(&answer) {
+                                Ok(answer) => return answer.map_err(|e| e.into_key_error(what)),
+                                Err(e) => unavailable(
+                                    what,
+                                    format!("the GnuPG worker process answered nonsense: {e}"),
+                                ),
+                            }
                         }
-                        Err(if e.kind() == std::io::ErrorKind::TimedOut {
+                        Err(Failed::Write(e)) if !retried && e.kind() != ErrorKind::TimedOut => {
+                            retried = true;
+                            if let Some(p) = child.take() {
+                                p.kill();
+                            }
+                            continue;
+                        }
+                        Err(Failed::Write(e) | Failed::Read(e))
+                            if e.kind() == ErrorKind::TimedOut =>
+                        {
                             KeyError::Deadline {
                                 op: what,
                                 after: settings.deadline,
                             }
-                        } else {
-                            died(what, format!("the GnuPG worker process failed: {e}"))
-                        })
+                        }
+                        Err(Failed::Write(e) | Failed::Read(e)) => {
+                            unavailable(what, format!("the GnuPG worker process failed: {e}"))
+                        }
+                    };
+                    // Past its deadline, dead, or out of step: the child and the gpg it runs
+                    // go; the next job starts a fresh one.
+                    if let Some(p) = child.take() {
+                        p.kill();
                     }
+                    return Err(failure);
                 }
             }
         }
     }
 }
 
-fn died(op: &'static str, detail: String) -> KeyError {
-    KeyError::Refused { op, detail }
+fn unavailable(op: &'static str, detail: String) -> KeyError {
+    KeyError::Unavailable { op, detail }
+}
+
+fn setup_failed(e: gpgme::Error) -> KeyError {
+    unavailable("setting up GnuPG", e.to_string())
 }
 
 /// A request on the wire, with the keyring generation it was made under.
@@ -306,9 +342,10 @@ struct OwnedEnvelope {
 enum WireError {
     Gpg { op: String, code: u32 },
     Refused { op: String, detail: String },
+    Unavailable { op: String, detail: String },
 }
 
-/// Every operation name [`super::ops`] puts into its errors.
+/// Every operation name [`super::ops`] and this module put into their errors.
 const OPS: &[&str] = &[
     "setting up GnuPG",
     "locating a key",
@@ -330,15 +367,18 @@ impl WireError {
                 op: op.to_string(),
                 code: source.raw(),
             },
-            other => WireError::Refused {
-                op: match &other {
-                    KeyError::Refused { op, .. } | KeyError::Deadline { op, .. } => op.to_string(),
-                    _ => String::new(),
-                },
-                detail: match other {
-                    KeyError::Refused { detail, .. } => detail,
-                    other => other.to_string(),
-                },
+            KeyError::Refused { op, detail } => WireError::Refused {
+                op: op.to_string(),
+                detail,
+            },
+            KeyError::Unavailable { op, detail } => WireError::Unavailable {
+                op: op.to_string(),
+                detail,
+            },
+            // A worker process runs no deadline and no pool of its own.
+            other @ (KeyError::Deadline { .. } | KeyError::WorkerGone) => WireError::Unavailable {
+                op: String::new(),
+                detail: other.to_string(),
             },
         }
     }
@@ -354,6 +394,10 @@ impl WireError {
                 op: name(&op),
                 detail,
             },
+            WireError::Unavailable { op, detail } => KeyError::Unavailable {
+                op: name(&op),
+                detail,
+            },
         }
     }
 }
@@ -362,9 +406,15 @@ impl WireError {
 /// each a frame of a 4-byte little-endian length and JSON.
 struct WorkerProcess {
     child: Child,
-    /// None once closed (dropping the process).
+    /// Non-blocking, so that a write has a deadline too. None once closed.
     stdin: Option<ChildStdin>,
     stdout: ChildStdout,
+}
+
+/// Where a call to a worker process failed: a failed write means the request was not read.
+enum Failed {
+    Write(std::io::Error),
+    Read(std::io::Error),
 }
 
 impl WorkerProcess {
@@ -374,11 +424,13 @@ impl WorkerProcess {
         // name would select the sendmail command line.
         command.arg0("sealpost").arg("gpg-worker");
         if let Some(home) = &settings.home {
-            command.arg("--home").arg(home);
+            // One word, so that a home starting with '-' is not taken for an option.
+            let mut arg = std::ffi::OsString::from("--home=");
+            arg.push(home);
+            command.arg(arg);
         }
         command
-            .arg("--auto-key-locate")
-            .arg(&settings.auto_key_locate)
+            .arg(format!("--auto-key-locate={}", settings.auto_key_locate))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -388,21 +440,39 @@ impl WorkerProcess {
         let mut child = command.spawn()?;
         let stdin = child.stdin.take().expect("piped stdin");
         let stdout = child.stdout.take().expect("piped stdout");
-        Ok(WorkerProcess {
+        // SAFETY: fcntl on a descriptor this process owns.
+        let nonblocking = unsafe {
+            let fd = stdin.as_raw_fd();
+            let flags = libc::fcntl(fd, libc::F_GETFL);
+            flags >= 0 && libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) == 0
+        };
+        let mut process = WorkerProcess {
             child,
             stdin: Some(stdin),
             stdout,
-        })
+        };
+        if !nonblocking {
+            let e = std::io::Error::last_os_error();
+            process.stdin.take();
+            let _ = process.child.kill();
+            return Err(e);
+        }
+        Ok(process)
     }
 
-    /// Sends one request and waits for its answer until `due`.
-    fn call(&mut self, frame: &[u8], due: Instant) -> std::io::Result<Vec<u8>> {
-        let stdin = self.stdin.as_mut().ok_or(std::io::ErrorKind::BrokenPipe)?;
-        write_frame(stdin, frame)?;
+    /// Sends one request and waits for its answer, both until `due`.
+    fn call(&mut self, frame: &[u8], due: Instant) -> Result<Vec<u8>, Failed> {
+        let stdin = self
+            .stdin
+            .as_mut()
+            .ok_or(Failed::Write(ErrorKind::BrokenPipe.into()))?;
+        let len = frame_header(frame.len()).map_err(Failed::Write)?;
+        write_until(stdin, &len, due).map_err(Failed::Write)?;
+        write_until(stdin, frame, due).map_err(Failed::Write)?;
         let mut len = [0u8; 4];
-        read_until(&mut self.stdout, &mut len, due)?;
-        let mut answer = vec![0u8; frame_len(len)?];
-        read_until(&mut self.stdout, &mut answer, due)?;
+        read_until(&mut self.stdout, &mut len, due).map_err(Failed::Read)?;
+        let mut answer = vec![0u8; frame_len(len).map_err(Failed::Read)?];
+        read_until(&mut self.stdout, &mut answer, due).map_err(Failed::Read)?;
         Ok(answer)
     }
 
@@ -434,64 +504,108 @@ fn frame_len(len: [u8; 4]) -> std::io::Result<usize> {
     let n = u32::from_le_bytes(len) as usize;
     if n > MAX_FRAME {
         return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
+            ErrorKind::InvalidData,
             format!("frame of {n} bytes"),
         ));
     }
     Ok(n)
 }
 
-fn write_frame(out: &mut impl Write, frame: &[u8]) -> std::io::Result<()> {
-    let len = u32::try_from(frame.len())
+fn frame_header(len: usize) -> std::io::Result<[u8; 4]> {
+    u32::try_from(len)
         .ok()
         .filter(|n| *n as usize <= MAX_FRAME)
-        .ok_or_else(|| {
-            std::io::Error::new(std::io::ErrorKind::InvalidInput, "request too large")
-        })?;
-    out.write_all(&len.to_le_bytes())?;
-    out.write_all(frame)?;
-    out.flush()
+        .map(u32::to_le_bytes)
+        .ok_or_else(|| std::io::Error::new(ErrorKind::InvalidInput, "request too large"))
 }
 
-/// Fills `buf` from the child's stdout, waiting at most until `due`.
-fn read_until(from: &mut ChildStdout, buf: &mut [u8], due: Instant) -> std::io::Result<()> {
-    let mut filled = 0;
-    while filled < buf.len() {
+/// Waits until `fd` is ready for `events` or `due` passes (TimedOut).
+fn wait_ready(fd: i32, events: i16, due: Instant) -> std::io::Result<()> {
+    loop {
         let left = due.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Err(std::io::ErrorKind::TimedOut.into());
+            return Err(ErrorKind::TimedOut.into());
         }
         let mut fds = libc::pollfd {
-            fd: from.as_raw_fd(),
-            events: libc::POLLIN,
+            fd,
+            events,
             revents: 0,
         };
         let ms = i32::try_from(left.as_millis().max(1)).unwrap_or(i32::MAX);
         // SAFETY: one valid pollfd for the duration of the call.
         let ready = unsafe { libc::poll(&mut fds, 1, ms) };
+        if ready > 0 {
+            // Readable, writable, or hung up / in error: the next read or write says which.
+            return Ok(());
+        }
         if ready < 0 {
             let e = std::io::Error::last_os_error();
-            if e.kind() == std::io::ErrorKind::Interrupted {
-                continue;
+            if e.kind() != ErrorKind::Interrupted {
+                return Err(e);
             }
-            return Err(e);
         }
-        if ready == 0 {
-            continue;
-        }
-        match from.read(&mut buf[filled..]) {
-            Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+    }
+}
+
+/// Writes all of `data` to the (non-blocking) child's stdin, waiting at most until `due`.
+fn write_until(to: &mut ChildStdin, data: &[u8], due: Instant) -> std::io::Result<()> {
+    let mut written = 0;
+    while written < data.len() {
+        match to.write(&data[written..]) {
+            Ok(0) => return Err(ErrorKind::WriteZero.into()),
+            Ok(n) => written += n,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                wait_ready(to.as_raw_fd(), libc::POLLOUT, due)?
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }
     }
     Ok(())
 }
 
+/// Fills `buf` from the child's stdout, waiting at most until `due`.
+fn read_until(from: &mut ChildStdout, buf: &mut [u8], due: Instant) -> std::io::Result<()> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        wait_ready(from.as_raw_fd(), libc::POLLIN, due)?;
+        match from.read(&mut buf[filled..]) {
+            Ok(0) => return Err(ErrorKind::UnexpectedEof.into()),
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Does nothing: a caught signal is reset to its default at exec, so the gpg processes GPGME
+/// starts are not affected (an ignored one would stay ignored there).
+extern "C" fn ignore_signal(_: libc::c_int) {}
+
 /// `sealpost gpg-worker`: serves requests on stdin until it closes. Started by the pool,
 /// not by people; it logs nothing (its errors travel back with the answers).
+///
+/// It ends when its parent does, not before: SIGTERM, SIGINT and SIGHUP are caught and
+/// dropped (systemd signals the whole service; the daemon may still be finishing the mail in
+/// hand, with these workers), and the parent's death kills it (PR_SET_PDEATHSIG) even in the
+/// middle of an operation no deadline would end any more.
 pub fn serve_stdio(home: Option<PathBuf>, auto_key_locate: &str) -> ExitCode {
+    // SAFETY: installing a handler that touches nothing; prctl and getppid have no memory
+    // effects.
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = ignore_signal as *const () as libc::sighandler_t;
+        action.sa_flags = libc::SA_RESTART;
+        for signal in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+            libc::sigaction(signal, &action, std::ptr::null_mut());
+        }
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
+        // The parent may have gone before the line above.
+        if libc::getppid() == 1 {
+            return ExitCode::FAILURE;
+        }
+    }
     let mut gpg = Gpg::new(home.as_deref(), auto_key_locate);
     let mut input = std::io::stdin().lock();
     let mut output = std::io::stdout().lock();
@@ -499,7 +613,7 @@ pub fn serve_stdio(home: Option<PathBuf>, auto_key_locate: &str) -> ExitCode {
         let mut len = [0u8; 4];
         match input.read_exact(&mut len) {
             Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return ExitCode::SUCCESS,
+            Err(e) if e.kind() == ErrorKind::UnexpectedEof => return ExitCode::SUCCESS,
             Err(_) => return ExitCode::FAILURE,
         }
         let Ok(n) = frame_len(len) else {
@@ -512,17 +626,24 @@ pub fn serve_stdio(home: Option<PathBuf>, auto_key_locate: &str) -> ExitCode {
         let Ok(envelope) = serde_json::from_slice::<OwnedEnvelope>(&frame) else {
             return ExitCode::FAILURE;
         };
-        let result = match &mut gpg {
-            Ok(gpg) => gpg.run(envelope.generation, envelope.request),
-            Err(e) => Err(KeyError::Gpg {
-                op: "setting up GnuPG",
-                source: *e,
-            }),
+        let (result, broken) = match &mut gpg {
+            Ok(gpg) => (gpg.run(envelope.generation, envelope.request), false),
+            // Answered, then this worker ends: the next request gets a fresh one, which tries
+            // again to set GnuPG up (gpg may have been missing for a moment, in an upgrade).
+            Err(e) => (Err(setup_failed(*e)), true),
         };
         let answer = serde_json::to_vec(&result.map_err(WireError::from_key_error))
             .expect("an answer encodes");
-        if write_frame(&mut output, &answer).is_err() {
+        let written =
+            frame_header(answer.len()).and_then(|len| write_frame(&mut output, &len, &answer));
+        if written.is_err() || broken {
             return ExitCode::FAILURE;
         }
     }
+}
+
+fn write_frame(out: &mut impl Write, len: &[u8; 4], frame: &[u8]) -> std::io::Result<()> {
+    out.write_all(len)?;
+    out.write_all(frame)?;
+    out.flush()
 }
