@@ -869,23 +869,26 @@ impl Store {
         let want_parts = need.parts || header_only;
         let summary = need.envelope || need.body || need.bodystructure || want_parts;
         let lean = need.lean && !summary && !need.raw;
-        let select = format!(
-            "SELECT {}, {}, {}, {}, {} FROM {}",
-            if lean {
-                "m.uid, 0, m.flags, m.modseq, 0, 0, 0"
-            } else {
-                "m.uid, m.content, m.flags, m.modseq, m.internaldate, m.tz_minutes, m.size"
-            },
-            column(need.envelope, "envelope"),
-            column(need.body, "body"),
-            column(need.bodystructure, "bodystructure"),
-            column(want_parts, "parts"),
-            if summary {
-                "messages m JOIN contents c ON c.id = m.content"
-            } else {
-                "messages m"
-            },
-        );
+        // Lean (FLAGS, UID, MODSEQ only: a client's flag resync over the whole mailbox): three
+        // columns, no placeholders. Reading eight more columns per row, though NULL or 0, was
+        // a quarter of such a FETCH's time (perf, 50,000 messages).
+        let select = if lean {
+            "SELECT m.uid, m.flags, m.modseq FROM messages m".to_string()
+        } else {
+            format!(
+                "SELECT m.uid, m.content, m.flags, m.modseq, m.internaldate, m.tz_minutes, \
+                 m.size, {}, {}, {}, {} FROM {}",
+                column(need.envelope, "envelope"),
+                column(need.body, "body"),
+                column(need.bodystructure, "bodystructure"),
+                column(want_parts, "parts"),
+                if summary {
+                    "messages m JOIN contents c ON c.id = m.content"
+                } else {
+                    "messages m"
+                },
+            )
+        };
         // A dense set is read as one UID range; a sparse one (1,50000) message by message.
         let dense = (hi - lo) as usize / 2 < uids.len();
         let sql = if dense {
@@ -894,6 +897,20 @@ impl Store {
             format!("{select} WHERE m.mailbox = ?1 AND m.uid = ?2")
         };
         let read_row = |r: &rusqlite::Row<'_>| -> rusqlite::Result<(MessageRow, ContentData)> {
+            if lean {
+                let row = MessageRow {
+                    uid: r.get(0)?,
+                    content: 0,
+                    flags: Flags::from_column(r.get_ref(1)?.as_str()?),
+                    modseq: r.get::<_, i64>(2)? as u64,
+                    internaldate: InternalDate {
+                        unix: 0,
+                        tz_minutes: 0,
+                    },
+                    size: 0,
+                };
+                return Ok((row, ContentData::default()));
+            }
             let row = MessageRow {
                 uid: r.get(0)?,
                 content: r.get(1)?,
