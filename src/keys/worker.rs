@@ -601,6 +601,8 @@ pub fn serve_stdio(home: Option<PathBuf>, auto_key_locate: &str) -> ExitCode {
             libc::sigaction(signal, &action, std::ptr::null_mut());
         }
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
+        // Started from /proc/self/exe, the process would be named "exe" in ps and top.
+        libc::prctl(libc::PR_SET_NAME, c"sealpost-gpg".as_ptr(), 0, 0, 0);
         // The parent may have gone before the line above.
         if libc::getppid() == 1 {
             return ExitCode::FAILURE;
