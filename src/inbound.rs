@@ -553,7 +553,7 @@ mod tests {
 
     #[test]
     fn whole_ciphertext_has_no_part_in_clear() {
-        let block = "-----BEGIN PGP MESSAGE-----\r\n\r\nhQ\r\n-----END PGP MESSAGE-----\r\n";
+        let block = crate::message::parse::SAMPLE_CIPHERTEXT;
         let inline = format!("Subject: x\r\n\r\n{block}");
         assert!(is_whole_ciphertext(inline.as_bytes()));
         let pgp_mime = format!(

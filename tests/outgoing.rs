@@ -405,7 +405,13 @@ async fn combined_form_and_encrypt_to_self() {
 #[tokio::test]
 async fn already_encrypted_mail_passes_through_untouched_but_without_bcc() {
     let world = World::new();
-    let body = "\r\n-----BEGIN PGP MESSAGE-----\r\n\r\nhF4DAAAAAAAAAAASAQdAexample\r\n-----END PGP MESSAGE-----\r\n";
+    let out = world.bob.gpg(
+        &["--armor", "--encrypt", "-r", &world.bob_fpr],
+        Some(b"already encrypted by the sender"),
+    );
+    assert!(out.status.success());
+    let armored = String::from_utf8(out.stdout).unwrap().replace('\n', "\r\n");
+    let body = format!("\r\n{armored}");
     let raw = format!("From: alice@example.org\r\nTo: bob@example.org\r\nBcc: carol@example.org\r\nSubject: inline\r\n{body}");
     let copies = copies(run(&world, Policy::default(), &envelope(), raw.as_bytes()).await);
     assert_eq!(copies.len(), 3);

@@ -201,79 +201,238 @@ pub fn whole_ciphertext(message: &mail_parser::Message<'_>) -> bool {
                     .subtype()
                     .is_some_and(|s| s.eq_ignore_ascii_case("pgp-encrypted"))
         });
+        // RFC 3156 §4: the control part holds "Version: 1"; nothing else may travel there,
+        // nor in a preamble or epilogue that MUAs do not show but a copy carries.
+        let version = part(0).is_some_and(|p| p.contents().trim_ascii() == b"Version: 1");
         return protocol
             && children.len() == 2
             && control
+            && version
+            && single_fields(root)
+            && (0..2).all(|i| part(i).is_some_and(single_fields))
+            && quiet_around_parts(message, root, children)
             && part(1).is_some_and(|p| armored_ciphertext(p.contents()));
     }
     (content_type.is_none() || is("text", "plain"))
         && matches!(root.body, PartType::Text(_))
+        && single_fields(root)
         && armored_ciphertext(root.contents())
 }
 
+/// At most one Content-Type and one Content-Transfer-Encoding field: mail-parser reads the
+/// last of several, a recipient's MUA may read the first, and the two could disagree on what
+/// is ciphertext.
+fn single_fields(part: &mail_parser::MessagePart<'_>) -> bool {
+    let count = |wanted: fn(&HeaderName<'_>) -> bool| {
+        part.headers.iter().filter(|h| wanted(&h.name)).count()
+    };
+    count(|n| matches!(n, HeaderName::ContentType)) <= 1 && count(is_cte) <= 1
+}
+
+/// Preambles that MUAs put before the first part of a multipart/encrypted (sealpost's own is
+/// the first): the only text besides white space allowed outside the two parts.
+const KNOWN_PREAMBLES: &[&[u8]] = &[
+    b"This is an OpenPGP/MIME encrypted message (RFC 4880 and 3156)",
+    b"This is an OpenPGP/MIME encrypted message (RFC 2440 and 3156)",
+    b"This is an OpenPGP/MIME encrypted message",
+    b"This is a multi-part message in MIME format.",
+    b"This is a MIME-encapsulated message",
+];
+
+/// Whether the preamble is empty or a known one and the epilogue is empty (RFC 2046 §5.1.1:
+/// both are ignored by MUAs, and would leave in clear with the ciphertext).
+fn quiet_around_parts(
+    message: &mail_parser::Message<'_>,
+    root: &mail_parser::MessagePart<'_>,
+    children: &[u32],
+) -> bool {
+    let raw = message.raw_message();
+    let (Some(boundary), Some(first), Some(last)) = (
+        root.content_type().and_then(|ct| ct.attribute("boundary")),
+        children
+            .first()
+            .and_then(|&i| message.parts.get(i as usize)),
+        children.last().and_then(|&i| message.parts.get(i as usize)),
+    ) else {
+        return false;
+    };
+    let find_last =
+        |hay: &[u8], needle: &[u8]| hay.windows(needle.len()).rposition(|w| w == needle);
+    let delimiter = format!("--{boundary}");
+    let Some(before) = raw.get(root.offset_body as usize..first.offset_header as usize) else {
+        return false;
+    };
+    let Some(open) = find_last(before, delimiter.as_bytes()) else {
+        return false;
+    };
+    let preamble = before[..open].trim_ascii();
+    if !preamble.is_empty() && !KNOWN_PREAMBLES.contains(&preamble) {
+        return false;
+    }
+    let Some(after) = raw.get(last.offset_end as usize..root.offset_end as usize) else {
+        return false;
+    };
+    let close = format!("--{boundary}--");
+    let epilogue = match find_last(after, close.as_bytes()) {
+        Some(at) => &after[at + close.len()..],
+        None => after,
+    };
+    epilogue.trim_ascii().is_empty()
+}
+
 /// Whether `text` is exactly one ASCII-armored PGP MESSAGE (RFC 4880 §6.2; whitespace around
-/// it allowed, nothing else) whose first packet is a session key packet (public-key or
-/// symmetric, tags 1 and 3): what every encrypted OpenPGP message begins with. Text that only
-/// looks armored ("-----BEGIN PGP MESSAGE-----", then words) is not ciphertext.
+/// it allowed, nothing else) that holds an encrypted OpenPGP message and nothing more: one or
+/// more session key packets (tags 1 and 3; marker packets allowed), then one encrypted data
+/// packet (tags 9, 18 or 20) that ends where the data ends (RFC 4880 §11.3). All of the armor
+/// is checked, not its first bytes: armor headers only of the kinds RFC 4880 §6.2 names, the
+/// data strict base64, the checksum (when present) right (§6.1). Text that only looks armored
+/// (a session key packet's first bytes, then words) would otherwise pass for ciphertext and
+/// leave in clear under a policy that demands encryption.
 pub fn armored_ciphertext(text: &[u8]) -> bool {
+    armored_data(text).is_some_and(|data| encrypted_packets(&data))
+}
+
+/// The decoded data of exactly one armored PGP MESSAGE, or None.
+fn armored_data(text: &[u8]) -> Option<Vec<u8>> {
+    use base64::Engine as _;
     const BEGIN: &[u8] = b"-----BEGIN PGP MESSAGE-----";
     const END: &[u8] = b"-----END PGP MESSAGE-----";
-    let trimmed = text.trim_ascii();
-    let count = |marker: &[u8]| {
-        trimmed
-            .windows(marker.len())
-            .filter(|w| *w == marker)
-            .count()
-    };
-    if !trimmed.starts_with(BEGIN)
-        || !trimmed.ends_with(END)
-        || count(BEGIN) != 1
-        || count(END) != 1
-    {
-        return false;
-    }
-    // Armor header lines ("Version: ...") end at the first blank line; the data follows.
-    let mut lines = trimmed[BEGIN.len()..]
+    let mut lines = text
+        .trim_ascii()
         .split(|&b| b == b'\n')
-        .map(|l| l.strip_suffix(b"\r").unwrap_or(l));
-    lines.next(); // the rest of the BEGIN line
-    let mut data = None;
-    let mut in_headers = true;
-    for line in lines.by_ref() {
-        if line.trim_ascii().is_empty() {
-            in_headers = false;
-            continue;
-        }
-        if in_headers && line.windows(2).any(|w| w == b": ") {
-            continue;
-        }
-        data = Some(line.trim_ascii());
-        break;
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l).trim_ascii_end());
+    if lines.next()? != BEGIN {
+        return None;
     }
-    let value = |c: u8| match c {
-        b'A'..=b'Z' => Some(c - b'A'),
-        b'a'..=b'z' => Some(c - b'a' + 26),
-        b'0'..=b'9' => Some(c - b'0' + 52),
-        b'+' => Some(62),
-        b'/' => Some(63),
-        _ => None,
-    };
-    let first = match data {
-        Some([a, b, ..]) => match (value(*a), value(*b)) {
-            (Some(a), Some(b)) => (a << 2) | (b >> 4),
+    // Armor header lines end at the first blank line (RFC 4880 §6.2).
+    for line in lines.by_ref() {
+        if line.is_empty() {
+            break;
+        }
+        let key = line.split(|&b| b == b':').next().unwrap_or_default();
+        let known = [
+            &b"Version"[..],
+            b"Comment",
+            b"MessageID",
+            b"Hash",
+            b"Charset",
+        ];
+        if !line.windows(2).any(|w| w == b": ") || !known.contains(&key) {
+            return None;
+        }
+    }
+    let mut encoded = Vec::new();
+    let mut checksum = None;
+    let mut ended = false;
+    for line in lines {
+        if ended {
+            return None;
+        }
+        if line == END {
+            ended = true;
+        } else if checksum.is_some() {
+            return None;
+        } else if let Some(sum) = line.strip_prefix(b"=").filter(|s| s.len() == 4) {
+            checksum = Some(sum.to_vec());
+        } else {
+            encoded.extend_from_slice(line);
+        }
+    }
+    if !ended {
+        return None;
+    }
+    let engine = &base64::engine::general_purpose::STANDARD;
+    let data = engine.decode(&encoded).ok()?;
+    if let Some(sum) = checksum {
+        let sum = engine.decode(sum).ok()?;
+        if sum[..] != crc24(&data).to_be_bytes()[1..] {
+            return None;
+        }
+    }
+    Some(data)
+}
+
+/// RFC 4880 §6.1.
+fn crc24(data: &[u8]) -> u32 {
+    let mut crc: u32 = 0x00B7_04CE;
+    for &byte in data {
+        crc ^= u32::from(byte) << 16;
+        for _ in 0..8 {
+            crc <<= 1;
+            if crc & 0x0100_0000 != 0 {
+                crc ^= 0x0186_4CFB;
+            }
+        }
+    }
+    crc & 0x00FF_FFFF
+}
+
+/// Whether `data` is session key packets, then one encrypted data packet to its end.
+fn encrypted_packets(data: &[u8]) -> bool {
+    let mut at = 0;
+    let mut session_keys = 0;
+    while at < data.len() {
+        let Some((tag, end)) = packet(data, at) else {
+            return false;
+        };
+        match tag {
+            1 | 3 => session_keys += 1,
+            10 => {} // marker packet (RFC 4880 §5.8)
+            9 | 18 | 20 => return session_keys > 0 && end == data.len(),
             _ => return false,
-        },
-        _ => return false,
-    };
-    // RFC 4880 §4.2: the packet header's tag, in the old or the new format.
-    let tag = if first & 0xC0 == 0xC0 {
-        first & 0x3F
-    } else if first & 0xC0 == 0x80 {
-        (first >> 2) & 0x0F
-    } else {
-        return false;
-    };
-    tag == 1 || tag == 3
+        }
+        at = end;
+    }
+    false
+}
+
+/// The tag of the packet at `at` and where it ends (RFC 4880 §4.2), or None when its header
+/// or length does not fit the data.
+fn packet(data: &[u8], at: usize) -> Option<(u8, usize)> {
+    let first = *data.get(at)?;
+    if first & 0x80 == 0 {
+        return None;
+    }
+    let byte = |i: usize| data.get(i).map(|&b| b as usize);
+    if first & 0x40 == 0 {
+        // Old format: the length type is in the low two bits.
+        let tag = (first >> 2) & 0x0F;
+        let (len, header) = match first & 0x03 {
+            0 => (byte(at + 1)?, 2),
+            1 => ((byte(at + 1)? << 8) | byte(at + 2)?, 3),
+            2 => (
+                u32::from_be_bytes(data.get(at + 1..at + 5)?.try_into().ok()?) as usize,
+                5,
+            ),
+            _ => return Some((tag, data.len())),
+        };
+        let end = (at + header).checked_add(len)?;
+        return (end <= data.len()).then_some((tag, end));
+    }
+    // New format, with partial body lengths (§4.2.2.4) chunk by chunk.
+    let tag = first & 0x3F;
+    let mut at = at + 1;
+    loop {
+        let o1 = byte(at)?;
+        let (len, header, partial) = match o1 {
+            0..=191 => (o1, 1, false),
+            192..=223 => (((o1 - 192) << 8) + byte(at + 1)? + 192, 2, false),
+            255 => (
+                u32::from_be_bytes(data.get(at + 1..at + 5)?.try_into().ok()?) as usize,
+                5,
+                false,
+            ),
+            _ => (1 << (o1 & 0x1F), 1, true),
+        };
+        let end = (at + header).checked_add(len)?;
+        if end > data.len() {
+            return None;
+        }
+        if !partial {
+            return Some((tag, end));
+        }
+        at = end;
+    }
 }
 
 /// Removes Bcc fields (RFC 5322 §3.6.3): no copy may reveal a blind recipient.
@@ -301,6 +460,11 @@ pub fn assemble(fields: &[HeaderField], body: &[u8]) -> Vec<u8> {
 pub(crate) fn is_cte(name: &HeaderName<'_>) -> bool {
     matches!(name, HeaderName::ContentTransferEncoding)
 }
+
+/// A real ciphertext (gpg 2.2, cv25519, "secret" encrypted to a throwaway key) for tests
+/// that need one armored block that checks out.
+#[cfg(test)]
+pub(crate) const SAMPLE_CIPHERTEXT: &str = "-----BEGIN PGP MESSAGE-----\r\n\r\nhF4DEh0N2K5ZjGISAQdAkLU1mUC9mId0LuPdrZD5/yu1kjWfdGERmWo+JbPJSF8w\r\noBbJ1DOwyKq84JrKMNx+ADozpwPXBLZLyZcqjC+undKj0K3p9FHBDn9HbKAaNery\r\n0kIBEluVOn6zBT8dcGFBzPi12fgW6vO293p7nPE5B7bh6fKS1PLZigTXxguU/YcW\r\nR23g8VeuOAHo0ByfIQESvI5G1g0=\r\n=OIqz\r\n-----END PGP MESSAGE-----\r\n";
 
 #[cfg(test)]
 mod tests {
@@ -335,12 +499,12 @@ mod tests {
 
     #[test]
     fn detects_encrypted() {
-        let pgpmime = b"From: a@example.org\r\nContent-Type: multipart/encrypted; protocol=\"application/pgp-encrypted\"; boundary=x\r\n\r\n--x\r\nContent-Type: application/pgp-encrypted\r\n\r\nVersion: 1\r\n--x\r\nContent-Type: application/octet-stream\r\n\r\n-----BEGIN PGP MESSAGE-----\r\n\r\nhQ\r\n-----END PGP MESSAGE-----\r\n--x--\r\n";
-        assert!(ParsedMessage::parse(pgpmime.to_vec())
+        let pgpmime = format!("From: a@example.org\r\nContent-Type: multipart/encrypted; protocol=\"application/pgp-encrypted\"; boundary=x\r\n\r\n--x\r\nContent-Type: application/pgp-encrypted\r\n\r\nVersion: 1\r\n--x\r\nContent-Type: application/octet-stream\r\n\r\n{SAMPLE_CIPHERTEXT}--x--\r\n");
+        assert!(ParsedMessage::parse(pgpmime.into_bytes())
             .unwrap()
             .is_encrypted());
-        let inline = b"From: a@example.org\r\n\r\n\r\n-----BEGIN PGP MESSAGE-----\r\n\r\nhQ\r\n-----END PGP MESSAGE-----\r\n";
-        assert!(ParsedMessage::parse(inline.to_vec())
+        let inline = format!("From: a@example.org\r\n\r\n\r\n{SAMPLE_CIPHERTEXT}");
+        assert!(ParsedMessage::parse(inline.into_bytes())
             .unwrap()
             .is_encrypted());
         let quoted = b"From: a@example.org\r\n\r\nsee below\r\n-----BEGIN PGP MESSAGE-----\r\n";
@@ -349,10 +513,99 @@ mod tests {
             .is_encrypted());
     }
 
+    /// Text made to look like ciphertext, or hidden around a real one, never passes for
+    /// ciphertext (what an encrypt-only policy would let through unencrypted).
+    #[test]
+    fn only_checked_ciphertext_passes() {
+        let encrypted = |raw: &str| {
+            ParsedMessage::parse(raw.as_bytes().to_vec())
+                .unwrap()
+                .is_encrypted()
+        };
+        let inline = |block: &str| format!("From: a@example.org\r\n\r\n{block}");
+        assert!(encrypted(&inline(SAMPLE_CIPHERTEXT)));
+        // A session key packet's first bytes, then words.
+        assert!(!encrypted(&inline(
+            "-----BEGIN PGP MESSAGE-----\r\n\r\nhQ\r\nThe password is hunter2\r\n-----END PGP MESSAGE-----\r\n"
+        )));
+        // A wrong checksum, an armor header of another kind, a line gone.
+        assert!(!encrypted(&inline(
+            &SAMPLE_CIPHERTEXT.replace("=OIqz", "=OIqy")
+        )));
+        assert!(!encrypted(&inline(&SAMPLE_CIPHERTEXT.replacen(
+            "\r\n\r\n",
+            "\r\nSecret: hunter2\r\n\r\n",
+            1
+        ))));
+        let truncated: String = SAMPLE_CIPHERTEXT
+            .split("\r\n")
+            .filter(|l| !l.starts_with("0kIB") && !l.starts_with('='))
+            .collect::<Vec<_>>()
+            .join("\r\n");
+        assert!(!encrypted(&inline(&truncated)));
+        // PGP/MIME with text in the control part, the preamble or the epilogue, or with a
+        // second Content-Type.
+        let pgp_mime = |preamble: &str, control: &str, epilogue: &str, extra: &str| {
+            format!(
+                "From: a@example.org\r\nContent-Type: multipart/encrypted; \
+                 protocol=\"application/pgp-encrypted\"; boundary=x\r\n{extra}\r\n{preamble}\
+                 --x\r\nContent-Type: application/pgp-encrypted\r\n\r\n{control}\r\n\
+                 --x\r\nContent-Type: application/octet-stream\r\n\r\n{SAMPLE_CIPHERTEXT}\
+                 --x--\r\n{epilogue}"
+            )
+        };
+        let standard = "This is an OpenPGP/MIME encrypted message (RFC 4880 and 3156)\r\n";
+        assert!(encrypted(&pgp_mime("", "Version: 1", "", "")));
+        assert!(encrypted(&pgp_mime(standard, "Version: 1", "\r\n", "")));
+        assert!(!encrypted(&pgp_mime(
+            "",
+            "Version: 1\r\nThe password is hunter2",
+            "",
+            ""
+        )));
+        assert!(!encrypted(&pgp_mime(
+            "The password is hunter2\r\n",
+            "Version: 1",
+            "",
+            ""
+        )));
+        assert!(!encrypted(&pgp_mime(
+            "",
+            "Version: 1",
+            "The password is hunter2\r\n",
+            ""
+        )));
+        assert!(!encrypted(&pgp_mime(
+            "",
+            "Version: 1",
+            "",
+            "Content-Type: text/plain\r\n"
+        )));
+    }
+
+    #[test]
+    fn packets_are_session_keys_then_one_encrypted_packet() {
+        // Tag 1 (public-key session key), then tag 18 (SEIPD), new format.
+        assert!(encrypted_packets(&[0xC1, 2, 3, 0, 0xD2, 2, 1, 0]));
+        // Partial body lengths (RFC 4880 §4.2.2.4): 2 bytes, then a final 1.
+        assert!(encrypted_packets(&[0xC1, 2, 3, 0, 0xD2, 0xE1, 1, 0, 1, 0]));
+        // Old format tag 1 (0x84) and tag 9, indeterminate length.
+        assert!(encrypted_packets(&[0x84, 2, 3, 0, 0xA7, 1, 2, 3]));
+        // A literal data packet (tag 11) after the encrypted one.
+        assert!(!encrypted_packets(&[
+            0xC1, 2, 3, 0, 0xD2, 2, 1, 0, 0xCB, 1, 0x62
+        ]));
+        // No session key; a length past the end; a literal packet alone.
+        assert!(!encrypted_packets(&[0xD2, 2, 1, 0]));
+        assert!(!encrypted_packets(&[0xC1, 2, 3, 0, 0xD2, 9, 1, 0]));
+        assert!(!encrypted_packets(&[0xCB, 1, 0x62]));
+        assert_eq!(crc24(b""), 0x00B7_04CE);
+    }
+
     /// A message that only begins with ciphertext has parts in clear: it must not pass through.
     #[test]
     fn ciphertext_next_to_clear_parts_is_not_encrypted() {
-        let block = "-----BEGIN PGP MESSAGE-----\r\nVersion: GnuPG v2\r\n\r\nhF4DAAAAAAAAAAASAQdA\r\n=abcd\r\n-----END PGP MESSAGE-----\r\n";
+        let block = SAMPLE_CIPHERTEXT.replacen("\r\n\r\n", "\r\nVersion: GnuPG v2\r\n\r\n", 1);
         let encrypted = |raw: String| {
             ParsedMessage::parse(raw.into_bytes())
                 .unwrap()
