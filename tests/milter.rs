@@ -688,6 +688,51 @@ fn encrypt_only_over_the_sendmail_path_reports_to_the_sender() {
     assert_eq!(postfix.queued(), 0);
 }
 
+/// all-or-nothing over Postfix's sendmail path: the whole message is refused, and the sender
+/// hears of it from sealpost's report (header only, encrypted to her). A milter reject there
+/// made Postfix bounce the message's header, Subject included, in clear to whatever `-f`
+/// named (what this test got before).
+#[test]
+fn all_or_nothing_over_the_sendmail_path_reports_without_the_body() {
+    let Some(rig) = Rig::new() else { return };
+    let (world, postfix) = (&rig.world, &rig.postfix);
+    let _milter = rig.milter_with("[policy]\ndomains = { \"example.net\" = \"all-or-nothing\" }\n");
+    let out = postfix.sendmail(&["-t", "-i", "-f", "alice@example.org"], MESSAGE.as_bytes());
+    assert!(out.status.success(), "{out:?}");
+    postfix.wait_messages(1);
+    // Anything else Postfix made of the message (a bounce) is delivered once its queue is
+    // empty; Postfix has no event for that, so the queue is polled.
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while postfix.queued() > 0 {
+        assert!(std::time::Instant::now() < until, "{}", postfix.log());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let got = by_recipient(postfix.wait_messages(1));
+    assert_eq!(got[0].0, "alice@example.org");
+    let report = crlf(&got[0].1);
+    assert!(!contains(&report, "the body"), "no body in clear");
+    let (plain, _, _, _) = world
+        .sender
+        .decrypt(&ciphertext(&report))
+        .expect("the report is encrypted to alice");
+    assert!(contains(&plain, "multipart/report"));
+    for rcpt in ["bob@example.org", "dave@example.net", "carol@example.org"] {
+        assert!(contains(
+            &plain,
+            &format!("Final-Recipient: rfc822; {rcpt}")
+        ));
+    }
+    assert!(
+        !contains(&plain, "the body"),
+        "the report carries the header only"
+    );
+    assert!(
+        !postfix.log().contains("milter-reject"),
+        "{}",
+        postfix.log()
+    );
+}
+
 /// A message to bob (key) and erin (no key) at the MX, with two forged verdict fields.
 const INBOUND: &str = "From: Mallory <mallory@elsewhere.test>\nTo: bob@example.org, erin@example.org\nSubject: inbound-subject\nMessage-ID: <inbound-1@elsewhere.test>\nSealpost-Verdict: encrypted; signature=valid\nsealpost-verdict :\n forged\n\nthe inbound body\n";
 

@@ -107,6 +107,9 @@ struct Transaction {
     /// {daemon_name}: the Postfix service (milter_macro_daemon_name) the mail came through.
     daemon: Option<String>,
     recipients: Vec<String>,
+    /// Postfix passed {rcpt_mailer} with a recipient, which it does over SMTP only: a client
+    /// is there to hear a rejection.
+    smtp: bool,
     header: Vec<u8>,
     /// The header fields as Postfix passed them: (name, occurrence) for deletion.
     names: Vec<String>,
@@ -439,6 +442,7 @@ fn callbacks(milter: Arc<Milter>) -> Callbacks<Transaction> {
                 }
                 if let Some(t) = cx.data.as_mut() {
                     t.recipients.push(recipient);
+                    t.smtp |= smtp;
                 }
                 Status::Continue
             })
@@ -593,6 +597,8 @@ async fn end_of_message(
             }
         }
     }
+    let id = identity(&t.sender, queue_id, &t.header, &t.body);
+    let now = crate::queue::now();
     let (inbound, outbound): (Vec<String>, Vec<String>) = t
         .recipients
         .iter()
@@ -618,18 +624,11 @@ async fn end_of_message(
         match core.rewrite(&envelope, message).await {
             Ok(Outcome::Copies(c)) => copies.extend(c),
             Ok(Outcome::Refused(reply)) => {
-                let _ = cx.reply.set_error_reply(
-                    &reply.code.to_string(),
-                    Some(reply.status),
-                    [reply.text.clone()],
-                );
-                return Status::Reject;
+                return refuse_whole(cx, milter, &t, &raw, queue_id, &id, now, reply).await;
             }
             Err(e) => {
-                let _ = cx
-                    .reply
-                    .set_error_reply("554", Some("5.6.0"), [format!("sealpost: {e}")]);
-                return Status::Reject;
+                let reply = Reply::new(554, "5.6.0", format!("sealpost: {e}"));
+                return refuse_whole(cx, milter, &t, &raw, queue_id, &id, now, reply).await;
             }
         }
     }
@@ -656,8 +655,6 @@ async fn end_of_message(
         })
         .collect();
     let holding = !held.is_empty();
-    let id = identity(&t.sender, queue_id, &t.header, &t.body);
-    let now = crate::queue::now();
     milter.purge_journal(now);
     // Which recipients a try before this one already re-injected.
     let mut journaled = Vec::with_capacity(sendable.len());
@@ -684,8 +681,8 @@ async fn end_of_message(
                 .first()
                 .map(|c| c.decision.detail())
                 .unwrap_or_else(|| "no recipient can receive this message".into());
-            let _ = cx.reply.set_error_reply("550", Some("5.7.1"), [reply]);
-            return Status::Reject;
+            let reply = Reply::new(550, "5.7.1", reply);
+            return refuse_whole(cx, milter, &t, &raw, queue_id, &id, now, reply).await;
         }
     };
     let is_kept = |r: &str| kept.iter().any(|k| k.recipient.eq_ignore_ascii_case(r));
@@ -746,51 +743,8 @@ async fn end_of_message(
                 }
             })
             .collect();
-        let unique = crate::queue::spool::new_id(now);
-        let report = bounce::render(&bounce::Report {
-            hostname: &milter.hostname,
-            domain: &milter.domain,
-            queue_id,
-            sender: &t.sender,
-            envid: None,
-            arrived: now,
-            now,
-            unique: &unique,
-            original: &raw,
-            failures: &failures,
-        });
-        // The report quotes the original header (its Subject too), so it goes through the
-        // core like any mail: encrypted to the sender when they have a key.
-        let envelope = Envelope {
-            id: queue_id.to_string(),
-            sender: String::new(),
-            recipients: vec![t.sender.clone()],
-        };
-        let copy = match milter.reports.rewrite(&envelope, report).await {
-            Ok(Outcome::Copies(mut c)) if !c.is_empty() => c.remove(0),
-            Ok(_) | Err(_) => Copy {
-                recipient: t.sender.clone(),
-                decision: Decision::Rejected {
-                    reply: Reply::new(554, "5.6.0", "the report could not be built"),
-                },
-                message: None,
-            },
-        };
-        match (&copy.decision, &copy.message) {
-            (Decision::Deferred { reply }, _) => {
-                return tempfail(cx, &format!("report to the sender: {reply}"))
-            }
-            (_, None) => tracing::warn!(
-                "{queue_id}: report to <{}> not sent: {}",
-                t.sender,
-                copy.decision.detail()
-            ),
-            (_, Some(bytes)) => match milter.reinject.send("", &t.sender, bytes).await {
-                Sent::Accepted(_) => {}
-                Sent::Temporary(e) | Sent::Permanent(e) => {
-                    return tempfail(cx, &format!("cannot send the report to the sender: {e}"))
-                }
-            },
+        if let Err(text) = send_report(milter, queue_id, &t.sender, &raw, &failures, now).await {
+            return tempfail(cx, &text);
         }
         if let Err(e) = milter.journal.record(&id, "<report>", now) {
             return tempfail(cx, &e.to_string());
@@ -850,6 +804,119 @@ fn from_belongs_to(from: &str, login: &str) -> bool {
     } else {
         from.rsplit_once('@')
             .is_some_and(|(local, _)| local.eq_ignore_ascii_case(login))
+    }
+}
+/// Refuses the whole message at its end. Over SMTP the client hears the reply. On Postfix's
+/// sendmail path nobody would: Postfix bounces a rejected message to its sender itself, with
+/// the message's header (Subject, To, Cc) in clear (seen in the test), and the sender may be
+/// any address `-f` named. There the sender gets sealpost's own report instead (header only,
+/// through the reports core, so encrypted to the sender when they have a key, like the report
+/// for refused recipients) and the message is discarded.
+#[allow(clippy::too_many_arguments)]
+async fn refuse_whole(
+    cx: &mut EomContext<Transaction>,
+    milter: &Milter,
+    t: &Transaction,
+    raw: &[u8],
+    queue_id: &str,
+    id: &str,
+    now: i64,
+    reply: Reply,
+) -> Status {
+    if t.smtp {
+        let _ = cx
+            .reply
+            .set_error_reply(&reply.code.to_string(), Some(reply.status), [reply.text]);
+        return Status::Reject;
+    }
+    let reported = milter.journal.contains(id, "<report>").unwrap_or(false);
+    if !t.sender.is_empty() && !reported {
+        let failures: Vec<bounce::Failure> = t
+            .recipients
+            .iter()
+            .map(|r| bounce::Failure {
+                recipient: r.clone(),
+                status: reply.status.to_string(),
+                diagnostic: reply.to_string(),
+            })
+            .collect();
+        if let Err(text) = send_report(milter, queue_id, &t.sender, raw, &failures, now).await {
+            let _ = cx
+                .reply
+                .set_error_reply("451", Some("4.7.0"), [format!("sealpost: {text}")]);
+            return Status::Tempfail;
+        }
+        if let Err(e) = milter.journal.record(id, "<report>", now) {
+            tracing::warn!("{queue_id}: report sent but not journaled: {e}");
+        }
+    }
+    tracing::info!(
+        "{queue_id}: refused as a whole ({reply}); not an SMTP client: {}; discarded",
+        if t.sender.is_empty() {
+            "no sender to report to"
+        } else {
+            "reported to the sender"
+        }
+    );
+    Status::Discard
+}
+
+/// Sends the sender a non-delivery report for `failures` (quoting the original header only),
+/// through the reports core: encrypted to the sender when they have a key. Err: why not, for a
+/// temporary failure.
+async fn send_report(
+    milter: &Milter,
+    queue_id: &str,
+    sender: &str,
+    raw: &[u8],
+    failures: &[bounce::Failure],
+    now: i64,
+) -> Result<(), String> {
+    let unique = crate::queue::spool::new_id(now);
+    let report = bounce::render(&bounce::Report {
+        hostname: &milter.hostname,
+        domain: &milter.domain,
+        queue_id,
+        sender,
+        envid: None,
+        arrived: now,
+        now,
+        unique: &unique,
+        original: raw,
+        failures,
+    });
+    // The report quotes the original header (its Subject too), so it goes through the core
+    // like any mail: encrypted to the sender when they have a key.
+    let envelope = Envelope {
+        id: queue_id.to_string(),
+        sender: String::new(),
+        recipients: vec![sender.to_string()],
+    };
+    let copy = match milter.reports.rewrite(&envelope, report).await {
+        Ok(Outcome::Copies(mut c)) if !c.is_empty() => c.remove(0),
+        Ok(_) | Err(_) => Copy {
+            recipient: sender.to_string(),
+            decision: Decision::Rejected {
+                reply: Reply::new(554, "5.6.0", "the report could not be built"),
+            },
+            message: None,
+        },
+    };
+    match (&copy.decision, &copy.message) {
+        (Decision::Deferred { reply }, _) => Err(format!("report to the sender: {reply}")),
+        (_, None) => {
+            tracing::warn!(
+                "{queue_id}: report to <{sender}> not sent: {}",
+                copy.decision.detail()
+            );
+            Ok(())
+        }
+        (_, Some(bytes)) => match milter.reinject.send("", sender, bytes).await {
+            Sent::Accepted(_) => Ok(()),
+            Sent::Temporary(e) | Sent::Permanent(e) => {
+                Err(format!("cannot send the report to the sender: {e}"))
+            }
+        },
     }
 }
 
