@@ -197,17 +197,17 @@ impl Milter {
 
     /// Whether `recipient` gets the inbound (MX) treatment in this transaction.
     fn is_inbound(&self, t: &Transaction, recipient: &str) -> bool {
-        if t.daemon
+        let service = t
+            .daemon
             .as_deref()
-            .is_some_and(|d| self.inbound_daemon_names.iter().any(|n| n == d))
-        {
-            return true;
-        }
-        t.login.is_none()
-            && recipient.rsplit_once('@').is_some_and(|(_, domain)| {
+            .is_some_and(|d| self.inbound_daemon_names.iter().any(|n| n == d));
+        let local = (!self.local_domains.is_empty()).then(|| {
+            recipient.rsplit_once('@').is_some_and(|(_, domain)| {
                 self.local_domains
                     .contains(&domain.trim_end_matches('>').to_ascii_lowercase())
             })
+        });
+        inbound_rule(service, t.login.is_some(), local)
     }
 
     /// The seed's validateTo: an encrypt-only recipient without a usable key is refused at
@@ -226,6 +226,16 @@ impl Milter {
             _ => None,
         }
     }
+}
+
+/// The inbound (MX) treatment is for mail arriving for local recipients, never for mail a
+/// submitter sends: an authenticated client keeps the outgoing treatment on every service. With
+/// `local_domains` configured (`local`: whether the recipient is in one), only their recipients
+/// are inbound, also on a service named in `inbound_daemon_names` (`service`), so that mail the
+/// MX service relays elsewhere (for mynetworks, say) still meets the outgoing policy; without
+/// local domains, such a service's mail is inbound for every recipient.
+fn inbound_rule(service: bool, authenticated: bool, local: Option<bool>) -> bool {
+    !authenticated && local.unwrap_or(service)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -994,6 +1004,27 @@ mod tests {
                 "To: b"
             ]
         );
+    }
+
+    #[test]
+    fn inbound_only_for_unauthenticated_mail_to_local_recipients() {
+        // (service named inbound, authenticated, recipient local if domains are configured)
+        let table = [
+            ((true, false, None), true),
+            ((false, false, None), false),
+            ((true, true, None), false),
+            ((true, false, Some(true)), true),
+            ((true, false, Some(false)), false),
+            ((false, false, Some(true)), true),
+            ((false, true, Some(true)), false),
+        ];
+        for ((service, authenticated, local), inbound) in table {
+            assert_eq!(
+                inbound_rule(service, authenticated, local),
+                inbound,
+                "{service} {authenticated} {local:?}"
+            );
+        }
     }
 
     #[test]
