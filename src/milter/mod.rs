@@ -959,6 +959,11 @@ async fn rewrite_in_place(
     for chunk in body.chunks(BODY_CHUNK) {
         cx.actions.replace_body(chunk).await?;
     }
+    if body.is_empty() {
+        // No replacement at all would leave the original body in place: an empty copy body
+        // still replaces it (with an empty line, the least a body can be).
+        cx.actions.replace_body(&b"\r\n"[..]).await?;
+    }
     Ok(())
 }
 
