@@ -457,6 +457,15 @@ async fn lookups_are_cached_until_the_keyring_changes() {
     );
 }
 
+/// The fingerprint of Alice's signing key, looked up through `service`.
+async fn alice_signer(service: &sealpost::keys::KeyService) -> String {
+    service
+        .signer("alice@example.org")
+        .await
+        .unwrap()
+        .expect("Alice can sign")
+}
+
 /// The pid of the gpg-agent serving `home`.
 fn agent_pid(home: &GpgHome) -> i32 {
     let out = std::process::Command::new("gpg-connect-agent")
@@ -495,18 +504,8 @@ fn processes_naming(needle: &str, except: i32) -> Vec<String> {
 async fn an_operation_past_its_deadline_is_killed_and_the_worker_replaced() {
     let world = World::new();
     let deadline = Duration::from_secs(3);
-    let service = std::sync::Arc::new(sealpost::keys::KeyService::start_isolated(
-        std::path::PathBuf::from(env!("CARGO_BIN_EXE_sealpost")),
-        Some(world.sender.dir.clone()),
-        1,
-        deadline,
-        Default::default(),
-    ));
-    let signer = service
-        .signer("alice@example.org")
-        .await
-        .unwrap()
-        .expect("Alice can sign");
+    let service = world.sender.service_with_workers(deadline, 1);
+    let signer = alice_signer(&service).await;
     let agent = agent_pid(&world.sender);
     let home = world.sender.dir.to_string_lossy().into_owned();
     // SAFETY: signals to the test's own gpg-agent.
@@ -580,18 +579,10 @@ fn workers_for(home: &GpgHome) -> Vec<i32> {
 #[tokio::test]
 async fn a_worker_outlives_sigterm_and_a_dead_one_is_replaced() {
     let world = World::new();
-    let service = std::sync::Arc::new(sealpost::keys::KeyService::start_isolated(
-        std::path::PathBuf::from(env!("CARGO_BIN_EXE_sealpost")),
-        Some(world.sender.dir.clone()),
-        1,
-        Duration::from_secs(20),
-        Default::default(),
-    ));
-    let signer = service
-        .signer("alice@example.org")
-        .await
-        .unwrap()
-        .expect("Alice can sign");
+    let service = world
+        .sender
+        .service_with_workers(Duration::from_secs(20), 1);
+    let signer = alice_signer(&service).await;
     let first = workers_for(&world.sender);
     assert_eq!(first.len(), 1, "one worker: {first:?}");
     let sign = |text: &'static str| {

@@ -183,10 +183,15 @@ impl GpgHome {
     /// A key service over this home, as the daemons use it: GPGME in `sealpost gpg-worker`
     /// processes.
     pub fn service(&self, deadline: Duration) -> Arc<KeyService> {
+        self.service_with_workers(deadline, 2)
+    }
+
+    /// Like `service`, with this many workers.
+    pub fn service_with_workers(&self, deadline: Duration, workers: usize) -> Arc<KeyService> {
         Arc::new(KeyService::start_isolated(
             PathBuf::from(env!("CARGO_BIN_EXE_sealpost")),
             Some(self.dir.clone()),
-            2,
+            workers,
             deadline,
             Default::default(),
         ))
