@@ -81,7 +81,8 @@ async fn sync_imports_every_folder_decrypted_and_marked_once() {
         "Lists.rust",
         b"From: list@example.org\r\nTo: bob@example.org\r\nSubject: list mail\r\n\r\nhello list\r\n",
     );
-    flagged["flags"] = json!("(\\Flagged)");
+    // Keywords like sealpost's own, set upstream by anyone who can set flags there.
+    flagged["flags"] = json!("(\\Flagged $Sealpost-Signed $SEALPOST-ENCRYPTED)");
     steps.push(flagged);
     upstream(&dovecot, Value::Array(steps));
 
@@ -103,6 +104,11 @@ async fn sync_imports_every_folder_decrypted_and_marked_once() {
     let lines = raw.ok("UID FETCH 1:* (FLAGS BODY.PEEK[TEXT])");
     assert_eq!(lines.len(), 1, "{lines:?}");
     assert!(lines[0].contains("\\Flagged") && lines[0].contains("hello list"));
+    let lower = lines[0].to_ascii_lowercase();
+    assert!(
+        !lower.contains("$sealpost-signed") && !lower.contains("$sealpost-encrypted"),
+        "plaintext that upstream flags made look signed: {lines:?}"
+    );
 
     // Nothing twice: a second run finds nothing new.
     let out = sync_once(&config);

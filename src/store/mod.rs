@@ -28,7 +28,9 @@ use crate::imap::summary::{summarize, PartMap, PartMapError};
 pub use import::{crlf, import_path, maildir_flags, ImportError, ImportReport};
 pub(crate) use import::{days_from_civil, MONTHS};
 use sync::journal;
-pub use sync::{JournalEntry, SyncFolder, UpstreamRef, WrittenBack, LOCAL_KEYWORD_PREFIX};
+pub use sync::{
+    is_local_keyword, JournalEntry, SyncFolder, UpstreamRef, WrittenBack, LOCAL_KEYWORD_PREFIX,
+};
 
 pub type AccountId = i64;
 pub type MailboxId = i64;

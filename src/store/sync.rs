@@ -18,6 +18,14 @@ use super::{
 /// never taken away by an upstream flag change.
 pub const LOCAL_KEYWORD_PREFIX: &str = "$Sealpost-";
 
+/// Whether `flag` is one of sealpost's own keywords, in any letter case (IMAP keywords are
+/// case-insensitive, RFC 3501 §2.3.2): only sealpost may set them, never an upstream server
+/// or whoever can set flags there.
+pub fn is_local_keyword(flag: &str) -> bool {
+    flag.get(..LOCAL_KEYWORD_PREFIX.len())
+        .is_some_and(|p| p.eq_ignore_ascii_case(LOCAL_KEYWORD_PREFIX))
+}
+
 /// One change made by an IMAP client, to be written back upstream.
 #[derive(Debug, Clone)]
 pub struct JournalEntry {
@@ -234,10 +242,7 @@ impl Store {
                     }
                     let current = Flags::from_column(&current);
                     let mut new = upstream.clone();
-                    for keyword in current
-                        .iter()
-                        .filter(|f| f.starts_with(LOCAL_KEYWORD_PREFIX))
-                    {
+                    for keyword in current.iter().filter(|f| is_local_keyword(f)) {
                         new.insert(keyword.to_string());
                     }
                     let mut applied = current.clone();
@@ -588,7 +593,7 @@ impl Store {
             let mut flags = Flags::new(
                 Flags::from_column(&old_flags)
                     .iter()
-                    .filter(|f| !f.starts_with(LOCAL_KEYWORD_PREFIX)),
+                    .filter(|f| !is_local_keyword(f)),
             );
             for f in message.flags.iter() {
                 flags.insert(f.to_string());

@@ -744,7 +744,8 @@ fn local_name(wire: &str, delimiter: Option<&str>) -> Result<String, String> {
     crate::imap::names::validate(with_slash.as_bytes()).map_err(|e| e.to_string())
 }
 
-/// The upstream flags that carry over: system flags but \Recent, and keywords.
+/// The upstream flags that carry over: system flags but \Recent, and keywords but sealpost's
+/// own verdict keywords (whoever can set flags upstream could make a message look signed).
 fn upstream_flags(fetch: &async_imap::types::Fetch) -> Flags {
     use async_imap::types::Flag;
     Flags::new(fetch.flags().filter_map(|f| match f {
@@ -754,6 +755,7 @@ fn upstream_flags(fetch: &async_imap::types::Fetch) -> Flags {
         Flag::Deleted => Some("\\Deleted".into()),
         Flag::Draft => Some("\\Draft".into()),
         Flag::Recent | Flag::MayCreate => None,
+        Flag::Custom(k) if crate::store::is_local_keyword(&k) => None,
         Flag::Custom(k) => Some(k.to_string()),
     }))
 }

@@ -18,7 +18,7 @@ use super::upstream::{command, quote, Reply, Session};
 use super::{blocking, within, SyncError, Syncer};
 use crate::rewrite::{Decision, Envelope, Outcome, Policy, Rewriter};
 use crate::store::{
-    AccountId, JournalEntry, MailboxId, Need, UpstreamRef, WrittenBack, LOCAL_KEYWORD_PREFIX,
+    is_local_keyword, AccountId, JournalEntry, MailboxId, Need, UpstreamRef, WrittenBack,
 };
 
 /// Journal entries read per round.
@@ -679,7 +679,7 @@ impl Upstream<'_> {
 /// The flag list as it goes upstream: sealpost's own verdict keywords stay local.
 fn upstream_flags<'a>(flags: impl Iterator<Item = &'a str>) -> String {
     flags
-        .filter(|f| !f.is_empty() && !f.starts_with(LOCAL_KEYWORD_PREFIX))
+        .filter(|f| !f.is_empty() && !is_local_keyword(f))
         .filter(|f| !f.eq_ignore_ascii_case("\\Recent"))
         .collect::<Vec<_>>()
         .join(" ")
