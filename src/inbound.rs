@@ -337,6 +337,33 @@ async fn verify_multipart_signed(
     }
     let map = crate::imap::summary::summarize(entity).parts;
     let root = &map.parts[0];
+    // RFC 3156 §5: exactly the signed part and the signature. A second Content-Type (mail-parser
+    // reads the last, the IMAP summary and MUAs the first) or a third part would let a genuine
+    // signature over one part vouch for a message that shows other parts.
+    let two_parts = match &message.parts[0].body {
+        PartType::Multipart(children) => {
+            children.len() == 2
+                && message.parts.get(children[1] as usize).is_some_and(|p| {
+                    p.content_type().is_some_and(|ct| {
+                        ct.c_type.eq_ignore_ascii_case("application")
+                            && ct
+                                .c_subtype
+                                .as_deref()
+                                .is_some_and(|s| s.eq_ignore_ascii_case("pgp-signature"))
+                    })
+                })
+        }
+        _ => false,
+    };
+    if !two_parts
+        || root.children.len() != 2
+        || !crate::message::parse::single_fields(&message.parts[0])
+    {
+        return Ok(Signature::Bad {
+            fingerprint: String::new(),
+            reason: "multipart/signed that is not exactly one signed part and its signature".into(),
+        });
+    }
     let (Some(&first), Some(_)) = (root.children.first(), root.children.get(1)) else {
         return Ok(Signature::Unsigned);
     };

@@ -154,3 +154,47 @@ fn undecryptable_mail_is_decrypted_once_its_key_arrives() {
     let uids = imap.ok("UID SEARCH ALL").join("\n");
     assert!(uids.contains("* SEARCH 2 3 4"), "{uids}");
 }
+
+/// Alice's genuine multipart/signed copy, reshaped by an attacker: a third part of theirs after
+/// the signature, or a first Content-Type that makes MUAs (and the IMAP summary) read it as
+/// multipart/mixed. A signature over one part must not vouch for what else is shown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signature_over_one_part_does_not_vouch_for_others() {
+    let world = World::new();
+    let server = Server::start_config(
+        "",
+        &format!("[gnupg]\nhome = \"{}\"\n", world.bob.dir.display()),
+    );
+    let cases = verdicts::cases(&world).await;
+    let signed = String::from_utf8(cases[1].1.clone()).unwrap();
+    let boundary = signed
+        .split("boundary=\"")
+        .nth(1)
+        .and_then(|b| b.split('"').next())
+        .expect("the boundary")
+        .to_string();
+    let closing = format!("--{boundary}--");
+    let third = signed.replace(
+        &closing,
+        &format!("--{boundary}\r\nContent-Type: text/plain\r\n\r\nPay Mallory.\r\n{closing}"),
+    );
+    let mixed_first = signed.replacen(
+        "Content-Type: multipart/signed",
+        &format!(
+            "Content-Type: multipart/mixed; boundary=\"{boundary}\"\r\nContent-Type: multipart/signed"
+        ),
+        1,
+    );
+    for raw in [&third, &mixed_first] {
+        assert_ne!(raw, &signed, "the forgery was made");
+        let (code, output) = deliver(&server, raw.as_bytes());
+        assert_eq!(code, 0, "{output}");
+    }
+    let stored = verdicts::fetch_all(&server);
+    assert_eq!(stored.len(), 2);
+    for (flags, message) in &stored {
+        let verdict = verdicts::verdict(message);
+        assert!(verdict.starts_with("plaintext; signature=bad"), "{verdict}");
+        assert!(!flags.contains("$Sealpost-Signed"), "{flags}");
+    }
+}

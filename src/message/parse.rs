@@ -222,7 +222,7 @@ pub fn whole_ciphertext(message: &mail_parser::Message<'_>) -> bool {
 /// At most one Content-Type and one Content-Transfer-Encoding field: mail-parser reads the
 /// last of several, a recipient's MUA may read the first, and the two could disagree on what
 /// is ciphertext.
-fn single_fields(part: &mail_parser::MessagePart<'_>) -> bool {
+pub(crate) fn single_fields(part: &mail_parser::MessagePart<'_>) -> bool {
     let count = |wanted: fn(&HeaderName<'_>) -> bool| {
         part.headers.iter().filter(|h| wanted(&h.name)).count()
     };
