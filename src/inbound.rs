@@ -202,7 +202,6 @@ pub async fn process(keys: &KeyService, raw: &[u8]) -> Result<Processed, Inbound
         match keys.decrypt_verify(ciphertext).await {
             Ok(decrypted) => {
                 verdict.encryption = Encryption::Decrypted;
-                verdict.signature = signature_of(keys, &decrypted.signatures, &outer_from).await?;
                 let plaintext = crate::store::crlf(&decrypted.plaintext);
                 if pgp_mime {
                     let (inner_header, inner_body) = split(&plaintext);
@@ -216,15 +215,23 @@ pub async fn process(keys: &KeyService, raw: &[u8]) -> Result<Processed, Inbound
                     if let (Some(inner), Some(outer)) = (&inner_from, &outer_from) {
                         verdict.inner_from_mismatch = !inner.eq_ignore_ascii_case(outer);
                     }
+                    // The signer is compared with the From that is shown: the protected one
+                    // when there is one (RFC 9788), not the outer one a relay could change.
+                    let shown_from = from_address(&merged);
                     out_header = merged;
                     out_body = inner_body.to_vec();
+                    // RFC 3156 §6.2: signed and encrypted in one OpenPGP message.
+                    verdict.signature =
+                        signature_of(keys, &decrypted.signatures, &shown_from).await?;
                     // RFC 3156 §6.1: signed, then encrypted.
                     if verdict.signature == Signature::Unsigned {
                         let entity = [inner_header, inner_body].concat();
-                        let from = inner_from.or(outer_from.clone());
-                        verdict.signature = verify_multipart_signed(keys, &entity, &from).await?;
+                        verdict.signature =
+                            verify_multipart_signed(keys, &entity, &shown_from).await?;
                     }
                 } else {
+                    verdict.signature =
+                        signature_of(keys, &decrypted.signatures, &outer_from).await?;
                     out_header = replace_content_fields(header, &plaintext);
                     out_body = plaintext;
                 }
@@ -551,10 +558,22 @@ fn replace_content_fields(header: &[u8], plaintext: &[u8]) -> Vec<u8> {
 }
 
 /// The address of the first From mailbox, lower case.
+/// The address of the one mailbox in the one From field; None for anything else (no From,
+/// two From fields, several mailboxes, a group): no signer can then match From (RFC 5322
+/// §3.6.2 allows several authors, but "from=match" must not mean "one of them").
 fn from_address(header: &[u8]) -> Option<String> {
     let message = MessageParser::default().parse_headers(header)?;
-    let from = message.from()?.first()?.address()?.to_ascii_lowercase();
-    Some(from)
+    let fields = message
+        .root_part()
+        .headers
+        .iter()
+        .filter(|h| matches!(h.name, mail_parser::HeaderName::From))
+        .count();
+    let from = message.from()?;
+    if fields != 1 || from.as_list().is_none_or(|list| list.len() != 1) {
+        return None;
+    }
+    Some(from.first()?.address()?.to_ascii_lowercase())
 }
 
 #[cfg(test)]

@@ -198,3 +198,45 @@ async fn a_signature_over_one_part_does_not_vouch_for_others() {
         assert!(!flags.contains("$Sealpost-Signed"), "{flags}");
     }
 }
+
+/// Alice signs and encrypts (RFC 3156 §6.2) a message whose protected header says it is from
+/// the CEO; the outer From is hers. The From shown is the protected one, so her signature
+/// must not read as "from=match".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_signer_is_compared_with_the_from_that_is_shown() {
+    let world = World::new();
+    let server = Server::start_config(
+        "",
+        &format!("[gnupg]\nhome = \"{}\"\n", world.bob.dir.display()),
+    );
+    let inner = b"Content-Type: text/plain; charset=utf-8; protected-headers=\"v1\"\r\n\
+        From: ceo@example.org\r\nTo: bob@example.org\r\nSubject: enc\r\n\r\nPay now.\r\n";
+    let out = world.sender.gpg(
+        &[
+            "--armor",
+            "--sign",
+            "--encrypt",
+            "--trust-model",
+            "always",
+            "-u",
+            &world.alice,
+            "-r",
+            &world.bob_fpr,
+        ],
+        Some(inner),
+    );
+    assert!(out.status.success(), "{out:?}");
+    let (code, output) = deliver(&server, &verdicts::pgp_mime(&out.stdout));
+    assert_eq!(code, 0, "{output}");
+    let stored = verdicts::fetch_all(&server);
+    let message = &stored[0].1;
+    assert!(common::contains(message, "From: ceo@example.org"));
+    let verdict = verdicts::verdict(message);
+    assert!(
+        verdict.starts_with(&format!(
+            "encrypted; signature=valid; signer={}; from=mismatch",
+            world.alice
+        )),
+        "{verdict}"
+    );
+}

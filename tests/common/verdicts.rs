@@ -205,7 +205,7 @@ fn ciphertext_of(copy: &[u8]) -> Vec<u8> {
     super::ciphertext(copy)
 }
 
-fn pgp_mime(armored: &[u8]) -> Vec<u8> {
+pub fn pgp_mime(armored: &[u8]) -> Vec<u8> {
     let mut m = b"From: alice@example.org\r\nTo: bob@example.org\r\nSubject: enc\r\n\
         MIME-Version: 1.0\r\n\
         Content-Type: multipart/encrypted; protocol=\"application/pgp-encrypted\"; boundary=\"b1\"\r\n\
