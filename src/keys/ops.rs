@@ -289,6 +289,14 @@ fn decrypt_verify(gpg: &mut Gpg, ciphertext: &[u8]) -> Result<Decrypted, KeyErro
             detail: "message has no integrity protection (MDC)".into(),
         });
     }
+    // gpg also "decrypts" data that was only signed, or not encrypted at all: that must not
+    // be reported as decrypted.
+    if dec.recipients().next().is_none() {
+        return Err(KeyError::Refused {
+            op: "decrypting",
+            detail: "the message is not encrypted to a public key".into(),
+        });
+    }
     let recipients = dec
         .recipients()
         .map(|r| r.key_id().unwrap_or_default().to_string())

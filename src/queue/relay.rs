@@ -319,7 +319,13 @@ impl Relay {
             }
             Protection::Plain | Protection::Starttls(_) => Box::new(tcp),
         };
-        let step = |e: lettre::transport::smtp::Error| classify(&e, &self.description);
+        // Nothing before MAIL FROM is about this message: a 5xx greeting, EHLO or AUTH reply
+        // defers every copy (as Postfix's smtp_skip_5xx_greeting does) rather than bouncing
+        // them all; the reason stays in the queue for the administrator.
+        let step = |e: lettre::transport::smtp::Error| match classify(&e, &self.description) {
+            Sent::Permanent(text) => Sent::Temporary(text),
+            other => other,
+        };
         let mut conn = tokio::time::timeout(
             self.timeout,
             AsyncSmtpConnection::connect_with_transport(stream, &self.hello),

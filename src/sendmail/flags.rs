@@ -228,7 +228,16 @@ fn option(inv: &mut Invocation, letter: char, value: &str) -> Result<(), UsageEr
             let bare = sender
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
-            if !sender.is_empty() && !bare && sender.parse::<lettre::Address>().is_err() {
+            // A bare name must still make an address once qualified ("a..b" would not, and
+            // every copy and the bounce would then fail after the caller heard success).
+            let valid = if bare {
+                format!("{sender}@localhost")
+                    .parse::<lettre::Address>()
+                    .is_ok()
+            } else {
+                sender.parse::<lettre::Address>().is_ok()
+            };
+            if !sender.is_empty() && !valid {
                 return Err(usage(&format!("-{letter} {value}: not an email address")));
             }
             inv.sender = Some(sender.to_string());
@@ -382,6 +391,7 @@ mod tests {
             (&["-k"][..], "unknown option -k"),
             (&["-f"][..], "option -f needs a value"),
             (&["-f", "not an address"][..], "not an email address"),
+            (&["-f", "a..b"][..], "not an email address"),
             (&["-bd"][..], "-bd"),
             (&["-bv", "x@example.org"][..], "-bv"),
             (&["-bz"][..], "unsupported: -bz"),
