@@ -623,3 +623,44 @@ fn run_of_an_unknown_queue_id_is_refused() {
         assert!(path.exists(), "{} was removed", path.display());
     }
 }
+
+/// A run stopped after a recipient failed for good and before the report was queued (here
+/// the database is left as such a run leaves it): the next run still reports to the sender
+/// and finishes the message.
+#[test]
+fn a_report_left_undone_by_an_interrupted_run_is_made_by_the_next() {
+    let s = Setup::new();
+    let port = relay::free_port();
+    s.configure(port, false, "");
+    let msg = "From: alice@example.org\nTo: dave@example.net\nSubject: stranded\n\nbody\n";
+    let out = s.sendmail(
+        &["-i", "-f", "alice@example.org", "dave@example.net"],
+        msg.as_bytes(),
+    );
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let summary = s.queue_run();
+    assert!(summary.contains("1 deferred"), "{summary}");
+    // What mark_failed leaves when the run dies before report_and_finish.
+    let db = rusqlite::Connection::open(s.queue_dir().join("queue.sqlite")).unwrap();
+    let changed = db
+        .execute(
+            "UPDATE recipients SET state = 'failed', status = '5.1.1', \
+             reason = '550 5.1.1 User unknown' WHERE address = 'dave@example.net'",
+            [],
+        )
+        .unwrap();
+    assert_eq!(changed, 1);
+    drop(db);
+    let relay = s.relay(&RelayOptions {
+        port: Some(port),
+        ..RelayOptions::default()
+    });
+    let summary = s.queue_run();
+    assert!(summary.contains("1 report(s)"), "{summary}");
+    let got = relay.delivered(1);
+    assert_eq!(got[0].rcpts, ["alice@example.org"]);
+    assert_eq!(got[0].from, "<>");
+    let (plain, _, _, _) = s.world.sender.decrypt(&ciphertext(&got[0].bytes)).unwrap();
+    assert!(String::from_utf8_lossy(&plain).contains("Final-Recipient: rfc822; dave@example.net"));
+    assert_eq!(s.queue_list(), "Mail queue is empty\n");
+}

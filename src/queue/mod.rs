@@ -474,6 +474,27 @@ impl Queue {
             .map_err(|e| self.db_err(e))
     }
 
+    /// Unfinished messages with no recipient left to attempt: a run stopped (crash, kill, a
+    /// database error) after a recipient's last result and before the message's report and
+    /// finish, which only follow an attempt. Without this the sender would never hear of the
+    /// failed recipients.
+    fn stranded(&self) -> Result<Vec<String>, QueueError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare(
+                "SELECT id FROM messages m WHERE finished IS NULL AND NOT EXISTS
+                 (SELECT 1 FROM recipients r WHERE r.message = m.id AND r.state = 'queued')
+                 ORDER BY id",
+            )
+            .map_err(|e| self.db_err(e))?;
+        let ids = stmt
+            .query_map([], |r| r.get::<_, String>(0))
+            .map_err(|e| self.db_err(e))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| self.db_err(e));
+        ids
+    }
+
     /// Ids of messages with recipients to attempt in this scope.
     fn due(&self, scope: &Scope, at: i64) -> Result<Vec<String>, QueueError> {
         let only = match scope {
@@ -864,7 +885,21 @@ impl Runner {
                 source: std::io::Error::other(e),
             })??;
         let started = now();
-        let ids = self.queue.due(&scope, started)?;
+        let mut stranded_reports = 0;
+        for id in self.queue.stranded()? {
+            if let Some(m) = self.queue.load(&id, &Scope::All, started)? {
+                tracing::info!("{id}: finishing what an interrupted run left undone");
+                if self
+                    .queue
+                    .report_and_finish(&m, &self.hostname, &self.domain, now())?
+                    .is_some()
+                {
+                    stranded_reports += 1;
+                }
+            }
+        }
+        // Reports queued just above are due now, in this run.
+        let ids = self.queue.due(&scope, started.max(now()))?;
         if let Scope::One(id) = &scope {
             if ids.is_empty() && !self.queue.knows(id)? {
                 return Err(QueueError::NotFound(id.clone()));
@@ -872,6 +907,7 @@ impl Runner {
         }
         let mut report = RunReport {
             picked_up,
+            bounces: stranded_reports,
             ..RunReport::default()
         };
         let mut results = futures::stream::iter(ids)
