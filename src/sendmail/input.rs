@@ -66,8 +66,30 @@ pub struct Completion<'a> {
 
 pub fn complete(raw: &[u8], fill: &Completion<'_>) -> Result<Vec<u8>, InputError> {
     let crlf = crate::message::encoding::crlf(raw);
-    let parsed = ParsedMessage::parse(crlf)?;
-    let has = |name: &str| parsed.fields().iter().any(|f| f.is(name));
+    if crlf.contains(&0) {
+        return Err(
+            MessageError::NotAMessage("it holds a NUL byte (RFC 5322 §2.3: text only)").into(),
+        );
+    }
+    // Text without a header section ("echo hi | sendmail root") is all body, as Postfix
+    // takes it: the origination fields added below become its header.
+    let headerless =
+        !crlf.trim_ascii().is_empty() && !crlf.starts_with(b"From ") && !starts_with_field(&crlf);
+    let crlf = if headerless {
+        [&b"\r\n"[..], &crlf].concat()
+    } else {
+        crlf
+    };
+    let parsed = if headerless {
+        None
+    } else {
+        Some(ParsedMessage::parse(crlf.clone())?)
+    };
+    let has = |name: &str| {
+        parsed
+            .as_ref()
+            .is_some_and(|p| p.fields().iter().any(|f| f.is(name)))
+    };
     let mut added = String::new();
     if !has("From") {
         added.push_str(&format!(
@@ -87,11 +109,25 @@ pub fn complete(raw: &[u8], fill: &Completion<'_>) -> Result<Vec<u8>, InputError
             fill.unique, fill.domain
         ));
     }
-    let raw = parsed.raw();
+    let raw = parsed.as_ref().map_or(&crlf[..], ParsedMessage::raw);
     let mut out = Vec::with_capacity(added.len() + raw.len());
     out.extend_from_slice(added.as_bytes());
     out.extend_from_slice(raw);
+    if headerless {
+        // Checked as the message it now is.
+        ParsedMessage::parse(out.clone())?;
+    }
     Ok(out)
+}
+
+/// Whether the text begins with a header field: a name of printable ASCII but ":" and
+/// space, then ":" (RFC 5322 §2.2).
+fn starts_with_field(text: &[u8]) -> bool {
+    let name_len = text
+        .iter()
+        .take_while(|&&b| (b'!'..=b'~').contains(&b) && b != b':')
+        .count();
+    name_len > 0 && text.get(name_len) == Some(&b':')
 }
 
 /// `Name <addr>` with the name quoted (RFC 5322 §3.2.4) or, when not ASCII, an RFC 2047
@@ -221,6 +257,31 @@ mod tests {
         assert!(!text.replace("\r\n", "").contains('\n'));
     }
 
+    /// `echo hi | sendmail root`: no header at all, so all of it is body (as Postfix takes
+    /// it); binary data is still refused.
+    #[test]
+    fn headerless_text_is_a_body() {
+        let out =
+            String::from_utf8(complete(b"hi there\nsecond line\n", &fill()).unwrap()).unwrap();
+        let (header, body) = out.split_once("\r\n\r\n").unwrap();
+        assert!(
+            header.starts_with("From: ") && header.contains("\r\nDate: "),
+            "{out}"
+        );
+        assert!(header.contains("\r\nMessage-ID: <"), "{out}");
+        assert_eq!(body, "hi there\r\nsecond line\r\n");
+        let out =
+            String::from_utf8(complete(b"\nafter an empty line\n", &fill()).unwrap()).unwrap();
+        assert!(
+            out.ends_with("\r\n\r\n\r\nafter an empty line\r\n"),
+            "{out:?}"
+        );
+        assert!(complete(b"\x00\x01garbage\n", &fill()).is_err());
+        assert!(complete(b"Subject: x\n\nbody\n", &fill())
+            .unwrap()
+            .ends_with(b"Subject: x\r\n\r\nbody\r\n"));
+    }
+
     #[test]
     fn keeps_present_fields() {
         let msg = b"From: a@example.org\r\nDate: Mon, 1 Jan 2024 00:00:00 +0000\r\nMessage-ID: <x@y>\r\n\r\nb\r\n";
@@ -236,12 +297,7 @@ mod tests {
 
     #[test]
     fn garbage_is_refused() {
-        for bad in [
-            &b""[..],
-            b"\n\n",
-            b"\x00\x01\x02binary\xff\xfe",
-            b"just some prose\n",
-        ] {
+        for bad in [&b""[..], b"\n\n", b"\x00\x01\x02binary\xff\xfe"] {
             assert!(complete(bad, &fill()).is_err(), "{bad:?}");
         }
     }

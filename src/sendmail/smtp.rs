@@ -256,7 +256,7 @@ mod tests {
             ..QueueConfig::default()
         };
         std::fs::create_dir_all(config.incoming()).unwrap();
-        let script = "EHLO client\r\nMAIL FROM:<alice@example.org> SIZE=100\r\nRCPT TO:<bob@example.org>\r\nRCPT TO: <carol@example.org> NOTIFY=NEVER\r\nRCPT TO:<not an address>\r\nDATA\r\nSubject: hi\r\n\r\n..dot line\r\n.\r\nMAIL FROM:<alice@example.org>\r\nDATA\r\nRCPT TO:<bob@example.org>\r\nDATA\r\nnot a message\r\n.\r\nBOGUS\r\nQUIT\r\n";
+        let script = "EHLO client\r\nMAIL FROM:<alice@example.org> SIZE=100\r\nRCPT TO:<bob@example.org>\r\nRCPT TO: <carol@example.org> NOTIFY=NEVER\r\nRCPT TO:<not an address>\r\nDATA\r\nSubject: hi\r\n\r\n..dot line\r\n.\r\nMAIL FROM:<alice@example.org>\r\nDATA\r\nRCPT TO:<bob@example.org>\r\nDATA\r\nbinary \u{0} data\r\n.\r\nBOGUS\r\nQUIT\r\n";
         let mut out = Vec::new();
         let queued = session(&config, &mut script.as_bytes(), &mut out, "alice").unwrap();
         assert_eq!(queued, 1);
