@@ -664,3 +664,24 @@ fn a_report_left_undone_by_an_interrupted_run_is_made_by_the_next() {
     assert!(String::from_utf8_lossy(&plain).contains("Final-Recipient: rfc822; dave@example.net"));
     assert_eq!(s.queue_list(), "Mail queue is empty\n");
 }
+
+/// A file in the drop directory that sendmail never writes is moved to corrupt/ by a run (left
+/// there it would keep the path unit starting runs); a temporary file being written is not.
+#[test]
+fn stray_files_in_the_drop_directory_are_set_aside() {
+    let s = Setup::new();
+    s.configure(relay::free_port(), false, "");
+    // A first run makes the queue's directories.
+    s.queue_run();
+    let incoming = s.queue_dir().join("incoming");
+    std::fs::write(incoming.join("a-b"), b"not a submission").unwrap();
+    std::fs::write(incoming.join(".tmp.X"), b"being written").unwrap();
+    let summary = s.queue_run();
+    assert!(summary.contains("0 picked up"), "{summary}");
+    assert!(!incoming.join("a-b").exists());
+    assert!(s.queue_dir().join("corrupt").join("a-b").exists());
+    assert!(
+        incoming.join(".tmp.X").exists(),
+        "a fresh temporary file stays"
+    );
+}

@@ -280,8 +280,14 @@ impl Queue {
         for path in names {
             let picked = match spool::read(&path, limit) {
                 Ok(Some(p)) => p,
-                Ok(None) => {
+                Ok(None) if is_temp(&path) => {
                     remove_stale_temp(&path);
+                    continue;
+                }
+                Ok(None) => {
+                    // A name sendmail never writes (a user's `touch`): left in place it would
+                    // keep the directory non-empty, and the path unit starting runs.
+                    self.set_aside(&path, "not a submission: a name sendmail does not write");
                     continue;
                 }
                 Err(e @ spool::SpoolError::Unreadable { .. }) => {
@@ -802,18 +808,23 @@ fn private_file(path: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Temporary drop files left by a sendmail that died before its rename: removed after a day.
-fn remove_stale_temp(path: &Path) {
-    let is_temp = path
-        .file_name()
+fn is_temp(path: &Path) -> bool {
+    path.file_name()
         .and_then(|n| n.to_str())
-        .is_some_and(|n| n.starts_with(".tmp."));
+        .is_some_and(|n| n.starts_with(".tmp."))
+}
+
+/// Temporary drop files left by a sendmail that died before its rename: removed after an
+/// hour. sendmail writes one only once the whole message is read, and renames it at once, so
+/// an hour-old one is abandoned; while it stays, the directory is not empty and the path unit
+/// keeps starting runs.
+fn remove_stale_temp(path: &Path) {
     let old = std::fs::symlink_metadata(path)
         .and_then(|m| m.modified())
         .ok()
         .and_then(|t| t.elapsed().ok())
-        .is_some_and(|age| age > Duration::from_secs(86_400));
-    if is_temp && old {
+        .is_some_and(|age| age > Duration::from_secs(3600));
+    if old {
         let _ = std::fs::remove_file(path);
     }
 }
