@@ -13,11 +13,10 @@ use std::time::Instant;
 
 use lettre::address::Envelope;
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
-use lettre::transport::smtp::client::{
-    AsyncSmtpConnection, AsyncTokioStream, Certificate, CertificateStore, TlsParameters,
-};
+use lettre::transport::smtp::client::{AsyncSmtpConnection, AsyncTokioStream};
 use lettre::transport::smtp::extension::ClientId;
 use serde::Deserialize;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
 /// How the connection to the relay is protected.
@@ -140,8 +139,8 @@ pub enum Sent {
 enum Protection {
     /// Loopback only (checked when the configuration loads).
     Plain,
-    /// lettre's TLS settings, used after STARTTLS.
-    Starttls(TlsParameters),
+    /// Our own STARTTLS (see `starttls`), then our own TLS client.
+    Starttls(tokio_rustls::TlsConnector),
     /// Our own TLS client, before the greeting (lettre cannot wrap a socket we opened).
     Implicit(tokio_rustls::TlsConnector),
 }
@@ -229,18 +228,8 @@ impl Relay {
         let protection = match config.tls {
             RelayTls::None => Protection::Plain,
             RelayTls::Starttls => {
-                let mut params = TlsParameters::builder(host.clone());
-                if let Some(pem) = &ca {
-                    let cert = Certificate::from_pem(pem)
-                        .map_err(|e| ca_error(format!("not PEM certificates: {e}")))?;
-                    params = params
-                        .certificate_store(CertificateStore::None)
-                        .add_root_certificate(cert);
-                }
-                let params = params
-                    .build_rustls()
-                    .map_err(|e| RelaySetupError::Tls(e.to_string()))?;
-                Protection::Starttls(params)
+                let client = crate::net::tls_client_config(ca.as_deref()).map_err(ca_error)?;
+                Protection::Starttls(tokio_rustls::TlsConnector::from(client))
             }
             RelayTls::Implicit => {
                 let client = crate::net::tls_client_config(ca.as_deref()).map_err(ca_error)?;
@@ -317,7 +306,18 @@ impl Relay {
                     })?;
                 Box::new(ImplicitTls(tls))
             }
-            Protection::Plain | Protection::Starttls(_) => Box::new(tcp),
+            Protection::Starttls(connector) => {
+                let tls = tokio::time::timeout(self.timeout, self.starttls(connector, tcp))
+                    .await
+                    .map_err(|_| deadline("STARTTLS"))??;
+                // lettre reads a greeting first; the real one came before STARTTLS.
+                Box::new(Greeted {
+                    greeting: b"220 greeting given before STARTTLS\r\n",
+                    given: 0,
+                    tls: ImplicitTls(tls),
+                })
+            }
+            Protection::Plain => Box::new(tcp),
         };
         // Nothing before MAIL FROM is about this message: a 5xx greeting, EHLO or AUTH reply
         // defers every copy (as Postfix's smtp_skip_5xx_greeting does) rather than bouncing
@@ -333,20 +333,6 @@ impl Relay {
         .await
         .map_err(|_| deadline("greeting"))?
         .map_err(step)?;
-        if let Protection::Starttls(params) = &self.protection {
-            let params = params.clone();
-            // Fails when the server does not offer STARTTLS: then nothing is sent.
-            tokio::time::timeout(self.timeout, conn.starttls(params, &self.hello))
-                .await
-                .map_err(|_| deadline("STARTTLS"))?
-                .map_err(|e| {
-                    Sent::Temporary(format!(
-                        "TLS with relay {} failed, nothing was sent: {}",
-                        self.description,
-                        chain(&e)
-                    ))
-                })?;
-        }
         if let Some(credentials) = &self.credentials {
             tokio::time::timeout(
                 self.timeout,
@@ -357,6 +343,51 @@ impl Relay {
             .map_err(step)?;
         }
         Ok(conn)
+    }
+
+    /// Greeting, EHLO and STARTTLS in plain text, read without any buffering, then the TLS
+    /// handshake. lettre's own STARTTLS keeps whatever its reader had buffered past the 220
+    /// reply and reads it as if it had come over TLS: a man in the middle could answer the
+    /// commands after it ("250 ok" to the message) while the relay never saw them (response
+    /// injection, RFC 3207 §6). Here the reply is read byte by byte up to its end, so
+    /// anything injected after it goes into the TLS handshake, which fails on it.
+    async fn starttls(
+        &self,
+        connector: &tokio_rustls::TlsConnector,
+        mut tcp: TcpStream,
+    ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, Sent> {
+        let failed = |what: String| {
+            Sent::Temporary(format!(
+                "relay {}: {what}; nothing was sent",
+                self.description
+            ))
+        };
+        let io = |e: std::io::Error| failed(format!("before TLS: {e}"));
+        let greeting = read_reply(&mut tcp).await.map_err(io)?;
+        if !greeting.starts_with('2') {
+            return Err(failed(format!("greeting {greeting:?}")));
+        }
+        let hello = format!("EHLO {}\r\n", self.hello);
+        tcp.write_all(hello.as_bytes()).await.map_err(io)?;
+        let ehlo = read_reply(&mut tcp).await.map_err(io)?;
+        let offers = ehlo.lines().any(|l| {
+            l.get(4..)
+                .is_some_and(|k| k.trim().eq_ignore_ascii_case("STARTTLS"))
+        });
+        if !ehlo.starts_with("250") || !offers {
+            return Err(failed("no STARTTLS offered (TLS is required)".into()));
+        }
+        tcp.write_all(b"STARTTLS\r\n").await.map_err(io)?;
+        let ready = read_reply(&mut tcp).await.map_err(io)?;
+        if !ready.starts_with("220") {
+            return Err(failed(format!("STARTTLS answered {ready:?}")));
+        }
+        let name = rustls::pki_types::ServerName::try_from(self.host.clone())
+            .map_err(|e| failed(format!("bad host name: {e}")))?;
+        connector
+            .connect(name, tcp)
+            .await
+            .map_err(|e| failed(format!("TLS failed: {e}")))
     }
 
     /// A connection for the next copy: an idle one that still answers NOOP, or a new one.
@@ -432,6 +463,88 @@ impl Relay {
         for (mut conn, _) in idle {
             let _ = tokio::time::timeout(self.timeout, conn.quit()).await;
         }
+    }
+}
+
+/// One SMTP reply (all its lines), read a byte at a time so that nothing after its last CRLF
+/// is consumed.
+async fn read_reply(tcp: &mut TcpStream) -> std::io::Result<String> {
+    let mut reply = Vec::new();
+    let mut line = Vec::new();
+    loop {
+        let byte = tcp.read_u8().await?;
+        line.push(byte);
+        if line.len() > 2048 || reply.len() > 64 * 1024 {
+            return Err(std::io::Error::other("reply too long"));
+        }
+        if line.ends_with(b"\r\n") {
+            let last = line.get(3) != Some(&b'-');
+            reply.append(&mut line);
+            if last {
+                return Ok(String::from_utf8_lossy(&reply).into_owned());
+            }
+        }
+    }
+}
+
+/// A TLS stream that first yields a greeting of ours: lettre's connection reads one, and a
+/// server sends none after STARTTLS.
+struct Greeted {
+    greeting: &'static [u8],
+    given: usize,
+    tls: ImplicitTls,
+}
+
+impl std::fmt::Debug for Greeted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Greeted")
+    }
+}
+
+impl AsyncTokioStream for Greeted {
+    fn peer_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        self.tls.peer_addr()
+    }
+}
+
+impl tokio::io::AsyncRead for Greeted {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if self.given < self.greeting.len() {
+            let rest = &self.greeting[self.given..];
+            let n = rest.len().min(buf.remaining());
+            buf.put_slice(&rest[..n]);
+            self.given += n;
+            return std::task::Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.tls).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Greeted {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.tls).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.tls).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.tls).poll_shutdown(cx)
     }
 }
 
