@@ -530,7 +530,7 @@ async fn an_operation_past_its_deadline_is_killed_and_the_worker_replaced() {
         other => panic!("expected the deadline, got {other:?}"),
     }
     assert!(
-        waited >= deadline && waited < deadline + Duration::from_secs(2),
+        waited >= deadline && waited < deadline + Duration::from_secs(10),
         "{waited:?}"
     );
     assert!(left.is_empty(), "left running: {left:?}");
