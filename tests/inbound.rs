@@ -9,6 +9,14 @@ use std::process::{Command, Stdio};
 use common::server::Server;
 use common::{run_with_stdin, verdicts, World};
 
+/// A store whose account reads mail with Bob's keys.
+fn bobs_store(world: &World) -> Server {
+    Server::start_config(
+        "",
+        &format!("[gnupg]\nhome = \"{}\"\n", world.bob.dir.display()),
+    )
+}
+
 fn deliver(server: &Server, raw: &[u8]) -> (i32, String) {
     let out = run_with_stdin(
         Command::new(env!("CARGO_BIN_EXE_sealpost"))
@@ -26,10 +34,7 @@ fn deliver(server: &Server, raw: &[u8]) -> (i32, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delivered_mail_is_decrypted_verified_and_marked() {
     let world = World::new();
-    let server = Server::start_config(
-        "",
-        &format!("[gnupg]\nhome = \"{}\"\n", world.bob.dir.display()),
-    );
+    let server = bobs_store(&world);
     for (name, raw) in verdicts::cases(&world).await {
         let (code, output) = deliver(&server, &raw);
         assert_eq!(code, 0, "{name}: {output}");
@@ -84,10 +89,7 @@ fn an_idle_client_sees_delivered_mail() {
 #[test]
 fn undecryptable_mail_is_decrypted_once_its_key_arrives() {
     let world = World::new();
-    let server = Server::start_config(
-        "",
-        &format!("[gnupg]\nhome = \"{}\"\n", world.bob.dir.display()),
-    );
+    let server = bobs_store(&world);
     // A second key of Bob's, made elsewhere (a new laptop), not yet in sealpost's keyring.
     let laptop = common::GpgHome::new();
     let fpr = laptop.generate("Bob <bob@example.org>");
@@ -161,10 +163,7 @@ fn undecryptable_mail_is_decrypted_once_its_key_arrives() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_signature_over_one_part_does_not_vouch_for_others() {
     let world = World::new();
-    let server = Server::start_config(
-        "",
-        &format!("[gnupg]\nhome = \"{}\"\n", world.bob.dir.display()),
-    );
+    let server = bobs_store(&world);
     let cases = verdicts::cases(&world).await;
     let signed = String::from_utf8(cases[1].1.clone()).unwrap();
     let boundary = signed
@@ -205,10 +204,7 @@ async fn a_signature_over_one_part_does_not_vouch_for_others() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_signer_is_compared_with_the_from_that_is_shown() {
     let world = World::new();
-    let server = Server::start_config(
-        "",
-        &format!("[gnupg]\nhome = \"{}\"\n", world.bob.dir.display()),
-    );
+    let server = bobs_store(&world);
     let inner = b"Content-Type: text/plain; charset=utf-8; protected-headers=\"v1\"\r\n\
         From: ceo@example.org\r\nTo: bob@example.org\r\nSubject: enc\r\n\r\nPay now.\r\n";
     let out = world.sender.gpg(

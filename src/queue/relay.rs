@@ -162,13 +162,29 @@ const IDLE_REUSE: Duration = Duration::from_secs(10);
 /// At most this many idle connections are kept.
 const IDLE_MAX: usize = 8;
 
-/// A TLS stream over our own socket, as lettre's connection wants it.
+/// A TLS stream over our own socket, as lettre's connection wants it. After our own STARTTLS
+/// it first yields a greeting of ours: lettre's connection reads one, and a server sends none
+/// after STARTTLS (the real one came before).
 #[derive(Debug)]
-struct ImplicitTls(tokio_rustls::client::TlsStream<TcpStream>);
+struct ImplicitTls {
+    greeting: &'static [u8],
+    given: usize,
+    tls: tokio_rustls::client::TlsStream<TcpStream>,
+}
+
+impl ImplicitTls {
+    fn new(tls: tokio_rustls::client::TlsStream<TcpStream>) -> Self {
+        ImplicitTls {
+            greeting: b"",
+            given: 0,
+            tls,
+        }
+    }
+}
 
 impl AsyncTokioStream for ImplicitTls {
     fn peer_addr(&self) -> std::io::Result<std::net::SocketAddr> {
-        self.0.get_ref().0.peer_addr()
+        self.tls.get_ref().0.peer_addr()
     }
 }
 
@@ -178,7 +194,14 @@ impl tokio::io::AsyncRead for ImplicitTls {
         cx: &mut std::task::Context<'_>,
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
+        if self.given < self.greeting.len() {
+            let rest = &self.greeting[self.given..];
+            let n = rest.len().min(buf.remaining());
+            buf.put_slice(&rest[..n]);
+            self.given += n;
+            return std::task::Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.tls).poll_read(cx, buf)
     }
 }
 
@@ -188,21 +211,21 @@ impl tokio::io::AsyncWrite for ImplicitTls {
         cx: &mut std::task::Context<'_>,
         buf: &[u8],
     ) -> std::task::Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, buf)
+        Pin::new(&mut self.tls).poll_write(cx, buf)
     }
 
     fn poll_flush(
         mut self: Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
+        Pin::new(&mut self.tls).poll_flush(cx)
     }
 
     fn poll_shutdown(
         mut self: Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_shutdown(cx)
+        Pin::new(&mut self.tls).poll_shutdown(cx)
     }
 }
 
@@ -304,17 +327,15 @@ impl Relay {
                             self.description
                         ))
                     })?;
-                Box::new(ImplicitTls(tls))
+                Box::new(ImplicitTls::new(tls))
             }
             Protection::Starttls(connector) => {
                 let tls = tokio::time::timeout(self.timeout, self.starttls(connector, tcp))
                     .await
                     .map_err(|_| deadline("STARTTLS"))??;
-                // lettre reads a greeting first; the real one came before STARTTLS.
-                Box::new(Greeted {
+                Box::new(ImplicitTls {
                     greeting: b"220 greeting given before STARTTLS\r\n",
-                    given: 0,
-                    tls: ImplicitTls(tls),
+                    ..ImplicitTls::new(tls)
                 })
             }
             Protection::Plain => Box::new(tcp),
@@ -484,67 +505,6 @@ async fn read_reply(tcp: &mut TcpStream) -> std::io::Result<String> {
                 return Ok(String::from_utf8_lossy(&reply).into_owned());
             }
         }
-    }
-}
-
-/// A TLS stream that first yields a greeting of ours: lettre's connection reads one, and a
-/// server sends none after STARTTLS.
-struct Greeted {
-    greeting: &'static [u8],
-    given: usize,
-    tls: ImplicitTls,
-}
-
-impl std::fmt::Debug for Greeted {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Greeted")
-    }
-}
-
-impl AsyncTokioStream for Greeted {
-    fn peer_addr(&self) -> std::io::Result<std::net::SocketAddr> {
-        self.tls.peer_addr()
-    }
-}
-
-impl tokio::io::AsyncRead for Greeted {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        if self.given < self.greeting.len() {
-            let rest = &self.greeting[self.given..];
-            let n = rest.len().min(buf.remaining());
-            buf.put_slice(&rest[..n]);
-            self.given += n;
-            return std::task::Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut self.tls).poll_read(cx, buf)
-    }
-}
-
-impl tokio::io::AsyncWrite for Greeted {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.tls).poll_write(cx, buf)
-    }
-
-    fn poll_flush(
-        mut self: Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        Pin::new(&mut self.tls).poll_flush(cx)
-    }
-
-    fn poll_shutdown(
-        mut self: Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        Pin::new(&mut self.tls).poll_shutdown(cx)
     }
 }
 
