@@ -685,3 +685,38 @@ fn stray_files_in_the_drop_directory_are_set_aside() {
         "a fresh temporary file stays"
     );
 }
+
+/// Root listing a queue that belongs to another user (the shared queue of the `sealpost`
+/// service user) does it as that user: the database it creates on first use is the owner's,
+/// not root's, so the service's runner can still open it.
+#[test]
+fn root_works_on_another_users_queue_as_that_user() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return;
+    }
+    let base = tempfile::Builder::new()
+        .prefix("spq")
+        .tempdir_in("/tmp")
+        .unwrap();
+    std::fs::set_permissions(base.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let queue = base.path().join("queue");
+    std::fs::create_dir(&queue).unwrap();
+    std::os::unix::fs::chown(&queue, Some(65534), Some(65534)).unwrap();
+    let config = base.path().join("sealpost.toml");
+    std::fs::write(&config, format!("[queue]\ndir = \"{}\"\n", queue.display())).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_sealpost"))
+        .arg("--config")
+        .arg(&config)
+        .args(["queue", "list"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "Mail queue is empty\n"
+    );
+    let owner = std::fs::metadata(queue.join("queue.sqlite")).unwrap().uid();
+    assert_eq!(owner, 65534, "queue.sqlite is the queue owner's");
+}

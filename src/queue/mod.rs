@@ -217,6 +217,7 @@ pub struct Queue {
 impl Queue {
     /// Opens (creating when missing) the queue under `config.dir`.
     pub fn open(config: &QueueConfig) -> Result<Queue, QueueError> {
+        become_queue_owner(&config.dir)?;
         for dir in [
             config.dir.clone(),
             config.incoming(),
@@ -778,6 +779,46 @@ struct Due {
 
 /// Creates a directory (and parents) readable by its owner only; an existing one is kept
 /// as it is (a packaged drop directory has its own mode).
+/// Root working on a queue that belongs to another user (the shared queue, owned by the
+/// service user) does so as that user, as Postfix's postqueue leaves the queue to the postfix
+/// user: files root made there (the database on a first `mailq`, its -wal, the run lock) would
+/// be root's, mode 0600, and the service's runner could no longer open them.
+fn become_queue_owner(dir: &Path) -> Result<(), QueueError> {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Ok(());
+    }
+    let Ok(meta) = std::fs::metadata(dir) else {
+        return Ok(());
+    };
+    if meta.uid() == 0 {
+        return Ok(());
+    }
+    let failed = |what: &str| QueueError::Io {
+        path: dir.display().to_string(),
+        source: std::io::Error::other(format!(
+            "cannot become uid {} (the queue's owner) to {what}: {}",
+            meta.uid(),
+            std::io::Error::last_os_error()
+        )),
+    };
+    // SAFETY: plain system calls; the group list goes first, then the gid, then the uid
+    // (after which root's rights are gone for good, as intended).
+    unsafe {
+        if libc::setgroups(0, std::ptr::null()) != 0 {
+            return Err(failed("drop supplementary groups"));
+        }
+        if libc::setresgid(meta.gid(), meta.gid(), meta.gid()) != 0 {
+            return Err(failed("set the group"));
+        }
+        if libc::setresuid(meta.uid(), meta.uid(), meta.uid()) != 0 {
+            return Err(failed("set the user"));
+        }
+    }
+    Ok(())
+}
+
 fn create_private_dir(dir: &Path) -> Result<(), QueueError> {
     use std::os::unix::fs::DirBuilderExt;
     if dir.is_dir() {
