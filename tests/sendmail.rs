@@ -438,7 +438,11 @@ fn bad_input_is_refused_with_a_reason_and_nothing_is_queued() {
         &["-t", "-i"],
         b"From: alice@example.org\nSubject: nobody\n\nhi\n",
     );
-    assert_eq!(out.status.code(), Some(65));
+    assert_eq!(
+        out.status.code(),
+        Some(64),
+        "EX_USAGE, as Postfix's sendmail"
+    );
     assert!(one_line(&out).contains("no recipients"));
 
     let out = run_with_stdin(

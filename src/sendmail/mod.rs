@@ -46,6 +46,8 @@ impl SendmailError {
         match self {
             SendmailError::Usage(_) => 64,
             SendmailError::Input(InputError::Read(_)) => 74,
+            // Postfix's sendmail says EX_USAGE here (sendmail.c), -t or not.
+            SendmailError::Input(InputError::NoRecipients) => 64,
             SendmailError::Input(_) => 65,
             SendmailError::Config(_) | SendmailError::Relay(_) => 78,
             SendmailError::Spool(_) => 75,
