@@ -251,25 +251,7 @@ pub async fn process(keys: &KeyService, raw: &[u8]) -> Result<Processed, Inbound
         verdict.signature = verify_multipart_signed(keys, raw, &outer_from).await?;
     }
 
-    Ok(with_verdict(&out_header, &out_body, verdict))
-}
-
-/// The message kept as it came, marked undecryptable for `why` (retried when the keyring
-/// changes, like any undecryptable message): for one that GnuPG never finishes with while
-/// the messages around it decrypt, so that it cannot hold up a folder's sync for good.
-pub fn keep_undecryptable(raw: &[u8], why: &str) -> Processed {
-    let (header, body) = split(raw);
-    let verdict = Verdict {
-        encryption: Encryption::Undecryptable(why.to_string()),
-        signature: Signature::Unsigned,
-        inner_from_mismatch: false,
-    };
-    with_verdict(header, body, verdict)
-}
-
-/// `header` without any sender-supplied verdict field, with ours, then `body`.
-fn with_verdict(header: &[u8], body: &[u8], verdict: Verdict) -> Processed {
-    let mut message = strip_field(header, VERDICT_FIELD);
+    let mut message = strip_field(&out_header, VERDICT_FIELD);
     // The header block ends with its blank line; ours goes just before it.
     let blank = if message.ends_with(b"\r\n\r\n") { 2 } else { 0 };
     let at = message.len() - blank;
@@ -278,8 +260,8 @@ fn with_verdict(header: &[u8], body: &[u8], verdict: Verdict) -> Processed {
     if blank == 0 {
         message.extend_from_slice(b"\r\n");
     }
-    message.extend_from_slice(body);
-    Processed { message, verdict }
+    message.extend_from_slice(&out_body);
+    Ok(Processed { message, verdict })
 }
 
 /// Agent and IPC errors: GnuPG could not be asked, which says nothing about the message.

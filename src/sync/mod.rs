@@ -709,34 +709,24 @@ pub(crate) async fn decrypt<K: Send>(
     let processed: Vec<_> = futures::stream::iter(fetched)
         .map(|(key, flags, date, raw)| async move {
             let raw = crate::store::crlf(&raw);
-            let result = crate::inbound::process(keys, &raw).await;
-            (key, flags, date, raw, result)
+            (key, flags, date, crate::inbound::process(keys, &raw).await)
         })
         .buffered(DECRYPTS_IN_FLIGHT)
         .collect()
         .await;
-    // A message past its deadline while a later one decrypted is the message's own doing (a
-    // compression bomb, say), not GnuPG's: it is kept undecryptable instead of ending the
-    // pass, which would stop the folder at it on every pass.
-    let last_ok = processed.iter().rposition(|p| p.4.is_ok());
     let mut messages = Vec::with_capacity(processed.len());
     let mut done = Vec::with_capacity(processed.len());
-    for (i, (key, mut flags, date, raw, result)) in processed.into_iter().enumerate() {
-        let processed = match result {
-            Ok(p) => p,
-            Err(crate::inbound::InboundError::Temporary(
-                e @ crate::keys::KeyError::Deadline { .. },
-            )) if last_ok.is_some_and(|ok| ok > i) => {
-                tracing::warn!("a message was kept undecryptable: {e}, while later ones decrypted");
-                crate::inbound::keep_undecryptable(&raw, &e.to_string())
+    for (key, mut flags, date, result) in processed {
+        match result {
+            Ok(p) => {
+                for k in p.verdict.keywords() {
+                    flags.insert(k.to_string());
+                }
+                messages.push(Prepared::new(p.message, flags, date));
+                done.push(key);
             }
             Err(e) => return (messages, done, Some(SyncError::Keys(e.to_string()))),
-        };
-        for k in processed.verdict.keywords() {
-            flags.insert(k.to_string());
         }
-        messages.push(Prepared::new(processed.message, flags, date));
-        done.push(key);
     }
     (messages, done, None)
 }
