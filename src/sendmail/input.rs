@@ -121,13 +121,18 @@ pub fn complete(raw: &[u8], fill: &Completion<'_>) -> Result<Vec<u8>, InputError
 }
 
 /// Whether the text begins with a header field: a name of printable ASCII but ":" and
-/// space, then ":" (RFC 5322 §2.2).
+/// space, then ":" (RFC 5322 §2.2), or blanks first (the obsolete `Name : value`, §4.5.8,
+/// which Postfix accepts too).
 fn starts_with_field(text: &[u8]) -> bool {
     let name_len = text
         .iter()
         .take_while(|&&b| (b'!'..=b'~').contains(&b) && b != b':')
         .count();
-    name_len > 0 && text.get(name_len) == Some(&b':')
+    let blanks = text[name_len..]
+        .iter()
+        .take_while(|&&b| b == b' ' || b == b'\t')
+        .count();
+    name_len > 0 && text.get(name_len + blanks) == Some(&b':')
 }
 
 /// `Name <addr>` with the name quoted (RFC 5322 §3.2.4) or, when not ASCII, an RFC 2047
@@ -277,6 +282,12 @@ mod tests {
             "{out:?}"
         );
         assert!(complete(b"\x00\x01garbage\n", &fill()).is_err());
+        // The obsolete "Name : value" is a header field, not body.
+        assert!(
+            complete(b"Subject : hi\nTo: x@example.org\n\nbody\n", &fill())
+                .unwrap()
+                .ends_with(b"Subject : hi\r\nTo: x@example.org\r\n\r\nbody\r\n")
+        );
         assert!(complete(b"Subject: x\n\nbody\n", &fill())
             .unwrap()
             .ends_with(b"Subject: x\r\n\r\nbody\r\n"));
