@@ -691,10 +691,10 @@ fn stray_files_in_the_drop_directory_are_set_aside() {
 }
 
 /// Root listing a queue that belongs to another user (the shared queue of the `sealpost`
-/// service user) does it as that user: the database it creates on first use is the owner's,
-/// not root's, so the service's runner can still open it.
+/// service user): the database it creates on first use is given to the owner, so the
+/// service's runner can still open it.
 #[test]
-fn root_works_on_another_users_queue_as_that_user() {
+fn what_root_creates_in_another_users_queue_is_given_to_that_user() {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {

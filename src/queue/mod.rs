@@ -217,7 +217,6 @@ pub struct Queue {
 impl Queue {
     /// Opens (creating when missing) the queue under `config.dir`.
     pub fn open(config: &QueueConfig) -> Result<Queue, QueueError> {
-        become_queue_owner(&config.dir)?;
         for dir in [
             config.dir.clone(),
             config.incoming(),
@@ -237,6 +236,16 @@ impl Queue {
             path: db_path.display().to_string(),
             source,
         })?;
+        // Before SQLite opens it: as root, SQLite gives the -wal and -shm files it creates the
+        // database file's owner.
+        give_to_owner(
+            &config.dir,
+            &[
+                config.incoming(),
+                config.dir.join("corrupt"),
+                db_path.clone(),
+            ],
+        )?;
         let conn = Connection::open(&db_path).map_err(db_err)?;
         conn.busy_timeout(Duration::from_secs(30)).map_err(db_err)?;
         conn.pragma_update(None, "journal_mode", "WAL")
@@ -779,41 +788,39 @@ struct Due {
 
 /// Creates a directory (and parents) readable by its owner only; an existing one is kept
 /// as it is (a packaged drop directory has its own mode).
-/// Root working on a queue that belongs to another user (the shared queue, owned by the
-/// service user) does so as that user, as Postfix's postqueue leaves the queue to the postfix
-/// user: files root made there (the database on a first `mailq`, its -wal, the run lock) would
-/// be root's, mode 0600, and the service's runner could no longer open them.
-fn become_queue_owner(dir: &Path) -> Result<(), QueueError> {
+/// The queue's owner when root works on a queue that belongs to another user (the shared
+/// queue of the service user): files root creates there must be given to that user, or the
+/// service's runner could not open them (a first `mailq` as root made queue.sqlite root's,
+/// mode 0600). Root keeps its rights otherwise: it reads the submitters' drop files, which
+/// the service user reads only with CAP_DAC_READ_SEARCH.
+fn foreign_owner(dir: &Path) -> Option<(u32, u32)> {
     use std::os::unix::fs::MetadataExt;
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        return Ok(());
+        return None;
     }
-    let Ok(meta) = std::fs::metadata(dir) else {
+    let meta = std::fs::metadata(dir).ok()?;
+    (meta.uid() != 0).then(|| (meta.uid(), meta.gid()))
+}
+
+/// Gives `paths` that root created in the queue `dir` to the queue's owner (see
+/// [`foreign_owner`]); links are not followed.
+fn give_to_owner(dir: &Path, paths: &[PathBuf]) -> Result<(), QueueError> {
+    use std::os::unix::fs::MetadataExt;
+    let Some((uid, gid)) = foreign_owner(dir) else {
         return Ok(());
     };
-    if meta.uid() == 0 {
-        return Ok(());
-    }
-    let failed = |what: &str| QueueError::Io {
-        path: dir.display().to_string(),
-        source: std::io::Error::other(format!(
-            "cannot become uid {} (the queue's owner) to {what}: {}",
-            meta.uid(),
-            std::io::Error::last_os_error()
-        )),
-    };
-    // SAFETY: plain system calls; the group list goes first, then the gid, then the uid
-    // (after which root's rights are gone for good, as intended).
-    unsafe {
-        if libc::setgroups(0, std::ptr::null()) != 0 {
-            return Err(failed("drop supplementary groups"));
-        }
-        if libc::setresgid(meta.gid(), meta.gid(), meta.gid()) != 0 {
-            return Err(failed("set the group"));
-        }
-        if libc::setresuid(meta.uid(), meta.uid(), meta.uid()) != 0 {
-            return Err(failed("set the user"));
+    for path in paths {
+        let Ok(meta) = std::fs::symlink_metadata(path) else {
+            continue;
+        };
+        if meta.uid() == 0 {
+            std::os::unix::fs::lchown(path, Some(uid), Some(gid)).map_err(|source| {
+                QueueError::Io {
+                    path: path.display().to_string(),
+                    source,
+                }
+            })?;
         }
     }
     Ok(())
@@ -880,10 +887,12 @@ impl RunLock {
     /// Waits until no other runner holds the lock.
     pub fn acquire(dir: &Path) -> Result<RunLock, QueueError> {
         let path = dir.join("run.lock");
-        RunLock::acquire_path(&path).map_err(|source| QueueError::Io {
+        let lock = RunLock::acquire_path(&path).map_err(|source| QueueError::Io {
             path: path.display().to_string(),
             source,
-        })
+        })?;
+        give_to_owner(dir, &[path])?;
+        Ok(lock)
     }
 
     /// Waits for the exclusive lock on `path` (created mode 0600 when missing); held until
