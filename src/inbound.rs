@@ -350,15 +350,10 @@ async fn verify_multipart_signed(
     let two_parts = match &message.parts[0].body {
         PartType::Multipart(children) => {
             children.len() == 2
-                && message.parts.get(children[1] as usize).is_some_and(|p| {
-                    p.content_type().is_some_and(|ct| {
-                        ct.c_type.eq_ignore_ascii_case("application")
-                            && ct
-                                .c_subtype
-                                .as_deref()
-                                .is_some_and(|s| s.eq_ignore_ascii_case("pgp-signature"))
-                    })
-                })
+                && message
+                    .parts
+                    .get(children[1] as usize)
+                    .is_some_and(|p| has_type(p.content_type(), "application", "pgp-signature"))
         }
         _ => false,
     };

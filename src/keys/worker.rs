@@ -204,9 +204,9 @@ enum Engine {
         settings: WorkerSettings,
         gpg: Option<Gpg>,
     },
+    /// `settings.executable` is set.
     Process {
         settings: WorkerSettings,
-        executable: PathBuf,
         /// Started at the first job, and again after one was killed or died.
         child: Option<WorkerProcess>,
     },
@@ -214,16 +214,16 @@ enum Engine {
 
 impl Engine {
     fn new(settings: &WorkerSettings) -> Engine {
-        match &settings.executable {
-            Some(executable) => Engine::Process {
+        if settings.executable.is_some() {
+            Engine::Process {
                 settings: settings.clone(),
-                executable: executable.clone(),
                 child: None,
-            },
-            None => Engine::Thread {
+            }
+        } else {
+            Engine::Thread {
                 settings: settings.clone(),
                 gpg: None,
-            },
+            }
         }
     }
 
@@ -245,11 +245,7 @@ impl Engine {
                 };
                 gpg.run(generation, request)
             }
-            Engine::Process {
-                settings,
-                executable,
-                child,
-            } => {
+            Engine::Process { settings, child } => {
                 let frame = serde_json::to_vec(&Envelope {
                     generation,
                     request: &request,
@@ -261,17 +257,9 @@ impl Engine {
                 loop {
                     let process = match child {
                         Some(p) => p,
-                        None => child.insert(WorkerProcess::spawn(executable, settings).map_err(
-                            |e| {
-                                unavailable(
-                                    what,
-                                    format!(
-                                        "cannot start the GnuPG worker process ({} gpg-worker): {e}",
-                                        executable.display()
-                                    ),
-                                )
-                            },
-                        )?),
+                        None => child.insert(WorkerProcess::spawn(settings).map_err(|e| {
+                            unavailable(what, format!("cannot start the GnuPG worker process: {e}"))
+                        })?),
                     };
                     let answer = process.call(&frame, due);
                     let failure = match answer {
@@ -418,7 +406,11 @@ enum Failed {
 }
 
 impl WorkerProcess {
-    fn spawn(executable: &std::path::Path, settings: &WorkerSettings) -> std::io::Result<Self> {
+    fn spawn(settings: &WorkerSettings) -> std::io::Result<Self> {
+        let executable = settings
+            .executable
+            .as_deref()
+            .ok_or_else(|| std::io::Error::other("no worker executable configured"))?;
         let mut command = Command::new(executable);
         // argv[0] "sealpost": the executable may be installed as /usr/sbin/sendmail, and that
         // name would select the sendmail command line.
@@ -437,7 +429,12 @@ impl WorkerProcess {
             // Its own process group: a kill reaches the gpg it waits for too (GPGME's
             // children stay in the group).
             .process_group(0);
-        let mut child = command.spawn()?;
+        let mut child = command.spawn().map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("{} gpg-worker: {e}", executable.display()),
+            )
+        })?;
         let stdin = child.stdin.take().expect("piped stdin");
         let stdout = child.stdout.take().expect("piped stdout");
         // SAFETY: fcntl on a descriptor this process owns.

@@ -948,10 +948,9 @@ impl Runner {
                 path: "pickup".into(),
                 source: std::io::Error::other(e),
             })??;
-        let started = now();
         let mut stranded_reports = 0;
         for id in self.queue.stranded()? {
-            if let Some(m) = self.queue.load(&id, &Scope::All, started)? {
+            if let Some(m) = self.queue.load(&id, &Scope::All, now())? {
                 tracing::info!("{id}: finishing what an interrupted run left undone");
                 if self
                     .queue
@@ -963,7 +962,7 @@ impl Runner {
             }
         }
         // Reports queued just above are due now, in this run.
-        let ids = self.queue.due(&scope, started.max(now()))?;
+        let ids = self.queue.due(&scope, now())?;
         if let Scope::One(id) = &scope {
             if ids.is_empty() && !self.queue.knows(id)? {
                 return Err(QueueError::NotFound(id.clone()));
