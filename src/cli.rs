@@ -245,6 +245,7 @@ pub fn key_service(config: &Config, home_override: Option<&Path>) -> KeyService 
         config.gnupg.timeout(),
         config.gnupg.sources(),
     )
+    .with_max_plaintext(config.gnupg.max_plaintext_bytes)
 }
 
 /// The binary's key service: GnuPG runs in `sealpost gpg-worker` processes (this executable),

@@ -80,6 +80,9 @@ pub struct GnupgConfig {
     pub timeout_secs: u64,
     /// Where keys may come from. Network sources are used only when named here.
     pub key_sources: Vec<KeySource>,
+    /// Most bytes of plaintext one decryption may produce (gpg decompresses: a small
+    /// ciphertext can expand a thousandfold).
+    pub max_plaintext_bytes: u64,
 }
 
 impl Default for GnupgConfig {
@@ -89,6 +92,7 @@ impl Default for GnupgConfig {
             workers: 0,
             timeout_secs: 20,
             key_sources: vec![KeySource::Local],
+            max_plaintext_bytes: crate::keys::DEFAULT_MAX_PLAINTEXT,
         }
     }
 }
@@ -178,6 +182,15 @@ impl Config {
                 "gnupg.timeout_secs",
                 "timeout_secs",
                 "must be at least 1 (seconds)".into(),
+            ));
+        }
+        // The upper bound keeps a decrypted message (base64 in a JSON frame from the worker
+        // process) under the worker's 1 GiB frame limit.
+        if !(1 << 20..=1 << 29).contains(&self.gnupg.max_plaintext_bytes) {
+            return Err(invalid(
+                "gnupg.max_plaintext_bytes",
+                "max_plaintext_bytes",
+                "must be from 1048576 (1 MiB) to 536870912 (512 MiB)".into(),
             ));
         }
         if let Some(home) = &self.gnupg.home {
@@ -387,6 +400,13 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.starts_with("s.toml:2: gnupg.timeout_secs: "), "{e}");
+        let e = Config::parse("[gnupg]\nmax_plaintext_bytes = 4096\n", "s.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("s.toml:2: gnupg.max_plaintext_bytes: "),
+            "{e}"
+        );
         let e = Config::parse(
             "[policy.addresses]\n\"not-an-address\" = \"opportunistic\"\n",
             "s.toml",

@@ -157,6 +157,67 @@ fn undecryptable_mail_is_decrypted_once_its_key_arrives() {
     assert!(uids.contains("* SEARCH 2 3 4"), "{uids}");
 }
 
+/// A compression bomb: 40 MB of plaintext compressed into a ciphertext of some 40 KB. The
+/// decryption stops at `gnupg.max_plaintext_bytes` (1 MiB here); the message is kept as it came,
+/// undecryptable with the reason, and no plaintext is stored.
+#[test]
+fn a_compression_bomb_stops_at_the_plaintext_limit() {
+    let world = World::new();
+    let server = Server::start_config(
+        "",
+        &format!(
+            "[gnupg]\nhome = \"{}\"\nmax_plaintext_bytes = 1048576\n",
+            world.bob.dir.display()
+        ),
+    );
+    let mut bomb = b"Content-Type: text/plain\r\n\r\n".to_vec();
+    bomb.resize(40_000_000, b'a');
+    let armored = world.sender.gpg(
+        &[
+            "--armor",
+            "--trust-model",
+            "always",
+            "--compress-algo",
+            "zlib",
+            "-z",
+            "9",
+            "--encrypt",
+            "-r",
+            &world.bob_fpr,
+        ],
+        Some(&bomb),
+    );
+    assert!(armored.status.success());
+    assert!(armored.stdout.len() < 200_000, "{}", armored.stdout.len());
+    let mut raw =
+        b"From: alice@example.org\r\nTo: bob@example.org\r\nSubject: bomb\r\n\r\n".to_vec();
+    raw.extend_from_slice(&armored.stdout);
+    let (code, output) = deliver(&server, &raw);
+    assert_eq!(code, 0, "{output}");
+
+    let mut imap = server.login();
+    imap.ok("SELECT INBOX");
+    let lines = imap
+        .ok("UID FETCH 1 (FLAGS RFC822.SIZE BODY.PEEK[HEADER.FIELDS (Sealpost-Verdict)])")
+        .join("\n");
+    assert!(lines.contains("$Sealpost-Undecryptable"), "{lines}");
+    assert!(lines.contains("max_plaintext_bytes"), "{lines}");
+    let size: usize = lines
+        .split("RFC822.SIZE ")
+        .nth(1)
+        .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("a size: {lines}"));
+    // The ciphertext with CRLF line ends and the verdict field; 1 MiB of plaintext was made.
+    assert!(
+        size < 2 * raw.len(),
+        "only the ciphertext is stored: {size}"
+    );
+    let text = imap.ok("UID FETCH 1 (BODY.PEEK[TEXT])").join("\n");
+    assert!(text.contains("BEGIN PGP MESSAGE"), "{text}");
+    assert!(!text.contains("aaaa"), "no plaintext is stored");
+}
+
 /// Alice's genuine multipart/signed copy, reshaped by an attacker: a third part of theirs after
 /// the signature, or a first Content-Type that makes MUAs (and the IMAP summary) read it as
 /// multipart/mixed. A signature over one part must not vouch for what else is shown.

@@ -98,6 +98,11 @@ pub enum SignatureState {
     Bad(String),
 }
 
+/// The largest plaintext one decryption may produce unless configured otherwise
+/// (`gnupg.max_plaintext_bytes`): the IMAP server's APPENDLIMIT, so a decrypted message can
+/// still be stored and served.
+pub const DEFAULT_MAX_PLAINTEXT: u64 = 64 * 1024 * 1024;
+
 /// The result of decrypting (and verifying) a message.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Decrypted {
@@ -127,6 +132,8 @@ pub struct KeyService {
     /// Held while a cache miss is looked up: a burst of messages for the same addresses (a
     /// queue run, a mailing) costs one gpg lookup per address, not one per message in flight.
     misses: tokio::sync::Mutex<()>,
+    /// See [`KeyService::with_max_plaintext`].
+    max_plaintext: u64,
 }
 
 impl KeyService {
@@ -174,7 +181,17 @@ impl KeyService {
             sources,
             cache: Mutex::new(Cache::default()),
             misses: tokio::sync::Mutex::new(()),
+            max_plaintext: DEFAULT_MAX_PLAINTEXT,
         }
+    }
+
+    /// Limits the plaintext of one decryption to `bytes` (default [`DEFAULT_MAX_PLAINTEXT`]).
+    /// gpg decompresses what it decrypts, so a ciphertext of a few kilobytes can expand to
+    /// gigabytes; past the limit the decryption stops and fails for good
+    /// ([`KeyError::Refused`]), and the message is kept as it came.
+    pub fn with_max_plaintext(mut self, bytes: u64) -> Self {
+        self.max_plaintext = bytes;
+        self
     }
 
     /// Runs one request on a worker; `pick` takes the answer of the expected kind.
@@ -372,7 +389,10 @@ impl KeyService {
     pub async fn decrypt_verify(&self, ciphertext: Vec<u8>) -> Result<Decrypted, KeyError> {
         self.call(
             "decrypting",
-            Request::DecryptVerify { ciphertext },
+            Request::DecryptVerify {
+                ciphertext,
+                max_plaintext: self.max_plaintext,
+            },
             |r| match r {
                 Response::Decrypted(decrypted) => Ok(decrypted),
                 other => Err(other),

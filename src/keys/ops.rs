@@ -45,6 +45,8 @@ pub enum Request {
     DecryptVerify {
         #[serde(with = "bytes")]
         ciphertext: Vec<u8>,
+        /// Most bytes of plaintext; decryption stops past it.
+        max_plaintext: u64,
     },
     UserIds {
         fingerprint: String,
@@ -133,9 +135,10 @@ pub fn execute(gpg: &mut Gpg, request: Request) -> Result<Response, KeyError> {
             result.map_err(to_err("exporting a key"))?;
             Ok(Response::Bytes(out))
         }
-        Request::DecryptVerify { ciphertext } => {
-            decrypt_verify(gpg, &ciphertext).map(Response::Decrypted)
-        }
+        Request::DecryptVerify {
+            ciphertext,
+            max_plaintext,
+        } => decrypt_verify(gpg, &ciphertext, max_plaintext).map(Response::Decrypted),
         Request::UserIds { fingerprint } => {
             let Ok(key) = gpg.ctx.get_key(&fingerprint) else {
                 return Ok(Response::UserIds(Vec::new()));
@@ -263,12 +266,31 @@ fn encrypt(
 
 /// Fails unless the data was integrity protected (a message without MDC is an error, never
 /// partial plaintext).
-fn decrypt_verify(gpg: &mut Gpg, ciphertext: &[u8]) -> Result<Decrypted, KeyError> {
-    let mut plaintext = Vec::new();
-    let (dec, ver) = gpg
-        .ctx
-        .decrypt_and_verify(ciphertext, &mut plaintext)
-        .map_err(to_err("decrypting"))?;
+fn decrypt_verify(gpg: &mut Gpg, ciphertext: &[u8], limit: u64) -> Result<Decrypted, KeyError> {
+    let mut plaintext = Bounded {
+        data: Vec::new(),
+        limit,
+        exceeded: false,
+    };
+    let result = gpgme::Data::from_writer(&mut plaintext)
+        .map_err(|e| to_err("decrypting")(e.error()))
+        .and_then(|sink| {
+            gpg.ctx
+                .decrypt_and_verify(ciphertext, sink)
+                .map_err(to_err("decrypting"))
+        });
+    if plaintext.exceeded {
+        // Whatever GPGME made of the refused write: the cause is the size.
+        return Err(KeyError::Refused {
+            op: "decrypting",
+            detail: format!(
+                "the plaintext is larger than {limit} bytes (gnupg.max_plaintext_bytes); \
+                 decryption stopped there"
+            ),
+        });
+    }
+    let (dec, ver) = result?;
+    let plaintext = plaintext.data;
     if dec.is_legacy_cipher_no_mdc() {
         return Err(KeyError::Refused {
             op: "decrypting",
@@ -293,6 +315,28 @@ fn decrypt_verify(gpg: &mut Gpg, ciphertext: &[u8]) -> Result<Decrypted, KeyErro
         recipients,
         signatures,
     })
+}
+
+/// Plaintext output that refuses to grow past `limit` bytes.
+struct Bounded {
+    data: Vec<u8>,
+    limit: u64,
+    exceeded: bool,
+}
+
+impl std::io::Write for Bounded {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.data.len() as u64 + buf.len() as u64 > self.limit {
+            self.exceeded = true;
+            return Err(std::io::Error::other("plaintext size limit"));
+        }
+        self.data.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 fn check(s: gpgme::results::Signature<'_>) -> SignatureCheck {
