@@ -582,12 +582,6 @@ async fn end_of_message(
         sender: t.sender.clone(),
         recipients: t.recipients.clone(),
     };
-    let tempfail = |cx: &mut EomContext<Transaction>, text: &str| {
-        let _ = cx
-            .reply
-            .set_error_reply("451", Some("4.7.0"), [format!("sealpost: {text}")]);
-        Status::Tempfail
-    };
     if milter.require_auth_from {
         if let Some(login) = &t.login {
             let from = crate::message::ParsedMessage::parse(raw.clone())
@@ -735,10 +729,7 @@ async fn end_of_message(
             }
         }
     }
-    if !refused.is_empty()
-        && !t.sender.is_empty()
-        && !milter.journal.contains(&id, "<report>").unwrap_or(false)
-    {
+    if !refused.is_empty() {
         let failures: Vec<bounce::Failure> = refused
             .iter()
             .map(|c| {
@@ -753,11 +744,9 @@ async fn end_of_message(
                 }
             })
             .collect();
-        if let Err(text) = send_report(milter, queue_id, &t.sender, &raw, &failures, now).await {
+        if let Err(text) = report_once(milter, queue_id, &id, &t.sender, &raw, &failures, now).await
+        {
             return tempfail(cx, &text);
-        }
-        if let Err(e) = milter.journal.record(&id, "<report>", now) {
-            return tempfail(cx, &e.to_string());
         }
     }
     if kept.is_empty() {
@@ -795,6 +784,14 @@ async fn end_of_message(
         keep.decision.name()
     );
     Status::Continue
+}
+
+/// A temporary failure: Postfix keeps the message and tries again.
+fn tempfail(cx: &mut EomContext<Transaction>, text: &str) -> Status {
+    let _ = cx
+        .reply
+        .set_error_reply("451", Some("4.7.0"), [format!("sealpost: {text}")]);
+    Status::Tempfail
 }
 
 /// How long the journal remembers a re-injected copy: longer than Postfix's default
@@ -839,26 +836,17 @@ async fn refuse_whole(
             .set_error_reply(&reply.code.to_string(), Some(reply.status), [reply.text]);
         return Status::Reject;
     }
-    let reported = milter.journal.contains(id, "<report>").unwrap_or(false);
-    if !t.sender.is_empty() && !reported {
-        let failures: Vec<bounce::Failure> = t
-            .recipients
-            .iter()
-            .map(|r| bounce::Failure {
-                recipient: r.clone(),
-                status: reply.status.to_string(),
-                diagnostic: reply.to_string(),
-            })
-            .collect();
-        if let Err(text) = send_report(milter, queue_id, &t.sender, raw, &failures, now).await {
-            let _ = cx
-                .reply
-                .set_error_reply("451", Some("4.7.0"), [format!("sealpost: {text}")]);
-            return Status::Tempfail;
-        }
-        if let Err(e) = milter.journal.record(id, "<report>", now) {
-            tracing::warn!("{queue_id}: report sent but not journaled: {e}");
-        }
+    let failures: Vec<bounce::Failure> = t
+        .recipients
+        .iter()
+        .map(|r| bounce::Failure {
+            recipient: r.clone(),
+            status: reply.status.to_string(),
+            diagnostic: reply.to_string(),
+        })
+        .collect();
+    if let Err(text) = report_once(milter, queue_id, id, &t.sender, raw, &failures, now).await {
+        return tempfail(cx, &text);
     }
     tracing::info!(
         "{queue_id}: refused as a whole ({reply}); not an SMTP client: {}; discarded",
@@ -869,6 +857,32 @@ async fn refuse_whole(
         }
     );
     Status::Discard
+}
+
+/// Sends the sender a report for `failures` unless the journal says one went for this message
+/// (`id`) already: a retry after a TEMPFAIL reports nothing twice. Nothing to do for a null
+/// sender. Err: why not, for a temporary failure. Once the report is accepted, a journal that
+/// cannot record it is only logged: a TEMPFAIL now would make Postfix retry, and the retry
+/// would send the report again.
+#[allow(clippy::too_many_arguments)]
+async fn report_once(
+    milter: &Milter,
+    queue_id: &str,
+    id: &str,
+    sender: &str,
+    raw: &[u8],
+    failures: &[bounce::Failure],
+    now: i64,
+) -> Result<(), String> {
+    // A journal that cannot be read: sent (again) rather than not at all.
+    if sender.is_empty() || milter.journal.contains(id, "<report>").unwrap_or(false) {
+        return Ok(());
+    }
+    send_report(milter, queue_id, sender, raw, failures, now).await?;
+    if let Err(e) = milter.journal.record(id, "<report>", now) {
+        tracing::warn!("{queue_id}: report sent but not journaled: {e}");
+    }
+    Ok(())
 }
 
 /// Sends the sender a non-delivery report for `failures` (quoting the original header only),
