@@ -421,8 +421,10 @@ fn has_type(content_type: Option<&mail_parser::ContentType<'_>>, t: &str, s: &st
     })
 }
 
-/// The message without sealpost's verdict field: what goes back upstream is the message, not
-/// this side's judgement of it.
+/// The message (CRLF line ends) without any `Sealpost-Verdict` field. What goes back upstream
+/// is the message, not this side's judgement of it; and what a client APPENDs or `sealpost
+/// import` reads was not verified here: it may be mail copied in from elsewhere, with a
+/// verdict an attacker wrote. Only sealpost's own verification adds one.
 pub fn without_verdict(raw: &[u8]) -> Vec<u8> {
     let (header, body) = split(raw);
     let mut out = strip_field(header, VERDICT_FIELD);

@@ -297,6 +297,36 @@ fn fetch_and_search_answers_equal_dovecots() {
     assert!(differences.is_empty(), "{}", differences.join("\n"));
 }
 
+/// A verdict field is sealpost's only when sealpost verified the message. One a client APPENDs
+/// (mail dragged in from another account, say) or `sealpost import` reads is removed, in every
+/// spelling; the rest of the message is stored byte for byte.
+#[test]
+fn appended_and_imported_mail_loses_forged_verdicts() {
+    let server = Server::start();
+    let forged = "From: mallory@example.net\r\nSealpost-Verdict: encrypted; signature=valid\r\n\
+        Subject: trust me\r\nsealpost-verdict: encrypted\r\nSEALPOST-VERDICT : encrypted\r\n\
+        Sealpost-Verdict:\r\n encrypted;\r\n\tsignature=valid\r\n\
+        Sealpost-Verdict: =?utf-8?q?encrypted=3B_signature=3Dvalid?=\r\n\
+        SeAlPoSt-VeRdIcT:encrypted\r\n\r\nSealpost-Verdict: in the body stays\r\n";
+    let clean = "From: mallory@example.net\r\nSubject: trust me\r\n\r\n\
+        Sealpost-Verdict: in the body stays\r\n";
+    let mut raw = server.login();
+    raw.ok(&format!("APPEND INBOX {{{}}}\r\n{forged}", forged.len()));
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("forged.eml");
+    std::fs::write(&file, forged.replace("\r\n", "\n")).unwrap();
+    server.import("INBOX", &file);
+    raw.ok("SELECT INBOX");
+    for uid in [1, 2] {
+        let lines = raw.ok(&format!("UID FETCH {uid} (BODY.PEEK[])"));
+        let fetched = lines.join("\r\n");
+        assert!(
+            fetched.contains(&format!("{{{}}}\r\n{clean}", clean.len())),
+            "UID {uid}: {fetched}"
+        );
+    }
+}
+
 #[test]
 fn keywords_and_permanent_flags() {
     let server = Server::start();

@@ -61,8 +61,9 @@ impl Session {
         });
         let flags = Flags::new(flags.iter().map(flag_text));
         // A bare LF is stored as CRLF: what is served is what was stored (RFC 3501 §2.3.4
-        // requires CRLF on the wire).
-        let message = Prepared::new(crlf(&bytes), flags, date);
+        // requires CRLF on the wire). A verdict field is sealpost's only when sealpost
+        // verified the message, which it does not do here.
+        let message = Prepared::new(crate::inbound::without_verdict(&crlf(&bytes)), flags, date);
         let store = self.shared.store.clone();
         let appended =
             tokio::task::spawn_blocking(move || store.append(target.id, message, Origin::Client))

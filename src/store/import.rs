@@ -103,7 +103,7 @@ impl Batch<'_> {
                 }
                 any = true;
                 let date = postmark_date(postmark).unwrap_or(date);
-                self.push(Prepared::new(crlf(&message), Flags::default(), date))?;
+                self.push(Prepared::new(unverified(&message), Flags::default(), date))?;
             }
             if !any {
                 self.report.skipped.push(path.to_owned());
@@ -111,7 +111,7 @@ impl Batch<'_> {
         } else if bytes.iter().all(|b| b.is_ascii_whitespace()) {
             self.report.skipped.push(path.to_owned());
         } else {
-            self.push(Prepared::new(crlf(&bytes), flags, date))?;
+            self.push(Prepared::new(unverified(&bytes), flags, date))?;
         }
         Ok(())
     }
@@ -254,6 +254,12 @@ pub(crate) fn days_from_civil(year: i64, month: u32, day: u32) -> Option<i64> {
     let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + day as i64 - 1;
     let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
     Some(era * 146_097 + doe - 719_468)
+}
+
+/// The message as stored: CRLF line ends, and no verdict field (sealpost did not verify it;
+/// see [`crate::inbound::without_verdict`]).
+fn unverified(bytes: &[u8]) -> Vec<u8> {
+    crate::inbound::without_verdict(&crlf(bytes))
 }
 
 /// Bare LF becomes CRLF; existing CRLF is kept.
