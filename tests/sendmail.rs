@@ -512,6 +512,34 @@ fn wrong_password_and_untrusted_certificate_send_nothing() {
     assert_eq!(relay.delivered(1)[0].rcpts, ["dave@example.net"]);
 }
 
+/// A man in the middle who adds a reply in plain text after the relay's 220 to STARTTLS
+/// (RFC 3207 section 6) must not get it read as the relay's answer over TLS: the client reads
+/// the 220 up to its end and nothing more, so the added bytes break the TLS handshake, and
+/// the copy stays queued with nothing sent. The same queue then goes out through an honest
+/// relay.
+#[test]
+fn a_reply_injected_after_starttls_sends_nothing() {
+    let s = Setup::new();
+    let injecting = s.relay(&RelayOptions {
+        inject_after_starttls: true,
+        ..RelayOptions::default()
+    });
+    s.configure(injecting.port, false, "");
+    let msg = b"From: alice@example.org\nTo: dave@example.net\nSubject: mitm\n\nnot for them\n";
+    assert!(s.sendmail(&["-t", "-i"], msg).status.success());
+    let summary = s.queue_run();
+    assert!(summary.contains("1 deferred"), "{summary}");
+    let list = s.queue_list();
+    assert!(list.contains("TLS failed"), "{list}");
+    assert!(injecting.drain().is_empty(), "nothing was delivered");
+    injecting.stop();
+
+    let honest = s.relay(&RelayOptions::default());
+    s.configure(honest.port, false, "");
+    s.queue_run();
+    assert_eq!(honest.delivered(1)[0].rcpts, ["dave@example.net"]);
+}
+
 /// A shared queue: any user may drop a message, none may list or read the drop directory, and
 /// the runner learns the submitter from the file's owner. Needs root (to act as `nobody`).
 #[test]

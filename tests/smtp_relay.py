@@ -101,6 +101,17 @@ def make_authenticator(user, password):
     return authenticate
 
 
+class InjectingSMTP(SMTP):
+    """Answers STARTTLS with its 220 and, in the same plaintext write, a reply of its own: what
+    a man in the middle adds to have a client take it as the relay's answer to its first
+    command over TLS (STARTTLS response injection, RFC 3207 section 6)."""
+
+    async def push(self, status):
+        if status == "220 Ready to start TLS":
+            status += "\r\n250 2.0.0 injected in plain text"
+        await super().push(status)
+
+
 async def serve(args):
     tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     tls.load_cert_chain(args.cert, args.key)
@@ -118,7 +129,8 @@ async def serve(args):
             # about TLS it negotiated itself via STARTTLS, so auth_require_tls
             # would refuse AUTH forever. Every connection is encrypted here.
             return SMTP(handler, auth_require_tls=False, **common)
-        return SMTP(handler, tls_context=tls, require_starttls=True,
+        smtp = InjectingSMTP if args.inject_after_starttls else SMTP
+        return smtp(handler, tls_context=tls, require_starttls=True,
                     auth_require_tls=True, **common)
 
     loop = asyncio.get_running_loop()
@@ -145,6 +157,7 @@ def main():
     p.add_argument("--reject", action="append", default=[], metavar="ADDR")
     p.add_argument("--hold-once", action="append", default=[], metavar="ADDR")
     p.add_argument("--port", type=int, default=0)
+    p.add_argument("--inject-after-starttls", action="store_true")
     args = p.parse_args()
 
     logging.basicConfig(stream=sys.stderr, level=logging.WARNING,

@@ -72,6 +72,9 @@ pub struct RelayOptions<'a> {
     pub reject: &'a [&'a str],
     pub hold_once: &'a [&'a str],
     pub port: Option<u16>,
+    /// Adds a reply of its own, in plain text, after its 220 to STARTTLS (a man in the
+    /// middle's response injection).
+    pub inject_after_starttls: bool,
 }
 
 impl Relay {
@@ -89,6 +92,9 @@ impl Relay {
             .args(["--port", &options.port.unwrap_or(0).to_string()]);
         if options.implicit_tls {
             cmd.arg("--implicit-tls");
+        }
+        if options.inject_after_starttls {
+            cmd.arg("--inject-after-starttls");
         }
         for r in options.reject {
             cmd.args(["--reject", r]);
