@@ -218,6 +218,49 @@ fn a_compression_bomb_stops_at_the_plaintext_limit() {
     assert!(!text.contains("aaaa"), "no plaintext is stored");
 }
 
+/// A ciphertext whose garbled session key packets for Bob's key come by the thousand: gpg
+/// would try each one with gpg-agent (about 1.7 ms each; 15,000 outlast the 20 s deadline on
+/// every try, which would stall delivery and the sync for good). Past 1,000 the message is
+/// refused before gpg runs, kept as it came with the reason.
+#[test]
+fn thousands_of_session_key_packets_are_refused_before_gpg_runs() {
+    use base64::Engine as _;
+    let world = World::new();
+    let server = bobs_store(&world);
+    let binary = world.sender.gpg(
+        &["--trust-model", "always", "--encrypt", "-r", &world.bob_fpr],
+        Some(b"Content-Type: text/plain\r\n\r\nbehind a thousand locks\r\n"),
+    );
+    assert!(binary.status.success());
+    let data = binary.stdout;
+    // An old-format public-key encrypted session key packet with a one-byte length.
+    assert_eq!(data[0], 0x84, "a PKESK first");
+    let pkesk = 2 + data[1] as usize;
+    let mut garbled = data[..pkesk].to_vec();
+    garbled[pkesk - 5] ^= 0xff;
+    let bomb = [garbled.repeat(1001), data].concat();
+    let encoded = base64::engine::general_purpose::STANDARD.encode(&bomb);
+    let lines: Vec<&str> = encoded
+        .as_bytes()
+        .chunks(64)
+        .map(|c| std::str::from_utf8(c).unwrap())
+        .collect();
+    let raw = format!(
+        "From: alice@example.org\r\nTo: bob@example.org\r\nSubject: locks\r\n\r\n\
+         -----BEGIN PGP MESSAGE-----\r\n\r\n{}\r\n-----END PGP MESSAGE-----\r\n",
+        lines.join("\r\n")
+    );
+    let (code, output) = deliver(&server, raw.as_bytes());
+    assert_eq!(code, 0, "{output}");
+    let mut imap = server.login();
+    imap.ok("SELECT INBOX");
+    let lines = imap
+        .ok("UID FETCH 1 (FLAGS BODY.PEEK[HEADER.FIELDS (Sealpost-Verdict)])")
+        .join("\n");
+    assert!(lines.contains("$Sealpost-Undecryptable"), "{lines}");
+    assert!(lines.contains("session key packets"), "{lines}");
+}
+
 /// Alice's genuine multipart/signed copy, reshaped by an attacker: a third part of theirs after
 /// the signature, or a first Content-Type that makes MUAs (and the IMAP summary) read it as
 /// multipart/mixed. A signature over one part must not vouch for what else is shown.

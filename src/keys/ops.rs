@@ -266,7 +266,21 @@ fn encrypt(
 
 /// Fails unless the data was integrity protected (a message without MDC is an error, never
 /// partial plaintext).
+/// Most session key packets a message to decrypt may have. A message for a thousand readers
+/// is rare; one with tens of thousands of garbled packets for the reader's key keeps gpg and
+/// gpg-agent busy past any deadline (see [`crate::message::parse::session_key_packets`]),
+/// and would come back on every try. 1,000 cost gpg about 1.7 s here.
+pub const MAX_SESSION_KEYS: usize = 1000;
+
 fn decrypt_verify(gpg: &mut Gpg, ciphertext: &[u8], limit: u64) -> Result<Decrypted, KeyError> {
+    if crate::message::parse::session_key_packets(ciphertext, MAX_SESSION_KEYS) > MAX_SESSION_KEYS {
+        return Err(KeyError::Refused {
+            op: "decrypting",
+            detail: format!(
+                "more than {MAX_SESSION_KEYS} session key packets; gpg would try each one"
+            ),
+        });
+    }
     let mut plaintext = Bounded {
         data: Vec::new(),
         limit,

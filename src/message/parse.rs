@@ -367,6 +367,63 @@ fn crc24(data: &[u8]) -> u32 {
     crc & 0x00FF_FFFF
 }
 
+/// How many session key packets (tags 1 and 3) a ciphertext, armored or binary, starts with,
+/// counting no further than `limit + 1`. gpg tries each one whose key it holds (or that names
+/// no key) with gpg-agent, about 1.7 ms each here; it does not stop at a garbled one, so a
+/// message of 15,000 copies of a garbled packet for the reader's key kept gpg busy past any
+/// deadline. The armor is read as leniently as gpg reads it (characters outside base64
+/// skipped): a message gpg would read must not escape the count. Counting stops at the first
+/// other packet, or where the data stops making sense (gpg stops there too).
+pub fn session_key_packets(ciphertext: &[u8], limit: usize) -> usize {
+    let data = lenient_armor(ciphertext).unwrap_or_else(|| ciphertext.to_vec());
+    let mut at = 0;
+    let mut count = 0;
+    while count <= limit {
+        match packet(&data, at) {
+            Some((1 | 3, end)) => {
+                count += 1;
+                at = end;
+            }
+            Some((10, end)) => at = end,
+            _ => break,
+        }
+    }
+    count
+}
+
+/// The data of an armored message read the way gpg reads it, or None when `text` is not
+/// armored (binary OpenPGP data).
+fn lenient_armor(text: &[u8]) -> Option<Vec<u8>> {
+    use base64::Engine as _;
+    let begin = text.windows(15).position(|w| w == b"-----BEGIN PGP ")?;
+    let mut lines = text[begin..].split(|&b| b == b'\n').skip(1).peekable();
+    // Armor header lines end at the first blank line; a line without a colon is data already
+    // (whatever gpg makes of a missing blank line, the count must not skip data).
+    while let Some(line) = lines.next_if(|l| l.trim_ascii().is_empty() || l.contains(&b':')) {
+        if line.trim_ascii().is_empty() {
+            break;
+        }
+    }
+    let mut encoded = Vec::new();
+    for line in lines {
+        if line.starts_with(b"-----") || line.starts_with(b"=") {
+            break;
+        }
+        encoded.extend(
+            line.iter()
+                .filter(|b| b.is_ascii_alphanumeric() || **b == b'+' || **b == b'/'),
+        );
+    }
+    encoded.truncate(encoded.len() / 4 * 4);
+    let engine = base64::engine::GeneralPurpose::new(
+        &base64::alphabet::STANDARD,
+        base64::engine::GeneralPurposeConfig::new()
+            .with_decode_allow_trailing_bits(true)
+            .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+    );
+    engine.decode(&encoded).ok()
+}
+
 /// Whether `data` is session key packets, then one encrypted data packet to its end.
 fn encrypted_packets(data: &[u8]) -> bool {
     let mut at = 0;
@@ -581,6 +638,41 @@ mod tests {
             "",
             "Content-Type: text/plain\r\n"
         )));
+    }
+
+    /// The count of session key packets sees through what gpg's armor reader tolerates.
+    #[test]
+    fn session_key_packets_are_counted_as_gpg_reads_them() {
+        use base64::Engine as _;
+        assert_eq!(session_key_packets(SAMPLE_CIPHERTEXT.as_bytes(), 1000), 1);
+        let data = armored_data(SAMPLE_CIPHERTEXT.as_bytes()).unwrap();
+        assert_eq!(session_key_packets(&data, 1000), 1, "binary");
+        // The first packet (the PKESK, 96 bytes) 50 times, then the rest.
+        let many = [data[..96].repeat(50), data[96..].to_vec()].concat();
+        assert_eq!(session_key_packets(&many, 1000), 50);
+        assert_eq!(
+            session_key_packets(&many, 10),
+            11,
+            "counting stops past the limit"
+        );
+        let encoded = base64::engine::general_purpose::STANDARD.encode(&many);
+        let lines: Vec<&str> = encoded
+            .as_bytes()
+            .chunks(64)
+            .map(|c| std::str::from_utf8(c).unwrap())
+            .collect();
+        let strict = format!(
+            "-----BEGIN PGP MESSAGE-----\nComment: x\n\n{}\n-----END PGP MESSAGE-----\n",
+            lines.join("\n")
+        );
+        assert_eq!(session_key_packets(strict.as_bytes(), 1000), 50);
+        // Stray characters in the data, no blank line after the BEGIN line, no checksum.
+        let sloppy = format!(
+            "-----BEGIN PGP MESSAGE-----\r\n{}\r\n-----END PGP MESSAGE-----",
+            lines.join(" !\r\n")
+        );
+        assert_eq!(session_key_packets(sloppy.as_bytes(), 1000), 50);
+        assert_eq!(session_key_packets(b"not OpenPGP at all", 1000), 0);
     }
 
     #[test]
