@@ -98,16 +98,19 @@ fn run(inv: &Invocation, config: &Config) -> Result<(), SendmailError> {
             check_relay(config)?;
             let stdin = std::io::stdin();
             let stdout = std::io::stdout();
-            let queued = smtp::session(
+            let mut queued = 0;
+            let ended = smtp::session(
                 &config.queue,
                 &mut stdin.lock(),
                 &mut stdout.lock(),
                 &queue::user_name(queue::current_uid()),
-            )
-            .map_err(InputError::Read)?;
+                &mut queued,
+            );
+            // Messages answered 250 go out even when the session then broke off.
             if queued > 0 {
                 start_runner(config);
             }
+            ended.map_err(InputError::Read)?;
             Ok(())
         }
         Mode::ListQueue => list(&config.queue, &mut std::io::stdout().lock()),

@@ -10,22 +10,56 @@ use super::input;
 use crate::queue::spool::{self, Submission};
 use crate::queue::{self, QueueConfig};
 
+/// Longest command line, CRLF included (Postfix's line_length_limit).
+const MAX_COMMAND: usize = 2048;
+
+/// Most recipients of one message (Postfix's smtpd_recipient_limit).
+const MAX_RECIPIENTS: usize = 1000;
+
+/// DATA is read in pieces of at most this size, so a line without end costs no more memory
+/// than the message size limit allows.
+const DATA_PIECE: usize = 64 * 1024;
+
 /// The transaction being built.
 #[derive(Default)]
 struct Transaction {
     sender: Option<String>,
     recipients: Vec<String>,
     envid: Option<String>,
-    notify: Option<Notify>,
+    /// Each recipient's NOTIFY (RFC 3461 §4.1), the default where none was given.
+    notify: Vec<Notify>,
 }
 
-/// Runs the session until QUIT or end of input; returns how many messages were queued.
+impl Transaction {
+    /// The queue keeps one NOTIFY per message: a report goes when any recipient wants one
+    /// (a failure is never left unreported for a recipient who asked for reports; a
+    /// NOTIFY=NEVER recipient's failure may be reported along with the others').
+    fn notify(&self) -> Notify {
+        self.notify.iter().fold(
+            Notify {
+                failure: false,
+                delay: false,
+                success: false,
+            },
+            |all, n| Notify {
+                failure: all.failure || n.failure,
+                delay: all.delay || n.delay,
+                success: all.success || n.success,
+            },
+        )
+    }
+}
+
+/// Runs the session until QUIT or end of input. `queued` counts the messages queued, also
+/// when the session ends in an error (input ended inside DATA, output gone): those were
+/// answered 250 and must be delivered all the same.
 pub fn session(
     config: &QueueConfig,
     input: &mut impl BufRead,
     output: &mut impl Write,
     login: &str,
-) -> std::io::Result<usize> {
+    queued: &mut usize,
+) -> std::io::Result<()> {
     let domain = config.domain();
     let reply = |output: &mut dyn Write, text: &str| -> std::io::Result<()> {
         output.write_all(text.as_bytes())?;
@@ -34,17 +68,25 @@ pub fn session(
     };
     reply(output, &format!("220 {domain} ESMTP sealpost"))?;
     let mut tx = Transaction::default();
-    let mut queued = 0;
     let mut line = Vec::new();
     loop {
-        line.clear();
-        if input.read_until(b'\n', &mut line)? == 0 {
-            return Ok(queued);
+        if !read_line(input, &mut line, MAX_COMMAND)? {
+            return Ok(());
+        }
+        if !line.ends_with(b"\n") && line.len() == MAX_COMMAND {
+            // The rest of the line is read and dropped; nothing of it is a command.
+            while read_line(input, &mut line, MAX_COMMAND)? && !line.ends_with(b"\n") {}
+            reply(output, "500 5.5.2 Error: line too long")?;
+            continue;
         }
         let text = String::from_utf8_lossy(&line);
         let text = text.trim_end_matches(['\r', '\n']);
         let (verb, rest) = text.split_once(' ').unwrap_or((text, ""));
+        let rest = rest.trim();
         match verb.to_ascii_uppercase().as_str() {
+            "EHLO" | "HELO" if rest.is_empty() => {
+                reply(output, &format!("501 5.5.4 Syntax: {verb} hostname"))?
+            }
             "EHLO" => {
                 tx = Transaction::default();
                 reply(output, &format!("250-{domain}"))?;
@@ -60,39 +102,55 @@ pub fn session(
             }
             "MAIL" => match path_argument(rest, "FROM:") {
                 _ if tx.sender.is_some() => reply(output, "503 5.5.1 Error: nested MAIL command")?,
-                Some((sender, params))
-                    if sender.is_empty() || sender.parse::<lettre::Address>().is_ok() =>
-                {
-                    if let Some(size) = param(&params, "SIZE").and_then(|s| s.parse::<usize>().ok())
-                    {
-                        if size > config.max_message_bytes {
-                            reply(output, "552 5.3.4 Message size exceeds fixed limit")?;
-                            continue;
-                        }
+                Some((sender, params)) => {
+                    let sender = input::qualify(&sender, &domain);
+                    if !sender.is_empty() && sender.parse::<lettre::Address>().is_err() {
+                        reply(
+                            output,
+                            &format!("501 5.1.7 Bad sender address syntax: <{sender}>"),
+                        )?;
+                        continue;
                     }
-                    tx.envid = param(&params, "ENVID");
-                    tx.sender = Some(sender);
-                    reply(output, "250 2.1.0 Ok")?;
+                    match mail_parameters(&params, config.max_message_bytes) {
+                        Ok(envid) => {
+                            tx.envid = envid;
+                            tx.sender = Some(sender);
+                            reply(output, "250 2.1.0 Ok")?;
+                        }
+                        Err(refusal) => reply(output, &refusal)?,
+                    }
                 }
-                Some((sender, _)) => reply(
-                    output,
-                    &format!("501 5.1.7 Bad sender address syntax: <{sender}>"),
-                )?,
                 None => reply(output, "501 5.5.4 Syntax: MAIL FROM:<address>")?,
             },
             "RCPT" => match path_argument(rest, "TO:") {
                 _ if tx.sender.is_none() => reply(output, "503 5.5.1 Error: need MAIL command")?,
-                Some((rcpt, params)) if rcpt.parse::<lettre::Address>().is_ok() => {
-                    if let Some(n) = param(&params, "NOTIFY").and_then(|n| Notify::parse(&n)) {
-                        tx.notify = Some(n);
+                Some((rcpt, params)) => {
+                    // RFC 5321 §4.5.1: <Postmaster> without a domain must be accepted.
+                    let rcpt = input::qualify(&rcpt, &domain);
+                    if rcpt.parse::<lettre::Address>().is_err() {
+                        reply(
+                            output,
+                            &format!("501 5.1.3 Bad recipient address syntax: <{rcpt}>"),
+                        )?;
+                        continue;
                     }
-                    input::push_unique(&mut tx.recipients, &rcpt);
-                    reply(output, "250 2.1.5 Ok")?;
+                    let notify = match rcpt_parameters(&params) {
+                        Ok(notify) => notify,
+                        Err(refusal) => {
+                            reply(output, &refusal)?;
+                            continue;
+                        }
+                    };
+                    if tx.recipients.iter().any(|r| r.eq_ignore_ascii_case(&rcpt)) {
+                        reply(output, "250 2.1.5 Ok")?;
+                    } else if tx.recipients.len() >= MAX_RECIPIENTS {
+                        reply(output, "452 4.5.3 Error: too many recipients")?;
+                    } else {
+                        tx.recipients.push(rcpt);
+                        tx.notify.push(notify.unwrap_or_default());
+                        reply(output, "250 2.1.5 Ok")?;
+                    }
                 }
-                Some((rcpt, _)) => reply(
-                    output,
-                    &format!("501 5.1.3 Bad recipient address syntax: <{rcpt}>"),
-                )?,
                 None => reply(output, "501 5.5.4 Syntax: RCPT TO:<address>")?,
             },
             "DATA" => {
@@ -111,8 +169,11 @@ pub fn session(
                 } else {
                     match queue_data(config, &tx, &data, login, &domain) {
                         Ok(id) => {
-                            queued += 1;
+                            *queued += 1;
                             format!("250 2.0.0 Ok: queued as {id}")
+                        }
+                        Err(Failure::TooLarge) => {
+                            "552 5.3.4 Message size exceeds fixed limit".to_string()
                         }
                         Err(Failure::Data(e)) => format!("554 5.6.0 {e}"),
                         Err(Failure::Spool(e)) => format!("451 4.3.0 {e}"),
@@ -136,7 +197,7 @@ pub fn session(
             )?,
             "QUIT" => {
                 reply(output, "221 2.0.0 Bye")?;
-                return Ok(queued);
+                return Ok(());
             }
             "" => reply(output, "500 5.5.2 Error: bad syntax")?,
             _ => reply(output, "502 5.5.2 Error: command not recognized")?,
@@ -145,8 +206,99 @@ pub fn session(
 }
 
 enum Failure {
+    /// Over the limit once completed (bare LF made CRLF, fields added).
+    TooLarge,
     Data(String),
     Spool(String),
+}
+
+/// Checks MAIL's parameters (RFC 1870 SIZE, RFC 6152 BODY, RFC 3461 RET and ENVID); returns
+/// the ENVID, or the reply refusing them.
+fn mail_parameters(params: &[String], limit: usize) -> Result<Option<String>, String> {
+    let mut envid = None;
+    for p in params {
+        let (key, value) = p.split_once('=').unwrap_or((p, ""));
+        match key.to_ascii_uppercase().as_str() {
+            "SIZE" => match value.parse::<u64>() {
+                Ok(size) if size > limit as u64 => {
+                    return Err("552 5.3.4 Message size exceeds fixed limit".into())
+                }
+                Ok(_) => {}
+                Err(_) => return Err("501 5.5.4 Bad SIZE parameter".into()),
+            },
+            "BODY"
+                if ["7BIT", "8BITMIME"]
+                    .iter()
+                    .any(|b| value.eq_ignore_ascii_case(b)) => {}
+            "BODY" => return Err("501 5.5.4 Bad BODY parameter".into()),
+            "RET"
+                if ["FULL", "HDRS"]
+                    .iter()
+                    .any(|r| value.eq_ignore_ascii_case(r)) => {}
+            "RET" => return Err("501 5.5.4 Bad RET parameter".into()),
+            "ENVID" => match xtext(value) {
+                // RFC 3461 §4.4: printable US-ASCII, at most 100 characters (as for -V).
+                Some(id)
+                    if !id.is_empty()
+                        && id.len() <= 100
+                        && id.bytes().all(|b| (0x21..0x7f).contains(&b)) =>
+                {
+                    envid = Some(id)
+                }
+                _ => return Err("501 5.5.4 Bad ENVID parameter".into()),
+            },
+            _ => return Err(format!("555 5.5.4 Unsupported option: {key}")),
+        }
+    }
+    Ok(envid)
+}
+
+/// Checks RCPT's parameters (RFC 3461 NOTIFY and ORCPT); returns the NOTIFY given, or the
+/// reply refusing them.
+fn rcpt_parameters(params: &[String]) -> Result<Option<Notify>, String> {
+    let mut notify = None;
+    for p in params {
+        let (key, value) = p.split_once('=').unwrap_or((p, ""));
+        match key.to_ascii_uppercase().as_str() {
+            "NOTIFY" => match Notify::parse(value) {
+                Some(n) => notify = Some(n),
+                None => return Err("501 5.5.4 Bad NOTIFY parameter".into()),
+            },
+            // The original recipient is only for reports, which name the recipient as given.
+            "ORCPT" if value.contains(';') && xtext(value).is_some() => {}
+            "ORCPT" => return Err("501 5.5.4 Bad ORCPT parameter".into()),
+            _ => return Err(format!("555 5.5.4 Unsupported option: {key}")),
+        }
+    }
+    Ok(notify)
+}
+
+/// Decodes RFC 3461 §4 xtext: "+" and two upper-case hex digits stand for one octet.
+fn xtext(value: &str) -> Option<String> {
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => {
+                let hex = value.get(i + 1..i + 3)?;
+                if !hex
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(&b))
+                {
+                    return None;
+                }
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b @ 0x21..=0x7e if b != b'=' => {
+                out.push(b);
+                i += 1;
+            }
+            _ => return None,
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 fn queue_data(
@@ -176,10 +328,14 @@ fn queue_data(
         },
     )
     .map_err(|e| Failure::Data(e.to_string()))?;
+    // read_data limited what came in; completing it can make it larger (bare LF to CRLF).
+    if message.len() > config.max_message_bytes {
+        return Err(Failure::TooLarge);
+    }
     let submission = Submission {
         sender,
         recipients: tx.recipients.clone(),
-        notify: tx.notify.unwrap_or_default(),
+        notify: tx.notify(),
         envid: tx.envid.clone(),
         message,
     };
@@ -190,31 +346,67 @@ fn queue_data(
     Ok(id)
 }
 
-/// Reads DATA up to the lone ".", removing dot-stuffing (RFC 5321 §4.5.2). Returns the data
-/// and whether it went past `limit` (the rest is read and discarded so the session goes on).
+/// Reads one line, up to and including its LF, into `line`, at most `max` bytes of it (a
+/// longer line comes in pieces: no LF at the end). False at end of input.
+fn read_line(input: &mut impl BufRead, line: &mut Vec<u8>, max: usize) -> std::io::Result<bool> {
+    line.clear();
+    while line.len() < max && !line.ends_with(b"\n") {
+        let buffer = input.fill_buf()?;
+        if buffer.is_empty() {
+            break;
+        }
+        let room = &buffer[..buffer.len().min(max - line.len())];
+        let take = room
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(room.len(), |at| at + 1);
+        line.extend_from_slice(&room[..take]);
+        input.consume(take);
+    }
+    Ok(!line.is_empty())
+}
+
+/// Reads DATA up to its end, removing dot-stuffing (RFC 5321 §4.5.2). Returns the data and
+/// whether it went past `limit` (the rest is read and dropped so the session goes on).
+///
+/// Only <CRLF>.<CRLF> ends the data, as Postfix's smtpd_forbid_bare_newline=normalize has
+/// it: a "." line after a line that ended in a bare LF, or ending in one itself, is content.
+/// Otherwise text that a client dot-stuffs only after CRLF could end the data early and have
+/// its rest read as commands: a second message the client never sent (SMTP smuggling).
 fn read_data(input: &mut impl BufRead, limit: usize) -> std::io::Result<(Vec<u8>, bool)> {
     let mut data = Vec::new();
     let mut too_large = false;
-    let mut line = Vec::new();
+    let mut piece = Vec::new();
+    // Where the piece starts: at a line's start, and after a CRLF (the DATA command's).
+    let mut line_start = true;
+    let mut after_crlf = true;
+    let mut cr_last = false;
     loop {
-        line.clear();
-        if input.read_until(b'\n', &mut line)? == 0 {
+        if !read_line(input, &mut piece, DATA_PIECE)? {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::UnexpectedEof,
                 "end of input inside DATA",
             ));
         }
-        if line == b".\r\n" || line == b".\n" {
+        if line_start && after_crlf && piece == b".\r\n" {
             return Ok((data, too_large));
         }
-        let content = line.strip_prefix(b".").unwrap_or(&line);
+        let content = match piece.strip_prefix(b".") {
+            Some(rest) if line_start => rest,
+            _ => &piece[..],
+        };
         if data.len() + content.len() > limit {
             too_large = true;
-            data.clear();
+            data = Vec::new();
         }
         if !too_large {
             data.extend_from_slice(content);
         }
+        line_start = piece.ends_with(b"\n");
+        if line_start {
+            after_crlf = piece.ends_with(b"\r\n") || (piece == b"\n" && cr_last);
+        }
+        cr_last = piece.ends_with(b"\r");
     }
 }
 
@@ -235,13 +427,6 @@ fn path_argument(rest: &str, keyword: &str) -> Option<(String, Vec<String>)> {
     Some((path, params))
 }
 
-fn param(params: &[String], name: &str) -> Option<String> {
-    params.iter().find_map(|p| {
-        let (k, v) = p.split_once('=')?;
-        k.eq_ignore_ascii_case(name).then(|| v.to_string())
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -258,7 +443,15 @@ mod tests {
         std::fs::create_dir_all(config.incoming()).unwrap();
         let script = "EHLO client\r\nMAIL FROM:<alice@example.org> SIZE=100\r\nRCPT TO:<bob@example.org>\r\nRCPT TO: <carol@example.org> NOTIFY=NEVER\r\nRCPT TO:<not an address>\r\nDATA\r\nSubject: hi\r\n\r\n..dot line\r\n.\r\nMAIL FROM:<alice@example.org>\r\nDATA\r\nRCPT TO:<bob@example.org>\r\nDATA\r\nbinary \u{0} data\r\n.\r\nBOGUS\r\nQUIT\r\n";
         let mut out = Vec::new();
-        let queued = session(&config, &mut script.as_bytes(), &mut out, "alice").unwrap();
+        let mut queued = 0;
+        session(
+            &config,
+            &mut script.as_bytes(),
+            &mut out,
+            "alice",
+            &mut queued,
+        )
+        .unwrap();
         assert_eq!(queued, 1);
         let out = String::from_utf8(out).unwrap();
         let codes: Vec<&str> = out.lines().map(|l| &l[..3]).collect();
@@ -274,13 +467,116 @@ mod tests {
         assert_eq!(files.len(), 1);
         let s = spool::decode(&std::fs::read(files[0].as_ref().unwrap().path()).unwrap()).unwrap();
         assert_eq!(s.recipients, ["bob@example.org", "carol@example.org"]);
-        assert_eq!(s.notify.as_str(), "never");
+        // bob gave no NOTIFY (the default), carol NEVER: reports go for failures.
+        assert_eq!(s.notify.as_str(), "failure,delay");
         let text = String::from_utf8(s.message).unwrap();
         assert!(
             text.contains("\r\n\r\n.dot line\r\n"),
             "dot-stuffing removed: {text}"
         );
         assert!(text.starts_with("From: alice@example.org\r\n"), "{text}");
+    }
+
+    fn config(dir: &std::path::Path, limit: usize) -> QueueConfig {
+        let config = QueueConfig {
+            dir: dir.to_path_buf(),
+            domain: Some("host.example".into()),
+            max_message_bytes: limit,
+            ..QueueConfig::default()
+        };
+        std::fs::create_dir_all(config.incoming()).unwrap();
+        config
+    }
+
+    /// Runs `script`; returns the reply codes, the queued submissions and the session's end.
+    fn run(config: &QueueConfig, script: &[u8]) -> (Vec<String>, Vec<Submission>, bool) {
+        let mut out = Vec::new();
+        let mut queued = 0;
+        let ended = session(config, &mut &script[..], &mut out, "alice", &mut queued);
+        let codes = String::from_utf8(out)
+            .unwrap()
+            .lines()
+            .map(|l| l[..3].to_string())
+            .collect();
+        let mut queue: Vec<_> = std::fs::read_dir(config.incoming())
+            .unwrap()
+            .map(|f| f.unwrap().path())
+            .collect();
+        queue.sort();
+        let submissions: Vec<Submission> = queue
+            .iter()
+            .map(|p| spool::decode(&std::fs::read(p).unwrap()).unwrap())
+            .collect();
+        assert_eq!(queued, submissions.len());
+        (codes, submissions, ended.is_ok())
+    }
+
+    /// Only <CRLF>.<CRLF> ends DATA: a "." line after a bare LF is content, so text that ends
+    /// the data early cannot have its rest read as a second transaction.
+    #[test]
+    fn a_dot_after_a_bare_newline_does_not_end_the_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config(dir.path(), 4096);
+        let script = b"EHLO c\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.org>\r\nDATA\r\n\
+            Subject: one\r\n\r\nhi\n.\r\nMAIL FROM:<ceo@example.org>\r\nRCPT TO:<x@example.org>\r\n\
+            DATA\r\nSubject: smuggled\r\n\r\nx\n.\nstill one\r\n.\r\nQUIT\r\n";
+        let (codes, queued, ended) = run(&config, script);
+        assert!(ended);
+        // EHLO's six lines, MAIL, RCPT, DATA, the one message, QUIT.
+        assert_eq!(codes[7..], ["250", "250", "354", "250", "221"]);
+        assert_eq!(queued.len(), 1);
+        assert_eq!(queued[0].recipients, ["b@example.org"]);
+        let text = String::from_utf8_lossy(&queued[0].message).into_owned();
+        assert!(text.contains("MAIL FROM:<ceo@example.org>"), "{text}");
+        assert!(text.ends_with("still one\r\n"), "{text}");
+    }
+
+    #[test]
+    fn parameters_names_and_limits() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config(dir.path(), 4096);
+        let long = format!("NOOP {}\r\n", "x".repeat(5000));
+        let lf_body = "\n".repeat(3000);
+        let script = format!(
+            "EHLO\r\nEHLO c\r\n{long}\
+             MAIL FROM:<a@example.org> SMTPUTF8\r\n\
+             MAIL FROM:<a@example.org> SIZE=big\r\n\
+             MAIL FROM:<a@example.org> ENVID=a+ZZ\r\n\
+             MAIL FROM:<a@example.org> ENVID=env+2B1 RET=HDRS BODY=8BITMIME\r\n\
+             RCPT TO:<Postmaster> NOTIFY=NEVER\r\n\
+             RCPT TO:<b@example.org> NOTIFY=NEVER,SUCCESS\r\n\
+             RCPT TO:<b@example.org> XFOO=1\r\n\
+             RCPT TO:<b@example.org> NOTIFY=NEVER ORCPT=rfc822;b+40example.org\r\n\
+             DATA\r\nSubject: s\r\n\r\nbody\r\n.\r\n\
+             MAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.org>\r\n\
+             DATA\r\nSubject: s\n\n{lf_body}\r\n.\r\n\
+             MAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.org>\r\nDATA\r\nSubject: cut\r\n"
+        );
+        let (codes, queued, ended) = run(&config, script.as_bytes());
+        assert!(!ended, "input ended inside DATA");
+        assert_eq!(
+            codes,
+            [
+                "220", "501", "250", "250", "250", "250", "250", "250", "500", "555", "501", "501",
+                "250", "250", "501", "555", "250", "354", "250", "250", "250", "354", "552", "250",
+                "250", "354"
+            ]
+        );
+        // The one message queued is counted although the session ended in an error.
+        assert_eq!(queued.len(), 1);
+        let s = &queued[0];
+        assert_eq!(s.recipients, ["Postmaster@host.example", "b@example.org"]);
+        assert_eq!(s.envid.as_deref(), Some("env+1"));
+        assert_eq!(s.notify.as_str(), "never");
+    }
+
+    #[test]
+    fn xtext_decoding() {
+        assert_eq!(xtext("a+2Bb").as_deref(), Some("a+b"));
+        assert_eq!(xtext("rfc822;x+40y").as_deref(), Some("rfc822;x@y"));
+        for bad in ["a+2b", "a+2", "a=b", "a b"] {
+            assert_eq!(xtext(bad), None, "{bad}");
+        }
     }
 
     #[test]
