@@ -609,7 +609,8 @@ impl Store {
             let prefix = format!("{}{DELIMITER}", mailbox.name);
             let children: i64 = tx.query_row(
                 "SELECT count(*) FROM mailboxes WHERE account = ?1 AND substr(name, 1, ?2) = ?3",
-                params![account, prefix.len() as i64, prefix],
+                // SQLite's substr counts characters, not bytes ("Entwürfe/").
+                params![account, prefix.chars().count() as i64, prefix],
                 |r| r.get(0),
             )?;
             if children > 0 {
@@ -652,14 +653,16 @@ impl Store {
                 expunge_rows(tx, &source, &uids)?;
             } else {
                 let prefix = format!("{}{DELIMITER}", source.name);
+                // SQLite's substr counts characters, not bytes ("Entwürfe/").
+                let chars = prefix.chars().count() as i64;
                 tx.execute(
                     "UPDATE mailboxes SET name = ?2 || substr(name, ?3)
                      WHERE account = ?1 AND substr(name, 1, ?4) = ?5",
                     params![
                         account,
                         format!("{to}{DELIMITER}"),
-                        prefix.len() as i64 + 1,
-                        prefix.len() as i64,
+                        chars + 1,
+                        chars,
                         prefix
                     ],
                 )?;

@@ -370,12 +370,13 @@ impl Store {
                             "UPDATE {table} SET folder = ?2 || substr(folder, ?3)
                              WHERE account = ?1 AND (folder = ?4 OR substr(folder, 1, ?5) = ?6)"
                         ),
+                        // SQLite's substr counts characters, not bytes ("Entwürfe/").
                         params![
                             account,
                             to,
-                            from.len() as i64 + 1,
+                            from.chars().count() as i64 + 1,
                             from,
-                            prefix.len() as i64,
+                            prefix.chars().count() as i64,
                             prefix
                         ],
                     )?;

@@ -515,3 +515,28 @@ fn journal_entries_follow_a_renamed_mailbox() {
         ]
     );
 }
+
+/// SQLite's substr counts characters: a parent whose name is not ASCII still has its
+/// children found when it is deleted or renamed.
+#[test]
+fn non_ascii_parents_keep_their_children() {
+    let (_dir, store) = store();
+    let account = store.ensure_account("alice").unwrap();
+    store.create_mailbox(account, "Entwürfe", None).unwrap();
+    store.create_mailbox(account, "Entwürfe/Alt", None).unwrap();
+    assert!(matches!(
+        store.delete_mailbox(account, "Entwürfe"),
+        Err(StoreError::HasChildren(_))
+    ));
+    store
+        .rename_mailbox(account, "Entwürfe", "Brouillons")
+        .unwrap();
+    let names: Vec<String> = store
+        .mailboxes(account)
+        .unwrap()
+        .into_iter()
+        .map(|m| m.name)
+        .filter(|n| n.contains("Entw") || n.contains("Brouillons"))
+        .collect();
+    assert_eq!(names, ["Brouillons", "Brouillons/Alt"]);
+}
