@@ -301,6 +301,18 @@ impl Store {
         })
     }
 
+    /// Whether the account has journal entries made at or after `since` (Unix seconds): local
+    /// changes newer than the sync pass that started then.
+    pub fn journal_since(&self, account: AccountId, since: i64) -> Result<bool, StoreError> {
+        self.read(|c| {
+            Ok(c.query_row(
+                "SELECT EXISTS (SELECT 1 FROM journal WHERE account = ?1 AND at >= ?2)",
+                params![account, since],
+                |r| r.get(0),
+            )?)
+        })
+    }
+
     /// Entries still to write back for an account, and the last error among them.
     pub fn journal_backlog(
         &self,

@@ -453,6 +453,9 @@ impl Syncer {
             if *shutdown.borrow() {
                 return;
             }
+            // Local changes from this second on wake the next pass; older ones this pass saw
+            // (one that waits for the server wakes nothing: it is retried at the next poll).
+            let started = crate::store::unix_now();
             let synced = self.sync_once().await;
             local.borrow_and_update();
             let waited = match synced {
@@ -462,7 +465,7 @@ impl Syncer {
                             "local changes not yet written back; retrying at the next poll");
                     }
                     if self.config.idle {
-                        self.idle(poll, &mut shutdown, &mut local).await
+                        self.idle(poll, &mut shutdown, &mut local, started).await
                     } else {
                         Err(None)
                     }
@@ -479,26 +482,28 @@ impl Syncer {
                 tokio::select! {
                     _ = tokio::time::sleep(poll) => {}
                     _ = shutdown.changed() => {}
-                    _ = self.local_change(&mut local) => {}
+                    _ = self.local_change(&mut local, started) => {}
                 }
             }
         }
     }
 
-    /// Resolves once the account has local changes to write back (the store's commits are
-    /// watched, also those of other processes).
-    async fn local_change(&self, local: &mut tokio::sync::watch::Receiver<u64>) {
+    /// Resolves once the account has local changes made since `since` (Unix seconds) to
+    /// write back (the store's commits are watched, also those of other processes). Entries
+    /// that were there before do not count: an entry the server keeps refusing would
+    /// otherwise start a pass at every commit, the sync's own included.
+    async fn local_change(&self, local: &mut tokio::sync::watch::Receiver<u64>, since: i64) {
         loop {
             if local.changed().await.is_err() {
                 return std::future::pending().await;
             }
             let (store, name) = (self.store.clone(), self.name.clone());
-            let backlog = blocking(move || match store.account(&name)? {
-                Some(account) => Ok(store.journal_backlog(account)?.0),
-                None => Ok::<_, StoreError>(0),
+            let news = blocking(move || match store.account(&name)? {
+                Some(account) => store.journal_since(account, since),
+                None => Ok::<_, StoreError>(false),
             })
             .await;
-            if matches!(backlog, Ok(Ok(n)) if n > 0) {
+            if matches!(news, Ok(Ok(true))) {
                 return;
             }
         }
@@ -512,6 +517,7 @@ impl Syncer {
         poll: Duration,
         shutdown: &mut tokio::sync::watch::Receiver<bool>,
         local: &mut tokio::sync::watch::Receiver<u64>,
+        since: i64,
     ) -> Result<(), Option<SyncError>> {
         let mut session = upstream::connect(&self.config).await.map_err(Some)?;
         let capabilities = within(self.config.timeout(), session.capabilities())
@@ -531,7 +537,7 @@ impl Syncer {
             tokio::select! {
                 _ = wait => {}
                 _ = shutdown.changed() => {}
-                _ = self.local_change(local) => {}
+                _ = self.local_change(local, since) => {}
             }
         }
         if let Ok(mut session) = idle.done().await {
