@@ -120,9 +120,26 @@ impl Syncer {
         .await??;
         let mut report = SyncReport::default();
         let capabilities = within(self.config.timeout(), session.capabilities()).await?;
-        // Local changes first: a message moved or expunged here must not come back.
-        (report.written_back, report.waiting) =
-            self.write_back(session, &capabilities, account).await?;
+        // Local changes first: a message moved or expunged here must not come back (a fetch
+        // leaves alone messages with changes still waiting, so new mail can come down
+        // whatever became of the write-back).
+        match self.write_back(session, &capabilities, account).await {
+            Ok(counts) => (report.written_back, report.waiting) = counts,
+            Err(e @ (SyncError::Store(_) | SyncError::Task(_))) => return Err(e),
+            Err(e) => {
+                // The connection broke or timed out mid-change (one change the server never
+                // answers in time would otherwise hold up all new mail, for good). The change
+                // stays for the next pass; new mail comes down over a fresh connection.
+                tracing::warn!(account = %self.name, "write-back stopped: {e}; fetching anyway");
+                let (store, name) = (self.store.clone(), self.name.clone());
+                report.waiting = blocking(move || match store.account(&name)? {
+                    Some(account) => Ok(store.journal_backlog(account)?.0),
+                    None => Ok::<_, StoreError>(0),
+                })
+                .await??;
+                *session = upstream::connect(&self.config).await?;
+            }
+        }
         let condstore = capabilities.has_str("CONDSTORE");
         for (folder, delimiter) in self.folders(session).await? {
             // A folder that cannot be synced (a name sealpost cannot store, EXAMINE refused)

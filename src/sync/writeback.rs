@@ -24,6 +24,9 @@ use crate::store::{
 /// Journal entries read per round.
 const ROUND: u32 = 200;
 
+/// The slowest upload rate allowed for before a command with a literal times out.
+const MIN_UPLOAD_BYTES_PER_SEC: u64 = 64 * 1024;
+
 /// The header field that marks an upload, so that a retry finds an earlier copy.
 const UPLOAD_FIELD: &str = "Sealpost-Upload";
 
@@ -62,6 +65,63 @@ impl From<crate::store::StoreError> for Failure {
     }
 }
 
+/// The messages (local mailbox, UID) and mailboxes that an entry waiting in this pass is
+/// about: later entries about them wait too.
+#[derive(Default)]
+struct Held {
+    messages: std::collections::HashSet<(String, u32)>,
+    mailboxes: Vec<String>,
+}
+
+impl Held {
+    /// The messages and mailboxes an entry is about: its own, a move's target, a copy's
+    /// source, a rename's new name.
+    fn subjects(entry: &JournalEntry) -> (Vec<(String, u32)>, Vec<String>) {
+        let other = entry
+            .detail
+            .split_once('\t')
+            .and_then(|(name, uid)| Some((name.to_string(), uid.parse::<u32>().ok()?)));
+        match entry.kind.as_str() {
+            "delete-mailbox" => (vec![], vec![entry.mailbox.clone()]),
+            "rename-mailbox" => (vec![], vec![entry.mailbox.clone(), entry.detail.clone()]),
+            "move" | "copy" => {
+                let mut messages = vec![(entry.mailbox.clone(), entry.uid)];
+                messages.extend(other);
+                (messages, vec![])
+            }
+            _ => (vec![(entry.mailbox.clone(), entry.uid)], vec![]),
+        }
+    }
+
+    fn hold(&mut self, entry: &JournalEntry) {
+        let (messages, mailboxes) = Held::subjects(entry);
+        self.messages.extend(messages);
+        self.mailboxes.extend(mailboxes);
+    }
+
+    fn blocks(&self, entry: &JournalEntry) -> bool {
+        let (messages, mailboxes) = Held::subjects(entry);
+        let in_held = |name: &str| {
+            self.mailboxes.iter().any(|held| {
+                name == held
+                    || name
+                        .strip_prefix(held.as_str())
+                        .is_some_and(|rest| rest.starts_with('/'))
+            })
+        };
+        messages
+            .iter()
+            .any(|m| self.messages.contains(m) || in_held(&m.0))
+            || mailboxes.iter().any(|m| in_held(m))
+            // A mailbox deleted or renamed after a change inside it that waits.
+            || mailboxes.iter().any(|m| {
+                self.messages.iter().any(|(name, _)| {
+                    name == m || name.strip_prefix(m.as_str()).is_some_and(|r| r.starts_with('/'))
+                })
+            })
+    }
+}
+
 impl Syncer {
     /// Writes the account's journal back upstream. Returns how many entries were done and
     /// how many wait for a later try.
@@ -96,9 +156,20 @@ impl Syncer {
             selected: None,
         };
         let (mut done, mut waiting) = (0, 0);
+        let mut held = Held::default();
         let mut batch = first;
         while let Some(last) = batch.last().map(|e| e.id) {
             for entry in batch {
+                if held.blocks(&entry) {
+                    // In journal order: done before the earlier change, this one would find
+                    // no link (a move that waits) and count as done, or act on a stale one.
+                    held.hold(&entry);
+                    let store = self.store.clone();
+                    let why = "waits for an earlier change to the same message or mailbox";
+                    blocking(move || store.journal_attempt(entry.id, why)).await??;
+                    waiting += 1;
+                    continue;
+                }
                 match self.write_entry(&mut upstream, account, &entry).await {
                     Ok(result) => {
                         let store = self.store.clone();
@@ -110,6 +181,7 @@ impl Syncer {
                         tracing::warn!(account = %self.name, mailbox = %entry.mailbox,
                             uid = entry.uid, kind = %entry.kind,
                             "not written back upstream yet: {why}");
+                        held.hold(&entry);
                         let store = self.store.clone();
                         blocking(move || store.journal_attempt(entry.id, &why)).await??;
                         waiting += 1;
@@ -531,8 +603,11 @@ impl Upstream<'_> {
         line: &str,
         literal: Option<&[u8]>,
     ) -> Result<Reply, Failure> {
+        // The timeout is for the server's answer; a literal also needs its time on the wire
+        // (a 30 MB Sent message must not time out on every try, for good).
+        let sending = literal.map_or(0, |l| l.len() as u64 / MIN_UPLOAD_BYTES_PER_SEC);
         Ok(within(
-            syncer.config.timeout(),
+            syncer.config.timeout() + std::time::Duration::from_secs(sending),
             command(self.session, line, literal),
         )
         .await?)
@@ -695,6 +770,40 @@ fn upload_token(account: &str, mailbox: &str, uidvalidity: u32, uid: u32) -> Str
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn entry(mailbox: &str, uid: u32, kind: &str, detail: &str) -> JournalEntry {
+        JournalEntry {
+            id: 0,
+            account: "alice".into(),
+            mailbox: mailbox.into(),
+            uid,
+            kind: kind.into(),
+            detail: detail.into(),
+            attempts: 0,
+            last_error: String::new(),
+        }
+    }
+
+    /// After a change that waits, later changes about the same message or mailbox wait too.
+    #[test]
+    fn later_changes_wait_for_an_earlier_one_that_failed() {
+        let mut held = Held::default();
+        // INBOX/7 moved to Archive as UID 3; the server refused the move.
+        held.hold(&entry("INBOX", 7, "move", "Archive\t3"));
+        assert!(held.blocks(&entry("Archive", 3, "flags", "\\Seen")));
+        assert!(held.blocks(&entry("Archive", 3, "expunge", "")));
+        assert!(held.blocks(&entry("Lists", 1, "copy", "Archive\t3")));
+        assert!(held.blocks(&entry("Archive", 0, "delete-mailbox", "")));
+        assert!(held.blocks(&entry("INBOX", 0, "rename-mailbox", "Old")));
+        assert!(!held.blocks(&entry("Archive", 4, "flags", "\\Seen")));
+        assert!(!held.blocks(&entry("INBOX", 8, "expunge", "")));
+        // A rename that waits holds everything in and under both names.
+        let mut held = Held::default();
+        held.hold(&entry("Drafts", 0, "rename-mailbox", "Entwürfe"));
+        assert!(held.blocks(&entry("Drafts", 2, "append", "")));
+        assert!(held.blocks(&entry("Entwürfe/Alt", 1, "flags", "")));
+        assert!(!held.blocks(&entry("Draftsman", 1, "flags", "")));
+    }
 
     #[test]
     fn verdict_keywords_stay_local() {
