@@ -486,6 +486,18 @@ async fn local_changes_are_written_back_upstream() {
     assert!(out.status.success(), "{out:?}");
     assert!(!dovecot.maildir.join(".Projects").exists());
 
+    // A RENAME the server has done already (a try whose answer was lost) gets NO on the
+    // retry, yet it is done: the folder is not fetched again under its new name.
+    upstream(
+        &dovecot,
+        json!([{"cmd": "raw", "line": "RENAME Keep Kept"}]),
+    );
+    raw.ok("RENAME Keep Kept");
+    let out = sync_once(&config);
+    assert_eq!(stdout(&out).trim(), format!("{USER}: 0 new"), "{out:?}");
+    assert_eq!(exists(&mut raw, "Kept"), 1);
+    assert_eq!(store.journal_backlog(account).unwrap(), (0, None));
+
     // Flag changes made upstream come down; the verdict keyword stays.
     upstream(
         &dovecot,

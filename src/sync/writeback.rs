@@ -261,9 +261,14 @@ impl Syncer {
                     .command(self, &format!("DELETE {}", quote(&folder)), None)
                     .await?;
                 if !reply.ok {
-                    // Already gone upstream is as good as deleted.
+                    // Already gone upstream (an earlier try whose answer was lost, say) is
+                    // as good as deleted; a folder still there (it has subfolders, the
+                    // server refuses) waits, or the next pass would fetch it all again.
+                    if up.exists(self, &folder).await? {
+                        return Err(Failure::Entry(format!("DELETE: {}", reply.text)));
+                    }
                     tracing::info!(account = %self.name, %folder,
-                        "upstream DELETE: {} (left as it is)", reply.text);
+                        "upstream DELETE: {} (the folder is gone)", reply.text);
                 }
                 Ok(WrittenBack {
                     forget_folder: Some(folder),
@@ -276,12 +281,18 @@ impl Syncer {
                     return Ok(WrittenBack::default());
                 }
                 up.selected = None;
-                up.run(
-                    self,
-                    &format!("RENAME {} {}", quote(&from), quote(&to)),
-                    None,
-                )
-                .await?;
+                let reply = up
+                    .command(
+                        self,
+                        &format!("RENAME {} {}", quote(&from), quote(&to)),
+                        None,
+                    )
+                    .await?;
+                // A retry of a RENAME the server did but whose answer was lost gets NO: the
+                // folder has its new name already. Anything else waits.
+                if !reply.ok && (up.exists(self, &from).await? || !up.exists(self, &to).await?) {
+                    return Err(Failure::Entry(format!("RENAME: {}", reply.text)));
+                }
                 Ok(WrittenBack {
                     rename_folder: Some((from, to, up.delimiter.clone())),
                     ..WrittenBack::default()
@@ -645,6 +656,23 @@ impl Upstream<'_> {
         self.run(syncer, &format!("CREATE {}", quote(folder)), None)
             .await?;
         self.run(syncer, line, literal).await
+    }
+
+    /// Whether the upstream folder of this (wire) name exists.
+    async fn exists(&mut self, syncer: &Syncer, folder: &str) -> Result<bool, Failure> {
+        use futures::TryStreamExt;
+        let session = &mut *self.session;
+        // async-imap sends the pattern as it is given.
+        let pattern = quote(folder);
+        let names: Vec<_> = within(syncer.config.timeout(), async {
+            session
+                .list(Some(""), Some(&pattern))
+                .await?
+                .try_collect()
+                .await
+        })
+        .await?;
+        Ok(names.iter().any(|n| n.name() == folder))
     }
 
     /// Selects the upstream folder of `target`; false when its UIDVALIDITY is no longer the
