@@ -498,6 +498,17 @@ async fn local_changes_are_written_back_upstream() {
     assert_eq!(exists(&mut raw, "Kept"), 1);
     assert_eq!(store.journal_backlog(account).unwrap(), (0, None));
 
+    // A message stored into a mailbox that is then renamed, both before the next sync: it
+    // goes up into the folder under its old name, which the rename then renames.
+    let note = "From: bob@example.org\r\nSubject: a note\r\n\r\nnoted\r\n";
+    raw.ok(&format!("APPEND Kept {{{}}}\r\n{note}", note.len()));
+    raw.ok("RENAME Kept Notes");
+    let out = sync_once(&config);
+    assert_eq!(stdout(&out).trim(), format!("{USER}: 0 new"), "{out:?}");
+    assert_eq!(store.journal_backlog(account).unwrap(), (0, None));
+    assert_eq!(dovecot.mailbox_files("Notes").len(), 2, "both went up");
+    assert_eq!(exists(&mut raw, "Notes"), 2);
+
     // Flag changes made upstream come down; the verdict keyword stays.
     upstream(
         &dovecot,

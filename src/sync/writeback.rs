@@ -39,6 +39,8 @@ struct Upstream<'a> {
     uidplus: bool,
     /// The selected folder and its UIDVALIDITY.
     selected: Option<(String, u32)>,
+    /// The mailbox renames waiting in the journal: (entry id, from, to), oldest first.
+    renames: Vec<(i64, String, String)>,
 }
 
 /// Why one entry did not finish.
@@ -148,12 +150,15 @@ impl Syncer {
                 .and_then(|n| n.delimiter().map(str::to_string))
                 .unwrap_or_else(|| "/".into())
         };
+        let store = self.store.clone();
+        let renames = blocking(move || store.journal_renames(account)).await??;
         let mut upstream = Upstream {
             can_move: capabilities.has_str("MOVE"),
             uidplus: capabilities.has_str("UIDPLUS"),
             session,
             delimiter,
             selected: None,
+            renames,
         };
         let (mut done, mut waiting) = (0, 0);
         let mut held = Held::default();
@@ -248,7 +253,10 @@ impl Syncer {
                 None => Ok(WrittenBack::default()),
             },
             "append" => match mailbox {
-                Some(mailbox) => self.upload(up, entry, mailbox, entry.uid).await,
+                Some(mailbox) => {
+                    self.upload(up, entry, mailbox, entry.uid, &entry.mailbox)
+                        .await
+                }
                 None => Ok(WrittenBack::default()),
             },
             "delete-mailbox" => {
@@ -330,12 +338,12 @@ impl Syncer {
             Some(source) => self.linked(Some(source), entry.uid).await?,
             None => None,
         };
-        let to_folder = up.wire_name(&target_name);
+        let to_folder = up.wire_name_at(&target_name, entry.id);
         let Some(from) = from.filter(|_| self.synced(&to_folder)) else {
-            return self.upload(up, entry, target, new_uid).await;
+            return self.upload(up, entry, target, new_uid, &target_name).await;
         };
         if !up.select(self, &from).await? {
-            return self.upload(up, entry, target, new_uid).await;
+            return self.upload(up, entry, target, new_uid, &target_name).await;
         }
         let verb = if up.can_move { "MOVE" } else { "COPY" };
         let line = format!("UID {verb} {} {}", from.uid, quote(&to_folder));
@@ -386,9 +394,11 @@ impl Syncer {
             },
             None => None,
         };
-        let to_folder = up.wire_name(&entry.mailbox);
+        let to_folder = up.wire_name_at(&entry.mailbox, entry.id);
         let Some(from) = from.filter(|_| self.synced(&to_folder)) else {
-            return self.upload(up, entry, target, entry.uid).await;
+            return self
+                .upload(up, entry, target, entry.uid, &entry.mailbox)
+                .await;
         };
         let link = |uidvalidity: u32, uid: u32| WrittenBack {
             link: Some((
@@ -411,7 +421,9 @@ impl Syncer {
         }
         if !up.select(self, &from).await? {
             // Gone upstream meanwhile: the local copy goes up as a message of its own.
-            return self.upload(up, entry, target, entry.uid).await;
+            return self
+                .upload(up, entry, target, entry.uid, &entry.mailbox)
+                .await;
         }
         // Counted before it is sent: after a crash from here on, the retry looks first.
         let (store, id) = (self.store.clone(), entry.id);
@@ -426,7 +438,9 @@ impl Syncer {
         if up.uidplus {
             // A UIDPLUS server copied nothing (RFC 4315 §3: no COPYUID when none of the UIDs
             // exist): the original is gone upstream, so the local copy goes up on its own.
-            return self.upload(up, entry, target, entry.uid).await;
+            return self
+                .upload(up, entry, target, entry.uid, &entry.mailbox)
+                .await;
         }
         // Without UIDPLUS the target folder's next pass fetches the copy and links it to this
         // local message by content (an unlinked message with the same content).
@@ -456,6 +470,7 @@ impl Syncer {
         entry: &JournalEntry,
         mailbox: MailboxId,
         uid: u32,
+        name: &str,
     ) -> Result<WrittenBack, Failure> {
         if self.linked(Some(mailbox), uid).await?.is_some() {
             return Ok(WrittenBack::default());
@@ -474,11 +489,12 @@ impl Syncer {
             // Expunged locally before it went up: nothing to store.
             return Ok(WrittenBack::default());
         };
-        let folder = up.wire_name(&local.name);
+        // The entry's name for the mailbox, as upstream has it now (not yet renamed there).
+        let folder = up.wire_name_at(name, entry.id);
         if !self.synced(&folder) {
             return Ok(WrittenBack::default());
         }
-        let token = upload_token(&self.name, &local.name, local.uidvalidity, uid);
+        let token = upload_token(&self.name, local.uidvalidity, uid);
         let found = |uidvalidity: u32, upstream_uid: u32| WrittenBack {
             link: Some((
                 mailbox,
@@ -601,6 +617,26 @@ impl Syncer {
 
 impl Upstream<'_> {
     /// The upstream wire name of a local mailbox (modified UTF-7, the server's delimiter).
+    /// The wire name upstream has now for the local mailbox an entry calls `local`. Journal
+    /// entries follow a local rename (their names are rewritten to the new one), while
+    /// upstream the rename happens only when its own, later entry is written back: until then
+    /// the folder has its old name there, so every rename after this entry is undone, the
+    /// latest first.
+    fn wire_name_at(&self, local: &str, entry: i64) -> String {
+        let mut name = local.to_string();
+        for (_, from, to) in self.renames.iter().rev().filter(|(id, _, _)| *id > entry) {
+            if name == *to {
+                name = from.clone();
+            } else if let Some(rest) = name
+                .strip_prefix(to.as_str())
+                .filter(|r| r.starts_with('/'))
+            {
+                name = format!("{from}{rest}");
+            }
+        }
+        self.wire_name(&name)
+    }
+
     fn wire_name(&self, local: &str) -> String {
         if local == "INBOX" {
             return local.into();
@@ -788,10 +824,11 @@ fn upstream_flags<'a>(flags: impl Iterator<Item = &'a str>) -> String {
         .join(" ")
 }
 
-/// A token naming one local message (account, mailbox, UIDVALIDITY, UID) without telling
-/// any of them.
-fn upload_token(account: &str, mailbox: &str, uidvalidity: u32, uid: u32) -> String {
-    let digest = Sha256::digest(format!("{account}\0{mailbox}\0{uidvalidity}\0{uid}"));
+/// A token naming one local message (account, UIDVALIDITY, UID) without telling any of
+/// them. No mailbox name: a UIDVALIDITY is never given to two mailboxes, and a rename keeps
+/// it, so a retry after a rename still finds an earlier copy.
+fn upload_token(account: &str, uidvalidity: u32, uid: u32) -> String {
+    let digest = Sha256::digest(format!("{account}\0{uidvalidity}\0{uid}"));
     digest[..16].iter().map(|b| format!("{b:02x}")).collect()
 }
 
@@ -843,9 +880,10 @@ mod tests {
 
     #[test]
     fn upload_tokens_differ_per_message() {
-        let a = upload_token("alice", "Sent", 7, 1);
+        let a = upload_token("alice", 7, 1);
         assert_eq!(a.len(), 32);
-        assert_ne!(a, upload_token("alice", "Sent", 7, 2));
-        assert_ne!(a, upload_token("alice", "Drafts", 7, 1));
+        assert_ne!(a, upload_token("alice", 7, 2));
+        assert_ne!(a, upload_token("alice", 8, 1));
+        assert_ne!(a, upload_token("bob", 7, 1));
     }
 }
