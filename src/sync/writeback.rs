@@ -342,8 +342,36 @@ impl Syncer {
         let Some(from) = from.filter(|_| self.synced(&to_folder)) else {
             return self.upload(up, entry, target, new_uid, &target_name).await;
         };
+        let unlink = source.map(|s| (s, entry.uid));
+        if !up.can_move && entry.attempts > 0 {
+            // COPY, then \Deleted and UID EXPUNGE: a try that got as far as the copy leaves it
+            // in the target folder, linked to nothing. Then only the original's removal is
+            // left; a second COPY would leave two.
+            if let Some(id) = self.message_id(target, new_uid).await? {
+                if let Some((v, u)) = up.find_unlinked(self, account, &to_folder, &id).await? {
+                    if up.select(self, &from).await? {
+                        up.expunge(self, from.uid).await?;
+                    }
+                    let link = UpstreamRef {
+                        folder: to_folder.clone(),
+                        uidvalidity: v,
+                        uid: u,
+                    };
+                    return Ok(WrittenBack {
+                        unlink,
+                        link: Some((target, new_uid, link)),
+                        ..WrittenBack::default()
+                    });
+                }
+            }
+        }
         if !up.select(self, &from).await? {
             return self.upload(up, entry, target, new_uid, &target_name).await;
+        }
+        if !up.can_move {
+            // Counted before it is sent: after a crash from here on, the retry looks first.
+            let (store, id) = (self.store.clone(), entry.id);
+            blocking(move || store.journal_attempt(id, "")).await??;
         }
         let verb = if up.can_move { "MOVE" } else { "COPY" };
         let line = format!("UID {verb} {} {}", from.uid, quote(&to_folder));
@@ -351,7 +379,6 @@ impl Syncer {
         if !up.can_move {
             up.expunge(self, from.uid).await?;
         }
-        let unlink = source.map(|s| (s, entry.uid));
         let link = reply.copyuid.and_then(|(uidvalidity, _, to)| {
             to.first().map(|uid| {
                 (
