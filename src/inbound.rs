@@ -206,15 +206,18 @@ pub async fn process(keys: &KeyService, raw: &[u8]) -> Result<Processed, Inbound
                 if pgp_mime {
                     let (inner_header, inner_body) = split(&plaintext);
                     let signed_header = signed_part_header(&plaintext);
-                    let protected = if is_protected(inner_header) {
-                        Some(inner_header)
-                    } else {
-                        signed_header.as_deref().filter(|h| is_protected(h))
+                    // A multipart/signed entity's own header is outside its signature (§6.1):
+                    // anyone can wrap a signed part they captured, with protected fields of
+                    // their own around it. Its fields count only when the OpenPGP message is
+                    // signed as a whole (§6.2); otherwise only the signed part's do.
+                    let whole_signed = !decrypted.signatures.is_empty();
+                    let protected = match signed_header.as_deref() {
+                        Some(signed) if !whole_signed => Some(signed).filter(|h| is_protected(h)),
+                        _ if is_protected(inner_header) => Some(inner_header),
+                        _ => signed_header.as_deref().filter(|h| is_protected(h)),
                     };
                     let (merged, inner_from) = merge_headers(header, inner_header, protected);
-                    if let (Some(inner), Some(outer)) = (&inner_from, &outer_from) {
-                        verdict.inner_from_mismatch = !inner.eq_ignore_ascii_case(outer);
-                    }
+                    verdict.inner_from_mismatch = from_mismatch(&inner_from, &outer_from);
                     // The signer is compared with the From that is shown: the protected one
                     // when there is one (RFC 9788), not the outer one a relay could change.
                     let shown_from = from_address(&merged);
@@ -248,7 +251,14 @@ pub async fn process(keys: &KeyService, raw: &[u8]) -> Result<Processed, Inbound
         }
     } else if is("multipart", "signed") && protocol.as_deref() == Some("application/pgp-signature")
     {
-        verdict.signature = verify_multipart_signed(keys, raw, &outer_from).await?;
+        // With RFC 9788 fields in the signed part, a MUA that knows them shows its From: the
+        // signer is compared with that one, and a different outer From is flagged.
+        let signed_from = signed_part_header(raw)
+            .filter(|h| is_protected(h) && has_field(h, b"from"))
+            .map(|h| from_address(&h));
+        verdict.inner_from_mismatch = from_mismatch(&signed_from, &outer_from);
+        let shown_from = signed_from.unwrap_or_else(|| outer_from.clone());
+        verdict.signature = verify_multipart_signed(keys, raw, &shown_from).await?;
     }
 
     let mut message = strip_field(&out_header, VERDICT_FIELD);
@@ -473,9 +483,46 @@ fn is_protected(inner_header: &[u8]) -> bool {
     })
 }
 
+/// Fields that name people or route replies. With protected fields (RFC 9788), an outer one
+/// of these is shown only when the protected set has it too (then the protected one is shown):
+/// anyone who forwards a captured signed message could add a Reply-To or a Cc outside, and a
+/// reply would take the quoted plaintext there.
+const ONLY_PROTECTED: [&[u8]; 12] = [
+    b"from",
+    b"sender",
+    b"reply-to",
+    b"to",
+    b"cc",
+    b"bcc",
+    b"subject",
+    b"mail-followup-to",
+    b"mail-reply-to",
+    b"followup-to",
+    b"disposition-notification-to",
+    b"return-receipt-to",
+];
+
+/// Whether the header has a field of this (lower-case) name.
+fn has_field(header: &[u8], name: &[u8]) -> bool {
+    fields(header)
+        .iter()
+        .any(|(n, _)| n.eq_ignore_ascii_case(name))
+}
+
+/// Whether the From that is shown (the protected one) is not the outer one. `inner` is None
+/// when there is no protected From field, Some(None) when it is not exactly one mailbox.
+fn from_mismatch(inner: &Option<Option<String>>, outer: &Option<String>) -> bool {
+    match (inner, outer) {
+        (None, _) => false,
+        (Some(Some(inner)), Some(outer)) => !inner.eq_ignore_ascii_case(outer),
+        (Some(_), _) => true,
+    }
+}
+
 /// Outer fields minus the outer Content-* ones, with the inner entity's Content-* fields (and,
-/// when protected, its other fields, which replace outer fields of the same name). Returns the
-/// inner From address when the inner header has one.
+/// when protected, its other fields, which replace outer fields of the same name; outer
+/// [`ONLY_PROTECTED`] fields go). Returns the protected From: None when the protected set has
+/// no From field, Some(None) when it is not exactly one mailbox.
 ///
 /// `protected` is the header that carries the protected fields: the decrypted entity's own, or,
 /// when it is a `multipart/signed` (RFC 3156 §6.1, signed then encrypted), its signed part's.
@@ -484,7 +531,7 @@ fn merge_headers(
     outer: &[u8],
     inner: &[u8],
     protected: Option<&[u8]>,
-) -> (Vec<u8>, Option<String>) {
+) -> (Vec<u8>, Option<Option<String>>) {
     let inner_fields = fields(inner);
     let protected_fields: Vec<_> = protected
         .map(fields)
@@ -494,6 +541,7 @@ fn merge_headers(
         .collect();
     let replaced = |name: &[u8]| {
         is_content_field(name)
+            || (protected.is_some() && ONLY_PROTECTED.iter().any(|p| p.eq_ignore_ascii_case(name)))
             || protected_fields
                 .iter()
                 .any(|(n, _)| n.eq_ignore_ascii_case(name))
@@ -513,7 +561,9 @@ fn merge_headers(
         out.extend_from_slice(field);
     }
     out.extend_from_slice(b"\r\n");
-    let inner_from = protected.and_then(from_address);
+    let inner_from = protected
+        .filter(|h| has_field(h, b"from"))
+        .map(from_address);
     (out, inner_from)
 }
 

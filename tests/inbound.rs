@@ -340,3 +340,90 @@ async fn the_signer_is_compared_with_the_from_that_is_shown() {
         "{verdict}"
     );
 }
+
+/// Alice's genuine signed copy (RFC 9788 fields inside its signed part), wrapped by Mallory:
+/// protected fields of his own on the multipart/signed entity (outside the signature), an
+/// outer Reply-To, all encrypted to Bob without a signature of the whole. What is shown is
+/// what Alice signed; Mallory's Subject and Reply-To are gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fields_outside_the_signature_do_not_ride_on_it() {
+    let world = World::new();
+    let server = bobs_store(&world);
+    let signed = verdicts::signed_copy(&world).await;
+    let text = String::from_utf8(signed).unwrap();
+    let (outer, body) = text.split_once("\r\n\r\n").unwrap();
+    let content_type = outer
+        .split("\r\n")
+        .skip_while(|l| !l.to_ascii_lowercase().starts_with("content-type:"))
+        .take_while(|l| {
+            l.to_ascii_lowercase().starts_with("content-type:") || l.starts_with([' ', '\t'])
+        })
+        .collect::<Vec<_>>()
+        .join("\r\n");
+    assert!(content_type.contains("multipart/signed"), "{content_type}");
+    let wrapped = format!(
+        "{content_type}; protected-headers=\"v1\"\r\nFrom: alice@example.org\r\n\
+         Subject: pay to IBAN XX00 MALLORY\r\nReply-To: m@evil.example\r\n\r\n{body}"
+    );
+    let out = world.sender.gpg(
+        &[
+            "--armor",
+            "--encrypt",
+            "--trust-model",
+            "always",
+            "-r",
+            &world.bob_fpr,
+        ],
+        Some(wrapped.as_bytes()),
+    );
+    assert!(out.status.success(), "{out:?}");
+    let mut raw = b"Reply-To: outer@evil.example\r\n".to_vec();
+    raw.extend_from_slice(&verdicts::pgp_mime(&out.stdout));
+    let (code, output) = deliver(&server, &raw);
+    assert_eq!(code, 0, "{output}");
+    let stored = verdicts::fetch_all(&server);
+    let message = String::from_utf8_lossy(&stored[0].1).into_owned();
+    let (header, _) = message.split_once("\r\n\r\n").unwrap();
+    assert!(!header.contains("MALLORY"), "{header}");
+    assert!(!header.contains("evil.example"), "{header}");
+    assert!(
+        header.contains("Subject: Vault"),
+        "what Alice signed: {header}"
+    );
+    let verdict = verdicts::verdict(message.as_bytes());
+    assert!(
+        verdict.starts_with(&format!(
+            "encrypted; signature=valid; signer={}; from=match",
+            world.alice
+        )),
+        "{verdict}"
+    );
+}
+
+/// A signed message whose signed part carries RFC 9788 fields: MUAs that know them show its
+/// From, so the signer is compared with that one, and an outer From that differs is flagged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_parts_own_from_is_the_one_compared() {
+    let world = World::new();
+    let server = bobs_store(&world);
+    let signed = verdicts::signed_copy(&world).await;
+    let text = String::from_utf8(signed).unwrap();
+    assert!(text.starts_with("From: alice@example.org\r\n"), "{text}");
+    let relabelled = text.replacen("From: alice@example.org", "From: m@evil.example", 1);
+    let (code, output) = deliver(&server, relabelled.as_bytes());
+    assert_eq!(code, 0, "{output}");
+    let stored = verdicts::fetch_all(&server);
+    let verdict = verdicts::verdict(&stored[0].1);
+    assert_eq!(
+        verdict,
+        format!(
+            "plaintext; signature=valid; signer={}; from=match; inner-from=mismatch",
+            world.alice
+        )
+    );
+    assert!(
+        stored[0].0.contains("$Sealpost-FromMismatch"),
+        "{}",
+        stored[0].0
+    );
+}

@@ -36,6 +36,12 @@ async fn copy_from(home: &GpgHome, from: &str, to: &str) -> Vec<u8> {
     }
 }
 
+/// Alice's signed copy for a recipient without a key (multipart/signed, RFC 9788 fields in
+/// the signed part), From alice@example.org first.
+pub async fn signed_copy(world: &World) -> Vec<u8> {
+    copy_from(&world.sender, "alice@example.org", "dave@example.net").await
+}
+
 /// The eight cases, in the order `check` expects them: (name, message).
 pub async fn cases(world: &World) -> Vec<(&'static str, Vec<u8>)> {
     let alice = "alice@example.org";
