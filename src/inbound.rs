@@ -684,7 +684,14 @@ mod tests {
             merged,
             "Content-Type: text/plain; charset=utf-8; protected-headers=\"v1\"\r\nSubject: Real subject\r\nFrom: b@example.org\r\n\r\n"
         );
-        assert_eq!(inner_from.as_deref(), Some("b@example.org"));
+        assert_eq!(inner_from, Some(Some("b@example.org".to_string())));
+        // Outer fields that route replies go unless protected; trace fields stay.
+        let outer = b"Received: from x\r\nFrom: a@example.org\r\nReply-To: m@evil.example\r\n\
+            Subject: [...]\r\n\r\n";
+        let (merged, _) = merge_headers(outer, inner, Some(&inner[..]));
+        let merged = String::from_utf8(merged).unwrap();
+        assert!(merged.starts_with("Received: from x\r\n"), "{merged}");
+        assert!(!merged.contains("evil"), "{merged}");
     }
 
     #[test]
