@@ -289,6 +289,36 @@ fn postfix_sendmail_path_gives_the_same_copies() {
     check_three_copies(world, postfix.wait_messages(3));
 }
 
+/// On the sendmail path Postfix shows the milter "ops" as ops@sealpost.test ($myorigin), but
+/// deleting a recipient compares with "ops" as given and fails in silence. With ops's copy
+/// re-injected and bob's kept in place, ops also kept bob's. Several recipients there now all
+/// get re-injected copies and the original is discarded: one copy each, each its own.
+#[test]
+fn sendmail_path_recipients_rewritten_by_postfix_get_one_copy_each() {
+    let Some(rig) = Rig::new() else { return };
+    let (world, postfix) = (&rig.world, &rig.postfix);
+    let _milter = rig.milter();
+    let message = "From: alice@example.org\nTo: bob@example.org, ops\nSubject: s\nMessage-ID: <ops-1@example.org>\n\nthe body\n";
+    let out = postfix.sendmail(
+        &["-i", "-f", "alice@example.org", "bob@example.org", "ops"],
+        message.as_bytes(),
+    );
+    assert!(out.status.success(), "{out:?}");
+    postfix.wait_messages(2);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while postfix.queued() > 0 {
+        assert!(std::time::Instant::now() < deadline, "{}", postfix.log());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let got = by_recipient(postfix.wait_messages(2));
+    assert_eq!(got[0].0, "bob@example.org");
+    assert_eq!(got[1].0, "ops@sealpost.test");
+    let (plain, _, _, _) = world.bob.decrypt(&ciphertext(&crlf(&got[0].1))).expect("bob's");
+    assert!(contains(&plain, "the body"));
+    let ops = String::from_utf8_lossy(&got[1].1).into_owned();
+    assert!(ops.contains("multipart/signed"), "ops has no key: signed copy: {ops}");
+}
+
 #[test]
 fn milter_down_keeps_mail_queued_until_it_is_back() {
     let Some(rig) = Rig::new() else { return };

@@ -557,6 +557,14 @@ fn identity(sender: &str, queue_id: &str, raw_header: &[u8], body: &[u8]) -> Str
     let mut h = Sha256::new();
     h.update(sender.as_bytes());
     h.update([0]);
+    if !own_message_id && !fields.iter().any(|f| f.is("Date")) {
+        // Nothing tells two such messages apart (a device's identical alerts; Postfix adds
+        // neither field to mail from remote clients by default): the queue id does, so a
+        // second one is never taken for a retry of the first, whose recipients it would skip.
+        // A retry then may re-inject a copy twice.
+        h.update(queue_id.as_bytes());
+        h.update([0]);
+    }
     for field in &fields {
         if TRACE.iter().any(|t| field.is(t)) || (own_message_id && field.is("Date")) {
             continue;
@@ -660,10 +668,20 @@ async fn end_of_message(
         .collect();
     let holding = !held.is_empty();
     milter.purge_journal(now);
-    // Which recipients a try before this one already re-injected.
+    // Which recipients a try before this one already re-injected, or saw refused for good
+    // by the re-injection listener (reported below, never sent again).
     let mut journaled = Vec::with_capacity(sendable.len());
     for copy in &sendable {
-        match milter.journal.contains(&id, &copy.recipient) {
+        let looked = milter
+            .journal
+            .contains(&id, &copy.recipient)
+            .and_then(|done| {
+                let failed = milter
+                    .journal
+                    .contains(&id, &refused_key(&copy.recipient))?;
+                Ok(done || failed)
+            });
+        match looked {
             Ok(done) => journaled.push(done),
             Err(e) => return tempfail(cx, &e.to_string()),
         }
@@ -675,8 +693,15 @@ async fn end_of_message(
         .zip(&journaled)
         .find(|(_, &done)| !done)
         .map(|(copy, _)| *copy);
+    // On Postfix's sendmail path the milter sees the recipients rewritten (root becomes
+    // root@$myorigin) while deleting one compares with the address as given, and Postfix
+    // reports success when nothing matched: a recipient meant to leave the original would
+    // stay, with the kept copy (another recipient's, perhaps in clear). With several
+    // recipients there, every copy is re-injected and the original discarded.
+    let in_place = t.smtp || sendable.len() + refused.len() <= 1;
     let kept: Vec<&Copy> = match (held.is_empty(), first_new, sendable.first()) {
         (false, _, _) => held,
+        (true, Some(_), _) if !in_place => Vec::new(),
         (true, Some(first), _) => vec![first],
         // Every sendable recipient already has its copy: the original goes nowhere.
         (true, None, Some(_)) => Vec::new(),
@@ -690,9 +715,25 @@ async fn end_of_message(
         }
     };
     let is_kept = |r: &str| kept.iter().any(|k| k.recipient.eq_ignore_ascii_case(r));
+    // Copies the re-injection listener refused for good (too large for it, say): reported to
+    // the sender like refused recipients; a TEMPFAIL would only bring the same refusal back.
+    let mut bounced: Vec<bounce::Failure> = Vec::new();
     for (copy, &done) in sendable.iter().zip(&journaled) {
         if is_kept(&copy.recipient) {
             continue;
+        }
+        match milter.journal.contains(&id, &refused_key(&copy.recipient)) {
+            Ok(true) => {
+                bounced.push(bounce::Failure {
+                    recipient: copy.recipient.clone(),
+                    status: "5.0.0".into(),
+                    diagnostic: "the re-injection listener refused the copy (see the mail log)"
+                        .into(),
+                });
+                continue;
+            }
+            Ok(false) => {}
+            Err(e) => return tempfail(cx, &e.to_string()),
         }
         if done {
             tracing::info!(
@@ -720,7 +761,24 @@ async fn end_of_message(
                     milter.reinject.description()
                 );
             }
-            Sent::Temporary(e) | Sent::Permanent(e) => {
+            Sent::Permanent(e) => {
+                if let Err(e) = milter
+                    .journal
+                    .record(&id, &refused_key(&copy.recipient), now)
+                {
+                    return tempfail(cx, &e.to_string());
+                }
+                tracing::warn!(
+                    "{queue_id}: to=<{}> re-injection refused for good: {e}; reported",
+                    copy.recipient
+                );
+                bounced.push(bounce::Failure {
+                    recipient: copy.recipient.clone(),
+                    status: "5.0.0".into(),
+                    diagnostic: e,
+                });
+            }
+            Sent::Temporary(e) => {
                 tracing::warn!(
                     "{queue_id}: to=<{}> re-injection failed: {e}",
                     copy.recipient
@@ -729,8 +787,8 @@ async fn end_of_message(
             }
         }
     }
-    if !refused.is_empty() {
-        let failures: Vec<bounce::Failure> = refused
+    if !refused.is_empty() || !bounced.is_empty() {
+        let mut failures: Vec<bounce::Failure> = refused
             .iter()
             .map(|c| {
                 let (status, text) = match &c.decision {
@@ -744,14 +802,15 @@ async fn end_of_message(
                 }
             })
             .collect();
+        failures.extend(bounced);
         if let Err(text) = report_once(milter, queue_id, &id, &t.sender, &raw, &failures, now).await
         {
             return tempfail(cx, &text);
         }
     }
     if kept.is_empty() {
-        // A retry in which every recipient already has its re-injected copy.
-        tracing::info!("{queue_id}: every copy was re-injected before: original discarded");
+        // Every recipient has its re-injected copy (now, or in a try before this one).
+        tracing::info!("{queue_id}: every copy was re-injected: original discarded");
         return Status::Discard;
     }
     // Every recipient but the ones kept leaves the original.
@@ -784,6 +843,11 @@ async fn end_of_message(
         keep.decision.name()
     );
     Status::Continue
+}
+
+/// The journal key that records a copy the re-injection listener refused for good.
+fn refused_key(recipient: &str) -> String {
+    format!("<refused>{recipient}")
 }
 
 /// A temporary failure: Postfix keeps the message and tries again.
