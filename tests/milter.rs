@@ -313,10 +313,16 @@ fn sendmail_path_recipients_rewritten_by_postfix_get_one_copy_each() {
     let got = by_recipient(postfix.wait_messages(2));
     assert_eq!(got[0].0, "bob@example.org");
     assert_eq!(got[1].0, "ops@sealpost.test");
-    let (plain, _, _, _) = world.bob.decrypt(&ciphertext(&crlf(&got[0].1))).expect("bob's");
+    let (plain, _, _, _) = world
+        .bob
+        .decrypt(&ciphertext(&crlf(&got[0].1)))
+        .expect("bob's");
     assert!(contains(&plain, "the body"));
     let ops = String::from_utf8_lossy(&got[1].1).into_owned();
-    assert!(ops.contains("multipart/signed"), "ops has no key: signed copy: {ops}");
+    assert!(
+        ops.contains("multipart/signed"),
+        "ops has no key: signed copy: {ops}"
+    );
 }
 
 #[test]

@@ -475,6 +475,18 @@ impl Queue {
             params![id, now()],
         )
         .map_err(|e| self.db_err(e))?;
+        if in_drop {
+            // A runner may have read the drop file just before it went, and not yet queued
+            // it: a finished row under its id makes that runner's insert a no-op (an id
+            // already known is ignored), so the deleted message is never delivered.
+            conn.execute(
+                "INSERT OR IGNORE INTO messages(id, uid, sender, notify, envid, arrived, size,
+                   raw, finished)
+                 VALUES (?1, 0, '', 'never', NULL, ?2, 0, x'', ?2)",
+                params![id, now()],
+            )
+            .map_err(|e| self.db_err(e))?;
+        }
         if changed == 0 && !in_drop {
             return Err(QueueError::NotFound(id.to_string()));
         }
@@ -937,6 +949,8 @@ pub struct Runner {
     pub hostname: String,
     /// MAILER-DAEMON@domain of reports.
     pub domain: String,
+    /// Set (by SIGTERM, say) to start no further message; those in hand are finished.
+    pub stop: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Runner {
@@ -973,18 +987,63 @@ impl Runner {
             bounces: stranded_reports,
             ..RunReport::default()
         };
+        use std::sync::atomic::Ordering;
         let mut results = futures::stream::iter(ids)
-            .map(|id| self.deliver_message(id, scope.clone()))
+            .map(|id| {
+                let scope = scope.clone();
+                async move {
+                    if self.stop.load(Ordering::SeqCst) {
+                        return Ok(RunReport::default());
+                    }
+                    self.deliver_message(id, scope).await
+                }
+            })
             .buffer_unordered(MESSAGES_IN_FLIGHT);
+        // An error stops new messages but lets those in hand finish: dropping them mid-way
+        // could cut a copy off after the relay took it, and it would go again next run.
+        let mut failed = None;
         while let Some(result) = results.next().await {
-            let r = result?;
-            report.sent += r.sent;
-            report.deferred += r.deferred;
-            report.failed += r.failed;
-            report.bounces += r.bounces;
+            match result {
+                Ok(r) => {
+                    report.sent += r.sent;
+                    report.deferred += r.deferred;
+                    report.failed += r.failed;
+                    report.bounces += r.bounces;
+                }
+                Err(e) => {
+                    self.stop.store(true, Ordering::SeqCst);
+                    failed.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(e) = failed {
+            return Err(e);
         }
         self.queue.purge(now())?;
         Ok(report)
+    }
+
+    /// Records a copy the relay took. A failure here means the copy goes again in the next
+    /// run, so a busy or briefly failing database is given a few more tries first.
+    async fn record_sent(&self, id: &str, address: &str, reply: &str) -> Result<(), QueueError> {
+        let mut tries = 0;
+        loop {
+            match self.queue.mark_sent(id, address, reply) {
+                Ok(()) => return Ok(()),
+                Err(e) if tries < 5 => {
+                    tries += 1;
+                    tracing::warn!("{id}: to=<{address}> sent, but not recorded yet: {e}");
+                    tokio::time::sleep(Duration::from_millis(200 << tries)).await;
+                }
+                Err(e) => {
+                    tracing::error!(
+                        "{id}: to=<{address}> sent ({reply}) but not recorded: {e}; \
+                         the next run sends it again"
+                    );
+                    return Err(e);
+                }
+            }
+        }
     }
 
     /// One message, then the report it caused (delivered in the same run).
@@ -1098,7 +1157,7 @@ impl Runner {
                 (decision, Some(bytes)) => {
                     match self.relay.send(&m.sender, &due.address, bytes).await {
                         Sent::Accepted(reply) => {
-                            self.queue.mark_sent(&m.id, &due.address, &reply)?;
+                            self.record_sent(&m.id, &due.address, &reply).await?;
                             tracing::info!(
                                 "{}: to=<{}> relay={} {} sent ({reply})",
                                 m.id,

@@ -75,14 +75,22 @@ pub fn write(incoming: &Path, id: &str, submission: &Submission) -> Result<PathB
         .mode(0o600)
         .open(&temp)
         .map_err(fail(&temp))?;
-    let result = file
+    let written = file
         .write_all(&encode(submission))
         .and_then(|()| file.sync_all())
-        .and_then(|()| std::fs::rename(&temp, &target))
-        .and_then(|()| sync_directory(incoming, &file));
-    if let Err(source) = result {
+        .and_then(|()| std::fs::rename(&temp, &target));
+    if let Err(source) = written {
         let _ = std::fs::remove_file(&temp);
         return Err(fail(&target)(source));
+    }
+    if let Err(source) = sync_directory(incoming, &file) {
+        // The message is in the queue under its name, and would go out. It is taken back
+        // before the caller hears of a failure (and submits it again); when it cannot be,
+        // its name stays and the caller is told it was accepted: a message reported
+        // unqueued must never also be delivered.
+        if std::fs::remove_file(&target).is_ok() {
+            return Err(fail(&target)(source));
+        }
     }
     Ok(target)
 }

@@ -316,6 +316,17 @@ pub async fn run_queue_async(
         .map_err(|e| SendmailError::Unavailable(e.to_string()))??;
     {
         let keys = Arc::new(crate::cli::key_service(config, None));
+        // SIGTERM (systemctl stop, a shutdown) or SIGINT: no new message is started, the
+        // ones in hand are finished, so no copy is cut off after the relay took it.
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let watcher = {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                crate::shutdown::signalled().await;
+                tracing::info!("queue run: stopping after the messages in hand");
+                stop.store(true, std::sync::atomic::Ordering::SeqCst);
+            })
+        };
         let runner = Runner {
             queue,
             rewriter: Arc::new(Rewriter::new(keys.clone(), config.policy.clone())),
@@ -323,8 +334,10 @@ pub async fn run_queue_async(
             relay: Arc::new(relay),
             hostname: queue::hostname(),
             domain: config.queue.domain(),
+            stop,
         };
         let report = runner.run(scope).await;
+        watcher.abort();
         runner.relay.close().await;
         let report = report?;
         tracing::info!(
