@@ -268,6 +268,27 @@ impl Config {
                 "copies are re-injected in clear: use a loopback address (127.0.0.1, ::1, localhost)".into(),
             ));
         }
+        // Ten years and one week: past these the arithmetic in seconds would overflow
+        // (every message expiring at once, or retried at every run).
+        if !(1..=87_600).contains(&self.queue.lifetime_hours) {
+            return Err(invalid(
+                "queue.lifetime_hours",
+                "lifetime_hours",
+                "must be from 1 to 87600 (ten years)".into(),
+            ));
+        }
+        for (key, value) in [
+            ("min_backoff_secs", self.queue.min_backoff_secs),
+            ("max_backoff_secs", self.queue.max_backoff_secs),
+        ] {
+            if value > 604_800 {
+                return Err(invalid(
+                    &format!("queue.{key}"),
+                    key,
+                    "must be at most 604800 (a week)".into(),
+                ));
+            }
+        }
         if self.queue.max_message_bytes < 1024 {
             return Err(invalid(
                 "queue.max_message_bytes",
@@ -407,6 +428,10 @@ mod tests {
             e.starts_with("s.toml:2: gnupg.max_plaintext_bytes: "),
             "{e}"
         );
+        let e = Config::parse("[queue]\nlifetime_hours = 100000000\n", "s.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("s.toml:2: queue.lifetime_hours: "), "{e}");
         let e = Config::parse(
             "[policy.addresses]\n\"not-an-address\" = \"opportunistic\"\n",
             "s.toml",

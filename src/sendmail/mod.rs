@@ -50,6 +50,11 @@ impl SendmailError {
             SendmailError::Input(InputError::NoRecipients) => 64,
             SendmailError::Input(_) => 65,
             SendmailError::Config(_) | SendmailError::Relay(_) => 78,
+            SendmailError::Spool(SpoolError::Write { source, .. })
+                if source.kind() == std::io::ErrorKind::PermissionDenied =>
+            {
+                77
+            }
             SendmailError::Spool(_) => 75,
             SendmailError::Queue(QueueError::NotFound(_)) => 69,
             SendmailError::Queue(QueueError::Io { source, .. })
