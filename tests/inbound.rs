@@ -427,3 +427,49 @@ async fn a_signed_parts_own_from_is_the_one_compared() {
         stored[0].0
     );
 }
+
+/// A secret key that cannot be used now (here: it has a passphrase, which sealpost never
+/// types) says nothing about the message: deliver answers 75, the MTA keeps the message and
+/// tries again, and nothing is stored as undecryptable.
+#[test]
+fn a_locked_secret_key_is_a_temporary_failure() {
+    let world = World::new();
+    let locked = common::GpgHome::new();
+    let out = locked.gpg(
+        &[
+            "--passphrase",
+            "secret words",
+            "--quick-gen-key",
+            "Bob <bob@example.org>",
+            "future-default",
+            "default",
+            "never",
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{out:?}");
+    let fpr = locked.fingerprint("Bob <bob@example.org>");
+    world.sender.import(&locked.export_public(&fpr));
+    let armored = world.sender.gpg(
+        &[
+            "--armor",
+            "--trust-model",
+            "always",
+            "--encrypt",
+            "-r",
+            &fpr,
+        ],
+        Some(b"Content-Type: text/plain\r\n\r\nbehind a passphrase\r\n"),
+    );
+    assert!(armored.status.success());
+    let server = Server::start_config(
+        "",
+        &format!("[gnupg]\nhome = \"{}\"\n", locked.dir.display()),
+    );
+    let (code, output) = deliver(&server, &verdicts::pgp_mime(&armored.stdout));
+    assert_eq!(code, 75, "{output}");
+    assert!(output.contains("cannot be used now"), "{output}");
+    let mut imap = server.login();
+    let status = imap.ok("STATUS INBOX (MESSAGES)").join("\n");
+    assert!(status.contains("MESSAGES 0"), "{status}");
+}

@@ -286,13 +286,28 @@ fn decrypt_verify(gpg: &mut Gpg, ciphertext: &[u8], limit: u64) -> Result<Decryp
         limit,
         exceeded: false,
     };
+    // A secret key with a passphrase asks for it (loopback mode): sealpost has none to give.
+    let asked = std::sync::atomic::AtomicBool::new(false);
     let result = gpgme::Data::from_writer(&mut plaintext)
         .map_err(|e| to_err("decrypting")(e.error()))
         .and_then(|sink| {
+            let refuse = |_: gpgme::PassphraseRequest<'_>, _: &mut dyn std::io::Write| {
+                asked.store(true, std::sync::atomic::Ordering::Relaxed);
+                Err(gpgme::Error::NO_PASSPHRASE)
+            };
             gpg.ctx
-                .decrypt_and_verify(ciphertext, sink)
+                .with_passphrase_provider(refuse, |ctx| ctx.decrypt_and_verify(ciphertext, sink))
                 .map_err(to_err("decrypting"))
         });
+    if asked.into_inner() && result.is_err() {
+        return Err(KeyError::Unavailable {
+            op: "decrypting",
+            detail: "the secret key cannot be used now: it has a passphrase, which sealpost \
+                     cannot give (remove it with gpg --passwd, or keep the key unlocked in \
+                     gpg-agent)"
+                .into(),
+        });
+    }
     if plaintext.exceeded {
         // Whatever GPGME made of the refused write: the cause is the size.
         return Err(KeyError::Refused {
@@ -303,7 +318,16 @@ fn decrypt_verify(gpg: &mut Gpg, ciphertext: &[u8], limit: u64) -> Result<Decryp
             ),
         });
     }
-    let (dec, ver) = result?;
+    let (dec, ver) = match result {
+        Ok(done) => done,
+        Err(KeyError::Gpg { op, source }) => {
+            return Err(match key_unusable_now(gpg, &source) {
+                Some(detail) => KeyError::Unavailable { op, detail },
+                None => KeyError::Gpg { op, source },
+            })
+        }
+        Err(other) => return Err(other),
+    };
     let plaintext = plaintext.data;
     if dec.is_legacy_cipher_no_mdc() {
         return Err(KeyError::Refused {
@@ -329,6 +353,37 @@ fn decrypt_verify(gpg: &mut Gpg, ciphertext: &[u8], limit: u64) -> Result<Decryp
         recipients,
         signatures,
     })
+}
+
+/// Why a decryption that failed says nothing about the message, when that is so: the secret
+/// key could not be used now (no passphrase, a pinentry or smartcard problem), or gpg
+/// reported no secret key or a failed decryption while the secret keyring itself cannot be
+/// read (gpg-agent down or broken). Such a message is tried again later, not kept as
+/// undecryptable until the keyring changes.
+fn key_unusable_now(gpg: &Gpg, error: &gpgme::Error) -> Option<String> {
+    use gpgme::Error as E;
+    let now = [
+        E::BAD_PASSPHRASE,
+        E::NO_PASSPHRASE,
+        E::CANCELED,
+        E::FULLY_CANCELED,
+        E::NO_PIN_ENTRY,
+        E::PIN_ENTRY,
+        E::CARD_NOT_PRESENT,
+        E::CARD_REMOVED,
+        E::NOT_LOCKED,
+    ];
+    if now.iter().any(|e| e.code() == error.code()) {
+        return Some(format!("the secret key cannot be used now: {error}"));
+    }
+    if [E::NO_SECKEY, E::DECRYPT_FAILED]
+        .iter()
+        .any(|e| e.code() == error.code())
+    {
+        return home::secret_keyring_problem(gpg.home.as_deref())
+            .map(|problem| format!("{error}, and the secret keyring cannot be read: {problem}"));
+    }
+    None
 }
 
 /// Plaintext output that refuses to grow past `limit` bytes.

@@ -668,8 +668,11 @@ impl Source {
     }
 }
 
+/// How often messages kept undecryptable are tried again when the keyring has not changed.
+const RETRY_UNDECRYPTABLE_SECS: i64 = 86_400;
+
 /// Messages kept undecryptable are decrypted again once the keyring has changed since the
-/// last try (a key imported or restored): each one that now decrypts replaces its ciphertext
+/// last try (or a day has passed since it) (a key imported or restored): each one that now decrypts replaces its ciphertext
 /// under a new UID, with its flags and its upstream link ([`Store::replace_content`]). An
 /// unchanged keyring costs a few `stat` calls and one read. A temporary GnuPG failure ends
 /// the try; the next pass tries again. Returns how many were decrypted.
@@ -681,8 +684,14 @@ pub(crate) async fn retry_undecryptable(
     use crate::inbound::keyword::UNDECRYPTABLE;
     let state = keys.keyring_state();
     let key = format!("undecryptable-tried:{account}");
-    let (s, k) = (store.clone(), key.clone());
-    if blocking(move || s.meta(&k)).await?? == Some(state) {
+    let at_key = format!("undecryptable-tried-at:{account}");
+    let now = crate::store::unix_now();
+    let (s, k, a) = (store.clone(), key.clone(), at_key.clone());
+    let (tried, tried_at) =
+        blocking(move || Ok::<_, StoreError>((s.meta(&k)?, s.meta(&a)?))).await??;
+    // Also once a day: a key that could not be used then (its agent broken, its card out)
+    // may be usable now without any keyring file changing.
+    if tried == Some(state) && tried_at.is_some_and(|at| now - at < RETRY_UNDECRYPTABLE_SECS) {
         return Ok(0);
     }
     let s = store.clone();
@@ -716,7 +725,11 @@ pub(crate) async fn retry_undecryptable(
         );
     }
     let s = store.clone();
-    blocking(move || s.set_meta(&key, state)).await??;
+    blocking(move || {
+        s.set_meta(&key, state)?;
+        s.set_meta(&at_key, now)
+    })
+    .await??;
     Ok(decrypted)
 }
 
