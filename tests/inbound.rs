@@ -472,4 +472,15 @@ fn a_locked_secret_key_is_a_temporary_failure() {
     let mut imap = server.login();
     let status = imap.ok("STATUS INBOX (MESSAGES)").join("\n");
     assert!(status.contains("MESSAGES 0"), "{status}");
+
+    // A symmetric message asks for the sender's passphrase, not the key's: it is kept as
+    // undecryptable (a temporary failure would hold up delivery for good).
+    let symmetric = world.sender.gpg(
+        &["--armor", "--passphrase", "the sender's", "--symmetric"],
+        Some(b"Content-Type: text/plain\r\n\r\nfor whoever knows\r\n"),
+    );
+    assert!(symmetric.status.success(), "{symmetric:?}");
+    let (code, output) = deliver(&server, &verdicts::pgp_mime(&symmetric.stdout));
+    assert_eq!(code, 0, "{output}");
+    assert!(output.contains("undecryptable"), "{output}");
 }

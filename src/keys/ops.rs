@@ -291,8 +291,13 @@ fn decrypt_verify(gpg: &mut Gpg, ciphertext: &[u8], limit: u64) -> Result<Decryp
     let result = gpgme::Data::from_writer(&mut plaintext)
         .map_err(|e| to_err("decrypting")(e.error()))
         .and_then(|sink| {
-            let refuse = |_: gpgme::PassphraseRequest<'_>, _: &mut dyn std::io::Write| {
-                asked.store(true, std::sync::atomic::Ordering::Relaxed);
+            let refuse = |request: gpgme::PassphraseRequest<'_>, _: &mut dyn std::io::Write| {
+                // Only a secret key's passphrase (it comes with a user ID hint) says the key
+                // cannot be used now; a symmetric message's is the sender's, and stays an
+                // undecryptable message (else a sender could hold up the sync for good).
+                if request.user_id_hint_raw().is_some_and(|h| !h.is_empty()) {
+                    asked.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
                 Err(gpgme::Error::NO_PASSPHRASE)
             };
             gpg.ctx
@@ -356,17 +361,15 @@ fn decrypt_verify(gpg: &mut Gpg, ciphertext: &[u8], limit: u64) -> Result<Decryp
 }
 
 /// Why a decryption that failed says nothing about the message, when that is so: the secret
-/// key could not be used now (no passphrase, a pinentry or smartcard problem), or gpg
+/// key could not be used now (a pinentry or smartcard problem), or gpg
 /// reported no secret key or a failed decryption while the secret keyring itself cannot be
 /// read (gpg-agent down or broken). Such a message is tried again later, not kept as
 /// undecryptable until the keyring changes.
 fn key_unusable_now(gpg: &Gpg, error: &gpgme::Error) -> Option<String> {
     use gpgme::Error as E;
+    // Not the passphrase errors: a symmetric message's passphrase is the sender's (a
+    // secret key's passphrase request is recognised where it is asked).
     let now = [
-        E::BAD_PASSPHRASE,
-        E::NO_PASSPHRASE,
-        E::CANCELED,
-        E::FULLY_CANCELED,
         E::NO_PIN_ENTRY,
         E::PIN_ENTRY,
         E::CARD_NOT_PRESENT,
