@@ -395,6 +395,11 @@ async fn verify_multipart_signed(
             fingerprint: String::new(),
             reason: source.to_string(),
         }),
+        // Refused before gpg ran (too many signatures): about the message, for good.
+        Err(KeyError::Refused { detail, .. }) => Ok(Signature::Bad {
+            fingerprint: String::new(),
+            reason: detail,
+        }),
         Err(error) => Err(InboundError::Temporary(error)),
     }
 }

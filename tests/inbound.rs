@@ -484,3 +484,43 @@ fn a_locked_secret_key_is_a_temporary_failure() {
     assert_eq!(code, 0, "{output}");
     assert!(output.contains("undecryptable"), "{output}");
 }
+
+/// A signature part with more signatures than any message has (each one a key lookup and a
+/// verification for gpg, so enough of them outlast every deadline) is a bad signature,
+/// refused before gpg runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signature_part_with_a_hundred_and_one_signatures_is_bad() {
+    use base64::Engine as _;
+    let world = World::new();
+    let server = bobs_store(&world);
+    let text = String::from_utf8(verdicts::signed_copy(&world).await).unwrap();
+    let begin = text.find("-----BEGIN PGP SIGNATURE-----").unwrap();
+    let end = text.find("-----END PGP SIGNATURE-----").unwrap() + 27;
+    let block = &text[begin..end];
+    let body: String = block
+        .split("\r\n\r\n")
+        .nth(1)
+        .unwrap()
+        .lines()
+        .take_while(|l| !l.starts_with('=') && !l.starts_with("-----"))
+        .collect();
+    let engine = base64::engine::general_purpose::STANDARD;
+    let many = engine.encode(engine.decode(body).unwrap().repeat(101));
+    let lines: Vec<&str> = many
+        .as_bytes()
+        .chunks(64)
+        .map(|c| std::str::from_utf8(c).unwrap())
+        .collect();
+    let forged = format!(
+        "-----BEGIN PGP SIGNATURE-----\r\n\r\n{}\r\n-----END PGP SIGNATURE-----",
+        lines.join("\r\n")
+    );
+    let message = format!("{}{forged}{}", &text[..begin], &text[end..]);
+    let (code, output) = deliver(&server, message.as_bytes());
+    assert_eq!(code, 0, "{output}");
+    let verdict = verdicts::verdict(&verdicts::fetch_all(&server)[0].1);
+    assert!(
+        verdict.starts_with("plaintext; signature=bad (more than 100 signatures"),
+        "{verdict}"
+    );
+}

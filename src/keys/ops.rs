@@ -152,6 +152,13 @@ pub fn execute(gpg: &mut Gpg, request: Request) -> Result<Response, KeyError> {
             ))
         }
         Request::VerifyDetached { signature, signed } => {
+            let many = crate::message::parse::leading_packets(&signature, &[2], MAX_SIGNATURES);
+            if many > MAX_SIGNATURES {
+                return Err(KeyError::Refused {
+                    op: "verifying",
+                    detail: format!("more than {MAX_SIGNATURES} signatures in one part"),
+                });
+            }
             let ver = gpg
                 .ctx
                 .verify_detached(&signature, &signed)
@@ -271,6 +278,9 @@ fn encrypt(
 /// gpg-agent busy past any deadline (see [`crate::message::parse::session_key_packets`]),
 /// and would come back on every try. 1,000 cost gpg about 1.7 s here.
 pub const MAX_SESSION_KEYS: usize = 1000;
+
+/// Most signatures a detached signature part may hold; a message has one or two.
+pub const MAX_SIGNATURES: usize = 100;
 
 fn decrypt_verify(gpg: &mut Gpg, ciphertext: &[u8], limit: u64) -> Result<Decrypted, KeyError> {
     if crate::message::parse::session_key_packets(ciphertext, MAX_SESSION_KEYS) > MAX_SESSION_KEYS {

@@ -375,12 +375,20 @@ fn crc24(data: &[u8]) -> u32 {
 /// skipped): a message gpg would read must not escape the count. Counting stops at the first
 /// other packet, or where the data stops making sense (gpg stops there too).
 pub fn session_key_packets(ciphertext: &[u8], limit: usize) -> usize {
-    let data = lenient_armor(ciphertext).unwrap_or_else(|| ciphertext.to_vec());
+    leading_packets(ciphertext, &[1, 3], limit)
+}
+
+/// How many packets with one of these tags OpenPGP data (armored or binary) starts with,
+/// marker packets aside, counting no further than `limit + 1`. A detached signature's count
+/// (tag 2): gpg checks each signature it holds, one key lookup and often one verification
+/// each, so thousands of them outlast any deadline too.
+pub fn leading_packets(data: &[u8], tags: &[u8], limit: usize) -> usize {
+    let data = lenient_armor(data).unwrap_or_else(|| data.to_vec());
     let mut at = 0;
     let mut count = 0;
     while count <= limit {
         match packet(&data, at) {
-            Some((1 | 3, end)) => {
+            Some((tag, end)) if tags.contains(&tag) => {
                 count += 1;
                 at = end;
             }
@@ -414,7 +422,11 @@ fn lenient_armor(text: &[u8]) -> Option<Vec<u8>> {
                 .filter(|b| b.is_ascii_alphanumeric() || **b == b'+' || **b == b'/'),
         );
     }
-    encoded.truncate(encoded.len() / 4 * 4);
+    // Padding is not kept (a lone "=" line would read as the checksum): a last group of two
+    // or three characters decodes without it; one character alone is no byte.
+    if encoded.len() % 4 == 1 {
+        encoded.pop();
+    }
     let engine = base64::engine::GeneralPurpose::new(
         &base64::alphabet::STANDARD,
         base64::engine::GeneralPurposeConfig::new()
