@@ -912,11 +912,15 @@ impl RunLock {
     pub fn acquire_path(path: &Path) -> std::io::Result<RunLock> {
         use std::os::fd::AsRawFd;
         use std::os::unix::fs::OpenOptionsExt;
+        // No link followed: as root in a queue another user owns, a planted run.lock link
+        // would otherwise have root open (and lock) a file of the link's choosing. SQLite
+        // refuses linked -wal and -shm files itself (checked: "unable to open database file").
         let file = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(path)?;
         loop {
             // SAFETY: flock on a file descriptor we own.
