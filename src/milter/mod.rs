@@ -611,10 +611,23 @@ async fn end_of_message(
     }
     let id = identity(&t.sender, queue_id, &t.header, &t.body);
     let now = crate::queue::now();
-    let (inbound, outbound): (Vec<String>, Vec<String>) = t
-        .recipients
-        .iter()
-        .cloned()
+    milter.purge_journal(now);
+    // Recipients a try before this one re-injected need no copy made again: a retry of a big
+    // fan-out makes only the copies still missing, instead of every one, each time.
+    let mut pending = Vec::with_capacity(t.recipients.len());
+    for r in &t.recipients {
+        match milter.journal.contains(&id, r) {
+            Ok(true) => {}
+            Ok(false) => pending.push(r.clone()),
+            Err(e) => return tempfail(cx, &e.to_string()),
+        }
+    }
+    if pending.is_empty() && !t.recipients.is_empty() {
+        tracing::info!("{queue_id}: every copy was re-injected before: original discarded");
+        return Status::Discard;
+    }
+    let (inbound, outbound): (Vec<String>, Vec<String>) = pending
+        .into_iter()
         .partition(|r| milter.is_inbound(&t, r));
     let mut copies: Vec<Copy> = Vec::with_capacity(t.recipients.len());
     for (core, recipients, message) in [
@@ -667,7 +680,6 @@ async fn end_of_message(
         })
         .collect();
     let holding = !held.is_empty();
-    milter.purge_journal(now);
     // Which recipients a try before this one already re-injected, or saw refused for good
     // by the re-injection listener (reported below, never sent again).
     let mut journaled = Vec::with_capacity(sendable.len());
@@ -698,7 +710,7 @@ async fn end_of_message(
     // reports success when nothing matched: a recipient meant to leave the original would
     // stay, with the kept copy (another recipient's, perhaps in clear). With several
     // recipients there, every copy is re-injected and the original discarded.
-    let in_place = t.smtp || sendable.len() + refused.len() <= 1;
+    let in_place = t.smtp || t.recipients.len() <= 1;
     let kept: Vec<&Copy> = match (held.is_empty(), first_new, sendable.first()) {
         (false, _, _) => held,
         (true, Some(_), _) if !in_place => Vec::new(),
