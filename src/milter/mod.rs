@@ -626,9 +626,8 @@ async fn end_of_message(
         tracing::info!("{queue_id}: every copy was re-injected before: original discarded");
         return Status::Discard;
     }
-    let (inbound, outbound): (Vec<String>, Vec<String>) = pending
-        .into_iter()
-        .partition(|r| milter.is_inbound(&t, r));
+    let (inbound, outbound): (Vec<String>, Vec<String>) =
+        pending.into_iter().partition(|r| milter.is_inbound(&t, r));
     let mut copies: Vec<Copy> = Vec::with_capacity(t.recipients.len());
     for (core, recipients, message) in [
         (&*milter.rewriter, outbound, raw.clone()),
