@@ -34,11 +34,15 @@ fn is_trace(field: &HeaderField) -> bool {
 
 /// Header fields of the outer message for an encrypted copy under RFC 9788's hcp_baseline
 /// policy (§3.2.3): Subject replaced by `obscured_subject`, Comments and Keywords removed,
-/// everything else kept. Structural (MIME) fields are not included: the caller adds its own.
+/// everything else kept, but Thread-Topic (Outlook's copy of the Subject, which would show it
+/// in clear beside the obscured one). Structural (MIME) fields are not included: the caller
+/// adds its own.
 pub fn outer_fields_encrypted(fields: &[HeaderField], obscured_subject: &str) -> Vec<HeaderField> {
     fields
         .iter()
-        .filter(|f| !f.is_structural() && !f.is("Comments") && !f.is("Keywords"))
+        .filter(|f| {
+            !f.is_structural() && !f.is("Comments") && !f.is("Keywords") && !f.is("Thread-Topic")
+        })
         .map(|f| {
             if f.is("Subject") {
                 HeaderField::new(&f.name, obscured_subject)
@@ -314,10 +318,15 @@ mod tests {
             HeaderField::new("From", "a@example.org"),
             HeaderField::new("Subject", "secret plans"),
             HeaderField::new("Received", "from x"),
+            HeaderField::new("Thread-Topic", "secret plans"),
             HeaderField::new("Content-Type", "text/plain"),
         ];
         let outer = outer_fields_encrypted(&original, "[...]");
         assert!(outer.iter().any(|f| f.raw == b"Subject: [...]\r\n"));
+        assert!(
+            !outer.iter().any(|f| f.is("Thread-Topic")),
+            "no Subject in clear"
+        );
         let content = ContentEntity {
             fields: vec![HeaderField::new(
                 "Content-Type",

@@ -1038,12 +1038,24 @@ async fn rewrite_in_place(
     let (header, body) = copy.split_at(split);
     let body = body.strip_prefix(b"\r\n").unwrap_or(body);
     for field in unfold_fields(header) {
-        let Some((name, value)) = field.split_once(':') else {
+        let Some(colon) = field.iter().position(|&b| b == b':') else {
             continue;
         };
-        // Folded continuation lines are passed with a bare LF, as Postfix expects.
-        let value = value.trim_start().replace("\r\n", "\n");
-        cx.actions.add_header(name.trim_end(), value).await?;
+        let name = String::from_utf8_lossy(field[..colon].trim_ascii_end()).into_owned();
+        // Folded continuation lines are passed with a bare LF, as Postfix expects. The value
+        // goes as bytes: 8-bit text in a field (raw Latin-1, say) arrives as it was, as in the
+        // re-injected copies, instead of as U+FFFD.
+        let mut value = Vec::with_capacity(field.len() - colon);
+        let mut rest = field[colon + 1..].trim_ascii_start();
+        while let Some(at) = rest.windows(2).position(|w| w == b"\r\n") {
+            value.extend_from_slice(&rest[..at]);
+            value.push(b'\n');
+            rest = &rest[at + 2..];
+        }
+        value.extend_from_slice(rest);
+        value.retain(|&b| b != 0);
+        let value = CString::new(value).unwrap_or_default();
+        cx.actions.add_header(name, value).await?;
     }
     for chunk in body.chunks(BODY_CHUNK) {
         cx.actions.replace_body(chunk).await?;
@@ -1056,19 +1068,29 @@ async fn rewrite_in_place(
     Ok(())
 }
 
-/// The header section split into fields (folding kept, each without its final CRLF).
-fn unfold_fields(header: &[u8]) -> Vec<String> {
-    let text = String::from_utf8_lossy(header);
-    let mut fields: Vec<String> = Vec::new();
-    for line in text.split("\r\n").filter(|l| !l.is_empty()) {
-        if line.starts_with([' ', '\t']) {
+/// The header section split into fields (folding kept, each without its final CRLF), as
+/// bytes.
+fn unfold_fields(header: &[u8]) -> Vec<Vec<u8>> {
+    let mut fields: Vec<Vec<u8>> = Vec::new();
+    let mut rest = header;
+    while !rest.is_empty() {
+        let end = rest
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .unwrap_or(rest.len());
+        let line = &rest[..end];
+        rest = rest.get(end + 2..).unwrap_or_default();
+        if line.is_empty() {
+            continue;
+        }
+        if line.starts_with(b" ") || line.starts_with(b"\t") {
             if let Some(last) = fields.last_mut() {
-                last.push_str("\r\n");
-                last.push_str(line);
+                last.extend_from_slice(b"\r\n");
+                last.extend_from_slice(line);
                 continue;
             }
         }
-        fields.push(line.to_string());
+        fields.push(line.to_vec());
     }
     fields
 }
@@ -1089,13 +1111,14 @@ mod tests {
 
     #[test]
     fn fields_keep_their_folding() {
-        let h = b"Subject: a\r\nContent-Type: multipart/encrypted;\r\n protocol=\"x\"\r\nTo: b\r\n";
+        let h = b"Subject: a\r\nContent-Type: multipart/encrypted;\r\n protocol=\"x\"\r\nTo: b\r\nX-Latin: caf\xe9\r\n";
         assert_eq!(
             unfold_fields(h),
             [
-                "Subject: a",
-                "Content-Type: multipart/encrypted;\r\n protocol=\"x\"",
-                "To: b"
+                &b"Subject: a"[..],
+                b"Content-Type: multipart/encrypted;\r\n protocol=\"x\"",
+                b"To: b",
+                b"X-Latin: caf\xe9",
             ]
         );
     }
