@@ -488,18 +488,14 @@ fn is_protected(inner_header: &[u8]) -> bool {
     })
 }
 
-/// Fields that name people or route replies. With protected fields (RFC 9788), an outer one
-/// of these is shown only when the protected set has it too (then the protected one is shown):
-/// anyone who forwards a captured signed message could add a Reply-To or a Cc outside, and a
-/// reply would take the quoted plaintext there.
-const ONLY_PROTECTED: [&[u8]; 12] = [
-    b"from",
+/// Fields that route replies or notices. When the protected set has a From (the sender's
+/// MUA protects the addressing fields, as Thunderbird and sealpost do), an outer one of these
+/// is shown only when the protected set has it too: anyone who forwards a captured signed
+/// message could add a Reply-To outside, and a reply would take the quoted plaintext there.
+/// A protected set without From (Mutt protects only the Subject) leaves the outer fields be.
+const REPLY_ROUTING: [&[u8]; 7] = [
     b"sender",
     b"reply-to",
-    b"to",
-    b"cc",
-    b"bcc",
-    b"subject",
     b"mail-followup-to",
     b"mail-reply-to",
     b"followup-to",
@@ -526,7 +522,7 @@ fn from_mismatch(inner: &Option<Option<String>>, outer: &Option<String>) -> bool
 
 /// Outer fields minus the outer Content-* ones, with the inner entity's Content-* fields (and,
 /// when protected, its other fields, which replace outer fields of the same name; outer
-/// [`ONLY_PROTECTED`] fields go). Returns the protected From: None when the protected set has
+/// [`REPLY_ROUTING`] fields go when the protected set has a From). Returns the protected From: None when the protected set has
 /// no From field, Some(None) when it is not exactly one mailbox.
 ///
 /// `protected` is the header that carries the protected fields: the decrypted entity's own, or,
@@ -544,9 +540,12 @@ fn merge_headers(
         .into_iter()
         .filter(|(n, _)| !is_content_field(n) && !n.eq_ignore_ascii_case(b"hp-outer"))
         .collect();
+    let addressing = protected_fields
+        .iter()
+        .any(|(n, _)| n.eq_ignore_ascii_case(b"from"));
     let replaced = |name: &[u8]| {
         is_content_field(name)
-            || (protected.is_some() && ONLY_PROTECTED.iter().any(|p| p.eq_ignore_ascii_case(name)))
+            || (addressing && REPLY_ROUTING.iter().any(|p| p.eq_ignore_ascii_case(name)))
             || protected_fields
                 .iter()
                 .any(|(n, _)| n.eq_ignore_ascii_case(name))
@@ -697,6 +696,16 @@ mod tests {
         let merged = String::from_utf8(merged).unwrap();
         assert!(merged.starts_with("Received: from x\r\n"), "{merged}");
         assert!(!merged.contains("evil"), "{merged}");
+        // Mutt protects only the Subject: the outer From, To and Reply-To stay.
+        let mutt = b"Content-Type: text/plain; protected-headers=\"v1\"\r\nSubject: Real\r\n\r\n";
+        let outer = b"From: a@example.org\r\nTo: b@example.org\r\nReply-To: list@example.org\r\n\
+            Subject: ...\r\n\r\n";
+        let (merged, inner_from) = merge_headers(outer, mutt, Some(&mutt[..]));
+        let merged = String::from_utf8(merged).unwrap();
+        assert_eq!(inner_from, None);
+        for kept in ["From: a@", "To: b@", "Reply-To: list@", "Subject: Real"] {
+            assert!(merged.contains(kept), "{kept}: {merged}");
+        }
     }
 
     #[test]
