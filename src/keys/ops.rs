@@ -152,7 +152,7 @@ pub fn execute(gpg: &mut Gpg, request: Request) -> Result<Response, KeyError> {
             ))
         }
         Request::VerifyDetached { signature, signed } => {
-            let many = crate::message::parse::leading_packets(&signature, &[2], MAX_SIGNATURES);
+            let many = crate::message::parse::signature_packets(&signature, MAX_SIGNATURES);
             if many > MAX_SIGNATURES {
                 return Err(KeyError::Refused {
                     op: "verifying",

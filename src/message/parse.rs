@@ -367,36 +367,62 @@ fn crc24(data: &[u8]) -> u32 {
     crc & 0x00FF_FFFF
 }
 
-/// How many session key packets (tags 1 and 3) a ciphertext, armored or binary, starts with,
-/// counting no further than `limit + 1`. gpg tries each one whose key it holds (or that names
-/// no key) with gpg-agent, about 1.7 ms each here; it does not stop at a garbled one, so a
-/// message of 15,000 copies of a garbled packet for the reader's key kept gpg busy past any
-/// deadline. The armor is read as leniently as gpg reads it (characters outside base64
-/// skipped): a message gpg would read must not escape the count. Counting stops at the first
-/// other packet, or where the data stops making sense (gpg stops there too).
+/// How many session key packets (tags 1 and 3) a ciphertext, armored or binary, has before
+/// its encrypted data, counting no further than `limit + 1`. gpg tries each one whose key it
+/// holds (or that names no key) with gpg-agent, about 1.7 ms each here; it does not stop at a
+/// garbled one, so a message of 15,000 copies of a garbled packet for the reader's key kept
+/// gpg busy past any deadline. Other packets on the way (a marker, an unknown one) are passed
+/// over, not taken as the end: gpg passes over them too. The armor is read as leniently as gpg
+/// reads it (characters outside base64 skipped): a message gpg would read must not escape the
+/// count. Counting stops at the encrypted data, or where the data stops making sense.
 pub fn session_key_packets(ciphertext: &[u8], limit: usize) -> usize {
-    leading_packets(ciphertext, &[1, 3], limit)
-}
-
-/// How many packets with one of these tags OpenPGP data (armored or binary) starts with,
-/// marker packets aside, counting no further than `limit + 1`. A detached signature's count
-/// (tag 2): gpg checks each signature it holds, one key lookup and often one verification
-/// each, so thousands of them outlast any deadline too.
-pub fn leading_packets(data: &[u8], tags: &[u8], limit: usize) -> usize {
-    let data = lenient_armor(data).unwrap_or_else(|| data.to_vec());
+    let data = openpgp_data(ciphertext);
     let mut at = 0;
     let mut count = 0;
     while count <= limit {
         match packet(&data, at) {
-            Some((tag, end)) if tags.contains(&tag) => {
-                count += 1;
+            Some((9 | 18 | 20, _)) | None => break,
+            Some((tag, end)) => {
+                if matches!(tag, 1 | 3) {
+                    count += 1;
+                }
                 at = end;
             }
-            Some((10, end)) => at = end,
-            _ => break,
         }
     }
     count
+}
+
+/// How many signatures a detached signature (armored or binary) holds, counting no further
+/// than `limit + 1`: gpg checks each one, a key lookup and often a verification, so enough
+/// of them outlast any deadline too. A compressed packet (which gpg would open, and which no
+/// detached signature needs) counts as too many.
+pub fn signature_packets(signature: &[u8], limit: usize) -> usize {
+    let data = openpgp_data(signature);
+    let mut at = 0;
+    let mut count = 0;
+    while count <= limit {
+        match packet(&data, at) {
+            None => break,
+            Some((8, _)) => return usize::MAX,
+            Some((tag, end)) => {
+                if tag == 2 {
+                    count += 1;
+                }
+                at = end;
+            }
+        }
+    }
+    count
+}
+
+/// The OpenPGP packets of `data`: binary when its first byte starts a packet (as gpg
+/// decides), else read from its armor.
+fn openpgp_data(data: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    match data.first() {
+        Some(b) if b & 0x80 != 0 => std::borrow::Cow::Borrowed(data),
+        _ => lenient_armor(data).map_or(std::borrow::Cow::Borrowed(data), std::borrow::Cow::Owned),
+    }
 }
 
 /// The data of an armored message read the way gpg reads it, or None when `text` is not
@@ -685,6 +711,30 @@ mod tests {
         );
         assert_eq!(session_key_packets(sloppy.as_bytes(), 1000), 50);
         assert_eq!(session_key_packets(b"not OpenPGP at all", 1000), 0);
+        // An unknown packet (tag 60, new format) first is passed over, as gpg does.
+        let hidden = [&[0xFC, 0x01, 0x00][..], &many].concat();
+        assert_eq!(session_key_packets(&hidden, 1000), 50);
+        // Binary data is read as binary, whatever text its packets hold.
+        let mut text_inside = many.clone();
+        text_inside.splice(0..0, [0xFC, 15].into_iter().chain(*b"-----BEGIN PGP "));
+        assert_eq!(session_key_packets(&text_inside, 1000), 50);
+    }
+
+    #[test]
+    fn signatures_are_counted_and_compression_refused() {
+        // Two signature packets (old format, tag 2, one-byte length) and a marker.
+        let sig = [0x88, 0x01, 0x04];
+        let marker = [0xA8, 0x03, b'P', b'G', b'P'];
+        let data = [&sig[..], &marker, &sig].concat();
+        assert_eq!(signature_packets(&data, 100), 2);
+        assert_eq!(
+            signature_packets(&sig.repeat(5), 3),
+            4,
+            "stops past the limit"
+        );
+        // A compressed packet (tag 8) counts as too many.
+        let compressed = [&sig[..], &[0xA3, 0x01, 0x00]].concat();
+        assert_eq!(signature_packets(&compressed, 100), usize::MAX);
     }
 
     #[test]
