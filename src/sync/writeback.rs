@@ -103,23 +103,28 @@ impl Held {
 
     fn blocks(&self, entry: &JournalEntry) -> bool {
         let (messages, mailboxes) = Held::subjects(entry);
+        let under = |name: &str, parent: &str| {
+            name.strip_prefix(parent)
+                .is_some_and(|rest| rest.starts_with('/'))
+        };
         let in_held = |name: &str| {
-            self.mailboxes.iter().any(|held| {
-                name == held
-                    || name
-                        .strip_prefix(held.as_str())
-                        .is_some_and(|rest| rest.starts_with('/'))
-            })
+            self.mailboxes
+                .iter()
+                .any(|held| name == held || under(name, held))
         };
         messages
             .iter()
             .any(|m| self.messages.contains(m) || in_held(&m.0))
             || mailboxes.iter().any(|m| in_held(m))
+            // A parent renamed or deleted after a change to a mailbox under it that waits.
+            || mailboxes
+                .iter()
+                .any(|m| self.mailboxes.iter().any(|held| under(held, m)))
             // A mailbox deleted or renamed after a change inside it that waits.
             || mailboxes.iter().any(|m| {
-                self.messages.iter().any(|(name, _)| {
-                    name == m || name.strip_prefix(m.as_str()).is_some_and(|r| r.starts_with('/'))
-                })
+                self.messages
+                    .iter()
+                    .any(|(name, _)| name == m || under(name, m))
             })
     }
 }
@@ -345,8 +350,18 @@ impl Syncer {
         let unlink = source.map(|s| (s, entry.uid));
         if !up.can_move && entry.attempts > 0 {
             // COPY, then \Deleted and UID EXPUNGE: a try that got as far as the copy leaves it
-            // in the target folder, linked to nothing. Then only the original's removal is
-            // left; a second COPY would leave two.
+            // in the target folder. Then only the original's removal is left; a second COPY
+            // would leave two. The copy may be linked already (a fetch of the target folder
+            // since then matched it by content), or still linked to nothing.
+            if self.linked(Some(target), new_uid).await?.is_some() {
+                if up.select(self, &from).await? {
+                    up.expunge(self, from.uid).await?;
+                }
+                return Ok(WrittenBack {
+                    unlink,
+                    ..WrittenBack::default()
+                });
+            }
             if let Some(id) = self.message_id(target, new_uid).await? {
                 if let Some((v, u)) = up.find_unlinked(self, account, &to_folder, &id).await? {
                     if up.select(self, &from).await? {
@@ -895,6 +910,11 @@ mod tests {
         assert!(held.blocks(&entry("Drafts", 2, "append", "")));
         assert!(held.blocks(&entry("Entwürfe/Alt", 1, "flags", "")));
         assert!(!held.blocks(&entry("Draftsman", 1, "flags", "")));
+        // A waiting change to A/B holds back a rename of its parent A.
+        let mut held = Held::default();
+        held.hold(&entry("A/B", 0, "delete-mailbox", ""));
+        assert!(held.blocks(&entry("A", 0, "rename-mailbox", "C")));
+        assert!(!held.blocks(&entry("AB", 0, "rename-mailbox", "C")));
     }
 
     #[test]
