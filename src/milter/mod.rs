@@ -614,7 +614,7 @@ async fn end_of_message(
     milter.purge_journal(now);
     // Recipients a try before this one re-injected need no copy made again: a retry of a big
     // fan-out makes only the copies still missing, instead of every one, each time.
-    let mut pending = Vec::with_capacity(t.recipients.len());
+    let mut pending: Vec<String> = Vec::with_capacity(t.recipients.len());
     for r in &t.recipients {
         match milter.journal.contains(&id, r) {
             Ok(true) => {}
@@ -626,6 +626,9 @@ async fn end_of_message(
         tracing::info!("{queue_id}: every copy was re-injected before: original discarded");
         return Status::Discard;
     }
+    // Recipients earlier tries re-injected: their copies went, so this try never refuses the
+    // message as a whole (that would report them as failed too).
+    let some_done = pending.len() < t.recipients.len();
     let (inbound, outbound): (Vec<String>, Vec<String>) =
         pending.into_iter().partition(|r| milter.is_inbound(&t, r));
     let mut copies: Vec<Copy> = Vec::with_capacity(t.recipients.len());
@@ -716,6 +719,8 @@ async fn end_of_message(
         (true, Some(first), _) => vec![first],
         // Every sendable recipient already has its copy: the original goes nowhere.
         (true, None, Some(_)) => Vec::new(),
+        // Only refused recipients are left: they are reported, the original goes nowhere.
+        (true, None, None) if some_done => Vec::new(),
         (true, None, None) => {
             let reply = refused
                 .first()
