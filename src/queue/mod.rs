@@ -462,6 +462,19 @@ impl Queue {
         let dropped = self.config.incoming().join(id);
         let in_drop = std::fs::remove_file(&dropped).is_ok();
         let conn = self.conn();
+        if in_drop {
+            // A runner may have read the drop file just before it went, and not yet queued
+            // it: a finished row under its id, written first, makes that runner's insert a
+            // no-op (an id already known is ignored), so the deleted message is never
+            // delivered. A runner that queued it before this row is caught below.
+            conn.execute(
+                "INSERT OR IGNORE INTO messages(id, uid, sender, notify, envid, arrived, size,
+                   raw, finished)
+                 VALUES (?1, 0, '', 'never', NULL, ?2, 0, x'', ?2)",
+                params![id, now()],
+            )
+            .map_err(|e| self.db_err(e))?;
+        }
         let changed = conn
             .execute(
                 "UPDATE recipients SET state = 'failed', bounced = 1,
@@ -475,18 +488,6 @@ impl Queue {
             params![id, now()],
         )
         .map_err(|e| self.db_err(e))?;
-        if in_drop {
-            // A runner may have read the drop file just before it went, and not yet queued
-            // it: a finished row under its id makes that runner's insert a no-op (an id
-            // already known is ignored), so the deleted message is never delivered.
-            conn.execute(
-                "INSERT OR IGNORE INTO messages(id, uid, sender, notify, envid, arrived, size,
-                   raw, finished)
-                 VALUES (?1, 0, '', 'never', NULL, ?2, 0, x'', ?2)",
-                params![id, now()],
-            )
-            .map_err(|e| self.db_err(e))?;
-        }
         if changed == 0 && !in_drop {
             return Err(QueueError::NotFound(id.to_string()));
         }
