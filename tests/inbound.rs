@@ -224,7 +224,6 @@ fn a_compression_bomb_stops_at_the_plaintext_limit() {
 /// refused before gpg runs, kept as it came with the reason.
 #[test]
 fn thousands_of_session_key_packets_are_refused_before_gpg_runs() {
-    use base64::Engine as _;
     let world = World::new();
     let server = bobs_store(&world);
     let binary = world.sender.gpg(
@@ -239,16 +238,9 @@ fn thousands_of_session_key_packets_are_refused_before_gpg_runs() {
     let mut garbled = data[..pkesk].to_vec();
     garbled[pkesk - 5] ^= 0xff;
     let bomb = [garbled.repeat(1001), data].concat();
-    let encoded = base64::engine::general_purpose::STANDARD.encode(&bomb);
-    let lines: Vec<&str> = encoded
-        .as_bytes()
-        .chunks(64)
-        .map(|c| std::str::from_utf8(c).unwrap())
-        .collect();
     let raw = format!(
-        "From: alice@example.org\r\nTo: bob@example.org\r\nSubject: locks\r\n\r\n\
-         -----BEGIN PGP MESSAGE-----\r\n\r\n{}\r\n-----END PGP MESSAGE-----\r\n",
-        lines.join("\r\n")
+        "From: alice@example.org\r\nTo: bob@example.org\r\nSubject: locks\r\n\r\n{}\r\n",
+        common::armor("PGP MESSAGE", &bomb)
     );
     let (code, output) = deliver(&server, raw.as_bytes());
     assert_eq!(code, 0, "{output}");
@@ -365,20 +357,9 @@ async fn fields_outside_the_signature_do_not_ride_on_it() {
         "{content_type}; protected-headers=\"v1\"\r\nFrom: alice@example.org\r\n\
          Subject: pay to IBAN XX00 MALLORY\r\nReply-To: m@evil.example\r\n\r\n{body}"
     );
-    let out = world.sender.gpg(
-        &[
-            "--armor",
-            "--encrypt",
-            "--trust-model",
-            "always",
-            "-r",
-            &world.bob_fpr,
-        ],
-        Some(wrapped.as_bytes()),
-    );
-    assert!(out.status.success(), "{out:?}");
+    let armored = world.sender.encrypt_to(&world.bob_fpr, wrapped.as_bytes());
     let mut raw = b"Reply-To: outer@evil.example\r\n".to_vec();
-    raw.extend_from_slice(&verdicts::pgp_mime(&out.stdout));
+    raw.extend_from_slice(&verdicts::pgp_mime(&armored));
     let (code, output) = deliver(&server, &raw);
     assert_eq!(code, 0, "{output}");
     let stored = verdicts::fetch_all(&server);
@@ -450,23 +431,15 @@ fn a_locked_secret_key_is_a_temporary_failure() {
     assert!(out.status.success(), "{out:?}");
     let fpr = locked.fingerprint("Bob <bob@example.org>");
     world.sender.import(&locked.export_public(&fpr));
-    let armored = world.sender.gpg(
-        &[
-            "--armor",
-            "--trust-model",
-            "always",
-            "--encrypt",
-            "-r",
-            &fpr,
-        ],
-        Some(b"Content-Type: text/plain\r\n\r\nbehind a passphrase\r\n"),
+    let armored = world.sender.encrypt_to(
+        &fpr,
+        b"Content-Type: text/plain\r\n\r\nbehind a passphrase\r\n",
     );
-    assert!(armored.status.success());
     let server = Server::start_config(
         "",
         &format!("[gnupg]\nhome = \"{}\"\n", locked.dir.display()),
     );
-    let (code, output) = deliver(&server, &verdicts::pgp_mime(&armored.stdout));
+    let (code, output) = deliver(&server, &verdicts::pgp_mime(&armored));
     assert_eq!(code, 75, "{output}");
     assert!(output.contains("cannot be used now"), "{output}");
     let mut imap = server.login();
@@ -504,17 +477,10 @@ async fn a_signature_part_with_a_hundred_and_one_signatures_is_bad() {
         .lines()
         .take_while(|l| !l.starts_with('=') && !l.starts_with("-----"))
         .collect();
-    let engine = base64::engine::general_purpose::STANDARD;
-    let many = engine.encode(engine.decode(body).unwrap().repeat(101));
-    let lines: Vec<&str> = many
-        .as_bytes()
-        .chunks(64)
-        .map(|c| std::str::from_utf8(c).unwrap())
-        .collect();
-    let forged = format!(
-        "-----BEGIN PGP SIGNATURE-----\r\n\r\n{}\r\n-----END PGP SIGNATURE-----",
-        lines.join("\r\n")
-    );
+    let one = base64::engine::general_purpose::STANDARD
+        .decode(body)
+        .unwrap();
+    let forged = common::armor("PGP SIGNATURE", &one.repeat(101));
     let message = format!("{}{forged}{}", &text[..begin], &text[end..]);
     let (code, output) = deliver(&server, message.as_bytes());
     assert_eq!(code, 0, "{output}");

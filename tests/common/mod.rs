@@ -180,6 +180,12 @@ impl GpgHome {
         self.must(&["--import"], Some(armored));
     }
 
+    /// `data` encrypted (unsigned, armored) to the key `fpr` by stock gpg.
+    pub fn encrypt_to(&self, fpr: &str, data: &[u8]) -> Vec<u8> {
+        let args = ["--armor", "--trust-model", "always", "--encrypt", "-r", fpr];
+        self.must(&args, Some(data)).stdout
+    }
+
     /// A key service over this home, as the daemons use it: GPGME in `sealpost gpg-worker`
     /// processes.
     pub fn service(&self, deadline: Duration) -> Arc<KeyService> {
@@ -306,6 +312,22 @@ impl World {
             carol_fpr,
         }
     }
+}
+
+/// `data` in ASCII armor (RFC 4880 §6) under `label` ("PGP MESSAGE"), CRLF line ends, no
+/// checksum.
+pub fn armor(label: &str, data: &[u8]) -> String {
+    use base64::Engine as _;
+    let encoded = base64::engine::general_purpose::STANDARD.encode(data);
+    let lines: Vec<&str> = encoded
+        .as_bytes()
+        .chunks(64)
+        .map(|c| std::str::from_utf8(c).unwrap())
+        .collect();
+    format!(
+        "-----BEGIN {label}-----\r\n\r\n{}\r\n-----END {label}-----",
+        lines.join("\r\n")
+    )
 }
 
 /// The copy's bytes must be a multipart/encrypted message; returns its armored payload.
