@@ -37,6 +37,9 @@ use upstream::{command, quote, Session, UpstreamConfig};
 /// Messages fetched and stored per transaction.
 const BATCH: usize = 50;
 
+/// Passes in which the server may fail to send a message before it is passed over.
+const FETCH_TRIES: i64 = 5;
+
 /// Messages handed to the GnuPG workers at once (they queue there).
 const DECRYPTS_IN_FLIGHT: usize = 8;
 
@@ -301,8 +304,10 @@ impl Syncer {
     }
 
     /// Expunges made upstream since the last pass, mirrored here. Looked for only when the
-    /// folder (EXISTS at EXAMINE) holds fewer messages than are linked to it: then one
-    /// `UID SEARCH ALL` says which are left. An unchanged folder costs nothing more.
+    /// folder (EXISTS at EXAMINE) does not hold exactly the messages linked to it: then one
+    /// `UID SEARCH ALL` says which are left. Not only when it holds fewer: without UIDPLUS a
+    /// local expunge leaves a \Deleted message upstream, linked to nothing, which would hide
+    /// an expunge made by another client. An unchanged folder costs nothing more.
     async fn upstream_expunges(
         &self,
         session: &mut Session,
@@ -314,7 +319,7 @@ impl Syncer {
     ) -> Result<usize, SyncError> {
         let (store, f) = (self.store.clone(), folder.to_string());
         let linked = blocking(move || store.linked_count(account, &f, uidvalidity)).await??;
-        if linked == 0 || exists.is_some_and(|n| n as usize >= linked) {
+        if linked == 0 || exists.is_some_and(|n| n as usize == linked) {
             return Ok(0);
         }
         let found = within(self.config.timeout(), session.uid_search("ALL")).await?;
@@ -348,23 +353,24 @@ impl Syncer {
         next_uid: u32,
         since: u64,
     ) -> Result<usize, SyncError> {
-        let changes: Vec<(u32, Flags)> = within(self.config.timeout(), async {
-            let fetches: Vec<_> = session
-                .uid_fetch(
-                    format!("1:{}", next_uid - 1),
-                    format!("(UID FLAGS) (CHANGEDSINCE {since})"),
-                )
-                .await?
-                .try_collect()
-                .await?;
-            Ok::<_, async_imap::error::Error>(
-                fetches
-                    .iter()
-                    .filter_map(|f| Some((f.uid?, upstream_flags(f))))
-                    .collect(),
-            )
-        })
-        .await?;
+        // Through `command`, which reads the completion: a CHANGEDSINCE refused (NO) must
+        // not count as "no changes", or the folder's HIGHESTMODSEQ would move past them.
+        let line = format!(
+            "UID FETCH 1:{} (UID FLAGS) (CHANGEDSINCE {since})",
+            next_uid - 1
+        );
+        let reply = within(self.config.timeout(), command(session, &line, None)).await?;
+        if !reply.ok {
+            return Err(SyncError::Folder(
+                folder.into(),
+                format!("flag changes not fetched: {}", reply.text),
+            ));
+        }
+        let changes: Vec<(u32, Flags)> = reply
+            .flags
+            .into_iter()
+            .map(|(uid, names)| (uid, flags_named(&names)))
+            .collect();
         let (store, f) = (self.store.clone(), folder.to_string());
         let changed =
             blocking(move || store.apply_upstream_flags(account, &f, uidvalidity, &changes))
@@ -415,6 +421,7 @@ impl Syncer {
             None => Vec::new(),
         };
         for (i, chunk) in chunks.iter().enumerate() {
+            let got: Vec<u32> = fetched.iter().map(|m| m.0).collect();
             // The next batch comes over the network while this one is decrypted.
             let next = chunks.get(i + 1);
             let ((messages, done, failure), next_fetched) =
@@ -424,6 +431,16 @@ impl Syncer {
                         None => None,
                     }
                 });
+            // A UID asked for and not sent: expunged meanwhile (passed over), or refused (a
+            // FETCH answered NO, a message the server could not read), which must not be
+            // passed over, or it would never be fetched.
+            let missing: Vec<u32> = chunk.iter().copied().filter(|u| !got.contains(u)).collect();
+            let held_at = if missing.is_empty() {
+                None
+            } else {
+                self.unfetched(session, account, folder, uidvalidity, &missing)
+                    .await?
+            };
             if let Some(&last) = done.last() {
                 // Upstream UIDs in a gap of this chunk (expunged meanwhile) are passed too.
                 *next_uid = if failure.is_none() {
@@ -431,6 +448,9 @@ impl Syncer {
                 } else {
                     last + 1
                 };
+                if let Some(held) = held_at {
+                    *next_uid = (*next_uid).min(held);
+                }
                 let mark = SyncMark {
                     folder: folder.to_string(),
                     uidvalidity,
@@ -447,6 +467,14 @@ impl Syncer {
             if let Some(e) = failure {
                 return Err(e);
             }
+            if let Some(held) = held_at {
+                // The folder's mark stays below the UID held (what this batch stored moved
+                // it no further); the next pass starts there.
+                return Err(SyncError::Folder(
+                    folder.into(),
+                    format!("UID {held} was not sent by the server; tried again next pass"),
+                ));
+            }
             if let Some(next) = next_fetched {
                 fetched = next?;
             }
@@ -457,6 +485,49 @@ impl Syncer {
             *next_uid = (*next_uid).max(top.saturating_add(1));
         }
         Ok(stored)
+    }
+
+    /// Of the UIDs a FETCH did not answer for, the lowest that is still upstream and has not
+    /// yet failed [`FETCH_TRIES`] passes: the fetch must not pass it. One that failed that
+    /// often (a message the server cannot read) is passed over with an error in the log; it
+    /// stays upstream. None when every one was expunged meanwhile or given up.
+    async fn unfetched(
+        &self,
+        session: &mut Session,
+        account: AccountId,
+        folder: &str,
+        uidvalidity: u32,
+        missing: &[u32],
+    ) -> Result<Option<u32>, SyncError> {
+        let set = missing
+            .iter()
+            .map(u32::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
+        let line = format!("UID SEARCH UID {set}");
+        let reply = within(self.config.timeout(), command(session, &line, None)).await?;
+        if !reply.ok {
+            return Err(SyncError::Folder(folder.into(), reply.text));
+        }
+        let mut there: Vec<u32> = reply.search;
+        there.sort_unstable();
+        for uid in there {
+            let key = format!("unfetched:{account}:{folder}:{uidvalidity}:{uid}");
+            let (store, k) = (self.store.clone(), key.clone());
+            let tries = blocking(move || store.meta(&k)).await??.unwrap_or(0) + 1;
+            if tries >= FETCH_TRIES {
+                tracing::error!(account = %self.name, %folder, uid,
+                    "the server did not send this message in {tries} passes: passed over; \
+                     it stays upstream");
+                continue;
+            }
+            let store = self.store.clone();
+            blocking(move || store.set_meta(&key, tries)).await??;
+            tracing::warn!(account = %self.name, %folder, uid,
+                "the server did not send this message (try {tries} of {FETCH_TRIES})");
+            return Ok(Some(uid));
+        }
+        Ok(None)
     }
 
     /// Daemon mode: sync, then wait (IDLE on INBOX, or the poll interval) until upstream has
@@ -540,25 +611,29 @@ impl Syncer {
         let capabilities = within(self.config.timeout(), session.capabilities())
             .await
             .map_err(Some)?;
+        let timeout = self.config.timeout();
         if !capabilities.has_str("IDLE") {
-            let _ = session.logout().await;
+            let _ = tokio::time::timeout(timeout, session.logout()).await;
             return Err(None);
         }
-        within(self.config.timeout(), session.examine("INBOX"))
+        within(timeout, session.examine("INBOX"))
             .await
             .map_err(Some)?;
         let mut idle = session.idle();
-        idle.init().await.map_err(|e| Some(e.into()))?;
+        within(timeout, idle.init()).await.map_err(Some)?;
         {
+            // The wait's own timeout starts again at every response, "* OK Still here"
+            // included (Dovecot sends one every 2 minutes): the poll interval is kept here.
             let (wait, _stop) = idle.wait_with_timeout(poll);
             tokio::select! {
                 _ = wait => {}
+                _ = tokio::time::sleep(poll) => {}
                 _ = shutdown.changed() => {}
                 _ = self.local_change(local, since) => {}
             }
         }
-        if let Ok(mut session) = idle.done().await {
-            let _ = tokio::time::timeout(self.config.timeout(), session.logout()).await;
+        if let Ok(Ok(mut session)) = tokio::time::timeout(timeout, idle.done()).await {
+            let _ = tokio::time::timeout(timeout, session.logout()).await;
         }
         Ok(())
     }
@@ -796,6 +871,19 @@ fn upstream_flags(fetch: &async_imap::types::Fetch) -> Flags {
     }))
 }
 
+/// [`upstream_flags`] for flags as the server wrote them.
+fn flags_named(names: &[String]) -> Flags {
+    Flags::new(names.iter().filter_map(|name| {
+        let system = ["\\Seen", "\\Answered", "\\Flagged", "\\Deleted", "\\Draft"];
+        if let Some(flag) = system.iter().find(|f| f.eq_ignore_ascii_case(name)) {
+            return Some(flag.to_string());
+        }
+        // \Recent and anything else with a backslash is the server's own; sealpost's keywords
+        // are for sealpost alone.
+        (!name.starts_with('\\') && !crate::store::is_local_keyword(name)).then(|| name.clone())
+    }))
+}
+
 fn internaldate(fetch: &async_imap::types::Fetch) -> InternalDate {
     match fetch.internal_date() {
         Some(d) => InternalDate {
@@ -873,5 +961,14 @@ mod tests {
         assert_eq!(local_name("Lists.rust", Some(".")).unwrap(), "Lists/rust");
         assert_eq!(local_name("Lists/rust", Some("/")).unwrap(), "Lists/rust");
         assert_eq!(local_name("Entw&APw-rfe", Some(".")).unwrap(), "Entwürfe");
+    }
+
+    #[test]
+    fn flags_from_the_server_keep_system_flags_and_foreign_keywords() {
+        let names: Vec<String> = ["\\SEEN", "\\Recent", "$Label1", "$sealpost-signed", "\\X"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(flags_named(&names), Flags::new(["\\Seen", "$Label1"]));
     }
 }

@@ -318,6 +318,8 @@ pub struct Reply {
     pub highestmodseq: Option<u64>,
     /// UIDs of an untagged SEARCH response.
     pub search: Vec<u32>,
+    /// (UID, flags) of untagged FETCH responses that carry both.
+    pub flags: Vec<(u32, Vec<String>)>,
 }
 
 /// Runs one command on the session and reads its responses up to the completion. With a
@@ -367,6 +369,23 @@ pub async fn command(
                 reply.search.extend(uids);
                 continue;
             }
+            Response::Fetch(_, attributes) => {
+                use async_imap::imap_proto::AttributeValue;
+                let uid = attributes.iter().find_map(|a| match a {
+                    AttributeValue::Uid(uid) => Some(*uid),
+                    _ => None,
+                });
+                let flags = attributes.iter().find_map(|a| match a {
+                    AttributeValue::Flags(flags) => {
+                        Some(flags.iter().map(|f| f.to_string()).collect::<Vec<_>>())
+                    }
+                    _ => None,
+                });
+                if let (Some(uid), Some(flags)) = (uid, flags) {
+                    reply.flags.push((uid, flags));
+                }
+                continue;
+            }
             Response::Data { status, outcome } => {
                 if *status != Status::Ok {
                     continue;
@@ -401,17 +420,24 @@ pub async fn command(
     }
 }
 
+/// The UIDs of a UID set from a server's reply, at most [`MAX_UID_SET`] of them: a range
+/// like 1:4294967295 in an APPENDUID must not cost 16 GB.
 fn uid_set(members: &[async_imap::imap_proto::rfc4315::UidSetMember]) -> Vec<u32> {
     use async_imap::imap_proto::rfc4315::UidSetMember;
     let mut out = Vec::new();
     for member in members {
+        let room = MAX_UID_SET.saturating_sub(out.len());
         match member {
-            UidSetMember::Uid(uid) => out.push(*uid),
-            UidSetMember::UidRange(range) => out.extend(range.clone()),
+            UidSetMember::Uid(uid) if room > 0 => out.push(*uid),
+            UidSetMember::UidRange(range) => out.extend(range.clone().take(room)),
+            UidSetMember::Uid(_) => {}
         }
     }
     out
 }
+
+/// The most UIDs taken from one UID set; sealpost copies and moves one message at a time.
+const MAX_UID_SET: usize = 10_000;
 
 /// An IMAP quoted string (RFC 3501 §4.3).
 pub fn quote(text: &str) -> String {
