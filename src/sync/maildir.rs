@@ -75,10 +75,24 @@ impl MaildirSync {
             let local = if folder == "INBOX" {
                 folder.clone()
             } else {
-                local_name(&folder, Some(".")).map_err(|e| SyncError::Folder(folder.clone(), e))?
+                match local_name(&folder, Some(".")) {
+                    Ok(local) => local,
+                    Err(e) => {
+                        tracing::warn!(account = %self.name, "Maildir folder {folder:?} left out: {e}");
+                        continue;
+                    }
+                }
             };
-            let new = self.sync_folder(account, &folder, &dir, &local).await?;
-            report.new.insert(local, new);
+            match self.sync_folder(account, &folder, &dir, &local).await {
+                Ok(new) => {
+                    report.new.insert(local, new);
+                }
+                // One folder that cannot be read is left out; the others are still synced.
+                Err(e @ SyncError::Folder(..)) => {
+                    tracing::warn!(account = %self.name, "{e}: folder left out of this scan");
+                }
+                Err(e) => return Err(e),
+            }
         }
         report.redecrypted = super::retry_undecryptable(&self.store, &self.keys, account).await?;
         super::log_and_notify(&self.name, self.config.notify_command.as_deref(), &report).await;
@@ -173,11 +187,12 @@ impl MaildirSync {
                     // Moved by a reader (new/ → cur/) or removed since the listing: the next
                     // scan finds it under its new name, or it is gone.
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    // Files are imported by name, in no order: one that cannot be read now
+                    // (its mode, a directory where a file should be) waits for the next scan
+                    // without holding up the others.
                     Err(e) => {
-                        return Err(SyncError::Folder(
-                            folder.into(),
-                            format!("{}: {e}", file.path.display()),
-                        ))
+                        tracing::warn!(account = %self.name, %folder,
+                            "{}: {e}; left for the next scan", file.path.display());
                     }
                 }
             }
