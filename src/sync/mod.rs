@@ -37,6 +37,13 @@ use upstream::{command, quote, Session, UpstreamConfig};
 /// Messages fetched and stored per transaction.
 const BATCH: usize = 50;
 
+/// Bytes fetched per batch at most (a bigger message comes alone): memory holds a batch a few
+/// times over (raw, CRLF, decrypted) while the next one arrives.
+const BATCH_BYTES: u64 = 16 * 1024 * 1024;
+
+/// The slowest link a fetch is given time for, on top of the command timeout.
+const MIN_FETCH_BYTES_PER_SEC: u64 = 64 * 1024;
+
 /// Passes in which the server may fail to send a message before it is passed over.
 const FETCH_TRIES: i64 = 5;
 
@@ -398,24 +405,27 @@ impl Syncer {
         let timeout = self.config.timeout();
         let (found, linked) = {
             let start = *next_uid;
-            let found = within(timeout, session.uid_search(format!("UID {start}:*"))).await?;
+            // The sizes come along, so that batches and their deadlines follow the bytes.
+            let line = format!("UID FETCH {start}:* (UID RFC822.SIZE)");
+            let reply = within(timeout, command(session, &line, None)).await?;
+            if !reply.ok {
+                return Err(SyncError::Folder(folder.into(), reply.text));
+            }
             let (store, f) = (self.store.clone(), folder.to_string());
             let linked =
                 blocking(move || store.linked_upstream(account, &f, uidvalidity, start)).await??;
-            (found, linked)
+            (reply.sizes, linked)
         };
-        let top = found.iter().copied().filter(|u| *u >= *next_uid).max();
-        let uids: Vec<u32> = {
-            let mut uids: Vec<u32> = found
-                .into_iter()
-                .filter(|u| *u >= *next_uid && linked.binary_search(u).is_err())
-                .collect();
-            uids.sort_unstable();
-            uids
-        };
-        let progress = Progress::new(local, uids.len());
+        let top = found.iter().map(|f| f.0).filter(|u| *u >= *next_uid).max();
+        let mut wanted: Vec<(u32, u32)> = found
+            .into_iter()
+            .filter(|(u, _)| *u >= *next_uid && linked.binary_search(u).is_err())
+            .collect();
+        wanted.sort_unstable();
+        wanted.dedup_by_key(|w| w.0);
+        let progress = Progress::new(local, wanted.len());
         let mut stored = 0;
-        let chunks: Vec<&[u32]> = uids.chunks(BATCH).collect();
+        let chunks = batches(&wanted);
         let mut fetched = match chunks.first() {
             Some(chunk) => fetch_chunk(session, chunk, timeout).await?,
             None => Vec::new(),
@@ -434,7 +444,12 @@ impl Syncer {
             // A UID asked for and not sent: expunged meanwhile (passed over), or refused (a
             // FETCH answered NO, a message the server could not read), which must not be
             // passed over, or it would never be fetched.
-            let missing: Vec<u32> = chunk.iter().copied().filter(|u| !got.contains(u)).collect();
+            let missing: Vec<u32> = chunk
+                .uids
+                .iter()
+                .copied()
+                .filter(|u| !got.contains(u))
+                .collect();
             let held_at = if missing.is_empty() {
                 None
             } else {
@@ -444,7 +459,7 @@ impl Syncer {
             if let Some(&last) = done.last() {
                 // Upstream UIDs in a gap of this chunk (expunged meanwhile) are passed too.
                 *next_uid = if failure.is_none() {
-                    chunk[chunk.len() - 1].max(last) + 1
+                    chunk.uids[chunk.uids.len() - 1].max(last) + 1
                 } else {
                     last + 1
                 };
@@ -639,17 +654,46 @@ impl Syncer {
     }
 }
 
+/// UIDs fetched together, and their bytes (RFC822.SIZE).
+struct Batch {
+    uids: Vec<u32>,
+    bytes: u64,
+}
+
+/// Upstream messages (UID, size) in batches of at most [`BATCH`] messages and
+/// [`BATCH_BYTES`] (a bigger message is a batch of its own).
+fn batches(wanted: &[(u32, u32)]) -> Vec<Batch> {
+    let mut out: Vec<Batch> = Vec::new();
+    for &(uid, size) in wanted {
+        match out.last_mut() {
+            Some(b) if b.uids.len() < BATCH && b.bytes + u64::from(size) <= BATCH_BYTES => {
+                b.uids.push(uid);
+                b.bytes += u64::from(size);
+            }
+            _ => out.push(Batch {
+                uids: vec![uid],
+                bytes: u64::from(size),
+            }),
+        }
+    }
+    out
+}
+
 /// One batch of upstream messages by UID: (UID, flags, INTERNALDATE, bytes), in UID order.
+/// The deadline is the command timeout plus time for the batch's bytes at
+/// [`MIN_FETCH_BYTES_PER_SEC`]: a big message on a slow link must not time out on every pass.
 async fn fetch_chunk(
     session: &mut Session,
-    chunk: &[u32],
+    chunk: &Batch,
     timeout: Duration,
 ) -> Result<Vec<(u32, Flags, InternalDate, Vec<u8>)>, SyncError> {
     let set = chunk
+        .uids
         .iter()
         .map(u32::to_string)
         .collect::<Vec<_>>()
         .join(",");
+    let timeout = timeout + Duration::from_secs(chunk.bytes / MIN_FETCH_BYTES_PER_SEC);
     let mut fetched: Vec<(u32, Flags, InternalDate, Vec<u8>)> = within(timeout, async {
         let fetches: Vec<_> = session
             .uid_fetch(&set, "(UID FLAGS INTERNALDATE BODY.PEEK[])")
@@ -961,6 +1005,17 @@ mod tests {
         assert_eq!(local_name("Lists.rust", Some(".")).unwrap(), "Lists/rust");
         assert_eq!(local_name("Lists/rust", Some("/")).unwrap(), "Lists/rust");
         assert_eq!(local_name("Entw&APw-rfe", Some(".")).unwrap(), "Entwürfe");
+    }
+
+    #[test]
+    fn batches_follow_count_and_bytes() {
+        let small: Vec<(u32, u32)> = (1..=120).map(|u| (u, 1000)).collect();
+        let sizes: Vec<usize> = batches(&small).iter().map(|b| b.uids.len()).collect();
+        assert_eq!(sizes, [50, 50, 20]);
+        let mb = 1024 * 1024;
+        let big = [(1, 10 * mb), (2, 10 * mb), (3, 40 * mb), (4, 1)];
+        let uids: Vec<Vec<u32>> = batches(&big).into_iter().map(|b| b.uids).collect();
+        assert_eq!(uids, [vec![1], vec![2], vec![3], vec![4]]);
     }
 
     #[test]

@@ -320,6 +320,8 @@ pub struct Reply {
     pub search: Vec<u32>,
     /// (UID, flags) of untagged FETCH responses that carry both.
     pub flags: Vec<(u32, Vec<String>)>,
+    /// (UID, RFC822.SIZE) of untagged FETCH responses that carry both.
+    pub sizes: Vec<(u32, u32)>,
 }
 
 /// Runs one command on the session and reads its responses up to the completion. With a
@@ -381,6 +383,13 @@ pub async fn command(
                     }
                     _ => None,
                 });
+                let size = attributes.iter().find_map(|a| match a {
+                    AttributeValue::Rfc822Size(size) => Some(*size),
+                    _ => None,
+                });
+                if let (Some(uid), Some(size)) = (uid, size) {
+                    reply.sizes.push((uid, size));
+                }
                 if let (Some(uid), Some(flags)) = (uid, flags) {
                     reply.flags.push((uid, flags));
                 }
