@@ -658,6 +658,60 @@ async fn expunges_and_moves_made_upstream_are_mirrored() {
 /// The daemon (`sealpost imap` with an upstream): while upstream is stopped the local server
 /// keeps serving and a local change waits in the journal, also across a kill -9 of the
 /// daemon; once upstream is back the change is written back and new upstream mail comes down.
+/// An upstream UIDVALIDITY change after the verdict of a message changed (its signer's key
+/// arrived meanwhile): the resync matches the message by the bytes the server sends, not by
+/// what was stored (whose verdict field differs now), so it is not stored twice and keeps its
+/// local UID and flags.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resync_matches_messages_whose_verdict_changed() {
+    let world = World::new();
+    let dovecot = Dovecot::start_tls();
+    let cases = common::verdicts::cases(&world).await;
+    let unknown = &cases
+        .iter()
+        .find(|(name, _)| *name == "unknown signer")
+        .unwrap()
+        .1;
+    upstream(
+        &dovecot,
+        json!([{"cmd": "raw", "line": "CREATE Archive"}, append_bytes("Archive", unknown)]),
+    );
+    let server = Server::start_config("", &gnupg_table(&world));
+    let dir = tempfile::tempdir().unwrap();
+    let config = sync_config(
+        &server,
+        &upstream_table(&dovecot, dir.path(), "none", dovecot.port, ""),
+    );
+    let out = sync_once(&config);
+    assert_eq!(stdout(&out).trim(), format!("{USER}: 1 new"), "{out:?}");
+    let mut raw = server.login();
+    raw.ok("SELECT Archive");
+    raw.ok("UID STORE 1 +FLAGS (\\Flagged)");
+    let before = raw.ok("UID FETCH 1 (FLAGS)").join("\n");
+    assert!(before.contains("$Sealpost-UnknownSigner"), "{before}");
+
+    // Carol's key arrives; then upstream renumbers Archive (a new UIDVALIDITY).
+    world
+        .bob
+        .import(&world.carol.export_public(&world.carol_fpr));
+    upstream(
+        &dovecot,
+        json!([{"cmd": "raw", "line": "RENAME Archive Old"},
+        {"cmd": "raw", "line": "CREATE Archive"},
+        append_bytes("Archive", unknown)]),
+    );
+    let out = sync_once(&config);
+    assert!(out.status.success(), "{out:?}");
+    raw.ok("UNSELECT");
+    assert_eq!(exists(&mut raw, "Archive"), 1, "not stored twice");
+    raw.ok("SELECT Archive");
+    let after = raw.ok("UID FETCH 1:* (FLAGS)").join("\n");
+    assert!(
+        after.contains("UID 1 ") && after.contains("\\Flagged"),
+        "same local UID, flags kept: {after}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_down_then_back_the_daemon_resumes() {
     let world = World::new();

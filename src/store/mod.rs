@@ -364,6 +364,8 @@ pub struct SyncMark {
     pub folder: String,
     pub uidvalidity: u32,
     pub uids: Vec<u32>,
+    /// SHA-256 of each message as the server sent it, parallel to `uids` (empty: not known).
+    pub upstream: Vec<[u8; 32]>,
     pub next_uid: u32,
 }
 
@@ -1672,13 +1674,18 @@ fn already_here(
     message: &Prepared,
 ) -> Result<Option<(u32, i64)>, StoreError> {
     if relinking {
+        // The same message as the server sent it; a link from before migration 5 has no
+        // such hash, and is matched by the content stored.
+        let upstream = mark.upstream.get(i).map(|h| &h[..]);
         let old: Option<(u32, i64)> = tx
             .prepare_cached(
                 "SELECT s.uid, m.modseq FROM sync_map s
                  JOIN messages m ON m.mailbox = s.mailbox AND m.uid = s.uid
                  JOIN contents c ON c.id = m.content
                  WHERE s.account = ?1 AND s.folder = ?2 AND s.uidvalidity != ?3
-                   AND s.mailbox = ?4 AND c.sha256 = ?5
+                   AND s.mailbox = ?4
+                   AND (s.upstream_sha256 = ?6
+                        OR (s.upstream_sha256 IS NULL AND c.sha256 = ?5))
                  LIMIT 1",
             )?
             .query_row(
@@ -1687,14 +1694,16 @@ fn already_here(
                     mark.folder,
                     mark.uidvalidity,
                     mb.id,
-                    &message.sha256[..]
+                    &message.sha256[..],
+                    upstream
                 ],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .optional()?;
         if let Some((uid, modseq)) = old {
             tx.prepare_cached(
-                "UPDATE sync_map SET uidvalidity = ?1, upstream_uid = ?2
+                "UPDATE sync_map SET uidvalidity = ?1, upstream_uid = ?2,
+                   upstream_sha256 = coalesce(?7, upstream_sha256)
                  WHERE account = ?3 AND folder = ?4 AND mailbox = ?5 AND uid = ?6",
             )?
             .execute(params![
@@ -1703,7 +1712,8 @@ fn already_here(
                 mb.account,
                 mark.folder,
                 mb.id,
-                uid
+                uid,
+                upstream
             ])?;
             return Ok(Some((uid, modseq)));
         }
@@ -1741,8 +1751,9 @@ fn link_upstream(
     uid: u32,
 ) -> Result<(), StoreError> {
     tx.prepare_cached(
-        "INSERT INTO sync_map (account, folder, uidvalidity, upstream_uid, mailbox, uid)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        "INSERT INTO sync_map (account, folder, uidvalidity, upstream_uid, mailbox, uid,
+           upstream_sha256)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     )?
     .execute(params![
         account,
@@ -1750,7 +1761,8 @@ fn link_upstream(
         mark.uidvalidity,
         mark.uids[i],
         mailbox,
-        uid
+        uid,
+        mark.upstream.get(i).map(|h| &h[..])
     ])?;
     Ok(())
 }

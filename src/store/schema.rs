@@ -150,8 +150,17 @@ CREATE TABLE sync_files (
 ) WITHOUT ROWID;
 ";
 
+/// Migration 5: each upstream link keeps the SHA-256 of the message as the server sent it. After
+/// an upstream UIDVALIDITY change the resync matches messages by it: the stored message is the
+/// processed one, whose verdict field can differ from one import to the next (a signer's key
+/// imported meanwhile), so matching by stored content missed and stored the message twice.
+/// Links made before have none and are matched by stored content as before.
+const V5: &str = "
+ALTER TABLE sync_map ADD COLUMN upstream_sha256 BLOB;
+";
+
 pub fn migrations() -> Migrations<'static> {
-    Migrations::new(vec![M::up(V1), M::up(V2), M::up(V3), M::up(V4)])
+    Migrations::new(vec![M::up(V1), M::up(V2), M::up(V3), M::up(V4), M::up(V5)])
 }
 
 #[cfg(test)]

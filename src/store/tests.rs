@@ -309,6 +309,7 @@ fn a_new_upstream_uidvalidity_relinks_what_is_already_stored() {
     let account = store.ensure_account("alice").unwrap();
     let inbox = store.mailbox(account, "INBOX").unwrap().unwrap();
     let mark = |uidvalidity, uid| SyncMark {
+        upstream: Vec::new(),
         folder: "INBOX".into(),
         uidvalidity,
         uids: vec![uid],
@@ -338,6 +339,7 @@ fn a_new_upstream_uidvalidity_relinks_what_is_already_stored() {
             inbox.id,
             vec![message("a"), message("b")],
             &SyncMark {
+                upstream: Vec::new(),
                 folder: "INBOX".into(),
                 uidvalidity: 8,
                 uids: vec![3, 4],
@@ -374,6 +376,7 @@ fn write_back_links_and_upstream_flags() {
     let inbox = store.mailbox(account, "INBOX").unwrap().unwrap();
     let archive = store.mailbox(account, "Archive").unwrap().unwrap();
     let mark = SyncMark {
+        upstream: Vec::new(),
         folder: "INBOX".into(),
         uidvalidity: 7,
         uids: vec![10],
@@ -470,6 +473,7 @@ fn write_back_links_and_upstream_flags() {
             inbox.id,
             vec![again],
             &SyncMark {
+                upstream: Vec::new(),
                 folder: "INBOX".into(),
                 uidvalidity: 7,
                 uids: vec![12],

@@ -28,6 +28,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::{StreamExt, TryStreamExt};
+use sha2::{Digest, Sha256};
 
 use crate::keys::KeyService;
 use crate::rewrite::Policy;
@@ -434,8 +435,17 @@ impl Syncer {
             let got: Vec<u32> = fetched.iter().map(|m| m.0).collect();
             // The next batch comes over the network while this one is decrypted.
             let next = chunks.get(i + 1);
+            // Each message with the hash of its bytes as the server sent them: what a resync
+            // after a UIDVALIDITY change matches it by.
+            let keyed: Vec<_> = std::mem::take(&mut fetched)
+                .into_iter()
+                .map(|(uid, flags, date, raw)| {
+                    let hash: [u8; 32] = Sha256::digest(&raw).into();
+                    ((uid, hash), flags, date, raw)
+                })
+                .collect();
             let ((messages, done, failure), next_fetched) =
-                tokio::join!(decrypt(&self.keys, std::mem::take(&mut fetched)), async {
+                tokio::join!(decrypt(&self.keys, keyed), async {
                     match next {
                         Some(chunk) => Some(fetch_chunk(session, chunk, timeout).await),
                         None => None,
@@ -456,6 +466,7 @@ impl Syncer {
                 self.unfetched(session, account, folder, uidvalidity, &missing)
                     .await?
             };
+            let (done, upstream): (Vec<u32>, Vec<[u8; 32]>) = done.into_iter().unzip();
             if let Some(&last) = done.last() {
                 // Upstream UIDs in a gap of this chunk (expunged meanwhile) are passed too.
                 *next_uid = if failure.is_none() {
@@ -470,6 +481,7 @@ impl Syncer {
                     folder: folder.to_string(),
                     uidvalidity,
                     uids: done,
+                    upstream,
                     next_uid: *next_uid,
                 };
                 let store = self.store.clone();
