@@ -1677,29 +1677,46 @@ fn already_here(
         // The same message as the server sent it; a link from before migration 5 has no
         // such hash, and is matched by the content stored.
         let upstream = mark.upstream.get(i).map(|h| &h[..]);
-        let old: Option<(u32, i64)> = tx
-            .prepare_cached(
-                "SELECT s.uid, m.modseq FROM sync_map s
-                 JOIN messages m ON m.mailbox = s.mailbox AND m.uid = s.uid
-                 JOIN contents c ON c.id = m.content
-                 WHERE s.account = ?1 AND s.folder = ?2 AND s.uidvalidity != ?3
-                   AND s.mailbox = ?4
-                   AND (s.upstream_sha256 = ?6
-                        OR (s.upstream_sha256 IS NULL AND c.sha256 = ?5))
-                 LIMIT 1",
-            )?
-            .query_row(
-                params![
-                    mb.account,
-                    mark.folder,
-                    mark.uidvalidity,
-                    mb.id,
-                    &message.sha256[..],
-                    upstream
-                ],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()?;
+        // Two lookups, each on an index: by the upstream hash, then by stored content.
+        let by_upstream = match upstream {
+            Some(hash) => tx
+                .prepare_cached(
+                    "SELECT s.uid, m.modseq FROM sync_map s
+                     JOIN messages m ON m.mailbox = s.mailbox AND m.uid = s.uid
+                     WHERE s.account = ?1 AND s.folder = ?2 AND s.upstream_sha256 = ?5
+                       AND s.uidvalidity != ?3 AND s.mailbox = ?4
+                     LIMIT 1",
+                )?
+                .query_row(
+                    params![mb.account, mark.folder, mark.uidvalidity, mb.id, hash],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?,
+            None => None,
+        };
+        let old: Option<(u32, i64)> = match by_upstream {
+            Some(found) => Some(found),
+            None => tx
+                .prepare_cached(
+                    "SELECT s.uid, m.modseq FROM contents c
+                     JOIN messages m ON m.content = c.id AND m.mailbox = ?4
+                     JOIN sync_map s ON s.mailbox = m.mailbox AND s.uid = m.uid
+                     WHERE c.sha256 = ?5 AND s.account = ?1 AND s.folder = ?2
+                       AND s.uidvalidity != ?3 AND s.upstream_sha256 IS NULL
+                     LIMIT 1",
+                )?
+                .query_row(
+                    params![
+                        mb.account,
+                        mark.folder,
+                        mark.uidvalidity,
+                        mb.id,
+                        &message.sha256[..]
+                    ],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?,
+        };
         if let Some((uid, modseq)) = old {
             tx.prepare_cached(
                 "UPDATE sync_map SET uidvalidity = ?1, upstream_uid = ?2,

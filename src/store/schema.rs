@@ -157,6 +157,7 @@ CREATE TABLE sync_files (
 /// Links made before have none and are matched by stored content as before.
 const V5: &str = "
 ALTER TABLE sync_map ADD COLUMN upstream_sha256 BLOB;
+CREATE INDEX sync_map_upstream ON sync_map (account, folder, upstream_sha256);
 ";
 
 pub fn migrations() -> Migrations<'static> {

@@ -69,6 +69,9 @@ pub struct WrittenBack {
     pub unlink: Option<(MailboxId, u32)>,
     /// The local message now stands for this upstream message (uploaded, or moved).
     pub link: Option<(MailboxId, u32, UpstreamRef)>,
+    /// SHA-256 of the linked upstream message's bytes, when known (an upload's own bytes); a
+    /// move takes its source link's.
+    pub link_hash: Option<[u8; 32]>,
     /// The upstream folder was deleted: its marks and links go.
     pub forget_folder: Option<String>,
     /// The upstream folder (and its children, after the delimiter) was renamed.
@@ -362,6 +365,19 @@ impl Store {
     ) -> Result<(), StoreError> {
         self.write(|tx| {
             tx.execute("DELETE FROM journal WHERE id = ?1", [id])?;
+            // A moved message's bytes upstream are its source's: the link keeps their hash, by
+            // which a resync after a UIDVALIDITY change finds it.
+            let moved_hash: Option<Vec<u8>> = match done.unlink {
+                Some((mailbox, uid)) => tx
+                    .query_row(
+                        "SELECT upstream_sha256 FROM sync_map WHERE mailbox = ?1 AND uid = ?2",
+                        params![mailbox, uid],
+                        |r| r.get(0),
+                    )
+                    .optional()?
+                    .flatten(),
+                None => None,
+            };
             if let Some((mailbox, uid)) = done.unlink {
                 tx.execute(
                     "DELETE FROM sync_map WHERE mailbox = ?1 AND uid = ?2",
@@ -373,11 +389,20 @@ impl Store {
                     "DELETE FROM sync_map WHERE mailbox = ?1 AND uid = ?2",
                     params![mailbox, uid],
                 )?;
+                let hash = done.link_hash.map(|h| h.to_vec()).or(moved_hash);
                 tx.execute(
                     "INSERT OR REPLACE INTO sync_map
-                     (account, folder, uidvalidity, upstream_uid, mailbox, uid)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                    params![account, to.folder, to.uidvalidity, to.uid, mailbox, uid],
+                     (account, folder, uidvalidity, upstream_uid, mailbox, uid, upstream_sha256)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    params![
+                        account,
+                        to.folder,
+                        to.uidvalidity,
+                        to.uid,
+                        mailbox,
+                        uid,
+                        hash
+                    ],
                 )?;
             }
             if let Some(folder) = &done.forget_folder {

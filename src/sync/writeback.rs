@@ -572,11 +572,17 @@ impl Syncer {
         let reply = up
             .create_and_run(self, &line, Some(&message), &folder)
             .await?;
+        // What the server keeps is the literal as sent: its hash is the link's.
+        let hash: [u8; 32] = Sha256::digest(&message).into();
+        let sent = |v: u32, u: u32| WrittenBack {
+            link_hash: Some(hash),
+            ..found(v, u)
+        };
         if let Some((v, u)) = reply.appenduid {
-            return Ok(found(v, u));
+            return Ok(sent(v, u));
         }
         match up.find_upload(self, &folder, &token).await? {
-            Some((v, u)) => Ok(found(v, u)),
+            Some((v, u)) => Ok(sent(v, u)),
             None => Err(Failure::Entry(
                 "stored upstream, but its UID is not known yet (no APPENDUID)".into(),
             )),
