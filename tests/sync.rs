@@ -655,9 +655,6 @@ async fn expunges_and_moves_made_upstream_are_mirrored() {
     assert_eq!(untagged(&upstream_inbox, 1).len(), 1);
 }
 
-/// The daemon (`sealpost imap` with an upstream): while upstream is stopped the local server
-/// keeps serving and a local change waits in the journal, also across a kill -9 of the
-/// daemon; once upstream is back the change is written back and new upstream mail comes down.
 /// An upstream UIDVALIDITY change after the verdict of a message changed (its signer's key
 /// arrived meanwhile): the resync matches the message by the bytes the server sends, not by
 /// what was stored (whose verdict field differs now), so it is not stored twice and keeps its
@@ -712,6 +709,9 @@ async fn a_resync_matches_messages_whose_verdict_changed() {
     );
 }
 
+/// The daemon (`sealpost imap` with an upstream): while upstream is stopped the local server
+/// keeps serving and a local change waits in the journal, also across a kill -9 of the
+/// daemon; once upstream is back the change is written back and new upstream mail comes down.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_down_then_back_the_daemon_resumes() {
     let world = World::new();

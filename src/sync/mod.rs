@@ -45,8 +45,10 @@ const BATCH_BYTES: u64 = 16 * 1024 * 1024;
 /// The slowest link a fetch is given time for, on top of the command timeout.
 const MIN_FETCH_BYTES_PER_SEC: u64 = 64 * 1024;
 
-/// Passes in which the server may fail to send a message before it is passed over.
+/// Passes in which the server may fail to send a message before it is passed over, and the
+/// time those must span at least.
 const FETCH_TRIES: i64 = 5;
+const FETCH_GIVE_UP_SECS: i64 = 3600;
 
 /// Messages handed to the GnuPG workers at once (they queue there).
 const DECRYPTS_IN_FLIGHT: usize = 8;
@@ -256,10 +258,10 @@ impl Syncer {
             }
             None => (1, 0),
         };
-        let highestmodseq = selected.highestmodseq.unwrap_or(0);
+        let mut highestmodseq = selected.highestmodseq.unwrap_or(0);
         let mut flags_changed = 0;
         if synced_modseq > 0 && highestmodseq > synced_modseq && next_uid > 1 {
-            flags_changed = self
+            match self
                 .flag_changes(
                     session,
                     account,
@@ -268,7 +270,16 @@ impl Syncer {
                     next_uid,
                     synced_modseq,
                 )
-                .await?;
+                .await
+            {
+                Ok(n) => flags_changed = n,
+                // Refused: asked again next pass (the mark stays), new mail comes down now.
+                Err(e @ SyncError::Folder(..)) => {
+                    tracing::warn!(account = %self.name, "{e}");
+                    highestmodseq = synced_modseq;
+                }
+                Err(e) => return Err(e),
+            }
         }
         // Nothing new: one EXAMINE is the whole cost of an unchanged folder.
         let nothing_new =
@@ -312,10 +323,11 @@ impl Syncer {
     }
 
     /// Expunges made upstream since the last pass, mirrored here. Looked for only when the
-    /// folder (EXISTS at EXAMINE) does not hold exactly the messages linked to it: then one
-    /// `UID SEARCH ALL` says which are left. Not only when it holds fewer: without UIDPLUS a
-    /// local expunge leaves a \Deleted message upstream, linked to nothing, which would hide
-    /// an expunge made by another client. An unchanged folder costs nothing more.
+    /// folder (EXISTS at EXAMINE) does not hold exactly the messages linked to it, and its
+    /// counts changed since the last search that found nothing: then one `UID SEARCH ALL`
+    /// says which are left. Not only when it holds fewer: without UIDPLUS a local expunge
+    /// leaves a \Deleted message upstream, linked to nothing, which would hide an expunge made
+    /// by another client. An unchanged folder costs nothing more.
     async fn upstream_expunges(
         &self,
         session: &mut Session,
@@ -328,6 +340,15 @@ impl Syncer {
         let (store, f) = (self.store.clone(), folder.to_string());
         let linked = blocking(move || store.linked_count(account, &f, uidvalidity)).await??;
         if linked == 0 || exists.is_some_and(|n| n as usize == linked) {
+            return Ok(0);
+        }
+        // A folder that keeps messages linked to nothing (the \Deleted leftovers of a server
+        // without UIDPLUS, a message passed over) is searched again only when its counts or
+        // its next UID changed since the last search, not at every pass.
+        let seen = ((exists.unwrap_or(0) as i64) << 42) ^ ((linked as i64) << 21) ^ next_uid as i64;
+        let key = format!("expunge-check:{account}:{folder}:{uidvalidity}");
+        let (store, k) = (self.store.clone(), key.clone());
+        if blocking(move || store.meta(&k)).await?? == Some(seen) {
             return Ok(0);
         }
         let found = within(self.config.timeout(), session.uid_search("ALL")).await?;
@@ -344,6 +365,11 @@ impl Syncer {
             store.apply_upstream_expunges(account, &f, uidvalidity, next_uid, &present)
         })
         .await??;
+        if expunged == 0 {
+            // Nothing went: the same counts next time need no search.
+            let store = self.store.clone();
+            blocking(move || store.set_meta(&key, seen)).await??;
+        }
         if expunged > 0 {
             tracing::info!(account = %self.name, %folder, "{expunged} messages expunged upstream");
         }
@@ -409,13 +435,28 @@ impl Syncer {
             // The sizes come along, so that batches and their deadlines follow the bytes.
             let line = format!("UID FETCH {start}:* (UID RFC822.SIZE)");
             let reply = within(timeout, command(session, &line, None)).await?;
+            let mut sizes = reply.sizes;
             if !reply.ok {
-                return Err(SyncError::Folder(folder.into(), reply.text));
+                // A server may need the message to tell its size, and refuse for one it cannot
+                // read: the UIDs come from a search then, and one without a size goes in a
+                // batch of its own (where, if the server refuses it again, it is held).
+                tracing::warn!(account = %self.name, %folder,
+                    "sizes not all sent ({}); taking the UIDs from a search", reply.text);
+                let line = format!("UID SEARCH UID {start}:*");
+                let search = within(timeout, command(session, &line, None)).await?;
+                if !search.ok {
+                    return Err(SyncError::Folder(folder.into(), search.text));
+                }
+                for uid in search.search {
+                    if !sizes.iter().any(|(u, _)| *u == uid) {
+                        sizes.push((uid, BATCH_BYTES as u32));
+                    }
+                }
             }
             let (store, f) = (self.store.clone(), folder.to_string());
             let linked =
                 blocking(move || store.linked_upstream(account, &f, uidvalidity, start)).await??;
-            (reply.sizes, linked)
+            (sizes, linked)
         };
         let top = found.iter().map(|f| f.0).filter(|u| *u >= *next_uid).max();
         let mut wanted: Vec<(u32, u32)> = found
@@ -538,20 +579,36 @@ impl Syncer {
         }
         let mut there: Vec<u32> = reply.search;
         there.sort_unstable();
+        let now = crate::store::unix_now();
         for uid in there {
             let key = format!("unfetched:{account}:{folder}:{uidvalidity}:{uid}");
-            let (store, k) = (self.store.clone(), key.clone());
-            let tries = blocking(move || store.meta(&k)).await??.unwrap_or(0) + 1;
-            if tries >= FETCH_TRIES {
+            let since_key = format!("{key}:since");
+            let (store, k, sk) = (self.store.clone(), key.clone(), since_key.clone());
+            let (tries, since) =
+                blocking(move || Ok::<_, StoreError>((store.meta(&k)?, store.meta(&sk)?)))
+                    .await??;
+            // A streak: failures more than a day apart start counting again.
+            let (tries, since) = match (tries, since) {
+                (Some(t), Some(s)) if now - s < 86_400 + FETCH_GIVE_UP_SECS => (t + 1, s),
+                _ => (1, now),
+            };
+            // Given up only after several passes over some time: a server's outage of a few
+            // minutes (the daemon may pass often) leaves no message behind.
+            if tries >= FETCH_TRIES && now - since >= FETCH_GIVE_UP_SECS {
                 tracing::error!(account = %self.name, %folder, uid,
-                    "the server did not send this message in {tries} passes: passed over; \
-                     it stays upstream");
+                    "the server did not send this message in {tries} passes since {since}: \
+                     passed over; it stays upstream");
                 continue;
             }
             let store = self.store.clone();
-            blocking(move || store.set_meta(&key, tries)).await??;
+            blocking(move || {
+                store.set_meta(&key, tries)?;
+                store.set_meta(&since_key, since)
+            })
+            .await??;
             tracing::warn!(account = %self.name, %folder, uid,
-                "the server did not send this message (try {tries} of {FETCH_TRIES})");
+                "the server did not send this message (pass {tries}; passed over after \
+                 {FETCH_TRIES} passes and {FETCH_GIVE_UP_SECS} s)");
             return Ok(Some(uid));
         }
         Ok(None)
@@ -705,7 +762,9 @@ async fn fetch_chunk(
         .map(u32::to_string)
         .collect::<Vec<_>>()
         .join(",");
-    let timeout = timeout + Duration::from_secs(chunk.bytes / MIN_FETCH_BYTES_PER_SEC);
+    // The sizes are the server's word: the extra time is capped at what a batch can be.
+    let bytes = chunk.bytes.min(crate::keys::DEFAULT_MAX_PLAINTEXT);
+    let timeout = timeout + Duration::from_secs(bytes / MIN_FETCH_BYTES_PER_SEC);
     let mut fetched: Vec<(u32, Flags, InternalDate, Vec<u8>)> = within(timeout, async {
         let fetches: Vec<_> = session
             .uid_fetch(&set, "(UID FLAGS INTERNALDATE BODY.PEEK[])")
