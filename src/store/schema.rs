@@ -157,11 +157,22 @@ CREATE TABLE sync_files (
 /// Links made before have none and are matched by stored content as before.
 const V5: &str = "
 ALTER TABLE sync_map ADD COLUMN upstream_sha256 BLOB;
+";
+
+/// Migration 6: the resync's lookup by upstream hash (migration 5) on an index.
+const V6: &str = "
 CREATE INDEX sync_map_upstream ON sync_map (account, folder, upstream_sha256);
 ";
 
 pub fn migrations() -> Migrations<'static> {
-    Migrations::new(vec![M::up(V1), M::up(V2), M::up(V3), M::up(V4), M::up(V5)])
+    Migrations::new(vec![
+        M::up(V1),
+        M::up(V2),
+        M::up(V3),
+        M::up(V4),
+        M::up(V5),
+        M::up(V6),
+    ])
 }
 
 #[cfg(test)]

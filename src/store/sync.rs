@@ -70,8 +70,10 @@ pub struct WrittenBack {
     /// The local message now stands for this upstream message (uploaded, or moved).
     pub link: Option<(MailboxId, u32, UpstreamRef)>,
     /// SHA-256 of the linked upstream message's bytes, when known (an upload's own bytes); a
-    /// move takes its source link's.
+    /// move takes its source link's (`unlink`), a copy the one of `hash_from`.
     pub link_hash: Option<[u8; 32]>,
+    /// The local message whose link's upstream hash the new link takes (a copy's source).
+    pub hash_from: Option<(MailboxId, u32)>,
     /// The upstream folder was deleted: its marks and links go.
     pub forget_folder: Option<String>,
     /// The upstream folder (and its children, after the delimiter) was renamed.
@@ -367,7 +369,7 @@ impl Store {
             tx.execute("DELETE FROM journal WHERE id = ?1", [id])?;
             // A moved message's bytes upstream are its source's: the link keeps their hash, by
             // which a resync after a UIDVALIDITY change finds it.
-            let moved_hash: Option<Vec<u8>> = match done.unlink {
+            let moved_hash: Option<Vec<u8>> = match done.hash_from.or(done.unlink) {
                 Some((mailbox, uid)) => tx
                     .query_row(
                         "SELECT upstream_sha256 FROM sync_map WHERE mailbox = ?1 AND uid = ?2",

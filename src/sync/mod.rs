@@ -42,6 +42,9 @@ const BATCH: usize = 50;
 /// times over (raw, CRLF, decrypted) while the next one arrives.
 const BATCH_BYTES: u64 = 16 * 1024 * 1024;
 
+/// The size assumed for a message whose size the server did not tell.
+const UNKNOWN_SIZE: u32 = 1024 * 1024;
+
 /// The slowest link a fetch is given time for, on top of the command timeout.
 const MIN_FETCH_BYTES_PER_SEC: u64 = 64 * 1024;
 
@@ -323,11 +326,11 @@ impl Syncer {
     }
 
     /// Expunges made upstream since the last pass, mirrored here. Looked for only when the
-    /// folder (EXISTS at EXAMINE) does not hold exactly the messages linked to it, and its
-    /// counts changed since the last search that found nothing: then one `UID SEARCH ALL`
-    /// says which are left. Not only when it holds fewer: without UIDPLUS a local expunge
-    /// leaves a \Deleted message upstream, linked to nothing, which would hide an expunge made
-    /// by another client. An unchanged folder costs nothing more.
+    /// folder (EXISTS at EXAMINE) does not hold exactly the messages linked to it: then one
+    /// `UID SEARCH ALL` says which are left. Not only when it holds fewer: without UIDPLUS a
+    /// local expunge leaves a \Deleted message upstream, linked to nothing, which would hide
+    /// an expunge made by another client (such a folder pays one search per pass). A folder
+    /// whose messages are all linked costs nothing more.
     async fn upstream_expunges(
         &self,
         session: &mut Session,
@@ -340,15 +343,6 @@ impl Syncer {
         let (store, f) = (self.store.clone(), folder.to_string());
         let linked = blocking(move || store.linked_count(account, &f, uidvalidity)).await??;
         if linked == 0 || exists.is_some_and(|n| n as usize == linked) {
-            return Ok(0);
-        }
-        // A folder that keeps messages linked to nothing (the \Deleted leftovers of a server
-        // without UIDPLUS, a message passed over) is searched again only when its counts or
-        // its next UID changed since the last search, not at every pass.
-        let seen = ((exists.unwrap_or(0) as i64) << 42) ^ ((linked as i64) << 21) ^ next_uid as i64;
-        let key = format!("expunge-check:{account}:{folder}:{uidvalidity}");
-        let (store, k) = (self.store.clone(), key.clone());
-        if blocking(move || store.meta(&k)).await?? == Some(seen) {
             return Ok(0);
         }
         let found = within(self.config.timeout(), session.uid_search("ALL")).await?;
@@ -365,11 +359,6 @@ impl Syncer {
             store.apply_upstream_expunges(account, &f, uidvalidity, next_uid, &present)
         })
         .await??;
-        if expunged == 0 {
-            // Nothing went: the same counts next time need no search.
-            let store = self.store.clone();
-            blocking(move || store.set_meta(&key, seen)).await??;
-        }
         if expunged > 0 {
             tracing::info!(account = %self.name, %folder, "{expunged} messages expunged upstream");
         }
@@ -438,8 +427,8 @@ impl Syncer {
             let mut sizes = reply.sizes;
             if !reply.ok {
                 // A server may need the message to tell its size, and refuse for one it cannot
-                // read: the UIDs come from a search then, and one without a size goes in a
-                // batch of its own (where, if the server refuses it again, it is held).
+                // read: the UIDs come from a search then, each one without a size counted as
+                // 1 MiB (if the server refuses it again in its batch, it is held).
                 tracing::warn!(account = %self.name, %folder,
                     "sizes not all sent ({}); taking the UIDs from a search", reply.text);
                 let line = format!("UID SEARCH UID {start}:*");
@@ -447,9 +436,10 @@ impl Syncer {
                 if !search.ok {
                     return Err(SyncError::Folder(folder.into(), search.text));
                 }
+                let sized: std::collections::HashSet<u32> = sizes.iter().map(|s| s.0).collect();
                 for uid in search.search {
-                    if !sizes.iter().any(|(u, _)| *u == uid) {
-                        sizes.push((uid, BATCH_BYTES as u32));
+                    if !sized.contains(&uid) {
+                        sizes.push((uid, UNKNOWN_SIZE));
                     }
                 }
             }
@@ -583,13 +573,20 @@ impl Syncer {
         for uid in there {
             let key = format!("unfetched:{account}:{folder}:{uidvalidity}:{uid}");
             let since_key = format!("{key}:since");
-            let (store, k, sk) = (self.store.clone(), key.clone(), since_key.clone());
-            let (tries, since) =
-                blocking(move || Ok::<_, StoreError>((store.meta(&k)?, store.meta(&sk)?)))
-                    .await??;
-            // A streak: failures more than a day apart start counting again.
-            let (tries, since) = match (tries, since) {
-                (Some(t), Some(s)) if now - s < 86_400 + FETCH_GIVE_UP_SECS => (t + 1, s),
+            let last_key = format!("{key}:last");
+            let (store, k, sk, lk) = (
+                self.store.clone(),
+                key.clone(),
+                since_key.clone(),
+                last_key.clone(),
+            );
+            let (tries, since, last) = blocking(move || {
+                Ok::<_, StoreError>((store.meta(&k)?, store.meta(&sk)?, store.meta(&lk)?))
+            })
+            .await??;
+            // A streak: a failure more than a day after the one before starts counting again.
+            let (tries, since) = match (tries, since, last) {
+                (Some(t), Some(s), Some(l)) if now - l < 86_400 => (t + 1, s),
                 _ => (1, now),
             };
             // Given up only after several passes over some time: a server's outage of a few
@@ -603,7 +600,8 @@ impl Syncer {
             let store = self.store.clone();
             blocking(move || {
                 store.set_meta(&key, tries)?;
-                store.set_meta(&since_key, since)
+                store.set_meta(&since_key, since)?;
+                store.set_meta(&last_key, now)
             })
             .await??;
             tracing::warn!(account = %self.name, %folder, uid,
@@ -762,8 +760,9 @@ async fn fetch_chunk(
         .map(u32::to_string)
         .collect::<Vec<_>>()
         .join(",");
-    // The sizes are the server's word: the extra time is capped at what a batch can be.
-    let bytes = chunk.bytes.min(crate::keys::DEFAULT_MAX_PLAINTEXT);
+    // The sizes are the server's word: the extra time is capped at the largest message that
+    // could be decrypted (gnupg.max_plaintext_bytes at most, armored: 4/3 of it).
+    let bytes = chunk.bytes.min(512 * 1024 * 1024 * 4 / 3);
     let timeout = timeout + Duration::from_secs(bytes / MIN_FETCH_BYTES_PER_SEC);
     let mut fetched: Vec<(u32, Flags, InternalDate, Vec<u8>)> = within(timeout, async {
         let fetches: Vec<_> = session

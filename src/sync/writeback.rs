@@ -429,9 +429,13 @@ impl Syncer {
         if self.linked(Some(target), entry.uid).await?.is_some() {
             return Ok(WrittenBack::default());
         }
+        let mut source_message = None;
         let from = match entry.detail.split_once('\t') {
             Some((name, uid)) => match (self.local_mailbox(account, name).await?, uid.parse()) {
-                (Some(source), Ok(uid)) => self.linked(Some(source), uid).await?,
+                (Some(source), Ok(uid)) => {
+                    source_message = Some((source, uid));
+                    self.linked(Some(source), uid).await?
+                }
                 _ => None,
             },
             None => None,
@@ -442,6 +446,7 @@ impl Syncer {
                 .upload(up, entry, target, entry.uid, &entry.mailbox)
                 .await;
         };
+        // The copy upstream has the original's bytes: its link takes the original's hash.
         let link = |uidvalidity: u32, uid: u32| WrittenBack {
             link: Some((
                 target,
@@ -452,6 +457,7 @@ impl Syncer {
                     uid,
                 },
             )),
+            hash_from: source_message,
             ..WrittenBack::default()
         };
         if entry.attempts > 0 {
