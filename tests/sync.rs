@@ -28,6 +28,18 @@ fn upstream_table(dovecot: &Dovecot, dir: &Path, tls: &str, port: u16, extra: &s
     )
 }
 
+/// Bob's store, and a `sync --once` configuration over it that reads `dovecot` in plain text
+/// on loopback (the directory holds the password file).
+fn bobs_sync(world: &World, dovecot: &Dovecot) -> (Server, tempfile::TempDir, PathBuf) {
+    let server = Server::start_config("", &gnupg_table(world));
+    let dir = tempfile::tempdir().unwrap();
+    let config = sync_config(
+        &server,
+        &upstream_table(dovecot, dir.path(), "none", dovecot.port, ""),
+    );
+    (server, dir, config)
+}
+
 fn gnupg_table(world: &World) -> String {
     format!("[gnupg]\nhome = \"{}\"\n", world.bob.dir.display())
 }
@@ -249,12 +261,7 @@ async fn killed_twenty_times_while_importing_no_duplicate_no_loss() {
     }
     upstream(&dovecot, Value::Array(steps));
 
-    let server = Server::start_config("", &gnupg_table(&world));
-    let dir = tempfile::tempdir().unwrap();
-    let config = sync_config(
-        &server,
-        &upstream_table(&dovecot, dir.path(), "none", dovecot.port, ""),
-    );
+    let (server, _dir, config) = bobs_sync(&world, &dovecot);
     let store = sealpost::store::Store::open(&server.store_path()).unwrap();
     let count = || {
         let Some(account) = store.account(USER).unwrap() else {
@@ -601,12 +608,7 @@ async fn expunges_and_moves_made_upstream_are_mirrored() {
         })
         .collect();
     upstream(&dovecot, Value::Array(steps));
-    let server = Server::start_config("", &gnupg_table(&world));
-    let dir = tempfile::tempdir().unwrap();
-    let config = sync_config(
-        &server,
-        &upstream_table(&dovecot, dir.path(), "none", dovecot.port, ""),
-    );
+    let (server, _dir, config) = bobs_sync(&world, &dovecot);
     let out = sync_once(&config);
     assert_eq!(stdout(&out).trim(), format!("{USER}: 3 new"), "{out:?}");
 
@@ -673,12 +675,7 @@ async fn a_resync_matches_messages_whose_verdict_changed() {
         &dovecot,
         json!([{"cmd": "raw", "line": "CREATE Archive"}, append_bytes("Archive", unknown)]),
     );
-    let server = Server::start_config("", &gnupg_table(&world));
-    let dir = tempfile::tempdir().unwrap();
-    let config = sync_config(
-        &server,
-        &upstream_table(&dovecot, dir.path(), "none", dovecot.port, ""),
-    );
+    let (server, _dir, config) = bobs_sync(&world, &dovecot);
     let out = sync_once(&config);
     assert_eq!(stdout(&out).trim(), format!("{USER}: 1 new"), "{out:?}");
     let mut raw = server.login();
