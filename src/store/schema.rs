@@ -159,9 +159,12 @@ const V5: &str = "
 ALTER TABLE sync_map ADD COLUMN upstream_sha256 BLOB;
 ";
 
-/// Migration 6: the resync's lookup by upstream hash (migration 5) on an index.
+/// Migration 6: the resync's lookup by upstream hash (migration 5) on an index (which a
+/// store opened by a build of the day it came may have from migration 5 already), and no
+/// more marks of an expunge-search skip that was taken out again.
 const V6: &str = "
-CREATE INDEX sync_map_upstream ON sync_map (account, folder, upstream_sha256);
+CREATE INDEX IF NOT EXISTS sync_map_upstream ON sync_map (account, folder, upstream_sha256);
+DELETE FROM store_meta WHERE key LIKE 'expunge-check:%';
 ";
 
 pub fn migrations() -> Migrations<'static> {

@@ -463,7 +463,12 @@ impl Syncer {
         if entry.attempts > 0 {
             if let Some(id) = self.message_id(target, entry.uid).await? {
                 if let Some((v, u)) = up.find_unlinked(self, account, &to_folder, &id).await? {
-                    return Ok(link(v, u));
+                    // Found by Message-ID: an earlier try's copy, or its upload (other bytes),
+                    // so the original's hash is not taken.
+                    return Ok(WrittenBack {
+                        hash_from: None,
+                        ..link(v, u)
+                    });
                 }
             }
         }
