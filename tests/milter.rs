@@ -381,6 +381,35 @@ fn reinjection_failing_after_the_first_copy_then_recovering_gives_one_copy_each(
     check_three_copies(world, postfix.wait_messages(3));
 }
 
+/// The re-injection listener refuses one recipient for good (a 5xx, as for a copy over its
+/// size limit): that recipient is reported to the sender and the others get their copies; the
+/// client is not told to retry a refusal that would come back every time.
+#[test]
+fn reinjection_refused_for_good_is_reported_not_retried() {
+    let Some(rig) = Rig::new() else { return };
+    let (world, postfix) = (&rig.world, &rig.postfix);
+    let _milter = rig.milter();
+    postfix.reinjection_answers("carol@example.org", "550 5.7.1 re-injection test refusal");
+    let reply = rig.smtp(&THREE);
+    assert!(reply.starts_with("250"), "{reply}");
+    let got = by_recipient(postfix.wait_messages(3));
+    let names: Vec<&str> = got.iter().map(|(r, _)| r.as_str()).collect();
+    assert_eq!(
+        names,
+        ["alice@example.org", "bob@example.org", "dave@example.net"]
+    );
+    let (plain, _, _, _) = world
+        .sender
+        .decrypt(&ciphertext(&crlf(&got[0].1)))
+        .expect("the report is encrypted to alice");
+    assert!(contains(
+        &plain,
+        "Final-Recipient: rfc822; carol@example.org"
+    ));
+    assert!(contains(&plain, "re-injection test refusal"));
+    assert_eq!(postfix.queued(), 0, "{}", postfix.log());
+}
+
 #[test]
 fn milter_killed_mid_transaction_then_retry_gives_one_copy_each() {
     let Some(rig) = Rig::new() else { return };

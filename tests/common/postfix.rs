@@ -132,10 +132,22 @@ impl Postfix {
 
     /// Makes the re-injection listener answer 451 for `recipient` (None: accept all again).
     pub fn fail_reinjection(&self, recipient: Option<&str>) {
-        let rule = recipient.map_or(String::new(), |r| {
-            format!("{r} 451 4.3.0 re-injection test failure\n")
-        });
-        std::fs::write(self.dir.join("reinject-access"), rule).unwrap();
+        match recipient {
+            Some(r) => self.reinjection_answers(r, "451 4.3.0 re-injection test failure"),
+            None => {
+                std::fs::write(self.dir.join("reinject-access"), "").unwrap();
+                self.postfix(&["reload"]);
+            }
+        }
+    }
+
+    /// Makes the re-injection listener answer `reply` to RCPT for `recipient`.
+    pub fn reinjection_answers(&self, recipient: &str, reply: &str) {
+        std::fs::write(
+            self.dir.join("reinject-access"),
+            format!("{recipient} {reply}\n"),
+        )
+        .unwrap();
         // texthash maps are read when a process starts: new smtpd processes for new rules.
         self.postfix(&["reload"]);
     }
