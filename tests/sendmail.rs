@@ -402,6 +402,49 @@ fn killed_during_delivery_then_rerun_delivers_each_recipient_once() {
     assert_eq!(s.queue_list(), "Mail queue is empty\n");
 }
 
+/// SIGTERM (systemctl stop) during a delivery: the run finishes the copy in hand (here the
+/// relay holds it until the run's own timeout defers it) and exits 0, instead of dying
+/// mid-transaction; the copy stays queued and goes with the next run.
+#[test]
+fn sigterm_during_a_run_finishes_the_copy_in_hand() {
+    let s = Setup::new();
+    let relay = s.relay(&RelayOptions {
+        hold_once: &["carol@example.org"],
+        ..RelayOptions::default()
+    });
+    s.configure(relay.port, false, "");
+    // A short relay timeout: the held copy is deferred in seconds, not in 40.
+    let text = std::fs::read_to_string(&s.config).unwrap();
+    std::fs::write(
+        &s.config,
+        text.replace("timeout_secs = 10", "timeout_secs = 1"),
+    )
+    .unwrap();
+    let msg = "From: alice@example.org\nTo: carol@example.org\nSubject: term\n\nt\n";
+    assert!(s.sendmail(&["-t", "-i"], msg.as_bytes()).status.success());
+    let runner: Child = Command::new(env!("CARGO_BIN_EXE_sealpost"))
+        .args(["--config", s.config.to_str().unwrap(), "queue", "run"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    match relay.next(Duration::from_secs(60)) {
+        Some(Event::Holding(a)) => assert_eq!(a, "carol@example.org"),
+        other => panic!("the relay never held carol: {other:?}"),
+    }
+    // SAFETY: kill(2) on our own child.
+    assert_eq!(unsafe { libc::kill(runner.id() as i32, libc::SIGTERM) }, 0);
+    let out = runner.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("stopping after the messages in hand"),
+        "{out:?}"
+    );
+    assert!(s.queue_list().contains("carol@example.org"), "still queued");
+    s.queue_run();
+    assert_eq!(relay.delivered(1)[0].rcpts, ["carol@example.org"]);
+}
+
 #[test]
 fn bad_input_is_refused_with_a_reason_and_nothing_is_queued() {
     let s = Setup::new();

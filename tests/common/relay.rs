@@ -54,6 +54,7 @@ pub struct Delivered {
     pub bytes: Vec<u8>,
 }
 
+#[derive(Debug)]
 pub enum Event {
     Holding(String),
     Delivered(Delivered),
