@@ -704,6 +704,20 @@ async fn a_resync_matches_messages_whose_verdict_changed() {
         after.contains("UID 1 ") && after.contains("\\Flagged"),
         "same local UID, flags kept: {after}"
     );
+    // The flag change made before the renumbering waited for the message to be linked again
+    // and goes up now, to the renumbered message.
+    let out = sync_once(&config);
+    assert!(out.status.success(), "{out:?}");
+    let seen = upstream(
+        &dovecot,
+        json!([{"cmd": "raw", "line": "SELECT Archive"},
+        {"cmd": "raw", "line": "UID FETCH 1:* (FLAGS)"}]),
+    );
+    assert!(
+        untagged(&seen, 1).iter().any(|l| l.contains("\\Flagged")),
+        "{:?}",
+        untagged(&seen, 1)
+    );
 }
 
 /// The daemon (`sealpost imap` with an upstream): while upstream is stopped the local server

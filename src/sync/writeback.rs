@@ -24,6 +24,10 @@ use crate::store::{
 /// Journal entries read per round.
 const ROUND: u32 = 200;
 
+/// Passes a flag change waits for its message to be linked again after the folder's
+/// UIDVALIDITY changed.
+const STALE_LINK_TRIES: u32 = 10;
+
 /// The slowest upload rate allowed for before a command with a literal times out.
 const MIN_UPLOAD_BYTES_PER_SEC: u64 = 64 * 1024;
 
@@ -226,6 +230,19 @@ impl Syncer {
                     return Ok(WrittenBack::default());
                 };
                 if !up.select(self, &target).await? {
+                    // The folder's UIDVALIDITY changed: this pass's resync links the message
+                    // again (by the bytes the server sends), and the next pass sets its flags
+                    // there. One the resync never finds again is given up after a while.
+                    if entry.attempts < STALE_LINK_TRIES {
+                        return Err(Failure::Entry(
+                            "the folder's UIDVALIDITY changed: waits until the message is \
+                             linked again"
+                                .into(),
+                        ));
+                    }
+                    tracing::warn!(account = %self.name, mailbox = %entry.mailbox,
+                        uid = entry.uid, "flag change dropped: the message was not found \
+                        upstream again after the folder's UIDVALIDITY changed");
                     return Ok(WrittenBack::default());
                 }
                 let flags = upstream_flags(entry.detail.split(' '));
