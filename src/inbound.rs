@@ -522,8 +522,9 @@ fn from_mismatch(inner: &Option<Option<String>>, outer: &Option<String>) -> bool
 
 /// Outer fields minus the outer Content-* ones, with the inner entity's Content-* fields (and,
 /// when protected, its other fields, which replace outer fields of the same name; outer
-/// [`REPLY_ROUTING`] fields go when the protected set has a From). Returns the protected From: None when the protected set has
-/// no From field, Some(None) when it is not exactly one mailbox.
+/// [`REPLY_ROUTING`] fields go when the protected set has a From). Returns the protected
+/// From: None when the protected set has no From field, Some(None) when it is not exactly
+/// one mailbox.
 ///
 /// `protected` is the header that carries the protected fields: the decrypted entity's own, or,
 /// when it is a `multipart/signed` (RFC 3156 §6.1, signed then encrypted), its signed part's.
@@ -608,7 +609,6 @@ fn replace_content_fields(header: &[u8], plaintext: &[u8]) -> Vec<u8> {
     out
 }
 
-/// The address of the first From mailbox, lower case.
 /// The address of the one mailbox in the one From field; None for anything else (no From,
 /// two From fields, several mailboxes, a group): no signer can then match From (RFC 5322
 /// §3.6.2 allows several authors, but "from=match" must not mean "one of them").

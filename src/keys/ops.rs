@@ -271,8 +271,6 @@ fn encrypt(
     Ok(out)
 }
 
-/// Fails unless the data was integrity protected (a message without MDC is an error, never
-/// partial plaintext).
 /// Most session key packets a message to decrypt may have. A message for a thousand readers
 /// is rare; one with tens of thousands of garbled packets for the reader's key keeps gpg and
 /// gpg-agent busy past any deadline (see [`crate::message::parse::session_key_packets`]),
@@ -282,6 +280,8 @@ pub const MAX_SESSION_KEYS: usize = 1000;
 /// Most signatures a detached signature part may hold; a message has one or two.
 pub const MAX_SIGNATURES: usize = 100;
 
+/// Fails unless the data was integrity protected (a message without MDC is an error, never
+/// partial plaintext), and stops at `limit` bytes of plaintext.
 fn decrypt_verify(gpg: &mut Gpg, ciphertext: &[u8], limit: u64) -> Result<Decrypted, KeyError> {
     if crate::message::parse::session_key_packets(ciphertext, MAX_SESSION_KEYS) > MAX_SESSION_KEYS {
         return Err(KeyError::Refused {
@@ -371,9 +371,9 @@ fn decrypt_verify(gpg: &mut Gpg, ciphertext: &[u8], limit: u64) -> Result<Decryp
 }
 
 /// Why a decryption that failed says nothing about the message, when that is so: the secret
-/// key could not be used now (a pinentry or smartcard problem), or gpg
-/// reported no secret key or a failed decryption while the secret keyring itself cannot be
-/// read (gpg-agent down or broken). Such a message is tried again later, not kept as
+/// key could not be used now (a pinentry or smartcard problem), or gpg reported no secret key
+/// or a failed decryption while the secret keyring itself cannot be read (gpg-agent down or
+/// broken). Such a message is tried again later, not kept as
 /// undecryptable until the keyring changes.
 fn key_unusable_now(gpg: &Gpg, error: &gpgme::Error) -> Option<String> {
     use gpgme::Error as E;

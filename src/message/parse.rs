@@ -376,21 +376,11 @@ fn crc24(data: &[u8]) -> u32 {
 /// reads it (characters outside base64 skipped): a message gpg would read must not escape the
 /// count. Counting stops at the encrypted data, or where the data stops making sense.
 pub fn session_key_packets(ciphertext: &[u8], limit: usize) -> usize {
-    let data = openpgp_data(ciphertext);
-    let mut at = 0;
-    let mut count = 0;
-    while count <= limit {
-        match packet(&data, at) {
-            Some((9 | 18 | 20, _)) | None => break,
-            Some((tag, end)) => {
-                if matches!(tag, 1 | 3) {
-                    count += 1;
-                }
-                at = end;
-            }
-        }
-    }
-    count
+    count_packets(ciphertext, limit, |tag| match tag {
+        1 | 3 => Walk::Count,
+        9 | 18 | 20 => Walk::Stop,
+        _ => Walk::Pass,
+    })
 }
 
 /// How many signatures a detached signature (armored or binary) holds, counting no further
@@ -398,20 +388,39 @@ pub fn session_key_packets(ciphertext: &[u8], limit: usize) -> usize {
 /// of them outlast any deadline too. A compressed packet (which gpg would open, and which no
 /// detached signature needs) counts as too many.
 pub fn signature_packets(signature: &[u8], limit: usize) -> usize {
-    let data = openpgp_data(signature);
+    count_packets(signature, limit, |tag| match tag {
+        2 => Walk::Count,
+        8 => Walk::TooMany,
+        _ => Walk::Pass,
+    })
+}
+
+/// What [`count_packets`] does at a packet of some tag.
+enum Walk {
+    Count,
+    Pass,
+    Stop,
+    TooMany,
+}
+
+/// The packets of OpenPGP data (armored or binary) that `walk` counts, no further than
+/// `limit + 1`; `usize::MAX` at one it says is too many. The walk ends where `walk` says
+/// stop or the data stops making sense.
+fn count_packets(data: &[u8], limit: usize, walk: fn(u8) -> Walk) -> usize {
+    let data = openpgp_data(data);
     let mut at = 0;
     let mut count = 0;
     while count <= limit {
-        match packet(&data, at) {
-            None => break,
-            Some((8, _)) => return usize::MAX,
-            Some((tag, end)) => {
-                if tag == 2 {
-                    count += 1;
-                }
-                at = end;
-            }
+        let Some((tag, end)) = packet(&data, at) else {
+            break;
+        };
+        match walk(tag) {
+            Walk::Count => count += 1,
+            Walk::Pass => {}
+            Walk::Stop => break,
+            Walk::TooMany => return usize::MAX,
         }
+        at = end;
     }
     count
 }

@@ -682,30 +682,21 @@ async fn end_of_message(
         })
         .collect();
     let holding = !held.is_empty();
-    // Which recipients a try before this one already re-injected, or saw refused for good
-    // by the re-injection listener (reported below, never sent again).
-    let mut journaled = Vec::with_capacity(sendable.len());
+    // The recipients already re-injected are not among these (`pending`); those a try before
+    // this one saw refused for good by the re-injection listener are reported below and
+    // never sent again.
+    let mut refused_before = Vec::with_capacity(sendable.len());
     for copy in &sendable {
-        let looked = milter
-            .journal
-            .contains(&id, &copy.recipient)
-            .and_then(|done| {
-                let failed = milter
-                    .journal
-                    .contains(&id, &refused_key(&copy.recipient))?;
-                Ok(done || failed)
-            });
-        match looked {
-            Ok(done) => journaled.push(done),
+        match milter.journal.contains(&id, &refused_key(&copy.recipient)) {
+            Ok(was) => refused_before.push(was),
             Err(e) => return tempfail(cx, &e.to_string()),
         }
     }
-    // The copy kept in the original: one whose recipient has no re-injected copy yet (a retry
-    // may come with other recipients first, or with a journaled one now refused).
+    // The copy kept in the original: one the listener did not refuse before.
     let first_new = sendable
         .iter()
-        .zip(&journaled)
-        .find(|(_, &done)| !done)
+        .zip(&refused_before)
+        .find(|(_, &was)| !was)
         .map(|(copy, _)| *copy);
     // On Postfix's sendmail path the milter sees the recipients rewritten (root becomes
     // root@$myorigin) while deleting one compares with the address as given, and Postfix
@@ -717,7 +708,7 @@ async fn end_of_message(
         (false, _, _) => held,
         (true, Some(_), _) if !in_place => Vec::new(),
         (true, Some(first), _) => vec![first],
-        // Every sendable recipient already has its copy: the original goes nowhere.
+        // Every sendable copy was refused by the listener before: the original goes nowhere.
         (true, None, Some(_)) => Vec::new(),
         // Only refused recipients are left: they are reported, the original goes nowhere.
         (true, None, None) if some_done => Vec::new(),
@@ -734,28 +725,16 @@ async fn end_of_message(
     // Copies the re-injection listener refused for good (too large for it, say): reported to
     // the sender like refused recipients; a TEMPFAIL would only bring the same refusal back.
     let mut bounced: Vec<bounce::Failure> = Vec::new();
-    for (copy, &done) in sendable.iter().zip(&journaled) {
+    for (copy, &was_refused) in sendable.iter().zip(&refused_before) {
         if is_kept(&copy.recipient) {
             continue;
         }
-        match milter.journal.contains(&id, &refused_key(&copy.recipient)) {
-            Ok(true) => {
-                bounced.push(bounce::Failure {
-                    recipient: copy.recipient.clone(),
-                    status: "5.0.0".into(),
-                    diagnostic: "the re-injection listener refused the copy (see the mail log)"
-                        .into(),
-                });
-                continue;
-            }
-            Ok(false) => {}
-            Err(e) => return tempfail(cx, &e.to_string()),
-        }
-        if done {
-            tracing::info!(
-                "{queue_id}: to=<{}> already re-injected (journal): skipped",
-                copy.recipient
-            );
+        if was_refused {
+            bounced.push(bounce::Failure {
+                recipient: copy.recipient.clone(),
+                status: "5.0.0".into(),
+                diagnostic: "the re-injection listener refused the copy (see the mail log)".into(),
+            });
             continue;
         }
         // Keep-alive: each re-injection may take a while; Postfix's timer restarts.

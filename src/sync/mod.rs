@@ -147,12 +147,8 @@ impl Syncer {
                 // answers in time would otherwise hold up all new mail, for good). The change
                 // stays for the next pass; new mail comes down over a fresh connection.
                 tracing::warn!(account = %self.name, "write-back stopped: {e}; fetching anyway");
-                let (store, name) = (self.store.clone(), self.name.clone());
-                report.waiting = blocking(move || match store.account(&name)? {
-                    Some(account) => Ok(store.journal_backlog(account)?.0),
-                    None => Ok::<_, StoreError>(0),
-                })
-                .await??;
+                let store = self.store.clone();
+                report.waiting = blocking(move || store.journal_backlog(account)).await??.0;
                 *session = upstream::connect(&self.config).await?;
             }
         }
@@ -557,12 +553,7 @@ impl Syncer {
         uidvalidity: u32,
         missing: &[u32],
     ) -> Result<Option<u32>, SyncError> {
-        let set = missing
-            .iter()
-            .map(u32::to_string)
-            .collect::<Vec<_>>()
-            .join(",");
-        let line = format!("UID SEARCH UID {set}");
+        let line = format!("UID SEARCH UID {}", uid_list(missing));
         let reply = within(self.config.timeout(), command(session, &line, None)).await?;
         if !reply.ok {
             return Err(SyncError::Folder(folder.into(), reply.text));
@@ -721,6 +712,14 @@ impl Syncer {
     }
 }
 
+/// UIDs as an IMAP sequence set ("4,7,9").
+fn uid_list(uids: &[u32]) -> String {
+    uids.iter()
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// UIDs fetched together, and their bytes (RFC822.SIZE).
 struct Batch {
     uids: Vec<u32>,
@@ -754,12 +753,7 @@ async fn fetch_chunk(
     chunk: &Batch,
     timeout: Duration,
 ) -> Result<Vec<(u32, Flags, InternalDate, Vec<u8>)>, SyncError> {
-    let set = chunk
-        .uids
-        .iter()
-        .map(u32::to_string)
-        .collect::<Vec<_>>()
-        .join(",");
+    let set = uid_list(&chunk.uids);
     // The sizes are the server's word: the extra time is capped at the largest message that
     // could be decrypted (gnupg.max_plaintext_bytes at most, armored: 4/3 of it).
     let bytes = chunk.bytes.min(512 * 1024 * 1024 * 4 / 3);
@@ -861,8 +855,9 @@ impl Source {
 const RETRY_UNDECRYPTABLE_SECS: i64 = 86_400;
 
 /// Messages kept undecryptable are decrypted again once the keyring has changed since the
-/// last try (or a day has passed since it) (a key imported or restored): each one that now decrypts replaces its ciphertext
-/// under a new UID, with its flags and its upstream link ([`Store::replace_content`]). An
+/// last try (a key imported or restored), or a day has passed since it: each one that now
+/// decrypts replaces its ciphertext under a new UID, with its flags and its upstream link
+/// ([`Store::replace_content`]). An
 /// unchanged keyring costs a few `stat` calls and one read. A temporary GnuPG failure ends
 /// the try; the next pass tries again. Returns how many were decrypted.
 pub(crate) async fn retry_undecryptable(
@@ -969,23 +964,28 @@ fn local_name(wire: &str, delimiter: Option<&str>) -> Result<String, String> {
     crate::imap::names::validate(with_slash.as_bytes()).map_err(|e| e.to_string())
 }
 
-/// The upstream flags that carry over: system flags but \Recent, and keywords but sealpost's
-/// own verdict keywords (whoever can set flags upstream could make a message look signed).
+/// The upstream flags of a fetched message that carry over ([`flags_named`]).
 fn upstream_flags(fetch: &async_imap::types::Fetch) -> Flags {
     use async_imap::types::Flag;
-    Flags::new(fetch.flags().filter_map(|f| match f {
-        Flag::Seen => Some("\\Seen".to_string()),
-        Flag::Answered => Some("\\Answered".into()),
-        Flag::Flagged => Some("\\Flagged".into()),
-        Flag::Deleted => Some("\\Deleted".into()),
-        Flag::Draft => Some("\\Draft".into()),
-        Flag::Recent | Flag::MayCreate => None,
-        Flag::Custom(k) if crate::store::is_local_keyword(&k) => None,
-        Flag::Custom(k) => Some(k.to_string()),
-    }))
+    let names: Vec<String> = fetch
+        .flags()
+        .map(|f| match f {
+            Flag::Seen => "\\Seen".to_string(),
+            Flag::Answered => "\\Answered".into(),
+            Flag::Flagged => "\\Flagged".into(),
+            Flag::Deleted => "\\Deleted".into(),
+            Flag::Draft => "\\Draft".into(),
+            Flag::Recent => "\\Recent".into(),
+            Flag::MayCreate => "\\*".into(),
+            Flag::Custom(k) => k.to_string(),
+        })
+        .collect();
+    flags_named(&names)
 }
 
-/// [`upstream_flags`] for flags as the server wrote them.
+/// The upstream flags that carry over, from their names as the server wrote them: system
+/// flags but \Recent, and keywords but sealpost's own verdict keywords (whoever can set flags
+/// upstream could make a message look signed).
 fn flags_named(names: &[String]) -> Flags {
     Flags::new(names.iter().filter_map(|name| {
         let system = ["\\Seen", "\\Answered", "\\Flagged", "\\Deleted", "\\Draft"];

@@ -119,16 +119,16 @@ impl Held {
         messages
             .iter()
             .any(|m| self.messages.contains(m) || in_held(&m.0))
-            || mailboxes.iter().any(|m| in_held(m))
-            // A parent renamed or deleted after a change to a mailbox under it that waits.
-            || mailboxes
-                .iter()
-                .any(|m| self.mailboxes.iter().any(|held| under(held, m)))
-            // A mailbox deleted or renamed after a change inside it that waits.
+            // A mailbox renamed or deleted after a change to it, to one under it or to one
+            // of its parents, or after a change to a message inside it, that waits.
             || mailboxes.iter().any(|m| {
-                self.messages
+                self.mailboxes
                     .iter()
-                    .any(|(name, _)| name == m || under(name, m))
+                    .any(|held| m == held || under(m, held) || under(held, m))
+                    || self
+                        .messages
+                        .iter()
+                        .any(|(name, _)| name == m || under(name, m))
             })
     }
 }
