@@ -279,6 +279,23 @@ fn smtp_submission_gives_one_copy_per_recipient() {
     assert_eq!(postfix.queued(), 0);
 }
 
+/// One copy built at a time ([policy] copy_batch_bytes = 0): the copy kept in place comes from
+/// the first batch, the others are re-injected batch by batch, and each recipient still gets
+/// exactly its own copy.
+#[test]
+fn copies_built_one_at_a_time_give_one_copy_per_recipient() {
+    let Some(rig) = Rig::new() else { return };
+    let (world, postfix) = (&rig.world, &rig.postfix);
+    let milter = rig.milter_with("[policy]\ncopy_batch_bytes = 0\n");
+    let reply = rig.smtp(&THREE);
+    assert!(reply.starts_with("250"), "{reply}");
+    check_three_copies(world, postfix.wait_messages(3));
+    assert_eq!(postfix.queued(), 0);
+    let log = milter.log();
+    assert_eq!(log.matches("re-injected via").count(), 2, "{log}");
+    assert_eq!(log.matches(" in place").count(), 1, "{log}");
+}
+
 #[test]
 fn postfix_sendmail_path_gives_the_same_copies() {
     let Some(rig) = Rig::new() else { return };
@@ -899,4 +916,36 @@ fn inbound_service_holds_mail_without_a_key() {
     check_inbound_encrypted(world, &got[0].1);
     assert_eq!(postfix.held(), 1, "{}", postfix.log());
     assert!(milter.log().contains("held: no key"), "{}", milter.log());
+}
+
+/// As above, one copy at a time: bob's encrypted copy comes first and is set aside to replace
+/// the original; dave's, to be held, comes in a later batch, so bob's goes out re-injected and
+/// the original keeps dave alone, held.
+#[test]
+fn held_recipient_in_a_later_batch_keeps_the_original() {
+    let Some(rig) = Rig::new() else { return };
+    let (world, postfix) = (&rig.world, &rig.postfix);
+    postfix.set("milter_macro_daemon_name = mx-in");
+    let milter = rig.milter_with(
+        "inbound_daemon_names = [\"mx-in\"]\ninbound_without_key = \"hold\"\n[policy]\ncopy_batch_bytes = 0\n",
+    );
+    let inbound = INBOUND.replace("erin@example.org", "dave@example.net");
+    let rcpts = ["bob@example.org", "dave@example.net"];
+    let reply = smtp_send(
+        postfix.smtp_port,
+        "mallory@elsewhere.test",
+        &rcpts,
+        &inbound,
+    );
+    assert!(reply.starts_with("250"), "{reply}");
+    let got = by_recipient(postfix.wait_messages(1));
+    assert_eq!(got[0].0, "bob@example.org");
+    check_inbound_encrypted(world, &got[0].1);
+    assert_eq!(postfix.held(), 1, "{}", postfix.log());
+    let log = milter.log();
+    assert!(
+        log.contains("to=<bob@example.org> encrypted re-injected"),
+        "{log}"
+    );
+    assert!(log.contains("to=<dave@example.net> held: no key"), "{log}");
 }

@@ -39,7 +39,9 @@ use crate::inbound::{strip_field, VERDICT_FIELD};
 use crate::keys::Resolution;
 use crate::queue::bounce;
 use crate::queue::relay::{Relay, RelayConfig, RelayTls, Sent};
-use crate::rewrite::{Copy, Decision, Envelope, Lookup, Mode, Outcome, Policy, Reply, Rewriter};
+use crate::rewrite::{
+    Copy, Decision, Envelope, Lookup, Mode, Outcome, Policy, Prepared, Reply, Rewriter,
+};
 use journal::Journal;
 
 /// `[milter]`.
@@ -631,7 +633,9 @@ async fn end_of_message(
     let some_done = pending.len() < t.recipients.len();
     let (inbound, outbound): (Vec<String>, Vec<String>) =
         pending.into_iter().partition(|r| milter.is_inbound(&t, r));
-    let mut copies: Vec<Copy> = Vec::with_capacity(t.recipients.len());
+    // Every recipient's decision is made before any copy is built or sent: a refusal of the
+    // whole message must come before anything went.
+    let mut planned = Vec::with_capacity(2);
     for (core, recipients, message) in [
         (&*milter.rewriter, outbound, raw.clone()),
         // Sender-supplied verdict fields go before the copy is made, inside and out.
@@ -648,9 +652,9 @@ async fn end_of_message(
             recipients,
             ..envelope.clone()
         };
-        match core.rewrite(&envelope, message).await {
-            Ok(Outcome::Copies(c)) => copies.extend(c),
-            Ok(Outcome::Refused(reply)) => {
+        match core.prepare(&envelope, message).await {
+            Ok(Prepared::Copies(p)) => planned.push(p),
+            Ok(Prepared::Refused(reply)) => {
                 return refuse_whole(cx, milter, &t, &raw, queue_id, &id, now, reply).await;
             }
             Err(e) => {
@@ -659,155 +663,127 @@ async fn end_of_message(
             }
         }
     }
-    if let Some(c) = copies
-        .iter()
-        .find(|c| matches!(c.decision, Decision::Deferred { .. }))
-    {
-        return tempfail(cx, &format!("{}: {}", c.recipient, c.decision.detail()));
-    }
-    let sendable: Vec<&Copy> = copies.iter().filter(|c| c.message.is_some()).collect();
-    let refused: Vec<&Copy> = copies
-        .iter()
-        .filter(|c| matches!(c.decision, Decision::Rejected { .. }))
-        .collect();
-    // The original keeps one recipient, rewritten in place; or, when inbound mail without a
-    // key is to be held, every such recipient (their copies are the same cleartext).
-    let held: Vec<&Copy> = sendable
-        .iter()
-        .copied()
-        .filter(|c| {
-            milter.hold_without_key
-                && c.decision == Decision::Clear
-                && inbound.iter().any(|r| r == &c.recipient)
-        })
-        .collect();
-    let holding = !held.is_empty();
-    // The recipients already re-injected are not among these (`pending`); those a try before
-    // this one saw refused for good by the re-injection listener are reported below and
-    // never sent again.
-    let mut refused_before = Vec::with_capacity(sendable.len());
-    for copy in &sendable {
-        match milter.journal.contains(&id, &refused_key(&copy.recipient)) {
-            Ok(was) => refused_before.push(was),
-            Err(e) => return tempfail(cx, &e.to_string()),
-        }
-    }
-    // The copy kept in the original: one the listener did not refuse before.
-    let first_new = sendable
-        .iter()
-        .zip(&refused_before)
-        .find(|(_, &was)| !was)
-        .map(|(copy, _)| *copy);
     // On Postfix's sendmail path the milter sees the recipients rewritten (root becomes
     // root@$myorigin) while deleting one compares with the address as given, and Postfix
     // reports success when nothing matched: a recipient meant to leave the original would
     // stay, with the kept copy (another recipient's, perhaps in clear). With several
     // recipients there, every copy is re-injected and the original discarded.
     let in_place = t.smtp || t.recipients.len() <= 1;
-    let kept: Vec<&Copy> = match (held.is_empty(), first_new, sendable.first()) {
-        (false, _, _) => held,
-        (true, Some(_), _) if !in_place => Vec::new(),
-        (true, Some(first), _) => vec![first],
-        // Every sendable copy was refused by the listener before: the original goes nowhere.
-        (true, None, Some(_)) => Vec::new(),
-        // Only refused recipients are left: they are reported, the original goes nowhere.
-        (true, None, None) if some_done => Vec::new(),
-        (true, None, None) => {
-            let reply = refused
-                .first()
-                .map(|c| c.decision.detail())
-                .unwrap_or_else(|| "no recipient can receive this message".into());
-            let reply = Reply::new(550, "5.7.1", reply);
-            return refuse_whole(cx, milter, &t, &raw, queue_id, &id, now, reply).await;
-        }
-    };
-    let is_kept = |r: &str| kept.iter().any(|k| k.recipient.eq_ignore_ascii_case(r));
-    // Copies the re-injection listener refused for good (too large for it, say): reported to
-    // the sender like refused recipients; a TEMPFAIL would only bring the same refusal back.
-    let mut bounced: Vec<bounce::Failure> = Vec::new();
-    for (copy, &was_refused) in sendable.iter().zip(&refused_before) {
-        if is_kept(&copy.recipient) {
-            continue;
-        }
-        if was_refused {
-            bounced.push(bounce::Failure {
-                recipient: copy.recipient.clone(),
-                status: "5.0.0".into(),
-                diagnostic: "the re-injection listener refused the copy (see the mail log)".into(),
-            });
-            continue;
-        }
-        // Keep-alive: each re-injection may take a while; Postfix's timer restarts.
-        let _ = cx.actions.progress().await;
-        let bytes = copy.message.as_deref().unwrap_or_default();
-        match milter
-            .reinject
-            .send(&t.sender, &copy.recipient, bytes)
-            .await
-        {
-            Sent::Accepted(reply) => {
-                if let Err(e) = milter.journal.record(&id, &copy.recipient, now) {
-                    return tempfail(cx, &e.to_string());
-                }
-                tracing::info!(
-                    "{queue_id}: to=<{}> {} re-injected via {} ({reply})",
-                    copy.recipient,
-                    copy.decision.name(),
-                    milter.reinject.description()
-                );
+    // The copies are built a batch at a time (a large message to many recipients never has
+    // every copy in memory) and each batch's are re-injected before the next is built. One
+    // copy is set aside to replace the original, unless inbound mail without a key is to be
+    // held: then the original keeps every such recipient (their copies are the same
+    // cleartext) and the copy set aside is re-injected at the end.
+    let mut kept_copy: Option<Copy> = None;
+    let mut held: Vec<String> = Vec::new();
+    let mut held_copy: Option<Vec<u8>> = None;
+    let mut any_sendable = false;
+    // Recipients refused by the core, then copies the re-injection listener refused for good
+    // (too large for it, say): reported to the sender; a TEMPFAIL would only bring the same
+    // refusal back.
+    let mut failures: Vec<bounce::Failure> = Vec::new();
+    for mut p in planned {
+        while let Some(batch) = p.next_batch().await {
+            if let Some(c) = batch
+                .iter()
+                .find(|c| matches!(c.decision, Decision::Deferred { .. }))
+            {
+                return tempfail(cx, &format!("{}: {}", c.recipient, c.decision.detail()));
             }
-            Sent::Permanent(e) => {
-                if let Err(e) = milter
-                    .journal
-                    .record(&id, &refused_key(&copy.recipient), now)
+            for copy in batch {
+                if let Decision::Rejected { reply } = &copy.decision {
+                    failures.push(bounce::Failure {
+                        recipient: copy.recipient.clone(),
+                        status: reply.status.to_string(),
+                        diagnostic: reply.to_string(),
+                    });
+                    continue;
+                }
+                let Some(bytes) = copy.message else {
+                    continue;
+                };
+                any_sendable = true;
+                if milter.hold_without_key
+                    && copy.decision == Decision::Clear
+                    && inbound.iter().any(|r| r == &copy.recipient)
                 {
-                    return tempfail(cx, &e.to_string());
+                    held.push(copy.recipient);
+                    held_copy.get_or_insert(bytes);
+                    continue;
                 }
-                tracing::warn!(
-                    "{queue_id}: to=<{}> re-injection refused for good: {e}; reported",
-                    copy.recipient
-                );
-                bounced.push(bounce::Failure {
-                    recipient: copy.recipient.clone(),
-                    status: "5.0.0".into(),
-                    diagnostic: e,
-                });
-            }
-            Sent::Temporary(e) => {
-                tracing::warn!(
-                    "{queue_id}: to=<{}> re-injection failed: {e}",
-                    copy.recipient
-                );
-                return tempfail(cx, &format!("re-injection failed: {e}"));
+                // The recipients already re-injected are not among these (`pending`); those a
+                // try before this one saw refused for good by the re-injection listener are
+                // reported and never sent again.
+                match milter.journal.contains(&id, &refused_key(&copy.recipient)) {
+                    Ok(true) => {
+                        failures.push(bounce::Failure {
+                            recipient: copy.recipient,
+                            status: "5.0.0".into(),
+                            diagnostic:
+                                "the re-injection listener refused the copy (see the mail log)"
+                                    .into(),
+                        });
+                        continue;
+                    }
+                    Ok(false) => {}
+                    Err(e) => return tempfail(cx, &e.to_string()),
+                }
+                let copy = Copy {
+                    message: Some(bytes),
+                    ..copy
+                };
+                if in_place && kept_copy.is_none() {
+                    kept_copy = Some(copy);
+                    continue;
+                }
+                match reinject(cx, milter, &t.sender, queue_id, &id, now, &copy).await {
+                    Ok(None) => {}
+                    Ok(Some(failure)) => failures.push(failure),
+                    Err(text) => return tempfail(cx, &text),
+                }
             }
         }
     }
-    if !refused.is_empty() || !bounced.is_empty() {
-        let mut failures: Vec<bounce::Failure> = refused
-            .iter()
-            .map(|c| {
-                let (status, text) = match &c.decision {
-                    Decision::Rejected { reply } => (reply.status.to_string(), reply.to_string()),
-                    d => ("5.0.0".into(), d.detail()),
-                };
-                bounce::Failure {
-                    recipient: c.recipient.clone(),
-                    status,
-                    diagnostic: text,
-                }
-            })
-            .collect();
-        failures.extend(bounced);
+    if !held.is_empty() {
+        if let Some(copy) = kept_copy.take() {
+            match reinject(cx, milter, &t.sender, queue_id, &id, now, &copy).await {
+                Ok(None) => {}
+                Ok(Some(failure)) => failures.push(failure),
+                Err(text) => return tempfail(cx, &text),
+            }
+        }
+    }
+    if !any_sendable && !some_done {
+        // Only refused recipients: the message is refused as a whole.
+        let reply = failures
+            .first()
+            .map(|f| f.diagnostic.clone())
+            .unwrap_or_else(|| "no recipient can receive this message".into());
+        let reply = Reply::new(550, "5.7.1", reply);
+        return refuse_whole(cx, milter, &t, &raw, queue_id, &id, now, reply).await;
+    }
+    if !failures.is_empty() {
         if let Err(text) = report_once(milter, queue_id, &id, &t.sender, &raw, &failures, now).await
         {
             return tempfail(cx, &text);
         }
     }
-    if kept.is_empty() {
-        // Every recipient has its re-injected copy (now, or in a try before this one).
-        tracing::info!("{queue_id}: every copy was re-injected: original discarded");
-        return Status::Discard;
-    }
+    let holding = held_copy.is_some();
+    let (kept, keep, kept_decision) = match (held_copy, kept_copy) {
+        (Some(bytes), _) => (held, bytes, "held"),
+        (None, Some(copy)) => (
+            vec![copy.recipient],
+            copy.message.unwrap_or_default(),
+            copy.decision.name(),
+        ),
+        (None, None) => {
+            // Every recipient has its re-injected copy (now, or in a try before this one), or
+            // was refused and reported.
+            tracing::info!("{queue_id}: every copy was re-injected: original discarded");
+            return Status::Discard;
+        }
+    };
+    let is_kept = |r: &str| kept.iter().any(|k| k.eq_ignore_ascii_case(r));
     // Every recipient but the ones kept leaves the original.
     for r in &t.recipients {
         if is_kept(r) {
@@ -817,27 +793,77 @@ async fn end_of_message(
             return tempfail(cx, "cannot delete a recipient");
         }
     }
-    let keep = kept[0];
-    if let Err(e) =
-        rewrite_in_place(cx, &t.names, keep.message.as_deref().unwrap_or_default()).await
-    {
+    if let Err(e) = rewrite_in_place(cx, &t.names, &keep).await {
         return tempfail(cx, &format!("cannot rewrite the message: {e}"));
     }
     if holding {
-        let who: Vec<&str> = kept.iter().map(|c| c.recipient.as_str()).collect();
-        let reason = format!("sealpost: no key for {}", who.join(", "));
+        let reason = format!("sealpost: no key for {}", kept.join(", "));
         if cx.actions.quarantine(reason.as_str()).await.is_err() {
             return tempfail(cx, "cannot hold the message");
         }
-        tracing::info!("{queue_id}: to=<{}> held: no key", who.join(">, <"));
+        tracing::info!("{queue_id}: to=<{}> held: no key", kept.join(">, <"));
         return Status::Continue;
     }
     tracing::info!(
-        "{queue_id}: to=<{}> {} in place",
-        keep.recipient,
-        keep.decision.name()
+        "{queue_id}: to=<{}> {kept_decision} in place",
+        kept.join(">, <")
     );
     Status::Continue
+}
+
+/// Re-injects one recipient's copy and journals it, so that no later try sends it again.
+/// Ok(None): accepted; Ok(Some): refused for good by the listener (journaled, to be reported);
+/// Err: a temporary failure, the text for the TEMPFAIL.
+#[allow(clippy::too_many_arguments)]
+async fn reinject(
+    cx: &EomContext<Transaction>,
+    milter: &Milter,
+    sender: &str,
+    queue_id: &str,
+    id: &str,
+    now: i64,
+    copy: &Copy,
+) -> Result<Option<bounce::Failure>, String> {
+    // Keep-alive: each re-injection may take a while; Postfix's timer restarts.
+    let _ = cx.actions.progress().await;
+    let bytes = copy.message.as_deref().unwrap_or_default();
+    match milter.reinject.send(sender, &copy.recipient, bytes).await {
+        Sent::Accepted(reply) => {
+            milter
+                .journal
+                .record(id, &copy.recipient, now)
+                .map_err(|e| e.to_string())?;
+            tracing::info!(
+                "{queue_id}: to=<{}> {} re-injected via {} ({reply})",
+                copy.recipient,
+                copy.decision.name(),
+                milter.reinject.description()
+            );
+            Ok(None)
+        }
+        Sent::Permanent(e) => {
+            milter
+                .journal
+                .record(id, &refused_key(&copy.recipient), now)
+                .map_err(|e| e.to_string())?;
+            tracing::warn!(
+                "{queue_id}: to=<{}> re-injection refused for good: {e}; reported",
+                copy.recipient
+            );
+            Ok(Some(bounce::Failure {
+                recipient: copy.recipient.clone(),
+                status: "5.0.0".into(),
+                diagnostic: e,
+            }))
+        }
+        Sent::Temporary(e) => {
+            tracing::warn!(
+                "{queue_id}: to=<{}> re-injection failed: {e}",
+                copy.recipient
+            );
+            Err(format!("re-injection failed: {e}"))
+        }
+    }
 }
 
 /// The journal key that records a copy the re-injection listener refused for good.

@@ -27,7 +27,7 @@ use futures::StreamExt;
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::Deserialize;
 
-use crate::rewrite::{Decision, Envelope, Outcome, Rewriter};
+use crate::rewrite::{Copy, Decision, Envelope, Prepared, Rewriter};
 use crate::sendmail::flags::Notify;
 use bounce::Failure;
 use relay::{Relay, Sent};
@@ -1105,9 +1105,9 @@ impl Runner {
         } else {
             &self.rewriter
         };
-        let copies = match rewriter.rewrite(&envelope, m.raw.clone()).await {
-            Ok(Outcome::Copies(copies)) => copies,
-            Ok(Outcome::Refused(reply)) => {
+        let mut planned = match rewriter.prepare(&envelope, m.raw.clone()).await {
+            Ok(Prepared::Copies(planned)) => planned,
+            Ok(Prepared::Refused(reply)) => {
                 for d in &m.due {
                     self.queue
                         .mark_failed(&m.id, &d.address, reply.status, &reply.to_string())?;
@@ -1128,6 +1128,22 @@ impl Runner {
                 return Ok(report);
             }
         };
+        // A batch of copies at a time: a large message to many recipients never has every
+        // copy in memory.
+        while let Some(copies) = planned.next_batch().await {
+            self.relay_batch(m, at, copies, &mut report).await?;
+        }
+        Ok(report)
+    }
+
+    /// Sends each copy of one batch and records what became of it.
+    async fn relay_batch(
+        &self,
+        m: &Loaded,
+        at: i64,
+        copies: Vec<Copy>,
+        report: &mut RunReport,
+    ) -> Result<(), QueueError> {
         for copy in copies {
             let Some(due) = m.due.iter().find(|d| d.address == copy.recipient) else {
                 continue;
@@ -1198,7 +1214,7 @@ impl Runner {
                 }
             }
         }
-        Ok(report)
+        Ok(())
     }
 }
 

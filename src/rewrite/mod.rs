@@ -136,12 +136,32 @@ impl Rewriter {
         }
     }
 
-    /// Runs the core over one message.
+    /// Runs the core over one message: every copy, built at once. Front-ends that may face
+    /// large fan-outs ([`Rewriter::prepare`]) build the copies a batch at a time instead.
     pub async fn rewrite(
         &self,
         envelope: &Envelope,
         raw: Vec<u8>,
     ) -> Result<Outcome, RewriteError> {
+        match self.prepare(envelope, raw).await? {
+            Prepared::Refused(reply) => Ok(Outcome::Refused(reply)),
+            Prepared::Copies(mut planned) => {
+                let mut copies = Vec::with_capacity(envelope.recipients.len());
+                while let Some(batch) = planned.next_batch().await {
+                    copies.extend(batch);
+                }
+                Ok(Outcome::Copies(copies))
+            }
+        }
+    }
+
+    /// Parses the message, looks the keys up and decides for every recipient at once (so
+    /// all-or-nothing sees the whole envelope), without building any copy yet.
+    pub async fn prepare(
+        &self,
+        envelope: &Envelope,
+        raw: Vec<u8>,
+    ) -> Result<Prepared<'_>, RewriteError> {
         let message = ParsedMessage::parse(raw)?;
         let recipients = recipients(&envelope.recipients);
         let mut lookups = HashMap::new();
@@ -153,27 +173,32 @@ impl Rewriter {
                 lookups.insert(r.address.clone(), l);
             }
         }
-        let outcome = match plan::plan(&recipients, message.is_encrypted(), &self.policy, &lookups)
-        {
-            Plan::Refuse(reply) => Outcome::Refused(reply),
-            Plan::PerRecipient(steps) => {
-                Outcome::Copies(self.build(envelope, &message, steps).await)
+        match plan::plan(&recipients, message.is_encrypted(), &self.policy, &lookups) {
+            Plan::Refuse(reply) => {
+                tracing::info!(id = %envelope.id, from = %envelope.sender, decision = "refused", reason = %reply, "message refused");
+                Ok(Prepared::Refused(reply))
             }
-        };
-        log_outcome(envelope, &outcome);
-        Ok(outcome)
+            Plan::PerRecipient(steps) => {
+                let per_batch = batch_size(self.policy.copy_batch_bytes, message.raw().len());
+                Ok(Prepared::Copies(Box::new(Planned {
+                    core: self,
+                    envelope: envelope.clone(),
+                    message,
+                    steps: steps.into_iter(),
+                    per_batch,
+                    shared: None,
+                })))
+            }
+        }
     }
 
-    async fn build(
-        &self,
-        envelope: &Envelope,
-        message: &ParsedMessage,
-        steps: Vec<(String, Step)>,
-    ) -> Vec<Copy> {
+    /// What every copy of the message shares, made once: the header fields, and the signed
+    /// payload or signed copy (one signature per kind of payload, not one per batch).
+    async fn shared(&self, envelope: &Envelope, message: &ParsedMessage, steps: &[Step]) -> Shared {
         let needs_signature = self.policy.sign
             && steps
                 .iter()
-                .any(|(_, s)| matches!(s, Step::Encrypt { .. } | Step::Sign));
+                .any(|s| matches!(s, Step::Encrypt { .. } | Step::Sign));
         let from = message
             .from_address()
             .map(str::to_string)
@@ -201,49 +226,17 @@ impl Rewriter {
             }
         }
         let content = content_entity(message);
-
-        let encrypted = self
-            .encrypted_copies(&steps, &fields, &content, &from, &signing)
-            .await;
-        let signed = self.signed_copy(&steps, &fields, &content, &signing).await;
-        let mut encrypted = encrypted.into_iter();
-
-        steps
-            .into_iter()
-            .map(|(recipient, step)| {
-                let (decision, bytes) = match step {
-                    Step::Encrypt { fingerprint } => {
-                        match encrypted.next().expect("one result per encrypt step") {
-                            Ok(bytes) => (Decision::Encrypted { fingerprint }, Some(bytes)),
-                            Err(reply) => (failed(reply), None),
-                        }
-                    }
-                    Step::Sign => match &signed {
-                        Some(Ok(bytes)) => (Decision::Signed, Some(bytes.clone())),
-                        Some(Err(reply)) => (failed(reply.clone()), None),
-                        None => unreachable!("a signed copy is built whenever a Sign step exists"),
-                    },
-                    Step::Clear => (
-                        Decision::Clear,
-                        Some(assemble(
-                            &without_bcc(message.fields()),
-                            &crate::message::encoding::crlf(message.body()),
-                        )),
-                    ),
-                    Step::PassThrough => (
-                        Decision::PassThrough,
-                        Some(assemble(&without_bcc(message.fields()), message.body())),
-                    ),
-                    Step::Reject(reply) => (Decision::Rejected { reply }, None),
-                    Step::Defer(reply) => (Decision::Deferred { reply }, None),
-                };
-                Copy {
-                    recipient,
-                    decision,
-                    message: bytes,
-                }
-            })
-            .collect()
+        let encryption = if steps.iter().any(|s| matches!(s, Step::Encrypt { .. })) {
+            Some(self.encryption(&fields, &content, &from, &signing).await)
+        } else {
+            None
+        };
+        let signed = if steps.iter().any(|s| matches!(s, Step::Sign)) {
+            Some(self.signed_copy(&fields, &content, &signing).await)
+        } else {
+            None
+        };
+        Shared { encryption, signed }
     }
 
     async fn signing_key(&self, from: &str) -> Signing {
@@ -277,31 +270,21 @@ impl Rewriter {
         }
     }
 
-    /// Builds every encrypted copy, in the order of the Encrypt steps.
-    async fn encrypted_copies(
+    /// What every encrypted copy shares: the outer header fields, and the plaintext to
+    /// encrypt, signed already for RFC 3156 §6.1 or with the signer gpg uses for §6.2.
+    /// Err: why no encrypted copy can be built (for every Encrypt step).
+    async fn encryption(
         &self,
-        steps: &[(String, Step)],
         fields: &[HeaderField],
         content: &ContentEntity,
         from: &str,
         signing: &Signing,
-    ) -> Vec<Result<Vec<u8>, Reply>> {
-        let targets: Vec<&str> = steps
-            .iter()
-            .filter_map(|(_, s)| match s {
-                Step::Encrypt { fingerprint } => Some(fingerprint.as_str()),
-                _ => None,
-            })
-            .collect();
-        if targets.is_empty() {
-            return Vec::new();
-        }
+    ) -> Result<Encryption, Reply> {
         if self.policy.sign && signing.fingerprint.is_none() {
-            let reply = signing
+            return Err(signing
                 .problem
                 .clone()
-                .unwrap_or_else(|| Reply::new(451, "4.7.0", "no signer"));
-            return targets.iter().map(|_| Err(reply.clone())).collect();
+                .unwrap_or_else(|| Reply::new(451, "4.7.0", "no signer")));
         }
         let outer = if self.policy.header_protection {
             mime::outer_fields_encrypted(fields, &self.policy.obscured_subject)
@@ -327,7 +310,7 @@ impl Rewriter {
                         );
                         (container.to_entity(), None)
                     }
-                    Err(e) => return targets.iter().map(|_| Err(temporary(&e))).collect(),
+                    Err(e) => return Err(temporary(&e)),
                 }
             }
             (true, EncryptedForm::Combined) => (payload, signing.fingerprint.clone()),
@@ -344,19 +327,37 @@ impl Rewriter {
         } else {
             None
         };
+        Ok(Encryption {
+            outer,
+            plaintext,
+            inline_signer,
+            self_key,
+        })
+    }
+
+    /// Encrypts one copy per target key, two at a time on the GnuPG workers; in order.
+    async fn encrypt_each(
+        &self,
+        encryption: &Encryption,
+        targets: &[&str],
+    ) -> Vec<Result<Vec<u8>, Reply>> {
         let jobs = targets.iter().map(|fpr| {
             let mut keys = vec![fpr.to_string()];
-            if let Some(own) = &self_key {
+            if let Some(own) = &encryption.self_key {
                 if own != fpr {
                     keys.push(own.clone());
                 }
             }
-            let data = plaintext.clone();
-            let signer = inline_signer.clone();
-            let outer = &outer;
             async move {
+                // Each job owns its copy of the plaintext (the worker takes it): a batch holds
+                // one per copy, which `batch_size` counts.
+                let data = encryption.plaintext.clone();
+                let signer = encryption.inline_signer.clone();
                 match self.keys.encrypt(keys, signer, data).await {
-                    Ok(armored) => Ok(mime::message(outer, &mime::multipart_encrypted(&armored))),
+                    Ok(armored) => Ok(mime::message(
+                        &encryption.outer,
+                        &mime::multipart_encrypted(&armored),
+                    )),
                     Err(e) => Err(temporary(&e)),
                 }
             }
@@ -364,22 +365,18 @@ impl Rewriter {
         futures::future::join_all(jobs).await
     }
 
-    /// Builds the one signed cleartext copy shared by every Sign step (None when there is none).
+    /// Builds the one signed cleartext copy shared by every Sign step.
     async fn signed_copy(
         &self,
-        steps: &[(String, Step)],
         fields: &[HeaderField],
         content: &ContentEntity,
         signing: &Signing,
-    ) -> Option<Result<Vec<u8>, Reply>> {
-        if !steps.iter().any(|(_, s)| matches!(s, Step::Sign)) {
-            return None;
-        }
+    ) -> Result<Vec<u8>, Reply> {
         let Some(signer) = &signing.fingerprint else {
-            return Some(Err(signing
+            return Err(signing
                 .problem
                 .clone()
-                .unwrap_or_else(|| Reply::new(451, "4.7.0", "no signer"))));
+                .unwrap_or_else(|| Reply::new(451, "4.7.0", "no signer")));
         };
         let outer = mime::outer_fields_clear(fields);
         let payload = if self.policy.header_protection {
@@ -387,17 +384,136 @@ impl Rewriter {
         } else {
             content.to_entity()
         };
-        Some(
-            match self.keys.sign_detached(signer, payload.clone()).await {
-                Ok(sig) => {
-                    let container =
-                        mime::multipart_signed(&payload, &sig.armored, &mime::micalg(&sig.hash));
-                    Ok(mime::message(&outer, &container))
-                }
-                Err(e) => Err(temporary(&e)),
-            },
-        )
+        match self.keys.sign_detached(signer, payload.clone()).await {
+            Ok(sig) => {
+                let container =
+                    mime::multipart_signed(&payload, &sig.armored, &mime::micalg(&sig.hash));
+                Ok(mime::message(&outer, &container))
+            }
+            Err(e) => Err(temporary(&e)),
+        }
     }
+}
+
+/// The outcome of [`Rewriter::prepare`].
+pub enum Prepared<'a> {
+    /// all-or-nothing refused the message: no copy is built.
+    Refused(Reply),
+    Copies(Box<Planned<'a>>),
+}
+
+/// A message with its decision made for every recipient, whose copies are built a batch at a
+/// time ([`Planned::next_batch`]) so that a large message to many recipients never has all its
+/// copies in memory at once.
+pub struct Planned<'a> {
+    core: &'a Rewriter,
+    envelope: Envelope,
+    message: ParsedMessage,
+    steps: std::vec::IntoIter<(String, Step)>,
+    per_batch: usize,
+    /// Made with the first batch, from every step (not only that batch's).
+    shared: Option<Shared>,
+}
+
+/// See [`Rewriter::shared`].
+struct Shared {
+    /// None when no recipient gets an encrypted copy.
+    encryption: Option<Result<Encryption, Reply>>,
+    /// None when no recipient gets a signed cleartext copy.
+    signed: Option<Result<Vec<u8>, Reply>>,
+}
+
+/// See [`Rewriter::encryption`].
+struct Encryption {
+    outer: Vec<HeaderField>,
+    plaintext: Vec<u8>,
+    inline_signer: Option<String>,
+    self_key: Option<String>,
+}
+
+impl Planned<'_> {
+    /// The next recipients' copies, in envelope order; None once every recipient has its copy.
+    pub async fn next_batch(&mut self) -> Option<Vec<Copy>> {
+        let steps: Vec<(String, Step)> = self.steps.by_ref().take(self.per_batch).collect();
+        if steps.is_empty() {
+            return None;
+        }
+        let core = self.core;
+        if self.shared.is_none() {
+            // The first batch: its steps and the ones still to come.
+            let all: Vec<Step> = steps
+                .iter()
+                .map(|(_, s)| s.clone())
+                .chain(self.steps.as_slice().iter().map(|(_, s)| s.clone()))
+                .collect();
+            self.shared = Some(core.shared(&self.envelope, &self.message, &all).await);
+        }
+        let shared = self.shared.as_ref().expect("made above");
+        let targets: Vec<&str> = steps
+            .iter()
+            .filter_map(|(_, s)| match s {
+                Step::Encrypt { fingerprint } => Some(fingerprint.as_str()),
+                _ => None,
+            })
+            .collect();
+        let encrypted = match &shared.encryption {
+            _ if targets.is_empty() => Vec::new(),
+            Some(Ok(encryption)) => core.encrypt_each(encryption, &targets).await,
+            Some(Err(reply)) => targets.iter().map(|_| Err(reply.clone())).collect(),
+            None => unreachable!("shared encryption is made whenever an Encrypt step exists"),
+        };
+        let mut encrypted = encrypted.into_iter();
+        let message = &self.message;
+        let copies: Vec<Copy> = steps
+            .into_iter()
+            .map(|(recipient, step)| {
+                let (decision, bytes) = match step {
+                    Step::Encrypt { fingerprint } => {
+                        match encrypted.next().expect("one result per encrypt step") {
+                            Ok(bytes) => (Decision::Encrypted { fingerprint }, Some(bytes)),
+                            Err(reply) => (failed(reply), None),
+                        }
+                    }
+                    Step::Sign => match &shared.signed {
+                        Some(Ok(bytes)) => (Decision::Signed, Some(bytes.clone())),
+                        Some(Err(reply)) => (failed(reply.clone()), None),
+                        None => unreachable!("a signed copy is built whenever a Sign step exists"),
+                    },
+                    Step::Clear => (
+                        Decision::Clear,
+                        Some(assemble(
+                            &without_bcc(message.fields()),
+                            &crate::message::encoding::crlf(message.body()),
+                        )),
+                    ),
+                    Step::PassThrough => (
+                        Decision::PassThrough,
+                        Some(assemble(&without_bcc(message.fields()), message.body())),
+                    ),
+                    Step::Reject(reply) => (Decision::Rejected { reply }, None),
+                    Step::Defer(reply) => (Decision::Deferred { reply }, None),
+                };
+                Copy {
+                    recipient,
+                    decision,
+                    message: bytes,
+                }
+            })
+            .collect();
+        // The logging policy's one line per recipient (queue id, recipient, decision, key or
+        // reason).
+        for c in &copies {
+            tracing::info!(id = %self.envelope.id, rcpt = %c.recipient, decision = c.decision.name(), detail = %c.decision.detail(), "recipient decision");
+        }
+        Some(copies)
+    }
+}
+
+/// How many copies of a message of `message_len` bytes fit in `budget` bytes (at least one).
+/// A copy is counted at twice the message: the plaintext a GnuPG job is handed plus its
+/// armored ciphertext (a third larger than what it encrypts, before compression).
+pub fn batch_size(budget: usize, message_len: usize) -> usize {
+    (budget / message_len.max(1).saturating_mul(2)).max(1)
 }
 
 /// A copy that could not be built: deferred when the reason is temporary, rejected otherwise.
@@ -436,16 +552,20 @@ pub fn recipients(raw: &[String]) -> Vec<Recipient> {
     out
 }
 
-/// The logging policy's one line per recipient (queue id, recipient, decision, key or reason).
-fn log_outcome(envelope: &Envelope, outcome: &Outcome) {
-    match outcome {
-        Outcome::Refused(reply) => {
-            tracing::info!(id = %envelope.id, from = %envelope.sender, decision = "refused", reason = %reply, "message refused")
-        }
-        Outcome::Copies(copies) => {
-            for c in copies {
-                tracing::info!(id = %envelope.id, rcpt = %c.recipient, decision = c.decision.name(), detail = %c.decision.detail(), "recipient decision");
-            }
-        }
+#[cfg(test)]
+mod tests {
+    use super::batch_size;
+
+    #[test]
+    fn batches_hold_about_the_budget() {
+        const MIB: usize = 1024 * 1024;
+        // A small message: the whole default fan-out limit in one batch.
+        assert_eq!(batch_size(64 * MIB, 32 * 1024), 1024);
+        // A 10 MB message: three copies at a time.
+        assert_eq!(batch_size(64 * MIB, 10_240_000), 3);
+        // Larger than the budget, or no budget at all: one copy at a time, never none.
+        assert_eq!(batch_size(64 * MIB, 100 * MIB), 1);
+        assert_eq!(batch_size(0, 10_000), 1);
+        assert_eq!(batch_size(64 * MIB, 0), 32 * MIB);
     }
 }

@@ -52,6 +52,9 @@ pub struct Policy {
     pub obscured_subject: String,
     /// Fingerprint of the key that signs when the From address has no secret key.
     pub default_signer: Option<String>,
+    /// About how many bytes of one message's copies are built at a time: a large message to
+    /// many recipients is encrypted and sent a batch of copies at a time (at least one).
+    pub copy_batch_bytes: usize,
 }
 
 impl Default for Policy {
@@ -67,6 +70,7 @@ impl Default for Policy {
             header_protection: true,
             obscured_subject: "[...]".into(),
             default_signer: None,
+            copy_batch_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -96,6 +100,7 @@ impl Policy {
             header_protection: outgoing.header_protection,
             obscured_subject: outgoing.obscured_subject.clone(),
             default_signer: None,
+            copy_batch_bytes: outgoing.copy_batch_bytes,
         }
     }
 
