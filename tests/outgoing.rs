@@ -300,6 +300,18 @@ async fn a_lookup_past_its_deadline_defers_and_produces_no_copy() {
             .unwrap(),
     );
     assert_eq!(copies.len(), 3);
+    // The milter asks before building any copy, so that a deferral sends nothing.
+    match rewriter
+        .prepare(&envelope(), MESSAGE.as_bytes().to_vec())
+        .await
+        .unwrap()
+    {
+        sealpost::rewrite::Prepared::Copies(planned) => {
+            let (_, reply) = planned.deferred().expect("known before any copy is built");
+            assert_eq!((reply.code, reply.status), (451, "4.7.0"));
+        }
+        sealpost::rewrite::Prepared::Refused(reply) => panic!("refused: {reply}"),
+    }
     for c in copies {
         match c.decision {
             Decision::Deferred { reply } => {

@@ -663,6 +663,12 @@ async fn end_of_message(
             }
         }
     }
+    // A recipient deferred by the plan (a key lookup failed): nothing goes, Postfix retries
+    // the whole message. A copy that fails to build later (GnuPG, in a later batch) comes
+    // after earlier batches went; those are journaled, so the retry does not send them again.
+    if let Some((recipient, reply)) = planned.iter().find_map(|p| p.deferred()) {
+        return tempfail(cx, &format!("{recipient}: {reply}"));
+    }
     // On Postfix's sendmail path the milter sees the recipients rewritten (root becomes
     // root@$myorigin) while deleting one compares with the address as given, and Postfix
     // reports success when nothing matched: a recipient meant to leave the original would

@@ -432,6 +432,16 @@ struct Encryption {
 }
 
 impl Planned<'_> {
+    /// A recipient the plan defers (its key lookup failed) among those whose copies are not
+    /// built yet, and why: before the first batch, a front-end that must send nothing when
+    /// any recipient is deferred asks here.
+    pub fn deferred(&self) -> Option<(&str, &Reply)> {
+        self.steps.as_slice().iter().find_map(|(r, s)| match s {
+            Step::Defer(reply) => Some((r.as_str(), reply)),
+            _ => None,
+        })
+    }
+
     /// The next recipients' copies, in envelope order; None once every recipient has its copy.
     pub async fn next_batch(&mut self) -> Option<Vec<Copy>> {
         let steps: Vec<(String, Step)> = self.steps.by_ref().take(self.per_batch).collect();
