@@ -261,7 +261,28 @@ pub async fn process(keys: &KeyService, raw: &[u8]) -> Result<Processed, Inbound
         verdict.signature = verify_multipart_signed(keys, raw, &shown_from).await?;
     }
 
-    let mut message = strip_field(&out_header, VERDICT_FIELD);
+    let message = with_verdict(&out_header, &out_body, &verdict);
+    Ok(Processed { message, verdict })
+}
+
+/// A message GnuPG kept failing on for a temporary reason while it worked for others (it took
+/// longer than the deadline every time, say): kept as it came, with the reason, marked like an
+/// undecryptable message so that the retry of those tries it again later.
+pub fn unprocessed(raw: &[u8], reason: &str) -> Processed {
+    let (header, body) = split(raw);
+    let verdict = Verdict {
+        encryption: Encryption::Undecryptable(reason.to_string()),
+        signature: Signature::Unsigned,
+        inner_from_mismatch: false,
+    };
+    let message = with_verdict(header, body, &verdict);
+    Processed { message, verdict }
+}
+
+/// `header` (with its blank line) without any sender-supplied verdict field and with ours,
+/// then `body`.
+fn with_verdict(header: &[u8], body: &[u8], verdict: &Verdict) -> Vec<u8> {
+    let mut message = strip_field(header, VERDICT_FIELD);
     // The header block ends with its blank line; ours goes just before it.
     let blank = if message.ends_with(b"\r\n\r\n") { 2 } else { 0 };
     let at = message.len() - blank;
@@ -270,8 +291,8 @@ pub async fn process(keys: &KeyService, raw: &[u8]) -> Result<Processed, Inbound
     if blank == 0 {
         message.extend_from_slice(b"\r\n");
     }
-    message.extend_from_slice(&out_body);
-    Ok(Processed { message, verdict })
+    message.extend_from_slice(body);
+    message
 }
 
 /// Agent and IPC errors: GnuPG could not be asked, which says nothing about the message.

@@ -882,3 +882,85 @@ async fn a_maildir_source_is_imported_once() {
         "{out:?}"
     );
 }
+
+/// A message GnuPG works on past the deadline every time (999 garbled session key packets for
+/// Bob's key, about 1.7 s of gpg-agent's work, against a 1 s deadline) holds up nothing: the
+/// messages around it are stored and the folder's mark stays below it. After five passes over
+/// an hour (the count is aged here in the store) it is kept as it came, marked undecryptable,
+/// and the mark passes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_gnupg_always_times_out_on_holds_up_nothing() {
+    let world = World::new();
+    let dovecot = Dovecot::start_tls();
+    let binary = world.sender.gpg(
+        &["--trust-model", "always", "--encrypt", "-r", &world.bob_fpr],
+        Some(b"Content-Type: text/plain\r\n\r\nbehind many locks\r\n"),
+    );
+    assert!(binary.status.success());
+    let data = binary.stdout;
+    assert_eq!(data[0], 0x84, "a PKESK first");
+    let pkesk = 2 + data[1] as usize;
+    let mut garbled = data[..pkesk].to_vec();
+    garbled[pkesk - 5] ^= 0xff;
+    let slow = format!(
+        "From: alice@example.org\r\nTo: bob@example.org\r\nSubject: slow\r\n\r\n{}\r\n",
+        common::armor("PGP MESSAGE", &[garbled.repeat(999), data].concat())
+    );
+    let first = encrypted_to_bob(&world, "first", "before the slow one").await;
+    let third = encrypted_to_bob(&world, "third", "after the slow one").await;
+    upstream(
+        &dovecot,
+        json!([
+            append_bytes("INBOX", &first),
+            append_bytes("INBOX", slow.as_bytes()),
+            append_bytes("INBOX", &third)
+        ]),
+    );
+    let server = Server::start_config("", &format!("{}timeout_secs = 1\n", gnupg_table(&world)));
+    let dir = tempfile::tempdir().unwrap();
+    let config = sync_config(
+        &server,
+        &upstream_table(&dovecot, dir.path(), "none", dovecot.port, ""),
+    );
+    let out = sync_once(&config);
+    assert_eq!(stdout(&out).trim(), format!("{USER}: 2 new"), "{out:?}");
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("GnuPG failed on this message"), "{log}");
+    let mut raw = server.login();
+    assert_eq!(exists(&mut raw, "INBOX"), 2);
+
+    // Held at every pass, counted only when GnuPG went through other messages (one more
+    // arrives): four passes spread over two hours, as the store would have them.
+    let fourth = encrypted_to_bob(&world, "fourth", "one more").await;
+    upstream(&dovecot, json!([append_bytes("INBOX", &fourth)]));
+    let db = rusqlite::Connection::open(server.store_path()).unwrap();
+    let aged = db
+        .execute(
+            "UPDATE store_meta SET value = CASE WHEN key LIKE '%:since' THEN value - 7200 \
+             WHEN key LIKE '%:last' THEN value ELSE 4 END WHERE key LIKE 'undecrypted:%'",
+            [],
+        )
+        .unwrap();
+    assert_eq!(aged, 3, "one count, its start and its last pass");
+    let out = sync_once(&config);
+    assert_eq!(stdout(&out).trim(), format!("{USER}: 2 new"), "{out:?}");
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        log.contains("stored as it came, marked undecryptable"),
+        "{log}"
+    );
+    raw.ok("SELECT INBOX");
+    let lines = raw
+        .ok("UID FETCH 1:* (FLAGS BODY.PEEK[HEADER.FIELDS (Subject Sealpost-Verdict)])")
+        .join("\n");
+    assert!(lines.contains("Subject: slow"), "{lines}");
+    assert!(lines.contains("$Sealpost-Undecryptable"), "{lines}");
+    assert!(lines.contains("GnuPG failed on it in 5 passes"), "{lines}");
+    raw.ok("UNSELECT");
+    assert_eq!(exists(&mut raw, "INBOX"), 4);
+
+    // The mark is past it now: nothing is fetched again.
+    let out = sync_once(&config);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(exists(&mut raw, "INBOX"), 4);
+}

@@ -196,7 +196,12 @@ impl MaildirSync {
                     }
                 }
             }
-            let (messages, names, failure) = decrypt(&self.keys, read).await;
+            // A file GnuPG fails on while others go through stays pending (in no order, it
+            // holds up nothing) until it is kept undecryptable; see `settle`.
+            let strike_key =
+                |unique: &String| format!("undecrypted-file:{account}:{folder}:{unique}");
+            let settled = decrypt(&self.store, &self.keys, &self.name, read, strike_key).await?;
+            let (messages, names) = (settled.messages, settled.done);
             if !messages.is_empty() {
                 let (store, f) = (self.store.clone(), folder.to_string());
                 let appended =
@@ -204,7 +209,7 @@ impl MaildirSync {
                 stored += appended.len();
                 progress.show(stored);
             }
-            if let Some(e) = failure {
+            if let Some(e) = settled.failure {
                 return Err(e);
             }
         }

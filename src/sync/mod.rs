@@ -5,9 +5,12 @@
 //! Never twice, never lost: each batch of messages is stored in one transaction together with
 //! the upstream (folder, UIDVALIDITY, UID) of every message and the next UID to fetch
 //! ([`Store::append_synced`]). A crash before the commit leaves the batch to the next run; a
-//! crash after it leaves nothing to redo. A message whose decryption failed for a temporary
-//! reason (agent gone, deadline) ends the folder's run before it, so it is fetched again next
-//! time; a message that cannot be decrypted for good is stored as it came, with its verdict.
+//! crash after it leaves nothing to redo. When GnuPG fails for a temporary reason on every
+//! message of a batch (agent gone), the folder's run ends there and the batch is fetched again
+//! next time; when it fails on some while others go through, those are held (the folder's mark
+//! stays below them, the others are stored) and after several passes over an hour kept as
+//! they came, marked undecryptable ([`settle`]). A message that cannot be decrypted for good
+//! is stored as it came, with its verdict.
 //!
 //! An upstream UIDVALIDITY change (RFC 3501 §2.3.1.1) starts the folder over; a message whose
 //! stored content is already in the local mailbox under the old UIDVALIDITY is re-linked
@@ -30,7 +33,8 @@ use std::time::{Duration, Instant};
 use futures::{StreamExt, TryStreamExt};
 use sha2::{Digest, Sha256};
 
-use crate::keys::KeyService;
+use crate::inbound::InboundError;
+use crate::keys::{KeyError, KeyService};
 use crate::rewrite::Policy;
 use crate::store::{AccountId, Flags, InternalDate, Prepared, Store, StoreError, SyncMark};
 use upstream::{command, quote, Session, UpstreamConfig};
@@ -453,6 +457,10 @@ impl Syncer {
         wanted.dedup_by_key(|w| w.0);
         let progress = Progress::new(local, wanted.len());
         let mut stored = 0;
+        // The lowest UID held for the next pass (not sent by the server, or GnuPG failed on
+        // it): the folder's mark stays at or below it while the messages after it are stored
+        // (linked, so the next pass fetches only what is missing).
+        let mut hold: Option<u32> = None;
         let chunks = batches(&wanted);
         let mut fetched = match chunks.first() {
             Some(chunk) => fetch_chunk(session, chunk, timeout).await?,
@@ -471,13 +479,19 @@ impl Syncer {
                     ((uid, hash), flags, date, raw)
                 })
                 .collect();
-            let ((messages, done, failure), next_fetched) =
-                tokio::join!(decrypt(&self.keys, keyed), async {
+            let strike_key = |k: &(u32, [u8; 32])| {
+                format!("undecrypted:{account}:{folder}:{uidvalidity}:{}", k.0)
+            };
+            let (settled, next_fetched) = tokio::join!(
+                decrypt(&self.store, &self.keys, &self.name, keyed, strike_key),
+                async {
                     match next {
                         Some(chunk) => Some(fetch_chunk(session, chunk, timeout).await),
                         None => None,
                     }
-                });
+                }
+            );
+            let settled = settled?;
             // A UID asked for and not sent: expunged meanwhile (passed over), or refused (a
             // FETCH answered NO, a message the server could not read), which must not be
             // passed over, or it would never be fetched.
@@ -487,21 +501,20 @@ impl Syncer {
                 .copied()
                 .filter(|u| !got.contains(u))
                 .collect();
-            let held_at = if missing.is_empty() {
+            let unsent = if missing.is_empty() {
                 None
             } else {
                 self.unfetched(session, account, folder, uidvalidity, &missing)
                     .await?
             };
-            let (done, upstream): (Vec<u32>, Vec<[u8; 32]>) = done.into_iter().unzip();
+            for uid in unsent.into_iter().chain(settled.held.iter().map(|k| k.0)) {
+                hold = Some(hold.map_or(uid, |h| h.min(uid)));
+            }
+            let (done, upstream): (Vec<u32>, Vec<[u8; 32]>) = settled.done.into_iter().unzip();
             if let Some(&last) = done.last() {
                 // Upstream UIDs in a gap of this chunk (expunged meanwhile) are passed too.
-                *next_uid = if failure.is_none() {
-                    chunk.uids[chunk.uids.len() - 1].max(last) + 1
-                } else {
-                    last + 1
-                };
-                if let Some(held) = held_at {
+                *next_uid = (*next_uid).max(chunk.uids[chunk.uids.len() - 1].max(last) + 1);
+                if let Some(held) = hold {
                     *next_uid = (*next_uid).min(held);
                 }
                 let mark = SyncMark {
@@ -513,30 +526,33 @@ impl Syncer {
                 };
                 let store = self.store.clone();
                 let id = mailbox;
+                let messages = settled.messages;
                 let appended = blocking(move || store.append_synced(id, messages, &mark)).await??;
                 let n = appended.iter().filter(|a| !a.linked).count();
                 stored += n;
                 progress.show(stored);
             }
-            if let Some(e) = failure {
+            if let Some(e) = settled.failure {
                 return Err(e);
-            }
-            if let Some(held) = held_at {
-                // The folder's mark stays below the UID held (what this batch stored moved
-                // it no further); the next pass starts there.
-                return Err(SyncError::Folder(
-                    folder.into(),
-                    format!("UID {held} was not sent by the server; tried again next pass"),
-                ));
             }
             if let Some(next) = next_fetched {
                 fetched = next?;
             }
         }
         progress.finish(stored);
-        // Linked messages after the last one fetched need no fetch either.
-        if let Some(top) = top {
-            *next_uid = (*next_uid).max(top.saturating_add(1));
+        match hold {
+            // The next pass starts there; what this one stored after it is linked.
+            Some(held) => {
+                *next_uid = (*next_uid).min(held);
+                tracing::warn!(account = %self.name, %folder,
+                    "UID {held} held for the next pass; the messages after it are stored");
+            }
+            // Linked messages after the last one fetched need no fetch either.
+            None => {
+                if let Some(top) = top {
+                    *next_uid = (*next_uid).max(top.saturating_add(1));
+                }
+            }
         }
         Ok(stored)
     }
@@ -560,44 +576,21 @@ impl Syncer {
         }
         let mut there: Vec<u32> = reply.search;
         there.sort_unstable();
-        let now = crate::store::unix_now();
         for uid in there {
-            let key = format!("unfetched:{account}:{folder}:{uidvalidity}:{uid}");
-            let since_key = format!("{key}:since");
-            let last_key = format!("{key}:last");
-            let (store, k, sk, lk) = (
-                self.store.clone(),
-                key.clone(),
-                since_key.clone(),
-                last_key.clone(),
-            );
-            let (tries, since, last) = blocking(move || {
-                Ok::<_, StoreError>((store.meta(&k)?, store.meta(&sk)?, store.meta(&lk)?))
-            })
-            .await??;
-            // A streak: a failure more than a day after the one before starts counting again.
-            let (tries, since) = match (tries, since, last) {
-                (Some(t), Some(s), Some(l)) if now - l < 86_400 => (t + 1, s),
-                _ => (1, now),
-            };
-            // Given up only after several passes over some time: a server's outage of a few
-            // minutes (the daemon may pass often) leaves no message behind.
-            if tries >= FETCH_TRIES && now - since >= FETCH_GIVE_UP_SECS {
+            let strike = strike(
+                &self.store,
+                format!("unfetched:{account}:{folder}:{uidvalidity}:{uid}"),
+            )
+            .await?;
+            if strike.give_up {
                 tracing::error!(account = %self.name, %folder, uid,
-                    "the server did not send this message in {tries} passes since {since}: \
-                     passed over; it stays upstream");
+                    "the server did not send this message in {} passes since {}: \
+                     passed over; it stays upstream", strike.tries, strike.since);
                 continue;
             }
-            let store = self.store.clone();
-            blocking(move || {
-                store.set_meta(&key, tries)?;
-                store.set_meta(&since_key, since)?;
-                store.set_meta(&last_key, now)
-            })
-            .await??;
             tracing::warn!(account = %self.name, %folder, uid,
-                "the server did not send this message (pass {tries}; passed over after \
-                 {FETCH_TRIES} passes and {FETCH_GIVE_UP_SECS} s)");
+                "the server did not send this message (pass {}; passed over after \
+                 {FETCH_TRIES} passes and {FETCH_GIVE_UP_SECS} s)", strike.tries);
             return Ok(Some(uid));
         }
         Ok(None)
@@ -859,7 +852,8 @@ const RETRY_UNDECRYPTABLE_SECS: i64 = 86_400;
 /// decrypts replaces its ciphertext under a new UID, with its flags and its upstream link
 /// ([`Store::replace_content`]). An
 /// unchanged keyring costs a few `stat` calls and one read. A temporary GnuPG failure ends
-/// the try; the next pass tries again. Returns how many were decrypted.
+/// the try and the next pass tries again, except a deadline: that message waits for the next
+/// try. Returns how many were decrypted.
 pub(crate) async fn retry_undecryptable(
     store: &Store,
     keys: &KeyService,
@@ -881,14 +875,26 @@ pub(crate) async fn retry_undecryptable(
     let s = store.clone();
     let waiting = blocking(move || s.with_keyword(account, UNDECRYPTABLE)).await??;
     let mut decrypted = 0;
+    let mut deadlines = 0;
     for (mailbox, uid) in waiting {
         let s = store.clone();
         let Some(raw) = blocking(move || s.raw_message(mailbox, uid)).await?? else {
             continue;
         };
-        let processed = crate::inbound::process(keys, &raw)
-            .await
-            .map_err(|e| SyncError::Keys(e.to_string()))?;
+        let processed = match crate::inbound::process(keys, &raw).await {
+            Ok(p) => p,
+            // GnuPG worked past the deadline on it (perhaps why it was kept): tried again at
+            // the next try, not at every pass; the others are tried now. Two such, and GnuPG
+            // is slow for all: the rest waits for the next try too.
+            Err(InboundError::Temporary(KeyError::Deadline { .. })) => {
+                deadlines += 1;
+                if deadlines >= 2 {
+                    break;
+                }
+                continue;
+            }
+            Err(e) => return Err(SyncError::Keys(e.to_string())),
+        };
         let keywords = processed.verdict.keywords();
         if keywords.contains(&UNDECRYPTABLE) {
             continue;
@@ -917,38 +923,148 @@ pub(crate) async fn retry_undecryptable(
     Ok(decrypted)
 }
 
-/// Decrypts and verifies fetched messages into messages ready to store, in order, with their
-/// verdict keywords, and the keys they came with. Several are handed to the GnuPG workers at
-/// once, so that a worker never waits for an earlier message to finish on the other one. A
-/// temporary failure (agent gone, deadline) ends the list there: the rest waits for the next
-/// run.
+/// Decrypts and verifies fetched messages, in order, several at once on the GnuPG workers, so
+/// that a worker never waits for an earlier message to finish on the other one; then
+/// [`settle`]s them.
 pub(crate) async fn decrypt<K: Send>(
+    store: &Store,
     keys: &KeyService,
+    account: &str,
     fetched: Vec<(K, Flags, InternalDate, Vec<u8>)>,
-) -> (Vec<Prepared>, Vec<K>, Option<SyncError>) {
+    strike_key: impl Fn(&K) -> String,
+) -> Result<Settled<K>, SyncError> {
     let processed: Vec<_> = futures::stream::iter(fetched)
         .map(|(key, flags, date, raw)| async move {
             let raw = crate::store::crlf(&raw);
-            (key, flags, date, crate::inbound::process(keys, &raw).await)
+            let result = crate::inbound::process(keys, &raw).await;
+            (key, flags, date, raw, result)
         })
         .buffered(DECRYPTS_IN_FLIGHT)
         .collect()
         .await;
-    let mut messages = Vec::with_capacity(processed.len());
-    let mut done = Vec::with_capacity(processed.len());
-    for (key, mut flags, date, result) in processed {
-        match result {
-            Ok(p) => {
-                for k in p.verdict.keywords() {
-                    flags.insert(k.to_string());
-                }
-                messages.push(Prepared::new(p.message, flags, date));
-                done.push(key);
+    settle(store, account, processed, strike_key).await
+}
+
+/// One message after [`crate::inbound::process`]: its key, flags, date and bytes, and the
+/// result.
+type Outcome<K> = (
+    K,
+    Flags,
+    InternalDate,
+    Vec<u8>,
+    Result<crate::inbound::Processed, InboundError>,
+);
+
+/// What became of a batch of messages ([`settle`]).
+pub(crate) struct Settled<K> {
+    /// To store, in order, with the keys they came with (`done`).
+    pub messages: Vec<Prepared>,
+    pub done: Vec<K>,
+    /// Held for the next pass: GnuPG failed on them for a temporary reason.
+    pub held: Vec<K>,
+    /// GnuPG failed for a temporary reason on every message (agent gone, say): the batch
+    /// waits, nothing is stored.
+    pub failure: Option<SyncError>,
+}
+
+/// Sorts processed messages into those to store and those to hold. A temporary failure on
+/// every message of the batch is GnuPG's (agent gone, every deadline passed): they all wait for
+/// the next pass. One on some messages while others went through is more likely the message's
+/// own (GnuPG working through it past the deadline every time): such a message is held, so
+/// that it holds up nothing else, and after [`FETCH_TRIES`] passes spanning
+/// [`FETCH_GIVE_UP_SECS`] it is stored as it came, marked undecryptable with the reason; the
+/// retry of undecryptable messages tries it again later. `strike_key` names a message's
+/// failure count in the store's meta table.
+async fn settle<K>(
+    store: &Store,
+    account: &str,
+    processed: Vec<Outcome<K>>,
+    strike_key: impl Fn(&K) -> String,
+) -> Result<Settled<K>, SyncError> {
+    let any_done = processed.iter().any(|p| p.4.is_ok());
+    let mut settled = Settled {
+        messages: Vec::with_capacity(processed.len()),
+        done: Vec::with_capacity(processed.len()),
+        held: Vec::new(),
+        failure: None,
+    };
+    for (key, mut flags, date, raw, result) in processed {
+        let p = match result {
+            Ok(p) => p,
+            Err(e) if !any_done => {
+                settled
+                    .failure
+                    .get_or_insert(SyncError::Keys(e.to_string()));
+                settled.held.push(key);
+                continue;
             }
-            Err(e) => return (messages, done, Some(SyncError::Keys(e.to_string()))),
+            Err(e) => {
+                let strike = strike(store, strike_key(&key)).await?;
+                if !strike.give_up {
+                    tracing::warn!(account, message = %strike_key(&key),
+                        "GnuPG failed on this message while it worked for others: {e} \
+                         (pass {}; kept undecryptable after {FETCH_TRIES} passes and \
+                         {FETCH_GIVE_UP_SECS} s)", strike.tries);
+                    settled.held.push(key);
+                    continue;
+                }
+                tracing::error!(account, message = %strike_key(&key),
+                    "GnuPG failed on this message in {} passes since {}: {e}; stored as it \
+                     came, marked undecryptable", strike.tries, strike.since);
+                crate::inbound::unprocessed(
+                    &raw,
+                    &format!("GnuPG failed on it in {} passes: {e}", strike.tries),
+                )
+            }
+        };
+        for k in p.verdict.keywords() {
+            flags.insert(k.to_string());
         }
+        settled.messages.push(Prepared::new(p.message, flags, date));
+        settled.done.push(key);
     }
-    (messages, done, None)
+    Ok(settled)
+}
+
+/// One more failed pass for whatever `key` names (in the store's meta table).
+struct Strike {
+    tries: i64,
+    since: i64,
+    /// [`FETCH_TRIES`] passes spanning [`FETCH_GIVE_UP_SECS`]: stop trying.
+    give_up: bool,
+}
+
+/// Counts one more failed pass under `key`. A streak: a failure more than a day after the one
+/// before starts counting again. Given up only after several passes over some time, so that
+/// an outage of a few minutes (the daemon may pass often) gives up on nothing.
+async fn strike(store: &Store, key: String) -> Result<Strike, SyncError> {
+    let now = crate::store::unix_now();
+    let store = store.clone();
+    blocking(move || {
+        let since_key = format!("{key}:since");
+        let last_key = format!("{key}:last");
+        let (tries, since) = match (
+            store.meta(&key)?,
+            store.meta(&since_key)?,
+            store.meta(&last_key)?,
+        ) {
+            (Some(t), Some(s), Some(l)) if now - l < 86_400 => (t + 1, s),
+            _ => (1, now),
+        };
+        let give_up = tries >= FETCH_TRIES && now - since >= FETCH_GIVE_UP_SECS;
+        if !give_up {
+            store.set_meta(&key, tries)?;
+            store.set_meta(&since_key, since)?;
+            store.set_meta(&last_key, now)?;
+        }
+        Ok::<_, StoreError>(Strike {
+            tries,
+            since,
+            give_up,
+        })
+    })
+    .await?
+    .map_err(SyncError::from)
 }
 
 /// The local mailbox name for an upstream folder: its hierarchy delimiter becomes "/", and
