@@ -964,3 +964,63 @@ async fn a_message_gnupg_always_times_out_on_holds_up_nothing() {
     assert!(out.status.success(), "{out:?}");
     assert_eq!(exists(&mut raw, "INBOX"), 4);
 }
+
+/// An expunge and a move made locally and not yet written back when upstream renumbers the
+/// folder (a new UIDVALIDITY): the resync links the gone messages again instead of storing
+/// them anew, so neither comes back locally, and the next pass expunges and moves them upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_waiting_across_a_uidvalidity_change_are_not_undone() {
+    let world = World::new();
+    let dovecot = Dovecot::start_tls();
+    let gone =
+        b"From: a@example.org\r\nSubject: to delete\r\nMessage-ID: <gone@example.org>\r\n\r\nx\r\n";
+    let kept =
+        b"From: a@example.org\r\nSubject: to keep\r\nMessage-ID: <kept@example.org>\r\n\r\ny\r\n";
+    upstream(
+        &dovecot,
+        json!([{"cmd": "raw", "line": "CREATE Archive"}, {"cmd": "raw", "line": "CREATE Kept"},
+        append_bytes("Archive", gone), append_bytes("Archive", kept)]),
+    );
+    let (server, _dir, config) = bobs_sync(&world, &dovecot);
+    let out = sync_once(&config);
+    assert_eq!(stdout(&out).trim(), format!("{USER}: 2 new"), "{out:?}");
+    let mut raw = server.login();
+    raw.ok("SELECT Archive");
+    raw.ok("UID STORE 1 +FLAGS (\\Deleted)");
+    raw.ok("UID EXPUNGE 1");
+    raw.ok("UID MOVE 2 Kept");
+    raw.ok("UNSELECT");
+
+    // Before any write-back, upstream renumbers Archive, with the same two messages.
+    upstream(
+        &dovecot,
+        json!([{"cmd": "raw", "line": "RENAME Archive Old"},
+        {"cmd": "raw", "line": "CREATE Archive"},
+        append_bytes("Archive", gone), append_bytes("Archive", kept)]),
+    );
+    let out = sync_once(&config);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        exists(&mut raw, "Archive"),
+        0,
+        "nothing comes back: {out:?}"
+    );
+    assert_eq!(exists(&mut raw, "Kept"), 1);
+    raw.ok("UNSELECT");
+
+    // The next pass writes both changes back to the renumbered messages.
+    let out = sync_once(&config);
+    assert!(out.status.success(), "{out:?}");
+    let seen = upstream(
+        &dovecot,
+        json!([{"cmd": "raw", "line": "SELECT Archive"},
+        {"cmd": "raw", "line": "SELECT Kept"},
+        {"cmd": "raw", "line": "UID FETCH 1:* (BODY.PEEK[HEADER.FIELDS (Subject)])"}]),
+    );
+    let archive = untagged(&seen, 0).join("\n");
+    assert!(archive.contains("* 0 EXISTS"), "{archive}");
+    let kept_up = untagged(&seen, 2).join("\n");
+    assert_eq!(kept_up.matches("to keep").count(), 1, "{kept_up}");
+    assert_eq!(exists(&mut raw, "Archive"), 0);
+    assert_eq!(exists(&mut raw, "Kept"), 1, "not twice");
+}

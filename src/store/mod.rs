@@ -1660,7 +1660,9 @@ pub(super) fn expunge_rows(tx: &Connection, mb: &Mailbox, uids: &[u32]) -> Resul
 /// For the `i`th message of a synced batch, a local message in the same mailbox that already
 /// is it, now linked to it: (local UID, MODSEQ). Two cases:
 /// - after an upstream UIDVALIDITY change (`relinking`), the same content linked to this folder
-///   under the old UIDVALIDITY is the same message; it keeps its local UID and flags;
+///   under the old UIDVALIDITY is the same message; it keeps its local UID and flags. A link
+///   whose local message the user expunged or moved away, the change not yet written back,
+///   counts too (its UID is returned; nothing is stored);
 /// - the same content linked to no upstream message and not waiting to be uploaded: a local
 ///   MOVE written back without COPYUID, or one whose link was lost in a crash between the
 ///   upstream command and its commit.
@@ -1693,6 +1695,33 @@ fn already_here(
                 )
                 .optional()?,
             None => None,
+        };
+        // A link whose local message is gone: expunged or moved here, the change still
+        // waiting to be written back (the write-back keeps the link until then). Linked
+        // again, so that the change reaches the renumbered message; its local message is not
+        // stored again, or what the user deleted or moved would come back.
+        let ghost = || -> Result<Option<(u32, i64)>, StoreError> {
+            let Some(hash) = upstream else {
+                return Ok(None);
+            };
+            Ok(tx
+                .prepare_cached(
+                    "SELECT s.uid, 0 FROM sync_map s
+                     WHERE s.account = ?1 AND s.folder = ?2 AND s.upstream_sha256 = ?5
+                       AND s.uidvalidity != ?3 AND s.mailbox = ?4
+                       AND NOT EXISTS (SELECT 1 FROM messages m
+                                       WHERE m.mailbox = s.mailbox AND m.uid = s.uid)
+                     LIMIT 1",
+                )?
+                .query_row(
+                    params![mb.account, mark.folder, mark.uidvalidity, mb.id, hash],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?)
+        };
+        let by_upstream = match by_upstream {
+            Some(found) => Some(found),
+            None => ghost()?,
         };
         let old: Option<(u32, i64)> = match by_upstream {
             Some(found) => Some(found),

@@ -24,9 +24,13 @@ use crate::store::{
 /// Journal entries read per round.
 const ROUND: u32 = 200;
 
-/// Passes a flag change waits for its message to be linked again after the folder's
+/// Passes a flag change, expunge or move waits for its message to be linked again after the folder's
 /// UIDVALIDITY changed.
 const STALE_LINK_TRIES: u32 = 10;
+
+/// Why a change to a message whose link went stale waits.
+const STALE_LINK: &str =
+    "the folder's UIDVALIDITY changed: waits until the message is linked again";
 
 /// The slowest upload rate allowed for before a command with a literal times out.
 const MIN_UPLOAD_BYTES_PER_SEC: u64 = 64 * 1024;
@@ -234,11 +238,7 @@ impl Syncer {
                     // again (by the bytes the server sends), and the next pass sets its flags
                     // there. One the resync never finds again is given up after a while.
                     if entry.attempts < STALE_LINK_TRIES {
-                        return Err(Failure::Entry(
-                            "the folder's UIDVALIDITY changed: waits until the message is \
-                             linked again"
-                                .into(),
-                        ));
+                        return Err(Failure::Entry(STALE_LINK.into()));
                     }
                     tracing::warn!(account = %self.name, mailbox = %entry.mailbox,
                         uid = entry.uid, "flag change dropped: the message was not found \
@@ -263,6 +263,11 @@ impl Syncer {
                 };
                 if up.select(self, &target).await? {
                     up.expunge(self, target.uid).await?;
+                } else if entry.attempts < STALE_LINK_TRIES {
+                    // The folder's UIDVALIDITY changed: this pass's resync links the message
+                    // again (the link is kept until now), and the next pass expunges it there.
+                    // Done now, the resync would bring the message back.
+                    return Err(Failure::Entry(STALE_LINK.into()));
                 }
                 Ok(WrittenBack {
                     unlink: Some((mailbox, entry.uid)),
@@ -398,6 +403,13 @@ impl Syncer {
             }
         }
         if !up.select(self, &from).await? {
+            // The source folder's UIDVALIDITY changed: as for an expunge, the resync links the
+            // original again and the next pass moves it. An upload now would leave it in the
+            // source folder, to come back there at the resync. One the resync never finds
+            // again is uploaded after a while.
+            if entry.attempts < STALE_LINK_TRIES {
+                return Err(Failure::Entry(STALE_LINK.into()));
+            }
             return self.upload(up, entry, target, new_uid, &target_name).await;
         }
         if !up.can_move {
