@@ -1024,3 +1024,82 @@ async fn changes_waiting_across_a_uidvalidity_change_are_not_undone() {
     assert_eq!(exists(&mut raw, "Archive"), 0);
     assert_eq!(exists(&mut raw, "Kept"), 1, "not twice");
 }
+
+/// A TCP relay from a free loopback port to `to` that stops passing the client's bytes on for
+/// good once it has seen a command naming `stall_on` (the server then seems never to answer).
+fn stalling_proxy(to: u16, stall_on: &'static str) -> u16 {
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(mut client) = client else { return };
+            let Ok(mut server) = TcpStream::connect(("127.0.0.1", to)) else {
+                return;
+            };
+            let (mut client_r, mut server_w) =
+                (client.try_clone().unwrap(), server.try_clone().unwrap());
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 65536];
+                let mut stalled = false;
+                while let Ok(n) = client_r.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    let text = String::from_utf8_lossy(&buf[..n]);
+                    stalled |= text.contains("EXAMINE") && text.contains(stall_on);
+                    if !stalled && server_w.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut server, &mut client);
+            });
+        }
+    });
+    port
+}
+
+/// A folder where the server stops answering (a command past `timeout_secs`) is left out of
+/// the pass; the folders after it still get their new mail, over a new connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_folder_that_times_out_holds_up_no_other_folder() {
+    let world = World::new();
+    let dovecot = Dovecot::start_tls();
+    let message = |subject: &str| {
+        format!("From: a@example.org\r\nSubject: {subject}\r\nMessage-ID: <{subject}@example.org>\r\n\r\nx\r\n")
+    };
+    upstream(
+        &dovecot,
+        json!([{"cmd": "raw", "line": "CREATE Aaa"}, {"cmd": "raw", "line": "CREATE Stuck"},
+        {"cmd": "raw", "line": "CREATE Zzz"},
+        append_bytes("INBOX", message("inbox").as_bytes()),
+        append_bytes("Aaa", message("aaa").as_bytes()),
+        append_bytes("Stuck", message("stuck").as_bytes()),
+        append_bytes("Zzz", message("zzz").as_bytes())]),
+    );
+    let port = stalling_proxy(dovecot.port, "Stuck");
+    let server = Server::start_config("", &gnupg_table(&world));
+    let dir = tempfile::tempdir().unwrap();
+    let password = dir.path().join("upstream-password");
+    std::fs::write(&password, format!("{}\n", dovecot.password)).unwrap();
+    let config = sync_config(
+        &server,
+        &format!(
+            "[accounts.upstream]\nhost = \"127.0.0.1\"\nport = {port}\ntls = \"none\"\n\
+             username = \"{}\"\npassword_file = \"{}\"\ntimeout_secs = 2\n",
+            dovecot.user,
+            password.display()
+        ),
+    );
+    let out = sync_once(&config);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{out:?}");
+    assert!(log.contains("reconnecting for the others"), "{log}");
+    let mut raw = server.login();
+    for (mailbox, n) in [("INBOX", 1), ("Aaa", 1), ("Zzz", 1)] {
+        assert_eq!(exists(&mut raw, mailbox), n, "{mailbox}: {log}");
+    }
+}

@@ -157,6 +157,7 @@ impl Syncer {
             }
         }
         let condstore = capabilities.has_str("CONDSTORE");
+        let mut reconnected = false;
         for (folder, delimiter) in self.folders(session).await? {
             // A folder that cannot be synced (a name sealpost cannot store, EXAMINE refused)
             // is left out with a warning; the folders after it still are.
@@ -174,6 +175,17 @@ impl Syncer {
                 Ok(done) => done,
                 Err(e @ SyncError::Folder(..)) => {
                     tracing::warn!(account = %self.name, "{e}: folder left out of this pass");
+                    continue;
+                }
+                // The connection broke or a command timed out in this folder (a message too
+                // big for the link, say): the folders after it still get their new mail, over
+                // a fresh connection. A second time in one pass, the server is taken to be
+                // unwell and the pass ends.
+                Err(e @ (SyncError::Connect(..) | SyncError::Imap(_))) if !reconnected => {
+                    tracing::warn!(account = %self.name, %folder,
+                        "{e}: folder left out of this pass; reconnecting for the others");
+                    *session = upstream::connect(&self.config).await?;
+                    reconnected = true;
                     continue;
                 }
                 Err(e) => return Err(e),
