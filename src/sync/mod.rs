@@ -275,16 +275,9 @@ impl Syncer {
         };
         let mut highestmodseq = selected.highestmodseq.unwrap_or(0);
         let mut flags_changed = 0;
-        if synced_modseq > 0 && highestmodseq > synced_modseq && next_uid > 1 {
+        if synced_modseq > 0 && highestmodseq > synced_modseq {
             match self
-                .flag_changes(
-                    session,
-                    account,
-                    folder,
-                    uidvalidity,
-                    next_uid,
-                    synced_modseq,
-                )
+                .flag_changes(session, account, folder, uidvalidity, synced_modseq)
                 .await
             {
                 Ok(n) => flags_changed = n,
@@ -385,15 +378,13 @@ impl Syncer {
         account: AccountId,
         folder: &str,
         uidvalidity: u32,
-        next_uid: u32,
         since: u64,
     ) -> Result<usize, SyncError> {
         // Through `command`, which reads the completion: a CHANGEDSINCE refused (NO) must
         // not count as "no changes", or the folder's HIGHESTMODSEQ would move past them.
-        let line = format!(
-            "UID FETCH 1:{} (UID FLAGS) (CHANGEDSINCE {since})",
-            next_uid - 1
-        );
+        // Every UID, not only those below the folder's mark: messages stored past a held one
+        // are linked above it (messages not linked yet are left alone).
+        let line = format!("UID FETCH 1:* (UID FLAGS) (CHANGEDSINCE {since})");
         let reply = within(self.config.timeout(), command(session, &line, None)).await?;
         if !reply.ok {
             return Err(SyncError::Folder(
@@ -864,8 +855,8 @@ const RETRY_UNDECRYPTABLE_SECS: i64 = 86_400;
 /// decrypts replaces its ciphertext under a new UID, with its flags and its upstream link
 /// ([`Store::replace_content`]). An
 /// unchanged keyring costs a few `stat` calls and one read. A temporary GnuPG failure ends
-/// the try and the next pass tries again, except a deadline: that message waits for the next
-/// try. Returns how many were decrypted.
+/// the try and the next pass tries again, except a deadline: that message waits a day, and
+/// the others are tried. Returns how many were decrypted.
 pub(crate) async fn retry_undecryptable(
     store: &Store,
     keys: &KeyService,
@@ -889,19 +880,31 @@ pub(crate) async fn retry_undecryptable(
     let mut decrypted = 0;
     let mut deadlines = 0;
     for (mailbox, uid) in waiting {
+        // One GnuPG took too long on lately waits a day, so that it never starves the ones
+        // after it (they come in the same order every time).
+        let slow_key = format!("retry-deadline:{mailbox}:{uid}");
+        let (s, k) = (store.clone(), slow_key.clone());
+        let slow_before = blocking(move || s.meta(&k)).await??;
+        if slow_before.is_some_and(|at| now - at < RETRY_UNDECRYPTABLE_SECS) {
+            continue;
+        }
         let s = store.clone();
         let Some(raw) = blocking(move || s.raw_message(mailbox, uid)).await?? else {
             continue;
         };
         let processed = match crate::inbound::process(keys, &raw).await {
             Ok(p) => p,
-            // GnuPG worked past the deadline on it (perhaps why it was kept): tried again at
-            // the next try, not at every pass; the others are tried now. Two such, and GnuPG
-            // is slow for all: the rest waits for the next try too.
+            // GnuPG worked past the deadline on it (perhaps why it was kept): tried again in
+            // a day, not at every pass; the others are tried now. Two such that were not slow
+            // before, and GnuPG is slow for all: the rest waits for the next try too.
             Err(InboundError::Temporary(KeyError::Deadline { .. })) => {
-                deadlines += 1;
-                if deadlines >= 2 {
-                    break;
+                let s = store.clone();
+                blocking(move || s.set_meta(&slow_key, now)).await??;
+                if slow_before.is_none() {
+                    deadlines += 1;
+                    if deadlines >= 2 {
+                        break;
+                    }
                 }
                 continue;
             }
@@ -954,7 +957,7 @@ pub(crate) async fn decrypt<K: Send>(
         .buffered(DECRYPTS_IN_FLIGHT)
         .collect()
         .await;
-    settle(store, account, processed, strike_key).await
+    settle(store, keys, account, processed, strike_key).await
 }
 
 /// One message after [`crate::inbound::process`]: its key, flags, date and bytes, and the
@@ -981,14 +984,17 @@ pub(crate) struct Settled<K> {
 
 /// Sorts processed messages into those to store and those to hold. A temporary failure on
 /// every message of the batch is GnuPG's (agent gone, every deadline passed): they all wait for
-/// the next pass. One on some messages while others went through is more likely the message's
-/// own (GnuPG working through it past the deadline every time): such a message is held, so
-/// that it holds up nothing else, and after [`FETCH_TRIES`] passes spanning
-/// [`FETCH_GIVE_UP_SECS`] it is stored as it came, marked undecryptable with the reason; the
-/// retry of undecryptable messages tries it again later. `strike_key` names a message's
+/// the next pass. A message that fails while others go through is tried again alone (it may
+/// only have waited behind a slow one past its deadline); failing again, it is more likely
+/// the message's own fault (GnuPG working through it past the deadline every time): it becomes
+/// a suspect and is held, so that it holds up nothing else. A suspect counts a failed pass also
+/// when it is the only message left to fetch; after [`FETCH_TRIES`] passes spanning
+/// [`FETCH_GIVE_UP_SECS`] it is stored as it came, marked undecryptable with the reason, and
+/// the retry of undecryptable messages tries it again later. `strike_key` names a message's
 /// failure count in the store's meta table.
 async fn settle<K>(
     store: &Store,
+    keys: &KeyService,
     account: &str,
     processed: Vec<Outcome<K>>,
     strike_key: impl Fn(&K) -> String,
@@ -1001,26 +1007,35 @@ async fn settle<K>(
         failure: None,
     };
     for (key, mut flags, date, raw, result) in processed {
+        let result = match result {
+            Err(_) if any_done => crate::inbound::process(keys, &raw).await,
+            result => result,
+        };
         let p = match result {
             Ok(p) => p,
-            Err(e) if !any_done => {
-                settled
-                    .failure
-                    .get_or_insert(SyncError::Keys(e.to_string()));
-                settled.held.push(key);
-                continue;
-            }
             Err(e) => {
-                let strike = strike(store, strike_key(&key)).await?;
+                let name = strike_key(&key);
+                let suspect = any_done || {
+                    let (s, k) = (store.clone(), name.clone());
+                    blocking(move || s.meta(&k)).await??.is_some()
+                };
+                if !suspect {
+                    settled
+                        .failure
+                        .get_or_insert(SyncError::Keys(e.to_string()));
+                    settled.held.push(key);
+                    continue;
+                }
+                let strike = strike(store, name.clone()).await?;
                 if !strike.give_up {
-                    tracing::warn!(account, message = %strike_key(&key),
-                        "GnuPG failed on this message while it worked for others: {e} \
-                         (pass {}; kept undecryptable after {FETCH_TRIES} passes and \
+                    tracing::warn!(account, message = %name,
+                        "GnuPG failed on this message, also alone, while it worked for others: \
+                         {e} (pass {}; kept undecryptable after {FETCH_TRIES} passes and \
                          {FETCH_GIVE_UP_SECS} s)", strike.tries);
                     settled.held.push(key);
                     continue;
                 }
-                tracing::error!(account, message = %strike_key(&key),
+                tracing::error!(account, message = %name,
                     "GnuPG failed on this message in {} passes since {}: {e}; stored as it \
                      came, marked undecryptable", strike.tries, strike.since);
                 crate::inbound::unprocessed(
@@ -1067,8 +1082,9 @@ async fn strike(store: &Store, key: String) -> Result<Strike, SyncError> {
         if !give_up {
             store.set_meta(&key, tries)?;
             store.set_meta(&since_key, since)?;
-            store.set_meta(&last_key, now)?;
         }
+        // Also once given up: it stays given up while it keeps failing, day after day.
+        store.set_meta(&last_key, now)?;
         Ok::<_, StoreError>(Strike {
             tries,
             since,

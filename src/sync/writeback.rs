@@ -261,8 +261,12 @@ impl Syncer {
                 let Some(target) = self.linked(Some(mailbox), entry.uid).await? else {
                     return Ok(WrittenBack::default());
                 };
+                // Without UIDPLUS the message stays upstream, marked \Deleted: so does its
+                // link (to no local message), so that no later fetch takes it for new mail.
+                let mut gone = true;
                 if up.select(self, &target).await? {
                     up.expunge(self, target.uid).await?;
+                    gone = up.uidplus;
                 } else if entry.attempts < STALE_LINK_TRIES {
                     // The folder's UIDVALIDITY changed: this pass's resync links the message
                     // again (the link is kept until now), and the next pass expunges it there.
@@ -270,7 +274,7 @@ impl Syncer {
                     return Err(Failure::Entry(STALE_LINK.into()));
                 }
                 Ok(WrittenBack {
-                    unlink: Some((mailbox, entry.uid)),
+                    unlink: gone.then_some((mailbox, entry.uid)),
                     ..WrittenBack::default()
                 })
             }
@@ -369,7 +373,15 @@ impl Syncer {
         let Some(from) = from.filter(|_| self.synced(&to_folder)) else {
             return self.upload(up, entry, target, new_uid, &target_name).await;
         };
-        let unlink = source.map(|s| (s, entry.uid));
+        // Without MOVE and UIDPLUS the original stays upstream, marked \Deleted: its link
+        // stays too (to no local message), so that no later fetch takes it for new mail; the
+        // copy's link takes its hash from it.
+        let source_ref = source.map(|s| (s, entry.uid));
+        let (unlink, hash_from) = if !up.can_move && !up.uidplus {
+            (None, source_ref)
+        } else {
+            (source_ref, None)
+        };
         if !up.can_move && entry.attempts > 0 {
             // COPY, then \Deleted and UID EXPUNGE: a try that got as far as the copy leaves it
             // in the target folder. Then only the original's removal is left; a second COPY
@@ -381,6 +393,7 @@ impl Syncer {
                 }
                 return Ok(WrittenBack {
                     unlink,
+                    hash_from,
                     ..WrittenBack::default()
                 });
             }
@@ -396,6 +409,7 @@ impl Syncer {
                     };
                     return Ok(WrittenBack {
                         unlink,
+                        hash_from,
                         link: Some((target, new_uid, link)),
                         ..WrittenBack::default()
                     });
@@ -438,6 +452,7 @@ impl Syncer {
         });
         Ok(WrittenBack {
             unlink,
+            hash_from,
             link,
             ..WrittenBack::default()
         })
