@@ -226,18 +226,11 @@ fn a_compression_bomb_stops_at_the_plaintext_limit() {
 fn thousands_of_session_key_packets_are_refused_before_gpg_runs() {
     let world = World::new();
     let server = bobs_store(&world);
-    let binary = world.sender.gpg(
-        &["--trust-model", "always", "--encrypt", "-r", &world.bob_fpr],
-        Some(b"Content-Type: text/plain\r\n\r\nbehind a thousand locks\r\n"),
+    let bomb = common::behind_garbled_session_keys(
+        &world,
+        1001,
+        b"Content-Type: text/plain\r\n\r\nbehind a thousand locks\r\n",
     );
-    assert!(binary.status.success());
-    let data = binary.stdout;
-    // An old-format public-key encrypted session key packet with a one-byte length.
-    assert_eq!(data[0], 0x84, "a PKESK first");
-    let pkesk = 2 + data[1] as usize;
-    let mut garbled = data[..pkesk].to_vec();
-    garbled[pkesk - 5] ^= 0xff;
-    let bomb = [garbled.repeat(1001), data].concat();
     let raw = format!(
         "From: alice@example.org\r\nTo: bob@example.org\r\nSubject: locks\r\n\r\n{}\r\n",
         common::armor("PGP MESSAGE", &bomb)

@@ -314,6 +314,23 @@ impl World {
     }
 }
 
+/// `text` encrypted to Bob's key (binary OpenPGP), behind `garbled` copies of its session key
+/// packet with one byte changed: gpg asks gpg-agent to try each one (about 1.7 ms apiece).
+pub fn behind_garbled_session_keys(world: &World, garbled: usize, text: &[u8]) -> Vec<u8> {
+    let binary = world.sender.gpg(
+        &["--trust-model", "always", "--encrypt", "-r", &world.bob_fpr],
+        Some(text),
+    );
+    assert!(binary.status.success());
+    let data = binary.stdout;
+    // An old-format public-key encrypted session key packet with a one-byte length.
+    assert_eq!(data[0], 0x84, "a PKESK first");
+    let pkesk = 2 + data[1] as usize;
+    let mut bad = data[..pkesk].to_vec();
+    bad[pkesk - 5] ^= 0xff;
+    [bad.repeat(garbled), data].concat()
+}
+
 /// `data` in ASCII armor (RFC 4880 §6) under `label` ("PGP MESSAGE"), CRLF line ends, no
 /// checksum.
 pub fn armor(label: &str, data: &[u8]) -> String {
