@@ -892,19 +892,14 @@ async fn a_maildir_source_is_imported_once() {
 async fn a_message_gnupg_always_times_out_on_holds_up_nothing() {
     let world = World::new();
     let dovecot = Dovecot::start_tls();
-    let binary = world.sender.gpg(
-        &["--trust-model", "always", "--encrypt", "-r", &world.bob_fpr],
-        Some(b"Content-Type: text/plain\r\n\r\nbehind many locks\r\n"),
+    let locked = common::behind_garbled_session_keys(
+        &world,
+        999,
+        b"Content-Type: text/plain\r\n\r\nbehind many locks\r\n",
     );
-    assert!(binary.status.success());
-    let data = binary.stdout;
-    assert_eq!(data[0], 0x84, "a PKESK first");
-    let pkesk = 2 + data[1] as usize;
-    let mut garbled = data[..pkesk].to_vec();
-    garbled[pkesk - 5] ^= 0xff;
     let slow = format!(
         "From: alice@example.org\r\nTo: bob@example.org\r\nSubject: slow\r\n\r\n{}\r\n",
-        common::armor("PGP MESSAGE", &[garbled.repeat(999), data].concat())
+        common::armor("PGP MESSAGE", &locked)
     );
     let first = encrypted_to_bob(&world, "first", "before the slow one").await;
     let third = encrypted_to_bob(&world, "third", "after the slow one").await;
@@ -1100,4 +1095,45 @@ async fn a_folder_that_times_out_holds_up_no_other_folder() {
     for (mailbox, n) in [("INBOX", 1), ("Aaa", 1), ("Zzz", 1)] {
         assert_eq!(exists(&mut raw, mailbox), n, "{mailbox}: {log}");
     }
+}
+
+/// A local expunge waiting across a renumbering of a folder that no longer has the message: once
+/// the resync has read the whole folder, the stale link goes, the expunge ends with nothing to
+/// do, and a later upstream message with the same bytes is new mail again, not taken for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_waiting_for_a_message_gone_upstream_ends() {
+    let world = World::new();
+    let dovecot = Dovecot::start_tls();
+    let gone = b"From: a@example.org\r\nSubject: gone\r\nMessage-ID: <gone@example.org>\r\n\r\nx\r\n";
+    let other = b"From: a@example.org\r\nSubject: other\r\nMessage-ID: <other@example.org>\r\n\r\ny\r\n";
+    upstream(
+        &dovecot,
+        json!([{"cmd": "raw", "line": "CREATE Archive"}, append_bytes("Archive", gone)]),
+    );
+    let (server, _dir, config) = bobs_sync(&world, &dovecot);
+    let out = sync_once(&config);
+    assert_eq!(stdout(&out).trim(), format!("{USER}: 1 new"), "{out:?}");
+    let mut raw = server.login();
+    raw.ok("SELECT Archive");
+    raw.ok("UID STORE 1 +FLAGS (\\Deleted)");
+    raw.ok("UID EXPUNGE 1");
+    raw.ok("UNSELECT");
+    upstream(
+        &dovecot,
+        json!([{"cmd": "raw", "line": "RENAME Archive Old"},
+        {"cmd": "raw", "line": "CREATE Archive"}, append_bytes("Archive", other)]),
+    );
+    let out = sync_once(&config);
+    assert!(out.status.success(), "{out:?}");
+    let out = sync_once(&config);
+    assert!(out.status.success(), "{out:?}");
+    let db = rusqlite::Connection::open(server.store_path()).unwrap();
+    let waiting: i64 = db
+        .query_row("SELECT count(*) FROM journal", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(waiting, 0, "the expunge ended: {out:?}");
+    upstream(&dovecot, json!([append_bytes("Archive", gone)]));
+    let out = sync_once(&config);
+    assert_eq!(stdout(&out).trim(), format!("{USER}: 1 new"), "{out:?}");
+    assert_eq!(exists(&mut raw, "Archive"), 2);
 }

@@ -1680,13 +1680,20 @@ fn already_here(
         // such hash, and is matched by the content stored.
         let upstream = mark.upstream.get(i).map(|h| &h[..]);
         // Two lookups, each on an index: by the upstream hash, then by stored content.
-        let by_upstream = match upstream {
+        // Among links with the same hash (identical messages), the lowest old upstream UID
+        // first, as the server renumbers in order. A link whose local message is gone counts
+        // too: expunged or moved away here, the change still waiting to be written back, or
+        // expunged without UIDPLUS (the message stays upstream, marked \Deleted). Linked again,
+        // it lets the change reach the renumbered message; its message is not stored again,
+        // or what the user deleted or moved would come back.
+        let by_upstream: Option<(u32, i64)> = match upstream {
             Some(hash) => tx
                 .prepare_cached(
-                    "SELECT s.uid, m.modseq FROM sync_map s
-                     JOIN messages m ON m.mailbox = s.mailbox AND m.uid = s.uid
+                    "SELECT s.uid, coalesce(m.modseq, 0) FROM sync_map s
+                     LEFT JOIN messages m ON m.mailbox = s.mailbox AND m.uid = s.uid
                      WHERE s.account = ?1 AND s.folder = ?2 AND s.upstream_sha256 = ?5
                        AND s.uidvalidity != ?3 AND s.mailbox = ?4
+                     ORDER BY s.upstream_uid
                      LIMIT 1",
                 )?
                 .query_row(
@@ -1695,33 +1702,6 @@ fn already_here(
                 )
                 .optional()?,
             None => None,
-        };
-        // A link whose local message is gone: expunged or moved here, the change still
-        // waiting to be written back (the write-back keeps the link until then). Linked
-        // again, so that the change reaches the renumbered message; its local message is not
-        // stored again, or what the user deleted or moved would come back.
-        let ghost = || -> Result<Option<(u32, i64)>, StoreError> {
-            let Some(hash) = upstream else {
-                return Ok(None);
-            };
-            Ok(tx
-                .prepare_cached(
-                    "SELECT s.uid, 0 FROM sync_map s
-                     WHERE s.account = ?1 AND s.folder = ?2 AND s.upstream_sha256 = ?5
-                       AND s.uidvalidity != ?3 AND s.mailbox = ?4
-                       AND NOT EXISTS (SELECT 1 FROM messages m
-                                       WHERE m.mailbox = s.mailbox AND m.uid = s.uid)
-                     LIMIT 1",
-                )?
-                .query_row(
-                    params![mb.account, mark.folder, mark.uidvalidity, mb.id, hash],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )
-                .optional()?)
-        };
-        let by_upstream = match by_upstream {
-            Some(found) => Some(found),
-            None => ghost()?,
         };
         let old: Option<(u32, i64)> = match by_upstream {
             Some(found) => Some(found),

@@ -166,6 +166,35 @@ impl Store {
         })
     }
 
+    /// Once a resync of `folder` (after an upstream UIDVALIDITY change) has read every message
+    /// there is under `uidvalidity`: links under an older UIDVALIDITY whose local message is
+    /// gone (expunged or moved away here) matched nothing the server still has, so they go.
+    /// Kept, they would take a later message with the same bytes for theirs; a change waiting
+    /// for one of them finds no link now and ends (a move uploads its message). Costs one read
+    /// when there are none. Returns how many went.
+    pub fn forget_unmatched_links(
+        &self,
+        account: AccountId,
+        folder: &str,
+        uidvalidity: u32,
+    ) -> Result<usize, StoreError> {
+        const GONE: &str = "FROM sync_map
+             WHERE account = ?1 AND folder = ?2 AND (uidvalidity < ?3 OR uidvalidity > ?3)
+               AND NOT EXISTS (SELECT 1 FROM messages m
+                               WHERE m.mailbox = sync_map.mailbox AND m.uid = sync_map.uid)";
+        let params = params![account, folder, uidvalidity];
+        let any: bool = self.read(|c| {
+            Ok(
+                c.prepare_cached(&format!("SELECT EXISTS (SELECT 1 {GONE})"))?
+                    .query_row(params, |r| r.get(0))?,
+            )
+        })?;
+        if !any {
+            return Ok(0);
+        }
+        self.write(|tx| Ok(tx.execute(&format!("DELETE {GONE}"), params)?))
+    }
+
     /// The upstream message a local message stands for, if any.
     pub fn upstream_of(
         &self,

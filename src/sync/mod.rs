@@ -313,6 +313,12 @@ impl Syncer {
             })
             .await??;
         }
+        // Every message there is has been read: a resync is complete, and what it did not
+        // link again is not upstream any more.
+        if nothing_new || selected.uidnext.is_some_and(|n| n <= next_uid) {
+            let (store, f) = (self.store.clone(), folder.to_string());
+            blocking(move || store.forget_unmatched_links(account, &f, uidvalidity)).await??;
+        }
         let expunged = self
             .upstream_expunges(
                 session,
@@ -879,6 +885,7 @@ pub(crate) async fn retry_undecryptable(
     let waiting = blocking(move || s.with_keyword(account, UNDECRYPTABLE)).await??;
     let mut decrypted = 0;
     let mut deadlines = 0;
+    let mut cut_short = false;
     for (mailbox, uid) in waiting {
         // One GnuPG took too long on lately waits a day, so that it never starves the ones
         // after it (they come in the same order every time).
@@ -903,6 +910,9 @@ pub(crate) async fn retry_undecryptable(
                 if slow_before.is_none() {
                     deadlines += 1;
                     if deadlines >= 2 {
+                        // Not recorded as a try: the next pass tries the others (these two
+                        // wait their day).
+                        cut_short = true;
                         break;
                     }
                 }
@@ -928,6 +938,9 @@ pub(crate) async fn retry_undecryptable(
         tracing::info!(
             "{decrypted} message(s) kept undecryptable are decrypted now (the keyring changed)"
         );
+    }
+    if cut_short {
+        return Ok(decrypted);
     }
     let s = store.clone();
     blocking(move || {

@@ -24,8 +24,9 @@ use crate::store::{
 /// Journal entries read per round.
 const ROUND: u32 = 200;
 
-/// Passes a flag change, expunge or move waits for its message to be linked again after the folder's
-/// UIDVALIDITY changed.
+/// Passes a flag change waits for its message to be linked again after the folder's
+/// UIDVALIDITY changed (an expunge or move waits until the resync has linked its message again
+/// or dropped the link).
 const STALE_LINK_TRIES: u32 = 10;
 
 /// Why a change to a message whose link went stale waits.
@@ -261,18 +262,17 @@ impl Syncer {
                 let Some(target) = self.linked(Some(mailbox), entry.uid).await? else {
                     return Ok(WrittenBack::default());
                 };
-                // Without UIDPLUS the message stays upstream, marked \Deleted: so does its
-                // link (to no local message), so that no later fetch takes it for new mail.
-                let mut gone = true;
-                if up.select(self, &target).await? {
-                    up.expunge(self, target.uid).await?;
-                    gone = up.uidplus;
-                } else if entry.attempts < STALE_LINK_TRIES {
-                    // The folder's UIDVALIDITY changed: this pass's resync links the message
-                    // again (the link is kept until now), and the next pass expunges it there.
-                    // Done now, the resync would bring the message back.
+                if !up.select(self, &target).await? {
+                    // The folder's UIDVALIDITY changed: the resync links the message again
+                    // (the link is kept until now) and the pass after it expunges it there, or
+                    // it drops the link once it has read the whole folder without finding the
+                    // message. Done now, the resync would bring the message back.
                     return Err(Failure::Entry(STALE_LINK.into()));
                 }
+                up.expunge(self, target.uid).await?;
+                // Without UIDPLUS the message stays upstream, marked \Deleted: so does its
+                // link (to no local message), so that no later fetch takes it for new mail.
+                let gone = up.uidplus;
                 Ok(WrittenBack {
                     unlink: gone.then_some((mailbox, entry.uid)),
                     ..WrittenBack::default()
@@ -388,9 +388,10 @@ impl Syncer {
             // would leave two. The copy may be linked already (a fetch of the target folder
             // since then matched it by content), or still linked to nothing.
             if self.linked(Some(target), new_uid).await?.is_some() {
-                if up.select(self, &from).await? {
-                    up.expunge(self, from.uid).await?;
+                if !up.select(self, &from).await? {
+                    return Err(Failure::Entry(STALE_LINK.into()));
                 }
+                up.expunge(self, from.uid).await?;
                 return Ok(WrittenBack {
                     unlink,
                     hash_from,
@@ -399,9 +400,10 @@ impl Syncer {
             }
             if let Some(id) = self.message_id(target, new_uid).await? {
                 if let Some((v, u)) = up.find_unlinked(self, account, &to_folder, &id).await? {
-                    if up.select(self, &from).await? {
-                        up.expunge(self, from.uid).await?;
+                    if !up.select(self, &from).await? {
+                        return Err(Failure::Entry(STALE_LINK.into()));
                     }
+                    up.expunge(self, from.uid).await?;
                     let link = UpstreamRef {
                         folder: to_folder.clone(),
                         uidvalidity: v,
@@ -419,12 +421,9 @@ impl Syncer {
         if !up.select(self, &from).await? {
             // The source folder's UIDVALIDITY changed: as for an expunge, the resync links the
             // original again and the next pass moves it. An upload now would leave it in the
-            // source folder, to come back there at the resync. One the resync never finds
-            // again is uploaded after a while.
-            if entry.attempts < STALE_LINK_TRIES {
-                return Err(Failure::Entry(STALE_LINK.into()));
-            }
-            return self.upload(up, entry, target, new_uid, &target_name).await;
+            // source folder, to come back there at the resync. One the resync does not find
+            // loses its link, and the move then uploads the message.
+            return Err(Failure::Entry(STALE_LINK.into()));
         }
         if !up.can_move {
             // Counted before it is sent: after a crash from here on, the retry looks first.
