@@ -1104,8 +1104,10 @@ async fn a_folder_that_times_out_holds_up_no_other_folder() {
 async fn a_change_waiting_for_a_message_gone_upstream_ends() {
     let world = World::new();
     let dovecot = Dovecot::start_tls();
-    let gone = b"From: a@example.org\r\nSubject: gone\r\nMessage-ID: <gone@example.org>\r\n\r\nx\r\n";
-    let other = b"From: a@example.org\r\nSubject: other\r\nMessage-ID: <other@example.org>\r\n\r\ny\r\n";
+    let gone =
+        b"From: a@example.org\r\nSubject: gone\r\nMessage-ID: <gone@example.org>\r\n\r\nx\r\n";
+    let other =
+        b"From: a@example.org\r\nSubject: other\r\nMessage-ID: <other@example.org>\r\n\r\ny\r\n";
     upstream(
         &dovecot,
         json!([{"cmd": "raw", "line": "CREATE Archive"}, append_bytes("Archive", gone)]),
