@@ -705,16 +705,18 @@ async fn end_of_message(
                     });
                     continue;
                 }
-                let Some(bytes) = copy.message else {
+                if copy.message.is_none() {
                     continue;
-                };
+                }
                 any_sendable = true;
                 if milter.hold_without_key
                     && copy.decision == Decision::Clear
                     && inbound.iter().any(|r| r == &copy.recipient)
                 {
                     held.push(copy.recipient);
-                    held_copy.get_or_insert(bytes);
+                    if held_copy.is_none() {
+                        held_copy = copy.message;
+                    }
                     continue;
                 }
                 // The recipients already re-injected are not among these (`pending`); those a
@@ -734,17 +736,12 @@ async fn end_of_message(
                     Ok(false) => {}
                     Err(e) => return tempfail(cx, &e.to_string()),
                 }
-                let copy = Copy {
-                    message: Some(bytes),
-                    ..copy
-                };
                 if in_place && kept_copy.is_none() {
                     kept_copy = Some(copy);
                     continue;
                 }
                 match reinject(cx, milter, &t.sender, queue_id, &id, now, &copy).await {
-                    Ok(None) => {}
-                    Ok(Some(failure)) => failures.push(failure),
+                    Ok(refused) => failures.extend(refused),
                     Err(text) => return tempfail(cx, &text),
                 }
             }
@@ -753,8 +750,7 @@ async fn end_of_message(
     if !held.is_empty() {
         if let Some(copy) = kept_copy.take() {
             match reinject(cx, milter, &t.sender, queue_id, &id, now, &copy).await {
-                Ok(None) => {}
-                Ok(Some(failure)) => failures.push(failure),
+                Ok(refused) => failures.extend(refused),
                 Err(text) => return tempfail(cx, &text),
             }
         }

@@ -107,6 +107,15 @@ struct Signing {
     problem: Option<Reply>,
 }
 
+impl Signing {
+    /// Why nothing can be signed, for a copy that needs a signature.
+    fn unusable(&self) -> Reply {
+        self.problem
+            .clone()
+            .unwrap_or_else(|| Reply::new(451, "4.7.0", "no signer"))
+    }
+}
+
 impl Rewriter {
     pub fn new(keys: Arc<KeyService>, policy: Policy) -> Self {
         Rewriter { keys, policy }
@@ -193,12 +202,16 @@ impl Rewriter {
     }
 
     /// What every copy of the message shares, made once: the header fields, and the signed
-    /// payload or signed copy (one signature per kind of payload, not one per batch).
-    async fn shared(&self, envelope: &Envelope, message: &ParsedMessage, steps: &[Step]) -> Shared {
-        let needs_signature = self.policy.sign
-            && steps
-                .iter()
-                .any(|s| matches!(s, Step::Encrypt { .. } | Step::Sign));
+    /// payload (when some recipient `encrypts`) or signed copy (when some recipient `signs`):
+    /// one signature per kind of payload, not one per batch.
+    async fn shared(
+        &self,
+        envelope: &Envelope,
+        message: &ParsedMessage,
+        encrypts: bool,
+        signs: bool,
+    ) -> Shared {
+        let needs_signature = self.policy.sign && (encrypts || signs);
         let from = message
             .from_address()
             .map(str::to_string)
@@ -226,12 +239,12 @@ impl Rewriter {
             }
         }
         let content = content_entity(message);
-        let encryption = if steps.iter().any(|s| matches!(s, Step::Encrypt { .. })) {
+        let encryption = if encrypts {
             Some(self.encryption(&fields, &content, &from, &signing).await)
         } else {
             None
         };
-        let signed = if steps.iter().any(|s| matches!(s, Step::Sign)) {
+        let signed = if signs {
             Some(self.signed_copy(&fields, &content, &signing).await)
         } else {
             None
@@ -281,10 +294,7 @@ impl Rewriter {
         signing: &Signing,
     ) -> Result<Encryption, Reply> {
         if self.policy.sign && signing.fingerprint.is_none() {
-            return Err(signing
-                .problem
-                .clone()
-                .unwrap_or_else(|| Reply::new(451, "4.7.0", "no signer")));
+            return Err(signing.unusable());
         }
         let outer = if self.policy.header_protection {
             mime::outer_fields_encrypted(fields, &self.policy.obscured_subject)
@@ -373,10 +383,7 @@ impl Rewriter {
         signing: &Signing,
     ) -> Result<Vec<u8>, Reply> {
         let Some(signer) = &signing.fingerprint else {
-            return Err(signing
-                .problem
-                .clone()
-                .unwrap_or_else(|| Reply::new(451, "4.7.0", "no signer")));
+            return Err(signing.unusable());
         };
         let outer = mime::outer_fields_clear(fields);
         let payload = if self.policy.header_protection {
@@ -451,12 +458,13 @@ impl Planned<'_> {
         let core = self.core;
         if self.shared.is_none() {
             // The first batch: its steps and the ones still to come.
-            let all: Vec<Step> = steps
-                .iter()
-                .map(|(_, s)| s.clone())
-                .chain(self.steps.as_slice().iter().map(|(_, s)| s.clone()))
-                .collect();
-            self.shared = Some(core.shared(&self.envelope, &self.message, &all).await);
+            let all = || steps.iter().chain(self.steps.as_slice()).map(|(_, s)| s);
+            let encrypts = all().any(|s| matches!(s, Step::Encrypt { .. }));
+            let signs = all().any(|s| matches!(s, Step::Sign));
+            self.shared = Some(
+                core.shared(&self.envelope, &self.message, encrypts, signs)
+                    .await,
+            );
         }
         let shared = self.shared.as_ref().expect("made above");
         let targets: Vec<&str> = steps

@@ -6,10 +6,10 @@
 //! the upstream (folder, UIDVALIDITY, UID) of every message and the next UID to fetch
 //! ([`Store::append_synced`]). A crash before the commit leaves the batch to the next run; a
 //! crash after it leaves nothing to redo. When GnuPG fails for a temporary reason on every
-//! message of a batch (agent gone), the folder's run ends there and the batch is fetched again
-//! next time; when it fails on some while others go through, those are held (the folder's mark
-//! stays below them, the others are stored) and after several passes over an hour kept as
-//! they came, marked undecryptable ([`settle`]). A message that cannot be decrypted for good
+//! message of a batch (agent gone), the account's pass ends there and the batch is fetched
+//! again next time; a message it fails on alone while others go through is held (the folder's
+//! mark stays below it, the others are stored) and after several passes over an hour kept as
+//! it came, marked undecryptable ([`settle`]). A message that cannot be decrypted for good
 //! is stored as it came, with its verdict.
 //!
 //! An upstream UIDVALIDITY change (RFC 3501 §2.3.1.1) starts the folder over; a message whose
@@ -516,9 +516,11 @@ impl Syncer {
                 self.unfetched(session, account, folder, uidvalidity, &missing)
                     .await?
             };
-            for uid in unsent.into_iter().chain(settled.held.iter().map(|k| k.0)) {
-                hold = Some(hold.map_or(uid, |h| h.min(uid)));
-            }
+            hold = hold
+                .into_iter()
+                .chain(unsent)
+                .chain(settled.held.iter().map(|k| k.0))
+                .min();
             let (done, upstream): (Vec<u32>, Vec<[u8; 32]>) = settled.done.into_iter().unzip();
             if let Some(&last) = done.last() {
                 // Upstream UIDs in a gap of this chunk (expunged meanwhile) are passed too.
