@@ -1018,17 +1018,20 @@ async fn changes_waiting_across_a_uidvalidity_change_are_not_undone() {
     assert_eq!(exists(&mut raw, "Kept"), 1, "not twice");
 }
 
-/// A TCP relay from a free loopback port to `to` that stops passing the client's bytes on for
-/// good once it has seen a command naming `stall_on` (the server then seems never to answer).
-fn stalling_proxy(to: u16, stall_on: &'static str) -> u16 {
-    use std::io::{Read, Write};
+/// A TCP relay on loopback to the server on port `to`, one connection to the server per client
+/// connection. Once a client's bytes match `stall_when`, nothing more of that connection is
+/// passed on (the server seems to stop answering). With `no_uidplus`, the RFC 4315 response
+/// codes (COPYUID, APPENDUID) are taken out of the server's lines, as from a server without
+/// UIDPLUS. Returns the relay's port.
+fn proxy(to: u16, stall_when: fn(&str) -> bool, no_uidplus: bool) -> u16 {
+    use std::io::{BufRead, BufReader, Read, Write};
     use std::net::{TcpListener, TcpStream};
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     std::thread::spawn(move || {
         for client in listener.incoming() {
             let Ok(mut client) = client else { return };
-            let Ok(mut server) = TcpStream::connect(("127.0.0.1", to)) else {
+            let Ok(server) = TcpStream::connect(("127.0.0.1", to)) else {
                 return;
             };
             let (mut client_r, mut server_w) =
@@ -1040,19 +1043,44 @@ fn stalling_proxy(to: u16, stall_on: &'static str) -> u16 {
                     if n == 0 {
                         break;
                     }
-                    let text = String::from_utf8_lossy(&buf[..n]);
-                    stalled |= text.contains("EXAMINE") && text.contains(stall_on);
+                    stalled |= stall_when(&String::from_utf8_lossy(&buf[..n]));
                     if !stalled && server_w.write_all(&buf[..n]).is_err() {
                         break;
                     }
                 }
             });
             std::thread::spawn(move || {
-                let _ = std::io::copy(&mut server, &mut client);
+                let mut server = BufReader::new(server);
+                let mut line = Vec::new();
+                while matches!(server.read_until(b'\n', &mut line), Ok(n) if n > 0) {
+                    if no_uidplus {
+                        line = strip_uidplus_codes(&line);
+                    }
+                    if client.write_all(&line).is_err() {
+                        break;
+                    }
+                    line.clear();
+                }
             });
         }
     });
     port
+}
+
+/// `line` without its `[COPYUID ...] ` and `[APPENDUID ...] ` response codes (status lines,
+/// ASCII); any other line, message bytes included, as it is.
+fn strip_uidplus_codes(line: &[u8]) -> Vec<u8> {
+    if !(common::contains(line, "[COPYUID ") || common::contains(line, "[APPENDUID ")) {
+        return line.to_vec();
+    }
+    let mut text = String::from_utf8_lossy(line).into_owned();
+    for code in ["[COPYUID ", "[APPENDUID "] {
+        if let Some(at) = text.find(code) {
+            let end = text[at..].find("] ").map_or(text.len(), |e| at + e + 2);
+            text.replace_range(at..end, "");
+        }
+    }
+    text.into_bytes()
 }
 
 /// A folder where the server stops answering (a command past `timeout_secs`) is left out of
@@ -1073,7 +1101,11 @@ async fn a_folder_that_times_out_holds_up_no_other_folder() {
         append_bytes("Stuck", message("stuck").as_bytes()),
         append_bytes("Zzz", message("zzz").as_bytes())]),
     );
-    let port = stalling_proxy(dovecot.port, "Stuck");
+    let port = proxy(
+        dovecot.port,
+        |t| t.contains("EXAMINE") && t.contains("Stuck"),
+        false,
+    );
     let server = Server::start_config("", &gnupg_table(&world));
     let dir = tempfile::tempdir().unwrap();
     let password = dir.path().join("upstream-password");
@@ -1138,4 +1170,209 @@ async fn a_change_waiting_for_a_message_gone_upstream_ends() {
     let out = sync_once(&config);
     assert_eq!(stdout(&out).trim(), format!("{USER}: 1 new"), "{out:?}");
     assert_eq!(exists(&mut raw, "Archive"), 2);
+}
+
+/// What Dovecot announces after login, less UIDPLUS and MOVE (and the extensions sealpost does
+/// not use): a server of the kind that predates RFC 4315 and RFC 6851.
+const NEITHER_UIDPLUS_NOR_MOVE: &str =
+    "IMAP4rev1 SASL-IR LOGIN-REFERRALS ID ENABLE IDLE UNSELECT CHILDREN NAMESPACE CONDSTORE LITERAL+";
+
+fn plain_message(subject: &str) -> Vec<u8> {
+    format!(
+        "From: a@example.org\r\nSubject: {subject}\r\nMessage-ID: <{subject}@example.org>\r\n\
+         \r\n{subject}\r\n"
+    )
+    .into_bytes()
+}
+
+/// The upstream's messages in `folder`: (UID, flags line) for each, by UID FETCH.
+fn upstream_flags(dovecot: &Dovecot, folder: &str) -> Vec<String> {
+    let seen = upstream(
+        dovecot,
+        json!([{"cmd": "raw", "line": format!("SELECT {folder}")},
+        {"cmd": "raw", "line": "UID FETCH 1:* (UID FLAGS)"}]),
+    );
+    untagged(&seen, 1)
+}
+
+/// Against a server without UIDPLUS and MOVE (not announced, and no COPYUID or APPENDUID in
+/// its answers): a local expunge leaves the message upstream marked \Deleted (a plain EXPUNGE
+/// would also remove what other clients marked); a move is a COPY, and the original is marked
+/// \Deleted; a draft goes up encrypted and is found again by its token. No later pass takes
+/// the messages left behind for new mail, nor the copy in the target folder for a second
+/// message; when another client expunges them, nothing changes here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_written_back_to_a_server_without_uidplus_or_move() {
+    let world = World::new();
+    let dovecot = Dovecot::start_tls_announcing(NEITHER_UIDPLUS_NOR_MOVE);
+    upstream(
+        &dovecot,
+        json!([{"cmd": "raw", "line": "CREATE Archive"},
+        append_bytes("INBOX", &plain_message("one")),
+        append_bytes("INBOX", &plain_message("two")),
+        append_bytes("INBOX", &plain_message("three"))]),
+    );
+    let port = proxy(dovecot.port, |_| false, true);
+    let server = Server::start_config("", &gnupg_table(&world));
+    let dir = tempfile::tempdir().unwrap();
+    let config = sync_config(
+        &server,
+        &upstream_table(
+            &dovecot,
+            dir.path(),
+            "none",
+            port,
+            "address = \"bob@example.org\"",
+        ),
+    );
+    let out = sync_once(&config);
+    assert_eq!(stdout(&out).trim(), format!("{USER}: 3 new"), "{out:?}");
+
+    let mut raw = server.login();
+    raw.ok("SELECT INBOX");
+    raw.ok("UID STORE 2 +FLAGS (\\Deleted)");
+    raw.ok("UID EXPUNGE 2");
+    raw.ok("UID MOVE 3 Archive");
+    let draft = "From: bob@example.org\r\nSubject: draft\r\n\r\nthe draft words\r\n";
+    raw.ok(&format!("APPEND Drafts {{{}+}}\r\n{draft}", draft.len()));
+    raw.ok("UNSELECT");
+    let out = sync_once(&config);
+    assert_eq!(stdout(&out).trim(), format!("{USER}: 0 new"), "{out:?}");
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        log.contains("4 local changes written back upstream"),
+        "{log}"
+    );
+    assert!(
+        log.contains("is marked \\Deleted there, not expunged"),
+        "{log}"
+    );
+
+    let inbox = upstream_flags(&dovecot, "INBOX");
+    assert_eq!(inbox.len(), 3, "nothing expunged upstream: {inbox:?}");
+    for (uid, deleted) in [(1, false), (2, true), (3, true)] {
+        let line = inbox
+            .iter()
+            .find(|l| l.contains(&format!("UID {uid} ")))
+            .unwrap();
+        assert_eq!(line.contains("\\Deleted"), deleted, "{inbox:?}");
+    }
+    let archive = dovecot.mailbox_files("Archive");
+    assert_eq!(archive.len(), 1);
+    assert!(common::contains(
+        &std::fs::read(&archive[0]).unwrap(),
+        "three"
+    ));
+    let drafts = dovecot.mailbox_files("Drafts");
+    assert_eq!(drafts.len(), 1);
+    let stored = std::fs::read(&drafts[0]).unwrap();
+    assert!(common::contains(&stored, "-----BEGIN PGP MESSAGE-----"));
+    assert!(!common::contains(&stored, "the draft words"));
+
+    // Nothing comes back or comes twice, pass after pass, and all is done.
+    for _ in 0..2 {
+        let out = sync_once(&config);
+        assert_eq!(stdout(&out).trim(), format!("{USER}: 0 new"), "{out:?}");
+        for (mailbox, n) in [("INBOX", 1), ("Archive", 1), ("Drafts", 1)] {
+            assert_eq!(exists(&mut raw, mailbox), n, "{mailbox}: {out:?}");
+        }
+    }
+    let store = sealpost::store::Store::open(&server.store_path()).unwrap();
+    let account = store.account(USER).unwrap().unwrap();
+    assert_eq!(store.journal_backlog(account).unwrap(), (0, None));
+
+    // Another client expunges what sealpost marked: the local mailboxes stay as they are.
+    upstream(
+        &dovecot,
+        json!([{"cmd": "raw", "line": "SELECT INBOX"}, {"cmd": "raw", "line": "EXPUNGE"}]),
+    );
+    assert_eq!(upstream_flags(&dovecot, "INBOX").len(), 1);
+    let out = sync_once(&config);
+    assert_eq!(stdout(&out).trim(), format!("{USER}: 0 new"), "{out:?}");
+    for (mailbox, n) in [("INBOX", 1), ("Archive", 1), ("Drafts", 1)] {
+        assert_eq!(exists(&mut raw, mailbox), n, "{mailbox}: {out:?}");
+    }
+}
+
+/// Against a server without MOVE (UIDPLUS announced), a local move is a COPY, then \Deleted
+/// and UID EXPUNGE of the original. When the server stops answering after the COPY, the
+/// write-back stops, and new mail still comes down over a fresh connection; the next pass
+/// finds the copy already made and only removes the original: one copy upstream, one message
+/// here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_cut_short_after_its_copy_ends_without_a_second_copy() {
+    let world = World::new();
+    let dovecot = Dovecot::start_tls_announcing(&format!("{NEITHER_UIDPLUS_NOR_MOVE} UIDPLUS"));
+    upstream(
+        &dovecot,
+        json!([{"cmd": "raw", "line": "CREATE Archive"},
+        append_bytes("INBOX", &plain_message("one")),
+        append_bytes("INBOX", &plain_message("two"))]),
+    );
+    let (server, dir, config) = bobs_sync(&world, &dovecot);
+    let out = sync_once(&config);
+    assert_eq!(stdout(&out).trim(), format!("{USER}: 2 new"), "{out:?}");
+    let mut raw = server.login();
+    raw.ok("SELECT INBOX");
+    raw.ok("UID MOVE 2 Archive");
+    raw.ok("UNSELECT");
+    upstream(
+        &dovecot,
+        json!([append_bytes("INBOX", &plain_message("late"))]),
+    );
+
+    // Through a relay that passes nothing on from the original's \Deleted on.
+    let port = proxy(
+        dovecot.port,
+        |t| t.contains("+FLAGS.SILENT (\\Deleted)"),
+        false,
+    );
+    let password = dir.path().join("upstream-password");
+    let direct = std::fs::read(&config).unwrap();
+    let relayed = sync_config(
+        &server,
+        &format!(
+            "[accounts.upstream]\nhost = \"127.0.0.1\"\nport = {port}\ntls = \"none\"\n\
+             username = \"{}\"\npassword_file = \"{}\"\ntimeout_secs = 2\n",
+            dovecot.user,
+            password.display()
+        ),
+    );
+    // sync_config writes one file: the relayed configuration goes beside it.
+    let stalling = dir.path().join("stalling.toml");
+    std::fs::rename(&relayed, &stalling).unwrap();
+    std::fs::write(&config, direct).unwrap();
+    let out = sync_once(&stalling);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{out:?}");
+    assert!(log.contains("write-back stopped"), "{log}");
+    assert_eq!(stdout(&out).trim(), format!("{USER}: 1 new"), "{out:?}");
+    assert_eq!(
+        dovecot.mailbox_files("Archive").len(),
+        1,
+        "the COPY was done"
+    );
+    assert_eq!(
+        upstream_flags(&dovecot, "INBOX").len(),
+        3,
+        "the original is still there"
+    );
+
+    let out = sync_once(&config);
+    assert!(out.status.success(), "{out:?}");
+    let archive = dovecot.mailbox_files("Archive");
+    assert_eq!(archive.len(), 1, "no second copy: {out:?}");
+    let inbox = upstream_flags(&dovecot, "INBOX");
+    assert_eq!(inbox.len(), 2, "the original is gone: {inbox:?}");
+    assert!(inbox.iter().all(|l| !l.contains("UID 2 ")), "{inbox:?}");
+    for _ in 0..2 {
+        for (mailbox, n) in [("INBOX", 2), ("Archive", 1)] {
+            assert_eq!(exists(&mut raw, mailbox), n, "{mailbox}: {out:?}");
+        }
+        let out = sync_once(&config);
+        assert_eq!(stdout(&out).trim(), format!("{USER}: 0 new"), "{out:?}");
+    }
+    let store = sealpost::store::Store::open(&server.store_path()).unwrap();
+    let account = store.account(USER).unwrap().unwrap();
+    assert_eq!(store.journal_backlog(account).unwrap(), (0, None));
 }

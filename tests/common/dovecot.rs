@@ -88,7 +88,7 @@ impl Identity {
 
 use super::ports::free_port;
 
-fn config(dir: &Path, port: u16, tls_port: Option<u16>, who: &Identity) -> String {
+fn config(dir: &Path, port: u16, tls_port: Option<u16>, who: &Identity, extra: &str) -> String {
     let d = dir.display();
     let (ssl, imaps) = match tls_port {
         None => ("ssl = no".to_string(), "port = 0".to_string()),
@@ -136,6 +136,7 @@ userdb {{
   driver = static
   args = uid={uid} gid={gid} home={d}/home
 }}
+{extra}
 # Dovecot delays every login attempt from an IP with recent failures (2 s, 4 s, ... 15 s,
 # via anvil); comparison tests fail logins on purpose. With this socket unusable the auth
 # process turns the penalty off. A failed login still answers after ~0.5 s.
@@ -188,16 +189,23 @@ impl Dovecot {
     /// INBOX, plaintext only (`ssl = no`); returns once the port answers with the `* OK`
     /// greeting.
     pub fn start() -> Dovecot {
-        Self::start_with(false)
+        Self::start_with(false, "")
     }
 
     /// Like `start`, plus STARTTLS on `port` and implicit TLS on `tls_port`, with a
     /// self-signed certificate for `localhost` and `127.0.0.1` made by rcgen (`cert`).
     pub fn start_tls() -> Dovecot {
-        Self::start_with(true)
+        Self::start_with(true, "")
     }
 
-    fn start_with(tls: bool) -> Dovecot {
+    /// Like `start_tls`, announcing after login only the capabilities in `capabilities`
+    /// (Dovecot's `imap_capability`): a server without UIDPLUS or MOVE, say. Dovecot still
+    /// runs the commands it no longer announces; a well-behaved client does not send them.
+    pub fn start_tls_announcing(capabilities: &str) -> Dovecot {
+        Self::start_with(true, &format!("imap_capability = {capabilities}"))
+    }
+
+    fn start_with(tls: bool, extra: &str) -> Dovecot {
         let who = Identity::current();
         let dir = tempfile::Builder::new()
             .prefix("spdc")
@@ -241,7 +249,7 @@ impl Dovecot {
             if tls && tls_port.is_none() {
                 continue;
             }
-            std::fs::write(&conf, config(&root, port, tls_port, &who)).unwrap();
+            std::fs::write(&conf, config(&root, port, tls_port, &who, extra)).unwrap();
             let mut master = Command::new(DOVECOT)
                 .arg("-F")
                 .arg("-c")
