@@ -1376,3 +1376,94 @@ async fn a_move_cut_short_after_its_copy_ends_without_a_second_copy() {
     let account = store.account(USER).unwrap().unwrap();
     assert_eq!(store.journal_backlog(account).unwrap(), (0, None));
 }
+
+/// A message the server cannot read (its file unreadable to Dovecot, which answers the FETCH
+/// of its batch with BYE and hangs up) holds up nothing: what came before it is stored, the
+/// folders after it are synced over a new connection, the next pass fetches it alone after the
+/// others, and it comes once the server can read it. One that never comes is passed over after
+/// enough passes and time, and left upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_the_server_cannot_read_holds_up_nothing() {
+    use std::os::unix::fs::PermissionsExt;
+    let world = World::new();
+    let dovecot = Dovecot::start_tls();
+    upstream(
+        &dovecot,
+        json!([{"cmd": "raw", "line": "CREATE Zzz"},
+        append_bytes("INBOX", &plain_message("before")),
+        append_bytes("INBOX", &plain_message("unreadable")),
+        append_bytes("INBOX", &plain_message("after")),
+        append_bytes("Zzz", &plain_message("elsewhere"))]),
+    );
+    let readable = |subject: &str, yes: bool| {
+        let file = dovecot
+            .mailbox_files("INBOX")
+            .into_iter()
+            .find(|f| common::contains(&std::fs::read(f).unwrap(), subject))
+            .unwrap();
+        let mode = if yes { 0o600 } else { 0o000 };
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode)).unwrap();
+    };
+    readable("Subject: unreadable", false);
+    let (server, _dir, config) = bobs_sync(&world, &dovecot);
+    let db = rusqlite::Connection::open(server.store_path()).unwrap();
+    let strikes = || -> i64 {
+        db.query_row(
+            "SELECT count(*) FROM store_meta WHERE key LIKE 'unfetched:%'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    let mut raw = server.login();
+
+    let out = sync_once(&config);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    assert!(log.contains("reconnecting for the others"), "{log}");
+    assert!(
+        log.contains("UID 2 held for the next pass") || log.contains("uid=2"),
+        "{log}"
+    );
+    assert_eq!(exists(&mut raw, "INBOX"), 1, "before: {log}");
+    assert_eq!(exists(&mut raw, "Zzz"), 1, "{log}");
+
+    // Still unreadable: the message after it comes first.
+    let out = sync_once(&config);
+    assert_eq!(stdout(&out).trim(), format!("{USER}: 1 new"), "{out:?}");
+    assert_eq!(exists(&mut raw, "INBOX"), 2);
+
+    readable("Subject: unreadable", true);
+    let out = sync_once(&config);
+    assert_eq!(stdout(&out).trim(), format!("{USER}: 1 new"), "{out:?}");
+    assert_eq!(exists(&mut raw, "INBOX"), 3);
+    assert_eq!(strikes(), 0, "its count went once it was stored");
+    let out = sync_once(&config);
+    assert_eq!(stdout(&out).trim(), format!("{USER}: 0 new"), "{out:?}");
+
+    // One that never comes: after FETCH_TRIES passes over an hour (the count aged here) it is
+    // passed over, and stays upstream.
+    upstream(
+        &dovecot,
+        json!([append_bytes("INBOX", &plain_message("lost"))]),
+    );
+    readable("Subject: lost", false);
+    let out = sync_once(&config);
+    assert!(out.status.success(), "{out:?}");
+    assert!(strikes() > 0);
+    let aged = db
+        .execute(
+            "UPDATE store_meta SET value = CASE WHEN key LIKE '%:since' THEN value - 7200 \
+             WHEN key LIKE '%:last' THEN value ELSE 4 END WHERE key LIKE 'unfetched:%:4%'",
+            [],
+        )
+        .unwrap();
+    assert_eq!(aged, 3, "one count, its start and its last pass");
+    let out = sync_once(&config);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("passed over; it stays upstream"), "{log}");
+    readable("Subject: lost", true);
+    let out = sync_once(&config);
+    assert_eq!(stdout(&out).trim(), format!("{USER}: 0 new"), "{out:?}");
+    assert_eq!(exists(&mut raw, "INBOX"), 3);
+}

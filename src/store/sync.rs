@@ -636,6 +636,30 @@ impl Store {
         })
     }
 
+    /// The keys (store_meta) that begin with `prefix`.
+    pub fn meta_keys(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        self.read(|c| {
+            let mut statement = c.prepare_cached(
+                "SELECT key FROM store_meta WHERE substr(key, 1, length(?1)) = ?1 ORDER BY key",
+            )?;
+            let keys = statement
+                .query_map([prefix], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            Ok(keys)
+        })
+    }
+
+    /// Removes these keys (store_meta), in one transaction.
+    pub fn delete_meta(&self, keys: &[String]) -> Result<(), StoreError> {
+        self.write(|tx| {
+            let mut statement = tx.prepare_cached("DELETE FROM store_meta WHERE key = ?1")?;
+            for key in keys {
+                statement.execute([key])?;
+            }
+            Ok(())
+        })
+    }
+
     /// Keeps `value` under `key` (store_meta).
     pub fn set_meta(&self, key: &str, value: i64) -> Result<(), StoreError> {
         self.write(|tx| {

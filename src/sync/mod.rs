@@ -105,6 +105,9 @@ struct FolderPass {
     stored: usize,
     flags_changed: usize,
     expunged: usize,
+    /// The connection broke or timed out while new mail came: what came is stored, the
+    /// session is unusable.
+    cut_short: Option<SyncError>,
 }
 
 /// One account's sync: its upstream, its local store account and the keys that decrypt.
@@ -173,8 +176,16 @@ impl Syncer {
                 .await
             {
                 Ok(done) => done,
-                Err(e @ SyncError::Folder(..)) => {
-                    tracing::warn!(account = %self.name, "{e}: folder left out of this pass");
+                // A command the server refused (NO, BAD) leaves the connection usable: the
+                // pass goes on over it, and the one reconnect is kept for a broken link.
+                Err(
+                    e @ (SyncError::Folder(..)
+                    | SyncError::Imap(
+                        async_imap::error::Error::No(_) | async_imap::error::Error::Bad(_),
+                    )),
+                ) => {
+                    tracing::warn!(account = %self.name, %folder,
+                        "{e}: folder left out of this pass");
                     continue;
                 }
                 // The connection broke or a command timed out in this folder (a message too
@@ -193,6 +204,17 @@ impl Syncer {
             report.new.insert(local, done.stored);
             report.flags_changed += done.flags_changed;
             report.expunged += done.expunged;
+            // What came before the connection broke is stored and counted; the rest of the
+            // folder waits for the next pass, the other folders get a fresh connection.
+            if let Some(e) = done.cut_short {
+                if reconnected {
+                    return Err(e);
+                }
+                tracing::warn!(account = %self.name, %folder,
+                    "{e}: folder cut short in this pass; reconnecting for the others");
+                *session = upstream::connect(&self.config).await?;
+                reconnected = true;
+            }
         }
         report.redecrypted = retry_undecryptable(&self.store, &self.keys, account).await?;
         Ok(report)
@@ -292,8 +314,8 @@ impl Syncer {
         // Nothing new: one EXAMINE is the whole cost of an unchanged folder.
         let nothing_new =
             selected.exists == Some(0) || selected.uidnext.is_some_and(|n| n <= next_uid);
-        let stored = if nothing_new {
-            0
+        let (stored, cut_short) = if nothing_new {
+            (0, None)
         } else {
             self.fetch_new(
                 session,
@@ -312,6 +334,14 @@ impl Syncer {
                 store.advance_sync_folder(account, &f, uidvalidity, next_uid, highestmodseq)
             })
             .await??;
+        }
+        if cut_short.is_some() {
+            return Ok(FolderPass {
+                stored,
+                flags_changed,
+                expunged: 0,
+                cut_short,
+            });
         }
         // Every message there is has been read: a resync is complete, and what it did not
         // link again is not upstream any more.
@@ -333,6 +363,7 @@ impl Syncer {
             stored,
             flags_changed,
             expunged,
+            cut_short: None,
         })
     }
 
@@ -426,7 +457,7 @@ impl Syncer {
         mailbox: crate::store::MailboxId,
         uidvalidity: u32,
         next_uid: &mut u32,
-    ) -> Result<usize, SyncError> {
+    ) -> Result<(usize, Option<SyncError>), SyncError> {
         let timeout = self.config.timeout();
         let (found, linked) = {
             let start = *next_uid;
@@ -464,24 +495,36 @@ impl Syncer {
             .collect();
         wanted.sort_unstable();
         wanted.dedup_by_key(|w| w.0);
+        let strikes = Strikes::load(&self.store, account, folder, uidvalidity).await?;
         let progress = Progress::new(local, wanted.len());
         let mut stored = 0;
         // The lowest UID held for the next pass (not sent by the server, or GnuPG failed on
         // it): the folder's mark stays at or below it while the messages after it are stored
         // (linked, so the next pass fetches only what is missing).
         let mut hold: Option<u32> = None;
-        let chunks = batches(&wanted);
+        // A message the connection broke on before comes last, alone: the others come first.
+        let (again, first): (Vec<_>, Vec<_>) = wanted
+            .iter()
+            .copied()
+            .partition(|(uid, _)| strikes.broke_on(*uid));
+        let mut chunks = batches(&first);
+        chunks.extend(again.iter().map(|&(uid, size)| Batch {
+            uids: vec![uid],
+            bytes: u64::from(size),
+        }));
         let mut fetched = match chunks.first() {
-            Some(chunk) => fetch_chunk(session, chunk, timeout).await?,
-            None => Vec::new(),
+            Some(chunk) => fetch_chunk(session, &self.name, chunk, timeout).await,
+            None => Fetched::default(),
         };
         for (i, chunk) in chunks.iter().enumerate() {
-            let got: Vec<u32> = fetched.iter().map(|m| m.0).collect();
-            // The next batch comes over the network while this one is decrypted.
-            let next = chunks.get(i + 1);
+            let Fetched { messages, broken } = std::mem::take(&mut fetched);
+            let got: Vec<u32> = messages.iter().map(|m| m.0).collect();
+            // The next batch comes over the network while this one is decrypted (not over a
+            // connection that broke).
+            let next = chunks.get(i + 1).filter(|_| broken.is_none());
             // Each message with the hash of its bytes as the server sent them: what a resync
             // after a UIDVALIDITY change matches it by.
-            let keyed: Vec<_> = std::mem::take(&mut fetched)
+            let keyed: Vec<_> = messages
                 .into_iter()
                 .map(|(uid, flags, date, raw)| {
                     let hash: [u8; 32] = Sha256::digest(&raw).into();
@@ -489,13 +532,13 @@ impl Syncer {
                 })
                 .collect();
             let strike_key = |k: &(u32, [u8; 32])| {
-                format!("undecrypted:{account}:{folder}:{uidvalidity}:{}", k.0)
+                format!("{UNDECRYPTED}{account}:{folder}:{uidvalidity}:{}", k.0)
             };
             let (settled, next_fetched) = tokio::join!(
                 decrypt(&self.store, &self.keys, &self.name, keyed, strike_key),
                 async {
                     match next {
-                        Some(chunk) => Some(fetch_chunk(session, chunk, timeout).await),
+                        Some(chunk) => Some(fetch_chunk(session, &self.name, chunk, timeout).await),
                         None => None,
                     }
                 }
@@ -512,6 +555,8 @@ impl Syncer {
                 .collect();
             let unsent = if missing.is_empty() {
                 None
+            } else if broken.is_some() {
+                self.cut_off(account, folder, uidvalidity, &missing).await?
             } else {
                 self.unfetched(session, account, folder, uidvalidity, &missing)
                     .await?
@@ -525,13 +570,15 @@ impl Syncer {
             if let Some(&last) = done.last() {
                 // Upstream UIDs in a gap of this chunk (expunged meanwhile) are passed too.
                 *next_uid = (*next_uid).max(chunk.uids[chunk.uids.len() - 1].max(last) + 1);
-                if let Some(held) = hold {
-                    *next_uid = (*next_uid).min(held);
+                // A batch still to come may hold a lower UID (one moved to the end).
+                let later = chunks[i + 1..].iter().map(|c| c.uids[0]).min();
+                if let Some(floor) = hold.into_iter().chain(later).min() {
+                    *next_uid = (*next_uid).min(floor);
                 }
                 let mark = SyncMark {
                     folder: folder.to_string(),
                     uidvalidity,
-                    uids: done,
+                    uids: done.clone(),
                     upstream,
                     next_uid: *next_uid,
                 };
@@ -542,12 +589,25 @@ impl Syncer {
                 let n = appended.iter().filter(|a| !a.linked).count();
                 stored += n;
                 progress.show(stored);
+                strikes.clear(&self.store, &done).await?;
             }
             if let Some(e) = settled.failure {
                 return Err(e);
             }
+            if let Some(e) = broken {
+                // The batch is settled but what is held (a message passed over is settled);
+                // the batches after it were not fetched.
+                progress.finish(stored);
+                let last = chunk.uids[chunk.uids.len() - 1];
+                *next_uid = (*next_uid).max(last.saturating_add(1));
+                let later = chunks[i + 1..].iter().map(|c| c.uids[0]);
+                if let Some(floor) = hold.into_iter().chain(later).min() {
+                    *next_uid = (*next_uid).min(floor);
+                }
+                return Ok((stored, Some(e)));
+            }
             if let Some(next) = next_fetched {
-                fetched = next?;
+                fetched = next;
             }
         }
         progress.finish(stored);
@@ -565,13 +625,44 @@ impl Syncer {
                 }
             }
         }
-        Ok(stored)
+        Ok((stored, None))
     }
 
     /// Of the UIDs a FETCH did not answer for, the lowest that is still upstream and has not
     /// yet failed [`FETCH_TRIES`] passes: the fetch must not pass it. One that failed that
     /// often (a message the server cannot read) is passed over with an error in the log; it
     /// stays upstream. None when every one was expunged meanwhile or given up.
+    /// The UIDs of a batch the server had not sent when the connection broke or timed out.
+    /// The first is taken for the cause (a message the server dies on, or too big for the link
+    /// in time) and counts a failed pass: later passes fetch it alone, after the others, until
+    /// it comes, or pass it over after [`FETCH_TRIES`] passes spanning [`FETCH_GIVE_UP_SECS`].
+    /// Returns the UID to hold.
+    async fn cut_off(
+        &self,
+        account: AccountId,
+        folder: &str,
+        uidvalidity: u32,
+        missing: &[u32],
+    ) -> Result<Option<u32>, SyncError> {
+        let uid = missing[0];
+        let strike = strike(
+            &self.store,
+            unfetched_key(account, folder, uidvalidity, uid),
+        )
+        .await?;
+        if !strike.give_up {
+            tracing::warn!(account = %self.name, %folder, uid,
+                "the connection broke while the server sent this message (pass {}; passed \
+                 over after {FETCH_TRIES} passes and {FETCH_GIVE_UP_SECS} s): next time it \
+                 comes alone, after the others", strike.tries);
+            return Ok(Some(uid));
+        }
+        tracing::error!(account = %self.name, %folder, uid,
+            "the connection broke while the server sent this message, in {} passes since {}: \
+             passed over; it stays upstream", strike.tries, strike.since);
+        Ok(missing.get(1).copied())
+    }
+
     async fn unfetched(
         &self,
         session: &mut Session,
@@ -590,7 +681,7 @@ impl Syncer {
         for uid in there {
             let strike = strike(
                 &self.store,
-                format!("unfetched:{account}:{folder}:{uidvalidity}:{uid}"),
+                unfetched_key(account, folder, uidvalidity, uid),
             )
             .await?;
             if strike.give_up {
@@ -749,40 +840,99 @@ fn batches(wanted: &[(u32, u32)]) -> Vec<Batch> {
     out
 }
 
-/// One batch of upstream messages by UID: (UID, flags, INTERNALDATE, bytes), in UID order.
-/// The deadline is the command timeout plus time for the batch's bytes at
-/// [`MIN_FETCH_BYTES_PER_SEC`]: a big message on a slow link must not time out on every pass.
+/// One batch as the server sent it ([`fetch_chunk`]).
+#[derive(Default)]
+struct Fetched {
+    /// (UID, flags, INTERNALDATE, bytes), in UID order.
+    messages: Vec<(u32, Flags, InternalDate, Vec<u8>)>,
+    /// The connection broke or timed out before the server had sent the whole batch: what it
+    /// did send is kept, and the session is unusable.
+    broken: Option<SyncError>,
+}
+
+/// One batch of upstream messages by UID. The deadline is the command timeout plus time for
+/// the batch's bytes at [`MIN_FETCH_BYTES_PER_SEC`]: a big message on a slow link must not
+/// time out on every pass. The responses are read here, not through async-imap's fetch stream,
+/// which ends the same way whether the server finished (OK or NO) or hung up.
 async fn fetch_chunk(
     session: &mut Session,
+    account: &str,
     chunk: &Batch,
     timeout: Duration,
-) -> Result<Vec<(u32, Flags, InternalDate, Vec<u8>)>, SyncError> {
+) -> Fetched {
+    use async_imap::imap_proto::{Response, Status};
     let set = uid_list(&chunk.uids);
     // The sizes are the server's word: the extra time is capped at the largest message that
     // could be decrypted (gnupg.max_plaintext_bytes at most, armored: 4/3 of it).
     let bytes = chunk.bytes.min(512 * 1024 * 1024 * 4 / 3);
     let timeout = timeout + Duration::from_secs(bytes / MIN_FETCH_BYTES_PER_SEC);
-    let mut fetched: Vec<(u32, Flags, InternalDate, Vec<u8>)> = within(timeout, async {
-        let fetches: Vec<_> = session
-            .uid_fetch(&set, "(UID FLAGS INTERNALDATE BODY.PEEK[])")
-            .await?
-            .try_collect()
-            .await?;
-        Ok::<_, async_imap::error::Error>(
-            fetches
-                .iter()
-                .filter_map(|f| {
-                    let uid = f.uid?;
-                    let raw = f.body()?.to_vec();
-                    Some((uid, upstream_flags(f), internaldate(f), raw))
-                })
-                .collect(),
-        )
-    })
-    .await?;
-    fetched.sort_by_key(|m| m.0);
-    fetched.dedup_by_key(|m| m.0);
-    Ok(fetched)
+    let mut messages = Vec::new();
+    let line = format!("UID FETCH {set} (UID FLAGS INTERNALDATE BODY.PEEK[])");
+    let work = async {
+        let tag = session.run_command(&line).await?;
+        loop {
+            let Some(response) = session.read_response().await? else {
+                return Err(async_imap::error::Error::ConnectionLost);
+            };
+            match response.parsed() {
+                Response::Fetch(_, attributes) => messages.extend(fetched_message(attributes)),
+                // Refused (NO, BAD: a message the server cannot read, RFC 3501 §7.1.2): what
+                // it did send is kept, and the messages it left out are held for the next pass
+                // by the caller, one by one. Thrown away with them, one broken message would
+                // stop its whole batch on every pass.
+                Response::Done {
+                    tag: done,
+                    status,
+                    outcome,
+                } if *done == tag => {
+                    if *status != Status::Ok {
+                        tracing::warn!(%account, uids = %set,
+                            "the server refused part of a fetch: {}",
+                            outcome.information.as_deref().unwrap_or(""));
+                    }
+                    return Ok(());
+                }
+                _ => {}
+            }
+        }
+    };
+    let broken = within(timeout, work).await.err();
+    messages.sort_by_key(|m| m.0);
+    messages.dedup_by_key(|m| m.0);
+    Fetched { messages, broken }
+}
+
+/// (UID, flags, INTERNALDATE, bytes) of one FETCH response, when it has the UID and the
+/// message (a server may also send FETCH responses of its own, with flags alone).
+fn fetched_message(
+    attributes: &[async_imap::imap_proto::AttributeValue],
+) -> Option<(u32, Flags, InternalDate, Vec<u8>)> {
+    use async_imap::imap_proto::AttributeValue;
+    let (mut uid, mut flags, mut date, mut body) = (None, Vec::new(), None, None);
+    for attribute in attributes {
+        match attribute {
+            AttributeValue::Uid(u) => uid = Some(*u),
+            AttributeValue::Flags(names) => flags = names.iter().map(|f| f.to_string()).collect(),
+            AttributeValue::InternalDate(d) => {
+                date = chrono::DateTime::parse_from_str(d, "%d-%b-%Y %H:%M:%S %z").ok();
+            }
+            AttributeValue::BodySection {
+                section: None,
+                data: Some(data),
+                ..
+            }
+            | AttributeValue::Rfc822(Some(data)) => body = Some(data.to_vec()),
+            _ => {}
+        }
+    }
+    let date = match date {
+        Some(d) => InternalDate {
+            unix: d.timestamp(),
+            tz_minutes: d.offset().local_minus_utc() / 60,
+        },
+        None => InternalDate::now(),
+    };
+    Some((uid?, flags_named(&flags), date, body?))
 }
 
 /// One sync at a time per store (the daemons inside `sealpost imap` and a manual `sealpost
@@ -1068,6 +1218,80 @@ async fn settle<K>(
     Ok(settled)
 }
 
+/// The failure count (store meta) of an upstream message the server did not send.
+fn unfetched_key(account: AccountId, folder: &str, uidvalidity: u32, uid: u32) -> String {
+    format!("{UNFETCHED}{account}:{folder}:{uidvalidity}:{uid}")
+}
+
+const UNFETCHED: &str = "unfetched:";
+const UNDECRYPTED: &str = "undecrypted:";
+
+/// The failure counts on record for one folder's messages ([`strike`]): which messages the
+/// server did not send before, and the keys to remove once a message is stored.
+struct Strikes {
+    /// UID → its keys (the count and its `:since` and `:last` stamps, both kinds).
+    keys: BTreeMap<u32, Vec<String>>,
+    /// UIDs the server did not send in an earlier pass.
+    unfetched: std::collections::BTreeSet<u32>,
+}
+
+impl Strikes {
+    async fn load(
+        store: &Store,
+        account: AccountId,
+        folder: &str,
+        uidvalidity: u32,
+    ) -> Result<Strikes, SyncError> {
+        let store = store.clone();
+        let tail = format!("{account}:{folder}:{uidvalidity}:");
+        blocking(move || {
+            let mut strikes = Strikes {
+                keys: BTreeMap::new(),
+                unfetched: Default::default(),
+            };
+            for kind in [UNFETCHED, UNDECRYPTED] {
+                let prefix = format!("{kind}{tail}");
+                for key in store.meta_keys(&prefix)? {
+                    // "{uid}", "{uid}:since" or "{uid}:last" (not a folder whose name goes on
+                    // past this one's with a colon).
+                    let rest = &key[prefix.len()..];
+                    let (uid, stamp) = rest.split_once(':').unwrap_or((rest, "since"));
+                    let (Ok(uid), "since" | "last") = (uid.parse::<u32>(), stamp) else {
+                        continue;
+                    };
+                    if kind == UNFETCHED {
+                        strikes.unfetched.insert(uid);
+                    }
+                    strikes.keys.entry(uid).or_default().push(key);
+                }
+            }
+            Ok::<_, StoreError>(strikes)
+        })
+        .await?
+        .map_err(SyncError::from)
+    }
+
+    fn broke_on(&self, uid: u32) -> bool {
+        self.unfetched.contains(&uid)
+    }
+
+    /// Forgets the counts of messages now stored.
+    async fn clear(&self, store: &Store, stored: &[u32]) -> Result<(), SyncError> {
+        let keys: Vec<String> = stored
+            .iter()
+            .filter_map(|uid| self.keys.get(uid))
+            .flatten()
+            .cloned()
+            .collect();
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let store = store.clone();
+        blocking(move || store.delete_meta(&keys)).await??;
+        Ok(())
+    }
+}
+
 /// One more failed pass for whatever `key` names (in the store's meta table).
 struct Strike {
     tries: i64,
@@ -1123,25 +1347,6 @@ fn local_name(wire: &str, delimiter: Option<&str>) -> Result<String, String> {
     crate::imap::names::validate(with_slash.as_bytes()).map_err(|e| e.to_string())
 }
 
-/// The upstream flags of a fetched message that carry over ([`flags_named`]).
-fn upstream_flags(fetch: &async_imap::types::Fetch) -> Flags {
-    use async_imap::types::Flag;
-    let names: Vec<String> = fetch
-        .flags()
-        .map(|f| match f {
-            Flag::Seen => "\\Seen".to_string(),
-            Flag::Answered => "\\Answered".into(),
-            Flag::Flagged => "\\Flagged".into(),
-            Flag::Deleted => "\\Deleted".into(),
-            Flag::Draft => "\\Draft".into(),
-            Flag::Recent => "\\Recent".into(),
-            Flag::MayCreate => "\\*".into(),
-            Flag::Custom(k) => k.to_string(),
-        })
-        .collect();
-    flags_named(&names)
-}
-
 /// The upstream flags that carry over, from their names as the server wrote them: system
 /// flags but \Recent, and keywords but sealpost's own verdict keywords (whoever can set flags
 /// upstream could make a message look signed).
@@ -1155,16 +1360,6 @@ fn flags_named(names: &[String]) -> Flags {
         // are for sealpost alone.
         (!name.starts_with('\\') && !crate::store::is_local_keyword(name)).then(|| name.clone())
     }))
-}
-
-fn internaldate(fetch: &async_imap::types::Fetch) -> InternalDate {
-    match fetch.internal_date() {
-        Some(d) => InternalDate {
-            unix: d.timestamp(),
-            tz_minutes: d.offset().local_minus_utc() / 60,
-        },
-        None => InternalDate::now(),
-    }
 }
 
 async fn within<T, E: Into<SyncError>>(
