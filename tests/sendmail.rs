@@ -795,3 +795,44 @@ fn what_root_creates_in_another_users_queue_is_given_to_that_user() {
     let owner = std::fs::metadata(queue.join("queue.sqlite")).unwrap().uid();
     assert_eq!(owner, 65534, "queue.sqlite is the queue owner's");
 }
+
+/// A report to a sender without a key leaves signed but not encrypted: it quotes what the
+/// encrypted copy to the other recipient showed outside, and no more (the Subject obscured,
+/// Keywords left out).
+#[test]
+fn a_report_to_a_sender_without_a_key_does_not_quote_the_subject() {
+    let s = Setup::new();
+    let relay = s.relay(&RelayOptions {
+        reject: &["erin@example.net"],
+        ..RelayOptions::default()
+    });
+    s.configure(relay.port, false, "");
+    let msg = "From: dave@example.net\nTo: bob@example.org, erin@example.net\n\
+        Subject: the secret subject\nKeywords: merger\n\nbody\n";
+    let out = s.sendmail(&["-t", "-i", "-f", "dave@example.net"], msg.as_bytes());
+    assert!(out.status.success(), "{out:?}");
+    let summary = s.queue_run();
+    assert!(summary.contains("1 report(s)"), "{summary}");
+    let got = relay.delivered(2);
+    for d in &got {
+        assert!(!contains(&d.bytes, "the secret subject"), "{d:?}");
+        assert!(!contains(&d.bytes, "merger"), "{d:?}");
+    }
+    let bob = got
+        .iter()
+        .find(|d| d.rcpts == ["bob@example.org"])
+        .expect("bob's copy");
+    assert_encrypted_for(&s.world.bob, &bob.bytes, "body");
+    let report = got
+        .iter()
+        .find(|d| d.rcpts == ["dave@example.net"])
+        .expect("the report");
+    let text = String::from_utf8_lossy(&report.bytes);
+    assert!(text.contains("multipart/signed"), "{text}");
+    assert!(
+        text.contains("Final-Recipient: rfc822; erin@example.net"),
+        "{text}"
+    );
+    assert!(text.contains("Subject: [...]\r\n"), "{text}");
+    assert!(text.contains("From: dave@example.net\r\n"), "{text}");
+}

@@ -39,9 +39,7 @@ use crate::inbound::{strip_field, VERDICT_FIELD};
 use crate::keys::Resolution;
 use crate::queue::bounce;
 use crate::queue::relay::{Relay, RelayConfig, RelayTls, Sent};
-use crate::rewrite::{
-    Copy, Decision, Envelope, Lookup, Mode, Outcome, Policy, Prepared, Reply, Rewriter,
-};
+use crate::rewrite::{Copy, Decision, Envelope, Lookup, Mode, Policy, Prepared, Reply, Rewriter};
 use journal::Journal;
 
 /// `[milter]`.
@@ -996,16 +994,20 @@ async fn send_report(
         original: raw,
         failures,
     });
-    // The report quotes the original header (its Subject too), so it goes through the core
-    // like any mail: encrypted to the sender when they have a key.
+    // The report quotes the original header, so it goes through the core like any mail:
+    // encrypted to the sender when they have a key, its Subject obscured when not.
     let envelope = Envelope {
         id: queue_id.to_string(),
         sender: String::new(),
         recipients: vec![sender.to_string()],
     };
-    let copy = match milter.reports.rewrite(&envelope, report).await {
-        Ok(Outcome::Copies(mut c)) if !c.is_empty() => c.remove(0),
-        Ok(_) | Err(_) => Copy {
+    let built = match bounce::prepare(&milter.reports, &envelope, report).await {
+        Ok(Prepared::Copies(mut planned)) => planned.next_batch().await,
+        Ok(Prepared::Refused(_)) | Err(_) => None,
+    };
+    let copy = match built {
+        Some(mut c) if !c.is_empty() => c.remove(0),
+        _ => Copy {
             recipient: sender.to_string(),
             decision: Decision::Rejected {
                 reply: Reply::new(554, "5.6.0", "the report could not be built"),

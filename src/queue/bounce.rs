@@ -129,6 +129,59 @@ pub fn render(r: &Report<'_>) -> Vec<u8> {
     out
 }
 
+/// `report` (made by [`render`]) with its quoted header cut to what the outer header of an
+/// encrypted copy shows ([`crate::message::mime::outer_fields_encrypted`], RFC 9788
+/// hcp_baseline): the Subject replaced by `obscured_subject`; Comments, Keywords, Thread-Topic
+/// and the MIME fields left out. For a report that leaves without encryption: the original's
+/// encrypted copies kept these from the relay, and the report about them keeps them too. A
+/// quoted header that does not parse is left out whole.
+pub fn obscure(report: &[u8], obscured_subject: &str) -> Vec<u8> {
+    const PART: &[u8] = b"Content-Type: text/rfc822-headers\r\n\r\n";
+    let find_last =
+        |hay: &[u8], needle: &[u8]| hay.windows(needle.len()).rposition(|w| w == needle);
+    let Some(start) = find_last(report, PART).map(|at| at + PART.len()) else {
+        return report.to_vec();
+    };
+    // The quoted header ends with its CRLF, then the CRLF before the closing boundary.
+    let end = find_last(&report[start..], b"\r\n--").map_or(report.len(), |at| start + at);
+    let mut quoted = report[start..end].to_vec();
+    quoted.extend_from_slice(b"\r\n");
+    let kept = match crate::message::ParsedMessage::parse(quoted) {
+        Ok(header) => {
+            crate::message::mime::outer_fields_encrypted(header.fields(), obscured_subject)
+        }
+        Err(_) => Vec::new(),
+    };
+    let mut out = report[..start].to_vec();
+    for field in &kept {
+        out.extend_from_slice(&field.raw);
+    }
+    out.extend_from_slice(&report[end..]);
+    out
+}
+
+/// Plans the copy of a report for its recipient (the sender of the failed message) with the
+/// reports core. Unless that copy is encrypted, the report's quoted header is [`obscure`]d
+/// first, where the core protects headers (`[policy] header_protection`).
+pub async fn prepare<'a>(
+    reports: &'a crate::rewrite::Rewriter,
+    envelope: &crate::rewrite::Envelope,
+    report: Vec<u8>,
+) -> Result<crate::rewrite::Prepared<'a>, crate::rewrite::RewriteError> {
+    use crate::rewrite::Prepared;
+    let policy = reports.policy();
+    if !policy.header_protection {
+        return reports.prepare(envelope, report).await;
+    }
+    let obscured = obscure(&report, &policy.obscured_subject);
+    match reports.prepare(envelope, report).await? {
+        Prepared::Copies(planned) if !planned.all_encrypted() => {
+            reports.prepare(envelope, obscured).await
+        }
+        prepared => Ok(prepared),
+    }
+}
+
 /// One printable ASCII line (diagnostics come from servers and may hold anything).
 fn ascii_line(s: &str) -> String {
     s.chars()
@@ -153,17 +206,14 @@ mod tests {
         assert_eq!(status_of("5.7.1 no key", "5.0.0"), "5.7.1");
     }
 
-    #[test]
-    fn report_shape() {
+    /// A report on one recipient of `original`.
+    fn report_on(original: &[u8]) -> Vec<u8> {
         let failures = [Failure {
             recipient: "bob@example.org".into(),
             status: "5.1.1".into(),
             diagnostic: "550 5.1.1 <bob@example.org>: User unknown\r\n".into(),
         }];
-        let original = b"From: alice@example.org\r\nbcc: hidden@example.net,\r\n \
-            other@example.net\r\nSubject: secret plans\r\nResent-Bcc: r@example.net\r\n\r\n\
-            the secret body\r\n";
-        let out = render(&Report {
+        render(&Report {
             hostname: "host.example",
             domain: "example.org",
             queue_id: "ABC",
@@ -174,7 +224,15 @@ mod tests {
             unique: "u1",
             original,
             failures: &failures,
-        });
+        })
+    }
+
+    #[test]
+    fn report_shape() {
+        let original = b"From: alice@example.org\r\nbcc: hidden@example.net,\r\n \
+            other@example.net\r\nSubject: secret plans\r\nResent-Bcc: r@example.net\r\n\r\n\
+            the secret body\r\n";
+        let out = report_on(original);
         let text = String::from_utf8(out.clone()).unwrap();
         assert!(text.contains("To: <alice@example.org>\r\n"));
         assert!(text.contains("Final-Recipient: rfc822; bob@example.org\r\nAction: failed\r\nStatus: 5.1.1\r\nDiagnostic-Code: smtp; 550 5.1.1 <bob@example.org>: User unknown\r\n"));
@@ -189,5 +247,24 @@ mod tests {
         let parsed = mail_parser::MessageParser::default().parse(&out).unwrap();
         assert_eq!(parsed.parts.len(), 4);
         assert!(crate::message::ParsedMessage::parse(out).is_ok());
+    }
+
+    #[test]
+    fn an_obscured_report_quotes_what_an_encrypted_copy_shows() {
+        let original = "From: alice@example.org\r\nTo: bob@example.org\r\nSubject: secret\r\n \
+            plans\r\nKeywords: merger\r\nComments: quiet\r\nThread-Topic: secret plans\r\n\
+            Message-ID: <m1@example.org>\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nbody\r\n";
+        let out = obscure(&report_on(original.as_bytes()), "[...]");
+        let text = String::from_utf8(out.clone()).unwrap();
+        assert!(text.contains("Subject: [...]\r\n"), "{text}");
+        for gone in ["secret", "plans", "merger", "quiet", "charset=utf-8"] {
+            assert!(!text.contains(gone), "{gone}: {text}");
+        }
+        assert!(text.contains("\r\n\r\nFrom: alice@example.org\r\nTo: bob@example.org\r\n"));
+        assert!(text.contains("Message-ID: <m1@example.org>\r\n"));
+        assert!(text.contains("Final-Recipient: rfc822; bob@example.org"));
+        assert!(text.ends_with("Message-ID: <m1@example.org>\r\n\r\n--ABC.u1/host.example--\r\n"));
+        let parsed = mail_parser::MessageParser::default().parse(&out).unwrap();
+        assert_eq!(parsed.parts.len(), 4);
     }
 }

@@ -1100,12 +1100,12 @@ impl Runner {
             sender: m.sender.clone(),
             recipients: m.due.iter().map(|d| d.address.clone()).collect(),
         };
-        let rewriter = if m.sender.is_empty() {
-            &self.reports
+        let prepared = if m.sender.is_empty() {
+            bounce::prepare(&self.reports, &envelope, m.raw.clone()).await
         } else {
-            &self.rewriter
+            self.rewriter.prepare(&envelope, m.raw.clone()).await
         };
-        let mut planned = match rewriter.prepare(&envelope, m.raw.clone()).await {
+        let mut planned = match prepared {
             Ok(Prepared::Copies(planned)) => planned,
             Ok(Prepared::Refused(reply)) => {
                 for d in &m.due {

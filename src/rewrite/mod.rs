@@ -439,6 +439,15 @@ struct Encryption {
 }
 
 impl Planned<'_> {
+    /// Whether every copy still to be built is encrypted (none signed or sent as it is, none
+    /// refused).
+    pub fn all_encrypted(&self) -> bool {
+        self.steps
+            .as_slice()
+            .iter()
+            .all(|(_, s)| matches!(s, Step::Encrypt { .. }))
+    }
+
     /// A recipient the plan defers (its key lookup failed) among those whose copies are not
     /// built yet, and why: before the first batch, a front-end that must send nothing when
     /// any recipient is deferred asks here.
