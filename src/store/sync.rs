@@ -636,14 +636,15 @@ impl Store {
         })
     }
 
-    /// The keys (store_meta) that begin with `prefix`.
-    pub fn meta_keys(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+    /// The keys (store_meta) that begin with `prefix`, with their numbers.
+    pub fn meta_prefixed(&self, prefix: &str) -> Result<Vec<(String, i64)>, StoreError> {
         self.read(|c| {
             let mut statement = c.prepare_cached(
-                "SELECT key FROM store_meta WHERE substr(key, 1, length(?1)) = ?1 ORDER BY key",
+                "SELECT key, value FROM store_meta WHERE substr(key, 1, length(?1)) = ?1
+                 ORDER BY key",
             )?;
             let keys = statement
-                .query_map([prefix], |r| r.get(0))?
+                .query_map([prefix], |r| Ok((r.get(0)?, r.get(1)?)))?
                 .collect::<Result<_, _>>()?;
             Ok(keys)
         })

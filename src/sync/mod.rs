@@ -208,7 +208,11 @@ impl Syncer {
             // folder waits for the next pass, the other folders get a fresh connection.
             if let Some(e) = done.cut_short {
                 if reconnected {
-                    return Err(e);
+                    // Twice in one pass: the server is taken to be unwell. What came is
+                    // reported; the folders left wait for the next pass.
+                    tracing::warn!(account = %self.name, %folder,
+                        "{e}: folder cut short; the pass ends here");
+                    break;
                 }
                 tracing::warn!(account = %self.name, %folder,
                     "{e}: folder cut short in this pass; reconnecting for the others");
@@ -496,21 +500,27 @@ impl Syncer {
         wanted.sort_unstable();
         wanted.dedup_by_key(|w| w.0);
         let strikes = Strikes::load(&self.store, account, folder, uidvalidity).await?;
+        // One passed over is not fetched again (it stays upstream).
+        wanted.retain(|(uid, _)| !strikes.given_up(*uid));
         let progress = Progress::new(local, wanted.len());
         let mut stored = 0;
         // The lowest UID held for the next pass (not sent by the server, or GnuPG failed on
         // it): the folder's mark stays at or below it while the messages after it are stored
         // (linked, so the next pass fetches only what is missing).
         let mut hold: Option<u32> = None;
-        // A message the connection broke on before comes last, alone: the others come first.
+        // A message the connection broke on before comes last, alone, the others first; with
+        // more time at each try (a link slower than MIN_FETCH_BYTES_PER_SEC).
         let (again, first): (Vec<_>, Vec<_>) = wanted
             .iter()
             .copied()
-            .partition(|(uid, _)| strikes.broke_on(*uid));
+            .partition(|(uid, _)| strikes.broke_on(*uid).is_some());
         let mut chunks = batches(&first);
-        chunks.extend(again.iter().map(|&(uid, size)| Batch {
-            uids: vec![uid],
-            bytes: u64::from(size),
+        chunks.extend(again.iter().map(|&(uid, size)| {
+            Batch {
+                uids: vec![uid],
+                bytes: u64::from(size)
+                    .saturating_mul(1 + strikes.broke_on(uid).unwrap_or(0).clamp(0, 8) as u64),
+            }
         }));
         let mut fetched = match chunks.first() {
             Some(chunk) => fetch_chunk(session, &self.name, chunk, timeout).await,
@@ -556,7 +566,12 @@ impl Syncer {
             let unsent = if missing.is_empty() {
                 None
             } else if broken.is_some() {
-                self.cut_off(account, folder, uidvalidity, &missing).await?
+                self.cut_off(account, folder, uidvalidity, &missing, &got)
+                    .await?
+            } else if next_fetched.as_ref().is_some_and(|f| f.broken.is_some()) {
+                // The next batch's fetch broke the connection: no lookup over it. Held, they
+                // are looked up at the next pass.
+                missing.first().copied()
             } else {
                 self.unfetched(session, account, folder, uidvalidity, &missing)
                     .await?
@@ -628,23 +643,26 @@ impl Syncer {
         Ok((stored, None))
     }
 
-    /// Of the UIDs a FETCH did not answer for, the lowest that is still upstream and has not
-    /// yet failed [`FETCH_TRIES`] passes: the fetch must not pass it. One that failed that
-    /// often (a message the server cannot read) is passed over with an error in the log; it
-    /// stays upstream. None when every one was expunged meanwhile or given up.
     /// The UIDs of a batch the server had not sent when the connection broke or timed out.
-    /// The first is taken for the cause (a message the server dies on, or too big for the link
-    /// in time) and counts a failed pass: later passes fetch it alone, after the others, until
-    /// it comes, or pass it over after [`FETCH_TRIES`] passes spanning [`FETCH_GIVE_UP_SECS`].
-    /// Returns the UID to hold.
+    /// The first above the last one it did send is taken for the cause (a message the server
+    /// dies on, or too big for the link in time) and counts a failed pass: later passes fetch
+    /// it alone, after the others, with more time at each try, until it comes, or pass it over
+    /// after [`FETCH_TRIES`] passes spanning [`FETCH_GIVE_UP_SECS`]. Missing UIDs below the
+    /// last one sent (refused, or expunged meanwhile) are only held: the next pass looks them
+    /// up. Returns the UID to hold.
     async fn cut_off(
         &self,
         account: AccountId,
         folder: &str,
         uidvalidity: u32,
         missing: &[u32],
+        got: &[u32],
     ) -> Result<Option<u32>, SyncError> {
-        let uid = missing[0];
+        let last_sent = got.iter().max().copied().unwrap_or(0);
+        let skipped = missing.iter().copied().filter(|u| *u < last_sent).min();
+        let Some(uid) = missing.iter().copied().find(|u| *u > last_sent) else {
+            return Ok(skipped);
+        };
         let strike = strike(
             &self.store,
             unfetched_key(account, folder, uidvalidity, uid),
@@ -655,14 +673,18 @@ impl Syncer {
                 "the connection broke while the server sent this message (pass {}; passed \
                  over after {FETCH_TRIES} passes and {FETCH_GIVE_UP_SECS} s): next time it \
                  comes alone, after the others", strike.tries);
-            return Ok(Some(uid));
+            return Ok(Some(skipped.map_or(uid, |s| s.min(uid))));
         }
         tracing::error!(account = %self.name, %folder, uid,
             "the connection broke while the server sent this message, in {} passes since {}: \
              passed over; it stays upstream", strike.tries, strike.since);
-        Ok(missing.get(1).copied())
+        Ok(missing.iter().copied().filter(|u| *u != uid).min())
     }
 
+    /// Of the UIDs a FETCH did not answer for, the lowest that is still upstream and has not
+    /// yet failed [`FETCH_TRIES`] passes: the fetch must not pass it. One that failed that
+    /// often (a message the server cannot read) is passed over with an error in the log; it
+    /// stays upstream. None when every one was expunged meanwhile or given up.
     async fn unfetched(
         &self,
         session: &mut Session,
@@ -897,6 +919,8 @@ async fn fetch_chunk(
         }
     };
     let broken = within(timeout, work).await.err();
+    // Only what was asked for: a stray UID must not move the folder's mark.
+    messages.retain(|m| chunk.uids.contains(&m.0));
     messages.sort_by_key(|m| m.0);
     messages.dedup_by_key(|m| m.0);
     Fetched { messages, broken }
@@ -1227,12 +1251,15 @@ const UNFETCHED: &str = "unfetched:";
 const UNDECRYPTED: &str = "undecrypted:";
 
 /// The failure counts on record for one folder's messages ([`strike`]): which messages the
-/// server did not send before, and the keys to remove once a message is stored.
+/// server did not send before (and which of those are passed over), and the keys to remove
+/// once a message is stored.
 struct Strikes {
     /// UID → its keys (the count and its `:since` and `:last` stamps, both kinds).
     keys: BTreeMap<u32, Vec<String>>,
-    /// UIDs the server did not send in an earlier pass.
-    unfetched: std::collections::BTreeSet<u32>,
+    /// UIDs the server did not send in an earlier pass → their failed passes so far.
+    unfetched: BTreeMap<u32, i64>,
+    /// Of those, the ones given up: passed over, not fetched again.
+    given_up: std::collections::BTreeSet<u32>,
 }
 
 impl Strikes {
@@ -1244,25 +1271,43 @@ impl Strikes {
     ) -> Result<Strikes, SyncError> {
         let store = store.clone();
         let tail = format!("{account}:{folder}:{uidvalidity}:");
+        let now = crate::store::unix_now();
         blocking(move || {
             let mut strikes = Strikes {
                 keys: BTreeMap::new(),
-                unfetched: Default::default(),
+                unfetched: BTreeMap::new(),
+                given_up: Default::default(),
             };
+            // UID → (tries, since, last) of the unfetched counts.
+            let mut counts: BTreeMap<u32, (i64, i64, i64)> = BTreeMap::new();
             for kind in [UNFETCHED, UNDECRYPTED] {
                 let prefix = format!("{kind}{tail}");
-                for key in store.meta_keys(&prefix)? {
+                for (key, value) in store.meta_prefixed(&prefix)? {
                     // "{uid}", "{uid}:since" or "{uid}:last" (not a folder whose name goes on
                     // past this one's with a colon).
                     let rest = &key[prefix.len()..];
-                    let (uid, stamp) = rest.split_once(':').unwrap_or((rest, "since"));
-                    let (Ok(uid), "since" | "last") = (uid.parse::<u32>(), stamp) else {
+                    let (uid, stamp) = rest.split_once(':').unwrap_or((rest, ""));
+                    let Ok(uid) = uid.parse::<u32>() else {
                         continue;
                     };
                     if kind == UNFETCHED {
-                        strikes.unfetched.insert(uid);
+                        let count = counts.entry(uid).or_default();
+                        match stamp {
+                            "" => count.0 = value,
+                            "since" => count.1 = value,
+                            "last" => count.2 = value,
+                            _ => continue,
+                        }
+                    } else if !matches!(stamp, "" | "since" | "last") {
+                        continue;
                     }
                     strikes.keys.entry(uid).or_default().push(key);
+                }
+            }
+            for (uid, (tries, since, last)) in counts {
+                strikes.unfetched.insert(uid, tries);
+                if given_up(tries, since, last, now) {
+                    strikes.given_up.insert(uid);
                 }
             }
             Ok::<_, StoreError>(strikes)
@@ -1271,8 +1316,13 @@ impl Strikes {
         .map_err(SyncError::from)
     }
 
-    fn broke_on(&self, uid: u32) -> bool {
-        self.unfetched.contains(&uid)
+    /// The failed passes of a message the server did not send before; None if it never failed.
+    fn broke_on(&self, uid: u32) -> Option<i64> {
+        self.unfetched.get(&uid).copied()
+    }
+
+    fn given_up(&self, uid: u32) -> bool {
+        self.given_up.contains(&uid)
     }
 
     /// Forgets the counts of messages now stored.
@@ -1290,6 +1340,12 @@ impl Strikes {
         blocking(move || store.delete_meta(&keys)).await??;
         Ok(())
     }
+}
+
+/// A count ([`strike`]) that has given up: [`FETCH_TRIES`] failed passes spanning
+/// [`FETCH_GIVE_UP_SECS`], the last one less than a day ago (a streak).
+fn given_up(tries: i64, since: i64, last: i64, now: i64) -> bool {
+    tries >= FETCH_TRIES && now - since >= FETCH_GIVE_UP_SECS && now - last < 86_400
 }
 
 /// One more failed pass for whatever `key` names (in the store's meta table).
@@ -1317,12 +1373,10 @@ async fn strike(store: &Store, key: String) -> Result<Strike, SyncError> {
             (Some(t), Some(s), Some(l)) if now - l < 86_400 => (t + 1, s),
             _ => (1, now),
         };
-        let give_up = tries >= FETCH_TRIES && now - since >= FETCH_GIVE_UP_SECS;
-        if !give_up {
-            store.set_meta(&key, tries)?;
-            store.set_meta(&since_key, since)?;
-        }
+        let give_up = given_up(tries, since, now, now);
         // Also once given up: it stays given up while it keeps failing, day after day.
+        store.set_meta(&key, tries)?;
+        store.set_meta(&since_key, since)?;
         store.set_meta(&last_key, now)?;
         Ok::<_, StoreError>(Strike {
             tries,

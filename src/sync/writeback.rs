@@ -606,7 +606,13 @@ impl Syncer {
         // A retry: an earlier try may have landed before the crash or the timeout.
         if entry.attempts > 0 {
             if let Some((v, u)) = up.find_upload(self, &folder, &token).await? {
-                return Ok(found(v, u));
+                // Its bytes were made by that try, not kept: read back for the link's hash.
+                let bytes = content.raw.len() as u64 * 2;
+                let hash = up.hash_of(self, u, bytes).await?;
+                return Ok(WrittenBack {
+                    link_hash: hash,
+                    ..found(v, u)
+                });
             }
         }
         let sealed = self.seal(&content.raw, &local.name, uid).await?;
@@ -851,6 +857,31 @@ impl Upstream<'_> {
                 "upstream has no UIDPLUS: message {uid} is marked \\Deleted there, not expunged");
         }
         Ok(())
+    }
+
+    /// The SHA-256 of a message of the selected folder as the server sends it (what a resync
+    /// after a UIDVALIDITY change matches a link by), about `bytes` long; None when the server
+    /// does not send it.
+    async fn hash_of(
+        &mut self,
+        syncer: &Syncer,
+        uid: u32,
+        bytes: u64,
+    ) -> Result<Option<[u8; 32]>, Failure> {
+        let chunk = super::Batch {
+            uids: vec![uid],
+            bytes,
+        };
+        let timeout = syncer.config.timeout();
+        let fetched = super::fetch_chunk(self.session, &syncer.name, &chunk, timeout).await;
+        if let Some(e) = fetched.broken {
+            return Err(Failure::Connection(e));
+        }
+        Ok(fetched
+            .messages
+            .iter()
+            .find(|m| m.0 == uid)
+            .map(|m| Sha256::digest(&m.3).into()))
     }
 
     /// An earlier upload by its token: (UIDVALIDITY, UID).
