@@ -1467,3 +1467,131 @@ async fn a_message_the_server_cannot_read_holds_up_nothing() {
     assert_eq!(stdout(&out).trim(), format!("{USER}: 0 new"), "{out:?}");
     assert_eq!(exists(&mut raw, "INBOX"), 3);
 }
+
+/// An upload whose answer is lost (no APPENDUID, and the server stops answering at the search
+/// for its token) is not taken for new mail by the fetch that follows in the same pass: it is
+/// linked to its local message, and its change ends. When that fetch does not reach its folder,
+/// the next pass's retry finds it by its token. Either way the link has the hash of what the
+/// server holds, so that when upstream then renumbers the folder, the resync links it again
+/// instead of taking it for new mail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_whose_answer_is_lost_comes_back_once() {
+    let world = World::new();
+    let dovecot = Dovecot::start_tls_announcing(NEITHER_UIDPLUS_NOR_MOVE);
+    upstream(
+        &dovecot,
+        json!([{"cmd": "raw", "line": "CREATE Drafts"},
+        append_bytes("INBOX", &plain_message("hello"))]),
+    );
+    let server = Server::start_config("", &gnupg_table(&world));
+    let dir = tempfile::tempdir().unwrap();
+    let direct = port_config(&server, &dovecot, dir.path(), dovecot.port, "direct", "");
+    let stalling_port = proxy(dovecot.port, |t| t.contains("UID SEARCH HEADER"), true);
+    let stalling = port_config(&server, &dovecot, dir.path(), stalling_port, "s1", "");
+    // This one stalls the fetch of Drafts too (left out of the pass).
+    let drafts_stalling_port = proxy(
+        dovecot.port,
+        |t| t.contains("UID SEARCH HEADER") || (t.contains("EXAMINE") && t.contains("Drafts")),
+        true,
+    );
+    let stalling_drafts = port_config(
+        &server,
+        &dovecot,
+        dir.path(),
+        drafts_stalling_port,
+        "s2",
+        "",
+    );
+    let out = sync_once(&direct);
+    assert_eq!(stdout(&out).trim(), format!("{USER}: 1 new"), "{out:?}");
+    let store = sealpost::store::Store::open(&server.store_path()).unwrap();
+    let account = store.account(USER).unwrap().unwrap();
+    let mut raw = server.login();
+
+    // The retry finds it.
+    let draft = "From: bob@example.org\r\nSubject: draft\r\n\r\nthe draft words\r\n";
+    raw.ok(&format!("APPEND Drafts {{{}+}}\r\n{draft}", draft.len()));
+    let out = sync_once(&stalling_drafts);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("write-back stopped"), "{log}");
+    assert_eq!(
+        dovecot.mailbox_files("Drafts").len(),
+        1,
+        "the upload landed"
+    );
+    let out = sync_once(&direct);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        dovecot.mailbox_files("Drafts").len(),
+        1,
+        "not uploaded twice"
+    );
+    assert_eq!(exists(&mut raw, "Drafts"), 1, "{out:?}");
+    assert_eq!(store.journal_backlog(account).unwrap(), (0, None));
+
+    // The fetch in the same pass finds it.
+    let note = "From: bob@example.org\r\nSubject: note\r\n\r\nthe note words\r\n";
+    raw.ok(&format!("APPEND Drafts {{{}+}}\r\n{note}", note.len()));
+    let out = sync_once(&stalling);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("write-back stopped"), "{log}");
+    assert!(log.contains("linked, not new mail"), "{log}");
+    assert_eq!(stdout(&out).trim(), format!("{USER}: 0 new"), "{out:?}");
+    assert_eq!(exists(&mut raw, "Drafts"), 2, "{out:?}");
+    assert_eq!(store.journal_backlog(account).unwrap(), (0, None));
+    let out = sync_once(&direct);
+    assert_eq!(stdout(&out).trim(), format!("{USER}: 0 new"), "{out:?}");
+    assert_eq!(
+        dovecot.mailbox_files("Drafts").len(),
+        2,
+        "not uploaded twice"
+    );
+
+    // Upstream renumbers Drafts, the same messages in it.
+    let bytes: Vec<Vec<u8>> = dovecot
+        .mailbox_files("Drafts")
+        .iter()
+        .map(|f| std::fs::read(f).unwrap())
+        .collect();
+    upstream(
+        &dovecot,
+        json!([{"cmd": "raw", "line": "RENAME Drafts Old"},
+        {"cmd": "raw", "line": "CREATE Drafts"}, append_bytes("Drafts", &bytes[0]),
+        append_bytes("Drafts", &bytes[1])]),
+    );
+    let out = sync_once(&direct);
+    assert_eq!(
+        stdout(&out).trim(),
+        format!("{USER}: 2 new"),
+        "Old is new, Drafts is not: {out:?}"
+    );
+    assert_eq!(exists(&mut raw, "Drafts"), 2);
+}
+
+/// A `sync --once` configuration over `server` that reaches `dovecot` on `port` (itself, or
+/// a relay to it) in plain text, with a 2 s command timeout and `extra` lines, written as
+/// `{name}.toml` in `dir`.
+fn port_config(
+    server: &Server,
+    dovecot: &Dovecot,
+    dir: &Path,
+    port: u16,
+    name: &str,
+    extra: &str,
+) -> PathBuf {
+    let password = dir.join("upstream-password");
+    std::fs::write(&password, format!("{}\n", dovecot.password)).unwrap();
+    let config = sync_config(
+        server,
+        &format!(
+            "[accounts.upstream]\nhost = \"127.0.0.1\"\nport = {port}\ntls = \"none\"\n\
+             username = \"{}\"\npassword_file = \"{}\"\ntimeout_secs = 2\n\
+             address = \"bob@example.org\"\n{extra}",
+            dovecot.user,
+            password.display()
+        ),
+    );
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::rename(config, &path).unwrap();
+    path
+}

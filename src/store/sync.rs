@@ -323,6 +323,36 @@ impl Store {
         })
     }
 
+    /// The account's journal entries that may upload a message (append, copy, move) and were
+    /// tried at least once: an earlier try may have landed upstream.
+    pub fn journal_tried_uploads(
+        &self,
+        account: AccountId,
+    ) -> Result<Vec<JournalEntry>, StoreError> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT j.id, a.name, j.mailbox, j.uid, j.kind, j.detail, j.attempts, j.last_error
+                 FROM journal j JOIN accounts a ON a.id = j.account
+                 WHERE j.account = ?1 AND j.attempts > 0
+                   AND j.kind IN ('append', 'copy', 'move')
+                 ORDER BY j.id",
+            )?;
+            let rows = stmt.query_map(params![account], |r| {
+                Ok(JournalEntry {
+                    id: r.get(0)?,
+                    account: r.get(1)?,
+                    mailbox: r.get(2)?,
+                    uid: r.get(3)?,
+                    kind: r.get(4)?,
+                    detail: r.get(5)?,
+                    attempts: r.get(6)?,
+                    last_error: r.get(7)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+    }
+
     /// Counts a try of a journal entry before it is sent upstream (so that a retry after a
     /// crash knows an upload may already have landed), or after it failed, with the error.
     pub fn journal_attempt(&self, id: i64, error: &str) -> Result<(), StoreError> {

@@ -25,7 +25,7 @@ pub mod maildir;
 pub mod upstream;
 mod writeback;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::IsTerminal;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -502,6 +502,7 @@ impl Syncer {
         let strikes = Strikes::load(&self.store, account, folder, uidvalidity).await?;
         // One passed over is not fetched again (it stays upstream).
         wanted.retain(|(uid, _)| !strikes.given_up(*uid));
+        let mut uploads = self.landed_uploads(account).await?;
         let progress = Progress::new(local, wanted.len());
         let mut stored = 0;
         // The lowest UID held for the next pass (not sent by the server, or GnuPG failed on
@@ -527,8 +528,15 @@ impl Syncer {
             None => Fetched::default(),
         };
         for (i, chunk) in chunks.iter().enumerate() {
-            let Fetched { messages, broken } = std::mem::take(&mut fetched);
+            let Fetched {
+                mut messages,
+                broken,
+            } = std::mem::take(&mut fetched);
             let got: Vec<u32> = messages.iter().map(|m| m.0).collect();
+            if !uploads.is_empty() {
+                self.link_landed(account, folder, uidvalidity, &mut uploads, &mut messages)
+                    .await?;
+            }
             // The next batch comes over the network while this one is decrypted (not over a
             // connection that broke).
             let next = chunks.get(i + 1).filter(|_| broken.is_none());
@@ -641,6 +649,47 @@ impl Syncer {
             }
         }
         Ok((stored, None))
+    }
+
+    /// Takes out of `messages` the uploads of changes still waiting ([`Self::landed_uploads`]):
+    /// each is linked to its local message and its journal entry ends, as the write-back's
+    /// retry would have done. Not new mail: the local message is there already.
+    async fn link_landed(
+        &self,
+        account: AccountId,
+        folder: &str,
+        uidvalidity: u32,
+        uploads: &mut HashMap<String, (i64, crate::store::MailboxId, u32)>,
+        messages: &mut Vec<(u32, Flags, InternalDate, Vec<u8>)>,
+    ) -> Result<(), SyncError> {
+        let mut kept = Vec::with_capacity(messages.len());
+        for m in messages.drain(..) {
+            let Some((entry, mailbox, uid)) =
+                writeback::carried_token(&m.3).and_then(|token| uploads.remove(token))
+            else {
+                kept.push(m);
+                continue;
+            };
+            let done = crate::store::WrittenBack {
+                link: Some((
+                    mailbox,
+                    uid,
+                    crate::store::UpstreamRef {
+                        folder: folder.to_string(),
+                        uidvalidity,
+                        uid: m.0,
+                    },
+                )),
+                link_hash: Some(Sha256::digest(&m.3).into()),
+                ..Default::default()
+            };
+            let store = self.store.clone();
+            blocking(move || store.writeback_done(account, entry, &done)).await??;
+            tracing::info!(account = %self.name, %folder, uid = m.0,
+                "an upload of a local change still waiting is upstream: linked, not new mail");
+        }
+        *messages = kept;
+        Ok(())
     }
 
     /// The UIDs of a batch the server had not sent when the connection broke or timed out.

@@ -12,6 +12,8 @@
 //! What goes up is never plaintext: a stored message is encrypted to the account's own key
 //! ([`Policy::upload`]); without that key it stays local and the entry waits.
 
+use std::collections::HashMap;
+
 use sha2::{Digest, Sha256};
 
 use super::upstream::{command, quote, Reply, Session};
@@ -955,6 +957,56 @@ fn upstream_flags<'a>(flags: impl Iterator<Item = &'a str>) -> String {
         .filter(|f| !f.eq_ignore_ascii_case("\\Recent"))
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// The upload token a message carries in its header (put there by [`Syncer::upload`]).
+pub(super) fn carried_token(raw: &[u8]) -> Option<&str> {
+    let field = UPLOAD_FIELD.as_bytes();
+    raw.split(|b| *b == b'\n')
+        .take_while(|line| !line.is_empty() && *line != b"\r")
+        .find_map(|line| {
+            let (name, value) = line.split_at_checked(field.len() + 1)?;
+            (name[..field.len()].eq_ignore_ascii_case(field) && name[field.len()] == b':')
+                .then(|| std::str::from_utf8(value).ok())
+                .flatten()
+                .map(str::trim)
+        })
+}
+
+impl Syncer {
+    /// The uploads of journal entries still waiting that an earlier try may have landed
+    /// upstream: token → (entry, local mailbox, local UID). A fetch that meets one links it to
+    /// its local message and ends the entry, instead of taking it for new mail (a write-back
+    /// stopped by a broken connection after the APPEND, say).
+    pub(super) async fn landed_uploads(
+        &self,
+        account: AccountId,
+    ) -> Result<HashMap<String, (i64, MailboxId, u32)>, SyncError> {
+        let store = self.store.clone();
+        let name = self.name.clone();
+        blocking(move || {
+            let mut out = HashMap::new();
+            for entry in store.journal_tried_uploads(account)? {
+                let (mailbox, uid) = match entry.kind.as_str() {
+                    "move" => match entry.detail.split_once('\t') {
+                        Some((target, uid)) => match uid.parse() {
+                            Ok(uid) => (target.to_string(), uid),
+                            Err(_) => continue,
+                        },
+                        None => continue,
+                    },
+                    _ => (entry.mailbox.clone(), entry.uid),
+                };
+                if let Some(local) = store.mailbox(account, &mailbox)? {
+                    let token = upload_token(&name, local.uidvalidity, uid);
+                    out.insert(token, (entry.id, local.id, uid));
+                }
+            }
+            Ok::<_, crate::store::StoreError>(out)
+        })
+        .await?
+        .map_err(SyncError::from)
+    }
 }
 
 /// A token naming one local message (account, UIDVALIDITY, UID) without telling any of
