@@ -769,6 +769,12 @@ impl Store {
                 "UPDATE journal SET uid = ?4 WHERE account = ?1 AND mailbox = ?2 AND uid = ?3",
             )?
             .execute(params![mb.account, mb.name, uid, new_uid])?;
+            // A move's target and a copy's source name the message in their detail.
+            tx.prepare_cached(
+                "UPDATE journal SET detail = ?2 || char(9) || ?4
+                 WHERE account = ?1 AND kind IN ('copy', 'move') AND detail = ?2 || char(9) || ?3",
+            )?
+            .execute(params![mb.account, mb.name, uid, new_uid])?;
             expunge_rows(tx, &mb, &[uid])?;
             Ok(Some(new_uid))
         })

@@ -544,3 +544,52 @@ fn non_ascii_parents_keep_their_children() {
         .collect();
     assert_eq!(names, ["Brouillons", "Brouillons/Alt"]);
 }
+
+/// A message given new content (a re-decryption) keeps its waiting changes: those journaled on
+/// it, and a move's or a copy's detail that names it.
+#[test]
+fn new_content_keeps_the_changes_that_name_the_message() {
+    let (_dir, store) = store();
+    let account = store.ensure_account("alice").unwrap();
+    store.set_write_back(account, true).unwrap();
+    let inbox = store.mailbox(account, "INBOX").unwrap().unwrap();
+    let archive = store.mailbox(account, "Archive").unwrap().unwrap();
+    let mark = SyncMark {
+        upstream: Vec::new(),
+        folder: "INBOX".into(),
+        uidvalidity: 7,
+        uids: vec![10, 11],
+        next_uid: 12,
+    };
+    let stored = store
+        .append_synced(inbox.id, vec![message("a"), message("b")], &mark)
+        .unwrap();
+    let (_, moved) = store
+        .move_messages(inbox.id, &[stored[0].uid], archive.id, Origin::Client)
+        .unwrap();
+    let (_, copied) = store
+        .copy(inbox.id, &[stored[1].uid], archive.id, Origin::Client)
+        .unwrap();
+    let moved_to = store
+        .replace_content(archive.id, moved[0].1, message("a, readable"))
+        .unwrap()
+        .unwrap();
+    let copied_from = store
+        .replace_content(inbox.id, stored[1].uid, message("b, readable"))
+        .unwrap()
+        .unwrap();
+    let details: Vec<(String, String)> = store
+        .journal_for(account, 0, 10)
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.kind, e.detail))
+        .collect();
+    assert_eq!(
+        details,
+        [
+            ("move".to_string(), format!("Archive\t{moved_to}")),
+            ("copy".to_string(), format!("INBOX\t{copied_from}")),
+        ],
+        "{copied:?}"
+    );
+}

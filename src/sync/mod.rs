@@ -534,7 +534,8 @@ impl Syncer {
             } = std::mem::take(&mut fetched);
             let got: Vec<u32> = messages.iter().map(|m| m.0).collect();
             if !uploads.is_empty() {
-                self.link_landed(account, folder, uidvalidity, &mut uploads, &mut messages)
+                let at = (folder, uidvalidity, mailbox);
+                self.link_landed(account, at, &mut uploads, &mut messages)
                     .await?;
             }
             // The next batch comes over the network while this one is decrypted (not over a
@@ -651,25 +652,41 @@ impl Syncer {
         Ok((stored, None))
     }
 
-    /// Takes out of `messages` the uploads of changes still waiting ([`Self::landed_uploads`]):
-    /// each is linked to its local message and its journal entry ends, as the write-back's
-    /// retry would have done. Not new mail: the local message is there already.
+    /// Takes out of `messages`, fetched from `folder` (UIDVALIDITY, its local mailbox), the
+    /// uploads of changes still waiting ([`Self::landed_uploads`]) into that mailbox: each is
+    /// linked to its local message and its journal entry ends, as the write-back's retry would
+    /// have done. Not new mail: the local message is there already. An upload met in another
+    /// folder (a server's "All Mail" view, a move by another client), or whose local message
+    /// is gone or linked already, is left to the write-back.
     async fn link_landed(
         &self,
         account: AccountId,
-        folder: &str,
-        uidvalidity: u32,
+        (folder, uidvalidity, local): (&str, u32, crate::store::MailboxId),
         uploads: &mut HashMap<String, (i64, crate::store::MailboxId, u32)>,
         messages: &mut Vec<(u32, Flags, InternalDate, Vec<u8>)>,
     ) -> Result<(), SyncError> {
         let mut kept = Vec::with_capacity(messages.len());
         for m in messages.drain(..) {
-            let Some((entry, mailbox, uid)) =
-                writeback::carried_token(&m.3).and_then(|token| uploads.remove(token))
-            else {
+            let found = writeback::carried_token(&m.3)
+                .and_then(|token| uploads.get(token).map(|u| (token.to_string(), *u)))
+                .filter(|(_, (_, mailbox, _))| *mailbox == local);
+            let Some((token, (entry, mailbox, uid))) = found else {
                 kept.push(m);
                 continue;
             };
+            let store = self.store.clone();
+            let unlinked = blocking(move || {
+                Ok::<_, StoreError>(
+                    store.raw_message(mailbox, uid)?.is_some()
+                        && store.upstream_of(mailbox, uid)?.is_none(),
+                )
+            })
+            .await??;
+            if !unlinked {
+                kept.push(m);
+                continue;
+            }
+            uploads.remove(&token);
             let done = crate::store::WrittenBack {
                 link: Some((
                     mailbox,
