@@ -199,6 +199,7 @@ pub fn main(cli: Cli) -> ExitCode {
         } => return crate::keys::worker::serve_stdio(home.clone(), auto_key_locate),
         _ => {}
     }
+    let delivering = matches!(cli.command, Command::Deliver(_));
     let result = Config::load(cli.config.as_deref())
         .map_err(CliError::from)
         .and_then(|config| {
@@ -229,7 +230,14 @@ pub fn main(cli: Cli) -> ExitCode {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("sealpost: {e}");
-            ExitCode::from(e.exit_code())
+            ExitCode::from(match e.exit_code() {
+                // An MTA bounces mail on any code but 75 (Postfix: EX_CONFIG is 5.3.5): as a
+                // delivery agent, only "not a message" and "no such account" are final; a
+                // broken configuration or setup keeps the mail queued until it is fixed.
+                code @ (65 | 67) if delivering => code,
+                _ if delivering => 75,
+                code => code,
+            })
         }
     }
 }

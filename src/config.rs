@@ -141,8 +141,13 @@ impl Config {
     pub fn load(explicit: Option<&Path>) -> Result<Config, ConfigError> {
         let path = match explicit {
             Some(p) => p.to_path_buf(),
-            None if Path::new(DEFAULT_PATH).exists() => PathBuf::from(DEFAULT_PATH),
-            None => return Ok(Config::default()),
+            // Absent for sure: the defaults. Present, or not known to be absent (a directory
+            // the caller may not search): read, so that a configuration the caller cannot read
+            // is an error rather than silently the defaults.
+            None => match Path::new(DEFAULT_PATH).try_exists() {
+                Ok(false) => return Ok(Config::default()),
+                _ => PathBuf::from(DEFAULT_PATH),
+            },
         };
         let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
             path: path.display().to_string(),

@@ -295,7 +295,8 @@ pub struct DeliverArgs {
 /// Reads one message on stdin, decrypts and verifies it with the configured GnuPG home (the
 /// account owner's keys), stores it with its verdict and prints `delivered UID`. Exit codes
 /// as an LDA's: 0 stored; 65 not a message; 67 unknown account; 75 try again later (GnuPG or
-/// the store unavailable: nothing was stored, the MTA keeps the message).
+/// the store unavailable, or a broken configuration: nothing was stored, the MTA keeps the
+/// message).
 pub async fn deliver(config: Config, args: DeliverArgs) -> Result<u8, CliError> {
     use std::io::Read;
     if !config.accounts.iter().any(|a| a.name == args.account) {
@@ -321,16 +322,23 @@ pub async fn deliver(config: Config, args: DeliverArgs) -> Result<u8, CliError> 
     }
     let raw = crate::store::crlf(&raw);
     let keys = crate::cli::key_service(&config, None);
-    let processed = crate::inbound::process(&keys, &raw)
+    let store = open_store(&config)
         .await
         .map_err(|e| CliError::Temporary(e.to_string()))?;
-    let store = open_store(&config)
+    // Messages kept undecryptable are tried again (when the keys changed, or once a day)
+    // before this one is stored, not after: killed during the retry, the MTA delivers again
+    // and nothing is stored twice. A failed retry is only logged.
+    if let Ok(Some(account)) = store.account(&args.account) {
+        if let Err(e) = crate::sync::retry_undecryptable(&store, &keys, account).await {
+            tracing::warn!(account = %args.account, "retry of undecryptable messages: {e}");
+        }
+    }
+    let processed = crate::inbound::process(&keys, &raw)
         .await
         .map_err(|e| CliError::Temporary(e.to_string()))?;
     let keywords = processed.verdict.keywords();
     let verdict = processed.verdict.field_value();
     let account_name = args.account.clone();
-    let retry_store = store.clone();
     let appended = tokio::task::spawn_blocking(move || {
         let mailbox = target_mailbox(&store, &args.account, &args.mailbox)?;
         let message = crate::store::Prepared::new(
@@ -348,11 +356,5 @@ pub async fn deliver(config: Config, args: DeliverArgs) -> Result<u8, CliError> 
     })?;
     tracing::info!(account = %account_name, uid = appended.uid, %verdict, "deliver: stored");
     println!("delivered {}", appended.uid);
-    // The message is stored whatever comes next: a failed retry is only logged.
-    if let Ok(Some(account)) = retry_store.account(&account_name) {
-        if let Err(e) = crate::sync::retry_undecryptable(&retry_store, &keys, account).await {
-            tracing::warn!(account = %account_name, "retry of undecryptable messages: {e}");
-        }
-    }
     Ok(0)
 }

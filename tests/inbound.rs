@@ -56,6 +56,22 @@ fn deliver_refuses_unknown_accounts_and_empty_input() {
     let (code, output) = deliver(&server, b"\r\n \r\n");
     assert_eq!(code, 65, "{output}");
     assert!(output.contains("empty message"), "{output}");
+
+    // A broken or unreadable configuration keeps the mail with the MTA (75), where any other
+    // code would bounce it.
+    let dir = tempfile::tempdir().unwrap();
+    let broken = dir.path().join("broken.toml");
+    std::fs::write(&broken, "[imap\nlisten = 1\n").unwrap();
+    for config in [broken, dir.path().join("missing.toml")] {
+        let out = common::run_with_stdin(
+            Command::new(env!("CARGO_BIN_EXE_sealpost"))
+                .arg("--config")
+                .arg(&config)
+                .args(["deliver", "--account", common::server::USER]),
+            b"Subject: hi\r\n\r\nbody\r\n",
+        );
+        assert_eq!(out.status.code(), Some(75), "{out:?}");
+    }
 }
 
 /// A message `sealpost deliver` stores (another process) reaches an IDLE session at once:
@@ -152,7 +168,8 @@ fn undecryptable_mail_is_decrypted_once_its_key_arrives() {
     );
     assert_eq!(code, 0, "{output}");
     imap.ok("NOOP");
-    // UID 2 is the second delivery, 3 the decrypted message, 4 the third delivery.
+    // UID 2 is the decrypted message (tried before the second delivery is stored), 3 the
+    // second delivery, 4 the third.
     let uids = imap.ok("UID SEARCH ALL").join("\n");
     assert!(uids.contains("* SEARCH 2 3 4"), "{uids}");
 }
