@@ -152,6 +152,7 @@ fn syncers(
                 config: maildir.clone(),
                 store: store.clone(),
                 keys: keys.clone(),
+                max_bytes: u64::from(config.imap.limits.max_append),
             }));
         }
     }

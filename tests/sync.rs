@@ -1595,3 +1595,48 @@ fn port_config(
     std::fs::rename(config, &path).unwrap();
     path
 }
+
+/// In a Maildir, a file GnuPG always fails on, alone in its folder, holds up no other folder
+/// (it is held, counted against itself); a file larger than `imap.limits.max_append` is left
+/// out with an error, and the files around it are stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_maildir_file_that_always_fails_or_is_too_big_holds_up_nothing() {
+    let world = World::new();
+    let maildir = tempfile::tempdir().unwrap();
+    let root = maildir.path();
+    for sub in ["new", "cur", "tmp", ".Zzz/new", ".Zzz/cur", ".Zzz/tmp"] {
+        std::fs::create_dir_all(root.join(sub)).unwrap();
+    }
+    let locked = common::behind_garbled_session_keys(
+        &world,
+        999,
+        b"Content-Type: text/plain\r\n\r\nbehind many locks\r\n",
+    );
+    let slow = format!(
+        "From: alice@example.org\r\nTo: bob@example.org\r\nSubject: slow\r\n\r\n{}\r\n",
+        common::armor("PGP MESSAGE", &locked)
+    );
+    std::fs::write(root.join("new/1700000001.M1P1.host"), &slow).unwrap();
+    std::fs::write(
+        root.join(".Zzz/new/1700000002.M2P1.host"),
+        b"From: a@example.org\r\nSubject: small\r\n\r\nsmall\r\n",
+    )
+    .unwrap();
+    let mut big = b"From: a@example.org\r\nSubject: big\r\n\r\n".to_vec();
+    // The test server's imap.limits.max_append is 1 MiB.
+    big.resize(1_100_000, b'x');
+    std::fs::write(root.join(".Zzz/new/1700000003.M3P1.host"), &big).unwrap();
+    let server = Server::start_config("", &format!("{}timeout_secs = 1\n", gnupg_table(&world)));
+    let config = sync_config(
+        &server,
+        &format!("[accounts.maildir]\npath = \"{}\"\n", root.display()),
+    );
+    let out = sync_once(&config);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    assert!(log.contains("GnuPG failed on this message"), "{log}");
+    assert!(log.contains("larger than imap.limits.max_append"), "{log}");
+    let mut raw = server.login();
+    assert_eq!(exists(&mut raw, "Zzz"), 1, "{log}");
+    assert_eq!(exists(&mut raw, "INBOX"), 0, "{log}");
+}

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{blocking, decrypt, local_name, sync_lock, Progress, SyncError, SyncReport, BATCH};
+use super::{batches, blocking, decrypt, local_name, sync_lock, Progress, SyncError, SyncReport};
 use crate::keys::KeyService;
 use crate::store::{maildir_flags, AccountId, Flags, InternalDate, Store, StoreError};
 
@@ -55,6 +55,9 @@ pub struct MaildirSync {
     pub config: MaildirConfig,
     pub store: Store,
     pub keys: Arc<KeyService>,
+    /// Larger files are left out with an error in the log (`imap.limits.max_append`, the
+    /// largest message the store takes from a client or `deliver`).
+    pub max_bytes: u64,
 }
 
 /// One file not imported yet.
@@ -62,6 +65,7 @@ struct Pending {
     unique: String,
     path: PathBuf,
     flags: Flags,
+    size: u64,
 }
 
 impl MaildirSync {
@@ -164,12 +168,35 @@ impl MaildirSync {
             Ok::<_, StoreError>((mailbox.id, store.file_links(account, &f)?))
         })
         .await??;
-        let pending = pending_files(dir, &known)
+        let mut pending = pending_files(dir, &known)
             .map_err(|e| SyncError::Folder(folder.into(), format!("{}: {e}", dir.display())))?;
         drop(known);
+        pending.retain(|file| {
+            let fits = file.size <= self.max_bytes;
+            if !fits {
+                tracing::error!(account = %self.name, %folder,
+                    "{}: {} bytes, larger than imap.limits.max_append ({}): left out",
+                    file.path.display(), file.size, self.max_bytes);
+            }
+            fits
+        });
+        let struck_prefix = format!("undecrypted-file:{account}:{folder}:");
+        let (store, prefix) = (self.store.clone(), struck_prefix.clone());
+        let struck: std::collections::HashSet<String> =
+            blocking(move || store.meta_prefixed(&prefix))
+                .await??
+                .into_iter()
+                .map(|(key, _)| key)
+                .collect();
         let progress = Progress::new(local, pending.len());
         let mut stored = 0;
-        for chunk in pending.chunks(BATCH) {
+        // Batches of files by count and bytes, as for an upstream folder: a few large files
+        // are never all in memory at once.
+        let sized: Vec<(u32, u32)> = (0..pending.len())
+            .map(|i| (i as u32, pending[i].size.min(u64::from(u32::MAX)) as u32))
+            .collect();
+        for batch in batches(&sized) {
+            let chunk: Vec<&Pending> = batch.uids.iter().map(|i| &pending[*i as usize]).collect();
             let mut read = Vec::with_capacity(chunk.len());
             for file in chunk {
                 match std::fs::read(&file.path) {
@@ -198,14 +225,26 @@ impl MaildirSync {
             }
             // A file GnuPG fails on while others go through stays pending (in no order, it
             // holds up nothing) until it is kept undecryptable; see `settle`.
-            let strike_key =
-                |unique: &String| format!("undecrypted-file:{account}:{folder}:{unique}");
+            let strike_key = |unique: &String| format!("{struck_prefix}{unique}");
             let settled = decrypt(&self.store, &self.keys, &self.name, read, strike_key).await?;
             let (messages, names) = (settled.messages, settled.done);
             if !messages.is_empty() {
+                // The failure counts of files now stored go with them.
+                let forget: Vec<String> = names
+                    .iter()
+                    .flat_map(|n| {
+                        let key = strike_key(n);
+                        [format!("{key}:since"), format!("{key}:last"), key]
+                    })
+                    .filter(|k| struck.contains(k))
+                    .collect();
                 let (store, f) = (self.store.clone(), folder.to_string());
-                let appended =
-                    blocking(move || store.append_files(mailbox, messages, &f, &names)).await??;
+                let appended = blocking(move || {
+                    let appended = store.append_files(mailbox, messages, &f, &names)?;
+                    store.delete_meta(&forget)?;
+                    Ok::<_, StoreError>(appended)
+                })
+                .await??;
                 stored += appended.len();
                 progress.show(stored);
             }
@@ -241,6 +280,7 @@ fn pending_files(
                 unique,
                 path: entry.path(),
                 flags: maildir_flags(&entry.path()),
+                size: entry.metadata().map_or(0, |m| m.len()),
             });
         }
     }

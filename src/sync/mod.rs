@@ -1238,12 +1238,13 @@ pub(crate) struct Settled<K> {
 }
 
 /// Sorts processed messages into those to store and those to hold. A temporary failure on
-/// every message of the batch is GnuPG's (agent gone, every deadline passed): they all wait for
-/// the next pass. A message that fails while others go through is tried again alone (it may
-/// only have waited behind a slow one past its deadline); failing again, it is more likely
-/// the message's own fault (GnuPG working through it past the deadline every time): it becomes
-/// a suspect and is held, so that it holds up nothing else. A suspect counts a failed pass also
-/// when it is the only message left to fetch; after [`FETCH_TRIES`] passes spanning
+/// every message of a batch of several is GnuPG's (agent gone, every deadline passed): they
+/// all wait for the next pass. A message that fails while others go through is tried again
+/// alone (it may only have waited behind a slow one past its deadline); failing again, it is
+/// more likely the message's own fault (GnuPG working through it past the deadline every
+/// time): it becomes a suspect and is held, so that it holds up nothing else. A message alone
+/// in its batch is a suspect at once (nothing else shows whether GnuPG works; held, it ends no
+/// pass). A suspect counts a failed pass also when it is the only message left to fetch; after [`FETCH_TRIES`] passes spanning
 /// [`FETCH_GIVE_UP_SECS`] it is stored as it came, marked undecryptable with the reason, and
 /// the retry of undecryptable messages tries it again later. `strike_key` names a message's
 /// failure count in the store's meta table.
@@ -1255,6 +1256,10 @@ async fn settle<K>(
     strike_key: impl Fn(&K) -> String,
 ) -> Result<Settled<K>, SyncError> {
     let any_done = processed.iter().any(|p| p.4.is_ok());
+    // A message that fails alone is counted against itself too: held rather than failing the
+    // batch, it cannot end every pass (and hold up the folders after it) while no other
+    // message comes to show GnuPG working.
+    let alone = processed.len() == 1;
     let mut settled = Settled {
         messages: Vec::with_capacity(processed.len()),
         done: Vec::with_capacity(processed.len()),
@@ -1270,7 +1275,7 @@ async fn settle<K>(
             Ok(p) => p,
             Err(e) => {
                 let name = strike_key(&key);
-                let suspect = any_done || {
+                let suspect = any_done || alone || {
                     let (s, k) = (store.clone(), name.clone());
                     blocking(move || s.meta(&k)).await??.is_some()
                 };
