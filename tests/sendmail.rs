@@ -836,3 +836,132 @@ fn a_report_to_a_sender_without_a_key_does_not_quote_the_subject() {
     assert!(text.contains("Subject: [...]\r\n"), "{text}");
     assert!(text.contains("From: dave@example.net\r\n"), "{text}");
 }
+
+impl Setup {
+    /// The configuration with the relay's `timeout_secs` set to `secs`.
+    fn relay_timeout(&self, secs: u64) {
+        let text = std::fs::read_to_string(&self.config).unwrap();
+        assert!(text.contains("timeout_secs = 10\n"));
+        std::fs::write(
+            &self.config,
+            text.replace("timeout_secs = 10\n", &format!("timeout_secs = {secs}\n")),
+        )
+        .unwrap();
+    }
+
+    /// The id of the one message in the queue.
+    fn only_queue_id(&self) -> String {
+        let list = self.queue_list();
+        let ids: Vec<&str> = list
+            .lines()
+            .skip(1)
+            .filter(|l| !l.starts_with(' ') && !l.starts_with("--") && !l.is_empty())
+            .filter_map(|l| l.split_whitespace().next())
+            .collect();
+        assert_eq!(ids.len(), 1, "{list}");
+        ids[0].to_string()
+    }
+}
+
+/// `queue delete` while a run is sending the message: the copies not sent yet stay unsent.
+#[test]
+fn a_message_deleted_during_a_run_sends_nothing_more() {
+    let s = Setup::new();
+    let relay = s.relay(&RelayOptions {
+        hold_once: &["carol@example.org"],
+        ..RelayOptions::default()
+    });
+    s.configure(relay.port, false, "");
+    s.relay_timeout(1);
+    let msg = "From: alice@example.org\nTo: bob@example.org, carol@example.org, dave@example.net\nSubject: del\n\nd\n";
+    assert!(s.sendmail(&["-t", "-i"], msg.as_bytes()).status.success());
+    let id = s.only_queue_id();
+    let runner: Child = Command::new(env!("CARGO_BIN_EXE_sealpost"))
+        .args(["--config", s.config.to_str().unwrap(), "queue", "run"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // bob's copy goes; the relay holds carol's; the message is deleted meanwhile.
+    loop {
+        match relay.next(Duration::from_secs(60)) {
+            Some(Event::Delivered(d)) => assert_eq!(d.rcpts, ["bob@example.org"]),
+            Some(Event::Holding(a)) => {
+                assert_eq!(a, "carol@example.org");
+                break;
+            }
+            None => panic!("the relay never held carol"),
+        }
+    }
+    let out = s.sealpost(&["queue", "delete", &id]);
+    assert!(out.status.success(), "{out:?}");
+    let out = runner.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        log.contains("to=<dave@example.net> not sent: deleted meanwhile"),
+        "{log}"
+    );
+    assert!(relay.drain().is_empty(), "nothing more went out");
+    assert_eq!(s.queue_list(), "Mail queue is empty\n");
+}
+
+/// Root does not run a queue another user owns (it would use root's keyring): exit 77 with
+/// the reason; listing it is fine.
+#[test]
+fn root_does_not_run_a_queue_another_user_owns() {
+    if unsafe { libc::geteuid() } != 0 {
+        return;
+    }
+    let s = Setup::new();
+    s.configure(relay::free_port(), false, "");
+    assert!(s.sealpost(&["queue", "list"]).status.success());
+    std::os::unix::fs::chown(s.queue_dir(), Some(65534), Some(65534)).unwrap();
+    for out in [s.sealpost(&["queue", "run"]), s.sendmail(&["-q"], b"")] {
+        assert_eq!(out.status.code(), Some(77), "{out:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("run it as that user"),
+            "{out:?}"
+        );
+    }
+    assert!(s.sealpost(&["queue", "list"]).status.success());
+}
+
+/// What no sendmail writes does not stay in the drop directory (where it would keep the
+/// systemd path unit starting runs): a socket named like a queue id, which cannot be opened,
+/// is set aside at once.
+#[test]
+fn a_socket_in_the_drop_directory_is_set_aside() {
+    let s = Setup::new();
+    s.configure(relay::free_port(), false, "");
+    assert!(s.sealpost(&["queue", "list"]).status.success());
+    let incoming = s.queue_dir().join("incoming");
+    let socket = std::os::unix::net::UnixListener::bind(incoming.join("ABC123")).unwrap();
+    let out = s.sealpost(&["queue", "list"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(std::fs::read_dir(&incoming).unwrap().count(), 0, "{out:?}");
+    assert!(s.queue_dir().join("corrupt/ABC123").exists());
+    drop(socket);
+}
+
+/// A relay that takes the connection and never answers costs one timeout per run, not one
+/// per copy: the copies after the first are deferred at once, with the reason.
+#[test]
+fn a_silent_relay_is_waited_for_once_per_run() {
+    let s = Setup::new();
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    s.configure(silent.local_addr().unwrap().port(), false, "");
+    s.relay_timeout(1);
+    let msg = "From: alice@example.org\nTo: bob@example.org, carol@example.org, dave@example.net\nSubject: silent\n\ns\n";
+    assert!(s.sendmail(&["-t", "-i"], msg.as_bytes()).status.success());
+    let out = s.sealpost(&["queue", "run"]);
+    assert!(out.status.success(), "{out:?}");
+    let summary = String::from_utf8_lossy(&out.stdout);
+    assert!(summary.contains("3 deferred"), "{summary}");
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        log.matches("not tried again in this run").count(),
+        2,
+        "{log}"
+    );
+    drop(silent);
+}

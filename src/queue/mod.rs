@@ -291,6 +291,14 @@ impl Queue {
         let limit = self.config.max_message_bytes as u64 + 4 * 1024 * 1024;
         let mut count = 0;
         for path in names {
+            // A socket, a FIFO, a directory, a link: not something sendmail writes, and one
+            // that cannot be opened would stay, keeping the directory non-empty.
+            if !std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_file()) {
+                if path.exists() || path.is_symlink() {
+                    self.set_aside(&path, "not a regular file");
+                }
+                continue;
+            }
             let picked = match spool::read(&path, limit) {
                 Ok(Some(p)) => p,
                 Ok(None) if is_temp(&path) => {
@@ -348,11 +356,16 @@ impl Queue {
 
     /// Keeps an unreadable drop file for the administrator instead of deleting it.
     fn set_aside(&self, path: &Path, reason: &str) {
-        let target = self
-            .config
-            .dir
-            .join("corrupt")
-            .join(path.file_name().unwrap_or_default());
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        let corrupt = self.config.dir.join("corrupt");
+        // Never over a file kept before (one user's name could otherwise replace another's).
+        let target = (0..)
+            .map(|n| match n {
+                0 => corrupt.join(&*name),
+                n => corrupt.join(format!("{name}.{n}")),
+            })
+            .find(|t| !t.exists() && !t.is_symlink())
+            .expect("an unused name");
         match std::fs::rename(path, &target) {
             Ok(()) => tracing::error!(
                 "{}: unreadable submission moved to {}: {reason}",
@@ -601,6 +614,19 @@ impl Queue {
         Ok(Some(message))
     }
 
+    /// Whether a recipient of a message still waits to be delivered (not deleted meanwhile).
+    fn is_queued(&self, id: &str, rcpt: &str) -> Result<bool, QueueError> {
+        self.conn()
+            .query_row(
+                "SELECT state = 'queued' FROM recipients WHERE message = ?1 AND address = ?2",
+                params![id, rcpt],
+                |r| r.get(0),
+            )
+            .optional()
+            .map(|queued| queued.unwrap_or(false))
+            .map_err(|e| self.db_err(e))
+    }
+
     fn mark_sent(&self, id: &str, rcpt: &str, reply: &str) -> Result<(), QueueError> {
         self.conn()
             .execute(
@@ -652,7 +678,11 @@ impl Queue {
         at: i64,
     ) -> Result<Option<String>, QueueError> {
         let mut conn = self.conn();
-        let tx = conn.transaction().map_err(|e| self.db_err(e))?;
+        // The write lock from the start: a deferred transaction that reads first fails at
+        // once (SQLITE_BUSY, no busy timeout) when `mailq` or `queue delete` wrote meanwhile.
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(|e| self.db_err(e))?;
         let failures: Vec<Failure> = {
             let mut stmt = tx
                 .prepare(
@@ -883,11 +913,10 @@ fn is_temp(path: &Path) -> bool {
 /// an hour-old one is abandoned; while it stays, the directory is not empty and the path unit
 /// keeps starting runs.
 fn remove_stale_temp(path: &Path) {
-    let old = std::fs::symlink_metadata(path)
-        .and_then(|m| m.modified())
-        .ok()
-        .and_then(|t| t.elapsed().ok())
-        .is_some_and(|age| age > Duration::from_secs(3600));
+    use std::os::unix::fs::MetadataExt;
+    // By the inode's change time, which no user can set (a modification time in the future,
+    // `touch -d 2100-01-01`, would keep the file, and the path unit starting runs, for good).
+    let old = std::fs::symlink_metadata(path).is_ok_and(|m| now().saturating_sub(m.ctime()) > 3600);
     if old {
         let _ = std::fs::remove_file(path);
     }
@@ -1174,6 +1203,10 @@ impl Runner {
                     let reason = "internal error: no copy was built";
                     self.queue.mark_deferred(&m.id, due, reason, at)?;
                     report.deferred += 1;
+                }
+                (_, Some(_)) if !self.queue.is_queued(&m.id, &due.address)? => {
+                    // `queue delete` during this run: nothing more of the message goes.
+                    tracing::info!("{}: to=<{}> not sent: deleted meanwhile", m.id, due.address);
                 }
                 (decision, Some(bytes)) => {
                     match self.relay.send(&m.sender, &due.address, bytes).await {

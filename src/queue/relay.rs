@@ -155,6 +155,10 @@ pub struct Relay {
     /// Connections that just carried a copy, kept for the next one.
     idle: Mutex<Vec<(AsyncSmtpConnection, Instant)>>,
     description: String,
+    /// Why a new connection failed for a temporary reason (refused, timed out, TLS, AUTH):
+    /// the copies after it are deferred at once with that reason instead of each trying (and
+    /// waiting out `timeout_secs` on a relay that drops packets). A Relay serves one run.
+    down: Mutex<Option<String>>,
 }
 
 /// An idle connection older than this is closed rather than reused.
@@ -285,6 +289,7 @@ impl Relay {
             ),
             timeout: Duration::from_secs(config.timeout_secs),
             idle: Mutex::new(Vec::new()),
+            down: Mutex::new(None),
         })
     }
 
@@ -413,6 +418,11 @@ impl Relay {
 
     /// A connection for the next copy: an idle one that still answers NOOP, or a new one.
     async fn connection(&self) -> Result<AsyncSmtpConnection, Sent> {
+        if let Some(reason) = &*self.down.lock().unwrap_or_else(|p| p.into_inner()) {
+            return Err(Sent::Temporary(format!(
+                "{reason} (not tried again in this run)"
+            )));
+        }
         loop {
             let idle = {
                 let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
@@ -428,7 +438,13 @@ impl Relay {
                     }
                 }
                 Some(_) => continue,
-                None => return self.connect().await,
+                None => {
+                    let connected = self.connect().await;
+                    if let Err(Sent::Temporary(reason)) = &connected {
+                        *self.down.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason.clone());
+                    }
+                    return connected;
+                }
             }
         }
     }

@@ -39,6 +39,8 @@ pub enum SendmailError {
     Queue(#[from] QueueError),
     #[error("{0}")]
     Unavailable(String),
+    #[error("{0}")]
+    NotOwner(String),
 }
 
 impl SendmailError {
@@ -64,6 +66,7 @@ impl SendmailError {
             }
             SendmailError::Queue(_) => 75,
             SendmailError::Unavailable(_) => 69,
+            SendmailError::NotOwner(_) => 77,
         }
     }
 }
@@ -305,12 +308,37 @@ pub fn run_queue(config: &Config, scope: Scope) -> Result<queue::RunReport, Send
     runtime.block_on(run_queue_async(config, scope))
 }
 
+/// A run as root on a queue another user owns (the shared queue's service user) would use
+/// root's GnuPG keyring, where recipients whose keys are in the owner's look keyless (signed or
+/// clear copies, or refusals, instead of encrypted ones), and leave root's files in the owner's
+/// GnuPG home. Listing and deleting are fine; delivering is the owner's.
+fn refuse_root_on_anothers_queue(dir: &Path) -> Result<(), SendmailError> {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        return Ok(());
+    }
+    match std::fs::metadata(dir) {
+        Ok(meta) if meta.uid() != 0 => {
+            let owner = queue::user_name(meta.uid());
+            Err(SendmailError::NotOwner(format!(
+                "the queue {} belongs to {owner} (uid {}): run it as that user, e.g. \
+                 `sudo -u {owner} sealpost queue run`, so that it uses that user's keys",
+                dir.display(),
+                meta.uid()
+            )))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// [`run_queue`] inside a runtime. Waits for a queue run in progress to finish first. Files
 /// the runner creates (queue database, reports) are its owner's alone (umask 077).
 pub async fn run_queue_async(
     config: &Config,
     scope: Scope,
 ) -> Result<queue::RunReport, SendmailError> {
+    refuse_root_on_anothers_queue(&config.queue.dir)?;
     // SAFETY: umask cannot fail.
     unsafe { libc::umask(0o077) };
     let relay = Relay::new(&config.relay, &queue::hostname())?;
