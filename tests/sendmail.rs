@@ -965,3 +965,23 @@ fn a_silent_relay_is_waited_for_once_per_run() {
     );
     drop(silent);
 }
+
+/// Two spellings of one address on the command line are one recipient: one copy, and nothing
+/// left in the queue.
+#[test]
+fn an_address_given_twice_in_two_cases_gets_one_copy() {
+    let s = Setup::new();
+    let relay = s.relay(&RelayOptions::default());
+    s.configure(relay.port, false, "");
+    let msg = "From: alice@example.org\nSubject: twice\n\nonce\n";
+    let out = s.sendmail(
+        &["-i", "Bob@example.org", "bob@example.org"],
+        msg.as_bytes(),
+    );
+    assert!(out.status.success(), "{out:?}");
+    let summary = s.queue_run();
+    assert!(summary.contains("1 sent, 0 deferred"), "{summary}");
+    assert_eq!(relay.delivered(1).len(), 1);
+    assert!(relay.drain().is_empty());
+    assert_eq!(s.queue_list(), "Mail queue is empty\n");
+}

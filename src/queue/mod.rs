@@ -400,11 +400,14 @@ impl Queue {
             )
             .map_err(|e| self.db_err(e))?;
         if added == 1 {
-            for r in &s.recipients {
+            // As the rewrite core names them (no angle brackets, one per address whatever its
+            // case): each gets exactly one copy, matched by that name. A second spelling of
+            // an address got no copy, was retried every run and bounced after the lifetime.
+            for r in crate::rewrite::recipients(&s.recipients) {
                 tx.execute(
                     "INSERT OR IGNORE INTO recipients(message, address, state, next_attempt)
                      VALUES (?1, ?2, 'queued', ?3)",
-                    params![id, r, at],
+                    params![id, r.address, at],
                 )
                 .map_err(|e| self.db_err(e))?;
             }
@@ -1159,8 +1162,18 @@ impl Runner {
         };
         // A batch of copies at a time: a large message to many recipients never has every
         // copy in memory.
+        let mut covered = std::collections::HashSet::new();
         while let Some(copies) = planned.next_batch().await {
+            covered.extend(copies.iter().map(|c| c.recipient.clone()));
             self.relay_batch(m, at, copies, &mut report).await?;
+        }
+        // Every due recipient is accounted for: one the core made no copy for waits with the
+        // reason, instead of being retried every run unrecorded.
+        for d in m.due.iter().filter(|d| !covered.contains(&d.address)) {
+            let reason = "internal error: no copy was built for this recipient";
+            tracing::error!("{}: to=<{}> {reason}", m.id, d.address);
+            self.queue.mark_deferred(&m.id, d, reason, at)?;
+            report.deferred += 1;
         }
         Ok(report)
     }
@@ -1201,6 +1214,7 @@ impl Runner {
                 (_, None) => {
                     // The core produces bytes for every other decision; never send without.
                     let reason = "internal error: no copy was built";
+                    tracing::error!("{}: to=<{}> {reason}", m.id, due.address);
                     self.queue.mark_deferred(&m.id, due, reason, at)?;
                     report.deferred += 1;
                 }

@@ -535,8 +535,9 @@ fn classify(e: &lettre::transport::smtp::Error, relay: &str) -> Sent {
         (Some(c), Some(detail)) => format!("{c} {detail}").replace(['\r', '\n'], " "),
         _ => text.clone(),
     };
-    // rustls reports a refused certificate as a connection error, not a TLS one.
-    let tls = e.is_tls() || text.contains("certificate");
+    // rustls reports a refused certificate as a connection error, not a TLS one (no reply
+    // code: a 5xx that mentions a certificate is the server's answer, permanent).
+    let tls = e.is_tls() || (code.is_none() && text.contains("certificate"));
     match code {
         Some(535) | Some(534) | Some(530) | Some(538) => Sent::Temporary(format!(
             "relay {relay} refused the login ({reply}): check [relay] username and password_file"
