@@ -318,6 +318,15 @@ pub async fn deliver(config: Config, args: DeliverArgs) -> Result<u8, CliError> 
             "message larger than {limit} bytes (imap.limits.max_append)"
         )));
     }
+    // Postfix's local(8) hands a mailbox_command the message after an mbox envelope line
+    // ("From sender date"), as procmail and Dovecot's LDA expect: not a header field.
+    if raw.starts_with(b"From ") {
+        let end = raw
+            .iter()
+            .position(|b| *b == b'\n')
+            .map_or(raw.len(), |i| i + 1);
+        raw.drain(..end);
+    }
     if raw.iter().all(u8::is_ascii_whitespace) {
         return Err(CliError::NotAMessage("empty message on stdin".into()));
     }

@@ -74,6 +74,27 @@ fn deliver_refuses_unknown_accounts_and_empty_input() {
     }
 }
 
+/// The mbox envelope line Postfix's local(8) puts before a message it pipes to a
+/// mailbox_command is not stored as part of the message.
+#[test]
+fn an_envelope_from_line_is_not_stored() {
+    let server = Server::start();
+    let (code, output) = deliver(
+        &server,
+        b"From alice@example.org  Sat Dec  5 02:00:00 2026\nReturn-Path: <alice@example.org>\n\
+          From: alice@example.org\nSubject: piped\n\nbody\n",
+    );
+    assert_eq!(code, 0, "{output}");
+    let mut raw = server.login();
+    raw.ok("SELECT INBOX");
+    let header = raw.ok("UID FETCH 1 (BODY.PEEK[HEADER])").join("\n");
+    assert!(
+        header.contains("Return-Path: <alice@example.org>"),
+        "{header}"
+    );
+    assert!(!header.contains("From alice@example.org  Sat"), "{header}");
+}
+
 /// A message `sealpost deliver` stores (another process) reaches an IDLE session at once:
 /// the server notices the other process's commit, without waiting for a poll of its own.
 #[test]
