@@ -283,6 +283,11 @@ pub fn unprocessed(raw: &[u8], reason: &str) -> Processed {
 /// then `body`.
 fn with_verdict(header: &[u8], body: &[u8], verdict: &Verdict) -> Vec<u8> {
     let mut message = strip_field(header, VERDICT_FIELD);
+    // A message that is all header, without a final line break: ours must not be glued to
+    // its last field.
+    if !message.is_empty() && !message.ends_with(b"\r\n") {
+        message.extend_from_slice(b"\r\n");
+    }
     // The header block ends with its blank line; ours goes just before it.
     let blank = if message.ends_with(b"\r\n\r\n") { 2 } else { 0 };
     let at = message.len() - blank;
@@ -651,6 +656,17 @@ fn from_address(header: &[u8]) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_verdict_is_a_field_of_its_own_after_a_header_without_a_line_break() {
+        let p = unprocessed(b"Subject: no line break", "test");
+        let text = String::from_utf8(p.message).unwrap();
+        assert!(
+            text.starts_with("Subject: no line break\r\nSealpost-Verdict: "),
+            "{text}"
+        );
+        assert!(text.ends_with("\r\n\r\n"), "{text}");
+    }
 
     #[test]
     fn every_spelling_of_the_verdict_field_is_removed() {

@@ -265,7 +265,12 @@ fn pending_files(
 ) -> std::io::Result<Vec<Pending>> {
     let mut out = Vec::new();
     for sub in ["new", "cur"] {
-        for entry in std::fs::read_dir(dir.join(sub))? {
+        // A Maildir++ folder some clients make with cur/ alone has nothing new to read.
+        let entries = match std::fs::read_dir(dir.join(sub)) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && sub == "new" => continue,
+            entries => entries?,
+        };
+        for entry in entries {
             let entry = entry?;
             let name = entry.file_name().to_string_lossy().into_owned();
             if name.starts_with('.') {
