@@ -326,13 +326,14 @@ impl Rewriter {
             (true, EncryptedForm::Combined) => (payload, signing.fingerprint.clone()),
             (false, _) => (payload, None),
         };
+        // The From address's own usable key (one that can encrypt), as for any recipient:
+        // not the signing key, which may be the configured default signer (every copy would
+        // then also open with the gateway's key) or a key without an encryption subkey (gpg
+        // would refuse the recipient, and every encrypted copy with it).
         let self_key = if self.policy.encrypt_to_self {
-            match &signing.fingerprint {
-                Some(f) => Some(f.clone()),
-                None => match self.keys.resolve(from).await {
-                    Ok(Resolution::Usable { fingerprint, .. }) => Some(fingerprint),
-                    _ => None,
-                },
+            match self.keys.resolve(from).await {
+                Ok(Resolution::Usable { fingerprint, .. }) => Some(fingerprint),
+                _ => None,
             }
         } else {
             None
@@ -556,6 +557,20 @@ fn temporary(e: &KeyError) -> Reply {
     Reply::new(451, "4.7.0", format!("temporary failure: {e}"))
 }
 
+/// `"bob"@example.org` as `bob@example.org`: a quoted local part that needs no quotes (a
+/// dot-atom, RFC 5322 §3.2.3) names the same mailbox, and policies and key lookups must see
+/// it so.
+fn unquoted(address: &str) -> Option<String> {
+    let (local, domain) = address.rsplit_once('@')?;
+    let inner = local.strip_prefix('"')?.strip_suffix('"')?;
+    let atext = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-/=?^_`{|}~".contains(c);
+    let dot_atom = !inner.is_empty()
+        && inner
+            .split('.')
+            .all(|atom| !atom.is_empty() && atom.chars().all(atext));
+    dot_atom.then(|| format!("{inner}@{domain}"))
+}
+
 /// Validates and de-duplicates envelope recipients (RFC 5321 paths: angle brackets allowed).
 pub fn recipients(raw: &[String]) -> Vec<Recipient> {
     let mut seen = std::collections::HashSet::new();
@@ -568,11 +583,11 @@ pub fn recipients(raw: &[String]) -> Vec<Recipient> {
             .unwrap_or(trimmed);
         let valid = lettre::Address::from_str(bare).is_ok();
         let address = if valid {
-            bare.to_string()
+            unquoted(bare).unwrap_or_else(|| bare.to_string())
         } else {
             trimmed.to_string()
         };
-        if seen.insert(address.to_ascii_lowercase()) {
+        if seen.insert(policy::canonical_address(&address)) {
             out.push(Recipient { address, valid });
         }
     }
@@ -582,6 +597,22 @@ pub fn recipients(raw: &[String]) -> Vec<Recipient> {
 #[cfg(test)]
 mod tests {
     use super::batch_size;
+
+    #[test]
+    fn a_needless_quote_and_another_spelling_are_one_recipient() {
+        let got = super::recipients(&[
+            "\"bob\"@example.org".into(),
+            "Bob@EXAMPLE.org".into(),
+            "\"b o\"@example.org".into(),
+            "x@bücher.de".into(),
+            "X@xn--bcher-kva.de".into(),
+        ]);
+        let names: Vec<&str> = got.iter().map(|r| r.address.as_str()).collect();
+        assert_eq!(
+            names,
+            ["bob@example.org", "\"b o\"@example.org", "x@bücher.de"]
+        );
+    }
 
     #[test]
     fn batches_hold_about_the_budget() {

@@ -115,19 +115,61 @@ impl Policy {
     }
 
     /// The mode for one recipient: its address override, else its domain's, else the default.
+    /// Addresses and domains are compared as [`canonical_address`] has them, so that
+    /// `bücher.de` in the configuration also governs `xn--bcher-kva.de` and the other way round.
     pub fn mode_for(&self, address: &str) -> Mode {
-        let addr = address.to_ascii_lowercase();
-        if let Some(m) = self.addresses.get(&addr) {
+        let addr = canonical_address(address);
+        if let Some((_, m)) = self
+            .addresses
+            .iter()
+            .find(|(k, _)| canonical_address(k) == addr)
+        {
             return *m;
         }
         let domain = addr.rsplit_once('@').map_or("", |(_, d)| d);
-        self.domains.get(domain).copied().unwrap_or(self.mode)
+        self.domains
+            .iter()
+            .find(|(k, _)| canonical_domain(k) == domain)
+            .map_or(self.mode, |(_, m)| *m)
     }
+}
+
+/// An address as policies and duplicate checks compare it: the local part in ASCII lower
+/// case, the domain as IDNA ASCII (punycode, lower case).
+pub fn canonical_address(address: &str) -> String {
+    match address.rsplit_once('@') {
+        Some((local, domain)) => {
+            format!(
+                "{}@{}",
+                local.to_ascii_lowercase(),
+                canonical_domain(domain)
+            )
+        }
+        None => address.to_ascii_lowercase(),
+    }
+}
+
+/// A domain as IDNA ASCII (UTS #46: `Bücher.DE` → `xn--bcher-kva.de`); one that does not
+/// convert, in ASCII lower case.
+pub fn canonical_domain(domain: &str) -> String {
+    idna::domain_to_ascii(domain).unwrap_or_else(|_| domain.to_ascii_lowercase())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn international_domains_match_in_either_form() {
+        let mut p = Policy::default();
+        p.domains.insert("bücher.de".into(), Mode::EncryptOnly);
+        p.addresses
+            .insert("chef@xn--bcher-kva.de".into(), Mode::AllOrNothing);
+        assert_eq!(p.mode_for("x@xn--bcher-kva.de"), Mode::EncryptOnly);
+        assert_eq!(p.mode_for("x@BÜCHER.de"), Mode::EncryptOnly);
+        assert_eq!(p.mode_for("Chef@bücher.de"), Mode::AllOrNothing);
+        assert_eq!(p.mode_for("x@buecher.de"), Mode::Opportunistic);
+    }
 
     #[test]
     fn overrides() {
