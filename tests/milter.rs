@@ -944,3 +944,38 @@ fn held_recipient_in_a_later_batch_keeps_the_original() {
     );
     assert!(log.contains("to=<dave@example.net> held: no key"), "{log}");
 }
+
+/// On Postfix's sendmail path a held original could not lose its other recipients (they would
+/// get a clear duplicate when it is released): with a recipient to hold, the message waits
+/// deferred instead. bob's encrypted copy went (once, journaled); nothing is held, and no
+/// clear copy reaches bob.
+#[test]
+fn a_recipient_to_hold_on_the_sendmail_path_defers_the_message() {
+    let Some(rig) = Rig::new() else { return };
+    let (world, postfix) = (&rig.world, &rig.postfix);
+    postfix.set("milter_macro_daemon_name = mx-in");
+    let milter =
+        rig.milter_with("inbound_daemon_names = [\"mx-in\"]\ninbound_without_key = \"hold\"\n");
+    let inbound = INBOUND.replace("erin@example.org", "dave@example.net");
+    let out = postfix.sendmail(
+        &[
+            "-i",
+            "-f",
+            "mallory@elsewhere.test",
+            "bob@example.org",
+            "dave@example.net",
+        ],
+        inbound.as_bytes(),
+    );
+    assert!(out.status.success(), "{out:?}");
+    let got = by_recipient(postfix.wait_messages(1));
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].0, "bob@example.org");
+    check_inbound_encrypted(world, &got[0].1);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !milter.log().contains("waits deferred instead") {
+        assert!(std::time::Instant::now() < deadline, "{}", milter.log());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(postfix.held(), 0, "{}", postfix.log());
+}

@@ -711,6 +711,22 @@ async fn end_of_message(
                     && copy.decision == Decision::Clear
                     && inbound.iter().any(|r| r == &copy.recipient)
                 {
+                    if !in_place {
+                        // A held original must lose every other recipient, which cannot be
+                        // done here (see `in_place`): released, it would bring them a clear
+                        // duplicate of their encrypted copies. The message waits in Postfix's
+                        // queue instead (the copies already re-injected are journaled), and
+                        // goes once the key is there, or returns to the sender after the
+                        // queue lifetime.
+                        return tempfail(
+                            cx,
+                            &format!(
+                                "{}: no key, to be held; on the sendmail path it waits \
+                                 deferred instead",
+                                copy.recipient
+                            ),
+                        );
+                    }
                     held.push(copy.recipient);
                     if held_copy.is_none() {
                         held_copy = copy.message;
@@ -873,6 +889,7 @@ fn refused_key(recipient: &str) -> String {
 
 /// A temporary failure: Postfix keeps the message and tries again.
 fn tempfail(cx: &mut EomContext<Transaction>, text: &str) -> Status {
+    tracing::warn!("TEMPFAIL, Postfix keeps the message: {text}");
     let _ = cx
         .reply
         .set_error_reply("451", Some("4.7.0"), [format!("sealpost: {text}")]);
@@ -1018,7 +1035,9 @@ async fn send_report(
     match (&copy.decision, &copy.message) {
         (Decision::Deferred { reply }, _) => Err(format!("report to the sender: {reply}")),
         (_, None) => {
-            tracing::warn!(
+            // The policy allows the sender nothing in clear, and they have no key: the
+            // administrator is told here, the sender cannot be.
+            tracing::error!(
                 "{queue_id}: report to <{sender}> not sent: {}",
                 copy.decision.detail()
             );
@@ -1026,8 +1045,11 @@ async fn send_report(
         }
         (_, Some(bytes)) => match milter.reinject.send("", sender, bytes).await {
             Sent::Accepted(_) => Ok(()),
-            Sent::Temporary(e) | Sent::Permanent(e) => {
-                Err(format!("cannot send the report to the sender: {e}"))
+            Sent::Temporary(e) => Err(format!("cannot send the report to the sender: {e}")),
+            // Refused for good: every retry would meet the same refusal.
+            Sent::Permanent(e) => {
+                tracing::error!("{queue_id}: report to <{sender}> refused: {e}");
+                Ok(())
             }
         },
     }
