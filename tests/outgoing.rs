@@ -646,3 +646,27 @@ async fn a_worker_outlives_sigterm_and_a_dead_one_is_replaced() {
     assert_eq!(second.len(), 1, "one worker again: {second:?}");
     assert_ne!(second, first, "a new worker");
 }
+
+/// A public keyring gpg cannot read (here garbage where pubring.kbx should be; likewise a
+/// directory there, or a file the process may not open) is a failed lookup, not "no key":
+/// the recipient is deferred, never sent a signed cleartext copy.
+#[tokio::test]
+async fn an_unreadable_public_keyring_defers_rather_than_sends_in_clear() {
+    let world = World::new();
+    let ring = world.sender.dir.join("pubring.kbx");
+    std::fs::rename(&ring, world.sender.dir.join("pubring.kbx.kept")).unwrap();
+    std::fs::write(&ring, b"not a keybox at all, garbage").unwrap();
+    let env = Envelope {
+        id: "T9".into(),
+        sender: "alice@example.org".into(),
+        recipients: vec!["bob@example.org".into()],
+    };
+    let copies = copies(run(&world, Policy::default(), &env, MESSAGE.as_bytes()).await);
+    assert_eq!(copies.len(), 1);
+    assert!(
+        matches!(copies[0].decision, Decision::Deferred { .. }),
+        "{:?}",
+        copies[0].decision
+    );
+    assert!(copies[0].message.is_none());
+}
