@@ -112,9 +112,14 @@ pub struct Decrypted {
     pub signatures: Vec<SignatureCheck>,
 }
 
+/// How long looked-up keys are trusted without a keyring change.
+const CACHE_FOR: std::time::Duration = std::time::Duration::from_secs(600);
+
 #[derive(Default)]
 struct Cache {
     stamp: Vec<(PathBuf, Option<(SystemTime, u64)>)>,
+    /// When the lookups started (None: none yet): they are dropped after [`CACHE_FOR`].
+    since: Option<std::time::Instant>,
     public: HashMap<String, Resolution>,
     secret: HashMap<String, Option<String>>,
     keydata: HashMap<String, Vec<u8>>,
@@ -210,17 +215,21 @@ impl KeyService {
         &self.home
     }
 
-    /// Drops cached lookups when a keyring file changed since they were made.
+    /// Drops cached lookups when a keyring file changed since they were made, or after
+    /// [`CACHE_FOR`]: a key expires without any file changing, and a "no key" from an
+    /// unreachable key server must not stand for the life of a daemon.
     fn fresh_cache(&self) -> std::sync::MutexGuard<'_, Cache> {
         let stamp = keyring_stamp(&self.home);
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        if cache.stamp != stamp {
+        let old = cache.since.is_some_and(|t| t.elapsed() > CACHE_FOR);
+        if cache.stamp != stamp || old {
             self.worker.invalidate();
             *cache = Cache {
                 stamp,
                 ..Cache::default()
             };
         }
+        cache.since.get_or_insert_with(std::time::Instant::now);
         cache
     }
 
