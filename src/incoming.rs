@@ -343,9 +343,36 @@ pub async fn deliver(config: Config, args: DeliverArgs) -> Result<u8, CliError> 
             tracing::warn!(account = %args.account, "retry of undecryptable messages: {e}");
         }
     }
-    let processed = crate::inbound::process(&keys, &raw)
-        .await
-        .map_err(|e| CliError::Temporary(e.to_string()))?;
+    // GnuPG failing on this message (by its bytes) on every try is counted: after a few tries
+    // over an hour it is stored as it came, marked undecryptable with the reason, instead of
+    // going back to the MTA until its queue lifetime ends and it bounces, never seen.
+    use sha2::Digest;
+    let strike_key = format!(
+        "deliver-undecrypted:{}:{}",
+        args.account,
+        hex::encode(sha2::Sha256::digest(&raw))
+    );
+    let processed = match crate::inbound::process(&keys, &raw).await {
+        Ok(p) => p,
+        Err(e) => {
+            let strike = crate::sync::strike(&store, strike_key.clone())
+                .await
+                .map_err(|s| CliError::Temporary(format!("{e} (and cannot count it: {s})")))?;
+            if !strike.give_up {
+                return Err(CliError::Temporary(format!(
+                    "{e} (try {}; kept undecryptable after 5 tries over an hour)",
+                    strike.tries
+                )));
+            }
+            tracing::error!(account = %args.account,
+                "GnuPG failed on this message in {} tries since {}: {e}; stored as it came, \
+                 marked undecryptable", strike.tries, strike.since);
+            crate::inbound::unprocessed(
+                &raw,
+                &format!("GnuPG failed on it in {} tries: {e}", strike.tries),
+            )
+        }
+    };
     let keywords = processed.verdict.keywords();
     let verdict = processed.verdict.field_value();
     let account_name = args.account.clone();
@@ -356,7 +383,13 @@ pub async fn deliver(config: Config, args: DeliverArgs) -> Result<u8, CliError> 
             crate::store::Flags::new(keywords),
             crate::store::InternalDate::now(),
         );
-        Ok::<_, CliError>(store.append(mailbox.id, message, crate::store::Origin::Sync)?)
+        let appended = store.append(mailbox.id, message, crate::store::Origin::Sync)?;
+        // Its failure count, if it had one, goes with it.
+        if store.meta(&strike_key)?.is_some() {
+            let stamps = [":since", ":last"].map(|s| format!("{strike_key}{s}"));
+            store.delete_meta(&[strike_key, stamps[0].clone(), stamps[1].clone()])?;
+        }
+        Ok::<_, CliError>(appended)
     })
     .await
     .map_err(|e| CliError::Temporary(e.to_string()))?

@@ -521,3 +521,57 @@ async fn a_signature_part_with_a_hundred_and_one_signatures_is_bad() {
         "{verdict}"
     );
 }
+
+/// A message GnuPG works on past the deadline every time (999 garbled session key packets for
+/// Bob's key against a 1 s deadline): 75 at first, so the MTA tries again; after five tries
+/// over an hour (the count is aged here in the store) it is stored as it came, marked
+/// undecryptable with the reason, instead of bouncing after the MTA's queue lifetime, unseen.
+#[test]
+fn a_message_gnupg_always_fails_on_is_stored_undecryptable_in_the_end() {
+    let world = World::new();
+    let server = Server::start_config(
+        "",
+        &format!(
+            "[gnupg]\nhome = \"{}\"\ntimeout_secs = 1\n",
+            world.bob.dir.display()
+        ),
+    );
+    let locked = common::behind_garbled_session_keys(
+        &world,
+        999,
+        b"Content-Type: text/plain\r\n\r\nbehind many locks\r\n",
+    );
+    let raw = format!(
+        "From: alice@example.org\r\nTo: bob@example.org\r\nSubject: slow\r\n\r\n{}\r\n",
+        common::armor("PGP MESSAGE", &locked)
+    );
+    let (code, output) = deliver(&server, raw.as_bytes());
+    assert_eq!(code, 75, "{output}");
+    assert!(output.contains("try 1"), "{output}");
+    let db = rusqlite::Connection::open(server.store_path()).unwrap();
+    let aged = db
+        .execute(
+            "UPDATE store_meta SET value = CASE WHEN key LIKE '%:since' THEN value - 7200 \
+             WHEN key LIKE '%:last' THEN value ELSE 4 END WHERE key LIKE 'deliver-undecrypted:%'",
+            [],
+        )
+        .unwrap();
+    assert_eq!(aged, 3, "one count, its start and its last try");
+    let (code, output) = deliver(&server, raw.as_bytes());
+    assert_eq!(code, 0, "{output}");
+    let mut imap = server.login();
+    imap.ok("SELECT INBOX");
+    let lines = imap
+        .ok("UID FETCH 1 (FLAGS BODY.PEEK[HEADER.FIELDS (Sealpost-Verdict)])")
+        .join("\n");
+    assert!(lines.contains("$Sealpost-Undecryptable"), "{lines}");
+    assert!(lines.contains("GnuPG failed on it in 5 tries"), "{lines}");
+    let left: i64 = db
+        .query_row(
+            "SELECT count(*) FROM store_meta WHERE key LIKE 'deliver-undecrypted:%'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(left, 0, "the count goes with the stored message");
+}

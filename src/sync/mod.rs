@@ -1420,17 +1420,17 @@ fn given_up(tries: i64, since: i64, last: i64, now: i64) -> bool {
 }
 
 /// One more failed pass for whatever `key` names (in the store's meta table).
-struct Strike {
-    tries: i64,
-    since: i64,
+pub(crate) struct Strike {
+    pub tries: i64,
+    pub since: i64,
     /// [`FETCH_TRIES`] passes spanning [`FETCH_GIVE_UP_SECS`]: stop trying.
-    give_up: bool,
+    pub give_up: bool,
 }
 
 /// Counts one more failed pass under `key`. A streak: a failure more than a day after the one
 /// before starts counting again. Given up only after several passes over some time, so that
 /// an outage of a few minutes (the daemon may pass often) gives up on nothing.
-async fn strike(store: &Store, key: String) -> Result<Strike, SyncError> {
+pub(crate) async fn strike(store: &Store, key: String) -> Result<Strike, SyncError> {
     let now = crate::store::unix_now();
     let store = store.clone();
     blocking(move || {
