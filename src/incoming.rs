@@ -290,6 +290,50 @@ pub struct DeliverArgs {
     /// The mailbox to deliver into.
     #[arg(long, value_name = "NAME", default_value = "INBOX")]
     pub mailbox: String,
+    /// Reads no message: only tries the account's undecryptable messages again (what each
+    /// delivery starts in the background once its message is stored).
+    #[arg(long, hide = true)]
+    pub retry_only: bool,
+}
+
+/// Starts `sealpost deliver --retry-only` for `account`, detached (its own process group, no
+/// standard streams): a failure to start it is only logged.
+fn start_retry(config: &Config, account: &str) {
+    use std::os::unix::process::CommandExt;
+    let Ok(exe) = std::env::current_exe() else {
+        return;
+    };
+    let mut cmd = std::process::Command::new(exe);
+    if let Some(path) = &config.source {
+        cmd.arg("--config").arg(path);
+    }
+    cmd.args(["deliver", "--account", account, "--retry-only"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .process_group(0);
+    if let Err(e) = cmd.spawn() {
+        tracing::warn!(%account, "cannot start the retry of undecryptable messages: {e}");
+    }
+}
+
+/// `deliver --retry-only`: one retry of the account's undecryptable messages at a time (the
+/// sync's lock: several deliveries start one each, and the first records the try).
+async fn retry_in_background(config: &Config, account: &str) -> Result<u8, CliError> {
+    let store = open_store(config)
+        .await
+        .map_err(|e| CliError::Temporary(e.to_string()))?;
+    let _lock = crate::sync::sync_lock(&store)
+        .await
+        .map_err(|e| CliError::Temporary(e.to_string()))?;
+    let Some(id) = store.account(account)? else {
+        return Ok(0);
+    };
+    let keys = crate::cli::key_service(config, None);
+    if let Err(e) = crate::sync::retry_undecryptable(&store, &keys, id).await {
+        tracing::warn!(%account, "retry of undecryptable messages: {e}");
+    }
+    Ok(0)
 }
 
 /// `sealpost deliver`: a local delivery agent (Postfix `mailbox_command`, procmail-style).
@@ -302,6 +346,9 @@ pub async fn deliver(config: Config, args: DeliverArgs) -> Result<u8, CliError> 
     use std::io::Read;
     if !config.accounts.iter().any(|a| a.name == args.account) {
         return Err(CliError::NoUser(args.account));
+    }
+    if args.retry_only {
+        return retry_in_background(&config, &args.account).await;
     }
     let limit = config.imap.limits.max_append;
     let mut raw = Vec::new();
@@ -335,14 +382,6 @@ pub async fn deliver(config: Config, args: DeliverArgs) -> Result<u8, CliError> 
     let store = open_store(&config)
         .await
         .map_err(|e| CliError::Temporary(e.to_string()))?;
-    // Messages kept undecryptable are tried again (when the keys changed, or once a day)
-    // before this one is stored, not after: killed during the retry, the MTA delivers again
-    // and nothing is stored twice. A failed retry is only logged.
-    if let Ok(Some(account)) = store.account(&args.account) {
-        if let Err(e) = crate::sync::retry_undecryptable(&store, &keys, account).await {
-            tracing::warn!(account = %args.account, "retry of undecryptable messages: {e}");
-        }
-    }
     // GnuPG failing on this message (by its bytes) on every try is counted: after a few tries
     // over an hour it is stored as it came, marked undecryptable with the reason, instead of
     // going back to the MTA until its queue lifetime ends and it bounces, never seen.
@@ -399,5 +438,10 @@ pub async fn deliver(config: Config, args: DeliverArgs) -> Result<u8, CliError> 
     })?;
     tracing::info!(account = %account_name, uid = appended.uid, %verdict, "deliver: stored");
     println!("delivered {}", appended.uid);
+    // Messages kept undecryptable are tried again (when the keys changed, or once a day) by a
+    // process of their own, in the background: the MTA has its answer now, and a retry that
+    // takes long can neither hold it up nor get this delivery killed (Postfix bounces a
+    // mailbox_command past command_time_limit).
+    start_retry(&config, &account_name);
     Ok(0)
 }

@@ -1027,7 +1027,7 @@ fn fetched_message(
 
 /// One sync at a time per store (the daemons inside `sealpost imap` and a manual `sealpost
 /// sync --once` take turns): a lock file beside the store.
-async fn sync_lock(store: &Store) -> Result<crate::queue::RunLock, SyncError> {
+pub(crate) async fn sync_lock(store: &Store) -> Result<crate::queue::RunLock, SyncError> {
     let path = std::path::PathBuf::from(format!("{}.sync-lock", store.path().display()));
     blocking(move || crate::queue::RunLock::acquire_path(&path))
         .await?
