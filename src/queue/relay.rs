@@ -155,10 +155,12 @@ pub struct Relay {
     /// Connections that just carried a copy, kept for the next one.
     idle: Mutex<Vec<(AsyncSmtpConnection, Instant)>>,
     description: String,
-    /// Why a new connection failed for a temporary reason (refused, timed out, TLS, AUTH):
-    /// the copies after it are deferred at once with that reason instead of each trying (and
-    /// waiting out `timeout_secs` on a relay that drops packets). A Relay serves one run.
+    /// Why a new connection failed for a temporary reason (refused, timed out, TLS, AUTH),
+    /// once [`Relay::for_one_run`] asked for it: the copies after it are deferred at once with
+    /// that reason instead of each trying (and waiting out `timeout_secs` on a relay that
+    /// drops packets).
     down: Mutex<Option<String>>,
+    breaker: bool,
 }
 
 /// An idle connection older than this is closed rather than reused.
@@ -290,6 +292,7 @@ impl Relay {
             timeout: Duration::from_secs(config.timeout_secs),
             idle: Mutex::new(Vec::new()),
             down: Mutex::new(None),
+            breaker: false,
         })
     }
 
@@ -417,6 +420,14 @@ impl Relay {
     }
 
     /// A connection for the next copy: an idle one that still answers NOOP, or a new one.
+    /// For one queue run: after a new connection fails for a temporary reason, the rest of
+    /// the run is deferred without connecting again. (Not for a daemon such as the milter,
+    /// which would never connect again.)
+    pub fn for_one_run(mut self) -> Relay {
+        self.breaker = true;
+        self
+    }
+
     async fn connection(&self) -> Result<AsyncSmtpConnection, Sent> {
         if let Some(reason) = &*self.down.lock().unwrap_or_else(|p| p.into_inner()) {
             return Err(Sent::Temporary(format!(
@@ -440,7 +451,7 @@ impl Relay {
                 Some(_) => continue,
                 None => {
                     let connected = self.connect().await;
-                    if let Err(Sent::Temporary(reason)) = &connected {
+                    if let (true, Err(Sent::Temporary(reason))) = (self.breaker, &connected) {
                         *self.down.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason.clone());
                     }
                     return connected;
@@ -564,4 +575,43 @@ fn chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     text.replace(['\r', '\n'], " ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A relay on loopback that refuses connections (a port nothing listens on).
+    fn refusing() -> Relay {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let config = RelayConfig {
+            host: Some("127.0.0.1".into()),
+            port: Some(closed),
+            tls: RelayTls::None,
+            timeout_secs: 5,
+            ..RelayConfig::default()
+        };
+        Relay::new(&config, "host.example").unwrap()
+    }
+
+    /// Only a queue run's relay stops connecting after a failure; the milter's (a daemon's)
+    /// tries each time, or it would never re-inject again.
+    #[tokio::test]
+    async fn only_a_run_stops_connecting_after_a_failure() {
+        for (relay, stops) in [(refusing(), false), (refusing().for_one_run(), true)] {
+            for attempt in 0..2 {
+                let Sent::Temporary(reason) =
+                    relay.send("a@example.org", "b@example.org", b"x").await
+                else {
+                    panic!("a refused connection is temporary");
+                };
+                let skipped = reason.contains("not tried again in this run");
+                assert_eq!(skipped, stops && attempt == 1, "{reason}");
+            }
+        }
+    }
 }
