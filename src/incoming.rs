@@ -382,7 +382,7 @@ pub async fn deliver(config: Config, args: DeliverArgs) -> Result<u8, CliError> 
     let store = open_store(&config)
         .await
         .map_err(|e| CliError::Temporary(e.to_string()))?;
-    // GnuPG failing on this message (by its bytes) on every try is counted: after a few tries
+    // GnuPG working past the deadline on this message (by its bytes) is counted: after a few tries
     // over an hour it is stored as it came, marked undecryptable with the reason, instead of
     // going back to the MTA until its queue lifetime ends and it bounces, never seen.
     use sha2::Digest;
@@ -393,6 +393,15 @@ pub async fn deliver(config: Config, args: DeliverArgs) -> Result<u8, CliError> 
     );
     let processed = match crate::inbound::process(&keys, &raw).await {
         Ok(p) => p,
+        // GnuPG unreachable (agent gone) fails at once and says nothing about the message.
+        Err(e)
+            if !matches!(
+                e,
+                crate::inbound::InboundError::Temporary(crate::keys::KeyError::Deadline { .. })
+            ) =>
+        {
+            return Err(CliError::Temporary(e.to_string()));
+        }
         Err(e) => {
             let strike = crate::sync::strike(&store, strike_key.clone())
                 .await

@@ -1243,8 +1243,9 @@ pub(crate) struct Settled<K> {
 /// alone (it may only have waited behind a slow one past its deadline); failing again, it is
 /// more likely the message's own fault (GnuPG working through it past the deadline every
 /// time): it becomes a suspect and is held, so that it holds up nothing else. A message alone
-/// in its batch is a suspect at once (nothing else shows whether GnuPG works; held, it ends no
-/// pass). A suspect counts a failed pass also when it is the only message left to fetch; after [`FETCH_TRIES`] passes spanning
+/// in its batch that GnuPG works on past the deadline is a suspect at once (nothing else shows
+/// whether GnuPG works; held, it ends no pass); one that fails alone at once (agent gone)
+/// waits as a failed batch does. A suspect counts a failed pass also when it is the only message left to fetch; after [`FETCH_TRIES`] passes spanning
 /// [`FETCH_GIVE_UP_SECS`] it is stored as it came, marked undecryptable with the reason, and
 /// the retry of undecryptable messages tries it again later. `strike_key` names a message's
 /// failure count in the store's meta table.
@@ -1256,9 +1257,9 @@ async fn settle<K>(
     strike_key: impl Fn(&K) -> String,
 ) -> Result<Settled<K>, SyncError> {
     let any_done = processed.iter().any(|p| p.4.is_ok());
-    // A message that fails alone is counted against itself too: held rather than failing the
-    // batch, it cannot end every pass (and hold up the folders after it) while no other
-    // message comes to show GnuPG working.
+    // A message GnuPG works on past the deadline alone is counted against itself too: held
+    // rather than failing the batch, it cannot end every pass (and hold up the folders after
+    // it) while no other message comes to show GnuPG working.
     let alone = processed.len() == 1;
     let mut settled = Settled {
         messages: Vec::with_capacity(processed.len()),
@@ -1275,7 +1276,11 @@ async fn settle<K>(
             Ok(p) => p,
             Err(e) => {
                 let name = strike_key(&key);
-                let suspect = any_done || alone || {
+                // Alone, only GnuPG working past the deadline on it counts against the message:
+                // an agent that cannot be reached fails at once, and says nothing about it.
+                let alone_too_long =
+                    alone && matches!(e, InboundError::Temporary(KeyError::Deadline { .. }));
+                let suspect = any_done || alone_too_long || {
                     let (s, k) = (store.clone(), name.clone());
                     blocking(move || s.meta(&k)).await??.is_some()
                 };
