@@ -582,3 +582,48 @@ fn a_message_gnupg_always_fails_on_is_stored_undecryptable_in_the_end() {
         .unwrap();
     assert_eq!(left, 0, "the count goes with the stored message");
 }
+
+/// GnuPG that cannot be reached (its agent stopped and none can start) says nothing about the
+/// message: deliver answers 75 at once and counts no try against it, however often the MTA
+/// tries, so a long agent outage never gives mail up as undecryptable. Back, the same message
+/// is stored decrypted.
+#[test]
+fn an_unreachable_agent_defers_without_counting_against_the_message() {
+    let world = World::new();
+    let server = bobs_store(&world);
+    let locked = world.sender.encrypt_to(
+        &world.bob_fpr,
+        b"Content-Type: text/plain\r\n\r\nfor bob only\r\n",
+    );
+    let raw = format!(
+        "From: alice@example.org\r\nTo: bob@example.org\r\nSubject: later\r\n\r\n{}",
+        String::from_utf8(locked).unwrap()
+    );
+    sealpost::keys::home::stop_daemons(&world.bob.dir);
+    let conf = world.bob.dir.join("gpg.conf");
+    let original = std::fs::read_to_string(&conf).unwrap();
+    std::fs::write(&conf, format!("{original}agent-program /bin/false\n")).unwrap();
+    for _ in 0..6 {
+        let (code, output) = deliver(&server, raw.as_bytes());
+        assert_eq!(code, 75, "{output}");
+        assert!(!output.contains("try "), "{output}");
+    }
+    let db = rusqlite::Connection::open(server.store_path()).unwrap();
+    let counted: i64 = db
+        .query_row(
+            "SELECT count(*) FROM store_meta WHERE key LIKE 'deliver-undecrypted:%'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(counted, 0, "no try counted");
+
+    std::fs::write(&conf, original).unwrap();
+    let (code, output) = deliver(&server, raw.as_bytes());
+    assert_eq!(code, 0, "{output}");
+    let mut imap = server.login();
+    imap.ok("SELECT INBOX");
+    let lines = imap.ok("UID FETCH 1 (FLAGS BODY.PEEK[TEXT])").join("\n");
+    assert!(lines.contains("for bob only"), "{lines}");
+    assert!(!lines.contains("$Sealpost-Undecryptable"), "{lines}");
+}
