@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use std::process::{Child, Command, Stdio};
 
-use common::postfix::{wait_for_port, Postfix};
+use common::postfix::{count_files, wait_for_port, Postfix};
 use common::relay::free_port;
 use common::*;
 
@@ -978,4 +978,58 @@ fn a_recipient_to_hold_on_the_sendmail_path_defers_the_message() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     assert_eq!(postfix.held(), 0, "{}", postfix.log());
+}
+
+/// Recipients spelled other than the copies name them (a needless quote, another case): the
+/// recipient kept in place is kept, not deleted with the others, and a retry after a failed
+/// re-injection finds the copies already re-injected in the journal, sending none twice.
+#[test]
+fn recipients_spelled_differently_keep_their_copy_and_are_not_sent_twice() {
+    let Some(rig) = Rig::new() else { return };
+    let (world, postfix) = (&rig.world, &rig.postfix);
+    let milter = rig.milter();
+    let one = rig.smtp(&["\"bob\"@example.org"]);
+    assert!(one.starts_with("250"), "{one}");
+    let got = by_recipient(postfix.wait_messages(1));
+    assert_eq!(got[0].0, "bob@example.org", "{}", milter.log());
+    assert!(world.bob.decrypt(&ciphertext(&crlf(&got[0].1))).is_some());
+
+    postfix.fail_reinjection(Some("carol@example.org"));
+    let rcpts = [
+        "\"bob\"@example.org",
+        "\"Dave\"@Example.NET",
+        "\"carol\"@example.org",
+    ];
+    let reply = rig.smtp(&rcpts);
+    assert!(reply.starts_with("451"), "{reply}");
+    let mut first: Vec<String> = by_recipient(postfix.wait_messages(2))
+        .into_iter()
+        .map(|(r, _)| r.to_ascii_lowercase())
+        .collect();
+    first.sort();
+    assert_eq!(first, ["bob@example.org", "dave@example.net"]);
+    postfix.fail_reinjection(None);
+    let reply = rig.smtp(&rcpts);
+    assert!(reply.starts_with("250"), "{reply}");
+    // Every copy is in Postfix's queue before the 250: once four are delivered and the queue
+    // is empty, a copy sent twice would show as a fifth.
+    let all = postfix.wait_messages(4);
+    assert_eq!(postfix.queued(), 0);
+    let mut got: Vec<String> = by_recipient(all)
+        .into_iter()
+        .map(|(r, _)| r.to_ascii_lowercase())
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            "bob@example.org",
+            "bob@example.org",
+            "carol@example.org",
+            "dave@example.net"
+        ],
+        "{}",
+        milter.log()
+    );
+    assert_eq!(count_files(&postfix.maildir()), 4);
 }

@@ -39,6 +39,7 @@ use crate::inbound::{strip_field, VERDICT_FIELD};
 use crate::keys::Resolution;
 use crate::queue::bounce;
 use crate::queue::relay::{Relay, RelayConfig, RelayTls, Sent};
+use crate::rewrite::policy::canonical_domain;
 use crate::rewrite::{Copy, Decision, Envelope, Lookup, Mode, Policy, Prepared, Reply, Rewriter};
 use journal::Journal;
 
@@ -163,7 +164,7 @@ impl Milter {
             local_domains: config
                 .local_domains
                 .iter()
-                .map(|d| d.to_ascii_lowercase())
+                .map(|d| canonical_domain(d))
                 .collect(),
             hold_without_key: config.inbound_without_key == WithoutKey::Hold,
             reinject,
@@ -204,7 +205,7 @@ impl Milter {
         let local = (!self.local_domains.is_empty()).then(|| {
             recipient.rsplit_once('@').is_some_and(|(_, domain)| {
                 self.local_domains
-                    .contains(&domain.trim_end_matches('>').to_ascii_lowercase())
+                    .contains(&canonical_domain(domain.trim_end_matches('>')))
             })
         });
         inbound_rule(service, t.login.is_some(), local)
@@ -616,7 +617,11 @@ async fn end_of_message(
     // fan-out makes only the copies still missing, instead of every one, each time.
     let mut pending: Vec<String> = Vec::with_capacity(t.recipients.len());
     for r in &t.recipients {
-        match milter.journal.contains(&id, r) {
+        // The journal names a copy by its recipient as the copy does (`"bob"@x` is `bob@x`).
+        match milter
+            .journal
+            .contains(&id, &crate::rewrite::copy_recipient(r))
+        {
             Ok(true) => {}
             Ok(false) => pending.push(r.clone()),
             Err(e) => return tempfail(cx, &e.to_string()),
@@ -709,7 +714,9 @@ async fn end_of_message(
                 any_sendable = true;
                 if milter.hold_without_key
                     && copy.decision == Decision::Clear
-                    && inbound.iter().any(|r| r == &copy.recipient)
+                    && inbound
+                        .iter()
+                        .any(|r| crate::rewrite::same_recipient(r, &copy.recipient))
                 {
                     if !in_place {
                         // A held original must lose every other recipient, which cannot be
@@ -799,7 +806,10 @@ async fn end_of_message(
             return Status::Discard;
         }
     };
-    let is_kept = |r: &str| kept.iter().any(|k| k.eq_ignore_ascii_case(r));
+    // The recipients as Postfix gave them, the copies as the core names them: compared as
+    // mailboxes, so that `"bob"@x` kept for the copy to `bob@x` is not deleted (that would
+    // leave the message with no recipient: accepted, then dropped).
+    let is_kept = |r: &str| kept.iter().any(|k| crate::rewrite::same_recipient(r, k));
     // Every recipient but the ones kept leaves the original.
     for r in &t.recipients {
         if is_kept(r) {

@@ -576,22 +576,42 @@ pub fn recipients(raw: &[String]) -> Vec<Recipient> {
     let mut seen = std::collections::HashSet::new();
     let mut out = Vec::with_capacity(raw.len());
     for r in raw {
-        let trimmed = r.trim();
-        let bare = trimmed
-            .strip_prefix('<')
-            .and_then(|s| s.strip_suffix('>'))
-            .unwrap_or(trimmed);
-        let valid = lettre::Address::from_str(bare).is_ok();
-        let address = if valid {
-            unquoted(bare).unwrap_or_else(|| bare.to_string())
-        } else {
-            trimmed.to_string()
-        };
-        if seen.insert(policy::canonical_address(&address)) {
-            out.push(Recipient { address, valid });
+        let recipient = recipient(r);
+        if seen.insert(policy::canonical_address(&recipient.address)) {
+            out.push(recipient);
         }
     }
     out
+}
+
+/// One envelope recipient as its copy names it: without angle brackets, a needless quote
+/// removed, spelled as given otherwise.
+fn recipient(raw: &str) -> Recipient {
+    let trimmed = raw.trim();
+    let bare = trimmed
+        .strip_prefix('<')
+        .and_then(|s| s.strip_suffix('>'))
+        .unwrap_or(trimmed);
+    let valid = lettre::Address::from_str(bare).is_ok();
+    let address = if valid {
+        unquoted(bare).unwrap_or_else(|| bare.to_string())
+    } else {
+        trimmed.to_string()
+    };
+    Recipient { address, valid }
+}
+
+/// Whether an envelope recipient as the MTA gave it (`<"Bob"@Example.org>`) is the mailbox a
+/// copy names (`Bob@example.org`): the same address once brackets, needless quotes, the case
+/// of ASCII letters and the form of an international domain are set aside.
+pub fn same_recipient(raw: &str, copy: &str) -> bool {
+    policy::canonical_address(&recipient(raw).address) == policy::canonical_address(copy)
+}
+
+/// The address a copy for an envelope recipient as the MTA gave it is named by (what
+/// [`Copy::recipient`] holds for it, when it is the first of its spellings).
+pub fn copy_recipient(raw: &str) -> String {
+    recipient(raw).address
 }
 
 #[cfg(test)]
