@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension};
 
+use crate::rewrite::policy::canonical_address;
+
 #[derive(Debug, thiserror::Error)]
 #[error("milter journal {path}: {source}")]
 pub struct JournalError {
@@ -64,12 +66,13 @@ impl Journal {
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// True when `recipient`'s copy of message `identity` was re-injected already.
+    /// True when `recipient`'s copy of message `identity` was re-injected already (the
+    /// address compared as a mailbox: ASCII case and the form of an IDN domain set aside).
     pub fn contains(&self, identity: &str, recipient: &str) -> Result<bool, JournalError> {
         self.conn()
             .query_row(
                 "SELECT 1 FROM reinjected WHERE identity = ?1 AND recipient = ?2",
-                params![identity, recipient.to_ascii_lowercase()],
+                params![identity, canonical_address(recipient)],
                 |_| Ok(()),
             )
             .optional()
@@ -82,7 +85,7 @@ impl Journal {
         self.conn()
             .execute(
                 "INSERT OR IGNORE INTO reinjected(identity, recipient, at) VALUES (?1, ?2, ?3)",
-                params![identity, recipient.to_ascii_lowercase(), at],
+                params![identity, canonical_address(recipient), at],
             )
             .map(drop)
             .map_err(|e| self.err(e))
@@ -112,10 +115,12 @@ mod tests {
         assert!(!j.contains("m1", "bob@example.org").unwrap());
         j.record("m1", "Bob@Example.org", 100).unwrap();
         j.record("m1", "bob@example.org", 100).unwrap();
+        j.record("m1", "x@xn--bcher-kva.de", 100).unwrap();
         drop(j);
         let j = Journal::open(&path).unwrap();
         assert!(j.contains("m1", "bob@example.org").unwrap());
         assert!(!j.contains("m2", "bob@example.org").unwrap());
+        assert!(j.contains("m1", "X@Bücher.de").unwrap());
         j.purge(100 + 10, Duration::from_secs(5)).unwrap();
         assert!(!j.contains("m1", "bob@example.org").unwrap());
     }
