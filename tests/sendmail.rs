@@ -985,3 +985,56 @@ fn an_address_given_twice_in_two_cases_gets_one_copy() {
     assert!(relay.drain().is_empty());
     assert_eq!(s.queue_list(), "Mail queue is empty\n");
 }
+
+/// Queue rows an older version wrote with the recipient as given (`<"bob"@example.org>`, and
+/// its twin in other cases): each copy goes once, to the address its copy names, and counts
+/// for every row of that mailbox, instead of those rows waiting on a copy never built.
+#[test]
+fn rows_written_before_recipients_were_normalised_are_delivered_once() {
+    let s = Setup::new();
+    let port = relay::free_port();
+    s.configure(port, false, "");
+    let msg = "From: alice@example.org\nSubject: old rows\n\nbody\n";
+    let out = s.sendmail(
+        &[
+            "-i",
+            "-f",
+            "alice@example.org",
+            "bob@example.org",
+            "carol@example.org",
+        ],
+        msg.as_bytes(),
+    );
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let summary = s.queue_run();
+    assert!(summary.contains("2 deferred"), "{summary}");
+    let db = rusqlite::Connection::open(s.queue_dir().join("queue.sqlite")).unwrap();
+    db.execute_batch(
+        "UPDATE recipients SET address = '<\"bob\"@example.org>', next_attempt = 0 \
+             WHERE address = 'bob@example.org';
+         INSERT INTO recipients(message, address, state, attempts, next_attempt) \
+             SELECT message, 'BOB@Example.org', 'queued', 0, 0 FROM recipients \
+             WHERE address = '<\"bob\"@example.org>';
+         UPDATE recipients SET next_attempt = 0;",
+    )
+    .unwrap();
+    drop(db);
+    let relay = s.relay(&RelayOptions {
+        port: Some(port),
+        ..RelayOptions::default()
+    });
+    let summary = s.queue_run();
+    assert!(summary.contains("3 sent, 0 deferred"), "{summary}");
+    let got = relay.delivered(2);
+    let mut rcpts: Vec<Vec<String>> = got.iter().map(|d| d.rcpts.clone()).collect();
+    rcpts.sort();
+    assert_eq!(
+        rcpts,
+        [
+            vec!["bob@example.org".to_string()],
+            vec!["carol@example.org".to_string()]
+        ]
+    );
+    assert!(relay.drain().is_empty());
+    assert_eq!(s.queue_list(), "Mail queue is empty\n");
+}

@@ -27,7 +27,7 @@ use futures::StreamExt;
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::Deserialize;
 
-use crate::rewrite::{Copy, Decision, Envelope, Prepared, Rewriter};
+use crate::rewrite::{self, Copy, Decision, Envelope, Prepared, Rewriter};
 use crate::sendmail::flags::Notify;
 use bounce::Failure;
 use relay::{Relay, Sent};
@@ -1162,14 +1162,19 @@ impl Runner {
         };
         // A batch of copies at a time: a large message to many recipients never has every
         // copy in memory.
-        let mut covered = std::collections::HashSet::new();
+        let mut covered = Vec::new();
         while let Some(copies) = planned.next_batch().await {
             covered.extend(copies.iter().map(|c| c.recipient.clone()));
             self.relay_batch(m, at, copies, &mut report).await?;
         }
         // Every due recipient is accounted for: one the core made no copy for waits with the
         // reason, instead of being retried every run unrecorded.
-        for d in m.due.iter().filter(|d| !covered.contains(&d.address)) {
+        let uncovered = |d: &&Due| {
+            !covered
+                .iter()
+                .any(|c| rewrite::same_recipient(&d.address, c))
+        };
+        for d in m.due.iter().filter(uncovered) {
             let reason = "internal error: no copy was built for this recipient";
             tracing::error!("{}: to=<{}> {reason}", m.id, d.address);
             self.queue.mark_deferred(&m.id, d, reason, at)?;
@@ -1178,7 +1183,10 @@ impl Runner {
         Ok(report)
     }
 
-    /// Sends each copy of one batch and records what became of it.
+    /// Sends each copy of one batch and records what became of it. A copy goes to its
+    /// recipient as the core names it, once, and counts for every queued recipient that is
+    /// that mailbox (rows an older version wrote as `<bob@x>`, `"bob"@x`, or twice in two
+    /// cases).
     async fn relay_batch(
         &self,
         m: &Loaded,
@@ -1187,76 +1195,104 @@ impl Runner {
         report: &mut RunReport,
     ) -> Result<(), QueueError> {
         for copy in copies {
-            let Some(due) = m.due.iter().find(|d| d.address == copy.recipient) else {
+            let dues: Vec<&Due> = m
+                .due
+                .iter()
+                .filter(|d| rewrite::same_recipient(&d.address, &copy.recipient))
+                .collect();
+            if dues.is_empty() {
                 continue;
-            };
-            match (&copy.decision, &copy.message) {
+            }
+            let bytes = match (&copy.decision, &copy.message) {
                 (Decision::Rejected { reply }, _) => {
-                    self.queue.mark_failed(
-                        &m.id,
-                        &due.address,
-                        reply.status,
-                        &reply.to_string(),
-                    )?;
-                    report.failed += 1;
+                    for due in &dues {
+                        self.queue.mark_failed(
+                            &m.id,
+                            &due.address,
+                            reply.status,
+                            &reply.to_string(),
+                        )?;
+                        tracing::info!("{}: to=<{}> rejected: {reply}", m.id, due.address);
+                        report.failed += 1;
+                    }
+                    continue;
                 }
                 (Decision::Deferred { reply }, _) => {
-                    let next = self
-                        .queue
-                        .mark_deferred(&m.id, due, &reply.to_string(), at)?;
-                    tracing::warn!(
-                        "{}: to=<{}> deferred until {next}: {reply}",
-                        m.id,
-                        due.address
-                    );
-                    report.deferred += 1;
+                    for due in &dues {
+                        let next = self
+                            .queue
+                            .mark_deferred(&m.id, due, &reply.to_string(), at)?;
+                        tracing::warn!(
+                            "{}: to=<{}> deferred until {next}: {reply}",
+                            m.id,
+                            due.address
+                        );
+                        report.deferred += 1;
+                    }
+                    continue;
                 }
                 (_, None) => {
                     // The core produces bytes for every other decision; never send without.
                     let reason = "internal error: no copy was built";
-                    tracing::error!("{}: to=<{}> {reason}", m.id, due.address);
-                    self.queue.mark_deferred(&m.id, due, reason, at)?;
-                    report.deferred += 1;
+                    for due in &dues {
+                        tracing::error!("{}: to=<{}> {reason}", m.id, due.address);
+                        self.queue.mark_deferred(&m.id, due, reason, at)?;
+                        report.deferred += 1;
+                    }
+                    continue;
                 }
-                (_, Some(_)) if !self.queue.is_queued(&m.id, &due.address)? => {
+                (_, Some(bytes)) => bytes,
+            };
+            let mut still = Vec::with_capacity(dues.len());
+            for due in dues {
+                if self.queue.is_queued(&m.id, &due.address)? {
+                    still.push(due);
+                } else {
                     // `queue delete` during this run: nothing more of the message goes.
                     tracing::info!("{}: to=<{}> not sent: deleted meanwhile", m.id, due.address);
                 }
-                (decision, Some(bytes)) => {
-                    match self.relay.send(&m.sender, &due.address, bytes).await {
-                        Sent::Accepted(reply) => {
-                            self.record_sent(&m.id, &due.address, &reply).await?;
-                            tracing::info!(
-                                "{}: to=<{}> relay={} {} sent ({reply})",
-                                m.id,
-                                due.address,
-                                self.relay.description(),
-                                decision.name()
-                            );
-                            report.sent += 1;
-                        }
-                        Sent::Temporary(reason) => {
-                            let next = self.queue.mark_deferred(&m.id, due, &reason, now())?;
-                            tracing::warn!(
-                                "{}: to=<{}> deferred (attempt {}, next in {} s): {reason}",
-                                m.id,
-                                due.address,
-                                due.attempts + 1,
-                                next - now()
-                            );
-                            report.deferred += 1;
-                        }
-                        Sent::Permanent(reason) => {
-                            let status = bounce::status_of(&reason, "5.0.0");
-                            self.queue
-                                .mark_failed(&m.id, &due.address, &status, &reason)?;
-                            tracing::warn!(
-                                "{}: to=<{}> refused by the relay: {reason}",
-                                m.id,
-                                due.address
-                            );
-                            report.failed += 1;
-                        }
+            }
+            if still.is_empty() {
+                continue;
+            }
+            let decision = copy.decision.name();
+            match self.relay.send(&m.sender, &copy.recipient, bytes).await {
+                Sent::Accepted(reply) => {
+                    for due in &still {
+                        self.record_sent(&m.id, &due.address, &reply).await?;
+                        tracing::info!(
+                            "{}: to=<{}> relay={} {decision} sent ({reply})",
+                            m.id,
+                            due.address,
+                            self.relay.description(),
+                        );
+                        report.sent += 1;
+                    }
+                }
+                Sent::Temporary(reason) => {
+                    for due in &still {
+                        let next = self.queue.mark_deferred(&m.id, due, &reason, now())?;
+                        tracing::warn!(
+                            "{}: to=<{}> deferred (attempt {}, next in {} s): {reason}",
+                            m.id,
+                            due.address,
+                            due.attempts + 1,
+                            next - now()
+                        );
+                        report.deferred += 1;
+                    }
+                }
+                Sent::Permanent(reason) => {
+                    let status = bounce::status_of(&reason, "5.0.0");
+                    for due in &still {
+                        self.queue
+                            .mark_failed(&m.id, &due.address, &status, &reason)?;
+                        tracing::warn!(
+                            "{}: to=<{}> refused by the relay: {reason}",
+                            m.id,
+                            due.address
+                        );
+                        report.failed += 1;
                     }
                 }
             }
