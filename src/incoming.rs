@@ -337,14 +337,37 @@ async fn retry_in_background(config: &Config, account: &str) -> Result<u8, CliEr
 }
 
 /// `sealpost deliver`: a local delivery agent (Postfix `mailbox_command`, procmail-style).
+/// Whether the message starts with an mbox envelope line ("From sender date"), not with a
+/// From field (obsolete syntax allows blanks before the colon: "From : alice@x", RFC 5322
+/// §4.5.1).
+fn is_envelope_line(raw: &[u8]) -> bool {
+    let Some(rest) = raw.strip_prefix(b"From ") else {
+        return false;
+    };
+    let line = rest.split(|b| *b == b'\n').next().unwrap_or_default();
+    line.iter()
+        .find(|b| !matches!(b, b' ' | b'\t'))
+        .is_some_and(|b| *b != b':')
+}
+
 /// Reads one message on stdin, decrypts and verifies it with the configured GnuPG home (the
 /// account owner's keys), stores it with its verdict and prints `delivered UID`. Exit codes
 /// as an LDA's: 0 stored; 65 not a message; 67 unknown account; 75 try again later (GnuPG or
-/// the store unavailable, or a broken configuration: nothing was stored, the MTA keeps the
-/// message).
+/// the store unavailable, a broken configuration or none at all: nothing was stored, the MTA
+/// keeps the message).
 pub async fn deliver(config: Config, args: DeliverArgs) -> Result<u8, CliError> {
     use std::io::Read;
     if !config.accounts.iter().any(|a| a.name == args.account) {
+        // No configuration file at all (not yet installed, or the MTA's environment names
+        // another): a set-up problem, not a mailbox that does not exist; the MTA keeps the
+        // message rather than bouncing it.
+        if config.source.is_none() {
+            return Err(CliError::Temporary(format!(
+                "no configuration file ({}, or --config): account {} is not known",
+                crate::config::DEFAULT_PATH,
+                args.account
+            )));
+        }
         return Err(CliError::NoUser(args.account));
     }
     if args.retry_only {
@@ -367,7 +390,7 @@ pub async fn deliver(config: Config, args: DeliverArgs) -> Result<u8, CliError> 
     }
     // Postfix's local(8) hands a mailbox_command the message after an mbox envelope line
     // ("From sender date"), as procmail and Dovecot's LDA expect: not a header field.
-    if raw.starts_with(b"From ") {
+    if is_envelope_line(&raw) {
         let end = raw
             .iter()
             .position(|b| *b == b'\n')
@@ -453,4 +476,21 @@ pub async fn deliver(config: Config, args: DeliverArgs) -> Result<u8, CliError> 
     // mailbox_command past command_time_limit).
     start_retry(&config, &account_name);
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_envelope_line;
+
+    #[test]
+    fn an_mbox_envelope_line_is_not_a_from_field() {
+        assert!(is_envelope_line(
+            b"From alice@example.org Sat Dec  5 03:00:00 2026\nTo: b\n"
+        ));
+        assert!(is_envelope_line(b"From MAILER-DAEMON  Sat Dec  5\r\n"));
+        assert!(!is_envelope_line(b"From : alice@example.org\r\nTo: b\r\n"));
+        assert!(!is_envelope_line(b"From \t: alice@example.org\r\n"));
+        assert!(!is_envelope_line(b"From: alice@example.org\r\n"));
+        assert!(!is_envelope_line(b"Subject: From x\r\n"));
+    }
 }

@@ -42,6 +42,24 @@ async fn delivered_mail_is_decrypted_verified_and_marked() {
     verdicts::check(&world, &verdicts::fetch_all(&server));
 }
 
+/// Without any configuration file (none at the default path, no --config) no account is
+/// known: a set-up problem, answered 75 so that the MTA keeps the message, not 67 (a bounce).
+#[test]
+fn deliver_without_a_configuration_file_keeps_the_message_with_the_mta() {
+    let default = std::path::Path::new(sealpost::config::DEFAULT_PATH);
+    if default.exists() {
+        eprintln!("skipped: {} exists on this machine", default.display());
+        return;
+    }
+    let out = run_with_stdin(
+        Command::new(env!("CARGO_BIN_EXE_sealpost")).args(["deliver", "--account", "alice"]),
+        b"From: a@example.org\r\n\r\nbody\r\n",
+    );
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(75), "{text}");
+    assert!(text.contains("no configuration file"), "{text}");
+}
+
 #[test]
 fn deliver_refuses_unknown_accounts_and_empty_input() {
     let server = Server::start();
