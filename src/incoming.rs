@@ -337,6 +337,10 @@ async fn retry_in_background(config: &Config, account: &str) -> Result<u8, CliEr
 }
 
 /// `sealpost deliver`: a local delivery agent (Postfix `mailbox_command`, procmail-style).
+/// The failure counts of delivered messages GnuPG worked on past the deadline:
+/// `deliver-undecrypted:{account}:{sha256 of the message}`.
+pub(crate) const DELIVER_STRUCK_PREFIX: &str = "deliver-undecrypted:";
+
 /// Whether the message starts with an mbox envelope line ("From sender date"), not with a
 /// From field (obsolete syntax allows blanks before the colon: "From : alice@x", RFC 5322
 /// §4.5.1).
@@ -410,7 +414,7 @@ pub async fn deliver(config: Config, args: DeliverArgs) -> Result<u8, CliError> 
     // going back to the MTA until its queue lifetime ends and it bounces, never seen.
     use sha2::Digest;
     let strike_key = format!(
-        "deliver-undecrypted:{}:{}",
+        "{DELIVER_STRUCK_PREFIX}{}:{}",
         args.account,
         hex::encode(sha2::Sha256::digest(&raw))
     );

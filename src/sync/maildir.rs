@@ -19,6 +19,10 @@ use super::{batches, blocking, decrypt, local_name, sync_lock, Progress, SyncErr
 use crate::keys::KeyService;
 use crate::store::{maildir_flags, AccountId, Flags, InternalDate, Store, StoreError};
 
+/// The failure counts of Maildir files GnuPG worked on past the deadline:
+/// `undecrypted-file:{account}:{folder}:{unique name}`.
+pub(crate) const STRUCK_PREFIX: &str = "undecrypted-file:";
+
 /// `[accounts.maildir]`: a Maildir that mail is delivered into.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -180,7 +184,7 @@ impl MaildirSync {
             }
             fits
         });
-        let struck_prefix = format!("undecrypted-file:{account}:{folder}:");
+        let struck_prefix = format!("{STRUCK_PREFIX}{account}:{folder}:");
         let (store, prefix) = (self.store.clone(), struck_prefix.clone());
         let struck: std::collections::HashSet<String> =
             blocking(move || store.meta_prefixed(&prefix))

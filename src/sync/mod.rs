@@ -1124,6 +1124,8 @@ pub(crate) async fn retry_undecryptable(
         return Ok(0);
     }
     let s = store.clone();
+    blocking(move || purge_stale_counts(&s, now)).await??;
+    let s = store.clone();
     let waiting = blocking(move || s.with_keyword(account, UNDECRYPTABLE)).await??;
     let mut decrypted = 0;
     let mut deadlines = 0;
@@ -1131,7 +1133,7 @@ pub(crate) async fn retry_undecryptable(
     for (mailbox, uid) in waiting {
         // One GnuPG took too long on lately waits a day, so that it never starves the ones
         // after it (they come in the same order every time).
-        let slow_key = format!("retry-deadline:{mailbox}:{uid}");
+        let slow_key = format!("{RETRY_DEADLINE}{mailbox}:{uid}");
         let (s, k) = (store.clone(), slow_key.clone());
         let slow_before = blocking(move || s.meta(&k)).await??;
         if slow_before.is_some_and(|at| now - at < RETRY_UNDECRYPTABLE_SECS) {
@@ -1418,6 +1420,52 @@ impl Strikes {
     }
 }
 
+/// How long a failure count ([`strike`]) or a retry's deadline mark is kept after its last
+/// failure. Both mean nothing after a day (a streak ends, the retry is due again); kept a
+/// while longer for `sealpost` readers of the store, then forgotten, so that the counts of
+/// messages that went away (expunged upstream, a UIDVALIDITY that changed, a delivery the
+/// MTA gave up) do not pile up.
+const STALE_COUNT_SECS: i64 = 7 * 86_400;
+
+/// The prefixes of failure counts in the store's meta table: each count is `KEY`,
+/// `KEY:since` and `KEY:last`.
+const COUNT_PREFIXES: [&str; 4] = [
+    UNFETCHED,
+    UNDECRYPTED,
+    maildir::STRUCK_PREFIX,
+    crate::incoming::DELIVER_STRUCK_PREFIX,
+];
+
+/// Forgets failure counts whose last failure is older than [`STALE_COUNT_SECS`], and the
+/// retry's deadline marks as old.
+fn purge_stale_counts(store: &Store, now: i64) -> Result<(), StoreError> {
+    let before = now - STALE_COUNT_SECS;
+    let mut stale = Vec::new();
+    for prefix in COUNT_PREFIXES {
+        for (key, last) in store.meta_prefixed(prefix)? {
+            if let Some(base) = key.strip_suffix(":last").filter(|_| last < before) {
+                stale.push(base.to_string());
+                stale.push(format!("{base}:since"));
+                stale.push(key);
+            }
+        }
+    }
+    for (key, at) in store.meta_prefixed(RETRY_DEADLINE)? {
+        if at < before {
+            stale.push(key);
+        }
+    }
+    if !stale.is_empty() {
+        tracing::info!("{} stale failure count entries forgotten", stale.len());
+        store.delete_meta(&stale)?;
+    }
+    Ok(())
+}
+
+/// The mark of a message the retry of undecryptable messages found GnuPG slow on:
+/// `retry-deadline:{mailbox}:{uid}`, the time.
+const RETRY_DEADLINE: &str = "retry-deadline:";
+
 /// A count ([`strike`]) that has given up: [`FETCH_TRIES`] failed passes spanning
 /// [`FETCH_GIVE_UP_SECS`], the last one less than a day ago (a streak).
 fn given_up(tries: i64, since: i64, last: i64, now: i64) -> bool {
@@ -1551,6 +1599,45 @@ impl Progress {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn failure_counts_a_week_old_are_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.sqlite")).unwrap();
+        let now = 10 * 86_400 * 365;
+        let old = now - STALE_COUNT_SECS - 1;
+        let recent = now - 86_400;
+        let count = |base: &str, last: i64| {
+            store.set_meta(base, 3).unwrap();
+            store.set_meta(&format!("{base}:since"), last - 100).unwrap();
+            store.set_meta(&format!("{base}:last"), last).unwrap();
+        };
+        count("unfetched:1:INBOX:7:12", old);
+        count("undecrypted:1:INBOX:7:13", recent);
+        count("deliver-undecrypted:alice:00ff", old);
+        count("undecrypted-file:1:INBOX:1700.M1.host", old);
+        store.set_meta("retry-deadline:1:5", old).unwrap();
+        store.set_meta("retry-deadline:1:6", recent).unwrap();
+        store.set_meta("undecryptable-tried-at:1", old).unwrap();
+        purge_stale_counts(&store, now).unwrap();
+        let left: Vec<String> = store
+            .meta_prefixed("")
+            .unwrap()
+            .into_iter()
+            .map(|(k, _)| k)
+            .filter(|k| !k.starts_with("schema"))
+            .collect();
+        assert_eq!(
+            left,
+            [
+                "retry-deadline:1:6",
+                "undecryptable-tried-at:1",
+                "undecrypted:1:INBOX:7:13",
+                "undecrypted:1:INBOX:7:13:last",
+                "undecrypted:1:INBOX:7:13:since",
+            ]
+        );
+    }
 
     #[test]
     fn upstream_names_become_local_ones() {
