@@ -1609,7 +1609,9 @@ mod tests {
         let recent = now - 86_400;
         let count = |base: &str, last: i64| {
             store.set_meta(base, 3).unwrap();
-            store.set_meta(&format!("{base}:since"), last - 100).unwrap();
+            store
+                .set_meta(&format!("{base}:since"), last - 100)
+                .unwrap();
             store.set_meta(&format!("{base}:last"), last).unwrap();
         };
         count("unfetched:1:INBOX:7:12", old);
