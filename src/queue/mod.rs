@@ -641,18 +641,21 @@ impl Queue {
             .map_err(|e| self.db_err(e))
     }
 
+    /// Only a recipient still queued: one deleted meanwhile (`queue delete`) keeps the
+    /// administrator's reason.
     fn mark_deferred(&self, id: &str, due: &Due, reason: &str, at: i64) -> Result<i64, QueueError> {
         let next = at + self.config.backoff(due.attempts + 1) as i64;
         self.conn()
             .execute(
                 "UPDATE recipients SET reason = ?3, attempts = attempts + 1, next_attempt = ?4
-                 WHERE message = ?1 AND address = ?2",
+                 WHERE message = ?1 AND address = ?2 AND state = 'queued'",
                 params![id, due.address, reason, next],
             )
             .map_err(|e| self.db_err(e))?;
         Ok(next)
     }
 
+    /// Only a recipient still queued, as [`Self::mark_deferred`].
     fn mark_failed(
         &self,
         id: &str,
@@ -663,7 +666,7 @@ impl Queue {
         self.conn()
             .execute(
                 "UPDATE recipients SET state = 'failed', status = ?3, reason = ?4, attempts = attempts + 1
-                 WHERE message = ?1 AND address = ?2",
+                 WHERE message = ?1 AND address = ?2 AND state = 'queued'",
                 params![id, rcpt, status, reason],
             )
             .map(drop)
