@@ -336,8 +336,11 @@ async fn retry_in_background(config: &Config, account: &str) -> Result<u8, CliEr
     Ok(0)
 }
 
-/// `sealpost deliver`: a local delivery agent (Postfix `mailbox_command`, procmail-style).
-/// The failure counts of delivered messages GnuPG worked on past the deadline:
+/// How long deliver waits for GnuPG that cannot be reached before it stores a message
+/// undecryptable (a day; Postfix bounces after 5).
+const OUTAGE_GIVE_UP_SECS: i64 = 86_400;
+
+/// The failure counts of delivered messages GnuPG failed on:
 /// `deliver-undecrypted:{account}:{sha256 of the message}`.
 pub(crate) const DELIVER_STRUCK_PREFIX: &str = "deliver-undecrypted:";
 
@@ -354,6 +357,7 @@ fn is_envelope_line(raw: &[u8]) -> bool {
         .is_some_and(|b| *b != b':')
 }
 
+/// `sealpost deliver`: a local delivery agent (Postfix `mailbox_command`, procmail-style).
 /// Reads one message on stdin, decrypts and verifies it with the configured GnuPG home (the
 /// account owner's keys), stores it with its verdict and prints `delivered UID`. Exit codes
 /// as an LDA's: 0 stored; 65 not a message; 67 unknown account; 75 try again later (GnuPG or
@@ -409,9 +413,13 @@ pub async fn deliver(config: Config, args: DeliverArgs) -> Result<u8, CliError> 
     let store = open_store(&config)
         .await
         .map_err(|e| CliError::Temporary(e.to_string()))?;
-    // GnuPG working past the deadline on this message (by its bytes) is counted: after a few tries
-    // over an hour it is stored as it came, marked undecryptable with the reason, instead of
-    // going back to the MTA until its queue lifetime ends and it bounces, never seen.
+    // GnuPG failing on this message (by its bytes) is counted at every try: after a few tries
+    // it is stored as it came, marked undecryptable with the reason, instead of going back to
+    // the MTA until its queue lifetime ends and it bounces, never seen. The message's own
+    // failure (GnuPG past the deadline on it, say) gives up after an hour; gpg-agent that
+    // cannot be reached says nothing about the message and gives up after a day (well inside
+    // Postfix's 5 days), so that a short outage leaves nothing undecryptable. The daily retry
+    // of undecryptable messages decrypts it once GnuPG works again.
     use sha2::Digest;
     let strike_key = format!(
         "{DELIVER_STRUCK_PREFIX}{}:{}",
@@ -420,23 +428,21 @@ pub async fn deliver(config: Config, args: DeliverArgs) -> Result<u8, CliError> 
     );
     let processed = match crate::inbound::process(&keys, &raw).await {
         Ok(p) => p,
-        // GnuPG unreachable (agent gone) fails at once and says nothing about the message.
-        Err(e)
-            if !matches!(
-                e,
-                crate::inbound::InboundError::Temporary(crate::keys::KeyError::Deadline { .. })
-            ) =>
-        {
-            return Err(CliError::Temporary(e.to_string()));
-        }
         Err(e) => {
-            let strike = crate::sync::strike(&store, strike_key.clone())
+            let own = crate::sync::gnupg_works(&keys, &mut None).await;
+            let (span, over) = if own {
+                (crate::sync::FETCH_GIVE_UP_SECS, "an hour")
+            } else {
+                (OUTAGE_GIVE_UP_SECS, "a day (GnuPG cannot be reached)")
+            };
+            let strike = crate::sync::strike_over(&store, strike_key.clone(), span)
                 .await
                 .map_err(|s| CliError::Temporary(format!("{e} (and cannot count it: {s})")))?;
             if !strike.give_up {
                 return Err(CliError::Temporary(format!(
-                    "{e} (try {}; kept undecryptable after 5 tries over an hour)",
-                    strike.tries
+                    "{e} (try {}; kept undecryptable after {} tries over {over})",
+                    strike.tries,
+                    crate::sync::FETCH_TRIES
                 )));
             }
             tracing::error!(account = %args.account,

@@ -924,9 +924,33 @@ async fn a_message_gnupg_always_times_out_on_holds_up_nothing() {
     let mut raw = server.login();
     assert_eq!(exists(&mut raw, "INBOX"), 2);
 
+    // gpg-agent out of reach: the passes fail at once, and count nothing against the message
+    // that failed before (an outage must not give it up).
+    let db = rusqlite::Connection::open(server.store_path()).unwrap();
+    let count = || -> i64 {
+        db.query_row(
+            "SELECT value FROM store_meta WHERE key LIKE 'undecrypted:%' \
+             AND key NOT LIKE '%:since' AND key NOT LIKE '%:last'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    assert_eq!(count(), 1);
+    sealpost::keys::home::stop_daemons(&world.bob.dir);
+    let conf = world.bob.dir.join("gpg.conf");
+    let original = std::fs::read_to_string(&conf).unwrap();
+    std::fs::write(&conf, format!("{original}agent-program /bin/false\n")).unwrap();
+    for _ in 0..2 {
+        let out = sync_once(&config);
+        let log = String::from_utf8_lossy(&out.stderr);
+        assert!(log.contains("GnuPG unavailable, will retry"), "{log}");
+        assert_eq!(count(), 1, "{log}");
+    }
+    std::fs::write(&conf, original).unwrap();
+
     // Held at every pass, also when it is the only message left to fetch: four passes spread
     // over two hours, as the store would have them.
-    let db = rusqlite::Connection::open(server.store_path()).unwrap();
     let aged = db
         .execute(
             "UPDATE store_meta SET value = CASE WHEN key LIKE '%:since' THEN value - 7200 \

@@ -54,8 +54,8 @@ const MIN_FETCH_BYTES_PER_SEC: u64 = 64 * 1024;
 
 /// Passes in which the server may fail to send a message before it is passed over, and the
 /// time those must span at least.
-const FETCH_TRIES: i64 = 5;
-const FETCH_GIVE_UP_SECS: i64 = 3600;
+pub(crate) const FETCH_TRIES: i64 = 5;
+pub(crate) const FETCH_GIVE_UP_SECS: i64 = 3600;
 
 /// Messages handed to the GnuPG workers at once (they queue there).
 const DECRYPTS_IN_FLIGHT: usize = 8;
@@ -1245,9 +1245,9 @@ pub(crate) struct Settled<K> {
 /// alone (it may only have waited behind a slow one past its deadline); failing again, it is
 /// more likely the message's own fault (GnuPG working through it past the deadline every
 /// time): it becomes a suspect and is held, so that it holds up nothing else. A message alone
-/// in its batch that GnuPG works on past the deadline is a suspect at once (nothing else shows
-/// whether GnuPG works; held, it ends no pass); one that fails alone at once (agent gone)
-/// waits as a failed batch does. A suspect counts a failed pass also when it is the only message left to fetch; after [`FETCH_TRIES`] passes spanning
+/// in its batch is a suspect at once when GnuPG works otherwise ([`gnupg_works`]: nothing
+/// else shows it; held, it ends no pass); one that fails because
+/// gpg-agent cannot be reached waits as a failed batch does, and counts nothing. A suspect counts a failed pass also when it is the only message left to fetch; after [`FETCH_TRIES`] passes spanning
 /// [`FETCH_GIVE_UP_SECS`] it is stored as it came, marked undecryptable with the reason, and
 /// the retry of undecryptable messages tries it again later. `strike_key` names a message's
 /// failure count in the store's meta table.
@@ -1259,10 +1259,12 @@ async fn settle<K>(
     strike_key: impl Fn(&K) -> String,
 ) -> Result<Settled<K>, SyncError> {
     let any_done = processed.iter().any(|p| p.4.is_ok());
-    // A message GnuPG works on past the deadline alone is counted against itself too: held
-    // rather than failing the batch, it cannot end every pass (and hold up the folders after
-    // it) while no other message comes to show GnuPG working.
+    // A message GnuPG fails on alone is counted against itself too (when GnuPG works
+    // otherwise: [`gnupg_works`]): held rather than failing the batch, it cannot end
+    // every pass (and hold up the folders after it) while no other message comes to show
+    // GnuPG working.
     let alone = processed.len() == 1;
+    let mut works = None;
     let mut settled = Settled {
         messages: Vec::with_capacity(processed.len()),
         done: Vec::with_capacity(processed.len()),
@@ -1278,14 +1280,14 @@ async fn settle<K>(
             Ok(p) => p,
             Err(e) => {
                 let name = strike_key(&key);
-                // Alone, only GnuPG working past the deadline on it counts against the message:
-                // an agent that cannot be reached fails at once, and says nothing about it.
-                let alone_too_long =
-                    alone && matches!(e, InboundError::Temporary(KeyError::Deadline { .. }));
-                let suspect = any_done || alone_too_long || {
-                    let (s, k) = (store.clone(), name.clone());
-                    blocking(move || s.meta(&k)).await??.is_some()
-                };
+                // An agent that cannot be reached fails every message at once, and says
+                // nothing about this one: it counts no pass, even against a message that
+                // failed before.
+                let suspect = any_done
+                    || ((alone || {
+                        let (s, k) = (store.clone(), name.clone());
+                        blocking(move || s.meta(&k)).await??.is_some()
+                    }) && gnupg_works(keys, &mut works).await);
                 if !suspect {
                     settled
                         .failure
@@ -1318,6 +1320,24 @@ async fn settle<K>(
         settled.done.push(key);
     }
     Ok(settled)
+}
+
+/// Whether GnuPG works: its secret keyring can be read through gpg-agent. A temporary
+/// failure on one message (GnuPG past the deadline on it, a worker or gpg that died on it)
+/// while GnuPG works is likely the message's own; with an agent that cannot be reached it
+/// says nothing about the message (gpg may also spend past the deadline trying to reach it,
+/// once per session key packet). `known` keeps the answer of the one check a batch needs.
+pub(crate) async fn gnupg_works(keys: &KeyService, known: &mut Option<bool>) -> bool {
+    if let Some(answer) = *known {
+        return answer;
+    }
+    let home = keys.home().to_path_buf();
+    let answer = blocking(move || crate::keys::home::secret_keyring_problem(Some(&home)))
+        .await
+        .map(|problem| problem.is_none())
+        .unwrap_or(false);
+    *known = Some(answer);
+    answer
 }
 
 /// The failure count (store meta) of an upstream message the server did not send.
@@ -1484,6 +1504,15 @@ pub(crate) struct Strike {
 /// before starts counting again. Given up only after several passes over some time, so that
 /// an outage of a few minutes (the daemon may pass often) gives up on nothing.
 pub(crate) async fn strike(store: &Store, key: String) -> Result<Strike, SyncError> {
+    strike_over(store, key, FETCH_GIVE_UP_SECS).await
+}
+
+/// [`strike`], giving up after [`FETCH_TRIES`] passes spanning `span` seconds.
+pub(crate) async fn strike_over(
+    store: &Store,
+    key: String,
+    span: i64,
+) -> Result<Strike, SyncError> {
     let now = crate::store::unix_now();
     let store = store.clone();
     blocking(move || {
@@ -1497,7 +1526,7 @@ pub(crate) async fn strike(store: &Store, key: String) -> Result<Strike, SyncErr
             (Some(t), Some(s), Some(l)) if now - l < 86_400 => (t + 1, s),
             _ => (1, now),
         };
-        let give_up = given_up(tries, since, now, now);
+        let give_up = tries >= FETCH_TRIES && now - since >= span;
         // Also once given up: it stays given up while it keeps failing, day after day.
         store.set_meta(&key, tries)?;
         store.set_meta(&since_key, since)?;
