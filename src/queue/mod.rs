@@ -630,15 +630,21 @@ impl Queue {
             .map_err(|e| self.db_err(e))
     }
 
-    fn mark_sent(&self, id: &str, rcpt: &str, reply: &str) -> Result<(), QueueError> {
-        self.conn()
-            .execute(
+    /// Marks the rows of one mailbox sent, all or none (an older version's twin rows).
+    fn mark_sent(&self, id: &str, rcpts: &[&str], reply: &str) -> Result<(), QueueError> {
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(|e| self.db_err(e))?;
+        for rcpt in rcpts {
+            tx.execute(
                 "UPDATE recipients SET state = 'sent', reason = ?3, attempts = attempts + 1
                  WHERE message = ?1 AND address = ?2",
                 params![id, rcpt, reply],
             )
-            .map(drop)
-            .map_err(|e| self.db_err(e))
+            .map_err(|e| self.db_err(e))?;
+        }
+        tx.commit().map_err(|e| self.db_err(e))
     }
 
     /// Only a recipient still queued: one deleted meanwhile (`queue delete`) keeps the
@@ -1065,10 +1071,11 @@ impl Runner {
 
     /// Records a copy the relay took. A failure here means the copy goes again in the next
     /// run, so a busy or briefly failing database is given a few more tries first.
-    async fn record_sent(&self, id: &str, address: &str, reply: &str) -> Result<(), QueueError> {
+    async fn record_sent(&self, id: &str, rows: &[&str], reply: &str) -> Result<(), QueueError> {
+        let address = rows.join(">, <");
         let mut tries = 0;
         loop {
-            match self.queue.mark_sent(id, address, reply) {
+            match self.queue.mark_sent(id, rows, reply) {
                 Ok(()) => return Ok(()),
                 Err(e) if tries < 5 => {
                     tries += 1;
@@ -1165,18 +1172,23 @@ impl Runner {
         };
         // A batch of copies at a time: a large message to many recipients never has every
         // copy in memory.
-        let mut covered = Vec::new();
+        // The due rows by mailbox: a copy counts for each row of its recipient's mailbox.
+        let mut by_mailbox: std::collections::HashMap<String, Vec<&Due>> = Default::default();
+        for d in &m.due {
+            by_mailbox
+                .entry(rewrite::mailbox(&d.address))
+                .or_default()
+                .push(d);
+        }
+        let mut covered = std::collections::HashSet::new();
         while let Some(copies) = planned.next_batch().await {
-            covered.extend(copies.iter().map(|c| c.recipient.clone()));
-            self.relay_batch(m, at, copies, &mut report).await?;
+            covered.extend(copies.iter().map(|c| rewrite::mailbox(&c.recipient)));
+            self.relay_batch(m, &by_mailbox, at, copies, &mut report)
+                .await?;
         }
         // Every due recipient is accounted for: one the core made no copy for waits with the
         // reason, instead of being retried every run unrecorded.
-        let uncovered = |d: &&Due| {
-            !covered
-                .iter()
-                .any(|c| rewrite::same_recipient(&d.address, c))
-        };
+        let uncovered = |d: &&Due| !covered.contains(&rewrite::mailbox(&d.address));
         for d in m.due.iter().filter(uncovered) {
             let reason = "internal error: no copy was built for this recipient";
             tracing::error!("{}: to=<{}> {reason}", m.id, d.address);
@@ -1193,22 +1205,18 @@ impl Runner {
     async fn relay_batch(
         &self,
         m: &Loaded,
+        by_mailbox: &std::collections::HashMap<String, Vec<&Due>>,
         at: i64,
         copies: Vec<Copy>,
         report: &mut RunReport,
     ) -> Result<(), QueueError> {
         for copy in copies {
-            let dues: Vec<&Due> = m
-                .due
-                .iter()
-                .filter(|d| rewrite::same_recipient(&d.address, &copy.recipient))
-                .collect();
-            if dues.is_empty() {
+            let Some(dues) = by_mailbox.get(&rewrite::mailbox(&copy.recipient)) else {
                 continue;
-            }
+            };
             let bytes = match (&copy.decision, &copy.message) {
                 (Decision::Rejected { reply }, _) => {
-                    for due in &dues {
+                    for due in dues {
                         self.queue.mark_failed(
                             &m.id,
                             &due.address,
@@ -1221,7 +1229,7 @@ impl Runner {
                     continue;
                 }
                 (Decision::Deferred { reply }, _) => {
-                    for due in &dues {
+                    for due in dues {
                         let next = self
                             .queue
                             .mark_deferred(&m.id, due, &reply.to_string(), at)?;
@@ -1237,7 +1245,7 @@ impl Runner {
                 (_, None) => {
                     // The core produces bytes for every other decision; never send without.
                     let reason = "internal error: no copy was built";
-                    for due in &dues {
+                    for due in dues {
                         tracing::error!("{}: to=<{}> {reason}", m.id, due.address);
                         self.queue.mark_deferred(&m.id, due, reason, at)?;
                         report.deferred += 1;
@@ -1261,8 +1269,9 @@ impl Runner {
             let decision = copy.decision.name();
             match self.relay.send(&m.sender, &copy.recipient, bytes).await {
                 Sent::Accepted(reply) => {
+                    let rows: Vec<&str> = still.iter().map(|d| d.address.as_str()).collect();
+                    self.record_sent(&m.id, &rows, &reply).await?;
                     for due in &still {
-                        self.record_sent(&m.id, &due.address, &reply).await?;
                         tracing::info!(
                             "{}: to=<{}> relay={} {decision} sent ({reply})",
                             m.id,

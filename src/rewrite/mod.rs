@@ -605,7 +605,13 @@ fn recipient(raw: &str) -> Recipient {
 /// copy names (`Bob@example.org`): the same address once brackets, needless quotes, the case
 /// of ASCII letters and the form of an international domain are set aside.
 pub fn same_recipient(raw: &str, copy: &str) -> bool {
-    policy::canonical_address(&recipient(raw).address) == policy::canonical_address(copy)
+    mailbox(raw) == mailbox(copy)
+}
+
+/// The mailbox an envelope recipient names, as [`same_recipient`] compares them: equal for
+/// `<"Bob"@Example.org>` and `bob@example.org`.
+pub fn mailbox(raw: &str) -> String {
+    policy::canonical_address(&recipient(raw).address)
 }
 
 /// The address a copy for an envelope recipient as the MTA gave it is named by (what
