@@ -69,10 +69,14 @@ impl Journal {
     /// True when `recipient`'s copy of message `identity` was re-injected already (the
     /// address compared as a mailbox: ASCII case and the form of an IDN domain set aside).
     pub fn contains(&self, identity: &str, recipient: &str) -> Result<bool, JournalError> {
+        // Entries written before the canonical form kept an international domain as given,
+        // in ASCII lower case: looked up too while they may still be in the journal.
+        let canonical = canonical_address(recipient);
+        let earlier = recipient.to_ascii_lowercase();
         self.conn()
             .query_row(
-                "SELECT 1 FROM reinjected WHERE identity = ?1 AND recipient = ?2",
-                params![identity, canonical_address(recipient)],
+                "SELECT 1 FROM reinjected WHERE identity = ?1 AND recipient IN (?2, ?3)",
+                params![identity, canonical, earlier],
                 |_| Ok(()),
             )
             .optional()
@@ -121,6 +125,14 @@ mod tests {
         assert!(j.contains("m1", "bob@example.org").unwrap());
         assert!(!j.contains("m2", "bob@example.org").unwrap());
         assert!(j.contains("m1", "X@Bücher.de").unwrap());
+        // As an earlier version wrote it.
+        j.conn()
+            .execute(
+                "INSERT INTO reinjected(identity, recipient, at) VALUES ('m3', 'y@bücher.de', 100)",
+                [],
+            )
+            .unwrap();
+        assert!(j.contains("m3", "Y@bücher.de").unwrap());
         j.purge(100 + 10, Duration::from_secs(5)).unwrap();
         assert!(!j.contains("m1", "bob@example.org").unwrap());
     }
