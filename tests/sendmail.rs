@@ -1038,3 +1038,49 @@ fn rows_written_before_recipients_were_normalised_are_delivered_once() {
     assert!(relay.drain().is_empty());
     assert_eq!(s.queue_list(), "Mail queue is empty\n");
 }
+
+/// What cronie, unattended-upgrades and logwatch write: `To: root` and `From: root (Cron
+/// Daemon)` with -t, and a script's message without the blank line after its header. Every
+/// bare name gets the queue's domain (recipients and header alike, as Postfix does), and the
+/// line that ends the header is delivered as body. A display name on the command line is read
+/// as Postfix reads it.
+#[test]
+fn bare_local_names_and_a_missing_blank_line_lose_nothing() {
+    let s = Setup::new();
+    let relay = s.relay(&RelayOptions::default());
+    s.configure(relay.port, true, "");
+    let msg =
+        "From: root (Cron Daemon)\nTo: root, Ops <ops>\nSubject: cron-bare\nDisk full on /var\n";
+    let out = s.sendmail(&["-i", "-oem", "-t"], msg.as_bytes());
+    assert!(out.status.success(), "{out:?}");
+    let got = by_recipient(&relay.delivered(2));
+    assert_eq!(
+        got.iter().map(|(r, _)| r.as_str()).collect::<Vec<_>>(),
+        ["ops@host.example", "root@host.example"]
+    );
+    for (rcpt, copy) in &got {
+        let text = String::from_utf8_lossy(copy);
+        assert!(text.contains("Disk full on /var"), "{rcpt}: {text}");
+        assert!(
+            text.contains("From: root@host.example (Cron Daemon)\r\n")
+                && text.contains("To: root@host.example, Ops <ops@host.example>\r\n"),
+            "{rcpt}: {text}"
+        );
+    }
+
+    let msg = "From: alice@example.org\nSubject: named\n\nhello\n";
+    let out = s.sendmail(
+        &[
+            "-i",
+            "Bob Smith <bob@example.org>",
+            "\"Doe, John\" <dave@example.net>",
+        ],
+        msg.as_bytes(),
+    );
+    assert!(out.status.success(), "{out:?}");
+    let got = by_recipient(&relay.delivered(2));
+    assert_eq!(
+        got.iter().map(|(r, _)| r.as_str()).collect::<Vec<_>>(),
+        ["bob@example.org", "dave@example.net"]
+    );
+}

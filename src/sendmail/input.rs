@@ -6,7 +6,6 @@
 use std::io::BufRead;
 
 use base64::Engine;
-use mail_parser::{HeaderName, MessageParser};
 
 use crate::message::{MessageError, ParsedMessage};
 
@@ -72,13 +71,14 @@ pub fn complete(raw: &[u8], fill: &Completion<'_>) -> Result<Vec<u8>, InputError
         );
     }
     // Text without a header section ("echo hi | sendmail root") is all body, as Postfix
-    // takes it: the origination fields added below become its header.
+    // takes it: the origination fields added below become its header. So is no text at all
+    // (`sendmail root </dev/null`, which Postfix queues too).
     let headerless =
-        !crlf.trim_ascii().is_empty() && !crlf.starts_with(b"From ") && !starts_with_field(&crlf);
+        crlf.trim_ascii().is_empty() || (!crlf.starts_with(b"From ") && !starts_with_field(&crlf));
     let crlf = if headerless {
         [&b"\r\n"[..], &crlf].concat()
     } else {
-        crlf
+        header_ended(crlf)
     };
     let parsed = if headerless {
         None
@@ -109,7 +109,14 @@ pub fn complete(raw: &[u8], fill: &Completion<'_>) -> Result<Vec<u8>, InputError
             fill.unique, fill.domain
         ));
     }
-    let raw = parsed.as_ref().map_or(&crlf[..], ParsedMessage::raw);
+    let qualified = parsed
+        .as_ref()
+        .and_then(|p| qualified_header(p, fill.domain));
+    let raw = match (&qualified, &parsed) {
+        (Some(q), _) => &q[..],
+        (None, Some(p)) => p.raw(),
+        (None, None) => &crlf[..],
+    };
     let mut out = Vec::with_capacity(added.len() + raw.len());
     out.extend_from_slice(added.as_bytes());
     out.extend_from_slice(raw);
@@ -118,6 +125,87 @@ pub fn complete(raw: &[u8], fill: &Completion<'_>) -> Result<Vec<u8>, InputError
         ParsedMessage::parse(out.clone())?;
     }
     Ok(out)
+}
+
+/// The header ends at the first line that is neither a field nor a folded continuation, as
+/// Postfix ends it: `Subject: Alert` followed at once by `Disk full` (no blank line) is a
+/// message whose body is `Disk full`, which a parser would otherwise skip as a broken field
+/// and lose. The blank line is put where the header ends.
+fn header_ended(crlf: Vec<u8>) -> Vec<u8> {
+    let mut at = 0;
+    // An mbox postmark line first is not the header's (the parser drops it).
+    if crlf.starts_with(b"From ") {
+        at = line_end(&crlf, 0);
+    }
+    let mut seen_field = false;
+    while at < crlf.len() {
+        let line = &crlf[at..];
+        if line.starts_with(b"\r\n") {
+            return crlf;
+        }
+        let continuation = seen_field && matches!(line.first(), Some(b' ' | b'\t'));
+        if !continuation && !starts_with_field(line) {
+            let mut out = crlf[..at].to_vec();
+            out.extend_from_slice(b"\r\n");
+            out.extend_from_slice(line);
+            return out;
+        }
+        seen_field = true;
+        at = line_end(&crlf, at);
+    }
+    crlf
+}
+
+/// The index just past the line that starts at `at` (its CRLF included).
+fn line_end(text: &[u8], at: usize) -> usize {
+    text[at..]
+        .windows(2)
+        .position(|w| w == b"\r\n")
+        .map_or(text.len(), |p| at + p + 2)
+}
+
+/// Header fields that hold addresses (RFC 5322 §3.6.2, §3.6.3, §3.6.6).
+const ADDRESS_FIELDS: [&str; 11] = [
+    "From",
+    "Sender",
+    "Reply-To",
+    "To",
+    "Cc",
+    "Bcc",
+    "Resent-From",
+    "Resent-Sender",
+    "Resent-To",
+    "Resent-Cc",
+    "Resent-Bcc",
+];
+
+/// The message with `@domain` after each bare local name in its address fields (`To: root`,
+/// `From: root (Cron Daemon)`), as Postfix's cleanup writes local submissions: sent on as it
+/// was, such an address is no address to anyone else. None when nothing changed.
+fn qualified_header(parsed: &ParsedMessage, domain: &str) -> Option<Vec<u8>> {
+    let mut changed = false;
+    let mut out = Vec::with_capacity(parsed.raw().len() + 64);
+    for field in parsed.fields() {
+        let value = field.raw_value();
+        match ADDRESS_FIELDS
+            .iter()
+            .any(|n| field.is(n))
+            .then(|| super::address::qualified(value, domain))
+            .flatten()
+        {
+            Some(new_value) => {
+                let name_and_colon = field.raw.len() - value.len() - 2;
+                out.extend_from_slice(&field.raw[..name_and_colon]);
+                out.extend_from_slice(&new_value);
+                out.extend_from_slice(b"\r\n");
+                changed = true;
+            }
+            None => out.extend_from_slice(&field.raw),
+        }
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(parsed.body());
+    changed.then_some(out)
 }
 
 /// Whether the text begins with a header field: a name of printable ASCII but ":" and
@@ -153,21 +241,19 @@ fn mailbox(name: Option<&str>, address: &str) -> String {
 }
 
 /// The recipients -t finds: Resent-To/Cc/Bcc when the message has any Resent- recipient
-/// field (a resent message, RFC 5322 §3.6.6), else To/Cc/Bcc. Lower-cased duplicates are
+/// field (a resent message, RFC 5322 §3.6.6), else To/Cc/Bcc; every address of those lists,
+/// a bare local name too (`To: root`, for the caller to qualify). Lower-cased duplicates are
 /// dropped; order is kept.
 pub fn header_recipients(raw: &[u8]) -> Vec<String> {
-    let Some(message) = MessageParser::default().parse(raw) else {
+    let Ok(message) = ParsedMessage::parse(raw.to_vec()) else {
         return Vec::new();
     };
-    let resent = [
-        HeaderName::ResentTo,
-        HeaderName::ResentCc,
-        HeaderName::ResentBcc,
-    ];
-    let plain = [HeaderName::To, HeaderName::Cc, HeaderName::Bcc];
-    let names = if resent
+    let resent = ["Resent-To", "Resent-Cc", "Resent-Bcc"];
+    let plain = ["To", "Cc", "Bcc"];
+    let names = if message
+        .fields()
         .iter()
-        .any(|n| message.header_values(n.clone()).next().is_some())
+        .any(|f| resent.iter().any(|n| f.is(n)))
     {
         resent
     } else {
@@ -175,14 +261,9 @@ pub fn header_recipients(raw: &[u8]) -> Vec<String> {
     };
     let mut out: Vec<String> = Vec::new();
     for name in names {
-        for value in message.header_values(name) {
-            let Some(list) = value.as_address() else {
-                continue;
-            };
-            for addr in list.iter() {
-                if let Some(a) = addr.address().map(str::trim).filter(|a| !a.is_empty()) {
-                    push_unique(&mut out, a);
-                }
+        for field in message.fields().iter().filter(|f| f.is(name)) {
+            for found in super::address::scan(field.raw_value()) {
+                push_unique(&mut out, &found.address);
             }
         }
     }
@@ -192,11 +273,7 @@ pub fn header_recipients(raw: &[u8]) -> Vec<String> {
 /// A bare local name ("root", as cron's MAILTO often is) gets `@domain`, as Postfix's
 /// append_at_myorigin does; anything else is kept as it is.
 pub fn qualify(address: &str, domain: &str) -> String {
-    let local_name = !address.is_empty()
-        && address
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-/=?^_`{|}~.".contains(&b));
-    if local_name {
+    if super::address::is_local_name(address) {
         format!("{address}@{domain}")
     } else {
         address.to_string()
@@ -308,9 +385,59 @@ mod tests {
 
     #[test]
     fn garbage_is_refused() {
-        for bad in [&b""[..], b"\n\n", b"\x00\x01\x02binary\xff\xfe"] {
+        for bad in [&b"\x00\x01\x02binary\xff\xfe"[..], b"Subject: x\n\n\x00\n"] {
             assert!(complete(bad, &fill()).is_err(), "{bad:?}");
         }
+    }
+
+    /// `sendmail root </dev/null` queues a message with only the added fields, as Postfix.
+    #[test]
+    fn no_text_is_an_empty_message() {
+        for empty in [&b""[..], b"\n\n"] {
+            let out = String::from_utf8(complete(empty, &fill()).unwrap()).unwrap();
+            let (header, _) = out.split_once("\r\n\r\n").unwrap();
+            assert!(
+                header.starts_with("From: ") && header.contains("\r\nDate: "),
+                "{out:?}"
+            );
+        }
+    }
+
+    /// A line that is no field ends the header, and is body: nothing is lost.
+    #[test]
+    fn a_missing_blank_line_after_the_header_loses_nothing() {
+        let out = complete(
+            b"Subject: Alert\nTo: root\n  (ops)\nDisk full on /var\nmore\n",
+            &fill(),
+        )
+        .unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.ends_with(
+                "Subject: Alert\r\nTo: root@host.example\r\n  (ops)\r\n\r\nDisk full on /var\r\nmore\r\n"
+            ),
+            "{text:?}"
+        );
+        // The blank line in its place is left alone; a postmark line is no field.
+        let msg = b"From alice Sat Dec  5 03:00:00 2026\nSubject: x\nbody line\n";
+        let text = String::from_utf8(complete(msg, &fill()).unwrap()).unwrap();
+        assert!(
+            text.ends_with("Subject: x\r\n\r\nbody line\r\n"),
+            "{text:?}"
+        );
+    }
+
+    /// cron's `From: root (Cron Daemon)` and `To: root`: qualified as Postfix's cleanup does.
+    #[test]
+    fn bare_local_names_in_the_header_are_qualified() {
+        let msg = b"From: root (Cron Daemon)\nTo: root, Ops <ops>\nCc: bob@example.org\nSubject: root\n\nroot\n";
+        let text = String::from_utf8(complete(msg, &fill()).unwrap()).unwrap();
+        assert!(
+            text.contains(
+                "From: root@host.example (Cron Daemon)\r\nTo: root@host.example, Ops <ops@host.example>\r\nCc: bob@example.org\r\nSubject: root\r\n\r\nroot\r\n"
+            ),
+            "{text:?}"
+        );
     }
 
     #[test]
@@ -324,6 +451,11 @@ mod tests {
                 "dave@example.org",
                 "eve@example.org"
             ]
+        );
+        let bare = b"To: admin@example.org, ops\r\nCc: root (Cron Daemon)\r\n\r\n";
+        assert_eq!(
+            header_recipients(bare),
+            ["admin@example.org", "ops", "root"]
         );
         let resent = b"To: bob@example.org\r\nResent-To: frank@example.org\r\n\r\n";
         assert_eq!(header_recipients(resent), ["frank@example.org"]);

@@ -6,6 +6,7 @@
 //! 69 unavailable (no such queue entry), 74 reading the input failed, 75 temporary (only when
 //! even the queue could not take the message), 77 no permission on the queue, 78 configuration. contrib/man/sealpost-sendmail.8 is the reference.
 
+pub mod address;
 pub mod flags;
 pub mod input;
 pub mod smtp;
@@ -189,9 +190,15 @@ pub fn enqueue(
     }
     let mut recipients = Vec::new();
     for r in &inv.recipients {
-        // A command-line argument may hold several addresses, as with sendmail.
-        for a in r.split(',').map(str::trim).filter(|a| !a.is_empty()) {
-            input::push_unique(&mut recipients, &input::qualify(a, &domain));
+        // An argument is read as an address list, as Postfix reads it: several addresses,
+        // `Bob Smith <bob@x>`, a quoted comma. One with no address at all is kept as it is,
+        // for the check below to refuse by name.
+        let found = address::scan(r.as_bytes());
+        if found.is_empty() && !r.trim().is_empty() {
+            input::push_unique(&mut recipients, r.trim());
+        }
+        for a in found {
+            input::push_unique(&mut recipients, &input::qualify(&a.address, &domain));
         }
     }
     if inv.extract_recipients {

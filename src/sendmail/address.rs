@@ -1,0 +1,267 @@
+//! Addresses in an address list as sendmail callers write them (RFC 5322 §3.4, leniently, the
+//! way Postfix's tok822 parser reads them): `root`, `root (Cron Daemon)`, `Bob <bob@x>`,
+//! `"Doe, John" <j@x>`, `team: a@x, b@x;`. Used for the recipients `-t` finds, for the ones
+//! on the command line, and to qualify bare local names in the header (`root` becomes
+//! `root@domain`, as Postfix's cleanup does for local submissions).
+
+/// One address of a list: the addr-spec as written, with comments and folding dropped, and
+/// where it ends in the text (where `@domain` goes for a bare local name).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Found {
+    pub address: String,
+    pub end: usize,
+}
+
+/// The addresses of an address list, in order. Display names, comments and group names are
+/// not addresses; an empty group (`undisclosed-recipients:;`) has none.
+pub fn scan(text: &[u8]) -> Vec<Found> {
+    let mut found = Vec::new();
+    let mut entry = Entry::default();
+    let mut in_group = false;
+    let mut i = 0;
+    while i < text.len() {
+        match text[i] {
+            b'"' => {
+                let end = quoted_end(text, i);
+                entry.word(&text[i..end], end);
+                i = end;
+            }
+            b'(' => i = comment_end(text, i),
+            b'<' => {
+                let close = angle_end(text, i);
+                entry.angle = Some((i + 1, close));
+                i = (close + 1).min(text.len());
+            }
+            b',' => {
+                entry.finish(text, &mut found);
+                i += 1;
+            }
+            b':' if entry.angle.is_none() && !in_group => {
+                // A group's name is no address.
+                entry = Entry::default();
+                in_group = true;
+                i += 1;
+            }
+            b';' if in_group => {
+                entry.finish(text, &mut found);
+                in_group = false;
+                i += 1;
+            }
+            b' ' | b'\t' | b'\r' | b'\n' => {
+                entry.blank = true;
+                i += 1;
+            }
+            _ => {
+                // At least this byte (a ':' inside a group, a ';' outside one), then up to
+                // the next special.
+                let start = i;
+                i += 1;
+                while i < text.len() && !b"\"(<,:; \t\r\n".contains(&text[i]) {
+                    i += 1;
+                }
+                entry.word(&text[start..i], i);
+            }
+        }
+    }
+    entry.finish(text, &mut found);
+    found
+}
+
+/// An entry of the list being read: its words outside comments and angle brackets, and the
+/// angle-addr if it has one.
+#[derive(Default)]
+struct Entry {
+    plain: Vec<u8>,
+    plain_end: usize,
+    angle: Option<(usize, usize)>,
+    /// Blanks since the last word.
+    blank: bool,
+}
+
+impl Entry {
+    fn word(&mut self, word: &[u8], end: usize) {
+        // Blanks around '@' and '.' are the obsolete CFWS of RFC 5322 §4.4, not a separator.
+        let joins = |b: Option<&u8>| matches!(b, Some(b'@' | b'.'));
+        if self.blank && !self.plain.is_empty() && !joins(self.plain.last()) && !joins(word.first())
+        {
+            self.plain.push(b' ');
+        }
+        self.plain.extend_from_slice(word);
+        self.plain_end = end;
+        self.blank = false;
+    }
+
+    fn finish(&mut self, text: &[u8], found: &mut Vec<Found>) {
+        let entry = std::mem::take(self);
+        let (address, end) = match entry.angle {
+            Some((start, close)) => {
+                let inner = &text[start..close.min(text.len())];
+                let trimmed_end = start
+                    + inner
+                        .iter()
+                        .rposition(|b| !b.is_ascii_whitespace())
+                        .map_or(0, |p| p + 1);
+                let spec: Vec<u8> = inner
+                    .iter()
+                    .copied()
+                    .filter(|b| !b.is_ascii_whitespace())
+                    .collect();
+                // An obsolete source route (`<@relay:bob@x>`, RFC 5322 §4.4) is dropped.
+                let spec = match spec.iter().position(|&b| b == b':') {
+                    Some(colon) if spec.first() == Some(&b'@') => spec[colon + 1..].to_vec(),
+                    _ => spec,
+                };
+                (spec, trimmed_end)
+            }
+            None => (entry.plain, entry.plain_end),
+        };
+        if !address.is_empty() {
+            found.push(Found {
+                address: String::from_utf8_lossy(&address).into_owned(),
+                end,
+            });
+        }
+    }
+}
+
+/// The index just past the quoted string that starts at `start` (or the end of the text).
+fn quoted_end(text: &[u8], start: usize) -> usize {
+    let mut i = start + 1;
+    while i < text.len() {
+        match text[i] {
+            b'\\' => i += 2,
+            b'"' => return i + 1,
+            _ => i += 1,
+        }
+    }
+    text.len()
+}
+
+/// The index just past the (nested) comment that starts at `start`.
+fn comment_end(text: &[u8], start: usize) -> usize {
+    let mut depth = 0;
+    let mut i = start;
+    while i < text.len() {
+        match text[i] {
+            b'\\' => i += 1,
+            b'(' => depth += 1,
+            b')' => {
+                depth -= 1;
+                if depth == 0 {
+                    return i + 1;
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    text.len()
+}
+
+/// The index of the '>' closing the angle-addr that starts at `start` (quoted strings inside
+/// are skipped), or the end of the text.
+fn angle_end(text: &[u8], start: usize) -> usize {
+    let mut i = start + 1;
+    while i < text.len() {
+        match text[i] {
+            b'"' => i = quoted_end(text, i),
+            b'>' => return i,
+            _ => i += 1,
+        }
+    }
+    text.len()
+}
+
+/// The text with `@domain` after every bare local name (`root`, `root (Cron)`, `Cron
+/// <root>`), as Postfix's cleanup qualifies the addresses of local submissions. None when
+/// nothing changed.
+pub fn qualified(text: &[u8], domain: &str) -> Option<Vec<u8>> {
+    let mut out = text.to_vec();
+    let mut changed = false;
+    for f in scan(text).iter().rev() {
+        if is_local_name(&f.address) {
+            let at = format!("@{domain}");
+            out.splice(f.end..f.end, at.into_bytes());
+            changed = true;
+        }
+    }
+    changed.then_some(out)
+}
+
+/// A local part alone: a dot-atom (RFC 5322 §3.2.3) without '@', such as `root`.
+pub fn is_local_name(address: &str) -> bool {
+    !address.is_empty()
+        && !address.starts_with('.')
+        && !address.ends_with('.')
+        && !address.contains("..")
+        && address
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-/=?^_`{|}~.".contains(&b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addresses(text: &str) -> Vec<String> {
+        scan(text.as_bytes())
+            .into_iter()
+            .map(|f| f.address)
+            .collect()
+    }
+
+    #[test]
+    fn what_callers_write() {
+        assert_eq!(addresses("root"), ["root"]);
+        assert_eq!(
+            addresses("admin@example.org, ops"),
+            ["admin@example.org", "ops"]
+        );
+        assert_eq!(addresses("root (Cron Daemon)"), ["root"]);
+        assert_eq!(
+            addresses("Bob Smith <bob@example.org>"),
+            ["bob@example.org"]
+        );
+        assert_eq!(
+            addresses("\"Doe, John\" <j@example.org>, x@example.org"),
+            ["j@example.org", "x@example.org"]
+        );
+        assert_eq!(
+            addresses("team: a@example.org, b@example.org;, c@example.org"),
+            ["a@example.org", "b@example.org", "c@example.org"]
+        );
+        assert_eq!(addresses("undisclosed-recipients:;"), Vec::<String>::new());
+        assert_eq!(
+            addresses("<@relay.example:bob@example.org>"),
+            ["bob@example.org"]
+        );
+        assert_eq!(addresses("bob @ example . org"), ["bob@example.org"]);
+        assert_eq!(addresses("\"b o\"@example.org"), ["\"b o\"@example.org"]);
+        assert_eq!(
+            addresses("a@example.org,\r\n\tb@example.org (B (nested))"),
+            ["a@example.org", "b@example.org"]
+        );
+        // A display name without an address stays as it is, for the caller to refuse.
+        assert_eq!(addresses("John Smith"), ["John Smith"]);
+        assert_eq!(addresses(""), Vec::<String>::new());
+    }
+
+    #[test]
+    fn bare_local_names_are_qualified_in_place() {
+        let q = |t: &str| {
+            qualified(t.as_bytes(), "host.example").map(|v| String::from_utf8(v).unwrap())
+        };
+        assert_eq!(q(" root").as_deref(), Some(" root@host.example"));
+        assert_eq!(
+            q(" root (Cron Daemon)").as_deref(),
+            Some(" root@host.example (Cron Daemon)")
+        );
+        assert_eq!(
+            q(" Cron <root>, bob@example.org, ops").as_deref(),
+            Some(" Cron <root@host.example>, bob@example.org, ops@host.example")
+        );
+        assert_eq!(q(" bob@example.org"), None);
+        assert_eq!(q(" undisclosed-recipients:;"), None);
+        assert_eq!(q(" John Smith"), None);
+    }
+}
