@@ -244,21 +244,25 @@ fn option(inv: &mut Invocation, letter: char, value: &str) -> Result<(), UsageEr
         }
         'F' => inv.full_name = Some(value.to_string()),
         'C' => inv.config = Some(PathBuf::from(value)),
-        'N' => {
-            inv.notify = Notify::parse(value).ok_or_else(|| {
-                usage(&format!(
-                    "-N {value}: say never, or a list of failure, delay, success"
-                ))
-            })?;
-        }
+        // A bad DSN value is ignored with a warning, as Postfix's sendmail does: refused, the
+        // mail of a script that never looks at the exit code would be lost over a detail.
+        'N' => match Notify::parse(value) {
+            Some(notify) => inv.notify = notify,
+            None => eprintln!(
+                "sendmail: warning: bad -N option value {value:?} -- ignored (say never, or a \
+                 list of failure, delay, success)"
+            ),
+        },
         'V' => {
             // RFC 3461 §4.4: ENVID is printable US-ASCII, at most 100 characters.
             if value.len() > 100 || !value.bytes().all(|b| (0x21..0x7f).contains(&b)) {
-                return Err(usage(
-                    "-V: the envelope id must be up to 100 printable ASCII characters",
-                ));
+                eprintln!(
+                    "sendmail: warning: bad -V option value -- ignored (up to 100 printable \
+                     ASCII characters)"
+                );
+            } else {
+                inv.envid = Some(value.to_string());
             }
-            inv.envid = Some(value.to_string());
         }
         'B' if value != "7BIT" && value != "8BITMIME" => {
             return Err(usage("-B needs 7BIT or 8BITMIME"));
@@ -396,7 +400,6 @@ mod tests {
             (&["-bv", "x@example.org"][..], "-bv"),
             (&["-bz"][..], "unsupported: -bz"),
             (&["-n"][..], "-n"),
-            (&["-N", "sometimes"][..], "-N sometimes"),
             (&["-B", "BINARYMIME"][..], "-B"),
             (&["-qRexample.org"][..], "not implemented"),
             (&["-qI"][..], "-qIqueueid"),
@@ -410,6 +413,20 @@ mod tests {
             let e = parse("sendmail", args).unwrap_err().0;
             assert!(e.contains(want), "{args:?}: {e}");
         }
+    }
+
+    /// As Postfix's sendmail: a bad -N or -V value is ignored (with a warning), the message
+    /// still goes.
+    #[test]
+    fn bad_dsn_values_are_ignored() {
+        let inv = parse(
+            "sendmail",
+            &["-N", "sometimes", "-V", "a b", "bob@example.org"],
+        )
+        .unwrap();
+        assert_eq!(inv.notify, Notify::default());
+        assert_eq!(inv.envid, None);
+        assert_eq!(inv.recipients, ["bob@example.org"]);
     }
 
     #[test]
