@@ -689,3 +689,41 @@ fn an_unreachable_agent_defers_for_a_day_before_the_message_is_kept_undecryptabl
         .unwrap();
     assert_eq!(counted, 0, "both counts gone with their messages");
 }
+
+/// The store holds decrypted mail: deliver, run by an MTA with umask 022, creates the store's
+/// directory and database for the owner alone.
+#[test]
+fn a_store_deliver_creates_is_private_whatever_the_umask() {
+    use std::os::unix::fs::PermissionsExt;
+    let world = World::new();
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("state/store.sqlite");
+    let config = dir.path().join("sealpost.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[store]\npath = \"{}\"\n[gnupg]\nhome = \"{}\"\n[[accounts]]\nname = \"alice\"\npassword_hash = \"x\"\n",
+            store.display(),
+            world.bob.dir.display()
+        ),
+    )
+    .unwrap();
+    let out = run_with_stdin(
+        Command::new("sh")
+            .arg("-c")
+            .arg("umask 022; exec \"$0\" --config \"$1\" deliver --account alice")
+            .arg(env!("CARGO_BIN_EXE_sealpost"))
+            .arg(&config),
+        b"From: a@example.org\r\nSubject: private\r\n\r\nbody\r\n",
+    );
+    assert!(out.status.success(), "{out:?}");
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(store.parent().unwrap()), 0o700);
+    assert_eq!(mode(&store), 0o600);
+    for side in ["store.sqlite-wal", "store.sqlite-shm"] {
+        let p = store.with_file_name(side);
+        if p.exists() {
+            assert_eq!(mode(&p), 0o600, "{side}");
+        }
+    }
+}

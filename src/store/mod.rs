@@ -403,16 +403,32 @@ struct Inner {
 }
 
 impl Store {
-    /// Opens (creating if needed) the store at `path` and brings its schema up to date.
+    /// Opens (creating if needed) the store at `path` and brings its schema up to date. The
+    /// store holds decrypted mail: a directory it creates is the owner's alone (0700), and so
+    /// is a new database (0600; SQLite gives its -wal and -shm files the database's mode),
+    /// whatever the umask of the process that first opens it (`deliver` under an MTA's 022).
     pub fn open(path: &Path) -> Result<Store, StoreError> {
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+        let failed = |what: &Path, e: std::io::Error| StoreError::Open {
+            path: path.to_owned(),
+            source: rusqlite::Error::InvalidPath(PathBuf::from(format!("{}: {e}", what.display()))),
+        };
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| StoreError::Open {
-                path: path.to_owned(),
-                source: rusqlite::Error::InvalidPath(PathBuf::from(format!(
-                    "{}: {e}",
-                    dir.display()
-                ))),
-            })?;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|e| failed(dir, e))?;
+        }
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+        {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(failed(path, e)),
         }
         let mut writer = open_connection(path, false)?;
         schema::migrations()
