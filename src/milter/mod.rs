@@ -85,7 +85,7 @@ pub enum WithoutKey {
 impl Default for MilterConfig {
     fn default() -> Self {
         MilterConfig {
-            listen: "inet:127.0.0.1:8891".into(),
+            listen: "inet:127.0.0.1:8895".into(),
             max_connections: 100,
             reinject_host: "127.0.0.1".into(),
             reinject_port: 10026,
