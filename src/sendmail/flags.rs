@@ -219,11 +219,13 @@ fn flag(inv: &mut Invocation, letter: char) -> Result<(), UsageError> {
 fn option(inv: &mut Invocation, letter: char, value: &str) -> Result<(), UsageError> {
     match letter {
         'f' | 'r' => {
-            let sender = value.trim();
-            let sender = sender
-                .strip_prefix('<')
-                .and_then(|s| s.strip_suffix('>'))
-                .unwrap_or(sender);
+            // Read as an address list, as Postfix reads it: `Alice <alice@x>` is alice@x;
+            // `<>` and "" are the null sender.
+            let found = super::address::scan(value.as_bytes());
+            let sender = match found.first() {
+                Some(first) => first.address.as_str(),
+                None => value.trim().trim_start_matches('<').trim_end_matches('>'),
+            };
             // A bare local name is qualified later with [queue] domain.
             let bare = sender
                 .bytes()
@@ -413,6 +415,21 @@ mod tests {
             let e = parse("sendmail", args).unwrap_err().0;
             assert!(e.contains(want), "{args:?}: {e}");
         }
+    }
+
+    #[test]
+    fn a_sender_with_a_display_name_is_its_address() {
+        let inv = parse(
+            "sendmail",
+            &["-f", "Alice <alice@example.org>", "b@example.org"],
+        );
+        assert_eq!(inv.unwrap().sender.as_deref(), Some("alice@example.org"));
+        for null in ["<>", ""] {
+            let inv = parse("sendmail", &["-f", null, "b@example.org"]).unwrap();
+            assert_eq!(inv.sender.as_deref(), Some(""), "{null:?}");
+        }
+        let inv = parse("sendmail", &["-f", "<root>", "b@example.org"]).unwrap();
+        assert_eq!(inv.sender.as_deref(), Some("root"));
     }
 
     /// As Postfix's sendmail: a bad -N or -V value is ignored (with a warning), the message
