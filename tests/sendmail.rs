@@ -1084,3 +1084,14 @@ fn bare_local_names_and_a_missing_blank_line_lose_nothing() {
         ["bob@example.org", "dave@example.net"]
     );
 }
+
+/// `mailq` before anything was queued lists an empty queue and creates nothing: root's first
+/// `mailq` must not make the shared queue's directory root's.
+#[test]
+fn listing_a_queue_that_does_not_exist_creates_nothing() {
+    let s = Setup::new();
+    s.configure(relay::free_port(), false, "");
+    assert!(!s.queue_dir().exists());
+    assert_eq!(s.queue_list(), "Mail queue is empty\n");
+    assert!(!s.queue_dir().exists());
+}

@@ -252,6 +252,13 @@ fn may_run_queue(dir: &Path) -> bool {
 
 /// `sendmail -bp` / `queue list`: Postfix mailq's layout.
 pub fn list(config: &QueueConfig, out: &mut impl Write) -> Result<(), SendmailError> {
+    // No queue yet: nothing in it. Listing creates none (root's first `mailq` made the
+    // shared queue's directory root's, which the service's runner could not use).
+    if !config.dir.exists() {
+        return out
+            .write_all(b"Mail queue is empty\n")
+            .map_err(|e| SendmailError::Input(InputError::Read(e)));
+    }
     let queue = Queue::open(config)?;
     queue.pick_up().ok();
     let entries = queue.list()?;
