@@ -14,10 +14,21 @@ fn main() -> ExitCode {
     if matches!(program.as_str(), "sendmail" | "mailq" | "newaliases") {
         return sealpost::sendmail::main(&program, &argv[1..], None);
     }
+    // `deliver` runs as an MTA's delivery agent, where any exit code but 75 (and the few
+    // it documents) bounces the message: a typo in the MTA's command line or a panic must keep
+    // the mail queued instead (EX_TEMPFAIL) until the administrator sees the log.
+    let delivering = argv.iter().skip(1).any(|a| a == "deliver");
+    if delivering {
+        std::panic::set_hook(Box::new(|info| {
+            eprintln!("sealpost: internal error, the MTA keeps the message: {info}");
+            std::process::exit(75);
+        }));
+    }
     match sealpost::cli::Cli::try_parse() {
         Ok(args) => sealpost::cli::main(args),
         Err(e) if e.use_stderr() => {
-            // Usage errors exit 64 (EX_USAGE, sysexits(3)) with clap's reason on one line.
+            // Usage errors exit 64 (EX_USAGE, sysexits(3)) with clap's reason on one line; 75
+            // for deliver (above).
             let text = e.to_string();
             let reason: Vec<&str> = text
                 .lines()
@@ -29,7 +40,7 @@ fn main() -> ExitCode {
                 "sealpost: {}",
                 reason.join(" ").trim_start_matches("error: ")
             );
-            ExitCode::from(64)
+            ExitCode::from(if delivering { 75 } else { 64 })
         }
         Err(e) => {
             // --help and --version.

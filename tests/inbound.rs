@@ -42,6 +42,19 @@ async fn delivered_mail_is_decrypted_verified_and_marked() {
     verdicts::check(&world, &verdicts::fetch_all(&server));
 }
 
+/// A mistake in the MTA's command line for deliver (an unknown flag) keeps the mail queued
+/// (75), where a usage error (64) would bounce it.
+#[test]
+fn a_deliver_command_line_mistake_keeps_the_message_with_the_mta() {
+    let out = run_with_stdin(
+        Command::new(env!("CARGO_BIN_EXE_sealpost")).args(["deliver", "--acount", "alice"]),
+        b"From: a@example.org\r\n\r\nbody\r\n",
+    );
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(75), "{text}");
+    assert!(text.contains("--acount"), "{text}");
+}
+
 /// Without any configuration file (none at the default path, no --config) no account is
 /// known: a set-up problem, answered 75 so that the MTA keeps the message, not 67 (a bounce).
 #[test]
