@@ -106,13 +106,24 @@ pub fn repair_quoted_printable(body: &[u8]) -> Vec<u8> {
         }
         let total: usize = tokens.iter().map(Vec::len).sum();
         let mut col = 0;
-        for t in tokens {
+        for (k, t) in tokens.iter().enumerate() {
             if total > 998 && col + t.len() > QP_LINE - 1 {
                 out.extend_from_slice(b"=\r\n");
                 col = 0;
             }
+            // A soft line break may put "From " at the start of a line, where mbox-style
+            // transports write ">From " and break the signature.
+            let starts_from = col == 0
+                && k > 0
+                && tokens[k..]
+                    .iter()
+                    .take(5)
+                    .flatten()
+                    .copied()
+                    .eq(b"From ".iter().copied());
+            let t: &[u8] = if starts_from { b"=46" } else { t };
             col += t.len();
-            out.extend_from_slice(&t);
+            out.extend_from_slice(t);
         }
         if lines.peek().is_some() || body.ends_with(b"\n") {
             out.extend_from_slice(b"\r\n");
@@ -268,6 +279,25 @@ mod tests {
         let decoded =
             quoted_printable::decode(&fixed, quoted_printable::ParseMode::Strict).unwrap();
         assert_eq!(decoded, [b"A".repeat(500), b"x".repeat(10)].concat());
+        // A soft line break that would start a line with "From ".
+        let line = [
+            b"a".repeat(75),
+            b"From the desk ".to_vec(),
+            b"b".repeat(1000),
+        ]
+        .concat();
+        let fixed = repair_quoted_printable(&line);
+        assert!(
+            !fixed
+                .split(|&b| b == b'\n')
+                .any(|l| l.starts_with(b"From ")),
+            "{}",
+            String::from_utf8_lossy(&fixed)
+        );
+        assert!(is_signing_safe(&fixed));
+        let decoded =
+            quoted_printable::decode(&fixed, quoted_printable::ParseMode::Strict).unwrap();
+        assert_eq!(decoded, line);
     }
 
     #[test]
