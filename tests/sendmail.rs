@@ -660,9 +660,9 @@ fn run_of_an_unknown_queue_id_is_refused() {
     use std::os::unix::fs::PermissionsExt;
     let s = Setup::new();
     s.configure(relay::free_port(), false, "");
-    // The first command on a fresh queue is `queue list` (no umask of its own): the database
+    // The first command on a fresh queue is `queue run` (no umask of its own): the database
     // it creates is still its owner's alone.
-    let out = s.sealpost(&["queue", "list"]);
+    let out = s.sealpost(&["queue", "run"]);
     assert!(out.status.success(), "{out:?}");
     let mode = std::fs::metadata(s.queue_dir().join("queue.sqlite"))
         .unwrap()
@@ -914,7 +914,7 @@ fn root_does_not_run_a_queue_another_user_owns() {
     }
     let s = Setup::new();
     s.configure(relay::free_port(), false, "");
-    assert!(s.sealpost(&["queue", "list"]).status.success());
+    assert!(s.sealpost(&["queue", "run"]).status.success());
     std::os::unix::fs::chown(s.queue_dir(), Some(65534), Some(65534)).unwrap();
     for out in [s.sealpost(&["queue", "run"]), s.sendmail(&["-q"], b"")] {
         assert_eq!(out.status.code(), Some(77), "{out:?}");
@@ -933,7 +933,7 @@ fn root_does_not_run_a_queue_another_user_owns() {
 fn a_socket_in_the_drop_directory_is_set_aside() {
     let s = Setup::new();
     s.configure(relay::free_port(), false, "");
-    assert!(s.sealpost(&["queue", "list"]).status.success());
+    assert!(s.sealpost(&["queue", "run"]).status.success());
     let incoming = s.queue_dir().join("incoming");
     let socket = std::os::unix::net::UnixListener::bind(incoming.join("ABC123")).unwrap();
     let out = s.sealpost(&["queue", "list"]);
