@@ -670,3 +670,55 @@ async fn an_unreadable_public_keyring_defers_rather_than_sends_in_clear() {
     );
     assert!(copies[0].message.is_none());
 }
+
+/// What a script may hand over: a raw UTF-8 Subject with a trailing blank, a part header with
+/// 8-bit text and trailing blanks, a forwarded message with a raw UTF-8 Subject. The signed
+/// part of the clear copy is 7-bit with no trailing blanks (RFC 3156 §3), so no transport can
+/// break its signature, and the Subject still reads the same once decoded. (8-bit bytes in a
+/// structured field, a raw UTF-8 display name, are still kept: README.)
+#[tokio::test]
+async fn the_signed_part_is_seven_bit_even_when_the_header_is_not() {
+    let world = World::new();
+    let raw = "From: alice@example.org\r\nTo: dave@example.net\r\nSubject: Grüße aus Köln \r\n\
+MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"b1\"\r\n\r\n\
+--b1\r\nContent-Type: text/plain; charset=utf-8 \r\nContent-Description: Bericht für Köln\r\n\r\nHallo\r\n\
+--b1\r\nContent-Type: message/rfc822\r\n\r\nFrom: zoe@example.org\r\nSubject: Weitergeleitet: Grüße \r\n\r\ninner\r\n\
+--b1--\r\n";
+    let env = Envelope {
+        id: "T8".into(),
+        sender: "alice@example.org".into(),
+        recipients: vec!["dave@example.net".into()],
+    };
+    let copies = copies(run(&world, Policy::default(), &env, raw.as_bytes()).await);
+    let copy = copies[0].message.as_deref().expect("a signed copy");
+    let (signed, sig) = signed_parts(copy).expect("multipart/signed");
+    let text = String::from_utf8_lossy(&signed);
+    assert!(
+        sealpost::message::encoding::is_signing_safe(&signed),
+        "{text}"
+    );
+    for line in signed.split(|&b| b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        assert!(
+            !line.ends_with(b" ") && !line.ends_with(b"\t") && line.is_ascii(),
+            "{:?}",
+            String::from_utf8_lossy(line)
+        );
+    }
+    let subject = text
+        .lines()
+        .skip_while(|l| !l.starts_with("Subject: "))
+        .take_while(|l| l.starts_with("Subject: ") || l.starts_with(' '))
+        .collect::<Vec<_>>()
+        .join("\r\n");
+    let decoded = mail_parser::MessageParser::default()
+        .parse(format!("{subject}\r\n\r\n").as_bytes())
+        .and_then(|m| m.subject().map(str::to_string));
+    assert_eq!(decoded.as_deref(), Some("Grüße aus Köln"));
+    let dave = GpgHome::new();
+    dave.import(&world.sender.export_public(&world.alice));
+    assert_eq!(
+        dave.verify_detached(&signed, &sig).as_deref(),
+        Some(world.alice.as_str())
+    );
+}

@@ -77,6 +77,17 @@ pub fn content_entity(message: &ParsedMessage) -> ContentEntity {
             }
         }
     }
+    let fields = fields
+        .into_iter()
+        .map(|f| {
+            let safe = super::mime::signing_safe_field(&f.name, &f.raw);
+            if safe == f.raw {
+                f
+            } else {
+                f.with_raw(safe)
+            }
+        })
+        .collect();
     ContentEntity {
         fields,
         body: apply(raw, body_start, edits),
@@ -86,16 +97,25 @@ pub fn content_entity(message: &ParsedMessage) -> ContentEntity {
 fn visit(message: &Message<'_>, part: &MessagePart<'_>, raw: &[u8], edits: &mut Vec<Edit>) {
     match &part.body {
         PartType::Multipart(children) if !children.is_empty() => {
+            safe_header(part, raw, edits);
             for &child in children {
                 visit(message, &message.parts[child as usize], raw, edits);
             }
             tidy_multipart(part, raw, edits);
         }
         // A forwarded message is walked into: message/rfc822 may not be base64-encoded
-        // (RFC 2046 §5.2.1), so its own leaves are made safe instead.
-        PartType::Message(inner) => visit(inner, inner.root_part(), raw, edits),
+        // (RFC 2046 §5.2.1), so its own leaves are made safe instead, and its header.
+        PartType::Message(inner) => {
+            safe_header(part, raw, edits);
+            let root = inner.root_part();
+            if !matches!(root.body, PartType::Multipart(_)) && leaf_edit(root, raw).is_none() {
+                safe_header(root, raw, edits);
+            }
+            visit(inner, root, raw, edits)
+        }
         _ => {
             let Some((cte, body)) = leaf_edit(part, raw) else {
+                safe_header(part, raw, edits);
                 return;
             };
             let mut header = Vec::new();
@@ -115,10 +135,14 @@ fn visit(message: &Message<'_>, part: &MessagePart<'_>, raw: &[u8], edits: &mut 
                         format!("Content-Type: {}\r\n", text_type(raw, part)).as_bytes(),
                     );
                 } else {
-                    header.extend_from_slice(&crlf(bytes));
-                    if !header.ends_with(b"\r\n") {
-                        header.extend_from_slice(b"\r\n");
+                    let mut field = crlf(bytes);
+                    if !field.ends_with(b"\r\n") {
+                        field.extend_from_slice(b"\r\n");
                     }
+                    header.extend_from_slice(&super::mime::signing_safe_field(
+                        h.name.as_str(),
+                        &field,
+                    ));
                 }
             }
             if !replaced {
@@ -140,6 +164,30 @@ fn visit(message: &Message<'_>, part: &MessagePart<'_>, raw: &[u8], edits: &mut 
                 bytes: body,
             });
         }
+    }
+}
+
+/// Rewrites a part's header fields as they may stand inside signed data
+/// ([`super::mime::signing_safe_field`]) when any of them is not so already.
+fn safe_header(part: &MessagePart<'_>, raw: &[u8], edits: &mut Vec<Edit>) {
+    let (Some(first), Some(last)) = (part.headers.first(), part.headers.last()) else {
+        return;
+    };
+    let (start, end) = (first.offset_field as usize, last.offset_end as usize);
+    let mut header = Vec::with_capacity(end.saturating_sub(start));
+    for h in &part.headers {
+        let mut field = crlf(&raw[h.offset_field as usize..h.offset_end as usize]);
+        if !field.ends_with(b"\r\n") {
+            field.extend_from_slice(b"\r\n");
+        }
+        header.extend_from_slice(&super::mime::signing_safe_field(h.name.as_str(), &field));
+    }
+    if header != crlf(&raw[start..end]) {
+        edits.push(Edit {
+            start,
+            end,
+            bytes: header,
+        });
     }
 }
 

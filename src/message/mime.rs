@@ -76,14 +76,12 @@ pub fn protected_payload(
         .iter()
         .filter(|f| !f.is_structural() && !is_trace(f))
     {
-        out.extend_from_slice(&f.raw);
+        out.extend_from_slice(&signing_safe_field(&f.name, &f.raw));
     }
     for f in outer.iter().filter(|f| !f.is_structural() && !is_trace(f)) {
+        let field = [f.name.as_bytes(), b":", f.raw_value(), b"\r\n"].concat();
         out.extend_from_slice(b"HP-Outer: ");
-        out.extend_from_slice(f.name.as_bytes());
-        out.extend_from_slice(b":");
-        out.extend_from_slice(f.raw_value());
-        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(&signing_safe_field(&f.name, &field));
     }
     let hp = match protection {
         Protection::Cipher => "cipher",
@@ -93,14 +91,13 @@ pub fn protected_payload(
     for f in &content.fields {
         if f.is("Content-Type") && !has_type {
             has_type = true;
-            let value = f.raw_value();
-            let value = value.strip_suffix(b";").unwrap_or(value);
-            out.extend_from_slice(f.name.as_bytes());
-            out.extend_from_slice(b":");
-            out.extend_from_slice(value);
-            out.extend_from_slice(format!(";\r\n hp=\"{hp}\"\r\n").as_bytes());
+            let value = trim_blanks_end(f.raw_value());
+            let value = trim_blanks_end(value.strip_suffix(b";").unwrap_or(value));
+            let line = [f.name.as_bytes(), b":", value, b";\r\n"].concat();
+            out.extend_from_slice(&signing_safe_field(&f.name, &line));
+            out.extend_from_slice(format!(" hp=\"{hp}\"\r\n").as_bytes());
         } else {
-            out.extend_from_slice(&f.raw);
+            out.extend_from_slice(&signing_safe_field(&f.name, &f.raw));
         }
     }
     if !has_type {
@@ -113,6 +110,84 @@ pub fn protected_payload(
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(&content.body);
     out
+}
+
+/// Unstructured fields (RFC 5322 §3.6.5, RFC 2045 §8, RFC 2076): their whole value may be
+/// encoded words.
+const UNSTRUCTURED: [&str; 5] = [
+    "Subject",
+    "Comments",
+    "Thread-Topic",
+    "Content-Description",
+    "Organization",
+];
+
+/// A header field as it may stand inside signed data (RFC 3156 §3: 7-bit, no trailing
+/// whitespace, which transports may change): blanks at the end of each line dropped, and an
+/// unstructured value with 8-bit bytes (a raw UTF-8 Subject from a script) written as RFC 2047
+/// encoded words, which decode to the same text. `raw` is the whole field, CRLF-terminated.
+/// 8-bit bytes in a structured field (a raw UTF-8 display name or file name) are kept.
+pub fn signing_safe_field(name: &str, raw: &[u8]) -> Vec<u8> {
+    let eight_bit = raw.iter().any(|b| *b >= 0x80);
+    if eight_bit && UNSTRUCTURED.iter().any(|u| u.eq_ignore_ascii_case(name)) {
+        if let Some(colon) = raw.iter().position(|b| *b == b':') {
+            let value: Vec<u8> = raw[colon + 1..]
+                .iter()
+                .copied()
+                .filter(|b| *b != b'\r' && *b != b'\n')
+                .collect();
+            let mut out = raw[..=colon].to_vec();
+            out.extend_from_slice(&encoded_words(value.trim_ascii()));
+            out.extend_from_slice(b"\r\n");
+            return out;
+        }
+    }
+    let mut out = Vec::with_capacity(raw.len());
+    for line in raw.split_inclusive(|b| *b == b'\n') {
+        let body = line.strip_suffix(b"\r\n").unwrap_or(line);
+        out.extend_from_slice(trim_blanks_end(body));
+        if line.ends_with(b"\r\n") {
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+    out
+}
+
+fn trim_blanks_end(bytes: &[u8]) -> &[u8] {
+    let end = bytes
+        .iter()
+        .rposition(|b| *b != b' ' && *b != b'\t')
+        .map_or(0, |i| i + 1);
+    &bytes[..end]
+}
+
+/// `text` as RFC 2047 "B" encoded words of at most 75 characters, one per folded line
+/// (UTF-8 when it is; else charset unknown-8bit, RFC 1428), characters never split.
+fn encoded_words(text: &[u8]) -> Vec<u8> {
+    use base64::Engine;
+    let (charset, chunks): (&str, Vec<&[u8]>) = match std::str::from_utf8(text) {
+        Ok(s) => {
+            let mut chunks = Vec::new();
+            let mut start = 0;
+            for (i, c) in s.char_indices() {
+                if i + c.len_utf8() - start > 45 {
+                    chunks.push(&text[start..i]);
+                    start = i;
+                }
+            }
+            chunks.push(&text[start..]);
+            ("UTF-8", chunks)
+        }
+        Err(_) => ("unknown-8bit", text.chunks(42).collect()),
+    };
+    let words: Vec<String> = chunks
+        .iter()
+        .map(|c| {
+            let b64 = base64::engine::general_purpose::STANDARD.encode(c);
+            format!("=?{charset}?B?{b64}?=")
+        })
+        .collect();
+    format!(" {}", words.join("\r\n ")).into_bytes()
 }
 
 /// A fresh boundary that occurs in none of `contents` (RFC 2046 §5.1.1).

@@ -28,6 +28,16 @@ impl HeaderField {
         }
     }
 
+    /// The same field written as `raw` (its name, a colon, the value, CRLF).
+    pub fn with_raw(&self, raw: Vec<u8>) -> HeaderField {
+        let colon = raw.iter().position(|&b| b == b':').unwrap_or(self.colon);
+        HeaderField {
+            name: self.name.clone(),
+            raw,
+            colon,
+        }
+    }
+
     /// True when the field has this name (case-insensitive, RFC 5322 §1.2.2).
     pub fn is(&self, name: &str) -> bool {
         self.name.eq_ignore_ascii_case(name)
