@@ -780,3 +780,32 @@ fn connections_beyond_the_limit_are_told_to_come_back() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// A mailbox deleted while another session has it selected: a mailbox created next never
+/// takes its place (the session would act on the new one's messages), and that session is
+/// told and disconnected after its next command that may report changes, as Dovecot does.
+#[test]
+fn a_session_on_a_deleted_mailbox_never_reaches_the_next_one() {
+    let server = common::server::Server::start();
+    let mut a = server.login();
+    let mut b = server.login();
+    a.ok("CREATE Projects");
+    b.ok("SELECT Projects");
+    a.ok("DELETE Projects");
+    a.ok("CREATE Receipts");
+    let receipt = "Subject: receipt-1\r\n\r\nkeep me\r\n";
+    a.ok(&format!(
+        "APPEND Receipts {{{}+}}\r\n{receipt}",
+        receipt.len()
+    ));
+    let (untagged, tagged) = b.cmd("UID FETCH 1 (BODY.PEEK[HEADER.FIELDS (Subject)])");
+    assert!(
+        !untagged.iter().any(|l| l.contains("receipt-1")),
+        "{untagged:?} {tagged}"
+    );
+    let bye = b.line().unwrap_or_default();
+    assert!(bye.starts_with("* BYE"), "{bye}");
+    assert!(b.line().is_none(), "disconnected");
+    let status = a.ok("STATUS Receipts (MESSAGES)").join("\n");
+    assert!(status.contains("MESSAGES 1"), "{status}");
+}

@@ -509,8 +509,16 @@ impl Session {
             }
             return Err(error);
         }
+        // The selected mailbox deleted by another session: the client is told and the
+        // connection ends after this answer, as Dovecot does, rather than answering every
+        // later command with nothing.
+        let mut deleted = false;
         if let Err(error) = self.catch_up(expunges_allowed).await {
-            tracing::warn!(peer = %self.peer, %error, "imap: cannot read mailbox changes");
+            if matches!(error, CmdError::Store(StoreError::NoMailbox(_))) {
+                deleted = true;
+            } else {
+                tracing::warn!(peer = %self.peer, %error, "imap: cannot read mailbox changes");
+            }
         }
         let mut out = Out::default();
         match result {
@@ -529,7 +537,13 @@ impl Session {
                 out.status(tag, kind, code, &text);
             }
         }
-        self.conn.write(&out.bytes).await
+        self.conn.write(&out.bytes).await?;
+        if deleted {
+            tracing::info!(peer = %self.peer, "imap: the selected mailbox was deleted");
+            self.bye("Selected mailbox was deleted, have to disconnect")
+                .await;
+        }
+        Ok(())
     }
 
     /// Tells the client what other sessions (and the sync) changed in the selected mailbox:

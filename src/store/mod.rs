@@ -1422,10 +1422,20 @@ fn insert_mailbox(
     if uidvalidity > u32::MAX as i64 {
         return Err(StoreError::UidsExhausted(name.to_owned()));
     }
+    // An id is never given twice (SQLite would reuse the highest after a DELETE): a session
+    // that still has a deleted mailbox selected must not find another in its place and act
+    // on that one's messages.
+    let id: i64 = tx.query_row(
+        "SELECT max(coalesce((SELECT value FROM store_meta WHERE key = 'mailbox-id'), 0),
+                    coalesce((SELECT max(id) FROM mailboxes), 0)) + 1",
+        [],
+        |r| r.get(0),
+    )?;
     tx.execute(
-        "INSERT INTO mailboxes (account, name, uidvalidity, special_use, subscribed)
-         VALUES (?1, ?2, ?3, ?4, ?5)",
+        "INSERT INTO mailboxes (id, account, name, uidvalidity, special_use, subscribed)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         params![
+            id,
             account,
             name,
             uidvalidity,
@@ -1433,7 +1443,11 @@ fn insert_mailbox(
             subscribed
         ],
     )?;
-    let id = tx.last_insert_rowid();
+    tx.execute(
+        "INSERT INTO store_meta (key, value) VALUES ('mailbox-id', ?1)
+         ON CONFLICT (key) DO UPDATE SET value = max(value, ?1)",
+        [id],
+    )?;
     remember_uidvalidity(tx, uidvalidity)?;
     Ok(id)
 }
