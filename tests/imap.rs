@@ -809,3 +809,25 @@ fn a_session_on_a_deleted_mailbox_never_reaches_the_next_one() {
     let status = a.ok("STATUS Receipts (MESSAGES)").join("\n");
     assert!(status.contains("MESSAGES 1"), "{status}");
 }
+
+/// IDLE before login is refused (RFC 2177), and the connection still logs in; a command sent
+/// in place of DONE ends IDLE with BAD and the connection with BYE, instead of leaving it
+/// unable to take any command.
+#[test]
+fn idle_before_login_and_a_command_instead_of_done() {
+    let server = Server::start();
+    let mut raw = server.raw();
+    let (_, tagged) = raw.cmd("IDLE");
+    assert!(tagged.contains(" BAD "), "{tagged}");
+    raw.ok(&format!("LOGIN {USER} \"{PASSWORD}\""));
+    raw.ok("SELECT INBOX");
+    raw.send(b"i1 IDLE\r\n");
+    let go_ahead = raw.line().unwrap_or_default();
+    assert!(go_ahead.starts_with("+ "), "{go_ahead}");
+    raw.send(b"x1 LOGOUT\r\n");
+    let (_, tagged) = raw.until("i1");
+    assert!(tagged.starts_with("i1 BAD"), "{tagged}");
+    let bye = raw.line().unwrap_or_default();
+    assert!(bye.starts_with("* BYE"), "{bye}");
+    assert!(raw.line().is_none(), "disconnected");
+}

@@ -239,6 +239,17 @@ impl Conn {
         self.drive();
     }
 
+    /// IDLE refused (before login, RFC 2177: only in the authenticated states): BAD, and
+    /// imap-next expects commands again.
+    pub fn idle_reject(&mut self, tag: &str, text: &str) {
+        if let Ok(tag) = Tag::try_from(tag.to_owned()) {
+            if let Ok(status) = Status::bad(Some(tag), None, text.to_owned()) {
+                let _ = self.server.idle_reject(status);
+            }
+        }
+        self.drive();
+    }
+
     pub fn idle_accept(&mut self) {
         if let Ok(request) = CommandContinuationRequest::basic(None, Text::unvalidated("idling")) {
             let _ = self.server.idle_accept(request);

@@ -386,9 +386,13 @@ impl Session {
                         self.finish(&tag, Ok(Done::ok("IDLE terminated")), true)
                             .await
                     }
+                    // Anything but DONE: imap-next still waits for DONE, so the connection
+                    // could take no further command; it ends here.
                     _ => {
                         let result = Err(CmdError::bad("expected DONE"));
-                        self.finish(&tag, result, true).await
+                        self.finish(&tag, result, true).await?;
+                        self.bye("IDLE ends with DONE only").await;
+                        Ok(())
                     }
                 };
             }

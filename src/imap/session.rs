@@ -266,7 +266,7 @@ impl Session {
         Ok(())
     }
 
-    async fn bye(&mut self, text: &str) {
+    pub(super) async fn bye(&mut self, text: &str) {
         let mut out = Out::default();
         out.text("* BYE ").text(text).crlf();
         let _ = self.conn.write(&out.bytes).await;
@@ -289,6 +289,12 @@ impl Session {
             }
             Input::AuthenticateData(_) | Input::IdleDone => {
                 // Only expected inside AUTHENTICATE or IDLE, which read them themselves.
+                self.count_bad().await
+            }
+            Input::Idle(tag) if !self.authenticated() => {
+                // RFC 2177: IDLE only after login; accepted, it would hold a connection slot
+                // past the login timeout.
+                self.conn.idle_reject(tag.inner(), "Log in first");
                 self.count_bad().await
             }
             Input::Idle(tag) => self.idle(tag.inner().to_owned()).await,
