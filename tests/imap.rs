@@ -831,3 +831,25 @@ fn idle_before_login_and_a_command_instead_of_done() {
     assert!(bye.starts_with("* BYE"), "{bye}");
     assert!(raw.line().is_none(), "disconnected");
 }
+
+/// SEARCH HEADER looks at the field's text (RFC 3501 §6.4.4): a Message-ID with its angle
+/// brackets, as clients look a message up by it, and a Content-Type parameter.
+#[test]
+fn search_header_matches_the_text_as_written() {
+    let server = Server::start();
+    let mut raw = server.login();
+    let message = "Message-ID: <m3@example.org>\r\nSubject: looked up\r\n\
+                   Content-Type: multipart/mixed; boundary=\"xyz\"\r\n\r\n--xyz\r\n\r\nhi\r\n--xyz--\r\n";
+    raw.ok(&format!("APPEND INBOX {{{}+}}\r\n{message}", message.len()));
+    raw.ok("SELECT INBOX");
+    for (query, hit) in [
+        ("HEADER Message-ID \"<m3@example.org>\"", true),
+        ("HEADER Message-ID \"m3@example.org\"", true),
+        ("HEADER Message-ID \"<m4@example.org>\"", false),
+        ("HEADER Content-Type \"boundary\"", true),
+        ("HEADER Subject \"looked up\"", true),
+    ] {
+        let lines = raw.ok(&format!("UID SEARCH {query}")).join("\n");
+        assert_eq!(lines.contains("* SEARCH 1"), hit, "{query}: {lines}");
+    }
+}

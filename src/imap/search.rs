@@ -36,7 +36,7 @@ pub struct Candidate<'a> {
     /// (session's message count, mailbox's largest UID) for "*".
     pub count: u32,
     pub largest_uid: u32,
-    headers: Option<Vec<(String, String)>>,
+    headers: Option<Vec<(String, String, String)>>,
     body: Option<String>,
 }
 
@@ -69,14 +69,33 @@ impl<'a> Candidate<'a> {
         }
     }
 
-    /// Every header field as (lower-case name, decoded value, lower-cased).
-    fn headers(&mut self) -> &[(String, String)] {
+    /// Every header field as (lower-case name, decoded value, value as written), the values
+    /// in comparison form. The written one (unfolded; empty when it holds RFC 2047 encoded
+    /// words, which only the decoded one reads right) serves HEADER: RFC 3501 §6.4.4
+    /// searches the field's text, so `HEADER Message-ID "<id@x>"` must match the brackets
+    /// the decoded form drops, and `HEADER Content-Type "boundary"` a parameter.
+    fn headers(&mut self) -> &[(String, String, String)] {
         if self.headers.is_none() {
             let mut out = Vec::new();
-            if let Some(message) = MessageParser::default().parse_headers(self.source()) {
+            let source = self.source();
+            if let Some(message) = MessageParser::default().parse_headers(source) {
                 for header in message.headers() {
                     let name = header.name().to_ascii_lowercase();
-                    out.push((name, fold(&value_text(header.value()))));
+                    let written = source
+                        .get(header.offset_start as usize..header.offset_end as usize)
+                        .map(|v| {
+                            String::from_utf8_lossy(v)
+                                .replace(['\r', '\n'], "")
+                                .trim()
+                                .to_string()
+                        })
+                        .unwrap_or_default();
+                    let written = if written.contains("=?") {
+                        String::new()
+                    } else {
+                        fold(&written)
+                    };
+                    out.push((name, fold(&value_text(header.value())), written));
                 }
             }
             self.headers = Some(out);
@@ -84,12 +103,14 @@ impl<'a> Candidate<'a> {
         self.headers.as_deref().unwrap_or_default()
     }
 
-    fn header_contains(&mut self, name: &str, needle: &str) -> bool {
+    /// Whether a field `name` holds `needle`: in its decoded value, and with `as_written`
+    /// (HEADER) also in its text as written.
+    fn header_contains(&mut self, name: &str, needle: &str, as_written: bool) -> bool {
         let name = name.to_ascii_lowercase();
         let needle = fold(needle);
-        self.headers()
-            .iter()
-            .any(|(n, v)| *n == name && v.contains(&needle))
+        self.headers().iter().any(|(n, v, w)| {
+            *n == name && (v.contains(&needle) || (as_written && w.contains(&needle)))
+        })
     }
 
     fn body(&mut self) -> &str {
@@ -219,12 +240,12 @@ pub fn matches(key: &SearchKey<'_>, m: &mut Candidate<'_>) -> bool {
         K::SentBefore(d) => m.sent_date().is_some_and(|s| s < day(d)),
         K::SentOn(d) => m.sent_date().is_some_and(|s| s == day(d)),
         K::SentSince(d) => m.sent_date().is_some_and(|s| s >= day(d)),
-        K::From(s) => m.header_contains("from", &text(s)),
-        K::To(s) => m.header_contains("to", &text(s)),
-        K::Cc(s) => m.header_contains("cc", &text(s)),
-        K::Bcc(s) => m.header_contains("bcc", &text(s)),
-        K::Subject(s) => m.header_contains("subject", &text(s)),
-        K::Header(name, value) => m.header_contains(&text(name), &text(value)),
+        K::From(s) => m.header_contains("from", &text(s), false),
+        K::To(s) => m.header_contains("to", &text(s), false),
+        K::Cc(s) => m.header_contains("cc", &text(s), false),
+        K::Bcc(s) => m.header_contains("bcc", &text(s), false),
+        K::Subject(s) => m.header_contains("subject", &text(s), false),
+        K::Header(name, value) => m.header_contains(&text(name), &text(value), true),
         K::Body(s) => {
             let needle = fold(&text(s));
             m.body().contains(&needle)
@@ -233,7 +254,7 @@ pub fn matches(key: &SearchKey<'_>, m: &mut Candidate<'_>) -> bool {
             let needle = fold(&text(s));
             m.headers()
                 .iter()
-                .any(|(n, v)| n.contains(&needle) || v.contains(&needle))
+                .any(|(n, v, _)| n.contains(&needle) || v.contains(&needle))
                 || m.body().contains(&needle)
         }
         K::ModSequence { modseq, .. } => m.row.modseq >= *modseq,
