@@ -853,3 +853,27 @@ fn search_header_matches_the_text_as_written() {
         assert_eq!(lines.contains("* SEARCH 1"), hit, "{query}: {lines}");
     }
 }
+
+/// COPY of a message another session expunged meanwhile copies nothing: NO [EXPUNGEISSUED]
+/// (UID COPY: OK), never a COPYUID with empty sets.
+#[test]
+fn copying_what_another_session_expunged_says_so() {
+    let server = Server::start();
+    let mut a = server.login();
+    let mut b = server.login();
+    let message = "Subject: soon gone\r\n\r\nx\r\n";
+    a.ok(&format!("APPEND INBOX {{{}+}}\r\n{message}", message.len()));
+    a.ok("SELECT INBOX");
+    b.ok("SELECT INBOX");
+    b.ok("UID STORE 1 +FLAGS.SILENT (\\Deleted)");
+    b.ok("EXPUNGE");
+    let (_, tagged) = a.cmd("COPY 1 Archive");
+    assert!(tagged.contains("NO [EXPUNGEISSUED]"), "{tagged}");
+    let (_, tagged) = a.cmd("UID COPY 1 Archive");
+    assert!(
+        tagged.contains(" OK ") && !tagged.contains("COPYUID"),
+        "{tagged}"
+    );
+    let status = a.ok("STATUS Archive (MESSAGES)").join("\n");
+    assert!(status.contains("MESSAGES 0"), "{status}");
+}

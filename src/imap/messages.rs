@@ -196,6 +196,17 @@ impl Session {
             }
         })
         .await??;
+        // All of them expunged meanwhile by another session: nothing was copied, and a
+        // COPYUID with empty sets would be no valid response (RFC 4315 §3).
+        if pairs.is_empty() {
+            if uid {
+                return Ok(Done::ok("No messages"));
+            }
+            return Err(CmdError::no(
+                Some("EXPUNGEISSUED"),
+                "The messages were expunged meanwhile",
+            ));
+        }
         let sources: Vec<u32> = pairs.iter().map(|p| p.0).collect();
         let targets: Vec<u32> = pairs.iter().map(|p| p.1).collect();
         let code = format!(
