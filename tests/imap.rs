@@ -877,3 +877,18 @@ fn copying_what_another_session_expunged_says_so() {
     let status = a.ok("STATUS Archive (MESSAGES)").join("\n");
     assert!(status.contains("MESSAGES 0"), "{status}");
 }
+
+/// RENAME of a mailbox into its own subtree is refused; its hierarchy stays as it was.
+#[test]
+fn a_mailbox_is_not_renamed_under_itself() {
+    let server = Server::start();
+    let mut raw = server.login();
+    raw.ok("CREATE a/b/c");
+    let (_, tagged) = raw.cmd("RENAME a a/b/c/d");
+    assert!(tagged.contains("NO [CANNOT]"), "{tagged}");
+    let list = raw.ok("LIST \"\" \"a*\"").join("\n");
+    for name in ["\"a\"", "\"a/b\"", "\"a/b/c\""] {
+        assert!(list.contains(name), "{name}: {list}");
+    }
+    raw.ok("RENAME a/b/c a/c");
+}

@@ -909,9 +909,11 @@ fn describe(error: &CmdError) -> (&'static str, Option<&'static str>, String) {
         CmdError::Store(StoreError::MailboxExists(_)) => {
             ("NO", Some("ALREADYEXISTS"), "Mailbox already exists".into())
         }
-        CmdError::Store(e @ (StoreError::HasChildren(_) | StoreError::InboxDelete)) => {
-            ("NO", Some("CANNOT"), e.to_string())
-        }
+        CmdError::Store(
+            e @ (StoreError::HasChildren(_)
+            | StoreError::InboxDelete
+            | StoreError::RenameUnderItself(_)),
+        ) => ("NO", Some("CANNOT"), e.to_string()),
         CmdError::Store(e @ StoreError::UidsExhausted(_)) => ("NO", Some("LIMIT"), e.to_string()),
         CmdError::Store(_) | CmdError::Join(_) => (
             "NO",

@@ -74,6 +74,8 @@ pub enum StoreError {
     HasChildren(String),
     #[error("INBOX cannot be deleted")]
     InboxDelete,
+    #[error("mailbox {0:?} cannot be renamed under itself")]
+    RenameUnderItself(String),
     #[error("mailbox {0:?} has used up its 32-bit UID space")]
     UidsExhausted(String),
     #[error("store: the writer lock was poisoned by a crash in another thread")]
@@ -657,6 +659,15 @@ impl Store {
                 .ok_or_else(|| StoreError::NoMailbox(from.to_owned()))?;
             if find_mailbox(tx, account, to)?.is_some() {
                 return Err(StoreError::MailboxExists(to.to_owned()));
+            }
+            // `a` into `a/b/c`: its inferiors would be renamed under themselves and lost from
+            // the hierarchy. (INBOX's messages move; INBOX itself stays, so it may.)
+            if source.name != "INBOX"
+                && to
+                    .strip_prefix(source.name.as_str())
+                    .is_some_and(|rest| rest.starts_with(DELIMITER))
+            {
+                return Err(StoreError::RenameUnderItself(from.to_owned()));
             }
             create_parents(tx, account, to)?;
             if source.name == "INBOX" {
