@@ -720,6 +720,15 @@ fn condstore_and_qresync_over_imap() {
         stored[0].contains("\\Flagged") && modseq_of(&stored[0]) > m2,
         "{stored:?}"
     );
+    // .SILENT with UNCHANGEDSINCE still reports the new MODSEQ (§3.1.3).
+    let m2 = modseq_of(&stored[0]);
+    let silent = a.ok(&format!(
+        "UID STORE 2 (UNCHANGEDSINCE {m2}) +FLAGS.SILENT (\\Seen)"
+    ));
+    assert!(
+        silent.len() == 1 && modseq_of(&silent[0]) > m2,
+        "{silent:?}"
+    );
     a.ok("STORE 3 +FLAGS.SILENT (\\Deleted)");
     a.ok("EXPUNGE");
 
@@ -748,7 +757,7 @@ fn condstore_and_qresync_over_imap() {
     let fetches: Vec<&String> = resync.iter().filter(|l| l.contains(" FETCH ")).collect();
     assert_eq!(fetches.len(), 1, "{resync:?}");
     assert!(
-        fetches[0].starts_with("* 2 FETCH (UID 2 FLAGS (\\Flagged) MODSEQ ("),
+        fetches[0].starts_with("* 2 FETCH (UID 2 FLAGS (\\Flagged \\Seen) MODSEQ ("),
         "{fetches:?}"
     );
     // Expunges seen later arrive as VANISHED, not EXPUNGE, once QRESYNC is on.

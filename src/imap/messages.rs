@@ -124,7 +124,7 @@ impl Session {
             // unchanged messages.
             let report = match response {
                 StoreResponse::Answer => true,
-                StoreResponse::Silent => false,
+                StoreResponse::Silent => condstore_modifier.is_some() && *changed,
             };
             if !report {
                 continue;
