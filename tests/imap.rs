@@ -901,3 +901,20 @@ fn a_mailbox_is_not_renamed_under_itself() {
     }
     raw.ok("RENAME a/b/c a/c");
 }
+
+/// ENABLE waits for login (RFC 5161 §3.1); AUTHENTICATE PLAIN for another identity is a
+/// failed authentication (NO), not a syntax error.
+#[test]
+fn enable_before_login_and_plain_for_another_identity() {
+    use base64::Engine;
+    let server = Server::start();
+    let mut raw = server.raw();
+    let (_, tagged) = raw.cmd("ENABLE CONDSTORE");
+    assert!(tagged.contains(" BAD "), "{tagged}");
+    let other =
+        base64::engine::general_purpose::STANDARD.encode(format!("somebody\0{USER}\0{PASSWORD}"));
+    let (_, tagged) = raw.cmd(&format!("AUTHENTICATE PLAIN {other}"));
+    assert!(tagged.contains(" NO "), "{tagged}");
+    raw.ok(&format!("LOGIN {USER} \"{PASSWORD}\""));
+    raw.ok("ENABLE CONDSTORE");
+}

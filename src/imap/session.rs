@@ -350,10 +350,7 @@ impl Session {
     /// The gate: which commands each state allows (RFC 3501 §6).
     fn allowed(&self, body: &CommandBody<'_>) -> bool {
         use CommandBody as C;
-        let any = matches!(
-            body,
-            C::Capability | C::Noop | C::Logout | C::Id { .. } | C::Enable { .. }
-        );
+        let any = matches!(body, C::Capability | C::Noop | C::Logout | C::Id { .. });
         if any {
             return true;
         }
@@ -374,6 +371,8 @@ impl Session {
                 | C::Append { .. }
                 | C::Namespace
                 | C::Idle
+                // RFC 5161 §3.1: only once authenticated.
+                | C::Enable { .. }
         );
         match self.state {
             State::NotAuthenticated => not_authenticated,
@@ -808,6 +807,14 @@ impl Session {
             };
             match message.as_deref().map(auth::parse_plain) {
                 None => Err(CmdError::bad("AUTHENTICATE cancelled")),
+                // Well formed, but for another identity than the one logging in: a failed
+                // authentication (RFC 4616 §2), not a syntax error.
+                Some(None) if plain_with_other_authzid(message.as_deref().unwrap_or_default()) => {
+                    Err(CmdError::no(
+                        Some("AUTHORIZATIONFAILED"),
+                        "Authorization as another user is not supported",
+                    ))
+                }
                 Some(None) => Err(CmdError::bad("Malformed PLAIN message")),
                 Some(Some((user, password))) => self.login(&user, &password).await,
             }
@@ -894,6 +901,13 @@ impl Session {
 fn tag_of(tag: &str) -> imap_next::imap_types::core::Tag<'static> {
     imap_next::imap_types::core::Tag::try_from(tag.to_owned())
         .unwrap_or_else(|_| imap_next::imap_types::core::Tag::unvalidated("x"))
+}
+
+/// A PLAIN message that is well formed but names an authorization identity other than the
+/// authentication identity.
+fn plain_with_other_authzid(message: &[u8]) -> bool {
+    let fields: Vec<&[u8]> = message.split(|&b| b == 0).collect();
+    matches!(fields.as_slice(), [authzid, authcid, _] if !authzid.is_empty() && !authcid.is_empty() && authzid != authcid)
 }
 
 /// The one place errors become protocol answers: (kind, response code, text).
