@@ -918,3 +918,21 @@ fn enable_before_login_and_plain_for_another_identity() {
     raw.ok(&format!("LOGIN {USER} \"{PASSWORD}\""));
     raw.ok("ENABLE CONDSTORE");
 }
+
+/// A system flag RFC 3501 does not define is refused (BAD), not stored; \Recent is ignored.
+#[test]
+fn unknown_system_flags_are_refused() {
+    let server = Server::start();
+    let mut raw = server.login();
+    let message = "Subject: flags\r\n\r\nx\r\n";
+    raw.ok(&format!("APPEND INBOX {{{}+}}\r\n{message}", message.len()));
+    raw.ok("SELECT INBOX");
+    let (_, tagged) = raw.cmd("STORE 1 +FLAGS (\\Bogus)");
+    assert!(tagged.contains(" BAD "), "{tagged}");
+    raw.ok("STORE 1 +FLAGS (\\Recent \\Flagged)");
+    let flags = raw.ok("FETCH 1 (FLAGS)").join("\n");
+    assert!(
+        flags.contains("\\Flagged") && !flags.contains("Bogus"),
+        "{flags}"
+    );
+}

@@ -18,6 +18,19 @@ pub(super) fn flag_text(flag: &Flag<'_>) -> String {
     flag.to_string()
 }
 
+/// A system flag RFC 3501 §2.3.2 does not define (`\Bogus`) cannot be set: BAD, as Dovecot
+/// answers, rather than storing it as if it were one.
+fn check_flags(flags: &[Flag<'_>]) -> Result<(), CmdError> {
+    // \Recent is ignored where it is stored (session state, never the client's to set).
+    let unknown = |f: &&Flag<'_>| {
+        matches!(f, Flag::Extension(_)) && !f.to_string().eq_ignore_ascii_case("\\Recent")
+    };
+    match flags.iter().find(unknown) {
+        Some(f) => Err(CmdError::bad(&format!("Invalid system flag {f}"))),
+        None => Ok(()),
+    }
+}
+
 impl Session {
     /// The mailbox APPEND, COPY or MOVE writes into; a missing one is answered with
     /// TRYCREATE (RFC 3501 §6.3.11, §6.4.7).
@@ -38,6 +51,7 @@ impl Session {
         date: Option<DateTime>,
         message: LiteralOrLiteral8<'static>,
     ) -> CmdResult {
+        check_flags(&flags)?;
         let target = self.target_mailbox(&mailbox).await?;
         let bytes = match message {
             LiteralOrLiteral8::Literal(literal) => literal.into_inner().into_owned(),
@@ -83,6 +97,7 @@ impl Session {
         uid: bool,
         modifiers: Vec<StoreModifier>,
     ) -> CmdResult {
+        check_flags(&flags)?;
         let condstore_modifier = modifiers
             .iter()
             .map(|m| match m {
