@@ -26,7 +26,7 @@ fn check_flags(flags: &[Flag<'_>]) -> Result<(), CmdError> {
         matches!(f, Flag::Extension(_)) && !f.to_string().eq_ignore_ascii_case("\\Recent")
     };
     match flags.iter().find(unknown) {
-        Some(f) => Err(CmdError::bad(&format!("Invalid system flag {f}"))),
+        Some(f) => Err(CmdError::bad(format!("Invalid system flag {f}"))),
         None => Ok(()),
     }
 }
