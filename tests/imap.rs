@@ -936,3 +936,33 @@ fn unknown_system_flags_are_refused() {
         "{flags}"
     );
 }
+
+/// A subscribed mailbox under an unsubscribed parent: LSUB with `%` lists the parent as
+/// \Noselect (RFC 3501 §6.3.9), LIST (SUBSCRIBED RECURSIVEMATCH) with CHILDINFO (RFC 5258).
+#[test]
+fn subscribed_children_show_through_their_parent() {
+    let server = Server::start();
+    let mut raw = server.login();
+    raw.ok("CREATE Caf&AOk-/Entw&APw-rfe");
+    raw.ok("SUBSCRIBE Caf&AOk-/Entw&APw-rfe");
+    let lsub = raw.ok("LSUB \"\" \"C%\"").join("\n");
+    assert!(
+        lsub.contains("* LSUB (\\Noselect) \"/\" \"Caf&AOk-\""),
+        "{lsub}"
+    );
+    let all = raw.ok("LSUB \"\" \"C*\"").join("\n");
+    assert!(
+        all.contains("Caf&AOk-/Entw&APw-rfe") && !all.contains("\"Caf&AOk-\"\n"),
+        "{all}"
+    );
+    let list = raw
+        .ok("LIST (SUBSCRIBED RECURSIVEMATCH) \"\" \"C%\"")
+        .join("\n");
+    assert!(
+        list.contains("\"Caf&AOk-\" (\"CHILDINFO\" (\"SUBSCRIBED\"))"),
+        "{list}"
+    );
+    assert!(!list.contains("\\Subscribed) \"/\" \"Caf&AOk-\""), "{list}");
+    let plain = raw.ok("LIST (SUBSCRIBED) \"\" \"C%\"").join("\n");
+    assert!(!plain.contains("Caf&AOk-"), "{plain}");
+}

@@ -11,7 +11,8 @@ pub struct ListCommand {
     pub subscribed: bool,
     /// Selection: only mailboxes with a special use (RFC 6154 §3).
     pub special_use: bool,
-    /// RECURSIVEMATCH (accepted; sealpost has no non-existent subscribed parents to report).
+    /// RECURSIVEMATCH: an unsubscribed mailbox with subscribed descendants is listed too,
+    /// with CHILDINFO (RFC 5258 §3.5).
     pub recursive: bool,
     pub return_subscribed: bool,
     pub return_children: bool,

@@ -317,15 +317,36 @@ impl Session {
                 .patterns
                 .iter()
                 .any(|p| list::matches(&command.reference, p, &mailbox.name));
+            let prefix = format!("{}{DELIMITER}", mailbox.name);
+            // A subscribed descendant the patterns do not reach (`%` stops at "/"): RFC 3501
+            // §6.3.9 lists its unsubscribed ancestor in LSUB as \Noselect, RFC 5258 §3.5 with
+            // CHILDINFO under RECURSIVEMATCH.
+            let subscribed_below = |hidden_only: bool| {
+                mailboxes.iter().any(|m| {
+                    m.subscribed
+                        && m.name.starts_with(&prefix)
+                        && !(hidden_only
+                            && command
+                                .patterns
+                                .iter()
+                                .any(|p| list::matches(&command.reference, p, &m.name)))
+                })
+            };
+            let stand_in = command.subscribed
+                && !mailbox.subscribed
+                && (command.lsub || command.recursive)
+                && subscribed_below(command.lsub);
             if !wanted
-                || (command.subscribed && !mailbox.subscribed)
+                || (command.subscribed && !mailbox.subscribed && !stand_in)
                 || (command.special_use && mailbox.special_use.is_none())
             {
                 continue;
             }
-            let prefix = format!("{}{DELIMITER}", mailbox.name);
             let children = mailboxes.iter().any(|m| m.name.starts_with(&prefix));
             let mut attributes: Vec<&str> = Vec::new();
+            if command.lsub && stand_in {
+                attributes.push("\\Noselect");
+            }
             if !command.lsub {
                 attributes.push(if children {
                     "\\HasChildren"
@@ -344,8 +365,11 @@ impl Session {
                 .text(" ")
                 .flags(attributes)
                 .text(" \"/\" ")
-                .mailbox(&mailbox.name)
-                .crlf();
+                .mailbox(&mailbox.name);
+            if !command.lsub && command.recursive && subscribed_below(false) {
+                out.text(" (\"CHILDINFO\" (\"SUBSCRIBED\"))");
+            }
+            out.crlf();
             if let Some(items) = &command.return_status {
                 let status = self.mailbox_status(mailbox.id).await?;
                 render_status(&mut out, &mailbox.name, &status, items);
