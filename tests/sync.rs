@@ -1664,3 +1664,53 @@ async fn a_maildir_file_that_always_fails_or_is_too_big_holds_up_nothing() {
     assert_eq!(exists(&mut raw, "Zzz"), 1, "{log}");
     assert_eq!(exists(&mut raw, "INBOX"), 0, "{log}");
 }
+
+/// An upstream whose hierarchy delimiter is "." (Dovecot's Maildir default): local changes in
+/// a nested folder (local name Par/Kid, upstream Par.Kid) go to that folder, a copy into a
+/// new nested folder makes it with the server's delimiter, and nothing is fetched again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_back_uses_the_servers_hierarchy_delimiter() {
+    let world = World::new();
+    let dovecot = Dovecot::start_tls();
+    upstream(
+        &dovecot,
+        json!([{"cmd": "raw", "line": "CREATE Par.Kid"},
+        append_bytes("INBOX", &plain_message("nested"))]),
+    );
+    let (server, _dir, config) = bobs_sync(&world, &dovecot);
+    let out = sync_once(&config);
+    assert_eq!(stdout(&out).trim(), format!("{USER}: 1 new"), "{out:?}");
+    let mut raw = server.login();
+    raw.ok("SELECT INBOX");
+    raw.ok("UID MOVE 1 Par/Kid");
+    raw.ok("CREATE Par/New");
+    let moved = raw.ok("SELECT Par/Kid").join("\n");
+    assert!(moved.contains("* 1 EXISTS"), "{moved}");
+    raw.ok("COPY 1 Par/New");
+    raw.ok("UNSELECT");
+    let out = sync_once(&config);
+    assert_eq!(stdout(&out).trim(), format!("{USER}: 0 new"), "{out:?}");
+    assert_eq!(
+        upstream_flags(&dovecot, "Par.Kid").len(),
+        1,
+        "moved into Par.Kid"
+    );
+    assert_eq!(
+        upstream_flags(&dovecot, "Par.New").len(),
+        1,
+        "copied into Par.New"
+    );
+    assert!(upstream_flags(&dovecot, "INBOX").is_empty());
+    let list = upstream(
+        &dovecot,
+        json!([{"cmd": "raw", "line": "LIST \"\" \"Par*\""}]),
+    );
+    let names = untagged(&list, 0).join("\n");
+    assert!(
+        names.contains("Par.New") && !names.contains("Par/New"),
+        "{names}"
+    );
+    let out = sync_once(&config);
+    assert_eq!(stdout(&out).trim(), format!("{USER}: 0 new"), "{out:?}");
+    assert_eq!(exists(&mut raw, "Par/Kid"), 1);
+}

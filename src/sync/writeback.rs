@@ -155,16 +155,29 @@ impl Syncer {
             return Ok((0, 0));
         }
         let timeout = self.config.timeout();
+        // RFC 3501 §6.3.8: LIST "" "" answers the hierarchy delimiter. (async-imap sends the
+        // pattern as it is given: an empty one must be quoted, or the server answers BAD.)
         let delimiter = {
             use futures::TryStreamExt;
             let names: Vec<_> = within(timeout, async {
-                session.list(Some(""), Some("")).await?.try_collect().await
+                session
+                    .list(Some(""), Some("\"\""))
+                    .await?
+                    .try_collect()
+                    .await
             })
             .await?;
-            names
+            match names
                 .first()
                 .and_then(|n| n.delimiter().map(str::to_string))
-                .unwrap_or_else(|| "/".into())
+            {
+                Some(delimiter) => delimiter,
+                None => {
+                    // A flat server: no folder has a parent, so no name needs the delimiter.
+                    tracing::info!(account = %self.name, "upstream names no hierarchy delimiter");
+                    "/".into()
+                }
+            }
         };
         let store = self.store.clone();
         let renames = blocking(move || store.journal_renames(account)).await??;
