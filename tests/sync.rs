@@ -1714,3 +1714,48 @@ async fn write_back_uses_the_servers_hierarchy_delimiter() {
     assert_eq!(stdout(&out).trim(), format!("{USER}: 0 new"), "{out:?}");
     assert_eq!(exists(&mut raw, "Par/Kid"), 1);
 }
+
+/// A folder deleted here while new mail came into it upstream: the new mail is fetched (the
+/// folder comes back here holding it) before the folder is deleted upstream, never deleted
+/// unseen with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_folder_deleted_here_keeps_mail_that_came_upstream_since() {
+    let world = World::new();
+    let dovecot = Dovecot::start_tls();
+    upstream(
+        &dovecot,
+        json!([{"cmd": "raw", "line": "CREATE Foo"},
+        append_bytes("Foo", &plain_message("old"))]),
+    );
+    let (server, _dir, config) = bobs_sync(&world, &dovecot);
+    let out = sync_once(&config);
+    assert_eq!(stdout(&out).trim(), format!("{USER}: 1 new"), "{out:?}");
+    upstream(
+        &dovecot,
+        json!([append_bytes("Foo", &plain_message("unseen"))]),
+    );
+    let mut raw = server.login();
+    raw.ok("DELETE Foo");
+    let out = sync_once(&config);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        upstream_flags(&dovecot, "Foo").len(),
+        2,
+        "not deleted over new mail"
+    );
+    raw.ok("SELECT Foo");
+    let lines = raw
+        .ok("UID FETCH 1:* (BODY.PEEK[HEADER.FIELDS (Subject)])")
+        .join("\n");
+    assert!(lines.contains("unseen"), "{lines}");
+    raw.ok("UNSELECT");
+    // Seen now: the next pass deletes the folder upstream; the mail stays here.
+    let out = sync_once(&config);
+    assert!(out.status.success(), "{out:?}");
+    let list = upstream(
+        &dovecot,
+        json!([{"cmd": "raw", "line": "LIST \"\" \"Foo\""}]),
+    );
+    assert!(untagged(&list, 0).is_empty(), "{list}");
+    assert_eq!(exists(&mut raw, "Foo"), 1, "the new mail only; the old stays deleted");
+}

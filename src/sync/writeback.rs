@@ -311,6 +311,39 @@ impl Syncer {
                     return Ok(WrittenBack::default());
                 }
                 up.selected = None;
+                // Mail that came upstream after the last pass read the folder was seen by
+                // nobody: the folder is not deleted over it. The entry waits; this pass's
+                // fetch brings that mail down (into the folder made again here), and the next
+                // pass deletes the folder upstream.
+                let (store, name) = (self.store.clone(), folder.clone());
+                let mark = blocking(move || store.sync_folder(account, &name)).await??;
+                let examined = up
+                    .command(self, &format!("EXAMINE {}", quote(&folder)), None)
+                    .await?;
+                if examined.ok && examined.exists != Some(0) {
+                    let unseen = match (&mark, examined.uidvalidity) {
+                        (Some(m), Some(v)) if v == m.uidvalidity => {
+                            // "N:*" also names the highest UID when it is below N.
+                            let found = up
+                                .command(self, &format!("UID SEARCH UID {}:*", m.next_uid), None)
+                                .await?;
+                            !found.ok || found.search.iter().any(|u| *u >= m.next_uid)
+                        }
+                        _ => true,
+                    };
+                    up.selected = None;
+                    if unseen {
+                        return Err(Failure::Entry(
+                            "new mail upstream since the last pass: fetched before the folder \
+                             is deleted"
+                                .into(),
+                        ));
+                    }
+                }
+                if examined.ok {
+                    // Out of the folder before it goes (CLOSE after EXAMINE expunges nothing).
+                    up.command(self, "CLOSE", None).await?;
+                }
                 let reply = up
                     .command(self, &format!("DELETE {}", quote(&folder)), None)
                     .await?;
