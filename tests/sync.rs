@@ -1757,5 +1757,61 @@ async fn a_folder_deleted_here_keeps_mail_that_came_upstream_since() {
         json!([{"cmd": "raw", "line": "LIST \"\" \"Foo\""}]),
     );
     assert!(untagged(&list, 0).is_empty(), "{list}");
-    assert_eq!(exists(&mut raw, "Foo"), 1, "the new mail only; the old stays deleted");
+    assert_eq!(
+        exists(&mut raw, "Foo"),
+        1,
+        "the new mail only; the old stays deleted"
+    );
+}
+
+/// Against a server without MOVE, a move whose first try stopped before its COPY reached the
+/// server is retried: another message with the same Message-ID that came into the target
+/// folder meanwhile is not taken for the copy (its bytes differ), so the original is copied,
+/// not expunged with no copy made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_move_does_not_take_a_namesake_for_its_copy() {
+    let world = World::new();
+    let dovecot = Dovecot::start_tls_announcing(&format!("{NEITHER_UIDPLUS_NOR_MOVE} UIDPLUS"));
+    upstream(
+        &dovecot,
+        json!([{"cmd": "raw", "line": "CREATE Archive"},
+        append_bytes("INBOX", &plain_message("two"))]),
+    );
+    let (server, dir, config) = bobs_sync(&world, &dovecot);
+    let out = sync_once(&config);
+    assert_eq!(stdout(&out).trim(), format!("{USER}: 1 new"), "{out:?}");
+    let mut raw = server.login();
+    raw.ok("SELECT INBOX");
+    raw.ok("UID MOVE 1 Archive");
+    raw.ok("UNSELECT");
+
+    // The COPY never reaches the server.
+    let port = proxy(dovecot.port, |t| t.contains("UID COPY"), false);
+    let stalling = port_config(&server, &dovecot, dir.path(), port, "stall", "");
+    let out = sync_once(&stalling);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("write-back stopped"), "{log}");
+    assert!(dovecot.mailbox_files("Archive").is_empty(), "no COPY went");
+
+    let namesake =
+        b"From: x@example.org\r\nSubject: namesake\r\nMessage-ID: <two@example.org>\r\n\r\nother\r\n";
+    upstream(&dovecot, json!([append_bytes("Archive", namesake)]));
+    let direct = port_config(&server, &dovecot, dir.path(), dovecot.port, "direct", "");
+    let out = sync_once(&direct);
+    assert!(out.status.success(), "{out:?}");
+    let archive = upstream(
+        &dovecot,
+        json!([{"cmd": "raw", "line": "SELECT Archive"},
+        {"cmd": "raw", "line": "UID FETCH 1:* (BODY.PEEK[HEADER.FIELDS (Subject)])"}]),
+    );
+    let subjects = untagged(&archive, 1).join("\n");
+    assert!(
+        subjects.contains("Subject: two") && subjects.contains("Subject: namesake"),
+        "{subjects}"
+    );
+    assert_eq!(
+        exists(&mut raw, "Archive"),
+        2,
+        "the moved one and the namesake"
+    );
 }

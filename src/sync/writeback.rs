@@ -448,8 +448,23 @@ impl Syncer {
             }
             if let Some(id) = self.message_id(target, new_uid).await? {
                 if let Some((v, u)) = up.find_unlinked(self, account, &to_folder, &id).await? {
+                    // Only the very bytes of the original are its copy: another message with
+                    // the same Message-ID (a resend, a forged one) is not, and taking it for
+                    // the copy would expunge the original with no copy made.
+                    let size = self.local_size(target, new_uid).await? * 2;
+                    let copy = up.hash_of(self, u, size).await?;
                     if !up.select(self, &from).await? {
                         return Err(Failure::Entry(STALE_LINK.into()));
+                    }
+                    let original = up.hash_of(self, from.uid, size).await?;
+                    if copy.is_none() || copy != original {
+                        tracing::info!(account = %self.name, folder = %to_folder, uid = u,
+                            "same Message-ID, other bytes: not the earlier copy; copying");
+                        return self
+                            .copy_then_expunge(
+                                up, &from, &to_folder, target, new_uid, entry, unlink, hash_from,
+                            )
+                            .await;
                     }
                     up.expunge(self, from.uid).await?;
                     let link = UpstreamRef {
@@ -473,14 +488,34 @@ impl Syncer {
             // loses its link, and the move then uploads the message.
             return Err(Failure::Entry(STALE_LINK.into()));
         }
+        self.copy_then_expunge(
+            up, &from, &to_folder, target, new_uid, entry, unlink, hash_from,
+        )
+        .await
+    }
+
+    /// The move itself, with the source folder selected: `UID MOVE`, or `UID COPY` then the
+    /// original's expunge; the copy is linked by COPYUID.
+    #[allow(clippy::too_many_arguments)]
+    async fn copy_then_expunge(
+        &self,
+        up: &mut Upstream<'_>,
+        from: &UpstreamRef,
+        to_folder: &str,
+        target: MailboxId,
+        new_uid: u32,
+        entry: &JournalEntry,
+        unlink: Option<(MailboxId, u32)>,
+        hash_from: Option<(MailboxId, u32)>,
+    ) -> Result<WrittenBack, Failure> {
         if !up.can_move {
             // Counted before it is sent: after a crash from here on, the retry looks first.
             let (store, id) = (self.store.clone(), entry.id);
             blocking(move || store.journal_attempt(id, "")).await??;
         }
         let verb = if up.can_move { "MOVE" } else { "COPY" };
-        let line = format!("UID {verb} {} {}", from.uid, quote(&to_folder));
-        let reply = up.create_and_run(self, &line, None, &to_folder).await?;
+        let line = format!("UID {verb} {} {}", from.uid, quote(to_folder));
+        let reply = up.create_and_run(self, &line, None, to_folder).await?;
         if !up.can_move {
             up.expunge(self, from.uid).await?;
         }
@@ -490,7 +525,7 @@ impl Syncer {
                     target,
                     new_uid,
                     UpstreamRef {
-                        folder: to_folder.clone(),
+                        folder: to_folder.to_string(),
                         uidvalidity,
                         uid: *uid,
                     },
@@ -503,6 +538,20 @@ impl Syncer {
             link,
             ..WrittenBack::default()
         })
+    }
+
+    /// The size of a local message in bytes (0 when it is gone).
+    async fn local_size(&self, mailbox: MailboxId, uid: u32) -> Result<u64, Failure> {
+        let store = self.store.clone();
+        let need = Need {
+            raw: true,
+            ..Need::default()
+        };
+        let batch = blocking(move || store.fetch_batch(mailbox, &[uid], need, u64::MAX)).await??;
+        Ok(batch
+            .items
+            .first()
+            .map_or(0, |(_, content)| content.raw.len() as u64))
     }
 
     /// A local COPY of a message that is upstream: `UID COPY` there, so the copy is the
