@@ -993,19 +993,35 @@ async fn changes_waiting_across_a_uidvalidity_change_are_not_undone() {
         b"From: a@example.org\r\nSubject: to delete\r\nMessage-ID: <gone@example.org>\r\n\r\nx\r\n";
     let kept =
         b"From: a@example.org\r\nSubject: to keep\r\nMessage-ID: <kept@example.org>\r\n\r\ny\r\n";
+    let copied =
+        b"From: a@example.org\r\nSubject: to copy\r\nMessage-ID: <copied@example.org>\r\n\r\nz\r\n";
     upstream(
         &dovecot,
         json!([{"cmd": "raw", "line": "CREATE Archive"}, {"cmd": "raw", "line": "CREATE Kept"},
-        append_bytes("Archive", gone), append_bytes("Archive", kept)]),
+        append_bytes("Archive", gone), append_bytes("Archive", kept),
+        append_bytes("Archive", copied)]),
     );
-    let (server, _dir, config) = bobs_sync(&world, &dovecot);
+    // With the user's own key at hand, so that an upload could be made (and must not be).
+    let server = Server::start_config("", &gnupg_table(&world));
+    let dir = tempfile::tempdir().unwrap();
+    let config = sync_config(
+        &server,
+        &upstream_table(
+            &dovecot,
+            dir.path(),
+            "none",
+            dovecot.port,
+            "address = \"bob@example.org\"",
+        ),
+    );
     let out = sync_once(&config);
-    assert_eq!(stdout(&out).trim(), format!("{USER}: 2 new"), "{out:?}");
+    assert_eq!(stdout(&out).trim(), format!("{USER}: 3 new"), "{out:?}");
     let mut raw = server.login();
     raw.ok("SELECT Archive");
     raw.ok("UID STORE 1 +FLAGS (\\Deleted)");
     raw.ok("UID EXPUNGE 1");
     raw.ok("UID MOVE 2 Kept");
+    raw.ok("UID COPY 3 Kept");
     raw.ok("UNSELECT");
 
     // Before any write-back, upstream renumbers Archive, with the same two messages.
@@ -1013,16 +1029,17 @@ async fn changes_waiting_across_a_uidvalidity_change_are_not_undone() {
         &dovecot,
         json!([{"cmd": "raw", "line": "RENAME Archive Old"},
         {"cmd": "raw", "line": "CREATE Archive"},
-        append_bytes("Archive", gone), append_bytes("Archive", kept)]),
+        append_bytes("Archive", gone), append_bytes("Archive", kept),
+        append_bytes("Archive", copied)]),
     );
     let out = sync_once(&config);
     assert!(out.status.success(), "{out:?}");
     assert_eq!(
         exists(&mut raw, "Archive"),
-        0,
+        1,
         "nothing comes back: {out:?}"
     );
-    assert_eq!(exists(&mut raw, "Kept"), 1);
+    assert_eq!(exists(&mut raw, "Kept"), 2);
     raw.ok("UNSELECT");
 
     // The next pass writes both changes back to the renumbered messages.
@@ -1032,14 +1049,17 @@ async fn changes_waiting_across_a_uidvalidity_change_are_not_undone() {
         &dovecot,
         json!([{"cmd": "raw", "line": "SELECT Archive"},
         {"cmd": "raw", "line": "SELECT Kept"},
-        {"cmd": "raw", "line": "UID FETCH 1:* (BODY.PEEK[HEADER.FIELDS (Subject)])"}]),
+        {"cmd": "raw", "line": "UID FETCH 1:* (BODY.PEEK[HEADER.FIELDS (Subject Sealpost-Upload)])"}]),
     );
     let archive = untagged(&seen, 0).join("\n");
-    assert!(archive.contains("* 0 EXISTS"), "{archive}");
+    assert!(archive.contains("* 1 EXISTS"), "{archive}");
     let kept_up = untagged(&seen, 2).join("\n");
     assert_eq!(kept_up.matches("to keep").count(), 1, "{kept_up}");
-    assert_eq!(exists(&mut raw, "Archive"), 0);
-    assert_eq!(exists(&mut raw, "Kept"), 1, "not twice");
+    // The copy is the original's bytes (UID COPY), not an upload encrypted to the user.
+    assert_eq!(kept_up.matches("to copy").count(), 1, "{kept_up}");
+    assert!(!kept_up.contains("Sealpost-Upload"), "{kept_up}");
+    assert_eq!(exists(&mut raw, "Archive"), 1);
+    assert_eq!(exists(&mut raw, "Kept"), 2, "not twice");
 }
 
 /// A TCP relay on loopback to the server on port `to`, one connection to the server per client

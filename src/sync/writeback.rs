@@ -613,10 +613,12 @@ impl Syncer {
             }
         }
         if !up.select(self, &from).await? {
-            // Gone upstream meanwhile: the local copy goes up as a message of its own.
-            return self
-                .upload(up, entry, target, entry.uid, &entry.mailbox)
-                .await;
+            // The source folder's UIDVALIDITY changed: as for a move, the copy waits for the
+            // resync to link the original again, and is then made of the original's bytes
+            // (an upload now would replace the sender's ciphertext and signature with a copy
+            // encrypted to the user). One the resync does not find loses its link, and the
+            // copy is then uploaded.
+            return Err(Failure::Entry(STALE_LINK.into()));
         }
         // Counted before it is sent: after a crash from here on, the retry looks first.
         let (store, id) = (self.store.clone(), entry.id);
