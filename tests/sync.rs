@@ -1835,3 +1835,39 @@ async fn a_retried_move_does_not_take_a_namesake_for_its_copy() {
         "the moved one and the namesake"
     );
 }
+
+/// A flag set here and another set upstream on the same message between two passes: the
+/// write-back sends only what changed here, so both flags end up on both sides.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flags_changed_on_both_sides_are_both_kept() {
+    let world = World::new();
+    let dovecot = Dovecot::start_tls();
+    upstream(
+        &dovecot,
+        json!([append_bytes("INBOX", &plain_message("both"))]),
+    );
+    let (server, _dir, config) = bobs_sync(&world, &dovecot);
+    let out = sync_once(&config);
+    assert_eq!(stdout(&out).trim(), format!("{USER}: 1 new"), "{out:?}");
+    let mut raw = server.login();
+    raw.ok("SELECT INBOX");
+    raw.ok("UID STORE 1 +FLAGS (\\Seen)");
+    raw.ok("UNSELECT");
+    upstream(
+        &dovecot,
+        json!([{"cmd": "raw", "line": "SELECT INBOX"},
+        {"cmd": "raw", "line": "UID STORE 1 +FLAGS (\\Flagged)"}]),
+    );
+    for _ in 0..2 {
+        let out = sync_once(&config);
+        assert!(out.status.success(), "{out:?}");
+    }
+    let up = upstream_flags(&dovecot, "INBOX").join("\n");
+    assert!(up.contains("\\Seen") && up.contains("\\Flagged"), "{up}");
+    raw.ok("SELECT INBOX");
+    let here = raw.ok("UID FETCH 1 (FLAGS)").join("\n");
+    assert!(
+        here.contains("\\Seen") && here.contains("\\Flagged"),
+        "{here}"
+    );
+}

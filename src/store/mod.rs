@@ -1143,7 +1143,11 @@ impl Store {
                 if new.apply(op, flags) {
                     update.execute(params![mailbox, uid, new.to_column(), modseq as i64])?;
                     if origin == Origin::Client {
-                        journal(tx, mb.account, &mb.name, uid, "flags", &new.to_column())?;
+                        // The new flags, then the ones they replace: the write-back sends only
+                        // what this change added and removed, so a flag set upstream meanwhile
+                        // (another client's \Flagged) is not taken away.
+                        let detail = format!("{}\t{current}", new.to_column());
+                        journal(tx, mb.account, &mb.name, uid, "flags", &detail)?;
                     }
                     stored.rows.push((uid, new, modseq, true));
                 } else {

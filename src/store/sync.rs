@@ -35,7 +35,8 @@ pub struct JournalEntry {
     pub uid: u32,
     /// flags, expunge, move, append, copy, delete-mailbox, rename-mailbox.
     pub kind: String,
-    /// flags: the new flags; move: "TARGET\tNEWUID"; copy: "SOURCE\tSOURCEUID" (the entry's
+    /// flags: the new flags, then a tab and the flags they replaced (older entries: the new
+    /// flags alone); move: "TARGET\tNEWUID"; copy: "SOURCE\tSOURCEUID" (the entry's
     /// own mailbox and UID are the copy's); rename-mailbox: the new name.
     pub detail: String,
     /// Earlier tries that did not finish.

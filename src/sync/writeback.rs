@@ -261,13 +261,47 @@ impl Syncer {
                         upstream again after the folder's UIDVALIDITY changed");
                     return Ok(WrittenBack::default());
                 }
-                let flags = upstream_flags(entry.detail.split(' '));
-                up.run(
-                    self,
-                    &format!("UID STORE {} FLAGS.SILENT ({flags})", target.uid),
-                    None,
-                )
-                .await?;
+                match entry.detail.split_once('\t') {
+                    // What this change added and removed, nothing else: a flag another client
+                    // changed upstream meanwhile stays as it is there.
+                    Some((new, old)) => {
+                        let (new, old): (Vec<&str>, Vec<&str>) =
+                            (new.split(' ').collect(), old.split(' ').collect());
+                        let added = upstream_flags(
+                            new.iter()
+                                .copied()
+                                .filter(|f| !old.iter().any(|o| o.eq_ignore_ascii_case(f))),
+                        );
+                        let removed = upstream_flags(
+                            old.iter()
+                                .copied()
+                                .filter(|f| !new.iter().any(|n| n.eq_ignore_ascii_case(f))),
+                        );
+                        for (sign, flags) in [('+', added), ('-', removed)] {
+                            if !flags.is_empty() {
+                                up.run(
+                                    self,
+                                    &format!(
+                                        "UID STORE {} {sign}FLAGS.SILENT ({flags})",
+                                        target.uid
+                                    ),
+                                    None,
+                                )
+                                .await?;
+                            }
+                        }
+                    }
+                    // An entry from before the change kept its flags alone: set them all.
+                    None => {
+                        let flags = upstream_flags(entry.detail.split(' '));
+                        up.run(
+                            self,
+                            &format!("UID STORE {} FLAGS.SILENT ({flags})", target.uid),
+                            None,
+                        )
+                        .await?;
+                    }
+                }
                 Ok(WrittenBack::default())
             }
             "expunge" => {
