@@ -1095,3 +1095,58 @@ fn listing_a_queue_that_does_not_exist_creates_nothing() {
     assert_eq!(s.queue_list(), "Mail queue is empty\n");
     assert!(!s.queue_dir().exists());
 }
+
+/// A relay that takes 6 s to answer the final "." (4 x timeout_secs here) is waited for, as
+/// RFC 5321 §4.5.3.2.6 asks (10 minutes): given up sooner, the copy it had taken went again at
+/// the retry.
+#[test]
+fn a_slow_reply_to_the_final_dot_is_waited_for() {
+    let s = Setup::new();
+    let relay = s.relay(&RelayOptions {
+        slow_final: &["bob@example.org"],
+        ..RelayOptions::default()
+    });
+    s.configure(relay.port, false, "");
+    let text = std::fs::read_to_string(&s.config).unwrap();
+    std::fs::write(
+        &s.config,
+        text.replace("timeout_secs = 10", "timeout_secs = 1"),
+    )
+    .unwrap();
+    let msg = "From: alice@example.org\nSubject: slow\n\nbody\n";
+    let out = s.sendmail(&["-i", "bob@example.org"], msg.as_bytes());
+    assert!(out.status.success(), "{out:?}");
+    let summary = s.queue_run();
+    assert!(summary.contains("1 sent, 0 deferred"), "{summary}");
+    assert_eq!(relay.delivered(1).len(), 1);
+    assert_eq!(s.queue_list(), "Mail queue is empty\n");
+    assert!(relay.drain().is_empty(), "sent once");
+}
+
+/// 552 to RCPT (mailbox full) is taken as 452, as RFC 5321 §4.5.3.1.10 says: the recipient
+/// waits for the next try instead of bouncing; the others are delivered.
+#[test]
+fn a_full_mailbox_at_rcpt_is_tried_again_not_bounced() {
+    let s = Setup::new();
+    let relay = s.relay(&RelayOptions {
+        full: &["dave@example.net"],
+        ..RelayOptions::default()
+    });
+    s.configure(relay.port, false, "");
+    let msg = "From: alice@example.org\nSubject: full\n\nbody\n";
+    let out = s.sendmail(
+        &["-i", "bob@example.org", "dave@example.net"],
+        msg.as_bytes(),
+    );
+    assert!(out.status.success(), "{out:?}");
+    let summary = s.queue_run();
+    assert!(
+        summary.contains("1 sent, 1 deferred, 0 failed, 0 report(s)"),
+        "{summary}"
+    );
+    let list = s.queue_list();
+    assert!(
+        list.contains("dave@example.net") && list.contains("552"),
+        "{list}"
+    );
+}

@@ -5,7 +5,7 @@ Run with Debian's interpreter (python3-aiosmtpd 1.4.3 lives in its dist-packages
 
     /usr/bin/python3 tests/smtp_relay.py --maildir DIR --cert CERT.pem --key KEY.pem \
         --user USER --password PASS [--implicit-tls] [--reject ADDR]... \
-        [--hold-once ADDR]... [--port N]
+        [--hold-once ADDR]... [--slow-final ADDR]... [--full ADDR]... [--port N]
 
 stdout carries only these lines (each flushed), so a test can drive it line by line:
 
@@ -58,8 +58,12 @@ class Maildir:
 
 
 class RelayHandler:
-    def __init__(self, maildir, reject, hold_once):
+    def __init__(self, maildir, reject, hold_once, slow_final=(), full=()):
         self.maildir = maildir
+        # These answer RCPT with 552 (mailbox full).
+        self.full = {a.lower() for a in full}
+        # Messages to these take 6 s to answer the final "." (a busy relay).
+        self.slow_final = {a.lower() for a in slow_final}
         self.reject = {a.lower() for a in reject}
         # Addresses still waiting for their one held RCPT; shared by all
         # connections because "first time" is over the server's whole life.
@@ -69,6 +73,8 @@ class RelayHandler:
         key = address.lower()
         if key in self.reject:
             return f"550 5.1.1 <{address}>: Recipient address rejected: User unknown"
+        if key in self.full:
+            return f"552 5.2.2 <{address}>: Mailbox full"
         if key in self.hold_pending:
             self.hold_pending.discard(key)
             emit(f"HOLDING {address}")
@@ -84,6 +90,8 @@ class RelayHandler:
     async def handle_DATA(self, server, session, envelope):
         # original_content is the exact bytes after dot-unstuffing, CRLFs intact.
         path = self.maildir.deliver(envelope.original_content)
+        if any(r.lower() in self.slow_final for r in envelope.rcpt_tos):
+            await asyncio.sleep(6)
         sender = envelope.mail_from or "<>"
         emit(f"DELIVERED {sender} {','.join(envelope.rcpt_tos)} {path}")
         return "250 2.0.0 OK: queued"
@@ -115,7 +123,8 @@ class InjectingSMTP(SMTP):
 async def serve(args):
     tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     tls.load_cert_chain(args.cert, args.key)
-    handler = RelayHandler(Maildir(args.maildir), args.reject, args.hold_once)
+    handler = RelayHandler(Maildir(args.maildir), args.reject, args.hold_once, args.slow_final,
+                           args.full)
     authenticator = make_authenticator(args.user, args.password)
 
     def factory():
@@ -156,6 +165,8 @@ def main():
     p.add_argument("--implicit-tls", action="store_true")
     p.add_argument("--reject", action="append", default=[], metavar="ADDR")
     p.add_argument("--hold-once", action="append", default=[], metavar="ADDR")
+    p.add_argument("--slow-final", action="append", default=[], metavar="ADDR")
+    p.add_argument("--full", action="append", default=[], metavar="ADDR")
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--inject-after-starttls", action="store_true")
     args = p.parse_args()

@@ -11,7 +11,6 @@ use std::pin::Pin;
 use std::sync::Mutex;
 use std::time::Instant;
 
-use lettre::address::Envelope;
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
 use lettre::transport::smtp::client::{AsyncSmtpConnection, AsyncTokioStream};
 use lettre::transport::smtp::extension::ClientId;
@@ -162,6 +161,32 @@ pub struct Relay {
     down: Mutex<Option<String>>,
     breaker: bool,
 }
+
+/// The steps of one SMTP transaction, each with its own time (RFC 5321 §4.5.3.2).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Step {
+    Mail,
+    Rcpt,
+    Data,
+    Content,
+}
+
+impl Step {
+    fn name(self) -> &'static str {
+        match self {
+            Step::Mail => "MAIL",
+            Step::Rcpt => "RCPT",
+            Step::Data => "DATA",
+            Step::Content => "the message's final \".\"",
+        }
+    }
+}
+
+/// How long the reply to the final "." of a message is waited for (RFC 5321 §4.5.3.2.6).
+const FINAL_REPLY: Duration = Duration::from_secs(600);
+
+/// The slowest transfer of a message's content that is still waited for.
+const MIN_BYTES_PER_SEC: u64 = 10_000;
 
 /// An idle connection older than this is closed rather than reused.
 const IDLE_REUSE: Duration = Duration::from_secs(10);
@@ -461,8 +486,13 @@ impl Relay {
     }
 
     /// Sends one copy to one recipient. `sender` "" is the null reverse-path (reports).
+    /// MAIL, RCPT and DATA get `timeout` each, the content its time on the wire and the
+    /// reply to its final "." the 10 minutes of RFC 5321 §4.5.3.2.6 (given up sooner, a relay
+    /// that was only slow to answer has the message, and gets it again at the retry).
     pub async fn send(&self, sender: &str, recipient: &str, message: &[u8]) -> Sent {
-        let from = if sender.is_empty() {
+        use lettre::transport::smtp::commands::{Data, Mail, Rcpt};
+        use lettre::transport::smtp::extension::{Extension, MailBodyParameter, MailParameter};
+        let from: Option<lettre::Address> = if sender.is_empty() {
             None
         } else {
             match sender.parse() {
@@ -470,38 +500,100 @@ impl Relay {
                 Err(_) => return Sent::Permanent(format!("sender {sender:?} is not an address")),
             }
         };
-        let to = match recipient.parse() {
+        let to: lettre::Address = match recipient.parse() {
             Ok(a) => a,
             Err(_) => return Sent::Permanent(format!("recipient {recipient:?} is not an address")),
-        };
-        let envelope = match Envelope::new(from, vec![to]) {
-            Ok(e) => e,
-            Err(e) => return Sent::Permanent(format!("bad envelope: {e}")),
         };
         let mut conn = match self.connection().await {
             Ok(c) => c,
             Err(sent) => return sent,
         };
-        // MAIL, RCPT, DATA and the content: a few commands' worth of time.
-        match tokio::time::timeout(self.timeout * 4, conn.send(&envelope, message)).await {
-            Ok(Ok(response)) => {
-                let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-                if idle.len() < IDLE_MAX {
-                    idle.push((conn, Instant::now()));
-                }
-                Sent::Accepted(format!(
-                    "{} {}",
-                    u16::from(response.code()),
-                    response.message().collect::<Vec<_>>().join(" ")
-                ))
+        // RFC 6531 and RFC 6152: what the relay does not announce is not sent; a copy that
+        // needs it is refused for good at once (5.6.3, 5.6.7) rather than retried for days.
+        let info = conn.server_info();
+        let mut options = Vec::new();
+        if !sender.is_ascii() || !recipient.is_ascii() {
+            if !info.supports_feature(Extension::SmtpUtfEight) {
+                return Sent::Permanent(format!(
+                    "5.6.7 relay {} does not take international addresses (no SMTPUTF8)",
+                    self.description
+                ));
             }
-            Ok(Err(e)) => classify(&e, &self.description),
-            Err(_) => Sent::Temporary(format!(
-                "relay {}: no reply within {} s",
-                self.description,
-                (self.timeout * 4).as_secs()
-            )),
+            options.push(MailParameter::SmtpUtfEight);
         }
+        if !message.is_ascii() {
+            if !info.supports_feature(Extension::EightBitMime) {
+                return Sent::Permanent(format!(
+                    "5.6.3 relay {} does not take 8-bit data (no 8BITMIME), which this copy \
+                     holds in its header",
+                    self.description
+                ));
+            }
+            options.push(MailParameter::Body(MailBodyParameter::EightBitMime));
+        }
+        let transfer = Duration::from_secs(message.len() as u64 / MIN_BYTES_PER_SEC);
+        let steps: [(Step, Duration); 4] = [
+            (Step::Mail, self.timeout),
+            (Step::Rcpt, self.timeout),
+            (Step::Data, self.timeout),
+            (Step::Content, self.timeout + transfer + FINAL_REPLY),
+        ];
+        let mut last = None;
+        for (step, limit) in steps {
+            let answered = match step {
+                Step::Mail => {
+                    let command = Mail::new(from.clone(), options.clone());
+                    tokio::time::timeout(limit, conn.command(command)).await
+                }
+                Step::Rcpt => {
+                    let command = Rcpt::new(to.clone(), Vec::new());
+                    tokio::time::timeout(limit, conn.command(command)).await
+                }
+                Step::Data => tokio::time::timeout(limit, conn.command(Data)).await,
+                Step::Content => tokio::time::timeout(limit, conn.message(message)).await,
+            };
+            match answered {
+                Ok(Ok(response)) => last = Some(response),
+                Ok(Err(e)) => {
+                    // The transaction is over either way; the connection is not reused.
+                    let _ = tokio::time::timeout(self.timeout, conn.abort()).await;
+                    // RFC 5321 §4.5.3.1.10: 552 to RCPT is taken as 452 (try again later).
+                    if step == Step::Rcpt && e.status().map(u16::from) == Some(552) {
+                        return Sent::Temporary(format!(
+                            "{} (552 to RCPT, taken as 452: RFC 5321 §4.5.3.1.10)",
+                            chain(&e)
+                        ));
+                    }
+                    return classify(&e, &self.description);
+                }
+                Err(_) => {
+                    let reason = format!(
+                        "relay {}: no reply to {} within {} s",
+                        self.description,
+                        step.name(),
+                        limit.as_secs()
+                    );
+                    // In a queue run, one relay that stops answering is not waited for again
+                    // for every copy after it.
+                    if self.breaker {
+                        *self.down.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason.clone());
+                    }
+                    return Sent::Temporary(reason);
+                }
+            }
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < IDLE_MAX {
+            idle.push((conn, Instant::now()));
+        }
+        let reply = last.map_or_else(String::new, |r| {
+            format!(
+                "{} {}",
+                u16::from(r.code()),
+                r.message().collect::<Vec<_>>().join(" ")
+            )
+        });
+        Sent::Accepted(reply)
     }
 
     /// Says QUIT on the idle connections.

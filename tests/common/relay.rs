@@ -72,6 +72,10 @@ pub struct RelayOptions<'a> {
     pub implicit_tls: bool,
     pub reject: &'a [&'a str],
     pub hold_once: &'a [&'a str],
+    /// Messages to these get the reply to their final "." after 6 s.
+    pub slow_final: &'a [&'a str],
+    /// These answer RCPT with 552 (mailbox full).
+    pub full: &'a [&'a str],
     pub port: Option<u16>,
     /// Adds a reply of its own, in plain text, after its 220 to STARTTLS (a man in the
     /// middle's response injection).
@@ -102,6 +106,12 @@ impl Relay {
         }
         for r in options.hold_once {
             cmd.args(["--hold-once", r]);
+        }
+        for r in options.slow_final {
+            cmd.args(["--slow-final", r]);
+        }
+        for r in options.full {
+            cmd.args(["--full", r]);
         }
         let mut child = cmd
             .stdout(Stdio::piped())
