@@ -691,6 +691,8 @@ MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"b1\"\r\n\r\n\
     };
     let copies = copies(run(&world, Policy::default(), &env, raw.as_bytes()).await);
     let copy = copies[0].message.as_deref().expect("a signed copy");
+    // The outer header too: a relay without 8BITMIME takes the whole copy.
+    assert!(copy.is_ascii(), "{}", String::from_utf8_lossy(copy));
     let (signed, sig) = signed_parts(copy).expect("multipart/signed");
     let text = String::from_utf8_lossy(&signed);
     assert!(

@@ -53,12 +53,21 @@ pub fn outer_fields_encrypted(fields: &[HeaderField], obscured_subject: &str) ->
         .collect()
 }
 
-/// Header fields of the outer message for a signed-only copy: all non-structural fields.
+/// Header fields of the outer message for a signed-only copy: all non-structural fields,
+/// an unstructured one with 8-bit bytes (a raw UTF-8 Subject) as RFC 2047 encoded words, so
+/// that the copy is 7-bit for a relay without 8BITMIME whenever its structured fields are.
 pub fn outer_fields_clear(fields: &[HeaderField]) -> Vec<HeaderField> {
     fields
         .iter()
         .filter(|f| !f.is_structural())
-        .cloned()
+        .map(|f| {
+            let eight_bit = f.raw.iter().any(|b| *b >= 0x80);
+            if eight_bit && UNSTRUCTURED.iter().any(|u| f.is(u)) {
+                f.with_raw(signing_safe_field(&f.name, &f.raw))
+            } else {
+                f.clone()
+            }
+        })
         .collect()
 }
 
