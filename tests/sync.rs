@@ -1871,3 +1871,38 @@ async fn flags_changed_on_both_sides_are_both_kept() {
         "{here}"
     );
 }
+
+/// A keyword the server will not take (Dovecot refuses one longer than
+/// mail_max_keyword_length, 50): the system flags of that change still go up, the keyword
+/// stays here, and the message's later changes are not held up behind it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keyword_the_server_refuses_holds_nothing_up() {
+    let world = World::new();
+    let dovecot = Dovecot::start_tls();
+    upstream(
+        &dovecot,
+        json!([{"cmd": "raw", "line": "CREATE Archive"},
+        append_bytes("INBOX", &plain_message("kw"))]),
+    );
+    let (server, _dir, config) = bobs_sync(&world, &dovecot);
+    let out = sync_once(&config);
+    assert_eq!(stdout(&out).trim(), format!("{USER}: 1 new"), "{out:?}");
+    let long = format!("$K{}", "x".repeat(60));
+    let mut raw = server.login();
+    raw.ok("SELECT INBOX");
+    raw.ok(&format!("UID STORE 1 +FLAGS (\\Seen {long})"));
+    raw.ok("UID MOVE 1 Archive");
+    raw.ok("UNSELECT");
+    let out = sync_once(&config);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("upstream refused keywords"), "{log}");
+    let archive = upstream_flags(&dovecot, "Archive").join("\n");
+    assert!(
+        archive.contains("\\Seen") && !archive.contains("$K"),
+        "{archive}"
+    );
+    assert!(upstream_flags(&dovecot, "INBOX").is_empty());
+    let store = sealpost::store::Store::open(&server.store_path()).unwrap();
+    let account = store.account(USER).unwrap().unwrap();
+    assert_eq!(store.journal_backlog(account).unwrap(), (0, None));
+}

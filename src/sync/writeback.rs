@@ -278,17 +278,8 @@ impl Syncer {
                                 .filter(|f| !new.iter().any(|n| n.eq_ignore_ascii_case(f))),
                         );
                         for (sign, flags) in [('+', added), ('-', removed)] {
-                            if !flags.is_empty() {
-                                up.run(
-                                    self,
-                                    &format!(
-                                        "UID STORE {} {sign}FLAGS.SILENT ({flags})",
-                                        target.uid
-                                    ),
-                                    None,
-                                )
+                            self.store_flags(up, &entry.mailbox, target.uid, sign, &flags)
                                 .await?;
-                            }
                         }
                     }
                     // An entry from before the change kept its flags alone: set them all.
@@ -572,6 +563,43 @@ impl Syncer {
             link,
             ..WrittenBack::default()
         })
+    }
+
+    /// `UID STORE uid ±FLAGS.SILENT (flags)` in the selected folder. A server that refuses
+    /// keywords (not in its PERMANENTFLAGS) gets the system flags alone, and the keywords stay
+    /// here only: refused again and again, they would hold up this message's later changes
+    /// for good.
+    async fn store_flags(
+        &self,
+        up: &mut Upstream<'_>,
+        mailbox: &str,
+        uid: u32,
+        sign: char,
+        flags: &str,
+    ) -> Result<(), Failure> {
+        if flags.is_empty() {
+            return Ok(());
+        }
+        let line = |flags: &str| format!("UID STORE {uid} {sign}FLAGS.SILENT ({flags})");
+        let reply = up.command(self, &line(flags), None).await?;
+        if reply.ok {
+            return Ok(());
+        }
+        let system: Vec<&str> = flags.split(' ').filter(|f| f.starts_with('\\')).collect();
+        if system.len() == flags.split(' ').count() {
+            return Err(Failure::Entry(format!(
+                "{:.60}: {}",
+                line(flags),
+                reply.text
+            )));
+        }
+        tracing::warn!(account = %self.name, %mailbox, uid,
+            "upstream refused keywords ({flags}): {}; they stay here only", reply.text);
+        if system.is_empty() {
+            return Ok(());
+        }
+        up.run(self, &line(&system.join(" ")), None).await?;
+        Ok(())
     }
 
     /// The size of a local message in bytes (0 when it is gone).
