@@ -69,11 +69,20 @@ pub fn render(r: &Report<'_>) -> Vec<u8> {
     status.push_str(&format!("X-Sealpost-Queue-ID: {}\r\n", r.queue_id));
     status.push_str(&format!("Arrival-Date: {}\r\n", date(r.arrived)));
     for f in r.failures {
+        // RFC 3464 §2.3.6: "smtp" only for a reply a server gave; sealpost's own reasons
+        // (encryption required, the queue lifetime over) are of a type of its own. Long
+        // diagnostics are cut to keep the line within RFC 5322's 998 octets.
+        let diagnostic = ascii_line(&f.diagnostic);
+        let kind = if is_smtp_reply(&diagnostic) {
+            "smtp"
+        } else {
+            "x-sealpost"
+        };
+        let diagnostic: String = diagnostic.chars().take(900).collect();
         status.push_str(&format!(
-            "\r\nFinal-Recipient: rfc822; {}\r\nAction: failed\r\nStatus: {}\r\nDiagnostic-Code: smtp; {}\r\n",
+            "\r\nFinal-Recipient: rfc822; {}\r\nAction: failed\r\nStatus: {}\r\nDiagnostic-Code: {kind}; {diagnostic}\r\n",
             f.recipient,
             f.status,
-            ascii_line(&f.diagnostic)
         ));
     }
     let header_end = r
@@ -182,6 +191,16 @@ pub async fn prepare<'a>(
     }
 }
 
+/// Whether a diagnostic is an SMTP server's reply: a 4xx or 5xx code first.
+fn is_smtp_reply(text: &str) -> bool {
+    let b = text.as_bytes();
+    b.len() >= 4
+        && matches!(b[0], b'4' | b'5')
+        && b[1].is_ascii_digit()
+        && b[2].is_ascii_digit()
+        && matches!(b[3], b' ' | b'-')
+}
+
 /// One printable ASCII line (diagnostics come from servers and may hold anything).
 fn ascii_line(s: &str) -> String {
     s.chars()
@@ -208,11 +227,18 @@ mod tests {
 
     /// A report on one recipient of `original`.
     fn report_on(original: &[u8]) -> Vec<u8> {
-        let failures = [Failure {
-            recipient: "bob@example.org".into(),
-            status: "5.1.1".into(),
-            diagnostic: "550 5.1.1 <bob@example.org>: User unknown\r\n".into(),
-        }];
+        let failures = [
+            Failure {
+                recipient: "bob@example.org".into(),
+                status: "5.1.1".into(),
+                diagnostic: "550 5.1.1 <bob@example.org>: User unknown\r\n".into(),
+            },
+            Failure {
+                recipient: "dave@example.com".into(),
+                status: "5.7.1".into(),
+                diagnostic: "encryption required, no usable key".into(),
+            },
+        ];
         render(&Report {
             hostname: "host.example",
             domain: "example.org",
@@ -236,6 +262,9 @@ mod tests {
         let text = String::from_utf8(out.clone()).unwrap();
         assert!(text.contains("To: <alice@example.org>\r\n"));
         assert!(text.contains("Final-Recipient: rfc822; bob@example.org\r\nAction: failed\r\nStatus: 5.1.1\r\nDiagnostic-Code: smtp; 550 5.1.1 <bob@example.org>: User unknown\r\n"));
+        assert!(text.contains(
+            "Status: 5.7.1\r\nDiagnostic-Code: x-sealpost; encryption required, no usable key\r\n"
+        ));
         assert!(text.contains("Original-Envelope-Id: env1\r\n"));
         assert!(text.contains("Subject: secret plans\r\n"));
         assert!(!text.contains("the secret body"), "never the body");
