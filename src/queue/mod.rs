@@ -248,22 +248,7 @@ impl Queue {
         )?;
         let conn = Connection::open(&db_path).map_err(db_err)?;
         conn.busy_timeout(Duration::from_secs(30)).map_err(db_err)?;
-        // Setting the journal mode does not wait through the busy handler: while another
-        // process (the runner sendmail started, a `mailq`) creates or writes the database it
-        // fails at once with "database is locked". It is tried again for the same 30 s.
-        let since = std::time::Instant::now();
-        loop {
-            match conn.pragma_update(None, "journal_mode", "WAL") {
-                Ok(()) => break,
-                Err(rusqlite::Error::SqliteFailure(e, _))
-                    if e.code == rusqlite::ErrorCode::DatabaseBusy
-                        && since.elapsed() < Duration::from_secs(30) =>
-                {
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                Err(e) => return Err(db_err(e)),
-            }
-        }
+        crate::store::wal_mode(&conn).map_err(db_err)?;
         // A message the caller was told is queued survives power loss.
         conn.pragma_update(None, "synchronous", "FULL")
             .map_err(db_err)?;

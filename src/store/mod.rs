@@ -1367,14 +1367,32 @@ fn open_connection(path: &Path, read_only: bool) -> Result<Connection, StoreErro
         conn.pragma_update(None, "page_size", 16384)
             .map_err(open_error)?;
         // WAL: readers never block the writer; FULL: a commit is on disk before it returns.
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(open_error)?;
+        wal_mode(&conn).map_err(open_error)?;
     }
     conn.pragma_update(None, "synchronous", "FULL")
         .map_err(open_error)?;
     conn.pragma_update(None, "foreign_keys", "ON")
         .map_err(open_error)?;
     Ok(conn)
+}
+
+/// Puts a database in WAL mode. Setting the journal mode does not wait through the busy
+/// handler: while another process creates or writes the database it fails at once with
+/// "database is locked" (a queue run started while sendmail's runner wrote; deliver while the
+/// daemon opens the store). It is tried again for 30 s, as long as a busy write would wait.
+pub(crate) fn wal_mode(conn: &Connection) -> rusqlite::Result<()> {
+    let since = std::time::Instant::now();
+    loop {
+        match conn.pragma_update(None, "journal_mode", "WAL") {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::DatabaseBusy
+                    && since.elapsed() < std::time::Duration::from_secs(30) =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            done => return done,
+        }
+    }
 }
 
 fn find_mailbox(
