@@ -724,3 +724,56 @@ MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"b1\"\r\n\r\n\
         Some(world.alice.as_str())
     );
 }
+
+/// A forwarded message sent base64-encoded (RFC 2046 forbids it, senders do it): it is 7-bit
+/// already and goes into the signed part byte for byte; mail-parser's offsets inside it point
+/// into the decoded bytes and must not be used to rewrite anything.
+#[tokio::test]
+async fn an_encoded_forwarded_message_is_signed_as_it_came() {
+    use base64::Engine;
+    let world = World::new();
+    let mut inner = String::from(
+        "From: zoe@example.org\r\nSubject: inner\r\nMIME-Version: 1.0\r\n\
+         Content-Type: multipart/alternative; boundary=\"in\"\r\n\r\n--in\r\n\
+         Content-Type: text/plain; charset=us-ascii\r\n\r\n",
+    );
+    for i in 0..40 {
+        inner.push_str(&format!(
+            "filler text line {i} of the forwarded message\r\n"
+        ));
+    }
+    inner.push_str("--in--\r\n");
+    let encoded = base64::engine::general_purpose::STANDARD.encode(inner.as_bytes());
+    let lines: Vec<&str> = encoded
+        .as_bytes()
+        .chunks(76)
+        .map(|c| std::str::from_utf8(c).unwrap())
+        .collect();
+    let block = lines.join("\r\n");
+    let raw = format!(
+        "From: alice@example.org\r\nTo: dave@example.net\r\nSubject: fwd\r\nMIME-Version: 1.0\r\n\
+         Content-Type: multipart/mixed; boundary=\"out\"\r\n\r\n--out\r\n\
+         Content-Type: text/plain; charset=us-ascii\r\n\r\nsee below\r\n--out\r\n\
+         Content-Type: message/rfc822\r\nContent-Transfer-Encoding: base64\r\n\r\n{block}\r\n--out--\r\n"
+    );
+    let env = Envelope {
+        id: "T9".into(),
+        sender: "alice@example.org".into(),
+        recipients: vec!["dave@example.net".into()],
+    };
+    let copies = copies(run(&world, Policy::default(), &env, raw.as_bytes()).await);
+    let copy = copies[0].message.as_deref().expect("a signed copy");
+    let (signed, sig) = signed_parts(copy).expect("multipart/signed");
+    let text = String::from_utf8_lossy(&signed);
+    assert!(
+        text.contains(&block),
+        "the encoded part as it came:\n{text}"
+    );
+    assert!(text.contains("Content-Type: text/plain; charset=us-ascii\r\n\r\nsee below\r\n"));
+    let dave = GpgHome::new();
+    dave.import(&world.sender.export_public(&world.alice));
+    assert_eq!(
+        dave.verify_detached(&signed, &sig).as_deref(),
+        Some(world.alice.as_str())
+    );
+}

@@ -61,7 +61,10 @@ pub fn content_entity(message: &ParsedMessage) -> ContentEntity {
             }
             tidy_multipart(root, raw, &mut edits);
         }
-        PartType::Message(inner) => visit(inner, inner.root_part(), raw, &mut edits),
+        PartType::Message(inner) if root.encoding == Encoding::None => {
+            visit(inner, inner.root_part(), raw, &mut edits)
+        }
+        PartType::Message(_) => {}
         _ => {
             if let Some((cte, body)) = leaf_edit(root, raw) {
                 if !fields.iter().any(|f| f.is("Content-Type")) || is_broken_container(root) {
@@ -104,7 +107,12 @@ fn visit(message: &Message<'_>, part: &MessagePart<'_>, raw: &[u8], edits: &mut 
             tidy_multipart(part, raw, edits);
         }
         // A forwarded message is walked into: message/rfc822 may not be base64-encoded
-        // (RFC 2046 §5.2.1), so its own leaves are made safe instead, and its header.
+        // (RFC 2046 §5.2.1), so its own leaves are made safe instead, and its header. One
+        // that came encoded all the same is 7-bit already, and mail-parser's offsets inside
+        // it point into the decoded bytes, not the message: it is left as it is.
+        PartType::Message(_) if part.encoding != Encoding::None => {
+            safe_header(part, raw, edits);
+        }
         PartType::Message(inner) => {
             safe_header(part, raw, edits);
             let root = inner.root_part();
@@ -176,7 +184,19 @@ fn safe_header(part: &MessagePart<'_>, raw: &[u8], edits: &mut Vec<Edit>) {
     let (start, end) = (first.offset_field as usize, last.offset_end as usize);
     let mut header = Vec::with_capacity(end.saturating_sub(start));
     for h in &part.headers {
-        let mut field = crlf(&raw[h.offset_field as usize..h.offset_end as usize]);
+        // Offsets that do not point at this field in the message (a part parsed from decoded
+        // bytes): nothing is rewritten.
+        let Some(bytes) = raw.get(h.offset_field as usize..h.offset_end as usize) else {
+            return;
+        };
+        let name = h.name.as_str().as_bytes();
+        if !bytes
+            .get(..name.len())
+            .is_some_and(|b| b.eq_ignore_ascii_case(name))
+        {
+            return;
+        }
+        let mut field = crlf(bytes);
         if !field.ends_with(b"\r\n") {
             field.extend_from_slice(b"\r\n");
         }

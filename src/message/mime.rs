@@ -146,15 +146,20 @@ pub fn signing_safe_field(name: &str, raw: &[u8]) -> Vec<u8> {
                 .filter(|b| *b != b'\r' && *b != b'\n')
                 .collect();
             let mut out = raw[..=colon].to_vec();
-            out.extend_from_slice(&encoded_words(value.trim_ascii()));
+            out.push(b' ');
+            out.extend_from_slice(&encode_eight_bit_runs(value.trim_ascii()));
             out.extend_from_slice(b"\r\n");
             return out;
         }
     }
     let mut out = Vec::with_capacity(raw.len());
-    for line in raw.split_inclusive(|b| *b == b'\n') {
-        let body = line.strip_suffix(b"\r\n").unwrap_or(line);
-        out.extend_from_slice(trim_blanks_end(body));
+    for (i, line) in raw.split_inclusive(|b| *b == b'\n').enumerate() {
+        let body = trim_blanks_end(line.strip_suffix(b"\r\n").unwrap_or(line));
+        // A folded line of blanks only would become an empty line, which ends a header.
+        if i > 0 && body.is_empty() {
+            continue;
+        }
+        out.extend_from_slice(body);
         if line.ends_with(b"\r\n") {
             out.extend_from_slice(b"\r\n");
         }
@@ -168,6 +173,41 @@ fn trim_blanks_end(bytes: &[u8]) -> &[u8] {
         .rposition(|b| *b != b' ' && *b != b'\t')
         .map_or(0, |i| i + 1);
     &bytes[..end]
+}
+
+/// An unstructured value with its words of 8-bit bytes as encoded words and the rest as it
+/// was (words that are encoded words already stay so). Adjacent 8-bit words are encoded
+/// together with the blank between them, and so is the blank next to an encoded word that
+/// was there: a decoder drops blanks between two encoded words (RFC 2047 §6.2).
+fn encode_eight_bit_runs(value: &[u8]) -> Vec<u8> {
+    let words: Vec<&[u8]> = value
+        .split(|b| *b == b' ' || *b == b'\t')
+        .filter(|w| !w.is_empty())
+        .collect();
+    let eight = |w: &[u8]| w.iter().any(|b| *b >= 0x80);
+    let encoded = |w: &[u8]| w.starts_with(b"=?") && w.ends_with(b"?=");
+    let mut parts: Vec<Vec<u8>> = Vec::with_capacity(words.len());
+    let mut i = 0;
+    while i < words.len() {
+        if !eight(words[i]) {
+            parts.push(words[i].to_vec());
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < words.len() && eight(words[i]) {
+            i += 1;
+        }
+        let mut run = words[start..i].join(&b' ');
+        if start > 0 && encoded(words[start - 1]) {
+            run.insert(0, b' ');
+        }
+        if i < words.len() && encoded(words[i]) {
+            run.push(b' ');
+        }
+        parts.push(encoded_words(&run).trim_ascii_start().to_vec());
+    }
+    parts.join(&b' ')
 }
 
 /// `text` as RFC 2047 "B" encoded words of at most 75 characters, one per folded line
@@ -364,6 +404,33 @@ pub fn encrypted_payload(raw: &[u8]) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn decoded_subject(field: &[u8]) -> String {
+        let message = [field, b"\r\n"].concat();
+        mail_parser::MessageParser::default()
+            .parse(&message)
+            .and_then(|m| m.subject().map(str::to_string))
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn signing_safe_fields_read_the_same() {
+        // Partly encoded already: only the raw word is encoded, and reads the same.
+        let f = signing_safe_field(
+            "Subject",
+            "Subject: =?UTF-8?Q?Gr=C3=BC=C3=9Fe?= aus Köln\r\n".as_bytes(),
+        );
+        assert!(f.is_ascii(), "{}", String::from_utf8_lossy(&f));
+        assert_eq!(decoded_subject(&f), "Grüße aus Köln");
+        let f = signing_safe_field(
+            "Subject",
+            "Subject: Grüße Köln, =?UTF-8?Q?s=C3=BC=C3=9F?= ok \r\n".as_bytes(),
+        );
+        assert_eq!(decoded_subject(&f), "Grüße Köln, süß ok");
+        // A folded line of blanks only is dropped, never left as an empty line.
+        let f = signing_safe_field("Subject", b"Subject: hello\r\n \r\n world \r\n");
+        assert_eq!(f, b"Subject: hello\r\n world\r\n");
+    }
 
     #[test]
     fn signed_container_keeps_signed_bytes_exact() {
