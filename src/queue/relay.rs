@@ -525,7 +525,7 @@ impl Relay {
             if !info.supports_feature(Extension::EightBitMime) {
                 return Sent::Permanent(format!(
                     "5.6.3 relay {} does not take 8-bit data (no 8BITMIME), which this copy \
-                     holds in its header",
+                     holds",
                     self.description
                 ));
             }

@@ -27,6 +27,15 @@ pub fn scan(text: &[u8]) -> Vec<Found> {
                 i = end;
             }
             b'(' => i = comment_end(text, i),
+            // A domain literal (`user@[2001:db8::1]`): its colons are no group.
+            b'[' => {
+                let end = text[i..]
+                    .iter()
+                    .position(|&b| b == b']')
+                    .map_or(text.len(), |p| i + p + 1);
+                entry.word(&text[i..end], end);
+                i = end;
+            }
             b'<' => {
                 let close = angle_end(text, i);
                 entry.angle = Some((i + 1, close));
@@ -56,7 +65,7 @@ pub fn scan(text: &[u8]) -> Vec<Found> {
                 // the next special.
                 let start = i;
                 i += 1;
-                while i < text.len() && !b"\"(<,:; \t\r\n".contains(&text[i]) {
+                while i < text.len() && !b"\"(<[,:; \t\r\n".contains(&text[i]) {
                     i += 1;
                 }
                 entry.word(&text[start..i], i);
@@ -190,7 +199,9 @@ pub fn qualified(text: &[u8], domain: &str) -> Option<Vec<u8>> {
 
 /// A local part alone: a dot-atom (RFC 5322 §3.2.3) without '@', such as `root`.
 pub fn is_local_name(address: &str) -> bool {
+    // An encoded word (`=?UTF-8?B?Qm9i?=`) is a display name written without an address.
     !address.is_empty()
+        && !address.starts_with("=?")
         && !address.starts_with('.')
         && !address.ends_with('.')
         && !address.contains("..")
@@ -243,6 +254,11 @@ mod tests {
         );
         // A display name without an address stays as it is, for the caller to refuse.
         assert_eq!(addresses("John Smith"), ["John Smith"]);
+        assert_eq!(
+            addresses("user@[2001:db8::1], b@example.org"),
+            ["user@[2001:db8::1]", "b@example.org"]
+        );
+        assert!(!is_local_name("=?UTF-8?B?Qm9i?="));
         assert_eq!(addresses(""), Vec::<String>::new());
     }
 
