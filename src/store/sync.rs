@@ -308,18 +308,7 @@ impl Store {
                  FROM journal j JOIN accounts a ON a.id = j.account
                  WHERE j.account = ?1 AND j.id > ?2 ORDER BY j.id LIMIT ?3",
             )?;
-            let rows = stmt.query_map(params![account, after, limit], |r| {
-                Ok(JournalEntry {
-                    id: r.get(0)?,
-                    account: r.get(1)?,
-                    mailbox: r.get(2)?,
-                    uid: r.get(3)?,
-                    kind: r.get(4)?,
-                    detail: r.get(5)?,
-                    attempts: r.get(6)?,
-                    last_error: r.get(7)?,
-                })
-            })?;
+            let rows = stmt.query_map(params![account, after, limit], journal_entry)?;
             Ok(rows.collect::<Result<_, _>>()?)
         })
     }
@@ -338,18 +327,7 @@ impl Store {
                    AND j.kind IN ('append', 'copy', 'move')
                  ORDER BY j.id",
             )?;
-            let rows = stmt.query_map(params![account], |r| {
-                Ok(JournalEntry {
-                    id: r.get(0)?,
-                    account: r.get(1)?,
-                    mailbox: r.get(2)?,
-                    uid: r.get(3)?,
-                    kind: r.get(4)?,
-                    detail: r.get(5)?,
-                    attempts: r.get(6)?,
-                    last_error: r.get(7)?,
-                })
-            })?;
+            let rows = stmt.query_map(params![account], journal_entry)?;
             Ok(rows.collect::<Result<_, _>>()?)
         })
     }
@@ -807,6 +785,21 @@ fn change_waiting(
 }
 
 /// Records a client change for the write-back, when the account has one.
+/// A journal entry from a row of `SELECT j.id, a.name, j.mailbox, j.uid, j.kind, j.detail,
+/// j.attempts, j.last_error`.
+fn journal_entry(r: &rusqlite::Row<'_>) -> rusqlite::Result<JournalEntry> {
+    Ok(JournalEntry {
+        id: r.get(0)?,
+        account: r.get(1)?,
+        mailbox: r.get(2)?,
+        uid: r.get(3)?,
+        kind: r.get(4)?,
+        detail: r.get(5)?,
+        attempts: r.get(6)?,
+        last_error: r.get(7)?,
+    })
+}
+
 pub(super) fn journal(
     tx: &rusqlite::Connection,
     account: AccountId,

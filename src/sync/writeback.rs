@@ -471,12 +471,13 @@ impl Syncer {
                     ..WrittenBack::default()
                 });
             }
-            if let Some(id) = self.message_id(target, new_uid).await? {
+            let local = self.local_raw(target, new_uid).await?.unwrap_or_default();
+            if let Some(id) = message_id_of(&local) {
                 if let Some((v, u)) = up.find_unlinked(self, account, &to_folder, &id).await? {
                     // Only the very bytes of the original are its copy: another message with
                     // the same Message-ID (a resend, a forged one) is not, and taking it for
                     // the copy would expunge the original with no copy made.
-                    let size = self.local_size(target, new_uid).await? * 2;
+                    let size = local.len() as u64 * 2;
                     let copy = up.hash_of(self, u, size).await?;
                     if !up.select(self, &from).await? {
                         return Err(Failure::Entry(STALE_LINK.into()));
@@ -602,20 +603,6 @@ impl Syncer {
         Ok(())
     }
 
-    /// The size of a local message in bytes (0 when it is gone).
-    async fn local_size(&self, mailbox: MailboxId, uid: u32) -> Result<u64, Failure> {
-        let store = self.store.clone();
-        let need = Need {
-            raw: true,
-            ..Need::default()
-        };
-        let batch = blocking(move || store.fetch_batch(mailbox, &[uid], need, u64::MAX)).await??;
-        Ok(batch
-            .items
-            .first()
-            .map_or(0, |(_, content)| content.raw.len() as u64))
-    }
-
     /// A local COPY of a message that is upstream: `UID COPY` there, so the copy is the
     /// provider's own message (its original ciphertext and signature, no GnuPG work) rather
     /// than a new upload; the link follows by COPYUID. A copy of a message that is not upstream
@@ -663,7 +650,8 @@ impl Syncer {
             ..WrittenBack::default()
         };
         if entry.attempts > 0 {
-            if let Some(id) = self.message_id(target, entry.uid).await? {
+            let local = self.local_raw(target, entry.uid).await?;
+            if let Some(id) = local.as_deref().and_then(message_id_of) {
                 if let Some((v, u)) = up.find_unlinked(self, account, &to_folder, &id).await? {
                     // Found by Message-ID: an earlier try's copy, or its upload (other bytes),
                     // so the original's hash is not taken.
@@ -704,20 +692,19 @@ impl Syncer {
         Ok(WrittenBack::default())
     }
 
-    /// The Message-ID of a local message, when it has one.
-    async fn message_id(&self, mailbox: MailboxId, uid: u32) -> Result<Option<String>, Failure> {
+    /// The bytes of a local message; None when it is gone.
+    async fn local_raw(&self, mailbox: MailboxId, uid: u32) -> Result<Option<Vec<u8>>, Failure> {
         let store = self.store.clone();
         let need = Need {
             raw: true,
             ..Need::default()
         };
         let batch = blocking(move || store.fetch_batch(mailbox, &[uid], need, u64::MAX)).await??;
-        Ok(batch.items.into_iter().next().and_then(|(_, content)| {
-            crate::message::parse::ParsedMessage::parse(content.raw.to_vec())
-                .ok()?
-                .header_text("Message-ID")
-                .filter(|id| !id.is_empty())
-        }))
+        Ok(batch
+            .items
+            .into_iter()
+            .next()
+            .map(|(_, content)| content.raw.to_vec()))
     }
 
     /// Stores a local message upstream, encrypted to the account's own key, and links it.
@@ -1116,6 +1103,14 @@ fn upstream_flags<'a>(flags: impl Iterator<Item = &'a str>) -> String {
         .filter(|f| !f.eq_ignore_ascii_case("\\Recent"))
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// The Message-ID of a message, when it has one.
+fn message_id_of(raw: &[u8]) -> Option<String> {
+    crate::message::parse::ParsedMessage::parse(raw.to_vec())
+        .ok()?
+        .header_text("Message-ID")
+        .filter(|id| !id.is_empty())
 }
 
 /// The upload token a message carries in its header (put there by [`Syncer::upload`]).
