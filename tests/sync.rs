@@ -1068,10 +1068,40 @@ async fn changes_waiting_across_a_uidvalidity_change_are_not_undone() {
 /// codes (COPYUID, APPENDUID) are taken out of the server's lines, as from a server without
 /// UIDPLUS. Returns the relay's port.
 fn proxy(to: u16, stall_when: fn(&str) -> bool, no_uidplus: bool) -> u16 {
+    relay(to, stall_when, Stall::Before, no_uidplus)
+}
+
+/// A relay like [`proxy`] where the client's bytes that match `lose_when` still reach the
+/// server, but no answer comes back from then on: the server does the command, and its
+/// answer is lost on the way. With `everything`, nothing passes on any connection from then
+/// on, new ones included (the network is down).
+fn proxy_losing_answers(to: u16, lose_when: fn(&str) -> bool, everything: bool) -> u16 {
+    let stall = if everything {
+        Stall::AfterEverywhere
+    } else {
+        Stall::After
+    };
+    relay(to, lose_when, stall, false)
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Stall {
+    /// The matching bytes and all after them stay here, on that connection.
+    Before,
+    /// The matching bytes go; no answer comes back on that connection.
+    After,
+    /// The matching bytes go; nothing more passes on any connection.
+    AfterEverywhere,
+}
+
+fn relay(to: u16, stall_when: fn(&str) -> bool, stall: Stall, no_uidplus: bool) -> u16 {
     use std::io::{BufRead, BufReader, Read, Write};
     use std::net::{TcpListener, TcpStream};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
+    let down = Arc::new(AtomicBool::new(false));
     std::thread::spawn(move || {
         for client in listener.incoming() {
             let Ok(mut client) = client else { return };
@@ -1080,18 +1110,32 @@ fn proxy(to: u16, stall_when: fn(&str) -> bool, no_uidplus: bool) -> u16 {
             };
             let (mut client_r, mut server_w) =
                 (client.try_clone().unwrap(), server.try_clone().unwrap());
+            let mute = match stall {
+                Stall::AfterEverywhere => down.clone(),
+                _ => Arc::new(AtomicBool::new(false)),
+            };
+            let muted = mute.clone();
             std::thread::spawn(move || {
                 let mut buf = [0u8; 65536];
-                let mut stalled = false;
                 while let Ok(n) = client_r.read(&mut buf) {
-                    if n == 0 {
+                    if n == 0 || mute.load(Ordering::SeqCst) {
                         break;
                     }
-                    stalled |= stall_when(&String::from_utf8_lossy(&buf[..n]));
-                    if !stalled && server_w.write_all(&buf[..n]).is_err() {
+                    if stall_when(&String::from_utf8_lossy(&buf[..n])) {
+                        if stall != Stall::Before {
+                            // Muted before the server can answer what goes on now.
+                            mute.store(true, Ordering::SeqCst);
+                            let _ = server_w.write_all(&buf[..n]);
+                        }
+                        break;
+                    }
+                    if server_w.write_all(&buf[..n]).is_err() {
                         break;
                     }
                 }
+                // The connection stays open with nothing passing: the client waits.
+                let mut sink = [0u8; 4096];
+                while matches!(client_r.read(&mut sink), Ok(n) if n > 0) {}
             });
             std::thread::spawn(move || {
                 let mut server = BufReader::new(server);
@@ -1100,7 +1144,7 @@ fn proxy(to: u16, stall_when: fn(&str) -> bool, no_uidplus: bool) -> u16 {
                     if no_uidplus {
                         line = strip_uidplus_codes(&line);
                     }
-                    if client.write_all(&line).is_err() {
+                    if !muted.load(Ordering::SeqCst) && client.write_all(&line).is_err() {
                         break;
                     }
                     line.clear();
@@ -1834,6 +1878,145 @@ async fn a_retried_move_does_not_take_a_namesake_for_its_copy() {
         2,
         "the moved one and the namesake"
     );
+}
+
+/// A copy whose first try did not reach the server, and another whose COPY did but whose
+/// answer was lost, both retried: a message that came into the target folder meanwhile with the
+/// same Message-ID and other bytes is not taken for the first copy, and the second, a message
+/// without a Message-ID, is found by its bytes and not copied again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_copy_is_made_once_and_found_by_its_bytes() {
+    let world = World::new();
+    let dovecot = Dovecot::start_tls();
+    let anonymous = b"From: a@example.org\r\nSubject: no id\r\n\r\nno Message-ID here\r\n";
+    let another = b"From: a@example.org\r\nSubject: no id either\r\n\r\nnor here\r\n";
+    upstream(
+        &dovecot,
+        json!([{"cmd": "raw", "line": "CREATE Archive"},
+        append_bytes("INBOX", &plain_message("two")),
+        append_bytes("INBOX", anonymous),
+        append_bytes("INBOX", another)]),
+    );
+    let (server, dir, config) = bobs_sync(&world, &dovecot);
+    let out = sync_once(&config);
+    assert_eq!(stdout(&out).trim(), format!("{USER}: 3 new"), "{out:?}");
+    let archive_subjects = || {
+        let archive = upstream(
+            &dovecot,
+            json!([{"cmd": "raw", "line": "SELECT Archive"},
+            {"cmd": "raw", "line": "UID FETCH 1:* (BODY.PEEK[HEADER.FIELDS (Subject)])"}]),
+        );
+        untagged(&archive, 1)
+            .iter()
+            .filter_map(|l| Some(l[l.find("Subject: ")?..].lines().next()?.to_string()))
+            .collect::<Vec<_>>()
+    };
+    let mut raw = server.login();
+    raw.ok("SELECT INBOX");
+    raw.ok("UID COPY 1 Archive");
+    raw.ok("UNSELECT");
+
+    // The COPY never reaches the server; a namesake comes in meanwhile.
+    let port = proxy(dovecot.port, |t| t.contains("UID COPY"), false);
+    let stalling = port_config(&server, &dovecot, dir.path(), port, "stall", "");
+    let out = sync_once(&stalling);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("write-back stopped"), "{log}");
+    assert!(dovecot.mailbox_files("Archive").is_empty(), "no COPY went");
+    let namesake =
+        b"From: x@example.org\r\nSubject: namesake\r\nMessage-ID: <two@example.org>\r\n\r\nother\r\n";
+    upstream(&dovecot, json!([append_bytes("Archive", namesake)]));
+    let direct = port_config(&server, &dovecot, dir.path(), dovecot.port, "direct", "");
+    let out = sync_once(&direct);
+    assert!(out.status.success(), "{out:?}");
+    let mut subjects = archive_subjects();
+    subjects.sort();
+    assert_eq!(subjects, ["Subject: namesake", "Subject: two"], "{out:?}");
+    assert_eq!(exists(&mut raw, "Archive"), 2, "the copy and the namesake");
+
+    // The COPY of a message without a Message-ID is done; its answer is lost, and the
+    // network goes down: the retry finds the copy by its bytes.
+    raw.ok("SELECT INBOX");
+    raw.ok("UID COPY 2 Archive");
+    raw.ok("UNSELECT");
+    let port = proxy_losing_answers(dovecot.port, |t| t.contains("UID COPY"), true);
+    let down = port_config(&server, &dovecot, dir.path(), port, "down", "");
+    let out = sync_once(&down);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("write-back stopped"), "{log}");
+    assert!(!log.contains("new messages"), "nothing fetched: {log}");
+    let out = sync_once(&direct);
+    assert!(out.status.success(), "{out:?}");
+    let copies = |subject: &str| {
+        let subjects = archive_subjects();
+        subjects.iter().filter(|s| *s == subject).count()
+    };
+    assert_eq!(copies("Subject: no id"), 1, "{out:?}");
+    assert_eq!(exists(&mut raw, "Archive"), 3, "{out:?}");
+
+    // Another such COPY whose answer is lost while the network stays up: the same pass
+    // fetches the copy, which is linked to the local copy, not taken for new mail.
+    raw.ok("SELECT INBOX");
+    raw.ok("UID COPY 3 Archive");
+    raw.ok("UNSELECT");
+    let port = proxy_losing_answers(dovecot.port, |t| t.contains("UID COPY"), false);
+    let losing = port_config(&server, &dovecot, dir.path(), port, "losing", "");
+    let out = sync_once(&losing);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("write-back stopped"), "{log}");
+    assert!(!log.contains("new messages"), "not new mail: {log}");
+    let out = sync_once(&direct);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(copies("Subject: no id either"), 1, "{out:?}");
+    assert_eq!(exists(&mut raw, "Archive"), 4, "nothing fetched twice");
+    let db = rusqlite::Connection::open(server.store_path()).unwrap();
+    let waiting: i64 = db
+        .query_row("SELECT count(*) FROM journal", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(waiting, 0, "every copy ended");
+}
+
+/// Against a server without MOVE, a move whose COPY was done but whose answer was lost: the
+/// retry finds the copy by its bytes (the message has no Message-ID) and only removes the
+/// original, so the target folder has it once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_move_of_a_message_without_message_id_copies_once() {
+    let world = World::new();
+    let dovecot = Dovecot::start_tls_announcing(&format!("{NEITHER_UIDPLUS_NOR_MOVE} UIDPLUS"));
+    let anonymous = b"From: a@example.org\r\nSubject: no id\r\n\r\nno Message-ID here\r\n";
+    upstream(
+        &dovecot,
+        json!([{"cmd": "raw", "line": "CREATE Archive"}, append_bytes("INBOX", anonymous)]),
+    );
+    let (server, dir, config) = bobs_sync(&world, &dovecot);
+    let out = sync_once(&config);
+    assert_eq!(stdout(&out).trim(), format!("{USER}: 1 new"), "{out:?}");
+    let mut raw = server.login();
+    raw.ok("SELECT INBOX");
+    raw.ok("UID MOVE 1 Archive");
+    raw.ok("UNSELECT");
+
+    // The COPY is done; its answer is lost, and the network goes down (no fetch of the copy).
+    let port = proxy_losing_answers(dovecot.port, |t| t.contains("UID COPY"), true);
+    let down = port_config(&server, &dovecot, dir.path(), port, "down", "");
+    let out = sync_once(&down);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("write-back stopped"), "{log}");
+    assert_eq!(dovecot.mailbox_files("Archive").len(), 1, "the COPY went");
+
+    let direct = port_config(&server, &dovecot, dir.path(), dovecot.port, "direct", "");
+    for _ in 0..2 {
+        let out = sync_once(&direct);
+        assert!(out.status.success(), "{out:?}");
+    }
+    assert_eq!(dovecot.mailbox_files("Archive").len(), 1, "copied once");
+    assert_eq!(
+        dovecot.mailbox_files("INBOX").len(),
+        0,
+        "the original is gone"
+    );
+    assert_eq!(exists(&mut raw, "Archive"), 1);
+    assert_eq!(exists(&mut raw, "INBOX"), 0);
 }
 
 /// A flag set here and another set upstream on the same message between two passes: the

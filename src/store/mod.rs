@@ -1727,8 +1727,10 @@ pub(super) fn expunge_rows(tx: &Connection, mb: &Mailbox, uids: &[u32]) -> Resul
 ///   whose local message the user expunged or moved away, the change not yet written back,
 ///   counts too (its UID is returned; nothing is stored);
 /// - the same content linked to no upstream message and not waiting to be uploaded: a local
-///   MOVE written back without COPYUID, or one whose link was lost in a crash between the
-///   upstream command and its commit.
+///   MOVE or COPY written back without COPYUID, or one whose link was lost in a crash or a
+///   broken connection between the upstream command and its commit (a COPY tried once may
+///   have landed: linked here, it is not new mail, and the retry finds the copy made). An
+///   APPEND, or a COPY not tried yet, waits for its own upload or COPY instead.
 fn already_here(
     tx: &Connection,
     mb: &Mailbox,
@@ -1817,7 +1819,8 @@ fn already_here(
                AND NOT EXISTS (SELECT 1 FROM sync_map s
                                WHERE s.mailbox = m.mailbox AND s.uid = m.uid)
                AND NOT EXISTS (SELECT 1 FROM journal j
-                               WHERE j.account = ?3 AND j.mailbox = ?4 AND j.uid = m.uid)
+                               WHERE j.account = ?3 AND j.mailbox = ?4 AND j.uid = m.uid
+                                 AND (j.kind = 'append' OR (j.kind = 'copy' AND j.attempts = 0)))
              ORDER BY m.uid LIMIT 1",
         )?
         .query_row(params![mb.id, content, mb.account, mb.name], |r| {

@@ -31,6 +31,10 @@ const ROUND: u32 = 200;
 /// or dropped the link).
 const STALE_LINK_TRIES: u32 = 10;
 
+/// How many messages of the target folder with the original's size a retried move or copy
+/// reads, the newest first, looking for the copy an earlier try made.
+const COPY_CANDIDATES: usize = 8;
+
 /// Why a change to a message whose link went stale waits.
 const STALE_LINK: &str =
     "the folder's UIDVALIDITY changed: waits until the message is linked again";
@@ -471,41 +475,33 @@ impl Syncer {
                     ..WrittenBack::default()
                 });
             }
-            let local = self.local_raw(target, new_uid).await?.unwrap_or_default();
-            if let Some(id) = message_id_of(&local) {
-                if let Some((v, u)) = up.find_unlinked(self, account, &to_folder, &id).await? {
-                    // Only the very bytes of the original are its copy: another message with
-                    // the same Message-ID (a resend, a forged one) is not, and taking it for
-                    // the copy would expunge the original with no copy made.
-                    let size = local.len() as u64 * 2;
-                    let copy = up.hash_of(self, u, size).await?;
-                    if !up.select(self, &from).await? {
-                        return Err(Failure::Entry(STALE_LINK.into()));
-                    }
-                    let original = up.hash_of(self, from.uid, size).await?;
-                    if copy.is_none() || copy != original {
-                        tracing::info!(account = %self.name, folder = %to_folder, uid = u,
-                            "same Message-ID, other bytes: not the earlier copy; copying");
-                        return self
-                            .copy_then_expunge(
-                                up, &from, &to_folder, target, new_uid, entry, unlink, hash_from,
-                            )
-                            .await;
-                    }
-                    up.expunge(self, from.uid).await?;
-                    let link = UpstreamRef {
-                        folder: to_folder.clone(),
-                        uidvalidity: v,
-                        uid: u,
-                    };
-                    return Ok(WrittenBack {
-                        unlink,
-                        hash_from,
-                        link: Some((target, new_uid, link)),
-                        ..WrittenBack::default()
-                    });
+            // Found by its very bytes, not by Message-ID: another message with the same
+            // Message-ID (a resend, a forged one) is not the copy, and taking it for the copy
+            // would expunge the original with no copy made; a message without a Message-ID
+            // would be copied a second time.
+            let estimate = self.estimate(target, new_uid).await?;
+            if let Some((v, u)) = up
+                .find_copy(self, account, &from, &to_folder, estimate)
+                .await?
+            {
+                if !up.select(self, &from).await? {
+                    return Err(Failure::Entry(STALE_LINK.into()));
                 }
+                up.expunge(self, from.uid).await?;
+                let link = UpstreamRef {
+                    folder: to_folder.clone(),
+                    uidvalidity: v,
+                    uid: u,
+                };
+                return Ok(WrittenBack {
+                    unlink,
+                    hash_from,
+                    link: Some((target, new_uid, link)),
+                    ..WrittenBack::default()
+                });
             }
+            tracing::info!(account = %self.name, folder = %to_folder, uid = from.uid,
+                "no earlier copy upstream: copying");
         }
         if !up.select(self, &from).await? {
             // The source folder's UIDVALIDITY changed: as for an expunge, the resync links the
@@ -607,7 +603,8 @@ impl Syncer {
     /// provider's own message (its original ciphertext and signature, no GnuPG work) rather
     /// than a new upload; the link follows by COPYUID. A copy of a message that is not upstream
     /// is uploaded like an APPEND. A retry first looks in the target folder for a copy an
-    /// earlier try may have made: a message with the same Message-ID that is linked to nothing.
+    /// earlier try may have made: a message with the original's bytes that is linked to
+    /// nothing ([`Upstream::find_copy`]).
     async fn write_copy(
         &self,
         up: &mut Upstream<'_>,
@@ -650,16 +647,29 @@ impl Syncer {
             ..WrittenBack::default()
         };
         if entry.attempts > 0 {
-            let local = self.local_raw(target, entry.uid).await?;
-            if let Some(id) = local.as_deref().and_then(message_id_of) {
-                if let Some((v, u)) = up.find_unlinked(self, account, &to_folder, &id).await? {
-                    // Found by Message-ID: an earlier try's copy, or its upload (other bytes),
-                    // so the original's hash is not taken.
-                    return Ok(WrittenBack {
-                        hash_from: None,
-                        ..link(v, u)
-                    });
-                }
+            // An earlier try's copy has the original's bytes; an earlier try made when the
+            // original was not upstream yet uploaded the message, under its token.
+            let local = blocking({
+                let store = self.store.clone();
+                move || store.mailbox_by_id(target)
+            })
+            .await??;
+            let token = upload_token(&self.name, local.uidvalidity, entry.uid);
+            if let Some((v, u)) = up.find_upload(self, &to_folder, &token).await? {
+                let estimate = self.estimate(target, entry.uid).await?;
+                let hash = up.hash_of(self, u, estimate).await?;
+                return Ok(WrittenBack {
+                    hash_from: None,
+                    link_hash: hash,
+                    ..link(v, u)
+                });
+            }
+            let estimate = self.estimate(target, entry.uid).await?;
+            if let Some((v, u)) = up
+                .find_copy(self, account, &from, &to_folder, estimate)
+                .await?
+            {
+                return Ok(link(v, u));
             }
         }
         if !up.select(self, &from).await? {
@@ -705,6 +715,13 @@ impl Syncer {
             .into_iter()
             .next()
             .map(|(_, content)| content.raw.to_vec()))
+    }
+
+    /// About how many bytes a local message's upstream form takes (its ciphertext is larger
+    /// than the plaintext kept here): what a fetch of it is given time for.
+    async fn estimate(&self, mailbox: MailboxId, uid: u32) -> Result<u64, Failure> {
+        let local = self.local_raw(mailbox, uid).await?;
+        Ok(local.map_or(0, |raw| raw.len() as u64) * 2 + 65536)
     }
 
     /// Stores a local message upstream, encrypted to the account's own key, and links it.
@@ -1016,6 +1033,19 @@ impl Upstream<'_> {
         uid: u32,
         bytes: u64,
     ) -> Result<Option<[u8; 32]>, Failure> {
+        Ok(self
+            .fingerprint(syncer, uid, bytes)
+            .await?
+            .map(|(_, hash)| hash))
+    }
+
+    /// (size, SHA-256) of a message of the selected folder as the server sends it.
+    async fn fingerprint(
+        &mut self,
+        syncer: &Syncer,
+        uid: u32,
+        bytes: u64,
+    ) -> Result<Option<(u64, [u8; 32])>, Failure> {
         let chunk = super::Batch {
             uids: vec![uid],
             bytes,
@@ -1029,7 +1059,48 @@ impl Upstream<'_> {
             .messages
             .iter()
             .find(|m| m.0 == uid)
-            .map(|m| Sha256::digest(&m.3).into()))
+            .map(|m| (m.3.len() as u64, Sha256::digest(&m.3).into())))
+    }
+
+    /// An earlier try's copy of `original` in `folder`: the newest message there with the
+    /// original's size and SHA-256 that no local message stands for; (UIDVALIDITY, UID).
+    /// Found by content, as a COPY keeps the bytes: a message with the same Message-ID and
+    /// other bytes is not the copy, and a message without a Message-ID is found too. None
+    /// when there is no such message, or the original is gone upstream; a stale link when
+    /// the original's folder has another UIDVALIDITY now.
+    async fn find_copy(
+        &mut self,
+        syncer: &Syncer,
+        account: AccountId,
+        original: &UpstreamRef,
+        folder: &str,
+        estimate: u64,
+    ) -> Result<Option<(u32, u32)>, Failure> {
+        if !self.select(syncer, original).await? {
+            return Err(Failure::Entry(STALE_LINK.into()));
+        }
+        let Some((size, hash)) = self.fingerprint(syncer, original.uid, estimate).await? else {
+            return Ok(None);
+        };
+        // RFC 3501 §6.4.4: LARGER and SMALLER are strict, so these two give the size itself.
+        let criteria = format!("LARGER {} SMALLER {}", size.saturating_sub(1), size + 1);
+        let Some((v, found)) = self.search(syncer, folder, &criteria).await? else {
+            return Ok(None);
+        };
+        let (store, f) = (syncer.store.clone(), folder.to_string());
+        let linked = blocking(move || store.linked_upstream(account, &f, v, 1)).await??;
+        let mut candidates: Vec<u32> = found
+            .into_iter()
+            .filter(|uid| linked.binary_search(uid).is_err())
+            .filter(|uid| !(folder == original.folder && *uid == original.uid))
+            .collect();
+        candidates.sort_unstable_by(|a, b| b.cmp(a));
+        for uid in candidates.into_iter().take(COPY_CANDIDATES) {
+            if self.fingerprint(syncer, uid, size).await? == Some((size, hash)) {
+                return Ok(Some((v, uid)));
+            }
+        }
+        Ok(None)
     }
 
     /// An earlier upload by its token: (UIDVALIDITY, UID).
@@ -1045,29 +1116,6 @@ impl Upstream<'_> {
             .and_then(|(v, found)| found.iter().max().map(|uid| (v, *uid))))
     }
 
-    /// The newest message of `folder` with this Message-ID that no local message stands for.
-    async fn find_unlinked(
-        &mut self,
-        syncer: &Syncer,
-        account: AccountId,
-        folder: &str,
-        message_id: &str,
-    ) -> Result<Option<(u32, u32)>, Failure> {
-        let Some((v, found)) = self
-            .search_header(syncer, folder, "Message-ID", message_id)
-            .await?
-        else {
-            return Ok(None);
-        };
-        let (store, f) = (syncer.store.clone(), folder.to_string());
-        let linked = blocking(move || store.linked_upstream(account, &f, v, 1)).await??;
-        Ok(found
-            .iter()
-            .filter(|uid| linked.binary_search(uid).is_err())
-            .max()
-            .map(|uid| (v, *uid)))
-    }
-
     /// (UIDVALIDITY, UIDs) of the messages of `folder` whose `field` contains `value`; None when
     /// the folder cannot be selected.
     async fn search_header(
@@ -1076,6 +1124,18 @@ impl Upstream<'_> {
         folder: &str,
         field: &str,
         value: &str,
+    ) -> Result<Option<(u32, Vec<u32>)>, Failure> {
+        self.search(syncer, folder, &format!("HEADER {field} {}", quote(value)))
+            .await
+    }
+
+    /// (UIDVALIDITY, UIDs) of the messages of `folder` that `UID SEARCH criteria` finds; None
+    /// when the folder cannot be selected. The folder stays selected.
+    async fn search(
+        &mut self,
+        syncer: &Syncer,
+        folder: &str,
+        criteria: &str,
     ) -> Result<Option<(u32, Vec<u32>)>, Failure> {
         self.selected = None;
         let selected = self
@@ -1086,11 +1146,7 @@ impl Upstream<'_> {
         };
         self.selected = Some((folder.to_string(), v));
         let found = self
-            .run(
-                syncer,
-                &format!("UID SEARCH HEADER {field} {}", quote(value)),
-                None,
-            )
+            .run(syncer, &format!("UID SEARCH {criteria}"), None)
             .await?;
         Ok(Some((v, found.search)))
     }
@@ -1103,14 +1159,6 @@ fn upstream_flags<'a>(flags: impl Iterator<Item = &'a str>) -> String {
         .filter(|f| !f.eq_ignore_ascii_case("\\Recent"))
         .collect::<Vec<_>>()
         .join(" ")
-}
-
-/// The Message-ID of a message, when it has one.
-fn message_id_of(raw: &[u8]) -> Option<String> {
-    crate::message::parse::ParsedMessage::parse(raw.to_vec())
-        .ok()?
-        .header_text("Message-ID")
-        .filter(|id| !id.is_empty())
 }
 
 /// The upload token a message carries in its header (put there by [`Syncer::upload`]).
