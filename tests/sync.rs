@@ -1779,6 +1779,105 @@ async fn write_back_uses_the_servers_hierarchy_delimiter() {
     assert_eq!(exists(&mut raw, "Par/Kid"), 1);
 }
 
+/// Folders a client creates here, empty, are made upstream at the next pass, their new
+/// parents with them; one created and renamed before that pass is made under its new name,
+/// one created and deleted is not made at all. Nothing is written twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn folders_created_here_are_made_upstream() {
+    let world = World::new();
+    let dovecot = Dovecot::start_tls();
+    let (server, _dir, config) = bobs_sync(&world, &dovecot);
+    let out = sync_once(&config);
+    assert!(out.status.success(), "{out:?}");
+    let mut raw = server.login();
+    raw.ok("CREATE Empty");
+    raw.ok("CREATE Work/Projects/2027");
+    raw.ok("CREATE Draft");
+    raw.ok("RENAME Draft Final");
+    raw.ok("CREATE Fleeting");
+    raw.ok("DELETE Fleeting");
+    let out = sync_once(&config);
+    assert!(out.status.success(), "{out:?}");
+    let listed = || {
+        let list = upstream(&dovecot, json!([{"cmd": "raw", "line": "LIST \"\" \"*\""}]));
+        let mut names: Vec<String> = untagged(&list, 0)
+            .iter()
+            .filter_map(|l| Some(l.rsplit_once(' ')?.1.trim_matches('"').to_string()))
+            .collect();
+        names.sort();
+        names
+    };
+    assert_eq!(
+        listed(),
+        [
+            "Empty",
+            "Final",
+            "INBOX",
+            "Work",
+            "Work.Projects",
+            "Work.Projects.2027"
+        ],
+        "{out:?}"
+    );
+    let db = rusqlite::Connection::open(server.store_path()).unwrap();
+    let waiting: i64 = db
+        .query_row("SELECT count(*) FROM journal", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(waiting, 0, "every entry ended");
+    let out = sync_once(&config);
+    assert_eq!(stdout(&out).trim(), format!("{USER}: 0 new"), "{out:?}");
+    let list = raw.ok("LIST \"\" \"*\"").join("\n");
+    for name in ["Empty", "Final", "Work/Projects/2027"] {
+        assert!(list.contains(&format!("\"{name}\"")), "{name}: {list}");
+    }
+    assert!(
+        !list.contains("Fleeting") && !list.contains("\"Draft\""),
+        "{list}"
+    );
+}
+
+/// A folder made here by `sealpost deliver` was never upstream: renamed here, there is nothing
+/// to rename upstream, and the rename does not wait for good, holding up the changes after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_folder_that_was_never_upstream_is_renamed_here_only() {
+    let world = World::new();
+    let dovecot = Dovecot::start_tls();
+    let (server, _dir, config) = bobs_sync(&world, &dovecot);
+    let out = sync_once(&config);
+    assert!(out.status.success(), "{out:?}");
+    let mut deliver = Command::new(env!("CARGO_BIN_EXE_sealpost"))
+        .arg("--config")
+        .arg(&config)
+        .args(["deliver", "--account", USER, "--mailbox", "Lists"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    deliver
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(&plain_message("list mail"))
+        .unwrap();
+    assert!(deliver.wait().unwrap().success());
+    let mut raw = server.login();
+    raw.ok("RENAME Lists Groups");
+    raw.ok("SELECT Groups");
+    raw.ok("UID STORE 1 +FLAGS (\\Seen)");
+    raw.ok("UNSELECT");
+    let out = sync_once(&config);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{out:?}");
+    assert!(log.contains("the folder was never upstream"), "{log}");
+    assert!(!log.contains("not written back yet"), "{log}");
+    let db = rusqlite::Connection::open(server.store_path()).unwrap();
+    let waiting: i64 = db
+        .query_row("SELECT count(*) FROM journal", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(waiting, 0, "nothing waits");
+    assert_eq!(exists(&mut raw, "Groups"), 1);
+}
+
 /// A folder deleted here while new mail came into it upstream: the new mail is fetched (the
 /// folder comes back here holding it) before the folder is deleted upstream, never deleted
 /// unseen with it.

@@ -199,7 +199,7 @@ impl Session {
         }
         let account = self.account()?;
         let store = self.shared.store.clone();
-        tokio::task::spawn_blocking(move || store.create_mailbox(account, &name, None)).await??;
+        tokio::task::spawn_blocking(move || store.create_client_mailbox(account, &name)).await??;
         Ok(Done::ok("CREATE completed"))
     }
 

@@ -596,18 +596,44 @@ impl Store {
         })
     }
 
+    /// A mailbox made here by sealpost (one the sync found upstream, a delivery's target).
     pub fn create_mailbox(
         &self,
         account: AccountId,
         name: &str,
         special_use: Option<SpecialUse>,
     ) -> Result<Mailbox, StoreError> {
+        self.create_with(account, name, special_use, Origin::Sync)
+    }
+
+    /// A mailbox a client CREATEs: it and the parents made with it are journaled, so that
+    /// the write-back makes them upstream too (other clients see an empty folder as well).
+    pub fn create_client_mailbox(
+        &self,
+        account: AccountId,
+        name: &str,
+    ) -> Result<Mailbox, StoreError> {
+        self.create_with(account, name, None, Origin::Client)
+    }
+
+    fn create_with(
+        &self,
+        account: AccountId,
+        name: &str,
+        special_use: Option<SpecialUse>,
+        origin: Origin,
+    ) -> Result<Mailbox, StoreError> {
         self.write(|tx| {
             if find_mailbox(tx, account, name)?.is_some() {
                 return Err(StoreError::MailboxExists(name.to_owned()));
             }
-            create_parents(tx, account, name)?;
+            let parents = create_parents(tx, account, name)?;
             let id = insert_mailbox(tx, account, name, special_use, false)?;
+            if origin == Origin::Client {
+                for made in parents.iter().map(String::as_str).chain([name]) {
+                    journal(tx, account, made, 0, "create-mailbox", "")?;
+                }
+            }
             tx.query_row(
                 &format!("{MAILBOX_COLUMNS} WHERE id = ?1"),
                 [id],
@@ -1414,17 +1440,24 @@ fn find_mailbox(
     .optional()?)
 }
 
-/// RFC 3501 §6.3.3: superior names a new mailbox needs are created with it.
-fn create_parents(tx: &Connection, account: AccountId, name: &str) -> Result<(), StoreError> {
+/// RFC 3501 §6.3.3: superior names a new mailbox needs are created with it. Returns the
+/// names created, the topmost first.
+fn create_parents(
+    tx: &Connection,
+    account: AccountId,
+    name: &str,
+) -> Result<Vec<String>, StoreError> {
+    let mut made = Vec::new();
     let mut end = 0;
     while let Some(i) = name[end..].find(DELIMITER) {
         let parent = &name[..end + i];
         if find_mailbox(tx, account, parent)?.is_none() {
             insert_mailbox(tx, account, parent, None, false)?;
+            made.push(parent.to_string());
         }
         end += i + 1;
     }
-    Ok(())
+    Ok(made)
 }
 
 fn find_mailbox_id(c: &Connection, id: MailboxId) -> Result<Mailbox, StoreError> {
@@ -1674,7 +1707,8 @@ fn rename_in_journal(
     let entries: Vec<(i64, String, String, String)> = {
         let mut stmt = tx.prepare(
             "SELECT id, mailbox, kind, detail FROM journal
-             WHERE account = ?1 AND kind IN ('flags', 'expunge', 'append', 'copy', 'move')",
+             WHERE account = ?1
+               AND kind IN ('flags', 'expunge', 'append', 'copy', 'move', 'create-mailbox')",
         )?;
         let rows = stmt.query_map([account], |r| {
             Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))

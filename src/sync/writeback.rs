@@ -99,7 +99,7 @@ impl Held {
             .split_once('\t')
             .and_then(|(name, uid)| Some((name.to_string(), uid.parse::<u32>().ok()?)));
         match entry.kind.as_str() {
-            "delete-mailbox" => (vec![], vec![entry.mailbox.clone()]),
+            "delete-mailbox" | "create-mailbox" => (vec![], vec![entry.mailbox.clone()]),
             "rename-mailbox" => (vec![], vec![entry.mailbox.clone(), entry.detail.clone()]),
             "move" | "copy" => {
                 let mut messages = vec![(entry.mailbox.clone(), entry.uid)];
@@ -334,6 +334,26 @@ impl Syncer {
                 }
                 None => Ok(WrittenBack::default()),
             },
+            "create-mailbox" => {
+                // Deleted here since (its own entry deletes it upstream, if it got there):
+                // nothing to make.
+                if mailbox.is_none() {
+                    return Ok(WrittenBack::default());
+                }
+                let folder = up.wire_name_at(&entry.mailbox, entry.id);
+                if !self.synced(&folder) {
+                    return Ok(WrittenBack::default());
+                }
+                let reply = up
+                    .command(self, &format!("CREATE {}", quote(&folder)), None)
+                    .await?;
+                // There already (made by another client, or by an earlier try whose answer
+                // was lost) is as good as made.
+                if !reply.ok && !up.exists(self, &folder).await? {
+                    return Err(Failure::Entry(format!("CREATE: {}", reply.text)));
+                }
+                Ok(WrittenBack::default())
+            }
             "delete-mailbox" => {
                 let folder = up.wire_name(&entry.mailbox);
                 if !self.synced(&folder) {
@@ -405,9 +425,18 @@ impl Syncer {
                     )
                     .await?;
                 // A retry of a RENAME the server did but whose answer was lost gets NO: the
-                // folder has its new name already. Anything else waits.
-                if !reply.ok && (up.exists(self, &from).await? || !up.exists(self, &to).await?) {
-                    return Err(Failure::Entry(format!("RENAME: {}", reply.text)));
+                // folder has its new name already. So does a folder that was never upstream
+                // (one `sealpost deliver` made here): there is nothing to rename, and waiting
+                // would hold up every later change in it for good. A folder still there under
+                // its old name waits.
+                if !reply.ok {
+                    if up.exists(self, &from).await? {
+                        return Err(Failure::Entry(format!("RENAME: {}", reply.text)));
+                    }
+                    if !up.exists(self, &to).await? {
+                        tracing::info!(account = %self.name, %from, %to,
+                            "upstream RENAME: {} (the folder was never upstream)", reply.text);
+                    }
                 }
                 Ok(WrittenBack {
                     rename_folder: Some((from, to, up.delimiter.clone())),
