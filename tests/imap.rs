@@ -903,7 +903,8 @@ fn a_mailbox_is_not_renamed_under_itself() {
 }
 
 /// ENABLE waits for login (RFC 5161 §3.1); AUTHENTICATE PLAIN for another identity is a
-/// failed authentication (NO), not a syntax error.
+/// failed authentication (NO), not a syntax error; its NO, and a wrong password's, carry the
+/// RFC 5530 response codes.
 #[test]
 fn enable_before_login_and_plain_for_another_identity() {
     use base64::Engine;
@@ -914,7 +915,10 @@ fn enable_before_login_and_plain_for_another_identity() {
     let other =
         base64::engine::general_purpose::STANDARD.encode(format!("somebody\0{USER}\0{PASSWORD}"));
     let (_, tagged) = raw.cmd(&format!("AUTHENTICATE PLAIN {other}"));
-    assert!(tagged.contains(" NO "), "{tagged}");
+    assert!(tagged.contains(" NO [AUTHORIZATIONFAILED] "), "{tagged}");
+    // A wrong password gets the code LOGIN gives (RFC 5530), so a client can tell it apart.
+    let (_, tagged) = raw.cmd(&format!("AUTHENTICATE PLAIN {}", sasl_plain(USER, "wrong")));
+    assert!(tagged.contains(" NO [AUTHENTICATIONFAILED] "), "{tagged}");
     raw.ok(&format!("LOGIN {USER} \"{PASSWORD}\""));
     raw.ok("ENABLE CONDSTORE");
 }

@@ -825,10 +825,20 @@ impl Session {
             Err(error) => describe(error).2,
         };
         let text = Text::try_from(text).unwrap_or_else(|_| Text::unvalidated("done"));
+        // The response code of a NO (RFC 5530: AUTHENTICATIONFAILED, PRIVACYREQUIRED), as
+        // LOGIN gives it.
+        let code = match &response {
+            Err(error) => describe(error).1.map(|code| {
+                imap_next::imap_types::response::Code::Other(
+                    imap_next::imap_types::response::CodeOther::unvalidated(code.as_bytes()),
+                )
+            }),
+            Ok(_) => None,
+        };
         let status = match &response {
             Ok(_) => Status::ok(Some(tag_of(&tag)), None, text),
             Err(error) if describe(error).0 == "BAD" => Status::bad(Some(tag_of(&tag)), None, text),
-            Err(_) => Status::no(Some(tag_of(&tag)), None, text),
+            Err(_) => Status::no(Some(tag_of(&tag)), code, text),
         };
         let Ok(status) = status;
         self.conn.authenticate_finish(status);
