@@ -2176,6 +2176,56 @@ async fn a_move_whose_original_went_elsewhere_upstream_is_stored_there() {
     assert_eq!(exists(&mut raw, "INBOX"), 0);
 }
 
+/// Messages moved out of a folder that is then deleted here, all before the next pass: each
+/// move is still a UID MOVE of the original (its ciphertext and signature kept, no upload that
+/// needs the account's own key), and then the emptied folder goes upstream too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moved_out_of_a_folder_deleted_here_before_the_pass() {
+    let world = World::new();
+    let dovecot = Dovecot::start_tls();
+    upstream(
+        &dovecot,
+        json!([{"cmd": "raw", "line": "CREATE Old"}, {"cmd": "raw", "line": "CREATE Archive"},
+        append_bytes("Old", &plain_message("kept")),
+        append_bytes("Old", &plain_message("copied"))]),
+    );
+    let (server, _dir, config) = bobs_sync(&world, &dovecot);
+    let out = sync_once(&config);
+    assert_eq!(stdout(&out).trim(), format!("{USER}: 2 new"), "{out:?}");
+    let original = std::fs::read(&dovecot.mailbox_files("Old")[0]).unwrap();
+    let mut raw = server.login();
+    raw.ok("SELECT Old");
+    raw.ok("UID COPY 2 INBOX");
+    raw.ok("UID MOVE 1:2 Archive");
+    raw.ok("UNSELECT");
+    raw.ok("DELETE Old");
+    let out = sync_once(&config);
+    assert!(out.status.success(), "{out:?}");
+    let archive = dovecot.mailbox_files("Archive");
+    assert_eq!(archive.len(), 2, "{out:?}");
+    assert!(
+        archive
+            .iter()
+            .any(|f| std::fs::read(f).unwrap() == original),
+        "the original's bytes, moved: {out:?}"
+    );
+    assert_eq!(dovecot.mailbox_files("INBOX").len(), 1, "copied: {out:?}");
+    let list = upstream(
+        &dovecot,
+        json!([{"cmd": "raw", "line": "LIST \"\" \"Old\""}]),
+    );
+    assert!(untagged(&list, 0).is_empty(), "Old is gone upstream");
+    let db = rusqlite::Connection::open(server.store_path()).unwrap();
+    let waiting: i64 = db
+        .query_row("SELECT count(*) FROM journal", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(waiting, 0, "nothing waits: {out:?}");
+    let out = sync_once(&config);
+    assert_eq!(stdout(&out).trim(), format!("{USER}: 0 new"), "{out:?}");
+    assert_eq!(exists(&mut raw, "Archive"), 2);
+    assert_eq!(exists(&mut raw, "INBOX"), 1);
+}
+
 /// A flag set here and another set upstream on the same message between two passes: the
 /// write-back sends only what changed here, so both flags end up on both sides.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

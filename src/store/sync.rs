@@ -218,6 +218,42 @@ impl Store {
         })
     }
 
+    /// The link of message `uid` of a mailbox deleted here, linked in upstream `folder`, while
+    /// the deletion waits to be written back (its links stay until then): (the deleted
+    /// mailbox's id, the link). None when there is none, or more than one (the name deleted
+    /// twice).
+    pub fn orphan_upstream_of(
+        &self,
+        account: AccountId,
+        folder: &str,
+        uid: u32,
+    ) -> Result<Option<(MailboxId, UpstreamRef)>, StoreError> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT s.mailbox, s.uidvalidity, s.upstream_uid FROM sync_map s
+                 WHERE s.account = ?1 AND s.folder = ?2 AND s.uid = ?3
+                   AND NOT EXISTS (SELECT 1 FROM mailboxes m WHERE m.id = s.mailbox)
+                 LIMIT 2",
+            )?;
+            let found: Vec<(MailboxId, UpstreamRef)> = stmt
+                .query_map(params![account, folder, uid], |r| {
+                    Ok((
+                        r.get(0)?,
+                        UpstreamRef {
+                            folder: folder.to_string(),
+                            uidvalidity: r.get(1)?,
+                            uid: r.get(2)?,
+                        },
+                    ))
+                })?
+                .collect::<Result<_, _>>()?;
+            Ok(match <[_; 1]>::try_from(found) {
+                Ok([one]) => Some(one),
+                Err(_) => None,
+            })
+        })
+    }
+
     /// Takes flag changes made upstream (RFC 7162 CHANGEDSINCE) into the linked local
     /// messages: upstream's flags replace the local ones, except sealpost's own verdict
     /// keywords, which stay. A message with a local change still waiting in the journal keeps

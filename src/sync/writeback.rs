@@ -471,9 +471,15 @@ impl Syncer {
         let Some(target) = self.local_mailbox(account, &target_name).await? else {
             return Ok(WrittenBack::default());
         };
-        let from = match source {
-            Some(source) => self.linked(Some(source), entry.uid).await?,
-            None => None,
+        let (source, from) = match source {
+            Some(source) => (Some(source), self.linked(Some(source), entry.uid).await?),
+            None => match self
+                .orphan_link(up, account, &entry.mailbox, entry.uid, entry.id)
+                .await?
+            {
+                Some((source, link)) => (Some(source), Some(link)),
+                None => (None, None),
+            },
         };
         let to_folder = up.wire_name_at(&target_name, entry.id);
         let Some(from) = from.filter(|_| self.synced(&to_folder)) else {
@@ -667,6 +673,15 @@ impl Syncer {
                 (Some(source), Ok(uid)) => {
                     source_message = Some((source, uid));
                     self.linked(Some(source), uid).await?
+                }
+                (None, Ok(uid)) => {
+                    match self.orphan_link(up, account, name, uid, entry.id).await? {
+                        Some((source, link)) => {
+                            source_message = Some((source, uid));
+                            Some(link)
+                        }
+                        None => None,
+                    }
                 }
                 _ => None,
             },
@@ -925,6 +940,23 @@ impl Syncer {
         };
         let store = self.store.clone();
         Ok(blocking(move || store.upstream_of(mailbox, uid)).await??)
+    }
+
+    /// The link of message `uid` of local mailbox `name` that was deleted here after the
+    /// change (entry `entry`) was made: the deletion, written back after it, has not yet
+    /// dropped its links. So a move or copy out of a folder deleted before the pass is still
+    /// a UID MOVE or COPY of the original, not an upload of it. (The deleted mailbox's id, the
+    /// link.)
+    async fn orphan_link(
+        &self,
+        up: &Upstream<'_>,
+        account: AccountId,
+        name: &str,
+        uid: u32,
+        entry: i64,
+    ) -> Result<Option<(MailboxId, UpstreamRef)>, Failure> {
+        let (store, folder) = (self.store.clone(), up.wire_name_at(name, entry));
+        Ok(blocking(move || store.orphan_upstream_of(account, &folder, uid)).await??)
     }
 
     /// Whether an upstream folder is one the account syncs (`folders`, when set, limits it):
