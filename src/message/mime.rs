@@ -147,7 +147,7 @@ pub fn signing_safe_field(name: &str, raw: &[u8]) -> Vec<u8> {
                 .collect();
             let mut out = raw[..=colon].to_vec();
             out.push(b' ');
-            out.extend_from_slice(&encode_eight_bit_runs(value.trim_ascii()));
+            out.extend_from_slice(&encode_eight_bit_runs(value.trim_ascii(), colon + 2));
             out.extend_from_slice(b"\r\n");
             return out;
         }
@@ -178,8 +178,10 @@ fn trim_blanks_end(bytes: &[u8]) -> &[u8] {
 /// An unstructured value with its words of 8-bit bytes as encoded words and the rest as it
 /// was (words that are encoded words already stay so). Adjacent 8-bit words are encoded
 /// together with the blank between them, and so is the blank next to an encoded word that
-/// was there: a decoder drops blanks between two encoded words (RFC 2047 §6.2).
-fn encode_eight_bit_runs(value: &[u8]) -> Vec<u8> {
+/// was there: a decoder drops blanks between two encoded words (RFC 2047 §6.2). Folded
+/// between words so that no line, the first one after its `first_line` characters of field
+/// name included, passes 76 characters where a word allows (RFC 2047 §2).
+fn encode_eight_bit_runs(value: &[u8], first_line: usize) -> Vec<u8> {
     let words: Vec<&[u8]> = value
         .split(|b| *b == b' ' || *b == b'\t')
         .filter(|w| !w.is_empty())
@@ -207,7 +209,26 @@ fn encode_eight_bit_runs(value: &[u8]) -> Vec<u8> {
         }
         parts.push(encoded_words(&run).trim_ascii_start().to_vec());
     }
-    parts.join(&b' ')
+    let mut out = Vec::with_capacity(value.len() * 2);
+    let mut line = first_line;
+    for (i, part) in parts.iter().enumerate() {
+        let head = part.split(|b| *b == b'\r').next().unwrap_or(part).len();
+        if i > 0 {
+            // Unfolding gives back the one blank.
+            if line + 1 + head > 76 {
+                out.extend_from_slice(b"\r\n");
+                line = 0;
+            }
+            out.push(b' ');
+            line += 1;
+        }
+        out.extend_from_slice(part);
+        line = match part.iter().rposition(|b| *b == b'\n') {
+            Some(at) => part.len() - at - 1,
+            None => line + part.len(),
+        };
+    }
+    out
 }
 
 /// `text` as RFC 2047 "B" encoded words of at most 75 characters, one per folded line
@@ -427,6 +448,13 @@ mod tests {
             "Subject: Grüße Köln, =?UTF-8?Q?s=C3=BC=C3=9F?= ok \r\n".as_bytes(),
         );
         assert_eq!(decoded_subject(&f), "Grüße Köln, süß ok");
+        // Every line within RFC 2047's 76 characters, the first one with its field name.
+        let long = "Subject: Re: Einladung zur Jahresversammlung der Bürgerinitiative \
+            Grünflächen im Stadtteil Süd-Ost, Tagesordnung und Anträge\r\n";
+        let f = signing_safe_field("Subject", long.as_bytes());
+        let text = String::from_utf8(f.clone()).unwrap();
+        assert!(text.split("\r\n").all(|l| l.len() <= 76), "{text}");
+        assert_eq!(decoded_subject(&f), long["Subject: ".len()..].trim_end());
         // A folded line of blanks only is dropped, never left as an empty line.
         let f = signing_safe_field("Subject", b"Subject: hello\r\n \r\n world \r\n");
         assert_eq!(f, b"Subject: hello\r\n world\r\n");
