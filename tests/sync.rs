@@ -64,6 +64,13 @@ fn sync_once(config: &Path) -> Output {
         .unwrap()
 }
 
+/// How many local changes wait in the store's journal to be written back.
+fn waiting_changes(server: &Server) -> i64 {
+    let db = rusqlite::Connection::open(server.store_path()).unwrap();
+    db.query_row("SELECT count(*) FROM journal", [], |r| r.get(0))
+        .unwrap()
+}
+
 fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
@@ -1249,11 +1256,7 @@ async fn a_change_waiting_for_a_message_gone_upstream_ends() {
     assert!(out.status.success(), "{out:?}");
     let out = sync_once(&config);
     assert!(out.status.success(), "{out:?}");
-    let db = rusqlite::Connection::open(server.store_path()).unwrap();
-    let waiting: i64 = db
-        .query_row("SELECT count(*) FROM journal", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(waiting, 0, "the expunge ended: {out:?}");
+    assert_eq!(waiting_changes(&server), 0, "the expunge ended: {out:?}");
     upstream(&dovecot, json!([append_bytes("Archive", gone)]));
     let out = sync_once(&config);
     assert_eq!(stdout(&out).trim(), format!("{USER}: 1 new"), "{out:?}");
@@ -1819,11 +1822,7 @@ async fn folders_created_here_are_made_upstream() {
         ],
         "{out:?}"
     );
-    let db = rusqlite::Connection::open(server.store_path()).unwrap();
-    let waiting: i64 = db
-        .query_row("SELECT count(*) FROM journal", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(waiting, 0, "every entry ended");
+    assert_eq!(waiting_changes(&server), 0, "every entry ended");
     let out = sync_once(&config);
     assert_eq!(stdout(&out).trim(), format!("{USER}: 0 new"), "{out:?}");
     let list = raw.ok("LIST \"\" \"*\"").join("\n");
@@ -1870,11 +1869,7 @@ async fn a_folder_that_was_never_upstream_is_renamed_here_only() {
     assert!(out.status.success(), "{out:?}");
     assert!(log.contains("the folder was never upstream"), "{log}");
     assert!(!log.contains("not written back yet"), "{log}");
-    let db = rusqlite::Connection::open(server.store_path()).unwrap();
-    let waiting: i64 = db
-        .query_row("SELECT count(*) FROM journal", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(waiting, 0, "nothing waits");
+    assert_eq!(waiting_changes(&server), 0, "nothing waits");
     assert_eq!(exists(&mut raw, "Groups"), 1);
 }
 
@@ -1927,6 +1922,29 @@ async fn a_folder_deleted_here_keeps_mail_that_came_upstream_since() {
     );
 }
 
+/// A pass whose UID COPY (of a move or copy into Archive) never reaches the server; then a
+/// message with the Message-ID of plain_message("two") and other bytes comes into Archive, and
+/// a pass straight to the server follows. Returns that direct configuration and its output.
+fn stall_the_copy_then_add_a_namesake(
+    server: &Server,
+    dovecot: &Dovecot,
+    dir: &Path,
+) -> (PathBuf, Output) {
+    let port = proxy(dovecot.port, |t| t.contains("UID COPY"), false);
+    let stalling = port_config(server, dovecot, dir, port, "stall", "");
+    let out = sync_once(&stalling);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("write-back stopped"), "{log}");
+    assert!(dovecot.mailbox_files("Archive").is_empty(), "no COPY went");
+    let namesake =
+        b"From: x@example.org\r\nSubject: namesake\r\nMessage-ID: <two@example.org>\r\n\r\nother\r\n";
+    upstream(dovecot, json!([append_bytes("Archive", namesake)]));
+    let direct = port_config(server, dovecot, dir, dovecot.port, "direct", "");
+    let out = sync_once(&direct);
+    assert!(out.status.success(), "{out:?}");
+    (direct, out)
+}
+
 /// Against a server without MOVE, a move whose first try stopped before its COPY reached the
 /// server is retried: another message with the same Message-ID that came into the target
 /// folder meanwhile is not taken for the copy (its bytes differ), so the original is copied,
@@ -1948,20 +1966,7 @@ async fn a_retried_move_does_not_take_a_namesake_for_its_copy() {
     raw.ok("UID MOVE 1 Archive");
     raw.ok("UNSELECT");
 
-    // The COPY never reaches the server.
-    let port = proxy(dovecot.port, |t| t.contains("UID COPY"), false);
-    let stalling = port_config(&server, &dovecot, dir.path(), port, "stall", "");
-    let out = sync_once(&stalling);
-    let log = String::from_utf8_lossy(&out.stderr);
-    assert!(log.contains("write-back stopped"), "{log}");
-    assert!(dovecot.mailbox_files("Archive").is_empty(), "no COPY went");
-
-    let namesake =
-        b"From: x@example.org\r\nSubject: namesake\r\nMessage-ID: <two@example.org>\r\n\r\nother\r\n";
-    upstream(&dovecot, json!([append_bytes("Archive", namesake)]));
-    let direct = port_config(&server, &dovecot, dir.path(), dovecot.port, "direct", "");
-    let out = sync_once(&direct);
-    assert!(out.status.success(), "{out:?}");
+    stall_the_copy_then_add_a_namesake(&server, &dovecot, dir.path());
     let archive = upstream(
         &dovecot,
         json!([{"cmd": "raw", "line": "SELECT Archive"},
@@ -2015,19 +2020,7 @@ async fn a_retried_copy_is_made_once_and_found_by_its_bytes() {
     raw.ok("UID COPY 1 Archive");
     raw.ok("UNSELECT");
 
-    // The COPY never reaches the server; a namesake comes in meanwhile.
-    let port = proxy(dovecot.port, |t| t.contains("UID COPY"), false);
-    let stalling = port_config(&server, &dovecot, dir.path(), port, "stall", "");
-    let out = sync_once(&stalling);
-    let log = String::from_utf8_lossy(&out.stderr);
-    assert!(log.contains("write-back stopped"), "{log}");
-    assert!(dovecot.mailbox_files("Archive").is_empty(), "no COPY went");
-    let namesake =
-        b"From: x@example.org\r\nSubject: namesake\r\nMessage-ID: <two@example.org>\r\n\r\nother\r\n";
-    upstream(&dovecot, json!([append_bytes("Archive", namesake)]));
-    let direct = port_config(&server, &dovecot, dir.path(), dovecot.port, "direct", "");
-    let out = sync_once(&direct);
-    assert!(out.status.success(), "{out:?}");
+    let (direct, out) = stall_the_copy_then_add_a_namesake(&server, &dovecot, dir.path());
     let mut subjects = archive_subjects();
     subjects.sort();
     assert_eq!(subjects, ["Subject: namesake", "Subject: two"], "{out:?}");
@@ -2068,11 +2061,7 @@ async fn a_retried_copy_is_made_once_and_found_by_its_bytes() {
     assert!(out.status.success(), "{out:?}");
     assert_eq!(copies("Subject: no id either"), 1, "{out:?}");
     assert_eq!(exists(&mut raw, "Archive"), 4, "nothing fetched twice");
-    let db = rusqlite::Connection::open(server.store_path()).unwrap();
-    let waiting: i64 = db
-        .query_row("SELECT count(*) FROM journal", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(waiting, 0, "every copy ended");
+    assert_eq!(waiting_changes(&server), 0, "every copy ended");
 }
 
 /// Against a server without MOVE, a move whose COPY was done but whose answer was lost: the
@@ -2164,11 +2153,7 @@ async fn a_move_whose_original_went_elsewhere_upstream_is_stored_there() {
     assert!(common::contains(&stored, "-----BEGIN PGP MESSAGE-----"));
     assert!(!common::contains(&stored, "Subject: contested"));
     assert_eq!(dovecot.mailbox_files("Archive").len(), 1);
-    let db = rusqlite::Connection::open(server.store_path()).unwrap();
-    let waiting: i64 = db
-        .query_row("SELECT count(*) FROM journal", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(waiting, 0, "the move ended");
+    assert_eq!(waiting_changes(&server), 0, "the move ended");
     let out = sync_once(&config);
     assert_eq!(stdout(&out).trim(), format!("{USER}: 0 new"), "{out:?}");
     assert_eq!(exists(&mut raw, "Work"), 1);
@@ -2215,11 +2200,7 @@ async fn moved_out_of_a_folder_deleted_here_before_the_pass() {
         json!([{"cmd": "raw", "line": "LIST \"\" \"Old\""}]),
     );
     assert!(untagged(&list, 0).is_empty(), "Old is gone upstream");
-    let db = rusqlite::Connection::open(server.store_path()).unwrap();
-    let waiting: i64 = db
-        .query_row("SELECT count(*) FROM journal", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(waiting, 0, "nothing waits: {out:?}");
+    assert_eq!(waiting_changes(&server), 0, "nothing waits: {out:?}");
     let out = sync_once(&config);
     assert_eq!(stdout(&out).trim(), format!("{USER}: 0 new"), "{out:?}");
     assert_eq!(exists(&mut raw, "Archive"), 2);
