@@ -222,6 +222,9 @@ fn fetch_and_search_answers_equal_dovecots() {
         "FETCH 1:* (BODY.PEEK[2] BODY.PEEK[1.2] BODY.PEEK[2.MIME] BODY.PEEK[1]<5.10>)",
         "FETCH 1:* (BODY.PEEK[]<100000000.10> BODY.PEEK[HEADER.FIELDS.NOT (RECEIVED DATE)])",
         "FETCH 1:* (RFC822.HEADER RFC822.SIZE)",
+        "FETCH 1:* (RFC822.HEADER RFC822)",
+        // Last: without .PEEK, RFC822.TEXT sets \Seen (and says so).
+        "FETCH 1:* (RFC822.TEXT)",
     ];
     for query in queries {
         steps.push(json!({"cmd": "raw", "line": query}));

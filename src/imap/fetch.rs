@@ -293,8 +293,17 @@ fn need_of(items: &[MessageDataItemName<'_>]) -> Need {
             MessageDataItemName::Body => need.body = true,
             MessageDataItemName::BodyStructure => need.bodystructure = true,
             MessageDataItemName::Envelope => need.envelope = true,
-            MessageDataItemName::Rfc822Header => need.header = true,
-            MessageDataItemName::Rfc822 | MessageDataItemName::Rfc822Text => need.raw = true,
+            // The part map gives the header's length when the whole message is read too (for
+            // RFC822 or a BODY[] section next to it): the header is then cut from it.
+            MessageDataItemName::Rfc822Header => {
+                need.header = true;
+                need.parts = true;
+            }
+            MessageDataItemName::Rfc822 => need.raw = true,
+            MessageDataItemName::Rfc822Text => {
+                need.raw = true;
+                need.parts = true;
+            }
             MessageDataItemName::BodyExt { section, .. } => match section {
                 Some(
                     Section::Header(None)
