@@ -767,6 +767,38 @@ fn condstore_and_qresync_over_imap() {
     a.ok("STORE 1 +FLAGS.SILENT (\\Deleted)");
     a.ok("EXPUNGE");
     assert!(b.ok("NOOP").contains(&"* VANISHED 1".to_owned()));
+
+    // CHANGEDSINCE turns CONDSTORE on: the session is told the HIGHESTMODSEQ once (RFC 7162
+    // §3.1), and each response carries MODSEQ even without FLAGS (§3.1.4.1).
+    let mut c = server.login();
+    c.ok("SELECT INBOX");
+    let changed = c.ok("UID FETCH 1:* (UID) (CHANGEDSINCE 1)");
+    assert!(
+        changed
+            .iter()
+            .any(|l| l.starts_with("* OK [HIGHESTMODSEQ ")),
+        "{changed:?}"
+    );
+    let fetched: Vec<&String> = changed.iter().filter(|l| l.contains(" FETCH ")).collect();
+    assert!(
+        !fetched.is_empty() && fetched.iter().all(|l| l.contains(" MODSEQ (")),
+        "{changed:?}"
+    );
+    assert!(!c
+        .ok("ENABLE CONDSTORE")
+        .iter()
+        .any(|l| l.contains("HIGHESTMODSEQ")));
+    // Nothing to enable: "* ENABLED" with no trailing blank (RFC 5161 §4).
+    assert_eq!(c.ok("ENABLE UTF8=ACCEPT"), ["* ENABLED"]);
+    let mut d = server.login();
+    d.ok("SELECT INBOX");
+    let enabled = d.ok("ENABLE CONDSTORE");
+    assert!(
+        enabled
+            .iter()
+            .any(|l| l.starts_with("* OK [HIGHESTMODSEQ ")),
+        "{enabled:?}"
+    );
 }
 
 #[test]

@@ -63,7 +63,7 @@ impl Session {
                 .iter()
                 .any(|i| matches!(i, MessageDataItemName::ModSeq))
         {
-            self.condstore = true;
+            self.enable_condstore().await?;
         }
         let condstore = self.condstore;
         let selected = self.selected()?;
@@ -103,6 +103,7 @@ impl Session {
             recent,
             uid,
             condstore,
+            changed_since: changed_since.is_some(),
         });
         let shared_store = self.shared.store.clone();
         let read = |rest: &[(u32, u32)]| {
@@ -207,6 +208,7 @@ struct Renderer {
     recent: Vec<(u32, u32)>,
     uid: bool,
     condstore: bool,
+    changed_since: bool,
 }
 
 impl Renderer {
@@ -253,6 +255,7 @@ impl Renderer {
                     recent,
                     extra_flags: seen_now.contains(&row.uid),
                     condstore: self.condstore,
+                    changed_since: self.changed_since,
                 },
             )?;
         }
@@ -267,6 +270,8 @@ struct Extras {
     /// \Seen was just set by this FETCH: FLAGS goes out even if not asked for.
     extra_flags: bool,
     condstore: bool,
+    /// CHANGEDSINCE was given: every response carries MODSEQ (RFC 7162 §3.1.4.1).
+    changed_since: bool,
 }
 
 fn sets_seen(item: &MessageDataItemName<'_>) -> bool {
@@ -415,8 +420,12 @@ fn render_message(
         out.text("FLAGS ");
         out.flags(row.flags.iter().chain(extras.recent.then_some("\\Recent")));
     }
-    // RFC 7162 §3.1.4.1: with CONDSTORE enabled, FETCH responses carrying FLAGS carry MODSEQ.
-    if extras.condstore && !modseq_done && (asked_flags || extras.extra_flags) {
+    // RFC 7162 §3.1.4.1: with CONDSTORE enabled, FETCH responses carrying FLAGS carry MODSEQ,
+    // and with CHANGEDSINCE all of them do.
+    if extras.condstore
+        && !modseq_done
+        && (asked_flags || extras.extra_flags || extras.changed_since)
+    {
         sep(out);
         out.text("MODSEQ (").num(row.modseq).text(")");
     }

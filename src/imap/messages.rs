@@ -105,7 +105,7 @@ impl Session {
             })
             .next();
         if condstore_modifier.is_some() {
-            self.condstore = true;
+            self.enable_condstore().await?;
         }
         let selected = self.selected()?;
         if selected.read_only {

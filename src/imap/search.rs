@@ -316,7 +316,7 @@ impl Session {
         let key = SearchKey::And(criteria);
         let modseq_used = uses_modseq(&key);
         if modseq_used {
-            self.condstore = true;
+            self.enable_condstore().await?;
         }
         let mut need = Need::default();
         need_of(&key, &mut need);

@@ -876,22 +876,38 @@ impl Session {
             let name = capability.to_string().to_ascii_uppercase();
             match name.as_str() {
                 "CONDSTORE" => {
-                    self.condstore = true;
+                    self.enable_condstore().await?;
                     enabled.push("CONDSTORE");
                 }
                 "QRESYNC" => {
-                    self.condstore = true;
+                    self.enable_condstore().await?;
                     self.qresync = true;
                     enabled.push("QRESYNC");
                 }
                 _ => {}
             }
         }
-        let line = format!("* ENABLED {}\r\n", enabled.join(" "));
-        self.conn
-            .write(line.trim_end_matches(' ').as_bytes())
-            .await?;
+        // RFC 5161 §4: "ENABLED" *(SP capability); nothing enabled, no trailing blank.
+        let line: String = std::iter::once("* ENABLED")
+            .chain(enabled.iter().flat_map(|c| [" ", *c]))
+            .chain(["\r\n"])
+            .collect();
+        self.conn.write(line.as_bytes()).await?;
         Ok(Done::ok("ENABLE completed"))
+    }
+
+    /// Turns CONDSTORE on for the session. RFC 7162 §3.1: the first CONDSTORE enabling
+    /// command other than SELECT or EXAMINE, with a mailbox selected, tells the HIGHESTMODSEQ
+    /// (the one this session has been told about: changes not yet reported stay above it).
+    pub(super) async fn enable_condstore(&mut self) -> Result<(), CmdError> {
+        if std::mem::replace(&mut self.condstore, true) {
+            return Ok(());
+        }
+        if let State::Selected(_, selected) = &self.state {
+            let line = format!("* OK [HIGHESTMODSEQ {}] Highest\r\n", selected.modseq);
+            self.conn.write(line.as_bytes()).await?;
+        }
+        Ok(())
     }
 
     /// The mailbox a command names, in the session's account.
