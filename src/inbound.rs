@@ -204,7 +204,13 @@ pub async fn process(keys: &KeyService, raw: &[u8]) -> Result<Processed, Inbound
                 verdict.encryption = Encryption::Decrypted;
                 let plaintext = crate::store::crlf(&decrypted.plaintext);
                 if pgp_mime {
-                    let (inner_header, inner_body) = split(&plaintext);
+                    let (inner_header, inner_body) = match split(&plaintext) {
+                        (header, body) if is_mime_header(header) => (header, body),
+                        // Not a MIME entity (RFC 3156 §4 says it is one): text from a sender
+                        // that encrypted a bare text. Read as a header, its first paragraph
+                        // would be dropped field by field; all of it is the body.
+                        _ => (TEXT_HEADER, &plaintext[..]),
+                    };
                     let signed_header = signed_part_header(&plaintext);
                     // A multipart/signed entity's own header is outside its signature (§6.1):
                     // anyone can wrap a signed part they captured, with protected fields of
@@ -497,6 +503,26 @@ pub fn strip_field(header: &[u8], name: &str) -> Vec<u8> {
     let consumed: usize = kept.iter().map(|(_, f)| f.len()).sum();
     out.extend_from_slice(&header[consumed..]);
     out
+}
+
+/// The header of decrypted text that is not a MIME entity (UTF-8, as inline text is read).
+const TEXT_HEADER: &[u8] = b"Content-Type: text/plain; charset=utf-8\r\n\
+    Content-Transfer-Encoding: 8bit\r\n\r\n";
+
+/// Whether the first paragraph of decrypted PGP/MIME content is a MIME header: every line a
+/// field (a name of RFC 5322 ftext, a colon) or its continuation, and a Content-* field among
+/// them. Text whose first line only looks like a field ("Note: ...") has no Content-Type.
+fn is_mime_header(header: &[u8]) -> bool {
+    let fields = fields(header);
+    let consumed: usize = fields.iter().map(|(_, f)| f.len()).sum();
+    let well_formed = fields.iter().all(|(name, field)| {
+        !name.is_empty()
+            && name.iter().all(|b| (33..=126).contains(b) && *b != b':')
+            && field.contains(&b':')
+    });
+    well_formed
+        && matches!(&header[consumed..], b"\r\n" | b"")
+        && fields.iter().any(|(name, _)| is_content_field(name))
 }
 
 fn is_content_field(name: &[u8]) -> bool {

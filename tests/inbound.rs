@@ -402,6 +402,53 @@ async fn the_signer_is_compared_with_the_from_that_is_shown() {
     );
 }
 
+/// PGP/MIME whose decrypted content is bare text, not a MIME entity (a sender that encrypted
+/// the text itself): all of it is stored as the body, none of its first paragraph read as a
+/// header and dropped; a first line that looks like a field ("Note: ...") too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decrypted_bare_text_is_kept_whole() {
+    let world = World::new();
+    let server = bobs_store(&world);
+    let texts: [&[u8]; 2] = [
+        b"Hi Bob,\r\nthe door code is 4711.\r\n\r\nCheers, Alice\r\n",
+        "Note: the café opens at 9.\r\n\r\nAlice\r\n".as_bytes(),
+    ];
+    for text in texts {
+        let out = world.sender.gpg(
+            &[
+                "--armor",
+                "--sign",
+                "--encrypt",
+                "--trust-model",
+                "always",
+                "-u",
+                &world.alice,
+                "-r",
+                &world.bob_fpr,
+            ],
+            Some(text),
+        );
+        assert!(out.status.success(), "{out:?}");
+        let (code, output) = deliver(&server, &verdicts::pgp_mime(&out.stdout));
+        assert_eq!(code, 0, "{output}");
+    }
+    let stored = verdicts::fetch_all(&server);
+    assert_eq!(stored.len(), 2);
+    for ((_, message), text) in stored.iter().zip(texts) {
+        assert!(
+            common::find(message, text).is_some(),
+            "{}",
+            String::from_utf8_lossy(message)
+        );
+        let verdict = verdicts::verdict(message);
+        assert!(
+            verdict.starts_with("encrypted; signature=valid"),
+            "{verdict}"
+        );
+        assert!(common::contains(message, "charset=utf-8"));
+    }
+}
+
 /// Alice's genuine signed copy (RFC 9788 fields inside its signed part), wrapped by Mallory:
 /// protected fields of his own on the multipart/signed entity (outside the signature), an
 /// outer Reply-To, all encrypted to Bob without a signature of the whole. What is shown is
