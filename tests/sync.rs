@@ -2107,60 +2107,6 @@ async fn a_retried_move_of_a_message_without_message_id_copies_once() {
     assert_eq!(exists(&mut raw, "INBOX"), 0);
 }
 
-/// A message moved here whose original another client moved away upstream since the last
-/// pass: the UID MOVE finds nothing (no COPYUID), so the message goes up into the target
-/// folder on its own, encrypted, rather than staying here only. The other client's move comes
-/// down as the mail it is there.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_move_whose_original_went_elsewhere_upstream_is_stored_there() {
-    let world = World::new();
-    let dovecot = Dovecot::start_tls();
-    upstream(
-        &dovecot,
-        json!([{"cmd": "raw", "line": "CREATE Archive"}, {"cmd": "raw", "line": "CREATE Work"},
-        append_bytes("INBOX", &plain_message("contested"))]),
-    );
-    let server = Server::start_config("", &gnupg_table(&world));
-    let dir = tempfile::tempdir().unwrap();
-    let config = sync_config(
-        &server,
-        &upstream_table(
-            &dovecot,
-            dir.path(),
-            "none",
-            dovecot.port,
-            "address = \"bob@example.org\"",
-        ),
-    );
-    let out = sync_once(&config);
-    assert_eq!(stdout(&out).trim(), format!("{USER}: 1 new"), "{out:?}");
-    upstream(
-        &dovecot,
-        json!([{"cmd": "raw", "line": "SELECT INBOX"},
-        {"cmd": "raw", "line": "UID MOVE 1 Archive"}]),
-    );
-    let mut raw = server.login();
-    raw.ok("SELECT INBOX");
-    raw.ok("UID MOVE 1 Work");
-    raw.ok("UNSELECT");
-    let out = sync_once(&config);
-    let log = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{out:?}");
-    assert!(log.contains("the original is gone upstream"), "{log}");
-    let work = dovecot.mailbox_files("Work");
-    assert_eq!(work.len(), 1, "{log}");
-    let stored = std::fs::read(&work[0]).unwrap();
-    assert!(common::contains(&stored, "-----BEGIN PGP MESSAGE-----"));
-    assert!(!common::contains(&stored, "Subject: contested"));
-    assert_eq!(dovecot.mailbox_files("Archive").len(), 1);
-    assert_eq!(waiting_changes(&server), 0, "the move ended");
-    let out = sync_once(&config);
-    assert_eq!(stdout(&out).trim(), format!("{USER}: 0 new"), "{out:?}");
-    assert_eq!(exists(&mut raw, "Work"), 1);
-    assert_eq!(exists(&mut raw, "Archive"), 1);
-    assert_eq!(exists(&mut raw, "INBOX"), 0);
-}
-
 /// Messages moved out of a folder that is then deleted here, all before the next pass: each
 /// move is still a UID MOVE of the original (its ciphertext and signature kept, no upload that
 /// needs the account's own key), and then the emptied folder goes upstream too.

@@ -545,27 +545,10 @@ impl Syncer {
             // loses its link, and the move then uploads the message.
             return Err(Failure::Entry(STALE_LINK.into()));
         }
-        let moved = self
-            .copy_then_expunge(
-                up, &from, &to_folder, target, new_uid, entry, unlink, hash_from,
-            )
-            .await?;
-        if moved.link.is_none() && up.uidplus {
-            // RFC 4315 §3: a UIDPLUS server answers a COPY or MOVE that found the message
-            // with COPYUID. None: the original was gone upstream (another client moved or
-            // expunged it since the last pass). The message moved here then goes up on its own,
-            // as a copy of one not upstream does; left as it is, it would stay here only.
-            tracing::info!(account = %self.name, folder = %to_folder, uid = from.uid,
-                "the original is gone upstream: storing the moved message there");
-            let uploaded = self
-                .upload(up, entry, target, new_uid, &target_name)
-                .await?;
-            return Ok(WrittenBack {
-                unlink: moved.unlink,
-                ..uploaded
-            });
-        }
-        Ok(moved)
+        self.copy_then_expunge(
+            up, &from, &to_folder, target, new_uid, entry, unlink, hash_from,
+        )
+        .await
     }
 
     /// The move itself, with the source folder selected: `UID MOVE`, or `UID COPY` then the
