@@ -2153,6 +2153,39 @@ async fn moved_out_of_a_folder_deleted_here_before_the_pass() {
     assert_eq!(exists(&mut raw, "INBOX"), 1);
 }
 
+/// A message moved out of a folder that is deleted here and that another client deleted
+/// upstream meanwhile: there is no original left to move, so the message goes up into the
+/// target folder on its own (encrypted), and neither change waits for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moved_out_of_a_folder_deleted_on_both_sides() {
+    let world = World::new();
+    let dovecot = Dovecot::start_tls();
+    upstream(
+        &dovecot,
+        json!([{"cmd": "raw", "line": "CREATE Old"}, {"cmd": "raw", "line": "CREATE Archive"},
+        append_bytes("Old", &plain_message("orphaned"))]),
+    );
+    let server = Server::start_config("", &gnupg_table(&world));
+    let dir = tempfile::tempdir().unwrap();
+    let config = port_config(&server, &dovecot, dir.path(), dovecot.port, "own", "");
+    let out = sync_once(&config);
+    assert_eq!(stdout(&out).trim(), format!("{USER}: 1 new"), "{out:?}");
+    upstream(&dovecot, json!([{"cmd": "raw", "line": "DELETE Old"}]));
+    let mut raw = server.login();
+    raw.ok("SELECT Old");
+    raw.ok("UID MOVE 1 Archive");
+    raw.ok("UNSELECT");
+    raw.ok("DELETE Old");
+    let out = sync_once(&config);
+    assert!(out.status.success(), "{out:?}");
+    let archive = dovecot.mailbox_files("Archive");
+    assert_eq!(archive.len(), 1, "{out:?}");
+    let stored = std::fs::read(&archive[0]).unwrap();
+    assert!(common::contains(&stored, "-----BEGIN PGP MESSAGE-----"));
+    assert_eq!(waiting_changes(&server), 0, "nothing waits: {out:?}");
+    assert_eq!(exists(&mut raw, "Archive"), 1);
+}
+
 /// A flag set here and another set upstream on the same message between two passes: the
 /// write-back sends only what changed here, so both flags end up on both sides.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

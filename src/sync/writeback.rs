@@ -932,14 +932,24 @@ impl Syncer {
     /// link.)
     async fn orphan_link(
         &self,
-        up: &Upstream<'_>,
+        up: &mut Upstream<'_>,
         account: AccountId,
         name: &str,
         uid: u32,
         entry: i64,
     ) -> Result<Option<(MailboxId, UpstreamRef)>, Failure> {
         let (store, folder) = (self.store.clone(), up.wire_name_at(name, entry));
-        Ok(blocking(move || store.orphan_upstream_of(account, &folder, uid)).await??)
+        let found = blocking(move || store.orphan_upstream_of(account, &folder, uid)).await??;
+        let Some((mailbox, link)) = found else {
+            return Ok(None);
+        };
+        // Of use only while its folder is upstream under the same UIDVALIDITY: a folder
+        // another client deleted has nothing to move, and no resync links the messages of a
+        // mailbox deleted here again. The message is then uploaded.
+        if !up.exists(self, &link.folder).await? || !up.select(self, &link).await? {
+            return Ok(None);
+        }
+        Ok(Some((mailbox, link)))
     }
 
     /// Whether an upstream folder is one the account syncs (`folders`, when set, limits it):
