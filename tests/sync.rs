@@ -2153,6 +2153,56 @@ async fn moved_out_of_a_folder_deleted_here_before_the_pass() {
     assert_eq!(exists(&mut raw, "INBOX"), 1);
 }
 
+/// A move out of a folder deleted here, in a pass whose write-back stops before the move
+/// reaches the server: the fetch that follows does not make the deleted folder again here
+/// (the waiting move would take the new one for it), and the next pass moves the original and
+/// deletes the folder upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_folder_deleted_here_is_not_made_again_by_a_pass_cut_short() {
+    let world = World::new();
+    let dovecot = Dovecot::start_tls();
+    upstream(
+        &dovecot,
+        json!([{"cmd": "raw", "line": "CREATE Old"}, {"cmd": "raw", "line": "CREATE Archive"},
+        append_bytes("Old", &plain_message("kept"))]),
+    );
+    let (server, dir, config) = bobs_sync(&world, &dovecot);
+    let out = sync_once(&config);
+    assert_eq!(stdout(&out).trim(), format!("{USER}: 1 new"), "{out:?}");
+    let original = std::fs::read(&dovecot.mailbox_files("Old")[0]).unwrap();
+    let mut raw = server.login();
+    raw.ok("SELECT Old");
+    raw.ok("UID MOVE 1 Archive");
+    raw.ok("UNSELECT");
+    raw.ok("DELETE Old");
+    let port = proxy(dovecot.port, |t| t.contains("UID MOVE"), false);
+    let stalling = port_config(&server, &dovecot, dir.path(), port, "stall", "");
+    let out = sync_once(&stalling);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("write-back stopped"), "{log}");
+    let listed =
+        |raw: &mut common::server::Raw<std::net::TcpStream>| raw.ok("LIST \"\" \"*\"").join("\n");
+    assert!(!listed(&mut raw).contains("\"Old\""), "{log}");
+    let direct = port_config(&server, &dovecot, dir.path(), dovecot.port, "direct", "");
+    let out = sync_once(&direct);
+    assert!(out.status.success(), "{out:?}");
+    let archive = dovecot.mailbox_files("Archive");
+    assert_eq!(archive.len(), 1, "{out:?}");
+    assert_eq!(
+        std::fs::read(&archive[0]).unwrap(),
+        original,
+        "moved, not uploaded"
+    );
+    let list = upstream(
+        &dovecot,
+        json!([{"cmd": "raw", "line": "LIST \"\" \"Old\""}]),
+    );
+    assert!(untagged(&list, 0).is_empty(), "Old is gone upstream");
+    assert_eq!(waiting_changes(&server), 0, "{out:?}");
+    assert!(!listed(&mut raw).contains("\"Old\""));
+    assert_eq!(exists(&mut raw, "Archive"), 1);
+}
+
 /// A message moved out of a folder that is deleted here and that another client deleted
 /// upstream meanwhile: there is no original left to move, so the message goes up into the
 /// target folder on its own (encrypted), and neither change waits for good.

@@ -218,6 +218,26 @@ impl Store {
         })
     }
 
+    /// When mailbox `name` is gone here and its deletion waits in the journal: the waiting
+    /// entry's (attempts, last error); None otherwise.
+    pub fn waiting_deletion(
+        &self,
+        account: AccountId,
+        name: &str,
+    ) -> Result<Option<(u32, String)>, StoreError> {
+        self.read(|c| {
+            Ok(c.prepare_cached(
+                "SELECT j.attempts, j.last_error FROM journal j
+                 WHERE j.account = ?1 AND j.kind = 'delete-mailbox' AND j.mailbox = ?2
+                   AND NOT EXISTS (SELECT 1 FROM mailboxes m
+                                   WHERE m.account = ?1 AND m.name = ?2)
+                 ORDER BY j.id DESC LIMIT 1",
+            )?
+            .query_row(params![account, name], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?)
+        })
+    }
+
     /// The link of message `uid` of a mailbox deleted here, linked in upstream `folder`, while
     /// the deletion waits to be written back (its links stay until then): (the deleted
     /// mailbox's id, the link). None when there is none, or more than one (the name deleted

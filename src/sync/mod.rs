@@ -171,6 +171,20 @@ impl Syncer {
                     continue;
                 }
             };
+            // A folder deleted here whose deletion has not been tried yet (the write-back
+            // stopped before it), or waits behind an earlier change (a move out of it, say), is
+            // not made again here by its fetch: those changes still name the deleted mailbox,
+            // and would take a new one of that name for it. Only new mail the deletion found
+            // upstream brings the folder back.
+            let (store, l) = (self.store.clone(), local.clone());
+            let deletion = blocking(move || store.waiting_deletion(account, &l)).await??;
+            if let Some((attempts, why)) = deletion {
+                if attempts == 0 || why == writeback::HELD_BACK {
+                    tracing::info!(account = %self.name, %folder,
+                        "deleted here, not upstream yet: not fetched in this pass");
+                    continue;
+                }
+            }
             let done = match self
                 .sync_folder(session, account, &folder, &local, condstore)
                 .await

@@ -35,6 +35,9 @@ const STALE_LINK_TRIES: u32 = 10;
 /// reads, the newest first, looking for the copy an earlier try made.
 const COPY_CANDIDATES: usize = 8;
 
+/// Why a change waits behind an earlier one that failed.
+pub(super) const HELD_BACK: &str = "waits for an earlier change to the same message or mailbox";
+
 /// Why a change to a message whose link went stale waits.
 const STALE_LINK: &str =
     "the folder's UIDVALIDITY changed: waits until the message is linked again";
@@ -203,8 +206,7 @@ impl Syncer {
                     // no link (a move that waits) and count as done, or act on a stale one.
                     held.hold(&entry);
                     let store = self.store.clone();
-                    let why = "waits for an earlier change to the same message or mailbox";
-                    blocking(move || store.journal_attempt(entry.id, why)).await??;
+                    blocking(move || store.journal_attempt(entry.id, HELD_BACK)).await??;
                     waiting += 1;
                     continue;
                 }
