@@ -1873,6 +1873,46 @@ async fn a_folder_that_was_never_upstream_is_renamed_here_only() {
     assert_eq!(exists(&mut raw, "Groups"), 1);
 }
 
+/// A synced folder renamed here after another client renamed it upstream: the RENAME gets
+/// NO and the folder is not there under either name, so the change waits (with the reason),
+/// rather than counting as done and leaving the messages' links on a folder upstream does not
+/// have.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rename_of_a_folder_another_client_renamed_waits() {
+    let world = World::new();
+    let dovecot = Dovecot::start_tls();
+    upstream(
+        &dovecot,
+        json!([{"cmd": "raw", "line": "CREATE Old"},
+        append_bytes("Old", &plain_message("renamed twice"))]),
+    );
+    let (server, _dir, config) = bobs_sync(&world, &dovecot);
+    let out = sync_once(&config);
+    assert_eq!(stdout(&out).trim(), format!("{USER}: 1 new"), "{out:?}");
+    upstream(
+        &dovecot,
+        json!([{"cmd": "raw", "line": "RENAME Old Other"}]),
+    );
+    let mut raw = server.login();
+    raw.ok("RENAME Old New");
+    let out = sync_once(&config);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("RENAME"), "{log}");
+    assert_eq!(waiting_changes(&server), 1, "{log}");
+    let db = rusqlite::Connection::open(server.store_path()).unwrap();
+    let linked_to_new: i64 = db
+        .query_row(
+            "SELECT count(*) FROM sync_map WHERE folder = 'New'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(
+        linked_to_new, 0,
+        "no link names a folder upstream does not have"
+    );
+}
+
 /// A folder deleted here while new mail came into it upstream: the new mail is fetched (the
 /// folder comes back here holding it) before the folder is deleted upstream, never deleted
 /// unseen with it.

@@ -428,14 +428,23 @@ impl Syncer {
                     .await?;
                 // A retry of a RENAME the server did but whose answer was lost gets NO: the
                 // folder has its new name already. So does a folder that was never upstream
-                // (one `sealpost deliver` made here): there is nothing to rename, and waiting
-                // would hold up every later change in it for good. A folder still there under
-                // its old name waits.
+                // (one `sealpost deliver` made here, never synced): there is nothing to
+                // rename, and waiting would hold up every later change in it for good. A
+                // folder still there under its old name waits, and so does one that was synced
+                // and is gone (another client renamed or deleted it): taken as renamed, its
+                // links would name a folder upstream does not have.
                 if !reply.ok {
                     if up.exists(self, &from).await? {
                         return Err(Failure::Entry(format!("RENAME: {}", reply.text)));
                     }
                     if !up.exists(self, &to).await? {
+                        let (store, folder) = (self.store.clone(), from.clone());
+                        if blocking(move || store.sync_folder(account, &folder))
+                            .await??
+                            .is_some()
+                        {
+                            return Err(Failure::Entry(format!("RENAME: {}", reply.text)));
+                        }
                         tracing::info!(account = %self.name, %from, %to,
                             "upstream RENAME: {} (the folder was never upstream)", reply.text);
                     }
