@@ -31,7 +31,17 @@ impl Session {
     ) -> CmdResult {
         // RFC 3501 §6.3.1: a failed SELECT leaves no mailbox selected.
         let user = match std::mem::replace(&mut self.state, State::Logout) {
-            State::Selected(user, _) | State::Authenticated(user) => user,
+            State::Selected(user, _) => {
+                // RFC 7162 §3.2.11: with QRESYNC on, the end of the mailbox selected before
+                // is marked, so that no response after it is taken for that mailbox's.
+                if self.qresync {
+                    self.conn
+                        .write(b"* OK [CLOSED] Previous mailbox closed\r\n")
+                        .await?;
+                }
+                user
+            }
+            State::Authenticated(user) => user,
             other => {
                 self.state = other;
                 return Err(CmdError::bad("not logged in"));
