@@ -765,7 +765,10 @@ fn condstore_and_qresync_over_imap() {
     );
     // With QRESYNC on, a SELECT that replaces a selected mailbox says so first (§3.2.11).
     let again = b.ok("EXAMINE INBOX");
-    assert_eq!(again[0], "* OK [CLOSED] Previous mailbox closed", "{again:?}");
+    assert_eq!(
+        again[0], "* OK [CLOSED] Previous mailbox closed",
+        "{again:?}"
+    );
     b.ok("SELECT INBOX");
     // Expunges seen later arrive as VANISHED, not EXPUNGE, once QRESYNC is on.
     a.ok("STORE 1 +FLAGS.SILENT (\\Deleted)");
