@@ -437,15 +437,18 @@ async fn verify_multipart_signed(
 }
 
 /// The armored message when the text is exactly one PGP MESSAGE block (whitespace around it
-/// allowed, nothing else).
+/// allowed, nothing else) that holds encrypted data: session keys, then the encrypted packet
+/// (the outgoing side's test). A signed-only message (`gpg --sign --armor`) is no ciphertext:
+/// taken for one, it would be stored undecryptable and retried for nothing.
 fn inline_armor(text: &[u8]) -> Option<Vec<u8>> {
     const BEGIN: &[u8] = b"-----BEGIN PGP MESSAGE-----";
     const END: &[u8] = b"-----END PGP MESSAGE-----";
     let trimmed = text.trim_ascii();
     (trimmed.starts_with(BEGIN)
         && trimmed.ends_with(END)
-        && trimmed.windows(BEGIN.len()).filter(|w| *w == BEGIN).count() == 1)
-        .then(|| trimmed.to_vec())
+        && trimmed.windows(BEGIN.len()).filter(|w| *w == BEGIN).count() == 1
+        && crate::message::parse::armored_ciphertext(trimmed))
+    .then(|| trimmed.to_vec())
 }
 
 /// Whether the whole message is ciphertext, with no part in clear (the outgoing core's

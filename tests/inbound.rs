@@ -525,6 +525,49 @@ async fn a_signed_parts_own_from_is_the_one_compared() {
     );
 }
 
+/// A GnuPG home that is not there (a file system not mounted yet) says nothing about the
+/// message: deliver answers 75, the MTA keeps it, and nothing is stored as undecryptable.
+#[test]
+fn a_missing_gnupg_home_is_a_temporary_failure() {
+    let world = World::new();
+    let armored = world.sender.encrypt_to(
+        &world.bob_fpr,
+        b"Content-Type: text/plain\r\n\r\nwaiting for the mount\r\n",
+    );
+    let gone = tempfile::tempdir().unwrap();
+    let home = gone.path().join("not-mounted");
+    let server = Server::start_config("", &format!("[gnupg]\nhome = \"{}\"\n", home.display()));
+    let (code, output) = deliver(&server, &verdicts::pgp_mime(&armored));
+    assert_eq!(code, 75, "{output}");
+    assert!(output.contains("secret keyring cannot be read"), "{output}");
+    let mut raw = server.login();
+    let selected = raw.ok("SELECT INBOX");
+    assert!(selected.contains(&"* 0 EXISTS".to_owned()), "{selected:?}");
+}
+
+/// An inline message that is one armored PGP MESSAGE block but only signed (`gpg --sign
+/// --armor`), not encrypted: it is not taken for ciphertext, so it is not stored as
+/// undecryptable (nor retried as such).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_inline_signed_only_block_is_not_taken_for_ciphertext() {
+    let world = World::new();
+    let server = bobs_store(&world);
+    let out = world.sender.gpg(
+        &["--armor", "--sign", "-u", &world.alice],
+        Some(b"signed, not secret\r\n"),
+    );
+    assert!(out.status.success(), "{out:?}");
+    let mut message =
+        b"From: alice@example.org\r\nTo: bob@example.org\r\nSubject: signed\r\n\r\n".to_vec();
+    message.extend_from_slice(&out.stdout);
+    let (code, output) = deliver(&server, &message);
+    assert_eq!(code, 0, "{output}");
+    let stored = verdicts::fetch_all(&server);
+    let verdict = verdicts::verdict(&stored[0].1);
+    assert!(verdict.starts_with("plaintext"), "{verdict}");
+    assert!(!stored[0].0.contains("Undecryptable"), "{}", stored[0].0);
+}
+
 /// A secret key that cannot be used now (here: it has a passphrase, which sealpost never
 /// types) says nothing about the message: deliver answers 75, the MTA keeps the message and
 /// tries again, and nothing is stored as undecryptable.

@@ -371,10 +371,11 @@ fn decrypt_verify(gpg: &mut Gpg, ciphertext: &[u8], limit: u64) -> Result<Decryp
 }
 
 /// Why a decryption that failed says nothing about the message, when that is so: the secret
-/// key could not be used now (a pinentry or smartcard problem), or gpg reported no secret key
-/// or a failed decryption while the secret keyring itself cannot be read (gpg-agent down or
-/// broken). Such a message is tried again later, not kept as
-/// undecryptable until the keyring changes.
+/// key could not be used now (a pinentry or smartcard problem), or gpg failed while the secret
+/// keyring itself cannot be read (gpg-agent down or broken, the GnuPG home missing: a file
+/// system not mounted yet). Such a message is tried again later, not kept as undecryptable
+/// until the keyring changes. Any error is checked against the keyring: gpg reports a missing
+/// home as a system error (ENOENT), not as a missing secret key.
 fn key_unusable_now(gpg: &Gpg, error: &gpgme::Error) -> Option<String> {
     use gpgme::Error as E;
     // Not the passphrase errors: a symmetric message's passphrase is the sender's (a
@@ -389,14 +390,8 @@ fn key_unusable_now(gpg: &Gpg, error: &gpgme::Error) -> Option<String> {
     if now.iter().any(|e| e.code() == error.code()) {
         return Some(format!("the secret key cannot be used now: {error}"));
     }
-    if [E::NO_SECKEY, E::DECRYPT_FAILED]
-        .iter()
-        .any(|e| e.code() == error.code())
-    {
-        return home::secret_keyring_problem(gpg.home.as_deref())
-            .map(|problem| format!("{error}, and the secret keyring cannot be read: {problem}"));
-    }
-    None
+    home::secret_keyring_problem(gpg.home.as_deref())
+        .map(|problem| format!("{error}, and the secret keyring cannot be read: {problem}"))
 }
 
 /// Plaintext output that refuses to grow past `limit` bytes.
