@@ -736,8 +736,12 @@ mod tests {
 
     #[test]
     fn only_a_lone_armored_block_is_inline_ciphertext() {
-        let block = b"-----BEGIN PGP MESSAGE-----\r\n\r\nhQ\r\n-----END PGP MESSAGE-----";
+        // A session key packet (tag 1), then encrypted data (tag 18), one byte each.
+        let block = b"-----BEGIN PGP MESSAGE-----\r\n\r\nwQED0gEB\r\n-----END PGP MESSAGE-----";
         assert!(inline_armor(&[b"\r\n", &block[..], b"\r\n"].concat()).is_some());
+        // A one-pass signature packet (tag 4): signed, not encrypted.
+        let signed = b"-----BEGIN PGP MESSAGE-----\r\n\r\nxAEA\r\n-----END PGP MESSAGE-----";
+        assert!(inline_armor(signed).is_none());
         assert!(inline_armor(&[b"Click here: ", &block[..]].concat()).is_none());
         assert!(inline_armor(&[&block[..], b"\r\n", &block[..]].concat()).is_none());
     }
