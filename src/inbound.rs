@@ -496,6 +496,11 @@ fn split(raw: &[u8]) -> (&[u8], &[u8]) {
 /// The header block without any field called `name` (ASCII case-insensitively; whitespace
 /// before the colon ignored).
 pub fn strip_field(header: &[u8], name: &str) -> Vec<u8> {
+    // A bare CR (not before LF) ends a line for some readers and not for others: a field
+    // written behind one, inside another field, would survive here and be shown there. It
+    // becomes a blank, as Postfix's cleanup makes it.
+    let header = bare_cr_as_blank(header);
+    let header = &header[..];
     let mut out = Vec::with_capacity(header.len());
     let kept = fields(header);
     for (field_name, field) in &kept {
@@ -526,6 +531,17 @@ fn is_mime_header(header: &[u8]) -> bool {
     well_formed
         && matches!(&header[consumed..], b"\r\n" | b"")
         && fields.iter().any(|(name, _)| is_content_field(name))
+}
+
+fn bare_cr_as_blank(header: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    let bare = |i: usize| header[i] == b'\r' && header.get(i + 1) != Some(&b'\n');
+    if !(0..header.len()).any(bare) {
+        return std::borrow::Cow::Borrowed(header);
+    }
+    let blanked = (0..header.len())
+        .map(|i| if bare(i) { b' ' } else { header[i] })
+        .collect();
+    std::borrow::Cow::Owned(blanked)
 }
 
 fn is_content_field(name: &[u8]) -> bool {
@@ -732,6 +748,22 @@ mod tests {
         );
         assert!(!is_whole_ciphertext(mixed.as_bytes()));
         assert!(!is_whole_ciphertext(b"Subject: x\r\n\r\nplain\r\n"));
+    }
+
+    #[test]
+    fn a_verdict_behind_a_bare_cr_is_no_field_of_its_own() {
+        let forged = b"From: m@evil.example\r\nSubject: hello\rSealpost-Verdict: encrypted; \
+            signature=valid\r\n\r\nbody\r\n";
+        let cleaned = without_verdict(forged);
+        assert_eq!(
+            cleaned,
+            b"From: m@evil.example\r\nSubject: hello Sealpost-Verdict: encrypted; \
+            signature=valid\r\n\r\nbody\r\n"
+        );
+        let p = unprocessed(forged, "test");
+        let text = String::from_utf8(p.message).unwrap();
+        assert!(!text.contains("\rSealpost"), "{text}");
+        assert_eq!(text.matches("\r\nSealpost-Verdict:").count(), 1, "{text}");
     }
 
     #[test]
