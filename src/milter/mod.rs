@@ -379,10 +379,22 @@ const ACTIONS: Actions = Actions::ADD_HEADER
 fn bare(arg: &CString) -> String {
     let s = arg.to_string_lossy();
     let s = s.trim();
-    s.strip_prefix('<')
+    let s = s
+        .strip_prefix('<')
         .and_then(|s| s.strip_suffix('>'))
-        .unwrap_or(s)
-        .to_string()
+        .unwrap_or(s);
+    // One trailing dot ends a fully qualified domain: Postfix drops it (trivial-rewrite) and
+    // delivers to the address without it, so that is the address sealpost works with (taken
+    // as it came, the core refused it as bad syntax, and with it the whole message).
+    match s.rsplit_once('@') {
+        Some((local, domain)) if domain.len() > 1 && !domain.ends_with("..") => {
+            match domain.strip_suffix('.') {
+                Some(domain) => format!("{local}@{domain}"),
+                None => s.to_string(),
+            }
+        }
+        _ => s.to_string(),
+    }
 }
 
 fn callbacks(milter: Arc<Milter>) -> Callbacks<Transaction> {
@@ -1188,6 +1200,17 @@ mod tests {
                 "{service} {authenticated} {local:?}"
             );
         }
+    }
+
+    #[test]
+    fn envelope_arguments_lose_brackets_and_a_trailing_dot() {
+        let arg = |s: &str| bare(&CString::new(s).unwrap());
+        assert_eq!(arg("<bob@example.org.>"), "bob@example.org");
+        assert_eq!(arg(" <bob@example.org> "), "bob@example.org");
+        assert_eq!(arg("bob@example.org."), "bob@example.org");
+        assert_eq!(arg("<>"), "");
+        assert_eq!(arg("<postmaster>"), "postmaster");
+        assert_eq!(arg("<bob@example..>"), "bob@example..");
     }
 
     #[test]
