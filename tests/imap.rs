@@ -408,11 +408,12 @@ fn two_sessions_see_each_others_changes_in_order() {
     // A non-UID FETCH must not be answered with EXPUNGE (RFC 3501 §7.4.1); the next NOOP is.
     a.ok("STORE 1 +FLAGS.SILENT (\\Deleted)");
     a.ok("EXPUNGE");
-    let during_fetch = b.ok("FETCH 1 (FLAGS)");
+    let (during_fetch, tagged) = b.cmd("FETCH 1 (FLAGS)");
     assert!(
         during_fetch.iter().all(|l| !l.contains("EXPUNGE")),
         "{during_fetch:?}"
     );
+    assert!(tagged.contains("NO [EXPUNGEISSUED]"), "{tagged}");
     assert_eq!(b.ok("NOOP"), ["* 1 EXPUNGE"]);
 
     // IDLE: a change in session A reaches B without B asking.
@@ -906,7 +907,8 @@ fn search_header_matches_the_text_as_written() {
 }
 
 /// COPY of a message another session expunged meanwhile copies nothing: NO [EXPUNGEISSUED]
-/// (UID COPY: OK), never a COPYUID with empty sets.
+/// (UID COPY: OK), never a COPYUID with empty sets. FETCH of it says so too, rather than OK
+/// with no data (UID FETCH: OK).
 #[test]
 fn copying_what_another_session_expunged_says_so() {
     let server = Server::start();
@@ -918,6 +920,12 @@ fn copying_what_another_session_expunged_says_so() {
     b.ok("SELECT INBOX");
     b.ok("UID STORE 1 +FLAGS.SILENT (\\Deleted)");
     b.ok("EXPUNGE");
+    // FETCH may not announce the expunge (RFC 3501 §7.4.1), COPY may: FETCH first.
+    let (untagged, tagged) = a.cmd("FETCH 1 (FLAGS)");
+    assert!(
+        tagged.contains("NO [EXPUNGEISSUED]"),
+        "{tagged} {untagged:?}"
+    );
     let (_, tagged) = a.cmd("COPY 1 Archive");
     assert!(tagged.contains("NO [EXPUNGEISSUED]"), "{tagged}");
     let (_, tagged) = a.cmd("UID COPY 1 Archive");
@@ -925,6 +933,8 @@ fn copying_what_another_session_expunged_says_so() {
         tagged.contains(" OK ") && !tagged.contains("COPYUID"),
         "{tagged}"
     );
+    let (_, tagged) = a.cmd("UID FETCH 1 (FLAGS)");
+    assert!(tagged.contains(" OK "), "{tagged}");
     let status = a.ok("STATUS Archive (MESSAGES)").join("\n");
     assert!(status.contains("MESSAGES 0"), "{status}");
 }

@@ -114,6 +114,8 @@ impl Session {
                 let wanted: Vec<u32> = chunk.iter().map(|t| t.1).collect();
                 let batch = store.fetch_batch(mailbox, &wanted, need, BUDGET)?;
                 let covered = chunk.partition_point(|t| t.1 <= batch.through);
+                // Messages of the session's view another session expunged since.
+                let gone = covered - batch.items.len().min(covered);
                 let mut fetched = batch.items;
                 if let Some(since) = changed_since {
                     fetched.retain(|(r, _)| r.modseq > since);
@@ -123,13 +125,15 @@ impl Session {
                 } else {
                     Read::Rendered(renderer.render(&chunk[..covered], &fetched, &[])?)
                 };
-                Ok::<_, CmdError>((covered, read))
+                Ok::<_, CmdError>((covered, read, gone))
             })
         };
         let mut rest = &targets[..];
         let mut next = (!rest.is_empty()).then(|| read(rest));
+        let mut expunged = 0;
         while let Some(reading) = next.take() {
-            let (covered, batch) = reading.await??;
+            let (covered, batch, gone) = reading.await??;
+            expunged += gone;
             rest = &rest[covered..];
             next = (!rest.is_empty()).then(|| read(rest));
             let bytes = match batch {
@@ -140,6 +144,15 @@ impl Session {
                 }
             };
             self.conn.write(&bytes).await?;
+        }
+        if expunged > 0 && !uid {
+            // RFC 2180 §4.1.2, RFC 5530: the others' data went out; these have none left.
+            // An OK would pass them off as messages with nothing in them. (UID FETCH ignores
+            // UIDs that are gone, RFC 3501 §6.4.8, as UID COPY does.)
+            return Err(CmdError::no(
+                Some("EXPUNGEISSUED"),
+                "Some of the messages were expunged by another session",
+            ));
         }
         Ok(Done::ok(if uid {
             "UID FETCH completed"
