@@ -358,6 +358,32 @@ fn keywords_and_permanent_flags() {
         !stored[0].contains("$Label1"),
         "keywords are case-insensitive: {stored:?}"
     );
+
+    // A keyword new to the mailbox, set by another session: both sessions get the new FLAGS
+    // and PERMANENTFLAGS before the flag change itself (RFC 3501 §7.2.6).
+    let mut other = server.login();
+    other.ok("SELECT INBOX");
+    other.ok("STORE 1 +FLAGS.SILENT (Project-X)");
+    for (who, session) in [("other", &mut other), ("first", &mut raw)] {
+        let seen = session.ok("NOOP");
+        let flags_at = seen
+            .iter()
+            .position(|l| l.starts_with("* FLAGS (") && l.contains("Project-X"));
+        assert!(flags_at.is_some(), "{who}: {seen:?}");
+        assert!(
+            seen.iter()
+                .any(|l| l.contains("[PERMANENTFLAGS (") && l.contains("Project-X")),
+            "{who}: {seen:?}"
+        );
+        if let Some(fetch_at) = seen.iter().position(|l| l.contains(" FETCH ")) {
+            assert!(flags_at < Some(fetch_at), "{who}: {seen:?}");
+        }
+        // Told once.
+        assert!(
+            !session.ok("NOOP").iter().any(|l| l.starts_with("* FLAGS")),
+            "{who}"
+        );
+    }
 }
 
 #[test]

@@ -96,26 +96,10 @@ impl Session {
             recent: recent.into_iter().collect(),
             modseq: status.highestmodseq,
             own: HashMap::new(),
+            keywords: status.keywords.clone(),
         };
         let mut out = Out::default();
-        let system = ["\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft"];
-        let keywords: Vec<&str> = status.keywords.iter().map(String::as_str).collect();
-        out.text("* FLAGS ")
-            .flags(system.iter().copied().chain(keywords.iter().copied()))
-            .crlf();
-        out.text("* OK [PERMANENTFLAGS ");
-        if read_only {
-            out.text("()");
-        } else {
-            out.flags(
-                system
-                    .iter()
-                    .copied()
-                    .chain(keywords.iter().copied())
-                    .chain(["\\*"]),
-            );
-        }
-        out.text("] Flags permitted").crlf();
+        out.flags_lists(&selected.keywords, read_only);
         out.text("* ")
             .num(selected.uids.len())
             .text(" EXISTS")

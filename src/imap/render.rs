@@ -114,6 +114,25 @@ impl Out {
         self
     }
 
+    /// The mailbox's FLAGS and PERMANENTFLAGS (RFC 3501 §7.2.6, §7.1): the system flags and
+    /// the keywords in use; a read-only session may change none.
+    pub fn flags_lists(&mut self, keywords: &[String], read_only: bool) -> &mut Self {
+        let system = ["\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft"];
+        let all = || {
+            system
+                .into_iter()
+                .chain(keywords.iter().map(String::as_str))
+        };
+        self.text("* FLAGS ").flags(all()).crlf();
+        self.text("* OK [PERMANENTFLAGS ");
+        if read_only {
+            self.text("()");
+        } else {
+            self.flags(all().chain(["\\*"]));
+        }
+        self.text("] Flags permitted").crlf()
+    }
+
     /// An unsolicited flag update, "* 3 FETCH (UID 7 FLAGS (\Seen) MODSEQ (12))"; MODSEQ only
     /// when given (RFC 7162 §3.1.4.1: once CONDSTORE is on).
     pub fn flags_fetch<'a>(

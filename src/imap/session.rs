@@ -47,6 +47,8 @@ pub(super) struct Selected {
     pub modseq: u64,
     /// Changes this session made itself and already reported: uid → modseq.
     pub own: HashMap<u32, u64>,
+    /// The keywords the session's last FLAGS response named.
+    pub keywords: Vec<String>,
 }
 
 impl Selected {
@@ -626,6 +628,24 @@ impl Session {
                 .text(" EXISTS")
                 .crlf();
             out.text("* ").num(recent).text(" RECENT").crlf();
+        }
+        // A keyword new to the mailbox (set here or by another session) comes with new FLAGS
+        // and PERMANENTFLAGS before the messages that carry it (RFC 3501 §7.2.6): clients
+        // build their list of tags from them.
+        let mut fresh = false;
+        for flag in changes.rows.iter().flat_map(|(_, flags, _)| flags.iter()) {
+            if !flag.starts_with('\\')
+                && !selected
+                    .keywords
+                    .iter()
+                    .any(|k| k.eq_ignore_ascii_case(flag))
+            {
+                selected.keywords.push(flag.to_string());
+                fresh = true;
+            }
+        }
+        if fresh {
+            out.flags_lists(&selected.keywords, read_only);
         }
         for (uid, flags, modseq) in &changes.rows {
             if *uid > last || selected.own.get(uid) == Some(modseq) {
