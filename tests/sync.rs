@@ -806,6 +806,66 @@ async fn upstream_down_then_back_the_daemon_resumes() {
     );
 }
 
+/// Set once the relay of the IDLE test sees the pass reach the folder after INBOX.
+static PAST_INBOX: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// The daemon with IDLE: mail that comes into INBOX while the pass is still going through the
+/// folders after it (here one whose EXAMINE the server never answers) starts the next pass as
+/// soon as this one ends, rather than waiting for the poll (ten minutes here): IDLE only tells
+/// of mail that comes after it starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mail_that_comes_during_a_pass_is_fetched_without_waiting_for_the_poll() {
+    use std::sync::atomic::Ordering;
+    let world = World::new();
+    let dovecot = Dovecot::start_tls();
+    upstream(
+        &dovecot,
+        json!([{"cmd": "raw", "line": "CREATE Zzz"},
+        append_bytes("Zzz", &plain_message("last folder"))]),
+    );
+    let port = proxy(
+        dovecot.port,
+        |t| {
+            let at = t.contains("EXAMINE") && t.contains("Zzz");
+            if at {
+                PAST_INBOX.store(true, Ordering::SeqCst);
+            }
+            at
+        },
+        false,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let password = dir.path().join("upstream-password");
+    std::fs::write(&password, format!("{}\n", dovecot.password)).unwrap();
+    let table = format!(
+        "[accounts.upstream]\nhost = \"127.0.0.1\"\nport = {port}\ntls = \"none\"\n\
+         username = \"{}\"\npassword_file = \"{}\"\ntimeout_secs = 2\npoll_secs = 600\n",
+        dovecot.user,
+        password.display()
+    );
+    let server = Server::start_config("", &format!("{table}\n{}", gnupg_table(&world)));
+    let wait_for = |what: &str, done: &dyn Fn() -> bool| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !done() {
+            assert!(std::time::Instant::now() < deadline, "timed out: {what}");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    };
+    wait_for("the pass past INBOX", &|| PAST_INBOX.load(Ordering::SeqCst));
+    upstream(
+        &dovecot,
+        json!([append_bytes("INBOX", &plain_message("late"))]),
+    );
+    let store = sealpost::store::Store::open(&server.store_path()).unwrap();
+    wait_for("the late message, before the poll", &|| {
+        let Some(account) = store.account(USER).unwrap() else {
+            return false;
+        };
+        let inbox = store.mailbox(account, "INBOX").unwrap().unwrap();
+        store.status(inbox.id).unwrap().messages == 1
+    });
+}
+
 /// A Maildir as the source: new/ and cur/ of INBOX and of a Maildir++ folder are imported
 /// decrypted with their flags; the Maildir is left as it was; a file a reader moves from new/
 /// to cur/ (changing its name's info) is not imported again.

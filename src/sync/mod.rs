@@ -92,6 +92,9 @@ pub struct SyncReport {
     pub redecrypted: usize,
     pub written_back: usize,
     pub waiting: usize,
+    /// INBOX's UIDNEXT when the pass looked at it: mail that came after it, while the pass
+    /// went through the other folders, starts the next pass at once.
+    pub inbox_uidnext: Option<u32>,
 }
 
 impl SyncReport {
@@ -104,6 +107,8 @@ impl SyncReport {
 struct FolderPass {
     stored: usize,
     flags_changed: usize,
+    /// The folder's UIDNEXT at its EXAMINE.
+    uidnext: Option<u32>,
     expunged: usize,
     /// The connection broke or timed out while new mail came: what came is stored, the
     /// session is unusable.
@@ -215,6 +220,9 @@ impl Syncer {
                 }
                 Err(e) => return Err(e),
             };
+            if folder.eq_ignore_ascii_case("INBOX") {
+                report.inbox_uidnext = done.uidnext;
+            }
             report.new.insert(local, done.stored);
             report.flags_changed += done.flags_changed;
             report.expunged += done.expunged;
@@ -357,6 +365,7 @@ impl Syncer {
             return Ok(FolderPass {
                 stored,
                 flags_changed,
+                uidnext: selected.uidnext,
                 expunged: 0,
                 cut_short,
             });
@@ -380,6 +389,7 @@ impl Syncer {
         Ok(FolderPass {
             stored,
             flags_changed,
+            uidnext: selected.uidnext,
             expunged,
             cut_short: None,
         })
@@ -823,7 +833,9 @@ impl Syncer {
                             "local changes not yet written back; retrying at the next poll");
                     }
                     if self.config.idle {
-                        self.idle(poll, &mut shutdown, &mut local, started).await
+                        let seen = report.inbox_uidnext;
+                        self.idle(poll, &mut shutdown, &mut local, started, seen)
+                            .await
                     } else {
                         Err(None)
                     }
@@ -876,6 +888,7 @@ impl Syncer {
         shutdown: &mut tokio::sync::watch::Receiver<bool>,
         local: &mut tokio::sync::watch::Receiver<u64>,
         since: i64,
+        inbox_uidnext: Option<u32>,
     ) -> Result<(), Option<SyncError>> {
         let mut session = upstream::connect(&self.config).await.map_err(Some)?;
         let capabilities = within(self.config.timeout(), session.capabilities())
@@ -886,9 +899,18 @@ impl Syncer {
             let _ = tokio::time::timeout(timeout, session.logout()).await;
             return Err(None);
         }
-        within(timeout, session.examine("INBOX"))
+        let inbox = within(timeout, session.examine("INBOX"))
             .await
             .map_err(Some)?;
+        // IDLE tells of mail that comes from now on: mail that came while the pass went
+        // through the folders after INBOX would wait for the poll.
+        if let (Some(now), Some(seen)) = (inbox.uid_next, inbox_uidnext) {
+            if now > seen {
+                tracing::debug!(account = %self.name, "new mail in INBOX since the pass read it");
+                let _ = tokio::time::timeout(timeout, session.logout()).await;
+                return Ok(());
+            }
+        }
         let mut idle = session.idle();
         within(timeout, idle.init()).await.map_err(Some)?;
         {
