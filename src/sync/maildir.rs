@@ -276,10 +276,11 @@ fn pending_files(
         };
         for entry in entries {
             let entry = entry?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if name.starts_with('.') {
+            use std::os::unix::ffi::OsStrExt;
+            if entry.file_name().as_bytes().starts_with(b".") {
                 continue;
             }
+            let name = unique_text(&entry.file_name());
             let unique = name.split_once(':').map_or(name.as_str(), |(u, _)| u);
             let unique = unique.to_string();
             if known.contains(&unique) {
@@ -299,9 +300,48 @@ fn pending_files(
     Ok(out)
 }
 
+/// A file name as the text it is known by: itself when it is UTF-8; else "/" (which no file
+/// name holds) and its bytes with the non-ASCII ones escaped, so that two names that differ
+/// only in bytes that are not UTF-8 stay two files (a lossy conversion made them one, and the
+/// second was taken for the first and never read).
+fn unique_text(name: &std::ffi::OsStr) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    match name.to_str() {
+        Some(text) => text.to_string(),
+        None => format!("/{}", name.as_bytes().escape_ascii()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn file_names_that_are_not_utf8_stay_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        for sub in ["new", "cur", "tmp"] {
+            std::fs::create_dir(dir.path().join(sub)).unwrap();
+        }
+        use std::os::unix::ffi::OsStrExt;
+        for name in [
+            &b"1700000001.M1P1.h\xff\xfe"[..],
+            b"1700000001.M1P1.h\xfd\xfc",
+        ] {
+            let path = dir
+                .path()
+                .join("new")
+                .join(std::ffi::OsStr::from_bytes(name));
+            std::fs::write(path, b"Subject: x\r\n\r\nx\r\n").unwrap();
+        }
+        let pending = pending_files(dir.path(), &Default::default()).unwrap();
+        assert_eq!(
+            pending.len(),
+            2,
+            "{:?}",
+            pending.iter().map(|p| &p.unique).collect::<Vec<_>>()
+        );
+        assert_ne!(pending[0].unique, pending[1].unique);
+    }
 
     #[test]
     fn a_file_moved_to_cur_is_one_pending_file_and_known_ones_are_left() {
