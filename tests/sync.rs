@@ -2372,6 +2372,48 @@ async fn flags_changed_on_both_sides_are_both_kept() {
     );
 }
 
+/// A flag another client set upstream on a message whose own local flag change could not be
+/// written back in that pass: the change from upstream is asked for again at the next pass
+/// (CONDSTORE's mark is not moved past it), so it comes down once the local one is written
+/// back, even when that one changed nothing upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_flag_change_left_for_a_waiting_one_comes_down_later() {
+    let world = World::new();
+    let dovecot = Dovecot::start_tls();
+    upstream(
+        &dovecot,
+        json!([append_bytes("INBOX", &plain_message("contested flags"))]),
+    );
+    let (server, dir, _config) = bobs_sync(&world, &dovecot);
+    let direct = port_config(&server, &dovecot, dir.path(), dovecot.port, "direct", "");
+    let out = sync_once(&direct);
+    assert_eq!(stdout(&out).trim(), format!("{USER}: 1 new"), "{out:?}");
+    upstream(
+        &dovecot,
+        json!([{"cmd": "raw", "line": "SELECT INBOX"},
+        {"cmd": "raw", "line": "UID STORE 1 +FLAGS (\\Seen \\Flagged)"}]),
+    );
+    let mut raw = server.login();
+    raw.ok("SELECT INBOX");
+    raw.ok("UID STORE 1 +FLAGS (\\Seen)");
+    raw.ok("UNSELECT");
+    // The write-back's STORE never reaches the server; the fetch goes on without it.
+    let port = proxy(dovecot.port, |t| t.contains("UID STORE"), false);
+    let stalling = port_config(&server, &dovecot, dir.path(), port, "stall", "");
+    let out = sync_once(&stalling);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("write-back stopped"), "{log}");
+    let out = sync_once(&direct);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(waiting_changes(&server), 0, "{out:?}");
+    raw.ok("SELECT INBOX");
+    let here = raw.ok("UID FETCH 1 (FLAGS)").join("\n");
+    assert!(
+        here.contains("\\Flagged") && here.contains("\\Seen"),
+        "{here} {out:?}"
+    );
+}
+
 /// A keyword the server will not take (Dovecot refuses one longer than
 /// mail_max_keyword_length, 50): the system flags of that change still go up, the keyword
 /// stays here, and the message's later changes are not held up behind it.

@@ -278,19 +278,19 @@ impl Store {
     /// messages: upstream's flags replace the local ones, except sealpost's own verdict
     /// keywords, which stay. A message with a local change still waiting in the journal keeps
     /// its local flags (the write-back will send them). Not journaled. Returns how many
-    /// messages changed.
+    /// messages changed, and how many were left so.
     pub fn apply_upstream_flags(
         &self,
         account: AccountId,
         folder: &str,
         uidvalidity: u32,
         changes: &[(u32, Flags)],
-    ) -> Result<usize, StoreError> {
+    ) -> Result<(usize, usize), StoreError> {
         if changes.is_empty() {
-            return Ok(0);
+            return Ok((0, 0));
         }
         self.write(|tx| {
-            let mut changed = 0;
+            let (mut changed, mut left) = (0, 0);
             let mut by_mailbox: std::collections::BTreeMap<MailboxId, Vec<(u32, Flags)>> =
                 Default::default();
             {
@@ -329,6 +329,7 @@ impl Store {
                         continue;
                     };
                     if change_waiting(tx, account, &mb.name, uid)? {
+                        left += 1;
                         continue;
                     }
                     let current = Flags::from_column(&current);
@@ -347,7 +348,7 @@ impl Store {
                     save_counters(tx, &mb, modseq)?;
                 }
             }
-            Ok(changed)
+            Ok((changed, left))
         })
     }
 

@@ -403,7 +403,7 @@ fn write_back_links_and_upstream_flags() {
     let changed = store
         .apply_upstream_flags(account, "INBOX", 7, &[(10, Flags::new(["\\Seen"]))])
         .unwrap();
-    assert_eq!(changed, 1);
+    assert_eq!(changed, (1, 0));
     let flags = |mailbox, uid| {
         store
             .fetch_batch(mailbox, &[uid], Need::default(), 0)

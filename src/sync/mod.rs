@@ -328,7 +328,15 @@ impl Syncer {
                 .flag_changes(session, account, folder, uidvalidity, synced_modseq)
                 .await
             {
-                Ok(n) => flags_changed = n,
+                // A change left for one waiting here is asked for again next pass (the mark
+                // stays): once that one is written back, upstream's flags are both sides'.
+                // Moved past it, it would never come down.
+                Ok((n, left)) => {
+                    flags_changed = n;
+                    if left {
+                        highestmodseq = synced_modseq;
+                    }
+                }
                 // Refused: asked again next pass (the mark stays), new mail comes down now.
                 Err(e @ SyncError::Folder(..)) => {
                     tracing::warn!(account = %self.name, "{e}");
@@ -436,7 +444,8 @@ impl Syncer {
     }
 
     /// Flag changes made upstream since `since` (RFC 7162 CHANGEDSINCE) on messages already
-    /// fetched, taken into the linked local messages.
+    /// fetched, taken into the linked local messages. Returns how many changed, and whether
+    /// any was left for a local change still waiting to be written back.
     async fn flag_changes(
         &self,
         session: &mut Session,
@@ -444,7 +453,7 @@ impl Syncer {
         folder: &str,
         uidvalidity: u32,
         since: u64,
-    ) -> Result<usize, SyncError> {
+    ) -> Result<(usize, bool), SyncError> {
         // Through `command`, which reads the completion: a CHANGEDSINCE refused (NO) must
         // not count as "no changes", or the folder's HIGHESTMODSEQ would move past them.
         // Every UID, not only those below the folder's mark: messages stored past a held one
@@ -463,13 +472,13 @@ impl Syncer {
             .map(|(uid, names)| (uid, flags_named(&names)))
             .collect();
         let (store, f) = (self.store.clone(), folder.to_string());
-        let changed =
+        let (changed, left) =
             blocking(move || store.apply_upstream_flags(account, &f, uidvalidity, &changes))
                 .await??;
         if changed > 0 {
             tracing::info!(account = %self.name, %folder, "{changed} flag changes from upstream");
         }
-        Ok(changed)
+        Ok((changed, left > 0))
     }
 
     /// Fetches, decrypts and stores the messages from `next_uid` on; moves `next_uid` on as
