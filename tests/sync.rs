@@ -2414,6 +2414,29 @@ async fn an_upstream_flag_change_left_for_a_waiting_one_comes_down_later() {
     );
 }
 
+/// Folders whose names hold a quote or a backslash (sent quoted, escaped, in LIST) are synced
+/// under the names they have, not left out of every pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn folder_names_with_quotes_and_backslashes_are_synced() {
+    let world = World::new();
+    let dovecot = Dovecot::start_tls();
+    upstream(
+        &dovecot,
+        json!([{"cmd": "raw", "line": "CREATE \"Q\\\"uote\""},
+        {"cmd": "raw", "line": "CREATE \"back\\\\slash\""},
+        append_bytes("Q\"uote", &plain_message("quoted")),
+        append_bytes("back\\slash", &plain_message("slashed"))]),
+    );
+    let (server, _dir, config) = bobs_sync(&world, &dovecot);
+    let out = sync_once(&config);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stdout(&out).trim(), format!("{USER}: 2 new"), "{log}");
+    assert!(!log.contains("left out"), "{log}");
+    let mut raw = server.login();
+    assert_eq!(exists(&mut raw, "Q\\\"uote"), 1);
+    assert_eq!(exists(&mut raw, "back\\\\slash"), 1);
+}
+
 /// A keyword the server will not take (Dovecot refuses one longer than
 /// mail_max_keyword_length, 50): the system flags of that change still go up, the keyword
 /// stays here, and the message's later changes are not held up behind it.

@@ -268,7 +268,10 @@ impl Syncer {
                     _ => false,
                 })
             })
-            .map(|n| (n.name().to_string(), n.delimiter().map(str::to_string)))
+            .map(|n| {
+                let name = upstream::unquoted(n.name());
+                (name, n.delimiter().map(upstream::unquoted))
+            })
             .filter(|(name, _)| {
                 self.config.folders.is_empty() || self.config.folders.iter().any(|f| f == name)
             })

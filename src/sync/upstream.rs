@@ -298,6 +298,28 @@ async fn login(
     result.map_err(|(e, _)| SyncError::Login(format!("{at} as {}: {e}", config.username)))
 }
 
+/// A name or delimiter of a LIST response as the server meant it: imap-proto hands over a
+/// quoted string with its escapes (`\"`, `\\`) still in it (RFC 3501 §9, quoted-specials).
+/// Taken as it came, a folder called `Q"uote` was asked for as `Q\"uote`, and refused at
+/// every pass.
+pub fn unquoted(text: &str) -> String {
+    if !text.contains('\\') {
+        return text.to_string();
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        match (c, chars.clone().next()) {
+            ('\\', Some(next @ ('\\' | '"'))) => {
+                out.push(next);
+                chars.next();
+            }
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
 /// What a command's responses said that async-imap does not hand back: the RFC 4315 UIDPLUS
 /// codes, TRYCREATE, and a selected folder's UIDVALIDITY.
 #[derive(Debug, Default)]

@@ -176,7 +176,7 @@ impl Syncer {
             .await?;
             match names
                 .first()
-                .and_then(|n| n.delimiter().map(str::to_string))
+                .and_then(|n| n.delimiter().map(super::upstream::unquoted))
             {
                 Some(delimiter) => delimiter,
                 None => {
@@ -1063,7 +1063,9 @@ impl Upstream<'_> {
                 .await
         })
         .await?;
-        Ok(names.iter().any(|n| n.name() == folder))
+        Ok(names
+            .iter()
+            .any(|n| super::upstream::unquoted(n.name()) == folder))
     }
 
     /// Selects the upstream folder of `target`; false when its UIDVALIDITY is no longer the
