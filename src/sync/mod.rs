@@ -411,7 +411,10 @@ impl Syncer {
     /// `UID SEARCH ALL` says which are left. Not only when it holds fewer: without UIDPLUS a
     /// local expunge leaves a \Deleted message upstream, linked to nothing, which would hide
     /// an expunge made by another client (such a folder pays one search per pass). A folder
-    /// whose messages are all linked costs nothing more.
+    /// whose messages are all linked costs nothing more. A message held for the next pass or
+    /// passed over (one with a failure count) is upstream and not linked: with one, EXISTS
+    /// can equal the linked count while another message was expunged, so the search is made
+    /// then too.
     async fn upstream_expunges(
         &self,
         session: &mut Session,
@@ -423,8 +426,14 @@ impl Syncer {
     ) -> Result<usize, SyncError> {
         let (store, f) = (self.store.clone(), folder.to_string());
         let linked = blocking(move || store.linked_count(account, &f, uidvalidity)).await??;
-        if linked == 0 || exists.is_some_and(|n| n as usize == linked) {
+        if linked == 0 {
             return Ok(0);
+        }
+        if exists.is_some_and(|n| n as usize == linked) {
+            let strikes = Strikes::load(&self.store, account, folder, uidvalidity).await?;
+            if strikes.keys.is_empty() {
+                return Ok(0);
+            }
         }
         let found = within(self.config.timeout(), session.uid_search("ALL")).await?;
         if found.is_empty() && exists.is_some_and(|n| n > 0) {
