@@ -2491,6 +2491,54 @@ async fn an_upstream_expunge_is_seen_beside_a_message_held_back() {
     assert!(left.contains("third"), "{left}");
 }
 
+/// Another client deletes a folder and makes it again with some of its messages (a new
+/// UIDVALIDITY): once the resync has read the new folder, the messages it did not find again
+/// are expunged here too, as an expunge upstream is; those it found keep their local UIDs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_gone_across_a_uidvalidity_change_are_expunged_here() {
+    let world = World::new();
+    let dovecot = Dovecot::start_tls();
+    let message = |i: u32| plain_message(&format!("list-{i}"));
+    upstream(
+        &dovecot,
+        json!([{"cmd": "raw", "line": "CREATE Lists"},
+        append_bytes("Lists", &message(100)), append_bytes("Lists", &message(101)),
+        append_bytes("Lists", &message(102)), append_bytes("Lists", &message(103))]),
+    );
+    let (server, _dir, config) = bobs_sync(&world, &dovecot);
+    let out = sync_once(&config);
+    assert_eq!(stdout(&out).trim(), format!("{USER}: 4 new"), "{out:?}");
+    upstream(
+        &dovecot,
+        json!([{"cmd": "raw", "line": "DELETE Lists"}, {"cmd": "raw", "line": "CREATE Lists"},
+        append_bytes("Lists", &message(100)), append_bytes("Lists", &message(102))]),
+    );
+    let out = sync_once(&config);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        stdout(&out).trim(),
+        format!("{USER}: 0 new, 2 expunged upstream"),
+        "{log}"
+    );
+    assert!(log.contains("not found upstream again"), "{log}");
+    let mut raw = server.login();
+    assert_eq!(exists(&mut raw, "Lists"), 2, "{log}");
+    let kept = raw
+        .ok("UID FETCH 1:* (BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+        .join("\n");
+    assert!(
+        kept.contains("UID 1 ") && kept.contains("list-100"),
+        "{kept}"
+    );
+    assert!(
+        kept.contains("UID 3 ") && kept.contains("list-102"),
+        "{kept}"
+    );
+    let out = sync_once(&config);
+    assert_eq!(stdout(&out).trim(), format!("{USER}: 0 new"), "{out:?}");
+    assert_eq!(exists(&mut raw, "Lists"), 2);
+}
+
 /// A keyword the server will not take (Dovecot refuses one longer than
 /// mail_max_keyword_length, 50): the system flags of that change still go up, the keyword
 /// stays here, and the message's later changes are not held up behind it.

@@ -167,33 +167,84 @@ impl Store {
         })
     }
 
+    /// Whether `folder` has links under another UIDVALIDITY than `uidvalidity` (a resync is
+    /// under way, or done and not yet cleaned up). One read on the primary key.
+    pub fn has_stale_links(
+        &self,
+        account: AccountId,
+        folder: &str,
+        uidvalidity: u32,
+    ) -> Result<bool, StoreError> {
+        self.read(|c| {
+            Ok(
+                c.prepare_cached(&format!("SELECT EXISTS (SELECT 1 {STALE})"))?
+                    .query_row(params![account, folder, uidvalidity], |r| r.get(0))?,
+            )
+        })
+    }
+
     /// Once a resync of `folder` (after an upstream UIDVALIDITY change) has read every message
-    /// there is under `uidvalidity`: links under an older UIDVALIDITY whose local message is
-    /// gone (expunged or moved away here) matched nothing the server still has, so they go.
-    /// Kept, they would take a later message with the same bytes for theirs; a change waiting
-    /// for one of them finds no link now and ends (a move uploads its message). Costs one read
-    /// when there are none. Returns how many went.
+    /// there is under `uidvalidity`: links under an older UIDVALIDITY matched nothing the
+    /// server still has, so they go. Kept, they would take a later message with the same
+    /// bytes for theirs; a change waiting for one whose local message is gone (expunged or
+    /// moved away here) finds no link now and ends (a move uploads its message). With
+    /// `expunge`, a local message such a link stood for is expunged here too, as upstream no
+    /// longer has it (one with a change still waiting is left to the write-back, link and
+    /// all); without, only the links of messages gone here go. Costs one read when there are
+    /// none ([`Store::has_stale_links`] asks first). Returns how many local messages were
+    /// expunged.
     pub fn forget_unmatched_links(
         &self,
         account: AccountId,
         folder: &str,
         uidvalidity: u32,
+        expunge: bool,
     ) -> Result<usize, StoreError> {
-        const GONE: &str = "FROM sync_map
-             WHERE account = ?1 AND folder = ?2 AND (uidvalidity < ?3 OR uidvalidity > ?3)
-               AND NOT EXISTS (SELECT 1 FROM messages m
+        const GONE: &str = "AND NOT EXISTS (SELECT 1 FROM messages m
                                WHERE m.mailbox = sync_map.mailbox AND m.uid = sync_map.uid)";
         let params = params![account, folder, uidvalidity];
-        let any: bool = self.read(|c| {
-            Ok(
-                c.prepare_cached(&format!("SELECT EXISTS (SELECT 1 {GONE})"))?
-                    .query_row(params, |r| r.get(0))?,
-            )
-        })?;
-        if !any {
+        if !self.has_stale_links(account, folder, uidvalidity)? {
             return Ok(0);
         }
-        self.write(|tx| Ok(tx.execute(&format!("DELETE {GONE}"), params)?))
+        self.write(|tx| {
+            tx.execute(&format!("DELETE {STALE} {GONE}"), params)?;
+            if !expunge {
+                return Ok(0);
+            }
+            let stale: Vec<(u32, u32, MailboxId, u32, String)> = {
+                let mut stmt = tx.prepare(
+                    "SELECT s.uidvalidity, s.upstream_uid, s.mailbox, s.uid, mb.name
+                     FROM sync_map s JOIN mailboxes mb ON mb.id = s.mailbox
+                     WHERE s.account = ?1 AND s.folder = ?2
+                       AND (s.uidvalidity < ?3 OR s.uidvalidity > ?3)
+                     ORDER BY s.mailbox, s.uid",
+                )?;
+                let rows = stmt.query_map(params, |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+                })?;
+                rows.collect::<Result<_, _>>()?
+            };
+            let mut unlink = tx.prepare_cached(
+                "DELETE FROM sync_map
+                 WHERE account = ?1 AND folder = ?2 AND uidvalidity = ?3 AND upstream_uid = ?4",
+            )?;
+            let mut by_mailbox: std::collections::BTreeMap<MailboxId, Vec<u32>> =
+                Default::default();
+            for (old_validity, upstream_uid, mailbox, uid, name) in stale {
+                if change_waiting(tx, account, &name, uid)? {
+                    continue;
+                }
+                unlink.execute(params![account, folder, old_validity, upstream_uid])?;
+                by_mailbox.entry(mailbox).or_default().push(uid);
+            }
+            let mut expunged = 0;
+            for (mailbox, uids) in by_mailbox {
+                let mb = find_mailbox_id(tx, mailbox)?;
+                expunge_rows(tx, &mb, &uids)?;
+                expunged += uids.len();
+            }
+            Ok(expunged)
+        })
     }
 
     /// The upstream message a local message stands for, if any.
@@ -825,6 +876,10 @@ impl Store {
         self.read(|c| Ok(find_mailbox(c, account, name)?.map(|m| m.id)))
     }
 }
+
+/// The links of a folder under another UIDVALIDITY than ?3 (with ?1 the account, ?2 the folder).
+const STALE: &str = "FROM sync_map
+     WHERE account = ?1 AND folder = ?2 AND (uidvalidity < ?3 OR uidvalidity > ?3)";
 
 /// True when a local change of this message still waits in the journal to be written back.
 fn change_waiting(

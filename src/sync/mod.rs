@@ -382,21 +382,35 @@ impl Syncer {
             });
         }
         // Every message there is has been read: a resync is complete, and what it did not
-        // link again is not upstream any more.
-        if nothing_new || selected.uidnext.is_some_and(|n| n <= next_uid) {
+        // link again is not upstream any more. Its local messages go too, unless a message
+        // there was passed over or held (upstream, but not read: one of them may be it).
+        let mut resync_expunged = 0;
+        let complete = nothing_new || selected.uidnext.is_some_and(|n| n <= next_uid);
+        let (store, f) = (self.store.clone(), folder.to_string());
+        if complete && blocking(move || store.has_stale_links(account, &f, uidvalidity)).await?? {
+            let strikes = Strikes::load(&self.store, account, folder, uidvalidity).await?;
+            let expunge = strikes.keys.is_empty();
             let (store, f) = (self.store.clone(), folder.to_string());
-            blocking(move || store.forget_unmatched_links(account, &f, uidvalidity)).await??;
+            resync_expunged =
+                blocking(move || store.forget_unmatched_links(account, &f, uidvalidity, expunge))
+                    .await??;
+            if resync_expunged > 0 {
+                tracing::info!(account = %self.name, %folder,
+                    "{resync_expunged} messages not found upstream again after its UIDVALIDITY \
+                     changed: expunged here");
+            }
         }
-        let expunged = self
-            .upstream_expunges(
-                session,
-                account,
-                folder,
-                uidvalidity,
-                next_uid,
-                selected.exists,
-            )
-            .await?;
+        let expunged = resync_expunged
+            + self
+                .upstream_expunges(
+                    session,
+                    account,
+                    folder,
+                    uidvalidity,
+                    next_uid,
+                    selected.exists,
+                )
+                .await?;
         Ok(FolderPass {
             stored,
             flags_changed,
