@@ -2539,6 +2539,57 @@ async fn messages_gone_across_a_uidvalidity_change_are_expunged_here() {
     assert_eq!(exists(&mut raw, "Lists"), 2);
 }
 
+/// A folder another client renames upstream comes down under its new name, and its old name
+/// goes here with its messages (no second copy of each); a folder another client deletes
+/// goes here too. One that `folders` leaves out stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn folders_renamed_or_deleted_upstream_follow_here() {
+    let world = World::new();
+    let dovecot = Dovecot::start_tls();
+    upstream(
+        &dovecot,
+        json!([{"cmd": "raw", "line": "CREATE Work"},
+        append_bytes("Work", &plain_message("w1")), append_bytes("Work", &plain_message("w2")),
+        append_bytes("Work", &plain_message("w3"))]),
+    );
+    let (server, dir, _) = bobs_sync(&world, &dovecot);
+    let config = port_config(&server, &dovecot, dir.path(), dovecot.port, "all", "");
+    let out = sync_once(&config);
+    assert_eq!(stdout(&out).trim(), format!("{USER}: 3 new"), "{out:?}");
+    let mut raw = server.login();
+    let names =
+        |raw: &mut common::server::Raw<std::net::TcpStream>| raw.ok("LIST \"\" \"*\"").join("\n");
+    // A folder `folders` leaves out now is not synced, not gone.
+    let inbox_only = port_config(
+        &server,
+        &dovecot,
+        dir.path(),
+        dovecot.port,
+        "inbox",
+        "folders = [\"INBOX\"]",
+    );
+    let out = sync_once(&inbox_only);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(exists(&mut raw, "Work"), 3, "{out:?}");
+
+    upstream(&dovecot, json!([{"cmd": "raw", "line": "RENAME Work Job"}]));
+    let out = sync_once(&config);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    assert!(log.contains("the folder is gone upstream"), "{log}");
+    assert_eq!(exists(&mut raw, "Job"), 3, "{log}");
+    assert!(!names(&mut raw).contains("\"Work\""), "{log}");
+
+    upstream(&dovecot, json!([{"cmd": "raw", "line": "DELETE Job"}]));
+    let out = sync_once(&config);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    let listed = names(&mut raw);
+    assert!(!listed.contains("\"Job\""), "{listed} {log}");
+    let out = sync_once(&config);
+    assert_eq!(stdout(&out).trim(), format!("{USER}: 0 new"), "{out:?}");
+}
+
 /// A keyword the server will not take (Dovecot refuses one longer than
 /// mail_max_keyword_length, 50): the system flags of that change still go up, the keyword
 /// stays here, and the message's later changes are not held up behind it.

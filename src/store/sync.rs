@@ -167,6 +167,103 @@ impl Store {
         })
     }
 
+    /// The upstream folders the account has synced (their marks).
+    pub fn synced_folders(&self, account: AccountId) -> Result<Vec<String>, StoreError> {
+        self.read(|c| {
+            let mut stmt =
+                c.prepare_cached("SELECT folder FROM sync_folders WHERE account = ?1")?;
+            let rows = stmt.query_map([account], |r| r.get(0))?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+    }
+
+    /// An upstream folder that is gone (deleted or renamed by another client): its messages
+    /// are expunged here, as upstream expunges are (one with a change still waiting keeps
+    /// its message, without the link: the change then ends or uploads it), its links and mark
+    /// go, and a local mailbox it leaves empty goes too, unless it is INBOX or a special-use
+    /// one, has children, or a waiting change names it. Not journaled. Returns how many
+    /// messages were expunged.
+    pub fn forget_vanished_folder(
+        &self,
+        account: AccountId,
+        folder: &str,
+    ) -> Result<usize, StoreError> {
+        self.write(|tx| {
+            let links: Vec<(MailboxId, u32, Option<String>)> = {
+                let mut stmt = tx.prepare(
+                    "SELECT s.mailbox, s.uid, mb.name FROM sync_map s
+                     LEFT JOIN mailboxes mb ON mb.id = s.mailbox
+                     WHERE s.account = ?1 AND s.folder = ?2 ORDER BY s.mailbox, s.uid",
+                )?;
+                let rows = stmt.query_map(params![account, folder], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })?;
+                rows.collect::<Result<_, _>>()?
+            };
+            let mut by_mailbox: std::collections::BTreeMap<MailboxId, Vec<u32>> =
+                Default::default();
+            for (mailbox, uid, name) in links {
+                let Some(name) = name else { continue };
+                by_mailbox.entry(mailbox).or_default();
+                if !change_waiting(tx, account, &name, uid)? {
+                    by_mailbox.entry(mailbox).or_default().push(uid);
+                }
+            }
+            tx.execute(
+                "DELETE FROM sync_map WHERE account = ?1 AND folder = ?2",
+                params![account, folder],
+            )?;
+            tx.execute(
+                "DELETE FROM sync_folders WHERE account = ?1 AND folder = ?2",
+                params![account, folder],
+            )?;
+            let mut expunged = 0;
+            for (mailbox, uids) in by_mailbox {
+                let mb = find_mailbox_id(tx, mailbox)?;
+                let present: Vec<u32> = {
+                    let mut exists = tx.prepare_cached(
+                        "SELECT EXISTS (SELECT 1 FROM messages WHERE mailbox = ?1 AND uid = ?2)",
+                    )?;
+                    let mut present = Vec::new();
+                    for uid in uids {
+                        if exists.query_row(params![mailbox, uid], |r| r.get::<_, bool>(0))? {
+                            present.push(uid);
+                        }
+                    }
+                    present
+                };
+                expunge_rows(tx, &mb, &present)?;
+                expunged += present.len();
+                let prefix = format!("{}{}", mb.name, super::DELIMITER);
+                let emptied = mb.name != "INBOX"
+                    && mb.special_use.is_none()
+                    && !tx.query_row(
+                        "SELECT EXISTS (SELECT 1 FROM messages WHERE mailbox = ?1)
+                             OR EXISTS (SELECT 1 FROM mailboxes
+                                        WHERE account = ?2 AND substr(name, 1, ?3) = ?4)
+                             OR EXISTS (SELECT 1 FROM journal
+                                        WHERE account = ?2 AND (mailbox = ?5 OR detail = ?5
+                                              OR substr(detail, 1, ?6) = ?7))",
+                        params![
+                            mailbox,
+                            account,
+                            prefix.chars().count() as i64,
+                            prefix,
+                            mb.name,
+                            mb.name.chars().count() as i64 + 1,
+                            format!("{}\t", mb.name)
+                        ],
+                        |r| r.get::<_, bool>(0),
+                    )?;
+                if emptied {
+                    tx.execute("DELETE FROM expunged WHERE mailbox = ?1", [mailbox])?;
+                    tx.execute("DELETE FROM mailboxes WHERE id = ?1", [mailbox])?;
+                }
+            }
+            Ok(expunged)
+        })
+    }
+
     /// Whether `folder` has links under another UIDVALIDITY than `uidvalidity` (a resync is
     /// under way, or done and not yet cleaned up). One read on the primary key.
     pub fn has_stale_links(

@@ -166,10 +166,12 @@ impl Syncer {
         }
         let condstore = capabilities.has_str("CONDSTORE");
         let mut reconnected = false;
-        for (folder, delimiter) in self.folders(session).await? {
+        let listed = self.folders(session).await?;
+        let mut every_folder = true;
+        for (folder, delimiter) in listed.iter() {
             // A folder that cannot be synced (a name sealpost cannot store, EXAMINE refused)
             // is left out with a warning; the folders after it still are.
-            let local = match local_name(&folder, delimiter.as_deref()) {
+            let local = match local_name(folder, delimiter.as_deref()) {
                 Ok(local) => local,
                 Err(e) => {
                     tracing::warn!(account = %self.name, "upstream folder {folder:?} left out: {e}");
@@ -191,7 +193,7 @@ impl Syncer {
                 }
             }
             let done = match self
-                .sync_folder(session, account, &folder, &local, condstore)
+                .sync_folder(session, account, folder, &local, condstore)
                 .await
             {
                 Ok(done) => done,
@@ -234,6 +236,7 @@ impl Syncer {
                     // reported; the folders left wait for the next pass.
                     tracing::warn!(account = %self.name, %folder,
                         "{e}: folder cut short; the pass ends here");
+                    every_folder = false;
                     break;
                 }
                 tracing::warn!(account = %self.name, %folder,
@@ -242,8 +245,45 @@ impl Syncer {
                 reconnected = true;
             }
         }
+        if every_folder {
+            report.expunged += self.vanished_folders(session, account, &listed).await?;
+        }
         report.redecrypted = retry_undecryptable(&self.store, &self.keys, account).await?;
         Ok(report)
+    }
+
+    /// Folders synced before that are gone upstream (another client deleted or renamed
+    /// them): their messages are expunged here, as expunges upstream are, and their sync
+    /// state goes (a renamed folder's messages come down under its new name). A folder counts
+    /// as gone only when LIST leaves it out and the server refuses to EXAMINE it; one that
+    /// `folders` leaves out now is not synced, not gone. Returns how many messages went.
+    async fn vanished_folders(
+        &self,
+        session: &mut Session,
+        account: AccountId,
+        listed: &[(String, Option<String>)],
+    ) -> Result<usize, SyncError> {
+        let store = self.store.clone();
+        let synced = blocking(move || store.synced_folders(account)).await??;
+        let mut expunged = 0;
+        for folder in synced {
+            if listed.iter().any(|(name, _)| *name == folder)
+                || !(self.config.folders.is_empty() || self.config.folders.contains(&folder))
+            {
+                continue;
+            }
+            let line = format!("EXAMINE {}", quote(&folder));
+            let reply = within(self.config.timeout(), command(session, &line, None)).await?;
+            if reply.ok {
+                continue;
+            }
+            let (store, f) = (self.store.clone(), folder.clone());
+            let n = blocking(move || store.forget_vanished_folder(account, &f)).await??;
+            tracing::info!(account = %self.name, %folder,
+                "the folder is gone upstream ({}): {n} messages expunged here", reply.text);
+            expunged += n;
+        }
+        Ok(expunged)
     }
 
     /// The upstream folders to sync: (wire name, hierarchy delimiter).
