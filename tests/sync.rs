@@ -2128,15 +2128,23 @@ async fn a_retried_copy_is_made_once_and_found_by_its_bytes() {
 
     // The COPY of a message without a Message-ID is done; its answer is lost, and the
     // network goes down: the retry finds the copy by its bytes.
-    raw.ok("SELECT INBOX");
-    raw.ok("UID COPY 2 Archive");
-    raw.ok("UNSELECT");
-    let port = proxy_losing_answers(dovecot.port, |t| t.contains("UID COPY"), true);
-    let down = port_config(&server, &dovecot, dir.path(), port, "down", "");
-    let out = sync_once(&down);
-    let log = String::from_utf8_lossy(&out.stderr);
-    assert!(log.contains("write-back stopped"), "{log}");
-    assert!(!log.contains("new messages"), "nothing fetched: {log}");
+    let copy_losing_the_answer =
+        |raw: &mut common::server::Raw<std::net::TcpStream>, uid: u32, everything: bool| {
+            raw.ok("SELECT INBOX");
+            raw.ok(&format!("UID COPY {uid} Archive"));
+            raw.ok("UNSELECT");
+            let port = proxy_losing_answers(dovecot.port, |t| t.contains("UID COPY"), everything);
+            let name = format!("losing-{uid}");
+            let losing = port_config(&server, &dovecot, dir.path(), port, &name, "");
+            let out = sync_once(&losing);
+            let log = String::from_utf8_lossy(&out.stderr);
+            assert!(log.contains("write-back stopped"), "{log}");
+            assert!(
+                !log.contains("new messages"),
+                "not fetched as new mail: {log}"
+            );
+        };
+    copy_losing_the_answer(&mut raw, 2, true);
     let out = sync_once(&direct);
     assert!(out.status.success(), "{out:?}");
     let copies = |subject: &str| {
@@ -2148,15 +2156,7 @@ async fn a_retried_copy_is_made_once_and_found_by_its_bytes() {
 
     // Another such COPY whose answer is lost while the network stays up: the same pass
     // fetches the copy, which is linked to the local copy, not taken for new mail.
-    raw.ok("SELECT INBOX");
-    raw.ok("UID COPY 3 Archive");
-    raw.ok("UNSELECT");
-    let port = proxy_losing_answers(dovecot.port, |t| t.contains("UID COPY"), false);
-    let losing = port_config(&server, &dovecot, dir.path(), port, "losing", "");
-    let out = sync_once(&losing);
-    let log = String::from_utf8_lossy(&out.stderr);
-    assert!(log.contains("write-back stopped"), "{log}");
-    assert!(!log.contains("new messages"), "not new mail: {log}");
+    copy_losing_the_answer(&mut raw, 3, false);
     let out = sync_once(&direct);
     assert!(out.status.success(), "{out:?}");
     assert_eq!(copies("Subject: no id either"), 1, "{out:?}");
@@ -2301,6 +2301,54 @@ async fn a_folder_deleted_here_is_not_made_again_by_a_pass_cut_short() {
     assert_eq!(waiting_changes(&server), 0, "{out:?}");
     assert!(!listed(&mut raw).contains("\"Old\""));
     assert_eq!(exists(&mut raw, "Archive"), 1);
+}
+
+/// A folder renamed and then deleted here, in a pass whose write-back stops before the
+/// rename: the fetch does not make the folder again here under its old name, and the next
+/// pass renames and deletes it upstream; neither name is left on either side.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_folder_renamed_then_deleted_here_does_not_come_back() {
+    let world = World::new();
+    let dovecot = Dovecot::start_tls();
+    upstream(
+        &dovecot,
+        json!([{"cmd": "raw", "line": "CREATE Old"},
+        append_bytes("Old", &plain_message("in old"))]),
+    );
+    let (server, dir, _) = bobs_sync(&world, &dovecot);
+    let direct = port_config(&server, &dovecot, dir.path(), dovecot.port, "direct", "");
+    let out = sync_once(&direct);
+    assert_eq!(stdout(&out).trim(), format!("{USER}: 1 new"), "{out:?}");
+    let mut raw = server.login();
+    raw.ok("RENAME Old New");
+    raw.ok("SELECT New");
+    raw.ok("UID STORE 1 +FLAGS.SILENT (\\Deleted)");
+    raw.ok("UID EXPUNGE 1");
+    raw.ok("UNSELECT");
+    raw.ok("DELETE New");
+    let port = proxy(dovecot.port, |t| t.contains("RENAME"), false);
+    let stalling = port_config(&server, &dovecot, dir.path(), port, "stall", "");
+    let out = sync_once(&stalling);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("write-back stopped"), "{log}");
+    let listed =
+        |raw: &mut common::server::Raw<std::net::TcpStream>| raw.ok("LIST \"\" \"*\"").join("\n");
+    let here = listed(&mut raw);
+    assert!(
+        !here.contains("\"Old\"") && !here.contains("\"New\""),
+        "{here} {log}"
+    );
+    let out = sync_once(&direct);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(waiting_changes(&server), 0, "{out:?}");
+    let list = upstream(&dovecot, json!([{"cmd": "raw", "line": "LIST \"\" \"*\""}]));
+    let there = untagged(&list, 0).join("\n");
+    assert!(!there.contains("Old") && !there.contains("New"), "{there}");
+    let here = listed(&mut raw);
+    assert!(
+        !here.contains("\"Old\"") && !here.contains("\"New\""),
+        "{here}"
+    );
 }
 
 /// A message moved out of a folder that is deleted here and that another client deleted
@@ -2588,6 +2636,73 @@ async fn folders_renamed_or_deleted_upstream_follow_here() {
     assert!(!listed.contains("\"Job\""), "{listed} {log}");
     let out = sync_once(&config);
     assert_eq!(stdout(&out).trim(), format!("{USER}: 0 new"), "{out:?}");
+}
+
+/// After an upstream UIDVALIDITY change, a message the resync could not read (the server
+/// breaks the connection on it) is passed over, and its failure count later goes: its local
+/// copy is still kept, as every message upstream is not linked; it may be the only one that
+/// can be read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_passed_over_in_a_resync_keeps_its_local_copy() {
+    use std::os::unix::fs::PermissionsExt;
+    let world = World::new();
+    let dovecot = Dovecot::start_tls();
+    let message = |i: u32| plain_message(&format!("kept-{i}"));
+    upstream(
+        &dovecot,
+        json!([{"cmd": "raw", "line": "CREATE Lists"},
+        append_bytes("Lists", &message(1)), append_bytes("Lists", &message(2)),
+        append_bytes("Lists", &message(3))]),
+    );
+    let (server, _dir, config) = bobs_sync(&world, &dovecot);
+    let out = sync_once(&config);
+    assert_eq!(stdout(&out).trim(), format!("{USER}: 3 new"), "{out:?}");
+    upstream(
+        &dovecot,
+        json!([{"cmd": "raw", "line": "DELETE Lists"}, {"cmd": "raw", "line": "CREATE Lists"},
+        append_bytes("Lists", &message(1)), append_bytes("Lists", &message(2)),
+        append_bytes("Lists", &message(3))]),
+    );
+    let unreadable = dovecot
+        .mailbox_files("Lists")
+        .into_iter()
+        .find(|f| common::contains(&std::fs::read(f).unwrap(), "Subject: kept-2"))
+        .unwrap();
+    std::fs::set_permissions(&unreadable, std::fs::Permissions::from_mode(0o000)).unwrap();
+    let db = rusqlite::Connection::open(server.store_path()).unwrap();
+    let counted = |db: &rusqlite::Connection| -> i64 {
+        db.query_row(
+            "SELECT count(*) FROM store_meta WHERE key LIKE 'unfetched:%'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    for _ in 0..3 {
+        sync_once(&config);
+    }
+    assert!(
+        counted(&db) > 0,
+        "the server did not send the unreadable message"
+    );
+    // Five failed passes over more than an hour: passed over.
+    db.execute_batch(
+        "UPDATE store_meta SET value = 5 WHERE key LIKE 'unfetched:%'
+           AND key NOT LIKE '%:since' AND key NOT LIKE '%:last';
+         UPDATE store_meta SET value = strftime('%s', 'now') - 7200
+           WHERE key LIKE 'unfetched:%:since';",
+    )
+    .unwrap();
+    let out = sync_once(&config);
+    assert!(out.status.success(), "{out:?}");
+    // A week on, its failure count is forgotten.
+    db.execute("DELETE FROM store_meta WHERE key LIKE 'unfetched:%'", [])
+        .unwrap();
+    let out = sync_once(&config);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    let mut raw = server.login();
+    assert_eq!(exists(&mut raw, "Lists"), 3, "{log}");
 }
 
 /// A keyword the server will not take (Dovecot refuses one longer than

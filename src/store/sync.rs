@@ -334,13 +334,7 @@ impl Store {
                 unlink.execute(params![account, folder, old_validity, upstream_uid])?;
                 by_mailbox.entry(mailbox).or_default().push(uid);
             }
-            let mut expunged = 0;
-            for (mailbox, uids) in by_mailbox {
-                let mb = find_mailbox_id(tx, mailbox)?;
-                expunge_rows(tx, &mb, &uids)?;
-                expunged += uids.len();
-            }
-            Ok(expunged)
+            expunge_each(tx, by_mailbox)
         })
     }
 
@@ -366,17 +360,18 @@ impl Store {
         })
     }
 
-    /// When mailbox `name` is gone here and its deletion waits in the journal: the waiting
-    /// entry's (attempts, last error); None otherwise.
+    /// When mailbox `name` is gone here and its deletion or rename waits in the journal: the
+    /// waiting entry's (kind, last error); None otherwise.
     pub fn waiting_deletion(
         &self,
         account: AccountId,
         name: &str,
-    ) -> Result<Option<(u32, String)>, StoreError> {
+    ) -> Result<Option<(String, String)>, StoreError> {
         self.read(|c| {
             Ok(c.prepare_cached(
-                "SELECT j.attempts, j.last_error FROM journal j
-                 WHERE j.account = ?1 AND j.kind = 'delete-mailbox' AND j.mailbox = ?2
+                "SELECT j.kind, j.last_error FROM journal j
+                 WHERE j.account = ?1 AND j.kind IN ('delete-mailbox', 'rename-mailbox')
+                   AND j.mailbox = ?2
                    AND NOT EXISTS (SELECT 1 FROM mailboxes m
                                    WHERE m.account = ?1 AND m.name = ?2)
                  ORDER BY j.id DESC LIMIT 1",
@@ -771,13 +766,7 @@ impl Store {
                     by_mailbox.entry(mailbox).or_default().push(uid);
                 }
             }
-            let mut expunged = 0;
-            for (mailbox, uids) in by_mailbox {
-                let mb = find_mailbox_id(tx, mailbox)?;
-                expunge_rows(tx, &mb, &uids)?;
-                expunged += uids.len();
-            }
-            Ok(expunged)
+            expunge_each(tx, by_mailbox)
         })
     }
 
@@ -972,6 +961,20 @@ impl Store {
     ) -> Result<Option<MailboxId>, StoreError> {
         self.read(|c| Ok(find_mailbox(c, account, name)?.map(|m| m.id)))
     }
+}
+
+/// Expunges the given local messages, mailbox by mailbox; returns how many.
+fn expunge_each(
+    tx: &rusqlite::Connection,
+    by_mailbox: std::collections::BTreeMap<MailboxId, Vec<u32>>,
+) -> Result<usize, StoreError> {
+    let mut expunged = 0;
+    for (mailbox, uids) in by_mailbox {
+        let mb = find_mailbox_id(tx, mailbox)?;
+        expunge_rows(tx, &mb, &uids)?;
+        expunged += uids.len();
+    }
+    Ok(expunged)
 }
 
 /// The links of a folder under another UIDVALIDITY than ?3 (with ?1 the account, ?2 the folder).

@@ -178,17 +178,17 @@ impl Syncer {
                     continue;
                 }
             };
-            // A folder deleted here whose deletion has not been tried yet (the write-back
-            // stopped before it), or waits behind an earlier change (a move out of it, say), is
-            // not made again here by its fetch: those changes still name the deleted mailbox,
-            // and would take a new one of that name for it. Only new mail the deletion found
-            // upstream brings the folder back.
+            // A folder deleted or renamed here, the change not yet written back, is not made
+            // again here by its fetch: the changes after it still name the mailbox that went,
+            // and would take a new one of that name for it, and the folder would stay here
+            // after the change went upstream. Only new mail a deletion found upstream brings
+            // the folder back (the deletion waits for it).
             let (store, l) = (self.store.clone(), local.clone());
             let deletion = blocking(move || store.waiting_deletion(account, &l)).await??;
-            if let Some((attempts, why)) = deletion {
-                if attempts == 0 || why == writeback::HELD_BACK {
+            if let Some((kind, why)) = deletion {
+                if !(kind == "delete-mailbox" && why == writeback::UNSEEN_BEFORE_DELETE) {
                     tracing::info!(account = %self.name, %folder,
-                        "deleted here, not upstream yet: not fetched in this pass");
+                        "deleted or renamed here, not upstream yet: not fetched in this pass");
                     continue;
                 }
             }
@@ -246,7 +246,14 @@ impl Syncer {
             }
         }
         if every_folder {
-            report.expunged += self.vanished_folders(session, account, &listed).await?;
+            // New mail is stored by now: a failure here is no reason to lose the pass's report
+            // (its notify_command, its "N new").
+            match self.vanished_folders(session, account, &listed).await {
+                Ok(n) => report.expunged += n,
+                Err(e @ (SyncError::Store(_) | SyncError::Task(_))) => return Err(e),
+                Err(e) => tracing::warn!(account = %self.name,
+                    "folders gone upstream not looked for in this pass: {e}"),
+            }
         }
         report.redecrypted = retry_undecryptable(&self.store, &self.keys, account).await?;
         Ok(report)
@@ -255,8 +262,9 @@ impl Syncer {
     /// Folders synced before that are gone upstream (another client deleted or renamed
     /// them): their messages are expunged here, as expunges upstream are, and their sync
     /// state goes (a renamed folder's messages come down under its new name). A folder counts
-    /// as gone only when LIST leaves it out and the server refuses to EXAMINE it; one that
-    /// `folders` leaves out now is not synced, not gone. Returns how many messages went.
+    /// as gone only when LIST leaves it out and the server says it does not exist at EXAMINE;
+    /// one that `folders` leaves out now is not synced, not gone. Returns how many messages
+    /// went.
     async fn vanished_folders(
         &self,
         session: &mut Session,
@@ -274,7 +282,10 @@ impl Syncer {
             }
             let line = format!("EXAMINE {}", quote(&folder));
             let reply = within(self.config.timeout(), command(session, &line, None)).await?;
-            if reply.ok {
+            // Gone: NO with [NONEXISTENT] (RFC 5530), or with no response code from a server
+            // that has none. Any other code ([UNAVAILABLE], [SERVERBUG], [INUSE]) says nothing.
+            let text = reply.text.trim_start();
+            if reply.ok || (text.starts_with('[') && !text.starts_with("[NONEXISTENT]")) {
                 continue;
             }
             let (store, f) = (self.store.clone(), folder.clone());
@@ -422,14 +433,16 @@ impl Syncer {
             });
         }
         // Every message there is has been read: a resync is complete, and what it did not
-        // link again is not upstream any more. Its local messages go too, unless a message
-        // there was passed over or held (upstream, but not read: one of them may be it).
+        // link again is not upstream any more. Its local messages go too, but only when every
+        // message upstream is linked (EXISTS at EXAMINE): one passed over or held is upstream
+        // and not read, and could be one of them, however long ago its failure count went.
         let mut resync_expunged = 0;
         let complete = nothing_new || selected.uidnext.is_some_and(|n| n <= next_uid);
         let (store, f) = (self.store.clone(), folder.to_string());
         if complete && blocking(move || store.has_stale_links(account, &f, uidvalidity)).await?? {
-            let strikes = Strikes::load(&self.store, account, folder, uidvalidity).await?;
-            let expunge = strikes.keys.is_empty();
+            let (store, f) = (self.store.clone(), folder.to_string());
+            let linked = blocking(move || store.linked_count(account, &f, uidvalidity)).await??;
+            let expunge = selected.exists.is_some_and(|n| n as usize == linked);
             let (store, f) = (self.store.clone(), folder.to_string());
             resync_expunged =
                 blocking(move || store.forget_unmatched_links(account, &f, uidvalidity, expunge))

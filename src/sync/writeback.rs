@@ -35,8 +35,12 @@ const STALE_LINK_TRIES: u32 = 10;
 /// reads, the newest first, looking for the copy an earlier try made.
 const COPY_CANDIDATES: usize = 8;
 
+/// Why a folder deleted here waits: its new mail upstream comes down first.
+pub(super) const UNSEEN_BEFORE_DELETE: &str =
+    "new mail upstream since the last pass: fetched before the folder is deleted";
+
 /// Why a change waits behind an earlier one that failed.
-pub(super) const HELD_BACK: &str = "waits for an earlier change to the same message or mailbox";
+const HELD_BACK: &str = "waits for an earlier change to the same message or mailbox";
 
 /// Why a change to a message whose link went stale waits.
 const STALE_LINK: &str =
@@ -384,11 +388,7 @@ impl Syncer {
                     };
                     up.selected = None;
                     if unseen {
-                        return Err(Failure::Entry(
-                            "new mail upstream since the last pass: fetched before the folder \
-                             is deleted"
-                                .into(),
-                        ));
+                        return Err(Failure::Entry(UNSEEN_BEFORE_DELETE.into()));
                     }
                 }
                 if examined.ok {
