@@ -585,13 +585,19 @@ pub fn recipients(raw: &[String]) -> Vec<Recipient> {
 }
 
 /// One envelope recipient as its copy names it: without angle brackets, a needless quote
-/// removed, spelled as given otherwise.
+/// and a trailing dot on the domain (the root, which Postfix drops) removed, spelled as given
+/// otherwise.
 fn recipient(raw: &str) -> Recipient {
     let trimmed = raw.trim();
     let bare = trimmed
         .strip_prefix('<')
         .and_then(|s| s.strip_suffix('>'))
         .unwrap_or(trimmed);
+    let rooted = bare.rsplit_once('@').and_then(|(local, domain)| {
+        let domain = domain.strip_suffix('.')?;
+        (!domain.is_empty() && !domain.ends_with('.')).then(|| format!("{local}@{domain}"))
+    });
+    let bare = rooted.as_deref().unwrap_or(bare);
     let valid = lettre::Address::from_str(bare).is_ok();
     let address = if valid {
         unquoted(bare).unwrap_or_else(|| bare.to_string())
@@ -623,6 +629,22 @@ pub fn copy_recipient(raw: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::batch_size;
+
+    #[test]
+    fn a_root_dot_is_no_other_recipient() {
+        assert!(super::same_recipient(
+            "<bob@example.org.>",
+            "bob@example.org"
+        ));
+        assert_eq!(
+            super::copy_recipient("<bob@example.org.>"),
+            "bob@example.org"
+        );
+        assert_eq!(
+            super::mailbox("bob@Example.ORG."),
+            super::mailbox("bob@example.org")
+        );
+    }
 
     #[test]
     fn a_needless_quote_and_another_spelling_are_one_recipient() {
