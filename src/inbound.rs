@@ -447,7 +447,7 @@ fn inline_armor(text: &[u8]) -> Option<Vec<u8>> {
     (trimmed.starts_with(BEGIN)
         && trimmed.ends_with(END)
         && trimmed.windows(BEGIN.len()).filter(|w| *w == BEGIN).count() == 1
-        && crate::message::parse::armored_ciphertext(trimmed))
+        && crate::message::parse::armored_ciphertext_any_headers(trimmed))
     .then(|| trimmed.to_vec())
 }
 
@@ -771,6 +771,10 @@ mod tests {
         // A session key packet (tag 1), then encrypted data (tag 18), one byte each.
         let block = b"-----BEGIN PGP MESSAGE-----\r\n\r\nwQED0gEB\r\n-----END PGP MESSAGE-----";
         assert!(inline_armor(&[b"\r\n", &block[..], b"\r\n"].concat()).is_some());
+        // An armor header RFC 4880 does not name is no reason to leave it undecrypted.
+        let headed = b"-----BEGIN PGP MESSAGE-----\r\nEncoding: base64\r\n\r\nwQED0gEB\r\n\
+            -----END PGP MESSAGE-----";
+        assert!(inline_armor(headed).is_some());
         // A one-pass signature packet (tag 4): signed, not encrypted.
         let signed = b"-----BEGIN PGP MESSAGE-----\r\n\r\nxAEA\r\n-----END PGP MESSAGE-----";
         assert!(inline_armor(signed).is_none());

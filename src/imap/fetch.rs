@@ -147,10 +147,12 @@ impl Session {
         }
         if expunged > 0 && !uid {
             // RFC 2180 §4.1.2, RFC 5530: the others' data went out; these have none left.
-            // An OK would pass them off as messages with nothing in them. (UID FETCH ignores
-            // UIDs that are gone, RFC 3501 §6.4.8, as UID COPY does.)
-            return Err(CmdError::no(
-                Some("EXPUNGEISSUED"),
+            // A bare OK would pass them off as messages with nothing in them, a NO would fail
+            // every FETCH until the client sends a command that may be told of the expunge
+            // (as Dovecot does: OK with the code). UID FETCH ignores UIDs that are gone (RFC
+            // 3501 §6.4.8), as UID COPY does.
+            return Ok(Done::ok_code(
+                "EXPUNGEISSUED".to_string(),
                 "Some of the messages were expunged by another session",
             ));
         }

@@ -299,11 +299,19 @@ fn quiet_around_parts(
 /// (a session key packet's first bytes, then words) would otherwise pass for ciphertext and
 /// leave in clear under a policy that demands encryption.
 pub fn armored_ciphertext(text: &[u8]) -> bool {
-    armored_data(text).is_some_and(|data| encrypted_packets(&data))
+    armored_data(text, true).is_some_and(|data| encrypted_packets(&data))
 }
 
-/// The decoded data of exactly one armored PGP MESSAGE, or None.
-fn armored_data(text: &[u8]) -> Option<Vec<u8>> {
+/// [`armored_ciphertext`] with any armor header allowed (RFC 4880 §6.2: an unknown one is
+/// reported, and the message still processed): for mail coming in, where the test only
+/// tells ciphertext from a signed-only block, and gpg decides the rest.
+pub fn armored_ciphertext_any_headers(text: &[u8]) -> bool {
+    armored_data(text, false).is_some_and(|data| encrypted_packets(&data))
+}
+
+/// The decoded data of exactly one armored PGP MESSAGE, or None. With `known_headers`, armor
+/// headers only of the kinds RFC 4880 §6.2 names.
+fn armored_data(text: &[u8], known_headers: bool) -> Option<Vec<u8>> {
     use base64::Engine as _;
     const BEGIN: &[u8] = b"-----BEGIN PGP MESSAGE-----";
     const END: &[u8] = b"-----END PGP MESSAGE-----";
@@ -327,7 +335,7 @@ fn armored_data(text: &[u8]) -> Option<Vec<u8>> {
             b"Hash",
             b"Charset",
         ];
-        if !line.windows(2).any(|w| w == b": ") || !known.contains(&key) {
+        if !line.windows(2).any(|w| w == b": ") || (known_headers && !known.contains(&key)) {
             return None;
         }
     }
@@ -702,7 +710,7 @@ mod tests {
     fn session_key_packets_are_counted_as_gpg_reads_them() {
         use base64::Engine as _;
         assert_eq!(session_key_packets(SAMPLE_CIPHERTEXT.as_bytes(), 1000), 1);
-        let data = armored_data(SAMPLE_CIPHERTEXT.as_bytes()).unwrap();
+        let data = armored_data(SAMPLE_CIPHERTEXT.as_bytes(), true).unwrap();
         assert_eq!(session_key_packets(&data, 1000), 1, "binary");
         // The first packet (the PKESK, 96 bytes) 50 times, then the rest.
         let many = [data[..96].repeat(50), data[96..].to_vec()].concat();
