@@ -17,6 +17,27 @@ fn bobs_store(world: &World) -> Server {
     )
 }
 
+/// `content` signed by Alice and encrypted to Bob in one OpenPGP message (RFC 3156 §6.2) by
+/// stock gpg, as a PGP/MIME message.
+fn signed_and_encrypted_by_alice(world: &World, content: &[u8]) -> Vec<u8> {
+    let out = world.sender.gpg(
+        &[
+            "--armor",
+            "--sign",
+            "--encrypt",
+            "--trust-model",
+            "always",
+            "-u",
+            &world.alice,
+            "-r",
+            &world.bob_fpr,
+        ],
+        Some(content),
+    );
+    assert!(out.status.success(), "{out:?}");
+    verdicts::pgp_mime(&out.stdout)
+}
+
 fn deliver(server: &Server, raw: &[u8]) -> (i32, String) {
     let out = run_with_stdin(
         Command::new(env!("CARGO_BIN_EXE_sealpost"))
@@ -372,22 +393,7 @@ async fn the_signer_is_compared_with_the_from_that_is_shown() {
     let server = bobs_store(&world);
     let inner = b"Content-Type: text/plain; charset=utf-8; protected-headers=\"v1\"\r\n\
         From: ceo@example.org\r\nTo: bob@example.org\r\nSubject: enc\r\n\r\nPay now.\r\n";
-    let out = world.sender.gpg(
-        &[
-            "--armor",
-            "--sign",
-            "--encrypt",
-            "--trust-model",
-            "always",
-            "-u",
-            &world.alice,
-            "-r",
-            &world.bob_fpr,
-        ],
-        Some(inner),
-    );
-    assert!(out.status.success(), "{out:?}");
-    let (code, output) = deliver(&server, &verdicts::pgp_mime(&out.stdout));
+    let (code, output) = deliver(&server, &signed_and_encrypted_by_alice(&world, inner));
     assert_eq!(code, 0, "{output}");
     let stored = verdicts::fetch_all(&server);
     let message = &stored[0].1;
@@ -414,22 +420,7 @@ async fn decrypted_bare_text_is_kept_whole() {
         "Note: the café opens at 9.\r\n\r\nAlice\r\n".as_bytes(),
     ];
     for text in texts {
-        let out = world.sender.gpg(
-            &[
-                "--armor",
-                "--sign",
-                "--encrypt",
-                "--trust-model",
-                "always",
-                "-u",
-                &world.alice,
-                "-r",
-                &world.bob_fpr,
-            ],
-            Some(text),
-        );
-        assert!(out.status.success(), "{out:?}");
-        let (code, output) = deliver(&server, &verdicts::pgp_mime(&out.stdout));
+        let (code, output) = deliver(&server, &signed_and_encrypted_by_alice(&world, text));
         assert_eq!(code, 0, "{output}");
     }
     let stored = verdicts::fetch_all(&server);
