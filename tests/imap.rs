@@ -359,13 +359,21 @@ fn keywords_and_permanent_flags() {
         "keywords are case-insensitive: {stored:?}"
     );
 
-    // A keyword new to the mailbox, set by another session: both sessions get the new FLAGS
-    // and PERMANENTFLAGS before the flag change itself (RFC 3501 §7.2.6).
+    // A keyword new to the mailbox, set by another session: that one gets the new FLAGS
+    // with its STORE, this one at its next NOOP, before the flag change itself (RFC 3501
+    // §7.2.6); both are told once.
     let mut other = server.login();
     other.ok("SELECT INBOX");
-    other.ok("STORE 1 +FLAGS.SILENT (Project-X)");
-    for (who, session) in [("other", &mut other), ("first", &mut raw)] {
-        let seen = session.ok("NOOP");
+    let stored = other.ok("STORE 1 +FLAGS.SILENT (Project-X)");
+    for (who, session, seen) in [
+        ("other", &mut other, stored),
+        ("first", &mut raw, Vec::new()),
+    ] {
+        let seen = if seen.is_empty() {
+            session.ok("NOOP")
+        } else {
+            seen
+        };
         let flags_at = seen
             .iter()
             .position(|l| l.starts_with("* FLAGS (") && l.contains("Project-X"));
@@ -384,6 +392,17 @@ fn keywords_and_permanent_flags() {
             "{who}"
         );
     }
+    // Set by the session itself: FLAGS comes with the STORE, before its FETCH response.
+    let stored = raw.ok("STORE 1 +FLAGS (Project-Y)");
+    let flags_at = stored
+        .iter()
+        .position(|l| l.starts_with("* FLAGS (") && l.contains("Project-Y"));
+    let fetch_at = stored.iter().position(|l| l.contains(" FETCH "));
+    assert!(flags_at.is_some() && flags_at < fetch_at, "{stored:?}");
+    assert!(
+        !raw.ok("NOOP").iter().any(|l| l.starts_with("* FLAGS")),
+        "told once"
+    );
 }
 
 #[test]

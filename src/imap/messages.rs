@@ -131,6 +131,11 @@ impl Session {
         let condstore = self.condstore;
         let selected = self.selected()?;
         let mut out = Out::default();
+        // A keyword new to the mailbox: FLAGS and PERMANENTFLAGS name it before the
+        // responses that carry it (RFC 3501 §7.2.6).
+        if selected.learn_keywords(stored.rows.iter().flat_map(|(_, flags, ..)| flags.iter())) {
+            out.flags_lists(&selected.keywords, selected.read_only);
+        }
         for (uid_value, flags, modseq, changed) in &stored.rows {
             if *changed {
                 selected.own.insert(*uid_value, *modseq);

@@ -59,6 +59,21 @@ impl Selected {
     pub fn seq_of(&self, uid: u32) -> Option<u32> {
         self.uids.binary_search(&uid).ok().map(|i| i as u32 + 1)
     }
+
+    /// Adds the keywords among `flags` the session's FLAGS did not name; true when there
+    /// was one (new FLAGS and PERMANENTFLAGS are due).
+    pub fn learn_keywords<'a>(&mut self, flags: impl Iterator<Item = &'a str>) -> bool {
+        let mut fresh = false;
+        for flag in flags {
+            if !flag.starts_with('\\')
+                && !self.keywords.iter().any(|k| k.eq_ignore_ascii_case(flag))
+            {
+                self.keywords.push(flag.to_string());
+                fresh = true;
+            }
+        }
+        fresh
+    }
 }
 
 /// How a command ended, before it is rendered as a tagged response.
@@ -632,19 +647,7 @@ impl Session {
         // A keyword new to the mailbox (set here or by another session) comes with new FLAGS
         // and PERMANENTFLAGS before the messages that carry it (RFC 3501 §7.2.6): clients
         // build their list of tags from them.
-        let mut fresh = false;
-        for flag in changes.rows.iter().flat_map(|(_, flags, _)| flags.iter()) {
-            if !flag.starts_with('\\')
-                && !selected
-                    .keywords
-                    .iter()
-                    .any(|k| k.eq_ignore_ascii_case(flag))
-            {
-                selected.keywords.push(flag.to_string());
-                fresh = true;
-            }
-        }
-        if fresh {
+        if selected.learn_keywords(changes.rows.iter().flat_map(|(_, flags, _)| flags.iter())) {
             out.flags_lists(&selected.keywords, read_only);
         }
         for (uid, flags, modseq) in &changes.rows {
