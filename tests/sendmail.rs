@@ -39,6 +39,17 @@ impl Setup {
     }
 
     /// Writes the configuration for a relay on `port`; `extra` is appended.
+    /// The configured relay's timeout down to 1 s: a copy the relay holds is deferred in
+    /// seconds.
+    fn short_relay_timeout(&self) {
+        let text = std::fs::read_to_string(&self.config).unwrap();
+        std::fs::write(
+            &self.config,
+            text.replace("timeout_secs = 10", "timeout_secs = 1"),
+        )
+        .unwrap();
+    }
+
     fn configure(&self, port: u16, run_after_submit: bool, extra: &str) {
         let text = format!(
             "[gnupg]\nhome = \"{home}\"\n\
@@ -414,12 +425,7 @@ fn sigterm_during_a_run_finishes_the_copy_in_hand() {
     });
     s.configure(relay.port, false, "");
     // A short relay timeout: the held copy is deferred in seconds, not in 40.
-    let text = std::fs::read_to_string(&s.config).unwrap();
-    std::fs::write(
-        &s.config,
-        text.replace("timeout_secs = 10", "timeout_secs = 1"),
-    )
-    .unwrap();
+    s.short_relay_timeout();
     let msg = "From: alice@example.org\nTo: carol@example.org\nSubject: term\n\nt\n";
     assert!(s.sendmail(&["-t", "-i"], msg.as_bytes()).status.success());
     let runner: Child = Command::new(env!("CARGO_BIN_EXE_sealpost"))
@@ -1107,12 +1113,7 @@ fn a_slow_reply_to_the_final_dot_is_waited_for() {
         ..RelayOptions::default()
     });
     s.configure(relay.port, false, "");
-    let text = std::fs::read_to_string(&s.config).unwrap();
-    std::fs::write(
-        &s.config,
-        text.replace("timeout_secs = 10", "timeout_secs = 1"),
-    )
-    .unwrap();
+    s.short_relay_timeout();
     let msg = "From: alice@example.org\nSubject: slow\n\nbody\n";
     let out = s.sendmail(&["-i", "bob@example.org"], msg.as_bytes());
     assert!(out.status.success(), "{out:?}");

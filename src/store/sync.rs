@@ -189,51 +189,33 @@ impl Store {
         folder: &str,
     ) -> Result<usize, StoreError> {
         self.write(|tx| {
-            let links: Vec<(MailboxId, u32, Option<String>)> = {
+            // (mailbox, uid, mailbox name, whether the message is still here)
+            let links: Vec<(MailboxId, u32, String, bool)> = {
                 let mut stmt = tx.prepare(
-                    "SELECT s.mailbox, s.uid, mb.name FROM sync_map s
-                     LEFT JOIN mailboxes mb ON mb.id = s.mailbox
+                    "SELECT s.mailbox, s.uid, mb.name,
+                            EXISTS (SELECT 1 FROM messages m
+                                    WHERE m.mailbox = s.mailbox AND m.uid = s.uid)
+                     FROM sync_map s JOIN mailboxes mb ON mb.id = s.mailbox
                      WHERE s.account = ?1 AND s.folder = ?2 ORDER BY s.mailbox, s.uid",
                 )?;
                 let rows = stmt.query_map(params![account, folder], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
                 })?;
                 rows.collect::<Result<_, _>>()?
             };
+            let mut mailboxes = std::collections::BTreeSet::new();
             let mut by_mailbox: std::collections::BTreeMap<MailboxId, Vec<u32>> =
                 Default::default();
-            for (mailbox, uid, name) in links {
-                let Some(name) = name else { continue };
-                by_mailbox.entry(mailbox).or_default();
-                if !change_waiting(tx, account, &name, uid)? {
+            for (mailbox, uid, name, here) in links {
+                mailboxes.insert(mailbox);
+                if here && !change_waiting(tx, account, &name, uid)? {
                     by_mailbox.entry(mailbox).or_default().push(uid);
                 }
             }
-            tx.execute(
-                "DELETE FROM sync_map WHERE account = ?1 AND folder = ?2",
-                params![account, folder],
-            )?;
-            tx.execute(
-                "DELETE FROM sync_folders WHERE account = ?1 AND folder = ?2",
-                params![account, folder],
-            )?;
-            let mut expunged = 0;
-            for (mailbox, uids) in by_mailbox {
+            forget_folder(tx, account, folder)?;
+            let expunged = expunge_each(tx, by_mailbox)?;
+            for mailbox in mailboxes {
                 let mb = find_mailbox_id(tx, mailbox)?;
-                let present: Vec<u32> = {
-                    let mut exists = tx.prepare_cached(
-                        "SELECT EXISTS (SELECT 1 FROM messages WHERE mailbox = ?1 AND uid = ?2)",
-                    )?;
-                    let mut present = Vec::new();
-                    for uid in uids {
-                        if exists.query_row(params![mailbox, uid], |r| r.get::<_, bool>(0))? {
-                            present.push(uid);
-                        }
-                    }
-                    present
-                };
-                expunge_rows(tx, &mb, &present)?;
-                expunged += present.len();
                 let prefix = format!("{}{}", mb.name, super::DELIMITER);
                 let emptied = mb.name != "INBOX"
                     && mb.special_use.is_none()
@@ -287,9 +269,8 @@ impl Store {
     /// moved away here) finds no link now and ends (a move uploads its message). With
     /// `expunge`, a local message such a link stood for is expunged here too, as upstream no
     /// longer has it (one with a change still waiting is left to the write-back, link and
-    /// all); without, only the links of messages gone here go. Costs one read when there are
-    /// none ([`Store::has_stale_links`] asks first). Returns how many local messages were
-    /// expunged.
+    /// all); without, only the links of messages gone here go. The caller asks
+    /// [`Store::has_stale_links`] first. Returns how many local messages were expunged.
     pub fn forget_unmatched_links(
         &self,
         account: AccountId,
@@ -300,9 +281,6 @@ impl Store {
         const GONE: &str = "AND NOT EXISTS (SELECT 1 FROM messages m
                                WHERE m.mailbox = sync_map.mailbox AND m.uid = sync_map.uid)";
         let params = params![account, folder, uidvalidity];
-        if !self.has_stale_links(account, folder, uidvalidity)? {
-            return Ok(0);
-        }
         self.write(|tx| {
             tx.execute(&format!("DELETE {STALE} {GONE}"), params)?;
             if !expunge {
@@ -360,24 +338,23 @@ impl Store {
         })
     }
 
-    /// When mailbox `name` is gone here and its deletion or rename waits in the journal: the
-    /// waiting entry's (kind, last error); None otherwise.
-    pub fn waiting_deletion(
+    /// The mailboxes gone here whose deletion or rename waits in the journal: name → the
+    /// latest such entry's (kind, last error).
+    pub fn waiting_departures(
         &self,
         account: AccountId,
-        name: &str,
-    ) -> Result<Option<(String, String)>, StoreError> {
+    ) -> Result<std::collections::HashMap<String, (String, String)>, StoreError> {
         self.read(|c| {
-            Ok(c.prepare_cached(
-                "SELECT j.kind, j.last_error FROM journal j
+            let mut stmt = c.prepare_cached(
+                "SELECT j.mailbox, j.kind, j.last_error FROM journal j
                  WHERE j.account = ?1 AND j.kind IN ('delete-mailbox', 'rename-mailbox')
-                   AND j.mailbox = ?2
                    AND NOT EXISTS (SELECT 1 FROM mailboxes m
-                                   WHERE m.account = ?1 AND m.name = ?2)
-                 ORDER BY j.id DESC LIMIT 1",
-            )?
-            .query_row(params![account, name], |r| Ok((r.get(0)?, r.get(1)?)))
-            .optional()?)
+                                   WHERE m.account = ?1 AND m.name = j.mailbox)
+                 ORDER BY j.id",
+            )?;
+            let rows = stmt.query_map([account], |r| Ok((r.get(0)?, (r.get(1)?, r.get(2)?))))?;
+            // In journal order, so the latest entry of a name is the one kept.
+            Ok(rows.collect::<Result<_, _>>()?)
         })
     }
 
@@ -646,14 +623,7 @@ impl Store {
                 )?;
             }
             if let Some(folder) = &done.forget_folder {
-                tx.execute(
-                    "DELETE FROM sync_map WHERE account = ?1 AND folder = ?2",
-                    params![account, folder],
-                )?;
-                tx.execute(
-                    "DELETE FROM sync_folders WHERE account = ?1 AND folder = ?2",
-                    params![account, folder],
-                )?;
+                forget_folder(tx, account, folder)?;
             }
             if let Some((from, to, delimiter)) = &done.rename_folder {
                 let prefix = format!("{from}{delimiter}");
@@ -840,6 +810,20 @@ impl Store {
     }
 
     /// The keys (store_meta) that begin with `prefix`, with their numbers.
+    /// Whether any key of the store's meta table starts with `prefix` (an ASCII text): one
+    /// seek on the key's index.
+    pub fn has_meta_prefixed(&self, prefix: &str) -> Result<bool, StoreError> {
+        // Keys from the prefix up to, not including, the prefix followed by the highest byte.
+        let mut end = prefix.as_bytes().to_vec();
+        end.push(0xFF);
+        self.read(|c| {
+            Ok(c.prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM store_meta WHERE key >= ?1 AND key < CAST(?2 AS TEXT))",
+            )?
+            .query_row(params![prefix, end], |r| r.get(0))?)
+        })
+    }
+
     pub fn meta_prefixed(&self, prefix: &str) -> Result<Vec<(String, i64)>, StoreError> {
         self.read(|c| {
             let mut statement = c.prepare_cached(
@@ -977,6 +961,21 @@ fn expunge_each(
     Ok(expunged)
 }
 
+/// Drops an upstream folder's links and mark.
+fn forget_folder(
+    tx: &rusqlite::Connection,
+    account: AccountId,
+    folder: &str,
+) -> Result<(), StoreError> {
+    for table in ["sync_map", "sync_folders"] {
+        tx.execute(
+            &format!("DELETE FROM {table} WHERE account = ?1 AND folder = ?2"),
+            params![account, folder],
+        )?;
+    }
+    Ok(())
+}
+
 /// The links of a folder under another UIDVALIDITY than ?3 (with ?1 the account, ?2 the folder).
 const STALE: &str = "FROM sync_map
      WHERE account = ?1 AND folder = ?2 AND (uidvalidity < ?3 OR uidvalidity > ?3)";
@@ -996,7 +995,6 @@ fn change_waiting(
         .query_row(params![account, mailbox, uid], |r| r.get(0))?)
 }
 
-/// Records a client change for the write-back, when the account has one.
 /// A journal entry from a row of `SELECT j.id, a.name, j.mailbox, j.uid, j.kind, j.detail,
 /// j.attempts, j.last_error`.
 fn journal_entry(r: &rusqlite::Row<'_>) -> rusqlite::Result<JournalEntry> {
@@ -1012,6 +1010,7 @@ fn journal_entry(r: &rusqlite::Row<'_>) -> rusqlite::Result<JournalEntry> {
     })
 }
 
+/// Records a client change for the write-back, when the account has one.
 pub(super) fn journal(
     tx: &rusqlite::Connection,
     account: AccountId,

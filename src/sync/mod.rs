@@ -168,6 +168,8 @@ impl Syncer {
         let mut reconnected = false;
         let listed = self.folders(session).await?;
         let mut every_folder = true;
+        let store = self.store.clone();
+        let departures = blocking(move || store.waiting_departures(account)).await??;
         for (folder, delimiter) in listed.iter() {
             // A folder that cannot be synced (a name sealpost cannot store, EXAMINE refused)
             // is left out with a warning; the folders after it still are.
@@ -183,9 +185,7 @@ impl Syncer {
             // and would take a new one of that name for it, and the folder would stay here
             // after the change went upstream. Only new mail a deletion found upstream brings
             // the folder back (the deletion waits for it).
-            let (store, l) = (self.store.clone(), local.clone());
-            let deletion = blocking(move || store.waiting_deletion(account, &l)).await??;
-            if let Some((kind, why)) = deletion {
+            if let Some((kind, why)) = departures.get(&local) {
                 if !(kind == "delete-mailbox" && why == writeback::UNSEEN_BEFORE_DELETE) {
                     tracing::info!(account = %self.name, %folder,
                         "deleted or renamed here, not upstream yet: not fetched in this pass");
@@ -497,8 +497,19 @@ impl Syncer {
             return Ok(0);
         }
         if exists.is_some_and(|n| n as usize == linked) {
-            let strikes = Strikes::load(&self.store, account, folder, uidvalidity).await?;
-            if strikes.keys.is_empty() {
+            let store = self.store.clone();
+            let tail = format!("{account}:{folder}:{uidvalidity}:");
+            let counted = blocking(move || {
+                [UNFETCHED, UNDECRYPTED]
+                    .iter()
+                    .try_fold(false, |any, kind| {
+                        Ok::<_, StoreError>(
+                            any || store.has_meta_prefixed(&format!("{kind}{tail}"))?,
+                        )
+                    })
+            })
+            .await??;
+            if !counted {
                 return Ok(0);
             }
         }

@@ -710,8 +710,8 @@ impl Syncer {
             })
             .await??;
             let token = upload_token(&self.name, local.uidvalidity, entry.uid);
+            let estimate = self.estimate(target, entry.uid).await?;
             if let Some((v, u)) = up.find_upload(self, &to_folder, &token).await? {
-                let estimate = self.estimate(target, entry.uid).await?;
                 let hash = up.hash_of(self, u, estimate).await?;
                 return Ok(WrittenBack {
                     hash_from: None,
@@ -719,7 +719,6 @@ impl Syncer {
                     ..link(v, u)
                 });
             }
-            let estimate = self.estimate(target, entry.uid).await?;
             if let Some((v, u)) = up
                 .find_copy(self, account, &from, &to_folder, estimate)
                 .await?
