@@ -594,8 +594,8 @@ fn recipient(raw: &str) -> Recipient {
         .and_then(|s| s.strip_suffix('>'))
         .unwrap_or(trimmed);
     let rooted = bare.rsplit_once('@').and_then(|(local, domain)| {
-        let domain = domain.strip_suffix('.')?;
-        (!domain.is_empty() && !domain.ends_with('.')).then(|| format!("{local}@{domain}"))
+        let bare_domain = policy::without_root_dot(domain);
+        (bare_domain != domain).then(|| format!("{local}@{bare_domain}"))
     });
     let bare = rooted.as_deref().unwrap_or(bare);
     let valid = lettre::Address::from_str(bare).is_ok();

@@ -152,12 +152,17 @@ pub fn canonical_address(address: &str) -> String {
 /// A domain as IDNA ASCII (UTS #46: `Bücher.DE` → `xn--bcher-kva.de`); one that does not
 /// convert, in ASCII lower case.
 pub fn canonical_domain(domain: &str) -> String {
-    // One trailing dot names the root: `example.org.` is `example.org` (Postfix drops it).
-    let domain = domain
+    let domain = without_root_dot(domain);
+    idna::domain_to_ascii(domain).unwrap_or_else(|_| domain.to_ascii_lowercase())
+}
+
+/// A domain without its one trailing dot, which names the root: `example.org.` is
+/// `example.org` (Postfix drops it).
+pub fn without_root_dot(domain: &str) -> &str {
+    domain
         .strip_suffix('.')
         .filter(|d| !d.is_empty() && !d.ends_with('.'))
-        .unwrap_or(domain);
-    idna::domain_to_ascii(domain).unwrap_or_else(|_| domain.to_ascii_lowercase())
+        .unwrap_or(domain)
 }
 
 #[cfg(test)]
