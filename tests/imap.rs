@@ -667,6 +667,16 @@ fn mailbox_names_are_checked() {
             .any(|l| l.starts_with("* STATUS \"Sent\" (MESSAGES 0)")),
         "{special:?}"
     );
+    // LIST-EXTENDED with a mailbox pattern sent as a synchronising literal (RFC 3501 §4.3).
+    raw.send(b"l1 LIST (SPECIAL-USE) \"\" {4}\r\n");
+    assert_eq!(raw.line().unwrap().split(' ').next(), Some("+"));
+    raw.send(b"Sent RETURN (SUBSCRIBED)\r\n");
+    let (untagged, tagged) = raw.until("l1");
+    assert!(tagged.starts_with("l1 OK"), "{tagged}");
+    assert_eq!(
+        untagged,
+        ["* LIST (\\HasNoChildren \\Sent \\Subscribed) \"/\" \"Sent\""]
+    );
 }
 
 #[test]

@@ -9,7 +9,8 @@
 //!   ends the connection, so memory stays bounded,
 //! - a command with too many literals ends the connection,
 //! - LIST commands go to sealpost's own LIST-EXTENDED parser (RFC 5258), which imap-codec
-//!   does not parse; every other line is fed to imap-next in order.
+//!   does not parse, whole with their literals (the scanner sends the `+` for a synchronising
+//!   one); every other line is fed to imap-next in order.
 
 use std::collections::VecDeque;
 use std::io;
@@ -176,6 +177,7 @@ impl Conn {
                 self.out.extend_from_slice(text.as_bytes());
                 self.events.push_back(Input::Refused);
             }
+            Piece::Continue => self.out.extend_from_slice(b"+ Ready for literal data\r\n"),
         }
     }
 
@@ -313,7 +315,11 @@ fn tag_of(bytes: &[u8]) -> Option<String> {
 enum Piece {
     Feed(Vec<u8>),
     List(Vec<u8>),
-    TooBig { tag: String },
+    TooBig {
+        tag: String,
+    },
+    /// A synchronising literal of a LIST command was accepted: the client may send it.
+    Continue,
 }
 
 /// Splits input into lines and literals and applies the limits (see the module comment).
@@ -326,6 +332,8 @@ struct Scanner {
     continuing: bool,
     /// The command's verb (upper case), from its first line.
     verb: String,
+    /// A LIST command with literals, collected whole for the LIST-EXTENDED parser.
+    list: Option<Vec<u8>>,
 }
 
 impl Scanner {
@@ -336,6 +344,7 @@ impl Scanner {
             literals: 0,
             continuing: false,
             verb: String::new(),
+            list: None,
         }
     }
 
@@ -354,7 +363,7 @@ impl Scanner {
         while !bytes.is_empty() {
             if self.literal_left > 0 {
                 let take = (self.literal_left.min(bytes.len() as u64)) as usize;
-                push_feed(&mut pieces, &bytes[..take]);
+                self.pass(&mut pieces, &bytes[..take]);
                 self.literal_left -= take as u64;
                 bytes = &bytes[take..];
                 continue;
@@ -389,9 +398,10 @@ impl Scanner {
                         u64::from(limits.max_literal)
                     };
                     if size > limit {
-                        if sync && !self.continuing {
+                        if sync && (!self.continuing || self.list.is_some()) {
                             // Nothing of this command reached imap-next: refuse it whole.
-                            let tag = tag_of(&line).unwrap_or_else(|| "*".to_owned());
+                            let first = self.list.as_deref().unwrap_or(&line);
+                            let tag = tag_of(first).unwrap_or_else(|| "*".to_owned());
                             pieces.push(Piece::TooBig { tag });
                             self.reset();
                             continue;
@@ -399,11 +409,20 @@ impl Scanner {
                         return Err(ConnError::LiteralTooBig);
                     }
                     self.literal_left = size;
+                    if !self.continuing && self.verb == "LIST" {
+                        self.list = Some(Vec::new());
+                    }
                     self.continuing = true;
-                    push_feed(&mut pieces, &line);
+                    self.pass(&mut pieces, &line);
+                    if sync && self.list.is_some() {
+                        pieces.push(Piece::Continue);
+                    }
                 }
                 None => {
-                    if !self.continuing && self.verb == "LIST" {
+                    if let Some(mut whole) = self.list.take() {
+                        whole.extend_from_slice(&line);
+                        pieces.push(Piece::List(whole));
+                    } else if !self.continuing && self.verb == "LIST" {
                         pieces.push(Piece::List(line));
                     } else {
                         push_feed(&mut pieces, &line);
@@ -419,6 +438,15 @@ impl Scanner {
         self.literals = 0;
         self.continuing = false;
         self.verb.clear();
+        self.list = None;
+    }
+
+    /// Bytes of the command being received: collected when it is a LIST, else fed on.
+    fn pass(&mut self, pieces: &mut Vec<Piece>, bytes: &[u8]) {
+        match &mut self.list {
+            Some(whole) => whole.extend_from_slice(bytes),
+            None => push_feed(pieces, bytes),
+        }
     }
 }
 
@@ -534,6 +562,17 @@ mod tests {
             .unwrap();
         assert!(matches!(&pieces[0], Piece::Feed(b) if b == b"a1 LOGIN {3}\r\nbob {2}\r\npw\r\n"));
         assert!(matches!(&pieces[1], Piece::List(b) if b == b"b LIST \"\" *\r\n"));
+        let mut s = Scanner::new();
+        let pieces = s.feed(b"c LIST () {1}\r\n", &limits(), true).unwrap();
+        assert!(matches!(&pieces[..], [Piece::Continue]));
+        let pieces = s.feed(b"x %\r\nd NOOP\r\n", &limits(), true).unwrap();
+        assert!(matches!(&pieces[0], Piece::List(b) if b == b"c LIST () {1}\r\nx %\r\n"));
+        assert!(matches!(&pieces[1], Piece::Feed(b) if b == b"d NOOP\r\n"));
+        let pieces = s
+            .feed(b"e LIST {1+}\r\nx {500}\r\nf NOOP\r\n", &limits(), true)
+            .unwrap();
+        assert!(matches!(&pieces[0], Piece::TooBig { tag } if tag == "e"));
+        assert!(matches!(&pieces[1], Piece::Feed(b) if b == b"f NOOP\r\n"));
         let mut s = Scanner::new();
         assert!(matches!(
             s.feed(b"a1 X {1}\r\na {1}\r\nb {1}\r\nc\r\n", &limits(), true),

@@ -173,6 +173,29 @@ fn tokenize(body: &[u8]) -> Result<Vec<Token>, String> {
                 i += 1;
                 tokens.push(Token::Word(value));
             }
+            b'{' => {
+                // A literal (RFC 3501 §4.3, RFC 7888): "{n}" or "{n+}", CRLF, n bytes.
+                let close = body[i..]
+                    .iter()
+                    .position(|&b| b == b'}')
+                    .ok_or("unterminated literal announcement")?;
+                let digits = &body[i + 1..i + close];
+                let digits = digits.strip_suffix(b"+").unwrap_or(digits);
+                let size: usize = std::str::from_utf8(digits)
+                    .ok()
+                    .filter(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
+                    .and_then(|d| d.parse().ok())
+                    .ok_or("bad literal announcement")?;
+                let start = i + close + 1;
+                if body.get(start..start + 2) != Some(b"\r\n") {
+                    return Err("literal announcement must end the line".into());
+                }
+                let data = body
+                    .get(start + 2..start + 2 + size)
+                    .ok_or("literal shorter than announced")?;
+                tokens.push(Token::Word(data.to_vec()));
+                i = start + 2 + size;
+            }
             _ => {
                 let start = i;
                 while i < body.len() && !matches!(body[i], b' ' | b'(' | b')' | b'"') {
@@ -235,6 +258,17 @@ mod tests {
         assert!(parse(b"a4 LIST (RECURSIVEMATCH) \"\" *\r\n").is_err());
         assert!(parse(b"a5 LIST \"\" * RETURN (BOGUS)\r\n").is_err());
         assert!(parse(b"a6 LIST \"\"\r\n").is_err());
+    }
+
+    #[test]
+    fn parses_literals() {
+        let c =
+            parse(b"a1 LIST (SUBSCRIBED) {0}\r\n {6+}\r\nA (b)* RETURN (CHILDREN)\r\n").unwrap();
+        assert!(c.subscribed && c.return_children);
+        assert_eq!(c.reference, b"");
+        assert_eq!(c.patterns, [b"A (b)*".to_vec()]);
+        assert!(parse(b"a2 LIST \"\" {9}\r\nshort\r\n").is_err());
+        assert!(parse(b"a3 LIST \"\" {x}\r\nx\r\n").is_err());
     }
 
     #[test]
