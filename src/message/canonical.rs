@@ -8,7 +8,7 @@
 use mail_parser::{Encoding, Message, MessageParser, MessagePart, MimeHeaders, PartType};
 
 use super::encoding::{
-    base64_decode_lenient, base64_lines, crlf, is_signing_safe, quoted_printable,
+    base64_decode_lenient, base64_lines, crlf, header_crlf, is_signing_safe, quoted_printable,
     repair_quoted_printable,
 };
 use super::parse::{is_cte, HeaderField, ParsedMessage};
@@ -143,7 +143,7 @@ fn visit(message: &Message<'_>, part: &MessagePart<'_>, raw: &[u8], edits: &mut 
                         format!("Content-Type: {}\r\n", text_type(raw, part)).as_bytes(),
                     );
                 } else {
-                    let mut field = crlf(bytes);
+                    let mut field = header_crlf(bytes);
                     if !field.ends_with(b"\r\n") {
                         field.extend_from_slice(b"\r\n");
                     }
@@ -196,7 +196,7 @@ fn safe_header(part: &MessagePart<'_>, raw: &[u8], edits: &mut Vec<Edit>) {
         {
             return;
         }
-        let mut field = crlf(bytes);
+        let mut field = header_crlf(bytes);
         if !field.ends_with(b"\r\n") {
             field.extend_from_slice(b"\r\n");
         }

@@ -176,6 +176,29 @@ pub fn crlf(data: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Converts a header section's line breaks (CRLF, lone LF) to CRLF. A lone CR is no line
+/// break in a header (RFC 5322 §2.2): it becomes a blank, so that it can never start a field
+/// of its own or end the header early.
+pub fn header_crlf(data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(data.len() + 8);
+    for (i, &b) in data.iter().enumerate() {
+        match b {
+            b'\r' if data.get(i + 1) == Some(&b'\n') => {}
+            b'\r' => out.push(b' '),
+            b'\n' => out.extend_from_slice(b"\r\n"),
+            b => out.push(b),
+        }
+    }
+    out
+}
+
+/// True when `data` holds a CR that is not followed by LF.
+pub fn has_lone_cr(data: &[u8]) -> bool {
+    data.iter()
+        .enumerate()
+        .any(|(i, &b)| b == b'\r' && data.get(i + 1) != Some(&b'\n'))
+}
+
 /// True when `data`, after [`crlf`], could be signed as it is: 7-bit, no NUL, no line over 998
 /// octets (RFC 5322 §2.1.1), no trailing whitespace and no "From " line (RFC 3156 §3, §5).
 /// A lone CR is not accepted: it is content that only an encoding can carry unchanged.
@@ -312,6 +335,11 @@ mod tests {
     fn crlf_table() {
         assert_eq!(crlf(b"a\nb\r\nc\rd"), b"a\r\nb\r\nc\r\nd");
         assert_eq!(crlf(b"\r\n\r\n"), b"\r\n\r\n");
+        assert_eq!(
+            header_crlf(b"X: a\rBcc: c\r\n\tb\n"),
+            b"X: a Bcc: c\r\n\tb\r\n"
+        );
+        assert!(has_lone_cr(b"a\rb") && has_lone_cr(b"a\r") && !has_lone_cr(b"a\r\nb"));
     }
 
     #[test]

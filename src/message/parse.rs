@@ -4,7 +4,7 @@
 
 use mail_parser::{HeaderName, MessageParser, MimeHeaders, PartType};
 
-use super::encoding::crlf;
+use super::encoding::{crlf, has_lone_cr};
 use super::MessageError;
 
 /// One header field, exactly as it was (folding kept), with CRLF line ends.
@@ -59,6 +59,16 @@ impl HeaderField {
     }
 }
 
+/// An mbox postmark, "From sender date": "From" and a blank, where a From header field has
+/// a colon after "From" and any blanks (RFC 5322 §4.5.3 allows blanks before the colon).
+fn is_postmark(raw: &[u8]) -> bool {
+    raw.strip_prefix(b"From ").is_some_and(|rest| {
+        rest.iter()
+            .find(|b| !matches!(b, b' ' | b'\t'))
+            .is_some_and(|&b| b != b':')
+    })
+}
+
 /// A message accepted for rewriting: the raw bytes plus its header fields.
 #[derive(Debug, Clone)]
 pub struct ParsedMessage {
@@ -78,7 +88,7 @@ impl ParsedMessage {
         }
         // An mbox postmark ("From sender date") before the header is not part of the message;
         // sendmail and Postfix drop it too.
-        if raw.starts_with(b"From ") {
+        if is_postmark(&raw) {
             let end = raw
                 .iter()
                 .position(|&b| b == b'\n')
@@ -107,6 +117,14 @@ impl ParsedMessage {
                 if name.is_empty() || !name.bytes().all(|b| (33..=126).contains(&b)) {
                     return Err(MessageError::NotAMessage(
                         "a header field name has characters RFC 5322 §2.2 forbids",
+                    ));
+                }
+                // A lone CR would become a line break wherever the field is written out with
+                // CRLF line ends: a field of its own (a Bcc), or the end of the header with the
+                // rest of the field, body text, shown in clear outside the encryption.
+                if has_lone_cr(bytes) {
+                    return Err(MessageError::NotAMessage(
+                        "a header field holds a CR that does not end a line (RFC 5322 §2.2)",
                     ));
                 }
                 let mut field = crlf(bytes);
@@ -603,6 +621,26 @@ mod tests {
             MessageError::Empty
         );
         assert!(ParsedMessage::parse(b"just some words here\r\n".to_vec()).is_err());
+        // A lone CR in the header would end the header early wherever CRLF is written out.
+        let cr = b"From: a@example.org\rTo: b@example.org\rBcc: c@example.org\r\rsecret\r";
+        assert!(ParsedMessage::parse(cr.to_vec()).is_err());
+        assert!(
+            ParsedMessage::parse(b"X-A: a\rBcc: c@example.org\r\n\r\nbody\r\n".to_vec()).is_err()
+        );
+    }
+
+    #[test]
+    fn postmark_is_not_a_from_field() {
+        let m =
+            ParsedMessage::parse(b"From : A <a@example.org>\r\nTo: b@x.org\r\n\r\nhi\r\n".to_vec())
+                .unwrap();
+        assert_eq!(m.from_address(), Some("a@example.org"));
+        let m = ParsedMessage::parse(
+            b"From a@example.org Thu Dec  3 10:00:00 2026\nFrom: A <a@example.org>\n\nhi\n"
+                .to_vec(),
+        )
+        .unwrap();
+        assert_eq!(m.fields().len(), 1);
     }
 
     #[test]
