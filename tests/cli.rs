@@ -245,6 +245,37 @@ fn exit_codes_and_reasons() {
     let out = with_config_file("/nonexistent.toml");
     assert_eq!(out.status.code(), Some(78));
 
+    // A GnuPG home that is gone is a failed lookup, never "no key": with signing off, bob
+    // would otherwise get a clear copy. Deferred (75), nothing written.
+    let gone_out = out_dir.join("gone");
+    std::fs::write(&cfg, "[policy]\nsign = false\n").unwrap();
+    let out = sealpost(
+        &[
+            "rewrite",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--sender",
+            "alice@example.org",
+            "--rcpt",
+            "bob@example.org",
+            "--gnupg-home",
+            out_dir.join("no-such-home").to_str().unwrap(),
+            "--out",
+            gone_out.to_str().unwrap(),
+        ],
+        MESSAGE,
+    );
+    assert_eq!(out.status.code(), Some(75));
+    let line = stderr_line(&out);
+    assert!(
+        line.contains("451 4.7.0") && line.contains("no-such-home"),
+        "{line}"
+    );
+    assert_eq!(
+        std::fs::read_dir(&gone_out).map(|d| d.count()).unwrap_or(0),
+        0
+    );
+
     // A bad recipient address: rejected with 5.1.3, exit 69.
     let out = run(base(&["--rcpt", "not an address"]), MESSAGE);
     assert_eq!(out.status.code(), Some(69));

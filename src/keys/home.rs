@@ -53,6 +53,28 @@ pub fn stop_daemons(home: &Path) {
         .status();
 }
 
+/// Why the public keyring in `home` cannot be read, when that is so: a home that is missing
+/// or unreadable, a keyring file that cannot be opened. gpg then lists no key and GPGME
+/// reports no error, so an empty listing is checked here before it counts as "no key".
+/// A home without any keyring file is readable: it has no keys (gpg makes the file).
+pub fn public_keyring_problem(home: &Path) -> Option<String> {
+    if let Err(e) = std::fs::read_dir(home) {
+        return Some(format!(
+            "the GnuPG home {} cannot be read: {e}",
+            home.display()
+        ));
+    }
+    for name in ["pubring.kbx", "pubring.gpg"] {
+        let path = home.join(name);
+        match std::fs::File::open(&path) {
+            Ok(_) => return None,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Some(format!("{} cannot be read: {e}", path.display())),
+        }
+    }
+    None
+}
+
 /// Asks gpg whether the secret keyring can be read at all (it needs gpg-agent). Returns the
 /// problem gpg reports, or None when the keyring answered. Used only after a lookup found no
 /// secret key, to tell "there is none" from "cannot tell now".

@@ -306,6 +306,14 @@ impl KeyService {
                 },
             )
             .await?;
+        if facts.is_empty() {
+            if let Some(detail) = home::public_keyring_problem(&self.home) {
+                return Err(KeyError::Refused {
+                    op: "looking up a public key",
+                    detail,
+                });
+            }
+        }
         Ok(resolve::choose(&facts))
     }
 

@@ -503,6 +503,9 @@ fn list_facts(ctx: &mut Context, addr: &str) -> Result<Vec<KeyFacts>, KeyError> 
             }),
         });
     }
+    // gpg's own failure (a home it cannot read, a keyring it cannot open) ends the listing
+    // early with no key: it is a failed lookup, never "no key".
+    keys.finish().map_err(to_err("looking up a public key"))?;
     Ok(facts)
 }
 
