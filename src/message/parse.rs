@@ -145,6 +145,11 @@ impl ParsedMessage {
                 .and_then(|a| a.first())
                 .and_then(|a| a.address())
                 .map(str::to_string);
+            if nesting_depth(&message) > MAX_NESTING {
+                return Err(MessageError::NotAMessage(
+                    "its MIME parts are nested more than 100 levels deep",
+                ));
+            }
             let encrypted = is_encrypted(&message);
             (fields, root.offset_body as usize, from, encrypted)
         };
@@ -189,6 +194,31 @@ impl ParsedMessage {
     pub fn is_encrypted(&self) -> bool {
         self.encrypted
     }
+}
+
+/// Deepest MIME nesting (multiparts and attached messages) a message to rewrite may have. The
+/// walks over a message's parts recurse; real mail nests a few levels, so a deeper one is
+/// refused rather than allowed to exhaust a thread's stack (a milter thread's is 2 MiB).
+const MAX_NESTING: usize = 100;
+
+/// How deep `message`'s parts nest, attached messages included; counted without recursion.
+fn nesting_depth(message: &mail_parser::Message<'_>) -> usize {
+    let mut deepest = 0;
+    let mut stack = vec![(message, 0u32, 0usize)];
+    while let Some((m, id, depth)) = stack.pop() {
+        deepest = deepest.max(depth);
+        if deepest > MAX_NESTING {
+            break;
+        }
+        match m.parts.get(id as usize).map(|p| &p.body) {
+            Some(PartType::Multipart(children)) => {
+                stack.extend(children.iter().map(|&c| (m, c, depth + 1)));
+            }
+            Some(PartType::Message(inner)) => stack.push((inner, 0, depth + 1)),
+            _ => {}
+        }
+    }
+    deepest
 }
 
 fn is_encrypted(message: &mail_parser::Message<'_>) -> bool {
@@ -627,6 +657,26 @@ mod tests {
         assert!(
             ParsedMessage::parse(b"X-A: a\rBcc: c@example.org\r\n\r\nbody\r\n".to_vec()).is_err()
         );
+    }
+
+    #[test]
+    fn deep_nesting_is_refused() {
+        let nest = |n: usize| {
+            let mut m = b"From: a@example.org\r\n".to_vec();
+            for i in 0..n {
+                m.extend(
+                    format!("Content-Type: multipart/mixed; boundary=b{i}\r\n\r\n--b{i}\r\n")
+                        .bytes(),
+                );
+            }
+            m.extend(b"Content-Type: text/plain\r\n\r\nhi\r\n");
+            for i in (0..n).rev() {
+                m.extend(format!("--b{i}--\r\n").bytes());
+            }
+            m
+        };
+        assert!(ParsedMessage::parse(nest(MAX_NESTING)).is_ok());
+        assert!(ParsedMessage::parse(nest(MAX_NESTING + 1)).is_err());
     }
 
     #[test]
