@@ -1008,12 +1008,17 @@ async fn a_message_gnupg_always_times_out_on_holds_up_nothing() {
     let conf = world.bob.dir.join("gpg.conf");
     let original = std::fs::read_to_string(&conf).unwrap();
     std::fs::write(&conf, format!("{original}agent-program /bin/false\n")).unwrap();
-    for _ in 0..2 {
+    // A plaintext message in the same pass goes through without GnuPG: it shows nothing.
+    for i in 0..2 {
+        let plain = format!("From: carol@example.org\r\nSubject: plain {i}\r\n\r\nclear\r\n");
+        upstream(&dovecot, json!([append_bytes("INBOX", plain.as_bytes())]));
         let out = sync_once(&config);
         let log = String::from_utf8_lossy(&out.stderr);
         assert!(log.contains("GnuPG unavailable, will retry"), "{log}");
+        assert_eq!(out.status.code(), Some(75), "{log}");
         assert_eq!(count(), 1, "{log}");
     }
+    assert_eq!(exists(&mut raw, "INBOX"), 4);
     std::fs::write(&conf, original).unwrap();
 
     // Held at every pass, also when it is the only message left to fetch: four passes spread
@@ -1041,12 +1046,12 @@ async fn a_message_gnupg_always_times_out_on_holds_up_nothing() {
     assert!(lines.contains("$Sealpost-Undecryptable"), "{lines}");
     assert!(lines.contains("GnuPG failed on it in 5 passes"), "{lines}");
     raw.ok("UNSELECT");
-    assert_eq!(exists(&mut raw, "INBOX"), 3);
+    assert_eq!(exists(&mut raw, "INBOX"), 5);
 
     // The mark is past it now: nothing is fetched again.
     let out = sync_once(&config);
     assert!(out.status.success(), "{out:?}");
-    assert_eq!(exists(&mut raw, "INBOX"), 3);
+    assert_eq!(exists(&mut raw, "INBOX"), 5);
 }
 
 /// An expunge and a move made locally and not yet written back when upstream renumbers the

@@ -1380,9 +1380,11 @@ pub(crate) struct Settled<K> {
 /// alone (it may only have waited behind a slow one past its deadline); failing again, it is
 /// more likely the message's own fault (GnuPG working through it past the deadline every
 /// time): it becomes a suspect and is held, so that it holds up nothing else. A message alone
-/// in its batch is a suspect at once when GnuPG works otherwise ([`gnupg_works`]: nothing
-/// else shows it; held, it ends no pass); one that fails because
-/// gpg-agent cannot be reached waits as a failed batch does, and counts nothing. A suspect counts a failed pass also when it is the only message left to fetch; after [`FETCH_TRIES`] passes spanning
+/// in its batch is a suspect at once. Either way only when GnuPG works ([`gnupg_works`]: the
+/// others going through do not show it, plaintext needs no secret key); one that fails
+/// because gpg-agent cannot be reached waits as a failed batch does, and counts nothing. A
+/// suspect counts a failed pass also when it is the only message left to fetch; after
+/// [`FETCH_TRIES`] passes spanning
 /// [`FETCH_GIVE_UP_SECS`] it is stored as it came, marked undecryptable with the reason, and
 /// the retry of undecryptable messages tries it again later. `strike_key` names a message's
 /// failure count in the store's meta table.
@@ -1417,12 +1419,12 @@ async fn settle<K>(
                 let name = strike_key(&key);
                 // An agent that cannot be reached fails every message at once, and says
                 // nothing about this one: it counts no pass, even against a message that
-                // failed before.
-                let suspect = any_done
-                    || ((alone || {
-                        let (s, k) = (store.clone(), name.clone());
-                        blocking(move || s.meta(&k)).await??.is_some()
-                    }) && gnupg_works(keys, &mut works).await);
+                // failed before. Others stored in the same batch do not show GnuPG working:
+                // plaintext and signed-only mail go through without the secret key.
+                let suspect = (any_done || alone || {
+                    let (s, k) = (store.clone(), name.clone());
+                    blocking(move || s.meta(&k)).await??.is_some()
+                }) && gnupg_works(keys, &mut works).await;
                 if !suspect {
                     settled
                         .failure
