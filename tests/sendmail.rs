@@ -1151,3 +1151,32 @@ fn a_full_mailbox_at_rcpt_is_tried_again_not_bounced() {
         "{list}"
     );
 }
+
+/// A user's message with a null reverse-path (`-f '<>'`: an auto-reply, a receipt) is a
+/// message like any other: signed by its From's key and left whole. It was taken for one of
+/// the queue's own reports, sent under the reports' policy, and had the text after a
+/// `text/rfc822-headers` line of its body cut as a report's quoted header is.
+#[test]
+fn a_message_with_a_null_sender_is_signed_and_whole() {
+    let s = Setup::new();
+    let relay = s.relay(&RelayOptions::default());
+    s.configure(relay.port, false, "");
+    let msg = "From: alice@example.org\nTo: dave@example.net\nSubject: auto-reply\n\n\
+               I am away.\nContent-Type: text/rfc822-headers\n\nSubject: quoted\n\n\
+               This paragraph is the rest of my message.\n";
+    let out = s.sendmail(&["-f", "<>", "-i", "dave@example.net"], msg.as_bytes());
+    assert!(out.status.success(), "{out:?}");
+    let summary = s.queue_run();
+    assert!(summary.contains("1 sent, 0 deferred"), "{summary}");
+    let delivered = relay.delivered(1);
+    assert_eq!(delivered[0].from, "<>");
+    let copy = &delivered[0].bytes;
+    assert!(
+        contains(copy, "multipart/signed"),
+        "{}",
+        String::from_utf8_lossy(copy)
+    );
+    assert!(contains(copy, "Subject: auto-reply"));
+    assert!(contains(copy, "This paragraph is the rest of my message."));
+    assert_eq!(s.queue_list(), "Mail queue is empty\n");
+}

@@ -253,6 +253,7 @@ impl Queue {
         conn.pragma_update(None, "synchronous", "FULL")
             .map_err(db_err)?;
         conn.execute_batch(SCHEMA).map_err(db_err)?;
+        migrate(&conn).map_err(db_err)?;
         Ok(Queue {
             config: config.clone(),
             db: Mutex::new(conn),
@@ -568,11 +569,13 @@ impl Queue {
         let conn = self.conn();
         let message = conn
             .query_row(
-                "SELECT sender, notify, envid, arrived, raw FROM messages WHERE id = ?1 AND finished IS NULL",
+                "SELECT sender, notify, envid, arrived, raw, report FROM messages
+                 WHERE id = ?1 AND finished IS NULL",
                 params![id],
                 |r| {
                     Ok(Loaded {
                         id: id.to_string(),
+                        report: r.get(5)?,
                         sender: r.get(0)?,
                         notify: Notify::parse(&r.get::<_, String>(1)?).unwrap_or_default(),
                         envid: r.get(2)?,
@@ -733,8 +736,8 @@ impl Queue {
                     failures: &failures,
                 });
                 tx.execute(
-                    "INSERT INTO messages(id, uid, sender, notify, envid, arrived, size, raw)
-                     VALUES (?1, ?2, '', 'never', NULL, ?3, ?4, ?5)",
+                    "INSERT INTO messages(id, uid, sender, notify, envid, arrived, size, raw, report)
+                     VALUES (?1, ?2, '', 'never', NULL, ?3, ?4, ?5, 1)",
                     params![id, current_uid(), at, report.len() as i64, report],
                 )
                 .map_err(|e| self.db_err(e))?;
@@ -807,7 +810,8 @@ CREATE TABLE IF NOT EXISTS messages(
     arrived INTEGER NOT NULL,
     size INTEGER NOT NULL,
     raw BLOB NOT NULL,
-    finished INTEGER
+    finished INTEGER,
+    report INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS recipients(
     message TEXT NOT NULL REFERENCES messages(id),
@@ -823,9 +827,32 @@ CREATE TABLE IF NOT EXISTS recipients(
 CREATE INDEX IF NOT EXISTS recipients_queued ON recipients(state, next_attempt);
 ";
 
+/// Brings a queue made by an earlier version up to [`SCHEMA`]. `messages.report` (added
+/// when a user's message with a null sender was found taken for a report): a report is one
+/// the runner wrote, with a null sender and no notification (what every report had).
+fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    let has_report: bool = conn.query_row(
+        "SELECT COUNT(*) FROM pragma_table_info('messages') WHERE name = 'report'",
+        [],
+        |r| r.get::<_, i64>(0).map(|n| n > 0),
+    )?;
+    if !has_report {
+        conn.execute_batch(
+            "BEGIN IMMEDIATE;
+             ALTER TABLE messages ADD COLUMN report INTEGER NOT NULL DEFAULT 0;
+             UPDATE messages SET report = 1 WHERE sender = '' AND notify = 'never';
+             COMMIT;",
+        )?;
+    }
+    Ok(())
+}
+
 /// A message loaded for delivery, with the recipients this run attempts.
 struct Loaded {
     id: String,
+    /// A non-delivery report the runner wrote: sent as a report ([`bounce::prepare`]), not
+    /// as a user's message. A user's message may have a null sender too (`-f '<>'`).
+    report: bool,
     sender: String,
     notify: Notify,
     envid: Option<String>,
@@ -1141,7 +1168,7 @@ impl Runner {
             sender: m.sender.clone(),
             recipients: m.due.iter().map(|d| d.address.clone()).collect(),
         };
-        let prepared = if m.sender.is_empty() {
+        let prepared = if m.report {
             bounce::prepare(&self.reports, &envelope, m.raw.clone()).await
         } else {
             self.rewriter.prepare(&envelope, m.raw.clone()).await
@@ -1334,6 +1361,38 @@ mod tests {
             envid: None,
             message: b"From: alice@example.org\r\nSubject: s\r\n\r\nbody\r\n".to_vec(),
         }
+    }
+
+    #[test]
+    fn an_older_queue_gets_its_reports_marked() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = QueueConfig {
+            dir: dir.path().join("q"),
+            ..QueueConfig::default()
+        };
+        std::fs::create_dir_all(&config.dir).unwrap();
+        let old = Connection::open(config.dir.join("queue.sqlite")).unwrap();
+        old.execute_batch(&SCHEMA.replace(",\n    report INTEGER NOT NULL DEFAULT 0", ""))
+            .unwrap();
+        for (id, sender, notify) in [("R1", "", "never"), ("U1", "", "failure")] {
+            old.execute(
+                "INSERT INTO messages(id, uid, sender, notify, arrived, size, raw)
+                 VALUES (?1, 0, ?2, ?3, 0, 1, x'00')",
+                params![id, sender, notify],
+            )
+            .unwrap();
+        }
+        drop(old);
+        let queue = Queue::open(&config).unwrap();
+        let reports: Vec<String> = queue
+            .conn()
+            .prepare("SELECT id FROM messages WHERE report = 1")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(reports, ["R1"]);
     }
 
     #[test]
