@@ -777,3 +777,46 @@ async fn an_encoded_forwarded_message_is_signed_as_it_came() {
         Some(world.alice.as_str())
     );
 }
+
+/// A message the sender's MUA signed itself (multipart/signed, RFC 1847): its signed part
+/// stays byte for byte in every copy, so the sender's own signature still verifies, even
+/// when that part is 8-bit with trailing blanks (which sealpost would otherwise re-encode).
+#[tokio::test]
+async fn the_senders_own_signature_still_verifies() {
+    let world = World::new();
+    let part = "Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n\
+                H\u{e9}llo, signed by my MUA  \r\nFrom here on\r\n";
+    let sig = world.sender.gpg(
+        &["--armor", "--detach-sign", "-u", &world.alice],
+        Some(part.as_bytes()),
+    );
+    assert!(sig.status.success());
+    let sig = String::from_utf8(sig.stdout).unwrap();
+    let raw = format!(
+        "From: alice@example.org\r\nTo: bob@example.org, dave@example.net\r\nSubject: own\r\n\
+         MIME-Version: 1.0\r\nContent-Type: multipart/signed; micalg=pgp-sha512;\r\n \
+         protocol=\"application/pgp-signature\"; boundary=\"s1\"\r\n\r\n\
+         --s1\r\n{part}\r\n--s1\r\nContent-Type: application/pgp-signature\r\n\r\n{sig}\r\n--s1--\r\n"
+    );
+    let env = Envelope {
+        id: "T10".into(),
+        sender: "alice@example.org".into(),
+        recipients: vec!["bob@example.org".into(), "dave@example.net".into()],
+    };
+    let copies = copies(run(&world, Policy::default(), &env, raw.as_bytes()).await);
+    let by = |a: &str| copies.iter().find(|c| c.recipient == a).unwrap();
+    let bob_copy = by("bob@example.org").message.as_deref().unwrap();
+    let inner = open_encrypted(&world, &world.bob, &world.bob_fpr, bob_copy);
+    let dave_copy = by("dave@example.net").message.as_deref().unwrap();
+    let (dave_inner, _) = signed_parts(dave_copy).expect("dave's copy is signed");
+    for entity in [inner, dave_inner] {
+        let (own, own_sig) = signed_parts(&entity).expect("the sender's multipart/signed");
+        assert_eq!(own, part.as_bytes());
+        assert_eq!(
+            world.bob.verify_detached(&own, &own_sig).as_deref(),
+            Some(world.alice.as_str()),
+            "{}",
+            String::from_utf8_lossy(&entity)
+        );
+    }
+}

@@ -55,6 +55,7 @@ pub fn content_entity(message: &ParsedMessage) -> ContentEntity {
     let root = parsed.root_part();
     let mut edits = Vec::new();
     match &root.body {
+        PartType::Multipart(_) if is_sealed(root) => {}
         PartType::Multipart(children) if !children.is_empty() => {
             for &child in children {
                 visit(&parsed, &parsed.parts[child as usize], raw, &mut edits);
@@ -99,6 +100,9 @@ pub fn content_entity(message: &ParsedMessage) -> ContentEntity {
 
 fn visit(message: &Message<'_>, part: &MessagePart<'_>, raw: &[u8], edits: &mut Vec<Edit>) {
     match &part.body {
+        // A signature the sender made (RFC 1847 §2.1): its parts stay byte for byte, or the
+        // signature would no longer verify. Only its own header is made safe.
+        PartType::Multipart(_) if is_sealed(part) => safe_header(part, raw, edits),
         PartType::Multipart(children) if !children.is_empty() => {
             safe_header(part, raw, edits);
             for &child in children {
@@ -287,6 +291,17 @@ fn tidy_multipart(part: &MessagePart<'_>, raw: &[u8], edits: &mut Vec<Edit>) {
 /// A multipart whose boundary never appears (or is missing) reaches us as a leaf. It cannot be
 /// re-encoded under a multipart type (RFC 2045 §6.4), so when it needs encoding it is
 /// relabelled as text, which is how MUAs show such a part anyway.
+/// multipart/signed and multipart/encrypted (RFC 1847): what is inside is covered by a
+/// signature or is ciphertext, and may not be re-encoded.
+fn is_sealed(part: &MessagePart<'_>) -> bool {
+    part.content_type().is_some_and(|ct| {
+        ct.ctype().eq_ignore_ascii_case("multipart")
+            && ct.subtype().is_some_and(|s| {
+                s.eq_ignore_ascii_case("signed") || s.eq_ignore_ascii_case("encrypted")
+            })
+    })
+}
+
 fn is_broken_container(part: &MessagePart<'_>) -> bool {
     part.content_type().is_some_and(|ct| {
         ct.ctype().eq_ignore_ascii_case("multipart") || ct.ctype().eq_ignore_ascii_case("message")
