@@ -363,11 +363,27 @@ fn encode_leaf(body: &[u8], textual: bool) -> (&'static str, Vec<u8>) {
     }
 }
 
+/// The declared Content-Transfer-Encoding mechanism, lower case, without the comments and
+/// quotes RFC 2045 §6.1 (CFWS around the token) and senders allow: `8bit (raw)` is 8bit.
 fn declared_cte(part: &MessagePart<'_>, raw: &[u8]) -> Option<String> {
     part.headers.iter().find(|h| is_cte(&h.name)).map(|h| {
-        String::from_utf8_lossy(&raw[h.offset_start as usize..h.offset_end as usize])
-            .trim()
-            .to_ascii_lowercase()
+        let value = String::from_utf8_lossy(&raw[h.offset_start as usize..h.offset_end as usize]);
+        let mut token = String::new();
+        let mut depth = 0u32;
+        let mut chars = value.chars();
+        while let Some(c) = chars.next() {
+            match c {
+                '\\' if depth > 0 => {
+                    chars.next();
+                }
+                '(' => depth += 1,
+                ')' => depth = depth.saturating_sub(1),
+                '"' => {}
+                c if depth == 0 && !c.is_whitespace() => token.push(c),
+                _ => {}
+            }
+        }
+        token.to_ascii_lowercase()
     })
 }
 
@@ -404,4 +420,24 @@ fn apply(raw: &[u8], start: usize, mut edits: Vec<Edit>) -> Vec<u8> {
     }
     out.extend_from_slice(&crlf(&raw[pos.min(raw.len())..]));
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn declared_encoding_without_comments_and_quotes() {
+        for (field, want) in [
+            ("8bit (raw)", "8bit"),
+            ("\"8bit\"", "8bit"),
+            (" (a (nested) comment) BINARY ", "binary"),
+            ("x-uuencode", "x-uuencode"),
+        ] {
+            let raw = format!("Content-Transfer-Encoding: {field}\r\n\r\nx\r\n");
+            let message = MessageParser::default().parse(raw.as_bytes()).unwrap();
+            let got = declared_cte(message.root_part(), raw.as_bytes());
+            assert_eq!(got.as_deref(), Some(want), "{field}");
+        }
+    }
 }
