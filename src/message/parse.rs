@@ -61,7 +61,7 @@ impl HeaderField {
 
 /// An mbox postmark, "From sender date": "From" and a blank, where a From header field has
 /// a colon after "From" and any blanks (RFC 5322 §4.5.3 allows blanks before the colon).
-fn is_postmark(raw: &[u8]) -> bool {
+pub(crate) fn is_postmark(raw: &[u8]) -> bool {
     raw.strip_prefix(b"From ").is_some_and(|rest| {
         rest.iter()
             .find(|b| !matches!(b, b' ' | b'\t'))

@@ -64,7 +64,13 @@ pub struct Completion<'a> {
 }
 
 pub fn complete(raw: &[u8], fill: &Completion<'_>) -> Result<Vec<u8>, InputError> {
-    let crlf = crate::message::encoding::crlf(raw);
+    let mut crlf = crate::message::encoding::crlf(raw);
+    // Leading mbox postmark lines ("From sender date", also ">From ") are dropped, as
+    // Postfix's sendmail drops them; what follows may be a header or all body.
+    while crate::message::parse::is_postmark(&crlf) || crlf.starts_with(b">From ") {
+        let end = line_end(&crlf, 0);
+        crlf.drain(..end);
+    }
     if crlf.contains(&0) {
         return Err(
             MessageError::NotAMessage("it holds a NUL byte (RFC 5322 §2.3: text only)").into(),
@@ -73,8 +79,7 @@ pub fn complete(raw: &[u8], fill: &Completion<'_>) -> Result<Vec<u8>, InputError
     // Text without a header section ("echo hi | sendmail root") is all body, as Postfix
     // takes it: the origination fields added below become its header. So is no text at all
     // (`sendmail root </dev/null`, which Postfix queues too).
-    let headerless =
-        crlf.trim_ascii().is_empty() || (!crlf.starts_with(b"From ") && !starts_with_field(&crlf));
+    let headerless = crlf.trim_ascii().is_empty() || !starts_with_field(&crlf);
     let crlf = if headerless {
         [&b"\r\n"[..], &crlf].concat()
     } else {
@@ -133,10 +138,6 @@ pub fn complete(raw: &[u8], fill: &Completion<'_>) -> Result<Vec<u8>, InputError
 /// and lose. The blank line is put where the header ends.
 fn header_ended(crlf: Vec<u8>) -> Vec<u8> {
     let mut at = 0;
-    // An mbox postmark line first is not the header's (the parser drops it).
-    if crlf.starts_with(b"From ") {
-        at = line_end(&crlf, 0);
-    }
     let mut seen_field = false;
     while at < crlf.len() {
         let line = &crlf[at..];
@@ -425,6 +426,24 @@ mod tests {
             text.ends_with("Subject: x\r\n\r\nbody line\r\n"),
             "{text:?}"
         );
+        // Postmark lines and nothing else, or then only body: queued, as by Postfix.
+        for (msg, body) in [
+            (&b"From backup job: 3 errors\n"[..], "\r\n\r\n"),
+            (
+                b"From a Sat Dec  5 03:00:00 2026\n>From b\nbody only\n",
+                "\r\n\r\nbody only\r\n",
+            ),
+            (
+                b"From a Sat Dec  5 03:00:00 2026\n\nafter blank\n",
+                "\r\n\r\nafter blank\r\n",
+            ),
+        ] {
+            let text = String::from_utf8(complete(msg, &fill()).unwrap()).unwrap();
+            assert!(
+                text.starts_with("From: ") && text.ends_with(body),
+                "{text:?}"
+            );
+        }
     }
 
     /// cron's `From: root (Cron Daemon)` and `To: root`: qualified as Postfix's cleanup does.
