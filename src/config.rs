@@ -178,7 +178,7 @@ impl Config {
         // `needle` is what the offending line starts with: the key, or the quoted table key.
         let invalid = |key: &str, needle: &str, message: String| ConfigError::Invalid {
             path: name.to_string(),
-            line: line_of(text, needle),
+            line: line_of(text, key.rsplit_once('.').map_or("", |(t, _)| t), needle),
             key: format!("{key}: "),
             message,
         };
@@ -253,6 +253,39 @@ impl Config {
         if let Some((key, message)) = self.relay.problem() {
             return Err(invalid(&format!("relay.{key}"), key, message));
         }
+        let limits = &self.imap.limits;
+        for (key, value, least) in [
+            ("max_line", limits.max_line as u64, 1024),
+            ("max_line_before_login", limits.max_line_before_login as u64, 1024),
+            ("max_literal", u64::from(limits.max_literal), 1024),
+            ("max_append", u64::from(limits.max_append), 1024),
+            ("max_literals", u64::from(limits.max_literals), 1),
+            ("max_connections", self.imap.max_connections as u64, 1),
+            ("login_timeout_secs", limits.login_timeout_secs, 1),
+            // RFC 3501 §5.4: an authenticated client may be idle 30 minutes.
+            ("autologout_secs", limits.autologout_secs, 1800),
+        ] {
+            if value < least {
+                let table = if key == "max_connections" {
+                    "imap"
+                } else {
+                    "imap.limits"
+                };
+                return Err(invalid(
+                    &format!("{table}.{key}"),
+                    key,
+                    format!("must be at least {least}"),
+                ));
+            }
+        }
+        if self.milter.reinject_port == 0 {
+            return Err(invalid(
+                "milter.reinject_port",
+                "reinject_port",
+                "must be the port of Postfix's milter-free listener (10026 in contrib/postfix)"
+                    .into(),
+            ));
+        }
         if self.milter.deadline_secs == 0 {
             return Err(invalid(
                 "milter.deadline_secs",
@@ -324,8 +357,32 @@ impl Config {
     }
 }
 
-/// The 1-based number of the first non-comment line that starts with `needle` (0: not found).
-fn line_of(text: &str, needle: &str) -> usize {
+/// The 1-based number of the first non-comment line that starts with `needle` in a table
+/// whose name holds the parts of `table` in order ("accounts.upstream" is in
+/// `[accounts.upstream]` after `[[accounts]]`): a key of the same name in another table is
+/// not taken for it. 0: not found.
+fn line_of(text: &str, table: &str, needle: &str) -> usize {
+    let wanted: Vec<&str> = table.split('.').filter(|p| !p.is_empty()).collect();
+    let within = |header: &str| {
+        let mut parts = header.split('.').map(|p| p.trim().trim_matches('"'));
+        wanted.iter().all(|w| parts.any(|p| p == *w))
+    };
+    let mut current = String::new();
+    for (i, line) in text.lines().enumerate() {
+        let l = line.trim_start();
+        if l.starts_with('#') {
+            continue;
+        }
+        if let Some(header) = l.strip_prefix('[') {
+            let header = header.trim_start_matches('[');
+            current = header.split(']').next().unwrap_or("").trim().to_string();
+            continue;
+        }
+        if l.starts_with(needle) && within(&current) {
+            return i + 1;
+        }
+    }
+    // Written some other way (an inline table, a dotted key): the first line with it.
     text.lines()
         .position(|l| {
             let l = l.trim_start();
@@ -444,5 +501,22 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("policy.addresses"), "{e}");
+        // A key of the same name in another table first: the line of the one at fault.
+        let e = Config::parse(
+            "[relay]\ntimeout_secs = 30\n\n[gnupg]\ntimeout_secs = 0\n",
+            "s.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("s.toml:5: gnupg.timeout_secs: "), "{e}");
+        // Settings that would refuse every message or connection.
+        let e = Config::parse("[imap.limits]\nmax_append = 0\n", "s.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("s.toml:2: imap.limits.max_append: "), "{e}");
+        let e = Config::parse("[milter]\nreinject_port = 0\n", "s.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("s.toml:2: milter.reinject_port: "), "{e}");
     }
 }
