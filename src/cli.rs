@@ -136,6 +136,9 @@ pub enum CliError {
     Demo(String),
     #[error("{0}")]
     Usage(String),
+    /// A daemon's own files (the milter's journal) cannot be opened or created.
+    #[error("{0}")]
+    Setup(String),
     #[error("{0}")]
     Store(#[from] crate::store::StoreError),
     #[error("{0}")]
@@ -170,6 +173,7 @@ impl CliError {
             CliError::Output { .. } => 74,
             CliError::Demo(_) => 70,
             CliError::Usage(_) => 64,
+            CliError::Setup(_) => 73,
             CliError::Store(_) => 74,
             CliError::Import(crate::store::ImportError::Read { source, .. })
                 if source.kind() == std::io::ErrorKind::NotFound =>
@@ -422,7 +426,7 @@ async fn milter(config: Config) -> Result<u8, CliError> {
     let keys = Arc::new(key_service(&config, None));
     let rewriter = Arc::new(Rewriter::new(keys, config.policy.clone()));
     let m = Milter::new(rewriter, &config.milter, config.queue.domain())
-        .map_err(|e| CliError::Usage(e.to_string()))?;
+        .map_err(|e| CliError::Setup(e.to_string()))?;
     let m = Arc::new(m);
     let listen = config.milter.listen.clone();
     let max = config.milter.max_connections;

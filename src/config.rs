@@ -256,7 +256,11 @@ impl Config {
         let limits = &self.imap.limits;
         for (key, value, least) in [
             ("max_line", limits.max_line as u64, 1024),
-            ("max_line_before_login", limits.max_line_before_login as u64, 1024),
+            (
+                "max_line_before_login",
+                limits.max_line_before_login as u64,
+                1024,
+            ),
             ("max_literal", u64::from(limits.max_literal), 1024),
             ("max_append", u64::from(limits.max_append), 1024),
             ("max_literals", u64::from(limits.max_literals), 1),
@@ -277,6 +281,9 @@ impl Config {
                     format!("must be at least {least}"),
                 ));
             }
+        }
+        if let Some(problem) = listen_problem(&self.milter.listen) {
+            return Err(invalid("milter.listen", "listen", problem));
         }
         if self.milter.reinject_port == 0 {
             return Err(invalid(
@@ -355,6 +362,26 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// What is wrong with a milter socket as Postfix writes it: "unix:/path", "inet:host:port",
+/// "inet:port" (localhost); "host:port" and a bare port are taken too.
+fn listen_problem(listen: &str) -> Option<String> {
+    const FORMS: &str = "use \"unix:/path\" or \"inet:host:port\" (as in smtpd_milters)";
+    if let Some(path) = listen.strip_prefix("unix:") {
+        return (!path.starts_with('/'))
+            .then(|| format!("\"{listen}\": the path must be absolute"));
+    }
+    let addr = listen.strip_prefix("inet:").unwrap_or(listen);
+    let (host, port) = addr.rsplit_once(':').unwrap_or(("", addr));
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let port_ok = port.parse::<u16>().is_ok_and(|p| p > 0);
+    let host_ok = host.is_empty()
+        || host.parse::<std::net::IpAddr>().is_ok()
+        || host
+            .split('.')
+            .all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
+    (!port_ok || !host_ok).then(|| format!("\"{listen}\" is no socket: {FORMS}"))
 }
 
 /// The 1-based number of the first non-comment line that starts with `needle` in a table
@@ -518,5 +545,17 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.starts_with("s.toml:2: milter.reinject_port: "), "{e}");
+        let e = Config::parse("[milter]\nlisten = \"garbage\"\n", "s.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("s.toml:2: milter.listen: "), "{e}");
+        for good in [
+            "inet:127.0.0.1:8891",
+            "inet:localhost:8891",
+            "8891",
+            "unix:/run/m.sock",
+        ] {
+            assert_eq!(listen_problem(good), None, "{good}");
+        }
     }
 }
