@@ -47,10 +47,19 @@ pub fn outer_fields_encrypted(fields: &[HeaderField], obscured_subject: &str) ->
             if f.is("Subject") {
                 HeaderField::new(&f.name, obscured_subject)
             } else {
-                f.clone()
+                seven_bit_unstructured(f)
             }
         })
         .collect()
+}
+
+/// `f` with 8-bit bytes in an unstructured value as RFC 2047 encoded words; else as it is.
+fn seven_bit_unstructured(f: &HeaderField) -> HeaderField {
+    if f.raw.iter().any(|b| *b >= 0x80) && is_unstructured(&f.name) {
+        f.with_raw(signing_safe_field(&f.name, &f.raw))
+    } else {
+        f.clone()
+    }
 }
 
 /// Header fields of the outer message for a signed-only copy: all non-structural fields,
@@ -60,14 +69,7 @@ pub fn outer_fields_clear(fields: &[HeaderField]) -> Vec<HeaderField> {
     fields
         .iter()
         .filter(|f| !f.is_structural())
-        .map(|f| {
-            let eight_bit = f.raw.iter().any(|b| *b >= 0x80);
-            if eight_bit && UNSTRUCTURED.iter().any(|u| f.is(u)) {
-                f.with_raw(signing_safe_field(&f.name, &f.raw))
-            } else {
-                f.clone()
-            }
-        })
+        .map(seven_bit_unstructured)
         .collect()
 }
 
@@ -122,23 +124,31 @@ pub fn protected_payload(
 }
 
 /// Unstructured fields (RFC 5322 §3.6.5, RFC 2045 §8, RFC 2076): their whole value may be
-/// encoded words.
-const UNSTRUCTURED: [&str; 5] = [
+/// encoded words. So may an extension field's ("X-", RFC 5322 §3.6.8 optional fields are
+/// unstructured) and User-Agent's, which MUAs show as text.
+const UNSTRUCTURED: [&str; 6] = [
     "Subject",
     "Comments",
     "Thread-Topic",
     "Content-Description",
     "Organization",
+    "User-Agent",
 ];
+
+fn is_unstructured(name: &str) -> bool {
+    UNSTRUCTURED.iter().any(|u| u.eq_ignore_ascii_case(name))
+        || name.get(..2).is_some_and(|p| p.eq_ignore_ascii_case("x-"))
+}
 
 /// A header field as it may stand inside signed data (RFC 3156 §3: 7-bit, no trailing
 /// whitespace, which transports may change): blanks at the end of each line dropped, and an
 /// unstructured value with 8-bit bytes (a raw UTF-8 Subject from a script) written as RFC 2047
 /// encoded words, which decode to the same text. `raw` is the whole field, CRLF-terminated.
-/// 8-bit bytes in a structured field (a raw UTF-8 display name or file name) are kept.
+/// 8-bit bytes in a structured field (a raw UTF-8 display name or file name) are kept. A line
+/// over 998 octets (RFC 5322 §2.1.1) is folded before a blank where it has one.
 pub fn signing_safe_field(name: &str, raw: &[u8]) -> Vec<u8> {
     let eight_bit = raw.iter().any(|b| *b >= 0x80);
-    if eight_bit && UNSTRUCTURED.iter().any(|u| u.eq_ignore_ascii_case(name)) {
+    if eight_bit && is_unstructured(name) {
         if let Some(colon) = raw.iter().position(|b| *b == b':') {
             let value: Vec<u8> = raw[colon + 1..]
                 .iter()
@@ -159,12 +169,33 @@ pub fn signing_safe_field(name: &str, raw: &[u8]) -> Vec<u8> {
         if i > 0 && body.is_empty() {
             continue;
         }
-        out.extend_from_slice(body);
+        fold_at_blanks(&mut out, body, MAX_LINE);
         if line.ends_with(b"\r\n") {
             out.extend_from_slice(b"\r\n");
         }
     }
     out
+}
+
+/// RFC 5322 §2.1.1: no line over 998 octets, CRLF not counted.
+const MAX_LINE: usize = 998;
+
+/// Appends `line`, folded (CRLF inserted before a blank: unfolding gives back the same
+/// bytes) wherever it would pass `max` octets and a blank after its first character allows.
+fn fold_at_blanks(out: &mut Vec<u8>, mut line: &[u8], max: usize) {
+    while line.len() > max {
+        let Some(at) = line[1..=max]
+            .iter()
+            .rposition(|b| *b == b' ' || *b == b'\t')
+            .map(|i| i + 1)
+        else {
+            break;
+        };
+        out.extend_from_slice(&line[..at]);
+        out.extend_from_slice(b"\r\n");
+        line = &line[at..];
+    }
+    out.extend_from_slice(line);
 }
 
 fn trim_blanks_end(bytes: &[u8]) -> &[u8] {
@@ -182,45 +213,69 @@ fn trim_blanks_end(bytes: &[u8]) -> &[u8] {
 /// between words so that no line, the first one after its `first_line` characters of field
 /// name included, passes 76 characters where a word allows (RFC 2047 §2).
 fn encode_eight_bit_runs(value: &[u8], first_line: usize) -> Vec<u8> {
-    let words: Vec<&[u8]> = value
-        .split(|b| *b == b' ' || *b == b'\t')
-        .filter(|w| !w.is_empty())
-        .collect();
-    let eight = |w: &[u8]| w.iter().any(|b| *b >= 0x80);
-    let encoded = |w: &[u8]| w.starts_with(b"=?") && w.ends_with(b"?=");
-    let mut parts: Vec<Vec<u8>> = Vec::with_capacity(words.len());
+    let blank = |b: u8| b == b' ' || b == b'\t';
+    // Words with the blanks before each, as written: unstructured text keeps its blanks.
+    let mut words: Vec<(usize, usize, usize)> = Vec::new();
+    let mut at = 0;
+    while at < value.len() {
+        let gap = at;
+        while at < value.len() && blank(value[at]) {
+            at += 1;
+        }
+        let start = at;
+        while at < value.len() && !blank(value[at]) {
+            at += 1;
+        }
+        if start < at {
+            words.push((gap, start, at));
+        }
+    }
+    let eight = |&(_, s, e): &(usize, usize, usize)| value[s..e].iter().any(|b| *b >= 0x80);
+    let encoded = |&(_, s, e): &(usize, usize, usize)| {
+        value[s..e].starts_with(b"=?") && value[s..e].ends_with(b"?=")
+    };
+    // (the blanks before, the text): runs of 8-bit words become encoded words together with
+    // the blanks between them, and with a blank next to an encoded word that was there (a
+    // decoder drops blanks between two encoded words, RFC 2047 §6.2).
+    let mut parts: Vec<(&[u8], Vec<u8>)> = Vec::with_capacity(words.len());
     let mut i = 0;
     while i < words.len() {
-        if !eight(words[i]) {
-            parts.push(words[i].to_vec());
+        let (gap, start, end) = words[i];
+        if !eight(&words[i]) {
+            parts.push((&value[gap..start], value[start..end].to_vec()));
             i += 1;
             continue;
         }
-        let start = i;
-        while i < words.len() && eight(words[i]) {
+        let first = i;
+        while i < words.len() && eight(&words[i]) {
             i += 1;
         }
-        let mut run = words[start..i].join(&b' ');
-        if start > 0 && encoded(words[start - 1]) {
-            run.insert(0, b' ');
+        let mut from = start;
+        let mut before: &[u8] = &value[gap..start];
+        if first > 0 && encoded(&words[first - 1]) {
+            from = gap;
+            before = b" ";
         }
-        if i < words.len() && encoded(words[i]) {
-            run.push(b' ');
+        let mut to = words[i - 1].2;
+        if i < words.len() && encoded(&words[i]) {
+            to = words[i].1;
+            words[i].0 = to - 1;
         }
-        parts.push(encoded_words(&run).trim_ascii_start().to_vec());
+        let run = &value[from..to];
+        parts.push((before, encoded_words(run).trim_ascii_start().to_vec()));
     }
     let mut out = Vec::with_capacity(value.len() * 2);
     let mut line = first_line;
-    for (i, part) in parts.iter().enumerate() {
+    for (i, (before, part)) in parts.iter().enumerate() {
         let head = part.split(|b| *b == b'\r').next().unwrap_or(part).len();
         if i > 0 {
-            // Unfolding gives back the one blank.
-            if line + 1 + head > 76 {
+            // Unfolding gives back the blanks.
+            if line + before.len() + head > 76 {
                 out.extend_from_slice(b"\r\n");
                 line = 0;
             }
-            out.push(b' ');
-            line += 1;
+            out.extend_from_slice(before);
+            line += before.len();
         }
         out.extend_from_slice(part);
         line = match part.iter().rposition(|b| *b == b'\n') {
@@ -458,6 +513,21 @@ mod tests {
         // A folded line of blanks only is dropped, never left as an empty line.
         let f = signing_safe_field("Subject", b"Subject: hello\r\n \r\n world \r\n");
         assert_eq!(f, b"Subject: hello\r\n world\r\n");
+        // Unstructured text keeps its blanks, encoded or not.
+        let f = signing_safe_field("Subject", "Subject: Grüße  aus\tKöln,  ok\r\n".as_bytes());
+        assert_eq!(
+            String::from_utf8(f).unwrap(),
+            "Subject: =?UTF-8?B?R3LDvMOfZQ==?=  aus\t=?UTF-8?B?S8O2bG4s?=  ok\r\n"
+        );
+        // Extension fields are unstructured.
+        let f = signing_safe_field("X-Note", "X-Note: Grüße\r\n".as_bytes());
+        assert!(f.is_ascii(), "{}", String::from_utf8_lossy(&f));
+        // A line over 998 octets is folded before a blank; unfolded, it is the same.
+        let long = format!("Cc: {}\r\n", vec!["someone@example.org"; 80].join(", "));
+        let f = signing_safe_field("Cc", long.as_bytes());
+        let text = String::from_utf8(f).unwrap();
+        assert!(text.split("\r\n").all(|l| l.len() <= 998), "{text}");
+        assert_eq!(text.replace("\r\n ", " "), long);
     }
 
     #[test]
