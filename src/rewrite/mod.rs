@@ -514,9 +514,13 @@ impl Planned<'_> {
                             &crate::message::encoding::crlf(message.body()),
                         )),
                     ),
+                    // Line ends as the header's (CRLF): armor reads the same either way.
                     Step::PassThrough => (
                         Decision::PassThrough,
-                        Some(assemble(&without_bcc(message.fields()), message.body())),
+                        Some(assemble(
+                            &without_bcc(message.fields()),
+                            &crate::message::encoding::crlf(message.body()),
+                        )),
                     ),
                     Step::Reject(reply) => (Decision::Rejected { reply }, None),
                     Step::Defer(reply) => (Decision::Deferred { reply }, None),
