@@ -45,7 +45,17 @@ pub fn content_entity(message: &ParsedMessage) -> ContentEntity {
         .cloned()
         .collect();
     let body_start = raw.len() - message.body().len();
-    let Some(parsed) = MessageParser::default().parse(raw) else {
+    let first = MessageParser::default().parse(raw);
+    // Parsed again only for a message that needs close delimiters (rare).
+    let closed = first
+        .as_ref()
+        .and_then(|m| first_unclosed(m, raw))
+        .and_then(|_| close_unclosed(raw));
+    let (raw, parsed) = match &closed {
+        Some(c) => (&c[..], MessageParser::default().parse(&c[..])),
+        None => (raw, first),
+    };
+    let Some(parsed) = parsed else {
         // ParsedMessage::parse succeeded on the same bytes, so this does not happen; fall back
         // to treating the whole body as one opaque text leaf.
         let (cte, body) = encode_leaf(message.body(), true);
@@ -179,6 +189,88 @@ fn visit(message: &Message<'_>, part: &MessagePart<'_>, raw: &[u8], edits: &mut 
     }
 }
 
+/// `raw` with the close delimiters added that nested multiparts lack, when any does: a
+/// delimiter line of an enclosing multipart ends the parts inside it (RFC 2046 §5.1.2), but
+/// mail-parser runs such a multipart on to the end of the message, and the parts after it
+/// would be re-encoded as its text. None when nothing is missing.
+fn close_unclosed(raw: &[u8]) -> Option<Vec<u8>> {
+    let mut closed: Option<Vec<u8>> = None;
+    // Each round closes one multipart; a message has fewer than this many.
+    for _ in 0..256 {
+        let current = closed.as_deref().unwrap_or(raw);
+        let parsed = MessageParser::default().parse(current)?;
+        let Some((at, boundary)) = first_unclosed(&parsed, current) else {
+            return closed;
+        };
+        let mut next = Vec::with_capacity(current.len() + boundary.len() + 6);
+        next.extend_from_slice(&current[..at]);
+        next.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+        next.extend_from_slice(&current[at..]);
+        closed = Some(next);
+    }
+    closed
+}
+
+/// The first multipart that runs past a delimiter line of one of its enclosing multiparts:
+/// where that line starts, and the multipart's own boundary.
+fn first_unclosed(message: &Message<'_>, raw: &[u8]) -> Option<(usize, String)> {
+    let boundary = |p: &MessagePart<'_>| {
+        p.content_type()
+            .and_then(|ct| ct.attribute("boundary"))
+            .map(str::to_string)
+    };
+    let mut parent = vec![None; message.parts.len()];
+    for (i, part) in message.parts.iter().enumerate() {
+        if let PartType::Multipart(children) = &part.body {
+            for &c in children {
+                if let Some(slot) = parent.get_mut(c as usize) {
+                    *slot = Some(i);
+                }
+            }
+        }
+    }
+    for (i, part) in message.parts.iter().enumerate() {
+        let (PartType::Multipart(_), Some(own)) = (&part.body, boundary(part)) else {
+            continue;
+        };
+        let start = part.offset_body as usize;
+        let end = (part.offset_end as usize).min(raw.len());
+        let mut up = parent[i];
+        while let Some(a) = up {
+            if let Some(outer) = boundary(&message.parts[a]) {
+                if outer != own {
+                    if let Some(at) = delimiter_line(raw, start, end, &outer) {
+                        return Some((at, own));
+                    }
+                }
+            }
+            up = parent[a];
+        }
+    }
+    None
+}
+
+/// Where the first delimiter line of `boundary` ("--boundary" or "--boundary--", then blanks
+/// only) starts in `raw[start..end]`, lines counted from `start`.
+fn delimiter_line(raw: &[u8], start: usize, end: usize, boundary: &str) -> Option<usize> {
+    let dash = format!("--{boundary}");
+    let mut pos = start;
+    while pos < end {
+        let line_end = raw[pos..end]
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(end, |n| pos + n + 1);
+        let content = raw[pos..line_end].trim_ascii_end();
+        if let Some(rest) = content.strip_prefix(dash.as_bytes()) {
+            if rest.is_empty() || rest == b"--" {
+                return Some(pos);
+            }
+        }
+        pos = line_end;
+    }
+    None
+}
+
 /// Rewrites a part's header fields as they may stand inside signed data
 /// ([`super::mime::signing_safe_field`]) when any of them is not so already.
 fn safe_header(part: &MessagePart<'_>, raw: &[u8], edits: &mut Vec<Edit>) {
@@ -288,9 +380,6 @@ fn tidy_multipart(part: &MessagePart<'_>, raw: &[u8], edits: &mut Vec<Edit>) {
     }
 }
 
-/// A multipart whose boundary never appears (or is missing) reaches us as a leaf. It cannot be
-/// re-encoded under a multipart type (RFC 2045 §6.4), so when it needs encoding it is
-/// relabelled as text, which is how MUAs show such a part anyway.
 /// multipart/signed and multipart/encrypted (RFC 1847): what is inside is covered by a
 /// signature or is ciphertext, and may not be re-encoded.
 fn is_sealed(part: &MessagePart<'_>) -> bool {
@@ -302,6 +391,9 @@ fn is_sealed(part: &MessagePart<'_>) -> bool {
     })
 }
 
+/// A multipart whose boundary never appears (or is missing) reaches us as a leaf. It cannot be
+/// re-encoded under a multipart type (RFC 2045 §6.4), so when it needs encoding it is
+/// relabelled as text, which is how MUAs show such a part anyway.
 fn is_broken_container(part: &MessagePart<'_>) -> bool {
     part.content_type().is_some_and(|ct| {
         ct.ctype().eq_ignore_ascii_case("multipart") || ct.ctype().eq_ignore_ascii_case("message")
@@ -425,6 +517,29 @@ fn apply(raw: &[u8], start: usize, mut edits: Vec<Edit>) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unclosed_inner_multipart_ends_at_the_outer_delimiter() {
+        let raw = b"Content-Type: multipart/mixed; boundary=o\r\n\r\n--o\r\n\
+Content-Type: multipart/alternative; boundary=i\r\n\r\n--i\r\n\
+Content-Type: text/plain\r\n\r\nhello\r\n--o\r\n\
+Content-Type: application/pdf\r\nContent-Transfer-Encoding: base64\r\n\r\nJVBERi0x\r\n--o--\r\n";
+        let closed = close_unclosed(raw).expect("one close delimiter added");
+        assert!(closed.windows(19).any(|w| w == b"hello\r\n--i--\r\n--o\r\n"));
+        let m = MessageParser::default().parse(&closed[..]).unwrap();
+        let pdf = m.attachments().next().expect("the PDF is a part of its own");
+        assert_eq!(pdf.contents(), b"%PDF-1");
+        assert!(close_unclosed(&closed).is_none());
+        // The entity to sign: the text part re-encoded, the PDF part as it came.
+        let message = [&b"From: a@example.org\r\n"[..], &raw[..]].concat();
+        let entity = content_entity(&ParsedMessage::parse(message).unwrap()).to_entity();
+        let text = String::from_utf8(entity).unwrap();
+        assert!(
+            text.ends_with("--i--\r\n--o\r\nContent-Type: application/pdf\r\n\
+                Content-Transfer-Encoding: base64\r\n\r\nJVBERi0x\r\n--o--\r\n"),
+            "{text}"
+        );
+    }
 
     #[test]
     fn declared_encoding_without_comments_and_quotes() {
