@@ -1180,3 +1180,56 @@ fn a_message_with_a_null_sender_is_signed_and_whole() {
     assert!(contains(copy, "This paragraph is the rest of my message."));
     assert_eq!(s.queue_list(), "Mail queue is empty\n");
 }
+
+/// A recipient at an international domain, through a relay without SMTPUTF8 (the test relay
+/// announces none): sent to the domain's ASCII form, which names the same domain, instead of
+/// being refused for good (5.6.7). An address whose local part is UTF-8 is still refused, and
+/// the report names it as RFC 6533 says.
+#[test]
+fn an_international_domain_goes_by_its_ascii_form() {
+    let s = Setup::new();
+    let relay = s.relay(&RelayOptions::default());
+    s.configure(relay.port, false, "");
+    let msg = "From: alice@example.org\nSubject: idn\n\nhallo\n";
+    let out = s.sendmail(
+        &[
+            "-f",
+            "alice@example.org",
+            "-i",
+            "dave@b\u{fc}cher.de",
+            "j\u{f6}rg@b\u{fc}cher.de",
+        ],
+        msg.as_bytes(),
+    );
+    assert!(out.status.success(), "{out:?}");
+    let summary = s.queue_run();
+    assert!(summary.contains("1 failed"), "{summary}");
+    let delivered = relay.delivered(2);
+    let to_dave = delivered
+        .iter()
+        .find(|d| d.rcpts == ["dave@xn--bcher-kva.de"])
+        .expect("dave's copy, to the A-label domain");
+    assert!(contains(&to_dave.bytes, "hallo"));
+    let report = delivered
+        .iter()
+        .find(|d| d.rcpts == ["alice@example.org"])
+        .unwrap_or_else(|| {
+            panic!(
+                "a report to the sender: {:?}",
+                delivered
+                    .iter()
+                    .map(|d| (&d.from, &d.rcpts))
+                    .collect::<Vec<_>>()
+            )
+        });
+    let (plain, _, _, _) = s
+        .world
+        .sender
+        .decrypt(&ciphertext(&report.bytes))
+        .expect("the report is encrypted to alice");
+    let text = String::from_utf8_lossy(&plain);
+    assert!(
+        text.contains("Final-Recipient: utf-8; j\\x{F6}rg@b\\x{FC}cher.de"),
+        "{text}"
+    );
+}

@@ -525,9 +525,14 @@ Content-Type: multipart/alternative; boundary=i\r\n\r\n--i\r\n\
 Content-Type: text/plain\r\n\r\nhello\r\n--o\r\n\
 Content-Type: application/pdf\r\nContent-Transfer-Encoding: base64\r\n\r\nJVBERi0x\r\n--o--\r\n";
         let closed = close_unclosed(raw).expect("one close delimiter added");
-        assert!(closed.windows(19).any(|w| w == b"hello\r\n--i--\r\n--o\r\n"));
+        assert!(closed
+            .windows(19)
+            .any(|w| w == b"hello\r\n--i--\r\n--o\r\n"));
         let m = MessageParser::default().parse(&closed[..]).unwrap();
-        let pdf = m.attachments().next().expect("the PDF is a part of its own");
+        let pdf = m
+            .attachments()
+            .next()
+            .expect("the PDF is a part of its own");
         assert_eq!(pdf.contents(), b"%PDF-1");
         assert!(close_unclosed(&closed).is_none());
         // The entity to sign: the text part re-encoded, the PDF part as it came.
@@ -535,8 +540,10 @@ Content-Type: application/pdf\r\nContent-Transfer-Encoding: base64\r\n\r\nJVBERi
         let entity = content_entity(&ParsedMessage::parse(message).unwrap()).to_entity();
         let text = String::from_utf8(entity).unwrap();
         assert!(
-            text.ends_with("--i--\r\n--o\r\nContent-Type: application/pdf\r\n\
-                Content-Transfer-Encoding: base64\r\n\r\nJVBERi0x\r\n--o--\r\n"),
+            text.ends_with(
+                "--i--\r\n--o\r\nContent-Type: application/pdf\r\n\
+                Content-Transfer-Encoding: base64\r\n\r\nJVBERi0x\r\n--o--\r\n"
+            ),
             "{text}"
         );
     }

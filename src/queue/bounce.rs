@@ -45,7 +45,25 @@ pub fn status_of(text: &str, default: &str) -> String {
         .map_or_else(|| default.to_string(), str::to_string)
 }
 
-/// Renders the report (CRLF, 7-bit).
+/// An address as a delivery-status field takes it: `rfc822; a@b`, or for an address with
+/// UTF-8 (RFC 6533 §3) `utf-8; ` and the utf-8-addr-xtext form, which keeps the report 7-bit:
+/// every character but the printable ASCII ones other than `+`, `=` and `\` as `\x{HEX}`.
+fn typed_address(address: &str) -> String {
+    if address.is_ascii() {
+        return format!("rfc822; {address}");
+    }
+    let mut out = String::from("utf-8; ");
+    for c in address.chars() {
+        if matches!(c, '!'..='~') && !matches!(c, '+' | '=' | '\\') {
+            out.push(c);
+        } else {
+            out.push_str(&format!("\\x{{{:X}}}", c as u32));
+        }
+    }
+    out
+}
+
+/// Renders the report (CRLF; 7-bit but for a UTF-8 address in the notification text).
 pub fn render(r: &Report<'_>) -> Vec<u8> {
     let boundary = format!("{}.{}/{}", r.queue_id, r.unique, r.hostname);
     let date = |t: i64| mail_parser::DateTime::from_timestamp(t).to_rfc822();
@@ -80,8 +98,8 @@ pub fn render(r: &Report<'_>) -> Vec<u8> {
         };
         let diagnostic: String = diagnostic.chars().take(900).collect();
         status.push_str(&format!(
-            "\r\nFinal-Recipient: rfc822; {}\r\nAction: failed\r\nStatus: {}\r\nDiagnostic-Code: {kind}; {diagnostic}\r\n",
-            f.recipient,
+            "\r\nFinal-Recipient: {}\r\nAction: failed\r\nStatus: {}\r\nDiagnostic-Code: {kind}; {diagnostic}\r\n",
+            typed_address(&f.recipient),
             f.status,
         ));
     }
@@ -112,7 +130,7 @@ pub fn render(r: &Report<'_>) -> Vec<u8> {
          \r\n\
          --{boundary}\r\n\
          Content-Description: Notification\r\n\
-         Content-Type: text/plain; charset=us-ascii\r\n\
+         Content-Type: text/plain; charset={charset}\r\n\
          \r\n\
          {text}\r\n\
          --{boundary}\r\n\
@@ -124,6 +142,7 @@ pub fn render(r: &Report<'_>) -> Vec<u8> {
          Content-Description: Undelivered Message Headers\r\n\
          Content-Type: text/rfc822-headers\r\n\
          \r\n",
+        charset = if text.is_ascii() { "us-ascii" } else { "utf-8" },
         domain = r.domain,
         sender = r.sender,
         date = date(r.now),
@@ -251,6 +270,40 @@ mod tests {
             original,
             failures: &failures,
         })
+    }
+
+    #[test]
+    fn utf8_addresses_are_typed_as_rfc_6533_says() {
+        assert_eq!(typed_address("bob@example.org"), "rfc822; bob@example.org");
+        assert_eq!(
+            typed_address("j\u{f6}rg+x@b\u{fc}cher.de"),
+            "utf-8; j\\x{F6}rg\\x{2B}x@b\\x{FC}cher.de"
+        );
+        let failures = [Failure {
+            recipient: "j\u{f6}rg@b\u{fc}cher.de".into(),
+            status: "5.6.7".into(),
+            diagnostic: "5.6.7 relay does not take international addresses".into(),
+        }];
+        let out = render(&Report {
+            hostname: "host.example",
+            domain: "example.org",
+            queue_id: "ABC",
+            sender: "alice@example.org",
+            envid: None,
+            arrived: 1_700_000_000,
+            now: 1_700_000_100,
+            unique: "u1",
+            original: b"From: alice@example.org\r\n\r\nbody\r\n",
+            failures: &failures,
+        });
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains("Final-Recipient: utf-8; j\\x{F6}rg@b\\x{FC}cher.de\r\n"));
+        assert!(
+            text.contains("Content-Type: text/plain; charset=utf-8\r\n"),
+            "{text}"
+        );
+        let status = text.split("message/delivery-status").nth(1).unwrap();
+        assert!(status.split("--ABC").next().unwrap().is_ascii(), "{text}");
     }
 
     #[test]

@@ -492,35 +492,42 @@ impl Relay {
     pub async fn send(&self, sender: &str, recipient: &str, message: &[u8]) -> Sent {
         use lettre::transport::smtp::commands::{Data, Mail, Rcpt};
         use lettre::transport::smtp::extension::{Extension, MailBodyParameter, MailParameter};
-        let from: Option<lettre::Address> = if sender.is_empty() {
-            None
-        } else {
-            match sender.parse() {
-                Ok(a) => Some(a),
-                Err(_) => return Sent::Permanent(format!("sender {sender:?} is not an address")),
-            }
-        };
-        let to: lettre::Address = match recipient.parse() {
-            Ok(a) => a,
-            Err(_) => return Sent::Permanent(format!("recipient {recipient:?} is not an address")),
-        };
+        if !sender.is_empty() && sender.parse::<lettre::Address>().is_err() {
+            return Sent::Permanent(format!("sender {sender:?} is not an address"));
+        }
+        if recipient.parse::<lettre::Address>().is_err() {
+            return Sent::Permanent(format!("recipient {recipient:?} is not an address"));
+        }
         let mut conn = match self.connection().await {
             Ok(c) => c,
             Err(sent) => return sent,
         };
         // RFC 6531 and RFC 6152: what the relay does not announce is not sent; a copy that
         // needs it is refused for good at once (5.6.3, 5.6.7) rather than retried for days.
+        // An international domain alone needs no SMTPUTF8: its ASCII form (IDNA A-labels,
+        // RFC 5890) names the same domain.
         let info = conn.server_info();
         let mut options = Vec::new();
+        let (mut sender, mut recipient) = (sender.to_string(), recipient.to_string());
         if !sender.is_ascii() || !recipient.is_ascii() {
-            if !info.supports_feature(Extension::SmtpUtfEight) {
-                return Sent::Permanent(format!(
-                    "5.6.7 relay {} does not take international addresses (no SMTPUTF8)",
-                    self.description
-                ));
+            if info.supports_feature(Extension::SmtpUtfEight) {
+                options.push(MailParameter::SmtpUtfEight);
+            } else {
+                match (ascii_domain(&sender), ascii_domain(&recipient)) {
+                    (Some(s), Some(r)) => (sender, recipient) = (s, r),
+                    _ => {
+                        return Sent::Permanent(format!(
+                            "5.6.7 relay {} does not take international addresses (no SMTPUTF8)",
+                            self.description
+                        ))
+                    }
+                }
             }
-            options.push(MailParameter::SmtpUtfEight);
         }
+        let from: Option<lettre::Address> = sender.parse().ok();
+        let Ok(to) = recipient.parse::<lettre::Address>() else {
+            return Sent::Permanent(format!("recipient {recipient:?} is not an address"));
+        };
         if !message.is_ascii() {
             if !info.supports_feature(Extension::EightBitMime) {
                 return Sent::Permanent(format!(
@@ -667,6 +674,20 @@ fn chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     text.replace(['\r', '\n'], " ")
+}
+
+/// `address` with its domain in ASCII (IDNA A-labels), when its local part is ASCII; "" (the
+/// null sender) stays "".
+fn ascii_domain(address: &str) -> Option<String> {
+    if address.is_ascii() {
+        return Some(address.to_string());
+    }
+    let (local, domain) = address.rsplit_once('@')?;
+    if !local.is_ascii() {
+        return None;
+    }
+    let domain = idna::domain_to_ascii(domain).ok()?;
+    Some(format!("{local}@{domain}"))
 }
 
 #[cfg(test)]
