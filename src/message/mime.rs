@@ -262,7 +262,12 @@ fn encode_eight_bit_runs(value: &[u8], first_line: usize) -> Vec<u8> {
             words[i].0 = to - 1;
         }
         let run = &value[from..to];
-        parts.push((before, encoded_words(run).trim_ascii_start().to_vec()));
+        // The first part follows the field name ("Subject: "), the others a blank.
+        let column = if parts.is_empty() { first_line - 1 } else { 0 };
+        parts.push((
+            before,
+            encoded_words(run, column).trim_ascii_start().to_vec(),
+        ));
     }
     let mut out = Vec::with_capacity(value.len() * 2);
     let mut line = first_line;
@@ -286,33 +291,43 @@ fn encode_eight_bit_runs(value: &[u8], first_line: usize) -> Vec<u8> {
     out
 }
 
-/// `text` as RFC 2047 "B" encoded words of at most 75 characters, one per folded line
-/// (UTF-8 when it is; else charset unknown-8bit, RFC 1428), characters never split.
-fn encoded_words(text: &[u8]) -> Vec<u8> {
+/// `text` as RFC 2047 "B" encoded words (UTF-8 when it is; else charset unknown-8bit,
+/// RFC 1428), characters never split, each after a blank on a folded line of at most 76
+/// characters (RFC 2047 §2); the first one after the `column` characters its line already
+/// has (on a line of its own when it would not fit there at all).
+pub(crate) fn encoded_words(text: &[u8], column: usize) -> Vec<u8> {
     use base64::Engine;
-    let (charset, chunks): (&str, Vec<&[u8]>) = match std::str::from_utf8(text) {
-        Ok(s) => {
-            let mut chunks = Vec::new();
-            let mut start = 0;
-            for (i, c) in s.char_indices() {
-                if i + c.len_utf8() - start > 45 {
-                    chunks.push(&text[start..i]);
-                    start = i;
-                }
-            }
-            chunks.push(&text[start..]);
-            ("UTF-8", chunks)
-        }
-        Err(_) => ("unknown-8bit", text.chunks(42).collect()),
+    let charset = if std::str::from_utf8(text).is_ok() {
+        "UTF-8"
+    } else {
+        "unknown-8bit"
     };
-    let words: Vec<String> = chunks
-        .iter()
-        .map(|c| {
-            let b64 = base64::engine::general_purpose::STANDARD.encode(c);
-            format!("=?{charset}?B?{b64}?=")
-        })
-        .collect();
-    format!(" {}", words.join("\r\n ")).into_bytes()
+    // "=?" charset "?B?" ... "?=" around the base64, after the blank.
+    let overhead = 7 + charset.len() + 1;
+    let fits = |column: usize| (76usize.saturating_sub(column + overhead) / 4) * 3;
+    let mut out = Vec::with_capacity(text.len() * 2);
+    let mut room = fits(column);
+    if room < 3 {
+        out.extend_from_slice(b"\r\n");
+        room = fits(0);
+    }
+    let mut start = 0;
+    while start < text.len() {
+        let mut end = (start + room).min(text.len());
+        if charset == "UTF-8" {
+            while std::str::from_utf8(&text[start..end]).is_err() && end > start + 1 {
+                end -= 1;
+            }
+        }
+        if start > 0 {
+            out.extend_from_slice(b"\r\n");
+        }
+        let b64 = base64::engine::general_purpose::STANDARD.encode(&text[start..end]);
+        out.extend_from_slice(format!(" =?{charset}?B?{b64}?=").as_bytes());
+        start = end;
+        room = fits(0);
+    }
+    out
 }
 
 /// A fresh boundary that occurs in none of `contents` (RFC 2046 §5.1.1).

@@ -5,8 +5,6 @@
 
 use std::io::BufRead;
 
-use base64::Engine;
-
 use crate::message::{MessageError, ParsedMessage};
 
 /// Input that cannot be queued: exit 65 (EX_DATAERR) with this reason.
@@ -234,10 +232,20 @@ fn mailbox(name: Option<&str>, address: &str) -> String {
             let quoted = n.replace('\\', "\\\\").replace('"', "\\\"");
             format!("\"{quoted}\" <{address}>")
         }
-        Some(n) => format!(
-            "=?UTF-8?B?{}?= <{address}>",
-            base64::engine::general_purpose::STANDARD.encode(n.replace(['\r', '\n'], " "))
-        ),
+        // Encoded words on folded lines of at most 76 characters (RFC 2047 §2), the first
+        // after "From:".
+        Some(n) => {
+            let name = n.replace(['\r', '\n'], " ");
+            let words = crate::message::mime::encoded_words(name.as_bytes(), "From:".len());
+            let words = String::from_utf8_lossy(words.trim_ascii_start()).into_owned();
+            let last = words.rsplit("\r\n").next().unwrap_or(&words).len();
+            let fold = if last + address.len() + 3 > 76 {
+                "\r\n"
+            } else {
+                ""
+            };
+            format!("{words}{fold} <{address}>")
+        }
     }
 }
 
@@ -381,6 +389,21 @@ mod tests {
     fn names_are_quoted_or_encoded() {
         assert_eq!(mailbox(Some("A \"B\""), "a@x"), "\"A \\\"B\\\"\" <a@x>");
         assert_eq!(mailbox(Some("Zoë"), "a@x"), "=?UTF-8?B?Wm/Dqw==?= <a@x>");
+        // A long name: several encoded words of at most 75 characters, folded.
+        let long = mailbox(Some(&"Zoë Ünïcødé ".repeat(8)), "a@x");
+        let field = format!("From: {long}");
+        assert!(field.split("\r\n").all(|l| l.len() <= 76), "{field}");
+        let words = long.split_whitespace().filter(|w| w.starts_with("=?"));
+        assert!(
+            words.clone().count() > 1 && words.clone().all(|w| w.len() <= 75),
+            "{long}"
+        );
+        let field = format!("{field}\r\n\r\n");
+        let parsed = mail_parser::MessageParser::default()
+            .parse(field.as_bytes())
+            .unwrap();
+        let from = parsed.from().and_then(|a| a.first()).unwrap();
+        assert_eq!(from.name(), Some("Zoë Ünïcødé ".repeat(8).trim()));
         assert_eq!(mailbox(None, "a@x"), "a@x");
     }
 
