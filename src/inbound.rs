@@ -574,6 +574,33 @@ const REPLY_ROUTING: [&[u8]; 7] = [
     b"return-receipt-to",
 ];
 
+/// The protected fields that are shown in place of the outer ones: those a reader sees
+/// (RFC 9788 header protection is for them). Others in the protected set are left out, and
+/// never replace an outer field: the sender writes the protected set, and anyone can encrypt
+/// to the user, so a protected Received, Return-Path, Authentication-Results or spam
+/// verdict would stand in for what the user's own mail server recorded.
+const PROTECTABLE: [&[u8]; 12] = [
+    b"from",
+    b"to",
+    b"cc",
+    b"subject",
+    b"date",
+    b"message-id",
+    b"in-reply-to",
+    b"references",
+    b"keywords",
+    b"comments",
+    b"thread-topic",
+    b"organization",
+];
+
+fn is_protectable(name: &[u8]) -> bool {
+    PROTECTABLE
+        .iter()
+        .chain(REPLY_ROUTING.iter())
+        .any(|p| p.eq_ignore_ascii_case(name))
+}
+
 /// Whether the header has a field of this (lower-case) name.
 fn has_field(header: &[u8], name: &[u8]) -> bool {
     fields(header)
@@ -592,8 +619,9 @@ fn from_mismatch(inner: &Option<Option<String>>, outer: &Option<String>) -> bool
 }
 
 /// Outer fields minus the outer Content-* ones, with the inner entity's Content-* fields (and,
-/// when protected, its other fields, which replace outer fields of the same name; outer
-/// [`REPLY_ROUTING`] fields go when the protected set has a From). Returns the protected
+/// when protected, its [`PROTECTABLE`] and [`REPLY_ROUTING`] fields, which replace outer
+/// fields of the same name; outer [`REPLY_ROUTING`] fields go when the protected set has a
+/// From). Returns the protected
 /// From: None when the protected set has no From field, Some(None) when it is not exactly
 /// one mailbox.
 ///
@@ -610,7 +638,7 @@ fn merge_headers(
         .map(fields)
         .unwrap_or_default()
         .into_iter()
-        .filter(|(n, _)| !is_content_field(n) && !n.eq_ignore_ascii_case(b"hp-outer"))
+        .filter(|(n, _)| is_protectable(n))
         .collect();
     let addressing = protected_fields
         .iter()

@@ -408,6 +408,44 @@ async fn the_signer_is_compared_with_the_from_that_is_shown() {
     );
 }
 
+/// Anyone can encrypt to Bob: the protected fields shown are the ones a reader sees, never
+/// trace or authentication fields, which stay as Bob's own mail server recorded them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protected_fields_do_not_replace_what_the_mail_server_recorded() {
+    let world = World::new();
+    let server = bobs_store(&world);
+    let inner = b"Content-Type: text/plain; charset=utf-8; protected-headers=\"v1\"\r\n\
+        From: alice@example.org\r\nSubject: inner subject\r\n\
+        Received: from trusted.example by mx.example.org\r\n\
+        Return-Path: <alice@example.org>\r\n\
+        Authentication-Results: mx.example.org; dkim=pass; dmarc=pass\r\n\
+        X-Spam-Status: No\r\n\r\nHello.\r\n";
+    let armored = world.sender.encrypt_to(&world.bob_fpr, inner);
+    let mut raw = b"Return-Path: <m@evil.example>\r\n\
+        Received: from evil.example by mx.example.org\r\n\
+        Authentication-Results: mx.example.org; dkim=fail; spf=fail\r\n\
+        X-Spam-Status: Yes\r\nFrom: alice@example.org\r\nSubject: [...]\r\n"
+        .to_vec();
+    raw.extend_from_slice(&verdicts::pgp_mime(&armored));
+    let (code, output) = deliver(&server, &raw);
+    assert_eq!(code, 0, "{output}");
+    let stored = verdicts::fetch_all(&server);
+    let message = String::from_utf8_lossy(&stored[0].1).into_owned();
+    let (header, _) = message.split_once("\r\n\r\n").unwrap();
+    assert!(header.contains("Subject: inner subject"), "{header}");
+    for kept in [
+        "Return-Path: <m@evil.example>",
+        "Received: from evil.example",
+        "dkim=fail; spf=fail",
+        "X-Spam-Status: Yes",
+    ] {
+        assert!(header.contains(kept), "{kept}: {header}");
+    }
+    for gone in ["trusted.example", "dkim=pass", "X-Spam-Status: No"] {
+        assert!(!header.contains(gone), "{gone}: {header}");
+    }
+}
+
 /// PGP/MIME whose decrypted content is bare text, not a MIME entity (a sender that encrypted
 /// the text itself): all of it is stored as the body, none of its first paragraph read as a
 /// header and dropped; a first line that looks like a field ("Note: ...") too.
