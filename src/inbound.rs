@@ -723,12 +723,64 @@ fn from_address(header: &[u8]) -> Option<String> {
     if fields != 1 || from.as_list().is_none_or(|list| list.len() != 1) {
         return None;
     }
-    Some(from.first()?.address()?.to_ascii_lowercase())
+    let mailbox = from.first()?;
+    let address = mailbox.address()?.to_ascii_lowercase();
+    // Shown as one mailbox only if every reading agrees: the IMAP ENVELOPE's parser reads
+    // broken input its own way (`alice@example.org <m@evil.example>` is alice there).
+    let value = header_value(header, b"from")?;
+    if crate::imap::summary::single_mailbox(&value).as_deref() != Some(address.as_str()) {
+        return None;
+    }
+    // A display name that is another address ("alice@example.org" <m@evil.example>) is
+    // what many clients show instead of the address.
+    if mailbox.name().is_some_and(|n| {
+        n.contains('@')
+            && !n
+                .trim_matches(['<', '>', ' ', '"', '\''])
+                .eq_ignore_ascii_case(&address)
+    }) {
+        return None;
+    }
+    Some(address)
+}
+
+/// The value of the first field of this name, unfolded, without the blanks after the colon
+/// (as the IMAP summary reads it).
+fn header_value(header: &[u8], name: &[u8]) -> Option<Vec<u8>> {
+    let (_, field) = fields(header)
+        .into_iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))?;
+    let colon = field.iter().position(|&b| b == b':')?;
+    let value: Vec<u8> = field[colon + 1..]
+        .iter()
+        .copied()
+        .filter(|&b| b != b'\r' && b != b'\n')
+        .collect();
+    Some(value.trim_ascii_start().to_vec())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn from_is_one_mailbox_only_when_every_reading_agrees() {
+        let from = |v: &str| from_address(format!("From: {v}\r\nSubject: x\r\n\r\n").as_bytes());
+        assert_eq!(
+            from("Alice <Alice@Example.org>").as_deref(),
+            Some("alice@example.org")
+        );
+        assert_eq!(
+            from("alice@example.org").as_deref(),
+            Some("alice@example.org")
+        );
+        assert_eq!(
+            from("\"alice@example.org\" <alice@example.org>").as_deref(),
+            Some("alice@example.org")
+        );
+        assert_eq!(from("mallory@evil.example <alice@example.org>"), None);
+        assert_eq!(from("\"mallory@evil.example\" <alice@example.org>"), None);
+    }
 
     #[test]
     fn the_verdict_is_a_field_of_its_own_after_a_header_without_a_line_break() {

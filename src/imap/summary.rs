@@ -28,6 +28,29 @@ use address::Address;
 use lexer::{Lexer, Lx};
 use tree::{Field, Node};
 
+/// The one mailbox an address-list value names as the ENVELOPE shows it (`local@domain`,
+/// lower case), or None when it is not exactly one well-formed mailbox: what the verdict
+/// compares a signer with must be what IMAP clients are shown.
+pub(crate) fn single_mailbox(value: &[u8]) -> Option<String> {
+    let list = address::parse_address_list(value);
+    let [one] = list.as_slice() else {
+        return None;
+    };
+    let (Some(mailbox), Some(domain)) = (&one.mailbox, &one.domain) else {
+        return None;
+    };
+    let broken = |s: &[u8]| {
+        s.is_empty() || [&b"MISSING_MAILBOX"[..], b"MISSING_DOMAIN", b"SYNTAX_ERROR"].contains(&s)
+    };
+    if broken(mailbox) || broken(domain) || one.route.is_some() {
+        return None;
+    }
+    let address = [&mailbox[..], b"@", &domain[..]].concat();
+    String::from_utf8(address)
+        .ok()
+        .map(|a| a.to_ascii_lowercase())
+}
+
 /// Computed once when a message is stored; never fails (broken MIME still gets a structure).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Summary {
