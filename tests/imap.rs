@@ -314,7 +314,10 @@ fn appended_and_imported_mail_loses_forged_verdicts() {
     let clean = "From: mallory@example.net\r\nSubject: trust me\r\n\r\n\
         Sealpost-Verdict: in the body stays\r\n";
     let mut raw = server.login();
-    raw.ok(&format!("APPEND INBOX {{{}}}\r\n{forged}", forged.len()));
+    raw.ok(&format!(
+        "APPEND INBOX (\\Seen $Sealpost-Signed $sealpost-encrypted $Label) {{{}}}\r\n{forged}",
+        forged.len()
+    ));
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("forged.eml");
     std::fs::write(&file, forged.replace("\r\n", "\n")).unwrap();
@@ -328,6 +331,13 @@ fn appended_and_imported_mail_loses_forged_verdicts() {
             "UID {uid}: {fetched}"
         );
     }
+    // Nor do its $Sealpost- keywords; the client's other flags stay.
+    let flags = raw.ok("UID FETCH 1 (FLAGS)").join(" ");
+    assert!(
+        flags.contains("\\Seen") && flags.contains("$Label"),
+        "{flags}"
+    );
+    assert!(!flags.to_ascii_lowercase().contains("$sealpost"), "{flags}");
 }
 
 #[test]

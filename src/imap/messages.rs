@@ -73,10 +73,16 @@ impl Session {
                 tz_minutes: d.offset().local_minus_utc() / 60,
             }
         });
-        let flags = Flags::new(flags.iter().map(flag_text));
         // A bare LF is stored as CRLF: what is served is what was stored (RFC 3501 §2.3.4
-        // requires CRLF on the wire). A verdict field is sealpost's only when sealpost
-        // verified the message, which it does not do here.
+        // requires CRLF on the wire). A verdict, field or $Sealpost- keyword, is sealpost's
+        // only when sealpost verified the message, which it does not do here: a message from
+        // another account or server brings none.
+        let flags = Flags::new(
+            flags
+                .iter()
+                .map(flag_text)
+                .filter(|f| !crate::store::is_local_keyword(f)),
+        );
         let message = Prepared::new(crate::inbound::without_verdict(&crlf(&bytes)), flags, date);
         let store = self.shared.store.clone();
         let appended =
