@@ -259,12 +259,20 @@ pub async fn process(keys: &KeyService, raw: &[u8]) -> Result<Processed, Inbound
     {
         // With RFC 9788 fields in the signed part, a MUA that knows them shows its From: the
         // signer is compared with that one, and a different outer From is flagged.
-        let signed_from = signed_part_header(raw)
-            .filter(|h| is_protected(h) && has_field(h, b"from"))
-            .map(|h| from_address(&h));
+        let protected = signed_part_header(raw).filter(|h| is_protected(h));
+        let signed_from = protected
+            .as_deref()
+            .filter(|h| has_field(h, b"from"))
+            .map(from_address);
         verdict.inner_from_mismatch = from_mismatch(&signed_from, &outer_from);
         let shown_from = signed_from.unwrap_or_else(|| outer_from.clone());
         verdict.signature = verify_multipart_signed(keys, raw, &shown_from).await?;
+        // What the signature covers is what is shown, as for encrypted mail: the signed
+        // Subject, not one a resender put outside, and no outer Reply-To the signer did not
+        // write. The body, the multipart/signed, stays as it came, to be verified again.
+        if let (Some(protected), Signature::Valid { .. }) = (&protected, &verdict.signature) {
+            out_header = merge_headers(header, header, Some(protected)).0;
+        }
     }
 
     let message = with_verdict(&out_header, &out_body, &verdict);

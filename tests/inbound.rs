@@ -594,6 +594,44 @@ async fn a_signed_parts_own_from_is_the_one_compared() {
     );
 }
 
+/// Alice's signed copy resent with an outer Subject and Reply-To of Mallory's: what is shown
+/// is what the signature covers (its signed part's protected fields), as for encrypted mail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_messages_outer_fields_do_not_ride_on_its_signature() {
+    let world = World::new();
+    let server = bobs_store(&world);
+    let signed = String::from_utf8(verdicts::signed_copy(&world).await).unwrap();
+    let subject = signed
+        .split("\r\n")
+        .find(|l| l.starts_with("Subject: "))
+        .unwrap()
+        .to_string();
+    let resent = signed.replacen(
+        &subject,
+        "Subject: URGENT: wire 10k\r\nReply-To: Accounts <m@evil.example>",
+        1,
+    );
+    let (code, output) = deliver(&server, resent.as_bytes());
+    assert_eq!(code, 0, "{output}");
+    let stored = verdicts::fetch_all(&server);
+    let message = String::from_utf8_lossy(&stored[0].1).into_owned();
+    let (header, body) = message.split_once("\r\n\r\n").unwrap();
+    assert!(
+        !header.contains("URGENT") && !header.contains("evil.example"),
+        "{header}"
+    );
+    assert!(header.contains(&subject), "{header}");
+    assert!(body.contains("multipart/signed") || header.contains("multipart/signed"));
+    let verdict = verdicts::verdict(message.as_bytes());
+    assert!(
+        verdict.starts_with(&format!(
+            "plaintext; signature=valid; signer={}; from=match",
+            world.alice
+        )),
+        "{verdict}"
+    );
+}
+
 /// A GnuPG home that is not there (a file system not mounted yet) says nothing about the
 /// message: deliver answers 75, the MTA keeps it, and nothing is stored as undecryptable.
 #[test]
