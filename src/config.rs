@@ -167,7 +167,14 @@ impl Config {
                 path: name.to_string(),
                 line,
                 key,
-                message: e.message().to_string(),
+                // One line: toml's message may run over several.
+                message: e
+                    .message()
+                    .lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty())
+                    .collect::<Vec<_>>()
+                    .join(": "),
             }
         })?;
         config.validate(text, name)?;
@@ -506,6 +513,10 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.starts_with("s.toml:2: mdoe: unknown field"), "{e}");
+        let e = Config::parse("[policy\nsign = true\n", "s.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("s.toml:1: ") && !e.contains('\n'), "{e}");
         let e = Config::parse("[gnupg]\ntimeout_secs = 0\n", "s.toml")
             .unwrap_err()
             .to_string();
