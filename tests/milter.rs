@@ -724,6 +724,41 @@ fn encrypt_only_recipient_is_refused_at_rcpt_over_smtp() {
     );
 }
 
+/// A source-routed recipient (RFC 5321 Appendix C: accepted, the route ignored, as Postfix
+/// does) gets a copy of its own, not the one rewritten in place for another recipient; an
+/// address that routes on in its local part (Postfix's percent hack would send it elsewhere
+/// after sealpost looked up its key and policy) and a malformed one are refused at RCPT.
+#[test]
+fn routed_and_malformed_recipients_over_smtp() {
+    let Some(rig) = Rig::new() else { return };
+    let (world, postfix) = (&rig.world, &rig.postfix);
+    let _milter = rig.milter_with(ENCRYPT_ONLY_NET);
+    let rcpts = [
+        "bob@example.org",
+        "@relay.example:carol@example.org",
+        "dave%example.net@example.org",
+        "bob..x@example.org",
+    ];
+    let (rcpt, end) = smtp_transaction(postfix.smtp_port, "alice@example.org", &rcpts, MESSAGE);
+    assert!(
+        rcpt[0].starts_with("250") && rcpt[1].starts_with("250"),
+        "{rcpt:?}"
+    );
+    assert!(
+        rcpt[2].starts_with("553 5.1.3") && rcpt[2].contains("routes on"),
+        "{rcpt:?}"
+    );
+    assert!(rcpt[3].starts_with("553 5.1.3"), "{rcpt:?}");
+    assert!(end.starts_with("250"), "{end}");
+    let got = by_recipient(postfix.wait_messages(2));
+    let names: Vec<&str> = got.iter().map(|(r, _)| r.as_str()).collect();
+    assert_eq!(names, ["bob@example.org", "carol@example.org"]);
+    let (bob_copy, carol_copy) = (crlf(&got[0].1), crlf(&got[1].1));
+    assert!(world.bob.decrypt(&ciphertext(&bob_copy)).is_some());
+    assert!(world.carol.decrypt(&ciphertext(&carol_copy)).is_some());
+    assert!(world.carol.decrypt(&ciphertext(&bob_copy)).is_none());
+}
+
 /// encrypt-only on Postfix's sendmail path, where a milter may not refuse a recipient: the
 /// keyless recipient is removed and the sender gets a report naming it; the others their copies.
 #[test]

@@ -376,13 +376,17 @@ const ACTIONS: Actions = Actions::ADD_HEADER
     .union(Actions::REPLACE_BODY)
     .union(Actions::QUARANTINE);
 
+/// A MAIL or RCPT path without its angle brackets and its source route (which Postfix drops
+/// too: a recipient is deleted by the spelling Postfix keeps).
 fn bare(arg: &CString) -> String {
     let s = arg.to_string_lossy();
     let s = s.trim();
-    s.strip_prefix('<')
-        .and_then(|s| s.strip_suffix('>'))
-        .unwrap_or(s)
-        .to_string()
+    crate::rewrite::without_route(
+        s.strip_prefix('<')
+            .and_then(|s| s.strip_suffix('>'))
+            .unwrap_or(s),
+    )
+    .to_string()
 }
 
 fn callbacks(milter: Arc<Milter>) -> Callbacks<Transaction> {
@@ -440,6 +444,17 @@ fn callbacks(milter: Arc<Milter>) -> Callbacks<Transaction> {
                     .data
                     .as_ref()
                     .is_some_and(|t| milter.is_inbound(t, &recipient));
+                // Refused now rather than reported after the message was accepted (README
+                // rule 1), inbound too: no copy could be made for it.
+                if let (true, Some(reply)) = (smtp, crate::rewrite::address_refusal(&recipient)) {
+                    tracing::info!(rcpt = %recipient, decision = "rejected", detail = %reply, "refused at RCPT");
+                    let _ = cx.reply.set_error_reply(
+                        &reply.code.to_string(),
+                        Some(reply.status),
+                        [reply.text],
+                    );
+                    return Status::Reject;
+                }
                 if smtp && !inbound {
                     // Looked up as the copy names it (a root dot, a needless quote dropped).
                     let address = crate::rewrite::copy_recipient(&recipient);

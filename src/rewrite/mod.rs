@@ -593,22 +593,59 @@ pub fn recipients(raw: &[String]) -> Vec<Recipient> {
 /// otherwise.
 fn recipient(raw: &str) -> Recipient {
     let trimmed = raw.trim();
-    let bare = trimmed
-        .strip_prefix('<')
-        .and_then(|s| s.strip_suffix('>'))
-        .unwrap_or(trimmed);
+    let bare = without_route(
+        trimmed
+            .strip_prefix('<')
+            .and_then(|s| s.strip_suffix('>'))
+            .unwrap_or(trimmed),
+    );
     let rooted = bare.rsplit_once('@').and_then(|(local, domain)| {
         let bare_domain = policy::without_root_dot(domain);
         (bare_domain != domain).then(|| format!("{local}@{bare_domain}"))
     });
     let bare = rooted.as_deref().unwrap_or(bare);
-    let valid = lettre::Address::from_str(bare).is_ok();
+    let valid = lettre::Address::from_str(bare).is_ok() && !routes_in_local_part(bare);
     let address = if valid {
         unquoted(bare).unwrap_or_else(|| bare.to_string())
     } else {
         trimmed.to_string()
     };
     Recipient { address, valid }
+}
+
+/// A path without its source route (`@relay.example:bob@example.org` is bob@example.org):
+/// RFC 5321 §4.1.1.3 and Appendix C, servers accept and ignore it, as Postfix does.
+pub fn without_route(path: &str) -> &str {
+    if !path.starts_with('@') {
+        return path;
+    }
+    let mut literal = false;
+    for (i, c) in path.char_indices() {
+        match c {
+            '[' => literal = true,
+            ']' => literal = false,
+            ':' if !literal => return &path[i + 1..],
+            _ => {}
+        }
+    }
+    path
+}
+
+/// A local part that routes on (`dave%example.net@localhost`, `example.net!dave@localhost`,
+/// `"dave@example.net"@localhost`): the MTA rewrites it to another mailbox (Postfix's
+/// allow_percent_hack and swap_bangpath) after sealpost has looked up the key and the policy
+/// of the address as written, so it could take an encrypt-only recipient's mail in clear.
+fn routes_in_local_part(address: &str) -> bool {
+    address
+        .rsplit_once('@')
+        .is_some_and(|(local, _)| local.contains(['%', '!', '@']))
+}
+
+/// The refusal for a recipient that is no address sealpost sends to (553 5.1.3), as the
+/// plan gives it and the milter at RCPT.
+pub fn address_refusal(raw: &str) -> Option<Reply> {
+    let r = recipient(raw);
+    (!r.valid).then(|| plan::bad_address(&r.address))
 }
 
 /// Whether an envelope recipient as the MTA gave it (`<"Bob"@Example.org>`) is the mailbox a
@@ -664,6 +701,30 @@ mod tests {
             names,
             ["bob@example.org", "\"b o\"@example.org", "x@bücher.de"]
         );
+    }
+
+    #[test]
+    fn routes_are_dropped_and_routing_local_parts_refused() {
+        assert_eq!(
+            super::without_route("@a.example,@b.example:bob@x.org"),
+            "bob@x.org"
+        );
+        assert_eq!(super::without_route("@[IPv6:::1]:bob@x.org"), "bob@x.org");
+        assert_eq!(super::without_route("bob@x.org"), "bob@x.org");
+        let got = super::recipients(&["<@relay.example:carol@example.org>".into()]);
+        assert_eq!(got[0].address, "carol@example.org");
+        assert!(got[0].valid);
+        for routed in [
+            "dave%example.net@localhost",
+            "example.net!erin@localhost",
+            "\"frank@example.net\"@localhost",
+        ] {
+            let reply = super::address_refusal(routed).expect(routed);
+            assert_eq!((reply.code, reply.status), (553, "5.1.3"), "{routed}");
+            assert!(reply.text.contains("routes on"), "{}", reply.text);
+        }
+        assert!(super::address_refusal("bob..x@example.org").is_some());
+        assert!(super::address_refusal("<bob@example.org>").is_none());
     }
 
     #[test]

@@ -76,6 +76,16 @@ pub struct Recipient {
     pub valid: bool,
 }
 
+/// The refusal of a recipient that is not an address sealpost sends to.
+pub fn bad_address(address: &str) -> Reply {
+    let text = if super::routes_in_local_part(address) {
+        format!("an address that routes on (%, ! or @ in its local part) is not taken: {address}; write the mailbox itself")
+    } else {
+        format!("bad recipient address syntax: {address}")
+    };
+    Reply::new(553, "5.1.3", text)
+}
+
 /// Decides per recipient. `lookups` holds an entry for every valid recipient unless the
 /// message is already encrypted.
 pub fn plan(
@@ -91,11 +101,7 @@ pub fn plan(
     let mut steps = Vec::with_capacity(recipients.len());
     for r in recipients {
         let step = if !r.valid {
-            Step::Reject(Reply::new(
-                553,
-                "5.1.3",
-                format!("bad recipient address syntax: {}", r.address),
-            ))
+            Step::Reject(bad_address(&r.address))
         } else if already_encrypted {
             Step::PassThrough
         } else {
