@@ -643,13 +643,16 @@ fn authenticated_user_may_only_send_from_their_own_address() {
     std::fs::write(
         &script,
         format!(
-            r#"local function send(login, from)
+            r#"local function send(login, from, first_from)
   local conn = mt.connect("inet:{port}@127.0.0.1", 40, 0.25)
   assert(conn, "cannot connect to the milter")
   assert(mt.negotiate(conn, nil, nil, nil) == nil, "negotiate")
   assert(mt.macro(conn, SMFIC_MAIL, "{{auth_authen}}", login) == nil, "macro")
   assert(mt.mailfrom(conn, "<" .. from .. ">") == nil, "mailfrom")
   assert(mt.rcptto(conn, "<bob@example.org>") == nil, "rcptto")
+  if first_from then
+    assert(mt.header(conn, "From", first_from) == nil, "header")
+  end
   assert(mt.header(conn, "From", from) == nil, "header")
   assert(mt.header(conn, "Subject", "auth check") == nil, "header")
   assert(mt.eoh(conn) == nil, "eoh")
@@ -662,6 +665,7 @@ end
 assert(send("bob", "alice@example.org") == SMFIR_REPLYCODE, "bob may not send as alice")
 assert(send("alice@example.org", "alice@example.org") == SMFIR_CONTINUE, "alice may")
 assert(send("alice", "alice@example.org") == SMFIR_CONTINUE, "a bare login matches the local part")
+assert(send("alice", "alice@example.org", "bob@example.org") == SMFIR_REPLYCODE, "MUAs show the first of two From fields")
 "#
         ),
     )

@@ -140,8 +140,12 @@ impl ParsedMessage {
             if fields.iter().any(|f| f.raw.contains(&0)) {
                 return Err(MessageError::NotAMessage("NUL byte in the header section"));
             }
+            // RFC 5322 §3.6: one From field. With several, MUAs show the first and mail-parser
+            // reads the last: none is the From address (signing and require_auth_from then
+            // have nothing to take for it).
             let from = message
                 .from()
+                .filter(|_| fields.iter().filter(|f| f.is("From")).count() == 1)
                 .and_then(|a| a.first())
                 .and_then(|a| a.address())
                 .map(str::to_string);
@@ -677,6 +681,15 @@ mod tests {
         };
         assert!(ParsedMessage::parse(nest(MAX_NESTING)).is_ok());
         assert!(ParsedMessage::parse(nest(MAX_NESTING + 1)).is_err());
+    }
+
+    #[test]
+    fn two_from_fields_give_no_from_address() {
+        let m = ParsedMessage::parse(
+            b"From: bob@example.org\r\nFrom: alice@example.org\r\n\r\nhi\r\n".to_vec(),
+        )
+        .unwrap();
+        assert_eq!(m.from_address(), None);
     }
 
     #[test]

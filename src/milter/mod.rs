@@ -615,14 +615,14 @@ async fn end_of_message(
                 .and_then(|m| m.from_address().map(str::to_string))
                 .unwrap_or_default();
             if !from_belongs_to(&from, login) {
-                tracing::info!("{queue_id}: From <{from}> refused for authenticated user {login}");
-                let _ = cx.reply.set_error_reply(
-                    "550",
-                    Some("5.7.1"),
-                    [format!(
-                        "From <{from}> does not belong to the authenticated user {login}"
-                    )],
-                );
+                let why = if from.is_empty() {
+                    "the message has no single From address (RFC 5322 §3.6: one From field)"
+                        .to_string()
+                } else {
+                    format!("From <{from}> does not belong to the authenticated user {login}")
+                };
+                tracing::info!("{queue_id}: refused for authenticated user {login}: {why}");
+                let _ = cx.reply.set_error_reply("550", Some("5.7.1"), [why]);
                 return Status::Reject;
             }
         }
