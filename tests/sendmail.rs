@@ -1233,3 +1233,29 @@ fn an_international_domain_goes_by_its_ascii_form() {
         "{text}"
     );
 }
+
+/// A message with UTF-8 in its header (RFC 6532, a raw display name) goes with SMTPUTF8 to a
+/// relay that announces it (RFC 6531 §3.4), also when every address is ASCII.
+#[test]
+fn a_utf8_header_goes_with_smtputf8() {
+    let s = Setup::new();
+    let relay = s.relay(&RelayOptions {
+        smtputf8: true,
+        ..RelayOptions::default()
+    });
+    s.configure(relay.port, false, "");
+    let msg = "From: J\u{f6}rg <alice@example.org>\nTo: Zo\u{eb} <dave@example.net>\nSubject: utf8\n\nhallo\n";
+    let out = s.sendmail(
+        &["-f", "alice@example.org", "-i", "dave@example.net"],
+        msg.as_bytes(),
+    );
+    assert!(out.status.success(), "{out:?}");
+    let summary = s.queue_run();
+    assert!(summary.contains("1 sent"), "{summary}");
+    let delivered = relay.delivered(1);
+    assert!(
+        delivered[0].mail_options.iter().any(|o| o == "SMTPUTF8"),
+        "{:?}",
+        delivered[0].mail_options
+    );
+}

@@ -93,7 +93,8 @@ class RelayHandler:
         if any(r.lower() in self.slow_final for r in envelope.rcpt_tos):
             await asyncio.sleep(6)
         sender = envelope.mail_from or "<>"
-        emit(f"DELIVERED {sender} {','.join(envelope.rcpt_tos)} {path}")
+        options = ",".join(o.upper() for o in envelope.mail_options) or "-"
+        emit(f"DELIVERED {sender} {','.join(envelope.rcpt_tos)} {path} {options}")
         return "250 2.0.0 OK: queued"
 
 
@@ -132,6 +133,7 @@ async def serve(args):
             hostname="localhost",  # skips a per-connection getfqdn() DNS lookup
             auth_required=True,
             authenticator=authenticator,  # built-in PLAIN and LOGIN both use it
+            enable_SMTPUTF8=args.smtputf8,
         )
         if args.implicit_tls:
             # The socket is TLS from the first byte, but aiosmtpd only knows
@@ -169,6 +171,7 @@ def main():
     p.add_argument("--full", action="append", default=[], metavar="ADDR")
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--inject-after-starttls", action="store_true")
+    p.add_argument("--smtputf8", action="store_true", help="announce SMTPUTF8 (RFC 6531)")
     args = p.parse_args()
 
     logging.basicConfig(stream=sys.stderr, level=logging.WARNING,

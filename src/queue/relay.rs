@@ -524,6 +524,18 @@ impl Relay {
                 }
             }
         }
+        // RFC 6531 §3.4: UTF-8 in header fields (RFC 6532) is an SMTPUTF8 message too. To a
+        // relay without it such a header goes as 8-bit data, as it came to sealpost.
+        let header_end = message
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .unwrap_or(message.len());
+        if options.is_empty()
+            && !message[..header_end].is_ascii()
+            && info.supports_feature(Extension::SmtpUtfEight)
+        {
+            options.push(MailParameter::SmtpUtfEight);
+        }
         let from: Option<lettre::Address> = sender.parse().ok();
         let Ok(to) = recipient.parse::<lettre::Address>() else {
             return Sent::Permanent(format!("recipient {recipient:?} is not an address"));

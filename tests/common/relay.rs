@@ -52,6 +52,8 @@ pub struct Delivered {
     pub from: String,
     pub rcpts: Vec<String>,
     pub bytes: Vec<u8>,
+    /// MAIL FROM parameters, upper case (SMTPUTF8, BODY=8BITMIME).
+    pub mail_options: Vec<String>,
 }
 
 #[derive(Debug)]
@@ -80,6 +82,8 @@ pub struct RelayOptions<'a> {
     /// Adds a reply of its own, in plain text, after its 220 to STARTTLS (a man in the
     /// middle's response injection).
     pub inject_after_starttls: bool,
+    /// Announces SMTPUTF8 (RFC 6531).
+    pub smtputf8: bool,
 }
 
 impl Relay {
@@ -100,6 +104,9 @@ impl Relay {
         }
         if options.inject_after_starttls {
             cmd.arg("--inject-after-starttls");
+        }
+        if options.smtputf8 {
+            cmd.arg("--smtputf8");
         }
         for r in options.reject {
             cmd.args(["--reject", r]);
@@ -132,11 +139,16 @@ impl Relay {
                     ["HOLDING", addr] => {
                         let _ = tx.send(Event::Holding(addr.to_string()));
                     }
-                    ["DELIVERED", from, rcpts, path] => {
+                    ["DELIVERED", from, rcpts, path, options] => {
                         let _ = tx.send(Event::Delivered(Delivered {
                             from: from.to_string(),
                             rcpts: rcpts.split(',').map(str::to_string).collect(),
                             bytes: std::fs::read(path).unwrap(),
+                            mail_options: options
+                                .split(',')
+                                .filter(|o| *o != "-")
+                                .map(str::to_string)
+                                .collect(),
                         }));
                     }
                     _ => panic!("unexpected relay output: {line}"),
