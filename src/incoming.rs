@@ -428,7 +428,8 @@ pub async fn deliver(config: Config, args: DeliverArgs) -> Result<u8, CliError> 
     );
     let processed = match crate::inbound::process(&keys, &raw).await {
         Ok(p) => p,
-        Err(e) => {
+        Err(crate::inbound::InboundError::Temporary(e)) => {
+            // The reason alone: CliError::Temporary says "temporary failure" itself.
             let own = crate::sync::gnupg_works(&keys, &mut None).await;
             let (span, over) = if own {
                 (crate::sync::FETCH_GIVE_UP_SECS, "an hour")

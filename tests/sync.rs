@@ -216,9 +216,13 @@ async fn starttls_plain_auth_and_failures_that_store_nothing() {
     );
     let out = sync_once(&sync_config(&server, &bad_login));
     assert_eq!(out.status.code(), Some(75), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("login"), "{out:?}");
+    // As Dovecot worded it, not async-imap's debug rendering.
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("login"),
-        "{out:?}"
+        stderr.contains("the server answered NO [AUTHENTICATIONFAILED]")
+            && !stderr.contains("info: Some"),
+        "{stderr}"
     );
     assert!(verdicts::fetch_all(&server).is_empty());
 

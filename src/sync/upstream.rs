@@ -295,7 +295,28 @@ async fn login(
                 .await
         }
     };
-    result.map_err(|(e, _)| SyncError::Login(format!("{at} as {}: {e}", config.username)))
+    result.map_err(|(e, _)| {
+        SyncError::Login(format!("{at} as {}: {}", config.username, server_said(&e)))
+    })
+}
+
+/// An error as the server worded it: async-imap keeps a NO or BAD answer's text in a debug
+/// rendering ("code: None, info: Some(\"[AUTHENTICATIONFAILED] ...\")").
+fn server_said(e: &async_imap::error::Error) -> String {
+    use async_imap::error::Error;
+    let (kind, text) = match e {
+        Error::No(text) => ("NO", text),
+        Error::Bad(text) => ("BAD", text),
+        other => return other.to_string(),
+    };
+    let info = text
+        .split_once("info: Some(\"")
+        .and_then(|(_, rest)| rest.rsplit_once("\")"))
+        .map(|(info, _)| info.replace("\\\"", "\"").replace("\\\\", "\\"));
+    match info {
+        Some(info) => format!("the server answered {kind} {info}"),
+        None => format!("the server answered {kind} ({text})"),
+    }
 }
 
 /// A name or delimiter of a LIST response as the server meant it: imap-proto hands over a
@@ -482,4 +503,21 @@ pub fn quote(text: &str) -> String {
     }
     out.push('"');
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refusal_is_given_as_the_server_worded_it() {
+        let e = async_imap::error::Error::No(
+            "code: None, info: Some(\"[AUTHENTICATIONFAILED] Authentication \\\"failed\\\".\")"
+                .into(),
+        );
+        assert_eq!(
+            server_said(&e),
+            "the server answered NO [AUTHENTICATIONFAILED] Authentication \"failed\"."
+        );
+    }
 }
