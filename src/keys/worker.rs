@@ -308,7 +308,13 @@ fn unavailable(op: &'static str, detail: String) -> KeyError {
 }
 
 fn setup_failed(e: gpgme::Error) -> KeyError {
-    unavailable("setting up GnuPG", e.to_string())
+    // GPGME finds no usable engine when gpg is not installed or not where gpgconf says.
+    let hint = if e.code() == gpgme::Error::INV_ENGINE.code() {
+        " (is GnuPG's gpg installed, and on the PATH?)"
+    } else {
+        ""
+    };
+    unavailable("setting up GnuPG", format!("{e}{hint}"))
 }
 
 /// A request on the wire, with the keyring generation it was made under.
