@@ -978,11 +978,36 @@ fn describe(error: &CmdError) -> (&'static str, Option<&'static str>, String) {
             | StoreError::RenameUnderItself(_)),
         ) => ("NO", Some("CANNOT"), e.to_string()),
         CmdError::Store(e @ StoreError::UidsExhausted(_)) => ("NO", Some("LIMIT"), e.to_string()),
+        // As Dovecot answers a full disk (RFC 5530 has no closer code); nothing was stored.
+        CmdError::Store(StoreError::Sql(rusqlite::Error::SqliteFailure(f, _)))
+            if f.code == rusqlite::ErrorCode::DiskFull =>
+        {
+            (
+                "NO",
+                Some("OVERQUOTA"),
+                "Not enough disk space for the store".into(),
+            )
+        }
         CmdError::Store(_) | CmdError::Join(_) => (
             "NO",
             Some("SERVERBUG"),
             "Internal error in the store; the error is logged".into(),
         ),
         CmdError::Conn(e) => ("NO", None, e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_disk_is_answered_as_dovecot_does() {
+        let full = rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL),
+            None,
+        );
+        let (kind, code, _) = describe(&CmdError::Store(StoreError::Sql(full)));
+        assert_eq!((kind, code), ("NO", Some("OVERQUOTA")));
     }
 }
