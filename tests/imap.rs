@@ -484,6 +484,72 @@ fn two_sessions_see_each_others_changes_in_order() {
     assert!(done.starts_with("idle OK"), "{done}");
 }
 
+/// Several sessions on one mailbox: EXAMINE shows \Recent without taking it from the next
+/// SELECT (RFC 3501 §6.3.2); a QRESYNC session that must hold an expunge back says how far
+/// its MODSEQs may be trusted (RFC 7162 §3.2.10); an IDLE session hears at once that its
+/// mailbox was deleted.
+#[test]
+fn sessions_see_recent_held_expunges_and_a_deleted_mailbox() {
+    let server = Server::start();
+    let mut a = server.login();
+    let mut c = server.login();
+    c.ok("CREATE mb");
+    for i in 0..4 {
+        let m = format!("Subject: m{i}\r\n\r\nx\r\n");
+        c.ok(&format!("APPEND mb {{{}}}\r\n{m}", m.len()));
+    }
+    let mut e = server.login();
+    assert!(e.ok("EXAMINE mb").contains(&"* 4 RECENT".to_string()));
+    assert!(e.ok("FETCH 4 (FLAGS)")[0].contains("\\Recent"));
+    e.ok("CLOSE");
+    assert!(a.ok("SELECT mb").contains(&"* 4 RECENT".to_string()));
+
+    // Held back: C expunges message 3 while A, with QRESYNC, stores on message 1.
+    let mut q = server.login();
+    q.ok("ENABLE QRESYNC");
+    q.ok("SELECT mb");
+    c.ok("SELECT mb");
+    c.ok("STORE 3 +FLAGS.SILENT (\\Deleted)");
+    c.ok("EXPUNGE");
+    let (untagged, tagged) = q.cmd("STORE 1 +FLAGS (\\Seen)");
+    assert!(
+        untagged.iter().all(|l| !l.contains("VANISHED")),
+        "{untagged:?}"
+    );
+    let modseq = |line: &str| -> u64 {
+        let at = line.find("MODSEQ (").unwrap() + 8;
+        line[at..].split(')').next().unwrap().parse().unwrap()
+    };
+    let stored = modseq(&untagged[0]);
+    let highest: u64 = tagged
+        .split("[HIGHESTMODSEQ ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no HIGHESTMODSEQ while an expunge is held back: {tagged}"))
+        .split(']')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(highest < stored, "{tagged} after {untagged:?}");
+    assert_eq!(q.ok("NOOP"), ["* VANISHED 3"]);
+
+    // IDLE in a mailbox another session deletes.
+    a.send(b"idle IDLE\r\n");
+    assert!(a.line().unwrap().starts_with("+ "));
+    c.ok("CLOSE");
+    q.ok("CLOSE");
+    c.ok("DELETE mb");
+    let mut heard = Vec::new();
+    while let Some(line) = a.line() {
+        let bye = line.starts_with("* BYE");
+        heard.push(line);
+        if bye || heard.len() > 5 {
+            break;
+        }
+    }
+    assert!(heard.last().unwrap().starts_with("* BYE"), "{heard:?}");
+}
+
 #[test]
 fn starttls_discards_commands_pipelined_in_plaintext() {
     let server = Server::start();

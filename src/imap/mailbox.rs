@@ -12,7 +12,7 @@ use super::conn::{ConnError, Input};
 use super::list::{self, ListCommand};
 use super::render::{self, Out};
 use super::session::{CmdError, CmdResult, Done, Selected, Session, State};
-use crate::store::{Mailbox, MailboxStatus, SelectView, DELIMITER};
+use crate::store::{Mailbox, MailboxStatus, SelectView, StoreError, DELIMITER};
 
 /// The name bytes of a mailbox argument as the client sent them (INBOX normalised).
 pub(super) fn wire(mailbox: &WireMailbox<'_>) -> Vec<u8> {
@@ -72,10 +72,12 @@ impl Session {
         let id = found.id;
         let (view, recent) = tokio::task::spawn_blocking(move || {
             let view = store.select_view(id)?;
+            // EXAMINE shows \Recent without taking it from the next session that selects
+            // (RFC 3501 §2.3.2, §6.3.2).
             let recent = if read_only {
-                None
+                store.recent_range(id)?
             } else {
-                Some(store.claim_recent(id)?)
+                store.claim_recent(id)?
             };
             Ok::<_, crate::store::StoreError>((view, recent))
         })
@@ -93,7 +95,7 @@ impl Session {
             },
             read_only,
             uids,
-            recent: recent.into_iter().collect(),
+            recent: vec![recent],
             modseq: status.highestmodseq,
             own: HashMap::new(),
             keywords: status.keywords.clone(),
@@ -395,8 +397,17 @@ impl Session {
         let limits = self.shared.config.limits.clone();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(limits.autologout_secs);
         loop {
-            if let Err(error) = self.catch_up(true).await {
-                tracing::warn!(%error, "imap: IDLE update failed");
+            match self.catch_up(true).await {
+                Ok(_) => {}
+                // The selected mailbox deleted by another session: the client is told now,
+                // as Dovecot does, not when it ends the IDLE.
+                Err(CmdError::Store(StoreError::NoMailbox(_))) => {
+                    tracing::info!(peer = %self.peer, "imap: the selected mailbox was deleted");
+                    self.bye("Selected mailbox was deleted, have to disconnect")
+                        .await;
+                    return Ok(());
+                }
+                Err(error) => tracing::warn!(%error, "imap: IDLE update failed"),
             }
             if let Some(input) = self.conn.next_queued() {
                 return match input {

@@ -56,6 +56,13 @@ impl Selected {
         self.recent.iter().any(|(lo, hi)| (*lo..*hi).contains(&uid))
     }
 
+    /// Adds a UID range to the \Recent ones, joined to the last when they meet (claims follow
+    /// each other): a session that sees new mail all day keeps one range, not one per
+    /// delivery, each of which every FETCH would have to look through.
+    pub fn add_recent(&mut self, range: (u32, u32)) {
+        add_range(&mut self.recent, range);
+    }
+
     pub fn seq_of(&self, uid: u32) -> Option<u32> {
         self.uids.binary_search(&uid).ok().map(|i| i as u32 + 1)
     }
@@ -535,16 +542,18 @@ impl Session {
         // connection ends after this answer, as Dovecot does, rather than answering every
         // later command with nothing.
         let mut deleted = false;
-        if let Err(error) = self.catch_up(expunges_allowed).await {
-            if matches!(error, CmdError::Store(StoreError::NoMailbox(_))) {
-                deleted = true;
-            } else {
-                tracing::warn!(peer = %self.peer, %error, "imap: cannot read mailbox changes");
+        let mut held_back = None;
+        match self.catch_up(expunges_allowed).await {
+            Ok(highest) => held_back = highest,
+            Err(CmdError::Store(StoreError::NoMailbox(_))) => deleted = true,
+            Err(error) => {
+                tracing::warn!(peer = %self.peer, %error, "imap: cannot read mailbox changes")
             }
         }
         let mut out = Out::default();
         match result {
             Ok(Done::Ok { code, text }) => {
+                let code = code.or_else(|| held_back.map(|m| format!("HIGHESTMODSEQ {m}")));
                 out.status(tag, "OK", code.as_deref(), &text);
             }
             Err(error) => {
@@ -571,12 +580,28 @@ impl Session {
     /// Tells the client what other sessions (and the sync) changed in the selected mailbox:
     /// EXPUNGE (or VANISHED with QRESYNC), EXISTS and RECENT, FETCH FLAGS — in that order,
     /// so sequence numbers stay right in both sessions.
-    pub(super) async fn catch_up(&mut self, expunges_allowed: bool) -> Result<(), CmdError> {
+    ///
+    /// Where expunges may not be reported (non-UID FETCH, STORE, SEARCH), returns the
+    /// HIGHESTMODSEQ the tagged OK must carry when one is held back and CONDSTORE is on: MODSEQ
+    /// values above it may have gone out, and a client that took the highest of them for its
+    /// mark would never learn of the expunge (RFC 7162 §3.2.10).
+    pub(super) async fn catch_up(
+        &mut self,
+        expunges_allowed: bool,
+    ) -> Result<Option<u64>, CmdError> {
         let State::Selected(_, selected) = &self.state else {
-            return Ok(());
+            return Ok(None);
         };
         if !expunges_allowed {
-            return Ok(());
+            if !self.condstore {
+                return Ok(None);
+            }
+            let store = self.shared.store.clone();
+            let (mailbox, known) = (selected.mailbox.id, selected.modseq);
+            let first =
+                tokio::task::spawn_blocking(move || store.first_expunge_after(mailbox, known))
+                    .await??;
+            return Ok(first.map(|m| m - 1));
         }
         let store = self.shared.store.clone();
         let (mailbox, known, read_only) =
@@ -584,13 +609,15 @@ impl Session {
         let changes =
             tokio::task::spawn_blocking(move || store.changes_since(mailbox, known)).await??;
         if changes.highestmodseq <= known {
-            return Ok(());
+            return Ok(None);
         }
-        let claimed = if !read_only
-            && changes
-                .rows
-                .iter()
-                .any(|(uid, ..)| Some(uid) > self.view_last().as_ref())
+        let claimed = if read_only {
+            let store = self.shared.store.clone();
+            Some(tokio::task::spawn_blocking(move || store.recent_range(mailbox)).await??)
+        } else if changes
+            .rows
+            .iter()
+            .any(|(uid, ..)| Some(uid) > self.view_last().as_ref())
         {
             let store = self.shared.store.clone();
             Some(tokio::task::spawn_blocking(move || store.claim_recent(mailbox)).await??)
@@ -598,7 +625,7 @@ impl Session {
             None
         };
         let State::Selected(_, selected) = &mut self.state else {
-            return Ok(());
+            return Ok(None);
         };
         let mut out = Out::default();
         // Expunges first, each numbered against the view as it is at that moment.
@@ -629,7 +656,7 @@ impl Session {
             .filter(|&u| u > last)
             .collect();
         if let Some(range) = claimed {
-            selected.recent.push(range);
+            selected.add_recent(range);
         }
         if !new.is_empty() {
             selected.uids.extend(&new);
@@ -664,7 +691,7 @@ impl Session {
         selected.own.clear();
         selected.modseq = changes.highestmodseq;
         self.conn.write(&out.bytes).await?;
-        Ok(())
+        Ok(None)
     }
 
     fn view_last(&self) -> Option<u32> {
@@ -959,6 +986,17 @@ fn plain_with_other_authzid(message: &[u8]) -> bool {
     matches!(fields.as_slice(), [authzid, authcid, _] if !authzid.is_empty() && !authcid.is_empty() && authzid != authcid)
 }
 
+/// Adds `lo..hi` to `ranges`, joined to the last one when they meet or overlap.
+fn add_range(ranges: &mut Vec<(u32, u32)>, (lo, hi): (u32, u32)) {
+    if lo >= hi {
+        return;
+    }
+    match ranges.last_mut() {
+        Some(last) if last.1 >= lo && last.0 <= hi => *last = (last.0.min(lo), last.1.max(hi)),
+        _ => ranges.push((lo, hi)),
+    }
+}
+
 /// The one place errors become protocol answers: (kind, response code, text).
 fn describe(error: &CmdError) -> (&'static str, Option<&'static str>, String) {
     match error {
@@ -1000,6 +1038,17 @@ fn describe(error: &CmdError) -> (&'static str, Option<&'static str>, String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn recent_ranges_are_joined() {
+        let mut recent = Vec::new();
+        for range in [(1, 5), (5, 5), (5, 9), (9, 12)] {
+            add_range(&mut recent, range);
+        }
+        assert_eq!(recent, [(1, 12)]);
+        add_range(&mut recent, (20, 21));
+        assert_eq!(recent, [(1, 12), (20, 21)]);
+    }
 
     #[test]
     fn a_full_disk_is_answered_as_dovecot_does() {

@@ -1112,6 +1112,36 @@ impl Store {
         })
     }
 
+    /// The UID range `floor..uidnext` no session has claimed as \Recent yet, left unclaimed
+    /// (a read-only session's view).
+    pub fn recent_range(&self, mailbox: MailboxId) -> Result<(u32, u32), StoreError> {
+        self.read(|c| {
+            let (floor, uidnext): (u32, i64) = c.query_row(
+                "SELECT recent_floor, uidnext FROM mailboxes WHERE id = ?1",
+                [mailbox],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
+            Ok((floor, uidnext.min(i64::from(u32::MAX)) as u32))
+        })
+    }
+
+    /// The lowest MODSEQ of an expunge in `mailbox` after `modseq`, if any: what a session
+    /// that holds back EXPUNGE responses must stay below (RFC 7162 §3.2.10).
+    pub fn first_expunge_after(
+        &self,
+        mailbox: MailboxId,
+        modseq: u64,
+    ) -> Result<Option<u64>, StoreError> {
+        self.read(|c| {
+            let first: Option<i64> = c.query_row(
+                "SELECT MIN(modseq) FROM expunged WHERE mailbox = ?1 AND modseq > ?2",
+                params![mailbox, modseq as i64],
+                |r| r.get(0),
+            )?;
+            Ok(first.map(|m| m as u64))
+        })
+    }
+
     /// Claims the messages that arrived since the last claim as \Recent for the calling
     /// session (RFC 3501 §2.3.2: \Recent in exactly one session). Returns the UID range
     /// `floor..uidnext` that is recent for the caller.
