@@ -190,11 +190,13 @@ fn visit(message: &Message<'_>, part: &MessagePart<'_>, raw: &[u8], edits: &mut 
 }
 
 /// `raw` with the close delimiters added that nested multiparts lack, when any does: a
-/// delimiter line of an enclosing multipart ends the parts inside it (RFC 2046 §5.1.2), but
+/// delimiter line of the enclosing multipart ends the parts inside it (RFC 2046 §5.1.2), but
 /// mail-parser runs such a multipart on to the end of the message, and the parts after it
-/// would be re-encoded as its text. None when nothing is missing.
+/// would be re-encoded as its text. None when nothing is missing, or when a repair does not
+/// take (the message is then taken as mail-parser reads it).
 fn close_unclosed(raw: &[u8]) -> Option<Vec<u8>> {
     let mut closed: Option<Vec<u8>> = None;
+    let mut done = std::collections::HashSet::new();
     // Each round closes one multipart; a message has fewer than this many.
     for _ in 0..256 {
         let current = closed.as_deref().unwrap_or(raw);
@@ -202,25 +204,32 @@ fn close_unclosed(raw: &[u8]) -> Option<Vec<u8>> {
         let Some((at, boundary)) = first_unclosed(&parsed, current) else {
             return closed;
         };
+        // The same multipart again: the repair did not change how it is read.
+        if !done.insert(boundary.clone()) {
+            return None;
+        }
         let mut next = Vec::with_capacity(current.len() + boundary.len() + 6);
         next.extend_from_slice(&current[..at]);
         next.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
         next.extend_from_slice(&current[at..]);
         closed = Some(next);
     }
-    closed
+    None
 }
 
-/// The first multipart that runs past a delimiter line of one of its enclosing multiparts:
-/// where that line starts, and the multipart's own boundary.
+/// The first multipart that runs past a delimiter line of its parent multipart: where that
+/// line starts, and the multipart's own boundary. The lines are found in one pass over the
+/// message; those inside an attached message belong to it. Nothing inside a multipart/signed
+/// or multipart/encrypted is looked at: its bytes are the sender's signature's.
 fn first_unclosed(message: &Message<'_>, raw: &[u8]) -> Option<(usize, String)> {
+    let parts = &message.parts;
     let boundary = |p: &MessagePart<'_>| {
         p.content_type()
             .and_then(|ct| ct.attribute("boundary"))
             .map(str::to_string)
     };
-    let mut parent = vec![None; message.parts.len()];
-    for (i, part) in message.parts.iter().enumerate() {
+    let mut parent = vec![None; parts.len()];
+    for (i, part) in parts.iter().enumerate() {
         if let PartType::Multipart(children) = &part.body {
             for &c in children {
                 if let Some(slot) = parent.get_mut(c as usize) {
@@ -229,46 +238,72 @@ fn first_unclosed(message: &Message<'_>, raw: &[u8]) -> Option<(usize, String)> 
             }
         }
     }
-    for (i, part) in message.parts.iter().enumerate() {
-        let (PartType::Multipart(_), Some(own)) = (&part.body, boundary(part)) else {
-            continue;
-        };
-        let start = part.offset_body as usize;
-        let end = (part.offset_end as usize).min(raw.len());
-        let mut up = parent[i];
-        while let Some(a) = up {
-            if let Some(outer) = boundary(&message.parts[a]) {
-                if outer != own {
-                    if let Some(at) = delimiter_line(raw, start, end, &outer) {
-                        return Some((at, own));
-                    }
-                }
-            }
-            up = parent[a];
+    let sealed_above = |mut i: usize| loop {
+        if is_sealed(&parts[i]) {
+            return true;
         }
-    }
-    None
-}
-
-/// Where the first delimiter line of `boundary` ("--boundary" or "--boundary--", then blanks
-/// only) starts in `raw[start..end]`, lines counted from `start`.
-fn delimiter_line(raw: &[u8], start: usize, end: usize, boundary: &str) -> Option<usize> {
-    let dash = format!("--{boundary}");
-    let mut pos = start;
-    while pos < end {
-        let line_end = raw[pos..end]
+        match parent[i] {
+            Some(p) => i = p,
+            None => return false,
+        }
+    };
+    let attached: Vec<(usize, usize)> = parts
+        .iter()
+        .filter(|p| matches!(p.body, PartType::Message(_)))
+        .map(|p| (p.offset_body as usize, p.offset_end as usize))
+        .collect();
+    let mut lines: std::collections::HashMap<String, Vec<usize>> = parts
+        .iter()
+        .filter(|p| matches!(p.body, PartType::Multipart(_)))
+        .filter_map(boundary)
+        .map(|b| (b, Vec::new()))
+        .collect();
+    let mut pos = 0;
+    while pos < raw.len() {
+        let line_end = raw[pos..]
             .iter()
             .position(|&b| b == b'\n')
-            .map_or(end, |n| pos + n + 1);
-        let content = raw[pos..line_end].trim_ascii_end();
-        if let Some(rest) = content.strip_prefix(dash.as_bytes()) {
-            if rest.is_empty() || rest == b"--" {
-                return Some(pos);
+            .map_or(raw.len(), |n| pos + n + 1);
+        if let Some(rest) = raw[pos..line_end].trim_ascii_end().strip_prefix(b"--") {
+            let name = rest.strip_suffix(b"--").unwrap_or(rest);
+            let inside_attached = attached.iter().any(|&(s, e)| (s..e).contains(&pos));
+            if let (Ok(name), false) = (std::str::from_utf8(name), inside_attached) {
+                if let Some(at) = lines.get_mut(name) {
+                    at.push(pos);
+                } else if let Some(at) = std::str::from_utf8(rest)
+                    .ok()
+                    .and_then(|r| lines.get_mut(r))
+                {
+                    at.push(pos);
+                }
             }
         }
         pos = line_end;
     }
-    None
+    let mut first: Option<(usize, String)> = None;
+    for (i, part) in parts.iter().enumerate() {
+        let (PartType::Multipart(_), Some(own), Some(up)) = (&part.body, boundary(part), parent[i])
+        else {
+            continue;
+        };
+        let Some(outer) = boundary(&parts[up]).filter(|b| *b != own) else {
+            continue;
+        };
+        if sealed_above(i) {
+            continue;
+        }
+        let (start, end) = (part.offset_body as usize, part.offset_end as usize);
+        let at = lines.get(&outer).and_then(|at| {
+            let k = at.partition_point(|&p| p < start);
+            at.get(k).copied().filter(|&p| p < end)
+        });
+        if let Some(at) = at {
+            if first.as_ref().is_none_or(|(f, _)| at < *f) {
+                first = Some((at, own));
+            }
+        }
+    }
+    first
 }
 
 /// Rewrites a part's header fields as they may stand inside signed data
@@ -546,6 +581,22 @@ Content-Type: application/pdf\r\nContent-Transfer-Encoding: base64\r\n\r\nJVBERi
             ),
             "{text}"
         );
+    }
+
+    #[test]
+    fn no_close_delimiter_is_put_into_a_signature_or_an_attached_message() {
+        // The sender's own multipart/signed: its bytes are the signature's.
+        let signed = b"Content-Type: multipart/signed; protocol=\"application/pgp-signature\"; \
+boundary=s\r\n\r\n--s\r\nContent-Type: multipart/mixed; boundary=i\r\n\r\n--i\r\n\
+Content-Type: text/plain\r\n\r\nsigned\r\n\r\n--s\r\n\
+Content-Type: application/pgp-signature\r\n\r\nSIG\r\n--s--\r\n";
+        assert!(close_unclosed(signed).is_none());
+        // An attached message whose own multipart uses the outer boundary: its lines are its.
+        let attached = b"Content-Type: multipart/mixed; boundary=R\r\n\r\n--R\r\n\
+Content-Type: multipart/mixed; boundary=i\r\n\r\n--i\r\nContent-Type: message/rfc822\r\n\r\n\
+Content-Type: multipart/mixed; boundary=R\r\n\r\n--R\r\nContent-Type: text/plain\r\n\r\n\
+fwd\r\n--R--\r\n\r\n--i--\r\n\r\n--R--\r\n";
+        assert!(close_unclosed(attached).is_none());
     }
 
     #[test]
