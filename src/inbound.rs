@@ -739,17 +739,32 @@ fn from_address(header: &[u8]) -> Option<String> {
     if crate::imap::summary::single_mailbox(&value).as_deref() != Some(address.as_str()) {
         return None;
     }
-    // A display name that is another address ("alice@example.org" <m@evil.example>) is
-    // what many clients show instead of the address.
-    if mailbox.name().is_some_and(|n| {
-        n.contains('@')
-            && !n
-                .trim_matches(['<', '>', ' ', '"', '\''])
-                .eq_ignore_ascii_case(&address)
-    }) {
+    // A display name that names another address ("alice@example.org" <m@evil.example>) is
+    // what many clients show instead of the address; "Alice @ Work", "Alice (@alice)" or the
+    // address itself ("alice@example.org via Team") are no other address.
+    if mailbox
+        .name()
+        .is_some_and(|n| names_another_address(n, &address))
+    {
         return None;
     }
     Some(address)
+}
+
+/// Whether `name` holds a word that looks like an address (`local@domain.tld`) other than
+/// `address`.
+fn names_another_address(name: &str, address: &str) -> bool {
+    name.split(|c: char| c.is_whitespace() || "<>()[]\"',;:".contains(c))
+        .filter(|w| {
+            w.split_once('@').is_some_and(|(local, domain)| {
+                !local.is_empty()
+                    && domain.contains('.')
+                    && !domain.starts_with('.')
+                    && !domain.ends_with('.')
+                    && !domain.contains('@')
+            })
+        })
+        .any(|w| !w.eq_ignore_ascii_case(address))
 }
 
 /// The value of the first field of this name, unfolded, without the blanks after the colon
@@ -788,6 +803,17 @@ mod tests {
         );
         assert_eq!(from("mallory@evil.example <alice@example.org>"), None);
         assert_eq!(from("\"mallory@evil.example\" <alice@example.org>"), None);
+        assert_eq!(from("\"Alice [m@evil.example]\" <alice@example.org>"), None);
+        for fine in [
+            "\"Alice (@alice)\" <alice@example.org>",
+            "\"Alice @ Work\" <alice@example.org>",
+            "=?UTF-8?Q?Alice_=40_Work?= <alice@example.org>",
+            "alice@example.org (Alice @ Work)",
+            "\"Alice Smith (alice@example.org)\" <alice@example.org>",
+            "\"alice@example.org via Team\" <alice@example.org>",
+        ] {
+            assert_eq!(from(fine).as_deref(), Some("alice@example.org"), "{fine}");
+        }
     }
 
     #[test]
