@@ -609,6 +609,31 @@ fn is_protectable(name: &[u8]) -> bool {
         .any(|p| p.eq_ignore_ascii_case(name))
 }
 
+/// Fields only mail servers write: trace, authentication, spam verdicts, delivery addresses
+/// (and sealpost's own). One of these in the protected set is the sender's claim, never shown.
+fn is_servers(name: &[u8]) -> bool {
+    const EXACT: [&[u8]; 12] = [
+        b"received",
+        b"return-path",
+        b"authentication-results",
+        b"received-spf",
+        b"dkim-signature",
+        b"domainkey-signature",
+        b"delivered-to",
+        b"x-original-to",
+        b"envelope-to",
+        b"x-envelope-from",
+        b"x-envelope-to",
+        b"x-received",
+    ];
+    const PREFIXES: [&[u8]; 4] = [b"arc-", b"x-spam", b"sealpost-", b"x-sealpost-"];
+    EXACT.iter().any(|e| e.eq_ignore_ascii_case(name))
+        || PREFIXES.iter().any(|p| {
+            name.get(..p.len())
+                .is_some_and(|start| start.eq_ignore_ascii_case(p))
+        })
+}
+
 /// Whether the header has a field of this (lower-case) name.
 fn has_field(header: &[u8], name: &[u8]) -> bool {
     fields(header)
@@ -642,11 +667,21 @@ fn merge_headers(
     protected: Option<&[u8]>,
 ) -> (Vec<u8>, Option<Option<String>>) {
     let inner_fields = fields(inner);
+    let outer_fields = fields(outer);
+    // Reader-facing fields replace the outer ones; others the sender protected (Chat-*,
+    // Importance, Autocrypt-Gossip) are added when the outside lacks them, unless only a mail
+    // server may write them.
     let protected_fields: Vec<_> = protected
         .map(fields)
         .unwrap_or_default()
         .into_iter()
-        .filter(|(n, _)| is_protectable(n))
+        .filter(|(n, _)| {
+            is_protectable(n)
+                || (!is_content_field(n)
+                    && !n.eq_ignore_ascii_case(b"hp-outer")
+                    && !is_servers(n)
+                    && !outer_fields.iter().any(|(o, _)| o.eq_ignore_ascii_case(n)))
+        })
         .collect();
     let addressing = protected_fields
         .iter()
@@ -659,7 +694,7 @@ fn merge_headers(
                 .any(|(n, _)| n.eq_ignore_ascii_case(name))
     };
     let mut out = Vec::new();
-    for (name, field) in fields(outer) {
+    for (name, field) in outer_fields {
         if !replaced(name) {
             out.extend_from_slice(field);
         }

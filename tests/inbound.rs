@@ -459,7 +459,8 @@ async fn protected_fields_do_not_replace_what_the_mail_server_recorded() {
         Received: from trusted.example by mx.example.org\r\n\
         Return-Path: <alice@example.org>\r\n\
         Authentication-Results: mx.example.org; dkim=pass; dmarc=pass\r\n\
-        X-Spam-Status: No\r\n\r\nHello.\r\n";
+        X-Spam-Status: No\r\nARC-Seal: i=1; cv=none; fake\r\n\
+        Chat-Version: 1.0\r\nImportance: high\r\n\r\nHello.\r\n";
     let armored = world.sender.encrypt_to(&world.bob_fpr, inner);
     let mut raw = b"Return-Path: <m@evil.example>\r\n\
         Received: from evil.example by mx.example.org\r\n\
@@ -481,8 +482,17 @@ async fn protected_fields_do_not_replace_what_the_mail_server_recorded() {
     ] {
         assert!(header.contains(kept), "{kept}: {header}");
     }
-    for gone in ["trusted.example", "dkim=pass", "X-Spam-Status: No"] {
+    for gone in [
+        "trusted.example",
+        "dkim=pass",
+        "X-Spam-Status: No",
+        "ARC-Seal",
+    ] {
         assert!(!header.contains(gone), "{gone}: {header}");
+    }
+    // What the sender protected that the outside lacks, and no server writes, is shown.
+    for added in ["Chat-Version: 1.0", "Importance: high"] {
+        assert!(header.contains(added), "{added}: {header}");
     }
 }
 
