@@ -222,7 +222,8 @@ pub async fn process(keys: &KeyService, raw: &[u8]) -> Result<Processed, Inbound
                         _ if is_protected(inner_header) => Some(inner_header),
                         _ => signed_header.as_deref().filter(|h| is_protected(h)),
                     };
-                    let (merged, inner_from) = merge_headers(header, inner_header, protected);
+                    let (merged, inner_from) =
+                        merge_headers(header, inner_header, protected, false);
                     verdict.inner_from_mismatch = from_mismatch(&inner_from, &outer_from);
                     // The signer is compared with the From that is shown: the protected one
                     // when there is one (RFC 9788), not the outer one a relay could change.
@@ -270,8 +271,11 @@ pub async fn process(keys: &KeyService, raw: &[u8]) -> Result<Processed, Inbound
         // What the signature covers is what is shown, as for encrypted mail: the signed
         // Subject, not one a resender put outside, and no outer Reply-To the signer did not
         // write. The body, the multipart/signed, stays as it came, to be verified again.
+        // A mailing list's own Reply-To and Sender stay (signed-only mail is no secret that a
+        // reply could carry off; the list's readers expect replies to go to the list).
         if let (Some(protected), Signature::Valid { .. }) = (&protected, &verdict.signature) {
-            out_header = merge_headers(header, header, Some(protected)).0;
+            let list = has_field(header, b"list-id");
+            out_header = merge_headers(header, header, Some(protected), list).0;
         }
     }
 
@@ -665,6 +669,7 @@ fn merge_headers(
     outer: &[u8],
     inner: &[u8],
     protected: Option<&[u8]>,
+    keep_outer_routing: bool,
 ) -> (Vec<u8>, Option<Option<String>>) {
     let inner_fields = fields(inner);
     let outer_fields = fields(outer);
@@ -688,7 +693,9 @@ fn merge_headers(
         .any(|(n, _)| n.eq_ignore_ascii_case(b"from"));
     let replaced = |name: &[u8]| {
         is_content_field(name)
-            || (addressing && REPLY_ROUTING.iter().any(|p| p.eq_ignore_ascii_case(name)))
+            || (addressing
+                && !keep_outer_routing
+                && REPLY_ROUTING.iter().any(|p| p.eq_ignore_ascii_case(name)))
             || protected_fields
                 .iter()
                 .any(|(n, _)| n.eq_ignore_ascii_case(name))
@@ -936,8 +943,12 @@ mod tests {
         let outer =
             b"From: a@example.org\r\nSubject: [...]\r\nContent-Type: multipart/encrypted\r\n\r\n";
         let inner = b"Content-Type: text/plain; charset=utf-8; protected-headers=\"v1\"\r\nSubject: Real subject\r\nFrom: b@example.org\r\n\r\n";
-        let (merged, inner_from) =
-            merge_headers(outer, inner, Some(&inner[..]).filter(|h| is_protected(h)));
+        let (merged, inner_from) = merge_headers(
+            outer,
+            inner,
+            Some(&inner[..]).filter(|h| is_protected(h)),
+            false,
+        );
         let merged = String::from_utf8(merged).unwrap();
         assert_eq!(
             merged,
@@ -947,7 +958,7 @@ mod tests {
         // Outer fields that route replies go unless protected; trace fields stay.
         let outer = b"Received: from x\r\nFrom: a@example.org\r\nReply-To: m@evil.example\r\n\
             Subject: [...]\r\n\r\n";
-        let (merged, _) = merge_headers(outer, inner, Some(&inner[..]));
+        let (merged, _) = merge_headers(outer, inner, Some(&inner[..]), false);
         let merged = String::from_utf8(merged).unwrap();
         assert!(merged.starts_with("Received: from x\r\n"), "{merged}");
         assert!(!merged.contains("evil"), "{merged}");
@@ -955,7 +966,7 @@ mod tests {
         let mutt = b"Content-Type: text/plain; protected-headers=\"v1\"\r\nSubject: Real\r\n\r\n";
         let outer = b"From: a@example.org\r\nTo: b@example.org\r\nReply-To: list@example.org\r\n\
             Subject: ...\r\n\r\n";
-        let (merged, inner_from) = merge_headers(outer, mutt, Some(&mutt[..]));
+        let (merged, inner_from) = merge_headers(outer, mutt, Some(&mutt[..]), false);
         let merged = String::from_utf8(merged).unwrap();
         assert_eq!(inner_from, None);
         for kept in ["From: a@", "To: b@", "Reply-To: list@", "Subject: Real"] {

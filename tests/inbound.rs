@@ -640,6 +640,18 @@ async fn a_signed_messages_outer_fields_do_not_ride_on_its_signature() {
         )),
         "{verdict}"
     );
+    // Through a mailing list: the list's Reply-To stays, so replies go to the list.
+    let listed = signed.replacen(
+        &subject,
+        &format!("{subject}\r\nList-Id: <team.lists.example>\r\nReply-To: team@lists.example"),
+        1,
+    );
+    let (code, output) = deliver(&server, listed.as_bytes());
+    assert_eq!(code, 0, "{output}");
+    let stored = verdicts::fetch_all(&server);
+    let message = String::from_utf8_lossy(&stored[1].1).into_owned();
+    let (header, _) = message.split_once("\r\n\r\n").unwrap();
+    assert!(header.contains("Reply-To: team@lists.example"), "{header}");
 }
 
 /// A GnuPG home that is not there (a file system not mounted yet) says nothing about the
