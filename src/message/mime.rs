@@ -55,7 +55,7 @@ pub fn outer_fields_encrypted(fields: &[HeaderField], obscured_subject: &str) ->
 
 /// `f` with 8-bit bytes in an unstructured value as RFC 2047 encoded words; else as it is.
 fn seven_bit_unstructured(f: &HeaderField) -> HeaderField {
-    if f.raw.iter().any(|b| *b >= 0x80) && is_unstructured(&f.name) {
+    if f.raw.iter().any(|b| *b >= 0x80) && is_unstructured(&f.name, &f.raw) {
         f.with_raw(signing_safe_field(&f.name, &f.raw))
     } else {
         f.clone()
@@ -135,9 +135,11 @@ const UNSTRUCTURED: [&str; 6] = [
     "User-Agent",
 ];
 
-fn is_unstructured(name: &str) -> bool {
+/// Whether the field `raw` (named `name`) may be written as encoded words. An extension
+/// field that holds an address (X-Original-To: jörg@bücher.de) is no text: it is left be.
+fn is_unstructured(name: &str, raw: &[u8]) -> bool {
     UNSTRUCTURED.iter().any(|u| u.eq_ignore_ascii_case(name))
-        || name.get(..2).is_some_and(|p| p.eq_ignore_ascii_case("x-"))
+        || (name.get(..2).is_some_and(|p| p.eq_ignore_ascii_case("x-")) && !raw.contains(&b'@'))
 }
 
 /// A header field as it may stand inside signed data (RFC 3156 §3: 7-bit, no trailing
@@ -148,7 +150,7 @@ fn is_unstructured(name: &str) -> bool {
 /// over 998 octets (RFC 5322 §2.1.1) is folded before a blank where it has one.
 pub fn signing_safe_field(name: &str, raw: &[u8]) -> Vec<u8> {
     let eight_bit = raw.iter().any(|b| *b >= 0x80);
-    if eight_bit && is_unstructured(name) {
+    if eight_bit && is_unstructured(name, raw) {
         if let Some(colon) = raw.iter().position(|b| *b == b':') {
             let value: Vec<u8> = raw[colon + 1..]
                 .iter()
@@ -184,13 +186,14 @@ const MAX_LINE: usize = 998;
 /// bytes) wherever it would pass `max` octets and a blank after its first character allows.
 fn fold_at_blanks(out: &mut Vec<u8>, mut line: &[u8], max: usize) {
     while line.len() > max {
-        let Some(at) = line[1..=max]
-            .iter()
-            .rposition(|b| *b == b' ' || *b == b'\t')
-            .map(|i| i + 1)
-        else {
+        let blank = |b: &u8| *b == b' ' || *b == b'\t';
+        let Some(mut at) = line[1..=max].iter().rposition(blank).map(|i| i + 1) else {
             break;
         };
+        // Before the first blank of a run: the line folded off must not end in a blank.
+        while at > 1 && blank(&line[at - 1]) {
+            at -= 1;
+        }
         out.extend_from_slice(&line[..at]);
         out.extend_from_slice(b"\r\n");
         line = &line[at..];
@@ -537,12 +540,24 @@ mod tests {
         // Extension fields are unstructured.
         let f = signing_safe_field("X-Note", "X-Note: Grüße\r\n".as_bytes());
         assert!(f.is_ascii(), "{}", String::from_utf8_lossy(&f));
+        // Unless it holds an address.
+        let to = "X-Original-To: jörg@bücher.de\r\n".as_bytes();
+        assert_eq!(signing_safe_field("X-Original-To", to), to);
         // A line over 998 octets is folded before a blank; unfolded, it is the same.
         let long = format!("Cc: {}\r\n", vec!["someone@example.org"; 80].join(", "));
         let f = signing_safe_field("Cc", long.as_bytes());
         let text = String::from_utf8(f).unwrap();
         assert!(text.split("\r\n").all(|l| l.len() <= 998), "{text}");
         assert_eq!(text.replace("\r\n ", " "), long);
+        // Two blanks between addresses: no folded line ends in one.
+        let long = format!("Cc: {}\r\n", vec!["someone@example.org"; 80].join(",  "));
+        let text = String::from_utf8(signing_safe_field("Cc", long.as_bytes())).unwrap();
+        assert!(
+            text.split("\r\n")
+                .all(|l| l.len() <= 998 && !l.ends_with(' ')),
+            "{text}"
+        );
+        assert_eq!(text.replace("\r\n", ""), long.trim_end());
     }
 
     #[test]
