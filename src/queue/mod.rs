@@ -829,7 +829,8 @@ CREATE INDEX IF NOT EXISTS recipients_queued ON recipients(state, next_attempt);
 
 /// Brings a queue made by an earlier version up to [`SCHEMA`]. `messages.report` (added
 /// when a user's message with a null sender was found taken for a report): a report is one
-/// the runner wrote, with a null sender and no notification (what every report had).
+/// the runner wrote: a null sender, no notification, and a delivery-status report of
+/// sealpost's own (a user's `-f '<>' -N never` message has the first two too).
 fn migrate(conn: &Connection) -> rusqlite::Result<()> {
     let has_report: bool = conn.query_row(
         "SELECT COUNT(*) FROM pragma_table_info('messages') WHERE name = 'report'",
@@ -840,7 +841,9 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
         conn.execute_batch(
             "BEGIN IMMEDIATE;
              ALTER TABLE messages ADD COLUMN report INTEGER NOT NULL DEFAULT 0;
-             UPDATE messages SET report = 1 WHERE sender = '' AND notify = 'never';
+             UPDATE messages SET report = 1 WHERE sender = '' AND notify = 'never'
+                 AND instr(raw, CAST('report-type=delivery-status' AS BLOB)) > 0
+                 AND instr(raw, CAST('X-Sealpost-Queue-ID: ' AS BLOB)) > 0;
              COMMIT;",
         )?;
     }
@@ -1374,11 +1377,17 @@ mod tests {
         let old = Connection::open(config.dir.join("queue.sqlite")).unwrap();
         old.execute_batch(&SCHEMA.replace(",\n    report INTEGER NOT NULL DEFAULT 0", ""))
             .unwrap();
-        for (id, sender, notify) in [("R1", "", "never"), ("U1", "", "failure")] {
+        let report = b"Content-Type: multipart/report; report-type=delivery-status;\r\n\r\n\
+            X-Sealpost-Queue-ID: Q1\r\n";
+        for (id, sender, notify, raw) in [
+            ("R1", "", "never", &report[..]),
+            ("U1", "", "failure", b"Subject: away\r\n\r\nx\r\n"),
+            ("U2", "", "never", b"Subject: away\r\n\r\nx\r\n"),
+        ] {
             old.execute(
                 "INSERT INTO messages(id, uid, sender, notify, arrived, size, raw)
-                 VALUES (?1, 0, ?2, ?3, 0, 1, x'00')",
-                params![id, sender, notify],
+                 VALUES (?1, 0, ?2, ?3, 0, 1, ?4)",
+                params![id, sender, notify, raw],
             )
             .unwrap();
         }

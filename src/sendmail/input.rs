@@ -238,7 +238,11 @@ fn mailbox(name: Option<&str>, address: &str) -> String {
             let name = n.replace(['\r', '\n'], " ");
             let words = crate::message::mime::encoded_words(name.as_bytes(), "From:".len());
             let words = String::from_utf8_lossy(words.trim_ascii_start()).into_owned();
-            let last = words.rsplit("\r\n").next().unwrap_or(&words).len();
+            // The first line has "From: " before the words.
+            let last = match words.rsplit_once("\r\n") {
+                Some((_, last)) => last.len(),
+                None => "From: ".len() + words.len(),
+            };
             let fold = if last + address.len() + 3 > 76 {
                 "\r\n"
             } else {
@@ -404,6 +408,12 @@ mod tests {
             .unwrap();
         let from = parsed.from().and_then(|a| a.first()).unwrap();
         assert_eq!(from.name(), Some("Zoë Ünïcødé ".repeat(8).trim()));
+        // A short name and a long address: the address on a line of its own.
+        let field = format!(
+            "From: {}",
+            mailbox(Some("Zoë Ünïcødé"), "sender.name.here@example-mail.org")
+        );
+        assert!(field.split("\r\n").all(|l| l.len() <= 76), "{field}");
         assert_eq!(mailbox(None, "a@x"), "a@x");
     }
 
