@@ -523,6 +523,25 @@ local ct = mt.getheader(conn, "Content-Type", 0)
 assert(ct ~= nil and string.find(ct, "multipart/encrypted", 1, true), "Content-Type is multipart/encrypted")
 assert(not mt.eom_check(conn, MT_RCPTDELETE, "<bob@example.org>"), "the only recipient stays")
 mt.disconnect(conn)
+-- A header value with a CR that ends no line: refused (554 5.6.0), never split into fields.
+-- One with a CR before its line end (a client's CR CR LF) is an ordinary field.
+local function send(value)
+  local c = mt.connect("inet:{milter_port}@127.0.0.1", 40, 0.25)
+  assert(c, "cannot connect to the milter")
+  assert(mt.negotiate(c, nil, nil, nil) == nil, "negotiate")
+  assert(mt.mailfrom(c, "<alice@example.org>") == nil, "mailfrom")
+  assert(mt.rcptto(c, "<bob@example.org>") == nil, "rcptto")
+  assert(mt.header(c, "From", "alice@example.org") == nil, "header")
+  assert(mt.header(c, "X-Note", value) == nil, "header")
+  assert(mt.eoh(c) == nil, "eoh")
+  assert(mt.bodystring(c, "body\r\n") == nil, "body")
+  assert(mt.eom(c) == nil, "eom")
+  local reply = mt.getreply(c)
+  mt.disconnect(c)
+  return reply
+end
+assert(send("a\rBcc: carol@example.org") == SMFIR_REPLYCODE, "a lone CR is refused")
+assert(send("a\r") == SMFIR_CONTINUE, "a CR before the line end is no field of its own")
 "#
         ),
     )

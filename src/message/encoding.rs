@@ -192,6 +192,34 @@ pub fn header_crlf(data: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Line ends made CRLF where they are one: CRLF, a bare LF, and CRs before an LF (a client's
+/// "\r\r\n" ends one line, not two). A CR that ends no line is left as it is, for the
+/// header check to find ([`has_lone_cr`]): [`crlf`] would make it a line break of its own.
+pub fn line_ends(data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(data.len() + data.len() / 32);
+    let mut i = 0;
+    while i < data.len() {
+        if data[i] == b'\r' {
+            let run = data[i..].iter().take_while(|&&b| b == b'\r').count();
+            if data.get(i + run) == Some(&b'\n') {
+                out.extend_from_slice(b"\r\n");
+                i += run + 1;
+            } else {
+                out.extend_from_slice(&data[i..i + run]);
+                i += run;
+            }
+            continue;
+        }
+        if data[i] == b'\n' {
+            out.extend_from_slice(b"\r\n");
+        } else {
+            out.push(data[i]);
+        }
+        i += 1;
+    }
+    out
+}
+
 /// True when `data` holds a CR that is not followed by LF.
 pub fn has_lone_cr(data: &[u8]) -> bool {
     data.iter()
@@ -340,6 +368,7 @@ mod tests {
             b"X: a Bcc: c\r\n\tb\r\n"
         );
         assert!(has_lone_cr(b"a\rb") && has_lone_cr(b"a\r") && !has_lone_cr(b"a\r\nb"));
+        assert_eq!(line_ends(b"a\r\r\nb\nc\rd\r\n"), b"a\r\nb\r\nc\rd\r\n");
     }
 
     #[test]

@@ -480,12 +480,15 @@ fn callbacks(milter: Arc<Milter>) -> Callbacks<Transaction> {
                 if let Some(t) = cx.data.as_mut() {
                     let name = name.to_string_lossy().into_owned();
                     // Postfix passes the value without the blank after the colon and folds
-                    // with a bare LF; the message the core sees is CRLF.
+                    // with a bare LF; the message the core sees is CRLF. A CR that ends no
+                    // line stays, and the core refuses the message: made a line break, it
+                    // could start a field of its own.
                     let value = value.as_bytes();
+                    let value = value.strip_suffix(b"\r").unwrap_or(value);
                     t.header.extend_from_slice(name.as_bytes());
                     t.header.extend_from_slice(b": ");
                     t.header
-                        .extend_from_slice(&crate::message::encoding::crlf(value));
+                        .extend_from_slice(&crate::message::encoding::line_ends(value));
                     t.header.extend_from_slice(b"\r\n");
                     t.names.push(name);
                 }

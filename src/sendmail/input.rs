@@ -62,7 +62,20 @@ pub struct Completion<'a> {
 }
 
 pub fn complete(raw: &[u8], fill: &Completion<'_>) -> Result<Vec<u8>, InputError> {
-    let mut crlf = crate::message::encoding::crlf(raw);
+    // "\r\r\n" ends one line. A CR that ends no line in the header is refused, as the core
+    // refuses it: made a line break, it would end the header early (a Bcc then in the body).
+    let ended = crate::message::encoding::line_ends(raw);
+    let header_end = ended
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or(ended.len());
+    if crate::message::encoding::has_lone_cr(&ended[..header_end]) {
+        return Err(MessageError::NotAMessage(
+            "a header field holds a CR that does not end a line (RFC 5322 §2.2)",
+        )
+        .into());
+    }
+    let mut crlf = crate::message::encoding::crlf(&ended);
     // Leading mbox postmark lines ("From sender date", also ">From ") are dropped, as
     // Postfix's sendmail drops them; what follows may be a header or all body.
     while crate::message::parse::is_postmark(&crlf) || crlf.starts_with(b">From ") {
@@ -422,6 +435,19 @@ mod tests {
         for bad in [&b"\x00\x01\x02binary\xff\xfe"[..], b"Subject: x\n\n\x00\n"] {
             assert!(complete(bad, &fill()).is_err(), "{bad:?}");
         }
+        // A CR that ends no line in the header: made a line break, it would end the header.
+        assert!(complete(b"X-A: a\rBcc: c@x.org\r\n\r\nbody\r\n", &fill()).is_err());
+    }
+
+    /// A client's "\r\r\n" ends one line: the header is whole, its Bcc a field (and gone
+    /// from every copy), not body text.
+    #[test]
+    fn doubled_crs_end_one_line() {
+        let msg = b"From: a@x.org\r\r\nBcc: c@x.org\r\r\nSubject: s\r\r\n\r\r\nbody\r\r\n";
+        let out = String::from_utf8(complete(msg, &fill()).unwrap()).unwrap();
+        let (header, body) = out.split_once("\r\n\r\n").unwrap();
+        assert!(header.contains("\r\nBcc: c@x.org\r\nSubject: s"), "{out:?}");
+        assert_eq!(body, "body\r\n");
     }
 
     /// `sendmail root </dev/null` queues a message with only the added fields, as Postfix.
