@@ -444,9 +444,19 @@ fn callbacks(milter: Arc<Milter>) -> Callbacks<Transaction> {
                     .data
                     .as_ref()
                     .is_some_and(|t| milter.is_inbound(t, &recipient));
-                // Refused now rather than reported after the message was accepted (README
-                // rule 1), inbound too: no copy could be made for it.
-                if let (true, Some(reply)) = (smtp, crate::rewrite::address_refusal(&recipient)) {
+                // A malformed or routing address is refused now rather than reported after
+                // the message was accepted (README rule 1), inbound too: no copy could be made
+                // for it. An encrypt-only one without a key, for outgoing mail.
+                let refusal = match crate::rewrite::address_refusal(&recipient) {
+                    Some(reply) => Some(reply),
+                    // Looked up as the copy names it (a root dot, a needless quote dropped).
+                    None if smtp && !inbound => {
+                        let address = crate::rewrite::copy_recipient(&recipient);
+                        milter.refusal_at_rcpt(&address).await
+                    }
+                    None => None,
+                };
+                if let (true, Some(reply)) = (smtp, refusal) {
                     tracing::info!(rcpt = %recipient, decision = "rejected", detail = %reply, "refused at RCPT");
                     let _ = cx.reply.set_error_reply(
                         &reply.code.to_string(),
@@ -454,19 +464,6 @@ fn callbacks(milter: Arc<Milter>) -> Callbacks<Transaction> {
                         [reply.text],
                     );
                     return Status::Reject;
-                }
-                if smtp && !inbound {
-                    // Looked up as the copy names it (a root dot, a needless quote dropped).
-                    let address = crate::rewrite::copy_recipient(&recipient);
-                    if let Some(reply) = milter.refusal_at_rcpt(&address).await {
-                        tracing::info!(rcpt = %recipient, decision = "rejected", detail = %reply, "refused at RCPT");
-                        let _ = cx.reply.set_error_reply(
-                            &reply.code.to_string(),
-                            Some(reply.status),
-                            [reply.text],
-                        );
-                        return Status::Reject;
-                    }
                 }
                 if let Some(t) = cx.data.as_mut() {
                     t.recipients.push(recipient);
