@@ -1849,6 +1849,27 @@ async fn write_back_uses_the_servers_hierarchy_delimiter() {
     let out = sync_once(&config);
     assert_eq!(stdout(&out).trim(), format!("{USER}: 0 new"), "{out:?}");
     assert_eq!(exists(&mut raw, "Par/Kid"), 1);
+
+    // A local name holding the server's delimiter would name another folder there: "Par.Kid"
+    // is Par/Kid. The IMAP server refuses to make one; one made otherwise (an import) stays
+    // here, and deleting it deletes nothing upstream.
+    let (_, tagged) = raw.cmd("CREATE \"Par.Kid\"");
+    assert!(tagged.contains("NO [CANNOT]"), "{tagged}");
+    let (_, tagged) = raw.cmd("RENAME Par/New \"v1.2\"");
+    assert!(tagged.contains("NO [CANNOT]"), "{tagged}");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("m.eml");
+    std::fs::write(&file, plain_message("local only")).unwrap();
+    server.import("Par.Kid", &file);
+    raw.ok("DELETE \"Par.Kid\"");
+    let out = sync_once(&config);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        upstream_flags(&dovecot, "Par.Kid").len(),
+        1,
+        "Par/Kid upstream is whole"
+    );
+    assert_eq!(exists(&mut raw, "Par/Kid"), 1);
 }
 
 /// Folders a client creates here, empty, are made upstream at the next pass, their new

@@ -12,7 +12,7 @@ use super::conn::{ConnError, Input};
 use super::list::{self, ListCommand};
 use super::render::{self, Out};
 use super::session::{CmdError, CmdResult, Done, Selected, Session, State};
-use crate::store::{Mailbox, MailboxStatus, SelectView, StoreError, DELIMITER};
+use crate::store::{AccountId, Mailbox, MailboxStatus, SelectView, StoreError, DELIMITER};
 
 /// The name bytes of a mailbox argument as the client sent them (INBOX normalised).
 pub(super) fn wire(mailbox: &WireMailbox<'_>) -> Vec<u8> {
@@ -194,6 +194,7 @@ impl Session {
             return Err(CmdError::no(Some("ALREADYEXISTS"), "INBOX always exists"));
         }
         let account = self.account()?;
+        self.check_upstream_name(account, &name).await?;
         let store = self.shared.store.clone();
         tokio::task::spawn_blocking(move || store.create_client_mailbox(account, &name)).await??;
         Ok(Done::ok("CREATE completed"))
@@ -224,9 +225,22 @@ impl Session {
             return Err(CmdError::no(Some("ALREADYEXISTS"), "INBOX always exists"));
         }
         let account = self.account()?;
+        self.check_upstream_name(account, &to).await?;
         let store = self.shared.store.clone();
         tokio::task::spawn_blocking(move || store.rename_mailbox(account, &from, &to)).await??;
         Ok(Done::ok("RENAME completed"))
+    }
+
+    /// A name the account's upstream would read as another folder is refused (NO [CANNOT]).
+    async fn check_upstream_name(&self, account: AccountId, name: &str) -> Result<(), CmdError> {
+        let (store, name) = (self.shared.store.clone(), name.to_string());
+        let problem =
+            tokio::task::spawn_blocking(move || store.upstream_name_problem(account, &name))
+                .await??;
+        match problem {
+            Some(text) => Err(CmdError::no(Some("CANNOT"), &text)),
+            None => Ok(()),
+        }
     }
 
     pub(super) async fn subscribe(&mut self, mailbox: WireMailbox<'static>, on: bool) -> CmdResult {

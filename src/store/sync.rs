@@ -21,6 +21,50 @@ pub const LOCAL_KEYWORD_PREFIX: &str = "$Sealpost-";
 /// Whether `flag` is one of sealpost's own keywords, in any letter case (IMAP keywords are
 /// case-insensitive, RFC 3501 §2.3.2): only sealpost may set them, never an upstream server
 /// or whoever can set flags there.
+/// Store meta key (+ account id) of the upstream's hierarchy delimiter, as a character code:
+/// a local name must not hold it, or it would name another folder upstream.
+const UPSTREAM_DELIMITER: &str = "upstream-delimiter:";
+
+impl Store {
+    /// Records the hierarchy delimiter the account's upstream uses (when it is not "/").
+    pub fn set_upstream_delimiter(
+        &self,
+        account: AccountId,
+        delimiter: Option<char>,
+    ) -> Result<(), StoreError> {
+        let key = format!("{UPSTREAM_DELIMITER}{account}");
+        let wanted = delimiter.filter(|&d| d != '/').map(|d| d as i64);
+        if self.meta(&key)? != wanted {
+            match wanted {
+                Some(code) => self.set_meta(&key, code)?,
+                None => self.delete_meta(&[key])?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Why the local mailbox `name` could not be named upstream, when it could not: a part
+    /// of it holds the upstream's hierarchy delimiter ("v1.2" upstream with "." is v1/2).
+    pub fn upstream_name_problem(
+        &self,
+        account: AccountId,
+        name: &str,
+    ) -> Result<Option<String>, StoreError> {
+        let delimiter = self
+            .meta(&format!("{UPSTREAM_DELIMITER}{account}"))?
+            .and_then(|code| u32::try_from(code).ok())
+            .and_then(char::from_u32);
+        Ok(delimiter
+            .filter(|&d| name.split('/').any(|part| part.contains(d)))
+            .map(|d| {
+                format!(
+                    "the upstream server's hierarchy delimiter {d:?} cannot be in a mailbox name \
+                     here: it would name another folder there (use \"/\" for a hierarchy)"
+                )
+            }))
+    }
+}
+
 pub fn is_local_keyword(flag: &str) -> bool {
     flag.get(..LOCAL_KEYWORD_PREFIX.len())
         .is_some_and(|p| p.eq_ignore_ascii_case(LOCAL_KEYWORD_PREFIX))

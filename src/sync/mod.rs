@@ -167,6 +167,12 @@ impl Syncer {
         let condstore = capabilities.has_str("CONDSTORE");
         let mut reconnected = false;
         let listed = self.folders(session).await?;
+        // For the IMAP server: no local name may hold the delimiter (see writeback).
+        let delimiter = listed
+            .iter()
+            .find_map(|(_, d)| d.as_deref().and_then(|d| d.chars().next()));
+        let store = self.store.clone();
+        blocking(move || store.set_upstream_delimiter(account, delimiter)).await??;
         let mut every_folder = true;
         let store = self.store.clone();
         let departures = blocking(move || store.waiting_departures(account)).await??;

@@ -347,7 +347,7 @@ impl Syncer {
                     return Ok(WrittenBack::default());
                 }
                 let folder = up.wire_name_at(&entry.mailbox, entry.id);
-                if !self.synced(&folder) {
+                if !self.synced(&folder) || !up.representable(self, &entry.mailbox) {
                     return Ok(WrittenBack::default());
                 }
                 let reply = up
@@ -362,7 +362,9 @@ impl Syncer {
             }
             "delete-mailbox" => {
                 let folder = up.wire_name(&entry.mailbox);
-                if !self.synced(&folder) {
+                // A name upstream would read as another folder was never made there: nothing
+                // to delete (DELETE "v1.2" would take v1's child 2 and its mail).
+                if !self.synced(&folder) || !up.representable(self, &entry.mailbox) {
                     return Ok(WrittenBack::default());
                 }
                 up.selected = None;
@@ -415,8 +417,17 @@ impl Syncer {
             }
             "rename-mailbox" => {
                 let (from, to) = (up.wire_name(&entry.mailbox), up.wire_name(&entry.detail));
-                if !self.synced(&from) {
+                if !self.synced(&from) || !up.representable(self, &entry.mailbox) {
                     return Ok(WrittenBack::default());
+                }
+                // Renamed to a name upstream would read as another folder: it waits (the
+                // folder is not fetched meanwhile, so nothing comes twice).
+                if !up.representable(self, &entry.detail) {
+                    return Err(Failure::Entry(format!(
+                        "{:?} cannot be named upstream: it holds the upstream's hierarchy \
+                         delimiter {:?}",
+                        entry.detail, up.delimiter
+                    )));
                 }
                 up.selected = None;
                 let reply = up
@@ -493,7 +504,9 @@ impl Syncer {
             },
         };
         let to_folder = up.wire_name_at(&target_name, entry.id);
-        let Some(from) = from.filter(|_| self.synced(&to_folder)) else {
+        let Some(from) =
+            from.filter(|_| self.synced(&to_folder) && up.representable(self, &target_name))
+        else {
             return self.upload(up, entry, target, new_uid, &target_name).await;
         };
         // Without MOVE and UIDPLUS the original stays upstream, marked \Deleted: its link
@@ -682,7 +695,9 @@ impl Syncer {
             None => None,
         };
         let to_folder = up.wire_name_at(&entry.mailbox, entry.id);
-        let Some(from) = from.filter(|_| self.synced(&to_folder)) else {
+        let Some(from) =
+            from.filter(|_| self.synced(&to_folder) && up.representable(self, &entry.mailbox))
+        else {
             return self
                 .upload(up, entry, target, entry.uid, &entry.mailbox)
                 .await;
@@ -806,7 +821,7 @@ impl Syncer {
         };
         // The entry's name for the mailbox, as upstream has it now (not yet renamed there).
         let folder = up.wire_name_at(name, entry.id);
-        if !self.synced(&folder) {
+        if !self.synced(&folder) || !up.representable(self, name) {
             return Ok(WrittenBack::default());
         }
         let token = upload_token(&self.name, local.uidvalidity, uid);
@@ -989,6 +1004,23 @@ impl Upstream<'_> {
             }
         }
         self.wire_name(&name)
+    }
+
+    /// Whether the local mailbox `local` has a name upstream of its own: no part of it holds
+    /// the upstream's hierarchy delimiter ("v1.2" is v1's child 2 where it is "."). One that
+    /// has none stays here, with a warning: its changes are not written back.
+    fn representable(&self, syncer: &Syncer, local: &str) -> bool {
+        let fine = self.delimiter == "/"
+            || self.delimiter.is_empty()
+            || !local
+                .split('/')
+                .any(|part| part.contains(self.delimiter.as_str()));
+        if !fine {
+            tracing::warn!(account = %syncer.name, mailbox = %local,
+                "the mailbox's name holds the upstream's hierarchy delimiter {:?}: it stays here, \
+                 not written back", self.delimiter);
+        }
+        fine
     }
 
     fn wire_name(&self, local: &str) -> String {
