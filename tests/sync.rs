@@ -1454,6 +1454,69 @@ async fn changes_written_back_to_a_server_without_uidplus_or_move() {
     }
 }
 
+/// Without UIDPLUS no COPYUID names the copy a move makes: it is found by its bytes, so the
+/// changes made to the moved message before the pass (moved on, flagged, expunged) reach
+/// that copy, and nothing comes back here as new mail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn later_changes_follow_a_copy_no_copyuid_named() {
+    let world = World::new();
+    let dovecot = Dovecot::start_tls_announcing(NEITHER_UIDPLUS_NOR_MOVE);
+    upstream(
+        &dovecot,
+        json!([{"cmd": "raw", "line": "CREATE Archive"},
+        {"cmd": "raw", "line": "CREATE Trash"},
+        append_bytes("INBOX", &plain_message("moved on")),
+        append_bytes("INBOX", &plain_message("flagged")),
+        append_bytes("INBOX", &plain_message("expunged"))]),
+    );
+    let port = proxy(dovecot.port, |_| false, true);
+    let server = Server::start_config("", &gnupg_table(&world));
+    let dir = tempfile::tempdir().unwrap();
+    let config = sync_config(
+        &server,
+        &upstream_table(
+            &dovecot,
+            dir.path(),
+            "none",
+            port,
+            "address = \"bob@example.org\"",
+        ),
+    );
+    let out = sync_once(&config);
+    assert_eq!(stdout(&out).trim(), format!("{USER}: 3 new"), "{out:?}");
+    let mut raw = server.login();
+    raw.ok("SELECT INBOX");
+    raw.ok("UID MOVE 1:3 Archive");
+    raw.ok("SELECT Archive");
+    raw.ok("UID MOVE 1 Trash");
+    raw.ok("UID STORE 2 +FLAGS (\\Flagged)");
+    raw.ok("UID STORE 3 +FLAGS (\\Deleted)");
+    raw.ok("UID EXPUNGE 3");
+    raw.ok("UNSELECT");
+    for _ in 0..2 {
+        let out = sync_once(&config);
+        assert_eq!(stdout(&out).trim(), format!("{USER}: 0 new"), "{out:?}");
+    }
+    for (mailbox, n) in [("INBOX", 0), ("Archive", 1), ("Trash", 1)] {
+        assert_eq!(exists(&mut raw, mailbox), n, "{mailbox}");
+    }
+    // Upstream: Archive holds the flagged one (and the others marked \Deleted); Trash the
+    // one moved on, as a copy, not a re-encrypted upload.
+    let archive = upstream_flags(&dovecot, "Archive");
+    let live: Vec<_> = archive
+        .iter()
+        .filter(|l| !l.contains("\\Deleted"))
+        .collect();
+    assert_eq!(live.len(), 1, "{archive:?}");
+    assert!(live[0].contains("\\Flagged"), "{archive:?}");
+    let trash = dovecot.mailbox_files("Trash");
+    assert_eq!(trash.len(), 1);
+    assert!(common::contains(
+        &std::fs::read(&trash[0]).unwrap(),
+        "moved on"
+    ));
+}
+
 /// Against a server without MOVE (UIDPLUS announced), a local move is a COPY, then \Deleted
 /// and UID EXPUNGE of the original. When the server stops answering after the COPY, the
 /// write-back stops, and new mail still comes down over a fresh connection; the next pass

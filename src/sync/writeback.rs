@@ -570,7 +570,7 @@ impl Syncer {
             return Err(Failure::Entry(STALE_LINK.into()));
         }
         self.copy_then_expunge(
-            up, &from, &to_folder, target, new_uid, entry, unlink, hash_from,
+            up, account, &from, &to_folder, target, new_uid, entry, unlink, hash_from,
         )
         .await
     }
@@ -581,6 +581,7 @@ impl Syncer {
     async fn copy_then_expunge(
         &self,
         up: &mut Upstream<'_>,
+        account: AccountId,
         from: &UpstreamRef,
         to_folder: &str,
         target: MailboxId,
@@ -589,6 +590,15 @@ impl Syncer {
         unlink: Option<(MailboxId, u32)>,
         hash_from: Option<(MailboxId, u32)>,
     ) -> Result<WrittenBack, Failure> {
+        // Without UIDPLUS no COPYUID names the copy: it is found by the original's bytes,
+        // taken now, while the original is there. Unlinked, the copy would be fetched as new
+        // mail, and a later move or expunge of the message here would not reach it.
+        let print = if up.uidplus {
+            None
+        } else {
+            let estimate = self.estimate(target, new_uid).await?;
+            up.fingerprint(self, from.uid, estimate).await?
+        };
         if !up.can_move {
             // Counted before it is sent: after a crash from here on, the retry looks first.
             let (store, id) = (self.store.clone(), entry.id);
@@ -600,7 +610,7 @@ impl Syncer {
         if !up.can_move {
             up.expunge(self, from.uid).await?;
         }
-        let link = reply.copyuid.and_then(|(uidvalidity, _, to)| {
+        let mut link = reply.copyuid.and_then(|(uidvalidity, _, to)| {
             to.first().map(|uid| {
                 (
                     target,
@@ -613,6 +623,23 @@ impl Syncer {
                 )
             })
         });
+        if let (None, Some(print)) = (&link, print) {
+            if let Some((uidvalidity, uid)) = up
+                .find_by_fingerprint(self, account, to_folder, print, None)
+                .await?
+            {
+                let folder = to_folder.to_string();
+                link = Some((
+                    target,
+                    new_uid,
+                    UpstreamRef {
+                        folder,
+                        uidvalidity,
+                        uid,
+                    },
+                ));
+            }
+        }
         Ok(WrittenBack {
             unlink,
             hash_from,
@@ -749,6 +776,13 @@ impl Syncer {
             // copy is then uploaded.
             return Err(Failure::Entry(STALE_LINK.into()));
         }
+        // Without UIDPLUS the copy is found by the original's bytes (see copy_then_expunge).
+        let print = if up.uidplus {
+            None
+        } else {
+            let estimate = self.estimate(target, entry.uid).await?;
+            up.fingerprint(self, from.uid, estimate).await?
+        };
         // Counted before it is sent: after a crash from here on, the retry looks first.
         let (store, id) = (self.store.clone(), entry.id);
         blocking(move || store.journal_attempt(id, "")).await??;
@@ -766,8 +800,16 @@ impl Syncer {
                 .upload(up, entry, target, entry.uid, &entry.mailbox)
                 .await;
         }
-        // Without UIDPLUS the target folder's next pass fetches the copy and links it to this
-        // local message by content (an unlinked message with the same content).
+        if let Some(print) = print {
+            if let Some((v, u)) = up
+                .find_by_fingerprint(self, account, &to_folder, print, Some(&from))
+                .await?
+            {
+                return Ok(link(v, u));
+            }
+        }
+        // Not found (gone again already): the target folder's next pass fetches the copy and
+        // links it to this local message by content, if it is still here.
         Ok(WrittenBack::default())
     }
 
@@ -1194,9 +1236,24 @@ impl Upstream<'_> {
         if !self.select(syncer, original).await? {
             return Err(Failure::Entry(STALE_LINK.into()));
         }
-        let Some((size, hash)) = self.fingerprint(syncer, original.uid, estimate).await? else {
+        let Some(print) = self.fingerprint(syncer, original.uid, estimate).await? else {
             return Ok(None);
         };
+        self.find_by_fingerprint(syncer, account, folder, print, Some(original))
+            .await
+    }
+
+    /// The newest message of `folder` with this (size, SHA-256) that no local message stands
+    /// for (and that is not `not`): (UIDVALIDITY, UID). The copy a COPY or MOVE made, where the
+    /// server says nothing of it (no UIDPLUS).
+    async fn find_by_fingerprint(
+        &mut self,
+        syncer: &Syncer,
+        account: AccountId,
+        folder: &str,
+        (size, hash): (u64, [u8; 32]),
+        not: Option<&UpstreamRef>,
+    ) -> Result<Option<(u32, u32)>, Failure> {
         // RFC 3501 §6.4.4: LARGER and SMALLER are strict, so these two give the size itself.
         let criteria = format!("LARGER {} SMALLER {}", size.saturating_sub(1), size + 1);
         let Some((v, found)) = self.search(syncer, folder, &criteria).await? else {
@@ -1207,7 +1264,7 @@ impl Upstream<'_> {
         let mut candidates: Vec<u32> = found
             .into_iter()
             .filter(|uid| linked.binary_search(uid).is_err())
-            .filter(|uid| !(folder == original.folder && *uid == original.uid))
+            .filter(|uid| not.is_none_or(|n| !(folder == n.folder && *uid == n.uid)))
             .collect();
         candidates.sort_unstable_by(|a, b| b.cmp(a));
         for uid in candidates.into_iter().take(COPY_CANDIDATES) {
