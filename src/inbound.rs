@@ -306,8 +306,13 @@ fn with_verdict(header: &[u8], body: &[u8], verdict: &Verdict) -> Vec<u8> {
     if !message.is_empty() && !message.ends_with(b"\r\n") {
         message.extend_from_slice(b"\r\n");
     }
-    // The header block ends with its blank line; ours goes just before it.
-    let blank = if message.ends_with(b"\r\n\r\n") { 2 } else { 0 };
+    // The header block ends with its blank line; ours goes just before it. A message with
+    // no header field at all ("\r\n" then the body) gets ours as its only one.
+    let blank = if message.ends_with(b"\r\n\r\n") || message == b"\r\n" {
+        2
+    } else {
+        0
+    };
     let at = message.len() - blank;
     let field = format!("{VERDICT_FIELD}: {}\r\n", verdict.field_value());
     message.splice(at..at, field.into_bytes());
@@ -856,6 +861,15 @@ mod tests {
         ] {
             assert_eq!(from(fine).as_deref(), Some("alice@example.org"), "{fine}");
         }
+    }
+
+    #[test]
+    fn a_message_without_header_fields_gets_the_verdict_as_its_header() {
+        let p = unprocessed(b"\r\njust a body\r\n", "test");
+        let text = String::from_utf8(p.message).unwrap();
+        assert!(text.starts_with("Sealpost-Verdict: "), "{text}");
+        assert!(text.ends_with("\r\n\r\njust a body\r\n"), "{text}");
+        assert_eq!(text.matches("\r\n\r\n").count(), 1, "{text}");
     }
 
     #[test]

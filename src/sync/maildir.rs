@@ -93,7 +93,7 @@ impl MaildirSync {
             };
             match self.sync_folder(account, &folder, &dir, &local).await {
                 Ok(new) => {
-                    report.new.insert(local, new);
+                    *report.new.entry(local).or_default() += new;
                 }
                 // One folder that cannot be read is left out; the others are still synced.
                 Err(e @ SyncError::Folder(..)) => {

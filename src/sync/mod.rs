@@ -231,7 +231,8 @@ impl Syncer {
             if folder.eq_ignore_ascii_case("INBOX") {
                 report.inbox_uidnext = done.uidnext;
             }
-            report.new.insert(local, done.stored);
+            // Two upstream folders may come to one local mailbox: both count.
+            *report.new.entry(local).or_default() += done.stored;
             report.flags_changed += done.flags_changed;
             report.expunged += done.expunged;
             // What came before the connection broke is stored and counted; the rest of the
