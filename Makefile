@@ -22,7 +22,7 @@ TEST_DEBS  := $(RUN_DEBS) python3 python3-aiosmtpd dovecot-imapd isync libsasl2-
 # The milter benchmark runs a private Postfix instance too (as root; skipped otherwise).
 BENCH_DEBS := $(RUN_DEBS) dovecot-imapd python3-aiosmtpd msmtp postfix
 
-.PHONY: all build demo test bench deps-build deps-test deps-bench lint clean
+.PHONY: all build demo test bench deps-build deps-test deps-bench lint install clean
 
 all: build
 
@@ -76,6 +76,19 @@ bench: deps-bench
 	$(CARGO) bench --locked --bench sendmail -- --out BENCHMARKS.md
 	$(CARGO) bench --locked --bench milter -- --out BENCHMARKS.md
 	$(CARGO) bench --locked --bench sync -- --out BENCHMARKS.md
+
+# Installs what the systemd units and the docs name: the binary, the man page, the units, the
+# tmpfiles entry, README and the example configuration. DESTDIR for a staging root. The
+# units are not enabled, and no user is made (see the units' comments).
+install: deps-build
+	$(CARGO) build --locked --release
+	install -D -m 0755 target/release/sealpost $(DESTDIR)/usr/bin/sealpost
+	install -D -m 0644 contrib/man/sealpost-sendmail.8 $(DESTDIR)/usr/share/man/man8/sealpost-sendmail.8
+	install -D -m 0644 README.md $(DESTDIR)/usr/share/doc/sealpost/README.md
+	install -D -m 0644 contrib/sealpost.toml $(DESTDIR)/usr/share/doc/sealpost/sealpost.toml.example
+	install -d $(DESTDIR)/usr/lib/systemd/system
+	install -m 0644 systemd/*.service systemd/*.timer systemd/*.path $(DESTDIR)/usr/lib/systemd/system/
+	install -D -m 0644 systemd/sealpost-tmpfiles.conf $(DESTDIR)/usr/lib/tmpfiles.d/sealpost.conf
 
 clean:
 	$(CARGO) clean

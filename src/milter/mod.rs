@@ -795,9 +795,10 @@ async fn end_of_message(
     }
     if !any_sendable && !some_done {
         // Only refused recipients: the message is refused as a whole.
+        // The first refusal's text, without its own code (the reply has one).
         let reply = failures
             .first()
-            .map(|f| f.diagnostic.clone())
+            .map(|f| without_reply_code(&f.diagnostic).to_string())
             .unwrap_or_else(|| "no recipient can receive this message".into());
         let reply = Reply::new(550, "5.7.1", reply);
         return refuse_whole(cx, milter, &t, &raw, queue_id, &id, now, reply).await;
@@ -942,6 +943,24 @@ fn from_belongs_to(from: &str, login: &str) -> bool {
             .is_some_and(|(local, _)| local.eq_ignore_ascii_case(login))
     }
 }
+/// `text` without a leading SMTP reply code and enhanced status ("550 5.7.1 ").
+fn without_reply_code(text: &str) -> &str {
+    let mut words = text.splitn(3, ' ');
+    match (words.next(), words.next(), words.next()) {
+        (Some(code), Some(status), Some(rest))
+            if code.len() == 3
+                && code.bytes().all(|b| b.is_ascii_digit())
+                && status.split('.').count() == 3
+                && status
+                    .split('.')
+                    .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit())) =>
+        {
+            rest
+        }
+        _ => text,
+    }
+}
+
 /// Refuses the whole message at its end. Over SMTP the client hears the reply. On Postfix's
 /// sendmail path nobody would: Postfix bounces a rejected message to its sender itself, with
 /// the message's header (Subject, To, Cc) in clear (seen in the test), and the sender may be
@@ -1170,6 +1189,8 @@ mod tests {
         assert!(!from_belongs_to("bob@example.org", "alice@example.org"));
         assert!(!from_belongs_to("bob@example.org", "alice"));
         assert!(!from_belongs_to("", "alice"));
+        assert_eq!(without_reply_code("550 5.7.1 no key"), "no key");
+        assert_eq!(without_reply_code("no key 550"), "no key 550");
     }
 
     #[test]
