@@ -964,3 +964,53 @@ fn a_store_deliver_creates_is_private_whatever_the_umask() {
         }
     }
 }
+
+/// The first deliveries into a store that does not exist yet, several at once (Postfix runs
+/// one pipe per message): every one is stored, none fails on the schema another one made.
+#[test]
+fn deliveries_into_a_new_store_at_once_all_go_in() {
+    let world = World::new();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("sealpost.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[store]\npath = \"{}\"\n[gnupg]\nhome = \"{}\"\n[[accounts]]\nname = \"{}\"\n\
+             password_hash = \"x\"\n",
+            dir.path().join("new/store.sqlite").display(),
+            world.bob.dir.display(),
+            common::server::USER
+        ),
+    )
+    .unwrap();
+    let children: Vec<_> = (0..8)
+        .map(|i| {
+            let mut child = Command::new(env!("CARGO_BIN_EXE_sealpost"))
+                .arg("--config")
+                .arg(&config)
+                .args(["deliver", "--account", common::server::USER])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let message = format!("From: a@example.org\r\nSubject: {i}\r\n\r\nbody {i}\r\n");
+            use std::io::Write;
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(message.as_bytes())
+                .unwrap();
+            child
+        })
+        .collect();
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+    }
+    let store = sealpost::store::Store::open(&dir.path().join("new/store.sqlite")).unwrap();
+    let account = store.account(common::server::USER).unwrap().unwrap();
+    let inbox = store.mailbox(account, "INBOX").unwrap().unwrap();
+    assert_eq!(store.select_view(inbox.id).unwrap().uids.len(), 8);
+}

@@ -422,23 +422,34 @@ impl Store {
                 .create(dir)
                 .map_err(|e| failed(dir, e))?;
         }
-        match std::fs::OpenOptions::new()
+        let file = match std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o600)
             .open(path)
         {
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                std::fs::File::open(path).map_err(|e| failed(path, e))?
+            }
             Err(e) => return Err(failed(path, e)),
-        }
+        };
         let mut writer = open_connection(path, false)?;
-        schema::migrations()
-            .to_latest(&mut writer)
-            .map_err(|source| StoreError::Migrate {
-                path: path.to_owned(),
-                source,
-            })?;
+        // One process at a time brings the schema up to date: two `deliver`s into a new store
+        // would both find it empty and the second fail on tables the first made. flock(2)
+        // does not touch SQLite's own (fcntl) locks.
+        {
+            use std::os::fd::AsRawFd;
+            // SAFETY: flock on a descriptor this function owns; released when `file` closes.
+            unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
+            schema::migrations()
+                .to_latest(&mut writer)
+                .map_err(|source| StoreError::Migrate {
+                    path: path.to_owned(),
+                    source,
+                })?;
+            drop(file);
+        }
         Ok(Store {
             inner: Arc::new(Inner {
                 path: path.to_owned(),
