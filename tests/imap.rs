@@ -1153,3 +1153,31 @@ fn subscribed_children_show_through_their_parent() {
     let plain = raw.ok("LIST (SUBSCRIBED) \"\" \"C%\"").join("\n");
     assert!(!plain.contains("Caf&AOk-"), "{plain}");
 }
+
+/// Another process that reads the store and closes it (sqlite3, a monitoring script) while
+/// the server runs: the server's SQLite locks hold, so that process does not checkpoint and
+/// remove the write-ahead log under the server, and what the server stores after it is
+/// there for every process.
+#[test]
+fn a_reader_closing_the_store_takes_nothing_from_the_server() {
+    let server = Server::start();
+    let mut raw = server.login();
+    let m = "Subject: one\r\n\r\nx\r\n";
+    raw.ok(&format!("APPEND INBOX {{{}}}\r\n{m}", m.len()));
+    let reader = rusqlite::Connection::open(server.store_path()).unwrap();
+    let n: i64 = reader
+        .query_row("SELECT count(*) FROM messages", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 1);
+    drop(reader);
+    let m = "Subject: two\r\n\r\ny\r\n";
+    raw.ok(&format!("APPEND INBOX {{{}}}\r\n{m}", m.len()));
+    let fresh = rusqlite::Connection::open(server.store_path()).unwrap();
+    let n: i64 = fresh
+        .query_row("SELECT count(*) FROM messages", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(
+        n, 2,
+        "the second APPEND is in the store for other processes"
+    );
+}

@@ -422,34 +422,54 @@ impl Store {
                 .create(dir)
                 .map_err(|e| failed(dir, e))?;
         }
-        let file = match std::fs::OpenOptions::new()
+        match std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o600)
             .open(path)
         {
-            Ok(file) => file,
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                std::fs::File::open(path).map_err(|e| failed(path, e))?
-            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(failed(path, e)),
-        };
-        let mut writer = open_connection(path, false)?;
+        }
         // One process at a time brings the schema up to date: two `deliver`s into a new store
-        // would both find it empty and the second fail on tables the first made. flock(2)
-        // does not touch SQLite's own (fcntl) locks.
+        // would both find it empty and the second fail on tables the first made. The lock is
+        // a file of its own: closing any descriptor of the database file would drop SQLite's
+        // own (fcntl) locks on it.
+        // Readable by all (it holds nothing; the store's directory is private): made by root,
+        // the store's owner can still open it, and flock(2) needs no write access.
+        let lock_path = PathBuf::from(format!("{}.migrate-lock", path.display()));
+        let lock = match std::fs::File::open(&lock_path) {
+            Ok(lock) => lock,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                use std::os::unix::fs::PermissionsExt;
+                let made = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(false)
+                    .open(&lock_path)
+                    .map_err(|e| failed(&lock_path, e))?;
+                made.set_permissions(std::fs::Permissions::from_mode(0o644))
+                    .map_err(|e| failed(&lock_path, e))?;
+                made
+            }
+            Err(e) => return Err(failed(&lock_path, e)),
+        };
         {
             use std::os::fd::AsRawFd;
-            // SAFETY: flock on a descriptor this function owns; released when `file` closes.
-            unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
-            schema::migrations()
-                .to_latest(&mut writer)
-                .map_err(|source| StoreError::Migrate {
-                    path: path.to_owned(),
-                    source,
-                })?;
-            drop(file);
+            // SAFETY: flock on a descriptor this function owns; released when `lock` closes.
+            if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
+                return Err(failed(&lock_path, std::io::Error::last_os_error()));
+            }
         }
+        let mut writer = open_connection(path, false)?;
+        schema::migrations()
+            .to_latest(&mut writer)
+            .map_err(|source| StoreError::Migrate {
+                path: path.to_owned(),
+                source,
+            })?;
+        drop(lock);
         Ok(Store {
             inner: Arc::new(Inner {
                 path: path.to_owned(),
