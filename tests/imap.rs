@@ -531,6 +531,15 @@ fn sessions_see_recent_held_expunges_and_a_deleted_mailbox() {
         .parse()
         .unwrap();
     assert!(highest < stored, "{tagged} after {untagged:?}");
+    // Where the tagged OK has a code of its own, the mark comes in an untagged OK.
+    let (untagged, tagged) = q.cmd("FETCH 3 (FLAGS)");
+    assert!(tagged.contains("[EXPUNGEISSUED]"), "{tagged}");
+    assert!(
+        untagged.contains(&format!(
+            "* OK [HIGHESTMODSEQ {highest}] Some expunges are not reported yet"
+        )),
+        "{untagged:?}"
+    );
     assert_eq!(q.ok("NOOP"), ["* VANISHED 3"]);
 
     // IDLE in a mailbox another session deletes.

@@ -551,6 +551,15 @@ impl Session {
             }
         }
         let mut out = Out::default();
+        // The held-back HIGHESTMODSEQ goes in the tagged OK, or, where that has a code of its
+        // own ([MODIFIED], [EXPUNGEISSUED]) or the command failed, in an untagged OK before it.
+        let tagged_free = matches!(&result, Ok(Done::Ok { code: None, .. }));
+        if let (Some(m), false) = (held_back, tagged_free) {
+            out.text("* OK [HIGHESTMODSEQ ")
+                .num(m)
+                .text("] Some expunges are not reported yet")
+                .crlf();
+        }
         match result {
             Ok(Done::Ok { code, text }) => {
                 let code = code.or_else(|| held_back.map(|m| format!("HIGHESTMODSEQ {m}")));
