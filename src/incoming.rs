@@ -251,6 +251,17 @@ fn target_mailbox(
 pub async fn import(config: Config, args: ImportArgs) -> Result<u8, CliError> {
     let store = open_store(&config).await?;
     let report = tokio::task::spawn_blocking(move || {
+        // A new mailbox whose name the account's upstream would read as another folder is
+        // refused, as the IMAP server refuses to create one.
+        let account = store.ensure_account(&args.account)?;
+        if store.mailbox(account, &args.mailbox)?.is_none() {
+            if let Some(problem) = store.upstream_name_problem(account, &args.mailbox)? {
+                return Err(CliError::Usage(format!(
+                    "--mailbox {:?}: {problem}",
+                    args.mailbox
+                )));
+            }
+        }
         let mailbox = target_mailbox(&store, &args.account, &args.mailbox)?;
         let report = crate::store::import_path(&store, mailbox.id, &args.path)?;
         Ok::<_, CliError>((report, mailbox.name))

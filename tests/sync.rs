@@ -1877,6 +1877,11 @@ async fn write_back_uses_the_servers_hierarchy_delimiter() {
         append_bytes("INBOX", &plain_message("nested"))]),
     );
     let (server, _dir, config) = bobs_sync(&world, &dovecot);
+    // Made before any sync knew the server's delimiter: a local name that holds it.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("m.eml");
+    std::fs::write(&file, plain_message("local only")).unwrap();
+    server.import("Par.Kid", &file);
     let out = sync_once(&config);
     assert_eq!(stdout(&out).trim(), format!("{USER}: 1 new"), "{out:?}");
     let mut raw = server.login();
@@ -1914,16 +1919,20 @@ async fn write_back_uses_the_servers_hierarchy_delimiter() {
     assert_eq!(exists(&mut raw, "Par/Kid"), 1);
 
     // A local name holding the server's delimiter would name another folder there: "Par.Kid"
-    // is Par/Kid. The IMAP server refuses to make one; one made otherwise (an import) stays
-    // here, and deleting it deletes nothing upstream.
-    let (_, tagged) = raw.cmd("CREATE \"Par.Kid\"");
+    // is Par/Kid. The IMAP server and import refuse to make one; one made before (above)
+    // stays here, and deleting it deletes nothing upstream.
+    let (_, tagged) = raw.cmd("CREATE \"v1.2\"");
     assert!(tagged.contains("NO [CANNOT]"), "{tagged}");
     let (_, tagged) = raw.cmd("RENAME Par/New \"v1.2\"");
     assert!(tagged.contains("NO [CANNOT]"), "{tagged}");
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("m.eml");
-    std::fs::write(&file, plain_message("local only")).unwrap();
-    server.import("Par.Kid", &file);
+    let refused = std::process::Command::new(env!("CARGO_BIN_EXE_sealpost"))
+        .arg("--config")
+        .arg(server.config())
+        .args(["import", "--account", USER, "--mailbox", "v1.2"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(64), "{refused:?}");
     raw.ok("DELETE \"Par.Kid\"");
     let out = sync_once(&config);
     assert!(out.status.success(), "{out:?}");

@@ -18,9 +18,6 @@ use super::{
 /// never taken away by an upstream flag change.
 pub const LOCAL_KEYWORD_PREFIX: &str = "$Sealpost-";
 
-/// Whether `flag` is one of sealpost's own keywords, in any letter case (IMAP keywords are
-/// case-insensitive, RFC 3501 §2.3.2): only sealpost may set them, never an upstream server
-/// or whoever can set flags there.
 /// Store meta key (+ account id) of the upstream's hierarchy delimiter, as a character code:
 /// a local name must not hold it, or it would name another folder upstream.
 const UPSTREAM_DELIMITER: &str = "upstream-delimiter:";
@@ -65,6 +62,9 @@ impl Store {
     }
 }
 
+/// Whether `flag` is one of sealpost's own keywords, in any letter case (IMAP keywords are
+/// case-insensitive, RFC 3501 §2.3.2): only sealpost may set them, never an upstream server
+/// or whoever can set flags there.
 pub fn is_local_keyword(flag: &str) -> bool {
     flag.get(..LOCAL_KEYWORD_PREFIX.len())
         .is_some_and(|p| p.eq_ignore_ascii_case(LOCAL_KEYWORD_PREFIX))
