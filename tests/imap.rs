@@ -209,6 +209,8 @@ fn fetch_and_search_answers_equal_dovecots() {
         "SEARCH BODY \"attached\"",
         "SEARCH BODY \"contract\"",
         "SEARCH TEXT \"example\"",
+        // The header as written too: a Received field has no decoded value.
+        "SEARCH TEXT \"192.0.2.25\"",
         "SEARCH HEADER \"Message-ID\" \"example.org\"",
         "SEARCH LARGER 2000",
         "SEARCH SMALLER 600",
@@ -1189,4 +1191,28 @@ fn a_reader_closing_the_store_takes_nothing_from_the_server() {
         n, 2,
         "the second APPEND is in the store for other processes"
     );
+}
+
+/// RENAME INBOX moves its messages to the new mailbox in their order: UIDs as they arrived,
+/// also when a flag change made an earlier message the latest changed one.
+#[test]
+fn renaming_inbox_keeps_the_order() {
+    let server = Server::start();
+    let mut raw = server.login();
+    for i in 1..=3 {
+        let m = format!("Subject: m{i}\r\n\r\nx\r\n");
+        raw.ok(&format!("APPEND INBOX {{{}}}\r\n{m}", m.len()));
+    }
+    raw.ok("SELECT INBOX");
+    raw.ok("STORE 1 +FLAGS (\\Flagged)");
+    raw.ok("UNSELECT");
+    raw.ok("RENAME INBOX Old");
+    raw.ok("SELECT Old");
+    let subjects: Vec<String> = raw
+        .ok("FETCH 1:* (BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+        .iter()
+        .filter_map(|l| l.split("Subject: ").nth(1))
+        .map(|s| s.split_whitespace().next().unwrap().to_string())
+        .collect();
+    assert_eq!(subjects, ["m1", "m2", "m3"]);
 }

@@ -38,6 +38,7 @@ pub struct Candidate<'a> {
     pub largest_uid: u32,
     headers: Option<Vec<(String, String, String)>>,
     body: Option<String>,
+    part_headers: Option<String>,
 }
 
 impl<'a> Candidate<'a> {
@@ -58,6 +59,7 @@ impl<'a> Candidate<'a> {
             largest_uid,
             headers: None,
             body: None,
+            part_headers: None,
         }
     }
 
@@ -124,6 +126,20 @@ impl<'a> Candidate<'a> {
         self.body.as_deref().unwrap_or_default()
     }
 
+    /// The header blocks of the body's parts and attached messages, as written and folded:
+    /// TEXT searches them too (a file name, an attached message's Received), as Dovecot does.
+    fn part_headers(&mut self) -> &str {
+        if self.part_headers.is_none() {
+            let mut text = String::new();
+            let source = self.source();
+            if let Some(message) = BODY_PARSER.parse(source) {
+                part_header_text(&message, source, true, &mut text);
+            }
+            self.part_headers = Some(text);
+        }
+        self.part_headers.as_deref().unwrap_or_default()
+    }
+
     fn sent_date(&mut self) -> Option<i64> {
         let message = MessageParser::default().parse_headers(self.source())?;
         let date = message.date()?;
@@ -146,6 +162,26 @@ fn body_text(message: &mail_parser::Message<'_>, text: &mut String) {
             }
             PartType::Message(inner) => body_text(inner, text),
             _ => {}
+        }
+    }
+}
+
+/// The folded header blocks of `message`'s parts (not its own when `top`), and of attached
+/// messages in it; offsets outside `raw` (an encoded attachment's) are left out.
+fn part_header_text(message: &mail_parser::Message<'_>, raw: &[u8], top: bool, text: &mut String) {
+    for (i, part) in message.parts.iter().enumerate() {
+        if !(top && i == 0) {
+            if let Some(header) = raw.get(part.offset_header as usize..part.offset_body as usize) {
+                text.push_str(&fold(
+                    &String::from_utf8_lossy(header).replace(['\r', '\n'], " "),
+                ));
+                text.push('\n');
+            }
+        }
+        if let PartType::Message(inner) = &part.body {
+            if part.encoding == mail_parser::Encoding::None {
+                part_header_text(inner, raw, false, text);
+            }
         }
     }
 }
@@ -250,12 +286,15 @@ pub fn matches(key: &SearchKey<'_>, m: &mut Candidate<'_>) -> bool {
             let needle = fold(&text(s));
             m.body().contains(&needle)
         }
+        // RFC 3501 §6.4.4: "in the header or body", so the header as written too: a
+        // Received field (no decoded value), a Message-ID with its brackets.
         K::Text(s) => {
             let needle = fold(&text(s));
             m.headers()
                 .iter()
-                .any(|(n, v, _)| n.contains(&needle) || v.contains(&needle))
+                .any(|(n, v, w)| n.contains(&needle) || v.contains(&needle) || w.contains(&needle))
                 || m.body().contains(&needle)
+                || m.part_headers().contains(&needle)
         }
         K::ModSequence { modseq, .. } => m.row.modseq >= *modseq,
     }

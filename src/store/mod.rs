@@ -730,7 +730,8 @@ impl Store {
             if source.name == "INBOX" {
                 let target = insert_mailbox(tx, account, to, None, false)?;
                 let uids: Vec<u32> = {
-                    let mut stmt = tx.prepare("SELECT uid FROM messages WHERE mailbox = ?1")?;
+                    let mut stmt =
+                        tx.prepare("SELECT uid FROM messages WHERE mailbox = ?1 ORDER BY uid")?;
                     let rows = stmt.query_map([source.id], |r| r.get(0))?;
                     rows.collect::<Result<_, _>>()?
                 };
