@@ -523,6 +523,8 @@ fn sessions_see_recent_held_expunges_and_a_deleted_mailbox() {
         line[at..].split(')').next().unwrap().parse().unwrap()
     };
     let stored = modseq(&untagged[0]);
+    // With QRESYNC a non-UID STORE's FETCH names the UID too (RFC 7162 §3.2.4).
+    assert!(untagged[0].contains(" UID 1"), "{untagged:?}");
     let highest: u64 = tagged
         .split("[HIGHESTMODSEQ ")
         .nth(1)

@@ -101,7 +101,9 @@ impl Session {
             sections: prepare_sections(&items),
             items,
             recent,
-            uid,
+            // With QRESYNC every FETCH response names its UID (RFC 7162 §3.2.4), as
+            // Dovecot's do.
+            uid: uid || self.qresync,
             condstore,
             changed_since: changed_since.is_some(),
         });

@@ -135,6 +135,8 @@ impl Session {
         })
         .await??;
         let condstore = self.condstore;
+        // With QRESYNC every FETCH response names its UID (RFC 7162 §3.2.4).
+        let with_uid = uid || self.qresync;
         let selected = self.selected()?;
         let mut out = Out::default();
         // A keyword new to the mailbox: FLAGS and PERMANENTFLAGS name it before the
@@ -161,7 +163,7 @@ impl Session {
             out.text("* ").num(seq).text(" FETCH (FLAGS ");
             let recent = selected.is_recent(*uid_value).then_some("\\Recent");
             out.flags(flags.iter().chain(recent));
-            if uid {
+            if with_uid {
                 out.text(" UID ").num(uid_value);
             }
             if condstore {
