@@ -1218,3 +1218,24 @@ fn renaming_inbox_keeps_the_order() {
         .collect();
     assert_eq!(subjects, ["m1", "m2", "m3"]);
 }
+
+/// A keyword set in another case on another message takes the spelling the mailbox has
+/// (RFC 3501 §2.3.2: keywords are case-insensitive), as with Dovecot: no second keyword
+/// that no FLAGS response named.
+#[test]
+fn a_keyword_in_another_case_is_the_same_keyword() {
+    let server = Server::start();
+    let mut raw = server.login();
+    for i in 1..=2 {
+        let m = format!("Subject: k{i}\r\n\r\nx\r\n");
+        raw.ok(&format!("APPEND INBOX {{{}}}\r\n{m}", m.len()));
+    }
+    raw.ok("SELECT INBOX");
+    raw.ok("STORE 1 +FLAGS (Foo)");
+    let stored = raw.ok("STORE 2 +FLAGS (FOO)");
+    let fetch = stored.iter().find(|l| l.contains("FETCH")).unwrap();
+    assert!(
+        fetch.contains("Foo") && !fetch.contains("FOO"),
+        "{stored:?}"
+    );
+}

@@ -127,7 +127,20 @@ impl Session {
             StoreType::Remove => FlagOp::Remove,
             StoreType::Replace => FlagOp::Replace,
         };
-        let flags = Flags::new(flags.iter().map(flag_text));
+        // Keywords are case-insensitive (RFC 3501 §2.3.2): one the mailbox knows takes the
+        // spelling it has there, as with Dovecot, so that FOO sets or clears Foo, not a second
+        // keyword no FLAGS response named.
+        let flags = Flags::new(flags.iter().map(flag_text).map(|f| {
+            if f.starts_with('\\') {
+                return f;
+            }
+            selected
+                .keywords
+                .iter()
+                .find(|k| k.eq_ignore_ascii_case(&f))
+                .cloned()
+                .unwrap_or(f)
+        }));
         let id = selected.mailbox.id;
         let store = self.shared.store.clone();
         let stored = tokio::task::spawn_blocking(move || {
