@@ -1355,25 +1355,17 @@ fn upstream_flags(dovecot: &Dovecot, folder: &str) -> Vec<String> {
     untagged(&seen, 1)
 }
 
-/// Against a server without UIDPLUS and MOVE (not announced, and no COPYUID or APPENDUID in
-/// its answers): a local expunge leaves the message upstream marked \Deleted (a plain EXPUNGE
-/// would also remove what other clients marked); a move is a COPY, and the original is marked
-/// \Deleted; a draft goes up encrypted and is found again by its token. No later pass takes
-/// the messages left behind for new mail, nor the copy in the target folder for a second
-/// message; when another client expunges them, nothing changes here.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn changes_written_back_to_a_server_without_uidplus_or_move() {
-    let world = World::new();
+/// A Dovecot without UIDPLUS and MOVE (not announced, and their response codes stripped by a
+/// proxy) holding what `steps` put there (three messages), synced once to Bob's store:
+/// (Dovecot, server, the config's directory, config).
+fn synced_without_uidplus(
+    world: &World,
+    steps: serde_json::Value,
+) -> (Dovecot, Server, tempfile::TempDir, std::path::PathBuf) {
     let dovecot = Dovecot::start_tls_announcing(NEITHER_UIDPLUS_NOR_MOVE);
-    upstream(
-        &dovecot,
-        json!([{"cmd": "raw", "line": "CREATE Archive"},
-        append_bytes("INBOX", &plain_message("one")),
-        append_bytes("INBOX", &plain_message("two")),
-        append_bytes("INBOX", &plain_message("three"))]),
-    );
+    upstream(&dovecot, steps);
     let port = proxy(dovecot.port, |_| false, true);
-    let server = Server::start_config("", &gnupg_table(&world));
+    let server = Server::start_config("", &gnupg_table(world));
     let dir = tempfile::tempdir().unwrap();
     let config = sync_config(
         &server,
@@ -1387,6 +1379,25 @@ async fn changes_written_back_to_a_server_without_uidplus_or_move() {
     );
     let out = sync_once(&config);
     assert_eq!(stdout(&out).trim(), format!("{USER}: 3 new"), "{out:?}");
+    (dovecot, server, dir, config)
+}
+
+/// Against a server without UIDPLUS and MOVE (not announced, and no COPYUID or APPENDUID in
+/// its answers): a local expunge leaves the message upstream marked \Deleted (a plain EXPUNGE
+/// would also remove what other clients marked); a move is a COPY, and the original is marked
+/// \Deleted; a draft goes up encrypted and is found again by its token. No later pass takes
+/// the messages left behind for new mail, nor the copy in the target folder for a second
+/// message; when another client expunges them, nothing changes here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_written_back_to_a_server_without_uidplus_or_move() {
+    let world = World::new();
+    let (dovecot, server, _dir, config) = synced_without_uidplus(
+        &world,
+        json!([{"cmd": "raw", "line": "CREATE Archive"},
+        append_bytes("INBOX", &plain_message("one")),
+        append_bytes("INBOX", &plain_message("two")),
+        append_bytes("INBOX", &plain_message("three"))]),
+    );
 
     let mut raw = server.login();
     raw.ok("SELECT INBOX");
@@ -1460,30 +1471,14 @@ async fn changes_written_back_to_a_server_without_uidplus_or_move() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn later_changes_follow_a_copy_no_copyuid_named() {
     let world = World::new();
-    let dovecot = Dovecot::start_tls_announcing(NEITHER_UIDPLUS_NOR_MOVE);
-    upstream(
-        &dovecot,
+    let (dovecot, server, _dir, config) = synced_without_uidplus(
+        &world,
         json!([{"cmd": "raw", "line": "CREATE Archive"},
         {"cmd": "raw", "line": "CREATE Trash"},
         append_bytes("INBOX", &plain_message("moved on")),
         append_bytes("INBOX", &plain_message("flagged")),
         append_bytes("INBOX", &plain_message("expunged"))]),
     );
-    let port = proxy(dovecot.port, |_| false, true);
-    let server = Server::start_config("", &gnupg_table(&world));
-    let dir = tempfile::tempdir().unwrap();
-    let config = sync_config(
-        &server,
-        &upstream_table(
-            &dovecot,
-            dir.path(),
-            "none",
-            port,
-            "address = \"bob@example.org\"",
-        ),
-    );
-    let out = sync_once(&config);
-    assert_eq!(stdout(&out).trim(), format!("{USER}: 3 new"), "{out:?}");
     let mut raw = server.login();
     raw.ok("SELECT INBOX");
     raw.ok("UID MOVE 1:3 Archive");
