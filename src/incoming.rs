@@ -329,14 +329,19 @@ fn start_retry(config: &Config, account: &str) {
 }
 
 /// `deliver --retry-only`: one retry of the account's undecryptable messages at a time (the
-/// sync's lock: several deliveries start one each, and the first records the try).
+/// sync's lock). One that finds the lock held ends at once: the holder, a sync pass or
+/// another retry, tries them itself, and retries of many deliveries would otherwise queue up
+/// behind a long pass, a process each.
 async fn retry_in_background(config: &Config, account: &str) -> Result<u8, CliError> {
     let store = open_store(config)
         .await
         .map_err(|e| CliError::Temporary(e.to_string()))?;
-    let _lock = crate::sync::sync_lock(&store)
+    let Some(_lock) = crate::sync::try_sync_lock(&store)
         .await
-        .map_err(|e| CliError::Temporary(e.to_string()))?;
+        .map_err(|e| CliError::Temporary(e.to_string()))?
+    else {
+        return Ok(0);
+    };
     let Some(id) = store.account(account)? else {
         return Ok(0);
     };

@@ -6,7 +6,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 
 use common::dovecot::Dovecot;
 use common::imap::{append_bytes, run_client, Tls};
@@ -2835,4 +2835,72 @@ async fn a_keyword_the_server_refuses_holds_nothing_up() {
     let store = sealpost::store::Store::open(&server.store_path()).unwrap();
     let account = store.account(USER).unwrap().unwrap();
     assert_eq!(store.journal_backlog(account).unwrap(), (0, None));
+}
+
+/// A notify_command that is still running holds up nothing: the next pass (here a second
+/// `sync --once`) goes through while it runs, as the sync lock is let go before it starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_notify_command_holds_up_no_other_pass() {
+    let world = World::new();
+    let maildir = tempfile::tempdir().unwrap();
+    let root = maildir.path();
+    for sub in ["new", "cur", "tmp"] {
+        std::fs::create_dir_all(root.join(sub)).unwrap();
+    }
+    std::fs::write(
+        root.join("new/1700000001.M1P1.host"),
+        b"From: a@example.org\r\nSubject: one\r\n\r\nx\r\n",
+    )
+    .unwrap();
+    let (fifo, release) = (root.join("notified"), root.join("release"));
+    let made = Command::new("mkfifo")
+        .arg(&fifo)
+        .arg(&release)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let server = Server::start_config("", &gnupg_table(&world));
+    // The command says it started (on one FIFO), then waits until the test lets it end
+    // (the other).
+    let config = sync_config(
+        &server,
+        &format!(
+            "[accounts.maildir]\npath = \"{}\"\nnotify_command = \"echo started > {} && cat {} > /dev/null\"\n",
+            root.display(),
+            fifo.display(),
+            release.display()
+        ),
+    );
+    let mut first = Command::new(env!("CARGO_BIN_EXE_sealpost"))
+        .arg("--config")
+        .arg(&config)
+        .args(["sync", "--once"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Opening the FIFO for reading waits until the command writes: it is running now.
+    let said = std::fs::read_to_string(&fifo).unwrap();
+    assert_eq!(said.trim(), "started");
+    std::fs::write(
+        root.join("new/1700000002.M2P1.host"),
+        b"From: a@example.org\r\nSubject: two\r\n\r\ny\r\n",
+    )
+    .unwrap();
+    let plain = sync_config(
+        &server,
+        &format!("[accounts.maildir]\npath = \"{}\"\n", root.display()),
+    );
+    let second = sync_once(&plain);
+    assert_eq!(
+        stdout(&second).trim(),
+        format!("{USER}: 1 new"),
+        "{second:?}"
+    );
+    assert!(
+        first.try_wait().unwrap().is_none(),
+        "the first is still notifying"
+    );
+    std::fs::write(&release, b"done\n").unwrap();
+    assert!(first.wait().unwrap().success());
 }

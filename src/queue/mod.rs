@@ -981,6 +981,15 @@ impl RunLock {
     /// Waits for the exclusive lock on `path` (created mode 0600 when missing); held until
     /// the RunLock is dropped.
     pub fn acquire_path(path: &Path) -> std::io::Result<RunLock> {
+        Self::lock_path(path, true).map(|lock| lock.expect("a blocking lock is taken"))
+    }
+
+    /// The exclusive lock on `path` if no one holds it now; None when someone does.
+    pub fn try_acquire_path(path: &Path) -> std::io::Result<Option<RunLock>> {
+        Self::lock_path(path, false)
+    }
+
+    fn lock_path(path: &Path, wait: bool) -> std::io::Result<Option<RunLock>> {
         use std::os::fd::AsRawFd;
         use std::os::unix::fs::OpenOptionsExt;
         // No link followed: as root in a queue another user owns, a planted run.lock link
@@ -993,12 +1002,20 @@ impl RunLock {
             .mode(0o600)
             .custom_flags(libc::O_NOFOLLOW)
             .open(path)?;
+        let mode = if wait {
+            libc::LOCK_EX
+        } else {
+            libc::LOCK_EX | libc::LOCK_NB
+        };
         loop {
             // SAFETY: flock on a file descriptor we own.
-            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } == 0 {
-                return Ok(RunLock(file));
+            if unsafe { libc::flock(file.as_raw_fd(), mode) } == 0 {
+                return Ok(Some(RunLock(file)));
             }
             let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::WouldBlock {
+                return Ok(None);
+            }
             if e.kind() != std::io::ErrorKind::Interrupted {
                 return Err(e);
             }

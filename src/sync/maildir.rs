@@ -75,7 +75,7 @@ struct Pending {
 impl MaildirSync {
     /// One scan of every folder.
     pub async fn sync_once(&self) -> Result<SyncReport, SyncError> {
-        let _lock = sync_lock(&self.store).await?;
+        let lock = sync_lock(&self.store).await?;
         let (store, name) = (self.store.clone(), self.name.clone());
         let account = blocking(move || store.ensure_account(&name)).await??;
         let mut report = SyncReport::default();
@@ -103,6 +103,8 @@ impl MaildirSync {
             }
         }
         report.redecrypted = super::retry_undecryptable(&self.store, &self.keys, account).await?;
+        // The notify command runs without the lock (see the IMAP sync).
+        drop(lock);
         super::log_and_notify(&self.name, self.config.notify_command.as_deref(), &report).await;
         Ok(report)
     }

@@ -128,11 +128,14 @@ pub struct Syncer {
 impl Syncer {
     /// One full pass over every folder.
     pub async fn sync_once(&self) -> Result<SyncReport, SyncError> {
-        let _lock = sync_lock(&self.store).await?;
+        let lock = sync_lock(&self.store).await?;
         let mut session = upstream::connect(&self.config).await?;
         let result = self.sync_session(&mut session).await;
         let _ = tokio::time::timeout(self.config.timeout(), session.logout()).await;
         let report = result?;
+        // The notify command runs without the lock: however long it takes, other passes
+        // and deliveries' retries go on.
+        drop(lock);
         log_and_notify(&self.name, self.config.notify_command.as_deref(), &report).await;
         Ok(report)
     }
@@ -1176,6 +1179,16 @@ pub(crate) async fn sync_lock(store: &Store) -> Result<crate::queue::RunLock, Sy
         .map_err(|e| SyncError::Task(format!("sync lock: {e}")))
 }
 
+/// The sync lock when no one holds it now (see [`sync_lock`]); None when someone does.
+pub(crate) async fn try_sync_lock(
+    store: &Store,
+) -> Result<Option<crate::queue::RunLock>, SyncError> {
+    let path = std::path::PathBuf::from(format!("{}.sync-lock", store.path().display()));
+    blocking(move || crate::queue::RunLock::try_acquire_path(&path))
+        .await?
+        .map_err(|e| SyncError::Task(format!("sync lock: {e}")))
+}
+
 /// Logs "N new messages" per mailbox and runs the account's notify_command, when set and
 /// there is new mail, with the counts in its environment.
 async fn log_and_notify(account: &str, command: Option<&str>, report: &SyncReport) {
@@ -1192,21 +1205,37 @@ async fn log_and_notify(account: &str, command: Option<&str>, report: &SyncRepor
         .map(|(m, n)| format!("{m}={n}"))
         .collect::<Vec<_>>()
         .join(" ");
-    let status = tokio::process::Command::new("/bin/sh")
+    // Given NOTIFY_SECS, then killed; killed too when the daemon stops (kill_on_drop), so
+    // that a command that hangs neither holds up the next pass for good nor outlives it.
+    let child = tokio::process::Command::new("/bin/sh")
         .arg("-c")
         .arg(command)
         .env("SEALPOST_ACCOUNT", account)
         .env("SEALPOST_NEW", report.total().to_string())
         .env("SEALPOST_NEW_BY_MAILBOX", by_mailbox)
         .stdin(std::process::Stdio::null())
-        .status()
-        .await;
-    match status {
-        Ok(s) if s.success() => {}
-        Ok(s) => tracing::warn!(%account, "notify_command exited with {s}"),
-        Err(e) => tracing::warn!(%account, "notify_command: {e}"),
+        .kill_on_drop(true)
+        .spawn();
+    let mut child = match child {
+        Ok(child) => child,
+        Err(e) => {
+            tracing::warn!(%account, "notify_command: {e}");
+            return;
+        }
+    };
+    match tokio::time::timeout(Duration::from_secs(NOTIFY_SECS), child.wait()).await {
+        Ok(Ok(s)) if s.success() => {}
+        Ok(Ok(s)) => tracing::warn!(%account, "notify_command exited with {s}"),
+        Ok(Err(e)) => tracing::warn!(%account, "notify_command: {e}"),
+        Err(_) => {
+            tracing::warn!(%account, "notify_command still running after {NOTIFY_SECS} s: killed");
+            let _ = child.kill().await;
+        }
     }
 }
+
+/// How long a notify_command may run.
+const NOTIFY_SECS: u64 = 60;
 
 /// An account's source: an upstream IMAP account or a Maildir.
 pub enum Source {
