@@ -971,9 +971,12 @@ impl Syncer {
     /// write back (the store's commits are watched, also those of other processes). Entries
     /// that were there before do not count: an entry the server keeps refusing would
     /// otherwise start a pass at every commit, the sync's own included.
+    /// A change made during the pass, after its write-back, counts at once: its commit's
+    /// notice was taken before the pass ended.
     async fn local_change(&self, local: &mut tokio::sync::watch::Receiver<u64>, since: i64) {
+        let mut first = true;
         loop {
-            if local.changed().await.is_err() {
+            if !std::mem::take(&mut first) && local.changed().await.is_err() {
                 return std::future::pending().await;
             }
             let (store, name) = (self.store.clone(), self.name.clone());
