@@ -29,7 +29,8 @@ pub use import::{crlf, import_path, maildir_flags, ImportError, ImportReport};
 pub(crate) use import::{days_from_civil, MONTHS};
 use sync::journal;
 pub use sync::{
-    is_local_keyword, JournalEntry, SyncFolder, UpstreamRef, WrittenBack, LOCAL_KEYWORD_PREFIX,
+    holds_delimiter, is_local_keyword, JournalEntry, SyncFolder, UpstreamRef, WrittenBack,
+    LOCAL_KEYWORD_PREFIX,
 };
 
 pub type AccountId = i64;

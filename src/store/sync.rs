@@ -52,7 +52,7 @@ impl Store {
             .and_then(|code| u32::try_from(code).ok())
             .and_then(char::from_u32);
         Ok(delimiter
-            .filter(|&d| name.split('/').any(|part| part.contains(d)))
+            .filter(|d| holds_delimiter(name, d.encode_utf8(&mut [0; 4])))
             .map(|d| {
                 format!(
                     "the upstream server's hierarchy delimiter {d:?} cannot be in a mailbox name \
@@ -60,6 +60,14 @@ impl Store {
                 )
             }))
     }
+}
+
+/// Whether a part of the local mailbox name `name` holds the upstream's hierarchy delimiter
+/// (one other than "/"), so that upstream would read it as another folder.
+pub fn holds_delimiter(name: &str, delimiter: &str) -> bool {
+    !delimiter.is_empty()
+        && delimiter != "/"
+        && name.split('/').any(|part| part.contains(delimiter))
 }
 
 /// Whether `flag` is one of sealpost's own keywords, in any letter case (IMAP keywords are
@@ -853,7 +861,6 @@ impl Store {
         })
     }
 
-    /// The keys (store_meta) that begin with `prefix`, with their numbers.
     /// Whether any key of the store's meta table starts with `prefix` (an ASCII text): one
     /// seek on the key's index.
     pub fn has_meta_prefixed(&self, prefix: &str) -> Result<bool, StoreError> {
@@ -868,6 +875,7 @@ impl Store {
         })
     }
 
+    /// The keys (store_meta) that begin with `prefix`, with their numbers.
     pub fn meta_prefixed(&self, prefix: &str) -> Result<Vec<(String, i64)>, StoreError> {
         self.read(|c| {
             let mut statement = c.prepare_cached(

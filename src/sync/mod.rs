@@ -285,9 +285,7 @@ impl Syncer {
         let synced = blocking(move || store.synced_folders(account)).await??;
         let mut expunged = 0;
         for folder in synced {
-            if listed.iter().any(|(name, _)| *name == folder)
-                || !(self.config.folders.is_empty() || self.config.folders.contains(&folder))
-            {
+            if listed.iter().any(|(name, _)| *name == folder) || !self.config.syncs(&folder) {
                 continue;
             }
             let line = format!("EXAMINE {}", quote(&folder));
@@ -333,9 +331,7 @@ impl Syncer {
                 let name = upstream::unquoted(n.name());
                 (name, n.delimiter().map(upstream::unquoted))
             })
-            .filter(|(name, _)| {
-                self.config.folders.is_empty() || self.config.folders.iter().any(|f| f == name)
-            })
+            .filter(|(name, _)| self.config.syncs(name))
             .collect();
         // INBOX first: that is where new mail is awaited.
         folders.sort_by_key(|(name, _)| (!name.eq_ignore_ascii_case("INBOX"), name.clone()));
@@ -1176,7 +1172,7 @@ fn fetched_message(
 /// One sync at a time per store (the daemons inside `sealpost imap` and a manual `sealpost
 /// sync --once` take turns): a lock file beside the store.
 pub(crate) async fn sync_lock(store: &Store) -> Result<crate::queue::RunLock, SyncError> {
-    let path = std::path::PathBuf::from(format!("{}.sync-lock", store.path().display()));
+    let path = sync_lock_path(store);
     blocking(move || crate::queue::RunLock::acquire_path(&path))
         .await?
         .map_err(|e| SyncError::Task(format!("sync lock: {e}")))
@@ -1186,10 +1182,14 @@ pub(crate) async fn sync_lock(store: &Store) -> Result<crate::queue::RunLock, Sy
 pub(crate) async fn try_sync_lock(
     store: &Store,
 ) -> Result<Option<crate::queue::RunLock>, SyncError> {
-    let path = std::path::PathBuf::from(format!("{}.sync-lock", store.path().display()));
+    let path = sync_lock_path(store);
     blocking(move || crate::queue::RunLock::try_acquire_path(&path))
         .await?
         .map_err(|e| SyncError::Task(format!("sync lock: {e}")))
+}
+
+fn sync_lock_path(store: &Store) -> std::path::PathBuf {
+    std::path::PathBuf::from(format!("{}.sync-lock", store.path().display()))
 }
 
 /// Logs "N new messages" per mailbox and runs the account's notify_command, when set and

@@ -85,6 +85,11 @@ pub enum UpstreamAuth {
 }
 
 impl UpstreamConfig {
+    /// Whether the upstream folder `folder` is synced: every one when `folders` is empty.
+    pub fn syncs(&self, folder: &str) -> bool {
+        self.folders.is_empty() || self.folders.iter().any(|f| f == folder)
+    }
+
     pub fn port(&self) -> u16 {
         self.port.unwrap_or(match self.tls {
             UpstreamTls::Implicit => 993,

@@ -590,15 +590,7 @@ impl Syncer {
         unlink: Option<(MailboxId, u32)>,
         hash_from: Option<(MailboxId, u32)>,
     ) -> Result<WrittenBack, Failure> {
-        // Without UIDPLUS no COPYUID names the copy: it is found by the original's bytes,
-        // taken now, while the original is there. Unlinked, the copy would be fetched as new
-        // mail, and a later move or expunge of the message here would not reach it.
-        let print = if up.uidplus {
-            None
-        } else {
-            let estimate = self.estimate(target, new_uid).await?;
-            up.fingerprint(self, from.uid, estimate).await?
-        };
+        let print = self.print_for_copy(up, from, target, new_uid).await?;
         if !up.can_move {
             // Counted before it is sent: after a crash from here on, the retry looks first.
             let (store, id) = (self.store.clone(), entry.id);
@@ -776,13 +768,7 @@ impl Syncer {
             // copy is then uploaded.
             return Err(Failure::Entry(STALE_LINK.into()));
         }
-        // Without UIDPLUS the copy is found by the original's bytes (see copy_then_expunge).
-        let print = if up.uidplus {
-            None
-        } else {
-            let estimate = self.estimate(target, entry.uid).await?;
-            up.fingerprint(self, from.uid, estimate).await?
-        };
+        let print = self.print_for_copy(up, &from, target, entry.uid).await?;
         // Counted before it is sent: after a crash from here on, the retry looks first.
         let (store, id) = (self.store.clone(), entry.id);
         blocking(move || store.journal_attempt(id, "")).await??;
@@ -826,6 +812,24 @@ impl Syncer {
             .into_iter()
             .next()
             .map(|(_, content)| content.raw.to_vec()))
+    }
+
+    /// Without UIDPLUS no COPYUID names the copy a COPY or MOVE of `original` (selected) makes:
+    /// it is found afterwards by the original's (size, SHA-256), taken here while the
+    /// original is there. Unlinked, the copy would be fetched as new mail, and a later change
+    /// to the message here (local `target`/`uid`) would not reach it. None with UIDPLUS.
+    async fn print_for_copy(
+        &self,
+        up: &mut Upstream<'_>,
+        original: &UpstreamRef,
+        target: MailboxId,
+        uid: u32,
+    ) -> Result<Option<(u64, [u8; 32])>, Failure> {
+        if up.uidplus {
+            return Ok(None);
+        }
+        let estimate = self.estimate(target, uid).await?;
+        up.fingerprint(self, original.uid, estimate).await
     }
 
     /// About how many bytes a local message's upstream form takes (its ciphertext is larger
@@ -1022,7 +1026,7 @@ impl Syncer {
     /// Whether an upstream folder is one the account syncs (`folders`, when set, limits it):
     /// folders left out are never touched.
     fn synced(&self, folder: &str) -> bool {
-        self.config.folders.is_empty() || self.config.folders.iter().any(|f| f == folder)
+        self.config.syncs(folder)
     }
 }
 
@@ -1052,11 +1056,7 @@ impl Upstream<'_> {
     /// the upstream's hierarchy delimiter ("v1.2" is v1's child 2 where it is "."). One that
     /// has none stays here, with a warning: its changes are not written back.
     fn representable(&self, syncer: &Syncer, local: &str) -> bool {
-        let fine = self.delimiter == "/"
-            || self.delimiter.is_empty()
-            || !local
-                .split('/')
-                .any(|part| part.contains(self.delimiter.as_str()));
+        let fine = !crate::store::holds_delimiter(local, &self.delimiter);
         if !fine {
             tracing::warn!(account = %syncer.name, mailbox = %local,
                 "the mailbox's name holds the upstream's hierarchy delimiter {:?}: it stays here, \
