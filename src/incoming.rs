@@ -360,19 +360,6 @@ const OUTAGE_GIVE_UP_SECS: i64 = 86_400;
 /// `deliver-undecrypted:{account}:{sha256 of the message}`.
 pub(crate) const DELIVER_STRUCK_PREFIX: &str = "deliver-undecrypted:";
 
-/// Whether the message starts with an mbox envelope line ("From sender date"), not with a
-/// From field (obsolete syntax allows blanks before the colon: "From : alice@x", RFC 5322
-/// §4.5.1).
-fn is_envelope_line(raw: &[u8]) -> bool {
-    let Some(rest) = raw.strip_prefix(b"From ") else {
-        return false;
-    };
-    let line = rest.split(|b| *b == b'\n').next().unwrap_or_default();
-    line.iter()
-        .find(|b| !matches!(b, b' ' | b'\t'))
-        .is_some_and(|b| *b != b':')
-}
-
 /// `sealpost deliver`: a local delivery agent (Postfix `mailbox_command`, procmail-style).
 /// Reads one message on stdin, decrypts and verifies it with the configured GnuPG home (the
 /// account owner's keys), stores it with its verdict and prints `delivered UID`. Exit codes
@@ -414,7 +401,7 @@ pub async fn deliver(config: Config, args: DeliverArgs) -> Result<u8, CliError> 
     }
     // Postfix's local(8) hands a mailbox_command the message after an mbox envelope line
     // ("From sender date"), as procmail and Dovecot's LDA expect: not a header field.
-    if is_envelope_line(&raw) {
+    if crate::message::parse::is_postmark(&raw) {
         let end = raw
             .iter()
             .position(|b| *b == b'\n')
@@ -507,7 +494,7 @@ pub async fn deliver(config: Config, args: DeliverArgs) -> Result<u8, CliError> 
 
 #[cfg(test)]
 mod tests {
-    use super::is_envelope_line;
+    use crate::message::parse::is_postmark as is_envelope_line;
 
     #[test]
     fn an_mbox_envelope_line_is_not_a_from_field() {

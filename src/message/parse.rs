@@ -62,11 +62,13 @@ impl HeaderField {
 /// An mbox postmark, "From sender date": "From" and a blank, where a From header field has
 /// a colon after "From" and any blanks (RFC 5322 §4.5.3 allows blanks before the colon).
 pub(crate) fn is_postmark(raw: &[u8]) -> bool {
-    raw.strip_prefix(b"From ").is_some_and(|rest| {
-        rest.iter()
-            .find(|b| !matches!(b, b' ' | b'\t'))
-            .is_some_and(|&b| b != b':')
-    })
+    let Some(rest) = raw.strip_prefix(b"From ") else {
+        return false;
+    };
+    let line = rest.split(|b| *b == b'\n').next().unwrap_or_default();
+    line.iter()
+        .find(|b| !matches!(b, b' ' | b'\t'))
+        .is_some_and(|b| *b != b':')
 }
 
 /// A message accepted for rewriting: the raw bytes plus its header fields.
