@@ -416,9 +416,7 @@ impl Session {
                 // The selected mailbox deleted by another session: the client is told now,
                 // as Dovecot does, not when it ends the IDLE.
                 Err(CmdError::Store(StoreError::NoMailbox(_))) => {
-                    tracing::info!(peer = %self.peer, "imap: the selected mailbox was deleted");
-                    self.bye("Selected mailbox was deleted, have to disconnect")
-                        .await;
+                    self.bye_mailbox_deleted().await;
                     return Ok(());
                 }
                 Err(error) => tracing::warn!(%error, "imap: IDLE update failed"),

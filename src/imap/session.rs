@@ -579,11 +579,17 @@ impl Session {
         }
         self.conn.write(&out.bytes).await?;
         if deleted {
-            tracing::info!(peer = %self.peer, "imap: the selected mailbox was deleted");
-            self.bye("Selected mailbox was deleted, have to disconnect")
-                .await;
+            self.bye_mailbox_deleted().await;
         }
         Ok(())
+    }
+
+    /// The selected mailbox was deleted by another session: the client is told and the
+    /// connection ends, as with Dovecot.
+    pub(super) async fn bye_mailbox_deleted(&mut self) {
+        tracing::info!(peer = %self.peer, "imap: the selected mailbox was deleted");
+        self.bye("Selected mailbox was deleted, have to disconnect")
+            .await;
     }
 
     /// Tells the client what other sessions (and the sync) changed in the selected mailbox:
