@@ -1939,6 +1939,95 @@ async fn write_back_uses_the_servers_hierarchy_delimiter() {
     assert_eq!(exists(&mut raw, "Par/Kid"), 1);
 }
 
+/// A server that names every folder under "INBOX." (Courier, Cyrus: NAMESPACE
+/// (("INBOX." "."))) and calls its \Sent folder "Sent Items": here they are Sent and
+/// Lists/rust, where a mail client looks; what the client puts into Sent goes up into
+/// "INBOX.Sent Items" (encrypted), and a folder made here is made under the prefix, where the
+/// server accepts it. Nothing comes back twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_namespace_prefix_and_special_use_names_map_to_the_local_mailboxes() {
+    let world = World::new();
+    let dovecot = Dovecot::start_tls_configured(
+        "namespace inbox {\n  inbox = yes\n  prefix = INBOX.\n  separator = .\n  \
+         mailbox \"Sent Items\" {\n    special_use = \\Sent\n    auto = create\n  }\n}\n",
+    );
+    upstream(
+        &dovecot,
+        json!([{"cmd": "raw", "line": "CREATE INBOX.Lists.rust"},
+        append_bytes("INBOX", &plain_message("in the inbox")),
+        append_bytes("INBOX.Sent Items", &plain_message("sent before")),
+        append_bytes("INBOX.Lists.rust", &plain_message("on the list"))]),
+    );
+    let listed = upstream(&dovecot, json!([{"cmd": "raw", "line": "LIST \"\" \"*\""}]));
+    let names = untagged(&listed, 0).join("\n");
+    assert!(
+        names.contains("\\Sent") && names.contains("\"INBOX.Sent Items\""),
+        "{names}"
+    );
+    let server = Server::start_config("", &gnupg_table(&world));
+    let dir = tempfile::tempdir().unwrap();
+    let address = "address = \"bob@example.org\"";
+    let config = sync_config(
+        &server,
+        &upstream_table(&dovecot, dir.path(), "none", dovecot.port, address),
+    );
+    let out = sync_once(&config);
+    assert_eq!(stdout(&out).trim(), format!("{USER}: 3 new"), "{out:?}");
+
+    let mut raw = server.login();
+    let (list, _) = raw.cmd("LIST \"\" \"*\"");
+    let list = list.join("\n");
+    assert!(
+        !list.contains("INBOX/"),
+        "no folder under INBOX here: {list}"
+    );
+    assert!(!list.contains("Sent Items"), "{list}");
+    assert_eq!(exists(&mut raw, "INBOX"), 1);
+    assert_eq!(exists(&mut raw, "Sent"), 1);
+    assert_eq!(exists(&mut raw, "Lists/rust"), 1);
+
+    let sent: &[u8] = b"From: bob@example.org\r\nTo: carol@example.org\r\nSubject: plans\r\n\
+        Message-ID: <sent-ns@example.org>\r\n\r\nthe sent words\r\n";
+    let mut append = format!("APPEND Sent (\\Seen) {{{}+}}\r\n", sent.len()).into_bytes();
+    append.extend_from_slice(sent);
+    raw.ok(&String::from_utf8(append).unwrap());
+    raw.ok("CREATE Work");
+    raw.ok("SELECT INBOX");
+    raw.ok("UID MOVE 1 Lists/rust");
+    raw.ok("UNSELECT");
+    let out = sync_once(&config);
+    assert_eq!(stdout(&out).trim(), format!("{USER}: 0 new"), "{out:?}");
+    assert_eq!(waiting_changes(&server), 0, "every change went up: {out:?}");
+
+    let files = dovecot.mailbox_files("Sent Items");
+    assert_eq!(files.len(), 2, "{files:?}");
+    let uploaded = files
+        .iter()
+        .map(|f| std::fs::read(f).unwrap())
+        .find(|m| common::contains(m, "-----BEGIN PGP MESSAGE-----"))
+        .expect("the Sent copy went up encrypted");
+    assert!(!common::contains(&uploaded, "the sent words"));
+    assert_eq!(dovecot.mailbox_files("Lists.rust").len(), 2);
+    assert!(dovecot.mailbox_files("INBOX").is_empty());
+    let listed = upstream(&dovecot, json!([{"cmd": "raw", "line": "LIST \"\" \"*\""}]));
+    let names = untagged(&listed, 0).join("\n");
+    assert!(names.lines().any(|l| l.ends_with(" INBOX.Work")), "{names}");
+    assert!(
+        !names
+            .lines()
+            .any(|l| l.ends_with(" Sent") || l.ends_with(" INBOX.Sent")),
+        "no second Sent upstream: {names}"
+    );
+
+    let out = sync_once(&config);
+    assert_eq!(stdout(&out).trim(), format!("{USER}: 0 new"), "{out:?}");
+    assert_eq!(exists(&mut raw, "Sent"), 2);
+    assert_eq!(exists(&mut raw, "Lists/rust"), 2);
+    assert_eq!(exists(&mut raw, "INBOX"), 0);
+    let (list, _) = raw.cmd("LIST \"\" \"*\"");
+    assert!(!list.join("\n").contains("INBOX/"), "{list:?}");
+}
+
 /// Folders a client creates here, empty, are made upstream at the next pass, their new
 /// parents with them; one created and renamed before that pass is made under its new name,
 /// one created and deleted is not made at all. Nothing is written twice.

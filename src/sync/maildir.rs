@@ -15,7 +15,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{batches, blocking, decrypt, local_name, sync_lock, Progress, SyncError, SyncReport};
+use super::names::FolderNames;
+use super::{batches, blocking, decrypt, sync_lock, Progress, SyncError, SyncReport};
 use crate::keys::KeyService;
 use crate::store::{maildir_flags, AccountId, Flags, InternalDate, Store, StoreError};
 
@@ -83,7 +84,7 @@ impl MaildirSync {
             let local = if folder == "INBOX" {
                 folder.clone()
             } else {
-                match local_name(&folder, Some(".")) {
+                match FolderNames::flat(".").local(&folder) {
                     Ok(local) => local,
                     Err(e) => {
                         tracing::warn!(account = %self.name, "Maildir folder {folder:?} left out: {e}");

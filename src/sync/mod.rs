@@ -22,6 +22,7 @@
 //! the start of every sync ([`writeback`]).
 
 pub mod maildir;
+mod names;
 pub mod upstream;
 mod writeback;
 
@@ -36,7 +37,10 @@ use sha2::{Digest, Sha256};
 use crate::inbound::InboundError;
 use crate::keys::{KeyError, KeyService};
 use crate::rewrite::Policy;
-use crate::store::{AccountId, Flags, InternalDate, Prepared, Store, StoreError, SyncMark};
+use crate::store::{
+    AccountId, Flags, InternalDate, Prepared, SpecialUse, Store, StoreError, SyncMark,
+};
+use names::{FolderNames, Listed};
 use upstream::{command, quote, Session, UpstreamConfig};
 
 /// Messages fetched and stored per transaction.
@@ -151,10 +155,18 @@ impl Syncer {
         .await??;
         let mut report = SyncReport::default();
         let capabilities = within(self.config.timeout(), session.capabilities()).await?;
+        let prefix = if capabilities.has_str("NAMESPACE") {
+            within(self.config.timeout(), upstream::personal_prefix(session)).await?
+        } else {
+            String::new()
+        };
         // Local changes first: a message moved or expunged here must not come back (a fetch
         // leaves alone messages with changes still waiting, so new mail can come down
         // whatever became of the write-back).
-        match self.write_back(session, &capabilities, account).await {
+        match self
+            .write_back(session, &capabilities, &prefix, account)
+            .await
+        {
             Ok(counts) => (report.written_back, report.waiting) = counts,
             Err(e @ (SyncError::Store(_) | SyncError::Task(_))) => return Err(e),
             Err(e) => {
@@ -169,20 +181,21 @@ impl Syncer {
         }
         let condstore = capabilities.has_str("CONDSTORE");
         let mut reconnected = false;
-        let listed = self.folders(session).await?;
+        let listed = self.folders(session, &capabilities).await?;
+        let names = FolderNames::new(&prefix, &listed);
         // For the IMAP server: no local name may hold the delimiter (see writeback).
         let delimiter = listed
             .iter()
-            .find_map(|(_, d)| d.as_deref().and_then(|d| d.chars().next()));
+            .find_map(|l| l.delimiter.as_deref().and_then(|d| d.chars().next()));
         let store = self.store.clone();
         blocking(move || store.set_upstream_delimiter(account, delimiter)).await??;
         let mut every_folder = true;
         let store = self.store.clone();
         let departures = blocking(move || store.waiting_departures(account)).await??;
-        for (folder, delimiter) in listed.iter() {
+        for Listed { wire: folder, .. } in listed.iter() {
             // A folder that cannot be synced (a name sealpost cannot store, EXAMINE refused)
             // is left out with a warning; the folders after it still are.
-            let local = match local_name(folder, delimiter.as_deref()) {
+            let local = match names.local(folder) {
                 Ok(local) => local,
                 Err(e) => {
                     tracing::warn!(account = %self.name, "upstream folder {folder:?} left out: {e}");
@@ -279,13 +292,13 @@ impl Syncer {
         &self,
         session: &mut Session,
         account: AccountId,
-        listed: &[(String, Option<String>)],
+        listed: &[Listed],
     ) -> Result<usize, SyncError> {
         let store = self.store.clone();
         let synced = blocking(move || store.synced_folders(account)).await??;
         let mut expunged = 0;
         for folder in synced {
-            if listed.iter().any(|(name, _)| *name == folder) || !self.config.syncs(&folder) {
+            if listed.iter().any(|l| l.wire == folder) || !self.config.syncs(&folder) {
                 continue;
             }
             let line = format!("EXAMINE {}", quote(&folder));
@@ -305,17 +318,30 @@ impl Syncer {
         Ok(expunged)
     }
 
-    /// The upstream folders to sync: (wire name, hierarchy delimiter).
+    /// The upstream folders to sync, INBOX first. Special-use attributes (RFC 6154) come
+    /// with a plain LIST from most servers; one that announces SPECIAL-USE and LIST-EXTENDED
+    /// is asked for them.
     async fn folders(
         &self,
         session: &mut Session,
-    ) -> Result<Vec<(String, Option<String>)>, SyncError> {
+        capabilities: &async_imap::types::Capabilities,
+    ) -> Result<Vec<Listed>, SyncError> {
         let timeout = self.config.timeout();
+        let pattern =
+            if capabilities.has_str("SPECIAL-USE") && capabilities.has_str("LIST-EXTENDED") {
+                "\"*\" RETURN (SPECIAL-USE)"
+            } else {
+                "*"
+            };
         let names: Vec<_> = within(timeout, async {
-            session.list(Some(""), Some("*")).await?.try_collect().await
+            session
+                .list(Some(""), Some(pattern))
+                .await?
+                .try_collect()
+                .await
         })
         .await?;
-        let mut folders: Vec<(String, Option<String>)> = names
+        let mut folders: Vec<Listed> = names
             .iter()
             .filter(|n| {
                 // \NoSelect (RFC 3501 §7.2.2); \NonExistent (RFC 5258) implies it.
@@ -328,13 +354,25 @@ impl Syncer {
                 })
             })
             .map(|n| {
-                let name = upstream::unquoted(n.name());
-                (name, n.delimiter().map(upstream::unquoted))
+                use async_imap::types::NameAttribute as A;
+                let special_use = n.attributes().iter().find_map(|a| match a {
+                    A::Sent => Some(SpecialUse::Sent),
+                    A::Drafts => Some(SpecialUse::Drafts),
+                    A::Trash => Some(SpecialUse::Trash),
+                    A::Junk => Some(SpecialUse::Junk),
+                    A::Archive => Some(SpecialUse::Archive),
+                    _ => None,
+                });
+                Listed {
+                    wire: upstream::unquoted(n.name()),
+                    delimiter: n.delimiter().map(upstream::unquoted),
+                    special_use,
+                }
             })
-            .filter(|(name, _)| self.config.syncs(name))
+            .filter(|l| self.config.syncs(&l.wire))
             .collect();
         // INBOX first: that is where new mail is awaited.
-        folders.sort_by_key(|(name, _)| (!name.eq_ignore_ascii_case("INBOX"), name.clone()));
+        folders.sort_by_key(|l| (!l.wire.eq_ignore_ascii_case("INBOX"), l.wire.clone()));
         Ok(folders)
     }
 
@@ -1717,19 +1755,6 @@ pub(crate) async fn strike_over(
     .map_err(SyncError::from)
 }
 
-/// The local mailbox name for an upstream folder: its hierarchy delimiter becomes "/", and
-/// the modified UTF-7 wire name becomes UTF-8 (RFC 3501 §5.1.3).
-fn local_name(wire: &str, delimiter: Option<&str>) -> Result<String, String> {
-    let with_slash = match delimiter {
-        Some(d) if d != "/" && !d.is_empty() => wire.replace(d, "/"),
-        _ => wire.to_string(),
-    };
-    if with_slash.eq_ignore_ascii_case("INBOX") {
-        return Ok("INBOX".into());
-    }
-    crate::imap::names::validate(with_slash.as_bytes()).map_err(|e| e.to_string())
-}
-
 /// The upstream flags that carry over, from their names as the server wrote them: system
 /// flags but \Recent, and keywords but sealpost's own verdict keywords (whoever can set flags
 /// upstream could make a message look signed).
@@ -1844,15 +1869,6 @@ mod tests {
                 "undecrypted:1:INBOX:7:13:since",
             ]
         );
-    }
-
-    #[test]
-    fn upstream_names_become_local_ones() {
-        assert_eq!(local_name("INBOX", Some(".")).unwrap(), "INBOX");
-        assert_eq!(local_name("inbox", Some("/")).unwrap(), "INBOX");
-        assert_eq!(local_name("Lists.rust", Some(".")).unwrap(), "Lists/rust");
-        assert_eq!(local_name("Lists/rust", Some("/")).unwrap(), "Lists/rust");
-        assert_eq!(local_name("Entw&APw-rfe", Some(".")).unwrap(), "Entwürfe");
     }
 
     #[test]

@@ -477,6 +477,115 @@ pub async fn command(
     }
 }
 
+/// The longest NAMESPACE exchange read: a server's answer is a line or two.
+const MAX_NAMESPACE_REPLY: usize = 64 * 1024;
+
+/// The personal namespace's prefix (RFC 2342): "INBOX." on Courier and Cyrus, where every
+/// folder but INBOX is named under it; empty where the server has none or names none.
+///
+/// imap-proto cannot parse a NAMESPACE response (and an untagged response it cannot parse
+/// leaves async-imap's reader stuck), so the command goes over the stream below async-imap.
+/// That is safe between commands: after a completed command async-imap has read nothing
+/// ahead, and this reads exactly up to its own completion (literals included).
+pub async fn personal_prefix(session: &mut Session) -> Result<String, SyncError> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const TAG: &str = "sealpost-ns";
+    let stream = session.get_mut();
+    let broken = |e: std::io::Error| SyncError::Imap(async_imap::error::Error::from(e));
+    stream
+        .write_all(format!("{TAG} NAMESPACE\r\n").as_bytes())
+        .await
+        .map_err(broken)?;
+    stream.flush().await.map_err(broken)?;
+    let mut line = Vec::new();
+    let mut read = 0usize;
+    let mut prefix = String::new();
+    loop {
+        // One response line: up to CRLF, with the literals it announces ({N}) read into it.
+        line.clear();
+        loop {
+            let mut byte = [0u8; 1];
+            if stream.read(&mut byte).await.map_err(broken)? == 0 {
+                return Err(async_imap::error::Error::ConnectionLost.into());
+            }
+            read += 1;
+            if read > MAX_NAMESPACE_REPLY {
+                return Err(SyncError::Folder(
+                    "NAMESPACE".into(),
+                    "the answer is too long".into(),
+                ));
+            }
+            line.push(byte[0]);
+            if !line.ends_with(b"\r\n") {
+                continue;
+            }
+            match literal_size(&line[..line.len() - 2]) {
+                Some(n) if read + n <= MAX_NAMESPACE_REPLY => {
+                    let at = line.len();
+                    line.resize(at + n, 0);
+                    stream.read_exact(&mut line[at..]).await.map_err(broken)?;
+                    read += n;
+                }
+                Some(_) => {
+                    return Err(SyncError::Folder(
+                        "NAMESPACE".into(),
+                        "the answer is too long".into(),
+                    ))
+                }
+                None => break,
+            }
+        }
+        let text = String::from_utf8_lossy(&line);
+        if let Some(rest) = text.strip_prefix(TAG) {
+            // NO or BAD: a server without NAMESPACE has no prefix to speak of.
+            if !rest
+                .trim_start()
+                .get(..2)
+                .is_some_and(|s| s.eq_ignore_ascii_case("OK"))
+            {
+                tracing::debug!("NAMESPACE refused: {}", rest.trim());
+                prefix.clear();
+            }
+            return Ok(prefix);
+        }
+        let upper = text.to_ascii_uppercase();
+        if let Some(at) = upper
+            .strip_prefix("* NAMESPACE ")
+            .map(|r| text.len() - r.len())
+        {
+            prefix = first_personal_prefix(&text[at..]).unwrap_or_default();
+        }
+    }
+}
+
+/// N of a line that ends in a literal's announcement `{N}` or `{N+}`.
+fn literal_size(line: &[u8]) -> Option<usize> {
+    let body = line.strip_suffix(b"}")?;
+    let open = body.iter().rposition(|b| *b == b'{')?;
+    let digits = body[open + 1..]
+        .strip_suffix(b"+")
+        .unwrap_or(&body[open + 1..]);
+    std::str::from_utf8(digits).ok()?.parse().ok()
+}
+
+/// The prefix of the first personal namespace in a NAMESPACE response's data:
+/// `(("INBOX." ".")) NIL NIL` gives "INBOX.". None for NIL, or a form this does not read
+/// (a literal): the folders are then taken as named without a prefix.
+fn first_personal_prefix(data: &str) -> Option<String> {
+    let rest = data.trim_start().strip_prefix("((")?.trim_start();
+    let rest = rest.strip_prefix('"')?;
+    let mut prefix = String::new();
+    let mut chars = rest.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => return Some(prefix),
+            '\\' => prefix.push(chars.next()?),
+            c => prefix.push(c),
+        }
+    }
+    None
+}
+
 /// The UIDs of a UID set from a server's reply, at most [`MAX_UID_SET`] of them: a range
 /// like 1:4294967295 in an APPENDUID must not cost 16 GB.
 fn uid_set(members: &[async_imap::imap_proto::rfc4315::UidSetMember]) -> Vec<u32> {
@@ -513,6 +622,26 @@ pub fn quote(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_personal_namespace_prefix_is_read() {
+        assert_eq!(
+            first_personal_prefix("((\"INBOX.\" \".\")) NIL NIL").as_deref(),
+            Some("INBOX.")
+        );
+        assert_eq!(
+            first_personal_prefix("((\"\" \"/\")(\"#mh/\" \"/\")) NIL NIL").as_deref(),
+            Some("")
+        );
+        assert_eq!(first_personal_prefix("NIL NIL NIL"), None);
+        assert_eq!(
+            first_personal_prefix("(({6}\r\nINBOX. \".\")) NIL NIL"),
+            None
+        );
+        assert_eq!(literal_size(b"* NAMESPACE (({6}"), Some(6));
+        assert_eq!(literal_size(b"* NAMESPACE (({6+}"), Some(6));
+        assert_eq!(literal_size(b"* NAMESPACE NIL NIL NIL"), None);
+    }
 
     #[test]
     fn a_refusal_is_given_as_the_server_worded_it() {

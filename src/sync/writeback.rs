@@ -16,6 +16,7 @@ use std::collections::HashMap;
 
 use sha2::{Digest, Sha256};
 
+use super::names::FolderNames;
 use super::upstream::{command, quote, Reply, Session};
 use super::{blocking, within, SyncError, Syncer};
 use crate::rewrite::{Decision, Envelope, Outcome, Policy, Rewriter};
@@ -55,8 +56,8 @@ const UPLOAD_FIELD: &str = "Sealpost-Upload";
 /// The upstream session as the write-back uses it.
 struct Upstream<'a> {
     session: &'a mut Session,
-    /// The hierarchy delimiter (from LIST "" "").
-    delimiter: String,
+    /// Local names and upstream ones.
+    names: FolderNames,
     can_move: bool,
     uidplus: bool,
     /// The selected folder and its UIDVALIDITY.
@@ -158,6 +159,7 @@ impl Syncer {
         &self,
         session: &mut Session,
         capabilities: &async_imap::types::Capabilities,
+        prefix: &str,
         account: AccountId,
     ) -> Result<(usize, usize), SyncError> {
         let store = self.store.clone();
@@ -165,38 +167,17 @@ impl Syncer {
         if first.is_empty() {
             return Ok((0, 0));
         }
-        let timeout = self.config.timeout();
-        // RFC 3501 §6.3.8: LIST "" "" answers the hierarchy delimiter. (async-imap sends the
-        // pattern as it is given: an empty one must be quoted, or the server answers BAD.)
-        let delimiter = {
-            use futures::TryStreamExt;
-            let names: Vec<_> = within(timeout, async {
-                session
-                    .list(Some(""), Some("\"\""))
-                    .await?
-                    .try_collect()
-                    .await
-            })
-            .await?;
-            match names
-                .first()
-                .and_then(|n| n.delimiter().map(super::upstream::unquoted))
-            {
-                Some(delimiter) => delimiter,
-                None => {
-                    // A flat server: no folder has a parent, so no name needs the delimiter.
-                    tracing::info!(account = %self.name, "upstream names no hierarchy delimiter");
-                    "/".into()
-                }
-            }
-        };
+        // The names of this pass (the server's delimiter, namespace prefix, special-use
+        // folders): a folder listed now may be gone by the fetch, which lists again.
+        let listed = self.folders(session, capabilities).await?;
+        let names = FolderNames::new(prefix, &listed);
         let store = self.store.clone();
         let renames = blocking(move || store.journal_renames(account)).await??;
         let mut upstream = Upstream {
             can_move: capabilities.has_str("MOVE"),
             uidplus: capabilities.has_str("UIDPLUS"),
             session,
-            delimiter,
+            names,
             selected: None,
             renames,
         };
@@ -422,11 +403,10 @@ impl Syncer {
                 }
                 // Renamed to a name upstream would read as another folder: it waits (the
                 // folder is not fetched meanwhile, so nothing comes twice).
-                if !up.representable(self, &entry.detail) {
+                if let Some(why) = up.names.unrepresentable(&entry.detail) {
                     return Err(Failure::Entry(format!(
-                        "{:?} cannot be named upstream: it holds the upstream's hierarchy \
-                         delimiter {:?}",
-                        entry.detail, up.delimiter
+                        "{:?} cannot be named upstream: {why}",
+                        entry.detail
                     )));
                 }
                 up.selected = None;
@@ -461,7 +441,7 @@ impl Syncer {
                     }
                 }
                 Ok(WrittenBack {
-                    rename_folder: Some((from, to, up.delimiter.clone())),
+                    rename_folder: Some((from, to, up.names.delimiter.clone())),
                     ..WrittenBack::default()
                 })
             }
@@ -1052,24 +1032,20 @@ impl Upstream<'_> {
         self.wire_name(&name)
     }
 
-    /// Whether the local mailbox `local` has a name upstream of its own: no part of it holds
-    /// the upstream's hierarchy delimiter ("v1.2" is v1's child 2 where it is "."). One that
-    /// has none stays here, with a warning: its changes are not written back.
+    /// Whether the local mailbox `local` has a name upstream of its own
+    /// ([`FolderNames::unrepresentable`]). One that has none stays here, with a warning: its
+    /// changes are not written back.
     fn representable(&self, syncer: &Syncer, local: &str) -> bool {
-        let fine = !crate::store::holds_delimiter(local, &self.delimiter);
-        if !fine {
+        let why = self.names.unrepresentable(local);
+        if let Some(why) = &why {
             tracing::warn!(account = %syncer.name, mailbox = %local,
-                "the mailbox's name holds the upstream's hierarchy delimiter {:?}: it stays here, \
-                 not written back", self.delimiter);
+                "the mailbox has no name upstream ({why}): it stays here, not written back");
         }
-        fine
+        why.is_none()
     }
 
     fn wire_name(&self, local: &str) -> String {
-        if local == "INBOX" {
-            return local.into();
-        }
-        crate::imap::names::encode(local).replace('/', &self.delimiter)
+        self.names.wire(local)
     }
 
     async fn command(

@@ -205,6 +205,11 @@ impl Dovecot {
         Self::start_with(true, &format!("imap_capability = {capabilities}"))
     }
 
+    /// Like `start_tls`, with `extra` added to the configuration (a namespace, say).
+    pub fn start_tls_configured(extra: &str) -> Dovecot {
+        Self::start_with(true, extra)
+    }
+
     fn start_with(tls: bool, extra: &str) -> Dovecot {
         let who = Identity::current();
         let dir = tempfile::Builder::new()
