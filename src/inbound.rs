@@ -403,6 +403,18 @@ async fn verify_multipart_signed(
     }
     let map = crate::imap::summary::summarize(entity).parts;
     let root = &map.parts[0];
+    let boundary = ct
+        .and_then(|ct| ct.attribute("boundary"))
+        .unwrap_or_default();
+    // The line itself is not quoted into the verdict: it is the sender's text.
+    if loose_delimiter(&entity[root.body()], boundary.as_bytes()) {
+        return Ok(Signature::Bad {
+            fingerprint: String::new(),
+            reason: "multipart/signed with a line that begins with its boundary but is no \
+                     delimiter (RFC 2046 5.1.1)"
+                .into(),
+        });
+    }
     // RFC 3156 §5: exactly the signed part and the signature. A second Content-Type (mail-parser
     // reads the last, the IMAP summary and MUAs the first) or a third part would let a genuine
     // signature over one part vouch for a message that shows other parts.
@@ -738,13 +750,31 @@ fn signed_part_header(entity: &[u8]) -> Option<Vec<u8>> {
     }) {
         return None;
     }
-    let PartType::Multipart(children) = &root.body else {
-        return None;
-    };
-    let first = message.parts.get(*children.first()? as usize)?;
-    entity
-        .get(first.offset_header as usize..first.offset_body as usize)
-        .map(<[u8]>::to_vec)
+    // The header of the bytes `verify_multipart_signed` has verified (the IMAP summary's
+    // part), not mail-parser's: that part begins right after the boundary, so text after it
+    // on the delimiter line ("--b" "Reply-To: m@evil") would be a field of the part there.
+    let map = crate::imap::summary::summarize(entity).parts;
+    let first = &map.parts[*map.parts.first()?.children.first()?];
+    entity.get(first.header()).map(<[u8]>::to_vec)
+}
+
+/// Whether a line of a multipart body begins with "--" and the boundary but is no
+/// delimiter: RFC 2046 §5.1.1 allows only "--" after it (the close delimiter) and then blanks
+/// (transport padding). Parsers disagree on such a line: mail-parser, Dovecot and the IMAP
+/// summary take it for a delimiter, others for text. A signed message whose parts depend on
+/// the parser would show another message than the one verified ("Johnny, You Are Fired",
+/// USENIX Security 2019, MIME wrapping).
+fn loose_delimiter(body: &[u8], boundary: &[u8]) -> bool {
+    body.split(|&b| b == b'\n').any(|line| {
+        let Some(rest) = line
+            .strip_prefix(b"--")
+            .and_then(|l| l.strip_prefix(boundary))
+        else {
+            return false;
+        };
+        let rest = rest.strip_prefix(b"--").unwrap_or(rest);
+        !rest.iter().all(|&b| matches!(b, b' ' | b'\t' | b'\r'))
+    })
 }
 
 /// The header with its Content-* fields replaced by those of decrypted inline text.
@@ -832,6 +862,17 @@ fn header_value(header: &[u8], name: &[u8]) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn delimiter_lines_are_exact_or_loose() {
+        let body = b"--S\r\nA: 1\r\n\r\nx\r\n--S \t\r\n\r\ny\r\n--S--  \r\nend\r\n";
+        assert!(!loose_delimiter(body, b"S"));
+        assert!(loose_delimiter(b"--SX-Pad: 1\r\n--S\r\n", b"S"));
+        assert!(loose_delimiter(b"--S--x\r\n", b"S"));
+        assert!(loose_delimiter(b"--SReply-To: m@evil.example\r\n", b"S"));
+        // Other lines with dashes are text.
+        assert!(!loose_delimiter(b"-- \r\n--T\r\n---S\r\n", b"S"));
+    }
 
     #[test]
     fn from_is_one_mailbox_only_when_every_reading_agrees() {

@@ -576,6 +576,59 @@ async fn fields_outside_the_signature_do_not_ride_on_it() {
     );
 }
 
+/// Delimiter lines with more on them than RFC 2046 §5.1.1 allows ("--b" then "--" and
+/// blanks): mail-parser and Dovecot take them for delimiters, other parsers for text, so the
+/// parts verified are not the parts every MUA shows (MIME wrapping, "Johnny, You Are Fired").
+/// Alice's genuine signed copy, wrapped so that a strict parser shows Mallory's text, or with
+/// a field on its first delimiter line, is no valid signature, and nothing of Mallory's is
+/// taken for a protected field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delimiter_line_with_more_on_it_does_not_ride_on_a_signature() {
+    let world = World::new();
+    let server = bobs_store(&world);
+    let signed = String::from_utf8(verdicts::signed_copy(&world).await).unwrap();
+    let boundary = signed
+        .split("boundary=\"")
+        .nth(1)
+        .and_then(|b| b.split('"').next())
+        .expect("the boundary")
+        .to_string();
+    let delimiter = format!("\r\n--{boundary}\r\n");
+    let closing = format!("--{boundary}--");
+    assert_eq!(signed.matches(&delimiter).count(), 2, "{signed}");
+    let wrapped = signed
+        .replacen(&delimiter, &format!("\r\n--{boundary}X-Pad: 1\r\n"), 1)
+        .replacen(&delimiter, &format!("\r\n--{boundary}X-Pad: 2\r\n"), 1)
+        .replacen(
+            &closing,
+            &format!(
+                "{closing}x\r\n--{boundary}\r\nContent-Type: text/plain\r\n\r\nPay Mallory.\r\n\
+                 --{boundary}\r\nContent-Type: application/pgp-signature\r\n\r\njunk\r\n{closing}"
+            ),
+            1,
+        );
+    let field = signed.replacen(
+        &delimiter,
+        &format!("\r\n--{boundary}Reply-To: Mallory <m@evil.example>\r\n"),
+        1,
+    );
+    for raw in [&wrapped, &field] {
+        assert_ne!(raw, &signed, "the forgery was made");
+        let (code, output) = deliver(&server, raw.as_bytes());
+        assert_eq!(code, 0, "{output}");
+    }
+    let stored = verdicts::fetch_all(&server);
+    assert_eq!(stored.len(), 2);
+    for (flags, message) in &stored {
+        let verdict = verdicts::verdict(message);
+        assert!(verdict.starts_with("plaintext; signature=bad"), "{verdict}");
+        assert!(!flags.contains("$Sealpost-Signed"), "{flags}");
+        let text = String::from_utf8_lossy(message);
+        let (header, _) = text.split_once("\r\n\r\n").unwrap();
+        assert!(!header.contains("evil.example"), "{header}");
+    }
+}
+
 /// A signed message whose signed part carries RFC 9788 fields: MUAs that know them show its
 /// From, so the signer is compared with that one, and an outer From that differs is flagged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
