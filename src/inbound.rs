@@ -829,8 +829,16 @@ fn from_address(header: &[u8]) -> Option<String> {
 }
 
 /// Whether `name` holds a word that looks like an address (`local@domain.tld`) other than
-/// `address`.
+/// `address`. Look-alikes count as what they look like: the name is read in NFKC, which makes
+/// the fullwidth and small @ (U+FF20, U+FE6B) and the fullwidth and leader dots (U+FF0E,
+/// U+2024) plain ones, and an ideographic full stop (U+3002, a label separator to IDNA) is a
+/// dot.
 fn names_another_address(name: &str, address: &str) -> bool {
+    use unicode_normalization::UnicodeNormalization;
+    let name: String = name
+        .nfkc()
+        .map(|c| if c == '\u{3002}' { '.' } else { c })
+        .collect();
     name.split(|c: char| c.is_whitespace() || "<>()[]\"',;:".contains(c))
         .filter(|w| {
             w.split_once('@').is_some_and(|(local, domain)| {
@@ -892,6 +900,17 @@ mod tests {
         assert_eq!(from("mallory@evil.example <alice@example.org>"), None);
         assert_eq!(from("\"mallory@evil.example\" <alice@example.org>"), None);
         assert_eq!(from("\"Alice [m@evil.example]\" <alice@example.org>"), None);
+        // Look-alikes of @ and the dot (Unicode compatibility forms) in the display name.
+        for lookalike in [
+            "\"alice\u{FF20}example.org\" <m@evil.example>",
+            "\"alice\u{FE6B}example.org\" <m@evil.example>",
+            "\"alice@example\u{2024}org\" <m@evil.example>",
+            "\"alice@example\u{FF0E}org\" <m@evil.example>",
+            "\"alice@example\u{3002}org\" <m@evil.example>",
+            "=?UTF-8?B?YWxpY2XvvKBleGFtcGxlLm9yZw==?= <m@evil.example>",
+        ] {
+            assert_eq!(from(lookalike), None, "{lookalike}");
+        }
         for fine in [
             "\"Alice (@alice)\" <alice@example.org>",
             "\"Alice @ Work\" <alice@example.org>",
