@@ -341,7 +341,23 @@ async fn signature_of(
     checks: &[SignatureCheck],
     from: &Option<String>,
 ) -> Result<Signature, InboundError> {
-    // The best one counts: a valid signature, else an unknown key, else a bad one.
+    // The best one counts: a valid signature (one whose key holds the From address before
+    // others: two people may sign one text), else an unknown key, else a bad one.
+    for check in checks.iter().filter(|c| c.state == SignatureState::Valid) {
+        let ids = keys
+            .user_ids(&check.fingerprint)
+            .await
+            .map_err(InboundError::Temporary)?;
+        if from
+            .as_ref()
+            .is_some_and(|f| ids.iter().any(|id| id.eq_ignore_ascii_case(f)))
+        {
+            return Ok(Signature::Valid {
+                fingerprint: check.fingerprint.clone(),
+                from_matches: true,
+            });
+        }
+    }
     let pick = checks
         .iter()
         .find(|c| c.state == SignatureState::Valid)
@@ -356,19 +372,10 @@ async fn signature_of(
     };
     let fingerprint = check.fingerprint.clone();
     Ok(match &check.state {
-        SignatureState::Valid => {
-            let ids = keys
-                .user_ids(&fingerprint)
-                .await
-                .map_err(InboundError::Temporary)?;
-            let from_matches = from
-                .as_ref()
-                .is_some_and(|f| ids.iter().any(|id| id.eq_ignore_ascii_case(f)));
-            Signature::Valid {
-                fingerprint,
-                from_matches,
-            }
-        }
+        SignatureState::Valid => Signature::Valid {
+            fingerprint,
+            from_matches: false,
+        },
         SignatureState::UnknownKey => Signature::UnknownKey { fingerprint },
         SignatureState::Bad(reason) => Signature::Bad {
             fingerprint,

@@ -629,6 +629,44 @@ async fn a_delimiter_line_with_more_on_it_does_not_ride_on_a_signature() {
     }
 }
 
+/// Two people sign one text, Mallory and Alice, in either order: the message is From Alice,
+/// so hers is the signature that counts (signer Alice, from=match), whichever comes first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn of_two_valid_signatures_the_one_by_the_from_address_counts() {
+    let world = World::new();
+    let server = bobs_store(&world);
+    let mallory = world.sender.generate("Mallory <m@evil.example>");
+    world.bob.import(&world.sender.export_public(&mallory));
+    let part = b"Content-Type: text/plain; charset=us-ascii\r\n\r\nSigned by two.\r\n";
+    for order in [[&mallory, &world.alice], [&world.alice, &mallory]] {
+        let out = world.sender.gpg(
+            &["--armor", "--detach-sign", "-u", order[0], "-u", order[1]],
+            Some(part),
+        );
+        assert!(out.status.success(), "{out:?}");
+        let mut raw = b"From: Alice <alice@example.org>\r\nTo: bob@example.org\r\n\
+            Subject: two\r\nMIME-Version: 1.0\r\nContent-Type: multipart/signed; \
+            micalg=pgp-sha256; protocol=\"application/pgp-signature\"; boundary=\"b\"\r\n\
+            \r\n--b\r\n"
+            .to_vec();
+        raw.extend_from_slice(part);
+        raw.extend_from_slice(b"\r\n--b\r\nContent-Type: application/pgp-signature\r\n\r\n");
+        raw.extend_from_slice(&out.stdout);
+        raw.extend_from_slice(b"\r\n--b--\r\n");
+        let (code, output) = deliver(&server, &raw);
+        assert_eq!(code, 0, "{output}");
+    }
+    for (_, message) in verdicts::fetch_all(&server) {
+        assert_eq!(
+            verdicts::verdict(&message),
+            format!(
+                "plaintext; signature=valid; signer={}; from=match",
+                world.alice
+            )
+        );
+    }
+}
+
 /// A signed message whose signed part carries RFC 9788 fields: MUAs that know them show its
 /// From, so the signer is compared with that one, and an outer From that differs is flagged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
