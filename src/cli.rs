@@ -213,7 +213,7 @@ pub fn main(cli: Cli) -> ExitCode {
                 .enable_all()
                 .build()
                 .map_err(|e| CliError::Demo(format!("cannot start the runtime: {e}")))?;
-            runtime.block_on(async {
+            let result = runtime.block_on(async {
                 match cli.command {
                     Command::Rewrite(args) => rewrite(config, args).await,
                     Command::Demo(args) => crate::demo::run(config, args.keep.as_deref()).await,
@@ -228,7 +228,12 @@ pub fn main(cli: Cli) -> ExitCode {
                         unreachable!("handled before the runtime starts")
                     }
                 }
-            })
+            });
+            // Blocking work still under way does not hold up the exit for good: a store
+            // transaction in hand has time to end (SQLite is crash-safe for the rest), while
+            // a daemon told to stop as it waited for the sync lock would wait on.
+            runtime.shutdown_timeout(SHUTDOWN_GRACE);
+            result
         });
     match result {
         Ok(code) => ExitCode::from(code),
@@ -245,6 +250,9 @@ pub fn main(cli: Cli) -> ExitCode {
         }
     }
 }
+
+/// How long blocking work still running at the end of a command may take.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Builds the key service described by the configuration.
 pub fn key_service(config: &Config, home_override: Option<&Path>) -> KeyService {

@@ -810,6 +810,122 @@ async fn upstream_down_then_back_the_daemon_resumes() {
     );
 }
 
+/// Set once the relay of the SIGTERM test holds back the first message fetch.
+static FETCH_HELD: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Waits (polling /proc, up to a minute) until `what` holds.
+fn wait_until(what: &str, done: &dyn Fn() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "timed out: {what}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// The exit status of `child` once it ends, or None after `limit`.
+fn exits_within(
+    child: &mut std::process::Child,
+    limit: std::time::Duration,
+) -> Option<std::process::ExitStatus> {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// SIGTERM stops the sync daemon at once: in the middle of a pass (here one waiting for a
+/// message the server does not send, 20 s before its timeout), and while it waits for the
+/// sync lock another run holds. Nothing is lost: the next run fetches every message, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_the_daemon_in_a_pass_and_at_the_lock() {
+    let world = World::new();
+    let dovecot = Dovecot::start_tls();
+    let steps: Vec<Value> = (0..3)
+        .map(|i| append_bytes("INBOX", &plain_message(&format!("m{i}"))))
+        .collect();
+    upstream(&dovecot, Value::Array(steps));
+    let held = proxy(
+        dovecot.port,
+        |line| {
+            let fetch = line.contains("BODY.PEEK[]");
+            if fetch {
+                FETCH_HELD.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+            fetch
+        },
+        false,
+    );
+    let server = Server::start_config("", &gnupg_table(&world));
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = |port: u16| {
+        let config = sync_config(
+            &server,
+            &upstream_table(&dovecot, dir.path(), "none", port, ""),
+        );
+        Command::new(env!("CARGO_BIN_EXE_sealpost"))
+            .arg("--config")
+            .arg(&config)
+            .arg("sync")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let term = |child: &std::process::Child| {
+        assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    };
+
+    let mut child = daemon(held);
+    wait_until("the fetch is held", &|| {
+        FETCH_HELD.load(std::sync::atomic::Ordering::SeqCst)
+    });
+    term(&child);
+    let status = exits_within(&mut child, std::time::Duration::from_secs(15));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "stopped mid-pass: {status:?}"
+    );
+
+    let lock = sealpost::queue::RunLock::acquire_path(&std::path::PathBuf::from(format!(
+        "{}.sync-lock",
+        server.store_path().display()
+    )))
+    .unwrap();
+    let mut child = daemon(dovecot.port);
+    let pid = child.id();
+    // /proc/locks lists a process that waits for a lock with "->".
+    wait_until("the daemon waits for the lock", &|| {
+        std::fs::read_to_string("/proc/locks")
+            .unwrap()
+            .lines()
+            .any(|l| l.contains("->") && l.split_whitespace().nth(5) == Some(&pid.to_string()))
+    });
+    term(&child);
+    let status = exits_within(&mut child, std::time::Duration::from_secs(30));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "stopped at the lock: {status:?}"
+    );
+    drop(lock);
+
+    let config = sync_config(
+        &server,
+        &upstream_table(&dovecot, dir.path(), "none", dovecot.port, ""),
+    );
+    let out = sync_once(&config);
+    assert_eq!(stdout(&out).trim(), format!("{USER}: 3 new"), "{out:?}");
+    let out = sync_once(&config);
+    assert_eq!(stdout(&out).trim(), format!("{USER}: 0 new"), "{out:?}");
+}
+
 /// Set once the relay of the IDLE test sees the pass reach the folder after INBOX.
 static PAST_INBOX: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 

@@ -117,8 +117,16 @@ impl MaildirSync {
             if *shutdown.borrow() {
                 return;
             }
-            if let Err(e) = self.sync_once().await {
-                tracing::warn!(account = %self.name, "maildir sync failed: {e}");
+            // Told to stop, the pass ends where it is (each file is stored and recorded in
+            // one transaction): the rest waits for the next start.
+            tokio::select! {
+                synced = self.sync_once() => if let Err(e) = synced {
+                    tracing::warn!(account = %self.name, "maildir sync failed: {e}");
+                },
+                _ = shutdown.changed() => {
+                    tracing::info!(account = %self.name, "stopping in the middle of a pass");
+                    return;
+                }
             }
             tokio::select! {
                 _ = tokio::time::sleep(poll) => {}

@@ -967,7 +967,16 @@ impl Syncer {
             // Local changes from this second on wake the next pass; older ones this pass saw
             // (one that waits for the server wakes nothing: it is retried at the next poll).
             let started = crate::store::unix_now();
-            let synced = self.sync_once().await;
+            // Told to stop, the pass ends where it is, as after a crash (which it is made to
+            // survive): what it stored stays, a change whose answer it did not read is
+            // retried, the rest waits for the next start.
+            let synced = tokio::select! {
+                synced = self.sync_once() => synced,
+                _ = shutdown.changed() => {
+                    tracing::info!(account = %self.name, "stopping in the middle of a pass");
+                    return;
+                }
+            };
             local.borrow_and_update();
             let waited = match synced {
                 Ok(report) => {
