@@ -486,14 +486,21 @@ fn literal_of(line: &[u8]) -> Option<(u64, bool)> {
         }
         None => true,
     };
-    if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
         return None;
     }
-    std::str::from_utf8(digits)
-        .ok()?
-        .parse()
-        .ok()
-        .map(|n| (n, sync))
+    // Any run of digits is a literal to the parser below, leading zeros and all
+    // ("{00000000000000000000067108864}" is 64 MiB): one too long to count is too big.
+    let significant = &digits[digits.iter().take_while(|&&b| b == b'0').count()..];
+    let n = match significant.len() {
+        0 => 0,
+        1..=19 => std::str::from_utf8(significant)
+            .ok()?
+            .parse()
+            .unwrap_or(u64::MAX),
+        _ => u64::MAX,
+    };
+    Some((n, sync))
 }
 
 #[cfg(test)]
@@ -517,6 +524,28 @@ mod tests {
         assert_eq!(literal_of(b"a APPEND x {12+}\r\n"), Some((12, false)));
         assert_eq!(literal_of(b"a LOGIN {}\r\n"), None);
         assert_eq!(literal_of(b"a NOOP\r\n"), None);
+        // Leading zeros count for nothing: this is 64 MiB, not "too long to be a literal".
+        assert_eq!(
+            literal_of(b"a LOGIN {000000000000000000000067108864}\r\n"),
+            Some((67108864, true))
+        );
+        assert_eq!(
+            literal_of(b"a LOGIN {123456789012345678901234567890}\r\n"),
+            Some((u64::MAX, true))
+        );
+        assert_eq!(literal_of(b"a LOGIN {0000}\r\n"), Some((0, true)));
+    }
+
+    #[test]
+    fn a_literal_with_leading_zeros_before_login_is_too_big() {
+        let mut s = Scanner::new();
+        let pieces = s
+            .feed(b"a1 LOGIN {000000000000000005000}\r\n", &limits(), false)
+            .unwrap();
+        assert!(
+            matches!(&pieces[0], Piece::TooBig { tag } if tag == "a1"),
+            "{pieces:?}"
+        );
     }
 
     #[test]

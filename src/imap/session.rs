@@ -22,6 +22,9 @@ use super::render::Out;
 use super::{auth, Shared, TlsMode};
 use crate::store::{AccountId, Mailbox, StoreError};
 
+/// The most characters of a user name a failed login logs.
+const MAX_LOGGED_NAME: usize = 64;
+
 pub(super) enum State {
     NotAuthenticated,
     Authenticated(User),
@@ -833,7 +836,10 @@ impl Session {
             }
             None => {
                 self.auth_failures += 1;
-                tracing::info!(peer = %self.peer, user, "imap: authentication failed");
+                // The name as given, cut short: it is anyone's input (up to the longest
+                // literal allowed before login), logged at every failure.
+                let shown: String = user.chars().take(MAX_LOGGED_NAME).collect();
+                tracing::info!(peer = %self.peer, user = ?shown, "imap: authentication failed");
                 // The same delay and answer for an unknown user and a wrong password.
                 let delay = self.shared.config.limits.auth_failure_delay_ms;
                 tokio::time::sleep(Duration::from_millis(delay)).await;
