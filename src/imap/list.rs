@@ -224,16 +224,57 @@ pub fn matches(reference: &[u8], pattern: &[u8], name: &str) -> bool {
     glob(&full, &wire)
 }
 
+/// The wildcard match, in time linear in the pattern times the name: `reach[j]` says that the
+/// pattern read so far matches the name's first `j` bytes. (Backtracking took time
+/// exponential in the number of wildcards: `LIST "" "*****...x"` held a worker thread for
+/// good.)
 fn glob(pattern: &[u8], name: &[u8]) -> bool {
-    match pattern.split_first() {
-        None => name.is_empty(),
-        Some((b'*', rest)) => (0..=name.len()).any(|i| glob(rest, &name[i..])),
-        Some((b'%', rest)) => {
-            let stop = name.iter().position(|&b| b == b'/').unwrap_or(name.len());
-            (0..=stop).any(|i| glob(rest, &name[i..]))
-        }
-        Some((&c, rest)) => name.first() == Some(&c) && glob(rest, &name[1..]),
+    // Each byte that is no wildcard matches one byte of the name.
+    if pattern.iter().filter(|&&b| b != b'*' && b != b'%').count() > name.len() {
+        return false;
     }
+    // A run of wildcards is one: "*" if it holds one, else "%".
+    let mut runs = Vec::with_capacity(pattern.len());
+    for &b in pattern {
+        match (runs.last_mut(), b) {
+            (Some(last @ (b'*' | b'%')), b'*' | b'%') => {
+                if b == b'*' {
+                    *last = b'*';
+                }
+            }
+            _ => runs.push(b),
+        }
+    }
+    let n = name.len();
+    let mut reach = vec![false; n + 1];
+    reach[0] = true;
+    let mut next = vec![false; n + 1];
+    for &p in &runs {
+        match p {
+            b'*' | b'%' => {
+                // Any run of the name after a point reached; "%" no run that holds "/".
+                let mut on = false;
+                for j in 0..=n {
+                    on |= reach[j];
+                    next[j] = on;
+                    if p == b'%' && j < n && name[j] == b'/' {
+                        on = false;
+                    }
+                }
+            }
+            c => {
+                next[0] = false;
+                for j in 0..n {
+                    next[j + 1] = reach[j] && name[j] == c;
+                }
+            }
+        }
+        std::mem::swap(&mut reach, &mut next);
+        if !reach.iter().any(|&r| r) {
+            return false;
+        }
+    }
+    reach[n]
 }
 
 #[cfg(test)]
@@ -280,5 +321,22 @@ mod tests {
         assert!(matches(b"", b"inbox", "INBOX"));
         assert!(matches(b"", b"Entw&APw-rfe", "Entw\u{fc}rfe"));
         assert!(!matches(b"", b"Sent", "Sent/2024"));
+        assert!(matches(b"", b"S%/%4", "Sent/2024"));
+        assert!(!matches(b"", b"S%4", "Sent/2024"));
+        assert!(matches(b"", b"*/*", "a/b/c"));
+        assert!(matches(b"", b"%/%/%", "a/b/c"));
+        assert!(!matches(b"", b"%/%", "a/b/c"));
+        assert!(matches(b"", b"a*b*c", "aXbYc"));
+        assert!(!matches(b"", b"a*b*c", "aXbY"));
+        assert!(matches(b"", b"", ""));
+        assert!(matches(b"", b"%", ""));
+        // Many wildcards cost no more than a few.
+        let stars = format!("{}x", "*".repeat(5000));
+        let many_names = (0..50).map(|i| format!("Folder{i}/Sub/{}", "y".repeat(200)));
+        for name in many_names {
+            assert!(!matches(b"", stars.as_bytes(), &name));
+        }
+        assert!(matches(b"", b"%*%", "a/b"));
+        assert!(!matches(b"", b"%%%", "a/b"));
     }
 }
