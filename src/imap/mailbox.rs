@@ -61,7 +61,7 @@ impl Session {
                 } => {
                     if !self.qresync {
                         return Err(CmdError::bad(
-                            "QRESYNC must be enabled first (RFC 7162 §3.2.5)",
+                            "QRESYNC must be enabled first (RFC 7162 section 3.2.5)",
                         ));
                     }
                     qresync = Some((uid_validity.get(), mod_sequence_value.get(), known_uids));

@@ -160,7 +160,23 @@ impl Out {
         if let Some(code) = code {
             self.text("[").text(code).text("] ");
         }
-        self.text(text).crlf()
+        // RFC 3501 §9 text: 7-bit, no CR or LF. An error's wording may hold a name in UTF-8
+        // or a line break (a store error), which would end the line early.
+        if text
+            .bytes()
+            .all(|b| (0x01..0x80).contains(&b) && b != b'\r' && b != b'\n')
+        {
+            return self.text(text).crlf();
+        }
+        let clean: String = text
+            .chars()
+            .map(|c| match c {
+                '\r' | '\n' => ' ',
+                c if c.is_ascii() && c != '\0' => c,
+                _ => '?',
+            })
+            .collect();
+        self.text(&clean).crlf()
     }
 }
 
@@ -255,6 +271,18 @@ mod tests {
             out.string(value);
             assert_eq!(out.bytes, expected, "{value:?}");
         }
+    }
+
+    #[test]
+    fn status_text_is_one_line_of_seven_bit_text() {
+        let mut out = Out::default();
+        out.status(
+            "a1",
+            "NO",
+            Some("CANNOT"),
+            "Entw\u{fc}rfe: bad\r\n* 1 EXISTS",
+        );
+        assert_eq!(out.bytes, b"a1 NO [CANNOT] Entw?rfe: bad  * 1 EXISTS\r\n");
     }
 
     #[test]
