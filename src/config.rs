@@ -273,6 +273,7 @@ impl Config {
             ("max_literals", u64::from(limits.max_literals), 1),
             ("max_connections", self.imap.max_connections as u64, 1),
             ("login_timeout_secs", limits.login_timeout_secs, 1),
+            ("write_timeout_secs", limits.write_timeout_secs, 1),
             // RFC 3501 §5.4: an authenticated client may be idle 30 minutes.
             ("autologout_secs", limits.autologout_secs, 1800),
         ] {

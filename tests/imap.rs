@@ -977,6 +977,72 @@ fn connections_beyond_the_limit_are_told_to_come_back() {
     }
 }
 
+/// Waits (up to 30 s) until a new connection gets the greeting, not BYE: the one slot is free.
+fn slot_frees(server: &Server, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let next = Raw::connect(server.starttls_port);
+        if next.greeting.starts_with("* OK") {
+            return;
+        }
+        assert!(Instant::now() < deadline, "slot never freed: {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Slots are not held for good: a client that keeps busy without logging in is logged out
+/// `login_timeout_secs` after it came, NOOPs or not; one that sends commands but reads none
+/// of the answers is cut off once a write has waited `write_timeout_secs`.
+#[test]
+fn clients_that_never_log_in_or_never_read_give_their_slot_back() {
+    use std::io::{BufRead, Write};
+    let server = Server::start_limits(
+        "max_connections = 1",
+        "login_timeout_secs = 2\nwrite_timeout_secs = 1",
+        "",
+    );
+    let mut busy = server.raw();
+    let started = Instant::now();
+    let mut n = 0;
+    let bye = 'noop: loop {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "never logged out"
+        );
+        n += 1;
+        let stream = busy.stream.get_mut();
+        stream
+            .write_all(format!("n{n} NOOP\r\n").as_bytes())
+            .unwrap();
+        loop {
+            let mut line = String::new();
+            busy.stream.read_line(&mut line).unwrap();
+            assert!(!line.is_empty(), "closed without BYE");
+            if line.starts_with("* BYE") {
+                break 'noop line;
+            }
+            if line.starts_with(&format!("n{n} ")) {
+                break;
+            }
+        }
+    };
+    assert!(bye.contains("not logged in"), "{bye}");
+    drop(busy);
+    slot_frees(&server, "after the login timeout");
+
+    let mut reader = server.login();
+    let body = format!("{}\r\n", "x".repeat(78)).repeat(6000);
+    let message = format!("Subject: big\r\n\r\n{body}");
+    reader.ok(&format!("APPEND INBOX {{{}+}}\r\n{message}", message.len()));
+    reader.ok("SELECT INBOX");
+    // 100 MB of answers, none of them read.
+    let stream = reader.stream.get_mut();
+    stream
+        .write_all("f FETCH 1 BODY[]\r\n".repeat(200).as_bytes())
+        .unwrap();
+    slot_frees(&server, "after the write timeout");
+}
+
 /// A mailbox deleted while another session has it selected: a mailbox created next never
 /// takes its place (the session would act on the new one's messages), and that session is
 /// told and disconnected after its next command that may report changes, as Dovecot does.

@@ -16,6 +16,7 @@ use std::collections::VecDeque;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use imap_next::imap_types::auth::AuthenticateData;
 use imap_next::imap_types::command::Command;
@@ -116,6 +117,8 @@ pub struct Conn {
     pending: VecDeque<Piece>,
     out: Vec<u8>,
     read_buf: Box<[u8]>,
+    /// How long a write may wait for the client to take some of it.
+    write_stall: Duration,
 }
 
 /// Output is flushed to the socket once this much has accumulated.
@@ -131,6 +134,7 @@ impl Conn {
             pending: VecDeque::new(),
             out: Vec::new(),
             read_buf: vec![0; 16 * 1024].into_boxed_slice(),
+            write_stall: Duration::from_secs(limits.write_timeout_secs),
         };
         // The greeting goes out with the first flush.
         conn.drive();
@@ -218,13 +222,27 @@ impl Conn {
         Ok(())
     }
 
+    /// Sends what is buffered. A client that takes none of it for `write_timeout_secs` is
+    /// gone (or never reads): the connection ends, rather than holding its slot and its answers in
+    /// memory for good.
     pub async fn flush(&mut self) -> Result<(), ConnError> {
         let stream = self.stream.as_mut().ok_or(ConnError::Closed)?;
-        if !self.out.is_empty() {
-            stream.write_all(&self.out).await?;
-            self.out.clear();
+        let stall = self.write_stall;
+        let stalled = || {
+            ConnError::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("the client read nothing for {} s", stall.as_secs()),
+            ))
+        };
+        for chunk in self.out.chunks(FLUSH_AT) {
+            tokio::time::timeout(stall, stream.write_all(chunk))
+                .await
+                .map_err(|_| stalled())??;
         }
-        stream.flush().await?;
+        self.out.clear();
+        tokio::time::timeout(stall, stream.flush())
+            .await
+            .map_err(|_| stalled())??;
         Ok(())
     }
 

@@ -118,8 +118,10 @@ pub struct Limits {
     /// Seconds of silence before an idle connection is closed (RFC 3501 §5.4: at least 30
     /// minutes once authenticated).
     pub autologout_secs: u64,
-    /// Seconds allowed to log in.
+    /// Seconds allowed to log in, from the moment the connection comes.
     pub login_timeout_secs: u64,
+    /// Seconds a write may wait for a client that reads nothing before the connection ends.
+    pub write_timeout_secs: u64,
 }
 
 impl Default for Limits {
@@ -135,6 +137,7 @@ impl Default for Limits {
             auth_failure_delay_ms: 2000,
             autologout_secs: 30 * 60,
             login_timeout_secs: 60,
+            write_timeout_secs: 60,
         }
     }
 }
@@ -187,6 +190,12 @@ pub async fn run(
     Ok(())
 }
 
+/// Connections over the limit being answered BYE at once, at most.
+const MAX_REFUSALS: usize = 16;
+
+/// The pause after a failed accept.
+const ACCEPT_PAUSE: std::time::Duration = std::time::Duration::from_millis(200);
+
 async fn accept_loop(
     listener: TcpListener,
     mode: TlsMode,
@@ -194,15 +203,34 @@ async fn accept_loop(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut sessions = tokio::task::JoinSet::new();
+    // Refusals under way (an implicit-TLS one needs a handshake to say BYE): bounded, so a
+    // flood of connections over the limit cannot take every file descriptor.
+    let refusals = Arc::new(tokio::sync::Semaphore::new(MAX_REFUSALS));
+    // Accept errors in a row (no descriptors left, say): logged once, then counted, with a
+    // pause after each, rather than retried at once with a warning each time.
+    let mut failures = 0u64;
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
             _ = shutdown.changed() => break,
         };
         let (tcp, peer) = match accepted {
-            Ok(pair) => pair,
+            Ok(pair) => {
+                if failures > 1 {
+                    tracing::warn!("imap: accept failed {failures} times in a row");
+                }
+                failures = 0;
+                pair
+            }
             Err(error) => {
-                tracing::warn!(%error, "imap: accept failed");
+                if failures == 0 {
+                    tracing::warn!(%error, "imap: accept failed; pausing new connections");
+                }
+                failures += 1;
+                tokio::select! {
+                    _ = tokio::time::sleep(ACCEPT_PAUSE) => {}
+                    _ = shutdown.changed() => break,
+                }
                 continue;
             }
         };
@@ -214,7 +242,14 @@ async fn accept_loop(
         }
         let Ok(permit) = Arc::clone(&shared.connections).try_acquire_owned() else {
             tracing::warn!(%peer, "imap: connection limit reached; refusing");
-            tokio::spawn(session::refuse(tcp, mode, Arc::clone(&shared)));
+            // Past MAX_REFUSALS at once, closed without a word.
+            if let Ok(refusing) = Arc::clone(&refusals).try_acquire_owned() {
+                let shared = Arc::clone(&shared);
+                tokio::spawn(async move {
+                    session::refuse(tcp, mode, shared).await;
+                    drop(refusing);
+                });
+            }
             continue;
         };
         let shared = Arc::clone(&shared);

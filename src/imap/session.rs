@@ -145,6 +145,8 @@ impl CmdError {
 pub(super) type CmdResult = Result<Done, CmdError>;
 
 pub(super) struct Session {
+    /// When a connection that has not logged in is closed.
+    pub login_deadline: tokio::time::Instant,
     pub shared: Arc<Shared>,
     pub conn: Conn,
     pub state: State,
@@ -211,6 +213,8 @@ pub(super) async fn serve(
         &shared.config.limits,
     );
     let mut session = Session {
+        login_deadline: tokio::time::Instant::now()
+            + Duration::from_secs(shared.config.limits.login_timeout_secs),
         loopback: peer.ip().is_loopback(),
         shared,
         conn,
@@ -252,12 +256,19 @@ impl Session {
                 None => {
                     self.conn.flush().await?;
                     let limits = &self.shared.config.limits;
-                    let timeout = Duration::from_secs(if self.authenticated() {
-                        limits.autologout_secs
-                    } else {
-                        limits.login_timeout_secs
-                    });
+                    // Once logged in, the time since the last input; before, the time since
+                    // the connection came, however busy the client keeps it (a NOOP every
+                    // few seconds would hold a connection slot for good).
                     let authenticated = self.authenticated();
+                    let until = if authenticated {
+                        tokio::time::Instant::now() + Duration::from_secs(limits.autologout_secs)
+                    } else {
+                        self.login_deadline
+                    };
+                    if !authenticated && tokio::time::Instant::now() >= until {
+                        self.bye("Autologout; not logged in in time").await;
+                        return Ok(());
+                    }
                     tokio::select! {
                         filled = self.conn.fill(limits, authenticated) => {
                             if let Err(error) = filled {
@@ -268,8 +279,13 @@ impl Session {
                             self.bye("Server shutting down").await;
                             return Ok(());
                         }
-                        _ = tokio::time::sleep(timeout) => {
-                            self.bye("Autologout; idle for too long").await;
+                        _ = tokio::time::sleep_until(until) => {
+                            self.bye(if authenticated {
+                                "Autologout; idle for too long"
+                            } else {
+                                "Autologout; not logged in in time"
+                            })
+                            .await;
                             return Ok(());
                         }
                     }
@@ -931,8 +947,7 @@ impl Session {
             }
             self.conn.flush().await?;
             let limits = &self.shared.config.limits;
-            let wait = Duration::from_secs(limits.login_timeout_secs);
-            tokio::time::timeout(wait, self.conn.fill(limits, false))
+            tokio::time::timeout_at(self.login_deadline, self.conn.fill(limits, false))
                 .await
                 .map_err(|_| ConnError::Closed)??;
         }

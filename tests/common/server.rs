@@ -39,6 +39,11 @@ impl Server {
 
     /// Like `start_with`, with `tables` (whole TOML tables) appended to the configuration.
     pub fn start_config(imap: &str, tables: &str) -> Server {
+        Self::start_limits(imap, "", tables)
+    }
+
+    /// Like `start_config`, with `limits` lines added to `[imap.limits]`.
+    pub fn start_limits(imap: &str, limits: &str, tables: &str) -> Server {
         let dir = tempfile::Builder::new()
             .prefix("spimap")
             .tempdir_in("/tmp")
@@ -46,7 +51,7 @@ impl Server {
         let config = format!(
             "[store]\npath = \"{store}\"\n\n[imap]\nallow_plaintext_loopback = true\n{imap}\n\n\
              [imap.limits]\nauth_failure_delay_ms = {AUTH_DELAY_MS}\nmax_literal = 4096\n\
-             max_append = 1048576\nmax_line_before_login = 2048\n\n\
+             max_append = 1048576\nmax_line_before_login = 2048\n{limits}\n\n\
              [[accounts]]\nname = \"{USER}\"\npassword_hash = \"{hash}\"\n\n{tables}\n",
             store = dir.path().join("store.sqlite").display(),
             hash = password_hash(),
