@@ -282,3 +282,81 @@ fn exit_codes_and_reasons() {
     assert!(stderr_line(&out).contains("5.1.3"));
     let _ = std::fs::remove_dir_all(&out_dir);
 }
+
+/// A GnuPG home where gpg cannot make its trust database (one not writable by the user
+/// sealpost runs as; likewise a full or read-only file system): gpg stops at "can't create
+/// lock", lists no key and GPGME reports no error. That is no "no key": with sign = false,
+/// where a keyless copy goes in clear, bob is deferred (exit 75), not sent his mail in clear.
+#[test]
+fn a_trust_database_gpg_cannot_make_defers_rather_than_sends_in_clear() {
+    use std::os::unix::fs::PermissionsExt;
+    let world = World::new();
+    let home = GpgHome::new();
+    home.import(&world.sender.export_public(&world.alice));
+    home.import(&world.bob.export_public(&world.bob_fpr));
+    sealpost::keys::home::stop_daemons(&home.dir);
+    std::fs::remove_file(home.dir.join("trustdb.gpg")).unwrap();
+    let perm = |p: &std::path::Path, mode: u32| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap()
+    };
+    let out_dir = home_dir_for_output();
+    perm(&out_dir, 0o777);
+    let config = out_dir.join("sealpost.toml");
+    std::fs::write(&config, "[policy]\nsign = false\n").unwrap();
+    perm(&config, 0o644);
+    let copies = out_dir.join("copies");
+    let mut args = vec![
+        env!("CARGO_BIN_EXE_sealpost").to_string(),
+        "--config".into(),
+        config.display().to_string(),
+        "rewrite".into(),
+        "--sender".into(),
+        "alice@example.org".into(),
+        "--rcpt".into(),
+        "bob@example.org".into(),
+        "--gnupg-home".into(),
+        home.dir.display().to_string(),
+        "--out".into(),
+        copies.display().to_string(),
+    ];
+    // Root may write anywhere: the run is made as nobody, who may read the home but not
+    // write to it; anyone else gets a home without write permission.
+    let root = sealpost::queue::current_uid() == 0;
+    for entry in std::fs::read_dir(&home.dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            perm(&path, 0o644);
+        }
+    }
+    perm(&home.dir, if root { 0o755 } else { 0o555 });
+    if root {
+        let setpriv = [
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--",
+        ];
+        args.splice(0..0, setpriv.iter().map(|s| s.to_string()));
+    }
+    let out = run_with_stdin(
+        Command::new(&args[0]).args(&args[1..]),
+        b"From: alice@example.org\nTo: bob@example.org\nSubject: s\n\nTOPSECRET body\n",
+    );
+    perm(&home.dir, 0o700);
+    assert!(
+        !home.dir.join("trustdb.gpg").exists(),
+        "the trust database could not be made"
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("bob@example.org\tdeferred"), "{out:?}");
+    let written: Vec<_> = std::fs::read_dir(&copies)
+        .map(|d| d.map(|e| e.unwrap().path()).collect())
+        .unwrap_or_default();
+    for copy in written {
+        assert!(
+            !contains(&std::fs::read(&copy).unwrap(), "TOPSECRET"),
+            "{copy:?}"
+        );
+    }
+}

@@ -54,10 +54,40 @@ pub fn stop_daemons(home: &Path) {
 }
 
 /// Why the public keyring in `home` cannot be read, when that is so: a home that is missing
-/// or unreadable, a keyring file that cannot be opened. gpg then lists no key and GPGME
-/// reports no error, so an empty listing is checked here before it counts as "no key".
-/// A home without any keyring file is readable: it has no keys (gpg makes the file).
+/// or unreadable, a keyring file that cannot be opened, a trust database gpg cannot open or
+/// make (a home on a full or read-only file system, or not the user's, without one yet:
+/// "Fatal: can't create lock"). gpg then lists no key and GPGME reports no error, so an
+/// empty listing is checked here before it counts as "no key". A home without any keyring
+/// file is readable: it has no keys (gpg makes the file). Runs gpg once.
 pub fn public_keyring_problem(home: &Path) -> Option<String> {
+    if let Some(problem) = keyring_file_problem(home) {
+        return Some(problem);
+    }
+    // Listing keys opens the trust database (validity), and makes it when there is none;
+    // exporting the owner trust does just that, whatever the keyring's size.
+    let out = Command::new("gpg")
+        .arg("--homedir")
+        .arg(home)
+        .args(["--batch", "--no-tty", "--export-ownertrust"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .output();
+    match out {
+        Err(e) => Some(format!("cannot run gpg: {e}")),
+        Ok(out) if out.status.success() => None,
+        Ok(out) => Some(
+            String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("gpg cannot open the trust database")
+                .trim_start_matches("gpg: ")
+                .to_string(),
+        ),
+    }
+}
+
+fn keyring_file_problem(home: &Path) -> Option<String> {
     if let Err(e) = std::fs::read_dir(home) {
         return Some(format!(
             "the GnuPG home {} cannot be read: {e}",

@@ -307,7 +307,11 @@ impl KeyService {
             )
             .await?;
         if facts.is_empty() {
-            if let Some(detail) = home::public_keyring_problem(&self.home) {
+            let home = self.home.clone();
+            let problem = tokio::task::spawn_blocking(move || home::public_keyring_problem(&home))
+                .await
+                .unwrap_or_else(|e| Some(format!("keyring check failed: {e}")));
+            if let Some(detail) = problem {
                 return Err(KeyError::Refused {
                     op: "looking up a public key",
                     detail,
