@@ -1259,3 +1259,78 @@ fn a_utf8_header_goes_with_smtputf8() {
         delivered[0].mail_options
     );
 }
+
+/// Unmounts a tmpfs the test mounted, however the test ends.
+struct Mounted(PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// KB free on the file system that holds `dir`.
+fn free_kb(dir: &Path) -> u64 {
+    let out = Command::new("df")
+        .args(["-k", "--output=avail"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// A queue whose file system fills up: a copy the relay took must be recorded, or the next run
+/// sends it again. With 40 KB left the database still opens, so each run sent bob's copy and
+/// could not record it: four copies by the time space came back. The queue now keeps room
+/// for the record (a reserve file it gives up for it), and sends nothing while it cannot keep
+/// that room: bob gets one copy. Needs root (a small tmpfs).
+#[test]
+fn a_full_queue_file_system_sends_nothing_it_cannot_record() {
+    if sealpost::queue::current_uid() != 0 {
+        eprintln!("skipped: needs root to mount a small file system");
+        return;
+    }
+    let s = Setup::new();
+    let queue = s.queue_dir();
+    std::fs::create_dir_all(&queue).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=2M", "tmpfs"])
+        .arg(&queue)
+        .status()
+        .unwrap();
+    assert!(mounted.success());
+    let _mount = Mounted(queue.clone());
+    // Queued while the relay is down, so that the queue's database is made.
+    s.configure(relay::free_port(), false, "");
+    let out = s.sendmail(
+        &["-i", "bob@example.org"],
+        b"From: alice@example.org\nSubject: full\n\nbody\n",
+    );
+    assert!(out.status.success(), "{out:?}");
+    assert!(s.queue_run().contains("1 deferred"));
+    let relay = s.relay(&RelayOptions::default());
+    s.configure(relay.port, false, "");
+    let filler = queue.join("filler");
+    let fill = free_kb(&queue).saturating_sub(40);
+    let filled = Command::new("fallocate")
+        .args(["-l", &format!("{fill}K")])
+        .arg(&filler)
+        .status()
+        .unwrap();
+    assert!(filled.success());
+    for _ in 0..3 {
+        let out = s.sealpost(&["queue", "run"]);
+        assert!(matches!(out.status.code(), Some(0 | 75)), "{out:?}");
+    }
+    std::fs::remove_file(&filler).unwrap();
+    s.queue_run();
+    assert!(!s.queue_list().contains("bob@example.org"), "bob is done");
+    assert_eq!(relay.delivered(1)[0].rcpts, ["bob@example.org"]);
+    assert!(relay.drain().is_empty(), "bob got his copy once");
+}

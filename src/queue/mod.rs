@@ -208,6 +208,12 @@ pub struct RunReport {
 }
 
 /// The queue database.
+/// The file that keeps room for recording sent copies ([`Queue::ensure_reserve`]).
+const RESERVE_FILE: &str = "space.reserve";
+
+/// Its size: many times what recording a batch of copies takes.
+const RESERVE_BYTES: usize = 256 * 1024;
+
 pub struct Queue {
     config: QueueConfig,
     db: Mutex<Connection>,
@@ -647,6 +653,47 @@ impl Queue {
             .map_err(|e| self.db_err(e))?;
         }
         tx.commit().map_err(|e| self.db_err(e))
+    }
+
+    /// Before copies go to the relay: the queue's file system holds [`RESERVE_BYTES`] for
+    /// this queue in a file of their own (made now when missing). A copy the relay took must
+    /// be recorded, or the next run sends it again: on a full disk a run would send the same
+    /// copies at every run. With no room for the reserve nothing is sent; when the record
+    /// fails for room after all, the reserve is given up for it ([`Self::release_reserve`]).
+    fn ensure_reserve(&self) -> Result<(), QueueError> {
+        use std::io::Write;
+        let path = self.config.dir.join(RESERVE_FILE);
+        if std::fs::symlink_metadata(&path).is_ok_and(|m| m.len() == RESERVE_BYTES as u64) {
+            return Ok(());
+        }
+        let io = |source| QueueError::Io {
+            path: path.display().to_string(),
+            source,
+        };
+        let made = self.config.dir.join(format!("{RESERVE_FILE}.tmp"));
+        let result = (|| {
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&made)?;
+            // Bytes no file system compresses or shares away.
+            let mut bytes = vec![0u8; RESERVE_BYTES];
+            getrandom::fill(&mut bytes).map_err(|e| std::io::Error::other(e.to_string()))?;
+            file.write_all(&bytes)?;
+            file.sync_all()?;
+            std::fs::rename(&made, &path)
+        })();
+        if let Err(e) = result {
+            let _ = std::fs::remove_file(&made);
+            return Err(io(e));
+        }
+        give_to_owner(&self.config.dir, &[path])
+    }
+
+    /// Frees the reserve for the record of a copy the relay took.
+    fn release_reserve(&self) {
+        let _ = std::fs::remove_file(self.config.dir.join(RESERVE_FILE));
     }
 
     /// Only a recipient still queued: one deleted meanwhile (`queue delete`) keeps the
@@ -1126,6 +1173,8 @@ impl Runner {
                 Err(e) if tries < 5 => {
                     tries += 1;
                     tracing::warn!("{id}: to=<{address}> sent, but not recorded yet: {e}");
+                    // Out of room, say: the reserve was kept for this.
+                    self.queue.release_reserve();
                     tokio::time::sleep(Duration::from_millis(200 << tries)).await;
                 }
                 Err(e) => {
@@ -1225,6 +1274,13 @@ impl Runner {
                 .entry(rewrite::mailbox(&d.address))
                 .or_default()
                 .push(d);
+        }
+        if let Err(e) = self.queue.ensure_reserve() {
+            tracing::error!(
+                "{}: nothing sent: no room to record what the relay takes: {e}",
+                m.id
+            );
+            return Err(e);
         }
         let mut covered = std::collections::HashSet::new();
         while let Some(copies) = planned.next_batch().await {
