@@ -57,6 +57,7 @@ pub mod message;
 pub mod milter;
 pub mod net;
 pub mod queue;
+pub mod reserve;
 pub mod rewrite;
 pub mod sendmail;
 pub mod shutdown;

@@ -23,6 +23,8 @@ pub struct JournalError {
 pub struct Journal {
     conn: Mutex<Connection>,
     path: PathBuf,
+    /// Room for the records of copies sent ([`crate::reserve`]), beside the database.
+    reserve: crate::reserve::Reserve,
 }
 
 impl Journal {
@@ -48,9 +50,12 @@ impl Journal {
              );",
         )
         .map_err(err)?;
+        let mut reserve = path.as_os_str().to_owned();
+        reserve.push(".reserve");
         Ok(Journal {
             conn: Mutex::new(conn),
             path: path.to_path_buf(),
+            reserve: crate::reserve::Reserve::new(reserve.into()),
         })
     }
 
@@ -83,15 +88,28 @@ impl Journal {
             .map_err(|e| self.err(e))
     }
 
-    /// Records a re-injected copy (durably: synchronous=FULL).
+    /// Before a copy is re-injected: room to record it ([`crate::reserve`]). An error: there
+    /// is none, and the copy must not go (every retry of the message would send it again).
+    pub fn ensure_reserve(&self) -> std::io::Result<()> {
+        self.reserve.ensure()
+    }
+
+    /// Records a re-injected copy (durably: synchronous=FULL). A first failure frees the
+    /// reserve and tries once more: the copy went, and an unrecorded one goes again.
     pub fn record(&self, identity: &str, recipient: &str, at: i64) -> Result<(), JournalError> {
-        self.conn()
-            .execute(
-                "INSERT OR IGNORE INTO reinjected(identity, recipient, at) VALUES (?1, ?2, ?3)",
-                params![identity, canonical_address(recipient), at],
-            )
-            .map(drop)
-            .map_err(|e| self.err(e))
+        let insert = || {
+            self.conn()
+                .execute(
+                    "INSERT OR IGNORE INTO reinjected(identity, recipient, at) VALUES (?1, ?2, ?3)",
+                    params![identity, canonical_address(recipient), at],
+                )
+                .map(drop)
+                .map_err(|e| self.err(e))
+        };
+        insert().or_else(|_| {
+            self.reserve.release();
+            insert()
+        })
     }
 
     /// Forgets entries older than `max_age` (Postfix gives up on a message after 5 days).

@@ -870,6 +870,13 @@ async fn reinject(
 ) -> Result<Option<bounce::Failure>, String> {
     // Keep-alive: each re-injection may take a while; Postfix's timer restarts.
     let _ = cx.actions.progress().await;
+    if let Err(e) = milter.journal.ensure_reserve() {
+        tracing::warn!(
+            "{queue_id}: to=<{}> not re-injected: no room to journal it: {e}",
+            copy.recipient
+        );
+        return Err(format!("no room to journal the re-injection: {e}"));
+    }
     let bytes = copy.message.as_deref().unwrap_or_default();
     match milter.reinject.send(sender, &copy.recipient, bytes).await {
         Sent::Accepted(reply) => {

@@ -208,12 +208,6 @@ pub struct RunReport {
 }
 
 /// The queue database.
-/// The file that keeps room for recording sent copies ([`Queue::ensure_reserve`]).
-const RESERVE_FILE: &str = "space.reserve";
-
-/// Its size: many times what recording a batch of copies takes.
-const RESERVE_BYTES: usize = 256 * 1024;
-
 pub struct Queue {
     config: QueueConfig,
     db: Mutex<Connection>,
@@ -655,45 +649,24 @@ impl Queue {
         tx.commit().map_err(|e| self.db_err(e))
     }
 
-    /// Before copies go to the relay: the queue's file system holds [`RESERVE_BYTES`] for
-    /// this queue in a file of their own (made now when missing). A copy the relay took must
-    /// be recorded, or the next run sends it again: on a full disk a run would send the same
-    /// copies at every run. With no room for the reserve nothing is sent; when the record
-    /// fails for room after all, the reserve is given up for it ([`Self::release_reserve`]).
+    /// Before copies go to the relay: room to record them ([`crate::reserve`]). An error:
+    /// there is none, and nothing may be sent.
     fn ensure_reserve(&self) -> Result<(), QueueError> {
-        use std::io::Write;
-        let path = self.config.dir.join(RESERVE_FILE);
-        if std::fs::symlink_metadata(&path).is_ok_and(|m| m.len() == RESERVE_BYTES as u64) {
-            return Ok(());
-        }
-        let io = |source| QueueError::Io {
-            path: path.display().to_string(),
+        let reserve = self.reserve();
+        reserve.ensure().map_err(|source| QueueError::Io {
+            path: reserve.path().display().to_string(),
             source,
-        };
-        let made = self.config.dir.join(format!("{RESERVE_FILE}.tmp"));
-        let result = (|| {
-            let mut file = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(&made)?;
-            // Bytes no file system compresses or shares away.
-            let mut bytes = vec![0u8; RESERVE_BYTES];
-            getrandom::fill(&mut bytes).map_err(|e| std::io::Error::other(e.to_string()))?;
-            file.write_all(&bytes)?;
-            file.sync_all()?;
-            std::fs::rename(&made, &path)
-        })();
-        if let Err(e) = result {
-            let _ = std::fs::remove_file(&made);
-            return Err(io(e));
-        }
-        give_to_owner(&self.config.dir, &[path])
+        })?;
+        give_to_owner(&self.config.dir, &[reserve.path().to_path_buf()])
     }
 
     /// Frees the reserve for the record of a copy the relay took.
     fn release_reserve(&self) {
-        let _ = std::fs::remove_file(self.config.dir.join(RESERVE_FILE));
+        self.reserve().release();
+    }
+
+    fn reserve(&self) -> crate::reserve::Reserve {
+        crate::reserve::Reserve::new(self.config.dir.join("space.reserve"))
     }
 
     /// Only a recipient still queued: one deleted meanwhile (`queue delete`) keeps the
