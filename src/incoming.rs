@@ -469,10 +469,21 @@ pub async fn deliver(config: Config, args: DeliverArgs) -> Result<u8, CliError> 
             crate::store::InternalDate::now(),
         );
         let appended = store.append(mailbox.id, message, crate::store::Origin::Sync)?;
-        // Its failure count, if it had one, goes with it.
-        if store.meta(&strike_key)?.is_some() {
-            let stamps = [":since", ":last"].map(|s| format!("{strike_key}{s}"));
-            store.delete_meta(&[strike_key, stamps[0].clone(), stamps[1].clone()])?;
+        // Its failure count, if it had one, goes with it. The message is stored: a failure
+        // here must not make the MTA deliver it again (a count left over is forgotten after a
+        // week, and only counts against these same bytes).
+        let forget = || -> Result<(), crate::store::StoreError> {
+            if store.meta(&strike_key)?.is_some() {
+                let stamps = [":since", ":last"].map(|s| format!("{strike_key}{s}"));
+                store.delete_meta(&[strike_key.clone(), stamps[0].clone(), stamps[1].clone()])?;
+            }
+            Ok(())
+        };
+        if let Err(e) = forget() {
+            tracing::warn!(
+                uid = appended.uid,
+                "deliver: stored; its failure count stays: {e}"
+            );
         }
         Ok::<_, CliError>(appended)
     })
@@ -483,7 +494,12 @@ pub async fn deliver(config: Config, args: DeliverArgs) -> Result<u8, CliError> 
         other => CliError::Temporary(other.to_string()),
     })?;
     tracing::info!(account = %account_name, uid = appended.uid, %verdict, "deliver: stored");
-    println!("delivered {}", appended.uid);
+    // Stored: whatever becomes of this line (stdout closed or on a full disk), the answer is
+    // 0, or the MTA would deliver the message again.
+    {
+        use std::io::Write;
+        let _ = writeln!(std::io::stdout(), "delivered {}", appended.uid);
+    }
     // Messages kept undecryptable are tried again (when the keys changed, or once a day) by a
     // process of their own, in the background: the MTA has its answer now, and a retry that
     // takes long can neither hold it up nor get this delivery killed (Postfix bounces a

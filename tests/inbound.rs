@@ -1105,3 +1105,30 @@ fn deliveries_into_a_new_store_at_once_all_go_in() {
     let inbox = store.mailbox(account, "INBOX").unwrap().unwrap();
     assert_eq!(store.select_view(inbox.id).unwrap().uids.len(), 8);
 }
+
+/// deliver's stdout on a full disk (here /dev/full): the message is stored, so the answer is
+/// 0; a 75 would make the MTA deliver it again.
+#[test]
+fn a_delivery_whose_report_line_cannot_be_written_is_still_delivered_once() {
+    let world = World::new();
+    let server = bobs_store(&world);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sealpost"))
+        .arg("--config")
+        .arg(server.config())
+        .args(["deliver", "--account", common::server::USER])
+        .stdin(Stdio::piped())
+        .stdout(std::fs::File::create("/dev/full").unwrap())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin
+            .write_all(b"From: a@example.org\r\nSubject: full\r\n\r\nbody\r\n")
+            .unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(verdicts::fetch_all(&server).len(), 1);
+}
