@@ -496,7 +496,14 @@ impl Session {
                 Ok(Done::ok("UNSELECT completed"))
             }
             C::Close => {
-                self.close(true).await;
+                // RFC 3501 §6.4.2 allows no NO: a failed expunge is said in an untagged NO
+                // (as Dovecot does), and the mailbox is closed all the same.
+                if let Some(error) = self.close(true).await {
+                    let (_, code, text) = describe(&CmdError::Store(error));
+                    let mut out = Out::default();
+                    out.status("*", "NO", code, &format!("Messages not expunged: {text}"));
+                    self.conn.write(&out.bytes).await?;
+                }
                 Ok(Done::ok("CLOSE completed"))
             }
             C::Expunge => self.expunge(None).await,
@@ -749,12 +756,14 @@ impl Session {
         }
     }
 
-    /// Leaves the selected mailbox; CLOSE also expunges (RFC 3501 §6.4.2) silently.
-    async fn close(&mut self, expunge: bool) {
+    /// Leaves the selected mailbox; CLOSE also expunges (RFC 3501 §6.4.2) silently. Returns
+    /// why the expunge failed, if it did.
+    async fn close(&mut self, expunge: bool) -> Option<StoreError> {
         let State::Selected(user, selected) = std::mem::replace(&mut self.state, State::Logout)
         else {
-            return;
+            return None;
         };
+        let mut failed = None;
         if expunge && !selected.read_only {
             let store = self.shared.store.clone();
             let id = selected.mailbox.id;
@@ -764,9 +773,11 @@ impl Session {
             .await;
             if let Ok(Err(error)) = expunged {
                 tracing::warn!(%error, "imap: CLOSE could not expunge");
+                failed = Some(error);
             }
         }
         self.state = State::Authenticated(user);
+        failed
     }
 
     pub fn capabilities(&self) -> String {

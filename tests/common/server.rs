@@ -44,16 +44,25 @@ impl Server {
 
     /// Like `start_config`, with `limits` lines added to `[imap.limits]`.
     pub fn start_limits(imap: &str, limits: &str, tables: &str) -> Server {
+        Self::start_store(imap, limits, tables, None)
+    }
+
+    /// Like `start_limits`, with the store at `store` (its own file system, say) instead of
+    /// in the server's directory.
+    pub fn start_store(imap: &str, limits: &str, tables: &str, store: Option<&Path>) -> Server {
         let dir = tempfile::Builder::new()
             .prefix("spimap")
             .tempdir_in("/tmp")
             .unwrap();
+        let store = store
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| dir.path().join("store.sqlite"));
         let config = format!(
             "[store]\npath = \"{store}\"\n\n[imap]\nallow_plaintext_loopback = true\n{imap}\n\n\
              [imap.limits]\nauth_failure_delay_ms = {AUTH_DELAY_MS}\nmax_literal = 4096\n\
              max_append = 1048576\nmax_line_before_login = 2048\n{limits}\n\n\
              [[accounts]]\nname = \"{USER}\"\npassword_hash = \"{hash}\"\n\n{tables}\n",
-            store = dir.path().join("store.sqlite").display(),
+            store = store.display(),
             hash = password_hash(),
         );
         std::fs::write(dir.path().join("sealpost.toml"), config).unwrap();
