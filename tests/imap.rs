@@ -1316,27 +1316,12 @@ fn close_on_a_full_store_says_the_messages_stayed() {
         eprintln!("skipped: needs root to mount a small file system");
         return;
     }
-    let fs = tempfile::Builder::new()
+    let dir = tempfile::Builder::new()
         .prefix("spfull")
         .tempdir_in("/tmp")
         .unwrap();
-    let mounted = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=4M", "tmpfs"])
-        .arg(fs.path())
-        .status()
-        .unwrap();
-    assert!(mounted.success());
-    struct Unmount(PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount")
-                .arg("-l")
-                .arg(&self.0)
-                .status();
-        }
-    }
-    let _unmount = Unmount(fs.path().to_path_buf());
-    let server = Server::start_store("", "", "", Some(&fs.path().join("store.sqlite")));
+    let fs = common::SmallFs::mount_at(dir.path(), "4M");
+    let server = Server::start_store("", "", "", Some(&fs.path.join("store.sqlite")));
     let mut raw = server.login();
     for i in 0..4 {
         let message = format!("Subject: m{i}\r\n\r\nbody {i}\r\n");
@@ -1344,32 +1329,14 @@ fn close_on_a_full_store_says_the_messages_stayed() {
     }
     raw.ok("SELECT INBOX");
     raw.ok("STORE 1:4 +FLAGS (\\Deleted)");
-    let filler = fs.path().join("filler");
-    let df = std::process::Command::new("df")
-        .args(["-k", "--output=avail"])
-        .arg(fs.path())
-        .output()
-        .unwrap();
-    let avail: u64 = String::from_utf8_lossy(&df.stdout)
-        .lines()
-        .last()
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    let status = std::process::Command::new("fallocate")
-        .args(["-l", &format!("{avail}K")])
-        .arg(&filler)
-        .status()
-        .unwrap();
-    assert!(status.success());
+    fs.fill(0);
     let (untagged, tagged) = raw.cmd("CLOSE");
     assert!(tagged.contains("OK"), "{tagged}");
     assert!(
         untagged.iter().any(|l| l.starts_with("* NO [OVERQUOTA]")),
         "{untagged:?}"
     );
-    std::fs::remove_file(&filler).unwrap();
+    fs.unfill();
     let selected = raw.ok("SELECT INBOX").join("\n");
     assert!(selected.contains("* 4 EXISTS"), "{selected}");
 }

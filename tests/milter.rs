@@ -1103,56 +1103,21 @@ fn recipients_spelled_differently_keep_their_copy_and_are_not_sent_twice() {
 fn a_full_journal_file_system_reinjects_nothing_twice() {
     let Some(rig) = Rig::new() else { return };
     let (world, postfix) = (&rig.world, &rig.postfix);
-    let jfs = postfix.dir.join("jfs");
-    std::fs::create_dir_all(&jfs).unwrap();
-    let mounted = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=1M", "tmpfs"])
-        .arg(&jfs)
-        .status()
-        .unwrap();
-    assert!(mounted.success());
-    struct Unmount(PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-        }
-    }
-    let _unmount = Unmount(jfs.clone());
+    let jfs = SmallFs::mount_at(&postfix.dir.join("jfs"), "1M");
     let _milter = MilterProcess::start_with(
         world,
         rig.milter_port,
         postfix.reinject_port,
-        &jfs.join("journal.sqlite"),
+        &jfs.path.join("journal.sqlite"),
         "",
     );
     // The milter has opened its journal; then the disk fills.
-    let filler = jfs.join("filler");
-    let fill = |leave_kb: u64| {
-        let out = Command::new("df")
-            .args(["-k", "--output=avail"])
-            .arg(&jfs)
-            .output()
-            .unwrap();
-        let avail: u64 = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .last()
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap();
-        let status = Command::new("fallocate")
-            .args(["-l", &format!("{}K", avail.saturating_sub(leave_kb))])
-            .arg(&filler)
-            .status()
-            .unwrap();
-        assert!(status.success());
-    };
-    fill(0);
+    jfs.fill(0);
     for _ in 0..3 {
         let reply = rig.smtp(&THREE);
         assert!(reply.starts_with("451"), "{reply}");
     }
-    std::fs::remove_file(&filler).unwrap();
+    jfs.unfill();
     let reply = rig.smtp(&THREE);
     assert!(reply.starts_with("250"), "{reply}");
     check_three_copies(world, postfix.wait_messages(3));

@@ -1260,31 +1260,6 @@ fn a_utf8_header_goes_with_smtputf8() {
     );
 }
 
-/// Unmounts a tmpfs the test mounted, however the test ends.
-struct Mounted(PathBuf);
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
-
-/// KB free on the file system that holds `dir`.
-fn free_kb(dir: &Path) -> u64 {
-    let out = Command::new("df")
-        .args(["-k", "--output=avail"])
-        .arg(dir)
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .last()
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap()
-}
-
 /// A queue whose file system fills up: a copy the relay took must be recorded, or the next run
 /// sends it again. With 40 KB left the database still opens, so each run sent bob's copy and
 /// could not record it: four copies by the time space came back. The queue now keeps room
@@ -1297,15 +1272,7 @@ fn a_full_queue_file_system_sends_nothing_it_cannot_record() {
         return;
     }
     let s = Setup::new();
-    let queue = s.queue_dir();
-    std::fs::create_dir_all(&queue).unwrap();
-    let mounted = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=2M", "tmpfs"])
-        .arg(&queue)
-        .status()
-        .unwrap();
-    assert!(mounted.success());
-    let _mount = Mounted(queue.clone());
+    let queue = SmallFs::mount_at(&s.queue_dir(), "2M");
     // Queued while the relay is down, so that the queue's database is made.
     s.configure(relay::free_port(), false, "");
     let out = s.sendmail(
@@ -1316,19 +1283,12 @@ fn a_full_queue_file_system_sends_nothing_it_cannot_record() {
     assert!(s.queue_run().contains("1 deferred"));
     let relay = s.relay(&RelayOptions::default());
     s.configure(relay.port, false, "");
-    let filler = queue.join("filler");
-    let fill = free_kb(&queue).saturating_sub(40);
-    let filled = Command::new("fallocate")
-        .args(["-l", &format!("{fill}K")])
-        .arg(&filler)
-        .status()
-        .unwrap();
-    assert!(filled.success());
+    queue.fill(40);
     for _ in 0..3 {
         let out = s.sealpost(&["queue", "run"]);
         assert!(matches!(out.status.code(), Some(0 | 75)), "{out:?}");
     }
-    std::fs::remove_file(&filler).unwrap();
+    queue.unfill();
     s.queue_run();
     assert!(!s.queue_list().contains("bob@example.org"), "bob is done");
     assert_eq!(relay.delivered(1)[0].rcpts, ["bob@example.org"]);

@@ -403,3 +403,63 @@ pub fn corpus_files() -> Vec<PathBuf> {
     files.sort();
     files
 }
+
+/// A small tmpfs of its own at `path` (root only: tests that use one skip without root),
+/// unmounted when dropped: a disk that fills up.
+pub struct SmallFs {
+    pub path: PathBuf,
+}
+
+impl SmallFs {
+    /// Mounts a tmpfs of `size` ("2M") at `path`, made when missing.
+    pub fn mount_at(path: &Path, size: &str) -> SmallFs {
+        std::fs::create_dir_all(path).unwrap();
+        let mounted = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(path)
+            .status()
+            .unwrap();
+        assert!(mounted.success(), "mount tmpfs at {}", path.display());
+        SmallFs {
+            path: path.to_path_buf(),
+        }
+    }
+
+    /// KB free.
+    pub fn free_kb(&self) -> u64 {
+        let out = Command::new("df")
+            .args(["-k", "--output=avail"])
+            .arg(&self.path)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .last()
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    /// Fills it up to `leave_kb` KB free (a file `filler`).
+    pub fn fill(&self, leave_kb: u64) {
+        let size = self.free_kb().saturating_sub(leave_kb);
+        let filled = Command::new("fallocate")
+            .args(["-l", &format!("{size}K")])
+            .arg(self.path.join("filler"))
+            .status()
+            .unwrap();
+        assert!(filled.success());
+    }
+
+    /// Gives the room back.
+    pub fn unfill(&self) {
+        std::fs::remove_file(self.path.join("filler")).unwrap();
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+    }
+}
