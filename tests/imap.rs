@@ -966,15 +966,7 @@ fn connections_beyond_the_limit_are_told_to_come_back() {
     );
     drop(_a);
     // The slot frees when a session ends; the server notices the close on its own.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let next = Raw::connect(server.starttls_port);
-        if next.greeting.starts_with("* OK") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "slot never freed");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    slot_frees(&server, "after a session ended");
 }
 
 /// Waits (up to 30 s) until a new connection gets the greeting, not BYE: the one slot is free.

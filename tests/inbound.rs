@@ -52,6 +52,38 @@ fn deliver(server: &Server, raw: &[u8]) -> (i32, String) {
     )
 }
 
+/// The boundary of a multipart message.
+fn boundary_of(message: &str) -> String {
+    message
+        .split("boundary=\"")
+        .nth(1)
+        .and_then(|b| b.split('"').next())
+        .expect("the boundary")
+        .to_string()
+}
+
+/// Delivers each forgery of `signed` and checks that every one is stored as a bad signature,
+/// not $Sealpost-Signed; returns what was stored.
+fn forgeries_read_bad(
+    server: &Server,
+    signed: &str,
+    forgeries: &[&String],
+) -> Vec<(String, Vec<u8>)> {
+    for raw in forgeries {
+        assert_ne!(raw.as_str(), signed, "the forgery was made");
+        let (code, output) = deliver(server, raw.as_bytes());
+        assert_eq!(code, 0, "{output}");
+    }
+    let stored = verdicts::fetch_all(server);
+    assert_eq!(stored.len(), forgeries.len());
+    for (flags, message) in &stored {
+        let verdict = verdicts::verdict(message);
+        assert!(verdict.starts_with("plaintext; signature=bad"), "{verdict}");
+        assert!(!flags.contains("$Sealpost-Signed"), "{flags}");
+    }
+    stored
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delivered_mail_is_decrypted_verified_and_marked() {
     let world = World::new();
@@ -352,12 +384,7 @@ async fn a_signature_over_one_part_does_not_vouch_for_others() {
     let server = bobs_store(&world);
     let cases = verdicts::cases(&world).await;
     let signed = String::from_utf8(cases[1].1.clone()).unwrap();
-    let boundary = signed
-        .split("boundary=\"")
-        .nth(1)
-        .and_then(|b| b.split('"').next())
-        .expect("the boundary")
-        .to_string();
+    let boundary = boundary_of(&signed);
     let closing = format!("--{boundary}--");
     let third = signed.replace(
         &closing,
@@ -370,18 +397,7 @@ async fn a_signature_over_one_part_does_not_vouch_for_others() {
         ),
         1,
     );
-    for raw in [&third, &mixed_first] {
-        assert_ne!(raw, &signed, "the forgery was made");
-        let (code, output) = deliver(&server, raw.as_bytes());
-        assert_eq!(code, 0, "{output}");
-    }
-    let stored = verdicts::fetch_all(&server);
-    assert_eq!(stored.len(), 2);
-    for (flags, message) in &stored {
-        let verdict = verdicts::verdict(message);
-        assert!(verdict.starts_with("plaintext; signature=bad"), "{verdict}");
-        assert!(!flags.contains("$Sealpost-Signed"), "{flags}");
-    }
+    forgeries_read_bad(&server, &signed, &[&third, &mixed_first]);
 }
 
 /// Alice signs and encrypts (RFC 3156 §6.2) a message whose protected header says it is from
@@ -587,12 +603,7 @@ async fn a_delimiter_line_with_more_on_it_does_not_ride_on_a_signature() {
     let world = World::new();
     let server = bobs_store(&world);
     let signed = String::from_utf8(verdicts::signed_copy(&world).await).unwrap();
-    let boundary = signed
-        .split("boundary=\"")
-        .nth(1)
-        .and_then(|b| b.split('"').next())
-        .expect("the boundary")
-        .to_string();
+    let boundary = boundary_of(&signed);
     let delimiter = format!("\r\n--{boundary}\r\n");
     let closing = format!("--{boundary}--");
     assert_eq!(signed.matches(&delimiter).count(), 2, "{signed}");
@@ -612,18 +623,8 @@ async fn a_delimiter_line_with_more_on_it_does_not_ride_on_a_signature() {
         &format!("\r\n--{boundary}Reply-To: Mallory <m@evil.example>\r\n"),
         1,
     );
-    for raw in [&wrapped, &field] {
-        assert_ne!(raw, &signed, "the forgery was made");
-        let (code, output) = deliver(&server, raw.as_bytes());
-        assert_eq!(code, 0, "{output}");
-    }
-    let stored = verdicts::fetch_all(&server);
-    assert_eq!(stored.len(), 2);
-    for (flags, message) in &stored {
-        let verdict = verdicts::verdict(message);
-        assert!(verdict.starts_with("plaintext; signature=bad"), "{verdict}");
-        assert!(!flags.contains("$Sealpost-Signed"), "{flags}");
-        let text = String::from_utf8_lossy(message);
+    for (_, message) in forgeries_read_bad(&server, &signed, &[&wrapped, &field]) {
+        let text = String::from_utf8_lossy(&message);
         let (header, _) = text.split_once("\r\n\r\n").unwrap();
         assert!(!header.contains("evil.example"), "{header}");
     }
