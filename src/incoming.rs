@@ -74,6 +74,9 @@ pub async fn serve(config: Config, args: ImapArgs) -> Result<u8, CliError> {
     }
     let shared = Arc::new(Shared {
         connections: Arc::new(Semaphore::new(config.imap.max_connections)),
+        penalties: crate::imap::auth::Penalties::new(std::time::Duration::from_millis(
+            config.imap.limits.auth_failure_delay_ms,
+        )),
         config: config.imap.clone(),
         accounts: config.accounts.clone(),
         store,

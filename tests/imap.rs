@@ -711,6 +711,27 @@ fn bad_logins_are_slowed_alike_and_cut_off() {
     assert!(lines.len() < 10, "{lines:?}");
 }
 
+/// Failures count per address across connections: after two failed logins from 127.0.0.1,
+/// a new connection's login (even the right password) waits twice the failure delay before
+/// it is checked, so that many connections at once cannot guess many times a second.
+#[test]
+fn failed_logins_slow_the_next_connection_from_that_address() {
+    let server = Server::start();
+    let mut guessing = server.raw();
+    for _ in 0..2 {
+        let (_, tagged) = guessing.cmd(&format!("LOGIN {USER} wrong"));
+        assert!(tagged.contains("NO [AUTHENTICATIONFAILED]"), "{tagged}");
+    }
+    let mut next = server.raw();
+    let started = Instant::now();
+    next.ok(&format!("LOGIN {USER} \"{PASSWORD}\""));
+    assert!(
+        started.elapsed() >= Duration::from_millis(2 * AUTH_DELAY_MS),
+        "answered after {:?}",
+        started.elapsed()
+    );
+}
+
 #[test]
 fn mailbox_names_are_checked() {
     let server = Server::start();

@@ -4,6 +4,8 @@
 
 use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use std::time::{Duration, Instant};
+
 use argon2::Argon2;
 use thiserror::Error;
 
@@ -98,5 +100,111 @@ mod tests {
         assert_eq!(parse_plain(b"bob\0alice\0pw"), None);
         assert_eq!(parse_plain(b"\0alice"), None);
         assert_eq!(parse_plain(b"\0\0pw"), None);
+    }
+}
+
+/// Failed logins per client address, across connections, as Dovecot's auth penalty: after
+/// a failure, an attempt from that address waits before its password is even checked, the
+/// wait doubling with each failure up to [`MAX_PENALTY`]. Per connection, a client gets only
+/// a few tries (`max_auth_failures`); without this, 60 connections at once guessed 16 times
+/// a second and kept both cores busy with argon2. An address without a failure for
+/// [`FORGET_AFTER`] starts over, and so does one that logs in. IPv6 addresses count by /64
+/// (one host has many).
+pub struct Penalties {
+    by_address: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, (u32, Instant)>>,
+    base: Duration,
+}
+
+/// The longest wait before an attempt is checked.
+pub const MAX_PENALTY: Duration = Duration::from_secs(15);
+
+/// How long a failure counts.
+pub const FORGET_AFTER: Duration = Duration::from_secs(300);
+
+/// Addresses remembered at most; past it, ones whose failures no longer count go first.
+const MAX_ADDRESSES: usize = 65_536;
+
+impl Penalties {
+    /// `base`: the wait after one failure (the failure delay of the configuration).
+    pub fn new(base: Duration) -> Penalties {
+        Penalties {
+            by_address: Default::default(),
+            base,
+        }
+    }
+
+    fn key(ip: std::net::IpAddr) -> std::net::IpAddr {
+        match ip {
+            std::net::IpAddr::V6(v6) => {
+                let mut octets = v6.octets();
+                octets[8..].fill(0);
+                std::net::IpAddr::V6(octets.into())
+            }
+            v4 => v4,
+        }
+    }
+
+    fn map(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<std::net::IpAddr, (u32, Instant)>>
+    {
+        self.by_address.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// How long an attempt from `ip` waits before it is checked.
+    pub fn wait(&self, ip: std::net::IpAddr) -> Duration {
+        match self.map().get(&Self::key(ip)) {
+            Some((failures, last)) if last.elapsed() < FORGET_AFTER && *failures > 0 => self
+                .base
+                .saturating_mul(1 << (failures - 1).min(16))
+                .min(MAX_PENALTY),
+            _ => Duration::ZERO,
+        }
+    }
+
+    pub fn failed(&self, ip: std::net::IpAddr) {
+        let mut map = self.map();
+        if map.len() >= MAX_ADDRESSES {
+            map.retain(|_, (_, last)| last.elapsed() < FORGET_AFTER);
+        }
+        if map.len() >= MAX_ADDRESSES {
+            return;
+        }
+        let entry = map.entry(Self::key(ip)).or_insert((0, Instant::now()));
+        if entry.1.elapsed() >= FORGET_AFTER {
+            entry.0 = 0;
+        }
+        *entry = (entry.0.saturating_add(1), Instant::now());
+    }
+
+    pub fn succeeded(&self, ip: std::net::IpAddr) {
+        self.map().remove(&Self::key(ip));
+    }
+}
+
+#[cfg(test)]
+mod penalty_tests {
+    use super::*;
+
+    #[test]
+    fn each_failure_doubles_the_wait_up_to_the_most() {
+        let p = Penalties::new(Duration::from_secs(2));
+        let ip: std::net::IpAddr = "192.0.2.7".parse().unwrap();
+        assert_eq!(p.wait(ip), Duration::ZERO);
+        p.failed(ip);
+        assert_eq!(p.wait(ip), Duration::from_secs(2));
+        p.failed(ip);
+        assert_eq!(p.wait(ip), Duration::from_secs(4));
+        for _ in 0..10 {
+            p.failed(ip);
+        }
+        assert_eq!(p.wait(ip), MAX_PENALTY);
+        p.succeeded(ip);
+        assert_eq!(p.wait(ip), Duration::ZERO);
+        // One IPv6 host: its /64.
+        let a: std::net::IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let b: std::net::IpAddr = "2001:db8:1:2::ffff".parse().unwrap();
+        p.failed(a);
+        assert_eq!(p.wait(b), Duration::from_secs(2));
     }
 }

@@ -164,6 +164,8 @@ pub struct Shared {
     pub store: Store,
     pub tls: TlsAcceptor,
     pub connections: Arc<Semaphore>,
+    /// Failed logins per client address ([`auth::Penalties`]).
+    pub penalties: auth::Penalties,
 }
 
 /// Serves IMAP on already-bound listeners until `shutdown` turns true; sessions finish the

@@ -841,6 +841,12 @@ impl Session {
                 "LOGIN is disabled before TLS; use STARTTLS or the TLS port",
             ));
         }
+        // Earlier failures from this address, on any connection, make this one wait first.
+        let ip = self.peer.ip();
+        let penalty = self.shared.penalties.wait(ip);
+        if !penalty.is_zero() {
+            tokio::time::sleep(penalty).await;
+        }
         let accounts = self.shared.accounts.clone();
         let (user_owned, password) = (user.to_owned(), password.to_vec());
         let found = tokio::task::spawn_blocking(move || {
@@ -854,6 +860,7 @@ impl Session {
                 let account =
                     tokio::task::spawn_blocking(move || store.ensure_account(&account_name))
                         .await??;
+                self.shared.penalties.succeeded(ip);
                 tracing::info!(peer = %self.peer, user = %name, "imap: logged in");
                 self.state = State::Authenticated(User { name, account });
                 Ok(Done::ok_code(
@@ -863,6 +870,7 @@ impl Session {
             }
             None => {
                 self.auth_failures += 1;
+                self.shared.penalties.failed(ip);
                 // The name as given, cut short: it is anyone's input (up to the longest
                 // literal allowed before login), logged at every failure.
                 let shown: String = user.chars().take(MAX_LOGGED_NAME).collect();
