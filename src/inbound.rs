@@ -518,6 +518,19 @@ pub fn without_verdict(raw: &[u8]) -> Vec<u8> {
     out
 }
 
+/// [`without_verdict`] for a message held whole: returned as it is (no copy) when it has no
+/// such field, as almost every message has not.
+pub fn into_without_verdict(raw: Vec<u8>) -> Vec<u8> {
+    let (header, body) = split(&raw);
+    let stripped = strip_field(header, VERDICT_FIELD);
+    if stripped.len() == header.len() {
+        return raw;
+    }
+    let mut out = stripped;
+    out.extend_from_slice(body);
+    out
+}
+
 /// The header block (with its blank line when there is one) and the body.
 fn split(raw: &[u8]) -> (&[u8], &[u8]) {
     if raw.starts_with(b"\r\n") {
@@ -877,6 +890,22 @@ fn header_value(header: &[u8], name: &[u8]) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_verdict_is_removed_from_a_message_held_whole_as_from_a_borrowed_one() {
+        for raw in [
+            &b"Subject: x\r\nSealpost-Verdict: forged\r\n\r\nbody"[..],
+            b"Subject: x\r\n\r\nSealpost-Verdict: in the body\r\n",
+            b"no header at all",
+            b"\r\nbody",
+        ] {
+            assert_eq!(
+                into_without_verdict(raw.to_vec()),
+                without_verdict(raw),
+                "{raw:?}"
+            );
+        }
+    }
 
     #[test]
     fn delimiter_lines_are_exact_or_loose() {

@@ -11,7 +11,7 @@ use super::mailbox::wire;
 use super::render::{self, Out};
 use super::sequence;
 use super::session::{CmdError, CmdResult, Done, Session};
-use crate::store::{crlf, FlagOp, Flags, InternalDate, Origin, Prepared};
+use crate::store::{FlagOp, Flags, InternalDate, Origin, Prepared};
 
 /// A client flag as stored text; \Recent cannot be set (RFC 3501 §2.3.2).
 pub(super) fn flag_text(flag: &Flag<'_>) -> String {
@@ -83,7 +83,9 @@ impl Session {
                 .map(flag_text)
                 .filter(|f| !crate::store::is_local_keyword(f)),
         );
-        let message = Prepared::new(crate::inbound::without_verdict(&crlf(&bytes)), flags, date);
+        // Held once: a 60 MB APPEND took 5.5 times its size with a copy at each step.
+        let bytes = crate::inbound::into_without_verdict(crate::store::into_crlf(bytes));
+        let message = Prepared::new(bytes, flags, date);
         let store = self.shared.store.clone();
         let appended =
             tokio::task::spawn_blocking(move || store.append(target.id, message, Origin::Client))

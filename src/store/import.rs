@@ -263,6 +263,20 @@ fn unverified(bytes: &[u8]) -> Vec<u8> {
 }
 
 /// Bare LF becomes CRLF; existing CRLF is kept.
+/// [`crlf`] for bytes held whole: returned as they are (no copy) when no line ends in a bare
+/// LF.
+pub fn into_crlf(bytes: Vec<u8>) -> Vec<u8> {
+    let bare = bytes
+        .iter()
+        .enumerate()
+        .any(|(i, &b)| b == b'\n' && (i == 0 || bytes[i - 1] != b'\r'));
+    if bare {
+        crlf(&bytes)
+    } else {
+        bytes
+    }
+}
+
 pub fn crlf(bytes: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(bytes.len() + bytes.len() / 32);
     let mut previous = 0u8;
@@ -304,6 +318,9 @@ mod tests {
     #[test]
     fn crlf_only_touches_bare_lf() {
         assert_eq!(crlf(b"a\nb\r\nc\r"), b"a\r\nb\r\nc\r");
+        for bytes in [&b"a\nb\r\nc\r"[..], b"\nx", b"a\r\nb\r\n", b"", b"\r\n\n"] {
+            assert_eq!(into_crlf(bytes.to_vec()), crlf(bytes), "{bytes:?}");
+        }
     }
 
     #[test]
