@@ -825,3 +825,30 @@ async fn the_senders_own_signature_still_verifies() {
         );
     }
 }
+
+/// A GnuPG home with `trust-model always` and no trust database (gpg makes none under that
+/// model, and needs none): a recipient without a key is just that, signed in clear, not a
+/// failed lookup deferred for good; bob is encrypted to as ever.
+#[tokio::test]
+async fn trust_model_always_without_a_trust_database_is_no_keyring_problem() {
+    let world = World::new();
+    let conf = world.sender.dir.join("gpg.conf");
+    let mut text = std::fs::read_to_string(&conf).unwrap_or_default();
+    text.push_str("trust-model always\n");
+    std::fs::write(&conf, text).unwrap();
+    std::fs::remove_file(world.sender.dir.join("trustdb.gpg")).unwrap();
+    let env = Envelope {
+        id: "T10".into(),
+        sender: "alice@example.org".into(),
+        recipients: vec!["bob@example.org".into(), "dave@example.net".into()],
+    };
+    let copies = copies(run(&world, Policy::default(), &env, MESSAGE.as_bytes()).await);
+    assert_eq!(copies.len(), 2);
+    assert!(
+        matches!(copies[0].decision, Decision::Encrypted { .. }),
+        "{:?}",
+        copies[0].decision
+    );
+    assert_eq!(copies[1].decision, Decision::Signed);
+    assert!(!world.sender.dir.join("trustdb.gpg").exists());
+}

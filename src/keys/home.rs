@@ -63,24 +63,38 @@ pub fn public_keyring_problem(home: &Path) -> Option<String> {
     if let Some(problem) = keyring_file_problem(home) {
         return Some(problem);
     }
-    // Listing keys opens the trust database (validity), and makes it when there is none;
-    // exporting the owner trust does just that, whatever the keyring's size.
+    // What GPGME ran, with an address no key has: a keyring gpg can search answers "no
+    // public key" as a status line; one it cannot ("Fatal: can't create lock" for the trust
+    // database it needs, whatever the trust model) stops before that.
     let out = Command::new("gpg")
         .arg("--homedir")
         .arg(home)
-        .args(["--batch", "--no-tty", "--export-ownertrust"])
+        .args([
+            "--batch",
+            "--no-tty",
+            "--with-colons",
+            "--status-fd",
+            "1",
+            "--list-keys",
+            "<nobody@sealpost.invalid>",
+        ])
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
         .output();
     match out {
         Err(e) => Some(format!("cannot run gpg: {e}")),
-        Ok(out) if out.status.success() => None,
+        Ok(out)
+            if String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .any(|l| l.starts_with("[GNUPG:] ERROR keylist.getkey")) =>
+        {
+            None
+        }
         Ok(out) => Some(
             String::from_utf8_lossy(&out.stderr)
                 .lines()
                 .rev()
                 .find(|l| !l.trim().is_empty())
-                .unwrap_or("gpg cannot open the trust database")
+                .unwrap_or("gpg cannot search the keyring")
                 .trim_start_matches("gpg: ")
                 .to_string(),
         ),
