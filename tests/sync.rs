@@ -2142,6 +2142,76 @@ async fn a_namespace_prefix_and_special_use_names_map_to_the_local_mailboxes() {
     assert_eq!(exists(&mut raw, "INBOX"), 0);
     let (list, _) = raw.cmd("LIST \"\" \"*\"");
     assert!(!list.join("\n").contains("INBOX/"), "{list:?}");
+
+    // Another client makes a plain "Sent" beside "Sent Items": the choice made holds (the
+    // newcomer is left out, with a warning), and Sent still goes up into "INBOX.Sent Items".
+    upstream(
+        &dovecot,
+        json!([{"cmd": "raw", "line": "CREATE INBOX.Sent"},
+        append_bytes("INBOX.Sent", &plain_message("in the plain Sent"))]),
+    );
+    let out = sync_once(&config);
+    assert_eq!(stdout(&out).trim(), format!("{USER}: 0 new"), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("\"INBOX.Sent\" left out"),
+        "{out:?}"
+    );
+    assert_eq!(exists(&mut raw, "Sent"), 2);
+    let again: &[u8] = b"From: bob@example.org\r\nSubject: again\r\n\r\nmore words\r\n";
+    let mut append = format!("APPEND Sent {{{}+}}\r\n", again.len()).into_bytes();
+    append.extend_from_slice(again);
+    raw.ok(&String::from_utf8(append).unwrap());
+    let out = sync_once(&config);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(dovecot.mailbox_files("Sent Items").len(), 3);
+    assert_eq!(dovecot.mailbox_files("Sent").len(), 1);
+}
+
+/// An account synced before sealpost read namespace prefixes (its folders are synced; no
+/// prefix was decided for it) keeps the names it has: "INBOX.Lists.rust" stays INBOX/Lists/rust
+/// here, "Sent Items" stays itself, and a folder made under INBOX/Lists/rust is made as
+/// "INBOX.Lists.rust.sub" upstream, not under a second prefix.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_account_synced_before_keeps_its_names_on_a_prefix_server() {
+    let world = World::new();
+    let dovecot = Dovecot::start_tls_configured(
+        "namespace inbox {\n  inbox = yes\n  prefix = INBOX.\n  separator = .\n  \
+         mailbox \"Sent Items\" {\n    special_use = \\Sent\n    auto = create\n  }\n}\n",
+    );
+    upstream(
+        &dovecot,
+        json!([{"cmd": "raw", "line": "CREATE INBOX.Lists.rust"},
+        append_bytes("INBOX.Lists.rust", &plain_message("on the list"))]),
+    );
+    let (server, _dir, config) = bobs_sync(&world, &dovecot);
+    // What an earlier version left: both folders synced under their whole names.
+    let store = sealpost::store::Store::open(&server.store_path()).unwrap();
+    let account = store.ensure_account(USER).unwrap();
+    drop(store);
+    let db = rusqlite::Connection::open(server.store_path()).unwrap();
+    for folder in ["INBOX.Lists.rust", "INBOX.Sent Items"] {
+        db.execute(
+            "INSERT INTO sync_folders (account, folder, uidvalidity, next_uid) VALUES (?1, ?2, 1, 1)",
+            rusqlite::params![account, folder],
+        )
+        .unwrap();
+    }
+    drop(db);
+    let out = sync_once(&config);
+    assert_eq!(stdout(&out).trim(), format!("{USER}: 1 new"), "{out:?}");
+    let mut raw = server.login();
+    assert_eq!(exists(&mut raw, "INBOX/Lists/rust"), 1);
+    assert_eq!(exists(&mut raw, "INBOX/Sent Items"), 0);
+    raw.ok("CREATE INBOX/Lists/rust/sub");
+    let out = sync_once(&config);
+    assert!(out.status.success(), "{out:?}");
+    let listed = upstream(&dovecot, json!([{"cmd": "raw", "line": "LIST \"\" \"*\""}]));
+    let names = untagged(&listed, 0).join("\n");
+    assert!(
+        names.lines().any(|l| l.ends_with(" INBOX.Lists.rust.sub")),
+        "{names}"
+    );
+    assert!(!names.contains("INBOX.INBOX"), "{names}");
 }
 
 /// Folders a client creates here, empty, are made upstream at the next pass, their new

@@ -155,11 +155,7 @@ impl Syncer {
         .await??;
         let mut report = SyncReport::default();
         let capabilities = within(self.config.timeout(), session.capabilities()).await?;
-        let prefix = if capabilities.has_str("NAMESPACE") {
-            within(self.config.timeout(), upstream::personal_prefix(session)).await?
-        } else {
-            String::new()
-        };
+        let prefix = self.decided_prefix(session, &capabilities, account).await?;
         // Local changes first: a message moved or expunged here must not come back (a fetch
         // leaves alone messages with changes still waiting, so new mail can come down
         // whatever became of the write-back).
@@ -181,8 +177,9 @@ impl Syncer {
         }
         let condstore = capabilities.has_str("CONDSTORE");
         let mut reconnected = false;
-        let listed = self.folders(session, &capabilities).await?;
-        let names = FolderNames::new(&prefix, &listed);
+        let (names, listed) = self
+            .folder_names(session, &capabilities, &prefix, account)
+            .await?;
         // For the IMAP server: no local name may hold the delimiter (see writeback).
         let delimiter = listed
             .iter()
@@ -316,6 +313,80 @@ impl Syncer {
             expunged += n;
         }
         Ok(expunged)
+    }
+
+    /// The personal namespace prefix the account's names use ([`names`]): decided at its
+    /// first pass from the server's NAMESPACE (RFC 2342) and kept; an account synced before
+    /// without one keeps its names as they are.
+    async fn decided_prefix(
+        &self,
+        session: &mut Session,
+        capabilities: &async_imap::types::Capabilities,
+        account: AccountId,
+    ) -> Result<String, SyncError> {
+        let key = format!("upstream-prefix:{account}:");
+        let store = self.store.clone();
+        let (decided, key) = blocking(move || {
+            let kept = store.meta_prefixed(&key)?;
+            Ok::<_, StoreError>((kept.first().map(|(k, _)| k[key.len()..].to_string()), key))
+        })
+        .await??;
+        if let Some(prefix) = decided {
+            return Ok(prefix);
+        }
+        let store = self.store.clone();
+        let synced = blocking(move || store.synced_folders(account)).await??;
+        let prefix = if !synced.is_empty() {
+            String::new()
+        } else if capabilities.has_str("NAMESPACE") {
+            within(self.config.timeout(), upstream::personal_prefix(session)).await?
+        } else {
+            String::new()
+        };
+        let (store, kept) = (self.store.clone(), format!("{key}{prefix}"));
+        blocking(move || store.set_meta(&kept, 1)).await??;
+        if !prefix.is_empty() {
+            tracing::info!(account = %self.name, %prefix,
+                "upstream names folders under a namespace prefix: left out here");
+        }
+        Ok(prefix)
+    }
+
+    /// The upstream folders to sync and their names here ([`names`]); special-use choices
+    /// made now are kept.
+    async fn folder_names(
+        &self,
+        session: &mut Session,
+        capabilities: &async_imap::types::Capabilities,
+        prefix: &str,
+        account: AccountId,
+    ) -> Result<(FolderNames, Vec<Listed>), SyncError> {
+        let listed = self.folders(session, capabilities).await?;
+        let key = format!("upstream-alias:{account}:");
+        let store = self.store.clone();
+        let (kept, synced) = blocking(move || {
+            let kept: Vec<(String, String)> = store
+                .meta_prefixed(&key)?
+                .into_iter()
+                .filter_map(|(k, _)| {
+                    let (local, wire) = k[key.len()..].split_once('\t')?;
+                    Some((local.to_string(), wire.to_string()))
+                })
+                .collect();
+            Ok::<_, StoreError>((kept, store.synced_folders(account)?))
+        })
+        .await??;
+        let (names, made) = FolderNames::new(prefix, &listed, &kept, &synced);
+        for (local, wire) in made {
+            tracing::info!(account = %self.name, %wire, %local,
+                "the upstream special-use folder is the local one");
+            let (store, key) = (
+                self.store.clone(),
+                format!("upstream-alias:{account}:{local}\t{wire}"),
+            );
+            blocking(move || store.set_meta(&key, 1)).await??;
+        }
+        Ok((names, listed))
     }
 
     /// The upstream folders to sync, INBOX first. Special-use attributes (RFC 6154) come

@@ -6,13 +6,19 @@
 //! - the hierarchy delimiter ("." on Dovecot's Maildir++, "/" on most others): it becomes "/";
 //! - a personal namespace prefix (RFC 2342): on Courier and on Cyrus every folder but INBOX
 //!   is named under "INBOX.", so "INBOX.Sent" is Sent here, and a folder made here goes
-//!   under the prefix upstream (the server refuses any other name);
+//!   under the prefix upstream (the server refuses any other name). Folders outside it (a
+//!   public or shared namespace) keep their whole name here, unless it is one a personal
+//!   folder has here already (then they are left out);
 //! - special-use folders of another name (RFC 6154): "Sent Items" or "[Gmail]/Sent Mail"
 //!   marked \Sent is Sent here, where the user's mail client looks for it, and what the
 //!   client puts into Sent goes there. Only where upstream has no folder of the local name
 //!   itself: a server with both "Sent" and "Sent Items" \Sent keeps both as they are.
 //!
-//! The mapping is worked out anew at every pass from the server's NAMESPACE and LIST.
+//! Local names must not move under the user's mail client, so both choices are made once
+//! and kept in the store: the prefix at the account's first pass (an account synced before
+//! keeps the names it has, without one), a special-use folder when it is first seen and not
+//! synced yet under a name of its own. A folder that comes later under a local name a
+//! special-use folder took ("Sent" made upstream beside "Sent Items") is left out.
 
 use crate::store::{holds_delimiter, SpecialUse, DEFAULT_MAILBOXES};
 
@@ -33,12 +39,20 @@ pub struct FolderNames {
     prefix: String,
     /// (wire name, local name) of special-use folders named otherwise upstream.
     aliases: Vec<(String, String)>,
+    /// (wire name, local name) of folders outside the personal namespace.
+    outside: Vec<(String, String)>,
 }
 
 impl FolderNames {
-    /// From the personal namespace's prefix (NAMESPACE, RFC 2342; empty when the server has
-    /// none) and the folders LIST named.
-    pub fn new(prefix: &str, listed: &[Listed]) -> FolderNames {
+    /// From the personal namespace's prefix as decided for the account, the folders LIST
+    /// named, the special-use choices kept (`kept`: local name, wire name) and the folders
+    /// synced so far. Returns the names and the special-use choices made now, to be kept.
+    pub fn new(
+        prefix: &str,
+        listed: &[Listed],
+        kept: &[(String, String)],
+        synced: &[String],
+    ) -> (FolderNames, Vec<(String, String)>) {
         let delimiter = listed
             .iter()
             .find_map(|l| l.delimiter.clone().filter(|d| !d.is_empty()))
@@ -47,25 +61,54 @@ impl FolderNames {
             delimiter,
             prefix: prefix.to_string(),
             aliases: Vec::new(),
+            outside: Vec::new(),
         };
+        for (local, wire) in kept {
+            if listed.iter().any(|l| l.wire == *wire) {
+                names.aliases.push((wire.clone(), local.clone()));
+            }
+        }
+        let personal: Vec<String> = listed
+            .iter()
+            .filter_map(|l| names.natural(&l.wire).ok())
+            .collect();
+        let mut made = Vec::new();
         for (local, use_) in DEFAULT_MAILBOXES.iter() {
             let Some(use_) = use_ else { continue };
-            // Upstream has a folder of the local name: that one is it.
-            if listed
-                .iter()
-                .any(|l| names.natural(&l.wire).ok().as_deref() == Some(local))
+            // Upstream has a folder of the local name (that one is it), or one was chosen.
+            if personal.iter().any(|p| p == local) || names.aliases.iter().any(|(_, l)| l == local)
             {
                 continue;
             }
+            // A folder synced under a name of its own keeps it (mail is there already).
             let taken = |wire: &str| names.aliases.iter().any(|(w, _)| w == wire);
-            if let Some(folder) = listed
-                .iter()
-                .find(|l| l.special_use == Some(*use_) && !taken(&l.wire))
-            {
+            if let Some(folder) = listed.iter().find(|l| {
+                l.special_use == Some(*use_)
+                    && !taken(&l.wire)
+                    && !synced.contains(&l.wire)
+                    && names.natural(&l.wire).is_ok()
+            }) {
                 names.aliases.push((folder.wire.clone(), local.to_string()));
+                made.push((local.to_string(), folder.wire.clone()));
             }
         }
-        names
+        if !names.prefix.is_empty() {
+            for l in listed {
+                if names.natural(&l.wire).is_ok() {
+                    continue;
+                }
+                let Ok(local) = names.converted(&l.wire) else {
+                    continue;
+                };
+                let clash = local.eq_ignore_ascii_case("INBOX")
+                    || personal.contains(&local)
+                    || names.aliases.iter().any(|(_, a)| *a == local);
+                if !clash {
+                    names.outside.push((l.wire.clone(), local));
+                }
+            }
+        }
+        (names, made)
     }
 
     /// Names with a delimiter and nothing else: a Maildir++ source's folders (".").
@@ -74,15 +117,38 @@ impl FolderNames {
             delimiter: delimiter.into(),
             prefix: String::new(),
             aliases: Vec::new(),
+            outside: Vec::new(),
         }
     }
 
     /// The local name of an upstream folder, or why it has none.
     pub fn local(&self, wire: &str) -> Result<String, String> {
-        if let Some((_, local)) = self.aliases.iter().find(|(w, _)| w == wire) {
-            return Ok(local.clone());
+        // A chosen folder, or one of its children.
+        for (w, l) in self.chosen() {
+            if wire == w {
+                return Ok(l.clone());
+            }
+            if let Some(rest) = wire
+                .strip_prefix(w.as_str())
+                .and_then(|r| r.strip_prefix(self.delimiter.as_str()))
+            {
+                return Ok(format!("{l}/{}", self.converted(rest)?));
+            }
         }
-        self.natural(wire)
+        let local = self.natural(wire)?;
+        // Its name here is a chosen folder's, or a child's of one.
+        if let Some((other, l)) = self
+            .chosen()
+            .find(|(_, l)| local == *l || local.starts_with(&format!("{l}/")))
+        {
+            return Err(format!("{l} here is {other:?} upstream"));
+        }
+        Ok(local)
+    }
+
+    /// The special-use choices and the folders outside the personal namespace.
+    fn chosen(&self) -> impl Iterator<Item = &(String, String)> {
+        self.aliases.iter().chain(self.outside.iter())
     }
 
     /// The local name without aliases: the prefix gone, the delimiter "/", modified UTF-7
@@ -99,14 +165,20 @@ impl FolderNames {
                 .map(|_| &wire[prefix.len()..])
                 .ok_or_else(|| format!("outside the personal namespace {prefix:?}"))?,
         };
-        let with_slash = match self.delimiter.as_str() {
-            "/" => own.to_string(),
-            d => own.replace(d, "/"),
-        };
         // "INBOX.INBOX" would be INBOX here.
-        if with_slash.eq_ignore_ascii_case("INBOX") {
+        let local = self.converted(own)?;
+        if local.eq_ignore_ascii_case("INBOX") {
             return Err("named INBOX under the namespace prefix".into());
         }
+        Ok(local)
+    }
+
+    /// A wire name with "/" for the delimiter, modified UTF-7 decoded.
+    fn converted(&self, wire: &str) -> Result<String, String> {
+        let with_slash = match self.delimiter.as_str() {
+            "/" => wire.to_string(),
+            d => wire.replace(d, "/"),
+        };
         crate::imap::names::validate(with_slash.as_bytes()).map_err(|e| e.to_string())
     }
 
@@ -115,8 +187,17 @@ impl FolderNames {
         if local == "INBOX" {
             return local.into();
         }
-        if let Some((wire, _)) = self.aliases.iter().find(|(_, l)| l == local) {
-            return wire.clone();
+        for (w, l) in self.chosen() {
+            if local == l {
+                return w.clone();
+            }
+            if let Some(rest) = local
+                .strip_prefix(l.as_str())
+                .and_then(|r| r.strip_prefix('/'))
+            {
+                let rest = crate::imap::names::encode(rest).replace('/', &self.delimiter);
+                return format!("{w}{}{rest}", self.delimiter);
+            }
         }
         let encoded = crate::imap::names::encode(local).replace('/', &self.delimiter);
         format!("{}{encoded}", self.prefix)
@@ -134,8 +215,7 @@ impl FolderNames {
             ));
         }
         let wire = self.wire(local);
-        self.aliases
-            .iter()
+        self.chosen()
             .find(|(w, l)| *w == wire && l != local)
             .map(|(_, l)| format!("{wire:?} upstream is {l} here"))
     }
@@ -153,16 +233,21 @@ mod tests {
         }
     }
 
+    /// The names of a first pass (nothing kept, nothing synced).
+    fn first_pass(prefix: &str, listed: &[Listed]) -> FolderNames {
+        FolderNames::new(prefix, listed, &[], &[]).0
+    }
+
     #[test]
     fn delimiters_and_modified_utf7_are_undone() {
-        let names = FolderNames::new("", &[listed("Lists.rust", ".", None)]);
+        let names = first_pass("", &[listed("Lists.rust", ".", None)]);
         assert_eq!(names.local("INBOX").unwrap(), "INBOX");
         assert_eq!(names.local("inbox").unwrap(), "INBOX");
         assert_eq!(names.local("Lists.rust").unwrap(), "Lists/rust");
         assert_eq!(names.local("Entw&APw-rfe").unwrap(), "Entwürfe");
         assert_eq!(names.wire("Lists/rust"), "Lists.rust");
         assert_eq!(names.wire("Entwürfe"), "Entw&APw-rfe");
-        let slash = FolderNames::new("", &[listed("Lists/rust", "/", None)]);
+        let slash = first_pass("", &[listed("Lists/rust", "/", None)]);
         assert_eq!(slash.local("Lists/rust").unwrap(), "Lists/rust");
         assert!(names.unrepresentable("v1.2").is_some());
         assert!(slash.unrepresentable("v1.2").is_none());
@@ -170,7 +255,7 @@ mod tests {
 
     #[test]
     fn a_namespace_prefix_is_left_out_here_and_put_back_upstream() {
-        let names = FolderNames::new(
+        let names = first_pass(
             "INBOX.",
             &[
                 listed("INBOX", ".", None),
@@ -191,7 +276,7 @@ mod tests {
 
     #[test]
     fn special_use_folders_named_otherwise_are_the_local_ones() {
-        let names = FolderNames::new(
+        let names = first_pass(
             "",
             &[
                 listed("INBOX", "/", None),
@@ -213,5 +298,59 @@ mod tests {
         assert!(names.unrepresentable("Sent Items").is_some());
         assert!(names.unrepresentable("Sent").is_none());
         assert!(names.unrepresentable("Deleted Items").is_none());
+    }
+
+    #[test]
+    fn special_use_choices_are_kept_and_not_made_over_synced_folders() {
+        let sent_items = listed("Sent Items", "/", Some(SpecialUse::Sent));
+        let (first, made) = FolderNames::new("", std::slice::from_ref(&sent_items), &[], &[]);
+        assert_eq!(made, [("Sent".to_string(), "Sent Items".to_string())]);
+        assert_eq!(first.local("Sent Items").unwrap(), "Sent");
+        // Another client makes a plain "Sent" upstream: the choice holds, and the newcomer,
+        // whose name here is taken, is left out.
+        let plain = listed("Sent", "/", None);
+        let (later, made) = FolderNames::new(
+            "",
+            &[sent_items.clone(), plain],
+            &[("Sent".into(), "Sent Items".into())],
+            &["Sent Items".into()],
+        );
+        assert!(made.is_empty());
+        assert_eq!(later.local("Sent Items").unwrap(), "Sent");
+        assert!(later.local("Sent").is_err());
+        assert_eq!(later.wire("Sent"), "Sent Items");
+        // Synced before under its own name (an account from before): it keeps it.
+        let (old, made) = FolderNames::new("", &[sent_items], &[], &["Sent Items".into()]);
+        assert!(made.is_empty());
+        assert_eq!(old.local("Sent Items").unwrap(), "Sent Items");
+        assert_eq!(old.wire("Sent Items"), "Sent Items");
+        assert_eq!(old.wire("Sent"), "Sent");
+    }
+
+    #[test]
+    fn folders_outside_the_personal_namespace_keep_their_whole_name() {
+        let names = first_pass(
+            "INBOX.",
+            &[
+                listed("INBOX", ".", None),
+                listed("INBOX.Lists", ".", None),
+                listed("Public.Announce", ".", None),
+                listed("Lists", ".", None),
+            ],
+        );
+        assert_eq!(names.local("Public.Announce").unwrap(), "Public/Announce");
+        assert_eq!(names.wire("Public/Announce"), "Public.Announce");
+        // "Lists" here is INBOX.Lists: the shared one of that name is left out.
+        assert_eq!(names.local("INBOX.Lists").unwrap(), "Lists");
+        assert!(names.local("Lists").is_err());
+        assert_eq!(names.wire("Lists"), "INBOX.Lists");
+        // Children follow their parent.
+        assert_eq!(names.wire("Public/Announce/2026"), "Public.Announce.2026");
+        assert_eq!(
+            names.local("Public.Announce.2026").unwrap(),
+            "Public/Announce/2026"
+        );
+        // New mailboxes elsewhere go under the prefix.
+        assert_eq!(names.wire("Public/New"), "INBOX.Public.New");
     }
 }

@@ -169,8 +169,9 @@ impl Syncer {
         }
         // The names of this pass (the server's delimiter, namespace prefix, special-use
         // folders): a folder listed now may be gone by the fetch, which lists again.
-        let listed = self.folders(session, capabilities).await?;
-        let names = FolderNames::new(prefix, &listed);
+        let (names, _) = self
+            .folder_names(session, capabilities, prefix, account)
+            .await?;
         let store = self.store.clone();
         let renames = blocking(move || store.journal_renames(account)).await??;
         let mut upstream = Upstream {
