@@ -418,7 +418,7 @@ async fn verify_multipart_signed(
         return Ok(Signature::Bad {
             fingerprint: String::new(),
             reason: "multipart/signed with a line that begins with its boundary but is no \
-                     delimiter (RFC 2046 5.1.1)"
+                     delimiter by RFC 2046 5.1.1"
                 .into(),
         });
     }

@@ -1056,6 +1056,46 @@ fn clients_that_never_log_in_or_never_read_give_their_slot_back() {
     slot_frees(&server, "after the write timeout");
 }
 
+/// A slow reader is no reader that stopped: a client that takes a big answer at 40 KB/s
+/// through a small receive buffer gets all of it with `write_timeout_secs = 1` (the kernel
+/// lets the server write on only in bursts, as half its buffer drains).
+#[test]
+fn a_slow_reader_gets_its_whole_answer() {
+    let server = Server::start_limits("", "write_timeout_secs = 1", "");
+    let mut raw = server.login();
+    let body = format!("{}\r\n", "z".repeat(78)).repeat(2500);
+    let message = format!("Subject: slow\r\n\r\n{body}");
+    raw.ok(&format!("APPEND INBOX {{{}+}}\r\n{message}", message.len()));
+    drop(raw);
+    let script = format!(
+        r#"
+import socket, time
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+s.connect(("127.0.0.1", {port}))
+s.sendall(b'a LOGIN {USER} "{PASSWORD}"\r\nb SELECT INBOX\r\nc FETCH 1 BODY.PEEK[]\r\n')
+got = b""
+while b"\r\nc OK" not in got:
+    data = s.recv(2000)
+    if not data:
+        break
+    got += data
+    time.sleep(len(data) / 40000)
+print("complete" if b"\r\nc OK" in got else "cut off after %d bytes" % len(got))
+"#,
+        port = server.starttls_port
+    );
+    let out = std::process::Command::new("python3")
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "complete",
+        "{out:?}"
+    );
+}
+
 /// A mailbox deleted while another session has it selected: a mailbox created next never
 /// takes its place (the session would act on the new one's messages), and that session is
 /// told and disconnected after its next command that may report changes, as Dovecot does.

@@ -36,6 +36,60 @@ pub enum Stream {
     Tls(Box<TlsStream<TcpStream>>),
 }
 
+impl Stream {
+    fn raw_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        match self {
+            Stream::Plain(tcp) => tcp.as_raw_fd(),
+            Stream::Tls(tls) => tls.get_ref().0.as_raw_fd(),
+        }
+    }
+}
+
+/// How often a blocked write looks whether the client took anything.
+const PROGRESS_CHECK: Duration = Duration::from_secs(1);
+
+/// Whether a client takes what is sent: the bytes the socket still holds (TIOCOUTQ).
+struct Progress {
+    fd: std::os::fd::RawFd,
+    queued: Option<i32>,
+    since: tokio::time::Instant,
+}
+
+impl Progress {
+    fn new(fd: std::os::fd::RawFd) -> Progress {
+        Progress {
+            fd,
+            queued: Self::queued(fd),
+            since: tokio::time::Instant::now(),
+        }
+    }
+
+    fn queued(fd: std::os::fd::RawFd) -> Option<i32> {
+        let mut n: libc::c_int = 0;
+        // SAFETY: TIOCOUTQ writes one int; fd is the connection's socket, open while the
+        // connection is.
+        let r = unsafe { libc::ioctl(fd, libc::TIOCOUTQ, &mut n) };
+        (r == 0).then_some(n)
+    }
+
+    /// Something was written: the client took enough for the kernel to take more.
+    fn moved(&mut self) {
+        self.since = tokio::time::Instant::now();
+        self.queued = Self::queued(self.fd);
+    }
+
+    /// How long the client has taken nothing.
+    fn stalled_for(&mut self) -> Duration {
+        let now = Self::queued(self.fd);
+        if matches!((now, self.queued), (Some(n), Some(before)) if n < before) {
+            self.since = tokio::time::Instant::now();
+        }
+        self.queued = now;
+        self.since.elapsed()
+    }
+}
+
 impl AsyncRead for Stream {
     fn poll_read(
         self: Pin<&mut Self>,
@@ -119,6 +173,8 @@ pub struct Conn {
     read_buf: Box<[u8]>,
     /// How long a write may wait for the client to take some of it.
     write_stall: Duration,
+    /// No write waits past this (the login deadline, before login).
+    pub write_deadline: Option<tokio::time::Instant>,
 }
 
 /// Output is flushed to the socket once this much has accumulated.
@@ -135,6 +191,7 @@ impl Conn {
             out: Vec::new(),
             read_buf: vec![0; 16 * 1024].into_boxed_slice(),
             write_stall: Duration::from_secs(limits.write_timeout_secs),
+            write_deadline: None,
         };
         // The greeting goes out with the first flush.
         conn.drive();
@@ -227,22 +284,52 @@ impl Conn {
     /// memory for good.
     pub async fn flush(&mut self) -> Result<(), ConnError> {
         let stream = self.stream.as_mut().ok_or(ConnError::Closed)?;
-        let stall = self.write_stall;
+        let stall = match self.write_deadline {
+            Some(deadline) => self
+                .write_stall
+                .min(deadline.saturating_duration_since(tokio::time::Instant::now())),
+            None => self.write_stall,
+        };
         let stalled = || {
             ConnError::Io(std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
                 format!("the client read nothing for {} s", stall.as_secs()),
             ))
         };
-        for chunk in self.out.chunks(FLUSH_AT) {
-            tokio::time::timeout(stall, stream.write_all(chunk))
-                .await
-                .map_err(|_| stalled())??;
+        // The time counts from the client's last progress, seen in the socket's send queue:
+        // the kernel lets a writer go on only once half its buffer has drained, which for a
+        // slow reader can take long while it reads all along.
+        let fd = stream.raw_fd();
+        let mut watch = Progress::new(fd);
+        let mut sent = 0;
+        while sent < self.out.len() {
+            let n = loop {
+                tokio::select! {
+                    written = stream.write(&self.out[sent..]) => break written?,
+                    _ = tokio::time::sleep(PROGRESS_CHECK.min(stall)) => {
+                        if watch.stalled_for() >= stall {
+                            return Err(stalled());
+                        }
+                    }
+                }
+            };
+            if n == 0 {
+                return Err(ConnError::Closed);
+            }
+            watch.moved();
+            sent += n;
         }
         self.out.clear();
-        tokio::time::timeout(stall, stream.flush())
-            .await
-            .map_err(|_| stalled())??;
+        loop {
+            tokio::select! {
+                flushed = stream.flush() => break flushed?,
+                _ = tokio::time::sleep(PROGRESS_CHECK.min(stall)) => {
+                    if watch.stalled_for() >= stall {
+                        return Err(stalled());
+                    }
+                }
+            }
+        }
         Ok(())
     }
 

@@ -120,7 +120,8 @@ pub struct Limits {
     pub autologout_secs: u64,
     /// Seconds allowed to log in, from the moment the connection comes.
     pub login_timeout_secs: u64,
-    /// Seconds a write may wait for a client that reads nothing before the connection ends.
+    /// Seconds a write may wait for a client that takes none of it before the connection
+    /// ends (the socket's buffer takes a slow reader's share in bursts: this is no rate).
     pub write_timeout_secs: u64,
 }
 

@@ -227,6 +227,7 @@ pub(super) async fn serve(
         condstore: false,
         qresync: false,
     };
+    session.conn.write_deadline = Some(session.login_deadline);
     tracing::debug!(%peer, "imap: connected");
     match session.run(shutdown).await {
         Ok(()) | Err(ConnError::Closed) => {}
@@ -830,6 +831,7 @@ impl Session {
             .await
             .map_err(|_| ConnError::Closed)??;
         self.conn = Conn::after_starttls(Stream::Tls(Box::new(tls)), greeting("unused"), &limits);
+        self.conn.write_deadline = Some(self.login_deadline);
         self.tls = true;
         Ok(())
     }
@@ -863,6 +865,7 @@ impl Session {
                 self.shared.penalties.succeeded(ip);
                 tracing::info!(peer = %self.peer, user = %name, "imap: logged in");
                 self.state = State::Authenticated(User { name, account });
+                self.conn.write_deadline = None;
                 Ok(Done::ok_code(
                     format!("CAPABILITY {}", self.capabilities()),
                     "Logged in",
