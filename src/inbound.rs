@@ -341,8 +341,8 @@ async fn signature_of(
     checks: &[SignatureCheck],
     from: &Option<String>,
 ) -> Result<Signature, InboundError> {
-    // The best one counts: a valid signature (one whose key holds the From address before
-    // others: two people may sign one text), else an unknown key, else a bad one.
+    // A valid signature counts (one whose key holds the From address before others: two
+    // people may sign one text), else a bad one, else an unknown key.
     for check in checks.iter().filter(|c| c.state == SignatureState::Valid) {
         let ids = keys
             .user_ids(&check.fingerprint)
@@ -358,13 +358,15 @@ async fn signature_of(
             });
         }
     }
+    // A bad one before an unknown key: a signature a known key made that no longer matches
+    // is news, and an unknown key vouches for nothing.
     let pick = checks
         .iter()
         .find(|c| c.state == SignatureState::Valid)
         .or_else(|| {
             checks
                 .iter()
-                .find(|c| c.state == SignatureState::UnknownKey)
+                .find(|c| matches!(c.state, SignatureState::Bad(_)))
         })
         .or_else(|| checks.first());
     let Some(check) = pick else {

@@ -668,6 +668,49 @@ async fn of_two_valid_signatures_the_one_by_the_from_address_counts() {
     }
 }
 
+/// A signature by a key not in the keyring next to Alice's that no longer matches the text:
+/// the bad one is what the verdict says, not "unknown key" (which hid that Alice's signed text
+/// was changed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_signature_is_not_hidden_behind_an_unknown_key() {
+    let world = World::new();
+    let server = bobs_store(&world);
+    let stranger = world.sender.generate("Stranger <s@elsewhere.example>");
+    let part = b"Content-Type: text/plain; charset=us-ascii\r\n\r\nPay 10 EUR.\r\n";
+    let out = world.sender.gpg(
+        &[
+            "--armor",
+            "--detach-sign",
+            "-u",
+            &stranger,
+            "-u",
+            &world.alice,
+        ],
+        Some(part),
+    );
+    assert!(out.status.success(), "{out:?}");
+    let changed = b"Content-Type: text/plain; charset=us-ascii\r\n\r\nPay 99 EUR.\r\n";
+    let mut raw = b"From: Alice <alice@example.org>\r\nTo: bob@example.org\r\n\
+        Subject: two\r\nMIME-Version: 1.0\r\nContent-Type: multipart/signed; \
+        micalg=pgp-sha256; protocol=\"application/pgp-signature\"; boundary=\"b\"\r\n\
+        \r\n--b\r\n"
+        .to_vec();
+    raw.extend_from_slice(changed);
+    raw.extend_from_slice(b"\r\n--b\r\nContent-Type: application/pgp-signature\r\n\r\n");
+    raw.extend_from_slice(&out.stdout);
+    raw.extend_from_slice(b"\r\n--b--\r\n");
+    let (code, output) = deliver(&server, &raw);
+    assert_eq!(code, 0, "{output}");
+    let stored = verdicts::fetch_all(&server);
+    let verdict = verdicts::verdict(&stored[0].1);
+    assert!(verdict.starts_with("plaintext; signature=bad"), "{verdict}");
+    assert!(
+        stored[0].0.contains("$Sealpost-BadSignature"),
+        "{}",
+        stored[0].0
+    );
+}
+
 /// A signed message whose signed part carries RFC 9788 fields: MUAs that know them show its
 /// From, so the signer is compared with that one, and an outer From that differs is flagged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
