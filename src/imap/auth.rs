@@ -108,8 +108,9 @@ mod tests {
 /// wait doubling with each failure up to [`MAX_PENALTY`]. Per connection, a client gets only
 /// a few tries (`max_auth_failures`); without this, 60 connections at once guessed 16 times
 /// a second and kept both cores busy with argon2. An address without a failure for
-/// [`FORGET_AFTER`] starts over, and so does one that logs in. IPv6 addresses count by /64
-/// (one host has many).
+/// [`FORGET_AFTER`] starts over; a login that succeeds does not reset it (an attacker with an
+/// account of its own would reset it between guesses). IPv6 addresses count by /64 (one host
+/// has many), IPv4 ones on an IPv6 listener as IPv4.
 pub struct Penalties {
     by_address: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, (u32, Instant)>>,
     base: Duration,
@@ -135,6 +136,11 @@ impl Penalties {
 
     fn key(ip: std::net::IpAddr) -> std::net::IpAddr {
         match ip {
+            // An IPv4 client on an IPv6 listener ("::ffff:a.b.c.d") is its IPv4 address.
+            std::net::IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some() => std::net::IpAddr::V4(
+                v6.to_ipv4_mapped()
+                    .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED),
+            ),
             std::net::IpAddr::V6(v6) => {
                 let mut octets = v6.octets();
                 octets[8..].fill(0);
@@ -176,10 +182,6 @@ impl Penalties {
         }
         *entry = (entry.0.saturating_add(1), Instant::now());
     }
-
-    pub fn succeeded(&self, ip: std::net::IpAddr) {
-        self.map().remove(&Self::key(ip));
-    }
 }
 
 #[cfg(test)]
@@ -199,8 +201,11 @@ mod penalty_tests {
             p.failed(ip);
         }
         assert_eq!(p.wait(ip), MAX_PENALTY);
-        p.succeeded(ip);
-        assert_eq!(p.wait(ip), Duration::ZERO);
+        // An IPv4 client on an IPv6 listener is its IPv4 address, not "::/64".
+        let mapped: std::net::IpAddr = "::ffff:192.0.2.7".parse().unwrap();
+        assert_eq!(p.wait(mapped), MAX_PENALTY);
+        let other: std::net::IpAddr = "::ffff:198.51.100.1".parse().unwrap();
+        assert_eq!(p.wait(other), Duration::ZERO);
         // One IPv6 host: its /64.
         let a: std::net::IpAddr = "2001:db8:1:2::1".parse().unwrap();
         let b: std::net::IpAddr = "2001:db8:1:2::ffff".parse().unwrap();

@@ -79,8 +79,12 @@ impl Progress {
         self.queued = Self::queued(self.fd);
     }
 
-    /// How long the client has taken nothing.
-    fn stalled_for(&mut self) -> Duration {
+    /// How long the client has taken nothing; past `deadline` (the login deadline, before
+    /// login), as long as any write may wait, however much it takes.
+    fn stalled_for(&mut self, deadline: Option<tokio::time::Instant>) -> Duration {
+        if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
+            return Duration::MAX;
+        }
         let now = Self::queued(self.fd);
         if matches!((now, self.queued), (Some(n), Some(before)) if n < before) {
             self.since = tokio::time::Instant::now();
@@ -284,7 +288,8 @@ impl Conn {
     /// memory for good.
     pub async fn flush(&mut self) -> Result<(), ConnError> {
         let stream = self.stream.as_mut().ok_or(ConnError::Closed)?;
-        let stall = match self.write_deadline {
+        let deadline = self.write_deadline;
+        let stall = match deadline {
             Some(deadline) => self
                 .write_stall
                 .min(deadline.saturating_duration_since(tokio::time::Instant::now())),
@@ -307,7 +312,7 @@ impl Conn {
                 tokio::select! {
                     written = stream.write(&self.out[sent..]) => break written?,
                     _ = tokio::time::sleep(PROGRESS_CHECK.min(stall)) => {
-                        if watch.stalled_for() >= stall {
+                        if watch.stalled_for(deadline) >= stall {
                             return Err(stalled());
                         }
                     }
@@ -324,7 +329,7 @@ impl Conn {
             tokio::select! {
                 flushed = stream.flush() => break flushed?,
                 _ = tokio::time::sleep(PROGRESS_CHECK.min(stall)) => {
-                    if watch.stalled_for() >= stall {
+                    if watch.stalled_for(deadline) >= stall {
                         return Err(stalled());
                     }
                 }

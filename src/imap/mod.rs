@@ -138,7 +138,7 @@ impl Default for Limits {
             auth_failure_delay_ms: 2000,
             autologout_secs: 30 * 60,
             login_timeout_secs: 60,
-            write_timeout_secs: 60,
+            write_timeout_secs: 300,
         }
     }
 }

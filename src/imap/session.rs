@@ -252,6 +252,12 @@ impl Session {
                 self.conn.flush().await?;
                 return Ok(());
             }
+            // Commands already read count against the login time too (a client that sent
+            // thousands at once).
+            if !self.authenticated() && tokio::time::Instant::now() >= self.login_deadline {
+                self.bye("Autologout; not logged in in time").await;
+                return Ok(());
+            }
             let input = match self.conn.next_queued() {
                 Some(input) => input,
                 None => {
@@ -862,7 +868,6 @@ impl Session {
                 let account =
                     tokio::task::spawn_blocking(move || store.ensure_account(&account_name))
                         .await??;
-                self.shared.penalties.succeeded(ip);
                 tracing::info!(peer = %self.peer, user = %name, "imap: logged in");
                 self.state = State::Authenticated(User { name, account });
                 self.conn.write_deadline = None;
