@@ -336,12 +336,20 @@ impl Syncer {
         }
         let store = self.store.clone();
         let synced = blocking(move || store.synced_folders(account)).await??;
-        let prefix = if !synced.is_empty() {
+        let prefix = if !synced.is_empty() || !capabilities.has_str("NAMESPACE") {
             String::new()
-        } else if capabilities.has_str("NAMESPACE") {
-            within(self.config.timeout(), upstream::personal_prefix(session)).await?
         } else {
-            String::new()
+            // A refused NAMESPACE ends the pass before anything is synced: the names are
+            // decided once it answers.
+            match within(self.config.timeout(), upstream::personal_prefix(session)).await? {
+                Some(prefix) => prefix,
+                None => {
+                    tracing::warn!(account = %self.name,
+                        "the server's NAMESPACE answer could not be read: folders are taken \
+                         as named");
+                    String::new()
+                }
+            }
         };
         let (store, kept) = (self.store.clone(), format!("{key}{prefix}"));
         blocking(move || store.set_meta(&kept, 1)).await??;

@@ -68,15 +68,17 @@ impl FolderNames {
                 names.aliases.push((wire.clone(), local.clone()));
             }
         }
-        let personal: Vec<String> = listed
+        // (local name, wire name) of the folders in the personal namespace.
+        let personal: Vec<(String, &String)> = listed
             .iter()
-            .filter_map(|l| names.natural(&l.wire).ok())
+            .filter_map(|l| names.natural(&l.wire).ok().map(|n| (n, &l.wire)))
             .collect();
         let mut made = Vec::new();
         for (local, use_) in DEFAULT_MAILBOXES.iter() {
             let Some(use_) = use_ else { continue };
             // Upstream has a folder of the local name (that one is it), or one was chosen.
-            if personal.iter().any(|p| p == local) || names.aliases.iter().any(|(_, l)| l == local)
+            if personal.iter().any(|(p, _)| p == local)
+                || names.aliases.iter().any(|(_, l)| l == local)
             {
                 continue;
             }
@@ -100,9 +102,15 @@ impl FolderNames {
                 let Ok(local) = names.converted(&l.wire) else {
                     continue;
                 };
+                // A personal folder of that name here, or under it, takes it; except that one
+                // synced already keeps it against a personal one that came later.
+                let synced_here = synced.contains(&l.wire);
+                let under = |p: &str| p == local || p.starts_with(&format!("{local}/"));
                 let clash = local.eq_ignore_ascii_case("INBOX")
-                    || personal.contains(&local)
-                    || names.aliases.iter().any(|(_, a)| *a == local);
+                    || personal
+                        .iter()
+                        .any(|(p, wire)| under(p) && (!synced_here || synced.contains(wire)))
+                    || names.aliases.iter().any(|(_, a)| under(a));
                 if !clash {
                     names.outside.push((l.wire.clone(), local));
                 }
@@ -352,5 +360,34 @@ mod tests {
         );
         // New mailboxes elsewhere go under the prefix.
         assert_eq!(names.wire("Public/New"), "INBOX.Public.New");
+    }
+
+    #[test]
+    fn a_public_folder_takes_no_name_a_personal_one_has_here_or_under_it() {
+        let first = [
+            listed("INBOX", ".", None),
+            listed("INBOX.Public.Announce.2026", ".", None),
+            listed("Public.Announce", ".", None),
+        ];
+        let (names, _) = FolderNames::new("INBOX.", &first, &[], &[]);
+        assert_eq!(
+            names.local("INBOX.Public.Announce.2026").unwrap(),
+            "Public/Announce/2026"
+        );
+        assert!(names.local("Public.Announce").is_err());
+        assert_eq!(
+            names.wire("Public/Announce/2026"),
+            "INBOX.Public.Announce.2026"
+        );
+        // Synced first, the public one keeps its name against a personal one made later.
+        let later = [
+            listed("INBOX", ".", None),
+            listed("Public.Announce", ".", None),
+            listed("INBOX.Public.Announce", ".", None),
+        ];
+        let (names, _) = FolderNames::new("INBOX.", &later, &[], &["Public.Announce".into()]);
+        assert_eq!(names.local("Public.Announce").unwrap(), "Public/Announce");
+        assert!(names.local("INBOX.Public.Announce").is_err());
+        assert_eq!(names.wire("Public/Announce"), "Public.Announce");
     }
 }

@@ -487,7 +487,7 @@ const MAX_NAMESPACE_REPLY: usize = 64 * 1024;
 /// leaves async-imap's reader stuck), so the command goes over the stream below async-imap.
 /// That is safe between commands: after a completed command async-imap has read nothing
 /// ahead, and this reads exactly up to its own completion (literals included).
-pub async fn personal_prefix(session: &mut Session) -> Result<String, SyncError> {
+pub async fn personal_prefix(session: &mut Session) -> Result<Option<String>, SyncError> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     const TAG: &str = "sealpost-ns";
     let stream = session.get_mut();
@@ -499,7 +499,9 @@ pub async fn personal_prefix(session: &mut Session) -> Result<String, SyncError>
     stream.flush().await.map_err(broken)?;
     let mut line = Vec::new();
     let mut read = 0usize;
-    let mut prefix = String::new();
+    // None until an answer that can be read: one this does not read (a literal) names no
+    // prefix.
+    let mut prefix = None;
     loop {
         // One response line: up to CRLF, with the literals it announces ({N}) read into it.
         line.clear();
@@ -537,14 +539,16 @@ pub async fn personal_prefix(session: &mut Session) -> Result<String, SyncError>
         }
         let text = String::from_utf8_lossy(&line);
         if let Some(rest) = text.strip_prefix(TAG) {
-            // NO or BAD: a server without NAMESPACE has no prefix to speak of.
             if !rest
                 .trim_start()
                 .get(..2)
                 .is_some_and(|s| s.eq_ignore_ascii_case("OK"))
             {
-                tracing::debug!("NAMESPACE refused: {}", rest.trim());
-                prefix.clear();
+                // Refused (NO [UNAVAILABLE], say): the names cannot be decided now.
+                return Err(SyncError::Folder(
+                    "NAMESPACE".into(),
+                    format!("the server answered {}", rest.trim()),
+                ));
             }
             return Ok(prefix);
         }
@@ -553,7 +557,16 @@ pub async fn personal_prefix(session: &mut Session) -> Result<String, SyncError>
             .strip_prefix("* NAMESPACE ")
             .map(|r| text.len() - r.len())
         {
-            prefix = first_personal_prefix(&text[at..]).unwrap_or_default();
+            let data = &text[at..];
+            prefix = if data
+                .trim_start()
+                .get(..3)
+                .is_some_and(|n| n.eq_ignore_ascii_case("NIL"))
+            {
+                Some(String::new())
+            } else {
+                first_personal_prefix(data)
+            };
         }
     }
 }
@@ -569,10 +582,21 @@ fn literal_size(line: &[u8]) -> Option<usize> {
 }
 
 /// The prefix of the first personal namespace in a NAMESPACE response's data:
-/// `(("INBOX." ".")) NIL NIL` gives "INBOX.". None for NIL, or a form this does not read
-/// (a literal): the folders are then taken as named without a prefix.
+/// `(("INBOX." ".")) NIL NIL` gives "INBOX.", and so does the prefix as a literal. None for
+/// NIL or a form this does not read.
 fn first_personal_prefix(data: &str) -> Option<String> {
     let rest = data.trim_start().strip_prefix("((")?.trim_start();
+    // A literal: {N} (or {N+}), CRLF, then N octets.
+    if let Some(literal) = rest.strip_prefix('{') {
+        let (size, after) = literal.split_once('}')?;
+        let n: usize = size.trim_end_matches('+').parse().ok()?;
+        return after
+            .strip_prefix("\r\n")?
+            .as_bytes()
+            .get(..n)
+            .and_then(|b| std::str::from_utf8(b).ok())
+            .map(str::to_string);
+    }
     let rest = rest.strip_prefix('"')?;
     let mut prefix = String::new();
     let mut chars = rest.chars();
@@ -635,7 +659,11 @@ mod tests {
         );
         assert_eq!(first_personal_prefix("NIL NIL NIL"), None);
         assert_eq!(
-            first_personal_prefix("(({6}\r\nINBOX. \".\")) NIL NIL"),
+            first_personal_prefix("(({6}\r\nINBOX. \".\")) NIL NIL").as_deref(),
+            Some("INBOX.")
+        );
+        assert_eq!(
+            first_personal_prefix("(({60}\r\nINBOX. \".\")) NIL NIL"),
             None
         );
         assert_eq!(literal_size(b"* NAMESPACE (({6}"), Some(6));
