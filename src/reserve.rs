@@ -30,8 +30,12 @@ impl Reserve {
         if std::fs::symlink_metadata(&self.path).is_ok_and(|m| m.len() == RESERVE_BYTES as u64) {
             return Ok(());
         }
+        // A name of its own per attempt: two messages at once each make one, and the second
+        // rename just puts an equal file in place.
+        static ATTEMPTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let attempt = ATTEMPTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut made = self.path.clone().into_os_string();
-        made.push(".tmp");
+        made.push(format!(".tmp.{}.{attempt}", std::process::id()));
         let made = PathBuf::from(made);
         let result = (|| {
             let mut file = std::fs::OpenOptions::new()
