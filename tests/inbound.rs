@@ -632,6 +632,20 @@ async fn a_delimiter_line_with_more_on_it_does_not_ride_on_a_signature() {
     }
 }
 
+/// A multipart/signed message from Alice (subject "two") of `part` and `signature`.
+fn signed_by_two(part: &[u8], signature: &[u8]) -> Vec<u8> {
+    let mut raw = b"From: Alice <alice@example.org>\r\nTo: bob@example.org\r\n\
+        Subject: two\r\nMIME-Version: 1.0\r\nContent-Type: multipart/signed; \
+        micalg=pgp-sha256; protocol=\"application/pgp-signature\"; boundary=\"b\"\r\n\
+        \r\n--b\r\n"
+        .to_vec();
+    raw.extend_from_slice(part);
+    raw.extend_from_slice(b"\r\n--b\r\nContent-Type: application/pgp-signature\r\n\r\n");
+    raw.extend_from_slice(signature);
+    raw.extend_from_slice(b"\r\n--b--\r\n");
+    raw
+}
+
 /// Two people sign one text, Mallory and Alice, in either order: the message is From Alice,
 /// so hers is the signature that counts (signer Alice, from=match), whichever comes first.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -647,15 +661,7 @@ async fn of_two_valid_signatures_the_one_by_the_from_address_counts() {
             Some(part),
         );
         assert!(out.status.success(), "{out:?}");
-        let mut raw = b"From: Alice <alice@example.org>\r\nTo: bob@example.org\r\n\
-            Subject: two\r\nMIME-Version: 1.0\r\nContent-Type: multipart/signed; \
-            micalg=pgp-sha256; protocol=\"application/pgp-signature\"; boundary=\"b\"\r\n\
-            \r\n--b\r\n"
-            .to_vec();
-        raw.extend_from_slice(part);
-        raw.extend_from_slice(b"\r\n--b\r\nContent-Type: application/pgp-signature\r\n\r\n");
-        raw.extend_from_slice(&out.stdout);
-        raw.extend_from_slice(b"\r\n--b--\r\n");
+        let raw = signed_by_two(part, &out.stdout);
         let (code, output) = deliver(&server, &raw);
         assert_eq!(code, 0, "{output}");
     }
@@ -692,15 +698,7 @@ async fn a_bad_signature_is_not_hidden_behind_an_unknown_key() {
     );
     assert!(out.status.success(), "{out:?}");
     let changed = b"Content-Type: text/plain; charset=us-ascii\r\n\r\nPay 99 EUR.\r\n";
-    let mut raw = b"From: Alice <alice@example.org>\r\nTo: bob@example.org\r\n\
-        Subject: two\r\nMIME-Version: 1.0\r\nContent-Type: multipart/signed; \
-        micalg=pgp-sha256; protocol=\"application/pgp-signature\"; boundary=\"b\"\r\n\
-        \r\n--b\r\n"
-        .to_vec();
-    raw.extend_from_slice(changed);
-    raw.extend_from_slice(b"\r\n--b\r\nContent-Type: application/pgp-signature\r\n\r\n");
-    raw.extend_from_slice(&out.stdout);
-    raw.extend_from_slice(b"\r\n--b--\r\n");
+    let raw = signed_by_two(changed, &out.stdout);
     let (code, output) = deliver(&server, &raw);
     assert_eq!(code, 0, "{output}");
     let stored = verdicts::fetch_all(&server);

@@ -2055,6 +2055,12 @@ async fn write_back_uses_the_servers_hierarchy_delimiter() {
     assert_eq!(exists(&mut raw, "Par/Kid"), 1);
 }
 
+/// Dovecot as Courier and Cyrus name folders: every one but INBOX under "INBOX.", and its
+/// \Sent folder is "Sent Items".
+const COURIER_LIKE: &str =
+    "namespace inbox {\n  inbox = yes\n  prefix = INBOX.\n  separator = .\n  \
+     mailbox \"Sent Items\" {\n    special_use = \\Sent\n    auto = create\n  }\n}\n";
+
 /// A server that names every folder under "INBOX." (Courier, Cyrus: NAMESPACE
 /// (("INBOX." "."))) and calls its \Sent folder "Sent Items": here they are Sent and
 /// Lists/rust, where a mail client looks; what the client puts into Sent goes up into
@@ -2063,10 +2069,7 @@ async fn write_back_uses_the_servers_hierarchy_delimiter() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_namespace_prefix_and_special_use_names_map_to_the_local_mailboxes() {
     let world = World::new();
-    let dovecot = Dovecot::start_tls_configured(
-        "namespace inbox {\n  inbox = yes\n  prefix = INBOX.\n  separator = .\n  \
-         mailbox \"Sent Items\" {\n    special_use = \\Sent\n    auto = create\n  }\n}\n",
-    );
+    let dovecot = Dovecot::start_tls_configured(COURIER_LIKE);
     upstream(
         &dovecot,
         json!([{"cmd": "raw", "line": "CREATE INBOX.Lists.rust"},
@@ -2174,10 +2177,7 @@ async fn a_namespace_prefix_and_special_use_names_map_to_the_local_mailboxes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_account_synced_before_keeps_its_names_on_a_prefix_server() {
     let world = World::new();
-    let dovecot = Dovecot::start_tls_configured(
-        "namespace inbox {\n  inbox = yes\n  prefix = INBOX.\n  separator = .\n  \
-         mailbox \"Sent Items\" {\n    special_use = \\Sent\n    auto = create\n  }\n}\n",
-    );
+    let dovecot = Dovecot::start_tls_configured(COURIER_LIKE);
     upstream(
         &dovecot,
         json!([{"cmd": "raw", "line": "CREATE INBOX.Lists.rust"},

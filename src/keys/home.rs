@@ -66,20 +66,7 @@ pub fn public_keyring_problem(home: &Path) -> Option<String> {
     // What GPGME ran, with an address no key has: a keyring gpg can search answers "no
     // public key" as a status line; one it cannot ("Fatal: can't create lock" for the trust
     // database it needs, whatever the trust model) stops before that.
-    let out = Command::new("gpg")
-        .arg("--homedir")
-        .arg(home)
-        .args([
-            "--batch",
-            "--no-tty",
-            "--with-colons",
-            "--status-fd",
-            "1",
-            "--list-keys",
-            "<nobody@sealpost.invalid>",
-        ])
-        .stdin(Stdio::null())
-        .output();
+    let out = gpg_listing(Some(home), &["--list-keys", "<nobody@sealpost.invalid>"]);
     match out {
         Err(e) => Some(format!("cannot run gpg: {e}")),
         Ok(out)
@@ -119,25 +106,23 @@ fn keyring_file_problem(home: &Path) -> Option<String> {
     None
 }
 
-/// Asks gpg whether the secret keyring can be read at all (it needs gpg-agent). Returns the
-/// problem gpg reports, or None when the keyring answered. Used only after a lookup found no
-/// secret key, to tell "there is none" from "cannot tell now".
-pub fn secret_keyring_problem(home: Option<&Path>) -> Option<String> {
+/// gpg's colon listing with status lines on stdout.
+fn gpg_listing(home: Option<&Path>, args: &[&str]) -> std::io::Result<std::process::Output> {
     let mut cmd = Command::new("gpg");
     if let Some(h) = home {
         cmd.arg("--homedir").arg(h);
     }
-    let out = cmd
-        .args([
-            "--batch",
-            "--no-tty",
-            "--with-colons",
-            "--status-fd",
-            "1",
-            "--list-secret-keys",
-        ])
+    cmd.args(["--batch", "--no-tty", "--with-colons", "--status-fd", "1"])
+        .args(args)
         .stdin(Stdio::null())
-        .output();
+        .output()
+}
+
+/// Asks gpg whether the secret keyring can be read at all (it needs gpg-agent). Returns the
+/// problem gpg reports, or None when the keyring answered. Used only after a lookup found no
+/// secret key, to tell "there is none" from "cannot tell now".
+pub fn secret_keyring_problem(home: Option<&Path>) -> Option<String> {
+    let out = gpg_listing(home, &["--list-secret-keys"]);
     match out {
         Err(e) => Some(format!("cannot run gpg: {e}")),
         Ok(out) => {
