@@ -63,10 +63,11 @@ impl FolderNames {
             aliases: Vec::new(),
             outside: Vec::new(),
         };
+        // Kept even while the folder is not listed (another client deleted it): what the
+        // mail client puts into Sent makes it again, rather than a plain "Sent" that would
+        // be left out once it is back.
         for (local, wire) in kept {
-            if listed.iter().any(|l| l.wire == *wire) {
-                names.aliases.push((wire.clone(), local.clone()));
-            }
+            names.aliases.push((wire.clone(), local.clone()));
         }
         // (local name, wire name) of the folders in the personal namespace.
         let personal: Vec<(String, &String)> = listed
@@ -333,6 +334,15 @@ mod tests {
         assert_eq!(old.local("Sent Items").unwrap(), "Sent Items");
         assert_eq!(old.wire("Sent Items"), "Sent Items");
         assert_eq!(old.wire("Sent"), "Sent");
+        // Deleted upstream by another client: Sent still goes there (made again).
+        let (gone, made) = FolderNames::new(
+            "",
+            &[listed("INBOX", "/", None)],
+            &[("Sent".into(), "Sent Items".into())],
+            &[],
+        );
+        assert!(made.is_empty());
+        assert_eq!(gone.wire("Sent"), "Sent Items");
     }
 
     #[test]
