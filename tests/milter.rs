@@ -698,6 +698,18 @@ assert(send("alice", "alice@example.org", "bob@example.org") == SMFIR_REPLYCODE,
     assert!(out.status.success(), "miltertest: {out:?}");
 }
 
+/// Waits for the two copies of a message whose only other recipient (dave) was refused:
+/// bob's and carol's, each encrypted to its recipient. Returns them with CRLF line ends.
+fn bob_and_carol_encrypted(world: &World, postfix: &Postfix) -> (Vec<u8>, Vec<u8>) {
+    let got = by_recipient(postfix.wait_messages(2));
+    let names: Vec<&str> = got.iter().map(|(r, _)| r.as_str()).collect();
+    assert_eq!(names, ["bob@example.org", "carol@example.org"]);
+    let (bob_copy, carol_copy) = (crlf(&got[0].1), crlf(&got[1].1));
+    assert!(world.bob.decrypt(&ciphertext(&bob_copy)).is_some());
+    assert!(world.carol.decrypt(&ciphertext(&carol_copy)).is_some());
+    (bob_copy, carol_copy)
+}
+
 const ENCRYPT_ONLY_NET: &str = "[policy]\ndomains = { \"example.net\" = \"encrypt-only\" }\n";
 
 /// encrypt-only over SMTP: the keyless recipient is refused at RCPT (the seed's validateTo),
@@ -717,12 +729,7 @@ fn encrypt_only_recipient_is_refused_at_rcpt_over_smtp() {
         "{rcpt:?}"
     );
     assert!(end.starts_with("250"), "{end}");
-    let got = by_recipient(postfix.wait_messages(2));
-    let names: Vec<&str> = got.iter().map(|(r, _)| r.as_str()).collect();
-    assert_eq!(names, ["bob@example.org", "carol@example.org"]);
-    let (bob_copy, carol_copy) = (crlf(&got[0].1), crlf(&got[1].1));
-    assert!(world.bob.decrypt(&ciphertext(&bob_copy)).is_some());
-    assert!(world.carol.decrypt(&ciphertext(&carol_copy)).is_some());
+    bob_and_carol_encrypted(world, postfix);
     // One line per recipient: Postfix's queue id, the recipient, the decision, the key.
     let queue_id = end.trim().rsplit(' ').next().unwrap().to_string();
     let log = milter.log();
@@ -773,12 +780,7 @@ fn routed_and_malformed_recipients_over_smtp() {
     );
     assert!(rcpt[3].starts_with("553 5.1.3"), "{rcpt:?}");
     assert!(end.starts_with("250"), "{end}");
-    let got = by_recipient(postfix.wait_messages(2));
-    let names: Vec<&str> = got.iter().map(|(r, _)| r.as_str()).collect();
-    assert_eq!(names, ["bob@example.org", "carol@example.org"]);
-    let (bob_copy, carol_copy) = (crlf(&got[0].1), crlf(&got[1].1));
-    assert!(world.bob.decrypt(&ciphertext(&bob_copy)).is_some());
-    assert!(world.carol.decrypt(&ciphertext(&carol_copy)).is_some());
+    let (bob_copy, _) = bob_and_carol_encrypted(world, postfix);
     assert!(world.carol.decrypt(&ciphertext(&bob_copy)).is_none());
 }
 

@@ -54,14 +54,46 @@ struct Progress {
     fd: std::os::fd::RawFd,
     queued: Option<i32>,
     since: tokio::time::Instant,
+    /// How long the client may take nothing.
+    stall: Duration,
+    /// No write waits past this (the login deadline, before login).
+    deadline: Option<tokio::time::Instant>,
 }
 
 impl Progress {
-    fn new(fd: std::os::fd::RawFd) -> Progress {
+    fn new(
+        fd: std::os::fd::RawFd,
+        stall: Duration,
+        deadline: Option<tokio::time::Instant>,
+    ) -> Progress {
         Progress {
             fd,
             queued: Self::queued(fd),
             since: tokio::time::Instant::now(),
+            stall,
+            deadline,
+        }
+    }
+
+    /// Runs a write, or ends it with an error once the client has taken nothing for
+    /// `stall`.
+    async fn guard<T>(
+        &mut self,
+        work: impl std::future::Future<Output = io::Result<T>>,
+    ) -> Result<T, ConnError> {
+        tokio::pin!(work);
+        loop {
+            tokio::select! {
+                done = &mut work => return Ok(done?),
+                _ = tokio::time::sleep(PROGRESS_CHECK.min(self.stall)) => {
+                    if self.stalled_for() >= self.stall {
+                        return Err(ConnError::Io(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            format!("the client read nothing for {} s", self.stall.as_secs()),
+                        )));
+                    }
+                }
+            }
         }
     }
 
@@ -79,10 +111,13 @@ impl Progress {
         self.queued = Self::queued(self.fd);
     }
 
-    /// How long the client has taken nothing; past `deadline` (the login deadline, before
-    /// login), as long as any write may wait, however much it takes.
-    fn stalled_for(&mut self, deadline: Option<tokio::time::Instant>) -> Duration {
-        if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
+    /// How long the client has taken nothing; past the deadline, as long as any write may
+    /// wait, however much it takes.
+    fn stalled_for(&mut self) -> Duration {
+        if self
+            .deadline
+            .is_some_and(|d| tokio::time::Instant::now() >= d)
+        {
             return Duration::MAX;
         }
         let now = Self::queued(self.fd);
@@ -288,36 +323,13 @@ impl Conn {
     /// memory for good.
     pub async fn flush(&mut self) -> Result<(), ConnError> {
         let stream = self.stream.as_mut().ok_or(ConnError::Closed)?;
-        let deadline = self.write_deadline;
-        let stall = match deadline {
-            Some(deadline) => self
-                .write_stall
-                .min(deadline.saturating_duration_since(tokio::time::Instant::now())),
-            None => self.write_stall,
-        };
-        let stalled = || {
-            ConnError::Io(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                format!("the client read nothing for {} s", stall.as_secs()),
-            ))
-        };
         // The time counts from the client's last progress, seen in the socket's send queue:
         // the kernel lets a writer go on only once half its buffer has drained, which for a
         // slow reader can take long while it reads all along.
-        let fd = stream.raw_fd();
-        let mut watch = Progress::new(fd);
+        let mut watch = Progress::new(stream.raw_fd(), self.write_stall, self.write_deadline);
         let mut sent = 0;
         while sent < self.out.len() {
-            let n = loop {
-                tokio::select! {
-                    written = stream.write(&self.out[sent..]) => break written?,
-                    _ = tokio::time::sleep(PROGRESS_CHECK.min(stall)) => {
-                        if watch.stalled_for(deadline) >= stall {
-                            return Err(stalled());
-                        }
-                    }
-                }
-            };
+            let n = watch.guard(stream.write(&self.out[sent..])).await?;
             if n == 0 {
                 return Err(ConnError::Closed);
             }
@@ -325,17 +337,7 @@ impl Conn {
             sent += n;
         }
         self.out.clear();
-        loop {
-            tokio::select! {
-                flushed = stream.flush() => break flushed?,
-                _ = tokio::time::sleep(PROGRESS_CHECK.min(stall)) => {
-                    if watch.stalled_for(deadline) >= stall {
-                        return Err(stalled());
-                    }
-                }
-            }
-        }
-        Ok(())
+        watch.guard(stream.flush()).await
     }
 
     /// AUTHENTICATE: asks for the (next) client response with an empty challenge.
