@@ -181,9 +181,7 @@ impl Syncer {
             .folder_names(session, &capabilities, &prefix, account)
             .await?;
         // For the IMAP server: no local name may hold the delimiter (see writeback).
-        let delimiter = listed
-            .iter()
-            .find_map(|l| l.delimiter.as_deref().and_then(|d| d.chars().next()));
+        let delimiter = names.delimiter.chars().next();
         let store = self.store.clone();
         blocking(move || store.set_upstream_delimiter(account, delimiter)).await??;
         let mut every_folder = true;

@@ -329,7 +329,7 @@ impl Syncer {
                     return Ok(WrittenBack::default());
                 }
                 let folder = up.wire_name_at(&entry.mailbox, entry.id);
-                if !self.synced(&folder) || !up.representable(self, &entry.mailbox) {
+                if !up.goes_up(self, &folder, &entry.mailbox) {
                     return Ok(WrittenBack::default());
                 }
                 let reply = up
@@ -346,7 +346,7 @@ impl Syncer {
                 let folder = up.wire_name(&entry.mailbox);
                 // A name upstream would read as another folder was never made there: nothing
                 // to delete (DELETE "v1.2" would take v1's child 2 and its mail).
-                if !self.synced(&folder) || !up.representable(self, &entry.mailbox) {
+                if !up.goes_up(self, &folder, &entry.mailbox) {
                     return Ok(WrittenBack::default());
                 }
                 up.selected = None;
@@ -399,7 +399,7 @@ impl Syncer {
             }
             "rename-mailbox" => {
                 let (from, to) = (up.wire_name(&entry.mailbox), up.wire_name(&entry.detail));
-                if !self.synced(&from) || !up.representable(self, &entry.mailbox) {
+                if !up.goes_up(self, &from, &entry.mailbox) {
                     return Ok(WrittenBack::default());
                 }
                 // Renamed to a name upstream would read as another folder: it waits (the
@@ -485,9 +485,7 @@ impl Syncer {
             },
         };
         let to_folder = up.wire_name_at(&target_name, entry.id);
-        let Some(from) =
-            from.filter(|_| self.synced(&to_folder) && up.representable(self, &target_name))
-        else {
+        let Some(from) = from.filter(|_| up.goes_up(self, &to_folder, &target_name)) else {
             return self.upload(up, entry, target, new_uid, &target_name).await;
         };
         // Without MOVE and UIDPLUS the original stays upstream, marked \Deleted: its link
@@ -695,9 +693,7 @@ impl Syncer {
             None => None,
         };
         let to_folder = up.wire_name_at(&entry.mailbox, entry.id);
-        let Some(from) =
-            from.filter(|_| self.synced(&to_folder) && up.representable(self, &entry.mailbox))
-        else {
+        let Some(from) = from.filter(|_| up.goes_up(self, &to_folder, &entry.mailbox)) else {
             return self
                 .upload(up, entry, target, entry.uid, &entry.mailbox)
                 .await;
@@ -848,7 +844,7 @@ impl Syncer {
         };
         // The entry's name for the mailbox, as upstream has it now (not yet renamed there).
         let folder = up.wire_name_at(name, entry.id);
-        if !self.synced(&folder) || !up.representable(self, name) {
+        if !up.goes_up(self, &folder, name) {
             return Ok(WrittenBack::default());
         }
         let token = upload_token(&self.name, local.uidvalidity, uid);
@@ -1031,6 +1027,12 @@ impl Upstream<'_> {
             }
         }
         self.wire_name(&name)
+    }
+
+    /// Whether changes to the local mailbox `local`, upstream `folder`, are written back:
+    /// the account syncs the folder and the mailbox has a name upstream of its own.
+    fn goes_up(&self, syncer: &Syncer, folder: &str, local: &str) -> bool {
+        syncer.synced(folder) && self.representable(syncer, local)
     }
 
     /// Whether the local mailbox `local` has a name upstream of its own
