@@ -991,12 +991,13 @@ fn connections_beyond_the_limit_are_told_to_come_back() {
 }
 
 /// Waits (up to 30 s) until a new connection gets the greeting, not BYE: the one slot is free.
-fn slot_frees(server: &Server, what: &str) {
+/// Returns that connection, which now holds the slot (the server sees a close only later).
+fn slot_frees(server: &Server, what: &str) -> Raw<std::net::TcpStream> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let next = Raw::connect(server.starttls_port);
         if next.greeting.starts_with("* OK") {
-            return;
+            return next;
         }
         assert!(Instant::now() < deadline, "slot never freed: {what}");
         std::thread::sleep(Duration::from_millis(50));
@@ -1041,9 +1042,8 @@ fn clients_that_never_log_in_or_never_read_give_their_slot_back() {
     };
     assert!(bye.contains("not logged in"), "{bye}");
     drop(busy);
-    slot_frees(&server, "after the login timeout");
-
-    let mut reader = server.login();
+    let mut reader = slot_frees(&server, "after the login timeout");
+    reader.ok(&format!("LOGIN {USER} \"{PASSWORD}\""));
     let body = format!("{}\r\n", "x".repeat(78)).repeat(6000);
     let message = format!("Subject: big\r\n\r\n{body}");
     reader.ok(&format!("APPEND INBOX {{{}+}}\r\n{message}", message.len()));
