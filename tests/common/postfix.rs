@@ -135,8 +135,13 @@ impl Postfix {
         match recipient {
             Some(r) => self.reinjection_answers(r, "451 4.3.0 re-injection test failure"),
             None => {
-                std::fs::write(self.dir.join("reinject-access"), "").unwrap();
+                let rules = self.dir.join("reinject-access");
+                let old = std::fs::read_to_string(&rules).unwrap();
+                std::fs::write(&rules, "").unwrap();
                 self.postfix(&["reload"]);
+                if let Some(recipient) = old.split_whitespace().next() {
+                    self.wait_reinjection_reply(recipient, "250");
+                }
             }
         }
     }
@@ -150,6 +155,22 @@ impl Postfix {
         .unwrap();
         // texthash maps are read when a process starts: new smtpd processes for new rules.
         self.postfix(&["reload"]);
+        self.wait_reinjection_reply(recipient, &reply[..3]);
+    }
+
+    /// `postfix reload` only signals the master, and an smtpd started before it may still
+    /// take a connection: the listener is asked (up to a minute) until RCPT for `recipient`
+    /// gets the reply code `code`.
+    fn wait_reinjection_reply(&self, recipient: &str, code: &str) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let reply = rcpt_reply(self.reinject_port, recipient);
+            if reply.starts_with(code) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "re-injection listener: {reply}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// The master process, from its pid file.
@@ -202,6 +223,22 @@ impl Postfix {
     }
 
     /// Queue entries still waiting (deferred or incoming), from the queue directories.
+    /// Waits (up to a minute) until Postfix's queues are empty: everything it took is
+    /// delivered or bounced. A message is in the Maildir before qmgr removes its queue file,
+    /// so a test that counts the Maildir must wait for this before it counts for good.
+    pub fn wait_queue_empty(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.queued() > 0 {
+            assert!(
+                Instant::now() < deadline,
+                "still queued; log:\n{}",
+                self.log()
+            );
+            // Postfix gives no event for this either; the queue directories are polled.
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     pub fn queued(&self) -> usize {
         ["incoming", "active", "deferred", "maildrop", "hold"]
             .iter()
@@ -258,6 +295,42 @@ pub fn count_files(dir: &Path) -> usize {
 }
 
 /// Waits until something accepts connections on 127.0.0.1:`port`.
+/// The reply of the SMTP server on `port` to RCPT TO:<recipient> (after EHLO and MAIL FROM:<>).
+fn rcpt_reply(port: u16, recipient: &str) -> String {
+    use std::io::{BufRead, BufReader};
+    let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut writer = stream;
+    // The last line of a reply.
+    let mut reply = || loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        if line.len() < 4 || line.as_bytes()[3] != b'-' {
+            return line.trim_end().to_string();
+        }
+    };
+    reply();
+    let mut answer = String::new();
+    for command in [
+        "EHLO probe.sealpost.test".to_string(),
+        "MAIL FROM:<>".to_string(),
+        format!("RCPT TO:<{recipient}>"),
+        "QUIT".to_string(),
+    ] {
+        writer
+            .write_all(format!("{command}\r\n").as_bytes())
+            .unwrap();
+        let got = reply();
+        if command.starts_with("RCPT") {
+            answer = got;
+        }
+    }
+    answer
+}
+
 pub fn wait_for_port(port: u16) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
