@@ -13,6 +13,9 @@ stdout carries only these lines (each flushed), so a test can drive it line by l
     HOLDING <addr>
     DELIVERED <mail_from> <rcpt1>,<rcpt2>,... <path-of-file-in-DIR/new>
 
+A held RCPT waits until the client goes away, or until the line `RELEASE <addr>` arrives on
+stdin; it is then answered 451 (a temporary failure), so a test decides when the hold ends.
+
 Everything else (aiosmtpd's own logging) goes to stderr.
 """
 
@@ -25,6 +28,7 @@ import signal
 import socket
 import ssl
 import sys
+import threading
 import time
 import warnings
 
@@ -68,6 +72,8 @@ class RelayHandler:
         # Addresses still waiting for their one held RCPT; shared by all
         # connections because "first time" is over the server's whole life.
         self.hold_pending = {a.lower() for a in hold_once}
+        # Set by a RELEASE line on stdin (see watch_releases).
+        self.released = {a.lower(): asyncio.Event() for a in hold_once}
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         key = address.lower()
@@ -78,10 +84,11 @@ class RelayHandler:
         if key in self.hold_pending:
             self.hold_pending.discard(key)
             emit(f"HOLDING {address}")
-            # Simulates a server that hangs mid-transaction. The future is never
-            # resolved; when the client goes away aiosmtpd cancels this task,
-            # and the CancelledError just ends the session.
-            await asyncio.get_running_loop().create_future()
+            # Simulates a server that hangs mid-transaction, until the test releases it.
+            # When the client goes away first, aiosmtpd cancels this task, and the
+            # CancelledError just ends the session.
+            await self.released[key].wait()
+            return f"451 4.3.0 <{address}>: held, try again later"
         # With a handle_RCPT hook in place aiosmtpd leaves recording to us.
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
@@ -145,6 +152,7 @@ async def serve(args):
                     auth_require_tls=True, **common)
 
     loop = asyncio.get_running_loop()
+    watch_releases(loop, handler)
     server = await loop.create_server(
         factory, "127.0.0.1", args.port, ssl=tls if args.implicit_tls else None)
     emit(f"READY {server.sockets[0].getsockname()[1]}")
@@ -155,6 +163,20 @@ async def serve(args):
     await stop.wait()
     server.close()
     # Held sessions never finish on their own; asyncio.run() cancels them.
+
+
+def watch_releases(loop, handler):
+    """Reads `RELEASE <addr>` lines from stdin (a thread: stdin may be a pipe or a terminal)."""
+
+    def read():
+        for line in sys.stdin:
+            words = line.split()
+            if len(words) == 2 and words[0] == "RELEASE":
+                event = handler.released.get(words[1].lower())
+                if event is not None:
+                    loop.call_soon_threadsafe(event.set)
+
+    threading.Thread(target=read, daemon=True).start()
 
 
 def main():

@@ -2,9 +2,9 @@
 //! aiosmtpd, with STARTTLS (or implicit TLS) required, AUTH, a Maildir, and switches to refuse
 //! or hold chosen recipients. Its stdout is read as events (READY, HOLDING, DELIVERED).
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc::{channel, Receiver};
 use std::time::Duration;
 
@@ -64,6 +64,8 @@ pub enum Event {
 
 pub struct Relay {
     child: Child,
+    /// Where `release` writes (see tests/smtp_relay.py).
+    control: ChildStdin,
     pub port: u16,
     events: Receiver<Event>,
 }
@@ -121,6 +123,7 @@ impl Relay {
             cmd.args(["--full", r]);
         }
         let mut child = cmd
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -158,8 +161,10 @@ impl Relay {
         let port = ready_rx
             .recv_timeout(Duration::from_secs(30))
             .expect("relay READY");
+        let control = child.stdin.take().unwrap();
         Relay {
             child,
+            control,
             port,
             events,
         }
@@ -168,6 +173,13 @@ impl Relay {
     /// The next event, waiting at most `timeout`.
     pub fn next(&self, timeout: Duration) -> Option<Event> {
         self.events.recv_timeout(timeout).ok()
+    }
+
+    /// Ends the hold of `address`'s RCPT (a `hold_once` address): it is answered 451.
+    pub fn release(&self, address: &str) {
+        (&self.control)
+            .write_all(format!("RELEASE {address}\n").as_bytes())
+            .expect("relay stdin");
     }
 
     /// Waits for `n` deliveries (panics after a minute without one).
