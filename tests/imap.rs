@@ -1061,7 +1061,7 @@ fn clients_that_never_log_in_or_never_read_give_their_slot_back() {
 /// lets the server write on only in bursts, as half its buffer drains).
 #[test]
 fn a_slow_reader_gets_its_whole_answer() {
-    let server = Server::start_limits("", "write_timeout_secs = 1", "");
+    let server = Server::start_limits("", "write_timeout_secs = 2", "");
     let mut raw = server.login();
     let body = format!("{}\r\n", "z".repeat(78)).repeat(2500);
     let message = format!("Subject: slow\r\n\r\n{body}");
