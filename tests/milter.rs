@@ -108,14 +108,23 @@ fn smtp_transaction(port: u16, from: &str, rcpts: &[&str], message: &str) -> (Ve
         w.write_all(format!("{c}\r\n").as_bytes()).unwrap();
         reply(r)
     };
+    // "address PARAMETERS..." is sent as <address> PARAMETERS...
+    let path = |a: &str| match a.split_once(' ') {
+        Some((address, parameters)) => format!("<{address}> {parameters}"),
+        None => format!("<{a}>"),
+    };
     command(&mut writer, &mut reader, "EHLO client.example.org");
-    let r = command(&mut writer, &mut reader, &format!("MAIL FROM:<{from}>"));
+    let r = command(
+        &mut writer,
+        &mut reader,
+        &format!("MAIL FROM:{}", path(from)),
+    );
     if !r.starts_with('2') {
         return (Vec::new(), r);
     }
     let rcpt_replies: Vec<String> = rcpts
         .iter()
-        .map(|rcpt| command(&mut writer, &mut reader, &format!("RCPT TO:<{rcpt}>")))
+        .map(|rcpt| command(&mut writer, &mut reader, &format!("RCPT TO:{}", path(rcpt))))
         .collect();
     if let Some(refusal) = rcpt_replies.iter().find(|r| !r.starts_with('2')) {
         if rcpt_replies.iter().all(|r| !r.starts_with('2')) {
@@ -354,6 +363,81 @@ fn milter_down_keeps_mail_queued_until_it_is_back() {
     let _milter = rig.milter();
     postfix.postfix(&["flush"]);
     check_three_copies(world, postfix.wait_messages(3));
+}
+
+/// The client's DSN parameters (RFC 3461) go with every copy, not only the one kept in place:
+/// NOTIFY=SUCCESS for each recipient brings alice a success notice for each, with the
+/// message's ENVID and RET, and each recipient's ORCPT (xtext decoded and encoded again).
+#[test]
+fn dsn_parameters_go_with_every_copy() {
+    let Some(rig) = Rig::new() else { return };
+    let postfix = &rig.postfix;
+    let _milter = rig.milter();
+    let rcpts = [
+        "bob@example.org NOTIFY=SUCCESS ORCPT=rfc822;bob+2Bsealpost@example.org",
+        "dave@example.net NOTIFY=SUCCESS,FAILURE",
+        "carol@example.org NOTIFY=SUCCESS ORCPT=rfc822;carol@example.org",
+    ];
+    let (replies, end) = smtp_transaction(
+        postfix.smtp_port,
+        "alice@example.org RET=HDRS ENVID=env+2B42",
+        &rcpts,
+        MESSAGE,
+    );
+    assert!(end.starts_with("250"), "{replies:?} {end}");
+    postfix.wait_messages(6);
+    postfix.wait_queue_empty();
+    let got = by_recipient(postfix.wait_messages(6));
+    let notices: Vec<String> = got
+        .iter()
+        .filter(|(r, _)| r == "alice@example.org")
+        .map(|(_, m)| String::from_utf8_lossy(m).into_owned())
+        .collect();
+    assert_eq!(notices.len(), 3, "{notices:#?}");
+    let all = notices.join("\n");
+    for recipient in [
+        "Original-Recipient: rfc822;bob+sealpost@example.org",
+        "Final-Recipient: rfc822; dave@example.net",
+        "Original-Recipient: rfc822;carol@example.org",
+    ] {
+        assert!(all.contains(recipient), "{recipient}: {all}");
+    }
+    for notice in &notices {
+        assert!(notice.contains("Original-Envelope-Id: env+42"), "{notice}");
+        assert!(notice.contains("text/rfc822-headers"), "RET=HDRS: {notice}");
+        assert!(notice.contains("Action: delivered"), "{notice}");
+    }
+}
+
+/// A re-injection listener that does not announce DSN is sent no DSN parameters (it would
+/// refuse them with 555, and each copy would come back as refused): the copies go, and only
+/// the original, kept in place for one recipient, carries NOTIFY=SUCCESS.
+#[test]
+fn a_listener_without_dsn_gets_the_copies_without_dsn_parameters() {
+    let Some(rig) = Rig::new() else { return };
+    let postfix = &rig.postfix;
+    postfix.reinjection_without_dsn();
+    let milter = rig.milter();
+    let rcpts = THREE.map(|r| format!("{r} NOTIFY=SUCCESS"));
+    let rcpts: Vec<&str> = rcpts.iter().map(String::as_str).collect();
+    let (replies, end) = smtp_transaction(postfix.smtp_port, "alice@example.org", &rcpts, MESSAGE);
+    assert!(end.starts_with("250"), "{replies:?} {end}");
+    postfix.wait_messages(4);
+    postfix.wait_queue_empty();
+    let got = by_recipient(postfix.wait_messages(4));
+    let names: Vec<&str> = got.iter().map(|(r, _)| r.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "alice@example.org",
+            "bob@example.org",
+            "carol@example.org",
+            "dave@example.net"
+        ],
+        "{}",
+        milter.log()
+    );
+    assert!(String::from_utf8_lossy(&got[0].1).contains("Successful Mail Delivery Report"));
 }
 
 #[test]

@@ -38,7 +38,7 @@ use sha2::{Digest, Sha256};
 use crate::inbound::{strip_field, VERDICT_FIELD};
 use crate::keys::Resolution;
 use crate::queue::bounce;
-use crate::queue::relay::{Relay, RelayConfig, RelayTls, Sent};
+use crate::queue::relay::{Dsn, Relay, RelayConfig, RelayTls, Sent};
 use crate::rewrite::policy::canonical_domain;
 use crate::rewrite::{Copy, Decision, Envelope, Lookup, Mode, Policy, Prepared, Reply, Rewriter};
 use journal::Journal;
@@ -108,6 +108,11 @@ struct Transaction {
     /// {daemon_name}: the Postfix service (milter_macro_daemon_name) the mail came through.
     daemon: Option<String>,
     recipients: Vec<String>,
+    /// The DSN parameters of MAIL (RET, ENVID).
+    mail_dsn: Dsn,
+    /// Each recipient's DSN parameters (MAIL's and its own NOTIFY, ORCPT), for its
+    /// re-injected copy.
+    dsn: Vec<(String, Dsn)>,
     /// Postfix passed {rcpt_mailer} with a recipient, which it does over SMTP only: a client
     /// is there to hear a rejection.
     smtp: bool,
@@ -153,7 +158,8 @@ impl Milter {
             },
             &hostname,
         )
-        .map_err(|e| MilterError::Setup(e.to_string()))?;
+        .map_err(|e| MilterError::Setup(e.to_string()))?
+        .passing_dsn();
         let journal =
             Journal::open(&config.journal).map_err(|e| MilterError::Setup(e.to_string()))?;
         Ok(Milter {
@@ -378,6 +384,14 @@ const ACTIONS: Actions = Actions::ADD_HEADER
 
 /// A MAIL or RCPT path without its angle brackets and its source route (which Postfix drops
 /// too: a recipient is deleted by the spelling Postfix keeps).
+/// The ESMTP parameters after the address in a MAIL or RCPT argument list.
+fn esmtp_arguments(args: &[CString]) -> Vec<String> {
+    args.iter()
+        .skip(1)
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect()
+}
+
 fn bare(arg: &CString) -> String {
     let s = arg.to_string_lossy();
     let s = s.trim();
@@ -421,10 +435,13 @@ fn callbacks(milter: Arc<Milter>) -> Callbacks<Transaction> {
                 };
                 let login = macro_value(c"{auth_authen}");
                 let daemon = macro_value(c"{daemon_name}");
+                let mut mail_dsn = Dsn::default();
+                mail_dsn.take_mail(&esmtp_arguments(&args));
                 cx.data = Some(Transaction {
                     sender: args.first().map(bare).unwrap_or_default(),
                     login,
                     daemon,
+                    mail_dsn,
                     ..Transaction::default()
                 });
                 Status::Continue
@@ -466,6 +483,9 @@ fn callbacks(milter: Arc<Milter>) -> Callbacks<Transaction> {
                     return Status::Reject;
                 }
                 if let Some(t) = cx.data.as_mut() {
+                    let mut dsn = t.mail_dsn.clone();
+                    dsn.take_rcpt(&esmtp_arguments(&args));
+                    t.dsn.push((recipient.clone(), dsn));
                     t.recipients.push(recipient);
                     t.smtp |= smtp;
                 }
@@ -778,7 +798,7 @@ async fn end_of_message(
                     kept_copy = Some(copy);
                     continue;
                 }
-                match reinject(cx, milter, &t.sender, queue_id, &id, now, &copy).await {
+                match reinject(cx, milter, &t, queue_id, &id, now, &copy).await {
                     Ok(refused) => failures.extend(refused),
                     Err(text) => return tempfail(cx, &text),
                 }
@@ -787,7 +807,7 @@ async fn end_of_message(
     }
     if !held.is_empty() {
         if let Some(copy) = kept_copy.take() {
-            match reinject(cx, milter, &t.sender, queue_id, &id, now, &copy).await {
+            match reinject(cx, milter, &t, queue_id, &id, now, &copy).await {
                 Ok(refused) => failures.extend(refused),
                 Err(text) => return tempfail(cx, &text),
             }
@@ -862,7 +882,7 @@ async fn end_of_message(
 async fn reinject(
     cx: &EomContext<Transaction>,
     milter: &Milter,
-    sender: &str,
+    t: &Transaction,
     queue_id: &str,
     id: &str,
     now: i64,
@@ -878,7 +898,19 @@ async fn reinject(
         return Err(format!("no room to journal the re-injection: {e}"));
     }
     let bytes = copy.message.as_deref().unwrap_or_default();
-    match milter.reinject.send(sender, &copy.recipient, bytes).await {
+    // The client's DSN parameters go with the copy: NOTIFY=NEVER or SUCCESS, ORCPT, RET and
+    // ENVID count for it as for the original.
+    let dsn = t
+        .dsn
+        .iter()
+        .find(|(r, _)| crate::rewrite::same_recipient(r, &copy.recipient))
+        .map(|(_, d)| d.clone())
+        .unwrap_or_else(|| t.mail_dsn.clone());
+    match milter
+        .reinject
+        .send_with(&t.sender, &copy.recipient, bytes, &dsn)
+        .await
+    {
         Sent::Accepted(reply) => {
             milter
                 .journal

@@ -160,6 +160,87 @@ pub struct Relay {
     /// drops packets).
     down: Mutex<Option<String>>,
     breaker: bool,
+    /// Set by [`Relay::passing_dsn`]: new connections ask (a second EHLO) whether the server
+    /// takes RFC 3461 parameters, and `dsn_offered` keeps the answer.
+    pass_dsn: bool,
+    dsn_offered: std::sync::atomic::AtomicBool,
+}
+
+/// The RFC 3461 (DSN) parameters of one recipient's transaction, as the client gave them to
+/// the MTA sealpost sits in, with their xtext decoded. What is None is not sent.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Dsn {
+    /// MAIL RET= (FULL or HDRS).
+    pub ret: Option<String>,
+    /// MAIL ENVID=.
+    pub envid: Option<String>,
+    /// RCPT NOTIFY= (NEVER, or a list of SUCCESS, FAILURE, DELAY).
+    pub notify: Option<String>,
+    /// RCPT ORCPT= (`rfc822;address`).
+    pub orcpt: Option<String>,
+}
+
+impl Dsn {
+    /// Takes the DSN parameters from ESMTP arguments (`KEYWORD=value`, xtext); others are left,
+    /// and so is a value that could not go on as it came (see [`Dsn::keyword_list`],
+    /// [`Dsn::text`]).
+    pub fn take_mail(&mut self, args: &[String]) {
+        for (keyword, value) in args.iter().filter_map(|a| a.split_once('=')) {
+            if keyword.eq_ignore_ascii_case("RET") {
+                self.ret = Self::keyword_list(value);
+            } else if keyword.eq_ignore_ascii_case("ENVID") {
+                self.envid = Self::text(value);
+            }
+        }
+    }
+
+    /// Like [`Dsn::take_mail`], for the RCPT parameters.
+    pub fn take_rcpt(&mut self, args: &[String]) {
+        for (keyword, value) in args.iter().filter_map(|a| a.split_once('=')) {
+            if keyword.eq_ignore_ascii_case("NOTIFY") {
+                self.notify = Self::keyword_list(value);
+            } else if keyword.eq_ignore_ascii_case("ORCPT") {
+                self.orcpt = Self::text(value);
+            }
+        }
+    }
+
+    /// RET and NOTIFY values: letters and commas.
+    fn keyword_list(value: &str) -> Option<String> {
+        let fine = !value.is_empty() && value.bytes().all(|b| b.is_ascii_alphabetic() || b == b',');
+        fine.then(|| value.to_ascii_uppercase())
+    }
+
+    /// ENVID and ORCPT values, decoded. lettre encodes them again, but a control character
+    /// as `+D` (one digit), which a server refuses: such a value is not passed on.
+    fn text(value: &str) -> Option<String> {
+        Some(xtext_decode(value)).filter(|v| !v.is_empty() && !v.chars().any(char::is_control))
+    }
+}
+
+/// RFC 3461 §4: `+XX` is the octet XX. A `+` without two hex digits after it stays as it is.
+pub fn xtext_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .filter(|h| h.bytes().all(|b| b.is_ascii_hexdigit()))
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'+', Some(octet)) => {
+                out.push(octet);
+                i += 3;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The steps of one SMTP transaction, each with its own time (RFC 5321 §4.5.3.2).
@@ -318,7 +399,16 @@ impl Relay {
             idle: Mutex::new(Vec::new()),
             down: Mutex::new(None),
             breaker: false,
+            pass_dsn: false,
+            dsn_offered: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// Passes the [`Dsn`] parameters given to [`Relay::send_with`] on, to a server that
+    /// announces DSN (RFC 3461); to one that does not they are left out.
+    pub fn passing_dsn(mut self) -> Relay {
+        self.pass_dsn = true;
+        self
     }
 
     /// Where copies go, for the logs.
@@ -387,6 +477,21 @@ impl Relay {
         .await
         .map_err(|_| deadline("greeting"))?
         .map_err(step)?;
+        if self.pass_dsn {
+            // lettre keeps only the EHLO keywords it knows; DSN is not one of them.
+            let hello = lettre::transport::smtp::commands::Ehlo::new(self.hello.clone());
+            let reply = tokio::time::timeout(self.timeout, conn.command(hello))
+                .await
+                .map_err(|_| deadline("EHLO"))?
+                .map_err(step)?;
+            let offered = reply.message().skip(1).any(|line| {
+                line.split_whitespace()
+                    .next()
+                    .is_some_and(|k| k.eq_ignore_ascii_case("DSN"))
+            });
+            self.dsn_offered
+                .store(offered, std::sync::atomic::Ordering::Relaxed);
+        }
         if let Some(credentials) = &self.credentials {
             tokio::time::timeout(
                 self.timeout,
@@ -490,8 +595,22 @@ impl Relay {
     /// reply to its final "." the 10 minutes of RFC 5321 §4.5.3.2.6 (given up sooner, a relay
     /// that was only slow to answer has the message, and gets it again at the retry).
     pub async fn send(&self, sender: &str, recipient: &str, message: &[u8]) -> Sent {
+        self.send_with(sender, recipient, message, &Dsn::default())
+            .await
+    }
+
+    /// [`Relay::send`] with the recipient's DSN parameters (see [`Relay::passing_dsn`]).
+    pub async fn send_with(
+        &self,
+        sender: &str,
+        recipient: &str,
+        message: &[u8],
+        dsn: &Dsn,
+    ) -> Sent {
         use lettre::transport::smtp::commands::{Data, Mail, Rcpt};
-        use lettre::transport::smtp::extension::{Extension, MailBodyParameter, MailParameter};
+        use lettre::transport::smtp::extension::{
+            Extension, MailBodyParameter, MailParameter, RcptParameter,
+        };
         if !sender.is_empty() && sender.parse::<lettre::Address>().is_err() {
             return Sent::Permanent(format!("sender {sender:?} is not an address"));
         }
@@ -550,6 +669,27 @@ impl Relay {
             }
             options.push(MailParameter::Body(MailBodyParameter::EightBitMime));
         }
+        let mut rcpt_options = Vec::new();
+        if self.pass_dsn && self.dsn_offered.load(std::sync::atomic::Ordering::Relaxed) {
+            let pairs = [("RET", &dsn.ret), ("ENVID", &dsn.envid)];
+            for (keyword, value) in pairs {
+                if let Some(value) = value {
+                    options.push(MailParameter::Other {
+                        keyword: keyword.into(),
+                        value: Some(value.clone()),
+                    });
+                }
+            }
+            let pairs = [("NOTIFY", &dsn.notify), ("ORCPT", &dsn.orcpt)];
+            for (keyword, value) in pairs {
+                if let Some(value) = value {
+                    rcpt_options.push(RcptParameter::Other {
+                        keyword: keyword.into(),
+                        value: Some(value.clone()),
+                    });
+                }
+            }
+        }
         let transfer = Duration::from_secs(message.len() as u64 / MIN_BYTES_PER_SEC);
         let steps: [(Step, Duration); 4] = [
             (Step::Mail, self.timeout),
@@ -565,7 +705,7 @@ impl Relay {
                     tokio::time::timeout(limit, conn.command(command)).await
                 }
                 Step::Rcpt => {
-                    let command = Rcpt::new(to.clone(), Vec::new());
+                    let command = Rcpt::new(to.clone(), rcpt_options.clone());
                     tokio::time::timeout(limit, conn.command(command)).await
                 }
                 Step::Data => tokio::time::timeout(limit, conn.command(Data)).await,
@@ -705,6 +845,36 @@ fn ascii_domain(address: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn xtext_is_decoded_where_it_is_well_formed() {
+        assert_eq!(xtext_decode("bob+2Btag@example.org"), "bob+tag@example.org");
+        assert_eq!(xtext_decode("a+3Db+20c"), "a=b c");
+        assert_eq!(xtext_decode("end+"), "end+");
+        assert_eq!(xtext_decode("x+4"), "x+4");
+        assert_eq!(xtext_decode("x+zz"), "x+zz");
+    }
+
+    #[test]
+    fn dsn_parameters_are_taken_when_they_can_go_on_as_they_came() {
+        let mut dsn = Dsn::default();
+        let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        dsn.take_mail(&args(&["SIZE=100", "ret=hdrs", "ENVID=q+2B1"]));
+        dsn.take_rcpt(&args(&["NOTIFY=success,failure", "ORCPT=rfc822;a+2Bb@x"]));
+        assert_eq!(
+            dsn,
+            Dsn {
+                ret: Some("HDRS".into()),
+                envid: Some("q+1".into()),
+                notify: Some("SUCCESS,FAILURE".into()),
+                orcpt: Some("rfc822;a+b@x".into()),
+            }
+        );
+        let mut odd = Dsn::default();
+        odd.take_mail(&args(&["RET=FULL;X", "ENVID=a+0Db"]));
+        odd.take_rcpt(&args(&["NOTIFY=", "ORCPT=rfc822;a+0A@x"]));
+        assert_eq!(odd, Dsn::default());
+    }
 
     /// A relay on loopback that refuses connections (a port nothing listens on).
     fn refusing() -> Relay {

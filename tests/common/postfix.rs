@@ -158,6 +158,33 @@ impl Postfix {
         self.wait_reinjection_reply(recipient, &reply[..3]);
     }
 
+    /// Makes the re-injection listener stop announcing DSN (RFC 3461), as
+    /// `smtpd_discard_ehlo_keywords = dsn` does; it then refuses DSN parameters.
+    pub fn reinjection_without_dsn(&self) {
+        let service = format!(
+            "127.0.0.1:{}/inet/smtpd_discard_ehlo_keywords=dsn",
+            self.reinject_port
+        );
+        let ok = Command::new("postconf")
+            .arg("-c")
+            .arg(&self.dir)
+            .arg("-P")
+            .arg(&service)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "postconf -P {service}");
+        self.postfix(&["reload"]);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while ehlo_reply(self.reinject_port).contains("DSN") {
+            assert!(
+                Instant::now() < deadline,
+                "the listener still announces DSN"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// `postfix reload` only signals the master, and an smtpd started before it may still
     /// take a connection: the listener is asked (up to a minute) until RCPT for `recipient`
     /// gets the reply code `code`.
@@ -297,6 +324,17 @@ pub fn count_files(dir: &Path) -> usize {
 /// Waits until something accepts connections on 127.0.0.1:`port`.
 /// The reply of the SMTP server on `port` to RCPT TO:<recipient> (after EHLO and MAIL FROM:<>).
 fn rcpt_reply(port: u16, recipient: &str) -> String {
+    smtp_replies(port, &["MAIL FROM:<>", &format!("RCPT TO:<{recipient}>")]).remove(2)
+}
+
+/// The whole reply of the SMTP server on `port` to EHLO.
+fn ehlo_reply(port: u16) -> String {
+    smtp_replies(port, &[]).remove(0)
+}
+
+/// The replies of the SMTP server on `port` to EHLO and then each of `commands` (each reply
+/// whole, its lines joined by newlines); QUIT ends the session.
+fn smtp_replies(port: u16, commands: &[&str]) -> Vec<String> {
     use std::io::{BufRead, BufReader};
     let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
     stream
@@ -304,31 +342,27 @@ fn rcpt_reply(port: u16, recipient: &str) -> String {
         .unwrap();
     let mut reader = BufReader::new(stream.try_clone().unwrap());
     let mut writer = stream;
-    // The last line of a reply.
-    let mut reply = || loop {
-        let mut line = String::new();
-        reader.read_line(&mut line).unwrap();
-        if line.len() < 4 || line.as_bytes()[3] != b'-' {
-            return line.trim_end().to_string();
+    let mut reply = || {
+        let mut whole = String::new();
+        loop {
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            whole.push_str(&line);
+            if line.len() < 4 || line.as_bytes()[3] != b'-' {
+                return whole.trim_end().to_string();
+            }
         }
     };
     reply();
-    let mut answer = String::new();
-    for command in [
-        "EHLO probe.sealpost.test".to_string(),
-        "MAIL FROM:<>".to_string(),
-        format!("RCPT TO:<{recipient}>"),
-        "QUIT".to_string(),
-    ] {
+    let mut replies = Vec::new();
+    for command in ["EHLO probe.sealpost.test"].iter().chain(commands) {
         writer
             .write_all(format!("{command}\r\n").as_bytes())
             .unwrap();
-        let got = reply();
-        if command.starts_with("RCPT") {
-            answer = got;
-        }
+        replies.push(reply());
     }
-    answer
+    writer.write_all(b"QUIT\r\n").unwrap();
+    replies
 }
 
 pub fn wait_for_port(port: u16) {
