@@ -272,13 +272,18 @@ impl Config {
             ("max_append", u64::from(limits.max_append), 1024),
             ("max_literals", u64::from(limits.max_literals), 1),
             ("max_connections", self.imap.max_connections as u64, 1),
+            (
+                "max_connections_per_address",
+                self.imap.max_connections_per_address as u64,
+                1,
+            ),
             ("login_timeout_secs", limits.login_timeout_secs, 1),
             ("write_timeout_secs", limits.write_timeout_secs, 1),
             // RFC 3501 §5.4: an authenticated client may be idle 30 minutes.
             ("autologout_secs", limits.autologout_secs, 1800),
         ] {
             if value < least {
-                let table = if key == "max_connections" {
+                let table = if key.starts_with("max_connections") {
                     "imap"
                 } else {
                     "imap.limits"
@@ -553,6 +558,13 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.starts_with("s.toml:2: imap.limits.max_append: "), "{e}");
+        let e = Config::parse("[imap]\nmax_connections_per_address = 0\n", "s.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("s.toml:2: imap.max_connections_per_address: "),
+            "{e}"
+        );
         let e = Config::parse("[milter]\nreinject_port = 0\n", "s.toml")
             .unwrap_err()
             .to_string();

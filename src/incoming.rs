@@ -77,6 +77,7 @@ pub async fn serve(config: Config, args: ImapArgs) -> Result<u8, CliError> {
         penalties: crate::imap::auth::Penalties::new(std::time::Duration::from_millis(
             config.imap.limits.auth_failure_delay_ms,
         )),
+        per_address: crate::imap::auth::PerAddress::new(config.imap.max_connections_per_address),
         config: config.imap.clone(),
         accounts: config.accounts.clone(),
         store,

@@ -103,6 +103,85 @@ mod tests {
     }
 }
 
+/// A client address as these limits count it: IPv6 by /64 (one host has many), an IPv4
+/// client on an IPv6 listener ("::ffff:a.b.c.d") as its IPv4 address.
+fn address_key(ip: std::net::IpAddr) -> std::net::IpAddr {
+    match ip {
+        std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => std::net::IpAddr::V4(v4),
+            None => {
+                let mut octets = v6.octets();
+                octets[8..].fill(0);
+                std::net::IpAddr::V6(octets.into())
+            }
+        },
+        v4 => v4,
+    }
+}
+
+/// Connections per client address, so that one host cannot take every slot of
+/// `max_connections` (and keep the others out until its logins time out). Loopback clients
+/// are not counted: they are the user's own, or a proxy's in front of the server.
+pub struct PerAddress {
+    open: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
+    most: usize,
+}
+
+/// One counted connection; dropping it frees its place.
+pub struct AddressSlot {
+    open: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
+    key: Option<std::net::IpAddr>,
+}
+
+impl PerAddress {
+    pub fn new(most: usize) -> PerAddress {
+        PerAddress {
+            open: Default::default(),
+            most,
+        }
+    }
+
+    /// A place for a connection from `ip`; None when that address has `most` already.
+    pub fn claim(&self, ip: std::net::IpAddr) -> Option<AddressSlot> {
+        let loopback = match ip {
+            std::net::IpAddr::V6(v6) => v6
+                .to_ipv4_mapped()
+                .map_or(v6.is_loopback(), |v4| v4.is_loopback()),
+            std::net::IpAddr::V4(v4) => v4.is_loopback(),
+        };
+        if loopback {
+            return Some(AddressSlot {
+                open: self.open.clone(),
+                key: None,
+            });
+        }
+        let key = address_key(ip);
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let count = open.entry(key).or_insert(0);
+        if *count >= self.most {
+            return None;
+        }
+        *count += 1;
+        Some(AddressSlot {
+            open: self.open.clone(),
+            key: Some(key),
+        })
+    }
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let Some(key) = self.key else { return };
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = open.get_mut(&key) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&key);
+            }
+        }
+    }
+}
+
 /// Failed logins per client address, across connections, as Dovecot's auth penalty: after
 /// a failure, an attempt from that address waits before its password is even checked, the
 /// wait doubling with each failure up to [`MAX_PENALTY`]. Per connection, a client gets only
@@ -135,19 +214,7 @@ impl Penalties {
     }
 
     fn key(ip: std::net::IpAddr) -> std::net::IpAddr {
-        match ip {
-            // An IPv4 client on an IPv6 listener ("::ffff:a.b.c.d") is its IPv4 address.
-            std::net::IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some() => std::net::IpAddr::V4(
-                v6.to_ipv4_mapped()
-                    .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED),
-            ),
-            std::net::IpAddr::V6(v6) => {
-                let mut octets = v6.octets();
-                octets[8..].fill(0);
-                std::net::IpAddr::V6(octets.into())
-            }
-            v4 => v4,
-        }
+        address_key(ip)
     }
 
     fn map(
@@ -187,6 +254,31 @@ impl Penalties {
 #[cfg(test)]
 mod penalty_tests {
     use super::*;
+
+    #[test]
+    fn each_address_gets_its_places_and_loopback_is_not_counted() {
+        let limit = PerAddress::new(2);
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        let a = limit.claim(ip("192.0.2.7")).unwrap();
+        let b = limit.claim(ip("::ffff:192.0.2.7")).unwrap();
+        assert!(
+            limit.claim(ip("192.0.2.7")).is_none(),
+            "a third from the same host"
+        );
+        assert!(limit.claim(ip("192.0.2.8")).is_some(), "another host");
+        let c = limit.claim(ip("2001:db8::1")).unwrap();
+        let _d = limit.claim(ip("2001:db8::2")).unwrap();
+        assert!(limit.claim(ip("2001:db8::3")).is_none(), "the same /64");
+        let loopback: Vec<_> = (0..10)
+            .map(|_| limit.claim(ip("127.0.0.1")).unwrap())
+            .chain((0..10).map(|_| limit.claim(ip("::1")).unwrap()))
+            .collect();
+        assert_eq!(loopback.len(), 20);
+        drop(a);
+        assert!(limit.claim(ip("192.0.2.7")).is_some(), "a place freed");
+        drop((b, c));
+        assert!(limit.open.lock().unwrap().get(&ip("192.0.2.7")).is_none());
+    }
 
     #[test]
     fn each_failure_doubles_the_wait_up_to_the_most() {

@@ -53,6 +53,9 @@ pub struct ImapConfig {
     /// Allow LOGIN/AUTHENTICATE without TLS on loopback listeners (LOGINDISABLED otherwise).
     pub allow_plaintext_loopback: bool,
     pub max_connections: usize,
+    /// Connections from one client address (IPv6: one /64) at once; loopback clients are
+    /// not counted.
+    pub max_connections_per_address: usize,
     /// `[imap.limits]`.
     pub limits: Limits,
 }
@@ -74,6 +77,7 @@ impl Default for ImapConfig {
             key: None,
             allow_plaintext_loopback: false,
             max_connections: 64,
+            max_connections_per_address: 16,
             limits: Limits::default(),
         }
     }
@@ -167,6 +171,8 @@ pub struct Shared {
     pub connections: Arc<Semaphore>,
     /// Failed logins per client address ([`auth::Penalties`]).
     pub penalties: auth::Penalties,
+    /// Connections per client address ([`auth::PerAddress`]).
+    pub per_address: auth::PerAddress,
 }
 
 /// Serves IMAP on already-bound listeners until `shutdown` turns true; sessions finish the
@@ -243,7 +249,11 @@ async fn accept_loop(
         if let Err(error) = tcp.set_nodelay(true) {
             tracing::warn!(%error, "imap: TCP_NODELAY");
         }
-        let Ok(permit) = Arc::clone(&shared.connections).try_acquire_owned() else {
+        let permit = Arc::clone(&shared.connections)
+            .try_acquire_owned()
+            .ok()
+            .zip(shared.per_address.claim(peer.ip()));
+        let Some(permit) = permit else {
             tracing::warn!(%peer, "imap: connection limit reached; refusing");
             // Past MAX_REFUSALS at once, closed without a word.
             if let Ok(refusing) = Arc::clone(&refusals).try_acquire_owned() {
