@@ -376,7 +376,7 @@ fn dsn_parameters_go_with_every_copy() {
     let rcpts = [
         "bob@example.org NOTIFY=SUCCESS ORCPT=rfc822;bob+2Bsealpost@example.org",
         "dave@example.net NOTIFY=SUCCESS,FAILURE",
-        "carol@example.org NOTIFY=SUCCESS ORCPT=rfc822;carol@example.org",
+        "carol@example.org NOTIFY=SUCCESS ORCPT=rfc822;carol+2Blists@example.org",
     ];
     let (replies, end) = smtp_transaction(
         postfix.smtp_port,
@@ -398,7 +398,9 @@ fn dsn_parameters_go_with_every_copy() {
     for recipient in [
         "Original-Recipient: rfc822;bob+sealpost@example.org",
         "Final-Recipient: rfc822; dave@example.net",
-        "Original-Recipient: rfc822;carol@example.org",
+        // carol's copy is re-injected (bob's stays in place): without her ORCPT passed on,
+        // Postfix would make one of her address.
+        "Original-Recipient: rfc822;carol+lists@example.org",
     ] {
         assert!(all.contains(recipient), "{recipient}: {all}");
     }
@@ -409,8 +411,8 @@ fn dsn_parameters_go_with_every_copy() {
     }
 }
 
-/// A re-injection listener that does not announce DSN is sent no DSN parameters (it would
-/// refuse them with 555, and each copy would come back as refused): the copies go, and only
+/// A re-injection listener that does not announce DSN is sent no DSN parameters (Postfix
+/// refuses them with 501 5.7.1, and each copy would come back as refused): the copies go, and only
 /// the original, kept in place for one recipient, carries NOTIFY=SUCCESS.
 #[test]
 fn a_listener_without_dsn_gets_the_copies_without_dsn_parameters() {
@@ -511,6 +513,34 @@ fn reinjection_refused_for_good_is_reported_not_retried() {
     assert!(contains(&plain, "re-injection test refusal"));
     postfix.wait_queue_empty();
     postfix.wait_messages(3);
+}
+
+/// NOTIFY=NEVER counts for sealpost's own report too: carol's copy, refused for good by the
+/// re-injection listener, is not reported to a client that asked to hear nothing of her.
+#[test]
+fn a_recipient_with_notify_never_is_left_out_of_the_report() {
+    let Some(rig) = Rig::new() else { return };
+    let postfix = &rig.postfix;
+    let milter = rig.milter();
+    postfix.reinjection_answers("carol@example.org", "550 5.7.1 re-injection test refusal");
+    let rcpts = [
+        "bob@example.org",
+        "dave@example.net",
+        "carol@example.org NOTIFY=NEVER",
+    ];
+    let (replies, end) = smtp_transaction(postfix.smtp_port, "alice@example.org", &rcpts, MESSAGE);
+    assert!(end.starts_with("250"), "{replies:?} {end}");
+    // The report would be in Postfix's queue before the 250.
+    postfix.wait_messages(2);
+    postfix.wait_queue_empty();
+    let got = by_recipient(postfix.wait_messages(2));
+    let names: Vec<&str> = got.iter().map(|(r, _)| r.as_str()).collect();
+    assert_eq!(names, ["bob@example.org", "dave@example.net"]);
+    let log = milter.log();
+    assert!(
+        log.contains("to=<carol@example.org> not reported: the client asked for no failure notice"),
+        "{log}"
+    );
 }
 
 #[test]

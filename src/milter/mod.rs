@@ -122,6 +122,18 @@ struct Transaction {
     body: Vec<u8>,
 }
 
+impl Transaction {
+    /// The DSN parameters of the copy for `recipient` (see [`Dsn::merged`]).
+    fn dsn_of(&self, recipient: &str) -> Dsn {
+        let named = self
+            .dsn
+            .iter()
+            .filter(|(r, _)| crate::rewrite::same_recipient(r, recipient))
+            .map(|(_, d)| d);
+        Dsn::merged(named).unwrap_or_else(|| self.mail_dsn.clone())
+    }
+}
+
 /// Shared by all sessions.
 pub struct Milter {
     rewriter: Arc<Rewriter>,
@@ -824,8 +836,7 @@ async fn end_of_message(
         return refuse_whole(cx, milter, &t, &raw, queue_id, &id, now, reply).await;
     }
     if !failures.is_empty() {
-        if let Err(text) = report_once(milter, queue_id, &id, &t.sender, &raw, &failures, now).await
-        {
+        if let Err(text) = report_once(milter, queue_id, &id, &t, &raw, &failures, now).await {
             return tempfail(cx, &text);
         }
     }
@@ -900,12 +911,7 @@ async fn reinject(
     let bytes = copy.message.as_deref().unwrap_or_default();
     // The client's DSN parameters go with the copy: NOTIFY=NEVER or SUCCESS, ORCPT, RET and
     // ENVID count for it as for the original.
-    let dsn = t
-        .dsn
-        .iter()
-        .find(|(r, _)| crate::rewrite::same_recipient(r, &copy.recipient))
-        .map(|(_, d)| d.clone())
-        .unwrap_or_else(|| t.mail_dsn.clone());
+    let dsn = t.dsn_of(&copy.recipient);
     match milter
         .reinject
         .send_with(&t.sender, &copy.recipient, bytes, &dsn)
@@ -1032,7 +1038,7 @@ async fn refuse_whole(
             diagnostic: reply.to_string(),
         })
         .collect();
-    if let Err(text) = report_once(milter, queue_id, id, &t.sender, raw, &failures, now).await {
+    if let Err(text) = report_once(milter, queue_id, id, t, raw, &failures, now).await {
         return tempfail(cx, &text);
     }
     tracing::info!(
@@ -1050,22 +1056,38 @@ async fn refuse_whole(
 /// (`id`) already: a retry after a TEMPFAIL reports nothing twice. Nothing to do for a null
 /// sender. Err: why not, for a temporary failure. Once the report is accepted, a journal that
 /// cannot record it is only logged: a TEMPFAIL now would make Postfix retry, and the retry
-/// would send the report again.
+/// would send the report again. A recipient whose NOTIFY leaves out FAILURE (NEVER, say) is
+/// left out of it (RFC 3461 §4.1), and the report names the message's ENVID.
 #[allow(clippy::too_many_arguments)]
 async fn report_once(
     milter: &Milter,
     queue_id: &str,
     id: &str,
-    sender: &str,
+    t: &Transaction,
     raw: &[u8],
     failures: &[bounce::Failure],
     now: i64,
 ) -> Result<(), String> {
+    let sender = t.sender.as_str();
+    let (failures, unwanted): (Vec<bounce::Failure>, Vec<bounce::Failure>) = failures
+        .iter()
+        .cloned()
+        .partition(|f| t.dsn_of(&f.recipient).wants_failure());
+    for f in &unwanted {
+        tracing::info!(
+            "{queue_id}: to=<{}> not reported: the client asked for no failure notice (NOTIFY)",
+            f.recipient
+        );
+    }
     // A journal that cannot be read: sent (again) rather than not at all.
-    if sender.is_empty() || milter.journal.contains(id, "<report>").unwrap_or(false) {
+    if sender.is_empty()
+        || failures.is_empty()
+        || milter.journal.contains(id, "<report>").unwrap_or(false)
+    {
         return Ok(());
     }
-    send_report(milter, queue_id, sender, raw, failures, now).await?;
+    let envid = t.mail_dsn.envid.as_deref();
+    send_report(milter, queue_id, sender, envid, raw, &failures, now).await?;
     if let Err(e) = milter.journal.record(id, "<report>", now) {
         tracing::warn!("{queue_id}: report sent but not journaled: {e}");
     }
@@ -1079,6 +1101,7 @@ async fn send_report(
     milter: &Milter,
     queue_id: &str,
     sender: &str,
+    envid: Option<&str>,
     raw: &[u8],
     failures: &[bounce::Failure],
     now: i64,
@@ -1089,7 +1112,7 @@ async fn send_report(
         domain: &milter.domain,
         queue_id,
         sender,
-        envid: None,
+        envid,
         arrived: now,
         now,
         unique: &unique,

@@ -151,8 +151,9 @@ pub struct Relay {
     credentials: Option<Credentials>,
     hello: ClientId,
     timeout: Duration,
-    /// Connections that just carried a copy, kept for the next one.
-    idle: Mutex<Vec<(AsyncSmtpConnection, Instant)>>,
+    /// Connections that just carried a copy, kept for the next one, each with whether its
+    /// server announced DSN (asked only with [`Relay::passing_dsn`]).
+    idle: Mutex<Vec<(AsyncSmtpConnection, bool, Instant)>>,
     description: String,
     /// Why a new connection failed for a temporary reason (refused, timed out, TLS, AUTH),
     /// once [`Relay::for_one_run`] asked for it: the copies after it are deferred at once with
@@ -161,9 +162,8 @@ pub struct Relay {
     down: Mutex<Option<String>>,
     breaker: bool,
     /// Set by [`Relay::passing_dsn`]: new connections ask (a second EHLO) whether the server
-    /// takes RFC 3461 parameters, and `dsn_offered` keeps the answer.
+    /// takes RFC 3461 parameters; the answer stays with the connection.
     pass_dsn: bool,
-    dsn_offered: std::sync::atomic::AtomicBool,
 }
 
 /// The RFC 3461 (DSN) parameters of one recipient's transaction, as the client gave them to
@@ -183,7 +183,8 @@ pub struct Dsn {
 impl Dsn {
     /// Takes the DSN parameters from ESMTP arguments (`KEYWORD=value`, xtext); others are left,
     /// and so is a value that could not go on as it came (see [`Dsn::keyword_list`],
-    /// [`Dsn::text`]).
+    /// [`Dsn::text`]; an ORCPT only of type rfc822: Postfix makes one from the address when
+    /// there is none).
     pub fn take_mail(&mut self, args: &[String]) {
         for (keyword, value) in args.iter().filter_map(|a| a.split_once('=')) {
             if keyword.eq_ignore_ascii_case("RET") {
@@ -200,7 +201,10 @@ impl Dsn {
             if keyword.eq_ignore_ascii_case("NOTIFY") {
                 self.notify = Self::keyword_list(value);
             } else if keyword.eq_ignore_ascii_case("ORCPT") {
-                self.orcpt = Self::text(value);
+                self.orcpt = Self::text(value).filter(|v| {
+                    v.split_once(';')
+                        .is_some_and(|(kind, _)| kind.eq_ignore_ascii_case("rfc822"))
+                });
             }
         }
     }
@@ -212,9 +216,52 @@ impl Dsn {
     }
 
     /// ENVID and ORCPT values, decoded. lettre encodes them again, but a control character
-    /// as `+D` (one digit), which a server refuses: such a value is not passed on.
+    /// as `+D` (one digit) and anything past `~` not at all, which a server refuses: only
+    /// printable ASCII is passed on.
     fn text(value: &str) -> Option<String> {
-        Some(xtext_decode(value)).filter(|v| !v.is_empty() && !v.chars().any(char::is_control))
+        Some(xtext_decode(value))
+            .filter(|v| !v.is_empty() && v.bytes().all(|b| (b' '..=b'~').contains(&b)))
+    }
+
+    /// The parameters of one copy whose recipient the client named more than once (two
+    /// spellings of one mailbox): MAIL's, the first ORCPT, and the NOTIFY that asks for
+    /// every notice any of them asked for (none given by one: the server's default).
+    pub fn merged<'a>(all: impl IntoIterator<Item = &'a Dsn>) -> Option<Dsn> {
+        let all: Vec<&Dsn> = all.into_iter().collect();
+        let first = (*all.first()?).clone();
+        let notify = if all.iter().any(|d| d.notify.is_none()) {
+            None
+        } else {
+            let asked: Vec<&str> = ["SUCCESS", "FAILURE", "DELAY"]
+                .into_iter()
+                .filter(|k| {
+                    all.iter().any(|d| {
+                        d.notify
+                            .as_deref()
+                            .is_some_and(|n| n.split(',').any(|w| w == *k))
+                    })
+                })
+                .collect();
+            Some(if asked.is_empty() {
+                "NEVER".to_string()
+            } else {
+                asked.join(",")
+            })
+        };
+        let orcpt = all.iter().find_map(|d| d.orcpt.clone());
+        Some(Dsn {
+            notify,
+            orcpt,
+            ..first
+        })
+    }
+
+    /// Whether the client wants to hear of a failure (RFC 3461 §4.1: no NOTIFY is the
+    /// server's default, which reports failures).
+    pub fn wants_failure(&self) -> bool {
+        self.notify
+            .as_deref()
+            .is_none_or(|n| n.split(',').any(|w| w == "FAILURE"))
     }
 }
 
@@ -400,7 +447,6 @@ impl Relay {
             down: Mutex::new(None),
             breaker: false,
             pass_dsn: false,
-            dsn_offered: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -418,8 +464,9 @@ impl Relay {
 
     /// Opens a connection: TCP with TCP_NODELAY (lettre writes the message and its final
     /// "." separately; with Nagle the "." waits for the server's delayed ACK, 40 ms a copy),
-    /// then TLS (implicit, or STARTTLS required), then AUTH.
-    async fn connect(&self) -> Result<AsyncSmtpConnection, Sent> {
+    /// then TLS (implicit, or STARTTLS required), then AUTH. With it, whether the server
+    /// announced DSN (asked only with [`Relay::passing_dsn`]).
+    async fn connect(&self) -> Result<(AsyncSmtpConnection, bool), Sent> {
         let deadline = |what: &str| {
             Sent::Temporary(format!(
                 "relay {}: {what} timed out after {} s",
@@ -477,6 +524,7 @@ impl Relay {
         .await
         .map_err(|_| deadline("greeting"))?
         .map_err(step)?;
+        let mut dsn = false;
         if self.pass_dsn {
             // lettre keeps only the EHLO keywords it knows; DSN is not one of them.
             let hello = lettre::transport::smtp::commands::Ehlo::new(self.hello.clone());
@@ -484,13 +532,11 @@ impl Relay {
                 .await
                 .map_err(|_| deadline("EHLO"))?
                 .map_err(step)?;
-            let offered = reply.message().skip(1).any(|line| {
+            dsn = reply.message().skip(1).any(|line| {
                 line.split_whitespace()
                     .next()
                     .is_some_and(|k| k.eq_ignore_ascii_case("DSN"))
             });
-            self.dsn_offered
-                .store(offered, std::sync::atomic::Ordering::Relaxed);
         }
         if let Some(credentials) = &self.credentials {
             tokio::time::timeout(
@@ -501,7 +547,7 @@ impl Relay {
             .map_err(|_| deadline("AUTH"))?
             .map_err(step)?;
         }
-        Ok(conn)
+        Ok((conn, dsn))
     }
 
     /// Greeting, EHLO and STARTTLS in plain text, read without any buffering, then the TLS
@@ -558,7 +604,7 @@ impl Relay {
         self
     }
 
-    async fn connection(&self) -> Result<AsyncSmtpConnection, Sent> {
+    async fn connection(&self) -> Result<(AsyncSmtpConnection, bool), Sent> {
         if let Some(reason) = &*self.down.lock().unwrap_or_else(|p| p.into_inner()) {
             return Err(Sent::Temporary(format!(
                 "{reason} (not tried again in this run)"
@@ -570,12 +616,12 @@ impl Relay {
                 idle.pop()
             };
             match idle {
-                Some((mut conn, since)) if since.elapsed() < IDLE_REUSE => {
+                Some((mut conn, dsn, since)) if since.elapsed() < IDLE_REUSE => {
                     if tokio::time::timeout(self.timeout, conn.test_connected())
                         .await
                         .unwrap_or(false)
                     {
-                        return Ok(conn);
+                        return Ok((conn, dsn));
                     }
                 }
                 Some(_) => continue,
@@ -617,7 +663,7 @@ impl Relay {
         if recipient.parse::<lettre::Address>().is_err() {
             return Sent::Permanent(format!("recipient {recipient:?} is not an address"));
         }
-        let mut conn = match self.connection().await {
+        let (mut conn, dsn_offered) = match self.connection().await {
             Ok(c) => c,
             Err(sent) => return sent,
         };
@@ -670,7 +716,7 @@ impl Relay {
             options.push(MailParameter::Body(MailBodyParameter::EightBitMime));
         }
         let mut rcpt_options = Vec::new();
-        if self.pass_dsn && self.dsn_offered.load(std::sync::atomic::Ordering::Relaxed) {
+        if dsn_offered {
             let pairs = [("RET", &dsn.ret), ("ENVID", &dsn.envid)];
             for (keyword, value) in pairs {
                 if let Some(value) = value {
@@ -743,7 +789,7 @@ impl Relay {
         }
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         if idle.len() < IDLE_MAX {
-            idle.push((conn, Instant::now()));
+            idle.push((conn, dsn_offered, Instant::now()));
         }
         let reply = last.map_or_else(String::new, |r| {
             format!(
@@ -759,7 +805,7 @@ impl Relay {
     pub async fn close(&self) {
         let idle: Vec<_> =
             std::mem::take(&mut *self.idle.lock().unwrap_or_else(|p| p.into_inner()));
-        for (mut conn, _) in idle {
+        for (mut conn, _, _) in idle {
             let _ = tokio::time::timeout(self.timeout, conn.quit()).await;
         }
     }
@@ -874,6 +920,41 @@ mod tests {
         odd.take_mail(&args(&["RET=FULL;X", "ENVID=a+0Db"]));
         odd.take_rcpt(&args(&["NOTIFY=", "ORCPT=rfc822;a+0A@x"]));
         assert_eq!(odd, Dsn::default());
+        for orcpt in [
+            "ORCPT=rfc822;b+C3+A9@x",
+            "ORCPT=utf-8;b\\x{E9}@x",
+            "ORCPT=x400;a",
+        ] {
+            let mut odd = Dsn::default();
+            odd.take_rcpt(&args(&[orcpt]));
+            assert_eq!(odd.orcpt, None, "{orcpt}");
+        }
+    }
+
+    #[test]
+    fn two_spellings_of_a_recipient_ask_for_what_either_asked() {
+        let notify = |n: Option<&str>| Dsn {
+            notify: n.map(str::to_string),
+            ..Dsn::default()
+        };
+        let merged = |a: &[Option<&str>]| {
+            let all: Vec<Dsn> = a.iter().map(|n| notify(*n)).collect();
+            Dsn::merged(&all).unwrap().notify
+        };
+        assert_eq!(
+            merged(&[Some("NEVER"), Some("FAILURE,SUCCESS")]).as_deref(),
+            Some("SUCCESS,FAILURE")
+        );
+        assert_eq!(
+            merged(&[Some("NEVER"), Some("NEVER")]).as_deref(),
+            Some("NEVER")
+        );
+        assert_eq!(merged(&[Some("NEVER"), None]), None);
+        assert!(Dsn::merged(&[]).is_none());
+        assert!(!notify(Some("NEVER")).wants_failure());
+        assert!(!notify(Some("SUCCESS,DELAY")).wants_failure());
+        assert!(notify(Some("DELAY,FAILURE")).wants_failure());
+        assert!(notify(None).wants_failure());
     }
 
     /// A relay on loopback that refuses connections (a port nothing listens on).
