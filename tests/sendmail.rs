@@ -1287,3 +1287,62 @@ fn a_full_queue_file_system_sends_nothing_it_cannot_record() {
     assert_eq!(relay.delivered(1)[0].rcpts, ["bob@example.org"]);
     assert!(relay.drain().is_empty(), "bob got his copy once");
 }
+
+/// -N and -V go to a relay that announces DSN (here a private Postfix on loopback, without
+/// TLS, delivering into a Maildir): with `-N success` its own success notice comes back to
+/// the sender, naming the ENVID and quoting the header only (RET=HDRS).
+#[test]
+fn notify_and_envid_go_on_to_a_relay_that_announces_dsn() {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: Postfix needs root");
+        return;
+    }
+    let s = Setup::new();
+    let postfix = common::postfix::Postfix::start_with(None);
+    let text = format!(
+        "[gnupg]\nhome = \"{home}\"\n[policy]\ndefault_signer = \"{alice}\"\n\
+         [queue]\ndir = \"{queue}\"\nrun_after_submit = false\ndomain = \"host.example\"\n\
+         [relay]\nhost = \"127.0.0.1\"\nport = {port}\ntls = \"none\"\ntimeout_secs = 10\n",
+        home = s.world.sender.dir.display(),
+        alice = s.world.alice,
+        queue = s.queue_dir().display(),
+        port = postfix.smtp_port,
+    );
+    std::fs::write(&s.config, text).unwrap();
+    let msg = "From: alice@example.org\nSubject: notify me\n\nbody\n";
+    let out = s.sendmail(
+        &[
+            "-N",
+            "success",
+            "-V",
+            "env+42",
+            "-f",
+            "alice@example.org",
+            "-i",
+            "bob@example.org",
+        ],
+        msg.as_bytes(),
+    );
+    assert!(out.status.success(), "{out:?}");
+    let summary = s.queue_run();
+    assert!(summary.contains("1 sent"), "{summary}");
+    postfix.wait_messages(2);
+    postfix.wait_queue_empty();
+    let got = postfix.wait_messages(2);
+    let notice = got
+        .iter()
+        .map(|m| String::from_utf8_lossy(m).into_owned())
+        .find(|m| m.contains("Successful Mail Delivery Report"))
+        .expect("a success notice");
+    assert!(
+        notice.contains("Delivered-To: alice@example.org"),
+        "{notice}"
+    );
+    assert!(notice.contains("Original-Envelope-Id: env+42"), "{notice}");
+    assert!(
+        notice.contains("Final-Recipient: rfc822; bob@example.org"),
+        "{notice}"
+    );
+    assert!(notice.contains("text/rfc822-headers"), "RET=HDRS: {notice}");
+}

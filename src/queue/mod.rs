@@ -30,7 +30,7 @@ use serde::Deserialize;
 use crate::rewrite::{self, Copy, Decision, Envelope, Prepared, Rewriter};
 use crate::sendmail::flags::Notify;
 use bounce::Failure;
-use relay::{Relay, Sent};
+use relay::{Dsn, Relay, Sent};
 use spool::Submission;
 
 /// `[queue]`: the sendmail drop-in's queue.
@@ -1342,7 +1342,19 @@ impl Runner {
                 continue;
             }
             let decision = copy.decision.name();
-            match self.relay.send(&m.sender, &copy.recipient, bytes).await {
+            // -N and -V go on to a relay that announces DSN, so that its own notices follow
+            // them (NEVER: none); they return the header only, as sealpost's reports do.
+            let dsn = Dsn {
+                ret: Some("HDRS".into()),
+                envid: m.envid.clone(),
+                notify: Some(m.notify.as_str().to_ascii_uppercase()),
+                orcpt: None,
+            };
+            match self
+                .relay
+                .send_with(&m.sender, &copy.recipient, bytes, &dsn)
+                .await
+            {
                 Sent::Accepted(reply) => {
                     let rows: Vec<&str> = still.iter().map(|d| d.address.as_str()).collect();
                     self.record_sent(&m.id, &rows, &reply).await?;

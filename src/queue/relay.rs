@@ -219,7 +219,7 @@ impl Dsn {
     /// as `+D` (one digit) and anything past `~` not at all, which a server refuses: only
     /// printable ASCII is passed on.
     fn text(value: &str) -> Option<String> {
-        Some(xtext_decode(value))
+        xtext_decode(value)
             .filter(|v| !v.is_empty() && v.bytes().all(|b| (b' '..=b'~').contains(&b)))
     }
 
@@ -265,29 +265,33 @@ impl Dsn {
     }
 }
 
-/// RFC 3461 §4: `+XX` is the octet XX. A `+` without two hex digits after it stays as it is.
-pub fn xtext_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
+/// Decodes RFC 3461 §4 xtext: "+" and two upper-case hex digits stand for one octet; None
+/// for anything else but printable ASCII other than "=", or for what is not UTF-8.
+pub fn xtext_decode(value: &str) -> Option<String> {
+    let bytes = value.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        let hex = bytes
-            .get(i + 1..i + 3)
-            .and_then(|h| std::str::from_utf8(h).ok())
-            .filter(|h| h.bytes().all(|b| b.is_ascii_hexdigit()))
-            .and_then(|h| u8::from_str_radix(h, 16).ok());
-        match (bytes[i], hex) {
-            (b'+', Some(octet)) => {
-                out.push(octet);
+        match bytes[i] {
+            b'+' => {
+                let hex = value.get(i + 1..i + 3)?;
+                if !hex
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(&b))
+                {
+                    return None;
+                }
+                out.push(u8::from_str_radix(hex, 16).ok()?);
                 i += 3;
             }
-            (b, _) => {
+            b @ 0x21..=0x7e if b != b'=' => {
                 out.push(b);
                 i += 1;
             }
+            _ => return None,
         }
     }
-    String::from_utf8_lossy(&out).into_owned()
+    String::from_utf8(out).ok()
 }
 
 /// The steps of one SMTP transaction, each with its own time (RFC 5321 §4.5.3.2).
@@ -893,12 +897,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn xtext_is_decoded_where_it_is_well_formed() {
-        assert_eq!(xtext_decode("bob+2Btag@example.org"), "bob+tag@example.org");
-        assert_eq!(xtext_decode("a+3Db+20c"), "a=b c");
-        assert_eq!(xtext_decode("end+"), "end+");
-        assert_eq!(xtext_decode("x+4"), "x+4");
-        assert_eq!(xtext_decode("x+zz"), "x+zz");
+    fn xtext_decoding() {
+        let ok = |x: &str| xtext_decode(x).unwrap();
+        assert_eq!(ok("bob+2Btag@example.org"), "bob+tag@example.org");
+        assert_eq!(ok("rfc822;x+40y"), "rfc822;x@y");
+        assert_eq!(ok("a+3Db+20c"), "a=b c");
+        for bad in ["a+2b", "a+2", "a=b", "a b", "end+", "x+zz", "x+FF"] {
+            assert_eq!(xtext_decode(bad), None, "{bad}");
+        }
     }
 
     #[test]

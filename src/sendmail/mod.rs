@@ -355,7 +355,9 @@ pub async fn run_queue_async(
     refuse_root_on_anothers_queue(&config.queue.dir)?;
     // SAFETY: umask cannot fail.
     unsafe { libc::umask(0o077) };
-    let relay = Relay::new(&config.relay, &queue::hostname())?.for_one_run();
+    let relay = Relay::new(&config.relay, &queue::hostname())?
+        .for_one_run()
+        .passing_dsn();
     let queue = Arc::new(Queue::open(&config.queue)?);
     let dir = config.queue.dir.clone();
     let _lock = tokio::task::spawn_blocking(move || queue::RunLock::acquire(&dir))

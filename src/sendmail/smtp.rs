@@ -7,6 +7,7 @@ use std::io::{BufRead, Write};
 
 use super::flags::Notify;
 use super::input;
+use crate::queue::relay::xtext_decode as xtext;
 use crate::queue::spool::{self, Submission};
 use crate::queue::{self, QueueConfig};
 
@@ -271,34 +272,6 @@ fn rcpt_parameters(params: &[String]) -> Result<Option<Notify>, String> {
         }
     }
     Ok(notify)
-}
-
-/// Decodes RFC 3461 §4 xtext: "+" and two upper-case hex digits stand for one octet.
-fn xtext(value: &str) -> Option<String> {
-    let bytes = value.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => {
-                let hex = value.get(i + 1..i + 3)?;
-                if !hex
-                    .bytes()
-                    .all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(&b))
-                {
-                    return None;
-                }
-                out.push(u8::from_str_radix(hex, 16).ok()?);
-                i += 3;
-            }
-            b @ 0x21..=0x7e if b != b'=' => {
-                out.push(b);
-                i += 1;
-            }
-            _ => return None,
-        }
-    }
-    String::from_utf8(out).ok()
 }
 
 fn queue_data(
@@ -568,15 +541,6 @@ mod tests {
         assert_eq!(s.recipients, ["Postmaster@host.example", "b@example.org"]);
         assert_eq!(s.envid.as_deref(), Some("env+1"));
         assert_eq!(s.notify.as_str(), "never");
-    }
-
-    #[test]
-    fn xtext_decoding() {
-        assert_eq!(xtext("a+2Bb").as_deref(), Some("a+b"));
-        assert_eq!(xtext("rfc822;x+40y").as_deref(), Some("rfc822;x@y"));
-        for bad in ["a+2b", "a+2", "a=b", "a b"] {
-            assert_eq!(xtext(bad), None, "{bad}");
-        }
     }
 
     #[test]
