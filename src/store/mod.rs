@@ -1608,6 +1608,10 @@ fn scan_mailbox(
 }
 
 /// Stores a message's content (its exact bytes and their summary); returns its id.
+/// Messages smaller than this are bound as a parameter (one statement); larger ones are
+/// written into a zeroblob (see `insert_content`).
+const DIRECT_BLOB_MAX: usize = 1 << 20;
+
 fn insert_content(
     tx: &Connection,
     message: &Prepared,
@@ -1626,8 +1630,19 @@ fn insert_content(
         summary.parts.to_bytes(),
     ])?;
     let id = tx.last_insert_rowid();
-    tx.prepare_cached("INSERT INTO content_raw (id, raw) VALUES (?1, ?2)")?
-        .execute(params![id, message.raw])?;
+    if message.raw.len() < DIRECT_BLOB_MAX {
+        tx.prepare_cached("INSERT INTO content_raw (id, raw) VALUES (?1, ?2)")?
+            .execute(params![id, message.raw])?;
+        return Ok(id);
+    }
+    // A zeroblob of the size, then the bytes written into it: bound as a parameter, a large
+    // message was copied twice more inside SQLite (the bound value, then the record): a
+    // 40 MB APPEND peaked at 175 MB over the server's idle size, 97 MB this way.
+    tx.prepare_cached("INSERT INTO content_raw (id, raw) VALUES (?1, zeroblob(?2))")?
+        .execute(params![id, message.raw.len() as i64])?;
+    let mut blob = tx.blob_open(rusqlite::MAIN_DB, "content_raw", "raw", id, false)?;
+    blob.write_at(&message.raw, 0)?;
+    blob.close()?;
     Ok(id)
 }
 

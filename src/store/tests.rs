@@ -593,3 +593,28 @@ fn new_content_keeps_the_changes_that_name_the_message() {
         "{copied:?}"
     );
 }
+
+/// A message past DIRECT_BLOB_MAX goes through a zeroblob: it is read back byte for byte, and
+/// a second copy of the same content is still stored once.
+#[test]
+fn a_large_message_is_stored_whole() {
+    let (_dir, store) = store();
+    let account = store.ensure_account("alice").unwrap();
+    let inbox = store.mailbox(account, "inbox").unwrap().unwrap();
+    let mut raw = b"Subject: large\r\n\r\n".to_vec();
+    let mut n = 0u32;
+    while raw.len() <= DIRECT_BLOB_MAX + 12_345 {
+        raw.extend_from_slice(format!("line {n} of a large message\r\n").as_bytes());
+        n += 1;
+    }
+    let prepared = || Prepared::new(raw.clone(), Flags::default(), InternalDate::now());
+    let a = store.append(inbox.id, prepared(), Origin::Client).unwrap();
+    let b = store.append(inbox.id, prepared(), Origin::Client).unwrap();
+    for uid in [a.uid, b.uid] {
+        assert_eq!(store.raw_message(inbox.id, uid).unwrap().unwrap(), raw);
+    }
+    let contents: i64 = store
+        .read(|c| Ok(c.query_row("SELECT count(*) FROM content_raw", [], |r| r.get(0))?))
+        .unwrap();
+    assert_eq!(contents, 1);
+}
