@@ -1051,22 +1051,19 @@ impl Store {
                 }
                 if need.raw {
                     bytes += u64::from(row.size);
-                    content.raw = raw_stmt.query_row([row.content], |r| r.get(0))?;
+                    content.raw = if row.size as usize >= DIRECT_BLOB_MAX {
+                        // Read through the blob handle: a query would hold the message twice
+                        // (SQLite's copy, then ours).
+                        let handle = raw_blob(&mut blob, &tx, row.content)?;
+                        let mut raw = vec![0; handle.len()];
+                        handle.read_at_exact(&mut raw, 0)?;
+                        raw
+                    } else {
+                        raw_stmt.query_row([row.content], |r| r.get(0))?
+                    };
                 } else if header_only {
                     let len = content.parts.as_ref().map_or(0, PartMap::header_len);
-                    let handle = match blob.as_mut() {
-                        Some(handle) => {
-                            handle.reopen(row.content)?;
-                            handle
-                        }
-                        None => blob.insert(tx.blob_open(
-                            rusqlite::MAIN_DB,
-                            "content_raw",
-                            "raw",
-                            row.content,
-                            true,
-                        )?),
-                    };
+                    let handle = raw_blob(&mut blob, &tx, row.content)?;
                     content.header = vec![0; len.min(handle.len())];
                     let read = handle.read_at(&mut content.header, 0)?;
                     content.header.truncate(read);
@@ -1608,6 +1605,20 @@ fn scan_mailbox(
 }
 
 /// Stores a message's content (its exact bytes and their summary); returns its id.
+/// A read handle on content `id`'s raw bytes: the one in `slot` moved there
+/// (sqlite3_blob_reopen), or a new one.
+fn raw_blob<'s, 'c>(
+    slot: &'s mut Option<rusqlite::blob::Blob<'c>>,
+    c: &'c Connection,
+    id: i64,
+) -> rusqlite::Result<&'s mut rusqlite::blob::Blob<'c>> {
+    if let Some(handle) = slot {
+        handle.reopen(id)?;
+        return Ok(handle);
+    }
+    Ok(slot.insert(c.blob_open(rusqlite::MAIN_DB, "content_raw", "raw", id, true)?))
+}
+
 /// Messages smaller than this are bound as a parameter (one statement); larger ones are
 /// written into a zeroblob (see `insert_content`).
 const DIRECT_BLOB_MAX: usize = 1 << 20;

@@ -617,4 +617,17 @@ fn a_large_message_is_stored_whole() {
         .read(|c| Ok(c.query_row("SELECT count(*) FROM content_raw", [], |r| r.get(0))?))
         .unwrap();
     assert_eq!(contents, 1);
+    // FETCH reads it through a blob handle, between small messages read by query.
+    let small = store
+        .append(inbox.id, message("small"), Origin::Client)
+        .unwrap();
+    let need = Need {
+        raw: true,
+        ..Need::default()
+    };
+    let batch = store
+        .fetch_batch(inbox.id, &[a.uid, small.uid], need, u64::MAX)
+        .unwrap();
+    assert_eq!(batch.items[0].1.raw, raw);
+    assert!(batch.items[1].1.raw.starts_with(b"Subject: small\r\n"));
 }
