@@ -285,8 +285,7 @@ fn smtp_submission_gives_one_copy_per_recipient() {
     let reply = rig.smtp(&THREE);
     assert!(reply.starts_with("250"), "{reply}");
     check_three_copies(world, postfix.wait_messages(3));
-    postfix.wait_queue_empty();
-    postfix.wait_messages(3);
+    postfix.settled_messages(3);
 }
 
 /// One copy built at a time ([policy] copy_batch_bytes = 0): the copy kept in place comes from
@@ -300,8 +299,7 @@ fn copies_built_one_at_a_time_give_one_copy_per_recipient() {
     let reply = rig.smtp(&THREE);
     assert!(reply.starts_with("250"), "{reply}");
     check_three_copies(world, postfix.wait_messages(3));
-    postfix.wait_queue_empty();
-    postfix.wait_messages(3);
+    postfix.settled_messages(3);
     let log = milter.log();
     assert_eq!(log.matches("re-injected via").count(), 2, "{log}");
     assert_eq!(log.matches(" in place").count(), 1, "{log}");
@@ -332,9 +330,7 @@ fn sendmail_path_recipients_rewritten_by_postfix_get_one_copy_each() {
         message.as_bytes(),
     );
     assert!(out.status.success(), "{out:?}");
-    postfix.wait_messages(2);
-    postfix.wait_queue_empty();
-    let got = by_recipient(postfix.wait_messages(2));
+    let got = by_recipient(postfix.settled_messages(2));
     assert_eq!(got[0].0, "bob@example.org");
     assert_eq!(got[1].0, "ops@sealpost.test");
     let (plain, _, _, _) = world
@@ -385,9 +381,7 @@ fn dsn_parameters_go_with_every_copy() {
         MESSAGE,
     );
     assert!(end.starts_with("250"), "{replies:?} {end}");
-    postfix.wait_messages(6);
-    postfix.wait_queue_empty();
-    let got = by_recipient(postfix.wait_messages(6));
+    let got = by_recipient(postfix.settled_messages(6));
     let notices: Vec<String> = got
         .iter()
         .filter(|(r, _)| r == "alice@example.org")
@@ -424,9 +418,7 @@ fn a_listener_without_dsn_gets_the_copies_without_dsn_parameters() {
     let rcpts: Vec<&str> = rcpts.iter().map(String::as_str).collect();
     let (replies, end) = smtp_transaction(postfix.smtp_port, "alice@example.org", &rcpts, MESSAGE);
     assert!(end.starts_with("250"), "{replies:?} {end}");
-    postfix.wait_messages(4);
-    postfix.wait_queue_empty();
-    let got = by_recipient(postfix.wait_messages(4));
+    let got = by_recipient(postfix.settled_messages(4));
     let names: Vec<&str> = got.iter().map(|(r, _)| r.as_str()).collect();
     assert_eq!(
         names,
@@ -511,8 +503,7 @@ fn reinjection_refused_for_good_is_reported_not_retried() {
         "Final-Recipient: rfc822; carol@example.org"
     ));
     assert!(contains(&plain, "re-injection test refusal"));
-    postfix.wait_queue_empty();
-    postfix.wait_messages(3);
+    postfix.settled_messages(3);
 }
 
 /// NOTIFY=NEVER counts for sealpost's own report too: carol's copy, refused for good by the
@@ -531,9 +522,7 @@ fn a_recipient_with_notify_never_is_left_out_of_the_report() {
     let (replies, end) = smtp_transaction(postfix.smtp_port, "alice@example.org", &rcpts, MESSAGE);
     assert!(end.starts_with("250"), "{replies:?} {end}");
     // The report would be in Postfix's queue before the 250.
-    postfix.wait_messages(2);
-    postfix.wait_queue_empty();
-    let got = by_recipient(postfix.wait_messages(2));
+    let got = by_recipient(postfix.settled_messages(2));
     let names: Vec<&str> = got.iter().map(|(r, _)| r.as_str()).collect();
     assert_eq!(names, ["bob@example.org", "dave@example.net"]);
     let log = milter.log();
@@ -943,8 +932,7 @@ fn encrypt_only_over_the_sendmail_path_reports_to_the_sender() {
         "{}",
         postfix.log()
     );
-    postfix.wait_queue_empty();
-    postfix.wait_messages(3);
+    postfix.settled_messages(3);
 }
 
 /// all-or-nothing over Postfix's sendmail path: the whole message is refused, and the sender
@@ -958,11 +946,9 @@ fn all_or_nothing_over_the_sendmail_path_reports_without_the_body() {
     let _milter = rig.milter_with("[policy]\ndomains = { \"example.net\" = \"all-or-nothing\" }\n");
     let out = postfix.sendmail(&["-t", "-i", "-f", "alice@example.org"], MESSAGE.as_bytes());
     assert!(out.status.success(), "{out:?}");
-    postfix.wait_messages(1);
     // Anything else Postfix made of the message (a bounce) is delivered once its queue is
     // empty.
-    postfix.wait_queue_empty();
-    let got = by_recipient(postfix.wait_messages(1));
+    let got = by_recipient(postfix.settled_messages(1));
     assert_eq!(got[0].0, "alice@example.org");
     let report = crlf(&got[0].1);
     assert!(!contains(&report, "the body"), "no body in clear");
@@ -1189,9 +1175,7 @@ fn recipients_spelled_differently_keep_their_copy_and_are_not_sent_twice() {
     assert!(reply.starts_with("250"), "{reply}");
     // Every copy is in Postfix's queue before the 250: once four are delivered and the queue
     // is empty, a copy sent twice would show as a fifth.
-    postfix.wait_messages(4);
-    postfix.wait_queue_empty();
-    let all = postfix.wait_messages(4);
+    let all = postfix.settled_messages(4);
     let mut got: Vec<String> = by_recipient(all)
         .into_iter()
         .map(|(r, _)| r.to_ascii_lowercase())

@@ -721,24 +721,23 @@ impl Relay {
         }
         let mut rcpt_options = Vec::new();
         if dsn_offered {
-            let pairs = [("RET", &dsn.ret), ("ENVID", &dsn.envid)];
-            for (keyword, value) in pairs {
-                if let Some(value) = value {
-                    options.push(MailParameter::Other {
-                        keyword: keyword.into(),
-                        value: Some(value.clone()),
-                    });
-                }
+            // The parameters given, as (keyword, value) for lettre's `Other`.
+            fn given(pairs: [(&str, &Option<String>); 2]) -> Vec<(String, Option<String>)> {
+                pairs
+                    .into_iter()
+                    .filter_map(|(k, v)| v.clone().map(|v| (k.to_string(), Some(v))))
+                    .collect()
             }
-            let pairs = [("NOTIFY", &dsn.notify), ("ORCPT", &dsn.orcpt)];
-            for (keyword, value) in pairs {
-                if let Some(value) = value {
-                    rcpt_options.push(RcptParameter::Other {
-                        keyword: keyword.into(),
-                        value: Some(value.clone()),
-                    });
-                }
-            }
+            options.extend(
+                given([("RET", &dsn.ret), ("ENVID", &dsn.envid)])
+                    .into_iter()
+                    .map(|(keyword, value)| MailParameter::Other { keyword, value }),
+            );
+            rcpt_options.extend(
+                given([("NOTIFY", &dsn.notify), ("ORCPT", &dsn.orcpt)])
+                    .into_iter()
+                    .map(|(keyword, value)| RcptParameter::Other { keyword, value }),
+            );
         }
         let transfer = Duration::from_secs(message.len() as u64 / MIN_BYTES_PER_SEC);
         let steps: [(Step, Duration); 4] = [

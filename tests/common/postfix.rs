@@ -250,6 +250,14 @@ impl Postfix {
     }
 
     /// Queue entries still waiting (deferred or incoming), from the queue directories.
+    /// The delivered messages once there are `n` and nothing is left in the queues: a copy
+    /// sent twice, or a report, would have arrived by then.
+    pub fn settled_messages(&self, n: usize) -> Vec<Vec<u8>> {
+        self.wait_messages(n);
+        self.wait_queue_empty();
+        self.wait_messages(n)
+    }
+
     /// Waits (up to a minute) until Postfix's queues are empty: everything it took is
     /// delivered or bounced. A message is in the Maildir before qmgr removes its queue file,
     /// so a test that counts the Maildir must wait for this before it counts for good.
