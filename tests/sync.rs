@@ -3181,3 +3181,108 @@ async fn a_slow_notify_command_holds_up_no_other_pass() {
     std::fs::write(&release, b"done\n").unwrap();
     assert!(first.wait().unwrap().success());
 }
+
+/// tests/hostile_imap.py running one scenario: the port it listens on; it stops when dropped.
+struct Hostile {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Hostile {
+    fn start(scenario: &str) -> Hostile {
+        use std::io::BufRead;
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/hostile_imap.py");
+        let mut child = Command::new("/usr/bin/python3")
+            .arg(script)
+            .arg(scenario)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port = line.trim().strip_prefix("READY ").unwrap().parse().unwrap();
+        Hostile { child, port }
+    }
+}
+
+impl Drop for Hostile {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A sync of bob's store from a hostile upstream, with `timeout_secs = 2`: its output, and
+/// the subjects stored in INBOX.
+fn sync_from_hostile(scenario: &str) -> (Output, Vec<String>) {
+    let hostile = Hostile::start(scenario);
+    let world = World::new();
+    let server = Server::start_config("", &gnupg_table(&world));
+    let dir = tempfile::tempdir().unwrap();
+    let password = dir.path().join("upstream-password");
+    std::fs::write(&password, "anything\n").unwrap();
+    let upstream = format!(
+        "[accounts.upstream]\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\n\
+         username = \"bob\"\npassword_file = \"{}\"\ntimeout_secs = 2\n",
+        hostile.port,
+        password.display()
+    );
+    // Bounded: a regression here hangs for hours (timeout(1) ends it with 124).
+    let out = Command::new("timeout")
+        .arg("120")
+        .arg(env!("CARGO_BIN_EXE_sealpost"))
+        .arg("--config")
+        .arg(sync_config(&server, &upstream))
+        .args(["sync", "--once"])
+        .output()
+        .unwrap();
+    assert_ne!(out.status.code(), Some(124), "the sync hung: {out:?}");
+    let mut raw = server.login();
+    raw.ok("SELECT INBOX");
+    let subjects = raw
+        .ok("UID FETCH 1:* (BODY.PEEK[HEADER.FIELDS (Subject)])")
+        .iter()
+        .filter_map(|l| {
+            let subject = l.split("Subject: ").nth(1)?;
+            Some(subject.lines().next()?.trim().to_string())
+        })
+        .collect();
+    (out, subjects)
+}
+
+/// A message at UID 4294967295, the highest there can be, is stored like any other (the
+/// folder's mark overflowed on it: a panic on every pass, and nothing stored).
+#[test]
+fn a_message_at_the_highest_uid_is_stored() {
+    let (out, subjects) = sync_from_hostile("uidmax");
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(subjects, ["msg 1", "msg 2", "msg 4294967295"], "{out:?}");
+}
+
+/// A server that announces 4 GB for a message and stalls after 10 bytes of it is given up on
+/// after `timeout_secs` of silence (it was waited for as long as 4 GB would take at 64 KiB/s,
+/// three hours): the message before it is stored, the stalled one held.
+#[test]
+fn a_fetch_that_stalls_is_given_up_after_the_timeout() {
+    let (out, subjects) = sync_from_hostile("hugesize");
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("nothing came for 2 s"), "{log}");
+    assert_eq!(subjects, ["msg 1"], "{log}");
+}
+
+/// A server that announces 100 bytes for a message and sends 40 MB is cut off once a batch
+/// brings far more than announced (each message is held whole in memory): the message before
+/// it is stored, the one it lied about held.
+#[test]
+fn a_fetch_far_larger_than_announced_is_cut_off() {
+    let (out, subjects) = sync_from_hostile("liesize");
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        log.contains("far more than the sizes it announced"),
+        "{log}"
+    );
+    assert_eq!(subjects, ["msg 1"], "{log}");
+}

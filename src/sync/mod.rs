@@ -463,6 +463,7 @@ impl Syncer {
         local: &str,
         condstore: bool,
     ) -> Result<FolderPass, SyncError> {
+        forget_unsolicited(session);
         let timeout = self.config.timeout();
         let line = if condstore {
             format!("EXAMINE {} (CONDSTORE)", quote(folder))
@@ -837,7 +838,10 @@ impl Syncer {
             let (done, upstream): (Vec<u32>, Vec<[u8; 32]>) = settled.done.into_iter().unzip();
             if let Some(&last) = done.last() {
                 // Upstream UIDs in a gap of this chunk (expunged meanwhile) are passed too.
-                *next_uid = (*next_uid).max(chunk.uids[chunk.uids.len() - 1].max(last) + 1);
+                // UID 4294967295 is the last there can be: the mark stays on it (fetched again,
+                // it is linked, not stored twice).
+                *next_uid =
+                    (*next_uid).max(chunk.uids[chunk.uids.len() - 1].max(last).saturating_add(1));
                 // A batch still to come may hold a lower UID (one moved to the end).
                 let later = chunks[i + 1..].iter().map(|c| c.uids[0]).min();
                 if let Some(floor) = hold.into_iter().chain(later).min() {
@@ -1171,6 +1175,20 @@ fn uid_list(uids: &[u32]) -> String {
         .join(",")
 }
 
+/// Drops what async-imap kept of the responses the server sent during its commands (a
+/// FETCH of a message during CAPABILITY, say): nothing here reads them, and each held its
+/// whole buffer until the session ended.
+fn forget_unsolicited(session: &mut Session) {
+    while session.unsolicited_responses.try_recv().is_ok() {}
+}
+
+/// What a batch may bring beyond twice the bytes the server announced for it (and 4 KiB per
+/// message for the response around it).
+const FETCH_SLACK_BYTES: u64 = 16 * 1024 * 1024;
+
+/// How often a fetch's progress is looked at.
+const WATCH_EVERY: Duration = Duration::from_millis(250);
+
 /// UIDs fetched together, and their bytes (RFC822.SIZE).
 struct Batch {
     uids: Vec<u32>,
@@ -1221,9 +1239,20 @@ async fn fetch_chunk(
     // The sizes are the server's word: the extra time is capped at the largest message that
     // could be decrypted (gnupg.max_plaintext_bytes at most, armored: 4/3 of it).
     let bytes = chunk.bytes.min(512 * 1024 * 1024 * 4 / 3);
+    let timeout_idle = timeout;
     let timeout = timeout + Duration::from_secs(bytes / MIN_FETCH_BYTES_PER_SEC);
     let mut messages = Vec::new();
     let line = format!("UID FETCH {set} (UID FLAGS INTERNALDATE BODY.PEEK[])");
+    let received = session.get_ref().received();
+    let start = received.load(std::sync::atomic::Ordering::Relaxed);
+    let limit = session.get_ref().limit();
+    limit.store(
+        start
+            .saturating_add(chunk.bytes.saturating_mul(2))
+            .saturating_add(FETCH_SLACK_BYTES)
+            .saturating_add(4096 * chunk.uids.len() as u64),
+        std::sync::atomic::Ordering::Relaxed,
+    );
     let work = async {
         let tag = session.run_command(&line).await?;
         loop {
@@ -1252,7 +1281,32 @@ async fn fetch_chunk(
             }
         }
     };
-    let broken = within(timeout, work).await.err();
+    // The sizes are the server's word, so the bytes are watched as they come: far more than
+    // announced (each message is held whole in memory) fails the read (the stream's limit,
+    // set above), and nothing for the command timeout (a server that announced 4 GB and
+    // stalled waited out the deadline of all of them) breaks the connection.
+    let idle = timeout_idle;
+    let watchdog = async {
+        let (mut last, mut since) = (start, tokio::time::Instant::now());
+        loop {
+            tokio::time::sleep(WATCH_EVERY).await;
+            let now = received.load(std::sync::atomic::Ordering::Relaxed);
+            if now != last {
+                (last, since) = (now, tokio::time::Instant::now());
+            } else if since.elapsed() >= idle {
+                return SyncError::Connect(
+                    "fetch".into(),
+                    format!("nothing came for {} s", idle.as_secs()),
+                );
+            }
+        }
+    };
+    let broken = tokio::select! {
+        done = within(timeout, work) => done.err(),
+        stalled = watchdog => Some(stalled),
+    };
+    limit.store(u64::MAX, std::sync::atomic::Ordering::Relaxed);
+    forget_unsolicited(session);
     // Only what was asked for: a stray UID must not move the folder's mark.
     messages.retain(|m| chunk.uids.contains(&m.0));
     messages.sort_by_key(|m| m.0);

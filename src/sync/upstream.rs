@@ -4,6 +4,8 @@
 
 use std::path::PathBuf;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -128,11 +130,43 @@ impl UpstreamConfig {
     }
 }
 
-/// The connection under the IMAP session: cleartext (loopback, or before STARTTLS) or TLS.
+/// The connection under the IMAP session: cleartext (loopback, or before STARTTLS) or TLS,
+/// with a count of the bytes read from it (see [`Stream::received`]).
 #[derive(Debug)]
-pub enum Stream {
+pub struct Stream {
+    io: Io,
+    received: Arc<AtomicU64>,
+    /// Reading past this many bytes in all fails (see [`Stream::limit`]).
+    limit: Arc<AtomicU64>,
+}
+
+#[derive(Debug)]
+enum Io {
     Plain(TcpStream),
     Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl Stream {
+    fn new(io: Io) -> Stream {
+        Stream {
+            io,
+            received: Arc::default(),
+            limit: Arc::new(AtomicU64::new(u64::MAX)),
+        }
+    }
+
+    /// The most bytes that may have been read in all: a read past it fails, and the session
+    /// is broken. A fetch sets it from the sizes the server announced, so that a server that
+    /// sends far more is cut off before it is all in memory.
+    pub fn limit(&self) -> Arc<AtomicU64> {
+        self.limit.clone()
+    }
+
+    /// The bytes read so far, counted as they come: a fetch whose server sends nothing for a
+    /// while, or far more than it announced, is cut off by it.
+    pub fn received(&self) -> Arc<AtomicU64> {
+        self.received.clone()
+    }
 }
 
 impl AsyncRead for Stream {
@@ -141,10 +175,20 @@ impl AsyncRead for Stream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let read = match &mut this.io {
+            Io::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        };
+        let got = buf.filled().len().saturating_sub(before);
+        let total = this.received.fetch_add(got as u64, Ordering::Relaxed) + got as u64;
+        if total > this.limit.load(Ordering::Relaxed) {
+            return Poll::Ready(Err(std::io::Error::other(
+                "the server sent far more than the sizes it announced (RFC822.SIZE)",
+            )));
         }
+        read
     }
 }
 
@@ -154,23 +198,23 @@ impl AsyncWrite for Stream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        match &mut self.get_mut().io {
+            Io::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        match &mut self.get_mut().io {
+            Io::Plain(s) => Pin::new(s).poll_flush(cx),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        match &mut self.get_mut().io {
+            Io::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 }
@@ -234,10 +278,10 @@ async fn connect_inner(config: &UpstreamConfig, at: &str) -> Result<Session, Syn
                 .connect(name, tcp)
                 .await
                 .map_err(|e| failed("TLS", &e))?;
-            async_imap::Client::new(Stream::Tls(Box::new(stream)))
+            async_imap::Client::new(Stream::new(Io::Tls(Box::new(stream))))
         }
         UpstreamTls::Starttls => {
-            let mut plain = async_imap::Client::new(Stream::Plain(tcp));
+            let mut plain = async_imap::Client::new(Stream::new(Io::Plain(tcp)));
             greeting(&mut plain, at).await?;
             plain
                 .run_command_and_check_ok("STARTTLS", None)
@@ -245,7 +289,7 @@ async fn connect_inner(config: &UpstreamConfig, at: &str) -> Result<Session, Syn
                 .map_err(|e| failed("STARTTLS refused (nothing was sent in clear)", &e))?;
             // Anything the server sent after its OK stays unread: only TLS data counts
             // (RFC 3501 §6.2.1).
-            let Stream::Plain(tcp) = plain.into_inner() else {
+            let Io::Plain(tcp) = plain.into_inner().io else {
                 unreachable!("the STARTTLS stream is cleartext")
             };
             let (connector, name) = tls()?;
@@ -255,7 +299,7 @@ async fn connect_inner(config: &UpstreamConfig, at: &str) -> Result<Session, Syn
                 .map_err(|e| failed("TLS", &e))?;
             // No greeting after STARTTLS.
             let session = login(
-                async_imap::Client::new(Stream::Tls(Box::new(stream))),
+                async_imap::Client::new(Stream::new(Io::Tls(Box::new(stream)))),
                 config,
                 password,
                 at,
@@ -263,7 +307,7 @@ async fn connect_inner(config: &UpstreamConfig, at: &str) -> Result<Session, Syn
             .await?;
             return Ok(session);
         }
-        UpstreamTls::None => async_imap::Client::new(Stream::Plain(tcp)),
+        UpstreamTls::None => async_imap::Client::new(Stream::new(Io::Plain(tcp))),
     };
     greeting(&mut client, at).await?;
     login(client, config, password, at).await
