@@ -4,7 +4,8 @@ to do. Plain text on 127.0.0.1 (the sync allows tls = "none" to loopback), any l
 
     /usr/bin/python3 tests/hostile_imap.py SCENARIO
 
-stdout carries one line, `READY <port>`; the server stops when stdin closes.
+stdout carries one line, `READY <port>`; the server stops when stdin closes. The line
+`SERVE` on stdin ends a refusal (refuse2).
 
 INBOX holds three small messages at UIDs 1, 2 and 3, except:
 
@@ -12,6 +13,7 @@ INBOX holds three small messages at UIDs 1, 2 and 3, except:
     hugesize   RFC822.SIZE says 4294967295 for each; the FETCH of UID 2 sends 10 bytes of
                its literal and then nothing
     liesize    RFC822.SIZE says 100 for each; UID 2 is 40 MB
+    refuse2    a FETCH of UID 2 leaves it out and is answered NO, until SERVE
 """
 
 import re
@@ -20,6 +22,9 @@ import sys
 import threading
 
 SCENARIO = sys.argv[1]
+REFUSING = threading.Event()
+if SCENARIO == "refuse2":
+    REFUSING.set()
 LAST = 4294967295 if SCENARIO == "uidmax" else 3
 BIG = 40 * 1024 * 1024
 
@@ -104,10 +109,15 @@ def fetch(conn, tag, rest):
             f'* {seq} FETCH (UID {uid} FLAGS () INTERNALDATE "01-Jan-2024 00:00:00 +0000" '
             f"BODY[] {{{len(body)}}}\r\n"
         ).encode()
+        if REFUSING.is_set() and uid == 2:
+            continue
         if SCENARIO == "hugesize" and uid == 2:
             conn.sendall(head + body[:10])
             threading.Event().wait()
         conn.sendall(head + body + b")\r\n")
+    if REFUSING.is_set() and 2 in uids and "BODY" in items.upper():
+        conn.sendall(tag.encode() + b" NO [UNAVAILABLE] message 2 cannot be read now\r\n")
+        return
     conn.sendall(tag.encode() + b" OK done\r\n")
 
 
@@ -123,7 +133,9 @@ def main():
             threading.Thread(target=serve, args=(conn,), daemon=True).start()
 
     threading.Thread(target=accept, daemon=True).start()
-    sys.stdin.read()
+    for line in sys.stdin:
+        if line.strip() == "SERVE":
+            REFUSING.clear()
 
 
 if __name__ == "__main__":

@@ -3215,42 +3215,73 @@ impl Drop for Hostile {
     }
 }
 
-/// A sync of bob's store from a hostile upstream, with `timeout_secs = 2`: its output, and
-/// the subjects stored in INBOX.
+/// Bob's store synced from a hostile upstream, with `timeout_secs = 2`.
+struct HostileSync {
+    hostile: Hostile,
+    _world: World,
+    server: Server,
+    _dir: tempfile::TempDir,
+    config: PathBuf,
+}
+
+impl HostileSync {
+    fn new(scenario: &str) -> HostileSync {
+        let hostile = Hostile::start(scenario);
+        let world = World::new();
+        let server = Server::start_config("", &gnupg_table(&world));
+        let dir = tempfile::tempdir().unwrap();
+        let password = dir.path().join("upstream-password");
+        std::fs::write(&password, "anything\n").unwrap();
+        let upstream = format!(
+            "[accounts.upstream]\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\n\
+             username = \"bob\"\npassword_file = \"{}\"\ntimeout_secs = 2\n",
+            hostile.port,
+            password.display()
+        );
+        let config = sync_config(&server, &upstream);
+        HostileSync {
+            hostile,
+            _world: world,
+            server,
+            _dir: dir,
+            config,
+        }
+    }
+
+    /// One `sync --once`, bounded: a regression here hangs for hours (timeout(1) ends it
+    /// with 124).
+    fn pass(&self) -> Output {
+        let out = Command::new("timeout")
+            .arg("120")
+            .arg(env!("CARGO_BIN_EXE_sealpost"))
+            .arg("--config")
+            .arg(&self.config)
+            .args(["sync", "--once"])
+            .output()
+            .unwrap();
+        assert_ne!(out.status.code(), Some(124), "the sync hung: {out:?}");
+        out
+    }
+
+    /// The subjects stored in INBOX, in UID order.
+    fn subjects(&self) -> Vec<String> {
+        let mut raw = self.server.login();
+        raw.ok("SELECT INBOX");
+        raw.ok("UID FETCH 1:* (BODY.PEEK[HEADER.FIELDS (Subject)])")
+            .iter()
+            .filter_map(|l| {
+                let subject = l.split("Subject: ").nth(1)?;
+                Some(subject.lines().next()?.trim().to_string())
+            })
+            .collect()
+    }
+}
+
+/// One pass of bob's sync from a hostile upstream: its output, and the subjects stored.
 fn sync_from_hostile(scenario: &str) -> (Output, Vec<String>) {
-    let hostile = Hostile::start(scenario);
-    let world = World::new();
-    let server = Server::start_config("", &gnupg_table(&world));
-    let dir = tempfile::tempdir().unwrap();
-    let password = dir.path().join("upstream-password");
-    std::fs::write(&password, "anything\n").unwrap();
-    let upstream = format!(
-        "[accounts.upstream]\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\n\
-         username = \"bob\"\npassword_file = \"{}\"\ntimeout_secs = 2\n",
-        hostile.port,
-        password.display()
-    );
-    // Bounded: a regression here hangs for hours (timeout(1) ends it with 124).
-    let out = Command::new("timeout")
-        .arg("120")
-        .arg(env!("CARGO_BIN_EXE_sealpost"))
-        .arg("--config")
-        .arg(sync_config(&server, &upstream))
-        .args(["sync", "--once"])
-        .output()
-        .unwrap();
-    assert_ne!(out.status.code(), Some(124), "the sync hung: {out:?}");
-    let mut raw = server.login();
-    raw.ok("SELECT INBOX");
-    let subjects = raw
-        .ok("UID FETCH 1:* (BODY.PEEK[HEADER.FIELDS (Subject)])")
-        .iter()
-        .filter_map(|l| {
-            let subject = l.split("Subject: ").nth(1)?;
-            Some(subject.lines().next()?.trim().to_string())
-        })
-        .collect();
-    (out, subjects)
+    let sync = HostileSync::new(scenario);
+    let out = sync.pass();
+    (out, sync.subjects())
 }
 
 /// A message at UID 4294967295, the highest there can be, is stored like any other (the
@@ -3285,4 +3316,49 @@ fn a_fetch_far_larger_than_announced_is_cut_off() {
         "{log}"
     );
     assert_eq!(subjects, ["msg 1"], "{log}");
+}
+
+/// A message the server would not send for 5 passes over an hour is passed over (it stays
+/// upstream), and asked for again once a day: served by then, it is stored. Before, the
+/// folder's mark went past it for good, and it never came, whatever the server did later.
+#[test]
+fn a_message_passed_over_is_asked_for_again_after_a_day() {
+    use std::io::Write;
+    let sync = HostileSync::new("refuse2");
+    let out = sync.pass();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(sync.subjects(), ["msg 1", "msg 3"]);
+    // Four passes over two hours, as the store would have them after that many.
+    let db = rusqlite::Connection::open(sync.server.store_path()).unwrap();
+    let aged = |sql: &str| db.execute(sql, []).unwrap();
+    let counts = aged(
+        "UPDATE store_meta SET value = CASE WHEN key LIKE '%:since' THEN value - 7200 \
+         WHEN key LIKE '%:last' THEN value ELSE 4 END WHERE key LIKE 'unfetched:%'",
+    );
+    assert_eq!(counts, 3, "a count, its start and its last pass");
+    let out = sync.pass();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("passed over; it stays upstream"), "{log}");
+    // The server can read it again; within the day it is not asked for.
+    writeln!(sync.hostile.child.stdin.as_ref().unwrap(), "SERVE").unwrap();
+    let out = sync.pass();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(sync.subjects(), ["msg 1", "msg 3"]);
+    // A day after it was last missed, it is.
+    aged("UPDATE store_meta SET value = value - 90000 WHERE key LIKE 'unfetched:%:last'");
+    let out = sync.pass();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(stdout(&out).trim(), format!("{USER}: 1 new"), "{out:?}");
+    assert_eq!(sync.subjects(), ["msg 1", "msg 3", "msg 2"]);
+    let left: i64 = db
+        .query_row(
+            "SELECT count(*) FROM store_meta WHERE key LIKE 'unfetched:%'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(left, 0, "its count is gone once it is stored");
+    // And the folder's mark is past every message again: nothing more comes.
+    let out = sync.pass();
+    assert_eq!(stdout(&out).trim(), format!("{USER}: 0 new"), "{out:?}");
 }

@@ -521,9 +521,13 @@ impl Syncer {
                 Err(e) => return Err(e),
             }
         }
-        // Nothing new: one EXAMINE is the whole cost of an unchanged folder.
-        let nothing_new =
-            selected.exists == Some(0) || selected.uidnext.is_some_and(|n| n <= next_uid);
+        // Nothing new: one EXAMINE (and a look at the failure counts) is the whole cost of an
+        // unchanged folder; a message passed over a day ago is asked for again.
+        let nothing_new = selected.exists == Some(0)
+            || (selected.uidnext.is_some_and(|n| n <= next_uid)
+                && !Strikes::load(&self.store, account, folder, uidvalidity)
+                    .await?
+                    .retry_due(next_uid));
         let (stored, cut_short) = if nothing_new {
             (0, None)
         } else {
@@ -708,10 +712,18 @@ impl Syncer {
         next_uid: &mut u32,
     ) -> Result<(usize, Option<SyncError>), SyncError> {
         let timeout = self.config.timeout();
+        let strikes = Strikes::load(&self.store, account, folder, uidvalidity).await?;
+        // Messages passed over below the mark whose day is up: asked for again (the server
+        // may serve them now), and passed over again if it still does not.
+        let retry: Vec<u32> = strikes.retries(*next_uid).collect();
+        let asked = |start: u32| match retry.is_empty() {
+            true => format!("{start}:*"),
+            false => format!("{},{start}:*", uid_list(&retry)),
+        };
         let (found, linked) = {
             let start = *next_uid;
             // The sizes come along, so that batches and their deadlines follow the bytes.
-            let line = format!("UID FETCH {start}:* (UID RFC822.SIZE)");
+            let line = format!("UID FETCH {} (UID RFC822.SIZE)", asked(start));
             let reply = within(timeout, command(session, &line, None)).await?;
             let mut sizes = reply.sizes;
             if !reply.ok {
@@ -720,7 +732,7 @@ impl Syncer {
                 // 1 MiB (if the server refuses it again in its batch, it is held).
                 tracing::warn!(account = %self.name, %folder,
                     "sizes not all sent ({}); taking the UIDs from a search", reply.text);
-                let line = format!("UID SEARCH UID {start}:*");
+                let line = format!("UID SEARCH UID {}", asked(start));
                 let search = within(timeout, command(session, &line, None)).await?;
                 if !search.ok {
                     return Err(SyncError::Folder(folder.into(), search.text));
@@ -740,12 +752,14 @@ impl Syncer {
         let top = found.iter().map(|f| f.0).filter(|u| *u >= *next_uid).max();
         let mut wanted: Vec<(u32, u32)> = found
             .into_iter()
-            .filter(|(u, _)| *u >= *next_uid && linked.binary_search(u).is_err())
+            .filter(|(u, _)| {
+                (*u >= *next_uid && linked.binary_search(u).is_err())
+                    || retry.binary_search(u).is_ok()
+            })
             .collect();
         wanted.sort_unstable();
         wanted.dedup_by_key(|w| w.0);
-        let strikes = Strikes::load(&self.store, account, folder, uidvalidity).await?;
-        // One passed over is not fetched again (it stays upstream).
+        // One passed over is not fetched again for a day (it stays upstream).
         wanted.retain(|(uid, _)| !strikes.given_up(*uid));
         let mut uploads = self.landed_uploads(account).await?;
         let progress = Progress::new(local, wanted.len());
@@ -756,10 +770,11 @@ impl Syncer {
         let mut hold: Option<u32> = None;
         // A message the connection broke on before comes last, alone, the others first; with
         // more time at each try (a link slower than MIN_FETCH_BYTES_PER_SEC).
-        let (again, first): (Vec<_>, Vec<_>) = wanted
-            .iter()
-            .copied()
-            .partition(|(uid, _)| strikes.broke_on(*uid).is_some());
+        // (Not one tried again after a day: coming last, below the mark, it would hold the
+        // mark down while the others are stored.)
+        let (again, first): (Vec<_>, Vec<_>) = wanted.iter().copied().partition(|(uid, _)| {
+            strikes.broke_on(*uid).is_some() && retry.binary_search(uid).is_err()
+        });
         let mut chunks = batches(&first);
         chunks.extend(again.iter().map(|&(uid, size)| {
             Batch {
@@ -1766,6 +1781,19 @@ impl Strikes {
         })
         .await?
         .map_err(SyncError::from)
+    }
+
+    /// Messages below the folder's mark `next_uid` that the server did not send, passed over
+    /// more than a day ago: to be asked for again.
+    fn retries(&self, next_uid: u32) -> impl Iterator<Item = u32> + '_ {
+        self.unfetched
+            .keys()
+            .copied()
+            .filter(move |uid| *uid < next_uid && !self.given_up(*uid))
+    }
+
+    fn retry_due(&self, next_uid: u32) -> bool {
+        self.retries(next_uid).next().is_some()
     }
 
     /// The failed passes of a message the server did not send before; None if it never failed.
