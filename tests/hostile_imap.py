@@ -14,6 +14,7 @@ INBOX holds three small messages at UIDs 1, 2 and 3, except:
                its literal and then nothing
     liesize    RFC822.SIZE says 100 for each; UID 2 is 40 MB
     refuse2    a FETCH of UID 2 leaves it out and is answered NO, until SERVE
+    refuse2all the same, and UID SEARCH answers every UID, whatever was asked
 """
 
 import re
@@ -23,7 +24,7 @@ import threading
 
 SCENARIO = sys.argv[1]
 REFUSING = threading.Event()
-if SCENARIO == "refuse2":
+if SCENARIO.startswith("refuse2"):
     REFUSING.set()
 LAST = 4294967295 if SCENARIO == "uidmax" else 3
 BIG = 40 * 1024 * 1024
@@ -88,6 +89,8 @@ def serve(conn):
         elif command == "UID SEARCH":
             wanted = re.search(r"UID (\S+)", rest)
             found = uids_in(wanted.group(1)) if wanted else sorted(MESSAGES)
+            if SCENARIO == "refuse2all":
+                found = sorted(MESSAGES)
             found = " ".join(str(u) for u in found)
             conn.sendall(f"* SEARCH {found}\r\n{tag} OK done\r\n".encode())
         elif command == "UID FETCH":

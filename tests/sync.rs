@@ -3362,3 +3362,17 @@ fn a_message_passed_over_is_asked_for_again_after_a_day() {
     let out = sync.pass();
     assert_eq!(stdout(&out).trim(), format!("{USER}: 0 new"), "{out:?}");
 }
+
+/// A server whose UID SEARCH answers with every UID, whatever was asked: the message it did
+/// not send is the one counted and held, not one stored already that the answer named first.
+#[test]
+fn a_search_answer_beyond_the_question_counts_nothing_else() {
+    let (out, subjects) = sync_from_hostile("refuse2all");
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        log.contains("the server did not send this message") && log.contains("uid=2"),
+        "{log}"
+    );
+    assert!(!log.contains("uid=1"), "{log}");
+    assert_eq!(subjects, ["msg 1", "msg 3"]);
+}

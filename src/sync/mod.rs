@@ -1028,6 +1028,8 @@ impl Syncer {
             return Err(SyncError::Folder(folder.into(), reply.text));
         }
         let mut there: Vec<u32> = reply.search;
+        // Only what was asked about: a stray UID (one stored already) must not be counted.
+        there.retain(|uid| missing.contains(uid));
         there.sort_unstable();
         for uid in there {
             let strike = strike(
