@@ -5,7 +5,7 @@ to do. Plain text on 127.0.0.1 (the sync allows tls = "none" to loopback), any l
     /usr/bin/python3 tests/hostile_imap.py SCENARIO
 
 stdout carries one line, `READY <port>`; the server stops when stdin closes. The line
-`SERVE` on stdin ends a refusal (refuse2).
+`SERVE` on stdin ends a refusal (refuse2, break2); `ADD` puts a message at the next UID.
 
 INBOX holds three small messages at UIDs 1, 2 and 3, except:
 
@@ -15,6 +15,7 @@ INBOX holds three small messages at UIDs 1, 2 and 3, except:
     liesize    RFC822.SIZE says 100 for each; UID 2 is 40 MB
     refuse2    a FETCH of UID 2 leaves it out and is answered NO, until SERVE
     refuse2all the same, and UID SEARCH answers every UID, whatever was asked
+    break2     a FETCH of UID 2 sends 10 bytes of it and closes the connection, until SERVE
 """
 
 import re
@@ -24,7 +25,7 @@ import threading
 
 SCENARIO = sys.argv[1]
 REFUSING = threading.Event()
-if SCENARIO.startswith("refuse2"):
+if SCENARIO.startswith("refuse2") or SCENARIO == "break2":
     REFUSING.set()
 LAST = 4294967295 if SCENARIO == "uidmax" else 3
 BIG = 40 * 1024 * 1024
@@ -47,10 +48,11 @@ MESSAGES = {uid: message(uid) for uid in (1, 2, LAST)}
 def uids_in(text):
     """The UIDs of MESSAGES a sequence set names."""
     out = []
+    last = max(MESSAGES)
     for part in text.split(","):
         low, _, high = part.partition(":")
         low = int(low)
-        high = low if not high else (LAST if high == "*" else int(high))
+        high = low if not high else (last if high == "*" else int(high))
         low, high = min(low, high), max(low, high)
         out += [u for u in sorted(MESSAGES) if low <= u <= high]
     return sorted(set(out))
@@ -81,9 +83,10 @@ def serve(conn):
             if "INBOX" not in rest.upper():
                 conn.sendall(tag.encode() + b" NO [NONEXISTENT] no such mailbox\r\n")
                 continue
+            uidnext = min(max(MESSAGES) + 1, 4294967295)
             head = (
                 f"* {len(MESSAGES)} EXISTS\r\n* OK [UIDVALIDITY 7] x\r\n"
-                f"* OK [UIDNEXT {LAST}] x\r\n{tag} OK [READ-ONLY] done\r\n"
+                f"* OK [UIDNEXT {uidnext}] x\r\n{tag} OK [READ-ONLY] done\r\n"
             )
             conn.sendall(head.encode())
         elif command == "UID SEARCH":
@@ -112,6 +115,10 @@ def fetch(conn, tag, rest):
             f'* {seq} FETCH (UID {uid} FLAGS () INTERNALDATE "01-Jan-2024 00:00:00 +0000" '
             f"BODY[] {{{len(body)}}}\r\n"
         ).encode()
+        if REFUSING.is_set() and uid == 2 and SCENARIO == "break2":
+            conn.sendall(head + body[:10])
+            conn.shutdown(socket.SHUT_RDWR)
+            return
         if REFUSING.is_set() and uid == 2:
             continue
         if SCENARIO == "hugesize" and uid == 2:
@@ -139,6 +146,9 @@ def main():
     for line in sys.stdin:
         if line.strip() == "SERVE":
             REFUSING.clear()
+        elif line.strip() == "ADD":
+            uid = max(MESSAGES) + 1
+            MESSAGES[uid] = message(uid)
 
 
 if __name__ == "__main__":

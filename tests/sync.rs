@@ -3339,6 +3339,19 @@ fn a_message_passed_over_is_asked_for_again_after_a_day() {
     let out = sync.pass();
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(log.contains("passed over; it stays upstream"), "{log}");
+    let mark = || -> i64 {
+        db.query_row("SELECT next_uid FROM sync_folders", [], |r| r.get(0))
+            .unwrap()
+    };
+    assert_eq!(mark(), 4);
+    // A day on, asked for again and still not sent: passed over again at once, and the
+    // folder's mark stays (it went down to it, for another hour of passes).
+    aged("UPDATE store_meta SET value = value - 90000 WHERE key LIKE 'unfetched:%:last'");
+    let out = sync.pass();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("passed over; it stays upstream"), "{log}");
+    assert!(!log.contains("held for the next pass"), "{log}");
+    assert_eq!(mark(), 4);
     // The server can read it again; within the day it is not asked for.
     writeln!(sync.hostile.child.stdin.as_ref().unwrap(), "SERVE").unwrap();
     let out = sync.pass();
@@ -3375,4 +3388,40 @@ fn a_search_answer_beyond_the_question_counts_nothing_else() {
     );
     assert!(!log.contains("uid=1"), "{log}");
     assert_eq!(subjects, ["msg 1", "msg 3"]);
+}
+
+/// A message passed over because the connection broke on it, asked for again a day later and
+/// breaking it again, holds up none of the new mail: it comes after the new messages and is
+/// passed over again at once (its streak goes on), not counted from one for another hour.
+#[test]
+fn a_retried_message_that_breaks_the_connection_holds_up_no_new_mail() {
+    use std::io::Write;
+    let sync = HostileSync::new("break2");
+    // The batch ends where the connection broke; the next pass fetches UID 3, then UID 2
+    // alone, after it.
+    sync.pass();
+    assert_eq!(sync.subjects(), ["msg 1"]);
+    sync.pass();
+    assert_eq!(sync.subjects(), ["msg 1", "msg 3"]);
+    let db = rusqlite::Connection::open(sync.server.store_path()).unwrap();
+    let aged = |sql: &str| db.execute(sql, []).unwrap();
+    aged(
+        "UPDATE store_meta SET value = CASE WHEN key LIKE '%:since' THEN value - 7200 \
+         WHEN key LIKE '%:last' THEN value ELSE 4 END WHERE key LIKE 'unfetched:%'",
+    );
+    let out = sync.pass();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("passed over; it stays upstream"), "{log}");
+    // New mail, and a day since UID 2 was last missed.
+    writeln!(sync.hostile.child.stdin.as_ref().unwrap(), "ADD").unwrap();
+    aged("UPDATE store_meta SET value = value - 90000 WHERE key LIKE 'unfetched:%:last'");
+    let out = sync.pass();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stdout(&out).trim(), format!("{USER}: 1 new"), "{log}");
+    assert!(log.contains("passed over; it stays upstream"), "{log}");
+    assert_eq!(sync.subjects(), ["msg 1", "msg 3", "msg 4"]);
+    // Within the day it is not asked for: nothing breaks, nothing comes.
+    let out = sync.pass();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(stdout(&out).trim(), format!("{USER}: 0 new"), "{out:?}");
 }

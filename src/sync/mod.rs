@@ -770,19 +770,35 @@ impl Syncer {
         let mut hold: Option<u32> = None;
         // A message the connection broke on before comes last, alone, the others first; with
         // more time at each try (a link slower than MIN_FETCH_BYTES_PER_SEC).
-        // (Not one tried again after a day: coming last, below the mark, it would hold the
-        // mark down while the others are stored.)
-        let (again, first): (Vec<_>, Vec<_>) = wanted.iter().copied().partition(|(uid, _)| {
-            strikes.broke_on(*uid).is_some() && retry.binary_search(uid).is_err()
-        });
+        // Messages asked for again after a day come after all of them: one that breaks the
+        // connection again must not hold up the new mail.
+        let (retried, wanted): (Vec<_>, Vec<_>) = wanted
+            .iter()
+            .copied()
+            .partition(|(uid, _)| retry.binary_search(uid).is_ok());
+        let (again, first): (Vec<_>, Vec<_>) = wanted
+            .iter()
+            .copied()
+            .partition(|(uid, _)| strikes.broke_on(*uid).is_some());
         let mut chunks = batches(&first);
         chunks.extend(again.iter().map(|&(uid, size)| {
             Batch {
                 uids: vec![uid],
                 bytes: u64::from(size)
                     .saturating_mul(1 + strikes.broke_on(uid).unwrap_or(0).clamp(0, 8) as u64),
+                sized: size != UNKNOWN_SIZE,
             }
         }));
+        chunks.extend(batches(&retried));
+        // The first UID of the batches after one, for the mark: not a retried one (below the
+        // mark already, and passed over again when it fails).
+        let later = |i: usize| {
+            chunks[i + 1..]
+                .iter()
+                .map(|c| c.uids[0])
+                .filter(|u| retry.binary_search(u).is_err())
+                .min()
+        };
         let mut fetched = match chunks.first() {
             Some(chunk) => fetch_chunk(session, &self.name, chunk, timeout).await,
             None => Fetched::default(),
@@ -835,14 +851,14 @@ impl Syncer {
             let unsent = if missing.is_empty() {
                 None
             } else if broken.is_some() {
-                self.cut_off(account, folder, uidvalidity, &missing, &got)
+                self.cut_off(account, folder, uidvalidity, &missing, &got, &retry)
                     .await?
             } else if next_fetched.as_ref().is_some_and(|f| f.broken.is_some()) {
                 // The next batch's fetch broke the connection: no lookup over it. Held, they
                 // are looked up at the next pass.
                 missing.first().copied()
             } else {
-                self.unfetched(session, account, folder, uidvalidity, &missing)
+                self.unfetched(session, account, folder, uidvalidity, &missing, &retry)
                     .await?
             };
             hold = hold
@@ -858,8 +874,7 @@ impl Syncer {
                 *next_uid =
                     (*next_uid).max(chunk.uids[chunk.uids.len() - 1].max(last).saturating_add(1));
                 // A batch still to come may hold a lower UID (one moved to the end).
-                let later = chunks[i + 1..].iter().map(|c| c.uids[0]).min();
-                if let Some(floor) = hold.into_iter().chain(later).min() {
+                if let Some(floor) = hold.into_iter().chain(later(i)).min() {
                     *next_uid = (*next_uid).min(floor);
                 }
                 let mark = SyncMark {
@@ -887,8 +902,7 @@ impl Syncer {
                 progress.finish(stored);
                 let last = chunk.uids[chunk.uids.len() - 1];
                 *next_uid = (*next_uid).max(last.saturating_add(1));
-                let later = chunks[i + 1..].iter().map(|c| c.uids[0]);
-                if let Some(floor) = hold.into_iter().chain(later).min() {
+                if let Some(floor) = hold.into_iter().chain(later(i)).min() {
                     *next_uid = (*next_uid).min(floor);
                 }
                 return Ok((stored, Some(e)));
@@ -986,17 +1000,18 @@ impl Syncer {
         uidvalidity: u32,
         missing: &[u32],
         got: &[u32],
+        retry: &[u32],
     ) -> Result<Option<u32>, SyncError> {
         let last_sent = got.iter().max().copied().unwrap_or(0);
         let skipped = missing.iter().copied().filter(|u| *u < last_sent).min();
         let Some(uid) = missing.iter().copied().find(|u| *u > last_sent) else {
             return Ok(skipped);
         };
-        let strike = strike(
-            &self.store,
-            unfetched_key(account, folder, uidvalidity, uid),
-        )
-        .await?;
+        let key = unfetched_key(account, folder, uidvalidity, uid);
+        let strike = match retry.binary_search(&uid) {
+            Ok(_) => strike_again(&self.store, key).await?,
+            Err(_) => strike(&self.store, key).await?,
+        };
         if !strike.give_up {
             tracing::warn!(account = %self.name, %folder, uid,
                 "the connection broke while the server sent this message (pass {}; passed \
@@ -1021,6 +1036,7 @@ impl Syncer {
         folder: &str,
         uidvalidity: u32,
         missing: &[u32],
+        retry: &[u32],
     ) -> Result<Option<u32>, SyncError> {
         let line = format!("UID SEARCH UID {}", uid_list(missing));
         let reply = within(self.config.timeout(), command(session, &line, None)).await?;
@@ -1032,11 +1048,11 @@ impl Syncer {
         there.retain(|uid| missing.contains(uid));
         there.sort_unstable();
         for uid in there {
-            let strike = strike(
-                &self.store,
-                unfetched_key(account, folder, uidvalidity, uid),
-            )
-            .await?;
+            let key = unfetched_key(account, folder, uidvalidity, uid);
+            let strike = match retry.binary_search(&uid) {
+                Ok(_) => strike_again(&self.store, key).await?,
+                Err(_) => strike(&self.store, key).await?,
+            };
             if strike.give_up {
                 tracing::error!(account = %self.name, %folder, uid,
                     "the server did not send this message in {} passes since {}: \
@@ -1210,6 +1226,9 @@ const WATCH_EVERY: Duration = Duration::from_millis(250);
 struct Batch {
     uids: Vec<u32>,
     bytes: u64,
+    /// Every size is the server's answer (none taken as [`UNKNOWN_SIZE`]): only then does
+    /// the fetch hold the server to it.
+    sized: bool,
 }
 
 /// Upstream messages (UID, size) in batches of at most [`BATCH`] messages and
@@ -1221,10 +1240,12 @@ fn batches(wanted: &[(u32, u32)]) -> Vec<Batch> {
             Some(b) if b.uids.len() < BATCH && b.bytes + u64::from(size) <= BATCH_BYTES => {
                 b.uids.push(uid);
                 b.bytes += u64::from(size);
+                b.sized &= size != UNKNOWN_SIZE;
             }
             _ => out.push(Batch {
                 uids: vec![uid],
                 bytes: u64::from(size),
+                sized: size != UNKNOWN_SIZE,
             }),
         }
     }
@@ -1263,13 +1284,15 @@ async fn fetch_chunk(
     let received = session.get_ref().received();
     let start = received.load(std::sync::atomic::Ordering::Relaxed);
     let limit = session.get_ref().limit();
-    limit.store(
-        start
-            .saturating_add(chunk.bytes.saturating_mul(2))
-            .saturating_add(FETCH_SLACK_BYTES)
-            .saturating_add(4096 * chunk.uids.len() as u64),
-        std::sync::atomic::Ordering::Relaxed,
-    );
+    if chunk.sized {
+        limit.store(
+            start
+                .saturating_add(chunk.bytes.saturating_mul(2))
+                .saturating_add(FETCH_SLACK_BYTES)
+                .saturating_add(4096 * chunk.uids.len() as u64),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
     let work = async {
         let tag = session.run_command(&line).await?;
         loop {
@@ -1305,8 +1328,15 @@ async fn fetch_chunk(
     let idle = timeout_idle;
     let watchdog = async {
         let (mut last, mut since) = (start, tokio::time::Instant::now());
+        let mut ticked = tokio::time::Instant::now();
         loop {
             tokio::time::sleep(WATCH_EVERY).await;
+            // A tick long overdue: this task was busy (decrypting the batch before, in the
+            // same task), and nothing here was read meanwhile; that is no silence.
+            if ticked.elapsed() > WATCH_EVERY * 4 {
+                since = tokio::time::Instant::now();
+            }
+            ticked = tokio::time::Instant::now();
             let now = received.load(std::sync::atomic::Ordering::Relaxed);
             if now != last {
                 (last, since) = (now, tokio::time::Instant::now());
@@ -1789,9 +1819,11 @@ impl Strikes {
     /// more than a day ago: to be asked for again.
     fn retries(&self, next_uid: u32) -> impl Iterator<Item = u32> + '_ {
         self.unfetched
-            .keys()
-            .copied()
-            .filter(move |uid| *uid < next_uid && !self.given_up(*uid))
+            .iter()
+            .filter(move |(uid, tries)| {
+                **uid < next_uid && **tries >= FETCH_TRIES && !self.given_up(**uid)
+            })
+            .map(|(uid, _)| *uid)
     }
 
     fn retry_due(&self, next_uid: u32) -> bool {
@@ -1891,11 +1923,27 @@ pub(crate) async fn strike(store: &Store, key: String) -> Result<Strike, SyncErr
     strike_over(store, key, FETCH_GIVE_UP_SECS).await
 }
 
+/// Like [`strike`], for a message asked for again a day after it was passed over: its streak
+/// goes on (however long ago the last failure was), so that failing again it is passed over
+/// again at once instead of holding the folder for another hour of passes.
+async fn strike_again(store: &Store, key: String) -> Result<Strike, SyncError> {
+    count_strike(store, key, FETCH_GIVE_UP_SECS, true).await
+}
+
 /// [`strike`], giving up after [`FETCH_TRIES`] passes spanning `span` seconds.
 pub(crate) async fn strike_over(
     store: &Store,
     key: String,
     span: i64,
+) -> Result<Strike, SyncError> {
+    count_strike(store, key, span, false).await
+}
+
+async fn count_strike(
+    store: &Store,
+    key: String,
+    span: i64,
+    continued: bool,
 ) -> Result<Strike, SyncError> {
     let now = crate::store::unix_now();
     let store = store.clone();
@@ -1907,7 +1955,7 @@ pub(crate) async fn strike_over(
             store.meta(&since_key)?,
             store.meta(&last_key)?,
         ) {
-            (Some(t), Some(s), Some(l)) if now - l < 86_400 => (t + 1, s),
+            (Some(t), Some(s), Some(l)) if continued || now - l < 86_400 => (t + 1, s),
             _ => (1, now),
         };
         let give_up = tries >= FETCH_TRIES && now - since >= span;

@@ -1185,6 +1185,8 @@ impl Upstream<'_> {
         let chunk = super::Batch {
             uids: vec![uid],
             bytes,
+            // An estimate from the local message, not the server's word: no limit from it.
+            sized: false,
         };
         let timeout = syncer.config.timeout();
         let fetched = super::fetch_chunk(self.session, &syncer.name, &chunk, timeout).await;
