@@ -1344,3 +1344,21 @@ fn notify_and_envid_go_on_to_a_relay_that_announces_dsn() {
     );
     assert!(notice.contains("text/rfc822-headers"), "RET=HDRS: {notice}");
 }
+
+/// A relay that answers 503 to a second EHLO (sent to learn whether it announces DSN) gets
+/// the copies all the same, without DSN parameters.
+#[test]
+fn a_relay_refusing_a_second_ehlo_still_gets_the_copies() {
+    let s = Setup::new();
+    let relay = s.relay(&RelayOptions {
+        one_ehlo_over_tls: true,
+        ..RelayOptions::default()
+    });
+    s.configure(relay.port, false, "");
+    let msg = "From: alice@example.org\nSubject: once\n\nbody\n";
+    let out = s.sendmail(&["-i", "bob@example.org"], msg.as_bytes());
+    assert!(out.status.success(), "{out:?}");
+    let summary = s.queue_run();
+    assert!(summary.contains("1 sent, 0 deferred"), "{summary}");
+    assert_eq!(relay.delivered(1)[0].rcpts, ["bob@example.org"]);
+}

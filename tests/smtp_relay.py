@@ -6,6 +6,7 @@ Run with Debian's interpreter (python3-aiosmtpd 1.4.3 lives in its dist-packages
     /usr/bin/python3 tests/smtp_relay.py --maildir DIR --cert CERT.pem --key KEY.pem \
         --user USER --password PASS [--implicit-tls] [--reject ADDR]... \
         [--hold-once ADDR]... [--slow-final ADDR]... [--full ADDR]... [--port N]
+        [--one-ehlo-over-tls]
 
 stdout carries only these lines (each flushed), so a test can drive it line by line:
 
@@ -62,8 +63,10 @@ class Maildir:
 
 
 class RelayHandler:
-    def __init__(self, maildir, reject, hold_once, slow_final=(), full=()):
+    def __init__(self, maildir, reject, hold_once, slow_final=(), full=(), one_ehlo=False):
         self.maildir = maildir
+        # Answers 503 to a second EHLO over TLS, as some servers refuse a repeated EHLO.
+        self.one_ehlo = one_ehlo
         # These answer RCPT with 552 (mailbox full).
         self.full = {a.lower() for a in full}
         # Messages to these take 6 s to answer the final "." (a busy relay).
@@ -74,6 +77,14 @@ class RelayHandler:
         self.hold_pending = {a.lower() for a in hold_once}
         # Set by a RELEASE line on stdin (see watch_releases).
         self.released = {a.lower(): asyncio.Event() for a in hold_once}
+
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):
+        if self.one_ehlo and session.ssl is not None:
+            if getattr(session, "ehlo_over_tls", False):
+                return ["503 5.5.1 Error: duplicate EHLO"]
+            session.ehlo_over_tls = True
+        session.host_name = hostname
+        return responses
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         key = address.lower()
@@ -132,7 +143,7 @@ async def serve(args):
     tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     tls.load_cert_chain(args.cert, args.key)
     handler = RelayHandler(Maildir(args.maildir), args.reject, args.hold_once, args.slow_final,
-                           args.full)
+                           args.full, args.one_ehlo_over_tls)
     authenticator = make_authenticator(args.user, args.password)
 
     def factory():
@@ -194,6 +205,8 @@ def main():
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--inject-after-starttls", action="store_true")
     p.add_argument("--smtputf8", action="store_true", help="announce SMTPUTF8 (RFC 6531)")
+    p.add_argument("--one-ehlo-over-tls", action="store_true",
+                   help="answer 503 to a second EHLO over TLS")
     args = p.parse_args()
 
     logging.basicConfig(stream=sys.stderr, level=logging.WARNING,

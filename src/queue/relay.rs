@@ -532,15 +532,20 @@ impl Relay {
         if self.pass_dsn {
             // lettre keeps only the EHLO keywords it knows; DSN is not one of them.
             let hello = lettre::transport::smtp::commands::Ehlo::new(self.hello.clone());
-            let reply = tokio::time::timeout(self.timeout, conn.command(hello))
+            // A server that refuses a second EHLO (503) takes no DSN parameters from us; the
+            // connection goes on. One that does not answer, or hangs up, is as before.
+            dsn = match tokio::time::timeout(self.timeout, conn.command(hello))
                 .await
                 .map_err(|_| deadline("EHLO"))?
-                .map_err(step)?;
-            dsn = reply.message().skip(1).any(|line| {
-                line.split_whitespace()
-                    .next()
-                    .is_some_and(|k| k.eq_ignore_ascii_case("DSN"))
-            });
+            {
+                Ok(reply) => reply.message().skip(1).any(|line| {
+                    line.split_whitespace()
+                        .next()
+                        .is_some_and(|k| k.eq_ignore_ascii_case("DSN"))
+                }),
+                Err(e) if e.is_permanent() || e.is_transient() => false,
+                Err(e) => return Err(step(e)),
+            };
         }
         if let Some(credentials) = &self.credentials {
             tokio::time::timeout(

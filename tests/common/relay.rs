@@ -86,6 +86,8 @@ pub struct RelayOptions<'a> {
     pub inject_after_starttls: bool,
     /// Announces SMTPUTF8 (RFC 6531).
     pub smtputf8: bool,
+    /// Answers 503 to a second EHLO over TLS.
+    pub one_ehlo_over_tls: bool,
 }
 
 impl Relay {
@@ -109,6 +111,9 @@ impl Relay {
         }
         if options.smtputf8 {
             cmd.arg("--smtputf8");
+        }
+        if options.one_ehlo_over_tls {
+            cmd.arg("--one-ehlo-over-tls");
         }
         for r in options.reject {
             cmd.args(["--reject", r]);
