@@ -631,3 +631,32 @@ fn a_large_message_is_stored_whole() {
     assert_eq!(batch.items[0].1.raw, raw);
     assert!(batch.items[1].1.raw.starts_with(b"Subject: small\r\n"));
 }
+
+/// meta_prefixed reads a range of the key's index: every key with the prefix, no other.
+#[test]
+fn meta_keys_by_prefix() {
+    let (_dir, store) = store();
+    for (i, key) in [
+        "a:1",
+        "a:10",
+        "a:1:since",
+        "a;",
+        "a",
+        "b:1",
+        "a:\u{e9}",
+        "a:",
+    ]
+    .iter()
+    .enumerate()
+    {
+        store.set_meta(key, i as i64).unwrap();
+    }
+    let keys: Vec<String> = store
+        .meta_prefixed("a:")
+        .unwrap()
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    assert_eq!(keys, ["a:", "a:1", "a:10", "a:1:since", "a:\u{e9}"]);
+    assert!(store.meta_prefixed("c").unwrap().is_empty());
+}

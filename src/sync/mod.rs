@@ -478,12 +478,15 @@ impl Syncer {
             SyncError::Folder(folder.into(), "the server sent no UIDVALIDITY".into())
         })?;
         let (store, f, l) = (self.store.clone(), folder.to_string(), local.to_string());
-        let (mailbox, known) = blocking(move || {
+        // Whether any message of the folder has a failure count (see `retry_due` below).
+        let counts = format!("{UNFETCHED}{account}:{folder}:{uidvalidity}:");
+        let (mailbox, known, counted) = blocking(move || {
             let mailbox = match store.mailbox(account, &l)? {
                 Some(m) => m,
                 None => store.create_mailbox(account, &l, None)?,
             };
-            Ok::<_, StoreError>((mailbox, store.sync_folder(account, &f)?))
+            let counted = !store.meta_prefixed(&counts)?.is_empty();
+            Ok::<_, StoreError>((mailbox, store.sync_folder(account, &f)?, counted))
         })
         .await??;
         let (mut next_uid, synced_modseq) = match known {
@@ -523,11 +526,12 @@ impl Syncer {
         }
         // Nothing new: one EXAMINE (and a look at the failure counts) is the whole cost of an
         // unchanged folder; a message passed over a day ago is asked for again.
+        let retry_due = counted
+            && Strikes::load(&self.store, account, folder, uidvalidity)
+                .await?
+                .retry_due(next_uid);
         let nothing_new = selected.exists == Some(0)
-            || (selected.uidnext.is_some_and(|n| n <= next_uid)
-                && !Strikes::load(&self.store, account, folder, uidvalidity)
-                    .await?
-                    .retry_due(next_uid));
+            || (selected.uidnext.is_some_and(|n| n <= next_uid) && !retry_due);
         let (stored, cut_short) = if nothing_new {
             (0, None)
         } else {
