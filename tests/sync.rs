@@ -3215,7 +3215,8 @@ impl Drop for Hostile {
     }
 }
 
-/// Bob's store synced from a hostile upstream, with `timeout_secs = 2`.
+/// Bob's store synced from a hostile upstream, with `timeout_secs = 2` for the scenario that
+/// stalls (`hugesize`), 20 for the others.
 struct HostileSync {
     hostile: Hostile,
     _world: World,
@@ -3232,9 +3233,10 @@ impl HostileSync {
         let dir = tempfile::tempdir().unwrap();
         let password = dir.path().join("upstream-password");
         std::fs::write(&password, "anything\n").unwrap();
+        let timeout = if scenario == "hugesize" { 2 } else { 20 };
         let upstream = format!(
             "[accounts.upstream]\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\n\
-             username = \"bob\"\npassword_file = \"{}\"\ntimeout_secs = 2\n",
+             username = \"bob\"\npassword_file = \"{}\"\ntimeout_secs = {timeout}\n",
             hostile.port,
             password.display()
         );
