@@ -5,7 +5,8 @@ to do. Plain text on 127.0.0.1 (the sync allows tls = "none" to loopback), any l
     /usr/bin/python3 tests/hostile_imap.py SCENARIO
 
 stdout carries one line, `READY <port>`; the server stops when stdin closes. The line
-`SERVE` on stdin ends a refusal (refuse2, break2); `ADD` puts a message at the next UID.
+`SERVE` on stdin ends a refusal (refuse2, break2); `ADD` puts a message at the next UID;
+`DROP <uid>` expunges one.
 
 INBOX holds three small messages at UIDs 1, 2 and 3, except:
 
@@ -149,6 +150,8 @@ def main():
         elif line.strip() == "ADD":
             uid = max(MESSAGES) + 1
             MESSAGES[uid] = message(uid)
+        elif line.startswith("DROP "):
+            MESSAGES.pop(int(line.split()[1]), None)
 
 
 if __name__ == "__main__":

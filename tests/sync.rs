@@ -3427,3 +3427,35 @@ fn a_retried_message_that_breaks_the_connection_holds_up_no_new_mail() {
     assert!(out.status.success(), "{out:?}");
     assert_eq!(stdout(&out).trim(), format!("{USER}: 0 new"), "{out:?}");
 }
+
+/// A message passed over and then expunged upstream: when its day is up and the server no
+/// longer has it, its count goes, instead of the folder being looked into at every pass until
+/// the count is a week old.
+#[test]
+fn a_message_passed_over_and_then_expunged_upstream_is_forgotten() {
+    use std::io::Write;
+    let sync = HostileSync::new("refuse2");
+    sync.pass();
+    let db = rusqlite::Connection::open(sync.server.store_path()).unwrap();
+    let aged = |sql: &str| db.execute(sql, []).unwrap();
+    aged(
+        "UPDATE store_meta SET value = CASE WHEN key LIKE '%:since' THEN value - 7200 \
+         WHEN key LIKE '%:last' THEN value ELSE 4 END WHERE key LIKE 'unfetched:%'",
+    );
+    let out = sync.pass();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("passed over; it stays upstream"), "{log}");
+    writeln!(sync.hostile.child.stdin.as_ref().unwrap(), "DROP 2").unwrap();
+    aged("UPDATE store_meta SET value = value - 90000 WHERE key LIKE 'unfetched:%:last'");
+    let out = sync.pass();
+    assert!(out.status.success(), "{out:?}");
+    let left: i64 = db
+        .query_row(
+            "SELECT count(*) FROM store_meta WHERE key LIKE 'unfetched:%'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(left, 0, "{out:?}");
+    assert_eq!(sync.subjects(), ["msg 1", "msg 3"]);
+}

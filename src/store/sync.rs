@@ -878,15 +878,16 @@ impl Store {
     /// The keys (store_meta) that begin with `prefix`, with their numbers.
     pub fn meta_prefixed(&self, prefix: &str) -> Result<Vec<(String, i64)>, StoreError> {
         self.read(|c| {
-            // A range of the key's index (no key is past the prefix and U+10FFFF), then the
-            // exact test.
+            // A range of the key's index, as in `has_meta_prefixed` (no UTF-8 key has the
+            // byte 0xFF), then the exact test.
             let mut statement = c.prepare_cached(
-                "SELECT key, value FROM store_meta WHERE key >= ?1 AND key < ?2
+                "SELECT key, value FROM store_meta WHERE key >= ?1 AND key < CAST(?2 AS TEXT)
                  AND substr(key, 1, length(?1)) = ?1 ORDER BY key",
             )?;
-            let end = format!("{prefix}{}", char::MAX);
+            let mut end = prefix.as_bytes().to_vec();
+            end.push(0xFF);
             let keys = statement
-                .query_map([prefix, end.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .query_map(params![prefix, end], |r| Ok((r.get(0)?, r.get(1)?)))?
                 .collect::<Result<_, _>>()?;
             Ok(keys)
         })

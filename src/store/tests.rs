@@ -645,6 +645,7 @@ fn meta_keys_by_prefix() {
         "b:1",
         "a:\u{e9}",
         "a:",
+        "a:\u{10FFFF}x",
     ]
     .iter()
     .enumerate()
@@ -657,6 +658,16 @@ fn meta_keys_by_prefix() {
         .into_iter()
         .map(|(k, _)| k)
         .collect();
-    assert_eq!(keys, ["a:", "a:1", "a:10", "a:1:since", "a:\u{e9}"]);
+    assert_eq!(
+        keys,
+        [
+            "a:",
+            "a:1",
+            "a:10",
+            "a:1:since",
+            "a:\u{e9}",
+            "a:\u{10FFFF}x"
+        ]
+    );
     assert!(store.meta_prefixed("c").unwrap().is_empty());
 }

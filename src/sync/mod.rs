@@ -485,7 +485,7 @@ impl Syncer {
                 Some(m) => m,
                 None => store.create_mailbox(account, &l, None)?,
             };
-            let counted = !store.meta_prefixed(&counts)?.is_empty();
+            let counted = store.has_meta_prefixed(&counts)?;
             Ok::<_, StoreError>((mailbox, store.sync_folder(account, &f)?, counted))
         })
         .await??;
@@ -749,10 +749,26 @@ impl Syncer {
                 }
             }
             let (store, f) = (self.store.clone(), folder.to_string());
+            let from = retry.first().map_or(start, |r| start.min(*r));
             let linked =
-                blocking(move || store.linked_upstream(account, &f, uidvalidity, start)).await??;
+                blocking(move || store.linked_upstream(account, &f, uidvalidity, from)).await??;
             (sizes, linked)
         };
+        // Retried messages the server no longer has (expunged meanwhile), or stored already
+        // (a stop between storing one and clearing its count): their counts go, instead of
+        // asking for them at every pass until the counts are old enough to be purged.
+        let settled_retries: Vec<u32> = retry
+            .iter()
+            .copied()
+            .filter(|u| !found.iter().any(|f| f.0 == *u) || linked.binary_search(u).is_ok())
+            .collect();
+        if !settled_retries.is_empty() {
+            strikes.clear(&self.store, &settled_retries).await?;
+        }
+        let retry: Vec<u32> = retry
+            .into_iter()
+            .filter(|u| settled_retries.binary_search(u).is_err())
+            .collect();
         let top = found.iter().map(|f| f.0).filter(|u| *u >= *next_uid).max();
         let mut wanted: Vec<(u32, u32)> = found
             .into_iter()
@@ -865,10 +881,13 @@ impl Syncer {
                 self.unfetched(session, account, folder, uidvalidity, &missing, &retry)
                     .await?
             };
+            // Not a retried message: passed over again when it fails, it holds nothing (the
+            // folder's mark is past it already).
             hold = hold
                 .into_iter()
                 .chain(unsent)
                 .chain(settled.held.iter().map(|k| k.0))
+                .filter(|u| retry.binary_search(u).is_err())
                 .min();
             let (done, upstream): (Vec<u32>, Vec<[u8; 32]>) = settled.done.into_iter().unzip();
             if let Some(&last) = done.last() {
@@ -1219,6 +1238,9 @@ fn forget_unsolicited(session: &mut Session) {
     while session.unsolicited_responses.try_recv().is_ok() {}
 }
 
+/// The largest message that could be decrypted: gnupg.max_plaintext_bytes at most, armored.
+const LARGEST_ARMORED: u64 = 512 * 1024 * 1024 * 4 / 3;
+
 /// What a batch may bring beyond twice the bytes the server announced for it (and 4 KiB per
 /// message for the response around it).
 const FETCH_SLACK_BYTES: u64 = 16 * 1024 * 1024;
@@ -1280,7 +1302,7 @@ async fn fetch_chunk(
     let set = uid_list(&chunk.uids);
     // The sizes are the server's word: the extra time is capped at the largest message that
     // could be decrypted (gnupg.max_plaintext_bytes at most, armored: 4/3 of it).
-    let bytes = chunk.bytes.min(512 * 1024 * 1024 * 4 / 3);
+    let bytes = chunk.bytes.min(LARGEST_ARMORED);
     let timeout_idle = timeout;
     let timeout = timeout + Duration::from_secs(bytes / MIN_FETCH_BYTES_PER_SEC);
     let mut messages = Vec::new();
@@ -1288,15 +1310,18 @@ async fn fetch_chunk(
     let received = session.get_ref().received();
     let start = received.load(std::sync::atomic::Ordering::Relaxed);
     let limit = session.get_ref().limit();
-    if chunk.sized {
-        limit.store(
-            start
-                .saturating_add(chunk.bytes.saturating_mul(2))
-                .saturating_add(FETCH_SLACK_BYTES)
-                .saturating_add(4096 * chunk.uids.len() as u64),
-            std::sync::atomic::Ordering::Relaxed,
-        );
-    }
+    // With a size guessed, the largest message that could be decrypted counts for each.
+    let announced = match chunk.sized {
+        true => chunk.bytes.saturating_mul(2),
+        false => LARGEST_ARMORED.saturating_mul(chunk.uids.len() as u64),
+    };
+    limit.store(
+        start
+            .saturating_add(announced)
+            .saturating_add(FETCH_SLACK_BYTES)
+            .saturating_add(4096 * chunk.uids.len() as u64),
+        std::sync::atomic::Ordering::Relaxed,
+    );
     let work = async {
         let tag = session.run_command(&line).await?;
         loop {
