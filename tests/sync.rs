@@ -3265,6 +3265,39 @@ impl HostileSync {
         out
     }
 
+    /// Ages the failure counts to four passes over two hours, then runs the fifth pass, which
+    /// passes the message over; returns the store.
+    fn pass_over(&self) -> rusqlite::Connection {
+        let db = rusqlite::Connection::open(self.server.store_path()).unwrap();
+        let counts = db
+            .execute(
+                "UPDATE store_meta SET value = CASE WHEN key LIKE '%:since' THEN value - 7200 \
+                 WHEN key LIKE '%:last' THEN value ELSE 4 END WHERE key LIKE 'unfetched:%'",
+                [],
+            )
+            .unwrap();
+        assert_eq!(counts, 3, "a count, its start and its last pass");
+        let out = self.pass();
+        let log = String::from_utf8_lossy(&out.stderr);
+        assert!(log.contains("passed over; it stays upstream"), "{log}");
+        db
+    }
+
+    /// Makes it a day since the messages passed over were last missed.
+    fn a_day_later(&self, db: &rusqlite::Connection) {
+        db.execute(
+            "UPDATE store_meta SET value = value - 90000 WHERE key LIKE 'unfetched:%:last'",
+            [],
+        )
+        .unwrap();
+    }
+
+    /// Says `line` to the hostile server (SERVE, ADD, DROP n).
+    fn tell(&self, line: &str) {
+        use std::io::Write;
+        writeln!(self.hostile.child.stdin.as_ref().unwrap(), "{line}").unwrap();
+    }
+
     /// The subjects stored in INBOX, in UID order.
     fn subjects(&self) -> Vec<String> {
         let mut raw = self.server.login();
@@ -3325,22 +3358,12 @@ fn a_fetch_far_larger_than_announced_is_cut_off() {
 /// folder's mark went past it for good, and it never came, whatever the server did later.
 #[test]
 fn a_message_passed_over_is_asked_for_again_after_a_day() {
-    use std::io::Write;
     let sync = HostileSync::new("refuse2");
     let out = sync.pass();
     assert!(out.status.success(), "{out:?}");
     assert_eq!(sync.subjects(), ["msg 1", "msg 3"]);
     // Four passes over two hours, as the store would have them after that many.
-    let db = rusqlite::Connection::open(sync.server.store_path()).unwrap();
-    let aged = |sql: &str| db.execute(sql, []).unwrap();
-    let counts = aged(
-        "UPDATE store_meta SET value = CASE WHEN key LIKE '%:since' THEN value - 7200 \
-         WHEN key LIKE '%:last' THEN value ELSE 4 END WHERE key LIKE 'unfetched:%'",
-    );
-    assert_eq!(counts, 3, "a count, its start and its last pass");
-    let out = sync.pass();
-    let log = String::from_utf8_lossy(&out.stderr);
-    assert!(log.contains("passed over; it stays upstream"), "{log}");
+    let db = sync.pass_over();
     let mark = || -> i64 {
         db.query_row("SELECT next_uid FROM sync_folders", [], |r| r.get(0))
             .unwrap()
@@ -3348,19 +3371,19 @@ fn a_message_passed_over_is_asked_for_again_after_a_day() {
     assert_eq!(mark(), 4);
     // A day on, asked for again and still not sent: passed over again at once, and the
     // folder's mark stays (it went down to it, for another hour of passes).
-    aged("UPDATE store_meta SET value = value - 90000 WHERE key LIKE 'unfetched:%:last'");
+    sync.a_day_later(&db);
     let out = sync.pass();
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(log.contains("passed over; it stays upstream"), "{log}");
     assert!(!log.contains("held for the next pass"), "{log}");
     assert_eq!(mark(), 4);
     // The server can read it again; within the day it is not asked for.
-    writeln!(sync.hostile.child.stdin.as_ref().unwrap(), "SERVE").unwrap();
+    sync.tell("SERVE");
     let out = sync.pass();
     assert!(out.status.success(), "{out:?}");
     assert_eq!(sync.subjects(), ["msg 1", "msg 3"]);
     // A day after it was last missed, it is.
-    aged("UPDATE store_meta SET value = value - 90000 WHERE key LIKE 'unfetched:%:last'");
+    sync.a_day_later(&db);
     let out = sync.pass();
     assert!(out.status.success(), "{out:?}");
     assert_eq!(stdout(&out).trim(), format!("{USER}: 1 new"), "{out:?}");
@@ -3397,7 +3420,6 @@ fn a_search_answer_beyond_the_question_counts_nothing_else() {
 /// passed over again at once (its streak goes on), not counted from one for another hour.
 #[test]
 fn a_retried_message_that_breaks_the_connection_holds_up_no_new_mail() {
-    use std::io::Write;
     let sync = HostileSync::new("break2");
     // The batch ends where the connection broke; the next pass fetches UID 3, then UID 2
     // alone, after it.
@@ -3405,18 +3427,10 @@ fn a_retried_message_that_breaks_the_connection_holds_up_no_new_mail() {
     assert_eq!(sync.subjects(), ["msg 1"]);
     sync.pass();
     assert_eq!(sync.subjects(), ["msg 1", "msg 3"]);
-    let db = rusqlite::Connection::open(sync.server.store_path()).unwrap();
-    let aged = |sql: &str| db.execute(sql, []).unwrap();
-    aged(
-        "UPDATE store_meta SET value = CASE WHEN key LIKE '%:since' THEN value - 7200 \
-         WHEN key LIKE '%:last' THEN value ELSE 4 END WHERE key LIKE 'unfetched:%'",
-    );
-    let out = sync.pass();
-    let log = String::from_utf8_lossy(&out.stderr);
-    assert!(log.contains("passed over; it stays upstream"), "{log}");
+    let db = sync.pass_over();
     // New mail, and a day since UID 2 was last missed.
-    writeln!(sync.hostile.child.stdin.as_ref().unwrap(), "ADD").unwrap();
-    aged("UPDATE store_meta SET value = value - 90000 WHERE key LIKE 'unfetched:%:last'");
+    sync.tell("ADD");
+    sync.a_day_later(&db);
     let out = sync.pass();
     let log = String::from_utf8_lossy(&out.stderr);
     assert_eq!(stdout(&out).trim(), format!("{USER}: 1 new"), "{log}");
@@ -3433,20 +3447,11 @@ fn a_retried_message_that_breaks_the_connection_holds_up_no_new_mail() {
 /// the count is a week old.
 #[test]
 fn a_message_passed_over_and_then_expunged_upstream_is_forgotten() {
-    use std::io::Write;
     let sync = HostileSync::new("refuse2");
     sync.pass();
-    let db = rusqlite::Connection::open(sync.server.store_path()).unwrap();
-    let aged = |sql: &str| db.execute(sql, []).unwrap();
-    aged(
-        "UPDATE store_meta SET value = CASE WHEN key LIKE '%:since' THEN value - 7200 \
-         WHEN key LIKE '%:last' THEN value ELSE 4 END WHERE key LIKE 'unfetched:%'",
-    );
-    let out = sync.pass();
-    let log = String::from_utf8_lossy(&out.stderr);
-    assert!(log.contains("passed over; it stays upstream"), "{log}");
-    writeln!(sync.hostile.child.stdin.as_ref().unwrap(), "DROP 2").unwrap();
-    aged("UPDATE store_meta SET value = value - 90000 WHERE key LIKE 'unfetched:%:last'");
+    let db = sync.pass_over();
+    sync.tell("DROP 2");
+    sync.a_day_later(&db);
     let out = sync.pass();
     assert!(out.status.success(), "{out:?}");
     let left: i64 = db
