@@ -123,13 +123,16 @@ fn address_key(ip: std::net::IpAddr) -> std::net::IpAddr {
 /// `max_connections` (and keep the others out until its logins time out). Loopback clients
 /// are not counted: they are the user's own, or a proxy's in front of the server.
 pub struct PerAddress {
-    open: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
+    open: OpenByAddress,
     most: usize,
 }
 
+type OpenByAddress =
+    std::sync::Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>;
+
 /// One counted connection; dropping it frees its place.
 pub struct AddressSlot {
-    open: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
+    open: OpenByAddress,
     key: Option<std::net::IpAddr>,
 }
 
@@ -143,19 +146,14 @@ impl PerAddress {
 
     /// A place for a connection from `ip`; None when that address has `most` already.
     pub fn claim(&self, ip: std::net::IpAddr) -> Option<AddressSlot> {
-        let loopback = match ip {
-            std::net::IpAddr::V6(v6) => v6
-                .to_ipv4_mapped()
-                .map_or(v6.is_loopback(), |v4| v4.is_loopback()),
-            std::net::IpAddr::V4(v4) => v4.is_loopback(),
-        };
-        if loopback {
+        let key = address_key(ip);
+        // ::1 (its /64 is no loopback), or 127.x.x.x, mapped on an IPv6 listener or not.
+        if ip.is_loopback() || key.is_loopback() {
             return Some(AddressSlot {
                 open: self.open.clone(),
                 key: None,
             });
         }
-        let key = address_key(ip);
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         let count = open.entry(key).or_insert(0);
         if *count >= self.most {
@@ -213,10 +211,6 @@ impl Penalties {
         }
     }
 
-    fn key(ip: std::net::IpAddr) -> std::net::IpAddr {
-        address_key(ip)
-    }
-
     fn map(
         &self,
     ) -> std::sync::MutexGuard<'_, std::collections::HashMap<std::net::IpAddr, (u32, Instant)>>
@@ -226,7 +220,7 @@ impl Penalties {
 
     /// How long an attempt from `ip` waits before it is checked.
     pub fn wait(&self, ip: std::net::IpAddr) -> Duration {
-        match self.map().get(&Self::key(ip)) {
+        match self.map().get(&address_key(ip)) {
             Some((failures, last)) if last.elapsed() < FORGET_AFTER && *failures > 0 => self
                 .base
                 .saturating_mul(1 << (failures - 1).min(16))
@@ -243,7 +237,7 @@ impl Penalties {
         if map.len() >= MAX_ADDRESSES {
             return;
         }
-        let entry = map.entry(Self::key(ip)).or_insert((0, Instant::now()));
+        let entry = map.entry(address_key(ip)).or_insert((0, Instant::now()));
         if entry.1.elapsed() >= FORGET_AFTER {
             entry.0 = 0;
         }

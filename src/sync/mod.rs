@@ -720,9 +720,12 @@ impl Syncer {
         // Messages passed over below the mark whose day is up: asked for again (the server
         // may serve them now), and passed over again if it still does not.
         let retry: Vec<u32> = strikes.retries(*next_uid).collect();
-        let asked = |start: u32| match retry.is_empty() {
-            true => format!("{start}:*"),
-            false => format!("{},{start}:*", uid_list(&retry)),
+        let asked = |start: u32| {
+            if retry.is_empty() {
+                format!("{start}:*")
+            } else {
+                format!("{},{start}:*", uid_list(&retry))
+            }
         };
         let (found, linked) = {
             let start = *next_uid;
@@ -1031,10 +1034,7 @@ impl Syncer {
             return Ok(skipped);
         };
         let key = unfetched_key(account, folder, uidvalidity, uid);
-        let strike = match retry.binary_search(&uid) {
-            Ok(_) => strike_again(&self.store, key).await?,
-            Err(_) => strike(&self.store, key).await?,
-        };
+        let strike = strike_unfetched(&self.store, key, retry.binary_search(&uid).is_ok()).await?;
         if !strike.give_up {
             tracing::warn!(account = %self.name, %folder, uid,
                 "the connection broke while the server sent this message (pass {}; passed \
@@ -1072,10 +1072,8 @@ impl Syncer {
         there.sort_unstable();
         for uid in there {
             let key = unfetched_key(account, folder, uidvalidity, uid);
-            let strike = match retry.binary_search(&uid) {
-                Ok(_) => strike_again(&self.store, key).await?,
-                Err(_) => strike(&self.store, key).await?,
-            };
+            let strike =
+                strike_unfetched(&self.store, key, retry.binary_search(&uid).is_ok()).await?;
             if strike.give_up {
                 tracing::error!(account = %self.name, %folder, uid,
                     "the server did not send this message in {} passes since {}: \
@@ -1303,7 +1301,7 @@ async fn fetch_chunk(
     // The sizes are the server's word: the extra time is capped at the largest message that
     // could be decrypted (gnupg.max_plaintext_bytes at most, armored: 4/3 of it).
     let bytes = chunk.bytes.min(LARGEST_ARMORED);
-    let timeout_idle = timeout;
+    let idle = timeout;
     let timeout = timeout + Duration::from_secs(bytes / MIN_FETCH_BYTES_PER_SEC);
     let mut messages = Vec::new();
     let line = format!("UID FETCH {set} (UID FLAGS INTERNALDATE BODY.PEEK[])");
@@ -1354,7 +1352,6 @@ async fn fetch_chunk(
     // announced (each message is held whole in memory) fails the read (the stream's limit,
     // set above), and nothing for the command timeout (a server that announced 4 GB and
     // stalled waited out the deadline of all of them) breaks the connection.
-    let idle = timeout_idle;
     let watchdog = async {
         let (mut last, mut since) = (start, tokio::time::Instant::now());
         let mut ticked = tokio::time::Instant::now();
@@ -1952,11 +1949,12 @@ pub(crate) async fn strike(store: &Store, key: String) -> Result<Strike, SyncErr
     strike_over(store, key, FETCH_GIVE_UP_SECS).await
 }
 
-/// Like [`strike`], for a message asked for again a day after it was passed over: its streak
-/// goes on (however long ago the last failure was), so that failing again it is passed over
-/// again at once instead of holding the folder for another hour of passes.
-async fn strike_again(store: &Store, key: String) -> Result<Strike, SyncError> {
-    count_strike(store, key, FETCH_GIVE_UP_SECS, true).await
+/// [`strike`] for a message the server did not send. One `retried` (asked for again a day
+/// after it was passed over) goes on with its streak, however long ago the last failure was,
+/// so that failing again it is passed over again at once instead of holding the folder for
+/// another hour of passes.
+async fn strike_unfetched(store: &Store, key: String, retried: bool) -> Result<Strike, SyncError> {
+    count_strike(store, key, FETCH_GIVE_UP_SECS, retried).await
 }
 
 /// [`strike`], giving up after [`FETCH_TRIES`] passes spanning `span` seconds.
