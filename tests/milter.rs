@@ -660,6 +660,85 @@ assert(send("a\r") == SMFIR_CONTINUE, "a CR before the line end is no field of i
     assert!(out.status.success(), "miltertest: {out:?}");
 }
 
+/// One milter packet: length, command, data.
+fn milter_packet(command: u8, data: &[u8]) -> Vec<u8> {
+    let mut p = ((data.len() + 1) as u32).to_be_bytes().to_vec();
+    p.push(command);
+    p.extend_from_slice(data);
+    p
+}
+
+/// Postfix (like libmilter's default MTA) takes no answer to MAIL, each header, the end of
+/// the header and the body, when it offers that (SMFIP_NR_*): the milter then sends none, and
+/// one round trip per header is saved. An MTA that does not offer it gets an answer to each
+/// step. Spoken on the wire: miltertest always offers every step.
+#[test]
+fn steps_are_answered_only_when_the_mta_waits_for_an_answer() {
+    let world = World::new();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let _milter = MilterProcess::start(&world, port, free_port(), &dir.path().join("j.sqlite"));
+    // SMFIP_NO* for the steps the milter skips (connect, helo, unknown, data), and
+    // SMFIP_NR_MAIL | NR_HDR | NR_EOH | NR_BODY.
+    const SKIPS: u32 = 0x1 | 0x2 | 0x100 | 0x200;
+    const NO_REPLY: u32 = 0x4000 | 0x80 | 0x40000 | 0x80000;
+    for offered in [SKIPS, SKIPS | NO_REPLY] {
+        let quiet = offered & NO_REPLY != 0;
+        let mut conn = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        // Were an answer missing, a read would wait this long, then fail.
+        let wait = std::time::Duration::from_secs(60);
+        let next = |conn: &mut TcpStream| milter_packet_in(conn, wait).expect("an answer");
+        send_optneg(&mut conn, offered);
+        let (code, data) = next(&mut conn);
+        assert_eq!(code, b'O');
+        let requested = u32::from_be_bytes(data[8..12].try_into().unwrap());
+        assert_eq!(
+            requested & NO_REPLY,
+            offered & NO_REPLY,
+            "requested {requested:#x}"
+        );
+        let steps: [(u8, &[u8]); 7] = [
+            (b'M', b"<alice@example.org>\0"),
+            (b'R', b"<bob@example.org>\0"),
+            (b'L', b"From\0Alice <alice@example.org>\0"),
+            (b'L', b"To\0bob@example.org\0"),
+            (b'L', b"Subject\0on the wire\0"),
+            (b'N', b""),
+            (b'B', b"body\r\n"),
+        ];
+        let mut answered = Vec::new();
+        for (command, data) in steps {
+            conn.write_all(&milter_packet(command, data)).unwrap();
+            // RCPT is always answered (it may refuse); the others only to an MTA that
+            // waits. Were an answer missing, this read would wait for good.
+            if command == b'R' || !quiet {
+                let (code, _) = next(&mut conn);
+                answered.push((command, code));
+            }
+        }
+        let expected: Vec<(u8, u8)> = steps
+            .iter()
+            .filter(|(c, _)| *c == b'R' || !quiet)
+            .map(|(c, _)| (*c, b'c'))
+            .collect();
+        assert_eq!(answered, expected, "offered {offered:#x}");
+        conn.write_all(&milter_packet(b'E', b"")).unwrap();
+        // An unsolicited Continue left from a step would come first here; the end of the
+        // message starts with its modifications (or a progress note).
+        let (first, _) = next(&mut conn);
+        assert!(
+            [b'p', b'h', b'i', b'm', b'b'].contains(&first),
+            "first reply to the end of message: {:?}",
+            first as char
+        );
+        let mut code = first;
+        while ![b'c', b'a', b't', b'r', b'y', b'd'].contains(&code) {
+            code = next(&mut conn).0;
+        }
+        assert_eq!(code, b'c', "the rewritten message goes on");
+    }
+}
+
 #[test]
 fn sigterm_stops_the_milter_cleanly() {
     let world = World::new();
@@ -680,20 +759,28 @@ fn sigterm_stops_the_milter_cleanly() {
     );
 }
 
+/// Postfix 3's protocol options: every step may be skipped or left unanswered.
+const ALL_STEPS: u32 = 0x1f_ffff;
+
 /// Sends the milter protocol's option negotiation on `conn` as Postfix 3 does (SMFIC_OPTNEG:
-/// version 6, every action and every protocol option offered).
-fn send_optneg(conn: &mut TcpStream) {
-    let mut packet = 13u32.to_be_bytes().to_vec();
-    packet.push(b'O');
-    for word in [6u32, 0x1ff, 0x1f_ffff] {
-        packet.extend_from_slice(&word.to_be_bytes());
+/// version 6, every action offered), offering the protocol options `steps`.
+fn send_optneg(conn: &mut TcpStream, steps: u32) {
+    let mut data = Vec::new();
+    for word in [6u32, 0x1ff, steps] {
+        data.extend_from_slice(&word.to_be_bytes());
     }
-    conn.write_all(&packet).unwrap();
+    conn.write_all(&milter_packet(b'O', &data)).unwrap();
 }
 
 /// The command byte of the milter's next packet on `conn`, or None when nothing came within
 /// `wait`.
 fn milter_reply(conn: &mut TcpStream, wait: std::time::Duration) -> Option<u8> {
+    milter_packet_in(conn, wait).map(|(command, _)| command)
+}
+
+/// The milter's next packet on `conn` (its command byte and its data), or None when nothing
+/// came within `wait`.
+fn milter_packet_in(conn: &mut TcpStream, wait: std::time::Duration) -> Option<(u8, Vec<u8>)> {
     use std::io::Read;
     conn.set_read_timeout(Some(wait)).unwrap();
     let mut len = [0u8; 4];
@@ -709,9 +796,10 @@ fn milter_reply(conn: &mut TcpStream, wait: std::time::Duration) -> Option<u8> {
         }
         Err(e) => panic!("reading the milter's reply: {e}"),
     }
-    let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
-    conn.read_exact(&mut body).unwrap();
-    body.first().copied()
+    let mut packet = vec![0u8; u32::from_be_bytes(len) as usize];
+    conn.read_exact(&mut packet).unwrap();
+    let (command, data) = packet.split_first()?;
+    Some((*command, data.to_vec()))
 }
 
 /// `max_connections`: the MTA connections beyond it wait (accepted by the kernel, not yet
@@ -732,7 +820,7 @@ fn connections_beyond_the_limit_wait_for_a_free_slot() {
         .map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap())
         .collect();
     for conn in &mut conns {
-        send_optneg(conn);
+        send_optneg(conn, ALL_STEPS);
     }
     let long = std::time::Duration::from_secs(20);
     assert_eq!(milter_reply(&mut conns[0], long), Some(b'O'));

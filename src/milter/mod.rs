@@ -30,7 +30,7 @@ use std::time::Duration;
 
 use indymilter::{
     Actions, Callbacks, Context, ContextActions, EomContext, MacroStage, NegotiateContext,
-    SetErrorReply, Status,
+    ProtoOpts, SetErrorReply, Status,
 };
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -121,6 +121,34 @@ struct Transaction {
     names: Vec<String>,
     body: Vec<u8>,
 }
+
+/// A milter connection's data: whether Postfix waits for our answer to the steps that never
+/// refuse anything, and the message in hand.
+#[derive(Default)]
+struct Session {
+    /// Postfix takes no answer to MAIL, each header, the end of the header and each body
+    /// chunk (negotiated when it offers that; libmilter's SMFIP_NR_*): one round trip per
+    /// header fewer, for smtpd, cleanup and the milter.
+    quiet: bool,
+    message: Option<Transaction>,
+}
+
+impl Session {
+    /// The answer to a step that went on: none when Postfix waits for none.
+    fn went_on(&self) -> Status {
+        if self.quiet {
+            Status::Noreply
+        } else {
+            Status::Continue
+        }
+    }
+}
+
+/// The steps answered with nothing when the MTA offers all of them (see [`Session::quiet`]).
+const QUIET_STEPS: ProtoOpts = ProtoOpts::NOREPLY_MAIL
+    .union(ProtoOpts::NOREPLY_HEADER)
+    .union(ProtoOpts::NOREPLY_EOH)
+    .union(ProtoOpts::NOREPLY_BODY);
 
 impl Transaction {
     /// The DSN parameters of the copy for `recipient` (see [`Dsn::merged`]).
@@ -415,13 +443,21 @@ fn bare(arg: &CString) -> String {
     .to_string()
 }
 
-fn callbacks(milter: Arc<Milter>) -> Callbacks<Transaction> {
+fn callbacks(milter: Arc<Milter>) -> Callbacks<Session> {
     let eom_milter = milter.clone();
     let rcpt_milter = milter.clone();
     Callbacks::new()
-        .on_negotiate(|cx: &mut NegotiateContext<Transaction>, _, _| {
+        .on_negotiate(|cx: &mut NegotiateContext<Session>, _, offered: ProtoOpts| {
             Box::pin(async move {
                 cx.requested_actions = ACTIONS;
+                let quiet = offered.contains(QUIET_STEPS);
+                if quiet {
+                    cx.requested_opts |= QUIET_STEPS;
+                }
+                cx.data = Some(Session {
+                    quiet,
+                    message: None,
+                });
                 // The queue id for the logs; the SASL login for the From check and the
                 // service name for the inbound mode; {rcpt_mailer} tells SMTP from Postfix's
                 // sendmail path (Postfix defines it for smtpd_milters only).
@@ -437,7 +473,7 @@ fn callbacks(milter: Arc<Milter>) -> Callbacks<Transaction> {
                 Status::Continue
             })
         })
-        .on_mail(|cx: &mut Context<Transaction>, args| {
+        .on_mail(|cx: &mut Context<Session>, args| {
             Box::pin(async move {
                 let macro_value = |name: &std::ffi::CStr| {
                     cx.macros
@@ -449,17 +485,18 @@ fn callbacks(milter: Arc<Milter>) -> Callbacks<Transaction> {
                 let daemon = macro_value(c"{daemon_name}");
                 let mut mail_dsn = Dsn::default();
                 mail_dsn.take_mail(&esmtp_arguments(&args));
-                cx.data = Some(Transaction {
+                let session = cx.data.get_or_insert_with(Session::default);
+                session.message = Some(Transaction {
                     sender: args.first().map(bare).unwrap_or_default(),
                     login,
                     daemon,
                     mail_dsn,
                     ..Transaction::default()
                 });
-                Status::Continue
+                session.went_on()
             })
         })
-        .on_rcpt(move |cx: &mut Context<Transaction>, args| {
+        .on_rcpt(move |cx: &mut Context<Session>, args| {
             let milter = rcpt_milter.clone();
             Box::pin(async move {
                 let Some(recipient) = args.first().map(bare) else {
@@ -472,6 +509,7 @@ fn callbacks(milter: Arc<Milter>) -> Callbacks<Transaction> {
                 let inbound = cx
                     .data
                     .as_ref()
+                    .and_then(|s| s.message.as_ref())
                     .is_some_and(|t| milter.is_inbound(t, &recipient));
                 // A malformed or routing address is refused now rather than reported after
                 // the message was accepted (README rule 1), inbound too: no copy could be made
@@ -494,7 +532,7 @@ fn callbacks(milter: Arc<Milter>) -> Callbacks<Transaction> {
                     );
                     return Status::Reject;
                 }
-                if let Some(t) = cx.data.as_mut() {
+                if let Some(t) = cx.data.as_mut().and_then(|s| s.message.as_mut()) {
                     let mut dsn = t.mail_dsn.clone();
                     dsn.take_rcpt(&esmtp_arguments(&args));
                     t.dsn.push((recipient.clone(), dsn));
@@ -504,9 +542,10 @@ fn callbacks(milter: Arc<Milter>) -> Callbacks<Transaction> {
                 Status::Continue
             })
         })
-        .on_header(|cx: &mut Context<Transaction>, name, value| {
+        .on_header(|cx: &mut Context<Session>, name, value| {
             Box::pin(async move {
-                if let Some(t) = cx.data.as_mut() {
+                let session = cx.data.get_or_insert_with(Session::default);
+                if let Some(t) = session.message.as_mut() {
                     let name = name.to_string_lossy().into_owned();
                     // Postfix passes the value without the blank after the colon and folds
                     // with a bare LF; the message the core sees is CRLF. A CR that ends no
@@ -521,24 +560,27 @@ fn callbacks(milter: Arc<Milter>) -> Callbacks<Transaction> {
                     t.header.extend_from_slice(b"\r\n");
                     t.names.push(name);
                 }
-                Status::Continue
+                session.went_on()
             })
         })
         // End of header: nothing to do, but libmilter-style MTAs (and OpenDKIM's miltertest)
         // expect the step to be negotiated.
-        .on_eoh(|_: &mut Context<Transaction>| Box::pin(async { Status::Continue }))
-        .on_body(|cx: &mut Context<Transaction>, chunk| {
+        .on_eoh(|cx: &mut Context<Session>| {
+            Box::pin(async move { cx.data.get_or_insert_with(Session::default).went_on() })
+        })
+        .on_body(|cx: &mut Context<Session>, chunk| {
             Box::pin(async move {
-                if let Some(t) = cx.data.as_mut() {
+                let session = cx.data.get_or_insert_with(Session::default);
+                if let Some(t) = session.message.as_mut() {
                     t.body.extend_from_slice(&chunk);
                 }
-                Status::Continue
+                session.went_on()
             })
         })
-        .on_eom(move |cx: &mut EomContext<Transaction>| {
+        .on_eom(move |cx: &mut EomContext<Session>| {
             let milter = eom_milter.clone();
             Box::pin(async move {
-                let Some(t) = cx.data.take() else {
+                let Some(t) = cx.data.as_mut().and_then(|s| s.message.take()) else {
                     return Status::Tempfail;
                 };
                 let queue_id = cx
@@ -566,9 +608,11 @@ fn callbacks(milter: Arc<Milter>) -> Callbacks<Transaction> {
                 }
             })
         })
-        .on_abort(|cx: &mut Context<Transaction>| {
+        .on_abort(|cx: &mut Context<Session>| {
             Box::pin(async move {
-                cx.data = None;
+                if let Some(session) = cx.data.as_mut() {
+                    session.message = None;
+                }
                 Status::Continue
             })
         })
@@ -628,7 +672,7 @@ fn identity(sender: &str, queue_id: &str, raw_header: &[u8], body: &[u8]) -> Str
 
 async fn end_of_message(
     milter: &Milter,
-    cx: &mut EomContext<Transaction>,
+    cx: &mut EomContext<Session>,
     queue_id: &str,
     t: Transaction,
 ) -> Status {
@@ -891,7 +935,7 @@ async fn end_of_message(
 /// Err: a temporary failure, the text for the TEMPFAIL.
 #[allow(clippy::too_many_arguments)]
 async fn reinject(
-    cx: &EomContext<Transaction>,
+    cx: &EomContext<Session>,
     milter: &Milter,
     t: &Transaction,
     queue_id: &str,
@@ -961,7 +1005,7 @@ fn refused_key(recipient: &str) -> String {
 }
 
 /// A temporary failure: Postfix keeps the message and tries again.
-fn tempfail(cx: &mut EomContext<Transaction>, text: &str) -> Status {
+fn tempfail(cx: &mut EomContext<Session>, text: &str) -> Status {
     tracing::warn!("TEMPFAIL, Postfix keeps the message: {text}");
     let _ = cx
         .reply
@@ -1014,7 +1058,7 @@ fn without_reply_code(text: &str) -> &str {
 /// for refused recipients) and the message is discarded.
 #[allow(clippy::too_many_arguments)]
 async fn refuse_whole(
-    cx: &mut EomContext<Transaction>,
+    cx: &mut EomContext<Session>,
     milter: &Milter,
     t: &Transaction,
     raw: &[u8],
@@ -1165,7 +1209,7 @@ async fn send_report(
 
 /// Replaces the original's header fields and body by the copy's.
 async fn rewrite_in_place(
-    cx: &EomContext<Transaction>,
+    cx: &EomContext<Session>,
     names: &[String],
     copy: &[u8],
 ) -> Result<(), indymilter::ActionError> {
