@@ -309,8 +309,14 @@ impl Conn {
         }
     }
 
-    /// Queues response bytes; they go out at the next flush (or when the buffer fills).
+    /// Queues response bytes; they go out at the next flush (or when the buffer fills). A
+    /// piece as large as the buffer goes out at once from where it is (a message's bytes),
+    /// after what was queued before it, rather than being copied into the buffer.
     pub async fn write(&mut self, bytes: &[u8]) -> Result<(), ConnError> {
+        if bytes.len() >= FLUSH_AT {
+            self.flush().await?;
+            return self.send(bytes).await;
+        }
         self.out.extend_from_slice(bytes);
         if self.out.len() >= FLUSH_AT {
             self.flush().await?;
@@ -322,21 +328,29 @@ impl Conn {
     /// gone (or never reads): the connection ends, rather than holding its slot and its answers in
     /// memory for good.
     pub async fn flush(&mut self) -> Result<(), ConnError> {
+        let out = std::mem::take(&mut self.out);
+        let sent = self.send(&out).await;
+        self.out = out;
+        self.out.clear();
+        sent
+    }
+
+    /// Writes `data` to the client (see [`Conn::flush`] for the time it may take).
+    async fn send(&mut self, data: &[u8]) -> Result<(), ConnError> {
         let stream = self.stream.as_mut().ok_or(ConnError::Closed)?;
         // The time counts from the client's last progress, seen in the socket's send queue:
         // the kernel lets a writer go on only once half its buffer has drained, which for a
         // slow reader can take long while it reads all along.
         let mut watch = Progress::new(stream.raw_fd(), self.write_stall, self.write_deadline);
         let mut sent = 0;
-        while sent < self.out.len() {
-            let n = watch.guard(stream.write(&self.out[sent..])).await?;
+        while sent < data.len() {
+            let n = watch.guard(stream.write(&data[sent..])).await?;
             if n == 0 {
                 return Err(ConnError::Closed);
             }
             watch.moved();
             sent += n;
         }
-        self.out.clear();
         watch.guard(stream.flush()).await
     }
 

@@ -12,7 +12,7 @@ use imap_next::imap_types::fetch::{
 use imap_next::imap_types::sequence::SequenceSet;
 use imap_next::imap_types::ToStatic;
 
-use super::render::{self, Out};
+use super::render::{self, Chunk, Out};
 use super::section::{self, SectionText};
 use super::sequence;
 use super::session::{CmdError, CmdResult, Done, Session};
@@ -138,14 +138,16 @@ impl Session {
             expunged += gone;
             rest = &rest[covered..];
             next = (!rest.is_empty()).then(|| read(rest));
-            let bytes = match batch {
-                Read::Rendered(bytes) => bytes,
+            let chunks = match batch {
+                Read::Rendered(chunks) => chunks,
                 Read::Rows(covered, mut fetched) => {
                     let seen_now = self.set_seen(mailbox, &mut fetched).await?;
                     renderer.render(&covered, &fetched, &seen_now)?
                 }
             };
-            self.conn.write(&bytes).await?;
+            for chunk in &chunks {
+                self.conn.write(chunk.as_slice()).await?;
+            }
         }
         if expunged > 0 && !uid {
             // RFC 2180 §4.1.2, RFC 5530: the others' data went out; these have none left.
@@ -211,7 +213,7 @@ impl Session {
 /// One batch as the reading thread hands it over.
 enum Read {
     /// The FETCH responses, ready to write.
-    Rendered(Vec<u8>),
+    Rendered(Vec<Chunk>),
     /// The (sequence number, UID) pairs covered and the messages read, to render after
     /// \\Seen is set.
     Rows(Vec<(u32, u32)>, Vec<(MessageRow, ContentData)>),
@@ -236,21 +238,21 @@ impl Renderer {
         covered: &[(u32, u32)],
         fetched: &[(MessageRow, ContentData)],
         seen_now: &[u32],
-    ) -> Result<Vec<u8>, CmdError> {
-        // Sized for the batch up front: no regrowth copies of a large response.
+    ) -> Result<Vec<Chunk>, CmdError> {
+        // Sized for the batch up front: no regrowth copies of a large response. A large
+        // message is passed on, not copied in.
         let estimate: usize = fetched
             .iter()
             .map(|(_, c)| {
-                64 + c.raw.len()
-                    + c.header.len()
-                    + c.envelope.len()
-                    + c.body.len()
-                    + c.bodystructure.len()
+                let raw = if Out::passes_on(c.raw.len()) {
+                    0
+                } else {
+                    c.raw.len()
+                };
+                64 + raw + c.header.len() + c.envelope.len() + c.body.len() + c.bodystructure.len()
             })
             .sum();
-        let mut out = Out {
-            bytes: Vec::with_capacity(estimate),
-        };
+        let mut out = Out::with_capacity(estimate);
         let mut targets = covered.iter();
         for (row, content) in fetched {
             let Some(&(seq, _)) = targets.find(|t| t.1 == row.uid) else {
@@ -276,7 +278,7 @@ impl Renderer {
                 },
             )?;
         }
-        Ok(out.bytes)
+        Ok(out.into_chunks())
     }
 }
 
@@ -403,7 +405,8 @@ fn render_message(
                 out.text("BODYSTRUCTURE ").raw(&content.bodystructure);
             }
             MessageDataItemName::Rfc822 => {
-                out.text("RFC822 ").literal(&content.raw);
+                out.text("RFC822 ")
+                    .stored_literal(&content.raw, &content.raw);
             }
             MessageDataItemName::Rfc822Header => {
                 let header = if content.raw.is_empty() {
@@ -411,12 +414,15 @@ fn render_message(
                 } else {
                     header_of(content)
                 };
-                out.text("RFC822.HEADER ").literal(header);
+                out.text("RFC822.HEADER ")
+                    .stored_literal(&content.raw, header);
             }
             MessageDataItemName::Rfc822Text => {
                 let header_len = header_of(content).len();
-                out.text("RFC822.TEXT ")
-                    .literal(&content.raw[header_len.min(content.raw.len())..]);
+                out.text("RFC822.TEXT ").stored_literal(
+                    &content.raw,
+                    &content.raw[header_len.min(content.raw.len())..],
+                );
             }
             MessageDataItemName::ModSeq => {
                 out.text("MODSEQ (").num(row.modseq).text(")");
@@ -571,20 +577,22 @@ fn body_section(
         (Some(bytes), Some((origin, count))) => {
             out.text("<").num(origin).text("> ");
             let slice = section::partial(&bytes, origin, Some(count.get()));
-            body_value(out, slice);
+            body_value(out, content, slice);
         }
         (Some(bytes), None) => {
             out.text(" ");
-            body_value(out, &bytes);
+            body_value(out, content, &bytes);
         }
     }
 }
 
-fn body_value(out: &mut Out, bytes: &[u8]) {
+/// A section's bytes: passed on from the stored message when they are part of it (see
+/// [`Out::stored_literal`]).
+fn body_value(out: &mut Out, content: &ContentData, bytes: &[u8]) {
     if bytes.is_empty() {
         out.text("\"\"");
     } else {
-        out.literal(bytes);
+        out.stored_literal(&content.raw, bytes);
     }
 }
 

@@ -4,6 +4,8 @@
 //! response keeps quoting rules in one place. Commands are parsed by imap-codec.
 
 use std::fmt::Write as _;
+use std::ops::Range;
+use std::sync::Arc;
 
 use super::names;
 
@@ -11,7 +13,30 @@ use super::names;
 #[derive(Debug, Default)]
 pub struct Out {
     pub bytes: Vec<u8>,
+    /// What came before `bytes`, when a literal was passed on from a stored message.
+    done: Vec<Chunk>,
 }
+
+/// A piece of a response: bytes rendered here, or a stored message's bytes (all of them or a
+/// part) passed on as they are. A FETCH of a 40 MB message then holds it once, not once read
+/// and once more in the response.
+#[derive(Debug)]
+pub enum Chunk {
+    Rendered(Vec<u8>),
+    Stored(Arc<Vec<u8>>, Range<usize>),
+}
+
+impl Chunk {
+    pub fn as_slice(&self) -> &[u8] {
+        match self {
+            Chunk::Rendered(bytes) => bytes,
+            Chunk::Stored(whole, range) => &whole[range.clone()],
+        }
+    }
+}
+
+/// Literals from a stored message at least this long are passed on, not copied.
+const PASS_ON_AT: usize = 64 * 1024;
 
 /// The unsigned integers IMAP responses carry (RFC 3501 number, nz-number; RFC 7162 mod-sequence).
 pub trait Number {
@@ -35,6 +60,27 @@ macro_rules! number {
 number!(u8, u16, u32, u64, usize);
 
 impl Out {
+    pub fn with_capacity(capacity: usize) -> Out {
+        Out {
+            bytes: Vec::with_capacity(capacity),
+            done: Vec::new(),
+        }
+    }
+
+    /// Whether a literal of `len` bytes from a stored message is passed on rather than copied
+    /// (see [`Out::stored_literal`]).
+    pub fn passes_on(len: usize) -> bool {
+        len >= PASS_ON_AT
+    }
+
+    /// The response in its pieces, in order.
+    pub fn into_chunks(mut self) -> Vec<Chunk> {
+        if !self.bytes.is_empty() {
+            self.done.push(Chunk::Rendered(self.bytes));
+        }
+        self.done
+    }
+
     pub fn raw(&mut self, bytes: &[u8]) -> &mut Self {
         self.bytes.extend_from_slice(bytes);
         self
@@ -87,6 +133,22 @@ impl Out {
     pub fn literal(&mut self, value: &[u8]) -> &mut Self {
         self.num_literal_header(value.len());
         self.bytes.extend_from_slice(value);
+        self
+    }
+
+    /// A literal of `value`, which is `whole` or a part of it when it comes from the stored
+    /// message: a long one is passed on without a copy. Any other `value` is copied.
+    pub fn stored_literal(&mut self, whole: &Arc<Vec<u8>>, value: &[u8]) -> &mut Self {
+        let start = (value.as_ptr() as usize).wrapping_sub(whole.as_ptr() as usize);
+        let within = start <= whole.len() && value.len() <= whole.len() - start;
+        if !within || !Out::passes_on(value.len()) {
+            return self.literal(value);
+        }
+        self.num_literal_header(value.len());
+        self.done
+            .push(Chunk::Rendered(std::mem::take(&mut self.bytes)));
+        self.done
+            .push(Chunk::Stored(whole.clone(), start..start + value.len()));
         self
     }
 
@@ -257,6 +319,45 @@ pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A long literal from the stored message is passed on as a range of it, with the
+    /// rendered bytes around it in order; short ones and bytes from elsewhere are copied.
+    /// Either way the response is byte for byte what a copy would give.
+    #[test]
+    fn long_literals_of_the_stored_message_are_passed_on() {
+        let whole: Arc<Vec<u8>> = Arc::new((0..200_000u32).map(|i| (i % 251) as u8).collect());
+        let elsewhere = whole[..PASS_ON_AT].to_vec();
+        let cases: [(&[u8], usize); 4] = [
+            (&whole[..], 1),
+            (&whole[1000..1000 + PASS_ON_AT], 1),
+            (&whole[1000..1000 + PASS_ON_AT - 1], 0),
+            (&elsewhere, 0),
+        ];
+        for (value, passed_on) in cases {
+            let mut out = Out::default();
+            out.text("* 1 FETCH (BODY[] ")
+                .stored_literal(&whole, value)
+                .text(")")
+                .crlf();
+            let chunks = out.into_chunks();
+            let stored: Vec<&Range<usize>> = chunks
+                .iter()
+                .filter_map(|c| match c {
+                    Chunk::Stored(_, range) => Some(range),
+                    Chunk::Rendered(_) => None,
+                })
+                .collect();
+            assert_eq!(stored.len(), passed_on, "{} bytes", value.len());
+            let mut copied = Out::default();
+            copied
+                .text("* 1 FETCH (BODY[] ")
+                .literal(value)
+                .text(")")
+                .crlf();
+            let joined: Vec<u8> = chunks.iter().flat_map(|c| c.as_slice()).copied().collect();
+            assert!(joined == copied.bytes, "{} bytes", value.len());
+        }
+    }
 
     #[test]
     fn strings_quote_or_literal() {

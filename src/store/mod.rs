@@ -280,7 +280,8 @@ pub struct Need {
 /// The content columns asked for in a [`Need`]; the others are empty.
 #[derive(Debug, Clone, Default)]
 pub struct ContentData {
-    pub raw: Vec<u8>,
+    /// Shared with the responses that pass it on (see [`crate::imap::render::Chunk`]).
+    pub raw: std::sync::Arc<Vec<u8>>,
     pub header: Vec<u8>,
     pub envelope: Vec<u8>,
     pub body: Vec<u8>,
@@ -1051,7 +1052,7 @@ impl Store {
                 }
                 if need.raw {
                     bytes += u64::from(row.size);
-                    content.raw = if row.size as usize >= DIRECT_BLOB_MAX {
+                    content.raw = std::sync::Arc::new(if row.size as usize >= DIRECT_BLOB_MAX {
                         // Read through the blob handle: a query would hold the message twice
                         // (SQLite's copy, then ours).
                         let handle = raw_blob(&mut blob, &tx, row.content)?;
@@ -1060,7 +1061,7 @@ impl Store {
                         raw
                     } else {
                         raw_stmt.query_row([row.content], |r| r.get(0))?
-                    };
+                    });
                 } else if header_only {
                     let len = content.parts.as_ref().map_or(0, PartMap::header_len);
                     let handle = raw_blob(&mut blob, &tx, row.content)?;

@@ -247,7 +247,7 @@ fn a_version_1_store_is_upgraded_in_place() {
     };
     let batch = store.fetch_batch(1, &[7], all, 1 << 20).unwrap();
     let content = &batch.items[0].1;
-    assert_eq!(content.raw, raw);
+    assert_eq!(*content.raw, raw);
     assert_eq!(content.envelope, summary.envelope);
     assert_eq!(content.bodystructure, summary.bodystructure);
     let header = Need {
@@ -628,7 +628,7 @@ fn a_large_message_is_stored_whole() {
     let batch = store
         .fetch_batch(inbox.id, &[a.uid, small.uid], need, u64::MAX)
         .unwrap();
-    assert_eq!(batch.items[0].1.raw, raw);
+    assert_eq!(*batch.items[0].1.raw, raw);
     assert!(batch.items[1].1.raw.starts_with(b"Subject: small\r\n"));
 }
 
