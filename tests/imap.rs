@@ -1096,6 +1096,83 @@ print("complete" if b"\r\nc OK" in got else "cut off after %d bytes" % len(got))
     );
 }
 
+/// A message larger than the connection's buffer: its bytes are passed on from the store
+/// rather than copied into the response. Whole, its text, one part and a partial range come
+/// back byte for byte, over plaintext, STARTTLS and implicit TLS.
+#[test]
+fn large_messages_and_their_sections_come_back_byte_for_byte() {
+    let server = Server::start();
+    // Varied bytes (no run repeats), more than 64 KiB in the attachment part alone.
+    let attachment: String = (0..6000u32)
+        .map(|i| {
+            format!(
+                "{:076x}\r\n",
+                u128::from(i).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+            )
+        })
+        .collect();
+    let message = format!(
+        "From: a@example.org\r\nSubject: large\r\nMIME-Version: 1.0\r\n\
+         Content-Type: multipart/mixed; boundary=\"b\"\r\n\r\n\
+         --b\r\nContent-Type: text/plain\r\n\r\nsee attached\r\n\
+         --b\r\nContent-Type: application/octet-stream\r\n\
+         Content-Transfer-Encoding: base64\r\n\r\n{attachment}--b--\r\n"
+    );
+    let raw = message.as_bytes();
+    sealpost_client(&server, &json!([append_bytes("INBOX", raw)]));
+    let text_at = common::find(raw, b"\r\n\r\n").unwrap() + 4;
+    let part_at = common::find(raw, attachment.as_bytes()).unwrap();
+    let expected: [(&str, &[u8]); 4] = [
+        ("BODY[]", raw),
+        ("BODY[TEXT]", &raw[text_at..]),
+        // The CRLF before the closing delimiter belongs to the delimiter (RFC 2046 §5.1.1).
+        ("BODY[2]", &raw[part_at..part_at + attachment.len() - 2]),
+        ("BODY[]<100>", &raw[100..100 + 200_000]),
+    ];
+    let line = "FETCH 1 (BODY.PEEK[] BODY.PEEK[TEXT] BODY.PEEK[2] BODY.PEEK[]<100.200000>)";
+    for tls in [
+        Tls::None,
+        Tls::Starttls(server.cert()),
+        Tls::Implicit(server.cert()),
+    ] {
+        let port = match tls {
+            Tls::Implicit(_) => server.tls_port,
+            _ => server.starttls_port,
+        };
+        let out = run_client(
+            port,
+            USER,
+            PASSWORD,
+            tls,
+            &json!([{"cmd": "examine", "mailbox": "INBOX"}, {"cmd": "raw", "line": line}]),
+        );
+        let step = ok_step(&out, 1);
+        let data = step["untagged"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find_map(|u| {
+                u["data"]
+                    .as_array()
+                    .filter(|d| d.get(1) == Some(&json!("FETCH")))
+            })
+            .expect("a FETCH response")[2]
+            .as_array()
+            .unwrap()
+            .clone();
+        for (name, bytes) in expected {
+            let at = data.iter().position(|t| t == name).expect(name);
+            let served: Vec<u8> = data[at + 1]
+                .as_str()
+                .unwrap()
+                .chars()
+                .map(|c| c as u8)
+                .collect();
+            assert!(served == bytes, "{name}: {} bytes served", served.len());
+        }
+    }
+}
+
 /// A mailbox deleted while another session has it selected: a mailbox created next never
 /// takes its place (the session would act on the new one's messages), and that session is
 /// told and disconnected after its next command that may report changes, as Dovecot does.
