@@ -188,7 +188,7 @@ impl Dsn {
     pub fn take_mail(&mut self, args: &[String]) {
         for (keyword, value) in args.iter().filter_map(|a| a.split_once('=')) {
             if keyword.eq_ignore_ascii_case("RET") {
-                self.ret = Self::keyword_list(value);
+                self.ret = Some(value.to_ascii_uppercase()).filter(|v| v == "FULL" || v == "HDRS");
             } else if keyword.eq_ignore_ascii_case("ENVID") {
                 self.envid = Self::text(value);
             }
@@ -199,7 +199,7 @@ impl Dsn {
     pub fn take_rcpt(&mut self, args: &[String]) {
         for (keyword, value) in args.iter().filter_map(|a| a.split_once('=')) {
             if keyword.eq_ignore_ascii_case("NOTIFY") {
-                self.notify = Self::keyword_list(value);
+                self.notify = Self::notify_list(value);
             } else if keyword.eq_ignore_ascii_case("ORCPT") {
                 self.orcpt = Self::text(value).filter(|v| {
                     v.split_once(';')
@@ -209,10 +209,21 @@ impl Dsn {
         }
     }
 
-    /// RET and NOTIFY values: letters and commas.
-    fn keyword_list(value: &str) -> Option<String> {
-        let fine = !value.is_empty() && value.bytes().all(|b| b.is_ascii_alphabetic() || b == b',');
-        fine.then(|| value.to_ascii_uppercase())
+    /// A NOTIFY value as RFC 3461 §4.1 has it: NEVER alone, or some of SUCCESS, FAILURE
+    /// and DELAY (any case). Anything else is not passed on (the server's default then
+    /// holds): a listener would refuse the recipient, and a list without FAILURE would keep
+    /// sealpost's own report from the sender.
+    fn notify_list(value: &str) -> Option<String> {
+        let value = value.to_ascii_uppercase();
+        let words: Vec<&str> = value.split(',').collect();
+        let fine = if words.contains(&"NEVER") {
+            words.len() == 1
+        } else {
+            words
+                .iter()
+                .all(|w| ["SUCCESS", "FAILURE", "DELAY"].contains(w))
+        };
+        fine.then_some(value)
     }
 
     /// ENVID and ORCPT values, decoded. lettre encodes them again, but a control character
@@ -225,11 +236,12 @@ impl Dsn {
 
     /// The parameters of one copy whose recipient the client named more than once (two
     /// spellings of one mailbox): MAIL's, the first ORCPT, and the NOTIFY that asks for
-    /// every notice any of them asked for (none given by one: the server's default).
+    /// every notice any of them asked for. None given by one stands for the default that
+    /// Postfix and RFC 3461 §4.1 give it, FAILURE,DELAY; none given by any is none.
     pub fn merged<'a>(all: impl IntoIterator<Item = &'a Dsn>) -> Option<Dsn> {
         let all: Vec<&Dsn> = all.into_iter().collect();
         let first = (*all.first()?).clone();
-        let notify = if all.iter().any(|d| d.notify.is_none()) {
+        let notify = if all.iter().all(|d| d.notify.is_none()) {
             None
         } else {
             let asked: Vec<&str> = ["SUCCESS", "FAILURE", "DELAY"]
@@ -238,7 +250,9 @@ impl Dsn {
                     all.iter().any(|d| {
                         d.notify
                             .as_deref()
-                            .is_some_and(|n| n.split(',').any(|w| w == *k))
+                            .unwrap_or("FAILURE,DELAY")
+                            .split(',')
+                            .any(|w| w == *k)
                     })
                 })
                 .collect();
@@ -265,8 +279,15 @@ impl Dsn {
     }
 }
 
-/// Decodes RFC 3461 §4 xtext: "+" and two upper-case hex digits stand for one octet; None
-/// for anything else but printable ASCII other than "=", or for what is not UTF-8.
+/// Whether `id` can be an ENVID (RFC 3461 §4.4): 1 to 100 printable US-ASCII characters,
+/// the space among them (decoded; it goes on as xtext).
+pub fn envid_ok(id: &str) -> bool {
+    (1..=100).contains(&id.len()) && id.bytes().all(|b| (b' '..=b'~').contains(&b))
+}
+
+/// Decodes RFC 3461 §4 xtext: "+" and two hex digits stand for one octet; None for anything
+/// else but printable ASCII, or for what is not UTF-8. As Postfix does, lower-case hex and a
+/// bare "=" (which the RFC has encoded) are taken: the value goes on encoded afresh.
 pub fn xtext_decode(value: &str) -> Option<String> {
     let bytes = value.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
@@ -275,16 +296,13 @@ pub fn xtext_decode(value: &str) -> Option<String> {
         match bytes[i] {
             b'+' => {
                 let hex = value.get(i + 1..i + 3)?;
-                if !hex
-                    .bytes()
-                    .all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(&b))
-                {
+                if !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
                     return None;
                 }
                 out.push(u8::from_str_radix(hex, 16).ok()?);
                 i += 3;
             }
-            b @ 0x21..=0x7e if b != b'=' => {
+            b @ 0x21..=0x7e => {
                 out.push(b);
                 i += 1;
             }
@@ -906,7 +924,10 @@ mod tests {
         assert_eq!(ok("bob+2Btag@example.org"), "bob+tag@example.org");
         assert_eq!(ok("rfc822;x+40y"), "rfc822;x@y");
         assert_eq!(ok("a+3Db+20c"), "a=b c");
-        for bad in ["a+2b", "a+2", "a=b", "a b", "end+", "x+zz", "x+FF"] {
+        // Taken as Postfix takes them.
+        assert_eq!(ok("id+2bx"), "id+x");
+        assert_eq!(ok("a=b"), "a=b");
+        for bad in ["a+2", "a b", "end+", "x+zz", "x+FF", "x+ff"] {
             assert_eq!(xtext_decode(bad), None, "{bad}");
         }
     }
@@ -926,10 +947,18 @@ mod tests {
                 orcpt: Some("rfc822;a+b@x".into()),
             }
         );
-        let mut odd = Dsn::default();
-        odd.take_mail(&args(&["RET=FULL;X", "ENVID=a+0Db"]));
-        odd.take_rcpt(&args(&["NOTIFY=", "ORCPT=rfc822;a+0A@x"]));
-        assert_eq!(odd, Dsn::default());
+        for (mail, rcpt) in [
+            ("RET=FULL;X", "NOTIFY="),
+            ("ENVID=a+0Db", "ORCPT=rfc822;a+0A@x"),
+            ("RET=SOME", "NOTIFY=NEVER,SUCCESS"),
+            ("RET=", "NOTIFY=FOO"),
+            ("RET=FULL,HDRS", "NOTIFY=SUCCESS,,FAILURE"),
+        ] {
+            let mut odd = Dsn::default();
+            odd.take_mail(&args(&[mail]));
+            odd.take_rcpt(&args(&[rcpt]));
+            assert_eq!(odd, Dsn::default(), "{mail} {rcpt}");
+        }
         for orcpt in [
             "ORCPT=rfc822;b+C3+A9@x",
             "ORCPT=utf-8;b\\x{E9}@x",
@@ -959,7 +988,16 @@ mod tests {
             merged(&[Some("NEVER"), Some("NEVER")]).as_deref(),
             Some("NEVER")
         );
-        assert_eq!(merged(&[Some("NEVER"), None]), None);
+        // No NOTIFY is FAILURE,DELAY: a SUCCESS the other asked for is not lost.
+        assert_eq!(
+            merged(&[None, Some("SUCCESS")]).as_deref(),
+            Some("SUCCESS,FAILURE,DELAY")
+        );
+        assert_eq!(
+            merged(&[Some("NEVER"), None]).as_deref(),
+            Some("FAILURE,DELAY")
+        );
+        assert_eq!(merged(&[None, None]), None);
         assert!(Dsn::merged(&[]).is_none());
         assert!(!notify(Some("NEVER")).wants_failure());
         assert!(!notify(Some("SUCCESS,DELAY")).wants_failure());

@@ -157,7 +157,11 @@ pub fn decode(bytes: &[u8]) -> Result<Submission, String> {
             "sender" => sender = Some(value.to_string()),
             "rcpt" => s.recipients.push(value.to_string()),
             "notify" => s.notify = Notify::parse(value).ok_or("bad notify")?,
-            "envid" => s.envid = Some(value.to_string()),
+            // Written only from a checked -V or ENVID; one from elsewhere that could not go
+            // on as it is, is not passed on rather than failing the message.
+            "envid" => {
+                s.envid = Some(value.to_string()).filter(|v| super::relay::envid_ok(v));
+            }
             _ => return Err(format!("unknown envelope line {key:?}")),
         }
     }

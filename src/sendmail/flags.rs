@@ -256,10 +256,9 @@ fn option(inv: &mut Invocation, letter: char, value: &str) -> Result<(), UsageEr
             ),
         },
         'V' => {
-            // RFC 3461 §4.4: ENVID is printable US-ASCII, at most 100 characters.
-            if value.len() > 100 || !value.bytes().all(|b| (0x21..0x7f).contains(&b)) {
+            if !crate::queue::relay::envid_ok(value) {
                 eprintln!(
-                    "sendmail: warning: bad -V option value -- ignored (up to 100 printable \
+                    "sendmail: warning: bad -V option value -- ignored (1 to 100 printable \
                      ASCII characters)"
                 );
             } else {
@@ -438,11 +437,14 @@ mod tests {
     fn bad_dsn_values_are_ignored() {
         let inv = parse(
             "sendmail",
-            &["-N", "sometimes", "-V", "a b", "bob@example.org"],
+            &["-N", "sometimes", "-V", "a\tb", "bob@example.org"],
         )
         .unwrap();
         assert_eq!(inv.notify, Notify::default());
         assert_eq!(inv.envid, None);
+        // A space is printable (Postfix's allprint() takes it too).
+        let inv = parse("sendmail", &["-V", "batch 42", "bob@example.org"]).unwrap();
+        assert_eq!(inv.envid.as_deref(), Some("batch 42"));
         assert_eq!(inv.recipients, ["bob@example.org"]);
     }
 

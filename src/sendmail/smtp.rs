@@ -217,9 +217,11 @@ enum Failure {
 /// the ENVID, or the reply refusing them.
 fn mail_parameters(params: &[String], limit: usize) -> Result<Option<String>, String> {
     let mut envid = None;
+    let mut seen = Vec::new();
     for p in params {
         let (key, value) = p.split_once('=').unwrap_or((p, ""));
-        match key.to_ascii_uppercase().as_str() {
+        let key = once(&mut seen, key)?;
+        match key.as_str() {
             "SIZE" => match value.parse::<u64>() {
                 Ok(size) if size > limit as u64 => {
                     return Err("552 5.3.4 Message size exceeds fixed limit".into())
@@ -237,15 +239,9 @@ fn mail_parameters(params: &[String], limit: usize) -> Result<Option<String>, St
                     .iter()
                     .any(|r| value.eq_ignore_ascii_case(r)) => {}
             "RET" => return Err("501 5.5.4 Bad RET parameter".into()),
+            // As for -V.
             "ENVID" => match xtext(value) {
-                // RFC 3461 §4.4: printable US-ASCII, at most 100 characters (as for -V).
-                Some(id)
-                    if !id.is_empty()
-                        && id.len() <= 100
-                        && id.bytes().all(|b| (0x21..0x7f).contains(&b)) =>
-                {
-                    envid = Some(id)
-                }
+                Some(id) if crate::queue::relay::envid_ok(&id) => envid = Some(id),
                 _ => return Err("501 5.5.4 Bad ENVID parameter".into()),
             },
             _ => return Err(format!("555 5.5.4 Unsupported option: {key}")),
@@ -258,20 +254,37 @@ fn mail_parameters(params: &[String], limit: usize) -> Result<Option<String>, St
 /// reply refusing them.
 fn rcpt_parameters(params: &[String]) -> Result<Option<Notify>, String> {
     let mut notify = None;
+    let mut seen = Vec::new();
     for p in params {
         let (key, value) = p.split_once('=').unwrap_or((p, ""));
-        match key.to_ascii_uppercase().as_str() {
+        let key = once(&mut seen, key)?;
+        match key.as_str() {
             "NOTIFY" => match Notify::parse(value) {
                 Some(n) => notify = Some(n),
                 None => return Err("501 5.5.4 Bad NOTIFY parameter".into()),
             },
             // The original recipient is only for reports, which name the recipient as given.
-            "ORCPT" if value.contains(';') && xtext(value).is_some() => {}
+            "ORCPT"
+                if xtext(value).and_then(|v| {
+                    v.split_once(';')
+                        .map(|(t, a)| !t.is_empty() && !a.is_empty())
+                }) == Some(true) => {}
             "ORCPT" => return Err("501 5.5.4 Bad ORCPT parameter".into()),
             _ => return Err(format!("555 5.5.4 Unsupported option: {key}")),
         }
     }
     Ok(notify)
+}
+
+/// `key` in upper case, unless a parameter of that name came before in the same command
+/// (RFC 5321 §4.1.1.11 leaves no room for two: Postfix refuses them too).
+fn once(seen: &mut Vec<String>, key: &str) -> Result<String, String> {
+    let key = key.to_ascii_uppercase();
+    if seen.contains(&key) {
+        return Err(format!("501 5.5.4 Duplicate {key} parameter"));
+    }
+    seen.push(key.clone());
+    Ok(key)
 }
 
 fn queue_data(
@@ -403,6 +416,46 @@ fn path_argument(rest: &str, keyword: &str) -> Option<(String, Vec<String>)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// RFC 3461 parameters of a -bs session: ENVID may hold spaces, xtext in lower case is
+    /// taken, a parameter given twice or an ORCPT without a type or an address is refused.
+    #[test]
+    fn dsn_parameters_of_a_session() {
+        let p = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            mail_parameters(&p(&["ENVID=batch+2042", "RET=hdrs"]), 100),
+            Ok(Some("batch 42".into()))
+        );
+        assert_eq!(
+            mail_parameters(&p(&["ENVID=id+2bx"]), 100),
+            Ok(Some("id+x".into()))
+        );
+        for bad in [
+            &["ENVID=a", "envid=b"][..],
+            &["RET=FULL", "RET=HDRS"],
+            &["ENVID=+0D"],
+            &["ENVID="],
+        ] {
+            assert!(
+                mail_parameters(&p(bad), 100)
+                    .unwrap_err()
+                    .starts_with("501 "),
+                "{bad:?}"
+            );
+        }
+        assert!(rcpt_parameters(&p(&["NOTIFY=NEVER", "ORCPT=rfc822;a+2Bb@x"])).is_ok());
+        for bad in [
+            &["NOTIFY=NEVER", "NOTIFY=SUCCESS"][..],
+            &["ORCPT=;x"],
+            &["ORCPT=rfc822;"],
+            &["ORCPT=rfc822;a", "orcpt=rfc822;b"],
+        ] {
+            assert!(
+                rcpt_parameters(&p(bad)).unwrap_err().starts_with("501 "),
+                "{bad:?}"
+            );
+        }
+    }
 
     #[test]
     fn a_session_queues_and_reports() {
