@@ -472,9 +472,10 @@ fn bad_input_is_refused_with_a_reason_and_nothing_is_queued() {
     assert_eq!(out.status.code(), Some(65));
     assert!(one_line(&out).contains("larger than the limit"));
 
-    let out = s.sendmail(&["-i", "bob@exa mple.org"], good);
+    // ("bob@exa mple.org" is two addresses, as Postfix reads it: "bob@exa" and "mple.org".)
+    let out = s.sendmail(&["-i", "bob@"], good);
     assert_eq!(out.status.code(), Some(65));
-    one_line(&out);
+    assert!(one_line(&out).contains("is not an email address"));
 
     let out = s.sendmail(
         &["-t", "-i"],
@@ -1081,6 +1082,40 @@ fn bare_local_names_and_a_missing_blank_line_lose_nothing() {
     assert_eq!(
         got.iter().map(|(r, _)| r.as_str()).collect::<Vec<_>>(),
         ["bob@example.org", "dave@example.net"]
+    );
+}
+
+/// Recipient lists as callers join them: with ';' (Outlook's lists, pasted into PHP's mail())
+/// or blanks (a shell variable) between the addresses, and a domain with its root dot. Postfix
+/// reads each as separate addresses; they were refused as one bad address (exit 65).
+#[test]
+fn recipient_lists_joined_with_semicolons_or_blanks_are_read_as_postfix_reads_them() {
+    let s = Setup::new();
+    let relay = s.relay(&RelayOptions::default());
+    s.configure(relay.port, true, "");
+    let msg =
+        "From: alice@example.org\nTo: bob@example.org;carol@example.org\nSubject: lists\n\nhi\n";
+    let out = s.sendmail(&["-t", "-i"], msg.as_bytes());
+    assert!(out.status.success(), "{out:?}");
+    let got = by_recipient(&relay.delivered(2));
+    assert_eq!(
+        got.iter().map(|(r, _)| r.as_str()).collect::<Vec<_>>(),
+        ["bob@example.org", "carol@example.org"]
+    );
+    let msg = "From: alice@example.org\nSubject: lists\n\nhi\n";
+    let out = s.sendmail(
+        &[
+            "-i",
+            "bob@example.org carol@example.org",
+            "dave@example.net.",
+        ],
+        msg.as_bytes(),
+    );
+    assert!(out.status.success(), "{out:?}");
+    let got = by_recipient(&relay.delivered(3));
+    assert_eq!(
+        got.iter().map(|(r, _)| r.as_str()).collect::<Vec<_>>(),
+        ["bob@example.org", "carol@example.org", "dave@example.net"]
     );
 }
 

@@ -51,7 +51,9 @@ pub fn scan(text: &[u8]) -> Vec<Found> {
                 in_group = true;
                 i += 1;
             }
-            b';' if in_group => {
+            // The end of a group, or outside one a separator as ',' is (Outlook's lists,
+            // `a@x; b@y`, which Postfix reads as two addresses too).
+            b';' => {
                 entry.finish(text, &mut found);
                 in_group = false;
                 i += 1;
@@ -61,8 +63,7 @@ pub fn scan(text: &[u8]) -> Vec<Found> {
                 i += 1;
             }
             _ => {
-                // At least this byte (a ':' inside a group, a ';' outside one), then up to
-                // the next special.
+                // At least this byte (a ':' inside a group), then up to the next special.
                 let start = i;
                 i += 1;
                 while i < text.len() && !b"\"(<[,:; \t\r\n".contains(&text[i]) {
@@ -197,6 +198,39 @@ pub fn qualified(text: &[u8], domain: &str) -> Option<Vec<u8>> {
     changed.then_some(out)
 }
 
+/// The words of an address found without angle brackets, for the recipients: `a@x b@y` (a
+/// list joined with blanks, as shell scripts make them) is two, as Postfix reads it, and so
+/// is `Bob Smith` (two local names). Blanks in a quoted string do not count.
+pub fn words(address: &str) -> Vec<&str> {
+    let mut words = Vec::new();
+    let mut quoted = false;
+    let mut start = None;
+    let mut escaped = false;
+    for (i, c) in address.char_indices() {
+        let blank = c.is_ascii_whitespace() && !quoted;
+        match (blank, start) {
+            (true, Some(s)) => {
+                words.push(&address[s..i]);
+                start = None;
+            }
+            (false, None) => start = Some(i),
+            _ => {}
+        }
+        if quoted && c == '\\' && !escaped {
+            escaped = true;
+            continue;
+        }
+        if c == '"' && !escaped {
+            quoted = !quoted;
+        }
+        escaped = false;
+    }
+    if let Some(s) = start {
+        words.push(&address[s..]);
+    }
+    words
+}
+
 /// A local part alone: a dot-atom (RFC 5322 §3.2.3) without '@', such as `root`.
 pub fn is_local_name(address: &str) -> bool {
     // An encoded word (`=?UTF-8?B?Qm9i?=`) is a display name written without an address.
@@ -252,8 +286,20 @@ mod tests {
             addresses("a@example.org,\r\n\tb@example.org (B (nested))"),
             ["a@example.org", "b@example.org"]
         );
-        // A display name without an address stays as it is, for the caller to refuse.
+        // A display name without an address stays as it is here (see `words`).
         assert_eq!(addresses("John Smith"), ["John Smith"]);
+        // Outside a group ';' separates, as ',' does.
+        assert_eq!(
+            addresses("a@example.org;b@example.org; ops"),
+            ["a@example.org", "b@example.org", "ops"]
+        );
+        assert_eq!(
+            words("a@example.org  b@example.org"),
+            ["a@example.org", "b@example.org"]
+        );
+        assert_eq!(words("\"b o\"@example.org"), ["\"b o\"@example.org"]);
+        assert_eq!(words("\"b\\\" o\"@x y"), ["\"b\\\" o\"@x", "y"]);
+        assert_eq!(words("John Smith"), ["John", "Smith"]);
         assert_eq!(
             addresses("user@[2001:db8::1], b@example.org"),
             ["user@[2001:db8::1]", "b@example.org"]
@@ -279,5 +325,9 @@ mod tests {
         assert_eq!(q(" bob@example.org"), None);
         assert_eq!(q(" undisclosed-recipients:;"), None);
         assert_eq!(q(" John Smith"), None);
+        assert_eq!(
+            q(" root; ops").as_deref(),
+            Some(" root@host.example; ops@host.example")
+        );
     }
 }

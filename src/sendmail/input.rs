@@ -289,7 +289,9 @@ pub fn header_recipients(raw: &[u8]) -> Vec<String> {
     for name in names {
         for field in message.fields().iter().filter(|f| f.is(name)) {
             for found in super::address::scan(field.raw_value()) {
-                push_unique(&mut out, &found.address);
+                for word in super::address::words(&found.address) {
+                    push_unique(&mut out, word);
+                }
             }
         }
     }
@@ -297,12 +299,17 @@ pub fn header_recipients(raw: &[u8]) -> Vec<String> {
 }
 
 /// A bare local name ("root", as cron's MAILTO often is) gets `@domain`, as Postfix's
-/// append_at_myorigin does; anything else is kept as it is.
+/// append_at_myorigin does; a domain's root dot (`bob@example.org.`, an absolute DNS name) is
+/// dropped; anything else is kept as it is.
 pub fn qualify(address: &str, domain: &str) -> String {
     if super::address::is_local_name(address) {
-        format!("{address}@{domain}")
-    } else {
-        address.to_string()
+        return format!("{address}@{domain}");
+    }
+    match address.rsplit_once('@') {
+        Some((local, host)) if host.len() > 1 && host.ends_with('.') && !host.ends_with("..") => {
+            format!("{local}@{}", &host[..host.len() - 1])
+        }
+        _ => address.to_string(),
     }
 }
 

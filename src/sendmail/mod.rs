@@ -190,15 +190,17 @@ pub fn enqueue(
     }
     let mut recipients = Vec::new();
     for r in &inv.recipients {
-        // An argument is read as an address list, as Postfix reads it: several addresses,
-        // `Bob Smith <bob@x>`, a quoted comma. One with no address at all is kept as it is,
-        // for the check below to refuse by name.
+        // An argument is read as an address list, as Postfix reads it: several addresses
+        // (with ',', ';' or blanks between them), `Bob Smith <bob@x>`, a quoted comma. One
+        // with no address at all is kept as it is, for the check below to refuse by name.
         let found = address::scan(r.as_bytes());
         if found.is_empty() && !r.trim().is_empty() {
             input::push_unique(&mut recipients, r.trim());
         }
         for a in found {
-            input::push_unique(&mut recipients, &input::qualify(&a.address, &domain));
+            for word in address::words(&a.address) {
+                input::push_unique(&mut recipients, &input::qualify(word, &domain));
+            }
         }
     }
     if inv.extract_recipients {
