@@ -91,8 +91,9 @@ pub fn protected_payload(
     }
     for f in outer.iter().filter(|f| !f.is_structural() && !is_trace(f)) {
         let field = [f.name.as_bytes(), b":", f.raw_value(), b"\r\n"].concat();
-        out.extend_from_slice(b"HP-Outer: ");
-        out.extend_from_slice(&signing_safe_field(&f.name, &field));
+        // Folded again with its prefix: a first line of 998 octets would be 1,008 with it.
+        let prefixed = [&b"HP-Outer: "[..], &signing_safe_field(&f.name, &field)].concat();
+        out.extend_from_slice(&signing_safe_field("HP-Outer", &prefixed));
     }
     let hp = match protection {
         Protection::Cipher => "cipher",
@@ -150,7 +151,10 @@ fn is_unstructured(name: &str, raw: &[u8]) -> bool {
 /// over 998 octets (RFC 5322 §2.1.1) is folded before a blank where it has one.
 pub fn signing_safe_field(name: &str, raw: &[u8]) -> Vec<u8> {
     let eight_bit = raw.iter().any(|b| *b >= 0x80);
-    if eight_bit && is_unstructured(name, raw) {
+    let long_word = raw
+        .split(|b| b" \t\r\n".contains(b))
+        .any(|w| w.len() > LONG_WORD);
+    if (eight_bit || long_word) && is_unstructured(name, raw) {
         if let Some(colon) = raw.iter().position(|b| *b == b':') {
             let value: Vec<u8> = raw[colon + 1..]
                 .iter()
@@ -178,6 +182,10 @@ pub fn signing_safe_field(name: &str, raw: &[u8]) -> Vec<u8> {
     }
     out
 }
+
+/// A word longer than this fits on no folded line (a blank, then the word): in unstructured
+/// text it is written as encoded words, which may be folded between them.
+const LONG_WORD: usize = MAX_LINE - 1;
 
 /// RFC 5322 §2.1.1: no line over 998 octets, CRLF not counted.
 const MAX_LINE: usize = 998;
@@ -233,7 +241,9 @@ fn encode_eight_bit_runs(value: &[u8], first_line: usize) -> Vec<u8> {
             words.push((gap, start, at));
         }
     }
-    let eight = |&(_, s, e): &(usize, usize, usize)| value[s..e].iter().any(|b| *b >= 0x80);
+    let eight = |&(_, s, e): &(usize, usize, usize)| {
+        e - s > LONG_WORD || value[s..e].iter().any(|b| *b >= 0x80)
+    };
     let encoded = |&(_, s, e): &(usize, usize, usize)| {
         value[s..e].starts_with(b"=?") && value[s..e].ends_with(b"?=")
     };
@@ -431,7 +441,20 @@ fn crlf_end(armor: &[u8]) -> Vec<u8> {
 
 /// A whole message: outer fields, MIME-Version, the container's Content-Type, its body.
 pub fn message(outer: &[HeaderField], container: &Container) -> Vec<u8> {
-    let mut fields = outer.to_vec();
+    // The outer fields are the client's (a 5,000-octet X- field or Subject, unfolded): one
+    // with a line over 998 octets is made as the protected ones are (folded at blanks, a word
+    // too long for any line encoded when the field is text), so no line breaks RFC 5322
+    // §2.1.1 and no relay has to break it itself.
+    let mut fields: Vec<HeaderField> = outer
+        .iter()
+        .map(|f| {
+            let mut f = f.clone();
+            if f.raw.split(|b| *b == b'\n').any(|l| l.len() > MAX_LINE + 1) {
+                f.raw = signing_safe_field(&f.name, &f.raw);
+            }
+            f
+        })
+        .collect();
     fields.push(HeaderField::new("MIME-Version", "1.0"));
     fields.push(HeaderField::new("Content-Type", &container.content_type));
     super::parse::assemble(&fields, &container.body)
@@ -622,6 +645,30 @@ mod tests {
         .unwrap();
         assert!(p.starts_with("From: a@example.org\r\nSubject: secret plans\r\n"));
         assert!(p.contains("HP-Outer: Subject: [...]\r\n"));
+        // A long outer field: no line over 998 octets, with the HP-Outer prefix or without.
+        let long = HeaderField::new("X-Long", &"y ".repeat(3000));
+        let payload = protected_payload(
+            &original,
+            std::slice::from_ref(&long),
+            &content,
+            Protection::Clear,
+        );
+        let container = Container {
+            content_type: "text/plain".into(),
+            body: b"hi\r\n".to_vec(),
+        };
+        let m = message(&[long], &container);
+        for bytes in [payload, m] {
+            let text = String::from_utf8(bytes).unwrap();
+            assert!(text.contains("X-Long: y y"), "{text}");
+            assert!(text.split("\r\n").all(|l| l.len() <= 998), "{text}");
+        }
+        // A word no line can hold, in a Subject: encoded words, which read the same.
+        let word = "x".repeat(5000);
+        let f = signing_safe_field("Subject", format!("Subject: a {word} b\r\n").as_bytes());
+        let text = String::from_utf8(f.clone()).unwrap();
+        assert!(text.split("\r\n").all(|l| l.len() <= 998), "{text}");
+        assert_eq!(decoded_subject(&f), format!("a {word} b"));
         assert!(!p.contains("Received"));
         assert!(p.contains(
             "Content-Type: text/plain; charset=us-ascii;\r\n hp=\"cipher\"\r\n\r\nhi\r\n"
