@@ -1119,6 +1119,26 @@ fn recipient_lists_joined_with_semicolons_or_blanks_are_read_as_postfix_reads_th
     );
 }
 
+/// `sendmail -q` and `mailq` from cron print nothing when all is well (cron mails whatever a
+/// job prints, and Postfix's print nothing); `-v` shows the run's summary.
+#[test]
+fn queue_runs_and_listings_are_quiet_unless_asked() {
+    let s = Setup::new();
+    s.configure(relay::free_port(), false, "");
+    s.queue_run();
+    let out = s.sendmail(&["-q"], b"");
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "", "{out:?}");
+    let out = s.sendmail(&["-bp"], b"");
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "", "{out:?}");
+    let out = s.sendmail(&["-v", "-q"], b"");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("picked up"),
+        "{out:?}"
+    );
+}
+
 /// `mailq` before anything was queued lists an empty queue and creates nothing: root's first
 /// `mailq` must not make the shared queue's directory root's.
 #[test]

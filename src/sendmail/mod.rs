@@ -79,7 +79,17 @@ pub fn main(program: &str, args: &[String], config: Option<&Path>) -> ExitCode {
         .map_err(SendmailError::from)
         .and_then(|inv| {
             let config = Config::load(inv.config.as_deref().or(config))?;
-            let _ = crate::logging::init(&config.log);
+            // Postfix's sendmail, mailq and `sendmail -q` say nothing when all is well, and
+            // cron mails whatever a job prints: on stderr, the default level shows warnings
+            // only, unless -v asks for more.
+            let mut log = config.log.clone();
+            if log.target == crate::logging::LogTarget::Stderr
+                && log.level == crate::logging::LogConfig::default().level
+                && inv.verbose == 0
+            {
+                log.level = "warn".into();
+            }
+            let _ = crate::logging::init(&log);
             run(&inv, &config)
         });
     match result {
