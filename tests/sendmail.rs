@@ -322,6 +322,47 @@ fn permanent_refusal_bounces_to_the_sender_and_the_others_are_delivered() {
     assert_eq!(s.queue_list(), "Mail queue is empty\n");
 }
 
+/// A recipient that is no address beside one that is: as with Postfix's sendmail, the message
+/// is queued (exit 0, a warning naming it), the address gets its copy and the sender a report
+/// naming the other. It was refused whole (exit 65): a cron job that never looks at the exit
+/// code lost it.
+#[test]
+fn a_recipient_that_is_no_address_is_reported_and_the_others_delivered() {
+    let s = Setup::new();
+    let relay = s.relay(&RelayOptions::default());
+    s.configure(relay.port, false, "");
+    let msg = "From: alice@example.org\nSubject: half\n\nhi\n";
+    let out = s.sendmail(
+        &["-i", "-f", "alice@example.org", "bob@example.org", "dave@"],
+        msg.as_bytes(),
+    );
+    assert!(out.status.success(), "{out:?}");
+    let warning = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        warning.starts_with("sendmail: warning: recipient \"dave@\" is not an email address")
+            && warning.lines().count() == 1,
+        "{warning}"
+    );
+    let summary = s.queue_run();
+    assert!(
+        summary.contains("1 failed") && summary.contains("1 report(s)"),
+        "{summary}"
+    );
+    let got = relay.delivered(2);
+    assert!(
+        got.iter().any(|d| d.rcpts == ["bob@example.org"]),
+        "{got:?}"
+    );
+    let report = got
+        .iter()
+        .find(|d| d.rcpts == ["alice@example.org"])
+        .expect("a report to the sender");
+    let (plain, _, _, _) = s.world.sender.decrypt(&ciphertext(&report.bytes)).unwrap();
+    let text = String::from_utf8_lossy(&plain);
+    assert!(text.contains("dave@"), "{text}");
+    assert!(text.contains("Status: 5.1.3"), "{text}");
+}
+
 #[test]
 fn encrypt_only_recipient_without_key_is_reported_and_the_others_delivered() {
     let s = Setup::new();

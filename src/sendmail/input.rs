@@ -320,17 +320,29 @@ pub fn push_unique(list: &mut Vec<String>, address: &str) {
     }
 }
 
-/// Checks every recipient is an address (RFC 5321 path syntax, via lettre's strict parser).
-pub fn check_recipients(recipients: &[String]) -> Result<(), InputError> {
+/// Checks the recipients are addresses (RFC 5321 path syntax, via lettre's strict parser);
+/// returns the ones that are not. As Postfix's sendmail does, a message with at least one
+/// address goes to it, and the queue reports the others to the sender (553 5.1.3), rather
+/// than the whole message being refused over one bad word; a script that does not look at
+/// the exit code would lose it. Refused (exit 65): no address at all, and a recipient with a
+/// blank or a control character (nothing a caller means as an address, and no line of the
+/// spool may hold one).
+pub fn check_recipients(recipients: &[String]) -> Result<Vec<String>, InputError> {
     if recipients.is_empty() {
         return Err(InputError::NoRecipients);
     }
-    for r in recipients {
-        if r.parse::<lettre::Address>().is_err() {
-            return Err(InputError::BadRecipient(r.clone()));
-        }
+    let (good, bad): (Vec<&String>, Vec<&String>) = recipients
+        .iter()
+        .partition(|r| r.parse::<lettre::Address>().is_ok());
+    let unstorable =
+        |r: &String| r.is_empty() || r.chars().any(|c| c.is_whitespace() || c.is_control());
+    if let Some(r) = bad.iter().copied().find(|r| unstorable(r)) {
+        return Err(InputError::BadRecipient(r.clone()));
     }
-    Ok(())
+    if good.is_empty() {
+        return Err(InputError::BadRecipient(bad[0].clone()));
+    }
+    Ok(bad.into_iter().cloned().collect())
 }
 
 #[cfg(test)]
@@ -553,6 +565,16 @@ mod tests {
         assert_eq!(qualify("", "host.example"), "");
         assert!(check_recipients(&[]).is_err());
         assert!(check_recipients(&["not an address".into()]).is_err());
-        assert!(check_recipients(&["bob@example.org".into()]).is_ok());
+        assert!(check_recipients(&["bob@".into()]).is_err());
+        assert_eq!(
+            check_recipients(&["bob@example.org".into()]).unwrap(),
+            Vec::<String>::new()
+        );
+        let some = ["bob@example.org".to_string(), "bob@".into()];
+        assert_eq!(check_recipients(&some).unwrap(), ["bob@"]);
+        for unstorable in ["a\nrcpt evil@x", "a b", "a\u{85}b"] {
+            let with = ["bob@example.org".to_string(), unstorable.into()];
+            assert!(check_recipients(&with).is_err(), "{unstorable:?}");
+        }
     }
 }

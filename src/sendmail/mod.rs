@@ -218,7 +218,12 @@ pub fn enqueue(
             input::push_unique(&mut recipients, &input::qualify(&a, &domain));
         }
     }
-    input::check_recipients(&recipients)?;
+    for r in input::check_recipients(&recipients)? {
+        eprintln!(
+            "sendmail: warning: recipient {r:?} is not an email address: the sender will get a \
+             report, the others their copies"
+        );
+    }
     let submission = Submission {
         sender,
         recipients,
