@@ -781,7 +781,13 @@ impl Relay {
                     tokio::time::timeout(limit, conn.command(command)).await
                 }
                 Step::Data => tokio::time::timeout(limit, conn.command(Data)).await,
-                Step::Content => tokio::time::timeout(limit, conn.message(message)).await,
+                // lettre ends the data with CRLF "." CRLF whatever the message ends with: a
+                // message's own last CRLF is that first CRLF, or every copy would gain an
+                // empty last line.
+                Step::Content => {
+                    let content = message.strip_suffix(b"\r\n").unwrap_or(message);
+                    tokio::time::timeout(limit, conn.message(content)).await
+                }
             };
             match answered {
                 Ok(Ok(response)) => last = Some(response),
