@@ -532,6 +532,37 @@ fn a_recipient_with_notify_never_is_left_out_of_the_report() {
     );
 }
 
+/// sealpost's own report names a recipient's ORCPT as its Original-Recipient (RFC 3464
+/// §2.3.1), xtext decoded.
+#[test]
+fn the_report_names_the_original_recipient() {
+    let Some(rig) = Rig::new() else { return };
+    let (world, postfix) = (&rig.world, &rig.postfix);
+    let _milter = rig.milter();
+    postfix.reinjection_answers("carol@example.org", "550 5.7.1 re-injection test refusal");
+    let rcpts = [
+        "bob@example.org",
+        "carol@example.org ORCPT=rfc822;carol+2Blists@example.org",
+    ];
+    let (replies, end) = smtp_transaction(postfix.smtp_port, "alice@example.org", &rcpts, MESSAGE);
+    assert!(end.starts_with("250"), "{replies:?} {end}");
+    let got = by_recipient(postfix.settled_messages(2));
+    let names: Vec<&str> = got.iter().map(|(r, _)| r.as_str()).collect();
+    assert_eq!(names, ["alice@example.org", "bob@example.org"]);
+    let (plain, _, _, _) = world
+        .sender
+        .decrypt(&ciphertext(&crlf(&got[0].1)))
+        .expect("the report is encrypted to alice");
+    assert!(
+        contains(
+            &plain,
+            "Original-Recipient: rfc822;carol+lists@example.org\r\nFinal-Recipient: rfc822; carol@example.org"
+        ),
+        "{}",
+        String::from_utf8_lossy(&plain)
+    );
+}
+
 #[test]
 fn milter_killed_mid_transaction_then_retry_gives_one_copy_each() {
     let Some(rig) = Rig::new() else { return };

@@ -798,6 +798,7 @@ async fn end_of_message(
                         recipient: copy.recipient.clone(),
                         status: reply.status.to_string(),
                         diagnostic: reply.to_string(),
+                        original: None,
                     });
                     continue;
                 }
@@ -844,6 +845,7 @@ async fn end_of_message(
                             diagnostic:
                                 "the re-injection listener refused the copy (see the mail log)"
                                     .into(),
+                            original: None,
                         });
                         continue;
                     }
@@ -987,6 +989,7 @@ async fn reinject(
                 recipient: copy.recipient.clone(),
                 status: "5.0.0".into(),
                 diagnostic: e,
+                original: None,
             }))
         }
         Sent::Temporary(e) => {
@@ -1080,6 +1083,7 @@ async fn refuse_whole(
             recipient: r.clone(),
             status: reply.status.to_string(),
             diagnostic: reply.to_string(),
+            original: None,
         })
         .collect();
     if let Err(text) = report_once(milter, queue_id, id, t, raw, &failures, now).await {
@@ -1113,9 +1117,13 @@ async fn report_once(
     now: i64,
 ) -> Result<(), String> {
     let sender = t.sender.as_str();
+    // Each with its recipient's ORCPT, when the client gave one.
     let (failures, unwanted): (Vec<bounce::Failure>, Vec<bounce::Failure>) = failures
         .iter()
-        .cloned()
+        .map(|f| bounce::Failure {
+            original: t.dsn_of(&f.recipient).orcpt,
+            ..f.clone()
+        })
         .partition(|f| t.dsn_of(&f.recipient).wants_failure());
     for f in &unwanted {
         tracing::info!(

@@ -11,6 +11,9 @@ pub struct Failure {
     pub status: String,
     /// Why, as one line (an SMTP reply, or sealpost's reason).
     pub diagnostic: String,
+    /// The client's ORCPT (RFC 3461 §4.2, decoded: `rfc822;bob@example.org`), quoted as the
+    /// Original-Recipient field (RFC 3464 §2.3.1).
+    pub original: Option<String>,
 }
 
 /// The report's inputs.
@@ -97,8 +100,12 @@ pub fn render(r: &Report<'_>) -> Vec<u8> {
             "x-sealpost"
         };
         let diagnostic: String = diagnostic.chars().take(900).collect();
+        status.push_str("\r\n");
+        if let Some(original) = &f.original {
+            status.push_str(&format!("Original-Recipient: {}\r\n", ascii_line(original)));
+        }
         status.push_str(&format!(
-            "\r\nFinal-Recipient: {}\r\nAction: failed\r\nStatus: {}\r\nDiagnostic-Code: {kind}; {diagnostic}\r\n",
+            "Final-Recipient: {}\r\nAction: failed\r\nStatus: {}\r\nDiagnostic-Code: {kind}; {diagnostic}\r\n",
             typed_address(&f.recipient),
             f.status,
         ));
@@ -251,11 +258,13 @@ mod tests {
                 recipient: "bob@example.org".into(),
                 status: "5.1.1".into(),
                 diagnostic: "550 5.1.1 <bob@example.org>: User unknown\r\n".into(),
+                original: Some("rfc822;Bob.Alias@example.org".into()),
             },
             Failure {
                 recipient: "dave@example.com".into(),
                 status: "5.7.1".into(),
                 diagnostic: "encryption required, no usable key".into(),
+                original: None,
             },
         ];
         render(&Report {
@@ -283,6 +292,7 @@ mod tests {
             recipient: "j\u{f6}rg@b\u{fc}cher.de".into(),
             status: "5.6.7".into(),
             diagnostic: "5.6.7 relay does not take international addresses".into(),
+            original: None,
         }];
         let out = render(&Report {
             hostname: "host.example",
@@ -314,9 +324,10 @@ mod tests {
         let out = report_on(original);
         let text = String::from_utf8(out.clone()).unwrap();
         assert!(text.contains("To: <alice@example.org>\r\n"));
-        assert!(text.contains("Final-Recipient: rfc822; bob@example.org\r\nAction: failed\r\nStatus: 5.1.1\r\nDiagnostic-Code: smtp; 550 5.1.1 <bob@example.org>: User unknown\r\n"));
+        assert!(text.contains("\r\n\r\nOriginal-Recipient: rfc822;Bob.Alias@example.org\r\nFinal-Recipient: rfc822; bob@example.org\r\nAction: failed\r\nStatus: 5.1.1\r\nDiagnostic-Code: smtp; 550 5.1.1 <bob@example.org>: User unknown\r\n"));
         assert!(text.contains(
-            "Status: 5.7.1\r\nDiagnostic-Code: x-sealpost; encryption required, no usable key\r\n"
+            "\r\n\r\nFinal-Recipient: rfc822; dave@example.com\r\nAction: failed\r\n\
+             Status: 5.7.1\r\nDiagnostic-Code: x-sealpost; encryption required, no usable key\r\n"
         ));
         assert!(text.contains("Original-Envelope-Id: env1\r\n"));
         assert!(text.contains("Subject: secret plans\r\n"));

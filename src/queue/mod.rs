@@ -732,6 +732,8 @@ impl Queue {
                             .get::<_, Option<String>>(1)?
                             .unwrap_or_else(|| "5.0.0".into()),
                         diagnostic: r.get::<_, Option<String>>(2)?.unwrap_or_default(),
+                        // -bs checks an ORCPT but does not keep it.
+                        original: None,
                     })
                 })
                 .map_err(|e| self.db_err(e))?;
