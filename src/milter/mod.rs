@@ -126,9 +126,11 @@ struct Transaction {
 /// refuse anything, and the message in hand.
 #[derive(Default)]
 struct Session {
-    /// Postfix takes no answer to MAIL, each header, the end of the header and each body
-    /// chunk (negotiated when it offers that; libmilter's SMFIP_NR_*): one round trip per
-    /// header fewer, for smtpd, cleanup and the milter.
+    /// Postfix takes no answer to MAIL, each header and the end of the header (negotiated
+    /// when it offers that; libmilter's SMFIP_NR_*): one round trip per header fewer, for
+    /// smtpd, cleanup and the milter. Body chunks are still answered: an MTA may send the
+    /// last one with the end of the message, and indymilter takes a body step's "no answer"
+    /// there as final, so the end of the message would never be answered.
     quiet: bool,
     message: Option<Transaction>,
 }
@@ -147,8 +149,7 @@ impl Session {
 /// The steps answered with nothing when the MTA offers all of them (see [`Session::quiet`]).
 const QUIET_STEPS: ProtoOpts = ProtoOpts::NOREPLY_MAIL
     .union(ProtoOpts::NOREPLY_HEADER)
-    .union(ProtoOpts::NOREPLY_EOH)
-    .union(ProtoOpts::NOREPLY_BODY);
+    .union(ProtoOpts::NOREPLY_EOH);
 
 impl Transaction {
     /// The DSN parameters of the copy for `recipient` (see [`Dsn::merged`]).
@@ -574,7 +575,8 @@ fn callbacks(milter: Arc<Milter>) -> Callbacks<Session> {
                 if let Some(t) = session.message.as_mut() {
                     t.body.extend_from_slice(&chunk);
                 }
-                session.went_on()
+                // Always answered (see [`Session::quiet`]).
+                Status::Continue
             })
         })
         .on_eom(move |cx: &mut EomContext<Session>| {
