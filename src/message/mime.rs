@@ -151,9 +151,12 @@ fn is_unstructured(name: &str, raw: &[u8]) -> bool {
 /// over 998 octets (RFC 5322 §2.1.1) is folded before a blank where it has one.
 pub fn signing_safe_field(name: &str, raw: &[u8]) -> Vec<u8> {
     let eight_bit = raw.iter().any(|b| *b >= 0x80);
-    let long_word = raw
-        .split(|b| b" \t\r\n".contains(b))
-        .any(|w| w.len() > LONG_WORD);
+    // Only in text people read: an X- field's long token (a relay's JSON, a URL) is for a
+    // program, which would not decode it.
+    let long_word = TEXT_FIELDS.iter().any(|t| t.eq_ignore_ascii_case(name))
+        && raw
+            .split(|b| b" \t\r\n".contains(b))
+            .any(|w| w.len() > LONG_WORD && !is_encoded_word(w));
     if (eight_bit || long_word) && is_unstructured(name, raw) {
         if let Some(colon) = raw.iter().position(|b| *b == b':') {
             let value: Vec<u8> = raw[colon + 1..]
@@ -183,9 +186,18 @@ pub fn signing_safe_field(name: &str, raw: &[u8]) -> Vec<u8> {
     out
 }
 
-/// A word longer than this fits on no folded line (a blank, then the word): in unstructured
-/// text it is written as encoded words, which may be folded between them.
+/// A word longer than this fits on no folded line (a blank, then the word): in the text
+/// fields ([`TEXT_FIELDS`]) it is written as encoded words, which may be folded between them,
+/// unless it is one already (PHP's `=?UTF-8?B?...?=` of a long Subject: encoded again, it
+/// would read as that code).
 const LONG_WORD: usize = MAX_LINE - 1;
+
+/// The fields whose long words are encoded (see [`LONG_WORD`]).
+const TEXT_FIELDS: [&str; 2] = ["Subject", "Comments"];
+
+fn is_encoded_word(word: &[u8]) -> bool {
+    word.starts_with(b"=?") && word.ends_with(b"?=")
+}
 
 /// RFC 5322 §2.1.1: no line over 998 octets, CRLF not counted.
 const MAX_LINE: usize = 998;
@@ -242,7 +254,8 @@ fn encode_eight_bit_runs(value: &[u8], first_line: usize) -> Vec<u8> {
         }
     }
     let eight = |&(_, s, e): &(usize, usize, usize)| {
-        e - s > LONG_WORD || value[s..e].iter().any(|b| *b >= 0x80)
+        (e - s > LONG_WORD && !is_encoded_word(&value[s..e]))
+            || value[s..e].iter().any(|b| *b >= 0x80)
     };
     let encoded = |&(_, s, e): &(usize, usize, usize)| {
         value[s..e].starts_with(b"=?") && value[s..e].ends_with(b"?=")
@@ -669,6 +682,21 @@ mod tests {
         let text = String::from_utf8(f.clone()).unwrap();
         assert!(text.split("\r\n").all(|l| l.len() <= 998), "{text}");
         assert_eq!(decoded_subject(&f), format!("a {word} b"));
+        // Not encoded again: a long encoded word, and a long token of an X- field.
+        let encoded = format!(
+            "=?UTF-8?B?{}?=",
+            base64::engine::general_purpose::STANDARD.encode("\u{fc}".repeat(700))
+        );
+        let f = signing_safe_field("Subject", format!("Subject: {encoded}\r\n").as_bytes());
+        assert_eq!(decoded_subject(&f), "\u{fc}".repeat(700));
+        let json = format!("{{\"a\":\"{}\"}}", "q".repeat(1500));
+        let f = signing_safe_field("X-Data", format!("X-Data: {json}\r\n").as_bytes());
+        // Folded at its only blank at most: unfolded, the same field.
+        let unfolded = String::from_utf8(f).unwrap().replace("\r\n ", " ");
+        assert!(
+            unfolded == format!("X-Data: {json}\r\n"),
+            "X-Data was changed"
+        );
         assert!(!p.contains("Received"));
         assert!(p.contains(
             "Content-Type: text/plain; charset=us-ascii;\r\n hp=\"cipher\"\r\n\r\nhi\r\n"
