@@ -1156,10 +1156,13 @@ fn recipient_lists_joined_with_semicolons_or_blanks_are_read_as_postfix_reads_th
             "-i",
             "bob@example.org carol@example.org",
             "dave@example.net.",
+            "undisclosed-recipients:;",
         ],
         msg.as_bytes(),
     );
     assert!(out.status.success(), "{out:?}");
+    // A group without members names no one: no warning, no report.
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "", "{out:?}");
     let got = by_recipient(&relay.delivered(3));
     assert_eq!(
         got.iter().map(|(r, _)| r.as_str()).collect::<Vec<_>>(),

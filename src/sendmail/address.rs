@@ -198,9 +198,11 @@ pub fn qualified(text: &[u8], domain: &str) -> Option<Vec<u8>> {
     changed.then_some(out)
 }
 
-/// The words of an address found without angle brackets, for the recipients: `a@x b@y` (a
-/// list joined with blanks, as shell scripts make them) is two, as Postfix reads it, and so
-/// is `Bob Smith` (two local names). Blanks in a quoted string do not count.
+/// The addresses in what was found without angle brackets, for the recipients: `a@x b@y` (a
+/// list joined with blanks, as shell scripts make them) is two, as Postfix reads it. Only
+/// when every word has an '@': `Bob Smith` stays one (no address, refused), where Postfix
+/// would take two local names, which sealpost would send on as `bob@` and `smith@` the
+/// domain, to whoever has those mailboxes there. Blanks in a quoted string do not count.
 pub fn words(address: &str) -> Vec<&str> {
     let mut words = Vec::new();
     let mut quoted = false;
@@ -228,7 +230,17 @@ pub fn words(address: &str) -> Vec<&str> {
     if let Some(s) = start {
         words.push(&address[s..]);
     }
+    if words.len() > 1 && !words.iter().all(|w| w.contains('@')) {
+        return vec![address];
+    }
     words
+}
+
+/// Whether `text` is a group with no members (`undisclosed-recipients:;`): no address, and
+/// nothing to report either.
+pub fn is_empty_group(text: &str) -> bool {
+    let text = text.trim();
+    text.ends_with(';') && text.contains(':') && scan(text.as_bytes()).is_empty()
 }
 
 /// A local part alone: a dot-atom (RFC 5322 §3.2.3) without '@', such as `root`.
@@ -298,8 +310,13 @@ mod tests {
             ["a@example.org", "b@example.org"]
         );
         assert_eq!(words("\"b o\"@example.org"), ["\"b o\"@example.org"]);
-        assert_eq!(words("\"b\\\" o\"@x y"), ["\"b\\\" o\"@x", "y"]);
-        assert_eq!(words("John Smith"), ["John", "Smith"]);
+        assert_eq!(words("\"b\\\" o\"@x y@z"), ["\"b\\\" o\"@x", "y@z"]);
+        assert_eq!(words("John Smith"), ["John Smith"]);
+        assert_eq!(words("bob@x.example Smith"), ["bob@x.example Smith"]);
+        assert!(is_empty_group("undisclosed-recipients:;"));
+        assert!(is_empty_group(" team : ; "));
+        assert!(!is_empty_group("team: a@x.example;"));
+        assert!(!is_empty_group("a@x.example;"));
         assert_eq!(
             addresses("user@[2001:db8::1], b@example.org"),
             ["user@[2001:db8::1]", "b@example.org"]

@@ -202,9 +202,10 @@ pub fn enqueue(
     for r in &inv.recipients {
         // An argument is read as an address list, as Postfix reads it: several addresses
         // (with ',', ';' or blanks between them), `Bob Smith <bob@x>`, a quoted comma. One
-        // with no address at all is kept as it is, for the check below to refuse by name.
+        // with no address at all is kept as it is, for the check below to refuse or report
+        // by name, unless it is a group without members (`undisclosed-recipients:;`).
         let found = address::scan(r.as_bytes());
-        if found.is_empty() && !r.trim().is_empty() {
+        if found.is_empty() && !r.trim().is_empty() && !address::is_empty_group(r) {
             input::push_unique(&mut recipients, r.trim());
         }
         for a in found {
