@@ -226,6 +226,13 @@ fn option(inv: &mut Invocation, letter: char, value: &str) -> Result<(), UsageEr
                 Some(first) => first.address.as_str(),
                 None => value.trim().trim_start_matches('<').trim_end_matches('>'),
             };
+            // A domain's root dot (`alice@example.org.`) goes, as for the recipients.
+            let sender = match sender.rsplit_once('@') {
+                Some((_, host)) if host.len() > 1 && host.ends_with('.') => {
+                    &sender[..sender.len() - 1]
+                }
+                _ => sender,
+            };
             // A bare local name is qualified later with [queue] domain.
             let bare = sender
                 .bytes()
@@ -429,6 +436,8 @@ mod tests {
         }
         let inv = parse("sendmail", &["-f", "<root>", "b@example.org"]).unwrap();
         assert_eq!(inv.sender.as_deref(), Some("root"));
+        let inv = parse("sendmail", &["-f", "alice@example.org.", "b@example.org"]).unwrap();
+        assert_eq!(inv.sender.as_deref(), Some("alice@example.org"));
     }
 
     /// As Postfix's sendmail: a bad -N or -V value is ignored (with a warning), the message
