@@ -148,6 +148,7 @@ fn syncers(
                 store: store.clone(),
                 keys: keys.clone(),
                 policy: config.policy.clone(),
+                told: Default::default(),
             })));
         }
         if let Some(maildir) = &account.maildir {

@@ -127,6 +127,24 @@ pub struct Syncer {
     pub keys: Arc<KeyService>,
     /// The outgoing policy: uploads are encrypted in its form ([`Policy::upload`]).
     pub policy: Policy,
+    /// Warnings given in an earlier pass of this process (see [`Told`]).
+    pub told: Told,
+}
+
+/// What a daemon's passes said already. A folder whose name cannot be stored here is left out
+/// of every pass, every `poll_secs`: it is a warning at the first, then at debug level, not
+/// a line in the log each time.
+#[derive(Debug, Default)]
+pub struct Told(std::sync::Mutex<std::collections::HashSet<String>>);
+
+impl Told {
+    /// Whether `what` is said for the first time; remembers it.
+    pub fn first(&self, what: &str) -> bool {
+        match self.0.lock() {
+            Ok(mut said) => said.insert(what.to_string()),
+            Err(_) => true,
+        }
+    }
 }
 
 impl Syncer {
@@ -193,7 +211,12 @@ impl Syncer {
             let local = match names.local(folder) {
                 Ok(local) => local,
                 Err(e) => {
-                    tracing::warn!(account = %self.name, "upstream folder {folder:?} left out: {e}");
+                    let line = format!("upstream folder {folder:?} left out: {e}");
+                    if self.told.first(&line) {
+                        tracing::warn!(account = %self.name, "{line}");
+                    } else {
+                        tracing::debug!(account = %self.name, "{line}");
+                    }
                     continue;
                 }
             };
@@ -2074,6 +2097,16 @@ impl Progress {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_warning_is_given_once_per_process() {
+        let told = Told::default();
+        assert!(told.first("upstream folder \"a\" left out: x"));
+        assert!(!told.first("upstream folder \"a\" left out: x"));
+        // Another folder, or the same for another reason, is news.
+        assert!(told.first("upstream folder \"b\" left out: x"));
+        assert!(told.first("upstream folder \"a\" left out: y"));
+    }
 
     #[test]
     fn failure_counts_a_week_old_are_forgotten() {
