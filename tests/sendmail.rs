@@ -1451,6 +1451,57 @@ fn notify_and_envid_go_on_to_a_relay_that_announces_dsn() {
     assert!(notice.contains("text/rfc822-headers"), "RET=HDRS: {notice}");
 }
 
+/// A -bs session's RCPT parameters count for their own recipient (review: the queue kept one
+/// NOTIFY per message, the union, so a NOTIFY=NEVER recipient got a success notice when
+/// another asked for one, and ORCPT was checked and dropped). Through a relay that announces
+/// DSN (a private Postfix): bob asked for SUCCESS, with an ORCPT; dave for NEVER.
+#[test]
+fn each_recipient_of_a_bs_session_keeps_its_own_notify_and_orcpt() {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: Postfix needs root");
+        return;
+    }
+    let s = Setup::new();
+    let postfix = common::postfix::Postfix::start_with(None);
+    let text = format!(
+        "[gnupg]\nhome = \"{home}\"\n[policy]\ndefault_signer = \"{alice}\"\n\
+         [queue]\ndir = \"{queue}\"\nrun_after_submit = false\ndomain = \"host.example\"\n\
+         [relay]\nhost = \"127.0.0.1\"\nport = {port}\ntls = \"none\"\ntimeout_secs = 10\n",
+        home = s.world.sender.dir.display(),
+        alice = s.world.alice,
+        queue = s.queue_dir().display(),
+        port = postfix.smtp_port,
+    );
+    std::fs::write(&s.config, text).unwrap();
+    let session = "EHLO app\r\nMAIL FROM:<alice@example.org>\r\n\
+        RCPT TO:<bob@example.org> NOTIFY=SUCCESS ORCPT=rfc822;bob+2Blists@example.org\r\n\
+        RCPT TO:<dave@example.net> NOTIFY=NEVER\r\nDATA\r\nFrom: alice@example.org\r\n\
+        Subject: own notices\r\n\r\nbody\r\n.\r\nQUIT\r\n";
+    let out = s.sendmail(&["-bs"], session.as_bytes());
+    let replies = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(replies.contains("250 2.0.0 Ok: queued as "), "{replies}");
+    let summary = s.queue_run();
+    assert!(summary.contains("2 sent"), "{summary}");
+    // bob's copy, dave's copy and one success notice (none for dave).
+    let got = postfix.settled_messages(3);
+    let notices: Vec<String> = got
+        .iter()
+        .map(|m| String::from_utf8_lossy(m).into_owned())
+        .filter(|m| m.contains("Successful Mail Delivery Report"))
+        .collect();
+    assert_eq!(notices.len(), 1, "{notices:?}");
+    let notice = &notices[0];
+    assert!(
+        notice.contains("Final-Recipient: rfc822; bob@example.org"),
+        "{notice}"
+    );
+    assert!(
+        notice.contains("Original-Recipient: rfc822;bob+lists@example.org"),
+        "{notice}"
+    );
+}
+
 /// A relay that answers 503 to a second EHLO (sent to learn whether it announces DSN) gets
 /// the copies all the same, without DSN parameters.
 #[test]

@@ -404,10 +404,22 @@ impl Queue {
             // case): each gets exactly one copy, matched by that name. A second spelling of
             // an address got no copy, was retried every run and bounced after the lifetime.
             for r in crate::rewrite::recipients(&s.recipients) {
+                // Its own NOTIFY and ORCPT from a -bs session (the first of its spellings).
+                let own = s
+                    .recipient_dsn
+                    .iter()
+                    .find(|d| crate::rewrite::same_recipient(&d.address, &r.address));
                 tx.execute(
-                    "INSERT OR IGNORE INTO recipients(message, address, state, next_attempt)
-                     VALUES (?1, ?2, 'queued', ?3)",
-                    params![id, r.address, at],
+                    "INSERT OR IGNORE INTO recipients(message, address, state, next_attempt,
+                       notify, orcpt)
+                     VALUES (?1, ?2, 'queued', ?3, ?4, ?5)",
+                    params![
+                        id,
+                        r.address,
+                        at,
+                        own.map(|d| d.notify.as_str()),
+                        own.and_then(|d| d.orcpt.clone())
+                    ],
                 )
                 .map_err(|e| self.db_err(e))?;
             }
@@ -592,27 +604,36 @@ impl Queue {
         };
         let mut stmt = conn
             .prepare(
-                "SELECT address, attempts, next_attempt, reason FROM recipients
+                "SELECT address, attempts, next_attempt, reason, notify, orcpt FROM recipients
                  WHERE message = ?1 AND state = 'queued' ORDER BY rowid",
             )
             .map_err(|e| self.db_err(e))?;
         let rows = stmt
             .query_map(params![id], |r| {
                 Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, u32>(1)?,
-                    r.get::<_, i64>(2)?,
-                    r.get::<_, Option<String>>(3)?,
+                    (
+                        r.get::<_, String>(0)?,
+                        r.get::<_, u32>(1)?,
+                        r.get::<_, i64>(2)?,
+                        r.get::<_, Option<String>>(3)?,
+                    ),
+                    (
+                        r.get::<_, Option<String>>(4)?,
+                        r.get::<_, Option<String>>(5)?,
+                    ),
                 ))
             })
             .map_err(|e| self.db_err(e))?;
         for row in rows {
-            let (address, attempts, next, reason) = row.map_err(|e| self.db_err(e))?;
+            let ((address, attempts, next, reason), (notify, orcpt)) =
+                row.map_err(|e| self.db_err(e))?;
             if next <= scope.horizon(at) {
                 message.due.push(Due {
                     address,
                     attempts,
                     reason,
+                    notify: notify.as_deref().and_then(Notify::parse),
+                    orcpt,
                 });
             }
         }
@@ -717,32 +738,44 @@ impl Queue {
         let tx = conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(|e| self.db_err(e))?;
-        let failures: Vec<Failure> = {
+        let failures: Vec<(Failure, Option<Notify>)> = {
             let mut stmt = tx
                 .prepare(
-                    "SELECT address, status, reason FROM recipients
+                    "SELECT address, status, reason, notify, orcpt FROM recipients
                      WHERE message = ?1 AND state = 'failed' AND bounced = 0 ORDER BY rowid",
                 )
                 .map_err(|e| self.db_err(e))?;
             let rows = stmt
                 .query_map(params![m.id], |r| {
-                    Ok(Failure {
-                        recipient: r.get(0)?,
-                        status: r
-                            .get::<_, Option<String>>(1)?
-                            .unwrap_or_else(|| "5.0.0".into()),
-                        diagnostic: r.get::<_, Option<String>>(2)?.unwrap_or_default(),
-                        // -bs checks an ORCPT but does not keep it.
-                        original: None,
-                    })
+                    let notify: Option<String> = r.get(3)?;
+                    Ok((
+                        Failure {
+                            recipient: r.get(0)?,
+                            status: r
+                                .get::<_, Option<String>>(1)?
+                                .unwrap_or_else(|| "5.0.0".into()),
+                            diagnostic: r.get::<_, Option<String>>(2)?.unwrap_or_default(),
+                            original: r.get(4)?,
+                        },
+                        notify.as_deref().and_then(Notify::parse),
+                    ))
                 })
                 .map_err(|e| self.db_err(e))?;
             rows.collect::<Result<_, _>>().map_err(|e| self.db_err(e))?
         };
+        // Each recipient's own NOTIFY (a -bs session's RCPT), else the message's, says
+        // whether its failure is reported.
+        let failed = failures.len();
+        let failures: Vec<Failure> = failures
+            .into_iter()
+            .filter(|(_, own): &(Failure, Option<Notify>)| own.unwrap_or(m.notify).failure)
+            .map(|(f, _)| f)
+            .collect();
         let mut report_id = None;
-        if !failures.is_empty() {
-            // No report about a report (RFC 3464 §2, RFC 5321 §4.5.5), nor when -N said no.
-            if !m.sender.is_empty() && m.notify.failure {
+        if failed > 0 {
+            // No report about a report (RFC 3464 §2, RFC 5321 §4.5.5), nor when -N (or
+            // each recipient's NOTIFY) said no.
+            if !m.sender.is_empty() && !failures.is_empty() {
                 let id = spool::new_id(at);
                 let unique = spool::new_id(at);
                 let report = bounce::render(&bounce::Report {
@@ -777,9 +810,9 @@ impl Queue {
                 report_id = Some(id);
             } else {
                 tracing::info!(
-                    "{}: {} recipient(s) failed; no report (null sender or -N never)",
+                    "{}: {failed} recipient(s) failed; no report (null sender, or -N or NOTIFY \
+                     never)",
                     m.id,
-                    failures.len()
                 );
             }
             tx.execute(
@@ -844,6 +877,8 @@ CREATE TABLE IF NOT EXISTS recipients(
     status TEXT,
     reason TEXT,
     bounced INTEGER NOT NULL DEFAULT 0,
+    notify TEXT,
+    orcpt TEXT,
     PRIMARY KEY (message, address)
 );
 CREATE INDEX IF NOT EXISTS recipients_queued ON recipients(state, next_attempt);
@@ -869,6 +904,21 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
              COMMIT;",
         )?;
     }
+    // `recipients.notify` and `.orcpt`: a -bs recipient's own NOTIFY and ORCPT (NULL: the
+    // message's NOTIFY, no ORCPT).
+    let has_notify: bool = conn.query_row(
+        "SELECT COUNT(*) FROM pragma_table_info('recipients') WHERE name = 'notify'",
+        [],
+        |r| r.get::<_, i64>(0).map(|n| n > 0),
+    )?;
+    if !has_notify {
+        conn.execute_batch(
+            "BEGIN IMMEDIATE;
+             ALTER TABLE recipients ADD COLUMN notify TEXT;
+             ALTER TABLE recipients ADD COLUMN orcpt TEXT;
+             COMMIT;",
+        )?;
+    }
     Ok(())
 }
 
@@ -890,6 +940,10 @@ struct Due {
     address: String,
     attempts: u32,
     reason: Option<String>,
+    /// The recipient's own NOTIFY, else the message's counts.
+    notify: Option<Notify>,
+    /// The recipient's ORCPT (decoded).
+    orcpt: Option<String>,
 }
 
 /// Creates a directory (and parents) readable by its owner only; an existing one is kept
@@ -1346,11 +1400,15 @@ impl Runner {
             let decision = copy.decision.name();
             // -N and -V go on to a relay that announces DSN, so that its own notices follow
             // them (NEVER: none); they return the header only, as sealpost's reports do.
+            let own = still
+                .iter()
+                .find(|d| d.notify.is_some() || d.orcpt.is_some());
+            let notify = own.and_then(|d| d.notify).unwrap_or(m.notify);
             let dsn = Dsn {
                 ret: Some("HDRS".into()),
                 envid: m.envid.clone(),
-                notify: Some(m.notify.as_str().to_ascii_uppercase()),
-                orcpt: None,
+                notify: Some(notify.as_str().to_ascii_uppercase()),
+                orcpt: own.and_then(|d| d.orcpt.clone()),
             };
             match self
                 .relay
@@ -1422,12 +1480,13 @@ mod tests {
             recipients: rcpts.iter().map(|r| r.to_string()).collect(),
             notify: Notify::default(),
             envid: None,
+            recipient_dsn: Vec::new(),
             message: b"From: alice@example.org\r\nSubject: s\r\n\r\nbody\r\n".to_vec(),
         }
     }
 
     #[test]
-    fn an_older_queue_gets_its_reports_marked() {
+    fn an_older_queue_is_brought_up_to_date() {
         let dir = tempfile::tempdir().unwrap();
         let config = QueueConfig {
             dir: dir.path().join("q"),
@@ -1435,8 +1494,12 @@ mod tests {
         };
         std::fs::create_dir_all(&config.dir).unwrap();
         let old = Connection::open(config.dir.join("queue.sqlite")).unwrap();
-        old.execute_batch(&SCHEMA.replace(",\n    report INTEGER NOT NULL DEFAULT 0", ""))
-            .unwrap();
+        // Before `messages.report`, and before `recipients.notify` and `.orcpt`.
+        let older = SCHEMA
+            .replace(",\n    report INTEGER NOT NULL DEFAULT 0", "")
+            .replace("    notify TEXT,\n    orcpt TEXT,\n", "");
+        assert!(!older.contains("orcpt") && !older.contains("report"));
+        old.execute_batch(&older).unwrap();
         let report = b"Content-Type: multipart/report; report-type=delivery-status;\r\n\r\n\
             X-Sealpost-Queue-ID: Q1\r\n";
         for (id, sender, notify, raw) in [
@@ -1462,6 +1525,19 @@ mod tests {
             .collect::<Result<_, _>>()
             .unwrap();
         assert_eq!(reports, ["R1"]);
+        let added: i64 = queue
+            .conn()
+            .query_row(
+                "SELECT count(*) FROM pragma_table_info('recipients')
+                 WHERE name IN ('notify', 'orcpt')",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(added, 2);
+        // Opened again: nothing more to do.
+        drop(queue);
+        Queue::open(&config).unwrap();
     }
 
     #[test]

@@ -23,8 +23,21 @@ pub struct Submission {
     pub recipients: Vec<String>,
     pub notify: Notify,
     pub envid: Option<String>,
+    /// What RCPT said for a recipient in a -bs session (RFC 3461 NOTIFY and ORCPT), where it
+    /// said something of its own; the others go by `notify`.
+    pub recipient_dsn: Vec<RecipientDsn>,
     /// CRLF, complete (From, Date, Message-ID present).
     pub message: Vec<u8>,
+}
+
+/// One recipient's own RFC 3461 parameters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecipientDsn {
+    /// As in [`Submission::recipients`].
+    pub address: String,
+    pub notify: Notify,
+    /// The ORCPT, xtext decoded (`rfc822;bob@example.org`).
+    pub orcpt: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -126,9 +139,32 @@ fn encode(s: &Submission) -> Vec<u8> {
     for r in &s.recipients {
         head.push_str(&format!("rcpt {r}\n"));
     }
+    // The address last: it may hold a quoted blank. The ORCPT as xtext (RFC 3461 §4): one
+    // word, whatever it holds; "-" for none.
+    for d in &s.recipient_dsn {
+        let orcpt = d.orcpt.as_deref().map_or("-".to_string(), xtext_encode);
+        head.push_str(&format!(
+            "rcpt-dsn {} {orcpt} {}\n",
+            d.notify.as_str(),
+            d.address
+        ));
+    }
     head.push('\n');
     let mut out = head.into_bytes();
     out.extend_from_slice(&s.message);
+    out
+}
+
+/// RFC 3461 §4 xtext: "+", "=", and what is not printable ASCII as "+" and two hex digits.
+fn xtext_encode(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for b in value.bytes() {
+        if (b'!'..=b'~').contains(&b) && b != b'+' && b != b'=' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("+{b:02X}"));
+        }
+    }
     out
 }
 
@@ -148,6 +184,7 @@ pub fn decode(bytes: &[u8]) -> Result<Submission, String> {
         recipients: Vec::new(),
         notify: Notify::default(),
         envid: None,
+        recipient_dsn: Vec::new(),
         message: bytes[end + 2..].to_vec(),
     };
     let mut sender = None;
@@ -156,6 +193,23 @@ pub fn decode(bytes: &[u8]) -> Result<Submission, String> {
         match key {
             "sender" => sender = Some(value.to_string()),
             "rcpt" => s.recipients.push(value.to_string()),
+            "rcpt-dsn" => {
+                let mut words = value.splitn(3, ' ');
+                let (Some(notify), Some(orcpt), Some(address)) =
+                    (words.next(), words.next(), words.next())
+                else {
+                    return Err("bad rcpt-dsn".into());
+                };
+                s.recipient_dsn.push(RecipientDsn {
+                    address: address.to_string(),
+                    notify: Notify::parse(notify).ok_or("bad rcpt-dsn notify")?,
+                    // One that cannot go on as it is (a hand-made file) is not passed on.
+                    orcpt: (orcpt != "-")
+                        .then(|| super::relay::xtext_decode(orcpt))
+                        .flatten()
+                        .filter(|o| o.bytes().all(|b| (b' '..=b'~').contains(&b))),
+                });
+            }
             "notify" => s.notify = Notify::parse(value).ok_or("bad notify")?,
             // Written only from a checked -V or ENVID; one from elsewhere that could not go
             // on as it is, is not passed on rather than failing the message.
@@ -242,6 +296,18 @@ mod tests {
             recipients: vec!["bob@example.org".into(), "carol@example.org".into()],
             notify: Notify::parse("failure").unwrap(),
             envid: Some("e1".into()),
+            recipient_dsn: vec![
+                RecipientDsn {
+                    address: "bob@example.org".into(),
+                    notify: Notify::parse("never").unwrap(),
+                    orcpt: Some("rfc822;b+ob= x@example.org".into()),
+                },
+                RecipientDsn {
+                    address: "\"c l\"@example.org".into(),
+                    notify: Notify::parse("success,failure").unwrap(),
+                    orcpt: None,
+                },
+            ],
             message: b"From: a\r\n\r\n\n\nbody\r\n".to_vec(),
         };
         assert_eq!(decode(&encode(&s)).unwrap(), s);
@@ -266,6 +332,7 @@ mod tests {
             recipients: vec!["bob@example.org".into()],
             notify: Notify::default(),
             envid: None,
+            recipient_dsn: Vec::new(),
             message: b"Subject: x\r\n\r\nhi\r\n".to_vec(),
         };
         let id = new_id(1_700_000_000);

@@ -230,6 +230,7 @@ pub fn enqueue(
         recipients,
         notify: inv.notify,
         envid: inv.envid.clone(),
+        recipient_dsn: Vec::new(),
         message,
     };
     spool::write(&queue.ensure_incoming()?, &id, &submission)?;

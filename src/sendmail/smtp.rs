@@ -8,7 +8,7 @@ use std::io::{BufRead, Write};
 use super::flags::Notify;
 use super::input;
 use crate::queue::relay::xtext_decode as xtext;
-use crate::queue::spool::{self, Submission};
+use crate::queue::spool::{self, RecipientDsn, Submission};
 use crate::queue::{self, QueueConfig};
 
 /// Longest command line, CRLF included (Postfix's line_length_limit).
@@ -29,12 +29,33 @@ struct Transaction {
     envid: Option<String>,
     /// Each recipient's NOTIFY (RFC 3461 §4.1), the default where none was given.
     notify: Vec<Notify>,
+    /// Each recipient's ORCPT (RFC 3461 §4.2), decoded.
+    orcpt: Vec<Option<String>>,
 }
 
 impl Transaction {
-    /// The queue keeps one NOTIFY per message: a report goes when any recipient wants one
-    /// (a failure is never left unreported for a recipient who asked for reports; a
-    /// NOTIFY=NEVER recipient's failure may be reported along with the others').
+    /// Each recipient's own NOTIFY and ORCPT for the queue, when any differs from the
+    /// default: the queue goes by them, for its reports and for what it passes on.
+    fn recipient_dsn(&self) -> Vec<RecipientDsn> {
+        let plain = self.notify.iter().all(|n| *n == Notify::default())
+            && self.orcpt.iter().all(Option::is_none);
+        if plain {
+            return Vec::new();
+        }
+        self.recipients
+            .iter()
+            .zip(&self.notify)
+            .zip(&self.orcpt)
+            .map(|((address, notify), orcpt)| RecipientDsn {
+                address: address.clone(),
+                notify: *notify,
+                orcpt: orcpt.clone(),
+            })
+            .collect()
+    }
+
+    /// The message's NOTIFY, for a queue that reads no recipient's own: a report goes when
+    /// any recipient wants one.
     fn notify(&self) -> Notify {
         self.notify.iter().fold(
             Notify {
@@ -135,20 +156,36 @@ pub fn session(
                         )?;
                         continue;
                     }
-                    let notify = match rcpt_parameters(&params) {
-                        Ok(notify) => notify,
+                    let (notify, orcpt) = match rcpt_parameters(&params) {
+                        Ok(given) => given,
                         Err(refusal) => {
                             reply(output, &refusal)?;
                             continue;
                         }
                     };
-                    if tx.recipients.iter().any(|r| r.eq_ignore_ascii_case(&rcpt)) {
+                    let named = tx
+                        .recipients
+                        .iter()
+                        .position(|r| r.eq_ignore_ascii_case(&rcpt));
+                    if let Some(i) = named {
+                        // Named again: one copy, with every notice either RCPT asked for
+                        // (none given stands for the default) and the first ORCPT.
+                        let (was, now) = (tx.notify[i], notify.unwrap_or_default());
+                        tx.notify[i] = Notify {
+                            failure: was.failure || now.failure,
+                            delay: was.delay || now.delay,
+                            success: was.success || now.success,
+                        };
+                        if tx.orcpt[i].is_none() {
+                            tx.orcpt[i] = orcpt;
+                        }
                         reply(output, "250 2.1.5 Ok")?;
                     } else if tx.recipients.len() >= MAX_RECIPIENTS {
                         reply(output, "452 4.5.3 Error: too many recipients")?;
                     } else {
                         tx.recipients.push(rcpt);
                         tx.notify.push(notify.unwrap_or_default());
+                        tx.orcpt.push(orcpt);
                         reply(output, "250 2.1.5 Ok")?;
                     }
                 }
@@ -250,10 +287,12 @@ fn mail_parameters(params: &[String], limit: usize) -> Result<Option<String>, St
     Ok(envid)
 }
 
-/// Checks RCPT's parameters (RFC 3461 NOTIFY and ORCPT); returns the NOTIFY given, or the
-/// reply refusing them.
-fn rcpt_parameters(params: &[String]) -> Result<Option<Notify>, String> {
+/// Checks RCPT's parameters (RFC 3461 NOTIFY and ORCPT); returns the NOTIFY given and the
+/// ORCPT (decoded; one that is not printable ASCII is checked, then dropped), or the reply
+/// refusing them.
+fn rcpt_parameters(params: &[String]) -> Result<(Option<Notify>, Option<String>), String> {
     let mut notify = None;
+    let mut orcpt = None;
     let mut seen = Vec::new();
     for p in params {
         let (key, value) = p.split_once('=').unwrap_or((p, ""));
@@ -268,12 +307,15 @@ fn rcpt_parameters(params: &[String]) -> Result<Option<Notify>, String> {
                 if xtext(value).and_then(|v| {
                     v.split_once(';')
                         .map(|(t, a)| !t.is_empty() && !a.is_empty())
-                }) == Some(true) => {}
+                }) == Some(true) =>
+            {
+                orcpt = xtext(value).filter(|v| v.bytes().all(|b| (b' '..=b'~').contains(&b)));
+            }
             "ORCPT" => return Err("501 5.5.4 Bad ORCPT parameter".into()),
             _ => return Err(format!("555 5.5.4 Unsupported option: {key}")),
         }
     }
-    Ok(notify)
+    Ok((notify, orcpt))
 }
 
 /// `key` in upper case, unless a parameter of that name came before in the same command
@@ -323,6 +365,7 @@ fn queue_data(
         recipients: tx.recipients.clone(),
         notify: tx.notify(),
         envid: tx.envid.clone(),
+        recipient_dsn: tx.recipient_dsn(),
         message,
     };
     let incoming = config
