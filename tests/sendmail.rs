@@ -1502,6 +1502,41 @@ fn each_recipient_of_a_bs_session_keeps_its_own_notify_and_orcpt() {
     );
 }
 
+/// The queue's own report follows each -bs recipient's NOTIFY: both recipients refused for
+/// good by the relay, only bob's failure is reported (dave said NEVER), with bob's ORCPT.
+#[test]
+fn the_queues_report_follows_each_bs_recipients_notify() {
+    let s = Setup::new();
+    let relay = s.relay(&RelayOptions {
+        reject: &["bob@example.org", "dave@example.net"],
+        ..RelayOptions::default()
+    });
+    s.configure(relay.port, false, "");
+    let session = "EHLO app\r\nMAIL FROM:<alice@example.org>\r\n\
+        RCPT TO:<bob@example.org> ORCPT=rfc822;bob+2Blists@example.org\r\n\
+        RCPT TO:<dave@example.net> NOTIFY=NEVER\r\nDATA\r\nFrom: alice@example.org\r\n\
+        Subject: refused both\r\n\r\nbody\r\n.\r\nQUIT\r\n";
+    let out = s.sendmail(&["-bs"], session.as_bytes());
+    let replies = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(replies.contains("250 2.0.0 Ok: queued as "), "{replies}");
+    let summary = s.queue_run();
+    assert!(
+        summary.contains("2 failed") && summary.contains("1 report(s)"),
+        "{summary}"
+    );
+    let got = relay.delivered(1);
+    assert_eq!(got[0].rcpts, ["alice@example.org"]);
+    let (plain, _, _, _) = s.world.sender.decrypt(&ciphertext(&got[0].bytes)).unwrap();
+    let text = String::from_utf8_lossy(&plain);
+    assert!(
+        text.contains(
+            "Original-Recipient: rfc822;bob+lists@example.org\r\nFinal-Recipient: rfc822; bob@example.org"
+        ),
+        "{text}"
+    );
+    assert!(!text.contains("dave@example.net"), "{text}");
+}
+
 /// A relay that answers 503 to a second EHLO (sent to learn whether it announces DSN) gets
 /// the copies all the same, without DSN parameters.
 #[test]
