@@ -889,37 +889,45 @@ CREATE INDEX IF NOT EXISTS recipients_queued ON recipients(state, next_attempt);
 /// the runner wrote: a null sender, no notification, and a delivery-status report of
 /// sealpost's own (a user's `-f '<>' -N never` message has the first two too).
 fn migrate(conn: &Connection) -> rusqlite::Result<()> {
-    let has_report: bool = conn.query_row(
-        "SELECT COUNT(*) FROM pragma_table_info('messages') WHERE name = 'report'",
-        [],
-        |r| r.get::<_, i64>(0).map(|n| n > 0),
-    )?;
-    if !has_report {
-        conn.execute_batch(
-            "BEGIN IMMEDIATE;
-             ALTER TABLE messages ADD COLUMN report INTEGER NOT NULL DEFAULT 0;
-             UPDATE messages SET report = 1 WHERE sender = '' AND notify = 'never'
-                 AND instr(raw, CAST('report-type=delivery-status' AS BLOB)) > 0
-                 AND instr(raw, CAST('X-Sealpost-Queue-ID: ' AS BLOB)) > 0;
-             COMMIT;",
-        )?;
+    let has = |table: &str, column: &str| {
+        conn.query_row(
+            "SELECT COUNT(*) FROM pragma_table_info(?1) WHERE name = ?2",
+            params![table, column],
+            |r| r.get::<_, i64>(0).map(|n| n > 0),
+        )
+    };
+    if has("messages", "report")? && has("recipients", "notify")? {
+        return Ok(());
     }
-    // `recipients.notify` and `.orcpt`: a -bs recipient's own NOTIFY and ORCPT (NULL: the
-    // message's NOTIFY, no ORCPT).
-    let has_notify: bool = conn.query_row(
-        "SELECT COUNT(*) FROM pragma_table_info('recipients') WHERE name = 'notify'",
-        [],
-        |r| r.get::<_, i64>(0).map(|n| n > 0),
-    )?;
-    if !has_notify {
-        conn.execute_batch(
-            "BEGIN IMMEDIATE;
-             ALTER TABLE recipients ADD COLUMN notify TEXT;
-             ALTER TABLE recipients ADD COLUMN orcpt TEXT;
-             COMMIT;",
-        )?;
+    // Looked at again under the write lock: two runners that open an older queue at once
+    // would otherwise both add the column, and the second would fail ("duplicate column").
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    let changed = (|| {
+        if !has("messages", "report")? {
+            conn.execute_batch(
+                "ALTER TABLE messages ADD COLUMN report INTEGER NOT NULL DEFAULT 0;
+                 UPDATE messages SET report = 1 WHERE sender = '' AND notify = 'never'
+                     AND instr(raw, CAST('report-type=delivery-status' AS BLOB)) > 0
+                     AND instr(raw, CAST('X-Sealpost-Queue-ID: ' AS BLOB)) > 0;",
+            )?;
+        }
+        // `recipients.notify` and `.orcpt`: a -bs recipient's own NOTIFY and ORCPT (NULL:
+        // the message's NOTIFY, no ORCPT).
+        if !has("recipients", "notify")? {
+            conn.execute_batch(
+                "ALTER TABLE recipients ADD COLUMN notify TEXT;
+                 ALTER TABLE recipients ADD COLUMN orcpt TEXT;",
+            )?;
+        }
+        Ok(())
+    })();
+    match changed {
+        Ok(()) => conn.execute_batch("COMMIT"),
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            Err(e)
+        }
     }
-    Ok(())
 }
 
 /// A message loaded for delivery, with the recipients this run attempts.
@@ -1538,6 +1546,36 @@ mod tests {
         // Opened again: nothing more to do.
         drop(queue);
         Queue::open(&config).unwrap();
+    }
+
+    /// Runners that open an older queue at the same moment each get it open: the columns are
+    /// added once, under the write lock.
+    #[test]
+    fn an_older_queue_opened_by_several_runners_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = QueueConfig {
+            dir: dir.path().join("q"),
+            ..QueueConfig::default()
+        };
+        std::fs::create_dir_all(&config.dir).unwrap();
+        let old = Connection::open(config.dir.join("queue.sqlite")).unwrap();
+        old.execute_batch(&SCHEMA.replace("    notify TEXT,\n    orcpt TEXT,\n", ""))
+            .unwrap();
+        drop(old);
+        let start = std::sync::Barrier::new(4);
+        std::thread::scope(|scope| {
+            let opened: Vec<_> = (0..4)
+                .map(|_| {
+                    scope.spawn(|| {
+                        start.wait();
+                        Queue::open(&config).map(drop)
+                    })
+                })
+                .collect();
+            for o in opened {
+                o.join().unwrap().unwrap();
+            }
+        });
     }
 
     #[test]
