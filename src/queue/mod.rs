@@ -802,10 +802,14 @@ impl Queue {
                 )
                 .map_err(|e| self.db_err(e))?;
                 tracing::info!(
-                    "{}: non-delivery report {id} to <{}> for {} recipient(s)",
+                    "{}: non-delivery report {id} to <{}> for {} recipient(s){}",
                     m.id,
                     m.sender,
-                    failures.len()
+                    failures.len(),
+                    match failed - failures.len() {
+                        0 => String::new(),
+                        n => format!("; {n} left out (their NOTIFY asked for no report)"),
+                    }
                 );
                 report_id = Some(id);
             } else {

@@ -202,8 +202,9 @@ impl Dsn {
                 self.notify = Self::notify_list(value);
             } else if keyword.eq_ignore_ascii_case("ORCPT") {
                 self.orcpt = Self::text(value).filter(|v| {
-                    v.split_once(';')
-                        .is_some_and(|(kind, _)| kind.eq_ignore_ascii_case("rfc822"))
+                    orcpt_ok(v)
+                        && v.split_once(';')
+                            .is_some_and(|(kind, _)| kind.eq_ignore_ascii_case("rfc822"))
                 });
             }
         }
@@ -277,6 +278,18 @@ impl Dsn {
             .as_deref()
             .is_none_or(|n| n.split(',').any(|w| w == "FAILURE"))
     }
+}
+
+/// Whether `orcpt` (decoded) can go on as an ORCPT (RFC 3461 §4.2) and into a report's
+/// Original-Recipient field: `type;address`, neither empty, printable US-ASCII, at most 500
+/// characters (RFC 3461's limit for the parameter, which also keeps the report's line within
+/// RFC 5322's 998 octets).
+pub fn orcpt_ok(orcpt: &str) -> bool {
+    orcpt.len() <= 500
+        && orcpt.bytes().all(|b| (b' '..=b'~').contains(&b))
+        && orcpt
+            .split_once(';')
+            .is_some_and(|(kind, address)| !kind.trim().is_empty() && !address.trim().is_empty())
 }
 
 /// Whether `id` can be an ENVID (RFC 3461 §4.4): 1 to 100 printable US-ASCII characters,
@@ -964,6 +977,16 @@ mod tests {
             odd.take_mail(&args(&[mail]));
             odd.take_rcpt(&args(&[rcpt]));
             assert_eq!(odd, Dsn::default(), "{mail} {rcpt}");
+        }
+        assert!(orcpt_ok("rfc822;bob@example.org"));
+        for bad in [
+            "rfc822;",
+            ";bob@x",
+            "bob",
+            "rfc822;a\tb",
+            &format!("rfc822;{}", "a".repeat(500)),
+        ] {
+            assert!(!orcpt_ok(bad), "{bad:?}");
         }
         for orcpt in [
             "ORCPT=rfc822;b+C3+A9@x",

@@ -207,7 +207,7 @@ pub fn decode(bytes: &[u8]) -> Result<Submission, String> {
                     orcpt: (orcpt != "-")
                         .then(|| super::relay::xtext_decode(orcpt))
                         .flatten()
-                        .filter(|o| o.bytes().all(|b| (b' '..=b'~').contains(&b))),
+                        .filter(|o| super::relay::orcpt_ok(o)),
                 });
             }
             "notify" => s.notify = Notify::parse(value).ok_or("bad notify")?,

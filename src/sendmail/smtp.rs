@@ -163,10 +163,13 @@ pub fn session(
                             continue;
                         }
                     };
+                    // Another spelling of one named before (case, quotes, an international
+                    // domain's other form) is the same recipient: one copy, as the queue
+                    // makes it.
                     let named = tx
                         .recipients
                         .iter()
-                        .position(|r| r.eq_ignore_ascii_case(&rcpt));
+                        .position(|r| crate::rewrite::same_recipient(r, &rcpt));
                     if let Some(i) = named {
                         // Named again: one copy, with every notice either RCPT asked for
                         // (none given stands for the default) and the first ORCPT.
@@ -303,15 +306,15 @@ fn rcpt_parameters(params: &[String]) -> Result<(Option<Notify>, Option<String>)
                 None => return Err("501 5.5.4 Bad NOTIFY parameter".into()),
             },
             // The original recipient is only for reports, which name the recipient as given.
-            "ORCPT"
-                if xtext(value).and_then(|v| {
-                    v.split_once(';')
-                        .map(|(t, a)| !t.is_empty() && !a.is_empty())
-                }) == Some(true) =>
-            {
-                orcpt = xtext(value).filter(|v| v.bytes().all(|b| (b' '..=b'~').contains(&b)));
-            }
-            "ORCPT" => return Err("501 5.5.4 Bad ORCPT parameter".into()),
+            "ORCPT" => match xtext(value) {
+                Some(v) if crate::queue::relay::orcpt_ok(&v) => orcpt = Some(v),
+                // Well formed but for a control byte: taken, not passed on.
+                Some(v)
+                    if v.len() <= 500
+                        && v.split_once(';')
+                            .is_some_and(|(t, a)| !t.is_empty() && !a.is_empty()) => {}
+                _ => return Err("501 5.5.4 Bad ORCPT parameter".into()),
+            },
             _ => return Err(format!("555 5.5.4 Unsupported option: {key}")),
         }
     }
@@ -487,6 +490,10 @@ mod tests {
             );
         }
         assert!(rcpt_parameters(&p(&["NOTIFY=NEVER", "ORCPT=rfc822;a+2Bb@x"])).is_ok());
+        // A control byte: taken, not passed on; over 500 characters: refused.
+        assert_eq!(rcpt_parameters(&p(&["ORCPT=x400;a+0Db"])), Ok((None, None)));
+        let long = format!("ORCPT=rfc822;{}", "+3D".repeat(600));
+        assert!(rcpt_parameters(&p(&[long.as_str()])).is_err());
         for bad in [
             &["NOTIFY=NEVER", "NOTIFY=SUCCESS"][..],
             &["ORCPT=;x"],
@@ -558,6 +565,33 @@ mod tests {
     }
 
     /// Runs `script`; returns the reply codes, the queued submissions and the session's end.
+    /// Two spellings of one recipient (case, a needless quote) are one, with every notice
+    /// either RCPT asked for and the first ORCPT given; the others keep their own.
+    #[test]
+    fn spellings_of_a_recipient_share_their_parameters() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = QueueConfig {
+            dir: dir.path().to_path_buf(),
+            domain: Some("host.example".into()),
+            ..QueueConfig::default()
+        };
+        std::fs::create_dir_all(config.incoming()).unwrap();
+        let script = "EHLO c\r\nMAIL FROM:<alice@example.org>\r\n\
+            RCPT TO:<bob@example.org> NOTIFY=NEVER\r\n\
+            RCPT TO:<\"Bob\"@example.org> NOTIFY=SUCCESS ORCPT=rfc822;b@x.example\r\n\
+            RCPT TO:<carol@example.org>\r\nDATA\r\nSubject: s\r\n\r\nx\r\n.\r\nQUIT\r\n";
+        let (_, submissions, _) = run(&config, script.as_bytes());
+        let s = &submissions[0];
+        assert_eq!(s.recipients, ["bob@example.org", "carol@example.org"]);
+        assert_eq!(s.recipient_dsn.len(), 2);
+        assert_eq!(s.recipient_dsn[0].notify.as_str(), "success");
+        assert_eq!(
+            s.recipient_dsn[0].orcpt.as_deref(),
+            Some("rfc822;b@x.example")
+        );
+        assert_eq!(s.recipient_dsn[1].notify, Notify::default());
+    }
+
     fn run(config: &QueueConfig, script: &[u8]) -> (Vec<String>, Vec<Submission>, bool) {
         let mut out = Vec::new();
         let mut queued = 0;
