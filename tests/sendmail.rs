@@ -1394,15 +1394,13 @@ fn a_full_queue_file_system_sends_nothing_it_cannot_record() {
     assert!(relay.drain().is_empty(), "bob got his copy once");
 }
 
-/// -N and -V go to a relay that announces DSN (here a private Postfix on loopback, without
-/// TLS, delivering into a Maildir): with `-N success` its own success notice comes back to
-/// the sender, naming the ENVID and quoting the header only (RET=HDRS).
-#[test]
-fn notify_and_envid_go_on_to_a_relay_that_announces_dsn() {
+/// A setup whose relay is a private Postfix on loopback (which announces DSN), without TLS,
+/// delivering into a Maildir; None (skipped) without root.
+fn with_postfix_relay() -> Option<(Setup, common::postfix::Postfix)> {
     // SAFETY: geteuid cannot fail.
     if unsafe { libc::geteuid() } != 0 {
         eprintln!("skipped: Postfix needs root");
-        return;
+        return None;
     }
     let s = Setup::new();
     let postfix = common::postfix::Postfix::start_with(None);
@@ -1416,6 +1414,17 @@ fn notify_and_envid_go_on_to_a_relay_that_announces_dsn() {
         port = postfix.smtp_port,
     );
     std::fs::write(&s.config, text).unwrap();
+    Some((s, postfix))
+}
+
+/// -N and -V go to a relay that announces DSN (here a private Postfix on loopback, without
+/// TLS, delivering into a Maildir): with `-N success` its own success notice comes back to
+/// the sender, naming the ENVID and quoting the header only (RET=HDRS).
+#[test]
+fn notify_and_envid_go_on_to_a_relay_that_announces_dsn() {
+    let Some((s, postfix)) = with_postfix_relay() else {
+        return;
+    };
     let msg = "From: alice@example.org\nSubject: notify me\n\nbody\n";
     let out = s.sendmail(
         &[
@@ -1457,23 +1466,9 @@ fn notify_and_envid_go_on_to_a_relay_that_announces_dsn() {
 /// DSN (a private Postfix): bob asked for SUCCESS, with an ORCPT; dave for NEVER.
 #[test]
 fn each_recipient_of_a_bs_session_keeps_its_own_notify_and_orcpt() {
-    // SAFETY: geteuid cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipped: Postfix needs root");
+    let Some((s, postfix)) = with_postfix_relay() else {
         return;
-    }
-    let s = Setup::new();
-    let postfix = common::postfix::Postfix::start_with(None);
-    let text = format!(
-        "[gnupg]\nhome = \"{home}\"\n[policy]\ndefault_signer = \"{alice}\"\n\
-         [queue]\ndir = \"{queue}\"\nrun_after_submit = false\ndomain = \"host.example\"\n\
-         [relay]\nhost = \"127.0.0.1\"\nport = {port}\ntls = \"none\"\ntimeout_secs = 10\n",
-        home = s.world.sender.dir.display(),
-        alice = s.world.alice,
-        queue = s.queue_dir().display(),
-        port = postfix.smtp_port,
-    );
-    std::fs::write(&s.config, text).unwrap();
+    };
     let session = "EHLO app\r\nMAIL FROM:<alice@example.org>\r\n\
         RCPT TO:<bob@example.org> NOTIFY=SUCCESS ORCPT=rfc822;bob+2Blists@example.org\r\n\
         RCPT TO:<dave@example.net> NOTIFY=NEVER\r\nDATA\r\nFrom: alice@example.org\r\n\

@@ -1497,21 +1497,27 @@ mod tests {
         }
     }
 
-    #[test]
-    fn an_older_queue_is_brought_up_to_date() {
-        let dir = tempfile::tempdir().unwrap();
+    /// A queue directory whose database was made with `schema`, and the connection to it.
+    fn older_queue(dir: &Path, schema: &str) -> (QueueConfig, Connection) {
         let config = QueueConfig {
-            dir: dir.path().join("q"),
+            dir: dir.join("q"),
             ..QueueConfig::default()
         };
         std::fs::create_dir_all(&config.dir).unwrap();
         let old = Connection::open(config.dir.join("queue.sqlite")).unwrap();
+        old.execute_batch(schema).unwrap();
+        (config, old)
+    }
+
+    #[test]
+    fn an_older_queue_is_brought_up_to_date() {
+        let dir = tempfile::tempdir().unwrap();
         // Before `messages.report`, and before `recipients.notify` and `.orcpt`.
         let older = SCHEMA
             .replace(",\n    report INTEGER NOT NULL DEFAULT 0", "")
             .replace("    notify TEXT,\n    orcpt TEXT,\n", "");
         assert!(!older.contains("orcpt") && !older.contains("report"));
-        old.execute_batch(&older).unwrap();
+        let (config, old) = older_queue(dir.path(), &older);
         let report = b"Content-Type: multipart/report; report-type=delivery-status;\r\n\r\n\
             X-Sealpost-Queue-ID: Q1\r\n";
         for (id, sender, notify, raw) in [
@@ -1557,14 +1563,8 @@ mod tests {
     #[test]
     fn an_older_queue_opened_by_several_runners_at_once() {
         let dir = tempfile::tempdir().unwrap();
-        let config = QueueConfig {
-            dir: dir.path().join("q"),
-            ..QueueConfig::default()
-        };
-        std::fs::create_dir_all(&config.dir).unwrap();
-        let old = Connection::open(config.dir.join("queue.sqlite")).unwrap();
-        old.execute_batch(&SCHEMA.replace("    notify TEXT,\n    orcpt TEXT,\n", ""))
-            .unwrap();
+        let older = SCHEMA.replace("    notify TEXT,\n    orcpt TEXT,\n", "");
+        let (config, old) = older_queue(dir.path(), &older);
         drop(old);
         let start = std::sync::Barrier::new(4);
         std::thread::scope(|scope| {
