@@ -1420,7 +1420,12 @@ impl Runner {
                 ret: Some("HDRS".into()),
                 envid: m.envid.clone(),
                 notify: Some(notify.as_str().to_ascii_uppercase()),
-                orcpt: own.and_then(|d| d.orcpt.clone()),
+                // Only of type rfc822 (as the milter passes them): a relay that took another
+                // type may need what it names (utf-8 needs SMTPUTF8); the report still quotes it.
+                orcpt: own.and_then(|d| d.orcpt.clone()).filter(|o| {
+                    o.split_once(';')
+                        .is_some_and(|(kind, _)| kind.trim().eq_ignore_ascii_case("rfc822"))
+                }),
             };
             match self
                 .relay
