@@ -253,8 +253,18 @@ fn encode_eight_bit_runs(value: &[u8], first_line: usize) -> Vec<u8> {
             words.push((gap, start, at));
         }
     }
+    // A word longer than any line holds (the first: than its line holds after the field
+    // name) is encoded too, unless it is an encoded word already.
+    let first_start = words.first().map_or(0, |w| w.1);
+    let room = |s: usize| {
+        if s == first_start {
+            MAX_LINE.saturating_sub(first_line)
+        } else {
+            LONG_WORD
+        }
+    };
     let eight = |&(_, s, e): &(usize, usize, usize)| {
-        (e - s > LONG_WORD && !is_encoded_word(&value[s..e]))
+        (e - s > room(s) && !is_encoded_word(&value[s..e]))
             || value[s..e].iter().any(|b| *b >= 0x80)
     };
     let encoded = |&(_, s, e): &(usize, usize, usize)| {
@@ -682,6 +692,15 @@ mod tests {
         let text = String::from_utf8(f.clone()).unwrap();
         assert!(text.split("\r\n").all(|l| l.len() <= 998), "{text}");
         assert_eq!(decoded_subject(&f), format!("a {word} b"));
+        // A first word that fits on no first line after "Subject: ", before a long one.
+        let (first, long) = ("x".repeat(992), "y".repeat(2000));
+        let f = signing_safe_field("Subject", format!("Subject: {first} {long}\r\n").as_bytes());
+        let text = String::from_utf8(f.clone()).unwrap();
+        assert!(
+            text.split("\r\n").all(|l| l.len() <= 998),
+            "a line over 998"
+        );
+        assert_eq!(decoded_subject(&f), format!("{first} {long}"));
         // Not encoded again: a long encoded word, and a long token of an X- field.
         let encoded = format!(
             "=?UTF-8?B?{}?=",
