@@ -153,7 +153,8 @@ pub fn signing_safe_field(name: &str, raw: &[u8]) -> Vec<u8> {
     let eight_bit = raw.iter().any(|b| *b >= 0x80);
     // Only in text people read: an X- field's long token (a relay's JSON, a URL) is for a
     // program, which would not decode it.
-    let long_word = TEXT_FIELDS.iter().any(|t| t.eq_ignore_ascii_case(name))
+    let text_field = TEXT_FIELDS.iter().any(|t| t.eq_ignore_ascii_case(name));
+    let long_word = text_field
         && raw
             .split(|b| b" \t\r\n".contains(b))
             .any(|w| w.len() > LONG_WORD && !is_encoded_word(w));
@@ -166,19 +167,25 @@ pub fn signing_safe_field(name: &str, raw: &[u8]) -> Vec<u8> {
                 .collect();
             let mut out = raw[..=colon].to_vec();
             out.push(b' ');
-            out.extend_from_slice(&encode_eight_bit_runs(value.trim_ascii(), colon + 2));
+            out.extend_from_slice(&encode_eight_bit_runs(
+                value.trim_ascii(),
+                colon + 2,
+                text_field,
+            ));
             out.extend_from_slice(b"\r\n");
             return out;
         }
     }
     let mut out = Vec::with_capacity(raw.len());
+    // The name and its colon stay on the first line (a blank before the colon is allowed).
+    let name_end = raw.iter().position(|b| *b == b':').map_or(0, |c| c + 1);
     for (i, line) in raw.split_inclusive(|b| *b == b'\n').enumerate() {
         let body = trim_blanks_end(line.strip_suffix(b"\r\n").unwrap_or(line));
         // A folded line of blanks only would become an empty line, which ends a header.
         if i > 0 && body.is_empty() {
             continue;
         }
-        fold_at_blanks(&mut out, body, MAX_LINE);
+        fold_at_blanks(&mut out, body, MAX_LINE, if i == 0 { name_end } else { 0 });
         if line.ends_with(b"\r\n") {
             out.extend_from_slice(b"\r\n");
         }
@@ -203,20 +210,28 @@ fn is_encoded_word(word: &[u8]) -> bool {
 const MAX_LINE: usize = 998;
 
 /// Appends `line`, folded (CRLF inserted before a blank: unfolding gives back the same
-/// bytes) wherever it would pass `max` octets and a blank after its first character allows.
-fn fold_at_blanks(out: &mut Vec<u8>, mut line: &[u8], max: usize) {
+/// bytes) wherever it would pass `max` octets and a blank allows: never within its first
+/// `keep` bytes (a field's name and colon), and only after some text, so that no line folded
+/// off is blanks only or ends in a blank.
+fn fold_at_blanks(out: &mut Vec<u8>, mut line: &[u8], max: usize, mut keep: usize) {
+    let blank = |b: &u8| *b == b' ' || *b == b'\t';
     while line.len() > max {
-        let blank = |b: &u8| *b == b' ' || *b == b'\t';
-        let Some(mut at) = line[1..=max].iter().rposition(blank).map(|i| i + 1) else {
+        let text = line.iter().position(|b| !blank(b)).unwrap_or(line.len());
+        let first = keep.max(text + 1);
+        if first > max {
+            break;
+        }
+        let Some(mut at) = line[first..=max].iter().rposition(blank).map(|i| i + first) else {
             break;
         };
-        // Before the first blank of a run: the line folded off must not end in a blank.
-        while at > 1 && blank(&line[at - 1]) {
+        // Before the first blank of a run (the text before `first` ends in no blank).
+        while at > first && blank(&line[at - 1]) {
             at -= 1;
         }
         out.extend_from_slice(&line[..at]);
         out.extend_from_slice(b"\r\n");
         line = &line[at..];
+        keep = 0;
     }
     out.extend_from_slice(line);
 }
@@ -235,7 +250,7 @@ fn trim_blanks_end(bytes: &[u8]) -> &[u8] {
 /// was there: a decoder drops blanks between two encoded words (RFC 2047 §6.2). Folded
 /// between words so that no line, the first one after its `first_line` characters of field
 /// name included, passes 76 characters where a word allows (RFC 2047 §2).
-fn encode_eight_bit_runs(value: &[u8], first_line: usize) -> Vec<u8> {
+fn encode_eight_bit_runs(value: &[u8], first_line: usize, long_words: bool) -> Vec<u8> {
     let blank = |b: u8| b == b' ' || b == b'\t';
     // Words with the blanks before each, as written: unstructured text keeps its blanks.
     let mut words: Vec<(usize, usize, usize)> = Vec::new();
@@ -256,12 +271,11 @@ fn encode_eight_bit_runs(value: &[u8], first_line: usize) -> Vec<u8> {
     // A word longer than any line holds (the first: than its line holds after the field
     // name) is encoded too, unless it is an encoded word already.
     let first_start = words.first().map_or(0, |w| w.1);
-    let room = |s: usize| {
-        if s == first_start {
-            MAX_LINE.saturating_sub(first_line)
-        } else {
-            LONG_WORD
-        }
+    // Only in the text fields (`long_words`); elsewhere a long token is for a program.
+    let room = |s: usize| match (long_words, s == first_start) {
+        (false, _) => usize::MAX,
+        (true, true) => MAX_LINE.saturating_sub(first_line),
+        (true, false) => LONG_WORD,
     };
     let eight = |&(_, s, e): &(usize, usize, usize)| {
         (e - s > room(s) && !is_encoded_word(&value[s..e]))
@@ -701,6 +715,31 @@ mod tests {
             "a line over 998"
         );
         assert_eq!(decoded_subject(&f), format!("{first} {long}"));
+        // A blank before the colon: never folded there; a run of blanks: no line of blanks.
+        for raw in [
+            format!("Subject :{}\r\n", "x".repeat(995)),
+            format!("Subject: a  {}\r\n", "x".repeat(997)),
+            format!("Subject: a{}b\r\n", " ".repeat(1500)),
+        ] {
+            let f = String::from_utf8(signing_safe_field("Subject", raw.as_bytes())).unwrap();
+            assert!(
+                f.split("\r\n").next().unwrap().contains(':'),
+                "the colon stays"
+            );
+            assert!(
+                f.split("\r\n")
+                    .skip(1)
+                    .all(|l| l.is_empty() || l.trim() != ""),
+                "a line of blanks only"
+            );
+        }
+        // An X- field with 8-bit text keeps its long token as it is.
+        let token = "q".repeat(1500);
+        let f = signing_safe_field(
+            "X-Data",
+            format!("X-Data: caf\u{e9} {token}\r\n").as_bytes(),
+        );
+        assert!(String::from_utf8(f).unwrap().contains(&token));
         // Not encoded again: a long encoded word, and a long token of an X- field.
         let encoded = format!(
             "=?UTF-8?B?{}?=",
