@@ -1420,11 +1420,14 @@ impl Runner {
                 ret: Some("HDRS".into()),
                 envid: m.envid.clone(),
                 notify: Some(notify.as_str().to_ascii_uppercase()),
-                // Only of type rfc822 (as the milter passes them): a relay that took another
-                // type may need what it names (utf-8 needs SMTPUTF8); the report still quotes it.
+                // Passed on as given (RFC 3461 §5.2.1), but an rfc822 one that names no address:
+                // a relay may refuse the recipient for it (Dovecot answers 501), which would
+                // fail that recipient for good. The report still quotes it.
                 orcpt: own.and_then(|d| d.orcpt.clone()).filter(|o| {
-                    o.split_once(';')
-                        .is_some_and(|(kind, _)| kind.trim().eq_ignore_ascii_case("rfc822"))
+                    o.split_once(';').is_some_and(|(kind, address)| {
+                        !kind.eq_ignore_ascii_case("rfc822")
+                            || address.parse::<lettre::Address>().is_ok()
+                    })
                 }),
             };
             match self

@@ -287,9 +287,12 @@ impl Dsn {
 pub fn orcpt_ok(orcpt: &str) -> bool {
     orcpt.len() <= 500
         && orcpt.bytes().all(|b| (b' '..=b'~').contains(&b))
-        && orcpt
-            .split_once(';')
-            .is_some_and(|(kind, address)| !kind.trim().is_empty() && !address.trim().is_empty())
+        && orcpt.split_once(';').is_some_and(|(kind, address)| {
+            // addr-type is an atom (RFC 3461 §4.2): "rfc822", "utf-8".
+            !kind.is_empty()
+                && kind.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !address.trim().is_empty()
+        })
 }
 
 /// Whether `id` can be an ENVID (RFC 3461 §4.4): 1 to 100 printable US-ASCII characters,
@@ -984,6 +987,7 @@ mod tests {
             ";bob@x",
             "bob",
             "rfc822;a\tb",
+            " rfc822;bob@x",
             &format!("rfc822;{}", "a".repeat(500)),
         ] {
             assert!(!orcpt_ok(bad), "{bad:?}");
