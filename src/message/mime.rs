@@ -281,9 +281,7 @@ fn encode_eight_bit_runs(value: &[u8], first_line: usize, long_words: bool) -> V
         (e - s > room(s) && !is_encoded_word(&value[s..e]))
             || value[s..e].iter().any(|b| *b >= 0x80)
     };
-    let encoded = |&(_, s, e): &(usize, usize, usize)| {
-        value[s..e].starts_with(b"=?") && value[s..e].ends_with(b"?=")
-    };
+    let encoded = |&(_, s, e): &(usize, usize, usize)| is_encoded_word(&value[s..e]);
     // (the blanks before, the text): runs of 8-bit words become encoded words together with
     // the blanks between them, and with a blank next to an encoded word that was there (a
     // decoder drops blanks between two encoded words, RFC 2047 §6.2).

@@ -231,8 +231,7 @@ impl Dsn {
     /// as `+D` (one digit) and anything past `~` not at all, which a server refuses: only
     /// printable ASCII is passed on.
     fn text(value: &str) -> Option<String> {
-        xtext_decode(value)
-            .filter(|v| !v.is_empty() && v.bytes().all(|b| (b' '..=b'~').contains(&b)))
+        xtext_decode(value).filter(|v| !v.is_empty() && printable(v))
     }
 
     /// The parameters of one copy whose recipient the client named more than once (two
@@ -280,13 +279,22 @@ impl Dsn {
     }
 }
 
+/// Printable US-ASCII, the space included: what a DSN parameter may hold once decoded.
+fn printable(text: &str) -> bool {
+    text.bytes().all(|b| (b' '..=b'~').contains(&b))
+}
+
 /// Whether `orcpt` (decoded) can go on as an ORCPT (RFC 3461 §4.2) and into a report's
-/// Original-Recipient field: `type;address`, neither empty, printable US-ASCII, at most 500
-/// characters (RFC 3461's limit for the parameter, which also keeps the report's line within
-/// RFC 5322's 998 octets).
+/// Original-Recipient field: of [`orcpt_form`], and printable US-ASCII.
 pub fn orcpt_ok(orcpt: &str) -> bool {
+    printable(orcpt) && orcpt_form(orcpt)
+}
+
+/// An ORCPT's form: `type;address`, neither empty, the type an atom, at most 500 characters
+/// (RFC 3461's limit for the parameter, which also keeps a report's line within RFC 5322's
+/// 998 octets).
+pub fn orcpt_form(orcpt: &str) -> bool {
     orcpt.len() <= 500
-        && orcpt.bytes().all(|b| (b' '..=b'~').contains(&b))
         && orcpt.split_once(';').is_some_and(|(kind, address)| {
             // addr-type is an atom (RFC 3461 §4.2): "rfc822", "utf-8".
             !kind.is_empty()
@@ -298,7 +306,7 @@ pub fn orcpt_ok(orcpt: &str) -> bool {
 /// Whether `id` can be an ENVID (RFC 3461 §4.4): 1 to 100 printable US-ASCII characters,
 /// the space among them (decoded; it goes on as xtext).
 pub fn envid_ok(id: &str) -> bool {
-    (1..=100).contains(&id.len()) && id.bytes().all(|b| (b' '..=b'~').contains(&b))
+    (1..=100).contains(&id.len()) && printable(id)
 }
 
 /// Decodes RFC 3461 §4 xtext: "+" and two hex digits stand for one octet; None for anything

@@ -43,6 +43,15 @@ impl Default for Notify {
 }
 
 impl Notify {
+    /// Every notice either asks for.
+    pub fn union(self, other: Notify) -> Notify {
+        Notify {
+            failure: self.failure || other.failure,
+            delay: self.delay || other.delay,
+            success: self.success || other.success,
+        }
+    }
+
     /// "never", or a comma-separated list of failure, delay, success.
     pub fn parse(value: &str) -> Option<Notify> {
         let mut n = Notify {

@@ -57,18 +57,12 @@ impl Transaction {
     /// The message's NOTIFY, for a queue that reads no recipient's own: a report goes when
     /// any recipient wants one.
     fn notify(&self) -> Notify {
-        self.notify.iter().fold(
-            Notify {
-                failure: false,
-                delay: false,
-                success: false,
-            },
-            |all, n| Notify {
-                failure: all.failure || n.failure,
-                delay: all.delay || n.delay,
-                success: all.success || n.success,
-            },
-        )
+        let never = Notify {
+            failure: false,
+            delay: false,
+            success: false,
+        };
+        self.notify.iter().fold(never, |all, n| all.union(*n))
     }
 }
 
@@ -173,12 +167,7 @@ pub fn session(
                     if let Some(i) = named {
                         // Named again: one copy, with every notice either RCPT asked for
                         // (none given stands for the default) and the first ORCPT.
-                        let (was, now) = (tx.notify[i], notify.unwrap_or_default());
-                        tx.notify[i] = Notify {
-                            failure: was.failure || now.failure,
-                            delay: was.delay || now.delay,
-                            success: was.success || now.success,
-                        };
+                        tx.notify[i] = tx.notify[i].union(notify.unwrap_or_default());
                         if tx.orcpt[i].is_none() {
                             tx.orcpt[i] = orcpt;
                         }
@@ -309,10 +298,7 @@ fn rcpt_parameters(params: &[String]) -> Result<(Option<Notify>, Option<String>)
             "ORCPT" => match xtext(value) {
                 Some(v) if crate::queue::relay::orcpt_ok(&v) => orcpt = Some(v),
                 // Well formed but for a control byte: taken, not passed on.
-                Some(v)
-                    if v.len() <= 500
-                        && v.split_once(';')
-                            .is_some_and(|(t, a)| !t.is_empty() && !a.is_empty()) => {}
+                Some(v) if crate::queue::relay::orcpt_form(&v) => {}
                 _ => return Err("501 5.5.4 Bad ORCPT parameter".into()),
             },
             _ => return Err(format!("555 5.5.4 Unsupported option: {key}")),
