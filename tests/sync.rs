@@ -1145,13 +1145,7 @@ async fn a_message_gnupg_always_times_out_on_holds_up_nothing() {
 
     // Held at every pass, also when it is the only message left to fetch: four passes spread
     // over two hours, as the store would have them.
-    let aged = db
-        .execute(
-            "UPDATE store_meta SET value = CASE WHEN key LIKE '%:since' THEN value - 7200 \
-             WHEN key LIKE '%:last' THEN value ELSE 4 END WHERE key LIKE 'undecrypted:%'",
-            [],
-        )
-        .unwrap();
+    let aged = four_passes_over_two_hours(&db, "undecrypted:");
     assert_eq!(aged, 3, "one count, its start and its last pass");
     let out = sync_once(&config);
     assert_eq!(stdout(&out).trim(), format!("{USER}: 1 new"), "{out:?}");
@@ -3269,13 +3263,7 @@ impl HostileSync {
     /// passes the message over; returns the store.
     fn pass_over(&self) -> rusqlite::Connection {
         let db = rusqlite::Connection::open(self.server.store_path()).unwrap();
-        let counts = db
-            .execute(
-                "UPDATE store_meta SET value = CASE WHEN key LIKE '%:since' THEN value - 7200 \
-                 WHEN key LIKE '%:last' THEN value ELSE 4 END WHERE key LIKE 'unfetched:%'",
-                [],
-            )
-            .unwrap();
+        let counts = four_passes_over_two_hours(&db, "unfetched:");
         assert_eq!(counts, 3, "a count, its start and its last pass");
         let out = self.pass();
         let log = String::from_utf8_lossy(&out.stderr);
@@ -3463,4 +3451,15 @@ fn a_message_passed_over_and_then_expunged_upstream_is_forgotten() {
         .unwrap();
     assert_eq!(left, 0, "{out:?}");
     assert_eq!(sync.subjects(), ["msg 1", "msg 3"]);
+}
+
+/// Ages the failure counts under `prefix` in the store (a count, its start, its last pass) to
+/// four passes spread over two hours; returns how many rows it changed.
+fn four_passes_over_two_hours(db: &rusqlite::Connection, prefix: &str) -> usize {
+    db.execute(
+        "UPDATE store_meta SET value = CASE WHEN key LIKE '%:since' THEN value - 7200 \
+         WHEN key LIKE '%:last' THEN value ELSE 4 END WHERE key LIKE ?1 || '%'",
+        [prefix],
+    )
+    .unwrap()
 }
