@@ -1497,6 +1497,92 @@ fn each_recipient_of_a_bs_session_keeps_its_own_notify_and_orcpt() {
     );
 }
 
+/// RFC 3461 §5.2.2: past a relay that does not announce DSN (smtp_relay.py), the sender who
+/// asked to hear of success gets a "relayed" notice from the queue itself, for exactly the
+/// recipients whose NOTIFY (a -bs RCPT's own, else the message's) says SUCCESS; none twice.
+#[test]
+fn a_relay_without_dsn_brings_a_relayed_notice_from_the_queue() {
+    let s = Setup::new();
+    let relay = s.relay(&RelayOptions::default());
+    s.configure(relay.port, false, "");
+    let session = "EHLO app\r\nMAIL FROM:<alice@example.org> ENVID=batch+2D7\r\n\
+        RCPT TO:<bob@example.org> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;bob+2Blists@example.org\r\n\
+        RCPT TO:<dave@example.net>\r\nRCPT TO:<carol@example.org> NOTIFY=NEVER\r\n\
+        DATA\r\nFrom: alice@example.org\r\nSubject: tell me\r\n\r\nbody\r\n.\r\nQUIT\r\n";
+    let out = s.sendmail(&["-bs"], session.as_bytes());
+    let replies = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(replies.contains("250 2.0.0 Ok: queued as "), "{replies}");
+    // -N for the whole message: dave's copy of this one is owed a notice.
+    let msg = "From: alice@example.org\nSubject: tell me too\n\nbody\n";
+    let out = s.sendmail(
+        &[
+            "-N",
+            "success",
+            "-f",
+            "alice@example.org",
+            "-i",
+            "dave@example.net",
+        ],
+        msg.as_bytes(),
+    );
+    assert!(out.status.success(), "{out:?}");
+
+    let summary = s.queue_run();
+    assert!(summary.contains("2 report(s)"), "{summary}");
+    let got = relay.delivered(6);
+    let notices: Vec<String> = got
+        .iter()
+        .filter(|d| d.rcpts == ["alice@example.org"])
+        .map(|d| {
+            let (plain, _, _, _) = s.world.sender.decrypt(&ciphertext(&d.bytes)).unwrap();
+            String::from_utf8_lossy(&plain).into_owned()
+        })
+        .collect();
+    let rcpts: Vec<&Vec<String>> = got.iter().map(|d| &d.rcpts).collect();
+    assert_eq!(notices.len(), 2, "{rcpts:?}");
+    let (bs, n): (Vec<&String>, Vec<&String>) =
+        notices.iter().partition(|t| t.contains("bob@example.org"));
+    let (bs, n) = (bs[0], n[0]);
+    for notice in [bs, n] {
+        assert!(
+            notice.contains("Subject: Successful Mail Delivery Report"),
+            "{notice}"
+        );
+        assert!(
+            notice.contains("\r\nAction: relayed\r\nStatus: 2.0.0\r\n"),
+            "{notice}"
+        );
+        assert!(notice.contains("Diagnostic-Code: smtp; 250 "), "{notice}");
+        assert!(notice.contains("text/rfc822-headers"), "{notice}");
+        assert!(!notice.contains("\r\nbody\r\n"), "header only: {notice}");
+    }
+    assert!(
+        bs.contains(
+            "Original-Recipient: rfc822;bob+lists@example.org\r\n\
+             Final-Recipient: rfc822; bob@example.org\r\n"
+        ),
+        "{bs}"
+    );
+    assert!(bs.contains("Original-Envelope-Id: batch-7\r\n"), "{bs}");
+    // dave (no NOTIFY: failures and delays only) and carol (NEVER) are not named.
+    assert!(
+        !bs.contains("dave@example.net") && !bs.contains("carol@example.org"),
+        "{bs}"
+    );
+    assert!(
+        n.contains("Final-Recipient: rfc822; dave@example.net\r\n"),
+        "{n}"
+    );
+    assert!(n.contains("Subject: tell me too"), "{n}");
+
+    // Nothing is left to send: no notice goes twice.
+    let again = s.queue_run();
+    assert!(
+        again.contains("0 sent") && again.contains("0 report(s)"),
+        "{again}"
+    );
+}
+
 /// The queue's own report follows each -bs recipient's NOTIFY: both recipients refused for
 /// good by the relay, only bob's failure is reported (dave said NEVER), with bob's ORCPT.
 #[test]

@@ -785,7 +785,7 @@ async fn end_of_message(
     // Recipients refused by the core, then copies the re-injection listener refused for good
     // (too large for it, say): reported to the sender; a TEMPFAIL would only bring the same
     // refusal back.
-    let mut failures: Vec<bounce::Failure> = Vec::new();
+    let mut failures: Vec<bounce::Recipient> = Vec::new();
     for mut p in planned {
         while let Some(batch) = p.next_batch().await {
             if let Some(c) = batch
@@ -796,7 +796,7 @@ async fn end_of_message(
             }
             for copy in batch {
                 if let Decision::Rejected { reply } = &copy.decision {
-                    failures.push(bounce::Failure {
+                    failures.push(bounce::Recipient {
                         recipient: copy.recipient.clone(),
                         status: reply.status.to_string(),
                         diagnostic: reply.to_string(),
@@ -841,7 +841,7 @@ async fn end_of_message(
                 // reported and never sent again.
                 match milter.journal.contains(&id, &refused_key(&copy.recipient)) {
                     Ok(true) => {
-                        failures.push(bounce::Failure {
+                        failures.push(bounce::Recipient {
                             recipient: copy.recipient,
                             status: "5.0.0".into(),
                             diagnostic:
@@ -946,7 +946,7 @@ async fn reinject(
     id: &str,
     now: i64,
     copy: &Copy,
-) -> Result<Option<bounce::Failure>, String> {
+) -> Result<Option<bounce::Recipient>, String> {
     // Keep-alive: each re-injection may take a while; Postfix's timer restarts.
     let _ = cx.actions.progress().await;
     if let Err(e) = milter.journal.ensure_reserve() {
@@ -965,7 +965,7 @@ async fn reinject(
         .send_with(&t.sender, &copy.recipient, bytes, &dsn)
         .await
     {
-        Sent::Accepted(reply) => {
+        Sent::Accepted { reply, .. } => {
             milter
                 .journal
                 .record(id, &copy.recipient, now)
@@ -987,7 +987,7 @@ async fn reinject(
                 "{queue_id}: to=<{}> re-injection refused for good: {e}; reported",
                 copy.recipient
             );
-            Ok(Some(bounce::Failure {
+            Ok(Some(bounce::Recipient {
                 recipient: copy.recipient.clone(),
                 status: "5.0.0".into(),
                 diagnostic: e,
@@ -1078,10 +1078,10 @@ async fn refuse_whole(
             .set_error_reply(&reply.code.to_string(), Some(reply.status), [reply.text]);
         return Status::Reject;
     }
-    let failures: Vec<bounce::Failure> = t
+    let failures: Vec<bounce::Recipient> = t
         .recipients
         .iter()
-        .map(|r| bounce::Failure {
+        .map(|r| bounce::Recipient {
             recipient: r.clone(),
             status: reply.status.to_string(),
             diagnostic: reply.to_string(),
@@ -1115,14 +1115,14 @@ async fn report_once(
     id: &str,
     t: &Transaction,
     raw: &[u8],
-    failures: &[bounce::Failure],
+    failures: &[bounce::Recipient],
     now: i64,
 ) -> Result<(), String> {
     let sender = t.sender.as_str();
     // Each with its recipient's ORCPT, when the client gave one.
-    let (failures, unwanted): (Vec<bounce::Failure>, Vec<bounce::Failure>) = failures
+    let (failures, unwanted): (Vec<bounce::Recipient>, Vec<bounce::Recipient>) = failures
         .iter()
-        .map(|f| bounce::Failure {
+        .map(|f| bounce::Recipient {
             original: t.dsn_of(&f.recipient).orcpt,
             ..f.clone()
         })
@@ -1157,7 +1157,7 @@ async fn send_report(
     sender: &str,
     envid: Option<&str>,
     raw: &[u8],
-    failures: &[bounce::Failure],
+    failures: &[bounce::Recipient],
     now: i64,
 ) -> Result<(), String> {
     let unique = crate::queue::spool::new_id(now);
@@ -1171,7 +1171,8 @@ async fn send_report(
         now,
         unique: &unique,
         original: raw,
-        failures,
+        action: bounce::Action::Failed,
+        recipients: failures,
     });
     // The report quotes the original header, so it goes through the core like any mail:
     // encrypted to the sender when they have a key, its Subject obscured when not.
@@ -1206,7 +1207,7 @@ async fn send_report(
             Ok(())
         }
         (_, Some(bytes)) => match milter.reinject.send("", sender, bytes).await {
-            Sent::Accepted(_) => Ok(()),
+            Sent::Accepted { .. } => Ok(()),
             Sent::Temporary(e) => Err(format!("cannot send the report to the sender: {e}")),
             // Refused for good: every retry would meet the same refusal.
             Sent::Permanent(e) => {

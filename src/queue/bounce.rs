@@ -1,15 +1,28 @@
-//! Non-delivery reports (RFC 3464 multipart/report): what the sender of a queued message gets
-//! back for each recipient that cannot be delivered. A report carries the original header
-//! only, never the body (RFC 3461 RET=HDRS): the body may be exactly the plaintext that policy
-//! refused to send in clear, and the report itself leaves through the relay.
+//! Delivery status notifications (RFC 3464 multipart/report): what the sender of a queued
+//! message gets back for each recipient that cannot be delivered, and for each recipient that
+//! asked to hear of success when the relay takes no DSN parameters ("relayed", RFC 3461
+//! §5.2.2). A report carries the original header only, never the body (RFC 3461 RET=HDRS):
+//! the body may be exactly the plaintext that policy refused to send in clear, and the report
+//! itself leaves through the relay.
 
-/// One recipient that failed for good.
+/// What a report says happened to its recipients (RFC 3464 §2.3.3, Action).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Not delivered, for good.
+    Failed,
+    /// Handed to a relay that does not announce DSN: the sender asked to hear of success,
+    /// and no notice will come from further on (RFC 3461 §5.2.2).
+    Relayed,
+}
+
+/// One recipient a report is about.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Failure {
+pub struct Recipient {
     pub recipient: String,
-    /// RFC 3463 status, e.g. "5.7.1".
+    /// RFC 3463 status, e.g. "5.7.1" (or "2.0.0" when relayed).
     pub status: String,
-    /// Why, as one line (an SMTP reply, or sealpost's reason).
+    /// Why, as one line (an SMTP reply, or sealpost's reason); for a relayed recipient, the
+    /// relay's reply.
     pub diagnostic: String,
     /// The client's ORCPT (RFC 3461 §4.2, decoded: `rfc822;bob@example.org`), quoted as the
     /// Original-Recipient field (RFC 3464 §2.3.1).
@@ -30,7 +43,10 @@ pub struct Report<'a> {
     pub unique: &'a str,
     /// The original message (its header section is quoted).
     pub original: &'a [u8],
-    pub failures: &'a [Failure],
+    /// Every recipient has this action: failures and relayed notices are separate reports,
+    /// with a Subject of their own, as Postfix sends them.
+    pub action: Action,
+    pub recipients: &'a [Recipient],
 }
 
 /// The RFC 3463 status in a reply text ("550 5.1.1 ..." → "5.1.1"), else `default`.
@@ -70,13 +86,30 @@ fn typed_address(address: &str) -> String {
 pub fn render(r: &Report<'_>) -> Vec<u8> {
     let boundary = format!("{}.{}/{}", r.queue_id, r.unique, r.hostname);
     let date = |t: i64| mail_parser::DateTime::from_timestamp(t).to_rfc822();
+    let (subject, what, action, quoted) = match r.action {
+        Action::Failed => (
+            "Undelivered Mail Returned to Sender",
+            "Your message could not be delivered to the recipients below. The reasons are\r\n\
+             given with each.",
+            "failed",
+            "Undelivered Message Headers",
+        ),
+        Action::Relayed => (
+            "Successful Mail Delivery Report",
+            "Your message was handed to the next mail server for the recipients below, as\r\n\
+             you asked to be told. That server does not send delivery notices (it has no\r\n\
+             DSN), so this is the last notice of success you will get; errors further on may\r\n\
+             still be reported by other systems.",
+            "relayed",
+            "Message Headers",
+        ),
+    };
     let mut text = format!(
         "This is the sealpost mail system at host {host}.\r\n\r\n\
-         Your message could not be delivered to the recipients below. The reasons are\r\n\
-         given with each. The header of your message is attached; its body is not.\r\n\r\n",
+         {what} The header of your message is attached; its body is not.\r\n\r\n",
         host = r.hostname
     );
-    for f in r.failures {
+    for f in r.recipients {
         text.push_str(&format!(
             "<{}>: {}\r\n",
             f.recipient,
@@ -89,7 +122,7 @@ pub fn render(r: &Report<'_>) -> Vec<u8> {
     }
     status.push_str(&format!("X-Sealpost-Queue-ID: {}\r\n", r.queue_id));
     status.push_str(&format!("Arrival-Date: {}\r\n", date(r.arrived)));
-    for f in r.failures {
+    for f in r.recipients {
         // RFC 3464 §2.3.6: "smtp" only for a reply a server gave; sealpost's own reasons
         // (encryption required, the queue lifetime over) are of a type of its own. Long
         // diagnostics are cut to keep the line within RFC 5322's 998 octets.
@@ -105,7 +138,7 @@ pub fn render(r: &Report<'_>) -> Vec<u8> {
             status.push_str(&format!("Original-Recipient: {}\r\n", ascii_line(original)));
         }
         status.push_str(&format!(
-            "Final-Recipient: {}\r\nAction: failed\r\nStatus: {}\r\nDiagnostic-Code: {kind}; {diagnostic}\r\n",
+            "Final-Recipient: {}\r\nAction: {action}\r\nStatus: {}\r\nDiagnostic-Code: {kind}; {diagnostic}\r\n",
             typed_address(&f.recipient),
             f.status,
         ));
@@ -125,7 +158,7 @@ pub fn render(r: &Report<'_>) -> Vec<u8> {
     let mut out = format!(
         "From: Mail Delivery System <MAILER-DAEMON@{domain}>\r\n\
          To: <{sender}>\r\n\
-         Subject: Undelivered Mail Returned to Sender\r\n\
+         Subject: {subject}\r\n\
          Date: {date}\r\n\
          Message-ID: <{unique}.{id}@{domain}>\r\n\
          Auto-Submitted: auto-replied\r\n\
@@ -146,7 +179,7 @@ pub fn render(r: &Report<'_>) -> Vec<u8> {
          \r\n\
          {status}\r\n\
          --{boundary}\r\n\
-         Content-Description: Undelivered Message Headers\r\n\
+         Content-Description: {quoted}\r\n\
          Content-Type: text/rfc822-headers\r\n\
          \r\n",
         charset = if text.is_ascii() { "us-ascii" } else { "utf-8" },
@@ -217,11 +250,11 @@ pub async fn prepare<'a>(
     }
 }
 
-/// Whether a diagnostic is an SMTP server's reply: a 4xx or 5xx code first.
+/// Whether a diagnostic is an SMTP server's reply: a 2xx, 4xx or 5xx code first.
 fn is_smtp_reply(text: &str) -> bool {
     let b = text.as_bytes();
     b.len() >= 4
-        && matches!(b[0], b'4' | b'5')
+        && matches!(b[0], b'2' | b'4' | b'5')
         && b[1].is_ascii_digit()
         && b[2].is_ascii_digit()
         && matches!(b[3], b' ' | b'-')
@@ -254,13 +287,13 @@ mod tests {
     /// A report on one recipient of `original`.
     fn report_on(original: &[u8]) -> Vec<u8> {
         let failures = [
-            Failure {
+            Recipient {
                 recipient: "bob@example.org".into(),
                 status: "5.1.1".into(),
                 diagnostic: "550 5.1.1 <bob@example.org>: User unknown\r\n".into(),
                 original: Some("rfc822;Bob.Alias@example.org".into()),
             },
-            Failure {
+            Recipient {
                 recipient: "dave@example.com".into(),
                 status: "5.7.1".into(),
                 diagnostic: "encryption required, no usable key".into(),
@@ -277,7 +310,8 @@ mod tests {
             now: 1_700_000_100,
             unique: "u1",
             original,
-            failures: &failures,
+            action: Action::Failed,
+            recipients: &failures,
         })
     }
 
@@ -288,7 +322,7 @@ mod tests {
             typed_address("j\u{f6}rg+x@b\u{fc}cher.de"),
             "utf-8; j\\x{F6}rg\\x{2B}x@b\\x{FC}cher.de"
         );
-        let failures = [Failure {
+        let failures = [Recipient {
             recipient: "j\u{f6}rg@b\u{fc}cher.de".into(),
             status: "5.6.7".into(),
             diagnostic: "5.6.7 relay does not take international addresses".into(),
@@ -304,7 +338,8 @@ mod tests {
             now: 1_700_000_100,
             unique: "u1",
             original: b"From: alice@example.org\r\n\r\nbody\r\n",
-            failures: &failures,
+            action: Action::Failed,
+            recipients: &failures,
         });
         let text = String::from_utf8(out).unwrap();
         assert!(text.contains("Final-Recipient: utf-8; j\\x{F6}rg@b\\x{FC}cher.de\r\n"));
@@ -340,6 +375,45 @@ mod tests {
         let parsed = mail_parser::MessageParser::default().parse(&out).unwrap();
         assert_eq!(parsed.parts.len(), 4);
         assert!(crate::message::ParsedMessage::parse(out).is_ok());
+    }
+
+    #[test]
+    fn a_relayed_notice_says_so_for_each_recipient() {
+        let relayed = [Recipient {
+            recipient: "bob@example.org".into(),
+            status: "2.0.0".into(),
+            diagnostic: "250 2.0.0 Ok: queued as 4AbC".into(),
+            original: Some("rfc822;bob+lists@example.org".into()),
+        }];
+        let out = render(&Report {
+            hostname: "host.example",
+            domain: "example.org",
+            queue_id: "ABC",
+            sender: "alice@example.org",
+            envid: None,
+            arrived: 1_700_000_000,
+            now: 1_700_000_100,
+            unique: "u1",
+            original: b"From: alice@example.org\r\nSubject: hi\r\n\r\nthe body\r\n",
+            action: Action::Relayed,
+            recipients: &relayed,
+        });
+        let text = String::from_utf8(out.clone()).unwrap();
+        assert!(
+            text.contains("Subject: Successful Mail Delivery Report\r\n"),
+            "{text}"
+        );
+        assert!(text.contains(
+            "\r\n\r\nOriginal-Recipient: rfc822;bob+lists@example.org\r\n\
+             Final-Recipient: rfc822; bob@example.org\r\nAction: relayed\r\nStatus: 2.0.0\r\n\
+             Diagnostic-Code: smtp; 250 2.0.0 Ok: queued as 4AbC\r\n"
+        ));
+        assert!(text.contains("<bob@example.org>: 250 2.0.0 Ok: queued as 4AbC\r\n"));
+        assert!(text.contains("Content-Description: Message Headers\r\n"));
+        assert!(!text.contains("Undelivered") && !text.contains("could not be delivered"));
+        assert!(!text.contains("the body"), "never the body");
+        let parsed = mail_parser::MessageParser::default().parse(&out).unwrap();
+        assert_eq!(parsed.parts.len(), 4);
     }
 
     #[test]

@@ -29,7 +29,7 @@ use serde::Deserialize;
 
 use crate::rewrite::{self, Copy, Decision, Envelope, Prepared, Rewriter};
 use crate::sendmail::flags::Notify;
-use bounce::Failure;
+use bounce::Recipient;
 use relay::{Dsn, Relay, Sent};
 use spool::Submission;
 
@@ -654,16 +654,19 @@ impl Queue {
     }
 
     /// Marks the rows of one mailbox sent, all or none (an older version's twin rows).
-    fn mark_sent(&self, id: &str, rcpts: &[&str], reply: &str) -> Result<(), QueueError> {
+    /// Each recipient with whether the sender is owed a "relayed" notice for it: a sent row
+    /// with status 2.0.0 and `bounced` 0 is one, until [`Self::report_and_finish`] queues it.
+    fn mark_sent(&self, id: &str, rcpts: &[(&str, bool)], reply: &str) -> Result<(), QueueError> {
         let mut conn = self.conn();
         let tx = conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(|e| self.db_err(e))?;
-        for rcpt in rcpts {
+        for (rcpt, notice) in rcpts {
             tx.execute(
-                "UPDATE recipients SET state = 'sent', reason = ?3, attempts = attempts + 1
+                "UPDATE recipients SET state = 'sent', reason = ?3, attempts = attempts + 1,
+                     status = ?4
                  WHERE message = ?1 AND address = ?2",
-                params![id, rcpt, reply],
+                params![id, rcpt, reply, notice.then_some("2.0.0")],
             )
             .map_err(|e| self.db_err(e))?;
         }
@@ -722,23 +725,24 @@ impl Queue {
             .map_err(|e| self.db_err(e))
     }
 
-    /// Queues the report for the failed, unreported recipients of `m` and marks them
-    /// reported, in one transaction; then finishes `m` when nothing of it is queued.
-    /// Returns the report's queue id.
+    /// Queues the report for the failed, unreported recipients of `m`, and the "relayed"
+    /// notice for those sent that are owed one ([`Self::mark_sent`]), and marks them reported,
+    /// in one transaction; then finishes `m` when nothing of it is queued. Returns the
+    /// reports' queue ids.
     fn report_and_finish(
         &self,
         m: &Loaded,
         hostname: &str,
         domain: &str,
         at: i64,
-    ) -> Result<Option<String>, QueueError> {
+    ) -> Result<Vec<String>, QueueError> {
         let mut conn = self.conn();
         // The write lock from the start: a deferred transaction that reads first fails at
         // once (SQLITE_BUSY, no busy timeout) when `mailq` or `queue delete` wrote meanwhile.
         let tx = conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(|e| self.db_err(e))?;
-        let failures: Vec<(Failure, Option<Notify>)> = {
+        let failures: Vec<(Recipient, Option<Notify>)> = {
             let mut stmt = tx
                 .prepare(
                     "SELECT address, status, reason, notify, orcpt FROM recipients
@@ -749,7 +753,7 @@ impl Queue {
                 .query_map(params![m.id], |r| {
                     let notify: Option<String> = r.get(3)?;
                     Ok((
-                        Failure {
+                        Recipient {
                             recipient: r.get(0)?,
                             status: r
                                 .get::<_, Option<String>>(1)?
@@ -766,41 +770,25 @@ impl Queue {
         // Each recipient's own NOTIFY (a -bs session's RCPT), else the message's, says
         // whether its failure is reported.
         let failed = failures.len();
-        let failures: Vec<Failure> = failures
+        let failures: Vec<Recipient> = failures
             .into_iter()
-            .filter(|(_, own): &(Failure, Option<Notify>)| own.unwrap_or(m.notify).failure)
+            .filter(|(_, own): &(Recipient, Option<Notify>)| own.unwrap_or(m.notify).failure)
             .map(|(f, _)| f)
             .collect();
-        let mut report_id = None;
+        let mut report_ids = Vec::new();
         if failed > 0 {
             // No report about a report (RFC 3464 §2, RFC 5321 §4.5.5), nor when -N (or
             // each recipient's NOTIFY) said no.
             if !m.sender.is_empty() && !failures.is_empty() {
-                let id = spool::new_id(at);
-                let unique = spool::new_id(at);
-                let report = bounce::render(&bounce::Report {
+                let id = self.queue_report(
+                    &tx,
+                    m,
                     hostname,
                     domain,
-                    queue_id: &m.id,
-                    sender: &m.sender,
-                    envid: m.envid.as_deref(),
-                    arrived: m.arrived,
-                    now: at,
-                    unique: &unique,
-                    original: &m.raw,
-                    failures: &failures,
-                });
-                tx.execute(
-                    "INSERT INTO messages(id, uid, sender, notify, envid, arrived, size, raw, report)
-                     VALUES (?1, ?2, '', 'never', NULL, ?3, ?4, ?5, 1)",
-                    params![id, current_uid(), at, report.len() as i64, report],
-                )
-                .map_err(|e| self.db_err(e))?;
-                tx.execute(
-                    "INSERT INTO recipients(message, address, state, next_attempt) VALUES (?1, ?2, 'queued', ?3)",
-                    params![id, m.sender, at],
-                )
-                .map_err(|e| self.db_err(e))?;
+                    at,
+                    bounce::Action::Failed,
+                    &failures,
+                )?;
                 tracing::info!(
                     "{}: non-delivery report {id} to <{}> for {} recipient(s){}",
                     m.id,
@@ -811,7 +799,7 @@ impl Queue {
                         n => format!("; {n} left out (their NOTIFY asked for no report)"),
                     }
                 );
-                report_id = Some(id);
+                report_ids.push(id);
             } else {
                 tracing::info!(
                     "{}: {failed} recipient(s) failed; no report (null sender, or -N or NOTIFY \
@@ -821,6 +809,55 @@ impl Queue {
             }
             tx.execute(
                 "UPDATE recipients SET bounced = 1 WHERE message = ?1 AND state = 'failed'",
+                params![m.id],
+            )
+            .map_err(|e| self.db_err(e))?;
+        }
+        // RFC 3461 §5.2.2: a recipient whose NOTIFY asked for SUCCESS, handed to a relay
+        // without DSN, gets its "relayed" notice from here, as nobody further on sends one.
+        let relayed: Vec<Recipient> = {
+            let mut stmt = tx
+                .prepare(
+                    "SELECT address, reason, orcpt FROM recipients WHERE message = ?1
+                     AND state = 'sent' AND status = '2.0.0' AND bounced = 0 ORDER BY rowid",
+                )
+                .map_err(|e| self.db_err(e))?;
+            let rows = stmt
+                .query_map(params![m.id], |r| {
+                    Ok(Recipient {
+                        recipient: r.get(0)?,
+                        status: "2.0.0".into(),
+                        diagnostic: r.get::<_, Option<String>>(1)?.unwrap_or_default(),
+                        original: r.get(2)?,
+                    })
+                })
+                .map_err(|e| self.db_err(e))?;
+            rows.collect::<Result<_, _>>().map_err(|e| self.db_err(e))?
+        };
+        if !relayed.is_empty() {
+            // Owed only to a real sender (mark_sent's caller checks); a null one would send
+            // the notice nowhere.
+            if !m.sender.is_empty() {
+                let id = self.queue_report(
+                    &tx,
+                    m,
+                    hostname,
+                    domain,
+                    at,
+                    bounce::Action::Relayed,
+                    &relayed,
+                )?;
+                tracing::info!(
+                    "{}: success notice {id} to <{}> for {} recipient(s) relayed without DSN",
+                    m.id,
+                    m.sender,
+                    relayed.len(),
+                );
+                report_ids.push(id);
+            }
+            tx.execute(
+                "UPDATE recipients SET bounced = 1 WHERE message = ?1 AND state = 'sent'
+                 AND status = '2.0.0'",
                 params![m.id],
             )
             .map_err(|e| self.db_err(e))?;
@@ -841,7 +878,50 @@ impl Queue {
             .map_err(|e| self.db_err(e))?;
         }
         tx.commit().map_err(|e| self.db_err(e))?;
-        Ok(report_id)
+        Ok(report_ids)
+    }
+
+    /// Queues a report on `recipients` of `m` for its sender, inside `tx`: a message of the
+    /// runner's own (null sender, NOTIFY never: no report about a report, RFC 3464 §2).
+    /// Returns its queue id.
+    #[allow(clippy::too_many_arguments)]
+    fn queue_report(
+        &self,
+        tx: &rusqlite::Transaction<'_>,
+        m: &Loaded,
+        hostname: &str,
+        domain: &str,
+        at: i64,
+        action: bounce::Action,
+        recipients: &[Recipient],
+    ) -> Result<String, QueueError> {
+        let id = spool::new_id(at);
+        let unique = spool::new_id(at);
+        let report = bounce::render(&bounce::Report {
+            hostname,
+            domain,
+            queue_id: &m.id,
+            sender: &m.sender,
+            envid: m.envid.as_deref(),
+            arrived: m.arrived,
+            now: at,
+            unique: &unique,
+            original: &m.raw,
+            action,
+            recipients,
+        });
+        tx.execute(
+            "INSERT INTO messages(id, uid, sender, notify, envid, arrived, size, raw, report)
+             VALUES (?1, ?2, '', 'never', NULL, ?3, ?4, ?5, 1)",
+            params![id, current_uid(), at, report.len() as i64, report],
+        )
+        .map_err(|e| self.db_err(e))?;
+        tx.execute(
+            "INSERT INTO recipients(message, address, state, next_attempt) VALUES (?1, ?2, 'queued', ?3)",
+            params![id, m.sender, at],
+        )
+        .map_err(|e| self.db_err(e))?;
+        Ok(id)
     }
 
     /// Forgets finished messages older than twice the queue lifetime.
@@ -1146,13 +1226,10 @@ impl Runner {
         for id in self.queue.stranded()? {
             if let Some(m) = self.queue.load(&id, &Scope::All, now())? {
                 tracing::info!("{id}: finishing what an interrupted run left undone");
-                if self
+                stranded_reports += self
                     .queue
                     .report_and_finish(&m, &self.hostname, &self.domain, now())?
-                    .is_some()
-                {
-                    stranded_reports += 1;
-                }
+                    .len();
             }
         }
         // Reports queued just above are due now, in this run.
@@ -1205,8 +1282,17 @@ impl Runner {
 
     /// Records a copy the relay took. A failure here means the copy goes again in the next
     /// run, so a busy or briefly failing database is given a few more tries first.
-    async fn record_sent(&self, id: &str, rows: &[&str], reply: &str) -> Result<(), QueueError> {
-        let address = rows.join(">, <");
+    async fn record_sent(
+        &self,
+        id: &str,
+        rows: &[(&str, bool)],
+        reply: &str,
+    ) -> Result<(), QueueError> {
+        let address = rows
+            .iter()
+            .map(|(address, _)| *address)
+            .collect::<Vec<_>>()
+            .join(">, <");
         let mut tries = 0;
         loop {
             match self.queue.mark_sent(id, rows, reply) {
@@ -1232,8 +1318,8 @@ impl Runner {
     /// One message, then the report it caused (delivered in the same run).
     async fn deliver_message(&self, id: String, scope: Scope) -> Result<RunReport, QueueError> {
         let mut total = RunReport::default();
-        let mut next = Some((id, scope));
-        while let Some((id, scope)) = next.take() {
+        let mut next = vec![(id, scope)];
+        while let Some((id, scope)) = next.pop() {
             let at = now();
             let Some(message) = self.queue.load(&id, &scope, at)? else {
                 continue;
@@ -1245,12 +1331,12 @@ impl Runner {
             total.sent += r.sent;
             total.deferred += r.deferred;
             total.failed += r.failed;
-            if let Some(report_id) =
+            for report_id in
                 self.queue
                     .report_and_finish(&message, &self.hostname, &self.domain, now())?
             {
                 total.bounces += 1;
-                next = Some((report_id, Scope::All));
+                next.push((report_id, Scope::All));
             }
         }
         Ok(total)
@@ -1435,8 +1521,19 @@ impl Runner {
                 .send_with(&m.sender, &copy.recipient, bytes, &dsn)
                 .await
             {
-                Sent::Accepted(reply) => {
-                    let rows: Vec<&str> = still.iter().map(|d| d.address.as_str()).collect();
+                Sent::Accepted { reply, passed_dsn } => {
+                    // RFC 3461 §5.2.2: past a relay without DSN, a SUCCESS the sender asked
+                    // for is ours to give ("relayed"). Reports themselves ask for nothing.
+                    let rows: Vec<(&str, bool)> = still
+                        .iter()
+                        .map(|d| {
+                            let notice = !passed_dsn
+                                && !m.report
+                                && !m.sender.is_empty()
+                                && d.notify.unwrap_or(m.notify).success;
+                            (d.address.as_str(), notice)
+                        })
+                        .collect();
                     self.record_sent(&m.id, &rows, &reply).await?;
                     for due in &still {
                         tracing::info!(

@@ -126,8 +126,10 @@ pub enum RelaySetupError {
 /// The result of handing one copy to the relay.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Sent {
-    /// Accepted; the relay's reply.
-    Accepted(String),
+    /// Accepted: the relay's reply, and whether the relay announced DSN and so took the
+    /// recipient's DSN parameters (always false without [`Relay::passing_dsn`]). A relay
+    /// without DSN sends no success notice of its own (RFC 3461 §5.2.2).
+    Accepted { reply: String, passed_dsn: bool },
     /// Try again later (4xx, connection, TLS, authentication).
     Temporary(String),
     /// The relay refused this copy for good (5xx).
@@ -854,7 +856,10 @@ impl Relay {
                 r.message().collect::<Vec<_>>().join(" ")
             )
         });
-        Sent::Accepted(reply)
+        Sent::Accepted {
+            reply,
+            passed_dsn: dsn_offered,
+        }
     }
 
     /// Says QUIT on the idle connections.
