@@ -116,10 +116,12 @@ pub fn render(r: &Report<'_>) -> Vec<u8> {
             ascii_line(&f.diagnostic)
         ));
     }
-    let mut status = format!("Reporting-MTA: dns; {}\r\n", r.hostname);
+    // RFC 3464 §2.2: Original-Envelope-Id, when there is one, comes first.
+    let mut status = String::new();
     if let Some(envid) = r.envid {
         status.push_str(&format!("Original-Envelope-Id: {envid}\r\n"));
     }
+    status.push_str(&format!("Reporting-MTA: dns; {}\r\n", r.hostname));
     status.push_str(&format!("X-Sealpost-Queue-ID: {}\r\n", r.queue_id));
     status.push_str(&format!("Arrival-Date: {}\r\n", date(r.arrived)));
     for f in r.recipients {
@@ -364,7 +366,9 @@ mod tests {
             "\r\n\r\nFinal-Recipient: rfc822; dave@example.com\r\nAction: failed\r\n\
              Status: 5.7.1\r\nDiagnostic-Code: x-sealpost; encryption required, no usable key\r\n"
         ));
-        assert!(text.contains("Original-Envelope-Id: env1\r\n"));
+        assert!(text.contains(
+            "message/delivery-status\r\n\r\nOriginal-Envelope-Id: env1\r\nReporting-MTA: dns; host.example\r\n"
+        ));
         assert!(text.contains("Subject: secret plans\r\n"));
         assert!(!text.contains("the secret body"), "never the body");
         assert!(

@@ -489,13 +489,17 @@ impl Queue {
         }
         let dropped = self.config.incoming().join(id);
         let in_drop = std::fs::remove_file(&dropped).is_ok();
-        let conn = self.conn();
+        let mut conn = self.conn();
+        // One transaction: what it changed says whether the id was known.
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(|e| self.db_err(e))?;
         if in_drop {
             // A runner may have read the drop file just before it went, and not yet queued
             // it: a finished row under its id, written first, makes that runner's insert a
             // no-op (an id already known is ignored), so the deleted message is never
             // delivered. A runner that queued it before this row is caught below.
-            conn.execute(
+            tx.execute(
                 "INSERT OR IGNORE INTO messages(id, uid, sender, notify, envid, arrived, size,
                    raw, finished)
                  VALUES (?1, 0, '', 'never', NULL, ?2, 0, x'', ?2)",
@@ -503,7 +507,7 @@ impl Queue {
             )
             .map_err(|e| self.db_err(e))?;
         }
-        let changed = conn
+        let changed = tx
             .execute(
                 "UPDATE recipients SET state = 'failed', bounced = 1,
                    reason = 'deleted from the queue by the administrator'
@@ -511,14 +515,18 @@ impl Queue {
                 params![id],
             )
             .map_err(|e| self.db_err(e))?;
-        conn.execute(
-            "UPDATE messages SET raw = x'', finished = ?2 WHERE id = ?1 AND finished IS NULL",
-            params![id, now()],
-        )
-        .map_err(|e| self.db_err(e))?;
-        if changed == 0 && !in_drop {
+        // A message with nothing queued but not yet finished (a run was killed before its
+        // report) is deleted too, its report with it: it was in the queue all the same.
+        let finished = tx
+            .execute(
+                "UPDATE messages SET raw = x'', finished = ?2 WHERE id = ?1 AND finished IS NULL",
+                params![id, now()],
+            )
+            .map_err(|e| self.db_err(e))?;
+        if changed == 0 && finished == 0 && !in_drop {
             return Err(QueueError::NotFound(id.to_string()));
         }
+        tx.commit().map_err(|e| self.db_err(e))?;
         tracing::info!("{id}: deleted from the queue ({changed} recipient(s) not delivered)");
         Ok(())
     }
@@ -537,13 +545,16 @@ impl Queue {
     /// Unfinished messages with no recipient left to attempt: a run stopped (crash, kill, a
     /// database error) after a recipient's last result and before the message's report and
     /// finish, which only follow an attempt. Without this the sender would never hear of the
-    /// failed recipients.
+    /// failed recipients. Also those owing a "relayed" notice while other recipients wait
+    /// for their retry, so that the notice does not wait with them.
     fn stranded(&self) -> Result<Vec<String>, QueueError> {
         let conn = self.conn();
         let mut stmt = conn
             .prepare(
-                "SELECT id FROM messages m WHERE finished IS NULL AND NOT EXISTS
+                "SELECT id FROM messages m WHERE finished IS NULL AND (NOT EXISTS
                  (SELECT 1 FROM recipients r WHERE r.message = m.id AND r.state = 'queued')
+                 OR EXISTS (SELECT 1 FROM recipients r WHERE r.message = m.id
+                     AND r.state = 'sent' AND r.status = '2.0.0' AND r.bounced = 0))
                  ORDER BY id",
             )
             .map_err(|e| self.db_err(e))?;
@@ -824,10 +835,15 @@ impl Queue {
                 .map_err(|e| self.db_err(e))?;
             let rows = stmt
                 .query_map(params![m.id], |r| {
+                    let reply = r.get::<_, Option<String>>(1)?.unwrap_or_default();
+                    // The relay's own enhanced code when it gave a success one ("250 2.6.0").
+                    let status = Some(bounce::status_of(&reply, "2.0.0"))
+                        .filter(|s| s.starts_with("2."))
+                        .unwrap_or_else(|| "2.0.0".into());
                     Ok(Recipient {
                         recipient: r.get(0)?,
-                        status: "2.0.0".into(),
-                        diagnostic: r.get::<_, Option<String>>(1)?.unwrap_or_default(),
+                        status,
+                        diagnostic: reply,
                         original: r.get(2)?,
                     })
                 })
@@ -1717,5 +1733,65 @@ mod tests {
         std::fs::write(config.incoming().join("BAD1"), b"garbage").unwrap();
         queue.pick_up().unwrap();
         assert!(config.dir.join("corrupt/BAD1").exists());
+    }
+
+    /// What a killed run leaves: bob sent with a "relayed" notice owed (mark_sent), carol
+    /// still queued for a later retry. The next run's stranded pass takes the message at once
+    /// (the notice does not wait for carol's retry); `queue delete` of a message with nothing
+    /// queued still deletes it and says so (review: it answered "no such queue entry", exit
+    /// 69, and deleted it all the same).
+    #[test]
+    fn owed_notices_are_taken_up_at_once_and_a_stranded_message_can_be_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = QueueConfig {
+            dir: dir.path().join("q"),
+            ..QueueConfig::default()
+        };
+        let queue = Queue::open(&config).unwrap();
+        let s = submission(&["bob@example.org", "carol@example.org"]);
+        spool::write(&config.incoming(), "AAA2", &s).unwrap();
+        queue.pick_up().unwrap();
+        assert!(queue.stranded().unwrap().is_empty());
+        queue
+            .mark_sent("AAA2", &[("bob@example.org", true)], "250 2.0.0 Ok")
+            .unwrap();
+        assert_eq!(queue.stranded().unwrap(), ["AAA2"]);
+        // Sent without a notice owed: nothing to take up.
+        spool::write(
+            &config.incoming(),
+            "AAA3",
+            &submission(&["bob@example.org"]),
+        )
+        .unwrap();
+        queue.pick_up().unwrap();
+        queue
+            .mark_sent("AAA3", &[("bob@example.org", false)], "250 2.0.0 Ok")
+            .unwrap();
+        assert_eq!(queue.stranded().unwrap(), ["AAA2", "AAA3"]);
+        let m = queue.load("AAA3", &Scope::All, now()).unwrap().unwrap();
+        assert!(queue
+            .report_and_finish(&m, "host.example", "example.org", now())
+            .unwrap()
+            .is_empty());
+        assert_eq!(queue.stranded().unwrap(), ["AAA2"]);
+
+        // Nothing queued, the notice owed: `queue delete` drops it (no report goes out, as
+        // documented) and succeeds.
+        queue.delete("AAA2").unwrap();
+        queue
+            .conn()
+            .execute(
+                "UPDATE recipients SET state = 'sent', status = '2.0.0', bounced = 0
+                 WHERE message = 'AAA2'",
+                [],
+            )
+            .unwrap();
+        queue
+            .conn()
+            .execute("UPDATE messages SET finished = NULL WHERE id = 'AAA2'", [])
+            .unwrap();
+        queue.delete("AAA2").unwrap();
+        assert!(queue.stranded().unwrap().is_empty());
+        assert!(matches!(queue.delete("AAA2"), Err(QueueError::NotFound(_))));
     }
 }
