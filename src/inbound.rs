@@ -214,11 +214,15 @@ pub async fn process(keys: &KeyService, raw: &[u8]) -> Result<Processed, Inbound
                     let signed_header = signed_part_header(&plaintext);
                     // A multipart/signed entity's own header is outside its signature (§6.1):
                     // anyone can wrap a signed part they captured, with protected fields of
-                    // their own around it. Its fields count only when the OpenPGP message is
-                    // signed as a whole (§6.2); otherwise only the signed part's do.
+                    // their own around it. When the signed part has protected fields and the
+                    // OpenPGP message is not signed as a whole (§6.2), only the signed part's
+                    // count. A signed part without them (a MUA's own signed mail, encrypted
+                    // whole by sealpost's MX) leaves the entity's: outside the signature, but
+                    // no more so than the outer header they replace, which shows the MX's
+                    // obscured Subject (review: the real Subject was lost for good).
                     let whole_signed = !decrypted.signatures.is_empty();
                     let protected = match signed_header.as_deref() {
-                        Some(signed) if !whole_signed => Some(signed).filter(|h| is_protected(h)),
+                        Some(signed) if !whole_signed && is_protected(signed) => Some(signed),
                         _ if is_protected(inner_header) => Some(inner_header),
                         _ => signed_header.as_deref().filter(|h| is_protected(h)),
                     };

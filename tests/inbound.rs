@@ -646,6 +646,58 @@ fn signed_by_two(part: &[u8], signature: &[u8]) -> Vec<u8> {
     raw
 }
 
+/// A MUA's own signed mail (no protected fields in its signed part), encrypted whole to Bob
+/// by sealpost's MX (the inbound policy: no signature of the whole, Subject obscured outside):
+/// delivered, it shows its real Subject and Alice's valid signature (review: the stored
+/// message had `Subject: [...]` and the real Subject nowhere).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_message_encrypted_by_the_mx_keeps_its_subject() {
+    use sealpost::rewrite::{Envelope, Outcome, Policy, Rewriter};
+    let world = World::new();
+    let server = bobs_store(&world);
+    let part = b"Content-Type: text/plain; charset=us-ascii\r\n\r\nThe numbers.\r\n";
+    let out = world.sender.gpg(
+        &["--armor", "--detach-sign", "-u", &world.alice],
+        Some(part),
+    );
+    assert!(out.status.success(), "{out:?}");
+    let signed = String::from_utf8(signed_by_two(part, &out.stdout))
+        .unwrap()
+        .replace("Subject: two", "Subject: Quarterly numbers")
+        .into_bytes();
+    let mx = Rewriter::new(
+        world.sender.service(std::time::Duration::from_secs(20)),
+        Policy::inbound(&Policy::default()),
+    );
+    let envelope = Envelope {
+        id: "MX".into(),
+        sender: "alice@example.org".into(),
+        recipients: vec!["bob@example.org".into()],
+    };
+    let copy = match mx.rewrite(&envelope, signed).await.expect("accepted") {
+        Outcome::Copies(mut copies) => copies.remove(0).message.expect("a copy"),
+        Outcome::Refused(r) => panic!("refused: {r}"),
+    };
+    assert!(!common::contains(&copy, "Quarterly"), "the MX obscures it");
+    let (code, output) = deliver(&server, &copy);
+    assert_eq!(code, 0, "{output}");
+    let stored = verdicts::fetch_all(&server);
+    let message = String::from_utf8_lossy(&stored[0].1).into_owned();
+    let (header, _) = message.split_once("\r\n\r\n").unwrap();
+    assert!(
+        header.contains("Subject: Quarterly numbers\r\n"),
+        "{header}"
+    );
+    assert!(!header.contains("[...]"), "{header}");
+    assert_eq!(
+        verdicts::verdict(&stored[0].1),
+        format!(
+            "encrypted; signature=valid; signer={}; from=match",
+            world.alice
+        )
+    );
+}
+
 /// Two people sign one text, Mallory and Alice, in either order: the message is From Alice,
 /// so hers is the signature that counts (signer Alice, from=match), whichever comes first.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
