@@ -162,6 +162,43 @@ pub enum InboundError {
 
 /// Processes one message (CRLF line ends, as stored).
 pub async fn process(keys: &KeyService, raw: &[u8]) -> Result<Processed, InboundError> {
+    process_layer(keys, raw, 0).await
+}
+
+/// The ciphertext of a message that is one as a whole: PGP/MIME's second part (RFC 3156 §4),
+/// with true, or an inline armored block that is the whole text body, with false. Nothing
+/// around it is ever decrypted with it (EFAIL: attacker-written parts stay out).
+fn whole_message_ciphertext(parsed: Option<&mail_parser::Message<'_>>) -> Option<(Vec<u8>, bool)> {
+    let message = parsed?;
+    let root = message.parts.first();
+    let content_type = root.and_then(|p| p.content_type());
+    let is = |t: &str, s: &str| has_type(content_type, t, s);
+    let protocol = content_type
+        .and_then(|ct| ct.attribute("protocol"))
+        .map(str::to_ascii_lowercase);
+    if is("multipart", "encrypted") && protocol.as_deref() == Some("application/pgp-encrypted") {
+        match &message.parts[0].body {
+            PartType::Multipart(children) if children.len() >= 2 => message
+                .parts
+                .get(children[1] as usize)
+                .map(|p| (p.contents().to_vec(), true)),
+            _ => None,
+        }
+    } else if is("text", "plain") || content_type.is_none() {
+        inline_armor(root.map(|p| p.contents()).unwrap_or_default()).map(|c| (c, false))
+    } else {
+        None
+    }
+}
+
+/// [`process`] at a depth: 0 for the message as it came, 1 for the plaintext of an unsigned
+/// PGP/MIME layer that is itself a whole ciphertext (a sender's encrypted mail that sealpost's
+/// MX, finding it not encrypted strictly enough to pass unchanged, encrypted once more).
+async fn process_layer(
+    keys: &KeyService,
+    raw: &[u8],
+    depth: u8,
+) -> Result<Processed, InboundError> {
     let (header, body) = split(raw);
     let parsed = MessageParser::default().parse(raw);
     let root = parsed.as_ref().and_then(|m| m.parts.first());
@@ -179,26 +216,10 @@ pub async fn process(keys: &KeyService, raw: &[u8]) -> Result<Processed, Inbound
     };
     let mut out_header = header.to_vec();
     let mut out_body = body.to_vec();
+    // A PGP/MIME layer decrypted that nobody signed, whose plaintext may be a ciphertext again.
+    let mut unsigned_layer = false;
 
-    let ciphertext: Option<(Vec<u8>, bool)> = if is("multipart", "encrypted")
-        && protocol.as_deref() == Some("application/pgp-encrypted")
-    {
-        // RFC 3156 §4: the second part holds the ciphertext.
-        let message = parsed.as_ref().expect("parsed");
-        match &message.parts[0].body {
-            PartType::Multipart(children) if children.len() >= 2 => message
-                .parts
-                .get(children[1] as usize)
-                .map(|p| (p.contents().to_vec(), true)),
-            _ => None,
-        }
-    } else if is("text", "plain") || content_type.is_none() {
-        inline_armor(root.map(|p| p.contents()).unwrap_or_default()).map(|c| (c, false))
-    } else {
-        None
-    };
-
-    if let Some((ciphertext, pgp_mime)) = ciphertext {
+    if let Some((ciphertext, pgp_mime)) = whole_message_ciphertext(parsed.as_ref()) {
         match keys.decrypt_verify(ciphertext).await {
             Ok(decrypted) => {
                 verdict.encryption = Encryption::Decrypted;
@@ -234,6 +255,7 @@ pub async fn process(keys: &KeyService, raw: &[u8]) -> Result<Processed, Inbound
                     let shown_from = from_address(&merged);
                     out_header = merged;
                     out_body = inner_body.to_vec();
+                    unsigned_layer = !whole_signed;
                     // RFC 3156 §6.2: signed and encrypted in one OpenPGP message.
                     verdict.signature =
                         signature_of(keys, &decrypted.signatures, &shown_from).await?;
@@ -280,6 +302,21 @@ pub async fn process(keys: &KeyService, raw: &[u8]) -> Result<Processed, Inbound
         if let (Some(protected), Signature::Valid { .. }) = (&protected, &verdict.signature) {
             let list = has_field(header, b"list-id");
             out_header = merge_headers(header, header, Some(protected), list).0;
+        }
+    }
+
+    // The layer's plaintext is a whole ciphertext again: decrypted too, once, and then that
+    // is what is shown, with its own verdict. Only an unsigned layer's (nobody vouched for
+    // what it wraps, and nothing sits beside the inner ciphertext: it is the whole entity).
+    // Undecryptable inside, the layer is kept as decrypted so far.
+    if depth == 0 && unsigned_layer && verdict.signature == Signature::Unsigned {
+        let entity = [&out_header[..], &out_body[..]].concat();
+        let inner = MessageParser::default().parse(&entity);
+        if whole_message_ciphertext(inner.as_ref()).is_some() {
+            let inner = Box::pin(process_layer(keys, &entity, depth + 1)).await?;
+            if inner.verdict.encryption == Encryption::Decrypted {
+                return Ok(inner);
+            }
         }
     }
 

@@ -698,6 +698,85 @@ async fn a_signed_message_encrypted_by_the_mx_keeps_its_subject() {
     );
 }
 
+/// Ciphertexts that sealpost's MX does not find encrypted strictly enough to pass unchanged
+/// (a preamble it does not know; an armor header RFC 4880 does not name), so it encrypts them
+/// once more: delivered, both layers are decrypted, and what shows is the sender's text with
+/// the sender's signature (review: the stored message was the sender's ciphertext, unread).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ciphertext_the_mx_encrypted_again_is_decrypted_through_both_layers() {
+    use sealpost::rewrite::{Envelope, Outcome, Policy, Rewriter};
+    let world = World::new();
+    let server = bobs_store(&world);
+    let armored = |text: &str| {
+        let out = world.sender.gpg(
+            &[
+                "--armor",
+                "--sign",
+                "--encrypt",
+                "--trust-model",
+                "always",
+                "-u",
+                &world.alice,
+                "-r",
+                &world.bob_fpr,
+            ],
+            Some(format!("Content-Type: text/plain\r\n\r\n{text}\r\n").as_bytes()),
+        );
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(sealpost::store::crlf(&out.stdout)).unwrap()
+    };
+    let preamble = String::from_utf8(verdicts::pgp_mime(armored("layered 5521").as_bytes()))
+        .unwrap()
+        .replacen(
+            "\r\n\r\n--b1\r\n",
+            "\r\n\r\nThis is an encrypted message.\r\n--b1\r\n",
+            1,
+        );
+    let inline = format!(
+        "From: alice@example.org\r\nTo: bob@example.org\r\nSubject: inline\r\n\r\n{}",
+        armored("layered 5522").replacen(
+            "-----BEGIN PGP MESSAGE-----\r\n",
+            "-----BEGIN PGP MESSAGE-----\r\nEncoding: base64\r\n",
+            1
+        )
+    );
+    let mx = Rewriter::new(
+        world.sender.service(std::time::Duration::from_secs(20)),
+        Policy::inbound(&Policy::default()),
+    );
+    let envelope = Envelope {
+        id: "MX".into(),
+        sender: "alice@example.org".into(),
+        recipients: vec!["bob@example.org".into()],
+    };
+    for raw in [preamble, inline] {
+        let copy = match mx.rewrite(&envelope, raw.clone().into_bytes()).await {
+            Ok(Outcome::Copies(mut copies)) => copies.remove(0).message.expect("a copy"),
+            other => panic!("{other:?}"),
+        };
+        assert_ne!(copy, raw.as_bytes(), "the MX encrypts it once more");
+        let (code, output) = deliver(&server, &copy);
+        assert_eq!(code, 0, "{output}");
+    }
+    let stored = verdicts::fetch_all(&server);
+    assert_eq!(stored.len(), 2);
+    for ((_, message), text) in stored.iter().zip(["layered 5521", "layered 5522"]) {
+        assert!(
+            common::contains(message, text),
+            "{}",
+            String::from_utf8_lossy(message)
+        );
+        assert!(!common::contains(message, "BEGIN PGP MESSAGE"));
+        assert_eq!(
+            verdicts::verdict(message),
+            format!(
+                "encrypted; signature=valid; signer={}; from=match",
+                world.alice
+            )
+        );
+    }
+}
+
 /// Two people sign one text, Mallory and Alice, in either order: the message is From Alice,
 /// so hers is the signature that counts (signer Alice, from=match), whichever comes first.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
