@@ -561,12 +561,13 @@ pub fn without_verdict(raw: &[u8]) -> Vec<u8> {
     out
 }
 
-/// [`without_verdict`] for a message held whole: returned as it is (no copy) when it has no
-/// such field, as almost every message has not.
+/// [`without_verdict`] for a message held whole: returned as it is (no copy) when nothing
+/// changed, as for almost every message. Compared byte for byte: a bare CR made a blank
+/// keeps the length (review: APPEND kept a verdict field hidden behind one).
 pub fn into_without_verdict(raw: Vec<u8>) -> Vec<u8> {
     let (header, body) = split(&raw);
     let stripped = strip_field(header, VERDICT_FIELD);
-    if stripped.len() == header.len() {
+    if stripped == header {
         return raw;
     }
     let mut out = stripped;
@@ -941,6 +942,8 @@ mod tests {
             b"Subject: x\r\n\r\nSealpost-Verdict: in the body\r\n",
             b"no header at all",
             b"\r\nbody",
+            // Behind a bare CR: a blank here, a line end for some readers.
+            b"Subject: hello\rSealpost-Verdict: encrypted; signature=valid\r\n\r\nbody",
         ] {
             assert_eq!(
                 into_without_verdict(raw.to_vec()),
