@@ -39,6 +39,7 @@ pub struct ImportArgs {
 /// `sealpost imap`: serves until SIGTERM or SIGINT, then lets sessions finish.
 pub async fn serve(config: Config, args: ImapArgs) -> Result<u8, CliError> {
     let store = open_store(&config).await?;
+    journal_for_upstreams(&config, &store).await?;
     let tls = imap::tls::acceptor(
         config.imap.certificate.as_deref(),
         config.imap.key.as_deref(),
@@ -168,6 +169,7 @@ fn syncers(
 /// the daemon (sync, IDLE or poll, again) until SIGTERM.
 pub async fn sync(config: Config, args: SyncArgs) -> Result<u8, CliError> {
     let store = open_store(&config).await?;
+    journal_for_upstreams(&config, &store).await?;
     let syncers = syncers(&config, &store, args.account.as_deref())?;
     if syncers.is_empty() {
         return Err(CliError::Usage(
@@ -226,6 +228,31 @@ pub async fn sync(config: Config, args: SyncArgs) -> Result<u8, CliError> {
         let _ = t.await;
     }
     Ok(0)
+}
+
+/// Turns on the change journal of every account with `[accounts.upstream]`, before any
+/// client or sync touches the store: what a client changes while the upstream has never
+/// been reached (down, a wrong password, a first start offline) is written back once it is
+/// (review: the journal started only at the first successful login, and changes made before
+/// were never written back).
+async fn journal_for_upstreams(config: &Config, store: &Store) -> Result<(), CliError> {
+    let names: Vec<String> = config
+        .accounts
+        .iter()
+        .filter(|a| a.upstream.is_some())
+        .map(|a| a.name.clone())
+        .collect();
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || {
+        for name in names {
+            let account = store.ensure_account(&name)?;
+            store.set_write_back(account, true)?;
+        }
+        Ok::<_, crate::store::StoreError>(())
+    })
+    .await
+    .map_err(|e| CliError::Demo(e.to_string()))?
+    .map_err(CliError::from)
 }
 
 async fn open_store(config: &Config) -> Result<Store, CliError> {
