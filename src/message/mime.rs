@@ -32,16 +32,36 @@ fn is_trace(field: &HeaderField) -> bool {
         || field.name.len() > 4 && field.name[..4].eq_ignore_ascii_case("ARC-")
 }
 
+/// Signatures over the plaintext (DKIM, RFC 6376; ARC, RFC 8617; DomainKeys): `bh=` is the
+/// hash of the plaintext body and `b=` signs the real Subject, so in an encrypted copy's clear
+/// header they would let anyone confirm a guessed body (a one-time code, a yes or no) or
+/// Subject offline. The copy's new body and Subject break them anyway.
+fn is_plaintext_signature(field: &HeaderField) -> bool {
+    [
+        "DKIM-Signature",
+        "X-Google-DKIM-Signature",
+        "DomainKey-Signature",
+    ]
+    .iter()
+    .any(|n| field.is(n))
+        || field.name.len() > 4 && field.name[..4].eq_ignore_ascii_case("ARC-")
+}
+
 /// Header fields of the outer message for an encrypted copy under RFC 9788's hcp_baseline
 /// policy (§3.2.3): Subject replaced by `obscured_subject`, Comments and Keywords removed,
 /// everything else kept, but Thread-Topic (Outlook's copy of the Subject, which would show it
-/// in clear beside the obscured one). Structural (MIME) fields are not included: the caller
-/// adds its own.
+/// in clear beside the obscured one) and signatures over the plaintext
+/// ([`is_plaintext_signature`]). Structural (MIME) fields are not included: the caller adds
+/// its own.
 pub fn outer_fields_encrypted(fields: &[HeaderField], obscured_subject: &str) -> Vec<HeaderField> {
     fields
         .iter()
         .filter(|f| {
-            !f.is_structural() && !f.is("Comments") && !f.is("Keywords") && !f.is("Thread-Topic")
+            !f.is_structural()
+                && !f.is("Comments")
+                && !f.is("Keywords")
+                && !f.is("Thread-Topic")
+                && !is_plaintext_signature(f)
         })
         .map(|f| {
             if f.is("Subject") {
@@ -657,6 +677,11 @@ mod tests {
             HeaderField::new("Received", "from x"),
             HeaderField::new("Thread-Topic", "secret plans"),
             HeaderField::new("Content-Type", "text/plain"),
+            HeaderField::new("DKIM-Signature", "v=1; d=example.org; bh=mgmfKflj; b=x"),
+            HeaderField::new("ARC-Message-Signature", "i=1; bh=mgmfKflj; b=y"),
+            HeaderField::new("arc-seal", "i=1; b=z"),
+            HeaderField::new("X-Google-DKIM-Signature", "v=1; bh=mgmfKflj"),
+            HeaderField::new("Authentication-Results", "mx.example.org; dkim=pass"),
         ];
         let outer = outer_fields_encrypted(&original, "[...]");
         assert!(outer.iter().any(|f| f.raw == b"Subject: [...]\r\n"));
@@ -664,6 +689,13 @@ mod tests {
             !outer.iter().any(|f| f.is("Thread-Topic")),
             "no Subject in clear"
         );
+        // Review: DKIM's bh= let anyone confirm a guessed body (a one-time code) offline.
+        assert!(
+            !outer.iter().any(|f| contains(&f.raw, b"bh=")),
+            "no hash of the plaintext in clear: {outer:?}"
+        );
+        assert!(!outer.iter().any(|f| f.is("ARC-Seal")));
+        assert!(outer.iter().any(|f| f.is("Authentication-Results")));
         let content = ContentEntity {
             fields: vec![HeaderField::new(
                 "Content-Type",
