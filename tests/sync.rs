@@ -2319,6 +2319,53 @@ async fn folders_created_here_are_made_upstream() {
     );
 }
 
+/// A draft's Bcc goes up with it, inside the encryption only (review: the upload went
+/// through the outgoing rules, which take Bcc out of every copy, so another client opening
+/// the draft, or a new store synced from upstream, lost the Bcc recipients).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drafts_bcc_goes_up_inside_the_encryption_only() {
+    let world = World::new();
+    let dovecot = Dovecot::start_tls();
+    let server = Server::start_config("", &gnupg_table(&world));
+    let dir = tempfile::tempdir().unwrap();
+    let config = sync_config(
+        &server,
+        &upstream_table(
+            &dovecot,
+            dir.path(),
+            "none",
+            dovecot.port,
+            "address = \"bob@example.org\"",
+        ),
+    );
+    let out = sync_once(&config);
+    assert!(out.status.success(), "{out:?}");
+    let mut raw = server.login();
+    let draft = "From: bob@example.org\r\nTo: carol@example.org\r\n\
+        Bcc: dave@example.net, erin@example.net\r\nSubject: quiet\r\n\r\ndraft text\r\n";
+    raw.ok(&format!(
+        "APPEND Drafts (\\Draft) {{{}+}}\r\n{draft}",
+        draft.len()
+    ));
+    let out = sync_once(&config);
+    assert!(out.status.success(), "{out:?}");
+    let files = dovecot.mailbox_files("Drafts");
+    assert_eq!(files.len(), 1, "{out:?}");
+    let stored = std::fs::read(&files[0]).unwrap();
+    for hidden in ["dave@example.net", "erin@example.net", "draft text"] {
+        assert!(!common::contains(&stored, hidden), "{hidden} in clear");
+    }
+    let (plain, _, _, _) = world
+        .bob
+        .decrypt(&common::ciphertext(&stored))
+        .expect("bob's key opens the draft");
+    assert!(
+        common::contains(&plain, "Bcc: dave@example.net, erin@example.net\r\n"),
+        "{}",
+        String::from_utf8_lossy(&plain)
+    );
+}
+
 /// A folder made here by `sealpost deliver` was never upstream: renamed here, there is nothing
 /// to rename upstream, and the rename does not wait for good, holding up the changes after it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

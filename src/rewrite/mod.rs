@@ -226,8 +226,13 @@ impl Rewriter {
             }
         };
 
-        // The header fields every copy starts from: no Bcc, plus Autocrypt when enabled.
-        let mut fields = without_bcc(message.fields());
+        // The header fields every copy starts from: no Bcc (but inside the user's own stored
+        // copy, `keep_bcc`), plus Autocrypt when enabled.
+        let mut fields = if self.policy.keep_bcc {
+            message.fields().to_vec()
+        } else {
+            without_bcc(message.fields())
+        };
         // Autocrypt (Level 1 §2.1) advertises the From address's own key: not a gateway's
         // default signer, whose key belongs to another address.
         if self.policy.autocrypt && signing.own {
@@ -296,10 +301,12 @@ impl Rewriter {
         if self.policy.sign && signing.fingerprint.is_none() {
             return Err(signing.unusable());
         }
+        // Never a Bcc outside (only `keep_bcc` leaves one in `fields`, for inside).
+        let outside = without_bcc(fields);
         let outer = if self.policy.header_protection {
-            mime::outer_fields_encrypted(fields, &self.policy.obscured_subject)
+            mime::outer_fields_encrypted(&outside, &self.policy.obscured_subject)
         } else {
-            mime::outer_fields_clear(fields)
+            mime::outer_fields_clear(&outside)
         };
         let payload = if self.policy.header_protection {
             mime::protected_payload(fields, &outer, content, Protection::Cipher)
@@ -386,6 +393,8 @@ impl Rewriter {
         let Some(signer) = &signing.fingerprint else {
             return Err(signing.unusable());
         };
+        // A signed copy is read in clear: never a Bcc, even with `keep_bcc`.
+        let fields = &without_bcc(fields);
         let outer = mime::outer_fields_clear(fields);
         let payload = if self.policy.header_protection {
             mime::protected_payload(fields, &outer, content, Protection::Clear)

@@ -55,6 +55,11 @@ pub struct Policy {
     /// About how many bytes of one message's copies are built at a time: a large message to
     /// many recipients is encrypted and sent a batch of copies at a time (at least one).
     pub copy_batch_bytes: usize,
+    /// Keep Bcc (and Resent-Bcc) in the protected header inside an encrypted copy, never
+    /// outside: for the user's own copy stored upstream ([`Policy::upload`]), where the Bcc of
+    /// a draft or of sent mail is the user's own record, not something leaked to another
+    /// recipient. Needs `header_protection` (without it only the content is encrypted).
+    pub keep_bcc: bool,
 }
 
 impl Default for Policy {
@@ -71,6 +76,7 @@ impl Default for Policy {
             obscured_subject: "[...]".into(),
             default_signer: None,
             copy_batch_bytes: 64 * 1024 * 1024,
+            keep_bcc: false,
         }
     }
 }
@@ -101,6 +107,7 @@ impl Policy {
             obscured_subject: outgoing.obscured_subject.clone(),
             default_signer: None,
             copy_batch_bytes: outgoing.copy_batch_bytes,
+            keep_bcc: false,
         }
     }
 
@@ -110,6 +117,7 @@ impl Policy {
     pub fn upload(outgoing: &Policy) -> Policy {
         Policy {
             mode: Mode::EncryptOnly,
+            keep_bcc: true,
             ..Policy::inbound(outgoing)
         }
     }
