@@ -142,8 +142,11 @@ fn visit(message: &Message<'_>, part: &MessagePart<'_>, raw: &[u8], edits: &mut 
             };
             let mut header = Vec::new();
             let mut replaced = false;
-            for h in &part.headers {
+            for (i, h) in part.headers.iter().enumerate() {
                 let bytes = &raw[h.offset_field as usize..h.offset_end as usize];
+                if i == 0 && is_postmark_field(bytes) {
+                    continue;
+                }
                 let is_type = matches!(h.name, mail_parser::HeaderName::ContentType);
                 if is_cte(&h.name) {
                     if !replaced {
@@ -308,13 +311,28 @@ fn first_unclosed(message: &Message<'_>, raw: &[u8]) -> Option<(usize, String)> 
 
 /// Rewrites a part's header fields as they may stand inside signed data
 /// ([`super::mime::signing_safe_field`]) when any of them is not so already.
+/// An attached message's mbox postmark ("From sender date"), which mail-parser reads as its
+/// first field: no field of the message, and a "From " line that mbox deliveries would quote
+/// ">From ", breaking the signature. Dropped, as from the message itself
+/// (`ParsedMessage::parse`).
+fn is_postmark_field(bytes: &[u8]) -> bool {
+    super::parse::is_postmark(bytes)
+}
+
 fn safe_header(part: &MessagePart<'_>, raw: &[u8], edits: &mut Vec<Edit>) {
     let (Some(first), Some(last)) = (part.headers.first(), part.headers.last()) else {
         return;
     };
     let (start, end) = (first.offset_field as usize, last.offset_end as usize);
     let mut header = Vec::with_capacity(end.saturating_sub(start));
-    for h in &part.headers {
+    for (i, h) in part.headers.iter().enumerate() {
+        if i == 0
+            && raw
+                .get(h.offset_field as usize..h.offset_end as usize)
+                .is_some_and(is_postmark_field)
+        {
+            continue;
+        }
         // Offsets that do not point at this field in the message (a part parsed from decoded
         // bytes): nothing is rewritten.
         let Some(bytes) = raw.get(h.offset_field as usize..h.offset_end as usize) else {
@@ -580,6 +598,42 @@ Content-Type: application/pdf\r\nContent-Transfer-Encoding: base64\r\n\r\nJVBERi
                 Content-Transfer-Encoding: base64\r\n\r\nJVBERi0x\r\n--o--\r\n"
             ),
             "{text}"
+        );
+    }
+
+    /// No line of the entity to sign starts with "From ", which mbox deliveries quote as
+    /// ">From " (and the signature no longer verifies): an attached message's postmark is
+    /// dropped, and a field written "From :" (a blank before the colon, RFC 5322 §4.5) is
+    /// written "From:". From a review: both stayed in the signed part.
+    #[test]
+    fn an_attached_postmark_and_a_blank_before_a_colon_leave_no_from_line() {
+        let raw = b"From: Alice <alice@example.org>\r\nSubject: fwd\r\nMIME-Version: 1.0\r\n\
+Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\n\
+see attached\r\n--b\r\nContent-Type: message/rfc822\r\n\r\n\
+From zed@example.com Thu Jan  1 00:00:00 2026\r\nFrom : Zed <zed@example.com>\r\n\
+Subject: inner\r\n\r\ninner body\r\n--b--\r\n";
+        let entity = content_entity(&ParsedMessage::parse(raw.to_vec()).unwrap()).to_entity();
+        let text = String::from_utf8(entity).unwrap();
+        assert!(
+            !text.split("\r\n").any(|l| l.starts_with("From ")),
+            "{text}"
+        );
+        assert!(
+            text.contains("Content-Type: message/rfc822\r\n\r\nFrom: Zed <zed@example.com>\r\nSubject: inner\r\n\r\ninner body\r\n"),
+            "{text}"
+        );
+        // The attached message's own body re-encoded (8-bit): its header is written anew.
+        let eight_bit = String::from_utf8_lossy(raw).replace("inner body", "inner b\u{fc}dy");
+        let entity = content_entity(&ParsedMessage::parse(eight_bit.into_bytes()).unwrap());
+        let text = String::from_utf8(entity.to_entity()).unwrap();
+        assert!(
+            !text.split("\r\n").any(|l| l.starts_with("From ")),
+            "{text}"
+        );
+        assert!(text.contains("From: Zed <zed@example.com>\r\n"), "{text}");
+        assert_eq!(
+            crate::message::mime::signing_safe_field("From", b"From \t: Alice <a@example.org>\r\n"),
+            b"From: Alice <a@example.org>\r\n"
         );
     }
 

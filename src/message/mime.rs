@@ -170,6 +170,18 @@ fn is_unstructured(name: &str, raw: &[u8]) -> bool {
 /// 8-bit bytes in a structured field (a raw UTF-8 display name or file name) are kept. A line
 /// over 998 octets (RFC 5322 §2.1.1) is folded before a blank where it has one.
 pub fn signing_safe_field(name: &str, raw: &[u8]) -> Vec<u8> {
+    // "From :" (blanks before the colon, allowed by RFC 5322 §4.5.3's obsolete syntax) is
+    // written "From:": a line starting "From " in signed data is quoted ">From " by mbox
+    // deliveries, and the signature no longer verifies. The same field either way.
+    let named;
+    let raw = match raw.iter().position(|b| *b == b':') {
+        Some(colon) if colon > 0 && matches!(raw[colon - 1], b' ' | b'\t') => {
+            let name_len = trim_blanks_end(&raw[..colon]).len();
+            named = [&raw[..name_len], &raw[colon..]].concat();
+            &named[..]
+        }
+        _ => raw,
+    };
     let eight_bit = raw.iter().any(|b| *b >= 0x80);
     // Only in text people read: an X- field's long token (a relay's JSON, a URL) is for a
     // program, which would not decode it.
