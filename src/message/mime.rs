@@ -32,15 +32,21 @@ fn is_trace(field: &HeaderField) -> bool {
         || field.name.len() > 4 && field.name[..4].eq_ignore_ascii_case("ARC-")
 }
 
-/// Signatures over the plaintext (DKIM, RFC 6376; ARC, RFC 8617; DomainKeys): `bh=` is the
-/// hash of the plaintext body and `b=` signs the real Subject, so in an encrypted copy's clear
-/// header they would let anyone confirm a guessed body (a one-time code, a yes or no) or
-/// Subject offline. The copy's new body and Subject break them anyway.
-fn is_plaintext_signature(field: &HeaderField) -> bool {
+/// Fields made from the plaintext, which an encrypted copy's clear header must not carry:
+/// signatures over it (DKIM, RFC 6376; ARC, RFC 8617; DomainKeys), whose `bh=` is the hash of
+/// the plaintext body and `b=` signs the real Subject, so that anyone could confirm a guessed
+/// body (a one-time code, a yes or no) or Subject offline (the copy's new body and Subject
+/// break them anyway); and SpamAssassin's reports, whose template quotes the Subject and a
+/// "Content preview" of the body, and its copy of a Subject it rewrote. Those that are no
+/// trace fields stay inside, in the protected header.
+fn is_plaintext_derived(field: &HeaderField) -> bool {
     [
         "DKIM-Signature",
         "X-Google-DKIM-Signature",
         "DomainKey-Signature",
+        "X-Spam-Report",
+        "X-Ham-Report",
+        "X-Spam-Prev-Subject",
     ]
     .iter()
     .any(|n| field.is(n))
@@ -50,8 +56,8 @@ fn is_plaintext_signature(field: &HeaderField) -> bool {
 /// Header fields of the outer message for an encrypted copy under RFC 9788's hcp_baseline
 /// policy (§3.2.3): Subject replaced by `obscured_subject`, Comments and Keywords removed,
 /// everything else kept, but Thread-Topic (Outlook's copy of the Subject, which would show it
-/// in clear beside the obscured one) and signatures over the plaintext
-/// ([`is_plaintext_signature`]). Structural (MIME) fields are not included: the caller adds
+/// in clear beside the obscured one) and fields made from the plaintext
+/// ([`is_plaintext_derived`]). Structural (MIME) fields are not included: the caller adds
 /// its own.
 pub fn outer_fields_encrypted(fields: &[HeaderField], obscured_subject: &str) -> Vec<HeaderField> {
     fields
@@ -61,7 +67,7 @@ pub fn outer_fields_encrypted(fields: &[HeaderField], obscured_subject: &str) ->
                 && !f.is("Comments")
                 && !f.is("Keywords")
                 && !f.is("Thread-Topic")
-                && !is_plaintext_signature(f)
+                && !is_plaintext_derived(f)
         })
         .map(|f| {
             if f.is("Subject") {
@@ -694,6 +700,9 @@ mod tests {
             HeaderField::new("arc-seal", "i=1; b=z"),
             HeaderField::new("X-Google-DKIM-Signature", "v=1; bh=mgmfKflj"),
             HeaderField::new("Authentication-Results", "mx.example.org; dkim=pass"),
+            HeaderField::new("X-Spam-Report", "Content preview: secret plans"),
+            HeaderField::new("X-Spam-Prev-Subject", "secret plans"),
+            HeaderField::new("X-Spam-Status", "No, score=-1.0"),
         ];
         let outer = outer_fields_encrypted(&original, "[...]");
         assert!(outer.iter().any(|f| f.raw == b"Subject: [...]\r\n"));
@@ -708,6 +717,11 @@ mod tests {
         );
         assert!(!outer.iter().any(|f| f.is("ARC-Seal")));
         assert!(outer.iter().any(|f| f.is("Authentication-Results")));
+        assert!(outer.iter().any(|f| f.is("X-Spam-Status")));
+        assert!(
+            !outer.iter().any(|f| contains(&f.raw, b"secret")),
+            "nothing of the plaintext outside: {outer:?}"
+        );
         let content = ContentEntity {
             fields: vec![HeaderField::new(
                 "Content-Type",
