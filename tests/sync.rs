@@ -1461,6 +1461,73 @@ async fn a_folder_that_times_out_holds_up_no_other_folder() {
     }
 }
 
+/// Messages moved here into a folder that is deleted here before the write-back went with it:
+/// upstream, the one left in it is expunged, and the one moved on out of it arrives where it
+/// went, once (review: the move into the deleted folder was dropped, so the first stayed
+/// upstream for good and the second was there twice, original and upload).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moves_into_a_folder_deleted_before_the_write_back_leave_no_ghost() {
+    let world = World::new();
+    let dovecot = Dovecot::start_tls();
+    upstream(
+        &dovecot,
+        json!([
+            append_bytes(
+                "INBOX",
+                b"From: a@example.org\r\nSubject: first\r\n\r\none\r\n"
+            ),
+            append_bytes(
+                "INBOX",
+                b"From: a@example.org\r\nSubject: second\r\n\r\ntwo\r\n"
+            ),
+        ]),
+    );
+    let server = Server::start_config("", &gnupg_table(&world));
+    let dir = tempfile::tempdir().unwrap();
+    let config = sync_config(
+        &server,
+        &upstream_table(
+            &dovecot,
+            dir.path(),
+            "none",
+            dovecot.port,
+            "address = \"bob@example.org\"",
+        ),
+    );
+    let out = sync_once(&config);
+    assert_eq!(stdout(&out).trim(), format!("{USER}: 2 new"), "{out:?}");
+    let mut raw = server.login();
+    raw.ok("CREATE Tmp");
+    raw.ok("CREATE Kept");
+    let out = sync_once(&config);
+    assert!(out.status.success(), "{out:?}");
+
+    raw.ok("SELECT INBOX");
+    raw.ok("UID MOVE 1:2 Tmp");
+    raw.ok("SELECT Tmp");
+    raw.ok("UID MOVE 2 Kept");
+    raw.ok("SELECT Kept");
+    raw.ok("DELETE Tmp");
+    let out = sync_once(&config);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(waiting_changes(&server), 0, "every entry ended: {out:?}");
+
+    assert!(dovecot.mailbox_files("INBOX").is_empty(), "no ghost left");
+    let kept = dovecot.mailbox_files("Kept");
+    assert_eq!(kept.len(), 1, "once: {kept:?}");
+    let stored = std::fs::read(&kept[0]).unwrap();
+    let readable = if common::contains(&stored, "BEGIN PGP MESSAGE") {
+        world.bob.decrypt(&common::ciphertext(&stored)).unwrap().0
+    } else {
+        stored
+    };
+    assert!(common::contains(&readable, "Subject: second"));
+    let out = sync_once(&config);
+    assert_eq!(stdout(&out).trim(), format!("{USER}: 0 new"), "{out:?}");
+    assert_eq!(exists(&mut raw, "Kept"), 1);
+    assert_eq!(exists(&mut raw, "INBOX"), 0);
+}
+
 /// A local expunge waiting across a renumbering of a folder that no longer has the message: once
 /// the resync has read the whole folder, the stale link goes, the expunge ends with nothing to
 /// do, and a later upstream message with the same bytes is new mail again, not taken for it.

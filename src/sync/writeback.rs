@@ -287,29 +287,7 @@ impl Syncer {
                 }
                 Ok(WrittenBack::default())
             }
-            "expunge" => {
-                let Some(mailbox) = mailbox else {
-                    return Ok(WrittenBack::default());
-                };
-                let Some(target) = self.linked(Some(mailbox), entry.uid).await? else {
-                    return Ok(WrittenBack::default());
-                };
-                if !up.select(self, &target).await? {
-                    // The folder's UIDVALIDITY changed: the resync links the message again
-                    // (the link is kept until now) and the pass after it expunges it there, or
-                    // it drops the link once it has read the whole folder without finding the
-                    // message. Done now, the resync would bring the message back.
-                    return Err(Failure::Entry(STALE_LINK.into()));
-                }
-                up.expunge(self, target.uid).await?;
-                // Without UIDPLUS the message stays upstream, marked \Deleted: so does its
-                // link (to no local message), so that no later fetch takes it for new mail.
-                let gone = up.uidplus;
-                Ok(WrittenBack {
-                    unlink: gone.then_some((mailbox, entry.uid)),
-                    ..WrittenBack::default()
-                })
-            }
+            "expunge" => self.expunge_linked(up, mailbox, entry.uid).await,
             "move" => self.write_move(up, account, mailbox, entry).await,
             "copy" => match mailbox {
                 Some(mailbox) => self.write_copy(up, account, mailbox, entry).await,
@@ -452,6 +430,36 @@ impl Syncer {
         }
     }
 
+    /// Expunges upstream the message linked to local (`mailbox`, `uid`), if any.
+    async fn expunge_linked(
+        &self,
+        up: &mut Upstream<'_>,
+        mailbox: Option<MailboxId>,
+        uid: u32,
+    ) -> Result<WrittenBack, Failure> {
+        let Some(mailbox) = mailbox else {
+            return Ok(WrittenBack::default());
+        };
+        let Some(target) = self.linked(Some(mailbox), uid).await? else {
+            return Ok(WrittenBack::default());
+        };
+        if !up.select(self, &target).await? {
+            // The folder's UIDVALIDITY changed: the resync links the message again (the link
+            // is kept until now) and the pass after it expunges it there, or it drops the link
+            // once it has read the whole folder without finding the message. Done now, the
+            // resync would bring the message back.
+            return Err(Failure::Entry(STALE_LINK.into()));
+        }
+        up.expunge(self, target.uid).await?;
+        // Without UIDPLUS the message stays upstream, marked \Deleted: so does its link (to
+        // no local message), so that no later fetch takes it for new mail.
+        let gone = up.uidplus;
+        Ok(WrittenBack {
+            unlink: gone.then_some((mailbox, uid)),
+            ..WrittenBack::default()
+        })
+    }
+
     /// A local MOVE: UID MOVE upstream (or COPY, \Deleted, UID EXPUNGE), and the link follows
     /// the message by COPYUID. A message that was never upstream is uploaded instead.
     async fn write_move(
@@ -472,7 +480,11 @@ impl Syncer {
             )));
         };
         let Some(target) = self.local_mailbox(account, &target_name).await? else {
-            return Ok(WrittenBack::default());
+            // The target folder was deleted here before this pass, and the message with it:
+            // the original is expunged upstream, as the message's expunge would be. (A later
+            // move out of that folder has no link to follow and uploads its copy.) Dropped,
+            // the move left the original upstream for good (review).
+            return self.expunge_linked(up, source, entry.uid).await;
         };
         let (source, from) = match source {
             Some(source) => (Some(source), self.linked(Some(source), entry.uid).await?),
