@@ -6,12 +6,26 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     // Linked as /usr/sbin/sendmail (or mailq, newaliases): the sendmail(1) command line.
-    let argv: Vec<String> = std::env::args().collect();
+    // Read as bytes: `std::env::args` panics on an argument that is not UTF-8 (a Latin-1 -F
+    // name), which would exit 101 instead of a sysexits code (review).
+    let raw: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let argv: Vec<String> = raw
+        .iter()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
     let program = argv
         .first()
         .map(|a| a.rsplit('/').next().unwrap_or(a).to_string())
         .unwrap_or_default();
     if matches!(program.as_str(), "sendmail" | "mailq" | "newaliases") {
+        if let Some(at) = raw.iter().skip(1).position(|a| a.to_str().is_none()) {
+            eprintln!(
+                "{program}: argument {} is not UTF-8 text: {:?}",
+                at + 1,
+                argv[at + 1]
+            );
+            return ExitCode::from(64);
+        }
         return sealpost::sendmail::main(&program, &argv[1..], None);
     }
     // `deliver` runs as an MTA's delivery agent, where any exit code but 75 (and the few

@@ -242,10 +242,9 @@ fn option(inv: &mut Invocation, letter: char, value: &str) -> Result<(), UsageEr
                 }
                 _ => sender,
             };
-            // A bare local name is qualified later with [queue] domain.
-            let bare = sender
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+            // A bare local name is qualified later with [queue] domain: any a recipient may
+            // be (`bounce+123`, review: refused here while taken as a recipient).
+            let bare = super::address::is_local_name(sender);
             // A bare name must still make an address once qualified ("a..b" would not, and
             // every copy and the bounce would then fail after the caller heard success).
             let valid = if bare {
@@ -447,6 +446,9 @@ mod tests {
         assert_eq!(inv.sender.as_deref(), Some("root"));
         let inv = parse("sendmail", &["-f", "alice@example.org.", "b@example.org"]).unwrap();
         assert_eq!(inv.sender.as_deref(), Some("alice@example.org"));
+        // Any bare name a recipient may be (review: `bounce+123` was refused).
+        let inv = parse("sendmail", &["-f", "bounce+123", "b@example.org"]).unwrap();
+        assert_eq!(inv.sender.as_deref(), Some("bounce+123"));
     }
 
     /// As Postfix's sendmail: a bad -N or -V value is ignored (with a warning), the message

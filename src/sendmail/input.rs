@@ -65,11 +65,7 @@ pub fn complete(raw: &[u8], fill: &Completion<'_>) -> Result<Vec<u8>, InputError
     // "\r\r\n" ends one line. A CR that ends no line in the header is refused, as the core
     // refuses it: made a line break, it would end the header early (a Bcc then in the body).
     let ended = crate::message::encoding::line_ends(raw);
-    let header_end = ended
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .unwrap_or(ended.len());
-    if crate::message::encoding::has_lone_cr(&ended[..header_end]) {
+    if header_has_lone_cr(&ended) {
         return Err(MessageError::NotAMessage(
             "a header field holds a CR that does not end a line (RFC 5322 §2.2)",
         )
@@ -141,6 +137,41 @@ pub fn complete(raw: &[u8], fill: &Completion<'_>) -> Result<Vec<u8>, InputError
         ParsedMessage::parse(out.clone())?;
     }
     Ok(out)
+}
+
+/// Whether a line of the header section (as [`header_ended`] finds its end: postmark lines
+/// skipped; text that does not start with a field has none) holds a CR that ends no line. A
+/// CR in the body is a line end, as Postfix takes it (review: progress output piped into
+/// `sendmail`, "10%\r20%\r100%", was refused with exit 65 as a broken header). `ended` has
+/// CRLF line ends but for such CRs.
+fn header_has_lone_cr(ended: &[u8]) -> bool {
+    let mut at = 0;
+    let mut seen_field = false;
+    while at < ended.len() {
+        let end = line_end(ended, at);
+        let line = &ended[at..end];
+        let postmark = !seen_field
+            && (crate::message::parse::is_postmark(line) || line.starts_with(b">From "));
+        if !postmark {
+            let text = line.strip_suffix(b"\r\n").unwrap_or(line);
+            let continuation = seen_field && matches!(line.first(), Some(b' ' | b'\t'));
+            if line.starts_with(b"\r\n") {
+                return false;
+            }
+            if !(continuation || starts_with_field(line)) {
+                // The line that ends the header: its text after a CR may not look like a
+                // field either ("\rBcc: x"), which a reader taking the CR for a line end
+                // would read as one.
+                return seen_field && text.split(|b| *b == b'\r').skip(1).any(starts_with_field);
+            }
+            seen_field = true;
+            if crate::message::encoding::has_lone_cr(text) {
+                return true;
+            }
+        }
+        at = end;
+    }
+    false
 }
 
 /// The header ends at the first line that is neither a field nor a folded continuation, as
@@ -413,6 +444,30 @@ mod tests {
         assert!(complete(b"Subject: x\n\nbody\n", &fill())
             .unwrap()
             .ends_with(b"Subject: x\r\n\r\nbody\r\n"));
+    }
+
+    /// A CR that ends no line is refused only in the header, where it could split a field
+    /// ("Subject: a\rBcc: x"); in the body, progress output among it, it is a line end
+    /// (review: headerless text or a body after a header without a blank line got exit 65).
+    #[test]
+    fn a_bare_cr_is_refused_in_the_header_only() {
+        for body in [
+            &b"downloading 10%\r20%\r100%\ndone\n"[..],
+            b"Subject: Alert\nDisk full\r90%\n",
+            b"Subject: Alert\n\nDisk full\r90%\n",
+            b"From someone Thu Jan  1 00:00:00 2026\nprogress 1\r2\n",
+        ] {
+            let out = complete(body, &fill()).unwrap_or_else(|e| panic!("{body:?}: {e}"));
+            assert!(!crate::message::encoding::has_lone_cr(&out), "{out:?}");
+        }
+        for header in [
+            &b"Subject: a\rBcc: x@example.org\n\nbody\n"[..],
+            b"Subject: a\n b\rBcc: x@example.org\n\nbody\n",
+            b"Subject: a\n\rBcc: x@example.org\n\nbody\n",
+            b"Subject: a\ntext\rBcc: x@example.org\n",
+        ] {
+            assert!(complete(header, &fill()).is_err(), "{header:?}");
+        }
     }
 
     #[test]

@@ -119,7 +119,9 @@ pub fn session(
             "MAIL" => match path_argument(rest, "FROM:") {
                 _ if tx.sender.is_some() => reply(output, "503 5.5.1 Error: nested MAIL command")?,
                 Some((sender, params)) => {
-                    let sender = input::qualify(&sender, &domain);
+                    // RFC 5321 §4.1.1.2 and Appendix C: a source route is accepted and
+                    // ignored, as Postfix does (review: 501).
+                    let sender = input::qualify(crate::rewrite::without_route(&sender), &domain);
                     if !sender.is_empty() && sender.parse::<lettre::Address>().is_err() {
                         reply(
                             output,
@@ -141,8 +143,9 @@ pub fn session(
             "RCPT" => match path_argument(rest, "TO:") {
                 _ if tx.sender.is_none() => reply(output, "503 5.5.1 Error: need MAIL command")?,
                 Some((rcpt, params)) => {
-                    // RFC 5321 §4.5.1: <Postmaster> without a domain must be accepted.
-                    let rcpt = input::qualify(&rcpt, &domain);
+                    // RFC 5321 §4.5.1: <Postmaster> without a domain must be accepted. A
+                    // source route is ignored (§4.1.1.3, Appendix C).
+                    let rcpt = input::qualify(crate::rewrite::without_route(&rcpt), &domain);
                     if rcpt.parse::<lettre::Address>().is_err() {
                         reply(
                             output,
@@ -205,7 +208,8 @@ pub fn session(
                         Err(Failure::TooLarge) => {
                             "552 5.3.4 Message size exceeds fixed limit".to_string()
                         }
-                        Err(Failure::Data(e)) => format!("554 5.6.0 {e}"),
+                        // RFC 5321 §4.2: reply text is printable US-ASCII.
+                        Err(Failure::Data(e)) => format!("554 5.6.0 {}", ascii(&e.to_string())),
                         Err(Failure::Spool(e)) => format!("451 4.3.0 {e}"),
                     }
                 };
@@ -244,6 +248,20 @@ enum Failure {
 
 /// Checks MAIL's parameters (RFC 1870 SIZE, RFC 6152 BODY, RFC 3461 RET and ENVID); returns
 /// the ENVID, or the reply refusing them.
+/// Reply text as RFC 5321 §4.2 has it, printable US-ASCII: "§" (in sealpost's reasons) as
+/// "section ", anything else outside it as "?".
+fn ascii(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '§' => out.push_str("section "),
+            ' '..='~' => out.push(c),
+            _ => out.push('?'),
+        }
+    }
+    out
+}
+
 fn mail_parameters(params: &[String], limit: usize) -> Result<Option<String>, String> {
     let mut envid = None;
     let mut seen = Vec::new();
@@ -537,6 +555,45 @@ mod tests {
             "dot-stuffing removed: {text}"
         );
         assert!(text.starts_with("From: alice@example.org\r\n"), "{text}");
+    }
+
+    /// A source route is accepted and ignored (RFC 5321 Appendix C; review: 501), and a
+    /// refusal's text is US-ASCII (RFC 5321 §4.2; review: a "§" went out as UTF-8).
+    #[test]
+    fn source_routes_are_ignored_and_replies_are_ascii() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config(dir.path(), 4096);
+        let script = "EHLO client\r\nMAIL FROM:<@r.example:alice@example.org>\r\n\
+            RCPT TO:<@r.example,@s.example:bob@example.org>\r\nDATA\r\nSubject: a\r\n\r\nx\r\n.\r\n\
+            MAIL FROM:<alice@example.org>\r\nRCPT TO:<bob@example.org>\r\nDATA\r\n\
+            Subject: a\rBcc: x@example.org\r\n\r\nbody\r\n.\r\nQUIT\r\n";
+        let mut out = Vec::new();
+        let mut queued = 0;
+        session(
+            &config,
+            &mut script.as_bytes(),
+            &mut out,
+            "alice",
+            &mut queued,
+        )
+        .unwrap();
+        assert_eq!(queued, 1);
+        assert!(out.is_ascii(), "{}", String::from_utf8_lossy(&out));
+        let out = String::from_utf8(out).unwrap();
+        let codes: Vec<&str> = out.lines().map(|l| &l[..3]).collect();
+        assert_eq!(
+            codes,
+            [
+                "220", "250", "250", "250", "250", "250", "250", "250", "250", "354", "250", "250",
+                "250", "354", "554", "221"
+            ],
+            "{out}"
+        );
+        assert!(out.contains("(RFC 5322 section 2.2)"), "{out}");
+        let files: Vec<_> = std::fs::read_dir(config.incoming()).unwrap().collect();
+        let s = spool::decode(&std::fs::read(files[0].as_ref().unwrap().path()).unwrap()).unwrap();
+        assert_eq!(s.sender, "alice@example.org");
+        assert_eq!(s.recipients, ["bob@example.org"]);
     }
 
     fn config(dir: &std::path::Path, limit: usize) -> QueueConfig {
