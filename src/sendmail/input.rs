@@ -33,7 +33,10 @@ pub fn read_message(
     let mut line = Vec::new();
     loop {
         line.clear();
-        if reader.read_until(b'\n', &mut line)? == 0 {
+        // No line is read past the limit: `cat /dev/zero | sendmail` (one endless line) would
+        // otherwise grow without bound before the size check (review).
+        let room = (limit - raw.len()) as u64 + 1;
+        if std::io::Read::take(&mut *reader, room).read_until(b'\n', &mut line)? == 0 {
             break;
         }
         if dot_ends_message && matches!(line.as_slice(), b".\n" | b".\r\n" | b".") {
@@ -403,6 +406,13 @@ mod tests {
         assert!(matches!(
             read_message(&mut &input[..], false, 10),
             Err(InputError::TooLarge { limit: 10 })
+        ));
+        // One endless line stops at the limit (review: it was read whole first, 308 MB of
+        // memory for 300 MB of input, and `cat /dev/zero` without end).
+        let mut endless = std::io::BufReader::new(std::io::repeat(b'a'));
+        assert!(matches!(
+            read_message(&mut endless, false, 100_000),
+            Err(InputError::TooLarge { limit: 100_000 })
         ));
     }
 
