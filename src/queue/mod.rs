@@ -79,6 +79,14 @@ impl QueueConfig {
         Ok(incoming)
     }
 
+    /// The largest spool file the runner reads: the message's limit, and 4 MiB for the
+    /// envelope on top (one line per recipient: some 50,000 of them; 64 KiB, before, made a
+    /// 2,500-recipient submission look corrupt after sendmail had said yes). Submissions
+    /// check it before they are spooled, so that none is accepted and then set aside.
+    pub fn spool_file_limit(&self) -> u64 {
+        self.max_message_bytes as u64 + 4 * 1024 * 1024
+    }
+
     /// The domain of locally made addresses and Message-IDs.
     pub fn domain(&self) -> String {
         self.domain.clone().unwrap_or_else(hostname)
@@ -285,10 +293,7 @@ impl Queue {
             .filter_map(|e| e.ok().map(|e| e.path()))
             .collect();
         names.sort();
-        // The message was checked against max_message_bytes by sendmail; the envelope comes on
-        // top, one line per recipient: 4 MiB holds some 50,000 of them (64 KiB, before, made a
-        // 2,500-recipient submission look corrupt after sendmail had said yes).
-        let limit = self.config.max_message_bytes as u64 + 4 * 1024 * 1024;
+        let limit = self.config.spool_file_limit();
         let mut count = 0;
         for path in names {
             // A socket, a FIFO, a directory, a link: not something sendmail writes, and one
@@ -1712,20 +1717,20 @@ mod tests {
         };
         let queue = Queue::open(&config).unwrap();
         let s = submission(&["bob@example.org", "carol@example.org"]);
-        spool::write(&config.incoming(), "AAA1", &s).unwrap();
+        spool::write(&config.incoming(), "AAA1", &s, u64::MAX).unwrap();
         assert_eq!(queue.pick_up().unwrap(), 1);
         assert!(queue.waiting().is_empty());
         let list = queue.list().unwrap();
         assert_eq!(list.len(), 1);
         assert_eq!(list[0].recipients.len(), 2);
         // The same drop file again (a crash between commit and unlink) adds nothing.
-        spool::write(&config.incoming(), "AAA1", &s).unwrap();
+        spool::write(&config.incoming(), "AAA1", &s, u64::MAX).unwrap();
         assert_eq!(queue.pick_up().unwrap(), 1);
         assert_eq!(queue.list().unwrap()[0].recipients.len(), 2);
         // Finished (deleted) messages stay known.
         queue.delete("AAA1").unwrap();
         assert!(queue.list().unwrap().is_empty());
-        spool::write(&config.incoming(), "AAA1", &s).unwrap();
+        spool::write(&config.incoming(), "AAA1", &s, u64::MAX).unwrap();
         queue.pick_up().unwrap();
         assert!(queue.list().unwrap().is_empty());
         assert!(matches!(queue.delete("NOPE"), Err(QueueError::NotFound(_))));
@@ -1749,7 +1754,7 @@ mod tests {
         };
         let queue = Queue::open(&config).unwrap();
         let s = submission(&["bob@example.org", "carol@example.org"]);
-        spool::write(&config.incoming(), "AAA2", &s).unwrap();
+        spool::write(&config.incoming(), "AAA2", &s, u64::MAX).unwrap();
         queue.pick_up().unwrap();
         assert!(queue.stranded().unwrap().is_empty());
         queue
@@ -1761,6 +1766,7 @@ mod tests {
             &config.incoming(),
             "AAA3",
             &submission(&["bob@example.org"]),
+            u64::MAX,
         )
         .unwrap();
         queue.pick_up().unwrap();

@@ -12,6 +12,7 @@ use crate::message::{MessageError, ParsedMessage};
 pub enum InputError {
     #[error("message larger than the limit of {limit} bytes ([queue] max_message_bytes)")]
     TooLarge { limit: usize },
+
     #[error("{0}")]
     Message(#[from] MessageError),
     #[error("no recipients: name them on the command line or use -t with To/Cc/Bcc fields")]

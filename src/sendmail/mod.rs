@@ -58,6 +58,9 @@ impl SendmailError {
             {
                 77
             }
+            // Refused before it was spooled, as a message over the limit is (review: it was
+            // spooled, exit 0, and then set aside by the runner).
+            SendmailError::Spool(SpoolError::TooLarge { .. }) => 65,
             SendmailError::Spool(_) => 75,
             SendmailError::Queue(QueueError::NotFound(_)) => 69,
             SendmailError::Queue(QueueError::Io { source, .. })
@@ -233,7 +236,12 @@ pub fn enqueue(
         recipient_dsn: Vec::new(),
         message,
     };
-    spool::write(&queue.ensure_incoming()?, &id, &submission)?;
+    spool::write(
+        &queue.ensure_incoming()?,
+        &id,
+        &submission,
+        queue.spool_file_limit(),
+    )?;
     Ok(id)
 }
 

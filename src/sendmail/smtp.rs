@@ -378,7 +378,10 @@ fn queue_data(
     let incoming = config
         .ensure_incoming()
         .map_err(|e| Failure::Spool(e.to_string()))?;
-    spool::write(&incoming, &id, &submission).map_err(|e| Failure::Spool(e.to_string()))?;
+    spool::write(&incoming, &id, &submission, config.spool_file_limit()).map_err(|e| match e {
+        spool::SpoolError::TooLarge { .. } => Failure::TooLarge,
+        e => Failure::Spool(e.to_string()),
+    })?;
     Ok(id)
 }
 
