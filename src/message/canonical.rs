@@ -637,6 +637,20 @@ Subject: inner\r\n\r\ninner body\r\n--b--\r\n";
         );
     }
 
+    /// An empty attached message before another one: mail-parser's debug assertion ("Invalid
+    /// part ID") panicked on it in debug builds (review: SEARCH BODY failed for the whole
+    /// mailbox and `deliver` answered 75 for ever); release builds, and now every build
+    /// (Cargo.toml), parse it.
+    #[test]
+    fn an_empty_attached_message_does_not_panic_the_parser() {
+        let raw = b"From: x@example.org\r\nSubject: crafted\r\nMIME-Version: 1.0\r\n\
+Content-Type: multipart/mixed; boundary=\"b\"\r\n\r\n--b\r\nContent-Type: message/rfc822\r\n\r\n\
+--b\r\nContent-Type: message/rfc822\r\n\r\nSubject: inner\r\n\r\nbody\r\n--b--\r\n";
+        assert!(MessageParser::default().parse(&raw[..]).is_some());
+        let entity = content_entity(&ParsedMessage::parse(raw.to_vec()).unwrap()).to_entity();
+        assert!(entity.windows(4).any(|w| w == b"body"));
+    }
+
     #[test]
     fn no_close_delimiter_is_put_into_a_signature_or_an_attached_message() {
         // The sender's own multipart/signed: its bytes are the signature's.
