@@ -1173,6 +1173,30 @@ fn large_messages_and_their_sections_come_back_byte_for_byte() {
     }
 }
 
+/// DELETE of the mailbox this session has selected is refused by what the mailbox is, not by
+/// the name it had at SELECT (review: after another session renamed it, DELETE of the old
+/// name got INUSE, and of the new one OK and then this session's BYE); UNSUBSCRIBE after
+/// DELETE is OK, as clients send it (review: NO [NONEXISTENT]).
+#[test]
+fn delete_knows_the_selected_mailbox_by_what_it_is_and_unsubscribe_after_it_is_ok() {
+    let server = common::server::Server::start();
+    let mut a = server.login();
+    let mut b = server.login();
+    a.ok("CREATE RnA");
+    a.ok("SELECT RnA");
+    b.ok("RENAME RnA RnB");
+    let (_, tagged) = a.cmd("DELETE RnA");
+    assert!(tagged.contains("NO [NONEXISTENT]"), "{tagged}");
+    let (_, tagged) = a.cmd("DELETE RnB");
+    assert!(tagged.contains("NO [INUSE]"), "{tagged}");
+    a.ok("CLOSE");
+    a.ok("SUBSCRIBE RnB");
+    a.ok("DELETE RnB");
+    a.ok("UNSUBSCRIBE RnB");
+    let (_, tagged) = a.cmd("SUBSCRIBE RnB");
+    assert!(tagged.contains("NO [NONEXISTENT]"), "{tagged}");
+}
+
 /// A mailbox deleted while another session has it selected: a mailbox created next never
 /// takes its place (the session would act on the new one's messages), and that session is
 /// told and disconnected after its next command that may report changes, as Dovecot does.

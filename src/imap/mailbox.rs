@@ -203,11 +203,22 @@ impl Session {
     pub(super) async fn delete(&mut self, mailbox: WireMailbox<'static>) -> CmdResult {
         let name = super::names::validate(&wire(&mailbox))?;
         let account = self.account()?;
-        if self.selected_name().as_deref() == Some(name.as_str()) {
-            return Err(CmdError::no(
-                Some("INUSE"),
-                "Close the mailbox before deleting it",
-            ));
+        // The mailbox itself, not the name it had at SELECT: another session may have renamed
+        // it since (review: DELETE of the old name got INUSE, of the new one OK, and then
+        // this session's BYE).
+        let selected = match &self.state {
+            State::Selected(_, s) => Some(s.mailbox.id),
+            _ => None,
+        };
+        if selected.is_some() {
+            let (store, n) = (self.shared.store.clone(), name.clone());
+            let target = tokio::task::spawn_blocking(move || store.mailbox(account, &n)).await??;
+            if target.is_some_and(|m| Some(m.id) == selected) {
+                return Err(CmdError::no(
+                    Some("INUSE"),
+                    "Close the mailbox before deleting it",
+                ));
+            }
         }
         let store = self.shared.store.clone();
         tokio::task::spawn_blocking(move || store.delete_mailbox(account, &name)).await??;
@@ -244,7 +255,14 @@ impl Session {
     }
 
     pub(super) async fn subscribe(&mut self, mailbox: WireMailbox<'static>, on: bool) -> CmdResult {
-        let found = self.find_mailbox(&wire(&mailbox)).await?;
+        let found = match self.find_mailbox(&wire(&mailbox)).await {
+            Ok(found) => found,
+            // A subscription lives on its mailbox here, so a deleted one has none left: an
+            // UNSUBSCRIBE of it is done already (review: NO [NONEXISTENT], which a client that
+            // unsubscribes after DELETE, as Thunderbird does, reports as an error).
+            Err(CmdError::NoMailbox) if !on => return Ok(Done::ok("UNSUBSCRIBE completed")),
+            Err(e) => return Err(e),
+        };
         let store = self.shared.store.clone();
         tokio::task::spawn_blocking(move || store.set_subscribed(found.id, on)).await??;
         Ok(Done::ok(if on {
@@ -394,13 +412,6 @@ impl Session {
             .user()
             .ok_or_else(|| CmdError::bad("not logged in"))?
             .account)
-    }
-
-    fn selected_name(&self) -> Option<String> {
-        match &self.state {
-            State::Selected(_, s) => Some(s.mailbox.name.clone()),
-            _ => None,
-        }
     }
 
     /// RFC 2177 IDLE: changes are pushed as they are committed until the client says DONE.
