@@ -219,6 +219,19 @@ impl Flags {
         self.0.is_empty()
     }
 
+    /// [`Flags::apply`] with the flags `kept` selects left as they are: neither added, removed
+    /// nor replaced.
+    pub fn apply_keeping(&mut self, op: FlagOp, flags: &Flags, kept: fn(&str) -> bool) -> bool {
+        let ours: Vec<String> = self.iter().filter(|f| kept(f)).map(str::to_owned).collect();
+        let theirs = Flags::new(flags.iter().filter(|f| !kept(f)).map(str::to_owned));
+        let before = self.clone();
+        self.apply(op, &theirs);
+        ours.into_iter().for_each(|f| self.insert(f));
+        // Replace reports whether the two sets differ.
+        let mut after = self.clone();
+        after.apply(FlagOp::Replace, &before)
+    }
+
     /// Applies a STORE operation; true when anything changed.
     pub fn apply(&mut self, op: FlagOp, flags: &Flags) -> bool {
         let before = self.clone();
@@ -1227,7 +1240,14 @@ impl Store {
                     continue;
                 }
                 let mut new = Flags::from_column(&current);
-                if new.apply(op, flags) {
+                // sealpost's verdict keywords are its own: a client neither sets nor clears
+                // them (review: a replacing STORE FLAGS (\Seen) dropped the verdict for good,
+                // as no sync brings a local keyword back, and +FLAGS could make one up).
+                let changed = match origin {
+                    Origin::Client => new.apply_keeping(op, flags, is_local_keyword),
+                    _ => new.apply(op, flags),
+                };
+                if changed {
                     update.execute(params![mailbox, uid, new.to_column(), modseq as i64])?;
                     if origin == Origin::Client {
                         // The new flags, then the ones they replace: the write-back sends only

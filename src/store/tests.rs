@@ -671,3 +671,57 @@ fn meta_keys_by_prefix() {
     );
     assert!(store.meta_prefixed("c").unwrap().is_empty());
 }
+
+/// A client's STORE neither sets nor clears sealpost's verdict keywords, replacing, adding or
+/// removing (review: a replacing STORE FLAGS (\Flagged) dropped the verdict for good, and
+/// +FLAGS could make one up); a STORE that only touches them changes nothing.
+#[test]
+fn a_client_store_leaves_the_verdict_keywords_alone() {
+    let (_dir, store) = store();
+    let account = store.ensure_account("alice").unwrap();
+    store.set_write_back(account, true).unwrap();
+    let inbox = store.mailbox(account, "INBOX").unwrap().unwrap();
+    let mut verdict = message("a");
+    verdict.flags = Flags::new(["$Sealpost-Encrypted", "\\Seen"]);
+    let a = store.append(inbox.id, verdict, Origin::Sync).unwrap();
+    let flags = || {
+        store
+            .fetch_batch(inbox.id, &[a.uid], Need::default(), 0)
+            .unwrap()
+            .items[0]
+            .0
+            .flags
+            .clone()
+    };
+    let set = |op, given: &[&str]| {
+        store
+            .store_flags(
+                inbox.id,
+                &[a.uid],
+                op,
+                &Flags::new(given.iter().map(|f| f.to_string())),
+                None,
+                Origin::Client,
+            )
+            .unwrap()
+    };
+    set(FlagOp::Replace, &["\\Flagged"]);
+    set(FlagOp::Add, &["$Sealpost-Signed", "\\Answered"]);
+    set(FlagOp::Remove, &["$sealpost-encrypted"]);
+    let now = flags();
+    assert!(now.contains("$Sealpost-Encrypted"), "{now:?}");
+    assert!(!now.contains("$Sealpost-Signed"), "{now:?}");
+    assert!(
+        now.contains("\\Flagged") && now.contains("\\Answered"),
+        "{now:?}"
+    );
+    assert!(!now.contains("\\Seen"), "replaced: {now:?}");
+    let before = store.journal_backlog(account).unwrap().0;
+    let stored = set(FlagOp::Remove, &["$Sealpost-Encrypted"]);
+    assert!(!stored.rows[0].3, "nothing changed");
+    assert_eq!(
+        store.journal_backlog(account).unwrap().0,
+        before,
+        "nothing journaled"
+    );
+}
