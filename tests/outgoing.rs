@@ -852,3 +852,66 @@ async fn trust_model_always_without_a_trust_database_is_no_keyring_problem() {
     assert_eq!(copies[1].decision, Decision::Signed);
     assert!(!world.sender.dir.join("trustdb.gpg").exists());
 }
+
+/// A damaged public keyring is never taken for "no key" (review: a truncated pubring.kbx, or
+/// one of garbage, left GPGME's listing empty without an error, and a recipient whose key was
+/// in it got signed cleartext, or 550 under encrypt-only): the lookup is refused and the copy
+/// deferred (451), never sent in clear.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_public_keyring_defers_and_sends_nothing_in_clear() {
+    let world = World::new();
+    for damage in ["truncated", "garbage"] {
+        let home = GpgHome {
+            dir: sealpost::keys::home::short_temp_dir("spd").unwrap(),
+        };
+        let copied = std::process::Command::new("cp")
+            .arg("-a")
+            .arg(format!("{}/.", world.sender.dir.display()))
+            .arg(&home.dir)
+            .status()
+            .unwrap();
+        assert!(copied.success());
+        let _ = std::fs::remove_file(home.dir.join("S.gpg-agent"));
+        let keyring = home.dir.join("pubring.kbx");
+        let mut bytes = std::fs::read(&keyring).unwrap();
+        match damage {
+            "truncated" => bytes.truncate(bytes.len() - 200),
+            _ => {
+                bytes = (0..5000u32)
+                    .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+                    .collect()
+            }
+        }
+        std::fs::write(&keyring, bytes).unwrap();
+        let rewriter = Rewriter::new(home.service(Duration::from_secs(20)), Policy::default());
+        let copies = copies(
+            rewriter
+                .rewrite(&envelope(), MESSAGE.as_bytes().to_vec())
+                .await
+                .unwrap(),
+        );
+        let deferred = copies
+            .iter()
+            .filter(|c| matches!(c.decision, Decision::Deferred { .. }))
+            .count();
+        assert!(deferred > 0, "{damage}: {copies:?}");
+        for c in &copies {
+            // bob and carol have keys in the keyring as it was: never a clear copy for them.
+            if c.recipient != "dave@example.net" {
+                assert!(
+                    matches!(
+                        c.decision,
+                        Decision::Encrypted { .. } | Decision::Deferred { .. }
+                    ),
+                    "{damage}: {}: {:?}",
+                    c.recipient,
+                    c.decision
+                );
+            }
+            if let Decision::Deferred { reply } = &c.decision {
+                assert_eq!(reply.code, 451, "{reply}");
+                assert!(c.message.is_none());
+            }
+        }
+    }
+}

@@ -58,33 +58,47 @@ pub fn stop_daemons(home: &Path) {
 /// make (a home on a full or read-only file system, or not the user's, without one yet:
 /// "Fatal: can't create lock"). gpg then lists no key and GPGME reports no error, so an
 /// empty listing is checked here before it counts as "no key". A home without any keyring
-/// file is readable: it has no keys (gpg makes the file). Runs gpg once.
-pub fn public_keyring_problem(home: &Path) -> Option<String> {
+/// file is readable: it has no keys (gpg makes the file). Runs gpg once, asking for
+/// `address`, the one whose listing came back empty.
+pub fn public_keyring_problem(home: &Path, address: &str) -> Option<String> {
     if let Some(problem) = keyring_file_problem(home) {
         return Some(problem);
     }
-    // What GPGME ran, with an address no key has: a keyring gpg can search answers "no
-    // public key" as a status line; one it cannot ("Fatal: can't create lock" for the trust
-    // database it needs, whatever the trust model) stops before that.
-    let out = gpg_listing(Some(home), &["--list-keys", "<nobody@sealpost.invalid>"]);
+    // What GPGME ran: a keyring gpg can search answers "no public key" (GPG_ERR_NO_PUBKEY,
+    // error code 9) as a status line; one it cannot ("Fatal: can't create lock" for the trust
+    // database it needs, whatever the trust model) stops before that. A damaged keyring
+    // gives another code (a truncated pubring.kbx: "System error w/o errno"; garbage:
+    // "Invalid packet"), or code 9 after a damaged key block it passed over ("keydb_..."
+    // on stderr): review, both were taken for "no key", and the recipient got cleartext.
+    let out = gpg_listing(Some(home), &["--list-keys", &format!("<{address}>")]);
+    let no_pubkey = |l: &str| {
+        l.strip_prefix("[GNUPG:] ERROR keylist.getkey ")
+            .and_then(|code| code.trim().parse::<u32>().ok())
+            .is_some_and(|code| code & 0xffff == 9)
+    };
+    let damage = |l: &str| {
+        let l = l.to_ascii_lowercase();
+        ["keydb", "keyblock", "invalid keyring", "invalid packet"]
+            .iter()
+            .any(|w| l.contains(w))
+    };
     match out {
         Err(e) => Some(format!("cannot run gpg: {e}")),
         Ok(out)
-            if String::from_utf8_lossy(&out.stdout)
-                .lines()
-                .any(|l| l.starts_with("[GNUPG:] ERROR keylist.getkey")) =>
+            if String::from_utf8_lossy(&out.stdout).lines().any(no_pubkey)
+                && !String::from_utf8_lossy(&out.stderr).lines().any(damage) =>
         {
             None
         }
-        Ok(out) => Some(
-            String::from_utf8_lossy(&out.stderr)
+        Ok(out) => {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            let line = stderr
                 .lines()
-                .rev()
-                .find(|l| !l.trim().is_empty())
-                .unwrap_or("gpg cannot search the keyring")
-                .trim_start_matches("gpg: ")
-                .to_string(),
-        ),
+                .find(|l| damage(l))
+                .or_else(|| stderr.lines().rev().find(|l| !l.trim().is_empty()))
+                .unwrap_or("gpg cannot search the keyring");
+            Some(line.trim_start_matches("gpg: ").to_string())
+        }
     }
 }
 

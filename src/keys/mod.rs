@@ -307,10 +307,11 @@ impl KeyService {
             )
             .await?;
         if facts.is_empty() {
-            let home = self.home.clone();
-            let problem = tokio::task::spawn_blocking(move || home::public_keyring_problem(&home))
-                .await
-                .unwrap_or_else(|e| Some(format!("keyring check failed: {e}")));
+            let (home, addr) = (self.home.clone(), addr.to_string());
+            let problem =
+                tokio::task::spawn_blocking(move || home::public_keyring_problem(&home, &addr))
+                    .await
+                    .unwrap_or_else(|e| Some(format!("keyring check failed: {e}")));
             if let Some(detail) = problem {
                 return Err(KeyError::Refused {
                     op: "looking up a public key",
