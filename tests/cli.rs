@@ -386,3 +386,80 @@ fn an_argument_that_is_not_utf8_is_a_usage_error() {
         assert!(!text.contains("panicked"), "{text}");
     }
 }
+
+/// Secret key files gpg-agent cannot read (root's, left by `sudo gpg --import` into a
+/// service's home) are no "no secret key": the sender's copies are deferred (451, exit 75),
+/// not refused for good (550) nor signed by another key (review). Run as nobody; needs root.
+#[test]
+fn an_unreadable_secret_key_file_defers_rather_than_refusing() {
+    if !nix_is_root() {
+        eprintln!("skipped: needs root to run sealpost as another user");
+        return;
+    }
+    let world = World::new();
+    let home = sealpost::keys::home::short_temp_dir("spn").unwrap();
+    let copied = Command::new("cp")
+        .arg("-a")
+        .arg(format!("{}/.", world.sender.dir.display()))
+        .arg(&home)
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    let _ = std::fs::remove_file(home.join("S.gpg-agent"));
+    let out_dir = tempfile::tempdir().unwrap();
+    for path in [&home, &out_dir.path().to_path_buf()] {
+        assert!(Command::new("chown")
+            .args(["-R", "nobody:nogroup"])
+            .arg(path)
+            .status()
+            .unwrap()
+            .success());
+    }
+    let keys: Vec<_> = std::fs::read_dir(home.join("private-keys-v1.d"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert!(!keys.is_empty());
+    for key in &keys {
+        std::os::unix::fs::chown(key, Some(0), Some(0)).unwrap();
+    }
+    let out = run_with_stdin(
+        Command::new("setpriv")
+            .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"])
+            .arg(env!("CARGO_BIN_EXE_sealpost"))
+            .args([
+                "rewrite",
+                "--sender",
+                "alice@example.org",
+                "--rcpt",
+                "bob@example.org",
+            ])
+            .arg("--gnupg-home")
+            .arg(&home)
+            .arg("--out")
+            .arg(out_dir.path().join("copies"))
+            .env("HOME", &home),
+        MESSAGE,
+    );
+    let _ = Command::new("gpgconf")
+        .arg("--homedir")
+        .arg(&home)
+        .args(["--kill", "all"])
+        .status();
+    let _ = std::fs::remove_dir_all(&home);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(75),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("deferred"), "{stdout}");
+    assert!(stdout.contains("cannot be read"), "{stdout}");
+}
+
+fn nix_is_root() -> bool {
+    std::fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
+        .is_ok_and(|uid| uid == 0)
+}

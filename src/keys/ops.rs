@@ -3,6 +3,7 @@
 //! it on that worker's GPGME context, and a [`Response`] or a [`KeyError`] comes back. Being
 //! data, both can cross a pipe; nothing here knows which kind of worker runs it.
 
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use gpgme::{Context, EncryptFlags, ExportMode, KeyListMode};
@@ -107,7 +108,9 @@ pub fn execute(gpg: &mut Gpg, request: Request) -> Result<Response, KeyError> {
                 // Without its agent gpg lists no secret keys and GPGME reports no error.
                 // gpg itself says so on its status channel: ask it before answering "no
                 // secret key" (permanent) instead of "cannot tell now" (temporary).
-                if let Some(problem) = home::secret_keyring_problem(gpg.home.as_deref()) {
+                let problem = home::secret_keyring_problem(gpg.home.as_deref())
+                    .or_else(|| unreadable_secret_key(&mut gpg.ctx, gpg.home.as_deref(), &addr));
+                if let Some(problem) = problem {
                     return Err(KeyError::Refused {
                         op: "looking up a signing key",
                         detail: problem,
@@ -430,6 +433,46 @@ fn check(s: gpgme::results::Signature<'_>) -> SignatureCheck {
 }
 
 /// The newest secret key with a usable signing subkey and a user ID of exactly `who`.
+/// Why a secret key the keyring has for `who` cannot be used now: its signing subkey's file in
+/// `private-keys-v1.d` exists but cannot be read (left root's by `sudo gpg --import` into a
+/// service's home). gpg-agent then answers "no such key" and gpg lists no secret key, without
+/// an error (review: taken for "no secret key", 550, or the default signer signed instead).
+fn unreadable_secret_key(ctx: &mut Context, home: Option<&Path>, who: &str) -> Option<String> {
+    let home = match home {
+        Some(h) => h.to_path_buf(),
+        None => std::env::var_os("GNUPGHOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".gnupg")))?,
+    };
+    let dir = home.join("private-keys-v1.d");
+    let mode = ctx.key_list_mode();
+    ctx.set_key_list_mode(KeyListMode::LOCAL | KeyListMode::WITH_KEYGRIP)
+        .ok()?;
+    let found = unreadable_key_file(ctx, &dir, who);
+    let _ = ctx.set_key_list_mode(mode);
+    found
+}
+
+/// [`unreadable_secret_key`]'s search, with keygrips listed.
+fn unreadable_key_file(ctx: &mut Context, dir: &Path, who: &str) -> Option<String> {
+    let mut keys = ctx.find_keys([format!("<{who}>")]).ok()?;
+    for key in keys.by_ref().flatten() {
+        for sub in key.subkeys().filter(|s| s.can_sign()) {
+            let Ok(grip) = sub.keygrip() else { continue };
+            let path = dir.join(format!("{grip}.key"));
+            if let Err(e) = std::fs::File::open(&path) {
+                if e.kind() == std::io::ErrorKind::PermissionDenied {
+                    return Some(format!(
+                        "the secret key file {} cannot be read: {e}",
+                        path.display()
+                    ));
+                }
+            }
+        }
+    }
+    None
+}
+
 fn find_signer(ctx: &mut Context, who: &str) -> Result<Option<String>, KeyError> {
     let mut best: Option<(i64, String)> = None;
     let mut keys = ctx
