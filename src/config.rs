@@ -519,6 +519,16 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.starts_with("s.toml:2: mdoe: unknown field"), "{e}");
+        // The upload policy's own switch is no configuration key (review: set, it put Bcc
+        // into every recipient's copy).
+        let e = Config::parse("[policy]\nkeep_bcc = true\n", "s.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("s.toml:2: keep_bcc: unknown field"), "{e}");
+        assert!(
+            !e.contains(", `keep_bcc`"),
+            "not offered as a valid key: {e}"
+        );
         let e = Config::parse("[policy\nsign = true\n", "s.toml")
             .unwrap_err()
             .to_string();

@@ -59,6 +59,9 @@ pub struct Policy {
     /// outside: for the user's own copy stored upstream ([`Policy::upload`]), where the Bcc of
     /// a draft or of sent mail is the user's own record, not something leaked to another
     /// recipient. Needs `header_protection` (without it only the content is encrypted).
+    /// Never read from the configuration (review: as a `[policy]` key it put every copy's
+    /// Bcc in front of the other recipients): only [`Policy::upload`] sets it.
+    #[serde(skip)]
     pub keep_bcc: bool,
 }
 
