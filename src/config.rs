@@ -298,6 +298,15 @@ impl Config {
         if let Some(problem) = listen_problem(&self.milter.listen) {
             return Err(invalid("milter.listen", "listen", problem));
         }
+        // Zero would be a listener that never takes a connection: every message tempfailed
+        // (review: accepted, and Postfix timed out on the handshake).
+        if self.milter.max_connections == 0 {
+            return Err(invalid(
+                "milter.max_connections",
+                "max_connections",
+                "must be at least 1".into(),
+            ));
+        }
         if self.milter.reinject_port == 0 {
             return Err(invalid(
                 "milter.reinject_port",
@@ -418,17 +427,30 @@ fn line_of(text: &str, table: &str, needle: &str) -> usize {
             current = header.split(']').next().unwrap_or("").trim().to_string();
             continue;
         }
-        if l.starts_with(needle) && within(&current) {
+        if is_key(l, needle) && within(&current) {
             return i + 1;
         }
     }
-    // Written some other way (an inline table, a dotted key): the first line with it.
+    // Written some other way (an inline table, a dotted key): the first line with it
+    // anywhere; else 1 rather than a line 0 that no editor has.
     text.lines()
         .position(|l| {
             let l = l.trim_start();
-            !l.starts_with('#') && l.starts_with(needle)
+            !l.starts_with('#')
+                && l.match_indices(needle).any(|(at, _)| {
+                    let before = l[..at].chars().next_back();
+                    before.is_none_or(|c| !(c.is_ascii_alphanumeric() || c == '_'))
+                        && is_key(&l[at..], needle)
+                })
         })
-        .map_or(0, |i| i + 1)
+        .map_or(1, |i| i + 1)
+}
+
+/// Whether `line` starts with the key `needle` itself (then blanks and `=`): not a longer key
+/// that begins with it (review: `max_line` was found on `max_line_before_login`'s line).
+fn is_key(line: &str, needle: &str) -> bool {
+    line.strip_prefix(needle)
+        .is_some_and(|rest| rest.trim_start().starts_with('='))
 }
 
 /// Line number (1-based) of a byte offset, and the key written on that line ("key: ").
@@ -575,6 +597,34 @@ mod tests {
             e.starts_with("s.toml:2: imap.max_connections_per_address: "),
             "{e}"
         );
+        let e = Config::parse("[milter]\nmax_connections = 0\n", "s.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("s.toml:2: milter.max_connections: "), "{e}");
+        // The key itself, not a longer one that begins with it (review: line 2 for both).
+        let e = Config::parse(
+            "[imap.limits]\nmax_line_before_login = 8192\nmax_line = 10\n",
+            "s.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("s.toml:3: imap.limits.max_line: "), "{e}");
+        let e = Config::parse(
+            "[imap]\nmax_connections_per_address = 4\nmax_connections = 0\n",
+            "s.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("s.toml:3: imap.max_connections: "), "{e}");
+        // A dotted key or an inline table: its line, never line 0.
+        let e = Config::parse("[imap]\nlimits.max_append = 0\n", "s.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("s.toml:2: imap.limits.max_append: "), "{e}");
+        let e = Config::parse("[imap]\nlimits = { max_append = 0 }\n", "s.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("s.toml:2: imap.limits.max_append: "), "{e}");
         let e = Config::parse("[milter]\nreinject_port = 0\n", "s.toml")
             .unwrap_err()
             .to_string();
