@@ -5,6 +5,21 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    // Capabilities given to this process as ambient ones (sealpost-queue.service gives
+    // CAP_DAC_READ_SEARCH, to read the users' drop files) stay this process's own: its gpg,
+    // gpg-agent and gpg-worker children must not inherit them (review: the agent it started
+    // had CAP_DAC_READ_SEARCH, able to read any file). The call changes nothing else, and
+    // fails harmlessly on a kernel without ambient capabilities.
+    // SAFETY: prctl with integer arguments only; no memory is passed.
+    unsafe {
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+        );
+    }
     // Linked as /usr/sbin/sendmail (or mailq, newaliases): the sendmail(1) command line.
     // Read as bytes: `std::env::args` panics on an argument that is not UTF-8 (a Latin-1 -F
     // name), which would exit 101 instead of a sysexits code (review).
