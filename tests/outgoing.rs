@@ -915,3 +915,34 @@ async fn a_damaged_public_keyring_defers_and_sends_nothing_in_clear() {
         }
     }
 }
+
+/// A key whose UID names the domain as IDNA ASCII is found for the Unicode spelling and the
+/// other way round, for encryption and for signing, as policies and duplicate checks take
+/// both for one mailbox (review: the other spelling got signed cleartext).
+#[tokio::test]
+async fn an_international_domain_finds_its_key_in_either_spelling() {
+    let world = World::new();
+    let ascii = world.sender.generate("Idn <idn@xn--bcher-kva.de>");
+    let unicode = world.sender.generate("Idn Two <idn2@b\u{fc}cher.de>");
+    let service = world.sender.service(Duration::from_secs(20));
+    for (address, fingerprint) in [
+        ("idn@b\u{fc}cher.de", &ascii),
+        ("idn@xn--bcher-kva.de", &ascii),
+        ("idn2@xn--bcher-kva.de", &unicode),
+        ("idn2@b\u{fc}cher.de", &unicode),
+    ] {
+        assert_eq!(
+            service.resolve(address).await.unwrap(),
+            Resolution::Usable {
+                fingerprint: fingerprint.clone(),
+                others: 0
+            },
+            "{address}"
+        );
+        assert_eq!(
+            service.signer(address).await.unwrap().as_ref(),
+            Some(fingerprint),
+            "{address}"
+        );
+    }
+}

@@ -455,7 +455,7 @@ fn unreadable_secret_key(ctx: &mut Context, home: Option<&Path>, who: &str) -> O
 
 /// [`unreadable_secret_key`]'s search, with keygrips listed.
 fn unreadable_key_file(ctx: &mut Context, dir: &Path, who: &str) -> Option<String> {
-    let mut keys = ctx.find_keys([format!("<{who}>")]).ok()?;
+    let mut keys = ctx.find_keys(address_patterns(who)).ok()?;
     for key in keys.by_ref().flatten() {
         for sub in key.subkeys().filter(|s| s.can_sign()) {
             let Ok(grip) = sub.keygrip() else { continue };
@@ -476,7 +476,7 @@ fn unreadable_key_file(ctx: &mut Context, dir: &Path, who: &str) -> Option<Strin
 fn find_signer(ctx: &mut Context, who: &str) -> Result<Option<String>, KeyError> {
     let mut best: Option<(i64, String)> = None;
     let mut keys = ctx
-        .find_secret_keys([format!("<{who}>")])
+        .find_secret_keys(address_patterns(who))
         .map_err(to_err("looking up a signing key"))?;
     for key in keys.by_ref() {
         let key = key.map_err(to_err("looking up a signing key"))?;
@@ -485,7 +485,7 @@ fn find_signer(ctx: &mut Context, who: &str) -> Result<Option<String>, KeyError>
         }
         let uid_ok = key
             .user_ids()
-            .any(|u| u.email().is_ok_and(|e| e.eq_ignore_ascii_case(who)) && !u.is_revoked());
+            .any(|u| u.email().is_ok_and(|e| same_address(e, who)) && !u.is_revoked());
         let can_sign = key.subkeys().any(|s| {
             s.can_sign() && s.is_secret() && !s.is_revoked() && !s.is_expired() && !s.is_invalid()
         });
@@ -511,17 +511,42 @@ fn epoch(t: SystemTime) -> i64 {
 
 /// Snapshots every key that has a user ID with exactly `addr` (a bare address search is a
 /// substring match in GnuPG, hence `<addr>` and the exact comparison below).
+/// The search patterns for `addr`: its domain as written, as IDNA ASCII and as Unicode, so
+/// that a key whose UID has `bob@xn--bcher-kva.de` is found for `bob@bücher.de` and the
+/// other way round, as policies and duplicate checks already take them for one mailbox
+/// (review: a recipient in the other spelling got cleartext).
+fn address_patterns(addr: &str) -> Vec<String> {
+    let mut spellings = vec![addr.to_string()];
+    if let Some((local, domain)) = addr.rsplit_once('@') {
+        let ascii = crate::rewrite::policy::canonical_domain(domain);
+        let (unicode, _) = idna::domain_to_unicode(&ascii);
+        for d in [ascii, unicode] {
+            let spelling = format!("{local}@{d}");
+            if !spellings.iter().any(|s| s.eq_ignore_ascii_case(&spelling)) {
+                spellings.push(spelling);
+            }
+        }
+    }
+    spellings.into_iter().map(|s| format!("<{s}>")).collect()
+}
+
+/// Whether a UID's address is `addr`, the domain compared in IDNA ASCII.
+fn same_address(uid_address: &str, addr: &str) -> bool {
+    uid_address.eq_ignore_ascii_case(addr)
+        || crate::rewrite::policy::canonical_address(uid_address)
+            == crate::rewrite::policy::canonical_address(addr)
+}
+
 fn list_facts(ctx: &mut Context, addr: &str) -> Result<Vec<KeyFacts>, KeyError> {
-    let pattern = [format!("<{addr}>")];
     let mut keys = ctx
-        .find_keys(pattern)
+        .find_keys(address_patterns(addr))
         .map_err(to_err("looking up a public key"))?;
     let mut facts = Vec::new();
     for key in keys.by_ref() {
         let key = key.map_err(to_err("looking up a public key"))?;
         let matching: Vec<_> = key
             .user_ids()
-            .filter(|u| u.email().is_ok_and(|e| e.eq_ignore_ascii_case(addr)))
+            .filter(|u| u.email().is_ok_and(|e| same_address(e, addr)))
             .collect();
         if matching.is_empty() {
             continue;
