@@ -14,7 +14,7 @@ pub mod worker;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
@@ -134,9 +134,13 @@ pub struct KeyService {
     home: PathBuf,
     sources: KeySources,
     cache: Mutex<Cache>,
-    /// Held while a cache miss is looked up: a burst of messages for the same addresses (a
-    /// queue run, a mailing) costs one gpg lookup per address, not one per message in flight.
-    misses: tokio::sync::Mutex<()>,
+    /// One lock per key looked up (an address, a fingerprint), held while its cache miss is
+    /// looked up: a burst of messages for the same addresses (a queue run, a mailing) costs
+    /// one gpg lookup per address, not one per message in flight, while lookups of different
+    /// addresses go on side by side (review: one lock for all made N hung lookups take N
+    /// deadlines). Waiting for it counts against the deadline.
+    misses: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    deadline: Duration,
     /// See [`KeyService::with_max_plaintext`].
     max_plaintext: u64,
 }
@@ -185,7 +189,8 @@ impl KeyService {
             home: home.unwrap_or_else(default_home),
             sources,
             cache: Mutex::new(Cache::default()),
-            misses: tokio::sync::Mutex::new(()),
+            misses: Mutex::new(HashMap::new()),
+            deadline,
             max_plaintext: DEFAULT_MAX_PLAINTEXT,
         }
     }
@@ -252,13 +257,37 @@ impl KeyService {
         i64::from_le_bytes(h.finalize()[..8].try_into().expect("8 bytes"))
     }
 
+    /// The lock for a cache miss of `key` (see `misses`), waited for at most the deadline.
+    async fn miss_lock(
+        &self,
+        key: String,
+        op: &'static str,
+    ) -> Result<tokio::sync::OwnedMutexGuard<()>, KeyError> {
+        let lock = {
+            let mut misses = self.misses.lock().unwrap_or_else(|p| p.into_inner());
+            // Locks nobody holds or waits for are dropped now and then.
+            if misses.len() > 1024 {
+                misses.retain(|_, l| Arc::strong_count(l) > 1);
+            }
+            misses.entry(key).or_default().clone()
+        };
+        tokio::time::timeout(self.deadline, lock.lock_owned())
+            .await
+            .map_err(|_| KeyError::Deadline {
+                op,
+                after: self.deadline,
+            })
+    }
+
     /// Resolves an exact address to a public key usable for encryption.
     pub async fn resolve(&self, address: &str) -> Result<Resolution, KeyError> {
         let addr = address.to_ascii_lowercase();
         if let Some(hit) = self.fresh_cache().public.get(&addr) {
             return Ok(hit.clone());
         }
-        let _miss = self.misses.lock().await;
+        let _miss = self
+            .miss_lock(format!("public {addr}"), "looking up a public key")
+            .await?;
         if let Some(hit) = self.fresh_cache().public.get(&addr) {
             return Ok(hit.clone());
         }
@@ -328,7 +357,9 @@ impl KeyService {
         if let Some(hit) = self.fresh_cache().secret.get(&addr) {
             return Ok(hit.clone());
         }
-        let _miss = self.misses.lock().await;
+        let _miss = self
+            .miss_lock(format!("secret {addr}"), "looking up a signing key")
+            .await?;
         if let Some(hit) = self.fresh_cache().secret.get(&addr) {
             return Ok(hit.clone());
         }
@@ -385,7 +416,9 @@ impl KeyService {
         if let Some(hit) = self.fresh_cache().keydata.get(fingerprint) {
             return Ok(hit.clone());
         }
-        let _miss = self.misses.lock().await;
+        let _miss = self
+            .miss_lock(format!("keydata {fingerprint}"), "exporting a key")
+            .await?;
         if let Some(hit) = self.fresh_cache().keydata.get(fingerprint) {
             return Ok(hit.clone());
         }
