@@ -275,7 +275,14 @@ fn target_mailbox(
         .map_err(|e| CliError::Usage(format!("--mailbox {name:?}: {e}")))?;
     Ok(match store.mailbox(account, &stored)? {
         Some(mailbox) => mailbox,
-        None => store.create_mailbox(account, &stored, None)?,
+        // Made by another delivery meanwhile (review: the first two deliveries into a new
+        // mailbox raced, and the loser answered 75, deferred): that one is used.
+        None => match store.create_mailbox(account, &stored, None) {
+            Err(crate::store::StoreError::MailboxExists(_)) => store
+                .mailbox(account, &stored)?
+                .ok_or_else(|| CliError::Demo(format!("mailbox {stored:?} vanished")))?,
+            other => other?,
+        },
     })
 }
 

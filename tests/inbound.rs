@@ -1307,3 +1307,41 @@ fn a_delivery_whose_report_line_cannot_be_written_is_still_delivered_once() {
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     assert_eq!(verdicts::fetch_all(&server).len(), 1);
 }
+
+/// The first deliveries into a mailbox that does not exist yet, at once: each is stored, none
+/// deferred (review: the one that lost the race to create the mailbox answered 75).
+#[test]
+fn deliveries_racing_to_create_a_mailbox_are_all_stored() {
+    let world = World::new();
+    let server = bobs_store(&world);
+    for round in 0..5 {
+        let mailbox = format!("Race{round}");
+        let children: Vec<_> = (0..3)
+            .map(|i| {
+                let mut child = Command::new(env!("CARGO_BIN_EXE_sealpost"))
+                    .arg("--config")
+                    .arg(server.config())
+                    .args(["deliver", "--account", common::server::USER, "--mailbox"])
+                    .arg(&mailbox)
+                    .stdin(Stdio::piped())
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .unwrap();
+                use std::io::Write;
+                let message = format!("From: a@example.org\r\nSubject: race {i}\r\n\r\nbody\r\n");
+                child
+                    .stdin
+                    .take()
+                    .unwrap()
+                    .write_all(message.as_bytes())
+                    .unwrap();
+                child
+            })
+            .collect();
+        for child in children {
+            let out = child.wait_with_output().unwrap();
+            assert_eq!(out.status.code(), Some(0), "{mailbox}: {out:?}");
+        }
+    }
+}

@@ -95,7 +95,10 @@ impl Batch<'_> {
                 unix: d.as_secs() as i64,
                 tz_minutes: 0,
             });
-        if bytes.starts_with(b"From ") {
+        // An mbox begins with a postmark ("From sender date"); a message whose first field is
+        // written "From :" does not (review: it was split as an mbox, its From field taken
+        // for a postmark and a body line "From ..." for the next message).
+        if crate::message::parse::is_postmark(&bytes) {
             let mut any = false;
             for (postmark, message) in split_mbox(&bytes) {
                 if message.iter().all(|b| b.is_ascii_whitespace()) {
@@ -204,6 +207,11 @@ fn split_mbox(bytes: &[u8]) -> Vec<(&[u8], Vec<u8>)> {
             }
         }
     }
+    // mbox writers end every message with a blank line, the last one too (review: the last
+    // message kept it).
+    if let Some((_, message)) = out.last_mut() {
+        trim_one_blank_line(message);
+    }
     out
 }
 
@@ -303,6 +311,46 @@ mod tests {
         assert_eq!(messages[1].1, b"Subject: two\n\nbody\n");
         let date = postmark_date(messages[1].0).unwrap();
         assert_eq!(date.unix, 1_795_174_215);
+    }
+
+    /// The mbox's blank line after the last message is the format's too; a message whose
+    /// first field is written "From :" is one message, not an mbox (review: its From field
+    /// was dropped as a postmark and a body line "From the desk" became another message).
+    #[test]
+    fn an_mbox_ends_without_its_last_blank_line_and_from_colon_is_no_mbox() {
+        let mbox = b"From a@b Thu Nov 19 10:00:00 2026\nSubject: one\n\nx\n\n\
+From c@d Fri Nov 20 11:30:15 2026\nSubject: two\n\nbody\n\n";
+        let messages = split_mbox(mbox);
+        assert_eq!(messages[0].1, b"Subject: one\n\nx\n");
+        assert_eq!(messages[1].1, b"Subject: two\n\nbody\n");
+
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.sqlite")).unwrap();
+        let account = store.ensure_account("bob").unwrap();
+        let inbox = store.mailbox(account, "INBOX").unwrap().unwrap();
+        let file = dir.path().join("m.eml");
+        std::fs::write(
+            &file,
+            b"From : alice@example.org\nSubject: obs\n\nHi\n\nFrom the desk of Alice\n",
+        )
+        .unwrap();
+        let report = import_path(&store, inbox.id, &file).unwrap();
+        assert_eq!(report.imported, 1);
+        let stored = store
+            .fetch_batch(
+                inbox.id,
+                &[1],
+                crate::store::Need {
+                    raw: true,
+                    ..Default::default()
+                },
+                u64::MAX,
+            )
+            .unwrap();
+        let raw = stored.items[0].1.raw.to_vec();
+        let text = String::from_utf8_lossy(&raw);
+        assert!(text.starts_with("From : alice@example.org\r\n"), "{text}");
+        assert!(text.ends_with("\r\nFrom the desk of Alice\r\n"), "{text}");
     }
 
     #[test]
