@@ -1045,6 +1045,47 @@ async fn mail_that_comes_during_a_pass_is_fetched_without_waiting_for_the_poll()
 /// A Maildir as the source: new/ and cur/ of INBOX and of a Maildir++ folder are imported
 /// decrypted with their flags; the Maildir is left as it was; a file a reader moves from new/
 /// to cur/ (changing its name's info) is not imported again.
+/// A Maildir file that is still empty (a writer that does not go through tmp/) waits for the
+/// next scan, and a postmark line ("From sender date") is no part of the stored message
+/// (review: the empty file was stored as an empty message and never read again; the postmark
+/// was kept as the first line).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_maildir_file_waits_and_a_postmark_is_dropped() {
+    let world = World::new();
+    let maildir = tempfile::tempdir().unwrap();
+    let root = maildir.path();
+    for sub in ["new", "cur", "tmp"] {
+        std::fs::create_dir_all(root.join(sub)).unwrap();
+    }
+    std::fs::write(root.join("new/1700000001.M1P1.host"), b"").unwrap();
+    std::fs::write(
+        root.join("new/1700000002.M2P1.host"),
+        b"From a@example.org Thu Nov 19 10:00:00 2026\nFrom: a@example.org\nSubject: marked\n\nbody\n",
+    )
+    .unwrap();
+    let server = Server::start_config("", &gnupg_table(&world));
+    let config = sync_config(
+        &server,
+        &format!("[accounts.maildir]\npath = \"{}\"\n", root.display()),
+    );
+    let out = sync_once(&config);
+    assert_eq!(stdout(&out).trim(), format!("{USER}: 1 new"), "{out:?}");
+    let mut raw = server.login();
+    raw.ok("SELECT INBOX");
+    let header = raw.ok("UID FETCH 1 (BODY.PEEK[HEADER])").join("\n");
+    assert!(header.contains("From: a@example.org"), "{header}");
+    assert!(!header.contains("From a@example.org Thu"), "{header}");
+
+    std::fs::write(
+        root.join("new/1700000001.M1P1.host"),
+        b"From: a@example.org\r\nSubject: written late\r\n\r\nlate\r\n",
+    )
+    .unwrap();
+    let out = sync_once(&config);
+    assert_eq!(stdout(&out).trim(), format!("{USER}: 1 new"), "{out:?}");
+    assert_eq!(exists(&mut raw, "INBOX"), 2);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_maildir_source_is_imported_once() {
     let world = World::new();

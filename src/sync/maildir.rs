@@ -215,7 +215,23 @@ impl MaildirSync {
             let mut read = Vec::with_capacity(chunk.len());
             for file in chunk {
                 match std::fs::read(&file.path) {
-                    Ok(raw) => {
+                    // Empty (or blank) is no message yet: a writer that does not go through
+                    // tmp/ may not have written it. Left for the next scan (review: stored as
+                    // an empty message and never read again).
+                    Ok(raw) if raw.iter().all(|b| b.is_ascii_whitespace()) => {
+                        tracing::warn!(account = %self.name, %folder,
+                            "{}: empty; left for the next scan", file.path.display());
+                    }
+                    Ok(mut raw) => {
+                        // An mbox postmark ("From sender date") that some delivery agents put
+                        // on the first line is no field of the message; deliver drops it too.
+                        if crate::message::parse::is_postmark(&raw) {
+                            let end = raw
+                                .iter()
+                                .position(|b| *b == b'\n')
+                                .map_or(raw.len(), |i| i + 1);
+                            raw.drain(..end);
+                        }
                         let date = std::fs::metadata(&file.path)
                             .and_then(|m| m.modified())
                             .ok()
