@@ -55,10 +55,28 @@ pub fn import_path(
     let meta = fs::metadata(path).map_err(read_error)?;
     if meta.is_dir() {
         if path.join("cur").is_dir() || path.join("new").is_dir() {
-            for sub in ["new", "cur"] {
-                for file in sorted_files(&path.join(sub))? {
-                    let flags = maildir_flags(&file);
-                    batch.file(&file, flags)?;
+            // Both listed first, each message once by its unique name (the part before ':'):
+            // a mail client may move a file from new/ to cur/ (adding flags) while the import
+            // runs (review: listed one after the other, such a file was imported twice, or
+            // its old name was not found and the import stopped half-way).
+            let mut files: Vec<PathBuf> = sorted_files(&path.join("new"))?;
+            files.extend(sorted_files(&path.join("cur"))?);
+            let mut seen = std::collections::HashSet::new();
+            for file in files {
+                if !seen.insert(maildir_unique(&file)) {
+                    continue;
+                }
+                match batch.file(&file, maildir_flags(&file)) {
+                    Err(ImportError::Read { source, .. })
+                        if source.kind() == std::io::ErrorKind::NotFound =>
+                    {
+                        // Moved since the listing: read where it is now (removed: nothing
+                        // to import).
+                        if let Some(moved) = moved_maildir_file(path, &file)? {
+                            batch.file(&moved, maildir_flags(&moved))?;
+                        }
+                    }
+                    other => other?,
                 }
             }
         } else {
@@ -137,6 +155,26 @@ impl Batch<'_> {
         }
         Ok(())
     }
+}
+
+/// A Maildir file's unique name: its name up to the info part (":2,FLAGS").
+fn maildir_unique(file: &Path) -> String {
+    let name = file.file_name().unwrap_or_default().to_string_lossy();
+    name.split_once(':').map_or(&*name, |(u, _)| u).to_string()
+}
+
+/// Where `file` (listed, then gone) is now: the file in new/ or cur/ with its unique name.
+fn moved_maildir_file(maildir: &Path, file: &Path) -> Result<Option<PathBuf>, ImportError> {
+    let unique = maildir_unique(file);
+    for sub in ["cur", "new"] {
+        if let Some(found) = sorted_files(&maildir.join(sub))?
+            .into_iter()
+            .find(|f| maildir_unique(f) == unique)
+        {
+            return Ok(Some(found));
+        }
+    }
+    Ok(None)
 }
 
 fn sorted_files(dir: &Path) -> Result<Vec<PathBuf>, ImportError> {
@@ -351,6 +389,35 @@ From c@d Fri Nov 20 11:30:15 2026\nSubject: two\n\nbody\n\n";
         let text = String::from_utf8_lossy(&raw);
         assert!(text.starts_with("From : alice@example.org\r\n"), "{text}");
         assert!(text.ends_with("\r\nFrom the desk of Alice\r\n"), "{text}");
+    }
+
+    /// A message a mail client moves from new/ to cur/ during the import is imported once,
+    /// from wherever it is when read (review: twice, or the import stopped on its old name).
+    #[test]
+    fn a_maildir_message_moved_during_the_import_is_imported_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let maildir = dir.path().join("md");
+        for sub in ["new", "cur", "tmp"] {
+            std::fs::create_dir_all(maildir.join(sub)).unwrap();
+        }
+        // Seen in both listings: the move happened between them.
+        let message = b"From: a@example.org\nSubject: moved\n\nbody\n";
+        std::fs::write(maildir.join("new/1700000001.M1.host"), message).unwrap();
+        std::fs::write(maildir.join("cur/1700000001.M1.host:2,S"), message).unwrap();
+        let store = Store::open(&dir.path().join("s.sqlite")).unwrap();
+        let account = store.ensure_account("bob").unwrap();
+        let inbox = store.mailbox(account, "INBOX").unwrap().unwrap();
+        assert_eq!(import_path(&store, inbox.id, &maildir).unwrap().imported, 1);
+        // Listed in new/, gone from there by the time it is read.
+        std::fs::remove_file(maildir.join("new/1700000001.M1.host")).unwrap();
+        assert_eq!(
+            moved_maildir_file(&maildir, &maildir.join("new/1700000001.M1.host")).unwrap(),
+            Some(maildir.join("cur/1700000001.M1.host:2,S"))
+        );
+        assert_eq!(
+            moved_maildir_file(&maildir, &maildir.join("new/1700000009.M9.host")).unwrap(),
+            None
+        );
     }
 
     #[test]
