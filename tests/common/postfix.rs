@@ -77,6 +77,7 @@ impl Postfix {
             format!(
                 "127.0.0.1:{s} inet n - n - - smtpd\n\
                  127.0.0.1:{r} inet n - n - - smtpd -o smtpd_milters= -o non_smtpd_milters= \
+                 -o local_header_rewrite_clients= \
                  -o smtpd_recipient_restrictions=check_recipient_access,texthash:{d}/reinject-access,permit_mynetworks,reject\n\
                  pickup unix n - n 60 1 pickup\ncleanup unix n - n - 0 cleanup\n\
                  qmgr unix n - n 300 1 qmgr\nrewrite unix - - n - - trivial-rewrite\n\
