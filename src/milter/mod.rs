@@ -717,7 +717,12 @@ async fn end_of_message(
             .journal
             .contains(&id, &crate::rewrite::copy_recipient(r))
         {
-            Ok(true) => {}
+            // Said at each try: a script that sends another message under a Message-ID it
+            // used before (with the same sender, fields and body but the Date) is taken for
+            // this one's retry, and its recipients would otherwise go without a word (review).
+            Ok(true) => tracing::info!(
+                "{queue_id}: to=<{r}> skipped: a copy of this message (same identity) was                  re-injected by an earlier try"
+            ),
             Ok(false) => pending.push(r.clone()),
             Err(e) => return tempfail(cx, &e.to_string()),
         }
