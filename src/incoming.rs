@@ -440,13 +440,7 @@ pub async fn deliver(config: Config, args: DeliverArgs) -> Result<u8, CliError> 
     }
     // Postfix's local(8) hands a mailbox_command the message after an mbox envelope line
     // ("From sender date"), as procmail and Dovecot's LDA expect: not a header field.
-    if crate::message::parse::is_postmark(&raw) {
-        let end = raw
-            .iter()
-            .position(|b| *b == b'\n')
-            .map_or(raw.len(), |i| i + 1);
-        raw.drain(..end);
-    }
+    crate::message::parse::drop_postmark(&mut raw);
     if raw.iter().all(u8::is_ascii_whitespace) {
         return Err(CliError::NotAMessage("empty message on stdin".into()));
     }

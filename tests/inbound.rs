@@ -38,6 +38,37 @@ fn signed_and_encrypted_by_alice(world: &World, content: &[u8]) -> Vec<u8> {
     verdicts::pgp_mime(&out.stdout)
 }
 
+/// `sealpost deliver` started with `message` on its stdin (into `mailbox`, else INBOX), not
+/// waited for: deliveries that run at once.
+fn spawn_deliver(
+    config: &std::path::Path,
+    mailbox: Option<&str>,
+    message: &str,
+) -> std::process::Child {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_sealpost"));
+    command
+        .arg("--config")
+        .arg(config)
+        .args(["deliver", "--account", common::server::USER]);
+    if let Some(mailbox) = mailbox {
+        command.args(["--mailbox", mailbox]);
+    }
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(message.as_bytes())
+        .unwrap();
+    child
+}
+
 fn deliver(server: &Server, raw: &[u8]) -> (i32, String) {
     let out = run_with_stdin(
         Command::new(env!("CARGO_BIN_EXE_sealpost"))
@@ -1251,24 +1282,8 @@ fn deliveries_into_a_new_store_at_once_all_go_in() {
     .unwrap();
     let children: Vec<_> = (0..8)
         .map(|i| {
-            let mut child = Command::new(env!("CARGO_BIN_EXE_sealpost"))
-                .arg("--config")
-                .arg(&config)
-                .args(["deliver", "--account", common::server::USER])
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap();
             let message = format!("From: a@example.org\r\nSubject: {i}\r\n\r\nbody {i}\r\n");
-            use std::io::Write;
-            child
-                .stdin
-                .take()
-                .unwrap()
-                .write_all(message.as_bytes())
-                .unwrap();
-            child
+            spawn_deliver(&config, None, &message)
         })
         .collect();
     for child in children {
@@ -1318,25 +1333,8 @@ fn deliveries_racing_to_create_a_mailbox_are_all_stored() {
         let mailbox = format!("Race{round}");
         let children: Vec<_> = (0..3)
             .map(|i| {
-                let mut child = Command::new(env!("CARGO_BIN_EXE_sealpost"))
-                    .arg("--config")
-                    .arg(server.config())
-                    .args(["deliver", "--account", common::server::USER, "--mailbox"])
-                    .arg(&mailbox)
-                    .stdin(Stdio::piped())
-                    .stdout(Stdio::piped())
-                    .stderr(Stdio::piped())
-                    .spawn()
-                    .unwrap();
-                use std::io::Write;
                 let message = format!("From: a@example.org\r\nSubject: race {i}\r\n\r\nbody\r\n");
-                child
-                    .stdin
-                    .take()
-                    .unwrap()
-                    .write_all(message.as_bytes())
-                    .unwrap();
-                child
+                spawn_deliver(&server.config(), Some(&mailbox), &message)
             })
             .collect();
         for child in children {

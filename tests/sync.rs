@@ -40,6 +40,27 @@ fn bobs_sync(world: &World, dovecot: &Dovecot) -> (Server, tempfile::TempDir, Pa
     (server, dir, config)
 }
 
+/// Like `bobs_sync`, with the account's `address` set: what is stored upstream is encrypted
+/// to bob@example.org.
+fn bobs_sync_with_address(
+    world: &World,
+    dovecot: &Dovecot,
+) -> (Server, tempfile::TempDir, PathBuf) {
+    let server = Server::start_config("", &gnupg_table(world));
+    let dir = tempfile::tempdir().unwrap();
+    let config = sync_config(
+        &server,
+        &upstream_table(
+            dovecot,
+            dir.path(),
+            "none",
+            dovecot.port,
+            "address = \"bob@example.org\"",
+        ),
+    );
+    (server, dir, config)
+}
+
 fn gnupg_table(world: &World) -> String {
     format!("[gnupg]\nhome = \"{}\"\n", world.bob.dir.display())
 }
@@ -402,18 +423,7 @@ async fn local_changes_are_written_back_upstream() {
             ),
         ]),
     );
-    let server = Server::start_config("", &gnupg_table(&world));
-    let dir = tempfile::tempdir().unwrap();
-    let config = sync_config(
-        &server,
-        &upstream_table(
-            &dovecot,
-            dir.path(),
-            "none",
-            dovecot.port,
-            "address = \"bob@example.org\"",
-        ),
-    );
+    let (server, _dir, config) = bobs_sync_with_address(&world, &dovecot);
     let out = sync_once(&config);
     assert_eq!(stdout(&out).trim(), format!("{USER}: 3 new"), "{out:?}");
 
@@ -1287,18 +1297,7 @@ async fn changes_waiting_across_a_uidvalidity_change_are_not_undone() {
         append_bytes("Archive", copied)]),
     );
     // With the user's own key at hand, so that an upload could be made (and must not be).
-    let server = Server::start_config("", &gnupg_table(&world));
-    let dir = tempfile::tempdir().unwrap();
-    let config = sync_config(
-        &server,
-        &upstream_table(
-            &dovecot,
-            dir.path(),
-            "none",
-            dovecot.port,
-            "address = \"bob@example.org\"",
-        ),
-    );
+    let (server, _dir, config) = bobs_sync_with_address(&world, &dovecot);
     let out = sync_once(&config);
     assert_eq!(stdout(&out).trim(), format!("{USER}: 3 new"), "{out:?}");
     let mut raw = server.login();
@@ -1523,18 +1522,7 @@ async fn moves_into_a_folder_deleted_before_the_write_back_leave_no_ghost() {
             ),
         ]),
     );
-    let server = Server::start_config("", &gnupg_table(&world));
-    let dir = tempfile::tempdir().unwrap();
-    let config = sync_config(
-        &server,
-        &upstream_table(
-            &dovecot,
-            dir.path(),
-            "none",
-            dovecot.port,
-            "address = \"bob@example.org\"",
-        ),
-    );
+    let (server, _dir, config) = bobs_sync_with_address(&world, &dovecot);
     let out = sync_once(&config);
     assert_eq!(stdout(&out).trim(), format!("{USER}: 2 new"), "{out:?}");
     let mut raw = server.login();
@@ -2434,18 +2422,7 @@ async fn folders_created_here_are_made_upstream() {
 async fn a_drafts_bcc_goes_up_inside_the_encryption_only() {
     let world = World::new();
     let dovecot = Dovecot::start_tls();
-    let server = Server::start_config("", &gnupg_table(&world));
-    let dir = tempfile::tempdir().unwrap();
-    let config = sync_config(
-        &server,
-        &upstream_table(
-            &dovecot,
-            dir.path(),
-            "none",
-            dovecot.port,
-            "address = \"bob@example.org\"",
-        ),
-    );
+    let (server, _dir, config) = bobs_sync_with_address(&world, &dovecot);
     let out = sync_once(&config);
     assert!(out.status.success(), "{out:?}");
     let mut raw = server.login();

@@ -71,6 +71,19 @@ pub(crate) fn is_postmark(raw: &[u8]) -> bool {
         .is_some_and(|b| *b != b':')
 }
 
+/// `raw` without a first line that is an mbox postmark ([`is_postmark`]): what local(8) puts
+/// before a message it hands a mailbox_command, and some delivery agents before a Maildir
+/// file's; no header field.
+pub(crate) fn drop_postmark(raw: &mut Vec<u8>) {
+    if is_postmark(raw) {
+        let end = raw
+            .iter()
+            .position(|b| *b == b'\n')
+            .map_or(raw.len(), |i| i + 1);
+        raw.drain(..end);
+    }
+}
+
 /// A message accepted for rewriting: the raw bytes plus its header fields.
 #[derive(Debug, Clone)]
 pub struct ParsedMessage {

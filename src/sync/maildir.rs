@@ -223,15 +223,9 @@ impl MaildirSync {
                             "{}: empty; left for the next scan", file.path.display());
                     }
                     Ok(mut raw) => {
-                        // An mbox postmark ("From sender date") that some delivery agents put
-                        // on the first line is no field of the message; deliver drops it too.
-                        if crate::message::parse::is_postmark(&raw) {
-                            let end = raw
-                                .iter()
-                                .position(|b| *b == b'\n')
-                                .map_or(raw.len(), |i| i + 1);
-                            raw.drain(..end);
-                        }
+                        // A postmark some delivery agents put on the first line is no field of
+                        // the message; deliver drops it too.
+                        crate::message::parse::drop_postmark(&mut raw);
                         let date = std::fs::metadata(&file.path)
                             .and_then(|m| m.modified())
                             .ok()
