@@ -38,6 +38,25 @@ fn signed_and_encrypted_by_alice(world: &World, content: &[u8]) -> Vec<u8> {
     verdicts::pgp_mime(&out.stdout)
 }
 
+/// Bob's copy of `raw` from Alice, as sealpost's MX makes it (the inbound policy: encrypted
+/// to Bob, not signed, Subject obscured outside).
+async fn mx_copy_for_bob(world: &World, raw: Vec<u8>) -> Vec<u8> {
+    use sealpost::rewrite::{Envelope, Outcome, Policy, Rewriter};
+    let mx = Rewriter::new(
+        world.sender.service(std::time::Duration::from_secs(20)),
+        Policy::inbound(&Policy::default()),
+    );
+    let envelope = Envelope {
+        id: "MX".into(),
+        sender: "alice@example.org".into(),
+        recipients: vec!["bob@example.org".into()],
+    };
+    match mx.rewrite(&envelope, raw).await.expect("accepted") {
+        Outcome::Copies(mut copies) => copies.remove(0).message.expect("a copy"),
+        Outcome::Refused(r) => panic!("refused: {r}"),
+    }
+}
+
 /// `sealpost deliver` started with `message` on its stdin (into `mailbox`, else INBOX), not
 /// waited for: deliveries that run at once.
 fn spawn_deliver(
@@ -683,7 +702,6 @@ fn signed_by_two(part: &[u8], signature: &[u8]) -> Vec<u8> {
 /// message had `Subject: [...]` and the real Subject nowhere).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_signed_message_encrypted_by_the_mx_keeps_its_subject() {
-    use sealpost::rewrite::{Envelope, Outcome, Policy, Rewriter};
     let world = World::new();
     let server = bobs_store(&world);
     let part = b"Content-Type: text/plain; charset=us-ascii\r\n\r\nThe numbers.\r\n";
@@ -696,19 +714,7 @@ async fn a_signed_message_encrypted_by_the_mx_keeps_its_subject() {
         .unwrap()
         .replace("Subject: two", "Subject: Quarterly numbers")
         .into_bytes();
-    let mx = Rewriter::new(
-        world.sender.service(std::time::Duration::from_secs(20)),
-        Policy::inbound(&Policy::default()),
-    );
-    let envelope = Envelope {
-        id: "MX".into(),
-        sender: "alice@example.org".into(),
-        recipients: vec!["bob@example.org".into()],
-    };
-    let copy = match mx.rewrite(&envelope, signed).await.expect("accepted") {
-        Outcome::Copies(mut copies) => copies.remove(0).message.expect("a copy"),
-        Outcome::Refused(r) => panic!("refused: {r}"),
-    };
+    let copy = mx_copy_for_bob(&world, signed).await;
     assert!(!common::contains(&copy, "Quarterly"), "the MX obscures it");
     let (code, output) = deliver(&server, &copy);
     assert_eq!(code, 0, "{output}");
@@ -735,7 +741,6 @@ async fn a_signed_message_encrypted_by_the_mx_keeps_its_subject() {
 /// the sender's signature (review: the stored message was the sender's ciphertext, unread).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ciphertext_the_mx_encrypted_again_is_decrypted_through_both_layers() {
-    use sealpost::rewrite::{Envelope, Outcome, Policy, Rewriter};
     let world = World::new();
     let server = bobs_store(&world);
     let armored = |text: &str| {
@@ -771,20 +776,8 @@ async fn a_ciphertext_the_mx_encrypted_again_is_decrypted_through_both_layers() 
             1
         )
     );
-    let mx = Rewriter::new(
-        world.sender.service(std::time::Duration::from_secs(20)),
-        Policy::inbound(&Policy::default()),
-    );
-    let envelope = Envelope {
-        id: "MX".into(),
-        sender: "alice@example.org".into(),
-        recipients: vec!["bob@example.org".into()],
-    };
     for raw in [preamble, inline] {
-        let copy = match mx.rewrite(&envelope, raw.clone().into_bytes()).await {
-            Ok(Outcome::Copies(mut copies)) => copies.remove(0).message.expect("a copy"),
-            other => panic!("{other:?}"),
-        };
+        let copy = mx_copy_for_bob(&world, raw.clone().into_bytes()).await;
         assert_ne!(copy, raw.as_bytes(), "the MX encrypts it once more");
         let (code, output) = deliver(&server, &copy);
         assert_eq!(code, 0, "{output}");
