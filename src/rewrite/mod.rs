@@ -276,7 +276,15 @@ impl Rewriter {
                     problem: Some(Reply::new(
                         550,
                         "5.7.1",
-                        format!("no secret key to sign as {from} and no default signer configured"),
+                        if from.is_empty() {
+                            // A null sender's message without a From field names nobody.
+                            "no From address to sign as and no default signer configured"
+                                .to_string()
+                        } else {
+                            format!(
+                                "no secret key to sign as {from} and no default signer configured"
+                            )
+                        },
                     )),
                 },
             },
