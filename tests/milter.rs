@@ -1349,3 +1349,61 @@ fn a_full_journal_file_system_reinjects_nothing_twice() {
     assert!(reply.starts_with("250"), "{reply}");
     check_three_copies(world, postfix.wait_messages(3));
 }
+
+/// Three recipients, a message just under Postfix's message_size_limit whose encrypted copies
+/// pass it: no copy over the limit is kept in place (Postfix would then refuse the whole
+/// message, 552, after the other copies went: a review saw this). The copies that fit go,
+/// the others are refused by the listener and reported, and the client is told 250.
+#[test]
+fn a_copy_over_the_size_limit_is_not_kept_in_place() {
+    use base64::Engine;
+    let Some(rig) = Rig::new() else { return };
+    let postfix = &rig.postfix;
+    postfix.set("message_size_limit = 200000");
+    let _milter = rig.milter();
+    // Text gpg can hardly compress (random bytes as base64): copies a little larger than it.
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let bytes: Vec<u8> = (0..143_000)
+        .map(|_| {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1);
+            (state >> 33) as u8
+        })
+        .collect();
+    let text = base64::engine::general_purpose::STANDARD.encode(bytes);
+    let body: Vec<&str> = text
+        .as_bytes()
+        .chunks(76)
+        .map(|c| std::str::from_utf8(c).unwrap())
+        .collect();
+    let message = format!(
+        "From: Alice <alice@example.org>\nTo: bob@example.org, dave@example.net, \
+         carol@example.org\nSubject: big\nMessage-ID: <big-1@example.org>\n\n{}\n",
+        body.join("\n")
+    );
+    assert!(message.len() < 200_000 - 5_000, "{}", message.len());
+    let end = smtp_send(postfix.smtp_port, "alice@example.org", &THREE, &message);
+    assert!(end.starts_with("250"), "{end}");
+    // dave's signed copy (it fits), and alice's report on bob's and carol's.
+    let got = by_recipient(postfix.wait_messages(2));
+    let names: Vec<&str> = got.iter().map(|(r, _)| r.as_str()).collect();
+    assert_eq!(
+        names,
+        ["alice@example.org", "dave@example.net"],
+        "{}",
+        postfix.log()
+    );
+    let (plain, _, _, _) = rig
+        .world
+        .sender
+        .decrypt(&ciphertext(&crlf(&got[0].1)))
+        .expect("the report is encrypted to alice");
+    for refused in ["bob@example.org", "carol@example.org"] {
+        assert!(
+            contains(&plain, &format!("Final-Recipient: rfc822; {refused}")),
+            "{}",
+            String::from_utf8_lossy(&plain)
+        );
+    }
+}

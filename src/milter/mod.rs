@@ -784,6 +784,21 @@ async fn end_of_message(
     // held: then the original keeps every such recipient (their copies are the same
     // cleartext) and the copy set aside is re-injected at the end.
     let mut kept_copy: Option<Copy> = None;
+    // Room for what the queue file holds besides the copy (Postfix's Received field, the
+    // envelope records), which message_size_limit counts too.
+    const QUEUE_FILE_OVERHEAD: u64 = 8 * 1024;
+    // One recipient alone: kept in place whatever its size, so that Postfix refuses the
+    // message to the client at once (552) with nothing else gone.
+    let size_limit = if in_place && t.recipients.len() > 1 {
+        milter.reinject.size_limit().await
+    } else {
+        None
+    };
+    let fits = |copy: &Copy| {
+        size_limit.is_none_or(|limit| {
+            copy.message.as_ref().map_or(0, |m| m.len() as u64) + QUEUE_FILE_OVERHEAD <= limit
+        })
+    };
     let mut held: Vec<String> = Vec::new();
     let mut held_copy: Option<Vec<u8>> = None;
     let mut any_sendable = false;
@@ -859,7 +874,12 @@ async fn end_of_message(
                     Ok(false) => {}
                     Err(e) => return tempfail(cx, &e.to_string()),
                 }
-                if in_place && kept_copy.is_none() {
+                // The copy kept in place must fit the same limit as a re-injected one
+                // (Postfix's message_size_limit, as the listener announces it): passing it,
+                // Postfix would refuse the whole message after the other copies went (review).
+                // One that does not fit is re-injected like the others, refused there for
+                // good and reported; another copy may stay in place.
+                if in_place && kept_copy.is_none() && fits(&copy) {
                     kept_copy = Some(copy);
                     continue;
                 }

@@ -166,6 +166,9 @@ pub struct Relay {
     /// Set by [`Relay::passing_dsn`]: new connections ask (a second EHLO) whether the server
     /// takes RFC 3461 parameters; the answer stays with the connection.
     pass_dsn: bool,
+    /// The SIZE (RFC 1870) the server last announced in that second EHLO: 0 before any,
+    /// u64::MAX for none (no limit, or not asked).
+    size_limit: std::sync::atomic::AtomicU64,
 }
 
 /// The RFC 3461 (DSN) parameters of one recipient's transaction, as the client gave them to
@@ -495,6 +498,7 @@ impl Relay {
             down: Mutex::new(None),
             breaker: false,
             pass_dsn: false,
+            size_limit: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -578,18 +582,39 @@ impl Relay {
             let hello = lettre::transport::smtp::commands::Ehlo::new(self.hello.clone());
             // A server that refuses a second EHLO (503) takes no DSN parameters from us; the
             // connection goes on. One that does not answer, or hangs up, is as before.
+            let mut limit = u64::MAX;
             dsn = match tokio::time::timeout(self.timeout, conn.command(hello))
                 .await
                 .map_err(|_| deadline("EHLO"))?
             {
-                Ok(reply) => reply.message().skip(1).any(|line| {
-                    line.split_whitespace()
-                        .next()
-                        .is_some_and(|k| k.eq_ignore_ascii_case("DSN"))
-                }),
+                Ok(reply) => {
+                    let mut dsn = false;
+                    for line in reply.message().skip(1) {
+                        let mut words = line.split_whitespace();
+                        match words.next() {
+                            Some(k) if k.eq_ignore_ascii_case("DSN") => dsn = true,
+                            // RFC 1870 §4: SIZE 0 (or none given) is no fixed limit.
+                            Some(k) if k.eq_ignore_ascii_case("SIZE") => {
+                                limit = words
+                                    .next()
+                                    .and_then(|n| n.parse::<u64>().ok())
+                                    .filter(|n| *n > 0)
+                                    .unwrap_or(u64::MAX);
+                            }
+                            _ => {}
+                        }
+                    }
+                    dsn
+                }
                 Err(e) if e.is_permanent() || e.is_transient() => false,
                 Err(e) => return Err(step(e)),
             };
+            self.size_limit
+                .store(limit, std::sync::atomic::Ordering::Relaxed);
+        } else {
+            // Not asked: no limit known.
+            self.size_limit
+                .store(u64::MAX, std::sync::atomic::Ordering::Relaxed);
         }
         if let Some(credentials) = &self.credentials {
             tokio::time::timeout(
@@ -860,6 +885,22 @@ impl Relay {
             reply,
             passed_dsn: dsn_offered,
         }
+    }
+
+    /// The largest message the server takes, as its EHLO announced it (RFC 1870 SIZE), asked
+    /// with [`Relay::passing_dsn`] only; a connection is made (and kept for the next copy)
+    /// when none was yet. None: no limit announced, or no answer now.
+    pub async fn size_limit(&self) -> Option<u64> {
+        use std::sync::atomic::Ordering;
+        if self.size_limit.load(Ordering::Relaxed) == 0 {
+            if let Ok((conn, dsn)) = self.connection().await {
+                let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+                if idle.len() < IDLE_MAX {
+                    idle.push((conn, dsn, Instant::now()));
+                }
+            }
+        }
+        Some(self.size_limit.load(Ordering::Relaxed)).filter(|n| *n != 0 && *n != u64::MAX)
     }
 
     /// Says QUIT on the idle connections.
