@@ -191,6 +191,14 @@ fn whole_message_ciphertext(parsed: Option<&mail_parser::Message<'_>>) -> Option
     }
 }
 
+const PGP_MESSAGE: &[u8] = b"-----BEGIN PGP MESSAGE-----";
+
+/// Whether `hay` holds `needle` (ASCII, lower case), case aside.
+fn contains_ignore_case(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len())
+        .any(|w| w.eq_ignore_ascii_case(needle))
+}
+
 /// [`process`] at a depth: 0 for the message as it came, 1 for the plaintext of an unsigned
 /// PGP/MIME layer that is itself a whole ciphertext (a sender's encrypted mail that sealpost's
 /// MX, finding it not encrypted strictly enough to pass unchanged, encrypted once more).
@@ -309,7 +317,14 @@ async fn process_layer(
     // is what is shown, with its own verdict. Only an unsigned layer's (nobody vouched for
     // what it wraps, and nothing sits beside the inner ciphertext: it is the whole entity).
     // Undecryptable inside, the layer is kept as decrypted so far.
-    if depth == 0 && unsigned_layer && verdict.signature == Signature::Unsigned {
+    // Looked for only where a ciphertext can be (most unsigned layers are an MX's copy of
+    // plain mail, not parsed again for nothing).
+    let may_be_ciphertext = contains_ignore_case(&out_header, b"multipart/encrypted")
+        || out_body
+            .windows(PGP_MESSAGE.len())
+            .any(|w| w == PGP_MESSAGE);
+    if depth == 0 && unsigned_layer && verdict.signature == Signature::Unsigned && may_be_ciphertext
+    {
         let entity = [&out_header[..], &out_body[..]].concat();
         let inner = MessageParser::default().parse(&entity);
         if whole_message_ciphertext(inner.as_ref()).is_some() {
@@ -520,12 +535,15 @@ async fn verify_multipart_signed(
 /// (the outgoing side's test). A signed-only message (`gpg --sign --armor`) is no ciphertext:
 /// taken for one, it would be stored undecryptable and retried for nothing.
 fn inline_armor(text: &[u8]) -> Option<Vec<u8>> {
-    const BEGIN: &[u8] = b"-----BEGIN PGP MESSAGE-----";
     const END: &[u8] = b"-----END PGP MESSAGE-----";
     let trimmed = text.trim_ascii();
-    (trimmed.starts_with(BEGIN)
+    (trimmed.starts_with(PGP_MESSAGE)
         && trimmed.ends_with(END)
-        && trimmed.windows(BEGIN.len()).filter(|w| *w == BEGIN).count() == 1
+        && trimmed
+            .windows(PGP_MESSAGE.len())
+            .filter(|w| *w == PGP_MESSAGE)
+            .count()
+            == 1
         && crate::message::parse::armored_ciphertext_any_headers(trimmed))
     .then(|| trimmed.to_vec())
 }

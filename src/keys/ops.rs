@@ -3,7 +3,7 @@
 //! it on that worker's GPGME context, and a [`Response`] or a [`KeyError`] comes back. Being
 //! data, both can cross a pipe; nothing here knows which kind of worker runs it.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use gpgme::{Context, EncryptFlags, ExportMode, KeyListMode};
@@ -438,13 +438,9 @@ fn check(s: gpgme::results::Signature<'_>) -> SignatureCheck {
 /// service's home). gpg-agent then answers "no such key" and gpg lists no secret key, without
 /// an error (review: taken for "no secret key", 550, or the default signer signed instead).
 fn unreadable_secret_key(ctx: &mut Context, home: Option<&Path>, who: &str) -> Option<String> {
-    let home = match home {
-        Some(h) => h.to_path_buf(),
-        None => std::env::var_os("GNUPGHOME")
-            .map(PathBuf::from)
-            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".gnupg")))?,
-    };
-    let dir = home.join("private-keys-v1.d");
+    let dir = home
+        .map_or_else(super::default_home, Path::to_path_buf)
+        .join("private-keys-v1.d");
     let mode = ctx.key_list_mode();
     ctx.set_key_list_mode(KeyListMode::LOCAL | KeyListMode::WITH_KEYGRIP)
         .ok()?;

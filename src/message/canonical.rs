@@ -144,7 +144,9 @@ fn visit(message: &Message<'_>, part: &MessagePart<'_>, raw: &[u8], edits: &mut 
             let mut replaced = false;
             for (i, h) in part.headers.iter().enumerate() {
                 let bytes = &raw[h.offset_field as usize..h.offset_end as usize];
-                if i == 0 && is_postmark_field(bytes) {
+                // An attached message's mbox postmark, read as its first field: see
+                // `safe_header`.
+                if i == 0 && super::parse::is_postmark(bytes) {
                     continue;
                 }
                 let is_type = matches!(h.name, mail_parser::HeaderName::ContentType);
@@ -311,14 +313,6 @@ fn first_unclosed(message: &Message<'_>, raw: &[u8]) -> Option<(usize, String)> 
 
 /// Rewrites a part's header fields as they may stand inside signed data
 /// ([`super::mime::signing_safe_field`]) when any of them is not so already.
-/// An attached message's mbox postmark ("From sender date"), which mail-parser reads as its
-/// first field: no field of the message, and a "From " line that mbox deliveries would quote
-/// ">From ", breaking the signature. Dropped, as from the message itself
-/// (`ParsedMessage::parse`).
-fn is_postmark_field(bytes: &[u8]) -> bool {
-    super::parse::is_postmark(bytes)
-}
-
 fn safe_header(part: &MessagePart<'_>, raw: &[u8], edits: &mut Vec<Edit>) {
     let (Some(first), Some(last)) = (part.headers.first(), part.headers.last()) else {
         return;
@@ -326,10 +320,14 @@ fn safe_header(part: &MessagePart<'_>, raw: &[u8], edits: &mut Vec<Edit>) {
     let (start, end) = (first.offset_field as usize, last.offset_end as usize);
     let mut header = Vec::with_capacity(end.saturating_sub(start));
     for (i, h) in part.headers.iter().enumerate() {
+        // An attached message's mbox postmark ("From sender date"), which mail-parser reads
+        // as its first field: no field of the message, and a "From " line that mbox
+        // deliveries would quote ">From ", breaking the signature. Dropped, as from the
+        // message itself (`ParsedMessage::parse`).
         if i == 0
             && raw
                 .get(h.offset_field as usize..h.offset_end as usize)
-                .is_some_and(is_postmark_field)
+                .is_some_and(super::parse::is_postmark)
         {
             continue;
         }

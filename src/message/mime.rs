@@ -215,7 +215,7 @@ pub fn signing_safe_field(name: &str, raw: &[u8]) -> Vec<u8> {
         }
     }
     let mut out = Vec::with_capacity(raw.len());
-    // The name and its colon stay on the first line (a blank before the colon is allowed).
+    // The name and its colon stay on the first line.
     let name_end = raw.iter().position(|b| *b == b':').map_or(0, |c| c + 1);
     for (i, line) in raw.split_inclusive(|b| *b == b'\n').enumerate() {
         let body = trim_blanks_end(line.strip_suffix(b"\r\n").unwrap_or(line));

@@ -721,7 +721,8 @@ async fn end_of_message(
             // used before (with the same sender, fields and body but the Date) is taken for
             // this one's retry, and its recipients would otherwise go without a word (review).
             Ok(true) => tracing::info!(
-                "{queue_id}: to=<{r}> skipped: a copy of this message (same identity) was                  re-injected by an earlier try"
+                "{queue_id}: to=<{r}> skipped: a copy of this message (same identity) was \
+                 re-injected by an earlier try"
             ),
             Ok(false) => pending.push(r.clone()),
             Err(e) => return tempfail(cx, &e.to_string()),

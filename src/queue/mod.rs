@@ -555,13 +555,12 @@ impl Queue {
     fn stranded(&self) -> Result<Vec<String>, QueueError> {
         let conn = self.conn();
         let mut stmt = conn
-            .prepare(
+            .prepare(&format!(
                 "SELECT id FROM messages m WHERE finished IS NULL AND (NOT EXISTS
                  (SELECT 1 FROM recipients r WHERE r.message = m.id AND r.state = 'queued')
-                 OR EXISTS (SELECT 1 FROM recipients r WHERE r.message = m.id
-                     AND r.state = 'sent' AND r.status = '2.0.0' AND r.bounced = 0))
-                 ORDER BY id",
-            )
+                 OR EXISTS (SELECT 1 FROM recipients r WHERE r.message = m.id AND {OWED_NOTICE}))
+                 ORDER BY id"
+            ))
             .map_err(|e| self.db_err(e))?;
         let ids = stmt
             .query_map([], |r| r.get::<_, String>(0))
@@ -670,8 +669,8 @@ impl Queue {
     }
 
     /// Marks the rows of one mailbox sent, all or none (an older version's twin rows).
-    /// Each recipient with whether the sender is owed a "relayed" notice for it: a sent row
-    /// with status 2.0.0 and `bounced` 0 is one, until [`Self::report_and_finish`] queues it.
+    /// Each recipient with whether the sender is owed a "relayed" notice for it (a row then
+    /// matches [`OWED_NOTICE`] until [`Self::report_and_finish`] queues it).
     fn mark_sent(&self, id: &str, rcpts: &[(&str, bool)], reply: &str) -> Result<(), QueueError> {
         let mut conn = self.conn();
         let tx = conn
@@ -833,10 +832,10 @@ impl Queue {
         // without DSN, gets its "relayed" notice from here, as nobody further on sends one.
         let relayed: Vec<Recipient> = {
             let mut stmt = tx
-                .prepare(
+                .prepare(&format!(
                     "SELECT address, reason, orcpt FROM recipients WHERE message = ?1
-                     AND state = 'sent' AND status = '2.0.0' AND bounced = 0 ORDER BY rowid",
-                )
+                     AND {OWED_NOTICE} ORDER BY rowid"
+                ))
                 .map_err(|e| self.db_err(e))?;
             let rows = stmt
                 .query_map(params![m.id], |r| {
@@ -877,8 +876,7 @@ impl Queue {
                 report_ids.push(id);
             }
             tx.execute(
-                "UPDATE recipients SET bounced = 1 WHERE message = ?1 AND state = 'sent'
-                 AND status = '2.0.0'",
+                &format!("UPDATE recipients SET bounced = 1 WHERE message = ?1 AND {OWED_NOTICE}"),
                 params![m.id],
             )
             .map_err(|e| self.db_err(e))?;
@@ -959,6 +957,10 @@ impl Queue {
         Ok(())
     }
 }
+
+/// The recipient rows that owe their sender a "relayed" notice (RFC 3461 §5.2.2): sent with
+/// status 2.0.0 by [`Queue::mark_sent`], not yet reported.
+const OWED_NOTICE: &str = "state = 'sent' AND status = '2.0.0' AND bounced = 0";
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS messages(
@@ -1623,6 +1625,16 @@ mod tests {
         }
     }
 
+    /// A new queue in `dir`, and its configuration.
+    fn new_queue(dir: &Path) -> (QueueConfig, Queue) {
+        let config = QueueConfig {
+            dir: dir.join("q"),
+            ..QueueConfig::default()
+        };
+        let queue = Queue::open(&config).unwrap();
+        (config, queue)
+    }
+
     /// A queue directory whose database was made with `schema`, and the connection to it.
     fn older_queue(dir: &Path, schema: &str) -> (QueueConfig, Connection) {
         let config = QueueConfig {
@@ -1711,11 +1723,7 @@ mod tests {
     #[test]
     fn pickup_is_idempotent_and_finished_ids_are_remembered() {
         let dir = tempfile::tempdir().unwrap();
-        let config = QueueConfig {
-            dir: dir.path().join("q"),
-            ..QueueConfig::default()
-        };
-        let queue = Queue::open(&config).unwrap();
+        let (config, queue) = new_queue(dir.path());
         let s = submission(&["bob@example.org", "carol@example.org"]);
         spool::write(&config.incoming(), "AAA1", &s, u64::MAX).unwrap();
         assert_eq!(queue.pick_up().unwrap(), 1);
@@ -1748,11 +1756,7 @@ mod tests {
     #[test]
     fn owed_notices_are_taken_up_at_once_and_a_stranded_message_can_be_deleted() {
         let dir = tempfile::tempdir().unwrap();
-        let config = QueueConfig {
-            dir: dir.path().join("q"),
-            ..QueueConfig::default()
-        };
-        let queue = Queue::open(&config).unwrap();
+        let (config, queue) = new_queue(dir.path());
         let s = submission(&["bob@example.org", "carol@example.org"]);
         spool::write(&config.incoming(), "AAA2", &s, u64::MAX).unwrap();
         queue.pick_up().unwrap();

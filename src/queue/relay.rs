@@ -314,6 +314,20 @@ pub fn envid_ok(id: &str) -> bool {
     (1..=100).contains(&id.len()) && printable(id)
 }
 
+/// RFC 3461 §4 xtext: "+", "=", and what is not printable ASCII as "+" and two hex digits
+/// (lettre's own writes a control character with one digit).
+pub fn xtext_encode(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for b in value.bytes() {
+        if (b'!'..=b'~').contains(&b) && b != b'+' && b != b'=' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("+{b:02X}"));
+        }
+    }
+    out
+}
+
 /// Decodes RFC 3461 §4 xtext: "+" and two hex digits stand for one octet; None for anything
 /// else but printable ASCII, or for what is not UTF-8. As Postfix does, lower-case hex and a
 /// bare "=" (which the RFC has encoded) are taken: the value goes on encoded afresh.

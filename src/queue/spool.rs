@@ -158,7 +158,10 @@ fn encode(s: &Submission) -> Vec<u8> {
     // The address last: it may hold a quoted blank. The ORCPT as xtext (RFC 3461 §4): one
     // word, whatever it holds; "-" for none.
     for d in &s.recipient_dsn {
-        let orcpt = d.orcpt.as_deref().map_or("-".to_string(), xtext_encode);
+        let orcpt = d
+            .orcpt
+            .as_deref()
+            .map_or("-".to_string(), super::relay::xtext_encode);
         head.push_str(&format!(
             "rcpt-dsn {} {orcpt} {}\n",
             d.notify.as_str(),
@@ -168,19 +171,6 @@ fn encode(s: &Submission) -> Vec<u8> {
     head.push('\n');
     let mut out = head.into_bytes();
     out.extend_from_slice(&s.message);
-    out
-}
-
-/// RFC 3461 §4 xtext: "+", "=", and what is not printable ASCII as "+" and two hex digits.
-fn xtext_encode(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
-    for b in value.bytes() {
-        if (b'!'..=b'~').contains(&b) && b != b'+' && b != b'=' {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("+{b:02X}"));
-        }
-    }
     out
 }
 

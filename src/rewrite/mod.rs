@@ -296,6 +296,18 @@ impl Rewriter {
         }
     }
 
+    /// `fields` without the Bcc that only `keep_bcc` leaves in them (the others have none).
+    fn without_kept_bcc<'f>(
+        &self,
+        fields: &'f [HeaderField],
+    ) -> std::borrow::Cow<'f, [HeaderField]> {
+        if self.policy.keep_bcc {
+            std::borrow::Cow::Owned(without_bcc(fields))
+        } else {
+            std::borrow::Cow::Borrowed(fields)
+        }
+    }
+
     /// What every encrypted copy shares: the outer header fields, and the plaintext to
     /// encrypt, signed already for RFC 3156 §6.1 or with the signer gpg uses for §6.2.
     /// Err: why no encrypted copy can be built (for every Encrypt step).
@@ -310,7 +322,7 @@ impl Rewriter {
             return Err(signing.unusable());
         }
         // Never a Bcc outside (only `keep_bcc` leaves one in `fields`, for inside).
-        let outside = without_bcc(fields);
+        let outside = self.without_kept_bcc(fields);
         let outer = if self.policy.header_protection {
             mime::outer_fields_encrypted(&outside, &self.policy.obscured_subject)
         } else {
@@ -402,7 +414,7 @@ impl Rewriter {
             return Err(signing.unusable());
         };
         // A signed copy is read in clear: never a Bcc, even with `keep_bcc`.
-        let fields = &without_bcc(fields);
+        let fields = &*self.without_kept_bcc(fields);
         let outer = mime::outer_fields_clear(fields);
         let payload = if self.policy.header_protection {
             mime::protected_payload(fields, &outer, content, Protection::Clear)

@@ -236,12 +236,7 @@ fn option(inv: &mut Invocation, letter: char, value: &str) -> Result<(), UsageEr
                 None => value.trim().trim_start_matches('<').trim_end_matches('>'),
             };
             // A domain's root dot (`alice@example.org.`) goes, as for the recipients.
-            let sender = match sender.rsplit_once('@') {
-                Some((_, host)) if host.len() > 1 && host.ends_with('.') => {
-                    &sender[..sender.len() - 1]
-                }
-                _ => sender,
-            };
+            let sender = super::input::without_root_dot(sender);
             // A bare local name is qualified later with [queue] domain: any a recipient may
             // be (`bounce+123`, review: refused here while taken as a recipient).
             let bare = super::address::is_local_name(sender);

@@ -340,11 +340,17 @@ pub fn qualify(address: &str, domain: &str) -> String {
     if super::address::is_local_name(address) {
         return format!("{address}@{domain}");
     }
+    without_root_dot(address).to_string()
+}
+
+/// `address` without its domain's one root dot (`bob@example.org.`, an absolute DNS name),
+/// as Postfix drops it.
+pub fn without_root_dot(address: &str) -> &str {
     match address.rsplit_once('@') {
-        Some((local, host)) if host.len() > 1 && host.ends_with('.') && !host.ends_with("..") => {
-            format!("{local}@{}", &host[..host.len() - 1])
+        Some((local, host)) => {
+            &address[..local.len() + 1 + crate::rewrite::policy::without_root_dot(host).len()]
         }
-        _ => address.to_string(),
+        None => address,
     }
 }
 

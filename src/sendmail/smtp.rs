@@ -246,8 +246,6 @@ enum Failure {
     Spool(String),
 }
 
-/// Checks MAIL's parameters (RFC 1870 SIZE, RFC 6152 BODY, RFC 3461 RET and ENVID); returns
-/// the ENVID, or the reply refusing them.
 /// Reply text as RFC 5321 §4.2 has it, printable US-ASCII: "§" (in sealpost's reasons) as
 /// "section ", anything else outside it as "?".
 fn ascii(text: &str) -> String {
@@ -262,6 +260,8 @@ fn ascii(text: &str) -> String {
     out
 }
 
+/// Checks MAIL's parameters (RFC 1870 SIZE, RFC 6152 BODY, RFC 3461 RET and ENVID); returns
+/// the ENVID, or the reply refusing them.
 fn mail_parameters(params: &[String], limit: usize) -> Result<Option<String>, String> {
     let mut envid = None;
     let mut seen = Vec::new();
@@ -570,20 +570,9 @@ mod tests {
             RCPT TO:<@r.example,@s.example:bob@example.org>\r\nDATA\r\nSubject: a\r\n\r\nx\r\n.\r\n\
             MAIL FROM:<alice@example.org>\r\nRCPT TO:<bob@example.org>\r\nDATA\r\n\
             Subject: a\rBcc: x@example.org\r\n\r\nbody\r\n.\r\nQUIT\r\n";
-        let mut out = Vec::new();
-        let mut queued = 0;
-        session(
-            &config,
-            &mut script.as_bytes(),
-            &mut out,
-            "alice",
-            &mut queued,
-        )
-        .unwrap();
-        assert_eq!(queued, 1);
-        assert!(out.is_ascii(), "{}", String::from_utf8_lossy(&out));
-        let out = String::from_utf8(out).unwrap();
-        let codes: Vec<&str> = out.lines().map(|l| &l[..3]).collect();
+        let (out, codes, queued, _) = run_with_text(&config, script.as_bytes());
+        assert_eq!(queued.len(), 1);
+        assert!(out.is_ascii(), "{out}");
         assert_eq!(
             codes,
             [
@@ -593,8 +582,7 @@ mod tests {
             "{out}"
         );
         assert!(out.contains("(RFC 5322 section 2.2)"), "{out}");
-        let files: Vec<_> = std::fs::read_dir(config.incoming()).unwrap().collect();
-        let s = spool::decode(&std::fs::read(files[0].as_ref().unwrap().path()).unwrap()).unwrap();
+        let s = &queued[0];
         assert_eq!(s.sender, "alice@example.org");
         assert_eq!(s.recipients, ["bob@example.org"]);
     }
@@ -610,18 +598,12 @@ mod tests {
         config
     }
 
-    /// Runs `script`; returns the reply codes, the queued submissions and the session's end.
     /// Two spellings of one recipient (case, a needless quote) are one, with every notice
     /// either RCPT asked for and the first ORCPT given; the others keep their own.
     #[test]
     fn spellings_of_a_recipient_share_their_parameters() {
         let dir = tempfile::tempdir().unwrap();
-        let config = QueueConfig {
-            dir: dir.path().to_path_buf(),
-            domain: Some("host.example".into()),
-            ..QueueConfig::default()
-        };
-        std::fs::create_dir_all(config.incoming()).unwrap();
+        let config = config(dir.path(), QueueConfig::default().max_message_bytes);
         let script = "EHLO c\r\nMAIL FROM:<alice@example.org>\r\n\
             RCPT TO:<bob@example.org> NOTIFY=NEVER\r\n\
             RCPT TO:<\"Bob\"@example.org> NOTIFY=SUCCESS ORCPT=rfc822;b@x.example\r\n\
@@ -638,15 +620,22 @@ mod tests {
         assert_eq!(s.recipient_dsn[1].notify, Notify::default());
     }
 
+    /// Runs `script`; returns the reply codes, the queued submissions and the session's end.
     fn run(config: &QueueConfig, script: &[u8]) -> (Vec<String>, Vec<Submission>, bool) {
+        let (_, codes, submissions, ended) = run_with_text(config, script);
+        (codes, submissions, ended)
+    }
+
+    /// [`run`], with the replies' text first.
+    fn run_with_text(
+        config: &QueueConfig,
+        script: &[u8],
+    ) -> (String, Vec<String>, Vec<Submission>, bool) {
         let mut out = Vec::new();
         let mut queued = 0;
         let ended = session(config, &mut &script[..], &mut out, "alice", &mut queued);
-        let codes = String::from_utf8(out)
-            .unwrap()
-            .lines()
-            .map(|l| l[..3].to_string())
-            .collect();
+        let out = String::from_utf8(out).unwrap();
+        let codes = out.lines().map(|l| l[..3].to_string()).collect();
         let mut queue: Vec<_> = std::fs::read_dir(config.incoming())
             .unwrap()
             .map(|f| f.unwrap().path())
@@ -657,7 +646,7 @@ mod tests {
             .map(|p| spool::decode(&std::fs::read(p).unwrap()).unwrap())
             .collect();
         assert_eq!(queued, submissions.len());
-        (codes, submissions, ended.is_ok())
+        (out, codes, submissions, ended.is_ok())
     }
 
     /// Only <CRLF>.<CRLF> ends DATA: a "." line after a bare LF is content, so text that ends

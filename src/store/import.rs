@@ -157,10 +157,9 @@ impl Batch<'_> {
     }
 }
 
-/// A Maildir file's unique name: its name up to the info part (":2,FLAGS").
+/// A Maildir file's unique name, as the Maildir source knows it.
 fn maildir_unique(file: &Path) -> String {
-    let name = file.file_name().unwrap_or_default().to_string_lossy();
-    name.split_once(':').map_or(&*name, |(u, _)| u).to_string()
+    crate::sync::maildir::unique_name(file.file_name().unwrap_or_default())
 }
 
 /// Where `file` (listed, then gone) is now: the file in new/ or cur/ with its unique name.

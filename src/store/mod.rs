@@ -224,28 +224,28 @@ impl Flags {
     pub fn apply_keeping(&mut self, op: FlagOp, flags: &Flags, kept: fn(&str) -> bool) -> bool {
         let ours: Vec<String> = self.iter().filter(|f| kept(f)).map(str::to_owned).collect();
         let theirs = Flags::new(flags.iter().filter(|f| !kept(f)).map(str::to_owned));
-        let before = self.clone();
+        let before = self.as_set();
         self.apply(op, &theirs);
         ours.into_iter().for_each(|f| self.insert(f));
-        // Replace reports whether the two sets differ.
-        let mut after = self.clone();
-        after.apply(FlagOp::Replace, &before)
+        before != self.as_set()
     }
 
     /// Applies a STORE operation; true when anything changed.
     pub fn apply(&mut self, op: FlagOp, flags: &Flags) -> bool {
-        let before = self.clone();
+        let before = self.as_set();
         match op {
             FlagOp::Add => flags.iter().for_each(|f| self.insert(f.to_owned())),
             FlagOp::Remove => flags.iter().for_each(|f| self.remove(f)),
             FlagOp::Replace => *self = flags.clone(),
         }
-        let set = |f: &Flags| {
-            let mut v: Vec<String> = f.iter().map(str::to_ascii_lowercase).collect();
-            v.sort();
-            v
-        };
-        set(&before) != set(self)
+        before != self.as_set()
+    }
+
+    /// The flags as a set: lower case (flags and keywords are compared so), sorted.
+    fn as_set(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.iter().map(str::to_ascii_lowercase).collect();
+        v.sort();
+        v
     }
 }
 

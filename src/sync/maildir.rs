@@ -301,9 +301,7 @@ fn pending_files(
             if entry.file_name().as_bytes().starts_with(b".") {
                 continue;
             }
-            let name = unique_text(&entry.file_name());
-            let unique = name.split_once(':').map_or(name.as_str(), |(u, _)| u);
-            let unique = unique.to_string();
+            let unique = unique_name(&entry.file_name());
             if known.contains(&unique) {
                 continue;
             }
@@ -319,6 +317,16 @@ fn pending_files(
     // A file a reader moved from new/ to cur/ between the two listings appears twice.
     out.dedup_by(|a, b| a.unique == b.unique);
     Ok(out)
+}
+
+/// A Maildir file's unique name: its name ([`unique_text`]) up to the info part (":2,FLAGS"),
+/// the same whether the file is in new/ or, flagged, in cur/.
+pub(crate) fn unique_name(file_name: &std::ffi::OsStr) -> String {
+    let name = unique_text(file_name);
+    match name.split_once(':') {
+        Some((unique, _)) => unique.to_string(),
+        None => name,
+    }
 }
 
 /// A file name as the text it is known by: itself when it is UTF-8; else "/" (which no file
