@@ -3,6 +3,7 @@
 //! core uses, and completed with the fields RFC 5322 §3.6 requires (From, Date) and the
 //! Message-ID threading wants. Pure apart from the reader.
 
+use std::collections::HashSet;
 use std::io::BufRead;
 
 use crate::message::{MessageError, ParsedMessage};
@@ -320,17 +321,17 @@ pub fn header_recipients(raw: &[u8]) -> Vec<String> {
     } else {
         plain
     };
-    let mut out: Vec<String> = Vec::new();
+    let mut out = UniqueAddresses::default();
     for name in names {
         for field in message.fields().iter().filter(|f| f.is(name)) {
             for found in super::address::scan(field.raw_value()) {
                 for word in super::address::words(&found.address) {
-                    push_unique(&mut out, word);
+                    out.push(word);
                 }
             }
         }
     }
-    out
+    out.into_vec()
 }
 
 /// A bare local name ("root", as cron's MAILTO often is) gets `@domain`, as Postfix's
@@ -354,10 +355,25 @@ pub fn without_root_dot(address: &str) -> &str {
     }
 }
 
-/// Adds `address` unless an equal one (ignoring case) is there already.
-pub fn push_unique(list: &mut Vec<String>, address: &str) {
-    if !list.iter().any(|r| r.eq_ignore_ascii_case(address)) {
-        list.push(address.to_string());
+/// Addresses in the order first given, each once (compared ignoring ASCII case). A set of
+/// the lower-cased ones makes each addition O(1): `-t` on a header of 18,000 Bcc addresses
+/// took 23 s comparing each with all before it.
+#[derive(Debug, Default)]
+pub struct UniqueAddresses {
+    list: Vec<String>,
+    seen: HashSet<String>,
+}
+
+impl UniqueAddresses {
+    /// Adds `address` unless an equal one (ignoring case) is there already.
+    pub fn push(&mut self, address: &str) {
+        if self.seen.insert(address.to_ascii_lowercase()) {
+            self.list.push(address.to_string());
+        }
+    }
+
+    pub fn into_vec(self) -> Vec<String> {
+        self.list
     }
 }
 

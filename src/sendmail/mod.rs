@@ -201,7 +201,7 @@ pub fn enqueue(
         }
         .into());
     }
-    let mut recipients = Vec::new();
+    let mut recipients = input::UniqueAddresses::default();
     for r in &inv.recipients {
         // An argument is read as an address list, as Postfix reads it: several addresses
         // (with ',', ';' or blanks between them), `Bob Smith <bob@x>`, a quoted comma. One
@@ -209,19 +209,20 @@ pub fn enqueue(
         // by name, unless it is a group without members (`undisclosed-recipients:;`).
         let found = address::scan(r.as_bytes());
         if found.is_empty() && !r.trim().is_empty() && !address::is_empty_group(r) {
-            input::push_unique(&mut recipients, r.trim());
+            recipients.push(r.trim());
         }
         for a in found {
             for word in address::words(&a.address) {
-                input::push_unique(&mut recipients, &input::qualify(word, &domain));
+                recipients.push(&input::qualify(word, &domain));
             }
         }
     }
     if inv.extract_recipients {
         for a in input::header_recipients(&message) {
-            input::push_unique(&mut recipients, &input::qualify(&a, &domain));
+            recipients.push(&input::qualify(&a, &domain));
         }
     }
+    let recipients = recipients.into_vec();
     for r in input::check_recipients(&recipients)? {
         eprintln!(
             "sendmail: warning: recipient {r:?} is not an email address: the sender will get a \
