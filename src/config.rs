@@ -249,12 +249,26 @@ impl Config {
                 "must be a single line".into(),
             ));
         }
-        for account in &self.accounts {
-            if let Some((key, message)) = account.upstream.as_ref().and_then(|u| u.problem()) {
-                return Err(invalid(&format!("accounts.upstream.{key}"), key, message));
-            }
-            if let Some((key, message)) = account.maildir.as_ref().and_then(|m| m.problem()) {
-                return Err(invalid(&format!("accounts.maildir.{key}"), key, message));
+        for (index, account) in self.accounts.iter().enumerate() {
+            let problem = account
+                .upstream
+                .as_ref()
+                .and_then(|u| u.problem())
+                .map(|(key, message)| ("upstream", key, message))
+                .or_else(|| {
+                    let m = account.maildir.as_ref()?;
+                    m.problem().map(|(key, message)| ("maildir", key, message))
+                });
+            if let Some((table, key, message)) = problem {
+                // The line in this account's part of the file, not the first account's.
+                let (first, part) = nth_array_table(text, "accounts", index);
+                let line = line_of(part, &format!("accounts.{table}"), key);
+                return Err(ConfigError::Invalid {
+                    path: name.to_string(),
+                    line: first + line,
+                    key: format!("accounts.{table}.{key}: "),
+                    message,
+                });
             }
         }
         if let Some((key, message)) = self.relay.problem() {
@@ -446,6 +460,36 @@ fn line_of(text: &str, table: &str, needle: &str) -> usize {
         .map_or(1, |i| i + 1)
 }
 
+/// The part of `text` that belongs to the `index`th (0-based) `[[name]]` entry, from its
+/// header to the next `[[name]]`, with the number of lines before it; all of `text` when the
+/// header is not found (written as an inline array).
+fn nth_array_table<'t>(text: &'t str, name: &str, index: usize) -> (usize, &'t str) {
+    let is_header = |line: &str| {
+        line.trim_start()
+            .strip_prefix("[[")
+            .and_then(|l| l.split_once("]]"))
+            .is_some_and(|(n, rest)| {
+                n.trim().trim_matches('"') == name
+                    && (rest.trim().is_empty() || rest.trim_start().starts_with('#'))
+            })
+    };
+    let mut starts = Vec::new();
+    let mut offset = 0;
+    for (i, line) in text.split_inclusive('\n').enumerate() {
+        if is_header(line) {
+            starts.push((i, offset));
+        }
+        offset += line.len();
+    }
+    match starts.get(index) {
+        Some(&(line, at)) => {
+            let end = starts.get(index + 1).map_or(text.len(), |&(_, end)| end);
+            (line, &text[at..end])
+        }
+        None => (0, text),
+    }
+}
+
 /// Whether `line` starts with the key `needle` itself (then blanks and `=`): not a longer key
 /// that begins with it (review: `max_line` was found on `max_line_before_login`'s line).
 fn is_key(line: &str, needle: &str) -> bool {
@@ -585,6 +629,20 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.starts_with("s.toml:5: gnupg.timeout_secs: "), "{e}");
+        // The second account's setting: its line, not the first account's same key.
+        let e = Config::parse(
+            "[[accounts]] # first\nname = \"a\"\npassword_hash = \"x\"\n[accounts.upstream]\n\
+             host = \"127.0.0.1\"\nusername = \"a\"\npassword_file = \"/p\"\ntimeout_secs = 10\n\n[[accounts]]\n\
+             name = \"b\"\npassword_hash = \"x\"\n[accounts.upstream]\nhost = \"127.0.0.1\"\n\
+             username = \"b\"\npassword_file = \"/p\"\ntimeout_secs = 0\n",
+            "s.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("s.toml:17: accounts.upstream.timeout_secs: "),
+            "{e}"
+        );
         // Settings that would refuse every message or connection.
         let e = Config::parse("[imap.limits]\nmax_append = 0\n", "s.toml")
             .unwrap_err()
