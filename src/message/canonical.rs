@@ -481,15 +481,19 @@ fn leaf_edit(part: &MessagePart<'_>, raw: &[u8]) -> Option<(&'static str, Vec<u8
     }
     let declared = declared_cte(part, raw);
     let textual = is_textual(part);
-    match part.encoding {
-        Encoding::Base64 => {
+    // mail-parser reports a base64 part it could not decode (a stray 8-bit byte) as not
+    // encoded: the declared encoding decides, as the recipient's decoder goes by it.
+    match (part.encoding, declared.as_deref()) {
+        (Encoding::Base64, _) | (Encoding::None, Some("base64")) => {
             let decoded = base64_decode_lenient(body)?;
             Some(("base64", base64_lines(&decoded)))
         }
         // Repaired in place rather than decoded and re-encoded: decoders disagree on broken
         // escapes, and the repair keeps whatever reading the recipient's decoder would make.
-        Encoding::QuotedPrintable => Some(("quoted-printable", repair_quoted_printable(body))),
-        Encoding::None => match declared.as_deref() {
+        (Encoding::QuotedPrintable, _) | (Encoding::None, Some("quoted-printable")) => {
+            Some(("quoted-printable", repair_quoted_printable(body)))
+        }
+        (Encoding::None, _) => match declared.as_deref() {
             None | Some("7bit") | Some("8bit") | Some("binary") => Some(encode_leaf(body, textual)),
             // An encoding we do not know (x-uuencode, ...): changing it would change the
             // content, so it is left as it is.
@@ -663,6 +667,28 @@ Content-Type: multipart/mixed; boundary=i\r\n\r\n--i\r\nContent-Type: message/rf
 Content-Type: multipart/mixed; boundary=R\r\n\r\n--R\r\nContent-Type: text/plain\r\n\r\n\
 fwd\r\n--R--\r\n\r\n--i--\r\n\r\n--R--\r\n";
         assert!(close_unclosed(attached).is_none());
+    }
+
+    /// A base64 part with bytes outside the alphabet and an over-long line: re-encoded from
+    /// what RFC 2045 §6.8 decoders read, not signed as it came (review: 8-bit bytes and a
+    /// 1,200-octet line in the signed part).
+    #[test]
+    fn a_damaged_base64_part_is_encoded_again() {
+        let long = "QUJD".repeat(300);
+        let raw = format!(
+            "From: a@example.org\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; \
+             boundary=b\r\n\r\n--b\r\nContent-Type: application/octet-stream\r\n\
+             Content-Transfer-Encoding: base64\r\n\r\nQUJD\u{ff}!!\r\n{long}\r\n--b--\r\n"
+        );
+        let entity = content_entity(&ParsedMessage::parse(raw.into_bytes()).unwrap()).to_entity();
+        assert!(
+            is_signing_safe(&entity),
+            "{}",
+            String::from_utf8_lossy(&entity)
+        );
+        let m = MessageParser::default().parse(&entity[..]).unwrap();
+        let part = m.attachments().next().unwrap();
+        assert_eq!(part.contents(), "ABC".repeat(301).as_bytes());
     }
 
     #[test]

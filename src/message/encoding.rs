@@ -143,17 +143,29 @@ pub fn base64_lines(data: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Decodes base64 leniently: whitespace and line breaks anywhere, missing padding.
+/// Decodes base64 as RFC 2045 §6.8 has decoders read it: characters outside the base64
+/// alphabet (line breaks, blanks, stray 8-bit bytes) are ignored, `=` ends the data, padding
+/// may be missing, and a last character that completes no octet is dropped. So a damaged
+/// part gives what the recipient's decoder would have shown, not bytes that are signed as
+/// they came (8-bit, lines of any length: review).
 pub fn base64_decode_lenient(data: &[u8]) -> Option<Vec<u8>> {
-    let compact: Vec<u8> = data
+    use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+    const LENIENT: GeneralPurpose = GeneralPurpose::new(
+        &base64::alphabet::STANDARD,
+        GeneralPurposeConfig::new()
+            .with_decode_padding_mode(DecodePaddingMode::RequireNone)
+            .with_decode_allow_trailing_bits(true),
+    );
+    let mut compact: Vec<u8> = data
         .iter()
         .copied()
-        .filter(|b| !b.is_ascii_whitespace())
+        .take_while(|&b| b != b'=')
+        .filter(|&b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/')
         .collect();
-    let trimmed = compact.split(|&b| b == b'=').next().unwrap_or(&[]);
-    base64::engine::general_purpose::STANDARD_NO_PAD
-        .decode(trimmed)
-        .ok()
+    if compact.len() % 4 == 1 {
+        compact.pop();
+    }
+    LENIENT.decode(&compact).ok()
 }
 
 /// Converts every line break (CRLF, lone LF, lone CR) to CRLF.
@@ -357,6 +369,11 @@ mod tests {
         let enc = base64_lines(&data);
         assert!(enc.split(|&b| b == b'\n').all(|l| l.len() <= 78));
         assert_eq!(base64_decode_lenient(&enc).unwrap(), data);
+        // RFC 2045 §6.8: what is not base64 is ignored; a dangling sixth of an octet too.
+        assert_eq!(base64_decode_lenient(b"QU\xffJD\r\n!!").unwrap(), b"ABC");
+        assert_eq!(base64_decode_lenient(b"QUJDR").unwrap(), b"ABC");
+        assert_eq!(base64_decode_lenient(b"QUI=\r\nQUJD").unwrap(), b"AB");
+        assert_eq!(base64_decode_lenient(b"QUJ").unwrap(), b"AB");
     }
 
     #[test]

@@ -517,12 +517,19 @@ pub fn message(outer: &[HeaderField], container: &Container) -> Vec<u8> {
     // The outer fields are the client's (a 5,000-octet X- field or Subject, unfolded): one
     // with a line over 998 octets is made as the protected ones are (folded at blanks, a word
     // too long for any line encoded when the field is text), so no line breaks RFC 5322
-    // §2.1.1 and no relay has to break it itself.
+    // §2.1.1 and no relay has to break it itself. A folded line of blanks only, which RFC 5322
+    // §4.2 forbids generating (a parser may take it for the end of the header, and the
+    // MIME structure below for body text), is dropped the same way (review).
     let mut fields: Vec<HeaderField> = outer
         .iter()
         .map(|f| {
             let mut f = f.clone();
-            if f.raw.split(|b| *b == b'\n').any(|l| l.len() > MAX_LINE + 1) {
+            let mut lines = f.raw.split(|b| *b == b'\n');
+            let blank = lines
+                .clone()
+                .skip(1)
+                .any(|l| !l.is_empty() && l.trim_ascii().is_empty());
+            if blank || lines.any(|l| l.len() > MAX_LINE + 1) {
                 f.raw = signing_safe_field(&f.name, &f.raw);
             }
             f
@@ -756,6 +763,14 @@ mod tests {
             assert!(text.contains("X-Long: y y"), "{text}");
             assert!(text.split("\r\n").all(|l| l.len() <= 998), "{text}");
         }
+        // A folded line of blanks only in an outer field: dropped, the header does not end
+        // there (review).
+        let blank = HeaderField::new("X-Foo", "a\r\n \r\n b");
+        let m = String::from_utf8(message(&[blank], &container)).unwrap();
+        assert!(
+            m.starts_with("X-Foo: a\r\n b\r\nMIME-Version: 1.0\r\n"),
+            "{m}"
+        );
         // A word no line can hold, in a Subject: encoded words, which read the same.
         let word = "x".repeat(5000);
         let f = signing_safe_field("Subject", format!("Subject: a {word} b\r\n").as_bytes());
