@@ -44,6 +44,19 @@ pub fn content_entity(message: &ParsedMessage) -> ContentEntity {
         .filter(|f| f.is_structural() && !f.is("MIME-Version"))
         .cloned()
         .collect();
+    // Two Content-Type (or Content-Transfer-Encoding) fields are ambiguous (RFC 2045): the
+    // last, which mail-parser reads and the content is made safe by, stays; the others go,
+    // so that no reader can take the entity for another type (review: an `hp` parameter on
+    // a first Content-Type the parser did not use).
+    for name in ["Content-Type", "Content-Transfer-Encoding"] {
+        if let Some(last) = fields.iter().rposition(|f| f.is(name)) {
+            let mut at = 0;
+            fields.retain(|f| {
+                at += 1;
+                !f.is(name) || at - 1 == last
+            });
+        }
+    }
     let body_start = raw.len() - message.body().len();
     let first = MessageParser::default().parse(raw);
     // Parsed again only for a message that needs close delimiters (rare).
@@ -513,25 +526,31 @@ fn encode_leaf(body: &[u8], textual: bool) -> (&'static str, Vec<u8>) {
 /// The declared Content-Transfer-Encoding mechanism, lower case, without the comments and
 /// quotes RFC 2045 §6.1 (CFWS around the token) and senders allow: `8bit (raw)` is 8bit.
 fn declared_cte(part: &MessagePart<'_>, raw: &[u8]) -> Option<String> {
-    part.headers.iter().find(|h| is_cte(&h.name)).map(|h| {
-        let value = String::from_utf8_lossy(&raw[h.offset_start as usize..h.offset_end as usize]);
-        let mut token = String::new();
-        let mut depth = 0u32;
-        let mut chars = value.chars();
-        while let Some(c) = chars.next() {
-            match c {
-                '\\' if depth > 0 => {
-                    chars.next();
+    // The last one, as mail-parser reads it.
+    part.headers
+        .iter()
+        .rev()
+        .find(|h| is_cte(&h.name))
+        .map(|h| {
+            let value =
+                String::from_utf8_lossy(&raw[h.offset_start as usize..h.offset_end as usize]);
+            let mut token = String::new();
+            let mut depth = 0u32;
+            let mut chars = value.chars();
+            while let Some(c) = chars.next() {
+                match c {
+                    '\\' if depth > 0 => {
+                        chars.next();
+                    }
+                    '(' => depth += 1,
+                    ')' => depth = depth.saturating_sub(1),
+                    '"' => {}
+                    c if depth == 0 && !c.is_whitespace() => token.push(c),
+                    _ => {}
                 }
-                '(' => depth += 1,
-                ')' => depth = depth.saturating_sub(1),
-                '"' => {}
-                c if depth == 0 && !c.is_whitespace() => token.push(c),
-                _ => {}
             }
-        }
-        token.to_ascii_lowercase()
-    })
+            token.to_ascii_lowercase()
+        })
 }
 
 fn is_textual(part: &MessagePart<'_>) -> bool {
@@ -689,6 +708,23 @@ fwd\r\n--R--\r\n\r\n--i--\r\n\r\n--R--\r\n";
         let m = MessageParser::default().parse(&entity[..]).unwrap();
         let part = m.attachments().next().unwrap();
         assert_eq!(part.contents(), "ABC".repeat(301).as_bytes());
+    }
+
+    /// Two Content-Type fields: the entity keeps the one its content was made safe by (the
+    /// last, as mail-parser reads it), so no reader takes it for the other type.
+    #[test]
+    fn one_content_type_is_kept() {
+        let raw = b"From: a@example.org\r\nContent-Type: text/plain; hp=\"cipher\"\r\n\
+Content-Type: text/html\r\nContent-Transfer-Encoding: 7bit\r\n\
+Content-Transfer-Encoding: 8bit\r\n\r\n<p>h\xc3\xa9</p>\r\n";
+        let entity = content_entity(&ParsedMessage::parse(raw.to_vec()).unwrap()).to_entity();
+        let text = String::from_utf8(entity).unwrap();
+        assert!(
+            text.starts_with(
+                "Content-Type: text/html\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n"
+            ),
+            "{text}"
+        );
     }
 
     #[test]

@@ -129,7 +129,10 @@ pub fn protected_payload(
     for f in &content.fields {
         if f.is("Content-Type") && !has_type {
             has_type = true;
-            let value = trim_blanks_end(f.raw_value());
+            // The sender's own `hp` parameter goes: a second one, or a signed-only copy that
+            // says hp="cipher", would tell the reader the wrong protection (review).
+            let value = without_parameter(f.raw_value(), "hp");
+            let value = trim_blanks_end(&value);
             let value = trim_blanks_end(value.strip_suffix(b";").unwrap_or(value));
             let line = [f.name.as_bytes(), b":", value, b";\r\n"].concat();
             out.extend_from_slice(&signing_safe_field(&f.name, &line));
@@ -540,6 +543,46 @@ pub fn message(outer: &[HeaderField], container: &Container) -> Vec<u8> {
     super::parse::assemble(&fields, &container.body)
 }
 
+/// A Content-Type value without the parameter `name` (any case, and its RFC 2231 forms
+/// `name*`, `name*0`, ...). Parameters are split at the semicolons outside quoted strings
+/// and comments; the rest is kept byte for byte.
+fn without_parameter(value: &[u8], name: &str) -> Vec<u8> {
+    let mut segments = Vec::new();
+    let (mut start, mut quoted, mut depth, mut escaped) = (0, false, 0u32, false);
+    for (i, &b) in value.iter().enumerate() {
+        match b {
+            _ if escaped => escaped = false,
+            b'\\' if quoted || depth > 0 => escaped = true,
+            b'"' if depth == 0 => quoted = !quoted,
+            b'(' if !quoted => depth += 1,
+            b')' if !quoted => depth = depth.saturating_sub(1),
+            b';' if !quoted && depth == 0 => {
+                segments.push(&value[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    segments.push(&value[start..]);
+    let is_named = |segment: &[u8]| {
+        let attribute = segment.split(|b| *b == b'=').next().unwrap_or(&[]);
+        let attribute = attribute.trim_ascii();
+        let base = attribute.split(|b| *b == b'*').next().unwrap_or(&[]);
+        base.eq_ignore_ascii_case(name.as_bytes())
+    };
+    let mut out = Vec::with_capacity(value.len());
+    for (i, segment) in segments.into_iter().enumerate() {
+        if i > 0 && is_named(segment) {
+            continue;
+        }
+        if i > 0 {
+            out.push(b';');
+        }
+        out.extend_from_slice(segment);
+    }
+    out
+}
+
 /// The Autocrypt header (Autocrypt Level 1 §2.1): `addr` and the key, base64, folded.
 pub fn autocrypt_field(addr: &str, keydata: &[u8]) -> HeaderField {
     let b64 = base64::engine::general_purpose::STANDARD.encode(keydata);
@@ -763,6 +806,28 @@ mod tests {
             assert!(text.contains("X-Long: y y"), "{text}");
             assert!(text.split("\r\n").all(|l| l.len() <= 998), "{text}");
         }
+        // The sender's own hp parameter, in any spelling, is not kept beside sealpost's.
+        assert_eq!(
+            without_parameter(
+                b" text/plain; hp=\"cipher\";\r\n charset=utf-8; HP*0=\"x\"; a=\";hp=1\"",
+                "hp"
+            ),
+            b" text/plain;\r\n charset=utf-8; a=\";hp=1\""
+        );
+        let typed = ContentEntity {
+            fields: vec![HeaderField::new(
+                "Content-Type",
+                "text/plain; hp=\"cipher\"",
+            )],
+            body: b"hi\r\n".to_vec(),
+        };
+        let clear = String::from_utf8(protected_payload(&original, &[], &typed, Protection::Clear))
+            .unwrap();
+        assert!(
+            clear.contains("Content-Type: text/plain;\r\n hp=\"clear\"\r\n")
+                && !clear.contains("cipher"),
+            "{clear}"
+        );
         // A folded line of blanks only in an outer field: dropped, the header does not end
         // there (review).
         let blank = HeaderField::new("X-Foo", "a\r\n \r\n b");
