@@ -224,8 +224,9 @@ async fn process_layer(
     };
     let mut out_header = header.to_vec();
     let mut out_body = body.to_vec();
-    // A PGP/MIME layer decrypted that nobody signed, whose plaintext may be a ciphertext again.
-    let mut unsigned_layer = false;
+    // A PGP/MIME layer decrypted that nobody signed, whose plaintext may be a ciphertext again:
+    // the header that plaintext is read with then (see below).
+    let mut unsigned_layer: Option<Vec<u8>> = None;
 
     if let Some((ciphertext, pgp_mime)) = whole_message_ciphertext(parsed.as_ref()) {
         match keys.decrypt_verify(ciphertext).await {
@@ -263,7 +264,25 @@ async fn process_layer(
                     let shown_from = from_address(&merged);
                     out_header = merged;
                     out_body = inner_body.to_vec();
-                    unsigned_layer = !whole_signed;
+                    // Nobody vouches for an unsigned layer's protected From and reply routing:
+                    // around a ciphertext, they would replace the outer From the inner
+                    // signature is compared with (review: Mallory's layer around Alice's
+                    // signed message showed From Alice, from=match, and Mallory's Reply-To).
+                    // Its other fields stay (an MX's copy of the Subject it obscured outside).
+                    unsigned_layer = (!whole_signed).then(|| {
+                        let kept = protected.map(|p| {
+                            let mut kept: Vec<u8> = fields(p)
+                                .into_iter()
+                                .filter(|(n, _)| {
+                                    !n.eq_ignore_ascii_case(b"from") && !is_reply_routing(n)
+                                })
+                                .flat_map(|(_, f)| f.iter().copied())
+                                .collect();
+                            kept.extend_from_slice(b"\r\n");
+                            kept
+                        });
+                        merge_headers(header, inner_header, kept.as_deref(), false).0
+                    });
                     // RFC 3156 §6.2: signed and encrypted in one OpenPGP message.
                     verdict.signature =
                         signature_of(keys, &decrypted.signatures, &shown_from).await?;
@@ -323,9 +342,10 @@ async fn process_layer(
         || out_body
             .windows(PGP_MESSAGE.len())
             .any(|w| w == PGP_MESSAGE);
-    if depth == 0 && unsigned_layer && verdict.signature == Signature::Unsigned && may_be_ciphertext
-    {
-        let entity = [&out_header[..], &out_body[..]].concat();
+    let rewrapped = unsigned_layer
+        .filter(|_| depth == 0 && verdict.signature == Signature::Unsigned && may_be_ciphertext);
+    if let Some(layer_header) = rewrapped {
+        let entity = [&layer_header[..], &out_body[..]].concat();
         let inner = MessageParser::default().parse(&entity);
         if whole_message_ciphertext(inner.as_ref()).is_some() {
             let inner = Box::pin(process_layer(keys, &entity, depth + 1)).await?;
@@ -705,6 +725,10 @@ const PROTECTABLE: [&[u8]; 12] = [
     b"organization",
 ];
 
+fn is_reply_routing(name: &[u8]) -> bool {
+    REPLY_ROUTING.iter().any(|p| p.eq_ignore_ascii_case(name))
+}
+
 fn is_protectable(name: &[u8]) -> bool {
     PROTECTABLE
         .iter()
@@ -792,9 +816,7 @@ fn merge_headers(
         .any(|(n, _)| n.eq_ignore_ascii_case(b"from"));
     let replaced = |name: &[u8]| {
         is_content_field(name)
-            || (addressing
-                && !keep_outer_routing
-                && REPLY_ROUTING.iter().any(|p| p.eq_ignore_ascii_case(name)))
+            || (addressing && !keep_outer_routing && is_reply_routing(name))
             || protected_fields
                 .iter()
                 .any(|(n, _)| n.eq_ignore_ascii_case(name))

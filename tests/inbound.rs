@@ -801,6 +801,61 @@ async fn a_ciphertext_the_mx_encrypted_again_is_decrypted_through_both_layers() 
     }
 }
 
+/// Mallory encrypts, unsigned, a layer with protected fields of his choosing (From Alice,
+/// his Reply-To) around Alice's signed and encrypted message he captured, and sends it as
+/// himself: the inner signature is compared with the outer From, Mallory's, and his layer's
+/// From and Reply-To are not shown (review: From Alice, from=match, replies to Mallory).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unsigned_layer_around_a_signed_ciphertext_does_not_lend_it_a_from() {
+    let world = World::new();
+    let server = bobs_store(&world);
+    let alices = signed_and_encrypted_by_alice(
+        &world,
+        b"Content-Type: text/plain\r\n\r\nYes, I approve 7741\r\n",
+    );
+    let alices = String::from_utf8(alices).unwrap();
+    let (_, alices_body) = alices.split_once("\r\n\r\n").unwrap();
+    let layer = format!(
+        "Content-Type: multipart/encrypted; protocol=\"application/pgp-encrypted\"; \
+         boundary=\"b1\"; protected-headers=\"v1\"\r\nFrom: alice@example.org\r\n\
+         Subject: Approve the transfer?\r\nReply-To: mallory@evil.example\r\n\r\n{alices_body}"
+    );
+    let out = world.sender.gpg(
+        &[
+            "--armor",
+            "--encrypt",
+            "--trust-model",
+            "always",
+            "-r",
+            &world.bob_fpr,
+        ],
+        Some(layer.as_bytes()),
+    );
+    assert!(out.status.success(), "{out:?}");
+    let mallorys = String::from_utf8(verdicts::pgp_mime(&out.stdout))
+        .unwrap()
+        .replacen("From: alice@example.org", "From: mallory@evil.example", 1);
+    let (code, output) = deliver(&server, mallorys.as_bytes());
+    assert_eq!(code, 0, "{output}");
+    let stored = verdicts::fetch_all(&server);
+    let message = String::from_utf8_lossy(&stored[0].1).to_string();
+    assert!(message.contains("Yes, I approve 7741"), "{message}");
+    assert_eq!(
+        verdicts::verdict(&stored[0].1),
+        format!(
+            "encrypted; signature=valid; signer={}; from=mismatch",
+            world.alice
+        )
+    );
+    let (header, _) = message.split_once("\r\n\r\n").unwrap();
+    assert!(
+        header.contains("From: mallory@evil.example\r\n"),
+        "{header}"
+    );
+    assert!(!header.contains("From: alice@example.org"), "{header}");
+    assert!(!header.contains("Reply-To"), "{header}");
+}
+
 /// Two people sign one text, Mallory and Alice, in either order: the message is From Alice,
 /// so hers is the signature that counts (signer Alice, from=match), whichever comes first.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
