@@ -399,6 +399,52 @@ fn a_compression_bomb_stops_at_the_plaintext_limit() {
     assert!(!text.contains(&"a".repeat(64)), "no plaintext is stored");
 }
 
+/// Past the plaintext limit GPGME abandons the decryption but not the gpg it started, which
+/// went on decompressing (review: a 13 KB bzip2 bomb kept gpg busy for 30 s of CPU after
+/// `deliver` had exited, and again at every retry). The worker ends it before it answers:
+/// when the error comes back, no gpg decrypts for Bob any more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decryption_stopped_at_the_limit_leaves_no_gpg_running() {
+    let world = World::new();
+    let zeros = vec![0u8; 200_000_000];
+    let bomb = world.sender.gpg(
+        &[
+            "--armor",
+            "--trust-model",
+            "always",
+            "--compress-algo",
+            "bzip2",
+            "-z",
+            "9",
+            "--encrypt",
+            "-r",
+            &world.bob_fpr,
+        ],
+        Some(&zeros),
+    );
+    assert!(bomb.status.success());
+    assert!(bomb.stdout.len() < 10_000, "{}", bomb.stdout.len());
+    let keys = sealpost::keys::KeyService::start_isolated(
+        std::path::PathBuf::from(env!("CARGO_BIN_EXE_sealpost")),
+        Some(world.bob.dir.clone()),
+        1,
+        std::time::Duration::from_secs(20),
+        Default::default(),
+    )
+    .with_max_plaintext(1 << 20);
+    let error = keys.decrypt_verify(bomb.stdout).await.unwrap_err();
+    assert!(error.to_string().contains("larger than"), "{error}");
+    let home = world.bob.dir.display().to_string();
+    let decrypting: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.contains("--decrypt") && c.contains(&home))
+        .collect();
+    assert!(decrypting.is_empty(), "{decrypting:?}");
+}
+
 /// A ciphertext whose garbled session key packets for Bob's key come by the thousand: gpg
 /// would try each one with gpg-agent (about 1.7 ms each; 15,000 outlast the 20 s deadline on
 /// every try, which would stall delivery and the sync for good). Past 1,000 the message is

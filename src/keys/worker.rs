@@ -637,6 +637,9 @@ pub fn serve_stdio(home: Option<PathBuf>, auto_key_locate: &str) -> ExitCode {
             // again to set GnuPG up (gpg may have been missing for a moment, in an upgrade).
             Err(e) => (Err(setup_failed(*e)), true),
         };
+        if result.is_err() {
+            end_abandoned_gpg();
+        }
         let answer = serde_json::to_vec(&result.map_err(WireError::from_key_error))
             .expect("an answer encodes");
         let written =
@@ -644,6 +647,49 @@ pub fn serve_stdio(home: Option<PathBuf>, auto_key_locate: &str) -> ExitCode {
         if written.is_err() || broken {
             return ExitCode::FAILURE;
         }
+    }
+}
+
+/// Ends the gpg an operation left running. GPGME stops reading from gpg when it abandons an
+/// operation (the plaintext limit reached, an error), but does not end it: a compression
+/// bomb's gpg went on decompressing for minutes after `deliver` had exited (review), and
+/// again at every retry. This worker leads its own process group (spawned so), where GPGME's
+/// gpg processes are too, and ignores SIGTERM; gpg-agent has a session of its own. The group
+/// gets SIGTERM, and the answer waits (up to a second) until no gpg is left in it.
+fn end_abandoned_gpg() {
+    // SAFETY: getpgrp, getpid and kill have no memory effects.
+    let group = unsafe {
+        let group = libc::getpgrp();
+        if group != libc::getpid() {
+            // Not started as a worker process (a group of someone else's): nothing is sent.
+            return;
+        }
+        libc::kill(0, libc::SIGTERM);
+        group
+    };
+    let own = std::process::id();
+    let others_in_group = || {
+        std::fs::read_dir("/proc")
+            .map(|dir| {
+                dir.flatten()
+                    .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+                    .filter(|&pid| pid != own)
+                    .any(|pid| {
+                        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+                            // pid (comm) state ppid pgrp ...: comm may hold blanks.
+                            let fields = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+                            let mut fields = fields.split_whitespace();
+                            let state = fields.next();
+                            let pgrp = fields.nth(1).and_then(|g| g.parse::<i32>().ok());
+                            pgrp == Some(group) && state != Some("Z")
+                        })
+                    })
+            })
+            .unwrap_or(false)
+    };
+    let until = Instant::now() + Duration::from_secs(1);
+    while others_in_group() && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(5));
     }
 }
 
