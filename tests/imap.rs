@@ -302,6 +302,53 @@ fn fetch_and_search_answers_equal_dovecots() {
     assert!(differences.is_empty(), "{}", differences.join("\n"));
 }
 
+/// SENTON compares the day the Date field names, in every legal form (RFC 5322 §3.3 and
+/// §4.3: no day name, an obsolete zone), and TO/CC find a group by its name, as the envelope
+/// shows it. From a review against Dovecot, which found these where sealpost found nothing.
+#[test]
+fn search_reads_every_date_form_and_group_names() {
+    let server = Server::start();
+    let mut raw = server.login();
+    for (date, to) in [
+        ("11 Jan 2024 12:00 GMT", "bob@example.org"),
+        (
+            "Thu, 11 Jan 2024 12:00:00",
+            "Friends: bob@example.org, carol@example.net;",
+        ),
+        (
+            "Thu, 11 Jan 2024 23:30:00 -0800",
+            "undisclosed-recipients:;",
+        ),
+        ("Fri, 12 Jan 2024 00:10:00 +0100", "bob@example.org"),
+    ] {
+        let message = format!("From: alice@example.org\r\nTo: {to}\r\nDate: {date}\r\n\r\nhi\r\n");
+        raw.ok(&format!("APPEND INBOX {{{}}}\r\n{message}", message.len()));
+    }
+    raw.ok("SELECT INBOX");
+    let search = |raw: &mut common::server::Raw<std::net::TcpStream>, query: &str| {
+        let lines = raw.ok(query);
+        lines
+            .into_iter()
+            .find(|l| l.starts_with("* SEARCH"))
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        search(&mut raw, "SEARCH SENTON 11-Jan-2024"),
+        "* SEARCH 1 2 3"
+    );
+    assert_eq!(
+        search(&mut raw, "SEARCH SENTBEFORE 12-Jan-2024"),
+        "* SEARCH 1 2 3"
+    );
+    assert_eq!(
+        search(&mut raw, "SEARCH SENTSINCE 12-Jan-2024"),
+        "* SEARCH 4"
+    );
+    assert_eq!(search(&mut raw, "SEARCH TO \"friends\""), "* SEARCH 2");
+    assert_eq!(search(&mut raw, "SEARCH TO \"undisclosed\""), "* SEARCH 3");
+    assert_eq!(search(&mut raw, "SEARCH TO \"carol\""), "* SEARCH 2");
+}
+
 /// A verdict field is sealpost's only when sealpost verified the message. One a client APPENDs
 /// (mail dragged in from another account, say) or `sealpost import` reads is removed, in every
 /// spelling; the rest of the message is stored byte for byte.

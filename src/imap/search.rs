@@ -140,8 +140,13 @@ impl<'a> Candidate<'a> {
         self.part_headers.as_deref().unwrap_or_default()
     }
 
+    /// The day of the Date field as written, time and zone disregarded (RFC 3501 §6.4.4);
+    /// read by [`written_day`], else as mail-parser reads the whole date.
     fn sent_date(&mut self) -> Option<i64> {
         let message = MessageParser::default().parse_headers(self.source())?;
+        if let Some((year, month, day)) = message.header_raw("Date").and_then(written_day) {
+            return days_from_civil(year, month, day);
+        }
         let date = message.date()?;
         days_from_civil(
             i64::from(date.year),
@@ -149,6 +154,46 @@ impl<'a> Candidate<'a> {
             u32::from(date.day),
         )
     }
+}
+
+/// The day, month and year of an RFC 5322 date-time (§3.3, and the obsolete forms of §4.3:
+/// a two- or three-digit year, comments, no day name): the first number of one or two digits
+/// followed by a month name and a year. mail-parser read no date from some legal forms
+/// (`11 Jan 2024 12:00 GMT`: no day name, with an obsolete zone), and SENTON missed them.
+fn written_day(value: &str) -> Option<(i64, u32, u32)> {
+    const MONTHS: [&str; 12] = [
+        "jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec",
+    ];
+    let mut text = String::with_capacity(value.len());
+    let mut depth = 0u32;
+    for c in value.chars() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth = depth.saturating_sub(1),
+            ',' if depth == 0 => text.push(' '),
+            c if depth == 0 => text.push(c),
+            _ => {}
+        }
+    }
+    let words: Vec<&str> = text.split_whitespace().collect();
+    words.windows(3).find_map(|w| {
+        let digits = |s: &str, n: std::ops::RangeInclusive<usize>| {
+            n.contains(&s.len()) && s.bytes().all(|b| b.is_ascii_digit())
+        };
+        if !digits(w[0], 1..=2) || !digits(w[2], 2..=4) {
+            return None;
+        }
+        let month = MONTHS.iter().position(|m| m.eq_ignore_ascii_case(w[1]))? as u32 + 1;
+        let day: u32 = w[0].parse().ok().filter(|d| (1..=31).contains(d))?;
+        let year: i64 = w[2].parse().ok()?;
+        // RFC 5322 §4.3: 00-49 are 2000-2049, 50-99 and three digits count from 1900.
+        let year = match w[2].len() {
+            2 if year < 50 => 2000 + year,
+            2 | 3 => 1900 + year,
+            _ => year,
+        };
+        Some((year, month, day))
+    })
 }
 
 /// The folded text of every text part, including those of attached messages (their bodies
@@ -191,16 +236,33 @@ fn value_text(value: &HeaderValue<'_>) -> String {
     match value {
         HeaderValue::Text(t) => t.to_string(),
         HeaderValue::TextList(list) => list.join(" "),
-        HeaderValue::Address(address) => address
-            .iter()
-            .map(|a| match (&a.name, &a.address) {
+        HeaderValue::Address(address) => {
+            let mailbox = |a: &mail_parser::Addr<'_>| match (&a.name, &a.address) {
                 (Some(n), Some(addr)) => format!("{n} <{addr}>"),
                 (None, Some(addr)) => addr.to_string(),
                 (Some(n), None) => n.to_string(),
                 (None, None) => String::new(),
-            })
-            .collect::<Vec<_>>()
-            .join(", "),
+            };
+            match address {
+                mail_parser::Address::List(list) => {
+                    list.iter().map(mailbox).collect::<Vec<_>>().join(", ")
+                }
+                // A group's name is searched too, as it is in the envelope (RFC 3501 §7.4.2):
+                // `TO friends` finds "To: Friends: a@x, b@y;" and "undisclosed-recipients:;".
+                mail_parser::Address::Group(groups) => groups
+                    .iter()
+                    .map(|g| {
+                        let members: Vec<String> = g.addresses.iter().map(mailbox).collect();
+                        format!(
+                            "{}: {};",
+                            g.name.as_deref().unwrap_or(""),
+                            members.join(", ")
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            }
+        }
         HeaderValue::DateTime(d) => d.to_rfc822(),
         HeaderValue::ContentType(ct) => {
             let mut s = ct.c_type.to_string();
@@ -422,6 +484,23 @@ impl Session {
 #[cfg(test)]
 mod tests {
     use super::fold;
+
+    #[test]
+    fn the_written_day_of_every_date_form() {
+        for (date, day) in [
+            ("Thu, 11 Jan 2024 12:00:00 +0000", (2024, 1, 11)),
+            ("11 Jan 2024 12:00 GMT", (2024, 1, 11)),
+            ("Thu, 11 Jan 2024 12:00:00", (2024, 1, 11)),
+            ("Thu, 11 Jan 2024 23:30:00 -0800", (2024, 1, 11)),
+            ("(comment 3 Feb 2020) 1 jan 24 00:00 EST", (2024, 1, 1)),
+            ("Mon,1 Mar 99 10:00 +0100", (1999, 3, 1)),
+            ("5 Dec 101 00:00 UT", (2001, 12, 5)),
+        ] {
+            assert_eq!(super::written_day(date), Some(day), "{date}");
+        }
+        assert_eq!(super::written_day("yesterday"), None);
+        assert_eq!(super::written_day("32 Jan 2024"), None);
+    }
 
     #[test]
     fn folding_matches_with_and_without_the_ascii_shortcut() {
