@@ -1635,3 +1635,64 @@ fn a_relay_refusing_a_second_ehlo_still_gets_the_copies() {
     assert!(summary.contains("1 sent, 0 deferred"), "{summary}");
     assert_eq!(relay.delivered(1)[0].rcpts, ["bob@example.org"]);
 }
+
+/// A relay that answers one final "." twice: the connection kept for the next copy is one
+/// reply behind, and its DATA gets a 250 meant for an earlier command. That copy is deferred
+/// and the connection closed; the next run, on a new connection, hears the relay's real
+/// answer (554) and reports it. Before, the stale 354 was taken for the 554 to its final
+/// "." and the copy counted as sent (review: mail lost, no report).
+#[test]
+fn a_relay_out_of_step_with_its_replies_loses_no_copy() {
+    let s = Setup::new();
+    let relay = s.relay(&RelayOptions {
+        final_reply: &[
+            ("bob@example.org", "double"),
+            ("carol@example.org", "refuse"),
+        ],
+        ..RelayOptions::default()
+    });
+    s.configure(relay.port, false, "");
+    let msg = "From: alice@example.org\nSubject: step\n\nbody\n";
+    let out = s.sendmail(
+        &["-i", "bob@example.org", "carol@example.org"],
+        msg.as_bytes(),
+    );
+    assert!(out.status.success(), "{out:?}");
+    let summary = s.queue_run();
+    assert!(summary.contains("1 sent, 1 deferred"), "{summary}");
+    let list = s.queue_list();
+    assert!(list.contains("not 354"), "{list}");
+    let summary = s.queue_run();
+    assert!(
+        summary.contains("0 deferred, 1 failed, 1 report"),
+        "{summary}"
+    );
+    let delivered = relay.delivered(2);
+    assert_eq!(delivered[0].rcpts, ["bob@example.org"]);
+    // The report, to the envelope sender.
+    assert_eq!(delivered[1].rcpts, ["root@host.example"]);
+    assert!(contains(&delivered[1].bytes, "554 5.7.1 content rejected"));
+}
+
+/// A relay's reply code without text (`250`, RFC 5321 §4.2) counts: the copy is sent once.
+/// lettre refused such a reply, the copy stayed queued and went again at every run.
+#[test]
+fn a_reply_code_without_text_is_a_reply() {
+    let s = Setup::new();
+    let relay = s.relay(&RelayOptions {
+        final_reply: &[("bob@example.org", "bare")],
+        ..RelayOptions::default()
+    });
+    s.configure(relay.port, false, "");
+    let msg = "From: alice@example.org\nSubject: bare\n\nbody\n";
+    let out = s.sendmail(&["-i", "bob@example.org"], msg.as_bytes());
+    assert!(out.status.success(), "{out:?}");
+    let summary = s.queue_run();
+    assert!(summary.contains("1 sent, 0 deferred"), "{summary}");
+    let summary = s.queue_run();
+    assert!(
+        summary.contains("0 picked up, 0 sent, 0 deferred"),
+        "{summary}"
+    );
+    assert_eq!(relay.delivered(1)[0].rcpts, ["bob@example.org"]);
+}

@@ -6,6 +6,7 @@ Run with Debian's interpreter (python3-aiosmtpd 1.4.3 lives in its dist-packages
     /usr/bin/python3 tests/smtp_relay.py --maildir DIR --cert CERT.pem --key KEY.pem \
         --user USER --password PASS [--implicit-tls] [--reject ADDR]... \
         [--hold-once ADDR]... [--slow-final ADDR]... [--full ADDR]... [--port N]
+        [--final-reply ADDR=double|bare|refuse]...
         [--one-ehlo-over-tls]
 
 stdout carries only these lines (each flushed), so a test can drive it line by line:
@@ -63,8 +64,13 @@ class Maildir:
 
 
 class RelayHandler:
-    def __init__(self, maildir, reject, hold_once, slow_final=(), full=(), one_ehlo=False):
+    def __init__(self, maildir, reject, hold_once, slow_final=(), full=(), one_ehlo=False,
+                 final_replies=()):
         self.maildir = maildir
+        # How the final "." of a message to these is answered, instead of "250 2.0.0 OK":
+        # "double" (two replies, the second one extra), "bare" ("250" without text, as RFC 5321
+        # section 4.2 allows) or "refuse" (554, nothing delivered).
+        self.final_replies = {a.lower(): how for a, how in final_replies}
         # Answers 503 to a second EHLO over TLS, as some servers refuse a repeated EHLO.
         self.one_ehlo = one_ehlo
         # These answer RCPT with 552 (mailbox full).
@@ -106,6 +112,10 @@ class RelayHandler:
         return "250 2.1.5 OK"
 
     async def handle_DATA(self, server, session, envelope):
+        how = next((self.final_replies[r.lower()] for r in envelope.rcpt_tos
+                    if r.lower() in self.final_replies), None)
+        if how == "refuse":
+            return "554 5.7.1 content rejected"
         # original_content is the exact bytes after dot-unstuffing, CRLFs intact.
         path = self.maildir.deliver(envelope.original_content)
         if any(r.lower() in self.slow_final for r in envelope.rcpt_tos):
@@ -113,6 +123,10 @@ class RelayHandler:
         sender = envelope.mail_from or "<>"
         options = ",".join(o.upper() for o in envelope.mail_options) or "-"
         emit(f"DELIVERED {sender} {','.join(envelope.rcpt_tos)} {path} {options}")
+        if how == "double":
+            return "250 2.0.0 OK: queued\r\n250 2.0.0 and a reply too many"
+        if how == "bare":
+            return "250"
         return "250 2.0.0 OK: queued"
 
 
@@ -142,8 +156,9 @@ class InjectingSMTP(SMTP):
 async def serve(args):
     tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     tls.load_cert_chain(args.cert, args.key)
+    final_replies = [spec.split("=", 1) for spec in args.final_reply]
     handler = RelayHandler(Maildir(args.maildir), args.reject, args.hold_once, args.slow_final,
-                           args.full, args.one_ehlo_over_tls)
+                           args.full, args.one_ehlo_over_tls, final_replies)
     authenticator = make_authenticator(args.user, args.password)
 
     def factory():
@@ -202,6 +217,8 @@ def main():
     p.add_argument("--hold-once", action="append", default=[], metavar="ADDR")
     p.add_argument("--slow-final", action="append", default=[], metavar="ADDR")
     p.add_argument("--full", action="append", default=[], metavar="ADDR")
+    p.add_argument("--final-reply", action="append", default=[], metavar="ADDR=HOW",
+                   help="answer the final dot of a message to ADDR: double, bare or refuse")
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--inject-after-starttls", action="store_true")
     p.add_argument("--smtputf8", action="store_true", help="announce SMTPUTF8 (RFC 6531)")

@@ -386,70 +386,128 @@ const IDLE_REUSE: Duration = Duration::from_secs(10);
 /// At most this many idle connections are kept.
 const IDLE_MAX: usize = 8;
 
-/// A TLS stream over our own socket, as lettre's connection wants it. After our own STARTTLS
-/// it first yields a greeting of ours: lettre's connection reads one, and a server sends none
-/// after STARTTLS (the real one came before).
+/// The relay's stream as lettre's connection reads it (TLS over our own socket, or plain TCP to
+/// a loopback MTA), with two repairs to the reply lines lettre's parser would not take:
+/// a reply code alone (`250`, which RFC 5321 §4.2 allows: the text is optional) gets the blank
+/// lettre expects after it, and a line ended by LF alone gets its CR. lettre failed on the
+/// first ("response error") after the relay had taken the message, which then went again at
+/// every run (review: four copies in four runs), and waited for a CRLF that never came on the
+/// second. After our own STARTTLS it first yields a greeting of ours: lettre's connection
+/// reads one, and a server sends none after STARTTLS (the real one came before).
 #[derive(Debug)]
-struct ImplicitTls {
-    greeting: &'static [u8],
+struct Replies<S> {
+    inner: S,
+    peer: std::net::SocketAddr,
+    /// Bytes ready for lettre, and how many of them it has.
+    out: Vec<u8>,
     given: usize,
-    tls: tokio_rustls::client::TlsStream<TcpStream>,
+    /// A reply line not yet ended.
+    line: Vec<u8>,
 }
 
-impl ImplicitTls {
-    fn new(tls: tokio_rustls::client::TlsStream<TcpStream>) -> Self {
-        ImplicitTls {
-            greeting: b"",
+/// A reply line longer than this goes to lettre as it is (which refuses it).
+const MAX_REPLY_LINE: usize = 64 * 1024;
+
+impl<S> Replies<S> {
+    fn new(inner: S, peer: std::net::SocketAddr, greeting: &[u8]) -> Self {
+        Replies {
+            inner,
+            peer,
+            out: greeting.to_vec(),
             given: 0,
-            tls,
+            line: Vec::new(),
         }
     }
-}
 
-impl AsyncTokioStream for ImplicitTls {
-    fn peer_addr(&self) -> std::io::Result<std::net::SocketAddr> {
-        self.tls.get_ref().0.peer_addr()
+    /// Moves the line read so far to the output, repaired.
+    fn end_line(&mut self) {
+        let mut line = std::mem::take(&mut self.line);
+        if line.ends_with(b"\n") && !line.ends_with(b"\r\n") {
+            line.insert(line.len() - 1, b'\r');
+        }
+        if line.len() == 5 && line[..3].iter().all(u8::is_ascii_digit) && line.ends_with(b"\r\n") {
+            line.insert(3, b' ');
+        }
+        self.out.extend_from_slice(&line);
     }
 }
 
-impl tokio::io::AsyncRead for ImplicitTls {
+impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + Sync + std::fmt::Debug>
+    AsyncTokioStream for Replies<S>
+{
+    fn peer_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        Ok(self.peer)
+    }
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Replies<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        if self.given < self.greeting.len() {
-            let rest = &self.greeting[self.given..];
-            let n = rest.len().min(buf.remaining());
-            buf.put_slice(&rest[..n]);
-            self.given += n;
-            return std::task::Poll::Ready(Ok(()));
+        use std::task::Poll;
+        loop {
+            let this = &mut *self;
+            if this.given < this.out.len() {
+                let rest = &this.out[this.given..];
+                let n = rest.len().min(buf.remaining());
+                buf.put_slice(&rest[..n]);
+                this.given += n;
+                if this.given == this.out.len() {
+                    this.out.clear();
+                    this.given = 0;
+                }
+                return Poll::Ready(Ok(()));
+            }
+            let mut chunk = [0u8; 4096];
+            let mut read = tokio::io::ReadBuf::new(&mut chunk);
+            match Pin::new(&mut this.inner).poll_read(cx, &mut read) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Ready(Ok(())) if read.filled().is_empty() => {
+                    // The end: a line without its end goes as it is, then the end.
+                    if this.line.is_empty() {
+                        return Poll::Ready(Ok(()));
+                    }
+                    this.out = std::mem::take(&mut this.line);
+                }
+                Poll::Ready(Ok(())) => {
+                    for &b in read.filled() {
+                        this.line.push(b);
+                        if b == b'\n' {
+                            this.end_line();
+                        } else if this.line.len() > MAX_REPLY_LINE {
+                            this.out.append(&mut this.line);
+                        }
+                    }
+                }
+            }
         }
-        Pin::new(&mut self.tls).poll_read(cx, buf)
     }
 }
 
-impl tokio::io::AsyncWrite for ImplicitTls {
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Replies<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
         buf: &[u8],
     ) -> std::task::Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.tls).poll_write(cx, buf)
+        Pin::new(&mut self.inner).poll_write(cx, buf)
     }
 
     fn poll_flush(
         mut self: Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        Pin::new(&mut self.tls).poll_flush(cx)
+        Pin::new(&mut self.inner).poll_flush(cx)
     }
 
     fn poll_shutdown(
         mut self: Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        Pin::new(&mut self.tls).poll_shutdown(cx)
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
@@ -548,6 +606,9 @@ impl Relay {
         .map_err(|_| deadline("connecting"))?
         .map_err(|e| Sent::Temporary(format!("relay {}: cannot connect: {e}", self.description)))?;
         let _ = tcp.set_nodelay(true);
+        let peer = tcp.peer_addr().map_err(|e| {
+            Sent::Temporary(format!("relay {}: cannot connect: {e}", self.description))
+        })?;
         let stream: Box<dyn AsyncTokioStream> = match &self.protection {
             Protection::Implicit(connector) => {
                 let name =
@@ -563,18 +624,19 @@ impl Relay {
                             self.description
                         ))
                     })?;
-                Box::new(ImplicitTls::new(tls))
+                Box::new(Replies::new(tls, peer, b""))
             }
             Protection::Starttls(connector) => {
                 let tls = tokio::time::timeout(self.timeout, self.starttls(connector, tcp))
                     .await
                     .map_err(|_| deadline("STARTTLS"))??;
-                Box::new(ImplicitTls {
-                    greeting: b"220 greeting given before STARTTLS\r\n",
-                    ..ImplicitTls::new(tls)
-                })
+                Box::new(Replies::new(
+                    tls,
+                    peer,
+                    b"220 greeting given before STARTTLS\r\n",
+                ))
             }
-            Protection::Plain => Box::new(tcp),
+            Protection::Plain => Box::new(Replies::new(tcp, peer, b"")),
         };
         // Nothing before MAIL FROM is about this message: a 5xx greeting, EHLO or AUTH reply
         // defers every copy (as Postfix's smtp_skip_5xx_greeting does) rather than bouncing
@@ -855,6 +917,22 @@ impl Relay {
                 }
             };
             match answered {
+                // RFC 5321 §4.3.2: DATA is answered 354 and nothing else that is positive. A
+                // 250 there is a reply meant for an earlier command: the connection is out
+                // of step (a relay that sent two replies to one command; a reused
+                // connection's NOOP took the extra one), and every reply after it would be
+                // taken for the wrong command, the final "." answered by this stale 354 while
+                // the relay refused the message (review: a lost copy, recorded as sent).
+                Ok(Ok(response)) if step == Step::Data && u16::from(response.code()) != 354 => {
+                    let _ = tokio::time::timeout(self.timeout, conn.abort()).await;
+                    return Sent::Temporary(format!(
+                        "relay {} answered DATA with {} {}, not 354: its replies are out of \
+                         step with the commands; the connection is closed",
+                        self.description,
+                        u16::from(response.code()),
+                        response.message().collect::<Vec<_>>().join(" ")
+                    ));
+                }
                 Ok(Ok(response)) => last = Some(response),
                 Ok(Err(e)) => {
                     // The transaction is over either way; the connection is not reused.
@@ -1007,6 +1085,26 @@ fn ascii_domain(address: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reply_lines_lettre_would_refuse_are_repaired() {
+        let peer = "127.0.0.1:25".parse().unwrap();
+        let mut replies = Replies::new((), peer, b"");
+        for line in [
+            &b"250\r\n"[..],
+            b"354\n",
+            b"250-first\n",
+            b"250 last\r\n",
+            b"2500\r\n",
+        ] {
+            replies.line = line.to_vec();
+            replies.end_line();
+        }
+        assert_eq!(
+            replies.out,
+            b"250 \r\n354 \r\n250-first\r\n250 last\r\n2500\r\n"
+        );
+    }
 
     #[test]
     fn xtext_decoding() {

@@ -88,6 +88,9 @@ pub struct RelayOptions<'a> {
     pub smtputf8: bool,
     /// Answers 503 to a second EHLO over TLS.
     pub one_ehlo_over_tls: bool,
+    /// (address, how) for the final "." of a message to it: "double" (a second, extra
+    /// reply), "bare" (`250` without text) or "refuse" (554, nothing delivered).
+    pub final_reply: &'a [(&'a str, &'a str)],
 }
 
 impl Relay {
@@ -126,6 +129,9 @@ impl Relay {
         }
         for r in options.full {
             cmd.args(["--full", r]);
+        }
+        for (address, how) in options.final_reply {
+            cmd.args(["--final-reply", &format!("{address}={how}")]);
         }
         let mut child = cmd
             .stdin(Stdio::piped())
