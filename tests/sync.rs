@@ -1596,6 +1596,50 @@ async fn a_change_waiting_for_a_message_gone_upstream_ends() {
     assert_eq!(exists(&mut raw, "Archive"), 2);
 }
 
+/// The local MUA moves two messages that another device has meanwhile deleted and moved
+/// upstream: Dovecot's UID MOVE moves nothing and names no COPYUID, and the local copies go
+/// up on their own. Before, they stayed here only, linked to nothing (review).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_of_a_message_gone_upstream_uploads_the_copy() {
+    let world = World::new();
+    let dovecot = Dovecot::start_tls();
+    upstream(
+        &dovecot,
+        json!([{"cmd": "raw", "line": "CREATE P"}, {"cmd": "raw", "line": "CREATE PT"},
+        append_bytes("P", &plain_message("p1")), append_bytes("P", &plain_message("p2"))]),
+    );
+    let (server, _dir, config) = bobs_sync_with_address(&world, &dovecot);
+    let out = sync_once(&config);
+    assert!(out.status.success(), "{out:?}");
+    upstream(
+        &dovecot,
+        json!([{"cmd": "raw", "line": "SELECT P"},
+        {"cmd": "raw", "line": "UID STORE 1 +FLAGS (\\Deleted)"},
+        {"cmd": "raw", "line": "UID EXPUNGE 1"},
+        {"cmd": "raw", "line": "UID MOVE 2 PT"}]),
+    );
+    let mut raw = server.login();
+    raw.ok("SELECT P");
+    raw.ok("UID MOVE 1:2 Archive");
+    raw.ok("UNSELECT");
+    let mut outs = Vec::new();
+    for _ in 0..2 {
+        let out = sync_once(&config);
+        assert!(out.status.success(), "{out:?}");
+        outs.push(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    assert_eq!(waiting_changes(&server), 0, "{outs:?}");
+    assert_eq!(
+        upstream_flags(&dovecot, "Archive").len(),
+        2,
+        "both copies went up"
+    );
+    assert_eq!(upstream_flags(&dovecot, "PT").len(), 1);
+    assert_eq!(exists(&mut raw, "Archive"), 2);
+    assert_eq!(exists(&mut raw, "PT"), 1);
+    assert_eq!(exists(&mut raw, "P"), 0);
+}
+
 /// What Dovecot announces after login, less UIDPLUS and MOVE (and the extensions sealpost does
 /// not use): a server of the kind that predates RFC 4315 and RFC 6851.
 const NEITHER_UIDPLUS_NOR_MOVE: &str =

@@ -560,10 +560,26 @@ impl Syncer {
             // loses its link, and the move then uploads the message.
             return Err(Failure::Entry(STALE_LINK.into()));
         }
-        self.copy_then_expunge(
-            up, account, &from, &to_folder, target, new_uid, entry, unlink, hash_from,
-        )
-        .await
+        let moved = self
+            .copy_then_expunge(
+                up, account, &from, &to_folder, target, new_uid, entry, unlink, hash_from,
+            )
+            .await?;
+        if moved.link.is_none() && up.uidplus {
+            // A UIDPLUS server moved nothing (RFC 4315 §3: no COPYUID when none of the UIDs
+            // exist): another device deleted or moved the original since the last pass. The
+            // local copy goes up on its own, as a copy's does; linked to nothing, it stayed
+            // here only, for good (review).
+            let uploaded = self
+                .upload(up, entry, target, new_uid, &target_name)
+                .await?;
+            return Ok(WrittenBack {
+                unlink: moved.unlink,
+                hash_from: moved.hash_from,
+                ..uploaded
+            });
+        }
+        Ok(moved)
     }
 
     /// The move itself, with the source folder selected: `UID MOVE`, or `UID COPY` then the
