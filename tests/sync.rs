@@ -3238,6 +3238,37 @@ async fn folders_renamed_or_deleted_upstream_follow_here() {
     assert_eq!(stdout(&out).trim(), format!("{USER}: 0 new"), "{out:?}");
 }
 
+/// A flag set here on a message whose folder another client then renames upstream: the
+/// message goes here with its folder (the renamed folder brings it down once), and the flag
+/// change with it. Before, the message stayed in the old folder for good, a second copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flag_change_waiting_in_a_folder_renamed_upstream_leaves_no_second_copy() {
+    let world = World::new();
+    let dovecot = Dovecot::start_tls();
+    upstream(
+        &dovecot,
+        json!([{"cmd": "raw", "line": "CREATE RN"},
+        append_bytes("RN", &plain_message("rn1")), append_bytes("RN", &plain_message("rn2"))]),
+    );
+    let (server, _dir, config) = bobs_sync(&world, &dovecot);
+    let out = sync_once(&config);
+    assert_eq!(stdout(&out).trim(), format!("{USER}: 2 new"), "{out:?}");
+    let mut raw = server.login();
+    raw.ok("SELECT RN");
+    raw.ok("UID STORE 1 +FLAGS (\\Flagged)");
+    raw.ok("UNSELECT");
+    upstream(&dovecot, json!([{"cmd": "raw", "line": "RENAME RN RN2"}]));
+    for _ in 0..2 {
+        let out = sync_once(&config);
+        assert!(out.status.success(), "{out:?}");
+    }
+    assert_eq!(waiting_changes(&server), 0);
+    assert_eq!(exists(&mut raw, "RN2"), 2);
+    let listed = raw.ok("LIST \"\" \"*\"").join("\n");
+    assert!(!listed.contains("\"RN\""), "{listed}");
+    assert_eq!(upstream_flags(&dovecot, "RN2").len(), 2);
+}
+
 /// After an upstream UIDVALIDITY change, a message the resync could not read (the server
 /// breaks the connection on it) is passed over, and its failure count later goes: its local
 /// copy is still kept, as every message upstream is not linked; it may be the only one that

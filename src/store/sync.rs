@@ -230,8 +230,9 @@ impl Store {
     }
 
     /// An upstream folder that is gone (deleted or renamed by another client): its messages
-    /// are expunged here, as upstream expunges are (one with a change still waiting keeps
-    /// its message, without the link: the change then ends or uploads it), its links and mark
+    /// are expunged here, as upstream expunges are (one with a move or copy still waiting keeps
+    /// its message, without the link: the change then uploads it; a waiting flag change is
+    /// dropped with its message), its links and mark
     /// go, and a local mailbox it leaves empty goes too, unless it is INBOX or a special-use
     /// one, has children, or a waiting change names it. Not journaled. Returns how many
     /// messages were expunged.
@@ -260,7 +261,20 @@ impl Store {
                 Default::default();
             for (mailbox, uid, name, here) in links {
                 mailboxes.insert(mailbox);
-                if here && !change_waiting(tx, account, &name, uid)? {
+                // Only a change that may take the message's bytes up (a move or copy of it)
+                // keeps it. A flag change has nothing left to change upstream: it goes with
+                // the message, which stayed here for good beside the renamed folder's copy
+                // (review).
+                if here && !upload_waiting(tx, account, &name, uid)? {
+                    let dropped = tx.execute(
+                        "DELETE FROM journal
+                         WHERE account = ?1 AND mailbox = ?2 AND uid = ?3 AND kind = 'flags'",
+                        params![account, name, uid],
+                    )?;
+                    if dropped > 0 {
+                        tracing::warn!(mailbox = %name, uid, folder,
+                            "a flag change not written back is dropped: the folder is gone upstream");
+                    }
                     by_mailbox.entry(mailbox).or_default().push(uid);
                 }
             }
@@ -1047,6 +1061,23 @@ fn change_waiting(
         .prepare_cached(
             "SELECT EXISTS (SELECT 1 FROM journal
                             WHERE account = ?1 AND mailbox = ?2 AND uid = ?3)",
+        )?
+        .query_row(params![account, mailbox, uid], |r| r.get(0))?)
+}
+
+/// True when a move or copy of this message still waits in the journal: it may need the
+/// message's bytes to upload it.
+fn upload_waiting(
+    tx: &rusqlite::Connection,
+    account: AccountId,
+    mailbox: &str,
+    uid: u32,
+) -> Result<bool, StoreError> {
+    Ok(tx
+        .prepare_cached(
+            "SELECT EXISTS (SELECT 1 FROM journal
+                            WHERE account = ?1 AND mailbox = ?2 AND uid = ?3
+                              AND kind IN ('append', 'copy', 'move'))",
         )?
         .query_row(params![account, mailbox, uid], |r| r.get(0))?)
 }
