@@ -1696,3 +1696,54 @@ fn a_reply_code_without_text_is_a_reply() {
     );
     assert_eq!(relay.delivered(1)[0].rcpts, ["bob@example.org"]);
 }
+
+/// Past the queue's lifetime a recipient is still tried once more, as with Postfix's
+/// maximal_queue_lifetime: a relay back by then takes the copy; only a failed attempt after
+/// the lifetime bounces (4.4.7, with that attempt's error). Before, every recipient past the
+/// lifetime bounced unattempted (a laptop offline for days delivered nothing when it came
+/// back).
+#[test]
+fn a_recipient_past_the_lifetime_is_tried_once_more() {
+    let s = Setup::new();
+    let port = relay::free_port();
+    s.configure(port, false, "");
+    let msg = "From: alice@example.org\nSubject: late\n\nbody\n";
+    for rcpt in ["bob@example.org", "dave@example.net"] {
+        let out = s.sendmail(&["-i", rcpt], msg.as_bytes());
+        assert!(out.status.success(), "{out:?}");
+    }
+    let summary = s.queue_run();
+    assert!(summary.contains("2 deferred"), "{summary}");
+    // Both arrived six days ago (the lifetime is five).
+    let db = rusqlite::Connection::open(s.queue_dir().join("queue.sqlite")).unwrap();
+    db.execute("UPDATE messages SET arrived = arrived - 6 * 86400", [])
+        .unwrap();
+    // Relay still down: both fail for good now, with the attempt's own error.
+    let summary = s.queue_run();
+    // (The two reports wait for the relay too.)
+    assert!(summary.contains("2 failed, 2 report"), "{summary}");
+
+    // A third, sent, arrived six days ago too; the relay is back: it is delivered.
+    let out = s.sendmail(&["-i", "bob@example.org"], msg.as_bytes());
+    assert!(out.status.success(), "{out:?}");
+    db.execute(
+        "UPDATE messages SET arrived = arrived - 6 * 86400 WHERE id NOT IN
+         (SELECT message FROM recipients WHERE state = 'failed')",
+        [],
+    )
+    .unwrap();
+    let relay = s.relay(&RelayOptions {
+        port: Some(port),
+        ..RelayOptions::default()
+    });
+    let summary = s.queue_run();
+    assert!(summary.contains("0 deferred, 0 failed"), "{summary}");
+    // The two reports of the first run go to the sender, and the late copy to Bob.
+    let got = relay.delivered(3);
+    let to = |who: &str| got.iter().filter(|d| d.rcpts == [who]).count();
+    assert_eq!((to("bob@example.org"), to("root@host.example")), (1, 2));
+    for report in got.iter().filter(|d| d.rcpts == ["root@host.example"]) {
+        assert!(contains(&report.bytes, "expired after 120 hours"));
+        assert!(contains(&report.bytes, "Connection refused"));
+    }
+}

@@ -215,6 +215,16 @@ pub struct RunReport {
     pub bounces: usize,
 }
 
+impl RunReport {
+    /// Counts what [`Runner::defer`] did: deferred (Some) or failed (None, expired).
+    fn count_deferral(&mut self, next: Option<i64>) {
+        match next {
+            Some(_) => self.deferred += 1,
+            None => self.failed += 1,
+        }
+    }
+}
+
 /// The queue database.
 pub struct Queue {
     config: QueueConfig,
@@ -619,7 +629,7 @@ impl Queue {
         };
         let mut stmt = conn
             .prepare(
-                "SELECT address, attempts, next_attempt, reason, notify, orcpt FROM recipients
+                "SELECT address, attempts, next_attempt, notify, orcpt FROM recipients
                  WHERE message = ?1 AND state = 'queued' ORDER BY rowid",
             )
             .map_err(|e| self.db_err(e))?;
@@ -630,23 +640,20 @@ impl Queue {
                         r.get::<_, String>(0)?,
                         r.get::<_, u32>(1)?,
                         r.get::<_, i64>(2)?,
-                        r.get::<_, Option<String>>(3)?,
                     ),
                     (
+                        r.get::<_, Option<String>>(3)?,
                         r.get::<_, Option<String>>(4)?,
-                        r.get::<_, Option<String>>(5)?,
                     ),
                 ))
             })
             .map_err(|e| self.db_err(e))?;
         for row in rows {
-            let ((address, attempts, next, reason), (notify, orcpt)) =
-                row.map_err(|e| self.db_err(e))?;
+            let ((address, attempts, next), (notify, orcpt)) = row.map_err(|e| self.db_err(e))?;
             if next <= scope.horizon(at) {
                 message.due.push(Due {
                     address,
                     attempts,
-                    reason,
                     notify: notify.as_deref().and_then(Notify::parse),
                     orcpt,
                 });
@@ -1054,7 +1061,6 @@ struct Loaded {
 struct Due {
     address: String,
     attempts: u32,
-    reason: Option<String>,
     /// The recipient's own NOTIFY, else the message's counts.
     notify: Option<Notify>,
     /// The recipient's ORCPT (decoded).
@@ -1365,23 +1371,35 @@ impl Runner {
         Ok(total)
     }
 
+    /// A temporary failure of `due`: it waits for the next attempt, or, past the queue's
+    /// lifetime, fails with 4.4.7 and this failure as the last error. As Postfix's
+    /// maximal_queue_lifetime: the attempt after the lifetime is still made, and only its
+    /// failure bounces (a laptop offline for longer than the lifetime delivered nothing
+    /// when it came back: every recipient bounced unattempted, review). Some(next attempt)
+    /// when it waits, None when it failed.
+    fn defer(
+        &self,
+        m: &Loaded,
+        due: &Due,
+        reason: &str,
+        at: i64,
+    ) -> Result<Option<i64>, QueueError> {
+        let lifetime = 3600 * self.queue.config.lifetime_hours as i64;
+        if at - m.arrived <= lifetime {
+            return self.queue.mark_deferred(&m.id, due, reason, at).map(Some);
+        }
+        let expired = format!(
+            "delivery time expired after {} hours in the queue; last error: {reason}",
+            self.queue.config.lifetime_hours
+        );
+        tracing::warn!("{}: to=<{}> expired: {reason}", m.id, due.address);
+        self.queue
+            .mark_failed(&m.id, &due.address, "4.4.7", &expired)?;
+        Ok(None)
+    }
+
     async fn attempt(&self, m: &Loaded, at: i64) -> Result<RunReport, QueueError> {
         let mut report = RunReport::default();
-        let lifetime = 3600 * self.queue.config.lifetime_hours as i64;
-        if at - m.arrived > lifetime {
-            for d in &m.due {
-                let last = d.reason.as_deref().unwrap_or("no attempt succeeded");
-                let reason = format!(
-                    "delivery time expired after {} hours in the queue; last error: {last}",
-                    self.queue.config.lifetime_hours
-                );
-                tracing::warn!("{}: to=<{}> expired: {last}", m.id, d.address);
-                self.queue
-                    .mark_failed(&m.id, &d.address, "4.4.7", &reason)?;
-                report.failed += 1;
-            }
-            return Ok(report);
-        }
         let envelope = Envelope {
             id: m.id.clone(),
             sender: m.sender.clone(),
@@ -1444,8 +1462,7 @@ impl Runner {
         for d in m.due.iter().filter(uncovered) {
             let reason = "internal error: no copy was built for this recipient";
             tracing::error!("{}: to=<{}> {reason}", m.id, d.address);
-            self.queue.mark_deferred(&m.id, d, reason, at)?;
-            report.deferred += 1;
+            report.count_deferral(self.defer(m, d, reason, at)?);
         }
         Ok(report)
     }
@@ -1482,15 +1499,15 @@ impl Runner {
                 }
                 (Decision::Deferred { reply }, _) => {
                     for due in dues {
-                        let next = self
-                            .queue
-                            .mark_deferred(&m.id, due, &reply.to_string(), at)?;
-                        tracing::warn!(
-                            "{}: to=<{}> deferred until {next}: {reply}",
-                            m.id,
-                            due.address
-                        );
-                        report.deferred += 1;
+                        let next = self.defer(m, due, &reply.to_string(), at)?;
+                        if let Some(next) = next {
+                            tracing::warn!(
+                                "{}: to=<{}> deferred until {next}: {reply}",
+                                m.id,
+                                due.address
+                            );
+                        }
+                        report.count_deferral(next);
                     }
                     continue;
                 }
@@ -1499,8 +1516,7 @@ impl Runner {
                     let reason = "internal error: no copy was built";
                     for due in dues {
                         tracing::error!("{}: to=<{}> {reason}", m.id, due.address);
-                        self.queue.mark_deferred(&m.id, due, reason, at)?;
-                        report.deferred += 1;
+                        report.count_deferral(self.defer(m, due, reason, at)?);
                     }
                     continue;
                 }
@@ -1570,15 +1586,17 @@ impl Runner {
                 }
                 Sent::Temporary(reason) => {
                     for due in &still {
-                        let next = self.queue.mark_deferred(&m.id, due, &reason, now())?;
-                        tracing::warn!(
-                            "{}: to=<{}> deferred (attempt {}, next in {} s): {reason}",
-                            m.id,
-                            due.address,
-                            due.attempts + 1,
-                            next - now()
-                        );
-                        report.deferred += 1;
+                        let next = self.defer(m, due, &reason, now())?;
+                        if let Some(next) = next {
+                            tracing::warn!(
+                                "{}: to=<{}> deferred (attempt {}, next in {} s): {reason}",
+                                m.id,
+                                due.address,
+                                due.attempts + 1,
+                                next - now()
+                            );
+                        }
+                        report.count_deferral(next);
                     }
                 }
                 Sent::Permanent(reason) => {
