@@ -1747,3 +1747,23 @@ fn a_recipient_past_the_lifetime_is_tried_once_more() {
         assert!(contains(&report.bytes, "Connection refused"));
     }
 }
+
+/// A relay's reply text reaches the administrator's terminal through `queue list` with its
+/// control characters escaped (review: an escape sequence in a 451 came through raw).
+#[test]
+fn queue_list_escapes_control_characters_in_reasons() {
+    let s = Setup::new();
+    s.configure(relay::free_port(), false, "");
+    let out = s.sendmail(&["-i", "bob@example.org"], b"Subject: x\n\nbody\n");
+    assert!(out.status.success(), "{out:?}");
+    s.queue_run();
+    let db = rusqlite::Connection::open(s.queue_dir().join("queue.sqlite")).unwrap();
+    db.execute(
+        "UPDATE recipients SET reason = '451 4.0.0 ' || char(27) || '[31mRED'",
+        [],
+    )
+    .unwrap();
+    let list = s.queue_list();
+    assert!(list.contains("(451 4.0.0 \\u{1b}[31mRED)"), "{list}");
+    assert!(!list.contains('\u{1b}'), "{list}");
+}

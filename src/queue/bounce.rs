@@ -49,7 +49,10 @@ pub struct Report<'a> {
     pub recipients: &'a [Recipient],
 }
 
-/// The RFC 3463 status in a reply text ("550 5.1.1 ..." → "5.1.1"), else `default`.
+/// The RFC 3463 status in a reply text ("550 5.1.1 ..." → "5.1.1"), else `default`. Its
+/// class is `default`'s, the outcome's: a relay's "550 4.2.2 mailbox full" failed the
+/// recipient, and a report saying Action: failed with Status: 4.2.2 contradicts itself
+/// (RFC 3463 §2: the class says whether it failed for good; review).
 pub fn status_of(text: &str, default: &str) -> String {
     text.split_whitespace()
         .take(3)
@@ -61,7 +64,10 @@ pub fn status_of(text: &str, default: &str) -> String {
                     .iter()
                     .all(|p| !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit()))
         })
-        .map_or_else(|| default.to_string(), str::to_string)
+        .map_or_else(
+            || default.to_string(),
+            |found| format!("{}{}", &default[..1], &found[1..]),
+        )
 }
 
 /// An address as a delivery-status field takes it: `rfc822; a@b`, or for an address with
@@ -284,6 +290,8 @@ mod tests {
         );
         assert_eq!(status_of("550 user unknown", "5.0.0"), "5.0.0");
         assert_eq!(status_of("5.7.1 no key", "5.0.0"), "5.7.1");
+        assert_eq!(status_of("550 4.2.2 mailbox full", "5.0.0"), "5.2.2");
+        assert_eq!(status_of("250 5.0.0 ok?", "2.0.0"), "2.0.0");
     }
 
     /// A report on one recipient of `original`.

@@ -316,6 +316,15 @@ pub fn list(config: &QueueConfig, out: &mut impl Write) -> Result<(), SendmailEr
         )?;
         for (rcpt, reason) in &e.recipients {
             if let Some(reason) = reason {
+                // A relay's reply text, as it came: its control characters (a terminal's
+                // escape sequences) are shown escaped, as the log shows them (review).
+                let reason: String = reason
+                    .chars()
+                    .map(|c| match c.is_control() {
+                        true => c.escape_default().to_string(),
+                        false => c.to_string(),
+                    })
+                    .collect();
                 w(out, format!("{:<62}({reason})\n", ""))?;
             }
             w(out, format!("{:<62}{rcpt}\n", ""))?;
