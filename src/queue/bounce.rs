@@ -116,11 +116,8 @@ pub fn render(r: &Report<'_>) -> Vec<u8> {
         host = r.hostname
     );
     for f in r.recipients {
-        text.push_str(&format!(
-            "<{}>: {}\r\n",
-            f.recipient,
-            ascii_line(&f.diagnostic)
-        ));
+        let line = format!("<{}>: {}", f.recipient, ascii_line(&f.diagnostic));
+        text.push_str(&wrapped(&line));
     }
     // RFC 3464 §2.2: Original-Envelope-Id, when there is one, comes first.
     let mut status = String::new();
@@ -269,6 +266,36 @@ fn is_smtp_reply(text: &str) -> bool {
 }
 
 /// One printable ASCII line (diagnostics come from servers and may hold anything).
+/// `line` as text lines of at most 78 characters where it has blanks (the lines after the
+/// first indented), and never over 998 octets (RFC 5322 §2.1.1): a relay's multi-line reply
+/// joined into one line made a line of 1,539 octets, which a strict relay refuses, and a
+/// report that fails is only logged (review). Each line ends with CRLF.
+fn wrapped(line: &str) -> String {
+    const WIDTH: usize = 78;
+    const PIECE: usize = 980;
+    let mut out = String::with_capacity(line.len() + 16);
+    let mut current = String::new();
+    for word in line.split(' ').filter(|w| !w.is_empty()) {
+        // A word no line holds is cut into pieces.
+        let chars: Vec<char> = word.chars().collect();
+        for piece in chars.chunks(PIECE) {
+            let piece: String = piece.iter().collect();
+            let started = !current.trim_start().is_empty();
+            if started && current.len() + 1 + piece.len() > WIDTH {
+                out.push_str(&current);
+                out.push_str("\r\n");
+                current = "    ".into();
+            } else if started {
+                current.push(' ');
+            }
+            current.push_str(&piece);
+        }
+    }
+    out.push_str(&current);
+    out.push_str("\r\n");
+    out
+}
+
 fn ascii_line(s: &str) -> String {
     s.chars()
         .map(|c| if (' '..='~').contains(&c) { c } else { ' ' })
@@ -291,6 +318,18 @@ mod tests {
         assert_eq!(status_of("550 user unknown", "5.0.0"), "5.0.0");
         assert_eq!(status_of("5.7.1 no key", "5.0.0"), "5.7.1");
         assert_eq!(status_of("550 4.2.2 mailbox full", "5.0.0"), "5.2.2");
+        let long = format!(
+            "<b@x>: 550 5.7.1 {} {}",
+            "word ".repeat(300),
+            "y".repeat(2500)
+        );
+        let text = wrapped(&long);
+        assert!(text.split("\r\n").all(|l| l.len() <= 998), "{text}");
+        assert_eq!(
+            text.split_whitespace().collect::<String>(),
+            long.split_whitespace().collect::<String>()
+        );
+        assert_eq!(wrapped("<b@x>: 550 no"), "<b@x>: 550 no\r\n");
         assert_eq!(status_of("250 5.0.0 ok?", "2.0.0"), "2.0.0");
     }
 
