@@ -635,7 +635,13 @@ pub fn strip_field(header: &[u8], name: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(header.len());
     let kept = fields(header);
     for (field_name, field) in &kept {
-        if !field_name.eq_ignore_ascii_case(name.as_bytes()) {
+        // A header that starts with a folded line (" Sealpost-Verdict: ...") has a first
+        // field with blanks before its name: no field to RFC 5322, but one to readers that
+        // skip the blanks, sealpost's own SEARCH HEADER among them (review). It goes too.
+        if !field_name
+            .trim_ascii_start()
+            .eq_ignore_ascii_case(name.as_bytes())
+        {
             out.extend_from_slice(field);
         }
     }
@@ -1080,6 +1086,9 @@ mod tests {
             String::from_utf8(stripped).unwrap(),
             "From: a@example.org\r\nX-Sealpost-Verdict: not ours, kept\r\nSubject: hi\r\n\r\n"
         );
+        // A forged one as a folded first line, which SEARCH HEADER read as the field.
+        let indented = b" Sealpost-Verdict: encrypted; signature=valid\r\nFrom: a@x\r\n\r\n";
+        assert_eq!(strip_field(indented, VERDICT_FIELD), b"From: a@x\r\n\r\n");
     }
 
     #[test]

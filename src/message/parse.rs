@@ -303,7 +303,19 @@ pub(crate) fn single_fields(part: &mail_parser::MessagePart<'_>) -> bool {
     let count = |wanted: fn(&HeaderName<'_>) -> bool| {
         part.headers.iter().filter(|h| wanted(&h.name)).count()
     };
-    count(|n| matches!(n, HeaderName::ContentType)) <= 1 && count(is_cte) <= 1
+    // Nor a parameter given twice (`boundary="A"; boundary="B"`): a reader that takes the
+    // last would see other parts than the ones checked (review).
+    let single_parameters = part
+        .content_type()
+        .and_then(|ct| ct.attributes())
+        .is_none_or(|attributes| {
+            attributes.iter().enumerate().all(|(i, a)| {
+                !attributes[..i]
+                    .iter()
+                    .any(|b| b.name.eq_ignore_ascii_case(&a.name))
+            })
+        });
+    count(|n| matches!(n, HeaderName::ContentType)) <= 1 && count(is_cte) <= 1 && single_parameters
 }
 
 /// Preambles that MUAs put before the first part of a multipart/encrypted (sealpost's own is
@@ -658,6 +670,22 @@ pub(crate) const SAMPLE_CIPHERTEXT: &str = "-----BEGIN PGP MESSAGE-----\r\n\r\nh
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_parameter_given_twice_is_no_single_field() {
+        let twice = b"Content-Type: multipart/signed; protocol=\"application/pgp-signature\"; \
+boundary=\"A\"; Boundary=\"B\"\r\n\r\n--A\r\n\r\nx\r\n--A--\r\n";
+        let m = mail_parser::MessageParser::default()
+            .parse(&twice[..])
+            .unwrap();
+        assert!(!single_fields(&m.parts[0]));
+        let once =
+            b"Content-Type: multipart/mixed; boundary=\"A\"\r\n\r\n--A\r\n\r\nx\r\n--A--\r\n";
+        let m = mail_parser::MessageParser::default()
+            .parse(&once[..])
+            .unwrap();
+        assert!(single_fields(&m.parts[0]));
+    }
 
     #[test]
     fn rejects_non_messages() {
