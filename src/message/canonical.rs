@@ -115,10 +115,127 @@ pub fn content_entity(message: &ParsedMessage) -> ContentEntity {
             }
         })
         .collect();
-    ContentEntity {
+    relabel_seven_bit(ContentEntity {
         fields,
         body: apply(raw, body_start, edits),
+    })
+}
+
+/// The (start, end) of every Content-Transfer-Encoding field below `message`'s root (in
+/// `whole`'s offsets) whose value `is_label`, in its multiparts and in attached messages
+/// that are not transfer-encoded (their offsets are `whole`'s), not inside a sender's signed
+/// or encrypted multipart.
+fn eight_bit_labels(
+    message: &Message<'_>,
+    whole: &[u8],
+    is_label: &dyn Fn(&[u8]) -> bool,
+    labels: &mut Vec<(usize, usize)>,
+) {
+    let mut pending = vec![(0usize, true)];
+    while let Some((i, root)) = pending.pop() {
+        let Some(part) = message.parts.get(i) else {
+            continue;
+        };
+        if !root {
+            for h in part
+                .headers
+                .iter()
+                .filter(|h| super::parse::is_cte(&h.name))
+            {
+                let (start, end) = (h.offset_start as usize, h.offset_end as usize);
+                if whole.get(start..end).is_some_and(is_label) {
+                    labels.push((h.offset_field as usize, end));
+                }
+            }
+        }
+        match &part.body {
+            PartType::Multipart(_) if is_sealed(part) => {}
+            PartType::Multipart(children) => {
+                pending.extend(children.iter().map(|&c| (c as usize, false)));
+            }
+            PartType::Message(inner) if part.encoding == Encoding::None => {
+                // The attached message's own header is a part of its own here.
+                let mut inner_labels = Vec::new();
+                eight_bit_labels(inner, whole, is_label, &mut inner_labels);
+                labels.extend(inner_labels);
+                if let Some(inner_root) = inner.parts.first() {
+                    for h in inner_root
+                        .headers
+                        .iter()
+                        .filter(|h| super::parse::is_cte(&h.name))
+                    {
+                        let (start, end) = (h.offset_start as usize, h.offset_end as usize);
+                        if whole.get(start..end).is_some_and(is_label) {
+                            labels.push((h.offset_field as usize, end));
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
     }
+}
+
+/// The entity with every `Content-Transfer-Encoding: 8bit` or `binary` label made `7bit` when
+/// all of its content is 7-bit now (as it is once the edits made each leaf signing-safe). A
+/// relay that converts 8-bit mail for a next hop without 8BITMIME (RFC 6152) goes by the
+/// labels, not the bytes: it would relabel and re-encode such a part inside the signed data,
+/// and the signature would no longer verify (review: ASCII text, a multipart and an attached
+/// message still labelled 8bit). The parts inside a sender's own signed or encrypted
+/// multipart keep their labels: those bytes are the sender's signature's.
+fn relabel_seven_bit(mut entity: ContentEntity) -> ContentEntity {
+    let eight_bit_label = |value: &[u8]| {
+        let value = String::from_utf8_lossy(value).trim().to_ascii_lowercase();
+        value == "8bit" || value == "binary"
+    };
+    let seven_bit = |data: &[u8]| {
+        data.iter().all(|&b| b != 0 && b < 0x80)
+            && data.split(|&b| b == b'\n').all(|l| l.len() <= 999)
+    };
+    if !seven_bit(&entity.body) {
+        return entity;
+    }
+    for field in &mut entity.fields {
+        if field.is("Content-Transfer-Encoding") && eight_bit_label(field.raw_value()) {
+            *field = HeaderField::new("Content-Transfer-Encoding", "7bit");
+        }
+    }
+    let whole = entity.to_entity();
+    let header_len = whole.len() - entity.body.len();
+    let Some(parsed) = MessageParser::default().parse(&whole[..]) else {
+        return entity;
+    };
+    // (start, end) of each label to change, in the entity's offsets.
+    let mut labels = Vec::new();
+    eight_bit_labels(&parsed, &whole, &eight_bit_label, &mut labels);
+    let mut labels: Vec<(usize, usize)> = labels
+        .into_iter()
+        .filter(|&(start, _)| start >= header_len)
+        .map(|(start, end)| (start - header_len, end - header_len))
+        .collect();
+    if labels.is_empty() {
+        return entity;
+    }
+    labels.sort_unstable();
+    let mut body = Vec::with_capacity(entity.body.len());
+    let mut pos = 0;
+    for (start, end) in labels {
+        let Some(field) = entity.body.get(start..end) else {
+            continue;
+        };
+        if start < pos {
+            continue;
+        }
+        body.extend_from_slice(&entity.body[pos..start]);
+        body.extend_from_slice(b"Content-Transfer-Encoding: 7bit");
+        if field.ends_with(b"\n") {
+            body.extend_from_slice(b"\r\n");
+        }
+        pos = end;
+    }
+    body.extend_from_slice(&entity.body[pos..]);
+    entity.body = body;
+    entity
 }
 
 fn visit(message: &Message<'_>, part: &MessagePart<'_>, raw: &[u8], edits: &mut Vec<Edit>) {
@@ -725,6 +842,51 @@ Content-Transfer-Encoding: 8bit\r\n\r\n<p>h\xc3\xa9</p>\r\n";
             ),
             "{text}"
         );
+    }
+
+    /// 8bit and binary labels over content that is 7-bit once made safe become 7bit, at the
+    /// root, on a multipart, an attached message and its parts; inside a sender's own
+    /// multipart/signed they stay (review: a relay downgrading for a next hop without
+    /// 8BITMIME goes by the labels and would change signed bytes).
+    #[test]
+    fn eight_bit_labels_over_seven_bit_content_become_7bit() {
+        let raw = "From: a@example.org\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; \
+boundary=b\r\nContent-Transfer-Encoding: 8bit\r\n\r\n--b\r\nContent-Type: text/plain\r\n\
+Content-Transfer-Encoding: 8bit\r\n\r\nascii only\r\n--b\r\nContent-Type: message/rfc822\r\n\
+Content-Transfer-Encoding: 8bit\r\n\r\nSubject: inner\r\nContent-Type: text/plain\r\n\
+Content-Transfer-Encoding: 8bit\r\n\r\nGr\u{fc}\u{df}e\r\n--b\r\nContent-Type: multipart/signed; \
+protocol=\"application/pgp-signature\"; micalg=pgp-sha256; boundary=s\r\n\r\n--s\r\n\
+Content-Type: text/plain\r\nContent-Transfer-Encoding: 8bit\r\n\r\nsigned ascii\r\n--s\r\n\
+Content-Type: application/pgp-signature\r\n\r\nSIG\r\n--s--\r\n--b--\r\n";
+        let entity = content_entity(&ParsedMessage::parse(raw.as_bytes().to_vec()).unwrap());
+        let text = String::from_utf8(entity.to_entity()).unwrap();
+        assert!(text.is_ascii(), "{text}");
+        // Only the signed part's own label is left.
+        assert_eq!(
+            text.matches("Content-Transfer-Encoding: 8bit").count(),
+            1,
+            "{text}"
+        );
+        assert!(
+            text.contains("Content-Transfer-Encoding: 8bit\r\n\r\nsigned ascii"),
+            "{text}"
+        );
+        assert!(
+            text.starts_with(
+                "Content-Type: multipart/mixed; boundary=b\r\nContent-Transfer-Encoding: 7bit\r\n"
+            ),
+            "{text}"
+        );
+        assert_eq!(
+            text.matches("Content-Transfer-Encoding: 7bit").count(),
+            3,
+            "{text}"
+        );
+        // Content still 8-bit (in the sender's signed part): the labels stay.
+        let eight = raw.replace("signed ascii", "sign\u{e9}d");
+        let entity = content_entity(&ParsedMessage::parse(eight.into_bytes()).unwrap());
+        let text = String::from_utf8_lossy(&entity.to_entity()).into_owned();
+        assert!(!text.contains("Content-Transfer-Encoding: 7bit"), "{text}");
     }
 
     #[test]
