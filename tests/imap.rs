@@ -1396,6 +1396,12 @@ fn unknown_system_flags_are_refused() {
     raw.ok("SELECT INBOX");
     let (_, tagged) = raw.cmd("STORE 1 +FLAGS (\\Bogus)");
     assert!(tagged.contains(" BAD "), "{tagged}");
+    // Nor is a FETCH of no item (RFC 3501 §9), which had `* 1 FETCH ()` for an answer.
+    let (untagged, tagged) = raw.cmd("FETCH 1 ()");
+    assert!(
+        tagged.contains(" BAD ") && untagged.is_empty(),
+        "{untagged:?} {tagged}"
+    );
     raw.ok("STORE 1 +FLAGS (\\Recent \\Flagged)");
     let flags = raw.ok("FETCH 1 (FLAGS)").join("\n");
     assert!(

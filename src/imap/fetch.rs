@@ -37,6 +37,11 @@ impl Session {
             }
             MacroOrMessageDataItemNames::MessageDataItemNames(items) => items,
         };
+        // RFC 3501 §9: a list of at least one item (`FETCH 1 ()` would be answered with
+        // `* 1 FETCH ()`, which breaks the grammar of the response too).
+        if items.is_empty() {
+            return Err(CmdError::bad("FETCH needs at least one data item"));
+        }
         if items.iter().any(|i| {
             matches!(
                 i,
