@@ -131,22 +131,26 @@ fn eight_bit_labels(
     is_label: &dyn Fn(&[u8]) -> bool,
     labels: &mut Vec<(usize, usize)>,
 ) {
+    let mut of_part = |part: &MessagePart<'_>| {
+        for h in part
+            .headers
+            .iter()
+            .filter(|h| super::parse::is_cte(&h.name))
+        {
+            let (start, end) = (h.offset_start as usize, h.offset_end as usize);
+            if whole.get(start..end).is_some_and(is_label) {
+                labels.push((h.offset_field as usize, end));
+            }
+        }
+    };
+    let mut inner_messages = Vec::new();
     let mut pending = vec![(0usize, true)];
     while let Some((i, root)) = pending.pop() {
         let Some(part) = message.parts.get(i) else {
             continue;
         };
         if !root {
-            for h in part
-                .headers
-                .iter()
-                .filter(|h| super::parse::is_cte(&h.name))
-            {
-                let (start, end) = (h.offset_start as usize, h.offset_end as usize);
-                if whole.get(start..end).is_some_and(is_label) {
-                    labels.push((h.offset_field as usize, end));
-                }
-            }
+            of_part(part);
         }
         match &part.body {
             PartType::Multipart(_) if is_sealed(part) => {}
@@ -154,25 +158,17 @@ fn eight_bit_labels(
                 pending.extend(children.iter().map(|&c| (c as usize, false)));
             }
             PartType::Message(inner) if part.encoding == Encoding::None => {
-                // The attached message's own header is a part of its own here.
-                let mut inner_labels = Vec::new();
-                eight_bit_labels(inner, whole, is_label, &mut inner_labels);
-                labels.extend(inner_labels);
+                // The attached message's own header counts too: its root is a part here.
                 if let Some(inner_root) = inner.parts.first() {
-                    for h in inner_root
-                        .headers
-                        .iter()
-                        .filter(|h| super::parse::is_cte(&h.name))
-                    {
-                        let (start, end) = (h.offset_start as usize, h.offset_end as usize);
-                        if whole.get(start..end).is_some_and(is_label) {
-                            labels.push((h.offset_field as usize, end));
-                        }
-                    }
+                    of_part(inner_root);
                 }
+                inner_messages.push(inner);
             }
             _ => {}
         }
+    }
+    for inner in inner_messages {
+        eight_bit_labels(inner, whole, is_label, labels);
     }
 }
 

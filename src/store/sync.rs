@@ -1057,12 +1057,7 @@ fn change_waiting(
     mailbox: &str,
     uid: u32,
 ) -> Result<bool, StoreError> {
-    Ok(tx
-        .prepare_cached(
-            "SELECT EXISTS (SELECT 1 FROM journal
-                            WHERE account = ?1 AND mailbox = ?2 AND uid = ?3)",
-        )?
-        .query_row(params![account, mailbox, uid], |r| r.get(0))?)
+    journal_has(tx, account, mailbox, uid, "")
 }
 
 /// True when a move or copy of this message still waits in the journal: it may need the
@@ -1073,12 +1068,29 @@ fn upload_waiting(
     mailbox: &str,
     uid: u32,
 ) -> Result<bool, StoreError> {
+    journal_has(
+        tx,
+        account,
+        mailbox,
+        uid,
+        "AND kind IN ('append', 'copy', 'move')",
+    )
+}
+
+/// Whether the journal has an entry for this message (and `condition`, SQL).
+fn journal_has(
+    tx: &rusqlite::Connection,
+    account: AccountId,
+    mailbox: &str,
+    uid: u32,
+    condition: &'static str,
+) -> Result<bool, StoreError> {
+    let sql = format!(
+        "SELECT EXISTS (SELECT 1 FROM journal
+                        WHERE account = ?1 AND mailbox = ?2 AND uid = ?3 {condition})"
+    );
     Ok(tx
-        .prepare_cached(
-            "SELECT EXISTS (SELECT 1 FROM journal
-                            WHERE account = ?1 AND mailbox = ?2 AND uid = ?3
-                              AND kind IN ('append', 'copy', 'move'))",
-        )?
+        .prepare_cached(&sql)?
         .query_row(params![account, mailbox, uid], |r| r.get(0))?)
 }
 
