@@ -218,6 +218,30 @@ async fn all_or_nothing_refuses_the_whole_message() {
     }
 }
 
+/// A key whose user ID is an address alone with capitals (`Mixed@Example.org`, as
+/// `gpg --quick-gen-key` makes it) is found to encrypt to, to sign with and for its user IDs.
+/// GPGME names no email for such a user ID: the key was never matched, and since gpg had
+/// listed it, the keyring was taken for broken (451 for the whole message; review).
+#[tokio::test]
+async fn a_bare_address_user_id_with_capitals_is_found() {
+    let world = World::new();
+    let fpr = world.sender.generate("Mixed@Example.org");
+    let service = world.sender.service(Duration::from_secs(20));
+    let r = service.resolve("mixed@example.org").await.unwrap();
+    assert_eq!(
+        r,
+        Resolution::Usable {
+            fingerprint: fpr.clone(),
+            others: 0
+        }
+    );
+    assert_eq!(
+        service.signer("MIXED@example.org").await.unwrap(),
+        Some(fpr.clone())
+    );
+    assert_eq!(service.user_ids(&fpr).await.unwrap(), ["mixed@example.org"]);
+}
+
 #[tokio::test]
 async fn expired_revoked_and_sign_only_keys_count_as_no_key() {
     let world = World::new();

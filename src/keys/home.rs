@@ -82,10 +82,18 @@ pub fn public_keyring_problem(home: &Path, address: &str) -> Option<String> {
             .iter()
             .any(|w| l.contains(w))
     };
+    // gpg listed a key for the address (whose user ID sealpost did not take for it): the
+    // keyring was searched; it has no key for the address by sealpost's reading.
+    let listed = |out: &std::process::Output| {
+        out.status.success()
+            && String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .any(|l| l.starts_with("pub:"))
+    };
     match out {
         Err(e) => Some(format!("cannot run gpg: {e}")),
         Ok(out)
-            if String::from_utf8_lossy(&out.stdout).lines().any(no_pubkey)
+            if (String::from_utf8_lossy(&out.stdout).lines().any(no_pubkey) || listed(&out))
                 && !String::from_utf8_lossy(&out.stderr).lines().any(damage) =>
         {
             None

@@ -149,7 +149,7 @@ pub fn execute(gpg: &mut Gpg, request: Request) -> Result<Response, KeyError> {
             Ok(Response::UserIds(
                 key.user_ids()
                     .filter(|u| !u.is_revoked() && !u.is_invalid())
-                    .filter_map(|u| u.email().ok().map(str::to_ascii_lowercase))
+                    .filter_map(|u| uid_address(&u).map(|a| a.to_ascii_lowercase()))
                     .filter(|e| !e.is_empty())
                     .collect(),
             ))
@@ -481,7 +481,7 @@ fn find_signer(ctx: &mut Context, who: &str) -> Result<Option<String>, KeyError>
         }
         let uid_ok = key
             .user_ids()
-            .any(|u| u.email().is_ok_and(|e| same_address(e, who)) && !u.is_revoked());
+            .any(|u| uid_address(&u).is_some_and(|e| same_address(e, who)) && !u.is_revoked());
         let can_sign = key.subkeys().any(|s| {
             s.can_sign() && s.is_secret() && !s.is_revoked() && !s.is_expired() && !s.is_invalid()
         });
@@ -526,6 +526,19 @@ fn address_patterns(addr: &str) -> Vec<String> {
     spellings.into_iter().map(|s| format!("<{s}>")).collect()
 }
 
+/// A user ID's address: its `<...>` part as written, else the address GPGME reads from a user
+/// ID that is an address alone. GPGME gives no email for `Mixed@example.org` (only
+/// `mixed@example.org` as its address; a lower-case one it gives as both): such a key was
+/// never found, and since gpg did list it, the keyring was taken for broken (451 for the
+/// whole message, for good; review).
+fn uid_address<'a>(u: &'a gpgme::UserId<'_>) -> Option<&'a str> {
+    u.email()
+        .ok()
+        .filter(|e| !e.is_empty())
+        .or_else(|| u.address().ok())
+        .filter(|a| !a.is_empty())
+}
+
 /// Whether a UID's address is `addr`, the domain compared in IDNA ASCII.
 fn same_address(uid_address: &str, addr: &str) -> bool {
     uid_address.eq_ignore_ascii_case(addr)
@@ -542,7 +555,7 @@ fn list_facts(ctx: &mut Context, addr: &str) -> Result<Vec<KeyFacts>, KeyError> 
         let key = key.map_err(to_err("looking up a public key"))?;
         let matching: Vec<_> = key
             .user_ids()
-            .filter(|u| u.email().is_ok_and(|e| same_address(e, addr)))
+            .filter(|u| uid_address(u).is_some_and(|e| same_address(e, addr)))
             .collect();
         if matching.is_empty() {
             continue;
