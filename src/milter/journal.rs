@@ -52,11 +52,30 @@ impl Journal {
         .map_err(err)?;
         let mut reserve = path.as_os_str().to_owned();
         reserve.push(".reserve");
-        Ok(Journal {
+        let journal = Journal {
             conn: Mutex::new(conn),
             path: path.to_path_buf(),
             reserve: crate::reserve::Reserve::new(reserve.into()),
-        })
+        };
+        journal.ensure_writable()?;
+        Ok(journal)
+    }
+
+    /// Fails unless a record can be written now: a row is inserted and rolled back. A journal
+    /// that can be read but not written (left root's after a run as root, a read-only file)
+    /// took no record after each copy went, and every retry of the message sent the copies
+    /// again (review: three copies for three tries).
+    pub fn ensure_writable(&self) -> Result<(), JournalError> {
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(|e| self.err(e))?;
+        tx.execute(
+            "INSERT INTO reinjected(identity, recipient, at) VALUES ('', '<write check>', 0)",
+            [],
+        )
+        .map_err(|e| self.err(e))?;
+        tx.rollback().map_err(|e| self.err(e))
     }
 
     fn err(&self, source: rusqlite::Error) -> JournalError {
@@ -127,6 +146,23 @@ impl Journal {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A journal that cannot take a record is found out before a copy goes (here by
+    /// SQLite's query_only: as root, file modes do not stop a write).
+    #[test]
+    fn a_journal_that_cannot_be_written_is_found_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(&dir.path().join("j.sqlite")).unwrap();
+        j.ensure_writable().unwrap();
+        j.conn().pragma_update(None, "query_only", true).unwrap();
+        let e = j.ensure_writable().unwrap_err().to_string();
+        assert!(e.contains("j.sqlite"), "{e}");
+        j.conn().pragma_update(None, "query_only", false).unwrap();
+        assert!(
+            !j.contains("", "<write check>").unwrap(),
+            "nothing is left of the check"
+        );
+    }
 
     #[test]
     fn records_survive_reopening() {

@@ -982,6 +982,13 @@ async fn reinject(
         );
         return Err(format!("no room to journal the re-injection: {e}"));
     }
+    if let Err(e) = milter.journal.ensure_writable() {
+        tracing::warn!(
+            "{queue_id}: to=<{}> not re-injected: the journal cannot record it: {e}",
+            copy.recipient
+        );
+        return Err(format!("the journal cannot record the re-injection: {e}"));
+    }
     let bytes = copy.message.as_deref().unwrap_or_default();
     // The client's DSN parameters go with the copy: NOTIFY=NEVER or SUCCESS, ORCPT, RET and
     // ENVID count for it as for the original.
