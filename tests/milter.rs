@@ -477,6 +477,47 @@ fn reinjection_failing_after_the_first_copy_then_recovering_gives_one_copy_each(
     check_three_copies(world, postfix.wait_messages(3));
 }
 
+/// all-or-nothing: a try re-injects erin's copy, then carol's re-injection fails; carol's key
+/// is gone before the retry, so the message is refused as a whole now. Erin has her copy,
+/// so the client is not told 550 (it would take every recipient for failed): the others,
+/// bob and carol, are reported to the sender, and erin gets no second copy (review).
+#[test]
+fn a_refusal_after_copies_went_is_reported_not_rejected() {
+    let Some(rig) = Rig::new() else { return };
+    let (world, postfix) = (&rig.world, &rig.postfix);
+    world.sender.generate("Erin <erin@example.org>");
+    let _milter = rig.milter_with("[policy]\ndomains = { \"example.org\" = \"all-or-nothing\" }\n");
+    postfix.fail_reinjection(Some("carol@example.org"));
+    let rcpts = ["bob@example.org", "erin@example.org", "carol@example.org"];
+    let reply = rig.smtp(&rcpts);
+    assert!(reply.starts_with("451"), "{reply}");
+    let first = by_recipient(postfix.wait_messages(1));
+    assert_eq!(first[0].0, "erin@example.org");
+    postfix.fail_reinjection(None);
+    let out = world.sender.gpg(&["--delete-keys", &world.carol_fpr], None);
+    assert!(out.status.success(), "{out:?}");
+    let reply = rig.smtp(&rcpts);
+    assert!(reply.starts_with("250"), "{reply}");
+    // Erin's copy of the first try, and the report: nothing else.
+    let got = by_recipient(postfix.settled_messages(2));
+    assert_eq!(got[1].0, "erin@example.org");
+    assert_eq!(got[0].0, "alice@example.org");
+    let (plain, _, _, _) = world
+        .sender
+        .decrypt(&ciphertext(&crlf(&got[0].1)))
+        .expect("the report is encrypted to alice");
+    for rcpt in ["bob@example.org", "carol@example.org"] {
+        assert!(contains(
+            &plain,
+            &format!("Final-Recipient: rfc822; {rcpt}")
+        ));
+    }
+    assert!(!contains(
+        &plain,
+        "Final-Recipient: rfc822; erin@example.org"
+    ));
+}
+
 /// The re-injection listener refuses one recipient for good (a 5xx, as for a copy over its
 /// size limit): that recipient is reported to the sender and the others get their copies; the
 /// client is not told to retry a refusal that would come back every time.

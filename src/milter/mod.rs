@@ -735,6 +735,17 @@ async fn end_of_message(
     // Recipients earlier tries re-injected: their copies went, so this try never refuses the
     // message as a whole (that would report them as failed too).
     let some_done = pending.len() < t.recipients.len();
+    // Who a refusal of the message as a whole is for: every recipient, or after an earlier
+    // try re-injected some, the others only (reported; the message is not refused to the
+    // client, whose other recipients have their copies: review, a 550 after copies went).
+    let refused = Refused {
+        recipients: if some_done {
+            pending.clone()
+        } else {
+            t.recipients.clone()
+        },
+        reject: t.smtp && !some_done,
+    };
     let (inbound, outbound): (Vec<String>, Vec<String>) =
         pending.into_iter().partition(|r| milter.is_inbound(&t, r));
     // Every recipient's decision is made before any copy is built or sent: a refusal of the
@@ -759,11 +770,13 @@ async fn end_of_message(
         match core.prepare(&envelope, message).await {
             Ok(Prepared::Copies(p)) => planned.push(p),
             Ok(Prepared::Refused(reply)) => {
-                return refuse_whole(cx, milter, &t, &raw, queue_id, &id, now, reply).await;
+                return refuse_whole(cx, milter, &t, &raw, queue_id, &id, now, reply, &refused)
+                    .await;
             }
             Err(e) => {
                 let reply = Reply::new(554, "5.6.0", format!("sealpost: {e}"));
-                return refuse_whole(cx, milter, &t, &raw, queue_id, &id, now, reply).await;
+                return refuse_whole(cx, milter, &t, &raw, queue_id, &id, now, reply, &refused)
+                    .await;
             }
         }
     }
@@ -907,7 +920,7 @@ async fn end_of_message(
             .map(|f| without_reply_code(&f.diagnostic).to_string())
             .unwrap_or_else(|| "no recipient can receive this message".into());
         let reply = Reply::new(550, "5.7.1", reply);
-        return refuse_whole(cx, milter, &t, &raw, queue_id, &id, now, reply).await;
+        return refuse_whole(cx, milter, &t, &raw, queue_id, &id, now, reply, &refused).await;
     }
     if !failures.is_empty() {
         if let Err(text) = report_once(milter, queue_id, &id, &t, &raw, &failures, now).await {
@@ -1088,12 +1101,19 @@ fn without_reply_code(text: &str) -> &str {
     }
 }
 
+/// Who a refusal of the message as a whole is for, and whether it goes to the SMTP client.
+struct Refused {
+    recipients: Vec<String>,
+    reject: bool,
+}
+
 /// Refuses the whole message at its end. Over SMTP the client hears the reply. On Postfix's
 /// sendmail path nobody would: Postfix bounces a rejected message to its sender itself, with
 /// the message's header (Subject, To, Cc) in clear (seen in the test), and the sender may be
 /// any address `-f` named. There the sender gets sealpost's own report instead (header only,
 /// through the reports core, so encrypted to the sender when they have a key, like the report
-/// for refused recipients) and the message is discarded.
+/// for refused recipients) and the message is discarded. After an earlier try re-injected
+/// copies, the others only are reported, on either path.
 #[allow(clippy::too_many_arguments)]
 async fn refuse_whole(
     cx: &mut EomContext<Session>,
@@ -1104,14 +1124,15 @@ async fn refuse_whole(
     id: &str,
     now: i64,
     reply: Reply,
+    refused: &Refused,
 ) -> Status {
-    if t.smtp {
+    if refused.reject {
         let _ = cx
             .reply
             .set_error_reply(&reply.code.to_string(), Some(reply.status), [reply.text]);
         return Status::Reject;
     }
-    let failures: Vec<bounce::Recipient> = t
+    let failures: Vec<bounce::Recipient> = refused
         .recipients
         .iter()
         .map(|r| bounce::Recipient {
@@ -1125,7 +1146,12 @@ async fn refuse_whole(
         return tempfail(cx, &text);
     }
     tracing::info!(
-        "{queue_id}: refused as a whole ({reply}); not an SMTP client: {}; discarded",
+        "{queue_id}: refused as a whole ({reply}); {}: {}; discarded",
+        if t.smtp {
+            "copies of an earlier try went"
+        } else {
+            "not an SMTP client"
+        },
         if t.sender.is_empty() {
             "no sender to report to"
         } else {
