@@ -349,6 +349,47 @@ fn search_reads_every_date_form_and_group_names() {
     assert_eq!(search(&mut raw, "SEARCH TO \"carol\""), "* SEARCH 2");
 }
 
+/// The server's peak resident memory (VmHWM), in KiB.
+fn peak_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// One FETCH line naming a section many times over many messages: the responses are rendered
+/// a few MB at a time, not a whole batch at once (review: a line of 1,200 items had the
+/// server render 4 GB), and more than 100 sections in one FETCH are refused.
+#[test]
+fn a_fetch_of_many_sections_keeps_memory_bounded() {
+    let server = Server::start();
+    let mut raw = server.login();
+    let body = "0123456789abcdef ".repeat(1200);
+    for i in 0..60 {
+        let message = format!("Subject: m{i}\r\n\r\n{body}\r\n");
+        raw.ok(&format!("APPEND INBOX {{{}+}}\r\n{message}", message.len()));
+    }
+    raw.ok("SELECT INBOX");
+    let (_, tagged) = raw.cmd(&format!(
+        "FETCH 1 ({})",
+        vec!["BODY.PEEK[TEXT]"; 101].join(" ")
+    ));
+    assert!(tagged.contains(" BAD "), "{tagged}");
+    let before = peak_kib(server.pid());
+    let items = vec!["BODY.PEEK[TEXT]"; 100].join(" ");
+    let responses = raw.ok(&format!("FETCH 1:60 ({items})"));
+    let grown_mib = (peak_kib(server.pid()) - before) / 1024;
+    assert_eq!(responses.len(), 60);
+    for (i, r) in responses.iter().enumerate() {
+        assert!(r.starts_with(&format!("* {} FETCH (", i + 1)), "{:.60}", r);
+        assert_eq!(r.matches("0123456789abcdef").count(), 100 * 1200);
+    }
+    // 60 responses of 2 MB each were 120 MB rendered at once.
+    assert!(grown_mib < 40, "the server grew by {grown_mib} MiB");
+}
+
 /// A verdict field is sealpost's only when sealpost verified the message. One a client APPENDs
 /// (mail dragged in from another account, say) or `sealpost import` reads is removed, in every
 /// spelling; the rest of the message is stored byte for byte.
@@ -1395,6 +1436,9 @@ fn unknown_system_flags_are_refused() {
     raw.ok(&format!("APPEND INBOX {{{}+}}\r\n{message}", message.len()));
     raw.ok("SELECT INBOX");
     let (_, tagged) = raw.cmd("STORE 1 +FLAGS (\\Bogus)");
+    assert!(tagged.contains(" BAD "), "{tagged}");
+    // Nor a binary literal (~{n}, RFC 3516; BINARY is not announced), which let a NUL in.
+    let (_, tagged) = raw.cmd("APPEND INBOX ~{5+}\r\nab\0cd");
     assert!(tagged.contains(" BAD "), "{tagged}");
     // Nor is a FETCH of no item (RFC 3501 §9), which had `* 1 FETCH ()` for an answer.
     let (untagged, tagged) = raw.cmd("FETCH 1 ()");

@@ -22,6 +22,8 @@ use crate::store::{ContentData, FlagOp, Flags, MessageRow, Need, Origin};
 const BATCH: usize = 1024;
 /// Bytes of whole messages read per round trip (at least one message is always read).
 const BUDGET: u64 = 4 << 20;
+/// Most BODY[...] and RFC822 items one FETCH may name (MUAs name a few).
+const MAX_SECTIONS: usize = 100;
 
 impl Session {
     pub(super) async fn fetch(
@@ -41,6 +43,25 @@ impl Session {
         // `* 1 FETCH ()`, which breaks the grammar of the response too).
         if items.is_empty() {
             return Err(CmdError::bad("FETCH needs at least one data item"));
+        }
+        // Each section of a message is a copy of its bytes in the response (up to 64 KiB
+        // each): a client naming thousands made one message's response hundreds of MB.
+        let sections = items
+            .iter()
+            .filter(|i| {
+                matches!(
+                    i,
+                    MessageDataItemName::BodyExt { .. }
+                        | MessageDataItemName::Rfc822
+                        | MessageDataItemName::Rfc822Header
+                        | MessageDataItemName::Rfc822Text
+                )
+            })
+            .count();
+        if sections > MAX_SECTIONS {
+            return Err(CmdError::bad(format!(
+                "at most {MAX_SECTIONS} message sections in one FETCH"
+            )));
         }
         if items.iter().any(|i| {
             matches!(
@@ -121,35 +142,46 @@ impl Session {
                 let wanted: Vec<u32> = chunk.iter().map(|t| t.1).collect();
                 let batch = store.fetch_batch(mailbox, &wanted, need, BUDGET)?;
                 let covered = chunk.partition_point(|t| t.1 <= batch.through);
-                // Messages of the session's view another session expunged since.
-                let gone = covered - batch.items.len().min(covered);
+                // The messages of the session's view still there (the others another session
+                // expunged since).
+                let present: Vec<u32> = batch.items.iter().map(|(r, _)| r.uid).collect();
                 let mut fetched = batch.items;
                 if let Some(since) = changed_since {
                     fetched.retain(|(r, _)| r.modseq > since);
                 }
+                let mut covered = chunk[..covered].to_vec();
                 let read = if sets_seen {
-                    Read::Rows(chunk[..covered].to_vec(), fetched)
+                    Read::Rows(fetched)
                 } else {
-                    Read::Rendered(renderer.render(&chunk[..covered], &fetched, &[])?)
+                    let (chunks, through) = renderer.render(&covered, &fetched, &[])?;
+                    covered.truncate(covered.partition_point(|t| t.1 <= through));
+                    Read::Rendered(chunks)
                 };
-                Ok::<_, CmdError>((covered, read, gone))
+                Ok::<_, CmdError>((covered, read, present))
             })
         };
         let mut rest = &targets[..];
         let mut next = (!rest.is_empty()).then(|| read(rest));
         let mut expunged = 0;
+        // UIDs this FETCH set \Seen on whose responses are still to come.
+        let mut seen_now = Vec::new();
         while let Some(reading) = next.take() {
-            let (covered, batch, gone) = reading.await??;
-            expunged += gone;
-            rest = &rest[covered..];
-            next = (!rest.is_empty()).then(|| read(rest));
+            let (mut covered, batch, present) = reading.await??;
             let chunks = match batch {
                 Read::Rendered(chunks) => chunks,
-                Read::Rows(covered, mut fetched) => {
-                    let seen_now = self.set_seen(mailbox, &mut fetched).await?;
-                    renderer.render(&covered, &fetched, &seen_now)?
+                Read::Rows(mut fetched) => {
+                    seen_now.extend(self.set_seen(mailbox, &mut fetched).await?);
+                    let (chunks, through) = renderer.render(&covered, &fetched, &seen_now)?;
+                    covered.truncate(covered.partition_point(|t| t.1 <= through));
+                    chunks
                 }
             };
+            expunged += covered
+                .iter()
+                .filter(|t| present.binary_search(&t.1).is_err())
+                .count();
+            rest = &rest[covered.len()..];
+            next = (!rest.is_empty()).then(|| read(rest));
             for chunk in &chunks {
                 self.conn.write(chunk.as_slice()).await?;
             }
@@ -219,9 +251,8 @@ impl Session {
 enum Read {
     /// The FETCH responses, ready to write.
     Rendered(Vec<Chunk>),
-    /// The (sequence number, UID) pairs covered and the messages read, to render after
-    /// \\Seen is set.
-    Rows(Vec<(u32, u32)>, Vec<(MessageRow, ContentData)>),
+    /// The messages read, to render after \\Seen is set.
+    Rows(Vec<(MessageRow, ContentData)>),
 }
 
 /// Renders FETCH responses: the items asked for and the session facts they depend on.
@@ -237,13 +268,16 @@ struct Renderer {
 
 impl Renderer {
     /// `covered` and `fetched` are both in UID order; the pairs carry the sequence numbers of
-    /// the command's view (expunged messages are absent from `fetched`).
+    /// the command's view (expunged messages are absent from `fetched`). Stops after the
+    /// message whose responses bring the bytes rendered (copied, not passed on) past
+    /// BUDGET: a FETCH naming a 60 KB section 1,200 times had a batch of 60 messages render
+    /// 4 GB (review). Returns the responses and the UID they go up to (`u32::MAX`: all).
     fn render(
         &self,
         covered: &[(u32, u32)],
         fetched: &[(MessageRow, ContentData)],
         seen_now: &[u32],
-    ) -> Result<Vec<Chunk>, CmdError> {
+    ) -> Result<(Vec<Chunk>, u32), CmdError> {
         // Sized for the batch up front: no regrowth copies of a large response. A large
         // message is passed on, not copied in.
         let estimate: usize = fetched
@@ -282,8 +316,11 @@ impl Renderer {
                     changed_since: self.changed_since,
                 },
             )?;
+            if out.rendered_len() as u64 > BUDGET {
+                return Ok((out.into_chunks(), row.uid));
+            }
         }
-        Ok(out.into_chunks())
+        Ok((out.into_chunks(), u32::MAX))
     }
 }
 

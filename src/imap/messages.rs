@@ -55,7 +55,14 @@ impl Session {
         let target = self.target_mailbox(&mailbox).await?;
         let bytes = match message {
             LiteralOrLiteral8::Literal(literal) => literal.into_inner().into_owned(),
-            LiteralOrLiteral8::Literal8(literal) => literal.data.into_owned(),
+            // RFC 3516's ~{n} is for servers that announce BINARY, which this one does not:
+            // it let a NUL byte in past the check on literals (review), and served it in a
+            // plain literal.
+            LiteralOrLiteral8::Literal8(_) => {
+                return Err(CmdError::bad(
+                    "BINARY is not supported: send the message as a literal",
+                ))
+            }
         };
         if bytes.is_empty() {
             return Err(CmdError::no(None, "Empty message"));

@@ -15,6 +15,8 @@ pub struct Out {
     pub bytes: Vec<u8>,
     /// What came before `bytes`, when a literal was passed on from a stored message.
     done: Vec<Chunk>,
+    /// Bytes of the rendered chunks in `done`.
+    rendered_done: usize,
 }
 
 /// A piece of a response: bytes rendered here, or a stored message's bytes (all of them or a
@@ -64,6 +66,7 @@ impl Out {
         Out {
             bytes: Vec::with_capacity(capacity),
             done: Vec::new(),
+            rendered_done: 0,
         }
     }
 
@@ -71,6 +74,11 @@ impl Out {
     /// (see [`Out::stored_literal`]).
     pub fn passes_on(len: usize) -> bool {
         len >= PASS_ON_AT
+    }
+
+    /// Bytes rendered (copied or made) so far, not counting stored bytes passed on.
+    pub fn rendered_len(&self) -> usize {
+        self.rendered_done + self.bytes.len()
     }
 
     /// The response in its pieces, in order.
@@ -145,6 +153,7 @@ impl Out {
             return self.literal(value);
         }
         self.num_literal_header(value.len());
+        self.rendered_done += self.bytes.len();
         self.done
             .push(Chunk::Rendered(std::mem::take(&mut self.bytes)));
         self.done
