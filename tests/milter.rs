@@ -1057,6 +1057,27 @@ fn routed_and_malformed_recipients_over_smtp() {
     assert!(world.carol.decrypt(&ciphertext(&bob_copy)).is_none());
 }
 
+/// The same with a null sender (a notice, which must not bounce): nobody gets a report, and
+/// the milter's log names the recipient left without a copy and why (review: no line at all).
+#[test]
+fn a_recipient_refused_for_a_null_sender_is_logged() {
+    let Some(rig) = Rig::new() else { return };
+    let postfix = &rig.postfix;
+    let milter = rig.milter_with(ENCRYPT_ONLY_NET);
+    let out = postfix.sendmail(&["-t", "-i", "-f", "<>"], MESSAGE.as_bytes());
+    assert!(out.status.success(), "{out:?}");
+    let got = by_recipient(postfix.settled_messages(2));
+    let names: Vec<&str> = got.iter().map(|(r, _)| r.as_str()).collect();
+    assert_eq!(names, ["bob@example.org", "carol@example.org"]);
+    let log = milter.log();
+    assert!(
+        log.contains(
+            "to=<dave@example.net> not delivered and not reported (null sender): 550 5.7.1"
+        ),
+        "{log}"
+    );
+}
+
 /// encrypt-only on Postfix's sendmail path, where a milter may not refuse a recipient: the
 /// keyless recipient is removed and the sender gets a report naming it; the others their copies.
 #[test]

@@ -1192,11 +1192,21 @@ async fn report_once(
             f.recipient
         );
     }
+    // A null sender (a bounce, a notice) has nobody to report to: said in the log, one line
+    // per recipient with its reason, so that a copy not made is never silent (review: such a
+    // recipient had no line anywhere).
+    if sender.is_empty() {
+        for f in &failures {
+            tracing::warn!(
+                "{queue_id}: to=<{}> not delivered and not reported (null sender): {}",
+                f.recipient,
+                f.diagnostic
+            );
+        }
+        return Ok(());
+    }
     // A journal that cannot be read: sent (again) rather than not at all.
-    if sender.is_empty()
-        || failures.is_empty()
-        || milter.journal.contains(id, "<report>").unwrap_or(false)
-    {
+    if failures.is_empty() || milter.journal.contains(id, "<report>").unwrap_or(false) {
         return Ok(());
     }
     let envid = t.mail_dsn.envid.as_deref();

@@ -160,16 +160,51 @@ pub fn plan(
             "5.7.1",
             format!(
                 "message refused: every recipient must have a usable key; none for {}",
-                keyless.join(", ")
+                listed(&keyless, 300)
             ),
         ));
     }
     Plan::PerRecipient(steps)
 }
 
+/// `items` joined with ", " up to about `max` characters, then "and N more": an SMTP reply
+/// line holds 512 octets (RFC 5321 §4.5.3.1.5), and Postfix replaced a longer one with a bare
+/// "Command rejected", the reason lost (review: 20 keyless recipients).
+fn listed(items: &[String], max: usize) -> String {
+    let mut out = String::new();
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 && out.len() + 2 + item.len() > max {
+            return format!("{out} and {} more", items.len() - i);
+        }
+        if i > 0 {
+            out.push_str(", ");
+        }
+        out.push_str(item);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_long_list_is_cut_short() {
+        let many: Vec<String> = (0..40)
+            .map(|i| format!("recipient-number-{i:02}@example.org"))
+            .collect();
+        let text = listed(&many, 300);
+        assert!(text.len() < 340, "{text}");
+        assert!(
+            text.starts_with("recipient-number-00@example.org, "),
+            "{text}"
+        );
+        assert!(text.ends_with(" and 31 more"), "{text}");
+        assert_eq!(
+            listed(&many[..2], 300),
+            "recipient-number-00@example.org, recipient-number-01@example.org"
+        );
+    }
 
     fn rcpt(a: &str) -> Recipient {
         Recipient {
