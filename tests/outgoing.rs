@@ -202,6 +202,45 @@ async fn encrypt_only_rejects_the_keyless_recipient_with_5_7_1() {
     }
 }
 
+/// With Postfix's recipient delimiter set, bob+lists (delivered to bob) has bob's key when it
+/// has none of its own, and dave+x the encrypt-only rule of dave's address (review: both
+/// got cleartext). Without the delimiter, bob+lists is an address of its own.
+#[tokio::test]
+async fn an_address_extension_has_the_address_key_and_rule() {
+    let world = World::new();
+    let env = Envelope {
+        recipients: vec!["bob+lists@example.org".into(), "dave+x@example.net".into()],
+        ..envelope()
+    };
+    let mut policy = Policy {
+        recipient_delimiter: "+".into(),
+        ..Policy::default()
+    };
+    policy
+        .addresses
+        .insert("dave@example.net".into(), Mode::EncryptOnly);
+    let got = copies(run(&world, policy.clone(), &env, MESSAGE.as_bytes()).await);
+    let bob = got
+        .iter()
+        .find(|c| c.recipient == "bob+lists@example.org")
+        .unwrap();
+    open_encrypted(
+        &world,
+        &world.bob,
+        &world.bob_fpr,
+        bob.message.as_ref().unwrap(),
+    );
+    let dave = got
+        .iter()
+        .find(|c| c.recipient == "dave+x@example.net")
+        .unwrap();
+    assert!(dave.message.is_none(), "{:?}", dave.decision);
+    assert_eq!(dave.decision.name(), "rejected");
+    policy.recipient_delimiter.clear();
+    let got = copies(run(&world, policy, &env, MESSAGE.as_bytes()).await);
+    assert_eq!(got[0].decision.name(), "signed");
+}
+
 #[tokio::test]
 async fn all_or_nothing_refuses_the_whole_message() {
     let world = World::new();

@@ -137,12 +137,25 @@ impl Rewriter {
         &self.keys
     }
 
-    /// Looks up a key for one address, as the plan wants it.
+    /// Looks up a key for one address, as the plan wants it: an address with an extension
+    /// that has no key of its own has the key of the address it is delivered to.
     pub async fn lookup(&self, address: &str) -> Lookup {
-        match self.keys.resolve(address).await {
-            Ok(r) => Lookup::Found(r),
-            Err(e) => Lookup::Failed(e.to_string()),
+        let found = match self.keys.resolve(address).await {
+            Ok(r) => r,
+            Err(e) => return Lookup::Failed(e.to_string()),
+        };
+        let none_at_all = matches!(&found, Resolution::NoKey { refused } if refused.is_empty());
+        if let Some(base) = self
+            .policy
+            .without_extension(address)
+            .filter(|_| none_at_all)
+        {
+            return match self.keys.resolve(&base).await {
+                Ok(r) => Lookup::Found(r),
+                Err(e) => Lookup::Failed(e.to_string()),
+            };
         }
+        Lookup::Found(found)
     }
 
     /// Runs the core over one message: every copy, built at once. Front-ends that may face

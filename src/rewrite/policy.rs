@@ -63,6 +63,10 @@ pub struct Policy {
     /// Bcc in front of the other recipients): only [`Policy::upload`] sets it.
     #[serde(skip)]
     pub keep_bcc: bool,
+    /// Postfix's `recipient_delimiter` (each character a delimiter, "" none): a recipient
+    /// with an address extension (`bob+lists@example.org`, delivered to bob) has bob's
+    /// per-address mode and, when it has no key of its own, bob's key.
+    pub recipient_delimiter: String,
 }
 
 impl Default for Policy {
@@ -80,6 +84,7 @@ impl Default for Policy {
             default_signer: None,
             copy_batch_bytes: 64 * 1024 * 1024,
             keep_bcc: false,
+            recipient_delimiter: String::new(),
         }
     }
 }
@@ -111,7 +116,19 @@ impl Policy {
             default_signer: None,
             copy_batch_bytes: outgoing.copy_batch_bytes,
             keep_bcc: false,
+            recipient_delimiter: outgoing.recipient_delimiter.clone(),
         }
+    }
+
+    /// `address` without its extension (`bob+lists@x` is `bob@x` with delimiter "+"), as
+    /// Postfix delivers it; None when it has none.
+    pub fn without_extension(&self, address: &str) -> Option<String> {
+        if self.recipient_delimiter.is_empty() {
+            return None;
+        }
+        let (local, domain) = address.rsplit_once('@')?;
+        let at = local.find(|c| self.recipient_delimiter.contains(c))?;
+        (at > 0).then(|| format!("{}@{domain}", &local[..at]))
     }
 
     /// The policy for what the sync stores upstream for the user (Sent, Drafts, copies): to the
@@ -130,12 +147,19 @@ impl Policy {
     /// `bücher.de` in the configuration also governs `xn--bcher-kva.de` and the other way round.
     pub fn mode_for(&self, address: &str) -> Mode {
         let addr = canonical_address(address);
-        if let Some((_, m)) = self
-            .addresses
-            .iter()
-            .find(|(k, _)| canonical_address(k) == addr)
-        {
-            return *m;
+        // The address as given, then without its extension (bob+x is delivered to bob, and
+        // bob's rule holds for it: review, an encrypt-only rule was passed by).
+        let base = self
+            .without_extension(address)
+            .map(|a| canonical_address(&a));
+        for wanted in std::iter::once(&addr).chain(base.as_ref()) {
+            if let Some((_, m)) = self
+                .addresses
+                .iter()
+                .find(|(k, _)| canonical_address(k) == *wanted)
+            {
+                return *m;
+            }
         }
         let domain = addr.rsplit_once('@').map_or("", |(_, d)| d);
         self.domains
@@ -189,6 +213,16 @@ mod tests {
         assert_eq!(p.mode_for("x@xn--bcher-kva.de"), Mode::EncryptOnly);
         assert_eq!(p.mode_for("x@BÜCHER.de"), Mode::EncryptOnly);
         assert_eq!(p.mode_for("Chef@bücher.de"), Mode::AllOrNothing);
+        // An address extension has the address's own rule, once the delimiter is set.
+        let mut p = Policy::default();
+        p.addresses
+            .insert("n05@example.org".into(), Mode::EncryptOnly);
+        assert_eq!(p.mode_for("n05+x@example.org"), Mode::Opportunistic);
+        p.recipient_delimiter = "+-".into();
+        assert_eq!(p.mode_for("n05+x@example.org"), Mode::EncryptOnly);
+        assert_eq!(p.mode_for("N05-a+b@Example.org"), Mode::EncryptOnly);
+        assert_eq!(p.without_extension("+x@example.org"), None);
+        assert_eq!(p.without_extension("n05@example.org"), None);
         assert_eq!(p.mode_for("x@buecher.de"), Mode::Opportunistic);
     }
 
