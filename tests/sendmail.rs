@@ -1674,6 +1674,25 @@ fn a_relay_out_of_step_with_its_replies_loses_no_copy() {
     assert!(contains(&delivered[1].bytes, "554 5.7.1 content rejected"));
 }
 
+/// A relay that answers DATA twice: the second 354 is read as the answer to the final ".",
+/// which only a 2xx may be. The copy is deferred (the relay refused it: 554, unread), not
+/// counted as sent (review: lost, no report).
+#[test]
+fn a_3xx_answer_to_the_final_dot_sends_nothing() {
+    let s = Setup::new();
+    let relay = s.relay(&RelayOptions {
+        final_reply: &[("carol@example.org", "double-data")],
+        ..RelayOptions::default()
+    });
+    s.configure(relay.port, false, "");
+    let msg = "From: alice@example.org\nSubject: twice\n\nbody\n";
+    let out = s.sendmail(&["-i", "carol@example.org"], msg.as_bytes());
+    assert!(out.status.success(), "{out:?}");
+    let summary = s.queue_run();
+    assert!(summary.contains("0 sent, 1 deferred"), "{summary}");
+    assert!(s.queue_list().contains("not 2xx"), "{}", s.queue_list());
+}
+
 /// A relay's reply code without text (`250`, RFC 5321 §4.2) counts: the copy is sent once.
 /// lettre refused such a reply, the copy stayed queued and went again at every run.
 #[test]

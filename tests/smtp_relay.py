@@ -114,7 +114,7 @@ class RelayHandler:
     async def handle_DATA(self, server, session, envelope):
         how = next((self.final_replies[r.lower()] for r in envelope.rcpt_tos
                     if r.lower() in self.final_replies), None)
-        if how == "refuse":
+        if how in ("refuse", "double-data"):
             return "554 5.7.1 content rejected"
         # original_content is the exact bytes after dot-unstuffing, CRLFs intact.
         path = self.maildir.deliver(envelope.original_content)
@@ -140,6 +140,19 @@ def make_authenticator(user, password):
         return AuthResult(success=ok, handled=False, auth_data=auth_data if ok else None)
 
     return authenticate
+
+
+class DoubleDataSMTP(SMTP):
+    """Answers DATA twice ("354" and another "354") for a message to one of `addresses`, so
+    that the client that takes the second for its answer to the final dot is one behind."""
+
+    addresses = set()
+
+    async def push(self, status):
+        if status.startswith("354") and any(
+                r.lower() in self.addresses for r in self.envelope.rcpt_tos):
+            status += "\r\n354 and once more"
+        await super().push(status)
 
 
 class InjectingSMTP(SMTP):
@@ -173,7 +186,9 @@ async def serve(args):
             # about TLS it negotiated itself via STARTTLS, so auth_require_tls
             # would refuse AUTH forever. Every connection is encrypted here.
             return SMTP(handler, auth_require_tls=False, **common)
-        smtp = InjectingSMTP if args.inject_after_starttls else SMTP
+        DoubleDataSMTP.addresses = {a.lower() for a, how in final_replies if how == "double-data"}
+        smtp = (InjectingSMTP if args.inject_after_starttls
+                else DoubleDataSMTP if DoubleDataSMTP.addresses else SMTP)
         return smtp(handler, tls_context=tls, require_starttls=True,
                     auth_require_tls=True, **common)
 
@@ -218,7 +233,8 @@ def main():
     p.add_argument("--slow-final", action="append", default=[], metavar="ADDR")
     p.add_argument("--full", action="append", default=[], metavar="ADDR")
     p.add_argument("--final-reply", action="append", default=[], metavar="ADDR=HOW",
-                   help="answer the final dot of a message to ADDR: double, bare or refuse")
+                   help="answer the final dot of a message to ADDR: double, bare or refuse; "
+                        "double-data: answer its DATA twice, then refuse it")
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--inject-after-starttls", action="store_true")
     p.add_argument("--smtputf8", action="store_true", help="announce SMTPUTF8 (RFC 6531)")

@@ -153,7 +153,8 @@ impl Session {
                 let read = if sets_seen {
                     Read::Rows(fetched)
                 } else {
-                    let (chunks, through) = renderer.render(&covered, &fetched, &[])?;
+                    let (chunks, through) =
+                        renderer.render(&covered, &fetched, &Default::default())?;
                     covered.truncate(covered.partition_point(|t| t.1 <= through));
                     Read::Rendered(chunks)
                 };
@@ -164,7 +165,7 @@ impl Session {
         let mut next = (!rest.is_empty()).then(|| read(rest));
         let mut expunged = 0;
         // UIDs this FETCH set \Seen on whose responses are still to come.
-        let mut seen_now = Vec::new();
+        let mut seen_now = std::collections::HashSet::new();
         while let Some(reading) = next.take() {
             let (mut covered, batch, present) = reading.await??;
             let chunks = match batch {
@@ -276,7 +277,7 @@ impl Renderer {
         &self,
         covered: &[(u32, u32)],
         fetched: &[(MessageRow, ContentData)],
-        seen_now: &[u32],
+        seen_now: &std::collections::HashSet<u32>,
     ) -> Result<(Vec<Chunk>, u32), CmdError> {
         // Sized for the batch up front: no regrowth copies of a large response. A large
         // message is passed on, not copied in.

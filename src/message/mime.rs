@@ -131,9 +131,11 @@ pub fn protected_payload(
             has_type = true;
             // The sender's own `hp` parameter goes: a second one, or a signed-only copy that
             // says hp="cipher", would tell the reader the wrong protection (review).
+            // Trailing folding white space too: the parameter removed may have come after a
+            // fold (`charset=utf-8\r\n ; hp=...`), which would leave a line of its own.
             let value = without_parameter(f.raw_value(), "hp");
-            let value = trim_blanks_end(&value);
-            let value = trim_blanks_end(value.strip_suffix(b";").unwrap_or(value));
+            let value = value.trim_ascii_end();
+            let value = value.strip_suffix(b";").unwrap_or(value).trim_ascii_end();
             let line = [f.name.as_bytes(), b":", value, b";\r\n"].concat();
             out.extend_from_slice(&signing_safe_field(&f.name, &line));
             out.extend_from_slice(format!(" hp=\"{hp}\"\r\n").as_bytes());
@@ -813,6 +815,24 @@ mod tests {
                 "hp"
             ),
             b" text/plain;\r\n charset=utf-8; a=\";hp=1\""
+        );
+        let folded = ContentEntity {
+            fields: vec![HeaderField::new(
+                "Content-Type",
+                "text/plain; charset=utf-8\r\n ; hp=\"cipher\"",
+            )],
+            body: b"hi\r\n".to_vec(),
+        };
+        let clear = String::from_utf8(protected_payload(
+            &original,
+            &[],
+            &folded,
+            Protection::Clear,
+        ))
+        .unwrap();
+        assert!(
+            clear.contains("Content-Type: text/plain; charset=utf-8;\r\n hp=\"clear\"\r\n\r\nhi"),
+            "{clear}"
         );
         let typed = ContentEntity {
             fields: vec![HeaderField::new(

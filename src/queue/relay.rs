@@ -933,6 +933,22 @@ impl Relay {
                         response.message().collect::<Vec<_>>().join(" ")
                     ));
                 }
+                // The same for the final ".": only a 2xx reply takes the copy (§4.1.1.4). A
+                // 354 there is DATA's reply once more (a relay that answered DATA twice), the
+                // relay's real answer still unread: the copy was taken for sent while the
+                // relay refused it (review).
+                Ok(Ok(response))
+                    if step == Step::Content && u16::from(response.code()) / 100 != 2 =>
+                {
+                    let _ = tokio::time::timeout(self.timeout, conn.abort()).await;
+                    return Sent::Temporary(format!(
+                        "relay {} answered the end of the data with {} {}, not 2xx: its \
+                         replies are out of step with the commands; the connection is closed",
+                        self.description,
+                        u16::from(response.code()),
+                        response.message().collect::<Vec<_>>().join(" ")
+                    ));
+                }
                 Ok(Ok(response)) => last = Some(response),
                 Ok(Err(e)) => {
                     // The transaction is over either way; the connection is not reused.

@@ -127,6 +127,17 @@ impl Policy {
             return None;
         }
         let (local, domain) = address.rsplit_once('@')?;
+        // Postfix's split_addr leaves these whole: postmaster and MAILER-DAEMON, and with "-"
+        // a delimiter, owner-foo and foo-request (mailing list addresses of their own).
+        let lower = local.to_ascii_lowercase();
+        if lower == "postmaster" || lower == "mailer-daemon" {
+            return None;
+        }
+        if self.recipient_delimiter.contains('-')
+            && (lower.starts_with("owner-") || (lower.len() > 8 && lower.ends_with("-request")))
+        {
+            return None;
+        }
         let at = local.find(|c| self.recipient_delimiter.contains(c))?;
         (at > 0).then(|| format!("{}@{domain}", &local[..at]))
     }
@@ -223,6 +234,13 @@ mod tests {
         assert_eq!(p.mode_for("N05-a+b@Example.org"), Mode::EncryptOnly);
         assert_eq!(p.without_extension("+x@example.org"), None);
         assert_eq!(p.without_extension("n05@example.org"), None);
+        // As Postfix splits them: not owner-list, list-request with "-" a delimiter.
+        assert_eq!(p.without_extension("owner-list@example.org"), None);
+        assert_eq!(p.without_extension("bob-request@example.org"), None);
+        assert_eq!(
+            p.without_extension("bob+request@example.org").as_deref(),
+            Some("bob@example.org")
+        );
         assert_eq!(p.mode_for("x@buecher.de"), Mode::Opportunistic);
     }
 

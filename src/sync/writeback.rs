@@ -565,11 +565,13 @@ impl Syncer {
                 up, account, &from, &to_folder, target, new_uid, entry, unlink, hash_from,
             )
             .await?;
-        if moved.link.is_none() && up.uidplus {
+        if moved.link.is_none() && up.uidplus && entry.attempts == 0 {
             // A UIDPLUS server moved nothing (RFC 4315 §3: no COPYUID when none of the UIDs
             // exist): another device deleted or moved the original since the last pass. The
             // local copy goes up on its own, as a copy's does; linked to nothing, it stayed
-            // here only, for good (review).
+            // here only, for good (review). Not on a retry: an earlier MOVE whose answer was
+            // lost may have moved it, and the target folder's fetch links the copy to it by
+            // content (an upload would be a second copy: review).
             let uploaded = self
                 .upload(up, entry, target, new_uid, &target_name)
                 .await?;
@@ -598,11 +600,11 @@ impl Syncer {
         hash_from: Option<(MailboxId, u32)>,
     ) -> Result<WrittenBack, Failure> {
         let print = self.print_for_copy(up, from, target, new_uid).await?;
-        if !up.can_move {
-            // Counted before it is sent: after a crash from here on, the retry looks first.
-            let (store, id) = (self.store.clone(), entry.id);
-            blocking(move || store.journal_attempt(id, "")).await??;
-        }
+        // Counted before it is sent: after a crash from here on, the retry looks first (a
+        // COPY's copy by content; a MOVE that moves nothing then is not taken for one another
+        // device undid, see `write_move`).
+        let (store, id) = (self.store.clone(), entry.id);
+        blocking(move || store.journal_attempt(id, "")).await??;
         let verb = if up.can_move { "MOVE" } else { "COPY" };
         let line = format!("UID {verb} {} {}", from.uid, quote(to_folder));
         let reply = up.create_and_run(self, &line, None, to_folder).await?;
