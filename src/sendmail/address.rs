@@ -111,11 +111,26 @@ impl Entry {
                         .iter()
                         .rposition(|b| !b.is_ascii_whitespace())
                         .map_or(0, |p| p + 1);
-                let spec: Vec<u8> = inner
-                    .iter()
-                    .copied()
-                    .filter(|b| !b.is_ascii_whitespace())
-                    .collect();
+                // Blanks and comments are the folding (CFWS) around its parts and go; a quoted
+                // string keeps its own: `<"john doe"@x>` is not johndoe's (review: the
+                // blank was dropped, and the copy went to another mailbox).
+                let mut spec = Vec::with_capacity(inner.len());
+                let mut j = 0;
+                while j < inner.len() {
+                    match inner[j] {
+                        b'"' => {
+                            let end = quoted_end(inner, j).min(inner.len());
+                            spec.extend_from_slice(&inner[j..end]);
+                            j = end;
+                        }
+                        b'(' => j = comment_end(inner, j),
+                        b if b.is_ascii_whitespace() => j += 1,
+                        b => {
+                            spec.push(b);
+                            j += 1;
+                        }
+                    }
+                }
                 // An obsolete source route (`<@relay:bob@x>`, RFC 5322 §4.4) is dropped.
                 let spec = match spec.iter().position(|&b| b == b':') {
                     Some(colon) if spec.first() == Some(&b'@') => spec[colon + 1..].to_vec(),
@@ -275,6 +290,16 @@ mod tests {
             ["admin@example.org", "ops"]
         );
         assert_eq!(addresses("root (Cron Daemon)"), ["root"]);
+        // Inside the angle brackets: a quoted string keeps its blanks, a comment goes.
+        assert_eq!(
+            addresses("John <\"john doe\"@example.org>"),
+            ["\"john doe\"@example.org"]
+        );
+        assert_eq!(
+            addresses("John <john(c)@example.org>"),
+            ["john@example.org"]
+        );
+        assert_eq!(addresses("<  bob @ example.org >"), ["bob@example.org"]);
         assert_eq!(
             addresses("Bob Smith <bob@example.org>"),
             ["bob@example.org"]

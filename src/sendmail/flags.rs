@@ -292,9 +292,11 @@ fn option(inv: &mut Invocation, letter: char, value: &str) -> Result<(), UsageEr
                 _ => return Err(usage(&format!("unsupported: -b{value}"))),
             }
         }
-        // -oi is -i; -o7, -o8, -om, -oem, -odi, -oA..., and `-o x` are ignored, as Postfix
-        // ignores them (they fall through to the last arm).
-        'o' if value == "i" => inv.dot_ends_message = false,
+        // -oi is -i, as is anything after it (`-oiTrue`, `-oi=true`: Postfix reads only the
+        // option's first letter; review: the message was cut at a lone "."); -o7, -o8, -om,
+        // -oem, -odi, -oA..., and `-o x` are ignored, as Postfix ignores them (they fall
+        // through to the last arm).
+        'o' if value.starts_with('i') => inv.dot_ends_message = false,
         'q' => {
             if let Some(id) = value.strip_prefix('I') {
                 if id.is_empty() {
@@ -341,6 +343,10 @@ mod tests {
         let i = ok(&["-t", "-i"]);
         assert!(i.extract_recipients && !i.dot_ends_message);
         // mutt
+        for form in ["-oiTrue", "-oi=true"] {
+            assert!(!ok(&[form, "bob@example.org"]).dot_ends_message, "{form}");
+        }
+        assert!(ok(&["-oIgnoreDots", "bob@example.org"]).dot_ends_message);
         let i = ok(&["-oem", "-oi", "--", "bob@example.org", "-weird@example.org"]);
         assert_eq!(i.recipients, ["bob@example.org", "-weird@example.org"]);
         assert!(!i.dot_ends_message);

@@ -37,7 +37,10 @@ pub fn read_message(
         line.clear();
         // No line is read past the limit: `cat /dev/zero | sendmail` (one endless line) would
         // otherwise grow without bound before the size check (review).
-        let room = (limit - raw.len()) as u64 + 1;
+        // Room for a whole ".\r\n" past the limit: with room for one byte only, the "." of
+        // ".tail" read as a lone dot at the end, and a message at the limit lost its rest
+        // (exit 0; review).
+        let room = (limit - raw.len()) as u64 + 3;
         if std::io::Read::take(&mut *reader, room).read_until(b'\n', &mut line)? == 0 {
             break;
         }
@@ -430,6 +433,17 @@ mod tests {
             read_message(&mut &input[..], false, 10),
             Err(InputError::TooLarge { limit: 10 })
         ));
+        // A message exactly at the limit, then a line starting with ".": too large, not cut
+        // at that "." (review: exit 0 without the rest).
+        let at_limit = b"Subject: x\n\n123\n.tail\nmore\n";
+        assert!(matches!(
+            read_message(&mut &at_limit[..], true, 16),
+            Err(InputError::TooLarge { limit: 16 })
+        ));
+        assert_eq!(
+            read_message(&mut &b"Subject: x\n\n123\n.\n"[..], true, 16).unwrap(),
+            b"Subject: x\n\n123\n"
+        );
         // One endless line stops at the limit (review: it was read whole first, 308 MB of
         // memory for 300 MB of input, and `cat /dev/zero` without end).
         let mut endless = std::io::BufReader::new(std::io::repeat(b'a'));

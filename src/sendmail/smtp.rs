@@ -77,8 +77,10 @@ pub fn session(
     queued: &mut usize,
 ) -> std::io::Result<()> {
     let domain = config.domain();
+    // Every reply printable US-ASCII (RFC 5321 §4.2), echoed addresses and option names
+    // too: an 8-bit sender or a RCPT with ESC or NUL came back as it was (review).
     let reply = |output: &mut dyn Write, text: &str| -> std::io::Result<()> {
-        output.write_all(text.as_bytes())?;
+        output.write_all(ascii(text).as_bytes())?;
         output.write_all(b"\r\n")?;
         output.flush()
     };
@@ -512,6 +514,30 @@ mod tests {
                 "{bad:?}"
             );
         }
+    }
+
+    /// Replies are printable US-ASCII whatever the client sent (RFC 5321 §4.2).
+    #[test]
+    fn replies_echo_no_8_bit_or_control_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = QueueConfig {
+            dir: dir.path().to_path_buf(),
+            domain: Some("host.example".into()),
+            ..QueueConfig::default()
+        };
+        std::fs::create_dir_all(config.incoming()).unwrap();
+        let script: &[u8] = b"EHLO client\r\nMAIL FROM:<caf\xe9@example.org>\r\n\
+MAIL FROM:<a@example.org>\r\nRCPT TO:<b\x1b[31m@example.org>\r\nRCPT TO:<b@example.org> X\x1b=1\r\nQUIT\r\n";
+        let mut out = Vec::new();
+        let mut queued = 0;
+        session(&config, &mut &script[..], &mut out, "alice", &mut queued).unwrap();
+        assert!(
+            out.iter()
+                .all(|&b| (b' '..=b'~').contains(&b) || b == b'\r' || b == b'\n'),
+            "{}",
+            String::from_utf8_lossy(&out)
+        );
+        assert_eq!(String::from_utf8_lossy(&out).matches("\n5").count(), 3);
     }
 
     #[test]
