@@ -82,8 +82,9 @@ pub fn public_keyring_problem(home: &Path, address: &str) -> Option<String> {
             .iter()
             .any(|w| l.contains(w))
     };
-    // gpg listed a key for the address (whose user ID sealpost did not take for it): the
-    // keyring was searched; it has no key for the address by sealpost's reading.
+    // gpg listed a key for the address whose user ID GPGME did not give as that address: no
+    // key is used and none is taken for "no key" either (the recipient would get cleartext
+    // while a key of theirs is there), but the reason says what it is, not a broken keyring.
     let listed = |out: &std::process::Output| {
         out.status.success()
             && String::from_utf8_lossy(&out.stdout)
@@ -92,8 +93,11 @@ pub fn public_keyring_problem(home: &Path, address: &str) -> Option<String> {
     };
     match out {
         Err(e) => Some(format!("cannot run gpg: {e}")),
+        Ok(out) if listed(&out) => {
+            Some("gpg lists a key for this address whose user ID GPGME does not read as it".into())
+        }
         Ok(out)
-            if (String::from_utf8_lossy(&out.stdout).lines().any(no_pubkey) || listed(&out))
+            if String::from_utf8_lossy(&out.stdout).lines().any(no_pubkey)
                 && !String::from_utf8_lossy(&out.stderr).lines().any(damage) =>
         {
             None
