@@ -1032,7 +1032,11 @@ async fn read_reply(tcp: &mut TcpStream) -> std::io::Result<String> {
         if line.len() > 2048 || reply.len() > 64 * 1024 {
             return Err(std::io::Error::other("reply too long"));
         }
-        if line.ends_with(b"\r\n") {
+        // A line ended by LF alone counts too, as after TLS (`Replies`).
+        if line.ends_with(b"\n") {
+            if !line.ends_with(b"\r\n") {
+                line.insert(line.len() - 1, b'\r');
+            }
             let last = line.get(3) != Some(&b'-');
             reply.append(&mut line);
             if last {
@@ -1101,6 +1105,23 @@ fn ascii_domain(address: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Before TLS too, a reply line ended by LF alone is a line (it waited for a CR).
+    #[tokio::test]
+    async fn a_plain_text_reply_may_end_lines_with_lf() {
+        use tokio::io::AsyncWriteExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            socket.write_all(b"220-hello\n220 ready\n").await.unwrap();
+            socket
+        });
+        let mut tcp = TcpStream::connect(address).await.unwrap();
+        let reply = read_reply(&mut tcp).await.unwrap();
+        assert_eq!(reply, "220-hello\r\n220 ready\r\n");
+        drop(server.await.unwrap());
+    }
 
     #[test]
     fn reply_lines_lettre_would_refuse_are_repaired() {
