@@ -201,6 +201,30 @@ pub fn signing_safe_field(name: &str, raw: &[u8]) -> Vec<u8> {
         && raw
             .split(|b| b" \t\r\n".contains(b))
             .any(|w| w.len() > LONG_WORD && !is_encoded_word(w));
+    // An encoded word itself too long for any line (PHP's `'=?UTF-8?B?' . base64_encode($s)
+    // . '?='` of a long Subject): the text it stands for is encoded again, in words that fit.
+    let long_encoded = text_field
+        && raw
+            .split(|b| b" \t\r\n".contains(b))
+            .any(|w| w.len() > LONG_WORD && is_encoded_word(w));
+    if long_encoded && !eight_bit {
+        let colon = raw.iter().position(|b| *b == b':');
+        let block = [raw, &b"\r\n"[..]].concat();
+        let decoded = mail_parser::MessageParser::default()
+            .parse_headers(&block[..])
+            .and_then(|m| m.header(name).and_then(|v| v.as_text()).map(str::to_string));
+        if let (Some(colon), Some(text)) = (colon, decoded) {
+            let mut out = raw[..=colon].to_vec();
+            out.push(b' ');
+            out.extend_from_slice(&encode_eight_bit_runs(
+                text.trim().as_bytes(),
+                colon + 2,
+                true,
+            ));
+            out.extend_from_slice(b"\r\n");
+            return out;
+        }
+    }
     if (eight_bit || long_word) && is_unstructured(name, raw) {
         if let Some(colon) = raw.iter().position(|b| *b == b':') {
             let value: Vec<u8> = raw[colon + 1..]
@@ -856,6 +880,17 @@ mod tests {
             m.starts_with("X-Foo: a\r\n b\r\nMIME-Version: 1.0\r\n"),
             "{m}"
         );
+        // One encoded word no line can hold: the text it stands for, in words that fit.
+        let text = "Grüße aus Köln ".repeat(60);
+        let encoded = format!(
+            "=?UTF-8?B?{}?=",
+            base64::engine::general_purpose::STANDARD.encode(text.as_bytes())
+        );
+        assert!(encoded.len() > 998);
+        let f = signing_safe_field("Subject", format!("Subject: {encoded}\r\n").as_bytes());
+        let folded = String::from_utf8(f.clone()).unwrap();
+        assert!(folded.split("\r\n").all(|l| l.len() <= 998), "{folded}");
+        assert_eq!(decoded_subject(&f), text.trim());
         // A word no line can hold, in a Subject: encoded words, which read the same.
         let word = "x".repeat(5000);
         let f = signing_safe_field("Subject", format!("Subject: a {word} b\r\n").as_bytes());
