@@ -1096,6 +1096,49 @@ async fn an_empty_maildir_file_waits_and_a_postmark_is_dropped() {
     assert_eq!(exists(&mut raw, "INBOX"), 2);
 }
 
+/// A FIFO in a Maildir's new/ (reading it blocked the sync, and every sync of the store
+/// behind its lock) and a link to a file over the size limit (its own small size let it
+/// past the check) are left out; the message beside them is stored. From a review.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fifo_or_a_link_to_a_large_file_in_a_maildir_holds_up_nothing() {
+    let world = World::new();
+    let maildir = tempfile::tempdir().unwrap();
+    let root = maildir.path();
+    for sub in ["new", "cur", "tmp"] {
+        std::fs::create_dir_all(root.join(sub)).unwrap();
+    }
+    let fifo =
+        std::ffi::CString::new(root.join("new/1700000001.M1P1.host").to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo with a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+    let large = root.join("large.eml");
+    let mut big = b"From: a@example.org\r\nSubject: big\r\n\r\n".to_vec();
+    // Over the test server's max_append (1 MiB).
+    big.resize(1_100_000, b'x');
+    std::fs::write(&large, &big).unwrap();
+    std::os::unix::fs::symlink(&large, root.join("new/1700000002.M2P1.host")).unwrap();
+    std::fs::write(
+        root.join("new/1700000003.M3P1.host"),
+        b"From: a@example.org\nSubject: plain\n\nbody\n",
+    )
+    .unwrap();
+    let server = Server::start_config("", &gnupg_table(&world));
+    let config = sync_config(
+        &server,
+        &format!("[accounts.maildir]\npath = \"{}\"\n", root.display()),
+    );
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sealpost"))
+        .args(["--config", config.to_str().unwrap(), "sync", "--once"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = exits_within(&mut child, std::time::Duration::from_secs(60));
+    assert!(status.is_some(), "the sync did not end");
+    let mut raw = server.login();
+    assert_eq!(exists(&mut raw, "INBOX"), 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_maildir_source_is_imported_once() {
     let world = World::new();

@@ -214,7 +214,10 @@ impl MaildirSync {
             let chunk: Vec<&Pending> = batch.uids.iter().map(|i| &pending[*i as usize]).collect();
             let mut read = Vec::with_capacity(chunk.len());
             for file in chunk {
-                match std::fs::read(&file.path) {
+                // No more than it was listed with (a file that grew since, or was swapped for
+                // a link to something large, is not read whole), and never a FIFO's open,
+                // which blocks (O_NONBLOCK; the file is checked to be a regular one).
+                match read_regular(&file.path, self.max_bytes) {
                     // Empty (or blank) is no message yet: a writer that does not go through
                     // tmp/ may not have written it. Left for the next scan (review: stored as
                     // an empty message and never read again).
@@ -305,11 +308,22 @@ fn pending_files(
             if known.contains(&unique) {
                 continue;
             }
+            // What a link points to, and only a regular file: reading a FIFO blocked the sync
+            // (and every other sync of the store, behind its lock) for good, and a link's own
+            // size let a large file past the size check (review). Gone since the listing: the
+            // next scan sees.
+            let Ok(metadata) = std::fs::metadata(entry.path()) else {
+                continue;
+            };
+            if !metadata.is_file() {
+                tracing::warn!("{}: not a regular file; left out", entry.path().display());
+                continue;
+            }
             out.push(Pending {
                 unique,
                 path: entry.path(),
                 flags: maildir_flags(&entry.path()),
-                size: entry.metadata().map_or(0, |m| m.len()),
+                size: metadata.len(),
             });
         }
     }
@@ -317,6 +331,29 @@ fn pending_files(
     // A file a reader moved from new/ to cur/ between the two listings appears twice.
     out.dedup_by(|a, b| a.unique == b.unique);
     Ok(out)
+}
+
+/// A regular file's bytes, at most `limit` (more: an error). Opened without blocking, so a
+/// FIFO put in its place since the listing cannot hold the sync.
+fn read_regular(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    let metadata = file.metadata()?;
+    if !metadata.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    let mut raw = Vec::with_capacity(metadata.len().min(limit) as usize);
+    file.take(limit + 1).read_to_end(&mut raw)?;
+    if raw.len() as u64 > limit {
+        return Err(std::io::Error::other(format!(
+            "larger than imap.limits.max_append ({limit} bytes)"
+        )));
+    }
+    Ok(raw)
 }
 
 /// A Maildir file's unique name: its name ([`unique_text`]) up to the info part (":2,FLAGS"),
