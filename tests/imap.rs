@@ -1557,6 +1557,46 @@ fn a_keyword_in_another_case_is_the_same_keyword() {
     );
 }
 
+/// An import that fails part-way (the store's disk full) says how many messages it stored
+/// before the error, since importing the same source again stores them again (review: 500
+/// of 1,200 in, the error alone said, and a second run made them 1,700). Needs root.
+#[test]
+fn an_import_cut_short_says_what_it_stored() {
+    if sealpost::queue::current_uid() != 0 {
+        eprintln!("skipped: needs root to mount a small file system");
+        return;
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("spfull")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let fs = common::SmallFs::mount_at(dir.path(), "2M");
+    let server = Server::start_store("", "", "", Some(&fs.path.join("store.sqlite")));
+    let mut text = String::new();
+    for i in 0..1200 {
+        text.push_str(&format!(
+            "From a@example.org Thu Nov 19 10:00:00 2026\nSubject: m{i}\n\n{}\n\n",
+            "body text ".repeat(100)
+        ));
+    }
+    let elsewhere = tempfile::tempdir().unwrap();
+    let mbox_path = elsewhere.path().join("big.mbox");
+    std::fs::write(&mbox_path, text).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sealpost"))
+        .arg("--config")
+        .arg(server.config())
+        .args(["import", "--account", USER, "--mailbox", "INBOX"])
+        .arg(&mbox_path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(74), "{stderr}");
+    assert!(
+        stderr.contains(" messages of ") && stderr.contains("were stored before it"),
+        "{stderr}"
+    );
+}
+
 /// CLOSE on a store whose disk is full: RFC 3501 §6.4.2 gives CLOSE no NO, so the failed
 /// expunge is said in an untagged NO [OVERQUOTA] before the OK (as Dovecot does), rather than
 /// an OK alone that has the client believe the messages went. They are all still there.

@@ -52,6 +52,29 @@ pub fn import_path(
         pending: Vec::new(),
         report: ImportReport::default(),
     };
+    // What was committed before an error stays; said, since importing the same source
+    // again stores it again (review: 500 of 1,200 in, then "disk is full", and a second run
+    // made them 1,700).
+    let filled = fill(&mut batch, path, read_error).and_then(|()| batch.flush());
+    if let Err(e) = &filled {
+        if batch.report.imported > 0 {
+            tracing::error!(
+                "{e}: {} messages of {} were stored before it; importing it again stores \
+                 them again",
+                batch.report.imported,
+                path.display()
+            );
+        }
+    }
+    filled.map(|()| batch.report)
+}
+
+/// Reads `path` into `batch` (see [`import_path`]).
+fn fill(
+    batch: &mut Batch<'_>,
+    path: &Path,
+    read_error: impl Fn(std::io::Error) -> ImportError,
+) -> Result<(), ImportError> {
     let meta = fs::metadata(path).map_err(read_error)?;
     if meta.is_dir() {
         if path.join("cur").is_dir() || path.join("new").is_dir() {
@@ -66,14 +89,20 @@ pub fn import_path(
                 if !seen.insert(maildir_unique(&file)) {
                     continue;
                 }
-                match batch.file(&file, maildir_flags(&file)) {
-                    Err(ImportError::Read { source, .. })
-                        if source.kind() == std::io::ErrorKind::NotFound =>
-                    {
-                        // Moved since the listing: read where it is now (removed: nothing
-                        // to import).
+                let gone = |e: &ImportError| {
+                    matches!(e, ImportError::Read { source, .. }
+                        if source.kind() == std::io::ErrorKind::NotFound)
+                };
+                match batch.maildir_file(&file) {
+                    // Moved since the listing: read where it is now (removed: nothing to
+                    // import). Moved once more meanwhile, it is left out with a word rather
+                    // than the import stopped (review: a client renaming files twice).
+                    Err(e) if gone(&e) => {
                         if let Some(moved) = moved_maildir_file(path, &file)? {
-                            batch.file(&moved, maildir_flags(&moved))?;
+                            match batch.maildir_file(&moved) {
+                                Err(e) if gone(&e) => batch.report.skipped.push(moved),
+                                other => other?,
+                            }
                         }
                     }
                     other => other?,
@@ -87,8 +116,19 @@ pub fn import_path(
     } else {
         batch.file(path, Flags::default())?;
     }
-    batch.flush()?;
-    Ok(batch.report)
+    Ok(())
+}
+
+/// A file's modification time as an internal date; now when it cannot be read.
+fn modified(path: &Path) -> InternalDate {
+    fs::metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or_else(InternalDate::now, |d| InternalDate {
+            unix: d.as_secs() as i64,
+            tz_minutes: 0,
+        })
 }
 
 struct Batch<'a> {
@@ -99,20 +139,31 @@ struct Batch<'a> {
 }
 
 impl Batch<'_> {
+    /// A Maildir file: one message, whatever its first line (a postmark some delivery agents
+    /// put there is dropped, as the Maildir sync drops it), with the flags its name holds.
+    /// Read as an mbox, one starting with a postmark was split at its body's "From " lines,
+    /// its flags lost (review).
+    fn maildir_file(&mut self, path: &Path) -> Result<(), ImportError> {
+        let mut bytes = fs::read(path).map_err(|source| ImportError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        crate::message::parse::drop_postmark(&mut bytes);
+        if bytes.iter().all(|b| b.is_ascii_whitespace()) {
+            self.report.skipped.push(path.to_owned());
+            return Ok(());
+        }
+        let date = modified(path);
+        self.push(Prepared::new(unverified(&bytes), maildir_flags(path), date))
+    }
+
     fn file(&mut self, path: &Path, flags: Flags) -> Result<(), ImportError> {
         let read_error = |source| ImportError::Read {
             path: path.to_owned(),
             source,
         };
         let bytes = fs::read(path).map_err(read_error)?;
-        let date = fs::metadata(path)
-            .and_then(|m| m.modified())
-            .ok()
-            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-            .map_or_else(InternalDate::now, |d| InternalDate {
-                unix: d.as_secs() as i64,
-                tz_minutes: 0,
-            });
+        let date = modified(path);
         // An mbox begins with a postmark ("From sender date"); a message whose first field is
         // written "From :" does not (review: it was split as an mbox, its From field taken
         // for a postmark and a body line "From ..." for the next message).
@@ -417,6 +468,37 @@ From c@d Fri Nov 20 11:30:15 2026\nSubject: two\n\nbody\n\n";
             moved_maildir_file(&maildir, &maildir.join("new/1700000009.M9.host")).unwrap(),
             None
         );
+    }
+
+    /// A Maildir file that starts with a postmark is one message with its flags, the
+    /// postmark dropped: not an mbox split at its body's "From " line (review).
+    #[test]
+    fn a_maildir_file_with_a_postmark_is_one_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let maildir = dir.path().join("md");
+        for sub in ["new", "cur", "tmp"] {
+            std::fs::create_dir_all(maildir.join(sub)).unwrap();
+        }
+        std::fs::write(
+            maildir.join("cur/1700000005.M1P1.h:2,FS"),
+            b"From MAILER-DAEMON Thu Nov 19 10:00:00 2026\nSubject: s5\n\npara\n\nFrom the desk of Bob\nmore\n",
+        )
+        .unwrap();
+        let store = Store::open(&dir.path().join("s.sqlite")).unwrap();
+        let account = store.ensure_account("bob").unwrap();
+        let inbox = store.mailbox(account, "INBOX").unwrap().unwrap();
+        assert_eq!(import_path(&store, inbox.id, &maildir).unwrap().imported, 1);
+        let need = crate::store::Need {
+            raw: true,
+            ..Default::default()
+        };
+        let batch = store.fetch_batch(inbox.id, &[1], need, u64::MAX).unwrap();
+        let (row, content) = &batch.items[0];
+        assert_eq!(
+            &content.raw[..],
+            b"Subject: s5\r\n\r\npara\r\n\r\nFrom the desk of Bob\r\nmore\r\n"
+        );
+        assert!(row.flags.contains("\\Seen") && row.flags.contains("\\Flagged"));
     }
 
     #[test]
