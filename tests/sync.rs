@@ -3414,6 +3414,43 @@ async fn a_keyword_the_server_refuses_holds_nothing_up() {
     assert_eq!(store.journal_backlog(account).unwrap(), (0, None));
 }
 
+/// The notify_command gets the counts in its environment, and what it prints goes to stderr:
+/// sync's stdout stays its "N new" lines, which scripts read (review: the command's line came
+/// first there).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_notify_command_gets_the_counts_and_leaves_stdout_alone() {
+    let world = World::new();
+    let maildir = tempfile::tempdir().unwrap();
+    let root = maildir.path();
+    for sub in ["new", "cur", "tmp"] {
+        std::fs::create_dir_all(root.join(sub)).unwrap();
+    }
+    std::fs::write(
+        root.join("new/1700000001.M1P1.host"),
+        b"From: a@example.org\nSubject: one\n\nbody\n",
+    )
+    .unwrap();
+    let server = Server::start_config("", &gnupg_table(&world));
+    let config = sync_config(
+        &server,
+        &format!(
+            "[accounts.maildir]\npath = \"{}\"\n\
+             notify_command = \"echo from-notify $SEALPOST_NEW $SEALPOST_NEW_BY_MAILBOX\"\n",
+            root.display()
+        ),
+    );
+    let out = sync_once(&config);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("{USER}: 1 new\n"),
+        "{out:?}"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("from-notify 1 INBOX=1"),
+        "{out:?}"
+    );
+}
+
 /// A notify_command that is still running holds up nothing: the next pass (here a second
 /// `sync --once`) goes through while it runs, as the sync lock is let go before it starts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1484,6 +1484,9 @@ async fn log_and_notify(account: &str, command: Option<&str>, report: &SyncRepor
         .join(" ");
     // Given NOTIFY_SECS, then killed; killed too when the daemon stops (kill_on_drop), so
     // that a command that hangs neither holds up the next pass for good nor outlives it.
+    // Its own process group, which the kill reaches whole: killing the shell alone left
+    // what it ran (`sleep 100; ...`) behind, holding sync's output (review). Its output goes
+    // to stderr, not into sync's "N new" lines that scripts read.
     let child = tokio::process::Command::new("/bin/sh")
         .arg("-c")
         .arg(command)
@@ -1491,6 +1494,8 @@ async fn log_and_notify(account: &str, command: Option<&str>, report: &SyncRepor
         .env("SEALPOST_NEW", report.total().to_string())
         .env("SEALPOST_NEW_BY_MAILBOX", by_mailbox)
         .stdin(std::process::Stdio::null())
+        .stdout(std::io::stderr())
+        .process_group(0)
         .kill_on_drop(true)
         .spawn();
     let mut child = match child {
@@ -1506,6 +1511,12 @@ async fn log_and_notify(account: &str, command: Option<&str>, report: &SyncRepor
         Ok(Err(e)) => tracing::warn!(%account, "notify_command: {e}"),
         Err(_) => {
             tracing::warn!(%account, "notify_command still running after {NOTIFY_SECS} s: killed");
+            if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
+                // SAFETY: killpg has no memory effects; the group is the command's own.
+                unsafe {
+                    libc::killpg(pid, libc::SIGKILL);
+                }
+            }
             let _ = child.kill().await;
         }
     }
