@@ -1557,21 +1557,30 @@ fn a_keyword_in_another_case_is_the_same_keyword() {
     );
 }
 
-/// An import that fails part-way (the store's disk full) says how many messages it stored
-/// before the error, since importing the same source again stores them again (review: 500
-/// of 1,200 in, the error alone said, and a second run made them 1,700). Needs root.
-#[test]
-fn an_import_cut_short_says_what_it_stored() {
+/// A server whose store is on a tmpfs of `size` (with the file system and its directory, to
+/// keep); None, said, when not root (mount needs it).
+fn server_on_small_fs(size: &str) -> Option<(Server, common::SmallFs, tempfile::TempDir)> {
     if sealpost::queue::current_uid() != 0 {
         eprintln!("skipped: needs root to mount a small file system");
-        return;
+        return None;
     }
     let dir = tempfile::Builder::new()
         .prefix("spfull")
         .tempdir_in("/tmp")
         .unwrap();
-    let fs = common::SmallFs::mount_at(dir.path(), "2M");
+    let fs = common::SmallFs::mount_at(dir.path(), size);
     let server = Server::start_store("", "", "", Some(&fs.path.join("store.sqlite")));
+    Some((server, fs, dir))
+}
+
+/// An import that fails part-way (the store's disk full) says how many messages it stored
+/// before the error, since importing the same source again stores them again (review: 500
+/// of 1,200 in, the error alone said, and a second run made them 1,700). Needs root.
+#[test]
+fn an_import_cut_short_says_what_it_stored() {
+    let Some((server, _fs, _dir)) = server_on_small_fs("2M") else {
+        return;
+    };
     let mut text = String::new();
     for i in 0..1200 {
         text.push_str(&format!(
@@ -1603,16 +1612,9 @@ fn an_import_cut_short_says_what_it_stored() {
 /// Needs root (a small tmpfs).
 #[test]
 fn close_on_a_full_store_says_the_messages_stayed() {
-    if sealpost::queue::current_uid() != 0 {
-        eprintln!("skipped: needs root to mount a small file system");
+    let Some((server, fs, _dir)) = server_on_small_fs("4M") else {
         return;
-    }
-    let dir = tempfile::Builder::new()
-        .prefix("spfull")
-        .tempdir_in("/tmp")
-        .unwrap();
-    let fs = common::SmallFs::mount_at(dir.path(), "4M");
-    let server = Server::start_store("", "", "", Some(&fs.path.join("store.sqlite")));
+    };
     let mut raw = server.login();
     for i in 0..4 {
         let message = format!("Subject: m{i}\r\n\r\nbody {i}\r\n");

@@ -76,6 +76,15 @@ fn sync_config(server: &Server, upstream: &str) -> PathBuf {
     path
 }
 
+/// An empty Maildir (new/, cur/, tmp/) in a directory of its own.
+fn new_maildir() -> tempfile::TempDir {
+    let maildir = tempfile::tempdir().unwrap();
+    for sub in ["new", "cur", "tmp"] {
+        std::fs::create_dir_all(maildir.path().join(sub)).unwrap();
+    }
+    maildir
+}
+
 fn sync_once(config: &Path) -> Output {
     Command::new(env!("CARGO_BIN_EXE_sealpost"))
         .arg("--config")
@@ -1062,11 +1071,8 @@ async fn mail_that_comes_during_a_pass_is_fetched_without_waiting_for_the_poll()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_empty_maildir_file_waits_and_a_postmark_is_dropped() {
     let world = World::new();
-    let maildir = tempfile::tempdir().unwrap();
+    let maildir = new_maildir();
     let root = maildir.path();
-    for sub in ["new", "cur", "tmp"] {
-        std::fs::create_dir_all(root.join(sub)).unwrap();
-    }
     std::fs::write(root.join("new/1700000001.M1P1.host"), b"").unwrap();
     std::fs::write(
         root.join("new/1700000002.M2P1.host"),
@@ -1102,11 +1108,8 @@ async fn an_empty_maildir_file_waits_and_a_postmark_is_dropped() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fifo_or_a_link_to_a_large_file_in_a_maildir_holds_up_nothing() {
     let world = World::new();
-    let maildir = tempfile::tempdir().unwrap();
+    let maildir = new_maildir();
     let root = maildir.path();
-    for sub in ["new", "cur", "tmp"] {
-        std::fs::create_dir_all(root.join(sub)).unwrap();
-    }
     let fifo =
         std::ffi::CString::new(root.join("new/1700000001.M1P1.host").to_str().unwrap()).unwrap();
     // SAFETY: mkfifo with a valid NUL-terminated path.
@@ -3420,11 +3423,8 @@ async fn a_keyword_the_server_refuses_holds_nothing_up() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_notify_command_gets_the_counts_and_leaves_stdout_alone() {
     let world = World::new();
-    let maildir = tempfile::tempdir().unwrap();
+    let maildir = new_maildir();
     let root = maildir.path();
-    for sub in ["new", "cur", "tmp"] {
-        std::fs::create_dir_all(root.join(sub)).unwrap();
-    }
     std::fs::write(
         root.join("new/1700000001.M1P1.host"),
         b"From: a@example.org\nSubject: one\n\nbody\n",
@@ -3456,11 +3456,8 @@ async fn the_notify_command_gets_the_counts_and_leaves_stdout_alone() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_notify_command_holds_up_no_other_pass() {
     let world = World::new();
-    let maildir = tempfile::tempdir().unwrap();
+    let maildir = new_maildir();
     let root = maildir.path();
-    for sub in ["new", "cur", "tmp"] {
-        std::fs::create_dir_all(root.join(sub)).unwrap();
-    }
     std::fs::write(
         root.join("new/1700000001.M1P1.host"),
         b"From: a@example.org\r\nSubject: one\r\n\r\nx\r\n",
