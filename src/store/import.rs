@@ -167,9 +167,20 @@ impl Batch<'_> {
         // An mbox begins with a postmark ("From sender date"); a message whose first field is
         // written "From :" does not (review: it was split as an mbox, its From field taken
         // for a postmark and a body line "From ..." for the next message).
-        if crate::message::parse::is_postmark(&bytes) {
+        // Some exports put a UTF-8 byte order mark or blank lines before the first postmark:
+        // still an mbox (review: stored whole as one message).
+        let without_bom = bytes.strip_prefix(b"\xef\xbb\xbf").unwrap_or(&bytes);
+        let first = without_bom
+            .iter()
+            .position(|b| !b.is_ascii_whitespace())
+            .unwrap_or(without_bom.len());
+        let mbox = match &without_bom[first..] {
+            from if crate::message::parse::is_postmark(from) => from,
+            _ => &bytes[..],
+        };
+        if crate::message::parse::is_postmark(mbox) {
             let mut any = false;
-            for (postmark, message) in split_mbox(&bytes) {
+            for (postmark, message) in split_mbox(mbox) {
                 if message.iter().all(|b| b.is_ascii_whitespace()) {
                     continue;
                 }
@@ -499,6 +510,26 @@ From c@d Fri Nov 20 11:30:15 2026\nSubject: two\n\nbody\n\n";
             b"Subject: s5\r\n\r\npara\r\n\r\nFrom the desk of Bob\r\nmore\r\n"
         );
         assert!(row.flags.contains("\\Seen") && row.flags.contains("\\Flagged"));
+    }
+
+    /// An mbox after a byte order mark or blank lines is split all the same (review: it was
+    /// stored whole as one message).
+    #[test]
+    fn an_mbox_after_a_bom_or_blank_lines_is_split() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.sqlite")).unwrap();
+        let account = store.ensure_account("bob").unwrap();
+        let inbox = store.mailbox(account, "INBOX").unwrap().unwrap();
+        for prefix in [&b"\xef\xbb\xbf"[..], b"\n\n", b"\xef\xbb\xbf\r\n"] {
+            let mut mbox = prefix.to_vec();
+            mbox.extend_from_slice(
+                b"From a@x Thu Nov 19 10:00:00 2026\nSubject: 1\n\none\n\n\
+                  From a@x Thu Nov 19 10:00:01 2026\nSubject: 2\n\ntwo\n\n",
+            );
+            let file = dir.path().join("m.mbox");
+            std::fs::write(&file, &mbox).unwrap();
+            assert_eq!(import_path(&store, inbox.id, &file).unwrap().imported, 2);
+        }
     }
 
     #[test]
