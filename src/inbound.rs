@@ -338,12 +338,15 @@ async fn process_layer(
     // Undecryptable inside, the layer is kept as decrypted so far.
     // Looked for only where a ciphertext can be (most unsigned layers are an MX's copy of
     // plain mail, not parsed again for nothing).
-    let may_be_ciphertext = contains_ignore_case(&out_header, b"multipart/encrypted")
-        || out_body
-            .windows(PGP_MESSAGE.len())
-            .any(|w| w == PGP_MESSAGE);
+    // (Only for an unsigned layer: the scan of the body is not made for every message.)
+    let may_be_ciphertext = || {
+        contains_ignore_case(&out_header, b"multipart/encrypted")
+            || out_body
+                .windows(PGP_MESSAGE.len())
+                .any(|w| w == PGP_MESSAGE)
+    };
     let rewrapped = unsigned_layer
-        .filter(|_| depth == 0 && verdict.signature == Signature::Unsigned && may_be_ciphertext);
+        .filter(|_| depth == 0 && verdict.signature == Signature::Unsigned && may_be_ciphertext());
     if let Some(layer_header) = rewrapped {
         let entity = [&layer_header[..], &out_body[..]].concat();
         let inner = MessageParser::default().parse(&entity);

@@ -197,51 +197,45 @@ pub fn signing_safe_field(name: &str, raw: &[u8]) -> Vec<u8> {
     // Only in text people read: an X- field's long token (a relay's JSON, a URL) is for a
     // program, which would not decode it.
     let text_field = TEXT_FIELDS.iter().any(|t| t.eq_ignore_ascii_case(name));
-    let long_word = text_field
-        && raw
-            .split(|b| b" \t\r\n".contains(b))
-            .any(|w| w.len() > LONG_WORD && !is_encoded_word(w));
+    let long_words: Vec<&[u8]> = raw
+        .split(|b| b" \t\r\n".contains(b))
+        .filter(|w| text_field && w.len() > LONG_WORD)
+        .collect();
+    let long_word = long_words.iter().any(|w| !is_encoded_word(w));
     // An encoded word itself too long for any line (PHP's `'=?UTF-8?B?' . base64_encode($s)
     // . '?='` of a long Subject): the text it stands for is encoded again, in words that fit.
-    let long_encoded = text_field
-        && raw
-            .split(|b| b" \t\r\n".contains(b))
-            .any(|w| w.len() > LONG_WORD && is_encoded_word(w));
-    if long_encoded && !eight_bit {
-        let colon = raw.iter().position(|b| *b == b':');
+    let long_encoded = long_words.iter().any(|w| is_encoded_word(w));
+    let colon = raw.iter().position(|b| *b == b':');
+    let decoded = || {
         let block = [raw, &b"\r\n"[..]].concat();
-        let decoded = mail_parser::MessageParser::default()
-            .parse_headers(&block[..])
-            .and_then(|m| m.header(name).and_then(|v| v.as_text()).map(str::to_string));
-        if let (Some(colon), Some(text)) = (colon, decoded) {
-            let mut out = raw[..=colon].to_vec();
-            out.push(b' ');
-            out.extend_from_slice(&encode_eight_bit_runs(
-                text.trim().as_bytes(),
-                colon + 2,
-                true,
-            ));
-            out.extend_from_slice(b"\r\n");
-            return out;
-        }
-    }
-    if (eight_bit || long_word) && is_unstructured(name, raw) {
-        if let Some(colon) = raw.iter().position(|b| *b == b':') {
-            let value: Vec<u8> = raw[colon + 1..]
-                .iter()
-                .copied()
-                .filter(|b| *b != b'\r' && *b != b'\n')
-                .collect();
-            let mut out = raw[..=colon].to_vec();
-            out.push(b' ');
-            out.extend_from_slice(&encode_eight_bit_runs(
-                value.trim_ascii(),
-                colon + 2,
-                text_field,
-            ));
-            out.extend_from_slice(b"\r\n");
-            return out;
-        }
+        let message = mail_parser::MessageParser::default().parse_headers(&block[..])?;
+        let text = message.header(name)?.as_text()?.trim().as_bytes().to_vec();
+        Some(text)
+    };
+    let as_written = |colon: usize| {
+        let value: Vec<u8> = raw[colon + 1..]
+            .iter()
+            .copied()
+            .filter(|b| *b != b'\r' && *b != b'\n')
+            .collect();
+        value.trim_ascii().to_vec()
+    };
+    // The text that goes out as encoded words, when any does.
+    let text = colon.and_then(|colon| {
+        (long_encoded && !eight_bit)
+            .then(decoded)
+            .flatten()
+            .or_else(|| {
+                ((eight_bit || long_word) && is_unstructured(name, raw)).then(|| as_written(colon))
+            })
+            .map(|text| (colon, text))
+    });
+    if let Some((colon, text)) = text {
+        let mut out = raw[..=colon].to_vec();
+        out.push(b' ');
+        out.extend_from_slice(&encode_eight_bit_runs(&text, colon + 2, text_field));
+        out.extend_from_slice(b"\r\n");
+        return out;
     }
     let mut out = Vec::with_capacity(raw.len());
     // The name and its colon stay on the first line.

@@ -365,6 +365,21 @@ enum Step {
 }
 
 impl Step {
+    /// What the step is called and what it must be answered, when `code` (positive, so
+    /// lettre took it) is not that: DATA is answered 354 and nothing else (RFC 5321 §4.3.2),
+    /// the final "." only 2xx (§4.1.1.4). Another reply is one meant for an earlier command:
+    /// a relay that answered one command twice, whose extra reply the reused connection's
+    /// NOOP took, leaves every later reply taken for the wrong command, the final "."
+    /// answered by a stale 354 while the relay refused the copy (review: lost, recorded as
+    /// sent).
+    fn out_of_step(self, code: u16) -> Option<(&'static str, &'static str)> {
+        match self {
+            Step::Data if code != 354 => Some(("DATA", "354")),
+            Step::Content if code / 100 != 2 => Some(("the end of the data", "2xx")),
+            _ => None,
+        }
+    }
+
     fn name(self) -> &'static str {
         match self {
             Step::Mail => "MAIL",
@@ -405,6 +420,17 @@ struct Replies<S> {
     line: Vec<u8>,
 }
 
+/// A reply line (ended by LF) as lettre's parser takes it: CRLF at its end, and a blank after
+/// a reply code that has no text.
+fn repair_reply_line(line: &mut Vec<u8>) {
+    if line.ends_with(b"\n") && !line.ends_with(b"\r\n") {
+        line.insert(line.len() - 1, b'\r');
+    }
+    if line.len() == 5 && line[..3].iter().all(u8::is_ascii_digit) && line.ends_with(b"\r\n") {
+        line.insert(3, b' ');
+    }
+}
+
 /// A reply line longer than this goes to lettre as it is (which refuses it).
 const MAX_REPLY_LINE: usize = 64 * 1024;
 
@@ -422,12 +448,7 @@ impl<S> Replies<S> {
     /// Moves the line read so far to the output, repaired.
     fn end_line(&mut self) {
         let mut line = std::mem::take(&mut self.line);
-        if line.ends_with(b"\n") && !line.ends_with(b"\r\n") {
-            line.insert(line.len() - 1, b'\r');
-        }
-        if line.len() == 5 && line[..3].iter().all(u8::is_ascii_digit) && line.ends_with(b"\r\n") {
-            line.insert(3, b' ');
-        }
+        repair_reply_line(&mut line);
         self.out.extend_from_slice(&line);
     }
 }
@@ -917,39 +938,22 @@ impl Relay {
                 }
             };
             match answered {
-                // RFC 5321 §4.3.2: DATA is answered 354 and nothing else that is positive. A
-                // 250 there is a reply meant for an earlier command: the connection is out
-                // of step (a relay that sent two replies to one command; a reused
-                // connection's NOOP took the extra one), and every reply after it would be
-                // taken for the wrong command, the final "." answered by this stale 354 while
-                // the relay refused the message (review: a lost copy, recorded as sent).
-                Ok(Ok(response)) if step == Step::Data && u16::from(response.code()) != 354 => {
-                    let _ = tokio::time::timeout(self.timeout, conn.abort()).await;
-                    return Sent::Temporary(format!(
-                        "relay {} answered DATA with {} {}, not 354: its replies are out of \
-                         step with the commands; the connection is closed",
-                        self.description,
-                        u16::from(response.code()),
-                        response.message().collect::<Vec<_>>().join(" ")
-                    ));
+                Ok(Ok(response)) => {
+                    // A positive reply lettre takes that does not fit the command (see
+                    // `Step::out_of_step`): the connection is out of step, and the copy waits.
+                    let code = u16::from(response.code());
+                    if let Some((what, wanted)) = step.out_of_step(code) {
+                        let _ = tokio::time::timeout(self.timeout, conn.abort()).await;
+                        return Sent::Temporary(format!(
+                            "relay {} answered {what} with {code} {}, not {wanted}: its \
+                             replies are out of step with the commands; the connection is \
+                             closed",
+                            self.description,
+                            response.message().collect::<Vec<_>>().join(" ")
+                        ));
+                    }
+                    last = Some(response);
                 }
-                // The same for the final ".": only a 2xx reply takes the copy (§4.1.1.4). A
-                // 354 there is DATA's reply once more (a relay that answered DATA twice), the
-                // relay's real answer still unread: the copy was taken for sent while the
-                // relay refused it (review).
-                Ok(Ok(response))
-                    if step == Step::Content && u16::from(response.code()) / 100 != 2 =>
-                {
-                    let _ = tokio::time::timeout(self.timeout, conn.abort()).await;
-                    return Sent::Temporary(format!(
-                        "relay {} answered the end of the data with {} {}, not 2xx: its \
-                         replies are out of step with the commands; the connection is closed",
-                        self.description,
-                        u16::from(response.code()),
-                        response.message().collect::<Vec<_>>().join(" ")
-                    ));
-                }
-                Ok(Ok(response)) => last = Some(response),
                 Ok(Err(e)) => {
                     // The transaction is over either way; the connection is not reused.
                     let _ = tokio::time::timeout(self.timeout, conn.abort()).await;
@@ -1034,9 +1038,7 @@ async fn read_reply(tcp: &mut TcpStream) -> std::io::Result<String> {
         }
         // A line ended by LF alone counts too, as after TLS (`Replies`).
         if line.ends_with(b"\n") {
-            if !line.ends_with(b"\r\n") {
-                line.insert(line.len() - 1, b'\r');
-            }
+            repair_reply_line(&mut line);
             let last = line.get(3) != Some(&b'-');
             reply.append(&mut line);
             if last {
