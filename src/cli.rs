@@ -46,7 +46,7 @@ pub enum Command {
     Sendmail {
         /// sendmail flags and recipients.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-        args: Vec<String>,
+        args: Vec<std::ffi::OsString>,
     },
     /// Sync accounts from their upstream IMAP server: decrypt, verify, store.
     Sync(crate::incoming::SyncArgs),
@@ -195,7 +195,7 @@ impl CliError {
 pub fn main(cli: Cli) -> ExitCode {
     match &cli.command {
         Command::Sendmail { args } => {
-            return crate::sendmail::main("sendmail", args, cli.config.as_deref())
+            return crate::sendmail::main_os("sendmail", args, cli.config.as_deref())
         }
         Command::GpgWorker {
             home,

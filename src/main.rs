@@ -33,15 +33,7 @@ fn main() -> ExitCode {
         .map(|a| a.rsplit('/').next().unwrap_or(a).to_string())
         .unwrap_or_default();
     if matches!(program.as_str(), "sendmail" | "mailq" | "newaliases") {
-        if let Some(at) = raw.iter().skip(1).position(|a| a.to_str().is_none()) {
-            eprintln!(
-                "{program}: argument {} is not UTF-8 text: {:?}",
-                at + 1,
-                argv[at + 1]
-            );
-            return ExitCode::from(64);
-        }
-        return sealpost::sendmail::main(&program, &argv[1..], None);
+        return sealpost::sendmail::main_os(&program, &raw[1..], None);
     }
     // `deliver` runs as an MTA's delivery agent, where any exit code but 75 (and the few
     // it documents) bounces the message: a typo in the MTA's command line or a panic must keep

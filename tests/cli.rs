@@ -361,7 +361,7 @@ fn a_trust_database_gpg_cannot_make_defers_rather_than_sends_in_clear() {
     }
 }
 
-/// An argument that is not UTF-8 (a Latin-1 -F name) is a usage error with its reason, by
+/// An argument that is not UTF-8 (a Latin-1 recipient) is a usage error with its reason, by
 /// either name, not a panic (review: exit 101 from `std::env::args`).
 #[test]
 fn an_argument_that_is_not_utf8_is_a_usage_error() {
@@ -369,7 +369,7 @@ fn an_argument_that_is_not_utf8_is_a_usage_error() {
     let dir = tempfile::tempdir().unwrap();
     let link = dir.path().join("sendmail");
     std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_sealpost"), &link).unwrap();
-    let name = std::ffi::OsStr::from_bytes(b"J\xfcrgen");
+    let name = std::ffi::OsStr::from_bytes(b"j\xfcrgen@example.org");
     for command in [Command::new(&link), {
         let mut c = Command::new(env!("CARGO_BIN_EXE_sealpost"));
         c.arg("sendmail");
@@ -377,7 +377,7 @@ fn an_argument_that_is_not_utf8_is_a_usage_error() {
     }] {
         let mut command = command;
         let out = run_with_stdin(
-            command.arg("-F").arg(name).arg("bob@example.org"),
+            command.args(["-F", "Name", "bob@example.org"]).arg(name),
             b"Subject: x\n\nbody\n",
         );
         assert_eq!(out.status.code(), Some(64), "{out:?}");

@@ -70,14 +70,19 @@ impl Setup {
 
     /// Runs `sendmail ARGS` (by the name sendmail, as /usr/sbin/sendmail) with `stdin`.
     fn sendmail(&self, args: &[&str], stdin: &[u8]) -> Output {
+        let mut all = vec!["-C", self.config.to_str().unwrap()];
+        all.extend_from_slice(args);
+        run_with_stdin(Command::new(self.sendmail_link()).args(&all), stdin)
+    }
+
+    /// The binary linked as `sendmail`, made on first use.
+    fn sendmail_link(&self) -> std::path::PathBuf {
         let link = self.dir.path().join("bin/sendmail");
         if !link.exists() {
             std::fs::create_dir_all(link.parent().unwrap()).unwrap();
             std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_sealpost"), &link).unwrap();
         }
-        let mut all = vec!["-C", self.config.to_str().unwrap()];
-        all.extend_from_slice(args);
-        run_with_stdin(Command::new(&link).args(&all), stdin)
+        link
     }
 
     fn sealpost(&self, args: &[&str]) -> Output {
@@ -1131,6 +1136,49 @@ fn bare_local_names_and_a_missing_blank_line_lose_nothing() {
         got.iter().map(|(r, _)| r.as_str()).collect::<Vec<_>>(),
         ["bob@example.org", "dave@example.net"]
     );
+}
+
+/// A -F full name that is not UTF-8 (Latin-1, from the password file) is read with replacement
+/// characters and the message goes, with a warning; it was refused (64), and a script that
+/// ignores the exit code lost its mail. Any other argument that is not UTF-8 is still refused.
+#[test]
+fn a_full_name_that_is_not_utf8_does_not_lose_the_message() {
+    use std::os::unix::ffi::OsStrExt;
+    let s = Setup::new();
+    let relay = s.relay(&RelayOptions::default());
+    s.configure(relay.port, true, "");
+    let link = s.sendmail_link();
+    let latin = std::ffi::OsStr::from_bytes(b"J\xfcrgen");
+    let config = ["-C", s.config.to_str().unwrap()];
+    let out = run_with_stdin(
+        Command::new(&link)
+            .args(config)
+            .arg("-F")
+            .arg(latin)
+            .args(["-i", "dave@example.net"]),
+        b"Subject: latin-name\n\nhello\n",
+    );
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("-F full name is not UTF-8"));
+    let got = by_recipient(&relay.delivered(1));
+    let text = String::from_utf8_lossy(&got[0].1);
+    let from = text.lines().find(|l| l.starts_with("From: ")).unwrap();
+    assert!(from.contains("<root@host.example>"), "{text}");
+    assert!(
+        text.contains("latin-name") && text.contains("hello"),
+        "{text}"
+    );
+
+    let out = run_with_stdin(
+        Command::new(&link)
+            .args(config)
+            .args(["-F", "Name", "-i"])
+            .arg(std::ffi::OsStr::from_bytes(b"j\xfcrgen@example.net")),
+        b"Subject: latin-address\n\nhello\n",
+    );
+    assert_eq!(out.status.code(), Some(64), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not UTF-8 text"));
+    assert!(!s.queue_list().contains("latin-address"));
 }
 
 /// Recipient lists as callers join them: with ';' (Outlook's lists, pasted into PHP's mail())

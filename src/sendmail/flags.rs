@@ -135,6 +135,46 @@ const WITH_ARGUMENT: &str = "ABCFLNORVXbefhopqr";
 /// Option letters without an argument.
 const WITHOUT_ARGUMENT: &str = "GIUcimntvx";
 
+/// Which of the arguments after the program name hold the value of -F (glued, `-FName`, or the
+/// next word), by the same getopt walk as [`parse`]: a full name that is not UTF-8 text (a
+/// Latin-1 name from the password file) is the one argument read with replacement characters
+/// rather than refused, so a script's mail is not lost over its sender's display name.
+pub fn full_name_arguments(args: &[&[u8]]) -> Vec<usize> {
+    let mut found = Vec::new();
+    let mut i = 0;
+    while i < args.len() {
+        let arg = args[i];
+        i += 1;
+        if arg == b"-q" {
+            continue;
+        }
+        let Some(letters) = arg
+            .strip_prefix(b"-")
+            .filter(|l| !l.is_empty() && l != b"-")
+        else {
+            break;
+        };
+        for (at, &letter) in letters.iter().enumerate() {
+            let letter = char::from(letter);
+            if WITHOUT_ARGUMENT.contains(letter) {
+                continue;
+            }
+            if !letter.is_ascii() || !WITH_ARGUMENT.contains(letter) {
+                return found;
+            }
+            let glued = at + 1 < letters.len();
+            if letter == 'F' {
+                found.push(if glued { i - 1 } else { i });
+            }
+            if !glued {
+                i += 1;
+            }
+            break;
+        }
+    }
+    found
+}
+
 /// Parses the arguments after the program name. `program` is argv[0]'s file name: `mailq`
 /// lists the queue and `newaliases` rebuilds aliases, as with Postfix.
 pub fn parse<S: AsRef<str>>(program: &str, args: &[S]) -> Result<Invocation, UsageError> {
@@ -352,6 +392,19 @@ mod tests {
         assert!(!i.dot_ends_message);
         // Symfony Mailer
         assert_eq!(ok(&["-bs"]).mode, Mode::Smtp);
+    }
+
+    #[test]
+    fn full_name_arguments_are_found_glued_or_separate() {
+        let find = |args: &[&[u8]]| full_name_arguments(args);
+        assert_eq!(find(&[b"-F", b"J\xfcrgen", b"bob@x"]), [1]);
+        assert_eq!(find(&[b"-FJ\xfcrgen", b"-i", b"bob@x"]), [0]);
+        assert_eq!(find(&[b"-tiF", b"x", b"-f", b"a@x", b"-Fy"]), [1, 4]);
+        // -f's value is not a full name, nor is anything after an operand or `--`.
+        assert!(find(&[b"-f", b"-F", b"bob@x"]).is_empty());
+        assert!(find(&[b"bob@x", b"-F", b"x"]).is_empty());
+        assert!(find(&[b"--", b"-Fx"]).is_empty());
+        assert_eq!(find(&[b"-q", b"-Fx"]), [1]);
     }
 
     #[test]

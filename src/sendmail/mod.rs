@@ -77,6 +77,36 @@ impl SendmailError {
 
 /// Entry point for `sendmail ...`, `mailq`, `newaliases` and `sealpost sendmail ...`.
 /// `config` is a `--config` given before the `sendmail` subcommand (-C wins).
+/// [`main`] for the command line as the kernel gave it. An argument that is not UTF-8 text is
+/// a usage error (64), except a -F full name: read with replacement characters, with a warning.
+pub fn main_os(program: &str, args: &[std::ffi::OsString], config: Option<&Path>) -> ExitCode {
+    use std::os::unix::ffi::OsStrExt;
+    let text: Vec<String> = args
+        .iter()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let bytes: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
+    let full_names = flags::full_name_arguments(&bytes);
+    for (at, arg) in args.iter().enumerate() {
+        if arg.to_str().is_some() {
+            continue;
+        }
+        if !full_names.contains(&at) {
+            eprintln!(
+                "{program}: argument {} is not UTF-8 text: {:?}",
+                at + 1,
+                text[at]
+            );
+            return ExitCode::from(64);
+        }
+        eprintln!(
+            "{program}: warning: the -F full name is not UTF-8 text, read as {:?}",
+            text[at]
+        );
+    }
+    main(program, &text, config)
+}
+
 pub fn main(program: &str, args: &[String], config: Option<&Path>) -> ExitCode {
     let result = flags::parse(program, args)
         .map_err(SendmailError::from)
