@@ -310,7 +310,11 @@ pub async fn import(config: Config, args: ImportArgs) -> Result<u8, CliError> {
     let (report, name) = report;
     println!("imported {} messages into {name}", report.imported);
     for skipped in &report.skipped {
-        eprintln!("sealpost: skipped {} (empty)", skipped.display());
+        eprintln!(
+            "sealpost: skipped {} ({})",
+            skipped.path.display(),
+            skipped.why
+        );
     }
     Ok(0)
 }

@@ -140,7 +140,30 @@ fn import_reads_mbox_and_maildir() {
         std::fs::create_dir_all(maildir.join(sub)).unwrap();
     }
     std::fs::write(maildir.join("cur/1.host:2,FS"), "Subject: three\n\nthree\n").unwrap();
-    server.import("Old", &maildir);
+    // A Maildir++ folder is a mailbox of its own: not read into this one, and said (it was
+    // left out without a word); Dovecot's and Courier's own files are no messages.
+    std::fs::create_dir_all(maildir.join(".Sent/cur")).unwrap();
+    std::fs::write(maildir.join(".Sent/cur/2.host:2,S"), "Subject: sent\n\nx\n").unwrap();
+    std::fs::create_dir_all(maildir.join("courierimapkeywords")).unwrap();
+    std::fs::write(maildir.join("dovecot-uidlist"), "3 V1 N2\n").unwrap();
+    let out = server.import("Old", &maildir);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains(".Sent (a Maildir++ folder: import it on its own"),
+        "{said}"
+    );
+    assert!(!said.contains("courierimapkeywords") && !said.contains("uidlist"));
+    // A directory of message files: a directory inside it is said too.
+    let files = dir.path().join("files");
+    std::fs::create_dir_all(files.join("older")).unwrap();
+    std::fs::write(files.join("one.eml"), "Subject: four\n\nfour\n").unwrap();
+    let out = server.import("Files", &files);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("older (a directory: import it on its own)"),
+        "{said}"
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("imported 1 messages"));
     let mut raw = server.login();
     raw.ok("SELECT Old");
     let fetched = raw.ok("FETCH 1:* (FLAGS INTERNALDATE BODY.PEEK[TEXT])");

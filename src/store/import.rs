@@ -32,9 +32,17 @@ pub enum ImportError {
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct ImportReport {
     pub imported: usize,
-    /// Empty files and empty mbox entries, which are not messages.
-    pub skipped: Vec<PathBuf>,
+    /// What was found and not imported, each with why: said, so nothing is left out unseen.
+    pub skipped: Vec<Skipped>,
 }
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skipped {
+    pub path: PathBuf,
+    pub why: &'static str,
+}
+
+const EMPTY: &str = "empty";
 
 /// Imports `path` (mbox, Maildir, directory of messages or one message) into `mailbox`.
 pub fn import_path(
@@ -82,6 +90,7 @@ fn fill(
             // a mail client may move a file from new/ to cur/ (adding flags) while the import
             // runs (review: listed one after the other, such a file was imported twice, or
             // its old name was not found and the import stopped half-way).
+            note_unread_entries(&mut batch.report, path, true)?;
             let mut files: Vec<PathBuf> = sorted_files(&path.join("new"))?;
             files.extend(sorted_files(&path.join("cur"))?);
             let mut seen = std::collections::HashSet::new();
@@ -100,7 +109,10 @@ fn fill(
                     Err(e) if gone(&e) => {
                         if let Some(moved) = moved_maildir_file(path, &file)? {
                             match batch.maildir_file(&moved) {
-                                Err(e) if gone(&e) => batch.report.skipped.push(moved),
+                                Err(e) if gone(&e) => batch.report.skipped.push(Skipped {
+                                    path: moved,
+                                    why: "renamed again during the import; import it again",
+                                }),
                                 other => other?,
                             }
                         }
@@ -109,6 +121,7 @@ fn fill(
                 }
             }
         } else {
+            note_unread_entries(&mut batch.report, path, false)?;
             for file in sorted_files(path)? {
                 batch.file(&file, Flags::default())?;
             }
@@ -150,7 +163,7 @@ impl Batch<'_> {
         })?;
         crate::message::parse::drop_postmark(&mut bytes);
         if bytes.iter().all(|b| b.is_ascii_whitespace()) {
-            self.report.skipped.push(path.to_owned());
+            self.report.skip(path, EMPTY);
             return Ok(());
         }
         let date = modified(path);
@@ -189,10 +202,10 @@ impl Batch<'_> {
                 self.push(Prepared::new(unverified(&message), Flags::default(), date))?;
             }
             if !any {
-                self.report.skipped.push(path.to_owned());
+                self.report.skip(path, EMPTY);
             }
         } else if bytes.iter().all(|b| b.is_ascii_whitespace()) {
-            self.report.skipped.push(path.to_owned());
+            self.report.skip(path, EMPTY);
         } else {
             self.push(Prepared::new(unverified(&bytes), flags, date))?;
         }
@@ -236,6 +249,63 @@ fn moved_maildir_file(maildir: &Path, file: &Path) -> Result<Option<PathBuf>, Im
         }
     }
     Ok(None)
+}
+
+impl ImportReport {
+    fn skip(&mut self, path: &Path, why: &'static str) {
+        self.skipped.push(Skipped {
+            path: path.to_owned(),
+            why,
+        });
+    }
+}
+
+/// Notes the entries of the directory `dir` that the import does not read: a Maildir's
+/// Maildir++ folders (`.Sent/`, each a mailbox of its own that `--mailbox` does not name),
+/// and any other directory or special file (review: left out without a word). A Maildir's
+/// own `cur/`, `new/`, `tmp/` and its dot files (Dovecot's index files...) are no messages.
+fn note_unread_entries(
+    report: &mut ImportReport,
+    dir: &Path,
+    maildir: bool,
+) -> Result<(), ImportError> {
+    let read_error = |source| ImportError::Read {
+        path: dir.to_owned(),
+        source,
+    };
+    let mut notes = Vec::new();
+    for entry in fs::read_dir(dir).map_err(read_error)? {
+        let entry = entry.map_err(read_error)?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let kind = entry.file_type().map_err(read_error)?;
+        let path = entry.path();
+        if maildir && matches!(name.as_ref(), "cur" | "new" | "tmp") {
+            continue;
+        }
+        let is_maildir = kind.is_dir() && (path.join("cur").is_dir() || path.join("new").is_dir());
+        let why = if name.starts_with('.') {
+            if !maildir || !is_maildir {
+                continue;
+            }
+            "a Maildir++ folder: import it on its own, with its own --mailbox"
+        } else if is_maildir {
+            "a Maildir: import it on its own, with its own --mailbox"
+        } else if kind.is_dir() {
+            if maildir {
+                continue;
+            }
+            "a directory: import it on its own"
+        } else if !kind.is_file() {
+            "not a regular file"
+        } else {
+            continue;
+        };
+        notes.push(Skipped { path, why });
+    }
+    notes.sort_by(|a, b| a.path.cmp(&b.path));
+    report.skipped.extend(notes);
+    Ok(())
 }
 
 fn sorted_files(dir: &Path) -> Result<Vec<PathBuf>, ImportError> {

@@ -137,7 +137,7 @@ impl Server {
     }
 
     /// Imports files into a mailbox with `sealpost import`.
-    pub fn import(&self, mailbox: &str, path: &Path) {
+    pub fn import(&self, mailbox: &str, path: &Path) -> std::process::Output {
         let out = Command::new(env!("CARGO_BIN_EXE_sealpost"))
             .arg("--config")
             .arg(self.config())
@@ -150,6 +150,7 @@ impl Server {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
+        out
     }
 
     pub fn raw(&self) -> Raw<TcpStream> {
