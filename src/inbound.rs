@@ -32,6 +32,7 @@ pub mod keyword {
     pub const UNDECRYPTABLE: &str = "$Sealpost-Undecryptable";
     pub const SIGNED: &str = "$Sealpost-Signed";
     pub const BAD_SIGNATURE: &str = "$Sealpost-BadSignature";
+    pub const EXPIRED_SIGNATURE: &str = "$Sealpost-ExpiredSignature";
     pub const UNKNOWN_SIGNER: &str = "$Sealpost-UnknownSigner";
     pub const FROM_MISMATCH: &str = "$Sealpost-FromMismatch";
 }
@@ -54,6 +55,12 @@ pub enum Signature {
     },
     UnknownKey {
         fingerprint: String,
+    },
+    /// Good, but the key has expired since (or the signature is past its own expiry).
+    Expired {
+        fingerprint: String,
+        from_matches: bool,
+        reason: String,
     },
     Bad {
         fingerprint: String,
@@ -92,6 +99,16 @@ impl Verdict {
                 parts.push("signature=unknown-key".into());
                 parts.push(format!("signer={fingerprint}"));
             }
+            Signature::Expired {
+                fingerprint,
+                from_matches,
+                reason,
+            } => {
+                parts.push(format!("signature=expired ({})", clean(reason)));
+                parts.push(format!("signer={fingerprint}"));
+                let from = if *from_matches { "match" } else { "mismatch" };
+                parts.push(format!("from={from}"));
+            }
             Signature::Bad {
                 fingerprint,
                 reason,
@@ -121,6 +138,12 @@ impl Verdict {
                 }
             }
             Signature::UnknownKey { .. } => out.push(keyword::UNKNOWN_SIGNER),
+            Signature::Expired { from_matches, .. } => {
+                out.push(keyword::EXPIRED_SIGNATURE);
+                if !from_matches {
+                    out.push(keyword::FROM_MISMATCH);
+                }
+            }
             Signature::Bad { .. } => out.push(keyword::BAD_SIGNATURE),
             Signature::Unsigned => {}
         }
@@ -421,48 +444,60 @@ async fn signature_of(
     from: &Option<String>,
 ) -> Result<Signature, InboundError> {
     // A valid signature counts (one whose key holds the From address before others: two
-    // people may sign one text), else a bad one, else an unknown key.
-    for check in checks.iter().filter(|c| c.state == SignatureState::Valid) {
-        let ids = keys
-            .user_ids(&check.fingerprint)
-            .await
-            .map_err(InboundError::Temporary)?;
-        if from
-            .as_ref()
-            .is_some_and(|f| ids.iter().any(|id| id.eq_ignore_ascii_case(f)))
-        {
-            return Ok(Signature::Valid {
-                fingerprint: check.fingerprint.clone(),
-                from_matches: true,
-            });
+    // people may sign one text), else a good one by a key expired since, else a bad one, else
+    // an unknown key.
+    for expired in [false, true] {
+        let good = |c: &&SignatureCheck| match &c.state {
+            SignatureState::Valid => !expired,
+            SignatureState::Expired(_) => expired,
+            _ => false,
+        };
+        let mut first = None;
+        for check in checks.iter().filter(good) {
+            first.get_or_insert(check);
+            let ids = keys
+                .user_ids(&check.fingerprint)
+                .await
+                .map_err(InboundError::Temporary)?;
+            if from
+                .as_ref()
+                .is_some_and(|f| ids.iter().any(|id| id.eq_ignore_ascii_case(f)))
+            {
+                return Ok(signature_verdict(check, true));
+            }
+        }
+        if let Some(check) = first {
+            return Ok(signature_verdict(check, false));
         }
     }
     // A bad one before an unknown key: a signature a known key made that no longer matches
     // is news, and an unknown key vouches for nothing.
     let pick = checks
         .iter()
-        .find(|c| c.state == SignatureState::Valid)
-        .or_else(|| {
-            checks
-                .iter()
-                .find(|c| matches!(c.state, SignatureState::Bad(_)))
-        })
+        .find(|c| matches!(c.state, SignatureState::Bad(_)))
         .or_else(|| checks.first());
-    let Some(check) = pick else {
-        return Ok(Signature::Unsigned);
-    };
+    Ok(pick.map_or(Signature::Unsigned, |check| signature_verdict(check, false)))
+}
+
+/// The verdict on one signature; `from_matches`: the signer's key has the From address.
+fn signature_verdict(check: &SignatureCheck, from_matches: bool) -> Signature {
     let fingerprint = check.fingerprint.clone();
-    Ok(match &check.state {
+    match &check.state {
         SignatureState::Valid => Signature::Valid {
             fingerprint,
-            from_matches: false,
+            from_matches,
+        },
+        SignatureState::Expired(reason) => Signature::Expired {
+            fingerprint,
+            from_matches,
+            reason: reason.clone(),
         },
         SignatureState::UnknownKey => Signature::UnknownKey { fingerprint },
         SignatureState::Bad(reason) => Signature::Bad {
             fingerprint,
             reason: reason.clone(),
         },
-    })
+    }
 }
 
 /// RFC 3156 §5: a `multipart/signed` entity (a whole message or a decrypted one) — the first

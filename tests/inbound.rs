@@ -967,6 +967,57 @@ async fn a_bad_signature_is_not_hidden_behind_an_unknown_key() {
     );
 }
 
+/// A good signature made while the signer's key was valid, by a key that has expired since
+/// (an old message imported or fetched late): "expired", as GnuPG says "Good signature... This
+/// key has expired", not "bad" (which says the text was changed), nor "valid". Next to a
+/// valid signature, the valid one counts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signature_by_a_key_expired_since_is_expired_not_bad() {
+    let world = World::new();
+    let server = bobs_store(&world);
+    let old = world
+        .sender
+        .generate_expired("Old Alice <alice@example.org>");
+    world.bob.import(&world.sender.export_public(&old));
+    let part = b"Content-Type: text/plain; charset=us-ascii\r\n\r\nSigned in 2020.\r\n";
+    let sign = |signer: &str, when: &[&str]| {
+        let mut args = when.to_vec();
+        args.extend(["--detach-sign", "-u", signer]);
+        let out = world.sender.gpg(&args, Some(part));
+        assert!(out.status.success(), "{out:?}");
+        out.stdout
+    };
+    let in_2020 = sign(&old, &["--faked-system-time", "20200101T060000"]);
+    let both = [in_2020.clone(), sign(&world.alice, &[])].concat();
+    for signatures in [in_2020, both] {
+        let raw = signed_by_two(part, common::armor("PGP SIGNATURE", &signatures).as_bytes());
+        let (code, output) = deliver(&server, &raw);
+        assert_eq!(code, 0, "{output}");
+    }
+    let stored = verdicts::fetch_all(&server);
+    let verdict = verdicts::verdict(&stored[0].1);
+    assert_eq!(
+        verdict,
+        format!("plaintext; signature=expired (key expired); signer={old}; from=match")
+    );
+    let keywords = &stored[0].0;
+    assert!(
+        keywords.contains("$Sealpost-ExpiredSignature"),
+        "{keywords}"
+    );
+    assert!(
+        !keywords.contains("$Sealpost-BadSignature") && !keywords.contains("$Sealpost-Signed"),
+        "{keywords}"
+    );
+    assert_eq!(
+        verdicts::verdict(&stored[1].1),
+        format!(
+            "plaintext; signature=valid; signer={}; from=match",
+            world.alice
+        )
+    );
+}
+
 /// A signed message whose signed part carries RFC 9788 fields: MUAs that know them show its
 /// From, so the signer is compared with that one, and an outer From that differs is flagged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

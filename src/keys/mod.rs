@@ -94,7 +94,11 @@ pub enum SignatureState {
     Valid,
     /// The signer's public key is not in the keyring: nothing can be said either way.
     UnknownKey,
-    /// Bad, or not valid for another reason (expired or revoked key...): GnuPG's words.
+    /// Good, by a key that has expired since, or a signature past its own expiry: GnuPG's
+    /// "Good signature... This key has expired" (gpg exits 0 for it). Not bad: nothing was
+    /// changed; not valid: the key is no longer vouched for.
+    Expired(String),
+    /// Bad, or not valid for another reason (revoked key...): GnuPG's words.
     Bad(String),
 }
 

@@ -423,6 +423,12 @@ fn check(s: gpgme::results::Signature<'_>) -> SignatureCheck {
     let state = match s.status() {
         Ok(()) => SignatureState::Valid,
         Err(e) if e.code() == gpgme::Error::NO_PUBKEY.code() => SignatureState::UnknownKey,
+        Err(e) if e.code() == gpgme::Error::KEY_EXPIRED.code() => {
+            SignatureState::Expired("key expired".into())
+        }
+        Err(e) if e.code() == gpgme::Error::SIG_EXPIRED.code() => {
+            SignatureState::Expired("signature expired".into())
+        }
         Err(e) => SignatureState::Bad(e.to_string()),
     };
     SignatureCheck {
