@@ -443,6 +443,9 @@ async fn signature_of(
     checks: &[SignatureCheck],
     from: &Option<String>,
 ) -> Result<Signature, InboundError> {
+    // The From address is compared as the outgoing side compares addresses: the domain in
+    // either IDNA form (review: `u@xn--bcher-kva.de` against the user ID `u@bücher.de`,
+    // sealpost's own signed mail, read "mismatch").
     // A valid signature counts (one whose key holds the From address before others: two
     // people may sign one text), else a good one by a key expired since, else a bad one, else
     // an unknown key.
@@ -461,7 +464,7 @@ async fn signature_of(
                 .map_err(InboundError::Temporary)?;
             if from
                 .as_ref()
-                .is_some_and(|f| ids.iter().any(|id| id.eq_ignore_ascii_case(f)))
+                .is_some_and(|f| ids.iter().any(|id| crate::rewrite::same_recipient(id, f)))
             {
                 return Ok(signature_verdict(check, true));
             }
@@ -574,6 +577,13 @@ async fn verify_multipart_signed(
         .map(|p| p.contents().to_vec())
         .unwrap_or_default();
     match keys.verify_detached(signature, signed_bytes).await {
+        // An opaque signed message or a cleartext-signed text in the signature part: gpg
+        // verifies nothing against the signed part and reports no signature (review: read
+        // "signature=none", while a garbled signature part reads bad).
+        Ok(checks) if checks.is_empty() => Ok(Signature::Bad {
+            fingerprint: String::new(),
+            reason: "multipart/signed whose signature part holds no detached signature".into(),
+        }),
         Ok(checks) => signature_of(keys, &checks, from).await,
         Err(KeyError::Gpg { source, .. }) if !is_temporary(&source) => Ok(Signature::Bad {
             fingerprint: String::new(),
@@ -976,26 +986,29 @@ fn from_address(header: &[u8]) -> Option<String> {
     Some(address)
 }
 
-/// Whether `name` holds a word that looks like an address (`local@domain.tld`) other than
+/// Whether `name` holds a word that looks like an address (`local@domain`) other than
 /// `address`. Look-alikes count as what they look like: the name is read in NFKC, which makes
 /// the fullwidth and small @ (U+FF20, U+FE6B) and the fullwidth and leader dots (U+FF0E,
 /// U+2024) plain ones, and an ideographic full stop (U+3002, a label separator to IDNA) is a
-/// dot.
+/// dot. Invisible format characters (bidi overrides, zero-width ones) are dropped first, and
+/// the domain need not hold a dot: a dot look-alike NFKC keeps (U+A4F8, U+0660) or a
+/// reversed text (U+202E) still shows another address (review: from=match for each).
 fn names_another_address(name: &str, address: &str) -> bool {
     use unicode_normalization::UnicodeNormalization;
+    let invisible = |c: &char| {
+        matches!(c,
+            '\u{00AD}' | '\u{061C}' | '\u{180E}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}'
+            | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}')
+    };
     let name: String = name
         .nfkc()
+        .filter(|c| !invisible(c))
         .map(|c| if c == '\u{3002}' { '.' } else { c })
         .collect();
     name.split(|c: char| c.is_whitespace() || "<>()[]\"',;:".contains(c))
         .filter(|w| {
-            w.split_once('@').is_some_and(|(local, domain)| {
-                !local.is_empty()
-                    && domain.contains('.')
-                    && !domain.starts_with('.')
-                    && !domain.ends_with('.')
-                    && !domain.contains('@')
-            })
+            w.split_once('@')
+                .is_some_and(|(local, domain)| !local.is_empty() && !domain.is_empty())
         })
         .any(|w| !w.eq_ignore_ascii_case(address))
 }
@@ -1063,6 +1076,10 @@ mod tests {
             from("\"alice@example.org\" <alice@example.org>").as_deref(),
             Some("alice@example.org")
         );
+        // mail-parser reads a quoted local part as a display name and "@example.org": the
+        // readings differ, so it counts as no one mailbox (a false "mismatch", kept on the
+        // safe side).
+        assert_eq!(from("\"alice\"@example.org"), None);
         assert_eq!(from("mallory@evil.example <alice@example.org>"), None);
         assert_eq!(from("\"mallory@evil.example\" <alice@example.org>"), None);
         assert_eq!(from("\"Alice [m@evil.example]\" <alice@example.org>"), None);
@@ -1074,6 +1091,13 @@ mod tests {
             "\"alice@example\u{FF0E}org\" <m@evil.example>",
             "\"alice@example\u{3002}org\" <m@evil.example>",
             "=?UTF-8?B?YWxpY2XvvKBleGFtcGxlLm9yZw==?= <m@evil.example>",
+            // Look-alikes NFKC keeps, a reversed text, a hair space, an invisible character.
+            "\"alice@example\u{A4F8}org\" <m@evil.example>",
+            "\"alice@example\u{0660}org\" <m@evil.example>",
+            "\"\u{202E}gro.elpmaxe@ecila\" <m@evil.example>",
+            "\"alice@exa\u{200A}mple.org\" <m@evil.example>",
+            "\"alice@exa\u{200B}mple.org\" <m@evil.example>",
+            "=?UTF-8?Q?alice=40example=EA=93=B8org?= <m@evil.example>",
         ] {
             assert_eq!(from(lookalike), None, "{lookalike}");
         }
@@ -1084,6 +1108,7 @@ mod tests {
             "alice@example.org (Alice @ Work)",
             "\"Alice Smith (alice@example.org)\" <alice@example.org>",
             "\"alice@example.org via Team\" <alice@example.org>",
+            "\"ali\u{200B}ce@example.org\" <alice@example.org>",
         ] {
             assert_eq!(from(fine).as_deref(), Some("alice@example.org"), "{fine}");
         }

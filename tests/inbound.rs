@@ -1018,6 +1018,113 @@ async fn a_signature_by_a_key_expired_since_is_expired_not_bad() {
     );
 }
 
+/// gpg stops at the first bad signature of several: a bad one before Alice's valid one hid
+/// it (verdict "bad"), the other way round read "valid". Each is checked now, and the order
+/// does not matter: Alice's valid signature counts both ways.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_order_of_several_signatures_does_not_change_the_verdict() {
+    let world = World::new();
+    let server = bobs_store(&world);
+    let mallory = world.sender.generate("Mallory <m@evil.example>");
+    world.bob.import(&world.sender.export_public(&mallory));
+    let part = b"Content-Type: text/plain; charset=us-ascii\r\n\r\nPay 10 EUR.\r\n";
+    let sign = |signer: &str, text: &[u8]| {
+        let out = world
+            .sender
+            .gpg(&["--detach-sign", "-u", signer], Some(text));
+        assert!(out.status.success(), "{out:?}");
+        out.stdout
+    };
+    let alices = sign(&world.alice, part);
+    let bad = sign(&mallory, b"other text");
+    for signatures in [[&bad[..], &alices].concat(), [&alices[..], &bad].concat()] {
+        let raw = signed_by_two(part, common::armor("PGP SIGNATURE", &signatures).as_bytes());
+        let (code, output) = deliver(&server, &raw);
+        assert_eq!(code, 0, "{output}");
+    }
+    for (_, message) in verdicts::fetch_all(&server) {
+        assert_eq!(
+            verdicts::verdict(&message),
+            format!(
+                "plaintext; signature=valid; signer={}; from=match",
+                world.alice
+            )
+        );
+    }
+}
+
+/// A signature part that holds a signed message (`gpg --sign`) or a cleartext-signed text
+/// rather than a detached signature: gpg checks nothing against the signed part; the verdict
+/// is bad, as for any malformed multipart/signed (it read "signature=none").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signature_part_without_a_detached_signature_is_bad() {
+    let world = World::new();
+    let server = bobs_store(&world);
+    let part = b"Content-Type: text/plain; charset=us-ascii\r\n\r\nPay 99 EUR.\r\n";
+    for how in ["--sign", "--clearsign"] {
+        let out = world.sender.gpg(
+            &["--armor", how, "-u", &world.alice],
+            Some(b"Pay 10 EUR.\r\n"),
+        );
+        assert!(out.status.success(), "{out:?}");
+        let (code, output) = deliver(&server, &signed_by_two(part, &out.stdout));
+        assert_eq!(code, 0, "{output}");
+    }
+    for (flags, message) in verdicts::fetch_all(&server) {
+        let verdict = verdicts::verdict(&message);
+        assert!(
+            verdict.starts_with(
+                "plaintext; signature=bad (multipart/signed whose signature part holds no \
+                 detached signature"
+            ),
+            "{verdict}"
+        );
+        assert!(flags.contains("$Sealpost-BadSignature"), "{flags}");
+    }
+}
+
+/// The From address is compared with the signer's user IDs as the outgoing side compares
+/// addresses: an international domain in either form (it read "mismatch", sealpost's own
+/// signed mail from `u@xn--bcher-kva.de` included).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_from_matches_in_any_spelling_of_the_same_address() {
+    let world = World::new();
+    let server = bobs_store(&world);
+    let umlaut = world.sender.generate("U <u@bücher.de>");
+    world.bob.import(&world.sender.export_public(&umlaut));
+    let part = b"Content-Type: text/plain; charset=us-ascii\r\n\r\nHello.\r\n";
+    let sign = |signer: &str| {
+        let out = world
+            .sender
+            .gpg(&["--armor", "--detach-sign", "-u", signer], Some(part));
+        assert!(out.status.success(), "{out:?}");
+        out.stdout
+    };
+    for (from, signer) in [
+        ("u@xn--bcher-kva.de", &umlaut),
+        ("U@XN--BCHER-KVA.DE", &umlaut),
+        ("u@bücher.de", &umlaut),
+    ] {
+        let raw = signed_by_two(part, &sign(signer));
+        let text = String::from_utf8(raw).unwrap().replacen(
+            "From: Alice <alice@example.org>",
+            &format!("From: {from}"),
+            1,
+        );
+        let (code, output) = deliver(&server, text.as_bytes());
+        assert_eq!(code, 0, "{output}");
+    }
+    let stored = verdicts::fetch_all(&server);
+    assert_eq!(stored.len(), 3);
+    for (i, (_, message)) in stored.iter().enumerate() {
+        assert_eq!(
+            verdicts::verdict(message),
+            format!("plaintext; signature=valid; signer={umlaut}; from=match"),
+            "message {i}"
+        );
+    }
+}
+
 /// A signed message whose signed part carries RFC 9788 fields: MUAs that know them show its
 /// From, so the signer is compared with that one, and an outer From that differs is flagged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -156,6 +156,14 @@ pub fn execute(gpg: &mut Gpg, request: Request) -> Result<Response, KeyError> {
         }
         Request::VerifyDetached { signature, signed } => {
             let many = crate::message::parse::signature_packets(&signature, MAX_SIGNATURES);
+            if many == usize::MAX {
+                return Err(KeyError::Refused {
+                    op: "verifying",
+                    detail: "multipart/signed whose signature part holds no detached \
+                             signature (compressed data)"
+                        .into(),
+                });
+            }
             if many > MAX_SIGNATURES {
                 return Err(KeyError::Refused {
                     op: "verifying",
@@ -166,7 +174,23 @@ pub fn execute(gpg: &mut Gpg, request: Request) -> Result<Response, KeyError> {
                 .ctx
                 .verify_detached(&signature, &signed)
                 .map_err(to_err("verifying"))?;
-            Ok(Response::Checks(ver.signatures().map(check).collect()))
+            let checks: Vec<SignatureCheck> = ver.signatures().map(check).collect();
+            if checks.len() >= many || many < 2 {
+                return Ok(Response::Checks(checks));
+            }
+            // gpg in batch mode stops at the first bad signature of several: those after it
+            // go unreported, and the verdict would hang on their order (review: bad, then
+            // Alice's valid one, read "bad"; the other way round, the bad one went unseen).
+            // Each is then verified on its own.
+            let mut each = Vec::new();
+            for one in crate::message::parse::each_signature(&signature) {
+                let ver = gpg
+                    .ctx
+                    .verify_detached(&one, &signed)
+                    .map_err(to_err("verifying"))?;
+                each.extend(ver.signatures().map(check));
+            }
+            Ok(Response::Checks(each))
         }
         Request::GenerateKey { userid } => {
             let flags = gpgme::CreateKeyFlags::NOPASSWD | gpgme::CreateKeyFlags::NOEXPIRE;

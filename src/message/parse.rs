@@ -492,6 +492,21 @@ pub fn signature_packets(signature: &[u8], limit: usize) -> usize {
     })
 }
 
+/// Each signature packet of a detached signature (armored or binary), as binary OpenPGP data
+/// of its own, up to where the data stops making sense.
+pub fn each_signature(signature: &[u8]) -> Vec<Vec<u8>> {
+    let data = openpgp_data(signature);
+    let mut found = Vec::new();
+    let mut at = 0;
+    while let Some((tag, end)) = packet(&data, at) {
+        if tag == 2 {
+            found.push(data[at..end].to_vec());
+        }
+        at = end;
+    }
+    found
+}
+
 /// What [`count_packets`] does at a packet of some tag.
 enum Walk {
     Count,
@@ -898,6 +913,7 @@ boundary=\"A\"; Boundary=\"B\"\r\n\r\n--A\r\n\r\nx\r\n--A--\r\n";
         let marker = [0xA8, 0x03, b'P', b'G', b'P'];
         let data = [&sig[..], &marker, &sig].concat();
         assert_eq!(signature_packets(&data, 100), 2);
+        assert_eq!(each_signature(&data), [sig.to_vec(), sig.to_vec()]);
         assert_eq!(
             signature_packets(&sig.repeat(5), 3),
             4,
