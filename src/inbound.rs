@@ -935,7 +935,10 @@ fn loose_delimiter(body: &[u8], boundary: &[u8]) -> bool {
     })
 }
 
-/// The header with its Content-* fields replaced by those of decrypted inline text.
+/// The header with its Content-* fields replaced by those of decrypted inline text. The
+/// charset is UTF-8 when the text is UTF-8; else the one the part around the armor named
+/// (inline PGP senders label it with the plaintext's charset: review, Latin-1 text labelled
+/// UTF-8 showed as replacement characters).
 fn replace_content_fields(header: &[u8], plaintext: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     for (name, field) in fields(header) {
@@ -943,10 +946,30 @@ fn replace_content_fields(header: &[u8], plaintext: &[u8]) -> Vec<u8> {
             out.extend_from_slice(field);
         }
     }
+    let named = MessageParser::default()
+        .parse_headers(header)
+        .and_then(|m| {
+            m.root_part()
+                .content_type()
+                .and_then(|ct| ct.attribute("charset"))
+                .map(str::to_string)
+        })
+        .filter(|c| {
+            !c.is_empty()
+                && c.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.:+".contains(&b))
+        });
+    let charset = match named {
+        Some(named) if std::str::from_utf8(plaintext).is_err() => named,
+        _ => "utf-8".to_string(),
+    };
     let encoding = if plaintext.is_ascii() { "7bit" } else { "8bit" };
     out.extend_from_slice(
-        format!("Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: {encoding}\r\n\r\n")
-            .as_bytes(),
+        format!(
+            "Content-Type: text/plain; charset={charset}\r\n\
+             Content-Transfer-Encoding: {encoding}\r\n\r\n"
+        )
+        .as_bytes(),
     );
     out
 }
@@ -1059,6 +1082,23 @@ mod tests {
         assert!(loose_delimiter(b"--SReply-To: m@evil.example\r\n", b"S"));
         // Other lines with dashes are text.
         assert!(!loose_delimiter(b"-- \r\n--T\r\n---S\r\n", b"S"));
+    }
+
+    #[test]
+    fn decrypted_inline_text_keeps_the_charset_it_is_in() {
+        let header = b"Subject: x\r\nContent-Type: text/plain; charset=\"ISO-8859-1\"\r\n\
+            Content-Transfer-Encoding: 7bit\r\n\r\n";
+        let fields =
+            |plain: &[u8]| String::from_utf8(replace_content_fields(header, plain)).unwrap();
+        assert!(fields(b"Gr\xfc\xdfe").ends_with(
+            "Content-Type: text/plain; charset=ISO-8859-1\r\nContent-Transfer-Encoding: 8bit\r\n\r\n"
+        ));
+        assert!(fields("Grüße".as_bytes()).contains("charset=utf-8\r\n"));
+        assert!(fields(b"Hello").contains("charset=utf-8\r\nContent-Transfer-Encoding: 7bit"));
+        assert!(!fields(b"x").contains("7bit\r\nContent-Transfer-Encoding"));
+        let odd = b"Content-Type: text/plain; charset=\"a;b\"\r\n\r\n";
+        let text = String::from_utf8(replace_content_fields(odd, b"\xfc")).unwrap();
+        assert!(text.contains("charset=utf-8\r\n"), "{text}");
     }
 
     #[test]
