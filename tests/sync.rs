@@ -410,6 +410,56 @@ fn exists(raw: &mut common::server::Raw<std::net::TcpStream>, mailbox: &str) -> 
 /// What the user does through the local server is done upstream at the next sync: a flag
 /// change, an expunge, a move (into a folder upstream does not have yet), a copy (upstream's
 /// own message copied there), a message stored in
+/// The user's own copies go up encrypted to a key whose secret key is here, not to a newer
+/// public key for the same address (imported, or located): review, Sent went up encrypted to
+/// that key alone, unreadable to the user and readable to whoever holds it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_are_encrypted_to_a_key_whose_secret_is_here() {
+    let dovecot = Dovecot::start_tls();
+    let own = common::GpgHome::new();
+    let own_fpr = own.generate_at("Bob <bob@example.org>", "20240101T000000");
+    let other = common::GpgHome::new();
+    let stranger = other.generate_at("Not Bob <bob@example.org>", "20250101T000000");
+    own.import(&other.export_public(&stranger));
+    let table = format!("[gnupg]\nhome = \"{}\"\n", own.dir.display());
+    let server = Server::start_config("", &table);
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = upstream_table(
+        &dovecot,
+        dir.path(),
+        "none",
+        dovecot.port,
+        "address = \"bob@example.org\"",
+    );
+    let config = sync_config(&server, &upstream);
+    let out = sync_once(&config);
+    assert!(out.status.success(), "{out:?}");
+    let sent =
+        "From: bob@example.org\r\nTo: carol@example.org\r\nSubject: mine\r\n\r\nmy words\r\n";
+    let mut raw = server.login();
+    raw.ok(&format!(
+        "APPEND Sent (\\Seen) {{{}+}}\r\n{sent}",
+        sent.len()
+    ));
+    let out = sync_once(&config);
+    assert!(out.status.success(), "{out:?}");
+    let files = dovecot.mailbox_files("Sent");
+    assert_eq!(files.len(), 1, "{out:?}");
+    let stored = std::fs::read(&files[0]).unwrap();
+    assert!(!common::contains(&stored, "my words"));
+    let (plain, encrypted_to, _, _) = own
+        .decrypt(&common::ciphertext(&stored))
+        .expect("the user's own key opens the Sent copy");
+    assert!(common::contains(&plain, "my words"));
+    let own_subkeys = own.encryption_subkeys(&own_fpr);
+    assert!(
+        encrypted_to
+            .iter()
+            .all(|k| own_subkeys.iter().any(|s| s.ends_with(k.as_str()))),
+        "{encrypted_to:?} {own_subkeys:?}"
+    );
+}
+
 /// Sent (encrypted to the user's own key upstream, never in clear), a mailbox created, filled
 /// and deleted. Flag changes made upstream come down (CONDSTORE). Nothing comes back twice,
 /// also after upstream renumbers a folder (UIDVALIDITY change).

@@ -295,7 +295,7 @@ impl KeyService {
         if let Some(hit) = self.fresh_cache().public.get(&addr) {
             return Ok(hit.clone());
         }
-        let mut resolution = self.list_public(&addr).await?;
+        let mut resolution = self.list_public(&addr, false).await?;
         if matches!(resolution, Resolution::NoKey { .. }) && self.sources.any_network() {
             let who = addr.clone();
             // Located keys are imported into the keyring (GPGME "auto-key-locate").
@@ -310,7 +310,7 @@ impl KeyService {
                 )
                 .await?;
             if located {
-                resolution = self.list_public(&addr).await?;
+                resolution = self.list_public(&addr, false).await?;
             }
         }
         // Logged once per fresh lookup, not on every cache hit.
@@ -327,12 +327,29 @@ impl KeyService {
         Ok(resolution)
     }
 
-    async fn list_public(&self, addr: &str) -> Result<Resolution, KeyError> {
+    /// The key for the user's own copies (the sync's uploads of Sent and Drafts): as
+    /// [`KeyService::resolve`], among the keys whose encryption secret key is here only, and
+    /// from the keyring alone. A newer public key for the same address with no secret here
+    /// (imported, or located) would make the user's own mail unreadable to the user, and
+    /// readable to whoever holds that key (review: uploads were encrypted to it).
+    pub async fn resolve_own(&self, address: &str) -> Result<Resolution, KeyError> {
+        let addr = address.to_ascii_lowercase();
+        // Cached beside the public lookups, under a name no address has.
+        let cached = format!("own {addr}");
+        if let Some(hit) = self.fresh_cache().public.get(&cached) {
+            return Ok(hit.clone());
+        }
+        let resolution = self.list_public(&addr, true).await?;
+        self.fresh_cache().public.insert(cached, resolution.clone());
+        Ok(resolution)
+    }
+
+    async fn list_public(&self, addr: &str, own: bool) -> Result<Resolution, KeyError> {
         let who = addr.to_string();
         let facts = self
             .call(
                 "looking up a public key",
-                Request::ListPublic { addr: who },
+                Request::ListPublic { addr: who, own },
                 |r| match r {
                     Response::Facts(facts) => Ok(facts),
                     other => Err(other),

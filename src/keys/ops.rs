@@ -22,6 +22,9 @@ pub enum Request {
     /// Every key with a user ID of exactly this address, as facts for [`super::resolve`].
     ListPublic {
         addr: String,
+        /// Only keys with the secret of an encryption subkey here count as usable.
+        #[serde(default)]
+        own: bool,
     },
     /// The newest usable signing key for this address.
     FindSigner {
@@ -96,11 +99,16 @@ fn to_err(op: &'static str) -> impl Fn(gpgme::Error) -> KeyError {
 pub fn execute(gpg: &mut Gpg, request: Request) -> Result<Response, KeyError> {
     match request {
         Request::Locate { addr } => locate(gpg, &addr).map(Response::Located),
-        Request::ListPublic { addr } => {
+        Request::ListPublic { addr, own } => {
+            let mode = if own {
+                KeyListMode::LOCAL | KeyListMode::WITH_SECRET
+            } else {
+                KeyListMode::LOCAL
+            };
             gpg.ctx
-                .set_key_list_mode(KeyListMode::LOCAL)
+                .set_key_list_mode(mode)
                 .map_err(to_err("looking up a public key"))?;
-            list_facts(&mut gpg.ctx, &addr).map(Response::Facts)
+            list_facts(&mut gpg.ctx, &addr, own).map(Response::Facts)
         }
         Request::FindSigner { addr } => {
             let found = find_signer(&mut gpg.ctx, &addr)?;
@@ -576,7 +584,11 @@ fn same_address(uid_address: &str, addr: &str) -> bool {
             == crate::rewrite::policy::canonical_address(addr)
 }
 
-fn list_facts(ctx: &mut Context, addr: &str) -> Result<Vec<KeyFacts>, KeyError> {
+fn usable_for_encryption(s: gpgme::Subkey<'_>) -> bool {
+    s.can_encrypt() && !s.is_revoked() && !s.is_expired() && !s.is_invalid() && !s.is_disabled()
+}
+
+fn list_facts(ctx: &mut Context, addr: &str, own: bool) -> Result<Vec<KeyFacts>, KeyError> {
     let mut keys = ctx
         .find_keys(address_patterns(addr))
         .map_err(to_err("looking up a public key"))?;
@@ -601,13 +613,11 @@ fn list_facts(ctx: &mut Context, addr: &str) -> Result<Vec<KeyFacts>, KeyError> 
             disabled: key.is_disabled(),
             invalid: key.is_invalid(),
             uid_revoked: matching.iter().all(|u| u.is_revoked() || u.is_invalid()),
-            usable_encryption_subkey: key.subkeys().any(|s| {
-                s.can_encrypt()
-                    && !s.is_revoked()
-                    && !s.is_expired()
-                    && !s.is_invalid()
-                    && !s.is_disabled()
-            }),
+            usable_encryption_subkey: key.subkeys().any(usable_for_encryption),
+            no_secret: own
+                && !key
+                    .subkeys()
+                    .any(|s| usable_for_encryption(s) && (s.is_secret() || s.is_card_key())),
         });
     }
     // gpg's own failure (a home it cannot read, a keyring it cannot open) ends the listing

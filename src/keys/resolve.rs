@@ -17,6 +17,10 @@ pub struct KeyFacts {
     pub uid_revoked: bool,
     /// At least one subkey can encrypt and is itself not revoked, expired or invalid.
     pub usable_encryption_subkey: bool,
+    /// Listed for the user's own copies ([`crate::keys::KeyService::resolve_own`]), and no
+    /// such subkey has its secret key here.
+    #[serde(default)]
+    pub no_secret: bool,
 }
 
 /// Why a key cannot be used for an address.
@@ -29,6 +33,7 @@ pub enum Unusable {
     Invalid,
     UserIdRevoked,
     NoEncryptionSubkey,
+    NoSecretKey,
 }
 
 impl fmt::Display for Unusable {
@@ -40,6 +45,7 @@ impl fmt::Display for Unusable {
             Unusable::Invalid => "invalid",
             Unusable::UserIdRevoked => "user ID revoked",
             Unusable::NoEncryptionSubkey => "no encryption-capable subkey",
+            Unusable::NoSecretKey => "not the user's own: no secret key for it here",
         })
     }
 }
@@ -83,6 +89,8 @@ fn why_unusable(k: &KeyFacts) -> Option<Unusable> {
         Some(Unusable::UserIdRevoked)
     } else if !k.usable_encryption_subkey {
         Some(Unusable::NoEncryptionSubkey)
+    } else if k.no_secret {
+        Some(Unusable::NoSecretKey)
     } else {
         None
     }
@@ -128,6 +136,7 @@ mod tests {
             invalid: false,
             uid_revoked: false,
             usable_encryption_subkey: true,
+            no_secret: false,
         }
     }
 

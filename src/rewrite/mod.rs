@@ -140,6 +140,12 @@ impl Rewriter {
     /// Looks up a key for one address, as the plan wants it: an address with an extension
     /// that has no key of its own has the key of the address it is delivered to.
     pub async fn lookup(&self, address: &str) -> Lookup {
+        if self.policy.own_keys_only {
+            return match self.keys.resolve_own(address).await {
+                Ok(r) => Lookup::Found(r),
+                Err(e) => Lookup::Failed(e.to_string()),
+            };
+        }
         let found = match self.keys.resolve(address).await {
             Ok(r) => r,
             Err(e) => return Lookup::Failed(e.to_string()),

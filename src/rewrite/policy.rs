@@ -63,6 +63,10 @@ pub struct Policy {
     /// Bcc in front of the other recipients): only [`Policy::upload`] sets it.
     #[serde(skip)]
     pub keep_bcc: bool,
+    /// Encrypt only to keys whose secret key is here (the user's own): for the user's own
+    /// copy stored upstream. Never read from the configuration; only [`Policy::upload`] sets it.
+    #[serde(skip)]
+    pub own_keys_only: bool,
     /// Postfix's `recipient_delimiter` (each character a delimiter, "" none): a recipient
     /// with an address extension (`bob+lists@example.org`, delivered to bob) has bob's
     /// per-address mode and, when it has no key of its own, bob's key.
@@ -84,6 +88,7 @@ impl Default for Policy {
             default_signer: None,
             copy_batch_bytes: 64 * 1024 * 1024,
             keep_bcc: false,
+            own_keys_only: false,
             recipient_delimiter: String::new(),
         }
     }
@@ -116,6 +121,7 @@ impl Policy {
             default_signer: None,
             copy_batch_bytes: outgoing.copy_batch_bytes,
             keep_bcc: false,
+            own_keys_only: false,
             recipient_delimiter: outgoing.recipient_delimiter.clone(),
         }
     }
@@ -149,6 +155,7 @@ impl Policy {
         Policy {
             mode: Mode::EncryptOnly,
             keep_bcc: true,
+            own_keys_only: true,
             ..Policy::inbound(outgoing)
         }
     }
