@@ -39,7 +39,7 @@ fn encode_qp_line(line: &[u8], out: &mut Vec<u8>) {
     let mut col = 0;
     for (i, &b) in line.iter().enumerate() {
         let last = i + 1 == line.len();
-        let literal = match b {
+        let literal_at = |col: usize| match b {
             // RFC 3156 §3: "From " at the start of a line is encoded.
             b'F' if col == 0 && line[i..].starts_with(b"From ") => false,
             // A lone "." line is left to SMTP dot-stuffing, but encoding it costs nothing and
@@ -50,11 +50,15 @@ fn encode_qp_line(line: &[u8], out: &mut Vec<u8>) {
             33..=126 => true,
             _ => false,
         };
+        let mut literal = literal_at(col);
         let width = if literal { 1 } else { 3 };
-        // Soft break, keeping room for the "=" (RFC 2045 §6.7 rule 5).
+        // Soft break, keeping room for the "=" (RFC 2045 §6.7 rule 5). The byte then starts
+        // a line: a "From " there is encoded too (review: mbox delivery wrote ">From" after
+        // a soft break and the signature failed).
         if col + width > QP_LINE - 1 {
             out.extend_from_slice(b"=\r\n");
             col = 0;
+            literal = literal_at(0);
         }
         if literal {
             out.push(b);
@@ -318,6 +322,26 @@ mod tests {
         let dec = quoted_printable::decode(&enc, quoted_printable::ParseMode::Strict).unwrap();
         assert_eq!(dec, long.as_bytes());
         assert!(is_signing_safe(&enc));
+    }
+
+    /// A soft line break that puts "From " or a lone "." at the start of a line encodes it.
+    #[test]
+    fn qp_soft_breaks_do_not_start_a_line_with_from() {
+        for at in 70..80 {
+            for tail in ["From the desk of Alice ", "."] {
+                let line = "a".repeat(at) + tail;
+                let enc = quoted_printable(line.as_bytes());
+                let text = String::from_utf8(enc.clone()).unwrap();
+                assert!(
+                    text.split("\r\n")
+                        .all(|l| !l.starts_with("From ") && l != "."),
+                    "{text}"
+                );
+                let dec =
+                    quoted_printable::decode(&enc, quoted_printable::ParseMode::Strict).unwrap();
+                assert_eq!(dec, line.as_bytes());
+            }
+        }
     }
 
     #[test]
