@@ -59,6 +59,14 @@ pub fn content_entity(message: &ParsedMessage) -> ContentEntity {
     }
     let body_start = raw.len() - message.body().len();
     let first = MessageParser::default().parse(raw);
+    // Parsed again only for a part that ends with its header (rare).
+    let blanked = first
+        .as_ref()
+        .and_then(|m| blank_before_delimiters(m, raw, body_start));
+    let (raw, first) = match &blanked {
+        Some(b) => (&b[..], MessageParser::default().parse(&b[..])),
+        None => (raw, first),
+    };
     // Parsed again only for a message that needs close delimiters (rare).
     let closed = first
         .as_ref()
@@ -318,6 +326,97 @@ fn visit(message: &Message<'_>, part: &MessagePart<'_>, raw: &[u8], edits: &mut 
             });
         }
     }
+}
+
+/// `raw` with an empty line put between a header and a delimiter line right after it, when
+/// any part (or a message attached in one) ends with its header: RFC 2046 allows a body part
+/// of header fields alone, but mail-parser reads on past the delimiter, taking the next part's
+/// fields for more of this one's, and the rebuilt header left out the delimiter: two parts
+/// became one, an attachment's bytes under the other's name (review). The empty line makes
+/// the same empty body every reader sees. Nothing inside a sender's signed or encrypted
+/// multipart is touched. None when no part ends so.
+fn blank_before_delimiters(
+    message: &Message<'_>,
+    raw: &[u8],
+    body_start: usize,
+) -> Option<Vec<u8>> {
+    let parts = &message.parts;
+    let boundaries: Vec<String> = parts
+        .iter()
+        .filter(|p| matches!(p.body, PartType::Multipart(_)))
+        .filter_map(|p| p.content_type()?.attribute("boundary").map(str::to_string))
+        .filter(|b| !b.is_empty())
+        .collect();
+    let sealed: Vec<(usize, usize)> = parts
+        .iter()
+        .filter(|p| is_sealed(p))
+        .map(|p| (p.offset_body as usize, p.offset_end as usize))
+        .collect();
+    // Some(true) for a close delimiter (RFC 2046 §5.1.1: only blanks may follow it).
+    let delimiter = |line: &[u8]| {
+        let rest = line.strip_prefix(b"--")?;
+        boundaries.iter().find_map(|b| {
+            let after = rest.strip_prefix(b.as_bytes())?;
+            let (close, padding) = match after.strip_prefix(b"--") {
+                Some(p) => (true, p),
+                None => (false, after),
+            };
+            padding
+                .iter()
+                .all(|&c| c == b' ' || c == b'\t')
+                .then_some(close)
+        })
+    };
+    let mut inserts = Vec::new();
+    // In a header: after a delimiter, and after the header of an attached message's part.
+    let mut in_header = false;
+    let mut attached = false;
+    let mut pos = body_start;
+    while pos < raw.len() {
+        let line_end = raw[pos..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(raw.len(), |n| pos + n + 1);
+        let line = raw[pos..line_end]
+            .strip_suffix(b"\n")
+            .unwrap_or(&raw[pos..line_end]);
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        match delimiter(line) {
+            Some(close) => {
+                if in_header && !sealed.iter().any(|&(s, e)| (s..e).contains(&pos)) {
+                    inserts.push(pos);
+                }
+                in_header = !close;
+                attached = false;
+            }
+            None if in_header && line.is_empty() => {
+                in_header = attached;
+                attached = false;
+            }
+            None if in_header => {
+                let lower = line.to_ascii_lowercase();
+                if let Some(value) = lower.strip_prefix(b"content-type:") {
+                    let value = value.trim_ascii_start();
+                    attached = value.starts_with(b"message/rfc822")
+                        || value.starts_with(b"message/global");
+                }
+            }
+            None => {}
+        }
+        pos = line_end;
+    }
+    if inserts.is_empty() {
+        return None;
+    }
+    let mut out = Vec::with_capacity(raw.len() + 2 * inserts.len());
+    let mut from = 0;
+    for at in inserts {
+        out.extend_from_slice(&raw[from..at]);
+        out.extend_from_slice(b"\r\n");
+        from = at;
+    }
+    out.extend_from_slice(&raw[from..]);
+    Some(out)
 }
 
 /// `raw` with the close delimiters added that nested multiparts lack, when any does: a
@@ -704,6 +803,34 @@ fn apply(raw: &[u8], start: usize, mut edits: Vec<Edit>) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A part of header fields alone, then the next delimiter (RFC 2046 allows it), and a
+    /// header-only attached message: each part stays a part of its own (review: the next
+    /// part's fields were read as this one's and the delimiter was left out of the copy).
+    #[test]
+    fn a_part_that_ends_with_its_header_stays_a_part() {
+        let raw = b"From: a@example.org\nMIME-Version: 1.0\n\
+Content-Type: multipart/mixed; boundary=\"b\"\n\n--b\nContent-Type: text/plain\n\n\
+Hello Bob, report attached. \n--b\nContent-Type: text/plain; name=\"empty.txt\"\n--b\n\
+Content-Type: message/rfc822\n\nSubject: only a header\n--b\n\
+Content-Type: application/octet-stream; name=\"report.bin\"\n\nFrom \0\xff binary\n--b--\n";
+        let entity = content_entity(&ParsedMessage::parse(raw.to_vec()).unwrap()).to_entity();
+        let text = String::from_utf8_lossy(&entity).into_owned();
+        assert_eq!(text.matches("\r\n--b\r\n").count(), 4, "{text}");
+        let parsed = MessageParser::default().parse(&entity[..]).unwrap();
+        let PartType::Multipart(children) = &parsed.parts[0].body else {
+            panic!("{text}");
+        };
+        assert_eq!(children.len(), 4, "{text}");
+        let names: Vec<Option<&str>> = children
+            .iter()
+            .map(|&c| parsed.parts[c as usize].attachment_name())
+            .collect();
+        assert_eq!(names, [None, Some("empty.txt"), None, Some("report.bin")]);
+        let report = &parsed.parts[children[3] as usize];
+        assert_eq!(report.contents(), b"From \0\xff binary");
+        assert!(parsed.parts[children[1] as usize].contents().is_empty());
+    }
 
     #[test]
     fn an_unclosed_inner_multipart_ends_at_the_outer_delimiter() {
