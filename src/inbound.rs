@@ -231,7 +231,7 @@ async fn process_layer(
     depth: u8,
 ) -> Result<Processed, InboundError> {
     let (header, body) = split(raw);
-    let parsed = MessageParser::default().parse(raw);
+    let parsed = parse_message(raw);
     let root = parsed.as_ref().and_then(|m| m.parts.first());
     let content_type = root.and_then(|p| p.content_type());
     let is = |t: &str, s: &str| has_type(content_type, t, s);
@@ -372,7 +372,7 @@ async fn process_layer(
         .filter(|_| depth == 0 && verdict.signature == Signature::Unsigned && may_be_ciphertext());
     if let Some(layer_header) = rewrapped {
         let entity = [&layer_header[..], &out_body[..]].concat();
-        let inner = MessageParser::default().parse(&entity);
+        let inner = parse_message(&entity);
         if whole_message_ciphertext(inner.as_ref()).is_some() {
             let inner = Box::pin(process_layer(keys, &entity, depth + 1)).await?;
             if inner.verdict.encryption == Encryption::Decrypted {
@@ -510,7 +510,7 @@ async fn verify_multipart_signed(
     entity: &[u8],
     from: &Option<String>,
 ) -> Result<Signature, InboundError> {
-    let Some(message) = MessageParser::default().parse(entity) else {
+    let Some(message) = parse_message(entity) else {
         return Ok(Signature::Unsigned);
     };
     let ct = message.parts.first().and_then(|p| p.content_type());
@@ -620,9 +620,17 @@ fn inline_armor(text: &[u8]) -> Option<Vec<u8>> {
 /// pass-through test, `message::parse::whole_ciphertext`): what the write-back sends upstream
 /// as it is must have no part in clear.
 pub fn is_whole_ciphertext(raw: &[u8]) -> bool {
-    MessageParser::default()
-        .parse(raw)
-        .is_some_and(|m| crate::message::parse::whole_ciphertext(&m))
+    parse_message(raw).is_some_and(|m| crate::message::parse::whole_ciphertext(&m))
+}
+
+/// `raw` parsed by mail-parser, unless it nests attached messages too deeply to parse safely
+/// ([`crate::message::parse::nesting_bounded`]): such a message is kept as it came, as one that
+/// does not parse.
+fn parse_message(raw: &[u8]) -> Option<mail_parser::Message<'_>> {
+    if !crate::message::parse::nesting_bounded(raw) {
+        return None;
+    }
+    MessageParser::default().parse(raw)
 }
 
 /// Whether a Content-Type is `t/s` (ASCII case-insensitively).
@@ -898,7 +906,7 @@ fn merge_headers(
 
 /// The header of a `multipart/signed` entity's first (signed) part.
 fn signed_part_header(entity: &[u8]) -> Option<Vec<u8>> {
-    let message = MessageParser::default().parse(entity)?;
+    let message = parse_message(entity)?;
     let root = message.parts.first()?;
     if !root.content_type().is_some_and(|ct| {
         ct.ctype().eq_ignore_ascii_case("multipart")

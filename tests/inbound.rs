@@ -145,6 +145,39 @@ async fn delivered_mail_is_decrypted_verified_and_marked() {
     verdicts::check(&world, &verdicts::fetch_all(&server));
 }
 
+/// A message of 120,000 nested attached messages (4 MB): parsing it overflowed the stack and
+/// aborted the process, the deliver here and the IMAP server at a SEARCH of its body (review:
+/// every session of every account, again after each restart). It is stored as it came, and
+/// the server answers a body search and stays up.
+#[test]
+fn attached_messages_nested_too_deeply_are_stored_and_do_not_crash_a_search() {
+    let server = Server::start_limits("", "max_append = 8388608", "");
+    let mut raw =
+        b"From: a@example.org\r\nSubject: nest\r\nContent-Type: message/rfc822\r\n\r\n".to_vec();
+    for _ in 0..120_000 {
+        raw.extend_from_slice(b"Content-Type: message/rfc822\r\n\r\n");
+    }
+    raw.extend_from_slice(b"Subject: deep\r\n\r\nneedlebody\r\n");
+    let (code, output) = deliver(&server, &raw);
+    assert_eq!(code, 0, "{output}");
+    let mut imap = server.login();
+    imap.ok("SELECT INBOX");
+    imap.ok("SEARCH BODY needlebody");
+    imap.ok("SEARCH TEXT needlebody");
+    let found = imap.ok("SEARCH SUBJECT nest");
+    assert!(
+        found.iter().any(|l| l.starts_with("* SEARCH 1")),
+        "{found:?}"
+    );
+    let flags = imap.ok("FETCH 1 (FLAGS BODY.PEEK[HEADER.FIELDS (Sealpost-Verdict)])");
+    assert!(
+        flags
+            .iter()
+            .any(|l| l.contains("plaintext; signature=none")),
+        "{flags:?}"
+    );
+}
+
 /// A mistake in the MTA's command line for deliver (an unknown flag) keeps the mail queued
 /// (75), where a usage error (64) would bounce it.
 #[test]

@@ -118,7 +118,7 @@ impl<'a> Candidate<'a> {
     fn body(&mut self) -> &str {
         if self.body.is_none() {
             let mut text = String::new();
-            if let Some(message) = BODY_PARSER.parse(self.source()) {
+            if let Some(message) = parse_body(self.source()) {
                 body_text(&message, &mut text);
             }
             self.body = Some(text);
@@ -132,8 +132,8 @@ impl<'a> Candidate<'a> {
         if self.part_headers.is_none() {
             let mut text = String::new();
             let source = self.source();
-            if let Some(message) = BODY_PARSER.parse(source) {
-                part_header_text(&message, source, true, &mut text);
+            if let Some(message) = parse_body(source) {
+                part_header_text(&message, source, &mut text);
             }
             self.part_headers = Some(text);
         }
@@ -196,38 +196,62 @@ fn written_day(value: &str) -> Option<(i64, u32, u32)> {
     })
 }
 
+/// The message parsed for body searches; None for one that nests attached messages too
+/// deeply to parse safely ([`crate::message::parse::nesting_bounded`]): its body text is not
+/// searched (review: parsing it overflowed the stack and took the server down).
+fn parse_body(raw: &[u8]) -> Option<mail_parser::Message<'_>> {
+    crate::message::parse::nesting_bounded(raw)
+        .then(|| BODY_PARSER.parse(raw))
+        .flatten()
+}
+
 /// The folded text of every text part, including those of attached messages (their bodies
-/// are part of the body being searched, as for Dovecot; their header blocks are not).
+/// are part of the body being searched, as for Dovecot; their header blocks are not). Walked
+/// with a list rather than recursion: attached messages may nest thousands deep.
 fn body_text(message: &mail_parser::Message<'_>, text: &mut String) {
-    for part in &message.parts {
-        match &part.body {
-            PartType::Text(t) | PartType::Html(t) => {
-                text.push_str(&fold(t));
-                text.push('\n');
+    let mut waiting = vec![message];
+    while let Some(message) = waiting.pop() {
+        // Reversed, so that the pops read the parts in order.
+        let mut inner = Vec::new();
+        for part in &message.parts {
+            match &part.body {
+                PartType::Text(t) | PartType::Html(t) => {
+                    text.push_str(&fold(t));
+                    text.push('\n');
+                }
+                PartType::Message(m) => inner.push(m),
+                _ => {}
             }
-            PartType::Message(inner) => body_text(inner, text),
-            _ => {}
         }
+        waiting.extend(inner.into_iter().rev());
     }
 }
 
-/// The folded header blocks of `message`'s parts (not its own when `top`), and of attached
-/// messages in it; offsets outside `raw` (an encoded attachment's) are left out.
-fn part_header_text(message: &mail_parser::Message<'_>, raw: &[u8], top: bool, text: &mut String) {
-    for (i, part) in message.parts.iter().enumerate() {
-        if !(top && i == 0) {
-            if let Some(header) = raw.get(part.offset_header as usize..part.offset_body as usize) {
-                text.push_str(&fold(
-                    &String::from_utf8_lossy(header).replace(['\r', '\n'], " "),
-                ));
-                text.push('\n');
+/// The folded header blocks of `message`'s parts (not its own), and of attached messages in
+/// it; offsets outside `raw` (an encoded attachment's) are left out. Walked with a list, as
+/// [`body_text`].
+fn part_header_text(message: &mail_parser::Message<'_>, raw: &[u8], text: &mut String) {
+    let mut waiting = vec![(message, true)];
+    while let Some((message, top)) = waiting.pop() {
+        let mut inner = Vec::new();
+        for (i, part) in message.parts.iter().enumerate() {
+            if !(top && i == 0) {
+                if let Some(header) =
+                    raw.get(part.offset_header as usize..part.offset_body as usize)
+                {
+                    text.push_str(&fold(
+                        &String::from_utf8_lossy(header).replace(['\r', '\n'], " "),
+                    ));
+                    text.push('\n');
+                }
+            }
+            if let PartType::Message(m) = &part.body {
+                if part.encoding == mail_parser::Encoding::None {
+                    inner.push((m, false));
+                }
             }
         }
-        if let PartType::Message(inner) = &part.body {
-            if part.encoding == mail_parser::Encoding::None {
-                part_header_text(inner, raw, false, text);
-            }
-        }
+        waiting.extend(inner.into_iter().rev());
     }
 }
 

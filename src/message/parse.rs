@@ -110,6 +110,11 @@ impl ParsedMessage {
                 .map_or(raw.len(), |i| i + 1);
             raw.drain(..end);
         }
+        if !nesting_bounded(&raw) {
+            return Err(MessageError::NotAMessage(
+                "attached messages nested too deeply (over 5,000 message/ and digest types)",
+            ));
+        }
         let (fields, body_start, from, encrypted) = {
             let message = MessageParser::default()
                 .parse(&raw)
@@ -490,6 +495,37 @@ pub fn signature_packets(signature: &[u8], limit: usize) -> usize {
         8 => Walk::TooMany,
         _ => Walk::Pass,
     })
+}
+
+/// How many times `message/` and `digest` may occur (in any case) in a message that is parsed
+/// with mail-parser: a bound on how deeply it nests attached messages (each level needs a
+/// `message/rfc822` or `message/global` type, or a `multipart/digest` around a part without
+/// one). mail-parser nests them without limit, and dropping its parse recurses once per
+/// level: 100,000 levels (3 MB of `Content-Type: message/rfc822` lines) overflowed the stack
+/// and aborted the whole process (review: the IMAP server, every session of every account,
+/// at each SEARCH of such a message). 20,000 levels were measured to be safe on a 2 MiB stack.
+pub const MAX_NESTING_HINTS: usize = 5_000;
+
+/// Whether `raw` is safe to parse with mail-parser: see [`MAX_NESTING_HINTS`]. One pass,
+/// no allocation.
+pub fn nesting_bounded(raw: &[u8]) -> bool {
+    let mut hints = 0;
+    for (at, &b) in raw.iter().enumerate() {
+        let hint = match b {
+            b'/' => at >= 7 && raw[at - 7..at].eq_ignore_ascii_case(b"message"),
+            b'd' | b'D' => raw
+                .get(at..at + 6)
+                .is_some_and(|w| w.eq_ignore_ascii_case(b"digest")),
+            _ => false,
+        };
+        if hint {
+            hints += 1;
+            if hints > MAX_NESTING_HINTS {
+                return false;
+            }
+        }
+    }
+    true
 }
 
 /// Each signature packet of a detached signature (armored or binary), as binary OpenPGP data
@@ -904,6 +940,22 @@ boundary=\"A\"; Boundary=\"B\"\r\n\r\n--A\r\n\r\nx\r\n--A--\r\n";
         let mut text_inside = many.clone();
         text_inside.splice(0..0, [0xFC, 15].into_iter().chain(*b"-----BEGIN PGP "));
         assert_eq!(session_key_packets(&text_inside, 1000), 50);
+    }
+
+    #[test]
+    fn attached_messages_nested_too_deeply_are_not_parsed() {
+        let level = b"Content-Type: Message/RFC822\r\n\r\n";
+        let nested = |n: usize| [&b"From: a@x\r\n"[..], &level.repeat(n), b"x\r\n"].concat();
+        assert!(nesting_bounded(&nested(MAX_NESTING_HINTS)));
+        assert!(!nesting_bounded(&nested(MAX_NESTING_HINTS + 1)));
+        let digests =
+            "Content-Type: multipart/DIGEST; boundary=b\r\n".repeat(MAX_NESTING_HINTS + 1);
+        assert!(!nesting_bounded(digests.as_bytes()));
+        assert!(matches!(
+            ParsedMessage::parse(nested(MAX_NESTING_HINTS + 1)),
+            Err(MessageError::NotAMessage(_))
+        ));
+        assert!(ParsedMessage::parse(nested(10)).is_ok());
     }
 
     #[test]

@@ -57,10 +57,16 @@ impl Server {
         let store = store
             .map(Path::to_path_buf)
             .unwrap_or_else(|| dir.path().join("store.sqlite"));
+        // 1 MiB unless `limits` sets it.
+        let append = if limits.contains("max_append") {
+            ""
+        } else {
+            "max_append = 1048576\n"
+        };
         let config = format!(
             "[store]\npath = \"{store}\"\n\n[imap]\nallow_plaintext_loopback = true\n{imap}\n\n\
              [imap.limits]\nauth_failure_delay_ms = {AUTH_DELAY_MS}\nmax_literal = 4096\n\
-             max_append = 1048576\nmax_line_before_login = 2048\n{limits}\n\n\
+             {append}max_line_before_login = 2048\n{limits}\n\n\
              [[accounts]]\nname = \"{USER}\"\npassword_hash = \"{hash}\"\n\n{tables}\n",
             store = store.display(),
             hash = password_hash(),
