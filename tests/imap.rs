@@ -1448,6 +1448,14 @@ fn enable_before_login_and_plain_for_another_identity() {
     assert!(tagged.contains(" NO [AUTHENTICATIONFAILED] "), "{tagged}");
     raw.ok(&format!("LOGIN {USER} \"{PASSWORD}\""));
     raw.ok("ENABLE CONDSTORE");
+    // AUTHENTICATE only before login (RFC 3501 §6.2.2): after it, it switched the session to
+    // the other user (review). BAD, and the selected mailbox stays.
+    raw.ok("SELECT INBOX");
+    let (_, tagged) = raw.cmd(&format!("AUTHENTICATE PLAIN {}", sasl_plain(USER, PASSWORD)));
+    assert!(tagged.contains(" BAD "), "{tagged}");
+    let (_, tagged) = raw.cmd("AUTHENTICATE PLAIN");
+    assert!(tagged.contains(" BAD "), "{tagged}");
+    raw.ok("FETCH 1:* (FLAGS)");
 }
 
 /// A system flag RFC 3501 does not define is refused (BAD), not stored; \Recent is ignored.

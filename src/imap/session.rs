@@ -904,7 +904,11 @@ impl Session {
         mechanism: AuthMechanism<'static>,
         initial: Option<Secret<std::borrow::Cow<'static, [u8]>>>,
     ) -> Result<(), ConnError> {
-        let response = if !matches!(mechanism, AuthMechanism::Plain) {
+        // RFC 3501 §6.2.2: only in the not-authenticated state (review: after LOGIN it was
+        // taken, and switched the session to another user).
+        let response = if !matches!(self.state, State::NotAuthenticated) {
+            Err(CmdError::bad("Already logged in"))
+        } else if !matches!(mechanism, AuthMechanism::Plain) {
             Err(CmdError::no(None, "Unsupported mechanism; use PLAIN"))
         } else if !self.login_allowed() {
             Err(CmdError::no(
