@@ -1451,11 +1451,28 @@ fn enable_before_login_and_plain_for_another_identity() {
     // AUTHENTICATE only before login (RFC 3501 §6.2.2): after it, it switched the session to
     // the other user (review). BAD, and the selected mailbox stays.
     raw.ok("SELECT INBOX");
-    let (_, tagged) = raw.cmd(&format!("AUTHENTICATE PLAIN {}", sasl_plain(USER, PASSWORD)));
+    let (_, tagged) = raw.cmd(&format!(
+        "AUTHENTICATE PLAIN {}",
+        sasl_plain(USER, PASSWORD)
+    ));
     assert!(tagged.contains(" BAD "), "{tagged}");
     let (_, tagged) = raw.cmd("AUTHENTICATE PLAIN");
     assert!(tagged.contains(" BAD "), "{tagged}");
     raw.ok("FETCH 1:* (FLAGS)");
+}
+
+/// A LIST line whose tag is none (`*`, `+`, `a%b`) is answered as any such line, BAD, not
+/// with its bad tag echoed (review: `* OK LIST completed`, `+ OK ...`).
+#[test]
+fn a_list_with_a_bad_tag_is_refused() {
+    let server = Server::start();
+    let mut raw = server.login();
+    for bad in ["*", "+", "a%b"] {
+        raw.send(format!("{bad} LIST \"\" INBOX\r\n").as_bytes());
+        let line = raw.line().unwrap();
+        assert!(line.starts_with("* BAD"), "{bad}: {line}");
+    }
+    raw.ok("LIST \"\" INBOX");
 }
 
 /// A system flag RFC 3501 does not define is refused (BAD), not stored; \Recent is ignored.

@@ -584,12 +584,19 @@ fn push_feed(pieces: &mut Vec<Piece>, bytes: &[u8]) {
     }
 }
 
-/// "tag VERB ..." → "VERB" upper-cased; "tag UID FETCH" → "FETCH".
+/// "tag VERB ..." → "VERB" upper-cased; "tag UID FETCH" → "FETCH". Empty when the tag is
+/// not one (RFC 3501 §9: ASTRING-CHARs but "+"): imap-codec answers such a line, which the
+/// LIST path, parsed here, took and answered with the bad tag (review: `* LIST ...` was
+/// answered `* OK LIST completed`, `+ LIST` with what looked like a continuation request).
 fn verb_of(line: &[u8]) -> String {
     let mut words = line
         .split(|&b| b == b' ' || b == b'\r' || b == b'\n')
         .filter(|w| !w.is_empty());
-    let _tag = words.next();
+    let tag = words.next().unwrap_or_default();
+    let tag_char = |b: &u8| b.is_ascii_graphic() && !b"(){%*\"\\+".contains(b);
+    if tag.is_empty() || !tag.iter().all(tag_char) {
+        return String::new();
+    }
     let mut verb = words.next().unwrap_or_default().to_ascii_uppercase();
     if verb == b"UID" {
         verb = words.next().unwrap_or_default().to_ascii_uppercase();
@@ -717,6 +724,15 @@ mod tests {
             .unwrap();
         assert!(matches!(&pieces[0], Piece::Feed(b) if b == b"a1 LOGIN {3}\r\nbob {2}\r\npw\r\n"));
         assert!(matches!(&pieces[1], Piece::List(b) if b == b"b LIST \"\" *\r\n"));
+        // A line whose tag is none goes to imap-codec, which answers it.
+        for bad in [
+            &b"* LIST \"\" *\r\n"[..],
+            b"+ LIST \"\" *\r\n",
+            b"a%b LIST \"\" *\r\n",
+        ] {
+            let pieces = Scanner::new().feed(bad, &limits(), true).unwrap();
+            assert!(matches!(&pieces[..], [Piece::Feed(_)]), "{bad:?}");
+        }
         let mut s = Scanner::new();
         let pieces = s.feed(b"c LIST () {1}\r\n", &limits(), true).unwrap();
         assert!(matches!(&pieces[..], [Piece::Continue]));
