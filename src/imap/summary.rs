@@ -946,6 +946,28 @@ pub(crate) mod tests {
         }
     }
 
+    /// 140,000 empty parts: split into at most 10,000 (Dovecot's max_total_mime_parts), the
+    /// rest the body of the last; the message's length is kept whole.
+    #[test]
+    fn a_message_is_split_into_at_most_ten_thousand_parts() {
+        let mut raw = b"Content-Type: multipart/mixed; boundary=B\r\n\r\n".to_vec();
+        raw.extend_from_slice(&b"--B\r\n\r\n".repeat(140_000));
+        raw.extend_from_slice(b"--B--\r\n");
+        let summary = summarize(&raw);
+        let nodes = super::tree::parse(&raw);
+        assert_eq!(nodes.len(), 10_000);
+        assert_eq!(summary.parts.message_len(), raw.len());
+        assert!(
+            summary.bodystructure.len() < 1_000_000,
+            "{}",
+            summary.bodystructure.len()
+        );
+        assert_eq!(
+            PartMap::from_bytes(&summary.parts.to_bytes()),
+            Ok(summary.parts)
+        );
+    }
+
     #[test]
     fn partmap_rejects_damaged_blobs() {
         let map = summarize(b"Content-Type: multipart/mixed; boundary=b\r\nMIME-Version: 1.0\r\n\r\n--b\r\n\r\nx\r\n--b--\r\n").parts;
