@@ -3465,6 +3465,15 @@ async fn a_keyword_the_server_refuses_holds_nothing_up() {
     let store = sealpost::store::Store::open(&server.store_path()).unwrap();
     let account = store.account(USER).unwrap().unwrap();
     assert_eq!(store.journal_backlog(account).unwrap(), (0, None));
+    // The keyword stays here in the passes after (review: the flag change it came with came
+    // back down as upstream's flags, without it, and wiped it at once).
+    for _ in 0..2 {
+        let out = sync_once(&config);
+        assert!(out.status.success(), "{out:?}");
+    }
+    raw.ok("SELECT Archive");
+    let flags = raw.ok("FETCH 1 (FLAGS)").join(" ");
+    assert!(flags.contains(&long) && flags.contains("\\Seen"), "{flags}");
 }
 
 /// The notify_command gets the counts in its environment, and what it prints goes to stderr:

@@ -462,8 +462,10 @@ impl Store {
 
     /// Takes flag changes made upstream (RFC 7162 CHANGEDSINCE) into the linked local
     /// messages: upstream's flags replace the local ones, except sealpost's own verdict
-    /// keywords, which stay. A message with a local change still waiting in the journal keeps
-    /// its local flags (the write-back will send them). Not journaled. Returns how many
+    /// keywords, which stay, and keywords the upstream folder does not know (`known`, its
+    /// FLAGS, when it sent them: keywords it refused, which stay here only; review, they were
+    /// wiped at the next pass). A message with a local change still waiting in the journal
+    /// keeps its local flags (the write-back will send them). Not journaled. Returns how many
     /// messages changed, and how many were left so.
     pub fn apply_upstream_flags(
         &self,
@@ -471,7 +473,12 @@ impl Store {
         folder: &str,
         uidvalidity: u32,
         changes: &[(u32, Flags)],
+        known: Option<&[String]>,
     ) -> Result<(usize, usize), StoreError> {
+        let never_upstream = |keyword: &str| {
+            !keyword.starts_with('\\')
+                && known.is_some_and(|k| !k.iter().any(|f| f.eq_ignore_ascii_case(keyword)))
+        };
         if changes.is_empty() {
             return Ok((0, 0));
         }
@@ -520,7 +527,10 @@ impl Store {
                     }
                     let current = Flags::from_column(&current);
                     let mut new = upstream.clone();
-                    for keyword in current.iter().filter(|f| is_local_keyword(f)) {
+                    for keyword in current
+                        .iter()
+                        .filter(|f| is_local_keyword(f) || never_upstream(f))
+                    {
                         new.insert(keyword.to_string());
                     }
                     let mut applied = current.clone();

@@ -383,7 +383,7 @@ fn write_back_links_and_upstream_flags() {
         next_uid: 11,
     };
     let mut verdict = message("a");
-    verdict.flags = Flags::new(["$Sealpost-Encrypted"]);
+    verdict.flags = Flags::new(["$Sealpost-Encrypted", "$Mine", "$Gone"]);
     let a = store.append_synced(inbox.id, vec![verdict], &mark).unwrap()[0];
     let upstream = |folder: &str, uid| UpstreamRef {
         folder: folder.into(),
@@ -399,9 +399,17 @@ fn write_back_links_and_upstream_flags() {
         [10]
     );
 
-    // Upstream flags replace the local ones but for the verdict keyword.
+    // Upstream flags replace the local ones but for the verdict keyword, and keywords the
+    // upstream folder does not know ($Mine: it refused it); $Gone it knows, and dropped.
+    let known = ["\\Seen".to_string(), "$gone".to_string()];
     let changed = store
-        .apply_upstream_flags(account, "INBOX", 7, &[(10, Flags::new(["\\Seen"]))])
+        .apply_upstream_flags(
+            account,
+            "INBOX",
+            7,
+            &[(10, Flags::new(["\\Seen"]))],
+            Some(&known),
+        )
         .unwrap();
     assert_eq!(changed, (1, 0));
     let flags = |mailbox, uid| {
@@ -415,6 +423,8 @@ fn write_back_links_and_upstream_flags() {
     };
     assert!(flags(inbox.id, a.uid).contains("\\Seen"));
     assert!(flags(inbox.id, a.uid).contains("$Sealpost-Encrypted"));
+    assert!(flags(inbox.id, a.uid).contains("$Mine"));
+    assert!(!flags(inbox.id, a.uid).contains("$Gone"));
 
     // A local move is journaled for this account only; written back with the COPYUID, the
     // link follows the message.

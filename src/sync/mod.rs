@@ -527,7 +527,14 @@ impl Syncer {
         let mut flags_changed = 0;
         if synced_modseq > 0 && highestmodseq > synced_modseq {
             match self
-                .flag_changes(session, account, folder, uidvalidity, synced_modseq)
+                .flag_changes(
+                    session,
+                    account,
+                    folder,
+                    uidvalidity,
+                    synced_modseq,
+                    selected.mailbox_flags.clone(),
+                )
                 .await
             {
                 // A change left for one waiting here is asked for again next pass (the mark
@@ -696,6 +703,7 @@ impl Syncer {
         folder: &str,
         uidvalidity: u32,
         since: u64,
+        known: Option<Vec<String>>,
     ) -> Result<(usize, bool), SyncError> {
         // Through `command`, which reads the completion: a CHANGEDSINCE refused (NO) must
         // not count as "no changes", or the folder's HIGHESTMODSEQ would move past them.
@@ -715,9 +723,12 @@ impl Syncer {
             .map(|(uid, names)| (uid, flags_named(&names)))
             .collect();
         let (store, f) = (self.store.clone(), folder.to_string());
-        let (changed, left) =
-            blocking(move || store.apply_upstream_flags(account, &f, uidvalidity, &changes))
-                .await??;
+        // Keywords the folder does not know (its FLAGS at EXAMINE) were never upstream: ones
+        // it refused (too long, or no keywords at all) stay here, not taken for removed.
+        let (changed, left) = blocking(move || {
+            store.apply_upstream_flags(account, &f, uidvalidity, &changes, known.as_deref())
+        })
+        .await??;
         if changed > 0 {
             tracing::info!(account = %self.name, %folder, "{changed} flag changes from upstream");
         }
