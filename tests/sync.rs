@@ -3432,6 +3432,51 @@ async fn a_message_passed_over_in_a_resync_keeps_its_local_copy() {
     assert_eq!(exists(&mut raw, "Lists"), 3, "{log}");
 }
 
+/// A local RENAME of INBOX (RFC 3501 §6.3.5: its messages move to the new mailbox, INBOX
+/// stays) is done upstream the same way, as a new folder and moves: Dovecot refuses to rename
+/// INBOX, and the rename waited in the journal for good, every later change to INBOX behind
+/// it (review).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rename_of_inbox_moves_its_messages_upstream_too() {
+    let world = World::new();
+    let dovecot = Dovecot::start_tls();
+    upstream(
+        &dovecot,
+        json!([
+            append_bytes("INBOX", &plain_message("i1")),
+            append_bytes("INBOX", &plain_message("i2"))
+        ]),
+    );
+    let (server, _dir, config) = bobs_sync(&world, &dovecot);
+    let out = sync_once(&config);
+    assert_eq!(stdout(&out).trim(), format!("{USER}: 2 new"), "{out:?}");
+    let mut raw = server.login();
+    raw.ok("RENAME INBOX Old");
+    let out = sync_once(&config);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(dovecot.mailbox_files("Old").len(), 2, "{out:?}");
+    assert!(dovecot.mailbox_files("INBOX").is_empty(), "{out:?}");
+    let store = sealpost::store::Store::open(&server.store_path()).unwrap();
+    let account = store.account(USER).unwrap().unwrap();
+    assert_eq!(store.journal_backlog(account).unwrap(), (0, None));
+
+    // INBOX goes on: new mail comes down, a flag change goes up.
+    upstream(
+        &dovecot,
+        json!([append_bytes("INBOX", &plain_message("i3"))]),
+    );
+    let out = sync_once(&config);
+    assert_eq!(stdout(&out).trim(), format!("{USER}: 1 new"), "{out:?}");
+    assert_eq!(exists(&mut raw, "Old"), 2);
+    assert_eq!(exists(&mut raw, "INBOX"), 1);
+    raw.ok("STORE 1 +FLAGS (\\Seen)");
+    let out = sync_once(&config);
+    assert!(out.status.success(), "{out:?}");
+    assert!(upstream_flags(&dovecot, "INBOX")
+        .join(" ")
+        .contains("\\Seen"));
+}
+
 /// A keyword the server will not take (Dovecot refuses one longer than
 /// mail_max_keyword_length, 50): the system flags of that change still go up, the keyword
 /// stays here, and the message's later changes are not held up behind it.

@@ -741,7 +741,7 @@ impl Store {
             {
                 return Err(StoreError::RenameUnderItself(from.to_owned()));
             }
-            create_parents(tx, account, to)?;
+            let parents = create_parents(tx, account, to)?;
             if source.name == "INBOX" {
                 let target = insert_mailbox(tx, account, to, None, false)?;
                 let uids: Vec<u32> = {
@@ -751,8 +751,20 @@ impl Store {
                     rows.collect::<Result<_, _>>()?
                 };
                 let target = find_mailbox_id(tx, target)?;
-                copy_rows(tx, &source, &uids, &target)?;
+                let pairs = copy_rows(tx, &source, &uids, &target)?;
                 expunge_rows(tx, &source, &uids)?;
+                // Upstream as it was done here: the new folder made and INBOX's messages moved
+                // into it. A RENAME of INBOX upstream is refused by servers that do not move
+                // its messages (Dovecot: "Renaming INBOX isn't supported"), and waited in the
+                // journal for good, every later change to INBOX behind it (review).
+                for made in parents.iter().map(String::as_str).chain([to]) {
+                    journal(tx, account, made, 0, "create-mailbox", "")?;
+                }
+                for (old, new) in &pairs {
+                    let detail = format!("{to}\t{new}");
+                    journal(tx, account, "INBOX", *old, "move", &detail)?;
+                }
+                return Ok(());
             } else {
                 let prefix = format!("{}{DELIMITER}", source.name);
                 // SQLite's substr counts characters, not bytes ("Entwürfe/").
