@@ -550,6 +550,22 @@ fn two_sessions_see_each_others_changes_in_order() {
     a.ok("STORE 2 +FLAGS.SILENT (\\Flagged)");
     let seen = b.ok("NOOP");
     assert_eq!(seen, ["* 2 FETCH (UID 2 FLAGS (\\Flagged))"]);
+    // B's own .SILENT change to a message A changed since B last heard does not hide A's
+    // change: the next NOOP tells B the flags both made (review: \Answered never came).
+    a.ok("STORE 2 +FLAGS.SILENT (\\Answered)");
+    b.ok("STORE 2 +FLAGS.SILENT (\\Seen)");
+    let seen = b.ok("NOOP");
+    assert_eq!(
+        seen,
+        ["* 2 FETCH (UID 2 FLAGS (\\Flagged \\Answered \\Seen))"]
+    );
+    // Its own change alone is not reported back.
+    b.ok("STORE 2 -FLAGS.SILENT (\\Seen)");
+    assert!(b.ok("NOOP").is_empty());
+    assert_eq!(
+        a.ok("NOOP"),
+        ["* 2 FETCH (UID 2 FLAGS (\\Flagged \\Answered \\Recent))"]
+    );
 
     a.ok("STORE 3 +FLAGS.SILENT (\\Deleted)");
     let expunged = a.ok("EXPUNGE");
@@ -590,7 +606,7 @@ fn two_sessions_see_each_others_changes_in_order() {
     a.ok("STORE 1 +FLAGS.SILENT (\\Seen)");
     assert_eq!(
         b.line().unwrap(),
-        "* 1 FETCH (UID 2 FLAGS (\\Flagged \\Seen))"
+        "* 1 FETCH (UID 2 FLAGS (\\Flagged \\Answered \\Seen))"
     );
     b.send(b"DONE\r\n");
     let (_, done) = b.until("idle");

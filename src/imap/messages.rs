@@ -166,8 +166,15 @@ impl Session {
         if selected.learn_keywords(stored.rows.iter().flat_map(|(_, flags, ..)| flags.iter())) {
             out.flags_lists(&selected.keywords, selected.read_only);
         }
-        for (uid_value, flags, modseq, changed) in &stored.rows {
-            if *changed {
+        for (i, (uid_value, flags, modseq, changed)) in stored.rows.iter().enumerate() {
+            // The session's own change needs no report at the next NOOP, unless another
+            // session had changed the message since this one last heard: then that report
+            // is the only way its client learns of it (RFC 3501 §6.4.6; review: a .SILENT
+            // STORE hid another session's \Flagged for good).
+            let seen_before = stored.prior_modseq.get(i).is_some_and(|&prior| {
+                prior <= selected.modseq || selected.own.get(uid_value) == Some(&prior)
+            });
+            if *changed && seen_before {
                 selected.own.insert(*uid_value, *modseq);
             }
             // RFC 7162 §3.1.3: with UNCHANGEDSINCE, .SILENT still reports changes, never

@@ -370,6 +370,8 @@ pub struct Appended {
 pub struct Stored {
     /// Every message the STORE applied to, changed or not: (uid, flags, modseq, changed).
     pub rows: Vec<(u32, Flags, u64, bool)>,
+    /// Each row's MODSEQ before this STORE, in the same order.
+    pub prior_modseq: Vec<u64>,
     /// Messages left alone because their MODSEQ was above UNCHANGEDSINCE (RFC 7162 §3.1.3).
     pub modified: Vec<u32>,
 }
@@ -1272,6 +1274,7 @@ impl Store {
                 } else {
                     stored.rows.push((uid, new, current_modseq, false));
                 }
+                stored.prior_modseq.push(current_modseq);
             }
             if stored.rows.iter().any(|row| row.3) {
                 save_counters(tx, &mb, modseq)?;
