@@ -1477,6 +1477,42 @@ fn enable_before_login_and_plain_for_another_identity() {
     raw.ok("FETCH 1:* (FLAGS)");
 }
 
+/// A message takes at most 128 keywords from a client: a STORE or APPEND past that is NO
+/// [LIMIT] and changes nothing (review: 4,000 keywords on 100 messages held the store's write
+/// lock for two minutes, other accounts' deliveries failing behind it).
+#[test]
+fn a_message_takes_at_most_128_keywords() {
+    let server = Server::start();
+    let mut raw = server.login();
+    let message = "Subject: kw\r\n\r\nx\r\n";
+    raw.ok(&format!("APPEND INBOX {{{}+}}\r\n{message}", message.len()));
+    raw.ok("SELECT INBOX");
+    let words = |from: usize, n: usize| {
+        (from..from + n)
+            .map(|i| format!("kw{i}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    raw.ok(&format!("STORE 1 +FLAGS.SILENT (\\Seen {})", words(0, 100)));
+    let (_, tagged) = raw.cmd(&format!("STORE 1 +FLAGS.SILENT ({})", words(100, 29)));
+    assert!(tagged.contains(" NO [LIMIT] "), "{tagged}");
+    raw.ok(&format!("STORE 1 +FLAGS.SILENT ({})", words(100, 28)));
+    let flags = raw.ok("FETCH 1 (FLAGS)").join(" ");
+    assert!(
+        flags.contains("kw127") && !flags.contains("kw128"),
+        "{flags}"
+    );
+    // Replacing them is taken; removing is always taken.
+    raw.ok(&format!("STORE 1 FLAGS.SILENT ({})", words(500, 128)));
+    raw.ok("STORE 1 -FLAGS.SILENT (kw500)");
+    let (_, tagged) = raw.cmd(&format!(
+        "APPEND INBOX ({}) {{{}+}}\r\n{message}",
+        words(0, 129),
+        message.len()
+    ));
+    assert!(tagged.contains(" NO [LIMIT] "), "{tagged}");
+}
+
 /// A LIST line whose tag is none (`*`, `+`, `a%b`) is answered as any such line, BAD, not
 /// with its bad tag echoed (review: `* OK LIST completed`, `+ OK ...`).
 #[test]

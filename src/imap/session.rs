@@ -1082,7 +1082,9 @@ fn describe(error: &CmdError) -> (&'static str, Option<&'static str>, String) {
             | StoreError::InboxDelete
             | StoreError::RenameUnderItself(_)),
         ) => ("NO", Some("CANNOT"), e.to_string()),
-        CmdError::Store(e @ StoreError::UidsExhausted(_)) => ("NO", Some("LIMIT"), e.to_string()),
+        CmdError::Store(e @ (StoreError::UidsExhausted(_) | StoreError::TooManyKeywords)) => {
+            ("NO", Some("LIMIT"), e.to_string())
+        }
         // As Dovecot answers a full disk (RFC 5530 has no closer code); nothing was stored.
         CmdError::Store(StoreError::Sql(rusqlite::Error::SqliteFailure(f, _)))
             if f.code == rusqlite::ErrorCode::DiskFull =>
