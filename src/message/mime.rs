@@ -220,9 +220,13 @@ pub fn signing_safe_field(name: &str, raw: &[u8]) -> Vec<u8> {
             .collect();
         value.trim_ascii().to_vec()
     };
-    // The text that goes out as encoded words, when any does.
+    // The text that goes out as encoded words, when any does. Decoded whole when it may be:
+    // raw 8-bit text beside the long encoded word reads the same decoded when it is UTF-8
+    // (review: written as it was, the long word stayed one 1,613-octet line, which a relay
+    // broke, and the signature failed).
+    let decodable = !eight_bit || std::str::from_utf8(raw).is_ok();
     let text = colon.and_then(|colon| {
-        (long_encoded && !eight_bit)
+        (long_encoded && decodable)
             .then(decoded)
             .flatten()
             .or_else(|| {
@@ -724,6 +728,15 @@ mod tests {
             "{text}"
         );
         assert_eq!(text.replace("\r\n", ""), long.trim_end());
+        // Raw UTF-8 beside an encoded word too long for any line: the whole text encoded
+        // again in words that fit (review: the long word stayed one 1,613-octet line).
+        use base64::Engine as _;
+        let word = base64::engine::general_purpose::STANDARD.encode("é".repeat(600));
+        let subject = format!("Subject: Grüße =?UTF-8?B?{word}?=\r\n");
+        let f = signing_safe_field("Subject", subject.as_bytes());
+        let text = String::from_utf8(f.clone()).unwrap();
+        assert!(text.split("\r\n").all(|l| l.len() <= 78), "{text}");
+        assert_eq!(decoded_subject(&f), format!("Grüße {}", "é".repeat(600)));
     }
 
     #[test]
