@@ -3432,6 +3432,44 @@ async fn a_message_passed_over_in_a_resync_keeps_its_local_copy() {
     assert_eq!(exists(&mut raw, "Lists"), 3, "{log}");
 }
 
+/// The same move made on both sides between two passes: the original, moved upstream by the
+/// other device, is linked to the local copy, not uploaded beside it (review: the message
+/// twice in Archive, here and upstream).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_move_on_both_sides_leaves_one_message() {
+    let world = World::new();
+    let dovecot = Dovecot::start_tls();
+    let secret = encrypted_to_bob(&world, "moved", "moved on both sides").await;
+    upstream(
+        &dovecot,
+        json!([{"cmd": "raw", "line": "CREATE Archive"},
+        append_bytes("INBOX", &secret)]),
+    );
+    let (server, _dir, config) = bobs_sync_with_address(&world, &dovecot);
+    let out = sync_once(&config);
+    assert_eq!(stdout(&out).trim(), format!("{USER}: 1 new"), "{out:?}");
+    upstream(
+        &dovecot,
+        json!([{"cmd": "raw", "line": "SELECT INBOX"},
+        {"cmd": "raw", "line": "UID MOVE 1 Archive"}]),
+    );
+    let mut raw = server.login();
+    raw.ok("SELECT INBOX");
+    raw.ok("UID MOVE 1 Archive");
+    raw.ok("UNSELECT");
+    for _ in 0..2 {
+        let out = sync_once(&config);
+        assert!(out.status.success(), "{out:?}");
+    }
+    assert_eq!(dovecot.mailbox_files("Archive").len(), 1);
+    assert!(dovecot.mailbox_files("INBOX").is_empty());
+    assert_eq!(exists(&mut raw, "Archive"), 1);
+    assert_eq!(exists(&mut raw, "INBOX"), 0);
+    let store = sealpost::store::Store::open(&server.store_path()).unwrap();
+    let account = store.account(USER).unwrap().unwrap();
+    assert_eq!(store.journal_backlog(account).unwrap(), (0, None));
+}
+
 /// A local RENAME of INBOX (RFC 3501 §6.3.5: its messages move to the new mailbox, INBOX
 /// stays) is done upstream the same way, as a new folder and moves: Dovecot refuses to rename
 /// INBOX, and the rename waited in the journal for good, every later change to INBOX behind

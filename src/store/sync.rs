@@ -404,6 +404,23 @@ impl Store {
         })
     }
 
+    /// The SHA-256 of the upstream bytes of the message a local one is linked to, when known.
+    pub fn upstream_hash(
+        &self,
+        mailbox: MailboxId,
+        uid: u32,
+    ) -> Result<Option<[u8; 32]>, StoreError> {
+        self.read(|c| {
+            let hash: Option<Option<Vec<u8>>> = c
+                .prepare_cached(
+                    "SELECT upstream_sha256 FROM sync_map WHERE mailbox = ?1 AND uid = ?2",
+                )?
+                .query_row(params![mailbox, uid], |r| r.get(0))
+                .optional()?;
+            Ok(hash.flatten().and_then(|h| <[u8; 32]>::try_from(h).ok()))
+        })
+    }
+
     /// The mailboxes gone here whose deletion or rename waits in the journal: name → the
     /// latest such entry's (kind, last error).
     pub fn waiting_departures(

@@ -566,6 +566,34 @@ impl Syncer {
             )
             .await?;
         if moved.link.is_none() && up.uidplus && entry.attempts == 0 {
+            // Moved by another device into this same folder (the same move made on both
+            // sides): the original is there, not fetched yet, and is linked to the local copy
+            // rather than uploaded beside it (review: two copies on both sides).
+            let hash = match source {
+                Some(source) => {
+                    let store = self.store.clone();
+                    let uid = entry.uid;
+                    blocking(move || store.upstream_hash(source, uid)).await??
+                }
+                None => None,
+            };
+            if let Some(hash) = hash {
+                let estimate = self.estimate(target, new_uid).await?;
+                if let Some((v, u)) = up
+                    .find_moved_here(self, account, &to_folder, hash, estimate)
+                    .await?
+                {
+                    let link = UpstreamRef {
+                        folder: to_folder.clone(),
+                        uidvalidity: v,
+                        uid: u,
+                    };
+                    return Ok(WrittenBack {
+                        link: Some((target, new_uid, link)),
+                        ..moved
+                    });
+                }
+            }
             // A UIDPLUS server moved nothing (RFC 4315 §3: no COPYUID when none of the UIDs
             // exist): another device deleted or moved the original since the last pass. The
             // local copy goes up on its own, as a copy's does; linked to nothing, it stayed
@@ -1228,6 +1256,50 @@ impl Upstream<'_> {
             .iter()
             .find(|m| m.0 == uid)
             .map(|m| (m.3.len() as u64, Sha256::digest(&m.3).into())))
+    }
+
+    /// A message of `folder` not fetched yet (at or past the folder's next UID to fetch) and
+    /// linked to nothing, whose bytes have this SHA-256: the original of a move that found it
+    /// gone, moved here by another device. (UIDVALIDITY, UID); None when there is none, among
+    /// the first 20 such messages.
+    async fn find_moved_here(
+        &mut self,
+        syncer: &Syncer,
+        account: AccountId,
+        folder: &str,
+        hash: [u8; 32],
+        estimate: u64,
+    ) -> Result<Option<(u32, u32)>, Failure> {
+        let (store, f) = (syncer.store.clone(), folder.to_string());
+        let known = blocking(move || store.sync_folder(account, &f)).await??;
+        let from = known.as_ref().map_or(1, |k| k.next_uid.max(1));
+        let Some((v, found)) = self
+            .search(syncer, folder, &format!("UID {from}:*"))
+            .await?
+        else {
+            return Ok(None);
+        };
+        // Another UIDVALIDITY: every message is past the mark.
+        let from = if known.is_some_and(|k| k.uidvalidity == v) {
+            from
+        } else {
+            1
+        };
+        let (store, f) = (syncer.store.clone(), folder.to_string());
+        let linked = blocking(move || store.linked_upstream(account, &f, v, 1)).await??;
+        let candidates: Vec<u32> = found
+            .into_iter()
+            .filter(|uid| *uid >= from && linked.binary_search(uid).is_err())
+            .take(20)
+            .collect();
+        for uid in candidates {
+            if let Some((_, print)) = self.fingerprint(syncer, uid, estimate).await? {
+                if print == hash {
+                    return Ok(Some((v, uid)));
+                }
+            }
+        }
+        Ok(None)
     }
 
     /// An earlier try's copy of `original` in `folder`: the newest message there with the
