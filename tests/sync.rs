@@ -3432,6 +3432,67 @@ async fn a_message_passed_over_in_a_resync_keeps_its_local_copy() {
     assert_eq!(exists(&mut raw, "Lists"), 3, "{log}");
 }
 
+/// Flags set upstream reach messages linked without being fetched: ones moved here into a
+/// folder new upstream (the flags were set upstream on the originals meanwhile), and ones
+/// linked again after upstream renumbered their folder (review: neither ever got them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_flags_reach_messages_linked_without_a_fetch() {
+    let world = World::new();
+    let dovecot = Dovecot::start_tls();
+    upstream(
+        &dovecot,
+        json!([
+            append_bytes("INBOX", &plain_message("m1")),
+            append_bytes("INBOX", &plain_message("m2"))
+        ]),
+    );
+    let (server, _dir, config) = bobs_sync(&world, &dovecot);
+    let out = sync_once(&config);
+    assert_eq!(stdout(&out).trim(), format!("{USER}: 2 new"), "{out:?}");
+    upstream(
+        &dovecot,
+        json!([{"cmd": "raw", "line": "SELECT INBOX"},
+        {"cmd": "raw", "line": "UID STORE 1:2 +FLAGS (\\Answered)"}]),
+    );
+    let mut raw = server.login();
+    raw.ok("CREATE Receipts");
+    raw.ok("SELECT INBOX");
+    raw.ok("UID MOVE 1:2 Receipts");
+    raw.ok("UNSELECT");
+    for _ in 0..2 {
+        let out = sync_once(&config);
+        assert!(out.status.success(), "{out:?}");
+    }
+    raw.ok("SELECT Receipts");
+    let flags = raw.ok("FETCH 1:* (FLAGS)");
+    assert_eq!(flags.len(), 2, "{flags:?}");
+    assert!(flags.iter().all(|l| l.contains("\\Answered")), "{flags:?}");
+    raw.ok("UNSELECT");
+
+    // Upstream renumbers Receipts, the same two messages in it, one of them now \Flagged.
+    let files = dovecot.mailbox_files("Receipts");
+    let bytes: Vec<Vec<u8>> = files.iter().map(|f| std::fs::read(f).unwrap()).collect();
+    upstream(
+        &dovecot,
+        json!([{"cmd": "raw", "line": "DELETE Receipts"},
+        {"cmd": "raw", "line": "CREATE Receipts"},
+        append_bytes("Receipts", &bytes[0]),
+        append_bytes("Receipts", &bytes[1]),
+        {"cmd": "raw", "line": "SELECT Receipts"},
+        {"cmd": "raw", "line": "UID STORE 1 +FLAGS (\\Flagged)"}]),
+    );
+    let out = sync_once(&config);
+    assert_eq!(stdout(&out).trim(), format!("{USER}: 0 new"), "{out:?}");
+    raw.ok("SELECT Receipts");
+    let flags = raw.ok("FETCH 1:* (FLAGS)");
+    assert_eq!(flags.len(), 2, "{flags:?}");
+    assert_eq!(
+        flags.iter().filter(|l| l.contains("\\Flagged")).count(),
+        1,
+        "{flags:?}"
+    );
+}
+
 /// The same move made on both sides between two passes: the original, moved upstream by the
 /// other device, is linked to the local copy, not uploaded beside it (review: the message
 /// twice in Archive, here and upstream).

@@ -512,6 +512,7 @@ impl Syncer {
             Ok::<_, StoreError>((mailbox, store.sync_folder(account, &f)?, counted))
         })
         .await??;
+        let renumbered = known.as_ref().is_some_and(|k| k.uidvalidity != uidvalidity);
         let (mut next_uid, synced_modseq) = match known {
             Some(k) if k.uidvalidity == uidvalidity => (k.next_uid, k.highestmodseq),
             Some(k) => {
@@ -525,7 +526,15 @@ impl Syncer {
         };
         let mut highestmodseq = selected.highestmodseq.unwrap_or(0);
         let mut flags_changed = 0;
-        if synced_modseq > 0 && highestmodseq > synced_modseq {
+        // No flag sync of the folder yet (new here, or renumbered upstream), but messages
+        // linked to it already: moved or copied into it from here, or linked again after a
+        // UIDVALIDITY change. Their upstream flags come down once, all of them (review: flags
+        // set upstream on them meanwhile never reached them).
+        let unsynced_links = synced_modseq == 0 && highestmodseq > 0 && {
+            let (store, f) = (self.store.clone(), folder.to_string());
+            blocking(move || store.has_links(account, &f, uidvalidity)).await??
+        };
+        if (synced_modseq > 0 && highestmodseq > synced_modseq) || unsynced_links {
             match self
                 .flag_changes(
                     session,
@@ -576,6 +585,30 @@ impl Syncer {
             )
             .await?
         };
+        // Renumbered upstream: the messages the fetch linked again keep their local flags;
+        // upstream's come down now, once, as for a folder with links and no flag sync yet.
+        if renumbered && cut_short.is_some() {
+            // Next pass, which finds links and no flag sync yet.
+            highestmodseq = 0;
+        } else if renumbered && highestmodseq > 0 {
+            let known = selected.mailbox_flags.clone();
+            match self
+                .flag_changes(session, account, folder, uidvalidity, 0, known)
+                .await
+            {
+                Ok((n, left)) => {
+                    flags_changed += n;
+                    if left {
+                        highestmodseq = 0;
+                    }
+                }
+                Err(e @ SyncError::Folder(..)) => {
+                    tracing::warn!(account = %self.name, "{e}");
+                    highestmodseq = 0;
+                }
+                Err(e) => return Err(e),
+            }
+        }
         if highestmodseq != synced_modseq || !nothing_new {
             let (store, f) = (self.store.clone(), folder.to_string());
             blocking(move || {
@@ -709,7 +742,11 @@ impl Syncer {
         // not count as "no changes", or the folder's HIGHESTMODSEQ would move past them.
         // Every UID, not only those below the folder's mark: messages stored past a held one
         // are linked above it (messages not linked yet are left alone).
-        let line = format!("UID FETCH 1:* (UID FLAGS) (CHANGEDSINCE {since})");
+        let line = if since > 0 {
+            format!("UID FETCH 1:* (UID FLAGS) (CHANGEDSINCE {since})")
+        } else {
+            "UID FETCH 1:* (UID FLAGS)".to_string()
+        };
         let reply = within(self.config.timeout(), command(session, &line, None)).await?;
         if !reply.ok {
             return Err(SyncError::Folder(
