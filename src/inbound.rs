@@ -251,7 +251,7 @@ async fn process_layer(
     // the header that plaintext is read with then (see below).
     let mut unsigned_layer: Option<Vec<u8>> = None;
 
-    if let Some((ciphertext, pgp_mime)) = whole_message_ciphertext(parsed.as_ref()) {
+    if let Some((ciphertext, pgp_mime)) = whole_message_ciphertext(parsed.as_deref()) {
         match keys.decrypt_verify(ciphertext).await {
             Ok(decrypted) => {
                 verdict.encryption = Encryption::Decrypted;
@@ -373,7 +373,7 @@ async fn process_layer(
     if let Some(layer_header) = rewrapped {
         let entity = [&layer_header[..], &out_body[..]].concat();
         let inner = parse_message(&entity);
-        if whole_message_ciphertext(inner.as_ref()).is_some() {
+        if whole_message_ciphertext(inner.as_deref()).is_some() {
             let inner = Box::pin(process_layer(keys, &entity, depth + 1)).await?;
             if inner.verdict.encryption == Encryption::Decrypted {
                 return Ok(inner);
@@ -623,14 +623,11 @@ pub fn is_whole_ciphertext(raw: &[u8]) -> bool {
     parse_message(raw).is_some_and(|m| crate::message::parse::whole_ciphertext(&m))
 }
 
-/// `raw` parsed by mail-parser, unless it nests attached messages too deeply to parse safely
-/// ([`crate::message::parse::nesting_bounded`]): such a message is kept as it came, as one that
-/// does not parse.
-fn parse_message(raw: &[u8]) -> Option<mail_parser::Message<'_>> {
-    if !crate::message::parse::nesting_bounded(raw) {
-        return None;
-    }
-    MessageParser::default().parse(raw)
+/// `raw` parsed by mail-parser, unless it nests attached messages too deeply to work on
+/// safely ([`crate::message::parse::MAX_NESTING`]): such a message is kept as it came, as one
+/// that does not parse.
+fn parse_message(raw: &[u8]) -> Option<crate::message::parse::Bounded<'_>> {
+    crate::message::parse::parse_bounded(raw).ok().flatten()
 }
 
 /// Whether a Content-Type is `t/s` (ASCII case-insensitively).

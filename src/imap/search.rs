@@ -197,11 +197,11 @@ fn written_day(value: &str) -> Option<(i64, u32, u32)> {
 }
 
 /// The message parsed for body searches; None for one that nests attached messages too
-/// deeply to parse safely ([`crate::message::parse::nesting_bounded`]): its body text is not
-/// searched (review: parsing it overflowed the stack and took the server down).
-fn parse_body(raw: &[u8]) -> Option<mail_parser::Message<'_>> {
-    crate::message::parse::nesting_bounded(raw)
-        .then(|| BODY_PARSER.parse(raw))
+/// deeply ([`crate::message::parse::MAX_NESTING`]): its body text is not searched (review:
+/// parsing it overflowed the stack and took the server down).
+fn parse_body(raw: &[u8]) -> Option<crate::message::parse::Bounded<'_>> {
+    crate::message::parse::parse_bounded_with(&BODY_PARSER, raw)
+        .ok()
         .flatten()
 }
 
