@@ -462,10 +462,11 @@ async fn signature_of(
                 .user_ids(&check.fingerprint)
                 .await
                 .map_err(InboundError::Temporary)?;
-            if from
-                .as_ref()
-                .is_some_and(|f| ids.iter().any(|id| crate::rewrite::same_recipient(id, f)))
-            {
+            if from.as_ref().is_some_and(|f| {
+                let from = crate::rewrite::policy::canonical_address(f);
+                ids.iter()
+                    .any(|id| crate::rewrite::policy::canonical_address(id) == from)
+            }) {
                 return Ok(signature_verdict(check, true));
             }
         }
@@ -1014,29 +1015,60 @@ fn from_address(header: &[u8]) -> Option<String> {
     Some(address)
 }
 
-/// Whether `name` holds a word that looks like an address (`local@domain`) other than
+/// Whether `name` holds a word that looks like an address (`local@domain.tld`) other than
 /// `address`. Look-alikes count as what they look like: the name is read in NFKC, which makes
 /// the fullwidth and small @ (U+FF20, U+FE6B) and the fullwidth and leader dots (U+FF0E,
-/// U+2024) plain ones, and an ideographic full stop (U+3002, a label separator to IDNA) is a
-/// dot. Invisible format characters (bidi overrides, zero-width ones) are dropped first, and
-/// the domain need not hold a dot: a dot look-alike NFKC keeps (U+A4F8, U+0660) or a
-/// reversed text (U+202E) still shows another address (review: from=match for each).
+/// U+2024) plain ones; dots NFKC keeps (the ideographic full stop, a label separator to IDNA,
+/// U+A4F8, U+0660 and others) are dots; invisible characters (zero-width ones, narrow spaces)
+/// are dropped; leading @s and trailing dots are no part of the word. A name with a bidi
+/// override or isolate and an @ counts as another address whatever it reads (a reversed text
+/// shows one). Review: each of these read from=match; "alice@laptop" or "Support@ACME" are
+/// no address (no dot in the domain) and stay so.
 fn names_another_address(name: &str, address: &str) -> bool {
     use unicode_normalization::UnicodeNormalization;
+    let bidi = |c: char| matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}');
+    if name.chars().any(bidi) && name.nfkc().any(|c| c == '@') {
+        return true;
+    }
     let invisible = |c: &char| {
         matches!(c,
-            '\u{00AD}' | '\u{061C}' | '\u{180E}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}'
-            | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}')
+            '\u{00AD}' | '\u{061C}' | '\u{180E}' | '\u{2000}'..='\u{200F}' | '\u{2028}'..='\u{202F}'
+            | '\u{205F}'..='\u{2064}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}')
     };
-    let name: String = name
+    let dot = |c: char| {
+        matches!(
+            c,
+            '\u{3002}'
+                | '\u{A4F8}'
+                | '\u{0660}'
+                | '\u{06F0}'
+                | '\u{2E31}'
+                | '\u{00B7}'
+                | '\u{2027}'
+                | '\u{30FB}'
+                | '\u{0701}'
+                | '\u{0702}'
+                | '\u{2219}'
+                | '\u{22C5}'
+                | '\u{FF65}'
+        )
+    };
+    // Before NFKC too, which makes the narrow spaces plain ones.
+    let visible: String = name.chars().filter(|c| !invisible(c)).collect();
+    let name: String = visible
         .nfkc()
         .filter(|c| !invisible(c))
-        .map(|c| if c == '\u{3002}' { '.' } else { c })
+        .map(|c| if dot(c) { '.' } else { c })
         .collect();
     name.split(|c: char| c.is_whitespace() || "<>()[]\"',;:".contains(c))
+        .map(|w| w.trim_start_matches('@').trim_end_matches('.'))
         .filter(|w| {
-            w.split_once('@')
-                .is_some_and(|(local, domain)| !local.is_empty() && !domain.is_empty())
+            w.split_once('@').is_some_and(|(local, domain)| {
+                !local.is_empty()
+                    && domain.contains('.')
+                    && !domain.starts_with('.')
+                    && !domain.contains('@')
+            })
         })
         .any(|w| !w.eq_ignore_ascii_case(address))
 }
@@ -1143,6 +1175,9 @@ mod tests {
             "\"alice@exa\u{200A}mple.org\" <m@evil.example>",
             "\"alice@exa\u{200B}mple.org\" <m@evil.example>",
             "=?UTF-8?Q?alice=40example=EA=93=B8org?= <m@evil.example>",
+            "\"@alice@example.org\" <m@evil.example>",
+            "\"Alice Smith @alice@example.org\" <m@evil.example>",
+            "\"\u{FF20}alice@example.org\" <m@evil.example>",
         ] {
             assert_eq!(from(lookalike), None, "{lookalike}");
         }
@@ -1154,6 +1189,12 @@ mod tests {
             "\"Alice Smith (alice@example.org)\" <alice@example.org>",
             "\"alice@example.org via Team\" <alice@example.org>",
             "\"ali\u{200B}ce@example.org\" <alice@example.org>",
+            // No dot in the domain: no address (review: these read "mismatch").
+            "\"alice@laptop\" <alice@example.org>",
+            "\"Support@ACME\" <alice@example.org>",
+            "\"Alice \u{1F4E7}@work\" <alice@example.org>",
+            "\"alice@example.org.\" <alice@example.org>",
+            "\"Alice, alice@example.org.\" <alice@example.org>",
         ] {
             assert_eq!(from(fine).as_deref(), Some("alice@example.org"), "{fine}");
         }
