@@ -341,21 +341,39 @@ fn blank_before_delimiters(
     body_start: usize,
 ) -> Option<Vec<u8>> {
     let parts = &message.parts;
-    let boundaries: Vec<String> = parts
+    // Each multipart's boundary, where its body lies, and whether it is a digest (whose parts
+    // are attached messages unless typed otherwise): a line counts as a delimiter only inside
+    // its own multipart (review: a text line equal to a later multipart's delimiter had an
+    // empty line put after the next part's header).
+    let boundaries: Vec<(String, usize, usize, bool)> = parts
         .iter()
         .filter(|p| matches!(p.body, PartType::Multipart(_)))
-        .filter_map(|p| p.content_type()?.attribute("boundary").map(str::to_string))
-        .filter(|b| !b.is_empty())
+        .filter_map(|p| {
+            let ct = p.content_type()?;
+            let boundary = ct.attribute("boundary").filter(|b| !b.is_empty())?;
+            let digest = ct
+                .subtype()
+                .is_some_and(|s| s.eq_ignore_ascii_case("digest"));
+            Some((
+                boundary.to_string(),
+                p.offset_body as usize,
+                p.offset_end as usize,
+                digest,
+            ))
+        })
         .collect();
     let sealed: Vec<(usize, usize)> = parts
         .iter()
         .filter(|p| is_sealed(p))
         .map(|p| (p.offset_body as usize, p.offset_end as usize))
         .collect();
-    // Some(true) for a close delimiter (RFC 2046 §5.1.1: only blanks may follow it).
-    let delimiter = |line: &[u8]| {
+    // (close, in a digest) for a delimiter line (RFC 2046 §5.1.1: only blanks may follow it).
+    let delimiter = |line: &[u8], at: usize| {
         let rest = line.strip_prefix(b"--")?;
-        boundaries.iter().find_map(|b| {
+        boundaries.iter().find_map(|(b, start, end, digest)| {
+            if at < *start || at > *end {
+                return None;
+            }
             let after = rest.strip_prefix(b.as_bytes())?;
             let (close, padding) = match after.strip_prefix(b"--") {
                 Some(p) => (true, p),
@@ -364,12 +382,17 @@ fn blank_before_delimiters(
             padding
                 .iter()
                 .all(|&c| c == b' ' || c == b'\t')
-                .then_some(close)
+                .then_some((close, *digest))
         })
     };
     let mut inserts = Vec::new();
     // In a header: after a delimiter, and after the header of an attached message's part.
     let mut in_header = false;
+    let mut in_digest = false;
+    // The header block so far: its current field (continuation lines joined), whether it
+    // had a Content-Type, and whether that names an attached message.
+    let mut field: Vec<u8> = Vec::new();
+    let mut typed = false;
     let mut attached = false;
     let mut pos = body_start;
     while pos < raw.len() {
@@ -381,26 +404,37 @@ fn blank_before_delimiters(
             .strip_suffix(b"\n")
             .unwrap_or(&raw[pos..line_end]);
         let line = line.strip_suffix(b"\r").unwrap_or(line);
-        match delimiter(line) {
-            Some(close) => {
+        let folded = line.first().is_some_and(|&b| b == b' ' || b == b'\t');
+        if in_header && folded {
+            field.extend_from_slice(line);
+            pos = line_end;
+            continue;
+        }
+        if in_header {
+            if let Some(kind) = content_type_of(&field) {
+                typed = true;
+                attached =
+                    kind.starts_with(b"message/rfc822") || kind.starts_with(b"message/global");
+            }
+            field.clear();
+        }
+        match delimiter(line, pos) {
+            Some((close, digest)) => {
                 if in_header && !sealed.iter().any(|&(s, e)| (s..e).contains(&pos)) {
                     inserts.push(pos);
                 }
                 in_header = !close;
+                in_digest = digest;
+                typed = false;
                 attached = false;
             }
             None if in_header && line.is_empty() => {
-                in_header = attached;
+                in_header = attached || (in_digest && !typed);
+                in_digest = false;
+                typed = false;
                 attached = false;
             }
-            None if in_header => {
-                let lower = line.to_ascii_lowercase();
-                if let Some(value) = lower.strip_prefix(b"content-type:") {
-                    let value = value.trim_ascii_start();
-                    attached = value.starts_with(b"message/rfc822")
-                        || value.starts_with(b"message/global");
-                }
-            }
+            None if in_header => field.extend_from_slice(line),
             None => {}
         }
         pos = line_end;
@@ -417,6 +451,29 @@ fn blank_before_delimiters(
     }
     out.extend_from_slice(&raw[from..]);
     Some(out)
+}
+
+/// The type of a header field when it is a Content-Type: its value in ASCII lower case,
+/// without blanks and comments (`message (x) /rfc822` is message/rfc822 to mail-parser).
+fn content_type_of(field: &[u8]) -> Option<Vec<u8>> {
+    let colon = field.iter().position(|&b| b == b':')?;
+    if !field[..colon]
+        .trim_ascii()
+        .eq_ignore_ascii_case(b"content-type")
+    {
+        return None;
+    }
+    let mut depth = 0u32;
+    let mut kind = Vec::new();
+    for &b in &field[colon + 1..] {
+        match b {
+            b'(' => depth += 1,
+            b')' => depth = depth.saturating_sub(1),
+            _ if depth > 0 || b.is_ascii_whitespace() => {}
+            _ => kind.push(b.to_ascii_lowercase()),
+        }
+    }
+    Some(kind)
 }
 
 /// `raw` with the close delimiters added that nested multiparts lack, when any does: a
@@ -803,6 +860,50 @@ fn apply(raw: &[u8], start: usize, mut edits: Vec<Edit>) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The parts of a digest are attached messages unless typed otherwise, and a folded
+    /// Content-Type is one field: a header-only one there stays a part of its own too. A text
+    /// line that equals the delimiter of a later multipart is text, and gets nothing added.
+    #[test]
+    fn header_only_parts_in_a_digest_or_folded_and_delimiters_out_of_place() {
+        let entity = |raw: &[u8]| {
+            let e = content_entity(&ParsedMessage::parse(raw.to_vec()).unwrap()).to_entity();
+            String::from_utf8_lossy(&e).into_owned()
+        };
+        let digest = b"From: a@example.org\nMIME-Version: 1.0\n\
+Content-Type: multipart/digest; boundary=d\n\n--d\n\nFrom: x@example.org\n\
+Subject: only a header\n--d\nContent-Type: application/octet-stream; name=\"report.bin\"\n\n\
+From \0\xff binary\n--d--\n";
+        let text = entity(digest);
+        assert!(
+            text.contains("Subject: only a header\r\n\r\n--d\r\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\r\n--d\r\nContent-Type: application/octet-stream"),
+            "{text}"
+        );
+        let folded = b"From: a@example.org\nMIME-Version: 1.0\n\
+Content-Type: multipart/mixed; boundary=b\n\n--b\nContent-Type:\n message/rfc822\n\n\
+Subject: only a header\n--b\nContent-Type: application/octet-stream; name=\"report.bin\"\n\n\
+From \0\xff binary\n--b--\n";
+        let text = entity(folded);
+        assert!(
+            text.contains("Subject: only a header\r\n\r\n--b\r\n"),
+            "{text}"
+        );
+        // "--inner" in the text before the multipart/alternative it belongs to.
+        let out_of_place = b"From: a@example.org\nMIME-Version: 1.0\n\
+Content-Type: multipart/mixed; boundary=outer\n\n--outer\nContent-Type: text/plain\n\n\
+quoted:\n--inner\nContent-Type: text/plain\n--outer\n\
+Content-Type: multipart/alternative; boundary=inner\n\n--inner\nContent-Type: text/plain\n\n\
+hi \n--inner--\n--outer--\n";
+        let text = entity(out_of_place);
+        assert!(
+            text.contains("--inner\r\nContent-Type: text/plain\r\n--outer\r\n"),
+            "{text}"
+        );
+    }
 
     /// A part of header fields alone, then the next delimiter (RFC 2046 allows it), and a
     /// header-only attached message: each part stays a part of its own (review: the next
