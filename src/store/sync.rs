@@ -495,23 +495,23 @@ impl Store {
 
     /// Takes flag changes made upstream (RFC 7162 CHANGEDSINCE) into the linked local
     /// messages: upstream's flags replace the local ones, except sealpost's own verdict
-    /// keywords, which stay, and keywords the upstream folder does not know (`known`, its
-    /// FLAGS, when it sent them: keywords it refused, which stay here only; review, they were
-    /// wiped at the next pass). A message with a local change still waiting in the journal
-    /// keeps its local flags (the write-back will send them). Not journaled. Returns how many
-    /// messages changed, and how many were left so.
+    /// keywords, which stay, and keywords the upstream refused ([`Store::refused_keyword`]:
+    /// they stay here only; review, they were wiped at the next pass). A message with a local
+    /// change still waiting in the journal keeps its local flags (the write-back will send
+    /// them). Not journaled. Returns how many messages changed, and how many were left so.
     pub fn apply_upstream_flags(
         &self,
         account: AccountId,
         folder: &str,
         uidvalidity: u32,
         changes: &[(u32, Flags)],
-        known: Option<&[String]>,
     ) -> Result<(usize, usize), StoreError> {
-        let never_upstream = |keyword: &str| {
-            !keyword.starts_with('\\')
-                && known.is_some_and(|k| !k.iter().any(|f| f.eq_ignore_ascii_case(keyword)))
-        };
+        let refused: std::collections::HashSet<String> = self
+            .meta_prefixed(&refused_prefix(account))?
+            .into_iter()
+            .map(|(key, _)| key[refused_prefix(account).len()..].to_string())
+            .collect();
+        let never_upstream = |keyword: &str| refused.contains(&keyword.to_lowercase());
         if changes.is_empty() {
             return Ok((0, 0));
         }
@@ -961,6 +961,24 @@ impl Store {
         })
     }
 
+    /// Remembers keywords the account's upstream refused to store: they stay here only, also
+    /// when upstream's flags of their messages come down.
+    pub fn refused_keyword(&self, account: AccountId, keywords: &[&str]) -> Result<(), StoreError> {
+        self.write(|tx| {
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO store_meta (key, value) VALUES (?1, 1) ON CONFLICT (key) DO NOTHING",
+            )?;
+            for keyword in keywords {
+                insert.execute([format!(
+                    "{}{}",
+                    refused_prefix(account),
+                    keyword.to_lowercase()
+                )])?;
+            }
+            Ok(())
+        })
+    }
+
     /// Keeps `value` under `key` (store_meta).
     pub fn set_meta(&self, key: &str, value: i64) -> Result<(), StoreError> {
         self.write(|tx| {
@@ -1153,6 +1171,11 @@ fn journal_entry(r: &rusqlite::Row<'_>) -> rusqlite::Result<JournalEntry> {
 }
 
 /// Records a client change for the write-back, when the account has one.
+/// The store_meta keys of an account's refused keywords begin with this.
+fn refused_prefix(account: AccountId) -> String {
+    format!("refused-keyword:{account}:")
+}
+
 pub(super) fn journal(
     tx: &rusqlite::Connection,
     account: AccountId,

@@ -400,16 +400,10 @@ fn write_back_links_and_upstream_flags() {
     );
 
     // Upstream flags replace the local ones but for the verdict keyword, and keywords the
-    // upstream folder does not know ($Mine: it refused it); $Gone it knows, and dropped.
-    let known = ["\\Seen".to_string(), "$gone".to_string()];
+    // upstream refused ($Mine); $Gone is gone upstream, and here.
+    store.refused_keyword(account, &["$MINE"]).unwrap();
     let changed = store
-        .apply_upstream_flags(
-            account,
-            "INBOX",
-            7,
-            &[(10, Flags::new(["\\Seen"]))],
-            Some(&known),
-        )
+        .apply_upstream_flags(account, "INBOX", 7, &[(10, Flags::new(["\\Seen"]))])
         .unwrap();
     assert_eq!(changed, (1, 0));
     let flags = |mailbox, uid| {

@@ -536,14 +536,7 @@ impl Syncer {
         };
         if (synced_modseq > 0 && highestmodseq > synced_modseq) || unsynced_links {
             match self
-                .flag_changes(
-                    session,
-                    account,
-                    folder,
-                    uidvalidity,
-                    synced_modseq,
-                    selected.mailbox_flags.clone(),
-                )
+                .flag_changes(session, account, folder, uidvalidity, synced_modseq)
                 .await
             {
                 // A change left for one waiting here is asked for again next pass (the mark
@@ -591,9 +584,8 @@ impl Syncer {
             // Next pass, which finds links and no flag sync yet.
             highestmodseq = 0;
         } else if renumbered && highestmodseq > 0 {
-            let known = selected.mailbox_flags.clone();
             match self
-                .flag_changes(session, account, folder, uidvalidity, 0, known)
+                .flag_changes(session, account, folder, uidvalidity, 0)
                 .await
             {
                 Ok((n, left)) => {
@@ -736,7 +728,6 @@ impl Syncer {
         folder: &str,
         uidvalidity: u32,
         since: u64,
-        known: Option<Vec<String>>,
     ) -> Result<(usize, bool), SyncError> {
         // Through `command`, which reads the completion: a CHANGEDSINCE refused (NO) must
         // not count as "no changes", or the folder's HIGHESTMODSEQ would move past them.
@@ -760,12 +751,9 @@ impl Syncer {
             .map(|(uid, names)| (uid, flags_named(&names)))
             .collect();
         let (store, f) = (self.store.clone(), folder.to_string());
-        // Keywords the folder does not know (its FLAGS at EXAMINE) were never upstream: ones
-        // it refused (too long, or no keywords at all) stay here, not taken for removed.
-        let (changed, left) = blocking(move || {
-            store.apply_upstream_flags(account, &f, uidvalidity, &changes, known.as_deref())
-        })
-        .await??;
+        let (changed, left) =
+            blocking(move || store.apply_upstream_flags(account, &f, uidvalidity, &changes))
+                .await??;
         if changed > 0 {
             tracing::info!(account = %self.name, %folder, "{changed} flag changes from upstream");
         }

@@ -414,8 +414,6 @@ pub struct Reply {
     pub flags: Vec<(u32, Vec<String>)>,
     /// (UID, RFC822.SIZE) of untagged FETCH responses that carry both.
     pub sizes: Vec<(u32, u32)>,
-    /// The untagged FLAGS of a SELECT or EXAMINE: the flags and keywords the folder knows.
-    pub mailbox_flags: Option<Vec<String>>,
 }
 
 /// Runs one command on the session and reads its responses up to the completion. With a
@@ -459,10 +457,6 @@ pub async fn command(
             }
             Response::MailboxData(MailboxDatum::Exists(n)) => {
                 reply.exists = Some(*n);
-                continue;
-            }
-            Response::MailboxData(MailboxDatum::Flags(flags)) => {
-                reply.mailbox_flags = Some(flags.iter().map(|f| f.to_string()).collect());
                 continue;
             }
             Response::MailboxData(MailboxDatum::Search(uids)) => {

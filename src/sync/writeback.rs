@@ -270,7 +270,7 @@ impl Syncer {
                                 .filter(|f| !new.iter().any(|n| n.eq_ignore_ascii_case(f))),
                         );
                         for (sign, flags) in [('+', added), ('-', removed)] {
-                            self.store_flags(up, &entry.mailbox, target.uid, sign, &flags)
+                            self.store_flags(up, account, &entry.mailbox, target.uid, sign, &flags)
                                 .await?;
                         }
                     }
@@ -681,9 +681,11 @@ impl Syncer {
     /// keywords (not in its PERMANENTFLAGS) gets the system flags alone, and the keywords stay
     /// here only: refused again and again, they would hold up this message's later changes
     /// for good.
+    #[allow(clippy::too_many_arguments)]
     async fn store_flags(
         &self,
         up: &mut Upstream<'_>,
+        account: AccountId,
         mailbox: &str,
         uid: u32,
         sign: char,
@@ -707,6 +709,17 @@ impl Syncer {
         }
         tracing::warn!(account = %self.name, %mailbox, uid,
             "upstream refused keywords ({flags}): {}; they stay here only", reply.text);
+        let refused: Vec<String> = flags
+            .split(' ')
+            .filter(|f| !f.is_empty() && !f.starts_with('\\'))
+            .map(str::to_string)
+            .collect();
+        let store = self.store.clone();
+        blocking(move || {
+            let refused: Vec<&str> = refused.iter().map(String::as_str).collect();
+            store.refused_keyword(account, &refused)
+        })
+        .await??;
         if system.is_empty() {
             return Ok(());
         }
