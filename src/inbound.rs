@@ -326,7 +326,7 @@ async fn process_layer(
                 KeyError::Deadline { .. } | KeyError::WorkerGone | KeyError::Unavailable { .. } => {
                     return Err(InboundError::Temporary(error))
                 }
-                KeyError::Gpg { ref source, .. } if is_temporary(source) => {
+                KeyError::Gpg { ref source, .. } if crate::keys::is_temporary(source) => {
                     return Err(InboundError::Temporary(error))
                 }
                 other => verdict.encryption = Encryption::Undecryptable(other.to_string()),
@@ -423,19 +423,6 @@ fn with_verdict(header: &[u8], body: &[u8], verdict: &Verdict) -> Vec<u8> {
     }
     message.extend_from_slice(body);
     message
-}
-
-/// Agent and IPC errors: GnuPG could not be asked, which says nothing about the message.
-fn is_temporary(error: &gpgme::Error) -> bool {
-    [
-        gpgme::Error::NO_AGENT,
-        gpgme::Error::AGENT,
-        gpgme::Error::TIMEOUT,
-        gpgme::Error::EOF,
-    ]
-    .iter()
-    .any(|e| e.code() == error.code())
-        || error.to_string().contains("IPC")
 }
 
 async fn signature_of(
@@ -586,10 +573,12 @@ async fn verify_multipart_signed(
             reason: "multipart/signed whose signature part holds no detached signature".into(),
         }),
         Ok(checks) => signature_of(keys, &checks, from).await,
-        Err(KeyError::Gpg { source, .. }) if !is_temporary(&source) => Ok(Signature::Bad {
-            fingerprint: String::new(),
-            reason: source.to_string(),
-        }),
+        Err(KeyError::Gpg { source, .. }) if !crate::keys::is_temporary(&source) => {
+            Ok(Signature::Bad {
+                fingerprint: String::new(),
+                reason: source.to_string(),
+            })
+        }
         // Refused before gpg ran (too many signatures): about the message, for good.
         Err(KeyError::Refused { detail, .. }) => Ok(Signature::Bad {
             fingerprint: String::new(),

@@ -1070,7 +1070,17 @@ async fn the_order_of_several_signatures_does_not_change_the_verdict() {
     };
     let alices = sign(&world.alice, part);
     let bad = sign(&mallory, b"other text");
-    for signatures in [[&bad[..], &alices].concat(), [&alices[..], &bad].concat()] {
+    // A version 6 signature packet (RFC 9580), which this gpg cannot read: it failed the
+    // whole part on it ("No data").
+    let mut unreadable = vec![0xC2u8, 111, 0x06, 0x00, 0x1B, 0x0A];
+    unreadable.extend([0u8; 10]);
+    unreadable.push(32);
+    unreadable.extend([0u8; 96]);
+    for signatures in [
+        [&bad[..], &alices].concat(),
+        [&alices[..], &bad].concat(),
+        [&unreadable[..], &alices].concat(),
+    ] {
         let raw = signed_by_two(part, common::armor("PGP SIGNATURE", &signatures).as_bytes());
         let (code, output) = deliver(&server, &raw);
         assert_eq!(code, 0, "{output}");

@@ -102,6 +102,19 @@ pub enum SignatureState {
     Bad(String),
 }
 
+/// Agent and IPC errors: GnuPG could not be asked, which says nothing about the message.
+pub fn is_temporary(error: &gpgme::Error) -> bool {
+    [
+        gpgme::Error::NO_AGENT,
+        gpgme::Error::AGENT,
+        gpgme::Error::TIMEOUT,
+        gpgme::Error::EOF,
+    ]
+    .iter()
+    .any(|e| e.code() == error.code())
+        || error.to_string().contains("IPC")
+}
+
 /// The largest plaintext one decryption may produce unless configured otherwise
 /// (`gnupg.max_plaintext_bytes`): the IMAP server's APPENDLIMIT, so a decrypted message can
 /// still be stored and served.

@@ -178,25 +178,32 @@ pub fn execute(gpg: &mut Gpg, request: Request) -> Result<Response, KeyError> {
                     detail: format!("more than {MAX_SIGNATURES} signatures in one part"),
                 });
             }
-            let ver = gpg
-                .ctx
-                .verify_detached(&signature, &signed)
-                .map_err(to_err("verifying"))?;
-            let checks: Vec<SignatureCheck> = ver.signatures().map(check).collect();
+            // gpg in batch mode stops at the first bad signature of several, and fails on
+            // one it cannot read: those after it go unreported, and the verdict would hang on
+            // their order (review: bad, then Alice's valid one, read "bad"; the other way
+            // round, the bad one went unseen; a signature packet of a newer version next to
+            // hers, "No data"). Each is then verified on its own.
+            let checks: Vec<SignatureCheck> = match gpg.ctx.verify_detached(&signature, &signed) {
+                Ok(ver) => ver.signatures().map(check).collect(),
+                Err(e) if many < 2 || super::is_temporary(&e) => {
+                    return Err(to_err("verifying")(e));
+                }
+                Err(_) => Vec::new(),
+            };
             if checks.len() >= many || many < 2 {
                 return Ok(Response::Checks(checks));
             }
-            // gpg in batch mode stops at the first bad signature of several: those after it
-            // go unreported, and the verdict would hang on their order (review: bad, then
-            // Alice's valid one, read "bad"; the other way round, the bad one went unseen).
-            // Each is then verified on its own.
             let mut each = Vec::new();
             for one in crate::message::parse::each_signature(&signature) {
-                let ver = gpg
-                    .ctx
-                    .verify_detached(&one, &signed)
-                    .map_err(to_err("verifying"))?;
-                each.extend(ver.signatures().map(check));
+                match gpg.ctx.verify_detached(&one, &signed) {
+                    Ok(ver) => each.extend(ver.signatures().map(check)),
+                    Err(e) if super::is_temporary(&e) => return Err(to_err("verifying")(e)),
+                    Err(e) => each.push(SignatureCheck {
+                        fingerprint: String::new(),
+                        valid: false,
+                        state: SignatureState::Bad(format!("a signature gpg cannot read: {e}")),
+                    }),
+                }
             }
             Ok(Response::Checks(each))
         }
