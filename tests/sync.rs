@@ -3493,6 +3493,36 @@ async fn upstream_flags_reach_messages_linked_without_a_fetch() {
     );
 }
 
+/// A folder spelled in decomposed Unicode upstream ("Cafe" and U+0301) is "Café" here, in
+/// NFC; what goes into it here goes into that folder upstream (review: a move into it made a
+/// second folder, "Caf&AOk-", beside it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_folder_spelled_in_nfd_upstream_is_written_back_to() {
+    let world = World::new();
+    let dovecot = Dovecot::start_tls();
+    upstream(
+        &dovecot,
+        json!([{"cmd": "raw", "line": "CREATE \"Cafe&AwE-\""},
+        append_bytes("INBOX", &plain_message("c1"))]),
+    );
+    let (server, _dir, config) = bobs_sync(&world, &dovecot);
+    let out = sync_once(&config);
+    assert_eq!(stdout(&out).trim(), format!("{USER}: 1 new"), "{out:?}");
+    let mut raw = server.login();
+    raw.ok("SELECT INBOX");
+    raw.ok("UID MOVE 1 \"Caf&AOk-\"");
+    raw.ok("UNSELECT");
+    let out = sync_once(&config);
+    assert!(out.status.success(), "{out:?}");
+    let list = upstream(&dovecot, json!([{"cmd": "raw", "line": "LIST \"\" \"*\""}]));
+    let folders = untagged(&list, 0);
+    assert!(
+        !folders.iter().any(|l| l.contains("Caf&AOk-")),
+        "{folders:?}"
+    );
+    assert_eq!(dovecot.mailbox_files("Cafe&AwE-").len(), 1, "{folders:?}");
+}
+
 /// The same move made on both sides between two passes: the original, moved upstream by the
 /// other device, is linked to the local copy, not uploaded beside it (review: the message
 /// twice in Archive, here and upstream).

@@ -41,6 +41,11 @@ pub struct FolderNames {
     aliases: Vec<(String, String)>,
     /// (wire name, local name) of folders outside the personal namespace.
     outside: Vec<(String, String)>,
+    /// (wire name, local name) of personal folders spelled otherwise upstream than the local
+    /// name encodes: decomposed Unicode (NFD "Cafe\u{301}", which is "Café" here, in NFC), or
+    /// a modified UTF-7 that is not the shortest. What goes up goes to that folder (review:
+    /// a move into "Café" made a second folder "Caf&AOk-" beside "Cafe&AwE-").
+    spelled: Vec<(String, String)>,
 }
 
 impl FolderNames {
@@ -62,6 +67,7 @@ impl FolderNames {
             prefix: prefix.to_string(),
             aliases: Vec::new(),
             outside: Vec::new(),
+            spelled: Vec::new(),
         };
         // Kept even while the folder is not listed (another client deleted it): what the
         // mail client puts into Sent makes it again, rather than a plain "Sent" that would
@@ -74,6 +80,13 @@ impl FolderNames {
             .iter()
             .filter_map(|l| names.natural(&l.wire).ok().map(|n| (n, &l.wire)))
             .collect();
+        for (local, wire) in personal.iter().filter(|(l, _)| l != "INBOX") {
+            let plain = names.plain_wire(local);
+            let listed_plain = personal.iter().any(|(l, w)| l == local && **w == plain);
+            if **wire != plain && !listed_plain {
+                names.spelled.push(((*wire).clone(), local.clone()));
+            }
+        }
         let mut made = Vec::new();
         for (local, use_) in DEFAULT_MAILBOXES.iter() {
             let Some(use_) = use_ else { continue };
@@ -127,6 +140,7 @@ impl FolderNames {
             prefix: String::new(),
             aliases: Vec::new(),
             outside: Vec::new(),
+            spelled: Vec::new(),
         }
     }
 
@@ -155,9 +169,13 @@ impl FolderNames {
         Ok(local)
     }
 
-    /// The special-use choices and the folders outside the personal namespace.
+    /// The special-use choices, the folders outside the personal namespace and those spelled
+    /// otherwise upstream.
     fn chosen(&self) -> impl Iterator<Item = &(String, String)> {
-        self.aliases.iter().chain(self.outside.iter())
+        self.aliases
+            .iter()
+            .chain(self.outside.iter())
+            .chain(self.spelled.iter())
     }
 
     /// The local name without aliases: the prefix gone, the delimiter "/", modified UTF-7
@@ -208,6 +226,11 @@ impl FolderNames {
                 return format!("{w}{}{rest}", self.delimiter);
             }
         }
+        self.plain_wire(local)
+    }
+
+    /// The wire name a local name encodes to, with the prefix and delimiter.
+    fn plain_wire(&self, local: &str) -> String {
         let encoded = crate::imap::names::encode(local).replace('/', &self.delimiter);
         format!("{}{encoded}", self.prefix)
     }
@@ -245,6 +268,23 @@ mod tests {
     /// The names of a first pass (nothing kept, nothing synced).
     fn first_pass(prefix: &str, listed: &[Listed]) -> FolderNames {
         FolderNames::new(prefix, listed, &[], &[]).0
+    }
+
+    /// A folder spelled in decomposed Unicode upstream is the local NFC one, both ways, its
+    /// children too; beside the NFC spelling, the NFC one is it.
+    #[test]
+    fn a_folder_spelled_otherwise_upstream_is_written_back_to() {
+        let nfd = "Cafe&AwE-";
+        let names = first_pass(
+            "",
+            &[listed(nfd, ".", None), listed("Cafe&AwE-.x", ".", None)],
+        );
+        assert_eq!(names.local(nfd).unwrap(), "Café");
+        assert_eq!(names.wire("Café"), nfd);
+        assert_eq!(names.wire("Café/x"), "Cafe&AwE-.x");
+        assert_eq!(names.wire("Other"), "Other");
+        let both = first_pass("", &[listed(nfd, ".", None), listed("Caf&AOk-", ".", None)]);
+        assert_eq!(both.wire("Café"), "Caf&AOk-");
     }
 
     #[test]
