@@ -234,6 +234,9 @@ fn fetch_and_search_answers_equal_dovecots() {
         "SEARCH TEXT \"example\"",
         // The header as written too: a Received field has no decoded value.
         "SEARCH TEXT \"192.0.2.25\"",
+        // Across a field's name and its value.
+        "SEARCH TEXT \"Subject: re\"",
+        "SEARCH TEXT \"message-id: <\"",
         "SEARCH HEADER \"Message-ID\" \"example.org\"",
         "SEARCH LARGER 2000",
         "SEARCH SMALLER 600",

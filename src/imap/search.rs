@@ -374,12 +374,19 @@ pub fn matches(key: &SearchKey<'_>, m: &mut Candidate<'_>) -> bool {
         }
         // RFC 3501 §6.4.4: "in the header or body", so the header as written too: a
         // Received field (no decoded value), a Message-ID with its brackets.
+        // A needle across a field's name and its value ("Subject: digest") is in the header
+        // too (review: Dovecot finds it, sealpost did not).
         K::Text(s) => {
             let needle = fold(&text(s));
-            m.headers()
-                .iter()
-                .any(|(n, v, w)| n.contains(&needle) || v.contains(&needle) || w.contains(&needle))
-                || m.body().contains(&needle)
+            let across = needle.contains(':');
+            m.headers().iter().any(|(n, v, w)| {
+                n.contains(&needle)
+                    || v.contains(&needle)
+                    || w.contains(&needle)
+                    || (across
+                        && (format!("{n}: {w}").contains(&needle)
+                            || format!("{n}: {v}").contains(&needle)))
+            }) || m.body().contains(&needle)
                 || m.part_headers().contains(&needle)
         }
         K::ModSequence { modseq, .. } => m.row.modseq >= *modseq,
