@@ -2903,6 +2903,44 @@ async fn a_retried_move_of_a_message_without_message_id_copies_once() {
     assert_eq!(exists(&mut raw, "INBOX"), 0);
 }
 
+/// A message put into Sent here whose upload's answer was lost, then deleted here before the
+/// next pass: the earlier upload is taken back, not left to come down again as new mail
+/// (review: the message the user deleted came back).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_whose_answer_was_lost_is_taken_back_when_deleted_here() {
+    let world = World::new();
+    let dovecot = Dovecot::start_tls();
+    upstream(&dovecot, json!([{"cmd": "raw", "line": "CREATE Sent"}]));
+    let (server, dir, config) = bobs_sync(&world, &dovecot);
+    let out = sync_once(&config);
+    assert!(out.status.success(), "{out:?}");
+    let mut raw = server.login();
+    let sent = "From: bob@example.org\r\nTo: carol@example.org\r\nSubject: gone\r\n\r\nx\r\n";
+    raw.ok(&format!(
+        "APPEND Sent (\\Seen) {{{}+}}\r\n{sent}",
+        sent.len()
+    ));
+
+    // The APPEND is done (its literal went); its answer is lost, and the network goes down.
+    let port = proxy_losing_answers(dovecot.port, |t| t.contains("Sealpost-Upload"), true);
+    let down = port_config(&server, &dovecot, dir.path(), port, "down", "");
+    let out = sync_once(&down);
+    assert!(!out.status.success() || String::from_utf8_lossy(&out.stderr).contains("stopped"));
+    assert_eq!(dovecot.mailbox_files("Sent").len(), 1, "the APPEND went");
+
+    raw.ok("SELECT Sent");
+    raw.ok("STORE 1 +FLAGS.SILENT (\\Deleted)");
+    raw.ok("EXPUNGE");
+    raw.ok("UNSELECT");
+    let direct = port_config(&server, &dovecot, dir.path(), dovecot.port, "direct", "");
+    for _ in 0..2 {
+        let out = sync_once(&direct);
+        assert!(out.status.success(), "{out:?}");
+    }
+    assert!(dovecot.mailbox_files("Sent").is_empty(), "taken back");
+    assert_eq!(exists(&mut raw, "Sent"), 0);
+}
+
 /// Messages moved out of a folder that is then deleted here, all before the next pass: each
 /// move is still a UID MOVE of the original (its ciphertext and signature kept, no upload that
 /// needs the account's own key), and then the emptied folder goes upstream too.

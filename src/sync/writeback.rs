@@ -909,16 +909,23 @@ impl Syncer {
             Ok::<_, crate::store::StoreError>((batch, store.mailbox_by_id(mailbox)?))
         })
         .await??;
-        let Some((row, content)) = batch.items.into_iter().next() else {
-            // Expunged locally before it went up: nothing to store.
-            return Ok(WrittenBack::default());
-        };
         // The entry's name for the mailbox, as upstream has it now (not yet renamed there).
         let folder = up.wire_name_at(name, entry.id);
+        let token = upload_token(&self.name, local.uidvalidity, uid);
+        let Some((row, content)) = batch.items.into_iter().next() else {
+            // Expunged (or moved on) here before it went up: nothing to store. A try that
+            // landed before a crash or a lost answer is taken back, or it would come down
+            // again as new mail, the message the user deleted (review).
+            if entry.attempts > 0 && up.goes_up(self, &folder, name) {
+                if let Some((_, earlier)) = up.find_upload(self, &folder, &token).await? {
+                    up.expunge(self, earlier).await?;
+                }
+            }
+            return Ok(WrittenBack::default());
+        };
         if !up.goes_up(self, &folder, name) {
             return Ok(WrittenBack::default());
         }
-        let token = upload_token(&self.name, local.uidvalidity, uid);
         let found = |uidvalidity: u32, upstream_uid: u32| WrittenBack {
             link: Some((
                 mailbox,
