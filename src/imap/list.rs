@@ -215,20 +215,22 @@ pub fn matches(reference: &[u8], pattern: &[u8], name: &str) -> bool {
     let mut full = reference.to_vec();
     full.extend_from_slice(pattern);
     let wire = names::encode(name);
-    let mut wire = wire.as_bytes().to_vec();
-    // INBOX matches case-insensitively.
-    if full.len() >= 5 && full[..5].eq_ignore_ascii_case(b"INBOX") && name.starts_with("INBOX") {
-        full[..5].copy_from_slice(b"INBOX");
-        wire[..5].copy_from_slice(b"INBOX");
-    }
-    glob(&full, &wire)
+    // INBOX (and the INBOX level of its children) matches case-insensitively, also against
+    // a pattern that spells part of it: `in*` (review: it matched nothing).
+    let inbox = if name == "INBOX" || name.starts_with("INBOX/") {
+        5
+    } else {
+        0
+    };
+    glob(&full, wire.as_bytes(), inbox)
 }
 
 /// The wildcard match, in time linear in the pattern times the name: `reach[j]` says that the
 /// pattern read so far matches the name's first `j` bytes. (Backtracking took time
 /// exponential in the number of wildcards: `LIST "" "*****...x"` held a worker thread for
 /// good.)
-fn glob(pattern: &[u8], name: &[u8]) -> bool {
+/// The first `folded` bytes of the name match ASCII case-insensitively.
+fn glob(pattern: &[u8], name: &[u8], folded: usize) -> bool {
     // Each byte that is no wildcard matches one byte of the name.
     if pattern.iter().filter(|&&b| b != b'*' && b != b'%').count() > name.len() {
         return false;
@@ -265,7 +267,8 @@ fn glob(pattern: &[u8], name: &[u8]) -> bool {
             c => {
                 next[0] = false;
                 for j in 0..n {
-                    next[j + 1] = reach[j] && name[j] == c;
+                    let same = name[j] == c || (j < folded && name[j].eq_ignore_ascii_case(&c));
+                    next[j + 1] = reach[j] && same;
                 }
             }
         }
@@ -319,6 +322,11 @@ mod tests {
         assert!(matches(b"", b"%", "Work"));
         assert!(matches(b"Work/", b"%", "Work/Reports"));
         assert!(matches(b"", b"inbox", "INBOX"));
+        assert!(matches(b"", b"in*", "INBOX"));
+        assert!(matches(b"", b"In%", "INBOX"));
+        assert!(matches(b"", b"inbox/%", "INBOX/kid"));
+        assert!(!matches(b"", b"inbox/KID", "INBOX/kid"));
+        assert!(!matches(b"", b"in*", "Inbound"));
         assert!(matches(b"", b"Entw&APw-rfe", "Entw\u{fc}rfe"));
         assert!(!matches(b"", b"Sent", "Sent/2024"));
         assert!(matches(b"", b"S%/%4", "Sent/2024"));
