@@ -28,6 +28,48 @@ use address::Address;
 use lexer::{Lexer, Lx};
 use tree::{Field, Node};
 
+/// The body ranges of `raw`'s attached messages that are transfer-encoded, with whether each
+/// is base64 (else quoted-printable): a part typed message/rfc822 or message/global (its last
+/// Content-Type, as mail-parser reads it), or untyped in a multipart/digest. None when the
+/// message is split no further at the part or depth limit, where others may hide.
+pub(crate) fn encoded_messages(raw: &[u8]) -> Option<Vec<(std::ops::Range<usize>, bool)>> {
+    let nodes = tree::parse(raw);
+    if nodes.len() >= tree::MAX_PARTS {
+        return None;
+    }
+    let mut depth = vec![0usize; nodes.len()];
+    for (i, node) in nodes.iter().enumerate() {
+        depth[i] = node.parent.map_or(0, |p| depth[p] + 1);
+        if depth[i] + 1 >= tree::MAX_DEPTH {
+            return None;
+        }
+    }
+    let last = |node: &Node, name: &[u8]| {
+        node.fields
+            .iter()
+            .rev()
+            .find(|f| f.name.eq_ignore_ascii_case(name))
+            .map(|f| crate::message::parse::bare_value(&f.value))
+    };
+    let mut found = Vec::new();
+    for node in &nodes {
+        let in_digest = node.parent.is_some_and(|p| {
+            last(&nodes[p], b"content-type").is_some_and(|t| t.starts_with(b"multipart/digest"))
+        });
+        let message = match last(node, b"content-type") {
+            Some(t) => t.starts_with(b"message/rfc822") || t.starts_with(b"message/global"),
+            None => in_digest,
+        };
+        let encoding = last(node, b"content-transfer-encoding").unwrap_or_default();
+        let base64 = encoding.starts_with(b"base64");
+        if message && (base64 || encoding.starts_with(b"quoted-printable")) {
+            let end = node.end().min(raw.len());
+            found.push((node.body_start().min(end)..end, base64));
+        }
+    }
+    Some(found)
+}
+
 /// The one mailbox an address-list value names as the ENVELOPE shows it (`local@domain`,
 /// lower case), or None when it is not exactly one well-formed mailbox: what the verdict
 /// compares a signer with must be what IMAP clients are shown.

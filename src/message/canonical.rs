@@ -463,17 +463,7 @@ fn content_type_of(field: &[u8]) -> Option<Vec<u8>> {
     {
         return None;
     }
-    let mut depth = 0u32;
-    let mut kind = Vec::new();
-    for &b in &field[colon + 1..] {
-        match b {
-            b'(' => depth += 1,
-            b')' => depth = depth.saturating_sub(1),
-            _ if depth > 0 || b.is_ascii_whitespace() => {}
-            _ => kind.push(b.to_ascii_lowercase()),
-        }
-    }
-    Some(kind)
+    Some(super::parse::bare_value(&field[colon + 1..]))
 }
 
 /// `raw` with the close delimiters added that nested multiparts lack, when any does: a

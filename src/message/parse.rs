@@ -528,6 +528,77 @@ fn take_apart(message: mail_parser::Message<'_>) {
     }
 }
 
+/// A structured field's value in ASCII lower case, without blanks and comments, as a type is
+/// read (`message (x) /rfc822` is message/rfc822 to mail-parser).
+pub(crate) fn bare_value(value: &[u8]) -> Vec<u8> {
+    let mut depth = 0u32;
+    let mut bare = Vec::with_capacity(value.len());
+    for &b in value {
+        match b {
+            b'(' => depth += 1,
+            b')' => depth = depth.saturating_sub(1),
+            _ if depth > 0 || b.is_ascii_whitespace() => {}
+            _ => bare.push(b.to_ascii_lowercase()),
+        }
+    }
+    bare
+}
+
+/// How many transfer-encodings deep mail-parser decodes and parses attached messages.
+const ENCODED_LEVELS: usize = 3;
+
+/// Whether mail-parser, parsing `raw`, would decode a transfer-encoded attached message
+/// (base64 or quoted-printable message/rfc822, which it parses on its own and then copies
+/// level by level recursively, before any depth could be counted) that may nest deeper than
+/// [`MAX_NESTING`]: the decoded text names rfc822, global or digest (each level needs one)
+/// more often than that. Review: an 88 KB forwarded message, base64, of 2,000 levels took the
+/// IMAP server down at a body SEARCH, and the milter.
+fn encoded_too_deep(raw: &[u8], encodings: usize) -> bool {
+    if encodings >= ENCODED_LEVELS || !names_an_encoding(raw) {
+        return false;
+    }
+    let Some(encoded) = crate::imap::summary::encoded_messages(raw) else {
+        return true;
+    };
+    encoded.into_iter().any(|(body, base64)| {
+        let body = &raw[body];
+        let decoded = if base64 {
+            let text: Vec<u8> = body
+                .iter()
+                .copied()
+                .filter(|b| b.is_ascii_alphanumeric() || *b == b'+' || *b == b'/')
+                .collect();
+            let usable = text.len() - text.len() % 4;
+            use base64::Engine as _;
+            base64::engine::general_purpose::STANDARD_NO_PAD
+                .decode(&text[..usable])
+                .unwrap_or_default()
+        } else {
+            quoted_printable::decode(body, quoted_printable::ParseMode::Robust).unwrap_or_default()
+        };
+        type_names(&decoded) > MAX_NESTING || encoded_too_deep(&decoded, encodings + 1)
+    })
+}
+
+/// Whether `raw` names base64 or quoted-printable anywhere (any case): a cheap first look.
+fn names_an_encoding(raw: &[u8]) -> bool {
+    raw.windows(6).any(|w| w.eq_ignore_ascii_case(b"base64"))
+        || raw
+            .windows(16)
+            .any(|w| w.eq_ignore_ascii_case(b"quoted-printable"))
+}
+
+/// How often `raw` names rfc822, global or digest (any case).
+fn type_names(raw: &[u8]) -> usize {
+    raw.windows(6)
+        .filter(|w| {
+            w.eq_ignore_ascii_case(b"rfc822")
+                || w.eq_ignore_ascii_case(b"global")
+                || w.eq_ignore_ascii_case(b"digest")
+        })
+        .count()
+}
+
 /// MIME parts nested deeper than [`MAX_NESTING`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TooDeep;
@@ -545,6 +616,9 @@ pub fn parse_bounded_with<'a>(
     parser: &MessageParser,
     raw: &'a [u8],
 ) -> Result<Option<Bounded<'a>>, TooDeep> {
+    if encoded_too_deep(raw, 0) {
+        return Err(TooDeep);
+    }
     let Some(message) = parser.parse(raw) else {
         return Ok(None);
     };
@@ -995,6 +1069,37 @@ boundary=\"A\"; Boundary=\"B\"\r\n\r\n--A\r\n\r\nx\r\n--A--\r\n";
             Err(MessageError::NotAMessage(_))
         ));
         assert!(ParsedMessage::parse(nested(10, plain)).is_ok());
+        // A transfer-encoded attached message that nests deeply once decoded: mail-parser
+        // decodes and copies it recursively while parsing (review: 2,000 levels in 88 KB of
+        // base64 took the IMAP server down), so it is found before, in base64 and in QP.
+        use base64::Engine as _;
+        let inner = nested(20_000, plain);
+        let encoded = base64::engine::general_purpose::STANDARD.encode(&inner);
+        let outer = |cte: &str, body: &str| {
+            format!(
+                "From: a@x\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\n\
+                 Content-Type: message/rfc822\r\nContent-Transfer-Encoding: {cte}\r\n\r\n\
+                 {body}\r\n--b--\r\n"
+            )
+            .into_bytes()
+        };
+        assert_eq!(
+            parse_bounded(&outer("base64", &encoded)).err(),
+            Some(TooDeep)
+        );
+        let qp = String::from_utf8(inner.clone())
+            .unwrap()
+            .replace('=', "=3D");
+        assert_eq!(
+            parse_bounded(&outer("quoted-printable", &qp)).err(),
+            Some(TooDeep)
+        );
+        // An ordinary forwarded message in base64 is parsed.
+        let forwarded = base64::engine::general_purpose::STANDARD
+            .encode("From: b@x\r\nSubject: fwd\r\nContent-Type: message/rfc822\r\n\r\nSubject: in\r\n\r\nhi\r\n");
+        let raw = outer("base64", &forwarded);
+        let parsed = parse_bounded(&raw).unwrap().unwrap();
+        assert!(nesting_depth(&parsed) >= 2);
         // Text that names the types often is no nesting.
         let log = "GET /api/message/1 digest rfc822\r\n".repeat(20_000);
         assert!(ParsedMessage::parse(format!("Subject: log\r\n\r\n{log}").into_bytes()).is_ok());

@@ -27,12 +27,12 @@ const BOUNDARY_LINE_MAX: usize = BOUNDARY_MAX + 4;
 /// 100; what Dovecot renders at the limit was not compared);
 /// deeper multipart and message/rfc822 bodies stay opaque. Bounds the recursion of
 /// everything that walks the tree.
-const MAX_DEPTH: usize = 100;
+pub(crate) const MAX_DEPTH: usize = 100;
 /// Most parts a message is split into (Dovecot 2.3's max_total_mime_parts, 10,000): past it,
 /// the rest of the message is the body of the part at hand, delimiter lines and all. 140,000
 /// empty parts in 1 MB made a 10 MB BODYSTRUCTURE, and 7.7 MB took 648 MB to summarize
 /// (review).
-const MAX_PARTS: usize = 10_000;
+pub(crate) const MAX_PARTS: usize = 10_000;
 
 /// One logical header field (all its physical lines).
 #[derive(Clone, Debug)]
