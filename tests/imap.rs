@@ -565,6 +565,12 @@ fn two_sessions_see_each_others_changes_in_order() {
     // Its own change alone is not reported back.
     b.ok("STORE 2 -FLAGS.SILENT (\\Seen)");
     assert!(b.ok("NOOP").is_empty());
+    // A STORE that answers with the flags, after another session's change: once, not again
+    // at the next NOOP (review: twice).
+    a.ok("STORE 2 +FLAGS.SILENT (\\Draft)");
+    let answered = b.ok("STORE 2 -FLAGS (\\Draft)");
+    assert_eq!(answered.len(), 1, "{answered:?}");
+    assert!(b.ok("NOOP").is_empty());
     assert_eq!(
         a.ok("NOOP"),
         ["* 2 FETCH (UID 2 FLAGS (\\Flagged \\Answered \\Recent))"]

@@ -174,15 +174,17 @@ impl Session {
             let seen_before = stored.prior_modseq.get(i).is_some_and(|&prior| {
                 prior <= selected.modseq || selected.own.get(uid_value) == Some(&prior)
             });
-            if *changed && seen_before {
-                selected.own.insert(*uid_value, *modseq);
-            }
             // RFC 7162 §3.1.3: with UNCHANGEDSINCE, .SILENT still reports changes, never
             // unchanged messages.
             let report = match response {
                 StoreResponse::Answer => true,
                 StoreResponse::Silent => condstore_modifier.is_some() && *changed,
             };
+            // Reported here, the message's flags as they are now need no second report at
+            // the next NOOP (review: the fix above sent them twice).
+            if report || (*changed && seen_before) {
+                selected.own.insert(*uid_value, *modseq);
+            }
             if !report {
                 continue;
             }
