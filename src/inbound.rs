@@ -1015,7 +1015,9 @@ fn from_address(header: &[u8]) -> Option<String> {
 /// no address (no dot in the domain) and stay so.
 fn names_another_address(name: &str, address: &str) -> bool {
     use unicode_normalization::UnicodeNormalization;
-    let bidi = |c: char| matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}');
+    // An override reorders what follows (embeddings and isolates, which software puts
+    // around names, do not).
+    let bidi = |c: char| matches!(c, '\u{202D}' | '\u{202E}');
     if name.chars().any(bidi) && name.nfkc().any(|c| c == '@') {
         return true;
     }
@@ -1027,19 +1029,26 @@ fn names_another_address(name: &str, address: &str) -> bool {
     let dot = |c: char| {
         matches!(
             c,
-            '\u{3002}'
-                | '\u{A4F8}'
-                | '\u{0660}'
-                | '\u{06F0}'
-                | '\u{2E31}'
-                | '\u{00B7}'
-                | '\u{2027}'
-                | '\u{30FB}'
-                | '\u{0701}'
-                | '\u{0702}'
-                | '\u{2219}'
-                | '\u{22C5}'
-                | '\u{FF65}'
+            '\u{00B7}' | '\u{0387}' | '\u{05C5}' | '\u{0660}' | '\u{06D4}' | '\u{06F0}' | '\u{0701}'
+                ..='\u{0709}'
+                    | '\u{0F0C}'
+                    | '\u{1427}'
+                    | '\u{16EB}'
+                    | '\u{1802}'
+                    | '\u{1803}'
+                    | '\u{1808}'
+                    | '\u{1809}'
+                    | '\u{2022}'
+                    | '\u{2027}'
+                    | '\u{2219}'
+                    | '\u{22C5}'
+                    | '\u{2E31}'
+                    | '\u{3002}'
+                    | '\u{30FB}'
+                    | '\u{A4F8}'
+                    | '\u{A60E}'
+                    | '\u{A78F}'
+                    | '\u{FF65}'
         )
     };
     // Before NFKC too, which makes the narrow spaces plain ones.
@@ -1050,7 +1059,7 @@ fn names_another_address(name: &str, address: &str) -> bool {
         .map(|c| if dot(c) { '.' } else { c })
         .collect();
     name.split(|c: char| c.is_whitespace() || "<>()[]\"',;:".contains(c))
-        .map(|w| w.trim_start_matches('@').trim_end_matches('.'))
+        .map(|w| w.trim_start_matches('@').trim_end_matches(['.', '@']))
         .filter(|w| {
             w.split_once('@').is_some_and(|(local, domain)| {
                 !local.is_empty()
@@ -1167,6 +1176,10 @@ mod tests {
             "\"@alice@example.org\" <m@evil.example>",
             "\"Alice Smith @alice@example.org\" <m@evil.example>",
             "\"\u{FF20}alice@example.org\" <m@evil.example>",
+            "\"alice@example.org@\" <m@evil.example>",
+            "\"alice@example\u{1427}org\" <m@evil.example>",
+            "\"alice@example\u{A78F}org\" <m@evil.example>",
+            "\"alice@example\u{2022}org\" <m@evil.example>",
         ] {
             assert_eq!(from(lookalike), None, "{lookalike}");
         }
@@ -1184,6 +1197,9 @@ mod tests {
             "\"Alice \u{1F4E7}@work\" <alice@example.org>",
             "\"alice@example.org.\" <alice@example.org>",
             "\"Alice, alice@example.org.\" <alice@example.org>",
+            // Isolates and embeddings reorder nothing that matters here.
+            "\"\u{2068}alice@example.org\u{2069}\" <alice@example.org>",
+            "\"\u{05D0}\u{202B}@\u{202C}\" <alice@example.org>",
         ] {
             assert_eq!(from(fine).as_deref(), Some("alice@example.org"), "{fine}");
         }
