@@ -963,13 +963,36 @@ impl Store {
 
     /// Remembers keywords the account's upstream refused to store: they stay here only, also
     /// when upstream's flags of their messages come down.
-    pub fn refused_keyword(&self, account: AccountId, keywords: &[&str]) -> Result<(), StoreError> {
+    pub fn refused_keyword(
+        &self,
+        account: AccountId,
+        keywords: &[String],
+    ) -> Result<(), StoreError> {
         self.write(|tx| {
             let mut insert = tx.prepare_cached(
                 "INSERT INTO store_meta (key, value) VALUES (?1, 1) ON CONFLICT (key) DO NOTHING",
             )?;
             for keyword in keywords {
                 insert.execute([format!(
+                    "{}{}",
+                    refused_prefix(account),
+                    keyword.to_lowercase()
+                )])?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Forgets that the account's upstream refused these keywords: it took them now.
+    pub fn accepted_keywords(
+        &self,
+        account: AccountId,
+        keywords: &[String],
+    ) -> Result<(), StoreError> {
+        self.write(|tx| {
+            let mut delete = tx.prepare_cached("DELETE FROM store_meta WHERE key = ?1")?;
+            for keyword in keywords {
+                delete.execute([format!(
                     "{}{}",
                     refused_prefix(account),
                     keyword.to_lowercase()

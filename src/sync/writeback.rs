@@ -695,8 +695,18 @@ impl Syncer {
             return Ok(());
         }
         let line = |flags: &str| format!("UID STORE {uid} {sign}FLAGS.SILENT ({flags})");
+        let keywords: Vec<String> = flags
+            .split(' ')
+            .filter(|f| !f.is_empty() && !f.starts_with('\\'))
+            .map(str::to_string)
+            .collect();
         let reply = up.command(self, &line(flags), None).await?;
         if reply.ok {
+            // Taken now: no longer one the server refuses (it may have changed).
+            if sign == '+' && !keywords.is_empty() {
+                let store = self.store.clone();
+                blocking(move || store.accepted_keywords(account, &keywords)).await??;
+            }
             return Ok(());
         }
         let system: Vec<&str> = flags.split(' ').filter(|f| f.starts_with('\\')).collect();
@@ -707,19 +717,23 @@ impl Syncer {
                 reply.text
             )));
         }
-        tracing::warn!(account = %self.name, %mailbox, uid,
-            "upstream refused keywords ({flags}): {}; they stay here only", reply.text);
-        let refused: Vec<String> = flags
-            .split(' ')
-            .filter(|f| !f.is_empty() && !f.starts_with('\\'))
-            .map(str::to_string)
-            .collect();
-        let store = self.store.clone();
-        blocking(move || {
-            let refused: Vec<&str> = refused.iter().map(String::as_str).collect();
-            store.refused_keyword(account, &refused)
-        })
-        .await??;
+        // Each keyword on its own, so that those the server takes go up and only those it
+        // refuses are remembered as refused (review: one refused keyword had every keyword of
+        // its change remembered, and a removal of one of those upstream never came down).
+        // Only additions are remembered: a removal refused changes nothing here.
+        let mut refused = Vec::new();
+        for keyword in &keywords {
+            let reply = up.command(self, &line(keyword), None).await?;
+            if !reply.ok {
+                tracing::warn!(account = %self.name, %mailbox, uid,
+                    "upstream refused the keyword {keyword}: {}; it stays here only", reply.text);
+                refused.push(keyword.clone());
+            }
+        }
+        if sign == '+' && !refused.is_empty() {
+            let store = self.store.clone();
+            blocking(move || store.refused_keyword(account, &refused)).await??;
+        }
         if system.is_empty() {
             return Ok(());
         }
