@@ -954,13 +954,15 @@ async fn of_two_valid_signatures_the_one_by_the_from_address_counts() {
         let (code, output) = deliver(&server, &raw);
         assert_eq!(code, 0, "{output}");
     }
-    for (_, message) in verdicts::fetch_all(&server) {
+    every_verdict_is_valid_by(&server, &world.alice);
+}
+
+/// Every message stored reads "plaintext; signature=valid" by `signer`, whose key has the From.
+fn every_verdict_is_valid_by(server: &Server, signer: &str) {
+    for (_, message) in verdicts::fetch_all(server) {
         assert_eq!(
             verdicts::verdict(&message),
-            format!(
-                "plaintext; signature=valid; signer={}; from=match",
-                world.alice
-            )
+            format!("plaintext; signature=valid; signer={signer}; from=match")
         );
     }
 }
@@ -1085,15 +1087,7 @@ async fn the_order_of_several_signatures_does_not_change_the_verdict() {
         let (code, output) = deliver(&server, &raw);
         assert_eq!(code, 0, "{output}");
     }
-    for (_, message) in verdicts::fetch_all(&server) {
-        assert_eq!(
-            verdicts::verdict(&message),
-            format!(
-                "plaintext; signature=valid; signer={}; from=match",
-                world.alice
-            )
-        );
-    }
+    every_verdict_is_valid_by(&server, &world.alice);
 }
 
 /// A signature part that holds a signed message (`gpg --sign`) or a cleartext-signed text

@@ -404,22 +404,6 @@ impl Store {
         })
     }
 
-    /// Whether any local message is linked to the upstream folder under this UIDVALIDITY.
-    pub fn has_links(
-        &self,
-        account: AccountId,
-        folder: &str,
-        uidvalidity: u32,
-    ) -> Result<bool, StoreError> {
-        self.read(|c| {
-            Ok(c.prepare_cached(
-                "SELECT 1 FROM sync_map WHERE account = ?1 AND folder = ?2 AND uidvalidity = ?3
-                 LIMIT 1",
-            )?
-            .exists(params![account, folder, uidvalidity])?)
-        })
-    }
-
     /// The SHA-256 of the upstream bytes of the message a local one is linked to, when known.
     pub fn upstream_hash(
         &self,

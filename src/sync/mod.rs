@@ -532,7 +532,7 @@ impl Syncer {
         // set upstream on them meanwhile never reached them).
         let unsynced_links = synced_modseq == 0 && highestmodseq > 0 && {
             let (store, f) = (self.store.clone(), folder.to_string());
-            blocking(move || store.has_links(account, &f, uidvalidity)).await??
+            blocking(move || store.linked_count(account, &f, uidvalidity)).await?? > 0
         };
         if (synced_modseq > 0 && highestmodseq > synced_modseq) || unsynced_links {
             match self
