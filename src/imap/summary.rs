@@ -56,11 +56,26 @@ pub(crate) fn encoded_messages(raw: &[u8]) -> Option<Vec<(std::ops::Range<usize>
         let in_digest = node.parent.is_some_and(|p| {
             last(&nodes[p], b"content-type").is_some_and(|t| t.starts_with(b"multipart/digest"))
         });
-        let message = match last(node, b"content-type") {
+        // An empty type is none to mail-parser (a digest's part is then a message).
+        let message = match last(node, b"content-type").filter(|t| !t.is_empty() && t[0] != b';') {
             Some(t) => t.starts_with(b"message/rfc822") || t.starts_with(b"message/global"),
             None => in_digest,
         };
-        let encoding = last(node, b"content-transfer-encoding").unwrap_or_default();
+        // mail-parser decodes an encoded word here (`=?us-ascii?B?YmFzZTY0?=` is base64).
+        let encoding = node
+            .fields
+            .iter()
+            .rev()
+            .find(|f| f.name.eq_ignore_ascii_case(b"content-transfer-encoding"))
+            .map(|f| {
+                let value = if f.value.windows(2).any(|w| w == b"=?") {
+                    decoded_words(&f.value)
+                } else {
+                    f.value.clone()
+                };
+                crate::message::parse::bare_value(&value)
+            })
+            .unwrap_or_default();
         let base64 = encoding.starts_with(b"base64");
         if message && (base64 || encoding.starts_with(b"quoted-printable")) {
             let end = node.end().min(raw.len());
@@ -68,6 +83,15 @@ pub(crate) fn encoded_messages(raw: &[u8]) -> Option<Vec<(std::ops::Range<usize>
         }
     }
     Some(found)
+}
+
+/// An unstructured value with its RFC 2047 encoded words decoded, as mail-parser reads it.
+fn decoded_words(value: &[u8]) -> Vec<u8> {
+    let field = [&b"Subject: "[..], value, b"\r\n\r\n"].concat();
+    mail_parser::MessageParser::default()
+        .parse_headers(&field[..])
+        .and_then(|m| m.subject().map(|s| s.as_bytes().to_vec()))
+        .unwrap_or_else(|| value.to_vec())
 }
 
 /// The one mailbox an address-list value names as the ENVELOPE shows it (`local@domain`,
