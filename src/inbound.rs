@@ -1015,12 +1015,13 @@ fn from_address(header: &[u8]) -> Option<String> {
 /// no address (no dot in the domain) and stay so.
 fn names_another_address(name: &str, address: &str) -> bool {
     use unicode_normalization::UnicodeNormalization;
-    // An override reorders what follows (embeddings and isolates, which software puts
-    // around names, do not).
-    let bidi = |c: char| matches!(c, '\u{202D}' | '\u{202E}');
-    if name.chars().any(bidi) && name.nfkc().any(|c| c == '@') {
-        return true;
-    }
+    // Bidi controls (overrides, and embeddings or isolates with right-to-left marks) can show
+    // the words in another order than they are written ("org.example@alice" read backwards):
+    // then any word with an @ counts, dotted domain or not, unless it is the address itself
+    // (software puts isolates around names).
+    let bidi = name
+        .chars()
+        .any(|c| matches!(c, '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}'));
     let invisible = |c: &char| {
         matches!(c,
             '\u{00AD}' | '\u{061C}' | '\u{180E}' | '\u{2000}'..='\u{200F}' | '\u{2028}'..='\u{202F}'
@@ -1031,6 +1032,7 @@ fn names_another_address(name: &str, address: &str) -> bool {
             c,
             '\u{00B7}' | '\u{0387}' | '\u{05C5}' | '\u{0660}' | '\u{06D4}' | '\u{06F0}' | '\u{0701}'
                 ..='\u{0709}'
+                    | '\u{0F0B}'
                     | '\u{0F0C}'
                     | '\u{1427}'
                     | '\u{16EB}'
@@ -1063,8 +1065,8 @@ fn names_another_address(name: &str, address: &str) -> bool {
         .filter(|w| {
             w.split_once('@').is_some_and(|(local, domain)| {
                 !local.is_empty()
-                    && domain.contains('.')
-                    && !domain.starts_with('.')
+                    && !domain.is_empty()
+                    && (bidi || (domain.contains('.') && !domain.starts_with('.')))
                     && !domain.contains('@')
             })
         })
@@ -1180,6 +1182,10 @@ mod tests {
             "\"alice@example\u{1427}org\" <m@evil.example>",
             "\"alice@example\u{A78F}org\" <m@evil.example>",
             "\"alice@example\u{2022}org\" <m@evil.example>",
+            "\"alice@example\u{0F0C}org\" <m@evil.example>",
+            // Written backwards between right-to-left marks in an embedding or an isolate.
+            "\"\u{202B}org\u{200F}.\u{200F}example\u{200F}@\u{200F}alice\u{202C}\" <m@evil.example>",
+            "\"\u{2067}org\u{200F}.\u{200F}example\u{200F}@\u{200F}alice\u{2069}\" <m@evil.example>",
         ] {
             assert_eq!(from(lookalike), None, "{lookalike}");
         }
