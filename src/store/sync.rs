@@ -952,6 +952,9 @@ impl Store {
         account: AccountId,
         keywords: &[String],
     ) -> Result<(), StoreError> {
+        if keywords.is_empty() {
+            return Ok(());
+        }
         self.write(|tx| {
             let mut insert = tx.prepare_cached(
                 "INSERT INTO store_meta (key, value) VALUES (?1, 1) ON CONFLICT (key) DO NOTHING",
@@ -973,6 +976,9 @@ impl Store {
         account: AccountId,
         keywords: &[String],
     ) -> Result<(), StoreError> {
+        if keywords.is_empty() {
+            return Ok(());
+        }
         self.write(|tx| {
             let mut delete = tx.prepare_cached("DELETE FROM store_meta WHERE key = ?1")?;
             for keyword in keywords {

@@ -734,18 +734,24 @@ impl Syncer {
         // refuses are remembered as refused (review: one refused keyword had every keyword of
         // its change remembered, and a removal of one of those upstream never came down).
         // Only additions are remembered: a removal refused changes nothing here.
-        let mut refused = Vec::new();
+        let (mut refused, mut taken) = (Vec::new(), Vec::new());
         for keyword in &keywords {
             let reply = up.command(self, &line(keyword), None).await?;
-            if !reply.ok {
+            if reply.ok {
+                taken.push(keyword.clone());
+            } else {
                 tracing::warn!(account = %self.name, %mailbox, uid,
                     "upstream refused the keyword {keyword}: {}; it stays here only", reply.text);
                 refused.push(keyword.clone());
             }
         }
-        if sign == '+' && !refused.is_empty() {
+        if sign == '+' {
             let store = self.store.clone();
-            blocking(move || store.refused_keyword(account, &refused)).await??;
+            blocking(move || {
+                store.refused_keyword(account, &refused)?;
+                store.accepted_keywords(account, &taken)
+            })
+            .await??;
         }
         if system.is_empty() {
             return Ok(());
