@@ -583,19 +583,6 @@ impl Syncer {
                     .find_moved_here(self, account, &to_folder, hash, estimate)
                     .await?
                 {
-                    // Flags set here before the move went to the original's old place,
-                    // which is gone: they go to the message linked now (review: lost on
-                    // both sides when its flags came down).
-                    let store = self.store.clone();
-                    let batch = blocking(move || {
-                        store.fetch_batch(target, &[new_uid], Need::default(), u64::MAX)
-                    })
-                    .await??;
-                    if let Some((row, _)) = batch.items.first() {
-                        let flags = upstream_flags(row.flags.iter());
-                        self.store_flags(up, account, &target_name, u, '+', &flags)
-                            .await?;
-                    }
                     let link = UpstreamRef {
                         folder: to_folder.clone(),
                         uidvalidity: v,
