@@ -945,48 +945,29 @@ impl Store {
         })
     }
 
-    /// Remembers keywords the account's upstream refused to store: they stay here only, also
-    /// when upstream's flags of their messages come down.
-    pub fn refused_keyword(
+    /// Remembers which keywords the account's upstream refused to store (they stay here only,
+    /// also when upstream's flags of their messages come down) and forgets those it took now.
+    pub fn keyword_refusals(
         &self,
         account: AccountId,
-        keywords: &[String],
+        refused: &[String],
+        taken: &[String],
     ) -> Result<(), StoreError> {
-        if keywords.is_empty() {
+        if refused.is_empty() && taken.is_empty() {
             return Ok(());
         }
+        let key =
+            |keyword: &String| format!("{}{}", refused_prefix(account), keyword.to_lowercase());
         self.write(|tx| {
             let mut insert = tx.prepare_cached(
                 "INSERT INTO store_meta (key, value) VALUES (?1, 1) ON CONFLICT (key) DO NOTHING",
             )?;
-            for keyword in keywords {
-                insert.execute([format!(
-                    "{}{}",
-                    refused_prefix(account),
-                    keyword.to_lowercase()
-                )])?;
+            for keyword in refused {
+                insert.execute([key(keyword)])?;
             }
-            Ok(())
-        })
-    }
-
-    /// Forgets that the account's upstream refused these keywords: it took them now.
-    pub fn accepted_keywords(
-        &self,
-        account: AccountId,
-        keywords: &[String],
-    ) -> Result<(), StoreError> {
-        if keywords.is_empty() {
-            return Ok(());
-        }
-        self.write(|tx| {
             let mut delete = tx.prepare_cached("DELETE FROM store_meta WHERE key = ?1")?;
-            for keyword in keywords {
-                delete.execute([format!(
-                    "{}{}",
-                    refused_prefix(account),
-                    keyword.to_lowercase()
-                )])?;
+            for keyword in taken {
+                delete.execute([key(keyword)])?;
             }
             Ok(())
         })

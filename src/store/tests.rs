@@ -401,11 +401,10 @@ fn write_back_links_and_upstream_flags() {
 
     // Upstream flags replace the local ones but for the verdict keyword, and keywords the
     // upstream refused ($Mine); $Gone is gone upstream, and here.
+    let refused = ["$MINE".to_string(), "$Gone".to_string()];
+    store.keyword_refusals(account, &refused, &[]).unwrap();
     store
-        .refused_keyword(account, &["$MINE".to_string(), "$Gone".to_string()])
-        .unwrap();
-    store
-        .accepted_keywords(account, &["$gone".to_string()])
+        .keyword_refusals(account, &[], &["$gone".to_string()])
         .unwrap();
     let changed = store
         .apply_upstream_flags(account, "INBOX", 7, &[(10, Flags::new(["\\Seen"]))])

@@ -705,7 +705,7 @@ impl Syncer {
             // Taken now: no longer one the server refuses (it may have changed).
             if sign == '+' && !keywords.is_empty() {
                 let store = self.store.clone();
-                blocking(move || store.accepted_keywords(account, &keywords)).await??;
+                blocking(move || store.keyword_refusals(account, &[], &keywords)).await??;
             }
             return Ok(());
         }
@@ -734,11 +734,7 @@ impl Syncer {
         }
         if sign == '+' {
             let store = self.store.clone();
-            blocking(move || {
-                store.refused_keyword(account, &refused)?;
-                store.accepted_keywords(account, &taken)
-            })
-            .await??;
+            blocking(move || store.keyword_refusals(account, &refused, &taken)).await??;
         }
         if system.is_empty() {
             return Ok(());
