@@ -1472,6 +1472,9 @@ enum Stall {
     After,
     /// The matching bytes go; nothing more passes on any connection.
     AfterEverywhere,
+    /// The matching bytes and all after them go (the rest of a literal, its CRLF); no answer
+    /// comes back on that connection.
+    AnswersOnly,
 }
 
 fn relay(to: u16, stall_when: fn(&str) -> bool, stall: Stall, no_uidplus: bool) -> u16 {
@@ -1498,8 +1501,18 @@ fn relay(to: u16, stall_when: fn(&str) -> bool, stall: Stall, no_uidplus: bool) 
             std::thread::spawn(move || {
                 let mut buf = [0u8; 65536];
                 while let Ok(n) = client_r.read(&mut buf) {
-                    if n == 0 || mute.load(Ordering::SeqCst) {
+                    if n == 0 || (mute.load(Ordering::SeqCst) && stall != Stall::AnswersOnly) {
                         break;
+                    }
+                    if stall == Stall::AnswersOnly
+                        && (mute.load(Ordering::SeqCst)
+                            || stall_when(&String::from_utf8_lossy(&buf[..n])))
+                    {
+                        mute.store(true, Ordering::SeqCst);
+                        if server_w.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                        continue;
                     }
                     if stall_when(&String::from_utf8_lossy(&buf[..n])) {
                         if stall != Stall::Before {
@@ -2921,11 +2934,25 @@ async fn an_upload_whose_answer_was_lost_is_taken_back_when_deleted_here() {
         sent.len()
     ));
 
-    // The APPEND is done (its literal went); its answer is lost, and the network goes down.
-    let port = proxy_losing_answers(dovecot.port, |t| t.contains("Sealpost-Upload"), true);
+    // The APPEND is done (its literal went); its answer is lost.
+    let port = relay(
+        dovecot.port,
+        |t| t.contains("Sealpost-Upload"),
+        Stall::AnswersOnly,
+        false,
+    );
     let down = port_config(&server, &dovecot, dir.path(), port, "down", "");
     let out = sync_once(&down);
     assert!(!out.status.success() || String::from_utf8_lossy(&out.stderr).contains("stopped"));
+    // Dovecot finishes the APPEND on its own time (the sync stopped waiting for the answer).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while dovecot.mailbox_files("Sent").is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the APPEND went: {out:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
     assert_eq!(dovecot.mailbox_files("Sent").len(), 1, "the APPEND went");
 
     raw.ok("SELECT Sent");
