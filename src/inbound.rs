@@ -919,14 +919,10 @@ fn signed_part_header(entity: &[u8]) -> Option<Vec<u8>> {
 /// USENIX Security 2019, MIME wrapping).
 fn loose_delimiter(body: &[u8], boundary: &[u8]) -> bool {
     body.split(|&b| b == b'\n').any(|line| {
-        let Some(rest) = line
-            .strip_prefix(b"--")
-            .and_then(|l| l.strip_prefix(boundary))
-        else {
-            return false;
-        };
-        let rest = rest.strip_prefix(b"--").unwrap_or(rest);
-        !rest.iter().all(|&b| matches!(b, b' ' | b'\t' | b'\r'))
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        line.strip_prefix(b"--")
+            .is_some_and(|l| l.starts_with(boundary))
+            && crate::message::parse::delimiter_line(line, boundary).is_none()
     })
 }
 

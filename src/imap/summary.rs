@@ -44,38 +44,38 @@ pub(crate) fn encoded_messages(raw: &[u8]) -> Option<Vec<(std::ops::Range<usize>
             return None;
         }
     }
-    let last = |node: &Node, name: &[u8]| {
-        node.fields
-            .iter()
-            .rev()
-            .find(|f| f.name.eq_ignore_ascii_case(name))
-            .map(|f| crate::message::parse::bare_value(&f.value))
-    };
-    let mut found = Vec::new();
-    for node in &nodes {
-        let in_digest = node.parent.is_some_and(|p| {
-            last(&nodes[p], b"content-type").is_some_and(|t| t.starts_with(b"multipart/digest"))
-        });
-        // An empty type is none to mail-parser (a digest's part is then a message).
-        let message = match last(node, b"content-type").filter(|t| !t.is_empty() && t[0] != b';') {
-            Some(t) => t.starts_with(b"message/rfc822") || t.starts_with(b"message/global"),
-            None => in_digest,
-        };
-        // mail-parser decodes an encoded word here (`=?us-ascii?B?YmFzZTY0?=` is base64).
-        let encoding = node
+    // A field's last value, bare, as mail-parser reads it; it decodes an encoded word in the
+    // transfer encoding (`=?us-ascii?B?YmFzZTY0?=` is base64), not in the type.
+    let last = |node: &Node, name: &[u8], words: bool| {
+        let field = node
             .fields
             .iter()
             .rev()
-            .find(|f| f.name.eq_ignore_ascii_case(b"content-transfer-encoding"))
-            .map(|f| {
-                let value = if f.value.windows(2).any(|w| w == b"=?") {
-                    decoded_words(&f.value)
-                } else {
-                    f.value.clone()
-                };
-                crate::message::parse::bare_value(&value)
-            })
-            .unwrap_or_default();
+            .find(|f| f.name.eq_ignore_ascii_case(name))?;
+        let value = if words && field.value.windows(2).any(|w| w == b"=?") {
+            decoded_words(&field.value)
+        } else {
+            field.value.clone()
+        };
+        Some(crate::message::parse::bare_value(&value))
+    };
+    // Each part's type; an empty one is none to mail-parser (a digest's part is then a message).
+    let types: Vec<Option<Vec<u8>>> = nodes
+        .iter()
+        .map(|node| last(node, b"content-type", false).filter(|t| !t.is_empty() && t[0] != b';'))
+        .collect();
+    let mut found = Vec::new();
+    for (node, kind) in nodes.iter().zip(&types) {
+        let in_digest = node.parent.is_some_and(|p| {
+            types[p]
+                .as_ref()
+                .is_some_and(|t| t.starts_with(b"multipart/digest"))
+        });
+        let message = match kind {
+            Some(t) => t.starts_with(b"message/rfc822") || t.starts_with(b"message/global"),
+            None => in_digest,
+        };
+        let encoding = last(node, b"content-transfer-encoding", true).unwrap_or_default();
         let base64 = encoding.starts_with(b"base64");
         if message && (base64 || encoding.starts_with(b"quoted-printable")) {
             let end = node.end().min(raw.len());

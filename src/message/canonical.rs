@@ -369,20 +369,12 @@ fn blank_before_delimiters(
         .collect();
     // (close, in a digest) for a delimiter line (RFC 2046 §5.1.1: only blanks may follow it).
     let delimiter = |line: &[u8], at: usize| {
-        let rest = line.strip_prefix(b"--")?;
         boundaries.iter().find_map(|(b, start, end, digest)| {
             if at < *start || at > *end {
                 return None;
             }
-            let after = rest.strip_prefix(b.as_bytes())?;
-            let (close, padding) = match after.strip_prefix(b"--") {
-                Some(p) => (true, p),
-                None => (false, after),
-            };
-            padding
-                .iter()
-                .all(|&c| c == b' ' || c == b'\t')
-                .then_some((close, *digest))
+            let (close, _) = super::parse::delimiter_line(line, b.as_bytes())?;
+            Some((close, *digest))
         })
     };
     let mut inserts = Vec::new();
@@ -654,24 +646,18 @@ fn tidy_multipart(part: &MessagePart<'_>, raw: &[u8], edits: &mut Vec<Edit>) {
         let line = &raw[pos..line_end];
         let content = line.strip_suffix(b"\n").unwrap_or(line);
         let content = content.strip_suffix(b"\r").unwrap_or(content);
-        if let Some(rest) = content.strip_prefix(dash.as_bytes()) {
-            let (closing, padding) = match rest.strip_prefix(b"--") {
-                Some(p) => (true, p),
-                None => (false, rest),
-            };
-            if padding.iter().all(|&b| b == b' ' || b == b'\t') {
-                if !padding.is_empty() {
-                    let trimmed = pos + content.len() - padding.len();
-                    edits.push(Edit {
-                        start: trimmed,
-                        end: pos + content.len(),
-                        bytes: Vec::new(),
-                    });
-                }
-                first.get_or_insert(pos);
-                if closing {
-                    close_line_end = Some(line_end);
-                }
+        if let Some((closing, padding)) = super::parse::delimiter_line(content, boundary.as_bytes())
+        {
+            if padding > 0 {
+                edits.push(Edit {
+                    start: pos + content.len() - padding,
+                    end: pos + content.len(),
+                    bytes: Vec::new(),
+                });
+            }
+            first.get_or_insert(pos);
+            if closing {
+                close_line_end = Some(line_end);
             }
         }
         pos = line_end;

@@ -528,6 +528,21 @@ fn take_apart(message: mail_parser::Message<'_>) {
     }
 }
 
+/// What `line` (without its line break) is to the multipart with this boundary, by RFC 2046
+/// §5.1.1: `--boundary`, or `--boundary--` for the close delimiter, then only blanks
+/// (transport padding): Some((close, how many blanks)); None for any other line.
+pub fn delimiter_line(line: &[u8], boundary: &[u8]) -> Option<(bool, usize)> {
+    let rest = line.strip_prefix(b"--")?.strip_prefix(boundary)?;
+    let (close, padding) = match rest.strip_prefix(b"--") {
+        Some(padding) => (true, padding),
+        None => (false, rest),
+    };
+    padding
+        .iter()
+        .all(|&b| b == b' ' || b == b'\t')
+        .then_some((close, padding.len()))
+}
+
 /// A structured field's value in ASCII lower case, without blanks and comments, as a type is
 /// read (`message (x) /rfc822` is message/rfc822 to mail-parser).
 pub(crate) fn bare_value(value: &[u8]) -> Vec<u8> {
@@ -555,7 +570,9 @@ const ENCODED_LEVELS: usize = 3;
 /// forwarded message, base64, of 2,000 levels took the IMAP server down at a body SEARCH, and
 /// the milter.
 fn encoded_too_deep(raw: &[u8], encodings: usize) -> bool {
-    if encodings >= ENCODED_LEVELS || !transfer_encoded(raw) {
+    // Cheap first looks, so that ordinary mail with attachments is not split into its parts
+    // here: an attached message needs a type field naming rfc822, global or digest.
+    if encodings >= ENCODED_LEVELS || !transfer_encoded(raw) || message_type_lines(raw) == 0 {
         return false;
     }
     let Some(encoded) = crate::imap::summary::encoded_messages(raw) else {
