@@ -479,7 +479,7 @@ impl Store {
 
     /// Takes flag changes made upstream (RFC 7162 CHANGEDSINCE) into the linked local
     /// messages: upstream's flags replace the local ones, except sealpost's own verdict
-    /// keywords, which stay, and keywords the upstream refused ([`Store::refused_keyword`]:
+    /// keywords, which stay, and keywords the upstream refused ([`Store::keyword_refusals`]:
     /// they stay here only; review, they were wiped at the next pass). A message with a local
     /// change still waiting in the journal keeps its local flags (the write-back will send
     /// them). Not journaled. Returns how many messages changed, and how many were left so.
@@ -490,10 +490,11 @@ impl Store {
         uidvalidity: u32,
         changes: &[(u32, Flags)],
     ) -> Result<(usize, usize), StoreError> {
+        let prefix = refused_prefix(account);
         let refused: std::collections::HashSet<String> = self
-            .meta_prefixed(&refused_prefix(account))?
+            .meta_prefixed(&prefix)?
             .into_iter()
-            .map(|(key, _)| key[refused_prefix(account).len()..].to_string())
+            .map(|(key, _)| key[prefix.len()..].to_string())
             .collect();
         let never_upstream = |keyword: &str| refused.contains(&keyword.to_lowercase());
         if changes.is_empty() {
@@ -953,7 +954,9 @@ impl Store {
         refused: &[String],
         taken: &[String],
     ) -> Result<(), StoreError> {
-        if refused.is_empty() && taken.is_empty() {
+        // Nothing to forget, in the common case, without a write.
+        let forget = !taken.is_empty() && self.has_meta_prefixed(&refused_prefix(account))?;
+        if refused.is_empty() && !forget {
             return Ok(());
         }
         let key =
