@@ -140,11 +140,12 @@ impl Rewriter {
     /// Looks up a key for one address, as the plan wants it: an address with an extension
     /// that has no key of its own has the key of the address it is delivered to.
     pub async fn lookup(&self, address: &str) -> Lookup {
+        let lookup = |r: Result<Resolution, KeyError>| match r {
+            Ok(r) => Lookup::Found(r),
+            Err(e) => Lookup::Failed(e.to_string()),
+        };
         if self.policy.own_keys_only {
-            return match self.keys.resolve_own(address).await {
-                Ok(r) => Lookup::Found(r),
-                Err(e) => Lookup::Failed(e.to_string()),
-            };
+            return lookup(self.keys.resolve_own(address).await);
         }
         let found = match self.keys.resolve(address).await {
             Ok(r) => r,
@@ -156,10 +157,7 @@ impl Rewriter {
             .without_extension(address)
             .filter(|_| none_at_all)
         {
-            return match self.keys.resolve(&base).await {
-                Ok(r) => Lookup::Found(r),
-                Err(e) => Lookup::Failed(e.to_string()),
-            };
+            return lookup(self.keys.resolve(&base).await);
         }
         Lookup::Found(found)
     }
