@@ -976,15 +976,29 @@ fn from_address(header: &[u8]) -> Option<String> {
         .iter()
         .filter(|h| matches!(h.name, mail_parser::HeaderName::From))
         .count();
+    if fields != 1 {
+        return None;
+    }
+    let value = header_value(header, b"from")?;
+    // A quoted local part that needs no quotes, alone (`"alice"@example.org`), is alice's
+    // address (RFC 5322 §3.4.1); mail-parser reads the quoted string as a display name.
+    // With no display name there is no other address to look for in one.
+    if let Some(address) = std::str::from_utf8(&value)
+        .ok()
+        .and_then(|v| crate::rewrite::unquoted(v.trim()))
+        .map(|a| a.to_ascii_lowercase())
+    {
+        let ours = crate::imap::summary::single_mailbox(&value);
+        return (ours.as_deref() == Some(address.as_str())).then_some(address);
+    }
     let from = message.from()?;
-    if fields != 1 || from.as_list().is_none_or(|list| list.len() != 1) {
+    if from.as_list().is_none_or(|list| list.len() != 1) {
         return None;
     }
     let mailbox = from.first()?;
     let address = mailbox.address()?.to_ascii_lowercase();
     // Shown as one mailbox only if every reading agrees: the IMAP ENVELOPE's parser reads
     // broken input its own way (`alice@example.org <m@evil.example>` is alice there).
-    let value = header_value(header, b"from")?;
     if crate::imap::summary::single_mailbox(&value).as_deref() != Some(address.as_str()) {
         return None;
     }
@@ -1149,10 +1163,19 @@ mod tests {
             from("\"alice@example.org\" <alice@example.org>").as_deref(),
             Some("alice@example.org")
         );
-        // mail-parser reads a quoted local part as a display name and "@example.org": the
-        // readings differ, so it counts as no one mailbox (a false "mismatch", kept on the
-        // safe side).
-        assert_eq!(from("\"alice\"@example.org"), None);
+        // A needlessly quoted local part is the address (mail-parser reads it as a display
+        // name and "@example.org"); a quoted one that needs its quotes is not read as one.
+        assert_eq!(
+            from("\"alice\"@example.org").as_deref(),
+            Some("alice@example.org")
+        );
+        assert_eq!(
+            from(" \"Alice.B\"@Example.org ").as_deref(),
+            Some("alice.b@example.org")
+        );
+        assert_eq!(from("\"alice\"@example.org, bob@example.org"), None);
+        assert_eq!(from("\"alice\"@example.org <m@evil.example>"), None);
+        assert_eq!(from("\"alice smith\"@example.org"), None);
         assert_eq!(from("mallory@evil.example <alice@example.org>"), None);
         assert_eq!(from("\"mallory@evil.example\" <alice@example.org>"), None);
         assert_eq!(from("\"Alice [m@evil.example]\" <alice@example.org>"), None);

@@ -610,7 +610,7 @@ fn temporary(e: &KeyError) -> Reply {
 /// `"bob"@example.org` as `bob@example.org`: a quoted local part that needs no quotes (a
 /// dot-atom, RFC 5322 §3.2.3) names the same mailbox, and policies and key lookups must see
 /// it so.
-fn unquoted(address: &str) -> Option<String> {
+pub(crate) fn unquoted(address: &str) -> Option<String> {
     let (local, domain) = address.rsplit_once('@')?;
     let quoted = local.strip_prefix('"')?.strip_suffix('"')?;
     // A quoted-pair (RFC 5321 §4.1.2) stands for its character: `"n\05"` is n05, which is
