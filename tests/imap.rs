@@ -1742,3 +1742,39 @@ fn close_on_a_full_store_says_the_messages_stayed() {
     let selected = raw.ok("SELECT INBOX").join("\n");
     assert!(selected.contains("* 4 EXISTS"), "{selected}");
 }
+
+/// Commands a client pipelines behind LOGIN in one write (RFC 3501 §5.5) are judged by the
+/// limits of the state LOGIN leaves: an APPEND literal larger than a line before login is
+/// taken once LOGIN is (it ended the connection), and still refused when LOGIN was not.
+#[test]
+fn commands_pipelined_behind_login_are_judged_after_it() {
+    let server = Server::start();
+    let body = format!("Subject: pipelined\r\n\r\n{}\r\n", "x".repeat(20 * 1024));
+    let mut raw = server.raw();
+    raw.send(
+        format!(
+            "a1 LOGIN {USER} \"{PASSWORD}\"\r\na2 APPEND INBOX {{{}+}}\r\n{body}\r\na3 NOOP\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    );
+    for tag in ["a1", "a2", "a3"] {
+        let (_, tagged) = raw.until(tag);
+        assert!(tagged.starts_with(&format!("{tag} OK")), "{tagged}");
+    }
+    let status = raw.ok("STATUS INBOX (MESSAGES)").join("\n");
+    assert!(status.contains("MESSAGES 1"), "{status}");
+
+    let mut raw = server.raw();
+    raw.send(
+        format!(
+            "b1 LOGIN {USER} wrong\r\nb2 APPEND INBOX {{{}+}}\r\n{body}\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    );
+    let (_, tagged) = raw.until("b1");
+    assert!(tagged.starts_with("b1 NO"), "{tagged}");
+    let bye = raw.line().unwrap_or_default();
+    assert!(bye.starts_with("* BYE"), "{bye}");
+}

@@ -3,7 +3,9 @@
 //! commands (DESIGN.md §4: sealpost drives imap-next with its own I/O loop).
 //!
 //! The scanner sees every byte first. It splits the input into lines and literals, so that
-//! - a line longer than the limit (smaller before login) ends the connection,
+//! - a line longer than the limit (smaller before login) ends the connection; before login,
+//!   input after a complete command waits until that command is done, so commands pipelined
+//!   behind LOGIN get the limits of the state LOGIN leaves,
 //! - a literal larger than the limit is refused before the client is told to send it
 //!   (`NO [TOOBIG]`, and no `+` continuation; RFC 7888 §4), and a non-synchronising one
 //!   ends the connection, so memory stays bounded,
@@ -251,6 +253,10 @@ impl Conn {
     /// Reads once from the socket and scans what came. Cancel-safe: nothing is lost when the
     /// future is dropped before the read completes.
     pub async fn fill(&mut self, limits: &Limits, authenticated: bool) -> Result<(), ConnError> {
+        if let Some(pieces) = self.scanner.feed_held(limits, authenticated) {
+            self.pending.extend(pieces?);
+            return Ok(());
+        }
         let stream = self.stream.as_mut().ok_or(ConnError::Closed)?;
         let n = stream.read(&mut self.read_buf).await?;
         if n == 0 {
@@ -460,6 +466,11 @@ struct Scanner {
     verb: String,
     /// A LIST command with literals, collected whole for the LIST-EXTENDED parser.
     list: Option<Vec<u8>>,
+    /// Input after a complete command received before login, not scanned yet: a client may
+    /// pipeline commands behind LOGIN (RFC 3501 §5.5), which are judged by the limits of
+    /// the state LOGIN leaves (review: an APPEND literal sent in the same write as LOGIN was
+    /// judged by the pre-login limits, and the connection ended).
+    held: Vec<u8>,
 }
 
 impl Scanner {
@@ -471,6 +482,7 @@ impl Scanner {
             continuing: false,
             verb: String::new(),
             list: None,
+            held: Vec::new(),
         }
     }
 
@@ -530,6 +542,10 @@ impl Scanner {
                             let tag = tag_of(first).unwrap_or_else(|| "*".to_owned());
                             pieces.push(Piece::TooBig { tag });
                             self.reset();
+                            if !authenticated {
+                                self.held.extend_from_slice(bytes);
+                                break;
+                            }
                             continue;
                         }
                         return Err(ConnError::LiteralTooBig);
@@ -554,10 +570,28 @@ impl Scanner {
                         push_feed(&mut pieces, &line);
                     }
                     self.reset();
+                    if !authenticated {
+                        self.held.extend_from_slice(bytes);
+                        break;
+                    }
                 }
             }
         }
         Ok(pieces)
+    }
+
+    /// Scans the input held back before login (see [`Scanner::held`]) with the limits of the
+    /// state the session is in now; None when nothing is held.
+    fn feed_held(
+        &mut self,
+        limits: &Limits,
+        authenticated: bool,
+    ) -> Option<Result<Vec<Piece>, ConnError>> {
+        if self.held.is_empty() {
+            return None;
+        }
+        let held = std::mem::take(&mut self.held);
+        Some(self.feed(&held, limits, authenticated))
     }
 
     fn reset(&mut self) {
@@ -682,6 +716,31 @@ mod tests {
     }
 
     #[test]
+    fn commands_behind_a_command_before_login_wait_for_its_outcome() {
+        let mut s = Scanner::new();
+        let input = b"a1 LOGIN u p\r\na2 APPEND INBOX {500+}\r\n";
+        let pieces = s.feed(input, &limits(), false).unwrap();
+        assert!(
+            matches!(&pieces[..], [Piece::Feed(b)] if b == b"a1 LOGIN u p\r\n"),
+            "{pieces:?}"
+        );
+        // LOGIN taken: the APPEND is judged by the limits after login, and its literal comes.
+        let pieces = s.feed_held(&limits(), true).unwrap().unwrap();
+        assert!(
+            matches!(&pieces[..], [Piece::Feed(b)] if b == b"a2 APPEND INBOX {500+}\r\n"),
+            "{pieces:?}"
+        );
+        assert!(s.feed_held(&limits(), true).is_none());
+        // LOGIN refused: the same APPEND is too big for a client not logged in.
+        let mut s = Scanner::new();
+        s.feed(input, &limits(), false).unwrap();
+        assert!(matches!(
+            s.feed_held(&limits(), false),
+            Some(Err(ConnError::LineTooLong | ConnError::LiteralTooBig))
+        ));
+    }
+
+    #[test]
     fn oversized_synchronising_literal_is_refused_without_feeding() {
         let mut s = Scanner::new();
         let pieces = s
@@ -723,7 +782,9 @@ mod tests {
             )
             .unwrap();
         assert!(matches!(&pieces[0], Piece::Feed(b) if b == b"a1 LOGIN {3}\r\nbob {2}\r\npw\r\n"));
-        assert!(matches!(&pieces[1], Piece::List(b) if b == b"b LIST \"\" *\r\n"));
+        assert_eq!(pieces.len(), 1, "{pieces:?}");
+        let pieces = s.feed_held(&limits(), false).unwrap().unwrap();
+        assert!(matches!(&pieces[0], Piece::List(b) if b == b"b LIST \"\" *\r\n"));
         // A line whose tag is none goes to imap-codec, which answers it.
         for bad in [
             &b"* LIST \"\" *\r\n"[..],
