@@ -73,8 +73,10 @@ pub fn section<'a>(
         SectionText::Header => slice(message?.header()),
         SectionText::Text => slice(message?.body()),
         SectionText::HeaderFields { names, not } => {
-            let header = raw.get(message?.header())?;
-            Some(Cow::Owned(header_fields(header, names, *not)))
+            let range = message?.header();
+            let delimited = range.end < raw.len();
+            let header = raw.get(range)?;
+            Some(Cow::Owned(header_fields(header, names, *not, delimited)))
         }
     }
 }
@@ -82,11 +84,13 @@ pub fn section<'a>(
 /// The fields of a header block whose names are (or with `not`, are not) in `names`, raw
 /// with their folding, in message order, followed by the block's blank line.
 ///
-/// A header section without a blank line (it ran to the end of the message) gets at most
+/// A header section without a blank line that ran to the end of the message gets at most
 /// one CRLF, the way Dovecot 2.3 answered for fixtures 35 and 36: a selected last field that
 /// was cut off mid-line gets its line end; an unselected last field that was complete gets
-/// the missing blank line; otherwise nothing is added.
-fn header_fields(header: &[u8], names: &[Vec<u8>], not: bool) -> Vec<u8> {
+/// the missing blank line; otherwise nothing is added. One that a delimiter ended
+/// (`delimited`: an attached message of header only, or none) gets a selected last field's
+/// line end and the blank line, as Dovecot answered for fixture 41.
+fn header_fields(header: &[u8], names: &[Vec<u8>], not: bool, delimited: bool) -> Vec<u8> {
     let mut out = Vec::new();
     let mut last_selected = false;
     let list = fields(header);
@@ -102,9 +106,12 @@ fn header_fields(header: &[u8], names: &[Vec<u8>], not: bool) -> Vec<u8> {
     let blank_line = !rest.is_empty();
     out.extend_from_slice(rest);
     let cut_off = !header.ends_with(b"\n");
-    if !blank_line && !header.is_empty() && last_selected == cut_off {
-        out.extend_from_slice(b"\r\n");
-    }
+    let line_ends = match (blank_line, delimited) {
+        (true, _) => 0,
+        (false, true) => 1 + usize::from(last_selected && cut_off && !header.is_empty()),
+        (false, false) => usize::from(!header.is_empty() && last_selected == cut_off),
+    };
+    out.extend(b"\r\n".repeat(line_ends));
     out
 }
 

@@ -904,7 +904,7 @@ pub(crate) mod tests {
             };
             if got != want {
                 diffs.push(format!(
-                    "{key}:\n  dovecot: {}\n  sealpost: {}",
+                    "{key}:\n  dovecot: {:?}\n  sealpost: {:?}",
                     String::from_utf8_lossy(want.as_deref().unwrap_or(b"NIL")),
                     String::from_utf8_lossy(got.as_deref().unwrap_or(b"NIL"))
                 ));
@@ -955,7 +955,7 @@ pub(crate) mod tests {
     #[test]
     fn corpus_matches_dovecot() {
         let names = fixture_names();
-        assert_eq!(names.len(), 40);
+        assert_eq!(names.len(), 41);
         let mut failures = Vec::new();
         for n in &names {
             for d in compare(n) {

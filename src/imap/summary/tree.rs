@@ -244,8 +244,17 @@ impl Parser<'_> {
             }
             if is_blank_line(rest) {
                 let n = if rest[0] == b'\r' { 2 } else { 1 };
-                self.nodes[cur].header_size += n;
                 self.pos += n;
+                // A blank line right before an enclosing delimiter is that delimiter's line
+                // break (RFC 2046 §5.1.1): the part has no blank line and an empty body, as
+                // Dovecot reads it (fixture 41: `n.MIME` held the blank line).
+                let enclosing = self
+                    .boundary_line(self.pos)
+                    .is_some_and(|(b, _)| self.boundaries[b].part != cur);
+                match self.nodes[cur].parent {
+                    Some(parent) if enclosing => self.nodes[parent].body_size += n,
+                    _ => self.nodes[cur].header_size += n,
+                }
                 break;
             }
             let (line_len, consumed, newline) = match rest.iter().position(|&c| c == b'\n') {
