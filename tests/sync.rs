@@ -2682,6 +2682,77 @@ async fn a_rename_of_a_folder_another_client_renamed_waits() {
     );
 }
 
+/// A folder renamed here to a name another client gave a folder upstream meanwhile: the two
+/// are one folder here, and become one upstream (the RENAME got NO [ALREADYEXISTS] and waited
+/// for good, and the mail that came into the old folder upstream never came down). Every
+/// message once on each side, a local flag kept, nothing waiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rename_to_a_name_made_upstream_meanwhile_merges_the_folders() {
+    let world = World::new();
+    let dovecot = Dovecot::start_tls();
+    upstream(
+        &dovecot,
+        json!([{"cmd": "raw", "line": "CREATE Old"},
+        append_bytes("Old", &plain_message("first")),
+        append_bytes("Old", &plain_message("second"))]),
+    );
+    let (server, _dir, config) = bobs_sync(&world, &dovecot);
+    let out = sync_once(&config);
+    assert_eq!(stdout(&out).trim(), format!("{USER}: 2 new"), "{out:?}");
+    upstream(
+        &dovecot,
+        json!([{"cmd": "raw", "line": "CREATE New"},
+        append_bytes("New", &plain_message("theirs")),
+        append_bytes("Old", &plain_message("late"))]),
+    );
+    let mut raw = server.login();
+    raw.ok("SELECT Old");
+    raw.ok("UID STORE 1 +FLAGS (\\Flagged)");
+    raw.ok("UNSELECT");
+    raw.ok("RENAME Old New");
+    for _ in 0..2 {
+        let out = sync_once(&config);
+        assert!(out.status.success(), "{out:?}");
+    }
+    let out = sync_once(&config);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(waiting_changes(&server), 0, "{log}");
+    let local = raw
+        .ok("SELECT New")
+        .into_iter()
+        .chain(raw.ok("UID FETCH 1:* (FLAGS BODY.PEEK[HEADER.FIELDS (Subject)])"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    for subject in ["first", "second", "theirs", "late"] {
+        assert_eq!(local.matches(subject).count(), 1, "{subject}: {local}");
+    }
+    assert!(local.contains("* 4 EXISTS"), "{local}");
+    let flagged = |text: &str| {
+        text.lines()
+            .filter(|l| l.contains(" FETCH ") && l.contains("\\Flagged"))
+            .count()
+    };
+    assert_eq!(flagged(&local), 1, "{local}");
+    let seen = upstream(
+        &dovecot,
+        json!([{"cmd": "raw", "line": "LIST \"\" *"},
+        {"cmd": "raw", "line": "SELECT New"},
+        {"cmd": "raw", "line": "UID FETCH 1:* (FLAGS BODY.PEEK[HEADER.FIELDS (Subject)])"}]),
+    );
+    let list = untagged(&seen, 0).join("\n");
+    assert!(
+        !list.contains("\"Old\"") && !list.contains(" Old"),
+        "{list}"
+    );
+    let up = [untagged(&seen, 1), untagged(&seen, 2)].concat().join("\n");
+    assert!(up.contains("* 4 EXISTS"), "{up}");
+    for subject in ["first", "second", "theirs", "late"] {
+        assert_eq!(up.matches(subject).count(), 1, "{subject}: {up}");
+    }
+    assert_eq!(flagged(&up), 1, "{up}");
+}
+
 /// A folder deleted here while new mail came into it upstream: the new mail is fetched (the
 /// folder comes back here holding it) before the folder is deleted upstream, never deleted
 /// unseen with it.

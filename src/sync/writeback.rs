@@ -405,6 +405,11 @@ impl Syncer {
                 // links would name a folder upstream does not have.
                 if !reply.ok {
                     if up.exists(self, &from).await? {
+                        // Another client made a folder of the new name meanwhile: the two
+                        // are one folder here now, and become one upstream.
+                        if up.exists(self, &to).await? {
+                            return self.merge_into(up, account, &from, &to, &reply.text).await;
+                        }
                         return Err(Failure::Entry(format!("RENAME: {}", reply.text)));
                     }
                     if !up.exists(self, &to).await? {
@@ -428,6 +433,70 @@ impl Syncer {
                 "unknown journal entry kind {other:?}"
             ))),
         }
+    }
+
+    /// A local rename of `from` to a name another client gave a folder upstream meanwhile
+    /// (RENAME got `refused`): `from`'s messages are moved into `to` and `from` is deleted, as
+    /// the folders are one here. The links of `from`'s messages then name `to` under `from`'s
+    /// UIDVALIDITY, so the next pass reads `to` as a folder whose UIDVALIDITY changed: it
+    /// links the moved messages again by content, and fetches the other client's (and mail
+    /// that came into `from` since the last pass). Waits as before without MOVE (a COPY
+    /// repeated after a crash would leave copies twice), when `from` has subfolders upstream,
+    /// and when the two folders have the same UIDVALIDITY (links would then be taken for
+    /// `to`'s messages of the same UIDs).
+    async fn merge_into(
+        &self,
+        up: &mut Upstream<'_>,
+        account: AccountId,
+        from: &str,
+        to: &str,
+        refused: &str,
+    ) -> Result<WrittenBack, Failure> {
+        let wait = |why: &str| {
+            Err(Failure::Entry(format!(
+                "RENAME: {refused} ({to:?} exists upstream too: {why})"
+            )))
+        };
+        if !up.can_move {
+            return wait("the server has no MOVE to merge them with");
+        }
+        let children = format!("{from}{}*", up.names.delimiter);
+        if !up.listed(self, &children).await?.is_empty() {
+            return wait("the folder has subfolders upstream");
+        }
+        let (store, folder) = (self.store.clone(), from.to_string());
+        let Some(known) = blocking(move || store.sync_folder(account, &folder)).await?? else {
+            return wait("the folder was never synced");
+        };
+        up.selected = None;
+        let status = up
+            .run(self, &format!("STATUS {} (UIDVALIDITY)", quote(to)), None)
+            .await?;
+        if status.uidvalidity == Some(known.uidvalidity) {
+            return wait("both have the same UIDVALIDITY");
+        }
+        // Mail that comes into `from` while it is emptied is moved too; what comes after the
+        // last look and before DELETE is the one thing this leaves to chance, as any client's
+        // DELETE does.
+        for _ in 0..3 {
+            let selected = up
+                .run(self, &format!("SELECT {}", quote(from)), None)
+                .await?;
+            if selected.exists.unwrap_or(0) == 0 {
+                break;
+            }
+            up.run(self, &format!("UID MOVE 1:* {}", quote(to)), None)
+                .await?;
+        }
+        up.run(self, "CLOSE", None).await?;
+        up.run(self, &format!("DELETE {}", quote(from)), None)
+            .await?;
+        tracing::warn!(account = %self.name, %from, %to,
+            "renamed here to a folder another client made upstream meanwhile: merged into it");
+        Ok(WrittenBack {
+            rename_folder: Some((from.to_string(), to.to_string(), up.names.delimiter.clone())),
+            ..WrittenBack::default()
+        })
     }
 
     /// Expunges upstream the message linked to local (`mailbox`, `uid`), if any.
@@ -1197,10 +1266,19 @@ impl Upstream<'_> {
 
     /// Whether the upstream folder of this (wire) name exists.
     async fn exists(&mut self, syncer: &Syncer, folder: &str) -> Result<bool, Failure> {
+        Ok(self
+            .listed(syncer, folder)
+            .await?
+            .iter()
+            .any(|n| n == folder))
+    }
+
+    /// The (wire) names of the upstream folders LIST "" `pattern` gives.
+    async fn listed(&mut self, syncer: &Syncer, pattern: &str) -> Result<Vec<String>, Failure> {
         use futures::TryStreamExt;
         let session = &mut *self.session;
         // async-imap sends the pattern as it is given.
-        let pattern = quote(folder);
+        let pattern = quote(pattern);
         let names: Vec<_> = within(syncer.config.timeout(), async {
             session
                 .list(Some(""), Some(&pattern))
@@ -1211,7 +1289,8 @@ impl Upstream<'_> {
         .await?;
         Ok(names
             .iter()
-            .any(|n| super::upstream::unquoted(n.name()) == folder))
+            .map(|n| super::upstream::unquoted(n.name()))
+            .collect())
     }
 
     /// Selects the upstream folder of `target`; false when its UIDVALIDITY is no longer the
