@@ -482,21 +482,22 @@ impl Syncer {
             let selected = up
                 .run(self, &format!("SELECT {}", quote(from)), None)
                 .await?;
-            if selected.exists.unwrap_or(0) == 0 {
-                break;
+            if selected.exists.unwrap_or(0) > 0 {
+                up.run(self, &format!("UID MOVE 1:* {}", quote(to)), None)
+                    .await?;
+                continue;
             }
-            up.run(self, &format!("UID MOVE 1:* {}", quote(to)), None)
+            up.run(self, "CLOSE", None).await?;
+            up.run(self, &format!("DELETE {}", quote(from)), None)
                 .await?;
+            tracing::warn!(account = %self.name, %from, %to,
+                "renamed here to a folder another client made upstream meanwhile: merged into it");
+            return Ok(WrittenBack {
+                rename_folder: Some((from.to_string(), to.to_string(), up.names.delimiter.clone())),
+                ..WrittenBack::default()
+            });
         }
-        up.run(self, "CLOSE", None).await?;
-        up.run(self, &format!("DELETE {}", quote(from)), None)
-            .await?;
-        tracing::warn!(account = %self.name, %from, %to,
-            "renamed here to a folder another client made upstream meanwhile: merged into it");
-        Ok(WrittenBack {
-            rename_folder: Some((from.to_string(), to.to_string(), up.names.delimiter.clone())),
-            ..WrittenBack::default()
-        })
+        wait("mail keeps coming into the folder")
     }
 
     /// Expunges upstream the message linked to local (`mailbox`, `uid`), if any.
