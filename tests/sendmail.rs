@@ -700,6 +700,20 @@ fn any_user_can_submit_and_nobody_reads_anothers_mail() {
     assert_eq!(files.len(), 2, "nobody's run did not pick anything up");
     assert!(files.iter().all(|m| m.mode() & 0o777 == 0o600));
     assert!(files.iter().any(|m| m.uid() == 65534));
+    // Running the queue is its owner's: nobody hears that (77), not that the relay's
+    // password file is root's (78).
+    perm(&s.dir.path().join("password"), 0o600);
+    let run = as_nobody(
+        &[
+            env!("CARGO_BIN_EXE_sealpost"),
+            "--config",
+            s.config.to_str().unwrap(),
+            "queue",
+            "run",
+        ],
+        b"",
+    );
+    assert_eq!(run.status.code(), Some(77), "{run:?}");
     // The queue's owner (root here) sees both, with nobody's envelope sender.
     let list = s.queue_list();
     assert!(
@@ -849,6 +863,54 @@ fn what_root_creates_in_another_users_queue_is_given_to_that_user() {
     assert_eq!(owner, 65534, "queue.sqlite is the queue owner's");
 }
 
+/// Root's `mailq` on a queue another user owns works as that user: a link the owner put in
+/// place of `incoming` (here to a root-only directory) moves none of root's files into the
+/// owner's `corrupt/` (review: it did, and a link in place of `corrupt` moved a drop file
+/// into a root-only directory).
+#[test]
+fn root_lists_anothers_queue_as_its_owner() {
+    use std::os::unix::fs::PermissionsExt;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return;
+    }
+    let base = tempfile::Builder::new()
+        .prefix("spq")
+        .tempdir_in("/tmp")
+        .unwrap();
+    std::fs::set_permissions(base.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let queue = base.path().join("queue");
+    std::fs::create_dir(&queue).unwrap();
+    std::os::unix::fs::chown(&queue, Some(65534), Some(65534)).unwrap();
+    let config = base.path().join("sealpost.toml");
+    std::fs::write(&config, format!("[queue]\ndir = \"{}\"\n", queue.display())).unwrap();
+    let list = || {
+        Command::new(env!("CARGO_BIN_EXE_sealpost"))
+            .arg("--config")
+            .arg(&config)
+            .args(["queue", "list"])
+            .output()
+            .unwrap()
+    };
+    assert!(list().status.success());
+    let victim = base.path().join("victim");
+    std::fs::create_dir(&victim).unwrap();
+    std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::fs::write(victim.join("id_ed25519"), "root's key").unwrap();
+    std::fs::remove_dir(queue.join("incoming")).unwrap();
+    std::os::unix::fs::symlink(&victim, queue.join("incoming")).unwrap();
+    let out = list();
+    assert!(
+        victim.join("id_ed25519").exists(),
+        "root's file stays: {out:?}"
+    );
+    assert_eq!(
+        std::fs::read_dir(queue.join("corrupt")).unwrap().count(),
+        0,
+        "{out:?}"
+    );
+}
+
 /// A report to a sender without a key leaves signed but not encrypted: it quotes what the
 /// encrypted copy to the other recipient showed outside, and no more (the Subject obscured,
 /// Keywords left out).
@@ -968,7 +1030,13 @@ fn root_does_not_run_a_queue_another_user_owns() {
     let s = Setup::new();
     s.configure(relay::free_port(), false, "");
     assert!(s.sealpost(&["queue", "run"]).status.success());
-    std::os::unix::fs::chown(s.queue_dir(), Some(65534), Some(65534)).unwrap();
+    // Given to the other user whole, as `chown -R` would: root lists it as that user.
+    let chown = Command::new("chown")
+        .args(["-R", "65534:65534"])
+        .arg(s.queue_dir())
+        .status()
+        .unwrap();
+    assert!(chown.success());
     for out in [s.sealpost(&["queue", "run"]), s.sendmail(&["-q"], b"")] {
         assert_eq!(out.status.code(), Some(77), "{out:?}");
         assert!(

@@ -13,7 +13,9 @@
 //! No loss, no duplicate: a submission enters the database under its drop-file name before the
 //! file is removed (a crash in between re-reads the same id and ignores it); a copy is marked
 //! sent in its own committed transaction right after the relay's 250, so a crash can at worst
-//! repeat the one copy that was in flight when the relay had already answered (RFC 1047).
+//! repeat the copies that were in flight when the relay had already answered (RFC 1047): one
+//! per message in hand, up to `MESSAGES_IN_FLIGHT` (8) at once (review: one kill -9 during a
+//! relay's slow final reply gave 8 copies twice).
 
 pub mod bounce;
 pub mod relay;
@@ -1082,6 +1084,41 @@ fn foreign_owner(dir: &Path) -> Option<(u32, u32)> {
     }
     let meta = std::fs::metadata(dir).ok()?;
     (meta.uid() != 0).then(|| (meta.uid(), meta.gid()))
+}
+
+/// Root listing or deleting in a queue another user owns (the shared queue's service user)
+/// does it as that user: the owner controls every name in the queue directory, and root
+/// following a link planted there would move or write files where the owner may not (review:
+/// `corrupt` made a link to a root-only directory, and root's `mailq` moved a drop file into
+/// it; `incoming` made one, and it moved root's files out). The process takes the owner's
+/// uid, gid and no supplementary groups, for good.
+pub fn act_as_owner(dir: &Path) -> Result<(), QueueError> {
+    let Some((uid, gid)) = foreign_owner(dir) else {
+        return Ok(());
+    };
+    let failed = |what: &str| QueueError::Io {
+        path: dir.display().to_string(),
+        source: std::io::Error::new(
+            std::io::Error::last_os_error().kind(),
+            format!(
+                "cannot act as the queue's owner (uid {uid}): {what}: {}",
+                std::io::Error::last_os_error()
+            ),
+        ),
+    };
+    // SAFETY: plain system calls with valid arguments; glibc applies set*id to every thread.
+    unsafe {
+        if libc::setgroups(0, std::ptr::null()) != 0 {
+            return Err(failed("setgroups"));
+        }
+        if libc::setresgid(gid, gid, gid) != 0 {
+            return Err(failed("setresgid"));
+        }
+        if libc::setresuid(uid, uid, uid) != 0 {
+            return Err(failed("setresuid"));
+        }
+    }
+    Ok(())
 }
 
 /// Gives `paths` that root created in the queue `dir` to the queue's owner (see

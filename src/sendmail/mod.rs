@@ -317,8 +317,14 @@ pub fn list(config: &QueueConfig, out: &mut impl Write) -> Result<(), SendmailEr
             .write_all(b"Mail queue is empty\n")
             .map_err(|e| SendmailError::Input(InputError::Read(e)));
     }
+    // Only the owner picks up (and sets aside) drop files; root lists as the owner, and shows
+    // the ones not picked up yet by name.
+    let owner = may_run_queue(&config.dir);
+    queue::act_as_owner(&config.dir)?;
     let queue = Queue::open(config)?;
-    queue.pick_up().ok();
+    if owner {
+        queue.pick_up().ok();
+    }
     let entries = queue.list()?;
     let waiting = queue.waiting();
     let w = |out: &mut dyn Write, s: String| {
@@ -403,8 +409,10 @@ fn refuse_root_on_anothers_queue(dir: &Path) -> Result<(), SendmailError> {
         Ok(meta) if meta.uid() != 0 => {
             let owner = queue::user_name(meta.uid());
             Err(SendmailError::NotOwner(format!(
-                "the queue {} belongs to {owner} (uid {}): run it as that user, e.g. \
-                 `sudo -u {owner} sealpost queue run`, so that it uses that user's keys",
+                "the queue {} belongs to {owner} (uid {}): run it as that user, so that it \
+                 uses that user's keys: `systemctl start sealpost-queue.service` (`sudo -u \
+                 {owner} sealpost queue run` cannot read the drop files users left, which \
+                 need CAP_DAC_READ_SEARCH)",
                 dir.display(),
                 meta.uid()
             )))
@@ -422,10 +430,12 @@ pub async fn run_queue_async(
     refuse_root_on_anothers_queue(&config.queue.dir)?;
     // SAFETY: umask cannot fail.
     unsafe { libc::umask(0o077) };
+    // The queue first: a user who may not run it hears that (77), not what keeps them from
+    // the relay's password file (78; review).
+    let queue = Arc::new(Queue::open(&config.queue)?);
     let relay = Relay::new(&config.relay, &queue::hostname())?
         .for_one_run()
         .passing_dsn();
-    let queue = Arc::new(Queue::open(&config.queue)?);
     let dir = config.queue.dir.clone();
     let _lock = tokio::task::spawn_blocking(move || queue::RunLock::acquire(&dir))
         .await
