@@ -38,6 +38,7 @@ pub struct ImportArgs {
 
 /// `sealpost imap`: serves until SIGTERM or SIGINT, then lets sessions finish.
 pub async fn serve(config: Config, args: ImapArgs) -> Result<u8, CliError> {
+    imap::auth::return_large_allocations();
     let store = open_store(&config).await?;
     journal_for_upstreams(&config, &store).await?;
     let tls = imap::tls::acceptor(

@@ -1778,3 +1778,41 @@ fn commands_pipelined_behind_login_are_judged_after_it() {
     let bye = raw.line().unwrap_or_default();
     assert!(bye.starts_with("* BYE"), "{bye}");
 }
+
+/// Wrong passwords sent at once cost the memory of two password checks, and none stays once
+/// they are done: each argon2id check takes 19 MiB (review: 10 at once took the server from
+/// 21 to 216 MB, and kept it).
+#[test]
+fn failed_logins_at_once_take_bounded_memory() {
+    let server = Server::start();
+    let status = |field: &str| -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/status", server.pid()))
+            .unwrap()
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(field)?
+                    .trim()
+                    .strip_suffix(" kB")?
+                    .parse()
+                    .ok()
+            })
+            .unwrap()
+    };
+    let base = status("VmRSS:");
+    // One burst: the failures of each make the next from the same address wait longer.
+    let clients: Vec<_> = (0..10)
+        .map(|_| {
+            let mut raw = server.raw();
+            raw.send(format!("a LOGIN {USER} wrong\r\n").as_bytes());
+            raw
+        })
+        .collect();
+    for mut raw in clients {
+        let (_, tagged) = raw.until("a");
+        assert!(tagged.contains(" NO "), "{tagged}");
+    }
+    let (peak, after) = (status("VmHWM:"), status("VmRSS:"));
+    // Two checks at once: about 40 MB over the base at the peak.
+    assert!(peak < base + 80_000, "peak {peak} kB, base {base} kB");
+    assert!(after < base + 20_000, "after {after} kB, base {base} kB");
+}

@@ -857,10 +857,7 @@ impl Session {
         }
         let accounts = self.shared.accounts.clone();
         let (user_owned, password) = (user.to_owned(), password.to_vec());
-        let found = tokio::task::spawn_blocking(move || {
-            auth::check(&accounts, &user_owned, &password).map(|a| a.name.clone())
-        })
-        .await?;
+        let found = auth::check_in_turn(accounts, user_owned, password).await;
         match found {
             Some(name) => {
                 let store = self.shared.store.clone();
