@@ -1447,6 +1447,9 @@ fn a_mailbox_is_not_renamed_under_itself() {
     raw.ok("CREATE a/b/c");
     let (_, tagged) = raw.cmd("RENAME a a/b/c/d");
     assert!(tagged.contains("NO [CANNOT]"), "{tagged}");
+    // Nor deleted while it has inferiors (RFC 9051 §6.3.4: NO [HASCHILDREN]).
+    let (_, tagged) = raw.cmd("DELETE a/b");
+    assert!(tagged.contains("NO [HASCHILDREN]"), "{tagged}");
     let list = raw.ok("LIST \"\" \"a*\"").join("\n");
     for name in ["\"a\"", "\"a/b\"", "\"a/b/c\""] {
         assert!(list.contains(name), "{name}: {list}");

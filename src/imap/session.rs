@@ -1074,11 +1074,14 @@ fn describe(error: &CmdError) -> (&'static str, Option<&'static str>, String) {
         CmdError::Store(StoreError::MailboxExists(_)) => {
             ("NO", Some("ALREADYEXISTS"), "Mailbox already exists".into())
         }
-        CmdError::Store(
-            e @ (StoreError::HasChildren(_)
-            | StoreError::InboxDelete
-            | StoreError::RenameUnderItself(_)),
-        ) => ("NO", Some("CANNOT"), e.to_string()),
+        // RFC 9051 §6.3.4: a server that does not delete a name with inferiors says so with
+        // HASCHILDREN (§7.1); a client that does not know the code reads a plain NO.
+        CmdError::Store(e @ StoreError::HasChildren(_)) => {
+            ("NO", Some("HASCHILDREN"), e.to_string())
+        }
+        CmdError::Store(e @ (StoreError::InboxDelete | StoreError::RenameUnderItself(_))) => {
+            ("NO", Some("CANNOT"), e.to_string())
+        }
         CmdError::Store(e @ (StoreError::UidsExhausted(_) | StoreError::TooManyKeywords)) => {
             ("NO", Some("LIMIT"), e.to_string())
         }
