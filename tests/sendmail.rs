@@ -883,7 +883,14 @@ fn root_lists_anothers_queue_as_its_owner() {
     std::fs::create_dir(&queue).unwrap();
     std::os::unix::fs::chown(&queue, Some(65534), Some(65534)).unwrap();
     let config = base.path().join("sealpost.toml");
-    std::fs::write(&config, format!("[queue]\ndir = \"{}\"\n", queue.display())).unwrap();
+    std::fs::write(
+        &config,
+        format!(
+            "[queue]\ndir = \"{}\"\n[relay]\nhost = \"localhost\"\n",
+            queue.display()
+        ),
+    )
+    .unwrap();
     let list = || {
         Command::new(env!("CARGO_BIN_EXE_sealpost"))
             .arg("--config")
@@ -909,6 +916,15 @@ fn root_lists_anothers_queue_as_its_owner() {
         0,
         "{out:?}"
     );
+    // Root's own mail (cron's) is not written through the link either: refused, not lost.
+    let mut submit = Command::new(env!("CARGO_BIN_EXE_sealpost"));
+    submit
+        .arg("--config")
+        .arg(&config)
+        .args(["sendmail", "-i", "bob@example.org"]);
+    let out = run_with_stdin(&mut submit, b"Subject: cron\n\nroot's job said\n");
+    assert_eq!(out.status.code(), Some(75), "{out:?}");
+    assert_eq!(std::fs::read_dir(&victim).unwrap().count(), 1, "{out:?}");
 }
 
 /// A report to a sender without a key leaves signed but not encrypted: it quotes what the

@@ -96,20 +96,20 @@ pub fn write(
         let path = path.display().to_string();
         move |source| SpoolError::Write { path, source }
     };
-    let temp = incoming.join(format!(".tmp.{id}"));
+    let temp_name = format!(".tmp.{id}");
+    let temp = incoming.join(&temp_name);
     let target = incoming.join(id);
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&temp)
-        .map_err(fail(&temp))?;
+    // Every name below is looked up in this directory, never through a link in its place:
+    // the queue's owner controls the names in the queue directory, and root's cron mail must
+    // not land where a link put there points (a root-only directory; review).
+    let dir = Dir::open(incoming).map_err(fail(incoming))?;
+    let mut file = dir.create(&temp_name).map_err(fail(&temp))?;
     let written = file
         .write_all(&encoded)
         .and_then(|()| file.sync_all())
-        .and_then(|()| std::fs::rename(&temp, &target));
+        .and_then(|()| dir.rename(&temp_name, id));
     if let Err(source) = written {
-        let _ = std::fs::remove_file(&temp);
+        let _ = dir.remove(&temp_name);
         return Err(fail(&target)(source));
     }
     if let Err(source) = sync_directory(incoming, &file) {
@@ -117,11 +117,81 @@ pub fn write(
         // before the caller hears of a failure (and submits it again); when it cannot be,
         // its name stays and the caller is told it was accepted: a message reported
         // unqueued must never also be delivered.
-        if std::fs::remove_file(&target).is_ok() {
+        if dir.remove(id).is_ok() {
             return Err(fail(&target)(source));
         }
     }
     Ok(target)
+}
+
+/// A directory opened without following a link in its place (O_PATH: only search permission
+/// is needed, as the drop directory gives submitters), and names in it.
+struct Dir(std::os::fd::OwnedFd);
+
+impl Dir {
+    fn open(path: &Path) -> std::io::Result<Dir> {
+        use std::os::fd::FromRawFd;
+        let path = c_name(path.as_os_str())?;
+        // SAFETY: a valid NUL-terminated path; the descriptor is owned from here.
+        let fd = unsafe {
+            libc::open(
+                path.as_ptr(),
+                libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: `fd` was just opened and is owned by nothing else.
+        Ok(Dir(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }))
+    }
+
+    /// A new file `name`, mode 0600 (O_EXCL: never one that is there, link or not).
+    fn create(&self, name: &str) -> std::io::Result<File> {
+        use std::os::fd::{AsRawFd, FromRawFd};
+        let name = c_name(name.as_ref())?;
+        // SAFETY: a valid directory descriptor and NUL-terminated name.
+        let fd = unsafe {
+            libc::openat(
+                self.0.as_raw_fd(),
+                name.as_ptr(),
+                libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+                0o600 as libc::c_uint,
+            )
+        };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: `fd` was just opened and is owned by nothing else.
+        Ok(unsafe { File::from_raw_fd(fd) })
+    }
+
+    fn rename(&self, from: &str, to: &str) -> std::io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let (from, to) = (c_name(from.as_ref())?, c_name(to.as_ref())?);
+        let fd = self.0.as_raw_fd();
+        // SAFETY: a valid directory descriptor and NUL-terminated names.
+        if unsafe { libc::renameat(fd, from.as_ptr(), fd, to.as_ptr()) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    fn remove(&self, name: &str) -> std::io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let name = c_name(name.as_ref())?;
+        // SAFETY: a valid directory descriptor and NUL-terminated name.
+        if unsafe { libc::unlinkat(self.0.as_raw_fd(), name.as_ptr(), 0) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
+
+fn c_name(name: &std::ffi::OsStr) -> std::io::Result<std::ffi::CString> {
+    use std::os::unix::ffi::OsStrExt;
+    std::ffi::CString::new(name.as_bytes())
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "a NUL in a path"))
 }
 
 /// Makes the rename durable. The drop directory of a shared queue is not readable by the
