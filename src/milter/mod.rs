@@ -529,7 +529,7 @@ fn callbacks(milter: Arc<Milter>) -> Callbacks<Session> {
                     let _ = cx.reply.set_error_reply(
                         &reply.code.to_string(),
                         Some(reply.status),
-                        [reply.text],
+                        [smtp_text(&reply.text)],
                     );
                     return Status::Reject;
                 }
@@ -694,13 +694,15 @@ async fn end_of_message(
                 .unwrap_or_default();
             if !from_belongs_to(&from, login) {
                 let why = if from.is_empty() {
-                    "the message has no single From address (RFC 5322 §3.6: one From field)"
+                    "the message has no single From address (RFC 5322 section 3.6: one From field)"
                         .to_string()
                 } else {
                     format!("From <{from}> does not belong to the authenticated user {login}")
                 };
                 tracing::info!("{queue_id}: refused for authenticated user {login}: {why}");
-                let _ = cx.reply.set_error_reply("550", Some("5.7.1"), [why]);
+                let _ = cx
+                    .reply
+                    .set_error_reply("550", Some("5.7.1"), [smtp_text(&why)]);
                 return Status::Reject;
             }
         }
@@ -1058,10 +1060,25 @@ fn refused_key(recipient: &str) -> String {
 /// A temporary failure: Postfix keeps the message and tries again.
 fn tempfail(cx: &mut EomContext<Session>, text: &str) -> Status {
     tracing::warn!("TEMPFAIL, Postfix keeps the message: {text}");
-    let _ = cx
-        .reply
-        .set_error_reply("451", Some("4.7.0"), [format!("sealpost: {text}")]);
+    let _ = cx.reply.set_error_reply(
+        "451",
+        Some("4.7.0"),
+        [smtp_text(&format!("sealpost: {text}"))],
+    );
     Status::Tempfail
+}
+
+/// A reply text as SMTP carries it (RFC 5321 §4.2: printable US-ASCII): another character
+/// (an international address, a "§" in a reason, a line break in an error from GnuPG) is
+/// written `\x{HEX}`, as RFC 6533 writes one in a report, or a blank for a control.
+fn smtp_text(text: &str) -> String {
+    text.chars()
+        .map(|c| match c {
+            ' '..='~' => c.to_string(),
+            c if c.is_control() => " ".to_string(),
+            c => format!("\\x{{{:X}}}", c as u32),
+        })
+        .collect()
 }
 
 /// How long the journal remembers a re-injected copy: longer than Postfix's default
@@ -1127,9 +1144,11 @@ async fn refuse_whole(
     refused: &Refused,
 ) -> Status {
     if refused.reject {
-        let _ = cx
-            .reply
-            .set_error_reply(&reply.code.to_string(), Some(reply.status), [reply.text]);
+        let _ = cx.reply.set_error_reply(
+            &reply.code.to_string(),
+            Some(reply.status),
+            [smtp_text(&reply.text)],
+        );
         return Status::Reject;
     }
     let failures: Vec<bounce::Recipient> = refused
@@ -1366,6 +1385,15 @@ fn unfold_fields(header: &[u8]) -> Vec<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reply_texts_are_printable_ascii() {
+        assert_eq!(
+            smtp_text("no key for jörg@bücher.de (RFC 5322 §3.6)\r\ngpg: x"),
+            "no key for j\\x{F6}rg@b\\x{FC}cher.de (RFC 5322 \\x{A7}3.6)  gpg: x"
+        );
+        assert_eq!(smtp_text("plain text"), "plain text");
+    }
 
     #[test]
     fn from_must_belong_to_the_login() {
