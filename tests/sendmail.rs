@@ -597,6 +597,8 @@ fn wrong_password_and_untrusted_certificate_send_nothing() {
     assert!(summary.contains("1 deferred"), "{summary}");
     let list = s.queue_list();
     assert!(list.contains("TLS"), "{list}");
+    // In words, not rustls's type names (`invalid peer certificate: UnknownIssuer`).
+    assert!(list.contains("not signed by a CA trusted here"), "{list}");
     assert!(
         relay.drain().is_empty(),
         "nothing reached the relay's mailbox"

@@ -641,8 +641,9 @@ impl Relay {
                     .map_err(|_| deadline("TLS handshake"))?
                     .map_err(|e| {
                         Sent::Temporary(format!(
-                            "TLS with relay {} failed, nothing was sent: {e}",
-                            self.description
+                            "TLS with relay {} failed, nothing was sent: {}",
+                            self.description,
+                            tls_failure(&e)
                         ))
                     })?;
                 Box::new(Replies::new(tls, peer, b""))
@@ -767,7 +768,7 @@ impl Relay {
         connector
             .connect(name, tcp)
             .await
-            .map_err(|e| failed(format!("TLS failed: {e}")))
+            .map_err(|e| failed(format!("TLS failed: {}", tls_failure(&e))))
     }
 
     /// A connection for the next copy: an idle one that still answers NOOP, or a new one.
@@ -1102,6 +1103,35 @@ fn ascii_domain(address: &str) -> Option<String> {
     }
     let domain = idna::domain_to_ascii(domain).ok()?;
     Some(format!("{local}@{domain}"))
+}
+
+/// A TLS handshake failure in words an administrator can act on: rustls names a refused
+/// certificate by its type names (review: `invalid peer certificate:
+/// Other(OtherError(CaUsedAsEndEntity))` for a self-signed certificate made as a CA).
+fn tls_failure(e: &std::io::Error) -> String {
+    use rustls::{CertificateError as C, Error as R};
+    let Some(R::InvalidCertificate(c)) = e.get_ref().and_then(|i| i.downcast_ref::<R>()) else {
+        return e.to_string();
+    };
+    let why = match c {
+        C::UnknownIssuer | C::BadSignature => {
+            "is not signed by a CA trusted here (the system's, or the one [relay] ca_file names)"
+                .to_string()
+        }
+        C::Expired | C::ExpiredContext { .. } => "has expired".into(),
+        C::NotValidYet | C::NotValidYetContext { .. } => {
+            "is not valid yet (or this machine's clock is behind)".into()
+        }
+        C::Revoked => "is revoked".into(),
+        C::Other(other) if other.to_string().contains("CaUsedAsEndEntity") => {
+            "is a CA certificate, which may not serve as the relay's own (a self-signed one made \
+             as a CA, as `openssl req -x509` makes it by default: give it basicConstraints \
+             CA:FALSE, or make a CA and sign the relay's certificate with it)"
+                .into()
+        }
+        _ => return format!("the relay's certificate is refused: {c}"),
+    };
+    format!("the relay's certificate {why}")
 }
 
 #[cfg(test)]
