@@ -610,6 +610,15 @@ mod tests {
             e.starts_with("s.toml:2: gnupg.max_plaintext_bytes: "),
             "{e}"
         );
+        // The key that is there, at its line, for the one that is missing.
+        let e = Config::parse(
+            "[relay]\nhost = \"relay.example\"\nusername = \"u\"\n",
+            "s.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("s.toml:3: relay.username: "), "{e}");
+        assert!(e.contains("password_file"), "{e}");
         let e = Config::parse("[queue]\nlifetime_hours = 100000000\n", "s.toml")
             .unwrap_err()
             .to_string();

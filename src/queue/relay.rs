@@ -93,11 +93,19 @@ impl RelayConfig {
                 ));
             }
         }
-        if self.username.is_some() != self.password_file.is_some() {
-            return Some((
-                "password_file",
-                "username and password_file go together".into(),
-            ));
+        // Named by the one that is there, so that the error points at its line (review: it
+        // named the missing password_file, at line 1).
+        match (&self.username, &self.password_file) {
+            (Some(_), None) => {
+                return Some((
+                    "username",
+                    "needs password_file (a file holding the password) beside it".into(),
+                ))
+            }
+            (None, Some(_)) => {
+                return Some(("password_file", "needs username beside it".into()));
+            }
+            _ => {}
         }
         if self.timeout_secs == 0 {
             return Some(("timeout_secs", "must be at least 1 (seconds)".into()));
