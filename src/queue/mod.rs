@@ -347,9 +347,17 @@ impl Queue {
                 }
             };
             self.insert(&picked.id, picked.uid, &submission, now())?;
-            // `queue list` picks up too: another process may have removed it first.
+            // `queue list` picks up too: another process may have removed it first. One that
+            // cannot be removed (a drop directory made root's by mistake) is queued all the
+            // same, once (its id is known from now on), and does not stop the others, nor the
+            // run (review: every run ended at it, with exit 77, and delivered nothing).
             match std::fs::remove_file(&path) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(e)),
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => tracing::error!(
+                    "{}: queued, but cannot be removed from the drop directory ({e}): remove it \
+                     by hand; each run skips it as known until its record is forgotten (twice \
+                     the queue lifetime), when it would be queued again",
+                    path.display()
+                ),
                 _ => {}
             }
             tracing::info!(
@@ -1801,6 +1809,36 @@ mod tests {
         std::fs::write(config.incoming().join("BAD1"), b"garbage").unwrap();
         queue.pick_up().unwrap();
         assert!(config.dir.join("corrupt/BAD1").exists());
+    }
+
+    /// A drop file that cannot be removed (immutable here; a drop directory made root's in
+    /// practice) is queued once and stops neither the others nor the run (review: the run
+    /// ended there and delivered nothing).
+    #[test]
+    fn a_drop_file_that_cannot_be_removed_stops_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (config, queue) = new_queue(dir.path());
+        let s = submission(&["bob@example.org"]);
+        spool::write(&config.incoming(), "AAA1", &s, u64::MAX).unwrap();
+        spool::write(&config.incoming(), "AAA2", &s, u64::MAX).unwrap();
+        let stuck = config.incoming().join("AAA1");
+        let chattr = |flag: &str| {
+            std::process::Command::new("chattr")
+                .arg(flag)
+                .arg(&stuck)
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        if !chattr("+i") {
+            eprintln!("skipped: chattr +i needs root and a file system that has it");
+            return;
+        }
+        let picked = queue.pick_up();
+        chattr("-i");
+        assert_eq!(picked.unwrap(), 2);
+        let ids: Vec<String> = queue.list().unwrap().into_iter().map(|e| e.id).collect();
+        assert_eq!(ids, ["AAA1", "AAA2"]);
+        assert!(!config.incoming().join("AAA2").exists());
     }
 
     /// What a killed run leaves: bob sent with a "relayed" notice owed (mark_sent), carol
