@@ -88,7 +88,19 @@ async fn every_fixture_round_trips() {
         else {
             panic!("{name}: refused");
         };
-        let original = what_a_reader_sees(&raw);
+        // mail-parser misreads a part that ends with its header (RFC 2046 allows it): it takes
+        // the next part's fields for the part's own and loses parts. The copy carries the
+        // blank line (session 26's fix), which mail-parser reads right; what a reader must
+        // see there is what RFC 2046 (and Dovecot, fixture 41's recording) says the parts are.
+        let original = match name.as_str() {
+            "41-header-only-parts.eml" => [
+                "text:", "message", "text:", "message", "text:", "text:", "message", "text:",
+                "text:last",
+            ]
+            .map(String::from)
+            .to_vec(),
+            _ => what_a_reader_sees(&raw),
+        };
         for copy in copies {
             let bytes = copy
                 .message
