@@ -287,6 +287,18 @@ async fn process_layer(
                     let shown_from = from_address(&merged);
                     out_header = merged;
                     out_body = inner_body.to_vec();
+                    // The protected fields are the message's own fields now: their copy in the
+                    // body for mail clients without header protection (RFC 9788 §4.5.3) would
+                    // be shown twice. Not inside a multipart/signed, whose signature covers it.
+                    if protected == Some(inner_header) {
+                        let entity = [inner_header, inner_body].concat();
+                        if let Some(r) = crate::imap::summary::legacy_display_element(&entity)
+                            .filter(|r| r.start >= inner_header.len())
+                        {
+                            let at = r.start - inner_header.len()..r.end - inner_header.len();
+                            out_body.drain(at);
+                        }
+                    }
                     // Nobody vouches for an unsigned layer's protected From and reply routing:
                     // around a ciphertext, they would replace the outer From the inner
                     // signature is compared with (review: Mallory's layer around Alice's

@@ -94,7 +94,14 @@ async fn every_fixture_round_trips() {
         // see there is what RFC 2046 (and Dovecot, fixture 41's recording) says the parts are.
         let original = match name.as_str() {
             "41-header-only-parts.eml" => [
-                "text:", "message", "text:", "message", "text:", "text:", "message", "text:",
+                "text:",
+                "message",
+                "text:",
+                "message",
+                "text:",
+                "text:",
+                "message",
+                "text:",
                 "text:last",
             ]
             .map(String::from)

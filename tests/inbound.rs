@@ -1632,3 +1632,51 @@ fn deliveries_racing_to_create_a_mailbox_are_all_stored() {
         }
     }
 }
+
+/// RFC 9788 §4.5.3: the Legacy Display Element (the protected fields copied into the body for
+/// clients without header protection) is left out once the protected fields are the stored
+/// message's own: the Subject was shown twice. A first part without `hp-legacy-display`, or
+/// the same part in a payload without `hp`, is the sender's text and stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_legacy_display_element_is_left_out() {
+    let world = World::new();
+    let server = bobs_store(&world);
+    let payload = |hp: &str, legacy: &str| {
+        format!(
+            "Content-Type: multipart/mixed; boundary=\"lg\"{hp}\r\n\
+             From: alice@example.org\r\nTo: bob@example.org\r\nSubject: the real subject\r\n\r\n\
+             --lg\r\nContent-Type: text/plain; charset=utf-8{legacy}\r\n\
+             Content-Disposition: inline\r\n\r\nSubject: the real subject\r\n\r\n\
+             --lg\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nthe body itself\r\n--lg--\r\n"
+        )
+        .into_bytes()
+    };
+    let cases = [
+        (
+            payload("; hp=\"cipher\"", "; hp-legacy-display=\"1\""),
+            false,
+        ),
+        (payload("; hp=\"cipher\"", ""), true),
+        (payload("", "; hp-legacy-display=\"1\""), true),
+    ];
+    for (content, _) in &cases {
+        let (code, output) = deliver(&server, &signed_and_encrypted_by_alice(&world, content));
+        assert_eq!(code, 0, "{output}");
+    }
+    let stored = verdicts::fetch_all(&server);
+    assert_eq!(stored.len(), cases.len());
+    for ((_, message), (_, kept)) in stored.iter().zip(&cases) {
+        let text = String::from_utf8_lossy(message);
+        assert!(text.contains("the body itself"), "{text}");
+        assert_eq!(
+            text.contains("\r\n\r\nSubject: the real subject"),
+            *kept,
+            "{text}"
+        );
+        let verdict = verdicts::verdict(message);
+        assert!(
+            verdict.starts_with("encrypted; signature=valid") && verdict.ends_with("from=match"),
+            "{text}"
+        );
+    }
+}

@@ -28,6 +28,43 @@ use address::Address;
 use lexer::{Lexer, Lx};
 use tree::{Field, Node};
 
+/// RFC 9788 §4.5.3: the byte range of `entity`'s Legacy Display Element with the delimiter
+/// line after it, when `entity` is a cryptographic payload with header protection (its
+/// Content-Type has an `hp` parameter) that is a multipart/mixed whose first of two or more
+/// parts is a text/plain or text/html with `hp-legacy-display="1"`: the copy of the
+/// protected fields written into the body for mail clients without header protection, which
+/// a reader of the protected fields shows twice. None otherwise.
+pub(crate) fn legacy_display_element(entity: &[u8]) -> Option<std::ops::Range<usize>> {
+    let nodes = tree::parse(entity);
+    let root = nodes.first()?;
+    let data = PartData::from_node(root);
+    let is = |d: &PartData, t: &[u8], s: &[u8]| {
+        d.content_type
+            .as_deref()
+            .is_some_and(|x| x.eq_ignore_ascii_case(t))
+            && d.content_subtype
+                .as_deref()
+                .is_some_and(|x| x.eq_ignore_ascii_case(s))
+    };
+    let param = |d: &PartData, name: &[u8]| {
+        d.type_params
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.clone())
+    };
+    if !root.flags.multipart || !is(&data, b"multipart", b"mixed") || param(&data, b"hp").is_none()
+    {
+        return None;
+    }
+    let [first, second, ..] = root.children[..] else {
+        return None;
+    };
+    let shown = PartData::from_node(&nodes[first]);
+    let text = is(&shown, b"text", b"plain") || is(&shown, b"text", b"html");
+    (text && param(&shown, b"hp-legacy-display").as_deref() == Some(b"1"))
+        .then(|| nodes[first].start..nodes[second].start)
+}
+
 /// The body ranges of `raw`'s attached messages that are transfer-encoded, with whether each
 /// is base64 (else quoted-printable): a part typed message/rfc822 or message/global (its last
 /// Content-Type, as mail-parser reads it), or untyped in a multipart/digest. None when the
