@@ -1260,6 +1260,21 @@ async fn a_maildir_source_is_imported_once() {
         "the Maildir is only read"
     );
 
+    // A Maildir on a file system without ":" in names writes the info after ";" (Dovecot's
+    // maildir_info_separator): a flag change renames the file, and it is the same message.
+    let semicolon = root.join("cur/1700000005.M5P1.host;2,S");
+    std::fs::write(
+        &semicolon,
+        b"From: a@example.org\r\nSubject: semicolon\r\n\r\nsemicolon\r\n",
+    )
+    .unwrap();
+    let out = sync_once(&config);
+    assert_eq!(stdout(&out).trim(), format!("{USER}: 1 new"), "{out:?}");
+    std::fs::rename(&semicolon, root.join("cur/1700000005.M5P1.host;2,FS")).unwrap();
+    let out = sync_once(&config);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(exists(&mut raw, "INBOX"), 4, "{out:?}");
+
     // Not a Maildir: a clear error, exit 75, nothing stored.
     let broken = sync_config(
         &server,

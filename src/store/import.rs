@@ -338,7 +338,7 @@ pub fn maildir_flags(path: &Path) -> Flags {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let Some((_, info)) = name.rsplit_once(":2,") else {
+    let Some((_, info)) = maildir_info(&name) else {
         return Flags::default();
     };
     Flags::new(info.chars().filter_map(|c| match c {
@@ -349,6 +349,20 @@ pub fn maildir_flags(path: &Path) -> Flags {
         'D' => Some("\\Draft"),
         _ => None,
     }))
+}
+
+/// A Maildir file name split at its info: (unique name, flags after "2,"). The separator is
+/// ":", or, on file systems without ":" in names, ";" or "!" (Dovecot's
+/// maildir_info_separator): a name "1700000000.M1P2.host;2,S" taken whole was stored again
+/// at each flag change, under its new name.
+pub(crate) fn maildir_info(name: &str) -> Option<(&str, &str)> {
+    if let Some(split) = name.rsplit_once(":2,") {
+        return Some(split);
+    }
+    if name.contains(':') {
+        return None;
+    }
+    [";2,", "!2,"].iter().find_map(|s| name.rsplit_once(s))
 }
 
 /// Splits an mbox at its "From " postmark lines; returns (postmark line, message) pairs with
@@ -610,6 +624,18 @@ From c@d Fri Nov 20 11:30:15 2026\nSubject: two\n\nbody\n\n";
             ["\\Flagged", "\\Answered", "\\Seen", "\\Deleted"]
         );
         assert!(maildir_flags(Path::new("/x/new/123.host")).is_empty());
+        // The info separators of file systems without ":" (Dovecot's maildir_info_separator).
+        for name in ["/x/cur/123.host;2,FS", "/x/cur/123.host!2,FS"] {
+            let flags = maildir_flags(Path::new(name));
+            assert!(
+                flags.contains("\\Seen") && flags.contains("\\Flagged"),
+                "{name}"
+            );
+        }
+        use crate::sync::maildir::unique_name;
+        for name in ["123.host:2,S", "123.host;2,FS", "123.host!2,", "123.host"] {
+            assert_eq!(unique_name(name.as_ref()), "123.host", "{name}");
+        }
     }
 
     #[test]

@@ -356,11 +356,15 @@ fn read_regular(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
     Ok(raw)
 }
 
-/// A Maildir file's unique name: its name ([`unique_text`]) up to the info part (":2,FLAGS"),
-/// the same whether the file is in new/ or, flagged, in cur/.
+/// A Maildir file's unique name: its name ([`unique_text`]) up to the info part (":2,FLAGS",
+/// or with another separator: [`crate::store::maildir_info`]), the same whether the
+/// file is in new/ or, flagged, in cur/.
 pub(crate) fn unique_name(file_name: &std::ffi::OsStr) -> String {
     let name = unique_text(file_name);
-    match name.split_once(':') {
+    if let Some((unique, _)) = name.split_once(':') {
+        return unique.to_string();
+    }
+    match crate::store::maildir_info(&name) {
         Some((unique, _)) => unique.to_string(),
         None => name,
     }
