@@ -141,18 +141,26 @@ impl<'a> Candidate<'a> {
     }
 
     /// The day of the Date field as written, time and zone disregarded (RFC 3501 §6.4.4);
-    /// read by [`written_day`], else as mail-parser reads the whole date.
+    /// read by [`written_day`], else as mail-parser reads the whole date. A message without
+    /// a Date field that reads was sent on 1 January 1970, as Dovecot takes it (its sent date
+    /// 0): SENTBEFORE finds it (fixture 41 has none).
     fn sent_date(&mut self) -> Option<i64> {
-        let message = MessageParser::default().parse_headers(self.source())?;
+        let epoch = || days_from_civil(1970, 1, 1);
+        let Some(message) = MessageParser::default().parse_headers(self.source()) else {
+            return epoch();
+        };
         if let Some((year, month, day)) = message.header_raw("Date").and_then(written_day) {
             return days_from_civil(year, month, day);
         }
-        let date = message.date()?;
+        let Some(date) = message.date() else {
+            return epoch();
+        };
         days_from_civil(
             i64::from(date.year),
             u32::from(date.month),
             u32::from(date.day),
         )
+        .or_else(epoch)
     }
 }
 
