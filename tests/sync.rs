@@ -3848,6 +3848,45 @@ async fn the_notify_command_gets_the_counts_and_leaves_stdout_alone() {
     );
 }
 
+/// A pass that breaks off (here the network goes down after INBOX) still runs the
+/// notify_command for the mail it stored before (review: that mail came without a word).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pass_that_breaks_off_tells_of_what_it_stored() {
+    let world = World::new();
+    let dovecot = Dovecot::start_tls();
+    upstream(
+        &dovecot,
+        json!([{"cmd": "raw", "line": "CREATE Zzz"},
+        append_bytes("INBOX", &plain_message("stored first")),
+        append_bytes("Zzz", &plain_message("never reached"))]),
+    );
+    let port = proxy_losing_answers(
+        dovecot.port,
+        |t| t.contains("EXAMINE") && t.contains("Zzz"),
+        true,
+    );
+    let server = Server::start_config("", &gnupg_table(&world));
+    let dir = tempfile::tempdir().unwrap();
+    let password = dir.path().join("upstream-password");
+    std::fs::write(&password, format!("{}\n", dovecot.password)).unwrap();
+    let config = sync_config(
+        &server,
+        &format!(
+            "[accounts.upstream]\nhost = \"127.0.0.1\"\nport = {port}\ntls = \"none\"\n\
+             username = \"{}\"\npassword_file = \"{}\"\ntimeout_secs = 2\n\
+             notify_command = \"echo from-notify $SEALPOST_NEW_BY_MAILBOX\"\n",
+            dovecot.user,
+            password.display()
+        ),
+    );
+    let out = sync_once(&config);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{out:?}");
+    assert!(log.contains("from-notify INBOX=1"), "{log}");
+    let mut raw = server.login();
+    assert_eq!(exists(&mut raw, "INBOX"), 1, "{log}");
+}
+
 /// A notify_command that is still running holds up nothing: the next pass (here a second
 /// `sync --once`) goes through while it runs, as the sync lock is let go before it starts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -152,17 +152,23 @@ impl Syncer {
     pub async fn sync_once(&self) -> Result<SyncReport, SyncError> {
         let lock = sync_lock(&self.store).await?;
         let mut session = upstream::connect(&self.config).await?;
-        let result = self.sync_session(&mut session).await;
+        let mut report = SyncReport::default();
+        let result = self.sync_session(&mut session, &mut report).await;
         let _ = tokio::time::timeout(self.config.timeout(), session.logout()).await;
-        let report = result?;
         // The notify command runs without the lock: however long it takes, other passes
-        // and deliveries' retries go on.
+        // and deliveries' retries go on. A pass that broke off tells of what it stored before
+        // (review: the mail it stored came without a word).
         drop(lock);
         log_and_notify(&self.name, self.config.notify_command.as_deref(), &report).await;
-        Ok(report)
+        result.map(|()| report)
     }
 
-    async fn sync_session(&self, session: &mut Session) -> Result<SyncReport, SyncError> {
+    /// The pass over an open session; `report` holds what it did, also when it breaks off.
+    async fn sync_session(
+        &self,
+        session: &mut Session,
+        report: &mut SyncReport,
+    ) -> Result<(), SyncError> {
         let store = self.store.clone();
         let name = self.name.clone();
         let account = blocking(move || {
@@ -171,7 +177,6 @@ impl Syncer {
             Ok::<_, StoreError>(account)
         })
         .await??;
-        let mut report = SyncReport::default();
         let capabilities = within(self.config.timeout(), session.capabilities()).await?;
         let prefix = self.decided_prefix(session, &capabilities, account).await?;
         // Local changes first: a message moved or expunged here must not come back (a fetch
@@ -297,7 +302,7 @@ impl Syncer {
             }
         }
         report.redecrypted = retry_undecryptable(&self.store, &self.keys, account).await?;
-        Ok(report)
+        Ok(())
     }
 
     /// Folders synced before that are gone upstream (another client deleted or renamed
