@@ -830,16 +830,10 @@ fn stray_files_in_the_drop_directory_are_set_aside() {
     );
 }
 
-/// Root listing a queue that belongs to another user (the shared queue of the `sealpost`
-/// service user): the database it creates on first use is given to the owner, so the
-/// service's runner can still open it.
-#[test]
-fn what_root_creates_in_another_users_queue_is_given_to_that_user() {
-    use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return;
-    }
+/// A queue directory of nobody's under a fresh directory in /tmp (others may enter it), and a
+/// configuration for it with a relay: (the directory, the queue, the configuration).
+fn nobodys_queue() -> (tempfile::TempDir, PathBuf, PathBuf) {
+    use std::os::unix::fs::PermissionsExt;
     let base = tempfile::Builder::new()
         .prefix("spq")
         .tempdir_in("/tmp")
@@ -849,13 +843,39 @@ fn what_root_creates_in_another_users_queue_is_given_to_that_user() {
     std::fs::create_dir(&queue).unwrap();
     std::os::unix::fs::chown(&queue, Some(65534), Some(65534)).unwrap();
     let config = base.path().join("sealpost.toml");
-    std::fs::write(&config, format!("[queue]\ndir = \"{}\"\n", queue.display())).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_sealpost"))
+    std::fs::write(
+        &config,
+        format!(
+            "[queue]\ndir = \"{}\"\n[relay]\nhost = \"localhost\"\n",
+            queue.display()
+        ),
+    )
+    .unwrap();
+    (base, queue, config)
+}
+
+/// `sealpost --config CONFIG queue WHAT`.
+fn queue_command(config: &Path, what: &str) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_sealpost"))
         .arg("--config")
-        .arg(&config)
-        .args(["queue", "list"])
+        .arg(config)
+        .args(["queue", what])
         .output()
-        .unwrap();
+        .unwrap()
+}
+
+/// Root listing a queue that belongs to another user (the shared queue of the `sealpost`
+/// service user): the database it creates on first use is given to the owner, so the
+/// service's runner can still open it.
+#[test]
+fn what_root_creates_in_another_users_queue_is_given_to_that_user() {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return;
+    }
+    let (_base, queue, config) = nobodys_queue();
+    let out = queue_command(&config, "list");
     assert!(out.status.success(), "{out:?}");
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
@@ -876,31 +896,8 @@ fn root_lists_anothers_queue_as_its_owner() {
     if unsafe { libc::geteuid() } != 0 {
         return;
     }
-    let base = tempfile::Builder::new()
-        .prefix("spq")
-        .tempdir_in("/tmp")
-        .unwrap();
-    std::fs::set_permissions(base.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let queue = base.path().join("queue");
-    std::fs::create_dir(&queue).unwrap();
-    std::os::unix::fs::chown(&queue, Some(65534), Some(65534)).unwrap();
-    let config = base.path().join("sealpost.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[queue]\ndir = \"{}\"\n[relay]\nhost = \"localhost\"\n",
-            queue.display()
-        ),
-    )
-    .unwrap();
-    let list = || {
-        Command::new(env!("CARGO_BIN_EXE_sealpost"))
-            .arg("--config")
-            .arg(&config)
-            .args(["queue", "list"])
-            .output()
-            .unwrap()
-    };
+    let (base, queue, config) = nobodys_queue();
+    let list = || queue_command(&config, "list");
     assert!(list().status.success());
     let victim = base.path().join("victim");
     std::fs::create_dir(&victim).unwrap();

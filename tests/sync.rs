@@ -1579,6 +1579,29 @@ fn strip_uidplus_codes(line: &[u8]) -> Vec<u8> {
     text.into_bytes()
 }
 
+/// A `sync --once` configuration for bob's `server` that reads `dovecot` in plain text through a
+/// proxy on `port`, with a 2 s timeout and `extra` lines (the directory holds the password).
+fn through_proxy(
+    server: &Server,
+    dovecot: &Dovecot,
+    port: u16,
+    extra: &str,
+) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let password = dir.path().join("upstream-password");
+    std::fs::write(&password, format!("{}\n", dovecot.password)).unwrap();
+    let config = sync_config(
+        server,
+        &format!(
+            "[accounts.upstream]\nhost = \"127.0.0.1\"\nport = {port}\ntls = \"none\"\n\
+             username = \"{}\"\npassword_file = \"{}\"\ntimeout_secs = 2\n{extra}",
+            dovecot.user,
+            password.display()
+        ),
+    );
+    (dir, config)
+}
+
 /// A folder where the server stops answering (a command past `timeout_secs`) is left out of
 /// the pass; the folders after it still get their new mail, over a new connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1603,18 +1626,7 @@ async fn a_folder_that_times_out_holds_up_no_other_folder() {
         false,
     );
     let server = Server::start_config("", &gnupg_table(&world));
-    let dir = tempfile::tempdir().unwrap();
-    let password = dir.path().join("upstream-password");
-    std::fs::write(&password, format!("{}\n", dovecot.password)).unwrap();
-    let config = sync_config(
-        &server,
-        &format!(
-            "[accounts.upstream]\nhost = \"127.0.0.1\"\nport = {port}\ntls = \"none\"\n\
-             username = \"{}\"\npassword_file = \"{}\"\ntimeout_secs = 2\n",
-            dovecot.user,
-            password.display()
-        ),
-    );
+    let (_dir, config) = through_proxy(&server, &dovecot, port, "");
     let out = sync_once(&config);
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{out:?}");
@@ -3866,18 +3878,11 @@ async fn a_pass_that_breaks_off_tells_of_what_it_stored() {
         true,
     );
     let server = Server::start_config("", &gnupg_table(&world));
-    let dir = tempfile::tempdir().unwrap();
-    let password = dir.path().join("upstream-password");
-    std::fs::write(&password, format!("{}\n", dovecot.password)).unwrap();
-    let config = sync_config(
+    let (_dir, config) = through_proxy(
         &server,
-        &format!(
-            "[accounts.upstream]\nhost = \"127.0.0.1\"\nport = {port}\ntls = \"none\"\n\
-             username = \"{}\"\npassword_file = \"{}\"\ntimeout_secs = 2\n\
-             notify_command = \"echo from-notify $SEALPOST_NEW_BY_MAILBOX\"\n",
-            dovecot.user,
-            password.display()
-        ),
+        &dovecot,
+        port,
+        "notify_command = \"echo from-notify $SEALPOST_NEW_BY_MAILBOX\"\n",
     );
     let out = sync_once(&config);
     let log = String::from_utf8_lossy(&out.stderr);
