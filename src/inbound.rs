@@ -992,22 +992,31 @@ fn from_address(header: &[u8]) -> Option<String> {
         return None;
     }
     let value = header_value(header, b"from")?;
-    // A quoted local part that needs no quotes, alone (`"alice"@example.org`), is alice's
-    // address (RFC 5322 §3.4.1); mail-parser reads the quoted string as a display name.
-    // With no display name there is no other address to look for in one.
-    if let Some(address) = std::str::from_utf8(&value)
-        .ok()
-        .and_then(|v| crate::rewrite::unquoted(v.trim()))
-        .map(|a| a.to_ascii_lowercase())
-    {
-        let ours = crate::imap::summary::single_mailbox(&value);
-        return (ours.as_deref() == Some(address.as_str())).then_some(address);
-    }
     let from = message.from()?;
     if from.as_list().is_none_or(|list| list.len() != 1) {
         return None;
     }
     let mailbox = from.first()?;
+    // A quoted local part that needs no quotes, alone (`"alice"@example.org`), is alice's
+    // address (RFC 5322 §3.4.1), when every reading agrees: mail-parser reads the quoted
+    // string as a display name and "@example.org" as the address. With no display name
+    // there is no other address to look for in one. (Review: a line "From" without a
+    // colon, its value on the next, was the field read here, while mail-parser read the
+    // From after it: from=match for the From shown, which another key had not signed.)
+    if let Some(address) = std::str::from_utf8(&value)
+        .ok()
+        .and_then(|v| crate::rewrite::unquoted(v.trim()))
+        .map(|a| a.to_ascii_lowercase())
+    {
+        let parsed = [
+            mailbox.name().unwrap_or(""),
+            mailbox.address().unwrap_or(""),
+        ]
+        .concat()
+        .to_ascii_lowercase();
+        let ours = crate::imap::summary::single_mailbox(&value);
+        return (parsed == address && ours.as_deref() == Some(address.as_str())).then_some(address);
+    }
     let address = mailbox.address()?.to_ascii_lowercase();
     // Shown as one mailbox only if every reading agrees: the IMAP ENVELOPE's parser reads
     // broken input its own way (`alice@example.org <m@evil.example>` is alice there).
@@ -1188,6 +1197,11 @@ mod tests {
         assert_eq!(from("\"alice\"@example.org, bob@example.org"), None);
         assert_eq!(from("\"alice\"@example.org <m@evil.example>"), None);
         assert_eq!(from("\"alice smith\"@example.org"), None);
+        // A line "From" without a colon is no From field to mail-parser, which reads the next
+        // one: the readings differ (review).
+        let forged = b"From\r\n x:\"mallory\"@evil.example\r\nFrom: Alice <alice@example.org>\r\n\
+                       Subject: x\r\n\r\n";
+        assert_eq!(from_address(forged), None);
         assert_eq!(from("mallory@evil.example <alice@example.org>"), None);
         assert_eq!(from("\"mallory@evil.example\" <alice@example.org>"), None);
         assert_eq!(from("\"Alice [m@evil.example]\" <alice@example.org>"), None);
