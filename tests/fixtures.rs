@@ -89,7 +89,8 @@ async fn every_fixture_round_trips() {
             panic!("{name}: refused");
         };
         // mail-parser misreads a part that ends with its header (RFC 2046 allows it): it takes
-        // the next part's fields for the part's own and loses parts. The copy carries the
+        // the next part's fields for the part's own and loses parts, or reads an attached
+        // message as text. The copy carries the
         // blank line (session 26's fix), which mail-parser reads right; what a reader must
         // see there is what RFC 2046 (and Dovecot, fixture 41's recording) says the parts are.
         let original = match name.as_str() {
@@ -106,6 +107,8 @@ async fn every_fixture_round_trips() {
             ]
             .map(String::from)
             .to_vec(),
+            // An attached message of header only: mail-parser reads it as text.
+            "42-attached-header-only-at-close.eml" => vec!["message".into(), "text:".into()],
             _ => what_a_reader_sees(&raw),
         };
         for copy in copies {

@@ -28,7 +28,7 @@ use serde_json::{json, Value};
 
 fn corpus() -> Vec<(PathBuf, Vec<u8>)> {
     let files = corpus_files();
-    assert_eq!(files.len(), 41, "the corpus has 41 messages");
+    assert_eq!(files.len(), 42, "the corpus has 42 messages");
     files
         .into_iter()
         .map(|p| {

@@ -992,7 +992,7 @@ pub(crate) mod tests {
     #[test]
     fn corpus_matches_dovecot() {
         let names = fixture_names();
-        assert_eq!(names.len(), 41);
+        assert_eq!(names.len(), 42);
         let mut failures = Vec::new();
         for n in &names {
             for d in compare(n) {
