@@ -905,7 +905,13 @@ fn root_lists_anothers_queue_as_its_owner() {
     std::fs::write(victim.join("id_ed25519"), "root's key").unwrap();
     std::fs::remove_dir(queue.join("incoming")).unwrap();
     std::os::unix::fs::symlink(&victim, queue.join("incoming")).unwrap();
+    // A hard link to a file of root's, where root gives back what it left in the queue.
+    let _ = std::fs::remove_file(queue.join("run.lock"));
+    std::fs::hard_link(victim.join("id_ed25519"), queue.join("run.lock")).unwrap();
     let out = list();
+    use std::os::unix::fs::MetadataExt;
+    let key = std::fs::metadata(victim.join("id_ed25519")).unwrap();
+    assert_eq!(key.uid(), 0, "root's file stays root's: {out:?}");
     assert!(
         victim.join("id_ed25519").exists(),
         "root's file stays: {out:?}"
@@ -1045,13 +1051,10 @@ fn root_does_not_run_a_queue_another_user_owns() {
     let s = Setup::new();
     s.configure(relay::free_port(), false, "");
     assert!(s.sealpost(&["queue", "run"]).status.success());
-    // Given to the other user whole, as `chown -R` would: root lists it as that user.
-    let chown = Command::new("chown")
-        .args(["-R", "65534:65534"])
-        .arg(s.queue_dir())
-        .status()
-        .unwrap();
-    assert!(chown.success());
+    // The directory given to the other user, its database left root's (as a run as root by
+    // an earlier version left it): root's listing gives it to the owner, and lists as the
+    // owner.
+    std::os::unix::fs::chown(s.queue_dir(), Some(65534), Some(65534)).unwrap();
     for out in [s.sealpost(&["queue", "run"]), s.sendmail(&["-q"], b"")] {
         assert_eq!(out.status.code(), Some(77), "{out:?}");
         assert!(
@@ -1059,7 +1062,11 @@ fn root_does_not_run_a_queue_another_user_owns() {
             "{out:?}"
         );
     }
-    assert!(s.sealpost(&["queue", "list"]).status.success());
+    let out = s.sealpost(&["queue", "list"]);
+    assert!(out.status.success(), "{out:?}");
+    use std::os::unix::fs::MetadataExt;
+    let db = std::fs::metadata(s.queue_dir().join("queue.sqlite")).unwrap();
+    assert_eq!(db.uid(), 65534);
 }
 
 /// What no sendmail writes does not stay in the drop directory (where it would keep the

@@ -1104,6 +1104,17 @@ pub fn act_as_owner(dir: &Path) -> Result<(), QueueError> {
     let Some((uid, gid)) = foreign_owner(dir) else {
         return Ok(());
     };
+    // What an earlier version, run as root, left root's (mode 0600: the owner could not open
+    // it) is given to the owner first (review: root's `mailq` then failed with 77 where it
+    // used to repair it).
+    for name in [
+        "queue.sqlite",
+        "queue.sqlite-wal",
+        "queue.sqlite-shm",
+        "run.lock",
+    ] {
+        give_back(&dir.join(name), uid, gid);
+    }
     let failed = |what: &str| QueueError::Io {
         path: dir.display().to_string(),
         source: std::io::Error::new(
@@ -1127,6 +1138,35 @@ pub fn act_as_owner(dir: &Path) -> Result<(), QueueError> {
         }
     }
     Ok(())
+}
+
+/// Gives `path` to `uid`:`gid` when it is a root-owned regular file with no other name: opened
+/// without following a link, and changed through that descriptor, so that no name the owner
+/// put there (a link, a hard link to a file of root's elsewhere) makes root give away another
+/// file.
+fn give_back(path: &Path, uid: u32, gid: u32) {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let Ok(file) = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+    else {
+        return;
+    };
+    let Ok(meta) = file.metadata() else {
+        return;
+    };
+    if meta.is_file() && meta.uid() == 0 && meta.nlink() == 1 {
+        // SAFETY: fchown on a descriptor we own.
+        if unsafe { libc::fchown(file.as_raw_fd(), uid, gid) } != 0 {
+            tracing::warn!(
+                "{}: cannot give it to uid {uid}: {}",
+                path.display(),
+                std::io::Error::last_os_error()
+            );
+        }
+    }
 }
 
 /// Gives `paths` that root created in the queue `dir` to the queue's owner (see
