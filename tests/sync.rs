@@ -2780,6 +2780,39 @@ async fn a_rename_to_a_name_made_upstream_meanwhile_merges_the_folders() {
     assert_eq!(flagged(&up), 1, "{up}");
 }
 
+/// While a rename made here waits (here: to a name another client made upstream, from a
+/// folder with subfolders there, which is not merged), neither the folder nor its subfolders
+/// come back here under their old names (review: empty H and H/sub came back beside J).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subfolders_of_a_rename_that_waits_do_not_come_back() {
+    let world = World::new();
+    let dovecot = Dovecot::start_tls();
+    upstream(
+        &dovecot,
+        json!([{"cmd": "raw", "line": "CREATE H"}, {"cmd": "raw", "line": "CREATE H.sub"},
+        append_bytes("H.sub", &plain_message("in a subfolder"))]),
+    );
+    let (server, _dir, config) = bobs_sync(&world, &dovecot);
+    let out = sync_once(&config);
+    assert_eq!(stdout(&out).trim(), format!("{USER}: 1 new"), "{out:?}");
+    upstream(&dovecot, json!([{"cmd": "raw", "line": "CREATE J"}]));
+    let mut raw = server.login();
+    raw.ok("RENAME H J");
+    for _ in 0..2 {
+        let out = sync_once(&config);
+        assert!(out.status.success(), "{out:?}");
+        let log = String::from_utf8_lossy(&out.stderr);
+        assert!(log.contains("subfolders"), "{log}");
+    }
+    assert_eq!(waiting_changes(&server), 1);
+    let list = raw.ok("LIST \"\" *").join("\n");
+    assert!(
+        !list.contains("\"H\"") && !list.contains("\"H/sub\""),
+        "{list}"
+    );
+    assert_eq!(exists(&mut raw, "J/sub"), 1, "{list}");
+}
+
 /// A folder deleted here while new mail came into it upstream: the new mail is fetched (the
 /// folder comes back here holding it) before the folder is deleted upstream, never deleted
 /// unseen with it.

@@ -237,6 +237,19 @@ impl Syncer {
                     continue;
                 }
             }
+            // Nor one under a folder renamed here (its subfolders went with it), while the
+            // rename waits (review: they came back here, empty, beside their renamed copies).
+            let renamed_above = departures.iter().any(|(name, (kind, _))| {
+                kind == "rename-mailbox"
+                    && local
+                        .strip_prefix(name.as_str())
+                        .is_some_and(|rest| rest.starts_with(crate::store::DELIMITER))
+            });
+            if renamed_above {
+                tracing::info!(account = %self.name, %folder,
+                    "under a folder renamed here, not upstream yet: not fetched in this pass");
+                continue;
+            }
             let done = match self
                 .sync_folder(session, account, folder, &local, condstore)
                 .await
