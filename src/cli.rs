@@ -326,6 +326,16 @@ async fn rewrite(config: Config, args: RewriteArgs) -> Result<u8, CliError> {
             buf
         }
     };
+    // As a configured home is checked (review: the option's too long a path was a 451 with
+    // gpg-agent's "General error" for every recipient).
+    if let Some(home) = args.gnupg_home.as_deref() {
+        if let Some(why) = crate::config::gnupg_home_problem(home) {
+            return Err(CliError::Usage(format!(
+                "--gnupg-home {}: {why}",
+                home.display()
+            )));
+        }
+    }
     let keys = Arc::new(key_service(&config, args.gnupg_home.as_deref()));
     let rewriter = Rewriter::new(keys, config.policy.clone());
     let envelope = Envelope {

@@ -205,15 +205,8 @@ impl Config {
                 "must be from 1048576 (1 MiB) to 536870912 (512 MiB)".into(),
             ));
         }
-        if let Some(home) = &self.gnupg.home {
-            // gpg-agent's socket lives in the home; sun_path holds about 108 bytes.
-            if home.as_os_str().len() > 80 {
-                return Err(invalid(
-                    "gnupg.home",
-                    "home",
-                    "path too long for gpg-agent's socket: keep it under 80 bytes".into(),
-                ));
-            }
+        if let Some(why) = self.gnupg.home.as_deref().and_then(gnupg_home_problem) {
+            return Err(invalid("gnupg.home", "home", why.into()));
         }
         for domain in self.policy.domains.keys() {
             if domain.contains('@') || domain != &domain.to_ascii_lowercase() || domain.is_empty() {
@@ -458,6 +451,13 @@ fn line_of(text: &str, table: &str, needle: &str) -> usize {
                 })
         })
         .map_or(1, |i| i + 1)
+}
+
+/// What is wrong with a GnuPG home directory's path, if anything: gpg-agent's socket lives in
+/// the home, and sun_path holds about 108 bytes.
+pub fn gnupg_home_problem(home: &Path) -> Option<&'static str> {
+    (home.as_os_str().len() > 80)
+        .then_some("path too long for gpg-agent's socket: keep it under 80 bytes")
 }
 
 /// The part of `text` that belongs to the `index`th (0-based) `[[name]]` entry, from its

@@ -156,6 +156,24 @@ fn exit_codes_and_reasons() {
     );
     let out = sealpost(&["rewrite", "--bogus"], MESSAGE);
     assert_eq!(out.status.code(), Some(64));
+    // A GnuPG home whose agent socket would not fit: said as for the configured one.
+    let long = format!("/tmp/{}", "h".repeat(90));
+    let out = sealpost(
+        &[
+            "rewrite",
+            "--sender",
+            "alice@example.org",
+            "--rcpt",
+            "bob@example.org",
+            "--gnupg-home",
+            &long,
+            "--out",
+            &out_s,
+        ],
+        MESSAGE,
+    );
+    assert_eq!(out.status.code(), Some(64), "{out:?}");
+    assert!(stderr_line(&out).contains("path too long"), "{out:?}");
 
     // Missing input file: 66.
     let out = run(base(&["--input", "/nonexistent/message.eml"]), b"");
