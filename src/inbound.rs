@@ -1008,14 +1008,17 @@ fn from_address(header: &[u8]) -> Option<String> {
         .and_then(|v| crate::rewrite::unquoted(v.trim()))
         .map(|a| a.to_ascii_lowercase())
     {
-        let parsed = [
-            mailbox.name().unwrap_or(""),
-            mailbox.address().unwrap_or(""),
-        ]
-        .concat()
-        .to_ascii_lowercase();
+        let (local, domain) = address.rsplit_once('@')?;
+        let name_agrees = mailbox
+            .name()
+            .is_some_and(|n| n.eq_ignore_ascii_case(local));
+        let address_agrees = mailbox
+            .address()
+            .and_then(|a| a.strip_prefix('@'))
+            .is_some_and(|d| d.eq_ignore_ascii_case(domain));
         let ours = crate::imap::summary::single_mailbox(&value);
-        return (parsed == address && ours.as_deref() == Some(address.as_str())).then_some(address);
+        return (name_agrees && address_agrees && ours.as_deref() == Some(address.as_str()))
+            .then_some(address);
     }
     let address = mailbox.address()?.to_ascii_lowercase();
     // Shown as one mailbox only if every reading agrees: the IMAP ENVELOPE's parser reads
@@ -1105,11 +1108,14 @@ fn names_another_address(name: &str, address: &str) -> bool {
 }
 
 /// The value of the first field of this name, unfolded, without the blanks after the colon
-/// (as the IMAP summary reads it).
+/// (as the IMAP summary reads it). Only a field whose name is followed by its colon on its
+/// first line counts: a line "From" without one, its value folded onto the next line, is no
+/// From field to mail-parser or a mail client (review: it was read here as the From, and a
+/// check of "every reading agrees" compared the wrong fields).
 fn header_value(header: &[u8], name: &[u8]) -> Option<Vec<u8>> {
     let (_, field) = fields(header)
         .into_iter()
-        .find(|(n, _)| n.eq_ignore_ascii_case(name))?;
+        .find(|(n, f)| n.eq_ignore_ascii_case(name) && named_on_first_line(f))?;
     let colon = field.iter().position(|&b| b == b':')?;
     let value: Vec<u8> = field[colon + 1..]
         .iter()
@@ -1117,6 +1123,16 @@ fn header_value(header: &[u8], name: &[u8]) -> Option<Vec<u8>> {
         .filter(|&b| b != b'\r' && b != b'\n')
         .collect();
     Some(value.trim_ascii_start().to_vec())
+}
+
+/// Whether a field's name ends in its colon on its first line (RFC 5322 §2.2: name, then
+/// ":", blanks allowed before it by §4.5.3's obsolete syntax).
+fn named_on_first_line(field: &[u8]) -> bool {
+    let first = field.split(|&b| b == b'\n').next().unwrap_or_default();
+    first.iter().position(|&b| b == b':').is_some_and(|colon| {
+        let name = first[..colon].trim_ascii_end();
+        !name.is_empty() && name.iter().all(|&b| b.is_ascii_graphic())
+    })
 }
 
 #[cfg(test)]
@@ -1197,11 +1213,28 @@ mod tests {
         assert_eq!(from("\"alice\"@example.org, bob@example.org"), None);
         assert_eq!(from("\"alice\"@example.org <m@evil.example>"), None);
         assert_eq!(from("\"alice smith\"@example.org"), None);
-        // A line "From" without a colon is no From field to mail-parser, which reads the next
-        // one: the readings differ (review).
+        // A line "From" without a colon is no From field to mail-parser or a mail client:
+        // the From is the one after it (review: the line was read, mallory's).
         let forged = b"From\r\n x:\"mallory\"@evil.example\r\nFrom: Alice <alice@example.org>\r\n\
                        Subject: x\r\n\r\n";
-        assert_eq!(from_address(forged), None);
+        assert_eq!(from_address(forged).as_deref(), Some("alice@example.org"));
+        // Read as the one From there is, whatever the line before it says (review: each read
+        // the line without a colon, and matched mallory's key under Alice's From).
+        for shown in [
+            "\"alice\"@example.org <mallory@evil.example>",
+            "alice @ example.org <mallory@evil.example>",
+            "alice@example.org <.evil.example>",
+            "mallory <@evil.example>",
+        ] {
+            let forged =
+                format!("From\r\n x:mallory@evil.example\r\nFrom: {shown}\r\nSubject: x\r\n\r\n");
+            let read = from_address(forged.as_bytes());
+            assert!(
+                read.as_deref() != Some("mallory@evil.example")
+                    && read.as_deref() != Some("alice@example.org"),
+                "{shown}: {read:?}"
+            );
+        }
         assert_eq!(from("mallory@evil.example <alice@example.org>"), None);
         assert_eq!(from("\"mallory@evil.example\" <alice@example.org>"), None);
         assert_eq!(from("\"Alice [m@evil.example]\" <alice@example.org>"), None);
