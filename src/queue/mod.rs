@@ -346,19 +346,28 @@ impl Queue {
                     continue;
                 }
             };
-            self.insert(&picked.id, picked.uid, &submission, now())?;
+            // Known already: queued by an earlier pick-up that could not remove the file (or
+            // one a crash cut short before it did). Not queued or counted again.
+            let known = self.knows(&picked.id)?;
+            if !known {
+                self.insert(&picked.id, picked.uid, &submission, now())?;
+            }
             // `queue list` picks up too: another process may have removed it first. One that
             // cannot be removed (a drop directory made root's by mistake) is queued all the
-            // same, once (its id is known from now on), and does not stop the others, nor the
-            // run (review: every run ended at it, with exit 77, and delivered nothing).
+            // same, once, and stops neither the others nor the run (review: every run ended
+            // at it, with exit 77, and delivered nothing). Its record is kept while the file
+            // is there (see `purge`), so it is never queued a second time.
             match std::fs::remove_file(&path) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => tracing::error!(
-                    "{}: queued, but cannot be removed from the drop directory ({e}): remove it \
-                     by hand; each run skips it as known until its record is forgotten (twice \
-                     the queue lifetime), when it would be queued again",
-                    path.display()
+                    "{}: queued as {}, but cannot be removed from the drop directory ({e}): \
+                     remove it by hand",
+                    path.display(),
+                    picked.id
                 ),
                 _ => {}
+            }
+            if known {
+                continue;
             }
             tracing::info!(
                 "{}: queued from uid {} ({}), sender <{}>, {} recipient(s), {} bytes",
@@ -491,13 +500,15 @@ impl Queue {
         Ok(entries)
     }
 
-    /// Drop files not yet picked up (visible to the queue's owner only).
+    /// Drop files not yet picked up (visible to the queue's owner only); one queued already,
+    /// whose file could not be removed, is in the queue's list, not here.
     pub fn waiting(&self) -> Vec<String> {
         let mut names: Vec<String> = std::fs::read_dir(self.config.incoming())
             .map(|d| {
                 d.filter_map(|e| e.ok())
                     .filter_map(|e| e.file_name().into_string().ok())
                     .filter(|n| !n.starts_with('.'))
+                    .filter(|n| !self.knows(n).unwrap_or(false))
                     .collect()
             })
             .unwrap_or_default();
@@ -961,17 +972,30 @@ impl Queue {
     }
 
     /// Forgets finished messages older than twice the queue lifetime.
+    /// Forgets messages finished more than twice the lifetime ago, but not one whose drop file
+    /// is still there (it could not be removed): forgotten, it would be queued again, delivered
+    /// or deleted already (review: a deleted message was queued again).
     fn purge(&self, at: i64) -> Result<(), QueueError> {
         let horizon = at - 2 * 3600 * self.config.lifetime_hours as i64;
-        let conn = self.conn();
-        conn.execute(
-            "DELETE FROM recipients WHERE message IN (SELECT id FROM messages WHERE finished < ?1)",
-            params![horizon],
-        )
-        .map_err(|e| self.db_err(e))?;
-        conn.execute("DELETE FROM messages WHERE finished < ?1", params![horizon])
+        let incoming = self.config.incoming();
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(|e| self.db_err(e))?;
+        let old: Vec<String> = tx
+            .prepare("SELECT id FROM messages WHERE finished < ?1")
+            .and_then(|mut stmt| {
+                stmt.query_map(params![horizon], |r| r.get(0))?
+                    .collect::<Result<_, _>>()
+            })
             .map_err(|e| self.db_err(e))?;
-        Ok(())
+        for id in old {
+            if std::fs::symlink_metadata(incoming.join(&id)).is_ok() {
+                continue;
+            }
+            tx.execute("DELETE FROM recipients WHERE message = ?1", params![id])
+                .and_then(|_| tx.execute("DELETE FROM messages WHERE id = ?1", params![id]))
+                .map_err(|e| self.db_err(e))?;
+        }
+        tx.commit().map_err(|e| self.db_err(e))
     }
 }
 
@@ -1834,9 +1858,11 @@ mod tests {
         let list = queue.list().unwrap();
         assert_eq!(list.len(), 1);
         assert_eq!(list[0].recipients.len(), 2);
-        // The same drop file again (a crash between commit and unlink) adds nothing.
+        // The same drop file again (a crash between commit and unlink) adds nothing, is not
+        // counted as picked up, and goes.
         spool::write(&config.incoming(), "AAA1", &s, u64::MAX).unwrap();
-        assert_eq!(queue.pick_up().unwrap(), 1);
+        assert_eq!(queue.pick_up().unwrap(), 0);
+        assert!(!config.incoming().join("AAA1").exists());
         assert_eq!(queue.list().unwrap()[0].recipients.len(), 2);
         // Finished (deleted) messages stay known.
         queue.delete("AAA1").unwrap();
@@ -1874,10 +1900,23 @@ mod tests {
             return;
         }
         let picked = queue.pick_up();
+        // Picked up once only, shown once, and never forgotten while its file is there: a
+        // deleted message forgotten would be queued again (review).
+        let again = queue.pick_up();
+        let waiting = queue.waiting();
+        queue.delete("AAA1").unwrap();
+        queue
+            .purge(now() + 3 * 3600 * config.lifetime_hours as i64)
+            .unwrap();
+        let after_purge = queue.pick_up();
+        let known = queue.knows("AAA1");
         chattr("-i");
         assert_eq!(picked.unwrap(), 2);
-        let ids: Vec<String> = queue.list().unwrap().into_iter().map(|e| e.id).collect();
-        assert_eq!(ids, ["AAA1", "AAA2"]);
+        assert_eq!(again.unwrap(), 0);
+        assert!(waiting.is_empty(), "{waiting:?}");
+        assert_eq!(after_purge.unwrap(), 0);
+        assert!(known.unwrap(), "its record is kept while the file is there");
+        assert!(queue.list().unwrap().iter().all(|e| e.id != "AAA1"));
         assert!(!config.incoming().join("AAA2").exists());
     }
 
