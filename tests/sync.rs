@@ -1262,7 +1262,11 @@ async fn a_maildir_source_is_imported_once() {
 
     // A Maildir on a file system without ":" in names writes the info after ";" (Dovecot's
     // maildir_info_separator): a flag change renames the file, and it is the same message.
-    let semicolon = root.join("cur/1700000005.M5P1.host;2,S");
+    // Told by its names, per folder (here a Maildir++ folder of its own).
+    for sub in [".Semi/new", ".Semi/cur", ".Semi/tmp"] {
+        std::fs::create_dir_all(root.join(sub)).unwrap();
+    }
+    let semicolon = root.join(".Semi/cur/1700000005.M5P1.host;2,S");
     std::fs::write(
         &semicolon,
         b"From: a@example.org\r\nSubject: semicolon\r\n\r\nsemicolon\r\n",
@@ -1270,10 +1274,15 @@ async fn a_maildir_source_is_imported_once() {
     .unwrap();
     let out = sync_once(&config);
     assert_eq!(stdout(&out).trim(), format!("{USER}: 1 new"), "{out:?}");
-    std::fs::rename(&semicolon, root.join("cur/1700000005.M5P1.host;2,FS")).unwrap();
+    std::fs::rename(&semicolon, root.join(".Semi/cur/1700000005.M5P1.host;2,FS")).unwrap();
     let out = sync_once(&config);
     assert!(out.status.success(), "{out:?}");
-    assert_eq!(exists(&mut raw, "INBOX"), 4, "{out:?}");
+    assert_eq!(exists(&mut raw, "Semi"), 1, "{out:?}");
+    let flags = raw.ok("UID FETCH 1 (FLAGS)").join("\n");
+    assert!(
+        flags.contains("\\Seen"),
+        "read from after the ';2,': {flags}"
+    );
 
     // Not a Maildir: a clear error, exit 75, nothing stored.
     let broken = sync_config(

@@ -59,6 +59,7 @@ pub fn import_path(
         mailbox,
         pending: Vec::new(),
         report: ImportReport::default(),
+        separator: ':',
     };
     // What was committed before an error stays; said, since importing the same source
     // again stores it again (review: 500 of 1,200 in, then "disk is full", and a second run
@@ -93,9 +94,15 @@ fn fill(
             note_unread_entries(&mut batch.report, path, true)?;
             let mut files: Vec<PathBuf> = sorted_files(&path.join("new"))?;
             files.extend(sorted_files(&path.join("cur"))?);
+            batch.separator = info_separator(
+                files
+                    .iter()
+                    .filter_map(|f| f.file_name())
+                    .map(|n| n.to_os_string()),
+            );
             let mut seen = std::collections::HashSet::new();
             for file in files {
-                if !seen.insert(maildir_unique(&file)) {
+                if !seen.insert(maildir_unique(&file, batch.separator)) {
                     continue;
                 }
                 let gone = |e: &ImportError| {
@@ -107,7 +114,7 @@ fn fill(
                     // import). Moved once more meanwhile, it is left out with a word rather
                     // than the import stopped (review: a client renaming files twice).
                     Err(e) if gone(&e) => {
-                        if let Some(moved) = moved_maildir_file(path, &file)? {
+                        if let Some(moved) = moved_maildir_file(path, &file, batch.separator)? {
                             match batch.maildir_file(&moved) {
                                 Err(e) if gone(&e) => batch.report.skipped.push(Skipped {
                                     path: moved,
@@ -149,6 +156,8 @@ struct Batch<'a> {
     mailbox: MailboxId,
     pending: Vec<Prepared>,
     report: ImportReport,
+    /// The info separator of the Maildir being read ([`info_separator`]).
+    separator: char,
 }
 
 impl Batch<'_> {
@@ -167,7 +176,8 @@ impl Batch<'_> {
             return Ok(());
         }
         let date = modified(path);
-        self.push(Prepared::new(unverified(&bytes), maildir_flags(path), date))
+        let flags = maildir_flags(path, self.separator);
+        self.push(Prepared::new(unverified(&bytes), flags, date))
     }
 
     fn file(&mut self, path: &Path, flags: Flags) -> Result<(), ImportError> {
@@ -233,17 +243,21 @@ impl Batch<'_> {
 }
 
 /// A Maildir file's unique name, as the Maildir source knows it.
-fn maildir_unique(file: &Path) -> String {
-    crate::sync::maildir::unique_name(file.file_name().unwrap_or_default())
+fn maildir_unique(file: &Path, separator: char) -> String {
+    crate::sync::maildir::unique_name(file.file_name().unwrap_or_default(), separator)
 }
 
 /// Where `file` (listed, then gone) is now: the file in new/ or cur/ with its unique name.
-fn moved_maildir_file(maildir: &Path, file: &Path) -> Result<Option<PathBuf>, ImportError> {
-    let unique = maildir_unique(file);
+fn moved_maildir_file(
+    maildir: &Path,
+    file: &Path,
+    separator: char,
+) -> Result<Option<PathBuf>, ImportError> {
+    let unique = maildir_unique(file, separator);
     for sub in ["cur", "new"] {
         if let Some(found) = sorted_files(&maildir.join(sub))?
             .into_iter()
-            .find(|f| maildir_unique(f) == unique)
+            .find(|f| maildir_unique(f, separator) == unique)
         {
             return Ok(Some(found));
         }
@@ -332,13 +346,14 @@ fn sorted_files(dir: &Path) -> Result<Vec<PathBuf>, ImportError> {
     Ok(files)
 }
 
-/// Maildir info flags (https://cr.yp.to/proto/maildir.html): ":2," then letters in ASCII order.
-pub fn maildir_flags(path: &Path) -> Flags {
+/// Maildir info flags (https://cr.yp.to/proto/maildir.html): ":2," then letters in ASCII order;
+/// `separator` is the Maildir's ([`info_separator`]).
+pub fn maildir_flags(path: &Path, separator: char) -> Flags {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let Some((_, info)) = maildir_info(&name) else {
+    let Some((_, info)) = name.rsplit_once(&format!("{separator}2,")) else {
         return Flags::default();
     };
     Flags::new(info.chars().filter_map(|c| match c {
@@ -351,18 +366,25 @@ pub fn maildir_flags(path: &Path) -> Flags {
     }))
 }
 
-/// A Maildir file name split at its info: (unique name, flags after "2,"). The separator is
-/// ":", or, on file systems without ":" in names, ";" or "!" (Dovecot's
-/// maildir_info_separator): a name "1700000000.M1P2.host;2,S" taken whole was stored again
-/// at each flag change, under its new name.
-pub(crate) fn maildir_info(name: &str) -> Option<(&str, &str)> {
-    if let Some(split) = name.rsplit_once(":2,") {
-        return Some(split);
+/// The info separator of a Maildir whose files have these names: ":", or, on file systems
+/// without ":" in names, ";" or "!" (Dovecot's maildir_info_separator), as the names show it.
+/// One Maildir uses one: a name "1700000000.M1P2.host;2,S" in a Maildir of ";" was stored
+/// again at each flag change, under its new name, taken whole; and in a Maildir of ":", a
+/// ";2," inside a unique name is no info (review: split there, two messages were one).
+pub(crate) fn info_separator(names: impl IntoIterator<Item = std::ffi::OsString>) -> char {
+    let mut seen = None;
+    for name in names {
+        let name = name.to_string_lossy().into_owned();
+        if name.contains(":2,") {
+            return ':';
+        }
+        for separator in [';', '!'] {
+            if seen.is_none() && name.contains(&format!("{separator}2,")) {
+                seen = Some(separator);
+            }
+        }
     }
-    if name.contains(':') {
-        return None;
-    }
-    [";2,", "!2,"].iter().find_map(|s| name.rsplit_once(s))
+    seen.unwrap_or(':')
 }
 
 /// Splits an mbox at its "From " postmark lines; returns (postmark line, message) pairs with
@@ -556,11 +578,11 @@ From c@d Fri Nov 20 11:30:15 2026\nSubject: two\n\nbody\n\n";
         // Listed in new/, gone from there by the time it is read.
         std::fs::remove_file(maildir.join("new/1700000001.M1.host")).unwrap();
         assert_eq!(
-            moved_maildir_file(&maildir, &maildir.join("new/1700000001.M1.host")).unwrap(),
+            moved_maildir_file(&maildir, &maildir.join("new/1700000001.M1.host"), ':').unwrap(),
             Some(maildir.join("cur/1700000001.M1.host:2,S"))
         );
         assert_eq!(
-            moved_maildir_file(&maildir, &maildir.join("new/1700000009.M9.host")).unwrap(),
+            moved_maildir_file(&maildir, &maildir.join("new/1700000009.M9.host"), ':').unwrap(),
             None
         );
     }
@@ -618,24 +640,40 @@ From c@d Fri Nov 20 11:30:15 2026\nSubject: two\n\nbody\n\n";
 
     #[test]
     fn maildir_info_flags() {
-        let flags = maildir_flags(Path::new("/x/cur/123.host:2,FRST"));
+        let flags = maildir_flags(Path::new("/x/cur/123.host:2,FRST"), ':');
         assert_eq!(
             flags.iter().collect::<Vec<_>>(),
             ["\\Flagged", "\\Answered", "\\Seen", "\\Deleted"]
         );
-        assert!(maildir_flags(Path::new("/x/new/123.host")).is_empty());
+        assert!(maildir_flags(Path::new("/x/new/123.host"), ':').is_empty());
         // The info separators of file systems without ":" (Dovecot's maildir_info_separator).
-        for name in ["/x/cur/123.host;2,FS", "/x/cur/123.host!2,FS"] {
-            let flags = maildir_flags(Path::new(name));
+        for (name, separator) in [("/x/cur/123.host;2,FS", ';'), ("/x/cur/123.host!2,FS", '!')] {
+            let flags = maildir_flags(Path::new(name), separator);
             assert!(
                 flags.contains("\\Seen") && flags.contains("\\Flagged"),
                 "{name}"
             );
         }
         use crate::sync::maildir::unique_name;
-        for name in ["123.host:2,S", "123.host;2,FS", "123.host!2,", "123.host"] {
-            assert_eq!(unique_name(name.as_ref()), "123.host", "{name}");
+        for (name, separator) in [
+            ("123.host:2,S", ':'),
+            ("123.host;2,FS", ';'),
+            ("123.host!2,", '!'),
+            ("123.host", ';'),
+        ] {
+            assert_eq!(unique_name(name.as_ref(), separator), "123.host", "{name}");
         }
+        // One Maildir, one separator: a ";2," in a unique name of a Maildir of ":" is no info.
+        let names = |list: &[&str]| {
+            list.iter()
+                .map(std::ffi::OsString::from)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(info_separator(names(&["1.a;2,x", "2.b:2,S"])), ':');
+        assert_eq!(info_separator(names(&["1.a", "2.b;2,S"])), ';');
+        assert_eq!(info_separator(names(&["1.a", "2.b"])), ':');
+        assert_eq!(unique_name("1.a;2,x".as_ref(), ':'), "1.a;2,x");
+        assert_eq!(unique_name("1.c;2,d:2,S".as_ref(), ':'), "1.c;2,d");
     }
 
     #[test]

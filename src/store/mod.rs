@@ -25,7 +25,7 @@ use tokio::sync::watch;
 
 use crate::imap::summary::{summarize, PartMap, PartMapError};
 
-pub(crate) use import::maildir_info;
+pub(crate) use import::info_separator;
 pub use import::{crlf, import_path, into_crlf, maildir_flags, ImportError, ImportReport, Skipped};
 pub(crate) use import::{days_from_civil, MONTHS};
 use sync::journal;

@@ -292,6 +292,7 @@ fn pending_files(
     known: &std::collections::HashSet<String>,
 ) -> std::io::Result<Vec<Pending>> {
     let mut out = Vec::new();
+    let mut listed = Vec::new();
     for sub in ["new", "cur"] {
         // A Maildir++ folder some clients make with cur/ alone has nothing new to read.
         let entries = match std::fs::read_dir(dir.join(sub)) {
@@ -299,12 +300,17 @@ fn pending_files(
             entries => entries?,
         };
         for entry in entries {
-            let entry = entry?;
+            listed.push(entry?);
+        }
+    }
+    let separator = crate::store::info_separator(listed.iter().map(|e| e.file_name()));
+    {
+        for entry in listed {
             use std::os::unix::ffi::OsStrExt;
             if entry.file_name().as_bytes().starts_with(b".") {
                 continue;
             }
-            let unique = unique_name(&entry.file_name());
+            let unique = unique_name(&entry.file_name(), separator);
             if known.contains(&unique) {
                 continue;
             }
@@ -322,7 +328,7 @@ fn pending_files(
             out.push(Pending {
                 unique,
                 path: entry.path(),
-                flags: maildir_flags(&entry.path()),
+                flags: maildir_flags(&entry.path(), separator),
                 size: metadata.len(),
             });
         }
@@ -357,14 +363,11 @@ fn read_regular(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
 }
 
 /// A Maildir file's unique name: its name ([`unique_text`]) up to the info part (":2,FLAGS",
-/// or with another separator: [`crate::store::maildir_info`]), the same whether the
+/// with the Maildir's `separator`: [`crate::store::info_separator`]), the same whether the
 /// file is in new/ or, flagged, in cur/.
-pub(crate) fn unique_name(file_name: &std::ffi::OsStr) -> String {
+pub(crate) fn unique_name(file_name: &std::ffi::OsStr, separator: char) -> String {
     let name = unique_text(file_name);
-    if let Some((unique, _)) = name.split_once(':') {
-        return unique.to_string();
-    }
-    match crate::store::maildir_info(&name) {
+    match name.split_once(separator) {
         Some((unique, _)) => unique.to_string(),
         None => name,
     }
