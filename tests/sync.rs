@@ -2820,6 +2820,20 @@ async fn subfolders_of_a_rename_that_waits_do_not_come_back() {
         "{list}"
     );
     assert_eq!(exists(&mut raw, "J/sub"), 1, "{list}");
+    // A new folder of the old name made here meanwhile is no reason to fetch the old one's
+    // subfolders into it (review: H/sub came back under the new H).
+    raw.ok("CREATE H");
+    upstream(
+        &dovecot,
+        json!([append_bytes(
+            "H.sub",
+            &plain_message("later in the subfolder")
+        )]),
+    );
+    let out = sync_once(&config);
+    assert!(out.status.success(), "{out:?}");
+    let list = raw.ok("LIST \"\" *").join("\n");
+    assert!(!list.contains("\"H/sub\""), "{list}");
 }
 
 /// A folder deleted here while new mail came into it upstream: the new mail is fetched (the

@@ -210,6 +210,12 @@ impl Syncer {
         let mut every_folder = true;
         let store = self.store.clone();
         let departures = blocking(move || store.waiting_departures(account)).await??;
+        let store = self.store.clone();
+        let renamed_from: Vec<String> = blocking(move || store.journal_renames(account))
+            .await??
+            .into_iter()
+            .map(|(_, from, _)| from)
+            .collect();
         for Listed { wire: folder, .. } in listed.iter() {
             // A folder that cannot be synced (a name sealpost cannot store, EXAMINE refused)
             // is left out with a warning; the folders after it still are.
@@ -238,14 +244,23 @@ impl Syncer {
                 }
             }
             // Nor one under a folder renamed here (its subfolders went with it), while the
-            // rename waits (review: they came back here, empty, beside their renamed copies).
-            let renamed_above = departures.iter().any(|(name, (kind, _))| {
-                kind == "rename-mailbox"
-                    && local
-                        .strip_prefix(name.as_str())
-                        .is_some_and(|rest| rest.starts_with(crate::store::DELIMITER))
+            // rename waits (review: they came back here, empty, beside their renamed copies),
+            // also when a folder of the old name was made here since; unless one of its own
+            // name is here (made, or renamed back): that one is its local folder.
+            let renamed_above = renamed_from.iter().any(|name| {
+                local
+                    .strip_prefix(name.as_str())
+                    .is_some_and(|rest| rest.starts_with(crate::store::DELIMITER))
             });
-            if renamed_above {
+            let here = if renamed_above {
+                let (store, name) = (self.store.clone(), local.clone());
+                blocking(move || store.mailbox(account, &name))
+                    .await??
+                    .is_some()
+            } else {
+                false
+            };
+            if renamed_above && !here {
                 tracing::info!(account = %self.name, %folder,
                     "under a folder renamed here, not upstream yet: not fetched in this pass");
                 continue;
