@@ -292,8 +292,11 @@ async fn process_layer(
                     // be shown twice. Not inside a multipart/signed, whose signature covers it.
                     if protected == Some(inner_header) {
                         let entity = [inner_header, inner_body].concat();
-                        if let Some(r) = crate::imap::summary::legacy_display_element(&entity)
-                            .filter(|r| r.start >= inner_header.len())
+                        if let Some((_, r)) = crate::imap::summary::legacy_display_element(&entity)
+                            .filter(|(element, r)| {
+                                r.start >= inner_header.len()
+                                    && is_copy_of_fields(&entity[element.clone()], inner_header)
+                            })
                         {
                             let at = r.start - inner_header.len()..r.end - inner_header.len();
                             out_body.drain(at);
@@ -1123,6 +1126,42 @@ fn header_value(header: &[u8], name: &[u8]) -> Option<Vec<u8>> {
         .filter(|&b| b != b'\r' && b != b'\n')
         .collect();
     Some(value.trim_ascii_start().to_vec())
+}
+
+/// Whether a Legacy Display Element (a MIME part: its header and body) holds nothing but
+/// copies of fields `protected` has: each line it reads as (HTML as text, decoded) is
+/// "Name: value" with a name of a field there, or a folded line after one. Only then is it
+/// left out: marked so by the sender, a part with anything else in it (the message's real
+/// text, say) is the sender's text (review: it was removed whatever it held).
+fn is_copy_of_fields(element: &[u8], protected: &[u8]) -> bool {
+    let names: Vec<String> = fields(protected)
+        .iter()
+        .filter(|(_, f)| named_on_first_line(f))
+        .map(|(n, _)| String::from_utf8_lossy(n).to_ascii_lowercase())
+        .collect();
+    let Some(text) = MessageParser::default()
+        .parse(element)
+        .and_then(|m| m.body_text(0).map(|t| t.into_owned()))
+    else {
+        return false;
+    };
+    let mut fields_seen = 0;
+    for line in text.lines() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        if line.starts_with([' ', '\t']) && fields_seen > 0 {
+            continue;
+        }
+        let Some((name, _)) = line.split_once(':') else {
+            return false;
+        };
+        if !names.contains(&name.trim().to_ascii_lowercase()) {
+            return false;
+        }
+        fields_seen += 1;
+    }
+    fields_seen > 0
 }
 
 /// Whether a field's name ends in its colon on its first line (RFC 5322 §2.2: name, then

@@ -1641,16 +1641,17 @@ fn deliveries_racing_to_create_a_mailbox_are_all_stored() {
 async fn the_legacy_display_element_is_left_out() {
     let world = World::new();
     let server = bobs_store(&world);
-    let payload = |hp: &str, legacy: &str| {
+    let payload_of = |hp: &str, legacy: &str, shown: &str| {
         format!(
             "Content-Type: multipart/mixed; boundary=\"lg\"{hp}\r\n\
              From: alice@example.org\r\nTo: bob@example.org\r\nSubject: the real subject\r\n\r\n\
              --lg\r\nContent-Type: text/plain; charset=utf-8{legacy}\r\n\
-             Content-Disposition: inline\r\n\r\nSubject: the real subject\r\n\r\n\
+             Content-Disposition: inline\r\n\r\n{shown}\r\n\r\n\
              --lg\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nthe body itself\r\n--lg--\r\n"
         )
         .into_bytes()
     };
+    let payload = |hp: &str, legacy: &str| payload_of(hp, legacy, "Subject: the real subject");
     let cases = [
         (
             payload("; hp=\"cipher\"", "; hp-legacy-display=\"1\""),
@@ -1658,6 +1659,15 @@ async fn the_legacy_display_element_is_left_out() {
         ),
         (payload("; hp=\"cipher\"", ""), true),
         (payload("", "; hp-legacy-display=\"1\""), true),
+        // Marked, but more than a copy of the protected fields: the sender's text, kept.
+        (
+            payload_of(
+                "; hp=\"cipher\"",
+                "; hp-legacy-display=\"1\"",
+                "Subject: the real subject\r\nthe meeting moved to 3 pm",
+            ),
+            true,
+        ),
     ];
     for (content, _) in &cases {
         let (code, output) = deliver(&server, &signed_and_encrypted_by_alice(&world, content));

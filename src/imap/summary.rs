@@ -28,13 +28,15 @@ use address::Address;
 use lexer::{Lexer, Lx};
 use tree::{Field, Node};
 
-/// RFC 9788 §4.5.3: the byte range of `entity`'s Legacy Display Element with the delimiter
-/// line after it, when `entity` is a cryptographic payload with header protection (its
-/// Content-Type has an `hp` parameter) that is a multipart/mixed whose first of two or more
-/// parts is a text/plain or text/html with `hp-legacy-display="1"`: the copy of the
-/// protected fields written into the body for mail clients without header protection, which
-/// a reader of the protected fields shows twice. None otherwise.
-pub(crate) fn legacy_display_element(entity: &[u8]) -> Option<std::ops::Range<usize>> {
+/// RFC 9788 §4.5.3: the byte ranges of `entity`'s Legacy Display Element (the part, and the
+/// part with the delimiter line after it), when `entity` is a cryptographic payload with
+/// header protection (its Content-Type has an `hp` parameter) that is a multipart/mixed whose
+/// first of two or more parts is a text/plain or text/html with `hp-legacy-display="1"`: the
+/// copy of the protected fields written into the body for mail clients without header
+/// protection, which a reader of the protected fields shows twice. None otherwise.
+pub(crate) fn legacy_display_element(
+    entity: &[u8],
+) -> Option<(std::ops::Range<usize>, std::ops::Range<usize>)> {
     let nodes = tree::parse(entity);
     let root = nodes.first()?;
     let data = PartData::from_node(root);
@@ -61,8 +63,13 @@ pub(crate) fn legacy_display_element(entity: &[u8]) -> Option<std::ops::Range<us
     };
     let shown = PartData::from_node(&nodes[first]);
     let text = is(&shown, b"text", b"plain") || is(&shown, b"text", b"html");
-    (text && param(&shown, b"hp-legacy-display").as_deref() == Some(b"1"))
-        .then(|| nodes[first].start..nodes[second].start)
+    let part = &nodes[first];
+    (text && param(&shown, b"hp-legacy-display").as_deref() == Some(b"1")).then(|| {
+        (
+            part.start..part.start + part.header_size + part.body_size,
+            part.start..nodes[second].start,
+        )
+    })
 }
 
 /// The body ranges of `raw`'s attached messages that are transfer-encoded, with whether each
