@@ -373,6 +373,13 @@ fn search_reads_every_date_form_and_group_names() {
     assert_eq!(search(&mut raw, "SEARCH TO \"friends\""), "* SEARCH 2");
     assert_eq!(search(&mut raw, "SEARCH TO \"undisclosed\""), "* SEARCH 3");
     assert_eq!(search(&mut raw, "SEARCH TO \"carol\""), "* SEARCH 2");
+    // Two Date fields: the first counts, as Dovecot reads it.
+    let message = "From: alice@example.org\r\nDate: Tue, 2 Jan 2024 10:00:00 +0000\r\n\
+                   Date: Wed, 3 Jan 2024 10:00:00 +0000\r\n\r\nhi\r\n";
+    raw.ok(&format!("APPEND INBOX {{{}}}\r\n{message}", message.len()));
+    raw.ok("NOOP");
+    assert_eq!(search(&mut raw, "SEARCH SENTON 2-Jan-2024"), "* SEARCH 5");
+    assert_eq!(search(&mut raw, "SEARCH SENTON 3-Jan-2024"), "* SEARCH");
 }
 
 /// The server's peak resident memory (VmHWM), in KiB.

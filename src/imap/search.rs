@@ -146,13 +146,26 @@ impl<'a> Candidate<'a> {
     /// 0): SENTBEFORE finds it (fixture 41 has none).
     fn sent_date(&mut self) -> Option<i64> {
         let epoch = || days_from_civil(1970, 1, 1);
-        let Some(message) = MessageParser::default().parse_headers(self.source()) else {
+        // The first Date field, as Dovecot reads it (mail-parser keeps the last).
+        let Some((_, field)) = super::section::fields(self.source())
+            .into_iter()
+            .find(|(name, _)| name.eq_ignore_ascii_case(b"date"))
+        else {
             return epoch();
         };
-        if let Some((year, month, day)) = message.header_raw("Date").and_then(written_day) {
+        let value = field
+            .iter()
+            .position(|&b| b == b':')
+            .map(|colon| String::from_utf8_lossy(&field[colon + 1..]).into_owned())
+            .unwrap_or_default();
+        if let Some((year, month, day)) = written_day(&value) {
             return days_from_civil(year, month, day);
         }
-        let Some(date) = message.date() else {
+        let one = [&b"Date:"[..], value.as_bytes(), b"\r\n\r\n"].concat();
+        let Some(date) = MessageParser::default()
+            .parse_headers(&one)
+            .and_then(|m| m.date().cloned())
+        else {
             return epoch();
         };
         days_from_civil(
