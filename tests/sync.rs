@@ -3027,6 +3027,56 @@ async fn a_retried_copy_is_made_once_and_found_by_its_bytes() {
     assert_eq!(waiting_changes(&server), 0, "every copy ended");
 }
 
+/// A move whose answer was lost, its copy then deleted here before the retry: the retry links
+/// the moved message upstream by its content, and the deletion expunges it there, rather than
+/// it coming back here as new mail (left open in the last session's note).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_moved_copy_deleted_before_the_retry_does_not_come_back() {
+    let world = World::new();
+    let dovecot = Dovecot::start_tls();
+    upstream(
+        &dovecot,
+        json!([{"cmd": "raw", "line": "CREATE Archive"},
+        append_bytes("INBOX", &plain_message("moved then deleted"))]),
+    );
+    let (server, dir, config) = bobs_sync(&world, &dovecot);
+    let out = sync_once(&config);
+    assert_eq!(stdout(&out).trim(), format!("{USER}: 1 new"), "{out:?}");
+    let mut raw = server.login();
+    raw.ok("SELECT INBOX");
+    raw.ok("UID MOVE 1 Archive");
+    raw.ok("UNSELECT");
+    let port = proxy_losing_answers(dovecot.port, |t| t.contains("UID MOVE"), true);
+    let losing = port_config(&server, &dovecot, dir.path(), port, "losing", "");
+    let direct = port_config(&server, &dovecot, dir.path(), dovecot.port, "direct", "");
+    let out = sync_once(&losing);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("write-back stopped"), "{log}");
+    raw.ok("SELECT Archive");
+    raw.ok("UID STORE 1 +FLAGS.SILENT (\\Deleted)");
+    raw.ok("EXPUNGE");
+    raw.ok("UNSELECT");
+    for _ in 0..2 {
+        let out = sync_once(&direct);
+        assert!(out.status.success(), "{out:?}");
+    }
+    assert_eq!(exists(&mut raw, "Archive"), 0, "not back here");
+    assert_eq!(exists(&mut raw, "INBOX"), 0);
+    assert_eq!(waiting_changes(&server), 0);
+    let seen = upstream(
+        &dovecot,
+        json!([{"cmd": "raw", "line": "SELECT Archive"}, {"cmd": "raw", "line": "SELECT INBOX"}]),
+    );
+    assert!(
+        untagged(&seen, 0).iter().any(|l| l == "* 0 EXISTS"),
+        "{seen}"
+    );
+    assert!(
+        untagged(&seen, 1).iter().any(|l| l == "* 0 EXISTS"),
+        "{seen}"
+    );
+}
+
 /// Against a server without MOVE, a move whose COPY was done but whose answer was lost: the
 /// retry finds the copy by its bytes (the message has no Message-ID) and only removes the
 /// original, so the target folder has it once.

@@ -635,10 +635,13 @@ impl Syncer {
                 up, account, &from, &to_folder, target, new_uid, entry, unlink, hash_from,
             )
             .await?;
-        if moved.link.is_none() && up.uidplus && entry.attempts == 0 {
+        if moved.link.is_none() && up.uidplus {
             // Moved by another device into this same folder (the same move made on both
             // sides): the original is there, not fetched yet, and is linked to the local copy
-            // rather than uploaded beside it (review: two copies on both sides).
+            // rather than uploaded beside it (review: two copies on both sides). So is the
+            // one an earlier try of this MOVE moved, its answer lost: linked now, a deletion
+            // of the local copy journaled after the move expunges it upstream (it came back
+            // here as new mail).
             let hash = match source {
                 Some(source) => {
                     let store = self.store.clone();
@@ -670,6 +673,9 @@ impl Syncer {
             // here only, for good (review). Not on a retry: an earlier MOVE whose answer was
             // lost may have moved it, and the target folder's fetch links the copy to it by
             // content (an upload would be a second copy: review).
+            if entry.attempts > 0 {
+                return Ok(moved);
+            }
             let uploaded = self
                 .upload(up, entry, target, new_uid, &target_name)
                 .await?;
