@@ -74,14 +74,19 @@ pub fn section<'a>(
         SectionText::Text => slice(message?.body()),
         SectionText::HeaderFields { names, not } => {
             let range = message?.header();
+            let header = raw.get(range.clone())?;
             // Dovecot reads a header a delimiter ended on past the delimiter, up to the next
             // blank line: when there is one, the answer ends in a blank line (fixture 41),
-            // else not (fixture 42; review).
-            let rest = raw.get(range.end.saturating_sub(1)..).unwrap_or_default();
-            let delimited = range.end < raw.len()
-                && (rest.windows(3).any(|w| w == b"\n\r\n")
-                    || rest.windows(2).any(|w| w == b"\n\n"));
-            let header = raw.get(range)?;
+            // else not (fixture 42; review). Looked for only in a header without its own
+            // blank line (not in every message's body at a header fetch).
+            let own_blank = header == b"\r\n"
+                || header == b"\n"
+                || header.ends_with(b"\n\r\n")
+                || header.ends_with(b"\n\n");
+            let delimited = !own_blank && range.end < raw.len() && {
+                let rest = &raw[range.end.saturating_sub(1)..];
+                rest.windows(3).any(|w| w == b"\n\r\n") || rest.windows(2).any(|w| w == b"\n\n")
+            };
             Some(Cow::Owned(header_fields(header, names, *not, delimited)))
         }
     }
