@@ -3077,6 +3077,51 @@ async fn a_moved_copy_deleted_before_the_retry_does_not_come_back() {
     );
 }
 
+/// A move here of a message another client expunged upstream meanwhile, whose first try was
+/// cut off before the MOVE went (counted as tried): the retry, finding the original neither in
+/// its folder nor in the target, uploads the copy, rather than leaving it here only (review: it
+/// never went up).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_move_of_a_message_gone_upstream_still_uploads_it() {
+    let world = World::new();
+    let dovecot = Dovecot::start_tls();
+    upstream(
+        &dovecot,
+        json!([{"cmd": "raw", "line": "CREATE Archive"},
+        append_bytes("INBOX", &plain_message("gone upstream"))]),
+    );
+    let (server, dir, config) = bobs_sync(&world, &dovecot);
+    let out = sync_once(&config);
+    assert_eq!(stdout(&out).trim(), format!("{USER}: 1 new"), "{out:?}");
+    let mut raw = server.login();
+    raw.ok("SELECT INBOX");
+    raw.ok("UID MOVE 1 Archive");
+    raw.ok("UNSELECT");
+    upstream(
+        &dovecot,
+        json!([{"cmd": "raw", "line": "SELECT INBOX"},
+        {"cmd": "raw", "line": "UID STORE 1 +FLAGS.SILENT (\\Deleted)"},
+        {"cmd": "raw", "line": "EXPUNGE"}]),
+    );
+    let port = proxy(dovecot.port, |t| t.contains("UID MOVE"), false);
+    let stalled = port_config(&server, &dovecot, dir.path(), port, "stalled", "");
+    let direct = port_config(&server, &dovecot, dir.path(), dovecot.port, "direct", "");
+    let out = sync_once(&stalled);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("write-back stopped"), "{log}");
+    for _ in 0..2 {
+        let out = sync_once(&direct);
+        assert!(out.status.success(), "{out:?}");
+    }
+    assert_eq!(waiting_changes(&server), 0);
+    assert_eq!(exists(&mut raw, "Archive"), 1);
+    let seen = upstream(&dovecot, json!([{"cmd": "raw", "line": "SELECT Archive"}]));
+    assert!(
+        untagged(&seen, 0).iter().any(|l| l == "* 1 EXISTS"),
+        "{seen}"
+    );
+}
+
 /// Against a server without MOVE, a move whose COPY was done but whose answer was lost: the
 /// retry finds the copy by its bytes (the message has no Message-ID) and only removes the
 /// original, so the target folder has it once.

@@ -650,6 +650,7 @@ impl Syncer {
                 }
                 None => None,
             };
+            let looked_for = hash.is_some();
             if let Some(hash) = hash {
                 let estimate = self.estimate(target, new_uid).await?;
                 if let Some((v, u)) = up
@@ -670,10 +671,13 @@ impl Syncer {
             // A UIDPLUS server moved nothing (RFC 4315 §3: no COPYUID when none of the UIDs
             // exist): another device deleted or moved the original since the last pass. The
             // local copy goes up on its own, as a copy's does; linked to nothing, it stayed
-            // here only, for good (review). Not on a retry: an earlier MOVE whose answer was
-            // lost may have moved it, and the target folder's fetch links the copy to it by
-            // content (an upload would be a second copy: review).
-            if entry.attempts > 0 {
+            // here only, for good (review). On a retry too, once the original was looked for
+            // in the target folder by its hash and is not there (an earlier try moved nothing
+            // there); the upload finds an earlier try's own upload by its token (review: a
+            // run killed before the MOVE left the message here only, and one whose upload's
+            // answer was lost left it here twice). Without the hash, a retry leaves the copy
+            // to the target folder's fetch, which links it by content.
+            if entry.attempts > 0 && !looked_for {
                 return Ok(moved);
             }
             let uploaded = self
