@@ -2789,6 +2789,39 @@ async fn a_rename_to_a_name_made_upstream_meanwhile_merges_the_folders() {
     assert_eq!(flagged(&up), 1, "{up}");
 }
 
+/// An empty folder another client deleted or renamed upstream goes here too (soak review: it
+/// stayed here for good, beside the renamed one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn empty_folders_gone_upstream_go_here_too() {
+    let world = World::new();
+    let dovecot = Dovecot::start_tls();
+    upstream(
+        &dovecot,
+        json!([{"cmd": "raw", "line": "CREATE Gone"}, {"cmd": "raw", "line": "CREATE Old"}]),
+    );
+    let (server, _dir, config) = bobs_sync(&world, &dovecot);
+    let out = sync_once(&config);
+    assert!(out.status.success(), "{out:?}");
+    let mut raw = server.login();
+    let list = raw.ok("LIST \"\" *").join("\n");
+    assert!(
+        list.contains("\"Gone\"") && list.contains("\"Old\""),
+        "{list}"
+    );
+    upstream(
+        &dovecot,
+        json!([{"cmd": "raw", "line": "DELETE Gone"}, {"cmd": "raw", "line": "RENAME Old New"}]),
+    );
+    let out = sync_once(&config);
+    assert!(out.status.success(), "{out:?}");
+    let list = raw.ok("LIST \"\" *").join("\n");
+    assert!(
+        !list.contains("\"Gone\"") && !list.contains("\"Old\"") && list.contains("\"New\""),
+        "{list}"
+    );
+    assert_eq!(waiting_changes(&server), 0);
+}
+
 /// While a rename made here waits (here: to a name another client made upstream, from a
 /// folder with subfolders there, which is not merged), neither the folder nor its subfolders
 /// come back here under their old names (review: empty H and H/sub came back beside J).

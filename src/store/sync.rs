@@ -240,6 +240,7 @@ impl Store {
         &self,
         account: AccountId,
         folder: &str,
+        local: Option<&str>,
     ) -> Result<usize, StoreError> {
         self.write(|tx| {
             // (mailbox, uid, mailbox name, whether the message is still here)
@@ -257,6 +258,11 @@ impl Store {
                 rows.collect::<Result<_, _>>()?
             };
             let mut mailboxes = std::collections::BTreeSet::new();
+            // The folder's own local mailbox, also when nothing in it is linked (an empty
+            // folder another client deleted or renamed stayed here for good: soak review).
+            if let Some(mailbox) = local.map(|name| find_mailbox(tx, account, name)).transpose()? {
+                mailboxes.extend(mailbox.map(|m| m.id));
+            }
             let mut by_mailbox: std::collections::BTreeMap<MailboxId, Vec<u32>> =
                 Default::default();
             for (mailbox, uid, name, here) in links {

@@ -322,7 +322,10 @@ impl Syncer {
         if every_folder {
             // New mail is stored by now: a failure here is no reason to lose the pass's report
             // (its notify_command, its "N new").
-            match self.vanished_folders(session, account, &listed).await {
+            match self
+                .vanished_folders(session, account, &listed, &names)
+                .await
+            {
                 Ok(n) => report.expunged += n,
                 Err(e @ (SyncError::Store(_) | SyncError::Task(_))) => return Err(e),
                 Err(e) => tracing::warn!(account = %self.name,
@@ -344,6 +347,7 @@ impl Syncer {
         session: &mut Session,
         account: AccountId,
         listed: &[Listed],
+        names: &names::FolderNames,
     ) -> Result<usize, SyncError> {
         let store = self.store.clone();
         let synced = blocking(move || store.synced_folders(account)).await??;
@@ -361,7 +365,9 @@ impl Syncer {
                 continue;
             }
             let (store, f) = (self.store.clone(), folder.clone());
-            let n = blocking(move || store.forget_vanished_folder(account, &f)).await??;
+            let local = names.local(&folder).ok();
+            let n = blocking(move || store.forget_vanished_folder(account, &f, local.as_deref()))
+                .await??;
             tracing::info!(account = %self.name, %folder,
                 "the folder is gone upstream ({}): {n} messages expunged here", reply.text);
             expunged += n;
