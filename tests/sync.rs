@@ -3060,6 +3060,33 @@ async fn a_retried_copy_is_made_once_and_found_by_its_bytes() {
     assert_eq!(waiting_changes(&server), 0, "every copy ended");
 }
 
+/// Bob's store synced with a message `subject` in INBOX upstream (and an empty Archive), then
+/// the message moved here into Archive: the store, the directory of the configurations, and a
+/// session on the store.
+fn synced_then_moved_to_archive(
+    world: &World,
+    dovecot: &Dovecot,
+    subject: &str,
+) -> (
+    Server,
+    tempfile::TempDir,
+    common::server::Raw<std::net::TcpStream>,
+) {
+    upstream(
+        dovecot,
+        json!([{"cmd": "raw", "line": "CREATE Archive"},
+        append_bytes("INBOX", &plain_message(subject))]),
+    );
+    let (server, dir, config) = bobs_sync(world, dovecot);
+    let out = sync_once(&config);
+    assert_eq!(stdout(&out).trim(), format!("{USER}: 1 new"), "{out:?}");
+    let mut raw = server.login();
+    raw.ok("SELECT INBOX");
+    raw.ok("UID MOVE 1 Archive");
+    raw.ok("UNSELECT");
+    (server, dir, raw)
+}
+
 /// A move whose answer was lost, its copy then deleted here before the retry: the retry links
 /// the moved message upstream by its content, and the deletion expunges it there, rather than
 /// it coming back here as new mail (left open in the last session's note).
@@ -3067,18 +3094,8 @@ async fn a_retried_copy_is_made_once_and_found_by_its_bytes() {
 async fn a_moved_copy_deleted_before_the_retry_does_not_come_back() {
     let world = World::new();
     let dovecot = Dovecot::start_tls();
-    upstream(
-        &dovecot,
-        json!([{"cmd": "raw", "line": "CREATE Archive"},
-        append_bytes("INBOX", &plain_message("moved then deleted"))]),
-    );
-    let (server, dir, config) = bobs_sync(&world, &dovecot);
-    let out = sync_once(&config);
-    assert_eq!(stdout(&out).trim(), format!("{USER}: 1 new"), "{out:?}");
-    let mut raw = server.login();
-    raw.ok("SELECT INBOX");
-    raw.ok("UID MOVE 1 Archive");
-    raw.ok("UNSELECT");
+    let (server, dir, mut raw) =
+        synced_then_moved_to_archive(&world, &dovecot, "moved then deleted");
     let port = proxy_losing_answers(dovecot.port, |t| t.contains("UID MOVE"), true);
     let losing = port_config(&server, &dovecot, dir.path(), port, "losing", "");
     let direct = port_config(&server, &dovecot, dir.path(), dovecot.port, "direct", "");
@@ -3118,18 +3135,7 @@ async fn a_moved_copy_deleted_before_the_retry_does_not_come_back() {
 async fn a_retried_move_of_a_message_gone_upstream_still_uploads_it() {
     let world = World::new();
     let dovecot = Dovecot::start_tls();
-    upstream(
-        &dovecot,
-        json!([{"cmd": "raw", "line": "CREATE Archive"},
-        append_bytes("INBOX", &plain_message("gone upstream"))]),
-    );
-    let (server, dir, config) = bobs_sync(&world, &dovecot);
-    let out = sync_once(&config);
-    assert_eq!(stdout(&out).trim(), format!("{USER}: 1 new"), "{out:?}");
-    let mut raw = server.login();
-    raw.ok("SELECT INBOX");
-    raw.ok("UID MOVE 1 Archive");
-    raw.ok("UNSELECT");
+    let (server, dir, mut raw) = synced_then_moved_to_archive(&world, &dovecot, "gone upstream");
     upstream(
         &dovecot,
         json!([{"cmd": "raw", "line": "SELECT INBOX"},
