@@ -483,6 +483,60 @@ impl Store {
         })
     }
 
+    /// Whether mailbox `name` was brought back by the sync since journal entry `after` deleted
+    /// it: it is here again, and no later entry made it (CREATE, a RENAME to it, or a CREATE
+    /// under it, which makes it too).
+    pub fn brought_back(
+        &self,
+        account: AccountId,
+        name: &str,
+        after: i64,
+    ) -> Result<bool, StoreError> {
+        self.read(|c| {
+            if find_mailbox(c, account, name)?.is_none() {
+                return Ok(false);
+            }
+            let made: bool = c.query_row(
+                "SELECT EXISTS (SELECT 1 FROM journal WHERE account = ?1 AND id > ?2
+                   AND ((kind = 'create-mailbox' AND mailbox = ?3)
+                        OR (kind = 'rename-mailbox' AND detail = ?3)))",
+                params![account, after, name],
+                |r| r.get(0),
+            )?;
+            Ok(!made)
+        })
+    }
+
+    /// The links in upstream `folder` of messages whose local mailbox is gone (deleted here,
+    /// the deletion not written back): (UIDVALIDITY, upstream UID).
+    pub fn orphan_links(
+        &self,
+        account: AccountId,
+        folder: &str,
+    ) -> Result<Vec<(u32, u32)>, StoreError> {
+        self.read(|c| {
+            let mut stmt = c.prepare(
+                "SELECT s.uidvalidity, s.upstream_uid FROM sync_map s
+                 WHERE s.account = ?1 AND s.folder = ?2
+                   AND NOT EXISTS (SELECT 1 FROM mailboxes m WHERE m.id = s.mailbox)",
+            )?;
+            let rows = stmt.query_map(params![account, folder], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+    }
+
+    /// Forgets the links [`Store::orphan_links`] gives.
+    pub fn forget_orphan_links(&self, account: AccountId, folder: &str) -> Result<(), StoreError> {
+        self.write(|tx| {
+            tx.execute(
+                "DELETE FROM sync_map WHERE account = ?1 AND folder = ?2
+                   AND NOT EXISTS (SELECT 1 FROM mailboxes m WHERE m.id = sync_map.mailbox)",
+                params![account, folder],
+            )?;
+            Ok(())
+        })
+    }
+
     /// Takes flag changes made upstream (RFC 7162 CHANGEDSINCE) into the linked local
     /// messages: upstream's flags replace the local ones, except sealpost's own verdict
     /// keywords, which stay, and keywords the upstream refused ([`Store::keyword_refusals`]:

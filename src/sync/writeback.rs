@@ -327,11 +327,39 @@ impl Syncer {
                 if !up.goes_up(self, &folder, &entry.mailbox) {
                     return Ok(WrittenBack::default());
                 }
+                // Brought back here by mail that came upstream after the deletion (see below):
+                // the deletion stands for what the folder held then, which goes upstream; the
+                // folder, with the mail that came since, stays on both sides (soak review:
+                // deleted upstream with that mail, the folder stayed here holding it, and the
+                // two sides never agreed again).
+                let (store, name, id) = (self.store.clone(), entry.mailbox.clone(), entry.id);
+                if blocking(move || store.brought_back(account, &name, id)).await?? {
+                    let (store, f) = (self.store.clone(), folder.clone());
+                    let held = blocking(move || store.orphan_links(account, &f)).await??;
+                    if !held.is_empty() {
+                        up.selected = None;
+                        let selected = up
+                            .run(self, &format!("SELECT {}", quote(&folder)), None)
+                            .await?;
+                        up.selected = selected.uidvalidity.map(|v| (folder.clone(), v));
+                        for (uidvalidity, uid) in held {
+                            if selected.uidvalidity == Some(uidvalidity) {
+                                up.expunge(self, uid).await?;
+                            }
+                        }
+                    }
+                    let (store, f) = (self.store.clone(), folder.clone());
+                    blocking(move || store.forget_orphan_links(account, &f)).await??;
+                    tracing::info!(account = %self.name, %folder,
+                        "deleted here, then brought back by new mail upstream: what it held \
+                         then is expunged there, the folder stays");
+                    return Ok(WrittenBack::default());
+                }
                 up.selected = None;
                 // Mail that came upstream after the last pass read the folder was seen by
                 // nobody: the folder is not deleted over it. The entry waits; this pass's
                 // fetch brings that mail down (into the folder made again here), and the next
-                // pass deletes the folder upstream.
+                // pass keeps the folder (above).
                 let (store, name) = (self.store.clone(), folder.clone());
                 let mark = blocking(move || store.sync_folder(account, &name)).await??;
                 let examined = up
