@@ -61,9 +61,9 @@ pub(crate) fn legacy_display_element(
     let [first, second, ..] = root.children[..] else {
         return None;
     };
-    let shown = PartData::from_node(&nodes[first]);
-    let text = is(&shown, b"text", b"plain") || is(&shown, b"text", b"html");
     let part = &nodes[first];
+    let shown = PartData::from_node(part);
+    let text = is(&shown, b"text", b"plain") || is(&shown, b"text", b"html");
     (text && param(&shown, b"hp-legacy-display").as_deref() == Some(b"1")).then(|| {
         (
             part.start..part.start + part.header_size + part.body_size,

@@ -348,10 +348,7 @@ impl Queue {
             };
             // Known already: queued by an earlier pick-up that could not remove the file (or
             // one a crash cut short before it did). Not queued or counted again.
-            let known = self.knows(&picked.id)?;
-            if !known {
-                self.insert(&picked.id, picked.uid, &submission, now())?;
-            }
+            let known = !self.insert(&picked.id, picked.uid, &submission, now())?;
             // `queue list` picks up too: another process may have removed it first. One that
             // cannot be removed (a drop directory made root's by mistake) is queued all the
             // same, once, and stops neither the others nor the run (review: every run ended
@@ -413,8 +410,9 @@ impl Queue {
         }
     }
 
-    /// Adds a message (idempotent: an id already known is ignored, even once finished).
-    fn insert(&self, id: &str, uid: u32, s: &Submission, at: i64) -> Result<(), QueueError> {
+    /// Adds a message (idempotent: an id already known is ignored, even once finished);
+    /// whether it was new.
+    fn insert(&self, id: &str, uid: u32, s: &Submission, at: i64) -> Result<bool, QueueError> {
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(|e| self.db_err(e))?;
         let added = tx
@@ -458,7 +456,8 @@ impl Queue {
                 .map_err(|e| self.db_err(e))?;
             }
         }
-        tx.commit().map_err(|e| self.db_err(e))
+        tx.commit().map_err(|e| self.db_err(e))?;
+        Ok(added == 1)
     }
 
     /// The messages with recipients still queued, oldest first.

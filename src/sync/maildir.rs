@@ -304,34 +304,32 @@ fn pending_files(
         }
     }
     let separator = crate::store::info_separator(listed.iter().map(|e| e.file_name()));
-    {
-        for entry in listed {
-            use std::os::unix::ffi::OsStrExt;
-            if entry.file_name().as_bytes().starts_with(b".") {
-                continue;
-            }
-            let unique = unique_name(&entry.file_name(), separator);
-            if known.contains(&unique) {
-                continue;
-            }
-            // What a link points to, and only a regular file: reading a FIFO blocked the sync
-            // (and every other sync of the store, behind its lock) for good, and a link's own
-            // size let a large file past the size check (review). Gone since the listing: the
-            // next scan sees.
-            let Ok(metadata) = std::fs::metadata(entry.path()) else {
-                continue;
-            };
-            if !metadata.is_file() {
-                tracing::warn!("{}: not a regular file; left out", entry.path().display());
-                continue;
-            }
-            out.push(Pending {
-                unique,
-                path: entry.path(),
-                flags: maildir_flags(&entry.path(), separator),
-                size: metadata.len(),
-            });
+    for entry in listed {
+        use std::os::unix::ffi::OsStrExt;
+        if entry.file_name().as_bytes().starts_with(b".") {
+            continue;
         }
+        let unique = unique_name(&entry.file_name(), separator);
+        if known.contains(&unique) {
+            continue;
+        }
+        // What a link points to, and only a regular file: reading a FIFO blocked the sync
+        // (and every other sync of the store, behind its lock) for good, and a link's own
+        // size let a large file past the size check (review). Gone since the listing: the
+        // next scan sees.
+        let Ok(metadata) = std::fs::metadata(entry.path()) else {
+            continue;
+        };
+        if !metadata.is_file() {
+            tracing::warn!("{}: not a regular file; left out", entry.path().display());
+            continue;
+        }
+        out.push(Pending {
+            unique,
+            path: entry.path(),
+            flags: maildir_flags(&entry.path(), separator),
+            size: metadata.len(),
+        });
     }
     out.sort_by(|a, b| a.unique.cmp(&b.unique));
     // A file a reader moved from new/ to cur/ between the two listings appears twice.

@@ -252,18 +252,16 @@ impl Syncer {
                     .strip_prefix(name.as_str())
                     .is_some_and(|rest| rest.starts_with(crate::store::DELIMITER))
             });
-            let here = if renamed_above {
+            if renamed_above {
                 let (store, name) = (self.store.clone(), local.clone());
-                blocking(move || store.mailbox(account, &name))
+                if blocking(move || store.mailbox(account, &name))
                     .await??
-                    .is_some()
-            } else {
-                false
-            };
-            if renamed_above && !here {
-                tracing::info!(account = %self.name, %folder,
-                    "under a folder renamed here, not upstream yet: not fetched in this pass");
-                continue;
+                    .is_none()
+                {
+                    tracing::info!(account = %self.name, %folder,
+                        "under a folder renamed here, not upstream yet: not fetched in this pass");
+                    continue;
+                }
             }
             let done = match self
                 .sync_folder(session, account, folder, &local, condstore)
