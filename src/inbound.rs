@@ -557,7 +557,23 @@ async fn verify_multipart_signed(
         }
         _ => false,
     };
+    // The same two parts by both readings: mail-parser's (the signature taken here) and the
+    // IMAP summary's (the signed bytes, and what clients are shown). Where they disagree on the
+    // boundary (RFC 2231 `boundary*1`, which mail-parser joins to `boundary` and the summary does
+    // not; one over the summary's 80 characters), a genuine signature read one way vouched for
+    // other parts read the other way (review).
+    let same_parts = match &message.parts[0].body {
+        PartType::Multipart(children) => {
+            children.len() == root.children.len()
+                && children.iter().zip(&root.children).all(|(&m, &s)| {
+                    let (m, s) = (&message.parts[m as usize], &map.parts[s]);
+                    m.offset_header as usize == s.start && m.offset_end as usize == s.body().end
+                })
+        }
+        _ => false,
+    };
     if !two_parts
+        || !same_parts
         || root.children.len() != 2
         || !crate::message::parse::single_fields(&message.parts[0])
     {

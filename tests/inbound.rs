@@ -528,7 +528,36 @@ async fn a_signature_over_one_part_does_not_vouch_for_others() {
         ),
         1,
     );
-    forgeries_read_bad(&server, &signed, &[&third, &mixed_first]);
+    // A boundary two parsers read differently (review): `boundary*1` continues `boundary` for
+    // mail-parser (RFC 2231) but not for the IMAP summary, which stops at the first; over 80
+    // characters, the summary cuts it. Read one way, the parts are Alice's and Mallory's; read
+    // the other, a dummy and Alice's signature.
+    let (signed_part, signature_part) = signed
+        .split_once(&format!("--{boundary}\r\n"))
+        .and_then(|(_, rest)| rest.split_once(&format!("\r\n--{boundary}\r\n")))
+        .and_then(|(part, rest)| Some((part, rest.split_once(&format!("\r\n{closing}"))?.0)))
+        .expect("Alice's two parts");
+    let two_readings = |short: &str, long: &str, parameters: &str| {
+        let header = signed.split_once("\r\n\r\n").unwrap().0.replacen(
+            &format!("boundary=\"{boundary}\""),
+            parameters,
+            1,
+        );
+        format!(
+            "{header}\r\n\r\n--{short}\r\n{signed_part}\r\n--{short}\r\n\
+             Content-Type: text/plain\r\n\r\nPay Mallory.\r\n--{short}--\r\n\
+             --{long}\r\nContent-Type: text/plain\r\n\r\ndummy\r\n\
+             --{long}\r\n{signature_part}\r\n--{long}--\r\n"
+        )
+    };
+    let continued = two_readings("A", "AX", "boundary=\"A\"; boundary*1=\"X\"");
+    let long = "B".repeat(81);
+    let over_80 = two_readings(&long[..80], &long, &format!("boundary=\"{long}\""));
+    forgeries_read_bad(
+        &server,
+        &signed,
+        &[&third, &mixed_first, &continued, &over_80],
+    );
 }
 
 /// Alice signs and encrypts (RFC 3156 §6.2) a message whose protected header says it is from
