@@ -1106,6 +1106,11 @@ fn names_another_address(name: &str, address: &str) -> bool {
                     | '\u{FF65}'
         )
     };
+    // Text in a charset not read here (replacement characters) may show anything, an
+    // address among it, in a client that reads that charset.
+    if name.contains('\u{FFFD}') {
+        return true;
+    }
     // Before NFKC too, which makes the narrow spaces plain ones.
     let visible: String = name.chars().filter(|c| !invisible(c)).collect();
     let name: String = visible
@@ -1319,6 +1324,17 @@ mod tests {
             // Written backwards between right-to-left marks in an embedding or an isolate.
             "\"\u{202B}org\u{200F}.\u{200F}example\u{200F}@\u{200F}alice\u{202C}\" <m@evil.example>",
             "\"\u{2067}org\u{200F}.\u{200F}example\u{200F}@\u{200F}alice\u{2069}\" <m@evil.example>",
+            // The fullwidth @ in the East Asian charsets mail clients decode (review: read as
+            // replacement characters, so no @, and from=match).
+            "=?iso-2022-jp?B?YWxpY2UbJEIhdxsoQmV4YW1wbGUub3Jn?= <m@evil.example>",
+            "=?shift_jis?B?YWxpY2WBl2V4YW1wbGWBRG9yZw==?= <m@evil.example>",
+            "=?gbk?B?YWxpY2WjwGV4YW1wbGUub3Jn?= <m@evil.example>",
+            "=?big5?B?YWxpY2WiSWV4YW1wbGUub3Jn?= <m@evil.example>",
+            "=?euc-kr?B?YWxpY2WjwGV4YW1wbGUub3Jn?= <m@evil.example>",
+            "=?euc-jp?B?YWxpY2Wh92V4YW1wbGUub3Jn?= <m@evil.example>",
+            "=?gb18030?B?YWxpY2WjwGV4YW1wbGUub3Jn?= <m@evil.example>",
+            // A charset not read here: whatever a client that knows it shows.
+            "=?x-no-such-charset?B?YWxpY2WjwGV4YW1wbGUub3Jn?= <m@evil.example>",
         ] {
             assert_eq!(from(lookalike), None, "{lookalike}");
         }
