@@ -279,8 +279,7 @@ async fn process_layer(
                         _ if is_protected(inner_header) => Some(inner_header),
                         _ => signed_header.as_deref().filter(|h| is_protected(h)),
                     };
-                    let (merged, inner_from) =
-                        merge_headers(header, inner_header, protected, false);
+                    let (merged, inner_from) = merge_headers(header, inner_header, protected);
                     verdict.inner_from_mismatch = from_mismatch(&inner_from, &outer_from);
                     // The signer is compared with the From that is shown: the protected one
                     // when there is one (RFC 9788), not the outer one a relay could change.
@@ -319,7 +318,7 @@ async fn process_layer(
                             kept.extend_from_slice(b"\r\n");
                             kept
                         });
-                        merge_headers(header, inner_header, kept.as_deref(), false).0
+                        merge_headers(header, inner_header, kept.as_deref()).0
                     });
                     // RFC 3156 §6.2: signed and encrypted in one OpenPGP message.
                     verdict.signature =
@@ -362,11 +361,11 @@ async fn process_layer(
         // What the signature covers is what is shown, as for encrypted mail: the signed
         // Subject, not one a resender put outside, and no outer Reply-To the signer did not
         // write. The body, the multipart/signed, stays as it came, to be verified again.
-        // A mailing list's own Reply-To and Sender stay (signed-only mail is no secret that a
-        // reply could carry off; the list's readers expect replies to go to the list).
+        // Also through a mailing list: anyone resending a captured message can add a List-Id
+        // (review: a forged one kept Mallory's Reply-To under Alice's valid signature); the
+        // list's List-* fields stay, for a client's reply to the list.
         if let (Some(protected), Signature::Valid { .. }) = (&protected, &verdict.signature) {
-            let list = has_field(header, b"list-id");
-            out_header = merge_headers(header, header, Some(protected), list).0;
+            out_header = merge_headers(header, header, Some(protected)).0;
         }
     }
 
@@ -872,7 +871,6 @@ fn merge_headers(
     outer: &[u8],
     inner: &[u8],
     protected: Option<&[u8]>,
-    keep_outer_routing: bool,
 ) -> (Vec<u8>, Option<Option<String>>) {
     let inner_fields = fields(inner);
     let outer_fields = fields(outer);
@@ -896,7 +894,7 @@ fn merge_headers(
         .any(|(n, _)| n.eq_ignore_ascii_case(b"from"));
     let replaced = |name: &[u8]| {
         is_content_field(name)
-            || (addressing && !keep_outer_routing && is_reply_routing(name))
+            || (addressing && is_reply_routing(name))
             || protected_fields
                 .iter()
                 .any(|(n, _)| n.eq_ignore_ascii_case(name))
@@ -1457,12 +1455,8 @@ mod tests {
         let outer =
             b"From: a@example.org\r\nSubject: [...]\r\nContent-Type: multipart/encrypted\r\n\r\n";
         let inner = b"Content-Type: text/plain; charset=utf-8; protected-headers=\"v1\"\r\nSubject: Real subject\r\nFrom: b@example.org\r\n\r\n";
-        let (merged, inner_from) = merge_headers(
-            outer,
-            inner,
-            Some(&inner[..]).filter(|h| is_protected(h)),
-            false,
-        );
+        let (merged, inner_from) =
+            merge_headers(outer, inner, Some(&inner[..]).filter(|h| is_protected(h)));
         let merged = String::from_utf8(merged).unwrap();
         assert_eq!(
             merged,
@@ -1472,7 +1466,7 @@ mod tests {
         // Outer fields that route replies go unless protected; trace fields stay.
         let outer = b"Received: from x\r\nFrom: a@example.org\r\nReply-To: m@evil.example\r\n\
             Subject: [...]\r\n\r\n";
-        let (merged, _) = merge_headers(outer, inner, Some(&inner[..]), false);
+        let (merged, _) = merge_headers(outer, inner, Some(&inner[..]));
         let merged = String::from_utf8(merged).unwrap();
         assert!(merged.starts_with("Received: from x\r\n"), "{merged}");
         assert!(!merged.contains("evil"), "{merged}");
@@ -1480,7 +1474,7 @@ mod tests {
         let mutt = b"Content-Type: text/plain; protected-headers=\"v1\"\r\nSubject: Real\r\n\r\n";
         let outer = b"From: a@example.org\r\nTo: b@example.org\r\nReply-To: list@example.org\r\n\
             Subject: ...\r\n\r\n";
-        let (merged, inner_from) = merge_headers(outer, mutt, Some(&mutt[..]), false);
+        let (merged, inner_from) = merge_headers(outer, mutt, Some(&mutt[..]));
         let merged = String::from_utf8(merged).unwrap();
         assert_eq!(inner_from, None);
         for kept in ["From: a@", "To: b@", "Reply-To: list@", "Subject: Real"] {

@@ -1255,10 +1255,14 @@ async fn a_signed_messages_outer_fields_do_not_ride_on_its_signature() {
         )),
         "{verdict}"
     );
-    // Through a mailing list: the list's Reply-To stays, so replies go to the list.
+    // With a List-Id, which anyone who resends it can add (review: the Reply-To was kept):
+    // the outer Reply-To goes too; the List-* fields stay, for a reply to the list.
     let listed = signed.replacen(
         &subject,
-        &format!("{subject}\r\nList-Id: <team.lists.example>\r\nReply-To: team@lists.example"),
+        &format!(
+            "{subject}\r\nList-Id: <team.lists.example>\r\n\
+             List-Post: <mailto:team@lists.example>\r\nReply-To: m@evil.example"
+        ),
         1,
     );
     let (code, output) = deliver(&server, listed.as_bytes());
@@ -1266,7 +1270,12 @@ async fn a_signed_messages_outer_fields_do_not_ride_on_its_signature() {
     let stored = verdicts::fetch_all(&server);
     let message = String::from_utf8_lossy(&stored[1].1).into_owned();
     let (header, _) = message.split_once("\r\n\r\n").unwrap();
-    assert!(header.contains("Reply-To: team@lists.example"), "{header}");
+    assert!(!header.contains("evil.example"), "{header}");
+    assert!(
+        header.contains("List-Id: <team.lists.example>")
+            && header.contains("List-Post: <mailto:team@lists.example>"),
+        "{header}"
+    );
 }
 
 /// A GnuPG home that is not there (a file system not mounted yet) says nothing about the
