@@ -423,6 +423,60 @@ fn a_fetch_of_many_sections_keeps_memory_bounded() {
     assert!(grown_mib < 40, "the server grew by {grown_mib} MiB");
 }
 
+/// Items a FETCH names twice are answered once (review: BODYSTRUCTURE named 4,600 times
+/// rendered 3.4 GB for one message), and one message's response copies at most about the
+/// largest message there can be: a hundred HEADER.FIELDS.NOT sections of a large header (each
+/// a copy) are refused with NO [LIMIT] (review: 877 MB for an 8 MB header), and the session
+/// goes on. A field name with an 8-bit byte is echoed as the literal it came as.
+#[test]
+fn a_fetch_copies_a_bounded_amount_of_one_message() {
+    // The test server's max_append is 1 MiB: a message's response may copy about 5 MiB.
+    let server = Server::start();
+    let mut raw = server.login();
+    let fields: String = (0..9000)
+        .map(|i| format!("X-Filler-{i:05}: {:>50}\r\n", i))
+        .collect();
+    let message = format!("{fields}Subject: big header\r\n\r\nbody\r\n");
+    assert!(message.len() > 600_000 && message.len() < 1 << 20);
+    raw.ok(&format!("APPEND INBOX {{{}+}}\r\n{message}", message.len()));
+    raw.ok("SELECT INBOX");
+
+    let twice = raw.ok("FETCH 1 (UID BODYSTRUCTURE ENVELOPE BODYSTRUCTURE UID ENVELOPE)");
+    assert_eq!(twice.len(), 1, "{twice:?}");
+    assert_eq!(
+        twice[0].matches("BODYSTRUCTURE").count(),
+        1,
+        "{:.200}",
+        twice[0]
+    );
+    assert_eq!(twice[0].matches("ENVELOPE").count(), 1, "{:.200}", twice[0]);
+    assert_eq!(twice[0].matches("UID").count(), 1, "{:.200}", twice[0]);
+
+    let before = peak_kib(server.pid());
+    let items: Vec<String> = (0..100)
+        .map(|i| format!("BODY.PEEK[HEADER.FIELDS.NOT (X-Nothing-{i})]"))
+        .collect();
+    let (untagged, tagged) = raw.cmd(&format!("FETCH 1 ({})", items.join(" ")));
+    let grown_mib = (peak_kib(server.pid()) - before) / 1024;
+    assert!(tagged.contains(" NO [LIMIT] "), "{tagged}");
+    assert!(
+        untagged.iter().all(|l| !l.contains("FETCH")),
+        "{untagged:.200?}"
+    );
+    // 100 copies of the header were 60 MB.
+    assert!(grown_mib < 30, "the server grew by {grown_mib} MiB");
+    let one = raw.ok("FETCH 1 (BODY.PEEK[HEADER.FIELDS.NOT (X-Nothing)])");
+    assert!(one[0].contains("X-Filler-08999"), "{:.200}", one[0]);
+
+    raw.send(b"t1 FETCH 1 (BODY.PEEK[HEADER.FIELDS ({1+}\r\n\xff)])\r\n");
+    let (lines, tagged) = raw.until("t1");
+    assert!(tagged.starts_with("t1 OK"), "{tagged}");
+    assert!(
+        lines[0].starts_with("* 1 FETCH (BODY[HEADER.FIELDS ({1}\r\n\u{ff})] "),
+        "{lines:?}"
+    );
+}
+
 /// A verdict field is sealpost's only when sealpost verified the message. One a client APPENDs
 /// (mail dragged in from another account, say) or `sealpost import` reads is removed, in every
 /// spelling; the rest of the message is stored byte for byte.

@@ -44,6 +44,14 @@ impl Session {
         if items.is_empty() {
             return Err(CmdError::bad("FETCH needs at least one data item"));
         }
+        // An item named twice is answered once, as Dovecot does: BODYSTRUCTURE named 4,600
+        // times in one 64 KB line had one message's response copy its 740 KB each time, 3.4 GB
+        // (review).
+        let mut named = std::collections::HashSet::new();
+        let items: Vec<_> = items
+            .into_iter()
+            .filter(|item| named.insert(item.clone()))
+            .collect();
         // Each section of a message is a copy of its bytes in the response (up to 64 KiB
         // each): a client naming thousands made one message's response hundreds of MB.
         let sections = items
@@ -125,6 +133,10 @@ impl Session {
         // memory). A FETCH that sets \\Seen renders here instead, after the flag change.
         let renderer = std::sync::Arc::new(Renderer {
             sections: prepare_sections(&items),
+            // One message's response may copy as much as the largest message there can be,
+            // and the batch before it: a hundred HEADER.FIELDS.NOT sections of an 8 MB header
+            // (each a copy) took the server to 877 MB (review).
+            most_copied: self.shared.config.limits.max_append as usize + BUDGET as usize,
             items,
             recent,
             // With QRESYNC every FETCH response names its UID (RFC 7162 §3.2.4), as
@@ -260,6 +272,8 @@ enum Read {
 struct Renderer {
     items: Vec<MessageDataItemName<'static>>,
     sections: Vec<Option<PreparedSection>>,
+    /// Most bytes a batch's responses may copy: past it, the FETCH fails (NO [LIMIT]).
+    most_copied: usize,
     /// The session's \\Recent UID ranges.
     recent: Vec<(u32, u32)>,
     uid: bool,
@@ -309,6 +323,7 @@ impl Renderer {
                 content,
                 &self.items,
                 &self.sections,
+                self.most_copied,
                 Extras {
                     uid: self.uid,
                     recent,
@@ -401,6 +416,7 @@ fn render_message(
     content: &ContentData,
     items: &[MessageDataItemName<'_>],
     sections: &[Option<PreparedSection>],
+    most_copied: usize,
     extras: Extras,
 ) -> Result<(), CmdError> {
     out.text("* ").num(seq).text(" FETCH (");
@@ -421,6 +437,13 @@ fn render_message(
         .any(|i| matches!(i, MessageDataItemName::Flags));
     let mut modseq_done = false;
     for (item, prepared) in items.iter().zip(sections) {
+        // Nothing of this message's response has been written yet: it goes out whole or not.
+        if out.rendered_len() > most_copied {
+            return Err(CmdError::no(
+                Some("LIMIT"),
+                "FETCH response too large: ask for fewer sections at a time",
+            ));
+        }
         sep(out);
         match item {
             MessageDataItemName::Uid => {
@@ -481,6 +504,12 @@ fn render_message(
             }
         }
     }
+    if out.rendered_len() > most_copied {
+        return Err(CmdError::no(
+            Some("LIMIT"),
+            "FETCH response too large: ask for fewer sections at a time",
+        ));
+    }
     if extras.extra_flags && !asked_flags {
         sep(out);
         out.text("FLAGS ");
@@ -521,7 +550,8 @@ fn part_path(part: Option<&Part>) -> Vec<u32> {
 struct PreparedSection {
     path: Vec<u32>,
     what: SectionText,
-    label: String,
+    /// Bytes, not text: a field name with 8-bit bytes is echoed as the literal it came as.
+    label: Vec<u8>,
 }
 
 /// The prepared sections of a FETCH's items, aligned with them (None for other items).
@@ -537,23 +567,26 @@ fn prepare_sections(items: &[MessageDataItemName<'_>]) -> Vec<Option<PreparedSec
 
 fn prepare_section(section: Option<&Section<'_>>) -> PreparedSection {
     let (path, what, label) = match section {
-        None => (Vec::new(), SectionText::Full, String::new()),
+        None => (Vec::new(), SectionText::Full, Vec::new()),
         Some(Section::Part(part)) => {
             let path = part_path(Some(part));
-            let label = join(&path);
+            let label = join(&path).into_bytes();
             (path, SectionText::Full, label)
         }
         Some(Section::Header(part)) => {
             let path = part_path(part.as_ref());
-            (path.clone(), SectionText::Header, prefixed(&path, "HEADER"))
+            let label = prefixed(&path, "HEADER").into_bytes();
+            (path, SectionText::Header, label)
         }
         Some(Section::Text(part)) => {
             let path = part_path(part.as_ref());
-            (path.clone(), SectionText::Text, prefixed(&path, "TEXT"))
+            let label = prefixed(&path, "TEXT").into_bytes();
+            (path, SectionText::Text, label)
         }
         Some(Section::Mime(part)) => {
             let path = part_path(Some(part));
-            (path.clone(), SectionText::Mime, prefixed(&path, "MIME"))
+            let label = prefixed(&path, "MIME").into_bytes();
+            (path, SectionText::Mime, label)
         }
         Some(Section::HeaderFields(part, names) | Section::HeaderFieldsNot(part, names)) => {
             let not = matches!(section, Some(Section::HeaderFieldsNot(..)));
@@ -566,8 +599,9 @@ fn prepare_section(section: Option<&Section<'_>>) -> PreparedSection {
                 } else {
                     "HEADER.FIELDS"
                 },
-            );
-            label.push_str(" (");
+            )
+            .into_bytes();
+            label.extend_from_slice(b" (");
             let mut rendered = Out::default();
             for (i, name) in names.iter().enumerate() {
                 if i > 0 {
@@ -584,8 +618,8 @@ fn prepare_section(section: Option<&Section<'_>>) -> PreparedSection {
                     rendered.string(name);
                 }
             }
-            label.push_str(&String::from_utf8_lossy(&rendered.bytes));
-            label.push(')');
+            label.extend_from_slice(&rendered.bytes);
+            label.push(b')');
             (path, SectionText::HeaderFields { names, not }, label)
         }
     };
@@ -608,7 +642,7 @@ fn body_section(
         Some(parts) => section::section(source, parts, path, what),
         None => None,
     };
-    out.text("BODY[").text(label).text("]");
+    out.text("BODY[").raw(label).text("]");
     match (bytes, partial) {
         // A part that does not exist reads as empty, as Dovecot answers it.
         (None, Some((origin, _))) => {
