@@ -134,7 +134,7 @@ impl Session {
         let renderer = std::sync::Arc::new(Renderer {
             sections: prepare_sections(&items),
             // One message's response may copy as much as the largest message there can be,
-            // and the batch before it: a hundred HEADER.FIELDS.NOT sections of an 8 MB header
+            // and a batch's worth more: a hundred HEADER.FIELDS.NOT sections of an 8 MB header
             // (each a copy) took the server to 877 MB (review).
             most_copied: self.shared.config.limits.max_append as usize + BUDGET as usize,
             items,
@@ -272,7 +272,7 @@ enum Read {
 struct Renderer {
     items: Vec<MessageDataItemName<'static>>,
     sections: Vec<Option<PreparedSection>>,
-    /// Most bytes a batch's responses may copy: past it, the FETCH fails (NO [LIMIT]).
+    /// Most bytes one message's response may copy: past it, the FETCH fails (NO [LIMIT]).
     most_copied: usize,
     /// The session's \\Recent UID ranges.
     recent: Vec<(u32, u32)>,
@@ -323,8 +323,8 @@ impl Renderer {
                 content,
                 &self.items,
                 &self.sections,
-                self.most_copied,
                 Extras {
+                    most_copied: self.most_copied,
                     uid: self.uid,
                     recent,
                     extra_flags: seen_now.contains(&row.uid),
@@ -342,6 +342,8 @@ impl Renderer {
 
 #[derive(Clone, Copy)]
 struct Extras {
+    /// Most bytes this message's response may copy.
+    most_copied: usize,
     uid: bool,
     recent: bool,
     /// \Seen was just set by this FETCH: FLAGS goes out even if not asked for.
@@ -416,9 +418,9 @@ fn render_message(
     content: &ContentData,
     items: &[MessageDataItemName<'_>],
     sections: &[Option<PreparedSection>],
-    most_copied: usize,
     extras: Extras,
 ) -> Result<(), CmdError> {
+    let copied_before = out.rendered_len();
     out.text("* ").num(seq).text(" FETCH (");
     let mut first = true;
     let mut sep = |out: &mut Out| {
@@ -438,7 +440,7 @@ fn render_message(
     let mut modseq_done = false;
     for (item, prepared) in items.iter().zip(sections) {
         // Nothing of this message's response has been written yet: it goes out whole or not.
-        if out.rendered_len() > most_copied {
+        if out.rendered_len() - copied_before > extras.most_copied {
             return Err(CmdError::no(
                 Some("LIMIT"),
                 "FETCH response too large: ask for fewer sections at a time",
@@ -504,7 +506,7 @@ fn render_message(
             }
         }
     }
-    if out.rendered_len() > most_copied {
+    if out.rendered_len() - copied_before > extras.most_copied {
         return Err(CmdError::no(
             Some("LIMIT"),
             "FETCH response too large: ask for fewer sections at a time",
