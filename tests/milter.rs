@@ -288,6 +288,31 @@ fn smtp_submission_gives_one_copy_per_recipient() {
     postfix.settled_messages(3);
 }
 
+/// Senders Postfix takes that are no address by RFC 5321 (unqualified, a trailing dot, a dot
+/// before the @ as some mobile carriers hand out): the re-injected copies go with the sender
+/// as Postfix gave it (review: they were refused for good, and so was the report to such a
+/// sender, so two of three recipients lost the mail after 250).
+#[test]
+fn a_sender_postfix_takes_gets_every_copy_through() {
+    let Some(rig) = Rig::new() else { return };
+    let postfix = &rig.postfix;
+    let milter = rig.milter();
+    let rcpts = ["bob@example.org", "carol@example.org", "dave@example.net"];
+    let senders = ["alice", "alice@example.org.", "taro.@example.org"];
+    for sender in senders {
+        let (rcpt, end) = smtp_transaction(postfix.smtp_port, sender, &rcpts, MESSAGE);
+        assert!(
+            rcpt.iter().all(|r| r.starts_with("250")),
+            "{sender}: {rcpt:?}"
+        );
+        assert!(end.starts_with("250"), "{sender}: {end}");
+    }
+    let delivered = postfix.wait_messages(rcpts.len() * senders.len());
+    assert_eq!(delivered.len(), 9, "{}", milter.log());
+    assert!(!milter.log().contains("not an address"), "{}", milter.log());
+    postfix.settled_messages(9);
+}
+
 /// One copy built at a time ([policy] copy_batch_bytes = 0): the copy kept in place comes from
 /// the first batch, the others are re-injected batch by batch, and each recipient still gets
 /// exactly its own copy.

@@ -200,7 +200,8 @@ impl Milter {
             &hostname,
         )
         .map_err(|e| MilterError::Setup(e.to_string()))?
-        .passing_dsn();
+        .passing_dsn()
+        .taking_the_mtas_sender();
         let journal =
             Journal::open(&config.journal).map_err(|e| MilterError::Setup(e.to_string()))?;
         Ok(Milter {

@@ -177,6 +177,36 @@ pub struct Relay {
     /// The SIZE (RFC 1870) the server last announced in that second EHLO: 0 before any,
     /// u64::MAX for none (no limit, or not asked).
     size_limit: std::sync::atomic::AtomicU64,
+    /// Set by [`Relay::taking_the_mtas_sender`]: a sender that is no address by RFC 5321 goes
+    /// in MAIL FROM as it is (see [`verbatim_path`]).
+    verbatim_sender: bool,
+}
+
+/// Whether a sender that is no RFC 5321 address can still go in `MAIL FROM:<...>` as the MTA
+/// gave it: printable, no blank, no angle bracket (nothing that would end the path or the
+/// command), and at most 256 bytes (RFC 5321 §4.5.3.1.3).
+fn verbatim_path(path: &str) -> bool {
+    !path.is_empty()
+        && path.len() <= 256
+        && path
+            .chars()
+            .all(|c| !c.is_control() && !c.is_whitespace() && c != '<' && c != '>')
+}
+
+/// `MAIL FROM:<path>` with a path sent as it is (see [`verbatim_path`]), and its parameters.
+struct VerbatimMail<'a> {
+    path: &'a str,
+    parameters: &'a [lettre::transport::smtp::extension::MailParameter],
+}
+
+impl std::fmt::Display for VerbatimMail<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "MAIL FROM:<{}>", self.path)?;
+        for parameter in self.parameters {
+            write!(f, " {parameter}")?;
+        }
+        f.write_str("\r\n")
+    }
 }
 
 /// The RFC 3461 (DSN) parameters of one recipient's transaction, as the client gave them to
@@ -600,6 +630,7 @@ impl Relay {
             breaker: false,
             pass_dsn: false,
             size_limit: std::sync::atomic::AtomicU64::new(0),
+            verbatim_sender: false,
         })
     }
 
@@ -607,6 +638,16 @@ impl Relay {
     /// announces DSN (RFC 3461); to one that does not they are left out.
     pub fn passing_dsn(mut self) -> Relay {
         self.pass_dsn = true;
+        self
+    }
+
+    /// For the milter's re-injection into the MTA it sits in: the envelope sender is the one
+    /// that MTA took from its client, also when it is no address by RFC 5321 (`alice`,
+    /// `alice@example.org.`, `taro.@docomo.ne.jp`, which Postfix takes and qualifies). Refused
+    /// here, the copies went nowhere and the report to such a sender could not go either
+    /// (review: mail lost after 250).
+    pub fn taking_the_mtas_sender(mut self) -> Relay {
+        self.verbatim_sender = true;
         self
     }
 
@@ -841,7 +882,10 @@ impl Relay {
         use lettre::transport::smtp::extension::{
             Extension, MailBodyParameter, MailParameter, RcptParameter,
         };
-        if !sender.is_empty() && sender.parse::<lettre::Address>().is_err() {
+        if !sender.is_empty()
+            && sender.parse::<lettre::Address>().is_err()
+            && !(self.verbatim_sender && verbatim_path(sender))
+        {
             return Sent::Permanent(format!("sender {sender:?} is not an address"));
         }
         if recipient.parse::<lettre::Address>().is_err() {
@@ -929,6 +973,13 @@ impl Relay {
         let mut last = None;
         for (step, limit) in steps {
             let answered = match step {
+                Step::Mail if from.is_none() && !sender.is_empty() => {
+                    let command = VerbatimMail {
+                        path: &sender,
+                        parameters: &options,
+                    };
+                    tokio::time::timeout(limit, conn.command(command)).await
+                }
                 Step::Mail => {
                     let command = Mail::new(from.clone(), options.clone());
                     tokio::time::timeout(limit, conn.command(command)).await
