@@ -1009,3 +1009,38 @@ async fn an_international_domain_finds_its_key_in_either_spelling() {
         );
     }
 }
+
+/// Addresses that differ only in the case of letters outside ASCII are one mailbox to Postfix
+/// (it folds them with ICU for its lookups, `straße` as `strasse`): each finds that mailbox's
+/// key and its rule (review: `JÖRG@` got cleartext beside jörg's key, `Élodie@` passed an
+/// encrypt-only rule for `élodie@`).
+#[tokio::test]
+async fn addresses_in_another_case_outside_ascii_find_the_key_and_rule() {
+    let world = World::new();
+    let joerg = world.sender.generate("Jörg <jörg@example.org>");
+    let strasse = world.sender.generate("Strasse <strasse@example.org>");
+    let service = world.sender.service(Duration::from_secs(20));
+    for (address, fingerprint) in [
+        ("jörg@example.org", &joerg),
+        ("JÖRG@example.org", &joerg),
+        ("Jörg@Example.ORG", &joerg),
+        ("straße@example.org", &strasse),
+        ("STRASSE@example.org", &strasse),
+    ] {
+        assert_eq!(
+            service.resolve(address).await.unwrap(),
+            Resolution::Usable {
+                fingerprint: fingerprint.clone(),
+                others: 0
+            },
+            "{address}"
+        );
+    }
+    let policy = Policy {
+        addresses: [("élodie@example.org".to_string(), Mode::EncryptOnly)].into(),
+        ..Policy::default()
+    };
+    assert_eq!(policy.mode_for("Élodie@example.org"), Mode::EncryptOnly);
+    assert_eq!(policy.mode_for("ÉLODIE@EXAMPLE.ORG"), Mode::EncryptOnly);
+    assert_eq!(policy.mode_for("elodie@example.org"), Mode::Opportunistic);
+}

@@ -556,8 +556,12 @@ fn epoch(t: SystemTime) -> i64 {
 /// that a key whose UID has `bob@xn--bcher-kva.de` is found for `bob@bücher.de` and the
 /// other way round, as policies and duplicate checks already take them for one mailbox
 /// (review: a recipient in the other spelling got cleartext).
+/// GnuPG compares addresses in ASCII case only: for a local part with other letters, every
+/// key of the domain is listed (`@domain`, a substring search) and the exact comparison below
+/// folds the case as Postfix does (`Jörg@` is the mailbox of `JÖRG@` and `jörg@`).
 fn address_patterns(addr: &str) -> Vec<String> {
     let mut spellings = vec![addr.to_string()];
+    let mut patterns = Vec::new();
     if let Some((local, domain)) = addr.rsplit_once('@') {
         let ascii = crate::rewrite::policy::canonical_domain(domain);
         let (unicode, _) = idna::domain_to_unicode(&ascii);
@@ -566,9 +570,17 @@ fn address_patterns(addr: &str) -> Vec<String> {
             if !spellings.iter().any(|s| s.eq_ignore_ascii_case(&spelling)) {
                 spellings.push(spelling);
             }
+            let whole_domain = format!("@{d}");
+            if !local.is_ascii() && !patterns.contains(&whole_domain) {
+                patterns.push(whole_domain);
+            }
         }
     }
-    spellings.into_iter().map(|s| format!("<{s}>")).collect()
+    spellings
+        .into_iter()
+        .map(|s| format!("<{s}>"))
+        .chain(patterns)
+        .collect()
 }
 
 /// A user ID's address: its `<...>` part as written, else the address GPGME reads from a user
@@ -584,7 +596,8 @@ fn uid_address<'a>(u: &'a gpgme::UserId<'_>) -> Option<&'a str> {
         .filter(|a| !a.is_empty())
 }
 
-/// Whether a UID's address is `addr`, the domain compared in IDNA ASCII.
+/// Whether a UID's address is `addr`, the domain compared in IDNA ASCII, the local part
+/// case-folded as Postfix folds it.
 fn same_address(uid_address: &str, addr: &str) -> bool {
     uid_address.eq_ignore_ascii_case(addr)
         || crate::rewrite::policy::canonical_address(uid_address)

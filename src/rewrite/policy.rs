@@ -187,18 +187,26 @@ impl Policy {
     }
 }
 
-/// An address as policies and duplicate checks compare it: the local part in ASCII lower
-/// case, the domain as IDNA ASCII (punycode, lower case).
+/// An address as policies and duplicate checks compare it: the local part case-folded as
+/// Postfix folds it (see [`folded_local`]), the domain as IDNA ASCII (punycode, lower case).
 pub fn canonical_address(address: &str) -> String {
     match address.rsplit_once('@') {
         Some((local, domain)) => {
-            format!(
-                "{}@{}",
-                local.to_ascii_lowercase(),
-                canonical_domain(domain)
-            )
+            format!("{}@{}", folded_local(local), canonical_domain(domain))
         }
-        None => address.to_ascii_lowercase(),
+        None => folded_local(address),
+    }
+}
+
+/// A local part as Postfix folds addresses for its table lookups (ICU full case folding, with
+/// SMTPUTF8): `JÖRG` is `jörg`, `straße` is `strasse`, and each reaches that mailbox. Folded in
+/// ASCII only, `Élodie@` passed an encrypt-only rule for `élodie@` and got cleartext, and
+/// `JÖRG@` missed jörg's key (review).
+pub fn folded_local(local: &str) -> String {
+    if local.is_ascii() {
+        local.to_ascii_lowercase()
+    } else {
+        caseless::default_case_fold_str(local)
     }
 }
 
