@@ -313,6 +313,27 @@ fn a_sender_postfix_takes_gets_every_copy_through() {
     postfix.settled_messages(9);
 }
 
+/// `<postmaster>` with no domain is taken (RFC 5321 §4.5.1; review: 553 at RCPT), and its
+/// copy re-injected as it was given: Postfix delivers it to its own postmaster.
+#[test]
+fn postmaster_without_a_domain_gets_its_copy() {
+    let Some(rig) = Rig::new() else { return };
+    let postfix = &rig.postfix;
+    let milter = rig.milter();
+    let rcpts = ["bob@example.org", "PostMaster"];
+    let (rcpt, end) = smtp_transaction(postfix.smtp_port, "alice@example.org", &rcpts, MESSAGE);
+    assert!(rcpt.iter().all(|r| r.starts_with("250")), "{rcpt:?}");
+    assert!(end.starts_with("250"), "{end}");
+    let delivered = postfix.wait_messages(2);
+    assert_eq!(delivered.len(), 2, "{}", milter.log());
+    assert!(
+        postfix.log().contains("to=<PostMaster@sealpost.test>"),
+        "{}",
+        postfix.log()
+    );
+    postfix.settled_messages(2);
+}
+
 /// One copy built at a time ([policy] copy_batch_bytes = 0): the copy kept in place comes from
 /// the first batch, the others are re-injected batch by batch, and each recipient still gets
 /// exactly its own copy.

@@ -201,7 +201,7 @@ impl Milter {
         )
         .map_err(|e| MilterError::Setup(e.to_string()))?
         .passing_dsn()
-        .taking_the_mtas_sender();
+        .taking_the_mtas_paths();
         let journal =
             Journal::open(&config.journal).map_err(|e| MilterError::Setup(e.to_string()))?;
         Ok(Milter {

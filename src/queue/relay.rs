@@ -177,9 +177,9 @@ pub struct Relay {
     /// The SIZE (RFC 1870) the server last announced in that second EHLO: 0 before any,
     /// u64::MAX for none (no limit, or not asked).
     size_limit: std::sync::atomic::AtomicU64,
-    /// Set by [`Relay::taking_the_mtas_sender`]: a sender that is no address by RFC 5321 goes
-    /// in MAIL FROM as it is (see [`verbatim_path`]).
-    verbatim_sender: bool,
+    /// Set by [`Relay::taking_the_mtas_paths`]: a sender or recipient that is no address by
+    /// RFC 5321 goes in MAIL FROM or RCPT TO as it is (see [`verbatim_path`]).
+    verbatim_paths: bool,
 }
 
 /// Whether a sender that is no RFC 5321 address can still go in `MAIL FROM:<...>` as the MTA
@@ -193,15 +193,17 @@ fn verbatim_path(path: &str) -> bool {
             .all(|c| !c.is_control() && !c.is_whitespace() && c != '<' && c != '>')
 }
 
-/// `MAIL FROM:<path>` with a path sent as it is (see [`verbatim_path`]), and its parameters.
-struct VerbatimMail<'a> {
+/// `MAIL FROM:<path>` or `RCPT TO:<path>` with a path sent as it is (see [`verbatim_path`]),
+/// and its parameters.
+struct Verbatim<'a, P> {
+    command: &'static str,
     path: &'a str,
-    parameters: &'a [lettre::transport::smtp::extension::MailParameter],
+    parameters: &'a [P],
 }
 
-impl std::fmt::Display for VerbatimMail<'_> {
+impl<P: std::fmt::Display> std::fmt::Display for Verbatim<'_, P> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "MAIL FROM:<{}>", self.path)?;
+        write!(f, "{}:<{}>", self.command, self.path)?;
         for parameter in self.parameters {
             write!(f, " {parameter}")?;
         }
@@ -630,7 +632,7 @@ impl Relay {
             breaker: false,
             pass_dsn: false,
             size_limit: std::sync::atomic::AtomicU64::new(0),
-            verbatim_sender: false,
+            verbatim_paths: false,
         })
     }
 
@@ -645,9 +647,9 @@ impl Relay {
     /// that MTA took from its client, also when it is no address by RFC 5321 (`alice`,
     /// `alice@example.org.`, `taro.@docomo.ne.jp`, which Postfix takes and qualifies). Refused
     /// here, the copies went nowhere and the report to such a sender could not go either
-    /// (review: mail lost after 250).
-    pub fn taking_the_mtas_sender(mut self) -> Relay {
-        self.verbatim_sender = true;
+    /// (review: mail lost after 250). So is a recipient (`postmaster`, RFC 5321 §4.5.1).
+    pub fn taking_the_mtas_paths(mut self) -> Relay {
+        self.verbatim_paths = true;
         self
     }
 
@@ -884,11 +886,13 @@ impl Relay {
         };
         if !sender.is_empty()
             && sender.parse::<lettre::Address>().is_err()
-            && !(self.verbatim_sender && verbatim_path(sender))
+            && !(self.verbatim_paths && verbatim_path(sender))
         {
             return Sent::Permanent(format!("sender {sender:?} is not an address"));
         }
-        if recipient.parse::<lettre::Address>().is_err() {
+        if recipient.parse::<lettre::Address>().is_err()
+            && !(self.verbatim_paths && verbatim_path(recipient))
+        {
             return Sent::Permanent(format!("recipient {recipient:?} is not an address"));
         }
         let (mut conn, dsn_offered) = match self.connection().await {
@@ -930,9 +934,10 @@ impl Relay {
             options.push(MailParameter::SmtpUtfEight);
         }
         let from: Option<lettre::Address> = sender.parse().ok();
-        let Ok(to) = recipient.parse::<lettre::Address>() else {
+        let to: Option<lettre::Address> = recipient.parse().ok();
+        if to.is_none() && !(self.verbatim_paths && verbatim_path(&recipient)) {
             return Sent::Permanent(format!("recipient {recipient:?} is not an address"));
-        };
+        }
         if !message.is_ascii() {
             if !info.supports_feature(Extension::EightBitMime) {
                 return Sent::Permanent(format!(
@@ -974,7 +979,8 @@ impl Relay {
         for (step, limit) in steps {
             let answered = match step {
                 Step::Mail if from.is_none() && !sender.is_empty() => {
-                    let command = VerbatimMail {
+                    let command = Verbatim {
+                        command: "MAIL FROM",
                         path: &sender,
                         parameters: &options,
                     };
@@ -984,10 +990,20 @@ impl Relay {
                     let command = Mail::new(from.clone(), options.clone());
                     tokio::time::timeout(limit, conn.command(command)).await
                 }
-                Step::Rcpt => {
-                    let command = Rcpt::new(to.clone(), rcpt_options.clone());
-                    tokio::time::timeout(limit, conn.command(command)).await
-                }
+                Step::Rcpt => match &to {
+                    Some(to) => {
+                        let command = Rcpt::new(to.clone(), rcpt_options.clone());
+                        tokio::time::timeout(limit, conn.command(command)).await
+                    }
+                    None => {
+                        let command = Verbatim {
+                            command: "RCPT TO",
+                            path: &recipient,
+                            parameters: &rcpt_options,
+                        };
+                        tokio::time::timeout(limit, conn.command(command)).await
+                    }
+                },
                 Step::Data => tokio::time::timeout(limit, conn.command(Data)).await,
                 // lettre ends the data with CRLF "." CRLF whatever the message ends with: a
                 // message's own last CRLF is that first CRLF, or every copy would gain an

@@ -658,6 +658,14 @@ fn recipient(raw: &str) -> Recipient {
         (bare_domain != domain).then(|| format!("{local}@{bare_domain}"))
     });
     let bare = rooted.as_deref().unwrap_or(bare);
+    // RFC 5321 §4.5.1: `<postmaster>` with no domain must be taken (the MTA delivers it to
+    // its own postmaster); sealpost refused it as no address (review: 553 at RCPT on an MX).
+    if bare.eq_ignore_ascii_case("postmaster") {
+        return Recipient {
+            address: bare.to_string(),
+            valid: true,
+        };
+    }
     let valid = lettre::Address::from_str(bare).is_ok() && !routes_in_local_part(bare);
     let address = if valid {
         unquoted(bare).unwrap_or_else(|| bare.to_string())
