@@ -1924,3 +1924,50 @@ fn queue_list_escapes_control_characters_in_reasons() {
     assert!(list.contains("(451 4.0.0 \\u{1b}[31mRED)"), "{list}");
     assert!(!list.contains('\u{1b}'), "{list}");
 }
+
+/// Header lines over 998 octets with no blank to fold at (an X- field's long token, a long
+/// message id, a long attachment name): each copy goes out with them broken as Postfix's SMTP
+/// client breaks them, so a relay that keeps to RFC 5322 §2.1.1 takes it, and the signature
+/// over the attachment's header still verifies (review: the relay answered "500 Line too
+/// long" and every recipient got a bounce instead).
+#[test]
+fn header_lines_too_long_for_any_relay_are_broken_before_signing() {
+    let s = Setup::new();
+    let relay = s.relay(&RelayOptions::default());
+    s.configure(relay.port, false, "");
+    let long_name = format!("{}.pdf", "n".repeat(1200));
+    let msg = format!(
+        "From: alice@example.org\nTo: bob@example.org, dave@example.net\nSubject: long\n\
+         X-Long: {}\nReferences: <{}@example.org>\nMIME-Version: 1.0\n\
+         Content-Type: multipart/mixed; boundary=\"b\"\n\n--b\nContent-Type: text/plain\n\n\
+         see attached\n--b\nContent-Type: application/pdf\n\
+         Content-Disposition: attachment; filename=\"{long_name}\"\n\
+         Content-Transfer-Encoding: base64\n\nJVBERi0xLjQK\n--b--\n",
+        "y".repeat(1500),
+        "r".repeat(1100),
+    );
+    let out = s.sendmail(&["-t", "-i"], msg.as_bytes());
+    assert!(out.status.success(), "{out:?}");
+    let summary = s.queue_run();
+    assert!(summary.contains("2 sent, 0 deferred"), "{summary}");
+    let got = by_recipient(&relay.delivered(2));
+    for (_, copy) in &got {
+        assert!(
+            copy.split(|b| *b == b'\n').all(|l| l.len() <= 999),
+            "{}",
+            String::from_utf8_lossy(copy)
+        );
+    }
+    assert_encrypted_for(&s.world.bob, &got[0].1, "see attached");
+    let dave = &got[1].1;
+    let (signed, signature) =
+        sealpost::message::mime::signed_parts(dave).expect("dave's copy is multipart/signed");
+    assert!(contains(&signed, "see attached") && contains(&signed, "filename="));
+    assert_eq!(
+        s.world
+            .sender
+            .verify_detached(&signed, &signature)
+            .as_deref(),
+        Some(s.world.alice.as_str())
+    );
+}

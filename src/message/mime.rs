@@ -239,6 +239,23 @@ pub fn signing_safe_field(name: &str, raw: &[u8]) -> Vec<u8> {
         out.push(b' ');
         out.extend_from_slice(&encode_eight_bit_runs(&text, colon + 2, text_field));
         out.extend_from_slice(b"\r\n");
+        // A long word left as it is (an X- field's token) is broken as any other.
+        if out.split(|b| *b == b'\n').any(|l| l.len() > MAX_LINE + 1) {
+            let mut broken = Vec::with_capacity(out.len() + 8);
+            for (i, line) in out.split_inclusive(|b| *b == b'\n').enumerate() {
+                let body = line.strip_suffix(b"\r\n").unwrap_or(line);
+                fold_at_blanks(
+                    &mut broken,
+                    body,
+                    MAX_LINE,
+                    if i == 0 { colon + 1 } else { 0 },
+                );
+                if line.ends_with(b"\r\n") {
+                    broken.extend_from_slice(b"\r\n");
+                }
+            }
+            return broken;
+        }
         return out;
     }
     let mut out = Vec::with_capacity(raw.len());
@@ -277,25 +294,48 @@ const MAX_LINE: usize = 998;
 /// Appends `line`, folded (CRLF inserted before a blank: unfolding gives back the same
 /// bytes) wherever it would pass `max` octets and a blank allows: never within its first
 /// `keep` bytes (a field's name and colon), and only after some text, so that no line folded
-/// off is blanks only or ends in a blank.
+/// off is blanks only or ends in a blank. A stretch of `max` octets with no blank (a long
+/// token: an 1,100-octet message id, a file name) is broken as Postfix's SMTP client breaks
+/// it (`smtp_line_length_limit`): CRLF and a blank inserted, between characters, which adds
+/// a blank to the value. Left whole, the line made every relay that keeps to RFC 5322
+/// §2.1.1 refuse the copy ("500 Line too long"), and its recipient lost the mail (review).
 fn fold_at_blanks(out: &mut Vec<u8>, mut line: &[u8], max: usize, mut keep: usize) {
     let blank = |b: &u8| *b == b' ' || *b == b'\t';
-    while line.len() > max {
+    // Octets of `line` the output line at hand has room for: one less after an inserted blank.
+    let mut room = max;
+    while line.len() > room {
         let text = line.iter().position(|b| !blank(b)).unwrap_or(line.len());
         let first = keep.max(text + 1);
-        if first > max {
+        if first > room {
             break;
         }
-        let Some(mut at) = line[first..=max].iter().rposition(blank).map(|i| i + first) else {
-            break;
-        };
-        // Before the first blank of a run (the text before `first` ends in no blank).
-        while at > first && blank(&line[at - 1]) {
-            at -= 1;
+        match line[first..=room]
+            .iter()
+            .rposition(blank)
+            .map(|i| i + first)
+        {
+            Some(mut at) => {
+                // Before the first blank of a run (the text before `first` ends in no blank).
+                while at > first && blank(&line[at - 1]) {
+                    at -= 1;
+                }
+                out.extend_from_slice(&line[..at]);
+                out.extend_from_slice(b"\r\n");
+                line = &line[at..];
+                room = max;
+            }
+            None => {
+                // A UTF-8 character stays whole.
+                let mut at = room;
+                while at > first && (line[at] & 0xC0) == 0x80 {
+                    at -= 1;
+                }
+                out.extend_from_slice(&line[..at]);
+                out.extend_from_slice(b"\r\n ");
+                line = &line[at..];
+                room = max - 1;
+            }
         }
-        out.extend_from_slice(&line[..at]);
-        out.extend_from_slice(b"\r\n");
-        line = &line[at..];
         keep = 0;
     }
     out.extend_from_slice(line);
@@ -931,13 +971,16 @@ mod tests {
                 "a line of blanks only"
             );
         }
-        // An X- field with 8-bit text keeps its long token as it is.
+        // An X- field with 8-bit text keeps its long token, not encoded, broken as Postfix's
+        // SMTP client breaks it: CRLF and a blank inserted, no line over 998 octets.
         let token = "q".repeat(1500);
         let f = signing_safe_field(
             "X-Data",
             format!("X-Data: caf\u{e9} {token}\r\n").as_bytes(),
         );
-        assert!(String::from_utf8(f).unwrap().contains(&token));
+        let f = String::from_utf8(f).unwrap();
+        assert!(f.split("\r\n").all(|l| l.len() <= 998), "{f}");
+        assert!(f.replace("\r\n ", "").contains(&token), "{f}");
         // Not encoded again: a long encoded word, and a long token of an X- field.
         let encoded = format!(
             "=?UTF-8?B?{}?=",
@@ -947,11 +990,22 @@ mod tests {
         assert_eq!(decoded_subject(&f), "\u{fc}".repeat(700));
         let json = format!("{{\"a\":\"{}\"}}", "q".repeat(1500));
         let f = signing_safe_field("X-Data", format!("X-Data: {json}\r\n").as_bytes());
-        // Folded at its only blank at most: unfolded, the same field.
-        let unfolded = String::from_utf8(f).unwrap().replace("\r\n ", " ");
-        assert!(
-            unfolded == format!("X-Data: {json}\r\n"),
-            "X-Data was changed"
+        // Folded at its only blank, then broken within the token; a multi-byte character is
+        // never split.
+        let f = String::from_utf8(f).unwrap();
+        assert!(f.split("\r\n").all(|l| l.len() <= 998), "{f}");
+        assert_eq!(f.replace("\r\n ", ""), format!("X-Data:{json}\r\n"));
+        // 8-bit bytes in a structured field stay as they are: the break is between characters.
+        let wide = format!(
+            "Content-Disposition: attachment; filename=\"{}\"",
+            "\u{e9}".repeat(700)
+        );
+        let f = signing_safe_field("Content-Disposition", format!("{wide}\r\n").as_bytes());
+        let f = String::from_utf8(f).expect("no character split");
+        assert!(f.split("\r\n").all(|l| l.len() <= 998), "{f}");
+        assert_eq!(
+            f.replace("\r\n ", ""),
+            format!("{wide}\r\n").replace("; ", ";")
         );
         assert!(!p.contains("Received"));
         assert!(p.contains(
