@@ -1306,6 +1306,41 @@ fn recipient_lists_joined_with_semicolons_or_blanks_are_read_as_postfix_reads_th
         got.iter().map(|(r, _)| r.as_str()).collect::<Vec<_>>(),
         ["bob@example.org", "carol@example.org", "dave@example.net"]
     );
+    // Lists Postfix reads its own way (review: a recipient was lost, or a copy went to a
+    // mailbox nobody named): two angle-addrs in one entry, a quoted-pair outside quotes, a
+    // '<' in an encoded word before the address.
+    let msg = "From: alice@example.org\nTo: <bob@example.org> <dave@example.net>\n\
+               Cc: carol\\,x@example.org, =?UTF-8?Q?a<b?= <carol@example.org>\n\
+               Subject: lists\n\nhi\n";
+    let out = s.sendmail(&["-t", "-i"], msg.as_bytes());
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "", "{out:?}");
+    let got = by_recipient(&relay.delivered(4));
+    assert_eq!(
+        got.iter().map(|(r, _)| r.as_str()).collect::<Vec<_>>(),
+        [
+            "\"carol,x\"@example.org",
+            "bob@example.org",
+            "carol@example.org",
+            "dave@example.net"
+        ]
+    );
+    // An option after the recipients is no recipient to qualify: reported, not sent to
+    // `-f@` the host (Postfix refuses it too).
+    let out = s.sendmail(
+        &["-i", "bob@example.org", "-f", "carol@example.org"],
+        "Subject: late option\n\nhi\n".as_bytes(),
+    );
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("\"-f\""),
+        "{out:?}"
+    );
+    let got = by_recipient(&relay.delivered(2));
+    assert_eq!(
+        got.iter().map(|(r, _)| r.as_str()).collect::<Vec<_>>(),
+        ["bob@example.org", "carol@example.org"]
+    );
 }
 
 /// `sendmail -q` and `mailq` from cron print nothing when all is well (cron mails whatever a

@@ -15,6 +15,8 @@ stdout carries only these lines (each flushed), so a test can drive it line by l
     HOLDING <addr>
     DELIVERED <mail_from> <rcpt1>,<rcpt2>,... <path-of-file-in-DIR/new>
 
+(in each address '%' is written %25, ',' %2C and a blank %20, so that the line splits cleanly)
+
 A held RCPT waits until the client goes away, or until the line `RELEASE <addr>` arrives on
 stdin; it is then answered 451 (a temporary failure), so a test decides when the hold ends.
 
@@ -122,7 +124,9 @@ class RelayHandler:
             await asyncio.sleep(6)
         sender = envelope.mail_from or "<>"
         options = ",".join(o.upper() for o in envelope.mail_options) or "-"
-        emit(f"DELIVERED {sender} {','.join(envelope.rcpt_tos)} {path} {options}")
+        rcpts = ",".join(r.replace("%", "%25").replace(",", "%2C").replace(" ", "%20")
+                         for r in envelope.rcpt_tos)
+        emit(f"DELIVERED {sender} {rcpts} {path} {options}")
         if how == "double":
             return "250 2.0.0 OK: queued\r\n250 2.0.0 and a reply too many"
         if how == "bare":

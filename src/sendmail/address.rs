@@ -37,6 +37,11 @@ pub fn scan(text: &[u8]) -> Vec<Found> {
                 i = end;
             }
             b'<' => {
+                // A second angle-addr in one entry (`<a@x> <b@y>`, `A <a@x> B <b@y>`) starts
+                // another, as Postfix reads it: it replaced the first, which was lost.
+                if entry.angle.is_some() {
+                    entry.finish(text, &mut found);
+                }
                 let close = angle_end(text, i);
                 entry.angle = Some((i + 1, close));
                 i = (close + 1).min(text.len());
@@ -63,12 +68,15 @@ pub fn scan(text: &[u8]) -> Vec<Found> {
                 i += 1;
             }
             _ => {
-                // At least this byte (a ':' inside a group), then up to the next special.
+                // At least this byte (a ':' inside a group), then up to the next special; a
+                // quoted-pair (`\,`) is its character, no special (RFC 5322 §3.2.1).
                 let start = i;
-                i += 1;
+                let step = |at: usize| if text[at] == b'\\' { 2 } else { 1 };
+                i += step(i);
                 while i < text.len() && !b"\"(<[,:; \t\r\n".contains(&text[i]) {
-                    i += 1;
+                    i += step(i);
                 }
+                i = i.min(text.len());
                 entry.word(&text[start..i], i);
             }
         }
@@ -105,6 +113,12 @@ impl Entry {
         let entry = std::mem::take(self);
         let (address, end) = match entry.angle {
             Some((start, close)) => {
+                // A '<' before it inside (`=?UTF-8?Q?a<b?= <bob@x>`, a display name's encoded
+                // word): the address is what follows the last one, as Postfix reads it.
+                let start = match last_open_angle(&text[start..close.min(text.len())]) {
+                    Some(p) => start + p + 1,
+                    None => start,
+                };
                 let inner = &text[start..close.min(text.len())];
                 let trimmed_end = start
                     + inner
@@ -138,7 +152,7 @@ impl Entry {
                 };
                 (spec, trimmed_end)
             }
-            None => (entry.plain, entry.plain_end),
+            None => (quoted_pairs_quoted(entry.plain), entry.plain_end),
         };
         if !address.is_empty() {
             found.push(Found {
@@ -147,6 +161,54 @@ impl Entry {
             });
         }
     }
+}
+
+/// The position of the last '<' outside quoted strings in `inner`, if any.
+fn last_open_angle(inner: &[u8]) -> Option<usize> {
+    let mut last = None;
+    let mut i = 0;
+    while i < inner.len() {
+        match inner[i] {
+            b'"' => i = quoted_end(inner, i),
+            b'<' => {
+                last = Some(i);
+                i += 1;
+            }
+            _ => i += 1,
+        }
+    }
+    last
+}
+
+/// An address whose local part has quoted-pairs outside quotes (`bob\,x@example.org`) with
+/// that local part written as the quoted string it stands for (`"bob,x"@example.org`), as
+/// Postfix writes it; others as they are.
+fn quoted_pairs_quoted(address: Vec<u8>) -> Vec<u8> {
+    let Some(at) = address.iter().rposition(|&b| b == b'@') else {
+        return address;
+    };
+    let local = &address[..at];
+    if !local.contains(&b'\\') || local.contains(&b'"') {
+        return address;
+    }
+    let mut out = vec![b'"'];
+    let mut i = 0;
+    while i < local.len() {
+        let c = if local[i] == b'\\' && i + 1 < local.len() {
+            i += 1;
+            local[i]
+        } else {
+            local[i]
+        };
+        if c == b'"' || c == b'\\' {
+            out.push(b'\\');
+        }
+        out.push(c);
+        i += 1;
+    }
+    out.push(b'"');
+    out.extend_from_slice(&address[at..]);
+    out
 }
 
 /// The index just past the quoted string that starts at `start` (or the end of the text).
@@ -261,7 +323,10 @@ pub fn is_empty_group(text: &str) -> bool {
 /// A local part alone: a dot-atom (RFC 5322 §3.2.3) without '@', such as `root`.
 pub fn is_local_name(address: &str) -> bool {
     // An encoded word (`=?UTF-8?B?Qm9i?=`) is a display name written without an address.
+    // `-f` after the recipients is an option out of place, no local name (Postfix refuses it:
+    // allow_min_user = no); qualified, a copy went to `-f@` the domain (review).
     !address.is_empty()
+        && !address.starts_with('-')
         && !address.starts_with("=?")
         && !address.starts_with('.')
         && !address.ends_with('.')
@@ -348,6 +413,39 @@ mod tests {
         );
         assert!(!is_local_name("=?UTF-8?B?Qm9i?="));
         assert_eq!(addresses(""), Vec::<String>::new());
+    }
+
+    /// Lists Postfix reads in its own way (review: each lost or misdirected a recipient).
+    #[test]
+    fn what_postfix_makes_of_broken_lists() {
+        // Two angle-addrs in one entry are two addresses: the first was lost.
+        assert_eq!(
+            addresses("<bob@example.org> <dave@example.net>"),
+            ["bob@example.org", "dave@example.net"]
+        );
+        assert_eq!(
+            addresses("Bob <bob@example.org> Dave <dave@example.net>"),
+            ["bob@example.org", "dave@example.net"]
+        );
+        assert_eq!(
+            addresses("bob@example.org <carol@example.org> <dave@example.net>"),
+            ["carol@example.org", "dave@example.net"]
+        );
+        // A quoted-pair outside quotes is its character, in a local part that is then
+        // quoted: not two addresses (the copy went to x@example.org).
+        assert_eq!(addresses("bob\\,x@example.org"), ["\"bob,x\"@example.org"]);
+        assert_eq!(
+            addresses("Doe\\, John <bob@example.org>"),
+            ["bob@example.org"]
+        );
+        // A '<' in an encoded word of the display name: the address is the last angle-addr.
+        assert_eq!(
+            addresses("=?UTF-8?Q?a<b?= <bob@example.org>"),
+            ["bob@example.org"]
+        );
+        // An option after the recipients is no local name to qualify (Postfix refuses it).
+        assert!(!is_local_name("-f"));
+        assert!(!is_local_name("-t"));
     }
 
     #[test]

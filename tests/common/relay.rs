@@ -156,7 +156,14 @@ impl Relay {
                     ["DELIVERED", from, rcpts, path, options] => {
                         let _ = tx.send(Event::Delivered(Delivered {
                             from: from.to_string(),
-                            rcpts: rcpts.split(',').map(str::to_string).collect(),
+                            rcpts: rcpts
+                                .split(',')
+                                .map(|r| {
+                                    r.replace("%2C", ",")
+                                        .replace("%20", " ")
+                                        .replace("%25", "%")
+                                })
+                                .collect(),
                             bytes: std::fs::read(path).unwrap(),
                             mail_options: options
                                 .split(',')
