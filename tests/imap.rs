@@ -481,6 +481,50 @@ fn a_fetch_copies_a_bounded_amount_of_one_message() {
     );
 }
 
+/// Criteria nested deeper than imap-codec's nine levels (review: BAD for ten ORed FROMs, nine
+/// NOTs or ten parentheses; Dovecot answers them all) are answered, with the same meaning.
+#[test]
+fn deeply_nested_search_criteria_are_answered() {
+    let server = Server::start();
+    let mut raw = server.login();
+    for i in 0..12 {
+        let message = format!("From: u{i}@example.org\r\nSubject: m{i}\r\n\r\nbody {i}\r\n");
+        raw.ok(&format!("APPEND INBOX {{{}+}}\r\n{message}", message.len()));
+    }
+    raw.ok("SELECT INBOX");
+    let ors = "OR ".repeat(10);
+    let froms: Vec<String> = (0..11).map(|i| format!("FROM u{i}@")).collect();
+    let found = raw.ok(&format!("UID SEARCH {ors}{}", froms.join(" ")));
+    assert_eq!(found, ["* SEARCH 1 2 3 4 5 6 7 8 9 10 11"]);
+    // The other way round, and with a literal among them.
+    let found = raw.ok(&format!(
+        "UID SEARCH CHARSET UTF-8 {}FROM {{4+}}\r\nu11@ {}",
+        "OR ".repeat(10),
+        froms[1..].join(" ")
+    ));
+    assert_eq!(found, ["* SEARCH 2 3 4 5 6 7 8 9 10 11 12"]);
+    let found = raw.ok(&format!("SEARCH {}SUBJECT m3", "NOT ".repeat(11)));
+    assert_eq!(found, ["* SEARCH 1 2 3 5 6 7 8 9 10 11 12"]);
+    let found = raw.ok(&format!(
+        "SEARCH {}SUBJECT m3{}",
+        "(".repeat(12),
+        ")".repeat(12)
+    ));
+    assert_eq!(found, ["* SEARCH 4"]);
+    // 200 keys ORed one after the other (read here up to 256 levels).
+    let ors = "OR ".repeat(199);
+    let keys = (0..200)
+        .map(|i| format!("SUBJECT m{}", i % 12))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let found = raw.ok(&format!("SEARCH {ors}{keys}"));
+    assert_eq!(found, ["* SEARCH 1 2 3 4 5 6 7 8 9 10 11 12"]);
+    // Past any sense: a syntax error, and the session (and server) go on.
+    let (_, tagged) = raw.cmd(&format!("SEARCH {}SEEN", "NOT ".repeat(5000)));
+    assert!(tagged.contains(" BAD "), "{tagged}");
+    raw.ok("NOOP");
+}
+
 /// A verdict field is sealpost's only when sealpost verified the message. One a client APPENDs
 /// (mail dragged in from another account, say) or `sealpost import` reads is removed, in every
 /// spelling; the rest of the message is stored byte for byte.

@@ -302,6 +302,13 @@ impl Conn {
                 Err(Interrupt::Error(error)) => {
                     use imap_next::server::Error as E;
                     let input = match error {
+                        // Criteria nested deeper than imap-codec reads, written again in
+                        // fewer levels (see `search_depth`).
+                        E::MalformedMessage { discarded_bytes }
+                            if let Some(command) = deeper_search(discarded_bytes.declassify()) =>
+                        {
+                            Input::Command(command)
+                        }
                         E::ExpectedCrlfGotLf { discarded_bytes }
                         | E::MalformedMessage { discarded_bytes }
                         | E::LiteralTooLong { discarded_bytes } => {
@@ -433,6 +440,17 @@ fn map_event(event: Event) -> Option<Input> {
         Event::IdleCommandReceived { tag } => Some(Input::Idle(tag)),
         Event::IdleDoneReceived => Some(Input::IdleDone),
     }
+}
+
+/// A SEARCH command imap-codec refused, parsed again once its criteria are written in fewer
+/// levels ([`super::search_depth`]); None when that does not make it one.
+fn deeper_search(bytes: &[u8]) -> Option<Command<'static>> {
+    use imap_codec::decode::Decoder;
+    let again = super::search_depth::rebalanced(bytes)?;
+    let (rest, command) = imap_codec::CommandCodec::default()
+        .decode_static(&again)
+        .ok()?;
+    rest.is_empty().then_some(command)
 }
 
 /// The tag of a discarded command line, when it has a valid one (RFC 3501 §9 tag).

@@ -23,6 +23,7 @@ mod messages;
 pub mod names;
 pub(crate) mod render;
 pub mod search;
+mod search_depth;
 pub mod section;
 mod sequence;
 mod session;

@@ -1,0 +1,347 @@
+//! SEARCH criteria nested deeper than imap-codec parses. Its parser stops at nine levels of
+//! OR, NOT and parentheses (a guard for its own stack), and the command was answered BAD:
+//! clients that OR one key per address or word (`OR OR OR ... FROM a FROM b ...`) failed
+//! with ten of them (review). RFC 3501 sets no limit, and Dovecot takes thousands. Such a
+//! command is read here and written again with the same meaning in fewer levels: a chain of
+//! ORs as a balanced tree (256 keys in eight levels), NOT NOT dropped, parentheses inside
+//! parentheses joined. imap-codec then parses the result as any other command. Criteria
+//! deeper than [`MAX_DEPTH`] stay a syntax error.
+
+/// Most levels read here: a deeper command stays a syntax error. Read (and written again)
+/// recursively, a level a stack frame: 5,000 levels overflowed a debug build's stack.
+const MAX_DEPTH: usize = 256;
+
+/// `command` (a whole `[UID] SEARCH` command, literals inline, CRLF-terminated) written with
+/// its criteria nested as little as their meaning allows; None when it is no SEARCH command or
+/// cannot be read.
+pub(super) fn rebalanced(command: &[u8]) -> Option<Vec<u8>> {
+    let body = command.strip_suffix(b"\r\n")?;
+    let mut tokens = tokenize(body)?;
+    // Tag, [UID], SEARCH, [CHARSET name]: kept as they are.
+    let mut head = 2;
+    let word = |t: Option<&Token>, w: &[u8]| matches!(t, Some(Token::Atom(a)) if a.eq_ignore_ascii_case(w));
+    if word(tokens.get(1), b"UID") {
+        head = 3;
+    }
+    if !word(tokens.get(head - 1), b"SEARCH") {
+        return None;
+    }
+    if word(tokens.get(head), b"CHARSET") {
+        head += 2;
+    }
+    let keys = tokens.split_off(head.min(tokens.len()));
+    let mut at = 0;
+    let mut criteria = Vec::new();
+    while at < keys.len() {
+        criteria.push(key(&keys, &mut at, 0)?);
+    }
+    if criteria.is_empty() {
+        return None;
+    }
+    let mut out = Vec::with_capacity(command.len());
+    for t in &tokens {
+        t.write(&mut out);
+        out.push(b' ');
+    }
+    let criteria = simplified(Key::All(criteria));
+    let Key::All(list) = criteria else {
+        write(&criteria, &mut out);
+        out.extend_from_slice(b"\r\n");
+        return Some(out);
+    };
+    for (i, k) in list.iter().enumerate() {
+        if i > 0 {
+            out.push(b' ');
+        }
+        write(k, &mut out);
+    }
+    out.extend_from_slice(b"\r\n");
+    Some(out)
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Token {
+    Open,
+    Close,
+    /// An atom, a quoted string or a literal, as written.
+    Atom(Vec<u8>),
+    Quoted(Vec<u8>),
+    Literal(Vec<u8>),
+}
+
+impl Token {
+    fn write(&self, out: &mut Vec<u8>) {
+        match self {
+            Token::Open => out.push(b'('),
+            Token::Close => out.push(b')'),
+            Token::Atom(b) | Token::Quoted(b) | Token::Literal(b) => out.extend_from_slice(b),
+        }
+    }
+}
+
+/// The words of a command: atoms, quoted strings, literals (`{n}` or `{n+}`, CRLF, n bytes)
+/// and parentheses. None when a quoted string or literal is cut short.
+fn tokenize(text: &[u8]) -> Option<Vec<Token>> {
+    let mut tokens = Vec::new();
+    let mut i = 0;
+    while i < text.len() {
+        match text[i] {
+            b' ' => i += 1,
+            b'(' => {
+                tokens.push(Token::Open);
+                i += 1;
+            }
+            b')' => {
+                tokens.push(Token::Close);
+                i += 1;
+            }
+            b'"' => {
+                let start = i;
+                i += 1;
+                loop {
+                    match text.get(i)? {
+                        b'\\' => i += 2,
+                        b'"' => break,
+                        _ => i += 1,
+                    }
+                }
+                i += 1;
+                tokens.push(Token::Quoted(text[start..i].to_vec()));
+            }
+            b'{' => {
+                let start = i;
+                let close = start + text[start..].iter().position(|&b| b == b'}')?;
+                let digits = text[start + 1..close]
+                    .strip_suffix(b"+")
+                    .unwrap_or(&text[start + 1..close]);
+                let n: usize = std::str::from_utf8(digits).ok()?.parse().ok()?;
+                if text.get(close + 1..close + 3)? != b"\r\n" {
+                    return None;
+                }
+                let end = close + 3 + n;
+                text.get(close + 3..end)?;
+                tokens.push(Token::Literal(text[start..end].to_vec()));
+                i = end;
+            }
+            _ => {
+                let start = i;
+                while i < text.len() && !b" ()\"{".contains(&text[i]) {
+                    i += 1;
+                }
+                tokens.push(Token::Atom(text[start..i].to_vec()));
+            }
+        }
+    }
+    Some(tokens)
+}
+
+/// A search key as read: a key with its arguments, NOT, OR (of any number) or all of a list.
+#[derive(Debug, Clone, PartialEq)]
+enum Key {
+    Leaf(Vec<Token>),
+    Not(Box<Key>),
+    Any(Vec<Key>),
+    All(Vec<Key>),
+}
+
+/// The number of arguments after a key name (RFC 3501 §6.4.4, RFC 7162 MODSEQ aside); a
+/// sequence set or an unknown name has none (imap-codec judges the result).
+fn arguments(name: &[u8]) -> usize {
+    const ONE: [&[u8]; 20] = [
+        b"BCC",
+        b"BEFORE",
+        b"BODY",
+        b"CC",
+        b"FROM",
+        b"KEYWORD",
+        b"LARGER",
+        b"ON",
+        b"SENTBEFORE",
+        b"SENTON",
+        b"SENTSINCE",
+        b"SINCE",
+        b"SMALLER",
+        b"SUBJECT",
+        b"TEXT",
+        b"TO",
+        b"UID",
+        b"UNKEYWORD",
+        b"OLDER",
+        b"YOUNGER",
+    ];
+    if name.eq_ignore_ascii_case(b"HEADER") {
+        2
+    } else if ONE.iter().any(|n| n.eq_ignore_ascii_case(name)) {
+        1
+    } else {
+        0
+    }
+}
+
+fn key(tokens: &[Token], at: &mut usize, depth: usize) -> Option<Key> {
+    if depth > MAX_DEPTH {
+        return None;
+    }
+    let first = tokens.get(*at)?.clone();
+    *at += 1;
+    match first {
+        Token::Open => {
+            let mut list = Vec::new();
+            while *tokens.get(*at)? != Token::Close {
+                list.push(key(tokens, at, depth + 1)?);
+            }
+            *at += 1;
+            (!list.is_empty()).then_some(Key::All(list))
+        }
+        Token::Close => None,
+        Token::Atom(name) if name.eq_ignore_ascii_case(b"NOT") => {
+            Some(Key::Not(Box::new(key(tokens, at, depth + 1)?)))
+        }
+        Token::Atom(name) if name.eq_ignore_ascii_case(b"OR") => {
+            let a = key(tokens, at, depth + 1)?;
+            let b = key(tokens, at, depth + 1)?;
+            Some(Key::Any(vec![a, b]))
+        }
+        Token::Atom(name) if name.eq_ignore_ascii_case(b"MODSEQ") => {
+            // MODSEQ [entry-name entry-type-req] mod-sequence (RFC 7162 §3.1.5).
+            let n = if matches!(tokens.get(*at)?, Token::Quoted(_) | Token::Literal(_)) {
+                3
+            } else {
+                1
+            };
+            let mut leaf = vec![Token::Atom(name)];
+            leaf.extend(tokens.get(*at..*at + n)?.iter().cloned());
+            *at += n;
+            Some(Key::Leaf(leaf))
+        }
+        Token::Atom(name) => {
+            let n = arguments(&name);
+            let mut leaf = vec![Token::Atom(name)];
+            let args = tokens.get(*at..*at + n)?;
+            if args.iter().any(|t| matches!(t, Token::Open | Token::Close)) {
+                return None;
+            }
+            leaf.extend(args.iter().cloned());
+            *at += n;
+            Some(Key::Leaf(leaf))
+        }
+        Token::Quoted(_) | Token::Literal(_) => None,
+    }
+}
+
+/// The same criteria with ORs of ORs made one, NOT NOT dropped and lists in lists joined.
+fn simplified(key: Key) -> Key {
+    match key {
+        Key::Leaf(_) => key,
+        Key::Not(inner) => match simplified(*inner) {
+            Key::Not(twice) => *twice,
+            other => Key::Not(Box::new(other)),
+        },
+        Key::Any(items) => {
+            let mut flat = Vec::new();
+            for item in items {
+                match simplified(item) {
+                    Key::Any(more) => flat.extend(more),
+                    other => flat.push(other),
+                }
+            }
+            if flat.len() == 1 {
+                flat.pop().expect("one")
+            } else {
+                Key::Any(flat)
+            }
+        }
+        Key::All(items) => {
+            let mut flat = Vec::new();
+            for item in items {
+                match simplified(item) {
+                    Key::All(more) => flat.extend(more),
+                    other => flat.push(other),
+                }
+            }
+            if flat.len() == 1 {
+                flat.pop().expect("one")
+            } else {
+                Key::All(flat)
+            }
+        }
+    }
+}
+
+fn write(key: &Key, out: &mut Vec<u8>) {
+    match key {
+        Key::Leaf(tokens) => {
+            for (i, t) in tokens.iter().enumerate() {
+                if i > 0 {
+                    out.push(b' ');
+                }
+                t.write(out);
+            }
+        }
+        Key::Not(inner) => {
+            out.extend_from_slice(b"NOT ");
+            write(inner, out);
+        }
+        Key::All(items) => {
+            out.push(b'(');
+            for (i, k) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b' ');
+                }
+                write(k, out);
+            }
+            out.push(b')');
+        }
+        Key::Any(items) => write_any(items, out),
+    }
+}
+
+/// `OR a b` over any number of keys, as a balanced tree.
+fn write_any(items: &[Key], out: &mut Vec<u8>) {
+    if let [one] = items {
+        return write(one, out);
+    }
+    let (left, right) = items.split_at(items.len() / 2);
+    out.extend_from_slice(b"OR ");
+    write_any(left, out);
+    out.push(b' ');
+    write_any(right, out);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rebalanced;
+
+    fn again(command: &str) -> Option<String> {
+        rebalanced(command.as_bytes()).map(|b| String::from_utf8(b).unwrap())
+    }
+
+    #[test]
+    fn chains_become_balanced_trees_with_the_same_meaning() {
+        let ors = (0..10).map(|_| "OR ").collect::<String>();
+        let keys = (0..11)
+            .map(|i| format!("FROM u{i}"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let line = format!("a1 UID SEARCH CHARSET UTF-8 {ors}{keys}\r\n");
+        assert_eq!(
+            again(&line).unwrap(),
+            "a1 UID SEARCH CHARSET UTF-8 OR OR OR FROM u0 FROM u1 OR FROM u2 OR FROM u3 FROM u4 \
+             OR OR FROM u5 OR FROM u6 FROM u7 OR FROM u8 OR FROM u9 FROM u10\r\n"
+        );
+        assert_eq!(
+            again("t SEARCH NOT NOT NOT (((SEEN))) (DELETED (1:5 HEADER X \"a b\"))\r\n").unwrap(),
+            "t SEARCH NOT SEEN DELETED 1:5 HEADER X \"a b\"\r\n"
+        );
+        assert_eq!(
+            again("t SEARCH OR (FROM a TO b) OR SUBJECT {3+}\r\nxyz MODSEQ \"/flags/\\\\Seen\" all 5\r\n")
+                .unwrap(),
+            "t SEARCH OR (FROM a TO b) OR SUBJECT {3+}\r\nxyz MODSEQ \"/flags/\\\\Seen\" all 5\r\n"
+        );
+        // Not a SEARCH, or cut short: left as it was (and BAD).
+        assert_eq!(again("t FETCH 1 (FLAGS)\r\n"), None);
+        assert_eq!(again("t SEARCH OR FROM a\r\n"), None);
+        assert_eq!(again("t SEARCH (FROM a\r\n"), None);
+        assert_eq!(again("t SEARCH SUBJECT {5}\r\nab\r\n"), None);
+    }
+}
