@@ -334,6 +334,33 @@ fn postmaster_without_a_domain_gets_its_copy() {
     postfix.settled_messages(2);
 }
 
+/// A message with 12,000 header fields: every copy is re-injected and the original
+/// discarded, rather than deleting its fields one by one in place, which Postfix's cleanup
+/// failed on (451 at every try; review).
+#[test]
+fn a_message_with_thousands_of_fields_gets_its_copies() {
+    let Some(rig) = Rig::new() else { return };
+    let postfix = &rig.postfix;
+    let milter = rig.milter();
+    let fields: String = (0..12_000).map(|i| format!("X-H: {i}\n")).collect();
+    let message = format!(
+        "From: alice@example.org\nTo: bob@example.org, dave@example.net\n{fields}\
+         Subject: many fields\n\nthe body\n"
+    );
+    let rcpts = ["bob@example.org", "dave@example.net"];
+    let (rcpt, end) = smtp_transaction(postfix.smtp_port, "alice@example.org", &rcpts, &message);
+    assert!(rcpt.iter().all(|r| r.starts_with("250")), "{rcpt:?}");
+    assert!(end.starts_with("250"), "{end}");
+    let delivered = postfix.wait_messages(2);
+    assert_eq!(delivered.len(), 2, "{}", milter.log());
+    assert!(
+        milter.log().contains("original discarded"),
+        "{}",
+        milter.log()
+    );
+    postfix.settled_messages(2);
+}
+
 /// One copy built at a time ([policy] copy_batch_bytes = 0): the copy kept in place comes from
 /// the first batch, the others are re-injected batch by batch, and each recipient still gets
 /// exactly its own copy.
