@@ -230,6 +230,11 @@ async fn process_layer(
     raw: &[u8],
     depth: u8,
 ) -> Result<Processed, InboundError> {
+    // A bare CR in the header is a blank from here on, as it is stored (`strip_field`): the
+    // IMAP summary of the stored message must read the fields that were verified (review: a
+    // boundary "B<CR>C" was verified as one boundary and served as "B C", with Mallory's parts).
+    let blanked = header_crs_blanked(raw);
+    let raw = &blanked[..];
     let (header, body) = split(raw);
     let parsed = parse_message(raw);
     let root = parsed.as_ref().and_then(|m| m.parts.first());
@@ -255,7 +260,12 @@ async fn process_layer(
         match keys.decrypt_verify(ciphertext).await {
             Ok(decrypted) => {
                 verdict.encryption = Encryption::Decrypted;
-                let plaintext = crate::store::crlf(&decrypted.plaintext);
+                let mut plaintext = crate::store::crlf(&decrypted.plaintext);
+                // The same for the decrypted entity's header (outside any signature: §6.2's
+                // is checked by gpg before, §6.1's signed part is in the body).
+                if pgp_mime && is_mime_header(split(&plaintext).0) {
+                    plaintext = header_crs_blanked(&plaintext).into_owned();
+                }
                 if pgp_mime {
                     let (inner_header, inner_body) = match split(&plaintext) {
                         (header, body) if is_mime_header(header) => (header, body),
@@ -741,6 +751,15 @@ fn is_mime_header(header: &[u8]) -> bool {
     well_formed
         && matches!(&header[consumed..], b"\r\n" | b"")
         && fields.iter().any(|(name, _)| is_content_field(name))
+}
+
+/// `raw` with each bare CR of its header (up to the first empty line) a blank.
+fn header_crs_blanked(raw: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    let (header, body) = split(raw);
+    match bare_cr_as_blank(header) {
+        std::borrow::Cow::Borrowed(_) => std::borrow::Cow::Borrowed(raw),
+        std::borrow::Cow::Owned(blanked) => std::borrow::Cow::Owned([&blanked[..], body].concat()),
+    }
 }
 
 fn bare_cr_as_blank(header: &[u8]) -> std::borrow::Cow<'_, [u8]> {

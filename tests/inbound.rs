@@ -551,12 +551,24 @@ async fn a_signature_over_one_part_does_not_vouch_for_others() {
         )
     };
     let continued = two_readings("A", "AX", "boundary=\"A\"; boundary*1=\"X\"");
+    // A bare CR in the boundary, which is a blank once stored (review): Alice's parts are
+    // delimited by "B<CR>C", Mallory's by "B C", ahead of them.
+    let header = signed.split_once("\r\n\r\n").unwrap().0.replacen(
+        &format!("boundary=\"{boundary}\""),
+        "boundary=\"B\rC\"",
+        1,
+    );
+    let bare_cr = format!(
+        "{header}\r\n\r\n--B C\r\nContent-Type: text/plain\r\n\r\nPay Mallory.\r\n\
+         --B C\r\nContent-Type: application/pgp-signature\r\n\r\nx\r\n--B C--\r\n\
+         --B\rC\r\n{signed_part}\r\n--B\rC\r\n{signature_part}\r\n--B\rC--\r\n"
+    );
     let long = "B".repeat(81);
     let over_80 = two_readings(&long[..80], &long, &format!("boundary=\"{long}\""));
     forgeries_read_bad(
         &server,
         &signed,
-        &[&third, &mixed_first, &continued, &over_80],
+        &[&third, &mixed_first, &continued, &over_80, &bare_cr],
     );
 }
 
