@@ -472,6 +472,21 @@ fn a_fetch_copies_a_bounded_amount_of_one_message() {
     let one = raw.ok("FETCH 1 (BODY.PEEK[HEADER.FIELDS.NOT (X-Nothing)])");
     assert!(one[0].contains("X-Filler-08999"), "{:.200}", one[0]);
 
+    // Only sections count: a BODYSTRUCTURE of 8 MB (an attached message whose To holds
+    // 240,000 empty groups) is one copy of what was stored, and goes out (review: NO [LIMIT]
+    // for every FETCH of the mailbox that asked for it).
+    let groups = "g:;,".repeat(240_000);
+    let wide = format!(
+        "Subject: groups\r\nContent-Type: message/rfc822\r\n\r\nTo: {groups}\r\n\
+         Subject: inner\r\n\r\nx\r\n"
+    );
+    assert!(wide.len() < 1 << 20);
+    raw.ok(&format!("APPEND INBOX {{{}+}}\r\n{wide}", wide.len()));
+    raw.ok("NOOP");
+    let lines = raw.ok("FETCH 1:2 (UID FLAGS BODYSTRUCTURE)");
+    assert_eq!(lines.len(), 2, "{lines:.200?}");
+    assert!(lines[1].len() > 5 << 20, "{}", lines[1].len());
+
     raw.send(b"t1 FETCH 1 (BODY.PEEK[HEADER.FIELDS ({1+}\r\n\xff)])\r\n");
     let (lines, tagged) = raw.until("t1");
     assert!(tagged.starts_with("t1 OK"), "{tagged}");

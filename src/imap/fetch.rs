@@ -420,7 +420,10 @@ fn render_message(
     sections: &[Option<PreparedSection>],
     extras: Extras,
 ) -> Result<(), CmdError> {
-    let copied_before = out.rendered_len();
+    // Bytes the message's sections copied: BODYSTRUCTURE, ENVELOPE and BODY are one copy each
+    // of what was stored, whatever their size (counted, an 8 MB BODYSTRUCTURE failed every
+    // FETCH of the mailbox: review).
+    let mut sections_copied = 0;
     out.text("* ").num(seq).text(" FETCH (");
     let mut first = true;
     let mut sep = |out: &mut Out| {
@@ -440,12 +443,13 @@ fn render_message(
     let mut modseq_done = false;
     for (item, prepared) in items.iter().zip(sections) {
         // Nothing of this message's response has been written yet: it goes out whole or not.
-        if out.rendered_len() - copied_before > extras.most_copied {
+        if sections_copied > extras.most_copied {
             return Err(CmdError::no(
                 Some("LIMIT"),
                 "FETCH response too large: ask for fewer sections at a time",
             ));
         }
+        let before = out.rendered_len();
         sep(out);
         match item {
             MessageDataItemName::Uid => {
@@ -505,8 +509,17 @@ fn render_message(
                 return Err(CmdError::bad("BINARY is not supported"));
             }
         }
+        if matches!(
+            item,
+            MessageDataItemName::BodyExt { .. }
+                | MessageDataItemName::Rfc822
+                | MessageDataItemName::Rfc822Header
+                | MessageDataItemName::Rfc822Text
+        ) {
+            sections_copied += out.rendered_len() - before;
+        }
     }
-    if out.rendered_len() - copied_before > extras.most_copied {
+    if sections_copied > extras.most_copied {
         return Err(CmdError::no(
             Some("LIMIT"),
             "FETCH response too large: ask for fewer sections at a time",
