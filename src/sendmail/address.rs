@@ -23,6 +23,7 @@ pub fn scan(text: &[u8]) -> Vec<Found> {
         match text[i] {
             b'"' => {
                 let end = quoted_end(text, i);
+                entry.after_angle(text, &mut found);
                 entry.word(&text[i..end], end);
                 i = end;
             }
@@ -33,6 +34,7 @@ pub fn scan(text: &[u8]) -> Vec<Found> {
                     .iter()
                     .position(|&b| b == b']')
                     .map_or(text.len(), |p| i + p + 1);
+                entry.after_angle(text, &mut found);
                 entry.word(&text[i..end], end);
                 i = end;
             }
@@ -77,6 +79,7 @@ pub fn scan(text: &[u8]) -> Vec<Found> {
                     i += step(i);
                 }
                 i = i.min(text.len());
+                entry.after_angle(text, &mut found);
                 entry.word(&text[start..i], i);
             }
         }
@@ -97,6 +100,14 @@ struct Entry {
 }
 
 impl Entry {
+    /// A word after an angle-addr starts another entry (`<bob@x> carol@y` is two addresses,
+    /// as Postfix reads it: carol was lost).
+    fn after_angle(&mut self, text: &[u8], found: &mut Vec<Found>) {
+        if self.angle.is_some() {
+            self.finish(text, found);
+        }
+    }
+
     fn word(&mut self, word: &[u8], end: usize) {
         // Blanks around '@' and '.' are the obsolete CFWS of RFC 5322 §4.4, not a separator.
         let joins = |b: Option<&u8>| matches!(b, Some(b'@' | b'.'));
@@ -150,7 +161,7 @@ impl Entry {
                     Some(colon) if spec.first() == Some(&b'@') => spec[colon + 1..].to_vec(),
                     _ => spec,
                 };
-                (spec, trimmed_end)
+                (quoted_pairs_quoted(spec), trimmed_end)
             }
             None => (quoted_pairs_quoted(entry.plain), entry.plain_end),
         };
@@ -437,6 +448,23 @@ mod tests {
         assert_eq!(
             addresses("Doe\\, John <bob@example.org>"),
             ["bob@example.org"]
+        );
+        // A word after an angle-addr is another address.
+        assert_eq!(
+            addresses("<bob@example.org> carol@example.org"),
+            ["bob@example.org", "carol@example.org"]
+        );
+        assert_eq!(
+            addresses("Bob <bob@example.org>carol@example.org, dave@example.net"),
+            ["bob@example.org", "carol@example.org", "dave@example.net"]
+        );
+        assert_eq!(
+            addresses("<bob@example.org> carol"),
+            ["bob@example.org", "carol"]
+        );
+        assert_eq!(
+            addresses("<bob\\,x@example.org>"),
+            ["\"bob,x\"@example.org"]
         );
         // A '<' in an encoded word of the display name: the address is the last angle-addr.
         assert_eq!(
