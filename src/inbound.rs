@@ -372,8 +372,8 @@ async fn process_layer(
         // Subject, not one a resender put outside, and no outer Reply-To the signer did not
         // write. The body, the multipart/signed, stays as it came, to be verified again.
         // Also through a mailing list: anyone resending a captured message can add a List-Id
-        // (review: a forged one kept Mallory's Reply-To under Alice's valid signature); the
-        // list's List-* fields stay, for a client's reply to the list.
+        // (review: a forged one kept Mallory's Reply-To under Alice's valid signature), and a
+        // List-Post, where a client's "reply to list" goes: both go; other List-* fields stay.
         if let (Some(protected), Signature::Valid { .. }) = (&protected, &verdict.signature) {
             out_header = merge_headers(header, header, Some(protected)).0;
         }
@@ -793,7 +793,7 @@ fn is_protected(inner_header: &[u8]) -> bool {
 /// is shown only when the protected set has it too: anyone who forwards a captured signed
 /// message could add a Reply-To outside, and a reply would take the quoted plaintext there.
 /// A protected set without From (Mutt protects only the Subject) leaves the outer fields be.
-const REPLY_ROUTING: [&[u8]; 7] = [
+const REPLY_ROUTING: [&[u8]; 9] = [
     b"sender",
     b"reply-to",
     b"mail-followup-to",
@@ -801,6 +801,10 @@ const REPLY_ROUTING: [&[u8]; 7] = [
     b"followup-to",
     b"disposition-notification-to",
     b"return-receipt-to",
+    // A client's "reply to list" writes to List-Post (review: Mallory's, added with a List-Id
+    // to Alice's signed message, kept); Errors-To takes bounces of the reply.
+    b"list-post",
+    b"errors-to",
 ];
 
 /// The protected fields that are shown in place of the outer ones: those a reader sees

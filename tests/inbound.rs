@@ -1268,12 +1268,14 @@ async fn a_signed_messages_outer_fields_do_not_ride_on_its_signature() {
         "{verdict}"
     );
     // With a List-Id, which anyone who resends it can add (review: the Reply-To was kept):
-    // the outer Reply-To goes too; the List-* fields stay, for a reply to the list.
+    // the outer Reply-To goes too, and so do List-Post (a client's "reply to list") and
+    // Errors-To (review: kept); the other List-* fields stay.
     let listed = signed.replacen(
         &subject,
         &format!(
             "{subject}\r\nList-Id: <team.lists.example>\r\n\
-             List-Post: <mailto:team@lists.example>\r\nReply-To: m@evil.example"
+             List-Post: <mailto:m@evil.example>\r\nErrors-To: m@evil.example\r\n\
+             List-Unsubscribe: <mailto:team-leave@lists.example>\r\nReply-To: m@evil.example"
         ),
         1,
     );
@@ -1285,7 +1287,7 @@ async fn a_signed_messages_outer_fields_do_not_ride_on_its_signature() {
     assert!(!header.contains("evil.example"), "{header}");
     assert!(
         header.contains("List-Id: <team.lists.example>")
-            && header.contains("List-Post: <mailto:team@lists.example>"),
+            && header.contains("List-Unsubscribe: <mailto:team-leave@lists.example>"),
         "{header}"
     );
 }
