@@ -660,7 +660,11 @@ fn recipient(raw: &str) -> Recipient {
     let bare = rooted.as_deref().unwrap_or(bare);
     // RFC 5321 §4.5.1: `<postmaster>` with no domain must be taken (the MTA delivers it to
     // its own postmaster); sealpost refused it as no address (review: 553 at RCPT on an MX).
-    if bare.eq_ignore_ascii_case("postmaster") {
+    let unquoted_whole = bare
+        .strip_prefix('"')
+        .and_then(|b| b.strip_suffix('"'))
+        .unwrap_or(bare);
+    if unquoted_whole.eq_ignore_ascii_case("postmaster") {
         return Recipient {
             address: bare.to_string(),
             valid: true,
