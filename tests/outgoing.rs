@@ -1036,6 +1036,17 @@ async fn addresses_in_another_case_outside_ascii_find_the_key_and_rule() {
             "{address}"
         );
     }
+    // An ASCII spelling finds its own spelling's key only, whatever was looked up before it
+    // (review: a lookup of `Maße@` made `masse@` find its key, cached under the folded name).
+    let masse = world.sender.generate("Maße <maße@example.org>");
+    assert!(matches!(
+        service.resolve("Maße@example.org").await.unwrap(),
+        Resolution::Usable { fingerprint, .. } if fingerprint == masse
+    ));
+    assert!(matches!(
+        service.resolve("masse@example.org").await.unwrap(),
+        Resolution::NoKey { .. }
+    ));
     let policy = Policy {
         addresses: [("élodie@example.org".to_string(), Mode::EncryptOnly)].into(),
         ..Policy::default()

@@ -298,18 +298,13 @@ impl KeyService {
 
     /// Resolves an exact address to a public key usable for encryption.
     pub async fn resolve(&self, address: &str) -> Result<Resolution, KeyError> {
-        // Cached folded as Postfix folds it: `JÖRG@` and `jörg@` are one mailbox, with one
-        // key. Looked up as given: GnuPG's search needs the letters the key has (see
-        // `ops::address_patterns`), which folding can change (`straße` is `strasse`).
-        let given = address.to_ascii_lowercase();
-        let addr = match address.rsplit_once('@') {
-            Some((local, domain)) => format!(
-                "{}@{}",
-                crate::rewrite::policy::folded_local(local),
-                domain.to_ascii_lowercase()
-            ),
-            None => address.to_ascii_lowercase(),
-        };
+        // Looked up and cached as given (ASCII case aside): GnuPG's search needs the letters
+        // the key has (see `ops::address_patterns`), and a local part with letters outside
+        // ASCII finds the domain's keys whose address folds to it as Postfix folds it
+        // (`JÖRG@` finds jörg's, `Straße@` strasse's). An ASCII one finds its own spelling
+        // only (`strasse@` not a key for `straße@`): cached under a folded name, what one
+        // spelling found answered for the other, depending on which came first (review).
+        let addr = address.to_ascii_lowercase();
         if let Some(hit) = self.fresh_cache().public.get(&addr) {
             return Ok(hit.clone());
         }
@@ -319,9 +314,9 @@ impl KeyService {
         if let Some(hit) = self.fresh_cache().public.get(&addr) {
             return Ok(hit.clone());
         }
-        let mut resolution = self.list_public(&given, false).await?;
+        let mut resolution = self.list_public(&addr, false).await?;
         if matches!(resolution, Resolution::NoKey { .. }) && self.sources.any_network() {
-            let who = given.clone();
+            let who = addr.clone();
             // Located keys are imported into the keyring (GPGME "auto-key-locate").
             let located = self
                 .call(
@@ -334,7 +329,7 @@ impl KeyService {
                 )
                 .await?;
             if located {
-                resolution = self.list_public(&given, false).await?;
+                resolution = self.list_public(&addr, false).await?;
             }
         }
         // Logged once per fresh lookup, not on every cache hit.
