@@ -1342,7 +1342,13 @@ async fn rewrite_in_place(
         // goes as bytes: 8-bit text in a field (raw Latin-1, say) arrives as it was, as in the
         // re-injected copies, instead of as U+FFFD.
         let mut value = Vec::with_capacity(field.len() - colon);
-        let mut rest = field[colon + 1..].trim_ascii_start();
+        // Blanks after the colon go (Postfix writes its own), a fold right after it stays:
+        // a value broken to fit 998 octets from the colon on would be a line longer by the
+        // name otherwise (review: 1,004 octets in place).
+        let mut rest = &field[colon + 1..];
+        while let [b' ' | b'\t', tail @ ..] = rest {
+            rest = tail;
+        }
         while let Some(at) = rest.windows(2).position(|w| w == b"\r\n") {
             value.extend_from_slice(&rest[..at]);
             value.push(b'\n');
