@@ -1075,7 +1075,144 @@ fn from_address(header: &[u8]) -> Option<String> {
     {
         return None;
     }
+    // And as clients may read it: adjacent encoded words of one charset joined before they
+    // are decoded (mail-parser decodes each alone: an ISO-2022-JP fullwidth @ split over two
+    // words read as "!w"), and text in a charset not read here in each charset a client
+    // might read it in (review: both read from=match).
+    if crate::imap::summary::single_display_name(&value).is_some_and(|raw| {
+        name_readings(&raw)
+            .iter()
+            .any(|n| names_another_address(n, &address))
+    }) {
+        return None;
+    }
     Some(address)
+}
+
+/// The charsets text is read in when its own is not known here (an unknown label, or 8-bit
+/// bytes with none): what mail clients may take it for.
+const GUESSED_CHARSETS: [&[u8]; 10] = [
+    b"utf-8",
+    b"windows-1252",
+    b"shift_jis",
+    b"euc-jp",
+    b"iso-2022-jp",
+    b"gb18030",
+    b"big5",
+    b"euc-kr",
+    b"utf-7",
+    b"utf-16le",
+];
+
+/// The ways a display name as written (`raw`, encoded words not decoded) may read: adjacent
+/// RFC 2047 encoded words of one charset joined before decoding (RFC 2047 §6.2 drops the
+/// blanks between them; a character may be split over two), each word in its charset when it
+/// is known here, and the words of an unknown charset and 8-bit text that is not UTF-8 in each
+/// of [`GUESSED_CHARSETS`], one reading for each.
+fn name_readings(raw: &[u8]) -> Vec<String> {
+    use mail_parser::decoders::charsets::map::charset_decoder;
+    // The pieces: (bytes, Some(charset)) for a run of encoded words, (text, None) otherwise.
+    let mut pieces: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
+    let mut i = 0;
+    while i < raw.len() {
+        if let Some((charset, bytes, end)) = encoded_word(&raw[i..]) {
+            match pieces.last_mut() {
+                Some((joined, Some(last))) if last.eq_ignore_ascii_case(&charset) => {
+                    joined.extend_from_slice(&bytes)
+                }
+                _ => pieces.push((bytes, Some(charset))),
+            }
+            i += end;
+            // Blanks between two encoded words are no text.
+            let blanks = raw[i..]
+                .iter()
+                .take_while(|b| b.is_ascii_whitespace())
+                .count();
+            if encoded_word(&raw[i + blanks..]).is_some() {
+                i += blanks;
+            }
+            continue;
+        }
+        let next = raw[i + 1..]
+            .windows(2)
+            .position(|w| w == b"=?")
+            .map_or(raw.len(), |p| i + 1 + p);
+        match pieces.last_mut() {
+            Some((text, None)) => text.extend_from_slice(&raw[i..next]),
+            _ => pieces.push((raw[i..next].to_vec(), None)),
+        }
+        i = next;
+    }
+    let known = |piece: &(Vec<u8>, Option<Vec<u8>>)| match &piece.1 {
+        Some(charset) => charset_decoder(charset).map(|d| d(&piece.0)),
+        None => std::str::from_utf8(&piece.0).ok().map(str::to_string),
+    };
+    let guessed = pieces.iter().any(|p| known(p).is_none());
+    let mut readings = Vec::new();
+    for guess in GUESSED_CHARSETS {
+        let decode = charset_decoder(guess);
+        let reading: String = pieces
+            .iter()
+            .map(|p| {
+                known(p).unwrap_or_else(|| {
+                    decode.map_or_else(|| String::from_utf8_lossy(&p.0).into_owned(), |d| d(&p.0))
+                })
+            })
+            .collect();
+        readings.push(reading);
+        if !guessed {
+            break;
+        }
+    }
+    readings
+}
+
+/// The RFC 2047 encoded word at the start of `text`: its charset (without a `*language`),
+/// its decoded bytes, and its length; None when `text` does not start with one.
+fn encoded_word(text: &[u8]) -> Option<(Vec<u8>, Vec<u8>, usize)> {
+    use base64::Engine as _;
+    let rest = text.strip_prefix(b"=?")?;
+    let q1 = rest.iter().position(|&b| b == b'?')?;
+    let encoding = *rest.get(q1 + 1)?;
+    if rest.get(q1 + 2) != Some(&b'?') {
+        return None;
+    }
+    let body = &rest[q1 + 3..];
+    let end = body.windows(2).position(|w| w == b"?=")?;
+    let encoded = &body[..end];
+    if encoded.iter().any(|b| b.is_ascii_whitespace()) {
+        return None;
+    }
+    let charset = rest[..q1].split(|&b| b == b'*').next()?.to_vec();
+    let bytes = match encoding {
+        b'B' | b'b' => base64::engine::general_purpose::STANDARD_NO_PAD
+            .decode(
+                encoded
+                    .strip_suffix(b"==")
+                    .or(encoded.strip_suffix(b"="))
+                    .unwrap_or(encoded),
+            )
+            .ok()?,
+        b'Q' | b'q' => {
+            let mut out = Vec::with_capacity(encoded.len());
+            let mut j = 0;
+            while j < encoded.len() {
+                match encoded[j] {
+                    b'_' => out.push(b' '),
+                    b'=' => {
+                        let hex = std::str::from_utf8(encoded.get(j + 1..j + 3)?).ok()?;
+                        out.push(u8::from_str_radix(hex, 16).ok()?);
+                        j += 2;
+                    }
+                    b => out.push(b),
+                }
+                j += 1;
+            }
+            out
+        }
+        _ => return None,
+    };
+    Some((charset, bytes, 2 + q1 + 3 + end + 2))
 }
 
 /// Whether `name` holds a word that looks like an address (`local@domain.tld`) other than
@@ -1127,11 +1264,6 @@ fn names_another_address(name: &str, address: &str) -> bool {
                     | '\u{FF65}'
         )
     };
-    // Text in a charset not read here (replacement characters) may show anything, an
-    // address among it, in a client that reads that charset.
-    if name.contains('\u{FFFD}') {
-        return true;
-    }
     // Before NFKC too, which makes the narrow spaces plain ones.
     let visible: String = name.chars().filter(|c| !invisible(c)).collect();
     let name: String = visible
@@ -1356,6 +1488,13 @@ mod tests {
             "=?gb18030?B?YWxpY2WjwGV4YW1wbGUub3Jn?= <m@evil.example>",
             // A charset not read here: whatever a client that knows it shows.
             "=?x-no-such-charset?B?YWxpY2WjwGV4YW1wbGUub3Jn?= <m@evil.example>",
+            // Adjacent words of one charset, a character split over two (review: each
+            // decoded alone read "alice!wexample.org", or replacement characters).
+            "=?iso-2022-jp?B?YWxpY2UbJEI=?= =?iso-2022-jp?B?IXcbKEJleGFtcGxlLm9yZw==?= <m@evil.example>",
+            "=?utf-8?B?YWxpY2XvvA==?= =?utf-8?B?oGV4YW1wbGUub3Jn?= <m@evil.example>",
+            "=?utf-7?B?YWxpY2UrL3k=?= =?utf-7?B?QS1leGFtcGxlLm9yZw==?= <m@evil.example>",
+            // UTF-7 under a label not known here (review).
+            "=?unicode-1-1-utf-7?B?YWxpY2UrL3lBLWV4YW1wbGUub3Jn?= <m@evil.example>",
         ] {
             assert_eq!(from(lookalike), None, "{lookalike}");
         }
@@ -1376,9 +1515,19 @@ mod tests {
             // Isolates and embeddings reorder nothing that matters here.
             "\"\u{2068}alice@example.org\u{2069}\" <alice@example.org>",
             "\"\u{05D0}\u{202B}@\u{202C}\" <alice@example.org>",
+            // Names in a charset not read here, or mislabelled, that read as no address in
+            // any charset (review: from=mismatch for Alice's own mail).
+            "=?utf-8?Q?Ren=E9_Alice?= <alice@example.org>",
+            "=?cp932?B?k26V0w==?= <alice@example.org>",
+            "=?x-mac-japanese?B?k26V0w==?= <alice@example.org>",
         ] {
             assert_eq!(from(fine).as_deref(), Some("alice@example.org"), "{fine}");
         }
+        let raw_latin1 = b"From: Ren\xe9 Alice <alice@example.org>\r\nSubject: x\r\n\r\n";
+        assert_eq!(
+            from_address(raw_latin1).as_deref(),
+            Some("alice@example.org")
+        );
     }
 
     #[test]

@@ -161,6 +161,16 @@ pub(crate) fn single_mailbox(value: &[u8]) -> Option<String> {
         .map(|a| a.to_ascii_lowercase())
 }
 
+/// The display name of the one mailbox of an address list, as written (encoded words not
+/// decoded), as the IMAP ENVELOPE gives it; None for none, or for anything but one mailbox.
+pub(crate) fn single_display_name(value: &[u8]) -> Option<Vec<u8>> {
+    let list = address::parse_address_list(value);
+    let [one] = list.as_slice() else {
+        return None;
+    };
+    one.name.clone()
+}
+
 /// Computed once when a message is stored; never fails (broken MIME still gets a structure).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Summary {
