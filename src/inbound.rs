@@ -1143,8 +1143,12 @@ fn name_readings(raw: &[u8]) -> Vec<String> {
         }
         i = next;
     }
+    // Bytes that are not text in their own charset (replacement characters) are guessed at
+    // too: a client may fall back to another.
     let known = |piece: &(Vec<u8>, Option<Vec<u8>>)| match &piece.1 {
-        Some(charset) => charset_decoder(charset).map(|d| d(&piece.0)),
+        Some(charset) => charset_decoder(charset)
+            .map(|d| d(&piece.0))
+            .filter(|t| !t.contains('\u{FFFD}')),
         None => std::str::from_utf8(&piece.0).ok().map(str::to_string),
     };
     let guessed = pieces.iter().any(|p| known(p).is_none());
@@ -1495,6 +1499,8 @@ mod tests {
             "=?utf-7?B?YWxpY2UrL3k=?= =?utf-7?B?QS1leGFtcGxlLm9yZw==?= <m@evil.example>",
             // UTF-7 under a label not known here (review).
             "=?unicode-1-1-utf-7?B?YWxpY2UrL3lBLWV4YW1wbGUub3Jn?= <m@evil.example>",
+            // Labelled UTF-8, but no UTF-8: GB18030's fullwidth @.
+            "=?utf-8?B?YWxpY2WjwGV4YW1wbGUub3Jn?= <m@evil.example>",
         ] {
             assert_eq!(from(lookalike), None, "{lookalike}");
         }
