@@ -923,7 +923,10 @@ async fn trust_model_always_without_a_trust_database_is_no_keyring_problem() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_damaged_public_keyring_defers_and_sends_nothing_in_clear() {
     let world = World::new();
-    for damage in ["truncated", "garbage"] {
+    // A directory in place of the keyring: gpg says "read error" and "no public key" for
+    // every address (review: taken for "no key", a clear copy for a recipient with a key;
+    // unsigned, so that the missing key of the sender does not defer it first).
+    for damage in ["truncated", "garbage", "directory"] {
         let home = GpgHome {
             dir: sealpost::keys::home::short_temp_dir("spd").unwrap(),
         };
@@ -939,14 +942,24 @@ async fn a_damaged_public_keyring_defers_and_sends_nothing_in_clear() {
         let mut bytes = std::fs::read(&keyring).unwrap();
         match damage {
             "truncated" => bytes.truncate(bytes.len() - 200),
+            "directory" => {
+                std::fs::remove_file(&keyring).unwrap();
+                std::fs::create_dir(&keyring).unwrap();
+            }
             _ => {
                 bytes = (0..5000u32)
                     .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
                     .collect()
             }
         }
-        std::fs::write(&keyring, bytes).unwrap();
-        let rewriter = Rewriter::new(home.service(Duration::from_secs(20)), Policy::default());
+        if damage != "directory" {
+            std::fs::write(&keyring, bytes).unwrap();
+        }
+        let policy = Policy {
+            sign: damage != "directory",
+            ..Policy::default()
+        };
+        let rewriter = Rewriter::new(home.service(Duration::from_secs(20)), policy);
         let copies = copies(
             rewriter
                 .rewrite(&envelope(), MESSAGE.as_bytes().to_vec())

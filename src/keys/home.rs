@@ -76,11 +76,20 @@ pub fn public_keyring_problem(home: &Path, address: &str) -> Option<String> {
             .and_then(|code| code.trim().parse::<u32>().ok())
             .is_some_and(|code| code & 0xffff == 9)
     };
+    // "read error": the keyring cannot be read at all (a directory in its place, EIO), and
+    // gpg still says "no public key" for every address (review: cleartext to Bob, whose key
+    // was in it).
     let damage = |l: &str| {
         let l = l.to_ascii_lowercase();
-        ["keydb", "keyblock", "invalid keyring", "invalid packet"]
-            .iter()
-            .any(|w| l.contains(w))
+        [
+            "keydb",
+            "keyblock",
+            "invalid keyring",
+            "invalid packet",
+            "read error",
+        ]
+        .iter()
+        .any(|w| l.contains(w))
     };
     // gpg listed a key for the address whose user ID GPGME did not give as that address: no
     // key is used and none is taken for "no key" either (the recipient would get cleartext
@@ -123,8 +132,15 @@ fn keyring_file_problem(home: &Path) -> Option<String> {
     }
     for name in ["pubring.kbx", "pubring.gpg"] {
         let path = home.join(name);
-        match std::fs::File::open(&path) {
-            Ok(_) => return None,
+        // Opened and read from: a directory opens too, and a failing disk only fails a read.
+        let read = std::fs::File::open(&path).and_then(|mut file| {
+            if !file.metadata()?.is_file() {
+                return Err(io::Error::other("it is no regular file"));
+            }
+            io::Read::read(&mut file, &mut [0u8; 64]).map(|_| ())
+        });
+        match read {
+            Ok(()) => return None,
             Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
             Err(e) => return Some(format!("{} cannot be read: {e}", path.display())),
         }
