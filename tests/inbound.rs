@@ -1742,3 +1742,54 @@ async fn the_legacy_display_element_is_left_out() {
         );
     }
 }
+
+/// A gpg-agent that hangs (stopped): `deliver` answers 75 once the deadline has passed, and
+/// the check of the secret keyring after it has a deadline too (review: it waited for the
+/// agent for 611 s, past Postfix's limit for a mailbox_command, which then bounces).
+#[test]
+fn a_hung_agent_is_a_temporary_failure_within_the_deadline() {
+    let world = World::new();
+    let server = Server::start_config(
+        "",
+        &format!(
+            "[gnupg]\nhome = \"{}\"\ntimeout_secs = 2\n",
+            world.bob.dir.display()
+        ),
+    );
+    let armored = world.sender.encrypt_to(
+        &world.bob_fpr,
+        b"Content-Type: text/plain\r\n\r\nwhile the agent sleeps\r\n",
+    );
+    let message = verdicts::pgp_mime(&armored);
+    // The agent is running (a first delivery), then stopped.
+    let (code, output) = deliver(&server, &message);
+    assert_eq!(code, 0, "{output}");
+    let out = std::process::Command::new("gpg-connect-agent")
+        .arg("--homedir")
+        .arg(&world.bob.dir)
+        .args(["getinfo pid", "/bye"])
+        .output()
+        .unwrap();
+    let pid: i32 = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("D "))
+        .and_then(|p| p.trim().parse().ok())
+        .expect("the agent's pid");
+    struct Resume(i32);
+    impl Drop for Resume {
+        fn drop(&mut self) {
+            unsafe { libc::kill(self.0, libc::SIGCONT) };
+        }
+    }
+    let _resume = Resume(pid);
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    let started = std::time::Instant::now();
+    let (code, output) = deliver(&server, &message);
+    let took = started.elapsed();
+    assert_eq!(code, 75, "{output}");
+    // Two deadlines of 2 s and the process around them, not the agent's pleasure.
+    assert!(
+        took < std::time::Duration::from_secs(60),
+        "{took:?}: {output}"
+    );
+}

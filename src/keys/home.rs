@@ -7,6 +7,7 @@ use std::io;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 /// The gpg.conf sealpost writes into GnuPG homes it creates.
 pub const GPG_CONF: &str = "# written by sealpost\n\
@@ -60,7 +61,7 @@ pub fn stop_daemons(home: &Path) {
 /// empty listing is checked here before it counts as "no key". A home without any keyring
 /// file is readable: it has no keys (gpg makes the file). Runs gpg once, asking for
 /// `address`, the one whose listing came back empty.
-pub fn public_keyring_problem(home: &Path, address: &str) -> Option<String> {
+pub fn public_keyring_problem(home: &Path, address: &str, deadline: Duration) -> Option<String> {
     if let Some(problem) = keyring_file_problem(home) {
         return Some(problem);
     }
@@ -70,7 +71,11 @@ pub fn public_keyring_problem(home: &Path, address: &str) -> Option<String> {
     // gives another code (a truncated pubring.kbx: "System error w/o errno"; garbage:
     // "Invalid packet"), or code 9 after a damaged key block it passed over ("keydb_..."
     // on stderr): review, both were taken for "no key", and the recipient got cleartext.
-    let out = gpg_listing(Some(home), &["--list-keys", &format!("<{address}>")]);
+    let out = gpg_listing(
+        Some(home),
+        &["--list-keys", &format!("<{address}>")],
+        deadline,
+    );
     let no_pubkey = |l: &str| {
         l.strip_prefix("[GNUPG:] ERROR keylist.getkey ")
             .and_then(|code| code.trim().parse::<u32>().ok())
@@ -149,22 +154,78 @@ fn keyring_file_problem(home: &Path) -> Option<String> {
 }
 
 /// gpg's colon listing with status lines on stdout.
-fn gpg_listing(home: Option<&Path>, args: &[&str]) -> std::io::Result<std::process::Output> {
+/// The deadline of a keyring check made inside a GnuPG worker, whose own operation the
+/// service ends (the worker with it) at `gnupg.timeout_secs`.
+pub const WORKER_LISTING_DEADLINE: Duration = Duration::from_secs(600);
+
+/// Runs gpg with `args` and returns what it wrote; a gpg that has not finished by `deadline`
+/// (waiting for a gpg-agent that hangs) is killed and the run is an error. Without one,
+/// `deliver` waited 611 s for a stopped agent, past Postfix's limit for a mailbox_command
+/// (review).
+fn gpg_listing(
+    home: Option<&Path>,
+    args: &[&str],
+    deadline: Duration,
+) -> std::io::Result<std::process::Output> {
     let mut cmd = Command::new("gpg");
     if let Some(h) = home {
         cmd.arg("--homedir").arg(h);
     }
-    cmd.args(["--batch", "--no-tty", "--with-colons", "--status-fd", "1"])
+    let mut child = cmd
+        .args(["--batch", "--no-tty", "--with-colons", "--status-fd", "1"])
         .args(args)
         .stdin(Stdio::null())
-        .output()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let read = |pipe: Option<Box<dyn io::Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut out = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut out);
+            }
+            out
+        })
+    };
+    let stdout = read(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn io::Read + Send>),
+    );
+    let stderr = read(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn io::Read + Send>),
+    );
+    let until = std::time::Instant::now() + deadline;
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if std::time::Instant::now() >= until {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("gpg did not answer within {} s", deadline.as_secs()),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Ok(std::process::Output {
+        status,
+        stdout: stdout.join().unwrap_or_default(),
+        stderr: stderr.join().unwrap_or_default(),
+    })
 }
 
 /// Asks gpg whether the secret keyring can be read at all (it needs gpg-agent). Returns the
 /// problem gpg reports, or None when the keyring answered. Used only after a lookup found no
 /// secret key, to tell "there is none" from "cannot tell now".
-pub fn secret_keyring_problem(home: Option<&Path>) -> Option<String> {
-    let out = gpg_listing(home, &["--list-secret-keys"]);
+pub fn secret_keyring_problem(home: Option<&Path>, deadline: Duration) -> Option<String> {
+    let out = gpg_listing(home, &["--list-secret-keys"], deadline);
     match out {
         Err(e) => Some(format!("cannot run gpg: {e}")),
         Ok(out) => {

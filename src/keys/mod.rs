@@ -237,6 +237,11 @@ impl KeyService {
         &self.home
     }
 
+    /// How long one GnuPG operation may take (`gnupg.timeout_secs`).
+    pub fn deadline(&self) -> Duration {
+        self.deadline
+    }
+
     /// Drops cached lookups when a keyring file changed since they were made, or after
     /// [`CACHE_FOR`]: a key expires without any file changing, and a "no key" from an
     /// unreachable key server must not stand for the life of a daemon.
@@ -376,11 +381,12 @@ impl KeyService {
             )
             .await?;
         if facts.is_empty() {
-            let (home, addr) = (self.home.clone(), addr.to_string());
-            let problem =
-                tokio::task::spawn_blocking(move || home::public_keyring_problem(&home, &addr))
-                    .await
-                    .unwrap_or_else(|e| Some(format!("keyring check failed: {e}")));
+            let (home, addr, deadline) = (self.home.clone(), addr.to_string(), self.deadline);
+            let problem = tokio::task::spawn_blocking(move || {
+                home::public_keyring_problem(&home, &addr, deadline)
+            })
+            .await
+            .unwrap_or_else(|e| Some(format!("keyring check failed: {e}")));
             if let Some(detail) = problem {
                 return Err(KeyError::Refused {
                     op: "looking up a public key",

@@ -116,8 +116,11 @@ pub fn execute(gpg: &mut Gpg, request: Request) -> Result<Response, KeyError> {
                 // Without its agent gpg lists no secret keys and GPGME reports no error.
                 // gpg itself says so on its status channel: ask it before answering "no
                 // secret key" (permanent) instead of "cannot tell now" (temporary).
-                let problem = home::secret_keyring_problem(gpg.home.as_deref())
-                    .or_else(|| unreadable_secret_key(&mut gpg.ctx, gpg.home.as_deref(), &addr));
+                let problem = home::secret_keyring_problem(
+                    gpg.home.as_deref(),
+                    home::WORKER_LISTING_DEADLINE,
+                )
+                .or_else(|| unreadable_secret_key(&mut gpg.ctx, gpg.home.as_deref(), &addr));
                 if let Some(problem) = problem {
                     return Err(KeyError::Refused {
                         op: "looking up a signing key",
@@ -432,7 +435,7 @@ fn key_unusable_now(gpg: &Gpg, error: &gpgme::Error) -> Option<String> {
     if now.iter().any(|e| e.code() == error.code()) {
         return Some(format!("the secret key cannot be used now: {error}"));
     }
-    home::secret_keyring_problem(gpg.home.as_deref())
+    home::secret_keyring_problem(gpg.home.as_deref(), home::WORKER_LISTING_DEADLINE)
         .map(|problem| format!("{error}, and the secret keyring cannot be read: {problem}"))
 }
 

@@ -1865,8 +1865,8 @@ pub(crate) async fn gnupg_works(keys: &KeyService, known: &mut Option<bool>) -> 
     if let Some(answer) = *known {
         return answer;
     }
-    let home = keys.home().to_path_buf();
-    let answer = blocking(move || crate::keys::home::secret_keyring_problem(Some(&home)))
+    let (home, deadline) = (keys.home().to_path_buf(), keys.deadline());
+    let answer = blocking(move || crate::keys::home::secret_keyring_problem(Some(&home), deadline))
         .await
         .map(|problem| problem.is_none())
         .unwrap_or(false);
