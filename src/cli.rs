@@ -441,6 +441,29 @@ async fn queue(config: Config, command: QueueCommand) -> Result<u8, CliError> {
     Ok(0)
 }
 
+/// Makes way for a unix socket at `path`: a socket left by a milter that is gone is removed;
+/// a live one (another milter answers on it) is "address in use", and anything else there is
+/// refused, not removed (review: a regular file at the configured path was deleted, and a
+/// second milter took a running one's socket over, leaving it unreachable).
+fn stale_socket_removed(path: &str) -> std::io::Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+        Ok(m) if !m.file_type().is_socket() => Err(std::io::Error::new(
+            std::io::ErrorKind::AlreadyExists,
+            "something other than a socket is there; not removed",
+        )),
+        Ok(_) => match std::os::unix::net::UnixStream::connect(path) {
+            Ok(_) => Err(std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                "another process listens on this socket",
+            )),
+            Err(_) => std::fs::remove_file(path),
+        },
+    }
+}
+
 async fn milter(config: Config) -> Result<u8, CliError> {
     use crate::milter::{Milter, MilterError};
     let keys = Arc::new(key_service(&config, None));
@@ -451,8 +474,8 @@ async fn milter(config: Config) -> Result<u8, CliError> {
     let listen = config.milter.listen.clone();
     let max = config.milter.max_connections;
     let result = if let Some(path) = listen.strip_prefix("unix:") {
-        let _ = std::fs::remove_file(path);
-        let listener = tokio::net::UnixListener::bind(path)
+        let listener = stale_socket_removed(path)
+            .and_then(|()| tokio::net::UnixListener::bind(path))
             .map_err(|e| MilterError::Listen(listen.clone(), e));
         match listener {
             Ok(l) => {

@@ -1579,3 +1579,93 @@ fn a_copy_over_the_size_limit_is_not_kept_in_place() {
         );
     }
 }
+
+/// `listen = "unix:PATH"`: what is at PATH is removed only when it is a socket nobody answers
+/// on (review: a regular file there was deleted, and a second milter took a running one's
+/// socket over). A file stays as it was; a live socket is "in use" and keeps its milter.
+#[test]
+fn a_unix_socket_path_in_use_or_taken_is_not_removed() {
+    let world = World::new();
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("milter.sock");
+    let config = |name: &str| {
+        let path = dir.path().join(format!("{name}.toml"));
+        std::fs::write(
+            &path,
+            format!(
+                "[gnupg]\nhome = \"{}\"\n[milter]\nlisten = \"unix:{}\"\njournal = \"{}\"\n",
+                world.sender.dir.display(),
+                socket.display(),
+                dir.path().join(format!("{name}.sqlite")).display()
+            ),
+        )
+        .unwrap();
+        path
+    };
+    let run = |config: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_sealpost"))
+            .arg("--config")
+            .arg(config)
+            .arg("milter")
+            .output()
+            .unwrap()
+    };
+    // A regular file where the socket goes: refused, left alone.
+    std::fs::write(&socket, "precious").unwrap();
+    let out = run(&config("first"));
+    assert!(!out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not removed"),
+        "{out:?}"
+    );
+    assert_eq!(std::fs::read_to_string(&socket).unwrap(), "precious");
+    // A live milter's socket: a second one is refused, and the first still answers.
+    std::fs::remove_file(&socket).unwrap();
+    let mut first = Command::new(env!("CARGO_BIN_EXE_sealpost"))
+        .arg("--config")
+        .arg(config("first"))
+        .arg("milter")
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first milter never listened"
+        );
+        assert!(
+            first.try_wait().unwrap().is_none(),
+            "the first milter exited"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let out = run(&config("second"));
+    assert!(!out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("another process"),
+        "{out:?}"
+    );
+    assert!(std::os::unix::net::UnixStream::connect(&socket).is_ok());
+    let _ = first.kill();
+    let _ = first.wait();
+    // Left by a milter that is gone: taken.
+    let mut again = Command::new(env!("CARGO_BIN_EXE_sealpost"))
+        .arg("--config")
+        .arg(config("first"))
+        .arg("milter")
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no milter on the stale socket"
+        );
+        assert!(again.try_wait().unwrap().is_none(), "the milter exited");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let _ = again.kill();
+    let _ = again.wait();
+}
