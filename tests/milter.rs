@@ -932,21 +932,25 @@ fn steps_are_answered_only_when_the_mta_waits_for_an_answer() {
 #[test]
 fn sigterm_stops_the_milter_cleanly() {
     let world = World::new();
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let mut milter = MilterProcess::start(&world, port, free_port(), &dir.path().join("j.sqlite"));
-    // An MTA connection is open (idle between messages) when the signal comes.
-    let idle = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    let pid = milter.child.id() as i32;
-    // SAFETY: kill(2) on our own child.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
-    let status = milter.child.wait().unwrap();
-    assert!(status.success(), "exit after SIGTERM: {status:?}");
-    drop(idle);
-    assert!(
-        TcpStream::connect(("127.0.0.1", port)).is_err(),
-        "no longer listening"
-    );
+    // SIGHUP too (review: it ended the milter at once, exit 129).
+    for signal in [libc::SIGTERM, libc::SIGHUP] {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let mut milter =
+            MilterProcess::start(&world, port, free_port(), &dir.path().join("j.sqlite"));
+        // An MTA connection is open (idle between messages) when the signal comes.
+        let idle = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let pid = milter.child.id() as i32;
+        // SAFETY: kill(2) on our own child.
+        assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
+        let status = milter.child.wait().unwrap();
+        assert!(status.success(), "exit after signal {signal}: {status:?}");
+        drop(idle);
+        assert!(
+            TcpStream::connect(("127.0.0.1", port)).is_err(),
+            "no longer listening"
+        );
+    }
 }
 
 /// Postfix 3's protocol options: every step may be skipped or left unanswered.
