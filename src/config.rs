@@ -242,6 +242,22 @@ impl Config {
                 "must be a single line".into(),
             ));
         }
+        // Two accounts of one name: logins, `deliver --account` and the store would take the
+        // first, and the second's upstream would be synced into it (review: accepted).
+        for (index, account) in self.accounts.iter().enumerate() {
+            if self.accounts[..index]
+                .iter()
+                .any(|a| a.name == account.name)
+            {
+                let (first, part) = nth_array_table(text, "accounts", index);
+                return Err(ConfigError::Invalid {
+                    path: name.to_string(),
+                    line: first + line_of(part, "accounts", "name"),
+                    key: "accounts.name: ".into(),
+                    message: format!("\"{}\" names an account above already", account.name),
+                });
+            }
+        }
         for (index, account) in self.accounts.iter().enumerate() {
             let problem = account
                 .upstream
@@ -362,6 +378,16 @@ impl Config {
                     "must be at most 604800 (a week)".into(),
                 ));
             }
+        }
+        if self.queue.min_backoff_secs > self.queue.max_backoff_secs {
+            return Err(invalid(
+                "queue.max_backoff_secs",
+                "max_backoff_secs",
+                format!(
+                    "must be at least min_backoff_secs ({})",
+                    self.queue.min_backoff_secs
+                ),
+            ));
         }
         if self.queue.max_message_bytes < 1024 {
             return Err(invalid(
@@ -623,6 +649,22 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.starts_with("s.toml:2: queue.lifetime_hours: "), "{e}");
+        // Found only at a run before (review: accepted silently).
+        let e = Config::parse(
+            "[queue]\nmin_backoff_secs = 600\nmax_backoff_secs = 60\n",
+            "s.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("s.toml:3: queue.max_backoff_secs: "), "{e}");
+        let e = Config::parse(
+            "[[accounts]]\nname = \"a\"\npassword_hash = \"x\"\n\n\
+             [[accounts]]\nname = \"a\"\npassword_hash = \"y\"\n",
+            "s.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("s.toml:6: accounts.name: "), "{e}");
         let e = Config::parse(
             "[policy.addresses]\n\"not-an-address\" = \"opportunistic\"\n",
             "s.toml",
