@@ -57,6 +57,15 @@ pub async fn serve(config: Config, args: ImapArgs) -> Result<u8, CliError> {
             .map(|l| (l.address, l.tls))
             .collect();
     }
+    // A server with no listener would run serving nobody (review: started, silent).
+    if wanted.is_empty() {
+        return Err(CliError::Usage(
+            "no IMAP listener: [imap] listen is empty and neither --tls nor --starttls was given"
+                .into(),
+        ));
+    }
+    // Every listener is bound before any is announced: one that cannot be had stops the start
+    // with nothing said to be listening (review: "listening" printed, then exit 69).
     let mut listeners = Vec::new();
     for (address, mode) in wanted {
         let listener = TcpListener::bind(address)
@@ -65,15 +74,21 @@ pub async fn serve(config: Config, args: ImapArgs) -> Result<u8, CliError> {
         let bound = listener
             .local_addr()
             .map_err(|source| CliError::Listen { address, source })?;
-        let mode_name = match mode {
-            imap::TlsMode::Implicit => "tls",
-            imap::TlsMode::Starttls => "starttls",
-        };
-        // Tests and supervisors read this line to learn the port (port 0 in the config).
-        println!("listening {mode_name} {bound}");
-        tracing::info!(address = %bound, mode = mode_name, "imap: listening");
-        listeners.push((listener, mode));
+        listeners.push((listener, mode, bound));
     }
+    let listeners: Vec<_> = listeners
+        .into_iter()
+        .map(|(listener, mode, bound)| {
+            let mode_name = match mode {
+                imap::TlsMode::Implicit => "tls",
+                imap::TlsMode::Starttls => "starttls",
+            };
+            // Tests and supervisors read this line to learn the port (port 0 in the config).
+            println!("listening {mode_name} {bound}");
+            tracing::info!(address = %bound, mode = mode_name, "imap: listening");
+            (listener, mode)
+        })
+        .collect();
     let shared = Arc::new(Shared {
         connections: Arc::new(Semaphore::new(config.imap.max_connections)),
         penalties: crate::imap::auth::Penalties::new(std::time::Duration::from_millis(

@@ -481,3 +481,43 @@ fn nix_is_root() -> bool {
         .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
         .is_ok_and(|uid| uid == 0)
 }
+
+/// `sealpost imap` with no listener, or one it cannot have: a one-line reason, and nothing
+/// announced as listening (review: it ran serving nobody, or printed "listening" for the
+/// first listener and then exited for the second).
+#[test]
+fn imap_without_a_listener_it_can_have_does_not_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("s.toml");
+    let store = dir.path().join("store.sqlite");
+    std::fs::write(
+        &config,
+        format!(
+            "[store]\npath = \"{}\"\n[imap]\nlisten = []\n",
+            store.display()
+        ),
+    )
+    .unwrap();
+    let out = sealpost(&["--config", config.to_str().unwrap(), "imap"], b"");
+    assert_eq!(out.status.code(), Some(64), "{out:?}");
+    assert!(stderr_line(&out).contains("no IMAP listener"), "{out:?}");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let out = sealpost(
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "imap",
+            "--tls",
+            "127.0.0.1:0",
+            "--starttls",
+            &format!("127.0.0.1:{port}"),
+        ],
+        b"",
+    );
+    assert_eq!(out.status.code(), Some(69), "{out:?}");
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("listening"),
+        "{out:?}"
+    );
+}
