@@ -1794,8 +1794,10 @@ fn a_keyword_in_another_case_is_the_same_keyword() {
 }
 
 /// A server whose store is on a tmpfs of `size` (with the file system and its directory, to
-/// keep); None, said, when not root (mount needs it).
-fn server_on_small_fs(size: &str) -> Option<(Server, common::SmallFs, tempfile::TempDir)> {
+/// keep); None, said, when not root (mount needs it). In the order bindings of them are
+/// dropped in, last first: the server stops, the file system is unmounted, then its directory
+/// is removed (the other way round, the mount point stayed behind in /tmp after every run).
+fn server_on_small_fs(size: &str) -> Option<(tempfile::TempDir, common::SmallFs, Server)> {
     if sealpost::queue::current_uid() != 0 {
         eprintln!("skipped: needs root to mount a small file system");
         return None;
@@ -1806,7 +1808,7 @@ fn server_on_small_fs(size: &str) -> Option<(Server, common::SmallFs, tempfile::
         .unwrap();
     let fs = common::SmallFs::mount_at(dir.path(), size);
     let server = Server::start_store("", "", "", Some(&fs.path.join("store.sqlite")));
-    Some((server, fs, dir))
+    Some((dir, fs, server))
 }
 
 /// An import that fails part-way (the store's disk full) says how many messages it stored
@@ -1814,7 +1816,7 @@ fn server_on_small_fs(size: &str) -> Option<(Server, common::SmallFs, tempfile::
 /// of 1,200 in, the error alone said, and a second run made them 1,700). Needs root.
 #[test]
 fn an_import_cut_short_says_what_it_stored() {
-    let Some((server, _fs, _dir)) = server_on_small_fs("2M") else {
+    let Some((_dir, _fs, server)) = server_on_small_fs("2M") else {
         return;
     };
     let mut text = String::new();
@@ -1848,7 +1850,7 @@ fn an_import_cut_short_says_what_it_stored() {
 /// Needs root (a small tmpfs).
 #[test]
 fn close_on_a_full_store_says_the_messages_stayed() {
-    let Some((server, fs, _dir)) = server_on_small_fs("4M") else {
+    let Some((_dir, fs, server)) = server_on_small_fs("4M") else {
         return;
     };
     let mut raw = server.login();
