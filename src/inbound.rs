@@ -793,7 +793,7 @@ fn is_protected(inner_header: &[u8]) -> bool {
 /// is shown only when the protected set has it too: anyone who forwards a captured signed
 /// message could add a Reply-To outside, and a reply would take the quoted plaintext there.
 /// A protected set without From (Mutt protects only the Subject) leaves the outer fields be.
-const REPLY_ROUTING: [&[u8]; 9] = [
+const REPLY_ROUTING: [&[u8]; 12] = [
     b"sender",
     b"reply-to",
     b"mail-followup-to",
@@ -805,6 +805,10 @@ const REPLY_ROUTING: [&[u8]; 9] = [
     // to Alice's signed message, kept); Errors-To takes bounces of the reply.
     b"list-post",
     b"errors-to",
+    // Gnus and Emacs's message mode copy a wide reply to Mail-Copies-To (review).
+    b"mail-copies-to",
+    b"x-mail-copies-to",
+    b"resent-reply-to",
 ];
 
 /// The protected fields that are shown in place of the outer ones: those a reader sees
@@ -1091,7 +1095,7 @@ fn from_address(header: &[u8]) -> Option<String> {
 
 /// The charsets text is read in when its own is not known here (an unknown label, or 8-bit
 /// bytes with none): what mail clients may take it for.
-const GUESSED_CHARSETS: [&[u8]; 10] = [
+const GUESSED_CHARSETS: [&[u8]; 13] = [
     b"utf-8",
     b"windows-1252",
     b"shift_jis",
@@ -1102,6 +1106,9 @@ const GUESSED_CHARSETS: [&[u8]; 10] = [
     b"euc-kr",
     b"utf-7",
     b"utf-16le",
+    b"utf-16be",
+    b"utf-32be",
+    b"utf-32le",
 ];
 
 /// The ways a display name as written (`raw`, encoded words not decoded) may read: adjacent
@@ -1149,19 +1156,40 @@ fn name_readings(raw: &[u8]) -> Vec<String> {
         Some(charset) => charset_decoder(charset)
             .map(|d| d(&piece.0))
             .filter(|t| !t.contains('\u{FFFD}')),
-        None => std::str::from_utf8(&piece.0).ok().map(str::to_string),
+        // 7-bit text with ISO-2022 escapes is UTF-8, and JIS to clients (review).
+        None => std::str::from_utf8(&piece.0)
+            .ok()
+            .filter(|t| !t.contains('\u{1b}'))
+            .map(str::to_string),
     };
     let guessed = pieces.iter().any(|p| known(p).is_none());
     let mut readings = Vec::new();
+    // UTF-32, which mail-parser does not decode, here.
+    fn utf32(bytes: &[u8], big_endian: bool) -> String {
+        bytes
+            .chunks(4)
+            .map(|c| {
+                let mut word = [0u8; 4];
+                word[..c.len()].copy_from_slice(c);
+                let n = if big_endian {
+                    u32::from_be_bytes(word)
+                } else {
+                    u32::from_le_bytes(word)
+                };
+                char::from_u32(n).unwrap_or('\u{FFFD}')
+            })
+            .collect()
+    }
     for guess in GUESSED_CHARSETS {
-        let decode = charset_decoder(guess);
+        let decode = |bytes: &[u8]| match guess {
+            b"utf-32be" => utf32(bytes, true),
+            b"utf-32le" => utf32(bytes, false),
+            _ => charset_decoder(guess)
+                .map_or_else(|| String::from_utf8_lossy(bytes).into_owned(), |d| d(bytes)),
+        };
         let reading: String = pieces
             .iter()
-            .map(|p| {
-                known(p).unwrap_or_else(|| {
-                    decode.map_or_else(|| String::from_utf8_lossy(&p.0).into_owned(), |d| d(&p.0))
-                })
-            })
+            .map(|p| known(p).unwrap_or_else(|| decode(&p.0)))
             .collect();
         readings.push(reading);
         if !guessed {
@@ -1174,7 +1202,6 @@ fn name_readings(raw: &[u8]) -> Vec<String> {
 /// The RFC 2047 encoded word at the start of `text`: its charset (without a `*language`),
 /// its decoded bytes, and its length; None when `text` does not start with one.
 fn encoded_word(text: &[u8]) -> Option<(Vec<u8>, Vec<u8>, usize)> {
-    use base64::Engine as _;
     let rest = text.strip_prefix(b"=?")?;
     let q1 = rest.iter().position(|&b| b == b'?')?;
     let encoding = *rest.get(q1 + 1)?;
@@ -1189,14 +1216,9 @@ fn encoded_word(text: &[u8]) -> Option<(Vec<u8>, Vec<u8>, usize)> {
     }
     let charset = rest[..q1].split(|&b| b == b'*').next()?.to_vec();
     let bytes = match encoding {
-        b'B' | b'b' => base64::engine::general_purpose::STANDARD_NO_PAD
-            .decode(
-                encoded
-                    .strip_suffix(b"==")
-                    .or(encoded.strip_suffix(b"="))
-                    .unwrap_or(encoded),
-            )
-            .ok()?,
+        // As leniently as clients decode (trailing bits, padding): a strict decoder left a
+        // word with a changed last character undecoded, unjoined (review).
+        b'B' | b'b' => crate::message::encoding::base64_decode_lenient(encoded)?,
         b'Q' | b'q' => {
             let mut out = Vec::with_capacity(encoded.len());
             let mut j = 0;
@@ -1499,6 +1521,12 @@ mod tests {
             "=?utf-7?B?YWxpY2UrL3k=?= =?utf-7?B?QS1leGFtcGxlLm9yZw==?= <m@evil.example>",
             // UTF-7 under a label not known here (review).
             "=?unicode-1-1-utf-7?B?YWxpY2UrL3lBLWV4YW1wbGUub3Jn?= <m@evil.example>",
+            // The same split words with a last base64 character whose spare bits are not
+            // zero (clients decode it; a strict decoder did not: review).
+            "=?utf-8?B?YWxpY2XvvB==?= =?utf-8?B?oGV4YW1wbGUub3Jn?= <m@evil.example>",
+            // UTF-32, and 7-bit ISO-2022-JP in a quoted name (review).
+            "=?utf-32be?B?AAAAYQAAAGwAAABpAAAAYwAAAGUAAP8gAAAAZQAAAHgAAABhAAAAbQAAAHAAAABsAAAAZQAAAC4AAABvAAAAcgAAAGc=?= <m@evil.example>",
+            "\"alice\u{1b}$B!w\u{1b}(Bexample.org\" <m@evil.example>",
             // Labelled UTF-8, but no UTF-8: GB18030's fullwidth @.
             "=?utf-8?B?YWxpY2WjwGV4YW1wbGUub3Jn?= <m@evil.example>",
         ] {

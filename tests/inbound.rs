@@ -1275,6 +1275,7 @@ async fn a_signed_messages_outer_fields_do_not_ride_on_its_signature() {
         &format!(
             "{subject}\r\nList-Id: <team.lists.example>\r\n\
              List-Post: <mailto:m@evil.example>\r\nErrors-To: m@evil.example\r\n\
+             Mail-Copies-To: m@evil.example\r\n\
              List-Unsubscribe: <mailto:team-leave@lists.example>\r\nReply-To: m@evil.example"
         ),
         1,
