@@ -798,7 +798,10 @@ async fn end_of_message(
     // deleted one at a time, and Postfix's cleanup failed on 12,000 of them ("too many
     // reverse jump records": 451 at every try, for good; 8,000 took 31 s), while a
     // re-injected copy costs it nothing more than any other message (review).
-    let in_place = (t.smtp || t.recipients.len() <= 1) && t.names.len() <= MAX_FIELDS_IN_PLACE;
+    // Holding keeps the original in place (Postfix's hold queue), whatever its size: re-
+    // injected, a message to hold waited deferred at every try instead (review).
+    let in_place = (t.smtp || t.recipients.len() <= 1)
+        && (t.names.len() <= MAX_FIELDS_IN_PLACE || milter.hold_without_key);
     // The copies are built a batch at a time (a large message to many recipients never has
     // every copy in memory) and each batch's are re-injected before the next is built. One
     // copy is set aside to replace the original, unless inbound mail without a key is to be
