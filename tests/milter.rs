@@ -1623,27 +1623,29 @@ fn a_unix_socket_path_in_use_or_taken_is_not_removed() {
         "{out:?}"
     );
     assert_eq!(std::fs::read_to_string(&socket).unwrap(), "precious");
+    // A milter started on the socket, once it answers there.
+    let listening = |config: &Path| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_sealpost"))
+            .arg("--config")
+            .arg(config)
+            .arg("milter")
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no milter on the socket"
+            );
+            assert!(child.try_wait().unwrap().is_none(), "the milter exited");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        child
+    };
     // A live milter's socket: a second one is refused, and the first still answers.
     std::fs::remove_file(&socket).unwrap();
-    let mut first = Command::new(env!("CARGO_BIN_EXE_sealpost"))
-        .arg("--config")
-        .arg(config("first"))
-        .arg("milter")
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while std::os::unix::net::UnixStream::connect(&socket).is_err() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the first milter never listened"
-        );
-        assert!(
-            first.try_wait().unwrap().is_none(),
-            "the first milter exited"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    let mut first = listening(&config("first"));
     let out = run(&config("second"));
     assert!(!out.status.success(), "{out:?}");
     assert!(
@@ -1654,22 +1656,7 @@ fn a_unix_socket_path_in_use_or_taken_is_not_removed() {
     let _ = first.kill();
     let _ = first.wait();
     // Left by a milter that is gone: taken.
-    let mut again = Command::new(env!("CARGO_BIN_EXE_sealpost"))
-        .arg("--config")
-        .arg(config("first"))
-        .arg("milter")
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while std::os::unix::net::UnixStream::connect(&socket).is_err() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no milter on the stale socket"
-        );
-        assert!(again.try_wait().unwrap().is_none(), "the milter exited");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    let mut again = listening(&config("first"));
     let _ = again.kill();
     let _ = again.wait();
 }
