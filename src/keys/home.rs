@@ -153,12 +153,12 @@ fn keyring_file_problem(home: &Path) -> Option<String> {
     None
 }
 
-/// gpg's colon listing with status lines on stdout.
 /// The deadline of a keyring check made inside a GnuPG worker, whose own operation the
 /// service ends (the worker with it) at `gnupg.timeout_secs`.
 pub const WORKER_LISTING_DEADLINE: Duration = Duration::from_secs(600);
 
-/// Runs gpg with `args` and returns what it wrote; a gpg that has not finished by `deadline`
+/// gpg's colon listing with status lines on stdout: runs gpg with `args` and returns what it
+/// wrote; a gpg that has not finished by `deadline`
 /// (waiting for a gpg-agent that hangs) is killed and the run is an error. Without one,
 /// `deliver` waited 611 s for a stopped agent, past Postfix's limit for a mailbox_command
 /// (review).

@@ -801,7 +801,8 @@ async fn end_of_message(
     // Holding keeps the original in place (Postfix's hold queue), whatever its size: re-
     // injected, a message to hold waited deferred at every try instead (review).
     let in_place = (t.smtp || t.recipients.len() <= 1)
-        && (t.names.len() <= MAX_FIELDS_IN_PLACE || milter.hold_without_key);
+        && (t.names.len() <= MAX_FIELDS_IN_PLACE
+            || (milter.hold_without_key && !inbound.is_empty()));
     // The copies are built a batch at a time (a large message to many recipients never has
     // every copy in memory) and each batch's are re-injected before the next is built. One
     // copy is set aside to replace the original, unless inbound mail without a key is to be
