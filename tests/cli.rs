@@ -377,6 +377,7 @@ fn a_trust_database_gpg_cannot_make_defers_rather_than_sends_in_clear() {
             "{copy:?}"
         );
     }
+    let _ = std::fs::remove_dir_all(&out_dir);
 }
 
 /// An argument that is not UTF-8 (a Latin-1 recipient) is a usage error with its reason, by
