@@ -431,11 +431,17 @@ fn listen_problem(listen: &str) -> Option<String> {
     let (host, port) = addr.rsplit_once(':').unwrap_or(("", addr));
     let host = host.trim_start_matches('[').trim_end_matches(']');
     let port_ok = port.parse::<u16>().is_ok_and(|p| p > 0);
+    // A name's last label is never all digits (RFC 3696 §2): `999.1.1.1` is no address and no
+    // name (review: taken, then the bind failed with 75 instead of a configuration error).
     let host_ok = host.is_empty()
         || host.parse::<std::net::IpAddr>().is_ok()
-        || host
+        || (host
             .split('.')
-            .all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
+            .all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
+            && !host
+                .rsplit('.')
+                .next()
+                .is_some_and(|l| l.bytes().all(|b| b.is_ascii_digit())));
     (!port_ok || !host_ok).then(|| format!("\"{listen}\" is no socket: {FORMS}"))
 }
 
@@ -650,6 +656,15 @@ mod tests {
             .to_string();
         assert!(e.starts_with("s.toml:2: queue.lifetime_hours: "), "{e}");
         // Found only at a run before (review: accepted silently).
+        let e = Config::parse("[milter]\nlisten = \"inet:999.1.1.1:2897\"\n", "s.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("s.toml:2: milter.listen: "), "{e}");
+        assert!(Config::parse(
+            "[milter]\nlisten = \"inet:mx.example.org:8895\"\n",
+            "s.toml"
+        )
+        .is_ok());
         let e = Config::parse(
             "[queue]\nmin_backoff_secs = 600\nmax_backoff_secs = 60\n",
             "s.toml",
