@@ -159,6 +159,10 @@ pub enum CliError {
     /// Try again later (an MTA keeps the message queued).
     #[error("temporary failure: {0}")]
     Temporary(String),
+    /// A setting found wrong only when used (an upstream's password file that cannot be
+    /// read): trying again changes nothing until the configuration does.
+    #[error("configuration: {0}")]
+    Setting(String),
     #[error("{0}")]
     Sendmail(#[from] crate::sendmail::SendmailError),
 }
@@ -186,6 +190,7 @@ impl CliError {
             CliError::NoUser(_) => 67,
             CliError::NotAMessage(_) => 65,
             CliError::Temporary(_) => 75,
+            CliError::Setting(_) => 78,
             CliError::Sendmail(e) => e.exit_code(),
         }
     }

@@ -256,6 +256,24 @@ async fn starttls_plain_auth_and_failures_that_store_nothing() {
     );
     assert!(verdicts::fetch_all(&server).is_empty());
 
+    // A password file that is not there: a setting to correct, 78 (review: 75).
+    let missing = table.replace(
+        &format!(
+            "password_file = \"{}\"",
+            dir.path().join("upstream-password").display()
+        ),
+        &format!(
+            "password_file = \"{}\"",
+            dir.path().join("no-such-file").display()
+        ),
+    );
+    let out = sync_once(&sync_config(&server, &missing));
+    assert_eq!(out.status.code(), Some(78), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("password_file"),
+        "{out:?}"
+    );
+
     // STARTTLS + PLAIN with the right settings.
     let config = sync_config(&server, &table);
     let out = sync_once(&config);
