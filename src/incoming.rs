@@ -223,11 +223,14 @@ pub async fn sync(config: Config, args: SyncArgs) -> Result<u8, CliError> {
                 }
             }
         }
-        // A setting found wrong (the password file, the CA file, the host name) is 78, as
-        // at start (review: 75, which a timer retries for good); anything else may pass.
+        // An upstream setting found wrong (the password file, the CA file, the host name) is
+        // 78, as at start (review: 75, which a timer retries for good); anything else may
+        // pass, a Maildir source that is not there too (a file system not mounted yet).
         return match failed {
             None => Ok(0),
-            Some(e @ crate::sync::SyncError::Config(_)) => Err(CliError::Setting(e.to_string())),
+            Some(crate::sync::SyncError::Config(m)) if !m.contains("[accounts.maildir]") => Err(
+                CliError::Setting(crate::sync::SyncError::Config(m).to_string()),
+            ),
             Some(e) => Err(CliError::Temporary(e.to_string())),
         };
     }
