@@ -260,13 +260,16 @@ async fn process_layer(
         match keys.decrypt_verify(ciphertext).await {
             Ok(decrypted) => {
                 verdict.encryption = Encryption::Decrypted;
-                let mut plaintext = crate::store::crlf(&decrypted.plaintext);
-                // The same for the decrypted entity's header (outside any signature: §6.2's
-                // is checked by gpg before, §6.1's signed part is in the body).
-                if pgp_mime && is_mime_header(split(&plaintext).0) {
-                    plaintext = header_crs_blanked(&plaintext).into_owned();
-                }
+                let plaintext = crate::store::crlf(&decrypted.plaintext);
                 if pgp_mime {
+                    // The same for the decrypted entity's header (outside any signature:
+                    // §6.2's is checked by gpg before, §6.1's signed part is in the body).
+                    let plaintext = match split(&plaintext) {
+                        (header, _) if is_mime_header(header) => {
+                            header_crs_blanked(&plaintext).into_owned()
+                        }
+                        _ => plaintext,
+                    };
                     let (inner_header, inner_body) = match split(&plaintext) {
                         (header, body) if is_mime_header(header) => (header, body),
                         // Not a MIME entity (RFC 3156 §4 says it is one): text from a sender
@@ -1162,7 +1165,8 @@ fn name_readings(raw: &[u8]) -> Vec<String> {
             .filter(|t| !t.contains('\u{1b}'))
             .map(str::to_string),
     };
-    let guessed = pieces.iter().any(|p| known(p).is_none());
+    let known: Vec<Option<String>> = pieces.iter().map(known).collect();
+    let guessed = known.iter().any(Option::is_none);
     let mut readings = Vec::new();
     // UTF-32, which mail-parser does not decode, here.
     fn utf32(bytes: &[u8], big_endian: bool) -> String {
@@ -1189,7 +1193,8 @@ fn name_readings(raw: &[u8]) -> Vec<String> {
         };
         let reading: String = pieces
             .iter()
-            .map(|p| known(p).unwrap_or_else(|| decode(&p.0)))
+            .zip(&known)
+            .map(|(p, k)| k.clone().unwrap_or_else(|| decode(&p.0)))
             .collect();
         readings.push(reading);
         if !guessed {

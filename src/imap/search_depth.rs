@@ -261,34 +261,25 @@ fn simplified(key: Key) -> Key {
             Key::Not(twice) => *twice,
             other => Key::Not(Box::new(other)),
         },
-        Key::Any(items) => {
-            let mut flat = Vec::new();
-            for item in items {
-                match simplified(item) {
-                    Key::Any(more) => flat.extend(more),
-                    other => flat.push(other),
-                }
-            }
-            if flat.len() == 1 {
-                flat.pop().expect("one")
-            } else {
-                Key::Any(flat)
-            }
+        Key::Any(items) => flattened(items, true),
+        Key::All(items) => flattened(items, false),
+    }
+}
+
+/// The items of an OR (`any`) or a list, simplified, with those of the same kind spliced in;
+/// one item alone is itself.
+fn flattened(items: Vec<Key>, any: bool) -> Key {
+    let mut flat = Vec::new();
+    for item in items {
+        match (simplified(item), any) {
+            (Key::Any(more), true) | (Key::All(more), false) => flat.extend(more),
+            (other, _) => flat.push(other),
         }
-        Key::All(items) => {
-            let mut flat = Vec::new();
-            for item in items {
-                match simplified(item) {
-                    Key::All(more) => flat.extend(more),
-                    other => flat.push(other),
-                }
-            }
-            if flat.len() == 1 {
-                flat.pop().expect("one")
-            } else {
-                Key::All(flat)
-            }
-        }
+    }
+    match (flat.len(), any) {
+        (1, _) => flat.pop().expect("one"),
+        (_, true) => Key::Any(flat),
+        (_, false) => Key::All(flat),
     }
 }
 

@@ -178,7 +178,8 @@ fn gpg_listing(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()?;
-    let read = |pipe: Option<Box<dyn io::Read + Send>>| {
+    // Read on threads of their own, so that neither pipe fills while gpg is waited for.
+    fn drained<R: io::Read + Send + 'static>(pipe: Option<R>) -> std::thread::JoinHandle<Vec<u8>> {
         std::thread::spawn(move || {
             let mut out = Vec::new();
             if let Some(mut pipe) = pipe {
@@ -186,19 +187,9 @@ fn gpg_listing(
             }
             out
         })
-    };
-    let stdout = read(
-        child
-            .stdout
-            .take()
-            .map(|p| Box::new(p) as Box<dyn io::Read + Send>),
-    );
-    let stderr = read(
-        child
-            .stderr
-            .take()
-            .map(|p| Box::new(p) as Box<dyn io::Read + Send>),
-    );
+    }
+    let stdout = drained(child.stdout.take());
+    let stderr = drained(child.stderr.take());
     let until = std::time::Instant::now() + deadline;
     let status = loop {
         if let Some(status) = child.try_wait()? {
