@@ -259,6 +259,17 @@ impl Config {
             }
         }
         for (index, account) in self.accounts.iter().enumerate() {
+            if let Some(message) = crate::imap::auth::hash_problem(&account.password_hash) {
+                let (first, part) = nth_array_table(text, "accounts", index);
+                return Err(ConfigError::Invalid {
+                    path: name.to_string(),
+                    line: first + line_of(part, "accounts", "password_hash"),
+                    key: "accounts.password_hash: ".into(),
+                    message,
+                });
+            }
+        }
+        for (index, account) in self.accounts.iter().enumerate() {
             let problem = account
                 .upstream
                 .as_ref()
@@ -696,17 +707,33 @@ mod tests {
         .to_string();
         assert!(e.starts_with("s.toml:5: gnupg.timeout_secs: "), "{e}");
         // The second account's setting: its line, not the first account's same key.
+        const HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c2VhbHBvc3RkdW1teQ$\
+                            3rKNu2ms0Wsq4SvDkiQUGJ1Hb3Xpwe1TqKbt3mC9l5Q";
         let e = Config::parse(
-            "[[accounts]] # first\nname = \"a\"\npassword_hash = \"x\"\n[accounts.upstream]\n\
+            &format!("[[accounts]] # first\nname = \"a\"\npassword_hash = \"{HASH}\"\n[accounts.upstream]\n\
              host = \"127.0.0.1\"\nusername = \"a\"\npassword_file = \"/p\"\ntimeout_secs = 10\n\n[[accounts]]\n\
-             name = \"b\"\npassword_hash = \"x\"\n[accounts.upstream]\nhost = \"127.0.0.1\"\n\
-             username = \"b\"\npassword_file = \"/p\"\ntimeout_secs = 0\n",
+             name = \"b\"\npassword_hash = \"{HASH}\"\n[accounts.upstream]\nhost = \"127.0.0.1\"\n\
+             username = \"b\"\npassword_file = \"/p\"\ntimeout_secs = 0\n"),
             "s.toml",
         )
         .unwrap_err()
         .to_string();
         assert!(
             e.starts_with("s.toml:17: accounts.upstream.timeout_secs: "),
+            "{e}"
+        );
+        // A hash no login can match.
+        let e = Config::parse(
+            &format!(
+                "[[accounts]]\nname = \"a\"\npassword_hash = \"{HASH}\"\n\n\
+                 [[accounts]]\nname = \"b\"\npassword_hash = \"notahash\"\n"
+            ),
+            "s.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("s.toml:7: accounts.password_hash: not a PHC hash string"),
             "{e}"
         );
         // Settings that would refuse every message or connection.

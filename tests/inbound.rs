@@ -1578,9 +1578,10 @@ fn a_store_deliver_creates_is_private_whatever_the_umask() {
     std::fs::write(
         &config,
         format!(
-            "[store]\npath = \"{}\"\n[gnupg]\nhome = \"{}\"\n[[accounts]]\nname = \"alice\"\npassword_hash = \"x\"\n",
+            "[store]\npath = \"{}\"\n[gnupg]\nhome = \"{}\"\n[[accounts]]\nname = \"alice\"\npassword_hash = \"{}\"\n",
             store.display(),
-            world.bob.dir.display()
+            world.bob.dir.display(),
+            common::server::password_hash()
         ),
     )
     .unwrap();
@@ -1615,10 +1616,11 @@ fn deliveries_into_a_new_store_at_once_all_go_in() {
         &config,
         format!(
             "[store]\npath = \"{}\"\n[gnupg]\nhome = \"{}\"\n[[accounts]]\nname = \"{}\"\n\
-             password_hash = \"x\"\n",
+             password_hash = \"{}\"\n",
             dir.path().join("new/store.sqlite").display(),
             world.bob.dir.display(),
-            common::server::USER
+            common::server::USER,
+            common::server::password_hash()
         ),
     )
     .unwrap();

@@ -74,6 +74,34 @@ pub fn check<'a>(accounts: &'a [Account], user: &str, password: &[u8]) -> Option
     account.filter(|_| ok)
 }
 
+/// Why `hash` cannot be an account's `password_hash`, if it cannot: not a PHC string of
+/// argon2 (argon2id, argon2i or argon2d) with parameters argon2 takes, or without its salt
+/// and output. Such an account could never log in (review: `password_hash = "notahash"` was
+/// taken, and every login then failed as a wrong password).
+pub fn hash_problem(hash: &str) -> Option<String> {
+    let parsed = match PasswordHash::new(hash) {
+        Ok(parsed) => parsed,
+        Err(e) => {
+            return Some(format!(
+                "not a PHC hash string ({e}); `sealpost passwd` makes one"
+            ))
+        }
+    };
+    if argon2::Algorithm::try_from(parsed.algorithm).is_err() {
+        return Some(format!(
+            "\"{}\" is no argon2 hash; `sealpost passwd` makes an argon2id one",
+            parsed.algorithm
+        ));
+    }
+    if let Err(e) = argon2::Params::try_from(&parsed) {
+        return Some(format!("argon2 parameters argon2 does not take ({e})"));
+    }
+    if parsed.salt.is_none() || parsed.hash.is_none() {
+        return Some("the hash has no salt or no output; `sealpost passwd` makes one".into());
+    }
+    None
+}
+
 /// argon2id of a random string nobody knows; only used to spend time on unknown users.
 const DUMMY_HASH: &str =
     "$argon2id$v=19$m=19456,t=2,p=1$c2VhbHBvc3RkdW1teQ$3rKNu2ms0Wsq4SvDkiQUGJ1Hb3Xpwe1TqKbt3mC9l5Q";
@@ -122,6 +150,18 @@ mod tests {
         assert!(check(&accounts, "alice", b"wrong").is_none());
         assert!(check(&accounts, "mallory", b"s3cret").is_none());
         assert!(PasswordHash::new(DUMMY_HASH).is_ok());
+        assert_eq!(hash_problem(DUMMY_HASH), None);
+        assert_eq!(hash_problem(&accounts[0].password_hash), None);
+        for bad in [
+            "notahash",
+            "",
+            "$argon2id$v=19$m=19456,t=2,p=1$c2VhbHBvc3RkdW1teQ",
+            "$argon2id$v=19$m=1,t=2,p=1$c2VhbHBvc3RkdW1teQ$3rKNu2ms0Wsq4SvDkiQUGJ1Hb3Xpwe1TqKbt3mC9l5Q",
+            "$pbkdf2-sha256$i=1000$c2FsdHNhbHQ$3rKNu2ms0Wsq4SvDkiQUGJ1Hb3Xpwe1TqKbt3mC9l5Q",
+            "$6$salt$hash",
+        ] {
+            assert!(hash_problem(bad).is_some(), "{bad}");
+        }
     }
 
     #[test]

@@ -21,7 +21,7 @@ pub struct Server {
     pub tls_port: u16,
 }
 
-fn password_hash() -> &'static str {
+pub fn password_hash() -> &'static str {
     static HASH: OnceLock<String> = OnceLock::new();
     HASH.get_or_init(|| sealpost::imap::auth::hash_password(PASSWORD.as_bytes()).unwrap())
 }
