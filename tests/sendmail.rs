@@ -1374,6 +1374,28 @@ fn listing_a_queue_that_does_not_exist_creates_nothing() {
     assert!(!s.queue_dir().exists());
 }
 
+/// A queue directory that cannot be looked at (a regular file on its path) is no empty queue:
+/// `mailq` and `queue list` say why and fail, as `queue run` does (review: "Mail queue is
+/// empty", exit 0).
+#[test]
+fn listing_a_queue_under_a_regular_file_fails_with_the_reason() {
+    let s = Setup::new();
+    s.configure(relay::free_port(), false, "");
+    let file = s.dir.path().join("file");
+    std::fs::write(&file, "").unwrap();
+    let text = std::fs::read_to_string(&s.config).unwrap().replace(
+        &format!("dir = \"{}\"", s.queue_dir().display()),
+        &format!("dir = \"{}/queue\"", file.display()),
+    );
+    std::fs::write(&s.config, text).unwrap();
+    for out in [s.sealpost(&["queue", "list"]), s.sendmail(&["-bp"], b"")] {
+        assert_eq!(out.status.code(), Some(75), "{out:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("Not a directory"), "{stderr}");
+        assert!(out.stdout.is_empty(), "{out:?}");
+    }
+}
+
 /// A relay that takes 6 s to answer the final "." (3 x timeout_secs here) is waited for, as
 /// RFC 5321 §4.5.3.2.6 asks (10 minutes): given up sooner, the copy it had taken went again at
 /// the retry.

@@ -311,8 +311,14 @@ fn may_run_queue(dir: &Path) -> bool {
 /// `sendmail -bp` / `queue list`: Postfix mailq's layout.
 pub fn list(config: &QueueConfig, out: &mut impl Write) -> Result<(), SendmailError> {
     // No queue yet: nothing in it. Listing creates none (root's first `mailq` made the
-    // shared queue's directory root's, which the service's runner could not use).
-    if !config.dir.exists() {
+    // shared queue's directory root's, which the service's runner could not use). A path
+    // that cannot be looked at (a regular file on it, no search permission) is no empty
+    // queue (review: "Mail queue is empty" for a queue under a regular file).
+    let exists = config.dir.try_exists().map_err(|source| QueueError::Io {
+        path: config.dir.display().to_string(),
+        source,
+    })?;
+    if !exists {
         return out
             .write_all(b"Mail queue is empty\n")
             .map_err(|e| SendmailError::Input(InputError::Read(e)));
