@@ -36,8 +36,12 @@ fn fail(what: &str) -> impl Fn(crate::keys::KeyError) -> CliError + '_ {
 pub async fn run(config: Config, keep: Option<&Path>) -> Result<u8, CliError> {
     let dir = match keep {
         Some(d) => {
-            std::fs::create_dir_all(d)
-                .map_err(|e| CliError::Demo(format!("{}: {e}", d.display())))?;
+            // An I/O error on a directory the user named (a file there, no permission), as
+            // `rewrite --out` gives it: 74, not a failed check of the round trip (70).
+            std::fs::create_dir_all(d).map_err(|source| CliError::Output {
+                path: d.display().to_string(),
+                source,
+            })?;
             d.to_path_buf()
         }
         None => home::short_temp_dir("sp-demo").map_err(|e| CliError::Demo(e.to_string()))?,

@@ -298,6 +298,14 @@ fn exit_codes_and_reasons() {
     let out = run(base(&["--rcpt", "not an address"]), MESSAGE);
     assert_eq!(out.status.code(), Some(69));
     assert!(stderr_line(&out).contains("5.1.3"));
+
+    // `demo --keep` naming a regular file: 74 with the path, as `rewrite --out` (it was 70,
+    // "a failed check").
+    let file = out_dir.join("a-file");
+    std::fs::write(&file, "").unwrap();
+    let out = sealpost(&["demo", "--keep", file.to_str().unwrap()], b"");
+    assert_eq!(out.status.code(), Some(74), "{out:?}");
+    assert!(stderr_line(&out).contains("a-file"), "{out:?}");
     let _ = std::fs::remove_dir_all(&out_dir);
 }
 
