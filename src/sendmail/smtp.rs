@@ -212,7 +212,10 @@ pub fn session(
                     continue;
                 }
                 reply(output, "354 End data with <CR><LF>.<CR><LF>")?;
-                let (data, too_large) = read_data(input, config.max_message_bytes)?;
+                // A client that ends its commands with a bare LF (a shell script's printf)
+                // ends its data the same way.
+                let bare_lf_client = !line.ends_with(b"\r\n");
+                let (data, too_large) = read_data(input, config.max_message_bytes, bare_lf_client)?;
                 let outcome = if too_large {
                     "552 5.3.4 Message size exceeds fixed limit".to_string()
                 } else {
@@ -427,11 +430,19 @@ fn read_line(input: &mut impl BufRead, line: &mut Vec<u8>, max: usize) -> std::i
 /// Reads DATA up to its end, removing dot-stuffing (RFC 5321 §4.5.2). Returns the data and
 /// whether it went past `limit` (the rest is read and dropped so the session goes on).
 ///
-/// Only <CRLF>.<CRLF> ends the data, as Postfix's smtpd_forbid_bare_newline=normalize has
-/// it: a "." line after a line that ended in a bare LF, or ending in one itself, is content.
-/// Otherwise text that a client dot-stuffs only after CRLF could end the data early and have
-/// its rest read as commands: a second message the client never sent (SMTP smuggling).
-fn read_data(input: &mut impl BufRead, limit: usize) -> std::io::Result<(Vec<u8>, bool)> {
+/// From a client that sent DATA with CRLF, only <CRLF>.<CRLF> ends the data, as Postfix's
+/// smtpd_forbid_bare_newline=normalize has it: a "." line after a line that ended in a bare
+/// LF, or ending in one itself, is content. Otherwise text that such a client dot-stuffs only
+/// after CRLF could end the data early and have its rest read as commands: a second message
+/// the client never sent (SMTP smuggling). A `bare_lf_client` (its DATA line ended in a bare
+/// LF) splits its lines at LF and dot-stuffs them so: a "." line after any line end ends its
+/// data, as Postfix 3.7's smtpd takes it (review: such a session's data never ended, and its
+/// message was not sent).
+fn read_data(
+    input: &mut impl BufRead,
+    limit: usize,
+    bare_lf_client: bool,
+) -> std::io::Result<(Vec<u8>, bool)> {
     let mut data = Vec::new();
     let mut too_large = false;
     let mut piece = Vec::new();
@@ -446,7 +457,7 @@ fn read_data(input: &mut impl BufRead, limit: usize) -> std::io::Result<(Vec<u8>
                 "end of input inside DATA",
             ));
         }
-        if line_start && after_crlf && piece == b".\r\n" {
+        if line_start && (piece == b".\r\n" && after_crlf || piece == b".\n" && bare_lf_client) {
             return Ok((data, too_large));
         }
         let content = match piece.strip_prefix(b".") {
@@ -744,6 +755,22 @@ MAIL FROM:<a@example.org>\r\nRCPT TO:<b\x1b[31m@example.org>\r\nRCPT TO:<b@examp
         let text = String::from_utf8_lossy(&queued[0].message).into_owned();
         assert!(text.contains("MAIL FROM:<ceo@example.org>"), "{text}");
         assert!(text.ends_with("still one\r\n"), "{text}");
+    }
+
+    /// A client that speaks in bare LF throughout (`printf ... | sendmail -bs`) ends its data
+    /// with ".\n", and dot-stuffs at LF: its message is queued whole, its QUIT answered.
+    #[test]
+    fn a_bare_lf_client_ends_its_data_with_a_bare_lf_dot() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config(dir.path(), 4096);
+        let script = b"HELO c\nMAIL FROM:<a@example.org>\nRCPT TO:<b@example.org>\nDATA\n\
+            Subject: lf\n\nhi\n..stuffed\n.\nQUIT\n";
+        let (codes, queued, ended) = run(&config, script);
+        assert!(ended);
+        assert_eq!(codes, ["220", "250", "250", "250", "354", "250", "221"]);
+        assert_eq!(queued.len(), 1);
+        let text = String::from_utf8_lossy(&queued[0].message).into_owned();
+        assert!(text.ends_with("\r\n\r\nhi\r\n.stuffed\r\n"), "{text}");
     }
 
     #[test]
