@@ -2658,6 +2658,61 @@ async fn a_drafts_bcc_goes_up_inside_the_encryption_only() {
     );
 }
 
+/// What goes upstream shows outside only what a client lists and threads by: a decrypted
+/// message stored again (a client's APPEND of what it fetched) holds the fields its sender hid
+/// inside, and they stay inside; the Subject is obscured even with `header_protection = false`,
+/// which is for recipients' clients (review: an inner X- field, and with that setting the
+/// Subject, went upstream in clear).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_show_only_listed_fields_outside_whatever_the_outgoing_setting() {
+    let world = World::new();
+    let dovecot = Dovecot::start_tls();
+    let (server, _dir, config) = bobs_sync_with_address(&world, &dovecot);
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str("\n[policy]\nheader_protection = false\n");
+    std::fs::write(&config, text).unwrap();
+    let out = sync_once(&config);
+    assert!(out.status.success(), "{out:?}");
+    let mut raw = server.login();
+    let draft = "From: Alice <alice@example.org>\r\nTo: bob@example.org\r\n\
+        Date: Sun, 06 Dec 2026 07:00:00 +0000\r\nMessage-ID: <m1@example.org>\r\n\
+        Subject: merger plans\r\nX-Inner-Secret: innerhdr1\r\nReply-To: side@example.net\r\n\
+        Organization: secret org\r\n\r\nsecret text\r\n";
+    raw.ok(&format!("APPEND Drafts {{{}+}}\r\n{draft}", draft.len()));
+    let out = sync_once(&config);
+    assert!(out.status.success(), "{out:?}");
+    let files = dovecot.mailbox_files("Drafts");
+    assert_eq!(files.len(), 1, "{out:?}");
+    let stored = std::fs::read(&files[0]).unwrap();
+    for hidden in [
+        "merger plans",
+        "innerhdr1",
+        "side@example.net",
+        "secret org",
+        "secret text",
+    ] {
+        assert!(!common::contains(&stored, hidden), "{hidden} in clear");
+    }
+    for listed in ["alice@example.org", "<m1@example.org>", "Subject: [...]"] {
+        assert!(common::contains(&stored, listed), "{listed} outside");
+    }
+    let (plain, _, _, _) = world
+        .bob
+        .decrypt(&common::ciphertext(&stored))
+        .expect("bob's key opens the draft");
+    for inside in [
+        "Subject: merger plans\r\n",
+        "X-Inner-Secret: innerhdr1\r\n",
+        "Reply-To: side@example.net\r\n",
+    ] {
+        assert!(
+            common::contains(&plain, inside),
+            "{inside}: {}",
+            String::from_utf8_lossy(&plain)
+        );
+    }
+}
+
 /// A folder made here by `sealpost deliver` was never upstream: renamed here, there is nothing
 /// to rename upstream, and the rename does not wait for good, holding up the changes after it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -79,6 +79,20 @@ pub fn outer_fields_encrypted(fields: &[HeaderField], obscured_subject: &str) ->
         .collect()
 }
 
+/// The fields a mail client lists and threads a message by: all that the outer header of the
+/// user's own copy stored upstream keeps ([`crate::rewrite::Policy::upload`]).
+pub const LISTED_FIELDS: [&str; 9] = [
+    "From",
+    "Sender",
+    "To",
+    "Cc",
+    "Date",
+    "Message-ID",
+    "In-Reply-To",
+    "References",
+    "Subject",
+];
+
 /// `f` with 8-bit bytes in an unstructured value as RFC 2047 encoded words; else as it is.
 fn seven_bit_unstructured(f: &HeaderField) -> HeaderField {
     if f.raw.iter().any(|b| *b >= 0x80) && is_unstructured(&f.name, &f.raw) {

@@ -341,7 +341,11 @@ impl Rewriter {
         // Never a Bcc outside (only `keep_bcc` leaves one in `fields`, for inside).
         let outside = self.without_kept_bcc(fields);
         let outer = if self.policy.header_protection {
-            mime::outer_fields_encrypted(&outside, &self.policy.obscured_subject)
+            let mut outer = mime::outer_fields_encrypted(&outside, &self.policy.obscured_subject);
+            if self.policy.listed_fields_only {
+                outer.retain(|f| mime::LISTED_FIELDS.iter().any(|n| f.is(n)));
+            }
+            outer
         } else {
             mime::outer_fields_clear(&outside)
         };

@@ -67,6 +67,13 @@ pub struct Policy {
     /// copy stored upstream. Never read from the configuration; only [`Policy::upload`] sets it.
     #[serde(skip)]
     pub own_keys_only: bool,
+    /// The outer header of an encrypted copy keeps only what a mail client lists and threads
+    /// by ([`crate::message::mime::LISTED_FIELDS`]); every other field is inside only. For
+    /// the user's own copy stored upstream, which only the user reads: a decrypted message
+    /// stored again holds the fields its sender hid inside (review: an inner X- field went
+    /// upstream in clear). Never read from the configuration; only [`Policy::upload`] sets it.
+    #[serde(skip)]
+    pub listed_fields_only: bool,
     /// Postfix's `recipient_delimiter` (each character a delimiter, "" none): a recipient
     /// with an address extension (`bob+lists@example.org`, delivered to bob) has bob's
     /// per-address mode and, when it has no key of its own, bob's key.
@@ -89,6 +96,7 @@ impl Default for Policy {
             copy_batch_bytes: 64 * 1024 * 1024,
             keep_bcc: false,
             own_keys_only: false,
+            listed_fields_only: false,
             recipient_delimiter: String::new(),
         }
     }
@@ -122,6 +130,7 @@ impl Policy {
             copy_batch_bytes: outgoing.copy_batch_bytes,
             keep_bcc: false,
             own_keys_only: false,
+            listed_fields_only: false,
             recipient_delimiter: outgoing.recipient_delimiter.clone(),
         }
     }
@@ -150,12 +159,16 @@ impl Policy {
 
     /// The policy for what the sync stores upstream for the user (Sent, Drafts, copies): to the
     /// user's own key only, unsigned (the user wrote or already judged it), and never in clear:
-    /// without a key nothing is stored.
+    /// without a key nothing is stored. Header protection always, whatever `header_protection`
+    /// says for outgoing mail (a recipient's client may not read it; the user's own copy is
+    /// read through sealpost), with only the listed fields outside.
     pub fn upload(outgoing: &Policy) -> Policy {
         Policy {
             mode: Mode::EncryptOnly,
             keep_bcc: true,
             own_keys_only: true,
+            header_protection: true,
+            listed_fields_only: true,
             ..Policy::inbound(outgoing)
         }
     }
