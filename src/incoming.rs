@@ -393,11 +393,46 @@ fn start_retry(config: &Config, account: &str) {
     }
 }
 
+/// Whether a process must retry `account`'s undecryptable messages: one is due
+/// ([`crate::sync::undecryptable_retry_due`]) and some message waits. A due retry with
+/// nothing waiting is done here (it only records itself and forgets stale failure counts):
+/// no process per delivery, nor per keyring change while nothing waits. When the store
+/// cannot tell, it must (the retry says why).
+async fn retry_due(store: &Store, keys: &crate::keys::KeyService, account: &str) -> bool {
+    let (s, name) = (store.clone(), account.to_string());
+    let id = match tokio::task::spawn_blocking(move || s.account(&name)).await {
+        Ok(Ok(Some(id))) => id,
+        Ok(Ok(None)) => return false,
+        _ => return true,
+    };
+    match crate::sync::undecryptable_retry_due(store, keys, id).await {
+        Ok(false) => return false,
+        Ok(true) => {}
+        Err(_) => return true,
+    }
+    let s = store.clone();
+    let waiting = tokio::task::spawn_blocking(move || {
+        s.with_keyword(id, crate::inbound::keyword::UNDECRYPTABLE)
+    })
+    .await;
+    match waiting {
+        Ok(Ok(waiting)) if waiting.is_empty() => crate::sync::retry_undecryptable(store, keys, id)
+            .await
+            .is_err(),
+        _ => true,
+    }
+}
+
 /// `deliver --retry-only`: one retry of the account's undecryptable messages at a time (the
 /// sync's lock). One that finds the lock held ends at once: the holder, a sync pass or
 /// another retry, tries them itself, and retries of many deliveries would otherwise queue up
 /// behind a long pass, a process each.
 async fn retry_in_background(config: &Config, account: &str) -> Result<u8, CliError> {
+    // The store the delivery wrote to, or nothing to do: a store removed meanwhile is not
+    // made again (in the tests, a directory came back after its test had removed it).
+    if !config.store.path.try_exists().unwrap_or(true) {
+        return Ok(0);
+    }
     let store = open_store(config)
         .await
         .map_err(|e| CliError::Temporary(e.to_string()))?;
@@ -520,7 +555,9 @@ pub async fn deliver(config: Config, args: DeliverArgs) -> Result<u8, CliError> 
     let keywords = processed.verdict.keywords();
     let verdict = processed.verdict.field_value();
     let account_name = args.account.clone();
+    let deliver_store = store.clone();
     let appended = tokio::task::spawn_blocking(move || {
+        let store = deliver_store;
         let mailbox = target_mailbox(&store, &args.account, &args.mailbox)?;
         let message = crate::store::Prepared::new(
             processed.message,
@@ -562,8 +599,11 @@ pub async fn deliver(config: Config, args: DeliverArgs) -> Result<u8, CliError> 
     // Messages kept undecryptable are tried again (when the keys changed, or once a day) by a
     // process of their own, in the background: the MTA has its answer now, and a retry that
     // takes long can neither hold it up nor get this delivery killed (Postfix bounces a
-    // mailbox_command past command_time_limit).
-    start_retry(&config, &account_name);
+    // mailbox_command past command_time_limit). Only when one is due: not a process per
+    // delivery.
+    if retry_due(&store, &keys, &account_name).await {
+        start_retry(&config, &account_name);
+    }
     Ok(0)
 }
 

@@ -1630,6 +1630,32 @@ impl Source {
 /// How often messages kept undecryptable are tried again when the keyring has not changed.
 const RETRY_UNDECRYPTABLE_SECS: i64 = 86_400;
 
+/// The store's records of the last [`retry_undecryptable`] of `account`: the keyring's state
+/// then, and when.
+fn tried_keys(account: AccountId) -> (String, String) {
+    (
+        format!("undecryptable-tried:{account}"),
+        format!("undecryptable-tried-at:{account}"),
+    )
+}
+
+/// Whether [`retry_undecryptable`] would try `account`'s messages now: the keyring changed
+/// since its last try, or a day has passed (a key that could not be used then, its agent
+/// broken or its card out, may be usable now without any keyring file changing).
+pub(crate) async fn undecryptable_retry_due(
+    store: &Store,
+    keys: &KeyService,
+    account: AccountId,
+) -> Result<bool, SyncError> {
+    let state = keys.keyring_state();
+    let now = crate::store::unix_now();
+    let (k, a) = tried_keys(account);
+    let s = store.clone();
+    let (tried, tried_at) =
+        blocking(move || Ok::<_, StoreError>((s.meta(&k)?, s.meta(&a)?))).await??;
+    Ok(tried != Some(state) || tried_at.is_none_or(|at| now - at >= RETRY_UNDECRYPTABLE_SECS))
+}
+
 /// Messages kept undecryptable are decrypted again once the keyring has changed since the
 /// last try (a key imported or restored), or a day has passed since it: each one that now
 /// decrypts replaces its ciphertext under a new UID, with its flags and its upstream link
@@ -1644,15 +1670,9 @@ pub(crate) async fn retry_undecryptable(
 ) -> Result<usize, SyncError> {
     use crate::inbound::keyword::UNDECRYPTABLE;
     let state = keys.keyring_state();
-    let key = format!("undecryptable-tried:{account}");
-    let at_key = format!("undecryptable-tried-at:{account}");
+    let (key, at_key) = tried_keys(account);
     let now = crate::store::unix_now();
-    let (s, k, a) = (store.clone(), key.clone(), at_key.clone());
-    let (tried, tried_at) =
-        blocking(move || Ok::<_, StoreError>((s.meta(&k)?, s.meta(&a)?))).await??;
-    // Also once a day: a key that could not be used then (its agent broken, its card out)
-    // may be usable now without any keyring file changing.
-    if tried == Some(state) && tried_at.is_some_and(|at| now - at < RETRY_UNDECRYPTABLE_SECS) {
+    if !undecryptable_retry_due(store, keys, account).await? {
         return Ok(0);
     }
     let s = store.clone();

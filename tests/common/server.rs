@@ -178,7 +178,30 @@ impl Drop for Server {
             let _ = Command::new("kill").arg(child.id().to_string()).status();
             let _ = child.wait();
         }
+        // A delivery's retry of undecryptable messages runs on, detached, after the delivery
+        // the test waited for: its directory is removed only once no process names it on its
+        // command line (`--config DIR/...`), or the retry writes the store's files into a
+        // directory being removed, and it stays behind in /tmp.
+        let dir = self.dir.path().as_os_str().as_encoded_bytes().to_vec();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while std::time::Instant::now() < deadline && process_naming(&dir) {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
     }
+}
+
+/// Whether a process has `text` in its command line.
+fn process_naming(text: &[u8]) -> bool {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    entries.flatten().any(|e| {
+        e.file_name()
+            .to_str()
+            .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
+            && std::fs::read(e.path().join("cmdline"))
+                .is_ok_and(|c| c.windows(text.len()).any(|w| w == text))
+    })
 }
 
 /// A raw IMAP client: sends lines, reads responses with literals inlined.
