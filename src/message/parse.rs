@@ -84,6 +84,57 @@ pub(crate) fn drop_postmark(raw: &mut Vec<u8>) {
     }
 }
 
+/// The header ends at the first line that is neither a field nor a folded continuation, as
+/// Postfix ends it: `Subject: Alert` followed at once by `Disk full` (no blank line) is a
+/// message whose body is `Disk full`, which a parser would otherwise skip as a broken field
+/// and lose (review: the core dropped such a line from every copy, and the copies' signatures
+/// verified without it). The blank line is put where the header ends, with the line end of
+/// the line before (CRLF or a bare LF).
+pub(crate) fn header_ended(raw: Vec<u8>) -> Vec<u8> {
+    let mut at = 0;
+    let mut seen_field = false;
+    while at < raw.len() {
+        let line = &raw[at..];
+        if line.starts_with(b"\r\n") || line.starts_with(b"\n") {
+            return raw;
+        }
+        let continuation = seen_field && matches!(line.first(), Some(b' ' | b'\t'));
+        if !continuation && !starts_with_field(line) {
+            let blank: &[u8] = if raw[..at].ends_with(b"\r\n") || at == 0 {
+                b"\r\n"
+            } else {
+                b"\n"
+            };
+            let mut out = Vec::with_capacity(raw.len() + 2);
+            out.extend_from_slice(&raw[..at]);
+            out.extend_from_slice(blank);
+            out.extend_from_slice(line);
+            return out;
+        }
+        seen_field = true;
+        at = line
+            .iter()
+            .position(|b| *b == b'\n')
+            .map_or(raw.len(), |p| at + p + 1);
+    }
+    raw
+}
+
+/// Whether the text begins with a header field: a name of printable ASCII but ":" and
+/// space, then ":" (RFC 5322 §2.2), or blanks first (the obsolete `Name : value`, §4.5.8,
+/// which Postfix accepts too).
+pub(crate) fn starts_with_field(text: &[u8]) -> bool {
+    let name_len = text
+        .iter()
+        .take_while(|&&b| (b'!'..=b'~').contains(&b) && b != b':')
+        .count();
+    let blanks = text[name_len..]
+        .iter()
+        .take_while(|&&b| b == b' ' || b == b'\t')
+        .count();
+    name_len > 0 && text.get(name_len + blanks) == Some(&b':')
+}
+
 /// A message accepted for rewriting: the raw bytes plus its header fields.
 #[derive(Debug, Clone)]
 pub struct ParsedMessage {
@@ -110,6 +161,7 @@ impl ParsedMessage {
                 .map_or(raw.len(), |i| i + 1);
             raw.drain(..end);
         }
+        let raw = header_ended(raw);
         let (fields, body_start, from, encrypted) = {
             let message = parse_bounded(&raw)
                 .map_err(|TooDeep| {

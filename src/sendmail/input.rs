@@ -6,6 +6,7 @@
 use std::collections::HashSet;
 use std::io::BufRead;
 
+use crate::message::parse::starts_with_field;
 use crate::message::{MessageError, ParsedMessage};
 
 /// Input that cannot be queued: exit 65 (EX_DATAERR) with this reason.
@@ -98,7 +99,7 @@ pub fn complete(raw: &[u8], fill: &Completion<'_>) -> Result<Vec<u8>, InputError
     let crlf = if headerless {
         [&b"\r\n"[..], &crlf].concat()
     } else {
-        header_ended(crlf)
+        crate::message::parse::header_ended(crlf)
     };
     let parsed = if headerless {
         None
@@ -182,31 +183,6 @@ fn header_has_lone_cr(ended: &[u8]) -> bool {
     false
 }
 
-/// The header ends at the first line that is neither a field nor a folded continuation, as
-/// Postfix ends it: `Subject: Alert` followed at once by `Disk full` (no blank line) is a
-/// message whose body is `Disk full`, which a parser would otherwise skip as a broken field
-/// and lose. The blank line is put where the header ends.
-fn header_ended(crlf: Vec<u8>) -> Vec<u8> {
-    let mut at = 0;
-    let mut seen_field = false;
-    while at < crlf.len() {
-        let line = &crlf[at..];
-        if line.starts_with(b"\r\n") {
-            return crlf;
-        }
-        let continuation = seen_field && matches!(line.first(), Some(b' ' | b'\t'));
-        if !continuation && !starts_with_field(line) {
-            let mut out = crlf[..at].to_vec();
-            out.extend_from_slice(b"\r\n");
-            out.extend_from_slice(line);
-            return out;
-        }
-        seen_field = true;
-        at = line_end(&crlf, at);
-    }
-    crlf
-}
-
 /// The index just past the line that starts at `at` (its CRLF included).
 fn line_end(text: &[u8], at: usize) -> usize {
     text[at..]
@@ -257,21 +233,6 @@ fn qualified_header(parsed: &ParsedMessage, domain: &str) -> Option<Vec<u8>> {
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(parsed.body());
     changed.then_some(out)
-}
-
-/// Whether the text begins with a header field: a name of printable ASCII but ":" and
-/// space, then ":" (RFC 5322 §2.2), or blanks first (the obsolete `Name : value`, §4.5.8,
-/// which Postfix accepts too).
-fn starts_with_field(text: &[u8]) -> bool {
-    let name_len = text
-        .iter()
-        .take_while(|&&b| (b'!'..=b'~').contains(&b) && b != b':')
-        .count();
-    let blanks = text[name_len..]
-        .iter()
-        .take_while(|&&b| b == b' ' || b == b'\t')
-        .count();
-    name_len > 0 && text.get(name_len + blanks) == Some(&b':')
 }
 
 /// `Name <addr>` with the name quoted (RFC 5322 §3.2.4) or, when not ASCII, an RFC 2047
