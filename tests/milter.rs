@@ -321,6 +321,45 @@ fn a_sender_postfix_takes_gets_every_copy_through() {
     postfix.settled_messages(15);
 }
 
+/// A re-injected copy is an SMTPUTF8 message only when the client's was: UTF-8 in a display
+/// name of a message sent without SMTPUTF8 went on with it, and Postfix bounced that copy at a
+/// next hop without SMTPUTF8 (5.6.7), while the copy kept in place went (review).
+#[test]
+fn a_reinjected_copy_declares_smtputf8_only_when_the_client_did() {
+    let Some(rig) = Rig::new() else { return };
+    let postfix = &rig.postfix;
+    let dir = tempfile::tempdir().unwrap();
+    let pki = common::relay::Pki::new(dir.path());
+    let listener = common::relay::Relay::start(
+        &pki,
+        &dir.path().join("maildir"),
+        &common::relay::RelayOptions {
+            plain: true,
+            smtputf8: true,
+            ..Default::default()
+        },
+    );
+    let milter = MilterProcess::start(&rig.world, rig.milter_port, listener.port, &rig.journal);
+    let message = "From: Alice <alice@example.org>\r\nTo: J\u{f6}rg <bob@example.org>, \
+        dave@example.net\r\nSubject: utf8 name\r\n\r\nhello\r\n";
+    for (sender, declared) in [
+        ("alice@example.org BODY=8BITMIME", false),
+        ("alice@example.org BODY=8BITMIME SMTPUTF8", true),
+    ] {
+        let rcpts = ["bob@example.org", "dave@example.net"];
+        let (replies, end) = smtp_transaction(postfix.smtp_port, sender, &rcpts, message);
+        assert!(end.starts_with("250"), "{replies:?} {end} {}", milter.log());
+        let delivered = listener.delivered(1);
+        assert_eq!(delivered.len(), 1, "{}", milter.log());
+        assert_eq!(
+            delivered[0].mail_options.iter().any(|o| o == "SMTPUTF8"),
+            declared,
+            "{sender}: {:?}",
+            delivered[0].mail_options
+        );
+    }
+}
+
 /// `<postmaster>` with no domain is taken (RFC 5321 §4.5.1; review: 553 at RCPT), and its
 /// copy re-injected as it was given: Postfix delivers it to its own postmaster.
 #[test]

@@ -179,6 +179,9 @@ async def serve(args):
     authenticator = make_authenticator(args.user, args.password)
 
     def factory():
+        if args.plain:
+            # A loopback listener as Postfix's re-injection one is: no TLS, no AUTH.
+            return SMTP(handler, hostname="localhost", enable_SMTPUTF8=args.smtputf8)
         common = dict(
             hostname="localhost",  # skips a per-connection getfqdn() DNS lookup
             auth_required=True,
@@ -242,6 +245,8 @@ def main():
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--inject-after-starttls", action="store_true")
     p.add_argument("--smtputf8", action="store_true", help="announce SMTPUTF8 (RFC 6531)")
+    p.add_argument("--plain", action="store_true",
+                   help="no TLS and no AUTH (a loopback re-injection listener)")
     p.add_argument("--one-ehlo-over-tls", action="store_true",
                    help="answer 503 to a second EHLO over TLS")
     args = p.parse_args()

@@ -1650,6 +1650,9 @@ impl Runner {
                 .find(|d| d.notify.is_some() || d.orcpt.is_some());
             let notify = own.and_then(|d| d.notify).unwrap_or(m.notify);
             let dsn = Dsn {
+                // The queue's own submissions: UTF-8 in the header makes an SMTPUTF8 message,
+                // as Postfix's smtputf8_autodetect_classes has it for sendmail submissions.
+                smtputf8: None,
                 ret: Some("HDRS".into()),
                 envid: m.envid.clone(),
                 notify: Some(notify.as_str().to_ascii_uppercase()),

@@ -218,6 +218,11 @@ impl<P: std::fmt::Display> std::fmt::Display for Verbatim<'_, P> {
 /// the MTA sealpost sits in, with their xtext decoded. What is None is not sent.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Dsn {
+    /// Whether that client's MAIL gave SMTPUTF8 (RFC 6531); None when there was no such
+    /// client (the queue's own submissions). A copy whose client did not is no SMTPUTF8
+    /// message for UTF-8 in its header alone: Postfix then bounced it at a next hop without
+    /// SMTPUTF8 (5.6.7), where the original would have gone as 8-bit data (review).
+    pub smtputf8: Option<bool>,
     /// MAIL RET= (FULL or HDRS).
     pub ret: Option<String>,
     /// MAIL ENVID=.
@@ -234,6 +239,7 @@ impl Dsn {
     /// [`Dsn::text`]; an ORCPT only of type rfc822: Postfix makes one from the address when
     /// there is none).
     pub fn take_mail(&mut self, args: &[String]) {
+        self.smtputf8 = Some(args.iter().any(|a| a.eq_ignore_ascii_case("SMTPUTF8")));
         for (keyword, value) in args.iter().filter_map(|a| a.split_once('=')) {
             if keyword.eq_ignore_ascii_case("RET") {
                 self.ret = Some(value.to_ascii_uppercase()).filter(|v| v == "FULL" || v == "HDRS");
@@ -924,13 +930,15 @@ impl Relay {
                 }
             }
         }
-        // RFC 6531 §3.4: UTF-8 in header fields (RFC 6532) is an SMTPUTF8 message too. To a
-        // relay without it such a header goes as 8-bit data, as it came to sealpost.
+        // RFC 6531 §3.4: UTF-8 in header fields (RFC 6532) is an SMTPUTF8 message too, unless
+        // the client that sent it did not say so ([`Dsn::smtputf8`]). To a relay without it
+        // such a header goes as 8-bit data, as it came to sealpost.
         let header_end = message
             .windows(4)
             .position(|w| w == b"\r\n\r\n")
             .unwrap_or(message.len());
         if options.is_empty()
+            && dsn.smtputf8 != Some(false)
             && !message[..header_end].is_ascii()
             && info.supports_feature(Extension::SmtpUtfEight)
         {
@@ -1276,6 +1284,7 @@ mod tests {
         assert_eq!(
             dsn,
             Dsn {
+                smtputf8: Some(false),
                 ret: Some("HDRS".into()),
                 envid: Some("q+1".into()),
                 notify: Some("SUCCESS,FAILURE".into()),
@@ -1292,8 +1301,15 @@ mod tests {
             let mut odd = Dsn::default();
             odd.take_mail(&args(&[mail]));
             odd.take_rcpt(&args(&[rcpt]));
-            assert_eq!(odd, Dsn::default(), "{mail} {rcpt}");
+            let none_taken = Dsn {
+                smtputf8: Some(false),
+                ..Dsn::default()
+            };
+            assert_eq!(odd, none_taken, "{mail} {rcpt}");
         }
+        let mut declared = Dsn::default();
+        declared.take_mail(&args(&["BODY=8BITMIME", "smtputf8"]));
+        assert_eq!(declared.smtputf8, Some(true));
         assert!(orcpt_ok("rfc822;bob@example.org"));
         for bad in [
             "rfc822;",

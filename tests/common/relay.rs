@@ -86,6 +86,8 @@ pub struct RelayOptions<'a> {
     pub inject_after_starttls: bool,
     /// Announces SMTPUTF8 (RFC 6531).
     pub smtputf8: bool,
+    /// No TLS and no AUTH: a loopback listener as Postfix's re-injection one is.
+    pub plain: bool,
     /// Answers 503 to a second EHLO over TLS.
     pub one_ehlo_over_tls: bool,
     /// (address, how) for the final "." of a message to it: "double" (a second, extra
@@ -114,6 +116,9 @@ impl Relay {
         }
         if options.smtputf8 {
             cmd.arg("--smtputf8");
+        }
+        if options.plain {
+            cmd.arg("--plain");
         }
         if options.one_ehlo_over_tls {
             cmd.arg("--one-ehlo-over-tls");
