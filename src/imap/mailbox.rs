@@ -161,10 +161,15 @@ impl Session {
         let id = selected.mailbox.id;
         let changes = tokio::task::spawn_blocking(move || store.changes_since(id, since)).await??;
         let largest = selected.mailbox.uidnext.saturating_sub(1).max(1);
+        // Read after the view: a message expunged between the two reads is still in the view
+        // (counted in EXISTS). Its expunge is the session's next news (a live VANISHED), not
+        // an EARLIER one: named in both, the client heard of it twice, and a FETCH between
+        // them numbered messages by a view the client had left (review).
         let vanished: Vec<u32> = changes
             .expunged
             .iter()
             .copied()
+            .filter(|&u| selected.seq_of(u).is_none())
             .filter(|&u| known.is_none_or(|set| super::sequence::contains_uid(set, u, largest)))
             .collect();
         let mut out = Out::default();
