@@ -748,6 +748,57 @@ fn two_sessions_see_each_others_changes_in_order() {
     assert!(done.starts_with("idle OK"), "{done}");
 }
 
+/// Another session's flag change that a non-UID FETCH holds back (it reports nothing of other
+/// sessions' but what is fetched) caps the HIGHESTMODSEQ of its tagged OK below that change,
+/// as a held-back expunge does: the client may not take a MODSEQ it saw above it for its mark
+/// (review: it was a plain OK, and a client resyncing from that mark never heard of the
+/// change). The next command that may report it does.
+#[test]
+fn a_flag_change_held_back_caps_the_highestmodseq() {
+    let server = Server::start();
+    let mut a = server.login();
+    let mut b = server.login();
+    b.ok("CREATE mb");
+    for i in 0..2 {
+        let m = format!("Subject: m{i}\r\n\r\nx\r\n");
+        b.ok(&format!("APPEND mb {{{}}}\r\n{m}", m.len()));
+    }
+    a.ok("SELECT mb (CONDSTORE)");
+    b.ok("SELECT mb");
+    b.ok("STORE 1 +FLAGS.SILENT (\\Flagged)");
+    b.ok("STORE 2 +FLAGS.SILENT (\\Seen)");
+    let (untagged, tagged) = a.cmd("FETCH 2 (FLAGS MODSEQ)");
+    let modseq_of = |line: &str| -> u64 {
+        let at = line.find("MODSEQ (").unwrap() + 8;
+        line[at..].split(')').next().unwrap().parse().unwrap()
+    };
+    let seen = untagged
+        .iter()
+        .find(|l| l.starts_with("* 2 FETCH"))
+        .map(|l| modseq_of(l))
+        .unwrap_or_else(|| panic!("{untagged:?}"));
+    assert!(
+        untagged.iter().all(|l| !l.starts_with("* 1 FETCH")),
+        "{untagged:?}"
+    );
+    let highest: u64 = tagged
+        .split("[HIGHESTMODSEQ ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no HIGHESTMODSEQ while a change is held back: {tagged}"))
+        .split(']')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(highest < seen - 1, "{tagged} after {untagged:?}");
+    let news = a.ok("NOOP");
+    assert!(
+        news.iter()
+            .any(|l| l.starts_with("* 1 FETCH") && l.contains("\\Flagged")),
+        "{news:?}"
+    );
+}
+
 /// A QRESYNC SELECT while another session appends and expunges: no UID is named both in the
 /// VANISHED (EARLIER) of the SELECT and in a VANISHED after it (review: one expunged between
 /// the SELECT's two reads of the store was counted in EXISTS, reported as expunged earlier,

@@ -629,10 +629,11 @@ impl Session {
     /// EXPUNGE (or VANISHED with QRESYNC), EXISTS and RECENT, FETCH FLAGS — in that order,
     /// so sequence numbers stay right in both sessions.
     ///
-    /// Where expunges may not be reported (non-UID FETCH, STORE, SEARCH), returns the
-    /// HIGHESTMODSEQ the tagged OK must carry when one is held back and CONDSTORE is on: MODSEQ
-    /// values above it may have gone out, and a client that took the highest of them for its
-    /// mark would never learn of the expunge (RFC 7162 §3.2.10).
+    /// Where expunges may not be reported (non-UID FETCH, STORE, SEARCH), nothing is, and it
+    /// returns the HIGHESTMODSEQ the tagged OK must carry when a change is held back and
+    /// CONDSTORE is on: MODSEQ values above it may have gone out, and a client that took the
+    /// highest of them for its mark would never learn of the expunge or the flag change
+    /// (RFC 7162 §3.2.10).
     pub(super) async fn catch_up(
         &mut self,
         expunges_allowed: bool,
@@ -646,10 +647,30 @@ impl Session {
             }
             let store = self.shared.store.clone();
             let (mailbox, known) = (selected.mailbox.id, selected.modseq);
-            let first =
-                tokio::task::spawn_blocking(move || store.first_expunge_after(mailbox, known))
-                    .await??;
-            return Ok(first.map(|m| m - 1));
+            let (first_expunge, changes) = tokio::task::spawn_blocking(move || {
+                Ok::<_, StoreError>((
+                    store.first_expunge_after(mailbox, known)?,
+                    store.changes_since(mailbox, known)?,
+                ))
+            })
+            .await??;
+            // Other sessions' flag changes (and new messages) wait for the next catch-up too,
+            // while this command may show MODSEQs above them (review: a client that kept the
+            // highest MODSEQ it saw never heard of a \Flagged set by another session).
+            let State::Selected(_, selected) = &self.state else {
+                return Ok(None);
+            };
+            let first_change = changes
+                .rows
+                .iter()
+                .filter(|(uid, _, modseq)| selected.own.get(uid) != Some(modseq))
+                .map(|(_, _, modseq)| *modseq)
+                .min();
+            return Ok(first_expunge
+                .into_iter()
+                .chain(first_change)
+                .min()
+                .map(|m| m - 1));
         }
         let store = self.shared.store.clone();
         let (mailbox, known, read_only) =
