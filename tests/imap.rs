@@ -919,7 +919,7 @@ fn sessions_see_recent_held_expunges_and_a_deleted_mailbox() {
     assert!(tagged.contains("[EXPUNGEISSUED]"), "{tagged}");
     assert!(
         untagged.contains(&format!(
-            "* OK [HIGHESTMODSEQ {highest}] Some expunges are not reported yet"
+            "* OK [HIGHESTMODSEQ {highest}] Some changes are not reported yet"
         )),
         "{untagged:?}"
     );

@@ -590,7 +590,7 @@ impl Session {
         if let (Some(m), false) = (held_back, tagged_free) {
             out.text("* OK [HIGHESTMODSEQ ")
                 .num(m)
-                .text("] Some expunges are not reported yet")
+                .text("] Some changes are not reported yet")
                 .crlf();
         }
         match result {
