@@ -748,6 +748,32 @@ fn two_sessions_see_each_others_changes_in_order() {
     assert!(done.starts_with("idle OK"), "{done}");
 }
 
+/// EXPUNGE removes the \\Deleted messages the session knows of: one another session stored
+/// with \\Deleted meanwhile is announced after it and stays, as with Dovecot (review: it was
+/// expunged unseen).
+#[test]
+fn expunge_leaves_a_deleted_message_the_session_was_not_told_of() {
+    let server = Server::start();
+    let mut a = server.login();
+    let mut b = server.login();
+    b.ok("CREATE mb");
+    let m = "Subject: known\r\n\r\nx\r\n";
+    b.ok(&format!("APPEND mb (\\Deleted) {{{}}}\r\n{m}", m.len()));
+    a.ok("SELECT mb");
+    let m = "Subject: new\r\n\r\nx\r\n";
+    b.ok(&format!("APPEND mb (\\Deleted) {{{}}}\r\n{m}", m.len()));
+    let untagged = a.ok("EXPUNGE");
+    assert!(
+        untagged.contains(&"* 1 EXPUNGE".to_string()),
+        "{untagged:?}"
+    );
+    assert!(untagged.contains(&"* 1 EXISTS".to_string()), "{untagged:?}");
+    let left = a
+        .ok("FETCH 1 (BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+        .join("\n");
+    assert!(left.contains("Subject: new"), "{left}");
+}
+
 /// Another session's flag change that a non-UID FETCH holds back (it reports nothing of other
 /// sessions' but what is fetched) caps the HIGHESTMODSEQ of its tagged OK below that change,
 /// as a held-back expunge does: the client may not take a MODSEQ it saw above it for its mark

@@ -289,18 +289,21 @@ impl Session {
         if selected.read_only {
             return Err(CmdError::no(Some("READ-ONLY"), "Mailbox is read-only"));
         }
-        let restrict: Option<Vec<u32>> = only.as_ref().map(|set| {
-            sequence::resolve(set, &selected.uids, true)
+        // Only messages this session knows of: one another session stored with \Deleted since
+        // (not announced here yet) stays, as with Dovecot; its client may mean to undelete it
+        // (review: it was expunged unseen, here and upstream).
+        let restrict: Vec<u32> = match &only {
+            Some(set) => sequence::resolve(set, &selected.uids, true)
                 .iter()
                 .map(|t| t.1)
-                .collect()
-        });
+                .collect(),
+            None => selected.uids.clone(),
+        };
         let id = selected.mailbox.id;
         let store = self.shared.store.clone();
-        let gone = tokio::task::spawn_blocking(move || {
-            store.expunge(id, restrict.as_deref(), Origin::Client)
-        })
-        .await??;
+        let gone =
+            tokio::task::spawn_blocking(move || store.expunge(id, Some(&restrict), Origin::Client))
+                .await??;
         let mut out = Out::default();
         self.report_expunged(&mut out, &gone)?;
         self.conn.write(&out.bytes).await?;
