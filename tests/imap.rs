@@ -1341,6 +1341,12 @@ fn condstore_and_qresync_over_imap() {
         "{again:?}"
     );
     b.ok("SELECT INBOX");
+    // So does it for a client that did not enable QRESYNC, as Dovecot does.
+    let plain = a.ok("SELECT INBOX");
+    assert_eq!(
+        plain[0], "* OK [CLOSED] Previous mailbox closed",
+        "{plain:?}"
+    );
     // Expunges seen later arrive as VANISHED, not EXPUNGE, once QRESYNC is on.
     a.ok("STORE 1 +FLAGS.SILENT (\\Deleted)");
     a.ok("EXPUNGE");

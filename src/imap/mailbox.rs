@@ -32,13 +32,13 @@ impl Session {
         // RFC 3501 §6.3.1: a failed SELECT leaves no mailbox selected.
         let user = match std::mem::replace(&mut self.state, State::Logout) {
             State::Selected(user, _) => {
-                // RFC 7162 §3.2.11: with QRESYNC on, the end of the mailbox selected before
-                // is marked, so that no response after it is taken for that mailbox's.
-                if self.qresync {
-                    self.conn
-                        .write(b"* OK [CLOSED] Previous mailbox closed\r\n")
-                        .await?;
-                }
+                // RFC 7162 §3.2.11: the end of the mailbox selected before is marked, so that
+                // no response after it is taken for that mailbox's; by a server that offers
+                // QRESYNC whether or not this client enabled it, as Dovecot (and RFC 9051
+                // §7.1) does (review: only after ENABLE QRESYNC).
+                self.conn
+                    .write(b"* OK [CLOSED] Previous mailbox closed\r\n")
+                    .await?;
                 user
             }
             State::Authenticated(user) => user,
