@@ -478,6 +478,39 @@ async fn uploads_are_encrypted_to_a_key_whose_secret_is_here() {
     );
 }
 
+/// A change that cannot be written back (no `address`: nothing goes upstream in clear) is
+/// told with its reason once, and at later passes only counted (review: the same warning for
+/// every waiting change at every pass, 13,000 lines a minute under a busy client).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_that_waits_for_the_same_reason_is_told_once() {
+    let world = World::new();
+    let dovecot = Dovecot::start_tls();
+    let (server, _dir, config) = bobs_sync(&world, &dovecot);
+    assert!(sync_once(&config).status.success());
+    let mut raw = server.login();
+    for i in 0..3 {
+        let m = format!("Subject: draft {i}\r\n\r\ntext\r\n");
+        raw.ok(&format!("APPEND Drafts {{{}+}}\r\n{m}", m.len()));
+    }
+    let told = |out: &Output| {
+        String::from_utf8_lossy(&out.stderr)
+            .matches("not written back upstream yet")
+            .count()
+    };
+    let first = sync_once(&config);
+    assert!(first.status.success(), "{first:?}");
+    assert_eq!(told(&first), 3, "{first:?}");
+    let second = sync_once(&config);
+    assert!(second.status.success(), "{second:?}");
+    assert_eq!(told(&second), 0, "{second:?}");
+    let log = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        log.contains("3 local changes wait to be written back upstream"),
+        "{log}"
+    );
+    assert_eq!(waiting_changes(&server), 3);
+}
+
 /// Sent (encrypted to the user's own key upstream, never in clear), a mailbox created, filled
 /// and deleted. Flag changes made upstream come down (CONDSTORE). Nothing comes back twice,
 /// also after upstream renumbers a folder (UIDVALIDITY change).

@@ -204,9 +204,18 @@ impl Syncer {
                         done += 1;
                     }
                     Err(Failure::Entry(why)) => {
-                        tracing::warn!(account = %self.name, mailbox = %entry.mailbox,
-                            uid = entry.uid, kind = %entry.kind,
-                            "not written back upstream yet: {why}");
+                        // Told once per reason: the same one at every pass (no `address`
+                        // for thousands of stored messages, say) is the pass's count below
+                        // (review: 13,000 lines a minute under a busy client).
+                        if entry.last_error != why {
+                            tracing::warn!(account = %self.name, mailbox = %entry.mailbox,
+                                uid = entry.uid, kind = %entry.kind,
+                                "not written back upstream yet: {why}");
+                        } else {
+                            tracing::debug!(account = %self.name, mailbox = %entry.mailbox,
+                                uid = entry.uid, kind = %entry.kind,
+                                "still not written back upstream: {why}");
+                        }
                         held.hold(&entry);
                         let store = self.store.clone();
                         blocking(move || store.journal_attempt(entry.id, &why)).await??;
@@ -224,6 +233,10 @@ impl Syncer {
         }
         if done > 0 {
             tracing::info!(account = %self.name, "{done} local changes written back upstream");
+        }
+        if waiting > 0 {
+            tracing::info!(account = %self.name,
+                "{waiting} local changes wait to be written back upstream");
         }
         Ok((done, waiting))
     }
