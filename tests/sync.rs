@@ -505,7 +505,7 @@ async fn a_change_that_waits_for_the_same_reason_is_told_once() {
     assert_eq!(told(&second), 0, "{second:?}");
     let log = String::from_utf8_lossy(&second.stderr);
     assert!(
-        log.contains("3 local changes wait to be written back upstream"),
+        log.contains("sync alice: 3 local changes not written back yet"),
         "{log}"
     );
     assert_eq!(waiting_changes(&server), 3);

@@ -205,8 +205,8 @@ impl Syncer {
                     }
                     Err(Failure::Entry(why)) => {
                         // Told once per reason: the same one at every pass (no `address`
-                        // for thousands of stored messages, say) is the pass's count below
-                        // (review: 13,000 lines a minute under a busy client).
+                        // for thousands of stored messages, say) is in the pass's count of
+                        // changes waiting (review: 13,000 lines a minute under a busy client).
                         if entry.last_error != why {
                             tracing::warn!(account = %self.name, mailbox = %entry.mailbox,
                                 uid = entry.uid, kind = %entry.kind,
@@ -233,10 +233,6 @@ impl Syncer {
         }
         if done > 0 {
             tracing::info!(account = %self.name, "{done} local changes written back upstream");
-        }
-        if waiting > 0 {
-            tracing::info!(account = %self.name,
-                "{waiting} local changes wait to be written back upstream");
         }
         Ok((done, waiting))
     }
