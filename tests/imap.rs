@@ -949,6 +949,9 @@ fn sessions_see_recent_held_expunges_and_a_deleted_mailbox() {
         )),
         "{untagged:?}"
     );
+    // So does a STORE on it, which no flag can reach any more.
+    let (_, tagged) = q.cmd("STORE 3 +FLAGS (\\Flagged)");
+    assert!(tagged.contains("OK [EXPUNGEISSUED]"), "{tagged}");
     assert_eq!(q.ok("NOOP"), ["* VANISHED 3"]);
 
     // IDLE in a mailbox another session deletes.

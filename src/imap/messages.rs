@@ -152,6 +152,7 @@ impl Session {
         }));
         let id = selected.mailbox.id;
         let store = self.shared.store.clone();
+        let requested = uids.len();
         let stored = tokio::task::spawn_blocking(move || {
             store.store_flags(id, &uids, op, &flags, condstore_modifier, Origin::Client)
         })
@@ -217,6 +218,15 @@ impl Session {
             return Ok(Done::ok_code(
                 format!("MODIFIED {}", render::sequence_set(&modified)),
                 "Conditional STORE failed for some messages",
+            ));
+        }
+        // Messages another session expunged meanwhile took no flags: said as FETCH says it
+        // (RFC 2180 §4.2.1, RFC 5530), not passed off as stored (review: a plain OK). UID
+        // STORE ignores UIDs that are gone (RFC 3501 §6.4.8).
+        if !uid && stored.rows.len() + stored.modified.len() < requested {
+            return Ok(Done::ok_code(
+                "EXPUNGEISSUED".to_string(),
+                "Some of the messages were expunged by another session",
             ));
         }
         Ok(Done::ok("STORE completed"))
