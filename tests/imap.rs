@@ -528,7 +528,7 @@ fn deeply_nested_search_criteria_are_answered() {
         ")".repeat(12)
     ));
     assert_eq!(found, ["* SEARCH 4"]);
-    // 200 keys ORed one after the other (read here up to 256 levels).
+    // 200 keys ORed one after the other.
     let ors = "OR ".repeat(199);
     let keys = (0..200)
         .map(|i| format!("SUBJECT m{}", i % 12))
@@ -536,8 +536,23 @@ fn deeply_nested_search_criteria_are_answered() {
         .join(" ");
     let found = raw.ok(&format!("SEARCH {ors}{keys}"));
     assert_eq!(found, ["* SEARCH 1 2 3 4 5 6 7 8 9 10 11 12"]);
-    // Past any sense: a syntax error, and the session (and server) go on.
-    let (_, tagged) = raw.cmd(&format!("SEARCH {}SEEN", "NOT ".repeat(5000)));
+    // 1,000 keys ORed one after the other (review: BAD past 256), and 5,001 NOTs.
+    let ors = "OR ".repeat(999);
+    let keys = (0..1000)
+        .map(|i| format!("SUBJECT m{}", i % 12))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let found = raw.ok(&format!("SEARCH {ors}{keys}"));
+    assert_eq!(found, ["* SEARCH 1 2 3 4 5 6 7 8 9 10 11 12"]);
+    let found = raw.ok(&format!("SEARCH {}SUBJECT m3", "NOT ".repeat(5001)));
+    assert_eq!(found, ["* SEARCH 1 2 3 5 6 7 8 9 10 11 12"]);
+    // Past any sense (a list and a NOT in turn, 5,000 deep): a syntax error, and the session
+    // (and server) go on.
+    let (_, tagged) = raw.cmd(&format!(
+        "SEARCH {}SEEN{}",
+        "NOT (SEEN ".repeat(5000),
+        ")".repeat(5000)
+    ));
     assert!(tagged.contains(" BAD "), "{tagged}");
     raw.ok("NOOP");
 }

@@ -3,13 +3,20 @@
 //! clients that OR one key per address or word (`OR OR OR ... FROM a FROM b ...`) failed
 //! with ten of them (review). RFC 3501 sets no limit, and Dovecot takes thousands. Such a
 //! command is read here and written again with the same meaning in fewer levels: a chain of
-//! ORs as a balanced tree (256 keys in eight levels), NOT NOT dropped, parentheses inside
-//! parentheses joined. imap-codec then parses the result as any other command. Criteria
-//! deeper than [`MAX_DEPTH`] stay a syntax error.
+//! ORs as a balanced tree (256 keys in eight levels), or past 256 keys as `NOT (NOT a NOT b
+//! ...)` (RFC 3501 has no n-ary OR; De Morgan's form is three levels for any number), NOT NOT
+//! dropped, parentheses inside parentheses joined. imap-codec then parses the result as any
+//! other command. Criteria still deeper than [`MAX_DEPTH`] once so reduced stay a syntax
+//! error.
 
-/// Most levels read here: a deeper command stays a syntax error. Read (and written again)
-/// recursively, a level a stack frame: 5,000 levels overflowed a debug build's stack.
+/// Most levels the criteria may keep once chains are joined (reading is iterative, and so is
+/// joining; writing the result is recursive, a level a stack frame: 5,000 levels overflowed a
+/// debug build's stack).
 const MAX_DEPTH: usize = 256;
+
+/// ORs of more keys than this are written in De Morgan's form (a balanced tree of them
+/// would pass imap-codec's nine levels).
+const BALANCED_OR_KEYS: usize = 256;
 
 /// `command` (a whole `[UID] SEARCH` command, literals inline, CRLF-terminated) written with
 /// its criteria nested as little as their meaning allows; None when it is no SEARCH command or
@@ -33,9 +40,9 @@ pub(super) fn rebalanced(command: &[u8]) -> Option<Vec<u8>> {
     let mut at = 0;
     let mut criteria = Vec::new();
     while at < keys.len() {
-        criteria.push(key(&keys, &mut at, 0)?);
+        criteria.push(key(&keys, &mut at)?);
     }
-    if criteria.is_empty() {
+    if criteria.is_empty() || criteria.iter().any(|c| c.depth > MAX_DEPTH) {
         return None;
     }
     let mut out = Vec::with_capacity(command.len());
@@ -43,7 +50,7 @@ pub(super) fn rebalanced(command: &[u8]) -> Option<Vec<u8>> {
         t.write(&mut out);
         out.push(b' ');
     }
-    let criteria = simplified(Key::All(criteria));
+    let criteria = joined(criteria, false).key;
     let Key::All(list) = criteria else {
         write(&criteria, &mut out);
         out.extend_from_slice(b"\r\n");
@@ -202,84 +209,126 @@ fn arguments(name: &[u8]) -> usize {
     }
 }
 
-fn key(tokens: &[Token], at: &mut usize, depth: usize) -> Option<Key> {
-    if depth > MAX_DEPTH {
+/// A key with its depth: 1 for a leaf, one more than its deepest part otherwise.
+#[derive(Debug)]
+struct Node {
+    key: Key,
+    depth: usize,
+}
+
+/// A key started and waiting for its parts while reading.
+enum Open {
+    List(Vec<Node>),
+    Not,
+    Or(Option<Node>),
+}
+
+/// Reads one search key from `at`, without recursion (a stack of the keys started), joined as
+/// it completes: NOT NOT dropped, an OR of ORs and a list in a list made one.
+fn key(tokens: &[Token], at: &mut usize) -> Option<Node> {
+    let mut started: Vec<Open> = Vec::new();
+    loop {
+        let token = tokens.get(*at)?.clone();
+        *at += 1;
+        let mut done = match token {
+            Token::Open => {
+                started.push(Open::List(Vec::new()));
+                None
+            }
+            Token::Close => match started.pop() {
+                Some(Open::List(items)) if !items.is_empty() => Some(joined(items, false)),
+                _ => return None,
+            },
+            Token::Atom(name) if name.eq_ignore_ascii_case(b"NOT") => {
+                started.push(Open::Not);
+                None
+            }
+            Token::Atom(name) if name.eq_ignore_ascii_case(b"OR") => {
+                started.push(Open::Or(None));
+                None
+            }
+            Token::Atom(name) => Some(leaf(name, tokens, at)?),
+            Token::Quoted(_) | Token::Literal(_) => return None,
+        };
+        while let Some(node) = done.take() {
+            match started.last_mut() {
+                None => return Some(node),
+                Some(Open::List(items)) => items.push(node),
+                Some(Open::Or(first @ None)) => *first = Some(node),
+                Some(Open::Or(first)) => {
+                    let a = first.take().expect("the first of two");
+                    started.pop();
+                    done = Some(joined(vec![a, node], true));
+                }
+                Some(Open::Not) => {
+                    started.pop();
+                    done = Some(match node.key {
+                        Key::Not(inner) => Node {
+                            key: *inner,
+                            depth: node.depth - 1,
+                        },
+                        key => Node {
+                            key: Key::Not(Box::new(key)),
+                            depth: node.depth + 1,
+                        },
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// A key name and its arguments.
+fn leaf(name: Vec<u8>, tokens: &[Token], at: &mut usize) -> Option<Node> {
+    // MODSEQ [entry-name entry-type-req] mod-sequence (RFC 7162 §3.1.5).
+    let n = if name.eq_ignore_ascii_case(b"MODSEQ") {
+        if matches!(tokens.get(*at)?, Token::Quoted(_) | Token::Literal(_)) {
+            3
+        } else {
+            1
+        }
+    } else {
+        arguments(&name)
+    };
+    let args = tokens.get(*at..*at + n)?;
+    if args.iter().any(|t| matches!(t, Token::Open | Token::Close)) {
         return None;
     }
-    let first = tokens.get(*at)?.clone();
-    *at += 1;
-    match first {
-        Token::Open => {
-            let mut list = Vec::new();
-            while *tokens.get(*at)? != Token::Close {
-                list.push(key(tokens, at, depth + 1)?);
-            }
-            *at += 1;
-            (!list.is_empty()).then_some(Key::All(list))
-        }
-        Token::Close => None,
-        Token::Atom(name) if name.eq_ignore_ascii_case(b"NOT") => {
-            Some(Key::Not(Box::new(key(tokens, at, depth + 1)?)))
-        }
-        Token::Atom(name) if name.eq_ignore_ascii_case(b"OR") => {
-            let a = key(tokens, at, depth + 1)?;
-            let b = key(tokens, at, depth + 1)?;
-            Some(Key::Any(vec![a, b]))
-        }
-        Token::Atom(name) if name.eq_ignore_ascii_case(b"MODSEQ") => {
-            // MODSEQ [entry-name entry-type-req] mod-sequence (RFC 7162 §3.1.5).
-            let n = if matches!(tokens.get(*at)?, Token::Quoted(_) | Token::Literal(_)) {
-                3
-            } else {
-                1
-            };
-            let mut leaf = vec![Token::Atom(name)];
-            leaf.extend(tokens.get(*at..*at + n)?.iter().cloned());
-            *at += n;
-            Some(Key::Leaf(leaf))
-        }
-        Token::Atom(name) => {
-            let n = arguments(&name);
-            let mut leaf = vec![Token::Atom(name)];
-            let args = tokens.get(*at..*at + n)?;
-            if args.iter().any(|t| matches!(t, Token::Open | Token::Close)) {
-                return None;
-            }
-            leaf.extend(args.iter().cloned());
-            *at += n;
-            Some(Key::Leaf(leaf))
-        }
-        Token::Quoted(_) | Token::Literal(_) => None,
-    }
+    let mut leaf = vec![Token::Atom(name)];
+    leaf.extend(args.iter().cloned());
+    *at += n;
+    Some(Node {
+        key: Key::Leaf(leaf),
+        depth: 1,
+    })
 }
 
-/// The same criteria with ORs of ORs made one, NOT NOT dropped and lists in lists joined.
-fn simplified(key: Key) -> Key {
-    match key {
-        Key::Leaf(_) => key,
-        Key::Not(inner) => match simplified(*inner) {
-            Key::Not(twice) => *twice,
-            other => Key::Not(Box::new(other)),
-        },
-        Key::Any(items) => flattened(items, true),
-        Key::All(items) => flattened(items, false),
-    }
-}
-
-/// The items of an OR (`any`) or a list, simplified, with those of the same kind spliced in;
-/// one item alone is itself.
-fn flattened(items: Vec<Key>, any: bool) -> Key {
+/// The items of an OR (`any`) or a list, with those of the same kind spliced in; one item
+/// alone is itself.
+fn joined(items: Vec<Node>, any: bool) -> Node {
     let mut flat = Vec::new();
+    let mut depth = 0;
     for item in items {
-        match (simplified(item), any) {
-            (Key::Any(more), true) | (Key::All(more), false) => flat.extend(more),
-            (other, _) => flat.push(other),
+        match (item.key, any) {
+            (Key::Any(more), true) | (Key::All(more), false) => {
+                flat.extend(more);
+                depth = depth.max(item.depth - 1);
+            }
+            (key, _) => {
+                flat.push(key);
+                depth = depth.max(item.depth);
+            }
         }
     }
-    match (flat.len(), any) {
-        (1, _) => flat.pop().expect("one"),
-        (_, true) => Key::Any(flat),
-        (_, false) => Key::All(flat),
+    if flat.len() == 1 {
+        return Node {
+            key: flat.pop().expect("one"),
+            depth,
+        };
+    }
+    Node {
+        key: if any { Key::Any(flat) } else { Key::All(flat) },
+        depth: depth + 1,
     }
 }
 
@@ -311,10 +360,28 @@ fn write(key: &Key, out: &mut Vec<u8>) {
     }
 }
 
-/// `OR a b` over any number of keys, as a balanced tree.
+/// `OR a b` over any number of keys, as a balanced tree; over more than
+/// [`BALANCED_OR_KEYS`], `NOT (NOT a NOT b ...)`.
 fn write_any(items: &[Key], out: &mut Vec<u8>) {
     if let [one] = items {
         return write(one, out);
+    }
+    if items.len() > BALANCED_OR_KEYS {
+        out.extend_from_slice(b"NOT (");
+        for (i, k) in items.iter().enumerate() {
+            if i > 0 {
+                out.push(b' ');
+            }
+            match k {
+                Key::Not(inner) => write(inner, out),
+                other => {
+                    out.extend_from_slice(b"NOT ");
+                    write(other, out);
+                }
+            }
+        }
+        out.push(b')');
+        return;
     }
     let (left, right) = items.split_at(items.len() / 2);
     out.extend_from_slice(b"OR ");
@@ -364,5 +431,40 @@ mod tests {
         assert_eq!(again("t SEARCH ( SEEN)\r\n"), None);
         assert_eq!(again("t SEARCH SEEN \r\n"), None);
         assert_eq!(again("t SEARCH ()\r\n"), None);
+    }
+
+    /// Chains of any length are read without recursion; past 256 keys an OR is written in De
+    /// Morgan's form, three levels deep; what stays deeper than 256 levels once joined is
+    /// refused.
+    #[test]
+    fn long_chains_keep_their_meaning_in_few_levels() {
+        let keys: Vec<String> = (0..1000).map(|i| format!("FROM u{i}")).collect();
+        let line = format!("t SEARCH {}{}\r\n", "OR ".repeat(999), keys.join(" "));
+        let out = again(&line).unwrap();
+        let negated: Vec<String> = keys.iter().map(|k| format!("NOT {k}")).collect();
+        assert_eq!(out, format!("t SEARCH NOT ({})\r\n", negated.join(" ")));
+        // Keys already negated lose the NOT instead of gaining a second one.
+        let line = format!(
+            "t SEARCH {}{} NOT SEEN\r\n",
+            "OR ".repeat(999),
+            keys[..999].join(" ")
+        );
+        let out = again(&line).unwrap();
+        assert!(out.ends_with(" NOT FROM u998 SEEN)\r\n"), "{out}");
+        assert_eq!(
+            again(&format!("t SEARCH {}SEEN\r\n", "NOT ".repeat(5000))).unwrap(),
+            "t SEARCH SEEN\r\n"
+        );
+        assert_eq!(
+            again(&format!("t SEARCH {}DELETED\r\n", "NOT ".repeat(5001))).unwrap(),
+            "t SEARCH NOT DELETED\r\n"
+        );
+        // A list and a NOT in turn cannot be joined: 5,000 levels stay refused.
+        let deep = format!(
+            "t SEARCH {}SEEN{}\r\n",
+            "NOT (SEEN ".repeat(5000),
+            ")".repeat(5000)
+        );
+        assert_eq!(again(&deep), None);
     }
 }
