@@ -358,6 +358,28 @@ fn a_reinjected_copy_declares_smtputf8_only_when_the_client_did() {
             delivered[0].mail_options
         );
     }
+    // Postfix's sendmail path passes MAIL without parameters: Postfix tells an SMTPUTF8
+    // message by its header there (smtputf8_autodetect_classes), and so do the copies
+    // (review: they lost SMTPUTF8 while the copy kept in place had it).
+    let out = postfix.sendmail(
+        &[
+            "-i",
+            "-f",
+            "alice@example.org",
+            "bob@example.org",
+            "dave@example.net",
+        ],
+        message.as_bytes(),
+    );
+    assert!(out.status.success(), "{out:?}");
+    for copy in listener.delivered(2) {
+        assert!(
+            copy.mail_options.iter().any(|o| o == "SMTPUTF8"),
+            "{:?} {}",
+            copy.mail_options,
+            milter.log()
+        );
+    }
 }
 
 /// `<postmaster>` with no domain is taken (RFC 5321 §4.5.1; review: 553 at RCPT), and its

@@ -159,7 +159,14 @@ impl Transaction {
             .iter()
             .filter(|(r, _)| crate::rewrite::same_recipient(r, recipient))
             .map(|(_, d)| d);
-        Dsn::merged(named).unwrap_or_else(|| self.mail_dsn.clone())
+        let mut dsn = Dsn::merged(named).unwrap_or_else(|| self.mail_dsn.clone());
+        // Postfix's sendmail path passes MAIL without parameters: whether the message is an
+        // SMTPUTF8 one is Postfix's to tell by its header (smtputf8_autodetect_classes), as
+        // for the copy it keeps in place (review: the re-injected copies lost SMTPUTF8 there).
+        if !self.smtp {
+            dsn.smtputf8 = None;
+        }
+        dsn
     }
 }
 
