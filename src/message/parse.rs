@@ -89,8 +89,12 @@ pub(crate) fn drop_postmark(raw: &mut Vec<u8>) {
 /// message whose body is `Disk full`, which a parser would otherwise skip as a broken field
 /// and lose (review: the core dropped such a line from every copy, and the copies' signatures
 /// verified without it). The blank line is put where the header ends, with the line end of
-/// the line before (CRLF or a bare LF).
-pub(crate) fn header_ended(raw: Vec<u8>) -> Vec<u8> {
+/// the line before (CRLF or a bare LF). Text whose first line is no field is left as it is
+/// (the drop-in makes it a body of its own; the core reads on, as it did). With
+/// `eight_bit_names`, a name with 8-bit bytes counts as a field's, which the core then refuses
+/// as it did: a message the IMAP server shows with that field and the ones after it in its
+/// header is not stored upstream with them in its body (review).
+pub(crate) fn header_ended(raw: Vec<u8>, eight_bit_names: bool) -> Vec<u8> {
     let mut at = 0;
     let mut seen_field = false;
     while at < raw.len() {
@@ -99,8 +103,12 @@ pub(crate) fn header_ended(raw: Vec<u8>) -> Vec<u8> {
             return raw;
         }
         let continuation = seen_field && matches!(line.first(), Some(b' ' | b'\t'));
-        if !continuation && !starts_with_field(line) {
-            let blank: &[u8] = if raw[..at].ends_with(b"\r\n") || at == 0 {
+        let field = starts_with_field(line) || eight_bit_names && starts_with_8bit_field(line);
+        if !continuation && !field {
+            if at == 0 {
+                return raw;
+            }
+            let blank: &[u8] = if raw[..at].ends_with(b"\r\n") {
                 b"\r\n"
             } else {
                 b"\n"
@@ -118,6 +126,19 @@ pub(crate) fn header_ended(raw: Vec<u8>) -> Vec<u8> {
             .map_or(raw.len(), |p| at + p + 1);
     }
     raw
+}
+
+/// Like [`starts_with_field`], with bytes over 127 allowed in the name.
+fn starts_with_8bit_field(text: &[u8]) -> bool {
+    let name_len = text
+        .iter()
+        .take_while(|&&b| b > b' ' && b != b':' && b != 0x7f)
+        .count();
+    let blanks = text[name_len..]
+        .iter()
+        .take_while(|&&b| b == b' ' || b == b'\t')
+        .count();
+    name_len > 0 && text.get(name_len + blanks) == Some(&b':')
 }
 
 /// Whether the text begins with a header field: a name of printable ASCII but ":" and
@@ -161,7 +182,7 @@ impl ParsedMessage {
                 .map_or(raw.len(), |i| i + 1);
             raw.drain(..end);
         }
-        let raw = header_ended(raw);
+        let raw = header_ended(raw, true);
         let (fields, body_start, from, encrypted) = {
             let message = parse_bounded(&raw)
                 .map_err(|TooDeep| {
@@ -924,6 +945,37 @@ pub(crate) const SAMPLE_CIPHERTEXT: &str = "-----BEGIN PGP MESSAGE-----\r\n\r\nh
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The header ends at a line with no colon; text whose first line is none is left as it
+    /// is; a name with 8-bit bytes ends it only for the drop-in (review of 89641ca).
+    #[test]
+    fn where_the_header_ends() {
+        let ended = |raw: &[u8], eight_bit: bool| header_ended(raw.to_vec(), eight_bit);
+        assert_eq!(
+            ended(b"Subject: a\r\nno colon\r\nX: y\r\n\r\nbody\r\n", true),
+            b"Subject: a\r\n\r\nno colon\r\nX: y\r\n\r\nbody\r\n"
+        );
+        assert_eq!(
+            ended(b"Subject: a\nno colon\n", false),
+            b"Subject: a\n\nno colon\n"
+        );
+        for unchanged in [
+            &b" \r\nFrom: a@example.org\r\n\r\nbody\r\n"[..],
+            b"Subject : a\r\n\tfolded\r\nTo:\r\n b@example.org\r\n\r\nbody",
+            b"Subject: no body",
+        ] {
+            assert_eq!(ended(unchanged, true), unchanged);
+        }
+        let eight_bit = b"From: a@example.org\r\nX-\xc3\x84: 1\r\nSubject: s\r\n\r\nbody\r\n";
+        assert_eq!(ended(eight_bit, true), eight_bit);
+        assert_eq!(
+            ended(eight_bit, false),
+            b"From: a@example.org\r\n\r\nX-\xc3\x84: 1\r\nSubject: s\r\n\r\nbody\r\n"
+        );
+        // The core refuses one with an 8-bit field name, as it did, rather than store its
+        // fields as body text.
+        assert!(ParsedMessage::parse(eight_bit.to_vec()).is_err());
+    }
 
     #[test]
     fn a_parameter_given_twice_is_no_single_field() {

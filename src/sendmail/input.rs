@@ -99,7 +99,7 @@ pub fn complete(raw: &[u8], fill: &Completion<'_>) -> Result<Vec<u8>, InputError
     let crlf = if headerless {
         [&b"\r\n"[..], &crlf].concat()
     } else {
-        crate::message::parse::header_ended(crlf)
+        crate::message::parse::header_ended(crlf, false)
     };
     let parsed = if headerless {
         None
