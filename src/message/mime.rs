@@ -18,7 +18,7 @@ pub enum Protection {
 
 /// Trace and transport fields stay outside the cryptographic payload: they describe the route,
 /// not the message, and are added again by every hop.
-fn is_trace(field: &HeaderField) -> bool {
+pub(crate) fn is_trace(field: &HeaderField) -> bool {
     [
         "Received",
         "Return-Path",
@@ -80,7 +80,8 @@ pub fn outer_fields_encrypted(fields: &[HeaderField], obscured_subject: &str) ->
 }
 
 /// The fields a mail client lists and threads a message by: all that the outer header of the
-/// user's own copy stored upstream keeps ([`crate::rewrite::Policy::upload`]).
+/// user's own copy stored upstream keeps ([`crate::rewrite::Policy::upload`]), with the trace
+/// fields ([`is_trace`]; the protected header has none of them).
 pub const LISTED_FIELDS: [&str; 9] = [
     "From",
     "Sender",

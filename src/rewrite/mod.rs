@@ -343,7 +343,9 @@ impl Rewriter {
         let outer = if self.policy.header_protection {
             let mut outer = mime::outer_fields_encrypted(&outside, &self.policy.obscured_subject);
             if self.policy.listed_fields_only {
-                outer.retain(|f| mime::LISTED_FIELDS.iter().any(|n| f.is(n)));
+                // Trace fields too: the protected header leaves them out (review: the
+                // upload lost Received and Return-Path altogether).
+                outer.retain(|f| mime::LISTED_FIELDS.iter().any(|n| f.is(n)) || mime::is_trace(f));
             }
             outer
         } else {

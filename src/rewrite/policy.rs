@@ -68,7 +68,8 @@ pub struct Policy {
     #[serde(skip)]
     pub own_keys_only: bool,
     /// The outer header of an encrypted copy keeps only what a mail client lists and threads
-    /// by ([`crate::message::mime::LISTED_FIELDS`]); every other field is inside only. For
+    /// by ([`crate::message::mime::LISTED_FIELDS`]) and the trace fields; every other field is
+    /// inside only. For
     /// the user's own copy stored upstream, which only the user reads: a decrypted message
     /// stored again holds the fields its sender hid inside (review: an inner X- field went
     /// upstream in clear). Never read from the configuration; only [`Policy::upload`] sets it.
