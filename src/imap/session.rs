@@ -647,25 +647,21 @@ impl Session {
             }
             let store = self.shared.store.clone();
             let (mailbox, known) = (selected.mailbox.id, selected.modseq);
-            let (first_expunge, changes) = tokio::task::spawn_blocking(move || {
+            // Other sessions' flag changes (and new messages) wait for the next catch-up too,
+            // while this command may show MODSEQs above them (review: a client that kept the
+            // highest MODSEQ it saw never heard of a \Flagged set by another session). Only
+            // the first of them is read (review: all of them, 50 ms a command after another
+            // session changed 50,000 messages).
+            let own = selected.own.clone();
+            let (first_expunge, first_change) = tokio::task::spawn_blocking(move || {
                 Ok::<_, StoreError>((
                     store.first_expunge_after(mailbox, known)?,
-                    store.changes_since(mailbox, known)?,
+                    store.first_change_after(mailbox, known, |uid, modseq| {
+                        own.get(&uid) == Some(&modseq)
+                    })?,
                 ))
             })
             .await??;
-            // Other sessions' flag changes (and new messages) wait for the next catch-up too,
-            // while this command may show MODSEQs above them (review: a client that kept the
-            // highest MODSEQ it saw never heard of a \Flagged set by another session).
-            let State::Selected(_, selected) = &self.state else {
-                return Ok(None);
-            };
-            let first_change = changes
-                .rows
-                .iter()
-                .filter(|(uid, _, modseq)| selected.own.get(uid) != Some(modseq))
-                .map(|(_, _, modseq)| *modseq)
-                .min();
             return Ok(first_expunge
                 .into_iter()
                 .chain(first_change)

@@ -1187,6 +1187,32 @@ impl Store {
         })
     }
 
+    /// The lowest MODSEQ above `modseq` of a message in `mailbox` that `own` does not name
+    /// with that MODSEQ (a session's own changes): what a session that heard of everything up
+    /// to `modseq` has yet to hear. Reads UIDs and MODSEQs only, in MODSEQ order, and stops
+    /// at the first such one.
+    pub fn first_change_after(
+        &self,
+        mailbox: MailboxId,
+        modseq: u64,
+        own: impl Fn(u32, u64) -> bool,
+    ) -> Result<Option<u64>, StoreError> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT uid, modseq FROM messages WHERE mailbox = ?1 AND modseq > ?2
+                 ORDER BY modseq",
+            )?;
+            let mut rows = stmt.query(params![mailbox, modseq as i64])?;
+            while let Some(row) = rows.next()? {
+                let (uid, modseq): (u32, i64) = (row.get(0)?, row.get(1)?);
+                if !own(uid, modseq as u64) {
+                    return Ok(Some(modseq as u64));
+                }
+            }
+            Ok(None)
+        })
+    }
+
     /// The UID range `floor..uidnext` no session has claimed as \Recent yet, left unclaimed
     /// (a read-only session's view).
     pub fn recent_range(&self, mailbox: MailboxId) -> Result<(u32, u32), StoreError> {
