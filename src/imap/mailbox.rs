@@ -165,11 +165,15 @@ impl Session {
         // (counted in EXISTS). Its expunge is the session's next news (a live VANISHED), not
         // an EARLIER one: named in both, the client heard of it twice, and a FETCH between
         // them numbered messages by a view the client had left (review).
+        // Likewise a message stored after the view (at or above its UIDNEXT), and a change
+        // made after it (above its HIGHESTMODSEQ): the session's next catch-up reports them,
+        // after FLAGS names any keyword new to it (review: a FETCH named a keyword no FLAGS
+        // had, with a MODSEQ above the SELECT's HIGHESTMODSEQ, and came again after).
         let vanished: Vec<u32> = changes
             .expunged
             .iter()
             .copied()
-            .filter(|&u| selected.seq_of(u).is_none())
+            .filter(|&u| u < selected.mailbox.uidnext && selected.seq_of(u).is_none())
             .filter(|&u| known.is_none_or(|set| super::sequence::contains_uid(set, u, largest)))
             .collect();
         let mut out = Out::default();
@@ -179,6 +183,9 @@ impl Session {
                 .crlf();
         }
         for (uid, flags, modseq) in &changes.rows {
+            if *modseq > selected.modseq {
+                continue;
+            }
             let Some(seq) = selected.seq_of(*uid) else {
                 continue;
             };

@@ -791,8 +791,11 @@ impl Session {
         if expunge && !selected.read_only {
             let store = self.shared.store.clone();
             let id = selected.mailbox.id;
+            // As EXPUNGE: only the messages this session knows of (review: CLOSE removed one
+            // another session had just stored with \Deleted).
+            let known = selected.uids.clone();
             let expunged = tokio::task::spawn_blocking(move || {
-                store.expunge(id, None, crate::store::Origin::Client)
+                store.expunge(id, Some(&known), crate::store::Origin::Client)
             })
             .await;
             if let Ok(Err(error)) = expunged {
