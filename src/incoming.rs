@@ -210,8 +210,14 @@ pub async fn sync(config: Config, args: SyncArgs) -> Result<u8, CliError> {
                     }
                     println!("{line}");
                     if report.waiting > 0 {
+                        let why = report
+                            .waiting_reason
+                            .as_deref()
+                            .map_or(" (see the log)".to_string(), |r| {
+                                format!(", the latest for: {r}")
+                            });
                         eprintln!(
-                            "sealpost: sync {}: {} local changes not written back yet (see the log)",
+                            "sealpost: sync {}: {} local changes not written back yet{why}",
                             syncer.name(),
                             report.waiting
                         );
@@ -395,8 +401,8 @@ fn start_retry(config: &Config, account: &str) {
 
 /// Whether a process must retry `account`'s undecryptable messages: one is due
 /// ([`crate::sync::undecryptable_retry_due`]) and some message waits. A due retry with
-/// nothing waiting is done here (it only records itself and forgets stale failure counts):
-/// no process per delivery, nor per keyring change while nothing waits. When the store
+/// nothing waiting is recorded here ([`crate::sync::record_empty_retry`]): no process per
+/// delivery, nor per keyring change while nothing waits. When the store
 /// cannot tell, it must (the retry says why).
 async fn retry_due(store: &Store, keys: &crate::keys::KeyService, account: &str) -> bool {
     let (s, name) = (store.clone(), account.to_string());
@@ -416,7 +422,7 @@ async fn retry_due(store: &Store, keys: &crate::keys::KeyService, account: &str)
     })
     .await;
     match waiting {
-        Ok(Ok(waiting)) if waiting.is_empty() => crate::sync::retry_undecryptable(store, keys, id)
+        Ok(Ok(waiting)) if waiting.is_empty() => crate::sync::record_empty_retry(store, keys, id)
             .await
             .is_err(),
         _ => true,

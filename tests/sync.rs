@@ -505,7 +505,10 @@ async fn a_change_that_waits_for_the_same_reason_is_told_once() {
     assert_eq!(told(&second), 0, "{second:?}");
     let log = String::from_utf8_lossy(&second.stderr);
     assert!(
-        log.contains("sync alice: 3 local changes not written back yet"),
+        log.contains(
+            "sync alice: 3 local changes not written back yet, the latest for: \
+             [accounts.upstream] address is not set"
+        ),
         "{log}"
     );
     assert_eq!(waiting_changes(&server), 3);

@@ -96,6 +96,8 @@ pub struct SyncReport {
     pub redecrypted: usize,
     pub written_back: usize,
     pub waiting: usize,
+    /// Why the latest change that waits did (its last try's reason), when one does.
+    pub waiting_reason: Option<String>,
     /// INBOX's UIDNEXT when the pass looked at it: mail that came after it, while the pass
     /// went through the other folders, starts the next pass at once.
     pub inbox_uidnext: Option<u32>,
@@ -186,7 +188,15 @@ impl Syncer {
             .write_back(session, &capabilities, &prefix, account)
             .await
         {
-            Ok(counts) => (report.written_back, report.waiting) = counts,
+            Ok(counts) => {
+                (report.written_back, report.waiting) = counts;
+                if report.waiting > 0 {
+                    // Warned of once per reason: a run that only counts them still says why.
+                    let store = self.store.clone();
+                    report.waiting_reason =
+                        blocking(move || store.journal_backlog(account)).await??.1;
+                }
+            }
             Err(e @ (SyncError::Store(_) | SyncError::Task(_))) => return Err(e),
             Err(e) => {
                 // The connection broke or timed out mid-change (one change the server never
@@ -1629,6 +1639,28 @@ impl Source {
 
 /// How often messages kept undecryptable are tried again when the keyring has not changed.
 const RETRY_UNDECRYPTABLE_SECS: i64 = 86_400;
+
+/// A due [`retry_undecryptable`] of `account` that found nothing waiting, done without
+/// reading the messages again: stale failure counts forgotten and the try recorded. A message
+/// stored meanwhile is the next due retry's (review: `deliver` ran the whole retry, which
+/// would have decrypted such a message in the delivery's process, outside the sync lock).
+pub(crate) async fn record_empty_retry(
+    store: &Store,
+    keys: &KeyService,
+    account: AccountId,
+) -> Result<(), SyncError> {
+    let state = keys.keyring_state();
+    let (key, at_key) = tried_keys(account);
+    let now = crate::store::unix_now();
+    let s = store.clone();
+    blocking(move || {
+        purge_stale_counts(&s, now)?;
+        s.set_meta(&key, state)?;
+        s.set_meta(&at_key, now)
+    })
+    .await??;
+    Ok(())
+}
 
 /// The store's records of the last [`retry_undecryptable`] of `account`: the keyring's state
 /// then, and when.

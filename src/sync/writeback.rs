@@ -207,7 +207,7 @@ impl Syncer {
                         // Told once per reason: the same one at every pass (no `address`
                         // for thousands of stored messages, say) is in the pass's count of
                         // changes waiting (review: 13,000 lines a minute under a busy client).
-                        if entry.last_error != why {
+                        if !same_reason(&entry.last_error, &why) {
                             tracing::warn!(account = %self.name, mailbox = %entry.mailbox,
                                 uid = entry.uid, kind = %entry.kind,
                                 "not written back upstream yet: {why}");
@@ -1632,6 +1632,18 @@ impl Syncer {
 /// A token naming one local message (account, UIDVALIDITY, UID) without telling any of
 /// them. No mailbox name: a UIDVALIDITY is never given to two mailboxes, and a rename keeps
 /// it, so a retry after a rename still finds an earlier copy.
+/// Whether two reasons an entry waited for are one: alike but for their digits, which a
+/// server's reply text changes at every try (Dovecot's "(0.001 + 0.000 secs)", a timestamp;
+/// review: the warning came at every pass again).
+fn same_reason(a: &str, b: &str) -> bool {
+    let words = |s: &str| {
+        s.chars()
+            .filter(|c| !c.is_ascii_digit())
+            .collect::<String>()
+    };
+    words(a) == words(b)
+}
+
 fn upload_token(account: &str, uidvalidity: u32, uid: u32) -> String {
     let digest = Sha256::digest(format!("{account}\0{uidvalidity}\0{uid}"));
     digest[..16].iter().map(|b| format!("{b:02x}")).collect()
@@ -1686,6 +1698,18 @@ mod tests {
             upstream_flags("\\Seen $Sealpost-Encrypted $Label1 \\Recent".split(' ')),
             "\\Seen $Label1"
         );
+    }
+
+    #[test]
+    fn reasons_alike_but_for_digits_are_one() {
+        assert!(super::same_reason(
+            "NO [CANNOT] Permission denied (0.001 + 0.000 secs).",
+            "NO [CANNOT] Permission denied (0.002 + 0.001 secs)."
+        ));
+        assert!(!super::same_reason(
+            "NO [CANNOT] Permission denied",
+            "NO [OVERQUOTA] Quota exceeded"
+        ));
     }
 
     #[test]
