@@ -348,6 +348,86 @@ async fn expired_revoked_and_sign_only_keys_count_as_no_key() {
     }
 }
 
+/// The key chosen among several for one address: one the keyring's owner certified before a
+/// newer one nobody checked (as gpg chooses), none that the owner marked as not to be trusted,
+/// and none whose only encryption subkey was made in the future, which gpg refuses (review:
+/// the newest won in each case; the last was deferred for good).
+#[tokio::test]
+async fn certified_keys_win_and_distrusted_or_future_subkeys_are_passed_over() {
+    let world = World::new();
+    let service = || world.sender.service(Duration::from_secs(20));
+    // Dave's key, certified by Alice (ultimately trusted here), then a newer one for him.
+    let other = GpgHome::new();
+    let certified = other.generate_at("Dave <dave@example.org>", "20240101T000000");
+    world.sender.import(&other.export_public(&certified));
+    let sign = world.sender.gpg(
+        &[
+            "-u",
+            &world.alice,
+            "--quick-lsign-key",
+            &certified,
+            "dave@example.org",
+        ],
+        None,
+    );
+    assert!(sign.status.success(), "{sign:?}");
+    let newer_home = GpgHome::new();
+    let newer = newer_home.generate_at("Dave <dave@example.org>", "20250101T000000");
+    world.sender.import(&newer_home.export_public(&newer));
+    let found = service().resolve("dave@example.org").await.unwrap();
+    assert_eq!(
+        found,
+        Resolution::Usable {
+            fingerprint: certified.clone(),
+            others: 1
+        }
+    );
+    // Erin's newest key is marked never to be trusted (a TOFU policy of bad); her older one
+    // is used, and without it there is no key.
+    let erin_home = GpgHome::new();
+    let older = erin_home.generate_at("Erin <erin@example.org>", "20240101T000000");
+    let bad = erin_home.generate_at("Erin <erin@example.org>", "20250101T000000");
+    world.sender.import(&erin_home.export_public(&older));
+    world.sender.import(&erin_home.export_public(&bad));
+    let policy = world.sender.gpg(
+        &["--trust-model", "tofu+pgp", "--tofu-policy", "bad", &bad],
+        None,
+    );
+    assert!(policy.status.success(), "{policy:?}");
+    std::fs::write(world.sender.dir.join("gpg.conf"), "trust-model tofu+pgp\n").unwrap();
+    let found = service().resolve("erin@example.org").await.unwrap();
+    assert_eq!(
+        found,
+        Resolution::Usable {
+            fingerprint: older.clone(),
+            others: 0
+        }
+    );
+    // Frank's only key has its encryption subkey made in 2035 (a wrong clock then): no key.
+    let frank_home = GpgHome::new();
+    let frank = frank_home.generate_sign_only("Frank <frank@example.org>");
+    let add = frank_home.gpg(
+        &[
+            "--faked-system-time",
+            "20350101T000000",
+            "--quick-add-key",
+            &frank,
+            "cv25519",
+            "encr",
+        ],
+        None,
+    );
+    assert!(add.status.success(), "{add:?}");
+    world.sender.import(&frank_home.export_public(&frank));
+    let found = service().resolve("frank@example.org").await.unwrap();
+    assert_eq!(
+        found,
+        Resolution::NoKey {
+            refused: vec![(frank.clone(), Unusable::NoEncryptionSubkey)]
+        }
+    );
+}
+
 #[tokio::test]
 async fn a_lookup_past_its_deadline_defers_and_produces_no_copy() {
     let world = World::new();
@@ -475,6 +555,33 @@ async fn combined_form_and_encrypt_to_self() {
     assert!(contains(&plain, "Subject: The secret subject line"));
     // The sender can read her own copy too.
     assert!(world.sender.decrypt(&ciphertext(copy)).is_some());
+
+    // A newer public key for her address, anyone's, is not the one her copies go to: hers,
+    // whose secret key is here, is (review: the newest public key got every copy).
+    let stranger = GpgHome::new();
+    let theirs = stranger.generate_at("Alice <alice@example.org>", "20300101T000000");
+    world.sender.import(&stranger.export_public(&theirs));
+    let policy = Policy {
+        encrypt_to_self: true,
+        ..Policy::default()
+    };
+    let again = self::copies(run(&world, policy, &env, MESSAGE.as_bytes()).await);
+    let copy = again[0].message.as_ref().unwrap();
+    let (_, enc_to, _, status) = world.bob.decrypt(&ciphertext(copy)).unwrap();
+    let own = world.sender.encryption_subkeys(&world.alice);
+    let foreign = stranger.encryption_subkeys(&theirs);
+    assert!(
+        enc_to
+            .iter()
+            .any(|k| own.iter().any(|s| s.ends_with(k.as_str()))),
+        "{enc_to:?} {own:?}: {status}"
+    );
+    assert!(
+        !enc_to
+            .iter()
+            .any(|k| foreign.iter().any(|s| s.ends_with(k.as_str()))),
+        "{enc_to:?} {foreign:?}"
+    );
 }
 
 #[tokio::test]

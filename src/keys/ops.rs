@@ -607,8 +607,29 @@ fn same_address(uid_address: &str, addr: &str) -> bool {
             == crate::rewrite::policy::canonical_address(addr)
 }
 
+/// A subkey gpg would encrypt to: not revoked, expired, invalid or disabled, and not made in
+/// the future (a clock that was wrong when it was made): gpg refuses such a subkey, and the
+/// copy was deferred for good while an older usable key was there (review).
 fn usable_for_encryption(s: gpgme::Subkey<'_>) -> bool {
-    s.can_encrypt() && !s.is_revoked() && !s.is_expired() && !s.is_invalid() && !s.is_disabled()
+    s.can_encrypt()
+        && !s.is_revoked()
+        && !s.is_expired()
+        && !s.is_invalid()
+        && !s.is_disabled()
+        && s.creation_time()
+            .is_none_or(|t| t <= std::time::SystemTime::now())
+}
+
+/// GnuPG's validity of a user ID, as [`super::resolve::Validity`].
+fn uid_validity(u: &gpgme::UserId<'_>) -> super::resolve::Validity {
+    use super::resolve::Validity;
+    match u.validity() {
+        gpgme::Validity::Never => Validity::Never,
+        gpgme::Validity::Marginal => Validity::Marginal,
+        gpgme::Validity::Full => Validity::Full,
+        gpgme::Validity::Ultimate => Validity::Ultimate,
+        gpgme::Validity::Unknown | gpgme::Validity::Undefined => Validity::Unknown,
+    }
 }
 
 fn list_facts(ctx: &mut Context, addr: &str, own: bool) -> Result<Vec<KeyFacts>, KeyError> {
@@ -641,6 +662,12 @@ fn list_facts(ctx: &mut Context, addr: &str, own: bool) -> Result<Vec<KeyFacts>,
                 && !key
                     .subkeys()
                     .any(|s| usable_for_encryption(s) && (s.is_secret() || s.is_card_key())),
+            validity: matching
+                .iter()
+                .filter(|u| !u.is_revoked() && !u.is_invalid())
+                .map(uid_validity)
+                .max()
+                .unwrap_or_default(),
         });
     }
     // gpg's own failure (a home it cannot read, a keyring it cannot open) ends the listing

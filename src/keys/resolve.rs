@@ -21,6 +21,37 @@ pub struct KeyFacts {
     /// such subkey has its secret key here.
     #[serde(default)]
     pub no_secret: bool,
+    /// The best validity GnuPG gives a matching user ID under the keyring's trust model.
+    #[serde(default)]
+    pub validity: Validity,
+}
+
+/// A user ID's validity (`gpg --list-keys` shows it in brackets), lowest first. The keyring
+/// is the trust anchor (encryption is always-trust): a key imported is used whatever its
+/// validity, but not one the keyring's owner marked as not to be trusted (`never`: ownertrust
+/// never under the direct trust model, a TOFU policy of bad), and among usable keys a more
+/// valid one is chosen before a newer one, as gpg itself chooses (review: a newer key nobody
+/// had checked, imported beside the one the owner had certified, won).
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum Validity {
+    Never,
+    #[default]
+    Unknown,
+    Marginal,
+    Full,
+    Ultimate,
 }
 
 /// Why a key cannot be used for an address.
@@ -34,6 +65,7 @@ pub enum Unusable {
     UserIdRevoked,
     NoEncryptionSubkey,
     NoSecretKey,
+    Distrusted,
 }
 
 impl fmt::Display for Unusable {
@@ -46,6 +78,7 @@ impl fmt::Display for Unusable {
             Unusable::UserIdRevoked => "user ID revoked",
             Unusable::NoEncryptionSubkey => "no encryption-capable subkey",
             Unusable::NoSecretKey => "not the user's own: no secret key for it here",
+            Unusable::Distrusted => "marked as not to be trusted in the keyring",
         })
     }
 }
@@ -91,14 +124,16 @@ fn why_unusable(k: &KeyFacts) -> Option<Unusable> {
         Some(Unusable::NoEncryptionSubkey)
     } else if k.no_secret {
         Some(Unusable::NoSecretKey)
+    } else if k.validity == Validity::Never {
+        Some(Unusable::Distrusted)
     } else {
         None
     }
 }
 
-/// Chooses the key for an address: among usable keys, the newest (latest primary-key creation;
-/// ties broken by fingerprint so the choice is stable). A newer key is what a correspondent
-/// most likely still holds the secret of.
+/// Chooses the key for an address: among usable keys, the most valid ([`Validity`]), then the
+/// newest (latest primary-key creation; ties broken by fingerprint so the choice is stable).
+/// A newer key is what a correspondent most likely still holds the secret of.
 pub fn choose(candidates: &[KeyFacts]) -> Resolution {
     let mut usable: Vec<&KeyFacts> = Vec::new();
     let mut refused = Vec::new();
@@ -109,8 +144,9 @@ pub fn choose(candidates: &[KeyFacts]) -> Resolution {
         }
     }
     usable.sort_by(|a, b| {
-        b.created
-            .cmp(&a.created)
+        b.validity
+            .cmp(&a.validity)
+            .then_with(|| b.created.cmp(&a.created))
             .then_with(|| a.fingerprint.cmp(&b.fingerprint))
     });
     match usable.first() {
@@ -137,6 +173,7 @@ mod tests {
             uid_revoked: false,
             usable_encryption_subkey: true,
             no_secret: false,
+            validity: Validity::Unknown,
         }
     }
 
@@ -157,6 +194,14 @@ mod tests {
         let uid_gone = KeyFacts {
             uid_revoked: true,
             ..key("U", 8)
+        };
+        let distrusted = KeyFacts {
+            validity: Validity::Never,
+            ..key("N", 9)
+        };
+        let certified = KeyFacts {
+            validity: Validity::Full,
+            ..key("C", 1)
         };
         let cases: Vec<(Vec<KeyFacts>, Resolution)> = vec![
             (vec![], Resolution::NoKey { refused: vec![] }),
@@ -200,6 +245,31 @@ mod tests {
                 },
             ),
         ];
+        let mut cases = cases;
+        cases.extend([
+            // A key marked never to be trusted is refused; a certified one wins over a newer
+            // one nobody checked.
+            (
+                vec![distrusted.clone(), key("A", 1)],
+                Resolution::Usable {
+                    fingerprint: "A".into(),
+                    others: 0,
+                },
+            ),
+            (
+                vec![distrusted],
+                Resolution::NoKey {
+                    refused: vec![("N".into(), Unusable::Distrusted)],
+                },
+            ),
+            (
+                vec![key("B", 2), certified],
+                Resolution::Usable {
+                    fingerprint: "C".into(),
+                    others: 1,
+                },
+            ),
+        ]);
         for (input, want) in cases {
             assert_eq!(choose(&input), want, "{input:?}");
         }

@@ -380,10 +380,15 @@ impl Rewriter {
         // not the signing key, which may be the configured default signer (every copy would
         // then also open with the gateway's key) or a key without an encryption subkey (gpg
         // would refuse the recipient, and every encrypted copy with it).
+        // One whose secret key is here comes first: the sender's own, which also signs
+        // (review: a newer public key for the address, anyone's, got every copy).
         let self_key = if self.policy.encrypt_to_self {
-            match self.keys.resolve(from).await {
+            match self.keys.resolve_own(from).await {
                 Ok(Resolution::Usable { fingerprint, .. }) => Some(fingerprint),
-                _ => None,
+                _ => match self.keys.resolve(from).await {
+                    Ok(Resolution::Usable { fingerprint, .. }) => Some(fingerprint),
+                    _ => None,
+                },
             }
         } else {
             None
