@@ -299,6 +299,37 @@ fn exit_codes_and_reasons() {
     assert_eq!(out.status.code(), Some(69));
     assert!(stderr_line(&out).contains("5.1.3"));
 
+    // A default_signer that cannot sign (not in the keyring): deferred, and the reason names
+    // the setting (review: "End of file").
+    let config = out_dir.join("signer.toml");
+    std::fs::write(
+        &config,
+        "[policy]\ndefault_signer = \"0123456789ABCDEF0123456789ABCDEF01234567\"\n",
+    )
+    .unwrap();
+    let args = [
+        "--config",
+        config.to_str().unwrap(),
+        "rewrite",
+        "--sender",
+        "nobody@example.org",
+        "--rcpt",
+        "dave@example.net",
+        "--gnupg-home",
+        &home,
+        "--out",
+        &out_s,
+    ];
+    let out = sealpost(
+        &args,
+        b"From: nobody@example.org\nTo: dave@example.net\nSubject: s\n\nhi\n",
+    );
+    assert_eq!(out.status.code(), Some(75), "{out:?}");
+    assert!(
+        stderr_line(&out).contains("policy.default_signer 0123456789ABCDEF"),
+        "{out:?}"
+    );
+
     // `demo --keep` naming a regular file: 74 with the path, as `rewrite --out` (it was 70,
     // "a failed check").
     let file = out_dir.join("a-file");

@@ -114,6 +114,20 @@ impl Signing {
             .clone()
             .unwrap_or_else(|| Reply::new(451, "4.7.0", "no signer"))
     }
+
+    /// The reply for a signature that failed: one by the configured `default_signer` says
+    /// so, since the fix is in the configuration or its keyring (review: "End of file" or
+    /// "Unusable secret key" for a fingerprint that was not there, expired or revoked).
+    fn failed(&self, e: &KeyError) -> Reply {
+        match &self.fingerprint {
+            Some(fpr) if !self.own => Reply::new(
+                451,
+                "4.7.0",
+                format!("temporary failure: signing with policy.default_signer {fpr}: {e}"),
+            ),
+            _ => temporary(e),
+        }
+    }
 }
 
 impl Rewriter {
@@ -370,7 +384,7 @@ impl Rewriter {
                         );
                         (container.to_entity(), None)
                     }
-                    Err(e) => return Err(temporary(&e)),
+                    Err(e) => return Err(signing.failed(&e)),
                 }
             }
             (true, EncryptedForm::Combined) => (payload, signing.fingerprint.clone()),
@@ -455,7 +469,7 @@ impl Rewriter {
                     mime::multipart_signed(&payload, &sig.armored, &mime::micalg(&sig.hash));
                 Ok(mime::message(&outer, &container))
             }
-            Err(e) => Err(temporary(&e)),
+            Err(e) => Err(signing.failed(&e)),
         }
     }
 }
