@@ -428,6 +428,57 @@ async fn certified_keys_win_and_distrusted_or_future_subkeys_are_passed_over() {
     );
 }
 
+/// The signing key is chosen as a recipient's key is: the most valid before the newest (a
+/// newer secret key imported for the address does not sign before the owner's own, which
+/// encrypt_to_self also takes). A sender whose own key cannot encrypt gets no copy of her own
+/// rather than one to a stranger's key for her address (review of e3adeea).
+#[tokio::test]
+async fn the_signer_and_the_self_copy_are_the_senders_own_key() {
+    let world = World::new();
+    // Zed's own key, made here (ultimately trusted), and a newer secret key for his address
+    // made elsewhere and imported (validity unknown).
+    let own = world
+        .sender
+        .generate_at("Zed <zed@example.org>", "20240101T000000");
+    let other = GpgHome::new();
+    let newer = other.generate_at("Zed <zed@example.org>", "20250101T000000");
+    let secret = other.gpg(&["--armor", "--export-secret-keys", &newer], None);
+    assert!(secret.status.success());
+    world.sender.import(&secret.stdout);
+    let service = world.sender.service(Duration::from_secs(20));
+    let signer = service.signer("zed@example.org").await.unwrap();
+    assert_eq!(signer.as_deref(), Some(own.as_str()));
+
+    // Sid's own key signs only; a stranger's key for his address is in the keyring.
+    let sid = world.sender.generate_sign_only("Sid <sid@example.org>");
+    let stranger = GpgHome::new();
+    let theirs = stranger.generate("Sid <sid@example.org>");
+    world.sender.import(&stranger.export_public(&theirs));
+    let policy = Policy {
+        encrypt_to_self: true,
+        ..Policy::default()
+    };
+    let env = Envelope {
+        id: "T9".into(),
+        sender: "sid@example.org".into(),
+        recipients: vec!["bob@example.org".into()],
+    };
+    let raw = MESSAGE.replace("alice@example.org", "sid@example.org");
+    let copies = copies(run(&world, policy, &env, raw.as_bytes()).await);
+    let copy = copies[0]
+        .message
+        .as_ref()
+        .unwrap_or_else(|| panic!("{:?} (signer {sid})", copies[0].decision));
+    let (_, enc_to, _, status) = world.bob.decrypt(&ciphertext(copy)).unwrap();
+    let foreign = stranger.encryption_subkeys(&theirs);
+    assert!(
+        !enc_to
+            .iter()
+            .any(|k| foreign.iter().any(|s| s.ends_with(k.as_str()))),
+        "{enc_to:?} {foreign:?}: {status}"
+    );
+}
+
 #[tokio::test]
 async fn a_lookup_past_its_deadline_defers_and_produces_no_copy() {
     let world = World::new();

@@ -344,7 +344,7 @@ impl KeyService {
         } = &resolution
         {
             if *others > 0 {
-                tracing::info!(rcpt = %addr, key = %fingerprint, others, "several usable keys: chose the newest");
+                tracing::info!(rcpt = %addr, key = %fingerprint, others, "several usable keys: chose the most valid, then the newest");
             }
         }
         self.fresh_cache().public.insert(addr, resolution.clone());
@@ -555,10 +555,14 @@ fn default_home() -> PathBuf {
 
 /// Modification time and size of the keyring files: when any changes, cached lookups go.
 fn keyring_stamp(home: &Path) -> Vec<(PathBuf, Option<(SystemTime, u64)>)> {
+    // The TOFU database and gpg.conf (its trust-model) decide validity too, which decides
+    // the key chosen (review: a TOFU policy of bad went unseen for up to 10 minutes).
     [
         "pubring.kbx",
         "pubring.gpg",
         "trustdb.gpg",
+        "tofu.db",
+        "gpg.conf",
         "private-keys-v1.d",
     ]
     .iter()

@@ -517,8 +517,10 @@ fn unreadable_key_file(ctx: &mut Context, dir: &Path, who: &str) -> Option<Strin
     None
 }
 
+/// The newest usable secret key for `who` among the most valid (as [`super::resolve::choose`]
+/// chooses a recipient's key, so that encrypt_to_self's key is the signing one; review).
 fn find_signer(ctx: &mut Context, who: &str) -> Result<Option<String>, KeyError> {
-    let mut best: Option<(i64, String)> = None;
+    let mut best: Option<((super::resolve::Validity, i64), String)> = None;
     let mut keys = ctx
         .find_secret_keys(address_patterns(who))
         .map_err(to_err("looking up a signing key"))?;
@@ -527,20 +529,30 @@ fn find_signer(ctx: &mut Context, who: &str) -> Result<Option<String>, KeyError>
         if key.is_revoked() || key.is_expired() || key.is_disabled() || key.is_invalid() {
             continue;
         }
-        let uid_ok = key
+        let matching: Vec<_> = key
             .user_ids()
-            .any(|u| uid_address(&u).is_some_and(|e| same_address(e, who)) && !u.is_revoked());
+            .filter(|u| uid_address(u).is_some_and(|e| same_address(e, who)) && !u.is_revoked())
+            .collect();
+        let uid_ok = !matching.is_empty();
+        // As for encryption: not one made in the future, which gpg refuses to use.
         let can_sign = key.subkeys().any(|s| {
-            s.can_sign() && s.is_secret() && !s.is_revoked() && !s.is_expired() && !s.is_invalid()
+            s.can_sign()
+                && s.is_secret()
+                && !s.is_revoked()
+                && !s.is_expired()
+                && !s.is_invalid()
+                && s.creation_time().is_none_or(|t| t <= SystemTime::now())
         });
-        if uid_ok && can_sign {
+        let validity = matching.iter().map(uid_validity).max().unwrap_or_default();
+        if uid_ok && can_sign && validity != super::resolve::Validity::Never {
             let created = key
                 .primary_key()
                 .and_then(|p| p.creation_time())
                 .map_or(0, epoch);
             let fpr = key.fingerprint().unwrap_or_default().to_string();
-            if best.as_ref().is_none_or(|(c, _)| created > *c) {
-                best = Some((created, fpr));
+            let rank = (validity, created);
+            if best.as_ref().is_none_or(|(r, _)| rank > *r) {
+                best = Some((rank, fpr));
             }
         }
     }

@@ -90,11 +90,11 @@ pub(crate) fn drop_postmark(raw: &mut Vec<u8>) {
 /// and lose (review: the core dropped such a line from every copy, and the copies' signatures
 /// verified without it). The blank line is put where the header ends, with the line end of
 /// the line before (CRLF or a bare LF). Text whose first line is no field is left as it is
-/// (the drop-in makes it a body of its own; the core reads on, as it did). With
-/// `eight_bit_names`, a name with 8-bit bytes counts as a field's, which the core then refuses
-/// as it did: a message the IMAP server shows with that field and the ones after it in its
-/// header is not stored upstream with them in its body (review).
-pub(crate) fn header_ended(raw: Vec<u8>, eight_bit_names: bool) -> Vec<u8> {
+/// (the drop-in makes it a body of its own; the core refuses it). `lenient` (the core): a line
+/// with a colon counts as a field whatever its name (8-bit or control bytes, a blank inside),
+/// which the core then refuses: a message the IMAP server shows with that field and the ones
+/// after it in its header is not stored upstream with them in its body (review).
+pub(crate) fn header_ended(raw: Vec<u8>, lenient: bool) -> Vec<u8> {
     let mut at = 0;
     let mut seen_field = false;
     while at < raw.len() {
@@ -103,7 +103,7 @@ pub(crate) fn header_ended(raw: Vec<u8>, eight_bit_names: bool) -> Vec<u8> {
             return raw;
         }
         let continuation = seen_field && matches!(line.first(), Some(b' ' | b'\t'));
-        let field = starts_with_field(line) || eight_bit_names && starts_with_8bit_field(line);
+        let field = starts_with_field(line) || lenient && looks_like_field(line);
         if !continuation && !field {
             if at == 0 {
                 return raw;
@@ -128,17 +128,11 @@ pub(crate) fn header_ended(raw: Vec<u8>, eight_bit_names: bool) -> Vec<u8> {
     raw
 }
 
-/// Like [`starts_with_field`], with bytes over 127 allowed in the name.
-fn starts_with_8bit_field(text: &[u8]) -> bool {
-    let name_len = text
-        .iter()
-        .take_while(|&&b| b > b' ' && b != b':' && b != 0x7f)
-        .count();
-    let blanks = text[name_len..]
-        .iter()
-        .take_while(|&&b| b == b' ' || b == b'\t')
-        .count();
-    name_len > 0 && text.get(name_len + blanks) == Some(&b':')
+/// A line that is meant as a field even if its name is not one RFC 5322 allows (8-bit or
+/// control bytes, a blank inside): it does not start with a blank and has a colon.
+fn looks_like_field(text: &[u8]) -> bool {
+    let line = &text[..text.iter().position(|b| *b == b'\n').unwrap_or(text.len())];
+    !matches!(line.first(), Some(b' ' | b'\t')) && line.contains(&b':')
 }
 
 /// Whether the text begins with a header field: a name of printable ASCII but ":" and
@@ -192,6 +186,26 @@ impl ParsedMessage {
             let root = message.root_part();
             if root.headers.is_empty() {
                 return Err(MessageError::NotAMessage("no header fields found"));
+            }
+            // Every line of the header section is one of the fields read: a line mail-parser
+            // passes over (a first line that is no field, a name with a blank inside) would
+            // be lost from every copy while their signatures verify (review).
+            let mut next = 0usize;
+            for header in &root.headers {
+                if header.offset_field as usize != next {
+                    return Err(MessageError::NotAMessage(
+                        "a line of the header section is no field (RFC 5322 §2.2)",
+                    ));
+                }
+                next = header.offset_end as usize;
+            }
+            let between = raw
+                .get(next..(root.offset_body as usize).max(next))
+                .unwrap_or_default();
+            if !matches!(between, b"" | b"\r\n" | b"\n") {
+                return Err(MessageError::NotAMessage(
+                    "a line of the header section is no field (RFC 5322 §2.2)",
+                ));
             }
             let mut fields = Vec::with_capacity(root.headers.len());
             for header in &root.headers {
@@ -973,8 +987,32 @@ mod tests {
             b"From: a@example.org\r\n\r\nX-\xc3\x84: 1\r\nSubject: s\r\n\r\nbody\r\n"
         );
         // The core refuses one with an 8-bit field name, as it did, rather than store its
-        // fields as body text.
+        // fields as body text; so with a control byte, DEL or a blank in a name, and a first
+        // line that is no field, which the parser passed over (review).
         assert!(ParsedMessage::parse(eight_bit.to_vec()).is_err());
+        for refused in [
+            &b"garbage line\r\nFrom: a@example.org\r\nSubject: s\r\n\r\nbody\r\n"[..],
+            b"From: a@example.org\r\nX-\x01: 1\r\nSubject: s\r\n\r\nbody\r\n",
+            b"From: a@example.org\r\nX-\x7f: 1\r\nSubject: s\r\n\r\nbody\r\n",
+            b"From: a@example.org\r\nX Y: 1\r\nBcc: c@example.org\r\n\r\nbody\r\n",
+            b" \r\nFrom: a@example.org\r\n\r\nbody\r\n",
+        ] {
+            let parsed = ParsedMessage::parse(refused.to_vec());
+            assert!(parsed.is_err(), "{:?}", String::from_utf8_lossy(refused));
+        }
+        for taken in [
+            &b"From: a@example.org\r\nSubject: no body"[..],
+            b"From: a@example.org\nSubject: s\n\nbody\n",
+            b"From: a@example.org\r\nSubject : s\r\n\tfolded\r\n\r\nbody\r\n",
+        ] {
+            let parsed = ParsedMessage::parse(taken.to_vec());
+            assert!(
+                parsed.is_ok(),
+                "{:?}: {:?}",
+                String::from_utf8_lossy(taken),
+                parsed.err()
+            );
+        }
     }
 
     #[test]

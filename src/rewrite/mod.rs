@@ -99,6 +99,7 @@ pub struct Rewriter {
 }
 
 /// The signer, once known, and how signing is to be done.
+#[derive(Clone)]
 struct Signing {
     fingerprint: Option<String>,
     /// The key is the From address's own (not the configured default signer).
@@ -119,11 +120,17 @@ impl Signing {
     /// so, since the fix is in the configuration or its keyring (review: "End of file" or
     /// "Unusable secret key" for a fingerprint that was not there, expired or revoked).
     fn failed(&self, e: &KeyError) -> Reply {
+        self.failed_doing(e, "")
+    }
+
+    /// As [`Signing::failed`], for gpg's sign-and-encrypt in one (the combined form), whose
+    /// error may be the encryption's as well.
+    fn failed_doing(&self, e: &KeyError, also: &str) -> Reply {
         match &self.fingerprint {
             Some(fpr) if !self.own => Reply::new(
                 451,
                 "4.7.0",
-                format!("temporary failure: signing with policy.default_signer {fpr}: {e}"),
+                format!("temporary failure: signing with policy.default_signer {fpr}{also}: {e}"),
             ),
             _ => temporary(e),
         }
@@ -313,7 +320,7 @@ impl Rewriter {
                                 .to_string()
                         } else {
                             format!(
-                                "no secret key to sign as {from} and no default signer configured"
+                                "no usable secret key to sign as {from} and no default signer configured"
                             )
                         },
                     )),
@@ -395,10 +402,14 @@ impl Rewriter {
         // then also open with the gateway's key) or a key without an encryption subkey (gpg
         // would refuse the recipient, and every encrypted copy with it).
         // One whose secret key is here comes first: the sender's own, which also signs
-        // (review: a newer public key for the address, anyone's, got every copy).
+        // (review: a newer public key for the address, anyone's, got every copy). Any public
+        // key for the address only when the sender has no secret key here at all (a gateway
+        // signing as default_signer): one whose own key cannot encrypt gets no self copy,
+        // not a stranger's (review of that fix).
         let self_key = if self.policy.encrypt_to_self {
             match self.keys.resolve_own(from).await {
                 Ok(Resolution::Usable { fingerprint, .. }) => Some(fingerprint),
+                _ if signing.own => None,
                 _ => match self.keys.resolve(from).await {
                     Ok(Resolution::Usable { fingerprint, .. }) => Some(fingerprint),
                     _ => None,
@@ -411,6 +422,7 @@ impl Rewriter {
             outer,
             plaintext,
             inline_signer,
+            signing: signing.clone(),
             self_key,
         })
     }
@@ -433,11 +445,15 @@ impl Rewriter {
                 // one per copy, which `batch_size` counts.
                 let data = encryption.plaintext.clone();
                 let signer = encryption.inline_signer.clone();
+                let signs = signer.is_some();
                 match self.keys.encrypt(keys, signer, data).await {
                     Ok(armored) => Ok(mime::message(
                         &encryption.outer,
                         &mime::multipart_encrypted(&armored),
                     )),
+                    // The combined form: the signature is gpg's part of the encryption
+                    // (review: a failing default_signer was the bare gpg error here).
+                    Err(e) if signs => Err(encryption.signing.failed_doing(&e, " and encrypting")),
                     Err(e) => Err(temporary(&e)),
                 }
             }
@@ -507,6 +523,8 @@ struct Encryption {
     outer: Vec<HeaderField>,
     plaintext: Vec<u8>,
     inline_signer: Option<String>,
+    /// How a failure of gpg's inline signature is told ([`Signing::failed`]).
+    signing: Signing,
     self_key: Option<String>,
 }
 
