@@ -772,6 +772,34 @@ fn two_sessions_see_each_others_changes_in_order() {
     assert!(done.starts_with("idle OK"), "{done}");
 }
 
+/// A FETCH of a message carrying a keyword another session set since is preceded by FLAGS
+/// naming it (RFC 3501 §7.2.6; review: the FETCH came first).
+#[test]
+fn a_fetched_keyword_is_named_by_flags_first() {
+    let server = Server::start();
+    let mut a = server.login();
+    let mut b = server.login();
+    let m = "Subject: kw\r\n\r\nx\r\n";
+    b.ok(&format!("APPEND INBOX {{{}}}\r\n{m}", m.len()));
+    a.ok("SELECT INBOX");
+    b.ok("SELECT INBOX");
+    b.ok("STORE 1 +FLAGS.SILENT (newkw1)");
+    for command in ["FETCH 1 (FLAGS)", "UID FETCH 1 (FLAGS)"] {
+        let lines = a.ok(command);
+        let fetch = lines
+            .iter()
+            .position(|l| l.contains(" FETCH ") && l.contains("newkw1"));
+        let flags = lines
+            .iter()
+            .position(|l| l.starts_with("* FLAGS ") && l.contains("newkw1"));
+        if command.starts_with("FETCH") {
+            assert!(flags.is_some() && flags < fetch, "{command}: {lines:?}");
+        } else {
+            assert!(flags.is_none(), "named once: {lines:?}");
+        }
+    }
+}
+
 /// EXPUNGE removes the \\Deleted messages the session knows of: one another session stored
 /// with \\Deleted meanwhile is announced after it and stays, as with Dovecot (review: it was
 /// expunged unseen).

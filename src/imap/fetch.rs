@@ -112,6 +112,10 @@ impl Session {
             selected.uids.last().copied().unwrap_or(0),
         );
         let recent = selected.recent.clone();
+        // Keywords the session's FLAGS named: one a fetched message carries beyond them (set
+        // by another session since) gets new FLAGS before the FETCH naming it (RFC 3501
+        // §7.2.6; review: the FETCH came first).
+        let named = std::sync::Arc::new(selected.keywords.clone());
 
         if let (true, Some(since)) = (vanished, changed_since) {
             let store = self.shared.store.clone();
@@ -150,9 +154,19 @@ impl Session {
             let chunk: Vec<(u32, u32)> = rest.iter().take(BATCH).copied().collect();
             let store = shared_store.clone();
             let renderer = renderer.clone();
+            let named = named.clone();
             tokio::task::spawn_blocking(move || {
                 let wanted: Vec<u32> = chunk.iter().map(|t| t.1).collect();
                 let batch = store.fetch_batch(mailbox, &wanted, need, BUDGET)?;
+                let mut unnamed: Vec<String> = Vec::new();
+                for flag in batch.items.iter().flat_map(|(r, _)| r.flags.iter()) {
+                    if !flag.starts_with('\\')
+                        && !named.iter().any(|k| k.eq_ignore_ascii_case(flag))
+                        && !unnamed.iter().any(|k| k.eq_ignore_ascii_case(flag))
+                    {
+                        unnamed.push(flag.to_string());
+                    }
+                }
                 let covered = chunk.partition_point(|t| t.1 <= batch.through);
                 // The messages of the session's view still there (the others another session
                 // expunged since).
@@ -170,7 +184,7 @@ impl Session {
                     covered.truncate(covered.partition_point(|t| t.1 <= through));
                     Read::Rendered(chunks)
                 };
-                Ok::<_, CmdError>((covered, read, present))
+                Ok::<_, CmdError>((covered, read, present, unnamed))
             })
         };
         let mut rest = &targets[..];
@@ -179,7 +193,13 @@ impl Session {
         // UIDs this FETCH set \Seen on whose responses are still to come.
         let mut seen_now = std::collections::HashSet::new();
         while let Some(reading) = next.take() {
-            let (mut covered, batch, present) = reading.await??;
+            let (mut covered, batch, present, unnamed) = reading.await??;
+            let selected = self.selected()?;
+            if selected.learn_keywords(unnamed.iter().map(String::as_str)) {
+                let mut out = Out::default();
+                out.flags_lists(&selected.keywords, selected.read_only);
+                self.conn.write(&out.bytes).await?;
+            }
             let chunks = match batch {
                 Read::Rendered(chunks) => chunks,
                 Read::Rows(mut fetched) => {

@@ -1629,9 +1629,6 @@ impl Syncer {
     }
 }
 
-/// A token naming one local message (account, UIDVALIDITY, UID) without telling any of
-/// them. No mailbox name: a UIDVALIDITY is never given to two mailboxes, and a rename keeps
-/// it, so a retry after a rename still finds an earlier copy.
 /// Whether two reasons an entry waited for are one: alike but for their digits, which a
 /// server's reply text changes at every try (Dovecot's "(0.001 + 0.000 secs)", a timestamp;
 /// review: the warning came at every pass again).
@@ -1644,6 +1641,9 @@ fn same_reason(a: &str, b: &str) -> bool {
     words(a) == words(b)
 }
 
+/// A token naming one local message (account, UIDVALIDITY, UID) without telling any of
+/// them. No mailbox name: a UIDVALIDITY is never given to two mailboxes, and a rename keeps
+/// it, so a retry after a rename still finds an earlier copy.
 fn upload_token(account: &str, uidvalidity: u32, uid: u32) -> String {
     let digest = Sha256::digest(format!("{account}\0{uidvalidity}\0{uid}"));
     digest[..16].iter().map(|b| format!("{b:02x}")).collect()
