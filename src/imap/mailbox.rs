@@ -98,6 +98,7 @@ impl Session {
             recent: vec![recent],
             modseq: status.highestmodseq,
             own: HashMap::new(),
+            own_through: status.highestmodseq,
             keywords: status.keywords.clone(),
         };
         let mut out = Out::default();

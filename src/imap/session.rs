@@ -25,6 +25,9 @@ use crate::store::{AccountId, Mailbox, StoreError};
 /// The most characters of a user name a failed login logs.
 const MAX_LOGGED_NAME: usize = 64;
 
+// One State per connection, most of them Selected: boxing the large variant would save
+// nothing and cost an allocation per SELECT.
+#[allow(clippy::large_enum_variant)]
 pub(super) enum State {
     NotAuthenticated,
     Authenticated(User),
@@ -50,6 +53,10 @@ pub(super) struct Selected {
     pub modseq: u64,
     /// Changes this session made itself and already reported: uid → modseq.
     pub own: HashMap<u32, u64>,
+    /// Every change from `modseq` up to this one is in `own`: where the search for a change
+    /// the session has not heard of starts, so that one over 50,000 own changes is not made
+    /// again at every command ([`Session::catch_up`]).
+    pub own_through: u64,
     /// The keywords the session's last FLAGS response named.
     pub keywords: Vec<String>,
 }
@@ -85,6 +92,9 @@ impl Selected {
         fresh
     }
 }
+
+/// Changed messages read per round trip while looking for one the session has not heard of.
+const CHANGE_ROWS: usize = 4096;
 
 /// How a command ended, before it is rendered as a tagged response.
 pub(super) enum Done {
@@ -645,23 +655,41 @@ impl Session {
             if !self.condstore {
                 return Ok(None);
             }
-            let store = self.shared.store.clone();
             let (mailbox, known) = (selected.mailbox.id, selected.modseq);
             // Other sessions' flag changes (and new messages) wait for the next catch-up too,
             // while this command may show MODSEQs above them (review: a client that kept the
             // highest MODSEQ it saw never heard of a \Flagged set by another session). Only
-            // the first of them is read (review: all of them, 50 ms a command after another
-            // session changed 50,000 messages).
-            let own = selected.own.clone();
-            let (first_expunge, first_change) = tokio::task::spawn_blocking(move || {
-                Ok::<_, StoreError>((
-                    store.first_expunge_after(mailbox, known)?,
-                    store.first_change_after(mailbox, known, |uid, modseq| {
-                        own.get(&uid) == Some(&modseq)
-                    })?,
-                ))
-            })
-            .await??;
+            // the first of them is looked for, past the session's own (review: every changed
+            // row read, 50 ms a command after 50,000 changes, another session's or its own).
+            let store = self.shared.store.clone();
+            let first_expunge =
+                tokio::task::spawn_blocking(move || store.first_expunge_after(mailbox, known))
+                    .await??;
+            let mut first_change = None;
+            loop {
+                let State::Selected(_, selected) = &mut self.state else {
+                    return Ok(None);
+                };
+                let (store, from) = (self.shared.store.clone(), selected.own_through.max(known));
+                let rows = tokio::task::spawn_blocking(move || {
+                    store.changes_after(mailbox, from, CHANGE_ROWS)
+                })
+                .await??;
+                let State::Selected(_, selected) = &mut self.state else {
+                    return Ok(None);
+                };
+                for &(uid, modseq) in &rows {
+                    if selected.own.get(&uid) == Some(&modseq) {
+                        selected.own_through = modseq;
+                    } else {
+                        first_change = Some(modseq);
+                        break;
+                    }
+                }
+                if first_change.is_some() || rows.len() < CHANGE_ROWS {
+                    break;
+                }
+            }
             return Ok(first_expunge
                 .into_iter()
                 .chain(first_change)
@@ -755,6 +783,7 @@ impl Session {
         }
         selected.own.clear();
         selected.modseq = changes.highestmodseq;
+        selected.own_through = changes.highestmodseq;
         self.conn.write(&out.bytes).await?;
         Ok(None)
     }

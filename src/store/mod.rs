@@ -1187,29 +1187,23 @@ impl Store {
         })
     }
 
-    /// The lowest MODSEQ above `modseq` of a message in `mailbox` that `own` does not name
-    /// with that MODSEQ (a session's own changes): what a session that heard of everything up
-    /// to `modseq` has yet to hear. Reads UIDs and MODSEQs only, in MODSEQ order, and stops
-    /// at the first such one.
-    pub fn first_change_after(
+    /// The first `limit` messages of `mailbox` changed after `modseq`, as (UID, MODSEQ) in
+    /// MODSEQ order: for a session looking for the first change it has not heard of.
+    pub fn changes_after(
         &self,
         mailbox: MailboxId,
         modseq: u64,
-        own: impl Fn(u32, u64) -> bool,
-    ) -> Result<Option<u64>, StoreError> {
+        limit: usize,
+    ) -> Result<Vec<(u32, u64)>, StoreError> {
         self.read(|c| {
             let mut stmt = c.prepare_cached(
                 "SELECT uid, modseq FROM messages WHERE mailbox = ?1 AND modseq > ?2
-                 ORDER BY modseq",
+                 ORDER BY modseq LIMIT ?3",
             )?;
-            let mut rows = stmt.query(params![mailbox, modseq as i64])?;
-            while let Some(row) = rows.next()? {
-                let (uid, modseq): (u32, i64) = (row.get(0)?, row.get(1)?);
-                if !own(uid, modseq as u64) {
-                    return Ok(Some(modseq as u64));
-                }
-            }
-            Ok(None)
+            let rows = stmt.query_map(params![mailbox, modseq as i64, limit as i64], |r| {
+                Ok((r.get::<_, u32>(0)?, r.get::<_, i64>(1)? as u64))
+            })?;
+            Ok(rows.collect::<Result<_, _>>()?)
         })
     }
 
