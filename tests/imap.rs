@@ -1024,9 +1024,16 @@ fn sessions_see_recent_held_expunges_and_a_deleted_mailbox() {
         )),
         "{untagged:?}"
     );
-    // So does a STORE on it, which no flag can reach any more.
+    // So does a STORE on it, which no flag can reach any more; with UNCHANGEDSINCE failing
+    // for another message, the tagged OK says MODIFIED and an untagged one the expunge.
     let (_, tagged) = q.cmd("STORE 3 +FLAGS (\\Flagged)");
     assert!(tagged.contains("OK [EXPUNGEISSUED]"), "{tagged}");
+    let (untagged, tagged) = q.cmd("STORE 1,3 (UNCHANGEDSINCE 1) +FLAGS (\\Answered)");
+    assert!(tagged.contains("OK [MODIFIED 1]"), "{tagged}");
+    assert!(
+        untagged.iter().any(|l| l.starts_with("* OK [EXPUNGEISSUED]")),
+        "{untagged:?}"
+    );
     assert_eq!(q.ok("NOOP"), ["* VANISHED 3"]);
 
     // IDLE in a mailbox another session deletes.

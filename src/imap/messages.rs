@@ -204,7 +204,18 @@ impl Session {
             out.text(")").crlf();
         }
         self.conn.write(&out.bytes).await?;
+        // Messages another session expunged meanwhile took no flags: said as FETCH says it
+        // (RFC 2180 §4.2.1, RFC 5530), not passed off as stored (review: a plain OK). UID
+        // STORE ignores UIDs that are gone (RFC 3501 §6.4.8).
+        let expunged = !uid && stored.rows.len() + stored.modified.len() < requested;
         if !stored.modified.is_empty() {
+            // The tagged OK carries MODIFIED (RFC 7162 §3.1.3); an expunge goes before it
+            // (review: it was lost).
+            if expunged {
+                self.conn
+                    .write(b"* OK [EXPUNGEISSUED] Some of the messages were expunged by another session\r\n")
+                    .await?;
+            }
             let modified: Vec<u32> = if uid {
                 stored.modified.clone()
             } else {
@@ -220,10 +231,7 @@ impl Session {
                 "Conditional STORE failed for some messages",
             ));
         }
-        // Messages another session expunged meanwhile took no flags: said as FETCH says it
-        // (RFC 2180 §4.2.1, RFC 5530), not passed off as stored (review: a plain OK). UID
-        // STORE ignores UIDs that are gone (RFC 3501 §6.4.8).
-        if !uid && stored.rows.len() + stored.modified.len() < requested {
+        if expunged {
             return Ok(Done::ok_code(
                 "EXPUNGEISSUED".to_string(),
                 "Some of the messages were expunged by another session",
