@@ -1031,7 +1031,9 @@ fn sessions_see_recent_held_expunges_and_a_deleted_mailbox() {
     let (untagged, tagged) = q.cmd("STORE 1,3 (UNCHANGEDSINCE 1) +FLAGS (\\Answered)");
     assert!(tagged.contains("OK [MODIFIED 1]"), "{tagged}");
     assert!(
-        untagged.iter().any(|l| l.starts_with("* OK [EXPUNGEISSUED]")),
+        untagged
+            .iter()
+            .any(|l| l.starts_with("* OK [EXPUNGEISSUED]")),
         "{untagged:?}"
     );
     assert_eq!(q.ok("NOOP"), ["* VANISHED 3"]);

@@ -479,6 +479,41 @@ async fn the_signer_and_the_self_copy_are_the_senders_own_key() {
     );
 }
 
+/// A sender key with a passphrase (none cached) defers the copies with that reason, not
+/// gpg's "General error" (review).
+#[tokio::test]
+async fn a_sender_key_with_a_passphrase_is_said_to_have_one() {
+    let world = World::new();
+    let made = world.sender.gpg(
+        &[
+            "--passphrase",
+            "secret words",
+            "--quick-gen-key",
+            "Pat <pat@example.org>",
+            "future-default",
+            "default",
+            "never",
+        ],
+        None,
+    );
+    assert!(made.status.success(), "{made:?}");
+    sealpost::keys::home::stop_daemons(&world.sender.dir);
+    let env = Envelope {
+        id: "T10".into(),
+        sender: "pat@example.org".into(),
+        recipients: vec!["bob@example.org".into(), "dave@example.net".into()],
+    };
+    let raw = MESSAGE.replace("alice@example.org", "pat@example.org");
+    for copy in copies(run(&world, Policy::default(), &env, raw.as_bytes()).await) {
+        match &copy.decision {
+            Decision::Deferred { reply } => {
+                assert!(reply.text.contains("has a passphrase"), "{reply}")
+            }
+            other => panic!("{}: {other:?}", copy.recipient),
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_lookup_past_its_deadline_defers_and_produces_no_copy() {
     let world = World::new();

@@ -255,16 +255,41 @@ fn sign_detached(gpg: &mut Gpg, signer: &str, data: &[u8]) -> Result<Signature, 
     gpg.ctx.clear_signers();
     gpg.ctx.add_signer(&key).map_err(to_err("signing"))?;
     let mut out = Vec::new();
-    let result = gpg
-        .ctx
-        .sign_detached(data, &mut out)
-        .map_err(to_err("signing"))?;
+    let result = refusing_passphrases(gpg, "signing", |ctx| ctx.sign_detached(data, &mut out))?;
     let sig = result.new_signatures().next().ok_or(KeyError::Refused {
         op: "signing",
         detail: "GnuPG made no signature".into(),
     })?;
     let hash = sig.hash_algorithm().name().unwrap_or("SHA256").to_string();
     Ok(Signature { armored: out, hash })
+}
+
+/// Runs `f` with a passphrase callback that refuses (sealpost has no passphrase to give) and
+/// notes that a secret key asked: such a failure says why, rather than gpg's "General error"
+/// (review: a sender key with a passphrase was deferred for good with that).
+fn refusing_passphrases<T>(
+    gpg: &mut Gpg,
+    op: &'static str,
+    f: impl FnOnce(&mut Context) -> gpgme::Result<T>,
+) -> Result<T, KeyError> {
+    let asked = std::sync::atomic::AtomicBool::new(false);
+    let refuse = |request: gpgme::PassphraseRequest<'_>, _: &mut dyn std::io::Write| {
+        if request.user_id_hint_raw().is_some_and(|h| !h.is_empty()) {
+            asked.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        Err(gpgme::Error::NO_PASSPHRASE)
+    };
+    let result = gpg.ctx.with_passphrase_provider(refuse, f);
+    match result {
+        Err(_) if asked.into_inner() => Err(KeyError::Unavailable {
+            op,
+            detail: "the secret key cannot be used now: it has a passphrase, which sealpost \
+                     cannot give (remove it with gpg --passwd, or keep the key unlocked in \
+                     gpg-agent)"
+                .into(),
+        }),
+        other => other.map_err(to_err(op)),
+    }
 }
 
 fn encrypt(
@@ -286,10 +311,9 @@ fn encrypt(
             let key = gpg.key(fpr, true).map_err(to_err("signing"))?;
             gpg.ctx.clear_signers();
             gpg.ctx.add_signer(&key).map_err(to_err("signing"))?;
-            let (enc, sign) = gpg
-                .ctx
-                .sign_and_encrypt_with_flags(&keys, data, &mut out, flags)
-                .map_err(to_err("signing and encrypting"))?;
+            let (enc, sign) = refusing_passphrases(gpg, "signing and encrypting", |ctx| {
+                ctx.sign_and_encrypt_with_flags(&keys, data, &mut out, flags)
+            })?;
             if enc.invalid_recipients().next().is_some()
                 || sign.invalid_signers().next().is_some()
                 || sign.new_signatures().next().is_none()
