@@ -246,7 +246,7 @@ impl KeyService {
     /// [`CACHE_FOR`]: a key expires without any file changing, and a "no key" from an
     /// unreachable key server must not stand for the life of a daemon.
     fn fresh_cache(&self) -> std::sync::MutexGuard<'_, Cache> {
-        let stamp = keyring_stamp(&self.home);
+        let stamp = keyring_stamp(&self.home, true);
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         let old = cache.since.is_some_and(|t| t.elapsed() > CACHE_FOR);
         if cache.stamp != stamp || old {
@@ -265,7 +265,7 @@ impl KeyService {
     pub fn keyring_state(&self) -> i64 {
         use sha2::Digest;
         let mut h = sha2::Sha256::new();
-        for (path, meta) in keyring_stamp(&self.home) {
+        for (path, meta) in keyring_stamp(&self.home, false) {
             h.update(path.as_os_str().as_encoded_bytes());
             if let Some((modified, len)) = meta {
                 let since = modified
@@ -554,18 +554,25 @@ fn default_home() -> PathBuf {
 }
 
 /// Modification time and size of the keyring files: when any changes, cached lookups go.
-fn keyring_stamp(home: &Path) -> Vec<(PathBuf, Option<(SystemTime, u64)>)> {
-    // The TOFU database and gpg.conf (its trust-model) decide validity too, which decides
-    // the key chosen (review: a TOFU policy of bad went unseen for up to 10 minutes).
+fn keyring_stamp(home: &Path, with_trust: bool) -> Vec<(PathBuf, Option<(SystemTime, u64)>)> {
+    // With `with_trust` (the lookup cache), the TOFU database and gpg.conf (its trust-model)
+    // too: they decide validity, which decides the key chosen (review: a TOFU policy of bad
+    // went unseen for up to 10 minutes). Under a TOFU model gpg writes tofu.db at every new
+    // signature it verifies, so the cache lasts one message there. What can be decrypted
+    // does not depend on them (the retry of undecryptable messages; review).
+    let trust: &[&str] = if with_trust {
+        &["tofu.db", "gpg.conf"]
+    } else {
+        &[]
+    };
     [
         "pubring.kbx",
         "pubring.gpg",
         "trustdb.gpg",
-        "tofu.db",
-        "gpg.conf",
         "private-keys-v1.d",
     ]
     .iter()
+    .chain(trust)
     .map(|name| {
         let path = home.join(name);
         let meta = std::fs::metadata(&path)

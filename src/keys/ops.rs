@@ -575,7 +575,11 @@ fn find_signer(ctx: &mut Context, who: &str) -> Result<Option<String>, KeyError>
                 .map_or(0, epoch);
             let fpr = key.fingerprint().unwrap_or_default().to_string();
             let rank = (validity, created);
-            if best.as_ref().is_none_or(|(r, _)| rank > *r) {
+            // Ties to the lowest fingerprint, as [`super::resolve::choose`] breaks them.
+            if best
+                .as_ref()
+                .is_none_or(|(r, f)| rank > *r || rank == *r && fpr < *f)
+            {
                 best = Some((rank, fpr));
             }
         }

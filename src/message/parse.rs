@@ -90,10 +90,10 @@ pub(crate) fn drop_postmark(raw: &mut Vec<u8>) {
 /// and lose (review: the core dropped such a line from every copy, and the copies' signatures
 /// verified without it). The blank line is put where the header ends, with the line end of
 /// the line before (CRLF or a bare LF). Text whose first line is no field is left as it is
-/// (the drop-in makes it a body of its own; the core refuses it). `lenient` (the core): a line
-/// with a colon counts as a field whatever its name (8-bit or control bytes, a blank inside),
-/// which the core then refuses: a message the IMAP server shows with that field and the ones
-/// after it in its header is not stored upstream with them in its body (review).
+/// (the drop-in makes it a body of its own; the core refuses it). `lenient` (the core): a
+/// name with 8-bit or control bytes counts as a field's ([`looks_like_field`]), which the
+/// core then refuses: a message the IMAP server shows with that field and the ones after it
+/// in its header is not stored upstream with them in its body (review).
 pub(crate) fn header_ended(raw: Vec<u8>, lenient: bool) -> Vec<u8> {
     let mut at = 0;
     let mut seen_field = false;
@@ -128,11 +128,20 @@ pub(crate) fn header_ended(raw: Vec<u8>, lenient: bool) -> Vec<u8> {
     raw
 }
 
-/// A line that is meant as a field even if its name is not one RFC 5322 allows (8-bit or
-/// control bytes, a blank inside): it does not start with a blank and has a colon.
+/// A line that is meant as a field even if its name is not one RFC 5322 allows: a name of
+/// any bytes but blanks and line ends (8-bit, control bytes, DEL), then the colon. A line
+/// with a blank before its colon (`Disk full at 10:30`, `Backup failed: now`) is text, and
+/// ends the header as Postfix ends it (review: such a cron mail was refused).
 fn looks_like_field(text: &[u8]) -> bool {
-    let line = &text[..text.iter().position(|b| *b == b'\n').unwrap_or(text.len())];
-    !matches!(line.first(), Some(b' ' | b'\t')) && line.contains(&b':')
+    let name_len = text
+        .iter()
+        .take_while(|&&b| !matches!(b, b' ' | b'\t' | b'\r' | b'\n' | b':'))
+        .count();
+    let blanks = text[name_len..]
+        .iter()
+        .take_while(|&&b| b == b' ' || b == b'\t')
+        .count();
+    name_len > 0 && text.get(name_len + blanks) == Some(&b':')
 }
 
 /// Whether the text begins with a header field: a name of printable ASCII but ":" and
@@ -168,13 +177,16 @@ impl ParsedMessage {
             return Err(MessageError::Empty);
         }
         // An mbox postmark ("From sender date") before the header is not part of the message;
-        // sendmail and Postfix drop it too.
+        // sendmail and Postfix drop it too, and the drop-in the escaped ones (`>From `) after
+        // it (review: refused here, sent there).
         if is_postmark(&raw) {
-            let end = raw
-                .iter()
-                .position(|&b| b == b'\n')
-                .map_or(raw.len(), |i| i + 1);
-            raw.drain(..end);
+            while is_postmark(&raw) || raw.starts_with(b">From ") {
+                let end = raw
+                    .iter()
+                    .position(|&b| b == b'\n')
+                    .map_or(raw.len(), |i| i + 1);
+                raw.drain(..end);
+            }
         }
         let raw = header_ended(raw, true);
         let (fields, body_start, from, encrypted) = {
@@ -994,11 +1006,21 @@ mod tests {
             &b"garbage line\r\nFrom: a@example.org\r\nSubject: s\r\n\r\nbody\r\n"[..],
             b"From: a@example.org\r\nX-\x01: 1\r\nSubject: s\r\n\r\nbody\r\n",
             b"From: a@example.org\r\nX-\x7f: 1\r\nSubject: s\r\n\r\nbody\r\n",
-            b"From: a@example.org\r\nX Y: 1\r\nBcc: c@example.org\r\n\r\nbody\r\n",
             b" \r\nFrom: a@example.org\r\n\r\nbody\r\n",
         ] {
             let parsed = ParsedMessage::parse(refused.to_vec());
             assert!(parsed.is_err(), "{:?}", String::from_utf8_lossy(refused));
+        }
+        // Text with a colon after a blank ends the header, as Postfix ends it (review: a cron
+        // mail without the blank line was refused); so does a name with a blank inside.
+        for (text, body) in [
+            (&b"From: a@example.org\nSubject: Alert\nBackup failed at 03:00\nretry\n"[..], &b"Backup failed at 03:00\r\nretry\r\n"[..]),
+            (b"From: a@example.org\r\nSubject: s\r\nDisk full: now\r\n\r\nbody\r\n", b"Disk full: now\r\n\r\nbody\r\n"),
+            (b"From: a@example.org\r\nX Y: 1\r\nBcc: c@example.org\r\n\r\nbody\r\n", b"X Y: 1\r\nBcc: c@example.org\r\n\r\nbody\r\n"),
+            (b"From x@example.org Mon Jan  1 00:00:00 2026\n>From y Mon Jan  1 00:00:00 2026\nFrom: a@example.org\n\nbody\n", b"body\r\n"),
+        ] {
+            let parsed = ParsedMessage::parse(text.to_vec()).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(crlf(parsed.body()), body, "{:?}", String::from_utf8_lossy(text));
         }
         for taken in [
             &b"From: a@example.org\r\nSubject: no body"[..],
