@@ -881,6 +881,18 @@ fn a_flag_change_held_back_caps_the_highestmodseq() {
             .any(|l| l.starts_with("* 1 FETCH") && l.contains("\\Flagged")),
         "{news:?}"
     );
+    // A's own .SILENT STORE over a message B changed meanwhile gives both one MODSEQ: the
+    // next FETCH still caps below it, until A hears of B's change (review: it did not).
+    b.ok("STORE 2 +FLAGS.SILENT (\\Flagged)");
+    a.ok("STORE 1:2 +FLAGS.SILENT (\\Answered)");
+    let (_, tagged) = a.cmd("FETCH 1 (FLAGS MODSEQ)");
+    assert!(tagged.contains("[HIGHESTMODSEQ "), "{tagged}");
+    let news = a.ok("NOOP");
+    assert!(
+        news.iter()
+            .any(|l| l.starts_with("* 2 FETCH") && l.contains("\\Flagged")),
+        "{news:?}"
+    );
 }
 
 /// A QRESYNC SELECT while another session appends and expunges: no UID is named both in the

@@ -115,7 +115,13 @@ impl Session {
         // Keywords the session's FLAGS named: one a fetched message carries beyond them (set
         // by another session since) gets new FLAGS before the FETCH naming it (RFC 3501
         // §7.2.6; review: the FETCH came first).
-        let named = std::sync::Arc::new(selected.keywords.clone());
+        let named: std::sync::Arc<std::collections::HashSet<String>> = std::sync::Arc::new(
+            selected
+                .keywords
+                .iter()
+                .map(|k| k.to_ascii_lowercase())
+                .collect(),
+        );
 
         if let (true, Some(since)) = (vanished, changed_since) {
             let store = self.shared.store.clone();
@@ -158,12 +164,16 @@ impl Session {
             tokio::task::spawn_blocking(move || {
                 let wanted: Vec<u32> = chunk.iter().map(|t| t.1).collect();
                 let batch = store.fetch_batch(mailbox, &wanted, need, BUDGET)?;
+                // Looked up in a set: a batch of messages with thousands of keywords among
+                // them is not compared one by one with every keyword named (review).
                 let mut unnamed: Vec<String> = Vec::new();
+                let mut seen = std::collections::HashSet::new();
                 for flag in batch.items.iter().flat_map(|(r, _)| r.flags.iter()) {
-                    if !flag.starts_with('\\')
-                        && !named.iter().any(|k| k.eq_ignore_ascii_case(flag))
-                        && !unnamed.iter().any(|k| k.eq_ignore_ascii_case(flag))
-                    {
+                    if flag.starts_with('\\') {
+                        continue;
+                    }
+                    let lower = flag.to_ascii_lowercase();
+                    if !named.contains(&lower) && seen.insert(lower) {
                         unnamed.push(flag.to_string());
                     }
                 }
@@ -204,6 +214,15 @@ impl Session {
                 Read::Rendered(chunks) => chunks,
                 Read::Rows(mut fetched) => {
                     seen_now.extend(self.set_seen(mailbox, &mut fetched).await?);
+                    // The flags as \Seen was set on them: a keyword another session set since
+                    // the batch was read is named first too (review).
+                    let selected = self.selected()?;
+                    let flags = fetched.iter().flat_map(|(r, _)| r.flags.iter());
+                    if selected.learn_keywords(flags) {
+                        let mut out = Out::default();
+                        out.flags_lists(&selected.keywords, selected.read_only);
+                        self.conn.write(&out.bytes).await?;
+                    }
                     let (chunks, through) = renderer.render(&covered, &fetched, &seen_now)?;
                     covered.truncate(covered.partition_point(|t| t.1 <= through));
                     chunks

@@ -666,29 +666,40 @@ impl Session {
                 tokio::task::spawn_blocking(move || store.first_expunge_after(mailbox, known))
                     .await??;
             let mut first_change = None;
+            let mut cursor = (selected.own_through.max(known), u32::MAX);
             loop {
-                let State::Selected(_, selected) = &mut self.state else {
-                    return Ok(None);
-                };
-                let (store, from) = (self.shared.store.clone(), selected.own_through.max(known));
+                let store = self.shared.store.clone();
                 let rows = tokio::task::spawn_blocking(move || {
-                    store.changes_after(mailbox, from, CHANGE_ROWS)
+                    store.changes_after(mailbox, cursor, CHANGE_ROWS)
                 })
                 .await??;
                 let State::Selected(_, selected) = &mut self.state else {
                     return Ok(None);
                 };
+                // One STORE gives all its messages one MODSEQ, some of them perhaps not the
+                // session's own (a .SILENT STORE on a message another session had changed):
+                // own_through passes a MODSEQ only once all of its messages were seen own
+                // (review: it passed one at its first own message, and the other session's
+                // change at that MODSEQ was never capped).
                 for &(uid, modseq) in &rows {
                     if selected.own.get(&uid) == Some(&modseq) {
-                        selected.own_through = modseq;
+                        selected.own_through = selected.own_through.max(modseq - 1);
                     } else {
                         first_change = Some(modseq);
                         break;
                     }
                 }
-                if first_change.is_some() || rows.len() < CHANGE_ROWS {
+                let Some(&(last_uid, last_modseq)) = rows.last() else {
+                    break;
+                };
+                if first_change.is_some() {
                     break;
                 }
+                if rows.len() < CHANGE_ROWS {
+                    selected.own_through = selected.own_through.max(last_modseq);
+                    break;
+                }
+                cursor = (last_modseq, last_uid);
             }
             return Ok(first_expunge
                 .into_iter()

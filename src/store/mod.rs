@@ -1187,22 +1187,26 @@ impl Store {
         })
     }
 
-    /// The first `limit` messages of `mailbox` changed after `modseq`, as (UID, MODSEQ) in
-    /// MODSEQ order: for a session looking for the first change it has not heard of.
+    /// The first `limit` messages of `mailbox` changed after `after` (a MODSEQ, and within it
+    /// a UID), as (UID, MODSEQ) in (MODSEQ, UID) order: for a session looking for the first
+    /// change it has not heard of, a batch at a time (one STORE gives all its messages one
+    /// MODSEQ).
     pub fn changes_after(
         &self,
         mailbox: MailboxId,
-        modseq: u64,
+        after: (u64, u32),
         limit: usize,
     ) -> Result<Vec<(u32, u64)>, StoreError> {
         self.read(|c| {
             let mut stmt = c.prepare_cached(
-                "SELECT uid, modseq FROM messages WHERE mailbox = ?1 AND modseq > ?2
-                 ORDER BY modseq LIMIT ?3",
+                "SELECT uid, modseq FROM messages WHERE mailbox = ?1
+                 AND (modseq > ?2 OR (modseq = ?2 AND uid > ?3))
+                 ORDER BY modseq, uid LIMIT ?4",
             )?;
-            let rows = stmt.query_map(params![mailbox, modseq as i64, limit as i64], |r| {
-                Ok((r.get::<_, u32>(0)?, r.get::<_, i64>(1)? as u64))
-            })?;
+            let rows = stmt.query_map(
+                params![mailbox, after.0 as i64, after.1, limit as i64],
+                |r| Ok((r.get::<_, u32>(0)?, r.get::<_, i64>(1)? as u64)),
+            )?;
             Ok(rows.collect::<Result<_, _>>()?)
         })
     }
