@@ -133,25 +133,19 @@ pub(crate) fn header_ended(raw: Vec<u8>, lenient: bool) -> Vec<u8> {
 /// with a blank before its colon (`Disk full at 10:30`, `Backup failed: now`) is text, and
 /// ends the header as Postfix ends it (review: such a cron mail was refused).
 fn looks_like_field(text: &[u8]) -> bool {
-    let name_len = text
-        .iter()
-        .take_while(|&&b| !matches!(b, b' ' | b'\t' | b'\r' | b'\n' | b':'))
-        .count();
-    let blanks = text[name_len..]
-        .iter()
-        .take_while(|&&b| b == b' ' || b == b'\t')
-        .count();
-    name_len > 0 && text.get(name_len + blanks) == Some(&b':')
+    name_then_colon(text, |b| !matches!(b, b' ' | b'\t' | b'\r' | b'\n' | b':'))
 }
 
 /// Whether the text begins with a header field: a name of printable ASCII but ":" and
 /// space, then ":" (RFC 5322 §2.2), or blanks first (the obsolete `Name : value`, §4.5.8,
 /// which Postfix accepts too).
 pub(crate) fn starts_with_field(text: &[u8]) -> bool {
-    let name_len = text
-        .iter()
-        .take_while(|&&b| (b'!'..=b'~').contains(&b) && b != b':')
-        .count();
+    name_then_colon(text, |b| (b'!'..=b'~').contains(&b) && b != b':')
+}
+
+/// Whether the text begins with a name of bytes `in_name` takes, then blanks, then ":".
+fn name_then_colon(text: &[u8], in_name: impl Fn(u8) -> bool) -> bool {
+    let name_len = text.iter().take_while(|&&b| in_name(b)).count();
     let blanks = text[name_len..]
         .iter()
         .take_while(|&&b| b == b' ' || b == b'\t')
