@@ -700,7 +700,7 @@ pub fn into_without_verdict(raw: Vec<u8>) -> Vec<u8> {
 }
 
 /// The header block (with its blank line when there is one) and the body.
-fn split(raw: &[u8]) -> (&[u8], &[u8]) {
+pub(crate) fn split(raw: &[u8]) -> (&[u8], &[u8]) {
     if raw.starts_with(b"\r\n") {
         return (&raw[..2], &raw[2..]);
     }

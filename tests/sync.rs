@@ -4557,3 +4557,138 @@ fn four_passes_over_two_hours(db: &rusqlite::Connection, prefix: &str) -> usize 
     )
     .unwrap()
 }
+
+/// mbsync moves a message by an APPEND of what it fetched (its X-TUID field added, the
+/// verdict field removed by the server) and an expunge of the original. Upstream keeps the
+/// sender's ciphertext, copied to the new folder, rather than getting an upload encrypted to
+/// the user, which lost the sender's signature (left open in the last sessions' notes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_made_by_mbsync_keeps_the_senders_ciphertext_upstream() {
+    let world = World::new();
+    let dovecot = Dovecot::start_tls();
+    let secret = encrypted_to_bob(&world, "filed", "filed away by mbsync").await;
+    upstream(
+        &dovecot,
+        json!([{"cmd": "raw", "line": "CREATE Archive"},
+        append_bytes("INBOX", &secret)]),
+    );
+    let (server, _dir, config) = bobs_sync_with_address(&world, &dovecot);
+    let out = sync_once(&config);
+    assert_eq!(stdout(&out).trim(), format!("{USER}: 1 new"), "{out:?}");
+
+    let mut raw = server.login();
+    raw.ok("SELECT INBOX");
+    raw.ok("UID STORE 1 +FLAGS (\\Flagged)");
+    raw.ok("UNSELECT");
+    let mbsync = common::mbsync::Mbsync::new(
+        "127.0.0.1",
+        server.tls_port,
+        USER,
+        common::server::PASSWORD,
+        Tls::Implicit(server.cert()),
+    );
+    mbsync.pull().expect("mbsync pull");
+    let inbox = mbsync.local.join("INBOX");
+    let files = mbsync.files("INBOX");
+    assert_eq!(files.len(), 1);
+    // Filed in the Maildir as a mail reader does it: the file renamed into Archive, without
+    // mbsync's UID in its name, and marked read on the way.
+    let (name, _) = &files[0];
+    let (stem, flags) = name.split_once(":2,").unwrap();
+    let stem = stem.split(",U=").next().unwrap();
+    assert!(flags.contains('F'), "{name}");
+    std::fs::create_dir_all(mbsync.local.join("Archive/cur")).unwrap();
+    let sub = if inbox.join("cur").join(name).exists() {
+        "cur"
+    } else {
+        "new"
+    };
+    std::fs::rename(
+        inbox.join(sub).join(name),
+        mbsync.local.join(format!("Archive/cur/{stem}:2,FS")),
+    )
+    .unwrap();
+    mbsync.run(&["--push", "--expunge"]).expect("mbsync push");
+    assert_eq!(exists(&mut raw, "Archive"), 1);
+    assert_eq!(exists(&mut raw, "INBOX"), 0);
+    let out = sync_once(&config);
+    assert!(out.status.success(), "{out:?}");
+    let seen = upstream(
+        &dovecot,
+        json!([{"cmd": "fetch_all", "mailbox": "Archive"},
+        {"cmd": "fetch_all", "mailbox": "INBOX"}]),
+    );
+    let archived = common::imap::fetched_bodies(&seen, 0);
+    assert_eq!(archived.len(), 1, "{seen}");
+    assert!(
+        archived[0].1 == secret,
+        "the sender's ciphertext, as it was"
+    );
+    assert!(common::imap::fetched_bodies(&seen, 1).is_empty(), "{seen}");
+    // The flags it has here, \Deleted (mbsync's, on the original) not among them.
+    let flags = upstream_flags(&dovecot, "Archive");
+    assert_eq!(flags.len(), 1, "{flags:?}");
+    assert!(
+        flags[0].contains("\\Seen")
+            && flags[0].contains("\\Flagged")
+            && !flags[0].contains("\\Deleted"),
+        "{flags:?}"
+    );
+    let store = sealpost::store::Store::open(&server.store_path()).unwrap();
+    let account = store.account(USER).unwrap().unwrap();
+    assert_eq!(store.journal_backlog(account).unwrap(), (0, None));
+    // A second pass fetches nothing new: the copy upstream is linked to the local message.
+    let out = sync_once(&config);
+    assert_eq!(stdout(&out).trim(), format!("{USER}: 0 new"), "{out:?}");
+    assert_eq!(exists(&mut raw, "Archive"), 1);
+}
+
+/// A client that files a message by storing what it fetched in the other folder first, then
+/// expunging the original (the other order from mbsync's): upstream gets the original copied
+/// there too, not an upload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_stored_again_before_its_expunge_is_copied_upstream() {
+    let world = World::new();
+    let dovecot = Dovecot::start_tls();
+    let secret = encrypted_to_bob(&world, "again", "stored again by the client").await;
+    upstream(
+        &dovecot,
+        json!([{"cmd": "raw", "line": "CREATE Archive"},
+        append_bytes("INBOX", &secret)]),
+    );
+    let (server, _dir, config) = bobs_sync_with_address(&world, &dovecot);
+    let out = sync_once(&config);
+    assert_eq!(stdout(&out).trim(), format!("{USER}: 1 new"), "{out:?}");
+    let local = |steps: Value| {
+        run_client(
+            server.tls_port,
+            USER,
+            common::server::PASSWORD,
+            Tls::Implicit(server.cert()),
+            &steps,
+        )
+    };
+    let fetched = local(json!([{"cmd": "fetch_all", "mailbox": "INBOX"}]));
+    let (_, stored) = &common::imap::fetched_bodies(&fetched, 0)[0];
+    assert!(common::find(stored, b"Sealpost-Verdict: ").is_some());
+    local(json!([append_bytes("Archive", stored),
+        {"cmd": "raw", "line": "SELECT INBOX"},
+        {"cmd": "raw", "line": "UID STORE 1 +FLAGS.SILENT (\\Deleted)"},
+        {"cmd": "raw", "line": "EXPUNGE"}]));
+    let out = sync_once(&config);
+    assert!(out.status.success(), "{out:?}");
+    let seen = upstream(
+        &dovecot,
+        json!([{"cmd": "fetch_all", "mailbox": "Archive"},
+        {"cmd": "fetch_all", "mailbox": "INBOX"}]),
+    );
+    let archived = common::imap::fetched_bodies(&seen, 0);
+    assert_eq!(archived.len(), 1, "{seen}");
+    assert!(
+        archived[0].1 == secret,
+        "the sender's ciphertext, as it was"
+    );
+    assert!(common::imap::fetched_bodies(&seen, 1).is_empty(), "{seen}");
+    let out = sync_once(&config);
+    assert_eq!(stdout(&out).trim(), format!("{USER}: 0 new"), "{out:?}");
+}

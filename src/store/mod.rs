@@ -421,6 +421,21 @@ impl Prepared {
     }
 }
 
+/// The SHA-256 of a message without sealpost's verdict field (removed from every APPEND) and
+/// mbsync's `X-TUID` field (added to every message it carries): the same for a stored message
+/// and for what a client that fetched it stores again, as mbsync does to move a message.
+fn carried_sha256(raw: &[u8]) -> [u8; 32] {
+    let (header, body) = crate::inbound::split(raw);
+    let header = crate::inbound::strip_field(
+        &crate::inbound::strip_field(header, crate::inbound::VERDICT_FIELD),
+        "X-TUID",
+    );
+    let mut hash = Sha256::new();
+    hash.update(&header);
+    hash.update(body);
+    hash.finalize().into()
+}
+
 #[derive(Clone)]
 pub struct Store {
     inner: Arc<Inner>,
@@ -943,7 +958,7 @@ impl Store {
                     message.raw.len() as i64
                 ])?;
                 if origin == Origin::Client {
-                    journal(tx, mb.account, &mb.name, uid, "append", "")?;
+                    journal_client_append(tx, &mb, uid, message)?;
                 }
                 if let Some(mark) = mark {
                     link_upstream(tx, mb.account, mark, i, mailbox, uid)?;
@@ -1411,11 +1426,27 @@ impl Store {
                 }
                 out
             };
-            expunge_rows(tx, &mb, &deleted)?;
+            // What a client's expunge journals names the message's content (its carried
+            // SHA-256) and its flags then: mbsync moves a message by an expunge, then an APPEND
+            // of the same message elsewhere, which finds the expunge by them ([`moved_by_append`]).
+            let mut details = Vec::new();
             if origin == Origin::Client {
+                let mut stmt = tx.prepare_cached(
+                    "SELECT hex(c.carried_sha256), m.flags FROM messages m
+                     JOIN contents c ON c.id = m.content WHERE m.mailbox = ?1 AND m.uid = ?2",
+                )?;
                 for uid in &deleted {
-                    journal(tx, mb.account, &mb.name, *uid, "expunge", "")?;
+                    let (carried, flags): (Option<String>, String) =
+                        stmt.query_row(params![mailbox, uid], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                    details.push(match carried {
+                        Some(carried) if !carried.is_empty() => format!("{carried}\t{flags}"),
+                        _ => String::new(),
+                    });
                 }
+            }
+            expunge_rows(tx, &mb, &deleted)?;
+            for (uid, detail) in deleted.iter().zip(&details) {
+                journal(tx, mb.account, &mb.name, *uid, "expunge", detail)?;
             }
             Ok(deleted)
         })
@@ -1719,8 +1750,9 @@ fn insert_content(
     summary: crate::imap::summary::Summary,
 ) -> Result<i64, StoreError> {
     tx.prepare_cached(
-        "INSERT INTO contents (sha256, size, envelope, body, bodystructure, parts)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        "INSERT INTO contents (sha256, size, envelope, body, bodystructure, parts,
+           carried_sha256)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     )?
     .execute(params![
         &message.sha256[..],
@@ -1729,6 +1761,7 @@ fn insert_content(
         summary.body,
         summary.bodystructure,
         summary.parts.to_bytes(),
+        &carried_sha256(&message.raw)[..],
     ])?;
     let id = tx.last_insert_rowid();
     if message.raw.len() < DIRECT_BLOB_MAX {
@@ -1745,6 +1778,135 @@ fn insert_content(
     blob.write_at(&message.raw, 0)?;
     blob.close()?;
     Ok(id)
+}
+
+/// Journals a client's APPEND of `uid` to `mb`. A message of the account stored again, as
+/// mbsync moves a message (an APPEND of what it fetched, and an expunge of the original,
+/// in either order), is written back as a move or copy of the original, so upstream keeps
+/// the original's bytes (the sender's ciphertext and signature) rather than getting an upload
+/// encrypted to the user.
+fn journal_client_append(
+    tx: &Connection,
+    mb: &Mailbox,
+    uid: u32,
+    message: &Prepared,
+) -> Result<(), StoreError> {
+    let carried = carried_sha256(&message.raw);
+    if moved_by_append(tx, mb, uid, message, &carried)? {
+        return Ok(());
+    }
+    match carried_from(tx, mb.account, &carried, (mb.id, uid))? {
+        Some((name, from)) => journal(
+            tx,
+            mb.account,
+            &mb.name,
+            uid,
+            "copy",
+            &format!("{name}\t{from}"),
+        ),
+        None => journal(tx, mb.account, &mb.name, uid, "append", ""),
+    }
+}
+
+/// An expunge of the message `carried` names, not yet written back and linked upstream,
+/// becomes its move to the new message (`mb`, `uid`): the journal's expunge entry turns into
+/// a move entry in its place. The flag changes made to the original before it (mbsync's
+/// \Deleted among them) are not written back, and one flag entry then takes the upstream
+/// message from the flags it has there to the new message's. Not when one of those flag
+/// changes has been tried already (it may have landed): they all go first, then the move.
+fn moved_by_append(
+    tx: &Connection,
+    mb: &Mailbox,
+    uid: u32,
+    message: &Prepared,
+    carried: &[u8; 32],
+) -> Result<bool, StoreError> {
+    let carried = carried
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect::<String>();
+    let found: Option<(i64, String, u32, String)> = tx
+        .prepare_cached(
+            "SELECT j.id, j.mailbox, j.uid, j.detail FROM journal j
+             WHERE j.account = ?1 AND j.kind = 'expunge' AND j.attempts = 0
+               AND substr(j.detail, 1, 65) = ?2 || char(9)
+               AND EXISTS (SELECT 1 FROM sync_map s JOIN mailboxes b ON b.id = s.mailbox
+                           WHERE b.account = ?1 AND b.name = j.mailbox AND s.uid = j.uid)
+             ORDER BY j.id DESC LIMIT 1",
+        )?
+        .query_row(params![mb.account, carried], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })
+        .optional()?;
+    let Some((entry, source, source_uid, detail)) = found else {
+        return Ok(false);
+    };
+    let flags_then = detail.split_once('\t').map_or("", |(_, flags)| flags);
+    let changes: Vec<(i64, u32, String)> = {
+        let mut stmt = tx.prepare_cached(
+            "SELECT id, attempts, detail FROM journal
+             WHERE account = ?1 AND mailbox = ?2 AND uid = ?3 AND kind = 'flags' AND id < ?4
+             ORDER BY id",
+        )?;
+        let rows = stmt.query_map(params![mb.account, source, source_uid, entry], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })?;
+        rows.collect::<Result<_, _>>()?
+    };
+    // The flags upstream has now: before the first change waiting, or all of them written.
+    let mut upstream = flags_then.to_string();
+    if changes.iter().all(|(_, attempts, _)| *attempts == 0) {
+        if let Some((_, _, first)) = changes.first() {
+            upstream = first
+                .split_once('\t')
+                .map_or("", |(_, old)| old)
+                .to_string();
+        }
+        let mut drop = tx.prepare_cached("DELETE FROM journal WHERE id = ?1")?;
+        for (id, _, _) in &changes {
+            drop.execute([id])?;
+        }
+    }
+    tx.prepare_cached("UPDATE journal SET kind = 'move', detail = ?2 WHERE id = ?1")?
+        .execute(params![entry, format!("{}\t{uid}", mb.name)])?;
+    let new = message.flags.to_column();
+    if Flags::from_column(&new) != Flags::from_column(&upstream) {
+        journal(
+            tx,
+            mb.account,
+            &mb.name,
+            uid,
+            "flags",
+            &format!("{new}\t{upstream}"),
+        )?;
+    }
+    Ok(true)
+}
+
+/// A message of `account` (its mailbox's name and UID) whose content is `carried` (see
+/// [`carried_sha256`]), other than the new one (`mailbox`, `uid`): one linked upstream first, then the oldest.
+fn carried_from(
+    tx: &Connection,
+    account: AccountId,
+    carried: &[u8; 32],
+    (mailbox, uid): (MailboxId, u32),
+) -> Result<Option<(String, u32)>, StoreError> {
+    Ok(tx
+        .prepare_cached(
+            "SELECT b.name, m.uid FROM contents c
+             JOIN messages m ON m.content = c.id
+             JOIN mailboxes b ON b.id = m.mailbox
+             WHERE c.carried_sha256 = ?1 AND b.account = ?2
+               AND NOT (m.mailbox = ?3 AND m.uid = ?4)
+             ORDER BY EXISTS (SELECT 1 FROM sync_map s
+                              WHERE s.mailbox = m.mailbox AND s.uid = m.uid) DESC,
+                      m.mailbox, m.uid
+             LIMIT 1",
+        )?
+        .query_row(params![&carried[..], account, mailbox, uid], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .optional()?)
 }
 
 fn content_id(c: &Connection, sha256: &[u8; 32]) -> Result<Option<i64>, StoreError> {

@@ -167,6 +167,14 @@ CREATE INDEX IF NOT EXISTS sync_map_upstream ON sync_map (account, folder, upstr
 DELETE FROM store_meta WHERE key LIKE 'expunge-check:%';
 ";
 
+// The message's SHA-256 without sealpost's verdict field and mbsync's X-TUID field: what a
+// message a client fetched and stores again (mbsync's move) is recognised by, since APPEND
+// removes the one and mbsync adds the other. NULL for contents stored before this version.
+const V7: &str = "
+ALTER TABLE contents ADD COLUMN carried_sha256 BLOB;
+CREATE INDEX contents_carried ON contents (carried_sha256) WHERE carried_sha256 IS NOT NULL;
+";
+
 pub fn migrations() -> Migrations<'static> {
     Migrations::new(vec![
         M::up(V1),
@@ -175,6 +183,7 @@ pub fn migrations() -> Migrations<'static> {
         M::up(V4),
         M::up(V5),
         M::up(V6),
+        M::up(V7),
     ])
 }
 

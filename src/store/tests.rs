@@ -733,3 +733,102 @@ fn a_client_store_leaves_the_verdict_keywords_alone() {
         "nothing journaled"
     );
 }
+
+/// mbsync's move (an expunge of a message linked upstream, then an APPEND of its bytes with
+/// the verdict field removed and an X-TUID field added) is journaled as the original's move
+/// and one flag change from what upstream has to the new message's flags; the flag changes
+/// made to the original are not written back, unless one was tried already.
+#[test]
+fn an_expunge_then_the_same_message_stored_again_is_a_move() {
+    for tried in [false, true] {
+        let (_dir, store) = store();
+        let account = store.ensure_account("alice").unwrap();
+        store.set_write_back(account, true).unwrap();
+        let inbox = store.mailbox(account, "INBOX").unwrap().unwrap();
+        let archive = store.mailbox(account, "Archive").unwrap().unwrap();
+        let mark = SyncMark {
+            upstream: Vec::new(),
+            folder: "INBOX".into(),
+            uidvalidity: 7,
+            uids: vec![10],
+            next_uid: 11,
+        };
+        let body = "Subject: filed\r\n\r\nbody\r\n";
+        let synced = Prepared::new(
+            format!("Sealpost-Verdict: encrypted\r\n{body}").into_bytes(),
+            Flags::default(),
+            InternalDate::now(),
+        );
+        let a = store.append_synced(inbox.id, vec![synced], &mark).unwrap()[0];
+        for flag in ["\\Seen", "\\Deleted"] {
+            store
+                .store_flags(
+                    inbox.id,
+                    &[a.uid],
+                    FlagOp::Add,
+                    &Flags::new([flag]),
+                    None,
+                    Origin::Client,
+                )
+                .unwrap();
+        }
+        if tried {
+            let first = store.journal_for(account, 0, 1).unwrap().remove(0);
+            store.journal_attempt(first.id, "broken pipe").unwrap();
+        }
+        store.expunge(inbox.id, None, Origin::Client).unwrap();
+        let again = Prepared::new(
+            body.replace("\r\n\r\n", "\r\nX-TUID: abcdefghijkl\r\n\r\n")
+                .into_bytes(),
+            Flags::new(["\\Seen", "\\Flagged"]),
+            InternalDate::now(),
+        );
+        let b = store.append(archive.id, again, Origin::Client).unwrap();
+        let journal: Vec<(String, String, u32, String)> = store
+            .journal_for(account, 0, 10)
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.kind, e.mailbox, e.uid, e.detail))
+            .collect();
+        let moved = (
+            "move".to_string(),
+            "INBOX".to_string(),
+            a.uid,
+            format!("Archive\t{}", b.uid),
+        );
+        let expected = if tried {
+            vec![
+                (
+                    "flags".to_string(),
+                    "INBOX".to_string(),
+                    a.uid,
+                    "\\Seen\t".to_string(),
+                ),
+                (
+                    "flags".into(),
+                    "INBOX".into(),
+                    a.uid,
+                    "\\Seen \\Deleted\t\\Seen".into(),
+                ),
+                moved,
+                (
+                    "flags".into(),
+                    "Archive".into(),
+                    b.uid,
+                    "\\Seen \\Flagged\t\\Seen \\Deleted".into(),
+                ),
+            ]
+        } else {
+            vec![
+                moved,
+                (
+                    "flags".into(),
+                    "Archive".into(),
+                    b.uid,
+                    "\\Seen \\Flagged\t".into(),
+                ),
+            ]
+        };
+        assert_eq!(journal, expected, "tried: {tried}");
+    }
+}
