@@ -4558,6 +4558,44 @@ fn four_passes_over_two_hours(db: &rusqlite::Connection, prefix: &str) -> usize 
     .unwrap()
 }
 
+/// Bob's store synced with an INBOX holding one message encrypted to him (its ciphertext
+/// returned) and an empty Archive, both upstream and here.
+async fn synced_to_be_filed(
+    world: &World,
+    dovecot: &Dovecot,
+    subject: &str,
+) -> (Vec<u8>, Server, tempfile::TempDir, PathBuf) {
+    let secret = encrypted_to_bob(world, subject, "to be filed").await;
+    upstream(
+        dovecot,
+        json!([{"cmd": "raw", "line": "CREATE Archive"},
+        append_bytes("INBOX", &secret)]),
+    );
+    let (server, dir, config) = bobs_sync_with_address(world, dovecot);
+    let out = sync_once(&config);
+    assert_eq!(stdout(&out).trim(), format!("{USER}: 1 new"), "{out:?}");
+    (secret, server, dir, config)
+}
+
+/// After a sync pass, upstream's Archive holds the sender's ciphertext as it was, and INBOX
+/// nothing.
+fn filed_upstream_as_it_was(dovecot: &Dovecot, config: &Path, secret: &[u8]) {
+    let out = sync_once(config);
+    assert!(out.status.success(), "{out:?}");
+    let seen = upstream(
+        dovecot,
+        json!([{"cmd": "fetch_all", "mailbox": "Archive"},
+        {"cmd": "fetch_all", "mailbox": "INBOX"}]),
+    );
+    let archived = common::imap::fetched_bodies(&seen, 0);
+    assert_eq!(archived.len(), 1, "{seen}");
+    assert!(
+        archived[0].1 == secret,
+        "the sender's ciphertext, as it was"
+    );
+    assert!(common::imap::fetched_bodies(&seen, 1).is_empty(), "{seen}");
+}
+
 /// mbsync moves a message by an APPEND of what it fetched (its X-TUID field added, the
 /// verdict field removed by the server) and an expunge of the original. Upstream keeps the
 /// sender's ciphertext, copied to the new folder, rather than getting an upload encrypted to
@@ -4566,15 +4604,7 @@ fn four_passes_over_two_hours(db: &rusqlite::Connection, prefix: &str) -> usize 
 async fn a_move_made_by_mbsync_keeps_the_senders_ciphertext_upstream() {
     let world = World::new();
     let dovecot = Dovecot::start_tls();
-    let secret = encrypted_to_bob(&world, "filed", "filed away by mbsync").await;
-    upstream(
-        &dovecot,
-        json!([{"cmd": "raw", "line": "CREATE Archive"},
-        append_bytes("INBOX", &secret)]),
-    );
-    let (server, _dir, config) = bobs_sync_with_address(&world, &dovecot);
-    let out = sync_once(&config);
-    assert_eq!(stdout(&out).trim(), format!("{USER}: 1 new"), "{out:?}");
+    let (secret, server, _dir, config) = synced_to_be_filed(&world, &dovecot, "filed").await;
 
     let mut raw = server.login();
     raw.ok("SELECT INBOX");
@@ -4611,20 +4641,7 @@ async fn a_move_made_by_mbsync_keeps_the_senders_ciphertext_upstream() {
     mbsync.run(&["--push", "--expunge"]).expect("mbsync push");
     assert_eq!(exists(&mut raw, "Archive"), 1);
     assert_eq!(exists(&mut raw, "INBOX"), 0);
-    let out = sync_once(&config);
-    assert!(out.status.success(), "{out:?}");
-    let seen = upstream(
-        &dovecot,
-        json!([{"cmd": "fetch_all", "mailbox": "Archive"},
-        {"cmd": "fetch_all", "mailbox": "INBOX"}]),
-    );
-    let archived = common::imap::fetched_bodies(&seen, 0);
-    assert_eq!(archived.len(), 1, "{seen}");
-    assert!(
-        archived[0].1 == secret,
-        "the sender's ciphertext, as it was"
-    );
-    assert!(common::imap::fetched_bodies(&seen, 1).is_empty(), "{seen}");
+    filed_upstream_as_it_was(&dovecot, &config, &secret);
     // The flags it has here, \Deleted (mbsync's, on the original) not among them.
     let flags = upstream_flags(&dovecot, "Archive");
     assert_eq!(flags.len(), 1, "{flags:?}");
@@ -4650,15 +4667,7 @@ async fn a_move_made_by_mbsync_keeps_the_senders_ciphertext_upstream() {
 async fn a_message_stored_again_before_its_expunge_is_copied_upstream() {
     let world = World::new();
     let dovecot = Dovecot::start_tls();
-    let secret = encrypted_to_bob(&world, "again", "stored again by the client").await;
-    upstream(
-        &dovecot,
-        json!([{"cmd": "raw", "line": "CREATE Archive"},
-        append_bytes("INBOX", &secret)]),
-    );
-    let (server, _dir, config) = bobs_sync_with_address(&world, &dovecot);
-    let out = sync_once(&config);
-    assert_eq!(stdout(&out).trim(), format!("{USER}: 1 new"), "{out:?}");
+    let (secret, server, _dir, config) = synced_to_be_filed(&world, &dovecot, "again").await;
     let local = |steps: Value| {
         run_client(
             server.tls_port,
@@ -4675,20 +4684,7 @@ async fn a_message_stored_again_before_its_expunge_is_copied_upstream() {
         {"cmd": "raw", "line": "SELECT INBOX"},
         {"cmd": "raw", "line": "UID STORE 1 +FLAGS.SILENT (\\Deleted)"},
         {"cmd": "raw", "line": "EXPUNGE"}]));
-    let out = sync_once(&config);
-    assert!(out.status.success(), "{out:?}");
-    let seen = upstream(
-        &dovecot,
-        json!([{"cmd": "fetch_all", "mailbox": "Archive"},
-        {"cmd": "fetch_all", "mailbox": "INBOX"}]),
-    );
-    let archived = common::imap::fetched_bodies(&seen, 0);
-    assert_eq!(archived.len(), 1, "{seen}");
-    assert!(
-        archived[0].1 == secret,
-        "the sender's ciphertext, as it was"
-    );
-    assert!(common::imap::fetched_bodies(&seen, 1).is_empty(), "{seen}");
+    filed_upstream_as_it_was(&dovecot, &config, &secret);
     let out = sync_once(&config);
     assert_eq!(stdout(&out).trim(), format!("{USER}: 0 new"), "{out:?}");
 }

@@ -8,6 +8,26 @@ fn store() -> (tempfile::TempDir, Store) {
     (dir, store)
 }
 
+/// Account "alice", written back upstream, with its INBOX and Archive.
+fn written_back_account(store: &Store) -> (AccountId, Mailbox, Mailbox) {
+    let account = store.ensure_account("alice").unwrap();
+    store.set_write_back(account, true).unwrap();
+    let inbox = store.mailbox(account, "INBOX").unwrap().unwrap();
+    let archive = store.mailbox(account, "Archive").unwrap().unwrap();
+    (account, inbox, archive)
+}
+
+/// What a sync of upstream INBOX (UIDVALIDITY 7) that brought `uids` records.
+fn inbox_mark(uids: &[u32]) -> SyncMark {
+    SyncMark {
+        upstream: Vec::new(),
+        folder: "INBOX".into(),
+        uidvalidity: 7,
+        uids: uids.to_vec(),
+        next_uid: uids.last().unwrap() + 1,
+    }
+}
+
 fn message(subject: &str) -> Prepared {
     let raw = format!("Subject: {subject}\r\n\r\nbody\r\n").into_bytes();
     Prepared::new(raw, Flags::default(), InternalDate::now())
@@ -375,13 +395,7 @@ fn write_back_links_and_upstream_flags() {
     store.set_write_back(other, true).unwrap();
     let inbox = store.mailbox(account, "INBOX").unwrap().unwrap();
     let archive = store.mailbox(account, "Archive").unwrap().unwrap();
-    let mark = SyncMark {
-        upstream: Vec::new(),
-        folder: "INBOX".into(),
-        uidvalidity: 7,
-        uids: vec![10],
-        next_uid: 11,
-    };
+    let mark = inbox_mark(&[10]);
     let mut verdict = message("a");
     verdict.flags = Flags::new(["$Sealpost-Encrypted", "$Mine", "$Gone"]);
     let a = store.append_synced(inbox.id, vec![verdict], &mark).unwrap()[0];
@@ -558,17 +572,8 @@ fn non_ascii_parents_keep_their_children() {
 #[test]
 fn new_content_keeps_the_changes_that_name_the_message() {
     let (_dir, store) = store();
-    let account = store.ensure_account("alice").unwrap();
-    store.set_write_back(account, true).unwrap();
-    let inbox = store.mailbox(account, "INBOX").unwrap().unwrap();
-    let archive = store.mailbox(account, "Archive").unwrap().unwrap();
-    let mark = SyncMark {
-        upstream: Vec::new(),
-        folder: "INBOX".into(),
-        uidvalidity: 7,
-        uids: vec![10, 11],
-        next_uid: 12,
-    };
+    let (account, inbox, archive) = written_back_account(&store);
+    let mark = inbox_mark(&[10, 11]);
     let stored = store
         .append_synced(inbox.id, vec![message("a"), message("b")], &mark)
         .unwrap();
@@ -742,17 +747,8 @@ fn a_client_store_leaves_the_verdict_keywords_alone() {
 fn an_expunge_then_the_same_message_stored_again_is_a_move() {
     for tried in [false, true] {
         let (_dir, store) = store();
-        let account = store.ensure_account("alice").unwrap();
-        store.set_write_back(account, true).unwrap();
-        let inbox = store.mailbox(account, "INBOX").unwrap().unwrap();
-        let archive = store.mailbox(account, "Archive").unwrap().unwrap();
-        let mark = SyncMark {
-            upstream: Vec::new(),
-            folder: "INBOX".into(),
-            uidvalidity: 7,
-            uids: vec![10],
-            next_uid: 11,
-        };
+        let (account, inbox, archive) = written_back_account(&store);
+        let mark = inbox_mark(&[10]);
         let body = "Subject: filed\r\n\r\nbody\r\n";
         let synced = Prepared::new(
             format!("Sealpost-Verdict: encrypted\r\n{body}").into_bytes(),
