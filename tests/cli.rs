@@ -516,6 +516,55 @@ fn an_unreadable_secret_key_file_defers_rather_than_refusing() {
     assert!(stdout.contains("cannot be read"), "{stdout}");
 }
 
+/// A secret key file that can be read but not used (truncated, garbage: gpg lists the key as
+/// `sec#`) is no "no secret key" either: deferred, naming the file (review: 550 for good, or
+/// the default signer signed the sender's mail).
+#[test]
+fn a_damaged_secret_key_file_defers_rather_than_refusing() {
+    let world = World::new();
+    let home = sealpost::keys::home::short_temp_dir("spk").unwrap();
+    let copied = Command::new("cp")
+        .arg("-a")
+        .arg(format!("{}/.", world.sender.dir.display()))
+        .arg(&home)
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    let _ = std::fs::remove_file(home.join("S.gpg-agent"));
+    for key in std::fs::read_dir(home.join("private-keys-v1.d")).unwrap() {
+        let key = key.unwrap().path();
+        let bytes = std::fs::read(&key).unwrap();
+        std::fs::write(&key, &bytes[..100]).unwrap();
+    }
+    let out_dir = tempfile::tempdir().unwrap();
+    let out = run_with_stdin(
+        Command::new(env!("CARGO_BIN_EXE_sealpost"))
+            .args([
+                "rewrite",
+                "--sender",
+                "alice@example.org",
+                "--rcpt",
+                "bob@example.org",
+            ])
+            .arg("--gnupg-home")
+            .arg(&home)
+            .arg("--out")
+            .arg(out_dir.path().join("copies")),
+        MESSAGE,
+    );
+    sealpost::keys::home::stop_daemons(&home);
+    let _ = std::fs::remove_dir_all(&home);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(75),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("deferred"), "{stdout}");
+    assert!(stdout.contains("gpg-agent cannot use it"), "{stdout}");
+}
+
 fn nix_is_root() -> bool {
     std::fs::metadata("/proc/self")
         .map(|m| std::os::unix::fs::MetadataExt::uid(&m))

@@ -1119,7 +1119,9 @@ async fn a_damaged_public_keyring_defers_and_sends_nothing_in_clear() {
     // A directory in place of the keyring: gpg says "read error" and "no public key" for
     // every address (review: taken for "no key", a clear copy for a recipient with a key;
     // unsigned, so that the missing key of the sender does not defer it first).
-    for damage in ["truncated", "garbage", "directory"] {
+    // "inside": bob's key block damaged behind its index entry; a search for his address
+    // passes over it and says only "no public key" (review: signed cleartext for bob).
+    for damage in ["truncated", "garbage", "directory", "inside"] {
         let home = GpgHome {
             dir: sealpost::keys::home::short_temp_dir("spd").unwrap(),
         };
@@ -1135,6 +1137,18 @@ async fn a_damaged_public_keyring_defers_and_sends_nothing_in_clear() {
         let mut bytes = std::fs::read(&keyring).unwrap();
         match damage {
             "truncated" => bytes.truncate(bytes.len() - 200),
+            "inside" => {
+                // The keybox's blobs, each led by its length (big-endian u32).
+                let mut at = 0;
+                loop {
+                    let len = u32::from_be_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+                    if common::find(&bytes[at..at + len], b"<bob@example.org>").is_some() {
+                        bytes[at + 100..at + len].fill(0);
+                        break;
+                    }
+                    at += len;
+                }
+            }
             "directory" => {
                 std::fs::remove_file(&keyring).unwrap();
                 std::fs::create_dir(&keyring).unwrap();

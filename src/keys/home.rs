@@ -81,21 +81,6 @@ pub fn public_keyring_problem(home: &Path, address: &str, deadline: Duration) ->
             .and_then(|code| code.trim().parse::<u32>().ok())
             .is_some_and(|code| code & 0xffff == 9)
     };
-    // "read error": the keyring cannot be read at all (a directory in its place, EIO), and
-    // gpg still says "no public key" for every address (review: cleartext to Bob, whose key
-    // was in it).
-    let damage = |l: &str| {
-        let l = l.to_ascii_lowercase();
-        [
-            "keydb",
-            "keyblock",
-            "invalid keyring",
-            "invalid packet",
-            "read error",
-        ]
-        .iter()
-        .any(|w| l.contains(w))
-    };
     // gpg listed a key for the address whose user ID GPGME did not give as that address: no
     // key is used and none is taken for "no key" either (the recipient would get cleartext
     // while a key of theirs is there), but the reason says what it is, not a broken keyring.
@@ -112,20 +97,84 @@ pub fn public_keyring_problem(home: &Path, address: &str, deadline: Duration) ->
         }
         Ok(out)
             if String::from_utf8_lossy(&out.stdout).lines().any(no_pubkey)
-                && !String::from_utf8_lossy(&out.stderr).lines().any(damage) =>
+                && !String::from_utf8_lossy(&out.stderr).lines().any(is_damage) =>
         {
-            None
+            whole_keyring_problem(home, deadline)
         }
-        Ok(out) => {
-            let stderr = String::from_utf8_lossy(&out.stderr);
-            let line = stderr
-                .lines()
-                .find(|l| damage(l))
-                .or_else(|| stderr.lines().rev().find(|l| !l.trim().is_empty()))
-                .unwrap_or("gpg cannot search the keyring");
-            Some(line.trim_start_matches("gpg: ").to_string())
-        }
+        Ok(out) => Some(damage_line(&out, "gpg cannot search the keyring")),
     }
+}
+
+/// gpg's line on stderr that names the damage (else its last line, else `otherwise`).
+fn damage_line(out: &std::process::Output, otherwise: &str) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    stderr
+        .lines()
+        .find(|l| is_damage(l))
+        .or_else(|| stderr.lines().rev().find(|l| !l.trim().is_empty()))
+        .unwrap_or(otherwise)
+        .trim_start_matches("gpg: ")
+        .to_string()
+}
+
+/// Whether a line gpg wrote on stderr says a keyring is damaged. "read error": the keyring
+/// cannot be read at all (a directory in its place, EIO), and gpg still says "no public key"
+/// for every address (review: cleartext to Bob, whose key was in it).
+fn is_damage(line: &str) -> bool {
+    let l = line.to_ascii_lowercase();
+    [
+        "keydb",
+        "keyblock",
+        "invalid keyring",
+        "invalid packet",
+        "read error",
+    ]
+    .iter()
+    .any(|w| l.contains(w))
+}
+
+/// Why the public keyring as a whole cannot be read: a search by address passes over a key
+/// block damaged inside (its index entry intact, its packets not), and answers "no public
+/// key" for the address whose key it was (review: Bob got signed cleartext). Every key block
+/// is read by an export, its output thrown away (no signatures checked: 5 ms for 300 keys); an intact
+/// keyring is remembered until its files change, so the export runs once per change.
+fn whole_keyring_problem(home: &Path, deadline: Duration) -> Option<String> {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    type Stamp = Vec<Option<(std::time::SystemTime, u64, u64)>>;
+    static INTACT: Mutex<Option<HashMap<PathBuf, Stamp>>> = Mutex::new(None);
+    let stamp = || -> Stamp {
+        ["pubring.kbx", "pubring.gpg"]
+            .iter()
+            .map(|name| {
+                use std::os::unix::fs::MetadataExt;
+                let meta = std::fs::metadata(home.join(name)).ok()?;
+                Some((meta.modified().ok()?, meta.len(), meta.ino()))
+            })
+            .collect()
+    };
+    let intact = || INTACT.lock().unwrap_or_else(|p| p.into_inner());
+    let before = stamp();
+    if intact().as_ref().and_then(|known| known.get(home)) == Some(&before) {
+        return None;
+    }
+    let out = match gpg_within(Some(home), &["--export"], deadline, false) {
+        Err(e) => return Some(format!("cannot run gpg: {e}")),
+        Ok(out) => out,
+    };
+    if !out.status.success() || String::from_utf8_lossy(&out.stderr).lines().any(is_damage) {
+        return Some(damage_line(
+            &out,
+            "gpg cannot read every key of the keyring",
+        ));
+    }
+    // Remembered only when the files did not change while they were read.
+    if stamp() == before {
+        intact()
+            .get_or_insert_with(HashMap::new)
+            .insert(home.to_path_buf(), before);
+    }
+    None
 }
 
 fn keyring_file_problem(home: &Path) -> Option<String> {
@@ -167,6 +216,18 @@ fn gpg_listing(
     args: &[&str],
     deadline: Duration,
 ) -> std::io::Result<std::process::Output> {
+    gpg_within(home, args, deadline, true)
+}
+
+/// gpg with `args` and a deadline (see [`gpg_listing`]); with `keep_stdout` false, what it
+/// writes on stdout goes to /dev/null, opened here: gpg given `--output /dev/null` removes
+/// that file when the command fails, and the next process to write there makes it a file.
+fn gpg_within(
+    home: Option<&Path>,
+    args: &[&str],
+    deadline: Duration,
+    keep_stdout: bool,
+) -> std::io::Result<std::process::Output> {
     let mut cmd = Command::new("gpg");
     if let Some(h) = home {
         cmd.arg("--homedir").arg(h);
@@ -175,7 +236,11 @@ fn gpg_listing(
         .args(["--batch", "--no-tty", "--with-colons", "--status-fd", "1"])
         .args(args)
         .stdin(Stdio::null())
-        .stdout(Stdio::piped())
+        .stdout(if keep_stdout {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stderr(Stdio::piped())
         .spawn()?;
     // Read on threads of their own, so that neither pipe fills while gpg is waited for.

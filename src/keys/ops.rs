@@ -521,20 +521,43 @@ fn unreadable_secret_key(ctx: &mut Context, home: Option<&Path>, who: &str) -> O
     found
 }
 
-/// [`unreadable_secret_key`]'s search, with keygrips listed.
+/// [`unreadable_secret_key`]'s search, with keygrips listed. A key file that can be read but
+/// whose secret gpg does not list (truncated, garbage: gpg shows `sec#`) cannot be used
+/// either (review: taken for "no secret key", 550, or the default signer signed the
+/// sender's mail); a key that is listed with its secret and not chosen (expired, revoked)
+/// is not this.
 fn unreadable_key_file(ctx: &mut Context, dir: &Path, who: &str) -> Option<String> {
+    let listed_secret: Vec<String> = ctx
+        .find_secret_keys(address_patterns(who))
+        .ok()?
+        .flatten()
+        .flat_map(|key| {
+            key.subkeys()
+                .filter(|s| s.is_secret())
+                .filter_map(|s| s.keygrip().ok().map(str::to_string))
+                .collect::<Vec<_>>()
+        })
+        .collect();
     let mut keys = ctx.find_keys(address_patterns(who)).ok()?;
     for key in keys.by_ref().flatten() {
         for sub in key.subkeys().filter(|s| s.can_sign()) {
             let Ok(grip) = sub.keygrip() else { continue };
             let path = dir.join(format!("{grip}.key"));
-            if let Err(e) = std::fs::File::open(&path) {
-                if e.kind() == std::io::ErrorKind::PermissionDenied {
+            match std::fs::File::open(&path) {
+                Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
                     return Some(format!(
                         "the secret key file {} cannot be read: {e}",
                         path.display()
                     ));
                 }
+                Ok(_) if !listed_secret.iter().any(|g| g == grip) => {
+                    return Some(format!(
+                        "the secret key file {} is there, but gpg-agent cannot use it \
+                         (damaged?)",
+                        path.display()
+                    ));
+                }
+                _ => {}
             }
         }
     }
