@@ -1804,3 +1804,24 @@ fn a_hung_agent_is_a_temporary_failure_within_the_deadline() {
         "{took:?}: {output}"
     );
 }
+
+/// A delivered message may hold NUL (kept as it came), but an IMAP literal may not (RFC 3501
+/// §9: CHAR8 is %x01-ff): FETCH sends each as 0x80, the size unchanged (review: sent as is).
+#[test]
+fn nul_in_a_delivered_message_goes_out_as_0x80() {
+    let world = World::new();
+    let server = bobs_store(&world);
+    let message = b"From: a@example.org\r\nSubject: has\0nul\r\n\r\nbody with \0 NUL\r\n";
+    let (code, output) = deliver(&server, message);
+    assert_eq!(code, 0, "{output}");
+    let stored = verdicts::fetch_all(&server);
+    assert_eq!(stored.len(), 1);
+    let body = &stored[0].1;
+    assert!(!body.contains(&0), "{body:?}");
+    for sent in [
+        &b"Subject: has\x80nul\r\n"[..],
+        b"\r\n\r\nbody with \x80 NUL\r\n",
+    ] {
+        assert!(common::find(body, sent).is_some(), "{body:?}");
+    }
+}

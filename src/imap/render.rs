@@ -138,9 +138,19 @@ impl Out {
         self
     }
 
+    /// A literal of `value`. A literal may not hold NUL (RFC 3501 §9, RFC 9051 §9: CHAR8 is
+    /// %x01-ff; only BINARY's literal8 may, and it is not offered), while a stored message may
+    /// (`deliver` and `import` keep what came): each NUL goes out as 0x80, as Dovecot sends
+    /// it, so the length and RFC822.SIZE stay those of the stored bytes (review: sent as is).
     pub fn literal(&mut self, value: &[u8]) -> &mut Self {
         self.num_literal_header(value.len());
+        let at = self.bytes.len();
         self.bytes.extend_from_slice(value);
+        for b in &mut self.bytes[at..] {
+            if *b == 0 {
+                *b = 0x80;
+            }
+        }
         self
     }
 
@@ -149,7 +159,7 @@ impl Out {
     pub fn stored_literal(&mut self, whole: &Arc<Vec<u8>>, value: &[u8]) -> &mut Self {
         let start = (value.as_ptr() as usize).wrapping_sub(whole.as_ptr() as usize);
         let within = start <= whole.len() && value.len() <= whole.len() - start;
-        if !within || !Out::passes_on(value.len()) {
+        if !within || !Out::passes_on(value.len()) || value.contains(&0) {
             return self.literal(value);
         }
         self.num_literal_header(value.len());
@@ -329,12 +339,42 @@ pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
 mod tests {
     use super::*;
 
+    /// NUL, which a literal may not hold, goes out as 0x80 (the length stays), also from a
+    /// long stored message, which is then copied.
+    #[test]
+    fn literals_carry_no_nul() {
+        let whole: Arc<Vec<u8>> = Arc::new(
+            (0..200_000u32)
+                .map(|i| if i % 1000 == 7 { 0 } else { b'a' })
+                .collect(),
+        );
+        for value in [&whole[..], &whole[..100], b"a\0b".as_slice()] {
+            let mut out = Out::default();
+            out.stored_literal(&whole, value);
+            let sent: Vec<u8> = out
+                .into_chunks()
+                .iter()
+                .flat_map(|c| c.as_slice())
+                .copied()
+                .collect();
+            let header = format!("{{{}}}\r\n", value.len());
+            assert!(sent.starts_with(header.as_bytes()));
+            let body = &sent[header.len()..];
+            assert_eq!(body.len(), value.len());
+            assert!(!body.contains(&0));
+            assert_eq!(
+                body.iter().filter(|&&b| b == 0x80).count(),
+                value.iter().filter(|&&b| b == 0).count()
+            );
+        }
+    }
+
     /// A long literal from the stored message is passed on as a range of it, with the
     /// rendered bytes around it in order; short ones and bytes from elsewhere are copied.
     /// Either way the response is byte for byte what a copy would give.
     #[test]
     fn long_literals_of_the_stored_message_are_passed_on() {
-        let whole: Arc<Vec<u8>> = Arc::new((0..200_000u32).map(|i| (i % 251) as u8).collect());
+        let whole: Arc<Vec<u8>> = Arc::new((0..200_000u32).map(|i| (i % 251 + 1) as u8).collect());
         let elsewhere = whole[..PASS_ON_AT].to_vec();
         let cases: [(&[u8], usize); 4] = [
             (&whole[..], 1),
