@@ -718,6 +718,72 @@ fn reinjection_refused_for_good_is_reported_not_retried() {
     postfix.settled_messages(3);
 }
 
+/// The copy kept in place is an encrypted one when there is one, whatever the order of the
+/// recipients: a recipient another milter added, whom sealpost never sees, then gets
+/// ciphertext, not the signed cleartext of a keyless recipient (review).
+#[test]
+fn the_copy_kept_in_place_is_an_encrypted_one() {
+    let Some(rig) = Rig::new() else { return };
+    let milter = rig.milter();
+    let reply = rig.smtp(&["dave@example.net", "erin@example.net", "bob@example.org"]);
+    assert!(reply.starts_with("250"), "{reply}");
+    rig.postfix.settled_messages(3);
+    let log = milter.log();
+    assert!(
+        log.contains("to=<bob@example.org> encrypted in place"),
+        "{log}"
+    );
+}
+
+/// The same message in two transactions (a list server sending in recipient batches), a
+/// copy refused for good in each: each refused recipient is reported (review: one report per
+/// message, the second transaction's failure never told).
+#[test]
+fn each_transactions_refusal_is_reported() {
+    let Some(rig) = Rig::new() else { return };
+    let (world, postfix) = (&rig.world, &rig.postfix);
+    let _milter = rig.milter();
+    let refusal = "550 5.7.1 re-injection test refusal";
+    postfix.reinjection_answers_each(&[
+        ("carol@example.org", refusal),
+        ("dave@example.net", refusal),
+    ]);
+    let mut reported = Vec::new();
+    for (i, refused) in ["carol@example.org", "dave@example.net"].iter().enumerate() {
+        let reply = rig.smtp(&["bob@example.org", refused]);
+        assert!(reply.starts_with("250"), "{reply}");
+        let got = by_recipient(postfix.settled_messages(2 * (i + 1)));
+        let reports: Vec<&Vec<u8>> = got
+            .iter()
+            .filter(|(r, _)| r == "alice@example.org")
+            .map(|(_, m)| m)
+            .collect();
+        assert_eq!(
+            reports.len(),
+            i + 1,
+            "{:?}",
+            got.iter().map(|g| &g.0).collect::<Vec<_>>()
+        );
+        reported = reports
+            .iter()
+            .map(|m| {
+                let (plain, _, _, _) = world
+                    .sender
+                    .decrypt(&ciphertext(&crlf(m)))
+                    .expect("the report is encrypted to alice");
+                String::from_utf8_lossy(&plain).into_owned()
+            })
+            .collect();
+    }
+    for rcpt in ["carol@example.org", "dave@example.net"] {
+        let naming = reported
+            .iter()
+            .filter(|r| r.contains(&format!("Final-Recipient: rfc822; {rcpt}")))
+            .count();
+        assert_eq!(naming, 1, "{rcpt}: {reported:?}");
+    }
+}
+
 /// NOTIFY=NEVER counts for sealpost's own report too: carol's copy, refused for good by the
 /// re-injection listener, is not reported to a client that asked to hear nothing of her.
 #[test]
@@ -1006,6 +1072,9 @@ fn sigterm_stops_the_milter_cleanly() {
         assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
         let status = milter.child.wait().unwrap();
         assert!(status.success(), "exit after signal {signal}: {status:?}");
+        // Said in the log (review: nothing told of the shutdown).
+        let log = milter.log();
+        assert!(log.contains("milter stopping") && log.contains("milter stopped"), "{log}");
         drop(idle);
         assert!(
             TcpStream::connect(("127.0.0.1", port)).is_err(),
@@ -1587,18 +1656,10 @@ fn a_full_journal_file_system_reinjects_nothing_twice() {
     check_three_copies(world, postfix.wait_messages(3));
 }
 
-/// Three recipients, a message just under Postfix's message_size_limit whose encrypted copies
-/// pass it: no copy over the limit is kept in place (Postfix would then refuse the whole
-/// message, 552, after the other copies went: a review saw this). The copies that fit go,
-/// the others are refused by the listener and reported, and the client is told 250.
-#[test]
-fn a_copy_over_the_size_limit_is_not_kept_in_place() {
+/// A message of 190 KB whose encrypted copies are larger: text gpg can hardly compress
+/// (random bytes as base64), to bob, dave and carol.
+fn big_message() -> String {
     use base64::Engine;
-    let Some(rig) = Rig::new() else { return };
-    let postfix = &rig.postfix;
-    postfix.set("message_size_limit = 200000");
-    let _milter = rig.milter();
-    // Text gpg can hardly compress (random bytes as base64): copies a little larger than it.
     let mut state = 0x2545_f491_4f6c_dd1du64;
     let bytes: Vec<u8> = (0..143_000)
         .map(|_| {
@@ -1620,6 +1681,42 @@ fn a_copy_over_the_size_limit_is_not_kept_in_place() {
         body.join("\n")
     );
     assert!(message.len() < 200_000 - 5_000, "{}", message.len());
+    message
+}
+
+/// Every copy refused for good by the re-injection listener (here each encrypted copy is over
+/// its message_size_limit): nothing went, so the client hears 552 at the end of data, as for
+/// one recipient, rather than 250 and a report (review).
+#[test]
+fn every_copy_refused_by_the_listener_refuses_the_message() {
+    let Some(rig) = Rig::new() else { return };
+    let postfix = &rig.postfix;
+    postfix.set("message_size_limit = 200000");
+    let milter = rig.milter();
+    let rcpts = ["bob@example.org", "carol@example.org"];
+    let end = smtp_send(
+        postfix.smtp_port,
+        "alice@example.org",
+        &rcpts,
+        &big_message(),
+    );
+    assert!(end.starts_with("552 5.3.4"), "{end}");
+    postfix.settled_messages(0);
+    let log = milter.log();
+    assert!(!log.contains("every copy was re-injected"), "{log}");
+}
+
+/// Three recipients, a message just under Postfix's message_size_limit whose encrypted copies
+/// pass it: no copy over the limit is kept in place (Postfix would then refuse the whole
+/// message, 552, after the other copies went: a review saw this). The copies that fit go,
+/// the others are refused by the listener and reported, and the client is told 250.
+#[test]
+fn a_copy_over_the_size_limit_is_not_kept_in_place() {
+    let Some(rig) = Rig::new() else { return };
+    let postfix = &rig.postfix;
+    postfix.set("message_size_limit = 200000");
+    let _milter = rig.milter();
+    let message = big_message();
     let end = smtp_send(postfix.smtp_port, "alice@example.org", &THREE, &message);
     assert!(end.starts_with("250"), "{end}");
     // dave's signed copy (it fits), and alice's report on bob's and carol's.

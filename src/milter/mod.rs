@@ -420,7 +420,12 @@ pub async fn run(
         actions: ACTIONS,
         ..indymilter::Config::default()
     };
+    let shutdown = async {
+        shutdown.await;
+        tracing::info!("milter stopping: no new connections; the messages in hand are finished");
+    };
     indymilter::run(listener, callbacks, config, shutdown).await?;
+    tracing::info!("milter stopped");
     Ok(())
 }
 
@@ -838,6 +843,8 @@ async fn end_of_message(
     // (too large for it, say): reported to the sender; a TEMPFAIL would only bring the same
     // refusal back.
     let mut failures: Vec<bounce::Recipient> = Vec::new();
+    // Copies the re-injection listener took in this try.
+    let mut accepted = 0;
     for mut p in planned {
         while let Some(batch) = p.next_batch().await {
             if let Some(c) = batch
@@ -911,12 +918,28 @@ async fn end_of_message(
                 // Postfix would refuse the whole message after the other copies went (review).
                 // One that does not fit is re-injected like the others, refused there for
                 // good and reported; another copy may stay in place.
-                if in_place && kept_copy.is_none() && fits(&copy) {
-                    kept_copy = Some(copy);
+                // An encrypted copy is the one kept in place when there is one: a recipient
+                // another milter added, whom sealpost never sees, gets the original's copy,
+                // which is then ciphertext rather than cleartext (review).
+                let encrypted = |c: &Copy| matches!(c.decision, Decision::Encrypted { .. });
+                if in_place
+                    && fits(&copy)
+                    && kept_copy
+                        .as_ref()
+                        .is_none_or(|kept| !encrypted(kept) && encrypted(&copy))
+                {
+                    if let Some(earlier) = kept_copy.replace(copy) {
+                        match reinject(cx, milter, &t, queue_id, &id, now, &earlier).await {
+                            Ok(Some(refused)) => failures.push(refused),
+                            Ok(None) => accepted += 1,
+                            Err(text) => return tempfail(cx, &text),
+                        }
+                    }
                     continue;
                 }
                 match reinject(cx, milter, &t, queue_id, &id, now, &copy).await {
-                    Ok(refused) => failures.extend(refused),
+                    Ok(Some(refused)) => failures.push(refused),
+                    Ok(None) => accepted += 1,
                     Err(text) => return tempfail(cx, &text),
                 }
             }
@@ -925,10 +948,25 @@ async fn end_of_message(
     if !held.is_empty() {
         if let Some(copy) = kept_copy.take() {
             match reinject(cx, milter, &t, queue_id, &id, now, &copy).await {
-                Ok(refused) => failures.extend(refused),
+                Ok(Some(refused)) => failures.push(refused),
+                Ok(None) => accepted += 1,
                 Err(text) => return tempfail(cx, &text),
             }
         }
+    }
+    if any_sendable && !some_done && accepted == 0 && kept_copy.is_none() && held_copy.is_none() {
+        // Every copy made was refused for good by the re-injection listener (each larger
+        // than its message_size_limit, say): nothing went, so the client hears it, as it does
+        // for a message to one recipient (review: 250, and a report for each).
+        let listener = failures.iter().rev().find(|f| f.status == "5.0.0");
+        let text = listener.map_or("no copy of this message can be sent", |f| {
+            without_reply_code(&f.diagnostic)
+        });
+        let reply = match listener.and_then(|f| f.diagnostic.get(..3)) {
+            Some("552") => Reply::new(552, "5.3.4", text),
+            _ => Reply::new(554, "5.0.0", text),
+        };
+        return refuse_whole(cx, milter, &t, &raw, queue_id, &id, now, reply, &refused).await;
     }
     if !any_sendable && !some_done {
         // Only refused recipients: the message is refused as a whole.
@@ -956,7 +994,11 @@ async fn end_of_message(
         (None, None) => {
             // Every recipient has its re-injected copy (now, or in a try before this one), or
             // was refused and reported.
-            tracing::info!("{queue_id}: every copy was re-injected: original discarded");
+            tracing::info!(
+                "{queue_id}: no copy stays in place ({accepted} re-injected now, {} refused \
+                 and reported): original discarded",
+                failures.len()
+            );
             return Status::Discard;
         }
     };
@@ -1071,6 +1113,11 @@ async fn reinject(
 /// The journal key that records a copy the re-injection listener refused for good.
 fn refused_key(recipient: &str) -> String {
     format!("<refused>{recipient}")
+}
+
+/// The journal's record that `recipient`'s failure was reported to the sender.
+fn reported_key(recipient: &str) -> String {
+    format!("<report>{recipient}")
 }
 
 /// A temporary failure: Postfix keeps the message and tries again.
@@ -1240,14 +1287,28 @@ async fn report_once(
         }
         return Ok(());
     }
-    // A journal that cannot be read: sent (again) rather than not at all.
-    if failures.is_empty() || milter.journal.contains(id, "<report>").unwrap_or(false) {
+    // Each failed recipient is reported once: a retry of the message reports none again,
+    // while the same message in another transaction (a list server sending in recipient
+    // batches) reports its own (review: one report per message, the later ones' failures
+    // never told). A journal that cannot be read: sent (again) rather than not at all.
+    let failures: Vec<bounce::Recipient> = failures
+        .into_iter()
+        .filter(|f| {
+            !milter
+                .journal
+                .contains(id, &reported_key(&f.recipient))
+                .unwrap_or(false)
+        })
+        .collect();
+    if failures.is_empty() {
         return Ok(());
     }
     let envid = t.mail_dsn.envid.as_deref();
     send_report(milter, queue_id, sender, envid, raw, &failures, now).await?;
-    if let Err(e) = milter.journal.record(id, "<report>", now) {
-        tracing::warn!("{queue_id}: report sent but not journaled: {e}");
+    for f in &failures {
+        if let Err(e) = milter.journal.record(id, &reported_key(&f.recipient), now) {
+            tracing::warn!("{queue_id}: report sent but not journaled: {e}");
+        }
     }
     Ok(())
 }

@@ -149,14 +149,22 @@ impl Postfix {
 
     /// Makes the re-injection listener answer `reply` to RCPT for `recipient`.
     pub fn reinjection_answers(&self, recipient: &str, reply: &str) {
-        std::fs::write(
-            self.dir.join("reinject-access"),
-            format!("{recipient} {reply}\n"),
-        )
-        .unwrap();
+        self.reinjection_answers_each(&[(recipient, reply)]);
+    }
+
+    /// Like `reinjection_answers`, for several recipients at once (set once: a later reload
+    /// leaves an idle smtpd with the old rules to serve the next connection).
+    pub fn reinjection_answers_each(&self, rules: &[(&str, &str)]) {
+        let map: String = rules
+            .iter()
+            .map(|(r, reply)| format!("{r} {reply}\n"))
+            .collect();
+        std::fs::write(self.dir.join("reinject-access"), map).unwrap();
         // texthash maps are read when a process starts: new smtpd processes for new rules.
         self.postfix(&["reload"]);
-        self.wait_reinjection_reply(recipient, &reply[..3]);
+        for (recipient, reply) in rules {
+            self.wait_reinjection_reply(recipient, &reply[..3]);
+        }
     }
 
     /// Makes the re-injection listener stop announcing DSN (RFC 3461), as
