@@ -195,6 +195,7 @@ pub async fn sync(config: Config, args: SyncArgs) -> Result<u8, CliError> {
     }
     if args.once {
         let mut failed = None;
+        let mut gnupg_waits = Vec::new();
         for syncer in &syncers {
             match syncer.sync_once().await {
                 Ok(report) => {
@@ -222,6 +223,9 @@ pub async fn sync(config: Config, args: SyncArgs) -> Result<u8, CliError> {
                             report.waiting
                         );
                     }
+                    if report.gnupg_waits {
+                        gnupg_waits.push(syncer.name().to_string());
+                    }
                 }
                 Err(e) => {
                     eprintln!("sealpost: sync {}: {e}", syncer.name());
@@ -233,6 +237,12 @@ pub async fn sync(config: Config, args: SyncArgs) -> Result<u8, CliError> {
         // 78, as at start (review: 75, which a timer retries for good); anything else may
         // pass, a Maildir source that is not there too (a file system not mounted yet).
         return match failed {
+            // A change that waits for GnuPG: the pass is not done, as when a fetch waits
+            // for it (review: 0, and a timer took it for done).
+            None if !gnupg_waits.is_empty() => Err(CliError::Temporary(format!(
+                "GnuPG unavailable, local changes wait to be written back ({})",
+                gnupg_waits.join(", ")
+            ))),
             None => Ok(0),
             Some(crate::sync::SyncError::Config(m)) if !m.contains("[accounts.maildir]") => Err(
                 CliError::Setting(crate::sync::SyncError::Config(m).to_string()),

@@ -1074,7 +1074,10 @@ fn sigterm_stops_the_milter_cleanly() {
         assert!(status.success(), "exit after signal {signal}: {status:?}");
         // Said in the log (review: nothing told of the shutdown).
         let log = milter.log();
-        assert!(log.contains("milter stopping") && log.contains("milter stopped"), "{log}");
+        assert!(
+            log.contains("milter stopping") && log.contains("milter stopped"),
+            "{log}"
+        );
         drop(idle);
         assert!(
             TcpStream::connect(("127.0.0.1", port)).is_err(),

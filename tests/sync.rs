@@ -478,6 +478,47 @@ async fn uploads_are_encrypted_to_a_key_whose_secret_is_here() {
     );
 }
 
+/// An upload while gpg-agent cannot start (a broken gpg.conf): the change waits with the
+/// agent named as the reason and `sync --once` ends with 75 (review: "no secret key", a
+/// permanent refusal, and 0); once the agent can start, it goes up encrypted, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_waits_for_gpg_agent_and_the_pass_says_so() {
+    let world = World::new();
+    let dovecot = Dovecot::start_tls();
+    let (server, _dir, config) = bobs_sync_with_address(&world, &dovecot);
+    let out = sync_once(&config);
+    assert!(out.status.success(), "{out:?}");
+    let conf = world.bob.dir.join("gpg.conf");
+    let good = std::fs::read_to_string(&conf).unwrap();
+    sealpost::keys::home::stop_daemons(&world.bob.dir);
+    std::fs::write(
+        &conf,
+        format!("{good}agent-program /nonexistent/gpg-agent\n"),
+    )
+    .unwrap();
+    let sent = "From: bob@example.org\r\nTo: carol@example.org\r\nSubject: mine\r\n\r\nwords\r\n";
+    let mut raw = server.login();
+    raw.ok(&format!(
+        "APPEND Sent (\\Seen) {{{}+}}\r\n{sent}",
+        sent.len()
+    ));
+    let out = sync_once(&config);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(75), "{stderr}");
+    assert!(stderr.contains("agent"), "{stderr}");
+    assert!(!stderr.contains("no secret key"), "{stderr}");
+    assert!(dovecot.mailbox_files("Sent").is_empty());
+    std::fs::write(&conf, good).unwrap();
+    let out = sync_once(&config);
+    assert!(out.status.success(), "{out:?}");
+    let files = dovecot.mailbox_files("Sent");
+    assert_eq!(files.len(), 1, "{out:?}");
+    assert!(!common::contains(
+        &std::fs::read(&files[0]).unwrap(),
+        "words"
+    ));
+}
+
 /// A change that cannot be written back (no `address`: nothing goes upstream in clear) is
 /// told with its reason once, and at later passes only counted (review: the same warning for
 /// every waiting change at every pass, 13,000 lines a minute under a busy client).

@@ -287,10 +287,14 @@ pub fn secret_keyring_problem(home: Option<&Path>, deadline: Duration) -> Option
         Ok(out) => {
             let status = String::from_utf8_lossy(&out.stdout);
             if status.lines().any(|l| l.starts_with("[GNUPG:] ERROR")) || !out.status.success() {
-                let why = String::from_utf8_lossy(&out.stderr)
+                // The agent's trouble, else the keyring's damage (review: "gpg could not read
+                // the secret keyring" for a damaged pubring.kbx, gpg's own line left out).
+                let stderr = String::from_utf8_lossy(&out.stderr);
+                let why = stderr
                     .lines()
                     .rev()
                     .find(|l| l.contains("agent"))
+                    .or_else(|| stderr.lines().find(|l| is_damage(l)))
                     .unwrap_or("gpg could not read the secret keyring")
                     .trim_start_matches("gpg: ")
                     .to_string();

@@ -380,6 +380,24 @@ impl KeyService {
                 },
             )
             .await?;
+        // The user's own key without its secret: gpg lists no secret key when gpg-agent
+        // cannot be reached (it cannot start, its configuration is broken), so that is asked
+        // before "no secret key" stands (review: an upload refused for good, 550, with the
+        // agent down).
+        if own && facts.iter().any(|f| f.no_secret) {
+            let (home, deadline) = (self.home.clone(), self.deadline);
+            let problem = tokio::task::spawn_blocking(move || {
+                home::secret_keyring_problem(Some(&home), deadline)
+            })
+            .await
+            .unwrap_or_else(|e| Some(format!("keyring check failed: {e}")));
+            if let Some(detail) = problem {
+                return Err(KeyError::Refused {
+                    op: "looking up the user's own key",
+                    detail,
+                });
+            }
+        }
         if facts.is_empty() {
             let (home, addr, deadline) = (self.home.clone(), addr.to_string(), self.deadline);
             let problem = tokio::task::spawn_blocking(move || {

@@ -98,6 +98,8 @@ pub struct SyncReport {
     pub waiting: usize,
     /// Why the latest change that waits did (its last try's reason), when one does.
     pub waiting_reason: Option<String>,
+    /// One of the changes waiting waits for GnuPG (gpg-agent not reachable, a deadline).
+    pub gnupg_waits: bool,
     /// INBOX's UIDNEXT when the pass looked at it: mail that came after it, while the pass
     /// went through the other folders, starts the next pass at once.
     pub inbox_uidnext: Option<u32>,
@@ -189,7 +191,8 @@ impl Syncer {
             .await
         {
             Ok(counts) => {
-                (report.written_back, report.waiting) = counts;
+                (report.written_back, report.waiting) = (counts.done, counts.waiting);
+                report.gnupg_waits = counts.gnupg_waits;
                 if report.waiting > 0 {
                     // Warned of once per reason: a run that only counts them still says why.
                     let store = self.store.clone();

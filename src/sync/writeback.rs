@@ -67,12 +67,25 @@ struct Upstream<'a> {
 }
 
 /// Why one entry did not finish.
+/// What a write-back did: changes written, changes still waiting, and whether one of those
+/// waits for GnuPG.
+#[derive(Default)]
+pub(super) struct WrittenBackCounts {
+    pub done: usize,
+    pub waiting: usize,
+    pub gnupg_waits: bool,
+}
+
 enum Failure {
     /// The connection is gone or timed out: the pass ends, the entry stays.
     Connection(SyncError),
     /// This entry cannot be done now (the server said NO, no key to encrypt to): it stays,
     /// with the reason, and the pass goes on with the next one.
     Entry(String),
+    /// As `Entry`, because GnuPG cannot be used now (gpg-agent not reachable, a deadline, a
+    /// keyring that cannot be read): `sync --once` then ends with 75, as when a fetch waits
+    /// for GnuPG (review: 0, and a timer took the pass for done).
+    Gnupg(String),
 }
 
 impl From<SyncError> for Failure {
@@ -161,11 +174,11 @@ impl Syncer {
         capabilities: &async_imap::types::Capabilities,
         prefix: &str,
         account: AccountId,
-    ) -> Result<(usize, usize), SyncError> {
+    ) -> Result<WrittenBackCounts, SyncError> {
         let store = self.store.clone();
         let first = blocking(move || store.journal_for(account, 0, ROUND)).await??;
         if first.is_empty() {
-            return Ok((0, 0));
+            return Ok(WrittenBackCounts::default());
         }
         // The names of this pass (the server's delimiter, namespace prefix, special-use
         // folders): a folder listed now may be gone by the fetch, which lists again.
@@ -182,7 +195,7 @@ impl Syncer {
             selected: None,
             renames,
         };
-        let (mut done, mut waiting) = (0, 0);
+        let (mut done, mut waiting, mut gnupg_waits) = (0, 0, false);
         let mut held = Held::default();
         let mut batch = first;
         while let Some(last) = batch.last().map(|e| e.id) {
@@ -196,36 +209,42 @@ impl Syncer {
                     waiting += 1;
                     continue;
                 }
-                match self.write_entry(&mut upstream, account, &entry).await {
+                let why = match self.write_entry(&mut upstream, account, &entry).await {
                     Ok(result) => {
                         let store = self.store.clone();
                         blocking(move || store.writeback_done(account, entry.id, &result))
                             .await??;
                         done += 1;
+                        None
                     }
-                    Err(Failure::Entry(why)) => {
-                        // Told once per reason: the same one at every pass (no `address`
-                        // for thousands of stored messages, say) is in the pass's count of
-                        // changes waiting (review: 13,000 lines a minute under a busy client).
-                        if !same_reason(&entry.last_error, &why) {
-                            tracing::warn!(account = %self.name, mailbox = %entry.mailbox,
-                                uid = entry.uid, kind = %entry.kind,
-                                "not written back upstream yet: {why}");
-                        } else {
-                            tracing::debug!(account = %self.name, mailbox = %entry.mailbox,
-                                uid = entry.uid, kind = %entry.kind,
-                                "still not written back upstream: {why}");
-                        }
-                        held.hold(&entry);
-                        let store = self.store.clone();
-                        blocking(move || store.journal_attempt(entry.id, &why)).await??;
-                        waiting += 1;
+                    Err(Failure::Entry(why)) => Some(why),
+                    Err(Failure::Gnupg(why)) => {
+                        gnupg_waits = true;
+                        Some(why)
                     }
                     Err(Failure::Connection(e)) => {
                         let (store, why) = (self.store.clone(), e.to_string());
                         blocking(move || store.journal_attempt(entry.id, &why)).await??;
                         return Err(e);
                     }
+                };
+                if let Some(why) = why {
+                    // Told once per reason: the same one at every pass (no `address`
+                    // for thousands of stored messages, say) is in the pass's count of
+                    // changes waiting (review: 13,000 lines a minute under a busy client).
+                    if !same_reason(&entry.last_error, &why) {
+                        tracing::warn!(account = %self.name, mailbox = %entry.mailbox,
+                                uid = entry.uid, kind = %entry.kind,
+                                "not written back upstream yet: {why}");
+                    } else {
+                        tracing::debug!(account = %self.name, mailbox = %entry.mailbox,
+                                uid = entry.uid, kind = %entry.kind,
+                                "still not written back upstream: {why}");
+                    }
+                    held.hold(&entry);
+                    let store = self.store.clone();
+                    blocking(move || store.journal_attempt(entry.id, &why)).await??;
+                    waiting += 1;
                 }
             }
             let store = self.store.clone();
@@ -234,7 +253,11 @@ impl Syncer {
         if done > 0 {
             tracing::info!(account = %self.name, "{done} local changes written back upstream");
         }
-        Ok((done, waiting))
+        Ok(WrittenBackCounts {
+            done,
+            waiting,
+            gnupg_waits,
+        })
     }
 
     async fn write_entry(
@@ -1156,10 +1179,16 @@ impl Syncer {
                  clear; the message stays local"
                     .into(),
             )),
-            (decision, _) => Err(Failure::Entry(format!(
-                "not stored upstream in clear: no usable key for {own} ({})",
-                decision.detail()
-            ))),
+            (decision, _) => {
+                let why = format!(
+                    "not stored upstream in clear: no usable key for {own} ({})",
+                    decision.detail()
+                );
+                Err(match decision {
+                    Decision::Deferred { .. } => Failure::Gnupg(why),
+                    _ => Failure::Entry(why),
+                })
+            }
         }
     }
 
