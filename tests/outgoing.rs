@@ -1275,3 +1275,42 @@ async fn addresses_in_another_case_outside_ascii_find_the_key_and_rule() {
     assert_eq!(policy.mode_for("ÉLODIE@EXAMPLE.ORG"), Mode::EncryptOnly);
     assert_eq!(policy.mode_for("elodie@example.org"), Mode::Opportunistic);
 }
+
+/// gpg-agent that cannot start once the signer was chosen (a daemon's cache holds it): the
+/// copies are deferred with the agent named, not gpg's "Unusable secret key" (review: the
+/// milter said only that, the same words as for a key that expired meanwhile).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signing_with_an_agent_that_cannot_start_names_the_agent() {
+    let world = World::new();
+    let rewriter = Rewriter::new(
+        world.sender.service(Duration::from_secs(20)),
+        Policy::default(),
+    );
+    let first = copies(
+        rewriter
+            .rewrite(&envelope(), MESSAGE.as_bytes().to_vec())
+            .await
+            .unwrap(),
+    );
+    assert!(first.iter().all(|c| c.message.is_some()), "{first:?}");
+    sealpost::keys::home::stop_daemons(&world.sender.dir);
+    std::fs::write(
+        world.sender.dir.join("gpg-agent.conf"),
+        "extra-socket /nonexistent/dir/sock\n",
+    )
+    .unwrap();
+    let again = copies(
+        rewriter
+            .rewrite(&envelope(), MESSAGE.as_bytes().to_vec())
+            .await
+            .unwrap(),
+    );
+    let _ = std::fs::remove_file(world.sender.dir.join("gpg-agent.conf"));
+    for c in &again {
+        let Decision::Deferred { reply } = &c.decision else {
+            panic!("{}: {:?}", c.recipient, c.decision);
+        };
+        assert!(c.message.is_none());
+        assert!(reply.text.contains("agent"), "{reply}");
+    }
+}

@@ -288,7 +288,19 @@ fn refusing_passphrases<T>(
                      gpg-agent)"
                 .into(),
         }),
-        other => other.map_err(to_err(op)),
+        // gpg's own error says little ("Unusable secret key" when gpg-agent cannot start, the
+        // same as for a key that expired since it was chosen): the agent and the secret
+        // keyring are asked, and their trouble named when there is one (review).
+        Err(e) => {
+            match home::secret_keyring_problem(gpg.home.as_deref(), home::WORKER_LISTING_DEADLINE) {
+                Some(problem) => Err(KeyError::Refused {
+                    op,
+                    detail: format!("{problem} ({e})"),
+                }),
+                None => Err(to_err(op)(e)),
+            }
+        }
+        Ok(done) => Ok(done),
     }
 }
 
