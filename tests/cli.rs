@@ -610,3 +610,77 @@ fn imap_without_a_listener_it_can_have_does_not_start() {
         "{out:?}"
     );
 }
+
+/// The gpg processes (command lines) that name `home`.
+fn gpg_processes_of(home: &std::path::Path) -> Vec<String> {
+    let needle = home.to_string_lossy().into_owned();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| std::fs::read(e.ok()?.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.starts_with("gpg ") && c.contains(&needle))
+        .collect()
+}
+
+/// A sealpost killed while gpg waits (for a stopped gpg-agent here) leaves no gpg behind: its
+/// worker's process group goes with it (review: `rewrite` left a gpg running, one at 94% CPU).
+#[test]
+fn a_killed_sealpost_leaves_no_gpg_behind() {
+    let world = World::new();
+    let home = &world.sender.dir;
+    let out = Command::new("gpg-connect-agent")
+        .arg("--homedir")
+        .arg(home)
+        .args(["getinfo pid", "/bye"])
+        .output()
+        .unwrap();
+    let agent: i32 = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("D "))
+        .and_then(|p| p.trim().parse().ok())
+        .expect("the agent's pid");
+    struct Resume(i32);
+    impl Drop for Resume {
+        fn drop(&mut self) {
+            unsafe { libc::kill(self.0, libc::SIGCONT) };
+        }
+    }
+    let _resume = Resume(agent);
+    assert_eq!(unsafe { libc::kill(agent, libc::SIGSTOP) }, 0);
+    let out_dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sealpost"))
+        .args([
+            "rewrite",
+            "--sender",
+            "alice@example.org",
+            "--rcpt",
+            "bob@example.org",
+        ])
+        .arg("--gnupg-home")
+        .arg(home)
+        .arg("--out")
+        .arg(out_dir.path().join("copies"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(MESSAGE).unwrap();
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while gpg_processes_of(home).is_empty() {
+        assert!(std::time::Instant::now() < until, "no gpg started");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let left = gpg_processes_of(home);
+        if left.is_empty() {
+            break;
+        }
+        assert!(std::time::Instant::now() < until, "left behind: {left:?}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}

@@ -586,13 +586,25 @@ fn read_until(from: &mut ChildStdout, buf: &mut [u8], due: Instant) -> std::io::
 /// starts are not affected (an ignored one would stay ignored there).
 extern "C" fn ignore_signal(_: libc::c_int) {}
 
+/// The parent is gone: this worker's process group goes, the gpg it waits for with it (review:
+/// a `rewrite` that exited at its deadline left a gpg behind, one spinning at 94% CPU on a
+/// locked TOFU database). GPGME's gpg processes are in the group; gpg-agent has a session of
+/// its own.
+extern "C" fn parent_gone(_: libc::c_int) {
+    // SAFETY: kill(2) is async-signal-safe; the group is this worker's own.
+    unsafe {
+        libc::kill(0, libc::SIGKILL);
+    }
+}
+
 /// `sealpost gpg-worker`: serves requests on stdin until it closes. Started by the pool,
 /// not by people; it logs nothing (its errors travel back with the answers).
 ///
 /// It ends when its parent does, not before: SIGTERM, SIGINT and SIGHUP are caught and
 /// dropped (systemd signals the whole service; the daemon may still be finishing the mail in
-/// hand, with these workers), and the parent's death kills it (PR_SET_PDEATHSIG) even in the
-/// middle of an operation no deadline would end any more.
+/// hand, with these workers), and the parent's death kills it and the gpg it runs
+/// (PR_SET_PDEATHSIG, [`parent_gone`]) even in the middle of an operation no deadline would
+/// end any more.
 pub fn serve_stdio(home: Option<PathBuf>, auto_key_locate: &str) -> ExitCode {
     // SAFETY: installing a handler that touches nothing; prctl and getppid have no memory
     // effects.
@@ -603,7 +615,10 @@ pub fn serve_stdio(home: Option<PathBuf>, auto_key_locate: &str) -> ExitCode {
         for signal in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
             libc::sigaction(signal, &action, std::ptr::null_mut());
         }
-        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
+        let mut gone: libc::sigaction = std::mem::zeroed();
+        gone.sa_sigaction = parent_gone as *const () as libc::sighandler_t;
+        libc::sigaction(libc::SIGUSR1, &gone, std::ptr::null_mut());
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGUSR1, 0, 0, 0);
         // Started from /proc/self/exe, the process would be named "exe" in ps and top.
         libc::prctl(libc::PR_SET_NAME, c"sealpost-gpg".as_ptr(), 0, 0, 0);
         // The parent may have gone before the line above.
