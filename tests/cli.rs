@@ -684,3 +684,39 @@ fn a_killed_sealpost_leaves_no_gpg_behind() {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
+
+/// gpg not on the PATH: every recipient is deferred with the hint, not only the first (review:
+/// the worker that could not set GnuPG up ended after its answer, and the next recipient got
+/// "unexpected end of file").
+#[test]
+fn without_gpg_on_the_path_every_recipient_gets_the_hint() {
+    let world = World::new();
+    let out_dir = tempfile::tempdir().unwrap();
+    let out = run_with_stdin(
+        Command::new(env!("CARGO_BIN_EXE_sealpost"))
+            .args([
+                "rewrite",
+                "--sender",
+                "alice@example.org",
+                "--rcpt",
+                "bob@example.org",
+                "--rcpt",
+                "dave@example.net",
+                "--rcpt",
+                "carol@example.org",
+            ])
+            .arg("--gnupg-home")
+            .arg(&world.sender.dir)
+            .arg("--out")
+            .arg(out_dir.path().join("copies"))
+            .env("PATH", "/nonexistent"),
+        MESSAGE,
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(75), "{stdout}");
+    assert_eq!(stdout.lines().count(), 3, "{stdout}");
+    for line in stdout.lines() {
+        assert!(line.contains("deferred"), "{stdout}");
+        assert!(line.contains("is GnuPG's gpg installed"), "{stdout}");
+    }
+}

@@ -265,7 +265,20 @@ impl Engine {
                     let failure = match answer {
                         Ok(answer) => {
                             match serde_json::from_slice::<Result<Response, WireError>>(&answer) {
-                                Ok(answer) => return answer.map_err(|e| e.into_key_error(what)),
+                                Ok(answer) => {
+                                    // A worker that could not set GnuPG up ends after its
+                                    // answer: the next job starts a fresh one rather than
+                                    // writing into its pipe (review: the next recipient got
+                                    // "unexpected end of file" instead of the reason).
+                                    if matches!(&answer, Err(WireError::Unavailable { op, .. })
+                                        if op == "setting up GnuPG")
+                                    {
+                                        if let Some(p) = child.take() {
+                                            p.kill();
+                                        }
+                                    }
+                                    return answer.map_err(|e| e.into_key_error(what));
+                                }
                                 Err(e) => unavailable(
                                     what,
                                     format!("the GnuPG worker process answered nonsense: {e}"),
