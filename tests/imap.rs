@@ -2195,3 +2195,44 @@ fn failed_logins_at_once_take_bounded_memory() {
     assert!(peak < base + 80_000, "peak {peak} kB, base {base} kB");
     assert!(after < base + 20_000, "after {after} kB, base {base} kB");
 }
+
+/// Review of the server against Dovecot, the smaller points: STATUS items not answered are
+/// refused rather than left out of an OK (DELETED is answered, APPENDLIMIT under
+/// LIST-STATUS), LSUB "" "" lists nothing (the delimiter answer is LIST's), a malformed PLAIN
+/// message is a failed authentication (NO), and LOGIN after login says so.
+#[test]
+fn status_items_lsub_root_and_plain_failures_as_the_rfcs_say() {
+    let server = Server::start();
+    let mut raw = server.raw();
+    let (_, malformed) = raw.cmd("AUTHENTICATE PLAIN =");
+    assert!(
+        malformed.contains("NO [AUTHENTICATIONFAILED]"),
+        "{malformed}"
+    );
+    let mut raw = server.login();
+    raw.ok("APPEND INBOX (\\Deleted) {18+}\r\nSubject: a\r\n\r\nbody");
+    raw.ok("APPEND INBOX {18+}\r\nSubject: b\r\n\r\nbody");
+    let status = raw.ok("STATUS INBOX (MESSAGES DELETED)");
+    assert_eq!(status, ["* STATUS \"INBOX\" (MESSAGES 2 DELETED 1)"]);
+    for refused in ["STATUS INBOX ()", "STATUS INBOX (DELETED-STORAGE)"] {
+        let (untagged, tagged) = raw.cmd(refused);
+        assert!(tagged.contains(" BAD "), "{refused}: {tagged}");
+        assert!(untagged.is_empty(), "{untagged:?}");
+    }
+    let listed = raw.ok("LIST \"\" INBOX RETURN (STATUS (MESSAGES APPENDLIMIT))");
+    assert!(
+        listed
+            .iter()
+            .any(|l| l.starts_with("* STATUS \"INBOX\" (MESSAGES 2 APPENDLIMIT ")),
+        "{listed:?}"
+    );
+    let (_, unknown) = raw.cmd("LIST \"\" INBOX RETURN (STATUS (MESSAGES FOO))");
+    assert!(unknown.contains(" BAD "), "{unknown}");
+    assert!(raw.ok("LSUB \"\" \"\"").is_empty());
+    assert_eq!(raw.ok("LIST \"\" \"\""), ["* LIST (\\Noselect) \"/\" \"\""]);
+    let (_, again) = raw.cmd(&format!("LOGIN {USER} \"{PASSWORD}\""));
+    assert!(
+        again.contains("BAD LOGIN is not allowed after login"),
+        "{again}"
+    );
+}

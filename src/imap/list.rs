@@ -113,10 +113,18 @@ pub fn parse(line: &[u8]) -> Result<ListCommand, String> {
                                 match tokens.next() {
                                     Some(Token::Close) => break,
                                     Some(Token::Word(w)) => {
-                                        items.push(String::from_utf8_lossy(&w).to_ascii_uppercase())
+                                        let item = String::from_utf8_lossy(&w).to_ascii_uppercase();
+                                        // Refused rather than left out of the answer (review).
+                                        if !super::mailbox::STATUS_ITEMS.contains(&item.as_str()) {
+                                            return Err(format!("unknown status item {item}"));
+                                        }
+                                        items.push(item)
                                     }
                                     _ => return Err("unterminated STATUS list".into()),
                                 }
+                            }
+                            if items.is_empty() {
+                                return Err("empty STATUS list".into());
                             }
                             command.return_status = Some(items);
                         }

@@ -290,6 +290,16 @@ impl Session {
         mailbox: WireMailbox<'static>,
         items: &[StatusDataItemName],
     ) -> CmdResult {
+        // An item not supported is refused, not left out of an OK (review): DELETED-STORAGE
+        // belongs to QUOTA (RFC 9208), which is not offered. APPENDLIMIT (RFC 7889) is
+        // answered under LIST-STATUS; imap-codec's STATUS grammar has no such item, so STATUS
+        // with it gets BAD from the parser.
+        if items.is_empty() {
+            return Err(CmdError::bad("Empty status list"));
+        }
+        if items.contains(&StatusDataItemName::DeletedStorage) {
+            return Err(CmdError::bad("DELETED-STORAGE is not supported (no QUOTA)"));
+        }
         let found = self.find_mailbox(&wire(&mailbox)).await?;
         let names: Vec<String> = items
             .iter()
@@ -297,7 +307,8 @@ impl Session {
             .collect();
         let status = self.mailbox_status(found.id).await?;
         let mut out = Out::default();
-        render_status(&mut out, &found.name, &status, &names);
+        let limit = u64::from(self.shared.config.limits.max_append);
+        render_status(&mut out, &found.name, &status, &names, limit);
         self.conn.write(&out.bytes).await?;
         Ok(Done::ok("STATUS completed"))
     }
@@ -341,13 +352,14 @@ impl Session {
     async fn list(&mut self, command: ListCommand) -> CmdResult {
         let verb = if command.lsub { "LSUB" } else { "LIST" };
         let mut out = Out::default();
-        // RFC 3501 §6.3.8: an empty pattern asks for the delimiter and the root.
+        // RFC 3501 §6.3.8: an empty pattern asks LIST for the delimiter and the root. Not
+        // LSUB (§6.3.9 lists subscribed names, and "" is none), nor a LIST that selects
+        // subscribed or special-use mailboxes only (review: a nameless folder in LSUB).
         if command.patterns.iter().all(|p| p.is_empty()) {
-            out.text("* ")
-                .text(verb)
-                .text(" (\\Noselect) \"/\" \"\"")
-                .crlf();
-            self.conn.write(&out.bytes).await?;
+            if !command.lsub && !command.subscribed && !command.special_use {
+                out.text("* LIST (\\Noselect) \"/\" \"\"").crlf();
+                self.conn.write(&out.bytes).await?;
+            }
             return Ok(Done::ok(format!("{verb} completed")));
         }
         let account = self.account()?;
@@ -413,7 +425,8 @@ impl Session {
             out.crlf();
             if let Some(items) = &command.return_status {
                 let status = self.mailbox_status(mailbox.id).await?;
-                render_status(&mut out, &mailbox.name, &status, items);
+                let limit = u64::from(self.shared.config.limits.max_append);
+                render_status(&mut out, &mailbox.name, &status, items, limit);
             }
         }
         self.conn.write(&out.bytes).await?;
@@ -489,8 +502,28 @@ fn status_item_name(item: &StatusDataItemName) -> &'static str {
     }
 }
 
-/// "* STATUS name (MESSAGES 3 UNSEEN 1)", items in the order asked.
-fn render_status(out: &mut Out, name: &str, status: &MailboxStatus, items: &[String]) {
+/// The STATUS items answered (upper case): a LIST RETURN (STATUS ...) naming another is BAD.
+pub(super) const STATUS_ITEMS: &[&str] = &[
+    "MESSAGES",
+    "RECENT",
+    "UIDNEXT",
+    "UIDVALIDITY",
+    "UNSEEN",
+    "DELETED",
+    "HIGHESTMODSEQ",
+    "SIZE",
+    "APPENDLIMIT",
+];
+
+/// "* STATUS name (MESSAGES 3 UNSEEN 1)", items in the order asked; `append_limit` is the
+/// APPENDLIMIT (RFC 7889), the same for every mailbox.
+fn render_status(
+    out: &mut Out,
+    name: &str,
+    status: &MailboxStatus,
+    items: &[String],
+    append_limit: u64,
+) {
     out.text("* STATUS ").mailbox(name).text(" (");
     let mut first = true;
     for item in items {
@@ -502,6 +535,8 @@ fn render_status(out: &mut Out, name: &str, status: &MailboxStatus, items: &[Str
             "UNSEEN" => u64::from(status.unseen),
             "HIGHESTMODSEQ" => status.highestmodseq,
             "SIZE" => status.size,
+            "DELETED" => u64::from(status.deleted),
+            "APPENDLIMIT" => append_limit,
             _ => continue,
         };
         if !first {

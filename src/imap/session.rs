@@ -385,9 +385,16 @@ impl Session {
         let name = command.body.name();
         tracing::trace!(peer = %self.peer, %tag, command = name, "imap: command");
         if !self.allowed(&command.body) {
-            let state = match self.state {
-                State::NotAuthenticated => "before login",
-                State::Authenticated(_) => "without a selected mailbox",
+            let state = match (&self.state, &command.body) {
+                (State::NotAuthenticated, _) => "before login",
+                // LOGIN, AUTHENTICATE and STARTTLS: once logged in, whatever is selected.
+                (
+                    _,
+                    CommandBody::Login { .. }
+                    | CommandBody::Authenticate { .. }
+                    | CommandBody::StartTLS,
+                ) => "after login",
+                (State::Authenticated(_), _) => "without a selected mailbox",
                 _ => "in this state",
             };
             let result = Err(CmdError::bad(format!("{name} is not allowed {state}")));
@@ -990,7 +997,12 @@ impl Session {
                         "Authorization as another user is not supported",
                     ))
                 }
-                Some(None) => Err(CmdError::bad("Malformed PLAIN message")),
+                // A SASL exchange that fails is a failed authentication, NO (RFC 3501 §6.2.2,
+                // RFC 4616 §2), not a syntax error (review: BAD, where Dovecot says NO).
+                Some(None) => Err(CmdError::no(
+                    Some("AUTHENTICATIONFAILED"),
+                    "Malformed PLAIN message",
+                )),
                 Some(Some((user, password))) => self.login(&user, &password).await,
             }
         };

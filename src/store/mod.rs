@@ -344,16 +344,22 @@ pub struct MailboxStatus {
     pub uidvalidity: u32,
     pub highestmodseq: u64,
     pub size: u64,
+    /// Messages with \\Deleted (RFC 9051 STATUS DELETED).
+    pub deleted: u32,
     pub keywords: Vec<String>,
 }
 
 impl MailboxStatus {
-    /// Adds the keywords of one message's flag column; true when it has \\Seen.
+    /// Adds the keywords of one message's flag column and counts it when it has \\Deleted;
+    /// true when it has \\Seen.
     fn count_flags(&mut self, column: &str) -> bool {
         let mut seen = false;
         for flag in column.split(' ').filter(|f| !f.is_empty()) {
             if flag.starts_with('\\') {
                 seen |= flag.eq_ignore_ascii_case("\\Seen");
+                if flag.eq_ignore_ascii_case("\\Deleted") {
+                    self.deleted += 1;
+                }
             } else if !self.keywords.iter().any(|k| k.eq_ignore_ascii_case(flag)) {
                 self.keywords.push(flag.to_owned());
             }
