@@ -710,6 +710,30 @@ impl Store {
             if find_mailbox(tx, account, name)?.is_some() {
                 return Err(StoreError::MailboxExists(name.to_owned()));
             }
+            // A client's CREATE of a default mailbox whose special use no mailbox has now (it
+            // was deleted) gives it back: with no CREATE-SPECIAL-USE, nothing else could, and
+            // clients that find Junk or Trash by it lost the folder for good (review).
+            let special_use = match special_use {
+                None if origin == Origin::Client => {
+                    let default = DEFAULT_MAILBOXES
+                        .iter()
+                        .find(|(n, _)| *n == name)
+                        .and_then(|(_, u)| *u);
+                    match default {
+                        Some(u) => {
+                            let taken: bool = tx.query_row(
+                                "SELECT EXISTS (SELECT 1 FROM mailboxes
+                                                WHERE account = ?1 AND special_use = ?2)",
+                                params![account, u.attribute()],
+                                |r| r.get(0),
+                            )?;
+                            (!taken).then_some(u)
+                        }
+                        None => None,
+                    }
+                }
+                given => given,
+            };
             let parents = create_parents(tx, account, name)?;
             let id = insert_mailbox(tx, account, name, special_use, false)?;
             if origin == Origin::Client {

@@ -828,3 +828,19 @@ fn an_expunge_then_the_same_message_stored_again_is_a_move() {
         assert_eq!(journal, expected, "tried: {tried}");
     }
 }
+
+/// A client's CREATE of a default mailbox whose special use no mailbox has any more gives it
+/// back; one whose use another mailbox took (a renamed Trash keeps \Trash) does not.
+#[test]
+fn a_default_mailbox_made_again_gets_its_special_use_back() {
+    let (_dir, store) = store();
+    let account = store.ensure_account("alice").unwrap();
+    store.delete_mailbox(account, "Junk").unwrap();
+    let junk = store.create_client_mailbox(account, "Junk").unwrap();
+    assert_eq!(junk.special_use, Some(SpecialUse::Junk));
+    store.rename_mailbox(account, "Trash", "Bin").unwrap();
+    let trash = store.create_client_mailbox(account, "Trash").unwrap();
+    assert_eq!(trash.special_use, None);
+    let other = store.create_client_mailbox(account, "Junk2").unwrap();
+    assert_eq!(other.special_use, None);
+}
