@@ -1121,7 +1121,18 @@ async fn a_damaged_public_keyring_defers_and_sends_nothing_in_clear() {
     // unsigned, so that the missing key of the sender does not defer it first).
     // "inside": bob's key block damaged behind its index entry; a search for his address
     // passes over it and says only "no public key" (review: signed cleartext for bob).
-    for damage in ["truncated", "garbage", "directory", "inside"] {
+    // "cut N": bob's key block zeroed from its byte N on; gpg lists what is left, an invalid
+    // key or one without its encryption subkey (review: taken for "no usable key").
+    for damage in [
+        "truncated",
+        "garbage",
+        "directory",
+        "inside",
+        "cut 100",
+        "cut 200",
+        "cut 300",
+        "cut 400",
+    ] {
         let home = GpgHome {
             dir: sealpost::keys::home::short_temp_dir("spd").unwrap(),
         };
@@ -1137,26 +1148,39 @@ async fn a_damaged_public_keyring_defers_and_sends_nothing_in_clear() {
         let mut bytes = std::fs::read(&keyring).unwrap();
         match damage {
             "truncated" => bytes.truncate(bytes.len() - 200),
-            "inside" => {
-                // The keybox's blobs, each led by its length (big-endian u32).
-                let mut at = 0;
-                loop {
-                    let len = u32::from_be_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
-                    if common::find(&bytes[at..at + len], b"<bob@example.org>").is_some() {
-                        bytes[at + 100..at + len].fill(0);
-                        break;
-                    }
-                    at += len;
-                }
-            }
             "directory" => {
                 std::fs::remove_file(&keyring).unwrap();
                 std::fs::create_dir(&keyring).unwrap();
             }
-            _ => {
+            "garbage" => {
                 bytes = (0..5000u32)
                     .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
                     .collect()
+            }
+            inside_or_cut => {
+                // The keybox's blobs, each led by its length (big-endian u32); in bob's, the
+                // key block's offset and length follow at bytes 8 and 12.
+                let be = |b: &[u8], at: usize| {
+                    u32::from_be_bytes(b[at..at + 4].try_into().unwrap()) as usize
+                };
+                let mut at = 0;
+                loop {
+                    let len = be(&bytes, at);
+                    if common::find(&bytes[at..at + len], b"<bob@example.org>").is_some() {
+                        let zeroed = match inside_or_cut.strip_prefix("cut ") {
+                            Some(n) => {
+                                let (block, block_len) = (be(&bytes, at + 8), be(&bytes, at + 12));
+                                let n: usize = n.parse().unwrap();
+                                assert!(n < block_len, "{block_len}");
+                                at + block + n..at + block + block_len
+                            }
+                            None => at + 100..at + len,
+                        };
+                        bytes[zeroed].fill(0);
+                        break;
+                    }
+                    at += len;
+                }
             }
         }
         if damage != "directory" {

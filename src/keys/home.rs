@@ -138,7 +138,7 @@ fn is_damage(line: &str) -> bool {
 /// key" for the address whose key it was (review: Bob got signed cleartext). Every key block
 /// is read by an export, its output thrown away (no signatures checked: 5 ms for 300 keys); an intact
 /// keyring is remembered until its files change, so the export runs once per change.
-fn whole_keyring_problem(home: &Path, deadline: Duration) -> Option<String> {
+pub fn whole_keyring_problem(home: &Path, deadline: Duration) -> Option<String> {
     use std::collections::HashMap;
     use std::sync::Mutex;
     type Stamp = Vec<Option<(std::time::SystemTime, u64, u64)>>;

@@ -412,7 +412,24 @@ impl KeyService {
                 });
             }
         }
-        Ok(resolve::choose(&facts))
+        let chosen = resolve::choose(&facts);
+        // Keys listed, none usable: what is left of a damaged key block lists as an invalid
+        // key, or one without its encryption subkey (review: signed cleartext to bob, whose
+        // key block was cut short). The whole keyring is read before that counts as no key.
+        if !facts.is_empty() && matches!(chosen, Resolution::NoKey { .. }) {
+            let (home, deadline) = (self.home.clone(), self.deadline);
+            let problem =
+                tokio::task::spawn_blocking(move || home::whole_keyring_problem(&home, deadline))
+                    .await
+                    .unwrap_or_else(|e| Some(format!("keyring check failed: {e}")));
+            if let Some(detail) = problem {
+                return Err(KeyError::Refused {
+                    op: "looking up a public key",
+                    detail,
+                });
+            }
+        }
+        Ok(chosen)
     }
 
     /// The fingerprint of a secret key that can sign for `address`, if the keyring has one.
