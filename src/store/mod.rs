@@ -436,9 +436,17 @@ fn carried_sha256(raw: &[u8]) -> [u8; 32] {
         &crate::inbound::strip_field(header, crate::inbound::VERDICT_FIELD),
         "X-TUID",
     );
+    // NUL counts as 0x80: FETCH sends it so (a literal holds no NUL), and a client stores
+    // again what it fetched (review: a decrypted message with a NUL was not recognised).
     let mut hash = Sha256::new();
-    hash.update(&header);
-    hash.update(body);
+    for part in [&header[..], body] {
+        for (i, run) in part.split(|&b| b == 0).enumerate() {
+            if i > 0 {
+                hash.update([0x80]);
+            }
+            hash.update(run);
+        }
+    }
     hash.finalize().into()
 }
 
@@ -1814,7 +1822,10 @@ fn insert_content(
 /// mbsync moves a message (an APPEND of what it fetched, and an expunge of the original,
 /// in either order), is written back as a move or copy of the original, so upstream keeps
 /// the original's bytes (the sender's ciphertext and signature) rather than getting an upload
-/// encrypted to the user.
+/// encrypted to the user. Either way a flag change follows that gives the message upstream
+/// the flags the client stored it with: a copy or move takes the original's flags there
+/// (review: mbsync's \Deleted on the original went with the filed copy, and the next expunge
+/// deleted it everywhere).
 fn journal_client_append(
     tx: &Connection,
     mb: &Mailbox,
@@ -1822,35 +1833,56 @@ fn journal_client_append(
     message: &Prepared,
 ) -> Result<(), StoreError> {
     let carried = carried_sha256(&message.raw);
-    if moved_by_append(tx, mb, uid, message, &carried)? {
-        return Ok(());
+    let there = match moved_by_append(tx, mb, uid, &carried)? {
+        Some(there) => there,
+        None => match carried_from(tx, mb.account, &carried, (mb.id, uid))? {
+            Some((name, from, flags)) => {
+                journal(
+                    tx,
+                    mb.account,
+                    &mb.name,
+                    uid,
+                    "copy",
+                    &format!("{name}\t{from}"),
+                )?;
+                vec![flags]
+            }
+            None => return journal(tx, mb.account, &mb.name, uid, "append", ""),
+        },
+    };
+    // Every flag the original may have upstream (one a change here set, \Deleted among them)
+    // and not the new message's is taken away; every one of the new message's is set.
+    let new = &message.flags;
+    let mut old = Flags::default();
+    let possible = there.iter().flat_map(|f| f.split([' ', '\t']));
+    for flag in possible.chain(["\\Deleted"]) {
+        if !flag.is_empty() && !new.contains(flag) {
+            old.insert(flag.to_string());
+        }
     }
-    match carried_from(tx, mb.account, &carried, (mb.id, uid))? {
-        Some((name, from)) => journal(
-            tx,
-            mb.account,
-            &mb.name,
-            uid,
-            "copy",
-            &format!("{name}\t{from}"),
-        ),
-        None => journal(tx, mb.account, &mb.name, uid, "append", ""),
-    }
+    let detail = format!("{}\t{}", new.to_column(), old.to_column());
+    journal(tx, mb.account, &mb.name, uid, "flags", &detail)
 }
 
-/// An expunge of the message `carried` names, not yet written back and linked upstream,
-/// becomes its move to the new message (`mb`, `uid`): the journal's expunge entry turns into
-/// a move entry in its place. The flag changes made to the original before it (mbsync's
-/// \Deleted among them) are not written back, and one flag entry then takes the upstream
-/// message from the flags it has there to the new message's. Not when one of those flag
-/// changes has been tried already (it may have landed): they all go first, then the move.
+/// The detail of a move journaled for an expunge and an APPEND of the same message (mbsync's
+/// move): a third field says the original was expunged here, so a move into a folder that
+/// does not go upstream still takes the original away there, as the expunge would have.
+pub const MOVED_BY_APPEND: &str = "expunged";
+
+/// An expunge of the message `carried` names, not yet written back (nor tried) and linked
+/// upstream, becomes its move to the new message (`mb`, `uid`): the expunge entry goes and a
+/// move entry is journaled now (a new entry, not the old one changed: a write-back that has
+/// the expunge in hand removes it by its id when done, and the move stays; review: changed in
+/// place, the move was removed with it and the message lost upstream). The flag changes
+/// made to the original before it (mbsync's \Deleted among them) are not written back, unless
+/// one has been tried (it may have landed). Returns every flag those changes and the original
+/// had, for the flag change that follows; None when there is no such expunge.
 fn moved_by_append(
     tx: &Connection,
     mb: &Mailbox,
     uid: u32,
-    message: &Prepared,
     carried: &[u8; 32],
-) -> Result<bool, StoreError> {
+) -> Result<Option<Vec<String>>, StoreError> {
     let carried = carried
         .iter()
         .map(|b| format!("{b:02X}"))
@@ -1869,9 +1901,9 @@ fn moved_by_append(
         })
         .optional()?;
     let Some((entry, source, source_uid, detail)) = found else {
-        return Ok(false);
+        return Ok(None);
     };
-    let flags_then = detail.split_once('\t').map_or("", |(_, flags)| flags);
+    let mut there = vec![detail.split_once('\t').map_or("", |(_, f)| f).to_string()];
     let changes: Vec<(i64, u32, String)> = {
         let mut stmt = tx.prepare_cached(
             "SELECT id, attempts, detail FROM journal
@@ -1883,47 +1915,38 @@ fn moved_by_append(
         })?;
         rows.collect::<Result<_, _>>()?
     };
-    // The flags upstream has now: before the first change waiting, or all of them written.
-    let mut upstream = flags_then.to_string();
-    if changes.iter().all(|(_, attempts, _)| *attempts == 0) {
-        if let Some((_, _, first)) = changes.first() {
-            upstream = first
-                .split_once('\t')
-                .map_or("", |(_, old)| old)
-                .to_string();
-        }
-        let mut drop = tx.prepare_cached("DELETE FROM journal WHERE id = ?1")?;
-        for (id, _, _) in &changes {
+    let mut drop = tx.prepare_cached("DELETE FROM journal WHERE id = ?1")?;
+    let tried = changes.iter().any(|(_, attempts, _)| *attempts > 0);
+    for (id, _, flags) in changes {
+        if !tried {
             drop.execute([id])?;
         }
+        there.push(flags);
     }
-    tx.prepare_cached("UPDATE journal SET kind = 'move', detail = ?2 WHERE id = ?1")?
-        .execute(params![entry, format!("{}\t{uid}", mb.name)])?;
-    let new = message.flags.to_column();
-    if Flags::from_column(&new) != Flags::from_column(&upstream) {
-        journal(
-            tx,
-            mb.account,
-            &mb.name,
-            uid,
-            "flags",
-            &format!("{new}\t{upstream}"),
-        )?;
-    }
-    Ok(true)
+    drop.execute([entry])?;
+    journal(
+        tx,
+        mb.account,
+        &source,
+        source_uid,
+        "move",
+        &format!("{}\t{uid}\t{MOVED_BY_APPEND}", mb.name),
+    )?;
+    Ok(Some(there))
 }
 
-/// A message of `account` (its mailbox's name and UID) whose content is `carried` (see
-/// [`carried_sha256`]), other than the new one (`mailbox`, `uid`): one linked upstream first, then the oldest.
+/// A message of `account` (its mailbox's name, UID and flags) whose content is `carried` (see
+/// [`carried_sha256`]), other than the new one (`mailbox`, `uid`): one linked upstream first,
+/// then the oldest.
 fn carried_from(
     tx: &Connection,
     account: AccountId,
     carried: &[u8; 32],
     (mailbox, uid): (MailboxId, u32),
-) -> Result<Option<(String, u32)>, StoreError> {
+) -> Result<Option<(String, u32, String)>, StoreError> {
     Ok(tx
         .prepare_cached(
-            "SELECT b.name, m.uid FROM contents c
+            "SELECT b.name, m.uid, m.flags FROM contents c
              JOIN messages m ON m.content = c.id
              JOIN mailboxes b ON b.id = m.mailbox
              WHERE c.carried_sha256 = ?1 AND b.account = ?2
@@ -1934,7 +1957,7 @@ fn carried_from(
              LIMIT 1",
         )?
         .query_row(params![&carried[..], account, mailbox, uid], |r| {
-            Ok((r.get(0)?, r.get(1)?))
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
         })
         .optional()?)
 }

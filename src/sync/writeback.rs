@@ -599,9 +599,13 @@ impl Syncer {
         source: Option<MailboxId>,
         entry: &JournalEntry,
     ) -> Result<WrittenBack, Failure> {
-        let Some((target_name, new_uid)) = entry
-            .detail
-            .split_once('\t')
+        // "TARGET\tNEWUID", with a third field when the move stands for an expunge and an
+        // APPEND of the same message (mbsync's move).
+        let mut fields = entry.detail.split('\t');
+        let by_append = entry.detail.split('\t').nth(2) == Some(crate::store::MOVED_BY_APPEND);
+        let Some((target_name, new_uid)) = fields
+            .next()
+            .zip(fields.next())
             .and_then(|(name, uid)| Some((name.to_string(), uid.parse::<u32>().ok()?)))
         else {
             return Err(Failure::Entry(format!(
@@ -627,6 +631,11 @@ impl Syncer {
             },
         };
         let to_folder = up.wire_name_at(&target_name, entry.id);
+        if by_append && !up.goes_up(self, &to_folder, &target_name) {
+            // Stored again in a folder that stays here: the original goes upstream, as the
+            // expunge it stands for would have taken it (review: it stayed there for good).
+            return self.expunge_linked(up, source, entry.uid).await;
+        }
         let Some(from) = from.filter(|_| up.goes_up(self, &to_folder, &target_name)) else {
             return self.upload(up, entry, target, new_uid, &target_name).await;
         };
