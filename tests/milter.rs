@@ -1707,6 +1707,18 @@ fn every_copy_refused_by_the_listener_refuses_the_message() {
     postfix.settled_messages(0);
     let log = milter.log();
     assert!(!log.contains("every copy was re-injected"), "{log}");
+    assert!(log.contains("refused as a whole"), "{log}");
+    // The limit raised, the same message sent again goes (review: refused at once, from the
+    // journal, for a week).
+    postfix.set("message_size_limit = 10240000");
+    let end = smtp_send(
+        postfix.smtp_port,
+        "alice@example.org",
+        &rcpts,
+        &big_message(),
+    );
+    assert!(end.starts_with("250"), "{end}");
+    postfix.settled_messages(2);
 }
 
 /// Three recipients, a message just under Postfix's message_size_limit whose encrypted copies

@@ -131,6 +131,17 @@ impl Journal {
         })
     }
 
+    /// Forgets one entry (an error only logged by callers: the entry then lasts its time).
+    pub fn forget(&self, identity: &str, recipient: &str) -> Result<(), JournalError> {
+        self.conn()
+            .execute(
+                "DELETE FROM reinjected WHERE identity = ?1 AND recipient = ?2",
+                params![identity, canonical_address(recipient)],
+            )
+            .map(drop)
+            .map_err(|e| self.err(e))
+    }
+
     /// Forgets entries older than `max_age` (Postfix gives up on a message after 5 days).
     pub fn purge(&self, now: i64, max_age: Duration) -> Result<(), JournalError> {
         self.conn()

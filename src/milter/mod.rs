@@ -954,10 +954,12 @@ async fn end_of_message(
             }
         }
     }
-    if any_sendable && !some_done && accepted == 0 && kept_copy.is_none() && held_copy.is_none() {
+    if refused.reject && any_sendable && accepted == 0 && kept_copy.is_none() && held_copy.is_none()
+    {
         // Every copy made was refused for good by the re-injection listener (each larger
-        // than its message_size_limit, say): nothing went, so the client hears it, as it does
-        // for a message to one recipient (review: 250, and a report for each).
+        // than its message_size_limit, say): nothing went, so an SMTP client hears it, as it
+        // does for a message to one recipient (review: 250, and a report for each). On the
+        // sendmail path the sender gets the report, each recipient with its own reason.
         let listener = failures.iter().rev().find(|f| f.status == "5.0.0");
         let text = listener.map_or("no copy of this message can be sent", |f| {
             without_reply_code(&f.diagnostic)
@@ -966,6 +968,21 @@ async fn end_of_message(
             Some("552") => Reply::new(552, "5.3.4", text),
             _ => Reply::new(554, "5.0.0", text),
         };
+        // The client is told and may send it again (once the listener's limit is raised,
+        // say): the refusals are forgotten, so that it is tried afresh (review: refused at
+        // once for a week, nothing tried).
+        for f in &failures {
+            if let Err(e) = milter.journal.forget(&id, &refused_key(&f.recipient)) {
+                tracing::warn!(
+                    "{queue_id}: to=<{}> refusal not forgotten: {e}",
+                    f.recipient
+                );
+            }
+        }
+        tracing::info!(
+            "{queue_id}: refused as a whole ({reply}): the re-injection listener refused every \
+             copy; the client is told, nothing is reported"
+        );
         return refuse_whole(cx, milter, &t, &raw, queue_id, &id, now, reply, &refused).await;
     }
     if !any_sendable && !some_done {
@@ -1090,7 +1107,7 @@ async fn reinject(
                 .record(id, &refused_key(&copy.recipient), now)
                 .map_err(|e| e.to_string())?;
             tracing::warn!(
-                "{queue_id}: to=<{}> re-injection refused for good: {e}; reported",
+                "{queue_id}: to=<{}> re-injection refused for good: {e}",
                 copy.recipient
             );
             Ok(Some(bounce::Recipient {
@@ -1372,7 +1389,14 @@ async fn send_report(
             Ok(())
         }
         (_, Some(bytes)) => match milter.reinject.send("", sender, bytes).await {
-            Sent::Accepted { .. } => Ok(()),
+            Sent::Accepted { .. } => {
+                let named: Vec<&str> = failures.iter().map(|f| f.recipient.as_str()).collect();
+                tracing::info!(
+                    "{queue_id}: failure report sent to <{sender}> for {}",
+                    named.join(", ")
+                );
+                Ok(())
+            }
             Sent::Temporary(e) => Err(format!("cannot send the report to the sender: {e}")),
             // Refused for good: every retry would meet the same refusal.
             Sent::Permanent(e) => {
