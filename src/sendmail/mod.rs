@@ -351,30 +351,25 @@ pub fn list(config: &QueueConfig, out: &mut impl Write) -> Result<(), SendmailEr
     for e in &entries {
         bytes += e.size;
         let date = mail_parser::DateTime::from_timestamp(e.arrived).to_rfc822();
-        let sender = if e.sender.is_empty() { "<>" } else { &e.sender };
+        let sender = if e.sender.is_empty() {
+            "<>".to_string()
+        } else {
+            escaped(&e.sender)
+        };
         w(
             out,
             format!("{:<20} {:>8} {:<31} {}\n", e.id, e.size, date, sender),
         )?;
         for (rcpt, reason) in &e.recipients {
             if let Some(reason) = reason {
-                // A relay's reply text, as it came: its control characters (a terminal's
-                // escape sequences) are shown escaped, as the log shows them (review).
-                let reason: String = reason
-                    .chars()
-                    .map(|c| match c.is_control() {
-                        true => c.escape_default().to_string(),
-                        false => c.to_string(),
-                    })
-                    .collect();
-                w(out, format!("{:<62}({reason})\n", ""))?;
+                w(out, format!("{:<62}({})\n", "", escaped(reason)))?;
             }
-            w(out, format!("{:<62}{rcpt}\n", ""))?;
+            w(out, format!("{:<62}{}\n", "", escaped(rcpt)))?;
         }
         w(out, "\n".into())?;
     }
     for name in &waiting {
-        w(out, format!("{name:<20} (not yet picked up)\n"))?;
+        w(out, format!("{:<20} (not yet picked up)\n", escaped(name)))?;
     }
     w(
         out,
@@ -481,5 +476,31 @@ pub async fn run_queue_async(
             report.bounces
         );
         Ok(report)
+    }
+}
+
+/// Text from a queue file or a relay, for the listing: its control characters (a terminal's
+/// escape sequences, a newline that would forge an entry) shown escaped, as the log shows
+/// them. A relay's reply, a drop file's name and a drop file's sender and recipients may be
+/// anyone's (review: any local user could write into root's `mailq`).
+fn escaped(text: &str) -> String {
+    text.chars()
+        .map(|c| match c.is_control() {
+            true => c.escape_default().to_string(),
+            false => c.to_string(),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    /// What the listing shows of a file name, a sender or a recipient: no control character
+    /// reaches the terminal, and a newline cannot forge an entry.
+    #[test]
+    fn listing_text_is_escaped() {
+        assert_eq!(
+            super::escaped("a\u{1b}[2J\nb\u{7}c@example.org"),
+            "a\\u{1b}[2J\\nb\\u{7}c@example.org"
+        );
     }
 }
