@@ -73,11 +73,41 @@ impl QueueConfig {
         self.dir.join("incoming")
     }
 
-    /// The drop directory, created (owner-only) on a personal queue's first use. A shared
-    /// queue's drop directory is made by the package (mode 1733) and only used here.
+    /// The drop directory, created when it is missing: owner-only (0700) in a personal queue,
+    /// and in a shared one (a queue directory others may search, as the package makes it,
+    /// 0711) mode 1733 and the queue directory's owner's, as the package makes it (review:
+    /// made 0700 by root's sendmail or the service's first run, every other user's
+    /// submission then failed with 77).
     pub fn ensure_incoming(&self) -> Result<PathBuf, QueueError> {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
         let incoming = self.incoming();
-        create_private_dir(&incoming)?;
+        if incoming.is_dir() {
+            return Ok(incoming);
+        }
+        let shared = std::fs::metadata(&self.dir)
+            .ok()
+            .filter(|m| m.mode() & 0o001 != 0);
+        let Some(queue_dir) = shared else {
+            create_private_dir(&incoming)?;
+            return Ok(incoming);
+        };
+        let io = |source| QueueError::Io {
+            path: incoming.display().to_string(),
+            source,
+        };
+        // Made owner-only, then given away and opened up: nobody gets in before it is 1733.
+        match std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
+            .create(&incoming)
+        {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(incoming),
+            Err(e) => return Err(io(e)),
+        }
+        if current_uid() != queue_dir.uid() {
+            std::os::unix::fs::chown(&incoming, Some(queue_dir.uid()), Some(queue_dir.gid()))
+                .map_err(io)?;
+        }
+        std::fs::set_permissions(&incoming, std::fs::Permissions::from_mode(0o1733)).map_err(io)?;
         Ok(incoming)
     }
 
@@ -237,13 +267,10 @@ pub struct Queue {
 impl Queue {
     /// Opens (creating when missing) the queue under `config.dir`.
     pub fn open(config: &QueueConfig) -> Result<Queue, QueueError> {
-        for dir in [
-            config.dir.clone(),
-            config.incoming(),
-            config.dir.join("corrupt"),
-        ] {
+        for dir in [config.dir.clone(), config.dir.join("corrupt")] {
             create_private_dir(&dir)?;
         }
+        config.ensure_incoming()?;
         let db_path = config.dir.join("queue.sqlite");
         let db_err = |source| QueueError::Db {
             path: db_path.display().to_string(),

@@ -302,6 +302,18 @@ pub fn header_recipients(raw: &[u8]) -> Vec<String> {
 /// append_at_myorigin does; a domain's root dot (`bob@example.org.`, an absolute DNS name) is
 /// dropped; anything else is kept as it is.
 pub fn qualify(address: &str, domain: &str) -> String {
+    // Read as Postfix reads a header's address: a '>' left over with no '<' before it
+    // (`To: a@example.org>`) goes, and a quoted local part alone (`To: "root"`) is that name
+    // (review: exit 65 for both, where Postfix delivers).
+    let address = match address.strip_suffix('>') {
+        Some(a) if !a.is_empty() && !a.contains('<') => a,
+        _ => address,
+    };
+    let address = address
+        .strip_prefix('"')
+        .and_then(|a| a.strip_suffix('"'))
+        .filter(|a| super::address::is_local_name(a))
+        .unwrap_or(address);
     if super::address::is_local_name(address) {
         return format!("{address}@{domain}");
     }
@@ -352,9 +364,12 @@ pub fn check_recipients(recipients: &[String]) -> Result<Vec<String>, InputError
     if recipients.is_empty() {
         return Err(InputError::NoRecipients);
     }
+    // One that starts with "-" is an option out of place, not an address (Postfix's
+    // allow_min_user = no: 5.1.3), also with an "@" in it (review: -falice@example.org after
+    // the recipients got a copy).
     let (good, bad): (Vec<&String>, Vec<&String>) = recipients
         .iter()
-        .partition(|r| r.parse::<lettre::Address>().is_ok());
+        .partition(|r| !r.starts_with('-') && r.parse::<lettre::Address>().is_ok());
     let unstorable =
         |r: &String| r.is_empty() || r.chars().any(|c| c.is_whitespace() || c.is_control());
     if let Some(r) = bad.iter().copied().find(|r| unstorable(r)) {
@@ -626,6 +641,9 @@ mod tests {
         );
         assert_eq!(qualify("not an address", "host.example"), "not an address");
         assert_eq!(qualify("", "host.example"), "");
+        assert_eq!(qualify("\"root\"", "host.example"), "root@host.example");
+        assert_eq!(qualify("a@example.org>", "host.example"), "a@example.org");
+        assert_eq!(qualify("\"a b\"", "host.example"), "\"a b\"");
         assert!(check_recipients(&[]).is_err());
         assert!(check_recipients(&["not an address".into()]).is_err());
         assert!(check_recipients(&["bob@".into()]).is_err());
