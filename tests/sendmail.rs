@@ -726,6 +726,21 @@ fn any_user_can_submit_and_nobody_reads_anothers_mail() {
         b"",
     );
     assert_eq!(run.status.code(), Some(77), "{run:?}");
+    // Nor is listing it nobody's, and it says so (review: "Permission denied" on a directory).
+    let list = as_nobody(
+        &[
+            link.to_str().unwrap(),
+            "-C",
+            s.config.to_str().unwrap(),
+            "-bp",
+        ],
+        b"",
+    );
+    assert_eq!(list.status.code(), Some(77), "{list:?}");
+    assert!(
+        String::from_utf8_lossy(&list.stderr).contains("only that user and root may list it"),
+        "{list:?}"
+    );
     // The queue's owner (root here) sees both, with nobody's envelope sender.
     let list = s.queue_list();
     assert!(
@@ -2076,5 +2091,28 @@ fn header_lines_too_long_for_any_relay_are_broken_before_signing() {
             .verify_detached(&signed, &signature)
             .as_deref(),
         Some(s.world.alice.as_str())
+    );
+}
+
+/// A listing that cannot be written (stdout a full device) says so, with EX_IOERR (review: it
+/// said it could not read the message).
+#[test]
+fn a_listing_that_cannot_be_written_says_so() {
+    let s = Setup::new();
+    s.configure(relay::free_port(), false, "");
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_sealpost"))
+        .args(["--config", s.config.to_str().unwrap(), "queue", "list"])
+        .stdout(full)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(74), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cannot write the queue listing"),
+        "{out:?}"
     );
 }

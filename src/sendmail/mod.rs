@@ -42,13 +42,16 @@ pub enum SendmailError {
     Unavailable(String),
     #[error("{0}")]
     NotOwner(String),
+    /// The queue listing could not be written (a full device, a closed pipe).
+    #[error("cannot write the queue listing: {0}")]
+    Output(std::io::Error),
 }
 
 impl SendmailError {
     pub fn exit_code(&self) -> u8 {
         match self {
             SendmailError::Usage(_) => 64,
-            SendmailError::Input(InputError::Read(_)) => 74,
+            SendmailError::Input(InputError::Read(_)) | SendmailError::Output(_) => 74,
             // Postfix's sendmail says EX_USAGE here (sendmail.c), -t or not.
             SendmailError::Input(InputError::NoRecipients) => 64,
             SendmailError::Input(_) => 65,
@@ -321,11 +324,23 @@ pub fn list(config: &QueueConfig, out: &mut impl Write) -> Result<(), SendmailEr
     if !exists {
         return out
             .write_all(b"Mail queue is empty\n")
-            .map_err(|e| SendmailError::Input(InputError::Read(e)));
+            .map_err(SendmailError::Output);
     }
     // Only the owner picks up (and sets aside) drop files; root lists as the owner, and shows
     // the ones not picked up yet by name.
     let owner = may_run_queue(&config.dir);
+    // Another user's queue: listing it is its owner's and root's, said as such (review:
+    // "queue …/corrupt: Permission denied" told a user nothing).
+    // SAFETY: geteuid cannot fail.
+    if !owner && unsafe { libc::geteuid() } != 0 {
+        use std::os::unix::fs::MetadataExt;
+        let uid = std::fs::metadata(&config.dir).map_or(0, |m| m.uid());
+        return Err(SendmailError::NotOwner(format!(
+            "the queue {} belongs to {} (uid {uid}): only that user and root may list it",
+            config.dir.display(),
+            queue::user_name(uid)
+        )));
+    }
     queue::act_as_owner(&config.dir)?;
     let queue = Queue::open(config)?;
     if owner {
@@ -333,10 +348,8 @@ pub fn list(config: &QueueConfig, out: &mut impl Write) -> Result<(), SendmailEr
     }
     let entries = queue.list()?;
     let waiting = queue.waiting();
-    let w = |out: &mut dyn Write, s: String| {
-        out.write_all(s.as_bytes())
-            .map_err(|e| SendmailError::Input(InputError::Read(e)))
-    };
+    let w =
+        |out: &mut dyn Write, s: String| out.write_all(s.as_bytes()).map_err(SendmailError::Output);
     if entries.is_empty() && waiting.is_empty() {
         return w(out, "Mail queue is empty\n".into());
     }
