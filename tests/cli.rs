@@ -455,15 +455,8 @@ fn an_unreadable_secret_key_file_defers_rather_than_refusing() {
         return;
     }
     let world = World::new();
-    let home = sealpost::keys::home::short_temp_dir("spn").unwrap();
-    let copied = Command::new("cp")
-        .arg("-a")
-        .arg(format!("{}/.", world.sender.dir.display()))
-        .arg(&home)
-        .status()
-        .unwrap();
-    assert!(copied.success());
-    let _ = std::fs::remove_file(home.join("S.gpg-agent"));
+    let copy = GpgHome::copy_of(&world.sender);
+    let home = copy.dir.clone();
     let out_dir = tempfile::tempdir().unwrap();
     for path in [&home, &out_dir.path().to_path_buf()] {
         assert!(Command::new("chown")
@@ -499,12 +492,6 @@ fn an_unreadable_secret_key_file_defers_rather_than_refusing() {
             .env("HOME", &home),
         MESSAGE,
     );
-    let _ = Command::new("gpgconf")
-        .arg("--homedir")
-        .arg(&home)
-        .args(["--kill", "all"])
-        .status();
-    let _ = std::fs::remove_dir_all(&home);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(
         out.status.code(),
@@ -522,15 +509,8 @@ fn an_unreadable_secret_key_file_defers_rather_than_refusing() {
 #[test]
 fn a_damaged_secret_key_file_defers_rather_than_refusing() {
     let world = World::new();
-    let home = sealpost::keys::home::short_temp_dir("spk").unwrap();
-    let copied = Command::new("cp")
-        .arg("-a")
-        .arg(format!("{}/.", world.sender.dir.display()))
-        .arg(&home)
-        .status()
-        .unwrap();
-    assert!(copied.success());
-    let _ = std::fs::remove_file(home.join("S.gpg-agent"));
+    let copy = GpgHome::copy_of(&world.sender);
+    let home = copy.dir.clone();
     for key in std::fs::read_dir(home.join("private-keys-v1.d")).unwrap() {
         let key = key.unwrap().path();
         let bytes = std::fs::read(&key).unwrap();
@@ -552,8 +532,6 @@ fn a_damaged_secret_key_file_defers_rather_than_refusing() {
             .arg(out_dir.path().join("copies")),
         MESSAGE,
     );
-    sealpost::keys::home::stop_daemons(&home);
-    let _ = std::fs::remove_dir_all(&home);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(
         out.status.code(),
@@ -613,12 +591,12 @@ fn imap_without_a_listener_it_can_have_does_not_start() {
 
 /// The gpg processes (command lines) that name `home`.
 fn gpg_processes_of(home: &std::path::Path) -> Vec<String> {
-    let needle = home.to_string_lossy().into_owned();
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| std::fs::read(e.ok()?.path().join("cmdline")).ok())
-        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
-        .filter(|c| c.starts_with("gpg ") && c.contains(&needle))
+    processes_naming(&home.to_string_lossy(), 0)
+        .into_iter()
+        .filter(|p| {
+            p.split_once(": ")
+                .is_some_and(|(_, c)| c.starts_with("gpg "))
+        })
         .collect()
 }
 
@@ -628,25 +606,7 @@ fn gpg_processes_of(home: &std::path::Path) -> Vec<String> {
 fn a_killed_sealpost_leaves_no_gpg_behind() {
     let world = World::new();
     let home = &world.sender.dir;
-    let out = Command::new("gpg-connect-agent")
-        .arg("--homedir")
-        .arg(home)
-        .args(["getinfo pid", "/bye"])
-        .output()
-        .unwrap();
-    let agent: i32 = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .find_map(|l| l.strip_prefix("D "))
-        .and_then(|p| p.trim().parse().ok())
-        .expect("the agent's pid");
-    struct Resume(i32);
-    impl Drop for Resume {
-        fn drop(&mut self) {
-            unsafe { libc::kill(self.0, libc::SIGCONT) };
-        }
-    }
-    let _resume = Resume(agent);
-    assert_eq!(unsafe { libc::kill(agent, libc::SIGSTOP) }, 0);
+    let _stopped = world.sender.stop_agent();
     let out_dir = tempfile::tempdir().unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_sealpost"))
         .args([

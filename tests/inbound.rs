@@ -1774,25 +1774,7 @@ fn a_hung_agent_is_a_temporary_failure_within_the_deadline() {
         .status()
         .unwrap();
     assert!(launched.success());
-    let out = std::process::Command::new("gpg-connect-agent")
-        .arg("--homedir")
-        .arg(&world.bob.dir)
-        .args(["getinfo pid", "/bye"])
-        .output()
-        .unwrap();
-    let pid: i32 = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .find_map(|l| l.strip_prefix("D "))
-        .and_then(|p| p.trim().parse().ok())
-        .expect("the agent's pid");
-    struct Resume(i32);
-    impl Drop for Resume {
-        fn drop(&mut self) {
-            unsafe { libc::kill(self.0, libc::SIGCONT) };
-        }
-    }
-    let _resume = Resume(pid);
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    let _stopped = world.bob.stop_agent();
     let started = std::time::Instant::now();
     let (code, output) = deliver(&server, &message);
     let took = started.elapsed();

@@ -739,37 +739,6 @@ async fn alice_signer(service: &sealpost::keys::KeyService) -> String {
         .expect("Alice can sign")
 }
 
-/// The pid of the gpg-agent serving `home`.
-fn agent_pid(home: &GpgHome) -> i32 {
-    let out = std::process::Command::new("gpg-connect-agent")
-        .arg("--homedir")
-        .arg(&home.dir)
-        .args(["getinfo pid", "/bye"])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    text.lines()
-        .find_map(|l| l.strip_prefix("D "))
-        .and_then(|p| p.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no agent pid in {text:?}"))
-}
-
-/// Live processes (not zombies) other than `except` whose command line names `needle`.
-fn processes_naming(needle: &str, except: i32) -> Vec<String> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        if pid != except && !cmdline.is_empty() && cmdline.contains(needle) {
-            found.push(format!("{pid}: {cmdline}"));
-        }
-    }
-    found
-}
-
 /// A gpg operation that hangs (its agent stopped) ends at the deadline: the worker process
 /// and the gpg it waits for are killed, nothing is left behind, and the next operation gets
 /// a fresh worker and succeeds once the agent answers again.
@@ -779,7 +748,7 @@ async fn an_operation_past_its_deadline_is_killed_and_the_worker_replaced() {
     let deadline = Duration::from_secs(3);
     let service = world.sender.service_with_workers(deadline, 1);
     let signer = alice_signer(&service).await;
-    let agent = agent_pid(&world.sender);
+    let agent = world.sender.agent_pid();
     let home = world.sender.dir.to_string_lossy().into_owned();
     // SAFETY: signals to the test's own gpg-agent.
     unsafe { libc::kill(agent, libc::SIGSTOP) };
@@ -1133,17 +1102,7 @@ async fn a_damaged_public_keyring_defers_and_sends_nothing_in_clear() {
         "cut 300",
         "cut 400",
     ] {
-        let home = GpgHome {
-            dir: sealpost::keys::home::short_temp_dir("spd").unwrap(),
-        };
-        let copied = std::process::Command::new("cp")
-            .arg("-a")
-            .arg(format!("{}/.", world.sender.dir.display()))
-            .arg(&home.dir)
-            .status()
-            .unwrap();
-        assert!(copied.success());
-        let _ = std::fs::remove_file(home.dir.join("S.gpg-agent"));
+        let home = GpgHome::copy_of(&world.sender);
         let keyring = home.dir.join("pubring.kbx");
         let mut bytes = std::fs::read(&keyring).unwrap();
         match damage {

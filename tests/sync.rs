@@ -4701,6 +4701,23 @@ async fn a_move_made_by_mbsync_keeps_the_senders_ciphertext_upstream() {
     assert_eq!(exists(&mut raw, "Archive"), 1);
 }
 
+/// Runs `steps` on the local server as its user, over implicit TLS.
+fn local_client(server: &Server, steps: Value) -> Value {
+    run_client(
+        server.tls_port,
+        USER,
+        common::server::PASSWORD,
+        Tls::Implicit(server.cert()),
+        &steps,
+    )
+}
+
+/// The bytes a client fetches of the first message of the local INBOX.
+fn fetched_from_inbox(server: &Server) -> Vec<u8> {
+    let fetched = local_client(server, json!([{"cmd": "fetch_all", "mailbox": "INBOX"}]));
+    common::imap::fetched_bodies(&fetched, 0).remove(0).1
+}
+
 /// A client that files a message by storing what it fetched in the other folder first, then
 /// expunging the original (the other order from mbsync's): upstream gets the original copied
 /// there too, not an upload.
@@ -4709,17 +4726,8 @@ async fn a_message_stored_again_before_its_expunge_is_copied_upstream() {
     let world = World::new();
     let dovecot = Dovecot::start_tls();
     let (secret, server, _dir, config) = synced_to_be_filed(&world, &dovecot, "again").await;
-    let local = |steps: Value| {
-        run_client(
-            server.tls_port,
-            USER,
-            common::server::PASSWORD,
-            Tls::Implicit(server.cert()),
-            &steps,
-        )
-    };
-    let fetched = local(json!([{"cmd": "fetch_all", "mailbox": "INBOX"}]));
-    let (_, stored) = &common::imap::fetched_bodies(&fetched, 0)[0];
+    let local = |steps: Value| local_client(&server, steps);
+    let stored = &fetched_from_inbox(&server);
     assert!(common::find(stored, b"Sealpost-Verdict: ").is_some());
     // As mbsync leaves it with its default `Expunge None`: the original only marked.
     let mut append = append_bytes("Archive", stored);
@@ -4821,18 +4829,7 @@ async fn a_move_journaled_while_its_expunge_is_written_back_is_not_lost() {
     let world = World::new();
     let dovecot = Dovecot::start_tls();
     let (_secret, server, dir, config) = synced_to_be_filed(&world, &dovecot, "raced").await;
-    let local = |steps: Value| {
-        run_client(
-            server.tls_port,
-            USER,
-            common::server::PASSWORD,
-            Tls::Implicit(server.cert()),
-            &steps,
-        )
-    };
-    let fetched = local(json!([{"cmd": "fetch_all", "mailbox": "INBOX"}]));
-    let (_, stored) = &common::imap::fetched_bodies(&fetched, 0)[0];
-    let stored = String::from_utf8(stored.clone()).unwrap();
+    let stored = String::from_utf8(fetched_from_inbox(&server)).unwrap();
     let mut raw = server.login();
     raw.ok("SELECT INBOX");
     raw.ok("UID STORE 1 +FLAGS.SILENT (\\Deleted)");
@@ -4892,17 +4889,8 @@ async fn a_move_by_append_into_a_folder_kept_here_expunges_the_original() {
         "inbox",
         "folders = [\"INBOX\"]",
     );
-    let local = |steps: Value| {
-        run_client(
-            server.tls_port,
-            USER,
-            common::server::PASSWORD,
-            Tls::Implicit(server.cert()),
-            &steps,
-        )
-    };
-    let fetched = local(json!([{"cmd": "fetch_all", "mailbox": "INBOX"}]));
-    let (_, stored) = &common::imap::fetched_bodies(&fetched, 0)[0];
+    let local = |steps: Value| local_client(&server, steps);
+    let stored = &fetched_from_inbox(&server);
     local(json!([{"cmd": "raw", "line": "CREATE Local"},
         {"cmd": "raw", "line": "SELECT INBOX"},
         {"cmd": "raw", "line": "UID STORE 1 +FLAGS.SILENT (\\Deleted)"},

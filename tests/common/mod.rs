@@ -30,6 +30,44 @@ impl GpgHome {
         GpgHome { dir }
     }
 
+    /// The pid of the gpg-agent serving this home (started when none runs).
+    pub fn agent_pid(&self) -> i32 {
+        let out = Command::new("gpg-connect-agent")
+            .arg("--homedir")
+            .arg(&self.dir)
+            .args(["getinfo pid", "/bye"])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.lines()
+            .find_map(|l| l.strip_prefix("D "))
+            .and_then(|p| p.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no agent pid in {text:?}"))
+    }
+
+    /// Stops this home's gpg-agent (SIGSTOP: it hangs) until the guard is dropped.
+    pub fn stop_agent(&self) -> StoppedAgent {
+        let pid = self.agent_pid();
+        // SAFETY: kill(2) on the agent the test started.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+        StoppedAgent(pid)
+    }
+
+    /// A copy of `other` (keys, trust, configuration) in a fresh short directory, without its
+    /// agent's socket: gpg starts an agent of the copy's own.
+    pub fn copy_of(other: &GpgHome) -> Self {
+        let dir = home::short_temp_dir("spc").expect("temp dir");
+        let copied = Command::new("cp")
+            .arg("-a")
+            .arg(format!("{}/.", other.dir.display()))
+            .arg(&dir)
+            .status()
+            .unwrap();
+        assert!(copied.success());
+        let _ = std::fs::remove_file(dir.join("S.gpg-agent"));
+        GpgHome { dir }
+    }
+
     pub fn gpg(&self, args: &[&str], stdin: Option<&[u8]>) -> Output {
         let mut cmd = Command::new("gpg");
         cmd.arg("--homedir").arg(&self.dir).args([
@@ -268,6 +306,32 @@ impl GpgHome {
             .map(|l| l.split(' ').next_back().unwrap().to_string())
             .filter(|_| out.status.success())
     }
+}
+
+/// A gpg-agent stopped by [`GpgHome::stop_agent`]; it goes on when this is dropped.
+pub struct StoppedAgent(pub i32);
+
+impl Drop for StoppedAgent {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on the agent the test stopped.
+        unsafe { libc::kill(self.0, libc::SIGCONT) };
+    }
+}
+
+/// Live processes (not zombies) other than `except` whose command line names `needle`.
+pub fn processes_naming(needle: &str, except: i32) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if pid != except && !cmdline.is_empty() && cmdline.contains(needle) {
+            found.push(format!("{pid}: {cmdline}"));
+        }
+    }
+    found
 }
 
 impl Drop for GpgHome {
