@@ -384,50 +384,30 @@ impl KeyService {
         // cannot be reached (it cannot start, its configuration is broken), so that is asked
         // before "no secret key" stands (review: an upload refused for good, 550, with the
         // agent down).
+        let (home, deadline) = (self.home.clone(), self.deadline);
         if own && facts.iter().any(|f| f.no_secret) {
-            let (home, deadline) = (self.home.clone(), self.deadline);
-            let problem = tokio::task::spawn_blocking(move || {
+            let home = home.clone();
+            refused_on("looking up the user's own key", move || {
                 home::secret_keyring_problem(Some(&home), deadline)
             })
-            .await
-            .unwrap_or_else(|e| Some(format!("keyring check failed: {e}")));
-            if let Some(detail) = problem {
-                return Err(KeyError::Refused {
-                    op: "looking up the user's own key",
-                    detail,
-                });
-            }
+            .await?;
         }
         if facts.is_empty() {
-            let (home, addr, deadline) = (self.home.clone(), addr.to_string(), self.deadline);
-            let problem = tokio::task::spawn_blocking(move || {
+            let (home, addr) = (home.clone(), addr.to_string());
+            refused_on("looking up a public key", move || {
                 home::public_keyring_problem(&home, &addr, deadline)
             })
-            .await
-            .unwrap_or_else(|e| Some(format!("keyring check failed: {e}")));
-            if let Some(detail) = problem {
-                return Err(KeyError::Refused {
-                    op: "looking up a public key",
-                    detail,
-                });
-            }
+            .await?;
         }
         let chosen = resolve::choose(&facts);
         // Keys listed, none usable: what is left of a damaged key block lists as an invalid
         // key, or one without its encryption subkey (review: signed cleartext to bob, whose
         // key block was cut short). The whole keyring is read before that counts as no key.
         if !facts.is_empty() && matches!(chosen, Resolution::NoKey { .. }) {
-            let (home, deadline) = (self.home.clone(), self.deadline);
-            let problem =
-                tokio::task::spawn_blocking(move || home::whole_keyring_problem(&home, deadline))
-                    .await
-                    .unwrap_or_else(|e| Some(format!("keyring check failed: {e}")));
-            if let Some(detail) = problem {
-                return Err(KeyError::Refused {
-                    op: "looking up a public key",
-                    detail,
-                });
-            }
+            refused_on("looking up a public key", move || {
+                home::whole_keyring_problem(&home, deadline)
+            })
+            .await?;
         }
         Ok(chosen)
     }
@@ -589,6 +569,21 @@ fn default_home() -> PathBuf {
 }
 
 /// Modification time and size of the keyring files: when any changes, cached lookups go.
+/// Runs a keyring check (gpg run directly) off the async threads: a problem it finds refuses
+/// `op` (a temporary failure, never "no key").
+async fn refused_on(
+    op: &'static str,
+    check: impl FnOnce() -> Option<String> + Send + 'static,
+) -> Result<(), KeyError> {
+    let problem = tokio::task::spawn_blocking(check)
+        .await
+        .unwrap_or_else(|e| Some(format!("keyring check failed: {e}")));
+    match problem {
+        Some(detail) => Err(KeyError::Refused { op, detail }),
+        None => Ok(()),
+    }
+}
+
 fn keyring_stamp(home: &Path, with_trust: bool) -> Vec<(PathBuf, Option<(SystemTime, u64)>)> {
     // With `with_trust` (the lookup cache), the TOFU database and gpg.conf (its trust-model)
     // too: they decide validity, which decides the key chosen (review: a TOFU policy of bad
