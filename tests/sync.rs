@@ -3837,7 +3837,12 @@ async fn folders_renamed_or_deleted_upstream_follow_here() {
     let out = sync_once(&config);
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{log}");
-    assert!(log.contains("the folder is gone upstream"), "{log}");
+    // Followed: the mailbox here takes the new name, nothing comes down again.
+    assert!(
+        log.contains("renamed upstream: the mailbox here follows"),
+        "{log}"
+    );
+    assert_eq!(stdout(&out).trim(), format!("{USER}: 0 new"), "{log}");
     assert_eq!(exists(&mut raw, "Job"), 3, "{log}");
     assert!(!names(&mut raw).contains("\"Work\""), "{log}");
 
@@ -4902,4 +4907,54 @@ async fn a_move_by_append_into_a_folder_kept_here_expunges_the_original() {
     assert!(common::imap::fetched_bodies(&seen, 0).is_empty(), "{seen}");
     let mut raw = server.login();
     assert_eq!(exists(&mut raw, "Local"), 1);
+}
+
+/// A folder another client renamed upstream is followed here: the local mailbox takes the new
+/// name with its messages, UIDs and flags, nothing comes down again as new mail, and the
+/// changes waiting for it go up into the renamed folder (before: its messages were expunged
+/// and fetched again, the flag change waiting was dropped after ten passes, and the message
+/// stored here made the old folder again upstream beside the renamed one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_folder_renamed_upstream_is_followed_here() {
+    let world = World::new();
+    let dovecot = Dovecot::start_tls();
+    upstream(
+        &dovecot,
+        json!([{"cmd": "raw", "line": "CREATE RN"}, {"cmd": "raw", "line": "CREATE RN.Sub"},
+        append_bytes("RN", &plain_message("rn1")), append_bytes("RN", &plain_message("rn2")),
+        append_bytes("RN.Sub", &plain_message("sub1"))]),
+    );
+    let (server, _dir, config) = bobs_sync_with_address(&world, &dovecot);
+    let out = sync_once(&config);
+    assert_eq!(stdout(&out).trim(), format!("{USER}: 3 new"), "{out:?}");
+    let mut raw = server.login();
+    raw.ok("SELECT RN");
+    raw.ok("UID STORE 1 +FLAGS (\\Flagged)");
+    raw.ok("UNSELECT");
+    raw.ok("APPEND RN {25+}\r\nSubject: appended\r\n\r\nplan");
+    upstream(&dovecot, json!([{"cmd": "raw", "line": "RENAME RN RN2"}]));
+    let out = sync_once(&config);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stdout(&out).trim(), format!("{USER}: 0 new"), "{log}");
+    assert!(
+        log.contains("renamed upstream: the mailbox here follows"),
+        "{log}"
+    );
+    let out = sync_once(&config);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(waiting_changes(&server), 0);
+    let listed = raw.ok("LIST \"\" \"*\"").join("\n");
+    assert!(!listed.contains("\"RN\""), "{listed}");
+    assert_eq!(exists(&mut raw, "RN2/Sub"), 1);
+    assert_eq!(exists(&mut raw, "RN2"), 3);
+    let here = raw.ok("UID FETCH 1 FLAGS");
+    assert!(here[0].contains("\\Flagged"), "{here:?}");
+    let flags = upstream_flags(&dovecot, "RN2");
+    assert_eq!(flags.len(), 3, "{flags:?}");
+    assert!(flags[0].contains("\\Flagged"), "{flags:?}");
+    let seen = upstream(&dovecot, json!([{"cmd": "raw", "line": "LIST \"\" \"*\""}]));
+    assert!(
+        !untagged(&seen, 0).iter().any(|l| l.ends_with(" RN")),
+        "{seen}"
+    );
 }

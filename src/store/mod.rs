@@ -29,6 +29,7 @@ pub(crate) use import::info_separator;
 pub use import::{crlf, import_path, into_crlf, maildir_flags, ImportError, ImportReport, Skipped};
 pub(crate) use import::{days_from_civil, MONTHS};
 use sync::journal;
+pub(crate) use sync::FollowedRename;
 pub use sync::{
     holds_delimiter, is_local_keyword, JournalEntry, SyncFolder, UpstreamRef, WrittenBack,
     LOCAL_KEYWORD_PREFIX,
@@ -835,25 +836,7 @@ impl Store {
                 }
                 return Ok(());
             } else {
-                let prefix = format!("{}{DELIMITER}", source.name);
-                // SQLite's substr counts characters, not bytes ("Entwürfe/").
-                let chars = prefix.chars().count() as i64;
-                tx.execute(
-                    "UPDATE mailboxes SET name = ?2 || substr(name, ?3)
-                     WHERE account = ?1 AND substr(name, 1, ?4) = ?5",
-                    params![
-                        account,
-                        format!("{to}{DELIMITER}"),
-                        chars + 1,
-                        chars,
-                        prefix
-                    ],
-                )?;
-                tx.execute(
-                    "UPDATE mailboxes SET name = ?2 WHERE id = ?1",
-                    params![source.id, to],
-                )?;
-                rename_in_journal(tx, account, &source.name, to)?;
+                rename_rows(tx, account, &source, to)?;
             }
             journal(tx, account, from, 0, "rename-mailbox", to)?;
             Ok(())
@@ -2083,6 +2066,35 @@ fn copy_rows(
 /// name: the write-back finds a message by its local mailbox's current name, and an entry
 /// left under the old one would be dropped as done. The mailbox entries (a rename or delete
 /// waiting to go up) keep the names upstream has until they are done.
+/// Renames `source` and its inferiors to `to` (its parents made already), and the journal
+/// entries that name them.
+fn rename_rows(
+    tx: &Connection,
+    account: AccountId,
+    source: &Mailbox,
+    to: &str,
+) -> Result<(), StoreError> {
+    let prefix = format!("{}{DELIMITER}", source.name);
+    // SQLite's substr counts characters, not bytes ("Entwürfe/").
+    let chars = prefix.chars().count() as i64;
+    tx.execute(
+        "UPDATE mailboxes SET name = ?2 || substr(name, ?3)
+         WHERE account = ?1 AND substr(name, 1, ?4) = ?5",
+        params![
+            account,
+            format!("{to}{DELIMITER}"),
+            chars + 1,
+            chars,
+            prefix
+        ],
+    )?;
+    tx.execute(
+        "UPDATE mailboxes SET name = ?2 WHERE id = ?1",
+        params![source.id, to],
+    )?;
+    rename_in_journal(tx, account, &source.name, to)
+}
+
 fn rename_in_journal(
     tx: &Connection,
     account: AccountId,

@@ -14,6 +14,18 @@ use super::{
     MailboxId, Store, StoreError,
 };
 
+/// What [`Store::follow_upstream_rename`] did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum FollowedRename {
+    /// Nothing: the folder is left to be forgotten and fetched again under its new name.
+    No,
+    /// The local mailbox of this name took the new name.
+    Renamed(String),
+    /// The local mailbox had the new name already (renamed with its parent): only the mark
+    /// and the links moved.
+    Relinked,
+}
+
 /// Keywords that sealpost sets itself (the verdict): local only, never written upstream and
 /// never taken away by an upstream flag change.
 pub const LOCAL_KEYWORD_PREFIX: &str = "$Sealpost-";
@@ -226,6 +238,69 @@ impl Store {
                 c.prepare_cached("SELECT folder FROM sync_folders WHERE account = ?1")?;
             let rows = stmt.query_map([account], |r| r.get(0))?;
             Ok(rows.collect::<Result<_, _>>()?)
+        })
+    }
+
+    /// An upstream folder another client renamed, `from` to `to` (the same folder: a rename
+    /// keeps its UIDVALIDITY), followed here: the local mailbox holding its messages takes
+    /// the name `local_to`, with its messages, flags, UIDs and inferiors, and the folder's mark
+    /// and links move to the new name, so nothing is fetched and decrypted again and no local
+    /// change waiting for it is lost (before: its messages were expunged here and came down
+    /// again as new mail under the new name). Not journaled: upstream did it. Changes nothing
+    /// when it cannot be followed that way: no message of the folder here, messages in more
+    /// than one mailbox or one that holds other folders' too, INBOX or a special-use mailbox,
+    /// or another mailbox with the new name, or a mark for `to` already.
+    pub fn follow_upstream_rename(
+        &self,
+        account: AccountId,
+        from: &str,
+        to: &str,
+        local_to: &str,
+    ) -> Result<FollowedRename, StoreError> {
+        self.write(|tx| {
+            let mailboxes: Vec<MailboxId> = {
+                let mut stmt = tx.prepare(
+                    "SELECT DISTINCT mailbox FROM sync_map WHERE account = ?1 AND folder = ?2",
+                )?;
+                let rows = stmt.query_map(params![account, from], |r| r.get(0))?;
+                rows.collect::<Result<_, _>>()?
+            };
+            let [mailbox] = mailboxes[..] else {
+                return Ok(FollowedRename::No);
+            };
+            let source = find_mailbox_id(tx, mailbox)?;
+            let others: bool = tx.query_row(
+                "SELECT EXISTS (SELECT 1 FROM sync_map WHERE mailbox = ?1 AND folder != ?2)
+                     OR EXISTS (SELECT 1 FROM sync_folders WHERE account = ?3 AND folder = ?4)",
+                params![mailbox, from, account, to],
+                |r| r.get(0),
+            )?;
+            if others || source.name == "INBOX" || source.special_use.is_some() {
+                return Ok(FollowedRename::No);
+            }
+            let followed = match find_mailbox(tx, account, local_to)? {
+                // An inferior of a folder followed before it: renamed with it already.
+                Some(m) if m.id == source.id => FollowedRename::Relinked,
+                Some(_) => return Ok(FollowedRename::No),
+                None => {
+                    if local_to
+                        .strip_prefix(source.name.as_str())
+                        .is_some_and(|rest| rest.starts_with(super::DELIMITER))
+                    {
+                        return Ok(FollowedRename::No);
+                    }
+                    super::create_parents(tx, account, local_to)?;
+                    super::rename_rows(tx, account, &source, local_to)?;
+                    FollowedRename::Renamed(source.name)
+                }
+            };
+            for table in ["sync_folders", "sync_map"] {
+                tx.execute(
+                    &format!("UPDATE {table} SET folder = ?3 WHERE account = ?1 AND folder = ?2"),
+                    params![account, from, to],
+                )?;
+            }
+            Ok(followed)
         })
     }
 

@@ -216,6 +216,14 @@ impl Syncer {
         let (names, listed) = self
             .folder_names(session, &capabilities, &prefix, account)
             .await?;
+        // Before any folder is fetched: one another client renamed would come down again.
+        if let Err(e) = self.follow_renames(session, account, &listed, &names).await {
+            match e {
+                SyncError::Store(_) | SyncError::Task(_) => return Err(e),
+                e => tracing::warn!(account = %self.name,
+                    "folders renamed upstream not looked for in this pass: {e}"),
+            }
+        }
         // For the IMAP server: no local name may hold the delimiter (see writeback).
         let delimiter = names.delimiter.chars().next();
         let store = self.store.clone();
@@ -344,6 +352,97 @@ impl Syncer {
             }
         }
         report.redecrypted = retry_undecryptable(&self.store, &self.keys, account).await?;
+        Ok(())
+    }
+
+    /// Folders another client renamed upstream, followed here before anything is fetched: a
+    /// folder synced before that LIST leaves out and EXAMINE finds gone, and a listed folder
+    /// not synced yet with its UIDVALIDITY (a rename keeps it, as Dovecot's does) are one
+    /// folder. Its local mailbox takes the new name with its messages, flags and UIDs
+    /// ([`Store::follow_upstream_rename`]): nothing is fetched or decrypted again, no "new"
+    /// mail is counted, and local changes waiting for it go to it under the new name (before:
+    /// its messages were expunged here and came down again as new mail, and a flag change
+    /// waiting for one was dropped). Parents before their children; a folder the store cannot
+    /// follow is left to be forgotten and fetched again, as before. One STATUS per new folder,
+    /// and only when a synced folder is missing from the list.
+    async fn follow_renames(
+        &self,
+        session: &mut Session,
+        account: AccountId,
+        listed: &[Listed],
+        names: &names::FolderNames,
+    ) -> Result<(), SyncError> {
+        let store = self.store.clone();
+        let synced = blocking(move || store.synced_folders(account)).await??;
+        let mut gone = Vec::new();
+        for folder in synced {
+            if listed.iter().any(|l| l.wire == folder) || !self.config.syncs(&folder) {
+                continue;
+            }
+            let (store, f) = (self.store.clone(), folder.clone());
+            if let Some(mark) = blocking(move || store.sync_folder(account, &f)).await?? {
+                gone.push((folder, mark.uidvalidity));
+            }
+        }
+        if gone.is_empty() {
+            return Ok(());
+        }
+        let mut fresh = Vec::new();
+        for Listed { wire, .. } in listed {
+            let (store, f) = (self.store.clone(), wire.clone());
+            if self.config.syncs(wire)
+                && blocking(move || store.sync_folder(account, &f))
+                    .await??
+                    .is_none()
+            {
+                fresh.push(wire.clone());
+            }
+        }
+        fresh.sort_by_key(|w| w.chars().count());
+        let timeout = self.config.timeout();
+        for to in fresh {
+            let Ok(local_to) = names.local(&to) else {
+                continue;
+            };
+            let line = format!("STATUS {} (UIDVALIDITY)", quote(&to));
+            let status = within(timeout, command(session, &line, None)).await?;
+            let Some(uidvalidity) = status.uidvalidity.filter(|_| status.ok) else {
+                continue;
+            };
+            let mut same = gone.iter().filter(|(_, v)| *v == uidvalidity);
+            let (Some((from, _)), None) = (same.next(), same.next()) else {
+                continue;
+            };
+            let from = from.clone();
+            // Gone for certain, as for a folder forgotten (see `vanished_folders`).
+            let line = format!("EXAMINE {}", quote(&from));
+            let reply = within(timeout, command(session, &line, None)).await?;
+            let text = reply.text.trim_start();
+            if reply.ok || (text.starts_with('[') && !text.starts_with("[NONEXISTENT]")) {
+                continue;
+            }
+            let (store, f, t, l) = (
+                self.store.clone(),
+                from.clone(),
+                to.clone(),
+                local_to.clone(),
+            );
+            let followed =
+                blocking(move || store.follow_upstream_rename(account, &f, &t, &l)).await??;
+            match followed {
+                crate::store::FollowedRename::No => {}
+                crate::store::FollowedRename::Renamed(old) => {
+                    tracing::info!(account = %self.name, %from, %to, local = %old,
+                        new = %local_to, "renamed upstream: the mailbox here follows");
+                    gone.retain(|(f, _)| *f != from);
+                }
+                crate::store::FollowedRename::Relinked => {
+                    tracing::info!(account = %self.name, %from, %to,
+                        "renamed upstream with its parent: followed");
+                    gone.retain(|(f, _)| *f != from);
+                }
+            }
+        }
         Ok(())
     }
 

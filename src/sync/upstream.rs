@@ -463,6 +463,16 @@ pub async fn command(
                 reply.search.extend(uids);
                 continue;
             }
+            // STATUS (UIDVALIDITY): an untagged STATUS, no response code (it was left unread,
+            // and a check of two folders' UIDVALIDITY never saw one).
+            Response::MailboxData(MailboxDatum::Status { status, .. }) => {
+                for attribute in status {
+                    if let async_imap::imap_proto::StatusAttribute::UidValidity(v) = attribute {
+                        reply.uidvalidity = Some(*v);
+                    }
+                }
+                continue;
+            }
             Response::Fetch(_, attributes) => {
                 use async_imap::imap_proto::AttributeValue;
                 let uid = attributes.iter().find_map(|a| match a {

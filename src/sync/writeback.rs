@@ -64,9 +64,9 @@ struct Upstream<'a> {
     selected: Option<(String, u32)>,
     /// The mailbox renames waiting in the journal: (entry id, from, to), oldest first.
     renames: Vec<(i64, String, String)>,
+    account: AccountId,
 }
 
-/// Why one entry did not finish.
 /// What a write-back did: changes written, changes still waiting, and whether one of those
 /// waits for GnuPG.
 #[derive(Default)]
@@ -76,6 +76,7 @@ pub(super) struct WrittenBackCounts {
     pub gnupg_waits: bool,
 }
 
+/// Why one entry did not finish.
 enum Failure {
     /// The connection is gone or timed out: the pass ends, the entry stays.
     Connection(SyncError),
@@ -194,6 +195,7 @@ impl Syncer {
             names,
             selected: None,
             renames,
+            account,
         };
         let (mut done, mut waiting, mut gnupg_waits) = (0, 0, false);
         let mut held = Held::default();
@@ -1344,6 +1346,21 @@ impl Upstream<'_> {
         }
         if !reply.trycreate {
             return Err(Failure::Entry(format!("{line:.60}: {}", reply.text)));
+        }
+        // A folder synced before is gone upstream: another client renamed or deleted it. Made
+        // again now, it would stand beside the renamed one, which this pass follows here
+        // (review: the flag change waiting for it was dropped after ten passes, and its
+        // messages were here twice). The change waits; after the pass the mailbox has the new
+        // name, or the folder is forgotten and made again at the next one.
+        let (store, account, f) = (syncer.store.clone(), self.account, folder.to_string());
+        if blocking(move || store.sync_folder(account, &f))
+            .await??
+            .is_some()
+        {
+            return Err(Failure::Entry(format!(
+                "{folder}: the folder is gone upstream (another client renamed or deleted \
+                 it); waits until this pass has followed that"
+            )));
         }
         self.run(syncer, &format!("CREATE {}", quote(folder)), None)
             .await?;
