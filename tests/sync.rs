@@ -4958,3 +4958,59 @@ async fn a_folder_renamed_upstream_is_followed_here() {
         "{seen}"
     );
 }
+
+/// Another folder with the UIDVALIDITY of one gone (RFC 3501 lets a server give two folders
+/// one; set here with doveadm) is not taken for it renamed: the newest message linked to the
+/// old folder is not in it (review: a folder made anew showed the deleted one's messages, and
+/// an expunge here took a message the user never saw upstream).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_folder_with_the_uidvalidity_of_one_gone_is_not_taken_for_it() {
+    let world = World::new();
+    let dovecot = Dovecot::start_tls();
+    upstream(
+        &dovecot,
+        json!([{"cmd": "raw", "line": "CREATE RN"}, append_bytes("RN", &plain_message("rn1"))]),
+    );
+    let (server, _dir, config) = bobs_sync_with_address(&world, &dovecot);
+    let out = sync_once(&config);
+    assert_eq!(stdout(&out).trim(), format!("{USER}: 1 new"), "{out:?}");
+    let db = rusqlite::Connection::open(server.store_path()).unwrap();
+    let uidvalidity: u32 = db
+        .query_row(
+            "SELECT uidvalidity FROM sync_folders WHERE folder = 'RN'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    upstream(
+        &dovecot,
+        json!([{"cmd": "raw", "line": "DELETE RN"}, {"cmd": "raw", "line": "CREATE X"},
+        append_bytes("X", &plain_message("x1"))]),
+    );
+    let updated = Command::new("doveadm")
+        .arg("-c")
+        .arg(dovecot.dir().join("dovecot.conf"))
+        .args(["mailbox", "update", "-u", &dovecot.user, "--uid-validity"])
+        .arg(uidvalidity.to_string())
+        .arg("X")
+        .output()
+        .unwrap();
+    assert!(updated.status.success(), "{updated:?}");
+    let out = sync_once(&config);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        stdout(&out).trim(),
+        format!("{USER}: 1 new, 1 expunged upstream"),
+        "{log}"
+    );
+    assert!(!log.contains("renamed upstream"), "{log}");
+    let mut raw = server.login();
+    assert_eq!(exists(&mut raw, "X"), 1);
+    let subject = raw
+        .ok("UID FETCH 1:* (BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+        .join("\n");
+    assert!(
+        subject.contains("x1") && !subject.contains("rn1"),
+        "{subject}"
+    );
+}

@@ -2062,10 +2062,6 @@ fn copy_rows(
     Ok(pairs)
 }
 
-/// Message changes waiting in the journal follow their mailbox (and its children) to its new
-/// name: the write-back finds a message by its local mailbox's current name, and an entry
-/// left under the old one would be dropped as done. The mailbox entries (a rename or delete
-/// waiting to go up) keep the names upstream has until they are done.
 /// Renames `source` and its inferiors to `to` (its parents made already), and the journal
 /// entries that name them.
 fn rename_rows(
@@ -2095,6 +2091,10 @@ fn rename_rows(
     rename_in_journal(tx, account, &source.name, to)
 }
 
+/// Message changes waiting in the journal follow their mailbox (and its children) to its new
+/// name: the write-back finds a message by its local mailbox's current name, and an entry
+/// left under the old one would be dropped as done. The mailbox entries (a rename or delete
+/// waiting to go up) keep the names upstream has until they are done.
 fn rename_in_journal(
     tx: &Connection,
     account: AccountId,

@@ -269,6 +269,23 @@ impl Store {
                 return Ok(FollowedRename::No);
             };
             let source = find_mailbox_id(tx, mailbox)?;
+            // A change to its mailboxes waiting here (a subfolder made, a rename, a deletion):
+            // followed, the change would go up under names upstream no longer has (review: a
+            // subfolder made here ended up two folders upstream; a rename waiting was undone).
+            let prefix = format!("{}{}", source.name, super::DELIMITER);
+            let structure_waits: bool = tx.query_row(
+                "SELECT EXISTS (SELECT 1 FROM journal
+                                WHERE account = ?1
+                                  AND kind IN ('create-mailbox', 'rename-mailbox',
+                                               'delete-mailbox')
+                                  AND (mailbox = ?2 OR substr(mailbox, 1, ?3) = ?4
+                                       OR detail = ?2 OR substr(detail, 1, ?3) = ?4))",
+                params![account, source.name, prefix.chars().count() as i64, prefix],
+                |r| r.get(0),
+            )?;
+            if structure_waits {
+                return Ok(FollowedRename::No);
+            }
             let others: bool = tx.query_row(
                 "SELECT EXISTS (SELECT 1 FROM sync_map WHERE mailbox = ?1 AND folder != ?2)
                      OR EXISTS (SELECT 1 FROM sync_folders WHERE account = ?3 AND folder = ?4)",
@@ -301,6 +318,24 @@ impl Store {
                 )?;
             }
             Ok(followed)
+        })
+    }
+
+    /// The link with the highest upstream UID of `folder` whose upstream bytes' SHA-256 is
+    /// known: (upstream UID, SHA-256). What a folder taken for `folder` renamed must hold.
+    pub fn sample_link(
+        &self,
+        account: AccountId,
+        folder: &str,
+    ) -> Result<Option<(u32, Vec<u8>)>, StoreError> {
+        self.read(|c| {
+            Ok(c.prepare_cached(
+                "SELECT upstream_uid, upstream_sha256 FROM sync_map
+                 WHERE account = ?1 AND folder = ?2 AND upstream_sha256 IS NOT NULL
+                 ORDER BY upstream_uid DESC LIMIT 1",
+            )?
+            .query_row(params![account, folder], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?)
         })
     }
 

@@ -854,3 +854,48 @@ fn a_message_fetched_and_stored_again_has_the_same_carried_hash() {
         carried_sha256(b"Subject: a\x80b\r\n\r\nbody\r\n")
     );
 }
+
+/// An upstream rename is followed here (the mailbox, its mark and links take the new name),
+/// but not while a change to the mailbox's hierarchy waits to go up (a subfolder made here
+/// would go up under the old name: review).
+#[test]
+fn an_upstream_rename_is_followed_unless_a_mailbox_change_waits() {
+    for waiting in [false, true] {
+        let (_dir, store) = store();
+        let account = store.ensure_account("alice").unwrap();
+        store.set_write_back(account, true).unwrap();
+        let rn = store.create_client_mailbox(account, "RN").unwrap();
+        store
+            .journal_for(account, 0, 10)
+            .unwrap()
+            .iter()
+            .for_each(|e| {
+                store
+                    .writeback_done(account, e.id, &WrittenBack::default())
+                    .unwrap()
+            });
+        let mark = SyncMark {
+            folder: "RN".into(),
+            ..inbox_mark(&[4])
+        };
+        store
+            .append_synced(rn.id, vec![message("a")], &mark)
+            .unwrap();
+        if waiting {
+            store.create_client_mailbox(account, "RN/New").unwrap();
+        }
+        let followed = store
+            .follow_upstream_rename(account, "RN", "RN2", "RN2")
+            .unwrap();
+        if waiting {
+            assert_eq!(followed, FollowedRename::No);
+            assert!(store.mailbox(account, "RN").unwrap().is_some());
+        } else {
+            assert_eq!(followed, FollowedRename::Renamed("RN".into()));
+            let renamed = store.mailbox(account, "RN2").unwrap().unwrap();
+            assert_eq!(renamed.id, rn.id);
+            assert!(store.sync_folder(account, "RN2").unwrap().is_some());
+            assert!(store.sync_folder(account, "RN").unwrap().is_none());
+        }
+    }
+}

@@ -421,6 +421,34 @@ impl Syncer {
             if reply.ok || (text.starts_with('[') && !text.starts_with("[NONEXISTENT]")) {
                 continue;
             }
+            // The same folder, by its content too: a server may give two folders one
+            // UIDVALIDITY (RFC 3501 allows it; review: a folder made anew was taken for the
+            // one deleted, and the user's expunge took a message they never saw). The newest
+            // message linked to the old folder must be in the new one, byte for byte.
+            let (store, f) = (self.store.clone(), from.clone());
+            let Some((uid, hash)) = blocking(move || store.sample_link(account, &f)).await?? else {
+                continue;
+            };
+            let line = format!("EXAMINE {}", quote(&to));
+            if !within(timeout, command(session, &line, None)).await?.ok {
+                continue;
+            }
+            let sample = Batch {
+                uids: vec![uid],
+                bytes: MAX_SAMPLE_BYTES,
+                sized: false,
+            };
+            let fetched = fetch_chunk(session, &self.name, &sample, timeout).await;
+            if let Some(e) = fetched.broken {
+                return Err(e);
+            }
+            let same = fetched
+                .messages
+                .iter()
+                .any(|m| m.0 == uid && Sha256::digest(&m.3)[..] == hash[..]);
+            if !same {
+                continue;
+            }
             let (store, f, t, l) = (
                 self.store.clone(),
                 from.clone(),
@@ -1738,6 +1766,9 @@ impl Source {
         }
     }
 }
+
+/// The most bytes of the message fetched to tell a renamed folder by its content.
+const MAX_SAMPLE_BYTES: u64 = 64 * 1024 * 1024;
 
 /// How often messages kept undecryptable are tried again when the keyring has not changed.
 const RETRY_UNDECRYPTABLE_SECS: i64 = 86_400;
