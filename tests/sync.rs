@@ -4932,6 +4932,8 @@ async fn a_folder_renamed_upstream_is_followed_here() {
     raw.ok("UID STORE 1 +FLAGS (\\Flagged)");
     raw.ok("UNSELECT");
     raw.ok("APPEND RN {25+}\r\nSubject: appended\r\n\r\nplan");
+    // A subfolder made here meanwhile goes up under the new name, not as a folder apart.
+    raw.ok("CREATE RN/Made");
     upstream(&dovecot, json!([{"cmd": "raw", "line": "RENAME RN RN2"}]));
     let out = sync_once(&config);
     let log = String::from_utf8_lossy(&out.stderr);
@@ -4953,10 +4955,11 @@ async fn a_folder_renamed_upstream_is_followed_here() {
     assert_eq!(flags.len(), 3, "{flags:?}");
     assert!(flags[0].contains("\\Flagged"), "{flags:?}");
     let seen = upstream(&dovecot, json!([{"cmd": "raw", "line": "LIST \"\" \"*\""}]));
-    assert!(
-        !untagged(&seen, 0).iter().any(|l| l.ends_with(" RN")),
-        "{seen}"
-    );
+    let folders = untagged(&seen, 0);
+    assert!(!folders.iter().any(|l| l.ends_with(" RN")), "{seen}");
+    assert!(folders.iter().any(|l| l.ends_with(" RN2.Made")), "{seen}");
+    assert!(!folders.iter().any(|l| l.ends_with(" RN.Made")), "{seen}");
+    assert!(listed.contains("\"RN2/Made\""), "{listed}");
 }
 
 /// Another folder with the UIDVALIDITY of one gone (RFC 3501 lets a server give two folders

@@ -1847,6 +1847,15 @@ fn journal_client_append(
     journal(tx, mb.account, &mb.name, uid, "flags", &detail)
 }
 
+/// The mailbox and UID a move's or copy's journal detail names ("NAME\tUID", a move's
+/// possibly followed by "\t" [`MOVED_BY_APPEND`]); None when it names none.
+pub fn named_message(detail: &str) -> Option<(&str, u32)> {
+    let mut fields = detail.split('\t');
+    let name = fields.next()?;
+    let uid = fields.next()?.parse().ok()?;
+    Some((name, uid))
+}
+
 /// The detail of a move journaled for an expunge and an APPEND of the same message (mbsync's
 /// move): a third field says the original was expunged here, so a move into a folder that
 /// does not go upstream still takes the original away there, as the expunge would have.

@@ -269,15 +269,15 @@ impl Store {
                 return Ok(FollowedRename::No);
             };
             let source = find_mailbox_id(tx, mailbox)?;
-            // A change to its mailboxes waiting here (a subfolder made, a rename, a deletion):
-            // followed, the change would go up under names upstream no longer has (review: a
-            // subfolder made here ended up two folders upstream; a rename waiting was undone).
+            // A rename or deletion of it or under it waiting here: followed, the user's own
+            // change would be undone or go up under names upstream no longer has (review: a
+            // waiting rename was undone). A subfolder made here waits for the follow and is
+            // then made under the new name (the write-back holds it back, see writeback).
             let prefix = format!("{}{}", source.name, super::DELIMITER);
             let structure_waits: bool = tx.query_row(
                 "SELECT EXISTS (SELECT 1 FROM journal
                                 WHERE account = ?1
-                                  AND kind IN ('create-mailbox', 'rename-mailbox',
-                                               'delete-mailbox')
+                                  AND kind IN ('rename-mailbox', 'delete-mailbox')
                                   AND (mailbox = ?2 OR substr(mailbox, 1, ?3) = ?4
                                        OR detail = ?2 OR substr(detail, 1, ?3) = ?4))",
                 params![account, source.name, prefix.chars().count() as i64, prefix],
@@ -1227,7 +1227,11 @@ impl Store {
             // A move's target and a copy's source name the message in their detail.
             tx.prepare_cached(
                 "UPDATE journal SET detail = ?2 || char(9) || ?4
-                 WHERE account = ?1 AND kind IN ('copy', 'move') AND detail = ?2 || char(9) || ?3",
+                                             || substr(detail, length(?2 || char(9) || ?3) + 1)
+                 WHERE account = ?1 AND kind IN ('copy', 'move')
+                   AND (detail = ?2 || char(9) || ?3
+                        OR substr(detail, 1, length(?2 || char(9) || ?3) + 1)
+                           = ?2 || char(9) || ?3 || char(9))",
             )?
             .execute(params![mb.account, mb.name, uid, new_uid])?;
             expunge_rows(tx, &mb, &[uid])?;

@@ -856,8 +856,8 @@ fn a_message_fetched_and_stored_again_has_the_same_carried_hash() {
 }
 
 /// An upstream rename is followed here (the mailbox, its mark and links take the new name),
-/// but not while a change to the mailbox's hierarchy waits to go up (a subfolder made here
-/// would go up under the old name: review).
+/// but not while a rename of the mailbox made here waits to go up (it would be undone:
+/// review).
 #[test]
 fn an_upstream_rename_is_followed_unless_a_mailbox_change_waits() {
     for waiting in [false, true] {
@@ -882,14 +882,14 @@ fn an_upstream_rename_is_followed_unless_a_mailbox_change_waits() {
             .append_synced(rn.id, vec![message("a")], &mark)
             .unwrap();
         if waiting {
-            store.create_client_mailbox(account, "RN/New").unwrap();
+            store.rename_mailbox(account, "RN", "Mine").unwrap();
         }
         let followed = store
             .follow_upstream_rename(account, "RN", "RN2", "RN2")
             .unwrap();
         if waiting {
             assert_eq!(followed, FollowedRename::No);
-            assert!(store.mailbox(account, "RN").unwrap().is_some());
+            assert!(store.mailbox(account, "Mine").unwrap().is_some());
         } else {
             assert_eq!(followed, FollowedRename::Renamed("RN".into()));
             let renamed = store.mailbox(account, "RN2").unwrap().unwrap();
