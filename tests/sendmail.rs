@@ -787,6 +787,15 @@ fn a_missing_drop_directory_of_a_shared_queue_is_made_for_everyone() {
         b"From: nobody@host.example\nSubject: x\n\nhello\n",
     );
     assert!(out.status.success(), "{out:?}");
+    // A personal queue made by a plain mkdir (0755, readable by others) stays personal: its
+    // drop directory is the owner's alone (review: it was made writable by anyone).
+    std::fs::remove_dir_all(&queue).unwrap();
+    std::fs::create_dir_all(&queue).unwrap();
+    perm(&queue, 0o755);
+    let out = s.sendmail(&["-i", "bob@example.org"], msg);
+    assert!(out.status.success(), "{out:?}");
+    let incoming = std::fs::metadata(queue.join("incoming")).unwrap();
+    assert_eq!(incoming.mode() & 0o7777, 0o700);
 }
 
 #[test]

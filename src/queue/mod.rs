@@ -74,10 +74,11 @@ impl QueueConfig {
     }
 
     /// The drop directory, created when it is missing: owner-only (0700) in a personal queue,
-    /// and in a shared one (a queue directory others may search, as the package makes it,
-    /// 0711) mode 1733 and the queue directory's owner's, as the package makes it (review:
-    /// made 0700 by root's sendmail or the service's first run, every other user's
-    /// submission then failed with 77).
+    /// and in a shared one (a queue directory others may search but not read, 0711 as the
+    /// package makes it) mode 1733 and the queue directory's owner's, as the package makes it
+    /// (review: made 0700 by root's sendmail or the service's first run, every other user's
+    /// submission then failed with 77). A personal queue directory made by a plain `mkdir`
+    /// (0755) stays personal (review: its drop directory became writable by anyone).
     pub fn ensure_incoming(&self) -> Result<PathBuf, QueueError> {
         use std::os::unix::fs::{MetadataExt, PermissionsExt};
         let incoming = self.incoming();
@@ -86,7 +87,7 @@ impl QueueConfig {
         }
         let shared = std::fs::metadata(&self.dir)
             .ok()
-            .filter(|m| m.mode() & 0o001 != 0);
+            .filter(|m| m.mode() & 0o005 == 0o001);
         let Some(queue_dir) = shared else {
             create_private_dir(&incoming)?;
             return Ok(incoming);
@@ -1535,10 +1536,25 @@ impl Runner {
 
     async fn attempt(&self, m: &Loaded, at: i64) -> Result<RunReport, QueueError> {
         let mut report = RunReport::default();
+        // A recipient starting with "-" is an option that came out of place on sendmail's
+        // command line, not an address (Postfix's allow_min_user = no: 5.1.3; review:
+        // -falice@example.org after the recipients got a copy). Only here: over SMTP, in the
+        // milter, Postfix decides.
+        let (options, due): (Vec<&Due>, Vec<&Due>) =
+            m.due.iter().partition(|d| d.address.starts_with('-'));
+        for d in &options {
+            let reply = rewrite::plan::bad_address(&d.address);
+            self.queue
+                .mark_failed(&m.id, &d.address, reply.status, &reply.to_string())?;
+            report.failed += 1;
+        }
+        if due.is_empty() {
+            return Ok(report);
+        }
         let envelope = Envelope {
             id: m.id.clone(),
             sender: m.sender.clone(),
-            recipients: m.due.iter().map(|d| d.address.clone()).collect(),
+            recipients: due.iter().map(|d| d.address.clone()).collect(),
         };
         let prepared = if m.report {
             bounce::prepare(&self.reports, &envelope, m.raw.clone()).await
@@ -1548,7 +1564,7 @@ impl Runner {
         let mut planned = match prepared {
             Ok(Prepared::Copies(planned)) => planned,
             Ok(Prepared::Refused(reply)) => {
-                for d in &m.due {
+                for d in &due {
                     self.queue
                         .mark_failed(&m.id, &d.address, reply.status, &reply.to_string())?;
                     report.failed += 1;
@@ -1556,7 +1572,7 @@ impl Runner {
                 return Ok(report);
             }
             Err(e) => {
-                for d in &m.due {
+                for d in &due {
                     self.queue.mark_failed(
                         &m.id,
                         &d.address,
@@ -1572,7 +1588,7 @@ impl Runner {
         // copy in memory.
         // The due rows by mailbox: a copy counts for each row of its recipient's mailbox.
         let mut by_mailbox: std::collections::HashMap<String, Vec<&Due>> = Default::default();
-        for d in &m.due {
+        for d in &due {
             by_mailbox
                 .entry(rewrite::mailbox(&d.address))
                 .or_default()
@@ -1594,7 +1610,7 @@ impl Runner {
         // Every due recipient is accounted for: one the core made no copy for waits with the
         // reason, instead of being retried every run unrecorded.
         let uncovered = |d: &&Due| !covered.contains(&rewrite::mailbox(&d.address));
-        for d in m.due.iter().filter(uncovered) {
+        for d in due.iter().copied().filter(uncovered) {
             let reason = "internal error: no copy was built for this recipient";
             tracing::error!("{}: to=<{}> {reason}", m.id, d.address);
             report.count_deferral(self.defer(m, d, reason, at)?);

@@ -713,12 +713,7 @@ fn recipient(raw: &str) -> Recipient {
             valid: true,
         };
     }
-    // One starting with "-" is an option that came out of place on a command line, not an
-    // address (Postfix's allow_min_user = no: 5.1.3; review: -falice@example.org after the
-    // recipients got a copy).
-    let valid = lettre::Address::from_str(bare).is_ok()
-        && !routes_in_local_part(bare)
-        && !bare.starts_with('-');
+    let valid = lettre::Address::from_str(bare).is_ok() && !routes_in_local_part(bare);
     let address = if valid {
         unquoted(bare).unwrap_or_else(|| bare.to_string())
     } else {
