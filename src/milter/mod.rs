@@ -960,7 +960,12 @@ async fn end_of_message(
         // than its message_size_limit, say): nothing went, so an SMTP client hears it, as it
         // does for a message to one recipient (review: 250, and a report for each). On the
         // sendmail path the sender gets the report, each recipient with its own reason.
-        let listener = failures.iter().rev().find(|f| f.status == "5.0.0");
+        // A copy too large for the listener (552) decides the reply when there is one, so that
+        // the same message gets the same reply whatever the order of its recipients (review).
+        let refusals = || failures.iter().filter(|f| f.status == "5.0.0");
+        let listener = refusals()
+            .find(|f| f.diagnostic.starts_with("552"))
+            .or_else(|| refusals().next());
         let text = listener.map_or("no copy of this message can be sent", |f| {
             without_reply_code(&f.diagnostic)
         });
