@@ -1297,3 +1297,46 @@ async fn signing_with_an_agent_that_cannot_start_names_the_agent() {
         assert!(reply.text.contains("agent"), "{reply}");
     }
 }
+
+/// One changed byte in a key's subkey binding signature: the key block still reads, gpg takes
+/// the subkey for invalid, and the address seems to have no usable key. gpg's check of that
+/// key's signatures finds the damage: deferred, never signed cleartext (review).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_signature_in_a_key_defers_rather_than_sending_in_clear() {
+    let world = World::new();
+    let home = GpgHome::copy_of(&world.sender);
+    home.generate("Frank <frank@example.org>");
+    sealpost::keys::home::stop_daemons(&home.dir);
+    let keyring = home.dir.join("pubring.kbx");
+    let mut bytes = std::fs::read(&keyring).unwrap();
+    let be = |b: &[u8], at: usize| u32::from_be_bytes(b[at..at + 4].try_into().unwrap()) as usize;
+    let mut at = 0;
+    loop {
+        let len = be(&bytes, at);
+        if common::find(&bytes[at..at + len], b"<frank@example.org>").is_some() {
+            // A byte of the key block's last packet, the subkey's binding signature.
+            let end = at + be(&bytes, at + 8) + be(&bytes, at + 12);
+            bytes[end - 10] ^= 0x55;
+            break;
+        }
+        at += len;
+    }
+    std::fs::write(&keyring, bytes).unwrap();
+    let rewriter = Rewriter::new(home.service(Duration::from_secs(20)), Policy::default());
+    let envelope = Envelope {
+        id: "F1".into(),
+        sender: "alice@example.org".into(),
+        recipients: vec!["frank@example.org".into()],
+    };
+    let copies = copies(
+        rewriter
+            .rewrite(&envelope, MESSAGE.as_bytes().to_vec())
+            .await
+            .unwrap(),
+    );
+    let Decision::Deferred { reply } = &copies[0].decision else {
+        panic!("{:?}", copies[0].decision);
+    };
+    assert!(copies[0].message.is_none());
+    assert!(reply.text.contains("does not verify"), "{reply}");
+}

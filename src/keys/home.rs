@@ -133,6 +133,35 @@ fn is_damage(line: &str) -> bool {
     .any(|w| l.contains(w))
 }
 
+/// Whether one of the keys `fingerprints` (listed, none of them usable) carries a signature
+/// that does not verify: one changed byte in a subkey's binding signature makes gpg take the
+/// subkey for invalid while the key block still reads (review: signed cleartext to a recipient
+/// whose key was in the keyring). gpg's own check (`--check-sigs`; `-` in a signature's
+/// validity field) of those keys only.
+pub fn bad_signature(home: &Path, fingerprints: &[String], deadline: Duration) -> Option<String> {
+    if fingerprints.is_empty() {
+        return None;
+    }
+    let mut args = vec!["--check-sigs", "--"];
+    args.extend(fingerprints.iter().map(String::as_str));
+    match gpg_listing(Some(home), &args, deadline) {
+        Err(e) => Some(format!("cannot run gpg: {e}")),
+        Ok(out) => {
+            let listing = String::from_utf8_lossy(&out.stdout);
+            let bad = listing
+                .lines()
+                .filter(|l| l.starts_with("sig:") || l.starts_with("rev:"))
+                .any(|l| l.split(':').nth(1) == Some("-"));
+            bad.then(|| {
+                format!(
+                    "a signature of the key {} does not verify: the keyring is damaged",
+                    fingerprints.join(", ")
+                )
+            })
+        }
+    }
+}
+
 /// Why the public keyring as a whole cannot be read: a search by address passes over a key
 /// block damaged inside (its index entry intact, its packets not), and answers "no public
 /// key" for the address whose key it was (review: Bob got signed cleartext). Every key block
