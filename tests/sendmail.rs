@@ -796,6 +796,16 @@ fn a_missing_drop_directory_of_a_shared_queue_is_made_for_everyone() {
     assert!(out.status.success(), "{out:?}");
     let incoming = std::fs::metadata(queue.join("incoming")).unwrap();
     assert_eq!(incoming.mode() & 0o7777, 0o700);
+    // One made writable by anyone before (review) is made the owner's alone again.
+    perm(&queue.join("incoming"), 0o1733);
+    let out = s.sendmail(&["-i", "bob@example.org"], msg);
+    assert!(out.status.success(), "{out:?}");
+    let incoming = std::fs::metadata(queue.join("incoming")).unwrap();
+    assert_eq!(incoming.mode() & 0o7777, 0o700);
+    // A recipient SMTP cannot carry (a tab in a quoted local part) is refused with the
+    // message, not sent to the relay as it is (review).
+    let out = s.sendmail(&["-i", "bob@example.org", "\"a\tb\"@example.org"], msg);
+    assert_eq!(out.status.code(), Some(65), "{out:?}");
 }
 
 #[test]

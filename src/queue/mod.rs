@@ -82,12 +82,23 @@ impl QueueConfig {
     pub fn ensure_incoming(&self) -> Result<PathBuf, QueueError> {
         use std::os::unix::fs::{MetadataExt, PermissionsExt};
         let incoming = self.incoming();
-        if incoming.is_dir() {
-            return Ok(incoming);
-        }
         let shared = std::fs::metadata(&self.dir)
             .ok()
             .filter(|m| m.mode() & 0o005 == 0o001);
+        if let Some(made) = std::fs::metadata(&incoming).ok().filter(|m| m.is_dir()) {
+            // A personal queue's drop directory that others may write to (made 1733 by a
+            // version that took a 0755 queue for shared: review) is the owner's alone again:
+            // otherwise any user's message would go out with the owner's key and relay login.
+            if shared.is_none() && made.uid() == current_uid() && made.mode() & 0o022 != 0 {
+                tracing::warn!(
+                    "{}: a personal queue's drop directory others could write to: made the \
+                     owner's alone (0700)",
+                    incoming.display()
+                );
+                let _ = std::fs::set_permissions(&incoming, std::fs::Permissions::from_mode(0o700));
+            }
+            return Ok(incoming);
+        }
         let Some(queue_dir) = shared else {
             create_private_dir(&incoming)?;
             return Ok(incoming);

@@ -372,7 +372,10 @@ pub fn check_recipients(recipients: &[String]) -> Result<Vec<String>, InputError
         .partition(|r| !r.starts_with('-') && r.parse::<lettre::Address>().is_ok());
     let unstorable =
         |r: &String| r.is_empty() || r.chars().any(|c| c.is_whitespace() || c.is_control());
-    if let Some(r) = bad.iter().copied().find(|r| unstorable(r)) {
+    // An address may hold a blank or a tab in a quoted local part, but SMTP has no way to
+    // carry one (RFC 5321 §4.1.2: no control character in a quoted string; review: a raw tab
+    // went to the relay in RCPT TO): refused with the others.
+    if let Some(r) = recipients.iter().find(|r| unstorable(r)) {
         return Err(InputError::BadRecipient(r.clone()));
     }
     if good.is_empty() {
