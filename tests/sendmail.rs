@@ -2135,3 +2135,17 @@ fn a_listing_that_cannot_be_written_says_so() {
         "{out:?}"
     );
 }
+
+/// In a -bs session, an address with a control character (a tab in a quoted local part),
+/// which SMTP cannot carry on, is refused at MAIL and RCPT (review: queued, then sent raw).
+#[test]
+fn a_bs_address_with_a_control_character_is_refused() {
+    let s = Setup::new();
+    s.configure(relay::free_port(), false, "");
+    let session = "EHLO app\r\nMAIL FROM:<\"a\tb\"@example.org>\r\n\
+        MAIL FROM:<alice@example.org>\r\nRCPT TO:<\"c\td\"@example.org>\r\nQUIT\r\n";
+    let out = s.sendmail(&["-bs"], session.as_bytes());
+    let replies = String::from_utf8_lossy(&out.stdout);
+    assert!(replies.contains("501 5.1.7"), "{replies}");
+    assert!(replies.contains("501 5.1.3"), "{replies}");
+}

@@ -289,7 +289,9 @@ fn option(inv: &mut Invocation, letter: char, value: &str) -> Result<(), UsageEr
             } else {
                 sender.parse::<lettre::Address>().is_ok()
             };
-            if !sender.is_empty() && !valid {
+            // A control character (a tab in a quoted local part) cannot go on over SMTP
+            // (RFC 5321 §4.1.2): no sender either (review).
+            if !sender.is_empty() && (!valid || sender.chars().any(char::is_control)) {
                 return Err(usage(&format!("-{letter} {value}: not an email address")));
             }
             inv.sender = Some(sender.to_string());
@@ -405,6 +407,14 @@ mod tests {
         assert!(find(&[b"bob@x", b"-F", b"x"]).is_empty());
         assert!(find(&[b"--", b"-Fx"]).is_empty());
         assert_eq!(find(&[b"-q", b"-Fx"]), [1]);
+    }
+
+    /// A sender with a control character (a tab in a quoted local part) is refused: SMTP
+    /// cannot carry it (review).
+    #[test]
+    fn a_sender_with_a_control_character_is_refused() {
+        assert!(parse("sendmail", &["-f", "\"a\tb\"@example.org", "bob@x.org"]).is_err());
+        assert!(parse("sendmail", &["-f", "\"a b\"@example.org", "bob@x.org"]).is_ok());
     }
 
     #[test]

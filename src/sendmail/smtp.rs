@@ -130,7 +130,12 @@ pub fn session(
                     // RFC 5321 §4.1.1.2 and Appendix C: a source route is accepted and
                     // ignored, as Postfix does (review: 501).
                     let sender = input::qualify(crate::rewrite::without_route(&sender), &domain);
-                    if !sender.is_empty() && sender.parse::<lettre::Address>().is_err() {
+                    // A control character (a tab in a quoted local part) cannot go on over
+                    // SMTP (RFC 5321 §4.1.2): refused here, as on the command line.
+                    if !sender.is_empty()
+                        && (sender.parse::<lettre::Address>().is_err()
+                            || sender.chars().any(char::is_control))
+                    {
                         reply(
                             output,
                             &format!("501 5.1.7 Bad sender address syntax: <{sender}>"),
@@ -158,7 +163,9 @@ pub fn session(
                     // RFC 5321 §4.5.1: <Postmaster> without a domain must be accepted. A
                     // source route is ignored (§4.1.1.3, Appendix C).
                     let rcpt = input::qualify(crate::rewrite::without_route(&rcpt), &domain);
-                    if rcpt.parse::<lettre::Address>().is_err() {
+                    if rcpt.parse::<lettre::Address>().is_err()
+                        || rcpt.chars().any(char::is_control)
+                    {
                         reply(
                             output,
                             &format!("501 5.1.3 Bad recipient address syntax: <{rcpt}>"),
