@@ -912,13 +912,14 @@ impl Store {
         files: Option<(&str, &[String])>,
     ) -> Result<Vec<Appended>, StoreError> {
         // Summaries are computed before taking the writer lock: parsing is the slow part.
+        // So is the carried hash (see [`carried_sha256`]), needed for new content and for a
+        // client's APPEND: computed once, here.
         let mut fresh = Vec::with_capacity(messages.len());
         for message in &messages {
             let known = self.read(|c| content_id(c, &message.sha256))?;
-            fresh.push(match known {
-                Some(_) => None,
-                None => Some(summarize(&message.raw)),
-            });
+            let carried =
+                (known.is_none() || origin == Origin::Client).then(|| carried_sha256(&message.raw));
+            fresh.push((known.is_none().then(|| summarize(&message.raw)), carried));
         }
         self.write(|tx| {
             let mut mb = find_mailbox_id(tx, mailbox)?;
@@ -940,7 +941,8 @@ impl Store {
                     })?,
                 None => false,
             };
-            for (i, (message, summary)) in messages.iter().zip(fresh).enumerate() {
+            for (i, (message, (summary, carried))) in messages.iter().zip(fresh).enumerate() {
+                let carried = || carried.unwrap_or_else(|| carried_sha256(&message.raw));
                 let known = content_id(tx, &message.sha256)?;
                 let existing = match mark {
                     Some(mark) => already_here(tx, &mb, mark, i, relinking, known, message)?,
@@ -961,6 +963,7 @@ impl Store {
                         tx,
                         message,
                         summary.unwrap_or_else(|| summarize(&message.raw)),
+                        &carried(),
                     )?,
                 };
                 let uid = next_uid(&mut mb)?;
@@ -979,7 +982,7 @@ impl Store {
                     message.raw.len() as i64
                 ])?;
                 if origin == Origin::Client {
-                    journal_client_append(tx, &mb, uid, message)?;
+                    journal_client_append(tx, &mb, uid, message, &carried())?;
                 }
                 if let Some(mark) = mark {
                     link_upstream(tx, mb.account, mark, i, mailbox, uid)?;
@@ -1769,6 +1772,7 @@ fn insert_content(
     tx: &Connection,
     message: &Prepared,
     summary: crate::imap::summary::Summary,
+    carried: &[u8; 32],
 ) -> Result<i64, StoreError> {
     tx.prepare_cached(
         "INSERT INTO contents (sha256, size, envelope, body, bodystructure, parts,
@@ -1782,7 +1786,7 @@ fn insert_content(
         summary.body,
         summary.bodystructure,
         summary.parts.to_bytes(),
-        &carried_sha256(&message.raw)[..],
+        &carried[..],
     ])?;
     let id = tx.last_insert_rowid();
     if message.raw.len() < DIRECT_BLOB_MAX {
@@ -1814,11 +1818,11 @@ fn journal_client_append(
     mb: &Mailbox,
     uid: u32,
     message: &Prepared,
+    carried: &[u8; 32],
 ) -> Result<(), StoreError> {
-    let carried = carried_sha256(&message.raw);
-    let there = match moved_by_append(tx, mb, uid, &carried)? {
+    let there = match moved_by_append(tx, mb, uid, carried)? {
         Some(there) => there,
-        None => match carried_from(tx, mb.account, &carried, (mb.id, uid))? {
+        None => match carried_from(tx, mb.account, carried, (mb.id, uid))? {
             Some((name, from, flags)) => {
                 journal(
                     tx,

@@ -1171,6 +1171,7 @@ impl Store {
         message: super::Prepared,
     ) -> Result<Option<u32>, StoreError> {
         let summary = crate::imap::summary::summarize(&message.raw);
+        let carried = super::carried_sha256(&message.raw);
         self.write(|tx| {
             let mut mb = find_mailbox_id(tx, mailbox)?;
             let old: Option<(String, i64, i64)> = tx
@@ -1195,7 +1196,7 @@ impl Store {
             }
             let content = match super::content_id(tx, &message.sha256)? {
                 Some(id) => id,
-                None => super::insert_content(tx, &message, summary)?,
+                None => super::insert_content(tx, &message, summary, &carried)?,
             };
             let modseq = mb.highestmodseq + 1;
             let new_uid = super::next_uid(&mut mb)?;

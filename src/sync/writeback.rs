@@ -352,13 +352,8 @@ impl Syncer {
                     .rsplit_once(delimiter.as_str())
                     .filter(|_| !delimiter.is_empty());
                 if let Some((parent, _)) = parent {
-                    let (store, p) = (self.store.clone(), parent.to_string());
-                    let synced = blocking(move || store.sync_folder(account, &p)).await??;
-                    if synced.is_some() && !up.exists(self, parent).await? {
-                        return Err(Failure::Entry(format!(
-                            "{parent}: the folder is gone upstream (another client renamed or \
-                             deleted it); waits until this pass has followed that"
-                        )));
+                    if up.synced_before(self, parent).await? && !up.exists(self, parent).await? {
+                        return Err(gone_upstream(parent));
                     }
                 }
                 let reply = up
@@ -1346,6 +1341,15 @@ impl Upstream<'_> {
         Ok(reply)
     }
 
+    /// Whether the upstream folder `folder` was synced before (it has a mark): one missing
+    /// upstream now was renamed or deleted by another client ([`gone_upstream`]).
+    async fn synced_before(&self, syncer: &Syncer, folder: &str) -> Result<bool, Failure> {
+        let (store, account, f) = (syncer.store.clone(), self.account, folder.to_string());
+        Ok(blocking(move || store.sync_folder(account, &f))
+            .await??
+            .is_some())
+    }
+
     /// A command into `folder`, creating the folder first when the server says TRYCREATE.
     async fn create_and_run(
         &mut self,
@@ -1366,15 +1370,8 @@ impl Upstream<'_> {
         // (review: the flag change waiting for it was dropped after ten passes, and its
         // messages were here twice). The change waits; after the pass the mailbox has the new
         // name, or the folder is forgotten and made again at the next one.
-        let (store, account, f) = (syncer.store.clone(), self.account, folder.to_string());
-        if blocking(move || store.sync_folder(account, &f))
-            .await??
-            .is_some()
-        {
-            return Err(Failure::Entry(format!(
-                "{folder}: the folder is gone upstream (another client renamed or deleted \
-                 it); waits until this pass has followed that"
-            )));
+        if self.synced_before(syncer, folder).await? {
+            return Err(gone_upstream(folder));
         }
         self.run(syncer, &format!("CREATE {}", quote(folder)), None)
             .await?;
@@ -1637,6 +1634,16 @@ impl Upstream<'_> {
             .await?;
         Ok(Some((v, found.search)))
     }
+}
+
+/// A change into (or under) `folder`, synced before and gone upstream: another client renamed
+/// or deleted it. Made again now, it would stand apart from the renamed folder this pass
+/// follows here; the change waits a pass.
+fn gone_upstream(folder: &str) -> Failure {
+    Failure::Entry(format!(
+        "{folder}: the folder is gone upstream (another client renamed or deleted it); waits \
+         until this pass has followed that"
+    ))
 }
 
 /// The flag list as it goes upstream: sealpost's own verdict keywords stay local.
