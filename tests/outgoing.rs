@@ -1182,6 +1182,49 @@ async fn a_damaged_public_keyring_defers_and_sends_nothing_in_clear() {
     }
 }
 
+/// Public keys in GnuPG 1's keyring format (`pubring.gpg`, README "GnuPG"): encrypted as from
+/// a keybox; and a keyring cut short inside bob's user ID, which gpg reads up to the cut
+/// without a word (bob's key then has no user ID, and bob seemed to have none: signed
+/// cleartext), defers every recipient with the damage named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keyring_in_the_old_format_works_and_its_damage_defers() {
+    let world = World::new();
+    let home = GpgHome::keyring_copy_of(&world.sender);
+    let rewrite = |home: &GpgHome| {
+        let rewriter = Rewriter::new(home.service(Duration::from_secs(20)), Policy::default());
+        async move {
+            copies(
+                rewriter
+                    .rewrite(&envelope(), MESSAGE.as_bytes().to_vec())
+                    .await
+                    .unwrap(),
+            )
+        }
+    };
+    let intact = rewrite(&home).await;
+    for c in &intact {
+        match c.recipient.as_str() {
+            "dave@example.net" => assert!(matches!(c.decision, Decision::Signed), "{c:?}"),
+            _ => assert!(matches!(c.decision, Decision::Encrypted { .. }), "{c:?}"),
+        }
+    }
+    let keyring = home.dir.join("pubring.gpg");
+    let bytes = std::fs::read(&keyring).unwrap();
+    let uid = common::find(&bytes, b"Bob <bob@example.org>").unwrap();
+    sealpost::keys::home::stop_daemons(&home.dir);
+    let cut = GpgHome::copy_of(&home);
+    std::fs::write(cut.dir.join("pubring.gpg"), &bytes[..uid + 5]).unwrap();
+    let damaged = rewrite(&cut).await;
+    for c in &damaged {
+        let Decision::Deferred { reply } = &c.decision else {
+            panic!("{c:?}");
+        };
+        assert_eq!(reply.code, 451, "{reply}");
+        assert!(reply.text.contains("pubring.gpg is damaged"), "{reply}");
+        assert!(c.message.is_none());
+    }
+}
+
 /// A key whose UID names the domain as IDNA ASCII is found for the Unicode spelling and the
 /// other way round, for encryption and for signing, as policies and duplicate checks take
 /// both for one mailbox (review: the other spelling got signed cleartext).

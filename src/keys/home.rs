@@ -187,6 +187,9 @@ pub fn whole_keyring_problem(home: &Path, deadline: Duration) -> Option<String> 
     if intact().as_ref().and_then(|known| known.get(home)) == Some(&before) {
         return None;
     }
+    if let Some(problem) = keyring_framing_problem(home) {
+        return Some(problem);
+    }
     let out = match gpg_within(Some(home), &["--export"], deadline, false) {
         Err(e) => return Some(format!("cannot run gpg: {e}")),
         Ok(out) => out,
@@ -202,6 +205,39 @@ pub fn whole_keyring_problem(home: &Path, deadline: Duration) -> Option<String> 
         intact()
             .get_or_insert_with(HashMap::new)
             .insert(home.to_path_buf(), before);
+    }
+    None
+}
+
+/// Where the public keys are in GnuPG 1's keyring format (`pubring.gpg`, and no keybox):
+/// whether that file is whole OpenPGP packets from start to end (RFC 4880 §4.2). gpg reads a
+/// keyring cut short inside a packet up to the cut and reports nothing (GnuPG 2.2.40:
+/// `--export` exits 0), and the key cut in two seems to have no user ID or no encryption
+/// subkey: its owner would get signed cleartext. A keyring cut exactly between two packets
+/// cannot be told from an intact one (README, "GnuPG").
+fn keyring_framing_problem(home: &Path) -> Option<String> {
+    if home.join("pubring.kbx").exists() {
+        return None;
+    }
+    let path = home.join("pubring.gpg");
+    let data = match std::fs::read(&path) {
+        Ok(data) => data,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
+        Err(e) => return Some(format!("{} cannot be read: {e}", path.display())),
+    };
+    let mut at = 0;
+    while at < data.len() {
+        match crate::message::parse::packet(&data, at) {
+            Some((_, end)) => at = end,
+            None => {
+                return Some(format!(
+                    "{} is damaged: no whole OpenPGP packet at byte {at} of {} (cut short or \
+                     overwritten)",
+                    path.display(),
+                    data.len()
+                ))
+            }
+        }
     }
     None
 }

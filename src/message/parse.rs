@@ -884,7 +884,7 @@ fn encrypted_packets(data: &[u8]) -> bool {
 
 /// The tag of the packet at `at` and where it ends (RFC 4880 §4.2), or None when its header
 /// or length does not fit the data.
-fn packet(data: &[u8], at: usize) -> Option<(u8, usize)> {
+pub(crate) fn packet(data: &[u8], at: usize) -> Option<(u8, usize)> {
     let first = *data.get(at)?;
     if first & 0x80 == 0 {
         return None;

@@ -68,6 +68,27 @@ impl GpgHome {
         GpgHome { dir }
     }
 
+    /// A new home with the keys of `other` (public and secret, owner trust), its public keys
+    /// in GnuPG 1's keyring format (`pubring.gpg`) instead of a keybox.
+    pub fn keyring_copy_of(other: &GpgHome) -> Self {
+        use std::os::unix::fs::OpenOptionsExt;
+        let copy = GpgHome::new();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(copy.dir.join("pubring.gpg"))
+            .unwrap();
+        let public = other.must(&["--export"], None).stdout;
+        let secret = other.must(&["--export-secret-keys"], None).stdout;
+        let trust = other.must(&["--export-ownertrust"], None).stdout;
+        copy.must(&["--import"], Some(&public));
+        copy.must(&["--import"], Some(&secret));
+        copy.must(&["--import-ownertrust"], Some(&trust));
+        assert!(!copy.dir.join("pubring.kbx").exists());
+        copy
+    }
+
     pub fn gpg(&self, args: &[&str], stdin: Option<&[u8]>) -> Output {
         let mut cmd = Command::new("gpg");
         cmd.arg("--homedir").arg(&self.dir).args([
