@@ -86,52 +86,13 @@ fn main() {
     }
     let pure_ms = per_op(t.elapsed(), n_pure);
 
-    let mut rows = Vec::new();
-    for form in [EncryptedForm::SignedThenEncrypted, EncryptedForm::Combined] {
-        let keys = Arc::new(KeyService::start(
-            Some(dir.clone()),
-            2,
-            Duration::from_secs(30),
-            Default::default(),
-        ));
-        let policy = Policy {
-            encrypted_form: form,
-            ..Policy::default()
-        };
-        let rewriter = Rewriter::new(keys, policy);
-        let one = Envelope {
-            id: "b1".into(),
-            sender: "alice@example.org".into(),
-            recipients: vec!["r1@example.org".into()],
-        };
-        let five = Envelope {
-            id: "b5".into(),
-            sender: "alice@example.org".into(),
-            recipients: (1..=5).map(|n| format!("r{n}@example.org")).collect(),
-        };
-        let (copy_ms, copies_per_s) = runtime.block_on(async {
-            // Warm the lookup cache, as a running daemon has it.
-            expect_copies(rewriter.rewrite(&five, message.clone()).await.unwrap(), 5);
-            let t = Instant::now();
-            for _ in 0..ROUNDS {
-                expect_copies(rewriter.rewrite(&one, message.clone()).await.unwrap(), 1);
-            }
-            let copy_ms = per_op(t.elapsed(), ROUNDS);
-            // Two messages in flight keep both workers busy.
-            let t = Instant::now();
-            let rw = &rewriter;
-            let jobs = (0..MESSAGES_5).map(|_| {
-                let five = five.clone();
-                let m = message.clone();
-                async move { expect_copies(rw.rewrite(&five, m).await.unwrap(), 5) }
-            });
-            let mut stream = futures::StreamExt::buffer_unordered(futures::stream::iter(jobs), 2);
-            while futures::StreamExt::next(&mut stream).await.is_some() {}
-            let copies_per_s = (MESSAGES_5 * 5) as f64 / t.elapsed().as_secs_f64();
-            (copy_ms, copies_per_s)
-        });
-        rows.push((form, copy_ms, copies_per_s));
-    }
+    let rows = per_form(&runtime, &dir, &message);
+    // The same keys with the public ones in a pubring.gpg keyring (README, "GnuPG").
+    let keyring = gnupg::keyring_copy(&dir, "spbk");
+    let keyring_cli_ms = gnupg::sign_encrypt_ms(&keyring, &message, ROUNDS);
+    let keyring_rows = per_form(&runtime, &keyring, &message);
+    home::stop_daemons(&keyring);
+    let _ = std::fs::remove_dir_all(&keyring);
     home::stop_daemons(&dir);
     let _ = std::fs::remove_dir_all(&dir);
 
@@ -174,9 +135,91 @@ fn main() {
         report,
         "\nIn this run the faster form for a single-recipient message is {single_best:?}; for a 5-recipient message, {multi_best:?}."
     );
+    let _ = writeln!(report, "\n### The same keys in a `pubring.gpg` keyring\n");
+    let _ = writeln!(report, "gpg 2.1 and later keep public keys in a keybox (`pubring.kbx`) by default, and check a key's self-signatures again each time they read it; in GnuPG 1's keyring format (`pubring.gpg`, used when a home has one and no keybox) gpg keeps the result of each check. Here the keys above were copied into such a home (README, \"GnuPG\"), and the same runs repeated. The goal column compares with this home's own CLI floor; the last column with the keybox floor above.\n");
+    let _ = writeln!(report, "| measure | keyring (`pubring.gpg`) | keybox above | ÷ this home's CLI floor | ÷ keybox CLI floor |\n|---|---|---|---|---|");
+    let _ = writeln!(
+        report,
+        "| `gpg --sign --encrypt --armor` per copy (CLI floor) | {keyring_cli_ms:.2} ms | {cli_ms:.2} ms | | |"
+    );
+    for ((form, copy_ms, cps), (_, keybox_copy_ms, keybox_cps)) in keyring_rows.iter().zip(&rows) {
+        let name = match form {
+            EncryptedForm::SignedThenEncrypted => "signed-then-encrypted",
+            EncryptedForm::Combined => "combined",
+        };
+        let _ = writeln!(
+            report,
+            "| {name}: per copy, one recipient, in a row | {copy_ms:.2} ms | {keybox_copy_ms:.2} ms | {:.2} × CLI | {:.2} × CLI |",
+            copy_ms / keyring_cli_ms,
+            copy_ms / cli_ms
+        );
+        let floor = 2000.0 / keyring_cli_ms;
+        let _ = writeln!(
+            report,
+            "| {name}: 5-recipient message, concurrency 2 | {cps:.1} copies/s | {keybox_cps:.1} copies/s | {:.2}× | {:.2}× |",
+            cps / floor,
+            cps * cli_ms / 2000.0
+        );
+    }
     let _ = writeln!(report, "\nThe core's own work is measured directly (the same functions the core runs, with placeholder signature and ciphertext of realistic size), not as a difference of two noisy timings.");
     report::write_section(out_path.as_deref(), "## Outgoing core (issue 2)", &report);
     print!("{report}");
+}
+
+/// Per form: the core's time per single-recipient copy in a row, and copies/s of 5-recipient
+/// messages two at a time, with the keys in `dir`.
+fn per_form(
+    runtime: &tokio::runtime::Runtime,
+    dir: &std::path::Path,
+    message: &[u8],
+) -> Vec<(EncryptedForm, f64, f64)> {
+    let mut rows = Vec::new();
+    for form in [EncryptedForm::SignedThenEncrypted, EncryptedForm::Combined] {
+        let keys = Arc::new(KeyService::start(
+            Some(dir.to_path_buf()),
+            2,
+            Duration::from_secs(30),
+            Default::default(),
+        ));
+        let policy = Policy {
+            encrypted_form: form,
+            ..Policy::default()
+        };
+        let rewriter = Rewriter::new(keys, policy);
+        let one = Envelope {
+            id: "b1".into(),
+            sender: "alice@example.org".into(),
+            recipients: vec!["r1@example.org".into()],
+        };
+        let five = Envelope {
+            id: "b5".into(),
+            sender: "alice@example.org".into(),
+            recipients: (1..=5).map(|n| format!("r{n}@example.org")).collect(),
+        };
+        let (copy_ms, copies_per_s) = runtime.block_on(async {
+            // Warm the lookup cache, as a running daemon has it.
+            expect_copies(rewriter.rewrite(&five, message.to_vec()).await.unwrap(), 5);
+            let t = Instant::now();
+            for _ in 0..ROUNDS {
+                expect_copies(rewriter.rewrite(&one, message.to_vec()).await.unwrap(), 1);
+            }
+            let copy_ms = per_op(t.elapsed(), ROUNDS);
+            // Two messages in flight keep both workers busy.
+            let t = Instant::now();
+            let rw = &rewriter;
+            let jobs = (0..MESSAGES_5).map(|_| {
+                let five = five.clone();
+                let m = message.to_vec();
+                async move { expect_copies(rw.rewrite(&five, m).await.unwrap(), 5) }
+            });
+            let mut stream = futures::StreamExt::buffer_unordered(futures::stream::iter(jobs), 2);
+            while futures::StreamExt::next(&mut stream).await.is_some() {}
+            let copies_per_s = (MESSAGES_5 * 5) as f64 / t.elapsed().as_secs_f64();
+            (copy_ms, copies_per_s)
+        });
+        rows.push((form, copy_ms, copies_per_s));
+    }
+    rows
 }
 
 fn expect_copies(outcome: Outcome, n: usize) {

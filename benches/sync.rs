@@ -97,6 +97,8 @@ fn env_count(name: &str, default: usize) -> usize {
 struct Homes {
     alice: PathBuf,
     bob: PathBuf,
+    /// Bob's keys again, the public ones in a pubring.gpg keyring (README, "GnuPG").
+    bob_keyring: PathBuf,
 }
 
 impl Homes {
@@ -107,21 +109,24 @@ impl Homes {
             gnupg::generate(&dir, uid);
             dir
         };
-        let homes = Homes {
-            alice: make("spsa", "Alice <alice@example.org>"),
-            bob: make("spsb", "Bob <bob@example.org>"),
-        };
-        let alice_pub = gnupg::gpg(&homes.alice, &["--armor", "--export", ALICE], None);
-        gnupg::gpg(&homes.bob, &["--import"], Some(&alice_pub));
-        let bob_pub = gnupg::gpg(&homes.bob, &["--armor", "--export", BOB], None);
-        gnupg::gpg(&homes.alice, &["--import"], Some(&bob_pub));
-        homes
+        let alice = make("spsa", "Alice <alice@example.org>");
+        let bob = make("spsb", "Bob <bob@example.org>");
+        let alice_pub = gnupg::gpg(&alice, &["--armor", "--export", ALICE], None);
+        gnupg::gpg(&bob, &["--import"], Some(&alice_pub));
+        let bob_pub = gnupg::gpg(&bob, &["--armor", "--export", BOB], None);
+        gnupg::gpg(&alice, &["--import"], Some(&bob_pub));
+        let bob_keyring = gnupg::keyring_copy(&bob, "spsk");
+        Homes {
+            alice,
+            bob,
+            bob_keyring,
+        }
     }
 }
 
 impl Drop for Homes {
     fn drop(&mut self) {
-        for dir in [&self.alice, &self.bob] {
+        for dir in [&self.alice, &self.bob, &self.bob_keyring] {
             home::stop_daemons(dir);
             let _ = std::fs::remove_dir_all(dir);
         }
@@ -600,6 +605,8 @@ struct Import {
     size: usize,
     run: SyncRun,
     cli_ms: f64,
+    /// Bob's public keys in a pubring.gpg keyring instead of the default keybox.
+    keyring: bool,
 }
 
 impl Import {
@@ -706,10 +713,19 @@ fn main() {
 
     // 1. Import speed against the gpg floor.
     let mut imports = Vec::new();
-    for (form, set) in forms.iter().zip(&copies) {
-        let cli = cli_ms(&homes.bob, &set[..sample], *form);
+    let forms_and_homes = forms
+        .iter()
+        .zip(&copies)
+        .flat_map(|(form, set)| [(form, set, false), (form, set, true)]);
+    for (form, set, keyring) in forms_and_homes {
+        let bob = if keyring {
+            &homes.bob_keyring
+        } else {
+            &homes.bob
+        };
+        let cli = cli_ms(bob, &set[..sample], *form);
         let folder = folder_of(*form);
-        let local = Local::new(&homes.bob);
+        let local = Local::new(bob);
         let config = local.config("sync", &upstream, &[folder]);
         let run = sync_once(&local, &config, Some(folder));
         assert_eq!(run.new, messages, "{folder}: new messages");
@@ -720,9 +736,11 @@ fn main() {
             size: set.iter().map(Vec::len).sum::<usize>() / set.len(),
             run,
             cli_ms: cli,
+            keyring,
         };
         eprintln!(
-            "{folder}: {:?}, {:.1}/s; gpg CLI {cli:.2} ms/message → floor {:.1}/s",
+            "{folder}{}: {:?}, {:.1}/s; gpg CLI {cli:.2} ms/message → floor {:.1}/s",
+            if keyring { " (pubring.gpg)" } else { "" },
             row.run.wall,
             row.rate(),
             row.floor()
@@ -850,7 +868,10 @@ fn render(r: &Rendered<'_>) -> String {
          upstream messages are smaller than their 10 KB text: gpg compresses before it encrypts. \
          Processes + threads started: all on the machine during the run (the `processes` count of \
          /proc/stat): GPGME forks twice for each gpg process it runs, gpg-agent starts a thread per \
-         request; the floor runs 2 gpg processes per message for §6.1 and 1 for §6.2.\n"
+         request; the floor runs 2 gpg processes per message for §6.1 and 1 for §6.2. Each form \
+         is run twice: with Bob's home as gpg makes it (public keys in a keybox, `pubring.kbx`), \
+         and with a copy of it whose public keys are in a `pubring.gpg` keyring (README, \
+         \"GnuPG\"); each against the floor measured in its own home.\n"
     );
     let _ = writeln!(
         b,
@@ -863,8 +884,13 @@ fn render(r: &Rendered<'_>) -> String {
         let all = ms_per(i.run.machine_cpu, i.count);
         let _ = writeln!(
             b,
-            "| {} | {} ({:.1} KB) | {:.1} s | {:.1} | {:.2} ms | {:.1} | {ratio:.2}× | {} | {own:.1} ms / {:.1} ms | {:.1} | {:.0} % | {:.1} MiB |",
+            "| {}{} | {} ({:.1} KB) | {:.1} s | {:.1} | {:.2} ms | {:.1} | {ratio:.2}× | {} | {own:.1} ms / {:.1} ms | {:.1} | {:.0} % | {:.1} MiB |",
             form_name(i.form),
+            if i.keyring {
+                ", Bob's public keys in `pubring.gpg`"
+            } else {
+                ""
+            },
             i.count,
             i.size as f64 / 1000.0,
             i.run.wall.as_secs_f64(),

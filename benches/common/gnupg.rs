@@ -65,3 +65,54 @@ pub fn sign_encrypt_ms(home: &Path, message: &[u8], rounds: usize) -> f64 {
     }
     t.elapsed().as_secs_f64() * 1000.0 / rounds as f64
 }
+
+/// A new GnuPG home under /tmp with the keys of `from` (public and secret keys, owner trust)
+/// and the same gpg.conf, whose public keys are kept in GnuPG 1's keyring format
+/// (`pubring.gpg`) instead of the keybox (`pubring.kbx`) gpg 2.1 and later create by default.
+/// gpg caches the result of every key signature check in a keyring; in a keybox it checks a
+/// key's self-signatures again each time it reads the key (README, "GnuPG").
+pub fn keyring_copy(from: &Path, prefix: &str) -> std::path::PathBuf {
+    use sealpost::keys::home;
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = home::short_temp_dir(prefix).unwrap();
+    home::prepare(&dir).unwrap();
+    // gpg keeps using a pubring.gpg it finds when there is no pubring.kbx.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(dir.join("pubring.gpg"))
+        .unwrap();
+    let public = gpg(from, &["--export"], None);
+    let secret = gpg(
+        from,
+        &[
+            "--pinentry-mode",
+            "loopback",
+            "--passphrase",
+            "",
+            "--export-secret-keys",
+        ],
+        None,
+    );
+    let trust = gpg(from, &["--export-ownertrust"], None);
+    gpg(&dir, &["--import"], Some(&public));
+    gpg(
+        &dir,
+        &[
+            "--pinentry-mode",
+            "loopback",
+            "--passphrase",
+            "",
+            "--import",
+        ],
+        Some(&secret),
+    );
+    gpg(&dir, &["--import-ownertrust"], Some(&trust));
+    assert!(
+        !dir.join("pubring.kbx").exists(),
+        "gpg made a keybox in {}",
+        dir.display()
+    );
+    dir
+}
