@@ -446,12 +446,13 @@ async fn retry_due(store: &Store, keys: &crate::keys::KeyService, account: &str)
 async fn retry_in_background(config: &Config, account: &str) -> Result<u8, CliError> {
     // The store the delivery wrote to, or nothing to do: a store removed meanwhile is not
     // made again (in the tests, a directory came back after its test had removed it).
-    if !config.store.path.try_exists().unwrap_or(true) {
-        return Ok(0);
-    }
-    let store = open_store(config)
-        .await
-        .map_err(|e| CliError::Temporary(e.to_string()))?;
+    let path = config.store.path.clone();
+    let store = match tokio::task::spawn_blocking(move || Store::open_existing(&path)).await {
+        Ok(Ok(store)) => store,
+        Ok(Err(_)) if !config.store.path.try_exists().unwrap_or(true) => return Ok(0),
+        Ok(Err(e)) => return Err(CliError::Temporary(e.to_string())),
+        Err(e) => return Err(CliError::Temporary(e.to_string())),
+    };
     let Some(_lock) = crate::sync::try_sync_lock(&store)
         .await
         .map_err(|e| CliError::Temporary(e.to_string()))?

@@ -104,6 +104,28 @@ impl Setup {
     }
 }
 
+impl Drop for Setup {
+    /// The queue runs sendmail starts in the background (`run_after_submit`) can outlive the
+    /// test: they are killed before the test's directory goes, which they would otherwise
+    /// write into again (a queue directory left under /tmp after the run).
+    fn drop(&mut self) {
+        let config = self.config.to_string_lossy().into_owned();
+        loop {
+            let left = processes_naming(&config, 0);
+            if left.is_empty() {
+                break;
+            }
+            for line in &left {
+                if let Some(pid) = line.split(':').next().and_then(|p| p.parse().ok()) {
+                    // SAFETY: kill(2) on a pid read from /proc just now.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
 /// Who got what: (recipient, copy) per delivery, one recipient per transaction.
 fn by_recipient(deliveries: &[Delivered]) -> Vec<(String, Vec<u8>)> {
     let mut out: Vec<(String, Vec<u8>)> = deliveries

@@ -471,27 +471,44 @@ impl Store {
     /// is a new database (0600; SQLite gives its -wal and -shm files the database's mode),
     /// whatever the umask of the process that first opens it (`deliver` under an MTA's 022).
     pub fn open(path: &Path) -> Result<Store, StoreError> {
+        Store::open_with(path, true)
+    }
+
+    /// Opens the store at `path` only if its database exists: neither its directory nor the
+    /// database is made. For work that has nothing to do in a store that is gone (a
+    /// background retry after a delivery; in the tests, a directory removed meanwhile came
+    /// back).
+    pub fn open_existing(path: &Path) -> Result<Store, StoreError> {
+        Store::open_with(path, false)
+    }
+
+    fn open_with(path: &Path, create: bool) -> Result<Store, StoreError> {
         use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
         let failed = |what: &Path, e: std::io::Error| StoreError::Open {
             path: path.to_owned(),
             source: rusqlite::Error::InvalidPath(PathBuf::from(format!("{}: {e}", what.display()))),
         };
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)
-                .map_err(|e| failed(dir, e))?;
-        }
-        match std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)
-        {
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(failed(path, e)),
+        if !create {
+            // The database must be there; its directory, if gone, is not made again.
+            std::fs::File::open(path).map_err(|e| failed(path, e))?;
+        } else {
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(dir)
+                    .map_err(|e| failed(dir, e))?;
+            }
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+            {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(failed(path, e)),
+            }
         }
         // One process at a time brings the schema up to date: two `deliver`s into a new store
         // would both find it empty and the second fail on tables the first made. The lock is

@@ -34,6 +34,19 @@ fn message(subject: &str) -> Prepared {
 }
 
 #[test]
+fn open_existing_makes_neither_the_directory_nor_the_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gone/store.sqlite");
+    assert!(Store::open_existing(&path).is_err());
+    assert!(!dir.path().join("gone").exists());
+    let made = Store::open(&path).unwrap();
+    made.ensure_account("alice").unwrap();
+    drop(made);
+    let again = Store::open_existing(&path).unwrap();
+    assert!(again.account("alice").unwrap().is_some());
+}
+
+#[test]
 fn accounts_get_the_special_use_mailboxes() {
     let (_dir, store) = store();
     let account = store.ensure_account("alice").unwrap();
