@@ -1185,7 +1185,8 @@ async fn a_damaged_public_keyring_defers_and_sends_nothing_in_clear() {
 /// Public keys in GnuPG 1's keyring format (`pubring.gpg`, README "GnuPG"): encrypted as from
 /// a keybox; and a keyring cut short inside bob's user ID, which gpg reads up to the cut
 /// without a word (bob's key then has no user ID, and bob seemed to have none: signed
-/// cleartext), defers every recipient with the damage named.
+/// cleartext), defers every recipient with the damage named, also with gpgsm's keybox beside
+/// it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_keyring_in_the_old_format_works_and_its_damage_defers() {
     let world = World::new();
@@ -1214,14 +1215,23 @@ async fn a_keyring_in_the_old_format_works_and_its_damage_defers() {
     sealpost::keys::home::stop_daemons(&home.dir);
     let cut = GpgHome::copy_of(&home);
     std::fs::write(cut.dir.join("pubring.gpg"), &bytes[..uid + 5]).unwrap();
-    let damaged = rewrite(&cut).await;
-    for c in &damaged {
-        let Decision::Deferred { reply } = &c.decision else {
-            panic!("{c:?}");
-        };
-        assert_eq!(reply.code, 451, "{reply}");
-        assert!(reply.text.contains("pubring.gpg is damaged"), "{reply}");
-        assert!(c.message.is_none());
+    // And with a keybox beside it that gpg does not use: gpgsm's (its header blob without
+    // the OpenPGP flag), which turned the check off (review).
+    let gpgsm = GpgHome::copy_of(&cut);
+    let mut header = vec![0, 0, 0, 32, 1, 1, 0, 0];
+    header.extend_from_slice(b"KBXf");
+    header.resize(32, 0);
+    std::fs::write(gpgsm.dir.join("pubring.kbx"), header).unwrap();
+    for home in [&cut, &gpgsm] {
+        let damaged = rewrite(home).await;
+        for c in &damaged {
+            let Decision::Deferred { reply } = &c.decision else {
+                panic!("{c:?}");
+            };
+            assert_eq!(reply.code, 451, "{reply}");
+            assert!(reply.text.contains("pubring.gpg is damaged"), "{reply}");
+            assert!(c.message.is_none());
+        }
     }
 }
 

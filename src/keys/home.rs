@@ -128,6 +128,8 @@ fn is_damage(line: &str) -> bool {
         "invalid keyring",
         "invalid packet",
         "read error",
+        // A packet gpg does not expect in a keyring (review: a tag changed by one byte).
+        "skipped packet",
     ]
     .iter()
     .any(|w| l.contains(w))
@@ -209,14 +211,16 @@ pub fn whole_keyring_problem(home: &Path, deadline: Duration) -> Option<String> 
     None
 }
 
-/// Where the public keys are in GnuPG 1's keyring format (`pubring.gpg`, and no keybox):
-/// whether that file is whole OpenPGP packets from start to end (RFC 4880 §4.2). gpg reads a
-/// keyring cut short inside a packet up to the cut and reports nothing (GnuPG 2.2.40:
-/// `--export` exits 0), and the key cut in two seems to have no user ID or no encryption
-/// subkey: its owner would get signed cleartext. A keyring cut exactly between two packets
-/// cannot be told from an intact one (README, "GnuPG").
+/// Where the public keys are in GnuPG 1's keyring format (`pubring.gpg`): whether that file
+/// is whole OpenPGP packets (RFC 4880 §4.2) of the kinds a keyring holds, from start to end.
+/// gpg reads a keyring cut short inside a packet up to the cut and reports nothing (GnuPG
+/// 2.2.40: `--export` exits 0), and the key cut in two seems to have no user ID or no
+/// encryption subkey: its owner would get signed cleartext. One header byte changed into an
+/// indeterminate length made gpg skip every key after it as one compressed packet, and a tag
+/// changed into another made it drop that packet, each without an error (review). A keyring
+/// cut exactly between two packets cannot be told from an intact one (README, "GnuPG").
 fn keyring_framing_problem(home: &Path) -> Option<String> {
-    if home.join("pubring.kbx").exists() {
+    if openpgp_keybox(&home.join("pubring.kbx")) {
         return None;
     }
     let path = home.join("pubring.gpg");
@@ -225,21 +229,45 @@ fn keyring_framing_problem(home: &Path) -> Option<String> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
         Err(e) => return Some(format!("{} cannot be read: {e}", path.display())),
     };
+    let damaged = |at: usize, what: &str| {
+        Some(format!(
+            "{} is damaged: {what} at byte {at} of {}",
+            path.display(),
+            data.len()
+        ))
+    };
     let mut at = 0;
     while at < data.len() {
+        let first = data[at];
+        let (tag, definite) = if first & 0x40 == 0 {
+            ((first >> 2) & 0x0F, first & 0x03 != 3)
+        } else {
+            let length = data.get(at + 1).copied().unwrap_or(0);
+            (first & 0x3F, !(224..=254).contains(&length))
+        };
+        // Public key, user ID, user attribute, subkey, signature, and gpg's trust packets.
+        if first & 0x80 == 0 || ![6, 13, 17, 14, 2, 12].contains(&tag) {
+            return damaged(at, "no packet a keyring holds");
+        }
+        if !definite {
+            return damaged(at, "a packet of no stated length");
+        }
         match crate::message::parse::packet(&data, at) {
             Some((_, end)) => at = end,
-            None => {
-                return Some(format!(
-                    "{} is damaged: no whole OpenPGP packet at byte {at} of {} (cut short or \
-                     overwritten)",
-                    path.display(),
-                    data.len()
-                ))
-            }
+            None => return damaged(at, "no whole OpenPGP packet (cut short or overwritten)"),
         }
     }
     None
+}
+
+/// Whether `path` is a keybox gpg takes for its public keyring: the header blob names the
+/// format ("KBXf") and has the OpenPGP flag. gpgsm makes a `pubring.kbx` without that flag,
+/// and gpg then keeps using `pubring.gpg` beside it, as it does beside an empty file (review).
+fn openpgp_keybox(path: &Path) -> bool {
+    let mut header = [0u8; 12];
+    std::fs::File::open(path)
+        .and_then(|mut file| io::Read::read_exact(&mut file, &mut header))
+        .is_ok_and(|()| header[4] == 1 && &header[8..12] == b"KBXf" && header[7] & 0x02 != 0)
 }
 
 fn keyring_file_problem(home: &Path) -> Option<String> {
@@ -367,6 +395,81 @@ pub fn secret_keyring_problem(home: Option<&Path>, deadline: Duration) -> Option
             } else {
                 None
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A home holding `keyring` as pubring.gpg and, when given, `keybox` as pubring.kbx.
+    fn home_with(keyring: &[u8], keybox: Option<&[u8]>) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("pubring.gpg"), keyring).unwrap();
+        if let Some(keybox) = keybox {
+            std::fs::write(dir.path().join("pubring.kbx"), keybox).unwrap();
+        }
+        dir
+    }
+
+    /// The first 12 bytes of a keybox's header blob, with `flags` (0x02: OpenPGP).
+    fn keybox_header(flags: u8) -> Vec<u8> {
+        let mut h = vec![0, 0, 0, 32, 1, 1, 0, flags];
+        h.extend_from_slice(b"KBXf");
+        h.resize(32, 0);
+        h
+    }
+
+    // Old-format headers: 0x80 | tag << 2 | length type (0: one length byte).
+    const KEY: [u8; 5] = [0x98, 0x03, 4, 0, 0];
+    const TRUST: [u8; 4] = [0xb0, 0x02, 0, 0];
+
+    #[test]
+    fn a_keyring_of_whole_packets_passes() {
+        let keyring = [&KEY[..], &TRUST, &[0xb4, 0x01, b'a'], &[0xc2, 0x01, 4]].concat();
+        assert_eq!(
+            keyring_framing_problem(home_with(&keyring, None).path()),
+            None
+        );
+        assert_eq!(keyring_framing_problem(home_with(b"", None).path()), None);
+    }
+
+    #[test]
+    fn a_cut_an_open_length_or_a_strange_tag_is_damage() {
+        for (keyring, what) in [
+            ([&KEY[..], &TRUST[..3]].concat(), "no whole OpenPGP packet"),
+            // Length type 3: to the end of the file, as gpg reads a compressed packet.
+            ([&KEY[..], &[0x9b, 4, 0]].concat(), "no stated length"),
+            // New format, a partial body length (0xe0..0xfe).
+            ([&KEY[..], &[0xcd, 0xe1, 0, 0]].concat(), "no stated length"),
+            // Tag 8 (compressed data) and tag 15: no keyring holds them.
+            (
+                [&KEY[..], &[0xa0, 0x01, 0]].concat(),
+                "no packet a keyring holds",
+            ),
+            (
+                [&KEY[..], &[0xbc, 0x01, 0]].concat(),
+                "no packet a keyring holds",
+            ),
+            ([&KEY[..], &[0x00]].concat(), "no packet a keyring holds"),
+        ] {
+            let home = home_with(&keyring, None);
+            let problem = keyring_framing_problem(home.path()).expect(what);
+            assert!(problem.contains(what), "{problem}");
+            assert!(problem.contains("at byte 5 of"), "{problem}");
+        }
+    }
+
+    #[test]
+    fn only_an_openpgp_keybox_beside_it_is_used_instead() {
+        let cut = [&KEY[..], &TRUST[..3]].concat();
+        let openpgp = home_with(&cut, Some(&keybox_header(0x02)));
+        assert_eq!(keyring_framing_problem(openpgp.path()), None);
+        // gpgsm's keybox (no OpenPGP flag) and an empty file: gpg reads pubring.gpg.
+        for keybox in [keybox_header(0), Vec::new()] {
+            let home = home_with(&cut, Some(&keybox));
+            assert!(keyring_framing_problem(home.path()).is_some());
         }
     }
 }
