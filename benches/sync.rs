@@ -97,8 +97,8 @@ fn env_count(name: &str, default: usize) -> usize {
 struct Homes {
     alice: PathBuf,
     bob: PathBuf,
-    /// Bob's keys again, the public ones in a pubring.gpg keyring (README, "GnuPG").
-    bob_keyring: PathBuf,
+    /// Bob's keys again, imported into a fresh home (README, "GnuPG").
+    bob_imported: PathBuf,
 }
 
 impl Homes {
@@ -115,18 +115,18 @@ impl Homes {
         gnupg::gpg(&bob, &["--import"], Some(&alice_pub));
         let bob_pub = gnupg::gpg(&bob, &["--armor", "--export", BOB], None);
         gnupg::gpg(&alice, &["--import"], Some(&bob_pub));
-        let bob_keyring = gnupg::keyring_copy(&bob, "spsk");
+        let bob_imported = gnupg::imported_copy(&bob, "spsk");
         Homes {
             alice,
             bob,
-            bob_keyring,
+            bob_imported,
         }
     }
 }
 
 impl Drop for Homes {
     fn drop(&mut self) {
-        for dir in [&self.alice, &self.bob, &self.bob_keyring] {
+        for dir in [&self.alice, &self.bob, &self.bob_imported] {
             home::stop_daemons(dir);
             let _ = std::fs::remove_dir_all(dir);
         }
@@ -605,8 +605,8 @@ struct Import {
     size: usize,
     run: SyncRun,
     cli_ms: f64,
-    /// Bob's public keys in a pubring.gpg keyring instead of the default keybox.
-    keyring: bool,
+    /// Bob's keys imported into a fresh home instead of generated there.
+    imported: bool,
 }
 
 impl Import {
@@ -717,9 +717,9 @@ fn main() {
         .iter()
         .zip(&copies)
         .flat_map(|(form, set)| [(form, set, false), (form, set, true)]);
-    for (form, set, keyring) in forms_and_homes {
-        let bob = if keyring {
-            &homes.bob_keyring
+    for (form, set, imported) in forms_and_homes {
+        let bob = if imported {
+            &homes.bob_imported
         } else {
             &homes.bob
         };
@@ -736,11 +736,11 @@ fn main() {
             size: set.iter().map(Vec::len).sum::<usize>() / set.len(),
             run,
             cli_ms: cli,
-            keyring,
+            imported,
         };
         eprintln!(
             "{folder}{}: {:?}, {:.1}/s; gpg CLI {cli:.2} ms/message → floor {:.1}/s",
-            if keyring { " (pubring.gpg)" } else { "" },
+            if imported { " (keys imported)" } else { "" },
             row.run.wall,
             row.rate(),
             row.floor()
@@ -869,9 +869,9 @@ fn render(r: &Rendered<'_>) -> String {
          Processes + threads started: all on the machine during the run (the `processes` count of \
          /proc/stat): GPGME forks twice for each gpg process it runs, gpg-agent starts a thread per \
          request; the floor runs 2 gpg processes per message for §6.1 and 1 for §6.2. Each form \
-         is run twice: with Bob's home as gpg makes it (public keys in a keybox, `pubring.kbx`), \
-         and with a copy of it whose public keys are in a `pubring.gpg` keyring (README, \
-         \"GnuPG\"); each against the floor measured in its own home.\n"
+         is run twice: with Bob's home where his key was generated, and with a copy of it into \
+         which Bob's and Alice's keys were imported (README, \"GnuPG\": gpg checks a generated \
+         key's self-signatures at every use); each against the floor measured in its own home.\n"
     );
     let _ = writeln!(
         b,
@@ -886,8 +886,8 @@ fn render(r: &Rendered<'_>) -> String {
             b,
             "| {}{} | {} ({:.1} KB) | {:.1} s | {:.1} | {:.2} ms | {:.1} | {ratio:.2}× | {} | {own:.1} ms / {:.1} ms | {:.1} | {:.0} % | {:.1} MiB |",
             form_name(i.form),
-            if i.keyring {
-                ", Bob's public keys in `pubring.gpg`"
+            if i.imported {
+                ", keys imported"
             } else {
                 ""
             },
