@@ -1222,7 +1222,15 @@ async fn a_keyring_in_the_old_format_works_and_its_damage_defers() {
     header.extend_from_slice(b"KBXf");
     header.resize(32, 0);
     std::fs::write(gpgsm.dir.join("pubring.kbx"), header).unwrap();
-    for home in [&cut, &gpgsm] {
+    // One byte in alice's key block (her user ID's tag): her secret key lists as none, which
+    // refused all her mail for good (550) while the keyring was damaged (review).
+    let signer = GpgHome::copy_of(&home);
+    let mut poked = bytes.clone();
+    let alice = common::find(&poked, b"Alice <alice@example.org>").unwrap();
+    assert_eq!(poked[alice - 2], 0xb4, "an old-format user ID header");
+    poked[alice - 2] = 0xbc;
+    std::fs::write(signer.dir.join("pubring.gpg"), &poked).unwrap();
+    for home in [&cut, &gpgsm, &signer] {
         let damaged = rewrite(home).await;
         for c in &damaged {
             let Decision::Deferred { reply } = &c.decision else {

@@ -116,10 +116,17 @@ pub fn execute(gpg: &mut Gpg, request: Request) -> Result<Response, KeyError> {
                 // Without its agent gpg lists no secret keys and GPGME reports no error.
                 // gpg itself says so on its status channel: ask it before answering "no
                 // secret key" (permanent) instead of "cannot tell now" (temporary).
+                // Nor when the public keyring is damaged: a secret key whose public key gpg
+                // cannot read lists as none (review: one byte in alice's key block, and all
+                // her mail refused for good, 550, instead of deferred).
                 let problem = home::secret_keyring_problem(
                     gpg.home.as_deref(),
                     home::WORKER_LISTING_DEADLINE,
                 )
+                .or_else(|| {
+                    let home = gpg.home.as_deref()?;
+                    home::whole_keyring_problem(home, home::WORKER_LISTING_DEADLINE)
+                })
                 .or_else(|| unreadable_secret_key(&mut gpg.ctx, gpg.home.as_deref(), &addr));
                 if let Some(problem) = problem {
                     return Err(KeyError::Refused {
