@@ -1246,6 +1246,64 @@ async fn a_keyring_in_the_old_format_works_and_its_damage_defers() {
     }
 }
 
+/// One header byte in bob's key block in the keybox: his subkey's tag changed into one no
+/// keyring holds (15). gpg drops that packet without a word, and bob's key seemed to have no
+/// encryption subkey: signed cleartext (review). Deferred, the damage named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_packet_tag_in_the_keybox_defers_rather_than_sending_in_clear() {
+    let world = World::new();
+    let home = GpgHome::copy_of(&world.sender);
+    sealpost::keys::home::stop_daemons(&home.dir);
+    let keyring = home.dir.join("pubring.kbx");
+    let mut bytes = std::fs::read(&keyring).unwrap();
+    let be = |b: &[u8], at: usize| u32::from_be_bytes(b[at..at + 4].try_into().unwrap()) as usize;
+    // The keybox's records, each led by its length; in bob's, the key block's offset and
+    // length follow at bytes 8 and 12. Its packets have old-format headers (gpg writes them
+    // so): the tag in bits 2-5, the length's size in bits 0-1.
+    let mut at = 0;
+    let subkey = loop {
+        let len = be(&bytes, at);
+        if common::find(&bytes[at..at + len], b"<bob@example.org>").is_some() {
+            let (mut p, end) = (
+                at + be(&bytes, at + 8),
+                at + be(&bytes, at + 8) + be(&bytes, at + 12),
+            );
+            while p < end {
+                let (tag, size) = ((bytes[p] >> 2) & 0x0F, [1, 2, 4][(bytes[p] & 3) as usize]);
+                if tag == 14 {
+                    break;
+                }
+                let len = bytes[p + 1..p + 1 + size]
+                    .iter()
+                    .fold(0, |n, &b| n << 8 | b as usize);
+                p += 1 + size + len;
+            }
+            assert!(p < end, "bob's subkey");
+            break p;
+        }
+        at += len;
+    };
+    bytes[subkey] = 0x80 | 15 << 2 | (bytes[subkey] & 3);
+    std::fs::write(&keyring, bytes).unwrap();
+    let rewriter = Rewriter::new(home.service(Duration::from_secs(20)), Policy::default());
+    let copies = copies(
+        rewriter
+            .rewrite(&envelope(), MESSAGE.as_bytes().to_vec())
+            .await
+            .unwrap(),
+    );
+    let bob = copies
+        .iter()
+        .find(|c| c.recipient == "bob@example.org")
+        .unwrap();
+    let Decision::Deferred { reply } = &bob.decision else {
+        panic!("{bob:?}");
+    };
+    assert_eq!(reply.code, 451, "{reply}");
+    assert!(reply.text.contains("pubring.kbx is damaged"), "{reply}");
+    assert!(bob.message.is_none());
+}
+
 /// A key whose UID names the domain as IDNA ASCII is found for the Unicode spelling and the
 /// other way round, for encryption and for signing, as policies and duplicate checks take
 /// both for one mailbox (review: the other spelling got signed cleartext).

@@ -211,33 +211,77 @@ pub fn whole_keyring_problem(home: &Path, deadline: Duration) -> Option<String> 
     None
 }
 
-/// Where the public keys are in GnuPG 1's keyring format (`pubring.gpg`): whether that file
-/// is whole OpenPGP packets (RFC 4880 §4.2) of the kinds a keyring holds, from start to end.
-/// gpg reads a keyring cut short inside a packet up to the cut and reports nothing (GnuPG
-/// 2.2.40: `--export` exits 0), and the key cut in two seems to have no user ID or no
-/// encryption subkey: its owner would get signed cleartext. One header byte changed into an
-/// indeterminate length made gpg skip every key after it as one compressed packet, and a tag
-/// changed into another made it drop that packet, each without an error (review). A keyring
-/// cut exactly between two packets cannot be told from an intact one (README, "GnuPG").
+/// Whether the public keyring's key blocks are whole OpenPGP packets (RFC 4880 §4.2) of the
+/// kinds a keyring holds, from start to end. In GnuPG 1's keyring format (`pubring.gpg`) gpg
+/// reads a file cut short inside a packet up to the cut and reports nothing (GnuPG 2.2.40:
+/// `--export` exits 0), and the key cut in two seems to have no user ID or no encryption
+/// subkey: its owner would get signed cleartext. In either format, one header byte changed
+/// into an indeterminate length made gpg skip every packet after it as one compressed packet,
+/// and a tag changed into another made it drop that packet, each without an error (review).
+/// A keyring cut exactly between two packets, or a keybox between two keys, cannot be told
+/// from an intact one (README, "GnuPG").
 fn keyring_framing_problem(home: &Path) -> Option<String> {
-    if openpgp_keybox(&home.join("pubring.kbx")) {
-        return None;
-    }
-    let path = home.join("pubring.gpg");
-    let data = match std::fs::read(&path) {
-        Ok(data) => data,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
-        Err(e) => return Some(format!("{} cannot be read: {e}", path.display())),
+    let keybox = home.join("pubring.kbx");
+    let (path, data) = if openpgp_keybox(&keybox) {
+        match std::fs::read(&keybox) {
+            Ok(data) => (keybox, data),
+            Err(e) => return Some(format!("{} cannot be read: {e}", keybox.display())),
+        }
+    } else {
+        let path = home.join("pubring.gpg");
+        match std::fs::read(&path) {
+            Ok(data) => (path, data),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
+            Err(e) => return Some(format!("{} cannot be read: {e}", path.display())),
+        }
     };
-    let damaged = |at: usize, what: &str| {
-        Some(format!(
-            "{} is damaged: {what} at byte {at} of {}",
-            path.display(),
-            data.len()
-        ))
+    let found = if path.ends_with("pubring.kbx") {
+        keybox_damage(&data)
+    } else {
+        packets_damage(&data, 0, data.len())
+    };
+    let (at, what) = found?;
+    Some(format!(
+        "{} is damaged: {what} at byte {at} of {}",
+        path.display(),
+        data.len()
+    ))
+}
+
+/// In a keybox: each record (a length, then its type) inside the file, and the key block of
+/// each OpenPGP record (its offset and length at bytes 8 and 12 of the record) inside the
+/// record and whole packets (gpgsm's X.509 records and the header are not looked into).
+fn keybox_damage(data: &[u8]) -> Option<(usize, &'static str)> {
+    let be = |at: usize| {
+        data.get(at..at + 4)
+            .map(|b| u32::from_be_bytes(b.try_into().expect("four bytes")) as usize)
     };
     let mut at = 0;
     while at < data.len() {
+        let Some(len) = be(at).filter(|&len| len >= 5 && at + len <= data.len()) else {
+            return Some((at, "a keybox record cut short or overwritten"));
+        };
+        if data[at + 4] == 2 {
+            let block = be(at + 8).zip(be(at + 12));
+            let Some((offset, block_len)) =
+                block.filter(|&(offset, block_len)| offset + block_len <= len && len >= 16)
+            else {
+                return Some((at, "a keybox record whose key block lies outside it"));
+            };
+            if let Some(damage) = packets_damage(data, at + offset, at + offset + block_len) {
+                return Some(damage);
+            }
+        }
+        at += len;
+    }
+    None
+}
+
+/// The first place in `data[start..end]` that is not a whole packet of a kind a keyring holds.
+fn packets_damage(data: &[u8], start: usize, end: usize) -> Option<(usize, &'static str)> {
+    let data = &data[..end];
+    let mut at = start;
+    while at < end {
         let first = data[at];
         let (tag, definite) = if first & 0x40 == 0 {
             ((first >> 2) & 0x0F, first & 0x03 != 3)
@@ -247,14 +291,14 @@ fn keyring_framing_problem(home: &Path) -> Option<String> {
         };
         // Public key, user ID, user attribute, subkey, signature, and gpg's trust packets.
         if first & 0x80 == 0 || ![6, 13, 17, 14, 2, 12].contains(&tag) {
-            return damaged(at, "no packet a keyring holds");
+            return Some((at, "no packet a keyring holds"));
         }
         if !definite {
-            return damaged(at, "a packet of no stated length");
+            return Some((at, "a packet of no stated length"));
         }
-        match crate::message::parse::packet(&data, at) {
-            Some((_, end)) => at = end,
-            None => return damaged(at, "no whole OpenPGP packet (cut short or overwritten)"),
+        match crate::message::parse::packet(data, at) {
+            Some((_, next)) => at = next,
+            None => return Some((at, "no whole OpenPGP packet (cut short or overwritten)")),
         }
     }
     None
@@ -458,6 +502,52 @@ mod tests {
             let problem = keyring_framing_problem(home.path()).expect(what);
             assert!(problem.contains(what), "{problem}");
             assert!(problem.contains("at byte 5 of"), "{problem}");
+        }
+    }
+
+    /// A keybox: the header record (OpenPGP flag), then one record of `kind` holding `block`.
+    fn keybox(kind: u8, block: &[u8]) -> Vec<u8> {
+        let mut data = keybox_header(0x02);
+        let len = (16 + block.len()) as u32;
+        data.extend_from_slice(&len.to_be_bytes());
+        data.extend_from_slice(&[kind, 1, 0, 0]);
+        data.extend_from_slice(&16u32.to_be_bytes());
+        data.extend_from_slice(&(block.len() as u32).to_be_bytes());
+        data.extend_from_slice(block);
+        data
+    }
+
+    #[test]
+    fn a_keybox_record_is_looked_into_as_gpg_reads_it() {
+        let good = [&KEY[..], &TRUST, &[0xb4, 0x01, b'a']].concat();
+        let home = |data: &[u8]| home_with(b"", Some(data));
+        assert_eq!(
+            keyring_framing_problem(home(&keybox(2, &good)).path()),
+            None
+        );
+        // gpgsm's X.509 records are not OpenPGP packets.
+        assert_eq!(
+            keyring_framing_problem(home(&keybox(3, b"\x30\x82")).path()),
+            None
+        );
+        for (data, what) in [
+            (
+                keybox(2, &[&KEY[..], &[0xa0, 0x01, 0]].concat()),
+                "no packet a keyring holds",
+            ),
+            (
+                keybox(2, &[&KEY[..], &[0x9b, 4, 0]].concat()),
+                "no stated length",
+            ),
+            (
+                keybox(2, &[&KEY[..], &TRUST[..3]].concat()),
+                "no whole OpenPGP packet",
+            ),
+            (keybox(2, &good)[..40].to_vec(), "record cut short"),
+        ] {
+            let problem = keyring_framing_problem(home(&data).path()).expect(what);
+            assert!(problem.contains(what), "{problem}");
+            assert!(problem.contains("pubring.kbx is damaged"), "{problem}");
         }
     }
 
