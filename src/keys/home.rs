@@ -248,9 +248,13 @@ fn keyring_framing_problem(home: &Path) -> Option<String> {
     ))
 }
 
-/// In a keybox: each record (a length, then its type) inside the file, and the key block of
-/// each OpenPGP record (its offset and length at bytes 8 and 12 of the record) inside the
-/// record and whole packets (gpgsm's X.509 records and the header are not looked into).
+/// In a keybox: each record (a length, then its type) inside the file; each OpenPGP record
+/// ending in the SHA-1 of the rest of it, as gpg writes it (gpg itself does not check it: one
+/// byte changed in a record's user ID table, or a record length swallowing the next record,
+/// made a key unfindable without a word, review), and its key block (offset and length at
+/// bytes 8 and 12) inside the record and whole packets. gpgsm's X.509 records and the header
+/// are not looked into. A checksum whose first four bytes are zero is one of GnuPG before
+/// 2.1 (an MD5 after them), which was never checked: passed over.
 fn keybox_damage(data: &[u8]) -> Option<(usize, &'static str)> {
     let be = |at: usize| {
         data.get(at..at + 4)
@@ -262,6 +266,14 @@ fn keybox_damage(data: &[u8]) -> Option<(usize, &'static str)> {
             return Some((at, "a keybox record cut short or overwritten"));
         };
         if data[at + 4] == 2 {
+            let record = &data[at..at + len];
+            let Some((body, checksum)) = record.split_at_checked(len.saturating_sub(20)) else {
+                return Some((at, "a keybox record too short for its checksum"));
+            };
+            let sha1 = ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, body);
+            if len < 36 || (checksum[..4] != [0; 4] && checksum != sha1.as_ref()) {
+                return Some((at, "a keybox record whose checksum does not match"));
+            }
             let block = be(at + 8).zip(be(at + 12));
             let Some((offset, block_len)) =
                 block.filter(|&(offset, block_len)| offset + block_len <= len && len >= 16)
@@ -505,15 +517,20 @@ mod tests {
         }
     }
 
-    /// A keybox: the header record (OpenPGP flag), then one record of `kind` holding `block`.
+    /// A keybox: the header record (OpenPGP flag), then one record of `kind` holding `block`
+    /// and ending in its SHA-1, as gpg writes them.
     fn keybox(kind: u8, block: &[u8]) -> Vec<u8> {
         let mut data = keybox_header(0x02);
-        let len = (16 + block.len()) as u32;
-        data.extend_from_slice(&len.to_be_bytes());
-        data.extend_from_slice(&[kind, 1, 0, 0]);
-        data.extend_from_slice(&16u32.to_be_bytes());
-        data.extend_from_slice(&(block.len() as u32).to_be_bytes());
-        data.extend_from_slice(block);
+        let mut record = Vec::new();
+        let len = (16 + block.len() + 20) as u32;
+        record.extend_from_slice(&len.to_be_bytes());
+        record.extend_from_slice(&[kind, 1, 0, 0]);
+        record.extend_from_slice(&16u32.to_be_bytes());
+        record.extend_from_slice(&(block.len() as u32).to_be_bytes());
+        record.extend_from_slice(block);
+        let sha1 = ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, &record);
+        record.extend_from_slice(sha1.as_ref());
+        data.extend_from_slice(&record);
         data
     }
 
@@ -544,6 +561,15 @@ mod tests {
                 "no whole OpenPGP packet",
             ),
             (keybox(2, &good)[..40].to_vec(), "record cut short"),
+            (
+                {
+                    // One byte of the record changed (here in its flags): the checksum.
+                    let mut data = keybox(2, &good);
+                    data[32 + 7] ^= 1;
+                    data
+                },
+                "checksum does not match",
+            ),
         ] {
             let problem = keyring_framing_problem(home(&data).path()).expect(what);
             assert!(problem.contains(what), "{problem}");
