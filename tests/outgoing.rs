@@ -1247,6 +1247,42 @@ async fn a_keyring_in_the_old_format_works_and_its_damage_defers() {
     }
 }
 
+/// Where the keybox record holding `address` starts, and its length (each record is led by
+/// its length, a big-endian u32).
+fn keybox_record(bytes: &[u8], address: &[u8]) -> (usize, usize) {
+    let mut at = 0;
+    loop {
+        let len = be32(bytes, at);
+        if common::find(&bytes[at..at + len], address).is_some() {
+            return (at, len);
+        }
+        at += len;
+    }
+}
+
+fn be32(bytes: &[u8], at: usize) -> usize {
+    u32::from_be_bytes(bytes[at..at + 4].try_into().unwrap()) as usize
+}
+
+/// The decision for `recipient` when alice's message for bob, dave and carol is rewritten
+/// with the keys in `home`, the default policy: deferred (451, no copy), the reply's text.
+async fn deferred_reply(home: &GpgHome, recipient: &str) -> String {
+    let rewriter = Rewriter::new(home.service(Duration::from_secs(20)), Policy::default());
+    let copies = copies(
+        rewriter
+            .rewrite(&envelope(), MESSAGE.as_bytes().to_vec())
+            .await
+            .unwrap(),
+    );
+    let copy = copies.iter().find(|c| c.recipient == recipient).unwrap();
+    let Decision::Deferred { reply } = &copy.decision else {
+        panic!("{copy:?}");
+    };
+    assert_eq!(reply.code, 451, "{reply}");
+    assert!(copy.message.is_none());
+    reply.text.clone()
+}
+
 /// One header byte in bob's key block in the keybox: his subkey's tag changed into one no
 /// keyring holds (15). gpg drops that packet without a word, and bob's key seemed to have no
 /// encryption subkey: signed cleartext (review). Deferred, the damage named.
@@ -1257,52 +1293,26 @@ async fn a_changed_packet_tag_in_the_keybox_defers_rather_than_sending_in_clear(
     sealpost::keys::home::stop_daemons(&home.dir);
     let keyring = home.dir.join("pubring.kbx");
     let mut bytes = std::fs::read(&keyring).unwrap();
-    let be = |b: &[u8], at: usize| u32::from_be_bytes(b[at..at + 4].try_into().unwrap()) as usize;
-    // The keybox's records, each led by its length; in bob's, the key block's offset and
-    // length follow at bytes 8 and 12. Its packets have old-format headers (gpg writes them
-    // so): the tag in bits 2-5, the length's size in bits 0-1.
-    let mut at = 0;
-    let subkey = loop {
-        let len = be(&bytes, at);
-        if common::find(&bytes[at..at + len], b"<bob@example.org>").is_some() {
-            let (mut p, end) = (
-                at + be(&bytes, at + 8),
-                at + be(&bytes, at + 8) + be(&bytes, at + 12),
-            );
-            while p < end {
-                let (tag, size) = ((bytes[p] >> 2) & 0x0F, [1, 2, 4][(bytes[p] & 3) as usize]);
-                if tag == 14 {
-                    break;
-                }
-                let len = bytes[p + 1..p + 1 + size]
-                    .iter()
-                    .fold(0, |n, &b| n << 8 | b as usize);
-                p += 1 + size + len;
-            }
-            assert!(p < end, "bob's subkey");
-            break p;
-        }
-        at += len;
-    };
-    bytes[subkey] = 0x80 | 15 << 2 | (bytes[subkey] & 3);
-    std::fs::write(&keyring, bytes).unwrap();
-    let rewriter = Rewriter::new(home.service(Duration::from_secs(20)), Policy::default());
-    let copies = copies(
-        rewriter
-            .rewrite(&envelope(), MESSAGE.as_bytes().to_vec())
-            .await
-            .unwrap(),
+    // In bob's record the key block's offset and length follow at bytes 8 and 12. Its packets
+    // have old-format headers (gpg writes them so): the tag in bits 2-5, the length's size in
+    // bits 0-1.
+    let (at, _) = keybox_record(&bytes, b"<bob@example.org>");
+    let (mut p, end) = (
+        at + be32(&bytes, at + 8),
+        at + be32(&bytes, at + 8) + be32(&bytes, at + 12),
     );
-    let bob = copies
-        .iter()
-        .find(|c| c.recipient == "bob@example.org")
-        .unwrap();
-    let Decision::Deferred { reply } = &bob.decision else {
-        panic!("{bob:?}");
-    };
-    assert_eq!(reply.code, 451, "{reply}");
-    assert!(reply.text.contains("pubring.kbx is damaged"), "{reply}");
-    assert!(bob.message.is_none());
+    while (bytes[p] >> 2) & 0x0F != 14 {
+        let size = [1, 2, 4][(bytes[p] & 3) as usize];
+        let len = bytes[p + 1..p + 1 + size]
+            .iter()
+            .fold(0, |n, &b| n << 8 | b as usize);
+        p += 1 + size + len;
+        assert!(p < end, "bob's subkey");
+    }
+    bytes[p] = 0x80 | 15 << 2 | (bytes[p] & 3);
+    std::fs::write(&keyring, bytes).unwrap();
+    let reply = deferred_reply(&home, "bob@example.org").await;
+    assert!(reply.contains("pubring.kbx is damaged"), "{reply}");
 }
 
 /// Bob's keybox record made to run to the end of the file (one length field): gpg took
@@ -1316,39 +1326,16 @@ async fn a_keybox_record_swallowing_the_next_defers_rather_than_sending_in_clear
     sealpost::keys::home::stop_daemons(&home.dir);
     let keyring = home.dir.join("pubring.kbx");
     let mut bytes = std::fs::read(&keyring).unwrap();
-    let be = |b: &[u8], at: usize| u32::from_be_bytes(b[at..at + 4].try_into().unwrap()) as usize;
-    let mut at = 0;
-    loop {
-        let len = be(&bytes, at);
-        if common::find(&bytes[at..at + len], b"<bob@example.org>").is_some() {
-            assert!(
-                common::find(&bytes[at + len..], b"<carol@example.org>").is_some(),
-                "carol's record after bob's"
-            );
-            let to_end = (bytes.len() - at) as u32;
-            bytes[at..at + 4].copy_from_slice(&to_end.to_be_bytes());
-            break;
-        }
-        at += len;
-    }
-    std::fs::write(&keyring, bytes).unwrap();
-    let rewriter = Rewriter::new(home.service(Duration::from_secs(20)), Policy::default());
-    let copies = copies(
-        rewriter
-            .rewrite(&envelope(), MESSAGE.as_bytes().to_vec())
-            .await
-            .unwrap(),
+    let (at, len) = keybox_record(&bytes, b"<bob@example.org>");
+    assert!(
+        common::find(&bytes[at + len..], b"<carol@example.org>").is_some(),
+        "carol's record after bob's"
     );
-    let carol = copies
-        .iter()
-        .find(|c| c.recipient == "carol@example.org")
-        .unwrap();
-    let Decision::Deferred { reply } = &carol.decision else {
-        panic!("{carol:?}");
-    };
-    assert_eq!(reply.code, 451, "{reply}");
-    assert!(reply.text.contains("checksum does not match"), "{reply}");
-    assert!(carol.message.is_none());
+    let to_end = (bytes.len() - at) as u32;
+    bytes[at..at + 4].copy_from_slice(&to_end.to_be_bytes());
+    std::fs::write(&keyring, bytes).unwrap();
+    let reply = deferred_reply(&home, "carol@example.org").await;
+    assert!(reply.contains("checksum does not match"), "{reply}");
 }
 
 /// A key whose UID names the domain as IDNA ASCII is found for the Unicode spelling and the
