@@ -221,26 +221,18 @@ pub fn whole_keyring_problem(home: &Path, deadline: Duration) -> Option<String> 
 /// A keyring cut exactly between two packets, or a keybox between two keys, cannot be told
 /// from an intact one (README, "GnuPG").
 fn keyring_framing_problem(home: &Path) -> Option<String> {
-    let keybox = home.join("pubring.kbx");
-    let (path, data) = if openpgp_keybox(&keybox) {
-        match std::fs::read(&keybox) {
-            Ok(data) => (keybox, data),
-            Err(e) => return Some(format!("{} cannot be read: {e}", keybox.display())),
-        }
-    } else {
-        let path = home.join("pubring.gpg");
-        match std::fs::read(&path) {
-            Ok(data) => (path, data),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
-            Err(e) => return Some(format!("{} cannot be read: {e}", path.display())),
-        }
+    let keybox = openpgp_keybox(&home.join("pubring.kbx"));
+    let path = home.join(if keybox { "pubring.kbx" } else { "pubring.gpg" });
+    let data = match std::fs::read(&path) {
+        Ok(data) => data,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
+        Err(e) => return Some(format!("{} cannot be read: {e}", path.display())),
     };
-    let found = if path.ends_with("pubring.kbx") {
+    let (at, what) = if keybox {
         keybox_damage(&data)
     } else {
         packets_damage(&data, 0, data.len())
-    };
-    let (at, what) = found?;
+    }?;
     Some(format!(
         "{} is damaged: {what} at byte {at} of {}",
         path.display(),
@@ -266,17 +258,18 @@ fn keybox_damage(data: &[u8]) -> Option<(usize, &'static str)> {
             return Some((at, "a keybox record cut short or overwritten"));
         };
         if data[at + 4] == 2 {
-            let record = &data[at..at + len];
-            let Some((body, checksum)) = record.split_at_checked(len.saturating_sub(20)) else {
-                return Some((at, "a keybox record too short for its checksum"));
-            };
+            // Its fixed fields (16 bytes) and the checksum (20) at least.
+            if len < 36 {
+                return Some((at, "a keybox record whose checksum does not match"));
+            }
+            let (body, checksum) = data[at..at + len].split_at(len - 20);
             let sha1 = ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, body);
-            if len < 36 || (checksum[..4] != [0; 4] && checksum != sha1.as_ref()) {
+            if checksum[..4] != [0; 4] && checksum != sha1.as_ref() {
                 return Some((at, "a keybox record whose checksum does not match"));
             }
             let block = be(at + 8).zip(be(at + 12));
             let Some((offset, block_len)) =
-                block.filter(|&(offset, block_len)| offset + block_len <= len && len >= 16)
+                block.filter(|&(offset, block_len)| offset + block_len <= len)
             else {
                 return Some((at, "a keybox record whose key block lies outside it"));
             };

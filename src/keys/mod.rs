@@ -570,7 +570,6 @@ fn default_home() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(".gnupg"))
 }
 
-/// Modification time and size of the keyring files: when any changes, cached lookups go.
 /// Runs a keyring check (gpg run directly) off the async threads: a problem it finds refuses
 /// `op` (a temporary failure, never "no key").
 async fn refused_on(
@@ -586,6 +585,7 @@ async fn refused_on(
     }
 }
 
+/// Modification time and size of the keyring files: when any changes, cached lookups go.
 fn keyring_stamp(home: &Path, with_trust: bool) -> Vec<(PathBuf, Option<(SystemTime, u64)>)> {
     // With `with_trust` (the lookup cache), the TOFU database and gpg.conf (its trust-model)
     // too: they decide validity, which decides the key chosen (review: a TOFU policy of bad
