@@ -670,6 +670,122 @@ async fn combined_form_and_encrypt_to_self() {
     );
 }
 
+/// The session key `home` decrypts `copy` with (gpg's SESSION_KEY status line).
+fn session_key(home: &GpgHome, copy: &[u8]) -> String {
+    let out = home.gpg(
+        &["--status-fd", "1", "--show-session-key", "--decrypt"],
+        Some(&ciphertext(copy)),
+    );
+    let status = String::from_utf8_lossy(&out.stdout).into_owned();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("[GNUPG:] SESSION_KEY "))
+        .unwrap_or_else(|| panic!("no session key: {status}"))
+        .to_string()
+}
+
+/// Bob's and Carol's copies of one message, encrypted to self, in `form`.
+async fn two_encrypted_copies(world: &World, form: EncryptedForm) -> (Vec<u8>, Vec<u8>) {
+    let policy = Policy {
+        encrypted_form: form,
+        encrypt_to_self: true,
+        ..Policy::default()
+    };
+    let env = Envelope {
+        id: "T5".into(),
+        sender: "alice@example.org".into(),
+        recipients: vec!["bob@example.org".into(), "carol@example.org".into()],
+    };
+    let copies = copies(run(world, policy, &env, MESSAGE.as_bytes()).await);
+    let of = |a: &str| {
+        let copy = copies.iter().find(|c| c.recipient == a).unwrap();
+        copy.message.clone().expect("an encrypted copy")
+    };
+    (of("bob@example.org"), of("carol@example.org"))
+}
+
+/// Checks that `copy` opens with `home`'s key (`fpr`), names exactly that key and the
+/// sender's own, and not the other recipient's (`other`, who cannot open it).
+fn names_only_its_keys(world: &World, home: &GpgHome, fpr: &str, other: &GpgHome, copy: &[u8]) {
+    let (plain, enc_to, _, status) = home.decrypt(&ciphertext(copy)).expect("opens");
+    assert!(contains(&plain, "Subject: The secret subject line"));
+    assert_eq!(enc_to.len(), 2, "the recipient and the sender: {status}");
+    let own = home.encryption_subkeys(fpr);
+    let sender = world.sender.encryption_subkeys(&world.alice);
+    for key in &enc_to {
+        assert!(
+            own.iter().chain(&sender).any(|k| k.ends_with(key.as_str())),
+            "{key} is neither the recipient's nor the sender's: {status}"
+        );
+    }
+    assert!(other.decrypt(&ciphertext(copy)).is_none());
+}
+
+/// Several encrypted copies of one message are one encryption (one gpg process, where one
+/// per copy cost up to three times as much): each copy keeps only its own keys' session key
+/// packets, so it still names no other recipient, and all copies have one session key.
+#[tokio::test]
+async fn encrypted_copies_of_one_message_share_one_encryption() {
+    let world = World::new();
+    for form in [EncryptedForm::Combined, EncryptedForm::SignedThenEncrypted] {
+        let (bob, carol) = two_encrypted_copies(&world, form).await;
+        names_only_its_keys(&world, &world.bob, &world.bob_fpr, &world.carol, &bob);
+        names_only_its_keys(&world, &world.carol, &world.carol_fpr, &world.bob, &carol);
+        assert_eq!(
+            session_key(&world.sender, &bob),
+            session_key(&world.sender, &carol),
+            "{form:?}"
+        );
+    }
+    let (bob, _) = two_encrypted_copies(&world, EncryptedForm::Combined).await;
+    let (_, _, good, status) = world.bob.decrypt(&ciphertext(&bob)).unwrap();
+    assert!(good, "the combined signature verifies: {status}");
+}
+
+/// A home whose gpg.conf hides every key ID (throw-keyids) or adds a key to every message
+/// (encrypt-to): gpg's message to several keys cannot be taken apart by recipient, and each
+/// copy is encrypted on its own, as gpg.conf says.
+#[tokio::test]
+async fn copies_are_encrypted_each_on_its_own_when_gpg_conf_says_more() {
+    let world = World::new();
+    let conf = world.sender.dir.join("gpg.conf");
+    let original = std::fs::read_to_string(&conf).unwrap_or_default();
+    std::fs::write(&conf, format!("{original}throw-keyids\n")).unwrap();
+    let (bob, carol) = two_encrypted_copies(&world, EncryptedForm::Combined).await;
+    for (home, copy, other) in [
+        (&world.bob, &bob, &world.carol),
+        (&world.carol, &carol, &world.bob),
+    ] {
+        let (_, enc_to, good, status) = home.decrypt(&ciphertext(copy)).expect("opens");
+        assert!(good, "{status}");
+        assert!(enc_to.iter().all(|k| k == "0000000000000000"), "{status}");
+        assert!(other.decrypt(&ciphertext(copy)).is_none());
+    }
+    assert_ne!(
+        session_key(&world.sender, &bob),
+        session_key(&world.sender, &carol)
+    );
+
+    let dave = GpgHome::new();
+    let dave_fpr = dave.generate("Dave <dave@example.net>");
+    world.sender.import(&dave.export_public(&dave_fpr));
+    std::fs::write(&conf, format!("{original}encrypt-to {dave_fpr}\n")).unwrap();
+    let (bob, carol) = two_encrypted_copies(&world, EncryptedForm::SignedThenEncrypted).await;
+    for (home, copy) in [(&world.bob, &bob), (&world.carol, &carol)] {
+        let (_, enc_to, _, status) = home.decrypt(&ciphertext(copy)).expect("opens");
+        assert_eq!(
+            enc_to.len(),
+            3,
+            "recipient, sender and encrypt-to: {status}"
+        );
+        assert!(dave.decrypt(&ciphertext(copy)).is_some());
+    }
+    assert_ne!(
+        session_key(&world.sender, &bob),
+        session_key(&world.sender, &carol)
+    );
+}
+
 #[tokio::test]
 async fn already_encrypted_mail_passes_through_untouched_but_without_bcc() {
     let world = World::new();

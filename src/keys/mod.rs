@@ -474,6 +474,28 @@ impl KeyService {
         .await
     }
 
+    /// Encrypts `data` once for several copies, `copies[c]` the keys (fingerprints) of copy
+    /// `c`, signing it in the same OpenPGP message when `signer` is given; each copy comes
+    /// back armored, naming only its own keys. `Refused` when gpg's message cannot be split
+    /// that way (the caller encrypts each copy on its own then).
+    pub async fn encrypt_shared(
+        &self,
+        copies: Vec<Vec<String>>,
+        signer: Option<String>,
+        data: Vec<u8>,
+    ) -> Result<Vec<Vec<u8>>, KeyError> {
+        let request = Request::EncryptShared {
+            copies,
+            signer,
+            data,
+        };
+        self.call("encrypting", request, |r| match r {
+            Response::Copies(copies) => Ok(copies),
+            other => Err(other),
+        })
+        .await
+    }
+
     /// The key `fingerprint` exported minimal and unarmored, for the Autocrypt header.
     pub async fn autocrypt_keydata(&self, fingerprint: &str) -> Result<Vec<u8>, KeyError> {
         if let Some(hit) = self.fresh_cache().keydata.get(fingerprint) {

@@ -42,6 +42,14 @@ pub enum Request {
         #[serde(with = "bytes")]
         data: Vec<u8>,
     },
+    /// One encryption for several copies: `copies[c]` are the fingerprints copy `c` is
+    /// encrypted to; each comes back armored, with only its own keys' session key packets.
+    EncryptShared {
+        copies: Vec<Vec<String>>,
+        signer: Option<String>,
+        #[serde(with = "bytes")]
+        data: Vec<u8>,
+    },
     /// The key exported minimal and unarmored (Autocrypt).
     ExportMinimal {
         fingerprint: String,
@@ -74,6 +82,7 @@ pub enum Response {
     Signer(Option<String>),
     Signature(Signature),
     Bytes(#[serde(with = "bytes")] Vec<u8>),
+    Copies(#[serde(with = "bytes_list")] Vec<Vec<u8>>),
     Decrypted(Decrypted),
     UserIds(Vec<String>),
     Checks(Vec<SignatureCheck>),
@@ -145,6 +154,11 @@ pub fn execute(gpg: &mut Gpg, request: Request) -> Result<Response, KeyError> {
             signer,
             data,
         } => encrypt(gpg, &recipients, signer.as_deref(), &data).map(Response::Bytes),
+        Request::EncryptShared {
+            copies,
+            signer,
+            data,
+        } => encrypt_shared(gpg, &copies, signer.as_deref(), &data).map(Response::Copies),
         Request::ExportMinimal { fingerprint } => {
             let key = gpg
                 .key(&fingerprint, false)
@@ -309,6 +323,64 @@ fn refusing_passphrases<T>(
         }
         Ok(done) => Ok(done),
     }
+}
+
+/// Encrypts `data` once to the keys of all `copies` and gives each copy its own message:
+/// only the session key packets of its keys, then the encrypted data they share (see
+/// [`crate::message::parse::split_by_recipient`]). One gpg process instead of one per copy.
+/// Every copy's plaintext is the same, so sharing the session key tells a reader nothing
+/// their own copy does not; a copy still names no key but its own. `Refused` ("cannot be
+/// split") when gpg's output is not what splitting needs; the caller then encrypts each copy
+/// on its own.
+fn encrypt_shared(
+    gpg: &mut Gpg,
+    copies: &[Vec<String>],
+    signer: Option<&str>,
+    data: &[u8],
+) -> Result<Vec<Vec<u8>>, KeyError> {
+    let mut all: Vec<String> = Vec::new();
+    let mut key_ids = Vec::with_capacity(copies.len());
+    for copy in copies {
+        let mut ids = Vec::with_capacity(copy.len());
+        for fpr in copy {
+            let key = gpg.key(fpr, false).map_err(to_err("encrypting"))?;
+            let of_key: Vec<[u8; 8]> = key
+                .subkeys()
+                .filter_map(|k| k.id().ok().and_then(key_id_bytes))
+                .collect();
+            ids.push(of_key);
+            if !all.contains(fpr) {
+                all.push(fpr.clone());
+            }
+        }
+        key_ids.push(ids);
+    }
+    gpg.ctx.set_armor(false);
+    let binary = encrypt(gpg, &all, signer, data);
+    gpg.ctx.set_armor(true);
+    let binary = binary?;
+    match crate::message::parse::split_by_recipient(&binary, &key_ids) {
+        Some(split) => Ok(split
+            .iter()
+            .map(|copy| crate::message::parse::armored_message(copy))
+            .collect()),
+        None => Err(KeyError::Refused {
+            op: "encrypting",
+            detail: "gpg's message to several keys cannot be split by recipient".into(),
+        }),
+    }
+}
+
+/// A key ID as gpg lists it (16 hex digits) in bytes.
+fn key_id_bytes(hex: &str) -> Option<[u8; 8]> {
+    if hex.len() != 16 {
+        return None;
+    }
+    let mut id = [0u8; 8];
+    for (n, byte) in id.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(hex.get(2 * n..2 * n + 2)?, 16).ok()?;
+    }
+    Some(id)
 }
 
 fn encrypt(
@@ -773,5 +845,30 @@ mod bytes {
         base64::engine::general_purpose::STANDARD
             .decode(text.as_bytes())
             .map_err(serde::de::Error::custom)
+    }
+}
+
+/// A list of byte strings, each as [`bytes`] writes one.
+mod bytes_list {
+    use base64::Engine as _;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(data: &[Vec<u8>], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(
+            data.iter()
+                .map(|d| base64::engine::general_purpose::STANDARD.encode(d)),
+        )
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Vec<u8>>, D::Error> {
+        let texts = <Vec<std::borrow::Cow<'de, str>>>::deserialize(d)?;
+        texts
+            .iter()
+            .map(|text| {
+                base64::engine::general_purpose::STANDARD
+                    .decode(text.as_bytes())
+                    .map_err(serde::de::Error::custom)
+            })
+            .collect()
     }
 }

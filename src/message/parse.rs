@@ -559,6 +559,91 @@ fn crc24(data: &[u8]) -> u32 {
     crc & 0x00FF_FFFF
 }
 
+/// One OpenPGP message that gpg encrypted to several keys, taken apart into one message per
+/// copy: each copy keeps the session key packets (RFC 4880 §5.1) of its own keys, in their
+/// order, then the same encrypted data. `copies[c][k]` holds the key IDs of key `k` of copy
+/// `c` (its primary key and subkeys: gpg picks the encryption subkey). None, and the caller
+/// encrypts each copy on its own, unless the message is exactly what that needs: version 3
+/// session key packets, each naming a key (gpg's `throw-keyids` names none) of some copy
+/// (gpg's `encrypt-to` adds keys nobody asked for), every key of every copy named by one, then
+/// one integrity-protected data packet to the end.
+pub fn split_by_recipient(binary: &[u8], copies: &[Vec<Vec<[u8; 8]>>]) -> Option<Vec<Vec<u8>>> {
+    let mut session_keys: Vec<(&[u8], [u8; 8])> = Vec::new();
+    let mut at = 0;
+    let data_start = loop {
+        let (tag, end) = packet(binary, at)?;
+        if tag != 1 {
+            // Symmetrically encrypted integrity-protected data, or AEAD-encrypted data.
+            if !(tag == 18 || tag == 20) || end != binary.len() {
+                return None;
+            }
+            break at;
+        }
+        let body = packet_body_start(binary, at)?;
+        let key_id: [u8; 8] = binary.get(body + 1..body + 9)?.try_into().ok()?;
+        if binary[body] != 3 || key_id == [0; 8] {
+            return None;
+        }
+        session_keys.push((&binary[at..end], key_id));
+        at = end;
+    };
+    let mut used = vec![false; session_keys.len()];
+    let mut split = Vec::with_capacity(copies.len());
+    for keys in copies {
+        let mut copy = Vec::new();
+        for (n, (packet, key_id)) in session_keys.iter().enumerate() {
+            if keys.iter().any(|ids| ids.contains(key_id)) {
+                used[n] = true;
+                copy.extend_from_slice(packet);
+            }
+        }
+        let every_key_named = keys
+            .iter()
+            .all(|ids| session_keys.iter().any(|(_, id)| ids.contains(id)));
+        if !every_key_named {
+            return None;
+        }
+        copy.extend_from_slice(&binary[data_start..]);
+        split.push(copy);
+    }
+    used.iter().all(|&u| u).then_some(split)
+}
+
+/// Where the body of the packet at `at` starts, for a packet of one definite length.
+fn packet_body_start(data: &[u8], at: usize) -> Option<usize> {
+    let first = *data.get(at)?;
+    if first & 0x40 == 0 {
+        return match first & 0x03 {
+            0 => Some(at + 2),
+            1 => Some(at + 3),
+            2 => Some(at + 5),
+            _ => None,
+        };
+    }
+    match *data.get(at + 1)? {
+        0..=191 => Some(at + 2),
+        192..=223 => Some(at + 3),
+        255 => Some(at + 6),
+        _ => None,
+    }
+}
+
+/// `binary` as an ASCII-armored OpenPGP message (RFC 4880 §6.2), as gpg writes one: no armor
+/// headers, lines of 64 characters, the CRC-24 checksum.
+pub fn armored_message(binary: &[u8]) -> Vec<u8> {
+    use base64::Engine as _;
+    let engine = base64::engine::general_purpose::STANDARD;
+    let mut out = b"-----BEGIN PGP MESSAGE-----\n\n".to_vec();
+    for line in engine.encode(binary).as_bytes().chunks(64) {
+        out.extend_from_slice(line);
+        out.push(b'\n');
+    }
+    out.push(b'=');
+    out.extend_from_slice(engine.encode(&crc24(binary).to_be_bytes()[1..]).as_bytes());
+    out.extend_from_slice(b"\n-----END PGP MESSAGE-----\n");
+    out
+}
+
 /// How many session key packets (tags 1 and 3) a ciphertext, armored or binary, has before
 /// its encrypted data, counting no further than `limit + 1`. gpg tries each one whose key it
 /// holds (or that names no key) with gpg-agent, about 1.7 ms each here; it does not stop at a
@@ -1210,6 +1295,131 @@ boundary=\"A\"; Boundary=\"B\"\r\n\r\n--A\r\n\r\nx\r\n--A--\r\n";
     }
 
     /// The count of session key packets sees through what gpg's armor reader tolerates.
+    /// A version 3 session key packet for `key_id` (new format), its algorithm-specific part
+    /// made up.
+    fn session_key(key_id: [u8; 8]) -> Vec<u8> {
+        let mut body = vec![3];
+        body.extend_from_slice(&key_id);
+        body.push(18);
+        body.extend_from_slice(&[0x5A; 40]);
+        [vec![0xC1, body.len() as u8], body].concat()
+    }
+
+    /// Integrity-protected data (tag 18) of `len` bytes after its version, in partial chunks
+    /// of 512 bytes and a last one, as gpg streams it.
+    fn protected_data(len: usize) -> Vec<u8> {
+        let body: Vec<u8> = std::iter::once(1)
+            .chain((0..len).map(|i| i as u8))
+            .collect();
+        let mut out = vec![0xD2];
+        let mut chunks = body.chunks(512).peekable();
+        while let Some(chunk) = chunks.next() {
+            if chunks.peek().is_some() && chunk.len() == 512 {
+                out.push(0xE9); // 2^9 = 512, partial
+            } else {
+                out.extend_from_slice(&[0xFF, 0, 0, (chunk.len() >> 8) as u8, chunk.len() as u8]);
+            }
+            out.extend_from_slice(chunk);
+        }
+        out
+    }
+
+    #[test]
+    fn a_message_to_several_keys_splits_into_one_per_copy() {
+        let (a, b, c, own) = ([1; 8], [2; 8], [3; 8], [4; 8]);
+        let data = protected_data(1500);
+        let message = [
+            session_key(a),
+            session_key(b),
+            session_key(c),
+            session_key(own),
+            data.clone(),
+        ]
+        .concat();
+        // Copy 1: key a (its primary key ID first, then the subkey gpg used); copies 2 and 3
+        // with the sender's own key too.
+        let copies = vec![
+            vec![vec![[9; 8], a]],
+            vec![vec![b], vec![own]],
+            vec![vec![c], vec![own]],
+        ];
+        let split = split_by_recipient(&message, &copies).expect("splits");
+        assert_eq!(split[0], [session_key(a), data.clone()].concat());
+        assert_eq!(
+            split[1],
+            [session_key(b), session_key(own), data.clone()].concat()
+        );
+        assert_eq!(
+            split[2],
+            [session_key(c), session_key(own), data.clone()].concat()
+        );
+        // Two copies for one key both get its packet.
+        let twice = split_by_recipient(
+            &[session_key(a), data.clone()].concat(),
+            &[vec![vec![a]], vec![vec![a]]],
+        );
+        assert_eq!(
+            twice,
+            Some(vec![[session_key(a), data.clone()].concat(); 2])
+        );
+    }
+
+    #[test]
+    fn a_message_not_made_for_splitting_is_left_whole() {
+        let (a, b) = ([1; 8], [2; 8]);
+        let data = protected_data(100);
+        let copies = vec![vec![vec![a]], vec![vec![b]]];
+        let split = |parts: &[Vec<u8>]| split_by_recipient(&parts.concat(), &copies);
+        assert!(split(&[session_key(a), session_key(b), data.clone()]).is_some());
+        // gpg's throw-keyids: no key named.
+        assert_eq!(
+            split(&[session_key(a), session_key([0; 8]), data.clone()]),
+            None
+        );
+        // A key no copy asked for (gpg's encrypt-to), or a copy's key without its packet.
+        let stranger = [
+            session_key(a),
+            session_key(b),
+            session_key([7; 8]),
+            data.clone(),
+        ];
+        assert_eq!(split(&stranger), None);
+        assert_eq!(split(&[session_key(a), data.clone()]), None);
+        // Another version of session key packet; a symmetric one (tag 3).
+        let mut v6 = session_key(b);
+        v6[2] = 6;
+        assert_eq!(split(&[session_key(a), v6, data.clone()]), None);
+        let symmetric = vec![0xC3, 4, 4, 9, 3, 0];
+        assert_eq!(
+            split(&[session_key(a), session_key(b), symmetric, data.clone()]),
+            None
+        );
+        // Data without integrity protection (tag 9), data cut short, a packet after it.
+        let mut unprotected = data.clone();
+        unprotected[0] = 0xC9;
+        assert_eq!(split(&[session_key(a), session_key(b), unprotected]), None);
+        let whole = [session_key(a), session_key(b), data.clone()].concat();
+        assert_eq!(split_by_recipient(&whole[..whole.len() - 1], &copies), None);
+        assert_eq!(
+            split(&[session_key(a), session_key(b), data.clone(), session_key(a)]),
+            None
+        );
+        assert_eq!(split(&[session_key(a), session_key(b)]), None);
+        assert_eq!(split(&[]), None);
+    }
+
+    #[test]
+    fn armored_messages_read_back_as_gpg_reads_them() {
+        for len in [0, 1, 2, 3, 47, 48, 49, 100, 1000] {
+            let binary: Vec<u8> = (0..len).map(|i| (i * 7) as u8).collect();
+            let armored = armored_message(&binary);
+            assert_eq!(armored_data(&armored, true), Some(binary), "{len} bytes");
+            assert!(armored.split(|&b| b == b'\n').all(|l| l.len() <= 64));
+        }
+        let message = [session_key([1; 8]), protected_data(10)].concat();
+        assert!(armored_ciphertext(&armored_message(&message)));
+    }
+
     #[test]
     fn session_key_packets_are_counted_as_gpg_reads_them() {
         use base64::Engine as _;

@@ -427,34 +427,69 @@ impl Rewriter {
         })
     }
 
-    /// Encrypts one copy per target key, two at a time on the GnuPG workers; in order.
+    /// Encrypts one copy per target key; in order. Several copies share one encryption (one
+    /// gpg process, each copy given only its own key's session key packet); when gpg refuses
+    /// a key, or its message cannot be split, each copy is encrypted on its own, two at a
+    /// time on the GnuPG workers, so that a key gpg refuses fails only its own copy.
     async fn encrypt_each(
         &self,
         encryption: &Encryption,
         targets: &[&str],
     ) -> Vec<Result<Vec<u8>, Reply>> {
-        let jobs = targets.iter().map(|fpr| {
+        let keys_of = |fpr: &str| {
             let mut keys = vec![fpr.to_string()];
             if let Some(own) = &encryption.self_key {
                 if own != fpr {
                     keys.push(own.clone());
                 }
             }
+            keys
+        };
+        let signs = encryption.inline_signer.is_some();
+        let failed = |e: &KeyError| {
+            if signs {
+                // The combined form: the signature is gpg's part of the encryption (review:
+                // a failing default_signer was the bare gpg error here).
+                encryption.signing.failed_doing(e, " and encrypting")
+            } else {
+                temporary(e)
+            }
+        };
+        let copy =
+            |armored: &[u8]| mime::message(&encryption.outer, &mime::multipart_encrypted(armored));
+        if targets.len() > 1 {
+            let copies = targets.iter().map(|fpr| keys_of(fpr)).collect();
+            let shared = self
+                .keys
+                .encrypt_shared(
+                    copies,
+                    encryption.inline_signer.clone(),
+                    encryption.plaintext.clone(),
+                )
+                .await;
+            match shared {
+                Ok(armored) if armored.len() == targets.len() => {
+                    return armored.iter().map(|a| Ok(copy(a))).collect();
+                }
+                // GnuPG could not be run, or not in time: so it would be for each copy.
+                Err(
+                    e @ (KeyError::Deadline { .. }
+                    | KeyError::Unavailable { .. }
+                    | KeyError::WorkerGone),
+                ) => return targets.iter().map(|_| Err(failed(&e))).collect(),
+                Ok(_) | Err(_) => {}
+            }
+        }
+        let jobs = targets.iter().map(|fpr| {
+            let keys = keys_of(fpr);
             async move {
                 // Each job owns its copy of the plaintext (the worker takes it): a batch holds
                 // one per copy, which `batch_size` counts.
                 let data = encryption.plaintext.clone();
                 let signer = encryption.inline_signer.clone();
-                let signs = signer.is_some();
                 match self.keys.encrypt(keys, signer, data).await {
-                    Ok(armored) => Ok(mime::message(
-                        &encryption.outer,
-                        &mime::multipart_encrypted(&armored),
-                    )),
-                    // The combined form: the signature is gpg's part of the encryption
-                    // (review: a failing default_signer was the bare gpg error here).
-                    Err(e) if signs => Err(encryption.signing.failed_doing(&e, " and encrypting")),
-                    Err(e) => Err(temporary(&e)),
+                    Ok(armored) => Ok(copy(&armored)),
+                    Err(e) => Err(failed(&e)),
                 }
             }
         });
