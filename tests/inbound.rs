@@ -1807,3 +1807,44 @@ fn nul_in_a_delivered_message_goes_out_as_0x80() {
         assert!(common::find(body, sent).is_some(), "{body:?}");
     }
 }
+
+/// A GnuPG home gpg cannot use for now — one without a trust database on a full file system,
+/// where gpg stops at "can't create lock" before it reports any signature, and GPGME reports
+/// no error — keeps a signed message with the MTA (75): a valid signature is not stored as
+/// bad, for good (review). With room again the same message is stored, its signature valid.
+#[tokio::test]
+async fn a_home_gpg_cannot_use_defers_a_signed_message() {
+    if sealpost::queue::current_uid() != 0 {
+        eprintln!("skipped: needs root to mount a small file system");
+        return;
+    }
+    let world = World::new();
+    let signed = common::verdicts::signed_copy(&world).await;
+    let fs = common::SmallFs::mount_at(&world.bob.dir.with_extension("fs"), "2M");
+    let home = fs.path.join("g");
+    std::fs::create_dir(&home).unwrap();
+    std::fs::set_permissions(&home, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    for name in ["pubring.kbx", "gpg.conf"] {
+        std::fs::copy(world.bob.dir.join(name), home.join(name)).unwrap();
+    }
+    let server = Server::start_config("", &format!("[gnupg]\nhome = \"{}\"\n", home.display()));
+    fs.fill(0);
+    let (code, output) = deliver(&server, &signed);
+    assert_eq!(code, 75, "{output}");
+    assert!(output.contains("trustdb"), "{output}");
+    assert!(
+        common::verdicts::fetch_all(&server).is_empty(),
+        "nothing stored"
+    );
+    fs.unfill();
+    let (code, output) = deliver(&server, &signed);
+    assert_eq!(code, 0, "{output}");
+    let stored = common::verdicts::fetch_all(&server);
+    assert_eq!(stored.len(), 1);
+    assert!(
+        common::verdicts::verdict(&stored[0].1).starts_with("plaintext; signature=valid;"),
+        "{}",
+        common::verdicts::verdict(&stored[0].1)
+    );
+    sealpost::keys::home::stop_daemons(&home);
+}

@@ -572,15 +572,41 @@ impl KeyService {
         signature: Vec<u8>,
         signed: Vec<u8>,
     ) -> Result<Vec<SignatureCheck>, KeyError> {
-        self.call(
-            "verifying",
-            Request::VerifyDetached { signature, signed },
-            |r| match r {
-                Response::Checks(checks) => Ok(checks),
-                other => Err(other),
-            },
-        )
-        .await
+        let checks = self
+            .call(
+                "verifying",
+                Request::VerifyDetached { signature, signed },
+                |r| match r {
+                    Response::Checks(checks) => Ok(checks),
+                    other => Err(other),
+                },
+            )
+            .await?;
+        // A gpg that cannot read the keyring (a home or pubring.kbx that is not the user's, a
+        // trust database it cannot make on a full or read-only file system: "Fatal: can't
+        // create lock") reports no signature, or "no public key" for a signer whose key is
+        // there, and GPGME no error (review: a valid signature stored as bad, or by an unknown
+        // key, for good). The keyring is asked before either stands; its trouble is a
+        // temporary failure.
+        let unknown = checks
+            .iter()
+            .find(|c| matches!(c.state, SignatureState::UnknownKey));
+        if checks.is_empty() || unknown.is_some() {
+            let probe = unknown.map(|c| c.fingerprint.clone()).unwrap_or_default();
+            let (home, deadline) = (self.home.clone(), self.deadline);
+            let problem = tokio::task::spawn_blocking(move || {
+                home::public_keyring_problem(&home, &probe, deadline)
+            })
+            .await
+            .unwrap_or_else(|e| Some(format!("keyring check failed: {e}")));
+            if let Some(detail) = problem {
+                return Err(KeyError::Unavailable {
+                    op: "verifying",
+                    detail,
+                });
+            }
+        }
+        Ok(checks)
     }
 }
 
