@@ -20,6 +20,14 @@ fn main() -> ExitCode {
             0 as libc::c_ulong,
         );
     }
+    // Past a file size limit (`ulimit -f`, a cron job's or an MTA's) the kernel kills the
+    // writer with SIGXFSZ: sendmail died without a word and left its half-written spool file
+    // (review). Ignored, as Postfix's commands ignore it, the write fails with EFBIG instead,
+    // and that is an error like a full disk: reported, cleaned up, the exit code a sysexits one.
+    // SAFETY: setting a signal's disposition to SIG_IGN; no handler runs.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
     // Linked as /usr/sbin/sendmail (or mailq, newaliases): the sendmail(1) command line.
     // Read as bytes: `std::env::args` panics on an argument that is not UTF-8 (a Latin-1 -F
     // name), which would exit 101 instead of a sysexits code (review).

@@ -529,6 +529,43 @@ fn sigterm_during_a_run_finishes_the_copy_in_hand() {
     assert_eq!(relay.delivered(1)[0].rcpts, ["carol@example.org"]);
 }
 
+/// Past the caller's file size limit (`ulimit -f`) the kernel killed sendmail with SIGXFSZ:
+/// exit 153, no word said, a half-written spool file left (review). Now the write fails: 75
+/// with the reason, nothing left in the queue.
+#[test]
+fn a_file_size_limit_is_a_temporary_failure_and_leaves_nothing() {
+    use std::os::unix::process::CommandExt;
+    let s = Setup::new();
+    s.configure(relay::free_port(), false, "");
+    let mut message = b"From: alice@example.org\nSubject: big\n\n".to_vec();
+    message.extend(std::iter::repeat_n(b'x', 100_000));
+    let mut command = Command::new(s.sendmail_link());
+    command.args(["-C", s.config.to_str().unwrap(), "-i", "bob@example.org"]);
+    // SAFETY: setrlimit only, between fork and exec.
+    unsafe {
+        command.pre_exec(|| {
+            let limit = libc::rlimit {
+                rlim_cur: 16 * 1024,
+                rlim_max: libc::RLIM_INFINITY,
+            };
+            if libc::setrlimit(libc::RLIMIT_FSIZE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let out = run_with_stdin(&mut command, &message);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(75), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("File too large"), "{stderr}");
+    let incoming = s.queue_dir().join("incoming");
+    let left: Vec<_> = std::fs::read_dir(&incoming)
+        .map(|d| d.map(|e| e.unwrap().file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "left in the queue: {left:?}");
+}
+
 #[test]
 fn bad_input_is_refused_with_a_reason_and_nothing_is_queued() {
     let s = Setup::new();
