@@ -1726,6 +1726,17 @@ fn a_full_queue_file_system_sends_nothing_it_cannot_record() {
         assert!(matches!(out.status.code(), Some(0 | 75)), "{out:?}");
     }
     queue.unfill();
+    // Quite full: SQLite's "disk I/O error" (it could not grow its -shm file) now says why
+    // (review).
+    queue.fill(0);
+    let out = s.sealpost(&["queue", "list"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(75), "{stderr}");
+    assert!(
+        stderr.contains("No space left") || stderr.contains("no space left"),
+        "{stderr}"
+    );
+    queue.unfill();
     s.queue_run();
     assert!(!s.queue_list().contains("bob@example.org"), "bob is done");
     assert_eq!(relay.delivered(1)[0].rcpts, ["bob@example.org"]);

@@ -147,7 +147,10 @@ impl QueueConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
-    #[error("queue database {path}: {source}")]
+    #[error(
+        "queue database {path}: {source}{}",
+        crate::store::file_system_trouble(std::path::Path::new(path), source)
+    )]
     Db {
         path: String,
         #[source]

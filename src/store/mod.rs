@@ -53,7 +53,10 @@ pub const DELIMITER: char = '/';
 
 #[derive(Debug, Error)]
 pub enum StoreError {
-    #[error("cannot open the store {path}: {source}")]
+    #[error(
+        "cannot open the store {path}: {source}{}",
+        file_system_trouble(path, source)
+    )]
     Open {
         path: PathBuf,
         source: rusqlite::Error,
@@ -1628,6 +1631,65 @@ fn open_connection(path: &Path, read_only: bool) -> Result<Connection, StoreErro
 /// handler: while another process creates or writes the database it fails at once with
 /// "database is locked" (a queue run started while sendmail's runner wrote; deliver while the
 /// daemon opens the store). It is tried again for 30 s, as long as a busy write would wait.
+/// What SQLite's error for the database at `path` leaves out, as " (...)" to append, when
+/// the file system explains it: SQLite says "disk I/O error" when it cannot grow its -shm
+/// file on a full file system, and "unable to open database file" when its -wal or -shm file
+/// is another user's (review: neither named the cause or the file).
+pub(crate) fn file_system_trouble(path: &Path, e: &rusqlite::Error) -> String {
+    use rusqlite::ErrorCode as C;
+    let code = match e {
+        rusqlite::Error::SqliteFailure(f, _) => f.code,
+        _ => return String::new(),
+    };
+    if !matches!(
+        code,
+        C::SystemIoFailure | C::DiskFull | C::ReadOnly | C::CannotOpen
+    ) {
+        return String::new();
+    }
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let mut why = Vec::new();
+    if let Ok(c_dir) =
+        std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(dir.as_os_str()))
+    {
+        // SAFETY: statvfs writes into the zeroed struct it is given; the path is a valid C
+        // string that outlives the call.
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        if unsafe { libc::statvfs(c_dir.as_ptr(), &mut st) } == 0 {
+            if st.f_flag & libc::ST_RDONLY != 0 {
+                why.push(format!("{} is on a read-only file system", dir.display()));
+            } else if st.f_bavail == 0 {
+                why.push(format!(
+                    "no space left on the file system of {}",
+                    dir.display()
+                ));
+            }
+        }
+    }
+    for suffix in ["", "-wal", "-shm"] {
+        let mut file = path.as_os_str().to_owned();
+        file.push(suffix);
+        let file = PathBuf::from(file);
+        let opened = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&file);
+        if let Err(e) = opened {
+            if e.kind() == std::io::ErrorKind::PermissionDenied {
+                why.push(format!("{}: {e}", file.display()));
+            }
+        }
+    }
+    if why.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", why.join("; "))
+    }
+}
+
 pub(crate) fn wal_mode(conn: &Connection) -> rusqlite::Result<()> {
     let since = std::time::Instant::now();
     loop {
