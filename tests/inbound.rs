@@ -1832,6 +1832,12 @@ async fn a_home_gpg_cannot_use_defers_a_signed_message() {
     let (code, output) = deliver(&server, &signed);
     assert_eq!(code, 75, "{output}");
     assert!(output.contains("trustdb"), "{output}");
+    // An encrypted one too, and the reason is gpg's own (review: "gpg could not read the
+    // secret keyring").
+    let encrypted = signed_and_encrypted_by_alice(&world, b"Subject: s\r\n\r\nsecret\r\n");
+    let (code, output) = deliver(&server, &encrypted);
+    assert_eq!(code, 75, "{output}");
+    assert!(output.contains("trustdb"), "{output}");
     assert!(
         common::verdicts::fetch_all(&server).is_empty(),
         "nothing stored"

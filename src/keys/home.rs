@@ -429,14 +429,17 @@ pub fn secret_keyring_problem(home: Option<&Path>, deadline: Duration) -> Option
         Ok(out) => {
             let status = String::from_utf8_lossy(&out.stdout);
             if status.lines().any(|l| l.starts_with("[GNUPG:] ERROR")) || !out.status.success() {
-                // The agent's trouble, else the keyring's damage (review: "gpg could not read
-                // the secret keyring" for a damaged pubring.kbx, gpg's own line left out).
+                // The agent's trouble, else the keyring's damage, else gpg's last word
+                // (review: "gpg could not read the secret keyring" for a damaged pubring.kbx,
+                // and for a trust database gpg could not make on a full file system, gpg's
+                // own line left out).
                 let stderr = String::from_utf8_lossy(&out.stderr);
                 let why = stderr
                     .lines()
                     .rev()
                     .find(|l| l.contains("agent"))
                     .or_else(|| stderr.lines().find(|l| is_damage(l)))
+                    .or_else(|| stderr.lines().rev().find(|l| !l.trim().is_empty()))
                     .unwrap_or("gpg could not read the secret keyring")
                     .trim_start_matches("gpg: ")
                     .to_string();
