@@ -559,6 +559,8 @@ fn a_file_size_limit_is_a_temporary_failure_and_leaves_nothing() {
     assert_eq!(out.status.code(), Some(75), "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.contains("File too large"), "{stderr}");
+    // The file being written is named, not the name it would have had.
+    assert!(stderr.contains("/incoming/.tmp."), "{stderr}");
     let incoming = s.queue_dir().join("incoming");
     let left: Vec<_> = std::fs::read_dir(&incoming)
         .map(|d| d.map(|e| e.unwrap().file_name()).collect())

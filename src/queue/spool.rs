@@ -104,13 +104,16 @@ pub fn write(
     // not land where a link put there points (a root-only directory; review).
     let dir = Dir::open(incoming).map_err(fail(incoming))?;
     let mut file = dir.create(&temp_name).map_err(fail(&temp))?;
+    // The file that failed is named: the temporary one while it is written (review: a full
+    // disk was reported for the final name, which never existed), the final one at the rename.
     let written = file
         .write_all(&encoded)
         .and_then(|()| file.sync_all())
-        .and_then(|()| dir.rename(&temp_name, id));
-    if let Err(source) = written {
+        .map_err(fail(&temp))
+        .and_then(|()| dir.rename(&temp_name, id).map_err(fail(&target)));
+    if let Err(e) = written {
         let _ = dir.remove(&temp_name);
-        return Err(fail(&target)(source));
+        return Err(e);
     }
     if let Err(source) = sync_directory(incoming, &file) {
         // The message is in the queue under its name, and would go out. It is taken back
