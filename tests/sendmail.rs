@@ -808,6 +808,24 @@ fn any_user_can_submit_and_nobody_reads_anothers_mail() {
         list.contains("nobody@host.example") && list.contains("2 Requests."),
         "{list}"
     );
+    // A drop directory nobody may write to: the spool failed, a temporary failure (75) as
+    // Postfix's sendmail gives for its maildrop, not 77 (review: a script retries on 75).
+    perm(&incoming, 0o700);
+    let out = as_nobody(
+        &[
+            link.to_str().unwrap(),
+            "-C",
+            s.config.to_str().unwrap(),
+            "-i",
+            "bob@example.org",
+        ],
+        b"From: nobody@host.example\nSubject: again\n\nhello\n",
+    );
+    assert_eq!(out.status.code(), Some(75), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Permission denied"),
+        "{out:?}"
+    );
 }
 
 /// A shared queue whose drop directory is missing (removed, or a tmpfiles rule not run yet):

@@ -56,14 +56,11 @@ impl SendmailError {
             SendmailError::Input(InputError::NoRecipients) => 64,
             SendmailError::Input(_) => 65,
             SendmailError::Config(_) | SendmailError::Relay(_) => 78,
-            SendmailError::Spool(SpoolError::Write { source, .. })
-                if source.kind() == std::io::ErrorKind::PermissionDenied =>
-            {
-                77
-            }
             // Refused before it was spooled, as a message over the limit is (review: it was
             // spooled, exit 0, and then set aside by the runner).
             SendmailError::Spool(SpoolError::TooLarge { .. }) => 65,
+            // Even a drop directory the caller may not write to: the message was not taken,
+            // and callers retry on 75 (Postfix's sendmail says EX_TEMPFAIL for its maildrop).
             SendmailError::Spool(_) => 75,
             SendmailError::Queue(QueueError::NotFound(_)) => 69,
             SendmailError::Queue(QueueError::Io { source, .. })
