@@ -1371,6 +1371,37 @@ fn encrypt_only_over_the_sendmail_path_reports_to_the_sender() {
     postfix.settled_messages(3);
 }
 
+/// On the sendmail path, a message refused as a whole whose sender cannot be sent the report
+/// (the sender's own address under encrypt-only, without a key): discarded, it was gone with
+/// only the log's word (review). It stays queued in Postfix's maildrop instead: nothing
+/// delivered, nothing in clear, until the sender's key is there or the policy changes.
+#[test]
+fn a_refused_message_whose_sender_cannot_be_told_stays_queued() {
+    let Some(rig) = Rig::new() else { return };
+    let postfix = &rig.postfix;
+    let milter = rig.milter_with(ENCRYPT_ONLY_NET);
+    let message = b"From: dave@example.net\nTo: bob@example.org\nSubject: s\n\nthe body\n";
+    let out = postfix.sendmail(
+        &["-i", "-f", "dave@example.net", "bob@example.org"],
+        message,
+    );
+    assert!(out.status.success(), "{out:?}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !milter
+        .log()
+        .contains("the sender cannot be told: kept queued")
+    {
+        assert!(std::time::Instant::now() < deadline, "{}", milter.log());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(!milter.log().contains("discarded"), "{}", milter.log());
+    assert_eq!(postfix.queued(), 1, "{}", postfix.log());
+    assert_eq!(
+        common::postfix::count_files(&postfix.maildir().join("new")),
+        0
+    );
+}
+
 /// all-or-nothing over Postfix's sendmail path: the whole message is refused, and the sender
 /// hears of it from sealpost's report (header only, encrypted to her). A milter reject there
 /// made Postfix bounce the message's header, Subject included, in clear to whatever `-f`

@@ -1001,6 +1001,8 @@ async fn end_of_message(
         return refuse_whole(cx, milter, &t, &raw, queue_id, &id, now, reply, &refused).await;
     }
     if !failures.is_empty() {
+        // A report that cannot be sent is the log's (send_report): the other recipients'
+        // copies go on.
         if let Err(text) = report_once(milter, queue_id, &id, &t, &raw, &failures, now).await {
             return tempfail(cx, &text);
         }
@@ -1246,8 +1248,20 @@ async fn refuse_whole(
             original: None,
         })
         .collect();
-    if let Err(text) = report_once(milter, queue_id, id, t, raw, &failures, now).await {
-        return tempfail(cx, &text);
+    let told = match report_once(milter, queue_id, id, t, raw, &failures, now).await {
+        Err(text) => return tempfail(cx, &text),
+        Ok(told) => told,
+    };
+    // Nobody would hear of a message refused on the sendmail path whose sender cannot be sent
+    // the report (their policy allows nothing in clear and they have no key): discarded, it
+    // was gone with only the log's word (review). It stays queued instead, in Postfix's
+    // maildrop, tried again until the sender's key is there, the policy changes, or the
+    // administrator deletes it.
+    if !told && !t.smtp {
+        return tempfail(
+            cx,
+            &format!("refused as a whole ({reply}), and the sender cannot be told: kept queued"),
+        );
     }
     tracing::info!(
         "{queue_id}: refused as a whole ({reply}); {}: {}; discarded",
@@ -1258,8 +1272,10 @@ async fn refuse_whole(
         },
         if t.sender.is_empty() {
             "no sender to report to"
-        } else {
+        } else if told {
             "reported to the sender"
+        } else {
+            "the sender could not be told"
         }
     );
     Status::Discard
@@ -1270,7 +1286,9 @@ async fn refuse_whole(
 /// sender. Err: why not, for a temporary failure. Once the report is accepted, a journal that
 /// cannot record it is only logged: a TEMPFAIL now would make Postfix retry, and the retry
 /// would send the report again. A recipient whose NOTIFY leaves out FAILURE (NEVER, say) is
-/// left out of it (RFC 3461 §4.1), and the report names the message's ENVID.
+/// left out of it (RFC 3461 §4.1), and the report names the message's ENVID. Ok(false): a
+/// report was due and could not be sent (the sender's policy allows nothing in clear and they
+/// have no key, or the listener refused it for good), said in the log.
 #[allow(clippy::too_many_arguments)]
 async fn report_once(
     milter: &Milter,
@@ -1280,7 +1298,7 @@ async fn report_once(
     raw: &[u8],
     failures: &[bounce::Recipient],
     now: i64,
-) -> Result<(), String> {
+) -> Result<bool, String> {
     let sender = t.sender.as_str();
     // Each with its recipient's ORCPT, when the client gave one.
     let (failures, unwanted): (Vec<bounce::Recipient>, Vec<bounce::Recipient>) = failures
@@ -1307,7 +1325,7 @@ async fn report_once(
                 f.diagnostic
             );
         }
-        return Ok(());
+        return Ok(true);
     }
     // Each failed recipient is reported once: a retry of the message reports none again,
     // while the same message in another transaction (a list server sending in recipient
@@ -1323,21 +1341,23 @@ async fn report_once(
         })
         .collect();
     if failures.is_empty() {
-        return Ok(());
+        return Ok(true);
     }
     let envid = t.mail_dsn.envid.as_deref();
-    send_report(milter, queue_id, sender, envid, raw, &failures, now).await?;
+    if !send_report(milter, queue_id, sender, envid, raw, &failures, now).await? {
+        return Ok(false);
+    }
     for f in &failures {
         if let Err(e) = milter.journal.record(id, &reported_key(&f.recipient), now) {
             tracing::warn!("{queue_id}: report sent but not journaled: {e}");
         }
     }
-    Ok(())
+    Ok(true)
 }
 
 /// Sends the sender a non-delivery report for `failures` (quoting the original header only),
-/// through the reports core: encrypted to the sender when they have a key. Err: why not, for a
-/// temporary failure.
+/// through the reports core: encrypted to the sender when they have a key. Ok(false): not sent
+/// for good (logged). Err: why not, for a temporary failure.
 async fn send_report(
     milter: &Milter,
     queue_id: &str,
@@ -1346,7 +1366,7 @@ async fn send_report(
     raw: &[u8],
     failures: &[bounce::Recipient],
     now: i64,
-) -> Result<(), String> {
+) -> Result<bool, String> {
     let unique = crate::queue::spool::new_id(now);
     let report = bounce::render(&bounce::Report {
         hostname: &milter.hostname,
@@ -1391,7 +1411,7 @@ async fn send_report(
                 "{queue_id}: report to <{sender}> not sent: {}",
                 copy.decision.detail()
             );
-            Ok(())
+            Ok(false)
         }
         (_, Some(bytes)) => match milter.reinject.send("", sender, bytes).await {
             Sent::Accepted { .. } => {
@@ -1400,13 +1420,13 @@ async fn send_report(
                     "{queue_id}: failure report sent to <{sender}> for {}",
                     named.join(", ")
                 );
-                Ok(())
+                Ok(true)
             }
             Sent::Temporary(e) => Err(format!("cannot send the report to the sender: {e}")),
             // Refused for good: every retry would meet the same refusal.
             Sent::Permanent(e) => {
                 tracing::error!("{queue_id}: report to <{sender}> refused: {e}");
-                Ok(())
+                Ok(false)
             }
         },
     }
