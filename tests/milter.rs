@@ -1274,6 +1274,36 @@ fn encrypt_only_recipient_is_refused_at_rcpt_over_smtp() {
     );
 }
 
+/// contrib/postfix/main.cf's smtpd_milter_maps: a service with no milters of its own (the
+/// stock smtpd on port 25, which relays for mynetworks) gives clients of mynetworks the milter,
+/// so a script on the host sending through localhost:25 does not pass the policy by in clear
+/// (review: it did, with the contrib files as they were). The re-injection listener turns the
+/// table off, as contrib's master.cf does: each copy passes the milter once.
+#[test]
+fn clients_of_mynetworks_meet_the_milter_on_a_service_without_milters() {
+    let Some(rig) = Rig::new() else { return };
+    let (world, postfix) = (&rig.world, &rig.postfix);
+    let milter = rig.milter_with(ENCRYPT_ONLY_NET);
+    let table = postfix.dir.join("sealpost_milters");
+    std::fs::write(
+        &table,
+        format!("127.0.0.0/8 inet:127.0.0.1:{}\n", rig.milter_port),
+    )
+    .unwrap();
+    postfix.set("smtpd_milters =");
+    postfix.set(&format!("smtpd_milter_maps = cidr:{}", table.display()));
+    let (rcpt, end) = smtp_transaction(postfix.smtp_port, "alice@example.org", &THREE, MESSAGE);
+    assert!(
+        rcpt[1].starts_with("550 5.7.1") && rcpt[0].starts_with("250"),
+        "{rcpt:?}"
+    );
+    assert!(end.starts_with("250"), "{end}");
+    bob_and_carol_encrypted(world, postfix);
+    // Once each: the copy re-injected for one of them did not meet the milter again.
+    let decisions = milter.log().matches("recipient decision").count();
+    assert_eq!(decisions, 2, "{}", milter.log());
+}
+
 /// A source-routed recipient (RFC 5321 Appendix C: accepted, the route ignored, as Postfix
 /// does) gets a copy of its own, not the one rewritten in place for another recipient; an
 /// address that routes on in its local part (Postfix's percent hack would send it elsewhere

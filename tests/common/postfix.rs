@@ -76,7 +76,7 @@ impl Postfix {
             p.dir.join("master.cf"),
             format!(
                 "127.0.0.1:{s} inet n - n - - smtpd\n\
-                 127.0.0.1:{r} inet n - n - - smtpd -o smtpd_milters= -o non_smtpd_milters= \
+                 127.0.0.1:{r} inet n - n - - smtpd -o smtpd_milters= -o smtpd_milter_maps= -o non_smtpd_milters= \
                  -o local_header_rewrite_clients= \
                  -o smtpd_recipient_restrictions=check_recipient_access,texthash:{d}/reinject-access,permit_mynetworks,reject\n\
                  pickup unix n - n 60 1 pickup\ncleanup unix n - n - 0 cleanup\n\
