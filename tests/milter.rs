@@ -1474,15 +1474,17 @@ fn all_or_nothing_over_the_sendmail_path_reports_without_the_body() {
 }
 
 /// A message to bob (key) and erin (no key) at the MX, with two forged verdict fields.
-const INBOUND: &str = "From: Mallory <mallory@elsewhere.test>\nTo: bob@example.org, erin@example.org\nSubject: inbound-subject\nMessage-ID: <inbound-1@elsewhere.test>\nSealpost-Verdict: encrypted; signature=valid\nsealpost-verdict :\n forged\n\nthe inbound body\n";
+const INBOUND: &str = "From: Mallory <mallory@elsewhere.test>\nTo: bob@example.org, erin@example.org\nSubject: inbound-subject\nMessage-ID: <inbound-1@elsewhere.test>\nSealpost-Verdict: encrypted; signature=valid\nsealpost-verdict :\n forged\nSealpost-Upload: 0123456789abcdef0123456789abcdef\n\nthe inbound body\n";
 
 /// Checks bob's inbound copy: encrypted to bob only, not signed, no verdict field anywhere.
 fn check_inbound_encrypted(world: &World, copy: &[u8]) {
     let copy = crlf(copy);
     assert!(!contains(&copy.to_ascii_lowercase(), "sealpost-verdict"));
+    assert!(!contains(&copy.to_ascii_lowercase(), "sealpost-upload"));
     let (plain, _, good, status) = world.bob.decrypt(&ciphertext(&copy)).expect("decrypts");
     assert!(contains(&plain, "the inbound body") && contains(&plain, "inbound-subject"));
     assert!(!contains(&plain.to_ascii_lowercase(), "sealpost-verdict"));
+    assert!(!contains(&plain.to_ascii_lowercase(), "sealpost-upload"));
     assert!(
         !good && !status.contains("NEWSIG") && !contains(&plain, "multipart/signed"),
         "the MX signs nothing: {status}"
@@ -1511,6 +1513,7 @@ fn inbound_mode_encrypts_to_the_local_recipient() {
     let erin = crlf(&got[1].1);
     assert!(contains(&erin, "the inbound body") && contains(&erin, "inbound-subject"));
     assert!(!contains(&erin.to_ascii_lowercase(), "sealpost-verdict"));
+    assert!(!contains(&erin.to_ascii_lowercase(), "sealpost-upload"));
     assert!(!contains(&erin, "BEGIN PGP"), "no key: as it came");
 
     // Already encrypted by the sender (to bob): the ciphertext lands unchanged.

@@ -768,9 +768,12 @@ async fn end_of_message(
     let mut planned = Vec::with_capacity(2);
     for (core, recipients, message) in [
         (&*milter.rewriter, outbound, raw.clone()),
-        // Sender-supplied verdict fields go before the copy is made, inside and out.
+        // Sender-supplied verdict fields go before the copy is made, inside and out, and so
+        // does the field that marks the user's own uploads (review: kept, it told a sync
+        // nothing it trusts now, but it is sealpost's, not a sender's).
         (&milter.inbound, inbound.clone(), {
-            let mut stripped = strip_field(&raw[..t.header.len() + 2], VERDICT_FIELD);
+            let header = strip_field(&raw[..t.header.len() + 2], VERDICT_FIELD);
+            let mut stripped = strip_field(&header, crate::sync::UPLOAD_FIELD);
             stripped.extend_from_slice(&t.body);
             stripped
         }),

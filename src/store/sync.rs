@@ -1062,6 +1062,28 @@ impl Store {
         })
     }
 
+    /// The store's own secret for the tokens of its uploads (made at first use, random): a
+    /// token another cannot compute, so that a message someone else put upstream with one
+    /// is never taken for the user's upload (review: the token was a hash of account,
+    /// UIDVALIDITY and UID alone).
+    pub fn upload_secret(&self) -> Result<i64, StoreError> {
+        if let Some(secret) = self.meta("upload-secret")? {
+            return Ok(secret);
+        }
+        self.write(|tx| {
+            // SQLite's random(): 64 bits from its generator, seeded from the system's.
+            tx.execute(
+                "INSERT OR IGNORE INTO store_meta (key, value) VALUES ('upload-secret', random())",
+                [],
+            )?;
+            Ok(tx.query_row(
+                "SELECT value FROM store_meta WHERE key = 'upload-secret'",
+                [],
+                |r| r.get(0),
+            )?)
+        })
+    }
+
     /// A number kept under `key` (store_meta), if set.
     pub fn meta(&self, key: &str) -> Result<Option<i64>, StoreError> {
         self.read(|c| {

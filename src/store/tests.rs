@@ -912,3 +912,19 @@ fn an_upstream_rename_is_followed_unless_a_mailbox_change_waits() {
         }
     }
 }
+
+#[test]
+fn the_upload_secret_is_made_once_per_store() {
+    let (dir, store) = store();
+    let secret = store.upload_secret().unwrap();
+    assert_eq!(store.upload_secret().unwrap(), secret);
+    drop(store);
+    let again = Store::open(&dir.path().join("s.sqlite")).unwrap();
+    assert_eq!(
+        again.upload_secret().unwrap(),
+        secret,
+        "kept across a reopen"
+    );
+    let (_other_dir, other) = self::store();
+    assert_ne!(other.upload_secret().unwrap(), secret, "each store its own");
+}

@@ -25,6 +25,7 @@ pub mod maildir;
 mod names;
 pub mod upstream;
 mod writeback;
+pub use writeback::UPLOAD_FIELD;
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::IsTerminal;

@@ -51,7 +51,7 @@ const STALE_LINK: &str =
 const MIN_UPLOAD_BYTES_PER_SEC: u64 = 64 * 1024;
 
 /// The header field that marks an upload, so that a retry finds an earlier copy.
-const UPLOAD_FIELD: &str = "Sealpost-Upload";
+pub const UPLOAD_FIELD: &str = "Sealpost-Upload";
 
 /// The upstream session as the write-back uses it.
 struct Upstream<'a> {
@@ -967,9 +967,9 @@ impl Syncer {
                 move || store.mailbox_by_id(target)
             })
             .await??;
-            let token = upload_token(&self.name, local.uidvalidity, entry.uid);
+            let tokens = self.upload_tokens(local.uidvalidity, entry.uid).await?;
             let estimate = self.estimate(target, entry.uid).await?;
-            if let Some((v, u)) = up.find_upload(self, &to_folder, &token).await? {
+            if let Some((v, u)) = up.find_upload(self, &to_folder, &tokens).await? {
                 let hash = up.hash_of(self, u, estimate).await?;
                 return Ok(WrittenBack {
                     hash_from: None,
@@ -1087,13 +1087,14 @@ impl Syncer {
         .await??;
         // The entry's name for the mailbox, as upstream has it now (not yet renamed there).
         let folder = up.wire_name_at(name, entry.id);
-        let token = upload_token(&self.name, local.uidvalidity, uid);
+        let tokens = self.upload_tokens(local.uidvalidity, uid).await?;
+        let token = &tokens[0];
         let Some((row, content)) = batch.items.into_iter().next() else {
             // Expunged (or moved on) here before it went up: nothing to store. A try that
             // landed before a crash or a lost answer is taken back, or it would come down
             // again as new mail, the message the user deleted (review).
             if entry.attempts > 0 && up.goes_up(self, &folder, name) {
-                if let Some((_, earlier)) = up.find_upload(self, &folder, &token).await? {
+                if let Some((_, earlier)) = up.find_upload(self, &folder, &tokens).await? {
                     up.expunge(self, earlier).await?;
                 }
             }
@@ -1116,7 +1117,7 @@ impl Syncer {
         };
         // A retry: an earlier try may have landed before the crash or the timeout.
         if entry.attempts > 0 {
-            if let Some((v, u)) = up.find_upload(self, &folder, &token).await? {
+            if let Some((v, u)) = up.find_upload(self, &folder, &tokens).await? {
                 // Its bytes were made by that try, not kept: read back for the link's hash.
                 let bytes = content.raw.len() as u64 * 2;
                 let hash = up.hash_of(self, u, bytes).await?;
@@ -1152,7 +1153,7 @@ impl Syncer {
         if let Some((v, u)) = reply.appenduid {
             return Ok(sent(v, u));
         }
-        match up.find_upload(self, &folder, &token).await? {
+        match up.find_upload(self, &folder, &tokens[..1]).await? {
             Some((v, u)) => Ok(sent(v, u)),
             None => Err(Failure::Entry(
                 "stored upstream, but its UID is not known yet (no APPENDUID)".into(),
@@ -1592,12 +1593,18 @@ impl Upstream<'_> {
         &mut self,
         syncer: &Syncer,
         folder: &str,
-        token: &str,
+        tokens: &[String],
     ) -> Result<Option<(u32, u32)>, Failure> {
-        Ok(self
-            .search_header(syncer, folder, UPLOAD_FIELD, token)
-            .await?
-            .and_then(|(v, found)| found.iter().max().map(|uid| (v, *uid))))
+        for token in tokens {
+            let found = self
+                .search_header(syncer, folder, UPLOAD_FIELD, token)
+                .await?
+                .and_then(|(v, found)| found.iter().max().map(|uid| (v, *uid)));
+            if found.is_some() {
+                return Ok(found);
+            }
+        }
+        Ok(None)
     }
 
     /// (UIDVALIDITY, UIDs) of the messages of `folder` whose `field` contains `value`; None when
@@ -1682,6 +1689,7 @@ impl Syncer {
         let name = self.name.clone();
         blocking(move || {
             let mut out = HashMap::new();
+            let secret = store.upload_secret()?;
             for entry in store.journal_tried_uploads(account)? {
                 let (mailbox, uid) = match entry.kind.as_str() {
                     "move" => match crate::store::named_message(&entry.detail) {
@@ -1691,8 +1699,9 @@ impl Syncer {
                     _ => (entry.mailbox.clone(), entry.uid),
                 };
                 if let Some(local) = store.mailbox(account, &mailbox)? {
-                    let token = upload_token(&name, local.uidvalidity, uid);
-                    out.insert(token, (entry.id, local.id, uid));
+                    for token in upload_tokens(secret, &name, local.uidvalidity, uid) {
+                        out.insert(token, (entry.id, local.id, uid));
+                    }
                 }
             }
             Ok::<_, crate::store::StoreError>(out)
@@ -1714,12 +1723,28 @@ fn same_reason(a: &str, b: &str) -> bool {
     words(a) == words(b)
 }
 
-/// A token naming one local message (account, UIDVALIDITY, UID) without telling any of
-/// them. No mailbox name: a UIDVALIDITY is never given to two mailboxes, and a rename keeps
+/// The tokens naming one local message (account, UIDVALIDITY, UID) in its upload, without
+/// telling any of them: the one an upload carries now, keyed with the store's secret
+/// ([`crate::store::Store::upload_secret`]) so that nobody else can make it (review: a
+/// message sent with the token of a waiting upload would have been linked in its place),
+/// then the one earlier versions wrote, which a retry of an upload they tried must still
+/// find. No mailbox name: a UIDVALIDITY is never given to two mailboxes, and a rename keeps
 /// it, so a retry after a rename still finds an earlier copy.
-fn upload_token(account: &str, uidvalidity: u32, uid: u32) -> String {
-    let digest = Sha256::digest(format!("{account}\0{uidvalidity}\0{uid}"));
-    digest[..16].iter().map(|b| format!("{b:02x}")).collect()
+fn upload_tokens(secret: i64, account: &str, uidvalidity: u32, uid: u32) -> [String; 2] {
+    let hex =
+        |digest: &[u8]| -> String { digest[..16].iter().map(|b| format!("{b:02x}")).collect() };
+    let keyed = Sha256::digest(format!("{secret}\0{account}\0{uidvalidity}\0{uid}"));
+    let earlier = Sha256::digest(format!("{account}\0{uidvalidity}\0{uid}"));
+    [hex(&keyed), hex(&earlier)]
+}
+
+impl Syncer {
+    /// [`upload_tokens`] for a message of this account.
+    async fn upload_tokens(&self, uidvalidity: u32, uid: u32) -> Result<[String; 2], Failure> {
+        let store = self.store.clone();
+        let secret = blocking(move || store.upload_secret()).await??;
+        Ok(upload_tokens(secret, &self.name, uidvalidity, uid))
+    }
 }
 
 #[cfg(test)]
@@ -1791,11 +1816,20 @@ mod tests {
     }
 
     #[test]
-    fn upload_tokens_differ_per_message() {
-        let a = upload_token("alice", 7, 1);
+    fn upload_tokens_differ_per_message_and_store() {
+        let [a, earlier] = upload_tokens(5, "alice", 7, 1);
         assert_eq!(a.len(), 32);
-        assert_ne!(a, upload_token("alice", 7, 2));
-        assert_ne!(a, upload_token("alice", 8, 1));
-        assert_ne!(a, upload_token("bob", 7, 1));
+        for other in [
+            upload_tokens(5, "alice", 7, 2),
+            upload_tokens(5, "alice", 8, 1),
+            upload_tokens(5, "bob", 7, 1),
+        ] {
+            assert_ne!(a, other[0]);
+            assert_ne!(earlier, other[1]);
+        }
+        // Another store's secret, another token; the earlier kind is the secret's alone.
+        assert_ne!(a, upload_tokens(6, "alice", 7, 1)[0]);
+        assert_eq!(earlier, upload_tokens(6, "alice", 7, 1)[1]);
+        assert_ne!(a, earlier);
     }
 }
