@@ -1758,6 +1758,29 @@ fn idle_before_login_and_a_command_instead_of_done() {
     assert!(raw.line().is_none(), "disconnected");
 }
 
+/// SIGTERM with a client in IDLE: the client hears BYE at once (RFC 3501 §7.1.5), as a client
+/// between commands does, and the server exits (review: the IDLE client was cut off 10 s
+/// later without a word, and the old server kept its port meanwhile).
+#[test]
+fn stopping_the_server_says_bye_to_an_idle_client() {
+    let mut server = Server::start();
+    let mut raw = server.login();
+    raw.ok("SELECT INBOX");
+    raw.send(b"i1 IDLE\r\n");
+    let go_ahead = raw.line().unwrap_or_default();
+    assert!(go_ahead.starts_with("+ "), "{go_ahead}");
+    let mut other = server.login();
+    let _ = std::process::Command::new("kill")
+        .arg(server.pid().to_string())
+        .status();
+    let bye = raw.line().unwrap_or_default();
+    assert!(bye.starts_with("* BYE"), "{bye}");
+    assert!(raw.line().is_none(), "disconnected");
+    let bye = other.line().unwrap_or_default();
+    assert!(bye.starts_with("* BYE"), "{bye}");
+    server.wait();
+}
+
 /// SEARCH HEADER looks at the field's text (RFC 3501 §6.4.4): a Message-ID with its angle
 /// brackets, as clients look a message up by it, and a Content-Type parameter.
 #[test]

@@ -474,15 +474,27 @@ impl Session {
                     }
                 };
             }
-            self.conn.flush().await?;
-            tokio::select! {
-                filled = self.conn.fill(&limits, true) => filled?,
-                _ = changed.changed() => {}
-                _ = tokio::time::sleep_until(deadline) => {
-                    self.conn.write(b"* BYE Autologout; idle for too long\r\n").await?;
-                    self.state = State::Logout;
-                    return Ok(());
+            // The server stopping: BYE now (RFC 3501 §7.1.5), not after its grace period
+            // (review: the IDLE client was cut off 10 s later without a word).
+            // (It only ever turns true; a server gone without saying so stops it too.)
+            let mut stopping = *self.shutdown.borrow_and_update();
+            if !stopping {
+                self.conn.flush().await?;
+                tokio::select! {
+                    filled = self.conn.fill(&limits, true) => filled?,
+                    _ = changed.changed() => {}
+                    _ = self.shutdown.changed() => stopping = true,
+                    _ = tokio::time::sleep_until(deadline) => {
+                        self.conn.write(b"* BYE Autologout; idle for too long\r\n").await?;
+                        self.state = State::Logout;
+                        return Ok(());
+                    }
                 }
+            }
+            if stopping {
+                self.conn.write(b"* BYE Server shutting down\r\n").await?;
+                self.state = State::Logout;
+                return Ok(());
             }
         }
     }

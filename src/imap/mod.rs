@@ -274,5 +274,8 @@ async fn accept_loop(
         });
         while sessions.try_join_next().is_some() {}
     }
+    // The port is free at once, for a new server, while sessions finish what they have in
+    // hand (review: it stayed taken for their 10 s grace, and a restart could not listen).
+    drop(listener);
     while sessions.join_next().await.is_some() {}
 }

@@ -168,6 +168,8 @@ pub(super) struct Session {
     pub auth_failures: u32,
     pub condstore: bool,
     pub qresync: bool,
+    /// Turns true when the server stops: an IDLE in hand ends with BYE at once.
+    pub shutdown: watch::Receiver<bool>,
 }
 
 fn greeting(text: &'static str) -> Greeting<'static> {
@@ -236,6 +238,7 @@ pub(super) async fn serve(
         auth_failures: 0,
         condstore: false,
         qresync: false,
+        shutdown: shutdown.clone(),
     };
     session.conn.write_deadline = Some(session.login_deadline);
     tracing::debug!(%peer, "imap: connected");

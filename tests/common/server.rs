@@ -143,6 +143,13 @@ impl Server {
     }
 
     /// Imports files into a mailbox with `sealpost import`.
+    /// Waits for the server process to exit (after a signal the test sent it).
+    pub fn wait(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.wait();
+        }
+    }
+
     pub fn import(&self, mailbox: &str, path: &Path) -> std::process::Output {
         let out = Command::new(env!("CARGO_BIN_EXE_sealpost"))
             .arg("--config")
