@@ -33,8 +33,35 @@ impl Journal {
             path: path.display().to_string(),
             source,
         };
+        // It names every recipient re-injected: its user's alone (review: 0644 in a 0755
+        // directory outside the systemd unit, whose UMask=0077 made it so there). SQLite
+        // gives its -wal and -shm files the database file's mode.
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            let _ = std::fs::create_dir_all(dir);
+            let _ = std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
+                .recursive(true)
+                .create(dir);
+        }
+        {
+            use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(path)
+                .map_err(|e| {
+                    err(rusqlite::Error::InvalidPath(
+                        format!("{}: {e}", path.display()).into(),
+                    ))
+                })?;
+            let mode = file
+                .metadata()
+                .map(|m| m.permissions().mode())
+                .unwrap_or(0o600);
+            if mode & 0o077 != 0 {
+                let _ = file.set_permissions(std::fs::Permissions::from_mode(mode & 0o700));
+            }
         }
         let conn = Connection::open(path).map_err(err)?;
         conn.busy_timeout(Duration::from_secs(10)).map_err(err)?;
@@ -173,6 +200,28 @@ mod tests {
             !j.contains("", "<write check>").unwrap(),
             "nothing is left of the check"
         );
+    }
+
+    /// The journal names every recipient re-injected: its files and a directory made for it
+    /// are its user's alone, whatever the umask.
+    #[test]
+    fn the_journal_is_its_users_alone() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("made").join("j.sqlite");
+        // SAFETY: umask only; the old one is put back.
+        let old = unsafe { libc::umask(0o022) };
+        let j = Journal::open(&path);
+        unsafe { libc::umask(old) };
+        let j = j.unwrap();
+        j.record("id", "bob@example.org", 1).unwrap();
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(mode(path.parent().unwrap()), 0o700);
+        let wal = dir.path().join("made").join("j.sqlite-wal");
+        if wal.exists() {
+            assert_eq!(mode(&wal), 0o600);
+        }
     }
 
     #[test]
