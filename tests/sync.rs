@@ -4759,10 +4759,10 @@ async fn a_message_stored_again_before_its_expunge_is_copied_upstream() {
 }
 
 /// A relay to the server on port `to` that holds the server's answers on a connection once
-/// the client's bytes there match `when`, until `release` is set; `matched` says it did.
+/// the client's bytes there contain `hold_at`, until `release` is set; `matched` says it did.
 fn proxy_holding_answers(
     to: u16,
-    when: fn(&str) -> bool,
+    hold_at: &'static str,
 ) -> (
     u16,
     std::sync::Arc<std::sync::atomic::AtomicBool>,
@@ -4795,7 +4795,7 @@ fn proxy_holding_answers(
                     if n == 0 {
                         break;
                     }
-                    if when(&String::from_utf8_lossy(&buf[..n])) {
+                    if String::from_utf8_lossy(&buf[..n]).contains(hold_at) {
                         held.store(true, Ordering::SeqCst);
                         m2.store(true, Ordering::SeqCst);
                     }
@@ -4831,6 +4831,22 @@ fn proxy_holding_answers(
 /// original is gone upstream by then); it is not lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_move_journaled_while_its_expunge_is_written_back_is_not_lost() {
+    move_journaled_while_written_back("UID EXPUNGE").await;
+}
+
+/// The same, the pass held at the \Deleted flag change before the expunge: the entries the
+/// APPEND removed were the newest, and SQLite gave the move the id of one of them, which the
+/// pass then removed as done with that entry: the message was expunged upstream and never
+/// uploaded (review: 3 of 8 mbsync moves lost upstream). Journal ids are never given twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_journaled_while_its_flag_change_is_written_back_is_not_lost() {
+    move_journaled_while_written_back("+FLAGS.SILENT (\\Deleted)").await;
+}
+
+/// Expunges INBOX's message here, holds a write-back pass at the first command that contains
+/// `hold_at`, stores the message again in Archive meanwhile (mbsync's move), and checks that
+/// it ends up in Archive upstream, once, and not in INBOX.
+async fn move_journaled_while_written_back(hold_at: &'static str) {
     let world = World::new();
     let dovecot = Dovecot::start_tls();
     let (_secret, server, dir, config) = synced_to_be_filed(&world, &dovecot, "raced").await;
@@ -4840,8 +4856,7 @@ async fn a_move_journaled_while_its_expunge_is_written_back_is_not_lost() {
     raw.ok("UID STORE 1 +FLAGS.SILENT (\\Deleted)");
     raw.ok("EXPUNGE");
     raw.ok("UNSELECT");
-    let (port, matched, release) =
-        proxy_holding_answers(dovecot.port, |t| t.contains("UID EXPUNGE"));
+    let (port, matched, release) = proxy_holding_answers(dovecot.port, hold_at);
     let held = sync_config(
         &server,
         &upstream_table(
@@ -4860,7 +4875,7 @@ async fn a_move_journaled_while_its_expunge_is_written_back_is_not_lost() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    wait_until("the pass sent UID EXPUNGE", &|| {
+    wait_until("the pass sent the command to hold at", &|| {
         matched.load(std::sync::atomic::Ordering::SeqCst)
     });
     raw.ok(&format!("APPEND Archive {{{}+}}\r\n{stored}", stored.len()));

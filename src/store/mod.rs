@@ -1946,9 +1946,10 @@ pub const MOVED_BY_APPEND: &str = "expunged";
 
 /// An expunge of the message `carried` names, not yet written back (nor tried) and linked
 /// upstream, becomes its move to the new message (`mb`, `uid`): the expunge entry goes and a
-/// move entry is journaled now (a new entry, not the old one changed: a write-back that has
-/// the expunge in hand removes it by its id when done, and the move stays; review: changed in
-/// place, the move was removed with it and the message lost upstream). The flag changes
+/// move entry is journaled now (a new entry with an id never given before, schema migration
+/// 8: a write-back that has the expunge or a flag change removed here in hand removes that by
+/// its id when done, and the move stays; review: changed in place, or given the id of an
+/// entry removed here, the move was removed with it and the message lost upstream). The flag changes
 /// made to the original before it (mbsync's \Deleted among them) are not written back, unless
 /// one has been tried (it may have landed). Returns every flag those changes and the original
 /// had, for the flag change that follows; None when there is no such expunge.

@@ -175,6 +175,30 @@ ALTER TABLE contents ADD COLUMN carried_sha256 BLOB;
 CREATE INDEX contents_carried ON contents (carried_sha256) WHERE carried_sha256 IS NOT NULL;
 ";
 
+/// Migration 8: journal ids are never given twice (AUTOINCREMENT). Without it SQLite gave a new
+/// entry the id of the newest one deleted, and a write-back pass holding that deleted entry
+/// in hand then removed the new one as done: the move journaled for mbsync's move (its
+/// APPEND removes the expunge and flag changes before it) was lost, and the message with it
+/// upstream (review: 3 of 8 moves). The table is made again with the same rows and ids.
+const V8: &str = "
+CREATE TABLE journal_v8 (
+    id         INTEGER PRIMARY KEY AUTOINCREMENT,
+    account    INTEGER NOT NULL REFERENCES accounts(id),
+    mailbox    TEXT NOT NULL,
+    uid        INTEGER NOT NULL,
+    kind       TEXT NOT NULL,
+    detail     TEXT NOT NULL DEFAULT '',
+    at         INTEGER NOT NULL,
+    attempts   INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT NOT NULL DEFAULT ''
+);
+INSERT INTO journal_v8 (id, account, mailbox, uid, kind, detail, at, attempts, last_error)
+    SELECT id, account, mailbox, uid, kind, detail, at, attempts, last_error FROM journal;
+DROP TABLE journal;
+ALTER TABLE journal_v8 RENAME TO journal;
+CREATE INDEX journal_account ON journal (account, id);
+";
+
 pub fn migrations() -> Migrations<'static> {
     Migrations::new(vec![
         M::up(V1),
@@ -184,6 +208,7 @@ pub fn migrations() -> Migrations<'static> {
         M::up(V5),
         M::up(V6),
         M::up(V7),
+        M::up(V8),
     ])
 }
 
@@ -192,5 +217,34 @@ mod tests {
     #[test]
     fn migrations_are_valid() {
         assert!(super::migrations().validate().is_ok());
+    }
+
+    /// Migration 8 keeps every journal entry with its id, and the next id comes after the
+    /// highest kept.
+    #[test]
+    fn the_journal_keeps_its_entries_and_ids_through_migration_8() {
+        let mut conn = rusqlite::Connection::open_in_memory().unwrap();
+        let migrations = super::migrations();
+        migrations.to_version(&mut conn, 7).unwrap();
+        conn.execute_batch(
+            "INSERT INTO accounts (id, name) VALUES (1, 'alice');
+             INSERT INTO journal (id, account, mailbox, uid, kind, detail, at, attempts)
+             VALUES (5, 1, 'INBOX', 3, 'expunge', 'x', 7, 2);",
+        )
+        .unwrap();
+        migrations.to_latest(&mut conn).unwrap();
+        let kept: (i64, String, i64) = conn
+            .query_row("SELECT id, kind, attempts FROM journal", [], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
+            .unwrap();
+        assert_eq!(kept, (5, "expunge".to_string(), 2));
+        conn.execute("DELETE FROM journal", []).unwrap();
+        conn.execute(
+            "INSERT INTO journal (account, mailbox, uid, kind, at) VALUES (1, 'INBOX', 4, 'flags', 8)",
+            [],
+        )
+        .unwrap();
+        assert_eq!(conn.last_insert_rowid(), 6);
     }
 }

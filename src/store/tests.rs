@@ -928,3 +928,35 @@ fn the_upload_secret_is_made_once_per_store() {
     let (_other_dir, other) = self::store();
     assert_ne!(other.upload_secret().unwrap(), secret, "each store its own");
 }
+
+/// A journal entry's id is never given to another: a write-back pass that finishes an entry
+/// removed meanwhile must not remove a newer one by that id (review: the move journaled for
+/// mbsync's move took the id of the expunge it replaced, and the pass removed it).
+#[test]
+fn journal_ids_are_never_given_twice() {
+    let (_dir, store) = store();
+    let account = store.ensure_account("alice").unwrap();
+    store.set_write_back(account, true).unwrap();
+    let inbox = store.mailbox(account, "INBOX").unwrap().unwrap();
+    store.append(inbox.id, message("a"), Origin::Sync).unwrap();
+    let flag = |name: &str| {
+        store
+            .store_flags(
+                inbox.id,
+                &[1],
+                FlagOp::Add,
+                &Flags::new([name]),
+                None,
+                Origin::Client,
+            )
+            .unwrap();
+    };
+    flag("$Label1");
+    let first = store.journal_for(account, 0, 10).unwrap()[0].id;
+    store
+        .writeback_done(account, first, &WrittenBack::default())
+        .unwrap();
+    flag("$Label2");
+    let second = store.journal_for(account, 0, 10).unwrap()[0].id;
+    assert!(second > first, "{second} after {first}");
+}
