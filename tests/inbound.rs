@@ -1820,7 +1820,11 @@ async fn a_home_gpg_cannot_use_defers_a_signed_message() {
     }
     let world = World::new();
     let signed = common::verdicts::signed_copy(&world).await;
-    let fs = common::SmallFs::mount_at(&world.bob.dir.with_extension("fs"), "2M");
+    let mount = tempfile::Builder::new()
+        .prefix("spfs")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let fs = common::SmallFs::mount_at(mount.path(), "2M");
     let home = fs.path.join("g");
     std::fs::create_dir(&home).unwrap();
     std::fs::set_permissions(&home, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
