@@ -10,7 +10,8 @@
 //!    1-recipient messages, sampling the milter's VmRSS all along; a tenth as many 5-recipient
 //!    ones (one copy rewritten in place, four re-injected through the milter-free listener);
 //!    then 1-recipient messages from 1 and 4 sessions, to show the wait per message.
-//! 3. The same milter with `encrypted_form = "combined"` (one gpg process per copy).
+//! 3. The same milter with `encrypted_form = "combined"` (one gpg process per message: it
+//!    signs and encrypts for every copy at once, split per copy).
 //! 4. The gpg CLI floor, defined as in the other benchmarks: 2 cores ÷ the time of one
 //!    `gpg --sign --encrypt` per copy; in messages/s that is the floor ÷ recipients.
 //!
@@ -77,7 +78,7 @@ const RECIPIENTS: [&str; 5] = [
     "r5@example.org",
 ];
 const SENDER: &str = "alice@example.org";
-/// `[policy] encrypted_form`: the default, and the form with one gpg process per copy.
+/// `[policy] encrypted_form`: the default, and the form with one gpg process per message.
 const DEFAULT: &str = "signed-then-encrypted";
 const COMBINED: &str = "combined";
 /// The milter's memory counts as flat when the last sample is within this fraction of the
@@ -750,7 +751,7 @@ fn main() {
     milter_log.push_str(&milter.log());
     drop(milter);
 
-    // RFC 3156 §6.2: one gpg process per copy, as in the floor.
+    // RFC 3156 §6.2: one gpg process per message (per copy for one recipient, as the floor).
     let milter = Milter::start(&gpg.0, milter_port, pf.reinject_port, work.path(), COMBINED);
     let m = Some(&milter);
     let label = "Postfix + milter, combined";
@@ -836,8 +837,9 @@ fn render(r: &Rendered<'_>) -> String {
          Maildir. With 5 recipients the milter rewrites one copy in place and re-injects four \
          through Postfix's milter-free listener. The milter runs the default policy \
          (`encrypted_form = \"signed-then-encrypted\"`, RFC 3156 §6.1: one signature per \
-         message, one encryption per copy), then `combined` (§6.2: one gpg operation per copy, \
-         like the floor). {WARM_UP} warm-up messages per milter and Postfix instance are not \
+         message, then one encryption for all its copies, split per copy), then `combined` \
+         (§6.2: one gpg operation signing and encrypting for all the copies; for one recipient \
+         one per copy, like the floor). {WARM_UP} warm-up messages per milter and Postfix instance are not \
          counted. gpg CLI `--sign --encrypt` per copy: {cli_ms:.2} ms → floor for 2 cores: \
          {floor:.1} copies/s; in messages/s, that ÷ recipients (the ratio is in parentheses \
          where nothing is encrypted). Postfix alone is ten times \

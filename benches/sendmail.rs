@@ -277,8 +277,10 @@ fn main() {
     body.push_str(
         "\nGoal: ≥ 0.9 × the floor. Each copy is signed, encrypted to its recipient, and relayed over \
          TLS in its own SMTP transaction. signed-then-encrypted (RFC 3156 §6.1, the default) costs one \
-         signature per message plus one encryption per copy, so a one-recipient message needs two gpg \
-         processes where the floor counts one; combined (§6.2) needs one per copy. The relay \
+         signature per message plus one encryption for all its copies (split per copy), so a \
+         one-recipient message needs two gpg processes where the floor counts one, and a \
+         5-recipient message two where the floor counts five; combined (§6.2) needs one per \
+         message. The relay \
          (Python) and gpg-agent run on the same two cores during the run, the floor's gpg alone.\n",
     );
     print!("{body}");
