@@ -429,7 +429,19 @@ pub fn unprocessed(raw: &[u8], reason: &str) -> Processed {
 /// `header` (with its blank line) without any sender-supplied verdict field and with ours,
 /// then `body`.
 fn with_verdict(header: &[u8], body: &[u8], verdict: &Verdict) -> Vec<u8> {
-    let mut message = strip_field(header, VERDICT_FIELD);
+    let field = format!("{VERDICT_FIELD}: {}\r\n", verdict.field_value());
+    with_last_field(&strip_field(header, VERDICT_FIELD), body, field.as_bytes())
+}
+
+/// `raw` with `field` (whole lines, CRLF) as the last field of its header.
+pub(crate) fn with_field_added(raw: &[u8], field: &[u8]) -> Vec<u8> {
+    let (header, body) = split(raw);
+    with_last_field(header, body, field)
+}
+
+/// `header` (with its blank line) with `field` last, then `body`.
+fn with_last_field(header: &[u8], body: &[u8], field: &[u8]) -> Vec<u8> {
+    let mut message = header.to_vec();
     // A message that is all header, without a final line break: ours must not be glued to
     // its last field.
     if !message.is_empty() && !message.ends_with(b"\r\n") {
@@ -443,8 +455,7 @@ fn with_verdict(header: &[u8], body: &[u8], verdict: &Verdict) -> Vec<u8> {
         0
     };
     let at = message.len() - blank;
-    let field = format!("{VERDICT_FIELD}: {}\r\n", verdict.field_value());
-    message.splice(at..at, field.into_bytes());
+    message.splice(at..at, field.iter().copied());
     if blank == 0 {
         message.extend_from_slice(b"\r\n");
     }
@@ -696,6 +707,17 @@ pub fn into_without_verdict(raw: Vec<u8>) -> Vec<u8> {
     }
     let mut out = stripped;
     out.extend_from_slice(body);
+    out
+}
+
+/// The `name` fields of a header, as they are written (folding kept), in their order.
+pub(crate) fn field_lines(header: &[u8], name: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (field_name, field) in fields(header) {
+        if field_name.eq_ignore_ascii_case(name.as_bytes()) {
+            out.extend_from_slice(field);
+        }
+    }
     out
 }
 

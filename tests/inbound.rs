@@ -1858,3 +1858,59 @@ async fn a_home_gpg_cannot_use_defers_a_signed_message() {
     );
     sealpost::keys::home::stop_daemons(&home);
 }
+
+/// mbsync's move: an APPEND of what it fetched, with its X-TUID field added, into another
+/// mailbox of the same account. The copy keeps the verdict sealpost gave the message (field
+/// and keywords): its content is that message's (review: a From mismatch warning was gone
+/// after such a move). A message that only looks like it (one byte changed) gets none.
+#[tokio::test]
+async fn a_message_stored_again_in_its_account_keeps_its_verdict() {
+    let world = World::new();
+    let server = bobs_store(&world);
+    let signed = common::verdicts::signed_copy(&world).await;
+    let (code, output) = deliver(&server, &signed);
+    assert_eq!(code, 0, "{output}");
+    let stored = common::verdicts::fetch_all(&server);
+    let flags = &stored[0].0;
+    // The literal's own bytes (fetch_all keeps what follows it on the line).
+    let mut raw = server.login();
+    raw.ok("SELECT INBOX");
+    let line = raw.ok("UID FETCH 1 BODY.PEEK[]").remove(0);
+    let (size, rest) = line
+        .split_once("BODY[] {")
+        .unwrap()
+        .1
+        .split_once("}\r\n")
+        .unwrap();
+    let original: Vec<u8> = rest
+        .chars()
+        .map(|c| c as u8)
+        .take(size.parse().unwrap())
+        .collect();
+    let original = &original;
+    let verdict = common::verdicts::verdict(original);
+    assert!(
+        verdict.starts_with("plaintext; signature=valid;"),
+        "{verdict}"
+    );
+    assert!(flags.contains("$Sealpost-Signed"), "{flags}");
+    let append = |raw: &mut common::server::Raw<std::net::TcpStream>, message: &[u8]| {
+        let text = String::from_utf8_lossy(message).into_owned();
+        raw.ok(&format!("APPEND Archive {{{}+}}\r\n{text}", message.len()));
+    };
+    let carried = [b"X-TUID: 3c1f2a9b0d7e\r\n".as_slice(), original].concat();
+    append(&mut raw, &carried);
+    let mut changed = carried.clone();
+    let at = changed.len() - 3;
+    changed[at] ^= 0x20;
+    append(&mut raw, &changed);
+    raw.ok("SELECT Archive");
+    let lines = raw.ok("UID FETCH 1:2 (FLAGS BODY.PEEK[HEADER.FIELDS (Sealpost-Verdict)])");
+    assert!(lines[0].contains("$Sealpost-Signed"), "{lines:?}");
+    assert!(
+        lines[0].contains(&format!("Sealpost-Verdict: {verdict}")),
+        "{lines:?}"
+    );
+    assert!(!lines[1].contains("$Sealpost-"), "{lines:?}");
+    assert!(!lines[1].contains("Sealpost-Verdict:"), "{lines:?}");
+}

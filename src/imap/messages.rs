@@ -84,19 +84,30 @@ impl Session {
         // requires CRLF on the wire). A verdict, field or $Sealpost- keyword, is sealpost's
         // only when sealpost verified the message, which it does not do here: a message from
         // another account or server brings none.
-        let flags = Flags::new(
+        let mut flags = Flags::new(
             flags
                 .iter()
                 .map(flag_text)
                 .filter(|f| !crate::store::is_local_keyword(f)),
         );
         // Held once: a 60 MB APPEND took 5.5 times its size with a copy at each step.
-        let bytes = crate::inbound::into_without_verdict(crate::store::into_crlf(bytes));
-        let message = Prepared::new(bytes, flags, date);
+        let mut bytes = crate::inbound::into_without_verdict(crate::store::into_crlf(bytes));
         let store = self.shared.store.clone();
-        let appended =
-            tokio::task::spawn_blocking(move || store.append(target.id, message, Origin::Client))
-                .await??;
+        let appended = tokio::task::spawn_blocking(move || {
+            // Stored again within the account (mbsync's move: an APPEND of what it fetched,
+            // with X-TUID added), the message keeps the verdict sealpost gave it: its content
+            // is that message's byte for byte but for those two fields (review: a From
+            // mismatch warning was gone after a move with mbsync).
+            if let Some((field, keywords)) = store.carried_verdict(target.account, &bytes)? {
+                bytes = crate::inbound::with_field_added(&bytes, &field);
+                for keyword in keywords {
+                    flags.insert(keyword);
+                }
+            }
+            let message = Prepared::new(bytes, flags, date);
+            store.append(target.id, message, Origin::Client)
+        })
+        .await??;
         Ok(Done::ok_code(
             format!("APPENDUID {} {}", appended.uidvalidity, appended.uid),
             "APPEND completed",

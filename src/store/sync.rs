@@ -90,6 +90,10 @@ pub fn is_local_keyword(flag: &str) -> bool {
         .is_some_and(|p| p.eq_ignore_ascii_case(LOCAL_KEYWORD_PREFIX))
 }
 
+/// A verdict found for a message stored again ([`Store::carried_verdict`]): its
+/// `Sealpost-Verdict` field as stored, and its `$Sealpost-` keywords.
+pub type CarriedVerdict = (Vec<u8>, Vec<String>);
+
 /// One change made by an IMAP client, to be written back upstream.
 #[derive(Debug, Clone)]
 pub struct JournalEntry {
@@ -1060,6 +1064,47 @@ impl Store {
             .query_row(params![mailbox, uid], |r| r.get(0))
             .optional()?)
         })
+    }
+
+    /// The verdict sealpost gave a message of `account` whose content `raw` is (but for the
+    /// verdict field and mbsync's X-TUID: the carried hash): its `Sealpost-Verdict` field as
+    /// stored, and its `$Sealpost-` keywords. None when no such message has one.
+    pub fn carried_verdict(
+        &self,
+        account: AccountId,
+        raw: &[u8],
+    ) -> Result<Option<CarriedVerdict>, StoreError> {
+        let carried = super::carried_sha256(raw);
+        let found: Option<(Vec<u8>, String)> = self.read(|c| {
+            Ok(c.prepare_cached(
+                "SELECT r.raw, m.flags FROM contents c
+                 JOIN messages m ON m.content = c.id
+                 JOIN mailboxes b ON b.id = m.mailbox
+                 JOIN content_raw r ON r.id = c.id
+                 WHERE c.carried_sha256 = ?1 AND b.account = ?2
+                 ORDER BY m.mailbox, m.uid LIMIT 1",
+            )?
+            .query_row(params![&carried[..], account], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()?)
+        })?;
+        let Some((stored, flags)) = found else {
+            return Ok(None);
+        };
+        let field = crate::inbound::field_lines(
+            crate::inbound::split(&stored).0,
+            crate::inbound::VERDICT_FIELD,
+        );
+        if field.is_empty() {
+            return Ok(None);
+        }
+        let keywords = Flags::from_column(&flags)
+            .iter()
+            .filter(|f| is_local_keyword(f))
+            .map(str::to_string)
+            .collect();
+        Ok(Some((field, keywords)))
     }
 
     /// The store's own secret for the tokens of its uploads (made at first use, random): a
