@@ -742,6 +742,129 @@ async fn encrypted_copies_of_one_message_share_one_encryption() {
     assert!(good, "the combined signature verifies: {status}");
 }
 
+/// A recipient whose key prefers only 3DES (set with gpg's setpref) does not share the
+/// others' encryption, which would give every copy the cipher all the keys list (review:
+/// 3DES for everyone): that copy is encrypted on its own, with 3DES as before, and the
+/// others still share one encryption, with AES-256.
+#[tokio::test]
+async fn a_key_preferring_old_ciphers_gets_an_encryption_of_its_own() {
+    let world = World::new();
+    // Carol changes her key's preferences (a new self-signature, made with her secret key)
+    // and the sender gets the new key.
+    let out = world.carol.gpg(
+        &["--command-fd", "0", "--edit-key", &world.carol_fpr],
+        Some(b"setpref 3DES SHA256 ZLIB\ny\nsave\n"),
+    );
+    assert!(out.status.success(), "{out:?}");
+    world
+        .sender
+        .import(&world.carol.export_public(&world.carol_fpr));
+    let dave = GpgHome::new();
+    let dave_fpr = dave.generate("Dave <dave@example.net>");
+    world.sender.import(&dave.export_public(&dave_fpr));
+    let policy = Policy {
+        encrypt_to_self: true,
+        ..Policy::default()
+    };
+    let env = Envelope {
+        id: "T6".into(),
+        sender: "alice@example.org".into(),
+        recipients: vec![
+            "bob@example.org".into(),
+            "carol@example.org".into(),
+            "dave@example.net".into(),
+        ],
+    };
+    let copies = copies(run(&world, policy, &env, MESSAGE.as_bytes()).await);
+    let key_of = |a: &str| {
+        let copy = copies.iter().find(|c| c.recipient == a).unwrap();
+        session_key(&world.sender, copy.message.as_ref().unwrap())
+    };
+    let (bob, carol, dave_key) = (
+        key_of("bob@example.org"),
+        key_of("carol@example.org"),
+        key_of("dave@example.net"),
+    );
+    assert_eq!(bob, dave_key, "bob and dave share one encryption");
+    assert!(bob.starts_with("9:"), "AES-256: {bob}");
+    assert!(carol.starts_with("2:"), "3DES, carol's own: {carol}");
+}
+
+/// A key can carry another's encryption subkey, bound by its owner without the other's
+/// secrets (tests/graft_subkey.py). Mallory's key carrying Bob's subkey, expired or valid
+/// beside his own newer one, must not give Mallory's copy Bob's session key packet when Bob is
+/// a (Bcc) recipient of the same message: matched by every subkey of Mallory's key, the split
+/// put it there, naming Bob to Mallory, and Bob's key opened Mallory's copy (review).
+#[tokio::test]
+async fn a_key_carrying_another_recipients_subkey_gets_no_packet_of_theirs() {
+    let world = World::new();
+    for expire in ["1", "0"] {
+        let mallory = GpgHome::new();
+        let mallory_fpr = mallory.generate("Mallory <mallory@example.com>");
+        let listing = mallory.gpg(
+            &["--with-colons", "--with-keygrip", "-K", &mallory_fpr],
+            None,
+        );
+        let listing = String::from_utf8_lossy(&listing.stdout).into_owned();
+        let grip = listing
+            .lines()
+            .find(|l| l.starts_with("grp:"))
+            .and_then(|l| l.split(':').nth(9))
+            .expect("the primary key's keygrip")
+            .to_string();
+        let dir = &mallory.dir;
+        let own = dir.join("own.gpg");
+        let other = dir.join("other.gpg");
+        let grafted = dir.join("grafted.gpg");
+        std::fs::write(&own, mallory.gpg(&["--export", &mallory_fpr], None).stdout).unwrap();
+        std::fs::write(
+            &other,
+            world.bob.gpg(&["--export", &world.bob_fpr], None).stdout,
+        )
+        .unwrap();
+        let made = std::process::Command::new("python3")
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/graft_subkey.py"
+            ))
+            .arg(dir)
+            .arg(&grip)
+            .args([&own, &other])
+            .arg(expire)
+            .arg(&grafted)
+            .output()
+            .unwrap();
+        assert!(made.status.success(), "{made:?}");
+        world.sender.import(&std::fs::read(&grafted).unwrap());
+        let env = Envelope {
+            id: "T7".into(),
+            sender: "alice@example.org".into(),
+            recipients: vec!["mallory@example.com".into(), "bob@example.org".into()],
+        };
+        let copies = copies(run(&world, Policy::default(), &env, MESSAGE.as_bytes()).await);
+        let of = |a: &str| {
+            let copy = copies.iter().find(|c| c.recipient == a).unwrap();
+            copy.message.clone().expect("an encrypted copy")
+        };
+        let theirs = of("mallory@example.com");
+        let (_, enc_to, _, status) = mallory.decrypt(&ciphertext(&theirs)).expect("opens");
+        assert_eq!(enc_to.len(), 1, "{expire}: {status}");
+        assert!(
+            world.bob.decrypt(&ciphertext(&theirs)).is_none(),
+            "{expire}: Bob's key opens Mallory's copy"
+        );
+        assert!(world
+            .bob
+            .decrypt(&ciphertext(&of("bob@example.org")))
+            .is_some());
+        // Mallory's grafted key goes before the next round.
+        let out = world
+            .sender
+            .gpg(&["--batch", "--yes", "--delete-keys", &mallory_fpr], None);
+        assert!(out.status.success(), "{out:?}");
+    }
+}
+
 /// A home whose gpg.conf hides every key ID (throw-keyids) or adds a key to every message
 /// (encrypt-to): gpg's message to several keys cannot be taken apart by recipient, and each
 /// copy is encrypted on its own, as gpg.conf says.

@@ -475,15 +475,16 @@ impl KeyService {
     }
 
     /// Encrypts `data` once for several copies, `copies[c]` the keys (fingerprints) of copy
-    /// `c`, signing it in the same OpenPGP message when `signer` is given; each copy comes
-    /// back armored, naming only its own keys. `Refused` when gpg's message cannot be split
-    /// that way (the caller encrypts each copy on its own then).
+    /// `c`, signing it in the same OpenPGP message when `signer` is given; each copy that may
+    /// share it comes back armored, naming only its own keys, the others None (to encrypt on
+    /// their own). `Refused` when gpg's message cannot be split that way (the caller encrypts
+    /// each copy on its own then).
     pub async fn encrypt_shared(
         &self,
         copies: Vec<Vec<String>>,
         signer: Option<String>,
         data: Vec<u8>,
-    ) -> Result<Vec<Vec<u8>>, KeyError> {
+    ) -> Result<Vec<Option<Vec<u8>>>, KeyError> {
         let request = Request::EncryptShared {
             copies,
             signer,

@@ -82,7 +82,7 @@ pub enum Response {
     Signer(Option<String>),
     Signature(Signature),
     Bytes(#[serde(with = "bytes")] Vec<u8>),
-    Copies(#[serde(with = "bytes_list")] Vec<Vec<u8>>),
+    Copies(#[serde(with = "bytes_list")] Vec<Option<Vec<u8>>>),
     Decrypted(Decrypted),
     UserIds(Vec<String>),
     Checks(Vec<SignatureCheck>),
@@ -325,29 +325,72 @@ fn refusing_passphrases<T>(
     }
 }
 
-/// Encrypts `data` once to the keys of all `copies` and gives each copy its own message:
-/// only the session key packets of its keys, then the encrypted data they share (see
-/// [`crate::message::parse::split_by_recipient`]). One gpg process instead of one per copy.
-/// Every copy's plaintext is the same, so sharing the session key tells a reader nothing
-/// their own copy does not; a copy still names no key but its own. `Refused` ("cannot be
-/// split") when gpg's output is not what splitting needs; the caller then encrypts each copy
-/// on its own.
+/// Encrypts `data` once to the keys of the `copies` that may share an encryption and gives
+/// each its own message: only the session key packets of its keys, in the order of its keys,
+/// then the encrypted data they share (see [`crate::message::parse::split_by_recipient`]).
+/// One gpg process instead of one per copy. Every copy's plaintext is the same, so sharing the
+/// session key tells a reader nothing their own copy does not; a copy still names no key but
+/// its own. A copy may share when every key of it prefers AES-256 (gpg picks a cipher all the
+/// keys list: one key listing only older ones would give the others it too; review); the
+/// others come back None, to be encrypted on their own. `Refused` ("cannot be split") when
+/// the home's gpg.conf adds or hides recipients, when one key ID belongs to two of the keys
+/// (a key can carry another's subkey, made up by its owner; review: matched by it, a Bcc
+/// recipient's packet went into the copy of the key that carried it), or when gpg's output is
+/// not what splitting needs; the caller then encrypts each copy on its own.
 fn encrypt_shared(
     gpg: &mut Gpg,
     copies: &[Vec<String>],
     signer: Option<&str>,
     data: &[u8],
-) -> Result<Vec<Vec<u8>>, KeyError> {
-    let mut all: Vec<String> = Vec::new();
-    let mut key_ids = Vec::with_capacity(copies.len());
-    for copy in copies {
-        let mut ids = Vec::with_capacity(copy.len());
+) -> Result<Vec<Option<Vec<u8>>>, KeyError> {
+    let cannot = |why: String| KeyError::Refused {
+        op: "encrypting",
+        detail: format!("one encryption for several copies: {why}"),
+    };
+    if let Some(option) = recipients_from_gpg_conf(gpg.home.as_deref()) {
+        return Err(cannot(format!("gpg.conf has {option}")));
+    }
+    let mut sharing = Vec::new();
+    for (n, copy) in copies.iter().enumerate() {
+        let mut strong = true;
         for fpr in copy {
+            strong &= prefers_aes256(gpg, fpr)?;
+        }
+        if strong {
+            sharing.push(n);
+        }
+    }
+    let mut out = vec![None; copies.len()];
+    if sharing.len() < 2 {
+        return Ok(out);
+    }
+    let mut owners: std::collections::HashMap<[u8; 8], &str> = std::collections::HashMap::new();
+    let mut all: Vec<String> = Vec::new();
+    let mut key_ids = Vec::with_capacity(sharing.len());
+    for &n in &sharing {
+        let mut ids = Vec::with_capacity(copies[n].len());
+        for fpr in &copies[n] {
             let key = gpg.key(fpr, false).map_err(to_err("encrypting"))?;
+            // The subkeys gpg may encrypt to: one of these is the one it takes.
             let of_key: Vec<[u8; 8]> = key
                 .subkeys()
+                .filter(|k| {
+                    k.can_encrypt()
+                        && !k.is_expired()
+                        && !k.is_revoked()
+                        && !k.is_invalid()
+                        && !k.is_disabled()
+                })
                 .filter_map(|k| k.id().ok().and_then(key_id_bytes))
                 .collect();
+            for id in &of_key {
+                if owners.insert(*id, fpr.as_str()).is_some_and(|o| o != fpr) {
+                    return Err(cannot(format!(
+                        "the key ID {} belongs to two keys",
+                        hex::encode_upper(id)
+                    )));
+                }
+            }
             ids.push(of_key);
             if !all.contains(fpr) {
                 all.push(fpr.clone());
@@ -359,16 +402,67 @@ fn encrypt_shared(
     let binary = encrypt(gpg, &all, signer, data);
     gpg.ctx.set_armor(true);
     let binary = binary?;
-    match crate::message::parse::split_by_recipient(&binary, &key_ids) {
-        Some(split) => Ok(split
-            .iter()
-            .map(|copy| crate::message::parse::armored_message(copy))
-            .collect()),
-        None => Err(KeyError::Refused {
-            op: "encrypting",
-            detail: "gpg's message to several keys cannot be split by recipient".into(),
-        }),
+    let split = crate::message::parse::split_by_recipient(&binary, &key_ids)
+        .ok_or_else(|| cannot("gpg's message cannot be split by recipient".into()))?;
+    for (&n, copy) in sharing.iter().zip(split) {
+        out[n] = Some(crate::message::parse::armored_message(&copy));
     }
+    Ok(out)
+}
+
+/// Whether every self-signature of the key `fpr` lists AES-256 among the ciphers it prefers
+/// (none listed: gpg takes 3DES), from its minimal export; remembered until the keyring
+/// changes.
+fn prefers_aes256(gpg: &mut Gpg, fpr: &str) -> Result<bool, KeyError> {
+    if let Some(&strong) = gpg.strong_ciphers.get(fpr) {
+        return Ok(strong);
+    }
+    let key = gpg.key(fpr, false).map_err(to_err("encrypting"))?;
+    let mut block = Vec::new();
+    gpg.ctx.set_armor(false);
+    let exported = gpg.ctx.export_keys([&key], ExportMode::MINIMAL, &mut block);
+    gpg.ctx.set_armor(true);
+    exported.map_err(to_err("encrypting"))?;
+    let lists = crate::message::parse::preferred_ciphers(&block);
+    const AES256: u8 = 9;
+    let strong = !lists.is_empty() && lists.iter().all(|l| l.contains(&AES256));
+    gpg.strong_ciphers.insert(fpr.to_string(), strong);
+    Ok(strong)
+}
+
+/// The option of the home's gpg.conf that adds recipients to every encryption or hides them
+/// (`encrypt-to`, `recipient`, their hidden forms, `throw-keyids`): a message gpg makes then
+/// is for keys sealpost did not name, and is not taken apart.
+fn recipients_from_gpg_conf(home: Option<&Path>) -> Option<String> {
+    const ADDING: &[&str] = &[
+        "encrypt-to",
+        "hidden-encrypt-to",
+        "recipient",
+        "hidden-recipient",
+        "throw-keyids",
+        "throw-keyid",
+    ];
+    let home = home
+        .map(Path::to_path_buf)
+        .or_else(|| std::env::var_os("GNUPGHOME").map(Into::into))
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".gnupg")))?;
+    for name in ["gpg.conf", "gpg.conf-2", "gpg.conf-2.2"] {
+        let Ok(text) = std::fs::read_to_string(home.join(name)) else {
+            continue;
+        };
+        for line in text.lines() {
+            let option = line
+                .trim_start()
+                .split(|c: char| c.is_whitespace() || c == '=')
+                .next()
+                .unwrap_or("")
+                .trim_start_matches("--");
+            if ADDING.iter().any(|a| a.eq_ignore_ascii_case(option)) {
+                return Some(option.to_string());
+            }
+        }
+    }
+    None
 }
 
 /// A key ID as gpg lists it (16 hex digits) in bytes.
@@ -848,26 +942,30 @@ mod bytes {
     }
 }
 
-/// A list of byte strings, each as [`bytes`] writes one.
+/// A list of byte strings or nothing, each as [`bytes`] writes one (nothing: null).
 mod bytes_list {
     use base64::Engine as _;
     use serde::{Deserialize, Deserializer, Serializer};
 
-    pub fn serialize<S: Serializer>(data: &[Vec<u8>], s: S) -> Result<S::Ok, S::Error> {
-        s.collect_seq(
-            data.iter()
-                .map(|d| base64::engine::general_purpose::STANDARD.encode(d)),
-        )
+    pub fn serialize<S: Serializer>(data: &[Option<Vec<u8>>], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(data.iter().map(|d| {
+            d.as_ref()
+                .map(|d| base64::engine::general_purpose::STANDARD.encode(d))
+        }))
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Vec<u8>>, D::Error> {
-        let texts = <Vec<std::borrow::Cow<'de, str>>>::deserialize(d)?;
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Option<Vec<u8>>>, D::Error> {
+        let texts = <Vec<Option<std::borrow::Cow<'de, str>>>>::deserialize(d)?;
         texts
             .iter()
             .map(|text| {
-                base64::engine::general_purpose::STANDARD
-                    .decode(text.as_bytes())
-                    .map_err(serde::de::Error::custom)
+                text.as_ref()
+                    .map(|text| {
+                        base64::engine::general_purpose::STANDARD
+                            .decode(text.as_bytes())
+                            .map_err(serde::de::Error::custom)
+                    })
+                    .transpose()
             })
             .collect()
     }

@@ -41,6 +41,9 @@ pub struct Gpg {
     /// The configured GnuPG home (None: GnuPG's default).
     pub home: Option<PathBuf>,
     keys: HashMap<(String, bool), Key>,
+    /// Per key (fingerprint): whether its self-signatures all prefer AES-256, which a copy
+    /// sharing an encryption with others needs (see `ops::encrypt_shared`).
+    pub strong_ciphers: HashMap<String, bool>,
     generation: u64,
 }
 
@@ -59,6 +62,7 @@ impl Gpg {
             ctx,
             home: home.map(std::path::Path::to_path_buf),
             keys: HashMap::new(),
+            strong_ciphers: HashMap::new(),
             generation: 0,
         })
     }
@@ -82,6 +86,7 @@ impl Gpg {
     fn run(&mut self, generation: u64, request: Request) -> Result<Response, KeyError> {
         if self.generation != generation {
             self.keys.clear();
+            self.strong_ciphers.clear();
             self.generation = generation;
         }
         execute(self, request)

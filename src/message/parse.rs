@@ -590,23 +590,80 @@ pub fn split_by_recipient(binary: &[u8], copies: &[Vec<Vec<[u8; 8]>>]) -> Option
     let mut used = vec![false; session_keys.len()];
     let mut split = Vec::with_capacity(copies.len());
     for keys in copies {
+        // In the order of the copy's keys, not gpg's order for the whole message, which
+        // tells where the others stood (review: the copy's own packet came first or last
+        // depending on whether another recipient came before it).
         let mut copy = Vec::new();
-        for (n, (packet, key_id)) in session_keys.iter().enumerate() {
-            if keys.iter().any(|ids| ids.contains(key_id)) {
-                used[n] = true;
-                copy.extend_from_slice(packet);
+        let mut taken = vec![false; session_keys.len()];
+        for ids in keys {
+            let mut named = false;
+            for (n, (packet, key_id)) in session_keys.iter().enumerate() {
+                if ids.contains(key_id) {
+                    named = true;
+                    used[n] = true;
+                    if !taken[n] {
+                        taken[n] = true;
+                        copy.extend_from_slice(packet);
+                    }
+                }
             }
-        }
-        let every_key_named = keys
-            .iter()
-            .all(|ids| session_keys.iter().any(|(_, id)| ids.contains(id)));
-        if !every_key_named {
-            return None;
+            if !named {
+                return None;
+            }
         }
         copy.extend_from_slice(&binary[data_start..]);
         split.push(copy);
     }
     used.iter().all(|&u| u).then_some(split)
+}
+
+/// The symmetric algorithms (RFC 4880 §9.2) each version 4 signature of a key block prefers
+/// (its hashed subpacket 11), one list per signature that has one: in a minimal export, the
+/// key's self-signatures.
+pub fn preferred_ciphers(keyblock: &[u8]) -> Vec<Vec<u8>> {
+    let mut lists = Vec::new();
+    let mut at = 0;
+    while let Some((tag, end)) = packet(keyblock, at) {
+        if tag == 2 {
+            if let Some(list) = packet_body_start(keyblock, at)
+                .and_then(|body| signature_ciphers(keyblock.get(body..end)?))
+            {
+                lists.push(list);
+            }
+        }
+        at = end;
+    }
+    lists
+}
+
+/// Subpacket 11 of a version 4 signature's hashed area (RFC 4880 §5.2.3).
+fn signature_ciphers(sig: &[u8]) -> Option<Vec<u8>> {
+    if *sig.first()? != 4 {
+        return None;
+    }
+    let len = usize::from(u16::from_be_bytes(sig.get(4..6)?.try_into().ok()?));
+    let hashed = sig.get(6..6 + len)?;
+    let mut at = 0;
+    while at < hashed.len() {
+        let first = usize::from(hashed[at]);
+        let (len, header) = match first {
+            0..=191 => (first, 1),
+            192..=254 => (
+                ((first - 192) << 8) + usize::from(*hashed.get(at + 1)?) + 192,
+                2,
+            ),
+            _ => (
+                u32::from_be_bytes(hashed.get(at + 1..at + 5)?.try_into().ok()?) as usize,
+                5,
+            ),
+        };
+        let body = hashed.get(at + header..at + header + len)?;
+        if body.first().map(|t| t & 0x7F) == Some(11) {
+            return Some(body[1..].to_vec());
+        }
+        at += header + len;
+    }
+    None
 }
 
 /// Where the body of the packet at `at` starts, for a packet of one definite length.
@@ -1353,6 +1410,14 @@ boundary=\"A\"; Boundary=\"B\"\r\n\r\n--A\r\n\r\nx\r\n--A--\r\n";
             split[2],
             [session_key(c), session_key(own), data.clone()].concat()
         );
+        // A copy's packets come in the order of its keys, whatever gpg's order.
+        let reordered = [session_key(own), session_key(b), data.clone()].concat();
+        let split = split_by_recipient(&reordered, &[vec![vec![b], vec![own]], vec![vec![own]]])
+            .expect("splits");
+        assert_eq!(
+            split[0],
+            [session_key(b), session_key(own), data.clone()].concat()
+        );
         // Two copies for one key both get its packet.
         let twice = split_by_recipient(
             &[session_key(a), data.clone()].concat(),
@@ -1406,6 +1471,43 @@ boundary=\"A\"; Boundary=\"B\"\r\n\r\n--A\r\n\r\nx\r\n--A--\r\n";
         );
         assert_eq!(split(&[session_key(a), session_key(b)]), None);
         assert_eq!(split(&[]), None);
+    }
+
+    #[test]
+    fn the_ciphers_a_keys_signatures_prefer_are_read() {
+        // A version 4 signature: hashed creation time (2), preferred symmetric algorithms
+        // (11, critical bit set), key flags (27); nothing unhashed; then a made-up MPI.
+        let hashed = [
+            &[5u8, 2, 0, 0, 0, 1][..],
+            &[4, 0x8B, 9, 8, 7],
+            &[2, 27, 0x0C],
+        ]
+        .concat();
+        let mut body = vec![4, 0x13, 22, 8];
+        body.extend_from_slice(&(hashed.len() as u16).to_be_bytes());
+        body.extend_from_slice(&hashed);
+        body.extend_from_slice(&[0, 0, 0xAB, 0xCD, 0, 8, 0xFF]);
+        let signature = [vec![0xC2, body.len() as u8], body.clone()].concat();
+        let user_id = [vec![0xCD, 3], b"bob".to_vec()].concat();
+        let block = [
+            user_id.clone(),
+            signature.clone(),
+            user_id,
+            signature.clone(),
+        ]
+        .concat();
+        assert_eq!(
+            preferred_ciphers(&block),
+            vec![vec![9, 8, 7], vec![9, 8, 7]]
+        );
+        // Without the subpacket, or a version 3 signature: no list.
+        let mut v3 = body.clone();
+        v3[0] = 3;
+        assert!(preferred_ciphers(&[vec![0xC2, v3.len() as u8], v3].concat()).is_empty());
+        assert!(preferred_ciphers(b"").is_empty());
+        // Cut inside the hashed area: nothing read past the end.
+        let cut = &signature[..12];
+        assert!(preferred_ciphers(cut).is_empty());
     }
 
     #[test]

@@ -428,9 +428,10 @@ impl Rewriter {
     }
 
     /// Encrypts one copy per target key; in order. Several copies share one encryption (one
-    /// gpg process, each copy given only its own key's session key packet); when gpg refuses
-    /// a key, or its message cannot be split, each copy is encrypted on its own, two at a
-    /// time on the GnuPG workers, so that a key gpg refuses fails only its own copy.
+    /// gpg process, each copy given only its own key's session key packet) when all their
+    /// keys prefer AES-256 (see `keys::ops::encrypt_shared`); the others, and all of them when
+    /// gpg refuses a key or its message cannot be split, are encrypted each on its own, two
+    /// at a time on the GnuPG workers, so that a key gpg refuses fails only its own copy.
     async fn encrypt_each(
         &self,
         encryption: &Encryption,
@@ -457,9 +458,10 @@ impl Rewriter {
         };
         let copy =
             |armored: &[u8]| mime::message(&encryption.outer, &mime::multipart_encrypted(armored));
+        let mut shared: Vec<Option<Vec<u8>>> = vec![None; targets.len()];
         if targets.len() > 1 {
             let copies = targets.iter().map(|fpr| keys_of(fpr)).collect();
-            let shared = self
+            let result = self
                 .keys
                 .encrypt_shared(
                     copies,
@@ -467,10 +469,8 @@ impl Rewriter {
                     encryption.plaintext.clone(),
                 )
                 .await;
-            match shared {
-                Ok(armored) if armored.len() == targets.len() => {
-                    return armored.iter().map(|a| Ok(copy(a))).collect();
-                }
+            match result {
+                Ok(armored) if armored.len() == targets.len() => shared = armored,
                 // GnuPG could not be run, or not in time: so it would be for each copy.
                 Err(
                     e @ (KeyError::Deadline { .. }
@@ -480,9 +480,12 @@ impl Rewriter {
                 Ok(_) | Err(_) => {}
             }
         }
-        let jobs = targets.iter().map(|fpr| {
+        let jobs = targets.iter().zip(shared).map(|(fpr, done)| {
             let keys = keys_of(fpr);
             async move {
+                if let Some(armored) = done {
+                    return Ok(copy(&armored));
+                }
                 // Each job owns its copy of the plaintext (the worker takes it): a batch holds
                 // one per copy, which `batch_size` counts.
                 let data = encryption.plaintext.clone();
