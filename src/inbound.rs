@@ -156,6 +156,8 @@ impl Verdict {
 
 /// Text of a reason as it may appear in a header field: one line, no parentheses.
 fn clean(text: &str) -> String {
+    // gpg's "Bad signature (gpg error 8)" read "Bad signature  gpg error 8" (review): the
+    // parentheses go, and each run of blanks is one.
     text.chars()
         .map(|c| {
             if c.is_control() || c == '(' || c == ')' {
@@ -165,8 +167,9 @@ fn clean(text: &str) -> String {
             }
         })
         .collect::<String>()
-        .trim()
-        .to_string()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// A message after processing: the bytes to store and what was found.
@@ -1404,6 +1407,15 @@ fn named_on_first_line(field: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reason_in_the_verdict_field_reads_as_one_line_of_single_blanks() {
+        assert_eq!(
+            clean("Bad signature (gpg error 8)"),
+            "Bad signature gpg error 8"
+        );
+        assert_eq!(clean(" a\r\n\tb ((c)) "), "a b c");
+    }
 
     #[test]
     fn a_verdict_is_removed_from_a_message_held_whole_as_from_a_borrowed_one() {
