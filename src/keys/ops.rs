@@ -410,9 +410,12 @@ fn encrypt_shared(
     Ok(out)
 }
 
-/// Whether every self-signature of the key `fpr` lists AES-256 among the ciphers it prefers
-/// (none listed: gpg takes 3DES), from its minimal export; remembered until the keyring
-/// changes.
+/// Whether every self-signature of the key `fpr` puts AES-256 first among the ciphers it
+/// prefers, from its minimal export; remembered until the keyring changes. gpg picks for
+/// several keys the cipher ranked best over all their lists (ties to the lower number, 3DES
+/// is 2), and reads the primary user ID's list only: AES-256 merely listed, or a user ID
+/// listing none (3DES alone to gpg), let one recipient bring the others to 3DES (review).
+/// First in every list, it is first for every key, whichever list gpg reads.
 fn prefers_aes256(gpg: &mut Gpg, fpr: &str) -> Result<bool, KeyError> {
     if let Some(&strong) = gpg.strong_ciphers.get(fpr) {
         return Ok(strong);
@@ -425,14 +428,16 @@ fn prefers_aes256(gpg: &mut Gpg, fpr: &str) -> Result<bool, KeyError> {
     exported.map_err(to_err("encrypting"))?;
     let lists = crate::message::parse::preferred_ciphers(&block);
     const AES256: u8 = 9;
-    let strong = !lists.is_empty() && lists.iter().all(|l| l.contains(&AES256));
+    let strong = !lists.is_empty() && lists.iter().all(|l| l.first() == Some(&AES256));
     gpg.strong_ciphers.insert(fpr.to_string(), strong);
     Ok(strong)
 }
 
 /// The option of the home's gpg.conf that adds recipients to every encryption or hides them
-/// (`encrypt-to`, `recipient`, their hidden forms, `throw-keyids`): a message gpg makes then
-/// is for keys sealpost did not name, and is not taken apart.
+/// (`encrypt-to`, `recipient`, their hidden forms, `throw-keyids`, a `group` that may stand
+/// for a key): a message gpg makes then is for keys sealpost did not name, and is not taken
+/// apart. Every gpg.conf file of the home is read (gpg 2.2.40 reads gpg.conf-2.2.40 first,
+/// then gpg.conf-2.2, gpg.conf-2, gpg.conf; review: one of them was not looked at).
 fn recipients_from_gpg_conf(home: Option<&Path>) -> Option<String> {
     const ADDING: &[&str] = &[
         "encrypt-to",
@@ -441,12 +446,21 @@ fn recipients_from_gpg_conf(home: Option<&Path>) -> Option<String> {
         "hidden-recipient",
         "throw-keyids",
         "throw-keyid",
+        "group",
     ];
     let home = home
         .map(Path::to_path_buf)
         .or_else(|| std::env::var_os("GNUPGHOME").map(Into::into))
         .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".gnupg")))?;
-    for name in ["gpg.conf", "gpg.conf-2", "gpg.conf-2.2"] {
+    let mut names: Vec<std::ffi::OsString> = std::fs::read_dir(&home)
+        .map(|dir| {
+            dir.filter_map(|e| e.ok().map(|e| e.file_name()))
+                .filter(|n| n.to_string_lossy().starts_with("gpg.conf"))
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    for name in names {
         let Ok(text) = std::fs::read_to_string(home.join(name)) else {
             continue;
         };

@@ -617,18 +617,20 @@ pub fn split_by_recipient(binary: &[u8], copies: &[Vec<Vec<[u8; 8]>>]) -> Option
     used.iter().all(|&u| u).then_some(split)
 }
 
-/// The symmetric algorithms (RFC 4880 §9.2) each version 4 signature of a key block prefers
-/// (its hashed subpacket 11), one list per signature that has one: in a minimal export, the
-/// key's self-signatures.
+/// The symmetric algorithms (RFC 4880 §9.2) each user ID certification and direct-key
+/// signature (types 0x10-0x13, 0x1F) of a key block prefers, in order (its hashed subpacket
+/// 11; empty when it has none, which gpg reads as 3DES alone): in a minimal export, the key's
+/// self-signatures. Other signatures (subkey bindings) state no preferences.
 pub fn preferred_ciphers(keyblock: &[u8]) -> Vec<Vec<u8>> {
     let mut lists = Vec::new();
     let mut at = 0;
     while let Some((tag, end)) = packet(keyblock, at) {
         if tag == 2 {
-            if let Some(list) = packet_body_start(keyblock, at)
-                .and_then(|body| signature_ciphers(keyblock.get(body..end)?))
-            {
-                lists.push(list);
+            let sig = packet_body_start(keyblock, at).and_then(|body| keyblock.get(body..end));
+            if let Some(sig) = sig.filter(|s| {
+                s.first() == Some(&4) && s.get(1).is_some_and(|t| matches!(t, 0x10..=0x13 | 0x1F))
+            }) {
+                lists.push(signature_ciphers(sig).unwrap_or_default());
             }
         }
         at = end;
@@ -1500,14 +1502,24 @@ boundary=\"A\"; Boundary=\"B\"\r\n\r\n--A\r\n\r\nx\r\n--A--\r\n";
             preferred_ciphers(&block),
             vec![vec![9, 8, 7], vec![9, 8, 7]]
         );
-        // Without the subpacket, or a version 3 signature: no list.
+        // A version 3 signature, or a subkey binding (0x18): no list. A certification
+        // without the subpacket: an empty one.
         let mut v3 = body.clone();
         v3[0] = 3;
         assert!(preferred_ciphers(&[vec![0xC2, v3.len() as u8], v3].concat()).is_empty());
+        let mut binding = body.clone();
+        binding[1] = 0x18;
+        let binding = [vec![0xC2, binding.len() as u8], binding].concat();
+        assert!(preferred_ciphers(&binding).is_empty());
+        let mut bare = vec![4, 0x13, 22, 8, 0, 6];
+        bare.extend_from_slice(&[5, 2, 0, 0, 0, 1]);
+        bare.extend_from_slice(&[0, 0, 0xAB, 0xCD, 0, 8, 0xFF]);
+        let bare = [vec![0xC2, bare.len() as u8], bare].concat();
+        assert_eq!(preferred_ciphers(&bare), vec![Vec::<u8>::new()]);
         assert!(preferred_ciphers(b"").is_empty());
-        // Cut inside the hashed area: nothing read past the end.
+        // Cut inside the hashed area: an empty list, nothing read past the end.
         let cut = &signature[..12];
-        assert!(preferred_ciphers(cut).is_empty());
+        assert!(preferred_ciphers(cut).iter().all(Vec::is_empty));
     }
 
     #[test]
