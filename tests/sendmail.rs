@@ -568,6 +568,36 @@ fn a_file_size_limit_is_a_temporary_failure_and_leaves_nothing() {
     assert!(left.is_empty(), "left in the queue: {left:?}");
 }
 
+/// Called as mailq or newaliases, the command's messages start with that name, as Postfix's
+/// do (review: "sendmail:" from newaliases).
+#[test]
+fn mailq_and_newaliases_speak_in_their_own_name() {
+    let s = Setup::new();
+    let dir = s.dir.path().join("bin");
+    std::fs::create_dir_all(&dir).unwrap();
+    for name in ["mailq", "newaliases"] {
+        let link = dir.join(name);
+        std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_sealpost"), &link).unwrap();
+        let out = run_with_stdin(
+            Command::new(&link).args(["-C", "/nonexistent/sealpost.toml"]),
+            b"",
+        );
+        assert_eq!(out.status.code(), Some(78), "{out:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.starts_with(&format!("{name}: ")), "{stderr}");
+    }
+    s.configure(relay::free_port(), false, "");
+    let out = run_with_stdin(
+        Command::new(dir.join("newaliases")).args(["-C", s.config.to_str().unwrap()]),
+        b"",
+    );
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).starts_with("newaliases: "),
+        "{out:?}"
+    );
+}
+
 #[test]
 fn bad_input_is_refused_with_a_reason_and_nothing_is_queued() {
     let s = Setup::new();

@@ -128,9 +128,19 @@ pub fn main(program: &str, args: &[String], config: Option<&Path>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("sendmail: {e}");
+            // As the command was called: `mailq: ...`, `newaliases: ...`, as Postfix's say.
+            eprintln!("{}: {e}", command_name(program));
             ExitCode::from(e.exit_code())
         }
+    }
+}
+
+/// The name a message starts with: mailq or newaliases when called so, else sendmail.
+fn command_name(program: &str) -> &'static str {
+    match program {
+        "mailq" => "mailq",
+        "newaliases" => "newaliases",
+        _ => "sendmail",
     }
 }
 
@@ -181,7 +191,7 @@ fn run(inv: &Invocation, config: &Config) -> Result<(), SendmailError> {
             Ok(())
         }
         Mode::NewAliases => {
-            eprintln!("sendmail: sealpost has no alias database; nothing to rebuild");
+            eprintln!("newaliases: sealpost has no alias database; nothing to rebuild");
             Ok(())
         }
         Mode::Nothing => Ok(()),
