@@ -415,7 +415,9 @@ fn encrypt_shared(
 /// several keys the cipher ranked best over all their lists (ties to the lower number, 3DES
 /// is 2), and reads the primary user ID's list only: AES-256 merely listed, or a user ID
 /// listing none (3DES alone to gpg), let one recipient bring the others to 3DES (review).
-/// First in every list, it is first for every key, whichever list gpg reads.
+/// First in every list, and no cipher listed twice (gpg adds a cipher's rank once per
+/// entry: AES-256 listed five times outweighed 3DES, which gpg adds after the list, and took
+/// every copy to 3DES; third review), it ranks best for every key, whichever list gpg reads.
 fn prefers_aes256(gpg: &mut Gpg, fpr: &str) -> Result<bool, KeyError> {
     if let Some(&strong) = gpg.strong_ciphers.get(fpr) {
         return Ok(strong);
@@ -426,16 +428,22 @@ fn prefers_aes256(gpg: &mut Gpg, fpr: &str) -> Result<bool, KeyError> {
     let exported = gpg.ctx.export_keys([&key], ExportMode::MINIMAL, &mut block);
     gpg.ctx.set_armor(true);
     exported.map_err(to_err("encrypting"))?;
-    let lists = crate::message::parse::preferred_ciphers(&block);
-    const AES256: u8 = 9;
-    let strong = !lists.is_empty() && lists.iter().all(|l| l.first() == Some(&AES256));
+    let strong = aes256_ranks_first(&crate::message::parse::preferred_ciphers(&block));
     gpg.strong_ciphers.insert(fpr.to_string(), strong);
     Ok(strong)
 }
 
+/// Whether AES-256 is first in each of these preference lists, and no cipher is listed twice
+/// in any (see [`prefers_aes256`]). No list at all: no.
+fn aes256_ranks_first(lists: &[Vec<u8>]) -> bool {
+    const AES256: u8 = 9;
+    let once = |l: &Vec<u8>| l.iter().enumerate().all(|(n, c)| !l[..n].contains(c));
+    !lists.is_empty() && lists.iter().all(|l| l.first() == Some(&AES256) && once(l))
+}
+
 /// The option of the home's gpg.conf that adds recipients to every encryption or hides them
-/// (`encrypt-to`, `recipient`, their hidden forms, `throw-keyids`, a `group` that may stand
-/// for a key): a message gpg makes then is for keys sealpost did not name, and is not taken
+/// (`encrypt-to`, `recipient`, `recipient-file`, their hidden forms, `throw-keyids`, a
+/// `group` that may stand for a key): a message gpg makes then is for keys sealpost did not name, and is not taken
 /// apart. Every gpg.conf file of the home is read (gpg 2.2.40 reads gpg.conf-2.2.40 first,
 /// then gpg.conf-2.2, gpg.conf-2, gpg.conf; review: one of them was not looked at).
 fn recipients_from_gpg_conf(home: Option<&Path>) -> Option<String> {
@@ -447,6 +455,8 @@ fn recipients_from_gpg_conf(home: Option<&Path>) -> Option<String> {
         "throw-keyids",
         "throw-keyid",
         "group",
+        "recipient-file",
+        "hidden-recipient-file",
     ];
     let home = home
         .map(Path::to_path_buf)
@@ -982,5 +992,29 @@ mod bytes_list {
                     .transpose()
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aes256_must_rank_first_in_every_list_and_be_listed_once() {
+        // GnuPG 2.2's defaults: AES256 AES192 AES CAST5 3DES.
+        assert!(aes256_ranks_first(&[vec![9, 8, 7, 3, 2]]));
+        assert!(aes256_ranks_first(&[vec![9, 7], vec![9]]));
+        for weak in [
+            vec![],
+            vec![vec![]],
+            vec![vec![2]],
+            vec![vec![2, 9]],
+            vec![vec![9, 8], vec![7, 9]],
+            // Listed again and again, AES-256 outweighs the 3DES gpg adds after the list.
+            vec![vec![9, 9, 9, 9, 9]],
+            vec![vec![9, 2, 9]],
+        ] {
+            assert!(!aes256_ranks_first(&weak), "{weak:?}");
+        }
     }
 }
