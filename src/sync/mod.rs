@@ -1350,6 +1350,14 @@ impl Syncer {
                 }
             };
             local.borrow_and_update();
+            // After a failed pass only a change made from the next second on starts another
+            // at once: one of this second woke pass after failing pass while the upstream was
+            // down (review: six passes and warnings in 1.3 ms).
+            let wake_since = if synced.is_err() {
+                crate::store::unix_now() + 1
+            } else {
+                started
+            };
             let waited = match synced {
                 Ok(report) => {
                     if report.waiting > 0 {
@@ -1376,7 +1384,7 @@ impl Syncer {
                 tokio::select! {
                     _ = tokio::time::sleep(poll) => {}
                     _ = shutdown.changed() => {}
-                    _ = self.local_change(&mut local, started) => {}
+                    _ = self.local_change(&mut local, wake_since) => {}
                 }
             }
         }
