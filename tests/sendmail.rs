@@ -776,16 +776,15 @@ fn any_user_can_submit_and_nobody_reads_anothers_mail() {
         run_with_stdin(&mut cmd, stdin)
     };
     let link = s.dir.path().join("bin/sendmail");
-    let out = as_nobody(
-        &[
-            link.to_str().unwrap(),
-            "-C",
-            s.config.to_str().unwrap(),
-            "-i",
-            "bob@example.org",
-        ],
-        b"From: nobody@host.example\nSubject: from nobody\n\nhello\n",
-    );
+    // nobody's `sendmail -i bob@example.org`.
+    let submit = |message: &[u8]| {
+        let args = ["-C", s.config.to_str().unwrap(), "-i", "bob@example.org"];
+        as_nobody(
+            &[&[link.to_str().unwrap()][..], &args[..]].concat(),
+            message,
+        )
+    };
+    let out = submit(b"From: nobody@host.example\nSubject: from nobody\n\nhello\n");
     assert!(out.status.success(), "{out:?}");
     // nobody can neither list the drop directory nor read root's file.
     let ls = as_nobody(&["ls", incoming.to_str().unwrap()], b"");
@@ -841,16 +840,7 @@ fn any_user_can_submit_and_nobody_reads_anothers_mail() {
     // A drop directory nobody may write to: the spool failed, a temporary failure (75) as
     // Postfix's sendmail gives for its maildrop, not 77 (review: a script retries on 75).
     perm(&incoming, 0o700);
-    let out = as_nobody(
-        &[
-            link.to_str().unwrap(),
-            "-C",
-            s.config.to_str().unwrap(),
-            "-i",
-            "bob@example.org",
-        ],
-        b"From: nobody@host.example\nSubject: again\n\nhello\n",
-    );
+    let out = submit(b"From: nobody@host.example\nSubject: again\n\nhello\n");
     assert_eq!(out.status.code(), Some(75), "{out:?}");
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("Permission denied"),

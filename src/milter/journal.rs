@@ -41,28 +41,11 @@ impl Journal {
                 .recursive(true)
                 .create(dir);
         }
-        {
-            use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-            let file = std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .mode(0o600)
-                .custom_flags(libc::O_NOFOLLOW)
-                .open(path)
-                .map_err(|e| {
-                    err(rusqlite::Error::InvalidPath(
-                        format!("{}: {e}", path.display()).into(),
-                    ))
-                })?;
-            let mode = file
-                .metadata()
-                .map(|m| m.permissions().mode())
-                .unwrap_or(0o600);
-            if mode & 0o077 != 0 {
-                let _ = file.set_permissions(std::fs::Permissions::from_mode(mode & 0o700));
-            }
-        }
+        crate::queue::private_file(path).map_err(|e| {
+            err(rusqlite::Error::InvalidPath(
+                format!("{}: {e}", path.display()).into(),
+            ))
+        })?;
         let conn = Connection::open(path).map_err(err)?;
         conn.busy_timeout(Duration::from_secs(10)).map_err(err)?;
         crate::store::wal_mode(&conn).map_err(err)?;

@@ -1274,7 +1274,7 @@ fn create_private_dir(dir: &Path) -> Result<(), QueueError> {
 
 /// Creates `path` with mode 0600 when it is missing; takes group and other access away from an
 /// existing one (made by an earlier version with a looser umask). No symlink is followed.
-fn private_file(path: &Path) -> std::io::Result<()> {
+pub(crate) fn private_file(path: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let file = std::fs::OpenOptions::new()
         .read(true)
