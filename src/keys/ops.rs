@@ -330,9 +330,9 @@ fn refusing_passphrases<T>(
 /// then the encrypted data they share (see [`crate::message::parse::split_by_recipient`]).
 /// One gpg process instead of one per copy. Every copy's plaintext is the same, so sharing the
 /// session key tells a reader nothing their own copy does not; a copy still names no key but
-/// its own. A copy may share when every key of it prefers AES-256 (gpg picks a cipher all the
-/// keys list: one key listing only older ones would give the others it too; review); the
-/// others come back None, to be encrypted on their own. `Refused` ("cannot be split") when
+/// its own. A copy may share when every key of it ranks AES-256 first ([`prefers_aes256`]:
+/// gpg picks one cipher for all the keys, and one key preferring an older one would give the
+/// others it too; review); the others come back None, to be encrypted on their own. `Refused` ("cannot be split") when
 /// the home's gpg.conf adds or hides recipients, when one key ID belongs to two of the keys
 /// (a key can carry another's subkey, made up by its owner; review: matched by it, a Bcc
 /// recipient's packet went into the copy of the key that carried it), or when gpg's output is
@@ -443,8 +443,8 @@ fn aes256_ranks_first(lists: &[Vec<u8>]) -> bool {
 
 /// The option of the home's gpg.conf that adds recipients to every encryption or hides them
 /// (`encrypt-to`, `recipient`, `recipient-file`, their hidden forms, `throw-keyids`, a
-/// `group` that may stand for a key): a message gpg makes then is for keys sealpost did not name, and is not taken
-/// apart. Every gpg.conf file of the home is read (gpg 2.2.40 reads gpg.conf-2.2.40 first,
+/// `group` that may stand for a key): a message gpg makes then is for keys sealpost did not
+/// name, and is not taken apart. Every gpg.conf file of the home is read (gpg 2.2.40 reads gpg.conf-2.2.40 first,
 /// then gpg.conf-2.2, gpg.conf-2, gpg.conf; review: one of them was not looked at).
 fn recipients_from_gpg_conf(home: Option<&Path>) -> Option<String> {
     const ADDING: &[&str] = &[
