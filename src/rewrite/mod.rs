@@ -429,7 +429,7 @@ impl Rewriter {
 
     /// Encrypts one copy per target key; in order. Several copies share one encryption (one
     /// gpg process, each copy given only its own key's session key packet) when all their
-    /// keys prefer AES-256 (see `keys::ops::encrypt_shared`); the others, and all of them when
+    /// keys rank AES-256 first (see `keys::ops::encrypt_shared`); the others, and all of them when
     /// gpg refuses a key or its message cannot be split, are encrypted each on its own, two
     /// at a time on the GnuPG workers, so that a key gpg refuses fails only its own copy.
     async fn encrypt_each(

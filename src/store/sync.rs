@@ -1075,36 +1075,38 @@ impl Store {
         raw: &[u8],
     ) -> Result<Option<CarriedVerdict>, StoreError> {
         let carried = super::carried_sha256(raw);
-        let found: Option<(Vec<u8>, String)> = self.read(|c| {
-            Ok(c.prepare_cached(
+        // Copies stored without one (an APPEND from elsewhere) may come first: the first
+        // of a few that has one.
+        let found: Vec<(Vec<u8>, String)> = self.read(|c| {
+            let mut stmt = c.prepare_cached(
                 "SELECT r.raw, m.flags FROM contents c
                  JOIN messages m ON m.content = c.id
                  JOIN mailboxes b ON b.id = m.mailbox
                  JOIN content_raw r ON r.id = c.id
                  WHERE c.carried_sha256 = ?1 AND b.account = ?2
-                 ORDER BY m.mailbox, m.uid LIMIT 1",
-            )?
-            .query_row(params![&carried[..], account], |r| {
+                 ORDER BY m.mailbox, m.uid LIMIT 16",
+            )?;
+            let rows = stmt.query_map(params![&carried[..], account], |r| {
                 Ok((r.get(0)?, r.get(1)?))
-            })
-            .optional()?)
+            })?;
+            Ok(rows.collect::<Result<_, _>>()?)
         })?;
-        let Some((stored, flags)) = found else {
-            return Ok(None);
-        };
-        let field = crate::inbound::field_lines(
-            crate::inbound::split(&stored).0,
-            crate::inbound::VERDICT_FIELD,
-        );
-        if field.is_empty() {
-            return Ok(None);
+        for (stored, flags) in found {
+            let field = crate::inbound::field_lines(
+                crate::inbound::split(&stored).0,
+                crate::inbound::VERDICT_FIELD,
+            );
+            if field.is_empty() {
+                continue;
+            }
+            let keywords = Flags::from_column(&flags)
+                .iter()
+                .filter(|f| is_local_keyword(f))
+                .map(str::to_string)
+                .collect();
+            return Ok(Some((field, keywords)));
         }
-        let keywords = Flags::from_column(&flags)
-            .iter()
-            .filter(|f| is_local_keyword(f))
-            .map(str::to_string)
-            .collect();
-        Ok(Some((field, keywords)))
+        Ok(None)
     }
 
     /// The store's own secret for the tokens of its uploads (made at first use, random): a
