@@ -595,24 +595,22 @@ impl KeyService {
         if checks.is_empty() || unknown.is_some() {
             let probe = unknown.map(|c| c.fingerprint.clone()).unwrap_or_default();
             let (home, deadline) = (self.home.clone(), self.deadline);
-            let problem = tokio::task::spawn_blocking(move || {
+            // Unavailable, not Refused: a refusal by the verifier is the message's, for good.
+            refused_on("verifying", move || {
                 home::public_keyring_problem(&home, &probe, deadline)
             })
             .await
-            .unwrap_or_else(|e| Some(format!("keyring check failed: {e}")));
-            if let Some(detail) = problem {
-                return Err(KeyError::Unavailable {
-                    op: "verifying",
-                    detail,
-                });
-            }
+            .map_err(|e| match e {
+                KeyError::Refused { op, detail } => KeyError::Unavailable { op, detail },
+                other => other,
+            })?;
         }
         Ok(checks)
     }
 }
 
 /// GnuPG's default home when none is configured: $GNUPGHOME (read, never set) or ~/.gnupg.
-fn default_home() -> PathBuf {
+pub(super) fn default_home() -> PathBuf {
     std::env::var_os("GNUPGHOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".gnupg")))

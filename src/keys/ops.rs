@@ -160,15 +160,7 @@ pub fn execute(gpg: &mut Gpg, request: Request) -> Result<Response, KeyError> {
             data,
         } => encrypt_shared(gpg, &copies, signer.as_deref(), &data).map(Response::Copies),
         Request::ExportMinimal { fingerprint } => {
-            let key = gpg
-                .key(&fingerprint, false)
-                .map_err(to_err("exporting a key"))?;
-            let mut out = Vec::new();
-            gpg.ctx.set_armor(false);
-            let result = gpg.ctx.export_keys([&key], ExportMode::MINIMAL, &mut out);
-            gpg.ctx.set_armor(true);
-            result.map_err(to_err("exporting a key"))?;
-            Ok(Response::Bytes(out))
+            export_minimal(gpg, &fingerprint, "exporting a key").map(Response::Bytes)
         }
         Request::DecryptVerify {
             ciphertext,
@@ -422,15 +414,21 @@ fn prefers_aes256(gpg: &mut Gpg, fpr: &str) -> Result<bool, KeyError> {
     if let Some(&strong) = gpg.strong_ciphers.get(fpr) {
         return Ok(strong);
     }
-    let key = gpg.key(fpr, false).map_err(to_err("encrypting"))?;
-    let mut block = Vec::new();
-    gpg.ctx.set_armor(false);
-    let exported = gpg.ctx.export_keys([&key], ExportMode::MINIMAL, &mut block);
-    gpg.ctx.set_armor(true);
-    exported.map_err(to_err("encrypting"))?;
+    let block = export_minimal(gpg, fpr, "encrypting")?;
     let strong = aes256_ranks_first(&crate::message::parse::preferred_ciphers(&block));
     gpg.strong_ciphers.insert(fpr.to_string(), strong);
     Ok(strong)
+}
+
+/// The key `fpr` exported minimal and unarmored; errors are `op`'s.
+fn export_minimal(gpg: &mut Gpg, fpr: &str, op: &'static str) -> Result<Vec<u8>, KeyError> {
+    let key = gpg.key(fpr, false).map_err(to_err(op))?;
+    let mut out = Vec::new();
+    gpg.ctx.set_armor(false);
+    let result = gpg.ctx.export_keys([&key], ExportMode::MINIMAL, &mut out);
+    gpg.ctx.set_armor(true);
+    result.map_err(to_err(op))?;
+    Ok(out)
 }
 
 /// Whether AES-256 is first in each of these preference lists, and no cipher is listed twice
@@ -458,10 +456,7 @@ fn recipients_from_gpg_conf(home: Option<&Path>) -> Option<String> {
         "recipient-file",
         "hidden-recipient-file",
     ];
-    let home = home
-        .map(Path::to_path_buf)
-        .or_else(|| std::env::var_os("GNUPGHOME").map(Into::into))
-        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".gnupg")))?;
+    let home = home.map_or_else(super::default_home, Path::to_path_buf);
     let mut names: Vec<std::ffi::OsString> = std::fs::read_dir(&home)
         .map(|dir| {
             dir.filter_map(|e| e.ok().map(|e| e.file_name()))
