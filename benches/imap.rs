@@ -295,7 +295,7 @@ fn cpu_time(pid: u32) -> Duration {
 }
 
 fn main() {
-    let out_path = report::out_path();
+    let out_path = report::start();
     let count: usize = std::env::var("SEALPOST_BENCH_MESSAGES")
         .ok()
         .and_then(|v| v.parse().ok())

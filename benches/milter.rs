@@ -681,7 +681,7 @@ fn main() {
         eprintln!("milter benchmark skipped: Postfix's master needs root");
         return;
     }
-    let out_path = report::out_path();
+    let out_path = report::start();
     let n1 = messages_setting();
     let n5 = n1 / 10;
     let clients = clients();
@@ -830,7 +830,8 @@ fn render(r: &Rendered<'_>) -> String {
         "Produced by `make bench` (`cargo bench --bench milter -- --out BENCHMARKS.md`, bench \
          profile), finished {date}. Machine: {cores} cores ({cpu}), {idle:.0} % busy with other work in \
          the 3 s before the runs; Postfix {postfix}; {gpg}; keys ed25519/cv25519 \
-         (`future-default`), GnuPG home with `no-random-seed-file`; GnuPG workers = cores.\n\n\
+         (`future-default`), GnuPG home with `no-random-seed-file`; GnuPG workers: the default, one more than the cores; \
+         programs run without cargo's `LD_LIBRARY_PATH`.\n\n\
          A private Postfix instance on loopback takes 10 KB messages, each with its own \
          Message-ID, from concurrent SMTP sessions (each sending back to back) and delivers \
          every copy (virtual, one Maildir). Time: from the first MAIL to the last copy in the \

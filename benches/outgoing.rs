@@ -50,7 +50,7 @@ fn per_op(total: Duration, n: usize) -> f64 {
 }
 
 fn main() {
-    let out_path = report::out_path();
+    let out_path = report::start();
     let dir = home::short_temp_dir("spb").unwrap();
     home::prepare(&dir).unwrap();
     gnupg::generate(&dir, "Alice <alice@example.org>");

@@ -76,7 +76,7 @@ fn spread(mut v: Vec<Duration>) -> (f64, f64) {
 }
 
 fn main() {
-    let out_path = report::out_path();
+    let out_path = report::start();
     let gpg_dir = home::short_temp_dir("sps").unwrap();
     home::prepare(&gpg_dir).unwrap();
     let uids: Vec<String> = std::iter::once("Alice <alice@example.org>".to_string())

@@ -27,6 +27,9 @@
 //!    VmRSS is sampled every 200 ms beside the local message count; the peak (VmHWM) is
 //!    compared with that of the N-message sync of part 1.
 //!
+//! `SEALPOST_BENCH_WORKERS=N` sets `gnupg.workers` of every sync (default 0: sealpost's own
+//! default), for comparing pool sizes.
+//!
 //! `SEALPOST_BENCH_WRAP="strace -f -tt -o /tmp/sync.strace"` (or `perf record -g -o FILE`)
 //! runs every sync under that command, for profiling; the figures then include its overhead
 //! and the memory ones are the wrapper's.
@@ -298,7 +301,14 @@ struct Local {
 impl Local {
     fn new(bob: &Path) -> Local {
         Local {
-            server: Server::start_config("", &format!("[gnupg]\nhome = \"{}\"\n", bob.display())),
+            server: Server::start_config(
+                "",
+                &format!(
+                    "[gnupg]\nhome = \"{}\"\nworkers = {}\n",
+                    bob.display(),
+                    env_count("SEALPOST_BENCH_WORKERS", 0)
+                ),
+            ),
         }
     }
 
@@ -635,7 +645,7 @@ fn mib(kib: u64) -> f64 {
 }
 
 fn main() {
-    let out_path = report::out_path();
+    let out_path = report::start();
     let messages = env_count("SEALPOST_BENCH_MESSAGES", MESSAGES);
     let folders = env_count("SEALPOST_BENCH_FOLDERS", FOLDERS);
     let memory_messages = env_count("SEALPOST_BENCH_MEMORY_MESSAGES", MEMORY_MESSAGES);
@@ -836,7 +846,12 @@ fn render(r: &Rendered<'_>) -> String {
         "Produced by `make bench` (`cargo bench --bench sync -- --out BENCHMARKS.md`, bench profile), \
          finished {date}. Machine: {cores} cores ({cpu}), {idle:.0} % busy with other work in the 3 s \
          before the runs; {gpg}; Dovecot {dovecot}; keys ed25519/cv25519 (`future-default`), GnuPG \
-         homes with `no-random-seed-file`; GnuPG workers = cores.\n",
+         homes with `no-random-seed-file`; GnuPG workers: {workers}; programs run without cargo's \
+         `LD_LIBRARY_PATH`.\n",
+        workers = match env_count("SEALPOST_BENCH_WORKERS", 0) {
+            0 => "the default, one more than the cores".to_string(),
+            n => format!("{n} (`SEALPOST_BENCH_WORKERS`)"),
+        },
         date = report::first_line("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
         cores = std::thread::available_parallelism().map_or(0, |n| n.get()),
         cpu = machine::cpu_model(),

@@ -74,7 +74,7 @@ impl StoreConfig {
 pub struct GnupgConfig {
     /// GnuPG home; unset means GnuPG's own default for the user running sealpost.
     pub home: Option<PathBuf>,
-    /// Concurrent gpg operations; 0 means the number of cores.
+    /// Concurrent gpg operations; 0 means one more than the cores ([`Self::worker_count`]).
     pub workers: usize,
     /// Deadline for one gpg operation, in seconds (queueing included).
     pub timeout_secs: u64,
@@ -98,11 +98,15 @@ impl Default for GnupgConfig {
 }
 
 impl GnupgConfig {
+    /// The size of the GPGME worker pool: `workers`, or when 0 one more than the cores. Each
+    /// decryption and signature waits for gpg-agent, which works on one request at a time
+    /// (its threads take turns): with one worker per core, a core idled whenever two workers
+    /// waited for the agent at once (README, "GnuPG", has the measurements).
     pub fn worker_count(&self) -> usize {
         if self.workers > 0 {
             self.workers
         } else {
-            std::thread::available_parallelism().map_or(2, |n| n.get())
+            std::thread::available_parallelism().map_or(2, |n| n.get()) + 1
         }
     }
 

@@ -3,10 +3,19 @@
 
 use std::path::{Path, PathBuf};
 
-/// The `--out FILE` argument (`make bench` gives BENCHMARKS.md). Without it the section is
-/// printed, not written: a trial run (fewer messages, under a profiler) never replaces the
-/// figures of a full one.
-pub fn out_path() -> Option<PathBuf> {
+/// What every benchmark does first: sets its environment to what a deployed sealpost would
+/// have, and returns the `--out FILE` argument (`make bench` gives BENCHMARKS.md). Without it
+/// the section is printed, not written: a trial run (fewer messages, under a profiler) never
+/// replaces the figures of a full one.
+///
+/// `cargo bench` runs the benchmark with `LD_LIBRARY_PATH` naming its build directories, and
+/// every program the benchmark starts would inherit it: gpg (the floor's and the one GPGME
+/// starts), Postfix, Dovecot, sealpost. Each gpg start then looked for each of its shared
+/// libraries in those directories first, 182 failed opens (strace) before it found them
+/// where the system keeps them. No installed program has that variable, so it goes.
+pub fn start() -> Option<PathBuf> {
+    // The first thing main does, before the benchmark starts any thread.
+    std::env::remove_var("LD_LIBRARY_PATH");
     std::env::args()
         .skip_while(|a| a != "--out")
         .nth(1)
