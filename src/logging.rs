@@ -40,6 +40,11 @@ impl Default for LogConfig {
     }
 }
 
+/// Where tracing-journald sends the journal's entries.
+const JOURNALD_SOCKET: &str = "/run/systemd/journal/socket";
+/// Where the syslog crate looks for the local syslog daemon, in this order.
+const SYSLOG_SOCKETS: &str = "/dev/log, /var/run/syslog or /var/run/log";
+
 /// Installs the global subscriber. Call once, from main.
 pub fn init(config: &LogConfig) -> Result<(), String> {
     let filter = EnvFilter::try_new(&config.level)
@@ -55,8 +60,9 @@ pub fn init(config: &LogConfig) -> Result<(), String> {
             )
             .try_init(),
         LogTarget::Journald => {
-            let layer =
-                tracing_journald::layer().map_err(|e| format!("log.target journald: {e}"))?;
+            let layer = tracing_journald::layer().map_err(|e| {
+                format!("log.target journald: the journal's socket {JOURNALD_SOCKET}: {e}")
+            })?;
             registry.with(layer).try_init()
         }
         LogTarget::Syslog => {
@@ -66,7 +72,10 @@ pub fn init(config: &LogConfig) -> Result<(), String> {
                 process: "sealpost".into(),
                 pid: std::process::id(),
             };
-            let logger = syslog::unix(formatter).map_err(|e| format!("log.target syslog: {e}"))?;
+            let logger = syslog::unix(formatter).map_err(|e| {
+                let reason = std::error::Error::source(&e).map_or(e.to_string(), |s| s.to_string());
+                format!("log.target syslog: cannot reach the syslog daemon at {SYSLOG_SOCKETS}: {reason}")
+            })?;
             registry
                 .with(SyslogLayer {
                     logger: Mutex::new(logger),

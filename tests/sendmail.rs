@@ -1540,8 +1540,71 @@ fn queue_runs_and_listings_are_quiet_unless_asked() {
     assert!(out.status.success(), "{out:?}");
     assert_eq!(String::from_utf8_lossy(&out.stderr), "", "{out:?}");
     let out = s.sendmail(&["-v", "-q"], b"");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr)
+            .matches("picked up")
+            .count(),
+        1,
+        "{out:?}"
+    );
+    // `queue run` shows its counts once, on stdout, not again in the log (stderr here).
+    let out = s.sealpost(&["queue", "run"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout)
+            .matches("picked up")
+            .count(),
+        1,
+        "{out:?}"
+    );
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("picked up"),
+        !String::from_utf8_lossy(&out.stderr).contains("picked up"),
+        "{out:?}"
+    );
+}
+
+/// A log that cannot be reached (this machine has neither the journal's socket nor a syslog
+/// daemon's) stops a sealpost command with 78 and the socket's name; sendmail keeps the
+/// message, says so once, and logs to stderr instead.
+#[test]
+fn an_unreachable_log_is_named_and_loses_no_mail() {
+    let sockets = ["/run/systemd/journal/socket", "/dev/log", "/var/run/syslog"];
+    if sockets.iter().any(|s| Path::new(s).exists()) {
+        eprintln!("skipped: this machine has a journal or a syslog daemon");
+        return;
+    }
+    let s = Setup::new();
+    for (target, named) in [
+        ("journald", "/run/systemd/journal/socket"),
+        ("syslog", "/dev/log"),
+    ] {
+        s.configure(
+            relay::free_port(),
+            false,
+            &format!("[log]\ntarget = \"{target}\"\n"),
+        );
+        let out = s.sealpost(&["queue", "list"]);
+        assert_eq!(out.status.code(), Some(78), "{out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(&format!("log.target {target}")) && err.contains(named),
+            "{err}"
+        );
+        let msg = format!("From: alice@example.org\nSubject: {target}\n\nkept\n");
+        let out = s.sendmail(&["-i", "bob@example.org"], msg.as_bytes());
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(named) && err.matches("logging to standard error").count() == 1,
+            "{err}"
+        );
+        let out = s.sendmail(&["-bp"], b"");
+        let listed = String::from_utf8_lossy(&out.stdout);
+        assert!(listed.contains("bob@example.org"), "{out:?}");
+    }
+    let out = s.sendmail(&["-bp"], b"");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("2 Requests"),
         "{out:?}"
     );
 }

@@ -122,7 +122,16 @@ pub fn main(program: &str, args: &[String], config: Option<&Path>) -> ExitCode {
             {
                 log.level = "warn".into();
             }
-            let _ = crate::logging::init(&log);
+            // A log that cannot be reached (or a level that is no filter) does not stop the
+            // mail, which is spooled and sent as configured, but it is said, and the lines go
+            // to standard error instead, warnings only unless -v asks for more.
+            if let Err(e) = crate::logging::init(&log) {
+                eprintln!("{}: {e}; logging to standard error", command_name(program));
+                let _ = crate::logging::init(&crate::logging::LogConfig {
+                    target: crate::logging::LogTarget::Stderr,
+                    level: if inv.verbose > 0 { "info" } else { "warn" }.into(),
+                });
+            }
             run(&inv, &config)
         });
     match result {
@@ -486,16 +495,10 @@ pub async fn run_queue_async(
         let report = runner.run(scope).await;
         watcher.abort();
         runner.relay.close().await;
-        let report = report?;
-        tracing::info!(
-            "queue run: {} picked up, {} sent, {} deferred, {} failed, {} report(s)",
-            report.picked_up,
-            report.sent,
-            report.deferred,
-            report.failed,
-            report.bounces
-        );
-        Ok(report)
+        // The counts are the caller's to show (`queue run` on stdout, `sendmail -v -q` on
+        // stderr); logged here as well, they were shown twice where the log is stderr. Each
+        // recipient's decision is logged as it is made.
+        Ok(report?)
     }
 }
 
