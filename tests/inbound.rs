@@ -1036,6 +1036,11 @@ async fn a_bad_signature_is_not_hidden_behind_an_unknown_key() {
     let stored = verdicts::fetch_all(&server);
     let verdict = verdicts::verdict(&stored[0].1);
     assert!(verdict.starts_with("plaintext; signature=bad"), "{verdict}");
+    // gpg names the key of a bad signature by its 64-bit ID; the verdict by its fingerprint.
+    assert!(
+        verdict.ends_with(&format!("; signer={}", world.alice)),
+        "{verdict}"
+    );
     assert!(
         stored[0].0.contains("$Sealpost-BadSignature"),
         "{}",

@@ -207,6 +207,8 @@ pub fn execute(gpg: &mut Gpg, request: Request) -> Result<Response, KeyError> {
                 Err(_) => Vec::new(),
             };
             if checks.len() >= many || many < 2 {
+                let mut checks = checks;
+                name_bad_signers(gpg, &mut checks);
                 return Ok(Response::Checks(checks));
             }
             let mut each = Vec::new();
@@ -221,6 +223,7 @@ pub fn execute(gpg: &mut Gpg, request: Request) -> Result<Response, KeyError> {
                     }),
                 }
             }
+            name_bad_signers(gpg, &mut each);
             Ok(Response::Checks(each))
         }
         Request::GenerateKey { userid } => {
@@ -635,7 +638,8 @@ fn decrypt_verify(gpg: &mut Gpg, ciphertext: &[u8], limit: u64) -> Result<Decryp
         .recipients()
         .map(|r| r.key_id().unwrap_or_default().to_string())
         .collect();
-    let signatures = ver.signatures().map(check).collect();
+    let mut signatures: Vec<SignatureCheck> = ver.signatures().map(check).collect();
+    name_bad_signers(gpg, &mut signatures);
     Ok(Decrypted {
         plaintext,
         recipients,
@@ -686,6 +690,38 @@ impl std::io::Write for Bounded {
 
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
+    }
+}
+
+/// For a bad signature gpg names only the signing key's 64-bit key ID (its BADSIG status
+/// line), where every other verdict names the key's fingerprint: the ID is looked up in the
+/// keyring, and one key that has a (sub)key of that ID gives that (sub)key's fingerprint, as
+/// a valid signature by it would show. Not found, or the ID under two keys: the ID stays.
+fn name_bad_signers(gpg: &mut Gpg, checks: &mut [SignatureCheck]) {
+    for check in checks.iter_mut() {
+        let is_key_id = check.fingerprint.len() == 16
+            && check.fingerprint.bytes().all(|b| b.is_ascii_hexdigit());
+        if !matches!(check.state, SignatureState::Bad(_)) || !is_key_id {
+            continue;
+        }
+        let Ok(mut keys) = gpg.ctx.find_keys([check.fingerprint.as_str()]) else {
+            continue;
+        };
+        let found: Vec<String> = keys
+            .by_ref()
+            .filter_map(Result::ok)
+            .filter_map(|key| {
+                key.subkeys()
+                    .find(|k| {
+                        k.id()
+                            .is_ok_and(|id| id.eq_ignore_ascii_case(&check.fingerprint))
+                    })
+                    .and_then(|k| k.fingerprint().ok().map(str::to_string))
+            })
+            .collect();
+        if let [fingerprint] = found.as_slice() {
+            check.fingerprint = fingerprint.clone();
+        }
     }
 }
 
