@@ -1821,6 +1821,85 @@ fn a_copy_over_the_size_limit_is_not_kept_in_place() {
     }
 }
 
+/// `listen = "unix:PATH"` with Postfix, set up as contrib/sealpost.toml says for a milter
+/// outside systemd: the milter runs with a group Postfix's user is in (postfix) and umask 007,
+/// so the socket is srwxrwx--- root:postfix, and smtpd (user postfix) reaches it. The three
+/// copies of MESSAGE come out as over inet.
+#[test]
+fn postfix_reaches_the_milter_on_a_unix_socket() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    use std::os::unix::process::CommandExt;
+    let Some(rig) = Rig::new() else { return };
+    let socket = rig.postfix.dir.join("milter.sock");
+    let config = rig.postfix.dir.join("unix-milter.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[gnupg]\nhome = \"{}\"\n[milter]\nlisten = \"unix:{}\"\nreinject_port = {}\njournal = \"{}\"\n",
+            rig.world.sender.dir.display(),
+            socket.display(),
+            rig.postfix.reinject_port,
+            rig.journal.display()
+        ),
+    )
+    .unwrap();
+    // SAFETY: getgrnam with a NUL-terminated name; the gid is read before anything else
+    // calls it.
+    let group = unsafe {
+        let entry = libc::getgrnam(c"postfix".as_ptr());
+        assert!(!entry.is_null(), "the postfix group");
+        (*entry).gr_gid
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("milter.log");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_sealpost"));
+    command
+        .arg("--config")
+        .arg(&config)
+        .arg("milter")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .gid(group);
+    // SAFETY: umask is async-signal-safe and touches no memory.
+    unsafe {
+        command.pre_exec(|| {
+            libc::umask(0o007);
+            Ok(())
+        });
+    }
+    // Killed when dropped, also when an assertion below fails.
+    let mut milter = MilterProcess {
+        child: command.spawn().unwrap(),
+        dir,
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no milter on the socket"
+        );
+        assert!(
+            milter.child.try_wait().unwrap().is_none(),
+            "the milter exited: {}",
+            milter.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let meta = std::fs::metadata(&socket).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o770);
+    assert_eq!(meta.gid(), group);
+    let milters = format!("unix:{}", socket.display());
+    rig.postfix.set(&format!("smtpd_milters = {milters}"));
+    let reply = rig.smtp(&THREE);
+    assert!(
+        reply.starts_with("250"),
+        "{reply}\n{}\n{}",
+        milter.log(),
+        rig.postfix.log()
+    );
+    check_three_copies(&rig.world, rig.postfix.wait_messages(3));
+}
+
 /// `listen = "unix:PATH"`: what is at PATH is removed only when it is a socket nobody answers
 /// on (review: a regular file there was deleted, and a second milter took a running one's
 /// socket over). A file stays as it was; a live socket is "in use" and keeps its milter.
