@@ -1161,15 +1161,14 @@ fn describe(error: &CmdError) -> (&'static str, Option<&'static str>, String) {
             ("NO", Some("LIMIT"), e.to_string())
         }
         // As Dovecot answers a full disk (RFC 5530 has no closer code); nothing was stored.
-        CmdError::Store(StoreError::Sql(rusqlite::Error::SqliteFailure(f, _)))
-            if f.code == rusqlite::ErrorCode::DiskFull =>
-        {
-            (
-                "NO",
-                Some("OVERQUOTA"),
-                "Not enough disk space for the store".into(),
-            )
-        }
+        CmdError::Store(StoreError::Sql {
+            source: rusqlite::Error::SqliteFailure(f, _),
+            ..
+        }) if f.code == rusqlite::ErrorCode::DiskFull => (
+            "NO",
+            Some("OVERQUOTA"),
+            "Not enough disk space for the store".into(),
+        ),
         CmdError::Store(_) | CmdError::Join(_) => (
             "NO",
             Some("SERVERBUG"),
@@ -1200,7 +1199,7 @@ mod tests {
             rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL),
             None,
         );
-        let (kind, code, _) = describe(&CmdError::Store(StoreError::Sql(full)));
+        let (kind, code, _) = describe(&CmdError::Store(StoreError::from(full)));
         assert_eq!((kind, code), ("NO", Some("OVERQUOTA")));
     }
 }

@@ -48,6 +48,25 @@ pub const DEFAULT_MAILBOXES: [(&str, Option<SpecialUse>); 6] = [
     ("Archive", Some(SpecialUse::Archive)),
 ];
 
+impl From<rusqlite::Error> for StoreError {
+    fn from(source: rusqlite::Error) -> Self {
+        StoreError::Sql { path: None, source }
+    }
+}
+
+impl StoreError {
+    /// An SQLite error that does not name its store yet names `path`.
+    fn in_store(self, path: &Path) -> StoreError {
+        match self {
+            StoreError::Sql { path: None, source } => StoreError::Sql {
+                path: Some(path.to_owned()),
+                source,
+            },
+            other => other,
+        }
+    }
+}
+
 /// The hierarchy delimiter of every mailbox name (RFC 3501 §5.1.1).
 pub const DELIMITER: char = '/';
 
@@ -66,8 +85,17 @@ pub enum StoreError {
         path: PathBuf,
         source: rusqlite_migration::Error,
     },
-    #[error("store: {0}")]
-    Sql(#[from] rusqlite::Error),
+    /// SQLite failed on a store already open; `path` is the store's, filled in where the
+    /// error leaves the store (its read and write paths), so that a log line names the file.
+    #[error(
+        "store{}: {source}{}",
+        path.as_deref().map_or(String::new(), |p| format!(" {}", p.display())),
+        path.as_deref().map_or(String::new(), |p| file_system_trouble(p, source))
+    )]
+    Sql {
+        path: Option<PathBuf>,
+        source: rusqlite::Error,
+    },
     #[error("store: damaged part map: {0}")]
     PartMap(#[from] PartMapError),
     #[error("no such account {0:?}")]
@@ -633,18 +661,21 @@ impl Store {
                 pool.push(conn);
             }
         }
-        result
+        result.map_err(|e| e.in_store(&self.inner.path))
     }
 
     fn write<T>(
         &self,
         f: impl FnOnce(&Transaction<'_>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let mut conn = self.writer()?;
-        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let value = f(&tx)?;
-        tx.commit()?;
-        drop(conn);
+        let written = || {
+            let mut conn = self.writer()?;
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let value = f(&tx)?;
+            tx.commit()?;
+            Ok(value)
+        };
+        let value = written().map_err(|e: StoreError| e.in_store(&self.inner.path))?;
         self.notify();
         Ok(value)
     }
@@ -1304,6 +1335,11 @@ impl Store {
     /// session (RFC 3501 §2.3.2: \Recent in exactly one session). Returns the UID range
     /// `floor..uidnext` that is recent for the caller.
     pub fn claim_recent(&self, mailbox: MailboxId) -> Result<(u32, u32), StoreError> {
+        self.claimed_recent(mailbox)
+            .map_err(|e| e.in_store(&self.inner.path))
+    }
+
+    fn claimed_recent(&self, mailbox: MailboxId) -> Result<(u32, u32), StoreError> {
         let mut conn = self.writer()?;
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let (floor, uidnext): (u32, i64) = tx.query_row(

@@ -960,3 +960,24 @@ fn journal_ids_are_never_given_twice() {
     let second = store.journal_for(account, 0, 10).unwrap()[0].id;
     assert!(second > first, "{second} after {first}");
 }
+
+/// An SQLite error on a store already open names the store's file, reading or writing (it
+/// said only "store: no such table: ..."; a daemon's log did not tell which store).
+#[test]
+fn an_error_of_an_open_store_names_its_file() {
+    let (dir, store) = store();
+    let account = store.ensure_account("alice").unwrap();
+    let path = dir.path().join("s.sqlite");
+    let other = Connection::open(&path).unwrap();
+    other.execute_batch("DROP TABLE mailboxes").unwrap();
+    let read = store.mailboxes(account).unwrap_err().to_string();
+    assert!(
+        read.starts_with(&format!("store {}: ", path.display())) && read.contains("mailboxes"),
+        "{read}"
+    );
+    let written = store.ensure_account("bob").unwrap_err().to_string();
+    assert!(
+        written.starts_with(&format!("store {}: ", path.display())),
+        "{written}"
+    );
+}
