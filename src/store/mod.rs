@@ -1663,14 +1663,16 @@ fn open_connection(path: &Path, read_only: bool) -> Result<Connection, StoreErro
     Ok(conn)
 }
 
-/// Puts a database in WAL mode. Setting the journal mode does not wait through the busy
-/// handler: while another process creates or writes the database it fails at once with
-/// "database is locked" (a queue run started while sendmail's runner wrote; deliver while the
-/// daemon opens the store). It is tried again for 30 s, as long as a busy write would wait.
 /// What SQLite's error for the database at `path` leaves out, as " (...)" to append, when
 /// the file system explains it: SQLite says "disk I/O error" when it cannot grow its -shm
 /// file on a full file system, and "unable to open database file" when its -wal or -shm file
 /// is another user's (review: neither named the cause or the file).
+///
+/// It opens none of those files: the process may hold the database open, and closing any
+/// descriptor of a file drops all of the process's fcntl locks on it, SQLite's included
+/// (review: a full disk during an APPEND left the IMAP daemon without its locks on the store,
+/// so another process could reset the WAL under its readers). Access is asked of the kernel
+/// instead (faccessat with the effective IDs).
 pub(crate) fn file_system_trouble(path: &Path, e: &rusqlite::Error) -> String {
     use rusqlite::ErrorCode as C;
     let code = match e {
@@ -1708,14 +1710,24 @@ pub(crate) fn file_system_trouble(path: &Path, e: &rusqlite::Error) -> String {
     for suffix in ["", "-wal", "-shm"] {
         let mut file = path.as_os_str().to_owned();
         file.push(suffix);
-        let file = PathBuf::from(file);
-        let opened = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&file);
-        if let Err(e) = opened {
+        let Ok(c_file) =
+            std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(file.as_os_str()))
+        else {
+            continue;
+        };
+        // SAFETY: faccessat reads the C string, which outlives the call, and opens nothing.
+        let denied = unsafe {
+            libc::faccessat(
+                libc::AT_FDCWD,
+                c_file.as_ptr(),
+                libc::R_OK | libc::W_OK,
+                libc::AT_EACCESS,
+            ) != 0
+        };
+        if denied {
+            let e = std::io::Error::last_os_error();
             if e.kind() == std::io::ErrorKind::PermissionDenied {
-                why.push(format!("{}: {e}", file.display()));
+                why.push(format!("{}: {e}", PathBuf::from(file).display()));
             }
         }
     }
@@ -1726,6 +1738,10 @@ pub(crate) fn file_system_trouble(path: &Path, e: &rusqlite::Error) -> String {
     }
 }
 
+/// Puts a database in WAL mode. Setting the journal mode does not wait through the busy
+/// handler: while another process creates or writes the database it fails at once with
+/// "database is locked" (a queue run started while sendmail's runner wrote; deliver while the
+/// daemon opens the store). It is tried again for 30 s, as long as a busy write would wait.
 pub(crate) fn wal_mode(conn: &Connection) -> rusqlite::Result<()> {
     let since = std::time::Instant::now();
     loop {

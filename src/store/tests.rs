@@ -981,3 +981,47 @@ fn an_error_of_an_open_store_names_its_file() {
         "{written}"
     );
 }
+
+/// Explaining an I/O error opens none of the store's files: closing a descriptor of the
+/// database, its -wal or its -shm would drop every fcntl lock the process holds on it,
+/// SQLite's own (review: after a full disk during an APPEND the IMAP daemon held no lock on
+/// its store, and another process could reset the WAL under its readers).
+#[test]
+fn explaining_an_io_error_keeps_the_stores_locks() {
+    use std::os::unix::fs::MetadataExt;
+    let (dir, store) = store();
+    let account = store.ensure_account("alice").unwrap();
+    store.mailboxes(account).unwrap();
+    let path = dir.path().join("s.sqlite");
+    let inodes: Vec<u64> = ["", "-shm"]
+        .iter()
+        .map(|s| {
+            std::fs::metadata(format!("{}{s}", path.display()))
+                .unwrap()
+                .ino()
+        })
+        .collect();
+    let pid = std::process::id().to_string();
+    let locks = || -> Vec<String> {
+        std::fs::read_to_string("/proc/locks")
+            .unwrap()
+            .lines()
+            .filter(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                f.len() > 6
+                    && f[4] == pid
+                    && inodes
+                        .iter()
+                        .any(|i| f[5].rsplit(':').next() == Some(&i.to_string()))
+            })
+            .map(str::to_string)
+            .collect()
+    };
+    let before = locks();
+    assert!(!before.is_empty(), "SQLite holds locks on the store");
+    let full =
+        rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL), None);
+    let _ = file_system_trouble(&path, &full);
+    let _ = StoreError::from(full).in_store(&path).to_string();
+    assert_eq!(locks(), before);
+}
