@@ -816,6 +816,36 @@ fn signed_by_two(part: &[u8], signature: &[u8]) -> Vec<u8> {
     raw
 }
 
+/// A signature gpg could not check (an unknown public-key algorithm) whose issuer names Bob's
+/// own key: its verdict keeps the 64-bit ID the packet claims, it is not dressed up as the
+/// fingerprint of Bob's key, which gpg never checked it with (review: only gpg's "bad
+/// signature", checked against its key, is looked up in the keyring).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unchecked_signature_keeps_the_key_id_it_claims() {
+    let world = World::new();
+    let server = bobs_store(&world);
+    let key_id = &world.bob_fpr[world.bob_fpr.len() - 16..];
+    // A v4 signature packet: binary document, public-key algorithm 100, SHA-256; hashed: the
+    // creation time; unhashed: the issuer; a dummy MPI.
+    let mut body = vec![4, 0x00, 100, 8, 0, 6, 5, 2, 0x60, 0, 0, 0, 0, 10, 9, 16];
+    body.extend((0..8).map(|i| u8::from_str_radix(&key_id[2 * i..2 * i + 2], 16).unwrap()));
+    body.extend([0, 0, 0, 8, 0xff]);
+    let mut packet = vec![0xc2, body.len() as u8];
+    packet.extend(body);
+    let signature = common::armor("PGP SIGNATURE", &packet);
+    let part = b"Content-Type: text/plain; charset=us-ascii\r\n\r\nPay 10 EUR.\r\n";
+    let raw = signed_by_two(part, signature.as_bytes());
+    let (code, output) = deliver(&server, &raw);
+    assert_eq!(code, 0, "{output}");
+    let stored = verdicts::fetch_all(&server);
+    let verdict = verdicts::verdict(&stored[0].1);
+    assert!(verdict.starts_with("plaintext; signature=bad"), "{verdict}");
+    assert!(
+        verdict.ends_with(&format!("; signer={key_id}")),
+        "{verdict}"
+    );
+}
+
 /// A MUA's own signed mail (no protected fields in its signed part), encrypted whole to Bob
 /// by sealpost's MX (the inbound policy: no signature of the whole, Subject obscured outside):
 /// delivered, it shows its real Subject and Alice's valid signature (review: the stored

@@ -199,22 +199,21 @@ pub fn execute(gpg: &mut Gpg, request: Request) -> Result<Response, KeyError> {
             // their order (review: bad, then Alice's valid one, read "bad"; the other way
             // round, the bad one went unseen; a signature packet of a newer version next to
             // hers, "No data"). Each is then verified on its own.
+            let mut named = false;
             let checks: Vec<SignatureCheck> = match gpg.ctx.verify_detached(&signature, &signed) {
-                Ok(ver) => ver.signatures().map(check).collect(),
+                Ok(ver) => checks_of(gpg, &ver, &mut named),
                 Err(e) if many < 2 || super::is_temporary(&e) => {
                     return Err(to_err("verifying")(e));
                 }
                 Err(_) => Vec::new(),
             };
             if checks.len() >= many || many < 2 {
-                let mut checks = checks;
-                name_bad_signers(gpg, &mut checks);
                 return Ok(Response::Checks(checks));
             }
             let mut each = Vec::new();
             for one in crate::message::parse::each_signature(&signature) {
                 match gpg.ctx.verify_detached(&one, &signed) {
-                    Ok(ver) => each.extend(ver.signatures().map(check)),
+                    Ok(ver) => each.extend(checks_of(gpg, &ver, &mut named)),
                     Err(e) if super::is_temporary(&e) => return Err(to_err("verifying")(e)),
                     Err(e) => each.push(SignatureCheck {
                         fingerprint: String::new(),
@@ -223,7 +222,6 @@ pub fn execute(gpg: &mut Gpg, request: Request) -> Result<Response, KeyError> {
                     }),
                 }
             }
-            name_bad_signers(gpg, &mut each);
             Ok(Response::Checks(each))
         }
         Request::GenerateKey { userid } => {
@@ -638,8 +636,7 @@ fn decrypt_verify(gpg: &mut Gpg, ciphertext: &[u8], limit: u64) -> Result<Decryp
         .recipients()
         .map(|r| r.key_id().unwrap_or_default().to_string())
         .collect();
-    let mut signatures: Vec<SignatureCheck> = ver.signatures().map(check).collect();
-    name_bad_signers(gpg, &mut signatures);
+    let signatures = checks_of(gpg, &ver, &mut false);
     Ok(Decrypted {
         plaintext,
         recipients,
@@ -693,35 +690,62 @@ impl std::io::Write for Bounded {
     }
 }
 
+/// The checks of a verification, the first signature gpg found bad (BADSIG: checked against
+/// its key, and it does not match) named by its key's fingerprint ([`name_bad_signer`]) unless
+/// `named` says one was already. One lookup at most: each is a gpg process, and a message may
+/// carry thousands of signatures (review: 500 bad ones made 500 key listings, past the
+/// deadline at every retry). Other failures (an unknown algorithm, a signature gpg cannot
+/// read) keep what gpg reported: their key was never checked.
+fn checks_of(
+    gpg: &mut Gpg,
+    ver: &gpgme::VerificationResult,
+    named: &mut bool,
+) -> Vec<SignatureCheck> {
+    let mut bad = None;
+    let mut checks = Vec::new();
+    for (i, s) in ver.signatures().enumerate() {
+        let gpgs_badsig = s
+            .status()
+            .is_err_and(|e| e.code() == gpgme::Error::BAD_SIGNATURE.code());
+        if gpgs_badsig && bad.is_none() {
+            bad = Some(i);
+        }
+        checks.push(check(s));
+    }
+    if let Some(i) = bad.filter(|_| !*named) {
+        name_bad_signer(gpg, &mut checks[i]);
+        *named = true;
+    }
+    checks
+}
+
 /// For a bad signature gpg names only the signing key's 64-bit key ID (its BADSIG status
 /// line), where every other verdict names the key's fingerprint: the ID is looked up in the
 /// keyring, and one key that has a (sub)key of that ID gives that (sub)key's fingerprint, as
 /// a valid signature by it would show. Not found, or the ID under two keys: the ID stays.
-fn name_bad_signers(gpg: &mut Gpg, checks: &mut [SignatureCheck]) {
-    for check in checks.iter_mut() {
-        let is_key_id = check.fingerprint.len() == 16
-            && check.fingerprint.bytes().all(|b| b.is_ascii_hexdigit());
-        if !matches!(check.state, SignatureState::Bad(_)) || !is_key_id {
-            continue;
-        }
-        let Ok(mut keys) = gpg.ctx.find_keys([check.fingerprint.as_str()]) else {
-            continue;
-        };
-        let found: Vec<String> = keys
-            .by_ref()
-            .filter_map(Result::ok)
-            .filter_map(|key| {
-                key.subkeys()
-                    .find(|k| {
-                        k.id()
-                            .is_ok_and(|id| id.eq_ignore_ascii_case(&check.fingerprint))
-                    })
-                    .and_then(|k| k.fingerprint().ok().map(str::to_string))
-            })
-            .collect();
-        if let [fingerprint] = found.as_slice() {
-            check.fingerprint = fingerprint.clone();
-        }
+fn name_bad_signer(gpg: &mut Gpg, check: &mut SignatureCheck) {
+    let is_key_id =
+        check.fingerprint.len() == 16 && check.fingerprint.bytes().all(|b| b.is_ascii_hexdigit());
+    if !is_key_id {
+        return;
+    }
+    let Ok(mut keys) = gpg.ctx.find_keys([check.fingerprint.as_str()]) else {
+        return;
+    };
+    let found: Vec<String> = keys
+        .by_ref()
+        .filter_map(Result::ok)
+        .filter_map(|key| {
+            key.subkeys()
+                .find(|k| {
+                    k.id()
+                        .is_ok_and(|id| id.eq_ignore_ascii_case(&check.fingerprint))
+                })
+                .and_then(|k| k.fingerprint().ok().map(str::to_string))
+        })
+        .collect();
+    if let [fingerprint] = found.as_slice() {
+        check.fingerprint = fingerprint.clone();
     }
 }
 
