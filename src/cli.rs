@@ -2,7 +2,7 @@
 //! 66 missing input, 69 refused (a recipient or the message cannot be delivered as asked),
 //! 74 I/O error, 75 temporary failure, 78 configuration error.
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -212,7 +212,21 @@ pub fn main(cli: Cli) -> ExitCode {
     let result = Config::load(cli.config.as_deref())
         .map_err(CliError::from)
         .and_then(|config| {
-            crate::logging::init(&config.log).map_err(CliError::Logging)?;
+            // A log that cannot be reached never holds up mail (a queue run, the milter, the
+            // sync): said once, and the lines go to standard error instead, which systemd
+            // keeps in the journal (review: with syslog down, the queue run that sendmail
+            // starts after each submission exited 78, and the mail waited for a person).
+            if let Err(e) = crate::logging::init(&config.log) {
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "sealpost: {e}; logging to standard error"
+                );
+                crate::logging::init(&crate::logging::LogConfig {
+                    target: crate::logging::LogTarget::Stderr,
+                    level: config.log.level.clone(),
+                })
+                .map_err(CliError::Logging)?;
+            }
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()

@@ -122,11 +122,16 @@ pub fn main(program: &str, args: &[String], config: Option<&Path>) -> ExitCode {
             {
                 log.level = "warn".into();
             }
-            // A log that cannot be reached (or a level that is no filter) does not stop the
-            // mail, which is spooled and sent as configured, but it is said, and the lines go
-            // to standard error instead, warnings only unless -v asks for more.
+            // A log that cannot be reached does not stop the mail, but it is said, and the
+            // lines go to standard error instead, warnings only unless -v asks for more. The
+            // line is written without eprintln!, which panics when stderr is a closed pipe
+            // (review: exit 101, nothing queued).
             if let Err(e) = crate::logging::init(&log) {
-                eprintln!("{}: {e}; logging to standard error", command_name(program));
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "{}: {e}; logging to standard error",
+                    command_name(program)
+                );
                 let _ = crate::logging::init(&crate::logging::LogConfig {
                     target: crate::logging::LogTarget::Stderr,
                     level: if inv.verbose > 0 { "info" } else { "warn" }.into(),
