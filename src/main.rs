@@ -43,6 +43,13 @@ fn main() -> ExitCode {
     if matches!(program.as_str(), "sendmail" | "mailq" | "newaliases") {
         return sealpost::sendmail::main_os(&program, &raw[1..], None);
     }
+    // `sealpost [--config FILE] sendmail WORDS...`: the words go to sendmail as they are.
+    // Through clap, a `--` right after `sendmail` was taken as clap's own end of options and
+    // lost, so `sealpost sendmail -- -x@y` read -x@y as flags, unlike `sendmail -- -x@y`
+    // (review).
+    if let Some((config, at)) = sendmail_words(&raw) {
+        return sealpost::sendmail::main_os("sendmail", &raw[at..], config.as_deref());
+    }
     // `deliver` runs as an MTA's delivery agent, where any exit code but 75 (and the few
     // it documents) bounces the message: a typo in the MTA's command line or a panic must keep
     // the mail queued instead (EX_TEMPFAIL) until the administrator sees the log.
@@ -77,4 +84,24 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
     }
+}
+
+/// For `sealpost [--config FILE] sendmail ...`: the `--config` given (None without one) and
+/// where the words after `sendmail` start. None for any other command line.
+fn sendmail_words(raw: &[std::ffi::OsString]) -> Option<(Option<std::path::PathBuf>, usize)> {
+    let mut config = None;
+    let mut i = 1;
+    while let Some(word) = raw.get(i) {
+        let text = word.to_str()?;
+        if text == "--config" {
+            config = Some(std::path::PathBuf::from(raw.get(i + 1)?));
+            i += 2;
+        } else if let Some(path) = text.strip_prefix("--config=") {
+            config = Some(std::path::PathBuf::from(path));
+            i += 1;
+        } else {
+            return (text == "sendmail").then_some((config, i + 1));
+        }
+    }
+    None
 }

@@ -739,6 +739,40 @@ fn a_reply_injected_after_starttls_sends_nothing() {
     assert_eq!(honest.delivered(1)[0].rcpts, ["dave@example.net"]);
 }
 
+/// Another user's personal queue (0700, as root's first submission makes it): nobody's
+/// submission is not taken, with 75 (callers retry), not 77 (final to cron and PHP), as a
+/// drop directory it may not write to (review).
+#[test]
+fn a_queue_the_caller_cannot_enter_is_a_temporary_failure() {
+    use std::os::unix::fs::PermissionsExt;
+    if sealpost::queue::current_uid() != 0 {
+        eprintln!("skipped: needs root to run sendmail as nobody");
+        return;
+    }
+    let s = Setup::new();
+    s.configure(relay::free_port(), false, "");
+    std::fs::set_permissions(s.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&s.config, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let msg = b"From: alice@example.org\nSubject: mine\n\nx\n";
+    assert!(s.sendmail(&["-i", "bob@example.org"], msg).status.success());
+    let mode = std::fs::metadata(s.queue_dir())
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o700);
+    let link = s.sendmail_link();
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(&link)
+        .args(["-C", s.config.to_str().unwrap(), "-i", "bob@example.org"]);
+    let out = run_with_stdin(&mut cmd, b"From: nobody@host.example\nSubject: x\n\ny\n");
+    assert_eq!(out.status.code(), Some(75), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Permission denied"),
+        "{out:?}"
+    );
+}
+
 /// A shared queue: any user may drop a message, none may list or read the drop directory, and
 /// the runner learns the submitter from the file's owner. Needs root (to act as `nobody`).
 #[test]
@@ -1559,6 +1593,44 @@ fn queue_runs_and_listings_are_quiet_unless_asked() {
     );
     assert!(
         !String::from_utf8_lossy(&out.stderr).contains("picked up"),
+        "{out:?}"
+    );
+}
+
+/// `sealpost sendmail -- WORDS` reads the words after `--` as recipients, as `sendmail -- WORDS`
+/// does (review: the `--` was taken by the command-line parser, and `-weird@example.net` was
+/// read as the flags -w -e ...).
+#[test]
+fn a_double_dash_after_sealpost_sendmail_ends_the_options() {
+    let s = Setup::new();
+    s.configure(relay::free_port(), false, "");
+    let msg = b"From: alice@example.org\nSubject: dash\n\nx\n";
+    let by_name = s.sendmail(&["--", "-weird@example.net"], msg);
+    let out = run_with_stdin(
+        Command::new(env!("CARGO_BIN_EXE_sealpost")).args([
+            "--config",
+            s.config.to_str().unwrap(),
+            "sendmail",
+            "--",
+            "-weird@example.net",
+        ]),
+        msg,
+    );
+    assert_eq!(
+        out.status.code(),
+        by_name.status.code(),
+        "{out:?} {by_name:?}"
+    );
+    assert_eq!(out.status.code(), Some(65), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("\"-weird@example.net\" is not an email address"),
+        "{out:?}"
+    );
+    let out = s.sealpost(&["sendmail", "--help"]);
+    assert_eq!(out.status.code(), Some(64), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("unknown option --help"),
         "{out:?}"
     );
 }

@@ -212,6 +212,13 @@ pub fn parse<S: AsRef<str>>(program: &str, args: &[S]) -> Result<Invocation, Usa
         if arg == "-XV" {
             return Err(usage("-XV (VERP) is not supported"));
         }
+        // sendmail(1) has no long options: named whole, not as its letter "-" (review:
+        // `--help` read "unknown option --").
+        if arg.starts_with("--") {
+            return Err(usage(&format!(
+                "unknown option {arg} (sendmail has no long options; see sealpost-sendmail(8))"
+            )));
+        }
         let Some(letters) = arg.strip_prefix('-').filter(|l| !l.is_empty()) else {
             // getopt stops at the first operand; the rest are recipients.
             inv.recipients
@@ -302,17 +309,17 @@ fn option(inv: &mut Invocation, letter: char, value: &str) -> Result<(), UsageEr
         // mail of a script that never looks at the exit code would be lost over a detail.
         'N' => match Notify::parse(value) {
             Some(notify) => inv.notify = notify,
-            None => eprintln!(
+            None => super::say(format_args!(
                 "sendmail: warning: bad -N option value {value:?} -- ignored (say never, or a \
                  list of failure, delay, success)"
-            ),
+            )),
         },
         'V' => {
             if !crate::queue::relay::envid_ok(value) {
-                eprintln!(
+                super::say(format_args!(
                     "sendmail: warning: bad -V option value -- ignored (1 to 100 printable \
                      ASCII characters)"
-                );
+                ));
             } else {
                 inv.envid = Some(value.to_string());
             }
@@ -473,6 +480,7 @@ mod tests {
     fn usage_errors() {
         for (args, want) in [
             (&["-k"][..], "unknown option -k"),
+            (&["--help"][..], "unknown option --help"),
             (&["-f"][..], "option -f needs a value"),
             (&["-f", "not an address"][..], "not an email address"),
             (&["-f", "a..b"][..], "not an email address"),

@@ -38,6 +38,9 @@ pub enum SendmailError {
     Spool(#[from] SpoolError),
     #[error("{0}")]
     Queue(#[from] QueueError),
+    /// The queue's drop directory could not be reached to take a submission.
+    #[error("{0}")]
+    NotTaken(QueueError),
     #[error("{0}")]
     Unavailable(String),
     #[error("{0}")]
@@ -62,6 +65,9 @@ impl SendmailError {
             // Even a drop directory the caller may not write to: the message was not taken,
             // and callers retry on 75 (Postfix's sendmail says EX_TEMPFAIL for its maildrop).
             SendmailError::Spool(_) => 75,
+            // So is a queue directory the caller may not enter (another user's personal queue,
+            // 0700): 77 is final to cron and PHP, and the man page promises 75 (review).
+            SendmailError::NotTaken(_) => 75,
             SendmailError::Queue(QueueError::NotFound(_)) => 69,
             SendmailError::Queue(QueueError::Io { source, .. })
                 if source.kind() == std::io::ErrorKind::PermissionDenied =>
@@ -73,6 +79,14 @@ impl SendmailError {
             SendmailError::NotOwner(_) => 77,
         }
     }
+}
+
+/// One line on stderr. Not eprintln!, which panics when stderr is a closed pipe: a caller
+/// that closed it would see exit 101, after a message was queued or before (review).
+pub(crate) fn say(line: std::fmt::Arguments<'_>) {
+    let mut stderr = std::io::stderr().lock();
+    let _ = stderr.write_fmt(line);
+    let _ = stderr.write_all(b"\n");
 }
 
 /// Entry point for `sendmail ...`, `mailq`, `newaliases` and `sealpost sendmail ...`.
@@ -92,17 +106,17 @@ pub fn main_os(program: &str, args: &[std::ffi::OsString], config: Option<&Path>
             continue;
         }
         if !full_names.contains(&at) {
-            eprintln!(
+            say(format_args!(
                 "{program}: argument {} is not UTF-8 text: {:?}",
                 at + 1,
                 text[at]
-            );
+            ));
             return ExitCode::from(64);
         }
-        eprintln!(
+        say(format_args!(
             "{program}: warning: the -F full name is not UTF-8 text, read as {:?}",
             text[at]
-        );
+        ));
     }
     main(program, &text, config)
 }
@@ -127,11 +141,10 @@ pub fn main(program: &str, args: &[String], config: Option<&Path>) -> ExitCode {
             // line is written without eprintln!, which panics when stderr is a closed pipe
             // (review: exit 101, nothing queued).
             if let Err(e) = crate::logging::init(&log) {
-                let _ = writeln!(
-                    std::io::stderr(),
+                say(format_args!(
                     "{}: {e}; logging to standard error",
                     command_name(program)
-                );
+                ));
                 let _ = crate::logging::init(&crate::logging::LogConfig {
                     target: crate::logging::LogTarget::Stderr,
                     level: if inv.verbose > 0 { "info" } else { "warn" }.into(),
@@ -143,7 +156,7 @@ pub fn main(program: &str, args: &[String], config: Option<&Path>) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // As the command was called: `mailq: ...`, `newaliases: ...`, as Postfix's say.
-            eprintln!("{}: {e}", command_name(program));
+            say(format_args!("{}: {e}", command_name(program)));
             ExitCode::from(e.exit_code())
         }
     }
@@ -165,7 +178,7 @@ fn run(inv: &Invocation, config: &Config) -> Result<(), SendmailError> {
             let stdin = std::io::stdin();
             let id = enqueue(inv, &config.queue, &mut stdin.lock())?;
             if inv.verbose > 0 {
-                eprintln!("sendmail: queued as {id}");
+                say(format_args!("sendmail: queued as {id}"));
             }
             start_runner(config);
             Ok(())
@@ -197,15 +210,17 @@ fn run(inv: &Invocation, config: &Config) -> Result<(), SendmailError> {
             };
             let r = run_queue(config, scope)?;
             if inv.verbose > 0 {
-                eprintln!(
+                say(format_args!(
                     "sendmail: {} picked up, {} sent, {} deferred, {} failed, {} report(s)",
                     r.picked_up, r.sent, r.deferred, r.failed, r.bounces
-                );
+                ));
             }
             Ok(())
         }
         Mode::NewAliases => {
-            eprintln!("newaliases: sealpost has no alias database; nothing to rebuild");
+            say(format_args!(
+                "newaliases: sealpost has no alias database; nothing to rebuild"
+            ));
             Ok(())
         }
         Mode::Nothing => Ok(()),
@@ -278,10 +293,10 @@ pub fn enqueue(
     }
     let recipients = recipients.into_vec();
     for r in input::check_recipients(&recipients)? {
-        eprintln!(
+        say(format_args!(
             "sendmail: warning: recipient {r:?} is not an email address: the sender will get a \
              report, the others their copies"
-        );
+        ));
     }
     let submission = Submission {
         sender,
@@ -292,7 +307,7 @@ pub fn enqueue(
         message,
     };
     spool::write(
-        &queue.ensure_incoming()?,
+        &queue.ensure_incoming().map_err(SendmailError::NotTaken)?,
         &id,
         &submission,
         queue.spool_file_limit(),
