@@ -122,7 +122,8 @@ pub async fn serve(config: Config, args: ImapArgs) -> Result<u8, CliError> {
 
 #[derive(Debug, clap::Args)]
 pub struct SyncArgs {
-    /// One pass over every folder, then exit (0 done, 75 upstream or GnuPG unavailable).
+    /// One pass over every folder, then exit (0 done, 64 no such account, 75 upstream or
+    /// GnuPG unavailable, 78 an upstream setting).
     #[arg(long)]
     pub once: bool,
     /// Only this account (one of the configuration's [[accounts]] with an upstream).

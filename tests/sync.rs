@@ -216,15 +216,23 @@ async fn starttls_plain_auth_and_failures_that_store_nothing() {
     let other = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
     let other_ca = dir.path().join("other.pem");
     std::fs::write(&other_ca, other.cert.pem()).unwrap();
+    // The CA certificate copied out of Dovecot's directory, which goes when it is stopped
+    // below: the sync must find the upstream down, not its ca_file gone.
+    let dovecot_cert = dir.path().join("upstream-ca.pem");
+    std::fs::copy(dovecot.cert.as_ref().unwrap(), &dovecot_cert).unwrap();
     let table = upstream_table(
         &dovecot,
         dir.path(),
         "starttls",
         dovecot.port,
         "auth = \"plain\"",
+    )
+    .replace(
+        &format!("ca_file = \"{}\"", dovecot.cert.as_ref().unwrap().display()),
+        &format!("ca_file = \"{}\"", dovecot_cert.display()),
     );
     let untrusted = table.replace(
-        &format!("ca_file = \"{}\"", dovecot.cert.as_ref().unwrap().display()),
+        &format!("ca_file = \"{}\"", dovecot_cert.display()),
         &format!("ca_file = \"{}\"", other_ca.display()),
     );
     let out = sync_once(&sync_config(&server, &untrusted));
@@ -288,6 +296,22 @@ async fn starttls_plain_auth_and_failures_that_store_nothing() {
         "{out:?}"
     );
     assert_eq!(verdicts::fetch_all(&server).len(), 1);
+    // With the upstream down too, a ca_file that cannot be read and a host that is no server
+    // name are settings to correct, 78: they are checked before connecting (review: 75).
+    let ca_line = format!("ca_file = \"{}\"", dovecot_cert.display());
+    let no_ca = table.replace(
+        &ca_line,
+        &format!("ca_file = \"{}\"", dir.path().join("no-ca.pem").display()),
+    );
+    let no_host = table.replace("host = \"127.0.0.1\"", "host = \"not a host name!\"");
+    for (broken, named) in [(no_ca, "ca_file"), (no_host, "not a host name!")] {
+        let out = sync_once(&sync_config(&server, &broken));
+        assert_eq!(out.status.code(), Some(78), "{out:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(named),
+            "{out:?}"
+        );
+    }
 }
 
 /// kill -9 of the sync 20 times at random points while it imports 500 encrypted messages,

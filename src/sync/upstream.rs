@@ -254,26 +254,27 @@ async fn connect_inner(config: &UpstreamConfig, at: &str) -> Result<Session, Syn
         ))
     })?;
     let password = password.trim_end_matches(['\r', '\n']);
+    // The settings first, before the network: a ca_file that cannot be read or a host that is
+    // no server name is the configuration's fault (78) whether the server answers or not
+    // (review: with the upstream down, both were "try again later").
+    let ca = match &config.ca_file {
+        Some(path) => Some(
+            std::fs::read(path)
+                .map_err(|e| SyncError::Config(format!("ca_file {}: {e}", path.display())))?,
+        ),
+        None => None,
+    };
+    let client = crate::net::tls_client_config(ca.as_deref())
+        .map_err(|e| SyncError::Config(format!("ca_file: {e}")))?;
+    let name = rustls::pki_types::ServerName::try_from(config.host.clone())
+        .map_err(|e| SyncError::Config(format!("host {}: {e}", config.host)))?;
+    let connector = tokio_rustls::TlsConnector::from(client);
     let tcp = TcpStream::connect((config.host.as_str(), config.port()))
         .await
         .map_err(|e| failed("connect", &e))?;
     let _ = tcp.set_nodelay(true);
-    let tls = || -> Result<(tokio_rustls::TlsConnector, rustls::pki_types::ServerName<'static>), SyncError> {
-        let ca = match &config.ca_file {
-            Some(path) => Some(std::fs::read(path).map_err(|e| {
-                SyncError::Config(format!("ca_file {}: {e}", path.display()))
-            })?),
-            None => None,
-        };
-        let client = crate::net::tls_client_config(ca.as_deref())
-            .map_err(|e| SyncError::Config(format!("ca_file: {e}")))?;
-        let name = rustls::pki_types::ServerName::try_from(config.host.clone())
-            .map_err(|e| SyncError::Config(format!("host {}: {e}", config.host)))?;
-        Ok((tokio_rustls::TlsConnector::from(client), name))
-    };
     let mut client = match config.tls {
         UpstreamTls::Implicit => {
-            let (connector, name) = tls()?;
             let stream = connector
                 .connect(name, tcp)
                 .await
@@ -292,7 +293,6 @@ async fn connect_inner(config: &UpstreamConfig, at: &str) -> Result<Session, Syn
             let Io::Plain(tcp) = plain.into_inner().io else {
                 unreachable!("the STARTTLS stream is cleartext")
             };
-            let (connector, name) = tls()?;
             let stream = connector
                 .connect(name, tcp)
                 .await
