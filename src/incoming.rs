@@ -464,8 +464,19 @@ async fn retry_in_background(config: &Config, account: &str) -> Result<u8, CliEr
         return Ok(0);
     };
     let keys = crate::cli::key_service(config, None);
-    if let Err(e) = crate::sync::retry_undecryptable(&store, &keys, id).await {
-        tracing::warn!(%account, "retry of undecryptable messages: {e}");
+    // A keyring that changes while this retry runs (a key imported, and the delivery after
+    // it finding this retry's lock held, so ending at once) is tried again here: else the new
+    // key waited for the next delivery (seen as a flaky test on a loaded machine). A few
+    // rounds at most: a keyring that keeps changing is the next retry's.
+    for _ in 0..3 {
+        let before = keys.keyring_state();
+        if let Err(e) = crate::sync::retry_undecryptable(&store, &keys, id).await {
+            tracing::warn!(%account, "retry of undecryptable messages: {e}");
+            break;
+        }
+        if keys.keyring_state() == before {
+            break;
+        }
     }
     Ok(0)
 }
