@@ -245,9 +245,7 @@ pub async fn sync(config: Config, args: SyncArgs) -> Result<u8, CliError> {
                 gnupg_waits.join(", ")
             ))),
             None => Ok(0),
-            Some(crate::sync::SyncError::Config(m)) if !m.contains("[accounts.maildir]") => Err(
-                CliError::Setting(crate::sync::SyncError::Config(m).to_string()),
-            ),
+            Some(e @ crate::sync::SyncError::Config(_)) => Err(CliError::Setting(e.to_string())),
             Some(e) => Err(CliError::Temporary(e.to_string())),
         };
     }

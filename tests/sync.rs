@@ -1410,8 +1410,11 @@ async fn a_maildir_source_is_imported_once() {
     );
     let out = sync_once(&broken);
     assert_eq!(out.status.code(), Some(75), "{out:?}");
+    // Named as the Maildir source it is (it read "[accounts.upstream] [accounts.maildir]").
+    let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("not a Maildir"),
+        stderr.contains("[accounts.maildir] path /nonexistent/Maildir: not a Maildir")
+            && !stderr.contains("accounts.upstream"),
         "{out:?}"
     );
 }

@@ -138,13 +138,12 @@ impl MaildirSync {
     /// (folder name, directory): INBOX is the root, each `.Name` with a `cur/` a folder.
     fn folders(&self) -> Result<Vec<(String, PathBuf)>, SyncError> {
         let root = &self.config.path;
-        let unreadable = |e: std::io::Error| {
-            SyncError::Config(format!("[accounts.maildir] path {}: {e}", root.display()))
-        };
+        let unreadable =
+            |e: std::io::Error| SyncError::Maildir(format!("path {}: {e}", root.display()));
         for sub in ["cur", "new"] {
             std::fs::metadata(root.join(sub)).map_err(|e| {
-                SyncError::Config(format!(
-                    "[accounts.maildir] path {}: not a Maildir (no {sub}/): {e}",
+                SyncError::Maildir(format!(
+                    "path {}: not a Maildir (no {sub}/): {e}",
                     root.display()
                 ))
             })?;

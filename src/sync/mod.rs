@@ -77,6 +77,9 @@ pub enum SyncError {
     Folder(String, String),
     #[error("[accounts.upstream] {0}")]
     Config(String),
+    /// A Maildir source that cannot be read now (not mounted yet, say): tried again.
+    #[error("[accounts.maildir] {0}")]
+    Maildir(String),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("GnuPG unavailable, will retry: {0}")]
