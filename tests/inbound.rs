@@ -834,16 +834,23 @@ async fn an_unchecked_signature_keeps_the_key_id_it_claims() {
     packet.extend(body);
     let signature = common::armor("PGP SIGNATURE", &packet);
     let part = b"Content-Type: text/plain; charset=us-ascii\r\n\r\nPay 10 EUR.\r\n";
-    let raw = signed_by_two(part, signature.as_bytes());
-    let (code, output) = deliver(&server, &raw);
-    assert_eq!(code, 0, "{output}");
-    let stored = verdicts::fetch_all(&server);
-    let verdict = verdicts::verdict(&stored[0].1);
-    assert!(verdict.starts_with("plaintext; signature=bad"), "{verdict}");
+    let (_, verdict) = delivered_bad(&server, &signed_by_two(part, signature.as_bytes()));
     assert!(
         verdict.ends_with(&format!("; signer={key_id}")),
         "{verdict}"
     );
+}
+
+/// Delivers `raw` into an empty store and checks that it is stored as a bad signature;
+/// returns its flags and verdict.
+fn delivered_bad(server: &Server, raw: &[u8]) -> (String, String) {
+    let (code, output) = deliver(server, raw);
+    assert_eq!(code, 0, "{output}");
+    let stored = verdicts::fetch_all(server);
+    assert_eq!(stored.len(), 1);
+    let verdict = verdicts::verdict(&stored[0].1);
+    assert!(verdict.starts_with("plaintext; signature=bad"), "{verdict}");
+    (stored[0].0.clone(), verdict)
 }
 
 /// A MUA's own signed mail (no protected fields in its signed part), encrypted whole to Bob
@@ -1060,22 +1067,13 @@ async fn a_bad_signature_is_not_hidden_behind_an_unknown_key() {
     );
     assert!(out.status.success(), "{out:?}");
     let changed = b"Content-Type: text/plain; charset=us-ascii\r\n\r\nPay 99 EUR.\r\n";
-    let raw = signed_by_two(changed, &out.stdout);
-    let (code, output) = deliver(&server, &raw);
-    assert_eq!(code, 0, "{output}");
-    let stored = verdicts::fetch_all(&server);
-    let verdict = verdicts::verdict(&stored[0].1);
-    assert!(verdict.starts_with("plaintext; signature=bad"), "{verdict}");
+    let (flags, verdict) = delivered_bad(&server, &signed_by_two(changed, &out.stdout));
     // gpg names the key of a bad signature by its 64-bit ID; the verdict by its fingerprint.
     assert!(
         verdict.ends_with(&format!("; signer={}", world.alice)),
         "{verdict}"
     );
-    assert!(
-        stored[0].0.contains("$Sealpost-BadSignature"),
-        "{}",
-        stored[0].0
-    );
+    assert!(flags.contains("$Sealpost-BadSignature"), "{flags}");
 }
 
 /// A good signature made while the signer's key was valid, by a key that has expired since

@@ -739,6 +739,14 @@ fn a_reply_injected_after_starttls_sends_nothing() {
     assert_eq!(honest.delivered(1)[0].rcpts, ["dave@example.net"]);
 }
 
+/// `args` (a command and its arguments) run as nobody (uid and gid 65534, no groups).
+fn as_nobody(args: &[&str], stdin: &[u8]) -> Output {
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .args(args);
+    run_with_stdin(&mut cmd, stdin)
+}
+
 /// Another user's personal queue (0700, as root's first submission makes it): nobody's
 /// submission is not taken, with 75 (callers retry), not 77 (final to cron and PHP), as a
 /// drop directory it may not write to (review).
@@ -761,11 +769,11 @@ fn a_queue_the_caller_cannot_enter_is_a_temporary_failure() {
         .mode();
     assert_eq!(mode & 0o777, 0o700);
     let link = s.sendmail_link();
-    let mut cmd = Command::new("setpriv");
-    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-        .arg(&link)
-        .args(["-C", s.config.to_str().unwrap(), "-i", "bob@example.org"]);
-    let out = run_with_stdin(&mut cmd, b"From: nobody@host.example\nSubject: x\n\ny\n");
+    let args = ["-C", s.config.to_str().unwrap(), "-i", "bob@example.org"];
+    let out = as_nobody(
+        &[&[link.to_str().unwrap()][..], &args[..]].concat(),
+        b"From: nobody@host.example\nSubject: x\n\ny\n",
+    );
     assert_eq!(out.status.code(), Some(75), "{out:?}");
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("Permission denied"),
@@ -803,12 +811,6 @@ fn any_user_can_submit_and_nobody_reads_anothers_mail() {
         .collect();
     assert_eq!(roots.len(), 1);
 
-    let as_nobody = |args: &[&str], stdin: &[u8]| {
-        let mut cmd = Command::new("setpriv");
-        cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-            .args(args);
-        run_with_stdin(&mut cmd, stdin)
-    };
     let link = s.dir.path().join("bin/sendmail");
     // nobody's `sendmail -i bob@example.org`.
     let submit = |message: &[u8]| {
