@@ -543,6 +543,42 @@ async fn an_upload_waits_for_gpg_agent_and_the_pass_says_so() {
     ));
 }
 
+/// A cleartext upstream on loopback needs no certificate: a host without CA certificates
+/// (rustls-native-certs pointed at an empty file and directory here) syncs it (review: once
+/// the TLS settings were checked before connecting, it failed with 78, "ca_file: no CA
+/// certificate to trust", for a ca_file never set).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cleartext_upstream_needs_no_ca_certificates() {
+    let world = World::new();
+    let dovecot = Dovecot::start_tls();
+    upstream(
+        &dovecot,
+        json!([append_bytes(
+            "INBOX",
+            b"From: a@example.org\r\nSubject: one\r\n\r\none\r\n"
+        )]),
+    );
+    let (_server, dir, config) = bobs_sync(&world, &dovecot);
+    // No ca_file either: the system's certificates would be the ones to trust.
+    let text = std::fs::read_to_string(&config).unwrap();
+    let without: Vec<&str> = text.lines().filter(|l| !l.starts_with("ca_file")).collect();
+    assert!(without.len() < text.lines().count(), "{text}");
+    std::fs::write(&config, without.join("\n")).unwrap();
+    let no_certs = dir.path().join("no-certs");
+    std::fs::create_dir(&no_certs).unwrap();
+    std::fs::write(no_certs.join("empty.pem"), "").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_sealpost"))
+        .arg("--config")
+        .arg(&config)
+        .args(["sync", "--once"])
+        .env("SSL_CERT_FILE", no_certs.join("empty.pem"))
+        .env("SSL_CERT_DIR", &no_certs)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(stdout(&out).trim(), format!("{USER}: 1 new"), "{out:?}");
+}
+
 /// A change that cannot be written back (no `address`: nothing goes upstream in clear) is
 /// told with its reason once, and at later passes only counted (review: the same warning for
 /// every waiting change at every pass, 13,000 lines a minute under a busy client).

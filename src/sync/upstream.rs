@@ -254,27 +254,22 @@ async fn connect_inner(config: &UpstreamConfig, at: &str) -> Result<Session, Syn
         ))
     })?;
     let password = password.trim_end_matches(['\r', '\n']);
-    // The settings first, before the network: a ca_file that cannot be read or a host that is
-    // no server name is the configuration's fault (78) whether the server answers or not
-    // (review: with the upstream down, both were "try again later").
-    let ca = match &config.ca_file {
-        Some(path) => Some(
-            std::fs::read(path)
-                .map_err(|e| SyncError::Config(format!("ca_file {}: {e}", path.display())))?,
-        ),
-        None => None,
+    // The TLS settings first, before the network: a ca_file that cannot be read or a host
+    // that is no server name is the configuration's fault (78) whether the server answers or
+    // not (review: with the upstream down, both were "try again later"). Not for a cleartext
+    // loopback upstream, which needs none of them (review: a host without CA certificates
+    // then failed with 78).
+    let tls = match config.tls {
+        UpstreamTls::None => None,
+        UpstreamTls::Implicit | UpstreamTls::Starttls => Some(tls_settings(config)?),
     };
-    let client = crate::net::tls_client_config(ca.as_deref())
-        .map_err(|e| SyncError::Config(format!("ca_file: {e}")))?;
-    let name = rustls::pki_types::ServerName::try_from(config.host.clone())
-        .map_err(|e| SyncError::Config(format!("host {}: {e}", config.host)))?;
-    let connector = tokio_rustls::TlsConnector::from(client);
     let tcp = TcpStream::connect((config.host.as_str(), config.port()))
         .await
         .map_err(|e| failed("connect", &e))?;
     let _ = tcp.set_nodelay(true);
     let mut client = match config.tls {
         UpstreamTls::Implicit => {
+            let (connector, name) = tls.expect("made for TLS above");
             let stream = connector
                 .connect(name, tcp)
                 .await
@@ -293,6 +288,7 @@ async fn connect_inner(config: &UpstreamConfig, at: &str) -> Result<Session, Syn
             let Io::Plain(tcp) = plain.into_inner().io else {
                 unreachable!("the STARTTLS stream is cleartext")
             };
+            let (connector, name) = tls.expect("made for TLS above");
             let stream = connector
                 .connect(name, tcp)
                 .await
@@ -311,6 +307,35 @@ async fn connect_inner(config: &UpstreamConfig, at: &str) -> Result<Session, Syn
     };
     greeting(&mut client, at).await?;
     login(client, config, password, at).await
+}
+
+/// The connector and the name to verify the upstream's certificate by: `ca_file`'s
+/// certificates, or the system's when it is unset.
+fn tls_settings(
+    config: &UpstreamConfig,
+) -> Result<
+    (
+        tokio_rustls::TlsConnector,
+        rustls::pki_types::ServerName<'static>,
+    ),
+    SyncError,
+> {
+    let ca = match &config.ca_file {
+        Some(path) => Some(
+            std::fs::read(path)
+                .map_err(|e| SyncError::Config(format!("ca_file {}: {e}", path.display())))?,
+        ),
+        None => None,
+    };
+    let client = crate::net::tls_client_config(ca.as_deref()).map_err(|e| {
+        SyncError::Config(match &config.ca_file {
+            Some(path) => format!("ca_file {}: {e}", path.display()),
+            None => format!("no ca_file, and the system's CA certificates: {e}"),
+        })
+    })?;
+    let name = rustls::pki_types::ServerName::try_from(config.host.clone())
+        .map_err(|e| SyncError::Config(format!("host {}: {e}", config.host)))?;
+    Ok((tokio_rustls::TlsConnector::from(client), name))
 }
 
 async fn greeting(client: &mut async_imap::Client<Stream>, at: &str) -> Result<(), SyncError> {
