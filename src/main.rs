@@ -87,21 +87,82 @@ fn main() -> ExitCode {
 }
 
 /// For `sealpost [--config FILE] sendmail ...`: the `--config` given (None without one) and
-/// where the words after `sendmail` start. None for any other command line.
+/// where the words after `sendmail` start. None for any other command line, and for one
+/// clap must answer (`--config` twice or without a value). Read as bytes: a path need not be
+/// UTF-8 (review: `--config=` with a Latin-1 path went to clap, which ate the `--`).
 fn sendmail_words(raw: &[std::ffi::OsString]) -> Option<(Option<std::path::PathBuf>, usize)> {
+    use std::os::unix::ffi::{OsStrExt, OsStringExt};
     let mut config = None;
     let mut i = 1;
     while let Some(word) = raw.get(i) {
-        let text = word.to_str()?;
-        if text == "--config" {
-            config = Some(std::path::PathBuf::from(raw.get(i + 1)?));
+        let bytes = word.as_bytes();
+        let given = if bytes == b"--config" {
             i += 2;
-        } else if let Some(path) = text.strip_prefix("--config=") {
-            config = Some(std::path::PathBuf::from(path));
+            raw.get(i - 1)?.clone()
+        } else if let Some(path) = bytes.strip_prefix(b"--config=") {
             i += 1;
+            std::ffi::OsString::from_vec(path.to_vec())
         } else {
-            return (text == "sendmail").then_some((config, i + 1));
+            return (bytes == b"sendmail").then_some((config, i + 1));
+        };
+        if config.replace(std::path::PathBuf::from(given)).is_some() {
+            return None;
         }
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sendmail_words;
+    use std::ffi::OsString;
+    use std::os::unix::ffi::OsStringExt;
+
+    fn words(list: &[&[u8]]) -> Vec<OsString> {
+        list.iter()
+            .map(|w| OsString::from_vec(w.to_vec()))
+            .collect()
+    }
+
+    /// The words after `sendmail` go to sendmail untouched, `--` first among them, with the
+    /// `--config` given in either form, a path that is not UTF-8 too; anything else is clap's.
+    #[test]
+    fn sendmail_words_are_passed_on_as_they_are() {
+        let latin1 = b"/etc/s\xe9alpost.toml";
+        for (line, config, at) in [
+            (words(&[b"sealpost", b"sendmail", b"--", b"-t"]), None, 2),
+            (
+                words(&[b"sealpost", b"--config", latin1, b"sendmail", b"--"]),
+                Some(latin1),
+                4,
+            ),
+            (
+                words(&[b"sealpost", b"--config=/etc/s\xe9alpost.toml", b"sendmail"]),
+                Some(latin1),
+                3,
+            ),
+        ] {
+            let (got, start) = sendmail_words(&line).expect("a sendmail command line");
+            assert_eq!(start, at);
+            assert_eq!(
+                got.map(|p| p.into_os_string().into_vec()),
+                config.map(|c| c.to_vec())
+            );
+        }
+        for line in [
+            words(&[b"sealpost", b"sync", b"--once"]),
+            words(&[b"sealpost", b"--config"]),
+            words(&[
+                b"sealpost",
+                b"--config",
+                b"a",
+                b"--config",
+                b"b",
+                b"sendmail",
+            ]),
+            words(&[b"sealpost", b"-V"]),
+        ] {
+            assert!(sendmail_words(&line).is_none(), "{line:?}");
+        }
+    }
 }
