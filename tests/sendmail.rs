@@ -1637,6 +1637,37 @@ fn a_double_dash_after_sealpost_sendmail_ends_the_options() {
     );
 }
 
+/// A -bs session whose standard output nobody reads (the caller closed it): exit 74 with a
+/// reason that says the session broke off, not "cannot read the message"; nothing queued.
+#[test]
+fn a_bs_session_with_a_closed_stdout_says_so() {
+    let s = Setup::new();
+    s.configure(relay::free_port(), false, "");
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let mut child = Command::new(s.sendmail_link())
+        .args(["-C", s.config.to_str().unwrap(), "-bs"])
+        .stdin(Stdio::piped())
+        .stdout(writer)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write as _;
+    let _ = child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"EHLO app\r\nMAIL FROM:<alice@example.org>\r\n");
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(74), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("SMTP session") && !err.contains("cannot read the message"),
+        "{err}"
+    );
+    assert_eq!(s.queue_list(), "Mail queue is empty\n");
+}
+
 /// A log that cannot be reached (this machine has neither the journal's socket nor a syslog
 /// daemon's) holds up no mail: each command names the socket once and logs to stderr instead;
 /// sendmail keeps the message, and the queue run delivers it.

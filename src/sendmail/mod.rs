@@ -48,13 +48,18 @@ pub enum SendmailError {
     /// The queue listing could not be written (a full device, a closed pipe).
     #[error("cannot write the queue listing: {0}")]
     Output(std::io::Error),
+    /// A `-bs` session whose standard input or output failed (a closed pipe, say).
+    #[error("the SMTP session on standard input and output broke off: {0}")]
+    Session(std::io::Error),
 }
 
 impl SendmailError {
     pub fn exit_code(&self) -> u8 {
         match self {
             SendmailError::Usage(_) => 64,
-            SendmailError::Input(InputError::Read(_)) | SendmailError::Output(_) => 74,
+            SendmailError::Input(InputError::Read(_))
+            | SendmailError::Output(_)
+            | SendmailError::Session(_) => 74,
             // Postfix's sendmail says EX_USAGE here (sendmail.c), -t or not.
             SendmailError::Input(InputError::NoRecipients) => 64,
             SendmailError::Input(_) => 65,
@@ -199,7 +204,9 @@ fn run(inv: &Invocation, config: &Config) -> Result<(), SendmailError> {
             if queued > 0 {
                 start_runner(config);
             }
-            ended.map_err(InputError::Read)?;
+            // A write to a closed stdout fails as a read would: neither is "cannot read the
+            // message" (review).
+            ended.map_err(SendmailError::Session)?;
             Ok(())
         }
         Mode::ListQueue => list(&config.queue, &mut std::io::stdout().lock()),
