@@ -941,6 +941,62 @@ async fn copies_are_encrypted_each_on_its_own_when_gpg_conf_says_more() {
     let _ = std::fs::remove_file(&versioned);
 }
 
+/// A gpg.conf `group` named like Bob's fingerprint (the name sealpost gives gpg for his key)
+/// would have gpg encrypt to the group's key instead: Bob's copy is deferred, never made for
+/// the group's key (review: it went to Erin's key alone, logged as encrypted to Bob's), in
+/// either case of the name and with 0x before it; Carol's copy is made as usual.
+#[tokio::test]
+async fn a_group_named_like_a_key_defers_that_copy() {
+    let world = World::new();
+    let erin = GpgHome::new();
+    let erin_fpr = erin.generate("Erin <erin@example.com>");
+    world.sender.import(&erin.export_public(&erin_fpr));
+    let conf = world.sender.dir.join("gpg.conf");
+    let original = std::fs::read_to_string(&conf).unwrap_or_default();
+    let env = Envelope {
+        id: "G1".into(),
+        sender: "alice@example.org".into(),
+        recipients: vec!["bob@example.org".into(), "carol@example.org".into()],
+    };
+    for name in [
+        world.bob_fpr.clone(),
+        world.bob_fpr.to_lowercase(),
+        format!("0x{}", world.bob_fpr),
+    ] {
+        std::fs::write(&conf, format!("{original}group {name}={erin_fpr}\n")).unwrap();
+        let copies = copies(run(&world, Policy::default(), &env, MESSAGE.as_bytes()).await);
+        for c in &copies {
+            if let Some(m) = &c.message {
+                assert!(
+                    erin.decrypt(&ciphertext(m)).is_none(),
+                    "{name}: Erin opens a copy"
+                );
+            }
+        }
+        let bob = copies
+            .iter()
+            .find(|c| c.recipient == "bob@example.org")
+            .unwrap();
+        match &bob.decision {
+            Decision::Deferred { reply } => {
+                assert!(
+                    reply.is_temporary() && reply.to_string().contains("group"),
+                    "{reply}"
+                )
+            }
+            other => panic!("{name}: Bob's copy: {other:?}"),
+        }
+        assert!(bob.message.is_none());
+        let carol = copies
+            .iter()
+            .find(|c| c.recipient == "carol@example.org")
+            .unwrap();
+        let copy = carol.message.as_ref().expect("Carol's copy");
+        assert!(world.carol.decrypt(&ciphertext(copy)).is_some());
+    }
+    std::fs::write(&conf, &original).unwrap();
+}
+
 #[tokio::test]
 async fn already_encrypted_mail_passes_through_untouched_but_without_bcc() {
     let world = World::new();

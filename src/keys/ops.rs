@@ -446,17 +446,17 @@ fn aes256_ranks_first(lists: &[Vec<u8>]) -> bool {
 /// name, and is not taken apart. Every gpg.conf file of the home is read (gpg 2.2.40 reads gpg.conf-2.2.40 first,
 /// then gpg.conf-2.2, gpg.conf-2, gpg.conf; review: one of them was not looked at).
 fn recipients_from_gpg_conf(home: Option<&Path>) -> Option<String> {
-    const ADDING: &[&str] = &[
-        "encrypt-to",
-        "hidden-encrypt-to",
-        "recipient",
-        "hidden-recipient",
-        "throw-keyids",
-        "throw-keyid",
-        "group",
-        "recipient-file",
-        "hidden-recipient-file",
-    ];
+    gpg_conf_options(home)
+        .into_iter()
+        .find(|(option, _)| ADDING.iter().any(|a| a.eq_ignore_ascii_case(option)))
+        .map(|(option, _)| option)
+}
+
+/// The options of the GnuPG home's gpg.conf files, each with the rest of its line; every
+/// file whose name starts with gpg.conf, in name order (gpg 2.2.40 reads the first of
+/// gpg.conf-2.2.40, gpg.conf-2.2, gpg.conf-2, gpg.conf that exists; all are read here, so that
+/// none is missed).
+fn gpg_conf_options(home: Option<&Path>) -> Vec<(String, String)> {
     let home = home.map_or_else(super::default_home, Path::to_path_buf);
     let mut names: Vec<std::ffi::OsString> = std::fs::read_dir(&home)
         .map(|dir| {
@@ -466,24 +466,56 @@ fn recipients_from_gpg_conf(home: Option<&Path>) -> Option<String> {
         })
         .unwrap_or_default();
     names.sort();
+    let mut options = Vec::new();
     for name in names {
         let Ok(text) = std::fs::read_to_string(home.join(name)) else {
             continue;
         };
         for line in text.lines() {
-            let option = line
-                .trim_start()
-                .split(|c: char| c.is_whitespace() || c == '=')
-                .next()
-                .unwrap_or("")
-                .trim_start_matches("--");
-            if ADDING.iter().any(|a| a.eq_ignore_ascii_case(option)) {
-                return Some(option.to_string());
-            }
+            let line = line.trim_start();
+            let end = line
+                .find(|c: char| c.is_whitespace() || c == '=')
+                .unwrap_or(line.len());
+            let option = line[..end].trim_start_matches("--").to_string();
+            let rest = line[end..].trim_start_matches(|c: char| c.is_whitespace() || c == '=');
+            options.push((option, rest.to_string()));
         }
     }
-    None
+    options
 }
+
+/// A `group` of the home's gpg.conf named like one of `fingerprints`. sealpost names each key
+/// to gpg by its fingerprint, and gpg puts a group's keys in place of a recipient named like
+/// the group: such a group takes the key's place (review: `group BOBFPR=ERINFPR` sent Bob's
+/// encrypt-only copy to Erin's key alone, logged as encrypted to Bob's). Names are compared
+/// without case, a leading 0x ignored, so as to refuse rather than miss one.
+fn group_in_place_of(home: Option<&Path>, fingerprints: &[String]) -> Option<String> {
+    let bare = |s: &str| {
+        let s = s.trim();
+        s.strip_prefix("0x")
+            .or_else(|| s.strip_prefix("0X"))
+            .unwrap_or(s)
+            .to_ascii_uppercase()
+    };
+    gpg_conf_options(home)
+        .into_iter()
+        .filter(|(option, _)| option.eq_ignore_ascii_case("group"))
+        .filter_map(|(_, rest)| rest.split_once('=').map(|(name, _)| bare(name)))
+        .find(|name| fingerprints.iter().any(|f| bare(f) == *name))
+}
+
+/// The gpg.conf options [`recipients_from_gpg_conf`] looks for.
+const ADDING: &[&str] = &[
+    "encrypt-to",
+    "hidden-encrypt-to",
+    "recipient",
+    "hidden-recipient",
+    "throw-keyids",
+    "throw-keyid",
+    "group",
+    "recipient-file",
+    "hidden-recipient-file",
+];
 
 /// A key ID as gpg lists it (16 hex digits) in bytes.
 fn key_id_bytes(hex: &str) -> Option<[u8; 8]> {
@@ -503,6 +535,15 @@ fn encrypt(
     signer: Option<&str>,
     data: &[u8],
 ) -> Result<Vec<u8>, KeyError> {
+    if let Some(group) = group_in_place_of(gpg.home.as_deref(), recipients) {
+        // Temporary: the mail waits until the home is put right, never going to other keys.
+        return Err(KeyError::Unavailable {
+            op: "encrypting",
+            detail: format!(
+                "a gpg.conf of the GnuPG home defines group {group}, which gpg would use in                  place of that key; nothing was encrypted (remove or rename the group)"
+            ),
+        });
+    }
     let mut keys = Vec::with_capacity(recipients.len());
     for fpr in recipients {
         keys.push(gpg.key(fpr, false).map_err(to_err("encrypting"))?);
