@@ -195,11 +195,8 @@ async fn sync_imports_every_folder_decrypted_and_marked_once() {
     assert!(lines[0].contains("later"), "{lines:?}");
 }
 
-/// STARTTLS with AUTHENTICATE PLAIN works; an untrusted certificate, a wrong password and a
-/// stopped upstream each fail with exit 75 and say why, storing nothing; the local server
-/// keeps serving meanwhile.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn starttls_plain_auth_and_failures_that_store_nothing() {
+/// A world of keys and a throwaway Dovecot (TLS) whose INBOX holds one plaintext message.
+fn one_message_upstream() -> (World, Dovecot) {
     let world = World::new();
     let dovecot = Dovecot::start_tls();
     upstream(
@@ -209,6 +206,16 @@ async fn starttls_plain_auth_and_failures_that_store_nothing() {
             b"From: a@example.org\r\nSubject: one\r\n\r\none\r\n"
         )]),
     );
+    (world, dovecot)
+}
+
+/// STARTTLS with AUTHENTICATE PLAIN works; an untrusted certificate, a wrong password and a
+/// stopped upstream each fail with exit 75 and say why, storing nothing; the local server
+/// keeps serving meanwhile. A password file, ca_file or host that is wrong is 78, also with
+/// the upstream stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starttls_plain_auth_and_failures_that_store_nothing() {
+    let (world, dovecot) = one_message_upstream();
     let server = Server::start_config("", &gnupg_table(&world));
     let dir = tempfile::tempdir().unwrap();
 
@@ -549,15 +556,7 @@ async fn an_upload_waits_for_gpg_agent_and_the_pass_says_so() {
 /// certificate to trust", for a ca_file never set).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cleartext_upstream_needs_no_ca_certificates() {
-    let world = World::new();
-    let dovecot = Dovecot::start_tls();
-    upstream(
-        &dovecot,
-        json!([append_bytes(
-            "INBOX",
-            b"From: a@example.org\r\nSubject: one\r\n\r\none\r\n"
-        )]),
-    );
+    let (world, dovecot) = one_message_upstream();
     let (_server, dir, config) = bobs_sync(&world, &dovecot);
     // No ca_file either: the system's certificates would be the ones to trust.
     let text = std::fs::read_to_string(&config).unwrap();
