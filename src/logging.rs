@@ -73,8 +73,9 @@ pub fn init(config: &LogConfig) -> Result<(), String> {
                 pid: std::process::id(),
             };
             let logger = syslog::unix(formatter).map_err(|e| {
-                let reason = std::error::Error::source(&e).map_or(e.to_string(), |s| s.to_string());
-                format!("log.target syslog: cannot reach the syslog daemon at {SYSLOG_SOCKETS}: {reason}")
+                format!(
+                    "log.target syslog: cannot reach the syslog daemon at {SYSLOG_SOCKETS}: {e}"
+                )
             })?;
             registry
                 .with(SyslogLayer {

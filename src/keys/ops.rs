@@ -540,7 +540,8 @@ fn encrypt(
         return Err(KeyError::Unavailable {
             op: "encrypting",
             detail: format!(
-                "a gpg.conf of the GnuPG home defines group {group}, which gpg would use in                  place of that key; nothing was encrypted (remove or rename the group)"
+                "a gpg.conf of the GnuPG home defines group {group}, which gpg would use in \
+                 place of that key; nothing was encrypted (remove or rename the group)"
             ),
         });
     }

@@ -142,9 +142,7 @@ pub fn main(program: &str, args: &[String], config: Option<&Path>) -> ExitCode {
                 log.level = "warn".into();
             }
             // A log that cannot be reached does not stop the mail, but it is said, and the
-            // lines go to standard error instead, warnings only unless -v asks for more. The
-            // line is written without eprintln!, which panics when stderr is a closed pipe
-            // (review: exit 101, nothing queued).
+            // lines go to standard error instead, warnings only unless -v asks for more.
             if let Err(e) = crate::logging::init(&log) {
                 say(format_args!(
                     "{}: {e}; logging to standard error",
