@@ -747,20 +747,38 @@ fn as_nobody(args: &[&str], stdin: &[u8]) -> Output {
     run_with_stdin(&mut cmd, stdin)
 }
 
+/// A setup whose directory and configuration nobody can read, for running sendmail as
+/// nobody; None (skipped) when not root.
+fn setup_for_nobody() -> Option<Setup> {
+    use std::os::unix::fs::PermissionsExt;
+    if sealpost::queue::current_uid() != 0 {
+        eprintln!("skipped: needs root to run sendmail as nobody");
+        return None;
+    }
+    let s = Setup::new();
+    s.configure(relay::free_port(), false, "");
+    std::fs::set_permissions(s.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&s.config, std::fs::Permissions::from_mode(0o644)).unwrap();
+    Some(s)
+}
+
+/// nobody's `sendmail -i bob@example.org` of `message` with `s`'s configuration.
+fn submit_as_nobody(s: &Setup, message: &[u8]) -> Output {
+    let link = s.sendmail_link();
+    let args = ["-C", s.config.to_str().unwrap(), "-i", "bob@example.org"];
+    as_nobody(
+        &[&[link.to_str().unwrap()][..], &args[..]].concat(),
+        message,
+    )
+}
+
 /// Another user's personal queue (0700, as root's first submission makes it): nobody's
 /// submission is not taken, with 75 (callers retry), not 77 (final to cron and PHP), as a
 /// drop directory it may not write to (review).
 #[test]
 fn a_queue_the_caller_cannot_enter_is_a_temporary_failure() {
     use std::os::unix::fs::PermissionsExt;
-    if sealpost::queue::current_uid() != 0 {
-        eprintln!("skipped: needs root to run sendmail as nobody");
-        return;
-    }
-    let s = Setup::new();
-    s.configure(relay::free_port(), false, "");
-    std::fs::set_permissions(s.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::fs::set_permissions(&s.config, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let Some(s) = setup_for_nobody() else { return };
     let msg = b"From: alice@example.org\nSubject: mine\n\nx\n";
     assert!(s.sendmail(&["-i", "bob@example.org"], msg).status.success());
     let mode = std::fs::metadata(s.queue_dir())
@@ -768,12 +786,7 @@ fn a_queue_the_caller_cannot_enter_is_a_temporary_failure() {
         .permissions()
         .mode();
     assert_eq!(mode & 0o777, 0o700);
-    let link = s.sendmail_link();
-    let args = ["-C", s.config.to_str().unwrap(), "-i", "bob@example.org"];
-    let out = as_nobody(
-        &[&[link.to_str().unwrap()][..], &args[..]].concat(),
-        b"From: nobody@host.example\nSubject: x\n\ny\n",
-    );
+    let out = submit_as_nobody(&s, b"From: nobody@host.example\nSubject: x\n\ny\n");
     assert_eq!(out.status.code(), Some(75), "{out:?}");
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("Permission denied"),
@@ -786,17 +799,10 @@ fn a_queue_the_caller_cannot_enter_is_a_temporary_failure() {
 #[test]
 fn any_user_can_submit_and_nobody_reads_anothers_mail() {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    if sealpost::queue::current_uid() != 0 {
-        eprintln!("skipped: needs root to run sendmail as nobody");
-        return;
-    }
-    let s = Setup::new();
-    s.configure(relay::free_port(), false, "");
+    let Some(s) = setup_for_nobody() else { return };
     let perm = |p: &Path, mode: u32| {
         std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap()
     };
-    perm(s.dir.path(), 0o755);
-    perm(&s.config, 0o644);
     let queue = s.queue_dir();
     let incoming = queue.join("incoming");
     std::fs::create_dir_all(&incoming).unwrap();
@@ -812,15 +818,10 @@ fn any_user_can_submit_and_nobody_reads_anothers_mail() {
     assert_eq!(roots.len(), 1);
 
     let link = s.dir.path().join("bin/sendmail");
-    // nobody's `sendmail -i bob@example.org`.
-    let submit = |message: &[u8]| {
-        let args = ["-C", s.config.to_str().unwrap(), "-i", "bob@example.org"];
-        as_nobody(
-            &[&[link.to_str().unwrap()][..], &args[..]].concat(),
-            message,
-        )
-    };
-    let out = submit(b"From: nobody@host.example\nSubject: from nobody\n\nhello\n");
+    let out = submit_as_nobody(
+        &s,
+        b"From: nobody@host.example\nSubject: from nobody\n\nhello\n",
+    );
     assert!(out.status.success(), "{out:?}");
     // nobody can neither list the drop directory nor read root's file.
     let ls = as_nobody(&["ls", incoming.to_str().unwrap()], b"");
@@ -876,7 +877,7 @@ fn any_user_can_submit_and_nobody_reads_anothers_mail() {
     // A drop directory nobody may write to: the spool failed, a temporary failure (75) as
     // Postfix's sendmail gives for its maildrop, not 77 (review: a script retries on 75).
     perm(&incoming, 0o700);
-    let out = submit(b"From: nobody@host.example\nSubject: again\n\nhello\n");
+    let out = submit_as_nobody(&s, b"From: nobody@host.example\nSubject: again\n\nhello\n");
     assert_eq!(out.status.code(), Some(75), "{out:?}");
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("Permission denied"),
@@ -891,17 +892,10 @@ fn any_user_can_submit_and_nobody_reads_anothers_mail() {
 #[test]
 fn a_missing_drop_directory_of_a_shared_queue_is_made_for_everyone() {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    if sealpost::queue::current_uid() != 0 {
-        eprintln!("skipped: needs root to run sendmail as nobody");
-        return;
-    }
-    let s = Setup::new();
-    s.configure(relay::free_port(), false, "");
+    let Some(s) = setup_for_nobody() else { return };
     let perm = |p: &Path, mode: u32| {
         std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap()
     };
-    perm(s.dir.path(), 0o755);
-    perm(&s.config, 0o644);
     let queue = s.queue_dir();
     std::fs::create_dir_all(&queue).unwrap();
     std::os::unix::fs::chown(&queue, Some(65533), Some(65533)).unwrap();
@@ -912,15 +906,7 @@ fn a_missing_drop_directory_of_a_shared_queue_is_made_for_everyone() {
     let incoming = std::fs::metadata(queue.join("incoming")).unwrap();
     assert_eq!(incoming.mode() & 0o7777, 0o1733);
     assert_eq!((incoming.uid(), incoming.gid()), (65533, 65533));
-    let link = s.dir.path().join("bin/sendmail");
-    let mut cmd = Command::new("setpriv");
-    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-        .arg(&link)
-        .args(["-C", s.config.to_str().unwrap(), "-i", "bob@example.org"]);
-    let out = run_with_stdin(
-        &mut cmd,
-        b"From: nobody@host.example\nSubject: x\n\nhello\n",
-    );
+    let out = submit_as_nobody(&s, b"From: nobody@host.example\nSubject: x\n\nhello\n");
     assert!(out.status.success(), "{out:?}");
     // A personal queue made by a plain mkdir (0755, readable by others) stays personal: its
     // drop directory is the owner's alone (review: it was made writable by anyone).

@@ -935,9 +935,7 @@ fn the_upload_secret_is_made_once_per_store() {
 #[test]
 fn journal_ids_are_never_given_twice() {
     let (_dir, store) = store();
-    let account = store.ensure_account("alice").unwrap();
-    store.set_write_back(account, true).unwrap();
-    let inbox = store.mailbox(account, "INBOX").unwrap().unwrap();
+    let (account, inbox, _) = written_back_account(&store);
     store.append(inbox.id, message("a"), Origin::Sync).unwrap();
     let flag = |name: &str| {
         store
