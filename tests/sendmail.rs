@@ -1920,7 +1920,8 @@ fn a_utf8_header_goes_with_smtputf8() {
 /// sends it again. With 40 KB left the database still opens, so each run sent bob's copy and
 /// could not record it: four copies by the time space came back. The queue now keeps room
 /// for the record (a reserve file it gives up for it), and sends nothing while it cannot keep
-/// that room: bob gets one copy. Needs root (a small tmpfs).
+/// that room: bob gets one copy. The queue is listed all the same on a full or read-only file
+/// system. Needs root (a small tmpfs).
 #[test]
 fn a_full_queue_file_system_sends_nothing_it_cannot_record() {
     if sealpost::queue::current_uid() != 0 {
@@ -1945,21 +1946,43 @@ fn a_full_queue_file_system_sends_nothing_it_cannot_record() {
         assert!(matches!(out.status.code(), Some(0 | 75)), "{out:?}");
     }
     queue.unfill();
-    // Quite full: SQLite's "disk I/O error" (it could not grow its -shm file) now says why
-    // (review).
-    queue.fill(0);
-    let out = s.sealpost(&["queue", "list"]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(75), "{stderr}");
-    assert!(
-        stderr.contains("No space left") || stderr.contains("no space left"),
-        "{stderr}"
-    );
-    queue.unfill();
     s.queue_run();
     assert!(!s.queue_list().contains("bob@example.org"), "bob is done");
     assert_eq!(relay.delivered(1)[0].rcpts, ["bob@example.org"]);
     assert!(relay.drain().is_empty(), "bob got his copy once");
+    // Quite full: SQLite's "disk I/O error" (it could not grow its -shm file) says why
+    // (review), and the queue is listed all the same, read as it stands (it was exit 75 and
+    // nothing shown: mailq is what an administrator runs when the disk is full).
+    s.configure(relay::free_port(), false, "");
+    let out = s.sendmail(
+        &["-i", "carol@example.org"],
+        b"From: alice@example.org\nSubject: later\n\nbody\n",
+    );
+    assert!(out.status.success(), "{out:?}");
+    assert!(s.queue_run().contains("1 deferred"));
+    queue.fill(0);
+    let out = s.sealpost(&["queue", "list"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("carol@example.org"),
+        "{out:?}"
+    );
+    assert!(stderr.contains("no space left"), "{stderr}");
+    assert!(stderr.contains("listed read-only"), "{stderr}");
+    assert_eq!(s.sealpost(&["queue", "run"]).status.code(), Some(75));
+    queue.unfill();
+    // The same on a file system mounted read-only, where SQLite cannot make its -shm file.
+    queue.remount("ro");
+    let out = s.sendmail(&["-bp"], b"");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("carol@example.org"),
+        "{out:?}"
+    );
+    assert!(stderr.contains("Read-only file system"), "{stderr}");
+    queue.remount("rw");
 }
 
 /// A setup whose relay is a private Postfix on loopback (which announces DSN), without TLS,

@@ -323,6 +323,55 @@ impl Queue {
         })
     }
 
+    /// Opens the queue database to read it only: `queue list` (mailq) on a file system that
+    /// is full or mounted read-only, where [`Queue::open`] cannot write and a listing is what
+    /// the administrator needs (review: exit 75 there, nothing shown). Nothing is created,
+    /// migrated or picked up.
+    ///
+    /// SQLite reads a WAL database through its -shm file, which it must create or grow; where
+    /// it cannot, the database is read as immutable, but only while its -wal file is missing
+    /// or empty: then the database file alone holds every committed change. A -wal with
+    /// content (a runner still at work, or a crash) is never skipped; the error stands.
+    pub fn open_read_only(config: &QueueConfig) -> Result<Queue, QueueError> {
+        use rusqlite::OpenFlags;
+        let db_path = config.dir.join("queue.sqlite");
+        let db_err = |source| QueueError::Db {
+            path: db_path.display().to_string(),
+            source,
+        };
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
+            | OpenFlags::SQLITE_OPEN_URI
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        // SQLite opens lazily: the first read shows whether the database can be read.
+        let readable = |conn: Connection| -> rusqlite::Result<Connection> {
+            conn.busy_timeout(Duration::from_secs(30))?;
+            conn.query_row("SELECT COUNT(*) FROM messages", [], |r| r.get::<_, i64>(0))?;
+            Ok(conn)
+        };
+        let plain = Connection::open_with_flags(sqlite_uri(&db_path, ""), flags).and_then(readable);
+        let conn = match plain {
+            Ok(conn) => conn,
+            Err(e) => {
+                let wal = PathBuf::from(format!("{}-wal", db_path.display()));
+                match std::fs::metadata(&wal) {
+                    Ok(meta) if meta.len() > 0 => return Err(db_err(e)),
+                    Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+                        return Err(db_err(e))
+                    }
+                    _ => {}
+                }
+                Connection::open_with_flags(sqlite_uri(&db_path, "?immutable=1"), flags)
+                    .and_then(readable)
+                    .map_err(|_| db_err(e))?
+            }
+        };
+        Ok(Queue {
+            config: config.clone(),
+            db: Mutex::new(conn),
+            db_path,
+        })
+    }
+
     fn db_err(&self, source: rusqlite::Error) -> QueueError {
         QueueError::Db {
             path: self.db_path.display().to_string(),
@@ -1077,6 +1126,22 @@ CREATE INDEX IF NOT EXISTS recipients_queued ON recipients(state, next_attempt);
 /// when a user's message with a null sender was found taken for a report): a report is one
 /// the runner wrote: a null sender, no notification, and a delivery-status report of
 /// sealpost's own (a user's `-f '<>' -N never` message has the first two too).
+/// An SQLite URI for the file at `path` (RFC 3986 percent-encoding: a path may hold `?`, `#`
+/// or `%`), followed by `query`.
+fn sqlite_uri(path: &Path, query: &str) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let mut uri = String::from("file:");
+    for &b in path.as_os_str().as_bytes() {
+        if b.is_ascii_alphanumeric() || b"/-._~".contains(&b) {
+            uri.push(b as char);
+        } else {
+            uri.push_str(&format!("%{b:02X}"));
+        }
+    }
+    uri.push_str(query);
+    uri
+}
+
 fn migrate(conn: &Connection) -> rusqlite::Result<()> {
     let has = |table: &str, column: &str| {
         conn.query_row(
@@ -1789,6 +1854,18 @@ impl Runner {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sqlite_uris_escape_what_a_uri_would_read() {
+        use std::os::unix::ffi::OsStrExt;
+        let path = Path::new(std::ffi::OsStr::from_bytes(
+            b"/q/a b?c#d%e\xff/queue.sqlite",
+        ));
+        assert_eq!(
+            sqlite_uri(path, "?immutable=1"),
+            "file:/q/a%20b%3Fc%23d%25e%FF/queue.sqlite?immutable=1"
+        );
+    }
 
     #[test]
     fn backoff_doubles_to_the_cap() {

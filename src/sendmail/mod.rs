@@ -383,10 +383,22 @@ pub fn list(config: &QueueConfig, out: &mut impl Write) -> Result<(), SendmailEr
         )));
     }
     queue::act_as_owner(&config.dir)?;
-    let queue = Queue::open(config)?;
-    if owner {
-        queue.pick_up().ok();
-    }
+    let queue = match Queue::open(config) {
+        Ok(queue) => {
+            if owner {
+                queue.pick_up().ok();
+            }
+            queue
+        }
+        // A full or read-only file system: the queue is listed all the same, as it stands.
+        Err(e) => match Queue::open_read_only(config) {
+            Ok(queue) => {
+                tracing::warn!("{e}; the queue is listed read-only, as it stands");
+                queue
+            }
+            Err(_) => return Err(e.into()),
+        },
+    };
     let entries = queue.list()?;
     let waiting = queue.waiting();
     let w =

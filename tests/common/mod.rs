@@ -537,6 +537,20 @@ impl SmallFs {
         assert!(filled.success());
     }
 
+    /// Mounts it again "ro" (read-only) or "rw".
+    pub fn remount(&self, mode: &str) {
+        let remounted = Command::new("mount")
+            .args(["-o", &format!("remount,{mode}")])
+            .arg(&self.path)
+            .status()
+            .unwrap();
+        assert!(
+            remounted.success(),
+            "remount {mode} {}",
+            self.path.display()
+        );
+    }
+
     /// Gives the room back.
     pub fn unfill(&self) {
         std::fs::remove_file(self.path.join("filler")).unwrap();
