@@ -1023,3 +1023,42 @@ fn explaining_an_io_error_keeps_the_stores_locks() {
     let _ = StoreError::from(full).in_store(&path).to_string();
     assert_eq!(locks(), before);
 }
+
+/// The -wal file gives back what a large transaction made it grow by, once it starts over,
+/// whether the transaction was committed (a 24 MB APPEND) or rolled back (one that failed):
+/// it stayed at its largest for as long as the store was open (review).
+#[test]
+fn the_wal_is_cut_back_after_a_large_transaction_committed_or_not() {
+    let (dir, store) = store();
+    let wal = dir.path().join("s.sqlite-wal");
+    let wal_bytes = || std::fs::metadata(&wal).unwrap().len() as i64;
+    let account = store.ensure_account("alice").unwrap();
+    let inbox = store.mailbox(account, "INBOX").unwrap().unwrap();
+    let big = format!("Subject: big\r\n\r\n{}\r\n", "x".repeat(24 << 20)).into_bytes();
+    let big = Prepared::new(big, Flags::default(), InternalDate::now());
+    store.append(inbox.id, big, Origin::Client).unwrap();
+    assert!(wal_bytes() > 24 << 20, "{}", wal_bytes());
+    store
+        .append(inbox.id, message("small"), Origin::Client)
+        .unwrap();
+    assert!(wal_bytes() <= WAL_KEPT_BYTES, "{}", wal_bytes());
+
+    let failed = store.write(|tx| {
+        tx.execute(
+            "UPDATE accounts SET name = name || ?1 WHERE id = ?2",
+            params!["y".repeat(24 << 20), account],
+        )?;
+        Err::<(), _>(StoreError::Poisoned)
+    });
+    assert!(failed.is_err());
+    assert!(wal_bytes() > 24 << 20, "{}", wal_bytes());
+    store
+        .append(inbox.id, message("after"), Origin::Client)
+        .unwrap();
+    assert!(wal_bytes() <= WAL_KEPT_BYTES, "{}", wal_bytes());
+    assert_eq!(
+        store.account("alice").unwrap(),
+        Some(account),
+        "rolled back"
+    );
+}
