@@ -298,6 +298,29 @@ impl Config {
         if let Some((key, message)) = self.relay.problem() {
             return Err(invalid(&format!("relay.{key}"), key, message));
         }
+        // One without the other: the server could not start TLS (it said so without the
+        // file and line, review).
+        match (&self.imap.certificate, &self.imap.key) {
+            (Some(_), None) => {
+                return Err(invalid(
+                    "imap.certificate",
+                    "certificate",
+                    "is set without imap.key: set both (PEM files) or neither (a generated \
+                     self-signed pair)"
+                        .into(),
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(invalid(
+                    "imap.key",
+                    "key",
+                    "is set without imap.certificate: set both (PEM files) or neither (a \
+                     generated self-signed pair)"
+                        .into(),
+                ))
+            }
+            _ => {}
+        }
         let limits = &self.imap.limits;
         for (key, value, least) in [
             ("max_line", limits.max_line as u64, 1024),
@@ -646,6 +669,22 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.starts_with("s.toml:1: ") && !e.contains('\n'), "{e}");
+        // The IMAP server's certificate without its key, and the other way round (review: the
+        // server said so without file or line).
+        let e = Config::parse("[imap]\n\ncertificate = \"/c.pem\"\n", "s.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("s.toml:3: imap.certificate: is set without imap.key"),
+            "{e}"
+        );
+        let e = Config::parse("[store]\n[imap]\nkey = \"/k.pem\"\n", "s.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("s.toml:3: imap.key: is set without imap.certificate"),
+            "{e}"
+        );
         let e = Config::parse("[gnupg]\ntimeout_secs = 0\n", "s.toml")
             .unwrap_err()
             .to_string();
