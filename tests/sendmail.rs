@@ -711,6 +711,40 @@ fn wrong_password_and_untrusted_certificate_send_nothing() {
     assert_eq!(relay.delivered(1)[0].rcpts, ["dave@example.net"]);
 }
 
+/// The queue run sendmail starts in the background logs to the queue's run.log (with the
+/// default `[log] target = "stderr"` its lines went nowhere, review): a refused login is
+/// there, and nothing reaches the caller's standard error.
+#[test]
+fn the_background_run_logs_to_the_queues_run_log() {
+    let s = Setup::new();
+    let relay = s.relay(&RelayOptions::default());
+    std::fs::write(s.dir.path().join("password"), "wrong\n").unwrap();
+    s.configure(relay.port, true, "");
+    let out = s.sendmail(
+        &["-i", "dave@example.net"],
+        b"From: alice@example.org\nSubject: logged\n\nbody\n",
+    );
+    assert!(out.status.success(), "{out:?}");
+    assert!(out.stderr.is_empty(), "{out:?}");
+    let log = s.queue_dir().join("run.log");
+    // The run's last line is its counts.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let text = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("1 deferred") {
+            break text;
+        }
+        assert!(std::time::Instant::now() < deadline, "run.log: {text}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(text.contains("refused the login"), "{text}");
+    assert!(text.contains("dave@example.net"), "{text}");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&log).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "the caller's alone");
+    assert!(relay.drain().is_empty(), "nothing was sent");
+}
+
 /// A man in the middle who adds a reply in plain text after the relay's 220 to STARTTLS
 /// (RFC 3207 section 6) must not get it read as the relay's answer over TLS: the client reads
 /// the 220 up to its end and nothing more, so the added bytes break the TLS handshake, and

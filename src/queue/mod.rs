@@ -9,6 +9,7 @@
 //! - `queue.sqlite` — messages and per-recipient state, owned by the runner, mode 0600.
 //! - `run.lock` — one runner at a time (flock); a second one waits, then runs.
 //! - `corrupt/` — drop files that could not be read, kept for the administrator.
+//! - `run.log`, `run.log.1` — what the runs sendmail starts in the background print.
 //!
 //! No loss, no duplicate: a submission enters the database under its drop-file name before the
 //! file is removed (a crash in between re-reads the same id and ignores it); a copy is marked

@@ -334,16 +334,44 @@ fn start_runner(config: &Config) {
     if let Some(path) = &config.source {
         cmd.arg("--config").arg(path);
     }
+    // Its log lines (with `[log] target = "stderr"`, the default, all of them; otherwise the
+    // line saying the log could not be reached) and its counts go to the queue's run.log:
+    // the caller's standard error is no place for them (cron would mail each run's lines),
+    // and with none a relay that refused the login was said nowhere (review).
+    let (out, err) = match run_log(&config.queue.dir).and_then(|f| Ok((f.try_clone()?, f))) {
+        Ok((out, err)) => (out.into(), err.into()),
+        Err(_) => (std::process::Stdio::null(), std::process::Stdio::null()),
+    };
     cmd.args(["queue", "run", "--due"])
         .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stdout(out)
+        .stderr(err)
         // Its own process group: the caller's Ctrl-C or job control does not stop delivery.
         .process_group(0);
     if let Err(e) = cmd.spawn() {
         tracing::warn!("cannot start a queue run ({e}); the queue timer will deliver");
     }
 }
+
+/// The background runs' log, `run.log` in the queue directory (owner-only, appended to); once
+/// it is over [`RUN_LOG_BYTES`] it becomes `run.log.1` (replacing the one before) and a new
+/// one starts, so the two stay near that size together.
+fn run_log(dir: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join("run.log");
+    if std::fs::symlink_metadata(&path).is_ok_and(|m| m.len() > RUN_LOG_BYTES) {
+        std::fs::rename(&path, dir.join("run.log.1"))?;
+    }
+    std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+}
+
+/// Where run.log starts over (see [`run_log`]).
+const RUN_LOG_BYTES: u64 = 1 << 20;
 
 fn may_run_queue(dir: &Path) -> bool {
     // Only the queue's owner runs it: a root caller (cron) must not create root-owned files
@@ -554,6 +582,23 @@ fn escaped(text: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn the_run_log_starts_over_past_its_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("run.log");
+        std::fs::write(&log, vec![b'x'; RUN_LOG_BYTES as usize]).unwrap();
+        run_log(dir.path()).unwrap().write_all(b"a\n").unwrap();
+        assert_eq!(std::fs::metadata(&log).unwrap().len(), RUN_LOG_BYTES + 2);
+        assert!(!dir.path().join("run.log.1").exists());
+        run_log(dir.path()).unwrap().write_all(b"b\n").unwrap();
+        assert_eq!(std::fs::read(&log).unwrap(), b"b\n");
+        let old = std::fs::read(dir.path().join("run.log.1")).unwrap();
+        assert_eq!(old.len() as u64, RUN_LOG_BYTES + 2);
+        assert!(old.ends_with(b"a\n"));
+    }
+
     /// What the listing shows of a file name, a sender or a recipient: no control character
     /// reaches the terminal, and a newline cannot forge an entry.
     #[test]
