@@ -1495,7 +1495,7 @@ fn check_inbound_encrypted(world: &World, copy: &[u8]) {
 /// Inbound (MX) mode by local domain: bob's copy is encrypted to his key, erin's (no key)
 /// arrives as it came, a forged verdict is gone from both, and mail the sender already
 /// encrypted is not wrapped again. Bob's address comes with a trailing dot, which Postfix
-/// drops: so does the milter.
+/// drops: so does the milter. `<postmaster>`, with no domain, is local too.
 #[test]
 fn inbound_mode_encrypts_to_the_local_recipient() {
     let Some(rig) = Rig::new() else { return };
@@ -1553,6 +1553,27 @@ fn inbound_mode_encrypts_to_the_local_recipient() {
     );
     assert!(contains(&landed, "Subject: pre-encrypted"));
     assert!(!contains(&landed.to_ascii_lowercase(), "sealpost-verdict"));
+
+    // `<postmaster>` without a domain (RFC 5321 §4.5.1) is this host's own: inbound, no key,
+    // so as it came minus the forged fields (review: outgoing, it was refused at the end of
+    // the message as mallory had no key to sign with).
+    let reply = smtp_send(
+        postfix.smtp_port,
+        "mallory@elsewhere.test",
+        &["postmaster"],
+        INBOUND,
+    );
+    assert!(reply.starts_with("250"), "{reply}");
+    let all = by_recipient(postfix.wait_messages(4));
+    let (_, landed) = all
+        .iter()
+        .find(|(to, _)| to.starts_with("postmaster@"))
+        .expect("postmaster's copy");
+    let landed = crlf(landed);
+    assert!(contains(&landed, "the inbound body"));
+    assert!(!contains(&landed.to_ascii_lowercase(), "sealpost-verdict"));
+    assert!(!contains(&landed.to_ascii_lowercase(), "sealpost-upload"));
+    assert!(!contains(&landed, "BEGIN PGP") && !contains(&landed, "multipart/signed"));
 }
 
 /// Inbound mode by Postfix service ({daemon_name}), holding mail without a key: bob's copy is

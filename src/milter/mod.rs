@@ -257,12 +257,7 @@ impl Milter {
             .daemon
             .as_deref()
             .is_some_and(|d| self.inbound_daemon_names.iter().any(|n| n == d));
-        let local = (!self.local_domains.is_empty()).then(|| {
-            recipient.rsplit_once('@').is_some_and(|(_, domain)| {
-                self.local_domains
-                    .contains(&canonical_domain(domain.trim_end_matches('>')))
-            })
-        });
+        let local = local_recipient(&self.local_domains, recipient);
         inbound_rule(service, t.login.is_some(), local)
     }
 
@@ -282,6 +277,20 @@ impl Milter {
             _ => None,
         }
     }
+}
+
+/// Whether `recipient` is local: in one of `local_domains`, or without a domain, which is this
+/// host's own: RFC 5321 §4.5.1's `<postmaster>`, or a name Postfix completes with $myorigin
+/// (review: `<postmaster>` on an MX with local domains got the outgoing treatment, signed by
+/// the default signer with the sender's forged verdict field in it, or refused as keyless
+/// under encrypt-only). None: no local domains are configured.
+fn local_recipient(local_domains: &[String], recipient: &str) -> Option<bool> {
+    (!local_domains.is_empty()).then(|| match recipient.rsplit_once('@') {
+        Some((_, domain)) => {
+            local_domains.contains(&canonical_domain(domain.trim_end_matches('>')))
+        }
+        None => true,
+    })
 }
 
 /// The inbound (MX) treatment is for mail arriving for local recipients, never for mail a
@@ -1579,6 +1588,17 @@ mod tests {
                 "{service} {authenticated} {local:?}"
             );
         }
+    }
+
+    #[test]
+    fn local_recipients_are_in_a_local_domain_or_have_none() {
+        let domains = ["example.org".to_string()];
+        assert_eq!(local_recipient(&domains, "bob@example.org"), Some(true));
+        assert_eq!(local_recipient(&domains, "bob@Example.ORG."), Some(true));
+        assert_eq!(local_recipient(&domains, "bob@example.net"), Some(false));
+        assert_eq!(local_recipient(&domains, "postmaster"), Some(true));
+        assert_eq!(local_recipient(&domains, "root"), Some(true));
+        assert_eq!(local_recipient(&[], "postmaster"), None);
     }
 
     #[test]
