@@ -99,9 +99,12 @@ pub fn content_entity(message: &ParsedMessage) -> ContentEntity {
         PartType::Message(_) => {}
         _ => {
             if let Some((cte, body)) = leaf_edit(root, raw) {
-                if !fields.iter().any(|f| f.is("Content-Type")) || is_broken_container(root) {
+                let new_type = relabelled_type(root, raw).or_else(|| {
+                    (!fields.iter().any(|f| f.is("Content-Type"))).then(|| text_type(raw, root))
+                });
+                if let Some(new_type) = new_type {
                     fields.retain(|f| !f.is("Content-Type"));
-                    fields.insert(0, HeaderField::new("Content-Type", &text_type(raw, root)));
+                    fields.insert(0, HeaderField::new("Content-Type", &new_type));
                 }
                 set_cte(&mut fields, cte);
                 edits.push(Edit {
@@ -276,6 +279,8 @@ fn visit(message: &Message<'_>, part: &MessagePart<'_>, raw: &[u8], edits: &mut 
             };
             let mut header = Vec::new();
             let mut replaced = false;
+            let new_type = relabelled_type(part, raw);
+            let mut typed = false;
             for (i, h) in part.headers.iter().enumerate() {
                 let bytes = &raw[h.offset_field as usize..h.offset_end as usize];
                 // An attached message's mbox postmark, read as its first field: see
@@ -291,10 +296,13 @@ fn visit(message: &Message<'_>, part: &MessagePart<'_>, raw: &[u8], edits: &mut 
                         );
                         replaced = true;
                     }
-                } else if is_type && is_broken_container(part) {
-                    header.extend_from_slice(
-                        format!("Content-Type: {}\r\n", text_type(raw, part)).as_bytes(),
-                    );
+                } else if let (true, Some(new_type)) = (is_type, &new_type) {
+                    // One in place of the first; any further one goes.
+                    if !typed {
+                        header
+                            .extend_from_slice(format!("Content-Type: {new_type}\r\n").as_bytes());
+                        typed = true;
+                    }
                 } else {
                     let mut field = header_crlf(bytes);
                     if !field.ends_with(b"\r\n") {
@@ -309,6 +317,9 @@ fn visit(message: &Message<'_>, part: &MessagePart<'_>, raw: &[u8], edits: &mut 
             if !replaced {
                 header
                     .extend_from_slice(format!("Content-Transfer-Encoding: {cte}\r\n").as_bytes());
+            }
+            if let (false, Some(new_type)) = (typed, &new_type) {
+                header.extend_from_slice(format!("Content-Type: {new_type}\r\n").as_bytes());
             }
             let header_end = part
                 .headers
@@ -700,6 +711,24 @@ fn is_sealed(part: &MessagePart<'_>) -> bool {
     })
 }
 
+/// The Content-Type a leaf that [`leaf_edit`] re-encodes takes instead of its own, if any: a
+/// multipart or message that reached us as a leaf ([`is_broken_container`]) becomes text;
+/// one under a transfer encoding we do not know, application/octet-stream (RFC 2045 §6.4),
+/// its bytes base64'd as they came.
+fn relabelled_type(part: &MessagePart<'_>, raw: &[u8]) -> Option<String> {
+    let known = matches!(
+        declared_cte(part, raw).as_deref(),
+        None | Some("7bit" | "8bit" | "binary" | "base64" | "quoted-printable")
+    );
+    if part.encoding == Encoding::None && !known {
+        Some("application/octet-stream".into())
+    } else if is_broken_container(part) {
+        Some(text_type(raw, part))
+    } else {
+        None
+    }
+}
+
 /// A multipart whose boundary never appears (or is missing) reaches us as a leaf. It cannot be
 /// re-encoded under a multipart type (RFC 2045 §6.4), so when it needs encoding it is
 /// relabelled as text, which is how MUAs show such a part anyway.
@@ -753,9 +782,12 @@ fn leaf_edit(part: &MessagePart<'_>, raw: &[u8]) -> Option<(&'static str, Vec<u8
         }
         (Encoding::None, _) => match declared.as_deref() {
             None | Some("7bit") | Some("8bit") | Some("binary") => Some(encode_leaf(body, textual)),
-            // An encoding we do not know (x-uuencode, ...): changing it would change the
-            // content, so it is left as it is.
-            Some(_) => None,
+            // An encoding we do not know (x-uuencode, ...) over bytes that are not 7-bit
+            // safe: RFC 2045 §6.4 has the recipient treat such a part as
+            // application/octet-stream, and the bytes are what it would save. They become
+            // that type's base64 (see `relabelled_type`); left raw, they were 8-bit bytes
+            // inside the signed part (review).
+            Some(_) => Some(("base64", base64_lines(body))),
         },
     }
 }
@@ -1025,6 +1057,58 @@ fwd\r\n--R--\r\n\r\n--i--\r\n\r\n--R--\r\n";
         let m = MessageParser::default().parse(&entity[..]).unwrap();
         let part = m.attachments().next().unwrap();
         assert_eq!(part.contents(), "ABC".repeat(301).as_bytes());
+    }
+
+    /// A transfer encoding sealpost does not know over bytes that are not 7-bit safe: the
+    /// part becomes what RFC 2045 §6.4 has the recipient take it for, application/octet-stream,
+    /// its bytes base64'd as they came (review: raw 8-bit bytes in the signed part). At the
+    /// root, in a multipart (one with a Content-Type, one without), and never where the
+    /// bytes were 7-bit safe already.
+    #[test]
+    fn an_unknown_encoding_over_eight_bit_bytes_becomes_octet_stream() {
+        let raw = b"From: a@example.org\r\nContent-Type: text/plain\r\n\
+Content-Transfer-Encoding: x-uuencode\r\n\r\ncaf\xc3\xa9\r\n";
+        let entity = content_entity(&ParsedMessage::parse(raw.to_vec()).unwrap()).to_entity();
+        assert!(is_signing_safe(&entity));
+        let m = MessageParser::default().parse(&entity[..]).unwrap();
+        assert_eq!(m.content_type().unwrap().ctype(), "application");
+        assert_eq!(m.content_type().unwrap().subtype(), Some("octet-stream"));
+        let part = m.attachments().next().unwrap();
+        assert_eq!(part.contents(), b"caf\xc3\xa9\r\n");
+
+        let raw = b"From: a@example.org\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; \
+boundary=b\r\n\r\n--b\r\nContent-Type: text/plain; name=\"f\"\r\n\
+Content-Transfer-Encoding: x-uuencode\r\n\r\n\xff\xfe\r\n--b\r\n\
+Content-Transfer-Encoding: bogus\r\n\r\n\xe9t\xe9\r\n--b\r\n\
+Content-Type: text/plain\r\nContent-Transfer-Encoding: x-uuencode\r\n\r\n\
+begin 644 f\r\n#86)C\r\n`\r\nend\r\n--b--\r\n";
+        let entity = content_entity(&ParsedMessage::parse(raw.to_vec()).unwrap()).to_entity();
+        let text = String::from_utf8(entity.clone()).unwrap();
+        assert!(is_signing_safe(&entity), "{text}");
+        let m = MessageParser::default().parse(&entity[..]).unwrap();
+        let types: Vec<String> = m.parts[1..]
+            .iter()
+            .map(|p| {
+                let ct = p.content_type().unwrap();
+                format!("{}/{}", ct.ctype(), ct.subtype().unwrap_or(""))
+            })
+            .collect();
+        assert_eq!(
+            types,
+            [
+                "application/octet-stream",
+                "application/octet-stream",
+                "text/plain"
+            ],
+            "{text}"
+        );
+        // The CRLF before a delimiter is the delimiter's (RFC 2046 §5.1.1).
+        assert_eq!(m.parts[1].contents(), b"\xff\xfe");
+        assert_eq!(m.parts[2].contents(), b"\xe9t\xe9");
+        assert!(
+            text.contains("x-uuencode\r\n\r\nbegin 644 f\r\n"),
+            "7-bit: as it came"
+        );
     }
 
     /// Two Content-Type fields: the entity keeps the one its content was made safe by (the
