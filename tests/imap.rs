@@ -2220,8 +2220,8 @@ fn failed_logins_at_once_take_bounded_memory() {
 }
 
 /// Review of the server against Dovecot, the smaller points: STATUS items not answered are
-/// refused rather than left out of an OK (DELETED is answered, APPENDLIMIT under
-/// LIST-STATUS), LSUB "" "" lists nothing (the delimiter answer is LIST's), a malformed PLAIN
+/// refused rather than left out of an OK (DELETED is answered, APPENDLIMIT in STATUS and
+/// under LIST-STATUS), LSUB "" "" lists nothing (the delimiter answer is LIST's), a malformed PLAIN
 /// message is a failed authentication (NO), and LOGIN after login says so.
 #[test]
 fn status_items_lsub_root_and_plain_failures_as_the_rfcs_say() {
@@ -2237,6 +2237,21 @@ fn status_items_lsub_root_and_plain_failures_as_the_rfcs_say() {
     raw.ok("APPEND INBOX {18+}\r\nSubject: b\r\n\r\nbody");
     let status = raw.ok("STATUS INBOX (MESSAGES DELETED)");
     assert_eq!(status, ["* STATUS \"INBOX\" (MESSAGES 2 DELETED 1)"]);
+    // APPENDLIMIT as a STATUS item (RFC 7889 §4), which imap-codec does not parse: it was BAD.
+    let limit = raw.ok("STATUS INBOX (APPENDLIMIT)");
+    assert_eq!(limit.len(), 1, "{limit:?}");
+    assert!(
+        limit[0].starts_with("* STATUS \"INBOX\" (APPENDLIMIT ") && limit[0].ends_with(')'),
+        "{limit:?}"
+    );
+    raw.ok("CREATE \"a (b)\"");
+    let mixed = raw.ok("STATUS \"a (b)\" (unseen appendlimit MESSAGES)");
+    assert_eq!(mixed.len(), 1, "{mixed:?}");
+    let limit = limit[0]["* STATUS \"INBOX\" (APPENDLIMIT ".len()..].trim_end_matches(')');
+    assert_eq!(
+        mixed[0],
+        format!("* STATUS \"a (b)\" (UNSEEN 0 APPENDLIMIT {limit} MESSAGES 0)")
+    );
     for refused in ["STATUS INBOX ()", "STATUS INBOX (DELETED-STORAGE)"] {
         let (untagged, tagged) = raw.cmd(refused);
         assert!(tagged.contains(" BAD "), "{refused}: {tagged}");

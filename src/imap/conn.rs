@@ -181,6 +181,13 @@ pub enum Input {
     IdleDone,
     /// A complete LIST command line, for the LIST-EXTENDED parser.
     List(Vec<u8>),
+    /// A STATUS command asking for APPENDLIMIT (RFC 7889), which imap-codec's STATUS grammar
+    /// lacks: parsed with MESSAGES in its place; `items` are the items asked, in order, upper
+    /// case.
+    Status {
+        command: Command<'static>,
+        items: Vec<String>,
+    },
     /// A command imap-codec could not parse; the tag when one could be read.
     Malformed(Option<String>),
     /// A synchronising literal over the limit, already refused by the scanner.
@@ -308,6 +315,12 @@ impl Conn {
                             if let Some(command) = deeper_search(discarded_bytes.declassify()) =>
                         {
                             Input::Command(command)
+                        }
+                        E::MalformedMessage { discarded_bytes }
+                            if let Some((command, items)) =
+                                append_limit_status(discarded_bytes.declassify()) =>
+                        {
+                            Input::Status { command, items }
                         }
                         E::ExpectedCrlfGotLf { discarded_bytes }
                         | E::MalformedMessage { discarded_bytes }
@@ -451,6 +464,41 @@ fn deeper_search(bytes: &[u8]) -> Option<Command<'static>> {
         .decode_static(&again)
         .ok()?;
     rest.is_empty().then_some(command)
+}
+
+/// A STATUS command imap-codec refused because it asks for APPENDLIMIT (RFC 7889 §4: a server
+/// that announces APPENDLIMIT takes it as a STATUS item), parsed again with MESSAGES in its
+/// place, and the items asked (upper case, in order); None for any other command. The item
+/// list is the command's last parenthesis (a mailbox name before it may hold one, quoted).
+fn append_limit_status(bytes: &[u8]) -> Option<(Command<'static>, Vec<String>)> {
+    use imap_codec::decode::Decoder;
+    let body = bytes.strip_suffix(b"\r\n")?;
+    let mut words = body.splitn(3, |&b| b == b' ');
+    let (_tag, verb) = (words.next()?, words.next()?);
+    if !verb.eq_ignore_ascii_case(b"STATUS") {
+        return None;
+    }
+    let open = body.iter().rposition(|&b| b == b'(')?;
+    let list = body[open + 1..].strip_suffix(b")")?;
+    let items: Vec<String> = std::str::from_utf8(list)
+        .ok()?
+        .split(' ')
+        .map(str::to_ascii_uppercase)
+        .collect();
+    if !items.iter().any(|i| i == "APPENDLIMIT") {
+        return None;
+    }
+    let mut again = body[..=open].to_vec();
+    let parsed: Vec<&str> = items
+        .iter()
+        .map(|i| if i == "APPENDLIMIT" { "MESSAGES" } else { i })
+        .collect();
+    again.extend_from_slice(parsed.join(" ").as_bytes());
+    again.extend_from_slice(b")\r\n");
+    let (rest, command) = imap_codec::CommandCodec::default()
+        .decode_static(&again)
+        .ok()?;
+    rest.is_empty().then_some((command, items))
 }
 
 /// The tag of a discarded command line, when it has a valid one (RFC 3501 §9 tag).

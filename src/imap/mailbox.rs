@@ -291,9 +291,9 @@ impl Session {
         items: &[StatusDataItemName],
     ) -> CmdResult {
         // An item not supported is refused, not left out of an OK (review): DELETED-STORAGE
-        // belongs to QUOTA (RFC 9208), which is not offered. APPENDLIMIT (RFC 7889) is
-        // answered under LIST-STATUS; imap-codec's STATUS grammar has no such item, so STATUS
-        // with it gets BAD from the parser.
+        // belongs to QUOTA (RFC 9208), which is not offered. APPENDLIMIT (RFC 7889), which
+        // imap-codec's STATUS grammar lacks, comes parsed as MESSAGES, its items in
+        // `status_items` (see `Input::Status`).
         if items.is_empty() {
             return Err(CmdError::bad("Empty status list"));
         }
@@ -301,10 +301,12 @@ impl Session {
             return Err(CmdError::bad("DELETED-STORAGE is not supported (no QUOTA)"));
         }
         let found = self.find_mailbox(&wire(&mailbox)).await?;
-        let names: Vec<String> = items
-            .iter()
-            .map(|i| status_item_name(i).to_owned())
-            .collect();
+        let names: Vec<String> = self.status_items.take().unwrap_or_else(|| {
+            items
+                .iter()
+                .map(|i| status_item_name(i).to_owned())
+                .collect()
+        });
         let status = self.mailbox_status(found.id).await?;
         let mut out = Out::default();
         let limit = u64::from(self.shared.config.limits.max_append);

@@ -168,6 +168,9 @@ pub(super) struct Session {
     pub auth_failures: u32,
     pub condstore: bool,
     pub qresync: bool,
+    /// The items of a STATUS command with APPENDLIMIT, which imap-codec does not parse (see
+    /// `Input::Status`), while that command runs.
+    pub status_items: Option<Vec<String>>,
     /// Turns true when the server stops: an IDLE in hand ends with BYE at once.
     pub shutdown: watch::Receiver<bool>,
 }
@@ -238,6 +241,7 @@ pub(super) async fn serve(
         auth_failures: 0,
         condstore: false,
         qresync: false,
+        status_items: None,
         shutdown: shutdown.clone(),
     };
     session.conn.write_deadline = Some(session.login_deadline);
@@ -340,6 +344,12 @@ impl Session {
     async fn input(&mut self, input: Input) -> Result<(), ConnError> {
         match input {
             Input::Command(command) => self.command(command).await,
+            Input::Status { command, items } => {
+                self.status_items = Some(items);
+                let done = self.command(command).await;
+                self.status_items = None;
+                done
+            }
             Input::List(line) => {
                 let tag = super::list::tag(&line);
                 let result = self.list_line(&line).await;
