@@ -300,26 +300,20 @@ impl Config {
         }
         // One without the other: the server could not start TLS (it said so without the
         // file and line, review).
-        match (&self.imap.certificate, &self.imap.key) {
-            (Some(_), None) => {
-                return Err(invalid(
-                    "imap.certificate",
-                    "certificate",
-                    "is set without imap.key: set both (PEM files) or neither (a generated \
-                     self-signed pair)"
-                        .into(),
-                ))
-            }
-            (None, Some(_)) => {
-                return Err(invalid(
-                    "imap.key",
-                    "key",
-                    "is set without imap.certificate: set both (PEM files) or neither (a \
+        let half = match (&self.imap.certificate, &self.imap.key) {
+            (Some(_), None) => Some(("certificate", "key")),
+            (None, Some(_)) => Some(("key", "certificate")),
+            _ => None,
+        };
+        if let Some((set, missing)) = half {
+            return Err(invalid(
+                &format!("imap.{set}"),
+                set,
+                format!(
+                    "is set without imap.{missing}: set both (PEM files) or neither (a \
                      generated self-signed pair)"
-                        .into(),
-                ))
-            }
-            _ => {}
+                ),
+            ));
         }
         let limits = &self.imap.limits;
         for (key, value, least) in [
