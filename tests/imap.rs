@@ -1871,6 +1871,18 @@ fn enable_before_login_and_plain_for_another_identity() {
     // A wrong password gets the code LOGIN gives (RFC 5530), so a client can tell it apart.
     let (_, tagged) = raw.cmd(&format!("AUTHENTICATE PLAIN {}", sasl_plain(USER, "wrong")));
     assert!(tagged.contains(" NO [AUTHENTICATIONFAILED] "), "{tagged}");
+    // After the continuation: the client's `*` cancels; a line that is no base64 is said to be
+    // one (review: "AUTHENTICATE cancelled" for both). Both BAD (RFC 3501 §6.2.2).
+    for (answer, said) in [
+        ("*", "BAD AUTHENTICATE cancelled"),
+        ("!!!notbase64", "BAD AUTHENTICATE data is not valid base64"),
+    ] {
+        raw.send(b"c1 AUTHENTICATE PLAIN\r\n");
+        assert_eq!(raw.line().as_deref(), Some("+ "));
+        raw.send(format!("{answer}\r\n").as_bytes());
+        let (_, tagged) = raw.until("c1");
+        assert_eq!(tagged, format!("c1 {said}"));
+    }
     raw.ok(&format!("LOGIN {USER} \"{PASSWORD}\""));
     raw.ok("ENABLE CONDSTORE");
     // AUTHENTICATE only before login (RFC 3501 §6.2.2): after it, it switched the session to
@@ -2245,6 +2257,13 @@ fn status_items_lsub_root_and_plain_failures_as_the_rfcs_say() {
         "{limit:?}"
     );
     raw.ok("CREATE \"a (b)\"");
+    // A client's mistakes answered from the store are no errors of the server's (review:
+    // logged as ERROR, naming the mailbox).
+    let (_, exists) = raw.cmd("CREATE \"a (b)\"");
+    assert!(exists.contains("NO [ALREADYEXISTS]"), "{exists}");
+    let (_, missing) = raw.cmd("DELETE nosuch");
+    assert!(missing.contains("NO [NONEXISTENT]"), "{missing}");
+    assert!(!server.log().contains("ERROR"), "{}", server.log());
     let mixed = raw.ok("STATUS \"a (b)\" (unseen appendlimit MESSAGES)");
     assert_eq!(mixed.len(), 1, "{mixed:?}");
     let limit = limit[0]["* STATUS \"INBOX\" (APPENDLIMIT ".len()..].trim_end_matches(')');

@@ -633,9 +633,17 @@ impl Session {
                 if kind == "BAD" {
                     self.count_bad().await?;
                 }
+                // The store failing (SERVERBUG, a full disk) is the administrator's to see; a
+                // client's own mistake answered from the store (a mailbox that exists already
+                // or not at all, the keyword limit) is not (review: clients create Sent, Drafts
+                // and Trash at every start, each an ERROR line naming the mailbox).
                 if matches!(error, CmdError::Store(_) | CmdError::Join(_)) {
                     let user = self.user().map(|u| u.name.clone()).unwrap_or_default();
-                    tracing::error!(peer = %self.peer, %user, %error, "imap: command failed");
+                    if matches!(code, Some("SERVERBUG" | "OVERQUOTA")) {
+                        tracing::error!(peer = %self.peer, %user, %error, "imap: command failed");
+                    } else {
+                        tracing::debug!(peer = %self.peer, %user, %error, "imap: command refused");
+                    }
                 }
                 out.status(tag, kind, code, &text);
             }
@@ -994,17 +1002,17 @@ impl Session {
             ))
         } else {
             let message = match initial {
-                Some(initial) => Some(initial.declassify().to_vec()),
+                Some(initial) => Ok(initial.declassify().to_vec()),
                 None => {
                     self.conn.authenticate_continue();
                     self.read_auth_data().await?
                 }
             };
             match message.as_deref().map(auth::parse_plain) {
-                None => Err(CmdError::bad("AUTHENTICATE cancelled")),
+                Err(why) => Err(CmdError::bad(*why)),
                 // Well formed, but for another identity than the one logging in: a failed
                 // authentication (RFC 4616 §2), not a syntax error.
-                Some(None) if plain_with_other_authzid(message.as_deref().unwrap_or_default()) => {
+                Ok(None) if plain_with_other_authzid(message.as_deref().unwrap_or_default()) => {
                     Err(CmdError::no(
                         Some("AUTHORIZATIONFAILED"),
                         "Authorization as another user is not supported",
@@ -1012,11 +1020,11 @@ impl Session {
                 }
                 // A SASL exchange that fails is a failed authentication, NO (RFC 3501 §6.2.2,
                 // RFC 4616 §2), not a syntax error (review: BAD, where Dovecot says NO).
-                Some(None) => Err(CmdError::no(
+                Ok(None) => Err(CmdError::no(
                     Some("AUTHENTICATIONFAILED"),
                     "Malformed PLAIN message",
                 )),
-                Some(Some((user, password))) => self.login(&user, &password).await,
+                Ok(Some((user, password))) => self.login(&user, &password).await,
             }
         };
         // imap-next must see the final status to expect commands again.
@@ -1048,14 +1056,18 @@ impl Session {
         Ok(())
     }
 
-    async fn read_auth_data(&mut self) -> Result<Option<Vec<u8>>, ConnError> {
+    /// The client's answer to the continuation: the decoded data, or the text of the BAD that
+    /// ends the exchange (the client's `*`, or a line that is no base64: RFC 3501 §6.2.2).
+    async fn read_auth_data(&mut self) -> Result<Result<Vec<u8>, &'static str>, ConnError> {
         loop {
             if let Some(input) = self.conn.next_queued() {
                 return Ok(match input {
                     Input::AuthenticateData(AuthenticateData::Continue(data)) => {
-                        Some(data.declassify().to_vec())
+                        Ok(data.declassify().to_vec())
                     }
-                    _ => None,
+                    // Said as such (review: "AUTHENTICATE cancelled", as for `*`).
+                    Input::Malformed(_) => Err("AUTHENTICATE data is not valid base64"),
+                    _ => Err("AUTHENTICATE cancelled"),
                 });
             }
             self.conn.flush().await?;

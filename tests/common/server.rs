@@ -102,7 +102,7 @@ impl Server {
             .arg(self.config())
             .args(["imap", "--starttls", "127.0.0.1:0", "--tls", "127.0.0.1:0"])
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(self.log_file())
             .spawn()
             .expect("start sealpost imap");
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
@@ -128,6 +128,20 @@ impl Server {
             }
         }
         self.child = Some(child);
+    }
+
+    /// The daemon's standard error (its log), appended to across restarts.
+    fn log_file(&self) -> std::fs::File {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("server.log"))
+            .unwrap()
+    }
+
+    /// What the daemon has logged so far: written before the answer it goes with.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
     }
 
     pub fn pid(&self) -> u32 {
