@@ -28,7 +28,8 @@ pub struct ImportArgs {
     /// The account (created with the default mailboxes when new).
     #[arg(long, value_name = "NAME")]
     pub account: String,
-    /// The mailbox to import into (created when missing).
+    /// The mailbox to import into (created when missing), named as people read it: "Café",
+    /// not its IMAP wire form "Caf&AOk-"; "/" separates levels.
     #[arg(long, value_name = "NAME", default_value = "INBOX")]
     pub mailbox: String,
     /// An mbox file, a Maildir, a directory of message files, or one message file.
@@ -302,14 +303,20 @@ async fn open_store(config: &Config) -> Result<Store, CliError> {
 
 /// The account (created with the default mailboxes when new) and its mailbox `name` (created
 /// when missing) that `import` and `deliver` write into.
+/// The store's (IMAP wire) name of the mailbox `--mailbox` names as people read it (Café, not
+/// Caf&AOk-).
+fn stored_name(name: &str) -> Result<String, CliError> {
+    imap::names::validate(imap::names::encode(name).as_bytes())
+        .map_err(|e| CliError::Usage(format!("--mailbox {name:?}: {e}")))
+}
+
 fn target_mailbox(
     store: &Store,
     account: &str,
     name: &str,
 ) -> Result<crate::store::Mailbox, CliError> {
     let account = store.ensure_account(account)?;
-    let stored = imap::names::validate(imap::names::encode(name).as_bytes())
-        .map_err(|e| CliError::Usage(format!("--mailbox {name:?}: {e}")))?;
+    let stored = stored_name(name)?;
     Ok(match store.mailbox(account, &stored)? {
         Some(mailbox) => mailbox,
         // Made by another delivery meanwhile (review: the first two deliveries into a new
@@ -330,8 +337,9 @@ pub async fn import(config: Config, args: ImportArgs) -> Result<u8, CliError> {
         // A new mailbox whose name the account's upstream would read as another folder is
         // refused, as the IMAP server refuses to create one.
         let account = store.ensure_account(&args.account)?;
-        if store.mailbox(account, &args.mailbox)?.is_none() {
-            if let Some(problem) = store.upstream_name_problem(account, &args.mailbox)? {
+        let stored = stored_name(&args.mailbox)?;
+        if store.mailbox(account, &stored)?.is_none() {
+            if let Some(problem) = store.upstream_name_problem(account, &stored)? {
                 return Err(CliError::Usage(format!(
                     "--mailbox {:?}: {problem}",
                     args.mailbox
@@ -378,7 +386,8 @@ pub struct DeliverArgs {
     /// The account (one of the configuration's [[accounts]]).
     #[arg(long, value_name = "NAME")]
     pub account: String,
-    /// The mailbox to deliver into.
+    /// The mailbox to deliver into (created when missing), named as people read it: "Café",
+    /// not its IMAP wire form "Caf&AOk-"; "/" separates levels.
     #[arg(long, value_name = "NAME", default_value = "INBOX")]
     pub mailbox: String,
     /// Reads no message: only tries the account's undecryptable messages again (what each
@@ -521,10 +530,14 @@ pub async fn deliver(config: Config, args: DeliverArgs) -> Result<u8, CliError> 
             what: "the message on stdin".into(),
             source,
         })?;
+    // What was read is all of the message only when it is within the limit.
+    let too_large = || {
+        CliError::NotAMessage(format!(
+            "message larger than {limit} bytes with CRLF line ends (imap.limits.max_append)"
+        ))
+    };
     if raw.len() > limit as usize {
-        return Err(CliError::NotAMessage(format!(
-            "message larger than {limit} bytes (imap.limits.max_append)"
-        )));
+        return Err(too_large());
     }
     // Postfix's local(8) hands a mailbox_command the message after an mbox envelope line
     // ("From sender date"), as procmail and Dovecot's LDA expect: not a header field.
@@ -532,7 +545,13 @@ pub async fn deliver(config: Config, args: DeliverArgs) -> Result<u8, CliError> 
     if raw.iter().all(u8::is_ascii_whitespace) {
         return Err(CliError::NotAMessage("empty message on stdin".into()));
     }
+    // The limit is APPEND's, so it is judged with CRLF line ends too, as a client's APPEND
+    // would send the message (review: a message with LF ends under the limit was stored
+    // over it).
     let raw = crate::store::crlf(&raw);
+    if raw.len() > limit as usize {
+        return Err(too_large());
+    }
     let keys = crate::cli::key_service(&config, None);
     let store = open_store(&config)
         .await

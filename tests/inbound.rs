@@ -224,6 +224,24 @@ fn deliver_refuses_unknown_accounts_and_empty_input() {
     assert_eq!(code, 65, "{output}");
     assert!(output.contains("empty message"), "{output}");
 
+    // The limit is APPEND's (1 MiB here), judged with CRLF line ends (review: under it with LF
+    // ends, the message was stored over it, and APPEND then refused the same message).
+    let limit = 1 << 20;
+    let lines = |n: usize| format!("Subject: big\n\n{}", "x\n".repeat(n)).into_bytes();
+    let over = lines(limit / 2 - 20);
+    assert!(over.len() < limit);
+    let (code, output) = deliver(&server, &over);
+    assert_eq!(code, 65, "{output}");
+    assert!(output.contains("larger than 1048576 bytes"), "{output}");
+    let (code, output) = deliver(&server, &lines(limit / 3 - 10));
+    assert_eq!(code, 0, "{output}");
+    // A postmark is no part of the message, but what is read past the limit never is stored:
+    // the read stops there, so the rest would be missing.
+    let mut marked = b"From alice@example.org Sun Dec  6 10:00:00 2026\n".to_vec();
+    marked.extend(std::iter::repeat_n(b'x', limit - 10));
+    let (code, output) = deliver(&server, &marked);
+    assert_eq!(code, 65, "{output}");
+
     // A broken or unreadable configuration keeps the mail with the MTA (75), where any other
     // code would bounce it.
     let dir = tempfile::tempdir().unwrap();
