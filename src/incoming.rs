@@ -124,7 +124,7 @@ pub async fn serve(config: Config, args: ImapArgs) -> Result<u8, CliError> {
 #[derive(Debug, clap::Args)]
 pub struct SyncArgs {
     /// One pass over every folder, then exit (0 done, 64 no such account, 75 upstream or
-    /// GnuPG unavailable, 78 an upstream setting).
+    /// GnuPG unavailable or the connection broken in the pass, 78 an upstream setting).
     #[arg(long)]
     pub once: bool,
     /// Only this account (one of the configuration's [[accounts]] with an upstream).
@@ -198,6 +198,7 @@ pub async fn sync(config: Config, args: SyncArgs) -> Result<u8, CliError> {
     if args.once {
         let mut failed = None;
         let mut gnupg_waits = Vec::new();
+        let mut broken_off = Vec::new();
         for syncer in &syncers {
             match syncer.sync_once().await {
                 Ok(report) => {
@@ -228,6 +229,14 @@ pub async fn sync(config: Config, args: SyncArgs) -> Result<u8, CliError> {
                     if report.gnupg_waits {
                         gnupg_waits.push(syncer.name().to_string());
                     }
+                    if let Some(last) = report.broken_off.last() {
+                        let folders = report.broken_off.join(", ");
+                        broken_off.push(if report.ended_early {
+                            format!("{}: in {folders}; the pass ended at {last}", syncer.name())
+                        } else {
+                            format!("{}: in {folders}", syncer.name())
+                        });
+                    }
                 }
                 Err(e) => {
                     eprintln!("sealpost: sync {}: {e}", syncer.name());
@@ -244,6 +253,12 @@ pub async fn sync(config: Config, args: SyncArgs) -> Result<u8, CliError> {
             None if !gnupg_waits.is_empty() => Err(CliError::Temporary(format!(
                 "GnuPG unavailable, local changes wait to be written back ({})",
                 gnupg_waits.join(", ")
+            ))),
+            // The connection broke: what came is stored and reported above, the rest waits,
+            // and the pass is not done (review: 0 after passes that stored nothing at all).
+            None if !broken_off.is_empty() => Err(CliError::Temporary(format!(
+                "the upstream connection broke, mail waits for the next pass ({})",
+                broken_off.join("; ")
             ))),
             None => Ok(0),
             Some(e @ crate::sync::SyncError::Config(_)) => Err(CliError::Setting(e.to_string())),

@@ -107,6 +107,11 @@ pub struct SyncReport {
     /// INBOX's UIDNEXT when the pass looked at it: mail that came after it, while the pass
     /// went through the other folders, starts the next pass at once.
     pub inbox_uidnext: Option<u32>,
+    /// Folders the connection broke in (left out, or cut short): their mail waits for the
+    /// next pass, so the pass did not go through (`sync --once` exits 75).
+    pub broken_off: Vec<String>,
+    /// The pass ended early, in the last of `broken_off`: the link broke twice.
+    pub ended_early: bool,
 }
 
 impl SyncReport {
@@ -312,6 +317,7 @@ impl Syncer {
                 Err(e @ (SyncError::Connect(..) | SyncError::Imap(_))) if !reconnected => {
                     tracing::warn!(account = %self.name, %folder,
                         "{e}: folder left out of this pass; reconnecting for the others");
+                    report.broken_off.push(folder.to_string());
                     *session = upstream::connect(&self.config).await?;
                     reconnected = true;
                     continue;
@@ -328,12 +334,14 @@ impl Syncer {
             // What came before the connection broke is stored and counted; the rest of the
             // folder waits for the next pass, the other folders get a fresh connection.
             if let Some(e) = done.cut_short {
+                report.broken_off.push(folder.to_string());
                 if reconnected {
                     // Twice in one pass: the server is taken to be unwell. What came is
                     // reported; the folders left wait for the next pass.
                     tracing::warn!(account = %self.name, %folder,
                         "{e}: folder cut short; the pass ends here");
                     every_folder = false;
+                    report.ended_early = true;
                     break;
                 }
                 tracing::warn!(account = %self.name, %folder,
