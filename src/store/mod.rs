@@ -2234,6 +2234,7 @@ fn rename_rows(
     source: &Mailbox,
     to: &str,
 ) -> Result<(), StoreError> {
+    mark_gone_in_journal(tx, account, &source.name, to)?;
     let prefix = format!("{}{DELIMITER}", source.name);
     // SQLite's substr counts characters, not bytes ("Entwürfe/").
     let chars = prefix.chars().count() as i64;
@@ -2253,6 +2254,70 @@ fn rename_rows(
         params![source.id, to],
     )?;
     rename_in_journal(tx, account, &source.name, to)
+}
+
+/// Before `from` is renamed to `to`, which is free: a change waiting in the journal that
+/// names `to` (or a mailbox under it that is not here either) names a mailbox deleted here
+/// since, whose deletion waits in the journal too. Marked [`GONE`], it keeps that folder's name
+/// upstream and is never taken for the renamed one (review: a move into the deleted folder
+/// went into the renamed one, and a flag set there landed on the renamed folder's message of
+/// the same UID).
+fn mark_gone_in_journal(
+    tx: &Connection,
+    account: AccountId,
+    from: &str,
+    to: &str,
+) -> Result<(), StoreError> {
+    let under = |name: &str, top: &str| {
+        name.strip_prefix(top)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with(DELIMITER))
+    };
+    let gone = |name: &str| -> Result<Option<String>, StoreError> {
+        Ok(
+            (under(name, to) && !under(name, from) && find_mailbox(tx, account, name)?.is_none())
+                .then(|| format!("{GONE}{name}")),
+        )
+    };
+    let entries: Vec<(i64, String, String, String)> = {
+        let mut stmt = tx.prepare(
+            "SELECT id, mailbox, kind, detail FROM journal
+             WHERE account = ?1 AND kind IN ('flags', 'expunge', 'append', 'copy', 'move')",
+        )?;
+        let rows = stmt.query_map([account], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })?;
+        rows.collect::<Result<_, _>>()?
+    };
+    let mut update = tx.prepare("UPDATE journal SET mailbox = ?2, detail = ?3 WHERE id = ?1")?;
+    for (id, mailbox, kind, detail) in entries {
+        let new_mailbox = gone(&mailbox)?;
+        let new_detail = match (kind.as_str(), detail.split_once('\t')) {
+            ("copy" | "move", Some((name, uid))) => gone(name)?.map(|n| format!("{n}\t{uid}")),
+            _ => None,
+        };
+        if new_mailbox.is_some() || new_detail.is_some() {
+            update.execute(params![
+                id,
+                new_mailbox.unwrap_or(mailbox),
+                new_detail.unwrap_or(detail)
+            ])?;
+        }
+    }
+    Ok(())
+}
+
+/// What begins a journal entry's mailbox name that names a mailbox deleted here, after which
+/// another was renamed to its name (see `mark_gone_in_journal`): no mailbox name holds a control
+/// character, so none is found by it here, and upstream it is the name after the mark
+/// ([`unmarked`]).
+pub const GONE: char = '\u{1}';
+
+/// A journal entry's mailbox name without the [`GONE`] mark, and whether it had one.
+pub fn unmarked(name: &str) -> (&str, bool) {
+    match name.strip_prefix(GONE) {
+        Some(rest) => (rest, true),
+        None => (name, false),
+    }
 }
 
 /// Message changes waiting in the journal follow their mailbox (and its children) to its new

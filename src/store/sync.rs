@@ -597,19 +597,23 @@ impl Store {
         })
     }
 
-    /// Whether mailbox `name` was brought back by the sync since journal entry `after` deleted
-    /// it: it is here again, and no later entry made it (CREATE, a RENAME to it, or a CREATE
-    /// under it, which makes it too).
+    /// Whether mailbox `name` (upstream `folder`) was brought back by the sync since journal
+    /// entry `after` deleted it: it is here again, and either no later entry made it (CREATE,
+    /// a RENAME to it, or a CREATE under it, which makes it too), or one did and it holds mail
+    /// the sync fetched from the folder since: the deletion waited for that mail, which then
+    /// came into the folder made again (review: taken for no mail, the folder was deleted
+    /// upstream with it, and the copy here was linked to nothing for good).
     pub fn brought_back(
         &self,
         account: AccountId,
         name: &str,
+        folder: &str,
         after: i64,
     ) -> Result<bool, StoreError> {
         self.read(|c| {
-            if find_mailbox(c, account, name)?.is_none() {
+            let Some(mailbox) = find_mailbox(c, account, name)? else {
                 return Ok(false);
-            }
+            };
             let made: bool = c.query_row(
                 "SELECT EXISTS (SELECT 1 FROM journal WHERE account = ?1 AND id > ?2
                    AND ((kind = 'create-mailbox' AND mailbox = ?3)
@@ -617,7 +621,13 @@ impl Store {
                 params![account, after, name],
                 |r| r.get(0),
             )?;
-            Ok(!made)
+            let fetched: bool = c.query_row(
+                "SELECT EXISTS (SELECT 1 FROM sync_map
+                   WHERE account = ?1 AND folder = ?2 AND mailbox = ?3)",
+                params![account, folder, mailbox.id],
+                |r| r.get(0),
+            )?;
+            Ok(!made || fetched)
         })
     }
 

@@ -209,8 +209,10 @@ impl FolderNames {
         crate::imap::names::validate(with_slash.as_bytes()).map_err(|e| e.to_string())
     }
 
-    /// The upstream wire name of a local mailbox.
+    /// The upstream wire name of a local mailbox (one a journal entry marks gone included:
+    /// its folder's name, see [`crate::store::GONE`]).
     pub fn wire(&self, local: &str) -> String {
+        let (local, _) = crate::store::unmarked(local);
         if local == "INBOX" {
             return local.into();
         }
@@ -240,6 +242,7 @@ impl FolderNames {
     /// wire name is a special-use folder's that is another mailbox here ("Sent Items" where
     /// that is Sent).
     pub fn unrepresentable(&self, local: &str) -> Option<String> {
+        let (local, _) = crate::store::unmarked(local);
         if holds_delimiter(local, &self.delimiter) {
             return Some(format!(
                 "the name holds the upstream's hierarchy delimiter {:?}",

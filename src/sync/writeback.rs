@@ -379,7 +379,8 @@ impl Syncer {
                 // deleted upstream with that mail, the folder stayed here holding it, and the
                 // two sides never agreed again).
                 let (store, name, id) = (self.store.clone(), entry.mailbox.clone(), entry.id);
-                if blocking(move || store.brought_back(account, &name, id)).await?? {
+                let f = folder.clone();
+                if blocking(move || store.brought_back(account, &name, &f, id)).await?? {
                     let (store, f) = (self.store.clone(), folder.clone());
                     let held = blocking(move || store.orphan_links(account, &f)).await??;
                     if !held.is_empty() {
@@ -1276,6 +1277,11 @@ impl Upstream<'_> {
     /// the folder has its old name there, so every rename after this entry is undone, the
     /// latest first.
     fn wire_name_at(&self, local: &str, entry: i64) -> String {
+        // A mailbox deleted here before another was renamed to its name: the deleted one's
+        // folder, which no rename undone is about (see `store::GONE`).
+        if let (name, true) = crate::store::unmarked(local) {
+            return self.wire_name(name);
+        }
         let mut name = local.to_string();
         for (_, from, to) in self.renames.iter().rev().filter(|(id, _, _)| *id > entry) {
             if name == *to {
