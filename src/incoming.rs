@@ -218,7 +218,7 @@ pub async fn sync(config: Config, args: SyncArgs) -> Result<u8, CliError> {
                             .waiting_reason
                             .as_deref()
                             .map_or(" (see the log)".to_string(), |r| {
-                                format!(", the latest for: {r}")
+                                format!(", the earliest for: {r}")
                             });
                         eprintln!(
                             "sealpost: sync {}: {} local changes not written back yet{why}",

@@ -606,7 +606,7 @@ async fn a_change_that_waits_for_the_same_reason_is_told_once() {
     let log = String::from_utf8_lossy(&second.stderr);
     assert!(
         log.contains(
-            "sync alice: 3 local changes not written back yet, the latest for: \
+            "sync alice: 3 local changes not written back yet, the earliest for: \
              [accounts.upstream] address is not set"
         ),
         "{log}"

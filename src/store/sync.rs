@@ -14,6 +14,10 @@ use super::{
     MailboxId, Store, StoreError,
 };
 
+/// A journal entry's reason for waiting when it waits behind an earlier change to the same
+/// message or mailbox.
+pub const HELD_BACK: &str = "waits for an earlier change to the same message or mailbox";
+
 /// What [`Store::follow_upstream_rename`] did.
 #[derive(Debug, PartialEq, Eq)]
 pub enum FollowedRename {
@@ -827,7 +831,8 @@ impl Store {
         })
     }
 
-    /// Entries still to write back for an account, and the last error among them.
+    /// How many changes wait in the account's journal, and why: the earliest one's own
+    /// reason (not [`HELD_BACK`]) if one has any, else the latest reason.
     pub fn journal_backlog(
         &self,
         account: AccountId,
@@ -838,11 +843,15 @@ impl Store {
                 [account],
                 |r| r.get(0),
             )?;
+            // The first change's own reason, which the ones behind it wait for (review: the
+            // latest's, "waits for an earlier change ...", which never said what for); else
+            // the latest.
             let error: Option<String> = c
                 .query_row(
                     "SELECT last_error FROM journal WHERE account = ?1 AND last_error != ''
-                     ORDER BY id DESC LIMIT 1",
-                    [account],
+                     ORDER BY last_error = ?2, CASE WHEN last_error = ?2 THEN -id ELSE id END
+                     LIMIT 1",
+                    params![account, HELD_BACK],
                     |r| r.get(0),
                 )
                 .optional()?;

@@ -1062,3 +1062,32 @@ fn the_wal_is_cut_back_after_a_large_transaction_committed_or_not() {
         "rolled back"
     );
 }
+
+/// The reason the journal's backlog is shown with is the earliest change's own, which the
+/// changes behind it wait for (review: the latest's "waits for an earlier change", which never
+/// said what for); with only changes held back, the latest's.
+#[test]
+fn the_backlog_names_the_reason_the_first_change_waits() {
+    let (_dir, store) = store();
+    let (account, inbox, _) = written_back_account(&store);
+    for subject in ["a", "b", "c"] {
+        store
+            .append(inbox.id, message(subject), Origin::Client)
+            .unwrap();
+    }
+    let entries = store.journal_for(account, 0, 10).unwrap();
+    assert_eq!(entries.len(), 3);
+    store.journal_attempt(entries[2].id, HELD_BACK).unwrap();
+    assert_eq!(
+        store.journal_backlog(account).unwrap(),
+        (3, Some(HELD_BACK.to_string()))
+    );
+    store
+        .journal_attempt(entries[1].id, "CREATE: [CANNOT] Invalid mailbox name")
+        .unwrap();
+    store.journal_attempt(entries[0].id, HELD_BACK).unwrap();
+    assert_eq!(
+        store.journal_backlog(account).unwrap().1.as_deref(),
+        Some("CREATE: [CANNOT] Invalid mailbox name")
+    );
+}

@@ -41,7 +41,7 @@ pub(super) const UNSEEN_BEFORE_DELETE: &str =
     "new mail upstream since the last pass: fetched before the folder is deleted";
 
 /// Why a change waits behind an earlier one that failed.
-const HELD_BACK: &str = "waits for an earlier change to the same message or mailbox";
+use crate::store::HELD_BACK;
 
 /// Why a change to a message whose link went stale waits.
 const STALE_LINK: &str =
