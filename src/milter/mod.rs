@@ -279,17 +279,22 @@ impl Milter {
     }
 }
 
-/// Whether `recipient` is local: in one of `local_domains`, or without a domain, which is this
-/// host's own: RFC 5321 §4.5.1's `<postmaster>`, or a name Postfix completes with $myorigin
-/// (review: `<postmaster>` on an MX with local domains got the outgoing treatment, signed by
-/// the default signer with the sender's forged verdict field in it, or refused as keyless
-/// under encrypt-only). None: no local domains are configured.
+/// Whether `recipient` is local: in one of `local_domains`, or a plain name without a domain,
+/// which is this host's own: RFC 5321 §4.5.1's `<postmaster>`, or a name Postfix completes
+/// with $myorigin (review: `<postmaster>` on an MX with local domains got the outgoing
+/// treatment, signed by the default signer with the sender's forged verdict field in it, or
+/// refused as keyless under encrypt-only). A name without `@` that routes elsewhere
+/// (`host!user`, `user%host`, which Postfix rewrites to remote addresses after the milter saw
+/// them, or a quoted one) is not local (review). None: no local domains are configured.
 fn local_recipient(local_domains: &[String], recipient: &str) -> Option<bool> {
     (!local_domains.is_empty()).then(|| match recipient.rsplit_once('@') {
         Some((_, domain)) => {
             local_domains.contains(&canonical_domain(domain.trim_end_matches('>')))
         }
-        None => true,
+        None => {
+            !recipient.is_empty()
+                && !recipient.contains(['!', '%', ':', '"', '\\', ' ', ',', '<', '>', '[', ']'])
+        }
     })
 }
 
@@ -1598,6 +1603,14 @@ mod tests {
         assert_eq!(local_recipient(&domains, "bob@example.net"), Some(false));
         assert_eq!(local_recipient(&domains, "postmaster"), Some(true));
         assert_eq!(local_recipient(&domains, "root"), Some(true));
+        for routed in [
+            "partner.example!bob",
+            "bob%partner.example",
+            "\"bob@x\"",
+            "",
+        ] {
+            assert_eq!(local_recipient(&domains, routed), Some(false), "{routed}");
+        }
         assert_eq!(local_recipient(&[], "postmaster"), None);
     }
 
