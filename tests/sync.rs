@@ -3232,6 +3232,65 @@ async fn changes_to_a_deleted_folder_do_not_follow_a_rename_to_its_name() {
     assert_eq!(waiting_changes(&server), 0);
 }
 
+/// The same with the deleted folder's name taken again by a folder made here (as Thunderbird
+/// empties Trash: a move into it, DELETE, CREATE), and with a rename before the deletion
+/// (a move out of Y, Y renamed X, X deleted, A renamed X): the move into the deleted Trash
+/// takes the message away upstream (review: it went into the new Trash, which then counted
+/// as holding mail fetched since, and the deleted message stayed upstream), and the move out
+/// of Y finds its original under Y (review: looked for under X, it was uploaded instead).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_folders_name_taken_again_keeps_its_changes_apart() {
+    let world = World::new();
+    let dovecot = Dovecot::start_tls();
+    upstream(
+        &dovecot,
+        json!([{"cmd": "raw", "line": "CREATE Trash"}, {"cmd": "raw", "line": "CREATE Y"},
+        {"cmd": "raw", "line": "CREATE A"}, {"cmd": "raw", "line": "CREATE Z"},
+        append_bytes("INBOX", &plain_message("t1")),
+        append_bytes("Y", &plain_message("c1")),
+        append_bytes("A", &plain_message("a1"))]),
+    );
+    let (server, _dir, config) = bobs_sync(&world, &dovecot);
+    let out = sync_once(&config);
+    assert_eq!(stdout(&out).trim(), format!("{USER}: 3 new"), "{out:?}");
+    let mut raw = server.login();
+    raw.ok("SELECT INBOX");
+    raw.ok("UID MOVE 1 Trash");
+    raw.ok("UNSELECT");
+    raw.ok("DELETE Trash");
+    raw.ok("CREATE Trash");
+    raw.ok("SELECT Y");
+    raw.ok("UID MOVE 1 Z");
+    raw.ok("UNSELECT");
+    raw.ok("RENAME Y X");
+    raw.ok("DELETE X");
+    raw.ok("RENAME A X");
+    for _ in 0..2 {
+        let out = sync_once(&config);
+        assert!(out.status.success(), "{out:?}");
+    }
+    for (folder, subjects) in [
+        ("INBOX", &[][..]),
+        ("Trash", &[]),
+        ("Z", &["c1"]),
+        ("X", &["a1"]),
+    ] {
+        assert_eq!(
+            upstream_subjects(&dovecot, folder),
+            subjects,
+            "upstream {folder}"
+        );
+        assert_eq!(exists(&mut raw, folder), subjects.len(), "{folder} here");
+    }
+    let list = upstream(&dovecot, json!([{"cmd": "raw", "line": "LIST \"\" *"}]));
+    let folders = untagged(&list, 0).join("\n");
+    assert!(
+        !folders.contains("\"Y\"") && !folders.contains("\"A\""),
+        "{folders}"
+    );
+    assert_eq!(waiting_changes(&server), 0);
+}
+
 /// A pass whose UID COPY (of a move or copy into Archive) never reaches the server; then a
 /// message with the Message-ID of plain_message("two") and other bytes comes into Archive, and
 /// a pass straight to the server follows. Returns that direct configuration and its output.

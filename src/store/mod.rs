@@ -1834,6 +1834,8 @@ fn insert_mailbox(
     special_use: Option<SpecialUse>,
     subscribed: bool,
 ) -> Result<MailboxId, StoreError> {
+    // The name is free: changes waiting for a mailbox of this name are a deleted one's.
+    mark_gone_in_journal(tx, account, name, None)?;
     let highest: i64 = tx.query_row(
         "SELECT coalesce((SELECT value FROM store_meta WHERE key = 'uidvalidity'), 0)",
         [],
@@ -2234,7 +2236,7 @@ fn rename_rows(
     source: &Mailbox,
     to: &str,
 ) -> Result<(), StoreError> {
-    mark_gone_in_journal(tx, account, &source.name, to)?;
+    mark_gone_in_journal(tx, account, to, Some(&source.name))?;
     let prefix = format!("{}{DELIMITER}", source.name);
     // SQLite's substr counts characters, not bytes ("Entwürfe/").
     let chars = prefix.chars().count() as i64;
@@ -2256,27 +2258,30 @@ fn rename_rows(
     rename_in_journal(tx, account, &source.name, to)
 }
 
-/// Before `from` is renamed to `to`, which is free: a change waiting in the journal that
-/// names `to` (or a mailbox under it that is not here either) names a mailbox deleted here
-/// since, whose deletion waits in the journal too. Marked [`GONE`], it keeps that folder's name
-/// upstream and is never taken for the renamed one (review: a move into the deleted folder
-/// went into the renamed one, and a flag set there landed on the renamed folder's message of
-/// the same UID).
+/// Before the free name `to` is taken again (a mailbox made, or `from` renamed to it, its
+/// children with it): a change waiting in the journal that names it (or, for a rename, a
+/// mailbox under it that is not here either) names a mailbox deleted here since, whose
+/// deletion waits in the journal too. Marked [`GONE`], it keeps that folder's name upstream
+/// and is never taken for the new one (review: a move into the deleted folder went into the
+/// renamed one, and a flag set there landed on the renamed folder's message of the same UID;
+/// the same with a folder made again, as Thunderbird empties Trash).
 fn mark_gone_in_journal(
     tx: &Connection,
     account: AccountId,
-    from: &str,
     to: &str,
+    from: Option<&str>,
 ) -> Result<(), StoreError> {
     let under = |name: &str, top: &str| {
         name.strip_prefix(top)
             .is_some_and(|rest| rest.is_empty() || rest.starts_with(DELIMITER))
     };
+    let taken = |name: &str| match from {
+        Some(from) => under(name, to) && !under(name, from),
+        None => name == to,
+    };
     let gone = |name: &str| -> Result<Option<String>, StoreError> {
-        Ok(
-            (under(name, to) && !under(name, from) && find_mailbox(tx, account, name)?.is_none())
-                .then(|| format!("{GONE}{name}")),
-        )
+        Ok((taken(name) && find_mailbox(tx, account, name)?.is_none())
+            .then(|| format!("{GONE}{name}")))
     };
     let entries: Vec<(i64, String, String, String)> = {
         let mut stmt = tx.prepare(
@@ -2307,7 +2312,7 @@ fn mark_gone_in_journal(
 }
 
 /// What begins a journal entry's mailbox name that names a mailbox deleted here, after which
-/// another was renamed to its name (see `mark_gone_in_journal`): no mailbox name holds a control
+/// another took its name (see `mark_gone_in_journal`): no mailbox name holds a control
 /// character, so none is found by it here, and upstream it is the name after the mark
 /// ([`unmarked`]).
 pub const GONE: char = '\u{1}';

@@ -819,6 +819,18 @@ impl Store {
         })
     }
 
+    /// The account's mailbox deletions waiting in the journal: (entry id, name), oldest first.
+    pub fn journal_deletes(&self, account: AccountId) -> Result<Vec<(i64, String)>, StoreError> {
+        self.read(|c| {
+            let mut stmt = c.prepare(
+                "SELECT id, mailbox FROM journal
+                 WHERE account = ?1 AND kind = 'delete-mailbox' ORDER BY id",
+            )?;
+            let rows = stmt.query_map([account], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+    }
+
     /// Whether the account has journal entries made at or after `since` (Unix seconds): local
     /// changes newer than the sync pass that started then.
     pub fn journal_since(&self, account: AccountId, since: i64) -> Result<bool, StoreError> {

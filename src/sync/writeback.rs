@@ -64,6 +64,8 @@ struct Upstream<'a> {
     selected: Option<(String, u32)>,
     /// The mailbox renames waiting in the journal: (entry id, from, to), oldest first.
     renames: Vec<(i64, String, String)>,
+    /// The mailbox deletions waiting in the journal: (entry id, name), oldest first.
+    deletes: Vec<(i64, String)>,
     account: AccountId,
 }
 
@@ -118,17 +120,20 @@ impl Held {
     fn subjects(entry: &JournalEntry) -> (Vec<(String, u32)>, Vec<String>) {
         // (A three-field move detail too: review, it was read as naming nothing, and the
         // flag change after a move that waited was not held back.)
-        let other =
-            crate::store::named_message(&entry.detail).map(|(name, uid)| (name.to_string(), uid));
+        // A change marked as a deleted folder's (`store::GONE`) is about that folder still:
+        // it holds back the folder's deletion, and whatever names the folder's name (review).
+        let name = |n: &str| crate::store::unmarked(n).0.to_string();
+        let other = crate::store::named_message(&entry.detail).map(|(n, uid)| (name(n), uid));
+        let own = name(&entry.mailbox);
         match entry.kind.as_str() {
-            "delete-mailbox" | "create-mailbox" => (vec![], vec![entry.mailbox.clone()]),
-            "rename-mailbox" => (vec![], vec![entry.mailbox.clone(), entry.detail.clone()]),
+            "delete-mailbox" | "create-mailbox" => (vec![], vec![own]),
+            "rename-mailbox" => (vec![], vec![own, entry.detail.clone()]),
             "move" | "copy" => {
-                let mut messages = vec![(entry.mailbox.clone(), entry.uid)];
+                let mut messages = vec![(own, entry.uid)];
                 messages.extend(other);
                 (messages, vec![])
             }
-            _ => (vec![(entry.mailbox.clone(), entry.uid)], vec![]),
+            _ => (vec![(own, entry.uid)], vec![]),
         }
     }
 
@@ -187,7 +192,13 @@ impl Syncer {
             .folder_names(session, capabilities, prefix, account)
             .await?;
         let store = self.store.clone();
-        let renames = blocking(move || store.journal_renames(account)).await??;
+        let (renames, deletes) = blocking(move || {
+            Ok::<_, crate::store::StoreError>((
+                store.journal_renames(account)?,
+                store.journal_deletes(account)?,
+            ))
+        })
+        .await??;
         let mut upstream = Upstream {
             can_move: capabilities.has_str("MOVE"),
             uidplus: capabilities.has_str("UIDPLUS"),
@@ -195,6 +206,7 @@ impl Syncer {
             names,
             selected: None,
             renames,
+            deletes,
             account,
         };
         let (mut done, mut waiting, mut gnupg_waits) = (0, 0, false);
@@ -235,11 +247,11 @@ impl Syncer {
                     // for thousands of stored messages, say) is in the pass's count of
                     // changes waiting (review: 13,000 lines a minute under a busy client).
                     if !same_reason(&entry.last_error, &why) {
-                        tracing::warn!(account = %self.name, mailbox = %entry.mailbox,
+                        tracing::warn!(account = %self.name, mailbox = %crate::store::unmarked(&entry.mailbox).0,
                                 uid = entry.uid, kind = %entry.kind,
                                 "not written back upstream yet: {why}");
                     } else {
-                        tracing::debug!(account = %self.name, mailbox = %entry.mailbox,
+                        tracing::debug!(account = %self.name, mailbox = %crate::store::unmarked(&entry.mailbox).0,
                                 uid = entry.uid, kind = %entry.kind,
                                 "still not written back upstream: {why}");
                     }
@@ -282,7 +294,7 @@ impl Syncer {
                     if entry.attempts < STALE_LINK_TRIES {
                         return Err(Failure::Entry(STALE_LINK.into()));
                     }
-                    tracing::warn!(account = %self.name, mailbox = %entry.mailbox,
+                    tracing::warn!(account = %self.name, mailbox = %crate::store::unmarked(&entry.mailbox).0,
                         uid = entry.uid, "flag change dropped: the message was not found \
                         upstream again after the folder's UIDVALIDITY changed");
                     return Ok(WrittenBack::default());
@@ -1279,11 +1291,23 @@ impl Upstream<'_> {
     fn wire_name_at(&self, local: &str, entry: i64) -> String {
         // A mailbox deleted here before another was renamed to its name: the deleted one's
         // folder, which no rename undone is about (see `store::GONE`).
-        if let (name, true) = crate::store::unmarked(local) {
-            return self.wire_name(name);
-        }
+        // Only the renames before its deletion are that folder's.
+        let (local, gone) = crate::store::unmarked(local);
+        let until = match gone {
+            true => self
+                .deletes
+                .iter()
+                .find(|(id, name)| *id > entry && name == local)
+                .map_or(i64::MAX, |(id, _)| *id),
+            false => i64::MAX,
+        };
         let mut name = local.to_string();
-        for (_, from, to) in self.renames.iter().rev().filter(|(id, _, _)| *id > entry) {
+        for (_, from, to) in self
+            .renames
+            .iter()
+            .rev()
+            .filter(|(id, _, _)| *id > entry && *id < until)
+        {
             if name == *to {
                 name = from.clone();
             } else if let Some(rest) = name
