@@ -3291,6 +3291,76 @@ async fn a_deleted_folders_name_taken_again_keeps_its_changes_apart() {
     assert_eq!(waiting_changes(&server), 0);
 }
 
+/// A folder deleted here and another renamed to its name, while another client put mail into
+/// the deleted one upstream: the pass after the rename merges the two upstream, and the next
+/// passes go on (review: every pass then failed on the store's UNIQUE constraint for the
+/// folder's mark, and nothing more was synced for good).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rename_onto_a_folder_synced_meanwhile_merges_and_goes_on() {
+    let world = World::new();
+    let dovecot = Dovecot::start_tls();
+    upstream(
+        &dovecot,
+        json!([{"cmd": "raw", "line": "CREATE F2"}, {"cmd": "raw", "line": "CREATE F3"},
+        append_bytes("F2", &plain_message("z")),
+        append_bytes("F3", &plain_message("y"))]),
+    );
+    let (server, _dir, config) = bobs_sync(&world, &dovecot);
+    let out = sync_once(&config);
+    assert_eq!(stdout(&out).trim(), format!("{USER}: 2 new"), "{out:?}");
+    let mut raw = server.login();
+    raw.ok("DELETE F3");
+    raw.ok("RENAME F2 F3");
+    upstream(&dovecot, json!([append_bytes("F3", &plain_message("new"))]));
+    for _ in 0..4 {
+        let out = sync_once(&config);
+        assert!(out.status.success(), "{out:?}");
+    }
+    upstream(
+        &dovecot,
+        json!([append_bytes("INBOX", &plain_message("later"))]),
+    );
+    let out = sync_once(&config);
+    assert_eq!(stdout(&out).trim(), format!("{USER}: 1 new"), "{out:?}");
+    assert_eq!(upstream_subjects(&dovecot, "F3"), ["new", "z"]);
+    assert_eq!(exists(&mut raw, "F3"), 2);
+    assert_eq!(waiting_changes(&server), 0);
+}
+
+/// A folder renamed and then deleted here, while another client renamed it upstream: the
+/// rename upstream is not followed (the deletion here waits to go up), and the passes go on
+/// (review: "no such mailbox" ended every pass, and new mail never came down).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_folder_deleted_here_and_renamed_upstream_holds_up_nothing() {
+    let world = World::new();
+    let dovecot = Dovecot::start_tls();
+    upstream(
+        &dovecot,
+        json!([{"cmd": "raw", "line": "CREATE A"},
+        append_bytes("A", &plain_message("a1")),
+        append_bytes("A", &plain_message("a2"))]),
+    );
+    let (server, _dir, config) = bobs_sync(&world, &dovecot);
+    let out = sync_once(&config);
+    assert_eq!(stdout(&out).trim(), format!("{USER}: 2 new"), "{out:?}");
+    let mut raw = server.login();
+    raw.ok("RENAME A C");
+    raw.ok("DELETE C");
+    upstream(&dovecot, json!([{"cmd": "raw", "line": "RENAME A D"}]));
+    for _ in 0..3 {
+        let out = sync_once(&config);
+        assert!(out.status.success(), "{out:?}");
+    }
+    upstream(
+        &dovecot,
+        json!([append_bytes("INBOX", &plain_message("later"))]),
+    );
+    let out = sync_once(&config);
+    assert!(out.status.success(), "{out:?}");
+    assert!(stdout(&out).contains("1 new"), "{out:?}");
+    assert_eq!(exists(&mut raw, "INBOX"), 1);
+}
+
 /// A pass whose UID COPY (of a move or copy into Archive) never reaches the server; then a
 /// message with the Message-ID of plain_message("two") and other bytes comes into Archive, and
 /// a pass straight to the server follows. Returns that direct configuration and its output.

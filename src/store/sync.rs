@@ -276,7 +276,12 @@ impl Store {
             let [mailbox] = mailboxes[..] else {
                 return Ok(FollowedRename::No);
             };
-            let source = find_mailbox_id(tx, mailbox)?;
+            // Its mailbox deleted here (the deletion waits to go up): not followed (review:
+            // "no such mailbox" ended every pass, and nothing more was synced).
+            let source = match find_mailbox_id(tx, mailbox) {
+                Err(StoreError::NoMailbox(_)) => return Ok(FollowedRename::No),
+                found => found?,
+            };
             // A rename or deletion of it or under it waiting here: followed, the user's own
             // change would be undone or go up under names upstream no longer has (review: a
             // waiting rename was undone). A subfolder made here waits for the follow and is
@@ -926,10 +931,16 @@ impl Store {
             }
             if let Some((from, to, delimiter)) = &done.rename_folder {
                 let prefix = format!("{from}{delimiter}");
+                // A folder of the new name synced already (another client made it, and its
+                // mail came down into the folder renamed here, which has that name: the two
+                // were merged upstream): the renamed folder's mark replaces its, so the next
+                // pass reads it as a folder whose UIDVALIDITY changed and links its messages
+                // again by content (review: the UNIQUE constraint failed at every pass, and
+                // the account synced nothing more).
                 for table in ["sync_map", "sync_folders"] {
                     tx.execute(
                         &format!(
-                            "UPDATE {table} SET folder = ?2 || substr(folder, ?3)
+                            "UPDATE OR REPLACE {table} SET folder = ?2 || substr(folder, ?3)
                              WHERE account = ?1 AND (folder = ?4 OR substr(folder, 1, ?5) = ?6)"
                         ),
                         // SQLite's substr counts characters, not bytes ("Entwürfe/").
