@@ -257,7 +257,7 @@ pub async fn sync(config: Config, args: SyncArgs) -> Result<u8, CliError> {
             // The connection broke: what came is stored and reported above, the rest waits,
             // and the pass is not done (review: 0 after passes that stored nothing at all).
             None if !broken_off.is_empty() => Err(CliError::Temporary(format!(
-                "the upstream connection broke, mail waits for the next pass ({})",
+                "the upstream connection broke, the rest waits for the next pass ({})",
                 broken_off.join("; ")
             ))),
             None => Ok(0),

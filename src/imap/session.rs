@@ -633,13 +633,16 @@ impl Session {
                 if kind == "BAD" {
                     self.count_bad().await?;
                 }
-                // The store failing (SERVERBUG, a full disk) is the administrator's to see; a
-                // client's own mistake answered from the store (a mailbox that exists already
-                // or not at all, the keyword limit) is not (review: clients create Sent, Drafts
-                // and Trash at every start, each an ERROR line naming the mailbox).
+                // The store failing (SERVERBUG, a full disk, a mailbox out of UIDs) is the
+                // administrator's to see; a client's own mistake answered from the store (a
+                // mailbox that exists already or not at all, the keyword limit) is not
+                // (review: clients create Sent, Drafts and Trash at every start, each an ERROR
+                // line naming the mailbox).
                 if matches!(error, CmdError::Store(_) | CmdError::Join(_)) {
                     let user = self.user().map(|u| u.name.clone()).unwrap_or_default();
-                    if matches!(code, Some("SERVERBUG" | "OVERQUOTA")) {
+                    let admin = matches!(code, Some("SERVERBUG" | "OVERQUOTA"))
+                        || matches!(error, CmdError::Store(StoreError::UidsExhausted(_)));
+                    if admin {
                         tracing::error!(peer = %self.peer, %user, %error, "imap: command failed");
                     } else {
                         tracing::debug!(peer = %self.peer, %user, %error, "imap: command refused");

@@ -360,7 +360,11 @@ fn run_log(dir: &Path) -> std::io::Result<std::fs::File> {
     use std::os::unix::fs::OpenOptionsExt;
     let path = dir.join("run.log");
     if std::fs::symlink_metadata(&path).is_ok_and(|m| m.len() > RUN_LOG_BYTES) {
-        std::fs::rename(&path, dir.join("run.log.1"))?;
+        // Another sendmail may have moved it first: this one's log goes to the new file.
+        match std::fs::rename(&path, dir.join("run.log.1")) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
     }
     std::fs::OpenOptions::new()
         .append(true)

@@ -676,11 +676,15 @@ impl Store {
             Ok(value)
         };
         let value = written().map_err(|e: StoreError| {
-            // What a failed transaction wrote stays in the -wal until the log starts over,
-            // which takes a checkpoint; a passive one waits for nobody and lets the next write
-            // start it over and cut it back (see `wal_mode`).
-            if let Ok(conn) = self.writer() {
-                let _ = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+            // What a transaction SQLite failed in wrote stays in the -wal until the log starts
+            // over, which takes a checkpoint; a passive one waits for nobody and lets the next
+            // write start it over and cut it back (see `wal_mode`). Not after a refusal of
+            // the store's own (a mailbox that exists already: clients make Sent at every
+            // start), which wrote next to nothing.
+            if matches!(e, StoreError::Sql { .. }) {
+                if let Ok(conn) = self.writer() {
+                    let _ = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+                }
             }
             e.in_store(&self.inner.path)
         })?;

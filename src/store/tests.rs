@@ -1043,13 +1043,16 @@ fn the_wal_is_cut_back_after_a_large_transaction_committed_or_not() {
         .unwrap();
     assert!(wal_bytes() <= WAL_KEPT_BYTES, "{}", wal_bytes());
 
+    // SQLite failing in the middle of the transaction, as on a full disk.
     let failed = store.write(|tx| {
         tx.execute(
             "UPDATE accounts SET name = name || ?1 WHERE id = ?2",
             params!["y".repeat(24 << 20), account],
         )?;
-        Err::<(), _>(StoreError::Poisoned)
+        tx.execute("INSERT INTO no_such_table VALUES (1)", [])?;
+        Ok(())
     });
+    assert!(matches!(failed, Err(StoreError::Sql { .. })), "{failed:?}");
     assert!(failed.is_err());
     assert!(wal_bytes() > 24 << 20, "{}", wal_bytes());
     store

@@ -107,8 +107,9 @@ pub struct SyncReport {
     /// INBOX's UIDNEXT when the pass looked at it: mail that came after it, while the pass
     /// went through the other folders, starts the next pass at once.
     pub inbox_uidnext: Option<u32>,
-    /// Folders the connection broke in (left out, or cut short): their mail waits for the
-    /// next pass, so the pass did not go through (`sync --once` exits 75).
+    /// Folders the connection broke in (left out, or cut short), and "the write-back" when it
+    /// broke there: their mail or changes wait for the next pass, so the pass did not go
+    /// through (`sync --once` exits 75).
     pub broken_off: Vec<String>,
     /// The pass ended early, in the last of `broken_off`: the link broke twice.
     pub ended_early: bool,
@@ -215,6 +216,8 @@ impl Syncer {
                 // answers in time would otherwise hold up all new mail, for good). The change
                 // stays for the next pass; new mail comes down over a fresh connection.
                 tracing::warn!(account = %self.name, "write-back stopped: {e}; fetching anyway");
+                // The pass does not go through (review: 0).
+                report.broken_off.push("the write-back".into());
                 let store = self.store.clone();
                 report.waiting = blocking(move || store.journal_backlog(account)).await??.0;
                 *session = upstream::connect(&self.config).await?;
