@@ -721,7 +721,30 @@ fn relabelled_type(part: &MessagePart<'_>, raw: &[u8]) -> Option<String> {
         None | Some("7bit" | "8bit" | "binary" | "base64" | "quoted-printable")
     );
     if part.encoding == Encoding::None && !known {
-        Some("application/octet-stream".into())
+        // Its name goes with it (review: the relabelled part lost it): quoted when it is
+        // plain ASCII, else as RFC 2231 UTF-8.
+        let name = part.content_type().and_then(|ct| ct.attribute("name"));
+        Some(match name {
+            None => "application/octet-stream".into(),
+            Some(n)
+                if n.bytes()
+                    .all(|b| (b' '..=b'~').contains(&b) && b != b'"' && b != b'\\') =>
+            {
+                format!("application/octet-stream; name=\"{n}\"")
+            }
+            Some(n) => {
+                let encoded: String = n
+                    .bytes()
+                    .map(|b| match b {
+                        b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'.' | b'-' | b'_' => {
+                            (b as char).to_string()
+                        }
+                        _ => format!("%{b:02X}"),
+                    })
+                    .collect();
+                format!("application/octet-stream; name*=utf-8''{encoded}")
+            }
+        })
     } else if is_broken_container(part) {
         Some(text_type(raw, part))
     } else {
@@ -1066,18 +1089,19 @@ fwd\r\n--R--\r\n\r\n--i--\r\n\r\n--R--\r\n";
     /// bytes were 7-bit safe already.
     #[test]
     fn an_unknown_encoding_over_eight_bit_bytes_becomes_octet_stream() {
-        let raw = b"From: a@example.org\r\nContent-Type: text/plain\r\n\
+        let raw = b"From: a@example.org\r\nContent-Type: text/plain; name*=utf-8''caf%C3%A9.uu\r\n\
 Content-Transfer-Encoding: x-uuencode\r\n\r\ncaf\xc3\xa9\r\n";
         let entity = content_entity(&ParsedMessage::parse(raw.to_vec()).unwrap()).to_entity();
         assert!(is_signing_safe(&entity));
         let m = MessageParser::default().parse(&entity[..]).unwrap();
         assert_eq!(m.content_type().unwrap().ctype(), "application");
         assert_eq!(m.content_type().unwrap().subtype(), Some("octet-stream"));
+        assert_eq!(m.content_type().unwrap().attribute("name"), Some("café.uu"));
         let part = m.attachments().next().unwrap();
         assert_eq!(part.contents(), b"caf\xc3\xa9\r\n");
 
         let raw = b"From: a@example.org\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; \
-boundary=b\r\n\r\n--b\r\nContent-Type: text/plain; name=\"f\"\r\n\
+boundary=b\r\n\r\n--b\r\nContent-Type: text/plain; name=\"f.uu\"\r\n\
 Content-Transfer-Encoding: x-uuencode\r\n\r\n\xff\xfe\r\n--b\r\n\
 Content-Transfer-Encoding: bogus\r\n\r\n\xe9t\xe9\r\n--b\r\n\
 Content-Type: text/plain\r\nContent-Transfer-Encoding: x-uuencode\r\n\r\n\
@@ -1100,6 +1124,12 @@ begin 644 f\r\n#86)C\r\n`\r\nend\r\n--b--\r\n";
                 "application/octet-stream",
                 "text/plain"
             ],
+            "{text}"
+        );
+        // The name goes with the part.
+        assert_eq!(
+            m.parts[1].content_type().unwrap().attribute("name"),
+            Some("f.uu"),
             "{text}"
         );
         // The CRLF before a delimiter is the delimiter's (RFC 2046 §5.1.1).
