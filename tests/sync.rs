@@ -3363,6 +3363,39 @@ async fn a_folder_deleted_here_and_renamed_upstream_holds_up_nothing() {
     assert_eq!(exists(&mut raw, "INBOX"), 1);
 }
 
+/// A folder deleted here twice, new mail coming upstream after each deletion: the folder is
+/// fetched back with the new mail, and both deletions go up, each taking what the folder held
+/// when it was deleted (review: the second deletion, waiting behind the first, kept the
+/// folder from being fetched, so both waited for good).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_folder_deleted_twice_while_mail_came_gets_its_mail() {
+    let world = World::new();
+    let dovecot = Dovecot::start_tls();
+    upstream(
+        &dovecot,
+        json!([{"cmd": "raw", "line": "CREATE L"}, append_bytes("L", &plain_message("l1"))]),
+    );
+    let (server, _dir, config) = bobs_sync(&world, &dovecot);
+    let out = sync_once(&config);
+    assert_eq!(stdout(&out).trim(), format!("{USER}: 1 new"), "{out:?}");
+    let mut raw = server.login();
+    raw.ok("DELETE L");
+    upstream(&dovecot, json!([append_bytes("L", &plain_message("n1"))]));
+    let out = sync_once(&config);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(exists(&mut raw, "L"), 1, "n1 fetched: {out:?}");
+    raw.ok("UNSELECT");
+    raw.ok("DELETE L");
+    upstream(&dovecot, json!([append_bytes("L", &plain_message("p1"))]));
+    for _ in 0..3 {
+        let out = sync_once(&config);
+        assert!(out.status.success(), "{out:?}");
+    }
+    assert_eq!(upstream_subjects(&dovecot, "L"), ["p1"]);
+    assert_eq!(exists(&mut raw, "L"), 1);
+    assert_eq!(waiting_changes(&server), 0);
+}
+
 /// A pass whose UID COPY (of a move or copy into Archive) never reaches the server; then a
 /// message with the Message-ID of plain_message("two") and other bytes comes into Archive, and
 /// a pass straight to the server follows. Returns that direct configuration and its output.

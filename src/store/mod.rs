@@ -32,7 +32,7 @@ use sync::journal;
 pub(crate) use sync::FollowedRename;
 pub use sync::{
     holds_delimiter, is_local_keyword, JournalEntry, SyncFolder, UpstreamRef, WrittenBack,
-    HELD_BACK, LOCAL_KEYWORD_PREFIX,
+    HELD_BACK, LOCAL_KEYWORD_PREFIX, UNSEEN_BEFORE_DELETE,
 };
 
 pub type AccountId = i64;

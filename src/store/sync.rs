@@ -18,6 +18,10 @@ use super::{
 /// message or mailbox.
 pub const HELD_BACK: &str = "waits for an earlier change to the same message or mailbox";
 
+/// Why a folder deleted here waits: its new mail upstream comes down first.
+pub const UNSEEN_BEFORE_DELETE: &str =
+    "new mail upstream since the last pass: fetched before the folder is deleted";
+
 /// What [`Store::follow_upstream_rename`] did.
 #[derive(Debug, PartialEq, Eq)]
 pub enum FollowedRename {
@@ -564,9 +568,27 @@ impl Store {
                                    WHERE m.account = ?1 AND m.name = j.mailbox)
                  ORDER BY j.id",
             )?;
-            let rows = stmt.query_map([account], |r| Ok((r.get(0)?, (r.get(1)?, r.get(2)?))))?;
-            // In journal order, so the latest entry of a name is the one kept.
-            Ok(rows.collect::<Result<_, _>>()?)
+            let rows = stmt.query_map([account], |r| {
+                Ok((r.get::<_, String>(0)?, (r.get::<_, String>(1)?, r.get(2)?)))
+            })?;
+            // In journal order, so the latest entry of a name is the one kept; but a deletion
+            // that waits for new mail to be fetched is kept while no rename of that name
+            // comes after it: a later deletion of the name waits behind it (HELD_BACK), and
+            // taken for the name's entry it kept the mail from being fetched, so both waited
+            // for good (review).
+            let mut departures: std::collections::HashMap<String, (String, String)> =
+                std::collections::HashMap::new();
+            for row in rows {
+                let (name, (kind, why)) = row?;
+                let fetching = departures
+                    .get(&name)
+                    .is_some_and(|(k, w)| k == "delete-mailbox" && w == UNSEEN_BEFORE_DELETE);
+                if fetching && kind == "delete-mailbox" {
+                    continue;
+                }
+                departures.insert(name, (kind, why));
+            }
+            Ok(departures)
         })
     }
 

@@ -270,7 +270,7 @@ impl Syncer {
             // after the change went upstream. Only new mail a deletion found upstream brings
             // the folder back (the deletion waits for it).
             if let Some((kind, why)) = departures.get(&local) {
-                if !(kind == "delete-mailbox" && why == writeback::UNSEEN_BEFORE_DELETE) {
+                if !(kind == "delete-mailbox" && why == crate::store::UNSEEN_BEFORE_DELETE) {
                     tracing::info!(account = %self.name, %folder,
                         "deleted or renamed here, not upstream yet: not fetched in this pass");
                     continue;

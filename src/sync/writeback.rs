@@ -22,6 +22,7 @@ use super::{blocking, within, SyncError, Syncer};
 use crate::rewrite::{Decision, Envelope, Outcome, Policy, Rewriter};
 use crate::store::{
     is_local_keyword, AccountId, JournalEntry, MailboxId, Need, UpstreamRef, WrittenBack,
+    HELD_BACK, UNSEEN_BEFORE_DELETE,
 };
 
 /// Journal entries read per round.
@@ -35,13 +36,6 @@ const STALE_LINK_TRIES: u32 = 10;
 /// How many messages of the target folder with the original's size a retried move or copy
 /// reads, the newest first, looking for the copy an earlier try made.
 const COPY_CANDIDATES: usize = 8;
-
-/// Why a folder deleted here waits: its new mail upstream comes down first.
-pub(super) const UNSEEN_BEFORE_DELETE: &str =
-    "new mail upstream since the last pass: fetched before the folder is deleted";
-
-/// Why a change waits behind an earlier one that failed.
-use crate::store::HELD_BACK;
 
 /// Why a change to a message whose link went stale waits.
 const STALE_LINK: &str =
