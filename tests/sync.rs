@@ -2977,10 +2977,7 @@ async fn a_rename_to_a_name_made_upstream_meanwhile_merges_the_folders() {
     raw.ok("UID STORE 1 +FLAGS (\\Flagged)");
     raw.ok("UNSELECT");
     raw.ok("RENAME Old New");
-    for _ in 0..2 {
-        let out = sync_once(&config);
-        assert!(out.status.success(), "{out:?}");
-    }
+    passes(&config, 2);
     let out = sync_once(&config);
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{out:?}");
@@ -3173,6 +3170,14 @@ async fn a_folder_deleted_here_keeps_mail_that_came_upstream_since() {
     }
 }
 
+/// `n` passes of `sync --once`, each of which must go through.
+fn passes(config: &Path, n: usize) {
+    for _ in 0..n {
+        let out = sync_once(config);
+        assert!(out.status.success(), "{out:?}");
+    }
+}
+
 /// The subjects (and flags) of upstream `folder`'s messages, sorted.
 fn upstream_subjects(dovecot: &Dovecot, folder: &str) -> Vec<String> {
     let seen = upstream(
@@ -3225,10 +3230,7 @@ async fn changes_to_a_deleted_folder_do_not_follow_a_rename_to_its_name() {
     raw.ok("UNSELECT");
     raw.ok("DELETE F3");
     raw.ok("RENAME F2 F3");
-    for _ in 0..2 {
-        let out = sync_once(&config);
-        assert!(out.status.success(), "{out:?}");
-    }
+    passes(&config, 2);
     assert_eq!(upstream_subjects(&dovecot, "F3"), ["z"], "upstream F3");
     assert_eq!(exists(&mut raw, "F3"), 1);
     assert_eq!(waiting_changes(&server), 0);
@@ -3267,10 +3269,7 @@ async fn a_deleted_folders_name_taken_again_keeps_its_changes_apart() {
     raw.ok("RENAME Y X");
     raw.ok("DELETE X");
     raw.ok("RENAME A X");
-    for _ in 0..2 {
-        let out = sync_once(&config);
-        assert!(out.status.success(), "{out:?}");
-    }
+    passes(&config, 2);
     for (folder, subjects) in [
         ("INBOX", &[][..]),
         ("Trash", &[]),
@@ -3314,10 +3313,7 @@ async fn a_rename_onto_a_folder_synced_meanwhile_merges_and_goes_on() {
     raw.ok("DELETE F3");
     raw.ok("RENAME F2 F3");
     upstream(&dovecot, json!([append_bytes("F3", &plain_message("new"))]));
-    for _ in 0..4 {
-        let out = sync_once(&config);
-        assert!(out.status.success(), "{out:?}");
-    }
+    passes(&config, 4);
     upstream(
         &dovecot,
         json!([append_bytes("INBOX", &plain_message("later"))]),
@@ -3349,10 +3345,7 @@ async fn a_folder_deleted_here_and_renamed_upstream_holds_up_nothing() {
     raw.ok("RENAME A C");
     raw.ok("DELETE C");
     upstream(&dovecot, json!([{"cmd": "raw", "line": "RENAME A D"}]));
-    for _ in 0..3 {
-        let out = sync_once(&config);
-        assert!(out.status.success(), "{out:?}");
-    }
+    passes(&config, 3);
     upstream(
         &dovecot,
         json!([append_bytes("INBOX", &plain_message("later"))]),
@@ -3387,10 +3380,7 @@ async fn a_folder_deleted_twice_while_mail_came_gets_its_mail() {
     raw.ok("UNSELECT");
     raw.ok("DELETE L");
     upstream(&dovecot, json!([append_bytes("L", &plain_message("p1"))]));
-    for _ in 0..3 {
-        let out = sync_once(&config);
-        assert!(out.status.success(), "{out:?}");
-    }
+    passes(&config, 3);
     assert_eq!(upstream_subjects(&dovecot, "L"), ["p1"]);
     assert_eq!(exists(&mut raw, "L"), 1);
     assert_eq!(waiting_changes(&server), 0);
@@ -3933,10 +3923,7 @@ async fn flags_changed_on_both_sides_are_both_kept() {
         json!([{"cmd": "raw", "line": "SELECT INBOX"},
         {"cmd": "raw", "line": "UID STORE 1 +FLAGS (\\Flagged)"}]),
     );
-    for _ in 0..2 {
-        let out = sync_once(&config);
-        assert!(out.status.success(), "{out:?}");
-    }
+    passes(&config, 2);
     let up = upstream_flags(&dovecot, "INBOX").join("\n");
     assert!(up.contains("\\Seen") && up.contains("\\Flagged"), "{up}");
     raw.ok("SELECT INBOX");
@@ -4190,10 +4177,7 @@ async fn a_flag_change_waiting_in_a_folder_renamed_upstream_leaves_no_second_cop
     raw.ok("UID STORE 1 +FLAGS (\\Flagged)");
     raw.ok("UNSELECT");
     upstream(&dovecot, json!([{"cmd": "raw", "line": "RENAME RN RN2"}]));
-    for _ in 0..2 {
-        let out = sync_once(&config);
-        assert!(out.status.success(), "{out:?}");
-    }
+    passes(&config, 2);
     assert_eq!(waiting_changes(&server), 0);
     assert_eq!(exists(&mut raw, "RN2"), 2);
     let listed = raw.ok("LIST \"\" \"*\"").join("\n");
@@ -4295,10 +4279,7 @@ async fn upstream_flags_reach_messages_linked_without_a_fetch() {
     raw.ok("SELECT INBOX");
     raw.ok("UID MOVE 1:2 Receipts");
     raw.ok("UNSELECT");
-    for _ in 0..2 {
-        let out = sync_once(&config);
-        assert!(out.status.success(), "{out:?}");
-    }
+    passes(&config, 2);
     raw.ok("SELECT Receipts");
     let flags = raw.ok("FETCH 1:* (FLAGS)");
     assert_eq!(flags.len(), 2, "{flags:?}");
@@ -4384,10 +4365,7 @@ async fn the_same_move_on_both_sides_leaves_one_message() {
     raw.ok("SELECT INBOX");
     raw.ok("UID MOVE 1 Archive");
     raw.ok("UNSELECT");
-    for _ in 0..2 {
-        let out = sync_once(&config);
-        assert!(out.status.success(), "{out:?}");
-    }
+    passes(&config, 2);
     assert_eq!(dovecot.mailbox_files("Archive").len(), 1);
     assert!(dovecot.mailbox_files("INBOX").is_empty());
     assert_eq!(exists(&mut raw, "Archive"), 1);
@@ -4477,10 +4455,7 @@ async fn a_keyword_the_server_refuses_holds_nothing_up() {
     assert_eq!(store.journal_backlog(account).unwrap(), (0, None));
     // The keyword stays here in the passes after (review: the flag change it came with came
     // back down as upstream's flags, without it, and wiped it at once).
-    for _ in 0..2 {
-        let out = sync_once(&config);
-        assert!(out.status.success(), "{out:?}");
-    }
+    passes(&config, 2);
     raw.ok("SELECT Archive");
     let flags = raw.ok("FETCH 1 (FLAGS)").join(" ");
     assert!(flags.contains(&long) && flags.contains("\\Seen"), "{flags}");

@@ -2287,32 +2287,7 @@ fn mark_gone_in_journal(
         Ok((taken(name) && find_mailbox(tx, account, name)?.is_none())
             .then(|| format!("{GONE}{name}")))
     };
-    let entries: Vec<(i64, String, String, String)> = {
-        let mut stmt = tx.prepare(
-            "SELECT id, mailbox, kind, detail FROM journal
-             WHERE account = ?1 AND kind IN ('flags', 'expunge', 'append', 'copy', 'move')",
-        )?;
-        let rows = stmt.query_map([account], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-        })?;
-        rows.collect::<Result<_, _>>()?
-    };
-    let mut update = tx.prepare("UPDATE journal SET mailbox = ?2, detail = ?3 WHERE id = ?1")?;
-    for (id, mailbox, kind, detail) in entries {
-        let new_mailbox = gone(&mailbox)?;
-        let new_detail = match (kind.as_str(), detail.split_once('\t')) {
-            ("copy" | "move", Some((name, uid))) => gone(name)?.map(|n| format!("{n}\t{uid}")),
-            _ => None,
-        };
-        if new_mailbox.is_some() || new_detail.is_some() {
-            update.execute(params![
-                id,
-                new_mailbox.unwrap_or(mailbox),
-                new_detail.unwrap_or(detail)
-            ])?;
-        }
-    }
-    Ok(())
+    rewrite_journal_names(tx, account, false, gone)
 }
 
 /// What begins a journal entry's mailbox name that names a mailbox deleted here, after which
@@ -2348,23 +2323,36 @@ fn rename_in_journal(
                 .map(|rest| format!("{to}{DELIMITER}{rest}"))
         }
     };
+    rewrite_journal_names(tx, account, true, |name| Ok(renamed(name)))
+}
+
+/// Gives the names in the account's waiting message changes (their mailbox, and a copy's
+/// source or a move's target) the new name `new_name` returns for them, if any; with
+/// `creations`, those of waiting mailbox creations too.
+fn rewrite_journal_names(
+    tx: &Connection,
+    account: AccountId,
+    creations: bool,
+    new_name: impl Fn(&str) -> Result<Option<String>, StoreError>,
+) -> Result<(), StoreError> {
     let entries: Vec<(i64, String, String, String)> = {
         let mut stmt = tx.prepare(
             "SELECT id, mailbox, kind, detail FROM journal
              WHERE account = ?1
-               AND kind IN ('flags', 'expunge', 'append', 'copy', 'move', 'create-mailbox')",
+               AND (kind IN ('flags', 'expunge', 'append', 'copy', 'move')
+                    OR (?2 AND kind = 'create-mailbox'))",
         )?;
-        let rows = stmt.query_map([account], |r| {
+        let rows = stmt.query_map(params![account, creations], |r| {
             Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
         })?;
         rows.collect::<Result<_, _>>()?
     };
     let mut update = tx.prepare("UPDATE journal SET mailbox = ?2, detail = ?3 WHERE id = ?1")?;
     for (id, mailbox, kind, detail) in entries {
-        let new_mailbox = renamed(&mailbox);
+        let new_mailbox = new_name(&mailbox)?;
         // copy: "SOURCE\tUID"; move: "TARGET\tUID".
         let new_detail = match (kind.as_str(), detail.split_once('\t')) {
-            ("copy" | "move", Some((name, uid))) => renamed(name).map(|n| format!("{n}\t{uid}")),
+            ("copy" | "move", Some((name, uid))) => new_name(name)?.map(|n| format!("{n}\t{uid}")),
             _ => None,
         };
         if new_mailbox.is_some() || new_detail.is_some() {
