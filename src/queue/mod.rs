@@ -1123,10 +1123,6 @@ CREATE TABLE IF NOT EXISTS recipients(
 CREATE INDEX IF NOT EXISTS recipients_queued ON recipients(state, next_attempt);
 ";
 
-/// Brings a queue made by an earlier version up to [`SCHEMA`]. `messages.report` (added
-/// when a user's message with a null sender was found taken for a report): a report is one
-/// the runner wrote: a null sender, no notification, and a delivery-status report of
-/// sealpost's own (a user's `-f '<>' -N never` message has the first two too).
 /// An SQLite URI for the file at `path` (RFC 3986 percent-encoding: a path may hold `?`, `#`
 /// or `%`), followed by `query`.
 fn sqlite_uri(path: &Path, query: &str) -> String {
@@ -1143,6 +1139,10 @@ fn sqlite_uri(path: &Path, query: &str) -> String {
     uri
 }
 
+/// Brings a queue made by an earlier version up to [`SCHEMA`]. `messages.report` (added
+/// when a user's message with a null sender was found taken for a report): a report is one
+/// the runner wrote: a null sender, no notification, and a delivery-status report of
+/// sealpost's own (a user's `-f '<>' -N never` message has the first two too).
 fn migrate(conn: &Connection) -> rusqlite::Result<()> {
     let has = |table: &str, column: &str| {
         conn.query_row(
