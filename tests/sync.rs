@@ -3386,6 +3386,39 @@ async fn a_folder_deleted_twice_while_mail_came_gets_its_mail() {
     assert_eq!(waiting_changes(&server), 0);
 }
 
+/// A folder deleted here, brought back by new mail, the new mail moved out of it, the folder
+/// deleted again and made again, all before the write-back: the move is a move of the
+/// original upstream, and only what each deletion took goes (review: the first deletion
+/// expunged the new mail upstream too, and the move then waited for good to upload it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_folder_brought_back_then_emptied_and_made_again_moves_its_mail() {
+    let world = World::new();
+    let dovecot = Dovecot::start_tls();
+    upstream(
+        &dovecot,
+        json!([{"cmd": "raw", "line": "CREATE F"}, {"cmd": "raw", "line": "CREATE Bar"},
+        append_bytes("F", &plain_message("o1"))]),
+    );
+    let (server, _dir, config) = bobs_sync(&world, &dovecot);
+    let out = sync_once(&config);
+    assert_eq!(stdout(&out).trim(), format!("{USER}: 1 new"), "{out:?}");
+    let mut raw = server.login();
+    raw.ok("DELETE F");
+    upstream(&dovecot, json!([append_bytes("F", &plain_message("n"))]));
+    passes(&config, 1);
+    assert_eq!(exists(&mut raw, "F"), 1, "n fetched back");
+    raw.ok("UID MOVE 1:* Bar");
+    raw.ok("UNSELECT");
+    raw.ok("DELETE F");
+    raw.ok("CREATE F");
+    passes(&config, 3);
+    assert_eq!(upstream_subjects(&dovecot, "Bar"), ["n"]);
+    assert_eq!(upstream_subjects(&dovecot, "F"), Vec::<String>::new());
+    assert_eq!(exists(&mut raw, "Bar"), 1);
+    assert_eq!(exists(&mut raw, "F"), 0);
+    assert_eq!(waiting_changes(&server), 0);
+}
+
 /// A pass whose UID COPY (of a move or copy into Archive) never reaches the server; then a
 /// message with the Message-ID of plain_message("two") and other bytes comes into Archive, and
 /// a pass straight to the server follows. Returns that direct configuration and its output.

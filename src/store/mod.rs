@@ -846,7 +846,10 @@ impl Store {
             tx.execute("DELETE FROM expunged WHERE mailbox = ?1", [mailbox.id])?;
             tx.execute("DELETE FROM mailboxes WHERE id = ?1", [mailbox.id])?;
             collect_garbage(tx, &contents)?;
-            journal(tx, account, name, 0, "delete-mailbox", "")?;
+            // Which mailbox of the name went: the write-back expunges upstream what this one
+            // held, not what a later one of the name holds (see `deleted_mailbox`).
+            let which = format!("{GONE}{}", mailbox.id);
+            journal(tx, account, name, 0, "delete-mailbox", &which)?;
             Ok(())
         })
     }
@@ -2295,6 +2298,12 @@ fn mark_gone_in_journal(
 /// character, so none is found by it here, and upstream it is the name after the mark
 /// ([`unmarked`]).
 pub const GONE: char = '\u{1}';
+
+/// The mailbox a delete-mailbox entry's `detail` says it deleted (entries written before it
+/// was recorded say nothing).
+pub fn deleted_mailbox(detail: &str) -> Option<MailboxId> {
+    detail.strip_prefix(GONE)?.parse().ok()
+}
 
 /// A journal entry's mailbox name without the [`GONE`] mark, and whether it had one.
 pub fn unmarked(name: &str) -> (&str, bool) {

@@ -629,19 +629,31 @@ impl Store {
     }
 
     /// Whether mailbox `name` (upstream `folder`) was brought back by the sync since journal
-    /// entry `after` deleted it: it is here again, and either no later entry made it (CREATE,
-    /// a RENAME to it, or a CREATE under it, which makes it too), or one did and it holds mail
-    /// the sync fetched from the folder since: the deletion waited for that mail, which then
-    /// came into the folder made again (review: taken for no mail, the folder was deleted
-    /// upstream with it, and the copy here was linked to nothing for good).
+    /// entry `after` deleted it. When the entry records which mailbox it deleted (`deleted`),
+    /// that is when the folder has links to any other mailbox, here or deleted since: mail the
+    /// sync fetched from it after the deletion, which waited for that mail (review: a folder
+    /// brought back, emptied by a move, deleted again and made again was taken for one with
+    /// no new mail, and deleted upstream before the move of its mail). Else (an entry written
+    /// before mailboxes were recorded): it is here again, and either no later entry made it
+    /// (CREATE, a RENAME to it, or a CREATE under it, which makes it too), or one did and it
+    /// holds mail the sync fetched from the folder.
     pub fn brought_back(
         &self,
         account: AccountId,
         name: &str,
         folder: &str,
         after: i64,
+        deleted: Option<MailboxId>,
     ) -> Result<bool, StoreError> {
         self.read(|c| {
+            if let Some(deleted) = deleted {
+                return Ok(c.query_row(
+                    "SELECT EXISTS (SELECT 1 FROM sync_map
+                       WHERE account = ?1 AND folder = ?2 AND mailbox != ?3)",
+                    params![account, folder, deleted],
+                    |r| r.get(0),
+                )?);
+            }
             let Some(mailbox) = find_mailbox(c, account, name)? else {
                 return Ok(false);
             };
@@ -664,29 +676,39 @@ impl Store {
 
     /// The links in upstream `folder` of messages whose local mailbox is gone (deleted here,
     /// the deletion not written back): (UIDVALIDITY, upstream UID).
+    /// With `only`, the links of that deleted mailbox's messages alone.
     pub fn orphan_links(
         &self,
         account: AccountId,
         folder: &str,
+        only: Option<MailboxId>,
     ) -> Result<Vec<(u32, u32)>, StoreError> {
         self.read(|c| {
             let mut stmt = c.prepare(
                 "SELECT s.uidvalidity, s.upstream_uid FROM sync_map s
-                 WHERE s.account = ?1 AND s.folder = ?2
+                 WHERE s.account = ?1 AND s.folder = ?2 AND (?3 IS NULL OR s.mailbox = ?3)
                    AND NOT EXISTS (SELECT 1 FROM mailboxes m WHERE m.id = s.mailbox)",
             )?;
-            let rows = stmt.query_map(params![account, folder], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            let rows = stmt.query_map(params![account, folder, only], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?;
             Ok(rows.collect::<Result<_, _>>()?)
         })
     }
 
     /// Forgets the links [`Store::orphan_links`] gives.
-    pub fn forget_orphan_links(&self, account: AccountId, folder: &str) -> Result<(), StoreError> {
+    pub fn forget_orphan_links(
+        &self,
+        account: AccountId,
+        folder: &str,
+        only: Option<MailboxId>,
+    ) -> Result<(), StoreError> {
         self.write(|tx| {
             tx.execute(
                 "DELETE FROM sync_map WHERE account = ?1 AND folder = ?2
+                   AND (?3 IS NULL OR mailbox = ?3)
                    AND NOT EXISTS (SELECT 1 FROM mailboxes m WHERE m.id = sync_map.mailbox)",
-                params![account, folder],
+                params![account, folder, only],
             )?;
             Ok(())
         })

@@ -386,9 +386,10 @@ impl Syncer {
                 // two sides never agreed again).
                 let (store, name, id) = (self.store.clone(), entry.mailbox.clone(), entry.id);
                 let f = folder.clone();
-                if blocking(move || store.brought_back(account, &name, &f, id)).await?? {
+                let deleted = crate::store::deleted_mailbox(&entry.detail);
+                if blocking(move || store.brought_back(account, &name, &f, id, deleted)).await?? {
                     let (store, f) = (self.store.clone(), folder.clone());
-                    let held = blocking(move || store.orphan_links(account, &f)).await??;
+                    let held = blocking(move || store.orphan_links(account, &f, deleted)).await??;
                     if !held.is_empty() {
                         up.selected = None;
                         let selected = up
@@ -402,7 +403,7 @@ impl Syncer {
                         }
                     }
                     let (store, f) = (self.store.clone(), folder.clone());
-                    blocking(move || store.forget_orphan_links(account, &f)).await??;
+                    blocking(move || store.forget_orphan_links(account, &f, deleted)).await??;
                     tracing::info!(account = %self.name, %folder,
                         "deleted here, then brought back by new mail upstream: what it held \
                          then is expunged there, the folder stays");
