@@ -52,6 +52,14 @@ fn copies(outcome: Outcome) -> Vec<Copy> {
     }
 }
 
+/// The copy for `recipient`.
+fn copy_to<'a>(copies: &'a [Copy], recipient: &str) -> &'a Copy {
+    copies
+        .iter()
+        .find(|c| c.recipient == recipient)
+        .unwrap_or_else(|| panic!("no copy for {recipient}"))
+}
+
 /// Decrypts `copy` in `home` with stock gpg, checks it names exactly one recipient key (the
 /// one given) and that the inner multipart/signed verifies with Alice's key. Returns the
 /// signed payload.
@@ -78,7 +86,7 @@ async fn opportunistic_to_cc_bcc_gives_three_distinct_copies() {
     let world = World::new();
     let copies = copies(run(&world, Policy::default(), &envelope(), MESSAGE.as_bytes()).await);
     assert_eq!(copies.len(), 3);
-    let by = |a: &str| copies.iter().find(|c| c.recipient == a).unwrap();
+    let by = |a: &str| copy_to(&copies, a);
     let (bob, dave, carol) = (
         by("bob@example.org"),
         by("dave@example.net"),
@@ -149,10 +157,7 @@ async fn opportunistic_to_cc_bcc_gives_three_distinct_copies() {
 async fn encrypted_copies_hide_the_subject_outside_the_ciphertext() {
     let world = World::new();
     let copies = copies(run(&world, Policy::default(), &envelope(), MESSAGE.as_bytes()).await);
-    let bob = copies
-        .iter()
-        .find(|c| c.recipient == "bob@example.org")
-        .unwrap();
+    let bob = copy_to(&copies, "bob@example.org");
     let copy = bob.message.as_ref().unwrap();
     assert!(
         !contains(copy, "secret subject"),
@@ -181,10 +186,7 @@ async fn encrypt_only_rejects_the_keyless_recipient_with_5_7_1() {
         ..Policy::default()
     };
     let copies = copies(run(&world, policy, &envelope(), MESSAGE.as_bytes()).await);
-    let dave = copies
-        .iter()
-        .find(|c| c.recipient == "dave@example.net")
-        .unwrap();
+    let dave = copy_to(&copies, "dave@example.net");
     match &dave.decision {
         Decision::Rejected { reply } => {
             assert_eq!((reply.code, reply.status), (550, "5.7.1"));
@@ -220,20 +222,14 @@ async fn an_address_extension_has_the_address_key_and_rule() {
         .addresses
         .insert("dave@example.net".into(), Mode::EncryptOnly);
     let got = copies(run(&world, policy.clone(), &env, MESSAGE.as_bytes()).await);
-    let bob = got
-        .iter()
-        .find(|c| c.recipient == "bob+lists@example.org")
-        .unwrap();
+    let bob = copy_to(&got, "bob+lists@example.org");
     open_encrypted(
         &world,
         &world.bob,
         &world.bob_fpr,
         bob.message.as_ref().unwrap(),
     );
-    let dave = got
-        .iter()
-        .find(|c| c.recipient == "dave+x@example.net")
-        .unwrap();
+    let dave = copy_to(&got, "dave+x@example.net");
     assert!(dave.message.is_none(), "{:?}", dave.decision);
     assert_eq!(dave.decision.name(), "rejected");
     policy.recipient_delimiter.clear();
@@ -698,7 +694,7 @@ async fn two_encrypted_copies(world: &World, form: EncryptedForm) -> (Vec<u8>, V
     };
     let copies = copies(run(world, policy, &env, MESSAGE.as_bytes()).await);
     let of = |a: &str| {
-        let copy = copies.iter().find(|c| c.recipient == a).unwrap();
+        let copy = copy_to(&copies, a);
         copy.message.clone().expect("an encrypted copy")
     };
     (of("bob@example.org"), of("carol@example.org"))
@@ -785,7 +781,7 @@ async fn a_key_preferring_old_ciphers_gets_an_encryption_of_its_own() {
     };
     let copies = copies(run(&world, policy, &env, MESSAGE.as_bytes()).await);
     let key_of = |a: &str| {
-        let copy = copies.iter().find(|c| c.recipient == a).unwrap();
+        let copy = copy_to(&copies, a);
         session_key(&world.sender, copy.message.as_ref().unwrap())
     };
     let (bob, carol, dave_key, erin_key) = (
@@ -857,7 +853,7 @@ async fn a_key_carrying_another_recipients_subkey_gets_no_packet_of_theirs() {
         };
         let copies = copies(run(&world, Policy::default(), &env, MESSAGE.as_bytes()).await);
         let of = |a: &str| {
-            let copy = copies.iter().find(|c| c.recipient == a).unwrap();
+            let copy = copy_to(&copies, a);
             copy.message.clone().expect("an encrypted copy")
         };
         let theirs = of("mallory@example.com");
@@ -973,10 +969,7 @@ async fn a_group_named_like_a_key_defers_that_copy() {
                 );
             }
         }
-        let bob = copies
-            .iter()
-            .find(|c| c.recipient == "bob@example.org")
-            .unwrap();
+        let bob = copy_to(&copies, "bob@example.org");
         match &bob.decision {
             Decision::Deferred { reply } => {
                 assert!(
@@ -987,10 +980,7 @@ async fn a_group_named_like_a_key_defers_that_copy() {
             other => panic!("{name}: Bob's copy: {other:?}"),
         }
         assert!(bob.message.is_none());
-        let carol = copies
-            .iter()
-            .find(|c| c.recipient == "carol@example.org")
-            .unwrap();
+        let carol = copy_to(&copies, "carol@example.org");
         let copy = carol.message.as_ref().expect("Carol's copy");
         assert!(world.carol.decrypt(&ciphertext(copy)).is_some());
     }
@@ -1361,7 +1351,7 @@ async fn the_senders_own_signature_still_verifies() {
         recipients: vec!["bob@example.org".into(), "dave@example.net".into()],
     };
     let copies = copies(run(&world, Policy::default(), &env, raw.as_bytes()).await);
-    let by = |a: &str| copies.iter().find(|c| c.recipient == a).unwrap();
+    let by = |a: &str| copy_to(&copies, a);
     let bob_copy = by("bob@example.org").message.as_deref().unwrap();
     let inner = open_encrypted(&world, &world.bob, &world.bob_fpr, bob_copy);
     let dave_copy = by("dave@example.net").message.as_deref().unwrap();
@@ -1601,7 +1591,7 @@ async fn deferred_reply(home: &GpgHome, recipient: &str) -> String {
             .await
             .unwrap(),
     );
-    let copy = copies.iter().find(|c| c.recipient == recipient).unwrap();
+    let copy = copy_to(&copies, recipient);
     let Decision::Deferred { reply } = &copy.decision else {
         panic!("{copy:?}");
     };

@@ -781,6 +781,22 @@ fn as_nobody(args: &[&str], stdin: &[u8]) -> Output {
     run_with_stdin(&mut cmd, stdin)
 }
 
+/// Sets `p`'s permission bits.
+fn set_mode(p: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap()
+}
+
+/// A submission the spool could not take (a drop directory the submitter may not write to):
+/// a temporary failure, 75, saying why.
+fn refused_by_the_spool(out: &Output) {
+    assert_eq!(out.status.code(), Some(75), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Permission denied"),
+        "{out:?}"
+    );
+}
+
 /// A setup whose directory and configuration nobody can read, for running sendmail as
 /// nobody; None (skipped) when not root.
 fn setup_for_nobody() -> Option<Setup> {
@@ -821,27 +837,20 @@ fn a_queue_the_caller_cannot_enter_is_a_temporary_failure() {
         .mode();
     assert_eq!(mode & 0o777, 0o700);
     let out = submit_as_nobody(&s, b"From: nobody@host.example\nSubject: x\n\ny\n");
-    assert_eq!(out.status.code(), Some(75), "{out:?}");
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("Permission denied"),
-        "{out:?}"
-    );
+    refused_by_the_spool(&out);
 }
 
 /// A shared queue: any user may drop a message, none may list or read the drop directory, and
 /// the runner learns the submitter from the file's owner. Needs root (to act as `nobody`).
 #[test]
 fn any_user_can_submit_and_nobody_reads_anothers_mail() {
-    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    use std::os::unix::fs::MetadataExt;
     let Some(s) = setup_for_nobody() else { return };
-    let perm = |p: &Path, mode: u32| {
-        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap()
-    };
     let queue = s.queue_dir();
     let incoming = queue.join("incoming");
     std::fs::create_dir_all(&incoming).unwrap();
-    perm(&queue, 0o711);
-    perm(&incoming, 0o1733);
+    set_mode(&queue, 0o711);
+    set_mode(&incoming, 0o1733);
     // root's own submission first.
     let msg = b"From: alice@example.org\nSubject: private\n\nroot's secret\n";
     assert!(s.sendmail(&["-i", "bob@example.org"], msg).status.success());
@@ -875,7 +884,7 @@ fn any_user_can_submit_and_nobody_reads_anothers_mail() {
     assert!(files.iter().any(|m| m.uid() == 65534));
     // Running the queue is its owner's: nobody hears that (77), not that the relay's
     // password file is root's (78).
-    perm(&s.dir.path().join("password"), 0o600);
+    set_mode(&s.dir.path().join("password"), 0o600);
     let run = as_nobody(
         &[
             env!("CARGO_BIN_EXE_sealpost"),
@@ -910,13 +919,9 @@ fn any_user_can_submit_and_nobody_reads_anothers_mail() {
     );
     // A drop directory nobody may write to: the spool failed, a temporary failure (75) as
     // Postfix's sendmail gives for its maildrop, not 77 (review: a script retries on 75).
-    perm(&incoming, 0o700);
+    set_mode(&incoming, 0o700);
     let out = submit_as_nobody(&s, b"From: nobody@host.example\nSubject: again\n\nhello\n");
-    assert_eq!(out.status.code(), Some(75), "{out:?}");
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("Permission denied"),
-        "{out:?}"
-    );
+    refused_by_the_spool(&out);
 }
 
 /// A shared queue whose drop directory is missing (removed, or a tmpfiles rule not run yet):
@@ -925,15 +930,12 @@ fn any_user_can_submit_and_nobody_reads_anothers_mail() {
 /// root.
 #[test]
 fn a_missing_drop_directory_of_a_shared_queue_is_made_for_everyone() {
-    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    use std::os::unix::fs::MetadataExt;
     let Some(s) = setup_for_nobody() else { return };
-    let perm = |p: &Path, mode: u32| {
-        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap()
-    };
     let queue = s.queue_dir();
     std::fs::create_dir_all(&queue).unwrap();
     std::os::unix::fs::chown(&queue, Some(65533), Some(65533)).unwrap();
-    perm(&queue, 0o711);
+    set_mode(&queue, 0o711);
     let msg = b"From: root@host.example\nSubject: cron\n\nbody\n";
     let out = s.sendmail(&["-i", "bob@example.org"], msg);
     assert!(out.status.success(), "{out:?}");
@@ -946,13 +948,13 @@ fn a_missing_drop_directory_of_a_shared_queue_is_made_for_everyone() {
     // drop directory is the owner's alone (review: it was made writable by anyone).
     std::fs::remove_dir_all(&queue).unwrap();
     std::fs::create_dir_all(&queue).unwrap();
-    perm(&queue, 0o755);
+    set_mode(&queue, 0o755);
     let out = s.sendmail(&["-i", "bob@example.org"], msg);
     assert!(out.status.success(), "{out:?}");
     let incoming = std::fs::metadata(queue.join("incoming")).unwrap();
     assert_eq!(incoming.mode() & 0o7777, 0o700);
     // One made writable by anyone before (review) is made the owner's alone again.
-    perm(&queue.join("incoming"), 0o1733);
+    set_mode(&queue.join("incoming"), 0o1733);
     let out = s.sendmail(&["-i", "bob@example.org"], msg);
     assert!(out.status.success(), "{out:?}");
     let incoming = std::fs::metadata(queue.join("incoming")).unwrap();
