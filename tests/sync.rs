@@ -3170,6 +3170,96 @@ async fn a_folder_deleted_here_keeps_mail_that_came_upstream_since() {
     }
 }
 
+/// The folders upstream, by their wire names.
+fn upstream_folders(dovecot: &Dovecot) -> Vec<String> {
+    let list = upstream(dovecot, json!([{"cmd": "raw", "line": "LIST \"\" \"*\""}]));
+    let mut names: Vec<String> = untagged(&list, 0)
+        .iter()
+        .filter_map(|l| {
+            l.rsplit(' ')
+                .next()
+                .map(|n| n.trim_matches('"').to_string())
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+/// A folder deleted here while new mail came into it upstream, and then the name made again
+/// and that folder renamed, or the deleted folder's parent renamed, all before the
+/// write-back: this pass's fetch cannot bring the folder back (the later change keeps it from
+/// being fetched), so the deletion takes upstream what the folder held, the folder stays
+/// there with the new mail, and the later changes go up after it (before: the deletion
+/// waited for a fetch that never came, and every change after it waited with it, for good).
+/// The name made again and deleted (nothing of that goes up) still has the fetch bring the
+/// folder back with its new mail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deletion_over_new_mail_goes_through_when_a_later_change_keeps_the_folder_away() {
+    for variant in [
+        "made again and renamed",
+        "made again and deleted",
+        "parent renamed",
+    ] {
+        let world = World::new();
+        let dovecot = Dovecot::start_tls();
+        upstream(
+            &dovecot,
+            json!([{"cmd": "raw", "line": "CREATE P"}, {"cmd": "raw", "line": "CREATE P.F"},
+            append_bytes("P.F", &plain_message("old"))]),
+        );
+        let (server, _dir, config) = bobs_sync(&world, &dovecot);
+        let out = sync_once(&config);
+        assert_eq!(stdout(&out).trim(), format!("{USER}: 1 new"), "{out:?}");
+        upstream(
+            &dovecot,
+            json!([append_bytes("P.F", &plain_message("new"))]),
+        );
+        let mut raw = server.login();
+        raw.ok("DELETE P/F");
+        match variant {
+            "made again and renamed" => {
+                raw.ok("CREATE P/F");
+                raw.ok("RENAME P/F P/G");
+            }
+            "made again and deleted" => {
+                raw.ok("CREATE P/F");
+                raw.ok("DELETE P/F");
+            }
+            _ => {
+                raw.ok("RENAME P Q");
+            }
+        }
+        passes(&config, 3);
+        assert_eq!(waiting_changes(&server), 0, "{variant}");
+        // Where the new mail is on both sides: "old" is gone from both.
+        let (wire, local) = match variant {
+            "made again and renamed" => ("P.G", "P/G"),
+            "made again and deleted" => ("P.F", "P/F"),
+            _ => ("Q.F", "Q/F"),
+        };
+        assert_eq!(upstream_subjects(&dovecot, wire), ["new"], "{variant}");
+        assert_eq!(exists(&mut raw, local), 1, "{variant}");
+        let lines = raw
+            .ok("UID FETCH 1:* (BODY.PEEK[HEADER.FIELDS (Subject)])")
+            .join("\n");
+        assert!(lines.contains("new"), "{variant}: {lines}");
+        raw.ok("UNSELECT");
+        let folders = upstream_folders(&dovecot);
+        let local_list = raw.ok("LIST \"\" *").join("\n");
+        match variant {
+            "made again and renamed" => {
+                assert_eq!(folders, ["INBOX", "P", "P.G"], "{variant}");
+                assert!(!local_list.contains("\"P/F\""), "{local_list}");
+            }
+            "made again and deleted" => assert_eq!(folders, ["INBOX", "P", "P.F"], "{variant}"),
+            _ => {
+                assert_eq!(folders, ["INBOX", "Q", "Q.F"], "{variant}");
+                assert!(!local_list.contains("\"P"), "{local_list}");
+            }
+        }
+    }
+}
+
 /// `n` passes of `sync --once`, each of which must go through.
 fn passes(config: &Path, n: usize) {
     for _ in 0..n {

@@ -29,11 +29,11 @@ pub(crate) use import::info_separator;
 pub use import::{crlf, import_path, into_crlf, maildir_flags, ImportError, ImportReport, Skipped};
 pub(crate) use import::{days_from_civil, MONTHS};
 use sync::journal;
-pub(crate) use sync::FollowedRename;
 pub use sync::{
     holds_delimiter, is_local_keyword, JournalEntry, SyncFolder, UpstreamRef, WrittenBack,
     HELD_BACK, LOCAL_KEYWORD_PREFIX, UNSEEN_BEFORE_DELETE,
 };
+pub(crate) use sync::{Fetch, FollowedRename};
 
 pub type AccountId = i64;
 pub type MailboxId = i64;

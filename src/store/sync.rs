@@ -22,6 +22,67 @@ pub const HELD_BACK: &str = "waits for an earlier change to the same message or 
 pub const UNSEEN_BEFORE_DELETE: &str =
     "new mail upstream since the last pass: fetched before the folder is deleted";
 
+/// A deletion or rename made here, waiting in the journal, of a mailbox no longer here.
+#[derive(Debug)]
+struct Departure {
+    id: i64,
+    name: String,
+    kind: String,
+    why: String,
+}
+
+impl Departure {
+    /// A deletion that waits for the folder's new mail to be fetched first.
+    fn fetches(&self) -> bool {
+        self.kind == "delete-mailbox" && self.why == UNSEEN_BEFORE_DELETE
+    }
+}
+
+/// The folders a pass's fetch leaves out while a deletion or rename made here waits to be
+/// written back (see [`Store::waiting_departures`]).
+#[derive(Debug, Default)]
+pub struct Departures {
+    /// Name → the entry that decides, for names no mailbox here has.
+    latest: std::collections::HashMap<String, Departure>,
+    /// The names of the renames waiting, oldest first.
+    renamed_from: Vec<String>,
+}
+
+/// Whether a pass's fetch takes the upstream folder of a local name.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Fetch {
+    Taken,
+    /// Deleted or renamed here, not upstream yet: the changes after it still name the mailbox
+    /// that went, and would take a new one of that name for it, and the folder would stay
+    /// here after the change went upstream. Only new mail a deletion found upstream brings
+    /// the folder back (the deletion waits for it).
+    Departed,
+    /// Under a folder renamed here (its subfolders went with it), while the rename waits
+    /// (review: they came back here, empty, beside their renamed copies), also when a folder
+    /// of the old name was made here since: unless one of its own name is here (made, or
+    /// renamed back), which is its local folder.
+    UnderRenamedUnlessHere,
+}
+
+impl Departures {
+    /// Whether the fetch takes the upstream folder of local name `local`.
+    pub fn keeps_out(&self, local: &str) -> Fetch {
+        if self.latest.get(local).is_some_and(|d| !d.fetches()) {
+            return Fetch::Departed;
+        }
+        let renamed_above = self.renamed_from.iter().any(|name| {
+            local
+                .strip_prefix(name.as_str())
+                .is_some_and(|rest| rest.starts_with(crate::store::DELIMITER))
+        });
+        if renamed_above {
+            Fetch::UnderRenamedUnlessHere
+        } else {
+            Fetch::Taken
+        }
+    }
+}
+
 /// What [`Store::follow_upstream_rename`] did.
 #[derive(Debug, PartialEq, Eq)]
 pub enum FollowedRename {
@@ -554,42 +615,60 @@ impl Store {
         })
     }
 
-    /// The mailboxes gone here whose deletion or rename waits in the journal: name → the
-    /// latest such entry's (kind, last error).
+    /// The deletions and renames made here that wait in the journal, as a pass's fetch sees
+    /// them ([`Departures::keeps_out`]). `assume_unseen`: a delete-mailbox entry taken as
+    /// waiting for new mail to be fetched ([`UNSEEN_BEFORE_DELETE`]), as the write-back is
+    /// about to record it.
     pub fn waiting_departures(
         &self,
         account: AccountId,
-    ) -> Result<std::collections::HashMap<String, (String, String)>, StoreError> {
+        assume_unseen: Option<i64>,
+    ) -> Result<Departures, StoreError> {
+        let mut departures = Departures::default();
         self.read(|c| {
             let mut stmt = c.prepare_cached(
-                "SELECT j.mailbox, j.kind, j.last_error FROM journal j
+                "SELECT j.id, j.mailbox, j.kind, j.last_error FROM journal j
                  WHERE j.account = ?1 AND j.kind IN ('delete-mailbox', 'rename-mailbox')
                    AND NOT EXISTS (SELECT 1 FROM mailboxes m
                                    WHERE m.account = ?1 AND m.name = j.mailbox)
                  ORDER BY j.id",
             )?;
             let rows = stmt.query_map([account], |r| {
-                Ok((r.get::<_, String>(0)?, (r.get::<_, String>(1)?, r.get(2)?)))
+                Ok(Departure {
+                    id: r.get(0)?,
+                    name: r.get(1)?,
+                    kind: r.get(2)?,
+                    why: r.get(3)?,
+                })
             })?;
             // In journal order, so the latest entry of a name is the one kept; but a deletion
             // that waits for new mail to be fetched is kept while no rename of that name
             // comes after it: a later deletion of the name waits behind it (HELD_BACK), and
             // taken for the name's entry it kept the mail from being fetched, so both waited
             // for good (review).
-            let mut departures: std::collections::HashMap<String, (String, String)> =
-                std::collections::HashMap::new();
             for row in rows {
-                let (name, (kind, why)) = row?;
-                let fetching = departures
-                    .get(&name)
-                    .is_some_and(|(k, w)| k == "delete-mailbox" && w == UNSEEN_BEFORE_DELETE);
-                if fetching && kind == "delete-mailbox" {
+                let mut row = row?;
+                if Some(row.id) == assume_unseen {
+                    row.why = UNSEEN_BEFORE_DELETE.to_string();
+                }
+                if departures
+                    .latest
+                    .get(&row.name)
+                    .is_some_and(Departure::fetches)
+                    && row.kind == "delete-mailbox"
+                {
                     continue;
                 }
-                departures.insert(name, (kind, why));
+                departures.latest.insert(row.name.clone(), row);
             }
-            Ok(departures)
-        })
+            Ok::<_, StoreError>(())
+        })?;
+        departures.renamed_from = self
+            .journal_renames(account)?
+            .into_iter()
+            .map(|(_, from, _)| from)
+            .collect();
+        Ok(departures)
     }
 
     /// The link of message `uid` of a mailbox deleted here, linked in upstream `folder`, while

@@ -39,7 +39,7 @@ use crate::inbound::InboundError;
 use crate::keys::{KeyError, KeyService};
 use crate::rewrite::Policy;
 use crate::store::{
-    AccountId, Flags, InternalDate, Prepared, SpecialUse, Store, StoreError, SyncMark,
+    AccountId, Fetch, Flags, InternalDate, Prepared, SpecialUse, Store, StoreError, SyncMark,
 };
 use names::{FolderNames, Listed};
 use upstream::{command, quote, Session, UpstreamConfig};
@@ -242,13 +242,7 @@ impl Syncer {
         blocking(move || store.set_upstream_delimiter(account, delimiter)).await??;
         let mut every_folder = true;
         let store = self.store.clone();
-        let departures = blocking(move || store.waiting_departures(account)).await??;
-        let store = self.store.clone();
-        let renamed_from: Vec<String> = blocking(move || store.journal_renames(account))
-            .await??
-            .into_iter()
-            .map(|(_, from, _)| from)
-            .collect();
+        let departures = blocking(move || store.waiting_departures(account, None)).await??;
         for Listed { wire: folder, .. } in listed.iter() {
             // A folder that cannot be synced (a name sealpost cannot store, EXAMINE refused)
             // is left out with a warning; the folders after it still are.
@@ -264,36 +258,23 @@ impl Syncer {
                     continue;
                 }
             };
-            // A folder deleted or renamed here, the change not yet written back, is not made
-            // again here by its fetch: the changes after it still name the mailbox that went,
-            // and would take a new one of that name for it, and the folder would stay here
-            // after the change went upstream. Only new mail a deletion found upstream brings
-            // the folder back (the deletion waits for it).
-            if let Some((kind, why)) = departures.get(&local) {
-                if !(kind == "delete-mailbox" && why == crate::store::UNSEEN_BEFORE_DELETE) {
+            match departures.keeps_out(&local) {
+                Fetch::Taken => {}
+                Fetch::Departed => {
                     tracing::info!(account = %self.name, %folder,
                         "deleted or renamed here, not upstream yet: not fetched in this pass");
                     continue;
                 }
-            }
-            // Nor one under a folder renamed here (its subfolders went with it), while the
-            // rename waits (review: they came back here, empty, beside their renamed copies),
-            // also when a folder of the old name was made here since; unless one of its own
-            // name is here (made, or renamed back): that one is its local folder.
-            let renamed_above = renamed_from.iter().any(|name| {
-                local
-                    .strip_prefix(name.as_str())
-                    .is_some_and(|rest| rest.starts_with(crate::store::DELIMITER))
-            });
-            if renamed_above {
-                let (store, name) = (self.store.clone(), local.clone());
-                if blocking(move || store.mailbox(account, &name))
-                    .await??
-                    .is_none()
-                {
-                    tracing::info!(account = %self.name, %folder,
-                        "under a folder renamed here, not upstream yet: not fetched in this pass");
-                    continue;
+                Fetch::UnderRenamedUnlessHere => {
+                    let (store, name) = (self.store.clone(), local.clone());
+                    if blocking(move || store.mailbox(account, &name))
+                        .await??
+                        .is_none()
+                    {
+                        tracing::info!(account = %self.name, %folder,
+                            "under a folder renamed here, not upstream yet: not fetched in this pass");
+                        continue;
+                    }
                 }
             }
             let done = match self

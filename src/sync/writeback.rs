@@ -21,7 +21,7 @@ use super::upstream::{command, quote, Reply, Session};
 use super::{blocking, within, SyncError, Syncer};
 use crate::rewrite::{Decision, Envelope, Outcome, Policy, Rewriter};
 use crate::store::{
-    is_local_keyword, AccountId, JournalEntry, MailboxId, Need, UpstreamRef, WrittenBack,
+    is_local_keyword, AccountId, Fetch, JournalEntry, MailboxId, Need, UpstreamRef, WrittenBack,
     HELD_BACK, UNSEEN_BEFORE_DELETE,
 };
 
@@ -388,22 +388,8 @@ impl Syncer {
                 let f = folder.clone();
                 let deleted = crate::store::deleted_mailbox(&entry.detail);
                 if blocking(move || store.brought_back(account, &name, &f, id, deleted)).await?? {
-                    let (store, f) = (self.store.clone(), folder.clone());
-                    let held = blocking(move || store.orphan_links(account, &f, deleted)).await??;
-                    if !held.is_empty() {
-                        up.selected = None;
-                        let selected = up
-                            .run(self, &format!("SELECT {}", quote(&folder)), None)
-                            .await?;
-                        up.selected = selected.uidvalidity.map(|v| (folder.clone(), v));
-                        for (uidvalidity, uid) in held {
-                            if selected.uidvalidity == Some(uidvalidity) {
-                                up.expunge(self, uid).await?;
-                            }
-                        }
-                    }
-                    let (store, f) = (self.store.clone(), folder.clone());
-                    blocking(move || store.forget_orphan_links(account, &f, deleted)).await??;
+                    self.expunge_what_it_held(up, account, &folder, deleted)
+                        .await?;
                     tracing::info!(account = %self.name, %folder,
                         "deleted here, then brought back by new mail upstream: what it held \
                          then is expunged there, the folder stays");
@@ -432,7 +418,40 @@ impl Syncer {
                     };
                     up.selected = None;
                     if unseen {
-                        return Err(Failure::Entry(UNSEEN_BEFORE_DELETE.into()));
+                        // Unless this pass's fetch leaves the folder out: a later change
+                        // here (the name made again and renamed or deleted, a parent
+                        // renamed) keeps it from coming back, and the deletion would wait
+                        // for good, the changes after it with it (review). Then what the
+                        // folder held goes now, and the folder stays upstream with the new
+                        // mail, which comes down where the later changes take it.
+                        let (store, local, id) =
+                            (self.store.clone(), entry.mailbox.clone(), entry.id);
+                        let kept_out = blocking(move || {
+                            let local = crate::store::unmarked(&local).0;
+                            Ok::<_, crate::store::StoreError>(
+                                match store
+                                    .waiting_departures(account, Some(id))?
+                                    .keeps_out(local)
+                                {
+                                    Fetch::Taken => false,
+                                    Fetch::Departed => true,
+                                    Fetch::UnderRenamedUnlessHere => {
+                                        store.mailbox(account, local)?.is_none()
+                                    }
+                                },
+                            )
+                        })
+                        .await??;
+                        if !kept_out {
+                            return Err(Failure::Entry(UNSEEN_BEFORE_DELETE.into()));
+                        }
+                        self.expunge_what_it_held(up, account, &folder, deleted)
+                            .await?;
+                        tracing::info!(account = %self.name, %folder,
+                            "deleted here while new mail came upstream, which a later change \
+                             here keeps from being fetched: what it held is expunged there, the \
+                             folder stays");
+                        return Ok(WrittenBack::default());
                     }
                 }
                 if examined.ok {
@@ -515,6 +534,35 @@ impl Syncer {
                 "unknown journal entry kind {other:?}"
             ))),
         }
+    }
+
+    /// Expunges upstream, from `folder`, the messages the mailbox deleted here held (all of a
+    /// deleted mailbox's links there when the entry does not say which), and forgets their
+    /// links; the folder stays.
+    async fn expunge_what_it_held(
+        &self,
+        up: &mut Upstream<'_>,
+        account: AccountId,
+        folder: &str,
+        deleted: Option<MailboxId>,
+    ) -> Result<(), Failure> {
+        let (store, f) = (self.store.clone(), folder.to_string());
+        let held = blocking(move || store.orphan_links(account, &f, deleted)).await??;
+        if !held.is_empty() {
+            up.selected = None;
+            let selected = up
+                .run(self, &format!("SELECT {}", quote(folder)), None)
+                .await?;
+            up.selected = selected.uidvalidity.map(|v| (folder.to_string(), v));
+            for (uidvalidity, uid) in held {
+                if selected.uidvalidity == Some(uidvalidity) {
+                    up.expunge(self, uid).await?;
+                }
+            }
+        }
+        let (store, f) = (self.store.clone(), folder.to_string());
+        blocking(move || store.forget_orphan_links(account, &f, deleted)).await??;
+        Ok(())
     }
 
     /// A local rename of `from` to a name another client gave a folder upstream meanwhile
