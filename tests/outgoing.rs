@@ -1065,13 +1065,15 @@ async fn an_operation_past_its_deadline_is_killed_and_the_worker_replaced() {
     let deadline = Duration::from_secs(3);
     let service = world.sender.service_with_workers(deadline, 1);
     let signer = alice_signer(&service).await;
-    let agent = world.sender.agent_pid();
+    let stopped = world.sender.stop_agent();
+    let agent = stopped.0;
     let home = world.sender.dir.to_string_lossy().into_owned();
-    // SAFETY: signals to the test's own gpg-agent.
-    unsafe { libc::kill(agent, libc::SIGSTOP) };
     let started = std::time::Instant::now();
     let stuck = service.sign_detached(&signer, b"data\r\n".to_vec()).await;
     let waited = started.elapsed();
+    // What ran for this home, should the signing get through with the agent stopped (seen 3
+    // times in about 25 runs of the suite, before the wait for the stop; cause unknown).
+    let running = common::processes_naming(&home, 0);
     let left = {
         // The kill is sent as the deadline passes; the processes go a moment later.
         let until = std::time::Instant::now() + Duration::from_secs(10);
@@ -1083,10 +1085,10 @@ async fn an_operation_past_its_deadline_is_killed_and_the_worker_replaced() {
             std::thread::sleep(Duration::from_millis(20));
         }
     };
-    unsafe { libc::kill(agent, libc::SIGCONT) };
+    drop(stopped);
     match stuck {
         Err(sealpost::keys::KeyError::Deadline { .. }) => {}
-        other => panic!("expected the deadline, got {other:?}"),
+        other => panic!("expected the deadline, got {other:?}; agent {agent}; {running:?}"),
     }
     assert!(
         waited >= deadline && waited < deadline + Duration::from_secs(10),

@@ -45,11 +45,28 @@ impl GpgHome {
             .unwrap_or_else(|| panic!("no agent pid in {text:?}"))
     }
 
-    /// Stops this home's gpg-agent (SIGSTOP: it hangs) until the guard is dropped.
+    /// Stops this home's gpg-agent (SIGSTOP: it hangs) until the guard is dropped. Returns
+    /// once the kernel shows it stopped: a request sent before that could still be answered.
     pub fn stop_agent(&self) -> StoppedAgent {
         let pid = self.agent_pid();
         // SAFETY: kill(2) on the agent the test started.
         assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+        let stat = format!("/proc/{pid}/stat");
+        let until = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let text = std::fs::read_to_string(&stat).unwrap_or_default();
+            let state = text
+                .rsplit_once(") ")
+                .and_then(|(_, rest)| rest.chars().next());
+            if state == Some('T') {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < until,
+                "agent {pid} not stopped: {text}"
+            );
+            std::thread::yield_now();
+        }
         StoppedAgent(pid)
     }
 
