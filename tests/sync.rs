@@ -3260,6 +3260,69 @@ async fn a_deletion_over_new_mail_goes_through_when_a_later_change_keeps_the_fol
     }
 }
 
+/// A message stored here into a folder, or a flag set there, then the folder renamed here,
+/// while another client gave the folder the same new name upstream: the rename is followed
+/// (nothing fetched again), and both sides end with one folder of the new name holding the
+/// old message and the new one, the flag set upstream (review: the message made the old
+/// folder again upstream and the rename waited for good; the flag was dropped). The same
+/// with another client's folder of the new name: the two are merged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_then_a_rename_another_client_made_too() {
+    for variant in ["append", "flag", "append, another folder upstream"] {
+        let world = World::new();
+        let dovecot = Dovecot::start_tls();
+        upstream(
+            &dovecot,
+            json!([{"cmd": "raw", "line": "CREATE A"}, append_bytes("A", &plain_message("old"))]),
+        );
+        let (server, _dir, config) = bobs_sync_with_address(&world, &dovecot);
+        let out = sync_once(&config);
+        assert_eq!(stdout(&out).trim(), format!("{USER}: 1 new"), "{out:?}");
+        if variant == "append, another folder upstream" {
+            // Not the same folder: another client deleted it and made one of the new name.
+            upstream(
+                &dovecot,
+                json!([{"cmd": "raw", "line": "DELETE A"}, {"cmd": "raw", "line": "CREATE C"}]),
+            );
+        } else {
+            upstream(&dovecot, json!([{"cmd": "raw", "line": "RENAME A C"}]));
+        }
+        let mut raw = server.login();
+        if variant == "flag" {
+            raw.ok("SELECT A");
+            raw.ok("STORE 1 +FLAGS (\\Flagged)");
+            raw.ok("UNSELECT");
+        } else {
+            let m = plain_message("stored here");
+            raw.ok(&format!(
+                "APPEND A {{{}+}}\r\n{}",
+                m.len(),
+                String::from_utf8_lossy(&m)
+            ));
+        }
+        // What C holds in the end (the upload is encrypted upstream: its Subject is inside).
+        let (expected, count) = match variant {
+            "append" => (vec!["[...]", "old"], 2),
+            "flag" => (vec!["old flagged"], 1),
+            // The old message went with the folder upstream.
+            _ => (vec!["[...]"], 1),
+        };
+        raw.ok("RENAME A C");
+        // Followed, not fetched again.
+        let out = sync_once(&config);
+        let told = match variant {
+            "append, another folder upstream" => format!("{USER}: 0 new, 1 expunged upstream"),
+            _ => format!("{USER}: 0 new"),
+        };
+        assert_eq!(stdout(&out).trim(), told, "{out:?}");
+        passes(&config, 2);
+        assert_eq!(waiting_changes(&server), 0, "{variant}");
+        assert_eq!(upstream_folders(&dovecot), ["C", "INBOX"], "{variant}");
+        assert_eq!(upstream_subjects(&dovecot, "C"), expected, "{variant}");
+        assert_eq!(exists(&mut raw, "C"), count, "{variant}");
+    }
+}
+
 /// `n` passes of `sync --once`, each of which must go through.
 fn passes(config: &Path, n: usize) {
     for _ in 0..n {

@@ -203,11 +203,22 @@ impl Syncer {
             deletes,
             account,
         };
-        let (mut done, mut waiting, mut gnupg_waits) = (0, 0, false);
+        let made_upstream = match self.renames_made_upstream(&mut upstream, account).await {
+            Ok(made) => made,
+            Err(Failure::Connection(e)) => return Err(e),
+            Err(Failure::Entry(why) | Failure::Gnupg(why)) => {
+                tracing::debug!(account = %self.name, "renames upstream not looked for: {why}");
+                Vec::new()
+            }
+        };
+        let (mut done, mut waiting, mut gnupg_waits) = (made_upstream.len(), 0, false);
         let mut held = Held::default();
         let mut batch = first;
         while let Some(last) = batch.last().map(|e| e.id) {
             for entry in batch {
+                if made_upstream.contains(&entry.id) {
+                    continue;
+                }
                 if held.blocks(&entry) {
                     // In journal order: done before the earlier change, this one would find
                     // no link (a move that waits) and count as done, or act on a stale one.
@@ -266,6 +277,53 @@ impl Syncer {
             waiting,
             gnupg_waits,
         })
+    }
+
+    /// The renames waiting here that another client made upstream too: the folder is gone
+    /// under its old name, and one of the new name is there with the UIDVALIDITY the old one
+    /// had (a server keeps it through a rename, as Dovecot does). Each is taken as written
+    /// back before the changes made here ahead of it: the folder's links follow it now, and
+    /// those changes go to the folder under its new name, where it is (review: a message
+    /// stored into the folder before the rename here made the old folder again upstream,
+    /// and the rename then waited for good; a flag set there was dropped). Returns their
+    /// journal entries.
+    async fn renames_made_upstream(
+        &self,
+        up: &mut Upstream<'_>,
+        account: AccountId,
+    ) -> Result<Vec<i64>, Failure> {
+        let mut made = Vec::new();
+        for (id, from, to) in up.renames.clone() {
+            if crate::store::unmarked(&from).1 || crate::store::unmarked(&to).1 {
+                continue;
+            }
+            let (from, to) = (up.wire_name(&from), up.wire_name(&to));
+            let (store, folder) = (self.store.clone(), from.clone());
+            let Some(known) = blocking(move || store.sync_folder(account, &folder)).await?? else {
+                continue;
+            };
+            if up.exists(self, &from).await? || !up.exists(self, &to).await? {
+                continue;
+            }
+            up.selected = None;
+            let status = up
+                .command(self, &format!("STATUS {} (UIDVALIDITY)", quote(&to)), None)
+                .await?;
+            if !status.ok || status.uidvalidity != Some(known.uidvalidity) {
+                continue;
+            }
+            let done = WrittenBack {
+                rename_folder: Some((from.clone(), to.clone(), up.names.delimiter.clone())),
+                ..WrittenBack::default()
+            };
+            let store = self.store.clone();
+            blocking(move || store.writeback_done(account, id, &done)).await??;
+            up.renames.retain(|(other, _, _)| *other != id);
+            tracing::info!(account = %self.name, %from, %to,
+                "renamed here and by another client upstream alike: taken as written back");
+            made.push(id);
+        }
+        Ok(made)
     }
 
     async fn write_entry(
@@ -594,15 +652,26 @@ impl Syncer {
         if !up.listed(self, &children).await?.is_empty() {
             return wait("the folder has subfolders upstream");
         }
+        // Never synced (made upstream by an upload into it after another client had renamed
+        // or deleted it, say): the UIDVALIDITY it has now is the one to compare (review: it
+        // waited for good).
         let (store, folder) = (self.store.clone(), from.to_string());
-        let Some(known) = blocking(move || store.sync_folder(account, &folder)).await?? else {
-            return wait("the folder was never synced");
-        };
         up.selected = None;
+        let known = match blocking(move || store.sync_folder(account, &folder)).await?? {
+            Some(known) => Some(known.uidvalidity),
+            None => {
+                up.run(self, &format!("STATUS {} (UIDVALIDITY)", quote(from)), None)
+                    .await?
+                    .uidvalidity
+            }
+        };
         let status = up
             .run(self, &format!("STATUS {} (UIDVALIDITY)", quote(to)), None)
             .await?;
-        if status.uidvalidity == Some(known.uidvalidity) {
+        let Some(known) = known else {
+            return wait("the server gave no UIDVALIDITY for the folder");
+        };
+        if status.uidvalidity == Some(known) {
             return wait("both have the same UIDVALIDITY");
         }
         // Mail that comes into `from` while it is emptied is moved too; what comes after the
