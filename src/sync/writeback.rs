@@ -305,7 +305,6 @@ impl Syncer {
             if up.exists(self, &from).await? || !up.exists(self, &to).await? {
                 continue;
             }
-            up.selected = None;
             let status = up
                 .command(self, &format!("STATUS {} (UIDVALIDITY)", quote(&to)), None)
                 .await?;
@@ -477,7 +476,7 @@ impl Syncer {
                     up.selected = None;
                     if unseen {
                         // Unless this pass's fetch leaves the folder out: a later change
-                        // here (the name made again and renamed or deleted, a parent
+                        // here (the name made again and that folder renamed, a parent
                         // renamed) keeps it from coming back, and the deletion would wait
                         // for good, the changes after it with it (review). Then what the
                         // folder held goes now, and the folder stays upstream with the new
