@@ -93,6 +93,9 @@ pub enum FollowedRename {
     /// The local mailbox had the new name already (renamed with its parent): only the mark
     /// and the links moved.
     Relinked,
+    /// The same rename was made here and waited to go up: it is taken as done, and the mark
+    /// and the links moved.
+    AlsoHere,
 }
 
 /// Keywords that sealpost sets itself (the verdict): local only, never written upstream and
@@ -322,12 +325,14 @@ impl Store {
     /// again as new mail under the new name). Not journaled: upstream did it. Changes nothing
     /// when it cannot be followed that way: no message of the folder here, messages in more
     /// than one mailbox or one that holds other folders' too, INBOX or a special-use mailbox,
-    /// or another mailbox with the new name, or a mark for `to` already.
+    /// or another mailbox with the new name, or a mark for `to` already. `local_from`: the
+    /// local name of `from`.
     pub fn follow_upstream_rename(
         &self,
         account: AccountId,
         from: &str,
         to: &str,
+        local_from: &str,
         local_to: &str,
     ) -> Result<FollowedRename, StoreError> {
         self.write(|tx| {
@@ -347,6 +352,23 @@ impl Store {
                 Err(StoreError::NoMailbox(_)) => return Ok(FollowedRename::No),
                 found => found?,
             };
+            // Renamed here the same way, the rename waiting to go up (another client made
+            // it upstream too, or the answer to ours was lost): done. The changes made here
+            // before it then go to the folder under its new name, and its messages are not
+            // fetched again (review: a message stored into the folder before the rename here
+            // made the old folder again upstream and the rename waited for good; a flag set
+            // there was dropped, and the folder's messages came down again as new).
+            let same: Option<i64> = if source.name == local_to {
+                tx.query_row(
+                    "SELECT min(id) FROM journal
+                     WHERE account = ?1 AND kind = 'rename-mailbox' AND mailbox = ?2
+                       AND detail = ?3",
+                    params![account, local_from, local_to],
+                    |r| r.get(0),
+                )?
+            } else {
+                None
+            };
             // A rename or deletion of it or under it waiting here: followed, the user's own
             // change would be undone or go up under names upstream no longer has (review: a
             // waiting rename was undone). A subfolder made here waits for the follow and is
@@ -356,9 +378,16 @@ impl Store {
                 "SELECT EXISTS (SELECT 1 FROM journal
                                 WHERE account = ?1
                                   AND kind IN ('rename-mailbox', 'delete-mailbox')
+                                  AND id IS NOT ?5
                                   AND (mailbox = ?2 OR substr(mailbox, 1, ?3) = ?4
                                        OR detail = ?2 OR substr(detail, 1, ?3) = ?4))",
-                params![account, source.name, prefix.chars().count() as i64, prefix],
+                params![
+                    account,
+                    source.name,
+                    prefix.chars().count() as i64,
+                    prefix,
+                    same
+                ],
                 |r| r.get(0),
             )?;
             if structure_waits {
@@ -374,8 +403,14 @@ impl Store {
                 return Ok(FollowedRename::No);
             }
             let followed = match find_mailbox(tx, account, local_to)? {
-                // An inferior of a folder followed before it: renamed with it already.
-                Some(m) if m.id == source.id => FollowedRename::Relinked,
+                Some(m) if m.id == source.id => match same {
+                    Some(id) => {
+                        tx.execute("DELETE FROM journal WHERE id = ?1", [id])?;
+                        FollowedRename::AlsoHere
+                    }
+                    // An inferior of a folder followed before it: renamed with it already.
+                    None => FollowedRename::Relinked,
+                },
                 Some(_) => return Ok(FollowedRename::No),
                 None => {
                     if local_to

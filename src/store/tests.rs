@@ -869,11 +869,11 @@ fn a_message_fetched_and_stored_again_has_the_same_carried_hash() {
 }
 
 /// An upstream rename is followed here (the mailbox, its mark and links take the new name),
-/// but not while a rename of the mailbox made here waits to go up (it would be undone:
-/// review).
+/// but not while another rename of the mailbox made here waits to go up (it would be undone:
+/// review). The same rename waiting here is taken as done.
 #[test]
 fn an_upstream_rename_is_followed_unless_a_mailbox_change_waits() {
-    for waiting in [false, true] {
+    for waiting in [None, Some("Mine"), Some("RN2")] {
         let (_dir, store) = store();
         let account = store.ensure_account("alice").unwrap();
         store.set_write_back(account, true).unwrap();
@@ -894,15 +894,20 @@ fn an_upstream_rename_is_followed_unless_a_mailbox_change_waits() {
         store
             .append_synced(rn.id, vec![message("a")], &mark)
             .unwrap();
-        if waiting {
-            store.rename_mailbox(account, "RN", "Mine").unwrap();
+        if let Some(to) = waiting {
+            store.rename_mailbox(account, "RN", to).unwrap();
         }
         let followed = store
-            .follow_upstream_rename(account, "RN", "RN2", "RN2")
+            .follow_upstream_rename(account, "RN", "RN2", "RN", "RN2")
             .unwrap();
-        if waiting {
+        if waiting == Some("Mine") {
             assert_eq!(followed, FollowedRename::No);
             assert!(store.mailbox(account, "Mine").unwrap().is_some());
+        } else if waiting == Some("RN2") {
+            assert_eq!(followed, FollowedRename::AlsoHere);
+            assert!(store.journal_for(account, 0, 10).unwrap().is_empty());
+            assert!(store.sync_folder(account, "RN2").unwrap().is_some());
+            assert!(store.sync_folder(account, "RN").unwrap().is_none());
         } else {
             assert_eq!(followed, FollowedRename::Renamed("RN".into()));
             let renamed = store.mailbox(account, "RN2").unwrap().unwrap();

@@ -445,6 +445,9 @@ impl Syncer {
             if !same {
                 continue;
             }
+            let Ok(local_from) = names.local(&from) else {
+                continue;
+            };
             let (store, f, t, l) = (
                 self.store.clone(),
                 from.clone(),
@@ -452,7 +455,8 @@ impl Syncer {
                 local_to.clone(),
             );
             let followed =
-                blocking(move || store.follow_upstream_rename(account, &f, &t, &l)).await??;
+                blocking(move || store.follow_upstream_rename(account, &f, &t, &local_from, &l))
+                    .await??;
             match followed {
                 crate::store::FollowedRename::No => {}
                 crate::store::FollowedRename::Renamed(old) => {
@@ -463,6 +467,11 @@ impl Syncer {
                 crate::store::FollowedRename::Relinked => {
                     tracing::info!(account = %self.name, %from, %to,
                         "renamed upstream with its parent: followed");
+                    gone.retain(|(f, _)| *f != from);
+                }
+                crate::store::FollowedRename::AlsoHere => {
+                    tracing::info!(account = %self.name, %from, %to,
+                        "renamed here and upstream alike: the rename here is taken as done");
                     gone.retain(|(f, _)| *f != from);
                 }
             }

@@ -203,22 +203,11 @@ impl Syncer {
             deletes,
             account,
         };
-        let made_upstream = match self.renames_made_upstream(&mut upstream, account).await {
-            Ok(made) => made,
-            Err(Failure::Connection(e)) => return Err(e),
-            Err(Failure::Entry(why) | Failure::Gnupg(why)) => {
-                tracing::debug!(account = %self.name, "renames upstream not looked for: {why}");
-                Vec::new()
-            }
-        };
-        let (mut done, mut waiting, mut gnupg_waits) = (made_upstream.len(), 0, false);
+        let (mut done, mut waiting, mut gnupg_waits) = (0, 0, false);
         let mut held = Held::default();
         let mut batch = first;
         while let Some(last) = batch.last().map(|e| e.id) {
             for entry in batch {
-                if made_upstream.contains(&entry.id) {
-                    continue;
-                }
                 if held.blocks(&entry) {
                     // In journal order: done before the earlier change, this one would find
                     // no link (a move that waits) and count as done, or act on a stale one.
@@ -277,52 +266,6 @@ impl Syncer {
             waiting,
             gnupg_waits,
         })
-    }
-
-    /// The renames waiting here that another client made upstream too: the folder is gone
-    /// under its old name, and one of the new name is there with the UIDVALIDITY the old one
-    /// had (a server keeps it through a rename, as Dovecot does). Each is taken as written
-    /// back before the changes made here ahead of it: the folder's links follow it now, and
-    /// those changes go to the folder under its new name, where it is (review: a message
-    /// stored into the folder before the rename here made the old folder again upstream,
-    /// and the rename then waited for good; a flag set there was dropped). Returns their
-    /// journal entries.
-    async fn renames_made_upstream(
-        &self,
-        up: &mut Upstream<'_>,
-        account: AccountId,
-    ) -> Result<Vec<i64>, Failure> {
-        let mut made = Vec::new();
-        for (id, from, to) in up.renames.clone() {
-            if crate::store::unmarked(&from).1 || crate::store::unmarked(&to).1 {
-                continue;
-            }
-            let (from, to) = (up.wire_name(&from), up.wire_name(&to));
-            let (store, folder) = (self.store.clone(), from.clone());
-            let Some(known) = blocking(move || store.sync_folder(account, &folder)).await?? else {
-                continue;
-            };
-            if up.exists(self, &from).await? || !up.exists(self, &to).await? {
-                continue;
-            }
-            let status = up
-                .command(self, &format!("STATUS {} (UIDVALIDITY)", quote(&to)), None)
-                .await?;
-            if !status.ok || status.uidvalidity != Some(known.uidvalidity) {
-                continue;
-            }
-            let done = WrittenBack {
-                rename_folder: Some((from.clone(), to.clone(), up.names.delimiter.clone())),
-                ..WrittenBack::default()
-            };
-            let store = self.store.clone();
-            blocking(move || store.writeback_done(account, id, &done)).await??;
-            up.renames.retain(|(other, _, _)| *other != id);
-            tracing::info!(account = %self.name, %from, %to,
-                "renamed here and by another client upstream alike: taken as written back");
-            made.push(id);
-        }
-        Ok(made)
     }
 
     async fn write_entry(
@@ -546,7 +489,10 @@ impl Syncer {
                         entry.detail
                     )));
                 }
-                up.selected = None;
+                // Out of the folder first: Dovecot ends the session at the next command
+                // when the selected folder was renamed away (review: after a deletion had
+                // expunged from a folder, the APPEND after the rename of it got BYE).
+                up.deselect(self, &from).await?;
                 let reply = up
                     .command(
                         self,
@@ -1567,6 +1513,20 @@ impl Upstream<'_> {
             }
         };
         Ok(uidvalidity == target.uidvalidity)
+    }
+
+    /// Leaves the selected state: EXAMINE `folder` (read-only, so the CLOSE after it
+    /// expunges nothing), then CLOSE; an EXAMINE that fails leaves no folder selected either
+    /// (RFC 3501 §6.3.1).
+    async fn deselect(&mut self, syncer: &Syncer, folder: &str) -> Result<(), Failure> {
+        self.selected = None;
+        let examined = self
+            .command(syncer, &format!("EXAMINE {}", quote(folder)), None)
+            .await?;
+        if examined.ok {
+            self.command(syncer, "CLOSE", None).await?;
+        }
+        Ok(())
     }
 
     /// Removes one message from the selected folder: \Deleted, then UID EXPUNGE (RFC 4315).
