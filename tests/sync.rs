@@ -4078,6 +4078,51 @@ async fn a_folder_renamed_then_deleted_here_does_not_come_back() {
     );
 }
 
+/// A RENAME whose answer is lost (the server did it): the same pass follows the folder under
+/// its new name instead of fetching it again, the rename here is taken as done, and a flag set
+/// after the rename still goes up (before: the message was expunged here and fetched again
+/// as new, and the flag change was dropped).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rename_whose_answer_was_lost_is_followed() {
+    let world = World::new();
+    let dovecot = Dovecot::start_tls();
+    upstream(
+        &dovecot,
+        json!([{"cmd": "raw", "line": "CREATE Old"},
+        append_bytes("Old", &plain_message("kept"))]),
+    );
+    let (server, dir, _) = bobs_sync(&world, &dovecot);
+    let direct = port_config(&server, &dovecot, dir.path(), dovecot.port, "direct", "");
+    let out = sync_once(&direct);
+    assert_eq!(stdout(&out).trim(), format!("{USER}: 1 new"), "{out:?}");
+    let mut raw = server.login();
+    raw.ok("RENAME Old New");
+    raw.ok("SELECT New");
+    raw.ok("UID STORE 1 +FLAGS.SILENT (\\Flagged)");
+    raw.ok("UNSELECT");
+    // The flag change waits behind the rename, whose answer is lost.
+    let port = proxy_losing_answers(dovecot.port, |t| t.contains("RENAME"), false);
+    let losing = port_config(&server, &dovecot, dir.path(), port, "losing", "");
+    let out = sync_once(&losing);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("write-back stopped"), "{log}");
+    assert!(
+        stdout(&out).starts_with(&format!("{USER}: 0 new")),
+        "{out:?}"
+    );
+    assert_eq!(upstream_folders(&dovecot), ["INBOX", "New"]);
+    passes(&direct, 1);
+    assert_eq!(waiting_changes(&server), 0);
+    assert_eq!(upstream_subjects(&dovecot, "New"), ["kept flagged"]);
+    raw.ok("SELECT New");
+    let lines = raw.ok("UID FETCH 1:* (UID FLAGS)").join("\n");
+    assert!(
+        lines.contains("UID 1 ") && lines.contains("\\Flagged"),
+        "{lines}"
+    );
+    assert_eq!(exists(&mut raw, "New"), 1);
+}
+
 /// A message moved out of a folder that is deleted here and that another client deleted
 /// upstream meanwhile: there is no original left to move, so the message goes up into the
 /// target folder on its own (encrypted), and neither change waits for good.
