@@ -3017,6 +3017,37 @@ async fn a_rename_to_a_name_made_upstream_meanwhile_merges_the_folders() {
     assert_eq!(flagged(&up), 1, "{up}");
 }
 
+/// A folder made here and renamed here, both before a pass, onto a name another client gave
+/// a folder upstream meanwhile: the folder made upstream by the first change was never synced,
+/// and the two are merged all the same (before: the rename waited for good).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_folder_made_and_renamed_here_merges_with_one_made_upstream() {
+    let world = World::new();
+    let dovecot = Dovecot::start_tls();
+    let (server, _dir, config) = bobs_sync_with_address(&world, &dovecot);
+    let out = sync_once(&config);
+    assert!(out.status.success(), "{out:?}");
+    upstream(
+        &dovecot,
+        json!([{"cmd": "raw", "line": "CREATE Y"}, append_bytes("Y", &plain_message("theirs"))]),
+    );
+    let mut raw = server.login();
+    raw.ok("CREATE X");
+    let m = plain_message("mine");
+    raw.ok(&format!(
+        "APPEND X {{{}+}}\r\n{}",
+        m.len(),
+        String::from_utf8_lossy(&m)
+    ));
+    raw.ok("RENAME X Y");
+    passes(&config, 3);
+    assert_eq!(waiting_changes(&server), 0);
+    assert_eq!(upstream_folders(&dovecot), ["INBOX", "Y"]);
+    // Uploaded encrypted: its Subject is inside.
+    assert_eq!(upstream_subjects(&dovecot, "Y"), ["[...]", "theirs"]);
+    assert_eq!(exists(&mut raw, "Y"), 2);
+}
+
 /// An empty folder another client deleted or renamed upstream goes here too (soak review: it
 /// stayed here for good, beside the renamed one).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
