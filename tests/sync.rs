@@ -1656,6 +1656,9 @@ enum Stall {
     /// The matching bytes and all after them go (the rest of a literal, its CRLF); no answer
     /// comes back on that connection.
     AnswersOnly,
+    /// As `AnswersOnly`, and no answer comes back on any connection from then on, new ones
+    /// included (the sync cannot reconnect: as if it was killed after the command went).
+    AnswersOnlyEverywhere,
 }
 
 fn relay(to: u16, stall_when: fn(&str) -> bool, stall: Stall, no_uidplus: bool) -> u16 {
@@ -1675,17 +1678,18 @@ fn relay(to: u16, stall_when: fn(&str) -> bool, stall: Stall, no_uidplus: bool) 
             let (mut client_r, mut server_w) =
                 (client.try_clone().unwrap(), server.try_clone().unwrap());
             let mute = match stall {
-                Stall::AfterEverywhere => down.clone(),
+                Stall::AfterEverywhere | Stall::AnswersOnlyEverywhere => down.clone(),
                 _ => Arc::new(AtomicBool::new(false)),
             };
             let muted = mute.clone();
+            let answers_only = matches!(stall, Stall::AnswersOnly | Stall::AnswersOnlyEverywhere);
             std::thread::spawn(move || {
                 let mut buf = [0u8; 65536];
                 while let Ok(n) = client_r.read(&mut buf) {
-                    if n == 0 || (mute.load(Ordering::SeqCst) && stall != Stall::AnswersOnly) {
+                    if n == 0 || (mute.load(Ordering::SeqCst) && !answers_only) {
                         break;
                     }
-                    if stall == Stall::AnswersOnly
+                    if answers_only
                         && (mute.load(Ordering::SeqCst)
                             || stall_when(&String::from_utf8_lossy(&buf[..n])))
                     {
@@ -3914,55 +3918,74 @@ async fn a_retried_move_of_a_message_without_message_id_copies_once() {
 }
 
 /// A message put into Sent here whose upload's answer was lost, then deleted here before the
-/// next pass: the earlier upload is taken back, not left to come down again as new mail
-/// (review: the message the user deleted came back).
+/// next pass, alone or with the whole folder: the earlier upload is taken back, not left to
+/// come down again as new mail (review: the message the user deleted came back; with the
+/// folder, the deletion found it as new mail upstream and the folder came back holding it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upload_whose_answer_was_lost_is_taken_back_when_deleted_here() {
-    let world = World::new();
-    let dovecot = Dovecot::start_tls();
-    upstream(&dovecot, json!([{"cmd": "raw", "line": "CREATE Sent"}]));
-    let (server, dir, config) = bobs_sync(&world, &dovecot);
-    let out = sync_once(&config);
-    assert!(out.status.success(), "{out:?}");
-    let mut raw = server.login();
-    let sent = "From: bob@example.org\r\nTo: carol@example.org\r\nSubject: gone\r\n\r\nx\r\n";
-    raw.ok(&format!(
-        "APPEND Sent (\\Seen) {{{}+}}\r\n{sent}",
-        sent.len()
-    ));
-
-    // The APPEND is done (its literal went); its answer is lost.
-    let port = relay(
-        dovecot.port,
-        |t| t.contains("Sealpost-Upload"),
-        Stall::AnswersOnly,
-        false,
-    );
-    let down = port_config(&server, &dovecot, dir.path(), port, "down", "");
-    let out = sync_once(&down);
-    assert!(!out.status.success() || String::from_utf8_lossy(&out.stderr).contains("stopped"));
-    // Dovecot finishes the APPEND on its own time (the sync stopped waiting for the answer).
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while dovecot.mailbox_files("Sent").is_empty() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the APPEND went: {out:?}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    assert_eq!(dovecot.mailbox_files("Sent").len(), 1, "the APPEND went");
-
-    raw.ok("SELECT Sent");
-    raw.ok("STORE 1 +FLAGS.SILENT (\\Deleted)");
-    raw.ok("EXPUNGE");
-    raw.ok("UNSELECT");
-    let direct = port_config(&server, &dovecot, dir.path(), dovecot.port, "direct", "");
-    for _ in 0..2 {
-        let out = sync_once(&direct);
+    for folder_deleted in [false, true] {
+        let world = World::new();
+        let dovecot = Dovecot::start_tls();
+        upstream(&dovecot, json!([{"cmd": "raw", "line": "CREATE Sent"}]));
+        let (server, dir, config) = bobs_sync(&world, &dovecot);
+        let out = sync_once(&config);
         assert!(out.status.success(), "{out:?}");
+        let mut raw = server.login();
+        let sent = "From: bob@example.org\r\nTo: carol@example.org\r\nSubject: gone\r\n\r\nx\r\n";
+        raw.ok(&format!(
+            "APPEND Sent (\\Seen) {{{}+}}\r\n{sent}",
+            sent.len()
+        ));
+
+        // The APPEND is done (its literal went); its answer is lost.
+        let port = relay(
+            dovecot.port,
+            |t| t.contains("Sealpost-Upload"),
+            // With the folder: the pass cannot reconnect and fetch (that would link the copy).
+            if folder_deleted {
+                Stall::AnswersOnlyEverywhere
+            } else {
+                Stall::AnswersOnly
+            },
+            false,
+        );
+        let down = port_config(&server, &dovecot, dir.path(), port, "down", "");
+        let out = sync_once(&down);
+        assert!(!out.status.success() || String::from_utf8_lossy(&out.stderr).contains("stopped"));
+        // Dovecot finishes the APPEND on its own time (the sync stopped waiting for the answer).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while dovecot.mailbox_files("Sent").is_empty() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the APPEND went: {out:?}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        assert_eq!(dovecot.mailbox_files("Sent").len(), 1, "the APPEND went");
+
+        if folder_deleted {
+            raw.ok("DELETE Sent");
+        } else {
+            raw.ok("SELECT Sent");
+            raw.ok("STORE 1 +FLAGS.SILENT (\\Deleted)");
+            raw.ok("EXPUNGE");
+            raw.ok("UNSELECT");
+        }
+        let direct = port_config(&server, &dovecot, dir.path(), dovecot.port, "direct", "");
+        for _ in 0..2 {
+            let out = sync_once(&direct);
+            assert!(out.status.success(), "{out:?}");
+        }
+        assert!(dovecot.mailbox_files("Sent").is_empty(), "taken back");
+        assert_eq!(waiting_changes(&server), 0);
+        if folder_deleted {
+            assert_eq!(upstream_folders(&dovecot), ["INBOX"]);
+            let list = raw.ok("LIST \"\" *").join("\n");
+            assert!(!list.contains("Sent"), "{list}");
+        } else {
+            assert_eq!(exists(&mut raw, "Sent"), 0);
+        }
     }
-    assert!(dovecot.mailbox_files("Sent").is_empty(), "taken back");
-    assert_eq!(exists(&mut raw, "Sent"), 0);
 }
 
 /// Messages moved out of a folder that is then deleted here, all before the next pass: each

@@ -841,6 +841,18 @@ impl Store {
             if children > 0 {
                 return Err(StoreError::HasChildren(name.to_owned()));
             }
+            // An upload waiting to go up from it that was tried (it may have landed before
+            // a crash or a lost answer) keeps the mailbox's UIDVALIDITY, by which the
+            // write-back finds that copy and takes it back (`WAITING_UPLOAD_OF`).
+            tx.execute(
+                "UPDATE journal SET detail = ?3
+                 WHERE account = ?1 AND mailbox = ?2 AND kind = 'append' AND detail = ''",
+                params![
+                    account,
+                    mailbox.name,
+                    format!("{WAITING_UPLOAD_OF}{}", mailbox.uidvalidity)
+                ],
+            )?;
             let contents = contents_of(tx, mailbox.id, None)?;
             tx.execute("DELETE FROM messages WHERE mailbox = ?1", [mailbox.id])?;
             tx.execute("DELETE FROM expunged WHERE mailbox = ?1", [mailbox.id])?;
@@ -2298,6 +2310,15 @@ fn mark_gone_in_journal(
 /// character, so none is found by it here, and upstream it is the name after the mark
 /// ([`unmarked`]).
 pub const GONE: char = '\u{1}';
+
+/// What begins the `detail` of an append entry whose mailbox was deleted here: the
+/// UIDVALIDITY the mailbox had follows (see [`deleted_uidvalidity`]).
+const WAITING_UPLOAD_OF: &str = "deleted mailbox of UIDVALIDITY ";
+
+/// The UIDVALIDITY of the deleted mailbox an append entry's `detail` names.
+pub fn deleted_uidvalidity(detail: &str) -> Option<u32> {
+    detail.strip_prefix(WAITING_UPLOAD_OF)?.parse().ok()
+}
 
 /// The mailbox a delete-mailbox entry's `detail` says it deleted (entries written before it
 /// was recorded say nothing).

@@ -338,7 +338,26 @@ impl Syncer {
                     self.upload(up, entry, mailbox, entry.uid, &entry.mailbox)
                         .await
                 }
-                None => Ok(WrittenBack::default()),
+                // Its mailbox deleted here: nothing to store. A try that landed before a crash
+                // or a lost answer is taken back, or the deletion would find it as new mail
+                // upstream, and the folder would come back here holding it (review).
+                None => {
+                    let folder = up.wire_name_at(&entry.mailbox, entry.id);
+                    let uidvalidity = crate::store::deleted_uidvalidity(&entry.detail);
+                    if let Some(uidvalidity) = uidvalidity.filter(|_| entry.attempts > 0) {
+                        if up.goes_up(self, &folder, &entry.mailbox)
+                            && up.exists(self, &folder).await?
+                        {
+                            let tokens = self.upload_tokens(uidvalidity, entry.uid).await?;
+                            if let Some((_, earlier)) =
+                                up.find_upload(self, &folder, &tokens).await?
+                            {
+                                up.expunge(self, earlier).await?;
+                            }
+                        }
+                    }
+                    Ok(WrittenBack::default())
+                }
             },
             "create-mailbox" => {
                 // Deleted here since (its own entry deletes it upstream, if it got there):
