@@ -4177,6 +4177,43 @@ async fn a_rename_whose_answer_was_lost_is_followed() {
     assert_eq!(exists(&mut raw, "New"), 1);
 }
 
+/// A folder with a child renamed here twice (P to C, then C to D), the answer to the first
+/// RENAME lost: the pass after it finishes both renames upstream, and both sides end with D
+/// and D/K holding the messages (review: the child was followed to C/K here while its
+/// parent was not, and the two sides never agreed again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_rename_answer_before_a_second_rename_with_a_child() {
+    let world = World::new();
+    let dovecot = Dovecot::start_tls();
+    upstream(
+        &dovecot,
+        json!([{"cmd": "raw", "line": "CREATE P"}, {"cmd": "raw", "line": "CREATE P.K"},
+        append_bytes("P", &plain_message("in parent")),
+        append_bytes("P.K", &plain_message("in child"))]),
+    );
+    let (server, dir, _) = bobs_sync(&world, &dovecot);
+    let direct = port_config(&server, &dovecot, dir.path(), dovecot.port, "direct", "");
+    let out = sync_once(&direct);
+    assert_eq!(stdout(&out).trim(), format!("{USER}: 2 new"), "{out:?}");
+    let mut raw = server.login();
+    raw.ok("RENAME P C");
+    raw.ok("RENAME C D");
+    let port = proxy_losing_answers(dovecot.port, |t| t.contains("RENAME"), false);
+    let losing = port_config(&server, &dovecot, dir.path(), port, "losing", "");
+    let out = sync_once(&losing);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("write-back stopped"), "{log}");
+    passes(&direct, 3);
+    assert_eq!(waiting_changes(&server), 0);
+    assert_eq!(upstream_folders(&dovecot), ["D", "D.K", "INBOX"]);
+    assert_eq!(upstream_subjects(&dovecot, "D"), ["in parent"]);
+    assert_eq!(upstream_subjects(&dovecot, "D.K"), ["in child"]);
+    let list = raw.ok("LIST \"\" *").join("\n");
+    assert!(!list.contains("\"C"), "{list}");
+    assert_eq!(exists(&mut raw, "D"), 1);
+    assert_eq!(exists(&mut raw, "D/K"), 1);
+}
+
 /// A message moved out of a folder that is deleted here and that another client deleted
 /// upstream meanwhile: there is no original left to move, so the message goes up into the
 /// target folder on its own (encrypted), and neither change waits for good.

@@ -369,10 +369,12 @@ impl Store {
             } else {
                 None
             };
-            // A rename or deletion of it or under it waiting here: followed, the user's own
-            // change would be undone or go up under names upstream no longer has (review: a
-            // waiting rename was undone). A subfolder made here waits for the follow and is
-            // then made under the new name (the write-back holds it back, see writeback).
+            // A rename or deletion of it, under it or above it waiting here: followed, the
+            // user's own change would be undone or go up under names upstream no longer has
+            // (review: a waiting rename was undone; a child was followed while its parent,
+            // renamed twice here, was not, and the two sides never agreed again). A subfolder
+            // made here waits for the follow and is then made under the new name (the
+            // write-back holds it back, see writeback).
             let prefix = format!("{}{}", source.name, super::DELIMITER);
             let structure_waits: bool = tx.query_row(
                 "SELECT EXISTS (SELECT 1 FROM journal
@@ -380,13 +382,16 @@ impl Store {
                                   AND kind IN ('rename-mailbox', 'delete-mailbox')
                                   AND id IS NOT ?5
                                   AND (mailbox = ?2 OR substr(mailbox, 1, ?3) = ?4
-                                       OR detail = ?2 OR substr(detail, 1, ?3) = ?4))",
+                                       OR detail = ?2 OR substr(detail, 1, ?3) = ?4
+                                       OR substr(?2, 1, length(mailbox) + 1) = mailbox || ?6
+                                       OR substr(?2, 1, length(detail) + 1) = detail || ?6))",
                 params![
                     account,
                     source.name,
                     prefix.chars().count() as i64,
                     prefix,
-                    same
+                    same,
+                    super::DELIMITER.to_string()
                 ],
                 |r| r.get(0),
             )?;
