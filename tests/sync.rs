@@ -4214,6 +4214,83 @@ async fn a_lost_rename_answer_before_a_second_rename_with_a_child() {
     assert_eq!(exists(&mut raw, "D/K"), 1);
 }
 
+/// A folder renamed here and by another client alike, which then made a new folder of the
+/// old name with mail in it: the rename here is done (the folder of the new name is this one,
+/// by its UIDVALIDITY and its newest message), nothing comes down twice, a flag set here goes
+/// up, and the new folder comes down as one of its own (review: the rename waited for good,
+/// the folder's messages came down a second time, and the new folder's mail never came). A
+/// message stored here into the folder before the rename went up into the new folder of the
+/// old name; it ends there on both sides.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_rename_on_both_sides_and_the_old_name_made_again() {
+    // Without a change before the rename, the write-back finds the rename done; with one, the
+    // fetch follows it (a stored message goes up before the rename).
+    for before in ["nothing", "flag", "message stored"] {
+        let world = World::new();
+        let dovecot = Dovecot::start_tls();
+        upstream(
+            &dovecot,
+            json!([{"cmd": "raw", "line": "CREATE A"}, append_bytes("A", &plain_message("old"))]),
+        );
+        let (server, _dir, config) = bobs_sync_with_address(&world, &dovecot);
+        let out = sync_once(&config);
+        assert_eq!(stdout(&out).trim(), format!("{USER}: 1 new"), "{out:?}");
+        upstream(
+            &dovecot,
+            json!([{"cmd": "raw", "line": "RENAME A C"}, {"cmd": "raw", "line": "CREATE A"},
+            append_bytes("A", &plain_message("theirs"))]),
+        );
+        let mut raw = server.login();
+        match before {
+            "flag" => {
+                raw.ok("SELECT A");
+                raw.ok("STORE 1 +FLAGS (\\Flagged)");
+                raw.ok("UNSELECT");
+            }
+            "message stored" => {
+                let m = plain_message("stored here");
+                raw.ok(&format!(
+                    "APPEND A {{{}+}}\r\n{}",
+                    m.len(),
+                    String::from_utf8_lossy(&m)
+                ));
+            }
+            _ => {}
+        }
+        raw.ok("RENAME A C");
+        let out = sync_once(&config);
+        let how = match before {
+            "flag" => "the rename here is taken as done",
+            _ => "the rename is done",
+        };
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(how),
+            "{before}: {out:?}"
+        );
+        passes(&config, 2);
+        assert_eq!(waiting_changes(&server), 0, "{before}");
+        assert_eq!(upstream_folders(&dovecot), ["A", "C", "INBOX"], "{before}");
+        let old = if before == "flag" {
+            "old flagged"
+        } else {
+            "old"
+        };
+        assert_eq!(upstream_subjects(&dovecot, "C"), [old], "{before}");
+        assert_eq!(exists(&mut raw, "C"), 1, "{before}");
+        // The upload is encrypted upstream: its Subject is inside.
+        let (theirs, count) = match before {
+            "message stored" => (vec!["[...]", "theirs"], 2),
+            _ => (vec!["theirs"], 1),
+        };
+        assert_eq!(upstream_subjects(&dovecot, "A"), theirs, "{before}");
+        assert_eq!(exists(&mut raw, "A"), count, "{before}");
+        let lines = raw
+            .ok("UID FETCH 1:* (BODY.PEEK[HEADER.FIELDS (Subject)])")
+            .join("\n");
+        assert!(lines.contains("theirs"), "{lines}");
+    }
+}
+
 /// A message moved out of a folder that is deleted here and that another client deleted
 /// upstream meanwhile: there is no original left to move, so the message goes up into the
 /// target folder on its own (encrypted), and neither change waits for good.

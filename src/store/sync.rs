@@ -439,20 +439,26 @@ impl Store {
         })
     }
 
-    /// The link with the highest upstream UID of `folder` whose upstream bytes' SHA-256 is
-    /// known: (upstream UID, SHA-256). What a folder taken for `folder` renamed must hold.
+    /// The link with the highest upstream UID of `folder` under `uidvalidity` whose upstream
+    /// bytes' SHA-256 is known: (upstream UID, SHA-256). What a folder taken for `folder`
+    /// renamed must hold (not a link of another folder of that name: an upload into one
+    /// another client made of the name since, say).
     pub fn sample_link(
         &self,
         account: AccountId,
         folder: &str,
+        uidvalidity: u32,
     ) -> Result<Option<(u32, Vec<u8>)>, StoreError> {
         self.read(|c| {
             Ok(c.prepare_cached(
                 "SELECT upstream_uid, upstream_sha256 FROM sync_map
-                 WHERE account = ?1 AND folder = ?2 AND upstream_sha256 IS NOT NULL
+                 WHERE account = ?1 AND folder = ?2 AND uidvalidity = ?3
+                   AND upstream_sha256 IS NOT NULL
                  ORDER BY upstream_uid DESC LIMIT 1",
             )?
-            .query_row(params![account, folder], |r| Ok((r.get(0)?, r.get(1)?)))
+            .query_row(params![account, folder, uidvalidity], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
             .optional()?)
         })
     }

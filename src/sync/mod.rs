@@ -380,6 +380,29 @@ impl Syncer {
                 gone.push((folder, mark.uidvalidity));
             }
         }
+        // A folder renamed here, the rename waiting to go up, whose name upstream is another
+        // folder's now (its UIDVALIDITY changed): another client renamed it too and made a new
+        // folder of the old name. Gone as well, so the same rename here is followed (review:
+        // the rename waited for good, behind a change to the folder made before it, and the
+        // folder's messages came down a second time under the new name).
+        let mut made_again = Vec::new();
+        let store = self.store.clone();
+        for (_, from, _) in blocking(move || store.journal_renames(account)).await?? {
+            let folder = names.wire(&from);
+            if !listed.iter().any(|l| l.wire == folder) || gone.iter().any(|(f, _)| *f == folder) {
+                continue;
+            }
+            let (store, f) = (self.store.clone(), folder.clone());
+            let Some(mark) = blocking(move || store.sync_folder(account, &f)).await?? else {
+                continue;
+            };
+            let line = format!("STATUS {} (UIDVALIDITY)", quote(&folder));
+            let status = within(self.config.timeout(), command(session, &line, None)).await?;
+            if status.ok && status.uidvalidity.is_some_and(|v| v != mark.uidvalidity) {
+                gone.push((folder.clone(), mark.uidvalidity));
+                made_again.push(folder);
+            }
+        }
         if gone.is_empty() {
             return Ok(());
         }
@@ -410,19 +433,24 @@ impl Syncer {
                 continue;
             };
             let from = from.clone();
-            // Gone for certain, as for a folder forgotten (see `vanished_folders`).
-            let line = format!("EXAMINE {}", quote(&from));
-            let reply = within(timeout, command(session, &line, None)).await?;
-            let text = reply.text.trim_start();
-            if reply.ok || (text.starts_with('[') && !text.starts_with("[NONEXISTENT]")) {
-                continue;
+            // Gone for certain, as for a folder forgotten (see `vanished_folders`), unless the
+            // name is another folder's now.
+            if !made_again.contains(&from) {
+                let line = format!("EXAMINE {}", quote(&from));
+                let reply = within(timeout, command(session, &line, None)).await?;
+                let text = reply.text.trim_start();
+                if reply.ok || (text.starts_with('[') && !text.starts_with("[NONEXISTENT]")) {
+                    continue;
+                }
             }
             // The same folder, by its content too: a server may give two folders one
             // UIDVALIDITY (RFC 3501 allows it; review: a folder made anew was taken for the
             // one deleted, and the user's expunge took a message they never saw). The newest
             // message linked to the old folder must be in the new one, byte for byte.
             let (store, f) = (self.store.clone(), from.clone());
-            let Some((uid, hash)) = blocking(move || store.sample_link(account, &f)).await?? else {
+            let Some((uid, hash)) =
+                blocking(move || store.sample_link(account, &f, uidvalidity)).await??
+            else {
                 continue;
             };
             let line = format!("EXAMINE {}", quote(&to));

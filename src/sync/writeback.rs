@@ -609,34 +609,53 @@ impl Syncer {
                 "RENAME: {refused} ({to:?} exists upstream too: {why})"
             )))
         };
+        // Never synced (made upstream by an upload into it after another client had renamed
+        // or deleted it, say): the UIDVALIDITY it has now is the one to compare (review: it
+        // waited for good).
+        let (store, folder) = (self.store.clone(), from.to_string());
+        up.selected = None;
+        let mark = blocking(move || store.sync_folder(account, &folder)).await??;
+        let now = up
+            .run(self, &format!("STATUS {} (UIDVALIDITY)", quote(from)), None)
+            .await?
+            .uidvalidity;
+        let status = up
+            .run(self, &format!("STATUS {} (UIDVALIDITY)", quote(to)), None)
+            .await?;
+        let Some(known) = mark.as_ref().map(|m| m.uidvalidity).or(now) else {
+            return wait("the server gave no UIDVALIDITY for the folder");
+        };
+        if status.uidvalidity == Some(known) {
+            // The folder of the new name is this one, renamed upstream already (by another
+            // client, or by a RENAME whose answer was lost), and the one of the old name a
+            // folder another client made since, which the fetch brings down as a folder of
+            // its own: the rename is done. Taken for that only when the old name's folder is
+            // not the one synced and the new one holds its newest message, byte for byte
+            // (review: the rename waited for good, and the folder's messages came down a
+            // second time under the new name).
+            if mark.is_some()
+                && now != Some(known)
+                && self.holds_newest(up, account, from, to, known).await?
+            {
+                tracing::info!(account = %self.name, %from, %to,
+                    "renamed upstream already, and a new folder made of the old name: the rename is done");
+                return Ok(WrittenBack {
+                    rename_folder: Some((
+                        from.to_string(),
+                        to.to_string(),
+                        up.names.delimiter.clone(),
+                    )),
+                    ..WrittenBack::default()
+                });
+            }
+            return wait("both have the same UIDVALIDITY");
+        }
         if !up.can_move {
             return wait("the server has no MOVE to merge them with");
         }
         let children = format!("{from}{}*", up.names.delimiter);
         if !up.listed(self, &children).await?.is_empty() {
             return wait("the folder has subfolders upstream");
-        }
-        // Never synced (made upstream by an upload into it after another client had renamed
-        // or deleted it, say): the UIDVALIDITY it has now is the one to compare (review: it
-        // waited for good).
-        let (store, folder) = (self.store.clone(), from.to_string());
-        up.selected = None;
-        let known = match blocking(move || store.sync_folder(account, &folder)).await?? {
-            Some(known) => Some(known.uidvalidity),
-            None => {
-                up.run(self, &format!("STATUS {} (UIDVALIDITY)", quote(from)), None)
-                    .await?
-                    .uidvalidity
-            }
-        };
-        let status = up
-            .run(self, &format!("STATUS {} (UIDVALIDITY)", quote(to)), None)
-            .await?;
-        let Some(known) = known else {
-            return wait("the server gave no UIDVALIDITY for the folder");
-        };
-        if status.uidvalidity == Some(known) {
-            return wait("both have the same UIDVALIDITY");
         }
         // Mail that comes into `from` while it is emptied is moved too; what comes after the
         // last look and before DELETE is the one thing this leaves to chance, as any client's
@@ -661,6 +680,34 @@ impl Syncer {
             });
         }
         wait("mail keeps coming into the folder")
+    }
+
+    /// Whether upstream folder `to` (UIDVALIDITY `uidvalidity`) holds the newest message
+    /// linked to folder `from` whose bytes are known, byte for byte: `to` is `from` renamed.
+    async fn holds_newest(
+        &self,
+        up: &mut Upstream<'_>,
+        account: AccountId,
+        from: &str,
+        to: &str,
+        uidvalidity: u32,
+    ) -> Result<bool, Failure> {
+        let (store, f) = (self.store.clone(), from.to_string());
+        let Some((uid, hash)) =
+            blocking(move || store.sample_link(account, &f, uidvalidity)).await??
+        else {
+            return Ok(false);
+        };
+        let target = UpstreamRef {
+            folder: to.to_string(),
+            uidvalidity,
+            uid,
+        };
+        if !up.select(self, &target).await? {
+            return Ok(false);
+        }
+        let found = up.hash_of(self, uid, super::MAX_SAMPLE_BYTES).await?;
+        Ok(found.is_some_and(|found| found[..] == hash[..]))
     }
 
     /// Expunges upstream the message linked to local (`mailbox`, `uid`), if any.
