@@ -3382,6 +3382,41 @@ async fn a_change_then_a_rename_another_client_made_too() {
     }
 }
 
+/// A folder deleted here while another client sets a flag in it and new mail comes into it:
+/// the flag change upstream finds the deleted mailbox's messages gone here and is passed
+/// over, the pass goes on to the folders after it, and the folder comes back with its new
+/// mail (review: "no such mailbox" ended every pass, and nothing more came down for good).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flag_set_upstream_in_a_folder_deleted_here_holds_up_nothing() {
+    let world = World::new();
+    let dovecot = Dovecot::start_tls();
+    upstream(
+        &dovecot,
+        json!([{"cmd": "raw", "line": "CREATE P"}, {"cmd": "raw", "line": "CREATE Z"},
+        append_bytes("P", &plain_message("old"))]),
+    );
+    let (server, _dir, config) = bobs_sync(&world, &dovecot);
+    let out = sync_once(&config);
+    assert_eq!(stdout(&out).trim(), format!("{USER}: 1 new"), "{out:?}");
+    let mut raw = server.login();
+    raw.ok("DELETE P");
+    upstream(
+        &dovecot,
+        json!([append_bytes("P", &plain_message("new")),
+        {"cmd": "raw", "line": "SELECT P"}, {"cmd": "raw", "line": "UID STORE 1 +FLAGS (\\Flagged)"},
+        append_bytes("Z", &plain_message("later"))]),
+    );
+    passes(&config, 3);
+    assert_eq!(
+        exists(&mut raw, "Z"),
+        1,
+        "the folder after it still fetched"
+    );
+    assert_eq!(exists(&mut raw, "P"), 1, "back with its new mail only");
+    assert_eq!(upstream_subjects(&dovecot, "P"), ["new"]);
+    assert_eq!(waiting_changes(&server), 0);
+}
+
 /// `n` passes of `sync --once`, each of which must go through.
 fn passes(config: &Path, n: usize) {
     for _ in 0..n {

@@ -886,7 +886,13 @@ impl Store {
                 }
             }
             for (mailbox, rows) in by_mailbox {
-                let mb = find_mailbox_id(tx, mailbox)?;
+                // A mailbox deleted here keeps its links while its deletion waits to go up:
+                // nothing here to change (review: "no such mailbox" ended every pass, and no
+                // folder after it was fetched).
+                let mb = match find_mailbox_id(tx, mailbox) {
+                    Err(StoreError::NoMailbox(_)) => continue,
+                    found => found?,
+                };
                 let modseq = mb.highestmodseq + 1;
                 let mut select = tx
                     .prepare_cached("SELECT flags FROM messages WHERE mailbox = ?1 AND uid = ?2")?;
