@@ -219,6 +219,9 @@ pub struct WrittenBack {
     pub forget_folder: Option<String>,
     /// The upstream folder (and its children, after the delimiter) was renamed.
     pub rename_folder: Option<(String, String, String)>,
+    /// With `rename_folder`: only the folder's links under this UIDVALIDITY follow it; the
+    /// others stay, as they are a new folder's of the old name (an upload into it).
+    pub renamed_uidvalidity: Option<u32>,
 }
 
 impl Store {
@@ -326,7 +329,8 @@ impl Store {
     /// when it cannot be followed that way: no message of the folder here, messages in more
     /// than one mailbox or one that holds other folders' too, INBOX or a special-use mailbox,
     /// or another mailbox with the new name, or a mark for `to` already. `local_from`: the
-    /// local name of `from`.
+    /// local name of `from`. `uidvalidity`: when another folder has the name `from` now, the
+    /// renamed one's; only its links follow (the others are the new folder's).
     pub fn follow_upstream_rename(
         &self,
         account: AccountId,
@@ -334,6 +338,7 @@ impl Store {
         to: &str,
         local_from: &str,
         local_to: &str,
+        uidvalidity: Option<u32>,
     ) -> Result<FollowedRename, StoreError> {
         self.write(|tx| {
             let mailboxes: Vec<MailboxId> = {
@@ -431,8 +436,11 @@ impl Store {
             };
             for table in ["sync_folders", "sync_map"] {
                 tx.execute(
-                    &format!("UPDATE {table} SET folder = ?3 WHERE account = ?1 AND folder = ?2"),
-                    params![account, from, to],
+                    &format!(
+                        "UPDATE {table} SET folder = ?3
+                         WHERE account = ?1 AND folder = ?2 AND (?4 IS NULL OR uidvalidity = ?4)"
+                    ),
+                    params![account, from, to, uidvalidity],
                 )?;
             }
             Ok(followed)
@@ -1116,7 +1124,9 @@ impl Store {
                     tx.execute(
                         &format!(
                             "UPDATE OR REPLACE {table} SET folder = ?2 || substr(folder, ?3)
-                             WHERE account = ?1 AND (folder = ?4 OR substr(folder, 1, ?5) = ?6)"
+                             WHERE account = ?1
+                               AND ((folder = ?4 AND (?7 IS NULL OR uidvalidity = ?7))
+                                    OR substr(folder, 1, ?5) = ?6)"
                         ),
                         // SQLite's substr counts characters, not bytes ("Entwürfe/").
                         params![
@@ -1125,7 +1135,8 @@ impl Store {
                             from.chars().count() as i64 + 1,
                             from,
                             prefix.chars().count() as i64,
-                            prefix
+                            prefix,
+                            done.renamed_uidvalidity
                         ],
                     )?;
                 }

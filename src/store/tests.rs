@@ -898,7 +898,7 @@ fn an_upstream_rename_is_followed_unless_a_mailbox_change_waits() {
             store.rename_mailbox(account, "RN", to).unwrap();
         }
         let followed = store
-            .follow_upstream_rename(account, "RN", "RN2", "RN", "RN2")
+            .follow_upstream_rename(account, "RN", "RN2", "RN", "RN2", None)
             .unwrap();
         if waiting == Some("Mine") {
             assert_eq!(followed, FollowedRename::No);

@@ -482,9 +482,12 @@ impl Syncer {
                 to.clone(),
                 local_to.clone(),
             );
-            let followed =
-                blocking(move || store.follow_upstream_rename(account, &f, &t, &local_from, &l))
-                    .await??;
+            // The name another folder's now: only the renamed one's links follow.
+            let only = made_again.contains(&from).then_some(uidvalidity);
+            let followed = blocking(move || {
+                store.follow_upstream_rename(account, &f, &t, &local_from, &l, only)
+            })
+            .await??;
             match followed {
                 crate::store::FollowedRename::No => {}
                 crate::store::FollowedRename::Renamed(old) => {

@@ -645,6 +645,10 @@ impl Syncer {
                         to.to_string(),
                         up.names.delimiter.clone(),
                     )),
+                    // An upload that went into the new folder stays linked there (review:
+                    // moved with the others, its link was stale, and a move out of it left
+                    // the message in both folders).
+                    renamed_uidvalidity: Some(known),
                     ..WrittenBack::default()
                 });
             }
