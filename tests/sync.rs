@@ -4338,6 +4338,40 @@ async fn the_same_rename_on_both_sides_and_the_old_name_made_again() {
     }
 }
 
+/// The same rename on both sides of an empty folder, after which another client made a new
+/// folder of the old name: with no message to compare, the folder of the new name is taken
+/// for this one because it holds nothing below the next UID the old one had (review: the
+/// rename waited for good, and the new folder's mail never came down).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_rename_of_an_empty_folder_and_the_old_name_made_again() {
+    let world = World::new();
+    let dovecot = Dovecot::start_tls();
+    upstream(&dovecot, json!([{"cmd": "raw", "line": "CREATE A"}]));
+    let (server, _dir, config) = bobs_sync_with_address(&world, &dovecot);
+    passes(&config, 1);
+    upstream(
+        &dovecot,
+        json!([{"cmd": "raw", "line": "RENAME A C"}, {"cmd": "raw", "line": "CREATE A"},
+        append_bytes("A", &plain_message("theirs")), append_bytes("C", &plain_message("later"))]),
+    );
+    let mut raw = server.login();
+    raw.ok("RENAME A C");
+    let out = sync_once(&config);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("the rename is done"),
+        "{out:?}"
+    );
+    passes(&config, 1);
+    assert_eq!(waiting_changes(&server), 0);
+    assert_eq!(upstream_folders(&dovecot), ["A", "C", "INBOX"]);
+    assert_eq!(exists(&mut raw, "A"), 1);
+    assert_eq!(exists(&mut raw, "C"), 1);
+    let lines = raw
+        .ok("UID FETCH 1:* (BODY.PEEK[HEADER.FIELDS (Subject)])")
+        .join("\n");
+    assert!(lines.contains("later"), "{lines}");
+}
+
 /// A message moved out of a folder that is deleted here and that another client deleted
 /// upstream meanwhile: there is no original left to move, so the message goes up into the
 /// target folder on its own (encrypted), and neither change waits for good.

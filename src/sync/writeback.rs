@@ -633,10 +633,13 @@ impl Syncer {
             // not the one synced and the new one holds its newest message, byte for byte
             // (review: the rename waited for good, and the folder's messages came down a
             // second time under the new name).
-            if mark.is_some()
-                && now != Some(known)
-                && self.holds_newest(up, account, from, to, known).await?
-            {
+            let renamed = match &mark {
+                Some(mark) if now != Some(known) => {
+                    self.is_renamed(up, account, from, to, mark).await?
+                }
+                _ => false,
+            };
+            if renamed {
                 tracing::info!(account = %self.name, %from, %to,
                     "renamed upstream already, and a new folder made of the old name: the rename is done");
                 return Ok(WrittenBack {
@@ -686,32 +689,60 @@ impl Syncer {
         wait("mail keeps coming into the folder")
     }
 
-    /// Whether upstream folder `to` (UIDVALIDITY `uidvalidity`) holds the newest message
-    /// linked to folder `from` whose bytes are known, byte for byte: `to` is `from` renamed.
-    async fn holds_newest(
+    /// Whether upstream folder `to`, which has the UIDVALIDITY of folder `from`'s `mark`, can
+    /// be taken for `from` renamed: it holds the newest message linked to `from` whose bytes
+    /// are known, byte for byte; or, when nothing of `from` is linked here (it was empty, or
+    /// emptied), it holds nothing below the mark's next UID, so no message of it is passed
+    /// over when it takes the mark (review: an empty folder's rename waited for good).
+    async fn is_renamed(
         &self,
         up: &mut Upstream<'_>,
         account: AccountId,
         from: &str,
         to: &str,
-        uidvalidity: u32,
+        mark: &crate::store::SyncFolder,
     ) -> Result<bool, Failure> {
+        let v = mark.uidvalidity;
         let (store, f) = (self.store.clone(), from.to_string());
-        let Some((uid, hash)) =
-            blocking(move || store.sample_link(account, &f, uidvalidity)).await??
-        else {
-            return Ok(false);
-        };
+        let (sample, linked) = blocking(move || {
+            Ok::<_, crate::store::StoreError>((
+                store.sample_link(account, &f, v)?,
+                store.linked_count(account, &f, v)?,
+            ))
+        })
+        .await??;
         let target = UpstreamRef {
             folder: to.to_string(),
-            uidvalidity,
-            uid,
+            uidvalidity: v,
+            uid: 0,
         };
-        if !up.select(self, &target).await? {
-            return Ok(false);
+        match sample {
+            Some((uid, hash)) => {
+                if !up.select(self, &target).await? {
+                    return Ok(false);
+                }
+                let found = up.hash_of(self, uid, super::MAX_SAMPLE_BYTES).await?;
+                Ok(found.is_some_and(|found| found[..] == hash[..]))
+            }
+            // Linked, but no bytes known to compare.
+            None if linked > 0 => Ok(false),
+            None => {
+                if !up.select(self, &target).await? {
+                    return Ok(false);
+                }
+                if mark.next_uid <= 1 {
+                    return Ok(true);
+                }
+                let below = up
+                    .command(
+                        self,
+                        &format!("UID SEARCH UID 1:{}", mark.next_uid - 1),
+                        None,
+                    )
+                    .await?;
+                Ok(below.ok && below.search.iter().all(|u| *u >= mark.next_uid))
+            }
         }
-        let found = up.hash_of(self, uid, super::MAX_SAMPLE_BYTES).await?;
-        Ok(found.is_some_and(|found| found[..] == hash[..]))
     }
 
     /// Expunges upstream the message linked to local (`mailbox`, `uid`), if any.
