@@ -160,8 +160,7 @@ async fn sync_imports_every_folder_decrypted_and_marked_once() {
     );
 
     // Nothing twice: a second run finds nothing new.
-    let out = sync_once(&config);
-    assert_eq!(stdout(&out).trim(), format!("{USER}: 0 new"), "{out:?}");
+    pass_storing(&config, 0);
     assert_eq!(verdicts::fetch_all(&server).len(), 8);
 
     // Upstream was only read: no \Seen set there.
@@ -291,8 +290,7 @@ async fn starttls_plain_auth_and_failures_that_store_nothing() {
 
     // STARTTLS + PLAIN with the right settings.
     let config = sync_config(&server, &table);
-    let out = sync_once(&config);
-    assert_eq!(stdout(&out).trim(), format!("{USER}: 1 new"), "{out:?}");
+    pass_storing(&config, 1);
 
     // Upstream stopped: the sync fails and says so, the local server still serves.
     drop(dovecot);
@@ -637,8 +635,7 @@ async fn local_changes_are_written_back_upstream() {
         ]),
     );
     let (server, _dir, config) = bobs_sync_with_address(&world, &dovecot);
-    let out = sync_once(&config);
-    assert_eq!(stdout(&out).trim(), format!("{USER}: 3 new"), "{out:?}");
+    pass_storing(&config, 3);
 
     let mut raw = server.login();
     raw.ok("SELECT INBOX");
@@ -656,8 +653,7 @@ async fn local_changes_are_written_back_upstream() {
     raw.ok("CREATE Projects");
     raw.ok("APPEND Projects {24+}\r\nSubject: project\r\n\r\nplan");
 
-    let out = sync_once(&config);
-    assert_eq!(stdout(&out).trim(), format!("{USER}: 0 new"), "{out:?}");
+    pass_storing(&config, 0);
 
     let seen = upstream(
         &dovecot,
@@ -710,8 +706,7 @@ async fn local_changes_are_written_back_upstream() {
     assert_eq!(dovecot.mailbox_files("Projects").len(), 1);
 
     // Nothing comes back twice: the uploads and the move are linked, not fetched again.
-    let out = sync_once(&config);
-    assert_eq!(stdout(&out).trim(), format!("{USER}: 0 new"), "{out:?}");
+    pass_storing(&config, 0);
     assert_eq!(exists(&mut raw, "INBOX"), 1);
     assert_eq!(exists(&mut raw, "Archive"), 1);
     assert_eq!(exists(&mut raw, "Sent"), 1);
@@ -734,8 +729,7 @@ async fn local_changes_are_written_back_upstream() {
         json!([{"cmd": "raw", "line": "RENAME Keep Kept"}]),
     );
     raw.ok("RENAME Keep Kept");
-    let out = sync_once(&config);
-    assert_eq!(stdout(&out).trim(), format!("{USER}: 0 new"), "{out:?}");
+    pass_storing(&config, 0);
     assert_eq!(exists(&mut raw, "Kept"), 1);
     assert_eq!(store.journal_backlog(account).unwrap(), (0, None));
 
@@ -744,8 +738,7 @@ async fn local_changes_are_written_back_upstream() {
     let note = "From: bob@example.org\r\nSubject: a note\r\n\r\nnoted\r\n";
     raw.ok(&format!("APPEND Kept {{{}}}\r\n{note}", note.len()));
     raw.ok("RENAME Kept Notes");
-    let out = sync_once(&config);
-    assert_eq!(stdout(&out).trim(), format!("{USER}: 0 new"), "{out:?}");
+    pass_storing(&config, 0);
     assert_eq!(store.journal_backlog(account).unwrap(), (0, None));
     assert_eq!(dovecot.mailbox_files("Notes").len(), 2, "both went up");
     assert_eq!(exists(&mut raw, "Notes"), 2);
@@ -843,8 +836,7 @@ async fn expunges_and_moves_made_upstream_are_mirrored() {
         .collect();
     upstream(&dovecot, Value::Array(steps));
     let (server, _dir, config) = bobs_sync(&world, &dovecot);
-    let out = sync_once(&config);
-    assert_eq!(stdout(&out).trim(), format!("{USER}: 3 new"), "{out:?}");
+    pass_storing(&config, 3);
 
     let mut raw = server.login();
     assert_eq!(exists(&mut raw, "INBOX"), 3);
@@ -879,8 +871,7 @@ async fn expunges_and_moves_made_upstream_are_mirrored() {
     let store = sealpost::store::Store::open(&server.store_path()).unwrap();
     let account = store.account(USER).unwrap().unwrap();
     assert_eq!(store.journal_backlog(account).unwrap(), (0, None));
-    let out = sync_once(&config);
-    assert_eq!(stdout(&out).trim(), format!("{USER}: 0 new"), "{out:?}");
+    pass_storing(&config, 0);
     assert_eq!(exists(&mut raw, "INBOX"), 1);
     assert_eq!(exists(&mut raw, "Archive"), 1);
     let upstream_inbox = upstream(
@@ -910,8 +901,7 @@ async fn a_resync_matches_messages_whose_verdict_changed() {
         json!([{"cmd": "raw", "line": "CREATE Archive"}, append_bytes("Archive", unknown)]),
     );
     let (server, _dir, config) = bobs_sync(&world, &dovecot);
-    let out = sync_once(&config);
-    assert_eq!(stdout(&out).trim(), format!("{USER}: 1 new"), "{out:?}");
+    pass_storing(&config, 1);
     let mut raw = server.login();
     raw.ok("SELECT Archive");
     raw.ok("UID STORE 1 +FLAGS (\\Flagged)");
@@ -1199,8 +1189,7 @@ async fn sigterm_stops_the_daemon_in_a_pass_and_at_the_lock() {
         &server,
         &upstream_table(&dovecot, dir.path(), "none", dovecot.port, ""),
     );
-    let out = sync_once(&config);
-    assert_eq!(stdout(&out).trim(), format!("{USER}: 3 new"), "{out:?}");
+    pass_storing(&config, 3);
     let out = sync_once(&config);
     assert_eq!(stdout(&out).trim(), format!("{USER}: 0 new"), "{out:?}");
 }
@@ -1288,8 +1277,7 @@ async fn an_empty_maildir_file_waits_and_a_postmark_is_dropped() {
         &server,
         &format!("[accounts.maildir]\npath = \"{}\"\n", root.display()),
     );
-    let out = sync_once(&config);
-    assert_eq!(stdout(&out).trim(), format!("{USER}: 1 new"), "{out:?}");
+    pass_storing(&config, 1);
     let mut raw = server.login();
     raw.ok("SELECT INBOX");
     let header = raw.ok("UID FETCH 1 (BODY.PEEK[HEADER])").join("\n");
@@ -1378,8 +1366,7 @@ async fn a_maildir_source_is_imported_once() {
         &server,
         &format!("[accounts.maildir]\npath = \"{}\"\n", root.display()),
     );
-    let out = sync_once(&config);
-    assert_eq!(stdout(&out).trim(), format!("{USER}: 3 new"), "{out:?}");
+    pass_storing(&config, 3);
 
     let mut raw = server.login();
     raw.ok("SELECT INBOX");
@@ -1406,8 +1393,7 @@ async fn a_maildir_source_is_imported_once() {
         b"From: a@example.org\r\nSubject: later\r\n\r\nlater\r\n",
     )
     .unwrap();
-    let out = sync_once(&config);
-    assert_eq!(stdout(&out).trim(), format!("{USER}: 1 new"), "{out:?}");
+    pass_storing(&config, 1);
     assert_eq!(exists(&mut raw, "INBOX"), 3);
     assert!(
         root.join("cur/1700000001.M1P1.host:2,S").exists(),
@@ -1426,8 +1412,7 @@ async fn a_maildir_source_is_imported_once() {
         b"From: a@example.org\r\nSubject: semicolon\r\n\r\nsemicolon\r\n",
     )
     .unwrap();
-    let out = sync_once(&config);
-    assert_eq!(stdout(&out).trim(), format!("{USER}: 1 new"), "{out:?}");
+    pass_storing(&config, 1);
     std::fs::rename(&semicolon, root.join(".Semi/cur/1700000005.M5P1.host;2,FS")).unwrap();
     let out = sync_once(&config);
     assert!(out.status.success(), "{out:?}");
@@ -1575,8 +1560,7 @@ async fn changes_waiting_across_a_uidvalidity_change_are_not_undone() {
     );
     // With the user's own key at hand, so that an upload could be made (and must not be).
     let (server, _dir, config) = bobs_sync_with_address(&world, &dovecot);
-    let out = sync_once(&config);
-    assert_eq!(stdout(&out).trim(), format!("{USER}: 3 new"), "{out:?}");
+    pass_storing(&config, 3);
     let mut raw = server.login();
     raw.ok("SELECT Archive");
     raw.ok("UID STORE 1 +FLAGS (\\Deleted)");
@@ -1837,8 +1821,7 @@ async fn moves_into_a_folder_deleted_before_the_write_back_leave_no_ghost() {
         ]),
     );
     let (server, _dir, config) = bobs_sync_with_address(&world, &dovecot);
-    let out = sync_once(&config);
-    assert_eq!(stdout(&out).trim(), format!("{USER}: 2 new"), "{out:?}");
+    pass_storing(&config, 2);
     let mut raw = server.login();
     raw.ok("CREATE Tmp");
     raw.ok("CREATE Kept");
@@ -1865,8 +1848,7 @@ async fn moves_into_a_folder_deleted_before_the_write_back_leave_no_ghost() {
         stored
     };
     assert!(common::contains(&readable, "Subject: second"));
-    let out = sync_once(&config);
-    assert_eq!(stdout(&out).trim(), format!("{USER}: 0 new"), "{out:?}");
+    pass_storing(&config, 0);
     assert_eq!(exists(&mut raw, "Kept"), 1);
     assert_eq!(exists(&mut raw, "INBOX"), 0);
 }
@@ -1887,8 +1869,7 @@ async fn a_change_waiting_for_a_message_gone_upstream_ends() {
         json!([{"cmd": "raw", "line": "CREATE Archive"}, append_bytes("Archive", gone)]),
     );
     let (server, _dir, config) = bobs_sync(&world, &dovecot);
-    let out = sync_once(&config);
-    assert_eq!(stdout(&out).trim(), format!("{USER}: 1 new"), "{out:?}");
+    pass_storing(&config, 1);
     let mut raw = server.login();
     raw.ok("SELECT Archive");
     raw.ok("UID STORE 1 +FLAGS (\\Deleted)");
@@ -1905,8 +1886,7 @@ async fn a_change_waiting_for_a_message_gone_upstream_ends() {
     assert!(out.status.success(), "{out:?}");
     assert_eq!(waiting_changes(&server), 0, "the expunge ended: {out:?}");
     upstream(&dovecot, json!([append_bytes("Archive", gone)]));
-    let out = sync_once(&config);
-    assert_eq!(stdout(&out).trim(), format!("{USER}: 1 new"), "{out:?}");
+    pass_storing(&config, 1);
     assert_eq!(exists(&mut raw, "Archive"), 2);
 }
 
@@ -1999,8 +1979,7 @@ fn synced_without_uidplus(
             "address = \"bob@example.org\"",
         ),
     );
-    let out = sync_once(&config);
-    assert_eq!(stdout(&out).trim(), format!("{USER}: 3 new"), "{out:?}");
+    pass_storing(&config, 3);
     (dovecot, server, dir, config)
 }
 
@@ -2111,8 +2090,7 @@ async fn later_changes_follow_a_copy_no_copyuid_named() {
     raw.ok("UID EXPUNGE 3");
     raw.ok("UNSELECT");
     for _ in 0..2 {
-        let out = sync_once(&config);
-        assert_eq!(stdout(&out).trim(), format!("{USER}: 0 new"), "{out:?}");
+        pass_storing(&config, 0);
     }
     for (mailbox, n) in [("INBOX", 0), ("Archive", 1), ("Trash", 1)] {
         assert_eq!(exists(&mut raw, mailbox), n, "{mailbox}");
@@ -2150,8 +2128,7 @@ async fn a_move_cut_short_after_its_copy_ends_without_a_second_copy() {
         append_bytes("INBOX", &plain_message("two"))]),
     );
     let (server, dir, config) = bobs_sync(&world, &dovecot);
-    let out = sync_once(&config);
-    assert_eq!(stdout(&out).trim(), format!("{USER}: 2 new"), "{out:?}");
+    pass_storing(&config, 2);
     let mut raw = server.login();
     raw.ok("SELECT INBOX");
     raw.ok("UID MOVE 2 Archive");
@@ -2211,8 +2188,7 @@ async fn a_move_cut_short_after_its_copy_ends_without_a_second_copy() {
         for (mailbox, n) in [("INBOX", 2), ("Archive", 1)] {
             assert_eq!(exists(&mut raw, mailbox), n, "{mailbox}: {out:?}");
         }
-        let out = sync_once(&config);
-        assert_eq!(stdout(&out).trim(), format!("{USER}: 0 new"), "{out:?}");
+        pass_storing(&config, 0);
     }
     let store = sealpost::store::Store::open(&server.store_path()).unwrap();
     let account = store.account(USER).unwrap().unwrap();
@@ -2271,17 +2247,14 @@ async fn a_message_the_server_cannot_read_holds_up_nothing() {
     assert_eq!(exists(&mut raw, "Zzz"), 1, "{log}");
 
     // Still unreadable: the message after it comes first.
-    let out = sync_once(&config);
-    assert_eq!(stdout(&out).trim(), format!("{USER}: 1 new"), "{out:?}");
+    pass_storing(&config, 1);
     assert_eq!(exists(&mut raw, "INBOX"), 2);
 
     readable("Subject: unreadable", true);
-    let out = sync_once(&config);
-    assert_eq!(stdout(&out).trim(), format!("{USER}: 1 new"), "{out:?}");
+    pass_storing(&config, 1);
     assert_eq!(exists(&mut raw, "INBOX"), 3);
     assert_eq!(strikes(), 0, "its count went once it was stored");
-    let out = sync_once(&config);
-    assert_eq!(stdout(&out).trim(), format!("{USER}: 0 new"), "{out:?}");
+    pass_storing(&config, 0);
 
     // One that never comes: after FETCH_TRIES passes over an hour (the count aged here) it is
     // passed over, and stays upstream.
@@ -2344,8 +2317,7 @@ async fn an_upload_whose_answer_is_lost_comes_back_once() {
         "s2",
         "",
     );
-    let out = sync_once(&direct);
-    assert_eq!(stdout(&out).trim(), format!("{USER}: 1 new"), "{out:?}");
+    pass_storing(&direct, 1);
     let store = sealpost::store::Store::open(&server.store_path()).unwrap();
     let account = store.account(USER).unwrap().unwrap();
     let mut raw = server.login();
@@ -2381,8 +2353,7 @@ async fn an_upload_whose_answer_is_lost_comes_back_once() {
     assert_eq!(stdout(&out).trim(), format!("{USER}: 0 new"), "{out:?}");
     assert_eq!(exists(&mut raw, "Drafts"), 2, "{out:?}");
     assert_eq!(store.journal_backlog(account).unwrap(), (0, None));
-    let out = sync_once(&direct);
-    assert_eq!(stdout(&out).trim(), format!("{USER}: 0 new"), "{out:?}");
+    pass_storing(&direct, 0);
     assert_eq!(
         dovecot.mailbox_files("Drafts").len(),
         2,
@@ -2501,8 +2472,7 @@ async fn write_back_uses_the_servers_hierarchy_delimiter() {
     let file = dir.path().join("m.eml");
     std::fs::write(&file, plain_message("local only")).unwrap();
     server.import("Par.Kid", &file);
-    let out = sync_once(&config);
-    assert_eq!(stdout(&out).trim(), format!("{USER}: 1 new"), "{out:?}");
+    pass_storing(&config, 1);
     let mut raw = server.login();
     raw.ok("SELECT INBOX");
     raw.ok("UID MOVE 1 Par/Kid");
@@ -2511,8 +2481,7 @@ async fn write_back_uses_the_servers_hierarchy_delimiter() {
     assert!(moved.contains("* 1 EXISTS"), "{moved}");
     raw.ok("COPY 1 Par/New");
     raw.ok("UNSELECT");
-    let out = sync_once(&config);
-    assert_eq!(stdout(&out).trim(), format!("{USER}: 0 new"), "{out:?}");
+    pass_storing(&config, 0);
     assert_eq!(
         upstream_flags(&dovecot, "Par.Kid").len(),
         1,
@@ -2533,8 +2502,7 @@ async fn write_back_uses_the_servers_hierarchy_delimiter() {
         names.contains("Par.New") && !names.contains("Par/New"),
         "{names}"
     );
-    let out = sync_once(&config);
-    assert_eq!(stdout(&out).trim(), format!("{USER}: 0 new"), "{out:?}");
+    pass_storing(&config, 0);
     assert_eq!(exists(&mut raw, "Par/Kid"), 1);
 
     // A local name holding the server's delimiter would name another folder there: "Par.Kid"
@@ -2598,8 +2566,7 @@ async fn a_namespace_prefix_and_special_use_names_map_to_the_local_mailboxes() {
         &server,
         &upstream_table(&dovecot, dir.path(), "none", dovecot.port, address),
     );
-    let out = sync_once(&config);
-    assert_eq!(stdout(&out).trim(), format!("{USER}: 3 new"), "{out:?}");
+    pass_storing(&config, 3);
 
     let mut raw = server.login();
     let (list, _) = raw.cmd("LIST \"\" \"*\"");
@@ -2705,8 +2672,7 @@ async fn an_account_synced_before_keeps_its_names_on_a_prefix_server() {
         .unwrap();
     }
     drop(db);
-    let out = sync_once(&config);
-    assert_eq!(stdout(&out).trim(), format!("{USER}: 1 new"), "{out:?}");
+    pass_storing(&config, 1);
     let mut raw = server.login();
     assert_eq!(exists(&mut raw, "INBOX/Lists/rust"), 1);
     assert_eq!(exists(&mut raw, "INBOX/Sent Items"), 0);
@@ -2927,8 +2893,7 @@ async fn a_rename_of_a_folder_another_client_renamed_waits() {
         append_bytes("Old", &plain_message("renamed twice"))]),
     );
     let (server, _dir, config) = bobs_sync(&world, &dovecot);
-    let out = sync_once(&config);
-    assert_eq!(stdout(&out).trim(), format!("{USER}: 1 new"), "{out:?}");
+    pass_storing(&config, 1);
     upstream(
         &dovecot,
         json!([{"cmd": "raw", "line": "RENAME Old Other"}]),
@@ -2968,8 +2933,7 @@ async fn a_rename_to_a_name_made_upstream_meanwhile_merges_the_folders() {
         append_bytes("Old", &plain_message("second"))]),
     );
     let (server, _dir, config) = bobs_sync(&world, &dovecot);
-    let out = sync_once(&config);
-    assert_eq!(stdout(&out).trim(), format!("{USER}: 2 new"), "{out:?}");
+    pass_storing(&config, 2);
     upstream(
         &dovecot,
         json!([{"cmd": "raw", "line": "CREATE New"},
@@ -3098,8 +3062,7 @@ async fn subfolders_of_a_rename_that_waits_do_not_come_back() {
         append_bytes("H.sub", &plain_message("in a subfolder"))]),
     );
     let (server, _dir, config) = bobs_sync(&world, &dovecot);
-    let out = sync_once(&config);
-    assert_eq!(stdout(&out).trim(), format!("{USER}: 1 new"), "{out:?}");
+    pass_storing(&config, 1);
     upstream(&dovecot, json!([{"cmd": "raw", "line": "CREATE J"}]));
     let mut raw = server.login();
     raw.ok("RENAME H J");
@@ -3148,8 +3111,7 @@ async fn a_folder_deleted_here_keeps_mail_that_came_upstream_since() {
             append_bytes("Foo", &plain_message("old"))]),
         );
         let (server, _dir, config) = bobs_sync(&world, &dovecot);
-        let out = sync_once(&config);
-        assert_eq!(stdout(&out).trim(), format!("{USER}: 1 new"), "{out:?}");
+        pass_storing(&config, 1);
         upstream(
             &dovecot,
             json!([append_bytes("Foo", &plain_message("unseen"))]),
@@ -3243,8 +3205,7 @@ async fn a_deletion_over_new_mail_goes_through_when_a_later_change_keeps_the_fol
             append_bytes("P.F", &plain_message("old"))]),
         );
         let (server, _dir, config) = bobs_sync_with_address(&world, &dovecot);
-        let out = sync_once(&config);
-        assert_eq!(stdout(&out).trim(), format!("{USER}: 1 new"), "{out:?}");
+        pass_storing(&config, 1);
         upstream(
             &dovecot,
             json!([append_bytes("P.F", &plain_message("new"))]),
@@ -3335,8 +3296,7 @@ async fn a_change_then_a_rename_another_client_made_too() {
             json!([{"cmd": "raw", "line": "CREATE A"}, append_bytes("A", &plain_message("old"))]),
         );
         let (server, _dir, config) = bobs_sync_with_address(&world, &dovecot);
-        let out = sync_once(&config);
-        assert_eq!(stdout(&out).trim(), format!("{USER}: 1 new"), "{out:?}");
+        pass_storing(&config, 1);
         if variant == "append, another folder upstream" {
             // Not the same folder: another client deleted it and made one of the new name.
             upstream(
@@ -3396,8 +3356,7 @@ async fn a_flag_set_upstream_in_a_folder_deleted_here_holds_up_nothing() {
         append_bytes("P", &plain_message("old"))]),
     );
     let (server, _dir, config) = bobs_sync(&world, &dovecot);
-    let out = sync_once(&config);
-    assert_eq!(stdout(&out).trim(), format!("{USER}: 1 new"), "{out:?}");
+    pass_storing(&config, 1);
     let mut raw = server.login();
     raw.ok("DELETE P");
     upstream(
@@ -3415,6 +3374,12 @@ async fn a_flag_set_upstream_in_a_folder_deleted_here_holds_up_nothing() {
     assert_eq!(exists(&mut raw, "P"), 1, "back with its new mail only");
     assert_eq!(upstream_subjects(&dovecot, "P"), ["new"]);
     assert_eq!(waiting_changes(&server), 0);
+}
+
+/// A pass of `sync --once` whose report says it stored `new` messages.
+fn pass_storing(config: &Path, new: usize) {
+    let out = sync_once(config);
+    assert_eq!(stdout(&out).trim(), format!("{USER}: {new} new"), "{out:?}");
 }
 
 /// `n` passes of `sync --once`, each of which must go through.
@@ -3502,8 +3467,7 @@ async fn a_deleted_folders_name_taken_again_keeps_its_changes_apart() {
         append_bytes("A", &plain_message("a1"))]),
     );
     let (server, _dir, config) = bobs_sync(&world, &dovecot);
-    let out = sync_once(&config);
-    assert_eq!(stdout(&out).trim(), format!("{USER}: 3 new"), "{out:?}");
+    pass_storing(&config, 3);
     let mut raw = server.login();
     raw.ok("SELECT INBOX");
     raw.ok("UID MOVE 1 Trash");
@@ -3554,8 +3518,7 @@ async fn a_rename_onto_a_folder_synced_meanwhile_merges_and_goes_on() {
         append_bytes("F3", &plain_message("y"))]),
     );
     let (server, _dir, config) = bobs_sync(&world, &dovecot);
-    let out = sync_once(&config);
-    assert_eq!(stdout(&out).trim(), format!("{USER}: 2 new"), "{out:?}");
+    pass_storing(&config, 2);
     let mut raw = server.login();
     raw.ok("DELETE F3");
     raw.ok("RENAME F2 F3");
@@ -3565,8 +3528,7 @@ async fn a_rename_onto_a_folder_synced_meanwhile_merges_and_goes_on() {
         &dovecot,
         json!([append_bytes("INBOX", &plain_message("later"))]),
     );
-    let out = sync_once(&config);
-    assert_eq!(stdout(&out).trim(), format!("{USER}: 1 new"), "{out:?}");
+    pass_storing(&config, 1);
     assert_eq!(upstream_subjects(&dovecot, "F3"), ["new", "z"]);
     assert_eq!(exists(&mut raw, "F3"), 2);
     assert_eq!(waiting_changes(&server), 0);
@@ -3586,8 +3548,7 @@ async fn a_folder_deleted_here_and_renamed_upstream_holds_up_nothing() {
         append_bytes("A", &plain_message("a2"))]),
     );
     let (server, _dir, config) = bobs_sync(&world, &dovecot);
-    let out = sync_once(&config);
-    assert_eq!(stdout(&out).trim(), format!("{USER}: 2 new"), "{out:?}");
+    pass_storing(&config, 2);
     let mut raw = server.login();
     raw.ok("RENAME A C");
     raw.ok("DELETE C");
@@ -3616,8 +3577,7 @@ async fn a_folder_deleted_twice_while_mail_came_gets_its_mail() {
         json!([{"cmd": "raw", "line": "CREATE L"}, append_bytes("L", &plain_message("l1"))]),
     );
     let (server, _dir, config) = bobs_sync(&world, &dovecot);
-    let out = sync_once(&config);
-    assert_eq!(stdout(&out).trim(), format!("{USER}: 1 new"), "{out:?}");
+    pass_storing(&config, 1);
     let mut raw = server.login();
     raw.ok("DELETE L");
     upstream(&dovecot, json!([append_bytes("L", &plain_message("n1"))]));
@@ -3647,8 +3607,7 @@ async fn a_folder_brought_back_then_emptied_and_made_again_moves_its_mail() {
         append_bytes("F", &plain_message("o1"))]),
     );
     let (server, _dir, config) = bobs_sync(&world, &dovecot);
-    let out = sync_once(&config);
-    assert_eq!(stdout(&out).trim(), format!("{USER}: 1 new"), "{out:?}");
+    pass_storing(&config, 1);
     let mut raw = server.login();
     raw.ok("DELETE F");
     upstream(&dovecot, json!([append_bytes("F", &plain_message("n"))]));
@@ -3703,8 +3662,7 @@ async fn a_retried_move_does_not_take_a_namesake_for_its_copy() {
         append_bytes("INBOX", &plain_message("two"))]),
     );
     let (server, dir, config) = bobs_sync(&world, &dovecot);
-    let out = sync_once(&config);
-    assert_eq!(stdout(&out).trim(), format!("{USER}: 1 new"), "{out:?}");
+    pass_storing(&config, 1);
     let mut raw = server.login();
     raw.ok("SELECT INBOX");
     raw.ok("UID MOVE 1 Archive");
@@ -3826,8 +3784,7 @@ fn synced_then_moved_to_archive(
         append_bytes("INBOX", &plain_message(subject))]),
     );
     let (server, dir, config) = bobs_sync(world, dovecot);
-    let out = sync_once(&config);
-    assert_eq!(stdout(&out).trim(), format!("{USER}: 1 new"), "{out:?}");
+    pass_storing(&config, 1);
     let mut raw = server.login();
     raw.ok("SELECT INBOX");
     raw.ok("UID MOVE 1 Archive");
@@ -3922,8 +3879,7 @@ async fn a_retried_move_of_a_message_without_message_id_copies_once() {
         json!([{"cmd": "raw", "line": "CREATE Archive"}, append_bytes("INBOX", anonymous)]),
     );
     let (server, dir, config) = bobs_sync(&world, &dovecot);
-    let out = sync_once(&config);
-    assert_eq!(stdout(&out).trim(), format!("{USER}: 1 new"), "{out:?}");
+    pass_storing(&config, 1);
     let mut raw = server.login();
     raw.ok("SELECT INBOX");
     raw.ok("UID MOVE 1 Archive");
@@ -4037,8 +3993,7 @@ async fn moved_out_of_a_folder_deleted_here_before_the_pass() {
         append_bytes("Old", &plain_message("copied"))]),
     );
     let (server, _dir, config) = bobs_sync(&world, &dovecot);
-    let out = sync_once(&config);
-    assert_eq!(stdout(&out).trim(), format!("{USER}: 2 new"), "{out:?}");
+    pass_storing(&config, 2);
     let original = std::fs::read(&dovecot.mailbox_files("Old")[0]).unwrap();
     let mut raw = server.login();
     raw.ok("SELECT Old");
@@ -4083,8 +4038,7 @@ async fn a_folder_deleted_here_is_not_made_again_by_a_pass_cut_short() {
         append_bytes("Old", &plain_message("kept"))]),
     );
     let (server, dir, config) = bobs_sync(&world, &dovecot);
-    let out = sync_once(&config);
-    assert_eq!(stdout(&out).trim(), format!("{USER}: 1 new"), "{out:?}");
+    pass_storing(&config, 1);
     let original = std::fs::read(&dovecot.mailbox_files("Old")[0]).unwrap();
     let mut raw = server.login();
     raw.ok("SELECT Old");
@@ -4133,8 +4087,7 @@ async fn a_folder_renamed_then_deleted_here_does_not_come_back() {
     );
     let (server, dir, _) = bobs_sync(&world, &dovecot);
     let direct = port_config(&server, &dovecot, dir.path(), dovecot.port, "direct", "");
-    let out = sync_once(&direct);
-    assert_eq!(stdout(&out).trim(), format!("{USER}: 1 new"), "{out:?}");
+    pass_storing(&direct, 1);
     let mut raw = server.login();
     raw.ok("RENAME Old New");
     raw.ok("SELECT New");
@@ -4182,8 +4135,7 @@ async fn a_rename_whose_answer_was_lost_is_followed() {
     );
     let (server, dir, _) = bobs_sync(&world, &dovecot);
     let direct = port_config(&server, &dovecot, dir.path(), dovecot.port, "direct", "");
-    let out = sync_once(&direct);
-    assert_eq!(stdout(&out).trim(), format!("{USER}: 1 new"), "{out:?}");
+    pass_storing(&direct, 1);
     let mut raw = server.login();
     raw.ok("RENAME Old New");
     raw.ok("SELECT New");
@@ -4228,8 +4180,7 @@ async fn a_lost_rename_answer_before_a_second_rename_with_a_child() {
     );
     let (server, dir, _) = bobs_sync(&world, &dovecot);
     let direct = port_config(&server, &dovecot, dir.path(), dovecot.port, "direct", "");
-    let out = sync_once(&direct);
-    assert_eq!(stdout(&out).trim(), format!("{USER}: 2 new"), "{out:?}");
+    pass_storing(&direct, 2);
     let mut raw = server.login();
     raw.ok("RENAME P C");
     raw.ok("RENAME C D");
@@ -4268,8 +4219,7 @@ async fn the_same_rename_on_both_sides_and_the_old_name_made_again() {
             json!([{"cmd": "raw", "line": "CREATE A"}, append_bytes("A", &plain_message("old"))]),
         );
         let (server, _dir, config) = bobs_sync_with_address(&world, &dovecot);
-        let out = sync_once(&config);
-        assert_eq!(stdout(&out).trim(), format!("{USER}: 1 new"), "{out:?}");
+        pass_storing(&config, 1);
         upstream(
             &dovecot,
             json!([{"cmd": "raw", "line": "RENAME A C"}, {"cmd": "raw", "line": "CREATE A"},
@@ -4387,8 +4337,7 @@ async fn moved_out_of_a_folder_deleted_on_both_sides() {
     let server = Server::start_config("", &gnupg_table(&world));
     let dir = tempfile::tempdir().unwrap();
     let config = port_config(&server, &dovecot, dir.path(), dovecot.port, "own", "");
-    let out = sync_once(&config);
-    assert_eq!(stdout(&out).trim(), format!("{USER}: 1 new"), "{out:?}");
+    pass_storing(&config, 1);
     upstream(&dovecot, json!([{"cmd": "raw", "line": "DELETE Old"}]));
     let mut raw = server.login();
     raw.ok("SELECT Old");
@@ -4416,8 +4365,7 @@ async fn flags_changed_on_both_sides_are_both_kept() {
         json!([append_bytes("INBOX", &plain_message("both"))]),
     );
     let (server, _dir, config) = bobs_sync(&world, &dovecot);
-    let out = sync_once(&config);
-    assert_eq!(stdout(&out).trim(), format!("{USER}: 1 new"), "{out:?}");
+    pass_storing(&config, 1);
     let mut raw = server.login();
     raw.ok("SELECT INBOX");
     raw.ok("UID STORE 1 +FLAGS (\\Seen)");
@@ -4452,8 +4400,7 @@ async fn an_upstream_flag_change_left_for_a_waiting_one_comes_down_later() {
     );
     let (server, dir, _config) = bobs_sync(&world, &dovecot);
     let direct = port_config(&server, &dovecot, dir.path(), dovecot.port, "direct", "");
-    let out = sync_once(&direct);
-    assert_eq!(stdout(&out).trim(), format!("{USER}: 1 new"), "{out:?}");
+    pass_storing(&direct, 1);
     upstream(
         &dovecot,
         json!([{"cmd": "raw", "line": "SELECT INBOX"},
@@ -4572,8 +4519,7 @@ async fn messages_gone_across_a_uidvalidity_change_are_expunged_here() {
         append_bytes("Lists", &message(102)), append_bytes("Lists", &message(103))]),
     );
     let (server, _dir, config) = bobs_sync(&world, &dovecot);
-    let out = sync_once(&config);
-    assert_eq!(stdout(&out).trim(), format!("{USER}: 4 new"), "{out:?}");
+    pass_storing(&config, 4);
     upstream(
         &dovecot,
         json!([{"cmd": "raw", "line": "DELETE Lists"}, {"cmd": "raw", "line": "CREATE Lists"},
@@ -4657,8 +4603,7 @@ async fn folders_renamed_or_deleted_upstream_follow_here() {
     assert!(out.status.success(), "{log}");
     let listed = names(&mut raw);
     assert!(!listed.contains("\"Job\""), "{listed} {log}");
-    let out = sync_once(&config);
-    assert_eq!(stdout(&out).trim(), format!("{USER}: 0 new"), "{out:?}");
+    pass_storing(&config, 0);
 }
 
 /// A flag set here on a message whose folder another client then renames upstream: the
@@ -4674,8 +4619,7 @@ async fn a_flag_change_waiting_in_a_folder_renamed_upstream_leaves_no_second_cop
         append_bytes("RN", &plain_message("rn1")), append_bytes("RN", &plain_message("rn2"))]),
     );
     let (server, _dir, config) = bobs_sync(&world, &dovecot);
-    let out = sync_once(&config);
-    assert_eq!(stdout(&out).trim(), format!("{USER}: 2 new"), "{out:?}");
+    pass_storing(&config, 2);
     let mut raw = server.login();
     raw.ok("SELECT RN");
     raw.ok("UID STORE 1 +FLAGS (\\Flagged)");
@@ -4706,8 +4650,7 @@ async fn a_message_passed_over_in_a_resync_keeps_its_local_copy() {
         append_bytes("Lists", &message(3))]),
     );
     let (server, _dir, config) = bobs_sync(&world, &dovecot);
-    let out = sync_once(&config);
-    assert_eq!(stdout(&out).trim(), format!("{USER}: 3 new"), "{out:?}");
+    pass_storing(&config, 3);
     upstream(
         &dovecot,
         json!([{"cmd": "raw", "line": "DELETE Lists"}, {"cmd": "raw", "line": "CREATE Lists"},
@@ -4771,8 +4714,7 @@ async fn upstream_flags_reach_messages_linked_without_a_fetch() {
         ]),
     );
     let (server, _dir, config) = bobs_sync(&world, &dovecot);
-    let out = sync_once(&config);
-    assert_eq!(stdout(&out).trim(), format!("{USER}: 2 new"), "{out:?}");
+    pass_storing(&config, 2);
     upstream(
         &dovecot,
         json!([{"cmd": "raw", "line": "SELECT INBOX"},
@@ -4802,8 +4744,7 @@ async fn upstream_flags_reach_messages_linked_without_a_fetch() {
         {"cmd": "raw", "line": "SELECT Receipts"},
         {"cmd": "raw", "line": "UID STORE 1 +FLAGS (\\Flagged)"}]),
     );
-    let out = sync_once(&config);
-    assert_eq!(stdout(&out).trim(), format!("{USER}: 0 new"), "{out:?}");
+    pass_storing(&config, 0);
     raw.ok("SELECT Receipts");
     let flags = raw.ok("FETCH 1:* (FLAGS)");
     assert_eq!(flags.len(), 2, "{flags:?}");
@@ -4827,8 +4768,7 @@ async fn a_folder_spelled_in_nfd_upstream_is_written_back_to() {
         append_bytes("INBOX", &plain_message("c1"))]),
     );
     let (server, _dir, config) = bobs_sync(&world, &dovecot);
-    let out = sync_once(&config);
-    assert_eq!(stdout(&out).trim(), format!("{USER}: 1 new"), "{out:?}");
+    pass_storing(&config, 1);
     let mut raw = server.login();
     raw.ok("SELECT INBOX");
     raw.ok("UID MOVE 1 \"Caf&AOk-\"");
@@ -4858,8 +4798,7 @@ async fn the_same_move_on_both_sides_leaves_one_message() {
         append_bytes("INBOX", &secret)]),
     );
     let (server, _dir, config) = bobs_sync_with_address(&world, &dovecot);
-    let out = sync_once(&config);
-    assert_eq!(stdout(&out).trim(), format!("{USER}: 1 new"), "{out:?}");
+    pass_storing(&config, 1);
     upstream(
         &dovecot,
         json!([{"cmd": "raw", "line": "SELECT INBOX"},
@@ -4895,8 +4834,7 @@ async fn a_rename_of_inbox_moves_its_messages_upstream_too() {
         ]),
     );
     let (server, _dir, config) = bobs_sync(&world, &dovecot);
-    let out = sync_once(&config);
-    assert_eq!(stdout(&out).trim(), format!("{USER}: 2 new"), "{out:?}");
+    pass_storing(&config, 2);
     let mut raw = server.login();
     raw.ok("RENAME INBOX Old");
     let out = sync_once(&config);
@@ -4912,8 +4850,7 @@ async fn a_rename_of_inbox_moves_its_messages_upstream_too() {
         &dovecot,
         json!([append_bytes("INBOX", &plain_message("i3"))]),
     );
-    let out = sync_once(&config);
-    assert_eq!(stdout(&out).trim(), format!("{USER}: 1 new"), "{out:?}");
+    pass_storing(&config, 1);
     assert_eq!(exists(&mut raw, "Old"), 2);
     assert_eq!(exists(&mut raw, "INBOX"), 1);
     raw.ok("STORE 1 +FLAGS (\\Seen)");
@@ -4937,8 +4874,7 @@ async fn a_keyword_the_server_refuses_holds_nothing_up() {
         append_bytes("INBOX", &plain_message("kw"))]),
     );
     let (server, _dir, config) = bobs_sync(&world, &dovecot);
-    let out = sync_once(&config);
-    assert_eq!(stdout(&out).trim(), format!("{USER}: 1 new"), "{out:?}");
+    pass_storing(&config, 1);
     let long = format!("$K{}", "x".repeat(60));
     let mut raw = server.login();
     raw.ok("SELECT INBOX");
@@ -5411,8 +5347,7 @@ async fn synced_to_be_filed(
         append_bytes("INBOX", &secret)]),
     );
     let (server, dir, config) = bobs_sync_with_address(world, dovecot);
-    let out = sync_once(&config);
-    assert_eq!(stdout(&out).trim(), format!("{USER}: 1 new"), "{out:?}");
+    pass_storing(&config, 1);
     (secret, server, dir, config)
 }
 
@@ -5494,8 +5429,7 @@ async fn a_move_made_by_mbsync_keeps_the_senders_ciphertext_upstream() {
     let account = store.account(USER).unwrap().unwrap();
     assert_eq!(store.journal_backlog(account).unwrap(), (0, None));
     // A second pass fetches nothing new: the copy upstream is linked to the local message.
-    let out = sync_once(&config);
-    assert_eq!(stdout(&out).trim(), format!("{USER}: 0 new"), "{out:?}");
+    pass_storing(&config, 0);
     assert_eq!(exists(&mut raw, "Archive"), 1);
 }
 
@@ -5547,8 +5481,7 @@ async fn a_message_stored_again_before_its_expunge_is_copied_upstream() {
     );
     local(json!([{"cmd": "raw", "line": "SELECT INBOX"}, {"cmd": "raw", "line": "EXPUNGE"}]));
     filed_upstream_as_it_was(&dovecot, &config, &secret);
-    let out = sync_once(&config);
-    assert_eq!(stdout(&out).trim(), format!("{USER}: 0 new"), "{out:?}");
+    pass_storing(&config, 0);
 }
 
 /// A relay to the server on port `to` that holds the server's answers on a connection once
@@ -5733,8 +5666,7 @@ async fn a_folder_renamed_upstream_is_followed_here() {
         append_bytes("RN.Sub", &plain_message("sub1"))]),
     );
     let (server, _dir, config) = bobs_sync_with_address(&world, &dovecot);
-    let out = sync_once(&config);
-    assert_eq!(stdout(&out).trim(), format!("{USER}: 3 new"), "{out:?}");
+    pass_storing(&config, 3);
     let mut raw = server.login();
     raw.ok("SELECT RN");
     raw.ok("UID STORE 1 +FLAGS (\\Flagged)");
@@ -5783,8 +5715,7 @@ async fn a_folder_with_the_uidvalidity_of_one_gone_is_not_taken_for_it() {
         json!([{"cmd": "raw", "line": "CREATE RN"}, append_bytes("RN", &plain_message("rn1"))]),
     );
     let (server, _dir, config) = bobs_sync_with_address(&world, &dovecot);
-    let out = sync_once(&config);
-    assert_eq!(stdout(&out).trim(), format!("{USER}: 1 new"), "{out:?}");
+    pass_storing(&config, 1);
     let db = rusqlite::Connection::open(server.store_path()).unwrap();
     let uidvalidity: u32 = db
         .query_row(

@@ -342,19 +342,11 @@ impl Syncer {
                 // or a lost answer is taken back, or the deletion would find it as new mail
                 // upstream, and the folder would come back here holding it (review).
                 None => {
-                    let folder = up.wire_name_at(&entry.mailbox, entry.id);
-                    let uidvalidity = crate::store::deleted_uidvalidity(&entry.detail);
-                    if let Some(uidvalidity) = uidvalidity.filter(|_| entry.attempts > 0) {
-                        if up.goes_up(self, &folder, &entry.mailbox)
-                            && up.exists(self, &folder).await?
-                        {
-                            let tokens = self.upload_tokens(uidvalidity, entry.uid).await?;
-                            if let Some((_, earlier)) =
-                                up.find_upload(self, &folder, &tokens).await?
-                            {
-                                up.expunge(self, earlier).await?;
-                            }
-                        }
+                    if let Some(uidvalidity) = crate::store::deleted_uidvalidity(&entry.detail) {
+                        let folder = up.wire_name_at(&entry.mailbox, entry.id);
+                        let tokens = self.upload_tokens(uidvalidity, entry.uid).await?;
+                        self.take_back_upload(up, entry, &folder, &entry.mailbox, &tokens)
+                            .await?;
                     }
                     Ok(WrittenBack::default())
                 }
@@ -743,6 +735,27 @@ impl Syncer {
                 Ok(below.ok && below.search.iter().all(|u| *u >= mark.next_uid))
             }
         }
+    }
+
+    /// An upload whose local message or mailbox went here before it was done: a try of it
+    /// (`entry` was tried) that landed in `folder` before a crash or a lost answer is found by
+    /// its `tokens` and expunged there, or it would come down again as new mail (review).
+    async fn take_back_upload(
+        &self,
+        up: &mut Upstream<'_>,
+        entry: &JournalEntry,
+        folder: &str,
+        name: &str,
+        tokens: &[String],
+    ) -> Result<(), Failure> {
+        if entry.attempts == 0 || !up.goes_up(self, folder, name) {
+            return Ok(());
+        }
+        // None when the folder is gone upstream: nothing to take back.
+        if let Some((_, earlier)) = up.find_upload(self, folder, tokens).await? {
+            up.expunge(self, earlier).await?;
+        }
+        Ok(())
     }
 
     /// Expunges upstream the message linked to local (`mailbox`, `uid`), if any.
@@ -1264,11 +1277,8 @@ impl Syncer {
             // Expunged (or moved on) here before it went up: nothing to store. A try that
             // landed before a crash or a lost answer is taken back, or it would come down
             // again as new mail, the message the user deleted (review).
-            if entry.attempts > 0 && up.goes_up(self, &folder, name) {
-                if let Some((_, earlier)) = up.find_upload(self, &folder, &tokens).await? {
-                    up.expunge(self, earlier).await?;
-                }
-            }
+            self.take_back_upload(up, entry, &folder, name, &tokens)
+                .await?;
             return Ok(WrittenBack::default());
         };
         if !up.goes_up(self, &folder, name) {
