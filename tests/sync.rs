@@ -2879,43 +2879,66 @@ async fn a_folder_that_was_never_upstream_is_renamed_here_only() {
     assert_eq!(exists(&mut raw, "Groups"), 1);
 }
 
-/// A synced folder renamed here after another client renamed it upstream: the RENAME gets
-/// NO and the folder is not there under either name, so the change waits (with the reason),
-/// rather than counting as done and leaving the messages' links on a folder upstream does not
-/// have.
+/// A synced folder renamed here after another client renamed it upstream to another name:
+/// the fetch finds it under that name and the rename here goes up from there, the mailbox
+/// here keeping its name, messages and subfolder (the rename waited for good, the folder came
+/// down a second time under the other client's name, and the mailbox here was left empty).
+/// With the old name made again upstream (renamed twice there), the new folder of that name
+/// is not the one renamed here (its RENAME took the other client's new folder).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_rename_of_a_folder_another_client_renamed_waits() {
-    let world = World::new();
-    let dovecot = Dovecot::start_tls();
-    upstream(
-        &dovecot,
-        json!([{"cmd": "raw", "line": "CREATE Old"},
-        append_bytes("Old", &plain_message("renamed twice"))]),
-    );
-    let (server, _dir, config) = bobs_sync(&world, &dovecot);
-    pass_storing(&config, 1);
-    upstream(
-        &dovecot,
-        json!([{"cmd": "raw", "line": "RENAME Old Other"}]),
-    );
-    let mut raw = server.login();
-    raw.ok("RENAME Old New");
-    let out = sync_once(&config);
-    let log = String::from_utf8_lossy(&out.stderr);
-    assert!(log.contains("RENAME"), "{log}");
-    assert_eq!(waiting_changes(&server), 1, "{log}");
-    let db = rusqlite::Connection::open(server.store_path()).unwrap();
-    let linked_to_new: i64 = db
-        .query_row(
-            "SELECT count(*) FROM sync_map WHERE folder = 'New'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
-    assert_eq!(
-        linked_to_new, 0,
-        "no link names a folder upstream does not have"
-    );
+async fn a_rename_of_a_folder_another_client_renamed_goes_up_from_its_new_name() {
+    for theirs in ["renamed", "renamed twice, the name made again"] {
+        let world = World::new();
+        let dovecot = Dovecot::start_tls();
+        upstream(
+            &dovecot,
+            json!([{"cmd": "raw", "line": "CREATE Old"}, {"cmd": "raw", "line": "CREATE Old.Kid"},
+            append_bytes("Old", &plain_message("renamed")),
+            append_bytes("Old.Kid", &plain_message("kid"))]),
+        );
+        let (server, _dir, config) = bobs_sync(&world, &dovecot);
+        pass_storing(&config, 2);
+        let steps = match theirs {
+            "renamed" => json!([{"cmd": "raw", "line": "RENAME Old Other"}]),
+            _ => json!([{"cmd": "raw", "line": "RENAME Old New"},
+                {"cmd": "raw", "line": "RENAME New Other"}, {"cmd": "raw", "line": "CREATE Old"},
+                append_bytes("Old", &plain_message("theirs"))]),
+        };
+        upstream(&dovecot, steps);
+        let mut raw = server.login();
+        raw.ok("RENAME Old New");
+        raw.ok("SELECT New");
+        raw.ok("STORE 1 +FLAGS (\\Flagged)");
+        raw.ok("UNSELECT");
+        let out = sync_once(&config);
+        let log = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            log.contains("goes up from the name upstream has now"),
+            "{theirs}: {log}"
+        );
+        for twice in ["mailbox=New", "mailbox=Other"] {
+            assert!(!log.contains(twice), "nothing fetched twice: {log}");
+        }
+        passes(&config, 2);
+        assert_eq!(waiting_changes(&server), 0, "{theirs}");
+        let mut folders = vec!["INBOX", "New", "New.Kid"];
+        if theirs != "renamed" {
+            folders.push("Old");
+            assert_eq!(upstream_subjects(&dovecot, "Old"), ["theirs"]);
+            assert_eq!(exists(&mut raw, "Old"), 1, "their new folder comes down");
+        }
+        assert_eq!(upstream_folders(&dovecot), folders, "{theirs}");
+        assert_eq!(
+            upstream_subjects(&dovecot, "New"),
+            ["renamed flagged"],
+            "{theirs}"
+        );
+        assert_eq!(upstream_subjects(&dovecot, "New.Kid"), ["kid"], "{theirs}");
+        assert_eq!(exists(&mut raw, "New"), 1, "{theirs}");
+        assert_eq!(exists(&mut raw, "New/Kid"), 1, "{theirs}");
+        let listed = raw.ok("LIST \"\" *").join("\n");
+        assert!(!listed.contains("Other"), "{theirs}: {listed}");
+    }
 }
 
 /// A folder renamed here to a name another client gave a folder upstream meanwhile: the two

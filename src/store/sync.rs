@@ -96,6 +96,10 @@ pub enum FollowedRename {
     /// The same rename was made here and waited to go up: it is taken as done, and the mark
     /// and the links moved.
     AlsoHere,
+    /// Renamed here to another name, the rename waiting to go up: the mark and the links
+    /// moved, and the waiting rename now renames the folder from its new name upstream (for an
+    /// inferior, its parent's did so already).
+    Carried,
 }
 
 /// Keywords that sealpost sets itself (the verdict): local only, never written upstream and
@@ -374,6 +378,35 @@ impl Store {
             } else {
                 None
             };
+            // Renamed here to another name, that rename waiting to go up: the two renames
+            // are of one folder, and the one here goes up after the other client's, from the
+            // name upstream has now: its entry takes that name (the fetch leaves the folder
+            // out meanwhile), the mailbox here keeps its own (review: the rename waited for
+            // good while the folder came down a second time under the other client's name,
+            // and the mailbox here was left empty). An inferior of such a folder is taken
+            // with its parent's entry, rewritten before it (parents are followed first).
+            let carried: Option<i64> = if same.is_some()
+                || find_mailbox(tx, account, local_to)?.is_some()
+                || journal_names(tx, account, local_to)?
+            {
+                None
+            } else {
+                tx.query_row(
+                    "SELECT min(id) FROM journal
+                     WHERE account = ?1 AND kind = 'rename-mailbox'
+                       AND ((detail = ?2 AND mailbox = ?3)
+                            OR (substr(?2, 1, length(detail) + 1) = detail || ?5
+                                AND ?4 = mailbox || substr(?2, length(detail) + 1)))",
+                    params![
+                        account,
+                        source.name,
+                        local_from,
+                        local_to,
+                        super::DELIMITER.to_string()
+                    ],
+                    |r| r.get(0),
+                )?
+            };
             // A rename or deletion of it, under it or above it waiting here: followed, the
             // user's own change would be undone or go up under names upstream no longer has
             // (review: a waiting rename was undone; a child was followed while its parent,
@@ -395,7 +428,7 @@ impl Store {
                     source.name,
                     prefix.chars().count() as i64,
                     prefix,
-                    same,
+                    same.or(carried),
                     super::DELIMITER.to_string()
                 ],
                 |r| r.get(0),
@@ -413,6 +446,13 @@ impl Store {
                 return Ok(FollowedRename::No);
             }
             let followed = match find_mailbox(tx, account, local_to)? {
+                _ if carried.is_some() => {
+                    tx.execute(
+                        "UPDATE journal SET mailbox = ?2 WHERE id = ?1 AND mailbox = ?3",
+                        params![carried, local_to, local_from],
+                    )?;
+                    FollowedRename::Carried
+                }
                 Some(m) if m.id == source.id => match same {
                     Some(id) => {
                         tx.execute("DELETE FROM journal WHERE id = ?1", [id])?;
@@ -1605,6 +1645,32 @@ fn upload_waiting(
         uid,
         "AND kind IN ('append', 'copy', 'move')",
     )
+}
+
+/// Whether a waiting change names the local mailbox `name` or one under it: as its own,
+/// as a rename's new name, or as a move's or copy's other mailbox.
+fn journal_names(
+    tx: &rusqlite::Connection,
+    account: AccountId,
+    name: &str,
+) -> Result<bool, StoreError> {
+    let under = format!("{name}{}", super::DELIMITER);
+    Ok(tx.query_row(
+        "SELECT EXISTS (SELECT 1 FROM journal
+                        WHERE account = ?1
+                          AND (mailbox = ?2 OR substr(mailbox, 1, ?4) = ?3
+                               OR (kind IN ('rename-mailbox', 'copy', 'move')
+                                   AND (detail = ?2 OR substr(detail, 1, ?4) = ?3
+                                        OR substr(detail, 1, ?5) = ?2 || char(9)))))",
+        params![
+            account,
+            name,
+            under,
+            under.chars().count() as i64,
+            name.chars().count() as i64 + 1
+        ],
+        |r| r.get(0),
+    )?)
 }
 
 /// Whether the journal has an entry for this message (and `condition`, SQL).

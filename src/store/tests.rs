@@ -870,10 +870,11 @@ fn a_message_fetched_and_stored_again_has_the_same_carried_hash() {
 
 /// An upstream rename is followed here (the mailbox, its mark and links take the new name),
 /// but not while another rename of the mailbox made here waits to go up (it would be undone:
-/// review). The same rename waiting here is taken as done.
+/// review). The same rename waiting here is taken as done; a rename to another name goes up
+/// from the new name upstream; two renames here wait.
 #[test]
 fn an_upstream_rename_is_followed_unless_a_mailbox_change_waits() {
-    for waiting in [None, Some("Mine"), Some("RN2")] {
+    for waiting in [None, Some("Mine"), Some("Mine/Again"), Some("RN2")] {
         let (_dir, store) = store();
         let account = store.ensure_account("alice").unwrap();
         store.set_write_back(account, true).unwrap();
@@ -895,14 +896,30 @@ fn an_upstream_rename_is_followed_unless_a_mailbox_change_waits() {
             .append_synced(rn.id, vec![message("a")], &mark)
             .unwrap();
         if let Some(to) = waiting {
-            store.rename_mailbox(account, "RN", to).unwrap();
+            let (first, second) = to.split_once('/').unwrap_or((to, ""));
+            store.rename_mailbox(account, "RN", first).unwrap();
+            if !second.is_empty() {
+                store.rename_mailbox(account, first, second).unwrap();
+            }
         }
         let followed = store
             .follow_upstream_rename(account, "RN", "RN2", "RN", "RN2", None)
             .unwrap();
         if waiting == Some("Mine") {
-            assert_eq!(followed, FollowedRename::No);
+            assert_eq!(followed, FollowedRename::Carried);
             assert!(store.mailbox(account, "Mine").unwrap().is_some());
+            let entries = store.journal_for(account, 0, 10).unwrap();
+            let renames: Vec<_> = entries
+                .iter()
+                .map(|e| (e.kind.as_str(), e.mailbox.as_str(), e.detail.as_str()))
+                .collect();
+            assert_eq!(renames, [("rename-mailbox", "RN2", "Mine")]);
+            assert!(store.sync_folder(account, "RN2").unwrap().is_some());
+            assert!(store.sync_folder(account, "RN").unwrap().is_none());
+        } else if waiting == Some("Mine/Again") {
+            assert_eq!(followed, FollowedRename::No);
+            assert!(store.mailbox(account, "Again").unwrap().is_some());
+            assert!(store.sync_folder(account, "RN").unwrap().is_some());
         } else if waiting == Some("RN2") {
             assert_eq!(followed, FollowedRename::AlsoHere);
             assert!(store.journal_for(account, 0, 10).unwrap().is_empty());

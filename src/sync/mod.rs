@@ -505,6 +505,12 @@ impl Syncer {
                         "renamed here and upstream alike: the rename here is taken as done");
                     gone.retain(|(f, _)| *f != from);
                 }
+                crate::store::FollowedRename::Carried => {
+                    tracing::info!(account = %self.name, %from, %to,
+                        "renamed here and, by another client, upstream to another name: the \
+                         rename here goes up from the name upstream has now");
+                    gone.retain(|(f, _)| *f != from);
+                }
             }
         }
         Ok(())

@@ -504,6 +504,29 @@ impl Syncer {
                 // when the selected folder was renamed away (review: after a deletion had
                 // expunged from a folder, the APPEND after the rename of it got BYE).
                 up.deselect(self, &from).await?;
+                // The name another folder's upstream now (another client renamed this one and
+                // made a new folder of the name): not that one. The fetch looks for this one
+                // under its new name, and the rename then goes up from there (review: the
+                // other client's new folder was renamed instead).
+                let (store, folder) = (self.store.clone(), from.clone());
+                if let Some(mark) = blocking(move || store.sync_folder(account, &folder)).await?? {
+                    let line = format!("STATUS {} (UIDVALIDITY)", quote(&from));
+                    let status = up.command(self, &line, None).await?;
+                    let other = status
+                        .uidvalidity
+                        .filter(|v| status.ok && *v != mark.uidvalidity);
+                    if let Some(now) = other {
+                        // A folder of the new name there: the RENAME is refused, and the
+                        // checks after it tell whether that one is this one.
+                        if !up.exists(self, &to).await? {
+                            return Err(Failure::Entry(format!(
+                                "RENAME: {from:?} upstream is another folder now \
+                                 (UIDVALIDITY {now}, not {})",
+                                mark.uidvalidity
+                            )));
+                        }
+                    }
+                }
                 let reply = up
                     .command(
                         self,
