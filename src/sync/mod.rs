@@ -241,6 +241,9 @@ impl Syncer {
         let store = self.store.clone();
         blocking(move || store.set_upstream_delimiter(account, delimiter)).await??;
         let mut every_folder = true;
+        // Listed but refused at EXAMINE: Dovecot keeps listing a folder another client
+        // deleted while it has subfolders (without \Noselect), and says it does not exist.
+        let mut refused = Vec::new();
         let store = self.store.clone();
         let departures = blocking(move || store.waiting_departures(account, None)).await??;
         for Listed { wire: folder, .. } in listed.iter() {
@@ -290,8 +293,17 @@ impl Syncer {
                         async_imap::error::Error::No(_) | async_imap::error::Error::Bad(_),
                     )),
                 ) => {
-                    tracing::warn!(account = %self.name, %folder,
-                        "{e}: folder left out of this pass");
+                    // Once per process and reason (digits aside: Dovecot's answers carry
+                    // timings), not at every poll of a daemon.
+                    let line = format!("{folder}: {e}").replace(|c: char| c.is_ascii_digit(), "");
+                    if self.told.first(&line) {
+                        tracing::warn!(account = %self.name, %folder,
+                            "{e}: folder left out of this pass");
+                    } else {
+                        tracing::debug!(account = %self.name, %folder,
+                            "{e}: folder left out of this pass");
+                    }
+                    refused.push(folder.clone());
                     continue;
                 }
                 // The connection broke or a command timed out in this folder (a message too
@@ -338,7 +350,7 @@ impl Syncer {
             // New mail is stored by now: a failure here is no reason to lose the pass's report
             // (its notify_command, its "N new").
             match self
-                .vanished_folders(session, account, &listed, &names)
+                .vanished_folders(session, account, &listed, &refused, &names)
                 .await
             {
                 Ok(n) => report.expunged += n,
@@ -519,21 +531,24 @@ impl Syncer {
     /// Folders synced before that are gone upstream (another client deleted or renamed
     /// them): their messages are expunged here, as expunges upstream are, and their sync
     /// state goes (a renamed folder's messages come down under its new name). A folder counts
-    /// as gone only when LIST leaves it out and the server says it does not exist at EXAMINE;
-    /// one that `folders` leaves out now is not synced, not gone. Returns how many messages
-    /// went.
+    /// as gone only when LIST leaves it out, or this pass's EXAMINE of it was `refused`, and
+    /// the server says it does not exist at EXAMINE; one that `folders` leaves out now is not
+    /// synced, not gone. Returns how many messages went.
     async fn vanished_folders(
         &self,
         session: &mut Session,
         account: AccountId,
         listed: &[Listed],
+        refused: &[String],
         names: &names::FolderNames,
     ) -> Result<usize, SyncError> {
         let store = self.store.clone();
         let synced = blocking(move || store.synced_folders(account)).await??;
         let mut expunged = 0;
         for folder in synced {
-            if listed.iter().any(|l| l.wire == folder) || !self.config.syncs(&folder) {
+            if (listed.iter().any(|l| l.wire == folder) && !refused.contains(&folder))
+                || !self.config.syncs(&folder)
+            {
                 continue;
             }
             let line = format!("EXAMINE {}", quote(&folder));
