@@ -5823,3 +5823,41 @@ async fn a_folder_deleted_upstream_that_dovecot_still_lists_is_gone() {
         assert!(lines.contains(subject), "{folder}: {lines}");
     }
 }
+
+/// A folder another client renamed after expunging its newest message, while a move out of
+/// it waits here: the folder is still taken for the renamed one, by the newest linked message
+/// it still holds, so the moved message is not in both folders (review: the newest was the
+/// only one compared; the folder was forgotten and fetched again, the moved message with it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_folder_renamed_upstream_after_its_newest_message_went_is_followed() {
+    let world = World::new();
+    let dovecot = Dovecot::start_tls();
+    upstream(
+        &dovecot,
+        json!([{"cmd": "raw", "line": "CREATE F"}, {"cmd": "raw", "line": "CREATE G"},
+        append_bytes("F", &plain_message("m1")),
+        append_bytes("F", &plain_message("m2")),
+        append_bytes("F", &plain_message("m3"))]),
+    );
+    let (server, _dir, config) = bobs_sync(&world, &dovecot);
+    pass_storing(&config, 3);
+    upstream(
+        &dovecot,
+        json!([{"cmd": "raw", "line": "SELECT F"},
+        {"cmd": "raw", "line": "UID STORE 3 +FLAGS.SILENT (\\Deleted)"},
+        {"cmd": "raw", "line": "CLOSE"}, {"cmd": "raw", "line": "RENAME F F2"}]),
+    );
+    let mut raw = server.login();
+    raw.ok("SELECT F");
+    raw.ok("UID MOVE 2 G");
+    raw.ok("UNSELECT");
+    let out = sync_once(&config);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("the mailbox here follows"), "{log}");
+    passes(&config, 2);
+    assert_eq!(waiting_changes(&server), 0);
+    assert_eq!(upstream_subjects(&dovecot, "F2"), ["m1"]);
+    assert_eq!(upstream_subjects(&dovecot, "G"), ["m2"]);
+    assert_eq!(exists(&mut raw, "F2"), 1);
+    assert_eq!(exists(&mut raw, "G"), 1);
+}

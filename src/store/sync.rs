@@ -487,27 +487,30 @@ impl Store {
         })
     }
 
-    /// The link with the highest upstream UID of `folder` under `uidvalidity` whose upstream
-    /// bytes' SHA-256 is known: (upstream UID, SHA-256). What a folder taken for `folder`
-    /// renamed must hold (not a link of another folder of that name: an upload into one
-    /// another client made of the name since, say).
-    pub fn sample_link(
+    /// The links with the highest upstream UIDs of `folder` under `uidvalidity` whose upstream
+    /// bytes' SHA-256 is known, at most `limit`, the highest first: (upstream UID, SHA-256).
+    /// What a folder taken for `folder` renamed must hold (not a link of another folder of
+    /// that name: an upload into one another client made of the name since, say); more than
+    /// one, as the newest may have been expunged before the rename.
+    pub fn sample_links(
         &self,
         account: AccountId,
         folder: &str,
         uidvalidity: u32,
-    ) -> Result<Option<(u32, Vec<u8>)>, StoreError> {
+        limit: usize,
+    ) -> Result<Vec<(u32, Vec<u8>)>, StoreError> {
         self.read(|c| {
-            Ok(c.prepare_cached(
+            let mut stmt = c.prepare_cached(
                 "SELECT upstream_uid, upstream_sha256 FROM sync_map
                  WHERE account = ?1 AND folder = ?2 AND uidvalidity = ?3
                    AND upstream_sha256 IS NOT NULL
-                 ORDER BY upstream_uid DESC LIMIT 1",
-            )?
-            .query_row(params![account, folder, uidvalidity], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })
-            .optional()?)
+                 ORDER BY upstream_uid DESC LIMIT ?4",
+            )?;
+            let rows = stmt
+                .query_map(params![account, folder, uidvalidity, limit as i64], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })?;
+            Ok(rows.collect::<Result<_, _>>()?)
         })
     }
 

@@ -458,30 +458,36 @@ impl Syncer {
             // The same folder, by its content too: a server may give two folders one
             // UIDVALIDITY (RFC 3501 allows it; review: a folder made anew was taken for the
             // one deleted, and the user's expunge took a message they never saw). The newest
-            // message linked to the old folder must be in the new one, byte for byte.
+            // message linked to the old folder that the new one still has must be there byte
+            // for byte (the newest may have been expunged before the rename: review).
             let (store, f) = (self.store.clone(), from.clone());
-            let Some((uid, hash)) =
-                blocking(move || store.sample_link(account, &f, uidvalidity)).await??
-            else {
+            let samples =
+                blocking(move || store.sample_links(account, &f, uidvalidity, RENAME_SAMPLES))
+                    .await??;
+            if samples.is_empty() {
                 continue;
-            };
+            }
             let line = format!("EXAMINE {}", quote(&to));
             if !within(timeout, command(session, &line, None)).await?.ok {
                 continue;
             }
-            let sample = Batch {
-                uids: vec![uid],
-                bytes: MAX_SAMPLE_BYTES,
-                sized: false,
-            };
-            let fetched = fetch_chunk(session, &self.name, &sample, timeout).await;
-            if let Some(e) = fetched.broken {
-                return Err(e);
+            let mut same = false;
+            for (uid, hash) in samples {
+                let sample = Batch {
+                    uids: vec![uid],
+                    bytes: MAX_SAMPLE_BYTES,
+                    sized: false,
+                };
+                let fetched = fetch_chunk(session, &self.name, &sample, timeout).await;
+                if let Some(e) = fetched.broken {
+                    return Err(e);
+                }
+                // Not there (expunged): the next one tells.
+                if let Some(m) = fetched.messages.iter().find(|m| m.0 == uid) {
+                    same = Sha256::digest(&m.3)[..] == hash[..];
+                    break;
+                }
             }
-            let same = fetched
-                .messages
-                .iter()
-                .any(|m| m.0 == uid && Sha256::digest(&m.3)[..] == hash[..]);
             if !same {
                 continue;
             }
@@ -1834,6 +1840,10 @@ impl Source {
 
 /// The most bytes of the message fetched to tell a renamed folder by its content.
 const MAX_SAMPLE_BYTES: u64 = 64 * 1024 * 1024;
+
+/// How many of the newest messages linked to a folder are looked for in one taken for it
+/// renamed, until one is found.
+const RENAME_SAMPLES: usize = 3;
 
 /// How often messages kept undecryptable are tried again when the keyring has not changed.
 const RETRY_UNDECRYPTABLE_SECS: i64 = 86_400;

@@ -706,7 +706,7 @@ impl Syncer {
 
     /// Whether upstream folder `to`, which has the UIDVALIDITY of folder `from`'s `mark`, can
     /// be taken for `from` renamed: it holds the newest message linked to `from` whose bytes
-    /// are known, byte for byte; or, when nothing of `from` is linked here (it was empty, or
+    /// are known and that it still has, byte for byte; or, when nothing of `from` is linked here (it was empty, or
     /// emptied), it holds nothing below the mark's next UID, so no message of it is passed
     /// over when it takes the mark (review: an empty folder's rename waited for good).
     async fn is_renamed(
@@ -719,9 +719,9 @@ impl Syncer {
     ) -> Result<bool, Failure> {
         let v = mark.uidvalidity;
         let (store, f) = (self.store.clone(), from.to_string());
-        let (sample, linked) = blocking(move || {
+        let (samples, linked) = blocking(move || {
             Ok::<_, crate::store::StoreError>((
-                store.sample_link(account, &f, v)?,
+                store.sample_links(account, &f, v, super::RENAME_SAMPLES)?,
                 store.linked_count(account, &f, v)?,
             ))
         })
@@ -731,17 +731,23 @@ impl Syncer {
             uidvalidity: v,
             uid: 0,
         };
-        match sample {
-            Some((uid, hash)) => {
+        match samples.len() {
+            1.. => {
                 if !up.select(self, &target).await? {
                     return Ok(false);
                 }
-                let found = up.hash_of(self, uid, super::MAX_SAMPLE_BYTES).await?;
-                Ok(found.is_some_and(|found| found[..] == hash[..]))
+                // The newest that is still there tells (it may have been expunged before
+                // the rename).
+                for (uid, hash) in samples {
+                    if let Some(found) = up.hash_of(self, uid, super::MAX_SAMPLE_BYTES).await? {
+                        return Ok(found[..] == hash[..]);
+                    }
+                }
+                Ok(false)
             }
             // Linked, but no bytes known to compare.
-            None if linked > 0 => Ok(false),
-            None => {
+            0 if linked > 0 => Ok(false),
+            0 => {
                 if !up.select(self, &target).await? {
                     return Ok(false);
                 }
