@@ -680,3 +680,101 @@ fn without_gpg_on_the_path_every_recipient_gets_the_hint() {
         assert!(line.contains("is GnuPG's gpg installed"), "{stdout}");
     }
 }
+
+/// gpg killed while it lists Bob's key, after the primary key and before the encryption
+/// subkey (a wrapper on the PATH cuts gpg's own answer there): the key seems to have no
+/// encryption subkey, and Bob would get signed cleartext. gpg's check of the key lists the
+/// subkey the listing left out: Bob's copy is deferred (review).
+#[test]
+fn a_key_listing_cut_short_defers_the_copy() {
+    use std::os::unix::fs::PermissionsExt;
+    let world = World::new();
+    let bin = tempfile::tempdir().unwrap();
+    let wrap = |name: &str, script: String| {
+        let path = bin.path().join(name);
+        std::fs::write(&path, script).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    };
+    let real_gpg = "/usr/bin/gpg";
+    wrap(
+        "gpg",
+        format!(
+            "#!/bin/sh\ncase \"$*\" in *--list-keys*bob@example.org*)\n  \
+             out=$({real_gpg} \"$@\"); printf '%s\\n' \"$out\" | sed '/^sub:/,$d'; kill -9 $$;;\n\
+             esac\nexec {real_gpg} \"$@\"\n"
+        ),
+    );
+    wrap(
+        "gpgconf",
+        format!(
+            "#!/bin/sh\n/usr/bin/gpgconf \"$@\" | sed 's#:{real_gpg}$#:{}/gpg#; s#^bindir:.*#bindir:{}#'\n",
+            bin.path().display(),
+            bin.path().display()
+        ),
+    );
+    let out_dir = tempfile::tempdir().unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.path().display(),
+        std::env::var("PATH").unwrap()
+    );
+    let out = run_with_stdin(
+        Command::new(env!("CARGO_BIN_EXE_sealpost"))
+            .args(["rewrite", "--sender", "alice@example.org"])
+            .args(["--rcpt", "bob@example.org", "--gnupg-home"])
+            .arg(&world.sender.dir)
+            .arg("--out")
+            .arg(out_dir.path().join("copies"))
+            .env("PATH", path),
+        MESSAGE,
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(75),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("deferred") && stdout.contains("cut short"),
+        "{stdout}"
+    );
+    let copies = out_dir.path().join("copies");
+    let written = std::fs::read_dir(&copies).map_or(0, |d| d.count());
+    assert_eq!(written, 0, "no copy for Bob");
+}
+
+/// The public keyring cut to its header, or removed (gpg makes an empty one at its next use),
+/// while the trust database still holds the owner's ultimate trust: every recipient would seem
+/// to have no key, and with no key to sign with the mail would be refused for good (review:
+/// cleartext to Bob with `sign = false`; 550 for everything with signing). Deferred instead.
+#[test]
+fn a_keyring_cut_to_its_header_or_removed_defers() {
+    for damage in ["cut to its header", "removed"] {
+        let world = World::new();
+        let keybox = world.sender.dir.join("pubring.kbx");
+        match damage {
+            "removed" => std::fs::remove_file(&keybox).unwrap(),
+            _ => {
+                let header = std::fs::read(&keybox).unwrap()[..32].to_vec();
+                std::fs::write(&keybox, header).unwrap();
+            }
+        }
+        let out_dir = tempfile::tempdir().unwrap();
+        let out = run_with_stdin(
+            Command::new(env!("CARGO_BIN_EXE_sealpost"))
+                .args(["rewrite", "--sender", "alice@example.org"])
+                .args(["--rcpt", "bob@example.org", "--gnupg-home"])
+                .arg(&world.sender.dir)
+                .arg("--out")
+                .arg(out_dir.path().join("copies")),
+            MESSAGE,
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(75), "{damage}: {stdout}");
+        assert!(
+            stdout.contains("deferred") && stdout.contains("the keyring was cut or removed"),
+            "{damage}: {stdout}"
+        );
+    }
+}

@@ -135,17 +135,25 @@ fn is_damage(line: &str) -> bool {
     .any(|w| l.contains(w))
 }
 
-/// Whether one of the keys `fingerprints` (listed, none of them usable) carries a signature
-/// that does not verify: one changed byte in a subkey's binding signature makes gpg take the
-/// subkey for invalid while the key block still reads (review: signed cleartext to a recipient
-/// whose key was in the keyring). gpg's own check (`--check-sigs`; `-` in a signature's
-/// validity field) of those keys only.
-pub fn bad_signature(home: &Path, fingerprints: &[String], deadline: Duration) -> Option<String> {
-    if fingerprints.is_empty() {
+/// Whether one of the keys `listed` (none of them usable; each a fingerprint and those of
+/// its primary key and subkeys as the listing gave them) carries a signature that does not
+/// verify, or has a key the listing left out. One changed byte in a subkey's binding
+/// signature makes gpg take the subkey for invalid while the key block still reads (review:
+/// signed cleartext to a recipient whose key was in the keyring): gpg's own check
+/// (`--check-sigs`; `-` in a signature's validity field) of those keys only. A listing cut
+/// short (gpg killed while it wrote it) gives a key without its encryption subkey, which the
+/// check lists (review).
+pub fn bad_signature(
+    home: &Path,
+    listed: &[(String, Vec<String>)],
+    deadline: Duration,
+) -> Option<String> {
+    if listed.is_empty() {
         return None;
     }
     let mut args = vec!["--check-sigs", "--"];
-    args.extend(fingerprints.iter().map(String::as_str));
+    args.extend(listed.iter().map(|(fpr, _)| fpr.as_str()));
+    let fingerprints: Vec<&str> = listed.iter().map(|(fpr, _)| fpr.as_str()).collect();
     match gpg_listing(Some(home), &args, deadline) {
         Err(e) => Some(format!("cannot run gpg: {e}")),
         Ok(out) => {
@@ -154,12 +162,22 @@ pub fn bad_signature(home: &Path, fingerprints: &[String], deadline: Duration) -
                 .lines()
                 .filter(|l| l.starts_with("sig:") || l.starts_with("rev:"))
                 .any(|l| l.split(':').nth(1) == Some("-"));
-            bad.then(|| {
-                format!(
+            if bad {
+                return Some(format!(
                     "a signature of the key {} does not verify: the keyring is damaged",
                     fingerprints.join(", ")
-                )
-            })
+                ));
+            }
+            let left_out = listing
+                .lines()
+                .filter(|l| l.starts_with("fpr:"))
+                .filter_map(|l| l.split(':').nth(9))
+                .find(|fpr| !listed.iter().any(|(_, keys)| keys.iter().any(|k| k == fpr)))?;
+            Some(format!(
+                "the listing of the key {} left out its key {left_out}: gpg's answer was cut \
+                 short",
+                fingerprints.join(", ")
+            ))
         }
     }
 }
@@ -189,7 +207,9 @@ pub fn whole_keyring_problem(home: &Path, deadline: Duration) -> Option<String> 
     if intact().as_ref().and_then(|known| known.get(home)) == Some(&before) {
         return None;
     }
-    if let Some(problem) = keyring_framing_problem(home) {
+    if let Some(problem) =
+        keyring_framing_problem(home).or_else(|| ownertrust_without_keys(home, deadline))
+    {
         return Some(problem);
     }
     let out = match gpg_within(Some(home), &["--export"], deadline, false) {
@@ -225,7 +245,7 @@ fn keyring_framing_problem(home: &Path) -> Option<String> {
     let path = home.join(if keybox { "pubring.kbx" } else { "pubring.gpg" });
     let data = match std::fs::read(&path) {
         Ok(data) => data,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return keyring_gone(home),
         Err(e) => return Some(format!("{} cannot be read: {e}", path.display())),
     };
     let (at, what) = if keybox {
@@ -240,12 +260,82 @@ fn keyring_framing_problem(home: &Path) -> Option<String> {
     ))
 }
 
+/// Why a home without a public keyring gpg reads has lost it: gpg begins every keybox it
+/// makes with its header, so an empty `pubring.kbx` was cut to nothing (every recipient would
+/// seem to have no key, and get cleartext: review, with `sign = false`).
+fn keyring_gone(home: &Path) -> Option<String> {
+    let keybox = home.join("pubring.kbx");
+    std::fs::metadata(&keybox)
+        .is_ok_and(|meta| meta.len() == 0)
+        .then(|| {
+            format!(
+                "{} is empty, without the header gpg writes first: the keyring was cut to \
+                 nothing",
+                keybox.display()
+            )
+        })
+}
+
+/// Whether the public keyring gpg reads holds no key: none there, an empty file, or a keybox
+/// of its header (and deleted or X.509 records) alone.
+fn keyring_holds_no_key(home: &Path) -> bool {
+    let keybox = home.join("pubring.kbx");
+    if openpgp_keybox(&keybox) {
+        let Ok(data) = std::fs::read(&keybox) else {
+            return false;
+        };
+        // Framing checked before (see `keybox_damage`): a record of fewer than 5 bytes ends.
+        let mut at = 0;
+        while let Some(b) = data.get(at..at + 5) {
+            let (len, kind) = (u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize, b[4]);
+            if kind == 2 {
+                return false;
+            }
+            if len < 5 {
+                break;
+            }
+            at += len;
+        }
+        return true;
+    }
+    std::fs::metadata(home.join("pubring.gpg")).map_or(true, |meta| meta.len() == 0)
+}
+
+/// A keyring that holds no key while the trust database holds an ownertrust (gpg sets the
+/// owner's own keys' to ultimate, and clears a key's when it deletes the key): the keyring was
+/// cut to its header, or removed (gpg then makes an empty one at its next use). Every
+/// recipient would seem to have no key and get cleartext, and with no key to sign with, the
+/// mail would be refused for good (review).
+fn ownertrust_without_keys(home: &Path, deadline: Duration) -> Option<String> {
+    if !home.join("trustdb.gpg").exists() || !keyring_holds_no_key(home) {
+        return None;
+    }
+    match gpg_listing(Some(home), &["--export-ownertrust"], deadline) {
+        Err(e) => Some(format!("cannot run gpg: {e}")),
+        Ok(out) => {
+            let listing = String::from_utf8_lossy(&out.stdout);
+            let trusted = listing
+                .lines()
+                .filter(|l| !l.starts_with('#') && l.contains(':'))
+                .count();
+            (trusted > 0).then(|| {
+                format!(
+                    "the public keyring of {} holds no key, while its trustdb.gpg holds the \
+                     ownertrust of {trusted}: the keyring was cut or removed",
+                    home.display()
+                )
+            })
+        }
+    }
+}
+
 /// In a keybox: each record (a length, then its type) inside the file; each OpenPGP record
 /// ending in the SHA-1 of the rest of it, as gpg writes it (gpg itself does not check it: one
 /// byte changed in a record's user ID table, or a record length swallowing the next record,
 /// made a key unfindable without a word, review), and its key block (offset and length at
-/// bytes 8 and 12) inside the record and whole packets. gpgsm's X.509 records and the header
-/// are not looked into. A checksum whose first four bytes are zero is one of GnuPG before
+/// bytes 8 and 12) inside the record and whole packets; an X.509 record (gpgsm's) must hold a
+/// DER certificate there, and no record may be of a type gpg does not write. The header and
+/// empty (deleted) records are not looked into. A checksum whose first four bytes are zero is one of GnuPG before
 /// 2.1 (an MD5 after them), which was never checked: passed over.
 fn keybox_damage(data: &[u8]) -> Option<(usize, &'static str)> {
     let be = |at: usize| {
@@ -257,25 +347,42 @@ fn keybox_damage(data: &[u8]) -> Option<(usize, &'static str)> {
         let Some(len) = be(at).filter(|&len| len >= 5 && at + len <= data.len()) else {
             return Some((at, "a keybox record cut short or overwritten"));
         };
-        if data[at + 4] == 2 {
-            // Its fixed fields (16 bytes) and the checksum (20) at least.
-            if len < 36 {
-                return Some((at, "a keybox record whose checksum does not match"));
+        match data[at + 4] {
+            // Empty (gpg marks a deleted key so, its bytes left in place: a record changed
+            // into one cannot be told from it), and the header, first.
+            0 => {}
+            1 if at == 0 => {}
+            // gpgsm's certificate: DER, a SEQUENCE (an OpenPGP key block's record whose type
+            // was changed into this one would hide the key: review).
+            3 => {
+                let image = be(at + 8)
+                    .zip(be(at + 12))
+                    .filter(|&(offset, image_len)| offset + image_len <= len && image_len > 0);
+                if image.is_none_or(|(offset, _)| data[at + offset] != 0x30) {
+                    return Some((at, "a keybox record of X.509 that holds no certificate"));
+                }
             }
-            let (body, checksum) = data[at..at + len].split_at(len - 20);
-            let sha1 = ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, body);
-            if checksum[..4] != [0; 4] && checksum != sha1.as_ref() {
-                return Some((at, "a keybox record whose checksum does not match"));
+            2 => {
+                // Its fixed fields (16 bytes) and the checksum (20) at least.
+                if len < 36 {
+                    return Some((at, "a keybox record whose checksum does not match"));
+                }
+                let (body, checksum) = data[at..at + len].split_at(len - 20);
+                let sha1 = ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, body);
+                if checksum[..4] != [0; 4] && checksum != sha1.as_ref() {
+                    return Some((at, "a keybox record whose checksum does not match"));
+                }
+                let block = be(at + 8).zip(be(at + 12));
+                let Some((offset, block_len)) =
+                    block.filter(|&(offset, block_len)| offset + block_len <= len)
+                else {
+                    return Some((at, "a keybox record whose key block lies outside it"));
+                };
+                if let Some(damage) = packets_damage(data, at + offset, at + offset + block_len) {
+                    return Some(damage);
+                }
             }
-            let block = be(at + 8).zip(be(at + 12));
-            let Some((offset, block_len)) =
-                block.filter(|&(offset, block_len)| offset + block_len <= len)
-            else {
-                return Some((at, "a keybox record whose key block lies outside it"));
-            };
-            if let Some(damage) = packets_damage(data, at + offset, at + offset + block_len) {
-                return Some(damage);
-            }
+            _ => return Some((at, "a keybox record of a kind gpg does not write")),
         }
         at += len;
     }
@@ -538,9 +645,14 @@ mod tests {
             keyring_framing_problem(home(&keybox(2, &good)).path()),
             None
         );
-        // gpgsm's X.509 records are not OpenPGP packets.
+        // gpgsm's X.509 records are not OpenPGP packets; a deleted key's record is left as
+        // it was, marked empty.
         assert_eq!(
             keyring_framing_problem(home(&keybox(3, b"\x30\x82")).path()),
+            None
+        );
+        assert_eq!(
+            keyring_framing_problem(home(&keybox(0, &good)).path()),
             None
         );
         for (data, what) in [
@@ -557,6 +669,11 @@ mod tests {
                 "no whole OpenPGP packet",
             ),
             (keybox(2, &good)[..40].to_vec(), "record cut short"),
+            // The record's type changed: an OpenPGP key in a record of X.509, or of a type
+            // gpg never writes (review: the key was passed over, and Bob got cleartext).
+            (keybox(3, &good), "X.509 that holds no certificate"),
+            (keybox(6, &good), "a kind gpg does not write"),
+            (keybox(1, &good), "a kind gpg does not write"),
             (
                 {
                     // One byte of the record changed (here in its flags): the checksum.
@@ -571,6 +688,26 @@ mod tests {
             assert!(problem.contains(what), "{problem}");
             assert!(problem.contains("pubring.kbx is damaged"), "{problem}");
         }
+    }
+
+    /// A keybox cut to nothing: damage. A home that never had a keyring is a home without
+    /// keys (a keyring removed is told by the trust database: tests/cli.rs).
+    #[test]
+    fn a_keybox_cut_to_nothing_is_damage() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(keyring_framing_problem(dir.path()), None);
+        assert!(keyring_holds_no_key(dir.path()));
+        std::fs::write(dir.path().join("pubring.kbx"), b"").unwrap();
+        let problem = keyring_framing_problem(dir.path()).expect("empty");
+        assert!(problem.contains("pubring.kbx is empty"), "{problem}");
+        // Beside GnuPG 1's keyring, gpg reads that one.
+        std::fs::write(dir.path().join("pubring.gpg"), KEY).unwrap();
+        assert_eq!(keyring_framing_problem(dir.path()), None);
+        assert!(!keyring_holds_no_key(dir.path()));
+        std::fs::write(dir.path().join("pubring.kbx"), keybox_header(0x02)).unwrap();
+        assert!(keyring_holds_no_key(dir.path()));
+        std::fs::write(dir.path().join("pubring.kbx"), keybox(2, &KEY)).unwrap();
+        assert!(!keyring_holds_no_key(dir.path()));
     }
 
     #[test]

@@ -404,10 +404,13 @@ impl KeyService {
         // key, or one without its encryption subkey (review: signed cleartext to bob, whose
         // key block was cut short). The whole keyring is read before that counts as no key.
         if !facts.is_empty() && matches!(chosen, Resolution::NoKey { .. }) {
-            let fingerprints: Vec<String> = facts.iter().map(|f| f.fingerprint.clone()).collect();
+            let listed: Vec<(String, Vec<String>)> = facts
+                .iter()
+                .map(|f| (f.fingerprint.clone(), f.keys.clone()))
+                .collect();
             refused_on("looking up a public key", move || {
                 home::whole_keyring_problem(&home, deadline)
-                    .or_else(|| home::bad_signature(&home, &fingerprints, deadline))
+                    .or_else(|| home::bad_signature(&home, &listed, deadline))
             })
             .await?;
         }

@@ -1037,6 +1037,10 @@ fn list_facts(ctx: &mut Context, addr: &str, own: bool) -> Result<Vec<KeyFacts>,
                 .map(uid_validity)
                 .max()
                 .unwrap_or_default(),
+            keys: key
+                .subkeys()
+                .filter_map(|s| s.fingerprint().ok().map(str::to_string))
+                .collect(),
         });
     }
     // gpg's own failure (a home it cannot read, a keyring it cannot open) ends the listing

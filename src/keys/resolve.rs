@@ -24,6 +24,9 @@ pub struct KeyFacts {
     /// The best validity GnuPG gives a matching user ID under the keyring's trust model.
     #[serde(default)]
     pub validity: Validity,
+    /// The fingerprints of the primary key and the subkeys, as the listing gave them.
+    #[serde(default)]
+    pub keys: Vec<String>,
 }
 
 /// A user ID's validity (`gpg --list-keys` shows it in brackets), lowest first. The keyring
@@ -174,6 +177,7 @@ mod tests {
             usable_encryption_subkey: true,
             no_secret: false,
             validity: Validity::Unknown,
+            keys: vec![fpr.into()],
         }
     }
 
