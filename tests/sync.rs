@@ -5861,3 +5861,42 @@ async fn a_folder_renamed_upstream_after_its_newest_message_went_is_followed() {
     assert_eq!(exists(&mut raw, "F2"), 1);
     assert_eq!(exists(&mut raw, "G"), 1);
 }
+
+/// A folder deleted here that another client deleted upstream after making a subfolder of it
+/// (Dovecot keeps listing the name): the DELETE's NO counts as done, and the change after it
+/// goes up (review: the deletion waited for good, every later change behind it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_folder_deleted_on_both_sides_that_dovecot_still_lists_holds_up_nothing() {
+    let world = World::new();
+    let dovecot = Dovecot::start_tls();
+    upstream(
+        &dovecot,
+        json!([{"cmd": "raw", "line": "CREATE X"}, append_bytes("X", &plain_message("x0"))]),
+    );
+    let (server, _dir, config) = bobs_sync_with_address(&world, &dovecot);
+    pass_storing(&config, 1);
+    upstream(
+        &dovecot,
+        json!([{"cmd": "raw", "line": "CREATE X.Y"}, {"cmd": "raw", "line": "DELETE X"}]),
+    );
+    assert!(upstream_folders(&dovecot).contains(&"X".to_string()));
+    let mut raw = server.login();
+    raw.ok("DELETE X");
+    let m = plain_message("after");
+    raw.ok(&format!(
+        "APPEND INBOX {{{}+}}\r\n{}",
+        m.len(),
+        String::from_utf8_lossy(&m)
+    ));
+    let out = sync_once(&config);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("(the folder is gone)"), "{log}");
+    passes(&config, 1);
+    assert_eq!(waiting_changes(&server), 0);
+    assert_eq!(upstream_subjects(&dovecot, "INBOX"), ["[...]"]);
+    assert_eq!(
+        exists(&mut raw, "X/Y"),
+        0,
+        "the other client's subfolder comes down"
+    );
+}

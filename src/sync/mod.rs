@@ -449,9 +449,10 @@ impl Syncer {
             // name is another folder's now.
             if !made_again.contains(&from) {
                 let line = format!("EXAMINE {}", quote(&from));
-                let reply = within(timeout, command(session, &line, None)).await?;
-                let text = reply.text.trim_start();
-                if reply.ok || (text.starts_with('[') && !text.starts_with("[NONEXISTENT]")) {
+                if !within(timeout, command(session, &line, None))
+                    .await?
+                    .says_gone()
+                {
                     continue;
                 }
             }
@@ -559,10 +560,7 @@ impl Syncer {
             }
             let line = format!("EXAMINE {}", quote(&folder));
             let reply = within(self.config.timeout(), command(session, &line, None)).await?;
-            // Gone: NO with [NONEXISTENT] (RFC 5530), or with no response code from a server
-            // that has none. Any other code ([UNAVAILABLE], [SERVERBUG], [INUSE]) says nothing.
-            let text = reply.text.trim_start();
-            if reply.ok || (text.starts_with('[') && !text.starts_with("[NONEXISTENT]")) {
+            if !reply.says_gone() {
                 continue;
             }
             let (store, f) = (self.store.clone(), folder.clone());

@@ -441,6 +441,16 @@ pub struct Reply {
     pub sizes: Vec<(u32, u32)>,
 }
 
+impl Reply {
+    /// Whether this answer to EXAMINE says the folder does not exist: NO with [NONEXISTENT]
+    /// (RFC 5530), or with no response code from a server that has none. Any other code
+    /// ([UNAVAILABLE], [SERVERBUG], [INUSE]) says nothing of that.
+    pub fn says_gone(&self) -> bool {
+        let text = self.text.trim_start();
+        !self.ok && (!text.starts_with('[') || text.starts_with("[NONEXISTENT]"))
+    }
+}
+
 /// Runs one command on the session and reads its responses up to the completion. With a
 /// `literal`, the command line must end in `{N}` with N its length: the literal is sent after
 /// the server's continuation (RFC 3501 §4.3, a synchronizing literal).

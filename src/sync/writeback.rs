@@ -476,7 +476,10 @@ impl Syncer {
                     // Already gone upstream (an earlier try whose answer was lost, say) is
                     // as good as deleted; a folder still there (it has subfolders, the
                     // server refuses) waits, or the next pass would fetch it all again.
-                    if up.exists(self, &folder).await? {
+                    // Listed but gone at EXAMINE is gone: Dovecot lists a folder another
+                    // client deleted while it has subfolders (review: the deletion waited
+                    // for good, every later change with it).
+                    if !examined.says_gone() && up.exists(self, &folder).await? {
                         return Err(Failure::Entry(format!("DELETE: {}", reply.text)));
                     }
                     tracing::info!(account = %self.name, %folder,
