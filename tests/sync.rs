@@ -2884,10 +2884,16 @@ async fn a_folder_that_was_never_upstream_is_renamed_here_only() {
 /// here keeping its name, messages and subfolder (the rename waited for good, the folder came
 /// down a second time under the other client's name, and the mailbox here was left empty).
 /// With the old name made again upstream (renamed twice there), the new folder of that name
-/// is not the one renamed here (its RENAME took the other client's new folder).
+/// is not the one renamed here (its RENAME took the other client's new folder). So for
+/// several renames here, one after another (review: the second one dropped it all again).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rename_of_a_folder_another_client_renamed_goes_up_from_its_new_name() {
-    for theirs in ["renamed", "renamed twice, the name made again"] {
+    for (theirs, here) in [
+        ("renamed", &["Old New"][..]),
+        ("renamed twice, the name made again", &["Old New"]),
+        ("renamed", &["Old Mid", "Mid New"]),
+        ("renamed", &["Old New", "New Old", "Old New"]),
+    ] {
         let world = World::new();
         let dovecot = Dovecot::start_tls();
         upstream(
@@ -2906,7 +2912,9 @@ async fn a_rename_of_a_folder_another_client_renamed_goes_up_from_its_new_name()
         };
         upstream(&dovecot, steps);
         let mut raw = server.login();
-        raw.ok("RENAME Old New");
+        for rename in here {
+            raw.ok(&format!("RENAME {rename}"));
+        }
         raw.ok("SELECT New");
         raw.ok("STORE 1 +FLAGS (\\Flagged)");
         raw.ok("UNSELECT");
@@ -2914,13 +2922,16 @@ async fn a_rename_of_a_folder_another_client_renamed_goes_up_from_its_new_name()
         let log = String::from_utf8_lossy(&out.stderr);
         assert!(
             log.contains("goes up from the name upstream has now"),
-            "{theirs}: {log}"
+            "{theirs} {here:?}: {log}"
         );
         for twice in ["mailbox=New", "mailbox=Other"] {
-            assert!(!log.contains(twice), "nothing fetched twice: {log}");
+            assert!(
+                !log.contains(twice),
+                "{here:?}: nothing fetched twice: {log}"
+            );
         }
         passes(&config, 2);
-        assert_eq!(waiting_changes(&server), 0, "{theirs}");
+        assert_eq!(waiting_changes(&server), 0, "{theirs} {here:?}");
         let mut folders = vec!["INBOX", "New", "New.Kid"];
         if theirs != "renamed" {
             folders.push("Old");

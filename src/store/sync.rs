@@ -385,27 +385,26 @@ impl Store {
             // good while the folder came down a second time under the other client's name,
             // and the mailbox here was left empty). An inferior of such a folder is taken
             // with its parent's entry, rewritten before it (parents are followed first).
-            let carried: Option<i64> = if same.is_some()
+            let carried: Option<(Vec<i64>, bool)> = if same.is_some()
                 || find_mailbox(tx, account, local_to)?.is_some()
                 || journal_names(tx, account, local_to)?
             {
                 None
+            } else if let Some(chain) = rename_chain(tx, account, local_from, &source.name)? {
+                Some((chain, true))
             } else {
-                tx.query_row(
-                    "SELECT min(id) FROM journal
-                     WHERE account = ?1 AND kind = 'rename-mailbox'
-                       AND ((detail = ?2 AND mailbox = ?3)
-                            OR (substr(?2, 1, length(detail) + 1) = detail || ?5
-                                AND ?4 = mailbox || substr(?2, length(detail) + 1)))",
-                    params![
-                        account,
-                        source.name,
-                        local_from,
-                        local_to,
-                        super::DELIMITER.to_string()
-                    ],
-                    |r| r.get(0),
-                )?
+                let mut found = None;
+                for (at, _) in local_to.match_indices(super::DELIMITER) {
+                    let (parent, rest) = local_to.split_at(at);
+                    let Some(there) = source.name.strip_suffix(rest) else {
+                        continue;
+                    };
+                    if let Some(chain) = rename_chain(tx, account, parent, there)? {
+                        found = Some((chain, false));
+                        break;
+                    }
+                }
+                found
             };
             // A rename or deletion of it, under it or above it waiting here: followed, the
             // user's own change would be undone or go up under names upstream no longer has
@@ -414,26 +413,33 @@ impl Store {
             // made here waits for the follow and is then made under the new name (the
             // write-back holds it back, see writeback).
             let prefix = format!("{}{}", source.name, super::DELIMITER);
-            let structure_waits: bool = tx.query_row(
-                "SELECT EXISTS (SELECT 1 FROM journal
-                                WHERE account = ?1
-                                  AND kind IN ('rename-mailbox', 'delete-mailbox')
-                                  AND id IS NOT ?5
-                                  AND (mailbox = ?2 OR substr(mailbox, 1, ?3) = ?4
-                                       OR detail = ?2 OR substr(detail, 1, ?3) = ?4
-                                       OR substr(?2, 1, length(mailbox) + 1) = mailbox || ?6
-                                       OR substr(?2, 1, length(detail) + 1) = detail || ?6))",
-                params![
-                    account,
-                    source.name,
-                    prefix.chars().count() as i64,
-                    prefix,
-                    same.or(carried),
-                    super::DELIMITER.to_string()
-                ],
-                |r| r.get(0),
-            )?;
-            if structure_waits {
+            let structure: Vec<i64> = {
+                let mut stmt = tx.prepare(
+                    "SELECT id FROM journal
+                     WHERE account = ?1
+                       AND kind IN ('rename-mailbox', 'delete-mailbox')
+                       AND (mailbox = ?2 OR substr(mailbox, 1, ?3) = ?4
+                            OR detail = ?2 OR substr(detail, 1, ?3) = ?4
+                            OR substr(?2, 1, length(mailbox) + 1) = mailbox || ?5
+                            OR substr(?2, 1, length(detail) + 1) = detail || ?5)",
+                )?;
+                let rows = stmt.query_map(
+                    params![
+                        account,
+                        source.name,
+                        prefix.chars().count() as i64,
+                        prefix,
+                        super::DELIMITER.to_string()
+                    ],
+                    |r| r.get(0),
+                )?;
+                rows.collect::<Result<_, _>>()?
+            };
+            let taken: Vec<i64> = same
+                .into_iter()
+                .chain(carried.iter().flat_map(|(chain, _)| chain.iter().copied()))
+                .collect();
+            if structure.iter().any(|id| !taken.contains(id)) {
                 return Ok(FollowedRename::No);
             }
             let others: bool = tx.query_row(
@@ -447,10 +453,12 @@ impl Store {
             }
             let followed = match find_mailbox(tx, account, local_to)? {
                 _ if carried.is_some() => {
-                    tx.execute(
-                        "UPDATE journal SET mailbox = ?2 WHERE id = ?1 AND mailbox = ?3",
-                        params![carried, local_to, local_from],
-                    )?;
+                    if let Some((chain, true)) = &carried {
+                        tx.execute(
+                            "UPDATE journal SET mailbox = ?2 WHERE id = ?1 AND mailbox = ?3",
+                            params![chain[0], local_to, local_from],
+                        )?;
+                    }
                     FollowedRename::Carried
                 }
                 Some(m) if m.id == source.id => match same {
@@ -1648,6 +1656,33 @@ fn upload_waiting(
         uid,
         "AND kind IN ('append', 'copy', 'move')",
     )
+}
+
+/// The waiting renames, oldest first, that took the local mailbox `from` to the name `to`
+/// one after another, to the last (at least one; `to` may be `from`, renamed and back).
+fn rename_chain(
+    tx: &rusqlite::Connection,
+    account: AccountId,
+    from: &str,
+    to: &str,
+) -> Result<Option<Vec<i64>>, StoreError> {
+    let mut stmt = tx.prepare_cached(
+        "SELECT id, detail FROM journal
+         WHERE account = ?1 AND kind = 'rename-mailbox' AND mailbox = ?2 AND id > ?3
+         ORDER BY id LIMIT 1",
+    )?;
+    let (mut name, mut last, mut chain) = (from.to_string(), 0i64, Vec::new());
+    while chain.len() < 64 {
+        let next: Option<(i64, String)> = stmt
+            .query_row(params![account, name, last], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        let Some((id, detail)) = next else {
+            return Ok((!chain.is_empty() && name == to).then_some(chain));
+        };
+        chain.push(id);
+        (name, last) = (detail, id);
+    }
+    Ok(None)
 }
 
 /// Whether a waiting change names the local mailbox `name` or one under it: as its own,

@@ -510,9 +510,16 @@ impl Syncer {
                 // The name another folder's upstream now (another client renamed this one and
                 // made a new folder of the name): not that one. The fetch looks for this one
                 // under its new name, and the rename then goes up from there (review: the
-                // other client's new folder was renamed instead).
+                // other client's new folder was renamed instead). At the first try only: one
+                // the fetch did not find (deleted there, the names swapped, or the mark left
+                // by a merge into another client's folder) is renamed as before, which the
+                // fetch then takes for a change of UIDVALIDITY (review: it waited for good).
                 let (store, folder) = (self.store.clone(), from.clone());
-                if let Some(mark) = blocking(move || store.sync_folder(account, &folder)).await?? {
+                let mark = match entry.attempts {
+                    0 => blocking(move || store.sync_folder(account, &folder)).await??,
+                    _ => None,
+                };
+                if let Some(mark) = mark {
                     let line = format!("STATUS {} (UIDVALIDITY)", quote(&from));
                     let status = up.command(self, &line, None).await?;
                     let other = status
