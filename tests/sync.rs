@@ -5911,3 +5911,56 @@ async fn a_folder_deleted_on_both_sides_that_dovecot_still_lists_holds_up_nothin
         "the other client's subfolder comes down"
     );
 }
+
+/// A rename here whose folder the fetch cannot find under another name upstream does not
+/// wait for good: another client deleted the folder and made the name again, or the folder
+/// was merged into one another client made of its new name and then renamed again here
+/// (review: the UIDVALIDITY check before the RENAME waited for good, and the other client's
+/// mail never came down). The RENAME goes at the second try, and the sides agree.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rename_the_fetch_cannot_place_goes_at_the_second_try() {
+    for case in ["deleted and made again", "merged, then renamed again"] {
+        let world = World::new();
+        let dovecot = Dovecot::start_tls();
+        upstream(
+            &dovecot,
+            json!([{"cmd": "raw", "line": "CREATE Old"},
+            append_bytes("Old", &plain_message("old"))]),
+        );
+        let (server, _dir, config) = bobs_sync(&world, &dovecot);
+        pass_storing(&config, 1);
+        let mut raw = server.login();
+        let (theirs, renames, expected) = match case {
+            "deleted and made again" => (
+                json!([{"cmd": "raw", "line": "DELETE Old"}, {"cmd": "raw", "line": "CREATE Old"},
+                append_bytes("Old", &plain_message("theirs"))]),
+                &["Old New"][..],
+                &["theirs"][..],
+            ),
+            _ => (
+                json!([{"cmd": "raw", "line": "CREATE New"},
+                append_bytes("New", &plain_message("theirs"))]),
+                &["Old New", "New Last"][..],
+                &["old", "theirs"][..],
+            ),
+        };
+        upstream(&dovecot, theirs);
+        for rename in renames {
+            raw.ok(&format!("RENAME {rename}"));
+        }
+        passes(&config, 3);
+        assert_eq!(waiting_changes(&server), 0, "{case}");
+        let last = renames.last().unwrap().rsplit(' ').next().unwrap();
+        let mut folders = vec!["INBOX", last];
+        folders.sort();
+        assert_eq!(upstream_folders(&dovecot), folders, "{case}");
+        assert_eq!(upstream_subjects(&dovecot, last), expected, "{case}");
+        assert_eq!(exists(&mut raw, last), expected.len(), "{case}");
+        let lines = raw
+            .ok("UID FETCH 1:* (BODY.PEEK[HEADER.FIELDS (Subject)])")
+            .join("\n");
+        for subject in expected {
+            assert!(lines.contains(subject), "{case}: {lines}");
+        }
+    }
+}
