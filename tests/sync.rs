@@ -5964,3 +5964,33 @@ async fn a_rename_the_fetch_cannot_place_goes_at_the_second_try() {
         }
     }
 }
+
+/// A folder renamed here into a parent that another client renamed upstream meanwhile: the
+/// RENAME makes it under the old parent's name upstream, so the parent's rename upstream did
+/// not take it, and the follow of that rename here must not either (review: the two sides
+/// kept it under different names, quietly). The parent's messages come down again under the
+/// new name instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rename_here_into_a_parent_renamed_upstream_stays_where_it_went() {
+    let world = World::new();
+    let dovecot = Dovecot::start_tls();
+    upstream(
+        &dovecot,
+        json!([{"cmd": "raw", "line": "CREATE B"}, {"cmd": "raw", "line": "CREATE Q"},
+        append_bytes("B", &plain_message("b0")),
+        append_bytes("Q", &plain_message("q0"))]),
+    );
+    let (server, _dir, config) = bobs_sync(&world, &dovecot);
+    pass_storing(&config, 2);
+    let mut raw = server.login();
+    raw.ok("RENAME Q B/Z");
+    upstream(&dovecot, json!([{"cmd": "raw", "line": "RENAME B D"}]));
+    passes(&config, 3);
+    assert_eq!(waiting_changes(&server), 0);
+    assert_eq!(upstream_subjects(&dovecot, "B.Z"), ["q0"]);
+    assert_eq!(upstream_subjects(&dovecot, "D"), ["b0"]);
+    assert_eq!(exists(&mut raw, "B/Z"), 1);
+    assert_eq!(exists(&mut raw, "D"), 1);
+    let listed = raw.ok("LIST \"\" *").join("\n");
+    assert!(!listed.contains("D/Z"), "{listed}");
+}

@@ -445,6 +445,14 @@ impl Syncer {
                 continue;
             };
             let from = from.clone();
+            // A folder listed under the old name still: upstream's rename did not take it (made
+            // there since, by a rename here into the folder, say), and the follow here would
+            // carry its mailbox to the new name (review: the two sides kept it under different
+            // names). Not followed: the folder's messages come down again under the new name.
+            let under = format!("{from}{}", names.delimiter);
+            if listed.iter().any(|l| l.wire.starts_with(&under)) {
+                continue;
+            }
             // Gone for certain, as for a folder forgotten (see `vanished_folders`), unless the
             // name is another folder's now.
             if !made_again.contains(&from) {
