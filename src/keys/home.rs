@@ -105,12 +105,19 @@ pub fn public_keyring_problem(home: &Path, address: &str, deadline: Duration) ->
     }
 }
 
-/// gpg's line on stderr that names the damage (else its last line, else `otherwise`).
+/// gpg's line on stderr that names the damage (else its first error, else its last line,
+/// else `otherwise`). A damaged trust database ends in advice ("If that does not work, please
+/// consult the manual"), after "Error: The trustdb is corrupted." (review).
 fn damage_line(out: &std::process::Output, otherwise: &str) -> String {
     let stderr = String::from_utf8_lossy(&out.stderr);
+    let error = |l: &&str| {
+        let l = l.to_ascii_lowercase();
+        l.contains("error:") || l.contains("fatal:")
+    };
     stderr
         .lines()
         .find(|l| is_damage(l))
+        .or_else(|| stderr.lines().find(error))
         .or_else(|| stderr.lines().rev().find(|l| !l.trim().is_empty()))
         .unwrap_or(otherwise)
         .trim_start_matches("gpg: ")
@@ -688,6 +695,32 @@ mod tests {
             assert!(problem.contains(what), "{problem}");
             assert!(problem.contains("pubring.kbx is damaged"), "{problem}");
         }
+    }
+
+    /// The line that says what is wrong, not gpg's advice after it (review: "If that does not
+    /// work, please consult the manual" was the whole reason given).
+    #[test]
+    fn the_reason_given_is_gpgs_error_not_its_advice() {
+        use std::os::unix::process::ExitStatusExt;
+        let out = |stderr: &str| std::process::Output {
+            status: std::process::ExitStatus::from_raw(2 << 8),
+            stdout: Vec::new(),
+            stderr: stderr.as_bytes().to_vec(),
+        };
+        let trustdb = "gpg: checking the trustdb\ngpg: Error: The trustdb is corrupted.\n\
+                       gpg: You may try to re-create the trustdb using the commands:\n\
+                       gpg: If that does not work, please consult the manual\n";
+        assert_eq!(
+            damage_line(&out(trustdb), "x"),
+            "Error: The trustdb is corrupted."
+        );
+        let keyring = "gpg: error: x\ngpg: keydb_search failed: Invalid packet\n";
+        assert_eq!(
+            damage_line(&out(keyring), "x"),
+            "keydb_search failed: Invalid packet"
+        );
+        assert_eq!(damage_line(&out("gpg: last\n"), "x"), "last");
+        assert_eq!(damage_line(&out(""), "nothing said"), "nothing said");
     }
 
     /// A keybox cut to nothing: damage. A home that never had a keyring is a home without
