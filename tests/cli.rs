@@ -778,3 +778,106 @@ fn a_keyring_cut_to_its_header_or_removed_defers() {
         );
     }
 }
+
+/// Healthy homes the keyring checks must not take for damaged (review: every keyless
+/// recipient was deferred for good): a `pubring.gpg` that gpg made as a keybox for
+/// `--keyring`; keys in a keyring gpg.conf names instead of the default one; a home whose
+/// path holds a word of gpg's damage messages, with gpg warning about its permissions.
+#[test]
+fn healthy_homes_of_other_shapes_are_not_damage() {
+    use std::os::unix::fs::PermissionsExt;
+    let world = World::new();
+    let export = |args: &[&str]| {
+        let out = world.sender.gpg(args, None);
+        assert!(out.status.success(), "{out:?}");
+        out.stdout
+    };
+    let (public, secret, trust) = (
+        export(&["--export"]),
+        export(&["--export-secret-keys"]),
+        export(&["--export-ownertrust"]),
+    );
+    for shape in [
+        "pubring.gpg a keybox",
+        "a keyring gpg.conf names",
+        "home named keydb",
+    ] {
+        let base = GpgHome::new();
+        let home = match shape {
+            "home named keydb" => {
+                let dir = base.dir.join("keydb");
+                sealpost::keys::home::prepare(&dir).unwrap();
+                dir
+            }
+            _ => base.dir.clone(),
+        };
+        let keyring = match shape {
+            "pubring.gpg a keybox" => vec![
+                "--no-default-keyring".to_string(),
+                "--keyring".into(),
+                home.join("pubring.gpg").display().to_string(),
+            ],
+            _ => Vec::new(),
+        };
+        if shape == "a keyring gpg.conf names" {
+            let conf = home.join("gpg.conf");
+            let mut text = std::fs::read_to_string(&conf).unwrap();
+            text.push_str(&format!(
+                "no-default-keyring\nkeyring {}\n",
+                home.join("team.kbx").display()
+            ));
+            std::fs::write(&conf, text).unwrap();
+        }
+        for (what, data) in [("--import", &public), ("--import", &secret)] {
+            let out = run_with_stdin(
+                Command::new("gpg")
+                    .arg("--homedir")
+                    .arg(&home)
+                    .args(["--batch", "--yes"])
+                    .args(&keyring)
+                    .arg(what),
+                data,
+            );
+            assert!(out.status.success(), "{shape}: {out:?}");
+        }
+        let out = run_with_stdin(
+            Command::new("gpg")
+                .arg("--homedir")
+                .arg(&home)
+                .args(["--batch", "--import-ownertrust"]),
+            &trust,
+        );
+        assert!(out.status.success(), "{shape}: {out:?}");
+        match shape {
+            "pubring.gpg a keybox" => {
+                let data = std::fs::read(home.join("pubring.gpg")).unwrap();
+                assert_eq!(&data[8..12], b"KBXf", "gpg made a keybox");
+                assert!(!home.join("pubring.kbx").exists());
+            }
+            "a keyring gpg.conf names" => assert!(home.join("team.kbx").exists()),
+            _ => std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o750)).unwrap(),
+        }
+        let out_dir = tempfile::tempdir().unwrap();
+        let out = run_with_stdin(
+            Command::new(env!("CARGO_BIN_EXE_sealpost"))
+                .args(["rewrite", "--sender", "alice@example.org"])
+                .args(["--rcpt", "bob@example.org", "--rcpt", "dave@example.net"])
+                .arg("--gnupg-home")
+                .arg(&home)
+                .arg("--out")
+                .arg(out_dir.path().join("copies")),
+            MESSAGE,
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(0), "{shape}: {stdout}");
+        assert!(
+            stdout.contains("bob@example.org\tencrypted"),
+            "{shape}: {stdout}"
+        );
+        assert!(
+            stdout.contains("dave@example.net\tsigned"),
+            "{shape}: {stdout}"
+        );
+        sealpost::keys::home::stop_daemons(&home);
+    }
+}

@@ -128,7 +128,14 @@ fn damage_line(out: &std::process::Output, otherwise: &str) -> String {
 /// cannot be read at all (a directory in its place, EIO), and gpg still says "no public key"
 /// for every address (review: cleartext to Bob, whose key was in it).
 fn is_damage(line: &str) -> bool {
-    let l = line.to_ascii_lowercase();
+    // Not in a file name gpg quotes: a home named `keydb` is no damage (review: its "unsafe
+    // permissions" warning deferred every keyless recipient).
+    let l = line
+        .split_whitespace()
+        .filter(|word| !word.contains('/'))
+        .collect::<Vec<_>>()
+        .join(" ")
+        .to_ascii_lowercase();
     [
         "keydb",
         "keyblock",
@@ -255,7 +262,10 @@ fn keyring_framing_problem(home: &Path) -> Option<String> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return keyring_gone(home),
         Err(e) => return Some(format!("{} cannot be read: {e}", path.display())),
     };
-    let (at, what) = if keybox {
+    // gpg tells the formats apart by their content: a `pubring.gpg` that gpg made for
+    // `--keyring` is a keybox (review: read as packets, it was damage, and every keyless
+    // recipient was deferred for good).
+    let (at, what) = if keybox || starts_as_keybox(&data) {
         keybox_damage(&data)
     } else {
         packets_damage(&data, 0, data.len())
@@ -265,6 +275,11 @@ fn keyring_framing_problem(home: &Path) -> Option<String> {
         path.display(),
         data.len()
     ))
+}
+
+/// Whether `data` begins with a keybox's header record ("KBXf").
+fn starts_as_keybox(data: &[u8]) -> bool {
+    data.len() >= 12 && data[4] == 1 && &data[8..12] == b"KBXf"
 }
 
 /// Why a home without a public keyring gpg reads has lost it: gpg begins every keybox it
@@ -291,21 +306,25 @@ fn keyring_holds_no_key(home: &Path) -> bool {
         let Ok(data) = std::fs::read(&keybox) else {
             return false;
         };
-        // Framing checked before (see `keybox_damage`): a record of fewer than 5 bytes ends.
-        let mut at = 0;
-        while let Some(b) = data.get(at..at + 5) {
-            let (len, kind) = (u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize, b[4]);
-            if kind == 2 {
-                return false;
-            }
-            if len < 5 {
-                break;
-            }
-            at += len;
-        }
-        return true;
+        return !keybox_records(&data).any(|kind| kind == 2);
     }
-    std::fs::metadata(home.join("pubring.gpg")).map_or(true, |meta| meta.len() == 0)
+    match std::fs::read(home.join("pubring.gpg")) {
+        Ok(data) if starts_as_keybox(&data) => !keybox_records(&data).any(|kind| kind == 2),
+        Ok(data) => data.is_empty(),
+        Err(_) => true,
+    }
+}
+
+/// The types of a keybox's records, as far as their lengths hold.
+fn keybox_records(data: &[u8]) -> impl Iterator<Item = u8> + '_ {
+    let mut at = 0;
+    std::iter::from_fn(move || {
+        let b = data.get(at..at + 5)?;
+        let len = u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize;
+        // A record of fewer than 5 bytes ends it (framing is checked by `keybox_damage`).
+        at = if len < 5 { data.len() } else { at + len };
+        Some(b[4])
+    })
 }
 
 /// A keyring that holds no key while the trust database holds an ownertrust (gpg sets the
@@ -316,6 +335,19 @@ fn keyring_holds_no_key(home: &Path) -> bool {
 fn ownertrust_without_keys(home: &Path, deadline: Duration) -> Option<String> {
     if !home.join("trustdb.gpg").exists() || !keyring_holds_no_key(home) {
         return None;
+    }
+    // Keys in a keyring gpg.conf names (`keyring`, `no-default-keyring`) are keys too
+    // (review: such a home was taken for one that lost its keys).
+    match gpg_listing(Some(home), &["--list-keys"], deadline) {
+        Err(e) => return Some(format!("cannot run gpg: {e}")),
+        Ok(out)
+            if String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .any(|l| l.starts_with("pub:")) =>
+        {
+            return None
+        }
+        Ok(_) => {}
     }
     match gpg_listing(Some(home), &["--export-ownertrust"], deadline) {
         Err(e) => Some(format!("cannot run gpg: {e}")),
@@ -720,6 +752,15 @@ mod tests {
             "keydb_search failed: Invalid packet"
         );
         assert_eq!(damage_line(&out("gpg: last\n"), "x"), "last");
+        assert!(!is_damage(
+            "gpg: WARNING: unsafe permissions on homedir '/srv/keydb'"
+        ));
+        assert!(!is_damage(
+            "gpg: /srv/KeyBlocks/trustdb.gpg: trustdb created"
+        ));
+        assert!(is_damage(
+            "gpg: keyblock resource '/h/pubring.kbx': Invalid keyring"
+        ));
         assert_eq!(damage_line(&out(""), "nothing said"), "nothing said");
     }
 
