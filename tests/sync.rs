@@ -5994,3 +5994,37 @@ async fn a_rename_here_into_a_parent_renamed_upstream_stays_where_it_went() {
     let listed = raw.ok("LIST \"\" *").join("\n");
     assert!(!listed.contains("D/Z"), "{listed}");
 }
+
+/// A folder renamed here while another client deleted it upstream, then a new folder of the
+/// old name made here, a message stored into it, and that folder renamed too: the changes
+/// to the new folder wait behind the first rename, whose old name they were made under (review:
+/// they went up into a new folder of the old name first, and the first rename, at its second
+/// try, took that folder along: upstream New held the message, here Old2, quietly).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_to_a_new_folder_of_a_renamed_ones_name_wait_behind_the_rename() {
+    let world = World::new();
+    let dovecot = Dovecot::start_tls();
+    upstream(
+        &dovecot,
+        json!([{"cmd": "raw", "line": "CREATE Old"}, append_bytes("Old", &plain_message("old"))]),
+    );
+    let (server, _dir, config) = bobs_sync_with_address(&world, &dovecot);
+    pass_storing(&config, 1);
+    upstream(&dovecot, json!([{"cmd": "raw", "line": "DELETE Old"}]));
+    let mut raw = server.login();
+    raw.ok("RENAME Old New");
+    raw.ok("CREATE Old");
+    let m = plain_message("stored here");
+    raw.ok(&format!(
+        "APPEND Old {{{}+}}\r\n{}",
+        m.len(),
+        String::from_utf8_lossy(&m)
+    ));
+    raw.ok("RENAME Old Old2");
+    passes(&config, 3);
+    assert_eq!(waiting_changes(&server), 0);
+    assert_eq!(upstream_folders(&dovecot), ["INBOX", "Old2"]);
+    assert_eq!(upstream_subjects(&dovecot, "Old2"), ["[...]"]);
+    assert_eq!(exists(&mut raw, "Old2"), 1);
+    assert_eq!(exists(&mut raw, "New"), 0, "deleted upstream");
+}

@@ -110,15 +110,28 @@ struct Held {
 
 impl Held {
     /// The messages and mailboxes an entry is about: its own, a move's target, a copy's
-    /// source, a rename's new name.
-    fn subjects(entry: &JournalEntry) -> (Vec<(String, u32)>, Vec<String>) {
+    /// source, a rename's new name; each by the name it had when the change was made
+    /// (`then`: a change's names follow later renames here, while upstream the folder keeps
+    /// the name until those go up). A change made to a new folder of the name a waiting
+    /// rename took away is about that name upstream, and waits behind it (review: it went
+    /// up into the old folder's name first, and the rename then took it along).
+    fn subjects(
+        entry: &JournalEntry,
+        then: &dyn Fn(&str) -> String,
+    ) -> (Vec<(String, u32)>, Vec<String>) {
         // (A three-field move detail too: review, it was read as naming nothing, and the
         // flag change after a move that waited was not held back.)
         // A change marked as a deleted folder's (`store::GONE`) is about that folder still:
         // it holds back the folder's deletion, and whatever names the folder's name (review).
         let name = |n: &str| crate::store::unmarked(n).0.to_string();
-        let other = crate::store::named_message(&entry.detail).map(|(n, uid)| (name(n), uid));
-        let own = name(&entry.mailbox);
+        // Renames and deletions keep the names they were made with.
+        let (own, other) = match entry.kind.as_str() {
+            "rename-mailbox" | "delete-mailbox" => (name(&entry.mailbox), None),
+            _ => (
+                then(&entry.mailbox),
+                crate::store::named_message(&entry.detail).map(|(n, uid)| (then(n), uid)),
+            ),
+        };
         match entry.kind.as_str() {
             "delete-mailbox" | "create-mailbox" => (vec![], vec![own]),
             "rename-mailbox" => (vec![], vec![own, entry.detail.clone()]),
@@ -131,14 +144,14 @@ impl Held {
         }
     }
 
-    fn hold(&mut self, entry: &JournalEntry) {
-        let (messages, mailboxes) = Held::subjects(entry);
+    fn hold(&mut self, entry: &JournalEntry, then: &dyn Fn(&str) -> String) {
+        let (messages, mailboxes) = Held::subjects(entry, then);
         self.messages.extend(messages);
         self.mailboxes.extend(mailboxes);
     }
 
-    fn blocks(&self, entry: &JournalEntry) -> bool {
-        let (messages, mailboxes) = Held::subjects(entry);
+    fn blocks(&self, entry: &JournalEntry, then: &dyn Fn(&str) -> String) -> bool {
+        let (messages, mailboxes) = Held::subjects(entry, then);
         let under = |name: &str, parent: &str| {
             name.strip_prefix(parent)
                 .is_some_and(|rest| rest.starts_with('/'))
@@ -208,10 +221,11 @@ impl Syncer {
         let mut batch = first;
         while let Some(last) = batch.last().map(|e| e.id) {
             for entry in batch {
-                if held.blocks(&entry) {
+                let then = |name: &str| upstream.local_name_at(name, entry.id);
+                if held.blocks(&entry, &then) {
                     // In journal order: done before the earlier change, this one would find
                     // no link (a move that waits) and count as done, or act on a stale one.
-                    held.hold(&entry);
+                    held.hold(&entry, &then);
                     let store = self.store.clone();
                     blocking(move || store.journal_attempt(entry.id, HELD_BACK)).await??;
                     waiting += 1;
@@ -249,7 +263,7 @@ impl Syncer {
                                 uid = entry.uid, kind = %entry.kind,
                                 "still not written back upstream: {why}");
                     }
-                    held.hold(&entry);
+                    held.hold(&entry, &|name: &str| upstream.local_name_at(name, entry.id));
                     let store = self.store.clone();
                     blocking(move || store.journal_attempt(entry.id, &why)).await??;
                     waiting += 1;
@@ -1496,6 +1510,12 @@ impl Upstream<'_> {
     /// the folder has its old name there, so every rename after this entry is undone, the
     /// latest first.
     fn wire_name_at(&self, local: &str, entry: i64) -> String {
+        self.wire_name(&self.local_name_at(local, entry))
+    }
+
+    /// The local name the mailbox an entry calls `local` had when the entry was made (see
+    /// [`Upstream::wire_name_at`]).
+    fn local_name_at(&self, local: &str, entry: i64) -> String {
         // A mailbox deleted here before another was renamed to its name: the deleted one's
         // folder, which no rename undone is about (see `store::GONE`).
         // Only the renames before its deletion are that folder's.
@@ -1524,7 +1544,7 @@ impl Upstream<'_> {
                 name = format!("{from}{rest}");
             }
         }
-        self.wire_name(&name)
+        name
     }
 
     /// Whether changes to the local mailbox `local`, upstream `folder`, are written back:
@@ -2020,31 +2040,46 @@ mod tests {
     fn later_changes_wait_for_an_earlier_one_that_failed() {
         let mut held = Held::default();
         // INBOX/7 moved to Archive as UID 3; the server refused the move.
-        held.hold(&entry("INBOX", 7, "move", "Archive\t3"));
-        assert!(held.blocks(&entry("Archive", 3, "flags", "\\Seen")));
-        assert!(held.blocks(&entry("Archive", 3, "expunge", "")));
-        assert!(held.blocks(&entry("Lists", 1, "copy", "Archive\t3")));
-        assert!(held.blocks(&entry("Archive", 0, "delete-mailbox", "")));
-        assert!(held.blocks(&entry("INBOX", 0, "rename-mailbox", "Old")));
-        assert!(!held.blocks(&entry("Archive", 4, "flags", "\\Seen")));
-        assert!(!held.blocks(&entry("INBOX", 8, "expunge", "")));
+        held.hold(&entry("INBOX", 7, "move", "Archive\t3"), NOW);
+        assert!(held.blocks(&entry("Archive", 3, "flags", "\\Seen"), NOW));
+        assert!(held.blocks(&entry("Archive", 3, "expunge", ""), NOW));
+        assert!(held.blocks(&entry("Lists", 1, "copy", "Archive\t3"), NOW));
+        assert!(held.blocks(&entry("Archive", 0, "delete-mailbox", ""), NOW));
+        assert!(held.blocks(&entry("INBOX", 0, "rename-mailbox", "Old"), NOW));
+        assert!(!held.blocks(&entry("Archive", 4, "flags", "\\Seen"), NOW));
+        assert!(!held.blocks(&entry("INBOX", 8, "expunge", ""), NOW));
         // The move an APPEND journals for an expunge (a third field) holds its target too
         // (review: read as naming nothing, the flag change after it went first).
         let mut held = Held::default();
-        held.hold(&entry("INBOX", 7, "move", "Archive\t3\texpunged"));
-        assert!(held.blocks(&entry("Archive", 3, "flags", "\\Seen\t\\Deleted")));
+        held.hold(&entry("INBOX", 7, "move", "Archive\t3\texpunged"), NOW);
+        assert!(held.blocks(&entry("Archive", 3, "flags", "\\Seen\t\\Deleted"), NOW));
         // A rename that waits holds everything in and under both names.
         let mut held = Held::default();
-        held.hold(&entry("Drafts", 0, "rename-mailbox", "Entwürfe"));
-        assert!(held.blocks(&entry("Drafts", 2, "append", "")));
-        assert!(held.blocks(&entry("Entwürfe/Alt", 1, "flags", "")));
-        assert!(!held.blocks(&entry("Draftsman", 1, "flags", "")));
+        held.hold(&entry("Drafts", 0, "rename-mailbox", "Entwürfe"), NOW);
+        assert!(held.blocks(&entry("Drafts", 2, "append", ""), NOW));
+        assert!(held.blocks(&entry("Entwürfe/Alt", 1, "flags", ""), NOW));
+        assert!(!held.blocks(&entry("Draftsman", 1, "flags", ""), NOW));
         // A waiting change to A/B holds back a rename of its parent A.
         let mut held = Held::default();
-        held.hold(&entry("A/B", 0, "delete-mailbox", ""));
-        assert!(held.blocks(&entry("A", 0, "rename-mailbox", "C")));
-        assert!(!held.blocks(&entry("AB", 0, "rename-mailbox", "C")));
+        held.hold(&entry("A/B", 0, "delete-mailbox", ""), NOW);
+        assert!(held.blocks(&entry("A", 0, "rename-mailbox", "C"), NOW));
+        assert!(!held.blocks(&entry("AB", 0, "rename-mailbox", "C"), NOW));
+        // Old renamed to New (waiting), a new Old made and stored into, then renamed to
+        // Old2: the later changes, under Old2 now, were made to Old, which upstream is the
+        // folder the rename waits for (review: they went up into it first).
+        let mut held = Held::default();
+        let mut then = entry("Old", 0, "rename-mailbox", "New");
+        then.id = 1;
+        held.hold(&then, NOW);
+        let old_then = |n: &str| n.replace("Old2", "Old");
+        let mut made = entry("Old2", 0, "create-mailbox", "");
+        made.id = 2;
+        assert!(held.blocks(&made, &old_then));
+        assert!(!held.blocks(&made, NOW));
     }
+
+    /// A change's names as they are (no rename after it).
+    const NOW: &dyn Fn(&str) -> String = &|n: &str| crate::store::unmarked(n).0.to_string();
 
     #[test]
     fn verdict_keywords_stay_local() {
