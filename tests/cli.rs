@@ -712,36 +712,21 @@ fn a_key_listing_cut_short_defers_the_copy() {
             bin.path().display()
         ),
     );
-    let out_dir = tempfile::tempdir().unwrap();
     let path = format!(
         "{}:{}",
         bin.path().display(),
         std::env::var("PATH").unwrap()
     );
-    let out = run_with_stdin(
-        Command::new(env!("CARGO_BIN_EXE_sealpost"))
-            .args(["rewrite", "--sender", "alice@example.org"])
-            .args(["--rcpt", "bob@example.org", "--gnupg-home"])
-            .arg(&world.sender.dir)
-            .arg("--out")
-            .arg(out_dir.path().join("copies"))
-            .env("PATH", path),
-        MESSAGE,
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(
-        out.status.code(),
-        Some(75),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
+    let (code, said) = rewrite_from_alice(&world.sender.dir, &["bob@example.org"], Some(&path));
+    assert_eq!(code, Some(75), "{said}");
+    assert!(
+        said.contains("deferred") && said.contains("cut short"),
+        "{said}"
     );
     assert!(
-        stdout.contains("deferred") && stdout.contains("cut short"),
-        "{stdout}"
+        said.ends_with("(0 copies written)"),
+        "no copy for Bob: {said}"
     );
-    let copies = out_dir.path().join("copies");
-    let written = std::fs::read_dir(&copies).map_or(0, |d| d.count());
-    assert_eq!(written, 0, "no copy for Bob");
 }
 
 /// The public keyring cut to its header, or removed (gpg makes an empty one at its next use),
@@ -760,21 +745,11 @@ fn a_keyring_cut_to_its_header_or_removed_defers() {
                 std::fs::write(&keybox, header).unwrap();
             }
         }
-        let out_dir = tempfile::tempdir().unwrap();
-        let out = run_with_stdin(
-            Command::new(env!("CARGO_BIN_EXE_sealpost"))
-                .args(["rewrite", "--sender", "alice@example.org"])
-                .args(["--rcpt", "bob@example.org", "--gnupg-home"])
-                .arg(&world.sender.dir)
-                .arg("--out")
-                .arg(out_dir.path().join("copies")),
-            MESSAGE,
-        );
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert_eq!(out.status.code(), Some(75), "{damage}: {stdout}");
+        let (code, said) = rewrite_from_alice(&world.sender.dir, &["bob@example.org"], None);
+        assert_eq!(code, Some(75), "{damage}: {said}");
         assert!(
-            stdout.contains("deferred") && stdout.contains("the keyring was cut or removed"),
-            "{damage}: {stdout}"
+            said.contains("deferred") && said.contains("the keyring was cut or removed"),
+            "{damage}: {said}"
         );
     }
 }
@@ -857,27 +832,44 @@ fn healthy_homes_of_other_shapes_are_not_damage() {
             "a keyring gpg.conf names" => assert!(home.join("team.kbx").exists()),
             _ => std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o750)).unwrap(),
         }
-        let out_dir = tempfile::tempdir().unwrap();
-        let out = run_with_stdin(
-            Command::new(env!("CARGO_BIN_EXE_sealpost"))
-                .args(["rewrite", "--sender", "alice@example.org"])
-                .args(["--rcpt", "bob@example.org", "--rcpt", "dave@example.net"])
-                .arg("--gnupg-home")
-                .arg(&home)
-                .arg("--out")
-                .arg(out_dir.path().join("copies")),
-            MESSAGE,
-        );
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert_eq!(out.status.code(), Some(0), "{shape}: {stdout}");
+        let rcpts = ["bob@example.org", "dave@example.net"];
+        let (code, said) = rewrite_from_alice(&home, &rcpts, None);
+        assert_eq!(code, Some(0), "{shape}: {said}");
         assert!(
-            stdout.contains("bob@example.org\tencrypted"),
-            "{shape}: {stdout}"
+            said.contains("bob@example.org\tencrypted"),
+            "{shape}: {said}"
         );
-        assert!(
-            stdout.contains("dave@example.net\tsigned"),
-            "{shape}: {stdout}"
-        );
+        assert!(said.contains("dave@example.net\tsigned"), "{shape}: {said}");
         sealpost::keys::home::stop_daemons(&home);
     }
+}
+
+/// `sealpost rewrite` of MESSAGE from Alice to `rcpts` with the GnuPG home `home` (and
+/// `path` as PATH, when given): its exit code, and its decision lines followed by how many
+/// copies it wrote.
+fn rewrite_from_alice(
+    home: &std::path::Path,
+    rcpts: &[&str],
+    path: Option<&str>,
+) -> (Option<i32>, String) {
+    let out_dir = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sealpost"));
+    cmd.args(["rewrite", "--sender", "alice@example.org"]);
+    for rcpt in rcpts {
+        cmd.args(["--rcpt", rcpt]);
+    }
+    cmd.arg("--gnupg-home")
+        .arg(home)
+        .arg("--out")
+        .arg(out_dir.path().join("copies"));
+    if let Some(path) = path {
+        cmd.env("PATH", path);
+    }
+    let out = run_with_stdin(&mut cmd, MESSAGE);
+    let copies = std::fs::read_dir(out_dir.path().join("copies")).map_or(0, |d| d.count());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    (
+        out.status.code(),
+        format!("{stdout}({copies} copies written)"),
+    )
 }
