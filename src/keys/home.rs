@@ -128,7 +128,7 @@ fn damage_line(out: &std::process::Output, otherwise: &str) -> String {
 /// cannot be read at all (a directory in its place, EIO), and gpg still says "no public key"
 /// for every address (review: cleartext to Bob, whose key was in it).
 fn is_damage(line: &str) -> bool {
-    // Not in a file name gpg quotes: a home named `keydb` is no damage (review: its "unsafe
+    // Not in a path gpg names: a home named `keydb` is no damage (review: its "unsafe
     // permissions" warning deferred every keyless recipient).
     let l = line
         .split_whitespace()
@@ -327,8 +327,8 @@ fn keybox_records(data: &[u8]) -> impl Iterator<Item = u8> + '_ {
     })
 }
 
-/// A keyring that holds no key while the trust database holds an ownertrust (gpg sets the
-/// owner's own keys' to ultimate, and clears a key's when it deletes the key): the keyring was
+/// A keyring that holds no key while the trust database holds an ownertrust (gpg makes the
+/// owner's own keys ultimately trusted, and clears a key's when it deletes the key): it was
 /// cut to its header, or removed (gpg then makes an empty one at its next use). Every
 /// recipient would seem to have no key and get cleartext, and with no key to sign with, the
 /// mail would be refused for good (review).
@@ -374,8 +374,8 @@ fn ownertrust_without_keys(home: &Path, deadline: Duration) -> Option<String> {
 /// made a key unfindable without a word, review), and its key block (offset and length at
 /// bytes 8 and 12) inside the record and whole packets; an X.509 record (gpgsm's) must hold a
 /// DER certificate there, and no record may be of a type gpg does not write. The header and
-/// empty (deleted) records are not looked into. A checksum whose first four bytes are zero is one of GnuPG before
-/// 2.1 (an MD5 after them), which was never checked: passed over.
+/// empty (deleted) records are not looked into. A checksum whose first four bytes are zero is
+/// one of GnuPG before 2.1 (an MD5 after them), which was never checked: passed over.
 fn keybox_damage(data: &[u8]) -> Option<(usize, &'static str)> {
     let be = |at: usize| {
         data.get(at..at + 4)

@@ -730,9 +730,10 @@ impl Syncer {
 
     /// Whether upstream folder `to`, which has the UIDVALIDITY of folder `from`'s `mark`, can
     /// be taken for `from` renamed: it holds the newest message linked to `from` whose bytes
-    /// are known and that it still has, byte for byte; or, when nothing of `from` is linked here (it was empty, or
-    /// emptied), it holds nothing below the mark's next UID, so no message of it is passed
-    /// over when it takes the mark (review: an empty folder's rename waited for good).
+    /// are known and that it still has, byte for byte; or, when nothing of `from` is linked
+    /// here (it was empty, or emptied), it holds nothing below the mark's next UID, so no
+    /// message of it is passed over when it takes the mark (review: an empty folder's rename
+    /// waited for good).
     async fn is_renamed(
         &self,
         up: &mut Upstream<'_>,
