@@ -378,13 +378,14 @@ impl Store {
             } else {
                 None
             };
-            // Renamed here to another name, that rename waiting to go up: the two renames
-            // are of one folder, and the one here goes up after the other client's, from the
-            // name upstream has now: its entry takes that name (the fetch leaves the folder
-            // out meanwhile), the mailbox here keeps its own (review: the rename waited for
-            // good while the folder came down a second time under the other client's name,
-            // and the mailbox here was left empty). An inferior of such a folder is taken
-            // with its parent's entry, rewritten before it (parents are followed first).
+            // Renamed here to another name (once, or several times in a row), the renames
+            // waiting to go up: they and the other client's are of one folder, and the ones
+            // here go up after it, from the name upstream has now: the first one's entry takes
+            // that name (the fetch leaves the folder out meanwhile), the mailbox here keeps its
+            // own (review: the rename waited for good while the folder came down a second time
+            // under the other client's name, and the mailbox here was left empty). An inferior
+            // of such a folder is taken with its parent's entries, rewritten before it (parents
+            // are followed first).
             let carried: Option<(Vec<i64>, bool)> = if same.is_some()
                 || find_mailbox(tx, account, local_to)?.is_some()
                 || journal_names(tx, account, local_to)?
