@@ -681,52 +681,78 @@ fn without_gpg_on_the_path_every_recipient_gets_the_hint() {
     }
 }
 
-/// gpg killed while it lists Bob's key, after the primary key and before the encryption
-/// subkey (a wrapper on the PATH cuts gpg's own answer there): the key seems to have no
-/// encryption subkey, and Bob would get signed cleartext. gpg's check of the key lists the
-/// subkey the listing left out: Bob's copy is deferred (review).
+/// gpg killed while it lists Bob's keys (a wrapper on the PATH cuts gpg's own answer, once):
+/// after the primary key and before the encryption subkey, the key seems to have no
+/// encryption subkey; after an old revoked key of his and before his valid one, he seems to
+/// have no usable key. Either way Bob would get signed cleartext. gpg's check of the key, and
+/// a second listing, show what the first left out: Bob's copy is deferred (review).
 #[test]
 fn a_key_listing_cut_short_defers_the_copy() {
     use std::os::unix::fs::PermissionsExt;
     let world = World::new();
-    let bin = tempfile::tempdir().unwrap();
-    let wrap = |name: &str, script: String| {
-        let path = bin.path().join(name);
-        std::fs::write(&path, script).unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-    };
-    let real_gpg = "/usr/bin/gpg";
-    wrap(
-        "gpg",
-        format!(
-            "#!/bin/sh\ncase \"$*\" in *--list-keys*bob@example.org*)\n  \
-             out=$({real_gpg} \"$@\"); printf '%s\\n' \"$out\" | sed '/^sub:/,$d'; kill -9 $$;;\n\
-             esac\nexec {real_gpg} \"$@\"\n"
-        ),
-    );
-    wrap(
-        "gpgconf",
-        format!(
-            "#!/bin/sh\n/usr/bin/gpgconf \"$@\" | sed 's#:{real_gpg}$#:{}/gpg#; s#^bindir:.*#bindir:{}#'\n",
+    for (cut, keep) in [
+        ("a subkey", "sed '/^sub:/,$d'"),
+        ("a second key", "awk '/^pub:/ {n++} n < 2'"),
+    ] {
+        let home = GpgHome::new();
+        let export = |args: &[&str]| {
+            let out = world.sender.gpg(args, None);
+            assert!(out.status.success(), "{out:?}");
+            out.stdout
+        };
+        home.gpg(
+            &["--import"],
+            Some(&export(&["--export-secret-keys", &world.alice])),
+        );
+        if cut == "a second key" {
+            home.generate_revoked("Bob <bob@example.org>");
+        }
+        home.gpg(&["--import"], Some(&export(&["--export", &world.bob_fpr])));
+        let bin = tempfile::tempdir().unwrap();
+        let wrap = |name: &str, script: String| {
+            let path = bin.path().join(name);
+            std::fs::write(&path, script).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        };
+        let (real_gpg, once) = ("/usr/bin/gpg", bin.path().join("cut"));
+        wrap(
+            "gpg",
+            format!(
+                "#!/bin/sh
+case \"$*\" in *--list-keys*bob@example.org*)
+  \
+                 if [ ! -e {once} ]; then : > {once}
+  \
+                 out=$({real_gpg} \"$@\"); printf '%s\\n' \"$out\" | {keep}; kill -9 $$; fi;;\n\
+                 esac\nexec {real_gpg} \"$@\"\n",
+                once = once.display()
+            ),
+        );
+        wrap(
+            "gpgconf",
+            format!(
+                "#!/bin/sh\n/usr/bin/gpgconf \"$@\" | sed 's#:{real_gpg}$#:{}/gpg#; s#^bindir:.*#bindir:{}#'\n",
+                bin.path().display(),
+                bin.path().display()
+            ),
+        );
+        let path = format!(
+            "{}:{}",
             bin.path().display(),
-            bin.path().display()
-        ),
-    );
-    let path = format!(
-        "{}:{}",
-        bin.path().display(),
-        std::env::var("PATH").unwrap()
-    );
-    let (code, said) = rewrite_from_alice(&world.sender.dir, &["bob@example.org"], Some(&path));
-    assert_eq!(code, Some(75), "{said}");
-    assert!(
-        said.contains("deferred") && said.contains("cut short"),
-        "{said}"
-    );
-    assert!(
-        said.ends_with("(0 copies written)"),
-        "no copy for Bob: {said}"
-    );
+            std::env::var("PATH").unwrap()
+        );
+        let (code, said) = rewrite_from_alice(&home.dir, &["bob@example.org"], Some(&path));
+        assert!(once.exists(), "{cut}: the listing was cut");
+        assert_eq!(code, Some(75), "{cut}: {said}");
+        assert!(
+            said.contains("deferred") && said.contains("cut short"),
+            "{cut}: {said}"
+        );
+        assert!(
+            said.ends_with("(0 copies written)"),
+            "{cut}: no copy for Bob: {said}"
+        );
+    }
 }
 
 /// The public keyring cut to its header, or removed (gpg makes an empty one at its next use),

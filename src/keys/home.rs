@@ -156,9 +156,12 @@ fn is_damage(line: &str) -> bool {
 /// signed cleartext to a recipient whose key was in the keyring): gpg's own check
 /// (`--check-sigs`; `-` in a signature's validity field) of those keys only. A listing cut
 /// short (gpg killed while it wrote it) gives a key without its encryption subkey, which the
-/// check lists (review).
+/// check lists (review). Cut between two keys of the address (an old revoked key of it
+/// listed first), the search left out a key that can encrypt: a second listing of the address
+/// must hold no such key the first did not (review).
 pub fn bad_signature(
     home: &Path,
+    address: &str,
     listed: &[(String, Vec<String>)],
     deadline: Duration,
 ) -> Option<String> {
@@ -186,14 +189,74 @@ pub fn bad_signature(
                 .lines()
                 .filter(|l| l.starts_with("fpr:"))
                 .filter_map(|l| l.split(':').nth(9))
-                .find(|fpr| !listed.iter().any(|(_, keys)| keys.iter().any(|k| k == fpr)))?;
-            Some(format!(
-                "the listing of the key {} left out its key {left_out}: gpg's answer was cut \
-                 short",
-                fingerprints.join(", ")
-            ))
+                .find(|fpr| !listed.iter().any(|(_, keys)| keys.iter().any(|k| k == fpr)));
+            if let Some(left_out) = left_out {
+                return Some(format!(
+                    "the listing of the key {} left out its key {left_out}: gpg's answer was \
+                     cut short",
+                    fingerprints.join(", ")
+                ));
+            }
+            key_left_out(home, address, listed, deadline)
         }
     }
+}
+
+/// A key of `address` that can encrypt, in a listing of the address of its own, that the
+/// search's listing (`listed`) did not hold: that one was cut short.
+fn key_left_out(
+    home: &Path,
+    address: &str,
+    listed: &[(String, Vec<String>)],
+    deadline: Duration,
+) -> Option<String> {
+    let patterns = super::ops::address_patterns(address);
+    let mut args = vec!["--list-keys", "--"];
+    args.extend(patterns.iter().map(String::as_str));
+    let out = match gpg_listing(Some(home), &args, deadline) {
+        Err(e) => return Some(format!("cannot run gpg: {e}")),
+        Ok(out) => out,
+    };
+    let listing = String::from_utf8_lossy(&out.stdout);
+    let wanted = crate::rewrite::policy::canonical_address(address);
+    // One key: its `pub` line, then its `fpr`, `uid`, `sub` lines up to the next `pub`.
+    let mut keys: Vec<Vec<&str>> = Vec::new();
+    for line in listing.lines() {
+        if line.starts_with("pub:") {
+            keys.push(Vec::new());
+        }
+        if let Some(key) = keys.last_mut() {
+            key.push(line);
+        }
+    }
+    keys.iter().find_map(|key| {
+        let field = |line: &str, n: usize| line.split(':').nth(n).unwrap_or("").to_string();
+        // Validity: revoked, expired, invalid; capabilities of the whole key: `E`.
+        let usable = |line: &str| !matches!(field(line, 1).as_str(), "r" | "e" | "i" | "d");
+        let primary = key[0];
+        let fpr = key
+            .iter()
+            .find(|l| l.starts_with("fpr:"))
+            .map(|l| field(l, 9))?;
+        let its_address = key.iter().filter(|l| l.starts_with("uid:")).any(|l| {
+            let uid = field(l, 9).replace("\\x3a", ":");
+            let addr = uid
+                .rsplit_once('<')
+                .and_then(|(_, rest)| rest.split_once('>'))
+                .map_or(uid.as_str(), |(addr, _)| addr);
+            usable(l) && crate::rewrite::policy::canonical_address(addr) == wanted
+        });
+        let can_encrypt = usable(primary) && field(primary, 11).contains('E');
+        let known = listed
+            .iter()
+            .any(|(f, keys)| *f == fpr || keys.contains(&fpr));
+        (its_address && can_encrypt && !known).then(|| {
+            format!(
+                "the listing of the keys of {address} left out the key {fpr}, which can \
+                 encrypt: gpg's answer was cut short"
+            )
+        })
+    })
 }
 
 /// Why the public keyring as a whole cannot be read: a search by address passes over a key

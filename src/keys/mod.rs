@@ -408,9 +408,10 @@ impl KeyService {
                 .iter()
                 .map(|f| (f.fingerprint.clone(), f.keys.clone()))
                 .collect();
+            let addr = addr.to_string();
             refused_on("looking up a public key", move || {
                 home::whole_keyring_problem(&home, deadline)
-                    .or_else(|| home::bad_signature(&home, &listed, deadline))
+                    .or_else(|| home::bad_signature(&home, &addr, &listed, deadline))
             })
             .await?;
         }

@@ -931,7 +931,7 @@ fn epoch(t: SystemTime) -> i64 {
 /// GnuPG compares addresses in ASCII case only: for a local part with other letters, every
 /// key of the domain is listed (`@domain`, a substring search) and the exact comparison below
 /// folds the case as Postfix does (`Jörg@` is the mailbox of `JÖRG@` and `jörg@`).
-fn address_patterns(addr: &str) -> Vec<String> {
+pub(crate) fn address_patterns(addr: &str) -> Vec<String> {
     let mut spellings = vec![addr.to_string()];
     let mut patterns = Vec::new();
     if let Some((local, domain)) = addr.rsplit_once('@') {
