@@ -159,7 +159,7 @@ fn is_damage(line: &str) -> bool {
 /// check lists (review). Cut between two keys of the address (an old revoked key of it
 /// listed first), the search left out a key that can encrypt: a second listing of the address
 /// must hold no such key the first did not (review).
-pub fn bad_signature(
+pub fn unusable_keys_problem(
     home: &Path,
     address: &str,
     listed: &[(String, Vec<String>)],

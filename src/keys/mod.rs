@@ -411,7 +411,7 @@ impl KeyService {
             let addr = addr.to_string();
             refused_on("looking up a public key", move || {
                 home::whole_keyring_problem(&home, deadline)
-                    .or_else(|| home::bad_signature(&home, &addr, &listed, deadline))
+                    .or_else(|| home::unusable_keys_problem(&home, &addr, &listed, deadline))
             })
             .await?;
         }

@@ -482,18 +482,10 @@ impl Syncer {
             }
             let mut same = false;
             for (uid, hash) in samples {
-                let sample = Batch {
-                    uids: vec![uid],
-                    bytes: MAX_SAMPLE_BYTES,
-                    sized: false,
-                };
-                let fetched = fetch_chunk(session, &self.name, &sample, timeout).await;
-                if let Some(e) = fetched.broken {
-                    return Err(e);
-                }
                 // Not there (expunged): the next one tells.
-                if let Some(m) = fetched.messages.iter().find(|m| m.0 == uid) {
-                    same = Sha256::digest(&m.3)[..] == hash[..];
+                let raw = fetch_one(session, &self.name, uid, MAX_SAMPLE_BYTES, timeout).await?;
+                if let Some(raw) = raw {
+                    same = Sha256::digest(&raw)[..] == hash[..];
                     break;
                 }
             }
@@ -1603,6 +1595,32 @@ struct Fetched {
 /// the batch's bytes at [`MIN_FETCH_BYTES_PER_SEC`]: a big message on a slow link must not
 /// time out on every pass. The responses are read here, not through async-imap's fetch stream,
 /// which ends the same way whether the server finished (OK or NO) or hung up.
+/// The bytes of the message `uid` of the selected folder as the server sends them (at most
+/// `bytes` of them expected); None when the folder has no such message.
+async fn fetch_one(
+    session: &mut Session,
+    account: &str,
+    uid: u32,
+    bytes: u64,
+    timeout: Duration,
+) -> Result<Option<Vec<u8>>, SyncError> {
+    let chunk = Batch {
+        uids: vec![uid],
+        bytes,
+        // An estimate or a bound, not the server's word: no limit from it.
+        sized: false,
+    };
+    let fetched = fetch_chunk(session, account, &chunk, timeout).await;
+    if let Some(e) = fetched.broken {
+        return Err(e);
+    }
+    Ok(fetched
+        .messages
+        .into_iter()
+        .find(|m| m.0 == uid)
+        .map(|m| m.3))
+}
+
 async fn fetch_chunk(
     session: &mut Session,
     account: &str,

@@ -1742,22 +1742,12 @@ impl Upstream<'_> {
         uid: u32,
         bytes: u64,
     ) -> Result<Option<(u64, [u8; 32])>, Failure> {
-        let chunk = super::Batch {
-            uids: vec![uid],
-            bytes,
-            // An estimate from the local message, not the server's word: no limit from it.
-            sized: false,
-        };
+        // `bytes`: an estimate from the local message.
         let timeout = syncer.config.timeout();
-        let fetched = super::fetch_chunk(self.session, &syncer.name, &chunk, timeout).await;
-        if let Some(e) = fetched.broken {
-            return Err(Failure::Connection(e));
-        }
-        Ok(fetched
-            .messages
-            .iter()
-            .find(|m| m.0 == uid)
-            .map(|m| (m.3.len() as u64, Sha256::digest(&m.3).into())))
+        let raw = super::fetch_one(self.session, &syncer.name, uid, bytes, timeout)
+            .await
+            .map_err(Failure::Connection)?;
+        Ok(raw.map(|raw| (raw.len() as u64, Sha256::digest(&raw).into())))
     }
 
     /// A message of `folder` not fetched yet (at or past the folder's next UID to fetch) and
