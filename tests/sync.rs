@@ -6028,3 +6028,58 @@ async fn changes_to_a_new_folder_of_a_renamed_ones_name_wait_behind_the_rename()
     assert_eq!(exists(&mut raw, "Old2"), 1);
     assert_eq!(exists(&mut raw, "New"), 0, "deleted upstream");
 }
+
+/// Parents upstream has only as names above a folder are removed here once nothing is under
+/// them: one another client made by making a child under it (`P.Q`, P `\Noselect` in
+/// Dovecot), after the child was renamed away; and one another client deleted while it had a
+/// subfolder (Dovecot lists it still), after the subfolder was deleted too. Before, each
+/// stayed here, empty, and not upstream. A parent the user put a message into here is kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parents_upstream_has_only_as_names_go_with_their_last_child() {
+    let world = World::new();
+    let dovecot = Dovecot::start_tls();
+    upstream(
+        &dovecot,
+        json!([{"cmd": "raw", "line": "CREATE P.Q"}, {"cmd": "raw", "line": "CREATE K.Q"},
+        {"cmd": "raw", "line": "CREATE Proj"}, {"cmd": "raw", "line": "CREATE Proj.Sub"},
+        append_bytes("P.Q", &plain_message("q")), append_bytes("K.Q", &plain_message("kq")),
+        append_bytes("Proj", &plain_message("proj")),
+        append_bytes("Proj.Sub", &plain_message("sub"))]),
+    );
+    let (server, _dir, config) = bobs_sync_with_address(&world, &dovecot);
+    pass_storing(&config, 4);
+    let mut raw = server.login();
+    let listed = raw.ok("LIST \"\" \"*\"").join("\n");
+    for name in ["\"P\"", "\"P/Q\"", "\"K\"", "\"Proj\"", "\"Proj/Sub\""] {
+        assert!(listed.contains(name), "{name}: {listed}");
+    }
+    raw.ok("APPEND K {25+}\r\nSubject: appended\r\n\r\nkept");
+    upstream(
+        &dovecot,
+        json!([{"cmd": "raw", "line": "RENAME P.Q R"}, {"cmd": "raw", "line": "RENAME K.Q R2"},
+        {"cmd": "raw", "line": "DELETE Proj"}]),
+    );
+    let out = sync_once(&config);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    assert!(
+        log.lines()
+            .any(|l| l.contains("a parent of folders gone upstream") && l.contains("mailbox=P")),
+        "{log}"
+    );
+    upstream(&dovecot, json!([{"cmd": "raw", "line": "DELETE Proj.Sub"}]));
+    passes(&config, 2);
+    assert_eq!(waiting_changes(&server), 0);
+    let listed = raw.ok("LIST \"\" \"*\"").join("\n");
+    for gone in ["\"P\"", "\"Proj\"", "\"Proj/Sub\""] {
+        assert!(!listed.contains(gone), "{gone}: {listed}");
+    }
+    assert_eq!(exists(&mut raw, "R"), 1);
+    assert_eq!(exists(&mut raw, "R2"), 1);
+    assert_eq!(exists(&mut raw, "K"), 1);
+    assert_eq!(
+        upstream_subjects(&dovecot, "K"),
+        ["[...]"],
+        "encrypted upstream"
+    );
+}

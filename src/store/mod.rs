@@ -758,7 +758,20 @@ impl Store {
         name: &str,
         special_use: Option<SpecialUse>,
     ) -> Result<Mailbox, StoreError> {
-        self.create_with(account, name, special_use, Origin::Sync)
+        self.create_with(account, name, special_use, Origin::Sync, false)
+    }
+
+    /// A mailbox the sync makes for an upstream folder it fetches. The parents made with it
+    /// are marked as placeholders: upstream may have them only as names above the folder
+    /// (`\Noselect`, as a client's CREATE of `P.Q` makes `P` in Dovecot), and
+    /// [`Store::forget_placeholders`] removes them here once they are empty with nothing
+    /// under them and upstream has no folder of their name.
+    pub fn create_synced_mailbox(
+        &self,
+        account: AccountId,
+        name: &str,
+    ) -> Result<Mailbox, StoreError> {
+        self.create_with(account, name, None, Origin::Sync, true)
     }
 
     /// A mailbox a client CREATEs: it and the parents made with it are journaled, so that
@@ -768,7 +781,7 @@ impl Store {
         account: AccountId,
         name: &str,
     ) -> Result<Mailbox, StoreError> {
-        self.create_with(account, name, None, Origin::Client)
+        self.create_with(account, name, None, Origin::Client, false)
     }
 
     fn create_with(
@@ -777,6 +790,7 @@ impl Store {
         name: &str,
         special_use: Option<SpecialUse>,
         origin: Origin,
+        placeholders: bool,
     ) -> Result<Mailbox, StoreError> {
         self.write(|tx| {
             if find_mailbox(tx, account, name)?.is_some() {
@@ -807,6 +821,13 @@ impl Store {
                 given => given,
             };
             let parents = create_parents(tx, account, name)?;
+            if placeholders {
+                for parent in &parents {
+                    if let Some(made) = find_mailbox(tx, account, parent)? {
+                        mark_placeholder(tx, account, made.id)?;
+                    }
+                }
+            }
             let id = insert_mailbox(tx, account, name, special_use, false)?;
             if origin == Origin::Client {
                 for made in parents.iter().map(String::as_str).chain([name]) {
@@ -1832,6 +1853,19 @@ fn create_parents(
         end += i + 1;
     }
     Ok(made)
+}
+
+/// Marks a mailbox as a placeholder ([`Store::forget_placeholders`]).
+fn mark_placeholder(
+    tx: &Connection,
+    account: AccountId,
+    mailbox: MailboxId,
+) -> Result<(), StoreError> {
+    tx.execute(
+        "INSERT INTO store_meta (key, value) VALUES (?1, 1) ON CONFLICT (key) DO NOTHING",
+        [format!("{}{account}:{mailbox}", sync::PLACEHOLDER)],
+    )?;
+    Ok(())
 }
 
 fn find_mailbox_id(c: &Connection, id: MailboxId) -> Result<Mailbox, StoreError> {

@@ -110,6 +110,62 @@ pub const LOCAL_KEYWORD_PREFIX: &str = "$Sealpost-";
 /// a local name must not hold it, or it would name another folder upstream.
 const UPSTREAM_DELIMITER: &str = "upstream-delimiter:";
 
+/// The store_meta keys of placeholder mailboxes ([`Store::forget_placeholders`]): this, the
+/// account, `:` and the mailbox's id (ids are never given out twice).
+pub(super) const PLACEHOLDER: &str = "placeholder:";
+
+/// What keeps a local mailbox the sync could remove.
+#[derive(Debug, PartialEq, Eq)]
+enum Use {
+    /// INBOX, a special-use mailbox, one with messages, or one a waiting change names.
+    Kept,
+    /// Only mailboxes under it.
+    Parent,
+    Unused,
+}
+
+fn use_of(
+    tx: &rusqlite::Connection,
+    account: AccountId,
+    mb: &super::Mailbox,
+) -> Result<Use, StoreError> {
+    if mb.name == "INBOX" || mb.special_use.is_some() {
+        return Ok(Use::Kept);
+    }
+    let kept: bool = tx.query_row(
+        "SELECT EXISTS (SELECT 1 FROM messages WHERE mailbox = ?1)
+             OR EXISTS (SELECT 1 FROM journal
+                        WHERE account = ?2 AND (mailbox = ?3 OR detail = ?3
+                              OR substr(detail, 1, ?4) = ?5))",
+        params![
+            mb.id,
+            account,
+            mb.name,
+            mb.name.chars().count() as i64 + 1,
+            format!("{}\t", mb.name)
+        ],
+        |r| r.get(0),
+    )?;
+    if kept {
+        return Ok(Use::Kept);
+    }
+    let prefix = format!("{}{}", mb.name, super::DELIMITER);
+    let parent: bool = tx.query_row(
+        "SELECT EXISTS (SELECT 1 FROM mailboxes
+                        WHERE account = ?1 AND substr(name, 1, ?2) = ?3)",
+        params![account, prefix.chars().count() as i64, prefix],
+        |r| r.get(0),
+    )?;
+    Ok(if parent { Use::Parent } else { Use::Unused })
+}
+
+/// Removes a mailbox [`use_of`] finds unused (not journaled).
+fn remove_unused(tx: &rusqlite::Connection, mailbox: MailboxId) -> Result<(), StoreError> {
+    tx.execute("DELETE FROM expunged WHERE mailbox = ?1", [mailbox])?;
+    tx.execute("DELETE FROM mailboxes WHERE id = ?1", [mailbox])?;
+    Ok(())
+}
+
 impl Store {
     /// Records the hierarchy delimiter the account's upstream uses (when it is not "/").
     pub fn set_upstream_delimiter(
@@ -580,35 +636,77 @@ impl Store {
             }
             forget_folder(tx, account, folder)?;
             let expunged = expunge_each(tx, by_mailbox)?;
+            let own = local
+                .map(|name| find_mailbox(tx, account, name))
+                .transpose()?
+                .flatten()
+                .map(|m| m.id);
             for mailbox in mailboxes {
                 let mb = find_mailbox_id(tx, mailbox)?;
-                let prefix = format!("{}{}", mb.name, super::DELIMITER);
-                let emptied = mb.name != "INBOX"
-                    && mb.special_use.is_none()
-                    && !tx.query_row(
-                        "SELECT EXISTS (SELECT 1 FROM messages WHERE mailbox = ?1)
-                             OR EXISTS (SELECT 1 FROM mailboxes
-                                        WHERE account = ?2 AND substr(name, 1, ?3) = ?4)
-                             OR EXISTS (SELECT 1 FROM journal
-                                        WHERE account = ?2 AND (mailbox = ?5 OR detail = ?5
-                                              OR substr(detail, 1, ?6) = ?7))",
-                        params![
-                            mailbox,
-                            account,
-                            prefix.chars().count() as i64,
-                            prefix,
-                            mb.name,
-                            mb.name.chars().count() as i64 + 1,
-                            format!("{}\t", mb.name)
-                        ],
-                        |r| r.get::<_, bool>(0),
-                    )?;
-                if emptied {
-                    tx.execute("DELETE FROM expunged WHERE mailbox = ?1", [mailbox])?;
-                    tx.execute("DELETE FROM mailboxes WHERE id = ?1", [mailbox])?;
+                match use_of(tx, account, &mb)? {
+                    Use::Unused => remove_unused(tx, mailbox)?,
+                    // Kept for its subfolders (Dovecot lists the folder still, refusing
+                    // EXAMINE): empty here once they are gone too (review: it stayed for good).
+                    Use::Parent if Some(mailbox) == own => {
+                        super::mark_placeholder(tx, account, mailbox)?
+                    }
+                    Use::Parent | Use::Kept => {}
                 }
             }
             Ok(expunged)
+        })
+    }
+
+    /// Placeholders (see [`Store::create_synced_mailbox`], and a folder another client
+    /// deleted upstream that stayed here for its subfolders) that are empty, with no mailbox
+    /// under them and no waiting change naming them, and that `upstream` (the local names of
+    /// the folders the pass synced) does not hold: removed here, as upstream has no folder of
+    /// theirs (before: a parent another client made by making a child under it stayed here,
+    /// empty, once the child was renamed away). One that `upstream` holds is a folder now: its
+    /// mark goes. Not journaled. Returns the names removed.
+    pub fn forget_placeholders(
+        &self,
+        account: AccountId,
+        upstream: &[String],
+    ) -> Result<Vec<String>, StoreError> {
+        self.write(|tx| {
+            let prefix = format!("{PLACEHOLDER}{account}:");
+            let marks: Vec<String> = {
+                let mut stmt =
+                    tx.prepare("SELECT key FROM store_meta WHERE substr(key, 1, length(?1)) = ?1")?;
+                let rows = stmt.query_map([&prefix], |r| r.get(0))?;
+                rows.collect::<Result<_, _>>()?
+            };
+            let mut marked = Vec::new();
+            for key in marks {
+                let mailbox = key[prefix.len()..]
+                    .parse::<MailboxId>()
+                    .ok()
+                    .map(|id| find_mailbox_id(tx, id))
+                    .transpose()
+                    .or_else(|e| match e {
+                        StoreError::NoMailbox(_) => Ok(None),
+                        e => Err(e),
+                    })?;
+                match mailbox {
+                    Some(mb) if !upstream.contains(&mb.name) => marked.push((key, mb)),
+                    // Gone (deleted or renamed here and upstream), or a folder upstream now.
+                    _ => {
+                        tx.execute("DELETE FROM store_meta WHERE key = ?1", [&key])?;
+                    }
+                }
+            }
+            // Children first: a placeholder under another leaves that one empty.
+            marked.sort_by_key(|(_, mb)| std::cmp::Reverse(mb.name.chars().count()));
+            let mut removed = Vec::new();
+            for (key, mb) in marked {
+                if use_of(tx, account, &mb)? == Use::Unused {
+                    remove_unused(tx, mb.id)?;
+                    tx.execute("DELETE FROM store_meta WHERE key = ?1", [&key])?;
+                    removed.push(mb.name);
+                }
+            }
+            Ok(removed)
         })
     }
 

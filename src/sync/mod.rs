@@ -358,6 +358,16 @@ impl Syncer {
                 Err(e) => tracing::warn!(account = %self.name,
                     "folders gone upstream not looked for in this pass: {e}"),
             }
+            let upstream: Vec<String> = listed
+                .iter()
+                .filter(|l| !refused.contains(&l.wire))
+                .filter_map(|l| names.local(&l.wire).ok())
+                .collect();
+            let store = self.store.clone();
+            for name in blocking(move || store.forget_placeholders(account, &upstream)).await?? {
+                tracing::info!(account = %self.name, mailbox = %name,
+                    "a parent of folders gone upstream, empty here: removed");
+            }
         }
         report.redecrypted = retry_undecryptable(&self.store, &self.keys, account).await?;
         Ok(())
@@ -744,7 +754,7 @@ impl Syncer {
         let (mailbox, known, counted) = blocking(move || {
             let mailbox = match store.mailbox(account, &l)? {
                 Some(m) => m,
-                None => store.create_mailbox(account, &l, None)?,
+                None => store.create_synced_mailbox(account, &l)?,
             };
             let counted = store.has_meta_prefixed(&counts)?;
             Ok::<_, StoreError>((mailbox, store.sync_folder(account, &f)?, counted))
