@@ -1145,6 +1145,75 @@ async fn a_signature_by_a_key_expired_since_is_expired_not_bad() {
     );
 }
 
+/// A signature made after its key had expired: gpg says "Good signature... This key has
+/// expired" of it too, but the key could no longer sign then; whoever holds an abandoned key
+/// could sign anything. It is bad, and says by how long; one made while the key was valid,
+/// by the same key, stays "expired" (review: both were "expired"). The expiry is the key's
+/// current one: set after both signatures were made, as an owner who shortens it does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signature_made_after_its_key_expired_is_bad() {
+    let world = World::new();
+    let server = bobs_store(&world);
+    let uid = "Yves <yves@example.org>";
+    let gpg = |args: &[&str], stdin: Option<&[u8]>| {
+        let out = world.sender.gpg(args, stdin);
+        assert!(out.status.success(), "{out:?}");
+        out.stdout
+    };
+    gpg(
+        &[
+            "--faked-system-time",
+            "20200101T000000",
+            "--quick-gen-key",
+            uid,
+        ]
+        .into_iter()
+        .chain(["future-default", "default", "never"])
+        .collect::<Vec<_>>(),
+        None,
+    );
+    let yves = world.sender.fingerprint(uid);
+    let part = b"Content-Type: text/plain; charset=us-ascii\r\n\r\nNew bank details.\r\n";
+    let sign = |when: &str| {
+        gpg(
+            &["--faked-system-time", when, "--detach-sign", "-u", &yves],
+            Some(part),
+        )
+    };
+    let (before, after) = (sign("20200101T060000"), sign("20200110T000000"));
+    gpg(
+        &[
+            "--faked-system-time",
+            "20200101T010000",
+            "--quick-set-expire",
+            &yves,
+            "1d",
+        ],
+        None,
+    );
+    world.bob.import(&world.sender.export_public(&yves));
+    for signature in [before, after] {
+        let raw = signed_by_two(part, common::armor("PGP SIGNATURE", &signature).as_bytes());
+        let (code, output) = deliver(&server, &raw);
+        assert_eq!(code, 0, "{output}");
+    }
+    let stored = verdicts::fetch_all(&server);
+    assert_eq!(
+        verdicts::verdict(&stored[0].1),
+        format!("plaintext; signature=expired (key expired); signer={yves}; from=mismatch")
+    );
+    assert_eq!(
+        verdicts::verdict(&stored[1].1),
+        format!("plaintext; signature=bad (made 7 days after the key expired); signer={yves}")
+    );
+    assert!(
+        stored[1].0.contains("$Sealpost-BadSignature")
+            && !stored[1].0.contains("$Sealpost-ExpiredSignature"),
+        "{}",
+        stored[1].0
+    );
+}
+
 /// gpg stops at the first bad signature of several: a bad one before Alice's valid one hid
 /// it (verdict "bad"), the other way round read "valid". Each is checked now, and the order
 /// does not matter: Alice's valid signature counts both ways.

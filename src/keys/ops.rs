@@ -752,13 +752,64 @@ fn checks_of(
         if gpgs_badsig && bad.is_none() {
             bad = Some(i);
         }
-        checks.push(check(s));
+        let made = s.creation_time();
+        let mut check = check(s);
+        if let (SignatureState::Expired(why), Some(made)) = (&mut check.state, made) {
+            if why == KEY_EXPIRED {
+                if let Some(expired) = expired_before(gpg, &check.fingerprint, made) {
+                    check.state = SignatureState::Bad(format!(
+                        "made {} after the key expired",
+                        days_between(expired, made)
+                    ));
+                }
+            }
+        }
+        checks.push(check);
     }
     if let Some(i) = bad.filter(|_| !*named) {
         name_bad_signer(gpg, &mut checks[i]);
         *named = true;
     }
     checks
+}
+
+/// Why gpg calls a good signature expired when its key has expired.
+const KEY_EXPIRED: &str = "key expired";
+
+/// When the key that made a signature at `made` (the signing subkey of `fingerprint`, or its
+/// primary key) had expired already: gpg's "Good signature... This key has expired" is said
+/// of every signature by an expired key, also of one made after it expired, when the key
+/// could no longer sign (RFC 9580 §5.2.3.13: it is not valid after its expiration time).
+/// Such a signature is anyone's who holds an abandoned key, not an old message read late
+/// (review: one made 14 days after was "expired", as one made while the key was valid).
+/// The key's current self-signature decides, as in gpg: an extended expiry counts.
+fn expired_before(gpg: &mut Gpg, fingerprint: &str, made: SystemTime) -> Option<SystemTime> {
+    let key = gpg
+        .ctx
+        .find_keys([fingerprint])
+        .ok()?
+        .find_map(Result::ok)?;
+    let subkey = key.subkeys().find(|k| {
+        k.fingerprint()
+            .is_ok_and(|f| f.eq_ignore_ascii_case(fingerprint))
+    })?;
+    [
+        subkey.expiration_time(),
+        key.primary_key()?.expiration_time(),
+    ]
+    .into_iter()
+    .flatten()
+    .filter(|expired| made > *expired)
+    .min()
+}
+
+/// "N days" (or "less than a day") from `from` to `to`.
+fn days_between(from: SystemTime, to: SystemTime) -> String {
+    match to.duration_since(from).map_or(0, |d| d.as_secs() / 86_400) {
+        0 => "less than a day".into(),
+        1 => "1 day".into(),
+        n => format!("{n} days"),
+    }
 }
 
 /// For a bad signature gpg names only the signing key's 64-bit key ID (its BADSIG status
@@ -796,7 +847,7 @@ fn check(s: gpgme::results::Signature<'_>) -> SignatureCheck {
         Ok(()) => SignatureState::Valid,
         Err(e) if e.code() == gpgme::Error::NO_PUBKEY.code() => SignatureState::UnknownKey,
         Err(e) if e.code() == gpgme::Error::KEY_EXPIRED.code() => {
-            SignatureState::Expired("key expired".into())
+            SignatureState::Expired(KEY_EXPIRED.into())
         }
         Err(e) if e.code() == gpgme::Error::SIG_EXPIRED.code() => {
             SignatureState::Expired("signature expired".into())
