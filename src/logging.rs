@@ -54,7 +54,7 @@ pub fn init(config: &LogConfig) -> Result<(), String> {
         LogTarget::Stderr => registry
             .with(
                 tracing_subscriber::fmt::layer()
-                    .with_writer(std::io::stderr)
+                    .with_writer(|| Escaping(std::io::stderr()))
                     .with_target(false)
                     .with_ansi(std::io::stderr().is_terminal()),
             )
@@ -85,6 +85,51 @@ pub fn init(config: &LogConfig) -> Result<(), String> {
         }
     }
     .map_err(|e| e.to_string())
+}
+
+/// A log line carries text from anyone: a drop file's name, a recipient, a relay's reply, an
+/// upstream folder's name. Its control characters are written escaped (`\n`, `\r`,
+/// `\u{7f}`...), so none of it can start a line of its own that reads as sealpost's (review:
+/// a drop file named with a newline forged a "sent" line in the queue's log). A tab stays, and
+/// so does an escape character: tracing escapes those in what it is given, and writes its own
+/// for colours on a terminal.
+fn escaped(line: &str, ends_in_newline: bool) -> String {
+    let body = match ends_in_newline {
+        true => line.strip_suffix('\n').unwrap_or(line),
+        false => line,
+    };
+    let mut out = String::with_capacity(line.len());
+    for c in body.chars() {
+        match c {
+            '\t' | '\x1b' => out.push(c),
+            c if c.is_control() => out.extend(c.escape_default()),
+            c => out.push(c),
+        }
+    }
+    if body.len() < line.len() {
+        out.push('\n');
+    }
+    out
+}
+
+/// stderr with [`escaped`] lines: tracing's fmt layer writes each event whole, in one
+/// `write_all`.
+struct Escaping<W>(W);
+
+impl<W: std::io::Write> std::io::Write for Escaping<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.write_all(buf)?;
+        Ok(buf.len())
+    }
+
+    fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        let line = String::from_utf8_lossy(buf);
+        self.0.write_all(escaped(&line, true).as_bytes())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
 }
 
 type SyslogLogger = syslog::Logger<syslog::LoggerBackend, syslog::Formatter3164>;
@@ -119,6 +164,7 @@ impl<S: Subscriber> Layer<S> for SyslogLayer {
     fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
         let mut line = Line::default();
         event.record(&mut line);
+        line.0 = escaped(&line.0, false);
         let Ok(mut logger) = self.logger.lock() else {
             return;
         };
@@ -128,5 +174,20 @@ impl<S: Subscriber> Layer<S> for SyslogLayer {
             Level::INFO => logger.info(line.0),
             _ => logger.debug(line.0),
         };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_characters_are_escaped_and_the_line_end_kept() {
+        assert_eq!(
+            escaped("moved x\n2026 INFO sent\r\u{7f}\tok\u{1b}[1m\n", true),
+            "moved x\\n2026 INFO sent\\r\\u{7f}\tok\u{1b}[1m\n"
+        );
+        assert_eq!(escaped("no end\n", false), "no end\\n");
+        assert_eq!(escaped("été", true), "été");
     }
 }

@@ -1071,6 +1071,24 @@ fn stray_files_in_the_drop_directory_are_set_aside() {
     );
 }
 
+/// A drop file's name is anyone's: a newline in it does not start a log line of its own
+/// (review: a local user forged a "sent" line in the queue's log).
+#[test]
+fn a_drop_file_name_cannot_forge_a_log_line() {
+    let s = Setup::new();
+    s.configure(relay::free_port(), false, "");
+    s.queue_run();
+    let forged = "2026-12-07T03:00:00.000000Z  INFO 06B16200000000000: to=<ceo@example.org> sent";
+    let incoming = s.queue_dir().join("incoming");
+    std::fs::write(incoming.join(format!("x\n{forged}\r")), b"not a submission").unwrap();
+    let out = s.sealpost(&["queue", "run"]);
+    assert!(out.status.success(), "{out:?}");
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("unreadable submission moved"), "{log}");
+    assert!(log.contains(&format!("x\\n{forged}\\r")), "{log}");
+    assert!(!log.lines().any(|l| l.starts_with(forged)), "{log}");
+}
+
 /// A queue directory of nobody's under a fresh directory in /tmp (others may enter it), and a
 /// configuration for it with a relay: (the directory, the queue, the configuration).
 fn nobodys_queue() -> (tempfile::TempDir, PathBuf, PathBuf) {
