@@ -6031,33 +6031,47 @@ async fn changes_to_a_new_folder_of_a_renamed_ones_name_wait_behind_the_rename()
 
 /// Parents upstream has only as names above a folder are removed here once nothing is under
 /// them: one another client made by making a child under it (`P.Q`, P `\Noselect` in
-/// Dovecot), after the child was renamed away; and one another client deleted while it had a
-/// subfolder (Dovecot lists it still), after the subfolder was deleted too. Before, each
-/// stayed here, empty, and not upstream. A parent the user put a message into here is kept.
+/// Dovecot), after the child was renamed away; one made here by following such a rename
+/// (`T.Q` to `S.Q`), after the child was deleted; and one another client deleted while it had
+/// a subfolder (Dovecot lists it still), after the subfolder was deleted too. Before, each
+/// stayed here, empty, and not upstream. Kept: one the user put a message into, subscribed
+/// to, CREATEd (answered ALREADYEXISTS), or renamed (review: the last three went).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn parents_upstream_has_only_as_names_go_with_their_last_child() {
     let world = World::new();
     let dovecot = Dovecot::start_tls();
-    upstream(
-        &dovecot,
-        json!([{"cmd": "raw", "line": "CREATE P.Q"}, {"cmd": "raw", "line": "CREATE K.Q"},
-        {"cmd": "raw", "line": "CREATE Proj"}, {"cmd": "raw", "line": "CREATE Proj.Sub"},
-        append_bytes("P.Q", &plain_message("q")), append_bytes("K.Q", &plain_message("kq")),
-        append_bytes("Proj", &plain_message("proj")),
-        append_bytes("Proj.Sub", &plain_message("sub"))]),
-    );
+    let mut made = vec![json!({"cmd": "raw", "line": "CREATE Proj"})];
+    for folder in ["P.Q", "K.Q", "T.Q", "V.Q", "W.Q", "Y.Q", "Proj.Sub"] {
+        made.push(json!({"cmd": "raw", "line": format!("CREATE {folder}")}));
+        made.push(append_bytes(folder, &plain_message(folder)));
+    }
+    made.push(append_bytes("Proj", &plain_message("proj")));
+    upstream(&dovecot, Value::Array(made));
     let (server, _dir, config) = bobs_sync_with_address(&world, &dovecot);
-    pass_storing(&config, 4);
+    pass_storing(&config, 8);
     let mut raw = server.login();
     let listed = raw.ok("LIST \"\" \"*\"").join("\n");
-    for name in ["\"P\"", "\"P/Q\"", "\"K\"", "\"Proj\"", "\"Proj/Sub\""] {
+    for name in [
+        "\"P\"",
+        "\"P/Q\"",
+        "\"K\"",
+        "\"T\"",
+        "\"Proj\"",
+        "\"Proj/Sub\"",
+    ] {
         assert!(listed.contains(name), "{name}: {listed}");
     }
     raw.ok("APPEND K {25+}\r\nSubject: appended\r\n\r\nkept");
+    raw.ok("SUBSCRIBE W");
+    let (_, tagged) = raw.cmd("CREATE Y");
+    assert!(tagged.contains("ALREADYEXISTS"), "{tagged}");
+    raw.ok("RENAME V/Q X2");
+    raw.ok("RENAME V Projects");
     upstream(
         &dovecot,
         json!([{"cmd": "raw", "line": "RENAME P.Q R"}, {"cmd": "raw", "line": "RENAME K.Q R2"},
-        {"cmd": "raw", "line": "DELETE Proj"}]),
+        {"cmd": "raw", "line": "RENAME T.Q S.Q"}, {"cmd": "raw", "line": "RENAME W.Q W2"},
+        {"cmd": "raw", "line": "RENAME Y.Q Y2"}, {"cmd": "raw", "line": "DELETE Proj"}]),
     );
     let out = sync_once(&config);
     let log = String::from_utf8_lossy(&out.stderr);
@@ -6067,16 +6081,24 @@ async fn parents_upstream_has_only_as_names_go_with_their_last_child() {
             .any(|l| l.contains("a parent of folders gone upstream") && l.contains("mailbox=P")),
         "{log}"
     );
-    upstream(&dovecot, json!([{"cmd": "raw", "line": "DELETE Proj.Sub"}]));
+    assert!(raw.ok("LIST \"\" \"*\"").join("\n").contains("\"S/Q\""));
+    upstream(
+        &dovecot,
+        json!([{"cmd": "raw", "line": "DELETE Proj.Sub"}, {"cmd": "raw", "line": "DELETE S.Q"}]),
+    );
     passes(&config, 2);
     assert_eq!(waiting_changes(&server), 0);
     let listed = raw.ok("LIST \"\" \"*\"").join("\n");
-    for gone in ["\"P\"", "\"Proj\"", "\"Proj/Sub\""] {
+    for gone in ["\"P\"", "\"T\"", "\"S\"", "\"Proj\"", "\"Proj/Sub\""] {
         assert!(!listed.contains(gone), "{gone}: {listed}");
+    }
+    for kept in ["\"W\"", "\"Y\"", "\"Projects\""] {
+        assert!(listed.contains(kept), "{kept}: {listed}");
     }
     assert_eq!(exists(&mut raw, "R"), 1);
     assert_eq!(exists(&mut raw, "R2"), 1);
     assert_eq!(exists(&mut raw, "K"), 1);
+    assert_eq!(exists(&mut raw, "X2"), 1);
     assert_eq!(
         upstream_subjects(&dovecot, "K"),
         ["[...]"],

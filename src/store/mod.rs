@@ -781,7 +781,20 @@ impl Store {
         account: AccountId,
         name: &str,
     ) -> Result<Mailbox, StoreError> {
-        self.create_with(account, name, None, Origin::Client, false)
+        match self.create_with(account, name, None, Origin::Client, false) {
+            // The user wants it: a placeholder of that name is theirs now (review: CREATE
+            // answered ALREADYEXISTS, and the placeholder went at the next pass).
+            Err(StoreError::MailboxExists(existing)) => {
+                self.write(|tx| {
+                    if let Some(mailbox) = find_mailbox(tx, account, name)? {
+                        unmark_placeholder(tx, account, mailbox.id)?;
+                    }
+                    Ok(())
+                })?;
+                Err(StoreError::MailboxExists(existing))
+            }
+            made => made,
+        }
     }
 
     fn create_with(
@@ -822,11 +835,7 @@ impl Store {
             };
             let parents = create_parents(tx, account, name)?;
             if placeholders {
-                for parent in &parents {
-                    if let Some(made) = find_mailbox(tx, account, parent)? {
-                        mark_placeholder(tx, account, made.id)?;
-                    }
-                }
+                mark_placeholders(tx, account, &parents)?;
             }
             let id = insert_mailbox(tx, account, name, special_use, false)?;
             if origin == Origin::Client {
@@ -936,6 +945,9 @@ impl Store {
                 return Ok(());
             } else {
                 rename_rows(tx, account, &source, to)?;
+                // Named by the user now (review: a placeholder renamed here went at the next
+                // pass, its rename refused upstream, where it never was).
+                unmark_placeholder(tx, account, source.id)?;
             }
             journal(tx, account, from, 0, "rename-mailbox", to)?;
             Ok(())
@@ -1863,6 +1875,32 @@ fn mark_placeholder(
 ) -> Result<(), StoreError> {
     tx.execute(
         "INSERT INTO store_meta (key, value) VALUES (?1, 1) ON CONFLICT (key) DO NOTHING",
+        [format!("{}{account}:{mailbox}", sync::PLACEHOLDER)],
+    )?;
+    Ok(())
+}
+
+/// Marks the parents the sync made for a folder (`made`, from [`create_parents`]).
+fn mark_placeholders(
+    tx: &Connection,
+    account: AccountId,
+    made: &[String],
+) -> Result<(), StoreError> {
+    for name in made {
+        if let Some(mailbox) = find_mailbox(tx, account, name)? {
+            mark_placeholder(tx, account, mailbox.id)?;
+        }
+    }
+    Ok(())
+}
+
+fn unmark_placeholder(
+    tx: &Connection,
+    account: AccountId,
+    mailbox: MailboxId,
+) -> Result<(), StoreError> {
+    tx.execute(
+        "DELETE FROM store_meta WHERE key = ?1",
         [format!("{}{account}:{mailbox}", sync::PLACEHOLDER)],
     )?;
     Ok(())

@@ -534,7 +534,8 @@ impl Store {
                     {
                         return Ok(FollowedRename::No);
                     }
-                    super::create_parents(tx, account, local_to)?;
+                    let made = super::create_parents(tx, account, local_to)?;
+                    super::mark_placeholders(tx, account, &made)?;
                     super::rename_rows(tx, account, &source, local_to)?;
                     FollowedRename::Renamed(source.name)
                 }
@@ -700,7 +701,9 @@ impl Store {
             marked.sort_by_key(|(_, mb)| std::cmp::Reverse(mb.name.chars().count()));
             let mut removed = Vec::new();
             for (key, mb) in marked {
-                if use_of(tx, account, &mb)? == Use::Unused {
+                // Subscribed: the user wants it listed (review: a placeholder the user
+                // subscribed to went, and LSUB lost it).
+                if !mb.subscribed && use_of(tx, account, &mb)? == Use::Unused {
                     remove_unused(tx, mb.id)?;
                     tx.execute("DELETE FROM store_meta WHERE key = ?1", [&key])?;
                     removed.push(mb.name);
