@@ -1370,6 +1370,57 @@ async fn the_senders_own_signature_still_verifies() {
     }
 }
 
+/// A line over 998 octets in the sender's own multipart/signed is kept (the sender's signature
+/// is over it): inside an encrypted copy it is carried, in a signed copy in the clear it would
+/// be refused by relays or broken, the signature with it. That recipient is refused with the
+/// reason (review: the copy went, and bounced with "500 Line too long").
+#[tokio::test]
+async fn a_long_line_in_the_senders_own_signed_part_goes_encrypted_only() {
+    let world = World::new();
+    let part = format!(
+        "Content-Type: text/plain; charset=us-ascii\r\n\r\n{}\r\n",
+        "y".repeat(1500)
+    );
+    let sig = world.sender.gpg(
+        &["--armor", "--detach-sign", "-u", &world.alice],
+        Some(part.as_bytes()),
+    );
+    assert!(sig.status.success());
+    let sig = String::from_utf8(sig.stdout).unwrap();
+    let raw = format!(
+        "From: alice@example.org\r\nTo: bob@example.org, dave@example.net\r\nSubject: own\r\n\
+         MIME-Version: 1.0\r\nContent-Type: multipart/signed; micalg=pgp-sha512;\r\n \
+         protocol=\"application/pgp-signature\"; boundary=\"s1\"\r\n\r\n\
+         --s1\r\n{part}\r\n--s1\r\nContent-Type: application/pgp-signature\r\n\r\n{sig}\r\n--s1--\r\n"
+    );
+    let env = Envelope {
+        id: "T11".into(),
+        sender: "alice@example.org".into(),
+        recipients: vec!["bob@example.org".into(), "dave@example.net".into()],
+    };
+    let copies = copies(run(&world, Policy::default(), &env, raw.as_bytes()).await);
+    let bob_copy = copy_to(&copies, "bob@example.org")
+        .message
+        .as_deref()
+        .unwrap();
+    let inner = open_encrypted(&world, &world.bob, &world.bob_fpr, bob_copy);
+    let (own, own_sig) = signed_parts(&inner).expect("the sender's multipart/signed");
+    assert_eq!(own, part.as_bytes());
+    assert_eq!(
+        world.bob.verify_detached(&own, &own_sig).as_deref(),
+        Some(world.alice.as_str())
+    );
+    let dave = copy_to(&copies, "dave@example.net");
+    assert!(dave.message.is_none());
+    match &dave.decision {
+        Decision::Rejected { reply } => {
+            assert_eq!((reply.code, reply.status), (554, "5.6.0"));
+            assert!(reply.text.contains("over 998 octets"), "{reply}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
 /// A GnuPG home with `trust-model always` and no trust database (gpg makes none under that
 /// model, and needs none): a recipient without a key is just that, signed in clear, not a
 /// failed lookup deferred for good; bob is encrypted to as ever.

@@ -626,6 +626,18 @@ fn bad_input_is_refused_with_a_reason_and_nothing_is_queued() {
     assert_eq!(out.status.code(), Some(65));
     assert!(one_line(&out).contains("larger than the limit"));
 
+    // A line relays refuse, which the canonical form must keep: the sender's own signature.
+    let long = format!(
+        "From: alice@example.org\nSubject: own\nMIME-Version: 1.0\nContent-Type: \
+         multipart/signed; protocol=\"application/pgp-signature\"; boundary=b\n\n--b\n\
+         Content-Type: text/plain\n\n{}\n--b\nContent-Type: application/pgp-signature\n\n\
+         sig\n--b--\n",
+        "y".repeat(1500)
+    );
+    let out = s.sendmail(&["-i", "bob@example.org"], long.as_bytes());
+    assert_eq!(out.status.code(), Some(65));
+    assert!(one_line(&out).contains("over 998 octets"));
+
     // ("bob@exa mple.org" is two addresses, as Postfix reads it: "bob@exa" and "mple.org".)
     let out = s.sendmail(&["-i", "bob@"], good);
     assert_eq!(out.status.code(), Some(65));

@@ -702,7 +702,7 @@ fn tidy_multipart(part: &MessagePart<'_>, raw: &[u8], edits: &mut Vec<Edit>) {
 
 /// multipart/signed and multipart/encrypted (RFC 1847): what is inside is covered by a
 /// signature or is ciphertext, and may not be re-encoded.
-fn is_sealed(part: &MessagePart<'_>) -> bool {
+pub(super) fn is_sealed(part: &MessagePart<'_>) -> bool {
     part.content_type().is_some_and(|ct| {
         ct.ctype().eq_ignore_ascii_case("multipart")
             && ct.subtype().is_some_and(|s| {

@@ -153,6 +153,12 @@ fn name_then_colon(text: &[u8], in_name: impl Fn(u8) -> bool) -> bool {
     name_len > 0 && text.get(name_len + blanks) == Some(&b':')
 }
 
+/// Why a message whose own signed or encrypted part has a line over 998 octets is refused
+/// where a copy of it would go in the clear ([`ParsedMessage::long_line_in_sealed_part`]).
+pub const LONG_SEALED_LINE: &str = "a line over 998 octets (RFC 5322 §2.1.1) inside the \
+    sender's own multipart/signed or multipart/encrypted: relays refuse it, and broken, the \
+    sender's signature would not verify";
+
 /// A message accepted for rewriting: the raw bytes plus its header fields.
 #[derive(Debug, Clone)]
 pub struct ParsedMessage {
@@ -300,6 +306,33 @@ impl ParsedMessage {
     }
 
     /// True for PGP/MIME encrypted (RFC 3156 §4) or inline PGP messages: they pass through.
+    /// Whether a multipart/signed or multipart/encrypted of the sender's own holds a line of
+    /// more than 998 octets (RFC 5322 §2.1.1). The canonical form keeps those bytes as they
+    /// came, since the sender's signature is over them: no copy can carry them in the clear
+    /// without a relay refusing the line ("500 Line too long") or breaking it, and the
+    /// signature with it (review: the drop-in queued such a message, exit 0, and it bounced).
+    /// A message without a long line is not parsed again.
+    pub fn long_line_in_sealed_part(&self) -> bool {
+        let long = |bytes: &[u8]| {
+            bytes
+                .split(|&b| b == b'\n')
+                .any(|l| l.strip_suffix(b"\r").unwrap_or(l).len() > 998)
+        };
+        if !long(&self.raw[self.body_start..]) {
+            return false;
+        }
+        let Some(message) = MessageParser::default().parse(&self.raw[..]) else {
+            return false;
+        };
+        message.parts.iter().any(|part| {
+            super::canonical::is_sealed(part)
+                && self
+                    .raw
+                    .get(part.offset_body as usize..part.offset_end as usize)
+                    .is_some_and(long)
+        })
+    }
+
     pub fn is_encrypted(&self) -> bool {
         self.encrypted
     }

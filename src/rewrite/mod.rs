@@ -225,7 +225,20 @@ impl Rewriter {
                 tracing::info!(id = %envelope.id, from = %envelope.sender, decision = "refused", reason = %reply, "message refused");
                 Ok(Prepared::Refused(reply))
             }
-            Plan::PerRecipient(steps) => {
+            Plan::PerRecipient(mut steps) => {
+                // A signed copy in the clear cannot carry such a line (the encrypted ones
+                // carry it inside their ciphertext).
+                if steps.iter().any(|(_, s)| *s == plan::Step::Sign)
+                    && message.long_line_in_sealed_part()
+                {
+                    for (_, step) in steps.iter_mut().filter(|(_, s)| *s == plan::Step::Sign) {
+                        *step = plan::Step::Reject(plan::Reply::new(
+                            554,
+                            "5.6.0",
+                            crate::message::parse::LONG_SEALED_LINE,
+                        ));
+                    }
+                }
                 let per_batch = batch_size(self.policy.copy_batch_bytes, message.raw().len());
                 Ok(Prepared::Copies(Box::new(Planned {
                     core: self,

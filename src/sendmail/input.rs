@@ -106,6 +106,12 @@ pub fn complete(raw: &[u8], fill: &Completion<'_>) -> Result<Vec<u8>, InputError
     } else {
         Some(ParsedMessage::parse(crlf.clone())?)
     };
+    if parsed
+        .as_ref()
+        .is_some_and(|p| p.long_line_in_sealed_part())
+    {
+        return Err(MessageError::NotAMessage(crate::message::parse::LONG_SEALED_LINE).into());
+    }
     let has = |name: &str| {
         parsed
             .as_ref()
