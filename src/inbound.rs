@@ -203,13 +203,18 @@ fn whole_message_ciphertext(parsed: Option<&mail_parser::Message<'_>>) -> Option
         .and_then(|ct| ct.attribute("protocol"))
         .map(str::to_ascii_lowercase);
     if is("multipart", "encrypted") && protocol.as_deref() == Some("application/pgp-encrypted") {
-        match &message.parts[0].body {
-            PartType::Multipart(children) if children.len() >= 2 => message
-                .parts
-                .get(children[1] as usize)
-                .map(|p| (p.contents().to_vec(), true)),
-            _ => None,
-        }
+        // The second part as RFC 2046 §5.1.1 delimits it: mail-parser takes "--boundary"
+        // anywhere in a line for a delimiter, and a boundary "E" cut the ciphertext at its
+        // "-----END" line (review, on the outgoing side).
+        let root = root?;
+        let body = message
+            .raw_message()
+            .get(root.offset_body as usize..root.offset_end as usize)?;
+        let boundary = content_type?.attribute("boundary")?;
+        // A message cut short (no close delimiter) is still tried: gpg says what is wrong.
+        let parts = crate::message::parse::delimited_parts(body, boundary.as_bytes())?.parts;
+        let data = mail_parser::MessageParser::default().parse(*parts.get(1)?)?;
+        Some((data.parts.first()?.contents().to_vec(), true))
     } else if is("text", "plain") || content_type.is_none() {
         inline_armor(root.map(|p| p.contents()).unwrap_or_default()).map(|c| (c, false))
     } else {

@@ -976,6 +976,39 @@ async fn a_ciphertext_the_mx_encrypted_again_is_decrypted_through_both_layers() 
     }
 }
 
+/// A PGP/MIME message whose boundary is "E" (found in "-----END PGP MESSAGE-----") or "B"
+/// ("-----BEGIN"): its parts are the ones RFC 2046 §5.1.1 delimits, whole lines, so the whole
+/// ciphertext is decrypted (mail-parser cut it at the armor line).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_boundary_found_inside_the_armor_lines_does_not_cut_the_ciphertext() {
+    let world = World::new();
+    let server = bobs_store(&world);
+    let out = world.sender.gpg(
+        &[
+            "--armor",
+            "--encrypt",
+            "--trust-model",
+            "always",
+            "-r",
+            &world.bob_fpr,
+        ],
+        Some(b"Content-Type: text/plain\r\n\r\nThe short boundary\r\n"),
+    );
+    assert!(out.status.success(), "{out:?}");
+    for boundary in ["E", "B"] {
+        let raw = String::from_utf8(verdicts::pgp_mime(&out.stdout))
+            .unwrap()
+            .replace("boundary=\"b1\"", &format!("boundary=\"{boundary}\""))
+            .replace("--b1", &format!("--{boundary}"));
+        let (code, output) = deliver(&server, raw.as_bytes());
+        assert_eq!(code, 0, "{output}");
+    }
+    for (_, message) in verdicts::fetch_all(&server) {
+        assert_eq!(verdicts::verdict(&message), "encrypted; signature=none");
+        assert!(String::from_utf8_lossy(&message).contains("The short boundary"));
+    }
+}
+
 /// Mallory encrypts, unsigned, a layer with protected fields of his choosing (From Alice,
 /// his Reply-To) around Alice's signed and encrypted message he captured, and sends it as
 /// himself: the inner signature is compared with the outer From, Mallory's, and his layer's

@@ -392,15 +392,37 @@ pub fn whole_ciphertext(message: &mail_parser::Message<'_>) -> bool {
         let protocol = content_type
             .and_then(|ct| ct.attribute("protocol"))
             .is_some_and(|p| p.eq_ignore_ascii_case("application/pgp-encrypted"));
-        let PartType::Multipart(children) = &root.body else {
+        // The parts as RFC 2046 §5.1.1 delimits them, not mail-parser's: it takes
+        // "--boundary" anywhere in a line for a delimiter (review: boundary "E", found in
+        // "-----END PGP MESSAGE-----", made a sender's real PGP/MIME message three parts, and
+        // it was encrypted again instead of passed on).
+        let Some(Delimited {
+            preamble,
+            parts,
+            epilogue,
+            closed: true,
+        }) = content_type
+            .and_then(|ct| ct.attribute("boundary"))
+            .zip(
+                message
+                    .raw_message()
+                    .get(root.offset_body as usize..root.offset_end as usize),
+            )
+            .and_then(|(boundary, body)| delimited_parts(body, boundary.as_bytes()))
+        else {
             return false;
         };
-        let part = |i: usize| {
-            children
-                .get(i)
-                .and_then(|&id| message.parts.get(id as usize))
+        let parsed: Vec<_> = parts
+            .iter()
+            .filter_map(|&part| MessageParser::default().parse(part))
+            .collect();
+        let [control, data] = &parsed[..] else {
+            return false;
         };
-        let control = part(0).and_then(|p| p.content_type()).is_some_and(|ct| {
+        let (Some(control), Some(data)) = (control.parts.first(), data.parts.first()) else {
+            return false;
+        };
+        let is_control = control.content_type().is_some_and(|ct| {
             ct.ctype().eq_ignore_ascii_case("application")
                 && ct
                     .subtype()
@@ -408,15 +430,17 @@ pub fn whole_ciphertext(message: &mail_parser::Message<'_>) -> bool {
         });
         // RFC 3156 §4: the control part holds "Version: 1"; nothing else may travel there,
         // nor in a preamble or epilogue that MUAs do not show but a copy carries.
-        let version = part(0).is_some_and(|p| p.contents().trim_ascii() == b"Version: 1");
+        let preamble = preamble.trim_ascii();
         return protocol
-            && children.len() == 2
-            && control
-            && version
+            && parts.len() == 2
+            && is_control
+            && control.contents().trim_ascii() == b"Version: 1"
             && single_fields(root)
-            && (0..2).all(|i| part(i).is_some_and(single_fields))
-            && quiet_around_parts(message, root, children)
-            && part(1).is_some_and(|p| armored_ciphertext(p.contents()));
+            && single_fields(control)
+            && single_fields(data)
+            && (preamble.is_empty() || KNOWN_PREAMBLES.contains(&preamble))
+            && epilogue.trim_ascii().is_empty()
+            && armored_ciphertext(data.contents());
     }
     (content_type.is_none() || is("text", "plain"))
         && matches!(root.body, PartType::Text(_))
@@ -456,45 +480,56 @@ const KNOWN_PREAMBLES: &[&[u8]] = &[
     b"This is a MIME-encapsulated message",
 ];
 
-/// Whether the preamble is empty or a known one and the epilogue is empty (RFC 2046 §5.1.1:
-/// both are ignored by MUAs, and would leave in clear with the ciphertext).
-fn quiet_around_parts(
-    message: &mail_parser::Message<'_>,
-    root: &mail_parser::MessagePart<'_>,
-    children: &[u32],
-) -> bool {
-    let raw = message.raw_message();
-    let (Some(boundary), Some(first), Some(last)) = (
-        root.content_type().and_then(|ct| ct.attribute("boundary")),
-        children
-            .first()
-            .and_then(|&i| message.parts.get(i as usize)),
-        children.last().and_then(|&i| message.parts.get(i as usize)),
-    ) else {
-        return false;
+/// A multipart body taken apart as RFC 2046 §5.1.1 says ([`delimited_parts`]).
+pub(crate) struct Delimited<'a> {
+    pub preamble: &'a [u8],
+    /// Each part's header and body.
+    pub parts: Vec<&'a [u8]>,
+    pub epilogue: &'a [u8],
+    /// Whether a close delimiter ended the parts; without one, the last part runs to the end.
+    pub closed: bool,
+}
+
+/// A multipart body taken apart as RFC 2046 §5.1.1 says: a delimiter is a whole line
+/// ([`delimiter_line`]), and the line break before it is part of it. None without a
+/// delimiter.
+pub(crate) fn delimited_parts<'a>(body: &'a [u8], boundary: &[u8]) -> Option<Delimited<'a>> {
+    let before_break = |text: &'a [u8]| -> &'a [u8] {
+        let text = text.strip_suffix(b"\n").unwrap_or(text);
+        text.strip_suffix(b"\r").unwrap_or(text)
     };
-    let find_last =
-        |hay: &[u8], needle: &[u8]| hay.windows(needle.len()).rposition(|w| w == needle);
-    let delimiter = format!("--{boundary}");
-    let Some(before) = raw.get(root.offset_body as usize..first.offset_header as usize) else {
-        return false;
-    };
-    let Some(open) = find_last(before, delimiter.as_bytes()) else {
-        return false;
-    };
-    let preamble = before[..open].trim_ascii();
-    if !preamble.is_empty() && !KNOWN_PREAMBLES.contains(&preamble) {
-        return false;
+    // (where the delimiter line starts, where the line after it starts)
+    let mut delimiters = Vec::new();
+    let mut at = 0;
+    let mut closed = false;
+    while at < body.len() && !closed {
+        let end = body[at..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(body.len(), |p| at + p + 1);
+        if let Some((close, _)) = delimiter_line(before_break(&body[at..end]), boundary) {
+            delimiters.push((at, end));
+            closed = close;
+        }
+        at = end;
     }
-    let Some(after) = raw.get(last.offset_end as usize..root.offset_end as usize) else {
-        return false;
-    };
-    let close = format!("--{boundary}--");
-    let epilogue = match find_last(after, close.as_bytes()) {
-        Some(at) => &after[at + close.len()..],
-        None => after,
-    };
-    epilogue.trim_ascii().is_empty()
+    if !closed {
+        delimiters.push((body.len(), body.len()));
+    }
+    let (first, last) = (*delimiters.first()?, *delimiters.last()?);
+    if first.0 == body.len() {
+        return None;
+    }
+    let parts = delimiters
+        .windows(2)
+        .map(|pair| before_break(&body[pair[0].1..pair[1].0]))
+        .collect();
+    Some(Delimited {
+        preamble: before_break(&body[..first.0]),
+        parts,
+        epilogue: &body[last.1..],
+        closed,
+    })
 }
 
 /// Whether `text` is exactly one ASCII-armored PGP MESSAGE (RFC 4880 §6.2; whitespace around
@@ -1384,6 +1419,28 @@ boundary=\"A\"; Boundary=\"B\"\r\n\r\n--A\r\n\r\nx\r\n--A--\r\n";
             "",
             "Content-Type: text/plain\r\n"
         )));
+        // Delimiters are whole lines (RFC 2046 §5.1.1): a boundary found inside the armor
+        // lines ("-----BEGIN", "-----END") is none (review: boundary E or B made a real
+        // PGP/MIME message three parts, and it was encrypted again).
+        for boundary in ["E", "B", "---", "END PGP MESSAGE-----"] {
+            let raw = pgp_mime("", "Version: 1", "", "")
+                .replace("boundary=x\r\n", &format!("boundary=\"{boundary}\"\r\n"));
+            let raw = raw.replace("--x", &format!("--{boundary}"));
+            assert!(encrypted(&raw), "{boundary}");
+        }
+        // Text after a delimiter on its line is no delimiter: the part goes on, and a part
+        // of text made of it is one part more.
+        let loose = pgp_mime("", "Version: 1", "", "").replace(
+            "--x--\r\n",
+            "--x--\r\n--xx\r\nContent-Type: text/plain\r\n\r\nThe password is hunter2\r\n",
+        );
+        assert!(!encrypted(&loose));
+        let glued = pgp_mime("", "Version: 1", "", "").replacen(
+            "--x\r\nContent-Type: application/octet-stream",
+            "--x\r\nContent-Type: text/plain\r\n\r\nThe password is hunter2\r\n--x \r\nContent-Type: application/octet-stream",
+            1,
+        );
+        assert!(!encrypted(&glued));
     }
 
     /// The count of session key packets sees through what gpg's armor reader tolerates.
