@@ -936,6 +936,44 @@ fn any_user_can_submit_and_nobody_reads_anothers_mail() {
     refused_by_the_spool(&out);
 }
 
+/// Modes that let other users at queued mail are refused, not used: a queue directory others
+/// may write to (review: another user planted a -wal file that SQLite then wrote a queued
+/// message into), a shared drop directory without the sticky bit (another user deleted a
+/// message sendmail had said was queued), and a -wal file of another user's. sendmail says 75
+/// (not taken; callers retry), the runner 78; both name the mode.
+#[test]
+fn modes_that_let_others_at_queued_mail_are_refused() {
+    let Some(s) = setup_for_nobody() else { return };
+    let queue = s.queue_dir();
+    let incoming = queue.join("incoming");
+    std::fs::create_dir_all(&incoming).unwrap();
+    let msg = b"From: root@host.example\nSubject: cron\n\nbody\n";
+    for (queue_mode, drop_mode) in [(0o733, 0o1733), (0o711, 0o733)] {
+        set_mode(&queue, queue_mode);
+        set_mode(&incoming, drop_mode);
+        let out = s.sendmail(&["-i", "bob@example.org"], msg);
+        assert_eq!(out.status.code(), Some(75), "{out:?}");
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(said.contains("refused until it is"), "{said}");
+        let out = s.sealpost(&["queue", "run"]);
+        assert_eq!(out.status.code(), Some(78), "{out:?}");
+    }
+    set_mode(&queue, 0o711);
+    set_mode(&incoming, 0o1733);
+    assert!(s.sendmail(&["-i", "bob@example.org"], msg).status.success());
+    s.queue_run();
+    let wal = queue.join("queue.sqlite-wal");
+    let _ = std::fs::remove_file(&wal);
+    std::fs::write(&wal, b"").unwrap();
+    std::os::unix::fs::chown(&wal, Some(65534), Some(65534)).unwrap();
+    let out = s.sealpost(&["queue", "run"]);
+    assert_eq!(out.status.code(), Some(78), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("queue.sqlite-wal is not a file of"),
+        "{out:?}"
+    );
+}
+
 /// A shared queue whose drop directory is missing (removed, or a tmpfiles rule not run yet):
 /// root's sendmail makes it as the package does, 1733 and the queue owner's, so that the next
 /// user's submission goes in (review: made root's and 0700, every other user got 77). Needs

@@ -82,6 +82,7 @@ impl QueueConfig {
     /// (0755) stays personal (review: its drop directory became writable by anyone).
     pub fn ensure_incoming(&self) -> Result<PathBuf, QueueError> {
         use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        self.check_modes()?;
         let incoming = self.incoming();
         let shared = std::fs::metadata(&self.dir)
             .ok()
@@ -122,6 +123,47 @@ impl QueueConfig {
         }
         std::fs::set_permissions(&incoming, std::fs::Permissions::from_mode(0o1733)).map_err(io)?;
         Ok(incoming)
+    }
+
+    /// Modes that would let other users at queued mail, refused as `postfix check` warns of
+    /// them (review: neither was noticed): a queue directory that group or others may write
+    /// to (anyone could put a -wal file of their own beside the database, which SQLite then
+    /// writes queued messages into, or replace the database), and a shared drop directory
+    /// that others may write to without the sticky bit (anyone could delete another's message
+    /// after sendmail said it was queued).
+    fn check_modes(&self) -> Result<(), QueueError> {
+        use std::os::unix::fs::MetadataExt;
+        let unsafe_mode = |path: &Path, mode: u32, why: &str, fix: &str| {
+            Err(QueueError::Unsafe(format!(
+                "{} has mode {:04o}: {why}; refused until it is {fix}",
+                path.display(),
+                mode & 0o7777
+            )))
+        };
+        let Ok(queue) = std::fs::metadata(&self.dir) else {
+            return Ok(());
+        };
+        if queue.mode() & 0o022 != 0 {
+            return unsafe_mode(
+                &self.dir,
+                queue.mode(),
+                "others may write to the queue directory, and so replace its files",
+                "0711 (shared) or 0700 (personal)",
+            );
+        }
+        let incoming = self.incoming();
+        if let Ok(drop) = std::fs::symlink_metadata(&incoming) {
+            if drop.is_dir() && drop.mode() & 0o002 != 0 && drop.mode() & 0o1000 == 0 {
+                return unsafe_mode(
+                    &incoming,
+                    drop.mode(),
+                    "others may write to the drop directory without the sticky bit, and so \
+                     delete anyone's queued message",
+                    "1733",
+                );
+            }
+        }
+        Ok(())
     }
 
     /// The largest spool file the runner reads: the message's limit, and 4 MiB for the
@@ -165,6 +207,9 @@ pub enum QueueError {
     },
     #[error("no such queue entry: {0}")]
     NotFound(String),
+    /// A mode or owner that would let other users at queued mail ([`QueueConfig::check_modes`]).
+    #[error("queue: {0}")]
+    Unsafe(String),
 }
 
 /// Seconds since the epoch.
@@ -309,6 +354,28 @@ impl Queue {
                 db_path.clone(),
             ],
         )?;
+        use std::os::unix::fs::MetadataExt;
+        // SQLite opens a -wal or -shm file it finds as it is: one that is not the database
+        // owner's (planted while the directory was open to others, say) would be read and
+        // written with queued messages (review).
+        let owner = std::fs::metadata(&db_path)
+            .map_err(|source| QueueError::Io {
+                path: db_path.display().to_string(),
+                source,
+            })?
+            .uid();
+        for suffix in ["-wal", "-shm"] {
+            let path = PathBuf::from(format!("{}{suffix}", db_path.display()));
+            if let Ok(meta) = std::fs::symlink_metadata(&path) {
+                if !meta.is_file() || meta.uid() != owner {
+                    return Err(QueueError::Unsafe(format!(
+                        "{} is not a file of the database's owner (uid {owner}): refused \
+                         until it is removed",
+                        path.display()
+                    )));
+                }
+            }
+        }
         let conn = Connection::open(&db_path).map_err(db_err)?;
         conn.busy_timeout(Duration::from_secs(30)).map_err(db_err)?;
         crate::store::wal_mode(&conn).map_err(db_err)?;

@@ -74,6 +74,8 @@ impl SendmailError {
             // 0700): 77 is final to cron and PHP, and the man page promises 75 (review).
             SendmailError::NotTaken(_) => 75,
             SendmailError::Queue(QueueError::NotFound(_)) => 69,
+            // A mode that lets others at queued mail: the administrator's to fix.
+            SendmailError::Queue(QueueError::Unsafe(_)) => 78,
             SendmailError::Queue(QueueError::Io { source, .. })
                 if source.kind() == std::io::ErrorKind::PermissionDenied =>
             {

@@ -513,11 +513,18 @@ pub struct SmallFs {
 }
 
 impl SmallFs {
-    /// Mounts a tmpfs of `size` ("2M") at `path`, made when missing.
+    /// Mounts a tmpfs of `size` ("2M") at `path`, made when missing; its root has mode 0755
+    /// (tmpfs's own 1777 would let anyone write there, which the queue refuses).
     pub fn mount_at(path: &Path, size: &str) -> SmallFs {
         std::fs::create_dir_all(path).unwrap();
         let mounted = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0755"),
+                "tmpfs",
+            ])
             .arg(path)
             .status()
             .unwrap();
