@@ -532,6 +532,10 @@ struct Scanner {
     verb: String,
     /// A LIST command with literals, collected whole for the LIST-EXTENDED parser.
     list: Option<Vec<u8>>,
+    /// Bytes of the command being received so far, its lines and literals: before login,
+    /// `max_line_before_login` bounds them all (review: each literal was held to it on its
+    /// own, and a 60 KB ID command of 30 literals passed a limit of 2 KB).
+    received: u64,
     /// Input after a complete command received before login, not scanned yet: a client may
     /// pipeline commands behind LOGIN (RFC 3501 §5.5), which are judged by the limits of
     /// the state LOGIN leaves (review: an APPEND literal sent in the same write as LOGIN was
@@ -548,6 +552,7 @@ impl Scanner {
             continuing: false,
             verb: String::new(),
             list: None,
+            received: 0,
             held: Vec::new(),
         }
     }
@@ -577,7 +582,10 @@ impl Scanner {
                 None => (bytes, false),
             };
             bytes = &bytes[chunk.len()..];
-            if self.line.len() + chunk.len() > max_line {
+            let line_len = self.line.len() + chunk.len();
+            if line_len > max_line
+                || (!authenticated && self.received + line_len as u64 > max_line as u64)
+            {
                 return Err(ConnError::LineTooLong);
             }
             self.line.extend_from_slice(chunk);
@@ -585,6 +593,7 @@ impl Scanner {
                 break;
             }
             let line = std::mem::take(&mut self.line);
+            self.received += line.len() as u64;
             if !self.continuing {
                 self.verb = verb_of(&line);
             }
@@ -601,7 +610,9 @@ impl Scanner {
                     } else {
                         u64::from(limits.max_literal)
                     };
-                    if size > limit {
+                    let whole_too_big = !authenticated
+                        && self.received.saturating_add(size) > limits.max_line_before_login as u64;
+                    if size > limit || whole_too_big {
                         if sync && (!self.continuing || self.list.is_some()) {
                             // Nothing of this command reached imap-next: refuse it whole.
                             let first = self.list.as_deref().unwrap_or(&line);
@@ -617,6 +628,7 @@ impl Scanner {
                         return Err(ConnError::LiteralTooBig);
                     }
                     self.literal_left = size;
+                    self.received += size;
                     if !self.continuing && self.verb == "LIST" {
                         self.list = Some(Vec::new());
                     }
@@ -662,6 +674,7 @@ impl Scanner {
 
     fn reset(&mut self) {
         self.literals = 0;
+        self.received = 0;
         self.continuing = false;
         self.verb.clear();
         self.list = None;
@@ -777,6 +790,24 @@ mod tests {
             .unwrap();
         assert!(
             matches!(&pieces[0], Piece::TooBig { tag } if tag == "a1"),
+            "{pieces:?}"
+        );
+    }
+
+    /// Before login the whole command, its lines and literals, is bounded, not each literal
+    /// on its own (review: 30 literals made a 60 KB command past a limit of 2 KB).
+    #[test]
+    fn before_login_a_command_is_bounded_whole() {
+        let sent = b"a1 ID (\"x\" {12+}\r\n123456789012 {12+}\r\n123456789012)\r\n";
+        assert!(Scanner::new().feed(sent, &limits(), false).is_err());
+        assert!(Scanner::new().feed(sent, &limits(), true).is_ok());
+        // A synchronising literal that would take the command past the limit is refused
+        // before the client sends it, and the session goes on.
+        let pieces = Scanner::new()
+            .feed(b"a2 LOGIN {30}\r\n", &limits(), false)
+            .unwrap();
+        assert!(
+            matches!(&pieces[0], Piece::TooBig { tag } if tag == "a2"),
             "{pieces:?}"
         );
     }
