@@ -2293,3 +2293,33 @@ fn status_items_lsub_root_and_plain_failures_as_the_rfcs_say() {
         "{again}"
     );
 }
+
+/// Answers a client can act on (review): a command sealpost does not implement is "not
+/// supported" whether a mailbox is selected or not; INBOX cannot be deleted, selected or not
+/// ([CANNOT], not [INUSE]); BODY.PEEK[TEXT] and BODY[TEXT] in one FETCH are one item, once,
+/// and the message is \Seen.
+#[test]
+fn unsupported_commands_inbox_deletion_and_a_section_named_twice() {
+    let server = Server::start();
+    let mut raw = server.login();
+    for selected in [false, true] {
+        let (_, tagged) = raw.cmd("SORT (DATE) UTF-8 ALL");
+        assert!(
+            tagged.contains("BAD SORT is not supported"),
+            "{selected}: {tagged}"
+        );
+        let (_, tagged) = raw.cmd("GETQUOTAROOT INBOX");
+        assert!(tagged.contains("is not supported"), "{selected}: {tagged}");
+        let (_, tagged) = raw.cmd("DELETE INBOX");
+        assert!(tagged.contains("NO [CANNOT]"), "{selected}: {tagged}");
+        if !selected {
+            let message = "From: a@example.org\r\nSubject: twice\r\n\r\nthe text\r\n";
+            raw.ok(&format!("APPEND INBOX {{{}}}\r\n{message}", message.len()));
+            raw.ok("SELECT INBOX");
+        }
+    }
+    let fetched = raw.ok("FETCH 1 (BODY.PEEK[TEXT] BODY[TEXT])").join("\n");
+    assert_eq!(fetched.matches("BODY[TEXT]").count(), 1, "{fetched}");
+    let flags = raw.ok("FETCH 1 FLAGS").join("\n");
+    assert!(flags.contains("\\Seen"), "{flags}");
+}

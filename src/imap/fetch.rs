@@ -47,9 +47,30 @@ impl Session {
         // An item named twice is answered once, as Dovecot does: BODYSTRUCTURE named 4,600
         // times in one 64 KB line had one message's response copy its 740 KB each time, 3.4 GB
         // (review).
+        // BODY.PEEK[s] and BODY[s] are one response item, BODY[s] (review: it came twice):
+        // the one that sets \Seen stands for both.
+        let unpeeked = |item: &MessageDataItemName<'static>| match item {
+            MessageDataItemName::BodyExt {
+                section, partial, ..
+            } => MessageDataItemName::BodyExt {
+                section: section.clone(),
+                partial: *partial,
+                peek: false,
+            },
+            other => other.clone(),
+        };
+        let seen: std::collections::HashSet<_> = items
+            .iter()
+            .filter(|i| matches!(i, MessageDataItemName::BodyExt { peek: false, .. }))
+            .cloned()
+            .collect();
         let mut named = std::collections::HashSet::new();
         let items: Vec<_> = items
-            .into_iter()
+            .iter()
+            .map(|item| match seen.contains(&unpeeked(item)) {
+                true => unpeeked(item),
+                false => item.clone(),
+            })
             .filter(|item| named.insert(item.clone()))
             .collect();
         // Each section of a message is a copy of its bytes in the response (up to 64 KiB

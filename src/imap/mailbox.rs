@@ -215,6 +215,11 @@ impl Session {
 
     pub(super) async fn delete(&mut self, mailbox: WireMailbox<'static>) -> CmdResult {
         let name = super::names::validate(&wire(&mailbox))?;
+        // Never deleted, selected or not: that is the reason to give (review: INUSE while
+        // selected, CANNOT after UNSELECT).
+        if name == "INBOX" {
+            return Err(CmdError::Store(crate::store::StoreError::InboxDelete));
+        }
         let account = self.account()?;
         // The mailbox itself, not the name it had at SELECT: another session may have renamed
         // it since (review: DELETE of the old name got INUSE, of the new one OK, and then

@@ -397,6 +397,12 @@ impl Session {
         let tag = command.tag.inner().to_owned();
         let name = command.body.name();
         tracing::trace!(peer = %self.peer, %tag, command = name, "imap: command");
+        // One sealpost does not implement is that in any state once logged in (review: SORT
+        // was "not allowed without a selected mailbox", and after a SELECT "not supported").
+        if self.authenticated() && !implemented(&command.body) {
+            let result = Err(CmdError::bad(format!("{name} is not supported")));
+            return self.finish(&tag, result, false).await;
+        }
         if !self.allowed(&command.body) {
             let state = match (&self.state, &command.body) {
                 (State::NotAuthenticated, _) => "before login",
@@ -1201,6 +1207,46 @@ fn describe(error: &CmdError) -> (&'static str, Option<&'static str>, String) {
         ),
         CmdError::Conn(e) => ("NO", None, e.to_string()),
     }
+}
+
+/// The commands [`Session::dispatch`] (and the session loop, for STARTTLS, AUTHENTICATE and
+/// IDLE) carry out; others are answered "not supported".
+fn implemented(body: &CommandBody<'_>) -> bool {
+    use CommandBody as C;
+    matches!(
+        body,
+        C::Capability
+            | C::Noop
+            | C::Check
+            | C::Logout
+            | C::StartTLS
+            | C::Authenticate { .. }
+            | C::Login { .. }
+            | C::Id { .. }
+            | C::Enable { .. }
+            | C::Namespace
+            | C::Select { .. }
+            | C::Examine { .. }
+            | C::Create { .. }
+            | C::Delete { .. }
+            | C::Rename { .. }
+            | C::Subscribe { .. }
+            | C::Unsubscribe { .. }
+            | C::List { .. }
+            | C::Lsub { .. }
+            | C::Status { .. }
+            | C::Append { .. }
+            | C::Idle
+            | C::Unselect
+            | C::Close
+            | C::Expunge
+            | C::ExpungeUid { .. }
+            | C::Search { .. }
+            | C::Fetch { .. }
+            | C::Store { .. }
+            | C::Copy { .. }
+            | C::Move { .. }
+    )
 }
 
 #[cfg(test)]
