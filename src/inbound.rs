@@ -114,7 +114,11 @@ impl Verdict {
                 reason,
             } => {
                 parts.push(format!("signature=bad ({})", clean(reason)));
-                parts.push(format!("signer={fingerprint}"));
+                // A multipart/signed that is no signature at all has no signer to name
+                // (review: "signer=" with nothing after it).
+                if !fingerprint.is_empty() {
+                    parts.push(format!("signer={fingerprint}"));
+                }
             }
         }
         if self.inner_from_mismatch {

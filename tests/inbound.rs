@@ -1310,6 +1310,8 @@ async fn a_signature_part_without_a_detached_signature_is_bad() {
             ),
             "{verdict}"
         );
+        // No signer to name: no empty "signer=" (review).
+        assert!(!verdict.contains("signer="), "{verdict}");
         assert!(flags.contains("$Sealpost-BadSignature"), "{flags}");
     }
 }
