@@ -114,6 +114,14 @@ pub fn outer_fields_clear(fields: &[HeaderField]) -> Vec<HeaderField> {
         .collect()
 }
 
+/// The longest header field a signed-only payload protects (a copy inside the signed part,
+/// and its HP-Outer record). Relays cut longer ones: Postfix's cleanup cut a 108 KB field of
+/// a signed copy re-injected through it to 59 KB, and a 60 KB References field as well, and
+/// the signature no longer verified; one of 50 KB passed (review). Such a field (a
+/// References of a thousand message IDs) stays in the outer header, unprotected, as without
+/// header protection.
+pub const MAX_SIGNED_FIELD: usize = 16 * 1024;
+
 /// The cryptographic payload of RFC 9788: the original (non-structural, non-trace) header
 /// fields, one HP-Outer field per outer non-structural field (§2.2), then the content entity
 /// whose Content-Type carries the `hp` parameter.
@@ -124,13 +132,22 @@ pub fn protected_payload(
     protection: Protection,
 ) -> Vec<u8> {
     let mut out = Vec::with_capacity(content.body.len() + 2048);
+    // In a signed-only payload, which travels in the clear, a field relays would cut stays
+    // outside only (see MAX_SIGNED_FIELD); inside a ciphertext, nothing cuts it.
+    let fits =
+        |f: &&HeaderField| protection == Protection::Cipher || f.raw.len() <= MAX_SIGNED_FIELD;
     for f in original
         .iter()
         .filter(|f| !f.is_structural() && !is_trace(f))
+        .filter(fits)
     {
         out.extend_from_slice(&signing_safe_field(&f.name, &f.raw));
     }
-    for f in outer.iter().filter(|f| !f.is_structural() && !is_trace(f)) {
+    for f in outer
+        .iter()
+        .filter(|f| !f.is_structural() && !is_trace(f))
+        .filter(fits)
+    {
         let field = [f.name.as_bytes(), b":", f.raw_value(), b"\r\n"].concat();
         // Folded again with its prefix: a first line of 998 octets would be 1,008 with it.
         let prefixed = [&b"HP-Outer: "[..], &signing_safe_field(&f.name, &field)].concat();
@@ -893,6 +910,23 @@ mod tests {
             let text = String::from_utf8(bytes).unwrap();
             assert!(text.contains("X-Long: y y"), "{text}");
             assert!(text.split("\r\n").all(|l| l.len() <= 998), "{text}");
+        }
+        // A field relays would cut is not signed in the clear; in a ciphertext it is kept.
+        let huge = HeaderField::new("References", &"<a@b.example> ".repeat(2000));
+        for (protection, kept) in [(Protection::Clear, false), (Protection::Cipher, true)] {
+            let payload = protected_payload(
+                std::slice::from_ref(&huge),
+                std::slice::from_ref(&huge),
+                &content,
+                protection,
+            );
+            let text = String::from_utf8(payload).unwrap();
+            assert_eq!(text.contains("References:"), kept, "{protection:?}");
+            assert_eq!(
+                text.contains("HP-Outer: References:"),
+                kept,
+                "{protection:?}"
+            );
         }
         // The sender's own hp parameter, in any spelling, is not kept beside sealpost's.
         assert_eq!(
