@@ -449,6 +449,7 @@ async fn queue(config: Config, command: QueueCommand) -> Result<u8, CliError> {
             );
         }
         QueueCommand::Delete { id } => {
+            crate::sendmail::owner_or_root(&config.queue.dir, "delete from")?;
             crate::queue::act_as_owner(&config.queue.dir)
                 .map_err(crate::sendmail::SendmailError::from)?;
             let queue = Queue::open(&config.queue).map_err(crate::sendmail::SendmailError::from)?;

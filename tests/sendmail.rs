@@ -908,6 +908,28 @@ fn any_user_can_submit_and_nobody_reads_anothers_mail() {
         b"",
     );
     assert_eq!(run.status.code(), Some(77), "{run:?}");
+    assert!(
+        String::from_utf8_lossy(&run.stderr).contains("only that user and root may run it"),
+        "{run:?}"
+    );
+    // Nor is deleting from it, said as such (review: "Permission denied" on corrupt/).
+    let delete = as_nobody(
+        &[
+            env!("CARGO_BIN_EXE_sealpost"),
+            "--config",
+            s.config.to_str().unwrap(),
+            "queue",
+            "delete",
+            "0123456789ABCDEF0",
+        ],
+        b"",
+    );
+    assert_eq!(delete.status.code(), Some(77), "{delete:?}");
+    assert!(
+        String::from_utf8_lossy(&delete.stderr)
+            .contains("only that user and root may delete from it"),
+        "{delete:?}"
+    );
     // Nor is listing it nobody's, and it says so (review: "Permission denied" on a directory).
     let list = as_nobody(
         &[

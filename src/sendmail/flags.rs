@@ -297,8 +297,11 @@ fn option(inv: &mut Invocation, letter: char, value: &str) -> Result<(), UsageEr
                 sender.parse::<lettre::Address>().is_ok()
             };
             // A control character (a tab in a quoted local part) cannot go on over SMTP
-            // (RFC 5321 §4.1.2): no sender either (review).
-            if !sender.is_empty() && (!valid || sender.chars().any(char::is_control)) {
+            // (RFC 5321 §4.1.2): no sender either (review). Nor anywhere in the value: a CR LF
+            // before an angle address made that the sender, quietly (review).
+            if value.chars().any(char::is_control)
+                || (!sender.is_empty() && (!valid || sender.chars().any(char::is_control)))
+            {
                 return Err(usage(&format!("-{letter} {value}: not an email address")));
             }
             inv.sender = Some(sender.to_string());
@@ -422,6 +425,9 @@ mod tests {
     fn a_sender_with_a_control_character_is_refused() {
         assert!(parse("sendmail", &["-f", "\"a\tb\"@example.org", "bob@x.org"]).is_err());
         assert!(parse("sendmail", &["-f", "\"a b\"@example.org", "bob@x.org"]).is_ok());
+        // Nor one around the address: a CR LF before an angle address made that the sender.
+        let injected = "a@example.org\r\nRCPT TO:<x@y.example>";
+        assert!(parse("sendmail", &["-f", injected, "bob@x.org"]).is_err());
     }
 
     #[test]

@@ -386,6 +386,27 @@ fn may_run_queue(dir: &Path) -> bool {
     std::fs::metadata(dir).is_ok_and(|m| m.uid() == queue::current_uid())
 }
 
+/// Another user's queue: listing, running or deleting from it is its owner's and root's, said
+/// as such (review: "queue …/corrupt: Permission denied" told a user nothing; so did
+/// "queue.sqlite: Permission denied" for `-q` and `queue delete`). `what`: "list", "run",
+/// "delete from".
+pub fn owner_or_root(dir: &Path, what: &str) -> Result<(), SendmailError> {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: geteuid cannot fail.
+    if may_run_queue(dir) || unsafe { libc::geteuid() } == 0 {
+        return Ok(());
+    }
+    let Ok(meta) = std::fs::metadata(dir) else {
+        return Ok(());
+    };
+    Err(SendmailError::NotOwner(format!(
+        "the queue {} belongs to {} (uid {}): only that user and root may {what} it",
+        dir.display(),
+        queue::user_name(meta.uid()),
+        meta.uid()
+    )))
+}
+
 /// `sendmail -bp` / `queue list`: Postfix mailq's layout.
 pub fn list(config: &QueueConfig, out: &mut impl Write) -> Result<(), SendmailError> {
     // No queue yet: nothing in it. Listing creates none (root's first `mailq` made the
@@ -404,18 +425,7 @@ pub fn list(config: &QueueConfig, out: &mut impl Write) -> Result<(), SendmailEr
     // Only the owner picks up (and sets aside) drop files; root lists as the owner, and shows
     // the ones not picked up yet by name.
     let owner = may_run_queue(&config.dir);
-    // Another user's queue: listing it is its owner's and root's, said as such (review:
-    // "queue …/corrupt: Permission denied" told a user nothing).
-    // SAFETY: geteuid cannot fail.
-    if !owner && unsafe { libc::geteuid() } != 0 {
-        use std::os::unix::fs::MetadataExt;
-        let uid = std::fs::metadata(&config.dir).map_or(0, |m| m.uid());
-        return Err(SendmailError::NotOwner(format!(
-            "the queue {} belongs to {} (uid {uid}): only that user and root may list it",
-            config.dir.display(),
-            queue::user_name(uid)
-        )));
-    }
+    owner_or_root(&config.dir, "list")?;
     queue::act_as_owner(&config.dir)?;
     let queue = match Queue::open(config) {
         Ok(queue) => {
@@ -529,6 +539,7 @@ pub async fn run_queue_async(
     scope: Scope,
 ) -> Result<queue::RunReport, SendmailError> {
     refuse_root_on_anothers_queue(&config.queue.dir)?;
+    owner_or_root(&config.queue.dir, "run")?;
     // SAFETY: umask cannot fail.
     unsafe { libc::umask(0o077) };
     // The queue first: a user who may not run it hears that (77), not what keeps them from
