@@ -131,6 +131,9 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
+    /// A file another user may write (see [`Config::load`]).
+    #[error("{path}: {message}")]
+    Unsafe { path: String, message: String },
     #[error("{path}:{line}: {key}{message}")]
     Invalid {
         path: String,
@@ -138,6 +141,39 @@ pub enum ConfigError {
         key: String,
         message: String,
     },
+}
+
+/// A configuration another user may write is refused, as sshd refuses such files: whoever
+/// writes it chooses the relay, the keyring and the policy, and so where the mail goes and
+/// whether it is encrypted (review: root's queue run used a file anyone could write, and
+/// another user's, without a word). Others may write it (mode o+w), or it is neither root's
+/// nor the caller's.
+fn writable_by_others(path: &Path) -> Result<(), ConfigError> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::metadata(path) else {
+        return Ok(());
+    };
+    // SAFETY: geteuid cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    let message = if meta.mode() & 0o002 != 0 {
+        format!(
+            "any user may write to it (mode {:04o}): refused, as whoever writes it decides \
+             where mail goes and whether it is encrypted (chmod o-w)",
+            meta.mode() & 0o7777
+        )
+    } else if meta.uid() != 0 && meta.uid() != euid {
+        format!(
+            "it belongs to uid {}, neither root nor this user (uid {euid}): refused, as that \
+             user decides where mail goes and whether it is encrypted",
+            meta.uid()
+        )
+    } else {
+        return Ok(());
+    };
+    Err(ConfigError::Unsafe {
+        path: path.display().to_string(),
+        message,
+    })
 }
 
 impl Config {
@@ -157,6 +193,7 @@ impl Config {
             path: path.display().to_string(),
             source,
         })?;
+        writable_by_others(&path)?;
         let mut config = Config::parse(&text, &path.display().to_string())?;
         config.source = Some(path);
         Ok(config)

@@ -262,6 +262,24 @@ fn exit_codes_and_reasons() {
     );
     let out = with_config_file("/nonexistent.toml");
     assert_eq!(out.status.code(), Some(78));
+    // One another user may write: whoever writes it decides where mail goes (review: used
+    // without a word). Others may write it, or it is another user's (not root's, not ours).
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::write(&cfg, "[policy]\nsign = true\n").unwrap();
+        std::fs::set_permissions(&cfg, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let out = with_config_file(cfg.to_str().unwrap());
+        assert_eq!(out.status.code(), Some(78));
+        assert!(stderr_line(&out).contains("any user may write to it (mode 0666)"));
+        std::fs::set_permissions(&cfg, std::fs::Permissions::from_mode(0o644)).unwrap();
+        if sealpost::queue::current_uid() == 0 {
+            std::os::unix::fs::chown(&cfg, Some(65534), None).unwrap();
+            let out = with_config_file(cfg.to_str().unwrap());
+            assert_eq!(out.status.code(), Some(78));
+            assert!(stderr_line(&out).contains("belongs to uid 65534"));
+            std::os::unix::fs::chown(&cfg, Some(0), None).unwrap();
+        }
+    }
 
     // A GnuPG home that is gone is a failed lookup, never "no key": with signing off, bob
     // would otherwise get a clear copy. Deferred (75), nothing written.
