@@ -435,34 +435,13 @@ impl Session {
 
     /// The gate: which commands each state allows (RFC 3501 §6).
     fn allowed(&self, body: &CommandBody<'_>) -> bool {
-        use CommandBody as C;
-        let any = matches!(body, C::Capability | C::Noop | C::Logout | C::Id { .. });
-        if any {
+        if any_state(body) {
             return true;
         }
-        let not_authenticated =
-            matches!(body, C::StartTLS | C::Login { .. } | C::Authenticate { .. });
-        let authenticated = matches!(
-            body,
-            C::Select { .. }
-                | C::Examine { .. }
-                | C::Create { .. }
-                | C::Delete { .. }
-                | C::Rename { .. }
-                | C::Subscribe { .. }
-                | C::Unsubscribe { .. }
-                | C::List { .. }
-                | C::Lsub { .. }
-                | C::Status { .. }
-                | C::Append { .. }
-                | C::Namespace
-                | C::Idle
-                // RFC 5161 §3.1: only once authenticated.
-                | C::Enable { .. }
-        );
+        let not_authenticated = not_authenticated(body);
         match self.state {
             State::NotAuthenticated => not_authenticated,
-            State::Authenticated(_) => authenticated,
+            State::Authenticated(_) => authenticated(body),
             State::Selected(..) => !not_authenticated,
             State::Logout => false,
         }
@@ -1209,23 +1188,24 @@ fn describe(error: &CmdError) -> (&'static str, Option<&'static str>, String) {
     }
 }
 
-/// The commands [`Session::dispatch`] (and the session loop, for STARTTLS, AUTHENTICATE and
-/// IDLE) carry out; others are answered "not supported".
-fn implemented(body: &CommandBody<'_>) -> bool {
+/// Commands allowed in any state.
+fn any_state(body: &CommandBody<'_>) -> bool {
+    use CommandBody as C;
+    matches!(body, C::Capability | C::Noop | C::Logout | C::Id { .. })
+}
+
+/// Commands allowed only before login.
+fn not_authenticated(body: &CommandBody<'_>) -> bool {
+    use CommandBody as C;
+    matches!(body, C::StartTLS | C::Login { .. } | C::Authenticate { .. })
+}
+
+/// Commands allowed once logged in, with a mailbox selected or not.
+fn authenticated(body: &CommandBody<'_>) -> bool {
     use CommandBody as C;
     matches!(
         body,
-        C::Capability
-            | C::Noop
-            | C::Check
-            | C::Logout
-            | C::StartTLS
-            | C::Authenticate { .. }
-            | C::Login { .. }
-            | C::Id { .. }
-            | C::Enable { .. }
-            | C::Namespace
-            | C::Select { .. }
+        C::Select { .. }
             | C::Examine { .. }
             | C::Create { .. }
             | C::Delete { .. }
@@ -1236,17 +1216,33 @@ fn implemented(body: &CommandBody<'_>) -> bool {
             | C::Lsub { .. }
             | C::Status { .. }
             | C::Append { .. }
+            | C::Namespace
             | C::Idle
-            | C::Unselect
-            | C::Close
-            | C::Expunge
-            | C::ExpungeUid { .. }
-            | C::Search { .. }
-            | C::Fetch { .. }
-            | C::Store { .. }
-            | C::Copy { .. }
-            | C::Move { .. }
+            // RFC 5161 §3.1: only once authenticated.
+            | C::Enable { .. }
     )
+}
+
+/// The commands [`Session::dispatch`] (and the session loop, for STARTTLS, AUTHENTICATE and
+/// IDLE) carry out; others are answered "not supported".
+fn implemented(body: &CommandBody<'_>) -> bool {
+    use CommandBody as C;
+    any_state(body)
+        || not_authenticated(body)
+        || authenticated(body)
+        || matches!(
+            body,
+            C::Check
+                | C::Unselect
+                | C::Close
+                | C::Expunge
+                | C::ExpungeUid { .. }
+                | C::Search { .. }
+                | C::Fetch { .. }
+                | C::Store { .. }
+                | C::Copy { .. }
+                | C::Move { .. }
+        )
 }
 
 #[cfg(test)]
