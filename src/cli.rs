@@ -147,7 +147,7 @@ pub enum CliError {
     Tls(#[from] crate::imap::tls::TlsError),
     #[error("cannot listen on {address}: {source}")]
     Listen {
-        address: std::net::SocketAddr,
+        address: String,
         #[source]
         source: std::io::Error,
     },
@@ -486,6 +486,16 @@ fn stale_socket_removed(path: &str) -> std::io::Result<()> {
 
 async fn milter(config: Config) -> Result<u8, CliError> {
     use crate::milter::{Milter, MilterError};
+    // A GnuPG home that is not there is a mistake in the configuration, said at start, not at
+    // the first mail, which would be deferred (review: "milter listening", then 451 for all).
+    if let Some(home) = &config.gnupg.home {
+        if let Err(e) = std::fs::read_dir(home) {
+            return Err(CliError::Setting(format!(
+                "gnupg.home {}: {e}",
+                home.display()
+            )));
+        }
+    }
     let keys = Arc::new(key_service(&config, None));
     let rewriter = Arc::new(Rewriter::new(keys, config.policy.clone()));
     let m = Milter::new(rewriter, &config.milter, config.queue.domain())
@@ -523,6 +533,10 @@ async fn milter(config: Config) -> Result<u8, CliError> {
             Err(e) => Err(MilterError::Listen(listen.clone(), e)),
         }
     };
-    result.map_err(|e| CliError::Temporary(e.to_string()))?;
+    result.map_err(|e| match e {
+        // As for the IMAP server: the address is taken or not ours (69), not "try again".
+        MilterError::Listen(address, source) => CliError::Listen { address, source },
+        e => CliError::Temporary(e.to_string()),
+    })?;
     Ok(0)
 }

@@ -71,10 +71,14 @@ pub async fn serve(config: Config, args: ImapArgs) -> Result<u8, CliError> {
     for (address, mode) in wanted {
         let listener = TcpListener::bind(address)
             .await
-            .map_err(|source| CliError::Listen { address, source })?;
-        let bound = listener
-            .local_addr()
-            .map_err(|source| CliError::Listen { address, source })?;
+            .map_err(|source| CliError::Listen {
+                address: address.to_string(),
+                source,
+            })?;
+        let bound = listener.local_addr().map_err(|source| CliError::Listen {
+            address: address.to_string(),
+            source,
+        })?;
         listeners.push((listener, mode, bound));
     }
     let listeners: Vec<_> = listeners

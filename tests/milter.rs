@@ -1997,3 +1997,45 @@ fn a_unix_socket_path_in_use_or_taken_is_not_removed() {
     let _ = again.kill();
     let _ = again.wait();
 }
+
+/// Mistakes an administrator meets at start are said at start, with the exit code of each: a
+/// GnuPG home that is not there (78, naming gnupg.home; review: the milter listened, and
+/// deferred every message), an address another process holds (69, as the IMAP server;
+/// review: 75, "temporary failure").
+#[test]
+fn a_missing_gnupg_home_or_a_taken_address_stops_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let run = |home: &Path| {
+        let path = dir.path().join("milter.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "[gnupg]\nhome = \"{}\"\n[milter]\nlisten = \"inet:127.0.0.1:{port}\"\n\
+                 journal = \"{}\"\n",
+                home.display(),
+                dir.path().join("journal.sqlite").display()
+            ),
+        )
+        .unwrap();
+        Command::new(env!("CARGO_BIN_EXE_sealpost"))
+            .arg("--config")
+            .arg(&path)
+            .arg("milter")
+            .output()
+            .unwrap()
+    };
+    let out = run(&dir.path().join("no-such-home"));
+    assert_eq!(out.status.code(), Some(78), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("gnupg.home"),
+        "{out:?}"
+    );
+    let out = run(dir.path());
+    assert_eq!(out.status.code(), Some(69), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cannot listen on"),
+        "{out:?}"
+    );
+}
