@@ -616,6 +616,22 @@ fn bad_input_is_refused_with_a_reason_and_nothing_is_queued() {
     assert_eq!(out.status.code(), Some(64));
     assert!(one_line(&out).contains("unknown option -k"));
 
+    // No relay: 78, naming the file to set it in (review: "in the configuration").
+    let kept = std::fs::read_to_string(&s.config).unwrap();
+    std::fs::write(&s.config, kept.split("[relay]").next().unwrap()).unwrap();
+    for out in [
+        s.sendmail(&["-i", "bob@example.org"], good),
+        s.sealpost(&["queue", "run"]),
+    ] {
+        assert_eq!(out.status.code(), Some(78), "{out:?}");
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            said.contains(&format!("set [relay] host in {}", s.config.display())),
+            "{said}"
+        );
+    }
+    std::fs::write(&s.config, kept).unwrap();
+
     let out = s.sendmail(&["-i", "bob@example.org"], b"\x00\x01garbage\xff\n");
     assert_eq!(out.status.code(), Some(65));
     one_line(&out);

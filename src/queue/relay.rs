@@ -117,8 +117,9 @@ impl RelayConfig {
 /// A relay that cannot be set up (configuration, files): exit 78.
 #[derive(Debug, thiserror::Error)]
 pub enum RelaySetupError {
-    #[error("no relay configured: set [relay] host in the configuration")]
-    NoHost,
+    /// `in`: the configuration file read, or what was read instead.
+    #[error("no relay configured: set [relay] host in {in_}")]
+    NoHost { in_: String },
     #[error("[relay] password_file {path}: {source}")]
     Password {
         path: String,
@@ -583,7 +584,9 @@ impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Replies<S> {
 
 impl Relay {
     pub fn new(config: &RelayConfig, default_helo: &str) -> Result<Relay, RelaySetupError> {
-        let host = config.host.clone().ok_or(RelaySetupError::NoHost)?;
+        let host = config.host.clone().ok_or_else(|| RelaySetupError::NoHost {
+            in_: "the configuration".into(),
+        })?;
         let port = config.port();
         let ca = match &config.ca_file {
             Some(path) => Some(std::fs::read(path).map_err(|e| RelaySetupError::Ca {

@@ -237,7 +237,14 @@ fn run(inv: &Invocation, config: &Config) -> Result<(), SendmailError> {
 /// A queue without a relay would only fill up: say so at once (EX_CONFIG).
 fn check_relay(config: &Config) -> Result<(), SendmailError> {
     if config.relay.host.is_none() {
-        return Err(RelaySetupError::NoHost.into());
+        let in_ = match &config.source {
+            Some(path) => path.display().to_string(),
+            None => format!(
+                "{} (there is none: the built-in defaults are used)",
+                crate::config::DEFAULT_PATH
+            ),
+        };
+        return Err(RelaySetupError::NoHost { in_ }.into());
     }
     Ok(())
 }
@@ -545,6 +552,7 @@ pub async fn run_queue_async(
     // The queue first: a user who may not run it hears that (77), not what keeps them from
     // the relay's password file (78; review).
     let queue = Arc::new(Queue::open(&config.queue)?);
+    check_relay(config)?;
     let relay = Relay::new(&config.relay, &queue::hostname())?
         .for_one_run()
         .passing_dsn();
