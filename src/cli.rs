@@ -55,6 +55,8 @@ pub enum Command {
     /// The sendmail drop-in's queue: list, run, delete.
     #[command(subcommand)]
     Queue(QueueCommand),
+    /// Read and check the configuration, and say which file it is; nothing is started.
+    Check,
     /// Internal: one GnuPG worker, serving the pool of the process that started it on
     /// stdin/stdout (src/keys/worker.rs).
     #[command(hide = true)]
@@ -242,6 +244,7 @@ pub fn main(cli: Cli) -> ExitCode {
                     Command::Deliver(args) => crate::incoming::deliver(config, args).await,
                     Command::Queue(command) => queue(config, command).await,
                     Command::Milter => milter(config).await,
+                    Command::Check => check(&config),
                     Command::Sync(args) => crate::incoming::sync(config, args).await,
                     Command::Sendmail { .. } | Command::GpgWorker { .. } => {
                         unreachable!("handled before the runtime starts")
@@ -267,6 +270,38 @@ pub fn main(cli: Cli) -> ExitCode {
                 code => code,
             })
         }
+    }
+}
+
+/// `sealpost check`: the configuration was read and found valid by [`Config::load`] (an
+/// error there exits 78, naming file, line and key); says which file, or that the built-in
+/// defaults are used, and refuses a [gnupg] home that is not there.
+fn check(config: &Config) -> Result<u8, CliError> {
+    let mut out = std::io::stdout().lock();
+    let said = match &config.source {
+        Some(path) => writeln!(out, "{}: the configuration is valid", path.display()),
+        None => writeln!(
+            out,
+            "{}: not there; the built-in defaults are used",
+            crate::config::DEFAULT_PATH
+        ),
+    };
+    said.map_err(|source| CliError::Output {
+        path: "standard output".into(),
+        source,
+    })?;
+    gnupg_home_there(config)?;
+    Ok(0)
+}
+
+/// A configured [gnupg] home that cannot be listed (not there, not a directory, not ours to
+/// read): a setting to fix (78), named.
+fn gnupg_home_there(config: &Config) -> Result<(), CliError> {
+    match &config.gnupg.home {
+        Some(home) => std::fs::read_dir(home)
+            .map(drop)
+            .map_err(|e| CliError::Setting(format!("gnupg.home {}: {e}", home.display()))),
+        None => Ok(()),
     }
 }
 
@@ -488,14 +523,7 @@ async fn milter(config: Config) -> Result<u8, CliError> {
     use crate::milter::{Milter, MilterError};
     // A GnuPG home that is not there is a mistake in the configuration, said at start, not at
     // the first mail, which would be deferred (review: "milter listening", then 451 for all).
-    if let Some(home) = &config.gnupg.home {
-        if let Err(e) = std::fs::read_dir(home) {
-            return Err(CliError::Setting(format!(
-                "gnupg.home {}: {e}",
-                home.display()
-            )));
-        }
-    }
+    gnupg_home_there(&config)?;
     let keys = Arc::new(key_service(&config, None));
     let rewriter = Arc::new(Rewriter::new(keys, config.policy.clone()));
     let m = Milter::new(rewriter, &config.milter, config.queue.domain())

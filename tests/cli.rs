@@ -262,6 +262,22 @@ fn exit_codes_and_reasons() {
     );
     let out = with_config_file("/nonexistent.toml");
     assert_eq!(out.status.code(), Some(78));
+    // `check` reads the file as every command does, and says so; nothing is started.
+    let check = |path: &str| sealpost(&["--config", path, "check"], b"");
+    let out = check(cfg.to_str().unwrap());
+    assert_eq!(out.status.code(), Some(78));
+    assert!(stderr_line(&out).contains(":3: mode:"));
+    std::fs::write(&cfg, "[policy]\nsign = true\n").unwrap();
+    let out = check(cfg.to_str().unwrap());
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("{}: the configuration is valid\n", cfg.display())
+    );
+    std::fs::write(&cfg, "[gnupg]\nhome = \"/nonexistent-home\"\n").unwrap();
+    let out = check(cfg.to_str().unwrap());
+    assert_eq!(out.status.code(), Some(78));
+    assert!(stderr_line(&out).contains("gnupg.home /nonexistent-home"));
     // One another user may write: whoever writes it decides where mail goes (review: used
     // without a word). Others may write it, or it is another user's (not root's, not ours).
     {
