@@ -603,11 +603,27 @@ fn locate(text: &str, offset: usize) -> (usize, String) {
     let offset = offset.min(text.len());
     let line = text[..offset].matches('\n').count() + 1;
     let line_text = text.lines().nth(line - 1).unwrap_or("");
+    // Named with its table, as the errors `validate` finds are: `timeout_secs` alone is in
+    // [gnupg], [relay] and [accounts.upstream] (review).
+    let table = text
+        .lines()
+        .take(line - 1)
+        .filter_map(|l| {
+            let l = l.trim();
+            l.strip_prefix('[')
+                .and_then(|l| l.split(']').next())
+                .map(|t| t.trim_start_matches('[').trim())
+        })
+        .last()
+        .filter(|t| !t.is_empty());
     let key = line_text
         .split_once('=')
         .map(|(k, _)| k.trim().trim_matches('"'))
         .filter(|k| !k.is_empty() && !k.starts_with('['))
-        .map(|k| format!("{k}: "))
+        .map(|k| match table {
+            Some(table) => format!("{table}.{k}: "),
+            None => format!("{k}: "),
+        })
         .unwrap_or_default();
     (line, key)
 }
@@ -677,7 +693,7 @@ mod tests {
         )
         .unwrap_err()
         .to_string();
-        assert!(e.starts_with("/etc/s.toml:3: mode: "), "{e}");
+        assert!(e.starts_with("/etc/s.toml:3: policy.mode: "), "{e}");
         assert!(
             e.contains("opportunistic") && e.contains("encrypt-only"),
             "{e}"
@@ -685,13 +701,16 @@ mod tests {
         let e = Config::parse("[policy]\nmdoe = \"x\"\n", "s.toml")
             .unwrap_err()
             .to_string();
-        assert!(e.starts_with("s.toml:2: mdoe: unknown field"), "{e}");
+        assert!(e.starts_with("s.toml:2: policy.mdoe: unknown field"), "{e}");
         // The upload policy's own switch is no configuration key (review: set, it put Bcc
         // into every recipient's copy).
         let e = Config::parse("[policy]\nkeep_bcc = true\n", "s.toml")
             .unwrap_err()
             .to_string();
-        assert!(e.starts_with("s.toml:2: keep_bcc: unknown field"), "{e}");
+        assert!(
+            e.starts_with("s.toml:2: policy.keep_bcc: unknown field"),
+            "{e}"
+        );
         assert!(
             !e.contains(", `keep_bcc`"),
             "not offered as a valid key: {e}"

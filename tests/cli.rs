@@ -257,7 +257,7 @@ fn exit_codes_and_reasons() {
     assert_eq!(out.status.code(), Some(78));
     let line = stderr_line(&out);
     assert!(
-        line.contains(&format!("{}:3: mode:", cfg.display())),
+        line.contains(&format!("{}:3: policy.mode:", cfg.display())),
         "{line}"
     );
     let out = with_config_file("/nonexistent.toml");
@@ -266,7 +266,7 @@ fn exit_codes_and_reasons() {
     let check = |path: &str| sealpost(&["--config", path, "check"], b"");
     let out = check(cfg.to_str().unwrap());
     assert_eq!(out.status.code(), Some(78));
-    assert!(stderr_line(&out).contains(":3: mode:"));
+    assert!(stderr_line(&out).contains(":3: policy.mode:"));
     std::fs::write(&cfg, "[policy]\nsign = true\n").unwrap();
     let out = check(cfg.to_str().unwrap());
     assert_eq!(out.status.code(), Some(0), "{out:?}");
