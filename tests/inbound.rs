@@ -1448,6 +1448,62 @@ async fn a_signed_messages_outer_fields_do_not_ride_on_its_signature() {
     );
 }
 
+/// A gpg-agent that greets and then hangs up at the first request (as one killed or restarted
+/// mid-operation does): gpg says "No secret key", though the secret key file of the key the
+/// message is encrypted to is in the home. deliver answers 75 and stores nothing (review: the
+/// message was stored undecryptable, exit 0, and stayed so once the agent was back); with the
+/// agent back, the same message is decrypted.
+#[test]
+fn an_agent_that_hangs_up_is_a_temporary_failure() {
+    use std::io::{Read, Write};
+    let world = World::new();
+    let server = bobs_store(&world);
+    let armored = world.sender.encrypt_to(
+        &world.bob_fpr,
+        b"Content-Type: text/plain\r\n\r\nthe agent comes back\r\n",
+    );
+    let message = verdicts::pgp_mime(&armored);
+    let killed = Command::new("gpgconf")
+        .arg("--homedir")
+        .arg(&world.bob.dir)
+        .args(["--kill", "gpg-agent"])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let socket = world.bob.dir.join("S.gpg-agent");
+    let _ = std::fs::remove_file(&socket);
+    let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let fake = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                if done.load(std::sync::atomic::Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(mut stream) = stream else { continue };
+                let _ = stream.write_all(b"OK Pleased to meet you\n");
+                let _ = stream.read(&mut [0; 1024]);
+            }
+        })
+    };
+    let (code, output) = deliver(&server, &message);
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let _ = std::os::unix::net::UnixStream::connect(&socket);
+    fake.join().unwrap();
+    std::fs::remove_file(&socket).unwrap();
+    assert_eq!(code, 75, "{output}");
+    assert!(
+        output.contains("gpg-agent could not use it now"),
+        "{output}"
+    );
+    assert!(verdicts::fetch_all(&server).is_empty());
+    let (code, output) = deliver(&server, &message);
+    assert_eq!(code, 0, "{output}");
+    let stored = verdicts::fetch_all(&server);
+    assert_eq!(verdicts::verdict(&stored[0].1), "encrypted; signature=none");
+}
+
 /// A GnuPG home that is not there (a file system not mounted yet) says nothing about the
 /// message: deliver answers 75, the MTA keeps it, and nothing is stored as undecryptable.
 #[test]

@@ -103,7 +103,17 @@ pub enum SignatureState {
 }
 
 /// Agent and IPC errors: GnuPG could not be asked, which says nothing about the message.
+/// A connection to gpg-agent broken off (the agent killed or restarted mid-operation) is one
+/// (review: "Broken pipe" and "Connection reset by peer" kept messages undecryptable).
 pub fn is_temporary(error: &gpgme::Error) -> bool {
+    let broken = [
+        libc::EPIPE,
+        libc::ECONNRESET,
+        libc::ECONNREFUSED,
+        libc::ECONNABORTED,
+        libc::ENOTCONN,
+    ]
+    .map(gpgme::Error::from_errno);
     [
         gpgme::Error::NO_AGENT,
         gpgme::Error::AGENT,
@@ -111,6 +121,7 @@ pub fn is_temporary(error: &gpgme::Error) -> bool {
         gpgme::Error::EOF,
     ]
     .iter()
+    .chain(broken.iter())
     .any(|e| e.code() == error.code())
         || error.to_string().contains("IPC")
 }

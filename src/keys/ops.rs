@@ -652,10 +652,12 @@ fn decrypt_verify(gpg: &mut Gpg, ciphertext: &[u8], limit: u64) -> Result<Decryp
     let (dec, ver) = match result {
         Ok(done) => done,
         Err(KeyError::Gpg { op, source }) => {
-            return Err(match key_unusable_now(gpg, &source) {
+            let detail = key_unusable_now(gpg, &source)
+                .or_else(|| secret_key_here(gpg, &source, ciphertext));
+            return Err(match detail {
                 Some(detail) => KeyError::Unavailable { op, detail },
                 None => KeyError::Gpg { op, source },
-            })
+            });
         }
         Err(other) => return Err(other),
     };
@@ -708,6 +710,54 @@ fn key_unusable_now(gpg: &Gpg, error: &gpgme::Error) -> Option<String> {
     }
     home::secret_keyring_problem(gpg.home.as_deref(), home::WORKER_LISTING_DEADLINE)
         .map(|problem| format!("{error}, and the secret keyring cannot be read: {problem}"))
+}
+
+/// "No secret key" for a message encrypted to a key whose secret key file is in the home's
+/// `private-keys-v1.d`: gpg could not use it now (gpg-agent killed mid-operation, or one that
+/// hung up: review, such messages stayed undecryptable until the keyring changed, long after
+/// the agent was back). Said when so, to be tried again later. The key file is looked for by
+/// the keygrip of the public subkey the message names (a listing of public keys, which needs
+/// no agent; one of secret keys asks the agent, the one that failed). A hidden recipient (key
+/// ID 0) names none.
+fn secret_key_here(gpg: &mut Gpg, error: &gpgme::Error, ciphertext: &[u8]) -> Option<String> {
+    if error.code() != gpgme::Error::NO_SECKEY.code() {
+        return None;
+    }
+    let dir = gpg
+        .home
+        .as_deref()
+        .map_or_else(super::default_home, Path::to_path_buf)
+        .join("private-keys-v1.d");
+    let ids = crate::message::parse::session_key_ids(ciphertext, MAX_SESSION_KEYS);
+    let mode = gpg.ctx.key_list_mode();
+    gpg.ctx
+        .set_key_list_mode(KeyListMode::LOCAL | KeyListMode::WITH_KEYGRIP)
+        .ok()?;
+    let mut found = None;
+    for id in ids.iter().filter(|id| id.bytes().any(|b| b != b'0')) {
+        let Ok(keys) = gpg.ctx.find_keys([id.as_str()]) else {
+            continue;
+        };
+        for key in keys.flatten() {
+            let named = key
+                .subkeys()
+                .filter(|k| k.id().is_ok_and(|k| k.eq_ignore_ascii_case(id)))
+                .filter_map(|k| k.keygrip().ok().map(str::to_string));
+            for grip in named {
+                if dir.join(format!("{grip}.key")).is_file() {
+                    found.get_or_insert_with(|| id.clone());
+                }
+            }
+        }
+    }
+    let _ = gpg.ctx.set_key_list_mode(mode);
+    found.map(|id| {
+        format!(
+            "{error}, though the secret key file of {id}, which the message is encrypted to, \
+             is in {}: gpg-agent could not use it now",
+            dir.display()
+        )
+    })
 }
 
 /// Plaintext output that refuses to grow past `limit` bytes.

@@ -787,6 +787,35 @@ pub fn session_key_packets(ciphertext: &[u8], limit: usize) -> usize {
     })
 }
 
+/// The key IDs (16 hex digits, upper case) that the public-key session key packets (tag 1,
+/// version 3: RFC 4880 §5.1) of a ciphertext, armored or binary, name before its encrypted
+/// data; at most `limit` of them. A hidden recipient's is all zeros.
+pub fn session_key_ids(ciphertext: &[u8], limit: usize) -> Vec<String> {
+    let data = openpgp_data(ciphertext);
+    let mut ids = Vec::new();
+    let mut at = 0;
+    while ids.len() < limit {
+        let Some((tag, end)) = packet(&data, at) else {
+            break;
+        };
+        match tag {
+            1 => {
+                let id = packet_body_start(&data, at)
+                    .and_then(|body| data.get(body..end))
+                    .filter(|body| body.first() == Some(&3))
+                    .and_then(|body| body.get(1..9));
+                if let Some(id) = id {
+                    ids.push(id.iter().map(|b| format!("{b:02X}")).collect());
+                }
+            }
+            9 | 18 | 20 => break,
+            _ => {}
+        }
+        at = end;
+    }
+    ids
+}
+
 /// How many signatures a detached signature (armored or binary) holds, counting no further
 /// than `limit + 1`: gpg checks each one, a key lookup and often a verification, so enough
 /// of them outlast any deadline too. A compressed packet (which gpg would open, and which no
@@ -1471,6 +1500,25 @@ boundary=\"A\"; Boundary=\"B\"\r\n\r\n--A\r\n\r\nx\r\n--A--\r\n";
             out.extend_from_slice(chunk);
         }
         out
+    }
+
+    #[test]
+    fn the_key_ids_a_ciphertext_is_encrypted_to() {
+        let message = [
+            session_key([0xAB; 8]),
+            session_key([0; 8]),
+            protected_data(100),
+            session_key([1; 8]),
+        ]
+        .concat();
+        assert_eq!(
+            session_key_ids(&message, 10),
+            ["ABABABABABABABAB", "0000000000000000"]
+        );
+        assert_eq!(
+            session_key_ids(&armored_message(&message), 1),
+            ["ABABABABABABABAB"]
+        );
     }
 
     #[test]
