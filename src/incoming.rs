@@ -190,8 +190,16 @@ fn syncers(
 /// `sealpost sync`: with --once, one pass per account (prints `ACCOUNT: N new`); without,
 /// the daemon (sync, IDLE or poll, again) until SIGTERM.
 pub async fn sync(config: Config, args: SyncArgs) -> Result<u8, CliError> {
-    let store = open_store(&config).await?;
-    journal_for_upstreams(&config, &store).await?;
+    // A store another process holds locked, or whose disk is full, is a reason to try again
+    // later, as it is for a pass (review: 74, where a pass says 75).
+    let temporary = |e: CliError| match e {
+        CliError::Store(e) if e.is_temporary() => CliError::Temporary(e.to_string()),
+        e => e,
+    };
+    let store = open_store(&config).await.map_err(temporary)?;
+    journal_for_upstreams(&config, &store)
+        .await
+        .map_err(temporary)?;
     let syncers = syncers(&config, &store, args.account.as_deref())?;
     if syncers.is_empty() {
         return Err(CliError::Usage(

@@ -55,6 +55,21 @@ impl From<rusqlite::Error> for StoreError {
 }
 
 impl StoreError {
+    /// Whether trying again later may succeed: the store locked by another process past the
+    /// busy timeout, or its disk full.
+    pub fn is_temporary(&self) -> bool {
+        use rusqlite::ErrorCode as C;
+        let source = match self {
+            StoreError::Open { source, .. } | StoreError::Sql { source, .. } => source,
+            _ => return false,
+        };
+        matches!(
+            source,
+            rusqlite::Error::SqliteFailure(f, _)
+                if matches!(f.code, C::DatabaseBusy | C::DatabaseLocked | C::DiskFull)
+        )
+    }
+
     /// An SQLite error that does not name its store yet names `path`.
     fn in_store(self, path: &Path) -> StoreError {
         match self {
