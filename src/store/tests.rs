@@ -1123,3 +1123,18 @@ fn the_backlog_names_the_reason_the_first_change_waits() {
         Some("CREATE: [CANNOT] Invalid mailbox name")
     );
 }
+
+/// A store locked by another process past the busy timeout, or on a full disk, is worth
+/// trying again later; a damaged one is not.
+#[test]
+fn locked_or_full_is_temporary() {
+    let sql = |code: i32| StoreError::Sql {
+        path: None,
+        source: rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(code), None),
+    };
+    assert!(sql(rusqlite::ffi::SQLITE_BUSY).is_temporary());
+    assert!(sql(rusqlite::ffi::SQLITE_LOCKED).is_temporary());
+    assert!(sql(rusqlite::ffi::SQLITE_FULL).is_temporary());
+    assert!(!sql(rusqlite::ffi::SQLITE_CORRUPT).is_temporary());
+    assert!(!StoreError::NoMailbox("x".into()).is_temporary());
+}
