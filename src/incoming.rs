@@ -214,17 +214,7 @@ pub async fn sync(config: Config, args: SyncArgs) -> Result<u8, CliError> {
         for syncer in &syncers {
             match syncer.sync_once().await {
                 Ok(report) => {
-                    let mut line = format!("{}: {} new", syncer.name(), report.total());
-                    if report.expunged > 0 {
-                        line.push_str(&format!(", {} expunged upstream", report.expunged));
-                    }
-                    if report.redecrypted > 0 {
-                        line.push_str(&format!(
-                            ", {} decrypted after a keyring change",
-                            report.redecrypted
-                        ));
-                    }
-                    println!("{line}");
+                    println!("{}", report_line(syncer.name(), &report));
                     if report.waiting > 0 {
                         let why = report
                             .waiting_reason
@@ -251,6 +241,14 @@ pub async fn sync(config: Config, args: SyncArgs) -> Result<u8, CliError> {
                     }
                 }
                 Err(e) => {
+                    // What a pass stored before it broke off is told all the same.
+                    let e = match e {
+                        crate::sync::SyncError::Broke { error, report } => {
+                            println!("{}", report_line(syncer.name(), &report));
+                            *error
+                        }
+                        e => e,
+                    };
                     eprintln!("sealpost: sync {}: {e}", syncer.name());
                     failed = Some(e);
                 }
@@ -293,6 +291,21 @@ pub async fn sync(config: Config, args: SyncArgs) -> Result<u8, CliError> {
         let _ = t.await;
     }
     Ok(0)
+}
+
+/// `sync --once`'s line for one account: "NAME: N new", and what else the pass did.
+fn report_line(name: &str, report: &crate::sync::SyncReport) -> String {
+    let mut line = format!("{name}: {} new", report.total());
+    if report.expunged > 0 {
+        line.push_str(&format!(", {} expunged upstream", report.expunged));
+    }
+    if report.redecrypted > 0 {
+        line.push_str(&format!(
+            ", {} decrypted after a keyring change",
+            report.redecrypted
+        ));
+    }
+    line
 }
 
 /// Turns on the change journal of every account with `[accounts.upstream]`, before any

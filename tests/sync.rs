@@ -4983,7 +4983,8 @@ async fn the_notify_command_gets_the_counts_and_leaves_stdout_alone() {
 }
 
 /// A pass that breaks off (here the network goes down after INBOX) still runs the
-/// notify_command for the mail it stored before (review: that mail came without a word).
+/// notify_command for the mail it stored before (review: that mail came without a word), and
+/// `sync --once` prints its report.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pass_that_breaks_off_tells_of_what_it_stored() {
     let world = World::new();
@@ -5008,8 +5009,10 @@ async fn a_pass_that_breaks_off_tells_of_what_it_stored() {
     );
     let out = sync_once(&config);
     let log = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{out:?}");
+    assert_eq!(out.status.code(), Some(75), "{out:?}");
     assert!(log.contains("from-notify INBOX=1"), "{log}");
+    // And its report, on standard output, before the error (review: nothing there).
+    assert_eq!(stdout(&out).trim(), format!("{USER}: 1 new"), "{log}");
     let mut raw = server.login();
     assert_eq!(exists(&mut raw, "INBOX"), 1, "{log}");
 }

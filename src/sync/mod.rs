@@ -86,6 +86,12 @@ pub enum SyncError {
     Keys(String),
     #[error("{0}")]
     Task(String),
+    /// A pass that broke off after it stored mail: the error, and what the pass did before.
+    #[error("{error}")]
+    Broke {
+        error: Box<SyncError>,
+        report: Box<SyncReport>,
+    },
 }
 
 /// What one sync brought: new messages per local mailbox, flag changes taken from upstream,
@@ -174,7 +180,16 @@ impl Syncer {
         // (review: the mail it stored came without a word).
         drop(lock);
         log_and_notify(&self.name, self.config.notify_command.as_deref(), &report).await;
-        result.map(|()| report)
+        // Its report too, for `sync --once` to print (review: 75 and nothing on stdout after
+        // 150 messages were stored).
+        result.map_err(|error| match report.total() {
+            0 => error,
+            _ => SyncError::Broke {
+                error: Box::new(error),
+                report: Box::new(report.clone()),
+            },
+        })?;
+        Ok(report)
     }
 
     /// The pass over an open session; `report` holds what it did, also when it breaks off.
