@@ -143,37 +143,24 @@ pub enum ConfigError {
     },
 }
 
-/// A configuration another user may write is refused, as sshd refuses such files: whoever
-/// writes it chooses the relay, the keyring and the policy, and so where the mail goes and
-/// whether it is encrypted (review: root's queue run used a file anyone could write, and
-/// another user's, without a word). Others may write it (mode o+w), or it is neither root's
-/// nor the caller's.
+/// A configuration any user may write (mode o+w) is refused, as sshd refuses such files:
+/// whoever writes it chooses the relay, the keyring and the policy, and so where the mail
+/// goes and whether it is encrypted (review: root's queue run used a file anyone could write,
+/// without a word). Its owner is not judged: a file of the service user's (sealpost), which
+/// root's `sendmail` reads too, is a setup the units allow.
 fn writable_by_others(path: &Path) -> Result<(), ConfigError> {
     use std::os::unix::fs::MetadataExt;
-    let Ok(meta) = std::fs::metadata(path) else {
-        return Ok(());
-    };
-    // SAFETY: geteuid cannot fail.
-    let euid = unsafe { libc::geteuid() };
-    let message = if meta.mode() & 0o002 != 0 {
-        format!(
-            "any user may write to it (mode {:04o}): refused, as whoever writes it decides \
-             where mail goes and whether it is encrypted (chmod o-w)",
-            meta.mode() & 0o7777
-        )
-    } else if meta.uid() != 0 && meta.uid() != euid {
-        format!(
-            "it belongs to uid {}, neither root nor this user (uid {euid}): refused, as that \
-             user decides where mail goes and whether it is encrypted",
-            meta.uid()
-        )
-    } else {
-        return Ok(());
-    };
-    Err(ConfigError::Unsafe {
-        path: path.display().to_string(),
-        message,
-    })
+    match std::fs::metadata(path) {
+        Ok(meta) if meta.mode() & 0o002 != 0 => Err(ConfigError::Unsafe {
+            path: path.display().to_string(),
+            message: format!(
+                "any user may write to it (mode {:04o}): refused, as whoever writes it decides \
+                 where mail goes and whether it is encrypted (chmod o-w)",
+                meta.mode() & 0o7777
+            ),
+        }),
+        _ => Ok(()),
+    }
 }
 
 impl Config {
