@@ -126,8 +126,8 @@ impl QueueConfig {
     }
 
     /// Modes that would let other users at queued mail, refused as `postfix check` warns of
-    /// them (review: neither was noticed): a queue directory that group or others may write
-    /// to (anyone could put a -wal file of their own beside the database, which SQLite then
+    /// them (review: neither was noticed): a queue directory that any user may write to
+    /// (anyone could put a -wal file of their own beside the database, which SQLite then
     /// writes queued messages into, or replace the database), and a shared drop directory
     /// that others may write to without the sticky bit (anyone could delete another's message
     /// after sendmail said it was queued).
@@ -143,11 +143,14 @@ impl QueueConfig {
         let Ok(queue) = std::fs::metadata(&self.dir) else {
             return Ok(());
         };
-        if queue.mode() & 0o022 != 0 {
+        // Group write is left be: with umask 002 (user private groups) a plain mkdir makes
+        // a personal queue 0775, its group the user's own (review: refused, every
+        // submission 75).
+        if queue.mode() & 0o002 != 0 {
             return unsafe_mode(
                 &self.dir,
                 queue.mode(),
-                "others may write to the queue directory, and so replace its files",
+                "any user may write to the queue directory, and so replace its files",
                 "0711 (shared) or 0700 (personal)",
             );
         }
@@ -328,6 +331,8 @@ pub struct Queue {
 impl Queue {
     /// Opens (creating when missing) the queue under `config.dir`.
     pub fn open(config: &QueueConfig) -> Result<Queue, QueueError> {
+        // Before anything is made in it (review: corrupt/ was, then the queue refused).
+        config.check_modes()?;
         for dir in [config.dir.clone(), config.dir.join("corrupt")] {
             create_private_dir(&dir)?;
         }
