@@ -744,19 +744,29 @@ fn secret_key_here(gpg: &mut Gpg, error: &gpgme::Error, ciphertext: &[u8]) -> Op
                 .filter(|k| k.id().is_ok_and(|k| k.eq_ignore_ascii_case(id)))
                 .filter_map(|k| k.keygrip().ok().map(str::to_string));
             for grip in named {
-                if dir.join(format!("{grip}.key")).is_file() {
-                    found.get_or_insert_with(|| id.clone());
+                let file = dir.join(format!("{grip}.key"));
+                if file.is_file() {
+                    found.get_or_insert_with(|| (id.clone(), file));
                 }
             }
         }
     }
     let _ = gpg.ctx.set_key_list_mode(mode);
-    found.map(|id| {
-        format!(
+    let (id, file) = found?;
+    // A file gpg-agent cannot read (left root's by `sudo gpg --import` into a service's
+    // home) is said as such: the administrator's to fix, then the message decrypts (review:
+    // the agent was blamed).
+    Some(match std::fs::File::open(&file) {
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => format!(
+            "{error}: the secret key file {} of {id}, which the message is encrypted to, \
+             cannot be read: {e}",
+            file.display()
+        ),
+        _ => format!(
             "{error}, though the secret key file of {id}, which the message is encrypted to, \
              is in {}: gpg-agent could not use it now",
             dir.display()
-        )
+        ),
     })
 }
 

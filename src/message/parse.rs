@@ -305,7 +305,6 @@ impl ParsedMessage {
         })
     }
 
-    /// True for PGP/MIME encrypted (RFC 3156 §4) or inline PGP messages: they pass through.
     /// Whether a multipart/signed or multipart/encrypted of the sender's own holds a line of
     /// more than 998 octets (RFC 5322 §2.1.1). The canonical form keeps those bytes as they
     /// came, since the sender's signature is over them: no copy can carry them in the clear
@@ -333,6 +332,7 @@ impl ParsedMessage {
         })
     }
 
+    /// True for PGP/MIME encrypted (RFC 3156 §4) or inline PGP messages: they pass through.
     pub fn is_encrypted(&self) -> bool {
         self.encrypted
     }
