@@ -6108,3 +6108,42 @@ async fn parents_upstream_has_only_as_names_go_with_their_last_child() {
         "encrypted upstream"
     );
 }
+
+/// Two more ways a mailbox here came to be a name only upstream (review): the parent a
+/// rename made here (`RENAME C A/X`: upstream's RENAME makes A `\Noselect`), once A.X is
+/// deleted upstream; and a folder another client deleted while an expunge of its message
+/// waited here (kept for that change, then never looked at again), with its parent. Each
+/// went on here, empty, for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parents_made_by_a_rename_and_folders_kept_for_a_change_go_too() {
+    let world = World::new();
+    let dovecot = Dovecot::start_tls();
+    upstream(
+        &dovecot,
+        json!([{"cmd": "raw", "line": "CREATE C"}, {"cmd": "raw", "line": "CREATE B.Y"},
+        append_bytes("B.Y", &plain_message("y"))]),
+    );
+    let (server, _dir, config) = bobs_sync_with_address(&world, &dovecot);
+    pass_storing(&config, 1);
+    let mut raw = server.login();
+    raw.ok("RENAME C A/X");
+    passes(&config, 1);
+    assert_eq!(
+        upstream_folders(&dovecot),
+        ["A", "A.X", "B", "B.Y", "INBOX"]
+    );
+    raw.ok("SELECT B/Y");
+    raw.ok("STORE 1 +FLAGS (\\Deleted)");
+    raw.ok("EXPUNGE");
+    raw.ok("UNSELECT");
+    upstream(
+        &dovecot,
+        json!([{"cmd": "raw", "line": "DELETE A.X"}, {"cmd": "raw", "line": "DELETE B.Y"}]),
+    );
+    passes(&config, 2);
+    assert_eq!(waiting_changes(&server), 0);
+    let listed = raw.ok("LIST \"\" \"*\"").join("\n");
+    for gone in ["\"A\"", "\"A/X\"", "\"B\"", "\"B/Y\"", "\"C\""] {
+        assert!(!listed.contains(gone), "{gone}: {listed}");
+    }
+}

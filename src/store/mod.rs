@@ -963,6 +963,10 @@ impl Store {
                 // Named by the user now (review: a placeholder renamed here went at the next
                 // pass, its rename refused upstream, where it never was).
                 unmark_placeholder(tx, account, source.id)?;
+                // Parents the rename made are names only upstream too, where the RENAME makes
+                // them `\Noselect` (review: `A` of `RENAME C A/X` stayed here, empty, once A.X
+                // went upstream).
+                mark_placeholders(tx, account, &parents)?;
             }
             journal(tx, account, from, 0, "rename-mailbox", to)?;
             Ok(())

@@ -647,10 +647,10 @@ impl Store {
                 match use_of(tx, account, &mb)? {
                     Use::Unused => remove_unused(tx, mailbox)?,
                     // Kept for its subfolders (Dovecot lists the folder still, refusing
-                    // EXAMINE): empty here once they are gone too (review: it stayed for good).
-                    Use::Parent if Some(mailbox) == own => {
-                        super::mark_placeholder(tx, account, mailbox)?
-                    }
+                    // EXAMINE), or for a change that waits (an expunge, a move out): gone
+                    // here too once they are, as it is never looked at again (review: it
+                    // stayed for good, with its parent).
+                    _ if Some(mailbox) == own => super::mark_placeholder(tx, account, mailbox)?,
                     Use::Parent | Use::Kept => {}
                 }
             }
