@@ -983,20 +983,12 @@ async fn a_ciphertext_the_mx_encrypted_again_is_decrypted_through_both_layers() 
 async fn a_boundary_found_inside_the_armor_lines_does_not_cut_the_ciphertext() {
     let world = World::new();
     let server = bobs_store(&world);
-    let out = world.sender.gpg(
-        &[
-            "--armor",
-            "--encrypt",
-            "--trust-model",
-            "always",
-            "-r",
-            &world.bob_fpr,
-        ],
-        Some(b"Content-Type: text/plain\r\n\r\nThe short boundary\r\n"),
+    let armored = world.sender.encrypt_to(
+        &world.bob_fpr,
+        b"Content-Type: text/plain\r\n\r\nThe short boundary\r\n",
     );
-    assert!(out.status.success(), "{out:?}");
     for boundary in ["E", "B"] {
-        let raw = String::from_utf8(verdicts::pgp_mime(&out.stdout))
+        let raw = String::from_utf8(verdicts::pgp_mime(&armored))
             .unwrap()
             .replace("boundary=\"b1\"", &format!("boundary=\"{boundary}\""))
             .replace("--b1", &format!("--{boundary}"));

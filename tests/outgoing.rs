@@ -1327,14 +1327,9 @@ async fn an_encoded_forwarded_message_is_signed_as_it_came() {
     );
 }
 
-/// A message the sender's MUA signed itself (multipart/signed, RFC 1847): its signed part
-/// stays byte for byte in every copy, so the sender's own signature still verifies, even
-/// when that part is 8-bit with trailing blanks (which sealpost would otherwise re-encode).
-#[tokio::test]
-async fn the_senders_own_signature_still_verifies() {
-    let world = World::new();
-    let part = "Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n\
-                H\u{e9}llo, signed by my MUA  \r\nFrom here on\r\n";
+/// A message from Alice to Bob (who has a key) and Dave (who has none) whose body is `part`
+/// as Alice's own MUA signs it (multipart/signed, RFC 1847), and its envelope.
+fn own_signed_to_bob_and_dave(world: &World, part: &str) -> (String, Envelope) {
     let sig = world.sender.gpg(
         &["--armor", "--detach-sign", "-u", &world.alice],
         Some(part.as_bytes()),
@@ -1352,6 +1347,18 @@ async fn the_senders_own_signature_still_verifies() {
         sender: "alice@example.org".into(),
         recipients: vec!["bob@example.org".into(), "dave@example.net".into()],
     };
+    (raw, env)
+}
+
+/// A message the sender's MUA signed itself (multipart/signed, RFC 1847): its signed part
+/// stays byte for byte in every copy, so the sender's own signature still verifies, even
+/// when that part is 8-bit with trailing blanks (which sealpost would otherwise re-encode).
+#[tokio::test]
+async fn the_senders_own_signature_still_verifies() {
+    let world = World::new();
+    let part = "Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n\
+                H\u{e9}llo, signed by my MUA  \r\nFrom here on\r\n";
+    let (raw, env) = own_signed_to_bob_and_dave(&world, part);
     let copies = copies(run(&world, Policy::default(), &env, raw.as_bytes()).await);
     let by = |a: &str| copy_to(&copies, a);
     let bob_copy = by("bob@example.org").message.as_deref().unwrap();
@@ -1381,23 +1388,7 @@ async fn a_long_line_in_the_senders_own_signed_part_goes_encrypted_only() {
         "Content-Type: text/plain; charset=us-ascii\r\n\r\n{}\r\n",
         "y".repeat(1500)
     );
-    let sig = world.sender.gpg(
-        &["--armor", "--detach-sign", "-u", &world.alice],
-        Some(part.as_bytes()),
-    );
-    assert!(sig.status.success());
-    let sig = String::from_utf8(sig.stdout).unwrap();
-    let raw = format!(
-        "From: alice@example.org\r\nTo: bob@example.org, dave@example.net\r\nSubject: own\r\n\
-         MIME-Version: 1.0\r\nContent-Type: multipart/signed; micalg=pgp-sha512;\r\n \
-         protocol=\"application/pgp-signature\"; boundary=\"s1\"\r\n\r\n\
-         --s1\r\n{part}\r\n--s1\r\nContent-Type: application/pgp-signature\r\n\r\n{sig}\r\n--s1--\r\n"
-    );
-    let env = Envelope {
-        id: "T11".into(),
-        sender: "alice@example.org".into(),
-        recipients: vec!["bob@example.org".into(), "dave@example.net".into()],
-    };
+    let (raw, env) = own_signed_to_bob_and_dave(&world, &part);
     let copies = copies(run(&world, Policy::default(), &env, raw.as_bytes()).await);
     let bob_copy = copy_to(&copies, "bob@example.org")
         .message
