@@ -151,7 +151,8 @@ pub enum ConfigError {
 fn writable_by_others(path: &Path) -> Result<(), ConfigError> {
     use std::os::unix::fs::MetadataExt;
     match std::fs::metadata(path) {
-        Ok(meta) if meta.mode() & 0o002 != 0 => Err(ConfigError::Unsafe {
+        // A file: /dev/null (the built-in defaults, and nothing else) is anyone's to write.
+        Ok(meta) if meta.is_file() && meta.mode() & 0o002 != 0 => Err(ConfigError::Unsafe {
             path: path.display().to_string(),
             message: format!(
                 "any user may write to it (mode {:04o}): refused, as whoever writes it decides \

@@ -274,6 +274,8 @@ fn exit_codes_and_reasons() {
         String::from_utf8_lossy(&out.stdout),
         format!("{}: the configuration is valid\n", cfg.display())
     );
+    // /dev/null, anyone's to write, is no file: the built-in defaults (review: refused).
+    assert_eq!(check("/dev/null").status.code(), Some(0));
     std::fs::write(&cfg, "[gnupg]\nhome = \"/nonexistent-home\"\n").unwrap();
     let out = check(cfg.to_str().unwrap());
     assert_eq!(out.status.code(), Some(78));

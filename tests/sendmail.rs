@@ -986,24 +986,28 @@ fn modes_that_let_others_at_queued_mail_are_refused() {
     let incoming = queue.join("incoming");
     std::fs::create_dir_all(&incoming).unwrap();
     let msg = b"From: root@host.example\nSubject: cron\n\nbody\n";
-    for (queue_mode, drop_mode) in [(0o713, 0o1733), (0o711, 0o733)] {
+    for (queue_mode, drop_mode) in [(0o713, 0o1733), (0o731, 0o1733), (0o711, 0o733)] {
         set_mode(&queue, queue_mode);
         set_mode(&incoming, drop_mode);
         let out = s.sendmail(&["-i", "bob@example.org"], msg);
         assert_eq!(out.status.code(), Some(75), "{out:?}");
         let said = String::from_utf8_lossy(&out.stderr);
         assert!(said.contains("refused until it is"), "{said}");
-        let out = s.sealpost(&["queue", "run"]);
-        assert_eq!(out.status.code(), Some(78), "{out:?}");
+        for command in [&["queue", "run"][..], &["queue", "list"][..]] {
+            let out = s.sealpost(command);
+            assert_eq!(out.status.code(), Some(78), "{command:?}: {out:?}");
+        }
     }
     set_mode(&queue, 0o711);
     set_mode(&incoming, 0o1733);
     assert!(s.sendmail(&["-i", "bob@example.org"], msg).status.success());
     s.queue_run();
-    // Group write is no refusal (umask 002: a user's private group; review).
-    set_mode(&queue, 0o771);
+    // Group write is no refusal in a personal queue (umask 002: a user's private group;
+    // review), which keeps its drop directory its owner's alone.
+    set_mode(&queue, 0o775);
     s.queue_run();
     set_mode(&queue, 0o711);
+    set_mode(&incoming, 0o1733);
     let wal = queue.join("queue.sqlite-wal");
     let _ = std::fs::remove_file(&wal);
     std::fs::write(&wal, b"").unwrap();

@@ -733,20 +733,27 @@ fn secret_key_here(gpg: &mut Gpg, error: &gpgme::Error, ciphertext: &[u8]) -> Op
     gpg.ctx
         .set_key_list_mode(KeyListMode::LOCAL | KeyListMode::WITH_KEYGRIP)
         .ok()?;
+    // One listing for all of them (review: one per packet, up to a thousand, could outlast
+    // the deadline).
+    let mut ids: Vec<&str> = ids
+        .iter()
+        .map(String::as_str)
+        .filter(|id| id.bytes().any(|b| b != b'0'))
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
     let mut found = None;
-    for id in ids.iter().filter(|id| id.bytes().any(|b| b != b'0')) {
-        let Ok(keys) = gpg.ctx.find_keys([id.as_str()]) else {
-            continue;
-        };
+    if let (false, Ok(keys)) = (ids.is_empty(), gpg.ctx.find_keys(ids.iter().copied())) {
         for key in keys.flatten() {
-            let named = key
-                .subkeys()
-                .filter(|k| k.id().is_ok_and(|k| k.eq_ignore_ascii_case(id)))
-                .filter_map(|k| k.keygrip().ok().map(str::to_string));
-            for grip in named {
+            for sub in key.subkeys() {
+                let Ok(id) = sub.id() else { continue };
+                let Some(named) = ids.iter().find(|i| i.eq_ignore_ascii_case(id)) else {
+                    continue;
+                };
+                let Ok(grip) = sub.keygrip() else { continue };
                 let file = dir.join(format!("{grip}.key"));
                 if file.is_file() {
-                    found.get_or_insert_with(|| (id.clone(), file));
+                    found.get_or_insert_with(|| (named.to_string(), file));
                 }
             }
         }

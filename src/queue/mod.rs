@@ -143,14 +143,17 @@ impl QueueConfig {
         let Ok(queue) = std::fs::metadata(&self.dir) else {
             return Ok(());
         };
-        // Group write is left be: with umask 002 (user private groups) a plain mkdir makes
-        // a personal queue 0775, its group the user's own (review: refused, every
-        // submission 75).
-        if queue.mode() & 0o002 != 0 {
+        // Group write is left be in a personal queue: with umask 002 (user private groups) a
+        // plain mkdir makes one 0775, its group the user's own (review: refused, every
+        // submission 75). Not in a shared one (0711: others may enter, not list), whose
+        // group may be anyone's (review).
+        let shared = queue.mode() & 0o005 == 0o001;
+        let writers = if shared { 0o022 } else { 0o002 };
+        if queue.mode() & writers != 0 {
             return unsafe_mode(
                 &self.dir,
                 queue.mode(),
-                "any user may write to the queue directory, and so replace its files",
+                "other users may write to the queue directory, and so replace its files",
                 "0711 (shared) or 0700 (personal)",
             );
         }

@@ -441,6 +441,8 @@ pub fn list(config: &QueueConfig, out: &mut impl Write) -> Result<(), SendmailEr
             }
             queue
         }
+        // Modes that let others at queued mail are said, not read past (review: listed, 0).
+        Err(e @ QueueError::Unsafe(_)) => return Err(e.into()),
         // A full or read-only file system: the queue is listed all the same, as it stands.
         Err(e) => match Queue::open_read_only(config) {
             Ok(queue) => {

@@ -56,7 +56,8 @@ impl From<rusqlite::Error> for StoreError {
 
 impl StoreError {
     /// Whether trying again later may succeed: the store locked by another process past the
-    /// busy timeout, or its disk full.
+    /// busy timeout, or its disk full (SQLite says "disk I/O error" when it cannot grow the
+    /// -shm file there).
     pub fn is_temporary(&self) -> bool {
         use rusqlite::ErrorCode as C;
         let source = match self {
@@ -66,7 +67,10 @@ impl StoreError {
         matches!(
             source,
             rusqlite::Error::SqliteFailure(f, _)
-                if matches!(f.code, C::DatabaseBusy | C::DatabaseLocked | C::DiskFull)
+                if matches!(
+                    f.code,
+                    C::DatabaseBusy | C::DatabaseLocked | C::DiskFull | C::SystemIoFailure
+                )
         )
     }
 

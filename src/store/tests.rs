@@ -1135,6 +1135,7 @@ fn locked_or_full_is_temporary() {
     assert!(sql(rusqlite::ffi::SQLITE_BUSY).is_temporary());
     assert!(sql(rusqlite::ffi::SQLITE_LOCKED).is_temporary());
     assert!(sql(rusqlite::ffi::SQLITE_FULL).is_temporary());
+    assert!(sql(rusqlite::ffi::SQLITE_IOERR).is_temporary());
     assert!(!sql(rusqlite::ffi::SQLITE_CORRUPT).is_temporary());
     assert!(!StoreError::NoMailbox("x".into()).is_temporary());
 }
