@@ -723,16 +723,8 @@ fn secret_key_here(gpg: &mut Gpg, error: &gpgme::Error, ciphertext: &[u8]) -> Op
     if error.code() != gpgme::Error::NO_SECKEY.code() {
         return None;
     }
-    let dir = gpg
-        .home
-        .as_deref()
-        .map_or_else(super::default_home, Path::to_path_buf)
-        .join("private-keys-v1.d");
+    let dir = secret_key_dir(gpg.home.as_deref());
     let ids = crate::message::parse::session_key_ids(ciphertext, MAX_SESSION_KEYS);
-    let mode = gpg.ctx.key_list_mode();
-    gpg.ctx
-        .set_key_list_mode(KeyListMode::LOCAL | KeyListMode::WITH_KEYGRIP)
-        .ok()?;
     // One listing for all of them (review: one per packet, up to a thousand, could outlast
     // the deadline).
     let mut ids: Vec<&str> = ids
@@ -742,24 +734,26 @@ fn secret_key_here(gpg: &mut Gpg, error: &gpgme::Error, ciphertext: &[u8]) -> Op
         .collect();
     ids.sort_unstable();
     ids.dedup();
-    let mut found = None;
-    if let (false, Ok(keys)) = (ids.is_empty(), gpg.ctx.find_keys(ids.iter().copied())) {
-        for key in keys.flatten() {
-            for sub in key.subkeys() {
-                let Ok(id) = sub.id() else { continue };
-                let Some(named) = ids.iter().find(|i| i.eq_ignore_ascii_case(id)) else {
-                    continue;
-                };
-                let Ok(grip) = sub.keygrip() else { continue };
-                let file = dir.join(format!("{grip}.key"));
-                if file.is_file() {
-                    found.get_or_insert_with(|| (named.to_string(), file));
-                }
-            }
-        }
+    if ids.is_empty() {
+        return None;
     }
-    let _ = gpg.ctx.set_key_list_mode(mode);
-    let (id, file) = found?;
+    let (id, file) = with_keygrips(&mut gpg.ctx, |ctx| {
+        ctx.find_keys(ids.iter().copied())
+            .ok()?
+            .flatten()
+            .flat_map(|key| {
+                key.subkeys()
+                    .filter_map(|sub| {
+                        let named = ids
+                            .iter()
+                            .find(|i| sub.id().is_ok_and(|id| i.eq_ignore_ascii_case(id)))?;
+                        let file = dir.join(format!("{}.key", sub.keygrip().ok()?));
+                        file.is_file().then(|| (named.to_string(), file))
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .next()
+    })?;
     // A file gpg-agent cannot read (left root's by `sudo gpg --import` into a service's
     // home) is said as such: the administrator's to fix, then the message decrypts (review:
     // the agent was blamed).
@@ -819,16 +813,18 @@ fn checks_of(
         if gpgs_badsig && bad.is_none() {
             bad = Some(i);
         }
-        let made = s.creation_time();
+        // When the key has expired: when was the signature made?
+        let made = s.creation_time().filter(|_| {
+            s.status()
+                .is_err_and(|e| e.code() == gpgme::Error::KEY_EXPIRED.code())
+        });
         let mut check = check(s);
-        if let (SignatureState::Expired(why), Some(made)) = (&mut check.state, made) {
-            if why == KEY_EXPIRED {
-                if let Some(expired) = expired_before(gpg, &check.fingerprint, made) {
-                    check.state = SignatureState::Bad(format!(
-                        "made {} after the key expired",
-                        days_between(expired, made)
-                    ));
-                }
+        if let Some(made) = made {
+            if let Some(expired) = expired_before(gpg, &check.fingerprint, made) {
+                check.state = SignatureState::Bad(format!(
+                    "made {} after the key expired",
+                    days_between(expired, made)
+                ));
             }
         }
         checks.push(check);
@@ -839,9 +835,6 @@ fn checks_of(
     }
     checks
 }
-
-/// Why gpg calls a good signature expired when its key has expired.
-const KEY_EXPIRED: &str = "key expired";
 
 /// When the key that made a signature at `made` (the signing subkey of `fingerprint`, or its
 /// primary key) had expired already: gpg's "Good signature... This key has expired" is said
@@ -914,7 +907,7 @@ fn check(s: gpgme::results::Signature<'_>) -> SignatureCheck {
         Ok(()) => SignatureState::Valid,
         Err(e) if e.code() == gpgme::Error::NO_PUBKEY.code() => SignatureState::UnknownKey,
         Err(e) if e.code() == gpgme::Error::KEY_EXPIRED.code() => {
-            SignatureState::Expired(KEY_EXPIRED.into())
+            SignatureState::Expired("key expired".into())
         }
         Err(e) if e.code() == gpgme::Error::SIG_EXPIRED.code() => {
             SignatureState::Expired("signature expired".into())
@@ -934,13 +927,24 @@ fn check(s: gpgme::results::Signature<'_>) -> SignatureCheck {
 /// service's home). gpg-agent then answers "no such key" and gpg lists no secret key, without
 /// an error (review: taken for "no secret key", 550, or the default signer signed instead).
 fn unreadable_secret_key(ctx: &mut Context, home: Option<&Path>, who: &str) -> Option<String> {
-    let dir = home
-        .map_or_else(super::default_home, Path::to_path_buf)
-        .join("private-keys-v1.d");
+    let dir = secret_key_dir(home);
+    with_keygrips(ctx, |ctx| unreadable_key_file(ctx, &dir, who))
+}
+
+/// Where gpg-agent keeps the secret key files of `home` (the default home when None), one
+/// per keygrip.
+fn secret_key_dir(home: Option<&Path>) -> std::path::PathBuf {
+    home.map_or_else(super::default_home, Path::to_path_buf)
+        .join("private-keys-v1.d")
+}
+
+/// `f` over `ctx` with local key listings that carry keygrips, the listing mode restored
+/// after.
+fn with_keygrips<T>(ctx: &mut Context, f: impl FnOnce(&mut Context) -> Option<T>) -> Option<T> {
     let mode = ctx.key_list_mode();
     ctx.set_key_list_mode(KeyListMode::LOCAL | KeyListMode::WITH_KEYGRIP)
         .ok()?;
-    let found = unreadable_key_file(ctx, &dir, who);
+    let found = f(ctx);
     let _ = ctx.set_key_list_mode(mode);
     found
 }

@@ -86,7 +86,7 @@ impl QueueConfig {
         let incoming = self.incoming();
         let shared = std::fs::metadata(&self.dir)
             .ok()
-            .filter(|m| m.mode() & 0o005 == 0o001);
+            .filter(|m| is_shared(m.mode()));
         if let Some(made) = std::fs::metadata(&incoming).ok().filter(|m| m.is_dir()) {
             // A personal queue's drop directory that others may write to (made 1733 by a
             // version that took a 0755 queue for shared: review) is the owner's alone again:
@@ -147,8 +147,11 @@ impl QueueConfig {
         // plain mkdir makes one 0775, its group the user's own (review: refused, every
         // submission 75). Not in a shared one (0711: others may enter, not list), whose
         // group may be anyone's (review).
-        let shared = queue.mode() & 0o005 == 0o001;
-        let writers = if shared { 0o022 } else { 0o002 };
+        let writers = if is_shared(queue.mode()) {
+            0o022
+        } else {
+            0o002
+        };
         if queue.mode() & writers != 0 {
             return unsafe_mode(
                 &self.dir,
@@ -216,6 +219,12 @@ pub enum QueueError {
     /// A mode or owner that would let other users at queued mail ([`QueueConfig::check_modes`]).
     #[error("queue: {0}")]
     Unsafe(String),
+}
+
+/// Whether a queue directory of this mode is shared (0711, as the package makes it: others
+/// may enter, not list) rather than personal.
+fn is_shared(mode: u32) -> bool {
+    mode & 0o005 == 0o001
 }
 
 /// Seconds since the epoch.

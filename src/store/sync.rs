@@ -658,8 +658,9 @@ impl Store {
         })
     }
 
-    /// Placeholders (see [`Store::create_synced_mailbox`], and a folder another client
-    /// deleted upstream that stayed here for its subfolders) that are empty, with no mailbox
+    /// Placeholders (parents made by [`Store::create_synced_mailbox`], by following an
+    /// upstream rename or by a rename here, and a folder another client deleted upstream
+    /// that stayed here for its subfolders or a waiting change) that are empty, with no mailbox
     /// under them and no waiting change naming them, and that `upstream` (the local names of
     /// the folders the pass synced) does not hold: removed here, as upstream has no folder of
     /// theirs (before: a parent another client made by making a child under it stayed here,

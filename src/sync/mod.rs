@@ -182,14 +182,14 @@ impl Syncer {
         log_and_notify(&self.name, self.config.notify_command.as_deref(), &report).await;
         // Its report too, for `sync --once` to print (review: 75 and nothing on stdout after
         // 150 messages were stored).
-        result.map_err(|error| match report.total() {
-            0 => error,
-            _ => SyncError::Broke {
+        match result {
+            Ok(()) => Ok(report),
+            Err(error) if report.total() == 0 => Err(error),
+            Err(error) => Err(SyncError::Broke {
                 error: Box::new(error),
-                report: Box::new(report.clone()),
-            },
-        })?;
-        Ok(report)
+                report: Box::new(report),
+            }),
+        }
     }
 
     /// The pass over an open session; `report` holds what it did, also when it breaks off.
