@@ -48,7 +48,7 @@ pub enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<std::ffi::OsString>,
     },
-    /// Sync accounts from their upstream IMAP server: decrypt, verify, store.
+    /// Sync accounts from their upstream IMAP server or Maildir: decrypt, verify, store.
     Sync(crate::incoming::SyncArgs),
     /// The milter for Postfix/Sendmail (listens on [milter] listen) until SIGTERM.
     Milter,
@@ -277,6 +277,8 @@ pub fn main(cli: Cli) -> ExitCode {
 /// error there exits 78, naming file, line and key); says which file, or that the built-in
 /// defaults are used, and refuses a [gnupg] home that is not there.
 fn check(config: &Config) -> Result<u8, CliError> {
+    // Before the verdict line (review: "the configuration is valid", then the error).
+    gnupg_home_there(config)?;
     let mut out = std::io::stdout().lock();
     let said = match &config.source {
         Some(path) => writeln!(out, "{}: the configuration is valid", path.display()),
@@ -290,19 +292,22 @@ fn check(config: &Config) -> Result<u8, CliError> {
         path: "standard output".into(),
         source,
     })?;
-    gnupg_home_there(config)?;
     Ok(0)
 }
 
 /// A configured [gnupg] home that cannot be listed (not there, not a directory, not ours to
-/// read): a setting to fix (78), named.
+/// read): a setting to fix (78), named with the file that sets it.
 fn gnupg_home_there(config: &Config) -> Result<(), CliError> {
-    match &config.gnupg.home {
-        Some(home) => std::fs::read_dir(home)
-            .map(drop)
-            .map_err(|e| CliError::Setting(format!("gnupg.home {}: {e}", home.display()))),
-        None => Ok(()),
-    }
+    let Some(home) = &config.gnupg.home else {
+        return Ok(());
+    };
+    std::fs::read_dir(home).map(drop).map_err(|e| {
+        let file = config.source.as_deref().map_or_else(
+            || "the configuration".to_string(),
+            |f| f.display().to_string(),
+        );
+        CliError::Setting(format!("{file}: gnupg.home: {}: {e}", home.display()))
+    })
 }
 
 /// How long blocking work still running at the end of a command may take.

@@ -196,14 +196,7 @@ impl Config {
                 path: name.to_string(),
                 line,
                 key,
-                // One line: toml's message may run over several.
-                message: e
-                    .message()
-                    .lines()
-                    .map(str::trim)
-                    .filter(|l| !l.is_empty())
-                    .collect::<Vec<_>>()
-                    .join(": "),
+                message: one_line(e.message(), &text[offset.min(text.len())..]),
             }
         })?;
         config.validate(text, name)?;
@@ -412,7 +405,7 @@ impl Config {
             return Err(invalid(
                 "milter.reinject_host",
                 "reinject_host",
-                "copies are re-injected in clear: use a loopback address (127.0.0.1, ::1, localhost)".into(),
+                "copies are re-injected in clear: use a loopback address (127.0.0.0/8, ::1, localhost)".into(),
             ));
         }
         // Ten years and one week: past these the arithmetic in seconds would overflow
@@ -587,6 +580,22 @@ fn is_key(line: &str, needle: &str) -> bool {
 }
 
 /// Line number (1-based) of a byte offset, and the key written on that line ("key: ").
+/// toml's message on one line (it may run over several). None at all (a value missing at
+/// the end of the file: review, "gnupg.workers: " and nothing after it) says what is missing.
+fn one_line(message: &str, rest: &str) -> String {
+    let line = message
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(": ");
+    match line.is_empty() {
+        false => line,
+        true if rest.trim().is_empty() => "a value is missing: the file ends here".into(),
+        true => "not valid TOML here".into(),
+    }
+}
+
 fn locate(text: &str, offset: usize) -> (usize, String) {
     let offset = offset.min(text.len());
     let line = text[..offset].matches('\n').count() + 1;
@@ -604,15 +613,25 @@ fn locate(text: &str, offset: usize) -> (usize, String) {
         })
         .last()
         .filter(|t| !t.is_empty());
-    let key = line_text
-        .split_once('=')
-        .map(|(k, _)| k.trim().trim_matches('"'))
-        .filter(|k| !k.is_empty() && !k.starts_with('['))
-        .map(|k| match table {
-            Some(table) => format!("{table}.{k}: "),
-            None => format!("{k}: "),
-        })
-        .unwrap_or_default();
+    // A table's own line (a key missing from it: "missing field `name`") names the table.
+    let header = line_text
+        .trim_start()
+        .strip_prefix('[')
+        .and_then(|l| l.split(']').next())
+        .map(|t| t.trim_start_matches('[').trim())
+        .filter(|t| !t.is_empty());
+    let key = match header {
+        Some(table) => format!("{table}: "),
+        None => line_text
+            .split_once('=')
+            .map(|(k, _)| k.trim().trim_matches('"'))
+            .filter(|k| !k.is_empty() && !k.starts_with('['))
+            .map(|k| match table {
+                Some(table) => format!("{table}.{k}: "),
+                None => format!("{k}: "),
+            })
+            .unwrap_or_default(),
+    };
     (line, key)
 }
 
@@ -722,6 +741,32 @@ mod tests {
         assert!(
             e.starts_with("s.toml:3: imap.key: is set without imap.certificate"),
             "{e}"
+        );
+        // A key a table must have is named with the table (review: "missing field `name`"
+        // alone), and a value missing at the end of the file says so (review: nothing).
+        let e = Config::parse("[[accounts]]\npassword_hash = \"x\"\n", "s.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("s.toml:1: accounts: missing field `name`"),
+            "{e}"
+        );
+        let e = Config::parse(
+            "[[accounts]]\nname = \"a\"\n[accounts.upstream]\nusername = \"u\"\n",
+            "s.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("s.toml:3: accounts.upstream: missing field `host`"),
+            "{e}"
+        );
+        let e = Config::parse("[gnupg]\nworkers=", "s.toml")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "s.toml:2: gnupg.workers: a value is missing: the file ends here"
         );
         let e = Config::parse("[gnupg]\ntimeout_secs = 0\n", "s.toml")
             .unwrap_err()

@@ -127,11 +127,13 @@ pub async fn serve(config: Config, args: ImapArgs) -> Result<u8, CliError> {
 
 #[derive(Debug, clap::Args)]
 pub struct SyncArgs {
-    /// One pass over every folder, then exit (0 done, 64 no such account, 75 upstream or
-    /// GnuPG unavailable or the connection broken in the pass, 78 an upstream setting).
+    /// One pass over every folder, then exit (0 done, 64 no such account, 75 upstream,
+    /// Maildir or GnuPG unavailable, the connection broken in the pass, or the store locked
+    /// or full, 74 another store failure at its opening, 78 a setting to fix).
     #[arg(long)]
     pub once: bool,
-    /// Only this account (one of the configuration's [[accounts]] with an upstream).
+    /// Only this account (one of the configuration's [[accounts]] with an upstream or a
+    /// Maildir).
     #[arg(long, value_name = "NAME")]
     pub account: Option<String>,
 }

@@ -279,7 +279,15 @@ fn exit_codes_and_reasons() {
     std::fs::write(&cfg, "[gnupg]\nhome = \"/nonexistent-home\"\n").unwrap();
     let out = check(cfg.to_str().unwrap());
     assert_eq!(out.status.code(), Some(78));
-    assert!(stderr_line(&out).contains("gnupg.home /nonexistent-home"));
+    assert!(
+        stderr_line(&out).contains(&format!(
+            "{}: gnupg.home: /nonexistent-home: ",
+            cfg.display()
+        )),
+        "{out:?}"
+    );
+    // Not called valid first (review).
+    assert!(out.stdout.is_empty(), "{out:?}");
     // One any user may write: whoever writes it decides where mail goes (review: used
     // without a word).
     {

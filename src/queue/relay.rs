@@ -83,7 +83,7 @@ impl RelayConfig {
             if !crate::net::is_loopback(host) {
                 return Some((
                     "tls",
-                    "\"none\" is allowed only with a loopback host (127.0.0.1, ::1, localhost): mail never crosses a network in clear".into(),
+                    "\"none\" is allowed only with a loopback host (127.0.0.0/8, ::1, localhost): mail never crosses a network in clear".into(),
                 ));
             }
             if self.username.is_some() {
