@@ -161,7 +161,7 @@ async fn round_trip(config: &Config, dir: &Path, gnupg: &Path) -> Result<u8, Cli
                 );
                 failures += usize::from(!ok || dec.recipients.len() != 1);
             }
-            Decision::Signed => {
+            Decision::Signed { .. } => {
                 let (signed, sig) = signed_parts(bytes)
                     .ok_or_else(|| CliError::Demo("copy is not multipart/signed".into()))?;
                 let checks = keys

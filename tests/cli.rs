@@ -62,7 +62,14 @@ fn rewrite_writes_one_file_per_recipient_and_prints_decisions() {
         lines[0],
         ["bob@example.org", "encrypted", world.bob_fpr.as_str()]
     );
-    assert_eq!(lines[1][..2], ["dave@example.net", "signed"]);
+    assert_eq!(
+        lines[1],
+        [
+            "dave@example.net",
+            "signed",
+            "no public key: signed cleartext"
+        ]
+    );
     assert_eq!(
         lines[2],
         ["carol@example.org", "encrypted", world.carol_fpr.as_str()]
@@ -107,6 +114,7 @@ fn rewrite_writes_one_file_per_recipient_and_prints_decisions() {
     assert_eq!(json[0]["decision"], "encrypted");
     assert_eq!(json[0]["fingerprint"], world.bob_fpr.as_str());
     assert_eq!(json[1]["decision"], "signed");
+    assert_eq!(json[1]["reason"], "no public key");
     assert!(json[1]["file"]
         .as_str()
         .unwrap()

@@ -144,7 +144,7 @@ async fn every_fixture_round_trips() {
                     );
                     signed
                 }
-                Decision::Signed => {
+                Decision::Signed { .. } => {
                     let (signed, sig) = signed_parts(&bytes)
                         .unwrap_or_else(|| panic!("{name}: copy is not multipart/signed"));
                     assert_eq!(

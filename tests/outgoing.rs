@@ -104,7 +104,12 @@ async fn opportunistic_to_cc_bcc_gives_three_distinct_copies() {
             fingerprint: world.carol_fpr.clone()
         }
     );
-    assert_eq!(dave.decision, Decision::Signed);
+    assert_eq!(
+        dave.decision,
+        Decision::Signed {
+            reason: "no public key".into()
+        }
+    );
 
     let bob_copy = bob.message.as_ref().unwrap();
     let carol_copy = carol.message.as_ref().unwrap();
@@ -284,7 +289,9 @@ async fn expired_revoked_and_sign_only_keys_count_as_no_key() {
     let expired = other.generate_expired("Eve <expired@example.org>");
     let revoked = other.generate_revoked("Rob <revoked@example.org>");
     let sign_only = other.generate_sign_only("Sid <signonly@example.org>");
-    for fpr in [&expired, &revoked, &sign_only] {
+    let sub_expired = other.generate_encryption_subkey_expired("Sue <subexpired@example.org>");
+    let sub_revoked = other.generate_encryption_subkey_revoked("Sam <subrevoked@example.org>");
+    for fpr in [&expired, &revoked, &sign_only, &sub_expired, &sub_revoked] {
         world.sender.import(&other.export_public(fpr));
     }
     let service = world.sender.service(Duration::from_secs(20));
@@ -306,6 +313,25 @@ async fn expired_revoked_and_sign_only_keys_count_as_no_key() {
             &sign_only,
             Unusable::NoEncryptionSubkey,
             "no encryption-capable subkey",
+        ),
+        // Said as what it is (review: "no encryption-capable subkey" for both).
+        (
+            "subexpired@example.org",
+            &sub_expired,
+            Unusable::EncryptionSubkeyGone {
+                expired: true,
+                revoked: false,
+            },
+            "encryption subkey expired",
+        ),
+        (
+            "subrevoked@example.org",
+            &sub_revoked,
+            Unusable::EncryptionSubkeyGone {
+                expired: false,
+                revoked: true,
+            },
+            "encryption subkey revoked",
         ),
     ];
     for (addr, fpr, why, text) in cases {
@@ -339,8 +365,23 @@ async fn expired_revoked_and_sign_only_keys_count_as_no_key() {
             other => panic!("{}: expected rejection, got {other:?}", copy.recipient),
         }
     }
-    for copy in copies(run(&world, Policy::default(), &env, MESSAGE.as_bytes()).await) {
-        assert_eq!(copy.decision, Decision::Signed, "{}", copy.recipient);
+    // The signed cleartext copy says why too (review: "no usable key" alone).
+    for (copy, (_, fpr, _, text)) in
+        copies(run(&world, Policy::default(), &env, MESSAGE.as_bytes()).await)
+            .iter()
+            .zip(cases)
+    {
+        match &copy.decision {
+            Decision::Signed { .. } => {
+                let detail = copy.decision.detail();
+                assert!(
+                    detail.contains(&format!("key {fpr} {text}"))
+                        && detail.ends_with(": signed cleartext"),
+                    "{detail}"
+                );
+            }
+            other => panic!("{}: expected signed, got {other:?}", copy.recipient),
+        }
     }
 }
 
@@ -1435,7 +1476,11 @@ async fn trust_model_always_without_a_trust_database_is_no_keyring_problem() {
         "{:?}",
         copies[0].decision
     );
-    assert_eq!(copies[1].decision, Decision::Signed);
+    assert!(
+        matches!(copies[1].decision, Decision::Signed { .. }),
+        "{:?}",
+        copies[1].decision
+    );
     assert!(!world.sender.dir.join("trustdb.gpg").exists());
 }
 
@@ -1570,7 +1615,7 @@ async fn a_keyring_in_the_old_format_works_and_its_damage_defers() {
     let intact = rewrite(&home).await;
     for c in &intact {
         match c.recipient.as_str() {
-            "dave@example.net" => assert!(matches!(c.decision, Decision::Signed), "{c:?}"),
+            "dave@example.net" => assert!(matches!(c.decision, Decision::Signed { .. }), "{c:?}"),
             _ => assert!(matches!(c.decision, Decision::Encrypted { .. }), "{c:?}"),
         }
     }

@@ -1149,6 +1149,8 @@ fn list_facts(ctx: &mut Context, addr: &str, own: bool) -> Result<Vec<KeyFacts>,
             invalid: key.is_invalid(),
             uid_revoked: matching.iter().all(|u| u.is_revoked() || u.is_invalid()),
             usable_encryption_subkey: key.subkeys().any(usable_for_encryption),
+            encryption_subkey_expired: key.subkeys().any(|s| s.can_encrypt() && s.is_expired()),
+            encryption_subkey_revoked: key.subkeys().any(|s| s.can_encrypt() && s.is_revoked()),
             no_secret: own
                 && !key
                     .subkeys()

@@ -17,6 +17,12 @@ pub struct KeyFacts {
     pub uid_revoked: bool,
     /// At least one subkey can encrypt and is itself not revoked, expired or invalid.
     pub usable_encryption_subkey: bool,
+    /// An encryption subkey has expired / is revoked (said when none is usable: review, "no
+    /// encryption-capable subkey" read as if the key never had one).
+    #[serde(default)]
+    pub encryption_subkey_expired: bool,
+    #[serde(default)]
+    pub encryption_subkey_revoked: bool,
     /// Listed for the user's own copies ([`crate::keys::KeyService::resolve_own`]), and no
     /// such subkey has its secret key here.
     #[serde(default)]
@@ -67,6 +73,11 @@ pub enum Unusable {
     Invalid,
     UserIdRevoked,
     NoEncryptionSubkey,
+    /// Encryption subkeys there, every one expired or revoked.
+    EncryptionSubkeyGone {
+        expired: bool,
+        revoked: bool,
+    },
     NoSecretKey,
     Distrusted,
 }
@@ -80,6 +91,12 @@ impl fmt::Display for Unusable {
             Unusable::Invalid => "invalid",
             Unusable::UserIdRevoked => "user ID revoked",
             Unusable::NoEncryptionSubkey => "no encryption-capable subkey",
+            Unusable::EncryptionSubkeyGone {
+                expired: true,
+                revoked: true,
+            } => "encryption subkeys expired or revoked",
+            Unusable::EncryptionSubkeyGone { revoked: true, .. } => "encryption subkey revoked",
+            Unusable::EncryptionSubkeyGone { .. } => "encryption subkey expired",
             Unusable::NoSecretKey => "not the user's own: no secret key for it here",
             Unusable::Distrusted => "marked as not to be trusted in the keyring",
         })
@@ -124,7 +141,12 @@ fn why_unusable(k: &KeyFacts) -> Option<Unusable> {
     } else if k.uid_revoked {
         Some(Unusable::UserIdRevoked)
     } else if !k.usable_encryption_subkey {
-        Some(Unusable::NoEncryptionSubkey)
+        Some(
+            match (k.encryption_subkey_expired, k.encryption_subkey_revoked) {
+                (false, false) => Unusable::NoEncryptionSubkey,
+                (expired, revoked) => Unusable::EncryptionSubkeyGone { expired, revoked },
+            },
+        )
     } else if k.no_secret {
         Some(Unusable::NoSecretKey)
     } else if k.validity == Validity::Never {
@@ -175,6 +197,8 @@ mod tests {
             invalid: false,
             uid_revoked: false,
             usable_encryption_subkey: true,
+            encryption_subkey_expired: false,
+            encryption_subkey_revoked: false,
             no_secret: false,
             validity: Validity::Unknown,
             keys: vec![fpr.into()],
@@ -194,6 +218,16 @@ mod tests {
         let sign_only = KeyFacts {
             usable_encryption_subkey: false,
             ..key("S", 7)
+        };
+        let subkey_expired = KeyFacts {
+            usable_encryption_subkey: false,
+            encryption_subkey_expired: true,
+            ..key("X", 7)
+        };
+        let subkey_revoked = KeyFacts {
+            usable_encryption_subkey: false,
+            encryption_subkey_revoked: true,
+            ..key("Y", 7)
         };
         let uid_gone = KeyFacts {
             uid_revoked: true,
@@ -238,13 +272,34 @@ mod tests {
                 },
             ),
             (
-                vec![revoked, expired, sign_only, uid_gone],
+                vec![
+                    revoked,
+                    expired,
+                    sign_only,
+                    uid_gone,
+                    subkey_expired,
+                    subkey_revoked,
+                ],
                 Resolution::NoKey {
                     refused: vec![
                         ("R".into(), Unusable::Revoked),
                         ("E".into(), Unusable::Expired),
                         ("S".into(), Unusable::NoEncryptionSubkey),
                         ("U".into(), Unusable::UserIdRevoked),
+                        (
+                            "X".into(),
+                            Unusable::EncryptionSubkeyGone {
+                                expired: true,
+                                revoked: false,
+                            },
+                        ),
+                        (
+                            "Y".into(),
+                            Unusable::EncryptionSubkeyGone {
+                                expired: false,
+                                revoked: true,
+                            },
+                        ),
                     ],
                 },
             ),

@@ -885,7 +885,7 @@ async fn end_of_message(
                 }
                 any_sendable = true;
                 if milter.hold_without_key
-                    && copy.decision == Decision::Clear
+                    && matches!(copy.decision, Decision::Clear { .. })
                     && inbound
                         .iter()
                         .any(|r| crate::rewrite::same_recipient(r, &copy.recipient))

@@ -37,20 +37,31 @@ pub struct Envelope {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[serde(tag = "decision", rename_all = "kebab-case")]
 pub enum Decision {
-    Encrypted { fingerprint: String },
-    Signed,
-    Clear,
+    Encrypted {
+        fingerprint: String,
+    },
+    /// `reason`: why there was no key to encrypt to ([`Resolution::reason`]).
+    Signed {
+        reason: String,
+    },
+    Clear {
+        reason: String,
+    },
     PassThrough,
-    Rejected { reply: Reply },
-    Deferred { reply: Reply },
+    Rejected {
+        reply: Reply,
+    },
+    Deferred {
+        reply: Reply,
+    },
 }
 
 impl Decision {
     pub fn name(&self) -> &'static str {
         match self {
             Decision::Encrypted { .. } => "encrypted",
-            Decision::Signed => "signed",
-            Decision::Clear => "clear",
+            Decision::Signed { .. } => "signed",
+            Decision::Clear { .. } => "clear",
             Decision::PassThrough => "pass-through",
             Decision::Rejected { .. } => "rejected",
             Decision::Deferred { .. } => "deferred",
@@ -62,8 +73,10 @@ impl Decision {
         match self {
             Decision::Encrypted { fingerprint } => fingerprint.clone(),
             Decision::Rejected { reply } | Decision::Deferred { reply } => reply.to_string(),
-            Decision::Signed => "no usable key: signed cleartext".into(),
-            Decision::Clear => "no usable key, signing off: cleartext".into(),
+            // The reason names a key found and refused (review: an expired key's copy went
+            // out signed in clear with "no usable key" alone, also in the debug log).
+            Decision::Signed { reason } => format!("{reason}: signed cleartext"),
+            Decision::Clear { reason } => format!("{reason}, signing off: cleartext"),
             Decision::PassThrough => "already encrypted by the sender".into(),
         }
     }
@@ -228,10 +241,9 @@ impl Rewriter {
             Plan::PerRecipient(mut steps) => {
                 // A signed copy in the clear cannot carry such a line (the encrypted ones
                 // carry it inside their ciphertext).
-                if steps.iter().any(|(_, s)| *s == plan::Step::Sign)
-                    && message.long_line_in_sealed_part()
-                {
-                    for (_, step) in steps.iter_mut().filter(|(_, s)| *s == plan::Step::Sign) {
+                let signs = |s: &plan::Step| matches!(s, plan::Step::Sign { .. });
+                if steps.iter().any(|(_, s)| signs(s)) && message.long_line_in_sealed_part() {
+                    for (_, step) in steps.iter_mut().filter(|(_, s)| signs(s)) {
                         *step = plan::Step::Reject(plan::Reply::new(
                             554,
                             "5.6.0",
@@ -610,7 +622,7 @@ impl Planned<'_> {
             // The first batch: its steps and the ones still to come.
             let all = || steps.iter().chain(self.steps.as_slice()).map(|(_, s)| s);
             let encrypts = all().any(|s| matches!(s, Step::Encrypt { .. }));
-            let signs = all().any(|s| matches!(s, Step::Sign));
+            let signs = all().any(|s| matches!(s, Step::Sign { .. }));
             self.shared = Some(
                 core.shared(&self.envelope, &self.message, encrypts, signs)
                     .await,
@@ -642,13 +654,13 @@ impl Planned<'_> {
                             Err(reply) => (failed(reply), None),
                         }
                     }
-                    Step::Sign => match &shared.signed {
-                        Some(Ok(bytes)) => (Decision::Signed, Some(bytes.clone())),
+                    Step::Sign { reason } => match &shared.signed {
+                        Some(Ok(bytes)) => (Decision::Signed { reason }, Some(bytes.clone())),
                         Some(Err(reply)) => (failed(reply.clone()), None),
                         None => unreachable!("a signed copy is built whenever a Sign step exists"),
                     },
-                    Step::Clear => (
-                        Decision::Clear,
+                    Step::Clear { reason } => (
+                        Decision::Clear { reason },
                         Some(assemble(
                             &without_bcc(message.fields()),
                             &crate::message::encoding::crlf(message.body()),

@@ -49,10 +49,11 @@ pub enum Lookup {
 pub enum Step {
     /// Encrypt to this key (and sign, per policy).
     Encrypt { fingerprint: String },
-    /// No key, opportunistic: a signed cleartext copy.
-    Sign,
+    /// No key, opportunistic: a signed cleartext copy. `reason`: why no key (keys found and
+    /// refused are named, an expired one most often: a refresh would encrypt again).
+    Sign { reason: String },
     /// No key, opportunistic, signing off: the message as it is (Bcc removed).
-    Clear,
+    Clear { reason: String },
     /// Already encrypted by the sender: passed on untouched (Bcc removed).
     PassThrough,
     /// Refused for this recipient.
@@ -126,8 +127,8 @@ pub fn plan(
                             "5.7.1",
                             format!("encryption required, {reason}"),
                         )),
-                        Mode::Opportunistic if policy.sign => Step::Sign,
-                        Mode::Opportunistic => Step::Clear,
+                        Mode::Opportunistic if policy.sign => Step::Sign { reason },
+                        Mode::Opportunistic => Step::Clear { reason },
                         Mode::EncryptOnly | Mode::AllOrNothing => Step::Reject(Reply::new(
                             550,
                             "5.7.1",
@@ -238,8 +239,8 @@ mod tests {
                 .iter()
                 .map(|(a, s)| match s {
                     Step::Encrypt { fingerprint } => format!("{a} encrypt {fingerprint}"),
-                    Step::Sign => format!("{a} sign"),
-                    Step::Clear => format!("{a} clear"),
+                    Step::Sign { .. } => format!("{a} sign"),
+                    Step::Clear { .. } => format!("{a} clear"),
                     Step::PassThrough => format!("{a} pass"),
                     Step::Reject(r) => format!("{a} reject {} {}", r.code, r.status),
                     Step::Defer(r) => format!("{a} defer {} {}", r.code, r.status),

@@ -167,6 +167,38 @@ impl GpgHome {
         self.fingerprint(uid)
     }
 
+    /// A key made in 2020 whose only encryption subkey expired a day later (the primary key
+    /// never expires).
+    pub fn generate_encryption_subkey_expired(&self, uid: &str) -> String {
+        let at = ["--faked-system-time", "20200101T000000"];
+        self.must(
+            &[
+                &at[..],
+                &["--quick-gen-key", uid, "ed25519", "sign", "never"],
+            ]
+            .concat(),
+            None,
+        );
+        let fpr = self.fingerprint(uid);
+        self.must(
+            &[&at[..], &["--quick-add-key", &fpr, "cv25519", "encr", "1d"]].concat(),
+            None,
+        );
+        fpr
+    }
+
+    /// A key whose only encryption subkey is revoked.
+    pub fn generate_encryption_subkey_revoked(&self, uid: &str) -> String {
+        let fpr = self.generate(uid);
+        // gpg's key editor: subkey 1 (future-default's cv25519), revoke it, reason 0, no
+        // text, confirm, save.
+        self.must(
+            &["--command-fd", "0", "--edit-key", &fpr],
+            Some(b"key 1\nrevkey\ny\n0\n\ny\nsave\n"),
+        );
+        fpr
+    }
+
     /// A key whose only (primary) key can sign but not encrypt.
     pub fn generate_sign_only(&self, uid: &str) -> String {
         self.must(&["--quick-gen-key", uid, "ed25519", "sign", "never"], None);
