@@ -494,21 +494,22 @@ async fn signature_of(
         };
         let mut first = None;
         for check in checks.iter().filter(good) {
-            first.get_or_insert(check);
-            let ids = keys
-                .user_ids(&check.fingerprint)
+            let key = keys
+                .signer_key(&check.fingerprint)
                 .await
                 .map_err(InboundError::Temporary)?;
             if from.as_ref().is_some_and(|f| {
                 let from = crate::rewrite::policy::canonical_address(f);
-                ids.iter()
+                key.addresses
+                    .iter()
                     .any(|id| crate::rewrite::policy::canonical_address(id) == from)
             }) {
-                return Ok(signature_verdict(check, true));
+                return Ok(signature_verdict(check, &key.primary, true));
             }
+            first.get_or_insert((check, key.primary));
         }
-        if let Some(check) = first {
-            return Ok(signature_verdict(check, false));
+        if let Some((check, primary)) = first {
+            return Ok(signature_verdict(check, &primary, false));
         }
     }
     // A bad one before an unknown key: a signature a known key made that no longer matches
@@ -517,12 +518,34 @@ async fn signature_of(
         .iter()
         .find(|c| matches!(c.state, SignatureState::Bad(_)))
         .or_else(|| checks.first());
-    Ok(pick.map_or(Signature::Unsigned, |check| signature_verdict(check, false)))
+    let Some(check) = pick else {
+        return Ok(Signature::Unsigned);
+    };
+    let primary = match check.state {
+        // Named by the fingerprint gpg gave or the 64-bit ID it could not resolve: no key to
+        // look up.
+        SignatureState::UnknownKey => String::new(),
+        _ if check.fingerprint.len() >= 40 => {
+            keys.signer_key(&check.fingerprint)
+                .await
+                .map_err(InboundError::Temporary)?
+                .primary
+        }
+        _ => String::new(),
+    };
+    Ok(signature_verdict(check, &primary, false))
 }
 
 /// The verdict on one signature; `from_matches`: the signer's key has the From address.
-fn signature_verdict(check: &SignatureCheck, from_matches: bool) -> Signature {
-    let fingerprint = check.fingerprint.clone();
+/// `primary`: the fingerprint of the key that holds the signing (sub)key, the one a user
+/// knows the key by (review: a signing subkey's fingerprint in `signer=`, another than
+/// `gpg --fingerprint` and sealpost's own outgoing logs show); empty when not known, and
+/// then the signature's own fingerprint or ID stands.
+fn signature_verdict(check: &SignatureCheck, primary: &str, from_matches: bool) -> Signature {
+    let fingerprint = match primary {
+        "" => check.fingerprint.clone(),
+        primary => primary.to_string(),
+    };
     match &check.state {
         SignatureState::Valid => Signature::Valid {
             fingerprint,

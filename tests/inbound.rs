@@ -1078,6 +1078,39 @@ async fn of_two_valid_signatures_the_one_by_the_from_address_counts() {
     every_verdict_is_valid_by(&server, &world.alice);
 }
 
+/// A signature made by a signing subkey names the key by its own (primary) fingerprint, as
+/// `gpg --fingerprint` and sealpost's outgoing logs do (review: the subkey's, so a signer
+/// pinned by its key looked new after a subkey rotation); a bad one too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signing_subkeys_signature_names_its_key() {
+    let world = World::new();
+    let server = bobs_store(&world);
+    let uid = "Alice <alice@example.org>";
+    let home = common::GpgHome::new();
+    let out = home.gpg(&["--quick-gen-key", uid, "ed25519", "cert", "never"], None);
+    assert!(out.status.success(), "{out:?}");
+    let primary = home.fingerprint(uid);
+    let out = home.gpg(&["--quick-add-key", &primary, "ed25519", "sign"], None);
+    assert!(out.status.success(), "{out:?}");
+    world.bob.import(&home.export_public(&primary));
+    let part = b"Content-Type: text/plain; charset=us-ascii\r\n\r\nSigned by a subkey.\r\n";
+    let out = home.gpg(&["--armor", "--detach-sign", "-u", &primary], Some(part));
+    assert!(out.status.success(), "{out:?}");
+    let raw = signed_by_two(part, &out.stdout);
+    let (code, output) = deliver(&server, &raw);
+    assert_eq!(code, 0, "{output}");
+    every_verdict_is_valid_by(&server, &primary);
+    let changed = String::from_utf8(raw)
+        .unwrap()
+        .replace("Signed by a subkey.", "Signed by a subkey!");
+    let server = bobs_store(&world);
+    let (_, verdict) = delivered_bad(&server, changed.as_bytes());
+    assert!(
+        verdict.ends_with(&format!("; signer={primary}")),
+        "{verdict}"
+    );
+}
+
 /// Every message stored reads "plaintext; signature=valid" by `signer`, whose key has the From.
 fn every_verdict_is_valid_by(server: &Server, signer: &str) {
     for (_, message) in verdicts::fetch_all(server) {

@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use sealpost::keys::{Resolution, Unusable};
+use sealpost::keys::{Resolution, SignerKey, Unusable};
 use sealpost::message::mime::signed_parts;
 use sealpost::rewrite::{Copy, Decision, EncryptedForm, Envelope, Mode, Outcome, Policy, Rewriter};
 
@@ -279,7 +279,13 @@ async fn a_bare_address_user_id_with_capitals_is_found() {
         service.signer("MIXED@example.org").await.unwrap(),
         Some(fpr.clone())
     );
-    assert_eq!(service.user_ids(&fpr).await.unwrap(), ["mixed@example.org"]);
+    assert_eq!(
+        service.signer_key(&fpr).await.unwrap(),
+        SignerKey {
+            primary: fpr.clone(),
+            addresses: vec!["mixed@example.org".into()]
+        }
+    );
 }
 
 #[tokio::test]

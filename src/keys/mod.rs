@@ -153,7 +153,17 @@ struct Cache {
     keydata: HashMap<String, Vec<u8>>,
     /// Signers' user-ID addresses by fingerprint: an import checks one per signed message,
     /// and a key listing is a gpg process of its own.
-    user_ids: HashMap<String, Vec<String>>,
+    user_ids: HashMap<String, SignerKey>,
+}
+
+/// The key a signature was made with, found by the fingerprint of the (sub)key that made it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignerKey {
+    /// The key's own (primary key's) fingerprint, as `gpg --fingerprint` shows it; empty when
+    /// the keyring has no such key.
+    pub primary: String,
+    /// The e-mail addresses of its user IDs that are not revoked.
+    pub addresses: Vec<String>,
 }
 
 /// The one way into GnuPG: lookups (cached), signing, encryption, decryption.
@@ -557,19 +567,19 @@ impl KeyService {
         .await
     }
 
-    /// The e-mail addresses of the non-revoked user IDs of the key with this fingerprint
-    /// (empty when the key is not in the keyring).
-    pub async fn user_ids(&self, fingerprint: &str) -> Result<Vec<String>, KeyError> {
+    /// The key that has a (sub)key with this fingerprint: its own fingerprint and the
+    /// addresses of its user IDs (empty when the key is not in the keyring).
+    pub async fn signer_key(&self, fingerprint: &str) -> Result<SignerKey, KeyError> {
         if let Some(hit) = self.fresh_cache().user_ids.get(fingerprint) {
             return Ok(hit.clone());
         }
         let key = fingerprint.to_string();
-        let ids = self.list_user_ids(fingerprint).await?;
-        self.fresh_cache().user_ids.insert(key, ids.clone());
-        Ok(ids)
+        let found = self.list_user_ids(fingerprint).await?;
+        self.fresh_cache().user_ids.insert(key, found.clone());
+        Ok(found)
     }
 
-    async fn list_user_ids(&self, fingerprint: &str) -> Result<Vec<String>, KeyError> {
+    async fn list_user_ids(&self, fingerprint: &str) -> Result<SignerKey, KeyError> {
         let fingerprint = fingerprint.to_string();
         self.call(
             "looking up a signer's user IDs",

@@ -10,7 +10,9 @@ use gpgme::{Context, EncryptFlags, ExportMode, KeyListMode};
 use serde::{Deserialize, Serialize};
 
 use super::worker::Gpg;
-use super::{home, Decrypted, KeyError, KeyFacts, Signature, SignatureCheck, SignatureState};
+use super::{
+    home, Decrypted, KeyError, KeyFacts, Signature, SignatureCheck, SignatureState, SignerKey,
+};
 
 /// One operation for a worker.
 #[derive(Debug, Serialize, Deserialize)]
@@ -84,7 +86,7 @@ pub enum Response {
     Bytes(#[serde(with = "bytes")] Vec<u8>),
     Copies(#[serde(with = "bytes_list")] Vec<Option<Vec<u8>>>),
     Decrypted(Decrypted),
-    UserIds(Vec<String>),
+    UserIds(SignerKey),
     Checks(Vec<SignatureCheck>),
     Fingerprint(String),
 }
@@ -168,15 +170,17 @@ pub fn execute(gpg: &mut Gpg, request: Request) -> Result<Response, KeyError> {
         } => decrypt_verify(gpg, &ciphertext, max_plaintext).map(Response::Decrypted),
         Request::UserIds { fingerprint } => {
             let Ok(key) = gpg.ctx.get_key(&fingerprint) else {
-                return Ok(Response::UserIds(Vec::new()));
+                return Ok(Response::UserIds(SignerKey::default()));
             };
-            Ok(Response::UserIds(
-                key.user_ids()
+            Ok(Response::UserIds(SignerKey {
+                primary: key.fingerprint().unwrap_or_default().to_string(),
+                addresses: key
+                    .user_ids()
                     .filter(|u| !u.is_revoked() && !u.is_invalid())
                     .filter_map(|u| uid_address(&u).map(|a| a.to_ascii_lowercase()))
                     .filter(|e| !e.is_empty())
                     .collect(),
-            ))
+            }))
         }
         Request::VerifyDetached { signature, signed } => {
             let many = crate::message::parse::signature_packets(&signature, MAX_SIGNATURES);
