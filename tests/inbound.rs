@@ -1111,6 +1111,41 @@ async fn a_signing_subkeys_signature_names_its_key() {
     );
 }
 
+/// A STORE that asks to change sealpost's own keywords leaves them as they are and says so,
+/// .SILENT or not: the client hears the flags as they are (review: after a silent -FLAGS
+/// neomutt showed a validly signed message as unsigned); other silent STOREs stay silent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_store_of_a_verdict_keyword_is_answered_with_the_flags_kept() {
+    let world = World::new();
+    let server = bobs_store(&world);
+    let (code, output) = deliver(&server, &verdicts::signed_copy(&world).await);
+    assert_eq!(code, 0, "{output}");
+    let mut raw = server.login();
+    raw.ok("SELECT INBOX");
+    for store in [
+        "STORE 1 -FLAGS.SILENT ($Sealpost-Signed)",
+        "STORE 1 FLAGS.SILENT (\\Seen)",
+        "STORE 1 +FLAGS.SILENT ($Sealpost-Encrypted)",
+    ] {
+        let lines = raw.ok(store);
+        assert!(
+            lines.len() == 1
+                && lines[0].starts_with("* 1 FETCH (FLAGS (")
+                && lines[0].contains("$Sealpost-Signed")
+                && !lines[0].contains("$Sealpost-Encrypted"),
+            "{store}: {lines:?}"
+        );
+    }
+    assert_eq!(
+        raw.ok("STORE 1 +FLAGS.SILENT (\\Flagged)"),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        raw.ok("STORE 1 +FLAGS.SILENT (\\Answered $Sealpost-Signed)"),
+        Vec::<String>::new()
+    );
+}
+
 /// Every message stored reads "plaintext; signature=valid" by `signer`, whose key has the From.
 fn every_verdict_is_valid_by(server: &Server, signer: &str) {
     for (_, message) in verdicts::fetch_all(server) {

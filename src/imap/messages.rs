@@ -31,6 +31,24 @@ fn check_flags(flags: &[Flag<'_>]) -> Result<(), CmdError> {
     }
 }
 
+/// Whether a STORE of `op` with sealpost's own keywords `asked` (lower case) left `now` other
+/// than the client takes it to be: one asked for is not there, one asked away still is, or
+/// one replaced away stayed.
+fn kept_own(op: FlagOp, asked: &[String], now: &Flags) -> bool {
+    let has = |k: &str| now.iter().any(|f| f.eq_ignore_ascii_case(k));
+    match op {
+        FlagOp::Add => asked.iter().any(|k| !has(k)),
+        FlagOp::Remove => asked.iter().any(|k| has(k)),
+        FlagOp::Replace => {
+            asked.iter().any(|k| !has(k))
+                || now
+                    .iter()
+                    .filter(|f| crate::store::is_local_keyword(f))
+                    .any(|f| !asked.contains(&f.to_ascii_lowercase()))
+        }
+    }
+}
+
 impl Session {
     /// The mailbox APPEND, COPY or MOVE writes into; a missing one is answered with
     /// TRYCREATE (RFC 3501 §6.3.11, §6.4.7).
@@ -161,6 +179,15 @@ impl Session {
                 .cloned()
                 .unwrap_or(f)
         }));
+        // sealpost's own keywords stay as they are whatever a client asks (the store keeps
+        // them); a STORE that asked to change one is answered with the flags as they are,
+        // .SILENT or not (review: neomutt showed a signed message as unsigned after a silent
+        // -FLAGS, and a client resyncing by MODSEQ would never have heard otherwise).
+        let asked: Vec<String> = flags
+            .iter()
+            .filter(|f| crate::store::is_local_keyword(f))
+            .map(|f| f.to_ascii_lowercase())
+            .collect();
         let id = selected.mailbox.id;
         let store = self.shared.store.clone();
         let requested = uids.len();
@@ -190,7 +217,9 @@ impl Session {
             // unchanged messages.
             let report = match response {
                 StoreResponse::Answer => true,
-                StoreResponse::Silent => condstore_modifier.is_some() && *changed,
+                StoreResponse::Silent => {
+                    condstore_modifier.is_some() && *changed || kept_own(op, &asked, flags)
+                }
             };
             // Reported here, the message's flags as they are now need no second report at
             // the next NOOP (review: the fix above sent them twice).
