@@ -7,7 +7,8 @@
 //! no n-ary OR; De Morgan's form is three levels for any number), NOT NOT dropped,
 //! parentheses inside parentheses joined. imap-codec then parses the result as any other
 //! command, and refuses what is still deeper than its nine levels; criteria deeper than
-//! [`MAX_DEPTH`] once joined are not written again at all.
+//! [`MAX_DEPTH`] once joined are not written again at all. The same rewriting turns a quoted
+//! string with UTF-8 text, which imap-codec refuses, into a literal.
 
 /// Most levels the criteria may keep once chains are joined (reading is iterative, and so is
 /// joining; writing the result is recursive, a level a stack frame: 5,000 levels overflowed a
@@ -82,6 +83,23 @@ impl Token {
         match self {
             Token::Open => out.push(b'('),
             Token::Close => out.push(b')'),
+            // 8-bit text in a quoted string (RFC 3501 §9 allows only 7-bit there) as mutt,
+            // neomutt and imapfilter send a non-ASCII search word: written as the literal it
+            // should have been, as Dovecot takes it (review: BAD, and the search failed).
+            // Only UTF-8: other 8-bit text stays BAD, as with Dovecot.
+            Token::Quoted(b) if !b.is_ascii() && std::str::from_utf8(b).is_ok() => {
+                let inner = &b[1..b.len() - 1];
+                let mut text = Vec::with_capacity(inner.len());
+                let mut bytes = inner.iter();
+                while let Some(&c) = bytes.next() {
+                    text.push(match c {
+                        b'\\' => bytes.next().copied().unwrap_or(c),
+                        c => c,
+                    });
+                }
+                out.extend_from_slice(format!("{{{}}}\r\n", text.len()).as_bytes());
+                out.extend_from_slice(&text);
+            }
             Token::Atom(b) | Token::Quoted(b) | Token::Literal(b) => out.extend_from_slice(b),
         }
     }
@@ -442,6 +460,17 @@ mod tests {
             again("t SEARCH OR (FROM a TO b) OR SUBJECT {3+}\r\nxyz MODSEQ \"/flags/\\\\Seen\" all 5\r\n")
                 .unwrap(),
             "t SEARCH OR (FROM a TO b) OR SUBJECT {3+}\r\nxyz MODSEQ \"/flags/\\\\Seen\" all 5\r\n"
+        );
+        // A quoted string with UTF-8 text becomes a literal, its escapes undone; other 8-bit
+        // text stays as it was (BAD).
+        assert_eq!(
+            again("t SEARCH CHARSET UTF-8 OR BODY \"K\u{f6}ln\" SUBJECT \"a\\\"\u{e9}\\\\\"\r\n")
+                .unwrap(),
+            "t SEARCH CHARSET UTF-8 OR BODY {5}\r\nK\u{f6}ln SUBJECT {5}\r\na\"\u{e9}\\\r\n"
+        );
+        assert_eq!(
+            rebalanced(b"t SEARCH BODY \"caf\xe9\"\r\n").unwrap(),
+            b"t SEARCH BODY \"caf\xe9\"\r\n"
         );
         // Not a SEARCH, or cut short: left as it was (and BAD).
         assert_eq!(again("t FETCH 1 (FLAGS)\r\n"), None);
