@@ -1812,10 +1812,35 @@ fn every_copy_refused_by_the_listener_refuses_the_message() {
 /// the others are refused by the listener and reported, and the client is told 250.
 #[test]
 fn a_copy_over_the_size_limit_is_not_kept_in_place() {
+    over_the_size_limit(false);
+}
+
+/// The same, the limit lowered (and Postfix reloaded) after the milter had heard the old one
+/// (review: the SIZE of a pooled connection's EHLO stood, the copy too large stayed in place,
+/// and Postfix refused the whole message with 552 after the other copies went).
+#[test]
+fn a_size_limit_lowered_while_the_milter_runs_is_heard() {
+    over_the_size_limit(true);
+}
+
+fn over_the_size_limit(lowered_later: bool) {
     let Some(rig) = Rig::new() else { return };
     let postfix = &rig.postfix;
-    postfix.set("message_size_limit = 200000");
     let _milter = rig.milter();
+    if lowered_later {
+        // Three recipients: copies re-injected, the listener's SIZE heard.
+        assert!(rig.smtp(&THREE).starts_with("250"));
+        postfix.wait_messages(3);
+        for file in std::fs::read_dir(postfix.maildir()).unwrap() {
+            std::fs::remove_file(file.unwrap().path()).unwrap();
+        }
+    }
+    postfix.set("message_size_limit = 200000");
+    if lowered_later {
+        // What was heard stands this long (the milter's idle connections are reused as
+        // long): only the passing of that time can be waited for.
+        std::thread::sleep(std::time::Duration::from_secs(11));
+    }
     let message = big_message();
     let end = smtp_send(postfix.smtp_port, "alice@example.org", &THREE, &message);
     assert!(end.starts_with("250"), "{end}");

@@ -176,8 +176,9 @@ pub struct Relay {
     /// takes RFC 3461 parameters; the answer stays with the connection.
     pass_dsn: bool,
     /// The SIZE (RFC 1870) the server last announced in that second EHLO: 0 before any,
-    /// u64::MAX for none (no limit, or not asked).
+    /// u64::MAX for none (no limit, or not asked); with when it was announced.
     size_limit: std::sync::atomic::AtomicU64,
+    size_heard: Mutex<Option<Instant>>,
     /// Set by [`Relay::taking_the_mtas_paths`]: a sender or recipient that is no address by
     /// RFC 5321 goes in MAIL FROM or RCPT TO as it is (see [`verbatim_path`]).
     verbatim_paths: bool,
@@ -644,6 +645,7 @@ impl Relay {
             breaker: false,
             pass_dsn: false,
             size_limit: std::sync::atomic::AtomicU64::new(0),
+            size_heard: Mutex::new(None),
             verbatim_paths: false,
         })
     }
@@ -777,6 +779,7 @@ impl Relay {
             self.size_limit
                 .store(u64::MAX, std::sync::atomic::Ordering::Relaxed);
         }
+        *self.size_heard.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
         if let Some(credentials) = &self.credentials {
             tokio::time::timeout(
                 self.timeout,
@@ -1091,11 +1094,16 @@ impl Relay {
 
     /// The largest message the server takes, as its EHLO announced it (RFC 1870 SIZE), asked
     /// with [`Relay::passing_dsn`] only; a connection is made (and kept for the next copy)
-    /// when none was yet. None: no limit announced, or no answer now.
+    /// when none announced it in the last [`IDLE_REUSE`]: the server's limit may have changed
+    /// since (review: after Postfix's message_size_limit was lowered and Postfix reloaded, a
+    /// pooled connection's old SIZE let a copy too large for the new one stay in place, and
+    /// Postfix refused the whole message after the other copies went). None: no limit
+    /// announced, or no answer now.
     pub async fn size_limit(&self) -> Option<u64> {
         use std::sync::atomic::Ordering;
-        if self.size_limit.load(Ordering::Relaxed) == 0 {
-            if let Ok((conn, dsn)) = self.connection().await {
+        let heard = *self.size_heard.lock().unwrap_or_else(|p| p.into_inner());
+        if heard.is_none_or(|t| t.elapsed() >= IDLE_REUSE) {
+            if let Ok((conn, dsn)) = self.connect().await {
                 let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
                 if idle.len() < IDLE_MAX {
                     idle.push((conn, dsn, Instant::now()));
