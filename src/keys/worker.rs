@@ -181,8 +181,9 @@ impl GpgWorker {
     /// Runs `request` on a worker within the deadline. `what` names the operation in errors.
     pub async fn call(&self, what: &'static str, request: Request) -> Result<Response, KeyError> {
         let (reply, reply_rx) = oneshot::channel();
+        let deadline = self.deadline + request.size_allowance();
         let job = Job {
-            due: Instant::now() + self.deadline,
+            due: Instant::now() + deadline,
             what,
             generation: self.generation.load(Ordering::SeqCst),
             request,
@@ -192,11 +193,11 @@ impl GpgWorker {
             self.tx.send(job).await.map_err(|_| KeyError::WorkerGone)?;
             reply_rx.await.map_err(|_| KeyError::WorkerGone)?
         };
-        match tokio::time::timeout(self.deadline, work).await {
+        match tokio::time::timeout(deadline, work).await {
             Ok(result) => result,
             Err(_) => Err(KeyError::Deadline {
                 op: what,
-                after: self.deadline,
+                after: deadline,
             }),
         }
     }
