@@ -1056,6 +1056,60 @@ fn steps_are_answered_only_when_the_mta_waits_for_an_answer() {
     }
 }
 
+/// While GnuPG works on a message (here: waits on a hung gpg-agent), the MTA hears every
+/// 10 s that the work goes on (SMFIR_PROGRESS), so that a milter_content_timeout shorter than
+/// deadline_secs does not give up on the message meanwhile (review: Postfix answered 451
+/// while the milter went on and re-injected copies).
+#[test]
+fn the_mta_hears_progress_while_gnupg_works() {
+    let world = World::new();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let _milter = MilterProcess::start_with(
+        &world,
+        port,
+        free_port(),
+        &dir.path().join("j.sqlite"),
+        "deadline_secs = 13\n",
+    );
+    let launched = Command::new("gpgconf")
+        .arg("--homedir")
+        .arg(&world.sender.dir)
+        .args(["--launch", "gpg-agent"])
+        .status()
+        .unwrap();
+    assert!(launched.success());
+    let _stopped = world.sender.stop_agent();
+    let mut conn = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let wait = std::time::Duration::from_secs(60);
+    let next = |conn: &mut TcpStream| milter_packet_in(conn, wait).expect("an answer");
+    send_optneg(&mut conn, 0x1 | 0x2 | 0x100 | 0x200);
+    assert_eq!(next(&mut conn).0, b'O');
+    for (command, data) in [
+        (b'M', &b"<alice@example.org>\0"[..]),
+        (b'R', b"<bob@example.org>\0"),
+        (b'L', b"From\0Alice <alice@example.org>\0"),
+        (b'L', b"To\0bob@example.org\0"),
+        (b'N', b""),
+        (b'B', b"body\r\n"),
+    ] {
+        conn.write_all(&milter_packet(command, data)).unwrap();
+        assert_eq!(next(&mut conn).0, b'c', "{}", command as char);
+    }
+    conn.write_all(&milter_packet(b'E', b"")).unwrap();
+    let mut replies = Vec::new();
+    let last = loop {
+        let (code, data) = next(&mut conn);
+        replies.push(code as char);
+        if [b'c', b'a', b't', b'r', b'y', b'd'].contains(&code) {
+            break data;
+        }
+    };
+    // A progress note at 10 s, then the deadline's tempfail at 13 s.
+    assert_eq!(replies, ['p', 'y'], "{replies:?}");
+    assert!(last.starts_with(b"451 "), "{}", String::from_utf8_lossy(&last));
+}
+
 #[test]
 fn sigterm_stops_the_milter_cleanly() {
     let world = World::new();

@@ -863,7 +863,7 @@ async fn end_of_message(
     // Copies the re-injection listener took in this try.
     let mut accepted = 0;
     for mut p in planned {
-        while let Some(batch) = p.next_batch().await {
+        while let Some(batch) = keeping_alive(cx, p.next_batch()).await {
             if let Some(c) = batch
                 .iter()
                 .find(|c| matches!(c.decision, Decision::Deferred { .. }))
@@ -1074,6 +1074,31 @@ async fn end_of_message(
     Status::Continue
 }
 
+/// How often the MTA hears that the work on a message goes on (SMFIR_PROGRESS), so that a
+/// `milter_content_timeout` shorter than `deadline_secs` does not give up on it while GnuPG
+/// works (review: Postfix answered 451 at its timeout while the milter went on and
+/// re-injected copies of the message the client had been told was not taken).
+const KEEP_ALIVE: Duration = Duration::from_secs(10);
+
+/// `work`, with a progress reply to the MTA every [`KEEP_ALIVE`] until it is done.
+async fn keeping_alive<T>(
+    cx: &EomContext<Session>,
+    work: impl std::future::Future<Output = T>,
+) -> T {
+    tokio::pin!(work);
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + KEEP_ALIVE, KEEP_ALIVE);
+    loop {
+        tokio::select! {
+            done = &mut work => return done,
+            _ = tick.tick() => {
+                // A failed write means the MTA is gone; the re-injection that follows sees
+                // it again and stops.
+                let _ = cx.actions.progress().await;
+            }
+        }
+    }
+}
+
 /// Re-injects one recipient's copy and journals it, so that no later try sends it again.
 /// Ok(None): accepted; Ok(Some): refused for good by the listener (journaled, to be reported);
 /// Err: a temporary failure, the text for the TEMPFAIL.
@@ -1087,8 +1112,16 @@ async fn reinject(
     now: i64,
     copy: &Copy,
 ) -> Result<Option<bounce::Recipient>, String> {
-    // Keep-alive: each re-injection may take a while; Postfix's timer restarts.
-    let _ = cx.actions.progress().await;
+    // Keep-alive: each re-injection may take a while; Postfix's timer restarts. An MTA that
+    // no longer hears it has given up on the message (its client told it was not taken):
+    // nothing more goes (review: copies went on being re-injected).
+    if let Err(e) = cx.actions.progress().await {
+        tracing::warn!(
+            "{queue_id}: to=<{}> not re-injected: the MTA no longer answers: {e}",
+            copy.recipient
+        );
+        return Err(format!("the MTA no longer answers: {e}"));
+    }
     if let Err(e) = milter.journal.ensure_reserve() {
         tracing::warn!(
             "{queue_id}: to=<{}> not re-injected: no room to journal it: {e}",
