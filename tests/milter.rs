@@ -1107,7 +1107,11 @@ fn the_mta_hears_progress_while_gnupg_works() {
     };
     // A progress note at 10 s, then the deadline's tempfail at 13 s.
     assert_eq!(replies, ['p', 'y'], "{replies:?}");
-    assert!(last.starts_with(b"451 "), "{}", String::from_utf8_lossy(&last));
+    assert!(
+        last.starts_with(b"451 "),
+        "{}",
+        String::from_utf8_lossy(&last)
+    );
 }
 
 #[test]

@@ -249,15 +249,17 @@ impl Out {
         {
             return self.text(text).crlf();
         }
+        // Other characters as modified UTF-7, the spelling the client gave a mailbox name in
+        // (review: `"W?rk" has child mailboxes` for DELETE "W&APY-rk").
         let clean: String = text
             .chars()
             .map(|c| match c {
                 '\r' | '\n' => ' ',
-                c if c.is_ascii() && c != '\0' => c,
-                _ => '?',
+                '\0' => '?',
+                c => c,
             })
             .collect();
-        self.text(&clean).crlf()
+        self.text(&super::names::encode(&clean)).crlf()
     }
 }
 
@@ -432,7 +434,10 @@ mod tests {
             Some("CANNOT"),
             "Entw\u{fc}rfe: bad\r\n* 1 EXISTS",
         );
-        assert_eq!(out.bytes, b"a1 NO [CANNOT] Entw?rfe: bad  * 1 EXISTS\r\n");
+        assert_eq!(
+            out.bytes,
+            b"a1 NO [CANNOT] Entw&APw-rfe: bad  * 1 EXISTS\r\n"
+        );
     }
 
     #[test]
