@@ -43,6 +43,24 @@ pub struct Skipped {
 }
 
 const EMPTY: &str = "empty";
+const NOT_A_MESSAGE: &str = "not a message: its first line is no header field";
+
+/// Whether `bytes` begins as a message does: with a header field (`Name:`, RFC 5322 §2.2; a
+/// blank before the colon as the obsolete syntax allows), or with the blank line of an empty
+/// header. A README or a note in a directory of message files does not (review: imported as a
+/// blank message, without a word).
+fn begins_as_a_message(bytes: &[u8]) -> bool {
+    let line = bytes.split(|&b| b == b'\n').next().unwrap_or_default();
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    if line.is_empty() {
+        return true;
+    }
+    let Some(colon) = line.iter().position(|&b| b == b':') else {
+        return false;
+    };
+    let name = line[..colon].trim_ascii_end();
+    !name.is_empty() && name.iter().all(|&b| (33..=126).contains(&b) && b != b':')
+}
 
 /// Imports `path` (mbox, Maildir, directory of messages or one message) into `mailbox`.
 pub fn import_path(
@@ -216,6 +234,8 @@ impl Batch<'_> {
             }
         } else if bytes.iter().all(|b| b.is_ascii_whitespace()) {
             self.report.skip(path, EMPTY);
+        } else if !begins_as_a_message(without_bom) {
+            self.report.skip(path, NOT_A_MESSAGE);
         } else {
             self.push(Prepared::new(unverified(&bytes), flags, date))?;
         }
@@ -556,6 +576,38 @@ From c@d Fri Nov 20 11:30:15 2026\nSubject: two\n\nbody\n\n";
         let text = String::from_utf8_lossy(&raw);
         assert!(text.starts_with("From : alice@example.org\r\n"), "{text}");
         assert!(text.ends_with("\r\nFrom the desk of Alice\r\n"), "{text}");
+    }
+
+    /// A file in a directory of message files that does not begin as a message (a README) is
+    /// left out and said so (review: imported as a blank message without a word); an empty
+    /// header, an obsolete `Name :` and a BOM still begin one.
+    #[test]
+    fn a_file_that_is_no_message_is_left_out_with_a_word() {
+        let dir = tempfile::tempdir().unwrap();
+        let messages = dir.path().join("m");
+        std::fs::create_dir(&messages).unwrap();
+        let files: [(&str, &[u8]); 5] = [
+            ("README.md", b"# The test corpus\n\nOne message per file.\n"),
+            ("a.eml", b"Subject: a\r\n\r\nbody\r\n"),
+            ("b.eml", b"\xef\xbb\xbfFrom: b@example.org\n\nbody\n"),
+            ("c.eml", b"Subject : c\n\nbody\n"),
+            ("d.eml", b"\nno header at all\n"),
+        ];
+        for (name, bytes) in files {
+            std::fs::write(messages.join(name), bytes).unwrap();
+        }
+        let store = Store::open(&dir.path().join("s.sqlite")).unwrap();
+        let account = store.ensure_account("bob").unwrap();
+        let inbox = store.mailbox(account, "INBOX").unwrap().unwrap();
+        let report = import_path(&store, inbox.id, &messages).unwrap();
+        assert_eq!(report.imported, 4);
+        assert_eq!(
+            report.skipped,
+            [Skipped {
+                path: messages.join("README.md"),
+                why: NOT_A_MESSAGE
+            }]
+        );
     }
 
     /// A message a mail client moves from new/ to cur/ during the import is imported once,
