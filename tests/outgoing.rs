@@ -522,6 +522,63 @@ async fn the_signer_and_the_self_copy_are_the_senders_own_key() {
     );
 }
 
+/// A sender whose only keys cannot sign (a signing subkey expired, a key revoked) is refused
+/// as before, with each key and why.
+#[tokio::test]
+async fn a_sender_whose_keys_cannot_sign_is_told_why() {
+    let world = World::new();
+    // Dan's key made in 2020 with a signing subkey that expired a day later; Rob's revoked.
+    let at = ["--faked-system-time", "20200101T000000"];
+    let dan = "Dan <dan@example.org>";
+    let out = world.sender.gpg(
+        &[
+            &at[..],
+            &["--quick-gen-key", dan, "ed25519", "cert", "never"],
+        ]
+        .concat(),
+        None,
+    );
+    assert!(out.status.success(), "{out:?}");
+    let dan_fpr = world.sender.fingerprint(dan);
+    let out = world.sender.gpg(
+        &[
+            &at[..],
+            &["--quick-add-key", &dan_fpr, "ed25519", "sign", "1d"],
+        ]
+        .concat(),
+        None,
+    );
+    assert!(out.status.success(), "{out:?}");
+    let rob_fpr = world.sender.generate_revoked("Rob <rob@example.org>");
+    for (sender, why) in [
+        (
+            "dan@example.org",
+            format!("key {dan_fpr} signing subkey expired"),
+        ),
+        ("rob@example.org", format!("key {rob_fpr} revoked")),
+    ] {
+        let env = Envelope {
+            id: "T11".into(),
+            sender: sender.into(),
+            recipients: vec!["bob@example.org".into(), "dave@example.net".into()],
+        };
+        let raw = MESSAGE.replace("alice@example.org", sender);
+        for copy in copies(run(&world, Policy::default(), &env, raw.as_bytes()).await) {
+            match &copy.decision {
+                // Refused as before, and now said why (review: "no usable secret key" alone
+                // for a key `gpg -K` lists).
+                Decision::Rejected { reply } => assert!(
+                    reply.text.contains(&format!(
+                        "no usable secret key to sign as {sender} ({why}) and no default"
+                    )),
+                    "{reply}"
+                ),
+                other => panic!("{}: {other:?}", copy.recipient),
+            }
+        }
+    }
+}
+
 /// A sender key with a passphrase (none cached) defers the copies with that reason, not
 /// gpg's "General error" (review).
 #[tokio::test]

@@ -149,7 +149,7 @@ struct Cache {
     /// When the lookups started (None: none yet): they are dropped after [`CACHE_FOR`].
     since: Option<std::time::Instant>,
     public: HashMap<String, Resolution>,
-    secret: HashMap<String, Option<String>>,
+    secret: HashMap<String, Result<String, String>>,
     keydata: HashMap<String, Vec<u8>>,
     /// Signers' user-ID addresses by fingerprint: an import checks one per signed message,
     /// and a key listing is a gpg process of its own.
@@ -441,6 +441,16 @@ impl KeyService {
 
     /// The fingerprint of a secret key that can sign for `address`, if the keyring has one.
     pub async fn signer(&self, address: &str) -> Result<Option<String>, KeyError> {
+        Ok(self.signer_or_refusal(address).await?.ok())
+    }
+
+    /// [`KeyService::signer`], or why there is none: each secret key the keyring has for the
+    /// address with why it cannot sign (revoked, its signing subkey expired...), "" when it
+    /// has none.
+    pub async fn signer_or_refusal(
+        &self,
+        address: &str,
+    ) -> Result<Result<String, String>, KeyError> {
         let addr = address.to_ascii_lowercase();
         if let Some(hit) = self.fresh_cache().secret.get(&addr) {
             return Ok(hit.clone());

@@ -102,7 +102,9 @@ impl Request {
 pub enum Response {
     Located(bool),
     Facts(Vec<KeyFacts>),
-    Signer(Option<String>),
+    /// The signing key, or why none: each secret key found for the address with why it
+    /// cannot sign ("" when there is none).
+    Signer(Result<String, String>),
     Signature(Signature),
     Bytes(#[serde(with = "bytes")] Vec<u8>),
     Copies(#[serde(with = "bytes_list")] Vec<Option<Vec<u8>>>),
@@ -144,7 +146,7 @@ pub fn execute(gpg: &mut Gpg, request: Request) -> Result<Response, KeyError> {
         }
         Request::FindSigner { addr } => {
             let found = find_signer(&mut gpg.ctx, &addr)?;
-            if found.is_none() {
+            if found.is_err() {
                 // Without its agent gpg lists no secret keys and GPGME reports no error.
                 // gpg itself says so on its status channel: ask it before answering "no
                 // secret key" (permanent) instead of "cannot tell now" (temporary).
@@ -1019,37 +1021,78 @@ fn unreadable_key_file(ctx: &mut Context, dir: &Path, who: &str) -> Option<Strin
 
 /// The newest usable secret key for `who` among the most valid (as [`super::resolve::choose`]
 /// chooses a recipient's key, so that encrypt_to_self's key is the signing one; review).
-fn find_signer(ctx: &mut Context, who: &str) -> Result<Option<String>, KeyError> {
+/// None usable: each secret key of that address with why it cannot sign (review: "no usable
+/// secret key" for a key whose signing subkey had expired, which `gpg -K` lists).
+fn find_signer(ctx: &mut Context, who: &str) -> Result<Result<String, String>, KeyError> {
     let mut best: Option<((super::resolve::Validity, i64), String)> = None;
+    let mut refused: Vec<String> = Vec::new();
     let mut keys = ctx
         .find_secret_keys(address_patterns(who))
         .map_err(to_err("looking up a signing key"))?;
     for key in keys.by_ref() {
         let key = key.map_err(to_err("looking up a signing key"))?;
-        if key.is_revoked() || key.is_expired() || key.is_disabled() || key.is_invalid() {
+        let fpr = key.fingerprint().unwrap_or_default().to_string();
+        let with_address: Vec<_> = key
+            .user_ids()
+            .filter(|u| uid_address(u).is_some_and(|e| same_address(e, who)))
+            .collect();
+        if with_address.is_empty() {
             continue;
         }
-        let matching: Vec<_> = key
-            .user_ids()
-            .filter(|u| uid_address(u).is_some_and(|e| same_address(e, who)) && !u.is_revoked())
-            .collect();
-        let uid_ok = !matching.is_empty();
+        let matching: Vec<_> = with_address.iter().filter(|u| !u.is_revoked()).collect();
         // As for encryption: not one made in the future, which gpg refuses to use.
-        let can_sign = key.subkeys().any(|s| {
-            s.can_sign()
-                && s.is_secret()
+        let signing: Vec<_> = key.subkeys().filter(|s| s.can_sign()).collect();
+        let usable = |s: &gpgme::Subkey<'_>| {
+            s.is_secret()
                 && !s.is_revoked()
                 && !s.is_expired()
                 && !s.is_invalid()
                 && s.creation_time().is_none_or(|t| t <= SystemTime::now())
-        });
-        let validity = matching.iter().map(uid_validity).max().unwrap_or_default();
-        if uid_ok && can_sign && validity != super::resolve::Validity::Never {
+        };
+        let validity = matching
+            .iter()
+            .map(|u| uid_validity(u))
+            .max()
+            .unwrap_or_default();
+        let why = if key.is_revoked() {
+            "revoked"
+        } else if key.is_expired() {
+            "expired"
+        } else if key.is_disabled() {
+            "disabled"
+        } else if key.is_invalid() {
+            "invalid"
+        } else if matching.is_empty() {
+            "user ID revoked"
+        } else if signing.is_empty() {
+            "no signing subkey"
+        } else if !signing.iter().any(usable) {
+            if !signing.iter().any(|s| s.is_secret()) {
+                "no secret key for its signing subkey here"
+            } else if signing.iter().all(|s| !s.is_secret() || s.is_revoked()) {
+                "signing subkey revoked"
+            } else if signing
+                .iter()
+                .all(|s| !s.is_secret() || s.is_revoked() || s.is_expired())
+            {
+                "signing subkey expired"
+            } else {
+                "no usable signing subkey"
+            }
+        } else if validity == super::resolve::Validity::Never {
+            "marked as not to be trusted in the keyring"
+        } else {
+            ""
+        };
+        if !why.is_empty() {
+            refused.push(format!("key {fpr} {why}"));
+            continue;
+        }
+        {
             let created = key
                 .primary_key()
                 .and_then(|p| p.creation_time())
                 .map_or(0, epoch);
-            let fpr = key.fingerprint().unwrap_or_default().to_string();
             let rank = (validity, created);
             // Ties to the lowest fingerprint, as [`super::resolve::choose`] breaks them.
             if best
@@ -1061,7 +1104,13 @@ fn find_signer(ctx: &mut Context, who: &str) -> Result<Option<String>, KeyError>
         }
     }
     keys.finish().map_err(to_err("looking up a signing key"))?;
-    Ok(best.map(|(_, f)| f))
+    // A few, so that the SMTP reply that names them stays one line of 512 octets.
+    let more = refused.len().saturating_sub(3);
+    refused.truncate(3);
+    if more > 0 {
+        refused.push(format!("and {more} more"));
+    }
+    Ok(best.map(|(_, f)| f).ok_or_else(|| refused.join("; ")))
 }
 
 fn epoch(t: SystemTime) -> i64 {

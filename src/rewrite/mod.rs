@@ -321,13 +321,13 @@ impl Rewriter {
     }
 
     async fn signing_key(&self, from: &str) -> Signing {
-        match self.keys.signer(from).await {
-            Ok(Some(fpr)) => Signing {
+        match self.keys.signer_or_refusal(from).await {
+            Ok(Ok(fpr)) => Signing {
                 fingerprint: Some(fpr),
                 own: true,
                 problem: None,
             },
-            Ok(None) => match &self.policy.default_signer {
+            Ok(Err(refused)) => match &self.policy.default_signer {
                 Some(fpr) => Signing {
                     fingerprint: Some(fpr.clone()),
                     own: false,
@@ -343,9 +343,13 @@ impl Rewriter {
                             // A null sender's message without a From field names nobody.
                             "no From address to sign as and no default signer configured"
                                 .to_string()
-                        } else {
+                        } else if refused.is_empty() {
                             format!(
                                 "no usable secret key to sign as {from} and no default signer configured"
+                            )
+                        } else {
+                            format!(
+                                "no usable secret key to sign as {from} ({refused}) and no default signer configured"
                             )
                         },
                     )),
