@@ -579,7 +579,6 @@ fn is_key(line: &str, needle: &str) -> bool {
         .is_some_and(|rest| rest.trim_start().starts_with('='))
 }
 
-/// Line number (1-based) of a byte offset, and the key written on that line ("key: ").
 /// toml's message on one line (it may run over several). None at all (a value missing at
 /// the end of the file: review, "gnupg.workers: " and nothing after it) says what is missing.
 fn one_line(message: &str, rest: &str) -> String {
@@ -596,6 +595,7 @@ fn one_line(message: &str, rest: &str) -> String {
     }
 }
 
+/// Line number (1-based) of a byte offset, and the key written on that line ("key: ").
 fn locate(text: &str, offset: usize) -> (usize, String) {
     let offset = offset.min(text.len());
     let line = text[..offset].matches('\n').count() + 1;

@@ -113,6 +113,8 @@ pub struct WorkerSettings {
 
 struct Job {
     due: Instant,
+    /// The time `due` allows, for errors.
+    deadline: Duration,
     what: &'static str,
     generation: u64,
     request: Request,
@@ -150,12 +152,17 @@ impl GpgWorker {
                             // pool that stopped.
                             let _ = job.reply.send(Err(KeyError::Deadline {
                                 op: job.what,
-                                after: settings.deadline,
+                                after: job.deadline,
                             }));
                             continue;
                         }
                         let Job { reply, .. } = job;
-                        let result = engine.run(job.what, job.generation, job.request, job.due);
+                        let result = engine.run(
+                            job.what,
+                            job.generation,
+                            job.request,
+                            (job.due, job.deadline),
+                        );
                         let _ = reply.send(result);
                     }
                 })
@@ -184,6 +191,7 @@ impl GpgWorker {
         let deadline = self.deadline + request.size_allowance();
         let job = Job {
             due: Instant::now() + deadline,
+            deadline,
             what,
             generation: self.generation.load(Ordering::SeqCst),
             request,
@@ -238,7 +246,7 @@ impl Engine {
         what: &'static str,
         generation: u64,
         request: Request,
-        due: Instant,
+        (due, deadline): (Instant, Duration),
     ) -> Result<Response, KeyError> {
         match self {
             Engine::Thread { settings, gpg } => {
@@ -303,7 +311,7 @@ impl Engine {
                         {
                             KeyError::Deadline {
                                 op: what,
-                                after: settings.deadline,
+                                after: deadline,
                             }
                         }
                         Err(Failed::Write(e) | Failed::Read(e)) => {

@@ -46,20 +46,20 @@ const EMPTY: &str = "empty";
 const NOT_A_MESSAGE: &str = "not a message: its first line is no header field";
 
 /// Whether `bytes` begins as a message does: with a header field (`Name:`, RFC 5322 §2.2; a
-/// blank before the colon as the obsolete syntax allows), or with the blank line of an empty
-/// header. A README or a note in a directory of message files does not (review: imported as a
-/// blank message, without a word).
+/// blank before the colon as the obsolete syntax allows, 8-bit bytes in the name as some
+/// mail has them), or with the blank line of an empty header. A README or a note in a
+/// directory of message files does not (review: imported as a blank message, without a
+/// word); one whose first line happens to read `Word: ...` cannot be told from a message.
 fn begins_as_a_message(bytes: &[u8]) -> bool {
     let line = bytes.split(|&b| b == b'\n').next().unwrap_or_default();
-    let line = line.strip_suffix(b"\r").unwrap_or(line);
-    if line.is_empty() {
+    if line.iter().all(|b| b.is_ascii_whitespace()) {
         return true;
     }
     let Some(colon) = line.iter().position(|&b| b == b':') else {
         return false;
     };
     let name = line[..colon].trim_ascii_end();
-    !name.is_empty() && name.iter().all(|&b| (33..=126).contains(&b) && b != b':')
+    !name.is_empty() && name.iter().all(|&b| b > b' ' && b != 0x7f)
 }
 
 /// Imports `path` (mbox, Maildir, directory of messages or one message) into `mailbox`.
@@ -586,12 +586,14 @@ From c@d Fri Nov 20 11:30:15 2026\nSubject: two\n\nbody\n\n";
         let dir = tempfile::tempdir().unwrap();
         let messages = dir.path().join("m");
         std::fs::create_dir(&messages).unwrap();
-        let files: [(&str, &[u8]); 5] = [
+        let files: [(&str, &[u8]); 7] = [
             ("README.md", b"# The test corpus\n\nOne message per file.\n"),
             ("a.eml", b"Subject: a\r\n\r\nbody\r\n"),
             ("b.eml", b"\xef\xbb\xbfFrom: b@example.org\n\nbody\n"),
             ("c.eml", b"Subject : c\n\nbody\n"),
             ("d.eml", b"\nno header at all\n"),
+            ("e.eml", b" \t\r\nbody after a blank first line\n"),
+            ("f.eml", b"X-Gr\xc3\xbc\xc3\x9fe: 8-bit name\n\nbody\n"),
         ];
         for (name, bytes) in files {
             std::fs::write(messages.join(name), bytes).unwrap();
@@ -600,7 +602,7 @@ From c@d Fri Nov 20 11:30:15 2026\nSubject: two\n\nbody\n\n";
         let account = store.ensure_account("bob").unwrap();
         let inbox = store.mailbox(account, "INBOX").unwrap().unwrap();
         let report = import_path(&store, inbox.id, &messages).unwrap();
-        assert_eq!(report.imported, 4);
+        assert_eq!(report.imported, 6);
         assert_eq!(
             report.skipped,
             [Skipped {
