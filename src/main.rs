@@ -28,6 +28,24 @@ fn main() -> ExitCode {
     unsafe {
         libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
     }
+    // No core file: every sealpost process holds mail, decrypted or not yet encrypted (review:
+    // a sendmail -bs aborted mid-DATA with cores on left the message body in ./core). Not
+    // dumpable also keeps other processes of the same user from reading its memory.
+    // SAFETY: setrlimit and prctl with constant arguments; nothing else is touched.
+    unsafe {
+        let none = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        libc::setrlimit(libc::RLIMIT_CORE, &none);
+        libc::prctl(
+            libc::PR_SET_DUMPABLE,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+        );
+    }
     // Linked as /usr/sbin/sendmail (or mailq, newaliases): the sendmail(1) command line.
     // Read as bytes: `std::env::args` panics on an argument that is not UTF-8 (a Latin-1 -F
     // name), which would exit 101 instead of a sysexits code (review).

@@ -944,3 +944,47 @@ fn rewrite_from_alice(
         format!("{stdout}({copies} copies written)"),
     )
 }
+
+/// No sealpost process leaves a core file with the mail it holds (review: a sendmail -bs
+/// aborted mid-DATA, started with cores allowed, left the body in ./core): started so, its
+/// core size limit is 0 all the same.
+#[test]
+fn a_sealpost_started_with_cores_allowed_makes_none() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("sealpost.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[queue]\ndir = \"{}\"\n[relay]\nhost = \"127.0.0.1\"\ntls = \"none\"\n",
+            dir.path().join("q").display()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "ulimit -c unlimited && exec {} --config {} sendmail -bs",
+            env!("CARGO_BIN_EXE_sealpost"),
+            config.display()
+        ))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The greeting: the process runs with its limits set.
+    let mut greeting = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut greeting)
+        .unwrap();
+    assert!(greeting.starts_with("220 "), "{greeting}");
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", child.id())).unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    let core = limits
+        .lines()
+        .find(|l| l.starts_with("Max core file size"))
+        .unwrap();
+    let numbers: Vec<&str> = core.split_whitespace().skip(4).take(2).collect();
+    assert_eq!(numbers, ["0", "0"], "{core}");
+}
