@@ -55,10 +55,11 @@ fn is_plaintext_derived(field: &HeaderField) -> bool {
 
 /// Header fields of the outer message for an encrypted copy under RFC 9788's hcp_baseline
 /// policy (§3.2.3): Subject replaced by `obscured_subject`, Comments and Keywords removed,
-/// everything else kept, but Thread-Topic (Outlook's copy of the Subject, which would show it
-/// in clear beside the obscured one) and fields made from the plaintext
-/// ([`is_plaintext_derived`]). Structural (MIME) fields are not included: the caller adds
-/// its own.
+/// everything else kept, but the other fields that carry the Subject or a summary of the
+/// text ([`SUBJECT_COPIES`]: they would show it in clear beside the obscured one),
+/// Autocrypt-Gossip (other recipients' keys, only ever inside the encryption: Autocrypt
+/// §2.7) and fields made from the plaintext ([`is_plaintext_derived`]). Structural (MIME)
+/// fields are not included: the caller adds its own.
 pub fn outer_fields_encrypted(fields: &[HeaderField], obscured_subject: &str) -> Vec<HeaderField> {
     fields
         .iter()
@@ -66,7 +67,8 @@ pub fn outer_fields_encrypted(fields: &[HeaderField], obscured_subject: &str) ->
             !f.is_structural()
                 && !f.is("Comments")
                 && !f.is("Keywords")
-                && !f.is("Thread-Topic")
+                && !SUBJECT_COPIES.iter().any(|n| f.is(n))
+                && !f.is("Autocrypt-Gossip")
                 && !is_plaintext_derived(f)
         })
         .map(|f| {
@@ -186,6 +188,17 @@ pub fn protected_payload(
     out.extend_from_slice(&content.body);
     out
 }
+
+/// Fields that carry the Subject again or a summary of the text: Outlook's Thread-Topic,
+/// Original-Subject (X.400 gateways, RFC 2156) and its X- form, Summary (Netnews, RFC 5536).
+/// Kept out of an encrypted copy's outer header (review: Original-Subject and Summary went
+/// out in clear).
+const SUBJECT_COPIES: [&str; 4] = [
+    "Thread-Topic",
+    "Original-Subject",
+    "X-Original-Subject",
+    "Summary",
+];
 
 /// Unstructured fields (RFC 5322 §3.6.5, RFC 2045 §8, RFC 2076): their whole value may be
 /// encoded words. So may an extension field's ("X-", RFC 5322 §3.6.8 optional fields are
@@ -849,6 +862,10 @@ mod tests {
             HeaderField::new("Subject", "secret plans"),
             HeaderField::new("Received", "from x"),
             HeaderField::new("Thread-Topic", "secret plans"),
+            HeaderField::new("Original-Subject", "secret plans"),
+            HeaderField::new("x-original-subject", "secret plans"),
+            HeaderField::new("Summary", "secret plans in brief"),
+            HeaderField::new("Autocrypt-Gossip", "addr=c@example.org; keydata=AAAA"),
             HeaderField::new("Content-Type", "text/plain"),
             HeaderField::new("DKIM-Signature", "v=1; d=example.org; bh=mgmfKflj; b=x"),
             HeaderField::new("ARC-Message-Signature", "i=1; bh=mgmfKflj; b=y"),
@@ -861,10 +878,9 @@ mod tests {
         ];
         let outer = outer_fields_encrypted(&original, "[...]");
         assert!(outer.iter().any(|f| f.raw == b"Subject: [...]\r\n"));
-        assert!(
-            !outer.iter().any(|f| f.is("Thread-Topic")),
-            "no Subject in clear"
-        );
+        for name in SUBJECT_COPIES.iter().chain(&["Autocrypt-Gossip"]) {
+            assert!(!outer.iter().any(|f| f.is(name)), "no {name} in clear");
+        }
         // Review: DKIM's bh= let anyone confirm a guessed body (a one-time code) offline.
         assert!(
             !outer.iter().any(|f| contains(&f.raw, b"bh=")),

@@ -204,8 +204,8 @@ pub fn render(r: &Report<'_>) -> Vec<u8> {
 
 /// `report` (made by [`render`]) with its quoted header cut to what the outer header of an
 /// encrypted copy shows ([`crate::message::mime::outer_fields_encrypted`], RFC 9788
-/// hcp_baseline): the Subject replaced by `obscured_subject`; Comments, Keywords, Thread-Topic
-/// and the MIME fields left out. For a report that leaves without encryption: the original's
+/// hcp_baseline): the Subject replaced by `obscured_subject`; Comments, Keywords, the other
+/// copies of the Subject (Thread-Topic...), Autocrypt-Gossip and the MIME fields left out. For a report that leaves without encryption: the original's
 /// encrypted copies kept these from the relay, and the report about them keeps them too. A
 /// quoted header that does not parse is left out whole.
 pub fn obscure(report: &[u8], obscured_subject: &str) -> Vec<u8> {
