@@ -180,6 +180,7 @@ impl CliError {
             CliError::Demo(_) => 70,
             CliError::Usage(_) => 64,
             CliError::Setup(_) => 73,
+            CliError::Store(crate::store::StoreError::Unsafe { .. }) => 78,
             CliError::Store(_) => 74,
             CliError::Import(crate::store::ImportError::Read { source, .. })
                 if source.kind() == std::io::ErrorKind::NotFound =>

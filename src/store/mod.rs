@@ -135,6 +135,10 @@ pub enum StoreError {
     TooManyKeywords,
     #[error("store: the writer lock was poisoned by a crash in another thread")]
     Poisoned,
+    /// A directory or file mode or owner that would let another user at the decrypted mail:
+    /// a setting to fix.
+    #[error("the store {path}: {why}")]
+    Unsafe { path: PathBuf, why: String },
 }
 
 /// The most keywords a client may give one message (sealpost's own verdict keywords and the
@@ -515,6 +519,72 @@ struct Inner {
     watcher: std::sync::Once,
 }
 
+/// Refuses a store others could read or slip files into, as the queue refuses its own
+/// (review: a -wal and -shm another user had made, mode 0666, in a directory anyone may write
+/// to were taken over, and that user read the decrypted mail in the -wal): a directory any
+/// user may write to, and a -wal or -shm not owned by the database's owner. A database,
+/// -wal or -shm that others may read, its owner's (or opened by root), is made 0600.
+fn check_modes(path: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let unsafe_because = |why: String| StoreError::Unsafe {
+        path: path.to_owned(),
+        why,
+    };
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    if let Ok(meta) = std::fs::metadata(dir) {
+        if meta.mode() & 0o002 != 0 {
+            return Err(unsafe_because(format!(
+                "its directory {} may be written by any user (mode {:04o}): another could \
+                 put files beside the database that SQLite writes decrypted mail into; give \
+                 the store a directory of its own",
+                dir.display(),
+                meta.mode() & 0o7777
+            )));
+        }
+    }
+    let Ok(database) = std::fs::metadata(path) else {
+        return Ok(());
+    };
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    for suffix in ["", "-wal", "-shm"] {
+        let file = PathBuf::from(format!("{}{suffix}", path.display()));
+        let Ok(meta) = std::fs::symlink_metadata(&file) else {
+            continue;
+        };
+        if meta.uid() != database.uid() {
+            return Err(unsafe_because(format!(
+                "{} belongs to uid {}, the database to uid {}: remove it if no sealpost is \
+                 running",
+                file.display(),
+                meta.uid(),
+                database.uid()
+            )));
+        }
+        if meta.mode() & 0o077 != 0 {
+            if me != 0 && me != meta.uid() {
+                return Err(unsafe_because(format!(
+                    "{} may be read by others (mode {:04o})",
+                    file.display(),
+                    meta.mode() & 0o7777
+                )));
+            }
+            tracing::warn!(
+                "{}: others could read it (mode {:04o}): made the owner's alone (0600)",
+                file.display(),
+                meta.mode() & 0o7777
+            );
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).map_err(
+                |e| unsafe_because(format!("{}: cannot make it 0600: {e}", file.display())),
+            )?;
+        }
+    }
+    Ok(())
+}
+
 impl Store {
     /// Opens (creating if needed) the store at `path` and brings its schema up to date. The
     /// store holds decrypted mail: a directory it creates is the owner's alone (0700), and so
@@ -560,6 +630,7 @@ impl Store {
                 Err(e) => return Err(failed(path, e)),
             }
         }
+        check_modes(path)?;
         // One process at a time brings the schema up to date: two `deliver`s into a new store
         // would both find it empty and the second fail on tables the first made. The lock is
         // a file of its own: closing any descriptor of the database file would drop SQLite's

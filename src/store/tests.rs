@@ -1139,3 +1139,39 @@ fn locked_or_full_is_temporary() {
     assert!(!sql(rusqlite::ffi::SQLITE_CORRUPT).is_temporary());
     assert!(!StoreError::NoMailbox("x".into()).is_temporary());
 }
+
+/// A store others could read or slip files into is refused, as the queue refuses its own
+/// (review: another user's -wal and -shm, 0666, in a directory anyone may write to, were
+/// taken over, and that user read the decrypted mail): a directory any user may write to,
+/// and a -wal not owned by the database's owner. Files of the owner's that others may read
+/// are made 0600.
+#[test]
+fn a_store_others_could_read_is_refused_or_made_private() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let dir = tempfile::tempdir().unwrap();
+    let open_dir = dir.path().join("open");
+    std::fs::create_dir(&open_dir).unwrap();
+    std::fs::set_permissions(&open_dir, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    match Store::open(&open_dir.join("s.sqlite")) {
+        Err(StoreError::Unsafe { why, .. }) => assert!(why.contains("any user"), "{why}"),
+        Err(e) => panic!("{e}"),
+        Ok(_) => panic!("opened in a directory anyone may write to"),
+    }
+    let path = dir.path().join("s.sqlite");
+    drop(Store::open(&path).unwrap());
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    drop(Store::open(&path).unwrap());
+    assert_eq!(std::fs::metadata(&path).unwrap().mode() & 0o777, 0o600);
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return; // making a file another user's needs root
+    }
+    let wal = dir.path().join("s.sqlite-wal");
+    std::fs::write(&wal, b"").unwrap();
+    std::os::unix::fs::chown(&wal, Some(65534), Some(65534)).unwrap();
+    match Store::open(&path) {
+        Err(StoreError::Unsafe { why, .. }) => assert!(why.contains("uid 65534"), "{why}"),
+        Err(e) => panic!("{e}"),
+        Ok(_) => panic!("opened with another user's -wal"),
+    }
+}
