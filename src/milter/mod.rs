@@ -799,7 +799,7 @@ async fn end_of_message(
             recipients,
             ..envelope.clone()
         };
-        match core.prepare(&envelope, message).await {
+        match keeping_alive(cx, core.prepare(&envelope, message)).await {
             Ok(Prepared::Copies(p)) => planned.push(p),
             Ok(Prepared::Refused(reply)) => {
                 return refuse_whole(cx, milter, &t, &raw, queue_id, &id, now, reply, &refused)
@@ -844,7 +844,7 @@ async fn end_of_message(
     // One recipient alone: kept in place whatever its size, so that Postfix refuses the
     // message to the client at once (552) with nothing else gone.
     let size_limit = if in_place && t.recipients.len() > 1 {
-        milter.reinject.size_limit().await
+        keeping_alive(cx, milter.reinject.size_limit()).await
     } else {
         None
     };

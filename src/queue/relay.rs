@@ -179,6 +179,9 @@ pub struct Relay {
     /// u64::MAX for none (no limit, or not asked); with when it was announced.
     size_limit: std::sync::atomic::AtomicU64,
     size_heard: Mutex<Option<Instant>>,
+    /// Held while one caller asks the server again: the others wait for its answer rather
+    /// than each opening a connection (review: a burst of messages opened one each).
+    size_asking: tokio::sync::Mutex<()>,
     /// Set by [`Relay::taking_the_mtas_paths`]: a sender or recipient that is no address by
     /// RFC 5321 goes in MAIL FROM or RCPT TO as it is (see [`verbatim_path`]).
     verbatim_paths: bool,
@@ -646,6 +649,7 @@ impl Relay {
             pass_dsn: false,
             size_limit: std::sync::atomic::AtomicU64::new(0),
             size_heard: Mutex::new(None),
+            size_asking: tokio::sync::Mutex::new(()),
             verbatim_paths: false,
         })
     }
@@ -1101,12 +1105,38 @@ impl Relay {
     /// announced, or no answer now.
     pub async fn size_limit(&self) -> Option<u64> {
         use std::sync::atomic::Ordering;
-        let heard = *self.size_heard.lock().unwrap_or_else(|p| p.into_inner());
-        if heard.is_none_or(|t| t.elapsed() >= IDLE_REUSE) {
-            if let Ok((conn, dsn)) = self.connect().await {
-                let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-                if idle.len() < IDLE_MAX {
-                    idle.push((conn, dsn, Instant::now()));
+        let stale = || {
+            self.size_heard
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_none_or(|t| t.elapsed() >= IDLE_REUSE)
+        };
+        if stale() {
+            let _asking = self.size_asking.lock().await;
+            // Asked by another caller while this one waited: its answer stands.
+            if stale() {
+                match self.connect().await {
+                    Ok((conn, dsn)) => {
+                        let spare = {
+                            let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+                            if idle.len() < IDLE_MAX {
+                                idle.push((conn, dsn, Instant::now()));
+                                None
+                            } else {
+                                Some(conn)
+                            }
+                        };
+                        if let Some(mut conn) = spare {
+                            let _ = tokio::time::timeout(self.timeout, conn.quit()).await;
+                        }
+                    }
+                    // Not reached: no limit known now (the re-injection that follows meets
+                    // the same failure); asked again after a while, not by every message.
+                    Err(_) => {
+                        *self.size_heard.lock().unwrap_or_else(|p| p.into_inner()) =
+                            Some(Instant::now());
+                        return None;
+                    }
                 }
             }
         }
