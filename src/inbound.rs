@@ -392,6 +392,27 @@ async fn process_layer(
         if let (Some(protected), Signature::Valid { .. }) = (&protected, &verdict.signature) {
             out_header = merge_headers(header, header, Some(protected)).0;
         }
+    } else if let Some(signed) = (is("text", "plain") || content_type.is_none())
+        .then(|| parsed.as_deref().and_then(inline_cleartext))
+        .flatten()
+    {
+        // Inline PGP's signed text (mutt's pgp_autoinline): the body is the signed block and
+        // nothing else, so what the signature covers is all the body shows; the header is
+        // vouched for no more than a multipart/signed's without protected fields.
+        verdict.signature = match keys.verify_cleartext(signed).await {
+            Ok(checks) if checks.is_empty() => Signature::Bad {
+                fingerprint: String::new(),
+                reason: "a cleartext-signed text whose signature gpg found none in".into(),
+            },
+            Ok(checks) => signature_of(keys, &checks, &outer_from).await?,
+            Err(KeyError::Gpg { source, .. }) if !crate::keys::is_temporary(&source) => {
+                Signature::Bad {
+                    fingerprint: String::new(),
+                    reason: source.to_string(),
+                }
+            }
+            Err(error) => return Err(InboundError::Temporary(error)),
+        };
     }
 
     // The layer's plaintext is a whole ciphertext again: decrypted too, once, and then that
@@ -694,6 +715,49 @@ fn inline_armor(text: &[u8]) -> Option<Vec<u8>> {
             == 1
         && crate::message::parse::armored_ciphertext_any_headers(trimmed))
     .then(|| trimmed.to_vec())
+}
+
+/// The text of a single-part message whose body is exactly one cleartext-signed block (RFC
+/// 4880 §7: BEGIN PGP SIGNED MESSAGE to END PGP SIGNATURE, whitespace around it allowed,
+/// nothing else), its transfer encoding undone but in its own charset: the signature is over
+/// those bytes. Text beside the block would be shown under a signature that does not cover
+/// it: such a body is not taken.
+fn inline_cleartext(message: &mail_parser::Message<'_>) -> Option<Vec<u8>> {
+    const BEGIN: &[u8] = b"-----BEGIN PGP SIGNED MESSAGE-----";
+    const SIGNATURE: &[u8] = b"-----BEGIN PGP SIGNATURE-----";
+    const END: &[u8] = b"-----END PGP SIGNATURE-----";
+    if message.parts.len() != 1 {
+        return None;
+    }
+    let root = message.parts.first()?;
+    let raw = message
+        .raw_message()
+        .get(root.offset_body as usize..root.offset_end as usize)?;
+    let encoding = root
+        .content_transfer_encoding()
+        .map(str::to_ascii_lowercase);
+    let text = match encoding.as_deref() {
+        Some("quoted-printable") => {
+            mail_parser::decoders::quoted_printable::quoted_printable_decode(raw)?
+        }
+        Some("base64") => mail_parser::decoders::base64::base64_decode(raw)?,
+        _ => raw.to_vec(),
+    };
+    let trimmed = text.trim_ascii();
+    let count = |needle: &[u8]| {
+        trimmed
+            .windows(needle.len())
+            .filter(|w| *w == needle)
+            .count()
+    };
+    let own_line = |rest: &[u8]| rest.starts_with(b"\r\n") || rest.starts_with(b"\n");
+    (trimmed.starts_with(BEGIN)
+        && own_line(&trimmed[BEGIN.len()..])
+        && trimmed.ends_with(END)
+        && count(BEGIN) == 1
+        && count(SIGNATURE) == 1
+        && count(END) == 1)
+        .then(|| trimmed.to_vec())
 }
 
 /// Whether the whole message is ciphertext, with no part in clear (the outgoing core's

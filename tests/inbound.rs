@@ -1146,6 +1146,66 @@ async fn a_silent_store_of_a_verdict_keyword_is_answered_with_the_flags_kept() {
     );
 }
 
+/// Inline PGP's cleartext signature (mutt's pgp_autoinline) is verified when the text body is
+/// the signed block and nothing else, over the text in its own charset (Latin-1 sent
+/// quoted-printable here); text beside the block leaves the message unchecked, and a changed
+/// signed text is bad (review with mutt: not checked at all).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_inline_cleartext_signature_is_verified() {
+    let world = World::new();
+    let signed = |text: &[u8]| {
+        let out = world
+            .sender
+            .gpg(&["--clearsign", "-u", world.alice.as_str()], Some(text));
+        assert!(out.status.success(), "{out:?}");
+        out.stdout
+    };
+    let message = |fields: &str, body: &[u8]| {
+        let mut raw = format!(
+            "From: Alice <alice@example.org>\r\nTo: bob@example.org\r\nSubject: inline\r\n{fields}\r\n"
+        )
+        .into_bytes();
+        raw.extend_from_slice(&sealpost::message::encoding::crlf(body));
+        raw
+    };
+    let ascii = signed(b"Meet at noon.\n- a dash line\n");
+    let latin1 = signed(b"Gr\xfc\xdfe aus K\xf6ln.\n");
+    let latin1_qp = String::from_utf8(sealpost::message::encoding::quoted_printable(
+        &sealpost::message::encoding::crlf(&latin1),
+    ))
+    .unwrap();
+    let server = bobs_store(&world);
+    for raw in [
+        message("", &ascii),
+        message(
+            "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=iso-8859-1\r\n\
+             Content-Transfer-Encoding: quoted-printable\r\n",
+            latin1_qp.as_bytes(),
+        ),
+    ] {
+        let (code, output) = deliver(&server, &raw);
+        assert_eq!(code, 0, "{output}");
+    }
+    every_verdict_is_valid_by(&server, &world.alice);
+    // Text beside the signed block: not vouched for, so not checked at all.
+    let server = bobs_store(&world);
+    let beside = message("", &[b"P.S. wire the money\n".as_slice(), &ascii].concat());
+    let (code, output) = deliver(&server, &beside);
+    assert_eq!(code, 0, "{output}");
+    let stored = verdicts::fetch_all(&server);
+    assert_eq!(verdicts::verdict(&stored[0].1), "plaintext; signature=none");
+    // The signed text changed: bad.
+    let server = bobs_store(&world);
+    let changed = String::from_utf8(ascii.clone())
+        .unwrap()
+        .replace("Meet at noon.", "Meet at three.");
+    let (_, verdict) = delivered_bad(&server, &message("", changed.as_bytes()));
+    assert!(
+        verdict.contains(&format!("signer={}", world.alice)),
+        "{verdict}"
+    );
+}
+
 /// Every message stored reads "plaintext; signature=valid" by `signer`, whose key has the From.
 fn every_verdict_is_valid_by(server: &Server, signer: &str) {
     for (_, message) in verdicts::fetch_all(server) {

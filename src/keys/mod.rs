@@ -608,15 +608,21 @@ impl KeyService {
         signature: Vec<u8>,
         signed: Vec<u8>,
     ) -> Result<Vec<SignatureCheck>, KeyError> {
+        self.verify(Request::VerifyDetached { signature, signed })
+            .await
+    }
+
+    /// Verifies a cleartext-signed text (RFC 4880 §7: inline PGP's signed message).
+    pub async fn verify_cleartext(&self, signed: Vec<u8>) -> Result<Vec<SignatureCheck>, KeyError> {
+        self.verify(Request::VerifyCleartext { signed }).await
+    }
+
+    async fn verify(&self, request: Request) -> Result<Vec<SignatureCheck>, KeyError> {
         let checks = self
-            .call(
-                "verifying",
-                Request::VerifyDetached { signature, signed },
-                |r| match r {
-                    Response::Checks(checks) => Ok(checks),
-                    other => Err(other),
-                },
-            )
+            .call("verifying", request, |r| match r {
+                Response::Checks(checks) => Ok(checks),
+                other => Err(other),
+            })
             .await?;
         // A gpg that cannot read the keyring (a home or pubring.kbx that is not the user's, a
         // trust database it cannot make on a full or read-only file system: "Fatal: can't

@@ -71,6 +71,12 @@ pub enum Request {
         #[serde(with = "bytes")]
         signed: Vec<u8>,
     },
+    /// A cleartext-signed text (RFC 4880 §7), from its BEGIN PGP SIGNED MESSAGE line to its
+    /// END PGP SIGNATURE line.
+    VerifyCleartext {
+        #[serde(with = "bytes")]
+        signed: Vec<u8>,
+    },
     GenerateKey {
         userid: String,
     },
@@ -90,7 +96,9 @@ impl Request {
             | Request::Encrypt { data, .. }
             | Request::EncryptShared { data, .. } => data.len(),
             Request::DecryptVerify { ciphertext, .. } => ciphertext.len(),
-            Request::VerifyDetached { signed, .. } => signed.len(),
+            Request::VerifyDetached { signed, .. } | Request::VerifyCleartext { signed } => {
+                signed.len()
+            }
             _ => 0,
         };
         Duration::from_secs(bytes as u64 / MIN_BYTES_PER_SEC)
@@ -250,6 +258,19 @@ pub fn execute(gpg: &mut Gpg, request: Request) -> Result<Response, KeyError> {
                 }
             }
             Ok(Response::Checks(each))
+        }
+        Request::VerifyCleartext { signed } => {
+            let mut text = Vec::new();
+            let mut named = false;
+            match gpg.ctx.verify_opaque(&signed, &mut text) {
+                Ok(ver) => Ok(Response::Checks(checks_of(gpg, &ver, &mut named))),
+                Err(e) if super::is_temporary(&e) => Err(to_err("verifying")(e)),
+                Err(e) => Ok(Response::Checks(vec![SignatureCheck {
+                    fingerprint: String::new(),
+                    valid: false,
+                    state: SignatureState::Bad(format!("a signature gpg cannot read: {e}")),
+                }])),
+            }
         }
         Request::GenerateKey { userid } => {
             let flags = gpgme::CreateKeyFlags::NOPASSWD | gpgme::CreateKeyFlags::NOEXPIRE;
