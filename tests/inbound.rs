@@ -2098,13 +2098,7 @@ fn a_hung_agent_is_a_temporary_failure_within_the_deadline() {
     // The agent is running, then stopped. It is started by gpgconf, not by a first delivery:
     // under the whole suite's load a first decryption (the agent's start included) could
     // take longer than the 2 s deadline this test sets.
-    let launched = std::process::Command::new("gpgconf")
-        .arg("--homedir")
-        .arg(&world.bob.dir)
-        .args(["--launch", "gpg-agent"])
-        .status()
-        .unwrap();
-    assert!(launched.success());
+    world.bob.launch_agent();
     let _stopped = world.bob.stop_agent();
     let started = std::time::Instant::now();
     let (code, output) = deliver(&server, &message);

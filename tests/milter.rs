@@ -1056,6 +1056,21 @@ fn steps_are_answered_only_when_the_mta_waits_for_an_answer() {
     }
 }
 
+/// A milter with no Postfix in front (a test talks the milter protocol itself), with `extra`
+/// [milter] lines: its directory (journal, configuration), its port, the process.
+fn lone_milter(world: &World, extra: &str) -> (tempfile::TempDir, u16, MilterProcess) {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let milter = MilterProcess::start_with(
+        world,
+        port,
+        free_port(),
+        &dir.path().join("j.sqlite"),
+        extra,
+    );
+    (dir, port, milter)
+}
+
 /// While GnuPG works on a message (here: waits on a hung gpg-agent), the MTA hears every
 /// 10 s that the work goes on (SMFIR_PROGRESS), so that a milter_content_timeout shorter than
 /// deadline_secs does not give up on the message meanwhile (review: Postfix answered 451
@@ -1063,22 +1078,8 @@ fn steps_are_answered_only_when_the_mta_waits_for_an_answer() {
 #[test]
 fn the_mta_hears_progress_while_gnupg_works() {
     let world = World::new();
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let _milter = MilterProcess::start_with(
-        &world,
-        port,
-        free_port(),
-        &dir.path().join("j.sqlite"),
-        "deadline_secs = 13\n",
-    );
-    let launched = Command::new("gpgconf")
-        .arg("--homedir")
-        .arg(&world.sender.dir)
-        .args(["--launch", "gpg-agent"])
-        .status()
-        .unwrap();
-    assert!(launched.success());
+    let (_dir, port, _milter) = lone_milter(&world, "deadline_secs = 13\n");
+    world.sender.launch_agent();
     let _stopped = world.sender.stop_agent();
     let mut conn = TcpStream::connect(("127.0.0.1", port)).unwrap();
     let wait = std::time::Duration::from_secs(60);
@@ -1192,15 +1193,7 @@ fn milter_packet_in(conn: &mut TcpStream, wait: std::time::Duration) -> Option<(
 #[test]
 fn connections_beyond_the_limit_wait_for_a_free_slot() {
     let world = World::new();
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let _milter = MilterProcess::start_with(
-        &world,
-        port,
-        free_port(),
-        &dir.path().join("j.sqlite"),
-        "max_connections = 2\n",
-    );
+    let (_dir, port, _milter) = lone_milter(&world, "max_connections = 2\n");
     let mut conns: Vec<TcpStream> = (0..3)
         .map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap())
         .collect();

@@ -45,6 +45,18 @@ impl GpgHome {
             .unwrap_or_else(|| panic!("no agent pid in {text:?}"))
     }
 
+    /// Starts this home's gpg-agent now (not at a first operation, which under a loaded
+    /// machine could take longer than a short deadline a test sets).
+    pub fn launch_agent(&self) {
+        let launched = Command::new("gpgconf")
+            .arg("--homedir")
+            .arg(&self.dir)
+            .args(["--launch", "gpg-agent"])
+            .status()
+            .unwrap();
+        assert!(launched.success());
+    }
+
     /// Stops this home's gpg-agent (SIGSTOP: it hangs) until the guard is dropped. Returns
     /// once the kernel shows it stopped: a request sent before that could still be answered.
     pub fn stop_agent(&self) -> StoppedAgent {
