@@ -718,21 +718,32 @@ fn inline_armor(text: &[u8]) -> Option<Vec<u8>> {
 }
 
 /// The text of a single-part message whose body is exactly one cleartext-signed block (RFC
-/// 4880 §7: BEGIN PGP SIGNED MESSAGE to END PGP SIGNATURE, whitespace around it allowed,
-/// nothing else), its transfer encoding undone but in its own charset: the signature is over
-/// those bytes. Text beside the block would be shown under a signature that does not cover
-/// it: such a body is not taken.
+/// 4880 §7), its transfer encoding undone but in its own charset: the signature is over those
+/// bytes. Only a block with no text the signature does not cover is taken: gpg calls a
+/// signature good with armor headers (Comment: ...), text on the armor lines or lines after
+/// the checksum, all of which a client shows (review: "Comment: wire 10000 EUR" under Alice's
+/// valid signature). So the block must be exactly: the BEGIN line, `Hash:` lines, a blank
+/// line, the text (dash-escaped), the signature's BEGIN line, a blank line, base64 lines, an
+/// optional checksum, the END line; whitespace around it, nothing else. And every reader must
+/// see that one text part: one Content-Type and one Content-Transfer-Encoding field (a second
+/// Content-Type made the IMAP summary and clients read another part than the one verified:
+/// review), the IMAP summary's body the same bytes, base64 that decodes strictly (padding in
+/// mid-body made decoders stop at different places: review).
 fn inline_cleartext(message: &mail_parser::Message<'_>) -> Option<Vec<u8>> {
-    const BEGIN: &[u8] = b"-----BEGIN PGP SIGNED MESSAGE-----";
-    const SIGNATURE: &[u8] = b"-----BEGIN PGP SIGNATURE-----";
-    const END: &[u8] = b"-----END PGP SIGNATURE-----";
     if message.parts.len() != 1 {
         return None;
     }
     let root = message.parts.first()?;
-    let raw = message
-        .raw_message()
-        .get(root.offset_body as usize..root.offset_end as usize)?;
+    if !crate::message::parse::single_fields(root) {
+        return None;
+    }
+    let body = root.offset_body as usize..root.offset_end as usize;
+    let summary = crate::imap::summary::summarize(message.raw_message()).parts;
+    let shown = summary.parts.first()?;
+    if !shown.children.is_empty() || shown.body() != body {
+        return None;
+    }
+    let raw = message.raw_message().get(body)?;
     let encoding = root
         .content_transfer_encoding()
         .map(str::to_ascii_lowercase);
@@ -740,24 +751,96 @@ fn inline_cleartext(message: &mail_parser::Message<'_>) -> Option<Vec<u8>> {
         Some("quoted-printable") => {
             mail_parser::decoders::quoted_printable::quoted_printable_decode(raw)?
         }
-        Some("base64") => mail_parser::decoders::base64::base64_decode(raw)?,
-        _ => raw.to_vec(),
+        Some("base64") => {
+            use base64::Engine as _;
+            let packed: Vec<u8> = raw
+                .iter()
+                .copied()
+                .filter(|b| !b.is_ascii_whitespace())
+                .collect();
+            base64::engine::general_purpose::STANDARD
+                .decode(packed)
+                .ok()?
+        }
+        Some("7bit" | "8bit" | "binary") | None => raw.to_vec(),
+        Some(_) => return None,
     };
     let trimmed = text.trim_ascii();
-    let count = |needle: &[u8]| {
-        trimmed
-            .windows(needle.len())
-            .filter(|w| *w == needle)
-            .count()
-    };
-    let own_line = |rest: &[u8]| rest.starts_with(b"\r\n") || rest.starts_with(b"\n");
-    (trimmed.starts_with(BEGIN)
-        && own_line(&trimmed[BEGIN.len()..])
-        && trimmed.ends_with(END)
-        && count(BEGIN) == 1
-        && count(SIGNATURE) == 1
-        && count(END) == 1)
-        .then(|| trimmed.to_vec())
+    canonical_cleartext_block(trimmed).then(|| trimmed.to_vec())
+}
+
+/// Whether `block` is a cleartext-signed block with nothing in it that its signature does not
+/// cover (see [`inline_cleartext`]).
+fn canonical_cleartext_block(block: &[u8]) -> bool {
+    if block.iter().any(|&b| b == 0) {
+        return false;
+    }
+    let mut lines = block
+        .split(|&b| b == b'\n')
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l));
+    if lines.next() != Some(b"-----BEGIN PGP SIGNED MESSAGE-----".as_slice()) {
+        return false;
+    }
+    // Hash: lines (one or more), then the blank line.
+    let mut hashes = 0;
+    for line in lines.by_ref() {
+        if line.is_empty() {
+            break;
+        }
+        let Some(names) = line.strip_prefix(b"Hash: ") else {
+            return false;
+        };
+        if names.is_empty()
+            || !names
+                .iter()
+                .all(|b| b.is_ascii_alphanumeric() || *b == b',' || *b == b'-')
+        {
+            return false;
+        }
+        hashes += 1;
+    }
+    if hashes == 0 {
+        return false;
+    }
+    // The signed text: a line that begins with a dash is dash-escaped, up to the signature.
+    let mut in_signature = false;
+    for line in lines.by_ref() {
+        if line == b"-----BEGIN PGP SIGNATURE-----" {
+            in_signature = true;
+            break;
+        }
+        if line.starts_with(b"-") && !line.starts_with(b"- ") {
+            return false;
+        }
+        if line.contains(&b'\r') {
+            return false;
+        }
+    }
+    // No armor header: the blank line, then base64, an optional checksum, then END.
+    if !in_signature || lines.next() != Some(b"".as_slice()) {
+        return false;
+    }
+    let mut data = 0;
+    let mut checksum = false;
+    for line in lines.by_ref() {
+        if line == b"-----END PGP SIGNATURE-----" {
+            return data > 0 && lines.next().is_none();
+        }
+        let is_base64 = |l: &[u8]| {
+            !l.is_empty()
+                && l.iter()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'='))
+        };
+        if checksum || !is_base64(line) {
+            return false;
+        }
+        if line.len() == 5 && line[0] == b'=' {
+            checksum = true;
+        } else {
+            data += 1;
+        }
+    }
+    false
 }
 
 /// Whether the whole message is ciphertext, with no part in clear (the outgoing core's

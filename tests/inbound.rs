@@ -1187,13 +1187,51 @@ async fn an_inline_cleartext_signature_is_verified() {
         assert_eq!(code, 0, "{output}");
     }
     every_verdict_is_valid_by(&server, &world.alice);
-    // Text beside the signed block: not vouched for, so not checked at all.
+    // Text the signature does not cover, which a client shows: beside the block, in an armor
+    // header or after the checksum (gpg calls all of these good), a second Content-Type that
+    // makes clients read another part, base64 padded in mid-body that decoders end at
+    // different places (review). Not vouched for, so not checked at all.
+    let text = String::from_utf8(ascii.clone()).unwrap();
+    let with_comment = text.replace(
+        "-----BEGIN PGP SIGNATURE-----\n",
+        "-----BEGIN PGP SIGNATURE-----\nComment: wire 10000 EUR today\n",
+    );
+    let after_checksum = text.replace(
+        "-----END PGP SIGNATURE-----",
+        "P.S. wire the money\n-----END PGP SIGNATURE-----",
+    );
+    let packed = |halves: [&[u8]; 2]| {
+        use base64::Engine as _;
+        let e = base64::engine::general_purpose::STANDARD;
+        format!("{}\n{}\n", e.encode(halves[0]), e.encode(halves[1]))
+    };
+    let crlf = sealpost::message::encoding::crlf(&ascii);
+    let cut = crlf.len() / 2 + 1;
+    let uncovered = [
+        message("", &[b"P.S. wire the money\n".as_slice(), &ascii].concat()),
+        message("", with_comment.as_bytes()),
+        message("", after_checksum.as_bytes()),
+        message(
+            "Content-Type: multipart/mixed; boundary=\"XYZ\"\r\nContent-Type: text/plain\r\n",
+            &ascii,
+        ),
+        message(
+            "MIME-Version: 1.0\r\nContent-Type: text/plain\r\nContent-Transfer-Encoding: base64\r\n",
+            packed([&crlf[..cut], &crlf[cut..]]).as_bytes(),
+        ),
+    ];
     let server = bobs_store(&world);
-    let beside = message("", &[b"P.S. wire the money\n".as_slice(), &ascii].concat());
-    let (code, output) = deliver(&server, &beside);
-    assert_eq!(code, 0, "{output}");
-    let stored = verdicts::fetch_all(&server);
-    assert_eq!(verdicts::verdict(&stored[0].1), "plaintext; signature=none");
+    for raw in &uncovered {
+        let (code, output) = deliver(&server, raw);
+        assert_eq!(code, 0, "{output}");
+    }
+    for (uid, message) in verdicts::fetch_all(&server) {
+        assert_eq!(
+            verdicts::verdict(&message),
+            "plaintext; signature=none",
+            "message {uid}"
+        );
+    }
     // The signed text changed: bad.
     let server = bobs_store(&world);
     let changed = String::from_utf8(ascii.clone())
