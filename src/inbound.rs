@@ -399,20 +399,27 @@ async fn process_layer(
         // Inline PGP's signed text (mutt's pgp_autoinline): the body is the signed block and
         // nothing else, so what the signature covers is all the body shows; the header is
         // vouched for no more than a multipart/signed's without protected fields.
-        verdict.signature = match keys.verify_cleartext(signed).await {
-            Ok(checks) if checks.is_empty() => Signature::Bad {
-                fingerprint: String::new(),
-                reason: "a cleartext-signed text whose signature gpg found none in".into(),
-            },
-            Ok(checks) => signature_of(keys, &checks, &outer_from).await?,
-            Err(KeyError::Gpg { source, .. }) if !crate::keys::is_temporary(&source) => {
-                Signature::Bad {
-                    fingerprint: String::new(),
-                    reason: source.to_string(),
-                }
-            }
-            Err(error) => return Err(InboundError::Temporary(error)),
-        };
+        verdict.signature = verify_inline_cleartext(keys, signed, &outer_from).await?;
+    }
+
+    // Decrypted text that is a cleartext-signed block (mutt's inline signature, then an MX's
+    // or the sender's encryption around it) is verified as it would be in clear (review:
+    // "encrypted; signature=none" where the same text in clear read valid).
+    if verdict.encryption == Encryption::Decrypted && verdict.signature == Signature::Unsigned {
+        let entity = [&out_header[..], &out_body[..]].concat();
+        let parsed = parse_message(&entity);
+        let text = parsed.as_deref().is_some_and(|m| {
+            let ct = m.parts.first().and_then(|p| p.content_type());
+            ct.is_none() || has_type(ct, "text", "plain")
+        });
+        if let Some(signed) = parsed
+            .as_deref()
+            .filter(|_| text)
+            .and_then(inline_cleartext)
+        {
+            verdict.signature =
+                verify_inline_cleartext(keys, signed, &from_address(&out_header)).await?;
+        }
     }
 
     // The layer's plaintext is a whole ciphertext again: decrypted too, once, and then that
@@ -717,6 +724,33 @@ fn inline_armor(text: &[u8]) -> Option<Vec<u8>> {
     .then(|| trimmed.to_vec())
 }
 
+/// The verdict on a cleartext-signed text ([`inline_cleartext`]).
+async fn verify_inline_cleartext(
+    keys: &KeyService,
+    signed: Vec<u8>,
+    from: &Option<String>,
+) -> Result<Signature, InboundError> {
+    match keys.verify_cleartext(signed).await {
+        Ok(checks) if checks.is_empty() => Ok(Signature::Bad {
+            fingerprint: String::new(),
+            reason: "a cleartext-signed text whose signature gpg found none in".into(),
+        }),
+        Ok(checks) => signature_of(keys, &checks, from).await,
+        Err(KeyError::Gpg { source, .. }) if !crate::keys::is_temporary(&source) => {
+            Ok(Signature::Bad {
+                fingerprint: String::new(),
+                reason: source.to_string(),
+            })
+        }
+        // Refused before gpg ran (too many signatures): about the message, for good.
+        Err(KeyError::Refused { detail, .. }) => Ok(Signature::Bad {
+            fingerprint: String::new(),
+            reason: detail,
+        }),
+        Err(error) => Err(InboundError::Temporary(error)),
+    }
+}
+
 /// The text of a single-part message whose body is exactly one cleartext-signed block (RFC
 /// 4880 §7), its transfer encoding undone but in its own charset: the signature is over those
 /// bytes. Only a block with no text the signature does not cover is taken: gpg calls a
@@ -772,7 +806,7 @@ fn inline_cleartext(message: &mail_parser::Message<'_>) -> Option<Vec<u8>> {
 /// Whether `block` is a cleartext-signed block with nothing in it that its signature does not
 /// cover (see [`inline_cleartext`]).
 fn canonical_cleartext_block(block: &[u8]) -> bool {
-    if block.iter().any(|&b| b == 0) {
+    if block.contains(&0) {
         return false;
     }
     let mut lines = block

@@ -1242,6 +1242,53 @@ async fn an_inline_cleartext_signature_is_verified() {
         verdict.contains(&format!("signer={}", world.alice)),
         "{verdict}"
     );
+    // More than 100 signatures (copies of one genuine signature): bad at once, not a gpg
+    // that outlasts the deadline on every try (review).
+    let server = bobs_store(&world);
+    let at = text.find("-----BEGIN PGP SIGNATURE-----").unwrap();
+    let armor: String = text[at..]
+        .lines()
+        .skip(2)
+        .take_while(|l| !l.starts_with('=') && !l.starts_with("-----"))
+        .collect();
+    let many = {
+        use base64::Engine as _;
+        let e = base64::engine::general_purpose::STANDARD;
+        let packet = e.decode(armor).unwrap();
+        let lines: Vec<String> = packet.repeat(101).chunks(48).map(|c| e.encode(c)).collect();
+        format!(
+            "{}-----BEGIN PGP SIGNATURE-----\n\n{}\n-----END PGP SIGNATURE-----\n",
+            &text[..at],
+            lines.join("\n")
+        )
+    };
+    let (_, verdict) = delivered_bad(&server, &message("", many.as_bytes()));
+    assert!(verdict.contains("more than 100 signatures"), "{verdict}");
+    // Encrypted around it (an MX's PGP/MIME copy of plain mail, or inline): verified as in
+    // clear (review: signature=none).
+    let server = bobs_store(&world);
+    let entity = [
+        b"Content-Type: text/plain; charset=us-ascii\r\n\r\n".as_slice(),
+        &crlf,
+    ]
+    .concat();
+    for raw in [
+        verdicts::pgp_mime(&world.sender.encrypt_to(&world.bob_fpr, &entity)),
+        message("", &world.sender.encrypt_to(&world.bob_fpr, &ascii)),
+    ] {
+        let (code, output) = deliver(&server, &raw);
+        assert_eq!(code, 0, "{output}");
+    }
+    for (uid, message) in verdicts::fetch_all(&server) {
+        assert_eq!(
+            verdicts::verdict(&message),
+            format!(
+                "encrypted; signature=valid; signer={}; from=match",
+                world.alice
+            ),
+            "message {uid}"
+        );
+    }
 }
 
 /// Every message stored reads "plaintext; signature=valid" by `signer`, whose key has the From.

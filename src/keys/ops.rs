@@ -260,6 +260,22 @@ pub fn execute(gpg: &mut Gpg, request: Request) -> Result<Response, KeyError> {
             Ok(Response::Checks(each))
         }
         Request::VerifyCleartext { signed } => {
+            // As for a detached signature: a bounded number, checked before gpg runs (review:
+            // 20,000 copies of one genuine signature outlasted the deadline on every try).
+            const ARMOR: &[u8] = b"-----BEGIN PGP SIGNATURE-----";
+            let armor = signed
+                .windows(ARMOR.len())
+                .position(|w| w == ARMOR)
+                .map_or(&[][..], |at| &signed[at..]);
+            let many = crate::message::parse::signature_packets(armor, MAX_SIGNATURES);
+            if many > MAX_SIGNATURES {
+                return Err(KeyError::Refused {
+                    op: "verifying",
+                    detail: format!(
+                        "more than {MAX_SIGNATURES} signatures in one cleartext signature"
+                    ),
+                });
+            }
             let mut text = Vec::new();
             let mut named = false;
             match gpg.ctx.verify_opaque(&signed, &mut text) {

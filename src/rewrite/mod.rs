@@ -348,6 +348,18 @@ impl Rewriter {
                                 "no usable secret key to sign as {from} and no default signer configured"
                             )
                         } else {
+                            // One SMTP reply line holds 512 octets (RFC 5321 §4.5.3.1.5):
+                            // the reasons are cut to fit beside a long From (review).
+                            let room = 400usize.saturating_sub(from.len()).max(60);
+                            let mut refused = refused;
+                            if refused.len() > room {
+                                let mut cut = room;
+                                while !refused.is_char_boundary(cut) {
+                                    cut -= 1;
+                                }
+                                refused.truncate(cut);
+                                refused.push_str("...");
+                            }
                             format!(
                                 "no usable secret key to sign as {from} ({refused}) and no default signer configured"
                             )

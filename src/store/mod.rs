@@ -525,7 +525,7 @@ struct Inner {
 /// user may write to, and a -wal or -shm not owned by the database's owner. A database,
 /// -wal or -shm that others may read, its owner's (or opened by root), is made 0600.
 fn check_modes(path: &Path) -> Result<(), StoreError> {
-    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
     let unsafe_because = |why: String| StoreError::Unsafe {
         path: path.to_owned(),
         why,
@@ -555,6 +555,14 @@ fn check_modes(path: &Path) -> Result<(), StoreError> {
         let Ok(meta) = std::fs::symlink_metadata(&file) else {
             continue;
         };
+        // Never followed: a link the store's owner put there would have root's chmod below
+        // change any file it names (review: /etc files made 0600 by a root deliver).
+        if !meta.file_type().is_file() {
+            return Err(unsafe_because(format!(
+                "{} is no regular file (a symbolic link?): remove it if no sealpost is running",
+                file.display()
+            )));
+        }
         if meta.uid() != database.uid() {
             return Err(unsafe_because(format!(
                 "{} belongs to uid {}, the database to uid {}: remove it if no sealpost is \
@@ -577,9 +585,16 @@ fn check_modes(path: &Path) -> Result<(), StoreError> {
                 file.display(),
                 meta.mode() & 0o7777
             );
-            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).map_err(
-                |e| unsafe_because(format!("{}: cannot make it 0600: {e}", file.display())),
-            )?;
+            // On the file itself, opened without following a link made meanwhile.
+            let cannot = |e: std::io::Error| {
+                unsafe_because(format!("{}: cannot make it 0600: {e}", file.display()))
+            };
+            std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&file)
+                .and_then(|f| f.set_permissions(std::fs::Permissions::from_mode(0o600)))
+                .map_err(cannot)?;
         }
     }
     Ok(())
@@ -608,6 +623,17 @@ impl Store {
             path: path.to_owned(),
             source: rusqlite::Error::InvalidPath(PathBuf::from(format!("{}: {e}", what.display()))),
         };
+        // A store path that is a symbolic link (to a store on another disk, say) is made,
+        // checked and guarded where it leads, where SQLite puts its -wal and -shm (review:
+        // the link's own directory was checked instead, and a link to nothing had its
+        // database made with the umask's mode).
+        let linked = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
+        let real = if linked {
+            std::fs::canonicalize(path).map_err(|e| failed(path, e))?
+        } else {
+            path.to_owned()
+        };
+        let path = real.as_path();
         if !create {
             // The database must be there; its directory, if gone, is not made again.
             std::fs::File::open(path).map_err(|e| failed(path, e))?;

@@ -1162,6 +1162,33 @@ fn a_store_others_could_read_is_refused_or_made_private() {
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
     drop(Store::open(&path).unwrap());
     assert_eq!(std::fs::metadata(&path).unwrap().mode() & 0o777, 0o600);
+    // A store path that is a link is checked where it leads (review: the link's directory
+    // was, and a link into a directory anyone may write to passed).
+    let link = dir.path().join("link.sqlite");
+    std::os::unix::fs::symlink(&path, &link).unwrap();
+    drop(Store::open(&link).unwrap());
+    let open_link = dir.path().join("open-link.sqlite");
+    std::os::unix::fs::symlink(open_dir.join("s.sqlite"), &open_link).unwrap();
+    std::fs::write(open_dir.join("s.sqlite"), b"").unwrap();
+    assert!(matches!(
+        Store::open(&open_link),
+        Err(StoreError::Unsafe { .. })
+    ));
+    // A -wal that is a link is refused, and what it names is left alone (review: root's
+    // open made the file it named 0600).
+    let victim = dir.path().join("victim");
+    std::fs::write(&victim, b"").unwrap();
+    std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let wal = dir.path().join("s.sqlite-wal");
+    let _ = std::fs::remove_file(&wal);
+    std::os::unix::fs::symlink(&victim, &wal).unwrap();
+    match Store::open(&path) {
+        Err(StoreError::Unsafe { why, .. }) => assert!(why.contains("no regular file"), "{why}"),
+        Err(e) => panic!("{e}"),
+        Ok(_) => panic!("opened with a -wal that is a link"),
+    }
+    assert_eq!(std::fs::metadata(&victim).unwrap().mode() & 0o777, 0o644);
+    std::fs::remove_file(&wal).unwrap();
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         return; // making a file another user's needs root
