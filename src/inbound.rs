@@ -682,13 +682,30 @@ async fn verify_multipart_signed(
         })
         .map(|p| p.contents().to_vec())
         .unwrap_or_default();
-    match keys.verify_detached(signature, signed_bytes).await {
-        // An opaque signed message or a cleartext-signed text in the signature part: gpg
-        // verifies nothing against the signed part and reports no signature (review: read
-        // "signature=none", while a garbled signature part reads bad).
+    // An opaque signed message or a cleartext-signed text in the signature part: gpg
+    // verifies nothing against the signed part and reports no signature (review: read
+    // "signature=none", while a garbled signature part reads bad).
+    verdict_of(
+        keys,
+        keys.verify_detached(signature, signed_bytes).await,
+        "multipart/signed whose signature part holds no detached signature",
+        from,
+    )
+    .await
+}
+
+/// The verdict on what a verification gave; `none_found`: why a verification that found no
+/// signature at all is bad.
+async fn verdict_of(
+    keys: &KeyService,
+    checked: Result<Vec<SignatureCheck>, KeyError>,
+    none_found: &str,
+    from: &Option<String>,
+) -> Result<Signature, InboundError> {
+    match checked {
         Ok(checks) if checks.is_empty() => Ok(Signature::Bad {
             fingerprint: String::new(),
-            reason: "multipart/signed whose signature part holds no detached signature".into(),
+            reason: none_found.into(),
         }),
         Ok(checks) => signature_of(keys, &checks, from).await,
         Err(KeyError::Gpg { source, .. }) if !crate::keys::is_temporary(&source) => {
@@ -730,25 +747,13 @@ async fn verify_inline_cleartext(
     signed: Vec<u8>,
     from: &Option<String>,
 ) -> Result<Signature, InboundError> {
-    match keys.verify_cleartext(signed).await {
-        Ok(checks) if checks.is_empty() => Ok(Signature::Bad {
-            fingerprint: String::new(),
-            reason: "a cleartext-signed text whose signature gpg found none in".into(),
-        }),
-        Ok(checks) => signature_of(keys, &checks, from).await,
-        Err(KeyError::Gpg { source, .. }) if !crate::keys::is_temporary(&source) => {
-            Ok(Signature::Bad {
-                fingerprint: String::new(),
-                reason: source.to_string(),
-            })
-        }
-        // Refused before gpg ran (too many signatures): about the message, for good.
-        Err(KeyError::Refused { detail, .. }) => Ok(Signature::Bad {
-            fingerprint: String::new(),
-            reason: detail,
-        }),
-        Err(error) => Err(InboundError::Temporary(error)),
-    }
+    verdict_of(
+        keys,
+        keys.verify_cleartext(signed).await,
+        "a cleartext-signed text whose signature gpg found none in",
+        from,
+    )
+    .await
 }
 
 /// The text of a single-part message whose body is exactly one cleartext-signed block (RFC
