@@ -1125,19 +1125,17 @@ fn find_signer(ctx: &mut Context, who: &str) -> Result<Result<String, String>, K
             refused.push(format!("key {fpr} {why}"));
             continue;
         }
+        let created = key
+            .primary_key()
+            .and_then(|p| p.creation_time())
+            .map_or(0, epoch);
+        let rank = (validity, created);
+        // Ties to the lowest fingerprint, as [`super::resolve::choose`] breaks them.
+        if best
+            .as_ref()
+            .is_none_or(|(r, f)| rank > *r || rank == *r && fpr < *f)
         {
-            let created = key
-                .primary_key()
-                .and_then(|p| p.creation_time())
-                .map_or(0, epoch);
-            let rank = (validity, created);
-            // Ties to the lowest fingerprint, as [`super::resolve::choose`] breaks them.
-            if best
-                .as_ref()
-                .is_none_or(|(r, f)| rank > *r || rank == *r && fpr < *f)
-            {
-                best = Some((rank, fpr));
-            }
+            best = Some((rank, fpr));
         }
     }
     keys.finish().map_err(to_err("looking up a signing key"))?;

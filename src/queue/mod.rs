@@ -776,8 +776,7 @@ impl Queue {
         ids
     }
 
-    /// Ids of messages with recipients to attempt in this scope.
-    /// The messages with a recipient due, each with its size in bytes.
+    /// Ids of messages with recipients to attempt in this scope, each with its size in bytes.
     fn due(&self, scope: &Scope, at: i64) -> Result<Vec<(String, u64)>, QueueError> {
         let only = match scope {
             Scope::One(id) => Some(id.as_str()),
