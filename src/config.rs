@@ -595,6 +595,15 @@ fn one_line(message: &str, rest: &str) -> String {
     }
 }
 
+/// The table a `[name]` or `[[name]]` line opens; None for any other line.
+fn table_header(line: &str) -> Option<&str> {
+    line.trim()
+        .strip_prefix('[')
+        .and_then(|l| l.split(']').next())
+        .map(|t| t.trim_start_matches('[').trim())
+        .filter(|t| !t.is_empty())
+}
+
 /// Line number (1-based) of a byte offset, and the key written on that line ("key: ").
 fn locate(text: &str, offset: usize) -> (usize, String) {
     let offset = offset.min(text.len());
@@ -602,25 +611,9 @@ fn locate(text: &str, offset: usize) -> (usize, String) {
     let line_text = text.lines().nth(line - 1).unwrap_or("");
     // Named with its table, as the errors `validate` finds are: `timeout_secs` alone is in
     // [gnupg], [relay] and [accounts.upstream] (review).
-    let table = text
-        .lines()
-        .take(line - 1)
-        .filter_map(|l| {
-            let l = l.trim();
-            l.strip_prefix('[')
-                .and_then(|l| l.split(']').next())
-                .map(|t| t.trim_start_matches('[').trim())
-        })
-        .last()
-        .filter(|t| !t.is_empty());
+    let table = text.lines().take(line - 1).filter_map(table_header).last();
     // A table's own line (a key missing from it: "missing field `name`") names the table.
-    let header = line_text
-        .trim_start()
-        .strip_prefix('[')
-        .and_then(|l| l.split(']').next())
-        .map(|t| t.trim_start_matches('[').trim())
-        .filter(|t| !t.is_empty());
-    let key = match header {
+    let key = match table_header(line_text) {
         Some(table) => format!("{table}: "),
         None => line_text
             .split_once('=')

@@ -392,31 +392,24 @@ async fn process_layer(
         if let (Some(protected), Signature::Valid { .. }) = (&protected, &verdict.signature) {
             out_header = merge_headers(header, header, Some(protected)).0;
         }
-    } else if let Some(signed) = (is("text", "plain") || content_type.is_none())
-        .then(|| parsed.as_deref().and_then(inline_cleartext))
-        .flatten()
-    {
-        // Inline PGP's signed text (mutt's pgp_autoinline): the body is the signed block and
-        // nothing else, so what the signature covers is all the body shows; the header is
-        // vouched for no more than a multipart/signed's without protected fields.
-        verdict.signature = verify_inline_cleartext(keys, signed, &outer_from).await?;
     }
 
-    // Decrypted text that is a cleartext-signed block (mutt's inline signature, then an MX's
-    // or the sender's encryption around it) is verified as it would be in clear (review:
-    // "encrypted; signature=none" where the same text in clear read valid).
-    if verdict.encryption == Encryption::Decrypted && verdict.signature == Signature::Unsigned {
-        let entity = [&out_header[..], &out_body[..]].concat();
-        let parsed = parse_message(&entity);
-        let text = parsed.as_deref().is_some_and(|m| {
-            let ct = m.parts.first().and_then(|p| p.content_type());
-            ct.is_none() || has_type(ct, "text", "plain")
-        });
-        if let Some(signed) = parsed
-            .as_deref()
-            .filter(|_| text)
-            .and_then(inline_cleartext)
-        {
+    // Inline PGP's signed text (mutt's pgp_autoinline), in clear or as what a decryption gave
+    // (an MX's or the sender's encryption around it; review: "encrypted; signature=none"
+    // where the same text in clear read valid): the body is the signed block and nothing
+    // else, so what the signature covers is all the body shows; the header is vouched for no
+    // more than a multipart/signed's without protected fields.
+    let readable = !matches!(verdict.encryption, Encryption::Undecryptable(_));
+    if readable && verdict.signature == Signature::Unsigned {
+        // The message as it is read in clear; a decrypted one, as it will be stored.
+        let decrypted = (verdict.encryption == Encryption::Decrypted)
+            .then(|| [&out_header[..], &out_body[..]].concat());
+        let reparsed = decrypted.as_deref().map(parse_message);
+        let message = match &reparsed {
+            Some(entity) => entity.as_deref(),
+            None => parsed.as_deref(),
+        };
+        if let Some(signed) = message.and_then(inline_cleartext) {
             verdict.signature =
                 verify_inline_cleartext(keys, signed, &from_address(&out_header)).await?;
         }
@@ -773,7 +766,10 @@ fn inline_cleartext(message: &mail_parser::Message<'_>) -> Option<Vec<u8>> {
         return None;
     }
     let root = message.parts.first()?;
-    if !crate::message::parse::single_fields(root) {
+    let content_type = root.content_type();
+    if content_type.is_some() && !has_type(content_type, "text", "plain")
+        || !crate::message::parse::single_fields(root)
+    {
         return None;
     }
     let body = root.offset_body as usize..root.offset_end as usize;

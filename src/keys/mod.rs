@@ -151,9 +151,9 @@ struct Cache {
     public: HashMap<String, Resolution>,
     secret: HashMap<String, Result<String, String>>,
     keydata: HashMap<String, Vec<u8>>,
-    /// Signers' user-ID addresses by fingerprint: an import checks one per signed message,
-    /// and a key listing is a gpg process of its own.
-    user_ids: HashMap<String, SignerKey>,
+    /// Signers' keys (their own fingerprint and user-ID addresses) by (sub)key fingerprint:
+    /// an import checks one per signed message, and a key listing is a gpg process of its own.
+    signer_keys: HashMap<String, SignerKey>,
 }
 
 /// The key a signature was made with, found by the fingerprint of the (sub)key that made it.
@@ -580,16 +580,16 @@ impl KeyService {
     /// The key that has a (sub)key with this fingerprint: its own fingerprint and the
     /// addresses of its user IDs (empty when the key is not in the keyring).
     pub async fn signer_key(&self, fingerprint: &str) -> Result<SignerKey, KeyError> {
-        if let Some(hit) = self.fresh_cache().user_ids.get(fingerprint) {
+        if let Some(hit) = self.fresh_cache().signer_keys.get(fingerprint) {
             return Ok(hit.clone());
         }
         let key = fingerprint.to_string();
-        let found = self.list_user_ids(fingerprint).await?;
-        self.fresh_cache().user_ids.insert(key, found.clone());
+        let found = self.list_signer_key(fingerprint).await?;
+        self.fresh_cache().signer_keys.insert(key, found.clone());
         Ok(found)
     }
 
-    async fn list_user_ids(&self, fingerprint: &str) -> Result<SignerKey, KeyError> {
+    async fn list_signer_key(&self, fingerprint: &str) -> Result<SignerKey, KeyError> {
         let fingerprint = fingerprint.to_string();
         self.call(
             "looking up a signer's user IDs",

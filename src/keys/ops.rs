@@ -1092,36 +1092,23 @@ fn find_signer(ctx: &mut Context, who: &str) -> Result<Result<String, String>, K
             .max()
             .unwrap_or_default();
         let why = if key.is_revoked() {
-            "revoked"
+            Some("revoked")
         } else if key.is_expired() {
-            "expired"
+            Some("expired")
         } else if key.is_disabled() {
-            "disabled"
+            Some("disabled")
         } else if key.is_invalid() {
-            "invalid"
+            Some("invalid")
         } else if matching.is_empty() {
-            "user ID revoked"
-        } else if signing.is_empty() {
-            "no signing subkey"
+            Some("user ID revoked")
         } else if !signing.iter().any(usable) {
-            if !signing.iter().any(|s| s.is_secret()) {
-                "no secret key for its signing subkey here"
-            } else if signing.iter().all(|s| !s.is_secret() || s.is_revoked()) {
-                "signing subkey revoked"
-            } else if signing
-                .iter()
-                .all(|s| !s.is_secret() || s.is_revoked() || s.is_expired())
-            {
-                "signing subkey expired"
-            } else {
-                "no usable signing subkey"
-            }
+            Some(signing_subkeys_gone(&signing))
         } else if validity == super::resolve::Validity::Never {
-            "marked as not to be trusted in the keyring"
+            Some("marked as not to be trusted in the keyring")
         } else {
-            ""
+            None
         };
-        if !why.is_empty() {
+        if let Some(why) = why {
             refused.push(format!("key {fpr} {why}"));
             continue;
         }
@@ -1146,6 +1133,22 @@ fn find_signer(ctx: &mut Context, who: &str) -> Result<Result<String, String>, K
         refused.push(format!("and {more} more"));
     }
     Ok(best.map(|(_, f)| f).ok_or_else(|| refused.join("; ")))
+}
+
+/// Why none of a key's signing subkeys (`signing`, those that can sign) can sign here.
+fn signing_subkeys_gone(signing: &[gpgme::Subkey<'_>]) -> &'static str {
+    let secret = || signing.iter().filter(|s| s.is_secret());
+    if signing.is_empty() {
+        "no signing subkey"
+    } else if secret().next().is_none() {
+        "no secret key for its signing subkey here"
+    } else if secret().all(|s| s.is_revoked()) {
+        "signing subkey revoked"
+    } else if secret().all(|s| s.is_revoked() || s.is_expired()) {
+        "signing subkey expired"
+    } else {
+        "no usable signing subkey"
+    }
 }
 
 fn epoch(t: SystemTime) -> i64 {
