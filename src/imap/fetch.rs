@@ -67,9 +67,12 @@ impl Session {
         let mut named = std::collections::HashSet::new();
         let items: Vec<_> = items
             .iter()
-            .map(|item| match seen.contains(&unpeeked(item)) {
-                true => unpeeked(item),
-                false => item.clone(),
+            .map(|item| {
+                let unpeeked = unpeeked(item);
+                match seen.contains(&unpeeked) {
+                    true => unpeeked,
+                    false => item.clone(),
+                }
             })
             .filter(|item| named.insert(item.clone()))
             .collect();
