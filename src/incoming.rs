@@ -503,25 +503,29 @@ async fn retry_in_background(config: &Config, account: &str) -> Result<u8, CliEr
         Ok(Err(e)) => return Err(CliError::Temporary(e.to_string())),
         Err(e) => return Err(CliError::Temporary(e.to_string())),
     };
-    let Some(_lock) = crate::sync::try_sync_lock(&store)
-        .await
-        .map_err(|e| CliError::Temporary(e.to_string()))?
-    else {
-        return Ok(0);
-    };
     let Some(id) = store.account(account)? else {
         return Ok(0);
     };
     let keys = crate::cli::key_service(config, None);
-    // A keyring that changes while this retry runs (a key imported, and the delivery after
-    // it finding this retry's lock held, so ending at once) is tried again here: else the new
-    // key waited for the next delivery (seen as a flaky test on a loaded machine). A few
-    // rounds at most: a keyring that keeps changing is the next retry's.
-    for _ in 0..3 {
+    // A keyring that changed while a round ran is tried again in another: the delivery after
+    // a key import may have found this round's lock held and ended at once. The keyring is
+    // compared after the lock is let go, so that such a delivery's retry either finds it free
+    // or is seen here. A round that failed (gpg reading a keyring in mid-import) counts the
+    // same. One `gpg --import` of a secret key goes through four states (pubring.kbx gone,
+    // written, the key file made, renamed): a few rounds at most, a keyring that keeps
+    // changing is the next retry's.
+    for _ in 0..RETRY_ROUNDS {
+        let Some(lock) = crate::sync::try_sync_lock(&store)
+            .await
+            .map_err(|e| CliError::Temporary(e.to_string()))?
+        else {
+            return Ok(0);
+        };
         let before = keys.keyring_state();
-        if let Err(e) = crate::sync::retry_undecryptable(&store, &keys, id).await {
+        let result = crate::sync::retry_undecryptable(&store, &keys, id).await;
+        drop(lock);
+        if let Err(e) = result {
             tracing::warn!(%account, "retry of undecryptable messages: {e}");
-            break;
         }
         if keys.keyring_state() == before {
             break;
@@ -529,6 +533,9 @@ async fn retry_in_background(config: &Config, account: &str) -> Result<u8, CliEr
     }
     Ok(0)
 }
+
+/// At most this many rounds of [`retry_in_background`] while the keyring keeps changing.
+const RETRY_ROUNDS: usize = 8;
 
 /// How long deliver waits for GnuPG that cannot be reached before it stores a message
 /// undecryptable (a day; Postfix bounces after 5).
