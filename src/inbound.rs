@@ -263,16 +263,17 @@ async fn process_layer(
         inner_from_mismatch: false,
     };
     let mut out_header = header.to_vec();
-    let mut out_body = body.to_vec();
+    // Copied only when it changes (a large message is not held twice for nothing).
+    let mut out_body = std::borrow::Cow::Borrowed(body);
     // A PGP/MIME layer decrypted that nobody signed, whose plaintext may be a ciphertext again:
     // the header that plaintext is read with then (see below).
     let mut unsigned_layer: Option<Vec<u8>> = None;
 
     if let Some((ciphertext, pgp_mime)) = whole_message_ciphertext(parsed.as_deref()) {
         match keys.decrypt_verify(ciphertext).await {
-            Ok(decrypted) => {
+            Ok(mut decrypted) => {
                 verdict.encryption = Encryption::Decrypted;
-                let plaintext = crate::store::crlf(&decrypted.plaintext);
+                let plaintext = crate::store::into_crlf(std::mem::take(&mut decrypted.plaintext));
                 if pgp_mime {
                     // The same for the decrypted entity's header (outside any signature:
                     // §6.2's is checked by gpg before, §6.1's signed part is in the body).
@@ -310,7 +311,7 @@ async fn process_layer(
                     // when there is one (RFC 9788), not the outer one a relay could change.
                     let shown_from = from_address(&merged);
                     out_header = merged;
-                    out_body = inner_body.to_vec();
+                    out_body = inner_body.to_vec().into();
                     // The protected fields are the message's own fields now: their copy in the
                     // body for mail clients without header protection (RFC 9788 §4.5.3) would
                     // be shown twice. Not inside a multipart/signed, whose signature covers it.
@@ -323,7 +324,7 @@ async fn process_layer(
                             })
                         {
                             let at = r.start - inner_header.len()..r.end - inner_header.len();
-                            out_body.drain(at);
+                            out_body.to_mut().drain(at);
                         }
                     }
                     // Nobody vouches for an unsigned layer's protected From and reply routing:
@@ -358,7 +359,7 @@ async fn process_layer(
                     verdict.signature =
                         signature_of(keys, &decrypted.signatures, &outer_from).await?;
                     out_header = replace_content_fields(header, &plaintext);
-                    out_body = plaintext;
+                    out_body = plaintext.into();
                 }
             }
             Err(error) => match error {

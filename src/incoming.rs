@@ -588,6 +588,8 @@ pub async fn deliver(config: Config, args: DeliverArgs) -> Result<u8, CliError> 
     if raw.len() > limit as usize {
         return Err(too_large());
     }
+    // read_to_end doubled the buffer as it grew: a large message does not keep the spare half.
+    raw.shrink_to_fit();
     // Postfix's local(8) hands a mailbox_command the message after an mbox envelope line
     // ("From sender date"), as procmail and Dovecot's LDA expect: not a header field.
     crate::message::parse::drop_postmark(&mut raw);
@@ -597,7 +599,7 @@ pub async fn deliver(config: Config, args: DeliverArgs) -> Result<u8, CliError> 
     // The limit is APPEND's, so it is judged with CRLF line ends too, as a client's APPEND
     // would send the message (review: a message with LF ends under the limit was stored
     // over it).
-    let raw = crate::store::crlf(&raw);
+    let raw = crate::store::into_crlf(raw);
     if raw.len() > limit as usize {
         return Err(too_large());
     }
@@ -647,6 +649,8 @@ pub async fn deliver(config: Config, args: DeliverArgs) -> Result<u8, CliError> 
             )
         }
     };
+    // Only what is stored is held from here on.
+    drop(raw);
     let keywords = processed.verdict.keywords();
     let verdict = processed.verdict.field_value();
     let account_name = args.account.clone();

@@ -46,6 +46,15 @@ fn main() -> ExitCode {
             0 as libc::c_ulong,
         );
     }
+    // A message buffer of a megabyte or more is mapped on its own and given back when freed.
+    // glibc's threshold otherwise rises to the largest buffer freed so far (up to 32 MB), and
+    // later ones come from the heap, which seldom shrinks: delivering a 22 MB ciphertext left
+    // 197 MB resident, 141 MB with this.
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt with constant arguments, before any thread is started.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+    }
     // Linked as /usr/sbin/sendmail (or mailq, newaliases): the sendmail(1) command line.
     // Read as bytes: `std::env::args` panics on an argument that is not UTF-8 (a Latin-1 -F
     // name), which would exit 101 instead of a sysexits code (review).

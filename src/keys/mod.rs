@@ -75,6 +75,7 @@ impl KeySources {
 /// A detached signature and the micalg that belongs to it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Signature {
+    #[serde(with = "ops::bytes")]
     pub armored: Vec<u8>,
     /// Hash algorithm name as GnuPG reports it (e.g. "SHA512").
     pub hash: String,
@@ -134,6 +135,7 @@ pub const DEFAULT_MAX_PLAINTEXT: u64 = 64 * 1024 * 1024;
 /// The result of decrypting (and verifying) a message.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Decrypted {
+    #[serde(with = "ops::bytes")]
     pub plaintext: Vec<u8>,
     /// Key IDs the ciphertext was encrypted to.
     pub recipients: Vec<String>,

@@ -260,11 +260,18 @@ impl Engine {
                 gpg.run(generation, request)
             }
             Engine::Process { settings, child } => {
-                let frame = serde_json::to_vec(&Envelope {
-                    generation,
-                    request: &request,
-                })
+                // Sized for the message's base64 (4/3 of it) up front, and the request let go
+                // once encoded: a large message is not held three times while GnuPG works.
+                let mut frame = Vec::with_capacity(request.payload_len() / 3 * 4 + 4096);
+                serde_json::to_writer(
+                    &mut frame,
+                    &Envelope {
+                        generation,
+                        request: &request,
+                    },
+                )
                 .map_err(|e| unavailable(what, format!("cannot encode the request: {e}")))?;
+                drop(request);
                 // A child that died since its last job (killed with the service, say) fails
                 // at the write, before it could read anything: a fresh one gets the request.
                 let mut retried = false;
@@ -278,6 +285,8 @@ impl Engine {
                     let answer = process.call(&frame, due);
                     let failure = match answer {
                         Ok(answer) => {
+                            // Answered: the request's bytes are not sent again.
+                            drop(std::mem::take(&mut frame));
                             match serde_json::from_slice::<Result<Response, WireError>>(&answer) {
                                 Ok(answer) => {
                                     // A worker that could not set GnuPG up ends after its

@@ -495,7 +495,6 @@ fn unverified(bytes: &[u8]) -> Vec<u8> {
     crate::inbound::without_verdict(&crlf(bytes))
 }
 
-/// Bare LF becomes CRLF; existing CRLF is kept.
 /// [`crlf`] for bytes held whole: returned as they are (no copy) when no line ends in a bare
 /// LF.
 pub fn into_crlf(bytes: Vec<u8>) -> Vec<u8> {
@@ -510,6 +509,7 @@ pub fn into_crlf(bytes: Vec<u8>) -> Vec<u8> {
     }
 }
 
+/// Bare LF becomes CRLF; existing CRLF is kept.
 pub fn crlf(bytes: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(bytes.len() + bytes.len() / 32);
     let mut previous = 0u8;
