@@ -91,19 +91,34 @@ const MIN_BYTES_PER_SEC: u64 = 1 << 20;
 impl Request {
     /// The time on top of the deadline that the size of the request's message allows.
     pub fn size_allowance(&self) -> Duration {
-        Duration::from_secs(self.payload_len() as u64 / MIN_BYTES_PER_SEC)
-    }
-
-    /// How many bytes of message (or signature) the request carries.
-    pub fn payload_len(&self) -> usize {
-        match self {
+        let bytes = match self {
             Request::SignDetached { data, .. }
             | Request::Encrypt { data, .. }
             | Request::EncryptShared { data, .. } => data.len(),
             Request::DecryptVerify { ciphertext, .. } => ciphertext.len(),
-            Request::VerifyDetached { signature, signed } => signature.len() + signed.len(),
-            Request::VerifyCleartext { signed } => signed.len(),
+            Request::VerifyDetached { signed, .. } | Request::VerifyCleartext { signed } => {
+                signed.len()
+            }
             _ => 0,
+        };
+        Duration::from_secs(bytes as u64 / MIN_BYTES_PER_SEC)
+    }
+
+    /// The request's byte fields, which cross the worker's pipe beside its JSON.
+    pub fn parts_mut(&mut self) -> Vec<&mut Vec<u8>> {
+        match self {
+            Request::SignDetached { data, .. }
+            | Request::Encrypt { data, .. }
+            | Request::EncryptShared { data, .. } => vec![data],
+            Request::DecryptVerify { ciphertext, .. } => vec![ciphertext],
+            Request::VerifyDetached { signature, signed } => vec![signature, signed],
+            Request::VerifyCleartext { signed } => vec![signed],
+            Request::Locate { .. }
+            | Request::ListPublic { .. }
+            | Request::FindSigner { .. }
+            | Request::ExportMinimal { .. }
+            | Request::UserIds { .. }
+            | Request::GenerateKey { .. } => Vec::new(),
         }
     }
 }
@@ -126,6 +141,22 @@ pub enum Response {
 }
 
 impl Response {
+    /// The answer's byte fields, which cross the worker's pipe beside its JSON.
+    pub fn parts_mut(&mut self) -> Vec<&mut Vec<u8>> {
+        match self {
+            Response::Signature(signature) => vec![&mut signature.armored],
+            Response::Bytes(bytes) => vec![bytes],
+            Response::Copies(copies) => copies.iter_mut().flatten().collect(),
+            Response::Decrypted(decrypted) => vec![&mut decrypted.plaintext],
+            Response::Located(_)
+            | Response::Facts(_)
+            | Response::Signer(_)
+            | Response::UserIds(_)
+            | Response::Checks(_)
+            | Response::Fingerprint(_) => Vec::new(),
+        }
+    }
+
     /// The answer's kind did not match the request: a bug, reported as a failed operation
     /// rather than a panic in a mail path.
     pub fn unexpected(self, op: &'static str) -> KeyError {
@@ -1288,9 +1319,10 @@ fn list_facts(ctx: &mut Context, addr: &str, own: bool) -> Result<Vec<KeyFacts>,
     Ok(facts)
 }
 
-/// Byte strings as base64 on the wire: a message body as a JSON array of numbers would be
-/// four times its size and slow to parse (a decrypted 21 MB message was: 244 MB of memory and
-/// 12 s in `deliver`, debug build, for gpg's 0.3 s).
+/// Byte strings as base64 in JSON. The worker's pipe carries the fields `parts_mut` names
+/// beside the JSON, so they are empty there; as a JSON array of numbers, a byte string would
+/// be four times its size and slow to parse (a decrypted 21 MB message was: 244 MB of memory
+/// and 12 s in `deliver`, debug build, for gpg's 0.3 s).
 pub(super) mod bytes {
     use base64::Engine as _;
     use serde::{Deserialize, Deserializer, Serializer};

@@ -260,16 +260,14 @@ impl Engine {
                 gpg.run(generation, request)
             }
             Engine::Process { settings, child } => {
-                // Sized for the message's base64 (4/3 of it) up front, and the request let go
-                // once encoded: a large message is not held three times while GnuPG works.
-                let mut frame = Vec::with_capacity(request.payload_len() / 3 * 4 + 4096);
-                serde_json::to_writer(
-                    &mut frame,
-                    &Envelope {
-                        generation,
-                        request: &request,
-                    },
-                )
+                // The message's bytes go as they are after the JSON ([`take_parts`]): a large
+                // message is not held again as base64 and as JSON while GnuPG works.
+                let mut request = request;
+                let mut parts = take_parts(request.parts_mut());
+                let frame = serde_json::to_vec(&Envelope {
+                    generation,
+                    request: &request,
+                })
                 .map_err(|e| unavailable(what, format!("cannot encode the request: {e}")))?;
                 drop(request);
                 // A child that died since its last job (killed with the service, say) fails
@@ -282,32 +280,28 @@ impl Engine {
                             unavailable(what, format!("cannot start the GnuPG worker process: {e}"))
                         })?),
                     };
-                    let answer = process.call(&frame, due);
+                    let answer = process.call(&frame, &parts, due);
                     let failure = match answer {
                         Ok(answer) => {
                             // Answered: the request's bytes are not sent again.
-                            drop(std::mem::take(&mut frame));
-                            match serde_json::from_slice::<Result<Response, WireError>>(&answer) {
-                                Ok(answer) => {
-                                    // A worker that could not set GnuPG up ends after its
-                                    // answer: the next job starts a fresh one rather than
-                                    // writing into its pipe (review: the next recipient got
-                                    // "unexpected end of file" instead of the reason).
-                                    if matches!(&answer, Err(WireError::Unavailable { op, .. })
-                                        if op == "setting up GnuPG")
-                                    {
-                                        if let Some(p) = child.take() {
-                                            p.kill();
-                                        }
-                                    }
-                                    return answer.map_err(|e| e.into_key_error(what));
+                            drop(std::mem::take(&mut parts));
+                            // A worker that could not set GnuPG up ends after its answer: the
+                            // next job starts a fresh one rather than writing into its pipe
+                            // (review: the next recipient got "unexpected end of file"
+                            // instead of the reason).
+                            if matches!(&answer, Err(WireError::Unavailable { op, .. })
+                                if op == "setting up GnuPG")
+                            {
+                                if let Some(p) = child.take() {
+                                    p.kill();
                                 }
-                                Err(e) => unavailable(
-                                    what,
-                                    format!("the GnuPG worker process answered nonsense: {e}"),
-                                ),
                             }
+                            return answer.map_err(|e| e.into_key_error(what));
                         }
+                        Err(Failed::Nonsense(e)) => unavailable(
+                            what,
+                            format!("the GnuPG worker process answered nonsense: {e}"),
+                        ),
                         Err(Failed::Write(e)) if !retried && e.kind() != ErrorKind::TimedOut => {
                             retried = true;
                             if let Some(p) = child.take() {
@@ -445,6 +439,8 @@ struct WorkerProcess {
 enum Failed {
     Write(std::io::Error),
     Read(std::io::Error),
+    /// An answer that is no answer (a bug, or a worker out of step).
+    Nonsense(String),
 }
 
 impl WorkerProcess {
@@ -499,19 +495,38 @@ impl WorkerProcess {
         Ok(process)
     }
 
-    /// Sends one request and waits for its answer, both until `due`.
-    fn call(&mut self, frame: &[u8], due: Instant) -> Result<Vec<u8>, Failed> {
+    /// Sends one request (its JSON `frame`, then its `parts`) and waits for its answer, both
+    /// until `due`.
+    fn call(
+        &mut self,
+        frame: &[u8],
+        parts: &[Vec<u8>],
+        due: Instant,
+    ) -> Result<Result<Response, WireError>, Failed> {
         let stdin = self
             .stdin
             .as_mut()
             .ok_or(Failed::Write(ErrorKind::BrokenPipe.into()))?;
-        let len = frame_header(frame.len()).map_err(Failed::Write)?;
-        write_until(stdin, &len, due).map_err(Failed::Write)?;
-        write_until(stdin, frame, due).map_err(Failed::Write)?;
-        let mut len = [0u8; 4];
-        read_until(&mut self.stdout, &mut len, due).map_err(Failed::Read)?;
-        let mut answer = vec![0u8; frame_len(len).map_err(Failed::Read)?];
-        read_until(&mut self.stdout, &mut answer, due).map_err(Failed::Read)?;
+        for piece in std::iter::once(frame).chain(parts.iter().map(Vec::as_slice)) {
+            let len = frame_header(piece.len()).map_err(Failed::Write)?;
+            write_until(stdin, &len, due).map_err(Failed::Write)?;
+            write_until(stdin, piece, due).map_err(Failed::Write)?;
+        }
+        let mut read_piece = || {
+            let mut len = [0u8; 4];
+            read_until(&mut self.stdout, &mut len, due)?;
+            let mut piece = vec![0u8; frame_len(len)?];
+            read_until(&mut self.stdout, &mut piece, due)?;
+            Ok(piece)
+        };
+        let frame = read_piece().map_err(Failed::Read)?;
+        let mut answer = serde_json::from_slice::<Result<Response, WireError>>(&frame)
+            .map_err(|e| Failed::Nonsense(e.to_string()))?;
+        if let Ok(response) = &mut answer {
+            for part in response.parts_mut() {
+                *part = read_piece().map_err(Failed::Read)?;
+            }
+        }
         Ok(answer)
     }
 
@@ -679,9 +694,16 @@ pub fn serve_stdio(home: Option<PathBuf>, auto_key_locate: &str) -> ExitCode {
         if input.read_exact(&mut frame).is_err() {
             return ExitCode::FAILURE;
         }
-        let Ok(envelope) = serde_json::from_slice::<OwnedEnvelope>(&frame) else {
+        let Ok(mut envelope) = serde_json::from_slice::<OwnedEnvelope>(&frame) else {
             return ExitCode::FAILURE;
         };
+        drop(frame);
+        for part in envelope.request.parts_mut() {
+            match read_piece(&mut input) {
+                Ok(piece) => *part = piece,
+                Err(_) => return ExitCode::FAILURE,
+            }
+        }
         let (result, broken) = match &mut gpg {
             Ok(gpg) => (gpg.run(envelope.generation, envelope.request), false),
             // Answered, then this worker ends: the next request gets a fresh one, which tries
@@ -691,10 +713,13 @@ pub fn serve_stdio(home: Option<PathBuf>, auto_key_locate: &str) -> ExitCode {
         if result.is_err() {
             end_abandoned_gpg();
         }
-        let answer = serde_json::to_vec(&result.map_err(WireError::from_key_error))
-            .expect("an answer encodes");
-        let written =
-            frame_header(answer.len()).and_then(|len| write_frame(&mut output, &len, &answer));
+        let mut result = result.map_err(WireError::from_key_error);
+        let parts = match &mut result {
+            Ok(response) => take_parts(response.parts_mut()),
+            Err(_) => Vec::new(),
+        };
+        let answer = serde_json::to_vec(&result).expect("an answer encodes");
+        let written = write_pieces(&mut output, &answer, &parts);
         if written.is_err() || broken {
             return ExitCode::FAILURE;
         }
@@ -744,8 +769,68 @@ fn end_abandoned_gpg() {
     }
 }
 
-fn write_frame(out: &mut impl Write, len: &[u8; 4], frame: &[u8]) -> std::io::Result<()> {
-    out.write_all(len)?;
-    out.write_all(frame)?;
+/// The message bytes of a request or an answer, moved out of it. On the worker's pipe each
+/// piece is a 4-byte length (little-endian) and its bytes: first the JSON of the request or
+/// answer, whose byte fields are then empty, then each of those fields' bytes in the order
+/// `parts_mut` gives them, as they are (in base64 inside the JSON, a 22 MB message was held
+/// twice more, as base64 and as JSON, on both sides of the pipe).
+fn take_parts(fields: Vec<&mut Vec<u8>>) -> Vec<Vec<u8>> {
+    fields.into_iter().map(std::mem::take).collect()
+}
+
+/// Writes the JSON `frame` and its `parts` (see [`take_parts`]).
+fn write_pieces(out: &mut impl Write, frame: &[u8], parts: &[Vec<u8>]) -> std::io::Result<()> {
+    for piece in std::iter::once(frame).chain(parts.iter().map(Vec::as_slice)) {
+        out.write_all(&frame_header(piece.len())?)?;
+        out.write_all(piece)?;
+    }
     out.flush()
+}
+
+/// Reads one piece (see [`take_parts`]).
+fn read_piece(input: &mut impl Read) -> std::io::Result<Vec<u8>> {
+    let mut len = [0u8; 4];
+    input.read_exact(&mut len)?;
+    let mut piece = vec![0u8; frame_len(len)?];
+    input.read_exact(&mut piece)?;
+    Ok(piece)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An answer's byte fields go beside its JSON and come back in their places: copies
+    /// that are none, empty or full keep which is which.
+    #[test]
+    fn byte_fields_cross_the_pipe_beside_the_json() {
+        let copies = vec![None, Some(Vec::new()), Some(b"second \x00\xff".to_vec())];
+        let mut answer: Result<Response, WireError> = Ok(Response::Copies(copies.clone()));
+        let parts = match &mut answer {
+            Ok(response) => take_parts(response.parts_mut()),
+            Err(_) => unreachable!(),
+        };
+        let json = serde_json::to_vec(&answer).unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&json),
+            r#"{"Ok":{"Copies":[null,"",""]}}"#,
+            "the bytes are not in the JSON"
+        );
+        let mut wire = Vec::new();
+        write_pieces(&mut wire, &json, &parts).unwrap();
+
+        let mut input = &wire[..];
+        let frame = read_piece(&mut input).unwrap();
+        let mut back: Result<Response, WireError> = serde_json::from_slice(&frame).unwrap();
+        if let Ok(response) = &mut back {
+            for part in response.parts_mut() {
+                *part = read_piece(&mut input).unwrap();
+            }
+        }
+        assert!(input.is_empty(), "every piece read");
+        match back {
+            Ok(Response::Copies(back)) => assert_eq!(back, copies),
+            other => panic!("{other:?}"),
+        }
+    }
 }
