@@ -805,6 +805,65 @@ fn inline_cleartext(message: &mail_parser::Message<'_>) -> Option<Vec<u8>> {
     canonical_cleartext_block(trimmed).then(|| trimmed.to_vec())
 }
 
+/// Whether `line` is an armor header of a signature that a known program writes into every
+/// signature it makes (its name and version, or its fixed comment), not text of the sender's
+/// choosing, which a reader would see under the signed text as if it were signed: GnuPG 1.4
+/// and 2.0 (`Version: GnuPG v1.4.11 (GNU/Linux)`), Enigmail and GPGTools (`Comment:`),
+/// OpenPGP.js and Mailvelope. Old inline-signed mail, an imported archive say, is then
+/// checked rather than left unchecked.
+fn known_armor_header(line: &[u8]) -> bool {
+    const COMMENTS: &[&str] = &[
+        "Using GnuPG with Thunderbird - http://www.enigmail.net/",
+        "Using GnuPG with Thunderbird - https://www.enigmail.net/",
+        "Using GnuPG with Icedove - http://www.enigmail.net/",
+        "Using GnuPG with Mozilla - http://enigmail.mozdev.org/",
+        "Using GnuPG with Thunderbird - http://enigmail.mozdev.org/",
+        "Using GnuPG with SeaMonkey - http://enigmail.mozdev.org/",
+        "GPGTools - https://gpgtools.org",
+        "GPGTools - http://gpgtools.org",
+        "https://openpgpjs.org",
+        "http://openpgpjs.org",
+        "https://www.mailvelope.com",
+    ];
+    const PROGRAMS: &[&str] = &["GnuPG", "GnuPG/MacGPG2", "OpenPGP.js", "Mailvelope", "BCPG"];
+    const SYSTEMS: &[&str] = &[
+        "GNU/Linux",
+        "MingW32",
+        "Darwin",
+        "Cygwin",
+        "FreeBSD",
+        "OpenBSD",
+        "NetBSD",
+        "SunOS",
+    ];
+    let Ok(line) = std::str::from_utf8(line) else {
+        return false;
+    };
+    if let Some(comment) = line.strip_prefix("Comment: ") {
+        return COMMENTS.contains(&comment);
+    }
+    let Some(version) = line.strip_prefix("Version: ") else {
+        return false;
+    };
+    let (version, system) = match version.strip_suffix(')').and_then(|v| v.rsplit_once(" (")) {
+        Some((version, system)) => (version, Some(system)),
+        None => (version, None),
+    };
+    if system.is_some_and(|s| !SYSTEMS.contains(&s)) {
+        return false;
+    }
+    PROGRAMS.iter().any(|program| {
+        version
+            .strip_prefix(program)
+            .and_then(|rest| rest.strip_prefix(" v"))
+            .is_some_and(|number| {
+                number.len() <= 16
+                    && number.starts_with(|c: char| c.is_ascii_digit())
+                    && number.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+            })
+    })
+}
+
 /// Whether `block` is a cleartext-signed block with nothing in it that its signature does not
 /// cover (see [`inline_cleartext`]).
 fn canonical_cleartext_block(block: &[u8]) -> bool {
@@ -852,9 +911,18 @@ fn canonical_cleartext_block(block: &[u8]) -> bool {
             return false;
         }
     }
-    // No armor header: the blank line, then base64, an optional checksum, then END.
-    if !in_signature || lines.next() != Some(b"".as_slice()) {
+    // No armor header but a known program's own (see [`known_armor_header`]), the blank line,
+    // then base64, an optional checksum, then END.
+    if !in_signature {
         return false;
+    }
+    for line in lines.by_ref() {
+        if line.is_empty() {
+            break;
+        }
+        if !known_armor_header(line) {
+            return false;
+        }
     }
     let mut data = 0;
     let mut checksum = false;

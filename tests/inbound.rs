@@ -1153,13 +1153,13 @@ async fn a_silent_store_of_a_verdict_keyword_is_answered_with_the_flags_kept() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_inline_cleartext_signature_is_verified() {
     let world = World::new();
-    let signed = |text: &[u8]| {
-        let out = world
-            .sender
-            .gpg(&["--clearsign", "-u", world.alice.as_str()], Some(text));
+    let signed_with = |options: &[&str], text: &[u8]| {
+        let args = [options, &["--clearsign", "-u", world.alice.as_str()]].concat();
+        let out = world.sender.gpg(&args, Some(text));
         assert!(out.status.success(), "{out:?}");
         out.stdout
     };
+    let signed = |text: &[u8]| signed_with(&[], text);
     let message = |fields: &str, body: &[u8]| {
         let mut raw = format!(
             "From: Alice <alice@example.org>\r\nTo: bob@example.org\r\nSubject: inline\r\n{fields}\r\n"
@@ -1174,9 +1174,29 @@ async fn an_inline_cleartext_signature_is_verified() {
         &sealpost::message::encoding::crlf(&latin1),
     ))
     .unwrap();
+    // As GnuPG 2.0 and Enigmail wrote every signature (a known program's name, version and
+    // comment in armor headers).
+    let enigmail = signed_with(
+        &[
+            "--emit-version",
+            "--emit-version",
+            "--emit-version",
+            "--emit-version",
+            "--comment",
+            "Using GnuPG with Thunderbird - http://www.enigmail.net/",
+        ],
+        b"Signed the old way.\n",
+    );
+    assert!(
+        String::from_utf8_lossy(&enigmail).contains("\nVersion: GnuPG v2.")
+            && String::from_utf8_lossy(&enigmail).contains(" (GNU/Linux)\nComment: "),
+        "{}",
+        String::from_utf8_lossy(&enigmail)
+    );
     let server = bobs_store(&world);
     for raw in [
         message("", &ascii),
+        message("", &enigmail),
         message(
             "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=iso-8859-1\r\n\
              Content-Transfer-Encoding: quoted-printable\r\n",
@@ -1196,6 +1216,12 @@ async fn an_inline_cleartext_signature_is_verified() {
         "-----BEGIN PGP SIGNATURE-----\n",
         "-----BEGIN PGP SIGNATURE-----\nComment: wire 10000 EUR today\n",
     );
+    let with_version = |version: &str| {
+        text.replace(
+            "-----BEGIN PGP SIGNATURE-----\n",
+            &format!("-----BEGIN PGP SIGNATURE-----\nVersion: {version}\n"),
+        )
+    };
     let after_checksum = text.replace(
         "-----END PGP SIGNATURE-----",
         "P.S. wire the money\n-----END PGP SIGNATURE-----",
@@ -1210,6 +1236,9 @@ async fn an_inline_cleartext_signature_is_verified() {
     let uncovered = [
         message("", &[b"P.S. wire the money\n".as_slice(), &ascii].concat()),
         message("", with_comment.as_bytes()),
+        message("", with_version("GnuPG v2 (wire the money)").as_bytes()),
+        message("", with_version("GnuPG v2 - wire the money").as_bytes()),
+        message("", with_version("Wire the money v1").as_bytes()),
         message("", after_checksum.as_bytes()),
         message(
             "Content-Type: multipart/mixed; boundary=\"XYZ\"\r\nContent-Type: text/plain\r\n",
