@@ -490,9 +490,11 @@ async fn retry_due(store: &Store, keys: &crate::keys::KeyService, account: &str)
 }
 
 /// `deliver --retry-only`: one retry of the account's undecryptable messages at a time (the
-/// sync's lock). One that finds the lock held ends at once: the holder, a sync pass or
-/// another retry, tries them itself, and retries of many deliveries would otherwise queue up
-/// behind a long pass, a process each.
+/// sync's lock), and at most one waiting for it (a lock file of its own): one that finds
+/// another waiting ends at once, since that one reads the keyring only after it has the
+/// sync's lock, so after whatever made this one start. Retries of many deliveries do not
+/// queue up behind a long sync pass, a process each; and none is lost to a holder that read
+/// the keyring before a key came (a sync pass, or a retry in mid-round: review).
 async fn retry_in_background(config: &Config, account: &str) -> Result<u8, CliError> {
     // The store the delivery wrote to, or nothing to do: a store removed meanwhile is not
     // made again (in the tests, a directory came back after its test had removed it).
@@ -506,36 +508,28 @@ async fn retry_in_background(config: &Config, account: &str) -> Result<u8, CliEr
     let Some(id) = store.account(account)? else {
         return Ok(0);
     };
-    let keys = crate::cli::key_service(config, None);
-    // A keyring that changed while a round ran is tried again in another: the delivery after
-    // a key import may have found this round's lock held and ended at once. The keyring is
-    // compared after the lock is let go, so that such a delivery's retry either finds it free
-    // or is seen here. A round that failed (gpg reading a keyring in mid-import) counts the
-    // same. One `gpg --import` of a secret key goes through four states (pubring.kbx gone,
-    // written, the key file made, renamed): a few rounds at most, a keyring that keeps
-    // changing is the next retry's.
-    for _ in 0..RETRY_ROUNDS {
-        let Some(lock) = crate::sync::try_sync_lock(&store)
+    let waiting_path = std::path::PathBuf::from(format!("{}.retry-lock", store.path().display()));
+    let waiting =
+        tokio::task::spawn_blocking(move || crate::queue::RunLock::try_acquire_path(&waiting_path))
             .await
             .map_err(|e| CliError::Temporary(e.to_string()))?
-        else {
-            return Ok(0);
-        };
-        let before = keys.keyring_state();
-        let result = crate::sync::retry_undecryptable(&store, &keys, id).await;
-        drop(lock);
-        if let Err(e) = result {
-            tracing::warn!(%account, "retry of undecryptable messages: {e}");
-        }
-        if keys.keyring_state() == before {
-            break;
-        }
+            .map_err(|e| CliError::Temporary(format!("retry lock: {e}")))?;
+    let Some(waiting) = waiting else {
+        return Ok(0);
+    };
+    let lock = crate::sync::sync_lock(&store)
+        .await
+        .map_err(|e| CliError::Temporary(e.to_string()))?;
+    // Let go only now: a retry that found this one waiting ended, trusting it to read the
+    // keyring after this point.
+    drop(waiting);
+    let keys = crate::cli::key_service(config, None);
+    if let Err(e) = crate::sync::retry_undecryptable(&store, &keys, id).await {
+        tracing::warn!(%account, "retry of undecryptable messages: {e}");
     }
+    drop(lock);
     Ok(0)
 }
-
-/// At most this many rounds of [`retry_in_background`] while the keyring keeps changing.
-const RETRY_ROUNDS: usize = 8;
 
 /// How long deliver waits for GnuPG that cannot be reached before it stores a message
 /// undecryptable (a day; Postfix bounces after 5).
@@ -620,6 +614,7 @@ pub async fn deliver(config: Config, args: DeliverArgs) -> Result<u8, CliError> 
         args.account,
         hex::encode(sha2::Sha256::digest(&raw))
     );
+    let keyring_before = keys.keyring_state();
     let processed = match crate::inbound::process(&keys, &raw).await {
         Ok(p) => p,
         Err(crate::inbound::InboundError::Temporary(e)) => {
@@ -652,6 +647,7 @@ pub async fn deliver(config: Config, args: DeliverArgs) -> Result<u8, CliError> 
     // Only what is stored is held from here on.
     drop(raw);
     let keywords = processed.verdict.keywords();
+    let undecryptable = keywords.contains(&crate::inbound::keyword::UNDECRYPTABLE);
     let verdict = processed.verdict.field_value();
     let account_name = args.account.clone();
     let deliver_store = store.clone();
@@ -700,6 +696,16 @@ pub async fn deliver(config: Config, args: DeliverArgs) -> Result<u8, CliError> 
     // takes long can neither hold it up nor get this delivery killed (Postfix bounces a
     // mailbox_command past command_time_limit). Only when one is due: not a process per
     // delivery.
+    // A key that came while this message was decrypted (an import under way): a retry may
+    // have read the new keyring before this message was stored; the next one is due now.
+    if undecryptable && keys.keyring_state() != keyring_before {
+        let (s, name) = (store.clone(), account_name.clone());
+        if let Ok(Ok(Some(id))) = tokio::task::spawn_blocking(move || s.account(&name)).await {
+            if let Err(e) = crate::sync::forget_last_retry(&store, id).await {
+                tracing::warn!(account = %account_name, "the retry of undecryptable messages may wait a day: {e}");
+            }
+        }
+    }
     if retry_due(&store, &keys, &account_name).await {
         start_retry(&config, &account_name);
     }

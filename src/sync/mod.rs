@@ -1785,16 +1785,6 @@ pub(crate) async fn sync_lock(store: &Store) -> Result<crate::queue::RunLock, Sy
         .map_err(|e| SyncError::Task(format!("sync lock: {e}")))
 }
 
-/// The sync lock when no one holds it now (see [`sync_lock`]); None when someone does.
-pub(crate) async fn try_sync_lock(
-    store: &Store,
-) -> Result<Option<crate::queue::RunLock>, SyncError> {
-    let path = sync_lock_path(store);
-    blocking(move || crate::queue::RunLock::try_acquire_path(&path))
-        .await?
-        .map_err(|e| SyncError::Task(format!("sync lock: {e}")))
-}
-
 fn sync_lock_path(store: &Store) -> std::path::PathBuf {
     std::path::PathBuf::from(format!("{}.sync-lock", store.path().display()))
 }
@@ -1916,6 +1906,16 @@ pub(crate) async fn record_empty_retry(
         s.set_meta(&at_key, now)
     })
     .await??;
+    Ok(())
+}
+
+/// Forgets the last [`retry_undecryptable`] of `account`, so that the next is due: a message
+/// stored undecryptable while the keyring changed may have come after a retry that had read
+/// the new keyring already, which would otherwise not try it for a day (review).
+pub(crate) async fn forget_last_retry(store: &Store, account: AccountId) -> Result<(), SyncError> {
+    let (key, at_key) = tried_keys(account);
+    let s = store.clone();
+    blocking(move || s.delete_meta(&[key, at_key])).await??;
     Ok(())
 }
 
