@@ -305,14 +305,9 @@ fn an_idle_client_sees_delivered_mail() {
     assert!(done.starts_with("i1 OK"), "{done}");
 }
 
-/// Mail that came before its key is kept undecryptable; once the key is in the keyring, the
-/// next run (here the next delivery) decrypts it: a new UID with the old flags, the
-/// ciphertext gone.
-#[test]
-fn undecryptable_mail_is_decrypted_once_its_key_arrives() {
-    let world = World::new();
-    let server = bobs_store(&world);
-    // A second key of Bob's, made elsewhere (a new laptop), not yet in sealpost's keyring.
+/// A second key of Bob's, made elsewhere (a new laptop), not yet in sealpost's keyring: its
+/// home, its fingerprint and a message encrypted to it.
+fn encrypted_to_a_new_key() -> (common::GpgHome, String, Vec<u8>) {
     let laptop = common::GpgHome::new();
     let fpr = laptop.generate("Bob <bob@example.org>");
     let armored = laptop.gpg(
@@ -330,6 +325,73 @@ fn undecryptable_mail_is_decrypted_once_its_key_arrives() {
     let mut raw =
         b"From: alice@example.org\r\nTo: bob@example.org\r\nSubject: early\r\n\r\n".to_vec();
     raw.extend_from_slice(&armored.stdout);
+    (laptop, fpr, raw)
+}
+
+/// Waits (30 s at most) for an untagged `* 1 EXPUNGE` on `imap`'s selected mailbox.
+fn expunge_of_the_first(imap: &mut common::server::Raw<std::net::TcpStream>) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let news = imap.ok("NOOP").join("\n");
+        if news.contains("* 1 EXPUNGE") {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "no EXPUNGE: {news}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// The retry a delivery starts after a key came waits for a sync pass that holds the sync's
+/// lock, then decrypts (review: it ended at once, and the pass had read the keyring before
+/// the key came).
+#[test]
+fn a_retry_waits_for_the_sync_that_holds_the_lock() {
+    use std::os::fd::AsRawFd;
+    let world = World::new();
+    let server = bobs_store(&world);
+    let (laptop, fpr, raw) = encrypted_to_a_new_key();
+    let (code, output) = deliver(&server, &raw);
+    assert_eq!(code, 0, "{output}");
+    let mut imap = server.login();
+    imap.ok("SELECT INBOX");
+    // A sync pass holds the lock (taken once the first delivery's own retry let it go).
+    let lock_file = |suffix: &str| {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(format!("{}.{suffix}", server.store_path().display()))
+            .unwrap()
+    };
+    let pass = lock_file("sync-lock");
+    // SAFETY: flock on a file descriptor this test owns.
+    assert_eq!(unsafe { libc::flock(pass.as_raw_fd(), libc::LOCK_EX) }, 0);
+    let secret = laptop.gpg(&["--armor", "--export-secret-keys", &fpr], None);
+    world.bob.import(&secret.stdout);
+    let (code, output) = deliver(&server, b"From: a@example.org\r\n\r\nnext\r\n");
+    assert_eq!(code, 0, "{output}");
+    // The retry that delivery started waits for the lock (it holds the waiting one).
+    let waiting = lock_file("retry-lock");
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    // SAFETY: as above.
+    while unsafe { libc::flock(waiting.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        // SAFETY: as above.
+        unsafe { libc::flock(waiting.as_raw_fd(), libc::LOCK_UN) };
+        assert!(std::time::Instant::now() < until, "no retry waits");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    drop(pass);
+    expunge_of_the_first(&mut imap);
+}
+
+/// Mail that came before its key is kept undecryptable; once the key is in the keyring, the
+/// next run (here the next delivery) decrypts it: a new UID with the old flags, the
+/// ciphertext gone.
+#[test]
+fn undecryptable_mail_is_decrypted_once_its_key_arrives() {
+    let world = World::new();
+    let server = bobs_store(&world);
+    let (laptop, fpr, raw) = encrypted_to_a_new_key();
     let (code, output) = deliver(&server, &raw);
     assert_eq!(code, 0, "{output}");
 
@@ -350,15 +412,7 @@ fn undecryptable_mail_is_decrypted_once_its_key_arrives() {
     assert_eq!(code, 0, "{output}");
 
     // The retry runs in the background once the delivery has its answer: its EXPUNGE comes.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
-        let news = imap.ok("NOOP").join("\n");
-        if news.contains("* 1 EXPUNGE") {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "no EXPUNGE: {news}");
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    expunge_of_the_first(&mut imap);
     let lines = imap.ok("UID FETCH 1:* (FLAGS BODY.PEEK[TEXT])").join("\n");
     assert!(
         !lines.contains("UID 1 "),
