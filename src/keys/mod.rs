@@ -299,6 +299,16 @@ impl KeyService {
             }
             h.update([0]);
         }
+        // The secret key files by name too: a directory's time may not change between a
+        // temporary file made and renamed within one tick of a coarse clock (review).
+        if let Ok(dir) = std::fs::read_dir(self.home.join("private-keys-v1.d")) {
+            let mut names: Vec<_> = dir.flatten().map(|e| e.file_name()).collect();
+            names.sort();
+            for name in names {
+                h.update(name.as_encoded_bytes());
+                h.update([0]);
+            }
+        }
         i64::from_le_bytes(h.finalize()[..8].try_into().expect("8 bytes"))
     }
 
@@ -677,32 +687,28 @@ async fn refused_on(
 
 /// Modification time and size of the keyring files: when any changes, cached lookups go.
 fn keyring_stamp(home: &Path, with_trust: bool) -> Vec<(PathBuf, Option<(SystemTime, u64)>)> {
-    // With `with_trust` (the lookup cache), the TOFU database and gpg.conf (its trust-model)
-    // too: they decide validity, which decides the key chosen (review: a TOFU policy of bad
-    // went unseen for up to 10 minutes). Under a TOFU model gpg writes tofu.db at every new
-    // signature it verifies, so the cache lasts one message there. What can be decrypted
-    // does not depend on them (the retry of undecryptable messages; review).
+    // With `with_trust` (the lookup cache), the trust database, the TOFU database and
+    // gpg.conf (its trust-model) too: they decide validity, which decides the key chosen
+    // (review: a TOFU policy of bad went unseen for up to 10 minutes). Under a TOFU model gpg
+    // writes tofu.db at every new signature it verifies, so the cache lasts one message there.
+    // What can be decrypted does not depend on them (the retry of undecryptable messages,
+    // whose own checks may rewrite the trust database: review).
     let trust: &[&str] = if with_trust {
-        &["tofu.db", "gpg.conf"]
+        &["trustdb.gpg", "tofu.db", "gpg.conf"]
     } else {
         &[]
     };
-    [
-        "pubring.kbx",
-        "pubring.gpg",
-        "trustdb.gpg",
-        "private-keys-v1.d",
-    ]
-    .iter()
-    .chain(trust)
-    .map(|name| {
-        let path = home.join(name);
-        let meta = std::fs::metadata(&path)
-            .ok()
-            .and_then(|m| Some((m.modified().ok()?, m.len())));
-        (path, meta)
-    })
-    .collect()
+    ["pubring.kbx", "pubring.gpg", "private-keys-v1.d"]
+        .iter()
+        .chain(trust)
+        .map(|name| {
+            let path = home.join(name);
+            let meta = std::fs::metadata(&path)
+                .ok()
+                .and_then(|m| Some((m.modified().ok()?, m.len())));
+            (path, meta)
+        })
+        .collect()
 }
 
 impl KeyService {

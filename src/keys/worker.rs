@@ -270,6 +270,15 @@ impl Engine {
                 })
                 .map_err(|e| unavailable(what, format!("cannot encode the request: {e}")))?;
                 drop(request);
+                // Every length checked before anything is written: one too large is this
+                // request's fault, not the worker's (a failed write would replace it).
+                let sizes = std::iter::once(frame.len()).chain(parts.iter().map(Vec::len));
+                if let Some(e) = sizes.map(frame_header).find_map(Result::err) {
+                    return Err(KeyError::Refused {
+                        op: what,
+                        detail: format!("too large for the GnuPG worker: {e}"),
+                    });
+                }
                 // A child that died since its last job (killed with the service, say) fails
                 // at the write, before it could read anything: a fresh one gets the request.
                 let mut retried = false;
@@ -427,7 +436,8 @@ impl WireError {
 }
 
 /// A `sealpost gpg-worker` child: requests go to its stdin, answers come from its stdout,
-/// each a frame of a 4-byte little-endian length and JSON.
+/// each as pieces of a 4-byte little-endian length and bytes: its JSON, then its byte fields
+/// (see [`take_parts`]).
 struct WorkerProcess {
     child: Child,
     /// Non-blocking, so that a write has a deadline too. None once closed.
@@ -551,7 +561,7 @@ impl Drop for WorkerProcess {
     }
 }
 
-/// Largest frame accepted: a message to encrypt or decrypt, base64 in JSON, with room.
+/// Largest piece accepted (see [`take_parts`]): a message to encrypt or decrypt, with room.
 const MAX_FRAME: usize = 1 << 30;
 
 fn frame_len(len: [u8; 4]) -> std::io::Result<usize> {
