@@ -691,11 +691,6 @@ pub async fn deliver(config: Config, args: DeliverArgs) -> Result<u8, CliError> 
         use std::io::Write;
         let _ = writeln!(std::io::stdout(), "delivered {}", appended.uid);
     }
-    // Messages kept undecryptable are tried again (when the keys changed, or once a day) by a
-    // process of their own, in the background: the MTA has its answer now, and a retry that
-    // takes long can neither hold it up nor get this delivery killed (Postfix bounces a
-    // mailbox_command past command_time_limit). Only when one is due: not a process per
-    // delivery.
     // A key that came while this message was decrypted (an import under way): a retry may
     // have read the new keyring before this message was stored; the next one is due now.
     if undecryptable && keys.keyring_state() != keyring_before {
@@ -706,6 +701,11 @@ pub async fn deliver(config: Config, args: DeliverArgs) -> Result<u8, CliError> 
             }
         }
     }
+    // Messages kept undecryptable are tried again (when the keys changed, or once a day) by a
+    // process of their own, in the background: the MTA has its answer now, and a retry that
+    // takes long can neither hold it up nor get this delivery killed (Postfix bounces a
+    // mailbox_command past command_time_limit). Only when one is due: not a process per
+    // delivery.
     if retry_due(&store, &keys, &account_name).await {
         start_retry(&config, &account_name);
     }
