@@ -316,7 +316,7 @@ async fn process_layer(
                     // body for mail clients without header protection (RFC 9788 §4.5.3) would
                     // be shown twice. Not inside a multipart/signed, whose signature covers it.
                     if protected == Some(inner_header) {
-                        let entity = [inner_header, inner_body].concat();
+                        let entity = entity_of(&plaintext, inner_header, inner_body);
                         if let Some((_, r)) = crate::imap::summary::legacy_display_element(&entity)
                             .filter(|(element, r)| {
                                 r.start >= inner_header.len()
@@ -351,7 +351,7 @@ async fn process_layer(
                         signature_of(keys, &decrypted.signatures, &shown_from).await?;
                     // RFC 3156 §6.1: signed, then encrypted.
                     if verdict.signature == Signature::Unsigned {
-                        let entity = [inner_header, inner_body].concat();
+                        let entity = entity_of(&plaintext, inner_header, inner_body);
                         verdict.signature =
                             verify_multipart_signed(keys, &entity, &shown_from).await?;
                     }
@@ -1009,6 +1009,19 @@ pub(crate) fn field_lines(header: &[u8], name: &str) -> Vec<u8> {
 }
 
 /// The header block (with its blank line when there is one) and the body.
+/// The decrypted entity of `header` and `body`: `plaintext` itself when they are it, split
+/// at its blank line (a large message is not copied again), else the two joined.
+fn entity_of<'a>(plaintext: &'a [u8], header: &[u8], body: &[u8]) -> std::borrow::Cow<'a, [u8]> {
+    if plaintext.len() == header.len() + body.len()
+        && plaintext.starts_with(header)
+        && plaintext.ends_with(body)
+    {
+        std::borrow::Cow::Borrowed(plaintext)
+    } else {
+        std::borrow::Cow::Owned([header, body].concat())
+    }
+}
+
 pub(crate) fn split(raw: &[u8]) -> (&[u8], &[u8]) {
     if raw.starts_with(b"\r\n") {
         return (&raw[..2], &raw[2..]);
