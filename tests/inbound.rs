@@ -328,6 +328,23 @@ fn encrypted_to_a_new_key() -> (common::GpgHome, String, Vec<u8>) {
     (laptop, fpr, raw)
 }
 
+/// Bob's store with that message delivered (UID 1), and an IMAP session with INBOX selected.
+fn delivered_before_its_key() -> (
+    World,
+    Server,
+    (common::GpgHome, String),
+    common::server::Raw<std::net::TcpStream>,
+) {
+    let world = World::new();
+    let server = bobs_store(&world);
+    let (laptop, fpr, raw) = encrypted_to_a_new_key();
+    let (code, output) = deliver(&server, &raw);
+    assert_eq!(code, 0, "{output}");
+    let mut imap = server.login();
+    imap.ok("SELECT INBOX");
+    (world, server, (laptop, fpr), imap)
+}
+
 /// Waits (30 s at most) for an untagged `* 1 EXPUNGE` on `imap`'s selected mailbox.
 fn expunge_of_the_first(imap: &mut common::server::Raw<std::net::TcpStream>) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
@@ -347,13 +364,7 @@ fn expunge_of_the_first(imap: &mut common::server::Raw<std::net::TcpStream>) {
 #[test]
 fn a_retry_waits_for_the_sync_that_holds_the_lock() {
     use std::os::fd::AsRawFd;
-    let world = World::new();
-    let server = bobs_store(&world);
-    let (laptop, fpr, raw) = encrypted_to_a_new_key();
-    let (code, output) = deliver(&server, &raw);
-    assert_eq!(code, 0, "{output}");
-    let mut imap = server.login();
-    imap.ok("SELECT INBOX");
+    let (world, server, (laptop, fpr), mut imap) = delivered_before_its_key();
     // A sync pass holds the lock (taken once the first delivery's own retry let it go).
     let lock_file = |suffix: &str| {
         std::fs::OpenOptions::new()
@@ -389,14 +400,7 @@ fn a_retry_waits_for_the_sync_that_holds_the_lock() {
 /// ciphertext gone.
 #[test]
 fn undecryptable_mail_is_decrypted_once_its_key_arrives() {
-    let world = World::new();
-    let server = bobs_store(&world);
-    let (laptop, fpr, raw) = encrypted_to_a_new_key();
-    let (code, output) = deliver(&server, &raw);
-    assert_eq!(code, 0, "{output}");
-
-    let mut imap = server.login();
-    imap.ok("SELECT INBOX");
+    let (world, server, (laptop, fpr), mut imap) = delivered_before_its_key();
     let flags = imap.ok("UID FETCH 1 (FLAGS)").join("\n");
     assert!(flags.contains("$Sealpost-Undecryptable"), "{flags}");
     imap.ok("UID STORE 1 +FLAGS (\\Flagged)");
