@@ -60,8 +60,8 @@ impl GpgHome {
     /// Stops this home's gpg-agent (SIGSTOP: it hangs) until the guard is dropped. Returns
     /// once the kernel shows it stopped: a request sent before that could still be answered.
     /// The signal is sent again each second until then (a whole suite's run once saw the
-    /// agent still sleeping 10 s after one SIGSTOP, cause unknown; the failure shows the
-    /// agent's signal masks and tracer, to tell next time).
+    /// agent still sleeping 10 s after one SIGSTOP, cause unknown; the failure shows what
+    /// [`agent_diagnosis`] finds, to tell next time).
     pub fn stop_agent(&self) -> StoppedAgent {
         let pid = self.agent_pid();
         let stat = format!("/proc/{pid}/stat");
@@ -83,7 +83,7 @@ impl GpgHome {
             assert!(
                 std::time::Instant::now() < until,
                 "agent {pid} not stopped: {text}\n{}",
-                std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default()
+                agent_diagnosis(pid)
             );
             std::thread::yield_now();
         }
@@ -400,6 +400,30 @@ impl GpgHome {
 
 /// A gpg-agent stopped by [`GpgHome::stop_agent`]; it goes on when this is dropped.
 pub struct StoppedAgent(pub i32);
+
+/// What the kernel says of `pid` for a failed stop: its status (signal masks, tracer), each
+/// thread's state and where it waits, and its command line (is it still this home's agent?).
+fn agent_diagnosis(pid: i32) -> String {
+    let read = |path: String| std::fs::read_to_string(path).unwrap_or_default();
+    let mut text = read(format!("/proc/{pid}/status"));
+    text.push_str(&format!(
+        "cmdline: {}\nwchan: {}\n",
+        read(format!("/proc/{pid}/cmdline")).replace('\0', " "),
+        read(format!("/proc/{pid}/wchan"))
+    ));
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for task in tasks.flatten() {
+            let dir = task.path().display().to_string();
+            text.push_str(&format!(
+                "task {}: {} wchan {}\n",
+                task.file_name().to_string_lossy(),
+                read(format!("{dir}/stat")).trim_end(),
+                read(format!("{dir}/wchan"))
+            ));
+        }
+    }
+    text
+}
 
 impl Drop for StoppedAgent {
     fn drop(&mut self) {
