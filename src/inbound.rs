@@ -1008,7 +1008,6 @@ pub(crate) fn field_lines(header: &[u8], name: &str) -> Vec<u8> {
     out
 }
 
-/// The header block (with its blank line when there is one) and the body.
 /// The decrypted entity of `header` and `body`: `plaintext` itself when they are it, split
 /// at its blank line (a large message is not copied again), else the two joined.
 fn entity_of<'a>(plaintext: &'a [u8], header: &[u8], body: &[u8]) -> std::borrow::Cow<'a, [u8]> {
@@ -1022,6 +1021,7 @@ fn entity_of<'a>(plaintext: &'a [u8], header: &[u8], body: &[u8]) -> std::borrow
     }
 }
 
+/// The header block (with its blank line when there is one) and the body.
 pub(crate) fn split(raw: &[u8]) -> (&[u8], &[u8]) {
     if raw.starts_with(b"\r\n") {
         return (&raw[..2], &raw[2..]);

@@ -508,13 +508,10 @@ async fn retry_in_background(config: &Config, account: &str) -> Result<u8, CliEr
     let Some(id) = store.account(account)? else {
         return Ok(0);
     };
-    let waiting_path = std::path::PathBuf::from(format!("{}.retry-lock", store.path().display()));
-    let waiting =
-        tokio::task::spawn_blocking(move || crate::queue::RunLock::try_acquire_path(&waiting_path))
-            .await
-            .map_err(|e| CliError::Temporary(e.to_string()))?
-            .map_err(|e| CliError::Temporary(format!("retry lock: {e}")))?;
-    let Some(waiting) = waiting else {
+    let Some(waiting) = crate::sync::try_retry_wait(&store)
+        .await
+        .map_err(|e| CliError::Temporary(e.to_string()))?
+    else {
         return Ok(0);
     };
     let lock = crate::sync::sync_lock(&store)

@@ -1785,6 +1785,17 @@ pub(crate) async fn sync_lock(store: &Store) -> Result<crate::queue::RunLock, Sy
         .map_err(|e| SyncError::Task(format!("sync lock: {e}")))
 }
 
+/// The place of the one retry of undecryptable messages that waits for the sync lock (see
+/// `incoming::retry_in_background`), when no other waits now; None when one does.
+pub(crate) async fn try_retry_wait(
+    store: &Store,
+) -> Result<Option<crate::queue::RunLock>, SyncError> {
+    let path = std::path::PathBuf::from(format!("{}.retry-lock", store.path().display()));
+    blocking(move || crate::queue::RunLock::try_acquire_path(&path))
+        .await?
+        .map_err(|e| SyncError::Task(format!("retry lock: {e}")))
+}
+
 fn sync_lock_path(store: &Store) -> std::path::PathBuf {
     std::path::PathBuf::from(format!("{}.sync-lock", store.path().display()))
 }
