@@ -522,7 +522,8 @@ struct Inner {
 /// Refuses a store others could read or slip files into, as the queue refuses its own
 /// (review: a -wal and -shm another user had made, mode 0666, in a directory anyone may write
 /// to were taken over, and that user read the decrypted mail in the -wal): a directory any
-/// user may write to, and a -wal or -shm not owned by the database's owner. A database,
+/// user may write to, a database that belongs neither to the running user nor to its
+/// directory's owner, and a -wal or -shm not owned by the database's owner. A database,
 /// -wal or -shm that others may read, its owner's (or opened by root), is made 0600.
 fn check_modes(path: &Path) -> Result<(), StoreError> {
     use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
@@ -534,7 +535,8 @@ fn check_modes(path: &Path) -> Result<(), StoreError> {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
-    if let Ok(meta) = std::fs::metadata(dir) {
+    let dir_meta = std::fs::metadata(dir).ok();
+    if let Some(meta) = &dir_meta {
         if meta.mode() & 0o002 != 0 {
             return Err(unsafe_because(format!(
                 "its directory {} may be written by any user (mode {:04o}): another could \
@@ -550,6 +552,19 @@ fn check_modes(path: &Path) -> Result<(), StoreError> {
     };
     // SAFETY: geteuid has no preconditions.
     let me = unsafe { libc::geteuid() };
+    // In a directory its group may write to, another member could have put a database of
+    // their own in the store's place, which root would fill with decrypted mail (the checks
+    // below only compare the files with the database).
+    if let Some(dir_meta) = &dir_meta {
+        if database.uid() != me && database.uid() != dir_meta.uid() {
+            return Err(unsafe_because(format!(
+                "it belongs to uid {}, neither to the user running sealpost (uid {me}) nor to \
+                 the owner of its directory (uid {}): remove it if it is no store of theirs",
+                database.uid(),
+                dir_meta.uid()
+            )));
+        }
+    }
     for suffix in ["", "-wal", "-shm"] {
         let file = PathBuf::from(format!("{}{suffix}", path.display()));
         let Ok(meta) = std::fs::symlink_metadata(&file) else {

@@ -1201,4 +1201,21 @@ fn a_store_others_could_read_is_refused_or_made_private() {
         Err(e) => panic!("{e}"),
         Ok(_) => panic!("opened with another user's -wal"),
     }
+    std::fs::remove_file(&wal).unwrap();
+    // Root opening a database someone else put in a directory its group may write to.
+    let shared = dir.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o770)).unwrap();
+    std::os::unix::fs::chown(&shared, Some(65533), Some(65533)).unwrap();
+    let planted = shared.join("s.sqlite");
+    std::fs::copy(&path, &planted).unwrap();
+    std::os::unix::fs::chown(&planted, Some(65534), Some(65534)).unwrap();
+    match Store::open(&planted) {
+        Err(StoreError::Unsafe { why, .. }) => assert!(why.contains("uid 65534"), "{why}"),
+        Err(e) => panic!("{e}"),
+        Ok(_) => panic!("opened a database neither root's nor its directory owner's"),
+    }
+    // The directory owner's own store, opened by root (as `deliver` run by root does).
+    std::os::unix::fs::chown(&planted, Some(65533), Some(65533)).unwrap();
+    drop(Store::open(&planted).unwrap());
 }
