@@ -190,7 +190,10 @@ impl Session {
             let Some(seq) = selected.seq_of(*uid) else {
                 continue;
             };
-            out.flags_fetch(seq, *uid, flags.iter(), Some(*modseq));
+            // \Recent is one of this session's flags, as in every later FETCH (review: the
+            // same MODSEQ came with two FLAGS lists).
+            let recent = selected.is_recent(*uid).then_some("\\Recent");
+            out.flags_fetch(seq, *uid, flags.iter().chain(recent), Some(*modseq));
         }
         self.conn.write(&out.bytes).await?;
         Ok(())
