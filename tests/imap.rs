@@ -214,7 +214,22 @@ const KNOWN_DIFFERENCES: [(u64, &str); 2] = [(32, "BODY[1.MIME]"), (36, "HEADER.
 
 #[test]
 fn fetch_and_search_answers_equal_dovecots() {
-    let corpus = corpus();
+    let mut corpus = corpus();
+    // A bounce (RFC 3464): its report and the returned header are message/* parts, which
+    // BODY and TEXT search as text; the application/* part beside them is not searched.
+    let bounce = "From: Mail Delivery System <MAILER-DAEMON@example.org>\r\n\
+        To: alice@example.org\r\nSubject: Undelivered Mail Returned to Sender\r\n\
+        Date: Tue, 5 Mar 2024 10:00:00 +0000\r\nMIME-Version: 1.0\r\n\
+        Content-Type: multipart/report; report-type=delivery-status; boundary=\"B\"\r\n\r\n\
+        --B\r\nContent-Type: text/plain\r\n\r\nYour message could not be delivered.\r\n\
+        --B\r\nContent-Type: message/delivery-status\r\n\r\n\
+        Reporting-MTA: dns; mx.example.org\r\n\r\n\
+        Final-Recipient: rfc822; carol@example.net\r\nAction: failed\r\nStatus: 5.1.1\r\n\
+        --B\r\nContent-Type: text/rfc822-headers\r\n\r\n\
+        Subject: lunch plans\r\nMessage-ID: <returned@example.org>\r\n\
+        --B\r\nContent-Type: application/octet-stream\r\n\r\nopaque-trailer-words\r\n\
+        --B--\r\n";
+    corpus.push(("bounce".into(), bounce.as_bytes().to_vec()));
     let server = Server::start();
     let dovecot = Dovecot::start();
     let mut steps: Vec<Value> = corpus
@@ -239,6 +254,10 @@ fn fetch_and_search_answers_equal_dovecots() {
         // Across a field's name and its value.
         "SEARCH TEXT \"Subject: re\"",
         "SEARCH TEXT \"message-id: <\"",
+        "SEARCH BODY \"Reporting-MTA\"",
+        "SEARCH TEXT \"rfc822; carol\"",
+        "SEARCH BODY \"returned@example\"",
+        "SEARCH BODY \"opaque-trailer\"",
         "SEARCH HEADER \"Message-ID\" \"example.org\"",
         "SEARCH LARGER 2000",
         "SEARCH SMALLER 600",

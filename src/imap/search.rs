@@ -227,8 +227,11 @@ fn parse_body(raw: &[u8]) -> Option<crate::message::parse::Bounded<'_>> {
 }
 
 /// The folded text of every text part, including those of attached messages (their bodies
-/// are part of the body being searched, as for Dovecot; their header blocks are not). Walked
-/// with a list rather than recursion: attached messages may nest thousands deep.
+/// are part of the body being searched, as for Dovecot; their header blocks are not), and of
+/// the other message/* parts (a bounce's message/delivery-status, a read receipt's
+/// message/disposition-notification), which Dovecot searches as text too (review: a search
+/// for a bounce's Final-Recipient found nothing). Walked with a list rather than recursion:
+/// attached messages may nest thousands deep.
 fn body_text(message: &mail_parser::Message<'_>, text: &mut String) {
     let mut waiting = vec![message];
     while let Some(message) = waiting.pop() {
@@ -241,6 +244,15 @@ fn body_text(message: &mail_parser::Message<'_>, text: &mut String) {
                     text.push('\n');
                 }
                 PartType::Message(m) => inner.push(m),
+                PartType::Binary(b) | PartType::InlineBinary(b)
+                    if mail_parser::MimeHeaders::content_type(part).is_some_and(|ct| {
+                        ct.ctype().eq_ignore_ascii_case("message")
+                            || ct.ctype().eq_ignore_ascii_case("text")
+                    }) =>
+                {
+                    text.push_str(&fold(&String::from_utf8_lossy(b)));
+                    text.push('\n');
+                }
                 _ => {}
             }
         }
