@@ -276,10 +276,12 @@ pub fn main(cli: Cli) -> ExitCode {
 
 /// `sealpost check`: the configuration was read and found valid by [`Config::load`] (an
 /// error there exits 78, naming file, line and key); says which file, or that the built-in
-/// defaults are used, and refuses a [gnupg] home that is not there.
+/// defaults are used, and refuses a [gnupg] home that is not there and files it names that
+/// the services could not read.
 fn check(config: &Config) -> Result<u8, CliError> {
     // Before the verdict line (review: "the configuration is valid", then the error).
     gnupg_home_there(config)?;
+    named_files_readable(config)?;
     let mut out = std::io::stdout().lock();
     let said = match &config.source {
         Some(path) => writeln!(out, "{}: the configuration is valid", path.display()),
@@ -309,6 +311,44 @@ fn gnupg_home_there(config: &Config) -> Result<(), CliError> {
         );
         CliError::Setting(format!("{file}: gnupg.home: {}: {e}", home.display()))
     })
+}
+
+/// The files the configuration names, read as the services that use them read them at start
+/// (review: `check` called valid a configuration whose IMAP certificate and upstream
+/// password file were missing; `imap` and `sync` then exited 78): the IMAP certificate and
+/// key, each upstream account's password and CA files, the relay's. Every problem is
+/// printed; any makes a setting to fix (78).
+fn named_files_readable(config: &Config) -> Result<(), CliError> {
+    let mut problems = Vec::new();
+    if let (Some(certificate), Some(key)) = (&config.imap.certificate, &config.imap.key) {
+        // Both configured: nothing is generated in the state directory.
+        if let Err(e) = crate::imap::tls::acceptor(Some(certificate), Some(key), Path::new("")) {
+            problems.push(format!("[imap] certificate and key: {e}"));
+        }
+    }
+    for account in &config.accounts {
+        if let Some(upstream) = &account.upstream {
+            if let Err(e) = crate::sync::upstream::check_settings(upstream) {
+                problems.push(format!("account {:?}: {e}", account.name));
+            }
+        }
+    }
+    if config.relay.host.is_some() {
+        if let Err(e) = crate::queue::relay::Relay::new(&config.relay, "localhost") {
+            problems.push(e.to_string());
+        }
+    }
+    let Some((last, before)) = problems.split_last() else {
+        return Ok(());
+    };
+    let file = config.source.as_deref().map_or_else(
+        || "the configuration".to_string(),
+        |f| f.display().to_string(),
+    );
+    for problem in before {
+        eprintln!("sealpost: configuration: {file}: {problem}");
+    }
+    Err(CliError::Setting(format!("{file}: {last}")))
 }
 
 /// How long blocking work still running at the end of a command may take.

@@ -296,6 +296,47 @@ fn exit_codes_and_reasons() {
     );
     // Not called valid first (review).
     assert!(out.stdout.is_empty(), "{out:?}");
+    // The files it names are read as the services read them at start, and every one that
+    // cannot be is named (review: called valid, then `imap` and `sync` exited 78).
+    let files = cfg.with_extension("d");
+    std::fs::create_dir_all(&files).unwrap();
+    let file = |name: &str| files.join(name).display().to_string();
+    std::fs::write(
+        &cfg,
+        format!(
+            "[imap]\ncertificate = \"{}\"\nkey = \"{}\"\n\n[[accounts]]\nname = \"alice\"\n\
+             password_hash = \"$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA\"\n\n\
+             [accounts.upstream]\nhost = \"127.0.0.1\"\ntls = \"none\"\nusername = \"alice\"\n\
+             password_file = \"{}\"\n\n[relay]\nhost = \"127.0.0.1\"\ntls = \"implicit\"\n\
+             ca_file = \"{}\"\nusername = \"alice\"\npassword_file = \"{}\"\n",
+            file("cert.pem"),
+            file("key.pem"),
+            file("upstream-password"),
+            file("relay-ca.pem"),
+            file("relay-password")
+        ),
+    )
+    .unwrap();
+    let out = check(cfg.to_str().unwrap());
+    assert_eq!(out.status.code(), Some(78), "{out:?}");
+    assert!(out.stdout.is_empty(), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stderr);
+    for name in ["cert.pem", "upstream-password", "relay-ca.pem"] {
+        assert!(said.contains(&file(name)), "{name} not named: {said}");
+    }
+    sealpost::imap::tls::generate(&files.join("cert.pem"), &files.join("key.pem")).unwrap();
+    std::fs::copy(files.join("cert.pem"), files.join("relay-ca.pem")).unwrap();
+    std::fs::write(files.join("upstream-password"), "secret\n").unwrap();
+    let out = check(cfg.to_str().unwrap());
+    assert_eq!(out.status.code(), Some(78), "{out:?}");
+    assert!(
+        stderr_line(&out).contains(&file("relay-password")),
+        "{out:?}"
+    );
+    std::fs::write(files.join("relay-password"), "secret\n").unwrap();
+    let out = check(cfg.to_str().unwrap());
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    std::fs::remove_dir_all(&files).unwrap();
     // One any user may write: whoever writes it decides where mail goes (review: used
     // without a word).
     {

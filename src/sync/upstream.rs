@@ -247,12 +247,7 @@ async fn connect_inner(config: &UpstreamConfig, at: &str) -> Result<Session, Syn
     let failed = |what: &str, e: &dyn std::fmt::Display| {
         SyncError::Connect(at.into(), format!("{what}: {e}"))
     };
-    let password = std::fs::read_to_string(&config.password_file).map_err(|e| {
-        SyncError::Config(format!(
-            "password_file {}: {e}",
-            config.password_file.display()
-        ))
-    })?;
+    let password = password(config)?;
     let password = password.trim_end_matches(['\r', '\n']);
     // The TLS settings first, before the network: a ca_file that cannot be read or a host
     // that is no server name is the configuration's fault (78) whether the server answers or
@@ -311,6 +306,25 @@ async fn connect_inner(config: &UpstreamConfig, at: &str) -> Result<Session, Syn
 
 /// The connector and the name to verify the upstream's certificate by: `ca_file`'s
 /// certificates, or the system's when it is unset.
+fn password(config: &UpstreamConfig) -> Result<String, SyncError> {
+    std::fs::read_to_string(&config.password_file).map_err(|e| {
+        SyncError::Config(format!(
+            "password_file {}: {e}",
+            config.password_file.display()
+        ))
+    })
+}
+
+/// What [`connect`] reads before it goes to the network (the password file, the TLS
+/// settings), read the same way, for `sealpost check`.
+pub fn check_settings(config: &UpstreamConfig) -> Result<(), SyncError> {
+    password(config)?;
+    if !matches!(config.tls, UpstreamTls::None) {
+        tls_settings(config)?;
+    }
+    Ok(())
+}
+
 fn tls_settings(
     config: &UpstreamConfig,
 ) -> Result<
