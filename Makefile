@@ -88,7 +88,7 @@ install: deps-build
 	install -D -m 0644 contrib/sealpost.toml $(DESTDIR)/usr/share/doc/sealpost/sealpost.toml.example
 	install -D -m 0644 contrib/imap-clients.md $(DESTDIR)/usr/share/doc/sealpost/imap-clients.md
 	install -d $(DESTDIR)/usr/share/doc/sealpost/postfix
-	install -m 0644 contrib/postfix/main.cf contrib/postfix/master.cf $(DESTDIR)/usr/share/doc/sealpost/postfix/
+	install -m 0644 contrib/postfix/main.cf contrib/postfix/master.cf contrib/postfix/sealpost_milters $(DESTDIR)/usr/share/doc/sealpost/postfix/
 	install -d $(DESTDIR)/usr/lib/systemd/system
 	install -m 0644 systemd/*.service systemd/*.timer systemd/*.path $(DESTDIR)/usr/lib/systemd/system/
 	install -D -m 0644 systemd/sealpost-tmpfiles.conf $(DESTDIR)/usr/lib/tmpfiles.d/sealpost.conf
