@@ -212,9 +212,16 @@ pub fn main(cli: Cli) -> ExitCode {
         _ => {}
     }
     let delivering = matches!(cli.command, Command::Deliver(_));
+    let retrying = matches!(&cli.command, Command::Deliver(a) if a.retry_only);
     let result = Config::load(cli.config.as_deref())
         .map_err(CliError::from)
-        .and_then(|config| {
+        .and_then(|mut config| {
+            // The background retry a delivery starts has no standard error to write to (it
+            // would hold up the MTA's pipe): it logs to syslog's mail facility instead, as
+            // the MTA does (review: its failures went nowhere).
+            if retrying && config.log.target == crate::logging::LogTarget::Stderr {
+                config.log.target = crate::logging::LogTarget::Syslog;
+            }
             // A log that cannot be reached never holds up mail (a queue run, the milter, the
             // sync): said once, and the lines go to standard error instead, which systemd
             // keeps in the journal (review: with syslog down, the queue run that sendmail

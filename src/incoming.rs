@@ -476,13 +476,17 @@ async fn retry_due(store: &Store, keys: &crate::keys::KeyService, account: &str)
         Ok(true) => {}
         Err(_) => return true,
     }
+    // Read before the list, as a retry reads it.
+    let Ok(mark) = crate::sync::retry_mark(store, keys, id).await else {
+        return true;
+    };
     let s = store.clone();
     let waiting = tokio::task::spawn_blocking(move || {
         s.with_keyword(id, crate::inbound::keyword::UNDECRYPTABLE)
     })
     .await;
     match waiting {
-        Ok(Ok(waiting)) if waiting.is_empty() => crate::sync::record_empty_retry(store, keys, id)
+        Ok(Ok(waiting)) if waiting.is_empty() => crate::sync::record_empty_retry(store, id, mark)
             .await
             .is_err(),
         _ => true,
@@ -508,7 +512,7 @@ async fn retry_in_background(config: &Config, account: &str) -> Result<u8, CliEr
     let Some(id) = store.account(account)? else {
         return Ok(0);
     };
-    let Some(waiting) = crate::sync::try_retry_wait(&store)
+    let Some(waiting) = crate::sync::try_retry_wait(&store, id)
         .await
         .map_err(|e| CliError::Temporary(e.to_string()))?
     else {
@@ -558,7 +562,11 @@ pub async fn deliver(config: Config, args: DeliverArgs) -> Result<u8, CliError> 
         return Err(CliError::NoUser(args.account));
     }
     if args.retry_only {
-        return retry_in_background(&config, &args.account).await;
+        let result = retry_in_background(&config, &args.account).await;
+        if let Err(e) = &result {
+            tracing::error!(account = %args.account, "retry of undecryptable messages: {e}");
+        }
+        return result;
     }
     let limit = config.imap.limits.max_append;
     let mut raw = Vec::new();
@@ -693,7 +701,7 @@ pub async fn deliver(config: Config, args: DeliverArgs) -> Result<u8, CliError> 
     if undecryptable && keys.keyring_state() != keyring_before {
         let (s, name) = (store.clone(), account_name.clone());
         if let Ok(Ok(Some(id))) = tokio::task::spawn_blocking(move || s.account(&name)).await {
-            if let Err(e) = crate::sync::forget_last_retry(&store, id).await {
+            if let Err(e) = crate::sync::retry_due_again(&store, id).await {
                 tracing::warn!(account = %account_name, "the retry of undecryptable messages may wait a day: {e}");
             }
         }

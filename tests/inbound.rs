@@ -382,7 +382,7 @@ fn a_retry_waits_for_the_sync_that_holds_the_lock() {
     let (code, output) = deliver(&server, b"From: a@example.org\r\n\r\nnext\r\n");
     assert_eq!(code, 0, "{output}");
     // The retry that delivery started waits for the lock (it holds the waiting one).
-    let waiting = lock_file("retry-lock");
+    let waiting = lock_file("retry-lock.1");
     let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
     // SAFETY: as above.
     while unsafe { libc::flock(waiting.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {

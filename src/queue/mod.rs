@@ -1465,7 +1465,7 @@ fn remove_stale_temp(path: &Path) {
 }
 
 /// Holds the queue's run lock (flock) until dropped.
-pub struct RunLock(#[allow(dead_code)] std::fs::File);
+pub struct RunLock(std::fs::File);
 
 impl RunLock {
     /// Waits until no other runner holds the lock.
@@ -1488,6 +1488,28 @@ impl RunLock {
     /// The exclusive lock on `path` if no one holds it now; None when someone does.
     pub fn try_acquire_path(path: &Path) -> std::io::Result<Option<RunLock>> {
         Self::lock_path(path, false)
+    }
+
+    /// Run by root, gives the lock file to the owner of `file` (a store's database) when it
+    /// is not theirs: made 0600 by a root `deliver`, it locked the store's owner out of every
+    /// later sync and retry (review).
+    pub fn give_to_owner_of(&self, file: &Path) -> std::io::Result<()> {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::fs::MetadataExt;
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return Ok(());
+        }
+        let owner = std::fs::metadata(file)?;
+        let lock = self.0.metadata()?;
+        if (lock.uid(), lock.gid()) == (owner.uid(), owner.gid()) {
+            return Ok(());
+        }
+        // SAFETY: fchown on a descriptor we own.
+        if unsafe { libc::fchown(self.0.as_raw_fd(), owner.uid(), owner.gid()) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
     }
 
     fn lock_path(path: &Path, wait: bool) -> std::io::Result<Option<RunLock>> {

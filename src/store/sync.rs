@@ -1597,6 +1597,19 @@ impl Store {
         })
     }
 
+    /// Adds one to the number under `key` (store_meta; a missing one counts as 0), in one
+    /// statement: two processes that bump it at once both count.
+    pub fn bump_meta(&self, key: &str) -> Result<(), StoreError> {
+        self.write(|tx| {
+            tx.prepare_cached(
+                "INSERT INTO store_meta (key, value) VALUES (?1, 1)
+                 ON CONFLICT (key) DO UPDATE SET value = value + 1",
+            )?
+            .execute([key])?;
+            Ok(())
+        })
+    }
+
     /// Keeps `value` under `key` (store_meta).
     pub fn set_meta(&self, key: &str, value: i64) -> Result<(), StoreError> {
         self.write(|tx| {

@@ -1780,20 +1780,35 @@ fn fetched_message(
 /// sync --once` take turns): a lock file beside the store.
 pub(crate) async fn sync_lock(store: &Store) -> Result<crate::queue::RunLock, SyncError> {
     let path = sync_lock_path(store);
-    blocking(move || crate::queue::RunLock::acquire_path(&path))
-        .await?
-        .map_err(|e| SyncError::Task(format!("sync lock: {e}")))
+    let database = store.path().to_path_buf();
+    blocking(move || {
+        let lock = crate::queue::RunLock::acquire_path(&path)?;
+        lock.give_to_owner_of(&database)?;
+        Ok::<_, std::io::Error>(lock)
+    })
+    .await?
+    .map_err(|e| SyncError::Task(format!("sync lock: {e}")))
 }
 
-/// The place of the one retry of undecryptable messages that waits for the sync lock (see
-/// `incoming::retry_in_background`), when no other waits now; None when one does.
+/// The place of the one retry of `account`'s undecryptable messages that waits for the sync
+/// lock (see `incoming::retry_in_background`), when no other waits now; None when one does.
+/// One per account: a retry tries one account's messages (review: with one for the store,
+/// bob's retry was turned away by alice's, which did not try bob's).
 pub(crate) async fn try_retry_wait(
     store: &Store,
+    account: AccountId,
 ) -> Result<Option<crate::queue::RunLock>, SyncError> {
-    let path = std::path::PathBuf::from(format!("{}.retry-lock", store.path().display()));
-    blocking(move || crate::queue::RunLock::try_acquire_path(&path))
-        .await?
-        .map_err(|e| SyncError::Task(format!("retry lock: {e}")))
+    let path = std::path::PathBuf::from(format!("{}.retry-lock.{account}", store.path().display()));
+    let database = store.path().to_path_buf();
+    blocking(move || {
+        let lock = crate::queue::RunLock::try_acquire_path(&path)?;
+        if let Some(lock) = &lock {
+            lock.give_to_owner_of(&database)?;
+        }
+        Ok::<_, std::io::Error>(lock)
+    })
+    .await?
+    .map_err(|e| SyncError::Task(format!("retry lock: {e}")))
 }
 
 fn sync_lock_path(store: &Store) -> std::path::PathBuf {
@@ -1898,62 +1913,125 @@ const RENAME_SAMPLES: usize = 3;
 /// How often messages kept undecryptable are tried again when the keyring has not changed.
 const RETRY_UNDECRYPTABLE_SECS: i64 = 86_400;
 
-/// A due [`retry_undecryptable`] of `account` that found nothing waiting, done without
-/// reading the messages again: stale failure counts forgotten and the try recorded. A message
-/// stored meanwhile is the next due retry's (review: `deliver` ran the whole retry, which
-/// would have decrypted such a message in the delivery's process, outside the sync lock).
-pub(crate) async fn record_empty_retry(
+/// What a retry of undecryptable messages ([`retry_undecryptable`]) records as tried, read
+/// before it lists the messages waiting: the keyring's state, and how many times a message
+/// was stored undecryptable while the keyring changed ([`retry_due_again`]).
+pub(crate) struct RetryMark {
+    state: i64,
+    stored: Option<i64>,
+}
+
+/// The [`RetryMark`] of `account` now.
+pub(crate) async fn retry_mark(
     store: &Store,
     keys: &KeyService,
     account: AccountId,
-) -> Result<(), SyncError> {
+) -> Result<RetryMark, SyncError> {
     let state = keys.keyring_state();
-    let (key, at_key) = tried_keys(account);
-    let now = crate::store::unix_now();
+    let (s, k) = (store.clone(), stored_key(account));
+    let stored = blocking(move || s.meta(&k)).await??;
+    Ok(RetryMark { state, stored })
+}
+
+/// Records a retry of `account` as done with `mark`, read before its list of messages: a
+/// message stored meanwhile, or a key imported, makes the next one due.
+async fn record_retry(
+    store: &Store,
+    account: AccountId,
+    mark: RetryMark,
+    now: i64,
+) -> Result<(), SyncError> {
     let s = store.clone();
-    blocking(move || {
-        purge_stale_counts(&s, now)?;
-        s.set_meta(&key, state)?;
-        s.set_meta(&at_key, now)
-    })
-    .await??;
+    blocking(move || record_retry_with(&s, account, &mark, now)).await??;
     Ok(())
 }
 
-/// Forgets the last [`retry_undecryptable`] of `account`, so that the next is due: a message
-/// stored undecryptable while the keyring changed may have come after a retry that had read
-/// the new keyring already, which would otherwise not try it for a day (review).
-pub(crate) async fn forget_last_retry(store: &Store, account: AccountId) -> Result<(), SyncError> {
-    let (key, at_key) = tried_keys(account);
+fn record_retry_with(
+    store: &Store,
+    account: AccountId,
+    mark: &RetryMark,
+    now: i64,
+) -> Result<(), StoreError> {
+    let [key, at_key, stored_key] = tried_keys(account);
+    store.set_meta(&key, mark.state)?;
+    store.set_meta(&at_key, now)?;
+    match mark.stored {
+        Some(n) => store.set_meta(&stored_key, n),
+        None => store.delete_meta(&[stored_key]),
+    }
+}
+
+/// A due [`retry_undecryptable`] of `account` that found nothing waiting, done without
+/// reading the messages again: stale failure counts forgotten and the try recorded with the
+/// mark read before the list was (review: read after it, a message stored and a key imported
+/// in between were taken as tried). A message stored meanwhile is the next due retry's
+/// (review: `deliver` ran the whole retry, which would have decrypted such a message in the
+/// delivery's process, outside the sync lock).
+pub(crate) async fn record_empty_retry(
+    store: &Store,
+    account: AccountId,
+    mark: RetryMark,
+) -> Result<(), SyncError> {
+    let now = crate::store::unix_now();
     let s = store.clone();
-    blocking(move || s.delete_meta(&[key, at_key])).await??;
+    blocking(move || purge_stale_counts(&s, now)).await??;
+    record_retry(store, account, mark, now).await
+}
+
+/// Makes the next [`retry_undecryptable`] of `account` due: a message stored undecryptable
+/// while the keyring changed may have come after a retry had listed the messages with the
+/// new keyring, which would otherwise not try it for a day. A count, not a deletion of the
+/// last try's record: a retry still running when this is called records the count it read
+/// before its list, so it cannot undo this (review: it recorded its try after the deletion,
+/// and the message waited a day).
+pub(crate) async fn retry_due_again(store: &Store, account: AccountId) -> Result<(), SyncError> {
+    let (s, key) = (store.clone(), stored_key(account));
+    blocking(move || s.bump_meta(&key)).await??;
     Ok(())
 }
 
 /// The store's records of the last [`retry_undecryptable`] of `account`: the keyring's state
-/// then, and when.
-fn tried_keys(account: AccountId) -> (String, String) {
-    (
+/// then, when, and the [`stored_key`] count then.
+fn tried_keys(account: AccountId) -> [String; 3] {
+    [
         format!("undecryptable-tried:{account}"),
         format!("undecryptable-tried-at:{account}"),
-    )
+        format!("undecryptable-tried-stored:{account}"),
+    ]
+}
+
+/// How many times a message of `account` was stored undecryptable while the keyring changed.
+fn stored_key(account: AccountId) -> String {
+    format!("undecryptable-stored:{account}")
 }
 
 /// Whether [`retry_undecryptable`] would try `account`'s messages now: the keyring changed
-/// since its last try, or a day has passed (a key that could not be used then, its agent
+/// since its last try, a message was stored undecryptable while it changed
+/// ([`retry_due_again`]), or a day has passed (a key that could not be used then, its agent
 /// broken or its card out, may be usable now without any keyring file changing).
 pub(crate) async fn undecryptable_retry_due(
     store: &Store,
     keys: &KeyService,
     account: AccountId,
 ) -> Result<bool, SyncError> {
-    let state = keys.keyring_state();
+    let mark = retry_mark(store, keys, account).await?;
     let now = crate::store::unix_now();
-    let (k, a) = tried_keys(account);
     let s = store.clone();
-    let (tried, tried_at) =
-        blocking(move || Ok::<_, StoreError>((s.meta(&k)?, s.meta(&a)?))).await??;
-    Ok(tried != Some(state) || tried_at.is_none_or(|at| now - at >= RETRY_UNDECRYPTABLE_SECS))
+    Ok(blocking(move || retry_due_with(&s, account, &mark, now)).await??)
+}
+
+/// Whether a retry is due when the [`RetryMark`] is `mark` now.
+fn retry_due_with(
+    store: &Store,
+    account: AccountId,
+    mark: &RetryMark,
+    now: i64,
+) -> Result<bool, StoreError> {
+    let [k, a, st] = tried_keys(account);
+    let (tried, tried_at, tried_stored) = (store.meta(&k)?, store.meta(&a)?, store.meta(&st)?);
+    Ok(tried != Some(mark.state)
+        || tried_stored != mark.stored
+        || tried_at.is_none_or(|at| now - at >= RETRY_UNDECRYPTABLE_SECS))
 }
 
 /// Messages kept undecryptable are decrypted again once the keyring has changed since the
@@ -1969,8 +2047,8 @@ pub(crate) async fn retry_undecryptable(
     account: AccountId,
 ) -> Result<usize, SyncError> {
     use crate::inbound::keyword::UNDECRYPTABLE;
-    let state = keys.keyring_state();
-    let (key, at_key) = tried_keys(account);
+    // Read before the list: what changes after it makes the next retry due.
+    let mark = retry_mark(store, keys, account).await?;
     let now = crate::store::unix_now();
     if !undecryptable_retry_due(store, keys, account).await? {
         return Ok(0);
@@ -2014,7 +2092,20 @@ pub(crate) async fn retry_undecryptable(
                 }
                 continue;
             }
-            Err(e) => return Err(SyncError::Keys(e.to_string())),
+            // Another temporary failure on this message while GnuPG itself works (the
+            // message's own, as those stored after GnuPG failed on them in several tries):
+            // it waits a day too, and the others are tried (review: the retry stopped at it
+            // every time, and the messages after it were never tried). GnuPG that cannot be
+            // reached ends the try, unrecorded.
+            Err(e) => {
+                if !gnupg_works(keys, &mut None).await {
+                    return Err(SyncError::Keys(e.to_string()));
+                }
+                tracing::warn!(%uid, "retry of an undecryptable message: {e}; tried again in a day");
+                let s = store.clone();
+                blocking(move || s.set_meta(&slow_key, now)).await??;
+                continue;
+            }
         };
         let keywords = processed.verdict.keywords();
         if keywords.contains(&UNDECRYPTABLE) {
@@ -2038,12 +2129,7 @@ pub(crate) async fn retry_undecryptable(
     if cut_short {
         return Ok(decrypted);
     }
-    let s = store.clone();
-    blocking(move || {
-        s.set_meta(&key, state)?;
-        s.set_meta(&at_key, now)
-    })
-    .await??;
+    record_retry(store, account, mark, now).await?;
     Ok(decrypted)
 }
 
@@ -2551,6 +2637,67 @@ mod tests {
                 "undecrypted:1:INBOX:7:13:since",
             ]
         );
+    }
+
+    /// A message stored undecryptable while the keyring changed makes the next retry due,
+    /// also when a retry that had listed the messages before it records its try after it
+    /// (review: deliver deleted the last try's record, the running retry wrote it again,
+    /// and the message waited a day).
+    #[test]
+    fn a_retry_recorded_late_leaves_the_next_due() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.sqlite")).unwrap();
+        let (account, now, state) = (1, 1_800_000_000, 42);
+        let mark = |store: &Store| RetryMark {
+            state,
+            stored: store.meta(&stored_key(account)).unwrap(),
+        };
+        // A retry reads its mark and lists the messages; deliver stores one and says so.
+        let listed = mark(&store);
+        store.bump_meta(&stored_key(account)).unwrap();
+        record_retry_with(&store, account, &listed, now).unwrap();
+        assert!(retry_due_with(&store, account, &mark(&store), now + 1).unwrap());
+        // The next retry, which saw that message, records it: nothing is due until the
+        // keyring changes, another such message comes, or a day passes.
+        record_retry_with(&store, account, &mark(&store), now + 1).unwrap();
+        assert!(!retry_due_with(&store, account, &mark(&store), now + 2).unwrap());
+        let other_keyring = RetryMark {
+            state: state + 1,
+            ..mark(&store)
+        };
+        assert!(retry_due_with(&store, account, &other_keyring, now + 2).unwrap());
+        let a_day_later = now + 1 + RETRY_UNDECRYPTABLE_SECS;
+        assert!(retry_due_with(&store, account, &mark(&store), a_day_later).unwrap());
+        // Another account's count is its own.
+        store.bump_meta(&stored_key(account + 1)).unwrap();
+        assert!(!retry_due_with(&store, account, &mark(&store), now + 2).unwrap());
+    }
+
+    /// One retry waits per account, and the lock files a root process makes are the store
+    /// owner's (review: bob's retry was turned away by alice's; a lock made by root's
+    /// deliver locked the owner out of every later retry).
+    #[tokio::test]
+    async fn retry_locks_are_per_account_and_the_store_owners() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sqlite");
+        let store = Store::open(&path).unwrap();
+        let alice = try_retry_wait(&store, 1).await.unwrap();
+        assert!(alice.is_some());
+        assert!(try_retry_wait(&store, 1).await.unwrap().is_none());
+        assert!(try_retry_wait(&store, 2).await.unwrap().is_some());
+        drop(alice);
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return; // giving files to another user needs root
+        }
+        std::os::unix::fs::chown(&path, Some(65534), Some(65534)).unwrap();
+        drop(sync_lock(&store).await.unwrap());
+        drop(try_retry_wait(&store, 1).await.unwrap());
+        for lock in ["sync-lock", "retry-lock.1"] {
+            let meta = std::fs::metadata(dir.path().join(format!("s.sqlite.{lock}"))).unwrap();
+            assert_eq!((meta.uid(), meta.gid()), (65534, 65534), "{lock}");
+        }
     }
 
     #[test]
