@@ -252,7 +252,11 @@ pub async fn sync(config: Config, args: SyncArgs) -> Result<u8, CliError> {
                         e => e,
                     };
                     eprintln!("sealpost: sync {}: {e}", syncer.name());
-                    failed = Some(e);
+                    // A setting to correct stays the answer whatever fails after it (review:
+                    // a Maildir not there, 75, came after a missing password file).
+                    if !matches!(failed, Some(crate::sync::SyncError::Config(_))) {
+                        failed = Some(e);
+                    }
                 }
             }
         }

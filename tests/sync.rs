@@ -287,6 +287,19 @@ async fn starttls_plain_auth_and_failures_that_store_nothing() {
         String::from_utf8_lossy(&out.stderr).contains("password_file"),
         "{out:?}"
     );
+    // Also beside a Maildir source that is not there (75 alone): the setting to correct is
+    // the answer (review: 75).
+    let and_no_maildir = format!(
+        "{missing}\n[accounts.maildir]\npath = \"{}\"\n",
+        dir.path().join("no-such-maildir").display()
+    );
+    let out = sync_once(&sync_config(&server, &and_no_maildir));
+    assert_eq!(out.status.code(), Some(78), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("password_file") && stderr.contains("no-such-maildir"),
+        "{out:?}"
+    );
 
     // STARTTLS + PLAIN with the right settings.
     let config = sync_config(&server, &table);
