@@ -2037,10 +2037,10 @@ fn retry_due_with(
 /// Messages kept undecryptable are decrypted again once the keyring has changed since the
 /// last try (a key imported or restored), or a day has passed since it: each one that now
 /// decrypts replaces its ciphertext under a new UID, with its flags and its upstream link
-/// ([`Store::replace_content`]). An
-/// unchanged keyring costs a few `stat` calls and one read. A temporary GnuPG failure ends
-/// the try and the next pass tries again, except a deadline: that message waits a day, and
-/// the others are tried. Returns how many were decrypted.
+/// ([`Store::replace_content`]). An unchanged keyring costs a few `stat` calls and one read.
+/// A temporary GnuPG failure on one message while GnuPG works (a deadline, say) has that
+/// message wait a day, and the others are tried; GnuPG that cannot be reached ends the try,
+/// and the next pass tries again. Returns how many were decrypted.
 pub(crate) async fn retry_undecryptable(
     store: &Store,
     keys: &KeyService,
