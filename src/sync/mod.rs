@@ -2104,6 +2104,15 @@ pub(crate) async fn retry_undecryptable(
                 tracing::warn!(%uid, "retry of an undecryptable message: {e}; tried again in a day");
                 let s = store.clone();
                 blocking(move || s.set_meta(&slow_key, now)).await??;
+                // Counted with the deadlines: two new ones, and the rest waits for the next
+                // try rather than a day each.
+                if slow_before.is_none() {
+                    deadlines += 1;
+                    if deadlines >= 2 {
+                        cut_short = true;
+                        break;
+                    }
+                }
                 continue;
             }
         };
