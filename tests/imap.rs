@@ -1593,6 +1593,34 @@ fn clients_that_never_log_in_or_never_read_give_their_slot_back() {
     };
     assert!(bye.contains("not logged in"), "{bye}");
     drop(busy);
+    // A TLS handshake never made counts against the same time (review: 30 s more on the
+    // TLS port, and after a STARTTLS): the server hangs up, well before those 30 s.
+    let hangs_up = |mut stream: std::net::TcpStream, what: &str| {
+        use std::io::Read;
+        let started = Instant::now();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(60)))
+            .unwrap();
+        let mut rest = Vec::new();
+        let _ = stream.read_to_end(&mut rest);
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "{what}: held {:?}",
+            started.elapsed()
+        );
+    };
+    let silent = std::net::TcpStream::connect(("127.0.0.1", server.tls_port)).unwrap();
+    hangs_up(silent, "no TLS handshake on the TLS port");
+    let mut plain = slot_frees(&server, "after the silent TLS client");
+    plain.stream.get_mut().write_all(b"s STARTTLS\r\n").unwrap();
+    let mut ok = String::new();
+    plain.stream.read_line(&mut ok).unwrap();
+    assert!(ok.starts_with("s OK"), "{ok}");
+    hangs_up(
+        plain.stream.get_ref().try_clone().unwrap(),
+        "no TLS handshake after STARTTLS",
+    );
+    drop(plain);
     let mut reader = slot_frees(&server, "after the login timeout");
     reader.ok(&format!("LOGIN {USER} \"{PASSWORD}\""));
     let body = format!("{}\r\n", "x".repeat(78)).repeat(6000);

@@ -200,6 +200,9 @@ pub(super) async fn refuse(tcp: TcpStream, mode: TlsMode, shared: Arc<Shared>) {
     }
 }
 
+/// The longest a TLS handshake may take (within the time to log in).
+const HANDSHAKE_TIME: Duration = Duration::from_secs(30);
+
 pub(super) async fn serve(
     tcp: TcpStream,
     peer: SocketAddr,
@@ -207,10 +210,17 @@ pub(super) async fn serve(
     shared: Arc<Shared>,
     shutdown: watch::Receiver<bool>,
 ) {
+    // From the connection on: a TLS handshake dribbled out counts against the time to log in
+    // (review: it came before, and a connection held a place for 90 s without logging in).
+    let login_deadline =
+        tokio::time::Instant::now() + Duration::from_secs(shared.config.limits.login_timeout_secs);
     let stream = match mode {
         TlsMode::Starttls => Stream::Plain(tcp),
         TlsMode::Implicit => {
-            let handshake = tokio::time::timeout(Duration::from_secs(30), shared.tls.accept(tcp));
+            let handshake = tokio::time::timeout_at(
+                login_deadline.min(tokio::time::Instant::now() + HANDSHAKE_TIME),
+                shared.tls.accept(tcp),
+            );
             match handshake.await {
                 Ok(Ok(tls)) => Stream::Tls(Box::new(tls)),
                 Ok(Err(error)) => {
@@ -228,8 +238,7 @@ pub(super) async fn serve(
         &shared.config.limits,
     );
     let mut session = Session {
-        login_deadline: tokio::time::Instant::now()
-            + Duration::from_secs(shared.config.limits.login_timeout_secs),
+        login_deadline,
         loopback: peer.ip().is_loopback(),
         shared,
         conn,
@@ -909,7 +918,11 @@ impl Session {
         let Some(tcp) = self.conn.take_plain() else {
             return Err(ConnError::Closed);
         };
-        let tls = tokio::time::timeout(Duration::from_secs(30), self.shared.tls.accept(tcp))
+        // Within the time to log in too (review: a STARTTLS at 55 s held its place to 85 s).
+        let until = self
+            .login_deadline
+            .min(tokio::time::Instant::now() + HANDSHAKE_TIME);
+        let tls = tokio::time::timeout_at(until, self.shared.tls.accept(tcp))
             .await
             .map_err(|_| ConnError::Closed)??;
         self.conn = Conn::after_starttls(Stream::Tls(Box::new(tls)), greeting("unused"), &limits);
