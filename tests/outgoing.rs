@@ -158,6 +158,45 @@ async fn opportunistic_to_cc_bcc_gives_three_distinct_copies() {
     assert_ne!(bob_copy, carol_copy);
 }
 
+/// Autocrypt speaks for the From address alone: not for the envelope sender of a message
+/// without a From field, nor beside a From of two mailboxes, though Alice's key signs both
+/// (review: both carried alice's Autocrypt header).
+#[tokio::test]
+async fn autocrypt_speaks_only_for_a_sole_from_address() {
+    let world = World::new();
+    for from in [
+        "",
+        "From: alice@example.org, zed@example.net\r\nSender: alice@example.org\r\n",
+        "From: Alice <alice@example.org>\r\n",
+    ] {
+        let message = format!(
+            "{from}To: bob@example.org\r\nSubject: s\r\nMessage-ID: <ac@example.org>\r\n\r\nhi\r\n"
+        );
+        let copies = copies(run(&world, Policy::default(), &envelope(), message.as_bytes()).await);
+        let dave = copy_to(&copies, "dave@example.net")
+            .message
+            .as_ref()
+            .unwrap();
+        let bob = copy_to(&copies, "bob@example.org")
+            .message
+            .as_ref()
+            .unwrap();
+        let inner = open_encrypted(&world, &world.bob, &world.bob_fpr, bob);
+        let alone = !from.is_empty() && !from.contains(',');
+        for (copy, what) in [
+            (dave, "signed copy"),
+            (bob, "encrypted copy"),
+            (&inner, "inside"),
+        ] {
+            assert_eq!(
+                contains(copy, "Autocrypt: addr=alice@example.org; keydata="),
+                alone,
+                "{what} of {from:?}"
+            );
+        }
+    }
+}
+
 #[tokio::test]
 async fn encrypted_copies_hide_the_subject_outside_the_ciphertext() {
     let world = World::new();

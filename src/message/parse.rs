@@ -166,6 +166,8 @@ pub struct ParsedMessage {
     fields: Vec<HeaderField>,
     body_start: usize,
     from: Option<String>,
+    /// The From field names that address alone (no group, no second mailbox).
+    from_alone: bool,
     encrypted: bool,
 }
 
@@ -189,7 +191,7 @@ impl ParsedMessage {
             }
         }
         let raw = header_ended(raw, true);
-        let (fields, body_start, from, encrypted) = {
+        let (fields, body_start, from, from_alone, encrypted) = {
             let message = parse_bounded(&raw)
                 .map_err(|TooDeep| {
                     MessageError::NotAMessage("its MIME parts are nested more than 100 levels deep")
@@ -259,20 +261,30 @@ impl ParsedMessage {
             // RFC 5322 §3.6: one From field. With several, MUAs show the first and mail-parser
             // reads the last: none is the From address (signing and require_auth_from then
             // have nothing to take for it).
-            let from = message
+            let from_field = message
                 .from()
-                .filter(|_| fields.iter().filter(|f| f.is("From")).count() == 1)
+                .filter(|_| fields.iter().filter(|f| f.is("From")).count() == 1);
+            let from = from_field
                 .and_then(|a| a.first())
                 .and_then(|a| a.address())
                 .map(str::to_string);
+            let from_alone = from.is_some()
+                && from_field.is_some_and(|a| a.as_list().is_some_and(|list| list.len() == 1));
             let encrypted = is_encrypted(&message);
-            (fields, root.offset_body as usize, from, encrypted)
+            (
+                fields,
+                root.offset_body as usize,
+                from,
+                from_alone,
+                encrypted,
+            )
         };
         Ok(ParsedMessage {
             raw,
             fields,
             body_start,
             from,
+            from_alone,
             encrypted,
         })
     }
@@ -293,6 +305,13 @@ impl ParsedMessage {
     /// The address in the From field, if it has one.
     pub fn from_address(&self) -> Option<&str> {
         self.from.as_deref()
+    }
+
+    /// The From address when the message has one From field naming it alone: the address an
+    /// Autocrypt header may speak for (Autocrypt Level 1 ignores one beside a From of
+    /// several addresses, or none).
+    pub fn sole_from_address(&self) -> Option<&str> {
+        self.from.as_deref().filter(|_| self.from_alone)
     }
 
     /// The first value of a header field, unfolded and trimmed (raw bytes, lossy UTF-8).
@@ -1334,6 +1353,18 @@ boundary=\"A\"; Boundary=\"B\"\r\n\r\n--A\r\n\r\nx\r\n--A--\r\n";
         )
         .unwrap();
         assert_eq!(m.from_address(), None);
+        assert_eq!(m.sole_from_address(), None);
+        // One field of two mailboxes: the first signs, none has Autocrypt speak for it.
+        let m = ParsedMessage::parse(
+            b"From: bob@example.org, alice@example.org\r\nSender: bob@example.org\r\n\r\nhi\r\n"
+                .to_vec(),
+        )
+        .unwrap();
+        assert_eq!(m.from_address(), Some("bob@example.org"));
+        assert_eq!(m.sole_from_address(), None);
+        let m =
+            ParsedMessage::parse(b"From: Bob <bob@example.org>\r\n\r\nhi\r\n".to_vec()).unwrap();
+        assert_eq!(m.sole_from_address(), Some("bob@example.org"));
     }
 
     #[test]

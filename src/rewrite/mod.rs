@@ -297,8 +297,11 @@ impl Rewriter {
             without_bcc(message.fields())
         };
         // Autocrypt (Level 1 §2.1) advertises the From address's own key: not a gateway's
-        // default signer, whose key belongs to another address.
-        if self.policy.autocrypt && signing.own {
+        // default signer, whose key belongs to another address, nor the envelope sender's for
+        // a message without a From address of its own (none, two fields, or a field of
+        // several), which readers would ignore or pin to the wrong address (review).
+        let sole_from = message.sole_from_address() == Some(from.as_str());
+        if self.policy.autocrypt && signing.own && sole_from {
             if let Some(fpr) = &signing.fingerprint {
                 if let Ok(keydata) = self.keys.autocrypt_keydata(fpr).await {
                     fields.retain(|f| !f.is("Autocrypt"));
