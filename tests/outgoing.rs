@@ -197,6 +197,62 @@ async fn autocrypt_speaks_only_for_a_sole_from_address() {
     }
 }
 
+/// The Autocrypt key data is the five packets Autocrypt Level 1 names: the user ID of the
+/// From address alone and one encryption subkey, not the sender's other identities and
+/// subkeys (review: the whole key went, a second user ID with it). The key it makes still
+/// imports, and a message encrypted to it opens with the sender's key.
+#[tokio::test]
+async fn autocrypt_key_data_is_the_from_address_and_one_encryption_subkey() {
+    let world = World::new();
+    let sender = &world.sender;
+    let fpr = world.alice.as_str();
+    for args in [
+        &[
+            "--quick-add-uid",
+            fpr,
+            "Alice Private <alice@private.example>",
+        ][..],
+        &["--quick-add-key", fpr, "ed25519", "sign", "never"],
+        &["--quick-add-key", fpr, "cv25519", "encr", "never"],
+    ] {
+        let out = sender.gpg(args, None);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let copies = copies(run(&world, Policy::default(), &envelope(), MESSAGE.as_bytes()).await);
+    let dave = copy_to(&copies, "dave@example.net")
+        .message
+        .as_ref()
+        .unwrap();
+    let text = String::from_utf8_lossy(dave).replace("\r\n ", "");
+    let keydata = text
+        .split("Autocrypt: addr=alice@example.org; keydata=")
+        .nth(1)
+        .and_then(|rest| rest.split("\r\n").next())
+        .expect("an Autocrypt header");
+    use base64::Engine;
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(keydata.replace(' ', ""))
+        .unwrap();
+    let reader = GpgHome::new();
+    let listed = reader.gpg(&["--with-colons", "--show-keys"], Some(&key));
+    let listed = String::from_utf8_lossy(&listed.stdout).into_owned();
+    let uids: Vec<&str> = listed.lines().filter(|l| l.starts_with("uid:")).collect();
+    let subs: Vec<&str> = listed.lines().filter(|l| l.starts_with("sub:")).collect();
+    assert_eq!(uids.len(), 1, "{listed}");
+    assert!(uids[0].contains("alice@example.org"), "{listed}");
+    assert_eq!(subs.len(), 1, "{listed}");
+    assert_eq!(subs[0].split(':').nth(11), Some("e"), "{listed}");
+    // Whole and valid: it imports, and what is encrypted to it opens with Alice's key.
+    reader.import(&key);
+    let sealed = reader.encrypt_to(fpr, b"to the key from the header\n");
+    let (plain, _, _, status) = sender.decrypt(&sealed).expect("opens with Alice's key");
+    assert_eq!(plain, b"to the key from the header\n", "{status}");
+}
+
 #[tokio::test]
 async fn encrypted_copies_hide_the_subject_outside_the_ciphertext() {
     let world = World::new();

@@ -7,6 +7,7 @@
 //! per-address key lookup); keys are used when they are valid for the exact address, and
 //! encryption is done with always-trust because freshly imported keys have unknown validity.
 
+pub mod autocrypt;
 pub mod home;
 pub mod ops;
 pub mod resolve;
@@ -544,15 +545,22 @@ impl KeyService {
         .await
     }
 
-    /// The key `fingerprint` exported minimal and unarmored, for the Autocrypt header.
-    pub async fn autocrypt_keydata(&self, fingerprint: &str) -> Result<Vec<u8>, KeyError> {
-        if let Some(hit) = self.fresh_cache().keydata.get(fingerprint) {
+    /// The key data of `address`'s Autocrypt header from its key `fingerprint`: the five
+    /// packets Autocrypt Level 1 names ([`autocrypt::keydata`]; the whole minimal export only
+    /// when it cannot be read so), unarmored.
+    pub async fn autocrypt_keydata(
+        &self,
+        fingerprint: &str,
+        address: &str,
+    ) -> Result<Vec<u8>, KeyError> {
+        let cached = format!("{fingerprint} {address}");
+        if let Some(hit) = self.fresh_cache().keydata.get(&cached) {
             return Ok(hit.clone());
         }
         let _miss = self
-            .miss_lock(format!("keydata {fingerprint}"), "exporting a key")
+            .miss_lock(format!("keydata {cached}"), "exporting a key")
             .await?;
-        if let Some(hit) = self.fresh_cache().keydata.get(fingerprint) {
+        if let Some(hit) = self.fresh_cache().keydata.get(&cached) {
             return Ok(hit.clone());
         }
         let fpr = fingerprint.to_string();
@@ -566,9 +574,14 @@ impl KeyService {
                 },
             )
             .await?;
-        self.fresh_cache()
-            .keydata
-            .insert(fingerprint.to_string(), data.clone());
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let data = autocrypt::keydata(&data, address, now).unwrap_or_else(|| {
+            tracing::debug!(%fingerprint, "Autocrypt: the whole key goes (its packets were not read)");
+            data
+        });
+        self.fresh_cache().keydata.insert(cached, data.clone());
         Ok(data)
     }
 

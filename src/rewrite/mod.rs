@@ -303,9 +303,10 @@ impl Rewriter {
         let sole_from = message.sole_from_address() == Some(from.as_str());
         if self.policy.autocrypt && signing.own && sole_from {
             if let Some(fpr) = &signing.fingerprint {
-                if let Ok(keydata) = self.keys.autocrypt_keydata(fpr).await {
+                let address = from.to_ascii_lowercase();
+                if let Ok(keydata) = self.keys.autocrypt_keydata(fpr, &address).await {
                     fields.retain(|f| !f.is("Autocrypt"));
-                    fields.push(mime::autocrypt_field(&from.to_ascii_lowercase(), &keydata));
+                    fields.push(mime::autocrypt_field(&address, &keydata));
                 }
             }
         }
