@@ -288,6 +288,9 @@ pub fn main(cli: Cli) -> ExitCode {
 fn check(config: &Config) -> Result<u8, CliError> {
     // Before the verdict line (review: "the configuration is valid", then the error).
     gnupg_home_there(config)?;
+    if let Some(problem) = crate::keys::home::key_fetching_problem(config.gnupg.home.as_deref()) {
+        return Err(CliError::Setting(format!("[gnupg] home: {problem}")));
+    }
     named_files_readable(config)?;
     let mut out = std::io::stdout().lock();
     let said = match &config.source {

@@ -180,6 +180,62 @@ fn attached_messages_nested_too_deeply_are_stored_and_do_not_crash_a_search() {
 
 /// A mistake in the MTA's command line for deliver (an unknown flag) keeps the mail queued
 /// (75), where a usage error (64) would bounce it.
+/// A GnuPG home whose gpg.conf would have gpg take an unknown signer's key while verifying
+/// (from a keyserver, or from the signature) verifies nothing: the message stays with the
+/// MTA and the reason names the file and the option (review: a key a keyserver served for
+/// alice's address verified as hers, "from=match"). `check` says so too. A later `no-` form
+/// undoes it, as for gpg.
+#[test]
+fn a_home_that_fetches_signers_keys_verifies_nothing() {
+    let world = World::new();
+    let server = bobs_store(&world);
+    let conf = world.bob.dir.join("gpg.conf");
+    let kept = std::fs::read_to_string(&conf).unwrap_or_default();
+    let message = signed_and_encrypted_by_alice(&world, b"Content-Type: text/plain\r\n\r\nhi\r\n");
+    for (added, named) in [
+        (
+            "auto-key-retrieve\nkeyserver hkp://127.0.0.1:1\n",
+            "auto-key-retrieve",
+        ),
+        (
+            "keyserver-options timeout=5,auto-key-retrieve\n",
+            "auto-key-retrieve",
+        ),
+        ("auto-key-import\n", "auto-key-import"),
+    ] {
+        std::fs::write(&conf, format!("{kept}{added}")).unwrap();
+        let (code, output) = deliver(&server, &message);
+        assert_eq!(code, 75, "{added}: {output}");
+        assert!(
+            output.contains("gpg.conf") && output.contains(named),
+            "{added}: {output}"
+        );
+        let check = std::process::Command::new(env!("CARGO_BIN_EXE_sealpost"))
+            .arg("--config")
+            .arg(server.config())
+            .arg("check")
+            .output()
+            .unwrap();
+        assert_eq!(check.status.code(), Some(78), "{check:?}");
+        assert!(
+            String::from_utf8_lossy(&check.stderr).contains(named),
+            "{check:?}"
+        );
+    }
+    assert!(verdicts::fetch_all(&server).is_empty());
+    std::fs::write(
+        &conf,
+        format!(
+            "{kept}auto-key-retrieve\nauto-key-import\nno-auto-key-retrieve\nno-auto-key-import\n"
+        ),
+    )
+    .unwrap();
+    let (code, output) = deliver(&server, &message);
+    assert_eq!(code, 0, "{output}");
+    let stored = verdicts::fetch_all(&server);
+    assert_eq!(stored.len(), 1);
+}
+
 #[test]
 fn a_deliver_command_line_mistake_keeps_the_message_with_the_mta() {
     let out = run_with_stdin(

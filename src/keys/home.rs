@@ -17,6 +17,77 @@ no-random-seed-file\n\
 auto-key-locate local\n\
 no-auto-key-retrieve\n";
 
+/// What makes verification in `home` (None: GnuPG's default home) unsafe: a gpg.conf there
+/// that turns on `auto-key-retrieve` (also as a `keyserver-options` word) or
+/// `auto-key-import`. gpg would then fetch an unknown signer's key from a keyserver, or take
+/// the key a signature carries, while it verifies, and a key anyone made with the sender's
+/// address would verify as theirs (review: "signature=valid; from=match" for a key a stub
+/// keyserver served) and stay in the keyring. GPGME cannot turn them off for one run. The
+/// options file is read as gpg reads it: line by line, a later `no-` form undoing an earlier
+/// one; every `gpg.conf` and `gpg.conf-*` (gpg reads the one of its version) is looked at.
+pub fn key_fetching_problem(home: Option<&Path>) -> Option<String> {
+    let home = home.map_or_else(super::default_home, Path::to_path_buf);
+    let entries = std::fs::read_dir(&home).ok()?;
+    let mut names: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n == "gpg.conf" || n.starts_with("gpg.conf-"))
+        })
+        .collect();
+    names.sort();
+    for path in names {
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        let (mut retrieve, mut import) = (false, false);
+        for line in text.lines() {
+            let line = line.trim();
+            if line.starts_with('#') {
+                continue;
+            }
+            let (option, args) = line
+                .split_once(|c: char| c.is_ascii_whitespace() || c == '=')
+                .unwrap_or((line, ""));
+            let option = option.trim_start_matches("--");
+            match option {
+                "auto-key-retrieve" => retrieve = true,
+                "no-auto-key-retrieve" => retrieve = false,
+                "auto-key-import" => import = true,
+                "no-auto-key-import" => import = false,
+                "keyserver-options" => {
+                    for word in args.split(|c: char| c == ',' || c.is_ascii_whitespace()) {
+                        match word.trim_matches('"') {
+                            "auto-key-retrieve" => retrieve = true,
+                            "no-auto-key-retrieve" => retrieve = false,
+                            _ => {}
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        let set: Vec<&str> = [(retrieve, "auto-key-retrieve"), (import, "auto-key-import")]
+            .into_iter()
+            .filter_map(|(on, name)| on.then_some(name))
+            .collect();
+        if !set.is_empty() {
+            return Some(format!(
+                "{} sets {}: gpg would take the key of an unknown signer (from a keyserver, or \
+                 from the signature itself) while verifying, and a key anyone made with a \
+                 sender's address would verify as theirs; remove it (or add `no-{}`), or give \
+                 sealpost a GnuPG home of its own",
+                path.display(),
+                set.join(" and "),
+                set[0]
+            ));
+        }
+    }
+    None
+}
+
 /// Creates `dir` (mode 0700) with sealpost's gpg.conf.
 pub fn prepare(dir: &Path) -> io::Result<()> {
     std::fs::DirBuilder::new()

@@ -173,6 +173,20 @@ fn to_err(op: &'static str) -> impl Fn(gpgme::Error) -> KeyError {
 
 /// Runs one request on a worker's context.
 pub fn execute(gpg: &mut Gpg, request: Request) -> Result<Response, KeyError> {
+    // Nothing is verified where gpg would fetch the signer's key as it verifies.
+    if matches!(
+        request,
+        Request::DecryptVerify { .. }
+            | Request::VerifyDetached { .. }
+            | Request::VerifyCleartext { .. }
+    ) {
+        if let Some(problem) = home::key_fetching_problem(gpg.home.as_deref()) {
+            return Err(KeyError::Unavailable {
+                op: "verifying",
+                detail: problem,
+            });
+        }
+    }
     match request {
         Request::Locate { addr } => locate(gpg, &addr).map(Response::Located),
         Request::ListPublic { addr, own } => {
