@@ -1033,8 +1033,10 @@ pub(crate) fn split(raw: &[u8]) -> (&[u8], &[u8]) {
 }
 
 /// The header block without any field called `name` (ASCII case-insensitively; whitespace
-/// before the colon ignored).
+/// before the colon ignored). For the verdict field, also without any field whose name only
+/// looks like it ([`verdict_lookalike`]).
 pub fn strip_field(header: &[u8], name: &str) -> Vec<u8> {
+    let lookalikes = name.eq_ignore_ascii_case(VERDICT_FIELD);
     // A bare CR (not before LF) ends a line for some readers and not for others: a field
     // written behind one, inside another field, would survive here and be shown there. It
     // becomes a blank, as Postfix's cleanup makes it.
@@ -1046,16 +1048,40 @@ pub fn strip_field(header: &[u8], name: &str) -> Vec<u8> {
         // A header that starts with a folded line (" Sealpost-Verdict: ...") has a first
         // field with blanks before its name: no field to RFC 5322, but one to readers that
         // skip the blanks, sealpost's own SEARCH HEADER among them (review). It goes too.
-        if !field_name
+        let named = field_name
             .trim_ascii_start()
-            .eq_ignore_ascii_case(name.as_bytes())
-        {
+            .eq_ignore_ascii_case(name.as_bytes());
+        if !(named || lookalikes && verdict_lookalike(field_name)) {
             out.extend_from_slice(field);
         }
     }
     let consumed: usize = kept.iter().map(|(_, f)| f.len()).sum();
     out.extend_from_slice(&header[consumed..]);
     out
+}
+
+/// Whether a field name reads as sealpost's verdict field to a person or to a client that
+/// shows fields by prefix: its letters, digits and dashes (any Unicode dash as `-`), with
+/// everything else dropped (a zero-width or no-break space, a control character), begin with
+/// `sealpost-verdict` in any case (review: "Sealpost-Verdict" with a zero-width space, a
+/// no-break space or a vertical tab after it, with U+2010 for its hyphen, and
+/// "Sealpost-Verdicts" were kept, and mutt showed them above sealpost's own).
+fn verdict_lookalike(field_name: &[u8]) -> bool {
+    let normalized: String = String::from_utf8_lossy(field_name)
+        .chars()
+        .filter_map(|c| match c {
+            c if c.is_ascii_alphanumeric() => Some(c.to_ascii_lowercase()),
+            '-'
+            | '\u{2010}'..='\u{2015}'
+            | '\u{2043}'
+            | '\u{2212}'
+            | '\u{fe58}'
+            | '\u{fe63}'
+            | '\u{ff0d}' => Some('-'),
+            _ => None,
+        })
+        .collect();
+    normalized.starts_with("sealpost-verdict")
 }
 
 /// The header of decrypted text that is not a MIME entity (UTF-8, as inline text is read).
@@ -1730,6 +1756,34 @@ mod tests {
                 "{raw:?}"
             );
         }
+    }
+
+    #[test]
+    fn look_alikes_of_the_verdict_field_go_with_it() {
+        for name in [
+            "Sealpost-Verdict\u{200b}",
+            "Sealpost-Verdict\u{a0}",
+            "Sealpost-Verdict\u{0b}",
+            "Sealpost-Verdict\u{0c}",
+            "Sealpost-Verdicts",
+            "Sealpost\u{2010}Verdict",
+            "Seal\u{200b}post-Verdict",
+            "SEALPOST-VERDICT",
+        ] {
+            let raw = format!("Subject: x\r\n{name}: encrypted; signature=valid\r\n\r\nbody");
+            assert_eq!(
+                without_verdict(raw.as_bytes()),
+                b"Subject: x\r\n\r\nbody",
+                "{name:?}"
+            );
+        }
+        // Other fields, and the names of other fields, stay.
+        let raw = b"Sealpost-Upload: 1\r\nX-Verdict: a\r\nSubject: Sealpost-Verdict\r\n\r\nb";
+        assert_eq!(without_verdict(raw), raw);
+        assert_eq!(
+            strip_field(b"Bcc\xe2\x80\x8b: a\r\n\r\n", "Bcc"),
+            b"Bcc\xe2\x80\x8b: a\r\n\r\n"
+        );
     }
 
     #[test]
