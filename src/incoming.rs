@@ -529,12 +529,36 @@ async fn retry_in_background(config: &Config, account: &str) -> Result<u8, CliEr
     // keyring after this point.
     drop(waiting);
     let keys = crate::cli::key_service(config, None);
-    if let Err(e) = crate::sync::retry_undecryptable(&store, &keys, id).await {
-        tracing::warn!(%account, "retry of undecryptable messages: {e}");
+    // GnuPG that cannot be reached now (its agent busy or restarting) is asked again a few
+    // times before this retry gives up: the next would wait for the next delivery (review: a
+    // test's retry met "can't connect to the agent" once under load, and its message waited).
+    for pause in RETRY_PAUSES
+        .iter()
+        .map(|&s| Some(std::time::Duration::from_secs(s)))
+        .chain([None])
+    {
+        match (
+            crate::sync::retry_undecryptable(&store, &keys, id).await,
+            pause,
+        ) {
+            (Err(crate::sync::SyncError::Keys(e)), Some(pause)) => {
+                tracing::info!(%account, "retry of undecryptable messages: {e}; asked again soon");
+                tokio::time::sleep(pause).await;
+            }
+            (Err(e), _) => {
+                tracing::warn!(%account, "retry of undecryptable messages: {e}");
+                break;
+            }
+            (Ok(_), _) => break,
+        }
     }
     drop(lock);
     Ok(0)
 }
+
+/// The pauses (seconds) before a background retry asks GnuPG again when it could not be
+/// reached: within the time an agent takes to come back, not a sync pass's worth of waiting.
+const RETRY_PAUSES: [u64; 3] = [1, 3, 10];
 
 /// How long deliver waits for GnuPG that cannot be reached before it stores a message
 /// undecryptable (a day; Postfix bounces after 5).
