@@ -2038,9 +2038,10 @@ fn retry_due_with(
 /// last try (a key imported or restored), or a day has passed since it: each one that now
 /// decrypts replaces its ciphertext under a new UID, with its flags and its upstream link
 /// ([`Store::replace_content`]). An unchanged keyring costs a few `stat` calls and one read.
-/// A temporary GnuPG failure on one message while GnuPG works (a deadline, say) has that
-/// message wait a day, and the others are tried; GnuPG that cannot be reached ends the try,
-/// and the next pass tries again. Returns how many were decrypted.
+/// A deadline on one message has that message wait a day, and the others are tried; another
+/// temporary GnuPG failure on one (its agent not reachable) leaves the try unrecorded after
+/// the others were tried (an error), and the next retry tries it again. Returns how many were
+/// decrypted.
 pub(crate) async fn retry_undecryptable(
     store: &Store,
     keys: &KeyService,
@@ -2060,6 +2061,7 @@ pub(crate) async fn retry_undecryptable(
     let mut decrypted = 0;
     let mut deadlines = 0;
     let mut cut_short = false;
+    let mut unreachable: Option<String> = None;
     for (mailbox, uid) in waiting {
         // One GnuPG took too long on lately waits a day, so that it never starves the ones
         // after it (they come in the same order every time).
@@ -2092,27 +2094,16 @@ pub(crate) async fn retry_undecryptable(
                 }
                 continue;
             }
-            // Another temporary failure on this message while GnuPG itself works (the
-            // message's own, as those stored after GnuPG failed on them in several tries):
-            // it waits a day too, and the others are tried (review: the retry stopped at it
-            // every time, and the messages after it were never tried). GnuPG that cannot be
-            // reached ends the try, unrecorded.
+            // Another temporary failure (gpg-agent not reachable, or not yet able to use a key
+            // just imported: "No secret key, though the secret key file is there"): this
+            // message is tried at the next retry, not in a day, and the others now (review:
+            // the retry stopped at it, and the messages after it were never tried). The try
+            // is not recorded, so the next one is due. (Put off a day, as a deadline is, a
+            // message that met the agent as its key came in waited that day: seen in the
+            // tests.)
             Err(e) => {
-                if !gnupg_works(keys, &mut None).await {
-                    return Err(SyncError::Keys(e.to_string()));
-                }
-                tracing::warn!(%uid, "retry of an undecryptable message: {e}; tried again in a day");
-                let s = store.clone();
-                blocking(move || s.set_meta(&slow_key, now)).await??;
-                // Counted with the deadlines: two new ones, and the rest waits for the next
-                // try rather than a day each.
-                if slow_before.is_none() {
-                    deadlines += 1;
-                    if deadlines >= 2 {
-                        cut_short = true;
-                        break;
-                    }
-                }
+                tracing::info!(%uid, "retry of an undecryptable message: {e}; tried again at the next retry");
+                unreachable.get_or_insert_with(|| e.to_string());
                 continue;
             }
         };
@@ -2137,6 +2128,9 @@ pub(crate) async fn retry_undecryptable(
     }
     if cut_short {
         return Ok(decrypted);
+    }
+    if let Some(e) = unreachable {
+        return Err(SyncError::Keys(e));
     }
     record_retry(store, account, mark, now).await?;
     Ok(decrypted)
