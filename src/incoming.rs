@@ -529,9 +529,10 @@ async fn retry_in_background(config: &Config, account: &str) -> Result<u8, CliEr
     // keyring after this point.
     drop(waiting);
     let keys = crate::cli::key_service(config, None);
-    // GnuPG that cannot be reached now (its agent busy or restarting) is asked again a few
-    // times before this retry gives up: the next would wait for the next delivery (review: a
-    // test's retry met "can't connect to the agent" once under load, and its message waited).
+    // GnuPG that failed on a message for a passing reason (its agent not reachable, or not
+    // yet able to use a key just imported) is asked again a few times before this retry gives
+    // up: the next would wait for the next delivery (seen in the tests: "can't connect to the
+    // agent" under load, and "gpg-agent could not use it now" right after an import).
     for pause in RETRY_PAUSES
         .iter()
         .map(|&s| Some(std::time::Duration::from_secs(s)))

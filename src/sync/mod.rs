@@ -2061,7 +2061,7 @@ pub(crate) async fn retry_undecryptable(
     let mut decrypted = 0;
     let mut deadlines = 0;
     let mut cut_short = false;
-    let mut unreachable: Option<String> = None;
+    let mut passing_failure: Option<String> = None;
     for (mailbox, uid) in waiting {
         // One GnuPG took too long on lately waits a day, so that it never starves the ones
         // after it (they come in the same order every time).
@@ -2103,7 +2103,7 @@ pub(crate) async fn retry_undecryptable(
             // tests.)
             Err(e) => {
                 tracing::info!(%uid, "retry of an undecryptable message: {e}; tried again at the next retry");
-                unreachable.get_or_insert_with(|| e.to_string());
+                passing_failure.get_or_insert_with(|| e.to_string());
                 continue;
             }
         };
@@ -2129,7 +2129,7 @@ pub(crate) async fn retry_undecryptable(
     if cut_short {
         return Ok(decrypted);
     }
-    if let Some(e) = unreachable {
+    if let Some(e) = passing_failure {
         return Err(SyncError::Keys(e));
     }
     record_retry(store, account, mark, now).await?;
