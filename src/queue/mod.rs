@@ -738,7 +738,12 @@ impl Queue {
             return Err(QueueError::NotFound(id.to_string()));
         }
         tx.commit().map_err(|e| self.db_err(e))?;
-        tracing::info!("{id}: deleted from the queue ({changed} recipient(s) not delivered)");
+        // A copy a running queue run is handing to the relay now still goes, and is then
+        // recorded as sent (review: "not delivered" was logged for one that went after it).
+        tracing::info!(
+            "{id}: deleted from the queue ({changed} recipient(s) not delivered yet; a copy a \
+             running queue run is handing to the relay now may still go)"
+        );
         Ok(())
     }
 
