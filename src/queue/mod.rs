@@ -1027,10 +1027,19 @@ impl Queue {
                     }
                 );
                 report_ids.push(id);
+            } else if m.sender.is_empty() {
+                // A report that could not go (its recipient refused by the policy, say: a
+                // sender without a key under encrypt-only): no one else will tell that sender
+                // (review: said at info level only).
+                tracing::warn!(
+                    "{}: {failed} recipient(s) failed and the sender is empty (a report, or mail \
+                     sent with -f '<>'): no one is told; for a report, the sender of the mail it \
+                     reports on never learns of the failure",
+                    m.id,
+                );
             } else {
                 tracing::info!(
-                    "{}: {failed} recipient(s) failed; no report (null sender, or -N or NOTIFY \
-                     never)",
+                    "{}: {failed} recipient(s) failed; no report (-N or NOTIFY never)",
                     m.id,
                 );
             }
