@@ -475,14 +475,11 @@ async fn retry_due(store: &Store, keys: &crate::keys::KeyService, account: &str)
         Ok(Ok(None)) => return false,
         _ => return true,
     };
-    match crate::sync::undecryptable_retry_due(store, keys, id).await {
-        Ok(false) => return false,
-        Ok(true) => {}
+    // The mark is read before the list, as a retry reads it.
+    let mark = match crate::sync::undecryptable_retry_due(store, keys, id).await {
+        Ok(None) => return false,
+        Ok(Some(mark)) => mark,
         Err(_) => return true,
-    }
-    // Read before the list, as a retry reads it.
-    let Ok(mark) = crate::sync::retry_mark(store, keys, id).await else {
-        return true;
     };
     let s = store.clone();
     let waiting = tokio::task::spawn_blocking(move || {

@@ -1922,7 +1922,7 @@ pub(crate) struct RetryMark {
 }
 
 /// The [`RetryMark`] of `account` now.
-pub(crate) async fn retry_mark(
+async fn retry_mark(
     store: &Store,
     keys: &KeyService,
     account: AccountId,
@@ -1974,8 +1974,12 @@ pub(crate) async fn record_empty_retry(
 ) -> Result<(), SyncError> {
     let now = crate::store::unix_now();
     let s = store.clone();
-    blocking(move || purge_stale_counts(&s, now)).await??;
-    record_retry(store, account, mark, now).await
+    blocking(move || {
+        purge_stale_counts(&s, now)?;
+        record_retry_with(&s, account, &mark, now)
+    })
+    .await??;
+    Ok(())
 }
 
 /// Makes the next [`retry_undecryptable`] of `account` due: a message stored undecryptable
@@ -2008,16 +2012,21 @@ fn stored_key(account: AccountId) -> String {
 /// Whether [`retry_undecryptable`] would try `account`'s messages now: the keyring changed
 /// since its last try, a message was stored undecryptable while it changed
 /// ([`retry_due_again`]), or a day has passed (a key that could not be used then, its agent
-/// broken or its card out, may be usable now without any keyring file changing).
+/// broken or its card out, may be usable now without any keyring file changing). When it
+/// would, the [`RetryMark`] read for it, which a try that lists the messages after this
+/// records.
 pub(crate) async fn undecryptable_retry_due(
     store: &Store,
     keys: &KeyService,
     account: AccountId,
-) -> Result<bool, SyncError> {
+) -> Result<Option<RetryMark>, SyncError> {
     let mark = retry_mark(store, keys, account).await?;
     let now = crate::store::unix_now();
     let s = store.clone();
-    Ok(blocking(move || retry_due_with(&s, account, &mark, now)).await??)
+    Ok(
+        blocking(move || retry_due_with(&s, account, &mark, now).map(|due| due.then_some(mark)))
+            .await??,
+    )
 }
 
 /// Whether a retry is due when the [`RetryMark`] is `mark` now.
@@ -2049,11 +2058,10 @@ pub(crate) async fn retry_undecryptable(
 ) -> Result<usize, SyncError> {
     use crate::inbound::keyword::UNDECRYPTABLE;
     // Read before the list: what changes after it makes the next retry due.
-    let mark = retry_mark(store, keys, account).await?;
-    let now = crate::store::unix_now();
-    if !undecryptable_retry_due(store, keys, account).await? {
+    let Some(mark) = undecryptable_retry_due(store, keys, account).await? else {
         return Ok(0);
-    }
+    };
+    let now = crate::store::unix_now();
     let s = store.clone();
     blocking(move || purge_stale_counts(&s, now)).await??;
     let s = store.clone();

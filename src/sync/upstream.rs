@@ -304,8 +304,7 @@ async fn connect_inner(config: &UpstreamConfig, at: &str) -> Result<Session, Syn
     login(client, config, password, at).await
 }
 
-/// The connector and the name to verify the upstream's certificate by: `ca_file`'s
-/// certificates, or the system's when it is unset.
+/// The password, from `password_file`.
 fn password(config: &UpstreamConfig) -> Result<String, SyncError> {
     std::fs::read_to_string(&config.password_file).map_err(|e| {
         SyncError::Config(format!(
@@ -325,6 +324,8 @@ pub fn check_settings(config: &UpstreamConfig) -> Result<(), SyncError> {
     Ok(())
 }
 
+/// The connector and the name to verify the upstream's certificate by: `ca_file`'s
+/// certificates, or the system's when it is unset.
 fn tls_settings(
     config: &UpstreamConfig,
 ) -> Result<
