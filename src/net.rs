@@ -11,8 +11,12 @@ pub fn is_loopback(host: &str) -> bool {
 }
 
 /// A TLS client that verifies the server's certificate against `ca_pem` (PEM certificates)
-/// when given, else against the system's CA store.
-pub fn tls_client_config(ca_pem: Option<&[u8]>) -> Result<Arc<rustls::ClientConfig>, String> {
+/// when given, else against the system's CA store, and names `alpn` as its application
+/// protocol when given (IANA's registry has "imap" but nothing for SMTP).
+pub fn tls_client_config(
+    ca_pem: Option<&[u8]>,
+    alpn: Option<&[u8]>,
+) -> Result<Arc<rustls::ClientConfig>, String> {
     let mut roots = rustls::RootCertStore::empty();
     match ca_pem {
         Some(pem) => {
@@ -35,10 +39,11 @@ pub fn tls_client_config(ca_pem: Option<&[u8]>) -> Result<Arc<rustls::ClientConf
         return Err("no CA certificate to trust".into());
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let client = rustls::ClientConfig::builder_with_provider(provider)
+    let mut client = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
         .with_root_certificates(roots)
         .with_no_client_auth();
+    client.alpn_protocols = alpn.into_iter().map(<[u8]>::to_vec).collect();
     Ok(Arc::new(client))
 }

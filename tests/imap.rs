@@ -14,7 +14,7 @@ use common::corpus_files;
 use common::dovecot::Dovecot;
 use common::imap::{append_bytes, fetched_bodies, ok_step, run_client, Tls};
 use common::mbsync::Mbsync;
-use common::server::{tls_connect, Raw, Server, AUTH_DELAY_MS, PASSWORD, USER};
+use common::server::{tls_client, tls_connect, Raw, Server, AUTH_DELAY_MS, PASSWORD, USER};
 
 fn corpus() -> Vec<(PathBuf, Vec<u8>)> {
     let files = corpus_files();
@@ -1133,6 +1133,53 @@ fn starttls_discards_commands_pipelined_in_plaintext() {
     );
     assert!(untagged.iter().all(|l| !l.starts_with("p ")));
     tls.ok(&format!("LOGIN {USER} \"{PASSWORD}\""));
+}
+
+#[test]
+fn a_tls_client_of_another_protocol_is_refused() {
+    // ALPACA: a client that names its application protocol (ALPN) must name IMAP.
+    let server = Server::start();
+    let handshake = |port: u16, protocols: &[&[u8]]| {
+        let mut config = (*tls_client(&server.cert())).clone();
+        config.alpn_protocols = protocols.iter().map(|p| p.to_vec()).collect();
+        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+        let conn = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+        let tcp = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let mut tls = rustls::StreamOwned::new(conn, tcp);
+        let mut greeting = [0u8; 4];
+        let read = std::io::Read::read_exact(&mut tls, &mut greeting);
+        (read, tls.conn.alpn_protocol().map(<[u8]>::to_vec))
+    };
+    let (read, chosen) = handshake(server.tls_port, &[b"h2", b"http/1.1"]);
+    let error = read.expect_err("an HTTP client got an IMAP greeting");
+    assert!(
+        error.to_string().contains("NoApplicationProtocol"),
+        "{error}"
+    );
+    assert_eq!(chosen, None);
+    let (read, chosen) = handshake(server.tls_port, &[b"h2", b"imap"]);
+    read.unwrap();
+    assert_eq!(chosen.as_deref(), Some(&b"imap"[..]));
+    // After STARTTLS the same holds.
+    let tcp = std::net::TcpStream::connect(("127.0.0.1", server.starttls_port)).unwrap();
+    let mut plain = Raw::wrap(tcp.try_clone().unwrap());
+    assert!(plain.line().unwrap().starts_with("* OK"));
+    plain.send(b"s STARTTLS\r\n");
+    let (_, tagged) = plain.until("s");
+    assert!(tagged.starts_with("s OK"), "{tagged}");
+    let mut config = (*tls_client(&server.cert())).clone();
+    config.alpn_protocols = vec![b"smtp".to_vec()];
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let conn = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    let error = std::io::Write::write_all(&mut tls, b"a NOOP\r\n")
+        .and_then(|()| std::io::Write::flush(&mut tls))
+        .and_then(|()| std::io::Read::read(&mut tls, &mut [0u8; 16]))
+        .expect_err("an SMTP client was served after STARTTLS");
+    assert!(
+        error.to_string().contains("NoApplicationProtocol"),
+        "{error}"
+    );
 }
 
 #[test]

@@ -32,6 +32,9 @@ pub enum TlsError {
     HalfConfigured,
 }
 
+/// The IANA ALPN protocol ID of IMAP.
+pub const ALPN_IMAP: &[u8] = b"imap";
+
 /// Where the certificate and key are: configured, or the generated pair in `state_dir`.
 pub fn acceptor(
     certificate: Option<&Path>,
@@ -63,10 +66,14 @@ pub fn acceptor(
         path: key_path.clone(),
     })?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ServerConfig::builder_with_provider(provider)
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
         .with_single_cert(certs, key)?;
+    // ALPACA (cross-protocol attacks on TLS): a client that names its application protocol
+    // must name IMAP, or rustls ends the handshake with no_application_protocol. A client
+    // that names none, as most IMAP clients do, is served as before.
+    config.alpn_protocols = vec![ALPN_IMAP.to_vec()];
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 

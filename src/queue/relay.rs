@@ -610,11 +610,13 @@ impl Relay {
         let protection = match config.tls {
             RelayTls::None => Protection::Plain,
             RelayTls::Starttls => {
-                let client = crate::net::tls_client_config(ca.as_deref()).map_err(ca_error)?;
+                let client =
+                    crate::net::tls_client_config(ca.as_deref(), None).map_err(ca_error)?;
                 Protection::Starttls(tokio_rustls::TlsConnector::from(client))
             }
             RelayTls::Implicit => {
-                let client = crate::net::tls_client_config(ca.as_deref()).map_err(ca_error)?;
+                let client =
+                    crate::net::tls_client_config(ca.as_deref(), None).map_err(ca_error)?;
                 Protection::Implicit(tokio_rustls::TlsConnector::from(client))
             }
         };

@@ -342,7 +342,9 @@ fn tls_settings(
         ),
         None => None,
     };
-    let client = crate::net::tls_client_config(ca.as_deref()).map_err(|e| {
+    // ALPACA: a server that checks ALPN sees that this client speaks IMAP.
+    let alpn = Some(crate::imap::tls::ALPN_IMAP);
+    let client = crate::net::tls_client_config(ca.as_deref(), alpn).map_err(|e| {
         SyncError::Config(match &config.ca_file {
             Some(path) => format!("ca_file {}: {e}", path.display()),
             None => format!("no ca_file, and the system's CA certificates: {e}"),
@@ -773,6 +775,39 @@ mod tests {
         assert_eq!(literal_size(b"* NAMESPACE (({6}"), Some(6));
         assert_eq!(literal_size(b"* NAMESPACE (({6+}"), Some(6));
         assert_eq!(literal_size(b"* NAMESPACE NIL NIL NIL"), None);
+    }
+
+    #[test]
+    fn the_upstream_connection_names_imap_as_its_protocol() {
+        // The IMAP server's own acceptor stands in for an upstream that checks ALPN.
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+        crate::imap::tls::generate(&cert, &key).unwrap();
+        let acceptor = crate::imap::tls::acceptor(Some(&cert), Some(&key), dir.path()).unwrap();
+        let config: UpstreamConfig = toml::from_str(&format!(
+            "host = \"127.0.0.1\"\nusername = \"u\"\npassword_file = \"/nonexistent\"\n\
+             ca_file = \"{}\"\n",
+            cert.display()
+        ))
+        .unwrap();
+        let (connector, name) = tls_settings(&config).unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let port = listener.local_addr().unwrap().port();
+            let server = async { acceptor.accept(listener.accept().await.unwrap().0).await };
+            let client = async {
+                let tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+                connector.connect(name, tcp).await
+            };
+            let (server, client) = tokio::join!(server, client);
+            client.unwrap();
+            let server = server.unwrap();
+            assert_eq!(server.get_ref().1.alpn_protocol(), Some(&b"imap"[..]));
+        });
     }
 
     #[test]
