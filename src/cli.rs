@@ -580,6 +580,16 @@ async fn milter(config: Config) -> Result<u8, CliError> {
     // A GnuPG home that is not there is a mistake in the configuration, said at start, not at
     // the first mail, which would be deferred (review: "milter listening", then 451 for all).
     gnupg_home_there(&config)?;
+    if let Some(home) = config.gnupg.home.as_deref() {
+        // A volume not mounted yet, or a home made and not filled: every recipient would be
+        // keyless (review).
+        if crate::keys::home::keyring_holds_no_key(home) {
+            tracing::warn!(
+                home = %home.display(),
+                "the GnuPG home holds no public key: every recipient counts as one without a key"
+            );
+        }
+    }
     let keys = Arc::new(key_service(&config, None));
     let rewriter = Arc::new(Rewriter::new(keys, config.policy.clone()));
     let m = Milter::new(rewriter, &config.milter, config.queue.domain())

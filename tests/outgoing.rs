@@ -1746,6 +1746,79 @@ async fn a_damaged_public_keyring_defers_and_sends_nothing_in_clear() {
     }
 }
 
+/// A public keyring that held keys and holds none now (removed: gpg makes an empty one at its
+/// next use) defers every recipient, never cleartext, in a home of public keys alone with no
+/// owner trust to miss, as an MX's (review: bob's mail through the milter's inbound mode in
+/// clear after `rm pubring.kbx`): seen by the process that had read the keys, and by a new one
+/// from gpg's backup of the keyring; once the keyring is back, mail is encrypted again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keyring_that_lost_its_keys_defers_and_sends_nothing_in_clear() {
+    let world = World::new();
+    let home = GpgHome::new();
+    // One key at a time, as keys come: gpg keeps the keybox before each change as a backup.
+    home.import(&world.bob.export_public(&world.bob_fpr));
+    home.import(&world.carol.export_public(&world.carol_fpr));
+    let policy = Policy::inbound(&Policy::default());
+    let keyring = home.dir.join("pubring.kbx");
+    let kept = home.dir.join("kept.kbx");
+    let decisions = |copies: Vec<Copy>| -> Vec<(String, String)> {
+        copies
+            .into_iter()
+            .map(|c| {
+                let decision = match &c.decision {
+                    Decision::Encrypted { .. } => "encrypted".to_string(),
+                    Decision::Deferred { reply } => {
+                        assert_eq!(reply.code, 451, "{reply}");
+                        assert!(c.message.is_none());
+                        reply.to_string()
+                    }
+                    other => format!("{other:?}"),
+                };
+                (c.recipient, decision)
+            })
+            .collect()
+    };
+    let rewriter = Rewriter::new(home.service(Duration::from_secs(20)), policy.clone());
+    async fn run(rewriter: &Rewriter) -> Vec<Copy> {
+        copies(
+            rewriter
+                .rewrite(&envelope(), MESSAGE.as_bytes().to_vec())
+                .await
+                .unwrap(),
+        )
+    }
+    let before = decisions(run(&rewriter).await);
+    assert_eq!(before[0], ("bob@example.org".into(), "encrypted".into()));
+    assert_eq!(before[2], ("carol@example.org".into(), "encrypted".into()));
+
+    let backup = home.dir.join("pubring.kbx~");
+    let kept_backup = home.dir.join("kept.kbx~");
+    std::fs::rename(&keyring, &kept).unwrap();
+    std::fs::rename(&backup, &kept_backup).unwrap();
+    for (recipient, decision) in decisions(run(&rewriter).await) {
+        assert!(
+            decision.contains("holds no key, where it held keys before"),
+            "{recipient}: {decision}"
+        );
+    }
+    std::fs::rename(&kept, &keyring).unwrap();
+    std::fs::rename(&kept_backup, &backup).unwrap();
+    let back = decisions(run(&rewriter).await);
+    assert_eq!(back, before);
+
+    // A new process knows nothing of the keys before; gpg's backup does. Its copy of the home
+    // (another path) stands in for it.
+    let copy = GpgHome::copy_of(&home);
+    std::fs::remove_file(copy.dir.join("pubring.kbx")).unwrap();
+    let rewriter = Rewriter::new(copy.service(Duration::from_secs(20)), policy);
+    for (recipient, decision) in decisions(run(&rewriter).await) {
+        assert!(
+            decision.contains("while gpg's backup of it") && decision.contains("holds keys"),
+            "{recipient}: {decision}"
+        );
+    }
+}
+
 /// Public keys in GnuPG 1's keyring format (`pubring.gpg`, README "GnuPG"): encrypted as from
 /// a keybox; and a keyring cut short inside bob's user ID, which gpg reads up to the cut
 /// without a word (bob's key then has no user ID, and bob seemed to have none: signed

@@ -355,8 +355,9 @@ pub fn whole_keyring_problem(home: &Path, deadline: Duration) -> Option<String> 
     if intact().as_ref().and_then(|known| known.get(home)) == Some(&before) {
         return None;
     }
-    if let Some(problem) =
-        keyring_framing_problem(home).or_else(|| ownertrust_without_keys(home, deadline))
+    if let Some(problem) = keyring_framing_problem(home)
+        .or_else(|| ownertrust_without_keys(home, deadline))
+        .or_else(|| keys_vanished(home))
     {
         return Some(problem);
     }
@@ -370,6 +371,7 @@ pub fn whole_keyring_problem(home: &Path, deadline: Duration) -> Option<String> 
             "gpg cannot read every key of the keyring",
         ));
     }
+    remember_keys(home);
     // Remembered only when the files did not change while they were read.
     if stamp() == before {
         intact()
@@ -434,7 +436,7 @@ fn keyring_gone(home: &Path) -> Option<String> {
 
 /// Whether the public keyring gpg reads holds no key: none there, an empty file, or a keybox
 /// of its header (and deleted or X.509 records) alone.
-fn keyring_holds_no_key(home: &Path) -> bool {
+pub fn keyring_holds_no_key(home: &Path) -> bool {
     let keybox = home.join("pubring.kbx");
     if openpgp_keybox(&keybox) {
         let Ok(data) = std::fs::read(&keybox) else {
@@ -459,6 +461,59 @@ fn keybox_records(data: &[u8]) -> impl Iterator<Item = u8> + '_ {
         at = if len < 5 { data.len() } else { at + len };
         Some(b[4])
     })
+}
+
+/// The homes whose public keyring held keys when this process looked (at the start of its
+/// key service, and at each reading of the whole keyring).
+static HELD_KEYS: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+/// Notes that `home`'s public keyring holds keys, when it does: should it hold none later,
+/// they were lost ([`keys_vanished`]).
+pub fn remember_keys(home: &Path) {
+    if keyring_holds_no_key(home) {
+        return;
+    }
+    let mut held = HELD_KEYS.lock().unwrap_or_else(|p| p.into_inner());
+    if !held.iter().any(|h| h == home) {
+        held.push(home.to_path_buf());
+    }
+}
+
+/// A public keyring that holds no key where keys were: this process saw keys in it, or the
+/// backup gpg keeps of a keybox (`pubring.kbx~`, the file before its last change) holds some.
+/// It was removed, or replaced by an empty one, and gpg makes a new one at its next use: every
+/// recipient would seem to have no key, and get cleartext (review: a home of public keys alone
+/// on an MX, no owner trust to miss, and bob's mail stored in clear after `rm pubring.kbx`).
+/// Keys deleted on purpose, every one of them, defer mail until sealpost starts again (and,
+/// with a backup holding keys, until that is removed): rare, and said in the reason.
+fn keys_vanished(home: &Path) -> Option<String> {
+    if !keyring_holds_no_key(home) {
+        return None;
+    }
+    let seen = HELD_KEYS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .any(|h| h == home);
+    let backup = home.join("pubring.kbx~");
+    let backed_up = openpgp_keybox(&backup)
+        && std::fs::read(&backup).is_ok_and(|data| keybox_records(&data).any(|kind| kind == 2));
+    if seen {
+        Some(format!(
+            "the public keyring of {} holds no key, where it held keys before: it was removed \
+             or emptied (if every key was deleted on purpose, start sealpost again)",
+            home.display()
+        ))
+    } else if backed_up {
+        Some(format!(
+            "the public keyring of {} holds no key, while gpg's backup of it, {}, holds keys: \
+             it was removed or emptied (if every key was deleted on purpose, remove the backup)",
+            home.display(),
+            backup.display()
+        ))
+    } else {
+        None
+    }
 }
 
 /// A keyring that holds no key while the trust database holds an ownertrust (gpg makes the

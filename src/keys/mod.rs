@@ -217,6 +217,9 @@ impl KeyService {
         sources: KeySources,
         executable: Option<PathBuf>,
     ) -> Self {
+        // Keys there now are keys that must not go missing (review: a removed keyring, and
+        // every recipient of an MX seemed keyless).
+        home::remember_keys(home.as_deref().unwrap_or(&default_home()));
         let worker = GpgWorker::start(WorkerSettings {
             home: home.clone(),
             threads,
