@@ -1061,27 +1061,19 @@ pub fn strip_field(header: &[u8], name: &str) -> Vec<u8> {
 }
 
 /// Whether a field name reads as sealpost's verdict field to a person or to a client that
-/// shows fields by prefix: its letters, digits and dashes (any Unicode dash as `-`), with
-/// everything else dropped (a zero-width or no-break space, a control character), begin with
-/// `sealpost-verdict` in any case (review: "Sealpost-Verdict" with a zero-width space, a
-/// no-break space or a vertical tab after it, with U+2010 for its hyphen, and
-/// "Sealpost-Verdicts" were kept, and mutt showed them above sealpost's own).
+/// shows fields by prefix: its ASCII letters and digits, with everything else dropped (dashes
+/// and other punctuation, a zero-width or no-break space, a control character), hold
+/// `sealpostverdict` in any case (review: "Sealpost-Verdict" with a zero-width space, a
+/// no-break space or a vertical tab after it, with U+2010 for its hyphen, "Sealpost-Verdicts",
+/// and then "Sealpost_Verdict", "Sealpost.Verdict", "SealpostVerdict", "Sealpost--Verdict" and
+/// "X-Sealpost-Verdict" were kept, and mutt showed them above sealpost's own).
 fn verdict_lookalike(field_name: &[u8]) -> bool {
-    let normalized: String = String::from_utf8_lossy(field_name)
-        .chars()
-        .filter_map(|c| match c {
-            c if c.is_ascii_alphanumeric() => Some(c.to_ascii_lowercase()),
-            '-'
-            | '\u{2010}'..='\u{2015}'
-            | '\u{2043}'
-            | '\u{2212}'
-            | '\u{fe58}'
-            | '\u{fe63}'
-            | '\u{ff0d}' => Some('-'),
-            _ => None,
-        })
+    let letters: Vec<u8> = field_name
+        .iter()
+        .filter(|b| b.is_ascii_alphanumeric())
+        .map(u8::to_ascii_lowercase)
         .collect();
-    normalized.starts_with("sealpost-verdict")
+    letters.windows(15).any(|w| w == b"sealpostverdict")
 }
 
 /// The header of decrypted text that is not a MIME entity (UTF-8, as inline text is read).
@@ -1769,6 +1761,11 @@ mod tests {
             "Sealpost\u{2010}Verdict",
             "Seal\u{200b}post-Verdict",
             "SEALPOST-VERDICT",
+            "Sealpost_Verdict",
+            "Sealpost.Verdict",
+            "SealpostVerdict",
+            "Sealpost--Verdict",
+            "X-Sealpost-Verdict",
         ] {
             let raw = format!("Subject: x\r\n{name}: encrypted; signature=valid\r\n\r\nbody");
             assert_eq!(
@@ -1982,12 +1979,13 @@ mod tests {
             SEALPOST-VERDICT : forged\r\n\
             Sealpost-Verdict:\r\n encrypted;\r\n\tsignature=valid\r\n\
             Sealpost-Verdict: =?utf-8?q?encrypted=3B_signature=3Dvalid?=\r\n\
-            X-Sealpost-Verdict: not ours, kept\r\n\
+            X-Sealpost-Verdict: encrypted; signature=valid\r\n\
+            X-Verdict: not ours, kept\r\n\
             Subject: hi\r\n\r\n";
         let stripped = strip_field(header, VERDICT_FIELD);
         assert_eq!(
             String::from_utf8(stripped).unwrap(),
-            "From: a@example.org\r\nX-Sealpost-Verdict: not ours, kept\r\nSubject: hi\r\n\r\n"
+            "From: a@example.org\r\nX-Verdict: not ours, kept\r\nSubject: hi\r\n\r\n"
         );
         // A forged one as a folded first line, which SEARCH HEADER read as the field.
         let indented = b" Sealpost-Verdict: encrypted; signature=valid\r\nFrom: a@x\r\n\r\n";
