@@ -1947,6 +1947,47 @@ async fn a_move_of_a_message_gone_upstream_uploads_the_copy() {
     assert_eq!(exists(&mut raw, "P"), 0);
 }
 
+/// A local flag change to a message another client moved upstream before the pass: the
+/// STORE reaches nothing, and the sync says so rather than count it written back (review); the
+/// message comes down in its new folder with the flags it has there. Flag changes to messages
+/// still there go up as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flag_change_to_a_message_moved_upstream_meanwhile_is_reported() {
+    let world = World::new();
+    let dovecot = Dovecot::start_tls();
+    upstream(
+        &dovecot,
+        json!([{"cmd": "raw", "line": "CREATE Work"},
+        append_bytes("INBOX", &plain_message("moved")),
+        append_bytes("INBOX", &plain_message("stays"))]),
+    );
+    let (server, _dir, config) = bobs_sync(&world, &dovecot);
+    pass_storing(&config, 2);
+    let mut raw = server.login();
+    raw.ok("SELECT INBOX");
+    raw.ok("UID STORE 1:2 +FLAGS (\\Flagged)");
+    raw.ok("UNSELECT");
+    upstream(
+        &dovecot,
+        json!([{"cmd": "raw", "line": "SELECT INBOX"},
+        {"cmd": "raw", "line": "UID MOVE 1 Work"}]),
+    );
+    let out = sync_once(&config);
+    assert!(out.status.success(), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        said.matches("flag change not written back: the message is no longer in its folder")
+            .count(),
+        1,
+        "{said}"
+    );
+    let up = upstream_flags(&dovecot, "INBOX").join("\n");
+    assert!(up.contains("UID 2 ") && up.contains("\\Flagged"), "{up}");
+    assert_eq!(exists(&mut raw, "Work"), 1);
+    assert_eq!(exists(&mut raw, "INBOX"), 1);
+    assert_eq!(waiting_changes(&server), 0);
+}
+
 /// What Dovecot announces after login, less UIDPLUS and MOVE (and the extensions sealpost does
 /// not use): a server of the kind that predates RFC 4315 and RFC 6851.
 const NEITHER_UIDPLUS_NOR_MOVE: &str =

@@ -323,9 +323,24 @@ impl Syncer {
                                 .copied()
                                 .filter(|f| !new.iter().any(|n| n.eq_ignore_ascii_case(f))),
                         );
+                        let stored = !added.is_empty() || !removed.is_empty();
+                        let mut answered = false;
                         for (sign, flags) in [('+', added), ('-', removed)] {
-                            self.store_flags(up, account, &entry.mailbox, target.uid, sign, &flags)
+                            answered |= self
+                                .store_flags(up, account, &entry.mailbox, target.uid, sign, &flags)
                                 .await?;
+                        }
+                        // A STORE of a UID the folder no longer has is no error (RFC 3501
+                        // §6.4.8): another client moved or deleted the message since the last
+                        // pass, and the change reaches nothing (review: counted as written
+                        // back, and the message came down in the other folder without it).
+                        if stored && !answered && !up.has_uid(self, target.uid).await? {
+                            tracing::warn!(account = %self.name,
+                                mailbox = %crate::store::unmarked(&entry.mailbox).0,
+                                uid = entry.uid, "flag change not written back: the message \
+                                is no longer in its folder upstream (another client moved or \
+                                deleted it); wherever it went, it comes down with the flags it \
+                                has there");
                         }
                     }
                     // An entry from before the change kept its flags alone: set them all.
@@ -1075,10 +1090,11 @@ impl Syncer {
         })
     }
 
-    /// `UID STORE uid ±FLAGS.SILENT (flags)` in the selected folder. A server that refuses
-    /// keywords (not in its PERMANENTFLAGS) gets the system flags alone, and the keywords stay
-    /// here only: refused again and again, they would hold up this message's later changes
-    /// for good.
+    /// `UID STORE uid ±FLAGS (flags)` in the selected folder: whether the server answered
+    /// with the message's flags (it has the message; with nothing to store, no). A server
+    /// that refuses keywords (not in its PERMANENTFLAGS) gets the system flags alone, and the
+    /// keywords stay here only: refused again and again, they would hold up this message's
+    /// later changes for good.
     #[allow(clippy::too_many_arguments)]
     async fn store_flags(
         &self,
@@ -1088,11 +1104,12 @@ impl Syncer {
         uid: u32,
         sign: char,
         flags: &str,
-    ) -> Result<(), Failure> {
+    ) -> Result<bool, Failure> {
         if flags.is_empty() {
-            return Ok(());
+            return Ok(false);
         }
-        let line = |flags: &str| format!("UID STORE {uid} {sign}FLAGS.SILENT ({flags})");
+        let line = |flags: &str| format!("UID STORE {uid} {sign}FLAGS ({flags})");
+        let answered = |reply: &Reply| reply.flags.iter().any(|(u, _)| *u == uid);
         let keywords: Vec<String> = flags
             .split(' ')
             .filter(|f| !f.is_empty() && !f.starts_with('\\'))
@@ -1105,7 +1122,7 @@ impl Syncer {
                 let store = self.store.clone();
                 blocking(move || store.keyword_refusals(account, &[], &keywords)).await??;
             }
-            return Ok(());
+            return Ok(answered(&reply));
         }
         let system: Vec<&str> = flags.split(' ').filter(|f| f.starts_with('\\')).collect();
         if system.len() == flags.split(' ').count() {
@@ -1120,9 +1137,11 @@ impl Syncer {
         // its change remembered, and a removal of one of those upstream never came down).
         // Only additions are remembered: a removal refused changes nothing here.
         let (mut refused, mut taken) = (Vec::new(), Vec::new());
+        let mut seen = false;
         for keyword in &keywords {
             let reply = up.command(self, &line(keyword), None).await?;
             if reply.ok {
+                seen |= answered(&reply);
                 taken.push(keyword.clone());
             } else {
                 tracing::warn!(account = %self.name, %mailbox, uid,
@@ -1135,10 +1154,10 @@ impl Syncer {
             blocking(move || store.keyword_refusals(account, &refused, &taken)).await??;
         }
         if system.is_empty() {
-            return Ok(());
+            return Ok(seen);
         }
-        up.run(self, &line(&system.join(" ")), None).await?;
-        Ok(())
+        let reply = up.run(self, &line(&system.join(" ")), None).await?;
+        Ok(seen || answered(&reply))
     }
 
     /// A local COPY of a message that is upstream: `UID COPY` there, so the copy is the
@@ -1598,6 +1617,14 @@ impl Upstream<'_> {
             return Err(Failure::Entry(format!("{line:.60}: {}", reply.text)));
         }
         Ok(reply)
+    }
+
+    /// Whether the selected folder has the message `uid` (a UID FETCH answers it).
+    async fn has_uid(&mut self, syncer: &Syncer, uid: u32) -> Result<bool, Failure> {
+        let reply = self
+            .run(syncer, &format!("UID FETCH {uid} (UID FLAGS)"), None)
+            .await?;
+        Ok(reply.flags.iter().any(|(u, _)| *u == uid))
     }
 
     /// Whether the upstream folder `folder` was synced before (it has a mark): one missing
