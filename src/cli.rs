@@ -326,8 +326,10 @@ fn gnupg_home_there(config: &Config) -> Result<(), CliError> {
 /// The files the configuration names, read as the services that use them read them at start
 /// (review: `check` called valid a configuration whose IMAP certificate and upstream
 /// password file were missing; `imap` and `sync` then exited 78): the IMAP certificate and
-/// key, each upstream account's password and CA files, the relay's. Every problem is
-/// printed; any makes a setting to fix (78).
+/// key, each upstream account's password and CA files, the relay's; and what the services
+/// refuse or fail on at start, or at the first mail: a store or queue directory others may
+/// write to, a GnuPG home this user cannot write to, a default signer without its secret key.
+/// Every problem is printed; any makes a setting to fix (78).
 fn named_files_readable(config: &Config) -> Result<(), CliError> {
     let mut problems = Vec::new();
     if let (Some(certificate), Some(key)) = (&config.imap.certificate, &config.imap.key) {
@@ -346,6 +348,37 @@ fn named_files_readable(config: &Config) -> Result<(), CliError> {
     if config.relay.host.is_some() {
         if let Err(e) = crate::queue::relay::Relay::new(&config.relay, "localhost") {
             problems.push(e.to_string());
+        }
+    }
+    // Modes the services refuse at start (review: `check` called them valid).
+    if let Some(why) = crate::store::directory_problem(&config.store.path) {
+        problems.push(format!("[store] path {}: {why}", config.store.path.display()));
+    }
+    if let Err(e) = config.queue.check_modes() {
+        problems.push(format!("[queue] {e}"));
+    }
+    if let Some(home) = &config.gnupg.home {
+        // gpg-agent makes its socket in the home (review: a read-only one passed, and every
+        // message was deferred for good). root passes the mode bits, not a read-only mount.
+        let denied = std::ffi::CString::new(home.as_os_str().as_encoded_bytes())
+            .ok()
+            // SAFETY: access reads the NUL-terminated path and nothing else.
+            .filter(|p| unsafe { libc::access(p.as_ptr(), libc::W_OK) } != 0)
+            .map(|_| std::io::Error::last_os_error());
+        if let Some(e) = denied {
+            problems.push(format!(
+                "[gnupg] home {}: not writable by this user ({e}): gpg-agent cannot make its \
+                 socket there",
+                home.display()
+            ));
+        }
+    }
+    if let Some(signer) = &config.policy.default_signer {
+        let home = config.gnupg.home.as_deref();
+        if let Some(why) =
+            crate::keys::home::signing_key_problem(home, signer, config.gnupg.timeout())
+        {
+            problems.push(format!("[policy] default_signer: {why}"));
         }
     }
     let Some((last, before)) = problems.split_last() else {

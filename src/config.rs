@@ -160,6 +160,27 @@ fn writable_by_others(path: &Path) -> Result<(), ConfigError> {
                 meta.mode() & 0o7777
             ),
         }),
+        // In a directory any user may write to, without the sticky bit, anyone can put a file
+        // of theirs in its place (review: a 0600 file in a 0777 directory was used).
+        Ok(meta) if meta.is_file() => {
+            let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+            let dir = dir.unwrap_or(Path::new("."));
+            match std::fs::metadata(dir) {
+                Ok(d) if d.mode() & 0o002 != 0 && d.mode() & 0o1000 == 0 => {
+                    Err(ConfigError::Unsafe {
+                        path: path.display().to_string(),
+                        message: format!(
+                            "its directory {} may be written by any user (mode {:04o}): \
+                             refused, as anyone could put another file in its place \
+                             (chmod o-w, or move the file)",
+                            dir.display(),
+                            d.mode() & 0o7777
+                        ),
+                    })
+                }
+                _ => Ok(()),
+            }
+        }
         _ => Ok(()),
     }
 }
@@ -228,7 +249,7 @@ impl Config {
             ));
         }
         if let Some(why) = self.gnupg.home.as_deref().and_then(gnupg_home_problem) {
-            return Err(invalid("gnupg.home", "home", why.into()));
+            return Err(invalid("gnupg.home", "home", why));
         }
         for domain in self.policy.domains.keys() {
             if domain.contains('@') || domain != &domain.to_ascii_lowercase() || domain.is_empty() {
@@ -535,11 +556,25 @@ fn line_of(text: &str, table: &str, needle: &str) -> usize {
         .map_or(1, |i| i + 1)
 }
 
-/// What is wrong with a GnuPG home directory's path, if anything: gpg-agent's socket lives in
-/// the home, and sun_path holds about 108 bytes.
-pub fn gnupg_home_problem(home: &Path) -> Option<&'static str> {
-    (home.as_os_str().len() > 80)
-        .then_some("path too long for gpg-agent's socket: keep it under 80 bytes")
+/// What is wrong with a GnuPG home directory, if anything: its path too long (gpg-agent's
+/// socket lives in the home, and sun_path holds about 108 bytes), or any user may write to it.
+pub fn gnupg_home_problem(home: &Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    if home.as_os_str().len() > 80 {
+        return Some("path too long for gpg-agent's socket: keep it under 80 bytes".into());
+    }
+    // Whoever can write the home can put their key in place of a recipient's, or options
+    // into gpg.conf (review: a 0777 home was used without a word). A home not there yet is
+    // judged where it is used.
+    let mode = std::fs::metadata(home).ok()?.mode();
+    (mode & 0o002 != 0).then(|| {
+        format!(
+            "{}: any user may write to it (mode {:04o}): refused, as whoever writes it chooses \
+             the keys mail is encrypted to (chmod o-w)",
+            home.display(),
+            mode & 0o7777
+        )
+    })
 }
 
 /// The part of `text` that belongs to the `index`th (0-based) `[[name]]` entry, from its

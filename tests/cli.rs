@@ -347,6 +347,36 @@ fn exit_codes_and_reasons() {
         assert_eq!(out.status.code(), Some(78));
         assert!(stderr_line(&out).contains("any user may write to it (mode 0666)"));
         std::fs::set_permissions(&cfg, std::fs::Permissions::from_mode(0o644)).unwrap();
+        // In a directory any user may write to, without the sticky bit, anyone can put a file
+        // in its place (review: used without a word).
+        let open = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(open.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let moved = open.path().join("sealpost.toml");
+        std::fs::copy(&cfg, &moved).unwrap();
+        let out = check(moved.to_str().unwrap());
+        assert_eq!(out.status.code(), Some(78), "{out:?}");
+        assert!(
+            stderr_line(&out).contains("may be written by any user (mode 0777)"),
+            "{out:?}"
+        );
+        std::fs::set_permissions(open.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
+        let out = check(moved.to_str().unwrap());
+        assert_eq!(out.status.code(), Some(0), "sticky, as /tmp: {out:?}");
+        // A GnuPG home any user may write to: whoever writes it chooses the keys.
+        let home = open.path().join("gnupg");
+        std::fs::create_dir(&home).unwrap();
+        std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o777)).unwrap();
+        std::fs::write(&cfg, format!("[gnupg]\nhome = \"{}\"\n", home.display())).unwrap();
+        let out = check(cfg.to_str().unwrap());
+        assert_eq!(out.status.code(), Some(78), "{out:?}");
+        let line = stderr_line(&out);
+        assert!(
+            line.contains("gnupg.home") && line.contains("any user may write to it (mode 0777)"),
+            "{out:?}"
+        );
+        std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let out = check(cfg.to_str().unwrap());
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
     }
 
     // A GnuPG home that is gone is a failed lookup, never "no key": with signing off, bob
@@ -444,7 +474,10 @@ fn a_trust_database_gpg_cannot_make_defers_rather_than_sends_in_clear() {
     };
     let out_dir = home_dir_for_output();
     perm(&out_dir, 0o777);
-    let config = out_dir.join("sealpost.toml");
+    // Not in the directory anyone may write to: such a configuration is refused.
+    let config_dir = home_dir_for_output();
+    perm(&config_dir, 0o755);
+    let config = config_dir.join("sealpost.toml");
     std::fs::write(&config, "[policy]\nsign = false\n").unwrap();
     perm(&config, 0o644);
     let copies = out_dir.join("copies");
@@ -503,6 +536,7 @@ fn a_trust_database_gpg_cannot_make_defers_rather_than_sends_in_clear() {
         );
     }
     let _ = std::fs::remove_dir_all(&out_dir);
+    let _ = std::fs::remove_dir_all(&config_dir);
 }
 
 /// An argument that is not UTF-8 (a Latin-1 recipient) is a usage error with its reason, by
@@ -839,6 +873,70 @@ case \"$*\" in *--list-keys*bob@example.org*)
             "{cut}: no copy for Bob: {said}"
         );
     }
+}
+
+/// `sealpost check` refuses what the services refuse at start or fail on at the first mail
+/// (review: each was "valid"): a store or queue directory any user may write to, a default
+/// signer without its secret key, a GnuPG home on a read-only file system (gpg-agent cannot
+/// make its socket there: every message deferred for good).
+#[test]
+fn check_refuses_what_the_services_would_fail_on() {
+    use std::os::unix::fs::PermissionsExt;
+    let world = World::new();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("sealpost.toml");
+    let check = |text: String| {
+        std::fs::write(&cfg, text).unwrap();
+        sealpost(&["--config", cfg.to_str().unwrap(), "check"], b"")
+    };
+    let home = format!("[gnupg]\nhome = \"{}\"\n", world.sender.dir.display());
+    let open = dir.path().join("open");
+    std::fs::create_dir(&open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let out = check(format!(
+        "{home}[store]\npath = \"{}\"\n",
+        open.join("store.sqlite").display()
+    ));
+    assert_eq!(out.status.code(), Some(78), "{out:?}");
+    let line = stderr_line(&out);
+    assert!(
+        line.contains("[store] path") && line.contains("may be written by any user"),
+        "{line}"
+    );
+    let out = check(format!("{home}[queue]\ndir = \"{}\"\n", open.display()));
+    assert_eq!(out.status.code(), Some(78), "{out:?}");
+    assert!(stderr_line(&out).contains("[queue]"), "{out:?}");
+
+    let out = check(format!(
+        "{home}[policy]\ndefault_signer = \"{}\"\n",
+        "0123456789ABCDEF0123456789ABCDEF01234567"
+    ));
+    assert_eq!(out.status.code(), Some(78), "{out:?}");
+    assert!(
+        stderr_line(&out).contains("[policy] default_signer: no secret key"),
+        "{out:?}"
+    );
+    let out = check(format!(
+        "{home}[policy]\ndefault_signer = \"{}\"\n",
+        world.alice
+    ));
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+
+    if sealpost::queue::current_uid() != 0 {
+        eprintln!("skipped the read-only home: needs root to mount a file system");
+        return;
+    }
+    let fs = SmallFs::mount_at(&dir.path().join("ro"), "1M");
+    let ro_home = fs.path.join("g");
+    std::fs::create_dir(&ro_home).unwrap();
+    std::fs::set_permissions(&ro_home, std::fs::Permissions::from_mode(0o700)).unwrap();
+    fs.remount("ro");
+    let out = check(format!("[gnupg]\nhome = \"{}\"\n", ro_home.display()));
+    assert_eq!(out.status.code(), Some(78), "{out:?}");
+    assert!(
+        stderr_line(&out).contains("not writable by this user"),
+        "{out:?}"
+    );
 }
 
 /// The public keyring cut to its header, or removed (gpg makes an empty one at its next use),

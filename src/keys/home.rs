@@ -696,6 +696,25 @@ fn gpg_listing(
     gpg_within(home, args, deadline, true)
 }
 
+/// Why `fingerprint` cannot sign in `home`: gpg lists no secret key for it, or cannot be run.
+pub fn signing_key_problem(
+    home: Option<&Path>,
+    fingerprint: &str,
+    deadline: Duration,
+) -> Option<String> {
+    match gpg_listing(home, &["--list-secret-keys", fingerprint], deadline) {
+        Err(e) => Some(format!("cannot run gpg: {e}")),
+        Ok(out)
+            if String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .any(|l| l.starts_with("sec:")) =>
+        {
+            None
+        }
+        Ok(_) => Some(format!("no secret key {fingerprint} in the GnuPG home")),
+    }
+}
+
 /// gpg with `args` and a deadline (see [`gpg_listing`]); with `keep_stdout` false, what it
 /// writes on stdout goes to /dev/null, opened here: gpg given `--output /dev/null` removes
 /// that file when the command fails, and the next process to write there makes it a file.

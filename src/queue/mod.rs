@@ -131,7 +131,7 @@ impl QueueConfig {
     /// writes queued messages into, or replace the database), and a shared drop directory
     /// that others may write to without the sticky bit (anyone could delete another's message
     /// after sendmail said it was queued).
-    fn check_modes(&self) -> Result<(), QueueError> {
+    pub fn check_modes(&self) -> Result<(), QueueError> {
         use std::os::unix::fs::MetadataExt;
         let unsafe_mode = |path: &Path, mode: u32, why: &str, fix: &str| {
             Err(QueueError::Unsafe(format!(

@@ -519,6 +519,25 @@ struct Inner {
     watcher: std::sync::Once,
 }
 
+/// Why the store at `path` may not live in its directory: any user may write to it.
+pub fn directory_problem(path: &Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let meta = std::fs::metadata(dir).ok()?;
+    (meta.mode() & 0o002 != 0).then(|| {
+        format!(
+            "its directory {} may be written by any user (mode {:04o}): another could put \
+             files beside the database that SQLite writes decrypted mail into; give the store \
+             a directory of its own",
+            dir.display(),
+            meta.mode() & 0o7777
+        )
+    })
+}
+
 /// Refuses a store others could read or slip files into, as the queue refuses its own
 /// (review: a -wal and -shm another user had made, mode 0666, in a directory anyone may write
 /// to were taken over, and that user read the decrypted mail in the -wal): a directory any
@@ -536,16 +555,8 @@ fn check_modes(path: &Path) -> Result<(), StoreError> {
         _ => Path::new("."),
     };
     let dir_meta = std::fs::metadata(dir).ok();
-    if let Some(meta) = &dir_meta {
-        if meta.mode() & 0o002 != 0 {
-            return Err(unsafe_because(format!(
-                "its directory {} may be written by any user (mode {:04o}): another could \
-                 put files beside the database that SQLite writes decrypted mail into; give \
-                 the store a directory of its own",
-                dir.display(),
-                meta.mode() & 0o7777
-            )));
-        }
+    if let Some(why) = directory_problem(path) {
+        return Err(unsafe_because(why));
     }
     let Ok(database) = std::fs::metadata(path) else {
         return Ok(());
