@@ -2602,3 +2602,18 @@ fn a_bs_address_with_a_control_character_is_refused() {
     assert!(replies.contains("501 5.1.7"), "{replies}");
     assert!(replies.contains("501 5.1.3"), "{replies}");
 }
+
+/// In a -bs session, DATA with a parameter is a syntax error (RFC 5321 §4.1.1.4: it takes
+/// none; review: "DATA x" was answered 354), and nothing is queued; a plain DATA after it is.
+#[test]
+fn a_bs_data_with_a_parameter_is_refused() {
+    let s = Setup::new();
+    s.configure(relay::free_port(), false, "");
+    let session = "EHLO app\r\nMAIL FROM:<alice@example.org>\r\nRCPT TO:<bob@example.org>\r\n\
+        DATA x\r\nDATA\r\nSubject: s\r\n\r\nbody\r\n.\r\nQUIT\r\n";
+    let out = s.sendmail(&["-bs"], session.as_bytes());
+    let replies = String::from_utf8_lossy(&out.stdout);
+    assert!(replies.contains("501 5.5.4 Syntax: DATA"), "{replies}");
+    assert_eq!(replies.matches("354 ").count(), 1, "{replies}");
+    assert_eq!(replies.matches("queued as").count(), 1, "{replies}");
+}

@@ -210,6 +210,11 @@ pub fn session(
                 None => reply(output, "501 5.5.4 Syntax: RCPT TO:<address>")?,
             },
             "DATA" => {
+                // RFC 5321 §4.1.1.4: DATA takes no parameter (review: "DATA x" was taken).
+                if !rest.trim().is_empty() {
+                    reply(output, "501 5.5.4 Syntax: DATA")?;
+                    continue;
+                }
                 if tx.sender.is_none() {
                     reply(output, "503 5.5.1 Error: need MAIL command")?;
                     continue;
