@@ -1433,8 +1433,10 @@ async fn send_report(
     });
     // The report quotes the original header, so it goes through the core like any mail:
     // encrypted to the sender when they have a key, its Subject obscured when not.
+    // Its own id in the log: under the message's, the sender read as one more recipient of it
+    // (review).
     let envelope = Envelope {
-        id: queue_id.to_string(),
+        id: format!("{queue_id}/report"),
         sender: String::new(),
         recipients: vec![sender.to_string()],
     };
