@@ -213,7 +213,31 @@ pub fn main(cli: Cli) -> ExitCode {
     }
     let delivering = matches!(cli.command, Command::Deliver(_));
     let retrying = matches!(&cli.command, Command::Deliver(a) if a.retry_only);
-    let result = Config::load(cli.config.as_deref())
+    // `passwd` reads no configuration: a broken one does not stand in its way (review: 78).
+    let result = if matches!(cli.command, Command::Passwd) {
+        crate::incoming::passwd()
+    } else {
+        run_configured(cli, retrying)
+    };
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("sealpost: {e}");
+            ExitCode::from(match e.exit_code() {
+                // An MTA bounces mail on any code but 75 (Postfix: EX_CONFIG is 5.3.5): as a
+                // delivery agent, only "not a message" and "no such account" are final; a
+                // broken configuration or setup keeps the mail queued until it is fixed.
+                code @ (65 | 67) if delivering => code,
+                _ if delivering => 75,
+                code => code,
+            })
+        }
+    }
+}
+
+/// A command that needs the configuration: loaded, logging set up, run on a runtime.
+fn run_configured(cli: Cli, retrying: bool) -> Result<u8, CliError> {
+    Config::load(cli.config.as_deref())
         .map_err(CliError::from)
         .and_then(|mut config| {
             // The background retry a delivery starts has no standard error to write to (it
@@ -248,14 +272,13 @@ pub fn main(cli: Cli) -> ExitCode {
                     Command::Demo(args) => crate::demo::run(config, args.keep.as_deref()).await,
                     Command::Imap(args) => crate::incoming::serve(config, args).await,
                     Command::Import(args) => crate::incoming::import(config, args).await,
-                    Command::Passwd => crate::incoming::passwd(),
                     Command::Deliver(args) => crate::incoming::deliver(config, args).await,
                     Command::Queue(command) => queue(config, command).await,
                     Command::Milter => milter(config).await,
                     Command::Check => check(&config),
                     Command::Sync(args) => crate::incoming::sync(config, args).await,
-                    Command::Sendmail { .. } | Command::GpgWorker { .. } => {
-                        unreachable!("handled before the runtime starts")
+                    Command::Sendmail { .. } | Command::GpgWorker { .. } | Command::Passwd => {
+                        unreachable!("handled before the configuration is read")
                     }
                 }
             });
@@ -264,21 +287,7 @@ pub fn main(cli: Cli) -> ExitCode {
             // a daemon told to stop as it waited for the sync lock would wait on.
             runtime.shutdown_timeout(SHUTDOWN_GRACE);
             result
-        });
-    match result {
-        Ok(code) => ExitCode::from(code),
-        Err(e) => {
-            eprintln!("sealpost: {e}");
-            ExitCode::from(match e.exit_code() {
-                // An MTA bounces mail on any code but 75 (Postfix: EX_CONFIG is 5.3.5): as a
-                // delivery agent, only "not a message" and "no such account" are final; a
-                // broken configuration or setup keeps the mail queued until it is fixed.
-                code @ (65 | 67) if delivering => code,
-                _ if delivering => 75,
-                code => code,
-            })
-        }
-    }
+        })
 }
 
 /// `sealpost check`: the configuration was read and found valid by [`Config::load`] (an
@@ -352,7 +361,10 @@ fn named_files_readable(config: &Config) -> Result<(), CliError> {
     }
     // Modes the services refuse at start (review: `check` called them valid).
     if let Some(why) = crate::store::directory_problem(&config.store.path) {
-        problems.push(format!("[store] path {}: {why}", config.store.path.display()));
+        problems.push(format!(
+            "[store] path {}: {why}",
+            config.store.path.display()
+        ));
     }
     if let Err(e) = config.queue.check_modes() {
         problems.push(format!("[queue] {e}"));

@@ -513,6 +513,12 @@ fn listen_problem(listen: &str) -> Option<String> {
                 .rsplit('.')
                 .next()
                 .is_some_and(|l| l.bytes().all(|b| b.is_ascii_digit())));
+    if port == "0" && host_ok {
+        // Postfix names the milter's port in smtpd_milters: one the system picks is of no use.
+        return Some(format!(
+            "\"{listen}\": port 0 is no port Postfix can be told of; name a fixed one"
+        ));
+    }
     (!port_ok || !host_ok).then(|| format!("\"{listen}\" is no socket: {FORMS}"))
 }
 
@@ -946,5 +952,7 @@ mod tests {
         ] {
             assert_eq!(listen_problem(good), None, "{good}");
         }
+        let zero = listen_problem("inet:127.0.0.1:0").unwrap();
+        assert!(zero.contains("port 0"), "{zero}");
     }
 }

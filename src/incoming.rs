@@ -42,11 +42,23 @@ pub async fn serve(config: Config, args: ImapArgs) -> Result<u8, CliError> {
     imap::auth::return_large_allocations();
     let store = open_store(&config).await?;
     journal_for_upstreams(&config, &store).await?;
+    // A certificate or key that cannot be used is a setting to fix, named (78); a self-signed
+    // pair that cannot be written (a full disk, review: 78 before) is not (73).
     let tls = imap::tls::acceptor(
         config.imap.certificate.as_deref(),
         config.imap.key.as_deref(),
         &config.store.state_dir(),
-    )?;
+    )
+    .map_err(|e| match e {
+        imap::tls::TlsError::SelfSigned(_) => CliError::Setup(format!("TLS: {e}")),
+        e => CliError::Setting(format!(
+            "{}: [imap] certificate and key: {e}",
+            config.source.as_deref().map_or_else(
+                || "the configuration".to_string(),
+                |f| f.display().to_string()
+            )
+        )),
+    })?;
     let mut wanted: Vec<(std::net::SocketAddr, imap::TlsMode)> = Vec::new();
     wanted.extend(args.tls.iter().map(|a| (*a, imap::TlsMode::Implicit)));
     wanted.extend(args.starttls.iter().map(|a| (*a, imap::TlsMode::Starttls)));
@@ -210,6 +222,7 @@ pub async fn sync(config: Config, args: SyncArgs) -> Result<u8, CliError> {
         ));
     }
     if args.once {
+        let mut failures = Vec::new();
         let mut failed = None;
         let mut gnupg_waits = Vec::new();
         let mut broken_off = Vec::new();
@@ -251,14 +264,23 @@ pub async fn sync(config: Config, args: SyncArgs) -> Result<u8, CliError> {
                         }
                         e => e,
                     };
-                    eprintln!("sealpost: sync {}: {e}", syncer.name());
-                    // A setting to correct stays the answer whatever fails after it (review:
-                    // a Maildir not there, 75, came after a missing password file).
-                    if !matches!(failed, Some(crate::sync::SyncError::Config(_))) {
-                        failed = Some(e);
-                    }
+                    failures.push((syncer.name().to_string(), e));
                 }
             }
+        }
+        // A setting to correct stays the answer whatever fails after it (review: a Maildir
+        // not there, 75, came after a missing password file); the others are said before it,
+        // each once (review: the answer was said twice).
+        let answer = failures
+            .iter()
+            .position(|(_, e)| matches!(e, crate::sync::SyncError::Config(_)))
+            .or(failures.len().checked_sub(1));
+        if let Some(at) = answer {
+            let (name, e) = failures.remove(at);
+            for (other, e) in &failures {
+                eprintln!("sealpost: sync {other}: {e}");
+            }
+            failed = Some((name, e));
         }
         // An upstream setting found wrong (the password file, the CA file, the host name) is
         // 78, as at start (review: 75, which a timer retries for good); anything else may
@@ -277,8 +299,10 @@ pub async fn sync(config: Config, args: SyncArgs) -> Result<u8, CliError> {
                 broken_off.join("; ")
             ))),
             None => Ok(0),
-            Some(e @ crate::sync::SyncError::Config(_)) => Err(CliError::Setting(e.to_string())),
-            Some(e) => Err(CliError::Temporary(e.to_string())),
+            Some((name, e @ crate::sync::SyncError::Config(_))) => {
+                Err(CliError::Setting(format!("sync {name}: {e}")))
+            }
+            Some((name, e)) => Err(CliError::Temporary(format!("sync {name}: {e}"))),
         };
     }
     let (stop, stopped) = watch::channel(false);

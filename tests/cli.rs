@@ -939,6 +939,69 @@ fn check_refuses_what_the_services_would_fail_on() {
     );
 }
 
+/// What stops a service at start is said with its cause and the right class (review): a
+/// configured certificate that is not there names the setting (78); a self-signed pair that
+/// cannot be written is no setting to fix (73: here its temporary file's name is taken by a
+/// directory, as a full disk would fail it); a milter journal directory that cannot be made
+/// names that directory and why, not the file's "No such file or directory" after it.
+#[test]
+fn a_service_that_cannot_start_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("sealpost.toml");
+    let run = |text: String, command: &str| {
+        std::fs::write(&cfg, text).unwrap();
+        sealpost(&["--config", cfg.to_str().unwrap(), command], b"")
+    };
+    let store = format!(
+        "[store]\npath = \"{}\"\n",
+        dir.path().join("st/store.sqlite").display()
+    );
+    let out = run(
+        format!(
+            "{store}[imap]\ncertificate = \"/nonexistent/c.pem\"\nkey = \"/nonexistent/k.pem\"\n"
+        ),
+        "imap",
+    );
+    assert_eq!(out.status.code(), Some(78), "{out:?}");
+    let line = stderr_line(&out);
+    assert!(
+        line.contains("[imap] certificate and key") && line.contains("/nonexistent/c.pem"),
+        "{line}"
+    );
+    std::fs::create_dir_all(dir.path().join("st/imap-key.tmp")).unwrap();
+    let out = run(store, "imap");
+    assert_eq!(out.status.code(), Some(73), "{out:?}");
+    assert!(
+        stderr_line(&out).contains("making the self-signed certificate"),
+        "{out:?}"
+    );
+
+    if sealpost::queue::current_uid() != 0 {
+        eprintln!("skipped the read-only journal: needs root to mount a file system");
+        return;
+    }
+    let fs = SmallFs::mount_at(&dir.path().join("ro"), "1M");
+    fs.remount("ro");
+    let journal = fs.path.join("mj/journal.sqlite");
+    let out = run(
+        format!(
+            "[milter]\njournal = \"{}\"\nlisten = \"inet:127.0.0.1:{}\"\n",
+            journal.display(),
+            common::ports::free_port()
+        ),
+        "milter",
+    );
+    assert_eq!(out.status.code(), Some(73), "{out:?}");
+    let line = stderr_line(&out);
+    assert!(
+        line.contains(&format!(
+            "{}: Read-only file system",
+            fs.path.join("mj").display()
+        )),
+        "{line}"
+    );
+}
+
 /// The public keyring cut to its header, or removed (gpg makes an empty one at its next use),
 /// while the trust database still holds the owner's ultimate trust: every recipient would seem
 /// to have no key, and with no key to sign with the mail would be refused for good (review:
@@ -1126,4 +1189,18 @@ fn a_sealpost_started_with_cores_allowed_makes_none() {
         .unwrap();
     let numbers: Vec<&str> = core.split_whitespace().skip(4).take(2).collect();
     assert_eq!(numbers, ["0", "0"], "{core}");
+}
+
+/// `passwd` reads no configuration: a broken one does not stop it (review: 78).
+#[test]
+fn passwd_needs_no_configuration() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("broken.toml");
+    std::fs::write(&cfg, "[log\n").unwrap();
+    let out = sealpost(&["--config", cfg.to_str().unwrap(), "passwd"], b"secret");
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).starts_with("$argon2id$"),
+        "{out:?}"
+    );
 }

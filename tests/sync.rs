@@ -283,10 +283,10 @@ async fn starttls_plain_auth_and_failures_that_store_nothing() {
     );
     let out = sync_once(&sync_config(&server, &missing));
     assert_eq!(out.status.code(), Some(78), "{out:?}");
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("password_file"),
-        "{out:?}"
-    );
+    // Said once, with the account's name (review: twice).
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(said.matches("no-such-file").count(), 1, "{out:?}");
+    assert!(said.contains("sync alice: "), "{out:?}");
     // Also beside a Maildir source that is not there (75 alone): the setting to correct is
     // the answer (review: 75).
     let and_no_maildir = format!(
@@ -300,6 +300,8 @@ async fn starttls_plain_auth_and_failures_that_store_nothing() {
         stderr.contains("password_file") && stderr.contains("no-such-maildir"),
         "{out:?}"
     );
+    assert_eq!(stderr.matches("no-such-file").count(), 1, "{out:?}");
+    assert_eq!(stderr.matches("no-such-maildir").count(), 1, "{out:?}");
 
     // STARTTLS + PLAIN with the right settings.
     let config = sync_config(&server, &table);

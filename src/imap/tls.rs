@@ -30,6 +30,10 @@ pub enum TlsError {
     Generate(#[from] rcgen::Error),
     #[error("imap.certificate and imap.key must be set together")]
     HalfConfigured,
+    /// Neither is configured, and the self-signed pair could not be made (a full disk, a
+    /// state directory not writable): no setting to fix.
+    #[error("making the self-signed certificate: {0}")]
+    SelfSigned(Box<TlsError>),
 }
 
 /// The IANA ALPN protocol ID of IMAP.
@@ -49,7 +53,7 @@ pub fn acceptor(
                 state_dir.join("imap-key.pem"),
             );
             if !pair.0.exists() || !pair.1.exists() {
-                generate(&pair.0, &pair.1)?;
+                generate(&pair.0, &pair.1).map_err(|e| TlsError::SelfSigned(Box::new(e)))?;
             }
             pair
         }
@@ -110,14 +114,20 @@ fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), TlsError> {
         source,
     };
     let tmp = path.with_extension("tmp");
-    let mut file = fs::OpenOptions::new()
+    let written = fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(mode)
         .open(&tmp)
-        .map_err(io)?;
-    file.write_all(bytes).map_err(io)?;
-    file.sync_all().map_err(io)?;
-    fs::rename(&tmp, path).map_err(io)
+        .and_then(|mut file| {
+            file.write_all(bytes)?;
+            file.sync_all()
+        })
+        .and_then(|()| fs::rename(&tmp, path));
+    if written.is_err() {
+        // Nothing half-written stays behind (review: an empty key file on a full disk).
+        let _ = fs::remove_file(&tmp);
+    }
+    written.map_err(io)
 }

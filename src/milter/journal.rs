@@ -36,16 +36,19 @@ impl Journal {
         // It names every recipient re-injected: its user's alone (review: 0644 in a 0755
         // directory outside the systemd unit, whose UMask=0077 made it so there). SQLite
         // gives its -wal and -shm files the database file's mode.
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            let _ = std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
-                .recursive(true)
-                .create(dir);
-        }
-        crate::queue::private_file(path).map_err(|e| {
+        let invalid = |at: &Path, e: std::io::Error| {
             err(rusqlite::Error::InvalidPath(
-                format!("{}: {e}", path.display()).into(),
+                format!("{}: {e}", at.display()).into(),
             ))
-        })?;
+        };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            // Its own error, not the file's "No such file or directory" after it (review).
+            std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
+                .recursive(true)
+                .create(dir)
+                .map_err(|e| invalid(dir, e))?;
+        }
+        crate::queue::private_file(path).map_err(|e| invalid(path, e))?;
         let conn = Connection::open(path).map_err(err)?;
         conn.busy_timeout(Duration::from_secs(10)).map_err(err)?;
         crate::store::wal_mode(&conn).map_err(err)?;
