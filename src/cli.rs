@@ -369,7 +369,7 @@ fn named_files_readable(config: &Config) -> Result<(), CliError> {
     if let Err(e) = config.queue.check_modes() {
         problems.push(format!("[queue] {e}"));
     }
-    if let Some(home) = &config.gnupg.home {
+    if let Some(home) = config.gnupg.home.as_ref().filter(|h| sockets_in(h)) {
         // gpg-agent makes its socket in the home (review: a read-only one passed, and every
         // message was deferred for good). root passes the mode bits, not a read-only mount.
         let denied = std::ffi::CString::new(home.as_os_str().as_encoded_bytes())
@@ -385,8 +385,14 @@ fn named_files_readable(config: &Config) -> Result<(), CliError> {
             ));
         }
     }
-    if let Some(signer) = &config.policy.default_signer {
-        let home = config.gnupg.home.as_deref();
+    // Looked up only in a configured home of the running user's: another user's gpg would
+    // write there (a trust database of root's, and the owner's gpg can no longer open it:
+    // review), and without [gnupg] home, this user's home may not be the service's.
+    let own_home = config.gnupg.home.as_deref().filter(|home| {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(home).is_ok_and(|m| m.uid() == crate::queue::current_uid())
+    });
+    if let (Some(signer), Some(home)) = (&config.policy.default_signer, own_home) {
         if let Some(why) =
             crate::keys::home::signing_key_problem(home, signer, config.gnupg.timeout())
         {
@@ -404,6 +410,23 @@ fn named_files_readable(config: &Config) -> Result<(), CliError> {
         eprintln!("sealpost: configuration: {file}: {problem}");
     }
     Err(CliError::Setting(format!("{file}: {last}")))
+}
+
+/// Whether gpg-agent makes its sockets in `home` itself, not under /run/user/UID (GnuPG does
+/// that where the directory exists: a user with a session, or one systemd keeps lingering).
+fn sockets_in(home: &Path) -> bool {
+    let listed = std::process::Command::new("gpgconf")
+        .arg("--homedir")
+        .arg(home)
+        .args(["--list-dirs", "socketdir"])
+        .stderr(std::process::Stdio::null())
+        .output();
+    let Ok(out) = listed else {
+        return true;
+    };
+    let socketdir = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let home = std::fs::canonicalize(home).unwrap_or_else(|_| home.to_path_buf());
+    socketdir.is_empty() || Path::new(&socketdir) == home
 }
 
 /// How long blocking work still running at the end of a command may take.
@@ -628,7 +651,7 @@ async fn milter(config: Config) -> Result<u8, CliError> {
     if let Some(home) = config.gnupg.home.as_deref() {
         // A volume not mounted yet, or a home made and not filled: every recipient would be
         // keyless (review).
-        if crate::keys::home::keyring_holds_no_key(home) {
+        if crate::keys::home::holds_no_public_key(home, config.gnupg.timeout()) {
             tracing::warn!(
                 home = %home.display(),
                 "the GnuPG home holds no public key: every recipient counts as one without a key"

@@ -160,29 +160,35 @@ fn writable_by_others(path: &Path) -> Result<(), ConfigError> {
                 meta.mode() & 0o7777
             ),
         }),
-        // In a directory any user may write to, without the sticky bit, anyone can put a file
-        // of theirs in its place (review: a 0600 file in a 0777 directory was used).
-        Ok(meta) if meta.is_file() => {
-            let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
-            let dir = dir.unwrap_or(Path::new("."));
-            match std::fs::metadata(dir) {
-                Ok(d) if d.mode() & 0o002 != 0 && d.mode() & 0o1000 == 0 => {
-                    Err(ConfigError::Unsafe {
-                        path: path.display().to_string(),
-                        message: format!(
-                            "its directory {} may be written by any user (mode {:04o}): \
-                             refused, as anyone could put another file in its place \
-                             (chmod o-w, or move the file)",
-                            dir.display(),
-                            d.mode() & 0o7777
-                        ),
-                    })
-                }
-                _ => Ok(()),
-            }
-        }
+        // Under a directory any user may write to, without the sticky bit, anyone can put a
+        // file (or a directory on the way to it) of theirs in its place (review: a 0600 file
+        // in a 0777 directory was used; then one reached through a link, or a level below).
+        Ok(meta) if meta.is_file() => match open_ancestor(path) {
+            Some((dir, mode)) => Err(ConfigError::Unsafe {
+                path: path.display().to_string(),
+                message: format!(
+                    "it lies under {}, which any user may write to (mode {mode:04o}): \
+                     refused, as anyone could put another file in its place (chmod o-w, or \
+                     move the file)",
+                    dir.display()
+                ),
+            }),
+            None => Ok(()),
+        },
         _ => Ok(()),
     }
+}
+
+/// The first directory above `path` (links resolved) that any user may write to without the
+/// sticky bit, and its mode: anyone can rename what is in it, and so put their own file, or
+/// directory, on the way to `path` (sshd judges the whole path of its files so).
+fn open_ancestor(path: &Path) -> Option<(PathBuf, u32)> {
+    use std::os::unix::fs::MetadataExt;
+    let real = std::fs::canonicalize(path).ok()?;
+    real.ancestors().skip(1).find_map(|dir| {
+        let mode = std::fs::metadata(dir).ok()?.mode() & 0o7777;
+        (mode & 0o002 != 0 && mode & 0o1000 == 0).then(|| (dir.to_path_buf(), mode))
+    })
 }
 
 impl Config {
@@ -573,12 +579,20 @@ pub fn gnupg_home_problem(home: &Path) -> Option<String> {
     // into gpg.conf (review: a 0777 home was used without a word). A home not there yet is
     // judged where it is used.
     let mode = std::fs::metadata(home).ok()?.mode();
-    (mode & 0o002 != 0).then(|| {
-        format!(
+    if mode & 0o002 != 0 {
+        return Some(format!(
             "{}: any user may write to it (mode {:04o}): refused, as whoever writes it chooses \
              the keys mail is encrypted to (chmod o-w)",
             home.display(),
             mode & 0o7777
+        ));
+    }
+    open_ancestor(home).map(|(dir, mode)| {
+        format!(
+            "{}: it lies under {}, which any user may write to (mode {mode:04o}): refused, as \
+             anyone could put a home of theirs in its place (chmod o-w)",
+            home.display(),
+            dir.display()
         )
     })
 }

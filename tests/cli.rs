@@ -356,9 +356,20 @@ fn exit_codes_and_reasons() {
         let out = check(moved.to_str().unwrap());
         assert_eq!(out.status.code(), Some(78), "{out:?}");
         assert!(
-            stderr_line(&out).contains("may be written by any user (mode 0777)"),
+            stderr_line(&out).contains("which any user may write to (mode 0777)"),
             "{out:?}"
         );
+        // Nor one reached through a link, or a level below such a directory.
+        let link = cfg.with_file_name("link.toml");
+        std::os::unix::fs::symlink(&moved, &link).unwrap();
+        let below = open.path().join("sub");
+        std::fs::create_dir(&below).unwrap();
+        std::fs::set_permissions(&below, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::copy(&cfg, below.join("sealpost.toml")).unwrap();
+        for path in [link.clone(), below.join("sealpost.toml")] {
+            let out = check(path.to_str().unwrap());
+            assert_eq!(out.status.code(), Some(78), "{path:?}: {out:?}");
+        }
         std::fs::set_permissions(open.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
         let out = check(moved.to_str().unwrap());
         assert_eq!(out.status.code(), Some(0), "sticky, as /tmp: {out:?}");
@@ -376,7 +387,15 @@ fn exit_codes_and_reasons() {
         );
         std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o700)).unwrap();
         let out = check(cfg.to_str().unwrap());
-        assert_eq!(out.status.code(), Some(0), "{out:?}");
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "under a sticky directory: {out:?}"
+        );
+        std::fs::set_permissions(open.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let out = check(cfg.to_str().unwrap());
+        assert_eq!(out.status.code(), Some(78), "{out:?}");
+        assert!(stderr_line(&out).contains("it lies under"), "{out:?}");
     }
 
     // A GnuPG home that is gone is a failed lookup, never "no key": with signing off, bob
@@ -913,9 +932,39 @@ fn check_refuses_what_the_services_would_fail_on() {
     ));
     assert_eq!(out.status.code(), Some(78), "{out:?}");
     assert!(
-        stderr_line(&out).contains("[policy] default_signer: no secret key"),
+        stderr_line(&out).contains("[policy] default_signer: no key"),
         "{out:?}"
     );
+    // Bob's public key is there, his secret key is not.
+    let out = check(format!(
+        "{home}[policy]\ndefault_signer = \"{}\"\n",
+        world.bob_fpr
+    ));
+    assert_eq!(out.status.code(), Some(78), "{out:?}");
+    assert!(
+        stderr_line(&out).contains("[policy] default_signer: no secret key for"),
+        "{out:?}"
+    );
+    // No gpg-agent is started for it (review: check left one running in the home).
+    let fresh = dir.path().join("fresh");
+    std::fs::create_dir(&fresh).unwrap();
+    std::fs::set_permissions(&fresh, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let copied = Command::new("cp")
+        .arg("-a")
+        .arg(world.sender.dir.join("pubring.kbx"))
+        .arg(world.sender.dir.join("private-keys-v1.d"))
+        .arg(world.sender.dir.join("gpg.conf"))
+        .arg(&fresh)
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    let fresh_home = format!("[gnupg]\nhome = \"{}\"\n", fresh.display());
+    let out = check(format!(
+        "{fresh_home}[policy]\ndefault_signer = \"{}\"\n",
+        world.alice
+    ));
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(!fresh.join("S.gpg-agent").exists(), "an agent was started");
     let out = check(format!(
         "{home}[policy]\ndefault_signer = \"{}\"\n",
         world.alice
@@ -926,6 +975,19 @@ fn check_refuses_what_the_services_would_fail_on() {
         eprintln!("skipped the read-only home: needs root to mount a file system");
         return;
     }
+    // Another user's home is not looked into: root's gpg would write there (review: a trust
+    // database of root's that the owner's gpg could not open).
+    let _ = std::fs::remove_file(fresh.join("trustdb.gpg"));
+    std::os::unix::fs::chown(&fresh, Some(65534), Some(65534)).unwrap();
+    let out = check(format!(
+        "{fresh_home}[policy]\ndefault_signer = \"{}\"\n",
+        "0123456789ABCDEF0123456789ABCDEF01234567"
+    ));
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(
+        !fresh.join("trustdb.gpg").exists(),
+        "root wrote in the home"
+    );
     let fs = SmallFs::mount_at(&dir.path().join("ro"), "1M");
     let ro_home = fs.path.join("g");
     std::fs::create_dir(&ro_home).unwrap();

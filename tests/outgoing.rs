@@ -1810,13 +1810,29 @@ async fn a_keyring_that_lost_its_keys_defers_and_sends_nothing_in_clear() {
     // (another path) stands in for it.
     let copy = GpgHome::copy_of(&home);
     std::fs::remove_file(copy.dir.join("pubring.kbx")).unwrap();
-    let rewriter = Rewriter::new(copy.service(Duration::from_secs(20)), policy);
+    let rewriter = Rewriter::new(copy.service(Duration::from_secs(20)), policy.clone());
     for (recipient, decision) in decisions(run(&rewriter).await) {
         assert!(
             decision.contains("while gpg's backup of it") && decision.contains("holds keys"),
             "{recipient}: {decision}"
         );
     }
+
+    // Keys moved into a keyring gpg.conf names, the default one and its backup left from
+    // before: keys gpg lists, so nothing was lost (review: every keyless recipient deferred).
+    let moved = GpgHome::copy_of(&home);
+    std::fs::rename(moved.dir.join("pubring.kbx"), moved.dir.join("team.kbx")).unwrap();
+    let conf = moved.dir.join("gpg.conf");
+    let mut text = std::fs::read_to_string(&conf).unwrap();
+    text.push_str(&format!(
+        "no-default-keyring\nkeyring {}\n",
+        moved.dir.join("team.kbx").display()
+    ));
+    std::fs::write(&conf, text).unwrap();
+    let rewriter = Rewriter::new(moved.service(Duration::from_secs(20)), policy);
+    let after = decisions(run(&rewriter).await);
+    assert_eq!(after[0], ("bob@example.org".into(), "encrypted".into()));
+    assert!(after[1].1.starts_with("Clear"), "{after:?}");
 }
 
 /// Public keys in GnuPG 1's keyring format (`pubring.gpg`, README "GnuPG"): encrypted as from

@@ -357,7 +357,7 @@ pub fn whole_keyring_problem(home: &Path, deadline: Duration) -> Option<String> 
     }
     if let Some(problem) = keyring_framing_problem(home)
         .or_else(|| ownertrust_without_keys(home, deadline))
-        .or_else(|| keys_vanished(home))
+        .or_else(|| keys_vanished(home, deadline))
     {
         return Some(problem);
     }
@@ -436,7 +436,7 @@ fn keyring_gone(home: &Path) -> Option<String> {
 
 /// Whether the public keyring gpg reads holds no key: none there, an empty file, or a keybox
 /// of its header (and deleted or X.509 records) alone.
-pub fn keyring_holds_no_key(home: &Path) -> bool {
+fn keyring_holds_no_key(home: &Path) -> bool {
     let keybox = home.join("pubring.kbx");
     if openpgp_keybox(&keybox) {
         let Ok(data) = std::fs::read(&keybox) else {
@@ -486,7 +486,7 @@ pub fn remember_keys(home: &Path) {
 /// on an MX, no owner trust to miss, and bob's mail stored in clear after `rm pubring.kbx`).
 /// Keys deleted on purpose, every one of them, defer mail until sealpost starts again (and,
 /// with a backup holding keys, until that is removed): rare, and said in the reason.
-fn keys_vanished(home: &Path) -> Option<String> {
+fn keys_vanished(home: &Path, deadline: Duration) -> Option<String> {
     if !keyring_holds_no_key(home) {
         return None;
     }
@@ -498,10 +498,17 @@ fn keys_vanished(home: &Path) -> Option<String> {
     let backup = home.join("pubring.kbx~");
     let backed_up = openpgp_keybox(&backup)
         && std::fs::read(&backup).is_ok_and(|data| keybox_records(&data).any(|kind| kind == 2));
+    // Keys in a keyring gpg.conf names (`keyring`, `no-default-keyring`) are keys too: the
+    // default keybox and its backup are then left from before (review: every keyless
+    // recipient deferred for good).
+    if (seen || backed_up) && gpg_lists_keys(home, deadline) != Some(false) {
+        return None;
+    }
     if seen {
         Some(format!(
             "the public keyring of {} holds no key, where it held keys before: it was removed \
-             or emptied (if every key was deleted on purpose, start sealpost again)",
+             or emptied, or gpg is writing a new one (if every key was deleted on purpose, \
+             start sealpost again)",
             home.display()
         ))
     } else if backed_up {
@@ -514,6 +521,23 @@ fn keys_vanished(home: &Path) -> Option<String> {
     } else {
         None
     }
+}
+
+/// Whether gpg lists any public key in `home` (every keyring it reads, gpg.conf's too); None
+/// when gpg cannot be run.
+fn gpg_lists_keys(home: &Path, deadline: Duration) -> Option<bool> {
+    let out = gpg_listing(Some(home), &["--list-keys"], deadline).ok()?;
+    Some(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .any(|l| l.starts_with("pub:")),
+    )
+}
+
+/// Whether `home` holds no public key: none in its default keyring, and, asked when that one
+/// has none, none that gpg lists.
+pub fn holds_no_public_key(home: &Path, deadline: Duration) -> bool {
+    keyring_holds_no_key(home) && gpg_lists_keys(home, deadline) == Some(false)
 }
 
 /// A keyring that holds no key while the trust database holds an ownertrust (gpg makes the
@@ -696,23 +720,63 @@ fn gpg_listing(
     gpg_within(home, args, deadline, true)
 }
 
-/// Why `fingerprint` cannot sign in `home`: gpg lists no secret key for it, or cannot be run.
-pub fn signing_key_problem(
-    home: Option<&Path>,
-    fingerprint: &str,
-    deadline: Duration,
-) -> Option<String> {
-    match gpg_listing(home, &["--list-secret-keys", fingerprint], deadline) {
-        Err(e) => Some(format!("cannot run gpg: {e}")),
-        Ok(out)
-            if String::from_utf8_lossy(&out.stdout)
-                .lines()
-                .any(|l| l.starts_with("sec:")) =>
-        {
-            None
-        }
-        Ok(_) => Some(format!("no secret key {fingerprint} in the GnuPG home")),
+/// Why `fingerprint` cannot sign in `home`: no such key, none of it that may sign now
+/// (expired, revoked), or no secret key file for it. Read from the public listing and the
+/// secret key files, so no gpg-agent is started (`sealpost check` starts nothing).
+pub fn signing_key_problem(home: &Path, fingerprint: &str, deadline: Duration) -> Option<String> {
+    let out = match gpg_listing(
+        Some(home),
+        &[
+            "--no-autostart",
+            "--with-keygrip",
+            "--list-keys",
+            fingerprint,
+        ],
+        deadline,
+    ) {
+        Err(e) => return Some(format!("cannot run gpg: {e}")),
+        Ok(out) => out,
+    };
+    let listing = String::from_utf8_lossy(&out.stdout);
+    if !listing.lines().any(|l| l.starts_with("pub:")) {
+        return Some(format!("no key {fingerprint} in {}", home.display()));
     }
+    // Each pub or sub line is followed by its fpr and grp lines: the keygrips of the keys
+    // that may sign now (their own capabilities, field 12 in lower case; not expired,
+    // revoked, invalid or disabled, field 2).
+    let mut signing = false;
+    let mut keygrips = Vec::new();
+    for line in listing.lines() {
+        let fields: Vec<&str> = line.split(':').collect();
+        match fields.first() {
+            Some(&("pub" | "sub")) => {
+                let validity = fields.get(1).copied().unwrap_or_default();
+                let capabilities = fields.get(11).copied().unwrap_or_default();
+                signing = capabilities.contains('s') && !matches!(validity, "e" | "r" | "i" | "d");
+            }
+            Some(&"grp") if signing => {
+                keygrips.extend(fields.get(9).map(|g| g.to_string()));
+                signing = false;
+            }
+            _ => {}
+        }
+    }
+    if keygrips.is_empty() {
+        return Some(format!(
+            "key {fingerprint} has no key that may sign now (expired or revoked)"
+        ));
+    }
+    let secret = |grip: &String| {
+        home.join("private-keys-v1.d")
+            .join(format!("{grip}.key"))
+            .exists()
+    };
+    (!keygrips.iter().any(secret)).then(|| {
+        format!(
+            "no secret key for {fingerprint} in {}",
+            home.join("private-keys-v1.d").display()
+        )
+    })
 }
 
 /// gpg with `args` and a deadline (see [`gpg_listing`]); with `keep_stdout` false, what it

@@ -282,6 +282,9 @@ pub struct WrittenBack {
     /// With `rename_folder`: only the folder's links under this UIDVALIDITY follow it; the
     /// others stay, as they are a new folder's of the old name (an upload into it).
     pub renamed_uidvalidity: Option<u32>,
+    /// The change reached nothing upstream and is given up (said in the log): the entry is
+    /// done, but not counted as written back.
+    pub given_up: bool,
 }
 
 impl Store {

@@ -233,10 +233,11 @@ impl Syncer {
                 }
                 let why = match self.write_entry(&mut upstream, account, &entry).await {
                     Ok(result) => {
+                        let counted = !result.given_up;
                         let store = self.store.clone();
                         blocking(move || store.writeback_done(account, entry.id, &result))
                             .await??;
-                        done += 1;
+                        done += usize::from(counted);
                         None
                     }
                     Err(Failure::Entry(why)) => Some(why),
@@ -305,7 +306,10 @@ impl Syncer {
                     tracing::warn!(account = %self.name, mailbox = %crate::store::unmarked(&entry.mailbox).0,
                         uid = entry.uid, "flag change dropped: the message was not found \
                         upstream again after the folder's UIDVALIDITY changed");
-                    return Ok(WrittenBack::default());
+                    return Ok(WrittenBack {
+                        given_up: true,
+                        ..WrittenBack::default()
+                    });
                 }
                 match entry.detail.split_once('\t') {
                     // What this change added and removed, nothing else: a flag another client
@@ -341,6 +345,10 @@ impl Syncer {
                                 is no longer in its folder upstream (another client moved or \
                                 deleted it); wherever it went, it comes down with the flags it \
                                 has there");
+                            return Ok(WrittenBack {
+                                given_up: true,
+                                ..WrittenBack::default()
+                            });
                         }
                     }
                     // An entry from before the change kept its flags alone: set them all.
