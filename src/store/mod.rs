@@ -519,6 +519,26 @@ struct Inner {
     watcher: std::sync::Once,
 }
 
+/// A database root has just made in another user's directory (a first `deliver` run as
+/// root, say) is given to that user, who owns the store: left root's, every later run as the
+/// owner was refused (review: all mail deferred, then bounced). SQLite, run by root, gives
+/// the -wal and -shm files the database's owner.
+fn given_to_directory_owner(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    if crate::queue::current_uid() != 0 {
+        return Ok(());
+    }
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let owner = std::fs::metadata(dir)?;
+    if owner.uid() == 0 {
+        return Ok(());
+    }
+    std::os::unix::fs::chown(path, Some(owner.uid()), Some(owner.gid()))
+}
+
 /// Why the store at `path` may not live in its directory: any user may write to it.
 pub fn directory_problem(path: &Path) -> Option<String> {
     use std::os::unix::fs::MetadataExt;
@@ -677,7 +697,7 @@ impl Store {
                 .mode(0o600)
                 .open(path)
             {
-                Ok(_) => {}
+                Ok(_) => given_to_directory_owner(path).map_err(|e| failed(path, e))?,
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
                 Err(e) => return Err(failed(path, e)),
             }
