@@ -2467,3 +2467,80 @@ async fn a_message_stored_again_in_its_account_keeps_its_verdict() {
     assert!(!lines[1].contains("$Sealpost-"), "{lines:?}");
     assert!(!lines[1].contains("Sealpost-Verdict:"), "{lines:?}");
 }
+
+/// contrib/postfix/master.cf's deliver transport as it is written there (its user and paths
+/// aside), behind a private Postfix: mail to `Bob@` and to `bob+lists@` is stored once each
+/// in bob's INBOX, and nothing bounces (review: without the `u` flag, `${user}` was "Bob",
+/// an unknown account, and the mail bounced). Needs root (Postfix).
+#[test]
+fn the_contrib_deliver_transport_stores_mail_through_postfix() {
+    use std::os::unix::fs::PermissionsExt;
+    if sealpost::queue::current_uid() != 0 {
+        eprintln!("skipped: needs root to run Postfix");
+        return;
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("spd")
+        .tempdir_in("/tmp")
+        .unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let store_dir = dir.path().join("store");
+    std::fs::create_dir(&store_dir).unwrap();
+    std::fs::set_permissions(&store_dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::os::unix::fs::chown(&store_dir, Some(65534), Some(65534)).unwrap();
+    let hash = run_with_stdin(
+        Command::new(env!("CARGO_BIN_EXE_sealpost")).arg("passwd"),
+        b"secret",
+    );
+    assert!(hash.status.success(), "{hash:?}");
+    let config = dir.path().join("sealpost.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[store]\npath = \"{}\"\n\n[[accounts]]\nname = \"bob\"\npassword_hash = \"{}\"\n",
+            store_dir.join("store.sqlite").display(),
+            String::from_utf8_lossy(&hash.stdout).trim()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
+
+    let contrib = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib/postfix/master.cf"),
+    )
+    .unwrap();
+    let lines: Vec<&str> = contrib.lines().collect();
+    let at = lines
+        .iter()
+        .position(|l| l.starts_with("#sealpost-deliver "))
+        .expect("the transport in contrib/postfix/master.cf");
+    let transport = format!("{}\n{}\n", &lines[at][1..], &lines[at + 1][1..])
+        .replace("user=sealpost", "user=nobody")
+        .replace("/usr/bin/sealpost", env!("CARGO_BIN_EXE_sealpost"))
+        .replace("/etc/sealpost/sealpost.toml", config.to_str().unwrap());
+    let postfix = common::postfix::Postfix::start_with(None);
+    let master = postfix.dir.join("master.cf");
+    let mut text = std::fs::read_to_string(&master).unwrap();
+    text.push_str(&transport);
+    std::fs::write(&master, text).unwrap();
+    for parameter in [
+        "recipient_delimiter = +",
+        "virtual_transport = sealpost-deliver",
+        "sealpost-deliver_destination_recipient_limit = 1",
+    ] {
+        postfix.set(parameter);
+    }
+    let out = postfix.sendmail(
+        &["-i", "Bob@example.org", "bob+lists@example.org"],
+        b"From: alice@example.org\nTo: Bob@example.org\nSubject: through Postfix\n\nhello\n",
+    );
+    assert!(out.status.success(), "{out:?}");
+    postfix.wait_queue_empty();
+    let log = postfix.log();
+    assert_eq!(log.matches("status=sent").count(), 2, "{log}");
+    assert!(!log.contains("status=bounced"), "{log}");
+    let store = sealpost::store::Store::open(&store_dir.join("store.sqlite")).unwrap();
+    let account = store.account("bob").unwrap().unwrap();
+    let inbox = store.mailbox(account, "INBOX").unwrap().unwrap();
+    assert_eq!(store.select_view(inbox.id).unwrap().uids.len(), 2, "{log}");
+}
