@@ -1272,30 +1272,12 @@ fn passwd_needs_no_configuration() {
 /// owner, and every later delivery deferred). Needs root.
 #[test]
 fn a_store_root_makes_in_another_users_directory_is_theirs() {
-    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    use std::os::unix::fs::MetadataExt;
     if sealpost::queue::current_uid() != 0 {
         eprintln!("skipped: needs root");
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let store_dir = dir.path().join("store");
-    std::fs::create_dir(&store_dir).unwrap();
-    std::fs::set_permissions(&store_dir, std::fs::Permissions::from_mode(0o700)).unwrap();
-    std::os::unix::fs::chown(&store_dir, Some(65534), Some(65534)).unwrap();
-    let hash = sealpost(&["passwd"], b"secret");
-    assert!(hash.status.success(), "{hash:?}");
-    let cfg = dir.path().join("sealpost.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[store]\npath = \"{}\"\n\n[[accounts]]\nname = \"alice\"\npassword_hash = \"{}\"\n",
-            store_dir.join("store.sqlite").display(),
-            String::from_utf8_lossy(&hash.stdout).trim()
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&cfg, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (_dir, store, cfg) = nobodys_store("alice");
     let message = b"From: a@example.org\nTo: alice@example.org\nSubject: s\n\nhello\n";
     let cfg_s = cfg.to_str().unwrap();
     let out = sealpost(
@@ -1303,7 +1285,7 @@ fn a_store_root_makes_in_another_users_directory_is_theirs() {
         message,
     );
     assert_eq!(out.status.code(), Some(0), "{out:?}");
-    let database = std::fs::metadata(store_dir.join("store.sqlite")).unwrap();
+    let database = std::fs::metadata(&store).unwrap();
     assert_eq!(database.uid(), 65534);
     let out = run_with_stdin(
         Command::new("setpriv")

@@ -2474,36 +2474,11 @@ async fn a_message_stored_again_in_its_account_keeps_its_verdict() {
 /// an unknown account, and the mail bounced). Needs root (Postfix).
 #[test]
 fn the_contrib_deliver_transport_stores_mail_through_postfix() {
-    use std::os::unix::fs::PermissionsExt;
     if sealpost::queue::current_uid() != 0 {
         eprintln!("skipped: needs root to run Postfix");
         return;
     }
-    let dir = tempfile::Builder::new()
-        .prefix("spd")
-        .tempdir_in("/tmp")
-        .unwrap();
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let store_dir = dir.path().join("store");
-    std::fs::create_dir(&store_dir).unwrap();
-    std::fs::set_permissions(&store_dir, std::fs::Permissions::from_mode(0o700)).unwrap();
-    std::os::unix::fs::chown(&store_dir, Some(65534), Some(65534)).unwrap();
-    let hash = run_with_stdin(
-        Command::new(env!("CARGO_BIN_EXE_sealpost")).arg("passwd"),
-        b"secret",
-    );
-    assert!(hash.status.success(), "{hash:?}");
-    let config = dir.path().join("sealpost.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[store]\npath = \"{}\"\n\n[[accounts]]\nname = \"bob\"\npassword_hash = \"{}\"\n",
-            store_dir.join("store.sqlite").display(),
-            String::from_utf8_lossy(&hash.stdout).trim()
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (_dir, store, config) = common::nobodys_store("bob");
 
     let contrib = std::fs::read_to_string(
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib/postfix/master.cf"),
@@ -2539,7 +2514,7 @@ fn the_contrib_deliver_transport_stores_mail_through_postfix() {
     let log = postfix.log();
     assert_eq!(log.matches("status=sent").count(), 2, "{log}");
     assert!(!log.contains("status=bounced"), "{log}");
-    let store = sealpost::store::Store::open(&store_dir.join("store.sqlite")).unwrap();
+    let store = sealpost::store::Store::open(&store).unwrap();
     let account = store.account("bob").unwrap().unwrap();
     let inbox = store.mailbox(account, "INBOX").unwrap().unwrap();
     assert_eq!(store.select_view(inbox.id).unwrap().uids.len(), 2, "{log}");

@@ -18,6 +18,41 @@ use std::time::Duration;
 
 use sealpost::keys::{home, KeyService};
 
+/// A store of nobody's (uid 65534) for one account, `account`, as a service user's would be:
+/// its directory (0700, nobody's) under a directory anyone may enter, and a configuration
+/// anyone may read that names it. (The directory, to keep; the store's path; the
+/// configuration's.) Root only (chown).
+pub fn nobodys_store(account: &str) -> (tempfile::TempDir, PathBuf, PathBuf) {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::Builder::new()
+        .prefix("spd")
+        .tempdir_in("/tmp")
+        .unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let store_dir = dir.path().join("store");
+    std::fs::create_dir(&store_dir).unwrap();
+    std::fs::set_permissions(&store_dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::os::unix::fs::chown(&store_dir, Some(65534), Some(65534)).unwrap();
+    let hash = run_with_stdin(
+        Command::new(env!("CARGO_BIN_EXE_sealpost")).arg("passwd"),
+        b"secret",
+    );
+    assert!(hash.status.success(), "{hash:?}");
+    let store = store_dir.join("store.sqlite");
+    let config = dir.path().join("sealpost.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[store]\npath = \"{}\"\n\n[[accounts]]\nname = \"{account}\"\npassword_hash = \"{}\"\n",
+            store.display(),
+            String::from_utf8_lossy(&hash.stdout).trim()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
+    (dir, store, config)
+}
+
 /// A GnuPG home under /tmp (short path for the agent socket), removed with its agent on drop.
 pub struct GpgHome {
     pub dir: PathBuf,
