@@ -519,6 +519,14 @@ struct Inner {
     watcher: std::sync::Once,
 }
 
+/// The directory a database file `path` is in ("." for a bare file name).
+fn directory_of(path: &Path) -> &Path {
+    match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    }
+}
+
 /// A database root has just made in another user's directory (a first `deliver` run as
 /// root, say) is given to that user, who owns the store: left root's, every later run as the
 /// owner was refused (review: all mail deferred, then bounced). SQLite, run by root, gives
@@ -528,10 +536,7 @@ fn given_to_directory_owner(path: &Path) -> std::io::Result<()> {
     if crate::queue::current_uid() != 0 {
         return Ok(());
     }
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
+    let dir = directory_of(path);
     let owner = std::fs::metadata(dir)?;
     if owner.uid() == 0 {
         return Ok(());
@@ -542,10 +547,7 @@ fn given_to_directory_owner(path: &Path) -> std::io::Result<()> {
 /// Why the store at `path` may not live in its directory: any user may write to it.
 pub fn directory_problem(path: &Path) -> Option<String> {
     use std::os::unix::fs::MetadataExt;
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
+    let dir = directory_of(path);
     let meta = std::fs::metadata(dir).ok()?;
     (meta.mode() & 0o002 != 0).then(|| {
         format!(
@@ -570,10 +572,7 @@ fn check_modes(path: &Path) -> Result<(), StoreError> {
         path: path.to_owned(),
         why,
     };
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
+    let dir = directory_of(path);
     let dir_meta = std::fs::metadata(dir).ok();
     if let Some(why) = directory_problem(path) {
         return Err(unsafe_because(why));
@@ -1911,10 +1910,7 @@ pub(crate) fn file_system_trouble(path: &Path, e: &rusqlite::Error) -> String {
     ) {
         return String::new();
     }
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
+    let dir = directory_of(path);
     let mut why = Vec::new();
     if let Ok(c_dir) =
         std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(dir.as_os_str()))
