@@ -616,6 +616,24 @@ async fn verify_multipart_signed(
     let boundary = ct
         .and_then(|ct| ct.attribute("boundary"))
         .unwrap_or_default();
+    // A boundary of characters RFC 2046 §5.1.1 does not allow there is read differently by
+    // different parsers: one that ends in a blank (Python's email trims it, so "--b" lines
+    // delimit other parts than the "--b " ones verified here), or one written with a
+    // backslash (a quoted-pair here, a character of the boundary to others). Review: a
+    // genuine signature over Alice's parts vouched for Mallory's, shown by those parsers.
+    let raw_content_type = fields(split(entity).0)
+        .into_iter()
+        .filter(|(name, _)| name.eq_ignore_ascii_case(b"content-type"))
+        .any(|(_, field)| field.contains(&b'\\'));
+    let bchars = |b: u8| b.is_ascii_alphanumeric() || b"'()+_,-./:=? ".contains(&b);
+    if raw_content_type || boundary.ends_with(' ') || !boundary.bytes().all(bchars) {
+        return Ok(Signature::Bad {
+            fingerprint: String::new(),
+            reason: "multipart/signed whose boundary other readers read another way (RFC 2046 \
+                     5.1.1: no blank at its end, no quoted-pair)"
+                .into(),
+        });
+    }
     // The line itself is not quoted into the verdict: it is the sender's text.
     if loose_delimiter(&entity[root.body()], boundary.as_bytes()) {
         return Ok(Signature::Bad {
@@ -1229,8 +1247,8 @@ fn from_mismatch(inner: &Option<Option<String>>, outer: &Option<String>) -> bool
 
 /// Outer fields minus the outer Content-* ones, with the inner entity's Content-* fields (and,
 /// when protected, its [`PROTECTABLE`] and [`REPLY_ROUTING`] fields, which replace outer
-/// fields of the same name; outer [`REPLY_ROUTING`] fields go when the protected set has a
-/// From). Returns the protected
+/// fields of the same name; every outer one of those but Date and Message-ID goes when the
+/// protected set has a From). Returns the protected
 /// From: None when the protected set has no From field, Some(None) when it is not exactly
 /// one mailbox.
 ///
@@ -1262,9 +1280,16 @@ fn merge_headers(
     let addressing = protected_fields
         .iter()
         .any(|(n, _)| n.eq_ignore_ascii_case(b"from"));
+    // With a protected From the sender's MUA protected every field it wrote: an outer one it
+    // did not protect is someone else's (review: Mallory's Cc on Alice's genuine message, and
+    // a reply to all went to him; In-Reply-To moved it into his thread), and goes. Date and
+    // Message-ID, which a server may add outside, stay when not protected.
+    let unprotected_kept = |name: &[u8]| {
+        name.eq_ignore_ascii_case(b"date") || name.eq_ignore_ascii_case(b"message-id")
+    };
     let replaced = |name: &[u8]| {
         is_content_field(name)
-            || (addressing && is_reply_routing(name))
+            || (addressing && is_protectable(name) && !unprotected_kept(name))
             || protected_fields
                 .iter()
                 .any(|(n, _)| n.eq_ignore_ascii_case(name))

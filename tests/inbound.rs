@@ -873,7 +873,11 @@ async fn fields_outside_the_signature_do_not_ride_on_it() {
          Subject: pay to IBAN XX00 MALLORY\r\nReply-To: m@evil.example\r\n\r\n{body}"
     );
     let armored = world.sender.encrypt_to(&world.bob_fpr, wrapped.as_bytes());
-    let mut raw = b"Reply-To: outer@evil.example\r\n".to_vec();
+    // Fields Alice did not protect, on the outside: someone else's (review: a Cc of
+    // Mallory's stayed, and a reply to all went to him).
+    let mut raw = b"Reply-To: outer@evil.example\r\nCc: Mallory <m@evil.example>\r\n\
+        In-Reply-To: <thread@evil.example>\r\nOrganization: evil.example treasury\r\n"
+        .to_vec();
     raw.extend_from_slice(&verdicts::pgp_mime(&armored));
     let (code, output) = deliver(&server, &raw);
     assert_eq!(code, 0, "{output}");
@@ -932,6 +936,42 @@ async fn a_delimiter_line_with_more_on_it_does_not_ride_on_a_signature() {
         let (header, _) = text.split_once("\r\n\r\n").unwrap();
         assert!(!header.contains("evil.example"), "{header}");
     }
+}
+
+/// A boundary that other parsers read another way (RFC 2046 §5.1.1 allows no blank at its end
+/// and no quoted-pair): with `boundary="B "`, Python's email trims the blank and shows the
+/// parts Mallory put between "--B" lines ahead of Alice's "--B " ones; with `"\B"`, its legacy
+/// parser keeps the backslash. Alice's genuine signature over her parts is no valid
+/// signature then (review: stored valid, from=match).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_boundary_other_parsers_read_another_way_does_not_ride_on_a_signature() {
+    let world = World::new();
+    let server = bobs_store(&world);
+    let signed = String::from_utf8(verdicts::signed_copy(&world).await).unwrap();
+    let boundary = boundary_of(&signed);
+    let mallory = |b: &str| {
+        format!(
+            "\r\n--{b}\r\nContent-Type: text/plain\r\n\r\nPay Mallory.\r\n--{b}\r\n\
+             Content-Type: application/pgp-signature\r\n\r\nx\r\n--{b}--\r\n"
+        )
+    };
+    // Alice's delimiters gain the blank; Mallory's parts come first, under the plain ones.
+    let blank = signed
+        .replace(
+            &format!("boundary=\"{boundary}\""),
+            &format!("boundary=\"{boundary} \""),
+        )
+        .replace(&format!("--{boundary}--"), &format!("--{boundary} --"))
+        .replace(
+            &format!("\r\n--{boundary}\r\n"),
+            &format!("\r\n--{boundary} \r\n"),
+        )
+        .replacen("\r\n\r\n", &format!("\r\n\r\n{}", mallory(&boundary)), 1);
+    let quoted = signed.replace(
+        &format!("boundary=\"{boundary}\""),
+        &format!("boundary=\"\\{boundary}\""),
+    );
+    forgeries_read_bad(&server, &signed, &[&blank, &quoted]);
 }
 
 /// A multipart/signed message from Alice (subject "two") of `part` and `signature`.
