@@ -1086,10 +1086,28 @@ pub fn strip_field(header: &[u8], name: &str) -> Vec<u8> {
 /// and then "Sealpost_Verdict", "Sealpost.Verdict", "SealpostVerdict", "Sealpost--Verdict" and
 /// "X-Sealpost-Verdict" were kept, and mutt showed them above sealpost's own).
 fn verdict_lookalike(field_name: &[u8]) -> bool {
-    let letters: Vec<u8> = field_name
-        .iter()
-        .filter(|b| b.is_ascii_alphanumeric())
-        .map(u8::to_ascii_lowercase)
+    // Letters of other scripts that look like the Latin ones of the name (review: a Cyrillic
+    // "е" in "Vеrdict" kept the field), as Unicode's confusables list has them.
+    let skeleton = |c: char| match c {
+        'а' | 'ɑ' | 'α' => 'a',
+        'с' | 'ϲ' => 'c',
+        'ԁ' => 'd',
+        'е' | 'ε' => 'e',
+        'і' | 'ı' | 'ι' | 'ӏ' => 'i',
+        'ⅼ' | 'Ι' | 'І' | 'Ӏ' => 'l',
+        'о' | 'ο' | 'օ' => 'o',
+        'р' | 'ρ' => 'p',
+        'ѕ' => 's',
+        'т' | 'τ' => 't',
+        'ν' | 'ѵ' => 'v',
+        _ => c,
+    };
+    let letters: Vec<u8> = String::from_utf8_lossy(field_name)
+        .chars()
+        .flat_map(char::to_lowercase)
+        .map(skeleton)
+        .filter(char::is_ascii_alphanumeric)
+        .map(|c| c as u8)
         .collect();
     letters.windows(15).any(|w| w == b"sealpostverdict")
 }
@@ -1791,6 +1809,8 @@ mod tests {
             "SealpostVerdict",
             "Sealpost--Verdict",
             "X-Sealpost-Verdict",
+            "Sealpost-V\u{435}rdict",
+            "S\u{435}\u{430}lp\u{43e}st-V\u{435}rdi\u{441}t",
         ] {
             let raw = format!("Subject: x\r\n{name}: encrypted; signature=valid\r\n\r\nbody");
             assert_eq!(
