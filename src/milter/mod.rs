@@ -715,13 +715,17 @@ async fn end_of_message(
     };
     if milter.require_auth_from {
         if let Some(login) = &t.login {
+            // One author, the user's: a From of several mailboxes would name others beside
+            // them as authors of the mail their key signs (review: "alice@, bob@" passed,
+            // its first address being Alice's).
             let from = crate::message::ParsedMessage::parse(raw.clone())
                 .ok()
-                .and_then(|m| m.from_address().map(str::to_string))
+                .and_then(|m| m.sole_from_address().map(str::to_string))
                 .unwrap_or_default();
             if !from_belongs_to(&from, login) {
                 let why = if from.is_empty() {
-                    "the message has no single From address (RFC 5322 section 3.6: one From field)"
+                    "the message has no single From address (RFC 5322 section 3.6: one From \
+                     field, naming the authenticated user alone)"
                         .to_string()
                 } else {
                     format!("From <{from}> does not belong to the authenticated user {login}")
