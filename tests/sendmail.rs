@@ -972,6 +972,29 @@ fn any_user_can_submit_and_nobody_reads_anothers_mail() {
     set_mode(&incoming, 0o700);
     let out = submit_as_nobody(&s, b"From: nobody@host.example\nSubject: again\n\nhello\n");
     refused_by_the_spool(&out);
+
+    // Who submitted each is in the mail, as Postfix's pickup writes it: any user may give any
+    // envelope sender and From (review: nothing in the mail named the real user).
+    set_mode(&incoming, 0o1733);
+    let relay = s.relay(&RelayOptions::default());
+    s.configure(relay.port, false, "");
+    s.queue_run();
+    let delivered = relay.delivered(2);
+    for (sender, uid) in [("nobody@host.example", 65534), ("root@host.example", 0)] {
+        let copy = delivered
+            .iter()
+            .find(|d| d.from == sender)
+            .unwrap_or_else(|| panic!("no copy from {sender}: {delivered:?}"));
+        let (header, _) = String::from_utf8_lossy(&copy.bytes)
+            .split_once("\r\n\r\n")
+            .map(|(h, b)| (h.to_string(), b.to_string()))
+            .unwrap();
+        assert!(
+            header.starts_with("Received: by ")
+                && header.contains(&format!("(sealpost, from userid {uid})")),
+            "{header}"
+        );
+    }
 }
 
 /// Modes that let other users at queued mail are refused, not used: a queue directory others
@@ -2124,6 +2147,43 @@ fn a_full_queue_file_system_sends_nothing_it_cannot_record() {
     queue.remount("ro");
     listed_anyway(s.sendmail(&["-bp"], b""), "Read-only file system");
     queue.remount("rw");
+}
+
+/// New submissions the queue cannot take in (its file system filled, as any local user can
+/// fill it with drop files) do not hold up mail queued before them: it is sent and recorded,
+/// the run ends in 75, and the new one goes once there is room (review: the run stopped at
+/// taking them in, and nothing moved for anyone). Needs root (a small tmpfs).
+#[test]
+fn submissions_that_cannot_be_taken_in_do_not_hold_up_queued_mail() {
+    if sealpost::queue::current_uid() != 0 {
+        eprintln!("skipped: needs root to mount a small file system");
+        return;
+    }
+    let s = Setup::new();
+    let queue = SmallFs::mount_at(&s.queue_dir(), "2M");
+    s.configure(relay::free_port(), false, "");
+    let send = |rcpt: &str, lines: usize| {
+        let mut message = b"From: alice@example.org\nSubject: waits\n\n".to_vec();
+        for _ in 0..lines {
+            message.extend_from_slice(b"a line of the body, as a script writes it\n");
+        }
+        let out = s.sendmail(&["-i", rcpt], &message);
+        assert!(out.status.success(), "{out:?}");
+    };
+    send("bob@example.org", 1);
+    assert!(s.queue_run().contains("1 deferred"));
+    let relay = s.relay(&RelayOptions::default());
+    s.configure(relay.port, false, "");
+    // 160 KB: more than the room left, so the queue's database cannot take it in.
+    send("carol@example.org", 4000);
+    queue.fill(40);
+    let out = s.sealpost(&["queue", "run"]);
+    assert_eq!(out.status.code(), Some(75), "{out:?}");
+    assert_eq!(relay.delivered(1)[0].rcpts, ["bob@example.org"]);
+    queue.unfill();
+    s.queue_run();
+    assert_eq!(relay.delivered(1)[0].rcpts, ["carol@example.org"]);
+    assert!(relay.drain().is_empty(), "each got one copy");
 }
 
 /// A setup whose relay is a private Postfix on loopback (which announces DSN), without TLS,

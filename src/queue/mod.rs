@@ -333,6 +333,23 @@ impl RunReport {
     }
 }
 
+/// `message` with a trace field naming the local user who submitted it, as Postfix's pickup
+/// writes one ("from userid N"): any user may give any envelope sender and From (`-f`, a
+/// drop file of their own), and the recipients and the reader of a report can see who did
+/// (review: nothing in the mail named the real user). A trace field stays outside the
+/// signature and the encryption, as every Received field does.
+fn traced(message: &[u8], id: &str, uid: u32, now: i64) -> Vec<u8> {
+    let field = format!(
+        "Received: by {} (sealpost, from userid {uid})\r\n\tid {id}; {}\r\n",
+        hostname(),
+        mail_parser::DateTime::from_timestamp(now).to_rfc822()
+    );
+    let mut traced = Vec::with_capacity(field.len() + message.len());
+    traced.extend_from_slice(field.as_bytes());
+    traced.extend_from_slice(message);
+    traced
+}
+
 /// The queue database.
 pub struct Queue {
     config: QueueConfig,
@@ -515,13 +532,14 @@ impl Queue {
                     continue;
                 }
             };
-            let submission = match picked.submission {
+            let mut submission = match picked.submission {
                 Ok(s) => s,
                 Err(reason) => {
                     self.set_aside(&path, &reason);
                     continue;
                 }
             };
+            submission.message = traced(&submission.message, &picked.id, picked.uid, now());
             // Known already: queued by an earlier pick-up that could not remove the file (or
             // one a crash cut short before it did). Not queued or counted again.
             let known = !self.insert(&picked.id, picked.uid, &submission, now())?;
@@ -1590,12 +1608,24 @@ pub struct Runner {
 impl Runner {
     pub async fn run(&self, scope: Scope) -> Result<RunReport, QueueError> {
         let queue = self.queue.clone();
-        let picked_up = tokio::task::spawn_blocking(move || queue.pick_up())
+        // New submissions that cannot be taken in (a disk filled, by any local user's drop
+        // files say) do not hold up the mail queued before them: it is delivered, and the run
+        // still ends in that error (review: one user's submissions stopped everyone's mail).
+        let (picked_up, pickup_failed) = match tokio::task::spawn_blocking(move || queue.pick_up())
             .await
             .map_err(|e| QueueError::Io {
                 path: "pickup".into(),
                 source: std::io::Error::other(e),
-            })??;
+            })? {
+            Ok(n) => (n, None),
+            Err(e) => {
+                tracing::warn!(
+                    "queue run: new submissions not taken in ({e}); delivering what was \
+                     queued before"
+                );
+                (0, Some(e))
+            }
+        };
         let mut stranded_reports = 0;
         for id in self.queue.stranded()? {
             if let Some(m) = self.queue.load(&id, &Scope::All, now())? {
@@ -1654,7 +1684,7 @@ impl Runner {
                 }
             }
         }
-        if let Some(e) = failed {
+        if let Some(e) = failed.or(pickup_failed) {
             return Err(e);
         }
         self.queue.purge(now())?;
