@@ -2518,7 +2518,11 @@ fn the_contrib_deliver_transport_stores_mail_through_postfix() {
         eprintln!("skipped: needs root to run Postfix");
         return;
     }
-    let (_dir, store, config) = common::nobodys_store("bob");
+    let (dir, store, config) = common::nobodys_store("bob");
+    // Where pipe(8), as nobody, may run it: the checkout may be under a directory only root
+    // may enter (CI's, or a clone in a mktemp directory).
+    let binary = dir.path().join("sealpost");
+    std::fs::copy(env!("CARGO_BIN_EXE_sealpost"), &binary).unwrap();
 
     let contrib = std::fs::read_to_string(
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib/postfix/master.cf"),
@@ -2531,7 +2535,7 @@ fn the_contrib_deliver_transport_stores_mail_through_postfix() {
         .expect("the transport in contrib/postfix/master.cf");
     let transport = format!("{}\n{}\n", &lines[at][1..], &lines[at + 1][1..])
         .replace("user=sealpost", "user=nobody")
-        .replace("/usr/bin/sealpost", env!("CARGO_BIN_EXE_sealpost"))
+        .replace("/usr/bin/sealpost", binary.to_str().unwrap())
         .replace("/etc/sealpost/sealpost.toml", config.to_str().unwrap());
     let postfix = common::postfix::Postfix::start_with(None);
     let master = postfix.dir.join("master.cf");
