@@ -1156,6 +1156,18 @@ fn is_content_field(name: &[u8]) -> bool {
     name.len() >= 8 && name[..8].eq_ignore_ascii_case(b"content-")
 }
 
+/// Whether a protected header is RFC 9788's: its Content-Type carries `hp`.
+fn is_rfc9788(inner_header: &[u8]) -> bool {
+    fields(inner_header).iter().any(|(name, field)| {
+        name.eq_ignore_ascii_case(b"content-type")
+            && String::from_utf8_lossy(field)
+                .to_ascii_lowercase()
+                .replace([' ', '\t', '\r', '\n'], "")
+                .split(';')
+                .any(|p| p.starts_with("hp="))
+    })
+}
+
 fn is_protected(inner_header: &[u8]) -> bool {
     fields(inner_header).iter().any(|(name, field)| {
         name.eq_ignore_ascii_case(b"content-type")
@@ -1265,8 +1277,9 @@ fn from_mismatch(inner: &Option<Option<String>>, outer: &Option<String>) -> bool
 
 /// Outer fields minus the outer Content-* ones, with the inner entity's Content-* fields (and,
 /// when protected, its [`PROTECTABLE`] and [`REPLY_ROUTING`] fields, which replace outer
-/// fields of the same name; every outer one of those but Date and Message-ID goes when the
-/// protected set has a From). Returns the protected
+/// fields of the same name; outer [`REPLY_ROUTING`] fields go when the protected set has a
+/// From, and, in RFC 9788's form, every outer one of those kinds but Date, Message-ID and the
+/// over-long). Returns the protected
 /// From: None when the protected set has no From field, Some(None) when it is not exactly
 /// one mailbox.
 ///
@@ -1298,23 +1311,31 @@ fn merge_headers(
     let addressing = protected_fields
         .iter()
         .any(|(n, _)| n.eq_ignore_ascii_case(b"from"));
-    // With a protected From the sender's MUA protected every field it wrote: an outer one it
-    // did not protect is someone else's (review: Mallory's Cc on Alice's genuine message, and
-    // a reply to all went to him; In-Reply-To moved it into his thread), and goes. Date and
-    // Message-ID, which a server may add outside, stay when not protected.
-    let unprotected_kept = |name: &[u8]| {
-        name.eq_ignore_ascii_case(b"date") || name.eq_ignore_ascii_case(b"message-id")
+    // RFC 9788 (`hp`): the sender's MUA copied every field it wrote into the protected set,
+    // so an outer one of those kinds it lacks is someone else's (review: Mallory's Cc on
+    // Alice's genuine message, and a reply to all went to him; In-Reply-To moved it into his
+    // thread), and goes. Not Date and Message-ID, which a server may add outside, nor a field
+    // too long for a signed-only payload, which its sender leaves outside (sealpost's own
+    // does, over MAX_SIGNED_FIELD). The older protected-headers="v1" promises no full copy
+    // (LEAP's memoryhole protects no Cc, Delta Chat's first versions no To, In-Reply-To or
+    // References: review), so there only the fields that route replies go.
+    let full_copy = protected.is_some_and(is_rfc9788);
+    let unprotected_kept = |name: &[u8], field: &[u8]| {
+        name.eq_ignore_ascii_case(b"date")
+            || name.eq_ignore_ascii_case(b"message-id")
+            || field.len() > crate::message::mime::MAX_SIGNED_FIELD
     };
-    let replaced = |name: &[u8]| {
+    let replaced = |name: &[u8], field: &[u8]| {
         is_content_field(name)
-            || (addressing && is_protectable(name) && !unprotected_kept(name))
+            || (addressing && is_reply_routing(name))
+            || (addressing && full_copy && is_protectable(name) && !unprotected_kept(name, field))
             || protected_fields
                 .iter()
                 .any(|(n, _)| n.eq_ignore_ascii_case(name))
     };
     let mut out = Vec::new();
     for (name, field) in outer_fields {
-        if !replaced(name) {
+        if !replaced(name, field) {
             out.extend_from_slice(field);
         }
     }
@@ -2117,6 +2138,34 @@ mod tests {
         let merged = String::from_utf8(merged).unwrap();
         assert_eq!(inner_from, None);
         for kept in ["From: a@", "To: b@", "Reply-To: list@", "Subject: Real"] {
+            assert!(merged.contains(kept), "{kept}: {merged}");
+        }
+        // protected-headers="v1" promises no full copy: LEAP's memoryhole protects From, To,
+        // Subject, Date and Message-ID, and the outer Cc and threading fields stay (review:
+        // they were lost). RFC 9788's form copies every field: an outer one it lacks goes,
+        // but Date, Message-ID and one too long to sign (left outside by its sender).
+        let memoryhole = b"Content-Type: text/plain; protected-headers=\"v1\"\r\n\
+            From: a@example.org\r\nTo: b@example.org\r\nSubject: Real\r\n\r\n";
+        let long_references = format!("References: <{}@x>\r\n", "r".repeat(17_000));
+        let outer = format!(
+            "From: a@example.org\r\nTo: b@example.org\r\nCc: c@example.org\r\n\
+             In-Reply-To: <p@x>\r\nDate: Mon, 7 Dec 2026 10:00:00 +0000\r\n{long_references}\
+             Reply-To: m@evil.example\r\n\r\n"
+        );
+        let (merged, _) = merge_headers(outer.as_bytes(), memoryhole, Some(&memoryhole[..]));
+        let merged = String::from_utf8(merged).unwrap();
+        for kept in ["Cc: c@", "In-Reply-To: <p@x>", "Date: ", "References: "] {
+            assert!(merged.contains(kept), "{kept}: {merged}");
+        }
+        assert!(!merged.contains("evil"), "{merged}");
+        let rfc9788 = b"Content-Type: text/plain; hp=\"cipher\"\r\n\
+            From: a@example.org\r\nTo: b@example.org\r\nSubject: Real\r\n\r\n";
+        let (merged, _) = merge_headers(outer.as_bytes(), rfc9788, Some(&rfc9788[..]));
+        let merged = String::from_utf8(merged).unwrap();
+        for gone in ["Cc: c@", "In-Reply-To: <p@x>", "evil"] {
+            assert!(!merged.contains(gone), "{gone}: {merged}");
+        }
+        for kept in ["Date: ", "References: "] {
             assert!(merged.contains(kept), "{kept}: {merged}");
         }
     }

@@ -696,7 +696,17 @@ impl Store {
                 .mode(0o600)
                 .open(path)
             {
-                Ok(_) => given_to_directory_owner(path).map_err(|e| failed(path, e))?,
+                Ok(_) => {
+                    // A file system that refuses chown (NFS with root_squash, vfat) leaves it
+                    // root's, as before (review): root's run goes on.
+                    if let Err(e) = given_to_directory_owner(path) {
+                        tracing::warn!(
+                            "{}: made by root, and cannot be given to its directory's owner: \
+                             {e}",
+                            path.display()
+                        );
+                    }
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
                 Err(e) => return Err(failed(path, e)),
             }
