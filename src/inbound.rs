@@ -1156,27 +1156,29 @@ fn is_content_field(name: &[u8]) -> bool {
     name.len() >= 8 && name[..8].eq_ignore_ascii_case(b"content-")
 }
 
-/// Whether a protected header is RFC 9788's: its Content-Type carries `hp`.
-fn is_rfc9788(inner_header: &[u8]) -> bool {
-    fields(inner_header).iter().any(|(name, field)| {
+/// Whether the header's Content-Type has a parameter of one of these (lower-case) names.
+fn content_type_names(header: &[u8], parameters: &[&str]) -> bool {
+    fields(header).iter().any(|(name, field)| {
         name.eq_ignore_ascii_case(b"content-type")
             && String::from_utf8_lossy(field)
                 .to_ascii_lowercase()
                 .replace([' ', '\t', '\r', '\n'], "")
                 .split(';')
-                .any(|p| p.starts_with("hp="))
+                .any(|p| {
+                    parameters
+                        .iter()
+                        .any(|name| p.strip_prefix(name).is_some_and(|v| v.starts_with('=')))
+                })
     })
 }
 
+/// Whether a protected header is RFC 9788's: its Content-Type carries `hp`.
+fn is_rfc9788(inner_header: &[u8]) -> bool {
+    content_type_names(inner_header, &["hp"])
+}
+
 fn is_protected(inner_header: &[u8]) -> bool {
-    fields(inner_header).iter().any(|(name, field)| {
-        name.eq_ignore_ascii_case(b"content-type")
-            && String::from_utf8_lossy(field)
-                .to_ascii_lowercase()
-                .replace([' ', '\t', '\r', '\n'], "")
-                .split(';')
-                .any(|p| p.starts_with("protected-headers=") || p.starts_with("hp="))
-    })
+    content_type_names(inner_header, &["protected-headers", "hp"])
 }
 
 /// Fields that route replies or notices. When the protected set has a From (the sender's
