@@ -13,44 +13,17 @@ struct Packet<'a> {
 
 /// The packets of `data` (binary OpenPGP), or None for anything a key export does not hold
 /// (partial or indeterminate lengths, a cut-off packet).
-fn packets(mut data: &[u8]) -> Option<Vec<Packet<'_>>> {
+fn packets(data: &[u8]) -> Option<Vec<Packet<'_>>> {
     let mut out = Vec::new();
-    while !data.is_empty() {
-        let first = data[0];
-        if first & 0x80 == 0 {
-            return None;
-        }
-        let (tag, header, length): (u8, usize, usize) = if first & 0x40 != 0 {
-            // New format (RFC 4880 §4.2.2).
-            let o1 = *data.get(1)? as usize;
-            match o1 {
-                0..=191 => (first & 0x3f, 2, o1),
-                192..=223 => (
-                    first & 0x3f,
-                    3,
-                    ((o1 - 192) << 8) + *data.get(2)? as usize + 192,
-                ),
-                255 => (first & 0x3f, 6, be(data.get(2..6)?)),
-                _ => return None,
-            }
-        } else {
-            // Old format (§4.2.1).
-            let tag = (first >> 2) & 0x0f;
-            match first & 0x03 {
-                0 => (tag, 2, *data.get(1)? as usize),
-                1 => (tag, 3, be(data.get(1..3)?)),
-                2 => (tag, 5, be(data.get(1..5)?)),
-                _ => return None,
-            }
-        };
-        let end = header.checked_add(length)?;
-        let raw = data.get(..end)?;
+    let mut at = 0;
+    while at < data.len() {
+        let (tag, body, end) = crate::message::parse::stated_packet(data, at)?;
         out.push(Packet {
             tag,
-            body: &raw[header..],
-            raw,
+            body: &data[body..end],
+            raw: &data[at..end],
         });
-        data = &data[end..];
+        at = end;
     }
     Some(out)
 }

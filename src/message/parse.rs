@@ -1145,50 +1145,88 @@ fn encrypted_packets(data: &[u8]) -> bool {
 /// The tag of the packet at `at` and where it ends (RFC 4880 §4.2), or None when its header
 /// or length does not fit the data.
 pub(crate) fn packet(data: &[u8], at: usize) -> Option<(u8, usize)> {
-    let first = *data.get(at)?;
-    if first & 0x80 == 0 {
-        return None;
-    }
-    let byte = |i: usize| data.get(i).map(|&b| b as usize);
-    if first & 0x40 == 0 {
-        // Old format: the length type is in the low two bits.
-        let tag = (first >> 2) & 0x0F;
-        let (len, header) = match first & 0x03 {
-            0 => (byte(at + 1)?, 2),
-            1 => ((byte(at + 1)? << 8) | byte(at + 2)?, 3),
-            2 => (
-                u32::from_be_bytes(data.get(at + 1..at + 5)?.try_into().ok()?) as usize,
-                5,
-            ),
-            _ => return Some((tag, data.len())),
-        };
-        let end = (at + header).checked_add(len)?;
-        return (end <= data.len()).then_some((tag, end));
-    }
-    // New format, with partial body lengths (§4.2.2.4) chunk by chunk.
-    let tag = first & 0x3F;
-    let mut at = at + 1;
+    let (tag, mut body, mut length) = packet_header(data, at)?;
+    // Partial body lengths (§4.2.2.4), chunk by chunk; an indeterminate length runs to the
+    // end of the data.
     loop {
-        let o1 = byte(at)?;
-        let (len, header, partial) = match o1 {
-            0..=191 => (o1, 1, false),
-            192..=223 => (((o1 - 192) << 8) + byte(at + 1)? + 192, 2, false),
-            255 => (
-                u32::from_be_bytes(data.get(at + 1..at + 5)?.try_into().ok()?) as usize,
-                5,
-                false,
-            ),
-            _ => (1 << (o1 & 0x1F), 1, true),
+        let (len, partial) = match length {
+            Length::Stated(len) => (len, false),
+            Length::Partial(len) => (len, true),
+            Length::Indeterminate => return Some((tag, data.len())),
         };
-        let end = (at + header).checked_add(len)?;
+        let end = body.checked_add(len)?;
         if end > data.len() {
             return None;
         }
         if !partial {
             return Some((tag, end));
         }
-        at = end;
+        (body, length) = new_length(data, end)?;
     }
+}
+
+/// The packet at `at` when its header states its whole length (no partial or indeterminate
+/// length, as a key export has): its tag, where its body begins, and where it ends.
+pub(crate) fn stated_packet(data: &[u8], at: usize) -> Option<(u8, usize, usize)> {
+    match packet_header(data, at)? {
+        (tag, body, Length::Stated(len)) => {
+            let end = body.checked_add(len)?;
+            (end <= data.len()).then_some((tag, body, end))
+        }
+        _ => None,
+    }
+}
+
+/// The length a packet header (or a partial body's next length) gives.
+enum Length {
+    Stated(usize),
+    /// Another length follows this many bytes of body.
+    Partial(usize),
+    /// Old format, length type 3: to the end of the data.
+    Indeterminate,
+}
+
+/// The tag of the packet at `at`, where its (first) body begins, and its length.
+fn packet_header(data: &[u8], at: usize) -> Option<(u8, usize, Length)> {
+    let first = *data.get(at)?;
+    if first & 0x80 == 0 {
+        return None;
+    }
+    if first & 0x40 != 0 {
+        let (body, length) = new_length(data, at + 1)?;
+        return Some((first & 0x3F, body, length));
+    }
+    // Old format: the length type is in the low two bits.
+    let tag = (first >> 2) & 0x0F;
+    let byte = |i: usize| data.get(i).map(|&b| b as usize);
+    let (len, header) = match first & 0x03 {
+        0 => (byte(at + 1)?, 2),
+        1 => ((byte(at + 1)? << 8) | byte(at + 2)?, 3),
+        2 => (
+            u32::from_be_bytes(data.get(at + 1..at + 5)?.try_into().ok()?) as usize,
+            5,
+        ),
+        _ => return Some((tag, at + 1, Length::Indeterminate)),
+    };
+    Some((tag, at + header, Length::Stated(len)))
+}
+
+/// A new-format length at `at` (§4.2.2): where the body it measures begins, and the length.
+fn new_length(data: &[u8], at: usize) -> Option<(usize, Length)> {
+    let byte = |i: usize| data.get(i).map(|&b| b as usize);
+    let o1 = byte(at)?;
+    Some(match o1 {
+        0..=191 => (at + 1, Length::Stated(o1)),
+        192..=223 => (
+            at + 2,
+            Length::Stated(((o1 - 192) << 8) + byte(at + 1)? + 192),
+        ),
+        255 => (
+            at + 5,
+            Length::Stated(u32::from_be_bytes(data.get(at + 1..at + 5)?.try_into().ok()?) as usize),
+        ),
+        _ => (at + 1, Length::Partial(1 << (o1 & 0x1F))),
+    })
 }
 
 /// Removes Bcc fields (RFC 5322 §3.6.3): no copy may reveal a blind recipient.
