@@ -5718,6 +5718,110 @@ async fn move_journaled_while_written_back(hold_at: &'static str) {
     assert_eq!(waiting_changes(&server), 0);
 }
 
+/// A pass of `sealpost sync --once` for `config`, started; its answers on the connection are
+/// held once it sent `hold_at` (see [`proxy_holding_answers`]): `during` runs then, and the
+/// pass goes on after it. The pass must succeed.
+fn pass_held_at(
+    server: &Server,
+    dovecot: &Dovecot,
+    dir: &Path,
+    hold_at: &'static str,
+    during: impl FnOnce(),
+) {
+    let (port, matched, release) = proxy_holding_answers(dovecot.port, hold_at);
+    let held = sync_config(
+        server,
+        &upstream_table(dovecot, dir, "none", port, "address = \"bob@example.org\""),
+    );
+    let pass = Command::new(env!("CARGO_BIN_EXE_sealpost"))
+        .arg("--config")
+        .arg(&held)
+        .args(["sync", "--once"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until("the pass sent the command to hold at", &|| {
+        matched.load(std::sync::atomic::Ordering::SeqCst)
+    });
+    during();
+    release.store(true, std::sync::atomic::Ordering::SeqCst);
+    let out = pass.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+}
+
+/// Upstream holds `Plans-r` with one message and no `Plans`; so does the local store, and
+/// nothing waits to be written back.
+fn renamed_plans_on_both_sides(dovecot: &Dovecot, server: &Server) {
+    let seen = upstream(
+        dovecot,
+        json!([{"cmd": "raw", "line": "LIST \"\" \"*\""},
+        {"cmd": "fetch_all", "mailbox": "Plans-r"}]),
+    );
+    let plans = |lines: &[String]| {
+        lines.iter().any(|l| {
+            let l = l.trim_end();
+            l.ends_with(" Plans") || l.ends_with(" \"Plans\"")
+        })
+    };
+    let listed = untagged(&seen, 0);
+    assert!(listed.iter().any(|l| l.contains("Plans-r")), "{listed:?}");
+    assert!(!plans(&listed), "{listed:?}");
+    assert_eq!(common::imap::fetched_bodies(&seen, 1).len(), 1, "{seen}");
+    let mut raw = server.login();
+    let (list, _) = raw.cmd("LIST \"\" \"*\"");
+    assert!(!plans(&list), "{list:?}");
+    assert_eq!(exists(&mut raw, "Plans-r"), 1);
+    assert_eq!(waiting_changes(server), 0);
+}
+
+/// A client renames a mailbox while a write-back pass has the changes journaled before the
+/// rename in hand: they go up under the name the mailbox had, and the rename after them
+/// (review, with 30 uploads ahead of them: entries read before the rename found no mailbox
+/// by the old name and were dropped as deleted here; the folder and its message never went
+/// upstream and nothing was left waiting).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mailbox_renamed_while_a_pass_writes_back_goes_up_renamed() {
+    let world = World::new();
+    let dovecot = Dovecot::start_tls();
+    let (_secret, server, dir, config) = synced_to_be_filed(&world, &dovecot, "renamed").await;
+    let mut raw = server.login();
+    raw.ok("SELECT INBOX");
+    raw.ok("UID STORE 1 +FLAGS.SILENT (\\Flagged)");
+    raw.ok("UNSELECT");
+    raw.ok("CREATE Plans");
+    let note = "From: bob@example.org\r\nSubject: plans\r\n\r\nthe plan\r\n";
+    raw.ok(&format!("APPEND Plans {{{}+}}\r\n{note}", note.len()));
+    pass_held_at(&server, &dovecot, dir.path(), "+FLAGS", || {
+        raw.ok("RENAME Plans Plans-r");
+    });
+    let out = sync_once(&config);
+    assert!(out.status.success(), "{out:?}");
+    renamed_plans_on_both_sides(&dovecot, &server);
+}
+
+/// A client renames a synced mailbox while a pass fetches, after the pass read which renames
+/// wait: the old name, still upstream, is not made again here (review: it came back empty,
+/// and stayed after the rename went up).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mailbox_renamed_while_a_pass_fetches_does_not_come_back() {
+    let world = World::new();
+    let dovecot = Dovecot::start_tls();
+    let (_secret, server, dir, config) = synced_to_be_filed(&world, &dovecot, "fetched").await;
+    let mut raw = server.login();
+    raw.ok("CREATE Plans");
+    let note = "From: bob@example.org\r\nSubject: plans\r\n\r\nthe plan\r\n";
+    raw.ok(&format!("APPEND Plans {{{}+}}\r\n{note}", note.len()));
+    let out = sync_once(&config);
+    assert!(out.status.success(), "{out:?}");
+    pass_held_at(&server, &dovecot, dir.path(), "EXAMINE", || {
+        raw.ok("RENAME Plans Plans-r");
+    });
+    let out = sync_once(&config);
+    assert!(out.status.success(), "{out:?}");
+    renamed_plans_on_both_sides(&dovecot, &server);
+}
+
 /// mbsync's move into a folder the account does not sync (`folders`): the original still goes
 /// upstream, as the expunge would have taken it (review: it stayed there for good).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

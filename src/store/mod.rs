@@ -30,8 +30,8 @@ pub use import::{crlf, import_path, into_crlf, maildir_flags, ImportError, Impor
 pub(crate) use import::{days_from_civil, MONTHS};
 use sync::journal;
 pub use sync::{
-    holds_delimiter, is_local_keyword, JournalEntry, SyncFolder, UpstreamRef, WrittenBack,
-    HELD_BACK, LOCAL_KEYWORD_PREFIX, UNSEEN_BEFORE_DELETE,
+    holds_delimiter, is_local_keyword, EntryNow, JournalEntry, SyncFolder, UpstreamRef,
+    WrittenBack, HELD_BACK, LOCAL_KEYWORD_PREFIX, UNSEEN_BEFORE_DELETE,
 };
 pub(crate) use sync::{Fetch, FollowedRename};
 

@@ -226,6 +226,24 @@ pub fn is_local_keyword(flag: &str) -> bool {
 /// `Sealpost-Verdict` field as stored, and its `$Sealpost-` keywords.
 pub type CarriedVerdict = (Vec<u8>, Vec<String>);
 
+/// A journal entry as it is now, with what it names ([`Store::journal_entry_now`]).
+#[derive(Debug)]
+pub struct EntryNow {
+    pub entry: JournalEntry,
+    /// The local mailbox of the entry's name.
+    pub mailbox: Option<MailboxId>,
+    /// The local mailbox of the name the entry's detail starts with (a move's target, a
+    /// copy's source).
+    pub named: Option<MailboxId>,
+    /// The id of the newest waiting rename or deletion (0: none).
+    pub mark: i64,
+    /// The waiting renames and deletions, when the mark was not the one known.
+    pub departures: Option<Departed>,
+}
+
+/// The waiting renames (entry id, from, to) and deletions (entry id, name), oldest first.
+pub type Departed = (Vec<(i64, String, String)>, Vec<(i64, String)>);
+
 /// One change made by an IMAP client, to be written back upstream.
 #[derive(Debug, Clone)]
 pub struct JournalEntry {
@@ -1154,25 +1172,66 @@ impl Store {
         &self,
         account: AccountId,
     ) -> Result<Vec<(i64, String, String)>, StoreError> {
-        self.read(|c| {
-            let mut stmt = c.prepare(
-                "SELECT id, mailbox, detail FROM journal
-                 WHERE account = ?1 AND kind = 'rename-mailbox' ORDER BY id",
-            )?;
-            let rows = stmt.query_map([account], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
-            Ok(rows.collect::<Result<_, _>>()?)
-        })
+        self.read(|c| renames_in(c, account))
     }
 
     /// The account's mailbox deletions waiting in the journal: (entry id, name), oldest first.
     pub fn journal_deletes(&self, account: AccountId) -> Result<Vec<(i64, String)>, StoreError> {
+        self.read(|c| deletes_in(c, account))
+    }
+
+    /// Journal entry `id` as the journal has it now (None: done or dropped meanwhile), read in
+    /// one snapshot with what it names: the local mailbox of its name and of the name its
+    /// detail starts with (a move's target, a copy's source), and the account's waiting
+    /// renames and deletions, which are only read again when their mark (the newest one's
+    /// id) is not `known`. A client's RENAME or DELETE, in another process, commits the new
+    /// name, the journal's rewritten names and its own entry at once: read together, they
+    /// agree (review: an entry read before a rename found no mailbox by its old name and was
+    /// dropped as deleted here, and the renamed folder never went upstream).
+    pub fn journal_entry_now(
+        &self,
+        account: AccountId,
+        id: i64,
+        known: i64,
+    ) -> Result<Option<EntryNow>, StoreError> {
         self.read(|c| {
-            let mut stmt = c.prepare(
-                "SELECT id, mailbox FROM journal
-                 WHERE account = ?1 AND kind = 'delete-mailbox' ORDER BY id",
+            let c = c.unchecked_transaction()?;
+            let entry = c
+                .query_row(
+                    "SELECT j.id, a.name, j.mailbox, j.uid, j.kind, j.detail, j.attempts,
+                            j.last_error
+                     FROM journal j JOIN accounts a ON a.id = j.account
+                     WHERE j.account = ?1 AND j.id = ?2",
+                    params![account, id],
+                    journal_entry,
+                )
+                .optional()?;
+            let Some(entry) = entry else {
+                return Ok(None);
+            };
+            let mailbox = find_mailbox(&c, account, &entry.mailbox)?.map(|m| m.id);
+            let named = match entry.detail.split_once('\t') {
+                Some((name, _)) => find_mailbox(&c, account, name)?.map(|m| m.id),
+                None => None,
+            };
+            let mark: i64 = c.query_row(
+                "SELECT COALESCE(MAX(id), 0) FROM journal
+                 WHERE account = ?1 AND kind IN ('rename-mailbox', 'delete-mailbox')",
+                [account],
+                |r| r.get(0),
             )?;
-            let rows = stmt.query_map([account], |r| Ok((r.get(0)?, r.get(1)?)))?;
-            Ok(rows.collect::<Result<_, _>>()?)
+            let departures = if mark == known {
+                None
+            } else {
+                Some((renames_in(&c, account)?, deletes_in(&c, account)?))
+            };
+            Ok(Some(EntryNow {
+                entry,
+                mailbox,
+                named,
+                mark,
+                departures,
+            }))
         })
     }
 
@@ -1706,15 +1765,6 @@ impl Store {
             Ok(Some(new_uid))
         })
     }
-
-    /// The id of a local mailbox by name, if it still exists.
-    pub fn mailbox_id(
-        &self,
-        account: AccountId,
-        name: &str,
-    ) -> Result<Option<MailboxId>, StoreError> {
-        self.read(|c| Ok(find_mailbox(c, account, name)?.map(|m| m.id)))
-    }
 }
 
 /// Expunges the given local messages, mailbox by mailbox; returns how many.
@@ -1849,6 +1899,30 @@ fn journal_has(
 
 /// A journal entry from a row of `SELECT j.id, a.name, j.mailbox, j.uid, j.kind, j.detail,
 /// j.attempts, j.last_error`.
+fn renames_in(
+    c: &rusqlite::Connection,
+    account: AccountId,
+) -> Result<Vec<(i64, String, String)>, StoreError> {
+    let mut stmt = c.prepare_cached(
+        "SELECT id, mailbox, detail FROM journal
+         WHERE account = ?1 AND kind = 'rename-mailbox' ORDER BY id",
+    )?;
+    let rows = stmt.query_map([account], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+fn deletes_in(
+    c: &rusqlite::Connection,
+    account: AccountId,
+) -> Result<Vec<(i64, String)>, StoreError> {
+    let mut stmt = c.prepare_cached(
+        "SELECT id, mailbox FROM journal
+         WHERE account = ?1 AND kind = 'delete-mailbox' ORDER BY id",
+    )?;
+    let rows = stmt.query_map([account], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
 fn journal_entry(r: &rusqlite::Row<'_>) -> rusqlite::Result<JournalEntry> {
     Ok(JournalEntry {
         id: r.get(0)?,

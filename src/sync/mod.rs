@@ -766,15 +766,32 @@ impl Syncer {
         let (store, f, l) = (self.store.clone(), folder.to_string(), local.to_string());
         // Whether any message of the folder has a failure count (see `retry_due` below).
         let counts = format!("{UNFETCHED}{account}:{folder}:{uidvalidity}:");
-        let (mailbox, known, counted) = blocking(move || {
+        let made = blocking(move || {
             let mailbox = match store.mailbox(account, &l)? {
                 Some(m) => m,
-                None => store.create_synced_mailbox(account, &l)?,
+                // Not here: new upstream, unless a client renamed or deleted it here after
+                // the pass read what waits to go up (review: renamed during the pass, it came
+                // back here empty, for good). Its rename or deletion waits for the next pass.
+                None => match store.waiting_departures(account, None)?.keeps_out(&l) {
+                    Fetch::Taken => store.create_synced_mailbox(account, &l)?,
+                    Fetch::Departed | Fetch::UnderRenamedUnlessHere => return Ok(None),
+                },
             };
             let counted = store.has_meta_prefixed(&counts)?;
-            Ok::<_, StoreError>((mailbox, store.sync_folder(account, &f)?, counted))
+            Ok::<_, StoreError>(Some((mailbox, store.sync_folder(account, &f)?, counted)))
         })
         .await??;
+        let Some((mailbox, known, counted)) = made else {
+            tracing::info!(account = %self.name, %folder,
+                "deleted or renamed here during this pass, not upstream yet: not fetched");
+            return Ok(FolderPass {
+                stored: 0,
+                flags_changed: 0,
+                uidnext: None,
+                expunged: 0,
+                cut_short: None,
+            });
+        };
         let renumbered = known.as_ref().is_some_and(|k| k.uidvalidity != uidvalidity);
         let (mut next_uid, synced_modseq) = match known {
             Some(k) if k.uidvalidity == uidvalidity => (k.next_uid, k.highestmodseq),

@@ -60,6 +60,9 @@ struct Upstream<'a> {
     renames: Vec<(i64, String, String)>,
     /// The mailbox deletions waiting in the journal: (entry id, name), oldest first.
     deletes: Vec<(i64, String)>,
+    /// The id of the newest of those renames and deletions when they were read (-1: to be
+    /// read with the first entry).
+    departures_mark: i64,
     account: AccountId,
 }
 
@@ -70,6 +73,15 @@ pub(super) struct WrittenBackCounts {
     pub done: usize,
     pub waiting: usize,
     pub gnupg_waits: bool,
+}
+
+/// The local mailboxes a journal entry names, looked up with it ([`Store::journal_entry_now`]).
+#[derive(Clone, Copy)]
+struct Named {
+    /// Its own mailbox's.
+    mailbox: Option<MailboxId>,
+    /// The mailbox its detail names (a move's target, a copy's source).
+    in_detail: Option<MailboxId>,
 }
 
 /// Why one entry did not finish.
@@ -214,13 +226,33 @@ impl Syncer {
             selected: None,
             renames,
             deletes,
+            departures_mark: -1,
             account,
         };
         let (mut done, mut waiting, mut gnupg_waits) = (0, 0, false);
         let mut held = Held::default();
         let mut batch = first;
         while let Some(last) = batch.last().map(|e| e.id) {
-            for entry in batch {
+            for listed in batch {
+                // As it is now: a client may have renamed or deleted its mailbox since the
+                // batch was read (see `journal_entry_now`).
+                let (store, id, known) = (self.store.clone(), listed.id, upstream.departures_mark);
+                let Some(now) =
+                    blocking(move || store.journal_entry_now(account, id, known)).await??
+                else {
+                    continue;
+                };
+                if let Some((renames, deletes)) = now.departures {
+                    (upstream.renames, upstream.deletes) = (renames, deletes);
+                    upstream.departures_mark = now.mark;
+                }
+                let (entry, named) = (
+                    now.entry,
+                    Named {
+                        mailbox: now.mailbox,
+                        in_detail: now.named,
+                    },
+                );
                 let then = |name: &str| upstream.local_name_at(name, entry.id);
                 if held.blocks(&entry, &then) {
                     // In journal order: done before the earlier change, this one would find
@@ -231,7 +263,10 @@ impl Syncer {
                     waiting += 1;
                     continue;
                 }
-                let why = match self.write_entry(&mut upstream, account, &entry).await {
+                let why = match self
+                    .write_entry(&mut upstream, account, &entry, named)
+                    .await
+                {
                     Ok(result) => {
                         let counted = !result.given_up;
                         let store = self.store.clone();
@@ -288,8 +323,9 @@ impl Syncer {
         up: &mut Upstream<'_>,
         account: AccountId,
         entry: &JournalEntry,
+        named: Named,
     ) -> Result<WrittenBack, Failure> {
-        let mailbox = self.local_mailbox(account, &entry.mailbox).await?;
+        let mailbox = named.mailbox;
         match entry.kind.as_str() {
             "flags" => {
                 let Some(target) = self.linked(mailbox, entry.uid).await? else {
@@ -365,9 +401,15 @@ impl Syncer {
                 Ok(WrittenBack::default())
             }
             "expunge" => self.expunge_linked(up, mailbox, entry.uid).await,
-            "move" => self.write_move(up, account, mailbox, entry).await,
+            "move" => {
+                self.write_move(up, account, mailbox, named.in_detail, entry)
+                    .await
+            }
             "copy" => match mailbox {
-                Some(mailbox) => self.write_copy(up, account, mailbox, entry).await,
+                Some(mailbox) => {
+                    self.write_copy(up, account, mailbox, named.in_detail, entry)
+                        .await
+                }
                 None => Ok(WrittenBack::default()),
             },
             "append" => match mailbox {
@@ -872,6 +914,7 @@ impl Syncer {
         up: &mut Upstream<'_>,
         account: AccountId,
         source: Option<MailboxId>,
+        target: Option<MailboxId>,
         entry: &JournalEntry,
     ) -> Result<WrittenBack, Failure> {
         // "TARGET\tNEWUID", with a third field when the move stands for an expunge and an
@@ -885,7 +928,7 @@ impl Syncer {
                 entry.detail
             )));
         };
-        let Some(target) = self.local_mailbox(account, &target_name).await? else {
+        let Some(target) = target else {
             // The target folder was deleted here before this pass, and the message with it:
             // the original is expunged upstream, as the message's expunge would be. (A later
             // move out of that folder has no link to follow and uploads its copy.) Dropped,
@@ -1179,6 +1222,7 @@ impl Syncer {
         up: &mut Upstream<'_>,
         account: AccountId,
         target: MailboxId,
+        source: Option<MailboxId>,
         entry: &JournalEntry,
     ) -> Result<WrittenBack, Failure> {
         if self.linked(Some(target), entry.uid).await?.is_some() {
@@ -1186,7 +1230,7 @@ impl Syncer {
         }
         let mut source_message = None;
         let from = match entry.detail.split_once('\t') {
-            Some((name, uid)) => match (self.local_mailbox(account, name).await?, uid.parse()) {
+            Some((name, uid)) => match (source, uid.parse()) {
                 (Some(source), Ok(uid)) => {
                     source_message = Some((source, uid));
                     self.linked(Some(source), uid).await?
@@ -1473,15 +1517,6 @@ impl Syncer {
                 })
             }
         }
-    }
-
-    async fn local_mailbox(
-        &self,
-        account: AccountId,
-        name: &str,
-    ) -> Result<Option<MailboxId>, Failure> {
-        let (store, name) = (self.store.clone(), name.to_string());
-        Ok(blocking(move || store.mailbox_id(account, &name)).await??)
     }
 
     async fn linked(
