@@ -195,7 +195,7 @@ async fn round_trip(config: &Config, dir: &Path, gnupg: &Path) -> Result<u8, Cli
 }
 
 fn outer_subject(bytes: &[u8]) -> String {
-    mail_parser::MessageParser::default()
+    crate::message::parse::mail_parser()
         .parse(bytes)
         .and_then(|m| m.subject().map(str::to_string))
         .unwrap_or_default()

@@ -20,7 +20,7 @@
 
 use crate::imap::section::fields;
 use crate::keys::{KeyError, KeyService, SignatureCheck, SignatureState};
-use mail_parser::{MessageParser, MimeHeaders, PartType};
+use mail_parser::{MimeHeaders, PartType};
 
 /// sealpost's verdict header field. Any field of this name a sender put in (any case, with
 /// whitespace before the colon, folded, encoded) is removed before ours is added.
@@ -217,7 +217,7 @@ fn whole_message_ciphertext(parsed: Option<&mail_parser::Message<'_>>) -> Option
         let boundary = content_type?.attribute("boundary")?;
         // A message cut short (no close delimiter) is still tried: gpg says what is wrong.
         let parts = crate::message::parse::delimited_parts(body, boundary.as_bytes())?.parts;
-        let data = mail_parser::MessageParser::default().parse(*parts.get(1)?)?;
+        let data = crate::message::parse::mail_parser().parse(*parts.get(1)?)?;
         Some((data.parts.first()?.contents().to_vec(), true))
     } else if is("text", "plain") || content_type.is_none() {
         inline_armor(root.map(|p| p.contents()).unwrap_or_default()).map(|c| (c, false))
@@ -1402,7 +1402,7 @@ fn replace_content_fields(header: &[u8], plaintext: &[u8]) -> Vec<u8> {
             out.extend_from_slice(field);
         }
     }
-    let named = MessageParser::default()
+    let named = crate::message::parse::mail_parser()
         .parse_headers(header)
         .and_then(|m| {
             m.root_part()
@@ -1434,7 +1434,7 @@ fn replace_content_fields(header: &[u8], plaintext: &[u8]) -> Vec<u8> {
 /// two From fields, several mailboxes, a group): no signer can then match From (RFC 5322
 /// §3.6.2 allows several authors, but "from=match" must not mean "one of them").
 fn from_address(header: &[u8]) -> Option<String> {
-    let message = MessageParser::default().parse_headers(header)?;
+    let message = crate::message::parse::mail_parser().parse_headers(header)?;
     let fields = message
         .root_part()
         .headers
@@ -1750,7 +1750,7 @@ fn is_copy_of_fields(element: &[u8], protected: &[u8]) -> bool {
         .filter(|(_, f)| named_on_first_line(f))
         .map(|(n, _)| String::from_utf8_lossy(n).to_ascii_lowercase())
         .collect();
-    let Some(text) = MessageParser::default()
+    let Some(text) = crate::message::parse::mail_parser()
         .parse(element)
         .and_then(|m| m.body_text(0).map(|t| t.into_owned()))
     else {

@@ -81,6 +81,43 @@ fn open_encrypted(world: &World, home: &GpgHome, fpr: &str, copy: &[u8]) -> Vec<
     signed
 }
 
+/// A Bcc after a Date whose zone is a letter at the end of the line (RFC 5322 §4.3's
+/// obsolete `Z`; `UT` with LF line ends, as a PHP mail() script writes them) is removed like
+/// any other: mail-parser read such a date together with the next field, and every copy
+/// carried the Bcc inside the Date field (found by fuzzing).
+#[tokio::test]
+async fn a_bcc_after_a_date_in_an_obsolete_zone_is_in_no_copy() {
+    let world = World::new();
+    let crlf = MESSAGE
+        .replace("Date: Sun, 22 Nov 2026 10:00:00 +0000\r\n", "")
+        .replace("Bcc:", "Date: Sun, 22 Nov 2026 10:00:00 Z\r\nBcc:");
+    let lf = crlf.replace(" Z\r\n", " UT\r\n").replace("\r\n", "\n");
+    for raw in [crlf, lf] {
+        let copies = copies(run(&world, Policy::default(), &envelope(), raw.as_bytes()).await);
+        assert_eq!(copies.len(), 3);
+        for copy in &copies {
+            let message = copy.message.as_ref().unwrap();
+            assert!(!contains(message, "carol@example.org"), "{raw:?}");
+            assert!(!header_names(message).contains(&"bcc".to_string()));
+            let inner = match &copy.decision {
+                Decision::Encrypted { fingerprint } => {
+                    let home = if *fingerprint == world.bob_fpr {
+                        &world.bob
+                    } else {
+                        &world.carol
+                    };
+                    Some(open_encrypted(&world, home, fingerprint, message))
+                }
+                _ => None,
+            };
+            if let Some(inner) = inner {
+                assert!(!contains(&inner, "carol@example.org"), "{raw:?}");
+                assert!(contains(&inner, "Date: Sun, 22 Nov 2026 10:00:00 "));
+            }
+        }
+    }
+}
+
 #[tokio::test]
 async fn opportunistic_to_cc_bcc_gives_three_distinct_copies() {
     let world = World::new();

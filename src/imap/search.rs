@@ -80,7 +80,7 @@ impl<'a> Candidate<'a> {
         if self.headers.is_none() {
             let mut out = Vec::new();
             let source = self.source();
-            if let Some(message) = MessageParser::default().parse_headers(source) {
+            if let Some(message) = crate::message::parse::mail_parser().parse_headers(source) {
                 for header in message.headers() {
                     let name = header.name().to_ascii_lowercase();
                     let written = source
@@ -161,11 +161,7 @@ impl<'a> Candidate<'a> {
         if let Some((year, month, day)) = written_day(&value) {
             return days_from_civil(year, month, day);
         }
-        let one = [&b"Date:"[..], value.as_bytes(), b"\r\n\r\n"].concat();
-        let Some(date) = MessageParser::default()
-            .parse_headers(&one)
-            .and_then(|m| m.date().cloned())
-        else {
+        let Some(date) = mail_parser::DateTime::parse_rfc822(&value) else {
             return epoch();
         };
         days_from_civil(

@@ -132,7 +132,7 @@ pub(crate) fn encoded_messages(raw: &[u8]) -> Option<Vec<(std::ops::Range<usize>
 /// An unstructured value with its RFC 2047 encoded words decoded, as mail-parser reads it.
 fn decoded_words(value: &[u8]) -> Vec<u8> {
     let field = [&b"Subject: "[..], value, b"\r\n\r\n"].concat();
-    mail_parser::MessageParser::default()
+    crate::message::parse::mail_parser()
         .parse_headers(&field[..])
         .and_then(|m| m.subject().map(|s| s.as_bytes().to_vec()))
         .unwrap_or_else(|| value.to_vec())

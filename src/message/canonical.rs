@@ -5,7 +5,7 @@
 //! re-encoded, quoted-printable for text and base64 otherwise. The result is built once and
 //! never re-serialised after signing.
 
-use mail_parser::{Encoding, Message, MessageParser, MessagePart, MimeHeaders, PartType};
+use mail_parser::{Encoding, Message, MessagePart, MimeHeaders, PartType};
 
 use super::encoding::{
     base64_decode_lenient, base64_lines, crlf, header_crlf, is_signing_safe, quoted_printable,
@@ -58,13 +58,13 @@ pub fn content_entity(message: &ParsedMessage) -> ContentEntity {
         }
     }
     let body_start = raw.len() - message.body().len();
-    let first = MessageParser::default().parse(raw);
+    let first = crate::message::parse::mail_parser().parse(raw);
     // Parsed again only for a part that ends with its header (rare).
     let blanked = first
         .as_ref()
         .and_then(|m| blank_before_delimiters(m, raw, body_start));
     let (raw, first) = match &blanked {
-        Some(b) => (&b[..], MessageParser::default().parse(&b[..])),
+        Some(b) => (&b[..], crate::message::parse::mail_parser().parse(&b[..])),
         None => (raw, first),
     };
     // Parsed again only for a message that needs close delimiters (rare).
@@ -73,7 +73,7 @@ pub fn content_entity(message: &ParsedMessage) -> ContentEntity {
         .and_then(|m| first_unclosed(m, raw))
         .and_then(|_| close_unclosed(raw));
     let (raw, parsed) = match &closed {
-        Some(c) => (&c[..], MessageParser::default().parse(&c[..])),
+        Some(c) => (&c[..], crate::message::parse::mail_parser().parse(&c[..])),
         None => (raw, first),
     };
     let Some(parsed) = parsed else {
@@ -209,7 +209,7 @@ fn relabel_seven_bit(mut entity: ContentEntity) -> ContentEntity {
     }
     let whole = entity.to_entity();
     let header_len = whole.len() - entity.body.len();
-    let Some(parsed) = MessageParser::default().parse(&whole[..]) else {
+    let Some(parsed) = crate::message::parse::mail_parser().parse(&whole[..]) else {
         return entity;
     };
     // (start, end) of each label to change, in the entity's offsets.
@@ -480,7 +480,7 @@ fn close_unclosed(raw: &[u8]) -> Option<Vec<u8>> {
     // Each round closes one multipart; a message has fewer than this many.
     for _ in 0..256 {
         let current = closed.as_deref().unwrap_or(raw);
-        let parsed = MessageParser::default().parse(current)?;
+        let parsed = crate::message::parse::mail_parser().parse(current)?;
         let Some((at, boundary)) = first_unclosed(&parsed, current) else {
             return closed;
         };
@@ -891,6 +891,7 @@ fn apply(raw: &[u8], start: usize, mut edits: Vec<Edit>) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use mail_parser::MessageParser;
 
     /// The parts of a digest are attached messages unless typed otherwise, and a folded
     /// Content-Type is one field: a header-only one there stays a part of its own too. A text

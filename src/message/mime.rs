@@ -253,7 +253,7 @@ pub fn signing_safe_field(name: &str, raw: &[u8]) -> Vec<u8> {
     let colon = raw.iter().position(|b| *b == b':');
     let decoded = || {
         let block = [raw, &b"\r\n"[..]].concat();
-        let message = mail_parser::MessageParser::default().parse_headers(&block[..])?;
+        let message = crate::message::parse::mail_parser().parse_headers(&block[..])?;
         let text = message.header(name)?.as_text()?.trim().as_bytes().to_vec();
         Some(text)
     };
@@ -711,7 +711,7 @@ pub fn micalg(hash_name: &str) -> String {
 
 /// A parsed multipart/`subtype` message and the ids of its top-level parts.
 fn multipart_of<'a>(raw: &'a [u8], subtype: &str) -> Option<(mail_parser::Message<'a>, Vec<u32>)> {
-    let message = mail_parser::MessageParser::default().parse(raw)?;
+    let message = crate::message::parse::mail_parser().parse(raw)?;
     let root = message.root_part();
     let ct = root.content_type()?;
     if !ct.ctype().eq_ignore_ascii_case("multipart") || !ct.subtype()?.eq_ignore_ascii_case(subtype)

@@ -224,6 +224,20 @@ impl ParsedMessage {
             let mut fields = Vec::with_capacity(root.headers.len());
             for header in &root.headers {
                 let bytes = &raw[header.offset_field as usize..header.offset_end as usize];
+                // One field is one line and its continuation lines: a line break inside it
+                // before a line that does not start with a blank is mail-parser reading two
+                // fields as one (see `mail_parser`), and the second would escape every rule
+                // about it (a Bcc removed, a structural field replaced).
+                let lines = bytes.strip_suffix(b"\n").unwrap_or(bytes);
+                if lines
+                    .iter()
+                    .enumerate()
+                    .any(|(i, &b)| b == b'\n' && !matches!(lines.get(i + 1), Some(b' ' | b'\t')))
+                {
+                    return Err(MessageError::NotAMessage(
+                        "a header field is read across a line that starts another field",
+                    ));
+                }
                 let colon = bytes
                     .iter()
                     .position(|&b| b == b':')
@@ -339,7 +353,7 @@ impl ParsedMessage {
         if !long(&self.raw[self.body_start..]) {
             return false;
         }
-        let Some(message) = MessageParser::default().parse(&self.raw[..]) else {
+        let Some(message) = mail_parser().parse(&self.raw[..]) else {
             return false;
         };
         message.parts.iter().any(|part| {
@@ -433,7 +447,7 @@ pub fn whole_ciphertext(message: &mail_parser::Message<'_>) -> bool {
         };
         let parsed: Vec<_> = parts
             .iter()
-            .filter_map(|&part| MessageParser::default().parse(part))
+            .filter_map(|&part| mail_parser().parse(part))
             .collect();
         let [control, data] = &parsed[..] else {
             return false;
@@ -1002,6 +1016,45 @@ fn message_type_lines(raw: &[u8]) -> usize {
     count + usize::from(field.is_some_and(|f| names(&f)))
 }
 
+/// mail-parser's reader, as every part of sealpost uses it: Date and Resent-Date are kept as
+/// text. mail-parser 0.11.9 reads a letter where a date's zone ends a line (RFC 5322's
+/// obsolete military zone `Z`, `UT` with LF line ends, junk such as `+0100n`) together with
+/// the line break, and takes the next field for part of the date (found by fuzzing): a `Bcc`
+/// after `Date: ... Z` was no field of its own, and every recipient's copy carried it inside
+/// the Date field; a Content-Type after it was hidden from the checks that compare readings.
+/// Where the date is needed it is read from the field's text alone
+/// (`mail_parser::DateTime::parse_rfc822`).
+pub fn mail_parser() -> &'static MessageParser {
+    // mail-parser's own choice of reader for each field it knows (its default, used only
+    // while no field is configured), but for the two dates.
+    static PARSER: std::sync::LazyLock<MessageParser> = std::sync::LazyLock::new(|| {
+        let lists = [
+            HeaderName::ListArchive,
+            HeaderName::ListHelp,
+            HeaderName::ListId,
+            HeaderName::ListOwner,
+            HeaderName::ListPost,
+            HeaderName::ListSubscribe,
+            HeaderName::ListUnsubscribe,
+        ];
+        lists
+            .into_iter()
+            .fold(MessageParser::new(), |p, name| p.header_address(name))
+            .with_mime_headers()
+            .with_address_headers()
+            .with_message_ids()
+            .header_id(HeaderName::ReturnPath)
+            .header_text(HeaderName::Subject)
+            .header_text(HeaderName::Comments)
+            .header_comma_separated(HeaderName::Keywords)
+            .header_comma_separated(HeaderName::ContentLanguage)
+            .header_received(HeaderName::Received)
+            .header_raw(HeaderName::Date)
+            .header_raw(HeaderName::ResentDate)
+    });
+    &PARSER
+}
+
 /// MIME parts nested deeper than [`MAX_NESTING`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TooDeep;
@@ -1011,7 +1064,7 @@ pub struct TooDeep;
 /// transfer-encoded (and on at most three encoded levels); the depth is counted and the parse
 /// dropped without recursion.
 pub fn parse_bounded(raw: &[u8]) -> Result<Option<Bounded<'_>>, TooDeep> {
-    parse_bounded_with(&MessageParser::default(), raw)
+    parse_bounded_with(mail_parser(), raw)
 }
 
 /// [`parse_bounded`] with the given parser's settings.
@@ -1263,6 +1316,49 @@ pub(crate) const SAMPLE_CIPHERTEXT: &str = "-----BEGIN PGP MESSAGE-----\r\n\r\nh
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The shared reader reads every field of the test corpus as mail-parser's default does,
+    /// but the dates, which it keeps as text; and a field after a date that ends in a zone
+    /// letter is a field of its own.
+    #[test]
+    fn the_shared_reader_is_mail_parsers_default_but_for_dates() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/messages");
+        let mut read = 0;
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let raw = std::fs::read(entry.unwrap().path()).unwrap();
+            let (Some(ours), Some(theirs)) = (
+                mail_parser().parse(&raw[..]),
+                MessageParser::default().parse(&raw[..]),
+            ) else {
+                continue;
+            };
+            assert_eq!(ours.parts.len(), theirs.parts.len());
+            for (a, b) in ours.parts.iter().zip(&theirs.parts) {
+                assert_eq!(a.headers.len(), b.headers.len());
+                for (x, y) in a.headers.iter().zip(&b.headers) {
+                    assert_eq!(
+                        (x.offset_field, x.offset_end),
+                        (y.offset_field, y.offset_end)
+                    );
+                    if !matches!(x.name, HeaderName::Date | HeaderName::ResentDate) {
+                        assert_eq!(x.value, y.value, "{:?}", x.name);
+                    }
+                }
+            }
+            read += 1;
+        }
+        assert!(read > 20, "{read}");
+        for raw in [
+            &b"Date: Sun, 22 Nov 2026 10:00:00 Z\r\nBcc: carol@example.org\r\n\r\nx\r\n"[..],
+            b"Date: Sun, 22 Nov 2026 10:00:00 UT\nBcc: carol@example.org\n\nx\n",
+            b"Date: Sun, 22 Nov 2026 10:00:00 +0000n\r\nBcc: carol@example.org\r\n\r\nx\r\n",
+        ] {
+            let message = ParsedMessage::parse(raw.to_vec()).unwrap();
+            let names: Vec<&str> = message.fields().iter().map(|f| f.name.as_str()).collect();
+            assert_eq!(names, ["Date", "Bcc"], "{raw:?}");
+            assert!(without_bcc(message.fields()).iter().all(|f| !f.is("Bcc")));
+        }
+    }
 
     /// The header ends at a line with no colon; text whose first line is none is left as it
     /// is; a name with 8-bit bytes ends it only for the drop-in (review of 89641ca).
