@@ -349,6 +349,59 @@ fn permanent_refusal_bounces_to_the_sender_and_the_others_are_delivered() {
     assert_eq!(s.queue_list(), "Mail queue is empty\n");
 }
 
+/// A relay that answers 421 (a provider's rate limit, RFC 5321 §3.8: it closes the session)
+/// is down for the rest of the run, as one that cannot be reached: the next copy is not
+/// tried on a new connection (review: 100 recipients, 100 connections and TLS handshakes in
+/// 1.4 s). Both copies wait; the next run delivers them.
+#[test]
+fn a_relay_answering_421_is_not_asked_again_in_the_run() {
+    let s = Setup::new();
+    let relay = s.relay(&RelayOptions {
+        busy: &["dave@example.net", "erin@example.net"],
+        ..RelayOptions::default()
+    });
+    s.configure(relay.port, false, "");
+    let msg =
+        "From: alice@example.org\nTo: dave@example.net, erin@example.net\nSubject: later\n\nx\n";
+    let out = s.sendmail(&["-t", "-i", "-f", "alice@example.org"], msg.as_bytes());
+    assert!(out.status.success(), "{out:?}");
+    let summary = s.queue_run();
+    assert!(summary.contains("2 deferred"), "{summary}");
+    let list = s.queue_list();
+    assert_eq!(list.matches("421").count(), 2, "{list}");
+    assert_eq!(
+        list.matches("not tried again in this run").count(),
+        1,
+        "{list}"
+    );
+}
+
+/// `timeout_secs` is each step's: a relay that delays its greeting (postscreen, greet_pause)
+/// and its reply to EHLO by 1.5 s each gets the copy with a 2 s timeout (review: one deadline
+/// for greeting, EHLO, STARTTLS and the handshake deferred every copy to such a relay, as
+/// "STARTTLS timed out", until they bounced).
+#[test]
+fn each_step_of_connecting_has_its_own_timeout() {
+    let s = Setup::new();
+    let relay = s.relay(&RelayOptions {
+        slow_hello: 1.5,
+        ..RelayOptions::default()
+    });
+    s.configure(relay.port, false, "");
+    let text = std::fs::read_to_string(&s.config).unwrap();
+    std::fs::write(
+        &s.config,
+        text.replace("timeout_secs = 10", "timeout_secs = 2"),
+    )
+    .unwrap();
+    let msg = "From: alice@example.org\nTo: bob@example.org\nSubject: slow\n\nx\n";
+    let out = s.sendmail(&["-t", "-i", "-f", "alice@example.org"], msg.as_bytes());
+    assert!(out.status.success(), "{out:?}");
+    let summary = s.queue_run();
+    assert!(summary.contains("1 sent"), "{summary} {}", s.queue_list());
+    assert_eq!(relay.delivered(1).len(), 1);
+}
+
 /// A recipient that is no address beside one that is: as with Postfix's sendmail, the message
 /// is queued (exit 0, a warning naming it), the address gets its copy and the sender a report
 /// naming the other. It was refused whole (exit 65): a cron job that never looks at the exit

@@ -6,7 +6,7 @@ Run with Debian's interpreter (python3-aiosmtpd 1.4.3 lives in its dist-packages
     /usr/bin/python3 tests/smtp_relay.py --maildir DIR --cert CERT.pem --key KEY.pem \
         --user USER --password PASS [--implicit-tls] [--reject ADDR]... \
         [--hold-once ADDR]... [--slow-final ADDR]... [--full ADDR]... [--port N]
-        [--final-reply ADDR=double|bare|refuse]...
+        [--final-reply ADDR=double|bare|refuse]... [--busy ADDR]... [--slow-hello SECONDS]
         [--one-ehlo-over-tls]
 
 stdout carries only these lines (each flushed), so a test can drive it line by line:
@@ -67,8 +67,10 @@ class Maildir:
 
 class RelayHandler:
     def __init__(self, maildir, reject, hold_once, slow_final=(), full=(), one_ehlo=False,
-                 final_replies=()):
+                 final_replies=(), busy=()):
         self.maildir = maildir
+        # These answer RCPT with 421 (a provider's rate limit: the server closes the session).
+        self.busy = {a.lower() for a in busy}
         # How the final "." of a message to these is answered, instead of "250 2.0.0 OK":
         # "double" (two replies, the second one extra), "bare" ("250" without text, as RFC 5321
         # section 4.2 allows) or "refuse" (554, nothing delivered).
@@ -100,6 +102,8 @@ class RelayHandler:
             return f"550 5.1.1 <{address}>: Recipient address rejected: User unknown"
         if key in self.full:
             return f"552 5.2.2 <{address}>: Mailbox full"
+        if key in self.busy:
+            return "421 4.7.0 rate limited, closing connection"
         if key in self.hold_pending:
             self.hold_pending.discard(key)
             emit(f"HOLDING {address}")
@@ -159,6 +163,22 @@ class DoubleDataSMTP(SMTP):
         await super().push(status)
 
 
+class SlowHelloSMTP(SMTP):
+    """Takes `delay` seconds before its greeting and before its reply to each EHLO, as a
+    server that delays its greeting on purpose (postscreen, greet_pause) and is slow to EHLO."""
+
+    delay = 0.0
+
+    async def push(self, status):
+        if status.startswith("220 ") and not status.startswith("220 Ready"):
+            await asyncio.sleep(self.delay)
+        await super().push(status)
+
+    async def smtp_EHLO(self, hostname):
+        await asyncio.sleep(self.delay)
+        await super().smtp_EHLO(hostname)
+
+
 class InjectingSMTP(SMTP):
     """Answers STARTTLS with its 220 and, in the same plaintext write, a reply of its own: what
     a man in the middle adds to have a client take it as the relay's answer to its first
@@ -175,7 +195,7 @@ async def serve(args):
     tls.load_cert_chain(args.cert, args.key)
     final_replies = [spec.split("=", 1) for spec in args.final_reply]
     handler = RelayHandler(Maildir(args.maildir), args.reject, args.hold_once, args.slow_final,
-                           args.full, args.one_ehlo_over_tls, final_replies)
+                           args.full, args.one_ehlo_over_tls, final_replies, args.busy)
     authenticator = make_authenticator(args.user, args.password)
 
     def factory():
@@ -194,8 +214,10 @@ async def serve(args):
             # would refuse AUTH forever. Every connection is encrypted here.
             return SMTP(handler, auth_require_tls=False, **common)
         DoubleDataSMTP.addresses = {a.lower() for a, how in final_replies if how == "double-data"}
+        SlowHelloSMTP.delay = args.slow_hello
         smtp = (InjectingSMTP if args.inject_after_starttls
-                else DoubleDataSMTP if DoubleDataSMTP.addresses else SMTP)
+                else DoubleDataSMTP if DoubleDataSMTP.addresses
+                else SlowHelloSMTP if args.slow_hello else SMTP)
         return smtp(handler, tls_context=tls, require_starttls=True,
                     auth_require_tls=True, **common)
 
@@ -239,6 +261,10 @@ def main():
     p.add_argument("--hold-once", action="append", default=[], metavar="ADDR")
     p.add_argument("--slow-final", action="append", default=[], metavar="ADDR")
     p.add_argument("--full", action="append", default=[], metavar="ADDR")
+    p.add_argument("--slow-hello", type=float, default=0.0, metavar="SECONDS",
+                   help="wait this long before the greeting and before each EHLO reply")
+    p.add_argument("--busy", action="append", default=[], metavar="ADDR",
+                   help="answer RCPT to ADDR with 421 (rate limited)")
     p.add_argument("--final-reply", action="append", default=[], metavar="ADDR=HOW",
                    help="answer the final dot of a message to ADDR: double, bare or refuse; "
                         "double-data: answer its DATA twice, then refuse it")

@@ -80,6 +80,10 @@ pub struct RelayOptions<'a> {
     pub slow_final: &'a [&'a str],
     /// These answer RCPT with 552 (mailbox full).
     pub full: &'a [&'a str],
+    /// These answer RCPT with 421 (a rate limit: the relay closes the session).
+    pub busy: &'a [&'a str],
+    /// Seconds before the greeting and before each reply to EHLO (STARTTLS relays only).
+    pub slow_hello: f64,
     pub port: Option<u16>,
     /// Adds a reply of its own, in plain text, after its 220 to STARTTLS (a man in the
     /// middle's response injection).
@@ -134,6 +138,12 @@ impl Relay {
         }
         for r in options.full {
             cmd.args(["--full", r]);
+        }
+        for r in options.busy {
+            cmd.args(["--busy", r]);
+        }
+        if options.slow_hello > 0.0 {
+            cmd.args(["--slow-hello", &options.slow_hello.to_string()]);
         }
         for (address, how) in options.final_reply {
             cmd.args(["--final-reply", &format!("{address}={how}")]);
