@@ -402,6 +402,63 @@ fn each_step_of_connecting_has_its_own_timeout() {
     assert_eq!(relay.delivered(1).len(), 1);
 }
 
+/// While a run holds the queue, one run after a submission (or the timer's) waits for it and
+/// the others leave at once: the one waiting delivers what they were started for (review: 30
+/// submissions behind a slow relay left 30 runs waiting, 640 MB, 28 of them for nothing).
+#[test]
+fn one_due_run_waits_behind_a_run_and_the_others_leave() {
+    let s = Setup::new();
+    let relay = s.relay(&RelayOptions::default());
+    s.configure(relay.port, false, "");
+    std::fs::create_dir_all(s.queue_dir()).unwrap();
+    let running = sealpost::queue::RunLock::acquire_path(&s.queue_dir().join("run.lock")).unwrap();
+    let waiting = || {
+        sealpost::queue::RunLock::try_acquire_path(&s.queue_dir().join("wait.lock"))
+            .unwrap()
+            .is_none()
+    };
+    let msg = "From: alice@example.org\nTo: bob@example.org\nSubject: behind\n\nx\n";
+    let out = s.sendmail(&["-t", "-i", "-f", "alice@example.org"], msg.as_bytes());
+    assert!(out.status.success(), "{out:?}");
+    let due = || {
+        Command::new(env!("CARGO_BIN_EXE_sealpost"))
+            .args([
+                "--config",
+                s.config.to_str().unwrap(),
+                "queue",
+                "run",
+                "--due",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let first = due();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !waiting() {
+        assert!(std::time::Instant::now() < deadline, "no run waits");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for _ in 0..2 {
+        let out = due().wait_with_output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("0 picked up"),
+            "{out:?}"
+        );
+    }
+    assert!(waiting(), "the first still waits");
+    drop(running);
+    let out = first.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("1 sent"),
+        "{out:?}"
+    );
+    assert_eq!(relay.delivered(1).len(), 1);
+}
+
 /// A recipient that is no address beside one that is: as with Postfix's sendmail, the message
 /// is queued (exit 0, a warning naming it), the address gets its copy and the sender a report
 /// naming the other. It was refused whole (exit 65): a cron job that never looks at the exit

@@ -7,7 +7,9 @@
 //! Layout of `[queue] dir`:
 //! - `incoming/` — drop directory (mode 1733 on a shared system; see [`spool`]).
 //! - `queue.sqlite` — messages and per-recipient state, owned by the runner, mode 0600.
-//! - `run.lock` — one runner at a time (flock); a second one waits, then runs.
+//! - `run.lock` — one runner at a time (flock); a second one waits, then runs. Of the runs
+//!   any other does as well (after a submission, the timer's), one waits (`wait.lock`) and
+//!   the others leave.
 //! - `corrupt/` — drop files that could not be read, kept for the administrator.
 //! - `run.log`, `run.log.1` — what the runs sendmail starts in the background print.
 //!
@@ -1363,6 +1365,7 @@ pub fn act_as_owner(dir: &Path) -> Result<(), QueueError> {
         "queue.sqlite-wal",
         "queue.sqlite-shm",
         "run.lock",
+        "wait.lock",
     ] {
         give_back(&dir.join(name), uid, gid);
     }
@@ -1509,6 +1512,32 @@ impl RunLock {
         })?;
         give_to_owner(dir, &[path])?;
         Ok(lock)
+    }
+
+    /// [`RunLock::acquire`] for a run that any other does as well (the one after a
+    /// submission, the timer's): while a run holds the lock, one such run waits for it (in
+    /// `wait.lock`) and the others leave at once (None). The one waiting picks up, after the
+    /// run in progress, every submission made before it stopped waiting; a later one waits
+    /// in its place. Review: 30 submissions while a relay held one message left 30 runs
+    /// waiting, 640 MB in all, of which 28 then found nothing to do.
+    pub fn acquire_unless_awaited(dir: &Path) -> Result<Option<RunLock>, QueueError> {
+        let io = |path: &Path| {
+            let path = path.display().to_string();
+            move |source| QueueError::Io { path, source }
+        };
+        let run = dir.join("run.lock");
+        if let Some(lock) = RunLock::try_acquire_path(&run).map_err(io(&run))? {
+            give_to_owner(dir, &[run])?;
+            return Ok(Some(lock));
+        }
+        let wait = dir.join("wait.lock");
+        let Some(place) = RunLock::try_acquire_path(&wait).map_err(io(&wait))? else {
+            return Ok(None);
+        };
+        give_to_owner(dir, &[wait])?;
+        let lock = RunLock::acquire(dir)?;
+        drop(place);
+        Ok(Some(lock))
     }
 
     /// Waits for the exclusive lock on `path` (created mode 0600 when missing); held until

@@ -559,9 +559,20 @@ pub async fn run_queue_async(
         .for_one_run()
         .passing_dsn();
     let dir = config.queue.dir.clone();
-    let _lock = tokio::task::spawn_blocking(move || queue::RunLock::acquire(&dir))
-        .await
-        .map_err(|e| SendmailError::Unavailable(e.to_string()))??;
+    let due = matches!(scope, Scope::Due);
+    let _lock = match tokio::task::spawn_blocking(move || match due {
+        true => queue::RunLock::acquire_unless_awaited(&dir),
+        false => queue::RunLock::acquire(&dir).map(Some),
+    })
+    .await
+    .map_err(|e| SendmailError::Unavailable(e.to_string()))??
+    {
+        Some(lock) => lock,
+        None => {
+            tracing::debug!("queue run: another run waits for the one in progress: leaving");
+            return Ok(queue::RunReport::default());
+        }
+    };
     {
         let keys = Arc::new(crate::cli::key_service(config, None));
         // SIGTERM (systemctl stop, a shutdown) or SIGINT: no new message is started, the
