@@ -3,6 +3,7 @@
 #   make demo    the outgoing round trip on built-in defaults (throwaway GnuPG home)
 #   make test    every test (unit, integration with real gpg), fmt and clippy
 #   make bench   writes BENCHMARKS.md
+#   make fuzz    fuzzes the mail parsers (FUZZ_SECONDS per target)
 #
 # Each target installs the Debian packages it needs when they are missing (root, apt-get).
 
@@ -22,7 +23,7 @@ TEST_DEBS  := $(RUN_DEBS) python3 python3-aiosmtpd dovecot-imapd isync libsasl2-
 # The milter benchmark runs a private Postfix instance too (as root; skipped otherwise).
 BENCH_DEBS := $(RUN_DEBS) dovecot-imapd python3-aiosmtpd msmtp postfix
 
-.PHONY: all build demo test bench deps-build deps-test deps-bench lint install clean
+.PHONY: all build demo test bench fuzz deps-build deps-test deps-bench lint install clean
 
 all: build
 
@@ -76,6 +77,15 @@ bench: deps-bench
 	$(CARGO) bench --locked --bench sendmail -- --out BENCHMARKS.md
 	$(CARGO) bench --locked --bench milter -- --out BENCHMARKS.md
 	$(CARGO) bench --locked --bench sync -- --out BENCHMARKS.md
+
+# Coverage-guided fuzzing (cargo-fuzz, libFuzzer) of what reads other people's mail: the
+# IMAP summary, the outgoing core's reading, the incoming processing (real gpg, throwaway
+# home). FUZZ_SECONDS per target (default 120); not part of `make test`.
+FUZZ_SECONDS ?= 120
+fuzz: deps-build
+	$(call ensure_debs,$(RUN_DEBS))
+	command -v cargo-fuzz >/dev/null || $(CARGO) install --locked cargo-fuzz
+	tests/fuzz/run $(FUZZ_SECONDS)
 
 # Installs what the systemd units and the docs name: the binary, the man page, the units, the
 # tmpfiles entry, README and the example configuration. DESTDIR for a staging root. The
