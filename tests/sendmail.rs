@@ -459,6 +459,25 @@ fn one_due_run_waits_behind_a_run_and_the_others_leave() {
     assert_eq!(relay.delivered(1).len(), 1);
 }
 
+/// A reply to RCPT that is no 2xx but positive (354) does not count as the recipient's
+/// acceptance: the copy waits, the connection is dropped (review: recorded as sent).
+#[test]
+fn a_rcpt_answered_354_is_no_acceptance() {
+    let s = Setup::new();
+    let relay = s.relay(&RelayOptions {
+        odd_rcpt: &["dave@example.net"],
+        ..RelayOptions::default()
+    });
+    s.configure(relay.port, false, "");
+    let msg = "From: alice@example.org\nTo: dave@example.net\nSubject: odd\n\nx\n";
+    let out = s.sendmail(&["-t", "-i", "-f", "alice@example.org"], msg.as_bytes());
+    assert!(out.status.success(), "{out:?}");
+    let summary = s.queue_run();
+    assert!(summary.contains("1 deferred"), "{summary}");
+    let list = s.queue_list();
+    assert!(list.contains("answered RCPT with 354"), "{list}");
+}
+
 /// A recipient that is no address beside one that is: as with Postfix's sendmail, the message
 /// is queued (exit 0, a warning naming it), the address gets its copy and the sender a report
 /// naming the other. It was refused whole (exit 65): a cron job that never looks at the exit

@@ -6,7 +6,8 @@ Run with Debian's interpreter (python3-aiosmtpd 1.4.3 lives in its dist-packages
     /usr/bin/python3 tests/smtp_relay.py --maildir DIR --cert CERT.pem --key KEY.pem \
         --user USER --password PASS [--implicit-tls] [--reject ADDR]... \
         [--hold-once ADDR]... [--slow-final ADDR]... [--full ADDR]... [--port N]
-        [--final-reply ADDR=double|bare|refuse]... [--busy ADDR]... [--slow-hello SECONDS]
+        [--final-reply ADDR=double|bare|refuse]... [--busy ADDR]... [--odd-rcpt ADDR]...
+        [--slow-hello SECONDS]
         [--one-ehlo-over-tls]
 
 stdout carries only these lines (each flushed), so a test can drive it line by line:
@@ -67,8 +68,10 @@ class Maildir:
 
 class RelayHandler:
     def __init__(self, maildir, reject, hold_once, slow_final=(), full=(), one_ehlo=False,
-                 final_replies=(), busy=()):
+                 final_replies=(), busy=(), odd=()):
         self.maildir = maildir
+        # These answer RCPT with 354, a reply that does not fit RCPT.
+        self.odd = {a.lower() for a in odd}
         # These answer RCPT with 421 (a provider's rate limit: the server closes the session).
         self.busy = {a.lower() for a in busy}
         # How the final "." of a message to these is answered, instead of "250 2.0.0 OK":
@@ -104,6 +107,10 @@ class RelayHandler:
             return f"552 5.2.2 <{address}>: Mailbox full"
         if key in self.busy:
             return "421 4.7.0 rate limited, closing connection"
+        if key in self.odd:
+            # Recorded, but answered as if it were DATA: a reply out of step with the command.
+            envelope.rcpt_tos.append(address)
+            return "354 go ahead"
         if key in self.hold_pending:
             self.hold_pending.discard(key)
             emit(f"HOLDING {address}")
@@ -195,7 +202,8 @@ async def serve(args):
     tls.load_cert_chain(args.cert, args.key)
     final_replies = [spec.split("=", 1) for spec in args.final_reply]
     handler = RelayHandler(Maildir(args.maildir), args.reject, args.hold_once, args.slow_final,
-                           args.full, args.one_ehlo_over_tls, final_replies, args.busy)
+                           args.full, args.one_ehlo_over_tls, final_replies, args.busy,
+                           args.odd_rcpt)
     authenticator = make_authenticator(args.user, args.password)
 
     def factory():
@@ -261,6 +269,8 @@ def main():
     p.add_argument("--hold-once", action="append", default=[], metavar="ADDR")
     p.add_argument("--slow-final", action="append", default=[], metavar="ADDR")
     p.add_argument("--full", action="append", default=[], metavar="ADDR")
+    p.add_argument("--odd-rcpt", action="append", default=[], metavar="ADDR",
+                   help="answer RCPT to ADDR with 354")
     p.add_argument("--slow-hello", type=float, default=0.0, metavar="SECONDS",
                    help="wait this long before the greeting and before each EHLO reply")
     p.add_argument("--busy", action="append", default=[], metavar="ADDR",

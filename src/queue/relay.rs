@@ -420,14 +420,17 @@ enum Step {
 
 impl Step {
     /// What the step is called and what it must be answered, when `code` (positive, so
-    /// lettre took it) is not that: DATA is answered 354 and nothing else (RFC 5321 §4.3.2),
-    /// the final "." only 2xx (§4.1.1.4). Another reply is one meant for an earlier command:
+    /// lettre took it) is not that: MAIL and RCPT 2xx (RFC 5321 §4.3.2; review: a 354 to RCPT
+    /// was taken for the recipient's acceptance), DATA 354 and nothing else, the final "."
+    /// only 2xx (§4.1.1.4). Another reply is one meant for an earlier command:
     /// a relay that answered one command twice, whose extra reply the reused connection's
     /// NOOP took, leaves every later reply taken for the wrong command, the final "."
     /// answered by a stale 354 while the relay refused the copy (review: lost, recorded as
     /// sent).
     fn out_of_step(self, code: u16) -> Option<(&'static str, &'static str)> {
         match self {
+            Step::Mail if code / 100 != 2 => Some(("MAIL", "2xx")),
+            Step::Rcpt if code / 100 != 2 => Some(("RCPT", "2xx")),
             Step::Data if code != 354 => Some(("DATA", "354")),
             Step::Content if code / 100 != 2 => Some(("the end of the data", "2xx")),
             _ => None,

@@ -82,6 +82,8 @@ pub struct RelayOptions<'a> {
     pub full: &'a [&'a str],
     /// These answer RCPT with 421 (a rate limit: the relay closes the session).
     pub busy: &'a [&'a str],
+    /// These answer RCPT with 354, a reply out of step with the command.
+    pub odd_rcpt: &'a [&'a str],
     /// Seconds before the greeting and before each reply to EHLO (STARTTLS relays only).
     pub slow_hello: f64,
     pub port: Option<u16>,
@@ -141,6 +143,9 @@ impl Relay {
         }
         for r in options.busy {
             cmd.args(["--busy", r]);
+        }
+        for r in options.odd_rcpt {
+            cmd.args(["--odd-rcpt", r]);
         }
         if options.slow_hello > 0.0 {
             cmd.args(["--slow-hello", &options.slow_hello.to_string()]);
