@@ -1544,6 +1544,15 @@ fn a_message_deleted_during_a_run_sends_nothing_more() {
         log.contains("to=<dave@example.net> not sent: deleted meanwhile"),
         "{log}"
     );
+    // Carol's copy, answered 451 after the deletion, is not said to wait for a retry (review:
+    // "deferred ... next in 1 s" for a message that was gone).
+    assert!(
+        log.contains("to=<carol@example.org> not deferred: the message was deleted"),
+        "{log}"
+    );
+    assert!(!log.contains("to=<carol@example.org> deferred"), "{log}");
+    let summary = String::from_utf8_lossy(&out.stdout);
+    assert!(summary.contains(" 0 deferred"), "{summary}");
     assert!(relay.drain().is_empty(), "nothing more went out");
     assert_eq!(s.queue_list(), "Mail queue is empty\n");
 }

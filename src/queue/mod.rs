@@ -327,12 +327,24 @@ pub struct RunReport {
 
 impl RunReport {
     /// Counts what [`Runner::defer`] did: deferred (Some) or failed (None, expired).
-    fn count_deferral(&mut self, next: Option<i64>) {
-        match next {
-            Some(_) => self.deferred += 1,
-            None => self.failed += 1,
+    fn count_deferral(&mut self, deferral: Deferral) {
+        match deferral {
+            Deferral::Until(_) => self.deferred += 1,
+            Deferral::Expired => self.failed += 1,
+            Deferral::Gone => {}
         }
     }
+}
+
+/// What became of a recipient whose copy could not go now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Deferral {
+    /// Tried again from then on (Unix seconds).
+    Until(i64),
+    /// Its lifetime is over: failed, reported.
+    Expired,
+    /// No longer queued: `queue delete` took the message while its copy was on the way.
+    Gone,
 }
 
 /// `message` with a trace field naming the local user who submitted it, as Postfix's pickup
@@ -942,16 +954,25 @@ impl Queue {
 
     /// Only a recipient still queued: one deleted meanwhile (`queue delete`) keeps the
     /// administrator's reason.
-    fn mark_deferred(&self, id: &str, due: &Due, reason: &str, at: i64) -> Result<i64, QueueError> {
+    /// The recipient waits until the returned time; None when it is no longer queued (the
+    /// message deleted while a copy was on the wire).
+    fn mark_deferred(
+        &self,
+        id: &str,
+        due: &Due,
+        reason: &str,
+        at: i64,
+    ) -> Result<Option<i64>, QueueError> {
         let next = at + self.config.backoff(due.attempts + 1) as i64;
-        self.conn()
+        let changed = self
+            .conn()
             .execute(
                 "UPDATE recipients SET reason = ?3, attempts = attempts + 1, next_attempt = ?4
                  WHERE message = ?1 AND address = ?2 AND state = 'queued'",
                 params![id, due.address, reason, next],
             )
             .map_err(|e| self.db_err(e))?;
-        Ok(next)
+        Ok((changed > 0).then_some(next))
     }
 
     /// Only a recipient still queued, as [`Self::mark_deferred`].
@@ -1788,16 +1809,19 @@ impl Runner {
     /// failure bounces (a laptop offline for longer than the lifetime delivered nothing
     /// when it came back: every recipient bounced unattempted, review). Some(next attempt)
     /// when it waits, None when it failed.
-    fn defer(
-        &self,
-        m: &Loaded,
-        due: &Due,
-        reason: &str,
-        at: i64,
-    ) -> Result<Option<i64>, QueueError> {
+    fn defer(&self, m: &Loaded, due: &Due, reason: &str, at: i64) -> Result<Deferral, QueueError> {
         let lifetime = 3600 * self.queue.config.lifetime_hours as i64;
         if at - m.arrived <= lifetime {
-            return self.queue.mark_deferred(&m.id, due, reason, at).map(Some);
+            let next = self.queue.mark_deferred(&m.id, due, reason, at)?;
+            if next.is_none() {
+                tracing::info!(
+                    "{}: to=<{}> not deferred: the message was deleted from the queue \
+                     meanwhile ({reason})",
+                    m.id,
+                    due.address
+                );
+            }
+            return Ok(next.map_or(Deferral::Gone, Deferral::Until));
         }
         let expired = format!(
             "delivery time expired after {} hours in the queue; last error: {reason}",
@@ -1806,7 +1830,7 @@ impl Runner {
         tracing::warn!("{}: to=<{}> expired: {reason}", m.id, due.address);
         self.queue
             .mark_failed(&m.id, &due.address, "4.4.7", &expired)?;
-        Ok(None)
+        Ok(Deferral::Expired)
     }
 
     async fn attempt(&self, m: &Loaded, at: i64) -> Result<RunReport, QueueError> {
@@ -1926,7 +1950,7 @@ impl Runner {
                 (Decision::Deferred { reply }, _) => {
                     for due in dues {
                         let next = self.defer(m, due, &reply.to_string(), at)?;
-                        if let Some(next) = next {
+                        if let Deferral::Until(next) = next {
                             tracing::warn!(
                                 "{}: to=<{}> deferred until {next}: {reply}",
                                 m.id,
@@ -2016,7 +2040,7 @@ impl Runner {
                 Sent::Temporary(reason) => {
                     for due in &still {
                         let next = self.defer(m, due, &reason, now())?;
-                        if let Some(next) = next {
+                        if let Deferral::Until(next) = next {
                             tracing::warn!(
                                 "{}: to=<{}> deferred (attempt {}, next in {} s): {reason}",
                                 m.id,
