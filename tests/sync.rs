@@ -5750,6 +5750,32 @@ fn pass_held_at(
     assert!(out.status.success(), "{out:?}");
 }
 
+/// Makes the local mailbox `Plans` with one message in it.
+fn make_plans(raw: &mut common::server::Raw<std::net::TcpStream>) {
+    raw.ok("CREATE Plans");
+    let note = "From: bob@example.org\r\nSubject: plans\r\n\r\nthe plan\r\n";
+    raw.ok(&format!("APPEND Plans {{{}+}}\r\n{note}", note.len()));
+}
+
+/// Renames `Plans` to `Plans-r` here while a pass is held at `hold_at`, runs one more pass,
+/// and checks that upstream holds `Plans-r` with one message and no `Plans`, as the local
+/// store does, and that nothing waits to be written back.
+fn rename_plans_in_a_held_pass(
+    server: &Server,
+    dovecot: &Dovecot,
+    dir: &Path,
+    config: &Path,
+    hold_at: &'static str,
+    raw: &mut common::server::Raw<std::net::TcpStream>,
+) {
+    pass_held_at(server, dovecot, dir, hold_at, || {
+        raw.ok("RENAME Plans Plans-r");
+    });
+    let out = sync_once(config);
+    assert!(out.status.success(), "{out:?}");
+    renamed_plans_on_both_sides(dovecot, server);
+}
+
 /// Upstream holds `Plans-r` with one message and no `Plans`; so does the local store, and
 /// nothing waits to be written back.
 fn renamed_plans_on_both_sides(dovecot: &Dovecot, server: &Server) {
@@ -5789,15 +5815,8 @@ async fn a_mailbox_renamed_while_a_pass_writes_back_goes_up_renamed() {
     raw.ok("SELECT INBOX");
     raw.ok("UID STORE 1 +FLAGS.SILENT (\\Flagged)");
     raw.ok("UNSELECT");
-    raw.ok("CREATE Plans");
-    let note = "From: bob@example.org\r\nSubject: plans\r\n\r\nthe plan\r\n";
-    raw.ok(&format!("APPEND Plans {{{}+}}\r\n{note}", note.len()));
-    pass_held_at(&server, &dovecot, dir.path(), "+FLAGS", || {
-        raw.ok("RENAME Plans Plans-r");
-    });
-    let out = sync_once(&config);
-    assert!(out.status.success(), "{out:?}");
-    renamed_plans_on_both_sides(&dovecot, &server);
+    make_plans(&mut raw);
+    rename_plans_in_a_held_pass(&server, &dovecot, dir.path(), &config, "+FLAGS", &mut raw);
 }
 
 /// A client renames a synced mailbox while a pass fetches, after the pass read which renames
@@ -5809,17 +5828,10 @@ async fn a_mailbox_renamed_while_a_pass_fetches_does_not_come_back() {
     let dovecot = Dovecot::start_tls();
     let (_secret, server, dir, config) = synced_to_be_filed(&world, &dovecot, "fetched").await;
     let mut raw = server.login();
-    raw.ok("CREATE Plans");
-    let note = "From: bob@example.org\r\nSubject: plans\r\n\r\nthe plan\r\n";
-    raw.ok(&format!("APPEND Plans {{{}+}}\r\n{note}", note.len()));
+    make_plans(&mut raw);
     let out = sync_once(&config);
     assert!(out.status.success(), "{out:?}");
-    pass_held_at(&server, &dovecot, dir.path(), "EXAMINE", || {
-        raw.ok("RENAME Plans Plans-r");
-    });
-    let out = sync_once(&config);
-    assert!(out.status.success(), "{out:?}");
-    renamed_plans_on_both_sides(&dovecot, &server);
+    rename_plans_in_a_held_pass(&server, &dovecot, dir.path(), &config, "EXAMINE", &mut raw);
 }
 
 /// mbsync's move into a folder the account does not sync (`folders`): the original still goes
