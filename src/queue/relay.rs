@@ -686,13 +686,7 @@ impl Relay {
     /// then TLS (implicit, or STARTTLS required), then AUTH. With it, whether the server
     /// announced DSN (asked only with [`Relay::passing_dsn`]).
     async fn connect(&self) -> Result<(AsyncSmtpConnection, bool), Sent> {
-        let deadline = |what: &str| {
-            Sent::Temporary(format!(
-                "relay {}: {what} timed out after {} s",
-                self.description,
-                self.timeout.as_secs()
-            ))
-        };
+        let deadline = |what: &str| self.timed_out(what, self.timeout);
         let tcp = tokio::time::timeout(
             self.timeout,
             TcpStream::connect((self.host.as_str(), self.port)),
@@ -752,13 +746,7 @@ impl Relay {
             AsyncSmtpConnection::connect_with_transport(stream, &self.hello),
         )
         .await
-        .map_err(|_| {
-            Sent::Temporary(format!(
-                "relay {}: {what} timed out after {} s",
-                self.description,
-                hello.as_secs()
-            ))
-        })?
+        .map_err(|_| self.timed_out(what, hello))?
         .map_err(step)?;
         let mut dsn = false;
         if self.pass_dsn {
@@ -813,6 +801,15 @@ impl Relay {
         Ok((conn, dsn))
     }
 
+    /// A step of connecting that took longer than `limit`.
+    fn timed_out(&self, what: &str, limit: Duration) -> Sent {
+        Sent::Temporary(format!(
+            "relay {}: {what} timed out after {} s",
+            self.description,
+            limit.as_secs()
+        ))
+    }
+
     /// Greeting, EHLO and STARTTLS in plain text, read without any buffering, then the TLS
     /// handshake. lettre's own STARTTLS keeps whatever its reader had buffered past the 220
     /// reply and reads it as if it had come over TLS: a man in the middle could answer the
@@ -831,15 +828,7 @@ impl Relay {
             ))
         };
         let io = |e: std::io::Error| failed(format!("before TLS: {e}"));
-        let within = |what: &'static str| {
-            move |_| {
-                Sent::Temporary(format!(
-                    "relay {}: {what} timed out after {} s",
-                    self.description,
-                    self.timeout.as_secs()
-                ))
-            }
-        };
+        let within = |what: &'static str| move |_| self.timed_out(what, self.timeout);
         let greeting = tokio::time::timeout(self.timeout, read_reply(&mut tcp))
             .await
             .map_err(within("greeting"))?

@@ -1175,11 +1175,6 @@ impl Store {
         self.read(|c| renames_in(c, account))
     }
 
-    /// The account's mailbox deletions waiting in the journal: (entry id, name), oldest first.
-    pub fn journal_deletes(&self, account: AccountId) -> Result<Vec<(i64, String)>, StoreError> {
-        self.read(|c| deletes_in(c, account))
-    }
-
     /// Journal entry `id` as the journal has it now (None: done or dropped meanwhile), read in
     /// one snapshot with what it names: the local mailbox of its name and of the name its
     /// detail starts with (a move's target, a copy's source), and the account's waiting
@@ -1897,8 +1892,7 @@ fn journal_has(
         .query_row(params![account, mailbox, uid], |r| r.get(0))?)
 }
 
-/// A journal entry from a row of `SELECT j.id, a.name, j.mailbox, j.uid, j.kind, j.detail,
-/// j.attempts, j.last_error`.
+/// The account's waiting mailbox renames (see [`Store::journal_renames`]).
 fn renames_in(
     c: &rusqlite::Connection,
     account: AccountId,
@@ -1911,6 +1905,7 @@ fn renames_in(
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
+/// The account's mailbox deletions waiting in the journal: (entry id, name), oldest first.
 fn deletes_in(
     c: &rusqlite::Connection,
     account: AccountId,
@@ -1923,6 +1918,8 @@ fn deletes_in(
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
+/// A journal entry from a row of `SELECT j.id, a.name, j.mailbox, j.uid, j.kind, j.detail,
+/// j.attempts, j.last_error`.
 fn journal_entry(r: &rusqlite::Row<'_>) -> rusqlite::Result<JournalEntry> {
     Ok(JournalEntry {
         id: r.get(0)?,

@@ -210,22 +210,15 @@ impl Syncer {
         let (names, _) = self
             .folder_names(session, capabilities, prefix, account)
             .await?;
-        let store = self.store.clone();
-        let (renames, deletes) = blocking(move || {
-            Ok::<_, crate::store::StoreError>((
-                store.journal_renames(account)?,
-                store.journal_deletes(account)?,
-            ))
-        })
-        .await??;
         let mut upstream = Upstream {
             can_move: capabilities.has_str("MOVE"),
             uidplus: capabilities.has_str("UIDPLUS"),
             session,
             names,
             selected: None,
-            renames,
-            deletes,
+            // Read with the first entry, and again whenever a new one came.
+            renames: Vec::new(),
+            deletes: Vec::new(),
             departures_mark: -1,
             account,
         };
