@@ -242,6 +242,8 @@ fn fetch_and_search_answers_equal_dovecots() {
     let queries = [
         "SEARCH ALL",
         "SEARCH SUBJECT \"agenda\"",
+        // The last field of a header-only message without a line end.
+        "SEARCH SUBJECT \"no final newline\"",
         "SEARCH FROM \"alice\"",
         "SEARCH TO \"bob@example.org\"",
         "SEARCH BODY \"lunch\"",

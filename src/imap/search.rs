@@ -79,7 +79,17 @@ impl<'a> Candidate<'a> {
     fn headers(&mut self) -> &[(String, String, String)] {
         if self.headers.is_none() {
             let mut out = Vec::new();
-            let source = self.source();
+            // A last field without a line end (a header-only message) has no value for
+            // mail-parser: it is read with one (review: SEARCH SUBJECT missed it, which
+            // Dovecot finds).
+            let ended;
+            let source = match self.source() {
+                s if s.ends_with(b"\n") => s,
+                s => {
+                    ended = [s, b"\r\n"].concat();
+                    &ended[..]
+                }
+            };
             if let Some(message) = crate::message::parse::mail_parser().parse_headers(source) {
                 for header in message.headers() {
                     let name = header.name().to_ascii_lowercase();
