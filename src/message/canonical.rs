@@ -11,7 +11,7 @@ use super::encoding::{
     base64_decode_lenient, base64_lines, crlf, header_crlf, is_signing_safe, quoted_printable,
     repair_quoted_printable,
 };
-use super::parse::{is_cte, HeaderField, ParsedMessage};
+use super::parse::{is_cte, tree_children, HeaderField, ParsedMessage};
 
 /// The MIME content of a message: its Content-* fields and a 7-bit-safe CRLF body.
 #[derive(Debug, Clone)]
@@ -84,17 +84,18 @@ pub fn content_entity(message: &ParsedMessage) -> ContentEntity {
         return ContentEntity { fields, body };
     };
     let root = parsed.root_part();
+    let kids = tree_children(&parsed);
     let mut edits = Vec::new();
     match &root.body {
         PartType::Multipart(_) if is_sealed(root) => {}
         PartType::Multipart(children) if !children.is_empty() => {
-            for &child in children {
-                visit(&parsed, &parsed.parts[child as usize], raw, &mut edits);
+            for &child in &kids[0] {
+                visit(&parsed, &kids, child, raw, &mut edits);
             }
             tidy_multipart(root, raw, &mut edits);
         }
         PartType::Message(inner) if root.encoding == Encoding::None => {
-            visit(inner, inner.root_part(), raw, &mut edits)
+            visit(inner, &tree_children(inner), 0, raw, &mut edits)
         }
         PartType::Message(_) => {}
         _ => {
@@ -155,6 +156,7 @@ fn eight_bit_labels(
         }
     };
     let mut inner_messages = Vec::new();
+    let kids = tree_children(message);
     let mut pending = vec![(0usize, true)];
     while let Some((i, root)) = pending.pop() {
         let Some(part) = message.parts.get(i) else {
@@ -165,8 +167,8 @@ fn eight_bit_labels(
         }
         match &part.body {
             PartType::Multipart(_) if is_sealed(part) => {}
-            PartType::Multipart(children) => {
-                pending.extend(children.iter().map(|&c| (c as usize, false)));
+            PartType::Multipart(_) => {
+                pending.extend(kids[i].iter().map(|&c| (c, false)));
             }
             PartType::Message(inner) if part.encoding == Encoding::None => {
                 // The attached message's own header counts too: its root is a part here.
@@ -245,15 +247,18 @@ fn relabel_seven_bit(mut entity: ContentEntity) -> ContentEntity {
     entity
 }
 
-fn visit(message: &Message<'_>, part: &MessagePart<'_>, raw: &[u8], edits: &mut Vec<Edit>) {
+/// Makes part `at` of `message` safe to sign, and the parts inside it; `kids` are the
+/// message's [`tree_children`].
+fn visit(message: &Message<'_>, kids: &[Vec<usize>], at: usize, raw: &[u8], edits: &mut Vec<Edit>) {
+    let part = &message.parts[at];
     match &part.body {
         // A signature the sender made (RFC 1847 §2.1): its parts stay byte for byte, or the
         // signature would no longer verify. Only its own header is made safe.
         PartType::Multipart(_) if is_sealed(part) => safe_header(part, raw, edits),
         PartType::Multipart(children) if !children.is_empty() => {
             safe_header(part, raw, edits);
-            for &child in children {
-                visit(message, &message.parts[child as usize], raw, edits);
+            for &child in &kids[at] {
+                visit(message, kids, child, raw, edits);
             }
             tidy_multipart(part, raw, edits);
         }
@@ -270,7 +275,7 @@ fn visit(message: &Message<'_>, part: &MessagePart<'_>, raw: &[u8], edits: &mut 
             if !matches!(root.body, PartType::Multipart(_)) && leaf_edit(root, raw).is_none() {
                 safe_header(root, raw, edits);
             }
-            visit(inner, root, raw, edits)
+            visit(inner, &tree_children(inner), 0, raw, edits)
         }
         _ => {
             let Some((cte, body)) = leaf_edit(part, raw) else {
@@ -508,14 +513,11 @@ fn first_unclosed(message: &Message<'_>, raw: &[u8]) -> Option<(usize, String)> 
             .and_then(|ct| ct.attribute("boundary"))
             .map(str::to_string)
     };
+    // Each part's parent comes before it (see `tree_children`): the walk up ends.
     let mut parent = vec![None; parts.len()];
-    for (i, part) in parts.iter().enumerate() {
-        if let PartType::Multipart(children) = &part.body {
-            for &c in children {
-                if let Some(slot) = parent.get_mut(c as usize) {
-                    *slot = Some(i);
-                }
-            }
+    for (i, kids) in tree_children(message).into_iter().enumerate() {
+        for c in kids {
+            parent[c] = Some(i);
         }
     }
     let sealed_above = |mut i: usize| loop {
@@ -892,6 +894,45 @@ fn apply(raw: &[u8], start: usize, mut edits: Vec<Edit>) -> Vec<u8> {
 mod tests {
     use super::*;
     use mail_parser::MessageParser;
+
+    /// A message whose content entity mail-parser reads with a part among its own children
+    /// (found by fuzzing; a multipart reusing its parent's boundary, not closed): the walks
+    /// take each part once, and the entity is made (before, the walk never ended and took
+    /// all memory).
+    #[test]
+    fn a_part_tree_with_a_cycle_is_walked_once() {
+        let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/fuzz");
+        let entity = std::fs::read(data.join("cyclic-parts-entity.eml")).unwrap();
+        let parsed = crate::message::parse::mail_parser()
+            .parse(&entity[..])
+            .unwrap();
+        let (mut messages, mut cycles) = (vec![&parsed], 0);
+        while let Some(m) = messages.pop() {
+            for (i, part) in m.parts.iter().enumerate() {
+                match &part.body {
+                    PartType::Multipart(own) => {
+                        cycles += own.iter().filter(|&&c| c as usize <= i).count()
+                    }
+                    PartType::Message(inner) => messages.push(inner),
+                    _ => {}
+                }
+            }
+            let kids = tree_children(m);
+            let mut parents = vec![0; kids.len()];
+            for (i, children) in kids.iter().enumerate() {
+                for &c in children {
+                    assert!(c > i);
+                    parents[c] += 1;
+                }
+            }
+            assert!(parents.iter().all(|&n| n <= 1), "{kids:?}");
+        }
+        assert!(cycles > 0, "mail-parser puts a part among its own children");
+        let raw = std::fs::read(data.join("cyclic-parts.eml")).unwrap();
+        let message = ParsedMessage::parse(raw).unwrap();
+        let made = content_entity(&message).to_entity();
+        assert!(made.len() < 3 * message.raw().len(), "{}", made.len());
+    }
 
     /// The parts of a digest are attached messages unless typed otherwise, and a folded
     /// Content-Type is one field: a header-only one there stays a part of its own too. A text

@@ -384,21 +384,52 @@ pub const MAX_NESTING: usize = 100;
 /// How deep `message`'s parts nest, attached messages included; counted without recursion.
 fn nesting_depth(message: &mail_parser::Message<'_>) -> usize {
     let mut deepest = 0;
-    let mut stack = vec![(message, 0u32, 0usize)];
-    while let Some((m, id, depth)) = stack.pop() {
+    let mut stack = vec![(
+        message,
+        std::rc::Rc::new(tree_children(message)),
+        0usize,
+        0usize,
+    )];
+    while let Some((m, kids, id, depth)) = stack.pop() {
         deepest = deepest.max(depth);
         if deepest > MAX_NESTING {
             break;
         }
-        match m.parts.get(id as usize).map(|p| &p.body) {
-            Some(PartType::Multipart(children)) => {
-                stack.extend(children.iter().map(|&c| (m, c, depth + 1)));
+        match m.parts.get(id).map(|p| &p.body) {
+            Some(PartType::Multipart(_)) => {
+                stack.extend(kids[id].iter().map(|&c| (m, kids.clone(), c, depth + 1)));
             }
-            Some(PartType::Message(inner)) => stack.push((inner, 0, depth + 1)),
+            Some(PartType::Message(inner)) => {
+                stack.push((inner, std::rc::Rc::new(tree_children(inner)), 0, depth + 1))
+            }
             _ => {}
         }
     }
     deepest
+}
+
+/// The children of each part of `message` (not those of its attached messages, which are
+/// messages of their own), as a tree: a part comes after its parent and has one parent.
+/// mail-parser 0.11.9 can put a part among its own children, or under two parents, when a
+/// nested multipart reuses its parent's boundary and is not closed (found by fuzzing: the
+/// outgoing core's walk over such a part tree never ended and took all memory, from a 2.7 KB
+/// message); every walk over a message's parts takes its children from here. Children
+/// outside that order are left out, as mail-parser's own reading of them is not a tree.
+pub fn tree_children(message: &mail_parser::Message<'_>) -> Vec<Vec<usize>> {
+    let count = message.parts.len();
+    let mut claimed = vec![false; count];
+    let mut kids = vec![Vec::new(); count];
+    for (i, part) in message.parts.iter().enumerate() {
+        if let PartType::Multipart(children) = &part.body {
+            for c in children.iter().map(|&c| c as usize) {
+                if c > i && c < count && !claimed[c] {
+                    claimed[c] = true;
+                    kids[i].push(c);
+                }
+            }
+        }
+    }
+    kids
 }
 
 fn is_encrypted(message: &mail_parser::Message<'_>) -> bool {
