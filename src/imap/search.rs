@@ -339,19 +339,17 @@ fn value_text(value: &HeaderValue<'_>) -> String {
     }
 }
 
-/// The comparison form of text: lower case, compatibility-decomposed, without combining marks,
-/// so "Réunion" contains "re" as it does for Dovecot's i;unicode-casemap (RFC 5051).
+/// The comparison form of text: lower case and compatibility-decomposed, its combining marks
+/// kept, as Dovecot's i;unicode-casemap (RFC 5051) compares: "Réunion" contains "re" and
+/// "réu", not "reu"; a search for "é" finds no plain "e" (review: with the marks dropped, it
+/// found 36 messages of the corpus where Dovecot finds 2, and "Koln" found "Köln").
 pub fn fold(text: &str) -> String {
-    use unicode_normalization::char::is_combining_mark;
     use unicode_normalization::UnicodeNormalization;
-    // ASCII is its own decomposition and has no combining marks: most mail takes this path.
+    // ASCII is its own decomposition: most mail takes this path.
     if text.is_ascii() {
         return text.to_ascii_lowercase();
     }
-    text.nfkd()
-        .filter(|c| !is_combining_mark(*c))
-        .flat_map(char::to_lowercase)
-        .collect()
+    text.nfkd().flat_map(char::to_lowercase).collect()
 }
 
 fn day(date: &NaiveDate) -> i64 {
@@ -575,7 +573,9 @@ mod tests {
     #[test]
     fn folding_matches_with_and_without_the_ascii_shortcut() {
         assert_eq!(fold("Lunch AT Noon"), "lunch at noon");
-        assert_eq!(fold("Réunion ÉTÉ"), "reunion ete");
+        assert_eq!(fold("Réunion ÉTÉ"), "re\u{301}union e\u{301}te\u{301}");
+        assert!(fold("Réunion").contains(&fold("RÉU")) && fold("Réunion").contains("re"));
+        assert!(!fold("Réunion").contains(&fold("reu")));
         // Compatibility decomposition: the ligature and the full-width letters fold to ASCII.
         assert_eq!(fold("ﬁle ＡＢ"), "file ab");
     }
