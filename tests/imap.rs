@@ -1539,6 +1539,17 @@ fn condstore_and_qresync_over_imap() {
         plain[0], "* OK [CLOSED] Previous mailbox closed",
         "{plain:?}"
     );
+    // CHANGEDSINCE 0, which RFC 7162's grammar lacks and iPhone Mail sends: every message,
+    // each with its MODSEQ; with VANISHED, every expunge known (Dovecot takes it too).
+    let all = b.ok("UID FETCH 1:* (FLAGS) (CHANGEDSINCE 0 VANISHED)");
+    assert_eq!(all[0], "* VANISHED (EARLIER) 3", "{all:?}");
+    let fetched: Vec<&String> = all.iter().filter(|l| l.contains(" FETCH ")).collect();
+    assert_eq!(fetched.len(), 2, "{all:?}");
+    assert!(fetched.iter().all(|l| l.contains(" MODSEQ (")), "{all:?}");
+    assert_eq!(b.ok("FETCH 1:* (UID) (changedsince 00)").len(), 2);
+    // Any other value is still checked: a modifier that is not a number is BAD.
+    let (_, tagged) = b.cmd("FETCH 1:* (UID) (CHANGEDSINCE 0x)");
+    assert!(tagged.contains(" BAD "), "{tagged}");
     // Expunges seen later arrive as VANISHED, not EXPUNGE, once QRESYNC is on.
     a.ok("STORE 1 +FLAGS.SILENT (\\Deleted)");
     a.ok("EXPUNGE");

@@ -188,6 +188,10 @@ pub enum Input {
         command: Command<'static>,
         items: Vec<String>,
     },
+    /// A FETCH with `CHANGEDSINCE 0`, which imap-codec's grammar lacks (RFC 7162 §7 asks for
+    /// a positive value; iPhone Mail sends 0, Dovecot takes it): parsed with 1 in its place,
+    /// to be run as since 0.
+    FetchSinceZero(Command<'static>),
     /// A command imap-codec could not parse; the tag when one could be read.
     Malformed(Option<String>),
     /// A synchronising literal over the limit, already refused by the scanner.
@@ -321,6 +325,12 @@ impl Conn {
                                 append_limit_status(discarded_bytes.declassify()) =>
                         {
                             Input::Status { command, items }
+                        }
+                        E::MalformedMessage { discarded_bytes }
+                            if let Some(command) =
+                                changed_since_zero(discarded_bytes.declassify()) =>
+                        {
+                            Input::FetchSinceZero(command)
                         }
                         E::ExpectedCrlfGotLf { discarded_bytes }
                         | E::MalformedMessage { discarded_bytes }
@@ -499,6 +509,33 @@ fn append_limit_status(bytes: &[u8]) -> Option<(Command<'static>, Vec<String>)> 
         .decode_static(&again)
         .ok()?;
     rest.is_empty().then_some((command, items))
+}
+
+/// A FETCH or UID FETCH imap-codec refused because its modifiers say `CHANGEDSINCE 0`, parsed
+/// again with `CHANGEDSINCE 1`; None for any other command. The modifiers are the command's
+/// last parenthesis.
+fn changed_since_zero(bytes: &[u8]) -> Option<Command<'static>> {
+    use imap_codec::decode::Decoder;
+    use imap_next::imap_types::command::CommandBody;
+    let body = bytes.strip_suffix(b"\r\n")?;
+    let open = body.iter().rposition(|&b| b == b'(')?;
+    let list = std::str::from_utf8(body[open + 1..].strip_suffix(b")")?).ok()?;
+    let mut words: Vec<&str> = list.split(' ').collect();
+    let at = words
+        .iter()
+        .position(|w| w.eq_ignore_ascii_case("CHANGEDSINCE"))?;
+    let value = words.get_mut(at + 1)?;
+    if value.is_empty() || value.bytes().any(|b| b != b'0') {
+        return None;
+    }
+    *value = "1";
+    let mut again = body[..=open].to_vec();
+    again.extend_from_slice(words.join(" ").as_bytes());
+    again.extend_from_slice(b")\r\n");
+    let (rest, command) = imap_codec::CommandCodec::default()
+        .decode_static(&again)
+        .ok()?;
+    (rest.is_empty() && matches!(command.body, CommandBody::Fetch { .. })).then_some(command)
 }
 
 /// The tag of a discarded command line, when it has a valid one (RFC 3501 §9 tag).

@@ -107,6 +107,7 @@ impl Session {
         let mut vanished = false;
         for modifier in &modifiers {
             match modifier {
+                FetchModifier::ChangedSince(_) if self.since_zero => changed_since = Some(0),
                 FetchModifier::ChangedSince(v) => changed_since = Some(v.get()),
                 FetchModifier::Vanished => vanished = true,
             }

@@ -171,6 +171,8 @@ pub(super) struct Session {
     /// The items of a STATUS command with APPENDLIMIT, which imap-codec does not parse (see
     /// `Input::Status`), while that command runs.
     pub status_items: Option<Vec<String>>,
+    /// The FETCH running said `CHANGEDSINCE 0` (see `Input::FetchSinceZero`).
+    pub since_zero: bool,
     /// Turns true when the server stops: an IDLE in hand ends with BYE at once.
     pub shutdown: watch::Receiver<bool>,
 }
@@ -251,6 +253,7 @@ pub(super) async fn serve(
         condstore: false,
         qresync: false,
         status_items: None,
+        since_zero: false,
         shutdown: shutdown.clone(),
     };
     session.conn.write_deadline = Some(session.login_deadline);
@@ -357,6 +360,12 @@ impl Session {
                 self.status_items = Some(items);
                 let done = self.command(command).await;
                 self.status_items = None;
+                done
+            }
+            Input::FetchSinceZero(command) => {
+                self.since_zero = true;
+                let done = self.command(command).await;
+                self.since_zero = false;
                 done
             }
             Input::List(line) => {
