@@ -643,6 +643,15 @@ async fn verify_multipart_signed(
                 .into(),
         });
     }
+    // What follows the close delimiter is epilogue to RFC 2046, and to the readers here; a
+    // delimiter line in it makes more parts to a reader that does not stop at the first close
+    // (review: Mallory's HTML part after Alice's signed text and signature).
+    if delimiter_after_close(&entity[root.body()], boundary.as_bytes()) {
+        return Ok(Signature::Bad {
+            fingerprint: String::new(),
+            reason: "multipart/signed with a delimiter line after its close delimiter".into(),
+        });
+    }
     // RFC 3156 §5: exactly the signed part and the signature. A second Content-Type (mail-parser
     // reads the last, the IMAP summary and MUAs the first) or a third part would let a genuine
     // signature over one part vouch for a message that shows other parts.
@@ -1079,37 +1088,46 @@ pub fn strip_field(header: &[u8], name: &str) -> Vec<u8> {
 }
 
 /// Whether a field name reads as sealpost's verdict field to a person or to a client that
-/// shows fields by prefix: its ASCII letters and digits, with everything else dropped (dashes
-/// and other punctuation, a zero-width or no-break space, a control character), hold
-/// `sealpostverdict` in any case (review: "Sealpost-Verdict" with a zero-width space, a
+/// shows fields by prefix: its letters and digits, with everything else dropped (dashes
+/// and other punctuation, a zero-width or no-break space, a control character, accents),
+/// hold `sealpostverdict` in any case (review: "Sealpost-Verdict" with a zero-width space, a
 /// no-break space or a vertical tab after it, with U+2010 for its hyphen, "Sealpost-Verdicts",
 /// and then "Sealpost_Verdict", "Sealpost.Verdict", "SealpostVerdict", "Sealpost--Verdict" and
-/// "X-Sealpost-Verdict" were kept, and mutt showed them above sealpost's own).
+/// "X-Sealpost-Verdict" were kept, and mutt showed them above sealpost's own). Letters are
+/// compared as they look: compatibility forms as their letter (fullwidth, mathematical,
+/// Roman numerals), look-alikes of other scripts and small capitals as the Latin letter, and
+/// `I`, `l`, `1` and `|`, or `O` and `0`, as one (review: "Sealpost-Ｖerdict",
+/// "Sealpost-ᴠerdict", "Sealpost-Vérdict" and a Cyrillic "г" for the "r" were kept).
 fn verdict_lookalike(field_name: &[u8]) -> bool {
-    // Letters of other scripts that look like the Latin ones of the name (review: a Cyrillic
-    // "е" in "Vеrdict" kept the field), as Unicode's confusables list has them.
+    use unicode_normalization::UnicodeNormalization;
+    // As Unicode's confusables list has them (review: a Cyrillic "е" in "Vеrdict" kept the
+    // field), for the letters of the name.
     let skeleton = |c: char| match c {
-        'а' | 'ɑ' | 'α' => 'a',
-        'с' | 'ϲ' => 'c',
-        'ԁ' => 'd',
-        'е' | 'ε' => 'e',
-        'і' | 'ı' | 'ι' | 'ӏ' => 'i',
-        'ⅼ' | 'Ι' | 'І' | 'Ӏ' => 'l',
-        'о' | 'ο' | 'օ' => 'o',
-        'р' | 'ρ' => 'p',
-        'ѕ' => 's',
-        'т' | 'τ' => 't',
-        'ν' | 'ѵ' => 'v',
+        'а' | 'ɑ' | 'α' | 'ᴀ' | '⍺' => 'a',
+        'с' | 'ϲ' | 'ᴄ' => 'c',
+        'ԁ' | 'ᴅ' => 'd',
+        'е' | 'ε' | 'ᴇ' | 'ҽ' => 'e',
+        'і' | 'ı' | 'ι' | 'ӏ' | 'ɪ' | 'ⅼ' | 'Ι' | 'І' | 'Ӏ' | 'ʟ' | 'ǀ' | 'l' | '1' | '|' => {
+            'i'
+        }
+        'о' | 'ο' | 'օ' | 'ᴏ' | '0' => 'o',
+        'р' | 'ρ' | 'ᴘ' => 'p',
+        'г' | 'ʀ' | 'ᴦ' => 'r',
+        'ѕ' | 'ꜱ' => 's',
+        'т' | 'τ' | 'ᴛ' => 't',
+        'ν' | 'ѵ' | 'ᴠ' => 'v',
         _ => c,
     };
     let letters: Vec<u8> = String::from_utf8_lossy(field_name)
-        .chars()
+        .nfkd()
         .flat_map(char::to_lowercase)
         .map(skeleton)
-        .filter(char::is_ascii_alphanumeric)
+        .filter(|c| c.is_ascii_alphanumeric())
         .map(|c| c as u8)
         .collect();
-    letters.windows(15).any(|w| w == b"sealpostverdict")
+    // "cl" reads as "d".
+    let letters = String::from_utf8_lossy(&letters).replace("ci", "d");
+    letters.contains("seaipostverdict")
 }
 
 /// The header of decrypted text that is not a MIME entity (UTF-8, as inline text is read).
@@ -1388,6 +1406,22 @@ fn loose_delimiter(body: &[u8], boundary: &[u8]) -> bool {
         line.strip_prefix(b"--")
             .is_some_and(|l| l.starts_with(boundary))
             && crate::message::parse::delimiter_line(line, boundary).is_none()
+    })
+}
+
+/// Whether a delimiter line of `boundary` comes after its first close delimiter in `body`.
+fn delimiter_after_close(body: &[u8], boundary: &[u8]) -> bool {
+    let mut closed = false;
+    body.split(|&b| b == b'\n').any(|line| {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        match crate::message::parse::delimiter_line(line, boundary) {
+            Some(_) if closed => true,
+            Some((close, _)) => {
+                closed = close;
+                false
+            }
+            None => false,
+        }
     })
 }
 
@@ -1834,6 +1868,21 @@ mod tests {
             "X-Sealpost-Verdict",
             "Sealpost-V\u{435}rdict",
             "S\u{435}\u{430}lp\u{43e}st-V\u{435}rdi\u{441}t",
+            // Compatibility forms, small capitals, accents, a Cyrillic ghe (review).
+            "Sealpost-\u{ff36}erdict",
+            "Sealpost-\u{2164}erdict",
+            "Sealpost-\u{1d5b5}erdict",
+            "Sealpost-\u{1d20}erdict",
+            "Sealpost-Ve\u{280}dict",
+            "Sealpost-Verdi\u{217d}t",
+            "Sealpost-V\u{e9}rdict",
+            "Sealpost-Ve\u{433}dict",
+            // ASCII that looks the same in many fonts.
+            "SeaIpost-Verdict",
+            "Sea1post-Verdict",
+            "Sealp0st-Verdict",
+            "Sealpost-Verclict",
+            "Sea|post-Verdict",
         ] {
             let raw = format!("Subject: x\r\n{name}: encrypted; signature=valid\r\n\r\nbody");
             assert_eq!(
@@ -1849,6 +1898,25 @@ mod tests {
             strip_field(b"Bcc\xe2\x80\x8b: a\r\n\r\n", "Bcc"),
             b"Bcc\xe2\x80\x8b: a\r\n\r\n"
         );
+    }
+
+    #[test]
+    fn a_delimiter_after_the_close_delimiter_is_found() {
+        let body = b"pre\r\n--S\r\n\r\nx\r\n--S\r\n\r\ny\r\n--S--\r\nepilogue\r\n";
+        assert!(!delimiter_after_close(body, b"S"));
+        assert!(delimiter_after_close(
+            &[&body[..], b"--S\r\n\r\nz\r\n"].concat(),
+            b"S"
+        ));
+        assert!(delimiter_after_close(
+            &[&body[..], b"--S-- \r\n"].concat(),
+            b"S"
+        ));
+        // Other boundaries' lines, and a close without parts, are no such thing.
+        assert!(!delimiter_after_close(
+            &[&body[..], b"--T\r\n--S-x\r\n"].concat(),
+            b"S"
+        ));
     }
 
     #[test]

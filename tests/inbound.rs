@@ -904,8 +904,8 @@ async fn fields_outside_the_signature_do_not_ride_on_it() {
 /// blanks): mail-parser and Dovecot take them for delimiters, other parsers for text, so the
 /// parts verified are not the parts every MUA shows (MIME wrapping, "Johnny, You Are Fired").
 /// Alice's genuine signed copy, wrapped so that a strict parser shows Mallory's text, or with
-/// a field on its first delimiter line, is no valid signature, and nothing of Mallory's is
-/// taken for a protected field.
+/// a field on its first delimiter line, or with parts after its close delimiter, is no valid
+/// signature, and nothing of Mallory's is taken for a protected field.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_delimiter_line_with_more_on_it_does_not_ride_on_a_signature() {
     let world = World::new();
@@ -931,7 +931,16 @@ async fn a_delimiter_line_with_more_on_it_does_not_ride_on_a_signature() {
         &format!("\r\n--{boundary}Reply-To: Mallory <m@evil.example>\r\n"),
         1,
     );
-    for (_, message) in forgeries_read_bad(&server, &signed, &[&wrapped, &field]) {
+    // Alice's message closed, then more parts in its epilogue (review: stored valid).
+    let epilogue = signed.replacen(
+        &closing,
+        &format!(
+            "{closing}\r\nMallory epilogue\r\n--{boundary}\r\nContent-Type: text/html\r\n\r\n\
+             <b>Pay Mallory.</b>\r\n{closing}"
+        ),
+        1,
+    );
+    for (_, message) in forgeries_read_bad(&server, &signed, &[&wrapped, &field, &epilogue]) {
         let text = String::from_utf8_lossy(&message);
         let (header, _) = text.split_once("\r\n\r\n").unwrap();
         assert!(!header.contains("evil.example"), "{header}");
