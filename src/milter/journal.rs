@@ -74,21 +74,12 @@ impl Journal {
         Ok(journal)
     }
 
-    /// Fails unless a record can be written now: a row is inserted and rolled back. A journal
+    /// Fails unless a record can be written now ([`crate::store::write_check`]). A journal
     /// that can be read but not written (left root's after a run as root, a read-only file)
     /// took no record after each copy went, and every retry of the message sent the copies
     /// again (review: three copies for three tries).
     pub fn ensure_writable(&self) -> Result<(), JournalError> {
-        let mut conn = self.conn();
-        let tx = conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .map_err(|e| self.err(e))?;
-        tx.execute(
-            "INSERT INTO reinjected(identity, recipient, at) VALUES ('', '<write check>', 0)",
-            [],
-        )
-        .map_err(|e| self.err(e))?;
-        tx.rollback().map_err(|e| self.err(e))
+        crate::store::write_check(&mut self.conn()).map_err(|e| self.err(e))
     }
 
     fn err(&self, source: rusqlite::Error) -> JournalError {
@@ -182,10 +173,35 @@ mod tests {
         let e = j.ensure_writable().unwrap_err().to_string();
         assert!(e.contains("j.sqlite"), "{e}");
         j.conn().pragma_update(None, "query_only", false).unwrap();
+        j.record("id", "bob@example.org", 1).unwrap();
+        // A -wal file that takes no write (review: a check rolled back never wrote, and
+        // passed), as on a file system gone read-only. chattr +i stops root too.
+        let wal = dir.path().join("j.sqlite-wal");
+        let immutable = |on: bool| {
+            let flag = if on { "+i" } else { "-i" };
+            std::process::Command::new("chattr")
+                .arg(flag)
+                .arg(&wal)
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        assert!(immutable(true), "chattr +i {}", wal.display());
+        let checked = j.ensure_writable();
+        let recorded = j.record("id", "carol@example.org", 1);
+        assert!(immutable(false));
         assert!(
-            !j.contains("", "<write check>").unwrap(),
-            "nothing is left of the check"
+            checked.is_err() && recorded.is_err(),
+            "{checked:?} {recorded:?}"
         );
+        j.ensure_writable().unwrap();
+        // The check changes nothing, and leaves synchronous=FULL.
+        assert!(j.contains("id", "bob@example.org").unwrap());
+        assert!(!j.contains("id", "carol@example.org").unwrap());
+        let synchronous: i64 = j
+            .conn()
+            .query_row("PRAGMA synchronous", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(synchronous, 2);
     }
 
     /// The journal names every recipient re-injected: its files and a directory made for it

@@ -943,6 +943,12 @@ impl Queue {
         give_to_owner(&self.config.dir, &[reserve.path().to_path_buf()])
     }
 
+    /// Before copies go to the relay: the database takes a write now
+    /// ([`crate::store::write_check`]), so that a copy the relay takes can be recorded.
+    fn ensure_writable(&self) -> Result<(), QueueError> {
+        crate::store::write_check(&mut self.conn()).map_err(|e| self.db_err(e))
+    }
+
     /// Frees the reserve for the record of a copy the relay took.
     fn release_reserve(&self) {
         self.reserve().release();
@@ -1896,6 +1902,13 @@ impl Runner {
         if let Err(e) = self.queue.ensure_reserve() {
             tracing::error!(
                 "{}: nothing sent: no room to record what the relay takes: {e}",
+                m.id
+            );
+            return Err(e);
+        }
+        if let Err(e) = self.queue.ensure_writable() {
+            tracing::error!(
+                "{}: nothing sent: the queue cannot record what the relay takes: {e}",
                 m.id
             );
             return Err(e);

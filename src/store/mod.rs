@@ -1995,6 +1995,24 @@ pub(crate) fn wal_mode(conn: &Connection) -> rusqlite::Result<()> {
     conn.pragma_update(None, "journal_size_limit", WAL_KEPT_BYTES)
 }
 
+/// Fails unless a write reaches the database's files now: a committed transaction that sets
+/// `user_version` to the value it has (SQLite writes its page all the same), without an fsync
+/// (only whether the write is taken counts; `synchronous` is FULL again after it). A write
+/// rolled back never leaves SQLite's cache, so such a check passed on a database whose -wal
+/// file could not be written (an immutable file, a file system gone read-only), and a record
+/// made after a copy went failed then (review: a copy more at every retry).
+pub(crate) fn write_check(conn: &mut Connection) -> rusqlite::Result<()> {
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    let written = (|| {
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        tx.pragma_update(None, "user_version", version)?;
+        tx.commit()
+    })();
+    let restored = conn.pragma_update(None, "synchronous", "FULL");
+    written.and(restored)
+}
+
 /// What a -wal file keeps when it starts over: SQLite's automatic checkpoint comes at 1000
 /// pages, 16 MB with the store's 16 KiB pages, so ordinary work never has it cut and grown
 /// again; only what a larger transaction added is given back.
