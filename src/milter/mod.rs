@@ -758,7 +758,7 @@ async fn end_of_message(
                  re-injected by an earlier try"
             ),
             Ok(false) => pending.push(r.clone()),
-            Err(e) => return tempfail(cx, &e.to_string()),
+            Err(e) => return fault(cx, queue_id, &e.to_string()),
         }
     }
     if pending.is_empty() && !t.recipients.is_empty() {
@@ -932,7 +932,7 @@ async fn end_of_message(
                         continue;
                     }
                     Ok(false) => {}
-                    Err(e) => return tempfail(cx, &e.to_string()),
+                    Err(e) => return fault(cx, queue_id, &e.to_string()),
                 }
                 // The copy kept in place must fit the same limit as a re-injected one
                 // (Postfix's message_size_limit, as the listener announces it): passing it,
@@ -953,7 +953,7 @@ async fn end_of_message(
                         match reinject(cx, milter, &t, queue_id, &id, now, &earlier).await {
                             Ok(Some(refused)) => failures.push(refused),
                             Ok(None) => accepted += 1,
-                            Err(text) => return tempfail(cx, &text),
+                            Err(text) => return fault(cx, queue_id, &text),
                         }
                     }
                     continue;
@@ -961,7 +961,7 @@ async fn end_of_message(
                 match reinject(cx, milter, &t, queue_id, &id, now, &copy).await {
                     Ok(Some(refused)) => failures.push(refused),
                     Ok(None) => accepted += 1,
-                    Err(text) => return tempfail(cx, &text),
+                    Err(text) => return fault(cx, queue_id, &text),
                 }
             }
         }
@@ -971,7 +971,7 @@ async fn end_of_message(
             match reinject(cx, milter, &t, queue_id, &id, now, &copy).await {
                 Ok(Some(refused)) => failures.push(refused),
                 Ok(None) => accepted += 1,
-                Err(text) => return tempfail(cx, &text),
+                Err(text) => return fault(cx, queue_id, &text),
             }
         }
     }
@@ -1025,7 +1025,7 @@ async fn end_of_message(
         // A report that cannot be sent is the log's (send_report): the other recipients'
         // copies go on.
         if let Err(text) = report_once(milter, queue_id, &id, &t, &raw, &failures, now).await {
-            return tempfail(cx, &text);
+            return fault(cx, queue_id, &text);
         }
     }
     let holding = held_copy.is_some();
@@ -1057,16 +1057,16 @@ async fn end_of_message(
             continue;
         }
         if cx.actions.delete_recipient(format!("<{r}>")).await.is_err() {
-            return tempfail(cx, "cannot delete a recipient");
+            return fault(cx, queue_id, "cannot delete a recipient");
         }
     }
     if let Err(e) = rewrite_in_place(cx, &t.names, &keep).await {
-        return tempfail(cx, &format!("cannot rewrite the message: {e}"));
+        return fault(cx, queue_id, &format!("cannot rewrite the message: {e}"));
     }
     if holding {
         let reason = format!("sealpost: no key for {}", kept.join(", "));
         if cx.actions.quarantine(reason.as_str()).await.is_err() {
-            return tempfail(cx, "cannot hold the message");
+            return fault(cx, queue_id, "cannot hold the message");
         }
         tracing::info!("{queue_id}: to=<{}> held: no key", kept.join(">, <"));
         return Status::Continue;
@@ -1198,7 +1198,24 @@ fn reported_key(recipient: &str) -> String {
     format!("<report>{recipient}")
 }
 
-/// A temporary failure: Postfix keeps the message and tries again.
+/// A temporary failure of this system (the journal, the re-injection, the MTA's answers to
+/// the milter): Postfix keeps the message and tries again. The client is told 4.3.0 (RFC 3463:
+/// a mail system matter) and the queue id; the reason, which may name files, goes to the log
+/// (review: the journal's path went to SMTP clients, with the policy code 4.7.0).
+fn fault(cx: &mut EomContext<Session>, queue_id: &str, text: &str) -> Status {
+    tracing::warn!("{queue_id}: TEMPFAIL, Postfix keeps the message: {text}");
+    let _ = cx.reply.set_error_reply(
+        "451",
+        Some("4.3.0"),
+        [smtp_text(&format!(
+            "sealpost: local error, logged with queue id {queue_id}; try again later"
+        ))],
+    );
+    Status::Tempfail
+}
+
+/// A temporary failure for a key or a policy matter (a key lookup that failed, a key still
+/// missing): Postfix keeps the message and tries again.
 fn tempfail(cx: &mut EomContext<Session>, text: &str) -> Status {
     tracing::warn!("TEMPFAIL, Postfix keeps the message: {text}");
     let _ = cx.reply.set_error_reply(
@@ -1303,7 +1320,7 @@ async fn refuse_whole(
         })
         .collect();
     let told = match report_once(milter, queue_id, id, t, raw, &failures, now).await {
-        Err(text) => return tempfail(cx, &text),
+        Err(text) => return fault(cx, queue_id, &text),
         Ok(told) => told,
     };
     // Nobody would hear of a message refused on the sendmail path whose sender cannot be sent
