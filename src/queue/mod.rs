@@ -83,6 +83,20 @@ impl QueueConfig {
     /// submission then failed with 77). A personal queue directory made by a plain `mkdir`
     /// (0755) stays personal (review: its drop directory became writable by anyone).
     pub fn ensure_incoming(&self) -> Result<PathBuf, QueueError> {
+        self.make_incoming(false)
+    }
+
+    /// [`Self::ensure_incoming`] for a submission. The queue directory's owner submitting
+    /// (not root) makes its drop directory its own alone whatever the directory's mode: a
+    /// user's queue made 0751 by a `mkdir` under umask 026 is no shared queue (review: its
+    /// drop directory was made 1733, and another user's message went out with the owner's
+    /// key and relay login). A shared queue's drop directory is the package's, or made by
+    /// root's submission or by its runner.
+    pub fn ensure_incoming_to_submit(&self) -> Result<PathBuf, QueueError> {
+        self.make_incoming(true)
+    }
+
+    fn make_incoming(&self, submitting: bool) -> Result<PathBuf, QueueError> {
         use std::os::unix::fs::{MetadataExt, PermissionsExt};
         self.check_modes()?;
         let incoming = self.incoming();
@@ -93,6 +107,8 @@ impl QueueConfig {
             // A personal queue's drop directory that others may write to (made 1733 by a
             // version that took a 0755 queue for shared: review) is the owner's alone again:
             // otherwise any user's message would go out with the owner's key and relay login.
+            // (One in a directory that looks shared stays: it may be the package's. What
+            // others drop there is read only as sendmail writes it: see `spool::read`.)
             if shared.is_none() && made.uid() == current_uid() && made.mode() & 0o022 != 0 {
                 tracing::warn!(
                     "{}: a personal queue's drop directory others could write to: made the \
@@ -103,6 +119,8 @@ impl QueueConfig {
             }
             return Ok(incoming);
         }
+        let uid = current_uid();
+        let shared = shared.filter(|m| !(submitting && uid != 0 && m.uid() == uid));
         let Some(queue_dir) = shared else {
             create_private_dir(&incoming)?;
             return Ok(incoming);

@@ -352,6 +352,23 @@ pub fn read(path: &Path, limit: u64) -> Result<Option<PickedUp>, SpoolError> {
     if meta.len() > limit {
         return Err(corrupt(format!("larger than {limit} bytes")));
     }
+    // The file's owner says who submitted it only for a file sendmail made: one name, mode
+    // 0600 at most. A hard link dropped by another user names a file of someone else's
+    // (review: delivered as that user's), and a file others may read is one another user
+    // made readable for a runner that is not root's service (review: in a personal queue
+    // taken for shared, another user's message went out with its owner's key and relay login).
+    if meta.nlink() != 1 {
+        return Err(corrupt(format!(
+            "{} names for one file (a hard link): its owner need not be its submitter",
+            meta.nlink()
+        )));
+    }
+    if meta.mode() & 0o077 != 0 {
+        return Err(corrupt(format!(
+            "mode {:04o}: sendmail makes a submission its submitter's alone (0600)",
+            meta.mode() & 0o7777
+        )));
+    }
     let mut bytes = Vec::with_capacity(meta.len() as usize);
     file.take(limit)
         .read_to_end(&mut bytes)

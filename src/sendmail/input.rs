@@ -359,35 +359,57 @@ impl UniqueAddresses {
     }
 }
 
-/// Checks the recipients are addresses (RFC 5321 path syntax, via lettre's strict parser);
-/// returns the ones that are not. As Postfix's sendmail does, a message with at least one
-/// address goes to it, and the queue reports the others to the sender (553 5.1.3), rather
-/// than the whole message being refused over one bad word; a script that does not look at
-/// the exit code would lose it. Refused (exit 65): no address at all, and a recipient with a
-/// blank or a control character (nothing a caller means as an address, and no line of the
-/// spool may hold one).
-pub fn check_recipients(recipients: &[String]) -> Result<Vec<String>, InputError> {
+/// Checks the recipients are addresses (RFC 5321 path syntax, via lettre's strict parser):
+/// returns the recipients to queue and the ones that are not addresses. As Postfix's sendmail
+/// does, a message with at least one address goes to it, and the queue reports the others to
+/// the sender (553 5.1.3), rather than the whole message being refused over one bad word; a
+/// script that does not look at the exit code would lose it. A recipient with a blank or a
+/// control character (a name without an address, `Cc: "Smith, Bob"`) is queued with each such
+/// character written `\x{HEX}`: no line of the spool may hold a line break, and SMTP has no
+/// way to carry a blank or a tab (RFC 5321 §4.1.2: no control character in a quoted string;
+/// review: a raw tab went to the relay in RCPT TO), so it is never sent, only reported
+/// (review: the whole message was refused with 65, where Postfix delivers to the others).
+/// Refused (exit 65): no address at all.
+pub fn check_recipients(recipients: Vec<String>) -> Result<(Vec<String>, Vec<String>), InputError> {
     if recipients.is_empty() {
         return Err(InputError::NoRecipients);
     }
+    let queued: Vec<String> = recipients.into_iter().map(storable).collect();
     // One that starts with "-" is an option out of place, not an address (Postfix's
     // allow_min_user = no: 5.1.3), also with an "@" in it (review: -falice@example.org after
     // the recipients got a copy).
-    let (good, bad): (Vec<&String>, Vec<&String>) = recipients
+    let (good, bad): (Vec<&String>, Vec<&String>) = queued
         .iter()
         .partition(|r| !r.starts_with('-') && r.parse::<lettre::Address>().is_ok());
-    let unstorable =
-        |r: &String| r.is_empty() || r.chars().any(|c| c.is_whitespace() || c.is_control());
-    // An address may hold a blank or a tab in a quoted local part, but SMTP has no way to
-    // carry one (RFC 5321 §4.1.2: no control character in a quoted string; review: a raw tab
-    // went to the relay in RCPT TO): refused with the others.
-    if let Some(r) = recipients.iter().find(|r| unstorable(r)) {
-        return Err(InputError::BadRecipient(r.clone()));
-    }
     if good.is_empty() {
         return Err(InputError::BadRecipient(bad[0].clone()));
     }
-    Ok(bad.into_iter().cloned().collect())
+    let bad = bad.into_iter().cloned().collect();
+    Ok((queued, bad))
+}
+
+/// A recipient as the spool keeps it: one with a blank or a control character with each of
+/// those and each `"` written `\x{HEX}` (a backslash outside quotes: no address then, as a
+/// quoted local part would make `"a\x{9}b"@x` one), the empty one `<>`.
+fn storable(recipient: String) -> String {
+    if recipient.is_empty() {
+        return "<>".into();
+    }
+    if !recipient
+        .chars()
+        .any(|c| c.is_whitespace() || c.is_control())
+    {
+        return recipient;
+    }
+    recipient
+        .chars()
+        .map(|c| match c {
+            c if c.is_whitespace() || c.is_control() || c == '"' => {
+                format!("\\x{{{:X}}}", c as u32)
+            }
+            c => c.to_string(),
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -653,18 +675,28 @@ mod tests {
         assert_eq!(qualify("\"root\"", "host.example"), "root@host.example");
         assert_eq!(qualify("a@example.org>", "host.example"), "a@example.org");
         assert_eq!(qualify("\"a b\"", "host.example"), "\"a b\"");
-        assert!(check_recipients(&[]).is_err());
-        assert!(check_recipients(&["not an address".into()]).is_err());
-        assert!(check_recipients(&["bob@".into()]).is_err());
-        assert_eq!(
-            check_recipients(&["bob@example.org".into()]).unwrap(),
-            Vec::<String>::new()
-        );
-        let some = ["bob@example.org".to_string(), "bob@".into()];
-        assert_eq!(check_recipients(&some).unwrap(), ["bob@"]);
-        for unstorable in ["a\nrcpt evil@x", "a b", "a\u{85}b"] {
-            let with = ["bob@example.org".to_string(), unstorable.into()];
-            assert!(check_recipients(&with).is_err(), "{unstorable:?}");
+        let check = |list: &[&str]| check_recipients(list.iter().map(|r| r.to_string()).collect());
+        assert!(check(&[]).is_err());
+        assert!(check(&["not an address"]).is_err());
+        assert!(check(&["bob@"]).is_err());
+        assert!(check(&["\"Smith, Bob\""]).is_err());
+        let (queued, bad) = check(&["bob@example.org"]).unwrap();
+        assert!(queued == ["bob@example.org"] && bad.is_empty());
+        let (queued, bad) = check(&["bob@example.org", "bob@"]).unwrap();
+        assert!(queued == ["bob@example.org", "bob@"] && bad == ["bob@"]);
+        // Beside an address, one with a blank or a control character is queued written so
+        // that no line break or blank is left in it, to be reported, never sent.
+        for (unstorable, kept) in [
+            ("a\nrcpt evil@x", "a\\x{A}rcpt\\x{20}evil@x"),
+            ("Bob Smith", "Bob\\x{20}Smith"),
+            ("\"a\tb\"@example.org", "\\x{22}a\\x{9}b\\x{22}@example.org"),
+            ("\"Smith, Bob\"", "\\x{22}Smith,\\x{20}Bob\\x{22}"),
+            ("a\u{85}b", "a\\x{85}b"),
+            ("", "<>"),
+        ] {
+            let (queued, bad) = check(&["bob@example.org", unstorable]).unwrap();
+            assert_eq!(queued, ["bob@example.org", kept], "{unstorable:?}");
+            assert_eq!(bad, [kept]);
         }
     }
 }

@@ -305,8 +305,8 @@ pub fn enqueue(
             recipients.push(&input::qualify(&a, &domain));
         }
     }
-    let recipients = recipients.into_vec();
-    for r in input::check_recipients(&recipients)? {
+    let (recipients, not_addresses) = input::check_recipients(recipients.into_vec())?;
+    for r in not_addresses {
         say(format_args!(
             "sendmail: warning: recipient {r:?} is not an email address: the sender will get a \
              report, the others their copies"
@@ -321,7 +321,9 @@ pub fn enqueue(
         message,
     };
     spool::write(
-        &queue.ensure_incoming().map_err(SendmailError::NotTaken)?,
+        &queue
+            .ensure_incoming_to_submit()
+            .map_err(SendmailError::NotTaken)?,
         &id,
         &submission,
         queue.spool_file_limit(),

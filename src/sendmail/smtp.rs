@@ -410,7 +410,7 @@ fn queue_data(
         message,
     };
     let incoming = config
-        .ensure_incoming()
+        .ensure_incoming_to_submit()
         .map_err(|e| Failure::Spool(e.to_string()))?;
     spool::write(&incoming, &id, &submission, config.spool_file_limit()).map_err(|e| match e {
         spool::SpoolError::TooLarge { .. } => Failure::TooLarge,
