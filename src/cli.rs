@@ -13,6 +13,22 @@ use crate::config::{Config, ConfigError};
 use crate::keys::KeyService;
 use crate::rewrite::{Decision, Envelope, Outcome, RewriteError, Rewriter};
 
+/// `println!` that fails with [`CliError::Output`] (exit 74) when standard output cannot be
+/// written (a full disk, /dev/full, a reader gone), where `println!` panicked (review: exit 101
+/// from `queue run`, `import`, `passwd` and others, after their work was done).
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*).map_err(|source| {
+            $crate::cli::CliError::Output {
+                path: "standard output".into(),
+                source,
+            }
+        })
+    }};
+}
+pub(crate) use outln;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "sealpost",
@@ -529,7 +545,7 @@ async fn rewrite(config: Config, args: RewriteArgs) -> Result<u8, CliError> {
     match outcome {
         Outcome::Refused(reply) => {
             if args.json {
-                println!("{}", serde_json::json!({ "refused": reply }));
+                outln!("{}", serde_json::json!({ "refused": reply }))?;
             }
             eprintln!("sealpost: message refused: {reply}");
             Ok(69)
@@ -559,16 +575,16 @@ async fn rewrite(config: Config, args: RewriteArgs) -> Result<u8, CliError> {
                     }
                     lines.push(entry);
                 } else {
-                    println!(
+                    outln!(
                         "{}\t{}\t{}",
                         copy.recipient,
                         copy.decision.name(),
                         copy.decision.detail()
-                    );
+                    )?;
                 }
             }
             if args.json {
-                println!("{}", serde_json::Value::Array(lines));
+                outln!("{}", serde_json::Value::Array(lines))?;
             }
             let deferred = copies
                 .iter()
@@ -602,10 +618,14 @@ async fn queue(config: Config, command: QueueCommand) -> Result<u8, CliError> {
                 (None, false) => Scope::All,
             };
             let r = crate::sendmail::run_queue_async(&config, scope).await?;
-            println!(
+            outln!(
                 "{} picked up, {} sent, {} deferred, {} failed, {} report(s)",
-                r.picked_up, r.sent, r.deferred, r.failed, r.bounces
-            );
+                r.picked_up,
+                r.sent,
+                r.deferred,
+                r.failed,
+                r.bounces
+            )?;
         }
         QueueCommand::Delete { id } => {
             crate::sendmail::owner_or_root(&config.queue.dir, "delete from")?;

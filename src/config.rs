@@ -143,6 +143,30 @@ pub enum ConfigError {
     },
 }
 
+/// The largest configuration read (review: `--config /dev/zero` read on without end).
+const MAX_BYTES: u64 = 1 << 20;
+
+/// The text of `path`, an error when it holds more than `limit` bytes.
+fn read_at_most(path: &Path, limit: u64) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?
+        .take(limit + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > limit {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("larger than {limit} bytes: no configuration"),
+        ));
+    }
+    String::from_utf8(bytes).map_err(|_| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "stream did not contain valid UTF-8",
+        )
+    })
+}
+
 /// A configuration any user may write (mode o+w) is refused, as sshd refuses such files:
 /// whoever writes it chooses the relay, the keyring and the policy, and so where the mail
 /// goes and whether it is encrypted (review: root's queue run used a file anyone could write,
@@ -204,7 +228,7 @@ impl Config {
                 _ => PathBuf::from(DEFAULT_PATH),
             },
         };
-        let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+        let text = read_at_most(&path, MAX_BYTES).map_err(|source| ConfigError::Read {
             path: path.display().to_string(),
             source,
         })?;
@@ -254,8 +278,29 @@ impl Config {
                 "must be from 1048576 (1 MiB) to 536870912 (512 MiB)".into(),
             ));
         }
+        for (key, path) in [
+            ("gnupg.home", self.gnupg.home.as_deref()),
+            ("store.path", Some(self.store.path.as_path())),
+            ("queue.dir", Some(self.queue.dir.as_path())),
+            ("milter.journal", Some(self.milter.journal.as_path())),
+            ("imap.certificate", self.imap.certificate.as_deref()),
+            ("imap.key", self.imap.key.as_deref()),
+        ] {
+            if let Some(why) = path.and_then(path_problem) {
+                let needle = key.rsplit_once('.').map_or(key, |(_, k)| k);
+                return Err(invalid(key, needle, why));
+            }
+        }
         if let Some(why) = self.gnupg.home.as_deref().and_then(gnupg_home_problem) {
             return Err(invalid("gnupg.home", "home", why));
+        }
+        // A worker is a process (or a thread) each: thousands were a panic at start (review).
+        if self.gnupg.workers > 64 {
+            return Err(invalid(
+                "gnupg.workers",
+                "workers",
+                "must be at most 64 (0: one more than the cores)".into(),
+            ));
         }
         for domain in self.policy.domains.keys() {
             if domain.contains('@') || domain != &domain.to_ascii_lowercase() || domain.is_empty() {
@@ -290,6 +335,31 @@ impl Config {
                 "obscured_subject",
                 "must be a single line".into(),
             ));
+        }
+        // It goes into every encrypted copy's header as it is (review: NUL and ESC did).
+        if self
+            .policy
+            .obscured_subject
+            .chars()
+            .any(|c| c.is_control() && c != '\t')
+        {
+            return Err(invalid(
+                "policy.obscured_subject",
+                "obscured_subject",
+                "must hold no control character".into(),
+            ));
+        }
+        if let Some(domain) = self.queue.domain.as_deref() {
+            let label_ok = |l: &str| {
+                !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            };
+            if !domain.split('.').all(label_ok) {
+                return Err(invalid(
+                    "queue.domain",
+                    "domain",
+                    format!("\"{domain}\" is no domain name (letters, digits, '-' and '.')"),
+                ));
+            }
         }
         // Two accounts of one name: logins, `deliver --account` and the store would take the
         // first, and the second's upstream would be synced into it (review: accepted).
@@ -382,17 +452,25 @@ impl Config {
             // RFC 3501 §5.4: an authenticated client may be idle 30 minutes.
             ("autologout_secs", limits.autologout_secs, 1800),
         ] {
-            if value < least {
+            // A year at most: a deadline further off overflowed the clock's arithmetic, and
+            // every connection panicked (review).
+            let most = if key.ends_with("_secs") {
+                365 * 86_400
+            } else {
+                u64::MAX
+            };
+            if value < least || value > most {
                 let table = if key.starts_with("max_connections") {
                     "imap"
                 } else {
                     "imap.limits"
                 };
-                return Err(invalid(
-                    &format!("{table}.{key}"),
-                    key,
-                    format!("must be at least {least}"),
-                ));
+                let range = if most == u64::MAX {
+                    format!("must be at least {least}")
+                } else {
+                    format!("must be from {least} to {most} (a year)")
+                };
+                return Err(invalid(&format!("{table}.{key}"), key, range));
             }
         }
         if let Some(problem) = listen_problem(&self.milter.listen) {
@@ -483,6 +561,21 @@ impl Config {
                 &format!("queue.{key}"),
                 key,
                 "must be at least 1".into(),
+            ));
+        }
+        // A bare word is a target to the filter, not a level: "inof" turned off every log line,
+        // warnings included (review).
+        const LEVELS: [&str; 6] = ["error", "warn", "info", "debug", "trace", "off"];
+        if let Some(word) = self.log.level.split(',').map(str::trim).find(|d| {
+            d.is_empty() || !(d.contains('=') || LEVELS.contains(&&*d.to_ascii_lowercase()))
+        }) {
+            return Err(invalid(
+                "log.level",
+                "level",
+                format!(
+                    "\"{word}\" is no level (error, warn, info, debug, trace, off) nor \
+                     target=level"
+                ),
             ));
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
@@ -593,6 +686,21 @@ pub fn gnupg_home_problem(home: &Path) -> Option<String> {
              anyone could put a home of theirs in its place (chmod o-w)",
             home.display(),
             dir.display()
+        )
+    })
+}
+
+/// What is wrong with a path of the configuration: empty, or relative (review: taken from the
+/// directory sealpost ran in, a queue or a store that nothing else looked at got the mail).
+pub fn path_problem(path: &Path) -> Option<String> {
+    if path.as_os_str().is_empty() {
+        return Some("is empty: give an absolute path".into());
+    }
+    (!path.is_absolute()).then(|| {
+        format!(
+            "\"{}\" is relative: it would depend on the directory each command runs in; give \
+             an absolute path",
+            path.display()
         )
     })
 }
@@ -717,6 +825,74 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("password_file"), "{e}");
+    }
+
+    /// Settings `check` took and the commands then failed on, or used to a bad end (review).
+    #[test]
+    fn settings_that_would_fail_later_are_refused_at_once() {
+        for (text, said) in [
+            ("[queue]\ndir = \"\"\n", "s.toml:2: queue.dir: is empty"),
+            (
+                "[queue]\ndir = \"q\"\n",
+                "s.toml:2: queue.dir: \"q\" is relative",
+            ),
+            ("[store]\npath = \"st.sqlite\"\n", "s.toml:2: store.path: "),
+            (
+                "[gnupg]\nhome = \"g\"\n",
+                "s.toml:2: gnupg.home: \"g\" is relative",
+            ),
+            (
+                "[milter]\njournal = \"\"\n",
+                "s.toml:2: milter.journal: is empty",
+            ),
+            (
+                "[relay]\nhost = \"h\"\nca_file = \"ca.pem\"\n",
+                "s.toml:3: relay.ca_file: ",
+            ),
+            ("[relay]\nhost = \"\"\n", "s.toml:2: relay.host: is empty"),
+            (
+                "[relay]\nhost = \"h\"\nport = 0\n",
+                "s.toml:3: relay.port: ",
+            ),
+            (
+                "[relay]\nhost = \"h\"\nhelo_name = \"x\\r\\nMAIL FROM:<e@x>\"\n",
+                "s.toml:3: relay.helo_name: ",
+            ),
+            ("[gnupg]\nworkers = 100000\n", "s.toml:2: gnupg.workers: "),
+            (
+                "[imap.limits]\nlogin_timeout_secs = 9223372036854775807\n",
+                "s.toml:2: imap.limits.login_timeout_secs: must be from 1 to 31536000",
+            ),
+            (
+                "[imap.limits]\nautologout_secs = 9223372036854775807\n",
+                "s.toml:2: imap.limits.autologout_secs: ",
+            ),
+            (
+                "[log]\nlevel = \"inof\"\n",
+                "s.toml:2: log.level: \"inof\" is no level",
+            ),
+            ("[log]\nlevel = \"\"\n", "s.toml:2: log.level: "),
+            (
+                "[policy]\nobscured_subject = \"x\\u0000y\"\n",
+                "s.toml:2: policy.obscured_subject: must hold no control character",
+            ),
+            ("[queue]\ndomain = \"\"\n", "s.toml:2: queue.domain: "),
+            ("[queue]\ndomain = \"a b@c\"\n", "s.toml:2: queue.domain: "),
+        ] {
+            let e = Config::parse(text, "s.toml").unwrap_err().to_string();
+            assert!(e.starts_with(said), "{text:?}: {e}");
+        }
+        for fine in [
+            "[log]\nlevel = \"warn,sealpost=debug\"\n",
+            "[log]\nlevel = \"INFO\"\n",
+            "[relay]\nhost = \"h\"\nhelo_name = \"mail.example.org\"\n",
+            "[relay]\nhost = \"h\"\nhelo_name = \"[192.0.2.1]\"\n",
+            "[policy]\nobscured_subject = \"[\\t...]\"\n",
+            "[queue]\ndomain = \"host.example\"\n",
+            "[gnupg]\nworkers = 64\n",
+        ] {
+            Config::parse(fine, "s.toml").unwrap();
+        }
     }
 
     #[test]

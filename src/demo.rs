@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::cli::{copy_file_name, CliError};
+use crate::cli::{copy_file_name, outln, CliError};
 use crate::config::Config;
 use crate::keys::home;
 use crate::message::mime::{encrypted_payload, signed_parts};
@@ -53,11 +53,11 @@ pub async fn run(config: Config, keep: Option<&Path>) -> Result<u8, CliError> {
     if keep.is_none() {
         let _ = std::fs::remove_dir_all(&dir);
     } else {
-        println!(
+        outln!(
             "\nkept: GnuPG home {} and copies in {}",
             gnupg.display(),
             dir.join("out").display()
-        );
+        )?;
     }
     result
 }
@@ -69,10 +69,10 @@ async fn round_trip(config: &Config, dir: &Path, gnupg: &Path) -> Result<u8, Cli
         config.gnupg.timeout(),
         Default::default(),
     ));
-    println!(
+    outln!(
         "GnuPG home: {} (throwaway, gpg.conf: no-random-seed-file, auto-key-locate local)",
         gnupg.display()
-    );
+    )?;
     for uid in [
         "Alice <alice@example.org>",
         "Bob <bob@example.org>",
@@ -82,15 +82,15 @@ async fn round_trip(config: &Config, dir: &Path, gnupg: &Path) -> Result<u8, Cli
             .generate_key(uid)
             .await
             .map_err(fail("generating keys"))?;
-        println!("  generated ed25519/cv25519 key {fpr}  {uid}");
+        outln!("  generated ed25519/cv25519 key {fpr}  {uid}")?;
     }
-    println!("  dave@example.net has no key\n");
+    outln!("  dave@example.net has no key\n")?;
     // The demo shows the embedded defaults, whatever the configuration file says.
     let policy = Policy::default();
-    println!(
+    outln!(
         "policy (built-in defaults): mode={:?} sign={} form={:?} header-protection={} autocrypt={}\n",
         policy.mode, policy.sign, policy.encrypted_form, policy.header_protection, policy.autocrypt
-    );
+    )?;
 
     let rewriter = Rewriter::new(Arc::clone(&keys), policy);
     let envelope = Envelope {
@@ -102,33 +102,33 @@ async fn round_trip(config: &Config, dir: &Path, gnupg: &Path) -> Result<u8, Cli
             "carol@example.org".into(),
         ],
     };
-    println!("message: From alice, To bob, Cc dave, Bcc carol, Subject \"Quarterly numbers (do not forward)\"\n");
+    outln!("message: From alice, To bob, Cc dave, Bcc carol, Subject \"Quarterly numbers (do not forward)\"\n")?;
     let outcome = rewriter
         .rewrite(&envelope, SAMPLE.as_bytes().to_vec())
         .await?;
     let copies = match outcome {
         Outcome::Refused(reply) => {
-            println!("refused: {reply}");
+            outln!("refused: {reply}")?;
             return Ok(69);
         }
         Outcome::Copies(c) => c,
     };
     let out = dir.join("out");
     std::fs::create_dir_all(&out).map_err(|e| CliError::Demo(e.to_string()))?;
-    println!("{:<20} {:<10} key or reason", "recipient", "decision");
+    outln!("{:<20} {:<10} key or reason", "recipient", "decision")?;
     for (i, c) in copies.iter().enumerate() {
-        println!(
+        outln!(
             "{:<20} {:<10} {}",
             c.recipient,
             c.decision.name(),
             c.decision.detail()
-        );
+        )?;
         if let Some(bytes) = &c.message {
             std::fs::write(out.join(copy_file_name(i, &c.recipient)), bytes)
                 .map_err(|e| CliError::Demo(e.to_string()))?;
         }
     }
-    println!();
+    outln!()?;
     let mut failures = 0;
     for c in &copies {
         let Some(bytes) = &c.message else { continue };
@@ -149,7 +149,7 @@ async fn round_trip(config: &Config, dir: &Path, gnupg: &Path) -> Result<u8, Cli
                     .map_err(fail("verifying"))?;
                 let ok = checks.iter().any(|s| s.valid);
                 let inner_subject = outer_subject(&signed);
-                println!(
+                outln!(
                     "{}: decrypted (encrypted to {} key: {}), signature {} ({}); outer Subject \"{}\", inner Subject \"{}\"",
                     c.recipient,
                     dec.recipients.len(),
@@ -158,7 +158,7 @@ async fn round_trip(config: &Config, dir: &Path, gnupg: &Path) -> Result<u8, Cli
                     checks.first().map_or("none", |s| s.fingerprint.as_str()),
                     subject,
                     inner_subject,
-                );
+                )?;
                 failures += usize::from(!ok || dec.recipients.len() != 1);
             }
             Decision::Signed { .. } => {
@@ -169,28 +169,28 @@ async fn round_trip(config: &Config, dir: &Path, gnupg: &Path) -> Result<u8, Cli
                     .await
                     .map_err(fail("verifying"))?;
                 let ok = checks.iter().any(|s| s.valid);
-                println!(
+                outln!(
                     "{}: signed cleartext, signature {}; Subject \"{}\"",
                     c.recipient,
                     if ok { "valid" } else { "INVALID" },
                     subject
-                );
+                )?;
                 failures += usize::from(!ok);
             }
             _ => {}
         }
         if String::from_utf8_lossy(bytes).contains("Bcc:") {
-            println!("{}: ERROR: copy carries a Bcc header", c.recipient);
+            outln!("{}: ERROR: copy carries a Bcc header", c.recipient)?;
             failures += 1;
         }
     }
     if failures > 0 {
         return Err(CliError::Demo(format!("{failures} check(s) failed")));
     }
-    println!(
+    outln!(
         "\nround trip ok: {} copies, no Bcc header in any copy",
         copies.len()
-    );
+    )?;
     Ok(0)
 }
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 
-use crate::cli::CliError;
+use crate::cli::{outln, CliError};
 use crate::config::Config;
 use crate::imap::{self, Shared};
 use crate::store::Store;
@@ -93,19 +93,18 @@ pub async fn serve(config: Config, args: ImapArgs) -> Result<u8, CliError> {
         })?;
         listeners.push((listener, mode, bound));
     }
-    let listeners: Vec<_> = listeners
-        .into_iter()
-        .map(|(listener, mode, bound)| {
-            let mode_name = match mode {
-                imap::TlsMode::Implicit => "tls",
-                imap::TlsMode::Starttls => "starttls",
-            };
-            // Tests and supervisors read this line to learn the port (port 0 in the config).
-            println!("listening {mode_name} {bound}");
-            tracing::info!(address = %bound, mode = mode_name, "imap: listening");
-            (listener, mode)
-        })
-        .collect();
+    let mut bound_listeners = Vec::with_capacity(listeners.len());
+    for (listener, mode, bound) in listeners {
+        let mode_name = match mode {
+            imap::TlsMode::Implicit => "tls",
+            imap::TlsMode::Starttls => "starttls",
+        };
+        // Tests and supervisors read this line to learn the port (port 0 in the config).
+        outln!("listening {mode_name} {bound}")?;
+        tracing::info!(address = %bound, mode = mode_name, "imap: listening");
+        bound_listeners.push((listener, mode));
+    }
+    let listeners = bound_listeners;
     let shared = Arc::new(Shared {
         connections: Arc::new(Semaphore::new(config.imap.max_connections)),
         penalties: crate::imap::auth::Penalties::new(std::time::Duration::from_millis(
@@ -229,7 +228,7 @@ pub async fn sync(config: Config, args: SyncArgs) -> Result<u8, CliError> {
         for syncer in &syncers {
             match syncer.sync_once().await {
                 Ok(report) => {
-                    println!("{}", report_line(syncer.name(), &report));
+                    outln!("{}", report_line(syncer.name(), &report))?;
                     if report.waiting > 0 {
                         let why = report
                             .waiting_reason
@@ -259,7 +258,7 @@ pub async fn sync(config: Config, args: SyncArgs) -> Result<u8, CliError> {
                     // What a pass stored before it broke off is told all the same.
                     let e = match e {
                         crate::sync::SyncError::Broke { error, report } => {
-                            println!("{}", report_line(syncer.name(), &report));
+                            outln!("{}", report_line(syncer.name(), &report))?;
                             *error
                         }
                         e => e,
@@ -402,6 +401,11 @@ fn target_mailbox(
 
 /// `sealpost import`: prints how many messages went in.
 pub async fn import(config: Config, args: ImportArgs) -> Result<u8, CliError> {
+    // As `deliver`: an account the configuration does not have (a typo) would be made in the
+    // store, and its mail stored where nobody logs in (review).
+    if !config.accounts.iter().any(|a| a.name == args.account) {
+        return Err(CliError::NoUser(args.account));
+    }
     let store = open_store(&config).await?;
     let report = tokio::task::spawn_blocking(move || {
         // A new mailbox whose name the account's upstream would read as another folder is
@@ -423,7 +427,7 @@ pub async fn import(config: Config, args: ImportArgs) -> Result<u8, CliError> {
     .await
     .map_err(|e| CliError::Demo(e.to_string()))??;
     let (report, name) = report;
-    println!("imported {} messages into {name}", report.imported);
+    outln!("imported {} messages into {name}", report.imported)?;
     for skipped in &report.skipped {
         eprintln!(
             "sealpost: skipped {} ({})",
@@ -447,7 +451,7 @@ pub fn passwd() -> Result<u8, CliError> {
         return Err(CliError::Usage("empty password on stdin".into()));
     }
     let hash = imap::auth::hash_password(&password).map_err(|e| CliError::Demo(e.to_string()))?;
-    println!("{hash}");
+    outln!("{hash}")?;
     Ok(0)
 }
 

@@ -1267,6 +1267,39 @@ fn passwd_needs_no_configuration() {
     );
 }
 
+/// Standard output that cannot be written (a full disk: /dev/full) is exit 74 with the
+/// reason, not a panic (review: 101 from `passwd`, `rewrite`, `queue run`, `import`, `sync`).
+#[test]
+fn output_that_cannot_be_written_is_74() {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sealpost"))
+        .arg("passwd")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::fs::File::create("/dev/full").unwrap())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"secret").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(74), "{out:?}");
+    assert_eq!(
+        stderr_line(&out),
+        "sealpost: cannot write standard output: No space left on device (os error 28)"
+    );
+}
+
+/// A configuration that never ends (`--config /dev/zero`) is refused, not read without end
+/// (review).
+#[test]
+fn a_configuration_without_end_is_refused() {
+    let out = sealpost(&["--config", "/dev/zero", "check"], b"");
+    assert_eq!(out.status.code(), Some(78), "{out:?}");
+    assert!(
+        stderr_line(&out).contains("larger than 1048576 bytes"),
+        "{out:?}"
+    );
+}
+
 /// A store root makes in its owner's directory (a first `deliver` run as root) is the
 /// owner's, and the owner's later runs use it (review: root's database was refused to its
 /// owner, and every later delivery deferred). Needs root.

@@ -182,6 +182,18 @@ fn import_reads_mbox_and_maildir() {
         fetched[2].contains("\\Flagged") && fetched[2].contains("\\Seen"),
         "{fetched:?}"
     );
+    // An account the configuration does not have (a typo) is refused, as by deliver, not
+    // made in the store with the mail where nobody logs in (review).
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sealpost"))
+        .arg("--config")
+        .arg(server.config())
+        .args(["import", "--account", "alcie"])
+        .arg(&mbox)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(67), "{out:?}");
+    let store = sealpost::store::Store::open(&server.store_path()).unwrap();
+    assert!(store.account("alcie").unwrap().is_none());
 }
 
 /// The FETCH answers that must equal Dovecot's, for every message.

@@ -678,12 +678,18 @@ impl KeyService {
     }
 }
 
-/// GnuPG's default home when none is configured: $GNUPGHOME (read, never set) or ~/.gnupg.
+/// GnuPG's default home when none is configured, as gpg finds it: $GNUPGHOME (read, never
+/// set) unless empty, else .gnupg in $HOME, or, without one, in the home directory of the
+/// passwd entry (review: HOME unset made it ".gnupg" in whatever directory sealpost ran in).
 pub(super) fn default_home() -> PathBuf {
-    std::env::var_os("GNUPGHOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".gnupg")))
-        .unwrap_or_else(|| PathBuf::from(".gnupg"))
+    let set = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
+    set("GNUPGHOME").map(PathBuf::from).unwrap_or_else(|| {
+        set("HOME")
+            .map(PathBuf::from)
+            .or_else(|| crate::queue::passwd_entry(crate::queue::current_uid()).map(|(_, d)| d))
+            .unwrap_or_else(|| PathBuf::from("/"))
+            .join(".gnupg")
+    })
 }
 
 /// Runs a keyring check (gpg run directly) off the async threads: a problem it finds refuses

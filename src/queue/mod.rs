@@ -274,10 +274,17 @@ pub fn hostname() -> String {
 
 /// The login name of `uid` (the passwd entry), or the number.
 pub fn user_name(uid: u32) -> String {
+    passwd_entry(uid).map_or_else(|| uid.to_string(), |(name, _)| name)
+}
+
+/// The login name and home directory of `uid` in the passwd database.
+pub fn passwd_entry(uid: u32) -> Option<(String, PathBuf)> {
+    use std::os::unix::ffi::OsStrExt;
     let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
     let mut buf = vec![0u8; 4096];
     let mut result: *mut libc::passwd = std::ptr::null_mut();
-    // SAFETY: all pointers are valid for the call; the name is copied out before buf drops.
+    // SAFETY: all pointers are valid for the call; the strings are copied out before buf
+    // drops.
     let rc = unsafe {
         libc::getpwuid_r(
             uid,
@@ -287,12 +294,20 @@ pub fn user_name(uid: u32) -> String {
             &mut result,
         )
     };
-    if rc == 0 && !result.is_null() {
-        // SAFETY: pw_name points into buf, NUL-terminated, when getpwuid_r succeeded.
-        let name = unsafe { std::ffi::CStr::from_ptr(pwd.pw_name) };
-        return name.to_string_lossy().into_owned();
+    if rc != 0 || result.is_null() {
+        return None;
     }
-    uid.to_string()
+    // SAFETY: pw_name and pw_dir point into buf, NUL-terminated, when getpwuid_r succeeded.
+    let (name, dir) = unsafe {
+        (
+            std::ffi::CStr::from_ptr(pwd.pw_name),
+            std::ffi::CStr::from_ptr(pwd.pw_dir),
+        )
+    };
+    Some((
+        name.to_string_lossy().into_owned(),
+        PathBuf::from(std::ffi::OsStr::from_bytes(dir.to_bytes())),
+    ))
 }
 
 /// The uid of this process.

@@ -110,8 +110,53 @@ impl RelayConfig {
         if self.timeout_secs == 0 {
             return Some(("timeout_secs", "must be at least 1 (seconds)".into()));
         }
+        // Set, it names a relay: an empty one was taken for set, and every copy deferred
+        // (review).
+        if self.host.as_deref().is_some_and(|h| h.trim().is_empty()) {
+            return Some((
+                "host",
+                "is empty: name the relay (or leave the key out: no relay)".into(),
+            ));
+        }
+        if self.port == Some(0) {
+            return Some(("port", "must be a port from 1 to 65535".into()));
+        }
+        // Sent as it is after EHLO: a line break in it would be commands of its own (review).
+        if let Some(name) = self.helo_name.as_deref().filter(|n| !is_helo_name(n)) {
+            return Some((
+                "helo_name",
+                format!(
+                    "{name:?} is no host name (letters, digits, '-' and '.') or address                      literal ([192.0.2.1])"
+                ),
+            ));
+        }
+        for (key, path) in [
+            ("password_file", self.password_file.as_ref()),
+            ("ca_file", self.ca_file.as_ref()),
+        ] {
+            if let Some(why) = path.and_then(|p| crate::config::path_problem(p)) {
+                return Some((key, why));
+            }
+        }
         None
     }
+}
+
+/// A name EHLO may carry (RFC 5321 §4.1.1.1: a domain or an address literal), as ASCII.
+fn is_helo_name(name: &str) -> bool {
+    if let Some(literal) = name.strip_prefix('[').and_then(|n| n.strip_suffix(']')) {
+        return !literal.is_empty()
+            && literal
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b":.-".contains(&b));
+    }
+    !name.is_empty()
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
 }
 
 /// A relay that cannot be set up (configuration, files): exit 78.

@@ -50,6 +50,9 @@ impl MaildirConfig {
         if self.poll_secs == 0 {
             return Some(("poll_secs", "must be at least 1 (seconds)".into()));
         }
+        if let Some(why) = crate::config::path_problem(&self.path) {
+            return Some(("path", why));
+        }
         None
     }
 }
