@@ -17,6 +17,7 @@ INBOX holds three small messages at UIDs 1, 2 and 3, except:
     refuse2    a FETCH of UID 2 leaves it out and is answered NO, until SERVE
     refuse2all the same, and UID SEARCH answers every UID, whatever was asked
     break2     a FETCH of UID 2 sends 10 bytes of it and closes the connection, until SERVE
+    stray      a FETCH of sizes also answers for UID 1000, which the mailbox does not hold
 """
 
 import re
@@ -111,6 +112,8 @@ def fetch(conn, tag, rest):
         if "BODY" not in items.upper():
             size = {"hugesize": 4294967295, "liesize": 100}.get(SCENARIO, len(body))
             conn.sendall(f"* {seq} FETCH (UID {uid} RFC822.SIZE {size})\r\n".encode())
+            if SCENARIO == "stray" and seq == len(uids):
+                conn.sendall(f"* {seq} FETCH (UID 1000 RFC822.SIZE 100)\r\n".encode())
             continue
         head = (
             f'* {seq} FETCH (UID {uid} FLAGS () INTERNALDATE "01-Jan-2024 00:00:00 +0000" '

@@ -5397,6 +5397,26 @@ fn a_retried_message_that_breaks_the_connection_holds_up_no_new_mail() {
     assert_eq!(stdout(&out).trim(), format!("{USER}: 0 new"), "{out:?}");
 }
 
+/// A server that answers a FETCH of sizes for a UID it does not hold (review: UID 1000, with
+/// UIDNEXT 5): the folder's mark stays within the UIDNEXT the server gave, so the mail that
+/// comes after is fetched (it moved to 1001, and UIDs 5 on never came down, without a word).
+#[test]
+fn a_uid_the_server_does_not_hold_does_not_move_the_mark_past_its_uidnext() {
+    let sync = HostileSync::new("stray");
+    assert!(sync.pass().status.success());
+    assert_eq!(sync.subjects(), ["msg 1", "msg 2", "msg 3"]);
+    sync.tell("ADD");
+    let out = sync.pass();
+    assert_eq!(stdout(&out).trim(), format!("{USER}: 1 new"), "{out:?}");
+    sync.tell("ADD");
+    let out = sync.pass();
+    assert_eq!(stdout(&out).trim(), format!("{USER}: 1 new"), "{out:?}");
+    assert_eq!(
+        sync.subjects(),
+        ["msg 1", "msg 2", "msg 3", "msg 4", "msg 5"]
+    );
+}
+
 /// A message passed over and then expunged upstream: when its day is up and the server no
 /// longer has it, its count goes, instead of the folder being looked into at every pass until
 /// the count is a week old.

@@ -71,7 +71,7 @@ pub enum SyncError {
     Connect(String, String),
     #[error("upstream login {0}")]
     Login(String),
-    #[error("upstream: {0}")]
+    #[error("upstream: {}", upstream::readable(.0))]
     Imap(#[from] async_imap::error::Error),
     #[error("upstream folder {0}: {1}")]
     Folder(String, String),
@@ -854,10 +854,12 @@ impl Syncer {
                 local,
                 mailbox.id,
                 uidvalidity,
+                selected.uidnext,
                 &mut next_uid,
             )
             .await?
         };
+
         // Renumbered upstream: the messages the fetch linked again keep their local flags;
         // upstream's come down now, once, as for a folder with links and no flag sync yet.
         if renumbered && cut_short.is_some() {
@@ -1052,9 +1054,16 @@ impl Syncer {
         local: &str,
         mailbox: crate::store::MailboxId,
         uidvalidity: u32,
+        uidnext: Option<u32>,
         next_uid: &mut u32,
     ) -> Result<(usize, Option<SyncError>), SyncError> {
         let timeout = self.config.timeout();
+        // The mark never passes the UIDNEXT the server gave at EXAMINE (nor goes back below
+        // where it was): a server that answered the FETCH of sizes for a UID it does not hold
+        // moved it past that UID, and the mail after was never fetched (review). Messages
+        // that came during the pass are fetched all the same, and linked: the next pass lists
+        // them again and fetches nothing.
+        let cap = uidnext.map_or(u32::MAX, |n| n.max(*next_uid));
         let strikes = Strikes::load(&self.store, account, folder, uidvalidity).await?;
         // Messages passed over below the mark whose day is up: asked for again (the server
         // may serve them now), and passed over again if it still does not.
@@ -1236,8 +1245,9 @@ impl Syncer {
                 // Upstream UIDs in a gap of this chunk (expunged meanwhile) are passed too.
                 // UID 4294967295 is the last there can be: the mark stays on it (fetched again,
                 // it is linked, not stored twice).
-                *next_uid =
-                    (*next_uid).max(chunk.uids[chunk.uids.len() - 1].max(last).saturating_add(1));
+                *next_uid = (*next_uid)
+                    .max(chunk.uids[chunk.uids.len() - 1].max(last).saturating_add(1))
+                    .min(cap);
                 // A batch still to come may hold a lower UID (one moved to the end).
                 if let Some(floor) = hold.into_iter().chain(later(i)).min() {
                     *next_uid = (*next_uid).min(floor);
@@ -1266,7 +1276,7 @@ impl Syncer {
                 // the batches after it were not fetched.
                 progress.finish(stored);
                 let last = chunk.uids[chunk.uids.len() - 1];
-                *next_uid = (*next_uid).max(last.saturating_add(1));
+                *next_uid = (*next_uid).max(last.saturating_add(1)).min(cap);
                 if let Some(floor) = hold.into_iter().chain(later(i)).min() {
                     *next_uid = (*next_uid).min(floor);
                 }
@@ -1287,7 +1297,7 @@ impl Syncer {
             // Linked messages after the last one fetched need no fetch either.
             None => {
                 if let Some(top) = top {
-                    *next_uid = (*next_uid).max(top.saturating_add(1));
+                    *next_uid = (*next_uid).max(top.saturating_add(1)).min(cap);
                 }
             }
         }

@@ -126,6 +126,14 @@ impl UpstreamConfig {
         if self.poll_secs == 0 {
             return Some(("poll_secs", "must be at least 1 (seconds)".into()));
         }
+        for (key, path) in [
+            ("password_file", Some(&self.password_file)),
+            ("ca_file", self.ca_file.as_ref()),
+        ] {
+            if let Some(why) = path.and_then(|p| crate::config::path_problem(p)) {
+                return Some((key, why));
+            }
+        }
         None
     }
 }
@@ -391,6 +399,22 @@ async fn login(
     })
 }
 
+/// An error of async-imap in words: one that its parser refused is said with the start of
+/// what the server sent, not the whole input as numbers (review: a line of hundreds of
+/// decimal bytes in the log, and on stderr).
+pub fn readable(e: &async_imap::error::Error) -> String {
+    const SHOWN: usize = 160;
+    let text = e.to_string();
+    let Some((_, input)) = text.split_once(" during parsing of ") else {
+        return text;
+    };
+    let mut shown: String = input.chars().take(SHOWN).collect();
+    if input.chars().count() > SHOWN {
+        shown.push_str("...");
+    }
+    format!("the server sent a response sealpost cannot read: {shown}")
+}
+
 /// An error as the server worded it: async-imap keeps a NO or BAD answer's text in a debug
 /// rendering ("code: None, info: Some(\"[AUTHENTICATIONFAILED] ...\")").
 fn server_said(e: &async_imap::error::Error) -> String {
@@ -398,7 +422,7 @@ fn server_said(e: &async_imap::error::Error) -> String {
     let (kind, text) = match e {
         Error::No(text) => ("NO", text),
         Error::Bad(text) => ("BAD", text),
-        other => return other.to_string(),
+        other => return readable(other),
     };
     let info = text
         .split_once("info: Some(\"")
@@ -752,6 +776,26 @@ pub fn quote(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_response_the_parser_refused_is_said_in_words() {
+        let input = format!("* XWEIRD (foo bar)\r\n{}", "x".repeat(1000));
+        let e = async_imap::error::Error::Io(std::io::Error::other(format!(
+            "Error(Error {{ input: [42, 32, 88], code: TakeWhile1 }}) during parsing of {:?}",
+            input
+        )));
+        let said = readable(&e);
+        assert!(
+            said.starts_with(
+                "the server sent a response sealpost cannot read: \"* XWEIRD (foo bar)\\r\\n"
+            ) && said.ends_with("...")
+                && said.len() < 260
+                && !said.contains("42, 32"),
+            "{said}"
+        );
+        let other = async_imap::error::Error::Io(std::io::Error::other("broken pipe"));
+        assert_eq!(readable(&other), other.to_string());
+    }
 
     #[test]
     fn the_personal_namespace_prefix_is_read() {
