@@ -34,6 +34,17 @@ fn fail(what: &str) -> impl Fn(crate::keys::KeyError) -> CliError + '_ {
 }
 
 pub async fn run(config: Config, keep: Option<&Path>) -> Result<u8, CliError> {
+    // Before anything is made: gpg-agent's socket path in a home under a long --keep
+    // directory is too long, and key generation failed with "No agent running" (review).
+    if let Some(d) = keep {
+        if let Some(problem) = crate::config::gnupg_home_problem(&d.join("g")) {
+            return Err(CliError::Usage(format!(
+                "--keep {}: its GnuPG home {}: {problem}",
+                d.display(),
+                d.join("g").display()
+            )));
+        }
+    }
     let dir = match keep {
         Some(d) => {
             // An I/O error on a directory the user named (a file there, no permission), as

@@ -472,6 +472,13 @@ fn exit_codes_and_reasons() {
     let out = sealpost(&["demo", "--keep", file.to_str().unwrap()], b"");
     assert_eq!(out.status.code(), Some(74), "{out:?}");
     assert!(stderr_line(&out).contains("a-file"), "{out:?}");
+    // One too deep for gpg-agent's socket: said before anything is made (review: 70, "No
+    // agent running").
+    let deep = out_dir.join("x".repeat(90));
+    let out = sealpost(&["demo", "--keep", deep.to_str().unwrap()], b"");
+    assert_eq!(out.status.code(), Some(64), "{out:?}");
+    assert!(stderr_line(&out).contains("too long"), "{out:?}");
+    assert!(!deep.exists());
     let _ = std::fs::remove_dir_all(&out_dir);
 }
 

@@ -48,9 +48,29 @@ impl Journal {
                 .create(dir)
                 .map_err(|e| invalid(dir, e))?;
         }
+        if let Some(why) = crate::store::not_a_database(path) {
+            return Err(invalid(path, std::io::Error::other(why)));
+        }
         crate::queue::private_file(path).map_err(|e| invalid(path, e))?;
         let conn = Connection::open(path).map_err(err)?;
         conn.busy_timeout(Duration::from_secs(10)).map_err(err)?;
+        // Another program's database (the store, say) does not become the journal too.
+        let tables: Vec<String> = conn
+            .prepare(
+                "SELECT name FROM sqlite_master WHERE type = 'table' \
+                 AND name NOT LIKE 'sqlite_%' AND name != 'reinjected' ORDER BY name",
+            )
+            .and_then(|mut t| t.query_map([], |r| r.get(0))?.collect())
+            .map_err(err)?;
+        if !tables.is_empty() {
+            return Err(invalid(
+                path,
+                std::io::Error::other(format!(
+                    "a database of something else (tables {}), not the milter's journal",
+                    tables.join(", ")
+                )),
+            ));
+        }
         crate::store::wal_mode(&conn).map_err(err)?;
         conn.pragma_update(None, "synchronous", "FULL")
             .map_err(err)?;
@@ -161,6 +181,30 @@ impl Journal {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A journal path that names something else, a mail file or the store, is refused before
+    /// anything is added to it (review: the store got the journal's table).
+    #[test]
+    fn a_file_that_is_no_journal_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mail = dir.path().join("m.eml");
+        std::fs::write(&mail, b"Subject: x\r\n\r\nbody\r\n").unwrap();
+        let e = Journal::open(&mail).err().expect("refused").to_string();
+        assert!(e.contains("no SQLite database"), "{e}");
+        let store = dir.path().join("store.sqlite");
+        drop(crate::store::Store::open(&store).unwrap());
+        let e = Journal::open(&store).err().expect("refused").to_string();
+        assert!(e.contains("not the milter's journal"), "{e}");
+        let has_journal_table: i64 = Connection::open(&store)
+            .unwrap()
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE name = 'reinjected'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(has_journal_table, 0);
+    }
 
     /// A journal that cannot take a record is found out before a copy goes (here by
     /// SQLite's query_only: as root, file modes do not stop a write).

@@ -135,8 +135,8 @@ pub enum StoreError {
     TooManyKeywords,
     #[error("store: the writer lock was poisoned by a crash in another thread")]
     Poisoned,
-    /// A directory or file mode or owner that would let another user at the decrypted mail:
-    /// a setting to fix.
+    /// A directory or file mode or owner that would let another user at the decrypted mail,
+    /// or a file that is no store: a setting to fix.
     #[error("the store {path}: {why}")]
     Unsafe { path: PathBuf, why: String },
 }
@@ -711,7 +711,29 @@ impl Store {
                 Err(e) => return Err(failed(path, e)),
             }
         }
+        if let Some(why) = not_a_database(path) {
+            return Err(StoreError::Unsafe {
+                path: path.to_owned(),
+                why,
+            });
+        }
         check_modes(path)?;
+        // After the modes (no connection opens it before its -wal and -shm are known to be its
+        // owner's), with a connection that changes nothing (the store's own sets WAL mode);
+        // one that cannot read it leaves the verdict to the store's own opening.
+        let foreign = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .and_then(|c| foreign_tables(&c))
+            .unwrap_or_default();
+        if !foreign.is_empty() {
+            return Err(StoreError::Unsafe {
+                path: path.to_owned(),
+                why: format!(
+                    "a database of something else (tables {}), not a sealpost store: no table \
+                     was added to it; name the store's own file",
+                    foreign.join(", ")
+                ),
+            });
+        }
         // One process at a time brings the schema up to date: two `deliver`s into a new store
         // would both find it empty and the second fail on tables the first made. The lock is
         // a file of its own: closing any descriptor of the database file would drop SQLite's
@@ -1993,6 +2015,41 @@ pub(crate) fn wal_mode(conn: &Connection) -> rusqlite::Result<()> {
         }
     }
     conn.pragma_update(None, "journal_size_limit", WAL_KEPT_BYTES)
+}
+
+/// Why the file at `path` cannot be an SQLite database: one with bytes in it that do not
+/// start as SQLite's do. Asked before anything changes the file (review: a `[store] path`
+/// naming a mail file had it made 0600 and a lock file put beside it, and only then "file is
+/// not a database"). None for an empty or missing file, or one that cannot be read here.
+pub(crate) fn not_a_database(path: &Path) -> Option<String> {
+    use std::io::Read;
+    let mut head = Vec::with_capacity(16);
+    std::fs::File::open(path)
+        .ok()?
+        .take(16)
+        .read_to_end(&mut head)
+        .ok()?;
+    (!head.is_empty() && head != b"SQLite format 3\0").then(|| {
+        "it is no SQLite database (a file of something else?): nothing in it was changed; name \
+         the database's own file"
+            .to_string()
+    })
+}
+
+/// The tables of a database sealpost's migrations have not set up (user_version 0): another
+/// program's (review: a `[store] path` naming the milter's journal had the store's tables,
+/// and then mail, added to it).
+fn foreign_tables(conn: &Connection) -> rusqlite::Result<Vec<String>> {
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if version != 0 {
+        return Ok(Vec::new());
+    }
+    let mut tables = conn.prepare(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' \
+         ORDER BY name",
+    )?;
+    let names = tables.query_map([], |r| r.get(0))?;
+    names.collect()
 }
 
 /// Fails unless a write reaches the database's files now: a committed transaction that sets

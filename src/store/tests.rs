@@ -1219,3 +1219,46 @@ fn a_store_others_could_read_is_refused_or_made_private() {
     std::os::unix::fs::chown(&planted, Some(65533), Some(65533)).unwrap();
     drop(Store::open(&planted).unwrap());
 }
+
+/// A store path that names something else — a mail file, another program's database (the
+/// milter's journal) — is refused before anything changes it (review: the mail file was made
+/// 0600 with a lock file beside it, and the journal got the store's tables and then mail).
+#[test]
+fn a_file_that_is_no_store_is_refused_unchanged() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let mail = dir.path().join("m.eml");
+    std::fs::write(&mail, b"Subject: x\r\n\r\nbody\r\n").unwrap();
+    std::fs::set_permissions(&mail, std::fs::Permissions::from_mode(0o644)).unwrap();
+    match Store::open(&mail) {
+        Err(StoreError::Unsafe { why, .. }) => assert!(why.contains("no SQLite database"), "{why}"),
+        Err(e) => panic!("{e}"),
+        Ok(_) => panic!("a mail file opened as a store"),
+    }
+    assert_eq!(
+        std::fs::metadata(&mail).unwrap().permissions().mode() & 0o777,
+        0o644
+    );
+    assert!(!dir.path().join("m.eml.migrate-lock").exists());
+    let other = dir.path().join("journal.sqlite");
+    rusqlite::Connection::open(&other)
+        .unwrap()
+        .execute_batch("CREATE TABLE reinjected(identity TEXT, recipient TEXT, at INTEGER);")
+        .unwrap();
+    match Store::open(&other) {
+        Err(StoreError::Unsafe { why, .. }) => {
+            assert!(why.contains("tables reinjected"), "{why}")
+        }
+        Err(e) => panic!("{e}"),
+        Ok(_) => panic!("another program's database opened as a store"),
+    }
+    let tables: i64 = rusqlite::Connection::open(&other)
+        .unwrap()
+        .query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(tables, 1, "nothing added to it");
+    // A store, new or opened again, is one.
+    let store = dir.path().join("s.sqlite");
+    drop(Store::open(&store).unwrap());
+    Store::open(&store).unwrap();
+}
