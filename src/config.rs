@@ -361,6 +361,27 @@ impl Config {
                 ));
             }
         }
+        // A name is what a client logs in with and `deliver --account` names: one word
+        // (review: "", "a b" and one with a NUL were taken).
+        for (index, account) in self.accounts.iter().enumerate() {
+            if account.name.is_empty()
+                || account
+                    .name
+                    .chars()
+                    .any(|c| c.is_whitespace() || c.is_control())
+            {
+                let (first, part) = nth_array_table(text, "accounts", index);
+                return Err(ConfigError::Invalid {
+                    path: name.to_string(),
+                    line: first + line_of(part, "accounts", "name"),
+                    key: "accounts.name: ".into(),
+                    message: format!(
+                        "{:?} is no account name: one word, without blanks or control characters",
+                        account.name
+                    ),
+                });
+            }
+        }
         // Two accounts of one name: logins, `deliver --account` and the store would take the
         // first, and the second's upstream would be synced into it (review: accepted).
         for (index, account) in self.accounts.iter().enumerate() {
@@ -878,6 +899,14 @@ mod tests {
             ),
             ("[queue]\ndomain = \"\"\n", "s.toml:2: queue.domain: "),
             ("[queue]\ndomain = \"a b@c\"\n", "s.toml:2: queue.domain: "),
+            (
+                "[[accounts]]\nname = \"a b\"\npassword_hash = \"x\"\n",
+                "s.toml:2: accounts.name: \"a b\" is no account name",
+            ),
+            (
+                "[[accounts]]\nname = \"\"\npassword_hash = \"x\"\n",
+                "s.toml:2: accounts.name: ",
+            ),
         ] {
             let e = Config::parse(text, "s.toml").unwrap_err().to_string();
             assert!(e.starts_with(said), "{text:?}: {e}");

@@ -256,7 +256,7 @@ async fn connect_inner(config: &UpstreamConfig, at: &str) -> Result<Session, Syn
         SyncError::Connect(at.into(), format!("{what}: {e}"))
     };
     let password = password(config)?;
-    let password = password.trim_end_matches(['\r', '\n']);
+    let password = password.as_str();
     // The TLS settings first, before the network: a ca_file that cannot be read or a host
     // that is no server name is the configuration's fault (78) whether the server answers or
     // not (review: with the upstream down, both were "try again later"). Not for a cleartext
@@ -313,13 +313,20 @@ async fn connect_inner(config: &UpstreamConfig, at: &str) -> Result<Session, Syn
 }
 
 /// The password, from `password_file`.
+/// Its one line, line ends after it left out; a second line is an error naming the file (review: it
+/// went to the server, and came back as "validate: invalid character" over two lines of the
+/// log, a temporary failure).
 fn password(config: &UpstreamConfig) -> Result<String, SyncError> {
-    std::fs::read_to_string(&config.password_file).map_err(|e| {
-        SyncError::Config(format!(
-            "password_file {}: {e}",
-            config.password_file.display()
-        ))
-    })
+    let file = config.password_file.display();
+    let text = std::fs::read_to_string(&config.password_file)
+        .map_err(|e| SyncError::Config(format!("password_file {file}: {e}")))?;
+    let line = text.trim_end_matches(['\r', '\n']);
+    if line.contains(['\r', '\n']) {
+        return Err(SyncError::Config(format!(
+            "password_file {file}: more than one line; the password is its one line"
+        )));
+    }
+    Ok(line.to_string())
 }
 
 /// What [`connect`] reads before it goes to the network (the password file, the TLS
@@ -819,6 +826,31 @@ mod tests {
         assert_eq!(literal_size(b"* NAMESPACE (({6}"), Some(6));
         assert_eq!(literal_size(b"* NAMESPACE (({6+}"), Some(6));
         assert_eq!(literal_size(b"* NAMESPACE NIL NIL NIL"), None);
+    }
+
+    #[test]
+    fn the_password_is_the_files_one_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pw");
+        let config: UpstreamConfig = toml::from_str(&format!(
+            "host = \"127.0.0.1\"\nusername = \"u\"\npassword_file = \"{}\"\n",
+            file.display()
+        ))
+        .unwrap();
+        for (text, read) in [
+            ("s3cret\n", "s3cret"),
+            ("s3cret\r\n\n", "s3cret"),
+            ("s 3", "s 3"),
+        ] {
+            std::fs::write(&file, text).unwrap();
+            assert_eq!(password(&config).unwrap(), read);
+        }
+        std::fs::write(&file, "s3cret\nmore\n").unwrap();
+        let e = password(&config).unwrap_err().to_string();
+        assert!(
+            e.contains("more than one line") && !e.contains("s3cret"),
+            "{e}"
+        );
     }
 
     #[test]
