@@ -171,7 +171,8 @@ pub enum CliError {
     },
     #[error("no such account: {0}")]
     NoUser(String),
-    /// Input that is not a message (empty, too large).
+    /// Input that is not what the command reads (a message empty or too large, an empty
+    /// password): 65.
     #[error("{0}")]
     NotAMessage(String),
     /// Try again later (an MTA keeps the message queued).

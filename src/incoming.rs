@@ -438,6 +438,10 @@ pub async fn import(config: Config, args: ImportArgs) -> Result<u8, CliError> {
     Ok(0)
 }
 
+/// The longest password `passwd` hashes: well within the smallest line a LOGIN may have
+/// before login (`imap.limits.max_line_before_login`, at least 1024 bytes).
+const MAX_PASSWORD: usize = 512;
+
 /// `sealpost passwd`: reads a password (one line on stdin) and prints its argon2id hash for
 /// `password_hash` in `[[accounts]]`.
 pub fn passwd() -> Result<u8, CliError> {
@@ -447,8 +451,15 @@ pub fn passwd() -> Result<u8, CliError> {
             what: "the password on stdin".into(),
             source,
         })?;
+    // Bad input data (65), not a usage error (review: 64). One longer than a LOGIN before
+    // login may be could never be given (review: a 10 MB one was hashed).
     if password.is_empty() {
-        return Err(CliError::Usage("empty password on stdin".into()));
+        return Err(CliError::NotAMessage("empty password on stdin".into()));
+    }
+    if password.len() > MAX_PASSWORD {
+        return Err(CliError::NotAMessage(format!(
+            "a password of more than {MAX_PASSWORD} bytes could not be given at login"
+        )));
     }
     let hash = imap::auth::hash_password(&password).map_err(|e| CliError::Demo(e.to_string()))?;
     outln!("{hash}")?;

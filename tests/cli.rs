@@ -1272,6 +1272,12 @@ fn passwd_needs_no_configuration() {
         String::from_utf8_lossy(&out.stdout).starts_with("$argon2id$"),
         "{out:?}"
     );
+    // No password, or one no login could carry: bad input (65), nothing printed.
+    for input in [&b"\n"[..], &[b'x'; 600][..]] {
+        let out = sealpost(&["passwd"], input);
+        assert_eq!(out.status.code(), Some(65), "{out:?}");
+        assert!(out.stdout.is_empty(), "{out:?}");
+    }
 }
 
 /// Standard output that cannot be written (a full disk: /dev/full) is exit 74 with the
