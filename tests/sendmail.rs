@@ -97,6 +97,20 @@ impl Setup {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// The text of the report to alice@example.org among `got`, decrypted with her key.
+    fn report_to_alice(&self, got: &[Delivered]) -> String {
+        let report = got
+            .iter()
+            .find(|d| d.rcpts == ["alice@example.org"])
+            .expect("a report to the sender");
+        let (plain, _, _, _) = self
+            .world
+            .sender
+            .decrypt(&ciphertext(&report.bytes))
+            .unwrap();
+        String::from_utf8_lossy(&plain).into_owned()
+    }
+
     fn queue_list(&self) -> String {
         let out = self.sealpost(&["queue", "list"]);
         assert!(out.status.success(), "queue list: {out:?}");
@@ -525,12 +539,7 @@ fn a_recipient_that_is_no_address_is_reported_and_the_others_delivered() {
         "{:?}",
         String::from_utf8_lossy(&bob.bytes[bob.bytes.len().saturating_sub(80)..])
     );
-    let report = got
-        .iter()
-        .find(|d| d.rcpts == ["alice@example.org"])
-        .expect("a report to the sender");
-    let (plain, _, _, _) = s.world.sender.decrypt(&ciphertext(&report.bytes)).unwrap();
-    let text = String::from_utf8_lossy(&plain);
+    let text = s.report_to_alice(&got);
     assert!(text.contains("dave@"), "{text}");
     assert!(text.contains("-falice@example.org"), "{text}");
     assert!(text.contains("Status: 5.1.3"), "{text}");
@@ -1242,12 +1251,7 @@ fn a_name_without_an_address_is_reported_and_the_others_delivered() {
         got.iter().any(|d| d.rcpts == ["bob@example.org"]),
         "{got:?}"
     );
-    let report = got
-        .iter()
-        .find(|d| d.rcpts == ["alice@example.org"])
-        .expect("a report to the sender");
-    let (plain, _, _, _) = s.world.sender.decrypt(&ciphertext(&report.bytes)).unwrap();
-    let text = String::from_utf8_lossy(&plain);
+    let text = s.report_to_alice(&got);
     assert!(text.contains("Smith,\\x{20}Bob"), "{text}");
     assert!(text.contains("Status: 5.1.3"), "{text}");
 }
