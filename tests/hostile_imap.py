@@ -18,6 +18,8 @@ INBOX holds three small messages at UIDs 1, 2 and 3, except:
     refuse2all the same, and UID SEARCH answers every UID, whatever was asked
     break2     a FETCH of UID 2 sends 10 bytes of it and closes the connection, until SERVE
     stray      a FETCH of sizes also answers for UID 1000, which the mailbox does not hold
+    weird      EXAMINE answers an untagged response of no known kind, with a literal, and a
+               FETCH of UID 2 another one before the message
 """
 
 import re
@@ -86,8 +88,9 @@ def serve(conn):
                 conn.sendall(tag.encode() + b" NO [NONEXISTENT] no such mailbox\r\n")
                 continue
             uidnext = min(max(MESSAGES) + 1, 4294967295)
+            weird = "* XWEIRD (foo bar) {3}\r\nabc\r\n" if SCENARIO == "weird" else ""
             head = (
-                f"* {len(MESSAGES)} EXISTS\r\n* OK [UIDVALIDITY 7] x\r\n"
+                f"* {len(MESSAGES)} EXISTS\r\n* OK [UIDVALIDITY 7] x\r\n{weird}"
                 f"* OK [UIDNEXT {uidnext}] x\r\n{tag} OK [READ-ONLY] done\r\n"
             )
             conn.sendall(head.encode())
@@ -125,6 +128,8 @@ def fetch(conn, tag, rest):
             return
         if REFUSING.is_set() and uid == 2:
             continue
+        if SCENARIO == "weird" and uid == 2:
+            conn.sendall(f"* {seq} XNONSENSE stuff\r\n".encode())
         if SCENARIO == "hugesize" and uid == 2:
             conn.sendall(head + body[:10])
             threading.Event().wait()

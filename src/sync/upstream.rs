@@ -146,6 +146,146 @@ pub struct Stream {
     received: Arc<AtomicU64>,
     /// Reading past this many bytes in all fails (see [`Stream::limit`]).
     limit: Arc<AtomicU64>,
+    /// What the server sent, less the untagged responses left out ([`Unknown`]), not read
+    /// by async-imap yet.
+    ready: Vec<u8>,
+    unknown: Unknown,
+    /// Where a read lands before the filter.
+    scratch: Vec<u8>,
+}
+
+/// Leaves out untagged responses of a kind the IMAP parser under async-imap (imap-proto)
+/// does not know, whole with their literals, as RFC 3501 §7 asks a client to take any
+/// response at any time: it failed on them, and with the bytes still in its buffer the
+/// session could not go on (review: `* XWEIRD ...` in an EXAMINE left the folder out of
+/// every pass; `* 2 XNONSENSE` among the FETCH answers broke the fetch of the next message
+/// at every pass, until it was passed over). Only the kinds named in [`KNOWN`] and
+/// [`KNOWN_NUMBERED`] go on, tagged answers and continuations always.
+#[derive(Debug, Default)]
+struct Unknown {
+    /// The start of a response, held until its kind is known.
+    head: Vec<u8>,
+    /// Inside a response (None: at the start of one), and whether it goes on.
+    part: Option<(Part, bool)>,
+    /// The last bytes of the current line: a literal's announcement ends it.
+    tail: Vec<u8>,
+    /// Responses left out, for the log.
+    dropped: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Part {
+    Line,
+    Literal(u64),
+}
+
+/// Untagged responses by their name (RFC 3501, 4314, 4731, 5161, 5256, 5464, 7162, 2087,
+/// 2342, 2971, 6154 XLIST): these go on.
+const KNOWN: [&str; 22] = [
+    "OK",
+    "NO",
+    "BAD",
+    "BYE",
+    "PREAUTH",
+    "CAPABILITY",
+    "LIST",
+    "LSUB",
+    "STATUS",
+    "SEARCH",
+    "ESEARCH",
+    "FLAGS",
+    "NAMESPACE",
+    "ENABLED",
+    "ID",
+    "QUOTA",
+    "QUOTAROOT",
+    "METADATA",
+    "VANISHED",
+    "SORT",
+    "THREAD",
+    "XLIST",
+];
+
+/// Untagged responses after a number (RFC 3501 §7.3, §7.4).
+const KNOWN_NUMBERED: [&str; 4] = ["EXISTS", "RECENT", "EXPUNGE", "FETCH"];
+
+/// Whether a response that starts with `head` goes on: Some once its kind can be told.
+fn goes_on(head: &[u8]) -> Option<bool> {
+    if head.first().is_some_and(|b| *b != b'*') {
+        return Some(true);
+    }
+    let ended = |b: &u8| matches!(b, b' ' | b'\r' | b'\n' | b'[' | b'(');
+    let Some(rest) = head.strip_prefix(b"* ") else {
+        // "*" alone so far, or "*" then something other than a blank: as it came.
+        return (head.len() >= 2).then_some(true);
+    };
+    let word = |from: &[u8]| -> Option<String> {
+        let end = from.iter().position(ended)?;
+        Some(String::from_utf8_lossy(&from[..end]).to_ascii_uppercase())
+    };
+    if head.len() > 64 {
+        return Some(true);
+    }
+    let first = word(rest)?;
+    if !first.is_empty() && first.bytes().all(|b| b.is_ascii_digit()) {
+        let second = word(rest.get(first.len() + 1..)?)?;
+        return Some(KNOWN_NUMBERED.contains(&second.as_str()));
+    }
+    Some(KNOWN.contains(&first.as_str()))
+}
+
+impl Unknown {
+    /// Appends to `out` what of `input` goes on.
+    fn filter(&mut self, mut input: &[u8], out: &mut Vec<u8>) {
+        while !input.is_empty() {
+            let Some((part, keep)) = self.part else {
+                self.head.push(input[0]);
+                input = &input[1..];
+                if let Some(keep) = goes_on(&self.head) {
+                    if !keep {
+                        self.dropped += 1;
+                        tracing::warn!(
+                            "upstream: left out a response of a kind not known here: {:?}",
+                            String::from_utf8_lossy(&self.head)
+                        );
+                    }
+                    self.part = Some((Part::Line, keep));
+                    let head = std::mem::take(&mut self.head);
+                    self.filter(&head, out);
+                }
+                continue;
+            };
+            match part {
+                Part::Literal(left) => {
+                    let take = left.min(input.len() as u64) as usize;
+                    if keep {
+                        out.extend_from_slice(&input[..take]);
+                    }
+                    input = &input[take..];
+                    self.part = Some(match left - take as u64 {
+                        0 => (Part::Line, keep),
+                        more => (Part::Literal(more), keep),
+                    });
+                }
+                Part::Line => {
+                    let end = input.iter().position(|&b| b == b'\n');
+                    let line = &input[..end.map_or(input.len(), |e| e + 1)];
+                    if keep {
+                        out.extend_from_slice(line);
+                    }
+                    self.tail.extend_from_slice(line);
+                    let cut = self.tail.len().saturating_sub(32);
+                    self.tail.drain(..cut);
+                    input = &input[line.len()..];
+                    if end.is_some() {
+                        let announced = literal_size(self.tail.trim_ascii_end());
+                        self.tail.clear();
+                        self.part = announced.map(|n| (Part::Literal(n as u64), keep));
+                    }
+                }
+            }
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -160,6 +300,9 @@ impl Stream {
             io,
             received: Arc::default(),
             limit: Arc::new(AtomicU64::new(u64::MAX)),
+            ready: Vec::new(),
+            unknown: Unknown::default(),
+            scratch: Vec::new(),
         }
     }
 
@@ -184,19 +327,37 @@ impl AsyncRead for Stream {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let this = self.get_mut();
-        let before = buf.filled().len();
-        let read = match &mut this.io {
-            Io::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            Io::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-        };
-        let got = buf.filled().len().saturating_sub(before);
-        let total = this.received.fetch_add(got as u64, Ordering::Relaxed) + got as u64;
-        if total > this.limit.load(Ordering::Relaxed) {
-            return Poll::Ready(Err(std::io::Error::other(
-                "the server sent far more than the sizes it announced (RFC822.SIZE)",
-            )));
+        // What the filter let through (`ready`) first; a read only when none is left, and
+        // again while what came was all left out (an empty read would be the end).
+        while this.ready.is_empty() {
+            this.scratch.resize(buf.remaining().clamp(1, 64 * 1024), 0);
+            let mut into = ReadBuf::new(&mut this.scratch);
+            let read = match &mut this.io {
+                Io::Plain(s) => Pin::new(s).poll_read(cx, &mut into),
+                Io::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, &mut into),
+            };
+            match read {
+                Poll::Ready(Ok(())) => {}
+                other => return other,
+            }
+            let got = into.filled().len();
+            if got == 0 {
+                return Poll::Ready(Ok(()));
+            }
+            let total = this.received.fetch_add(got as u64, Ordering::Relaxed) + got as u64;
+            if total > this.limit.load(Ordering::Relaxed) {
+                return Poll::Ready(Err(std::io::Error::other(
+                    "the server sent far more than the sizes it announced (RFC822.SIZE)",
+                )));
+            }
+            let mut passed = Vec::with_capacity(got);
+            this.unknown.filter(into.filled(), &mut passed);
+            this.ready = passed;
         }
-        read
+        let n = this.ready.len().min(buf.remaining());
+        buf.put_slice(&this.ready[..n]);
+        this.ready.drain(..n);
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -783,6 +944,35 @@ pub fn quote(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn responses_of_unknown_kinds_are_left_out_whole() {
+        let server: &[u8] = b"* OK [CAPABILITY IMAP4rev1] hi\r\n\
+            * XWEIRD (foo bar) {3}\r\nabc more {2+}\r\nxy\r\n\
+            * 2 XNONSENSE stuff\r\n\
+            * 2 FETCH (UID 2 BODY[] {12}\r\n* XINSIDE\r\n\r\n)\r\n\
+            * LIST (\\HasNoChildren) \"/\" {5}\r\nINBOX\r\n\
+            *\r\n+ go on\r\n* 3 EXISTS\r\nA1 OK done\r\n";
+        let expected: &[u8] = b"* OK [CAPABILITY IMAP4rev1] hi\r\n\
+            * 2 FETCH (UID 2 BODY[] {12}\r\n* XINSIDE\r\n\r\n)\r\n\
+            * LIST (\\HasNoChildren) \"/\" {5}\r\nINBOX\r\n\
+            *\r\n+ go on\r\n* 3 EXISTS\r\nA1 OK done\r\n";
+        // Whole, and a byte at a time: the same.
+        let mut whole = Unknown::default();
+        let mut out = Vec::new();
+        whole.filter(server, &mut out);
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            String::from_utf8_lossy(expected)
+        );
+        assert_eq!(whole.dropped, 2);
+        let mut bytewise = Unknown::default();
+        let mut out = Vec::new();
+        for b in server {
+            bytewise.filter(std::slice::from_ref(b), &mut out);
+        }
+        assert_eq!(out, expected);
+    }
 
     #[test]
     fn a_response_the_parser_refused_is_said_in_words() {
