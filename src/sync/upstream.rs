@@ -169,7 +169,7 @@ struct Unknown {
     part: Option<(Part, bool)>,
     /// The last bytes of the current line: a literal's announcement ends it.
     tail: Vec<u8>,
-    /// Responses left out, for the log.
+    /// Responses left out (each is logged as it goes).
     dropped: u64,
 }
 
@@ -179,8 +179,9 @@ enum Part {
     Literal(u64),
 }
 
-/// Untagged responses by their name (RFC 3501, 4314, 4731, 5161, 5256, 5464, 7162, 2087,
-/// 2342, 2971, 6154 XLIST): these go on.
+/// Untagged responses by their name (RFC 3501; ESEARCH 4731, ENABLED 5161, SORT and THREAD
+/// 5256, METADATA 5464, VANISHED 7162, QUOTA 2087, NAMESPACE 2342, ID 2971, and Gmail's
+/// XLIST): these go on.
 const KNOWN: [&str; 22] = [
     "OK",
     "NO",
