@@ -198,6 +198,9 @@ pub enum Input {
     Refused,
     /// A command over imap-next's size limit.
     TooLong,
+    /// A line other than DONE during IDLE (RFC 2177): answered BAD, and the IDLE ends, as
+    /// Dovecot does; the line is dropped.
+    NotDone,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -221,6 +224,8 @@ pub struct Conn {
     scanner: Scanner,
     events: VecDeque<Input>,
     pending: VecDeque<Piece>,
+    /// The next IdleDoneReceived is of the DONE fed for a line that was not DONE.
+    swallow_done: bool,
     out: Vec<u8>,
     read_buf: Box<[u8]>,
     /// How long a write may wait for the client to take some of it.
@@ -240,6 +245,7 @@ impl Conn {
             scanner: Scanner::new(),
             events: VecDeque::new(),
             pending: VecDeque::new(),
+            swallow_done: false,
             out: Vec::new(),
             read_buf: vec![0; 16 * 1024].into_boxed_slice(),
             write_stall: Duration::from_secs(limits.write_timeout_secs),
@@ -295,6 +301,10 @@ impl Conn {
                 self.events.push_back(Input::Refused);
             }
             Piece::Continue => self.out.extend_from_slice(b"+ Ready for literal data\r\n"),
+            Piece::NotDone => {
+                self.events.push_back(Input::NotDone);
+                self.swallow_done = true;
+            }
         }
     }
 
@@ -303,6 +313,8 @@ impl Conn {
     fn drive(&mut self) {
         loop {
             match self.server.next() {
+                // The DONE fed in place of a line that was not DONE (see `Piece::NotDone`).
+                Ok(Event::IdleDoneReceived) if self.swallow_done => self.swallow_done = false,
                 Ok(event) => {
                     if let Some(input) = map_event(event) {
                         self.events.push_back(input);
@@ -418,6 +430,7 @@ impl Conn {
         if let Ok(request) = CommandContinuationRequest::basic(None, Text::unvalidated("idling")) {
             let _ = self.server.idle_accept(request);
         }
+        self.scanner.idling = true;
         self.drive();
     }
 
@@ -555,6 +568,8 @@ enum Piece {
     },
     /// A synchronising literal of a LIST command was accepted: the client may send it.
     Continue,
+    /// A line other than DONE came during IDLE (see [`Input::NotDone`]).
+    NotDone,
 }
 
 /// Splits input into lines and literals and applies the limits (see the module comment).
@@ -578,11 +593,14 @@ struct Scanner {
     /// the state LOGIN leaves (review: an APPEND literal sent in the same write as LOGIN was
     /// judged by the pre-login limits, and the connection ended).
     held: Vec<u8>,
+    /// An IDLE was accepted and its next line not seen yet: it must be DONE.
+    idling: bool,
 }
 
 impl Scanner {
     fn new() -> Scanner {
         Scanner {
+            idling: false,
             line: Vec::new(),
             literal_left: 0,
             literals: 0,
@@ -636,6 +654,7 @@ impl Scanner {
             }
             match literal_of(&line) {
                 Some((size, sync)) => {
+                    self.idling = false;
                     self.literals += 1;
                     if self.literals > limits.max_literals {
                         return Err(ConnError::TooManyLiterals);
@@ -674,6 +693,19 @@ impl Scanner {
                     if sync && self.list.is_some() {
                         pieces.push(Piece::Continue);
                     }
+                }
+                // The line after an accepted IDLE: DONE goes on; anything else is answered BAD
+                // and the IDLE ends, as Dovecot does (it ended the connection: imap-next
+                // waits for DONE and takes nothing else), so DONE goes to imap-next in its
+                // place.
+                None if self.idling && !self.continuing => {
+                    self.idling = false;
+                    // DONE in any case, blanks around it taken as lenience, goes on as DONE.
+                    if !line.trim_ascii().eq_ignore_ascii_case(b"DONE") {
+                        pieces.push(Piece::NotDone);
+                    }
+                    push_feed(&mut pieces, b"DONE\r\n");
+                    self.reset();
                 }
                 None => {
                     if let Some(mut whole) = self.list.take() {

@@ -474,6 +474,11 @@ impl Session {
                         self.finish(&tag, Ok(Done::ok("IDLE terminated")), true)
                             .await
                     }
+                    // A line that was not DONE: the IDLE ends with BAD, the connection goes on.
+                    Input::NotDone => {
+                        self.finish(&tag, Err(CmdError::bad("Expected DONE")), true)
+                            .await
+                    }
                     // Anything but DONE: imap-next still waits for DONE, so the connection
                     // could take no further command; it ends here.
                     _ => {

@@ -378,7 +378,7 @@ impl Session {
                 self.authenticate(tag, request.mechanism, request.initial_response)
                     .await
             }
-            Input::AuthenticateData(_) | Input::IdleDone => {
+            Input::AuthenticateData(_) | Input::IdleDone | Input::NotDone => {
                 // Only expected inside AUTHENTICATE or IDLE, which read them themselves.
                 self.count_bad().await
             }
