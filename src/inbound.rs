@@ -1118,16 +1118,14 @@ fn verdict_lookalike(field_name: &[u8]) -> bool {
         'ν' | 'ѵ' | 'ᴠ' => 'v',
         _ => c,
     };
-    let letters: Vec<u8> = String::from_utf8_lossy(field_name)
+    let letters: String = String::from_utf8_lossy(field_name)
         .nfkd()
         .flat_map(char::to_lowercase)
         .map(skeleton)
-        .filter(|c| c.is_ascii_alphanumeric())
-        .map(|c| c as u8)
+        .filter(char::is_ascii_alphanumeric)
         .collect();
     // "cl" reads as "d".
-    let letters = String::from_utf8_lossy(&letters).replace("ci", "d");
-    letters.contains("seaipostverdict")
+    letters.replace("ci", "d").contains("seaipostverdict")
 }
 
 /// The header of decrypted text that is not a MIME entity (UTF-8, as inline text is read).

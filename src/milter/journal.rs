@@ -55,13 +55,8 @@ impl Journal {
         let conn = Connection::open(path).map_err(err)?;
         conn.busy_timeout(Duration::from_secs(10)).map_err(err)?;
         // Another program's database (the store, say) does not become the journal too.
-        let tables: Vec<String> = conn
-            .prepare(
-                "SELECT name FROM sqlite_master WHERE type = 'table' \
-                 AND name NOT LIKE 'sqlite_%' AND name != 'reinjected' ORDER BY name",
-            )
-            .and_then(|mut t| t.query_map([], |r| r.get(0))?.collect())
-            .map_err(err)?;
+        let mut tables = crate::store::tables(&conn).map_err(err)?;
+        tables.retain(|t| t != "reinjected");
         if !tables.is_empty() {
             return Err(invalid(
                 path,

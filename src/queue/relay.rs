@@ -126,7 +126,8 @@ impl RelayConfig {
             return Some((
                 "helo_name",
                 format!(
-                    "{name:?} is no host name (letters, digits, '-' and '.') or address                      literal ([192.0.2.1])"
+                    "{name:?} is no host name (letters, digits, '-' and '.') or address \
+                     literal ([192.0.2.1])"
                 ),
             ));
         }

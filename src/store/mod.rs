@@ -2072,6 +2072,11 @@ fn foreign_tables(conn: &Connection) -> rusqlite::Result<Vec<String>> {
     if version != 0 {
         return Ok(Vec::new());
     }
+    tables(conn)
+}
+
+/// The names of a database's own tables (SQLite's left out), sorted.
+pub(crate) fn tables(conn: &Connection) -> rusqlite::Result<Vec<String>> {
     let mut tables = conn.prepare(
         "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' \
          ORDER BY name",

@@ -351,9 +351,7 @@ impl AsyncRead for Stream {
                     "the server sent far more than the sizes it announced (RFC822.SIZE)",
                 )));
             }
-            let mut passed = Vec::with_capacity(got);
-            this.unknown.filter(into.filled(), &mut passed);
-            this.ready = passed;
+            this.unknown.filter(into.filled(), &mut this.ready);
         }
         let n = this.ready.len().min(buf.remaining());
         buf.put_slice(&this.ready[..n]);
