@@ -314,7 +314,7 @@ fn run_configured(cli: Cli, retrying: bool) -> Result<u8, CliError> {
 fn check(config: &Config) -> Result<u8, CliError> {
     // Before the verdict line (review: "the configuration is valid", then the error).
     gnupg_home_there(config)?;
-    if let Some(problem) = crate::keys::home::key_fetching_problem(config.gnupg.home.as_deref()) {
+    if let Some(problem) = crate::keys::home::verification_problem(config.gnupg.home.as_deref()) {
         return Err(CliError::Setting(format!("[gnupg] home: {problem}")));
     }
     named_files_readable(config)?;

@@ -178,15 +178,15 @@ fn attached_messages_nested_too_deeply_are_stored_and_do_not_crash_a_search() {
     );
 }
 
-/// A mistake in the MTA's command line for deliver (an unknown flag) keeps the mail queued
-/// (75), where a usage error (64) would bounce it.
 /// A GnuPG home whose gpg.conf would have gpg take an unknown signer's key while verifying
-/// (from a keyserver, or from the signature) verifies nothing: the message stays with the
-/// MTA and the reason names the file and the option (review: a key a keyserver served for
-/// alice's address verified as hers, "from=match"). `check` says so too. A later `no-` form
-/// undoes it, as for gpg.
+/// (from a keyserver, or from the signature), or hand out plaintext without integrity
+/// protection, verifies and decrypts nothing: the message stays with the MTA and the reason
+/// names the file and the option (reviews: a key a keyserver served for alice's address
+/// verified as hers, "from=match"; with `ignore-mdc-error`, a message without MDC stored as
+/// "encrypted" with its plaintext). `check` says so too. A later `no-` form undoes the first
+/// two, as for gpg.
 #[test]
-fn a_home_that_fetches_signers_keys_verifies_nothing() {
+fn a_home_with_unsafe_options_verifies_and_decrypts_nothing() {
     let world = World::new();
     let server = bobs_store(&world);
     let conf = world.bob.dir.join("gpg.conf");
@@ -202,6 +202,7 @@ fn a_home_that_fetches_signers_keys_verifies_nothing() {
             "auto-key-retrieve",
         ),
         ("auto-key-import\n", "auto-key-import"),
+        ("ignore-mdc-error\n", "ignore-mdc-error"),
     ] {
         std::fs::write(&conf, format!("{kept}{added}")).unwrap();
         let (code, output) = deliver(&server, &message);
@@ -236,6 +237,8 @@ fn a_home_that_fetches_signers_keys_verifies_nothing() {
     assert_eq!(stored.len(), 1);
 }
 
+/// A mistake in the MTA's command line for deliver (an unknown flag) keeps the mail queued
+/// (75), where a usage error (64) would bounce it.
 #[test]
 fn a_deliver_command_line_mistake_keeps_the_message_with_the_mta() {
     let out = run_with_stdin(

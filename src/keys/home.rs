@@ -17,15 +17,18 @@ no-random-seed-file\n\
 auto-key-locate local\n\
 no-auto-key-retrieve\n";
 
-/// What makes verification in `home` (None: GnuPG's default home) unsafe: a gpg.conf there
-/// that turns on `auto-key-retrieve` (also as a `keyserver-options` word) or
-/// `auto-key-import`. gpg would then fetch an unknown signer's key from a keyserver, or take
-/// the key a signature carries, while it verifies, and a key anyone made with the sender's
-/// address would verify as theirs (review: "signature=valid; from=match" for a key a stub
-/// keyserver served) and stay in the keyring. GPGME cannot turn them off for one run. The
-/// options file is read as gpg reads it: line by line, a later `no-` form undoing an earlier
-/// one; every `gpg.conf` and `gpg.conf-*` (gpg reads the one of its version) is looked at.
-pub fn key_fetching_problem(home: Option<&Path>) -> Option<String> {
+/// What makes verification or decryption in `home` (None: GnuPG's default home) unsafe: a
+/// gpg.conf there that turns on `auto-key-retrieve` (also as a `keyserver-options` word) or
+/// `auto-key-import`, or sets `ignore-mdc-error`. With the first two gpg would fetch an
+/// unknown signer's key from a keyserver, or take the key a signature carries, while it
+/// verifies, and a key anyone made with the sender's address would verify as theirs (review:
+/// "signature=valid; from=match" for a key a stub keyserver served) and stay in the keyring;
+/// with the third it hands out the plaintext of data without integrity protection, or whose
+/// protection failed (review: stored as "encrypted"). GPGME cannot turn them off for one run.
+/// The options file is read as gpg reads it: line by line, a later `no-` form undoing an
+/// earlier one; every `gpg.conf` and `gpg.conf-*` (gpg reads the one of its version) is
+/// looked at.
+pub fn verification_problem(home: Option<&Path>) -> Option<String> {
     let home = home.map_or_else(super::default_home, Path::to_path_buf);
     let entries = std::fs::read_dir(&home).ok()?;
     let mut names: Vec<PathBuf> = entries
@@ -42,7 +45,7 @@ pub fn key_fetching_problem(home: Option<&Path>) -> Option<String> {
         let Ok(text) = std::fs::read_to_string(&path) else {
             continue;
         };
-        let (mut retrieve, mut import) = (false, false);
+        let (mut retrieve, mut import, mut ignore_mdc) = (false, false, false);
         for line in text.lines() {
             let line = line.trim();
             if line.starts_with('#') {
@@ -57,6 +60,7 @@ pub fn key_fetching_problem(home: Option<&Path>) -> Option<String> {
                 "no-auto-key-retrieve" => retrieve = false,
                 "auto-key-import" => import = true,
                 "no-auto-key-import" => import = false,
+                "ignore-mdc-error" => ignore_mdc = true,
                 "keyserver-options" => {
                     for word in args.split(|c: char| c == ',' || c.is_ascii_whitespace()) {
                         match word.trim_matches('"') {
@@ -82,6 +86,14 @@ pub fn key_fetching_problem(home: Option<&Path>) -> Option<String> {
                 path.display(),
                 set.join(" and "),
                 set[0]
+            ));
+        }
+        if ignore_mdc {
+            return Some(format!(
+                "{} sets ignore-mdc-error: gpg would hand out the plaintext of a message \
+                 without integrity protection, which anyone on its way may have changed; \
+                 remove it, or give sealpost a GnuPG home of its own",
+                path.display()
             ));
         }
     }

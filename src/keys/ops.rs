@@ -173,16 +173,21 @@ fn to_err(op: &'static str) -> impl Fn(gpgme::Error) -> KeyError {
 
 /// Runs one request on a worker's context.
 pub fn execute(gpg: &mut Gpg, request: Request) -> Result<Response, KeyError> {
-    // Nothing is verified where gpg would fetch the signer's key as it verifies.
+    // Nothing is verified where gpg would fetch the signer's key as it verifies, nor
+    // decrypted where it would hand out plaintext without integrity protection.
     if matches!(
         request,
         Request::DecryptVerify { .. }
             | Request::VerifyDetached { .. }
             | Request::VerifyCleartext { .. }
     ) {
-        if let Some(problem) = home::key_fetching_problem(gpg.home.as_deref()) {
+        if let Some(problem) = home::verification_problem(gpg.home.as_deref()) {
             return Err(KeyError::Unavailable {
-                op: "verifying",
+                op: if matches!(request, Request::DecryptVerify { .. }) {
+                    "decrypting"
+                } else {
+                    "verifying"
+                },
                 detail: problem,
             });
         }
@@ -717,6 +722,14 @@ fn decrypt_verify(gpg: &mut Gpg, ciphertext: &[u8], limit: u64) -> Result<Decryp
             detail: format!(
                 "more than {MAX_SESSION_KEYS} session key packets; gpg would try each one"
             ),
+        });
+    }
+    // Before gpg, whose options may let it through (`ignore-mdc-error`; review: stored as
+    // "encrypted" with its plaintext), and GPGME flags only legacy ciphers without MDC.
+    if crate::message::parse::unprotected_encrypted_data(ciphertext) {
+        return Err(KeyError::Refused {
+            op: "decrypting",
+            detail: "message has no integrity protection (MDC)".into(),
         });
     }
     let mut plaintext = Bounded {

@@ -851,6 +851,25 @@ pub fn session_key_packets(ciphertext: &[u8], limit: usize) -> usize {
     })
 }
 
+/// Whether the encrypted data of a ciphertext (armored or binary), after its session key
+/// packets, is a Symmetrically Encrypted Data packet (tag 9, RFC 4880 §5.7): no integrity
+/// protection, so its plaintext may have been changed by anyone on the way. gpg refuses to
+/// decrypt it unless its options say `ignore-mdc-error`; this is read from the packets
+/// themselves, whatever the GnuPG home's options. False when the data is integrity protected
+/// (tag 18 or 20) or cannot be read this far (gpg then decides, and fails).
+pub fn unprotected_encrypted_data(ciphertext: &[u8]) -> bool {
+    let data = openpgp_data(ciphertext);
+    let mut at = 0;
+    while let Some((tag, end)) = packet(&data, at) {
+        match tag {
+            9 => return true,
+            18 | 20 => return false,
+            _ => at = end,
+        }
+    }
+    false
+}
+
 /// The key IDs (16 hex digits, upper case) that the public-key session key packets (tag 1,
 /// version 3: RFC 4880 §5.1) of a ciphertext, armored or binary, name before its encrypted
 /// data; at most `limit` of them. A hidden recipient's is all zeros.
@@ -1807,6 +1826,30 @@ boundary=\"A\"; Boundary=\"B\"\r\n\r\n--A\r\n\r\nx\r\n--A--\r\n";
         );
         assert_eq!(split(&[session_key(a), session_key(b)]), None);
         assert_eq!(split(&[]), None);
+    }
+
+    #[test]
+    fn encrypted_data_without_integrity_protection_is_seen() {
+        // A session key packet (tag 1, old format), then the encrypted data: tag 9 (no MDC),
+        // tag 18 (SEIPD) or tag 20 (AEAD); binary and armored.
+        let session_key = [0x84u8, 3, 3, 0, 0];
+        let with = |tag: u8| [&session_key[..], &[0xC0 | tag, 3, 1, 2, 3]].concat();
+        assert!(unprotected_encrypted_data(&with(9)));
+        assert!(!unprotected_encrypted_data(&with(18)));
+        assert!(!unprotected_encrypted_data(&with(20)));
+        use base64::Engine as _;
+        let armored = |binary: &[u8]| {
+            format!(
+                "-----BEGIN PGP MESSAGE-----\r\n\r\n{}\r\n-----END PGP MESSAGE-----\r\n",
+                base64::engine::general_purpose::STANDARD.encode(binary)
+            )
+            .into_bytes()
+        };
+        assert!(unprotected_encrypted_data(&armored(&with(9))));
+        assert!(!unprotected_encrypted_data(&armored(&with(18))));
+        // Data cut short, or no packets at all: left to gpg.
+        assert!(!unprotected_encrypted_data(&with(9)[..6]));
+        assert!(!unprotected_encrypted_data(b"not OpenPGP"));
     }
 
     #[test]

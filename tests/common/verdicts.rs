@@ -1,5 +1,5 @@
 //! The incoming verdict cases shared by `sealpost deliver` (tests/inbound.rs) and the
-//! upstream sync (tests/sync.rs): eight messages made by sealpost's own outgoing core and by
+//! upstream sync (tests/sync.rs): nine messages made by sealpost's own outgoing core and by
 //! stock gpg, for Bob, and what Bob's store must show for each once imported with his keys.
 
 use std::time::Duration;
@@ -42,7 +42,7 @@ pub async fn signed_copy(world: &World) -> Vec<u8> {
     copy_from(&world.sender, "alice@example.org", "dave@example.net").await
 }
 
-/// The eight cases, in the order `check` expects them: (name, message).
+/// The nine cases, in the order `check` expects them: (name, message).
 pub async fn cases(world: &World) -> Vec<(&'static str, Vec<u8>)> {
     let alice = "alice@example.org";
     let bob = "bob@example.org";
@@ -95,6 +95,27 @@ pub async fn cases(world: &World) -> Vec<(&'static str, Vec<u8>)> {
         ]
         .concat(),
     );
+    // 9. encrypted without integrity protection (no MDC: tag 9, RFC 4880 §5.7), which
+    // anyone on the way may have changed: no plaintext byte may come out.
+    let unprotected = world.sender.gpg(
+        &[
+            "--rfc2440",
+            "--cipher-algo",
+            "AES256",
+            "--trust-model",
+            "always",
+            "--armor",
+            "--encrypt",
+            "--recipient",
+            &world.bob_fpr,
+        ],
+        Some(b"Content-Type: text/plain\r\n\r\nunprotected secret 5520\r\n"),
+    );
+    assert!(unprotected.status.success(), "{unprotected:?}");
+    assert!(sealpost::message::parse::unprotected_encrypted_data(
+        &unprotected.stdout
+    ));
+    let unprotected = pgp_mime(&unprotected.stdout);
 
     vec![
         ("encrypted+signed", encrypted.clone()),
@@ -105,12 +126,13 @@ pub async fn cases(world: &World) -> Vec<(&'static str, Vec<u8>)> {
         ("forged", forged),
         ("efail", efail),
         ("truncated", truncated),
+        ("no integrity protection", unprotected),
     ]
 }
 
-/// Checks what the store holds after the eight cases were imported, in order: (FLAGS, message).
+/// Checks what the store holds after the nine cases were imported, in order: (FLAGS, message).
 pub fn check(world: &World, stored: &[(String, Vec<u8>)]) {
-    assert_eq!(stored.len(), 8);
+    assert_eq!(stored.len(), 9);
     let alice_fpr = &world.alice;
 
     let (flags, m) = &stored[0];
@@ -171,6 +193,11 @@ pub fn check(world: &World, stored: &[(String, Vec<u8>)]) {
 
     let (flags, m) = &stored[7];
     assert!(!contains(m, SECRET) && !contains(m, "7731"));
+    assert!(verdict(m).starts_with("undecryptable"), "{}", verdict(m));
+    assert!(flags.contains("$Sealpost-Undecryptable"));
+
+    let (flags, m) = &stored[8];
+    assert!(!contains(m, "unprotected secret"));
     assert!(verdict(m).starts_with("undecryptable"), "{}", verdict(m));
     assert!(flags.contains("$Sealpost-Undecryptable"));
 }
