@@ -237,6 +237,37 @@ fn a_home_with_unsafe_options_verifies_and_decrypts_nothing() {
     assert_eq!(stored.len(), 1);
 }
 
+/// A gpg-agent that refuses loopback pinentry mode (`no-allow-loopback-pinentry`) decrypts
+/// nothing for sealpost: the message stays with the MTA (75) and the reason names the option
+/// (review: every message was stored undecryptable at once, exit 0).
+#[test]
+fn an_agent_refusing_loopback_mode_keeps_the_message_with_the_mta() {
+    let world = World::new();
+    let server = bobs_store(&world);
+    let conf = world.bob.dir.join("gpg-agent.conf");
+    std::fs::write(&conf, "no-allow-loopback-pinentry\n").unwrap();
+    sealpost::keys::home::stop_daemons(&world.bob.dir);
+    let message = signed_and_encrypted_by_alice(&world, b"Content-Type: text/plain\r\n\r\nhi\r\n");
+    let (code, output) = deliver(&server, &message);
+    assert_eq!(code, 75, "{output}");
+    assert!(
+        output.contains("gpg-agent.conf") && output.contains("no-allow-loopback-pinentry"),
+        "{output}"
+    );
+    assert!(verdicts::fetch_all(&server).is_empty());
+    std::fs::remove_file(&conf).unwrap();
+    sealpost::keys::home::stop_daemons(&world.bob.dir);
+    let (code, output) = deliver(&server, &message);
+    assert_eq!(code, 0, "{output}");
+    let stored = verdicts::fetch_all(&server);
+    assert_eq!(stored.len(), 1);
+    assert!(
+        verdicts::verdict(&stored[0].1).starts_with("encrypted; signature=valid"),
+        "{}",
+        verdicts::verdict(&stored[0].1)
+    );
+}
+
 /// A mistake in the MTA's command line for deliver (an unknown flag) keeps the mail queued
 /// (75), where a usage error (64) would bounce it.
 #[test]

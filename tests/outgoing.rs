@@ -1872,6 +1872,54 @@ async fn a_keyring_that_lost_its_keys_defers_and_sends_nothing_in_clear() {
     assert!(after[1].1.starts_with("Clear"), "{after:?}");
 }
 
+/// A gpg-agent that refuses loopback pinentry mode (`no-allow-loopback-pinentry` in its
+/// gpg-agent.conf) can sign nothing for sealpost: every copy waits (451), and the reply names
+/// the option (review: "the secret key file ... is there, but gpg-agent cannot use it
+/// (damaged?)" for a key without a passphrase). A later `allow-loopback-pinentry` undoes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_refusing_loopback_mode_defers_every_copy_and_says_why() {
+    let world = World::new();
+    let home = GpgHome::copy_of(&world.sender);
+    let conf = home.dir.join("gpg-agent.conf");
+    std::fs::write(&conf, "no-allow-loopback-pinentry\n").unwrap();
+    let run = |home: &GpgHome| {
+        let rewriter = Rewriter::new(home.service(Duration::from_secs(20)), Policy::default());
+        async move {
+            copies(
+                rewriter
+                    .rewrite(&envelope(), MESSAGE.as_bytes().to_vec())
+                    .await
+                    .unwrap(),
+            )
+        }
+    };
+    let refused = run(&home).await;
+    assert!(!refused.is_empty());
+    for c in &refused {
+        let Decision::Deferred { reply } = &c.decision else {
+            panic!("{c:?}");
+        };
+        assert_eq!(reply.code, 451, "{reply}");
+        assert!(reply.text.contains("no-allow-loopback-pinentry"), "{reply}");
+        assert!(c.message.is_none());
+    }
+    std::fs::write(
+        &conf,
+        "no-allow-loopback-pinentry\n# changed back\nallow-loopback-pinentry\n",
+    )
+    .unwrap();
+    sealpost::keys::home::stop_daemons(&home.dir);
+    for c in run(&home).await {
+        assert!(
+            matches!(
+                c.decision,
+                Decision::Encrypted { .. } | Decision::Signed { .. }
+            ),
+            "{c:?}"
+        );
+    }
+}
+
 /// Public keys in GnuPG 1's keyring format (`pubring.gpg`, README "GnuPG"): encrypted as from
 /// a keybox; and a keyring cut short inside bob's user ID, which gpg reads up to the cut
 /// without a word (bob's key then has no user ID, and bob seemed to have none: signed

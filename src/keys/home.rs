@@ -100,6 +100,41 @@ pub fn verification_problem(home: Option<&Path>) -> Option<String> {
     None
 }
 
+/// What keeps gpg-agent in `home` (None: GnuPG's default home) from serving sealpost: a
+/// gpg-agent.conf there with `no-allow-loopback-pinentry` (a later `allow-loopback-pinentry`
+/// undoing it). sealpost runs gpg in loopback pinentry mode, so that a key with a passphrase
+/// fails at once instead of waiting for a person; such an agent refuses that mode, and every
+/// signature and decryption then fails with "Not supported" (review: mail stored as
+/// undecryptable at once, and outgoing mail deferred as if the key file were damaged).
+pub fn agent_problem(home: Option<&Path>) -> Option<String> {
+    let home = home.map_or_else(super::default_home, Path::to_path_buf);
+    let path = home.join("gpg-agent.conf");
+    let text = std::fs::read_to_string(&path).ok()?;
+    let mut refused = false;
+    for line in text.lines() {
+        let line = line.trim();
+        let option = line
+            .split(|c: char| c.is_ascii_whitespace() || c == '=')
+            .next()
+            .unwrap_or("")
+            .trim_start_matches("--");
+        match option {
+            "no-allow-loopback-pinentry" => refused = true,
+            "allow-loopback-pinentry" => refused = false,
+            _ => {}
+        }
+    }
+    refused.then(|| {
+        format!(
+            "{} sets no-allow-loopback-pinentry: gpg-agent refuses the loopback pinentry mode \
+             sealpost runs gpg in (so that a key with a passphrase fails at once instead of \
+             waiting for a person), and no signature or decryption can be made; remove it \
+             (then `gpgconf --kill gpg-agent`), or give sealpost a GnuPG home of its own",
+            path.display()
+        )
+    })
+}
+
 /// Creates `dir` (mode 0700) with sealpost's gpg.conf.
 pub fn prepare(dir: &Path) -> io::Result<()> {
     std::fs::DirBuilder::new()

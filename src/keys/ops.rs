@@ -192,6 +192,26 @@ pub fn execute(gpg: &mut Gpg, request: Request) -> Result<Response, KeyError> {
             });
         }
     }
+    // Nothing is signed or decrypted through an agent that refuses loopback mode: every try
+    // would fail, and not because of the key or the message.
+    let secret = match &request {
+        Request::FindSigner { .. } | Request::SignDetached { .. } => Some("signing"),
+        Request::Encrypt { signer, .. } | Request::EncryptShared { signer, .. } => {
+            signer.as_ref().map(|_| "signing")
+        }
+        Request::DecryptVerify { .. } => Some("decrypting"),
+        Request::ListPublic { own: true, .. } => Some("looking up a public key"),
+        Request::GenerateKey { .. } => Some("generating a key"),
+        _ => None,
+    };
+    if let Some(op) = secret {
+        if let Some(problem) = home::agent_problem(gpg.home.as_deref()) {
+            return Err(KeyError::Unavailable {
+                op,
+                detail: problem,
+            });
+        }
+    }
     match request {
         Request::Locate { addr } => locate(gpg, &addr).map(Response::Located),
         Request::ListPublic { addr, own } => {
