@@ -2406,6 +2406,50 @@ fn a_full_queue_file_system_sends_nothing_it_cannot_record() {
     queue.remount("rw");
 }
 
+/// A big message sent on a small file system: the queue's log (SQLite's -wal file) held the
+/// room it took after it had gone, since SQLite could not grow the database to fold it back,
+/// and every later submission failed with 75, for good (review: a 608 KB message on 2 MB). A
+/// run now ends with the log folded back and emptied, giving up the reserve for it if need
+/// be. Needs root (a small tmpfs).
+#[test]
+fn a_big_message_sent_leaves_room_for_the_next_submissions() {
+    if sealpost::queue::current_uid() != 0 {
+        eprintln!("skipped: needs root to mount a small file system");
+        return;
+    }
+    let s = Setup::new();
+    let queue = SmallFs::mount_at(&s.queue_dir(), "2M");
+    let relay = s.relay(&RelayOptions::default());
+    s.configure(relay.port, false, "");
+    let text = std::fs::read_to_string(&s.config).unwrap();
+    let text = text.replace("max_message_bytes = 200000", "max_message_bytes = 1000000");
+    std::fs::write(&s.config, text).unwrap();
+    let mut big = b"From: alice@example.org\nSubject: big\n\n".to_vec();
+    while big.len() < 600 * 1024 {
+        big.extend_from_slice(b"a line of the body of a big message, as a script writes it\n");
+    }
+    let out = s.sendmail(&["-i", "bob@example.org"], &big);
+    assert!(out.status.success(), "{out:?}");
+    assert!(s.queue_run().contains("1 sent"));
+    assert_eq!(relay.delivered(1)[0].rcpts, ["bob@example.org"]);
+    let wal = s.queue_dir().join("queue.sqlite-wal");
+    assert!(
+        std::fs::metadata(&wal).map_or(true, |m| m.len() == 0),
+        "{} KB free, the log {:?}",
+        queue.free_kb(),
+        std::fs::metadata(&wal).map(|m| m.len())
+    );
+    for rcpt in ["carol@example.org", "bob@example.org"] {
+        let out = s.sendmail(
+            &["-i", rcpt],
+            b"From: alice@example.org\nSubject: small\n\nbody\n",
+        );
+        assert!(out.status.success(), "{out:?}");
+    }
+    assert!(s.queue_run().contains("2 sent"));
+    assert_eq!(relay.delivered(2).len(), 2);
+}
+
 /// New submissions the queue cannot take in (its file system filled, as any local user can
 /// fill it with drop files) do not hold up mail queued before them: it is sent and recorded,
 /// the run ends in 75, and the new one goes once there is room (review: the run stopped at

@@ -982,6 +982,41 @@ impl Queue {
         crate::store::write_check(&mut self.conn()).map_err(|e| self.db_err(e))
     }
 
+    /// Folds the WAL back into the database file and empties it, at the end of a run. SQLite
+    /// does so on its own as the WAL grows and at the last close, but gives up without a word
+    /// when the database file cannot grow: on a full file system the WAL then kept the room a
+    /// big message took after it had gone, and every submission failed for want of it (review:
+    /// a 608 KB message on a 2 MB file system, then exit 75 for each sendmail, for good). The
+    /// reserve is given up for it then, and made again after. An error: the WAL stays as it
+    /// is (nothing is lost; the next run tries again).
+    pub fn fold_wal(&self) -> Result<(), QueueError> {
+        let db = self.conn();
+        let checkpoint = || {
+            db.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+                r.get::<_, i64>(0)
+            })
+        };
+        let full =
+            |e: &rusqlite::Error| e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull);
+        let done = match checkpoint() {
+            Err(e) if full(&e) => {
+                tracing::warn!(
+                    "queue: no room to fold the queue's log into its database ({e}); giving \
+                     up the reserve for it"
+                );
+                self.release_reserve();
+                let again = checkpoint();
+                if let Err(e) = self.ensure_reserve() {
+                    tracing::warn!("queue: the reserve cannot be made again yet: {e}");
+                }
+                again
+            }
+            other => other,
+        };
+        // 1: a reader held part of the log; it is folded at a later run.
+        done.map(|_busy| ()).map_err(|source| self.db_err(source))
+    }
+
     /// Frees the reserve for the record of a copy the relay took.
     fn release_reserve(&self) {
         self.reserve().release();
@@ -1773,11 +1808,14 @@ impl Runner {
                 }
             }
         }
-        if let Some(e) = failed.or(pickup_failed) {
-            return Err(e);
+        let result = match failed.or(pickup_failed) {
+            Some(e) => Err(e),
+            None => self.queue.purge(now()).map(|()| report),
+        };
+        if let Err(e) = self.queue.fold_wal() {
+            tracing::warn!("queue: the queue's log was not folded into its database: {e}");
         }
-        self.queue.purge(now())?;
-        Ok(report)
+        result
     }
 
     /// Records a copy the relay took. A failure here means the copy goes again in the next
