@@ -2450,6 +2450,38 @@ fn a_big_message_sent_leaves_room_for_the_next_submissions() {
     assert_eq!(relay.delivered(2).len(), 2);
 }
 
+/// A queue whose database was first opened on a full file system (an empty file, no tables)
+/// is listed all the same: no message in it, and the submission waiting named (review: 75,
+/// and nothing shown). Needs root (a small tmpfs).
+#[test]
+fn a_queue_database_never_made_is_listed_with_what_waits() {
+    if sealpost::queue::current_uid() != 0 {
+        eprintln!("skipped: needs root to mount a small file system");
+        return;
+    }
+    let s = Setup::new();
+    let queue = SmallFs::mount_at(&s.queue_dir(), "2M");
+    let relay = s.relay(&RelayOptions::default());
+    s.configure(relay.port, false, "");
+    let out = s.sendmail(
+        &["-i", "bob@example.org"],
+        b"From: alice@example.org\nSubject: waits\n\nbody\n",
+    );
+    assert!(out.status.success(), "{out:?}");
+    queue.fill(0);
+    assert_eq!(s.sealpost(&["queue", "run"]).status.code(), Some(75));
+    let db = s.queue_dir().join("queue.sqlite");
+    assert!(db.exists(), "the run left its database, unmade");
+    let out = s.sealpost(&["queue", "list"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(stdout.contains("(not yet picked up)"), "{stdout}");
+    assert!(stdout.contains("1 Request."), "{stdout}");
+    queue.unfill();
+    assert!(s.queue_run().contains("1 sent"));
+    assert_eq!(relay.delivered(1)[0].rcpts, ["bob@example.org"]);
+}
+
 /// New submissions the queue cannot take in (its file system filled, as any local user can
 /// fill it with drop files) do not hold up mail queued before them: it is sent and recorded,
 /// the run ends in 75, and the new one goes once there is room (review: the run stopped at

@@ -509,9 +509,20 @@ impl Queue {
                     }
                     _ => {}
                 }
-                Connection::open_with_flags(sqlite_uri(&db_path, "?immutable=1"), flags)
-                    .and_then(readable)
-                    .map_err(|_| db_err(e))?
+                let immutable =
+                    Connection::open_with_flags(sqlite_uri(&db_path, "?immutable=1"), flags);
+                match immutable.and_then(readable) {
+                    Ok(conn) => conn,
+                    // Made on a full file system and never given its tables (an empty file,
+                    // or a header alone): it holds no message, and the drop files waiting are
+                    // what there is to list (review: 75, and they went unnamed).
+                    Err(_) if never_given_tables(&db_path) => {
+                        let conn = Connection::open_in_memory().map_err(db_err)?;
+                        conn.execute_batch(SCHEMA).map_err(db_err)?;
+                        conn
+                    }
+                    Err(_) => return Err(db_err(e)),
+                }
             }
         };
         Ok(Queue {
@@ -1342,6 +1353,23 @@ CREATE INDEX IF NOT EXISTS recipients_queued ON recipients(state, next_attempt);
 
 /// An SQLite URI for the file at `path` (RFC 3986 percent-encoding: a path may hold `?`, `#`
 /// or `%`), followed by `query`.
+/// Whether the database at `path` is empty or a database without a single table: what a
+/// first open leaves where SQLite could write no more than the header.
+fn never_given_tables(path: &Path) -> bool {
+    if std::fs::metadata(path).is_ok_and(|m| m.len() == 0) {
+        return true;
+    }
+    use rusqlite::OpenFlags;
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI;
+    Connection::open_with_flags(sqlite_uri(path, "?immutable=1"), flags)
+        .and_then(|conn| {
+            conn.query_row("SELECT COUNT(*) FROM sqlite_master", [], |r| {
+                r.get::<_, i64>(0)
+            })
+        })
+        .is_ok_and(|tables| tables == 0)
+}
+
 fn sqlite_uri(path: &Path, query: &str) -> String {
     use std::os::unix::ffi::OsStrExt;
     let mut uri = String::from("file:");
