@@ -647,6 +647,8 @@ impl Session {
                         || matches!(error, CmdError::Store(StoreError::UidsExhausted(_)));
                     if admin {
                         tracing::error!(peer = %self.peer, %user, %error, "imap: command failed");
+                    } else if code == Some("INUSE") {
+                        tracing::warn!(peer = %self.peer, %user, %error, "imap: command waited");
                     } else {
                         tracing::debug!(peer = %self.peer, %user, %error, "imap: command refused");
                     }
@@ -1201,6 +1203,22 @@ fn describe(error: &CmdError) -> (&'static str, Option<&'static str>, String) {
             Some("OVERQUOTA"),
             "Not enough disk space for the store".into(),
         ),
+        // Another process held the store's write lock past the busy timeout (a long import,
+        // say): the client may try again (review: SERVERBUG for a SELECT, which marks \Recent).
+        CmdError::Store(StoreError::Sql {
+            source: rusqlite::Error::SqliteFailure(f, _),
+            ..
+        }) if matches!(
+            f.code,
+            rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+        ) =>
+        {
+            (
+                "NO",
+                Some("INUSE"),
+                "The store is in use by another process; try again".into(),
+            )
+        }
         CmdError::Store(_) | CmdError::Join(_) => (
             "NO",
             Some("SERVERBUG"),
@@ -1290,5 +1308,22 @@ mod tests {
         );
         let (kind, code, _) = describe(&CmdError::Store(StoreError::from(full)));
         assert_eq!((kind, code), ("NO", Some("OVERQUOTA")));
+    }
+
+    /// A write while another connection holds the write lock: SQLite's own busy error.
+    #[test]
+    fn a_store_locked_by_another_process_is_in_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite");
+        let holder = rusqlite::Connection::open(&path).unwrap();
+        holder
+            .execute_batch("CREATE TABLE t (x); BEGIN IMMEDIATE; INSERT INTO t VALUES (1);")
+            .unwrap();
+        let other = rusqlite::Connection::open(&path).unwrap();
+        other.busy_timeout(std::time::Duration::ZERO).unwrap();
+        let busy = other.execute("INSERT INTO t VALUES (2)", []).unwrap_err();
+        let (kind, code, text) = describe(&CmdError::Store(StoreError::from(busy)));
+        assert_eq!((kind, code), ("NO", Some("INUSE")), "{text}");
+        assert!(text.contains("try again"), "{text}");
     }
 }
