@@ -204,6 +204,8 @@ impl CliError {
             {
                 66
             }
+            // As a shell reports a program ^C ended (128 + SIGINT).
+            CliError::Import(crate::store::ImportError::Interrupted) => 130,
             CliError::Import(_) => 74,
             CliError::Tls(_) => 78,
             CliError::Listen { .. } => 69,

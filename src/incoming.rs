@@ -407,6 +407,15 @@ pub async fn import(config: Config, args: ImportArgs) -> Result<u8, CliError> {
         return Err(CliError::NoUser(args.account));
     }
     let store = open_store(&config).await?;
+    // ^C (or SIGTERM, SIGHUP) stores what was read and stops, saying how much went in.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            crate::shutdown::signalled().await;
+            stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        })
+    };
     let report = tokio::task::spawn_blocking(move || {
         // A new mailbox whose name the account's upstream would read as another folder is
         // refused, as the IMAP server refuses to create one.
@@ -421,11 +430,13 @@ pub async fn import(config: Config, args: ImportArgs) -> Result<u8, CliError> {
             }
         }
         let mailbox = target_mailbox(&store, &args.account, &args.mailbox)?;
-        let report = crate::store::import_path(&store, mailbox.id, &args.path)?;
+        let report = crate::store::import_path_until(&store, mailbox.id, &args.path, &stop)?;
         Ok::<_, CliError>((report, mailbox.name))
     })
     .await
-    .map_err(|e| CliError::Demo(e.to_string()))??;
+    .map_err(|e| CliError::Demo(e.to_string()))?;
+    watcher.abort();
+    let report = report?;
     let (report, name) = report;
     outln!("imported {} messages into {name}", report.imported)?;
     for skipped in &report.skipped {

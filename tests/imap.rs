@@ -2280,6 +2280,58 @@ fn an_import_cut_short_says_what_it_stored() {
     );
 }
 
+/// An import stopped by ^C (SIGINT) stores what it read, says how many messages went in, and
+/// exits 130 (review: 20,500 of 100,000 kept without a word, exit by the signal, and a second
+/// run stored them again).
+#[test]
+fn an_import_interrupted_says_what_it_stored() {
+    let server = Server::start();
+    let mut text = String::new();
+    for i in 0..30_000 {
+        text.push_str(&format!(
+            "From a@example.org Thu Nov 19 10:00:00 2026\nSubject: m{i}\n\nbody {i}\n\n"
+        ));
+    }
+    let elsewhere = tempfile::tempdir().unwrap();
+    let mbox_path = elsewhere.path().join("big.mbox");
+    std::fs::write(&mbox_path, text).unwrap();
+    let mut raw = server.login();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_sealpost"))
+        .arg("--config")
+        .arg(server.config())
+        .args(["import", "--account", USER, "--mailbox", "INBOX"])
+        .arg(&mbox_path)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The first batch committed: the import is under way.
+    let messages = |raw: &mut common::server::Raw<_>| -> usize {
+        let status = raw.ok("STATUS INBOX (MESSAGES)").join("\n");
+        let count = status.split("MESSAGES ").nth(1).unwrap();
+        count.split(')').next().unwrap().trim().parse().unwrap()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while messages(&mut raw) == 0 {
+        assert!(std::time::Instant::now() < deadline, "nothing imported");
+    }
+    // SAFETY: kill(2) on the child this test started.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    let stored = messages(&mut raw);
+    assert!(
+        stored < 30_000,
+        "the import ran to its end before the signal"
+    );
+    assert!(
+        stderr.contains(&format!("interrupted: {stored} messages of "))
+            && stderr.contains("were stored before it"),
+        "{stored}: {stderr}"
+    );
+}
+
 /// CLOSE on a store whose disk is full: RFC 3501 §6.4.2 gives CLOSE no NO, so the failed
 /// expunge is said in an untagged NO [OVERQUOTA] before the OK (as Dovecot does), rather than
 /// an OK alone that has the client believe the messages went. They are all still there.

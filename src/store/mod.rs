@@ -26,7 +26,10 @@ use tokio::sync::watch;
 use crate::imap::summary::{summarize, PartMap, PartMapError};
 
 pub(crate) use import::info_separator;
-pub use import::{crlf, import_path, into_crlf, maildir_flags, ImportError, ImportReport, Skipped};
+pub use import::{
+    crlf, import_path, import_path_until, into_crlf, maildir_flags, ImportError, ImportReport,
+    Skipped,
+};
 pub(crate) use import::{days_from_civil, MONTHS};
 use sync::journal;
 pub use sync::{
