@@ -1678,6 +1678,66 @@ async fn a_signature_made_after_its_key_expired_is_bad() {
     );
 }
 
+/// A signature dated after its key's expiry while that expiry is still to come (made with a
+/// clock set forward, by a copy of the key whose expiry its holder moved on): gpg finds it
+/// good today, and the key could not make it then. It is bad now, as it will be once the
+/// expiry has passed (review: "valid" until then). One made today by the same key is valid.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signature_dated_past_its_keys_coming_expiry_is_bad() {
+    let world = World::new();
+    let server = bobs_store(&world);
+    let uid = "Yves <yves@example.org>";
+    let gpg = |args: &[&str], stdin: Option<&[u8]>| {
+        let out = world.sender.gpg(args, stdin);
+        assert!(out.status.success(), "{out:?}");
+        out.stdout
+    };
+    let yves = world.sender.generate(uid);
+    gpg(&["--quick-set-expire", &yves, "1y"], None);
+    world.bob.import(&world.sender.export_public(&yves));
+    gpg(&["--quick-set-expire", &yves, "3y"], None);
+    let in_two_years = Command::new("date")
+        .args(["-u", "-d", "+2 years", "+%Y%m%dT%H%M%S"])
+        .output()
+        .unwrap();
+    let in_two_years = String::from_utf8(in_two_years.stdout).unwrap();
+    let part = b"Content-Type: text/plain; charset=us-ascii\r\n\r\nNew bank details.\r\n";
+    let today = gpg(&["--detach-sign", "-u", &yves], Some(part));
+    let later = gpg(
+        &[
+            "--faked-system-time",
+            in_two_years.trim(),
+            "--detach-sign",
+            "-u",
+            &yves,
+        ],
+        Some(part),
+    );
+    for signature in [today, later] {
+        let raw = signed_by_two(part, common::armor("PGP SIGNATURE", &signature).as_bytes());
+        let (code, output) = deliver(&server, &raw);
+        assert_eq!(code, 0, "{output}");
+    }
+    let stored = verdicts::fetch_all(&server);
+    assert!(
+        verdicts::verdict(&stored[0].1)
+            .starts_with(&format!("plaintext; signature=valid; signer={yves}")),
+        "{}",
+        verdicts::verdict(&stored[0].1)
+    );
+    let verdict = verdicts::verdict(&stored[1].1);
+    assert!(
+        verdict.starts_with("plaintext; signature=bad (made ")
+            && verdict.contains(" days after the key expired); "),
+        "{verdict}"
+    );
+    assert!(
+        stored[1].0.contains("$Sealpost-BadSignature"),
+        "{}",
+        stored[1].0
+    );
+}
+
 /// gpg stops at the first bad signature of several: a bad one before Alice's valid one hid
 /// it (verdict "bad"), the other way round read "valid". Each is checked now, and the order
 /// does not matter: Alice's valid signature counts both ways.

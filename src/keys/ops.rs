@@ -958,10 +958,13 @@ fn checks_of(
         if gpgs_badsig && bad.is_none() {
             bad = Some(i);
         }
-        // When the key has expired: when was the signature made?
-        let made = s.creation_time().filter(|_| {
+        // When the key has expired, or the signature says it was made in the future (past
+        // an expiry still to come, it is not the key's either: review, such a signature was
+        // "valid" until the expiry came, then "bad"): when was the signature made?
+        let made = s.creation_time().filter(|made| {
             s.status()
                 .is_err_and(|e| e.code() == gpgme::Error::KEY_EXPIRED.code())
+                || *made > SystemTime::now()
         });
         let mut check = check(s);
         if let Some(made) = made {
