@@ -2639,7 +2639,8 @@ fn the_contrib_deliver_transport_stores_mail_through_postfix() {
     let transport = format!("{}\n{}\n", &lines[at][1..], &lines[at + 1][1..])
         .replace("user=sealpost", "user=nobody")
         .replace("/usr/bin/sealpost", binary.to_str().unwrap())
-        .replace("/etc/sealpost/sealpost.toml", config.to_str().unwrap());
+        .replace("/etc/sealpost/imap.toml", config.to_str().unwrap());
+    assert!(transport.contains(config.to_str().unwrap()), "{transport}");
     let postfix = common::postfix::Postfix::start_with(None);
     let master = postfix.dir.join("master.cf");
     let mut text = std::fs::read_to_string(&master).unwrap();
