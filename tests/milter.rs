@@ -1337,20 +1337,18 @@ fn clients_of_mynetworks_meet_the_milter_on_a_service_without_milters() {
     let Some(rig) = Rig::new() else { return };
     let (world, postfix) = (&rig.world, &rig.postfix);
     let milter = rig.milter_with(ENCRYPT_ONLY_NET);
-    // The table contrib ships, with this milter's port.
-    let table = postfix.dir.join("sealpost_milters");
-    let shipped = std::fs::read_to_string("contrib/postfix/sealpost_milters").unwrap();
-    assert!(shipped.contains("127.0.0.0/8     inet:127.0.0.1:8895\n"));
-    std::fs::write(
-        &table,
-        shipped.replace(
-            "inet:127.0.0.1:8895",
-            &format!("inet:127.0.0.1:{}", rig.milter_port),
-        ),
-    )
-    .unwrap();
+    // The line contrib's main.cf ships (its table inline), with this milter's port.
+    let shipped = std::fs::read_to_string("contrib/postfix/main.cf").unwrap();
+    let line = shipped
+        .lines()
+        .find(|l| l.starts_with("smtpd_milter_maps = "))
+        .expect("smtpd_milter_maps in contrib/postfix/main.cf");
+    assert!(line.contains("{127.0.0.0/8 inet:127.0.0.1:8895}"), "{line}");
     postfix.set("smtpd_milters =");
-    postfix.set(&format!("smtpd_milter_maps = cidr:{}", table.display()));
+    postfix.set(&line.replace(
+        "inet:127.0.0.1:8895",
+        &format!("inet:127.0.0.1:{}", rig.milter_port),
+    ));
     let (rcpt, end) = smtp_transaction(postfix.smtp_port, "alice@example.org", &THREE, MESSAGE);
     assert!(
         rcpt[1].starts_with("550 5.7.1") && rcpt[0].starts_with("250"),
