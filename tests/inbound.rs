@@ -268,6 +268,33 @@ fn an_agent_refusing_loopback_mode_keeps_the_message_with_the_mta() {
     );
 }
 
+/// A public keyring cut to its header (the secret keys and the trust database still there):
+/// gpg finds no secret key for any message, as if each were for someone else. The message
+/// stays with the MTA (75) and the reason says the keyring was cut (review: stored
+/// undecryptable at once); with the keyring back, it is decrypted.
+#[test]
+fn a_public_keyring_cut_short_keeps_the_message_with_the_mta() {
+    let world = World::new();
+    let server = bobs_store(&world);
+    let keybox = world.bob.dir.join("pubring.kbx");
+    let whole = std::fs::read(&keybox).unwrap();
+    std::fs::write(&keybox, &whole[..32]).unwrap();
+    let message = signed_and_encrypted_by_alice(&world, b"Content-Type: text/plain\r\n\r\nhi\r\n");
+    let (code, output) = deliver(&server, &message);
+    assert_eq!(code, 75, "{output}");
+    assert!(output.contains("holds no key"), "{output}");
+    assert!(verdicts::fetch_all(&server).is_empty());
+    std::fs::write(&keybox, &whole).unwrap();
+    let (code, output) = deliver(&server, &message);
+    assert_eq!(code, 0, "{output}");
+    let stored = verdicts::fetch_all(&server);
+    assert!(
+        verdicts::verdict(&stored[0].1).starts_with("encrypted; signature=valid"),
+        "{}",
+        verdicts::verdict(&stored[0].1)
+    );
+}
+
 /// A mistake in the MTA's command line for deliver (an unknown flag) keeps the mail queued
 /// (75), where a usage error (64) would bounce it.
 #[test]

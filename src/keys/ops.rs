@@ -798,7 +798,8 @@ fn decrypt_verify(gpg: &mut Gpg, ciphertext: &[u8], limit: u64) -> Result<Decryp
         Ok(done) => done,
         Err(KeyError::Gpg { op, source }) => {
             let detail = key_unusable_now(gpg, &source)
-                .or_else(|| secret_key_here(gpg, &source, ciphertext));
+                .or_else(|| secret_key_here(gpg, &source, ciphertext))
+                .or_else(|| public_keyring_lost(gpg, &source));
             return Err(match detail {
                 Some(detail) => KeyError::Unavailable { op, detail },
                 None => KeyError::Gpg { op, source },
@@ -855,6 +856,21 @@ fn key_unusable_now(gpg: &Gpg, error: &gpgme::Error) -> Option<String> {
     }
     home::secret_keyring_problem(gpg.home.as_deref(), home::WORKER_LISTING_DEADLINE)
         .map(|problem| format!("{error}, and the secret keyring cannot be read: {problem}"))
+}
+
+/// "No secret key" where the public keyring is damaged, or was cut or removed (it holds no
+/// key while the trust database names keys): gpg finds the secret key through its public
+/// key, so every message would seem to be for someone else (review: stored undecryptable at
+/// once with the keybox cut to its header, where outgoing mail was deferred). Said, to be
+/// tried again once the keyring is mended. The check of the whole keyring is remembered
+/// while its files stay as they are.
+fn public_keyring_lost(gpg: &Gpg, error: &gpgme::Error) -> Option<String> {
+    if error.code() != gpgme::Error::NO_SECKEY.code() {
+        return None;
+    }
+    let home = gpg.home.clone().unwrap_or_else(super::default_home);
+    home::whole_keyring_problem(&home, home::WORKER_LISTING_DEADLINE)
+        .map(|problem| format!("{error}, and {problem}"))
 }
 
 /// "No secret key" for a message encrypted to a key whose secret key file is in the home's
