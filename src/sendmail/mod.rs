@@ -60,7 +60,9 @@ impl SendmailError {
             SendmailError::Input(InputError::Read(_))
             | SendmailError::Output(_)
             | SendmailError::Session(_) => 74,
-            // Postfix's sendmail says EX_USAGE here (sendmail.c), -t or not.
+            // Postfix's sendmail says EX_USAGE without -t (sendmail.c); with -t its cleanup
+            // refuses the message later and sendmail exits 75 (review, Postfix 3.7.11). 64
+            // here: the message is refused before it is queued, and no retry can help.
             SendmailError::Input(InputError::NoRecipients) => 64,
             SendmailError::Input(_) => 65,
             SendmailError::Config(_) | SendmailError::Relay(_) => 78,

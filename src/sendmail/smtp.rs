@@ -247,6 +247,10 @@ pub fn session(
                 tx = Transaction::default();
                 reply(output, &outcome)?;
             }
+            // RFC 5321 §4.1.1.5, §4.1.1.10: no parameters (Postfix: 501).
+            "RSET" | "QUIT" if !rest.is_empty() => {
+                reply(output, &format!("501 5.5.4 Syntax: {verb}"))?
+            }
             "RSET" => {
                 tx = Transaction::default();
                 reply(output, "250 2.0.0 Ok")?;
@@ -306,12 +310,21 @@ fn mail_parameters(params: &[String], limit: usize) -> Result<(Option<String>, b
                     return Err("552 5.3.4 Message size exceeds fixed limit".into())
                 }
                 Ok(_) => {}
+                // RFC 1870 §6: up to 20 digits, which may not fit: larger than any limit
+                // (Postfix: 552).
+                Err(_) if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) => {
+                    return Err("552 5.3.4 Message size exceeds fixed limit".into())
+                }
                 Err(_) => return Err("501 5.5.4 Bad SIZE parameter".into()),
             },
             "BODY"
                 if ["7BIT", "8BITMIME"]
                     .iter()
                     .any(|b| value.eq_ignore_ascii_case(b)) => {}
+            // Well formed but not offered (RFC 3030's BINARYMIME): 555, as Postfix answers.
+            "BODY" if value.eq_ignore_ascii_case("BINARYMIME") => {
+                return Err("555 5.5.4 Unsupported option: BODY=BINARYMIME".into())
+            }
             "BODY" => return Err("501 5.5.4 Bad BODY parameter".into()),
             "RET"
                 if ["FULL", "HDRS"]
@@ -697,6 +710,26 @@ MAIL FROM:<a@example.org>\r\nRCPT TO:<b\x1b[31m@example.org>\r\nRCPT TO:<b@examp
             Some("rfc822;b@x.example")
         );
         assert_eq!(s.recipient_dsn[1].notify, Notify::default());
+    }
+
+    /// Codes as Postfix answers them (review): a SIZE of more digits than fit is larger than
+    /// the limit (552), BINARYMIME is well formed but not offered (555), RSET and QUIT take
+    /// no parameter (501, and the session goes on).
+    #[test]
+    fn parameters_and_arguments_get_postfixs_codes() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config(dir.path(), 4096);
+        let script = "EHLO c\r\nMAIL FROM:<a@example.org> SIZE=99999999999999999999\r\n\
+            MAIL FROM:<a@example.org> SIZE=12x\r\nMAIL FROM:<a@example.org> BODY=BINARYMIME\r\n\
+            RSET x\r\nQUIT now\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.org>\r\n\
+            DATA\r\nSubject: s\r\n\r\nx\r\n.\r\nQUIT\r\n";
+        let (out, codes, queued, _) = run_with_text(&config, script.as_bytes());
+        assert_eq!(
+            codes[8..],
+            ["552", "501", "555", "501", "501", "250", "250", "354", "250", "221"],
+            "{out}"
+        );
+        assert_eq!(queued.len(), 1);
     }
 
     /// Runs `script`; returns the reply codes, the queued submissions and the session's end.
