@@ -649,6 +649,13 @@ pub fn message(outer: &[HeaderField], container: &Container) -> Vec<u8> {
         .collect();
     fields.push(HeaderField::new("MIME-Version", "1.0"));
     fields.push(HeaderField::new("Content-Type", &container.content_type));
+    // A multipart/signed around the sender's own signed 8-bit entity, kept byte for byte so
+    // that the sender's signature still verifies, is 8-bit: labelled so (RFC 2045 §6.1,
+    // RFC 2046 §5.1), since a relay converting for a next hop without 8BITMIME goes by the
+    // labels (review: it was unlabelled, so 7bit).
+    if container.body.iter().any(|&b| b >= 0x80) {
+        fields.push(HeaderField::new("Content-Transfer-Encoding", "8bit"));
+    }
     super::parse::assemble(&fields, &container.body)
 }
 
@@ -753,6 +760,31 @@ pub fn encrypted_payload(raw: &[u8]) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A multipart/signed around 8-bit data (the sender's own signed entity, kept as it came)
+    /// is labelled 8bit; one around 7-bit data, or the ciphertext, has no label (7bit).
+    #[test]
+    fn a_message_carrying_8bit_data_is_labelled_so() {
+        let from = HeaderField::new("From", "a@example.org");
+        let label = "Content-Transfer-Encoding: 8bit\r\n";
+        let signed = multipart_signed(
+            "Content-Type: text/plain; charset=utf-8\r\n\r\nGrüße\r\n".as_bytes(),
+            b"-----BEGIN PGP SIGNATURE-----\r\n",
+            "pgp-sha256",
+        );
+        let m = String::from_utf8(message(std::slice::from_ref(&from), &signed)).unwrap();
+        assert!(m.contains(label), "{m}");
+        let seven = multipart_signed(
+            b"Content-Type: text/plain\r\n\r\nhi\r\n",
+            b"sig",
+            "pgp-sha256",
+        );
+        let m = String::from_utf8(message(std::slice::from_ref(&from), &seven)).unwrap();
+        assert!(!m.contains("Content-Transfer-Encoding"), "{m}");
+        let encrypted = multipart_encrypted(b"-----BEGIN PGP MESSAGE-----\r\n");
+        let m = String::from_utf8(message(&[from], &encrypted)).unwrap();
+        assert!(!m.contains("Content-Transfer-Encoding"), "{m}");
+    }
 
     fn decoded_subject(field: &[u8]) -> String {
         let message = [field, b"\r\n"].concat();
