@@ -1498,6 +1498,12 @@ fn condstore_and_qresync_over_imap() {
         stored[0].contains("\\Flagged") && modseq_of(&stored[0]) > m2,
         "{stored:?}"
     );
+    // CONDSTORE is on (SELECT ... (CONDSTORE)): a STORE's FETCH responses name the UID
+    // (RFC 7162 §3.2.4; review: only with QRESYNC on).
+    assert!(
+        stored[0].starts_with("* 2 FETCH (") && stored[0].contains(" UID 2 "),
+        "{stored:?}"
+    );
     // .SILENT with UNCHANGEDSINCE still reports the new MODSEQ (§3.1.3).
     let m2 = modseq_of(&stored[0]);
     let silent = a.ok(&format!(
@@ -1537,6 +1543,19 @@ fn condstore_and_qresync_over_imap() {
     assert!(
         fetches[0].starts_with("* 2 FETCH (UID 2 FLAGS (\\Flagged \\Seen) MODSEQ ("),
         "{fetches:?}"
+    );
+    // A client that names only UID 1 as known hears of no other message's change or expunge
+    // (§3.2.5.1; review: UID 2's flags came too).
+    let mut c = server.login();
+    c.ok("ENABLE QRESYNC");
+    let known_one = c.ok(&format!(
+        "SELECT INBOX (QRESYNC ({uidvalidity} {highest} 1))"
+    ));
+    assert!(
+        !known_one
+            .iter()
+            .any(|l| l.contains(" FETCH ") || l.contains("VANISHED")),
+        "{known_one:?}"
     );
     // With QRESYNC on, a SELECT that replaces a selected mailbox says so first (§3.2.11).
     let again = b.ok("EXAMINE INBOX");

@@ -174,9 +174,9 @@ impl Session {
             most_copied: self.shared.config.limits.max_append as usize + BUDGET as usize,
             items,
             recent,
-            // With QRESYNC every FETCH response names its UID (RFC 7162 §3.2.4), as
-            // Dovecot's do.
-            uid: uid || self.qresync,
+            // With QRESYNC, or CONDSTORE, on, every FETCH response names its UID (RFC 7162
+            // §3.2.4: a MUST once CONDSTORE is enabled, for a server that offers QRESYNC).
+            uid: uid || self.qresync || self.condstore,
             condstore,
             changed_since: changed_since.is_some(),
         });

@@ -184,7 +184,12 @@ impl Session {
                 .crlf();
         }
         for (uid, flags, modseq) in &changes.rows {
-            if *modseq > selected.modseq {
+            // Only the client's known UIDs, when it named them (RFC 7162 §3.2.5.1; review:
+            // every changed message was reported, the whole mailbox to a client that named
+            // one range).
+            let unknown =
+                known.is_some_and(|set| !super::sequence::contains_uid(set, *uid, largest));
+            if *modseq > selected.modseq || unknown {
                 continue;
             }
             let Some(seq) = selected.seq_of(*uid) else {

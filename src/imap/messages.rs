@@ -196,8 +196,9 @@ impl Session {
         })
         .await??;
         let condstore = self.condstore;
-        // With QRESYNC every FETCH response names its UID (RFC 7162 §3.2.4).
-        let with_uid = uid || self.qresync;
+        // Once CONDSTORE is on, every FETCH response a STORE causes names its UID (RFC 7162
+        // §3.2.4, a MUST for a server that offers QRESYNC; review: only with QRESYNC on).
+        let with_uid = uid || self.qresync || condstore;
         let selected = self.selected()?;
         let mut out = Out::default();
         // A keyword new to the mailbox: FLAGS and PERMANENTFLAGS name it before the
