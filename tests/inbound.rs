@@ -102,6 +102,30 @@ fn deliver(server: &Server, raw: &[u8]) -> (i32, String) {
     )
 }
 
+/// Delivers `message` and checks that it stayed with the MTA (75), the output naming each of
+/// `named`, and that nothing was stored.
+fn kept_with_the_mta(server: &Server, message: &[u8], named: &[&str]) {
+    let (code, output) = deliver(server, message);
+    assert_eq!(code, 75, "{output}");
+    for name in named {
+        assert!(output.contains(name), "{name}: {output}");
+    }
+    assert!(verdicts::fetch_all(server).is_empty());
+}
+
+/// Delivers `message` and checks that it is the one message stored, decrypted and verified.
+fn stored_decrypted_and_valid(server: &Server, message: &[u8]) {
+    let (code, output) = deliver(server, message);
+    assert_eq!(code, 0, "{output}");
+    let stored = verdicts::fetch_all(server);
+    assert_eq!(stored.len(), 1);
+    let verdict = verdicts::verdict(&stored[0].1);
+    assert!(
+        verdict.starts_with("encrypted; signature=valid"),
+        "{verdict}"
+    );
+}
+
 /// The boundary of a multipart message.
 fn boundary_of(message: &str) -> String {
     message
@@ -248,24 +272,14 @@ fn an_agent_refusing_loopback_mode_keeps_the_message_with_the_mta() {
     std::fs::write(&conf, "no-allow-loopback-pinentry\n").unwrap();
     sealpost::keys::home::stop_daemons(&world.bob.dir);
     let message = signed_and_encrypted_by_alice(&world, b"Content-Type: text/plain\r\n\r\nhi\r\n");
-    let (code, output) = deliver(&server, &message);
-    assert_eq!(code, 75, "{output}");
-    assert!(
-        output.contains("gpg-agent.conf") && output.contains("no-allow-loopback-pinentry"),
-        "{output}"
+    kept_with_the_mta(
+        &server,
+        &message,
+        &["gpg-agent.conf", "no-allow-loopback-pinentry"],
     );
-    assert!(verdicts::fetch_all(&server).is_empty());
     std::fs::remove_file(&conf).unwrap();
     sealpost::keys::home::stop_daemons(&world.bob.dir);
-    let (code, output) = deliver(&server, &message);
-    assert_eq!(code, 0, "{output}");
-    let stored = verdicts::fetch_all(&server);
-    assert_eq!(stored.len(), 1);
-    assert!(
-        verdicts::verdict(&stored[0].1).starts_with("encrypted; signature=valid"),
-        "{}",
-        verdicts::verdict(&stored[0].1)
-    );
+    stored_decrypted_and_valid(&server, &message);
 }
 
 /// A public keyring cut to its header (the secret keys and the trust database still there):
@@ -280,19 +294,9 @@ fn a_public_keyring_cut_short_keeps_the_message_with_the_mta() {
     let whole = std::fs::read(&keybox).unwrap();
     std::fs::write(&keybox, &whole[..32]).unwrap();
     let message = signed_and_encrypted_by_alice(&world, b"Content-Type: text/plain\r\n\r\nhi\r\n");
-    let (code, output) = deliver(&server, &message);
-    assert_eq!(code, 75, "{output}");
-    assert!(output.contains("holds no key"), "{output}");
-    assert!(verdicts::fetch_all(&server).is_empty());
+    kept_with_the_mta(&server, &message, &["holds no key"]);
     std::fs::write(&keybox, &whole).unwrap();
-    let (code, output) = deliver(&server, &message);
-    assert_eq!(code, 0, "{output}");
-    let stored = verdicts::fetch_all(&server);
-    assert!(
-        verdicts::verdict(&stored[0].1).starts_with("encrypted; signature=valid"),
-        "{}",
-        verdicts::verdict(&stored[0].1)
-    );
+    stored_decrypted_and_valid(&server, &message);
 }
 
 /// A mistake in the MTA's command line for deliver (an unknown flag) keeps the mail queued
@@ -1646,11 +1650,7 @@ async fn a_signature_made_after_its_key_expired_is_bad() {
     let world = World::new();
     let server = bobs_store(&world);
     let uid = "Yves <yves@example.org>";
-    let gpg = |args: &[&str], stdin: Option<&[u8]>| {
-        let out = world.sender.gpg(args, stdin);
-        assert!(out.status.success(), "{out:?}");
-        out.stdout
-    };
+    let gpg = |args: &[&str], stdin: Option<&[u8]>| world.sender.must(args, stdin).stdout;
     gpg(
         &[
             "--faked-system-time",
@@ -1714,11 +1714,7 @@ async fn a_signature_dated_past_its_keys_coming_expiry_is_bad() {
     let world = World::new();
     let server = bobs_store(&world);
     let uid = "Yves <yves@example.org>";
-    let gpg = |args: &[&str], stdin: Option<&[u8]>| {
-        let out = world.sender.gpg(args, stdin);
-        assert!(out.status.success(), "{out:?}");
-        out.stdout
-    };
+    let gpg = |args: &[&str], stdin: Option<&[u8]>| world.sender.must(args, stdin).stdout;
     let yves = world.sender.generate(uid);
     gpg(&["--quick-set-expire", &yves, "1y"], None);
     world.bob.import(&world.sender.export_public(&yves));

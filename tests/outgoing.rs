@@ -52,6 +52,17 @@ fn copies(outcome: Outcome) -> Vec<Copy> {
     }
 }
 
+/// The copies of MESSAGE for `envelope()` made in `home` with the default policy.
+async fn copies_in(home: &GpgHome) -> Vec<Copy> {
+    let rewriter = Rewriter::new(home.service(Duration::from_secs(20)), Policy::default());
+    copies(
+        rewriter
+            .rewrite(&envelope(), MESSAGE.as_bytes().to_vec())
+            .await
+            .unwrap(),
+    )
+}
+
 /// The copy for `recipient`.
 fn copy_to<'a>(copies: &'a [Copy], recipient: &str) -> &'a Copy {
     copies
@@ -1882,18 +1893,7 @@ async fn an_agent_refusing_loopback_mode_defers_every_copy_and_says_why() {
     let home = GpgHome::copy_of(&world.sender);
     let conf = home.dir.join("gpg-agent.conf");
     std::fs::write(&conf, "no-allow-loopback-pinentry\n").unwrap();
-    let run = |home: &GpgHome| {
-        let rewriter = Rewriter::new(home.service(Duration::from_secs(20)), Policy::default());
-        async move {
-            copies(
-                rewriter
-                    .rewrite(&envelope(), MESSAGE.as_bytes().to_vec())
-                    .await
-                    .unwrap(),
-            )
-        }
-    };
-    let refused = run(&home).await;
+    let refused = copies_in(&home).await;
     assert!(!refused.is_empty());
     for c in &refused {
         let Decision::Deferred { reply } = &c.decision else {
@@ -1909,7 +1909,7 @@ async fn an_agent_refusing_loopback_mode_defers_every_copy_and_says_why() {
     )
     .unwrap();
     sealpost::keys::home::stop_daemons(&home.dir);
-    for c in run(&home).await {
+    for c in copies_in(&home).await {
         assert!(
             matches!(
                 c.decision,
@@ -1933,18 +1933,7 @@ async fn a_keyring_in_the_old_format_works_and_its_damage_defers() {
     // reading it meanwhile found no key, even alice's secret one (README, "GnuPG"). Done here
     // first, as an operator converting a home would.
     assert!(home.gpg(&["--check-trustdb"], None).status.success());
-    let rewrite = |home: &GpgHome| {
-        let rewriter = Rewriter::new(home.service(Duration::from_secs(20)), Policy::default());
-        async move {
-            copies(
-                rewriter
-                    .rewrite(&envelope(), MESSAGE.as_bytes().to_vec())
-                    .await
-                    .unwrap(),
-            )
-        }
-    };
-    let intact = rewrite(&home).await;
+    let intact = copies_in(&home).await;
     for c in &intact {
         match c.recipient.as_str() {
             "dave@example.net" => assert!(matches!(c.decision, Decision::Signed { .. }), "{c:?}"),
@@ -1973,7 +1962,7 @@ async fn a_keyring_in_the_old_format_works_and_its_damage_defers() {
     poked[alice - 2] = 0xbc;
     std::fs::write(signer.dir.join("pubring.gpg"), &poked).unwrap();
     for home in [&cut, &gpgsm, &signer] {
-        let damaged = rewrite(home).await;
+        let damaged = copies_in(home).await;
         for c in &damaged {
             let Decision::Deferred { reply } = &c.decision else {
                 panic!("{c:?}");

@@ -2346,6 +2346,18 @@ fn a_utf8_header_goes_with_smtputf8() {
     );
 }
 
+/// A setup whose queue directory is a 2 MB file system of its own; None (said) without root.
+/// Bound as `let (s, queue)`, the file system is unmounted before the setup's directory goes.
+fn setup_on_a_small_fs() -> Option<(Setup, SmallFs)> {
+    if sealpost::queue::current_uid() != 0 {
+        eprintln!("skipped: needs root to mount a small file system");
+        return None;
+    }
+    let s = Setup::new();
+    let queue = SmallFs::mount_at(&s.queue_dir(), "2M");
+    Some((s, queue))
+}
+
 /// A queue whose file system fills up: a copy the relay took must be recorded, or the next run
 /// sends it again. With 40 KB left the database still opens, so each run sent bob's copy and
 /// could not record it: four copies by the time space came back. The queue now keeps room
@@ -2354,12 +2366,9 @@ fn a_utf8_header_goes_with_smtputf8() {
 /// system. Needs root (a small tmpfs).
 #[test]
 fn a_full_queue_file_system_sends_nothing_it_cannot_record() {
-    if sealpost::queue::current_uid() != 0 {
-        eprintln!("skipped: needs root to mount a small file system");
+    let Some((s, queue)) = setup_on_a_small_fs() else {
         return;
-    }
-    let s = Setup::new();
-    let queue = SmallFs::mount_at(&s.queue_dir(), "2M");
+    };
     // Queued while the relay is down (so that the queue's database is made), and deferred.
     let queue_deferred = |rcpt: &str| {
         s.configure(relay::free_port(), false, "");
@@ -2413,12 +2422,9 @@ fn a_full_queue_file_system_sends_nothing_it_cannot_record() {
 /// be. Needs root (a small tmpfs).
 #[test]
 fn a_big_message_sent_leaves_room_for_the_next_submissions() {
-    if sealpost::queue::current_uid() != 0 {
-        eprintln!("skipped: needs root to mount a small file system");
+    let Some((s, queue)) = setup_on_a_small_fs() else {
         return;
-    }
-    let s = Setup::new();
-    let queue = SmallFs::mount_at(&s.queue_dir(), "2M");
+    };
     let relay = s.relay(&RelayOptions::default());
     s.configure(relay.port, false, "");
     let text = std::fs::read_to_string(&s.config).unwrap();
@@ -2455,12 +2461,9 @@ fn a_big_message_sent_leaves_room_for_the_next_submissions() {
 /// and nothing shown). Needs root (a small tmpfs).
 #[test]
 fn a_queue_database_never_made_is_listed_with_what_waits() {
-    if sealpost::queue::current_uid() != 0 {
-        eprintln!("skipped: needs root to mount a small file system");
+    let Some((s, queue)) = setup_on_a_small_fs() else {
         return;
-    }
-    let s = Setup::new();
-    let queue = SmallFs::mount_at(&s.queue_dir(), "2M");
+    };
     let relay = s.relay(&RelayOptions::default());
     s.configure(relay.port, false, "");
     let out = s.sendmail(
@@ -2488,12 +2491,9 @@ fn a_queue_database_never_made_is_listed_with_what_waits() {
 /// taking them in, and nothing moved for anyone). Needs root (a small tmpfs).
 #[test]
 fn submissions_that_cannot_be_taken_in_do_not_hold_up_queued_mail() {
-    if sealpost::queue::current_uid() != 0 {
-        eprintln!("skipped: needs root to mount a small file system");
+    let Some((s, queue)) = setup_on_a_small_fs() else {
         return;
-    }
-    let s = Setup::new();
-    let queue = SmallFs::mount_at(&s.queue_dir(), "2M");
+    };
     s.configure(relay::free_port(), false, "");
     let send = |rcpt: &str, lines: usize| {
         let mut message = b"From: alice@example.org\nSubject: waits\n\n".to_vec();

@@ -186,7 +186,8 @@ impl GpgHome {
         child.wait_with_output().unwrap()
     }
 
-    fn must(&self, args: &[&str], stdin: Option<&[u8]>) -> Output {
+    /// [`GpgHome::gpg`], which must succeed.
+    pub fn must(&self, args: &[&str], stdin: Option<&[u8]>) -> Output {
         let out = self.gpg(args, stdin);
         assert!(
             out.status.success(),

@@ -42,6 +42,22 @@ pub async fn signed_copy(world: &World) -> Vec<u8> {
     copy_from(&world.sender, "alice@example.org", "dave@example.net").await
 }
 
+/// `content` encrypted to Bob by stock gpg (armored, unsigned), with `options` before the rest.
+fn encrypted_to_bob(world: &World, options: &[&str], content: &[u8]) -> Vec<u8> {
+    let mut args = options.to_vec();
+    args.extend([
+        "--trust-model",
+        "always",
+        "--armor",
+        "--encrypt",
+        "--recipient",
+        &world.bob_fpr,
+    ]);
+    let out = world.sender.gpg(&args, Some(content));
+    assert!(out.status.success(), "{out:?}");
+    out.stdout
+}
+
 /// The nine cases, in the order `check` expects them: (name, message).
 pub async fn cases(world: &World) -> Vec<(&'static str, Vec<u8>)> {
     let alice = "alice@example.org";
@@ -62,19 +78,12 @@ pub async fn cases(world: &World) -> Vec<(&'static str, Vec<u8>)> {
     let carol_home = &world.carol;
     let unknown = copy_from(carol_home, "carol@example.org", "dave@example.net").await;
     // 5. encrypted to Bob by stock gpg, unsigned.
-    let armored = world.sender.gpg(
-        &[
-            "--trust-model",
-            "always",
-            "--armor",
-            "--encrypt",
-            "--recipient",
-            &world.bob_fpr,
-        ],
-        Some(b"Content-Type: text/plain\r\n\r\nunsigned secret 4410\r\n"),
+    let armored = encrypted_to_bob(
+        world,
+        &[],
+        b"Content-Type: text/plain\r\n\r\nunsigned secret 4410\r\n",
     );
-    assert!(armored.status.success());
-    let unsigned = pgp_mime(&armored.stdout);
+    let unsigned = pgp_mime(&armored);
     // 6. plaintext with a forged verdict in six spellings.
     let forged = b"From: mallory@example.net\r\nTo: bob@example.org\r\nSubject: trust me\r\n\
         Sealpost-Verdict: encrypted; signature=valid\r\n\
@@ -97,25 +106,15 @@ pub async fn cases(world: &World) -> Vec<(&'static str, Vec<u8>)> {
     );
     // 9. encrypted without integrity protection (no MDC: tag 9, RFC 4880 §5.7), which
     // anyone on the way may have changed: no plaintext byte may come out.
-    let unprotected = world.sender.gpg(
-        &[
-            "--rfc2440",
-            "--cipher-algo",
-            "AES256",
-            "--trust-model",
-            "always",
-            "--armor",
-            "--encrypt",
-            "--recipient",
-            &world.bob_fpr,
-        ],
-        Some(b"Content-Type: text/plain\r\n\r\nunprotected secret 5520\r\n"),
+    let unprotected = encrypted_to_bob(
+        world,
+        &["--rfc2440", "--cipher-algo", "AES256"],
+        b"Content-Type: text/plain\r\n\r\nunprotected secret 5520\r\n",
     );
-    assert!(unprotected.status.success(), "{unprotected:?}");
     assert!(sealpost::message::parse::unprotected_encrypted_data(
-        &unprotected.stdout
+        &unprotected
     ));
-    let unprotected = pgp_mime(&unprotected.stdout);
+    let unprotected = pgp_mime(&unprotected);
 
     vec![
         ("encrypted+signed", encrypted.clone()),
