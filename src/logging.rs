@@ -1,8 +1,9 @@
 //! Logging in one place: stderr, syslog (mail facility) or journald, as configured.
 //!
 //! Policy: one info line per recipient decision (queue id, recipient, decision, key or
-//! reason); warnings for failures that defer mail; protocol transcripts only at trace level.
-//! Passwords, key material and message bodies are never logged.
+//! reason); warnings for failures that defer mail. Passwords, key material and message
+//! bodies are never logged: the protocol libraries' trace transcripts are left out whatever
+//! the level ([`transcribes_secrets`]).
 
 use std::io::IsTerminal;
 use std::sync::Mutex;
@@ -49,7 +50,11 @@ const SYSLOG_SOCKETS: &str = "/dev/log, /var/run/syslog or /var/run/log";
 pub fn init(config: &LogConfig) -> Result<(), String> {
     let filter = EnvFilter::try_new(&config.level)
         .map_err(|e| format!("log.level: \"{}\" is not a valid filter: {e}", config.level))?;
-    let registry = tracing_subscriber::registry().with(filter);
+    let registry = tracing_subscriber::registry()
+        .with(filter)
+        .with(tracing_subscriber::filter::filter_fn(|meta| {
+            !(*meta.level() == Level::TRACE && transcribes_secrets(meta.target()))
+        }));
     match config.target {
         LogTarget::Stderr => registry
             .with(
@@ -85,6 +90,16 @@ pub fn init(config: &LogConfig) -> Result<(), String> {
         }
     }
     .map_err(|e| e.to_string())
+}
+
+/// The libraries whose trace events hold whole protocol lines: LOGIN with its password,
+/// AUTHENTICATE's base64, message text (imap-next and imap-codec for the IMAP server,
+/// async-imap and imap-proto for the sync, indymilter for the milter). Left out whatever the
+/// level, so that the policy above holds at `trace` too (review: passwords in the log).
+fn transcribes_secrets(target: &str) -> bool {
+    ["imap_next", "imap_codec", "imap_types", "async_imap", "imap_proto", "indymilter"]
+        .iter()
+        .any(|name| target == *name || target.starts_with(&format!("{name}::")))
 }
 
 /// A log line carries text from anyone: a drop file's name, a recipient, a relay's reply, an

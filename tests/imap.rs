@@ -1277,6 +1277,24 @@ impl WriteChecked for std::net::TcpStream {
     }
 }
 
+/// At `level = "trace"` the IMAP libraries' transcripts (LOGIN with its password, APPEND's
+/// message text) stay out of the log; sealpost's own debug lines are there (review: the
+/// password and the message were logged).
+#[test]
+fn a_trace_log_holds_no_password_and_no_message() {
+    let server = Server::start_config("", "[log]\nlevel = \"trace\"\n");
+    let mut raw = server.login();
+    let message = "Subject: s\r\n\r\nbody word Zebra-7731\r\n";
+    raw.ok(&format!("APPEND INBOX {{{}+}}\r\n{message}", message.len()));
+    raw.ok("SELECT INBOX");
+    raw.ok("FETCH 1 BODY[]");
+    raw.ok("LOGOUT");
+    let log = server.log();
+    assert!(log.contains("DEBUG") || log.contains("TRACE"), "{log}");
+    assert!(!log.contains(PASSWORD), "{log}");
+    assert!(!log.contains("Zebra-7731"), "{log}");
+}
+
 #[test]
 fn bad_logins_are_slowed_alike_and_cut_off() {
     let server = Server::start();
@@ -1287,7 +1305,13 @@ fn bad_logins_are_slowed_alike_and_cut_off() {
         started.elapsed() >= Duration::from_millis(AUTH_DELAY_MS),
         "failed login answered at once"
     );
-    let (_, unknown_user) = raw.cmd("LOGIN mallory wrong");
+    // A password typed into the name field (the two swapped) is not logged; an account's
+    // name is (review: the name was logged as given).
+    let (_, unknown_user) = raw.cmd("LOGIN Secret-Kilo42 mallory");
+    let log = server.log();
+    assert!(!log.contains("Secret-Kilo42"), "{log}");
+    assert!(log.contains("no such account: 13 characters"), "{log}");
+    assert!(log.contains(&format!("user=\"{USER}\"")), "{log}");
     let text = |line: &str| line.split_once(' ').unwrap().1.to_owned();
     assert_eq!(
         text(&wrong_password),

@@ -22,9 +22,6 @@ use super::render::Out;
 use super::{auth, Shared, TlsMode};
 use crate::store::{AccountId, Mailbox, StoreError};
 
-/// The most characters of a user name a failed login logs.
-const MAX_LOGGED_NAME: usize = 64;
-
 // One State per connection, most of them Selected: boxing the large variant would save
 // nothing and cost an allocation per SELECT.
 #[allow(clippy::large_enum_variant)]
@@ -976,9 +973,14 @@ impl Session {
             None => {
                 self.auth_failures += 1;
                 self.shared.penalties.failed(ip);
-                // The name as given, cut short: it is anyone's input (up to the longest
-                // literal allowed before login), logged at every failure.
-                let shown: String = user.chars().take(MAX_LOGGED_NAME).collect();
+                // An account's name as it is; any other name is not written down: a password
+                // typed into the name field would be (review: LOGIN with the two swapped put
+                // the password in the log). Its length says what was tried.
+                let shown = if self.shared.accounts.iter().any(|a| a.name == user) {
+                    user.to_owned()
+                } else {
+                    format!("(no such account: {} characters)", user.chars().count())
+                };
                 tracing::info!(peer = %self.peer, user = ?shown, "imap: authentication failed");
                 // The same delay and answer for an unknown user and a wrong password.
                 let delay = self.shared.config.limits.auth_failure_delay_ms;
