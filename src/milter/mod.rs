@@ -486,13 +486,13 @@ fn callbacks(milter: Arc<Milter>) -> Callbacks<Session> {
                     quiet,
                     message: None,
                 });
-                // The queue id for the logs; the SASL login for the From check and the
+                // The queue id for the logs (at RCPT too); the SASL login for the From check and the
                 // service name for the inbound mode; {rcpt_mailer} tells SMTP from Postfix's
                 // sendmail path (Postfix defines it for smtpd_milters only).
                 for (stage, macros) in [
                     (MacroStage::Eom, "i"),
                     (MacroStage::Mail, "{auth_authen} {daemon_name}"),
-                    (MacroStage::Rcpt, "{rcpt_mailer}"),
+                    (MacroStage::Rcpt, "{rcpt_mailer} i"),
                 ] {
                     if let Ok(m) = CString::new(macros) {
                         cx.requested_macros.insert(stage, m);
@@ -552,7 +552,15 @@ fn callbacks(milter: Arc<Milter>) -> Callbacks<Session> {
                     None => None,
                 };
                 if let (true, Some(reply)) = (smtp, refusal) {
-                    tracing::info!(rcpt = %recipient, decision = "rejected", detail = %reply, "refused at RCPT");
+                    // Postfix's queue id, as every other decision line has it (review: none
+                    // here): defined once a recipient was accepted (Postfix opens the queue
+                    // file then); before, NOQUEUE, as Postfix logs such a refusal.
+                    let queue_id = cx
+                        .macros
+                        .get(c"i")
+                        .map(|v| v.to_string_lossy().into_owned())
+                        .unwrap_or_else(|| "NOQUEUE".into());
+                    tracing::info!(id = %queue_id, rcpt = %recipient, decision = "rejected", detail = %reply, "refused at RCPT");
                     let _ = cx.reply.set_error_reply(
                         &reply.code.to_string(),
                         Some(reply.status),
