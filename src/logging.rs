@@ -50,11 +50,12 @@ const SYSLOG_SOCKETS: &str = "/dev/log, /var/run/syslog or /var/run/log";
 pub fn init(config: &LogConfig) -> Result<(), String> {
     let filter = EnvFilter::try_new(&config.level)
         .map_err(|e| format!("log.level: \"{}\" is not a valid filter: {e}", config.level))?;
-    let registry = tracing_subscriber::registry()
-        .with(filter)
-        .with(tracing_subscriber::filter::filter_fn(|meta| {
-            !(*meta.level() == Level::TRACE && transcribes_secrets(meta.target()))
-        }));
+    let registry =
+        tracing_subscriber::registry()
+            .with(filter)
+            .with(tracing_subscriber::filter::filter_fn(|meta| {
+                !(*meta.level() == Level::TRACE && transcribes_secrets(meta.target()))
+            }));
     match config.target {
         LogTarget::Stderr => registry
             .with(
@@ -97,9 +98,16 @@ pub fn init(config: &LogConfig) -> Result<(), String> {
 /// async-imap and imap-proto for the sync, indymilter for the milter). Left out whatever the
 /// level, so that the policy above holds at `trace` too (review: passwords in the log).
 fn transcribes_secrets(target: &str) -> bool {
-    ["imap_next", "imap_codec", "imap_types", "async_imap", "imap_proto", "indymilter"]
-        .iter()
-        .any(|name| target == *name || target.starts_with(&format!("{name}::")))
+    [
+        "imap_next",
+        "imap_codec",
+        "imap_types",
+        "async_imap",
+        "imap_proto",
+        "indymilter",
+    ]
+    .iter()
+    .any(|name| target == *name || target.starts_with(&format!("{name}::")))
 }
 
 /// A log line carries text from anyone: a drop file's name, a recipient, a relay's reply, an
