@@ -378,7 +378,19 @@ fn named_files_readable(config: &Config) -> Result<(), CliError> {
             problems.push(e.to_string());
         }
     }
-    // Modes the services refuse at start (review: `check` called them valid).
+    // Modes and files the services refuse at start (review: `check` called them valid).
+    let store_file = config
+        .store
+        .path
+        .is_file()
+        .then(|| crate::store::file_problem(&config.store.path))
+        .flatten();
+    if let Some(why) = store_file {
+        problems.push(format!(
+            "[store] path {}: {why}",
+            config.store.path.display()
+        ));
+    }
     if let Some(why) = crate::store::directory_problem(&config.store.path) {
         problems.push(format!(
             "[store] path {}: {why}",

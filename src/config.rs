@@ -711,6 +711,29 @@ pub fn gnupg_home_problem(home: &Path) -> Option<String> {
     })
 }
 
+/// The password a `password_file` holds: its one line, line ends after it left out. A second
+/// line is an error (review: it went to the server as part of the password). A file every user
+/// may read is taken, with a warning naming it (review: accepted without a word).
+pub fn read_password_file(path: &Path) -> Result<String, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+    let line = text.trim_end_matches(['\r', '\n']);
+    if line.contains(['\r', '\n']) {
+        return Err("more than one line; the password is its one line".into());
+    }
+    if let Ok(meta) = std::fs::metadata(path) {
+        let mode = meta.permissions().mode();
+        if mode & 0o004 != 0 {
+            tracing::warn!(
+                "password file {}: every user may read it (mode {:04o}): chmod o-r",
+                path.display(),
+                mode & 0o7777
+            );
+        }
+    }
+    Ok(line.to_string())
+}
+
 /// What is wrong with a path of the configuration: empty, or relative (review: taken from the
 /// directory sealpost ran in, a queue or a store that nothing else looked at got the mail).
 pub fn path_problem(path: &Path) -> Option<String> {

@@ -932,6 +932,32 @@ fn check_refuses_what_the_services_would_fail_on() {
     let out = check(format!("{home}[queue]\ndir = \"{}\"\n", open.display()));
     assert_eq!(out.status.code(), Some(78), "{out:?}");
     assert!(stderr_line(&out).contains("[queue]"), "{out:?}");
+    // A store path naming a mail file, or the milter's journal (another program's database),
+    // which the IMAP server and deliver refuse (review: check called them valid); also a
+    // relay password file of two lines (the second went to the relay as part of it).
+    let mail = dir.path().join("mail.eml");
+    std::fs::write(&mail, "From: a@example.org\r\n\r\nhi\r\n").unwrap();
+    let journal = dir.path().join("journal.sqlite");
+    let made = rusqlite::Connection::open(&journal).unwrap();
+    made.execute_batch("CREATE TABLE copies (id TEXT)").unwrap();
+    drop(made);
+    for (store, said) in [(&mail, "no SQLite database"), (&journal, "tables copies")] {
+        let out = check(format!("{home}[store]\npath = \"{}\"\n", store.display()));
+        assert_eq!(out.status.code(), Some(78), "{out:?}");
+        let line = stderr_line(&out);
+        assert!(
+            line.contains("[store] path") && line.contains(said),
+            "{line}"
+        );
+    }
+    let password = dir.path().join("password");
+    std::fs::write(&password, "secret\nmore\n").unwrap();
+    let out = check(format!(
+        "{home}[relay]\nhost = \"localhost\"\nusername = \"u\"\npassword_file = \"{}\"\n",
+        password.display()
+    ));
+    assert_eq!(out.status.code(), Some(78), "{out:?}");
+    assert!(stderr_line(&out).contains("more than one line"), "{out:?}");
 
     let out = check(format!(
         "{home}[policy]\ndefault_signer = \"{}\"\n",

@@ -166,12 +166,8 @@ pub enum RelaySetupError {
     /// `in`: the configuration file read, or what was read instead.
     #[error("no relay configured: set [relay] host in {in_}")]
     NoHost { in_: String },
-    #[error("[relay] password_file {path}: {source}")]
-    Password {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("[relay] password_file {path}: {reason}")]
+    Password { path: String, reason: String },
     #[error("[relay] ca_file {path}: {reason}")]
     Ca { path: String, reason: String },
     #[error("[relay]: {0}")]
@@ -671,12 +667,12 @@ impl Relay {
         };
         let credentials = match (&config.username, &config.password_file) {
             (Some(user), Some(path)) => {
-                let password =
-                    std::fs::read_to_string(path).map_err(|source| RelaySetupError::Password {
+                let password = crate::config::read_password_file(path).map_err(|reason| {
+                    RelaySetupError::Password {
                         path: path.display().to_string(),
-                        source,
-                    })?;
-                let password = password.trim_end_matches(['\r', '\n']).to_string();
+                        reason,
+                    }
+                })?;
                 Some(Credentials::new(user.clone(), password))
             }
             _ => None,

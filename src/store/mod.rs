@@ -752,17 +752,10 @@ impl Store {
         // After the modes (no connection opens it before its -wal and -shm are known to be its
         // owner's), with a connection that changes nothing (the store's own sets WAL mode);
         // one that cannot read it leaves the verdict to the store's own opening.
-        let foreign = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-            .and_then(|c| foreign_tables(&c))
-            .unwrap_or_default();
-        if !foreign.is_empty() {
+        if let Some(why) = another_programs_database(path) {
             return Err(StoreError::Unsafe {
                 path: path.to_owned(),
-                why: format!(
-                    "a database of something else (tables {}), not a sealpost store: no table \
-                     was added to it; name the store's own file",
-                    foreign.join(", ")
-                ),
+                why,
             });
         }
         // One process at a time brings the schema up to date: two `deliver`s into a new store
@@ -2064,6 +2057,28 @@ pub(crate) fn not_a_database(path: &Path) -> Option<String> {
         "it is no SQLite database (a file of something else?): nothing in it was changed; name \
          the database's own file"
             .to_string()
+    })
+}
+
+/// Why the file at `path` cannot be a store, when it is there: no SQLite database, or another
+/// program's (see [`foreign_tables`]). For `sealpost check`, which said such a path was valid
+/// while the services refused it (review).
+pub fn file_problem(path: &Path) -> Option<String> {
+    not_a_database(path).or_else(|| another_programs_database(path))
+}
+
+/// Why the SQLite database at `path` is another program's, read with a connection that changes
+/// nothing; one that cannot be read leaves the verdict to the store's own opening.
+fn another_programs_database(path: &Path) -> Option<String> {
+    let foreign = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .and_then(|c| foreign_tables(&c))
+        .unwrap_or_default();
+    (!foreign.is_empty()).then(|| {
+        format!(
+            "a database of something else (tables {}), not a sealpost store: no table was \
+             added to it; name the store's own file",
+            foreign.join(", ")
+        )
     })
 }
 

@@ -472,21 +472,16 @@ async fn connect_inner(config: &UpstreamConfig, at: &str) -> Result<Session, Syn
     login(client, config, password, at).await
 }
 
-/// The password, from `password_file`.
-/// Its one line, line ends after it left out; a second line is an error naming the file (review: it
-/// went to the server, and came back as "validate: invalid character" over two lines of the
-/// log, a temporary failure).
+/// The password, from `password_file` ([`crate::config::read_password_file`]: a second line
+/// is an error naming the file; review: it went to the server, and came back as "validate:
+/// invalid character" over two lines of the log, a temporary failure).
 fn password(config: &UpstreamConfig) -> Result<String, SyncError> {
-    let file = config.password_file.display();
-    let text = std::fs::read_to_string(&config.password_file)
-        .map_err(|e| SyncError::Config(format!("password_file {file}: {e}")))?;
-    let line = text.trim_end_matches(['\r', '\n']);
-    if line.contains(['\r', '\n']) {
-        return Err(SyncError::Config(format!(
-            "password_file {file}: more than one line; the password is its one line"
-        )));
-    }
-    Ok(line.to_string())
+    crate::config::read_password_file(&config.password_file).map_err(|e| {
+        SyncError::Config(format!(
+            "password_file {}: {e}",
+            config.password_file.display()
+        ))
+    })
 }
 
 /// What [`connect`] reads before it goes to the network (the password file, the TLS
