@@ -1056,6 +1056,34 @@ fn steps_are_answered_only_when_the_mta_waits_for_an_answer() {
     }
 }
 
+/// An MTA that does not offer to replace the body (SMFIF_CHGBODY) cannot have its mail
+/// rewritten: the connection ends at the negotiation (the MTA applies its
+/// milter_default_action, tempfail in contrib's main.cf), and the log says why (review: only
+/// at trace level).
+#[test]
+fn an_mta_without_the_needed_actions_is_refused_and_the_log_says_why() {
+    let world = World::new();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let milter = MilterProcess::start(&world, port, free_port(), &dir.path().join("j.sqlite"));
+    let mut conn = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    send_optneg_offering(&mut conn, 0x1ff & !0x02, 0);
+    use std::io::Read;
+    conn.set_read_timeout(Some(std::time::Duration::from_secs(60)))
+        .unwrap();
+    let mut byte = [0u8; 1];
+    assert_eq!(
+        conn.read(&mut byte).unwrap(),
+        0,
+        "the milter ends the connection"
+    );
+    let log = milter.log();
+    assert!(
+        log.contains("without offering the actions sealpost needs"),
+        "{log}"
+    );
+}
+
 /// A milter with no Postfix in front (a test talks the milter protocol itself), with `extra`
 /// [milter] lines: its directory (journal, configuration), its port, the process.
 fn lone_milter(world: &World, extra: &str) -> (tempfile::TempDir, u16, MilterProcess) {
@@ -1151,8 +1179,13 @@ const ALL_STEPS: u32 = 0x1f_ffff;
 /// Sends the milter protocol's option negotiation on `conn` as Postfix 3 does (SMFIC_OPTNEG:
 /// version 6, every action offered), offering the protocol options `steps`.
 fn send_optneg(conn: &mut TcpStream, steps: u32) {
+    send_optneg_offering(conn, 0x1ff, steps);
+}
+
+/// An option negotiation (version 6) offering `actions` (SMFIF_*) and `steps` (SMFIP_*).
+fn send_optneg_offering(conn: &mut TcpStream, actions: u32, steps: u32) {
     let mut data = Vec::new();
-    for word in [6u32, 0x1ff, steps] {
+    for word in [6u32, actions, steps] {
         data.extend_from_slice(&word.to_be_bytes());
     }
     conn.write_all(&milter_packet(b'O', &data)).unwrap();

@@ -475,8 +475,18 @@ fn callbacks(milter: Arc<Milter>) -> Callbacks<Session> {
     let eom_milter = milter.clone();
     let rcpt_milter = milter.clone();
     Callbacks::new()
-        .on_negotiate(|cx: &mut NegotiateContext<Session>, _, offered: ProtoOpts| {
+        .on_negotiate(|cx: &mut NegotiateContext<Session>, actions: Actions, offered: ProtoOpts| {
             Box::pin(async move {
+                // indymilter ends such a connection after this, saying why at trace level
+                // only; the MTA then applies its milter_default_action (review: nothing in
+                // the log told the administrator why).
+                if !actions.contains(ACTIONS) {
+                    tracing::warn!(
+                        "an MTA connected without offering the actions sealpost needs to \
+                         rewrite mail (offered {actions:?}, needed {ACTIONS:?}): connection \
+                         refused; the MTA applies its milter_default_action"
+                    );
+                }
                 cx.requested_actions = ACTIONS;
                 let quiet = offered.contains(QUIET_STEPS);
                 if quiet {
