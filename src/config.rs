@@ -514,6 +514,13 @@ impl Config {
                     .into(),
             ));
         }
+        if self.milter.max_message_bytes < 65536 {
+            return Err(invalid(
+                "milter.max_message_bytes",
+                "max_message_bytes",
+                "must be at least 65536 (bytes)".into(),
+            ));
+        }
         if self.milter.deadline_secs == 0 {
             return Err(invalid(
                 "milter.deadline_secs",
