@@ -25,7 +25,8 @@ pub struct ImapArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct ImportArgs {
-    /// The account (created with the default mailboxes when new).
+    /// An [[accounts]] name of the configuration (its store account is made with the default
+    /// mailboxes when new).
     #[arg(long, value_name = "NAME")]
     pub account: String,
     /// The mailbox to import into (created when missing), named as people read it: "Café",
