@@ -720,25 +720,34 @@ pub fn gnupg_home_problem(home: &Path) -> Option<String> {
 
 /// The password a `password_file` holds: its one line, line ends after it left out. A second
 /// line is an error (review: it went to the server as part of the password). A file every user
-/// may read is taken, with a warning naming it (review: accepted without a word).
+/// may read (its mode says so, and every directory above it lets anyone through) is taken,
+/// with a warning naming it (review: accepted without a word).
 pub fn read_password_file(path: &Path) -> Result<String, String> {
-    use std::os::unix::fs::PermissionsExt;
     let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
     let line = text.trim_end_matches(['\r', '\n']);
     if line.contains(['\r', '\n']) {
         return Err("more than one line; the password is its one line".into());
     }
-    if let Ok(meta) = std::fs::metadata(path) {
-        let mode = meta.permissions().mode();
-        if mode & 0o004 != 0 {
-            tracing::warn!(
-                "password file {}: every user may read it (mode {:04o}): chmod o-r",
-                path.display(),
-                mode & 0o7777
-            );
-        }
+    if let Some(mode) = open_to_all(path) {
+        tracing::warn!(
+            "password file {}: every user may read it (mode {mode:04o}): chmod o-r",
+            path.display()
+        );
     }
     Ok(line.to_string())
+}
+
+/// The mode of the file at `path` when every user may read it: its mode says so, and every
+/// directory above it lets anyone through.
+fn open_to_all(path: &Path) -> Option<u32> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| std::fs::metadata(p).map(|m| m.permissions().mode()).ok();
+    let full = std::fs::canonicalize(path).ok()?;
+    let file = mode(&full).filter(|m| m & 0o004 != 0)?;
+    full.ancestors()
+        .skip(1)
+        .all(|dir| mode(dir).is_some_and(|m| m & 0o001 != 0))
+        .then_some(file & 0o7777)
 }
 
 /// What is wrong with a path of the configuration: empty, or relative (review: taken from the
@@ -845,6 +854,27 @@ fn locate(text: &str, offset: usize) -> (usize, String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_password_file_is_one_line_and_said_when_anyone_may_read_it() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("password");
+        std::fs::write(&file, "secret\r\n").unwrap();
+        assert_eq!(read_password_file(&file).unwrap(), "secret");
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        // A private directory keeps it from others.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+        assert_eq!(open_to_all(&file), None);
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert_eq!(open_to_all(&file), Some(0o644));
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o640)).unwrap();
+        assert_eq!(open_to_all(&file), None);
+        std::fs::write(&file, "secret\nmore\n").unwrap();
+        assert!(read_password_file(&file)
+            .unwrap_err()
+            .contains("more than one line"));
+    }
     use crate::rewrite::Mode;
 
     #[test]

@@ -30,6 +30,8 @@ impl Setup {
             format!("{}\n", relay::PASSWORD),
         )
         .unwrap();
+        // As the README asks (others may pass through the directory, to submit as nobody).
+        set_mode(&dir.path().join("password"), 0o600);
         let config = dir.path().join("sealpost.toml");
         Setup {
             world,
