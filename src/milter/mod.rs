@@ -467,6 +467,13 @@ fn esmtp_arguments(args: &[CString]) -> Vec<String> {
         .collect()
 }
 
+/// Postfix's queue id (the `i` macro), or `absent` when the MTA did not pass one (yet).
+fn queue_id(macros: &indymilter::Macros, absent: &str) -> String {
+    macros
+        .get(c"i")
+        .map_or_else(|| absent.to_string(), |v| v.to_string_lossy().into_owned())
+}
+
 fn bare(arg: &CString) -> String {
     let s = arg.to_string_lossy();
     let s = s.trim();
@@ -573,11 +580,7 @@ fn callbacks(milter: Arc<Milter>) -> Callbacks<Session> {
                     // Postfix's queue id, as every other decision line has it (review: none
                     // here): defined once a recipient was accepted (Postfix opens the queue
                     // file then); before, NOQUEUE, as Postfix logs such a refusal.
-                    let queue_id = cx
-                        .macros
-                        .get(c"i")
-                        .map(|v| v.to_string_lossy().into_owned())
-                        .unwrap_or_else(|| "NOQUEUE".into());
+                    let queue_id = queue_id(&cx.macros, "NOQUEUE");
                     tracing::info!(id = %queue_id, rcpt = %recipient, decision = "rejected", detail = %reply, "refused at RCPT");
                     let _ = cx.reply.set_error_reply(
                         &reply.code.to_string(),
@@ -631,11 +634,7 @@ fn callbacks(milter: Arc<Milter>) -> Callbacks<Session> {
                     // took 724 MB; only Postfix's message_size_limit bounded it).
                     if t.header.len() + t.body.len() + chunk.len() > limit {
                         session.message = None;
-                        let queue_id = cx
-                            .macros
-                            .get(c"i")
-                            .map(|v| v.to_string_lossy().into_owned())
-                            .unwrap_or_else(|| "NOQUEUE".into());
+                        let queue_id = queue_id(&cx.macros, "NOQUEUE");
                         tracing::info!(
                             "{queue_id}: larger than [milter] max_message_bytes ({limit} \
                              bytes): refused"
@@ -659,11 +658,7 @@ fn callbacks(milter: Arc<Milter>) -> Callbacks<Session> {
                 let Some(t) = cx.data.as_mut().and_then(|s| s.message.take()) else {
                     return Status::Tempfail;
                 };
-                let queue_id = cx
-                    .macros
-                    .get(c"i")
-                    .map(|v| v.to_string_lossy().into_owned())
-                    .unwrap_or_else(|| "-".into());
+                let queue_id = queue_id(&cx.macros, "-");
                 let deadline = milter.deadline;
                 match tokio::time::timeout(deadline, end_of_message(&milter, cx, &queue_id, t))
                     .await

@@ -1351,8 +1351,6 @@ CREATE TABLE IF NOT EXISTS recipients(
 CREATE INDEX IF NOT EXISTS recipients_queued ON recipients(state, next_attempt);
 ";
 
-/// An SQLite URI for the file at `path` (RFC 3986 percent-encoding: a path may hold `?`, `#`
-/// or `%`), followed by `query`.
 /// Whether the database at `path` is empty or a database without a single table: what a
 /// first open leaves where SQLite could write no more than the header.
 fn never_given_tables(path: &Path) -> bool {
@@ -1362,14 +1360,12 @@ fn never_given_tables(path: &Path) -> bool {
     use rusqlite::OpenFlags;
     let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI;
     Connection::open_with_flags(sqlite_uri(path, "?immutable=1"), flags)
-        .and_then(|conn| {
-            conn.query_row("SELECT COUNT(*) FROM sqlite_master", [], |r| {
-                r.get::<_, i64>(0)
-            })
-        })
-        .is_ok_and(|tables| tables == 0)
+        .and_then(|conn| crate::store::tables(&conn))
+        .is_ok_and(|tables| tables.is_empty())
 }
 
+/// An SQLite URI for the file at `path` (RFC 3986 percent-encoding: a path may hold `?`, `#`
+/// or `%`), followed by `query`.
 fn sqlite_uri(path: &Path, query: &str) -> String {
     use std::os::unix::ffi::OsStrExt;
     let mut uri = String::from("file:");
